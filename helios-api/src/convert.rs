@@ -1,0 +1,412 @@
+//! protobuf <-> core conversions.
+//!
+//! Inbound conversions (`*_from_pb`) are strict: a value the core model cannot represent (an
+//! unknown enum number, a port above 65535, a task without a driver) is reported with its field
+//! path, together with everything `Job::validate` finds, so a caller gets every problem at once.
+
+use std::collections::BTreeMap;
+
+use helios_core::job::DEFAULT_PRIORITY;
+use helios_core::validate::FieldError;
+use helios_core::{
+    Allocation, Constraint, ConstraintOperator, DockerConfig, Evaluation, ExecConfig, Job, JobStatus, JobType, Node,
+    PortMapping, Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskEvent, TaskGroup, TaskState, Timestamp,
+    ValidationErrors,
+};
+
+use crate::pb;
+
+pub type ConversionResult<T> = Result<T, ValidationErrors>;
+
+/// The gRPC status for bad input: `InvalidArgument`, naming every field and its problem.
+pub fn invalid_argument(errors: &ValidationErrors) -> tonic::Status {
+    tonic::Status::invalid_argument(format!("invalid request: {errors}"))
+}
+
+#[derive(Default)]
+struct Problems(Vec<FieldError>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, problem: impl Into<String>) {
+        self.0.push(FieldError { field: field.into(), problem: problem.into() });
+    }
+}
+
+/// Converts a submitted job, applies the documented defaults, and validates it.
+pub fn job_from_pb(job: pb::Job) -> ConversionResult<Job> {
+    let mut p = Problems::default();
+    let job_type = match pb::JobType::try_from(job.r#type) {
+        Ok(pb::JobType::Unspecified | pb::JobType::Service) => JobType::Service,
+        Ok(pb::JobType::Batch) => JobType::Batch,
+        Ok(pb::JobType::System) => JobType::System,
+        Err(_) => {
+            p.add("type", format!("unknown job type {}", job.r#type));
+            JobType::Service
+        }
+    };
+    let priority = if job.priority == 0 { DEFAULT_PRIORITY } else { job.priority };
+    let constraints = constraints_from_pb(&mut p, "constraints", job.constraints);
+    let task_groups = job
+        .task_groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, g)| group_from_pb(&mut p, &format!("task_groups[{i}]"), g, job_type))
+        .collect();
+    let core = Job {
+        name: job.name,
+        job_type,
+        priority,
+        task_groups,
+        constraints,
+        meta: job.meta,
+        version: 0,
+        status: JobStatus::Pending,
+        stopped: false,
+        submitted_at: Timestamp::default(),
+    };
+    let mut errors = p.0;
+    if let Err(e) = core.validate() {
+        errors.extend(e.0);
+    }
+    if errors.is_empty() {
+        Ok(core)
+    } else {
+        Err(ValidationErrors(errors))
+    }
+}
+
+fn group_from_pb(p: &mut Problems, path: &str, g: pb::TaskGroup, job_type: JobType) -> TaskGroup {
+    let restart = match g.restart {
+        None => RestartPolicy::default_for(job_type),
+        Some(r) => RestartPolicy {
+            attempts: r.attempts,
+            interval_secs: r.interval_secs,
+            delay_secs: r.delay_secs,
+            mode: match pb::RestartMode::try_from(r.mode) {
+                Ok(pb::RestartMode::Unspecified | pb::RestartMode::Fail) => RestartMode::Fail,
+                Ok(pb::RestartMode::Delay) => RestartMode::Delay,
+                Err(_) => {
+                    p.add(format!("{path}.restart.mode"), format!("unknown restart mode {}", r.mode));
+                    RestartMode::Fail
+                }
+            },
+        },
+    };
+    TaskGroup {
+        name: g.name,
+        count: g.count.unwrap_or(1),
+        constraints: constraints_from_pb(p, &format!("{path}.constraints"), g.constraints),
+        tasks: g
+            .tasks
+            .into_iter()
+            .enumerate()
+            .map(|(j, t)| task_from_pb(p, &format!("{path}.tasks[{j}]"), t))
+            .collect(),
+        restart,
+        meta: g.meta,
+    }
+}
+
+fn task_from_pb(p: &mut Problems, path: &str, t: pb::Task) -> Task {
+    let driver = match t.driver {
+        Some(pb::task::Driver::Exec(e)) => TaskDriver::Exec(ExecConfig { command: e.command, args: e.args }),
+        Some(pb::task::Driver::Docker(d)) => TaskDriver::Docker(DockerConfig {
+            image: d.image,
+            entrypoint: d.entrypoint,
+            command: d.command,
+            args: d.args,
+            working_dir: d.working_dir,
+            labels: d.labels,
+            ports: d
+                .ports
+                .into_iter()
+                .enumerate()
+                .map(|(k, port)| port_from_pb(p, &format!("{path}.config.ports[{k}]"), port))
+                .collect(),
+            network_mode: d.network_mode,
+            volumes: d.volumes,
+        }),
+        None => {
+            p.add(format!("{path}.driver"), "must be set (exec or docker)");
+            TaskDriver::Exec(ExecConfig { command: "-".into(), args: Vec::new() })
+        }
+    };
+    Task {
+        name: t.name,
+        driver,
+        env: t.env,
+        resources: t.resources.map_or_else(Resources::default, |r| Resources { cpu_mhz: r.cpu_mhz, memory_mb: r.memory_mb }),
+        constraints: constraints_from_pb(p, &format!("{path}.constraints"), t.constraints),
+        kill_timeout_secs: if t.kill_timeout_secs == 0 { Task::DEFAULT_KILL_TIMEOUT_SECS } else { t.kill_timeout_secs },
+    }
+}
+
+fn port_from_pb(p: &mut Problems, path: &str, port: pb::PortMapping) -> PortMapping {
+    let mut narrow = |field: &str, value: u32| -> u16 {
+        u16::try_from(value).unwrap_or_else(|_| {
+            p.add(format!("{path}.{field}"), format!("must be at most 65535, got {value}"));
+            1
+        })
+    };
+    PortMapping {
+        container_port: narrow("container_port", port.container_port),
+        host_port: port.host_port.map(|h| narrow("host_port", h)),
+        name: port.name,
+    }
+}
+
+fn constraints_from_pb(p: &mut Problems, path: &str, constraints: Vec<pb::Constraint>) -> Vec<Constraint> {
+    constraints
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let operator = ConstraintOperator::parse(&c.operator).unwrap_or_else(|| {
+                p.add(
+                    format!("{path}[{i}].operator"),
+                    format!("unknown operator {:?} (use =, !=, regexp, version or distinct_hosts)", c.operator),
+                );
+                ConstraintOperator::Equal
+            });
+            Constraint { attribute: c.attribute, operator, value: c.value }
+        })
+        .collect()
+}
+
+pub fn job_type_to_pb(t: JobType) -> pb::JobType {
+    match t {
+        JobType::Service => pb::JobType::Service,
+        JobType::Batch => pb::JobType::Batch,
+        JobType::System => pb::JobType::System,
+    }
+}
+
+pub fn job_type_from_pb(t: i32) -> Option<JobType> {
+    match pb::JobType::try_from(t).ok()? {
+        pb::JobType::Unspecified => None,
+        pb::JobType::Service => Some(JobType::Service),
+        pb::JobType::Batch => Some(JobType::Batch),
+        pb::JobType::System => Some(JobType::System),
+    }
+}
+
+pub fn job_status_to_pb(s: JobStatus) -> pb::JobStatus {
+    match s {
+        JobStatus::Pending => pb::JobStatus::Pending,
+        JobStatus::Running => pb::JobStatus::Running,
+        JobStatus::Dead => pb::JobStatus::Dead,
+    }
+}
+
+pub fn job_to_pb(job: &Job) -> pb::Job {
+    pb::Job {
+        name: job.name.clone(),
+        r#type: job_type_to_pb(job.job_type) as i32,
+        priority: job.priority,
+        task_groups: job.task_groups.iter().map(group_to_pb).collect(),
+        constraints: constraints_to_pb(&job.constraints),
+        meta: job.meta.clone(),
+        version: job.version,
+        status: job_status_to_pb(job.status) as i32,
+        stopped: job.stopped,
+        submitted_at_ms: job.submitted_at.as_millis(),
+    }
+}
+
+fn group_to_pb(g: &TaskGroup) -> pb::TaskGroup {
+    pb::TaskGroup {
+        name: g.name.clone(),
+        count: Some(g.count),
+        tasks: g.tasks.iter().map(task_to_pb).collect(),
+        constraints: constraints_to_pb(&g.constraints),
+        restart: Some(pb::RestartPolicy {
+            attempts: g.restart.attempts,
+            interval_secs: g.restart.interval_secs,
+            delay_secs: g.restart.delay_secs,
+            mode: match g.restart.mode {
+                RestartMode::Fail => pb::RestartMode::Fail,
+                RestartMode::Delay => pb::RestartMode::Delay,
+            } as i32,
+        }),
+        meta: g.meta.clone(),
+    }
+}
+
+fn task_to_pb(t: &Task) -> pb::Task {
+    let driver = match &t.driver {
+        TaskDriver::Exec(e) => pb::task::Driver::Exec(pb::ExecConfig { command: e.command.clone(), args: e.args.clone() }),
+        TaskDriver::Docker(d) => pb::task::Driver::Docker(pb::DockerConfig {
+            image: d.image.clone(),
+            entrypoint: d.entrypoint.clone(),
+            command: d.command.clone(),
+            args: d.args.clone(),
+            working_dir: d.working_dir.clone(),
+            labels: d.labels.clone(),
+            ports: d
+                .ports
+                .iter()
+                .map(|port| pb::PortMapping {
+                    name: port.name.clone(),
+                    container_port: u32::from(port.container_port),
+                    host_port: port.host_port.map(u32::from),
+                })
+                .collect(),
+            network_mode: d.network_mode.clone(),
+            volumes: d.volumes.clone(),
+        }),
+    };
+    pb::Task {
+        name: t.name.clone(),
+        driver: Some(driver),
+        env: t.env.clone(),
+        resources: Some(resources_to_pb(t.resources)),
+        constraints: constraints_to_pb(&t.constraints),
+        kill_timeout_secs: t.kill_timeout_secs,
+    }
+}
+
+fn resources_to_pb(r: Resources) -> pb::Resources {
+    pb::Resources { cpu_mhz: r.cpu_mhz, memory_mb: r.memory_mb }
+}
+
+fn constraints_to_pb(constraints: &[Constraint]) -> Vec<pb::Constraint> {
+    constraints
+        .iter()
+        .map(|c| pb::Constraint {
+            attribute: c.attribute.clone(),
+            operator: c.operator.as_str().to_string(),
+            value: c.value.clone(),
+        })
+        .collect()
+}
+
+pub fn alloc_to_pb(a: &Allocation) -> pb::Allocation {
+    pb::Allocation {
+        id: a.id.clone(),
+        name: a.name.clone(),
+        eval_id: a.eval_id.clone(),
+        job_name: a.job_name.clone(),
+        job_version: a.job_version,
+        task_group: a.task_group.clone(),
+        node_id: a.node_id.clone(),
+        resources: Some(resources_to_pb(a.resources)),
+        desired_status: a.desired_status.as_str().to_string(),
+        desired_description: a.desired_description.clone(),
+        client_status: a.client_status.as_str().to_string(),
+        client_description: a.client_description.clone(),
+        task_states: a.task_states.iter().map(|(k, v)| (k.clone(), task_state_to_pb(v))).collect::<BTreeMap<_, _>>(),
+        created_at_ms: a.created_at.as_millis(),
+        modified_at_ms: a.modified_at.as_millis(),
+    }
+}
+
+fn task_state_to_pb(s: &TaskState) -> pb::TaskState {
+    pb::TaskState {
+        state: s.state.as_str().to_string(),
+        failed: s.failed,
+        restarts: s.restarts,
+        started_at_ms: s.started_at.map(Timestamp::as_millis),
+        finished_at_ms: s.finished_at.map(Timestamp::as_millis),
+        events: s.events.iter().map(task_event_to_pb).collect(),
+    }
+}
+
+fn task_event_to_pb(e: &TaskEvent) -> pb::TaskEvent {
+    pb::TaskEvent { time_ms: e.time.as_millis(), kind: e.kind.clone(), message: e.message.clone(), exit_code: e.exit_code }
+}
+
+pub fn node_to_pb(n: &Node) -> pb::Node {
+    pb::Node {
+        id: n.id.clone(),
+        hostname: n.hostname.clone(),
+        rpc_addr: n.rpc_addr.clone(),
+        attributes: n.attributes.clone(),
+        meta: n.meta.clone(),
+        drivers: n.drivers.clone(),
+        resources: Some(resources_to_pb(n.resources)),
+        status: n.status.as_str().to_string(),
+        eligibility: n.eligibility.as_str().to_string(),
+        drain: n.drain,
+        registered_at_ms: n.registered_at.as_millis(),
+        status_updated_at_ms: n.status_updated_at.as_millis(),
+    }
+}
+
+pub fn eval_to_pb(e: &Evaluation) -> pb::Evaluation {
+    pb::Evaluation {
+        id: e.id.clone(),
+        job_name: e.job_name.clone(),
+        priority: e.priority,
+        trigger: e.trigger.as_str().to_string(),
+        node_id: e.node_id.clone(),
+        status: e.status.as_str().to_string(),
+        status_description: e.status_description.clone(),
+        failed_placements: e.failed_placements.clone(),
+        created_at_ms: e.created_at.as_millis(),
+        modified_at_ms: e.modified_at.as_millis(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec_job() -> pb::Job {
+        job_to_pb(&Job::exec("web", "echo", vec!["hi".into()]))
+    }
+
+    #[test]
+    fn a_job_survives_the_round_trip() {
+        let mut job = Job::exec("web", "echo", vec!["hi".into()]);
+        job.constraints.push(Constraint {
+            attribute: "attr.os".into(),
+            operator: ConstraintOperator::Regexp,
+            value: "lin.*".into(),
+        });
+        let back = job_from_pb(job_to_pb(&job)).unwrap();
+        assert_eq!(back, job);
+    }
+
+    #[test]
+    fn defaults_fill_unset_fields() {
+        let mut pb_job = exec_job();
+        pb_job.r#type = 0;
+        pb_job.priority = 0;
+        pb_job.task_groups[0].count = None;
+        pb_job.task_groups[0].restart = None;
+        pb_job.task_groups[0].tasks[0].resources = None;
+        pb_job.task_groups[0].tasks[0].kill_timeout_secs = 0;
+        let job = job_from_pb(pb_job).unwrap();
+        assert_eq!(job.job_type, JobType::Service);
+        assert_eq!(job.priority, DEFAULT_PRIORITY);
+        assert_eq!(job.task_groups[0].count, 1);
+        assert_eq!(job.task_groups[0].restart, RestartPolicy::default_for(JobType::Service));
+        assert_eq!(job.task_groups[0].tasks[0].resources, Resources::default());
+        assert_eq!(job.task_groups[0].tasks[0].kill_timeout_secs, Task::DEFAULT_KILL_TIMEOUT_SECS);
+    }
+
+    #[test]
+    fn unrepresentable_values_are_reported_with_validation_problems() {
+        let mut pb_job = exec_job();
+        pb_job.r#type = 42;
+        pb_job.name = String::new();
+        pb_job.task_groups[0].tasks[0].driver = None;
+        pb_job.constraints.push(pb::Constraint { attribute: "attr.os".into(), operator: "~=".into(), value: "x".into() });
+        let err = job_from_pb(pb_job).unwrap_err().to_string();
+        assert!(err.contains("type: unknown job type 42"), "{err}");
+        assert!(err.contains("task_groups[0].tasks[0].driver: must be set"), "{err}");
+        assert!(err.contains("constraints[0].operator: unknown operator \"~=\""), "{err}");
+        assert!(err.contains("name: must not be empty"), "{err}");
+    }
+
+    #[test]
+    fn oversized_ports_are_refused() {
+        let mut pb_job = exec_job();
+        pb_job.task_groups[0].tasks[0].driver = Some(pb::task::Driver::Docker(pb::DockerConfig {
+            image: "busybox".into(),
+            ports: vec![pb::PortMapping { name: "http".into(), container_port: 70_000, host_port: Some(80) }],
+            ..Default::default()
+        }));
+        let err = job_from_pb(pb_job).unwrap_err().to_string();
+        assert_eq!(err, "task_groups[0].tasks[0].config.ports[0].container_port: must be at most 65535, got 70000");
+    }
+}

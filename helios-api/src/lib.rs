@@ -1,0 +1,15 @@
+//! The Helios gRPC contract: the code generated from `proto/helios/v1/*.proto`, and the one place
+//! that converts between protobuf messages and `helios_core` types.
+
+pub mod convert;
+
+/// Generated messages, clients and servers of package `helios.v1`.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("helios.v1");
+
+    /// Encoded descriptors of every Helios proto file, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("helios_descriptor");
+}
+
+pub use convert::{invalid_argument, ConversionResult};

@@ -1,0 +1,119 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::Resources;
+use crate::time::Timestamp;
+
+/// One placement of one task group of one job version on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// Stamped by the server that proposes the plan (never by the state machine).
+    pub id: String,
+    /// `job.group[index]`: stable across replacements, so a replacement keeps its slot.
+    pub name: String,
+    pub eval_id: String,
+    pub job_name: String,
+    pub job_version: u64,
+    pub task_group: String,
+    pub node_id: String,
+    pub resources: Resources,
+    pub desired_status: AllocDesiredStatus,
+    pub desired_description: String,
+    pub client_status: AllocClientStatus,
+    pub client_description: String,
+    pub task_states: BTreeMap<String, TaskState>,
+    pub created_at: Timestamp,
+    pub modified_at: Timestamp,
+}
+
+impl Allocation {
+    /// True once the allocation will not run again (its client says so, or it was never started
+    /// and the servers want it stopped).
+    pub fn is_terminal(&self) -> bool {
+        self.client_status.is_terminal()
+            || (self.desired_status != AllocDesiredStatus::Run && self.client_status == AllocClientStatus::Pending)
+    }
+}
+
+/// What the servers want.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AllocDesiredStatus {
+    Run,
+    Stop,
+    /// Stopped to make room or because its node is draining; it is replaced elsewhere.
+    Evict,
+}
+
+impl AllocDesiredStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocDesiredStatus::Run => "run",
+            AllocDesiredStatus::Stop => "stop",
+            AllocDesiredStatus::Evict => "evict",
+        }
+    }
+}
+
+/// What the client agent reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AllocClientStatus {
+    Pending,
+    Running,
+    Complete,
+    Failed,
+    /// Its node went down; the scheduler replaces it.
+    Lost,
+}
+
+impl AllocClientStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocClientStatus::Pending => "pending",
+            AllocClientStatus::Running => "running",
+            AllocClientStatus::Complete => "complete",
+            AllocClientStatus::Failed => "failed",
+            AllocClientStatus::Lost => "lost",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, AllocClientStatus::Complete | AllocClientStatus::Failed | AllocClientStatus::Lost)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskState {
+    pub state: TaskRunState,
+    pub failed: bool,
+    pub restarts: u32,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub events: Vec<TaskEvent>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskRunState {
+    Pending,
+    Running,
+    Dead,
+}
+
+impl TaskRunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskRunState::Pending => "pending",
+            TaskRunState::Running => "running",
+            TaskRunState::Dead => "dead",
+        }
+    }
+}
+
+/// One line of a task's history (`Received`, `Started`, `Terminated`, `Restarting`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    pub time: Timestamp,
+    pub kind: String,
+    pub message: String,
+    pub exit_code: Option<i32>,
+}

@@ -1,0 +1,67 @@
+//! The Raft command log's payload.
+//!
+//! **Append-only.** Commands are stored in the Raft log and in snapshots with bincode, which
+//! encodes an enum variant by its position. Never reorder, renumber or remove a variant, and never
+//! change a variant's fields; add a new variant at the end instead. A server that meets a variant
+//! it does not know (an older binary replaying a newer log) cannot decode the entry: its storage
+//! reports the error and the node stops rather than diverge from its peers. Upgrade every server
+//! before using a feature that adds a command.
+//!
+//! Commands carry everything the state machine needs, IDs and timestamps included: the handler
+//! that proposes a command stamps them, so every replica applies identical values.
+
+use serde::{Deserialize, Serialize};
+
+use crate::eval::Evaluation;
+use crate::job::Job;
+use crate::time::Timestamp;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create a job or update its spec. A changed spec becomes the next version and creates
+    /// `eval`; an identical spec changes nothing.
+    RegisterJob { job: Job, eval: Evaluation },
+    /// Stop a job (it stays visible, `stopped = true`), or remove it and its history with
+    /// `purge`. Creates `eval` so the scheduler stops its allocations.
+    DeregisterJob { job_name: String, purge: bool, eval: Evaluation, now: Timestamp },
+}
+
+impl Command {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::RegisterJob { .. } => "register-job",
+            Command::DeregisterJob { .. } => "deregister-job",
+        }
+    }
+}
+
+/// The state machine's deterministic answer to a command.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResponse {
+    /// For Raft's own entries (blank, membership), which no caller waits on.
+    #[default]
+    Empty,
+    JobRegistered {
+        version: u64,
+        /// False when the submitted spec equalled the stored one.
+        changed: bool,
+        eval_id: Option<String>,
+    },
+    JobDeregistered { eval_id: String },
+    /// The command was valid when proposed but the state it met at apply time refuses it (for
+    /// example the job was purged in between). Nothing was changed.
+    Rejected(Rejection),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub kind: RejectionKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectionKind {
+    NotFound,
+    FailedPrecondition,
+}

@@ -1,0 +1,86 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// A unit of scheduler work: "something about this job changed, reconcile it".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub id: String,
+    pub job_name: String,
+    pub priority: u32,
+    pub trigger: EvalTrigger,
+    /// The node whose change caused this evaluation, for node triggers.
+    pub node_id: Option<String>,
+    pub status: EvalStatus,
+    pub status_description: String,
+    /// Task group -> why it could not be placed (shown by `job status`).
+    pub failed_placements: BTreeMap<String, String>,
+    pub created_at: Timestamp,
+    pub modified_at: Timestamp,
+}
+
+impl Evaluation {
+    pub fn new(id: String, job_name: &str, priority: u32, trigger: EvalTrigger, now: Timestamp) -> Evaluation {
+        Evaluation {
+            id,
+            job_name: job_name.to_string(),
+            priority,
+            trigger,
+            node_id: None,
+            status: EvalStatus::Pending,
+            status_description: String::new(),
+            failed_placements: BTreeMap::new(),
+            created_at: now,
+            modified_at: now,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EvalTrigger {
+    JobRegister,
+    JobDeregister,
+    NodeUpdate,
+    NodeDrain,
+    AllocFailure,
+    RetryFailedPlacement,
+}
+
+impl EvalTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvalTrigger::JobRegister => "job-register",
+            EvalTrigger::JobDeregister => "job-deregister",
+            EvalTrigger::NodeUpdate => "node-update",
+            EvalTrigger::NodeDrain => "node-drain",
+            EvalTrigger::AllocFailure => "alloc-failure",
+            EvalTrigger::RetryFailedPlacement => "retry-failed-placement",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EvalStatus {
+    /// Waiting for the leader's scheduler.
+    Pending,
+    Complete,
+    /// Some placements failed; retried when the cluster changes.
+    Blocked,
+    Failed,
+    /// Superseded by a newer evaluation of the same job.
+    Canceled,
+}
+
+impl EvalStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvalStatus::Pending => "pending",
+            EvalStatus::Complete => "complete",
+            EvalStatus::Blocked => "blocked",
+            EvalStatus::Failed => "failed",
+            EvalStatus::Canceled => "canceled",
+        }
+    }
+}

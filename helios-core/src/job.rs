@@ -1,0 +1,278 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// A job as the user declared it, plus the fields the cluster assigns (`version`, `status`,
+/// `submitted_at`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub name: String,
+    pub job_type: JobType,
+    /// 1..=100; higher runs first when the scheduler has a backlog.
+    pub priority: u32,
+    pub task_groups: Vec<TaskGroup>,
+    pub constraints: Vec<Constraint>,
+    pub meta: BTreeMap<String, String>,
+    /// Assigned by the state machine: 0 for the first submission, +1 for each changed spec.
+    pub version: u64,
+    pub status: JobStatus,
+    /// Set by `job stop`: the job stays stored (and visible) but nothing of it should run.
+    pub stopped: bool,
+    pub submitted_at: Timestamp,
+}
+
+pub const DEFAULT_PRIORITY: u32 = 50;
+
+impl Job {
+    /// A single-group, single-task exec job, as `helios-cli job run --name NAME CMD -- ARGS` makes.
+    pub fn exec(name: &str, command: &str, args: Vec<String>) -> Job {
+        Job {
+            name: name.to_string(),
+            job_type: JobType::Batch,
+            priority: DEFAULT_PRIORITY,
+            task_groups: vec![TaskGroup {
+                name: name.to_string(),
+                count: 1,
+                tasks: vec![Task {
+                    name: name.to_string(),
+                    driver: TaskDriver::Exec(ExecConfig { command: command.to_string(), args }),
+                    env: BTreeMap::new(),
+                    resources: Resources::default(),
+                    constraints: Vec::new(),
+                    kill_timeout_secs: Task::DEFAULT_KILL_TIMEOUT_SECS,
+                }],
+                constraints: Vec::new(),
+                restart: RestartPolicy::default_for(JobType::Batch),
+                meta: BTreeMap::new(),
+            }],
+            constraints: Vec::new(),
+            meta: BTreeMap::new(),
+            version: 0,
+            status: JobStatus::Pending,
+            stopped: false,
+            submitted_at: Timestamp::default(),
+        }
+    }
+
+    /// True when `other` declares the same workload: the fields the cluster assigns are ignored.
+    /// Re-submitting an unchanged spec therefore creates no new version.
+    pub fn same_spec(&self, other: &Job) -> bool {
+        self.job_type == other.job_type
+            && self.priority == other.priority
+            && self.task_groups == other.task_groups
+            && self.constraints == other.constraints
+            && self.meta == other.meta
+    }
+
+    /// Total allocations the job asks for.
+    pub fn desired_allocations(&self) -> u64 {
+        self.task_groups.iter().map(|g| u64::from(g.count)).sum()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobType {
+    /// Long-running: the scheduler keeps `count` allocations running.
+    Service,
+    /// Runs to completion; failures are retried per the restart policy.
+    Batch,
+    /// One allocation on every eligible node.
+    System,
+}
+
+impl JobType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobType::Service => "service",
+            JobType::Batch => "batch",
+            JobType::System => "system",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobStatus {
+    /// Submitted; not every allocation is placed yet.
+    Pending,
+    /// At least one allocation runs.
+    Running,
+    /// Stopped, or a batch job whose allocations all finished.
+    Dead,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Dead => "dead",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskGroup {
+    pub name: String,
+    pub count: u32,
+    pub tasks: Vec<Task>,
+    pub constraints: Vec<Constraint>,
+    pub restart: RestartPolicy,
+    pub meta: BTreeMap<String, String>,
+}
+
+/// What the client agent does when a task exits unexpectedly, before the scheduler reschedules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// Restarts allowed within `interval_secs`.
+    pub attempts: u32,
+    pub interval_secs: u32,
+    /// Wait between a task's exit and its restart.
+    pub delay_secs: u32,
+    pub mode: RestartMode,
+}
+
+impl RestartPolicy {
+    /// Nomad's defaults: services retry more, batch jobs fewer.
+    pub fn default_for(job_type: JobType) -> RestartPolicy {
+        match job_type {
+            JobType::Service | JobType::System => RestartPolicy {
+                attempts: 2,
+                interval_secs: 30 * 60,
+                delay_secs: 15,
+                mode: RestartMode::Fail,
+            },
+            JobType::Batch => RestartPolicy {
+                attempts: 3,
+                interval_secs: 24 * 60 * 60,
+                delay_secs: 15,
+                mode: RestartMode::Fail,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartMode {
+    /// Out of attempts: the task fails and the scheduler may place it elsewhere.
+    Fail,
+    /// Out of attempts: wait out the interval, then try again on the same node.
+    Delay,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub name: String,
+    pub driver: TaskDriver,
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    pub constraints: Vec<Constraint>,
+    /// Time between SIGTERM (or `docker stop`) and SIGKILL.
+    pub kill_timeout_secs: u32,
+}
+
+impl Task {
+    pub const DEFAULT_KILL_TIMEOUT_SECS: u32 = 5;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskDriver {
+    Exec(ExecConfig),
+    Docker(DockerConfig),
+}
+
+impl TaskDriver {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskDriver::Exec(_) => "exec",
+            TaskDriver::Docker(_) => "docker",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecConfig {
+    pub command: String,
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerConfig {
+    pub image: String,
+    /// Overrides the image's entrypoint when set.
+    pub entrypoint: Vec<String>,
+    /// Overrides the image's command when set.
+    pub command: Option<String>,
+    pub args: Vec<String>,
+    pub working_dir: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<PortMapping>,
+    pub network_mode: Option<String>,
+    /// Bind mounts, `host_path:container_path[:ro]`.
+    pub volumes: Vec<String>,
+}
+
+/// Helios-style port: `-p http=80:8080` maps container port 80 to host port 8080; without a host
+/// port the agent picks a free one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub name: String,
+    pub container_port: u16,
+    pub host_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_mhz: u32,
+    pub memory_mb: u32,
+}
+
+impl Default for Resources {
+    /// Nomad's defaults for a task that declares nothing.
+    fn default() -> Self {
+        Resources { cpu_mhz: 100, memory_mb: 300 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Constraint {
+    /// `node.id`, `node.hostname`, `attr.<name>` or `meta.<name>`.
+    pub attribute: String,
+    pub operator: ConstraintOperator,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConstraintOperator {
+    Equal,
+    NotEqual,
+    Regexp,
+    /// `value` is a version requirement such as `>= 1.2, < 2`.
+    Version,
+    /// At most one allocation of the job (or group) per node; `attribute` and `value` unused.
+    DistinctHosts,
+}
+
+impl ConstraintOperator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConstraintOperator::Equal => "=",
+            ConstraintOperator::NotEqual => "!=",
+            ConstraintOperator::Regexp => "regexp",
+            ConstraintOperator::Version => "version",
+            ConstraintOperator::DistinctHosts => "distinct_hosts",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ConstraintOperator> {
+        Some(match s {
+            "=" | "==" | "is" => ConstraintOperator::Equal,
+            "!=" | "not" => ConstraintOperator::NotEqual,
+            "regexp" => ConstraintOperator::Regexp,
+            "version" => ConstraintOperator::Version,
+            "distinct_hosts" => ConstraintOperator::DistinctHosts,
+            _ => return None,
+        })
+    }
+}

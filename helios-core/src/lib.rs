@@ -1,0 +1,27 @@
+//! Helios domain model and pure logic.
+//!
+//! Everything here is plain data and deterministic functions: no async runtime, no network, no
+//! disk. The server's state machine stores these types; the scheduler (pure) plans over them; the
+//! API crate converts them to and from protobuf.
+
+pub mod alloc;
+pub mod command;
+pub mod eval;
+pub mod job;
+pub mod limits;
+pub mod node;
+pub mod plan;
+pub mod time;
+pub mod validate;
+
+pub use alloc::{AllocClientStatus, AllocDesiredStatus, Allocation, TaskEvent, TaskRunState, TaskState};
+pub use command::{Command, CommandResponse, Rejection, RejectionKind};
+pub use eval::{EvalStatus, EvalTrigger, Evaluation};
+pub use job::{
+    Constraint, ConstraintOperator, DockerConfig, ExecConfig, Job, JobStatus, JobType, PortMapping,
+    Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup,
+};
+pub use node::{Node, NodeEligibility, NodeStatus};
+pub use plan::Plan;
+pub use time::Timestamp;
+pub use validate::{FieldError, ValidationErrors};

@@ -1,0 +1,21 @@
+//! Explicit limits on user input. Anything larger is refused by validation with the field's path,
+//! before it reaches Raft.
+
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_TASK_GROUPS: usize = 100;
+pub const MAX_TASKS_PER_GROUP: usize = 100;
+pub const MAX_GROUP_COUNT: u32 = 10_000;
+pub const MAX_ARGS: usize = 1_024;
+pub const MAX_ARG_LEN: usize = 64 * 1024;
+pub const MAX_ENV_ENTRIES: usize = 1_024;
+pub const MAX_ENV_BYTES: usize = 256 * 1024;
+pub const MAX_CONSTRAINTS: usize = 64;
+pub const MAX_META_ENTRIES: usize = 256;
+pub const MAX_CPU_MHZ: u32 = 1_000_000;
+pub const MAX_MEMORY_MB: u32 = 16 * 1024 * 1024;
+pub const MAX_PRIORITY: u32 = 100;
+pub const MAX_RESTART_ATTEMPTS: u32 = 1_000;
+pub const MAX_KILL_TIMEOUT_SECS: u32 = 3_600;
+pub const MAX_PORTS: usize = 64;
+/// Largest protobuf message a server accepts (and the CLI sends).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

@@ -1,0 +1,58 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::Resources;
+use crate::time::Timestamp;
+
+/// A machine running a client agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub hostname: String,
+    /// The agent's own gRPC service (`--client-rpc-addr`), which serves task logs.
+    pub rpc_addr: String,
+    /// Fingerprinted: `os`, `arch`, `driver.docker.version`, ...
+    pub attributes: BTreeMap<String, String>,
+    /// Operator-supplied (`--meta KEY=VALUE`).
+    pub meta: BTreeMap<String, String>,
+    pub drivers: Vec<String>,
+    pub resources: Resources,
+    pub status: NodeStatus,
+    pub eligibility: NodeEligibility,
+    pub drain: bool,
+    pub registered_at: Timestamp,
+    pub status_updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeStatus {
+    Initializing,
+    Ready,
+    Down,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Initializing => "initializing",
+            NodeStatus::Ready => "ready",
+            NodeStatus::Down => "down",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeEligibility {
+    Eligible,
+    Ineligible,
+}
+
+impl NodeEligibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeEligibility::Eligible => "eligible",
+            NodeEligibility::Ineligible => "ineligible",
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! Validation of user input. Every problem is reported, each with the path of its field, so a user
+//! fixes a job file in one round trip.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::job::{Constraint, ConstraintOperator, Job, Resources, Task, TaskDriver, TaskGroup};
+use crate::limits::*;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// `task_groups[0].tasks[1].resources.memory_mb`
+    pub field: String,
+    pub problem: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.problem)
+    }
+}
+
+/// All the problems found in one input; never empty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+impl ValidationErrors {
+    pub fn single(field: &str, problem: impl Into<String>) -> ValidationErrors {
+        ValidationErrors(vec![FieldError { field: field.to_string(), problem: problem.into() }])
+    }
+}
+
+/// Collects problems while walking a structure.
+#[derive(Default)]
+struct Report {
+    errors: Vec<FieldError>,
+}
+
+impl Report {
+    fn add(&mut self, field: impl Into<String>, problem: impl Into<String>) {
+        self.errors.push(FieldError { field: field.into(), problem: problem.into() });
+    }
+
+    fn finish(self) -> Result<(), ValidationErrors> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(self.errors))
+        }
+    }
+}
+
+/// Checks a name used as a key (job, group, task): non-empty, bounded, printable and free of
+/// characters that would break paths, labels or shell output.
+pub fn check_name(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(format!("must be at most {MAX_NAME_LEN} bytes, got {}", value.len()));
+    }
+    if let Some(c) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(format!("may contain only letters, digits, '-', '_' and '.', found {c:?}"));
+    }
+    if value.starts_with('.') {
+        return Err("must not start with '.'".into());
+    }
+    Ok(())
+}
+
+fn check_text(r: &mut Report, field: &str, value: &str, max: usize) {
+    if value.len() > max {
+        r.add(field, format!("must be at most {max} bytes, got {}", value.len()));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        r.add(field, "must not contain control characters");
+    }
+}
+
+impl Job {
+    /// Checks the user-supplied part of a job. The fields the cluster assigns (version, status,
+    /// submitted_at) are not looked at.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut r = Report::default();
+        if let Err(p) = check_name(&self.name) {
+            r.add("name", p);
+        }
+        if self.priority == 0 || self.priority > MAX_PRIORITY {
+            r.add("priority", format!("must be between 1 and {MAX_PRIORITY}, got {}", self.priority));
+        }
+        if self.task_groups.is_empty() {
+            r.add("task_groups", "must contain at least one task group");
+        }
+        if self.task_groups.len() > MAX_TASK_GROUPS {
+            r.add("task_groups", format!("must contain at most {MAX_TASK_GROUPS} groups, got {}", self.task_groups.len()));
+        }
+        check_constraints(&mut r, "constraints", &self.constraints);
+        check_map(&mut r, "meta", &self.meta, MAX_META_ENTRIES);
+        let mut seen = BTreeSet::new();
+        for (i, group) in self.task_groups.iter().enumerate().take(MAX_TASK_GROUPS) {
+            let path = format!("task_groups[{i}]");
+            if !seen.insert(group.name.as_str()) {
+                r.add(format!("{path}.name"), format!("duplicate task group name {:?}", group.name));
+            }
+            check_group(&mut r, &path, group);
+        }
+        r.finish()
+    }
+}
+
+fn check_group(r: &mut Report, path: &str, group: &TaskGroup) {
+    if let Err(p) = check_name(&group.name) {
+        r.add(format!("{path}.name"), p);
+    }
+    if group.count > MAX_GROUP_COUNT {
+        r.add(format!("{path}.count"), format!("must be at most {MAX_GROUP_COUNT}, got {}", group.count));
+    }
+    if group.tasks.is_empty() {
+        r.add(format!("{path}.tasks"), "must contain at least one task");
+    }
+    if group.tasks.len() > MAX_TASKS_PER_GROUP {
+        r.add(
+            format!("{path}.tasks"),
+            format!("must contain at most {MAX_TASKS_PER_GROUP} tasks, got {}", group.tasks.len()),
+        );
+    }
+    if group.restart.attempts > MAX_RESTART_ATTEMPTS {
+        r.add(
+            format!("{path}.restart.attempts"),
+            format!("must be at most {MAX_RESTART_ATTEMPTS}, got {}", group.restart.attempts),
+        );
+    }
+    if group.restart.interval_secs == 0 && group.restart.attempts > 0 {
+        r.add(format!("{path}.restart.interval_secs"), "must be > 0 when attempts > 0");
+    }
+    check_constraints(r, &format!("{path}.constraints"), &group.constraints);
+    check_map(r, &format!("{path}.meta"), &group.meta, MAX_META_ENTRIES);
+    let mut seen = BTreeSet::new();
+    for (j, task) in group.tasks.iter().enumerate().take(MAX_TASKS_PER_GROUP) {
+        let tpath = format!("{path}.tasks[{j}]");
+        if !seen.insert(task.name.as_str()) {
+            r.add(format!("{tpath}.name"), format!("duplicate task name {:?}", task.name));
+        }
+        check_task(r, &tpath, task);
+    }
+}
+
+fn check_task(r: &mut Report, path: &str, task: &Task) {
+    if let Err(p) = check_name(&task.name) {
+        r.add(format!("{path}.name"), p);
+    }
+    match &task.driver {
+        TaskDriver::Exec(exec) => {
+            if exec.command.trim().is_empty() {
+                r.add(format!("{path}.config.command"), "must not be empty");
+            }
+            check_text(r, &format!("{path}.config.command"), &exec.command, MAX_ARG_LEN);
+            check_args(r, &format!("{path}.config.args"), &exec.args);
+        }
+        TaskDriver::Docker(docker) => {
+            if docker.image.trim().is_empty() {
+                r.add(format!("{path}.config.image"), "must not be empty");
+            }
+            check_text(r, &format!("{path}.config.image"), &docker.image, MAX_ARG_LEN);
+            check_args(r, &format!("{path}.config.args"), &docker.args);
+            check_args(r, &format!("{path}.config.entrypoint"), &docker.entrypoint);
+            if docker.ports.len() > MAX_PORTS {
+                r.add(format!("{path}.config.ports"), format!("must have at most {MAX_PORTS} ports"));
+            }
+            let mut names = BTreeSet::new();
+            for (k, port) in docker.ports.iter().enumerate() {
+                let ppath = format!("{path}.config.ports[{k}]");
+                if let Err(p) = check_name(&port.name) {
+                    r.add(format!("{ppath}.name"), p);
+                }
+                if !names.insert(port.name.as_str()) {
+                    r.add(format!("{ppath}.name"), format!("duplicate port name {:?}", port.name));
+                }
+                if port.container_port == 0 {
+                    r.add(format!("{ppath}.container_port"), "must be > 0");
+                }
+                if port.host_port == Some(0) {
+                    r.add(format!("{ppath}.host_port"), "must be > 0 (omit it to pick a free port)");
+                }
+            }
+        }
+    }
+    check_env(r, &format!("{path}.env"), &task.env);
+    check_resources(r, &format!("{path}.resources"), &task.resources);
+    check_constraints(r, &format!("{path}.constraints"), &task.constraints);
+    if task.kill_timeout_secs > MAX_KILL_TIMEOUT_SECS {
+        r.add(
+            format!("{path}.kill_timeout_secs"),
+            format!("must be at most {MAX_KILL_TIMEOUT_SECS}, got {}", task.kill_timeout_secs),
+        );
+    }
+}
+
+fn check_args(r: &mut Report, path: &str, args: &[String]) {
+    if args.len() > MAX_ARGS {
+        r.add(path, format!("must have at most {MAX_ARGS} entries, got {}", args.len()));
+        return;
+    }
+    for (i, arg) in args.iter().enumerate() {
+        if arg.len() > MAX_ARG_LEN {
+            r.add(format!("{path}[{i}]"), format!("must be at most {MAX_ARG_LEN} bytes"));
+        }
+        if arg.contains('\0') {
+            r.add(format!("{path}[{i}]"), "must not contain NUL bytes");
+        }
+    }
+}
+
+fn check_env(r: &mut Report, path: &str, env: &BTreeMap<String, String>) {
+    if env.len() > MAX_ENV_ENTRIES {
+        r.add(path, format!("must have at most {MAX_ENV_ENTRIES} entries, got {}", env.len()));
+        return;
+    }
+    let total: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_ENV_BYTES {
+        r.add(path, format!("must total at most {MAX_ENV_BYTES} bytes, got {total}"));
+    }
+    for (key, value) in env {
+        let valid_key = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_key {
+            r.add(format!("{path}.{key:?}"), "name must be letters, digits and '_', not starting with a digit");
+        }
+        if value.contains('\0') {
+            r.add(format!("{path}.{key}"), "value must not contain NUL bytes");
+        }
+    }
+}
+
+fn check_map(r: &mut Report, path: &str, map: &BTreeMap<String, String>, max: usize) {
+    if map.len() > max {
+        r.add(path, format!("must have at most {max} entries, got {}", map.len()));
+        return;
+    }
+    for (key, value) in map {
+        if key.is_empty() {
+            r.add(path, "keys must not be empty");
+        }
+        check_text(r, &format!("{path}.{key}"), value, MAX_ARG_LEN);
+    }
+}
+
+fn check_resources(r: &mut Report, path: &str, res: &Resources) {
+    if res.cpu_mhz == 0 || res.cpu_mhz > MAX_CPU_MHZ {
+        r.add(format!("{path}.cpu_mhz"), format!("must be > 0 and at most {MAX_CPU_MHZ}, got {}", res.cpu_mhz));
+    }
+    if res.memory_mb == 0 || res.memory_mb > MAX_MEMORY_MB {
+        r.add(
+            format!("{path}.memory_mb"),
+            format!("must be > 0 and at most {MAX_MEMORY_MB}, got {}", res.memory_mb),
+        );
+    }
+}
+
+const CONSTRAINT_ATTRIBUTE_PREFIXES: [&str; 2] = ["attr.", "meta."];
+
+fn check_constraints(r: &mut Report, path: &str, constraints: &[Constraint]) {
+    if constraints.len() > MAX_CONSTRAINTS {
+        r.add(path, format!("must have at most {MAX_CONSTRAINTS} entries, got {}", constraints.len()));
+        return;
+    }
+    for (i, c) in constraints.iter().enumerate() {
+        let cpath = format!("{path}[{i}]");
+        if c.operator == ConstraintOperator::DistinctHosts {
+            continue;
+        }
+        let known_attribute = c.attribute == "node.id"
+            || c.attribute == "node.hostname"
+            || CONSTRAINT_ATTRIBUTE_PREFIXES.iter().any(|p| c.attribute.len() > p.len() && c.attribute.starts_with(p));
+        if !known_attribute {
+            r.add(
+                format!("{cpath}.attribute"),
+                format!("must be node.id, node.hostname, attr.<name> or meta.<name>, got {:?}", c.attribute),
+            );
+        }
+        check_text(r, &format!("{cpath}.value"), &c.value, MAX_ARG_LEN);
+        match c.operator {
+            ConstraintOperator::Regexp => {
+                if let Err(e) = regex::Regex::new(&c.value) {
+                    r.add(format!("{cpath}.value"), format!("invalid regular expression: {e}"));
+                }
+            }
+            ConstraintOperator::Version => {
+                if let Err(e) = crate::validate::parse_version_requirement(&c.value) {
+                    r.add(format!("{cpath}.value"), e);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A version requirement: comma-separated `OP VERSION` terms, OP one of `=`, `!=`, `>`, `>=`,
+/// `<`, `<=` (default `=`), VERSION dotted numbers.
+pub fn parse_version_requirement(text: &str) -> Result<Vec<(String, Vec<u64>)>, String> {
+    let mut terms = Vec::new();
+    for term in text.split(',') {
+        let term = term.trim();
+        if term.is_empty() {
+            return Err(format!("invalid version requirement {text:?}: empty term"));
+        }
+        let op_len = term.find(|c: char| c.is_ascii_digit()).unwrap_or(term.len());
+        let (op, version) = term.split_at(op_len);
+        let op = match op.trim() {
+            "" => "=",
+            o @ ("=" | "!=" | ">" | ">=" | "<" | "<=") => o,
+            other => return Err(format!("invalid version requirement {text:?}: unknown operator {other:?}")),
+        };
+        let parts: Result<Vec<u64>, _> = version.trim().split('.').map(str::parse::<u64>).collect();
+        match parts {
+            Ok(p) if !p.is_empty() => terms.push((op.to_string(), p)),
+            _ => return Err(format!("invalid version requirement {text:?}: bad version {version:?}")),
+        }
+    }
+    Ok(terms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{ConstraintOperator, DockerConfig, PortMapping};
+
+    fn fields(job: &Job) -> Vec<String> {
+        match job.validate() {
+            Ok(()) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_plain_exec_job_is_valid() {
+        assert_eq!(fields(&Job::exec("web", "echo", vec!["hi".into()])), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let mut job = Job::exec("bad name!", "", vec![]);
+        job.priority = 0;
+        let second = job.task_groups[0].tasks[0].clone();
+        job.task_groups[0].tasks.push(Task { name: "second".into(), ..second });
+        job.task_groups[0].tasks[1].resources.memory_mb = 0;
+        let got = fields(&job);
+        assert!(got.iter().any(|e| e.starts_with("name: may contain only")), "{got:?}");
+        assert!(got.contains(&"priority: must be between 1 and 100, got 0".to_string()), "{got:?}");
+        assert!(got.iter().any(|e| e.starts_with("task_groups[0].tasks[0].config.command: must not be empty")));
+        assert!(
+            got.contains(&"task_groups[0].tasks[1].resources.memory_mb: must be > 0 and at most 16777216, got 0".to_string()),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn control_characters_and_oversize_values_are_refused() {
+        let mut job = Job::exec("ok", "echo", vec!["a\0b".into()]);
+        job.meta.insert("k".into(), "bell\u{7}".into());
+        job.task_groups[0].count = MAX_GROUP_COUNT + 1;
+        let got = fields(&job);
+        assert!(got.iter().any(|e| e.starts_with("task_groups[0].tasks[0].config.args[0]: must not contain NUL")));
+        assert!(got.iter().any(|e| e.starts_with("meta.k: must not contain control characters")));
+        assert!(got.iter().any(|e| e.starts_with("task_groups[0].count: must be at most 10000")));
+    }
+
+    #[test]
+    fn duplicate_names_and_empty_groups_are_refused() {
+        let mut job = Job::exec("ok", "echo", vec![]);
+        job.task_groups.push(job.task_groups[0].clone());
+        job.task_groups[1].tasks.clear();
+        let got = fields(&job);
+        assert!(got.iter().any(|e| e.starts_with("task_groups[1].name: duplicate")), "{got:?}");
+        assert!(got.iter().any(|e| e.starts_with("task_groups[1].tasks: must contain at least one")));
+        job.task_groups.clear();
+        assert_eq!(fields(&job), vec!["task_groups: must contain at least one task group".to_string()]);
+    }
+
+    #[test]
+    fn constraints_are_checked() {
+        let mut job = Job::exec("ok", "echo", vec![]);
+        job.constraints = vec![
+            Constraint { attribute: "attr.os".into(), operator: ConstraintOperator::Regexp, value: "(".into() },
+            Constraint { attribute: "os".into(), operator: ConstraintOperator::Equal, value: "linux".into() },
+            Constraint { attribute: "attr.kernel".into(), operator: ConstraintOperator::Version, value: ">= 5.x".into() },
+            Constraint { attribute: String::new(), operator: ConstraintOperator::DistinctHosts, value: String::new() },
+        ];
+        let got = fields(&job);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[0].starts_with("constraints[0].value: invalid regular expression"));
+        assert!(got[1].starts_with("constraints[1].attribute: must be node.id"));
+        assert!(got[2].starts_with("constraints[2].value: invalid version requirement"));
+    }
+
+    #[test]
+    fn docker_ports_are_checked() {
+        let mut job = Job::exec("ok", "echo", vec![]);
+        job.task_groups[0].tasks[0].driver = TaskDriver::Docker(DockerConfig {
+            image: String::new(),
+            entrypoint: vec![],
+            command: None,
+            args: vec![],
+            working_dir: None,
+            labels: BTreeMap::new(),
+            ports: vec![
+                PortMapping { name: "http".into(), container_port: 0, host_port: Some(0) },
+                PortMapping { name: "http".into(), container_port: 80, host_port: None },
+            ],
+            network_mode: None,
+            volumes: vec![],
+        });
+        let got = fields(&job);
+        let p = "task_groups[0].tasks[0].config";
+        assert!(got.contains(&format!("{p}.image: must not be empty")), "{got:?}");
+        assert!(got.contains(&format!("{p}.ports[0].container_port: must be > 0")));
+        assert!(got.iter().any(|e| e.starts_with(&format!("{p}.ports[0].host_port"))));
+        assert!(got.iter().any(|e| e.starts_with(&format!("{p}.ports[1].name: duplicate"))));
+    }
+
+    #[test]
+    fn version_requirements_parse() {
+        assert_eq!(
+            parse_version_requirement(">= 1.2, < 2").unwrap(),
+            vec![(">=".to_string(), vec![1, 2]), ("<".to_string(), vec![2])]
+        );
+        assert_eq!(parse_version_requirement("3").unwrap(), vec![("=".to_string(), vec![3])]);
+        assert!(parse_version_requirement("~> 1").is_err());
+        assert!(parse_version_requirement("").is_err());
+    }
+
+    #[test]
+    fn env_names_are_checked() {
+        let mut job = Job::exec("ok", "echo", vec![]);
+        job.task_groups[0].tasks[0].env.insert("1BAD".into(), "x".into());
+        job.task_groups[0].tasks[0].env.insert("GOOD_1".into(), "x".into());
+        let got = fields(&job);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains("name must be letters"));
+    }
+}
