@@ -65,3 +65,20 @@ pub enum RejectionKind {
     NotFound,
     FailedPrecondition,
 }
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::RegisterJob { job, eval } => write!(f, "register-job {} (eval {})", job.name, eval.id),
+            Command::DeregisterJob { job_name, purge, eval, .. } => {
+                write!(f, "deregister-job {job_name} purge={purge} (eval {})", eval.id)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for CommandResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}

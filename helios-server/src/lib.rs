@@ -1,1 +1,196 @@
+//! The Helios server: an openraft node persisting Helios's state in redb, serving the public gRPC
+//! API, the peer API, gRPC health and reflection, all on one port.
+//!
+//! `main.rs` is a thin wrapper over [`run`], so tests start real servers in-process.
 
+pub mod api;
+pub mod cluster;
+pub mod config;
+pub mod raft;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+
+use helios_api::pb;
+use helios_core::limits::MAX_MESSAGE_BYTES;
+use openraft::type_config::async_runtime::watch::WatchReceiver;
+use openraft::BasicNode;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::{ConfigError, ServerConfig};
+
+use crate::cluster::Cluster;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{NetworkFactory, PeerChannels};
+use crate::raft::state_machine::StateMachine;
+use crate::raft::{NodeId, Raft};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] store::OpenError),
+    #[error("cannot read the Raft log: {0}")]
+    Log(std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "the membership stored in this server's data contradicts --peer: {0}. Start it with the \
+         addresses it was created with, or change membership with `helios-cli server join/remove`"
+    )]
+    MembershipMismatch(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("serving gRPC: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Binds `config.rpc_addr` and runs the server until `shutdown` completes.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    let listener =
+        TcpListener::bind(config.rpc_addr).await.map_err(|source| StartError::Listen { addr: config.rpc_addr, source })?;
+    run_on(config, listener, shutdown).await
+}
+
+/// Runs the server on an already bound listener (tests bind port 0 first, to learn the
+/// addresses every server's peer list needs).
+pub async fn run_on(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let db = store::open(&config.data_dir, config.node_id)?;
+    let log_store = LogStore::open(db.clone()).map_err(StartError::Log)?;
+    let channels = PeerChannels::default();
+    let network = NetworkFactory { channels: channels.clone() };
+    let raft = Raft::new(
+        config.node_id,
+        raft::raft_config(config.snapshot_every),
+        network,
+        log_store,
+        StateMachine::new(db.clone()),
+    )
+    .await
+    .map_err(|e| StartError::Raft(e.to_string()))?;
+
+    if let Err(e) = join_cluster(&raft, &config).await {
+        let _ = raft.shutdown().await;
+        return Err(e);
+    }
+    let cluster = Cluster { node_id: config.node_id, raft: raft.clone(), db, channels };
+    let served = serve(cluster, listener, shutdown).await;
+    tracing::info!(node_id = config.node_id, "shutting down raft");
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft did not shut down cleanly");
+    }
+    served
+}
+
+/// Initializes a new cluster on the bootstrap server, and on every start checks that the
+/// stored membership agrees with `--peer`.
+async fn join_cluster(raft: &Raft, config: &ServerConfig) -> Result<(), StartError> {
+    let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
+    if initialized {
+        let stored: BTreeMap<NodeId, String> = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow_watched();
+            m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
+        };
+        check_membership(&stored, &config.peers, config.node_id)?;
+        tracing::info!(node_id = config.node_id, members = ?stored, "rejoining the cluster from stored state");
+        return Ok(());
+    }
+    if config.bootstrap {
+        let members: BTreeMap<NodeId, BasicNode> =
+            config.peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+        tracing::info!(node_id = config.node_id, ?members, "bootstrapping a new cluster");
+        raft.initialize(members).await.map_err(|e| StartError::Raft(e.to_string()))?;
+    } else {
+        tracing::info!(node_id = config.node_id, "waiting to be contacted by the cluster's leader");
+    }
+    Ok(())
+}
+
+/// A server whose flags give a member a different address than the stored membership would
+/// talk to the wrong peer: refuse. Members added or removed since the flags were written are
+/// fine (the stored membership wins) and only noted.
+fn check_membership(
+    stored: &BTreeMap<NodeId, String>,
+    flags: &BTreeMap<NodeId, String>,
+    own_id: NodeId,
+) -> Result<(), StartError> {
+    let conflicts: Vec<String> = flags
+        .iter()
+        .filter_map(|(id, addr)| match stored.get(id) {
+            Some(stored_addr) if stored_addr != addr => {
+                Some(format!("server {id} is {stored_addr} in the stored membership but --peer says {addr}"))
+            }
+            _ => None,
+        })
+        .collect();
+    if !conflicts.is_empty() {
+        return Err(StartError::MembershipMismatch(conflicts.join("; ")));
+    }
+    if !flags.is_empty() && flags.keys().ne(stored.keys()) {
+        tracing::warn!(?stored, ?flags, "membership changed since --peer was written; using the stored membership");
+    }
+    if !stored.contains_key(&own_id) {
+        tracing::warn!(own_id, "this server is not in the stored membership (removed?); waiting to be added again");
+    }
+    Ok(())
+}
+
+async fn serve(
+    cluster: Cluster,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    use pb::allocation_service_server::AllocationServiceServer;
+    use pb::cluster_service_server::ClusterServiceServer;
+    use pb::job_service_server::JobServiceServer;
+    use pb::node_service_server::NodeServiceServer;
+    use pb::raft_peer_server::RaftPeerServer;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<JobServiceServer<api::jobs::Jobs>>().await;
+    health.set_serving::<AllocationServiceServer<api::jobs::Allocations>>().await;
+    health.set_serving::<NodeServiceServer<api::nodes::Nodes>>().await;
+    health.set_serving::<ClusterServiceServer<api::cluster_service::Membership>>().await;
+    health.set_serving::<RaftPeerServer<raft::peer_service::PeerService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        // The descriptor set is generated by our own build script; failing to decode it is a
+        // build defect, not a runtime condition.
+        .expect("embedded file descriptor set is valid");
+
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: "0.0.0.0:0".parse().expect("literal"), source })?;
+    tracing::info!(node_id = cluster.node_id, %addr, "helios-server serving");
+    let limit = MAX_MESSAGE_BYTES;
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(JobServiceServer::new(api::jobs::Jobs { cluster: cluster.clone() }).max_decoding_message_size(limit))
+        .add_service(
+            AllocationServiceServer::new(api::jobs::Allocations { cluster: cluster.clone() })
+                .max_decoding_message_size(limit),
+        )
+        .add_service(NodeServiceServer::new(api::nodes::Nodes { cluster: cluster.clone() }).max_decoding_message_size(limit))
+        .add_service(
+            ClusterServiceServer::new(api::cluster_service::Membership { cluster: cluster.clone() })
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            RaftPeerServer::new(raft::peer_service::PeerService { cluster })
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

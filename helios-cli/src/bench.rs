@@ -1,0 +1,95 @@
+//! `helios-cli bench submit`: a closed-loop load generator for job submissions.
+//!
+//! `--concurrency` workers each keep one submission in flight until `--jobs` have been
+//! acknowledged. Every acknowledgement is a durable Raft commit on a majority.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use hdrhistogram::Histogram;
+use helios_api::convert::job_to_pb;
+use helios_api::pb;
+use helios_core::Job;
+
+use crate::connect::Servers;
+use crate::job::client;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Submit distinct jobs as fast as the cluster acknowledges them.
+    Submit {
+        #[arg(long, default_value_t = 16)]
+        concurrency: u64,
+        #[arg(long, default_value_t = 10_000)]
+        jobs: u64,
+        /// HTTP/2 connections to spread the workers over.
+        #[arg(long, default_value_t = 4)]
+        connections: u64,
+        /// Job name prefix; defaults to one unique to this run.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+}
+
+pub async fn run(servers: &Servers, command: BenchCommand) -> Result<()> {
+    let BenchCommand::Submit { concurrency, jobs, connections, prefix } = command;
+    if concurrency == 0 || jobs == 0 || connections == 0 {
+        bail!("--concurrency, --jobs and --connections must be > 0");
+    }
+    let prefix = prefix.unwrap_or_else(|| format!("bench-{}", std::process::id()));
+    let mut channels = Vec::new();
+    for _ in 0..connections.min(concurrency) {
+        channels.push(servers.first_endpoint().connect().await.context("connecting to the server")?);
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let channel = channels[usize::try_from(w).unwrap_or(0) % channels.len()].clone();
+        let (next, prefix) = (next.clone(), prefix.clone());
+        workers.push(tokio::spawn(async move {
+            let mut jobs_client = client(channel);
+            // 1 µs .. 60 s at 3 significant digits.
+            let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+            let mut errors = 0u64;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= jobs {
+                    break;
+                }
+                let job = Job::exec(&format!("{prefix}-{i}"), "true", Vec::new());
+                let t = Instant::now();
+                match jobs_client.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await {
+                    Ok(_) => latencies.saturating_record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)),
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+    let mut errors = 0;
+    for w in workers {
+        let (h, e) = w.await?;
+        all.add(h)?;
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    let ms = |us: u64| Duration::from_micros(us).as_secs_f64() * 1000.0;
+    println!(
+        "submitted {} jobs in {:.2}s with concurrency {concurrency}: {:.0} jobs/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {errors} errors",
+        all.len(),
+        elapsed.as_secs_f64(),
+        all.len() as f64 / elapsed.as_secs_f64(),
+        ms(all.value_at_quantile(0.50)),
+        ms(all.value_at_quantile(0.99)),
+        ms(all.max()),
+    );
+    if errors > 0 {
+        bail!("{errors} submissions failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! Reaching a server: the first of `--server-addr` that answers, with errors a person can act on.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use helios_core::limits::MAX_MESSAGE_BYTES;
+use tonic::transport::{Channel, Endpoint};
+
+pub struct Servers {
+    endpoints: Vec<(String, Endpoint)>,
+}
+
+impl Servers {
+    pub fn parse(addrs: &[String]) -> Result<Servers> {
+        let mut endpoints = Vec::new();
+        for addr in addrs.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
+            let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| anyhow!("invalid --server-addr {addr:?}: {e}"))?
+                .connect_timeout(Duration::from_secs(3))
+                .tcp_nodelay(true);
+            endpoints.push((url, endpoint));
+        }
+        if endpoints.is_empty() {
+            bail!("--server-addr is empty; give a URL such as http://127.0.0.1:50051");
+        }
+        Ok(Servers { endpoints })
+    }
+
+    /// A channel to the first server that accepts a connection.
+    pub async fn connect(&self) -> Result<Channel> {
+        let mut failures = Vec::new();
+        for (url, endpoint) in &self.endpoints {
+            match endpoint.connect().await {
+                Ok(channel) => return Ok(channel),
+                Err(e) => failures.push(format!("{url} ({})", root_cause(&e))),
+            }
+        }
+        bail!(
+            "cannot reach a Helios server at {}; is it running? Point --server-addr (or HELIOS_ADDR) at a server",
+            failures.join(", ")
+        )
+    }
+
+    /// A separate channel per call site, for load generation.
+    pub fn first_endpoint(&self) -> &Endpoint {
+        &self.endpoints[0].1
+    }
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Turns a gRPC status into the one-line error the user sees.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::Unavailable if status.message().contains("leader") => anyhow!("{}", status.message()),
+        tonic::Code::Unavailable => anyhow!("server unavailable: {}", status.message()),
+        _ => anyhow!("{}", status.message()),
+    }
+}
+
+pub const MAX_MESSAGE: usize = MAX_MESSAGE_BYTES;

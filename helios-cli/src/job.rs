@@ -1,0 +1,252 @@
+//! `helios-cli job ...`
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use helios_api::convert::job_to_pb;
+use helios_api::pb;
+use helios_api::pb::job_service_client::JobServiceClient;
+use helios_core::{Job, JobType, Resources, RestartPolicy, TaskDriver, Timestamp};
+
+use crate::connect::{status_error, Servers, MAX_MESSAGE};
+use crate::table::Table;
+
+#[derive(Subcommand, Debug)]
+pub enum JobCommand {
+    /// Submit a job that runs CMD with ARGS (give ARGS after `--`).
+    Run(RunArgs),
+    /// List every job.
+    List,
+    /// Show a job, its allocations and evaluations, and why anything is not placed.
+    Status { name: String },
+    /// Stop a job's allocations; the job stays visible (use --purge to forget it).
+    Stop {
+        name: String,
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The job's name (letters, digits, '-', '_', '.').
+    #[arg(long)]
+    pub name: String,
+    #[arg(long = "type", value_enum, default_value_t = TypeArg::Batch)]
+    pub job_type: TypeArg,
+    /// How many copies to run.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    #[arg(long, default_value_t = 50)]
+    pub priority: u32,
+    #[arg(long, default_value_t = Resources::default().cpu_mhz)]
+    pub cpu_mhz: u32,
+    #[arg(long, default_value_t = Resources::default().memory_mb)]
+    pub memory_mb: u32,
+    /// Environment variable for the task, KEY=VALUE; repeatable.
+    #[arg(long = "env", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// The command to run.
+    pub command: String,
+    /// Its arguments.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum TypeArg {
+    Service,
+    Batch,
+    System,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
+}
+
+impl RunArgs {
+    pub fn to_job(&self) -> Job {
+        let job_type = match self.job_type {
+            TypeArg::Service => JobType::Service,
+            TypeArg::Batch => JobType::Batch,
+            TypeArg::System => JobType::System,
+        };
+        let mut job = Job::exec(&self.name, &self.command, self.args.clone());
+        job.job_type = job_type;
+        job.priority = self.priority;
+        let group = &mut job.task_groups[0];
+        group.count = self.count;
+        group.restart = RestartPolicy::default_for(job_type);
+        let task = &mut group.tasks[0];
+        task.resources = Resources { cpu_mhz: self.cpu_mhz, memory_mb: self.memory_mb };
+        task.env = self.env.iter().cloned().collect::<BTreeMap<_, _>>();
+        job
+    }
+}
+
+pub fn client(channel: tonic::transport::Channel) -> JobServiceClient<tonic::transport::Channel> {
+    JobServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
+}
+
+pub async fn run(servers: &Servers, command: JobCommand) -> Result<()> {
+    let mut jobs = client(servers.connect().await?);
+    match command {
+        JobCommand::Run(args) => {
+            // The inline form names the group and task after the job: check the name once here
+            // rather than hear the same problem three times from the server.
+            helios_core::validate::check_name(&args.name).map_err(|p| anyhow!("invalid --name {:?}: {p}", args.name))?;
+            let request = pb::SubmitJobRequest { job: Some(job_to_pb(&args.to_job())) };
+            let reply = jobs.submit_job(request).await.map_err(status_error)?.into_inner();
+            if reply.changed {
+                println!(
+                    "Job {:?} submitted: version {}, evaluation {}",
+                    args.name,
+                    reply.version,
+                    short(&reply.eval_id)
+                );
+            } else {
+                println!("Job {:?} unchanged (version {}); nothing to do", args.name, reply.version);
+            }
+        }
+        JobCommand::List => {
+            let reply = jobs.list_jobs(pb::ListJobsRequest {}).await.map_err(status_error)?.into_inner();
+            if reply.jobs.is_empty() {
+                println!("No jobs");
+                return Ok(());
+            }
+            let now = now();
+            let mut table = Table::new(&["NAME", "TYPE", "PRIORITY", "VERSION", "STATUS", "RUNNING", "SUBMITTED"]);
+            for j in reply.jobs {
+                table.row(vec![
+                    j.name,
+                    type_name(j.r#type),
+                    j.priority.to_string(),
+                    j.version.to_string(),
+                    status_name(j.status, j.stopped),
+                    format!("{}/{}", j.running, j.desired),
+                    Timestamp(j.submitted_at_ms).ago(now),
+                ]);
+            }
+            table.print();
+        }
+        JobCommand::Status { name } => {
+            let reply = jobs
+                .get_job_status(pb::GetJobStatusRequest { name })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_status(reply)?;
+        }
+        JobCommand::Stop { name, purge } => {
+            let reply = jobs.stop_job(pb::StopJobRequest { name: name.clone(), purge }).await.map_err(status_error)?;
+            let verb = if purge { "stopped and purged" } else { "stopped" };
+            println!("Job {name:?} {verb}: evaluation {}", short(&reply.into_inner().eval_id));
+        }
+    }
+    Ok(())
+}
+
+fn print_status(reply: pb::GetJobStatusResponse) -> Result<()> {
+    let job = reply.job.ok_or_else(|| anyhow!("server returned a status without its job"))?;
+    let now = now();
+    let submitted = Timestamp(job.submitted_at_ms);
+    println!("Name        = {}", job.name);
+    println!("Type        = {}", type_name(job.r#type));
+    println!("Priority    = {}", job.priority);
+    println!("Version     = {}", job.version);
+    println!("Status      = {}", status_name(job.status, job.stopped));
+    println!("Submitted   = {} ({})", submitted.to_rfc3339(), submitted.ago(now));
+    println!("Ready nodes = {}", reply.ready_nodes);
+    println!("Placement   = {}", reply.placement);
+
+    println!("\nTask Groups");
+    let mut groups = Table::new(&["GROUP", "COUNT", "TASK", "DRIVER", "COMMAND", "CPU", "MEMORY"]);
+    let core = helios_api::convert::job_from_pb(job.clone()).ok();
+    for group in core.iter().flat_map(|j| j.task_groups.iter()) {
+        for task in &group.tasks {
+            let (driver, command) = match &task.driver {
+                TaskDriver::Exec(e) => ("exec", shell_words(&e.command, &e.args)),
+                TaskDriver::Docker(d) => ("docker", d.image.clone()),
+            };
+            groups.row(vec![
+                group.name.clone(),
+                group.count.to_string(),
+                task.name.clone(),
+                driver.to_string(),
+                command,
+                format!("{} MHz", task.resources.cpu_mhz),
+                format!("{} MB", task.resources.memory_mb),
+            ]);
+        }
+    }
+    groups.print();
+
+    println!("\nAllocations");
+    if reply.allocations.is_empty() {
+        println!("No allocations placed");
+    } else {
+        let mut allocs = Table::new(&["ID", "NODE", "GROUP", "VERSION", "DESIRED", "STATUS", "CREATED"]);
+        for a in &reply.allocations {
+            allocs.row(vec![
+                short(&a.id),
+                a.node_id.clone(),
+                a.task_group.clone(),
+                a.job_version.to_string(),
+                a.desired_status.clone(),
+                a.client_status.clone(),
+                Timestamp(a.created_at_ms).ago(now),
+            ]);
+        }
+        allocs.print();
+    }
+
+    println!("\nEvaluations");
+    let mut evals = Table::new(&["ID", "TRIGGER", "STATUS", "CREATED"]);
+    for e in &reply.evaluations {
+        evals.row(vec![short(&e.id), e.trigger.clone(), e.status.clone(), Timestamp(e.created_at_ms).ago(now)]);
+    }
+    evals.print();
+    Ok(())
+}
+
+fn shell_words(command: &str, args: &[String]) -> String {
+    let quote = |s: &str| {
+        if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:".contains(c)) {
+            s.to_string()
+        } else {
+            format!("'{}'", s.replace('\'', r"'\''"))
+        }
+    };
+    std::iter::once(quote(command)).chain(args.iter().map(|a| quote(a))).collect::<Vec<_>>().join(" ")
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(8).collect()
+}
+
+fn type_name(t: i32) -> String {
+    helios_api::convert::job_type_from_pb(t).map_or("unknown", JobType::as_str).to_string()
+}
+
+fn status_name(status: i32, stopped: bool) -> String {
+    let name = match pb::JobStatus::try_from(status) {
+        Ok(pb::JobStatus::Pending) => "pending",
+        Ok(pb::JobStatus::Running) => "running",
+        Ok(pb::JobStatus::Dead) => "dead",
+        _ => "unknown",
+    };
+    if stopped && name != "dead" {
+        format!("{name} (stopping)")
+    } else {
+        name.to_string()
+    }
+}
+
+fn now() -> Timestamp {
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    Timestamp(u64::try_from(millis).unwrap_or(u64::MAX))
+}

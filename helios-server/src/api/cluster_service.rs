@@ -1,0 +1,71 @@
+//! `ClusterService`: server membership.
+
+use helios_api::pb;
+use helios_api::pb::cluster_service_server::ClusterService;
+use tonic::{Request, Response, Status};
+
+use super::errors::{cluster_status, invalid};
+use crate::cluster::Cluster;
+use crate::config::parse_host_port;
+
+pub struct Membership {
+    pub cluster: Cluster,
+}
+
+#[tonic::async_trait]
+impl ClusterService for Membership {
+    async fn list_members(
+        &self,
+        _request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        let (nodes, voters) = self.cluster.membership();
+        // Each member reports itself; asking all of them at once keeps a down member from
+        // delaying the answer by more than its one-second timeout.
+        let statuses = futures::future::join_all(nodes.iter().map(|(id, addr)| {
+            let cluster = self.cluster.clone();
+            let (id, addr) = (*id, addr.clone());
+            async move {
+                if id == cluster.node_id {
+                    Some(cluster.own_status())
+                } else {
+                    cluster.peer_status(&addr).await
+                }
+            }
+        }))
+        .await;
+        let own = self.cluster.own_status();
+        let members = nodes
+            .iter()
+            .zip(statuses)
+            .map(|((id, addr), status)| pb::Member {
+                id: *id,
+                addr: addr.clone(),
+                role: status.as_ref().map_or_else(|| "unreachable".to_string(), |s| s.role.clone()),
+                voter: voters.contains(id),
+                term: status.as_ref().map_or(0, |s| s.term),
+                last_applied_index: status.as_ref().and_then(|s| s.last_applied_index).unwrap_or(0),
+                last_log_index: status.as_ref().and_then(|s| s.last_log_index).unwrap_or(0),
+            })
+            .collect();
+        Ok(Response::new(pb::ListMembersResponse { members, leader_id: own.leader }))
+    }
+
+    async fn add_server(&self, request: Request<pb::AddServerRequest>) -> Result<Response<pb::AddServerResponse>, Status> {
+        let req = request.into_inner();
+        if req.id == 0 {
+            return Err(invalid("id", "must be > 0"));
+        }
+        parse_host_port(&req.addr).map_err(|problem| invalid("addr", problem))?;
+        let index = self.cluster.add_server(req.id, req.addr).await.map_err(cluster_status)?;
+        Ok(Response::new(pb::AddServerResponse { index }))
+    }
+
+    async fn remove_server(
+        &self,
+        request: Request<pb::RemoveServerRequest>,
+    ) -> Result<Response<pb::RemoveServerResponse>, Status> {
+        let id = request.into_inner().id;
+        let index = self.cluster.remove_server(id).await.map_err(cluster_status)?;
+        Ok(Response::new(pb::RemoveServerResponse { index }))
+    }
+}

@@ -1,0 +1,34 @@
+//! The one mapping from server errors to gRPC statuses.
+
+use helios_core::validate::check_name;
+use helios_core::{Rejection, RejectionKind, ValidationErrors};
+use tonic::Status;
+
+use crate::cluster::ClusterError;
+
+pub fn cluster_status(error: ClusterError) -> Status {
+    match error {
+        ClusterError::NoLeader(_) => Status::unavailable(error.to_string()),
+        ClusterError::InvalidMembership(m) => Status::failed_precondition(m),
+        ClusterError::Storage(_) | ClusterError::Internal(_) => {
+            tracing::error!(%error, "request failed");
+            Status::internal(error.to_string())
+        }
+    }
+}
+
+pub fn rejection_status(rejection: Rejection) -> Status {
+    match rejection.kind {
+        RejectionKind::NotFound => Status::not_found(rejection.message),
+        RejectionKind::FailedPrecondition => Status::failed_precondition(rejection.message),
+    }
+}
+
+/// Checks a name given as a request field (`field` names it in the error).
+pub fn require_name(field: &str, value: &str) -> Result<(), Status> {
+    check_name(value).map_err(|problem| helios_api::invalid_argument(&ValidationErrors::single(field, problem)))
+}
+
+pub fn invalid(field: &str, problem: impl Into<String>) -> Status {
+    helios_api::invalid_argument(&ValidationErrors::single(field, problem))
+}

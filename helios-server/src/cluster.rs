@@ -1,0 +1,325 @@
+//! One server's handle on the cluster: Raft, the database, and the rules that make "any server
+//! answers" true.
+//!
+//! - Writes: proposed locally when this server leads; otherwise forwarded to the leader over the
+//!   peer API, retried across elections until a deadline.
+//! - Reads that must be current: the leader confirms its leadership with a quorum (ReadIndex) and
+//!   names the commit index; this server waits until it has applied that index, then reads its own
+//!   tables. A follower therefore never serves a read older than a write acknowledged before it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use helios_api::pb::RaftPayload;
+use helios_core::{Command, CommandResponse};
+use openraft::type_config::async_runtime::watch::WatchReceiver;
+use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState};
+use redb::{Database, ReadTransaction, ReadableDatabase};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::raft::network::PeerChannels;
+use crate::raft::{NodeId, Raft};
+use crate::store::codec::{decode, encode};
+
+/// How long a request waits for a leader (an election, a restart) before giving up.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+pub struct Cluster {
+    pub node_id: NodeId,
+    pub raft: Raft,
+    pub db: Arc<Database>,
+    pub channels: PeerChannels,
+}
+
+/// What a follower asks of the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardRequest {
+    Write(Command),
+    ReadIndex,
+    AddServer { id: NodeId, addr: String },
+    RemoveServer { id: NodeId },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardResponse {
+    Written { index: u64, response: CommandResponse },
+    ReadIndex { index: u64 },
+    MembershipChanged { index: u64 },
+    /// The receiver is not (or no longer) the leader; the hint names who is, if known.
+    NotLeader { leader: Option<(NodeId, String)> },
+    Failed(ForwardFailure),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardFailure {
+    #[error("{0}")]
+    InvalidMembership(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("no leader could be reached within {}s (election in progress, or a majority of servers is down)", .0.as_secs())]
+    NoLeader(Duration),
+    #[error("{0}")]
+    InvalidMembership(String),
+    #[error("storage: {0}")]
+    Storage(#[from] io::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// This server's own view, as the peer `Status` call reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub id: NodeId,
+    pub role: String,
+    pub term: u64,
+    pub last_applied_index: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub leader: Option<NodeId>,
+}
+
+impl Cluster {
+    /// Proposes a command wherever the leader is, and returns its log index and the state
+    /// machine's answer.
+    pub async fn write(&self, command: Command) -> Result<(u64, CommandResponse), ClusterError> {
+        match self.submit(ForwardRequest::Write(command)).await? {
+            ForwardResponse::Written { index, response } => Ok((index, response)),
+            other => Err(ClusterError::Internal(format!("unexpected reply to a write: {other:?}"))),
+        }
+    }
+
+    /// Runs `query` on this server's tables once they reflect every write committed before the
+    /// call (a linearizable read).
+    pub async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&ReadTransaction) -> io::Result<T> + Send + 'static,
+    ) -> Result<T, ClusterError> {
+        let index = match self.submit(ForwardRequest::ReadIndex).await? {
+            ForwardResponse::ReadIndex { index } => index,
+            other => return Err(ClusterError::Internal(format!("unexpected reply to a read index: {other:?}"))),
+        };
+        self.raft
+            .wait(Some(REQUEST_DEADLINE))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| ClusterError::Internal(format!("waiting to apply index {index}: {e}")))?;
+        self.read_local(query).await
+    }
+
+    /// Runs `query` on this server's tables as they are now (possibly behind the leader).
+    pub async fn read_local<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&ReadTransaction) -> io::Result<T> + Send + 'static,
+    ) -> Result<T, ClusterError> {
+        let db = self.db.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(io::Error::other)?;
+            query(&txn)
+        })
+        .await
+        .map_err(|e| ClusterError::Internal(e.to_string()))?;
+        Ok(result?)
+    }
+
+    pub async fn add_server(&self, id: NodeId, addr: String) -> Result<u64, ClusterError> {
+        match self.submit(ForwardRequest::AddServer { id, addr }).await? {
+            ForwardResponse::MembershipChanged { index } => Ok(index),
+            other => Err(ClusterError::Internal(format!("unexpected reply: {other:?}"))),
+        }
+    }
+
+    pub async fn remove_server(&self, id: NodeId) -> Result<u64, ClusterError> {
+        match self.submit(ForwardRequest::RemoveServer { id }).await? {
+            ForwardResponse::MembershipChanged { index } => Ok(index),
+            other => Err(ClusterError::Internal(format!("unexpected reply: {other:?}"))),
+        }
+    }
+
+    /// Sends `request` to the leader (this server or another), following leader hints and
+    /// waiting out elections until `REQUEST_DEADLINE`.
+    async fn submit(&self, request: ForwardRequest) -> Result<ForwardResponse, ClusterError> {
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        let mut hint: Option<(NodeId, String)> = None;
+        loop {
+            let target = hint.take().or_else(|| self.known_leader());
+            let target_id = target.as_ref().map(|(id, _)| *id);
+            let reply = match &target {
+                Some((id, _)) if *id == self.node_id => Some(self.handle_as_leader(request.clone()).await),
+                Some((_, addr)) => self.forward(addr, &request).await,
+                None => None,
+            };
+            match reply {
+                // Follow a hint only if it names someone new; otherwise wait for the election.
+                Some(ForwardResponse::NotLeader { leader }) => hint = leader.filter(|(id, _)| Some(*id) != target_id),
+                Some(ForwardResponse::Failed(ForwardFailure::InvalidMembership(m))) => {
+                    return Err(ClusterError::InvalidMembership(m))
+                }
+                Some(ForwardResponse::Failed(ForwardFailure::Internal(m))) => return Err(ClusterError::Internal(m)),
+                Some(answer) => return Ok(answer),
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::NoLeader(REQUEST_DEADLINE));
+            }
+            if hint.is_none() {
+                self.wait_for_leader_change(deadline).await;
+            }
+        }
+    }
+
+    fn known_leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let leader = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&leader)?.addr.clone();
+        Some((leader, addr))
+    }
+
+    /// Waits (briefly) for the metrics to change, typically an election finishing.
+    async fn wait_for_leader_change(&self, deadline: Instant) {
+        let mut metrics = self.raft.metrics();
+        let step = Instant::now() + Duration::from_millis(100);
+        let _ = tokio::time::timeout_at(step.min(deadline), metrics.changed()).await;
+    }
+
+    async fn forward(&self, addr: &str, request: &ForwardRequest) -> Option<ForwardResponse> {
+        let mut client = self.channels.client(addr).ok()?;
+        let mut req = tonic::Request::new(RaftPayload { data: encode(request) });
+        req.set_timeout(REQUEST_DEADLINE);
+        match client.forward(req).await {
+            Ok(reply) => decode(&reply.into_inner().data).ok(),
+            Err(status) => {
+                tracing::debug!(%addr, %status, "forwarding to the leader failed; retrying");
+                None
+            }
+        }
+    }
+
+    /// Executes a forwarded (or local) request as the leader, or says who leads instead.
+    pub async fn handle_as_leader(&self, request: ForwardRequest) -> ForwardResponse {
+        match request {
+            ForwardRequest::Write(command) => match self.raft.client_write(command).await {
+                Ok(reply) => ForwardResponse::Written { index: reply.log_id.index(), response: reply.data },
+                Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
+            },
+            ForwardRequest::ReadIndex => match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                Ok(read_log_id) => ForwardResponse::ReadIndex { index: read_log_id.index() },
+                Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
+            },
+            ForwardRequest::AddServer { id, addr } => self.add_voter(id, addr).await,
+            ForwardRequest::RemoveServer { id } => self.remove_voter(id).await,
+        }
+    }
+
+    fn not_leader_or(
+        &self,
+        forward: Option<openraft::errors::ForwardToLeader<crate::raft::TypeConfig>>,
+        error: &dyn std::fmt::Display,
+    ) -> ForwardResponse {
+        match forward {
+            Some(f) => ForwardResponse::NotLeader { leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)) },
+            None => ForwardResponse::Failed(ForwardFailure::Internal(error.to_string())),
+        }
+    }
+
+    async fn add_voter(&self, id: NodeId, addr: String) -> ForwardResponse {
+        let members = self.raft.metrics().borrow_watched().membership_config.membership().clone();
+        if let Some(existing) = members.get_node(&id) {
+            if existing.addr != addr {
+                return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
+                    "server {id} is already a member at {}; remove it first to change its address",
+                    existing.addr
+                )));
+            }
+            if members.voter_ids().any(|v| v == id) {
+                return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
+                    "server {id} is already a voting member"
+                )));
+            }
+        }
+        if let Some((other, _)) = members.nodes().find(|(nid, n)| **nid != id && n.addr == addr) {
+            return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
+                "address {addr} already belongs to server {other}"
+            )));
+        }
+        // A learner first: it catches up (by snapshot if the log was purged) without counting
+        // towards the quorum, and only then becomes a voter.
+        if let Err(e) = self.raft.add_learner(id, BasicNode { addr }, true).await {
+            return self.not_leader_or(e.forward_to_leader().cloned(), &e);
+        }
+        let voters = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        match self.raft.change_membership(voters, false).await {
+            Ok(reply) => ForwardResponse::MembershipChanged { index: reply.log_id.index() },
+            Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
+        }
+    }
+
+    async fn remove_voter(&self, id: NodeId) -> ForwardResponse {
+        let members = self.raft.metrics().borrow_watched().membership_config.membership().clone();
+        if members.get_node(&id).is_none() {
+            return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!("server {id} is not a member")));
+        }
+        let voters: BTreeSet<NodeId> = members.voter_ids().collect();
+        if voters.len() == 1 && voters.contains(&id) {
+            return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
+                "server {id} is the only voter; the cluster cannot remove its last server"
+            )));
+        }
+        let change = if voters.contains(&id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        match self.raft.change_membership(change, false).await {
+            Ok(reply) => ForwardResponse::MembershipChanged { index: reply.log_id.index() },
+            Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
+        }
+    }
+
+    /// This server's role, term and indexes.
+    pub fn own_status(&self) -> PeerStatus {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        PeerStatus {
+            id: self.node_id,
+            role: role.to_string(),
+            term: m.current_term,
+            last_applied_index: m.last_applied.as_ref().map(|l| l.index()),
+            last_log_index: m.last_log_index,
+            leader: m.current_leader,
+        }
+    }
+
+    /// Every member (voters and learners) with its address.
+    pub fn membership(&self) -> (BTreeMap<NodeId, String>, BTreeSet<NodeId>) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        let nodes = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        let voters = membership.voter_ids().collect();
+        (nodes, voters)
+    }
+
+    /// Asks a peer for its own status; `None` when it does not answer within a second.
+    pub async fn peer_status(&self, addr: &str) -> Option<PeerStatus> {
+        let mut client = self.channels.client(addr).ok()?;
+        let mut req = tonic::Request::new(RaftPayload { data: Vec::new() });
+        req.set_timeout(Duration::from_secs(1));
+        let reply = client.status(req).await.ok()?;
+        decode(&reply.into_inner().data).ok()
+    }
+}

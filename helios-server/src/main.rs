@@ -1,0 +1,84 @@
+//! `helios-server`: one member of a Helios server cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use helios_server::config::parse_peer;
+use helios_server::ServerConfig;
+
+#[derive(Parser, Debug)]
+#[command(name = "helios-server", version, about = "A Helios server: one member of the Raft cluster that stores jobs and schedules them")]
+struct Args {
+    /// This server's id in the cluster (a positive integer, unique among servers).
+    #[arg(long, required_unless_present = "dev")]
+    node_id: Option<u64>,
+    /// Address to listen on for the API and for peers.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    rpc_addr: SocketAddr,
+    /// A cluster member as ID=HOST:PORT; repeat for every server, this one included.
+    #[arg(long = "peer", value_parser = parse_peer)]
+    peers: Vec<(u64, String)>,
+    /// Initialize a new cluster from the --peer list. Use on exactly one server, the first time.
+    #[arg(long)]
+    bootstrap: bool,
+    /// Directory holding helios-node-<ID>.db.
+    #[arg(long, default_value = ".")]
+    data_dir: PathBuf,
+    /// A single-server development cluster that bootstraps itself.
+    #[arg(long, conflicts_with_all = ["peers", "bootstrap"])]
+    dev: bool,
+}
+
+fn config_from(args: Args) -> Result<ServerConfig, helios_server::ConfigError> {
+    if args.dev {
+        let id = args.node_id.unwrap_or(1);
+        return ServerConfig::new(id, args.rpc_addr, vec![(id, args.rpc_addr.to_string())], true, args.data_dir);
+    }
+    // clap enforces --node-id unless --dev.
+    let id = args.node_id.expect("clap requires --node-id without --dev");
+    ServerConfig::new(id, args.rpc_addr, args.peers, args.bootstrap, args.data_dir)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let config = match config_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match helios_server::run(config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM or Ctrl-C: stop accepting requests, finish those in flight, shut Raft down.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on unix");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}

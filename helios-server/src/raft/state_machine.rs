@@ -1,0 +1,226 @@
+//! The replicated state machine: Helios's tables in redb.
+//!
+//! Each batch of committed entries is applied in one write transaction. Those commits use
+//! `Durability::None`: the Raft log holds the entries durably, every log write is an `Immediate`
+//! commit that also makes all earlier `None` commits durable, and after a crash openraft re-applies
+//! whatever the state machine had not yet made durable. Installing a snapshot, which replaces the
+//! state and lets the log be purged, is `Immediate` itself.
+
+use std::io;
+use std::sync::Arc;
+
+use futures::{Stream, TryStreamExt};
+use helios_core::CommandResponse;
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use redb::{Database, ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use super::{Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::store::apply::apply_command;
+use crate::store::codec::{decode, encode};
+use crate::store::tables::{
+    SM_LAST_APPLIED, SM_MEMBERSHIP, SM_META, SM_SNAPSHOT_DATA, SM_SNAPSHOT_META, STATE_TABLES,
+};
+
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+}
+
+/// What a snapshot's data holds: every state table's rows, by table name.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotBody {
+    pub tables: Vec<(String, Vec<(String, Vec<u8>)>)>,
+}
+
+impl StateMachine {
+    pub fn new(db: Arc<Database>) -> StateMachine {
+        StateMachine { db }
+    }
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(io::Error::other)?
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> io::Result<Option<T>> {
+    match table.get(key).map_err(io::Error::other)? {
+        None => Ok(None),
+        Some(v) => decode(v.value()).map(Some),
+    }
+}
+
+fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Vec<CommandResponse>> {
+    let mut txn = db.begin_write().map_err(io::Error::other)?;
+    txn.set_durability(redb::Durability::None).map_err(io::Error::other)?;
+    let mut responses = Vec::with_capacity(entries.len());
+    let mut last: Option<LogId> = None;
+    let mut membership: Option<StoredMembership> = None;
+    for entry in entries {
+        let log_id = entry.log_id();
+        let response = match entry.payload {
+            EntryPayload::Blank => CommandResponse::Empty,
+            EntryPayload::Normal(command) => apply_command(&txn, command).map_err(io::Error::other)?,
+            EntryPayload::Membership(m) => {
+                membership = Some(StoredMembership::new(Some(log_id.clone()), m));
+                CommandResponse::Empty
+            }
+        };
+        responses.push(response);
+        last = Some(log_id);
+    }
+    {
+        let mut meta = txn.open_table(SM_META).map_err(io::Error::other)?;
+        if let Some(last) = &last {
+            meta.insert(SM_LAST_APPLIED, encode(last).as_slice()).map_err(io::Error::other)?;
+        }
+        if let Some(m) = &membership {
+            meta.insert(SM_MEMBERSHIP, encode(m).as_slice()).map_err(io::Error::other)?;
+        }
+    }
+    txn.commit().map_err(io::Error::other)?;
+    Ok(responses)
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_read().map_err(io::Error::other)?;
+            let meta = txn.open_table(SM_META).map_err(io::Error::other)?;
+            let last = read_meta(&meta, SM_LAST_APPLIED)?;
+            let membership = read_meta(&meta, SM_MEMBERSHIP)?.unwrap_or_default();
+            Ok((last, membership))
+        })
+        .await
+    }
+
+    async fn apply<Strm>(&mut self, mut stream: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut entries = Vec::new();
+        let mut responders = Vec::new();
+        while let Some((entry, responder)) = stream.try_next().await? {
+            entries.push(entry);
+            responders.push(responder);
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let db = self.db.clone();
+        let responses = blocking(move || apply_batch(&db, entries)).await?;
+        // Answer callers only after the batch is committed, so a reply implies the state is
+        // visible to reads on this server.
+        for (responder, response) in responders.into_iter().zip(responses) {
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { db: self.db.clone() }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let db = self.db.clone();
+        let meta = meta.clone();
+        blocking(move || {
+            let body: SnapshotBody = decode(&snapshot)?;
+            let mut txn = db.begin_write().map_err(io::Error::other)?;
+            txn.set_durability(redb::Durability::Immediate).map_err(io::Error::other)?;
+            for def in STATE_TABLES {
+                let mut table = txn.open_table(def).map_err(io::Error::other)?;
+                table.retain(|_, _| false).map_err(io::Error::other)?;
+                let name = redb::TableHandle::name(&def).to_string();
+                if let Some((_, rows)) = body.tables.iter().find(|(n, _)| *n == name) {
+                    for (key, value) in rows {
+                        table.insert(key.as_str(), value.as_slice()).map_err(io::Error::other)?;
+                    }
+                }
+            }
+            {
+                let mut sm = txn.open_table(SM_META).map_err(io::Error::other)?;
+                match &meta.last_log_id {
+                    Some(last) => sm.insert(SM_LAST_APPLIED, encode(last).as_slice()),
+                    None => sm.remove(SM_LAST_APPLIED).map(|_| None),
+                }
+                .map_err(io::Error::other)?;
+                sm.insert(SM_MEMBERSHIP, encode(&meta.last_membership).as_slice()).map_err(io::Error::other)?;
+                sm.insert(SM_SNAPSHOT_META, encode(&meta).as_slice()).map_err(io::Error::other)?;
+                sm.insert(SM_SNAPSHOT_DATA, snapshot.as_slice()).map_err(io::Error::other)?;
+            }
+            txn.commit().map_err(io::Error::other)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_read().map_err(io::Error::other)?;
+            let sm = txn.open_table(SM_META).map_err(io::Error::other)?;
+            let meta: Option<SnapshotMeta> = read_meta(&sm, SM_SNAPSHOT_META)?;
+            let data = sm.get(SM_SNAPSHOT_DATA).map_err(io::Error::other)?.map(|v| v.value().to_vec());
+            Ok(match (meta, data) {
+                (Some(meta), Some(snapshot)) => Some(Snapshot { meta, snapshot }),
+                _ => None,
+            })
+        })
+        .await
+    }
+}
+
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let db = self.db.clone();
+        blocking(move || {
+            // One read transaction: the rows and the applied index are from the same instant.
+            let (meta, data) = {
+                let txn = db.begin_read().map_err(io::Error::other)?;
+                let sm = txn.open_table(SM_META).map_err(io::Error::other)?;
+                let meta = SnapshotMeta {
+                    last_log_id: read_meta(&sm, SM_LAST_APPLIED)?,
+                    last_membership: read_meta(&sm, SM_MEMBERSHIP)?.unwrap_or_default(),
+                };
+                let mut body = SnapshotBody { tables: Vec::new() };
+                for def in STATE_TABLES {
+                    let table = txn.open_table(def).map_err(io::Error::other)?;
+                    let mut rows = Vec::new();
+                    for row in table.iter().map_err(io::Error::other)? {
+                        let (k, v) = row.map_err(io::Error::other)?;
+                        rows.push((k.value().to_string(), v.value().to_vec()));
+                    }
+                    body.tables.push((redb::TableHandle::name(&def).to_string(), rows));
+                }
+                (meta, encode(&body))
+            };
+            let txn = db.begin_write().map_err(io::Error::other)?;
+            {
+                let mut sm = txn.open_table(SM_META).map_err(io::Error::other)?;
+                sm.insert(SM_SNAPSHOT_META, encode(&meta).as_slice()).map_err(io::Error::other)?;
+                sm.insert(SM_SNAPSHOT_DATA, data.as_slice()).map_err(io::Error::other)?;
+            }
+            txn.commit().map_err(io::Error::other)?;
+            Ok(Snapshot { meta, snapshot: data })
+        })
+        .await
+    }
+}

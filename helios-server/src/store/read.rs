@@ -1,0 +1,101 @@
+//! Queries over a read transaction. Callers decide how current the transaction must be (see
+//! `cluster::Cluster::read`).
+
+use std::io;
+
+use helios_core::{Allocation, Evaluation, Job, Node};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+
+use super::codec::decode;
+use super::tables::{job_version_key, ALLOCATIONS, EVALUATIONS, JOBS, JOB_VERSIONS, NODES};
+
+fn table(txn: &ReadTransaction, def: TableDefinition<&str, &[u8]>) -> io::Result<ReadOnlyTable<&'static str, &'static [u8]>> {
+    txn.open_table(def).map_err(io::Error::other)
+}
+
+fn get<T: DeserializeOwned>(txn: &ReadTransaction, def: TableDefinition<&str, &[u8]>, key: &str) -> io::Result<Option<T>> {
+    match table(txn, def)?.get(key).map_err(io::Error::other)? {
+        None => Ok(None),
+        Some(v) => decode(v.value()).map(Some),
+    }
+}
+
+/// Every value of `def` for which `keep` is true, in key order.
+fn scan<T: DeserializeOwned>(
+    txn: &ReadTransaction,
+    def: TableDefinition<&str, &[u8]>,
+    mut keep: impl FnMut(&T) -> bool,
+) -> io::Result<Vec<T>> {
+    let mut out = Vec::new();
+    for row in table(txn, def)?.iter().map_err(io::Error::other)? {
+        let (_, v) = row.map_err(io::Error::other)?;
+        let value: T = decode(v.value())?;
+        if keep(&value) {
+            out.push(value);
+        }
+    }
+    Ok(out)
+}
+
+pub fn job(txn: &ReadTransaction, name: &str) -> io::Result<Option<Job>> {
+    get(txn, JOBS, name)
+}
+
+pub fn jobs(txn: &ReadTransaction) -> io::Result<Vec<Job>> {
+    scan(txn, JOBS, |_| true)
+}
+
+pub fn job_versions(txn: &ReadTransaction, name: &str) -> io::Result<Vec<Job>> {
+    let first = job_version_key(name, 0);
+    let last = job_version_key(name, u64::MAX);
+    let versions = table(txn, JOB_VERSIONS)?;
+    let mut out = Vec::new();
+    for row in versions.range(first.as_str()..=last.as_str()).map_err(io::Error::other)? {
+        let (_, v) = row.map_err(io::Error::other)?;
+        out.push(decode(v.value())?);
+    }
+    Ok(out)
+}
+
+pub fn allocations(
+    txn: &ReadTransaction,
+    job_name: Option<&str>,
+    node_id: Option<&str>,
+) -> io::Result<Vec<Allocation>> {
+    scan(txn, ALLOCATIONS, |a: &Allocation| {
+        job_name.is_none_or(|j| a.job_name == j) && node_id.is_none_or(|n| a.node_id == n)
+    })
+}
+
+/// An allocation by full id, or by a prefix that matches exactly one id. Returns every match so
+/// the caller can report ambiguity.
+pub fn allocations_by_prefix(txn: &ReadTransaction, prefix: &str) -> io::Result<Vec<Allocation>> {
+    if let Some(exact) = get::<Allocation>(txn, ALLOCATIONS, prefix)? {
+        return Ok(vec![exact]);
+    }
+    let allocs = table(txn, ALLOCATIONS)?;
+    let mut out = Vec::new();
+    for row in allocs.range(prefix..).map_err(io::Error::other)? {
+        let (k, v) = row.map_err(io::Error::other)?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        out.push(decode(v.value())?);
+    }
+    Ok(out)
+}
+
+pub fn node(txn: &ReadTransaction, id: &str) -> io::Result<Option<Node>> {
+    get(txn, NODES, id)
+}
+
+pub fn nodes(txn: &ReadTransaction) -> io::Result<Vec<Node>> {
+    scan(txn, NODES, |_| true)
+}
+
+pub fn evaluations_for_job(txn: &ReadTransaction, job_name: &str) -> io::Result<Vec<Evaluation>> {
+    let mut evals = scan(txn, EVALUATIONS, |e: &Evaluation| e.job_name == job_name)?;
+    evals.sort_by_key(|e| e.created_at);
+    Ok(evals)
+}

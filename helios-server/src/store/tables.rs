@@ -1,0 +1,51 @@
+//! Table definitions. Values are bincode (`codec`); keys are chosen so that redb's order is useful.
+
+use redb::{Database, TableDefinition};
+
+/// Raft log: index -> encoded `Entry`.
+pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// Raft log metadata: `vote`, `last_purged`, `committed`.
+pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+
+/// State machine metadata: `last_applied`, `membership`, and the current snapshot
+/// (`snapshot_meta`, `snapshot_data`).
+pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+/// job name -> `Job` (latest version).
+pub const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+/// `job_version_key(name, version)` -> `Job`.
+pub const JOB_VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("job_versions");
+/// allocation id -> `Allocation`.
+pub const ALLOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("allocations");
+/// node id -> `Node`.
+pub const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// evaluation id -> `Evaluation`.
+pub const EVALUATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("evaluations");
+
+/// The tables that make up the replicated state: exactly what a snapshot carries.
+pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 5] = [JOBS, JOB_VERSIONS, ALLOCATIONS, NODES, EVALUATIONS];
+
+pub const META_VOTE: &str = "vote";
+pub const META_LAST_PURGED: &str = "last_purged";
+pub const META_COMMITTED: &str = "committed";
+pub const SM_LAST_APPLIED: &str = "last_applied";
+pub const SM_MEMBERSHIP: &str = "membership";
+pub const SM_SNAPSHOT_META: &str = "snapshot_meta";
+pub const SM_SNAPSHOT_DATA: &str = "snapshot_data";
+
+/// Versions sort by number within a job: names cannot contain '@' (validation), and the version
+/// is zero-padded.
+pub fn job_version_key(name: &str, version: u64) -> String {
+    format!("{name}@{version:020}")
+}
+
+pub fn create_all(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    txn.open_table(RAFT_LOG)?;
+    txn.open_table(RAFT_META)?;
+    txn.open_table(SM_META)?;
+    for table in STATE_TABLES {
+        txn.open_table(table)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
