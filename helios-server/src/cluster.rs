@@ -83,6 +83,8 @@ pub struct PeerStatus {
     pub last_applied_index: Option<u64>,
     pub last_log_index: Option<u64>,
     pub leader: Option<NodeId>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
 }
 
 impl Cluster {
@@ -301,6 +303,8 @@ impl Cluster {
             last_applied_index: m.last_applied.as_ref().map(|l| l.index()),
             last_log_index: m.last_log_index,
             leader: m.current_leader,
+            snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
+            purged_index: m.purged.as_ref().map(|l| l.index()),
         }
     }
 

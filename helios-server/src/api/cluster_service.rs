@@ -45,6 +45,8 @@ impl ClusterService for Membership {
                 term: status.as_ref().map_or(0, |s| s.term),
                 last_applied_index: status.as_ref().and_then(|s| s.last_applied_index).unwrap_or(0),
                 last_log_index: status.as_ref().and_then(|s| s.last_log_index).unwrap_or(0),
+                snapshot_index: status.as_ref().and_then(|s| s.snapshot_index),
+                purged_index: status.as_ref().and_then(|s| s.purged_index),
             })
             .collect();
         Ok(Response::new(pb::ListMembersResponse { members, leader_id: own.leader }))

@@ -33,9 +33,11 @@ pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 /// A snapshot is the state machine's tables, encoded (see `state_machine::SnapshotBody`).
 pub type SnapshotData = Vec<u8>;
 
-/// Raft timing. Elections settle well under a second on loopback; snapshots are taken every
-/// 10,000 entries so the log stays small and a new server catches up from a snapshot.
+/// Raft timing. Elections settle well under a second on loopback. A snapshot is taken every
+/// `snapshot_every` entries and the log behind it is purged, keeping at most that many (and at
+/// most 1,000) entries for followers that lag a little; one further behind gets the snapshot.
 pub fn raft_config(snapshot_every: u64) -> Arc<openraft::Config> {
+    let keep = snapshot_every.min(1_000);
     let config = openraft::Config {
         cluster_name: "helios".to_string(),
         heartbeat_interval: 100,
@@ -43,8 +45,8 @@ pub fn raft_config(snapshot_every: u64) -> Arc<openraft::Config> {
         election_timeout_max: 800,
         install_snapshot_timeout: 10_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
-        max_in_snapshot_log_to_keep: 1_000,
-        purge_batch_size: 256,
+        max_in_snapshot_log_to_keep: keep,
+        purge_batch_size: keep.clamp(1, 256),
         max_payload_entries: 1_000,
         ..Default::default()
     };

@@ -1,0 +1,208 @@
+//! In-process clusters for tests: real servers (`helios_server::run_on`) on 127.0.0.1 ports
+//! chosen by the OS, with their data in a temporary directory.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use helios_api::convert::job_to_pb;
+use helios_api::pb;
+use helios_api::pb::cluster_service_client::ClusterServiceClient;
+use helios_api::pb::job_service_client::JobServiceClient;
+use helios_core::Job;
+use helios_server::{ServerConfig, StartError};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// Generous: a slow CI machine must not fail a correct test.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Polls `check` until it returns `Some`, failing the test after `WAIT`.
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), StartError>>,
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    /// Every server ever started: id -> address.
+    pub addrs: BTreeMap<u64, String>,
+    /// The --peer list the cluster was created with.
+    pub initial_peers: Vec<(u64, String)>,
+    pub snapshot_every: u64,
+    running: BTreeMap<u64, Running>,
+}
+
+impl TestCluster {
+    /// Starts `n` servers with ids 1..=n; server 1 bootstraps.
+    pub async fn start(n: u64) -> TestCluster {
+        Self::start_with(n, helios_server::config::DEFAULT_SNAPSHOT_EVERY).await
+    }
+
+    pub async fn start_with(n: u64, snapshot_every: u64) -> TestCluster {
+        let mut listeners = BTreeMap::new();
+        for id in 1..=n {
+            listeners.insert(id, TcpListener::bind("127.0.0.1:0").await.expect("bind port 0"));
+        }
+        let addrs: BTreeMap<u64, String> =
+            listeners.iter().map(|(id, l)| (*id, l.local_addr().expect("bound").to_string())).collect();
+        let mut cluster = TestCluster {
+            dir: tempfile::tempdir().expect("temp dir"),
+            initial_peers: addrs.clone().into_iter().collect(),
+            addrs,
+            snapshot_every,
+            running: BTreeMap::new(),
+        };
+        for (id, listener) in listeners {
+            let peers = cluster.initial_peers.clone();
+            cluster.launch(id, listener, peers, id == 1);
+        }
+        cluster
+    }
+
+    fn config(&self, id: u64, peers: Vec<(u64, String)>, bootstrap: bool) -> ServerConfig {
+        let addr = self.addrs[&id].parse().expect("socket address");
+        let mut config = ServerConfig::new(id, addr, peers, bootstrap, self.data_dir()).expect("valid config");
+        config.snapshot_every = self.snapshot_every;
+        config
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    fn launch(&mut self, id: u64, listener: TcpListener, peers: Vec<(u64, String)>, bootstrap: bool) {
+        let config = self.config(id, peers, bootstrap);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(helios_server::run_on(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        self.running.insert(id, Running { stop, task });
+    }
+
+    /// Stops server `id` the way SIGTERM does, and waits until it has shut down.
+    pub async fn stop(&mut self, id: u64) {
+        let running = self.running.remove(&id).expect("server is running");
+        let _ = running.stop.send(());
+        running.task.await.expect("server task").expect("server ran cleanly");
+    }
+
+    /// Restarts a stopped server on its old address and data, with its original flags.
+    pub async fn restart(&mut self, id: u64) {
+        let listener = self.rebind(id).await;
+        let peers = if self.initial_peers.iter().any(|(p, _)| *p == id) { self.initial_peers.clone() } else { Vec::new() };
+        self.launch(id, listener, peers, id == 1);
+    }
+
+    async fn rebind(&self, id: u64) -> TcpListener {
+        let addr = self.addrs[&id].clone();
+        // The old socket may linger briefly after shutdown.
+        wait_for("the old port to be free", || {
+            let addr = addr.clone();
+            async move { TcpListener::bind(&addr).await.ok() }
+        })
+        .await
+    }
+
+    /// Starts a new, empty server that waits to be added with `server join`.
+    pub async fn start_new_server(&mut self, id: u64) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("bound").to_string();
+        self.addrs.insert(id, addr.clone());
+        self.launch(id, listener, Vec::new(), false);
+        addr
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.running.contains_key(&id)
+    }
+
+    pub fn running_ids(&self) -> Vec<u64> {
+        self.running.keys().copied().collect()
+    }
+
+    pub async fn channel(&self, id: u64) -> Channel {
+        let url = format!("http://{}", self.addrs[&id]);
+        wait_for("a connection", || {
+            let url = url.clone();
+            async move { Channel::from_shared(url).ok()?.connect().await.ok() }
+        })
+        .await
+    }
+
+    pub async fn jobs(&self, id: u64) -> JobServiceClient<Channel> {
+        JobServiceClient::new(self.channel(id).await)
+    }
+
+    pub async fn cluster_client(&self, id: u64) -> ClusterServiceClient<Channel> {
+        ClusterServiceClient::new(self.channel(id).await)
+    }
+
+    pub async fn members(&self, via: u64) -> pb::ListMembersResponse {
+        self.cluster_client(via).await.list_members(pb::ListMembersRequest {}).await.expect("list members").into_inner()
+    }
+
+    /// Waits until the running servers agree on one running leader, and returns it.
+    pub async fn leader(&self) -> u64 {
+        let ids = self.running_ids();
+        wait_for("a leader every running server agrees on", || {
+            let ids = ids.clone();
+            async move {
+                let mut seen = None;
+                for id in &ids {
+                    let leader = self.members(*id).await.leader_id?;
+                    if seen.is_some_and(|s| s != leader) || !ids.contains(&leader) {
+                        return None;
+                    }
+                    seen = Some(leader);
+                }
+                seen
+            }
+        })
+        .await
+    }
+
+    /// Submits a simple exec job through server `via`.
+    pub async fn submit(&self, via: u64, name: &str) -> pb::SubmitJobResponse {
+        let job = Job::exec(name, "echo", vec![name.to_string()]);
+        self.jobs(via).await.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await.expect("submit").into_inner()
+    }
+
+    /// The job names server `via` holds (a linearizable read).
+    pub async fn job_names(&self, via: u64) -> Vec<String> {
+        let reply = self.jobs(via).await.list_jobs(pb::ListJobsRequest {}).await.expect("list jobs").into_inner();
+        reply.jobs.into_iter().map(|j| j.name).collect()
+    }
+
+    /// Server `id`'s own report of itself.
+    pub async fn own_status(&self, id: u64) -> pb::Member {
+        let members = self.members(id).await;
+        members.members.into_iter().find(|m| m.id == id).expect("server lists itself")
+    }
+
+    pub async fn shutdown(mut self) {
+        for id in self.running_ids() {
+            self.stop(id).await;
+        }
+    }
+}
