@@ -8,7 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("helios_descriptor.bin"))
         .btree_map(".")
         .compile_protos(
-            &["../proto/helios/v1/types.proto", "../proto/helios/v1/api.proto", "../proto/helios/v1/raft.proto"],
+            &[
+                "../proto/helios/v1/types.proto",
+                "../proto/helios/v1/api.proto",
+                "../proto/helios/v1/raft.proto",
+            ],
             &["../proto"],
         )?;
     Ok(())

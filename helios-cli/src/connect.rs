@@ -14,7 +14,11 @@ impl Servers {
     pub fn parse(addrs: &[String]) -> Result<Servers> {
         let mut endpoints = Vec::new();
         for addr in addrs.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
-            let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+            let url = if addr.contains("://") {
+                addr.to_string()
+            } else {
+                format!("http://{addr}")
+            };
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|e| anyhow!("invalid --server-addr {addr:?}: {e}"))?
                 .connect_timeout(Duration::from_secs(3))
@@ -59,7 +63,9 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 /// Turns a gRPC status into the one-line error the user sees.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
     match status.code() {
-        tonic::Code::Unavailable if status.message().contains("leader") => anyhow!("{}", status.message()),
+        tonic::Code::Unavailable if status.message().contains("leader") => {
+            anyhow!("{}", status.message())
+        }
         tonic::Code::Unavailable => anyhow!("server unavailable: {}", status.message()),
         _ => anyhow!("{}", status.message()),
     }

@@ -6,7 +6,9 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: &[&str]) -> Table {
-        Table { rows: vec![header.iter().map(|h| h.to_string()).collect()] }
+        Table {
+            rows: vec![header.iter().map(|h| h.to_string()).collect()],
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -16,7 +18,14 @@ impl Table {
     pub fn print(&self) {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
-            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         for row in &self.rows {
             let mut line = String::new();

@@ -32,7 +32,8 @@ impl Allocation {
     /// and the servers want it stopped).
     pub fn is_terminal(&self) -> bool {
         self.client_status.is_terminal()
-            || (self.desired_status != AllocDesiredStatus::Run && self.client_status == AllocClientStatus::Pending)
+            || (self.desired_status != AllocDesiredStatus::Run
+                && self.client_status == AllocClientStatus::Pending)
     }
 }
 
@@ -78,7 +79,10 @@ impl AllocClientStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, AllocClientStatus::Complete | AllocClientStatus::Failed | AllocClientStatus::Lost)
+        matches!(
+            self,
+            AllocClientStatus::Complete | AllocClientStatus::Failed | AllocClientStatus::Lost
+        )
     }
 }
 

@@ -23,7 +23,12 @@ pub enum Command {
     RegisterJob { job: Job, eval: Evaluation },
     /// Stop a job (it stays visible, `stopped = true`), or remove it and its history with
     /// `purge`. Creates `eval` so the scheduler stops its allocations.
-    DeregisterJob { job_name: String, purge: bool, eval: Evaluation, now: Timestamp },
+    DeregisterJob {
+        job_name: String,
+        purge: bool,
+        eval: Evaluation,
+        now: Timestamp,
+    },
 }
 
 impl Command {
@@ -48,7 +53,9 @@ pub enum CommandResponse {
         changed: bool,
         eval_id: Option<String>,
     },
-    JobDeregistered { eval_id: String },
+    JobDeregistered {
+        eval_id: String,
+    },
     /// The command was valid when proposed but the state it met at apply time refuses it (for
     /// example the job was purged in between). Nothing was changed.
     Rejected(Rejection),
@@ -69,9 +76,20 @@ pub enum RejectionKind {
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::RegisterJob { job, eval } => write!(f, "register-job {} (eval {})", job.name, eval.id),
-            Command::DeregisterJob { job_name, purge, eval, .. } => {
-                write!(f, "deregister-job {job_name} purge={purge} (eval {})", eval.id)
+            Command::RegisterJob { job, eval } => {
+                write!(f, "register-job {} (eval {})", job.name, eval.id)
+            }
+            Command::DeregisterJob {
+                job_name,
+                purge,
+                eval,
+                ..
+            } => {
+                write!(
+                    f,
+                    "deregister-job {job_name} purge={purge} (eval {})",
+                    eval.id
+                )
             }
         }
     }

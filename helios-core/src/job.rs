@@ -37,7 +37,10 @@ impl Job {
                 count: 1,
                 tasks: vec![Task {
                     name: name.to_string(),
-                    driver: TaskDriver::Exec(ExecConfig { command: command.to_string(), args }),
+                    driver: TaskDriver::Exec(ExecConfig {
+                        command: command.to_string(),
+                        args,
+                    }),
                     env: BTreeMap::new(),
                     resources: Resources::default(),
                     constraints: Vec::new(),
@@ -231,7 +234,10 @@ pub struct Resources {
 impl Default for Resources {
     /// Nomad's defaults for a task that declares nothing.
     fn default() -> Self {
-        Resources { cpu_mhz: 100, memory_mb: 300 }
+        Resources {
+            cpu_mhz: 100,
+            memory_mb: 300,
+        }
     }
 }
 

@@ -14,7 +14,9 @@ pub mod plan;
 pub mod time;
 pub mod validate;
 
-pub use alloc::{AllocClientStatus, AllocDesiredStatus, Allocation, TaskEvent, TaskRunState, TaskState};
+pub use alloc::{
+    AllocClientStatus, AllocDesiredStatus, Allocation, TaskEvent, TaskRunState, TaskState,
+};
 pub use command::{Command, CommandResponse, Rejection, RejectionKind};
 pub use eval::{EvalStatus, EvalTrigger, Evaluation};
 pub use job::{

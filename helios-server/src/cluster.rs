@@ -38,7 +38,7 @@ pub struct Cluster {
 /// What a follower asks of the leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardRequest {
-    Write(Command),
+    Write(Box<Command>),
     ReadIndex,
     AddServer { id: NodeId, addr: String },
     RemoveServer { id: NodeId },
@@ -46,11 +46,20 @@ pub enum ForwardRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardResponse {
-    Written { index: u64, response: CommandResponse },
-    ReadIndex { index: u64 },
-    MembershipChanged { index: u64 },
+    Written {
+        index: u64,
+        response: CommandResponse,
+    },
+    ReadIndex {
+        index: u64,
+    },
+    MembershipChanged {
+        index: u64,
+    },
     /// The receiver is not (or no longer) the leader; the hint names who is, if known.
-    NotLeader { leader: Option<(NodeId, String)> },
+    NotLeader {
+        leader: Option<(NodeId, String)>,
+    },
     Failed(ForwardFailure),
 }
 
@@ -91,9 +100,11 @@ impl Cluster {
     /// Proposes a command wherever the leader is, and returns its log index and the state
     /// machine's answer.
     pub async fn write(&self, command: Command) -> Result<(u64, CommandResponse), ClusterError> {
-        match self.submit(ForwardRequest::Write(command)).await? {
+        match self.submit(ForwardRequest::Write(Box::new(command))).await? {
             ForwardResponse::Written { index, response } => Ok((index, response)),
-            other => Err(ClusterError::Internal(format!("unexpected reply to a write: {other:?}"))),
+            other => Err(ClusterError::Internal(format!(
+                "unexpected reply to a write: {other:?}"
+            ))),
         }
     }
 
@@ -105,7 +116,11 @@ impl Cluster {
     ) -> Result<T, ClusterError> {
         let index = match self.submit(ForwardRequest::ReadIndex).await? {
             ForwardResponse::ReadIndex { index } => index,
-            other => return Err(ClusterError::Internal(format!("unexpected reply to a read index: {other:?}"))),
+            other => {
+                return Err(ClusterError::Internal(format!(
+                    "unexpected reply to a read index: {other:?}"
+                )))
+            }
         };
         self.raft
             .wait(Some(REQUEST_DEADLINE))
@@ -133,14 +148,18 @@ impl Cluster {
     pub async fn add_server(&self, id: NodeId, addr: String) -> Result<u64, ClusterError> {
         match self.submit(ForwardRequest::AddServer { id, addr }).await? {
             ForwardResponse::MembershipChanged { index } => Ok(index),
-            other => Err(ClusterError::Internal(format!("unexpected reply: {other:?}"))),
+            other => Err(ClusterError::Internal(format!(
+                "unexpected reply: {other:?}"
+            ))),
         }
     }
 
     pub async fn remove_server(&self, id: NodeId) -> Result<u64, ClusterError> {
         match self.submit(ForwardRequest::RemoveServer { id }).await? {
             ForwardResponse::MembershipChanged { index } => Ok(index),
-            other => Err(ClusterError::Internal(format!("unexpected reply: {other:?}"))),
+            other => Err(ClusterError::Internal(format!(
+                "unexpected reply: {other:?}"
+            ))),
         }
     }
 
@@ -153,17 +172,23 @@ impl Cluster {
             let target = hint.take().or_else(|| self.known_leader());
             let target_id = target.as_ref().map(|(id, _)| *id);
             let reply = match &target {
-                Some((id, _)) if *id == self.node_id => Some(self.handle_as_leader(request.clone()).await),
+                Some((id, _)) if *id == self.node_id => {
+                    Some(self.handle_as_leader(request.clone()).await)
+                }
                 Some((_, addr)) => self.forward(addr, &request).await,
                 None => None,
             };
             match reply {
                 // Follow a hint only if it names someone new; otherwise wait for the election.
-                Some(ForwardResponse::NotLeader { leader }) => hint = leader.filter(|(id, _)| Some(*id) != target_id),
+                Some(ForwardResponse::NotLeader { leader }) => {
+                    hint = leader.filter(|(id, _)| Some(*id) != target_id)
+                }
                 Some(ForwardResponse::Failed(ForwardFailure::InvalidMembership(m))) => {
                     return Err(ClusterError::InvalidMembership(m))
                 }
-                Some(ForwardResponse::Failed(ForwardFailure::Internal(m))) => return Err(ClusterError::Internal(m)),
+                Some(ForwardResponse::Failed(ForwardFailure::Internal(m))) => {
+                    return Err(ClusterError::Internal(m))
+                }
                 Some(answer) => return Ok(answer),
                 None => {}
             }
@@ -180,7 +205,12 @@ impl Cluster {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
         let leader = m.current_leader?;
-        let addr = m.membership_config.membership().get_node(&leader)?.addr.clone();
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .addr
+            .clone();
         Some((leader, addr))
     }
 
@@ -193,7 +223,9 @@ impl Cluster {
 
     async fn forward(&self, addr: &str, request: &ForwardRequest) -> Option<ForwardResponse> {
         let mut client = self.channels.client(addr).ok()?;
-        let mut req = tonic::Request::new(RaftPayload { data: encode(request) });
+        let mut req = tonic::Request::new(RaftPayload {
+            data: encode(request),
+        });
         req.set_timeout(REQUEST_DEADLINE);
         match client.forward(req).await {
             Ok(reply) => decode(&reply.into_inner().data).ok(),
@@ -207,14 +239,21 @@ impl Cluster {
     /// Executes a forwarded (or local) request as the leader, or says who leads instead.
     pub async fn handle_as_leader(&self, request: ForwardRequest) -> ForwardResponse {
         match request {
-            ForwardRequest::Write(command) => match self.raft.client_write(command).await {
-                Ok(reply) => ForwardResponse::Written { index: reply.log_id.index(), response: reply.data },
+            ForwardRequest::Write(command) => match self.raft.client_write(*command).await {
+                Ok(reply) => ForwardResponse::Written {
+                    index: reply.log_id.index(),
+                    response: reply.data,
+                },
                 Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
             },
-            ForwardRequest::ReadIndex => match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-                Ok(read_log_id) => ForwardResponse::ReadIndex { index: read_log_id.index() },
-                Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
-            },
+            ForwardRequest::ReadIndex => {
+                match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                    Ok(read_log_id) => ForwardResponse::ReadIndex {
+                        index: read_log_id.index(),
+                    },
+                    Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
+                }
+            }
             ForwardRequest::AddServer { id, addr } => self.add_voter(id, addr).await,
             ForwardRequest::RemoveServer { id } => self.remove_voter(id).await,
         }
@@ -226,13 +265,21 @@ impl Cluster {
         error: &dyn std::fmt::Display,
     ) -> ForwardResponse {
         match forward {
-            Some(f) => ForwardResponse::NotLeader { leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)) },
+            Some(f) => ForwardResponse::NotLeader {
+                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+            },
             None => ForwardResponse::Failed(ForwardFailure::Internal(error.to_string())),
         }
     }
 
     async fn add_voter(&self, id: NodeId, addr: String) -> ForwardResponse {
-        let members = self.raft.metrics().borrow_watched().membership_config.membership().clone();
+        let members = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .clone();
         if let Some(existing) = members.get_node(&id) {
             if existing.addr != addr {
                 return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
@@ -246,7 +293,10 @@ impl Cluster {
                 )));
             }
         }
-        if let Some((other, _)) = members.nodes().find(|(nid, n)| **nid != id && n.addr == addr) {
+        if let Some((other, _)) = members
+            .nodes()
+            .find(|(nid, n)| **nid != id && n.addr == addr)
+        {
             return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
                 "address {addr} already belongs to server {other}"
             )));
@@ -258,15 +308,25 @@ impl Cluster {
         }
         let voters = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
         match self.raft.change_membership(voters, false).await {
-            Ok(reply) => ForwardResponse::MembershipChanged { index: reply.log_id.index() },
+            Ok(reply) => ForwardResponse::MembershipChanged {
+                index: reply.log_id.index(),
+            },
             Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
         }
     }
 
     async fn remove_voter(&self, id: NodeId) -> ForwardResponse {
-        let members = self.raft.metrics().borrow_watched().membership_config.membership().clone();
+        let members = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .clone();
         if members.get_node(&id).is_none() {
-            return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!("server {id} is not a member")));
+            return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
+                "server {id} is not a member"
+            )));
         }
         let voters: BTreeSet<NodeId> = members.voter_ids().collect();
         if voters.len() == 1 && voters.contains(&id) {
@@ -280,7 +340,9 @@ impl Cluster {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
         match self.raft.change_membership(change, false).await {
-            Ok(reply) => ForwardResponse::MembershipChanged { index: reply.log_id.index() },
+            Ok(reply) => ForwardResponse::MembershipChanged {
+                index: reply.log_id.index(),
+            },
             Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
         }
     }
@@ -313,7 +375,10 @@ impl Cluster {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
         let membership = m.membership_config.membership();
-        let nodes = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        let nodes = membership
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
         let voters = membership.voter_ids().collect();
         (nodes, voters)
     }

@@ -37,7 +37,10 @@ pub enum StartError {
     #[error("cannot read the Raft log: {0}")]
     Log(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(
         "the membership stored in this server's data contradicts --peer: {0}. Start it with the \
          addresses it was created with, or change membership with `helios-cli server join/remove`"
@@ -50,9 +53,17 @@ pub enum StartError {
 }
 
 /// Binds `config.rpc_addr` and runs the server until `shutdown` completes.
-pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     let listener =
-        TcpListener::bind(config.rpc_addr).await.map_err(|source| StartError::Listen { addr: config.rpc_addr, source })?;
+        TcpListener::bind(config.rpc_addr)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.rpc_addr,
+                source,
+            })?;
     run_on(config, listener, shutdown).await
 }
 
@@ -66,7 +77,9 @@ pub async fn run_on(
     let db = store::open(&config.data_dir, config.node_id)?;
     let log_store = LogStore::open(db.clone()).map_err(StartError::Log)?;
     let channels = PeerChannels::default();
-    let network = NetworkFactory { channels: channels.clone() };
+    let network = NetworkFactory {
+        channels: channels.clone(),
+    };
     let raft = Raft::new(
         config.node_id,
         raft::raft_config(config.snapshot_every),
@@ -81,7 +94,12 @@ pub async fn run_on(
         let _ = raft.shutdown().await;
         return Err(e);
     }
-    let cluster = Cluster { node_id: config.node_id, raft: raft.clone(), db, channels };
+    let cluster = Cluster {
+        node_id: config.node_id,
+        raft: raft.clone(),
+        db,
+        channels,
+    };
     let served = serve(cluster, listener, shutdown).await;
     tracing::info!(node_id = config.node_id, "shutting down raft");
     if let Err(e) = raft.shutdown().await {
@@ -93,24 +111,43 @@ pub async fn run_on(
 /// Initializes a new cluster on the bootstrap server, and on every start checks that the
 /// stored membership agrees with `--peer`.
 async fn join_cluster(raft: &Raft, config: &ServerConfig) -> Result<(), StartError> {
-    let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
     if initialized {
         let stored: BTreeMap<NodeId, String> = {
             let metrics = raft.metrics();
             let m = metrics.borrow_watched();
-            m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect()
         };
         check_membership(&stored, &config.peers, config.node_id)?;
         tracing::info!(node_id = config.node_id, members = ?stored, "rejoining the cluster from stored state");
         return Ok(());
     }
     if config.bootstrap {
-        let members: BTreeMap<NodeId, BasicNode> =
-            config.peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
-        tracing::info!(node_id = config.node_id, ?members, "bootstrapping a new cluster");
-        raft.initialize(members).await.map_err(|e| StartError::Raft(e.to_string()))?;
+        let members: BTreeMap<NodeId, BasicNode> = config
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
+        tracing::info!(
+            node_id = config.node_id,
+            ?members,
+            "bootstrapping a new cluster"
+        );
+        raft.initialize(members)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
     } else {
-        tracing::info!(node_id = config.node_id, "waiting to be contacted by the cluster's leader");
+        tracing::info!(
+            node_id = config.node_id,
+            "waiting to be contacted by the cluster's leader"
+        );
     }
     Ok(())
 }
@@ -126,9 +163,9 @@ fn check_membership(
     let conflicts: Vec<String> = flags
         .iter()
         .filter_map(|(id, addr)| match stored.get(id) {
-            Some(stored_addr) if stored_addr != addr => {
-                Some(format!("server {id} is {stored_addr} in the stored membership but --peer says {addr}"))
-            }
+            Some(stored_addr) if stored_addr != addr => Some(format!(
+                "server {id} is {stored_addr} in the stored membership but --peer says {addr}"
+            )),
             _ => None,
         })
         .collect();
@@ -136,10 +173,17 @@ fn check_membership(
         return Err(StartError::MembershipMismatch(conflicts.join("; ")));
     }
     if !flags.is_empty() && flags.keys().ne(stored.keys()) {
-        tracing::warn!(?stored, ?flags, "membership changed since --peer was written; using the stored membership");
+        tracing::warn!(
+            ?stored,
+            ?flags,
+            "membership changed since --peer was written; using the stored membership"
+        );
     }
     if !stored.contains_key(&own_id) {
-        tracing::warn!(own_id, "this server is not in the stored membership (removed?); waiting to be added again");
+        tracing::warn!(
+            own_id,
+            "this server is not in the stored membership (removed?); waiting to be added again"
+        );
     }
     Ok(())
 }
@@ -156,11 +200,21 @@ async fn serve(
     use pb::raft_peer_server::RaftPeerServer;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<JobServiceServer<api::jobs::Jobs>>().await;
-    health.set_serving::<AllocationServiceServer<api::jobs::Allocations>>().await;
-    health.set_serving::<NodeServiceServer<api::nodes::Nodes>>().await;
-    health.set_serving::<ClusterServiceServer<api::cluster_service::Membership>>().await;
-    health.set_serving::<RaftPeerServer<raft::peer_service::PeerService>>().await;
+    health
+        .set_serving::<JobServiceServer<api::jobs::Jobs>>()
+        .await;
+    health
+        .set_serving::<AllocationServiceServer<api::jobs::Allocations>>()
+        .await;
+    health
+        .set_serving::<NodeServiceServer<api::nodes::Nodes>>()
+        .await;
+    health
+        .set_serving::<ClusterServiceServer<api::cluster_service::Membership>>()
+        .await;
+    health
+        .set_serving::<RaftPeerServer<raft::peer_service::PeerService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -168,22 +222,39 @@ async fn serve(
         // build defect, not a runtime condition.
         .expect("embedded file descriptor set is valid");
 
-    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: "0.0.0.0:0".parse().expect("literal"), source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: "0.0.0.0:0".parse().expect("literal"),
+        source,
+    })?;
     tracing::info!(node_id = cluster.node_id, %addr, "helios-server serving");
     let limit = MAX_MESSAGE_BYTES;
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(JobServiceServer::new(api::jobs::Jobs { cluster: cluster.clone() }).max_decoding_message_size(limit))
         .add_service(
-            AllocationServiceServer::new(api::jobs::Allocations { cluster: cluster.clone() })
-                .max_decoding_message_size(limit),
+            JobServiceServer::new(api::jobs::Jobs {
+                cluster: cluster.clone(),
+            })
+            .max_decoding_message_size(limit),
         )
-        .add_service(NodeServiceServer::new(api::nodes::Nodes { cluster: cluster.clone() }).max_decoding_message_size(limit))
         .add_service(
-            ClusterServiceServer::new(api::cluster_service::Membership { cluster: cluster.clone() })
-                .max_decoding_message_size(limit),
+            AllocationServiceServer::new(api::jobs::Allocations {
+                cluster: cluster.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            NodeServiceServer::new(api::nodes::Nodes {
+                cluster: cluster.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            ClusterServiceServer::new(api::cluster_service::Membership {
+                cluster: cluster.clone(),
+            })
+            .max_decoding_message_size(limit),
         )
         .add_service(
             RaftPeerServer::new(raft::peer_service::PeerService { cluster })

@@ -9,7 +9,11 @@ use helios_server::config::parse_peer;
 use helios_server::ServerConfig;
 
 #[derive(Parser, Debug)]
-#[command(name = "helios-server", version, about = "A Helios server: one member of the Raft cluster that stores jobs and schedules them")]
+#[command(
+    name = "helios-server",
+    version,
+    about = "A Helios server: one member of the Raft cluster that stores jobs and schedules them"
+)]
 struct Args {
     /// This server's id in the cluster (a positive integer, unique among servers).
     #[arg(long, required_unless_present = "dev")]
@@ -34,7 +38,13 @@ struct Args {
 fn config_from(args: Args) -> Result<ServerConfig, helios_server::ConfigError> {
     if args.dev {
         let id = args.node_id.unwrap_or(1);
-        return ServerConfig::new(id, args.rpc_addr, vec![(id, args.rpc_addr.to_string())], true, args.data_dir);
+        return ServerConfig::new(
+            id,
+            args.rpc_addr,
+            vec![(id, args.rpc_addr.to_string())],
+            true,
+            args.data_dir,
+        );
     }
     // clap enforces --node-id unless --dev.
     let id = args.node_id.expect("clap requires --node-id without --dev");

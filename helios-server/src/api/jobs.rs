@@ -1,11 +1,14 @@
 //! `JobService` and `AllocationService`.
 
-use helios_api::convert::{alloc_to_pb, eval_to_pb, job_from_pb, job_status_to_pb, job_to_pb, job_type_to_pb};
+use helios_api::convert::{
+    alloc_to_pb, eval_to_pb, job_from_pb, job_status_to_pb, job_to_pb, job_type_to_pb,
+};
 use helios_api::pb;
 use helios_api::pb::allocation_service_server::AllocationService;
 use helios_api::pb::job_service_server::JobService;
 use helios_core::{
-    AllocClientStatus, Allocation, Command, CommandResponse, EvalTrigger, Evaluation, Job, NodeStatus,
+    AllocClientStatus, Allocation, Command, CommandResponse, EvalTrigger, Evaluation, Job,
+    NodeStatus,
 };
 use tonic::{Request, Response, Status};
 
@@ -20,36 +23,69 @@ pub struct Jobs {
 
 #[tonic::async_trait]
 impl JobService for Jobs {
-    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let pb_job = request.into_inner().job.ok_or_else(|| invalid("job", "must be set"))?;
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let pb_job = request
+            .into_inner()
+            .job
+            .ok_or_else(|| invalid("job", "must be set"))?;
         let mut job = job_from_pb(pb_job).map_err(|e| helios_api::invalid_argument(&e))?;
         let now = now();
         job.submitted_at = now;
-        let eval = Evaluation::new(new_id(), &job.name, job.priority, EvalTrigger::JobRegister, now);
-        let (index, response) =
-            self.cluster.write(Command::RegisterJob { job, eval }).await.map_err(cluster_status)?;
+        let eval = Evaluation::new(
+            new_id(),
+            &job.name,
+            job.priority,
+            EvalTrigger::JobRegister,
+            now,
+        );
+        let (index, response) = self
+            .cluster
+            .write(Command::RegisterJob { job, eval })
+            .await
+            .map_err(cluster_status)?;
         match response {
-            CommandResponse::JobRegistered { version, changed, eval_id } => Ok(Response::new(pb::SubmitJobResponse {
+            CommandResponse::JobRegistered {
+                version,
+                changed,
+                eval_id,
+            } => Ok(Response::new(pb::SubmitJobResponse {
                 version,
                 changed,
                 eval_id: eval_id.unwrap_or_default(),
                 index,
             })),
             CommandResponse::Rejected(r) => Err(rejection_status(r)),
-            other => Err(Status::internal(format!("unexpected answer to a job submission: {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected answer to a job submission: {other:?}"
+            ))),
         }
     }
 
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
         let name = request.into_inner().name;
         require_name("name", &name)?;
         let lookup = name.clone();
-        let job = self.cluster.read(move |txn| read::job(txn, &lookup)).await.map_err(cluster_status)?;
+        let job = self
+            .cluster
+            .read(move |txn| read::job(txn, &lookup))
+            .await
+            .map_err(cluster_status)?;
         let job = job.ok_or_else(|| job_not_found(&name))?;
-        Ok(Response::new(pb::GetJobResponse { job: Some(job_to_pb(&job)) }))
+        Ok(Response::new(pb::GetJobResponse {
+            job: Some(job_to_pb(&job)),
+        }))
     }
 
-    async fn list_jobs(&self, _request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        _request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let (jobs, allocs) = self
             .cluster
             .read(|txn| Ok((read::jobs(txn)?, read::allocations(txn, None, None)?)))
@@ -92,7 +128,10 @@ impl JobService for Jobs {
             .await
             .map_err(cluster_status)?;
         let job = job.ok_or_else(|| job_not_found(&name))?;
-        let ready_nodes = nodes.iter().filter(|n| n.status == NodeStatus::Ready).count();
+        let ready_nodes = nodes
+            .iter()
+            .filter(|n| n.status == NodeStatus::Ready)
+            .count();
         let placement = describe_placement(&job, &allocs, evals.last(), ready_nodes, nodes.len());
         Ok(Response::new(pb::GetJobStatusResponse {
             job: Some(job_to_pb(&job)),
@@ -103,22 +142,44 @@ impl JobService for Jobs {
         }))
     }
 
-    async fn stop_job(&self, request: Request<pb::StopJobRequest>) -> Result<Response<pb::StopJobResponse>, Status> {
+    async fn stop_job(
+        &self,
+        request: Request<pb::StopJobRequest>,
+    ) -> Result<Response<pb::StopJobResponse>, Status> {
         let req = request.into_inner();
         require_name("name", &req.name)?;
         let now = now();
         // The state machine refuses an unknown job, but a current read spares the log an entry
         // for the common typo.
         let lookup = req.name.clone();
-        let job = self.cluster.read(move |txn| read::job(txn, &lookup)).await.map_err(cluster_status)?;
+        let job = self
+            .cluster
+            .read(move |txn| read::job(txn, &lookup))
+            .await
+            .map_err(cluster_status)?;
         let job = job.ok_or_else(|| job_not_found(&req.name))?;
-        let eval = Evaluation::new(new_id(), &job.name, job.priority, EvalTrigger::JobDeregister, now);
-        let command = Command::DeregisterJob { job_name: req.name, purge: req.purge, eval, now };
+        let eval = Evaluation::new(
+            new_id(),
+            &job.name,
+            job.priority,
+            EvalTrigger::JobDeregister,
+            now,
+        );
+        let command = Command::DeregisterJob {
+            job_name: req.name,
+            purge: req.purge,
+            eval,
+            now,
+        };
         let (index, response) = self.cluster.write(command).await.map_err(cluster_status)?;
         match response {
-            CommandResponse::JobDeregistered { eval_id } => Ok(Response::new(pb::StopJobResponse { eval_id, index })),
+            CommandResponse::JobDeregistered { eval_id } => {
+                Ok(Response::new(pb::StopJobResponse { eval_id, index }))
+            }
             CommandResponse::Rejected(r) => Err(rejection_status(r)),
-            other => Err(Status::internal(format!("unexpected answer to a job stop: {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected answer to a job stop: {other:?}"
+            ))),
         }
     }
 }
@@ -128,7 +189,9 @@ fn job_not_found(name: &str) -> Status {
 }
 
 fn count_running(allocs: &[Allocation], job_name: &str) -> u64 {
-    let running = allocs.iter().filter(|a| a.job_name == job_name && a.client_status == AllocClientStatus::Running);
+    let running = allocs
+        .iter()
+        .filter(|a| a.job_name == job_name && a.client_status == AllocClientStatus::Running);
     u64::try_from(running.count()).unwrap_or(u64::MAX)
 }
 
@@ -144,7 +207,10 @@ fn describe_placement(
         return "stopped".to_string();
     }
     let desired = job.desired_allocations();
-    let placed = allocs.iter().filter(|a| a.job_version == job.version && !a.is_terminal()).count() as u64;
+    let placed = allocs
+        .iter()
+        .filter(|a| a.job_version == job.version && !a.is_terminal())
+        .count() as u64;
     let running = count_running(allocs, &job.name);
     if desired > 0 && running >= desired {
         return format!("all {desired} allocations running");
@@ -181,10 +247,14 @@ impl AllocationService for Allocations {
         }
         let allocs = self
             .cluster
-            .read(move |txn| read::allocations(txn, req.job_name.as_deref(), req.node_id.as_deref()))
+            .read(move |txn| {
+                read::allocations(txn, req.job_name.as_deref(), req.node_id.as_deref())
+            })
             .await
             .map_err(cluster_status)?;
-        Ok(Response::new(pb::ListAllocationsResponse { allocations: allocs.iter().map(alloc_to_pb).collect() }))
+        Ok(Response::new(pb::ListAllocationsResponse {
+            allocations: allocs.iter().map(alloc_to_pb).collect(),
+        }))
     }
 
     async fn get_allocation(
@@ -192,17 +262,30 @@ impl AllocationService for Allocations {
         request: Request<pb::GetAllocationRequest>,
     ) -> Result<Response<pb::GetAllocationResponse>, Status> {
         let id = request.into_inner().id;
-        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            return Err(invalid("id", "must be an allocation id or a prefix of one (hex digits and '-')"));
+        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        {
+            return Err(invalid(
+                "id",
+                "must be an allocation id or a prefix of one (hex digits and '-')",
+            ));
         }
         let prefix = id.clone();
-        let matches = self.cluster.read(move |txn| read::allocations_by_prefix(txn, &prefix)).await.map_err(cluster_status)?;
+        let matches = self
+            .cluster
+            .read(move |txn| read::allocations_by_prefix(txn, &prefix))
+            .await
+            .map_err(cluster_status)?;
         match matches.as_slice() {
             [] => Err(Status::not_found(format!("allocation {id:?} not found"))),
-            [one] => Ok(Response::new(pb::GetAllocationResponse { allocation: Some(alloc_to_pb(one)) })),
+            [one] => Ok(Response::new(pb::GetAllocationResponse {
+                allocation: Some(alloc_to_pb(one)),
+            })),
             many => Err(invalid(
                 "id",
-                format!("prefix {id:?} matches {} allocations; give more characters", many.len()),
+                format!(
+                    "prefix {id:?} matches {} allocations; give more characters",
+                    many.len()
+                ),
             )),
         }
     }

@@ -13,7 +13,9 @@ use helios_api::pb::raft_peer_client::RaftPeerClient;
 use helios_api::pb::{snapshot_chunk, RaftPayload, SnapshotChunk};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use openraft::{BasicNode, OptionalSend, RaftNetworkV2};
 use tonic::transport::{Channel, Endpoint};
 
@@ -59,7 +61,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        PeerConnection { target, addr: node.addr.clone(), channels: self.channels.clone() }
+        PeerConnection {
+            target,
+            addr: node.addr.clone(),
+            channels: self.channels.clone(),
+        }
     }
 }
 
@@ -73,20 +79,25 @@ pub struct PeerConnection {
 /// other status means it answered with an error.
 fn status_to_rpc_error(status: &tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
-            RPCError::Unreachable(Unreachable::new(status))
-        }
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Cancelled
+        | tonic::Code::Unknown => RPCError::Unreachable(Unreachable::new(status)),
         _ => RPCError::Network(NetworkError::new(status)),
     }
 }
 
-fn decode_reply<T: serde::de::DeserializeOwned>(reply: RaftPayload) -> Result<T, RPCError<TypeConfig>> {
+fn decode_reply<T: serde::de::DeserializeOwned>(
+    reply: RaftPayload,
+) -> Result<T, RPCError<TypeConfig>> {
     decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))
 }
 
 impl PeerConnection {
     fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<TypeConfig>> {
-        self.channels.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+        self.channels
+            .client(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 
     fn request(data: Vec<u8>, option: &RPCOption) -> tonic::Request<RaftPayload> {
@@ -104,7 +115,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let reply = self.client()?.append_entries(Self::request(encode(&rpc), &option)).await;
+        let reply = self
+            .client()?
+            .append_entries(Self::request(encode(&rpc), &option))
+            .await;
         decode_reply(reply.map_err(|s| status_to_rpc_error(&s))?.into_inner())
     }
 
@@ -113,7 +127,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let reply = self.client()?.vote(Self::request(encode(&rpc), &option)).await;
+        let reply = self
+            .client()?
+            .vote(Self::request(encode(&rpc), &option))
+            .await;
         decode_reply(reply.map_err(|s| status_to_rpc_error(&s))?.into_inner())
     }
 
@@ -122,7 +139,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let reply = self.client()?.pre_vote(Self::request(encode(&rpc), &option)).await;
+        let reply = self
+            .client()?
+            .pre_vote(Self::request(encode(&rpc), &option))
+            .await;
         decode_reply(reply.map_err(|s| status_to_rpc_error(&s))?.into_inner())
     }
 
@@ -134,14 +154,25 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client().map_err(StreamingError::from)?;
-        let Snapshot { meta, snapshot: data } = snapshot;
-        let header = SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Meta(encode(&(vote, meta)))) };
+        let Snapshot {
+            meta,
+            snapshot: data,
+        } = snapshot;
+        let header = SnapshotChunk {
+            chunk: Some(snapshot_chunk::Chunk::Meta(encode(&(vote, meta)))),
+        };
         let chunks: Vec<SnapshotChunk> = data
             .chunks(SNAPSHOT_CHUNK_BYTES)
-            .map(|c| SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Data(c.to_vec())) })
+            .map(|c| SnapshotChunk {
+                chunk: Some(snapshot_chunk::Chunk::Data(c.to_vec())),
+            })
             .collect();
         let stream = futures::stream::iter(std::iter::once(header).chain(chunks));
-        tracing::info!(target_node = self.target, bytes = data.len(), "sending snapshot");
+        tracing::info!(
+            target_node = self.target,
+            bytes = data.len(),
+            "sending snapshot"
+        );
         let send = client.install_snapshot(stream);
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),

@@ -23,26 +23,49 @@ fn bad_payload(e: std::io::Error) -> Status {
 }
 
 fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
-    Ok(Response::new(RaftPayload { data: encode(value) }))
+    Ok(Response::new(RaftPayload {
+        data: encode(value),
+    }))
 }
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
-    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(&request.into_inner().data).map_err(bad_payload)?;
-        let result = self.cluster.raft.append_entries(rpc).await.map_err(|e| Status::internal(e.to_string()))?;
+        let result = self
+            .cluster
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         reply(&result)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(&request.into_inner().data).map_err(bad_payload)?;
-        let result = self.cluster.raft.vote(rpc).await.map_err(|e| Status::internal(e.to_string()))?;
+        let result = self
+            .cluster
+            .raft
+            .vote(rpc)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         reply(&result)
     }
 
-    async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn pre_vote(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(&request.into_inner().data).map_err(bad_payload)?;
-        let result = self.cluster.raft.pre_vote(rpc).await.map_err(|e| Status::internal(e.to_string()))?;
+        let result = self
+            .cluster
+            .raft
+            .pre_vote(rpc)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         reply(&result)
     }
 
@@ -52,9 +75,15 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<RaftPayload>, Status> {
         let mut stream = request.into_inner();
         let header = match stream.next().await {
-            Some(Ok(SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Meta(meta)) })) => meta,
+            Some(Ok(SnapshotChunk {
+                chunk: Some(snapshot_chunk::Chunk::Meta(meta)),
+            })) => meta,
             Some(Err(status)) => return Err(status),
-            _ => return Err(Status::invalid_argument("a snapshot stream must start with its metadata")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a snapshot stream must start with its metadata",
+                ))
+            }
         };
         let (vote, meta): (Vote, SnapshotMeta) = decode(&header).map_err(bad_payload)?;
         let mut data = Vec::new();
@@ -62,26 +91,45 @@ impl RaftPeer for PeerService {
             match chunk?.chunk {
                 Some(snapshot_chunk::Chunk::Data(bytes)) => {
                     if data.len() + bytes.len() > MAX_SNAPSHOT_BYTES {
-                        return Err(Status::resource_exhausted("snapshot exceeds the size limit"));
+                        return Err(Status::resource_exhausted(
+                            "snapshot exceeds the size limit",
+                        ));
                     }
                     data.extend_from_slice(&bytes);
                 }
-                _ => return Err(Status::invalid_argument("metadata may only open a snapshot stream")),
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "metadata may only open a snapshot stream",
+                    ))
+                }
             }
         }
         tracing::info!(bytes = data.len(), last_log_id = ?meta.last_log_id, "installing snapshot from the leader");
-        let snapshot = super::Snapshot { meta, snapshot: data };
-        let result =
-            self.cluster.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| Status::internal(e.to_string()))?;
+        let snapshot = super::Snapshot {
+            meta,
+            snapshot: data,
+        };
+        let result = self
+            .cluster
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         reply(&result)
     }
 
-    async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn forward(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let forwarded: ForwardRequest = decode(&request.into_inner().data).map_err(bad_payload)?;
         reply(&self.cluster.handle_as_leader(forwarded).await)
     }
 
-    async fn status(&self, _request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn status(
+        &self,
+        _request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         reply(&self.cluster.own_status())
     }
 }

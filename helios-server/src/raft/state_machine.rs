@@ -29,10 +29,13 @@ pub struct StateMachine {
     db: Arc<Database>,
 }
 
+/// One table's rows: key -> encoded value.
+pub type TableRows = Vec<(String, Vec<u8>)>;
+
 /// What a snapshot's data holds: every state table's rows, by table name.
 #[derive(Serialize, Deserialize)]
 pub struct SnapshotBody {
-    pub tables: Vec<(String, Vec<(String, Vec<u8>)>)>,
+    pub tables: Vec<(String, TableRows)>,
 }
 
 impl StateMachine {
@@ -41,8 +44,12 @@ impl StateMachine {
     }
 }
 
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
-    tokio::task::spawn_blocking(work).await.map_err(io::Error::other)?
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)?
 }
 
 fn read_meta<T: serde::de::DeserializeOwned>(
@@ -57,7 +64,8 @@ fn read_meta<T: serde::de::DeserializeOwned>(
 
 fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Vec<CommandResponse>> {
     let mut txn = db.begin_write().map_err(io::Error::other)?;
-    txn.set_durability(redb::Durability::None).map_err(io::Error::other)?;
+    txn.set_durability(redb::Durability::None)
+        .map_err(io::Error::other)?;
     let mut responses = Vec::with_capacity(entries.len());
     let mut last: Option<LogId> = None;
     let mut membership: Option<StoredMembership> = None;
@@ -65,9 +73,11 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Vec<CommandResp
         let log_id = entry.log_id();
         let response = match entry.payload {
             EntryPayload::Blank => CommandResponse::Empty,
-            EntryPayload::Normal(command) => apply_command(&txn, command).map_err(io::Error::other)?,
+            EntryPayload::Normal(command) => {
+                apply_command(&txn, command).map_err(io::Error::other)?
+            }
             EntryPayload::Membership(m) => {
-                membership = Some(StoredMembership::new(Some(log_id.clone()), m));
+                membership = Some(StoredMembership::new(Some(log_id), m));
                 CommandResponse::Empty
             }
         };
@@ -77,10 +87,12 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Vec<CommandResp
     {
         let mut meta = txn.open_table(SM_META).map_err(io::Error::other)?;
         if let Some(last) = &last {
-            meta.insert(SM_LAST_APPLIED, encode(last).as_slice()).map_err(io::Error::other)?;
+            meta.insert(SM_LAST_APPLIED, encode(last).as_slice())
+                .map_err(io::Error::other)?;
         }
         if let Some(m) = &membership {
-            meta.insert(SM_MEMBERSHIP, encode(m).as_slice()).map_err(io::Error::other)?;
+            meta.insert(SM_MEMBERSHIP, encode(m).as_slice())
+                .map_err(io::Error::other)?;
         }
     }
     txn.commit().map_err(io::Error::other)?;
@@ -129,23 +141,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone() }
+        SnapshotBuilder {
+            db: self.db.clone(),
+        }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         let db = self.db.clone();
         let meta = meta.clone();
         blocking(move || {
             let body: SnapshotBody = decode(&snapshot)?;
             let mut txn = db.begin_write().map_err(io::Error::other)?;
-            txn.set_durability(redb::Durability::Immediate).map_err(io::Error::other)?;
+            txn.set_durability(redb::Durability::Immediate)
+                .map_err(io::Error::other)?;
             for def in STATE_TABLES {
                 let mut table = txn.open_table(def).map_err(io::Error::other)?;
                 table.retain(|_, _| false).map_err(io::Error::other)?;
                 let name = redb::TableHandle::name(&def).to_string();
                 if let Some((_, rows)) = body.tables.iter().find(|(n, _)| *n == name) {
                     for (key, value) in rows {
-                        table.insert(key.as_str(), value.as_slice()).map_err(io::Error::other)?;
+                        table
+                            .insert(key.as_str(), value.as_slice())
+                            .map_err(io::Error::other)?;
                     }
                 }
             }
@@ -156,9 +177,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     None => sm.remove(SM_LAST_APPLIED).map(|_| None),
                 }
                 .map_err(io::Error::other)?;
-                sm.insert(SM_MEMBERSHIP, encode(&meta.last_membership).as_slice()).map_err(io::Error::other)?;
-                sm.insert(SM_SNAPSHOT_META, encode(&meta).as_slice()).map_err(io::Error::other)?;
-                sm.insert(SM_SNAPSHOT_DATA, snapshot.as_slice()).map_err(io::Error::other)?;
+                sm.insert(SM_MEMBERSHIP, encode(&meta.last_membership).as_slice())
+                    .map_err(io::Error::other)?;
+                sm.insert(SM_SNAPSHOT_META, encode(&meta).as_slice())
+                    .map_err(io::Error::other)?;
+                sm.insert(SM_SNAPSHOT_DATA, snapshot.as_slice())
+                    .map_err(io::Error::other)?;
             }
             txn.commit().map_err(io::Error::other)?;
             Ok(())
@@ -172,7 +196,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let txn = db.begin_read().map_err(io::Error::other)?;
             let sm = txn.open_table(SM_META).map_err(io::Error::other)?;
             let meta: Option<SnapshotMeta> = read_meta(&sm, SM_SNAPSHOT_META)?;
-            let data = sm.get(SM_SNAPSHOT_DATA).map_err(io::Error::other)?.map(|v| v.value().to_vec());
+            let data = sm
+                .get(SM_SNAPSHOT_DATA)
+                .map_err(io::Error::other)?
+                .map(|v| v.value().to_vec());
             Ok(match (meta, data) {
                 (Some(meta), Some(snapshot)) => Some(Snapshot { meta, snapshot }),
                 _ => None,
@@ -208,18 +235,24 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                         let (k, v) = row.map_err(io::Error::other)?;
                         rows.push((k.value().to_string(), v.value().to_vec()));
                     }
-                    body.tables.push((redb::TableHandle::name(&def).to_string(), rows));
+                    body.tables
+                        .push((redb::TableHandle::name(&def).to_string(), rows));
                 }
                 (meta, encode(&body))
             };
             let txn = db.begin_write().map_err(io::Error::other)?;
             {
                 let mut sm = txn.open_table(SM_META).map_err(io::Error::other)?;
-                sm.insert(SM_SNAPSHOT_META, encode(&meta).as_slice()).map_err(io::Error::other)?;
-                sm.insert(SM_SNAPSHOT_DATA, data.as_slice()).map_err(io::Error::other)?;
+                sm.insert(SM_SNAPSHOT_META, encode(&meta).as_slice())
+                    .map_err(io::Error::other)?;
+                sm.insert(SM_SNAPSHOT_DATA, data.as_slice())
+                    .map_err(io::Error::other)?;
             }
             txn.commit().map_err(io::Error::other)?;
-            Ok(Snapshot { meta, snapshot: data })
+            Ok(Snapshot {
+                meta,
+                snapshot: data,
+            })
         })
         .await
     }

@@ -10,11 +10,18 @@ use serde::de::DeserializeOwned;
 use super::codec::decode;
 use super::tables::{job_version_key, ALLOCATIONS, EVALUATIONS, JOBS, JOB_VERSIONS, NODES};
 
-fn table(txn: &ReadTransaction, def: TableDefinition<&str, &[u8]>) -> io::Result<ReadOnlyTable<&'static str, &'static [u8]>> {
+fn table(
+    txn: &ReadTransaction,
+    def: TableDefinition<&str, &[u8]>,
+) -> io::Result<ReadOnlyTable<&'static str, &'static [u8]>> {
     txn.open_table(def).map_err(io::Error::other)
 }
 
-fn get<T: DeserializeOwned>(txn: &ReadTransaction, def: TableDefinition<&str, &[u8]>, key: &str) -> io::Result<Option<T>> {
+fn get<T: DeserializeOwned>(
+    txn: &ReadTransaction,
+    def: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> io::Result<Option<T>> {
     match table(txn, def)?.get(key).map_err(io::Error::other)? {
         None => Ok(None),
         Some(v) => decode(v.value()).map(Some),
@@ -51,7 +58,10 @@ pub fn job_versions(txn: &ReadTransaction, name: &str) -> io::Result<Vec<Job>> {
     let last = job_version_key(name, u64::MAX);
     let versions = table(txn, JOB_VERSIONS)?;
     let mut out = Vec::new();
-    for row in versions.range(first.as_str()..=last.as_str()).map_err(io::Error::other)? {
+    for row in versions
+        .range(first.as_str()..=last.as_str())
+        .map_err(io::Error::other)?
+    {
         let (_, v) = row.map_err(io::Error::other)?;
         out.push(decode(v.value())?);
     }

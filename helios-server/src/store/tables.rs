@@ -22,7 +22,8 @@ pub const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 pub const EVALUATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("evaluations");
 
 /// The tables that make up the replicated state: exactly what a snapshot carries.
-pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 5] = [JOBS, JOB_VERSIONS, ALLOCATIONS, NODES, EVALUATIONS];
+pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 5] =
+    [JOBS, JOB_VERSIONS, ALLOCATIONS, NODES, EVALUATIONS];
 
 pub const META_VOTE: &str = "vote";
 pub const META_LAST_PURGED: &str = "last_purged";

@@ -33,7 +33,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -62,10 +65,15 @@ impl TestCluster {
     pub async fn start_with(n: u64, snapshot_every: u64) -> TestCluster {
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
-            listeners.insert(id, TcpListener::bind("127.0.0.1:0").await.expect("bind port 0"));
+            listeners.insert(
+                id,
+                TcpListener::bind("127.0.0.1:0").await.expect("bind port 0"),
+            );
         }
-        let addrs: BTreeMap<u64, String> =
-            listeners.iter().map(|(id, l)| (*id, l.local_addr().expect("bound").to_string())).collect();
+        let addrs: BTreeMap<u64, String> = listeners
+            .iter()
+            .map(|(id, l)| (*id, l.local_addr().expect("bound").to_string()))
+            .collect();
         let mut cluster = TestCluster {
             dir: tempfile::tempdir().expect("temp dir"),
             initial_peers: addrs.clone().into_iter().collect(),
@@ -82,7 +90,8 @@ impl TestCluster {
 
     fn config(&self, id: u64, peers: Vec<(u64, String)>, bootstrap: bool) -> ServerConfig {
         let addr = self.addrs[&id].parse().expect("socket address");
-        let mut config = ServerConfig::new(id, addr, peers, bootstrap, self.data_dir()).expect("valid config");
+        let mut config =
+            ServerConfig::new(id, addr, peers, bootstrap, self.data_dir()).expect("valid config");
         config.snapshot_every = self.snapshot_every;
         config
     }
@@ -91,7 +100,13 @@ impl TestCluster {
         self.dir.path().to_path_buf()
     }
 
-    fn launch(&mut self, id: u64, listener: TcpListener, peers: Vec<(u64, String)>, bootstrap: bool) {
+    fn launch(
+        &mut self,
+        id: u64,
+        listener: TcpListener,
+        peers: Vec<(u64, String)>,
+        bootstrap: bool,
+    ) {
         let config = self.config(id, peers, bootstrap);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(helios_server::run_on(config, listener, async move {
@@ -104,13 +119,21 @@ impl TestCluster {
     pub async fn stop(&mut self, id: u64) {
         let running = self.running.remove(&id).expect("server is running");
         let _ = running.stop.send(());
-        running.task.await.expect("server task").expect("server ran cleanly");
+        running
+            .task
+            .await
+            .expect("server task")
+            .expect("server ran cleanly");
     }
 
     /// Restarts a stopped server on its old address and data, with its original flags.
     pub async fn restart(&mut self, id: u64) {
         let listener = self.rebind(id).await;
-        let peers = if self.initial_peers.iter().any(|(p, _)| *p == id) { self.initial_peers.clone() } else { Vec::new() };
+        let peers = if self.initial_peers.iter().any(|(p, _)| *p == id) {
+            self.initial_peers.clone()
+        } else {
+            Vec::new()
+        };
         self.launch(id, listener, peers, id == 1);
     }
 
@@ -159,7 +182,12 @@ impl TestCluster {
     }
 
     pub async fn members(&self, via: u64) -> pb::ListMembersResponse {
-        self.cluster_client(via).await.list_members(pb::ListMembersRequest {}).await.expect("list members").into_inner()
+        self.cluster_client(via)
+            .await
+            .list_members(pb::ListMembersRequest {})
+            .await
+            .expect("list members")
+            .into_inner()
     }
 
     /// Waits until the running servers agree on one running leader, and returns it.
@@ -185,19 +213,36 @@ impl TestCluster {
     /// Submits a simple exec job through server `via`.
     pub async fn submit(&self, via: u64, name: &str) -> pb::SubmitJobResponse {
         let job = Job::exec(name, "echo", vec![name.to_string()]);
-        self.jobs(via).await.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await.expect("submit").into_inner()
+        self.jobs(via)
+            .await
+            .submit_job(pb::SubmitJobRequest {
+                job: Some(job_to_pb(&job)),
+            })
+            .await
+            .expect("submit")
+            .into_inner()
     }
 
     /// The job names server `via` holds (a linearizable read).
     pub async fn job_names(&self, via: u64) -> Vec<String> {
-        let reply = self.jobs(via).await.list_jobs(pb::ListJobsRequest {}).await.expect("list jobs").into_inner();
+        let reply = self
+            .jobs(via)
+            .await
+            .list_jobs(pb::ListJobsRequest {})
+            .await
+            .expect("list jobs")
+            .into_inner();
         reply.jobs.into_iter().map(|j| j.name).collect()
     }
 
     /// Server `id`'s own report of itself.
     pub async fn own_status(&self, id: u64) -> pb::Member {
         let members = self.members(id).await;
-        members.members.into_iter().find(|m| m.id == id).expect("server lists itself")
+        members
+            .members
+            .into_iter()
+            .find(|m| m.id == id)
+            .expect("server lists itself")
     }
 
     pub async fn shutdown(mut self) {

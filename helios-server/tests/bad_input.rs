@@ -1,0 +1,196 @@
+//! Bad input gets a clear error naming the field; the server keeps serving; nothing stored
+//! changes.
+
+mod common;
+
+use common::TestCluster;
+use helios_api::convert::job_to_pb;
+use helios_api::pb;
+use helios_core::Job;
+use tonic::Code;
+
+async fn assert_refused<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    code: Code,
+    fragments: &[&str],
+) {
+    let status = result.expect_err("request must be refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    for f in fragments {
+        assert!(
+            status.message().contains(f),
+            "{:?} lacks {f:?}",
+            status.message()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_requests_are_refused_and_change_nothing() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = cluster
+        .running_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    cluster.submit(leader, "keeper").await;
+    let mut jobs = cluster.jobs(follower).await;
+    let before = jobs
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+
+    // Invalid fields, every one named with its path.
+    let mut job = Job::exec("keeper", "echo", vec![]);
+    let mut second = job.task_groups[0].tasks[0].clone();
+    second.name = "second".into();
+    second.resources.memory_mb = 0;
+    job.task_groups[0].tasks.push(second);
+    job.priority = 500;
+    assert_refused(
+        jobs.submit_job(pb::SubmitJobRequest {
+            job: Some(job_to_pb(&job)),
+        })
+        .await,
+        Code::InvalidArgument,
+        &[
+            "task_groups[0].tasks[1].resources.memory_mb: must be > 0",
+            "priority: must be between 1 and 100",
+        ],
+    )
+    .await;
+
+    // Unknown enum values, a missing driver, control characters, absurd counts, a missing job.
+    let mut raw = job_to_pb(&Job::exec("ok-name", "echo", vec![]));
+    raw.r#type = 99;
+    raw.task_groups[0].count = Some(u32::MAX);
+    raw.task_groups[0].tasks[0].driver = None;
+    raw.meta.insert("note".into(), "ring\u{7}".into());
+    assert_refused(
+        jobs.submit_job(pb::SubmitJobRequest { job: Some(raw) })
+            .await,
+        Code::InvalidArgument,
+        &[
+            "type: unknown job type 99",
+            "task_groups[0].count: must be at most",
+            "task_groups[0].tasks[0].driver",
+            "meta.note",
+        ],
+    )
+    .await;
+    assert_refused(
+        jobs.submit_job(pb::SubmitJobRequest { job: None }).await,
+        Code::InvalidArgument,
+        &["job: must be set"],
+    )
+    .await;
+    let mut control = job_to_pb(&Job::exec("x", "echo", vec![]));
+    control.name = "evil\nname".into();
+    assert_refused(
+        jobs.submit_job(pb::SubmitJobRequest { job: Some(control) })
+            .await,
+        Code::InvalidArgument,
+        &["name:"],
+    )
+    .await;
+
+    // Oversized messages are refused by the transport before any handler runs.
+    let mut huge = job_to_pb(&Job::exec("huge", "echo", vec![]));
+    huge.meta.insert("blob".into(), "x".repeat(5 * 1024 * 1024));
+    let status = jobs
+        .submit_job(pb::SubmitJobRequest { job: Some(huge) })
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{status:?}"
+    );
+
+    // Unknown names.
+    assert_refused(
+        jobs.get_job(pb::GetJobRequest {
+            name: "nope".into(),
+        })
+        .await,
+        Code::NotFound,
+        &["job \"nope\" not found"],
+    )
+    .await;
+    assert_refused(
+        jobs.stop_job(pb::StopJobRequest {
+            name: "nope".into(),
+            purge: false,
+        })
+        .await,
+        Code::NotFound,
+        &["not found"],
+    )
+    .await;
+    assert_refused(
+        jobs.get_job_status(pb::GetJobStatusRequest {
+            name: "no such/job".into(),
+        })
+        .await,
+        Code::InvalidArgument,
+        &["name:"],
+    )
+    .await;
+
+    // Membership nonsense.
+    let mut members = cluster.cluster_client(follower).await;
+    assert_refused(
+        members
+            .add_server(pb::AddServerRequest {
+                id: 0,
+                addr: "127.0.0.1:1".into(),
+            })
+            .await,
+        Code::InvalidArgument,
+        &["id: must be > 0"],
+    )
+    .await;
+    assert_refused(
+        members
+            .add_server(pb::AddServerRequest {
+                id: 9,
+                addr: "nonsense".into(),
+            })
+            .await,
+        Code::InvalidArgument,
+        &["addr: expected HOST:PORT"],
+    )
+    .await;
+
+    // Allocations and nodes.
+    let mut allocs = helios_api::pb::allocation_service_client::AllocationServiceClient::new(
+        cluster.channel(leader).await,
+    );
+    assert_refused(
+        allocs
+            .get_allocation(pb::GetAllocationRequest { id: "zz!".into() })
+            .await,
+        Code::InvalidArgument,
+        &["id:"],
+    )
+    .await;
+    assert_refused(
+        allocs
+            .get_allocation(pb::GetAllocationRequest { id: "abcd".into() })
+            .await,
+        Code::NotFound,
+        &["abcd"],
+    )
+    .await;
+
+    // Nothing stored changed, and the servers still serve writes.
+    let after = jobs
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(before, after);
+    assert!(cluster.submit(follower, "still-serving").await.changed);
+    cluster.shutdown().await;
+}

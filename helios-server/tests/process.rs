@@ -1,0 +1,379 @@
+//! The built `helios-server` binary, started exactly as the README says (on free ports), killed
+//! with SIGKILL and restarted on the same data.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use helios_api::convert::job_to_pb;
+use helios_api::pb;
+use helios_api::pb::cluster_service_client::ClusterServiceClient;
+use helios_api::pb::job_service_client::JobServiceClient;
+use helios_core::Job;
+use tonic::transport::Channel;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_helios-server");
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A server process that is killed when dropped, so a failing test leaves nothing behind.
+struct Server {
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `helios-server --node-id N --rpc-addr A --peer 1=.. --peer 2=.. --peer 3=.. [--bootstrap]`,
+/// run in `dir` (the data dir defaults to the working directory, as in the README).
+fn start(dir: &Path, id: u64, ports: &[u16; 3]) -> Server {
+    let mut cmd = Command::new(BINARY);
+    cmd.args([
+        "--node-id",
+        &id.to_string(),
+        "--rpc-addr",
+        &format!("127.0.0.1:{}", ports[id as usize - 1]),
+    ]);
+    for (i, port) in ports.iter().enumerate() {
+        cmd.args(["--peer", &format!("{}=127.0.0.1:{port}", i + 1)]);
+    }
+    if id == 1 {
+        cmd.arg("--bootstrap");
+    }
+    let log = std::fs::File::create(dir.join(format!("server-{id}.log"))).expect("log file");
+    let child = cmd
+        .current_dir(dir)
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("start helios-server");
+    Server { child }
+}
+
+fn channel(port: u16) -> Channel {
+    Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("url")
+        .connect_lazy()
+}
+
+async fn wait_for<T, Fut: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> Fut,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn leader(ports: &[u16; 3]) -> u64 {
+    wait_for("a leader", || async {
+        for port in ports {
+            let mut client = ClusterServiceClient::new(channel(*port));
+            if let Ok(reply) = client.list_members(pb::ListMembersRequest {}).await {
+                let reply = reply.into_inner();
+                let leader = reply.leader_id?;
+                if reply
+                    .members
+                    .iter()
+                    .any(|m| m.id == leader && m.role == "leader")
+                {
+                    return Some(leader);
+                }
+            }
+        }
+        None
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_the_leader_under_writes_loses_no_acknowledged_job() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = [free_port(), free_port(), free_port()];
+    let mut servers: Vec<Option<Server>> = (1..=3)
+        .map(|id| Some(start(dir.path(), id, &ports)))
+        .collect();
+    let first_leader = leader(&ports).await;
+
+    // Writers keep submitting distinct jobs, moving to the next server whenever one fails.
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let count = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let (acked, count, stop) = (acked.clone(), count.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let clients: Vec<_> = ports
+                .iter()
+                .map(|p| JobServiceClient::new(channel(*p)))
+                .collect();
+            let mut target = usize::try_from(w).expect("small") % clients.len();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("w{w}-{i}");
+                i += 1;
+                let job = Job::exec(&name, "echo", vec![name.clone()]);
+                let mut request = tonic::Request::new(pb::SubmitJobRequest {
+                    job: Some(job_to_pb(&job)),
+                });
+                request.set_timeout(Duration::from_secs(20));
+                match clients[target].clone().submit_job(request).await {
+                    Ok(_) => {
+                        acked.lock().expect("lock").insert(name);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => target = (target + 1) % clients.len(),
+                }
+            }
+        }));
+    }
+
+    let acked_at_least = |n: u64| {
+        let count = count.clone();
+        move || {
+            let count = count.clone();
+            async move { (count.load(Ordering::Relaxed) >= n).then_some(()) }
+        }
+    };
+    wait_for("writes before the kill", acked_at_least(50)).await;
+    // SIGKILL: no shutdown path runs.
+    drop(servers[first_leader as usize - 1].take());
+    let before_restart = count.load(Ordering::Relaxed);
+    wait_for(
+        "writes on the new leader",
+        acked_at_least(before_restart + 50),
+    )
+    .await;
+    let new_leader = leader(&ports).await;
+    assert_ne!(new_leader, first_leader);
+
+    // The same command line again, on the same data: it must rejoin, not re-initialize.
+    servers[first_leader as usize - 1] = Some(start(dir.path(), first_leader, &ports));
+    let after_restart = count.load(Ordering::Relaxed);
+    wait_for(
+        "writes after the restart",
+        acked_at_least(after_restart + 50),
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+
+    let acked = acked.lock().expect("lock").clone();
+    for (i, port) in ports.iter().enumerate() {
+        let client = JobServiceClient::new(channel(*port));
+        let stored: BTreeSet<String> = wait_for("server to answer a read", || {
+            let mut client = client.clone();
+            async move { client.list_jobs(pb::ListJobsRequest {}).await.ok() }
+        })
+        .await
+        .into_inner()
+        .jobs
+        .into_iter()
+        .map(|j| j.name)
+        .collect();
+        let missing: Vec<_> = acked.difference(&stored).collect();
+        assert!(
+            missing.is_empty(),
+            "server {} lost acknowledged jobs: {missing:?}",
+            i + 1
+        );
+    }
+    let log = std::fs::read_to_string(dir.path().join(format!("server-{first_leader}.log")))
+        .expect("log");
+    assert!(
+        log.contains("rejoining the cluster from stored state"),
+        "restart must not re-initialize:\n{log}"
+    );
+}
+
+fn run_to_exit(args: &[&str], dir: &Path) -> Output {
+    let mut child = Command::new(BINARY)
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start helios-server");
+    // Each of these must exit on its own; a hang is a failure, not a wait forever.
+    let deadline = std::time::Instant::now() + WAIT;
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "helios-server {args:?} did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn bad_flags_and_data_dirs_fail_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+
+    let out = run_to_exit(
+        &[
+            "--node-id",
+            "1",
+            "--rpc-addr",
+            &addr,
+            "--peer",
+            "1127.0.0.1:1",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--peer") && err.contains("expected ID=HOST:PORT"),
+        "{err}"
+    );
+
+    let out = run_to_exit(
+        &[
+            "--node-id",
+            "3",
+            "--rpc-addr",
+            &addr,
+            "--peer",
+            &format!("1={addr}"),
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("--peer list must include this server (--node-id 3)"));
+
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"").expect("write file");
+    let peer = format!("1={addr}");
+    let out = run_to_exit(
+        &[
+            "--node-id",
+            "1",
+            "--rpc-addr",
+            &addr,
+            "--peer",
+            &peer,
+            "--bootstrap",
+            "--data-dir",
+            file.to_str().expect("utf8"),
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a directory"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_contradicting_peers_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let peer = format!("1={addr}");
+    let server = Command::new(BINARY)
+        .args([
+            "--node-id",
+            "1",
+            "--rpc-addr",
+            &addr,
+            "--peer",
+            &peer,
+            "--bootstrap",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start");
+    let server = Server { child: server };
+    let jobs = JobServiceClient::new(channel(port));
+    wait_for("the single-server cluster to accept a write", || {
+        let mut jobs = jobs.clone();
+        async move {
+            let job = Job::exec("one", "echo", vec![]);
+            jobs.submit_job(pb::SubmitJobRequest {
+                job: Some(job_to_pb(&job)),
+            })
+            .await
+            .ok()
+        }
+    })
+    .await;
+    // SIGTERM shuts down cleanly.
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let mut server = server;
+    let status = server.child.wait().expect("exit");
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+
+    let other = format!("127.0.0.1:{}", free_port());
+    let out = run_to_exit(
+        &[
+            "--node-id",
+            "1",
+            "--rpc-addr",
+            &addr,
+            "--peer",
+            &peer,
+            "--peer",
+            &format!("2={other}"),
+            "--peer",
+            &format!("1={addr}"),
+        ],
+        dir.path(),
+    );
+    // Listing server 1 twice is a flag error; with a different address for 1 it is a
+    // contradiction with the stored membership.
+    assert_eq!(out.status.code(), Some(2));
+    let moved = format!("127.0.0.1:{}", free_port());
+    let out = run_to_exit(
+        &[
+            "--node-id",
+            "1",
+            "--rpc-addr",
+            &moved,
+            "--peer",
+            &format!("1={moved}"),
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("contradicts --peer") && err.contains(&addr),
+        "{err}"
+    );
+}
