@@ -100,7 +100,10 @@ impl Cluster {
     /// Proposes a command wherever the leader is, and returns its log index and the state
     /// machine's answer.
     pub async fn write(&self, command: Command) -> Result<(u64, CommandResponse), ClusterError> {
-        match self.submit(ForwardRequest::Write(Box::new(command))).await? {
+        match self
+            .submit(ForwardRequest::Write(Box::new(command)))
+            .await?
+        {
             ForwardResponse::Written { index, response } => Ok((index, response)),
             other => Err(ClusterError::Internal(format!(
                 "unexpected reply to a write: {other:?}"

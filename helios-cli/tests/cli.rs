@@ -1,0 +1,234 @@
+//! The `helios-cli` binary against a real (in-process) server, checking what a user sees.
+
+use std::process::{Command, Output};
+
+use helios_server::ServerConfig;
+use tokio::net::TcpListener;
+
+const CLI: &str = env!("CARGO_BIN_EXE_helios-cli");
+
+struct Server {
+    url: String,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), helios_server::StartError>>>,
+}
+
+impl Server {
+    /// A single-server cluster, bootstrapped like `helios-server --dev`.
+    async fn start() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = ServerConfig::new(
+            1,
+            addr,
+            vec![(1, addr.to_string())],
+            true,
+            dir.path().to_path_buf(),
+        )
+        .expect("config");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(helios_server::run_on(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let server = Server {
+            url: format!("http://{addr}"),
+            _dir: dir,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        // Ready once the cluster has a leader and answers a read.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !cli(&server.url, &["job", "list"]).await.status.success() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not become ready"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().expect("running").send(());
+        self.task
+            .take()
+            .expect("running")
+            .await
+            .expect("task")
+            .expect("clean exit");
+    }
+}
+
+async fn cli(url: &str, args: &[&str]) -> Output {
+    run(&[&["--server-addr", url], args].concat(), &[]).await
+}
+
+async fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(CLI);
+    cmd.args(args).env_remove("HELIOS_ADDR");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    tokio::task::spawn_blocking(move || cmd.output().expect("run helios-cli"))
+        .await
+        .expect("join")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn dead_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    format!("http://127.0.0.1:{port}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_commands_as_the_readme_shows_them() {
+    let server = Server::start().await;
+    let url = server.url.clone();
+
+    let out = cli(
+        &url,
+        &[
+            "job",
+            "run",
+            "--name",
+            "multi-node-test",
+            "echo",
+            "--",
+            "It replicated!",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("Job \"multi-node-test\" submitted: version 0, evaluation "),
+        "{}",
+        stdout(&out)
+    );
+
+    let again = cli(
+        &url,
+        &[
+            "job",
+            "run",
+            "--name",
+            "multi-node-test",
+            "echo",
+            "--",
+            "It replicated!",
+        ],
+    )
+    .await;
+    assert_eq!(
+        stdout(&again).trim(),
+        "Job \"multi-node-test\" unchanged (version 0); nothing to do"
+    );
+
+    let list = stdout(&cli(&url, &["job", "list"]).await);
+    let lines: Vec<&str> = list.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("STATUS"),
+        "{list}"
+    );
+    assert!(
+        lines[1].starts_with("multi-node-test  batch  50") && lines[1].contains("pending  0/1"),
+        "{list}"
+    );
+
+    let status = stdout(&cli(&url, &["job", "status", "multi-node-test"]).await);
+    assert!(status.contains("Status      = pending"), "{status}");
+    assert!(
+        status.contains("Placement   = waiting for placement: no client nodes have registered"),
+        "{status}"
+    );
+    assert!(status.contains("echo 'It replicated!'"), "{status}");
+    assert!(status.contains("No allocations placed"), "{status}");
+    assert!(status.contains("job-register  pending"), "{status}");
+
+    let stop = cli(&url, &["job", "stop", "multi-node-test"]).await;
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    let status = stdout(&cli(&url, &["job", "status", "multi-node-test"]).await);
+    assert!(
+        status.contains("Status      = dead") && status.contains("Placement   = stopped"),
+        "{status}"
+    );
+
+    let members = stdout(&cli(&url, &["server", "members"]).await);
+    assert!(
+        members
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("1") && l.contains("leader  yes")),
+        "{members}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_one_line_with_documented_exit_codes() {
+    let server = Server::start().await;
+    let url = server.url.clone();
+
+    let out = cli(&url, &["job", "status", "nope"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "Error: job \"nope\" not found\n");
+
+    let out = cli(&url, &["job", "run", "--name", "bad name", "echo"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("Error: invalid --name \"bad name\": may contain only"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1);
+
+    let out = cli(
+        &url,
+        &["job", "run", "--name", "mem", "--memory-mb", "0", "echo"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("task_groups[0].tasks[0].resources.memory_mb: must be > 0"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = cli(&url, &["job", "frobnicate"]).await;
+    assert_eq!(out.status.code(), Some(2));
+
+    let dead = dead_url();
+    let out = cli(&dead, &["job", "list"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!("Error: cannot reach a Helios server at {dead}"))
+            && err.contains("--server-addr"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+
+    // Several addresses: the first that answers is used. HELIOS_ADDR works like the flag.
+    let both = format!("{dead},{url}");
+    let out = run(
+        &["job", "run", "--name", "failover", "echo"],
+        &[("HELIOS_ADDR", &both)],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list = stdout(&cli(&url, &["job", "list"]).await);
+    assert!(list.contains("failover"), "{list}");
+    server.shutdown().await;
+}
