@@ -58,6 +58,8 @@ pub async fn run(servers: &Servers, command: ServerCommand) -> Result<()> {
                     m.term.to_string(),
                     m.last_applied_index.to_string(),
                     m.last_log_index.to_string(),
+                    m.snapshot_index
+                        .map_or_else(|| "-".to_string(), |i| i.to_string()),
                 ]);
             }
             table.print();

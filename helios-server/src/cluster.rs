@@ -309,13 +309,8 @@ impl Cluster {
         if let Err(e) = self.raft.add_learner(id, BasicNode { addr }, true).await {
             return self.not_leader_or(e.forward_to_leader().cloned(), &e);
         }
-        let voters = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
-        match self.raft.change_membership(voters, false).await {
-            Ok(reply) => ForwardResponse::MembershipChanged {
-                index: reply.log_id.index(),
-            },
-            Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
-        }
+        self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+            .await
     }
 
     async fn remove_voter(&self, id: NodeId) -> ForwardResponse {
@@ -342,6 +337,11 @@ impl Cluster {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
+        self.change_membership(change).await
+    }
+
+    /// Commits a membership change; a removed server is not kept as a learner.
+    async fn change_membership(&self, change: ChangeMembers<NodeId, BasicNode>) -> ForwardResponse {
         match self.raft.change_membership(change, false).await {
             Ok(reply) => ForwardResponse::MembershipChanged {
                 index: reply.log_id.index(),

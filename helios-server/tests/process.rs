@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+
+use common::{wait_for, WAIT};
 use helios_api::convert::job_to_pb;
 use helios_api::pb;
 use helios_api::pb::cluster_service_client::ClusterServiceClient;
@@ -16,7 +19,6 @@ use helios_core::Job;
 use tonic::transport::Channel;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_helios-server");
-const WAIT: Duration = Duration::from_secs(60);
 
 /// A server process that is killed when dropped, so a failing test leaves nothing behind.
 struct Server {
@@ -68,23 +70,6 @@ fn channel(port: u16) -> Channel {
     Channel::from_shared(format!("http://127.0.0.1:{port}"))
         .expect("url")
         .connect_lazy()
-}
-
-async fn wait_for<T, Fut: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> Fut,
-) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn leader(ports: &[u16; 3]) -> u64 {

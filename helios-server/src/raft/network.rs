@@ -100,10 +100,24 @@ impl PeerConnection {
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 
-    fn request(data: Vec<u8>, option: &RPCOption) -> tonic::Request<RaftPayload> {
-        let mut req = tonic::Request::new(RaftPayload { data });
-        req.set_timeout(option.hard_ttl());
-        req
+    /// One request/response RPC: encode `rpc`, send it with openraft's deadline, decode the reply.
+    async fn unary<Req, Resp, Fut>(
+        &self,
+        rpc: &Req,
+        option: &RPCOption,
+        call: impl FnOnce(RaftPeerClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let mut request = tonic::Request::new(RaftPayload { data: encode(rpc) });
+        request.set_timeout(option.hard_ttl());
+        let reply = call(self.client()?, request)
+            .await
+            .map_err(|s| status_to_rpc_error(&s))?;
+        decode_reply(reply.into_inner())
     }
 }
 
@@ -115,11 +129,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let reply = self
-            .client()?
-            .append_entries(Self::request(encode(&rpc), &option))
-            .await;
-        decode_reply(reply.map_err(|s| status_to_rpc_error(&s))?.into_inner())
+        self.unary(&rpc, &option, |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
     }
 
     async fn vote(
@@ -127,11 +140,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let reply = self
-            .client()?
-            .vote(Self::request(encode(&rpc), &option))
-            .await;
-        decode_reply(reply.map_err(|s| status_to_rpc_error(&s))?.into_inner())
+        self.unary(&rpc, &option, |mut c, r| async move { c.vote(r).await })
+            .await
     }
 
     async fn pre_vote(
@@ -139,11 +149,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let reply = self
-            .client()?
-            .pre_vote(Self::request(encode(&rpc), &option))
-            .await;
-        decode_reply(reply.map_err(|s| status_to_rpc_error(&s))?.into_inner())
+        self.unary(&rpc, &option, |mut c, r| async move { c.pre_vote(r).await })
+            .await
     }
 
     async fn full_snapshot(

@@ -22,6 +22,24 @@ fn bad_payload(e: std::io::Error) -> Status {
     Status::invalid_argument(format!("undecodable peer payload: {e}"))
 }
 
+/// Decodes an openraft request, hands it to Raft, and encodes Raft's answer.
+async fn relay<Req, Resp, E, Fut>(
+    request: Request<RaftPayload>,
+    handle: impl FnOnce(Req) -> Fut,
+) -> Result<Response<RaftPayload>, Status>
+where
+    Req: serde::de::DeserializeOwned,
+    Resp: serde::Serialize,
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<Resp, E>>,
+{
+    let rpc = decode(&request.into_inner().data).map_err(bad_payload)?;
+    let result = handle(rpc)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+    reply(&result)
+}
+
 fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
     Ok(Response::new(RaftPayload {
         data: encode(value),
@@ -34,39 +52,18 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(&request.into_inner().data).map_err(bad_payload)?;
-        let result = self
-            .cluster
-            .raft
-            .append_entries(rpc)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        reply(&result)
+        relay(request, |rpc| self.cluster.raft.append_entries(rpc)).await
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(&request.into_inner().data).map_err(bad_payload)?;
-        let result = self
-            .cluster
-            .raft
-            .vote(rpc)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        reply(&result)
+        relay(request, |rpc| self.cluster.raft.vote(rpc)).await
     }
 
     async fn pre_vote(
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(&request.into_inner().data).map_err(bad_payload)?;
-        let result = self
-            .cluster
-            .raft
-            .pre_vote(rpc)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        reply(&result)
+        relay(request, |rpc| self.cluster.raft.pre_vote(rpc)).await
     }
 
     async fn install_snapshot(
