@@ -33,8 +33,11 @@ start)
         extra=()
         # Bootstrap only a brand-new cluster; a restart rejoins from its data.
         if [ "$id" = 1 ] && [ ! -e "$state/helios-node-1.db" ]; then extra=(--bootstrap); fi
-        (cd "$state" && nohup "$bin/helios-server" --node-id "$id" --rpc-addr "127.0.0.1:5005$id" \
-            "${peers[@]}" "${extra[@]}" >"server-$id.log" 2>&1 & echo $! >"server-$id.pid")
+        # exec: the background subshell becomes the server, so nothing else holds this script's
+        # stdout open after it exits.
+        (cd "$state" && exec "$bin/helios-server" --node-id "$id" --rpc-addr "127.0.0.1:5005$id" \
+            "${peers[@]}" "${extra[@]}" </dev/null >"server-$id.log" 2>&1) &
+        echo $! >"$state/server-$id.pid"
     done
     for _ in $(seq 1 100); do
         if "$bin/helios-cli" server members >/dev/null 2>&1; then

@@ -30,25 +30,26 @@ struct Args {
     /// Directory holding helios-node-<ID>.db.
     #[arg(long, default_value = ".")]
     data_dir: PathBuf,
+    /// Snapshot the state (and compact the log behind it) every this many log entries.
+    #[arg(long, default_value_t = helios_server::config::DEFAULT_SNAPSHOT_EVERY, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_every: u64,
     /// A single-server development cluster that bootstraps itself.
     #[arg(long, conflicts_with_all = ["peers", "bootstrap"])]
     dev: bool,
 }
 
 fn config_from(args: Args) -> Result<ServerConfig, helios_server::ConfigError> {
-    if args.dev {
+    let mut config = if args.dev {
         let id = args.node_id.unwrap_or(1);
-        return ServerConfig::new(
-            id,
-            args.rpc_addr,
-            vec![(id, args.rpc_addr.to_string())],
-            true,
-            args.data_dir,
-        );
-    }
-    // clap enforces --node-id unless --dev.
-    let id = args.node_id.expect("clap requires --node-id without --dev");
-    ServerConfig::new(id, args.rpc_addr, args.peers, args.bootstrap, args.data_dir)
+        let own = vec![(id, args.rpc_addr.to_string())];
+        ServerConfig::new(id, args.rpc_addr, own, true, args.data_dir)?
+    } else {
+        // clap enforces --node-id unless --dev.
+        let id = args.node_id.expect("clap requires --node-id without --dev");
+        ServerConfig::new(id, args.rpc_addr, args.peers, args.bootstrap, args.data_dir)?
+    };
+    config.snapshot_every = args.snapshot_every;
+    Ok(config)
 }
 
 #[tokio::main]

@@ -123,11 +123,23 @@ impl LogStore {
     }
 }
 
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 fn writer_loop(db: &Database, rx: &mpsc::Receiver<WriteOp>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
+        let started = std::time::Instant::now();
         let result = write_batch(db, &batch).map_err(|e| e.to_string());
+        let took = started.elapsed();
+        // Every acknowledged write waits on this commit: a slow disk shows up here first.
+        if took > SLOW_COMMIT {
+            tracing::warn!(
+                ops = batch.len(),
+                took_ms = took.as_millis(),
+                "slow raft log commit"
+            );
+        }
         for op in batch {
             let outcome = result.clone().map_err(io::Error::other);
             match op {

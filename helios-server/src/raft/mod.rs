@@ -7,6 +7,7 @@
 pub mod log_store;
 pub mod network;
 pub mod peer_service;
+pub mod snapshot;
 pub mod state_machine;
 
 use std::sync::Arc;
@@ -30,8 +31,7 @@ pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
-/// A snapshot is the state machine's tables, encoded (see `state_machine::SnapshotBody`).
-pub type SnapshotData = Vec<u8>;
+pub use snapshot::SnapshotData;
 
 /// Raft timing. Elections settle well under a second on loopback. A snapshot is taken every
 /// `snapshot_every` entries and the log behind it is purged, keeping at most that many (and at

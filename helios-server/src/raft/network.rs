@@ -165,6 +165,11 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             meta,
             snapshot: data,
         } = snapshot;
+        // Encoding reads every state table: keep it off the async threads.
+        let data = tokio::task::spawn_blocking(move || data.to_bytes())
+            .await
+            .map_err(|e| StreamingError::from(RPCError::Network(NetworkError::new(&e))))?
+            .map_err(|e| StreamingError::from(RPCError::Network(NetworkError::new(&e))))?;
         let header = SnapshotChunk {
             chunk: Some(snapshot_chunk::Chunk::Meta(encode(&(vote, meta)))),
         };

@@ -104,7 +104,7 @@ impl RaftPeer for PeerService {
         tracing::info!(bytes = data.len(), last_log_id = ?meta.last_log_id, "installing snapshot from the leader");
         let snapshot = super::Snapshot {
             meta,
-            snapshot: data,
+            snapshot: super::SnapshotData::Encoded(data),
         };
         let result = self
             .cluster

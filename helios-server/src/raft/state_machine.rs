@@ -3,8 +3,11 @@
 //! Each batch of committed entries is applied in one write transaction. Those commits use
 //! `Durability::None`: the Raft log holds the entries durably, every log write is an `Immediate`
 //! commit that also makes all earlier `None` commits durable, and after a crash openraft re-applies
-//! whatever the state machine had not yet made durable. Installing a snapshot, which replaces the
-//! state and lets the log be purged, is `Immediate` itself.
+//! whatever the state machine had not yet made durable. The log is only purged (an `Immediate`
+//! commit) behind a snapshot, i.e. behind state that commit makes durable.
+//!
+//! A snapshot is a read-only view of the tables (see `snapshot.rs`), so building one is nearly
+//! free and writes nothing but a marker. Installing one replaces the tables, durably.
 
 use std::io;
 use std::sync::Arc;
@@ -14,28 +17,18 @@ use helios_core::CommandResponse;
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
-use redb::{Database, ReadableDatabase, ReadableTable};
-use serde::{Deserialize, Serialize};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use super::{Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::store::apply::apply_command;
+use crate::store::apply::StateTables;
 use crate::store::codec::{decode, encode};
 use crate::store::tables::{
-    SM_LAST_APPLIED, SM_MEMBERSHIP, SM_META, SM_SNAPSHOT_DATA, SM_SNAPSHOT_META, STATE_TABLES,
+    SM_HAS_SNAPSHOT, SM_LAST_APPLIED, SM_MEMBERSHIP, SM_META, STATE_TABLES,
 };
 
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Database>,
-}
-
-/// One table's rows: key -> encoded value.
-pub type TableRows = Vec<(String, Vec<u8>)>;
-
-/// What a snapshot's data holds: every state table's rows, by table name.
-#[derive(Serialize, Deserialize)]
-pub struct SnapshotBody {
-    pub tables: Vec<(String, TableRows)>,
 }
 
 impl StateMachine {
@@ -69,20 +62,21 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Vec<CommandResp
     let mut responses = Vec::with_capacity(entries.len());
     let mut last: Option<LogId> = None;
     let mut membership: Option<StoredMembership> = None;
-    for entry in entries {
-        let log_id = entry.log_id();
-        let response = match entry.payload {
-            EntryPayload::Blank => CommandResponse::Empty,
-            EntryPayload::Normal(command) => {
-                apply_command(&txn, command).map_err(io::Error::other)?
-            }
-            EntryPayload::Membership(m) => {
-                membership = Some(StoredMembership::new(Some(log_id), m));
-                CommandResponse::Empty
-            }
-        };
-        responses.push(response);
-        last = Some(log_id);
+    {
+        let mut tables = StateTables::open(&txn).map_err(io::Error::other)?;
+        for entry in entries {
+            let log_id = entry.log_id();
+            let response = match entry.payload {
+                EntryPayload::Blank => CommandResponse::Empty,
+                EntryPayload::Normal(command) => tables.apply(command).map_err(io::Error::other)?,
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(log_id), m));
+                    CommandResponse::Empty
+                }
+            };
+            responses.push(response);
+            last = Some(log_id);
+        }
     }
     {
         let mut meta = txn.open_table(SM_META).map_err(io::Error::other)?;
@@ -97,6 +91,23 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Vec<CommandResp
     }
     txn.commit().map_err(io::Error::other)?;
     Ok(responses)
+}
+
+/// The snapshot as of now: the applied index and membership, and a view of the tables from the
+/// same read transaction, so the three agree.
+fn current_snapshot(db: &Database) -> io::Result<Snapshot> {
+    let txn: ReadTransaction = db.begin_read().map_err(io::Error::other)?;
+    let meta = {
+        let sm = txn.open_table(SM_META).map_err(io::Error::other)?;
+        SnapshotMeta {
+            last_log_id: read_meta(&sm, SM_LAST_APPLIED)?,
+            last_membership: read_meta(&sm, SM_MEMBERSHIP)?.unwrap_or_default(),
+        }
+    };
+    Ok(Snapshot {
+        meta,
+        snapshot: SnapshotData::Local(Arc::new(txn)),
+    })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -129,7 +140,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         }
         let db = self.db.clone();
+        let count = entries.len();
+        let started = std::time::Instant::now();
         let responses = blocking(move || apply_batch(&db, entries)).await?;
+        let took = started.elapsed();
+        if took > std::time::Duration::from_millis(20) {
+            tracing::warn!(
+                entries = count,
+                took_ms = took.as_millis(),
+                "slow state machine apply"
+            );
+        }
         // Answer callers only after the batch is committed, so a reply implies the state is
         // visible to reads on this server.
         for (responder, response) in responders.into_iter().zip(responses) {
@@ -154,8 +175,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let meta = meta.clone();
         blocking(move || {
-            let body: SnapshotBody = decode(&snapshot)?;
+            let body = snapshot.into_body()?;
             let mut txn = db.begin_write().map_err(io::Error::other)?;
+            // The log behind this snapshot may be purged next: the state must be on disk first.
             txn.set_durability(redb::Durability::Immediate)
                 .map_err(io::Error::other)?;
             for def in STATE_TABLES {
@@ -179,9 +201,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(io::Error::other)?;
                 sm.insert(SM_MEMBERSHIP, encode(&meta.last_membership).as_slice())
                     .map_err(io::Error::other)?;
-                sm.insert(SM_SNAPSHOT_META, encode(&meta).as_slice())
-                    .map_err(io::Error::other)?;
-                sm.insert(SM_SNAPSHOT_DATA, snapshot.as_slice())
+                sm.insert(SM_HAS_SNAPSHOT, [].as_slice())
                     .map_err(io::Error::other)?;
             }
             txn.commit().map_err(io::Error::other)?;
@@ -193,17 +213,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let db = self.db.clone();
         blocking(move || {
-            let txn = db.begin_read().map_err(io::Error::other)?;
-            let sm = txn.open_table(SM_META).map_err(io::Error::other)?;
-            let meta: Option<SnapshotMeta> = read_meta(&sm, SM_SNAPSHOT_META)?;
-            let data = sm
-                .get(SM_SNAPSHOT_DATA)
-                .map_err(io::Error::other)?
-                .map(|v| v.value().to_vec());
-            Ok(match (meta, data) {
-                (Some(meta), Some(snapshot)) => Some(Snapshot { meta, snapshot }),
-                _ => None,
-            })
+            let has_snapshot = {
+                let txn = db.begin_read().map_err(io::Error::other)?;
+                let sm = txn.open_table(SM_META).map_err(io::Error::other)?;
+                sm.get(SM_HAS_SNAPSHOT).map_err(io::Error::other)?.is_some()
+            };
+            // The tables only ever move forward, so the current view is at least as new as the
+            // last snapshot built: hand out the newest.
+            if has_snapshot {
+                current_snapshot(&db).map(Some)
+            } else {
+                Ok(None)
+            }
         })
         .await
     }
@@ -219,40 +240,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let db = self.db.clone();
         blocking(move || {
-            // One read transaction: the rows and the applied index are from the same instant.
-            let (meta, data) = {
-                let txn = db.begin_read().map_err(io::Error::other)?;
-                let sm = txn.open_table(SM_META).map_err(io::Error::other)?;
-                let meta = SnapshotMeta {
-                    last_log_id: read_meta(&sm, SM_LAST_APPLIED)?,
-                    last_membership: read_meta(&sm, SM_MEMBERSHIP)?.unwrap_or_default(),
-                };
-                let mut body = SnapshotBody { tables: Vec::new() };
-                for def in STATE_TABLES {
-                    let table = txn.open_table(def).map_err(io::Error::other)?;
-                    let mut rows = Vec::new();
-                    for row in table.iter().map_err(io::Error::other)? {
-                        let (k, v) = row.map_err(io::Error::other)?;
-                        rows.push((k.value().to_string(), v.value().to_vec()));
-                    }
-                    body.tables
-                        .push((redb::TableHandle::name(&def).to_string(), rows));
-                }
-                (meta, encode(&body))
-            };
-            let txn = db.begin_write().map_err(io::Error::other)?;
-            {
-                let mut sm = txn.open_table(SM_META).map_err(io::Error::other)?;
-                sm.insert(SM_SNAPSHOT_META, encode(&meta).as_slice())
-                    .map_err(io::Error::other)?;
-                sm.insert(SM_SNAPSHOT_DATA, data.as_slice())
-                    .map_err(io::Error::other)?;
-            }
+            let snapshot = current_snapshot(&db)?;
+            // Only a marker is written. `None` suffices: the log is purged behind this snapshot
+            // by an `Immediate` commit, which makes this one (and the state it covers) durable.
+            let mut txn = db.begin_write().map_err(io::Error::other)?;
+            txn.set_durability(redb::Durability::None)
+                .map_err(io::Error::other)?;
+            txn.open_table(SM_META)
+                .map_err(io::Error::other)?
+                .insert(SM_HAS_SNAPSHOT, [].as_slice())
+                .map_err(io::Error::other)?;
             txn.commit().map_err(io::Error::other)?;
-            Ok(Snapshot {
-                meta,
-                snapshot: data,
-            })
+            Ok(snapshot)
         })
         .await
     }

@@ -7,8 +7,7 @@ pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log
 /// Raft log metadata: `vote`, `last_purged`, `committed`.
 pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
-/// State machine metadata: `last_applied`, `membership`, and the current snapshot
-/// (`snapshot_meta`, `snapshot_data`).
+/// State machine metadata: `last_applied`, `membership`, `has_snapshot`.
 pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 /// job name -> `Job` (latest version).
 pub const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
@@ -30,8 +29,8 @@ pub const META_LAST_PURGED: &str = "last_purged";
 pub const META_COMMITTED: &str = "committed";
 pub const SM_LAST_APPLIED: &str = "last_applied";
 pub const SM_MEMBERSHIP: &str = "membership";
-pub const SM_SNAPSHOT_META: &str = "snapshot_meta";
-pub const SM_SNAPSHOT_DATA: &str = "snapshot_data";
+/// Present once a snapshot has been built or installed (the snapshot itself is the tables).
+pub const SM_HAS_SNAPSHOT: &str = "has_snapshot";
 
 /// Versions sort by number within a job: names cannot contain '@' (validation), and the version
 /// is zero-padded.

@@ -1,0 +1,71 @@
+//! Snapshots are the state machine's tables themselves.
+//!
+//! A snapshot built on this server is a consistent read-only view of its database (a redb read
+//! transaction): building one costs nothing but reading the applied index, and the bytes are only
+//! produced when a peer needs them. A snapshot received from a peer is those bytes.
+
+use std::io;
+use std::sync::Arc;
+
+use redb::{ReadTransaction, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use crate::store::codec::{decode, encode};
+use crate::store::tables::STATE_TABLES;
+
+#[derive(Clone)]
+pub enum SnapshotData {
+    /// A view of this server's tables, frozen at the snapshot's index.
+    Local(Arc<ReadTransaction>),
+    /// An encoded `SnapshotBody`, as it travels between servers.
+    Encoded(Vec<u8>),
+}
+
+impl std::fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotData::Local(_) => f.write_str("SnapshotData::Local"),
+            SnapshotData::Encoded(b) => write!(f, "SnapshotData::Encoded({} bytes)", b.len()),
+        }
+    }
+}
+
+/// One table's rows: key -> encoded value.
+pub type TableRows = Vec<(String, Vec<u8>)>;
+
+/// The wire form of a snapshot: every state table's rows, by table name.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotBody {
+    pub tables: Vec<(String, TableRows)>,
+}
+
+impl SnapshotData {
+    /// The encoded snapshot. For a local view this reads every state table, so call it off the
+    /// async threads.
+    pub fn to_bytes(&self) -> io::Result<Vec<u8>> {
+        match self {
+            SnapshotData::Encoded(bytes) => Ok(bytes.clone()),
+            SnapshotData::Local(txn) => {
+                let mut body = SnapshotBody { tables: Vec::new() };
+                for def in STATE_TABLES {
+                    let table = txn.open_table(def).map_err(io::Error::other)?;
+                    let mut rows = Vec::new();
+                    for row in table.iter().map_err(io::Error::other)? {
+                        let (k, v) = row.map_err(io::Error::other)?;
+                        rows.push((k.value().to_string(), v.value().to_vec()));
+                    }
+                    body.tables
+                        .push((redb::TableHandle::name(&def).to_string(), rows));
+                }
+                Ok(encode(&body))
+            }
+        }
+    }
+
+    pub fn into_body(self) -> io::Result<SnapshotBody> {
+        match self {
+            SnapshotData::Encoded(bytes) => decode(&bytes),
+            local @ SnapshotData::Local(_) => decode(&local.to_bytes()?),
+        }
+    }
+}
