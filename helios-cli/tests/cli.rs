@@ -17,27 +17,7 @@ struct Server {
 impl Server {
     /// A single-server cluster, bootstrapped like `helios-server --dev`.
     async fn start() -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = ServerConfig::new(
-            1,
-            addr,
-            vec![(1, addr.to_string())],
-            true,
-            dir.path().to_path_buf(),
-        )
-        .expect("config");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(helios_server::run_on(config, listener, async move {
-            let _ = stopped.await;
-        }));
-        let server = Server {
-            url: format!("http://{addr}"),
-            _dir: dir,
-            stop: Some(stop),
-            task: Some(task),
-        };
+        let server = Server::spawn(1, true).await;
         // Ready once the cluster has a leader and answers a read.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while !cli(&server.url, &["job", "list"]).await.status.success() {
@@ -48,6 +28,34 @@ impl Server {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         server
+    }
+
+    /// Server `id`, bootstrapping a one-server cluster or (without `bootstrap`) waiting to join.
+    async fn spawn(id: u64, bootstrap: bool) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let peers = if bootstrap {
+            vec![(id, addr.to_string())]
+        } else {
+            Vec::new()
+        };
+        let config = ServerConfig::new(id, addr, peers, bootstrap, dir.path().to_path_buf())
+            .expect("config");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(helios_server::run_on(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        Server {
+            url: format!("http://{addr}"),
+            _dir: dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
     }
 
     async fn shutdown(mut self) {
@@ -231,4 +239,43 @@ async fn errors_are_one_line_with_documented_exit_codes() {
     let list = stdout(&cli(&url, &["job", "list"]).await);
     assert!(list.contains("failover"), "{list}");
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_join_members_and_remove() {
+    let first = Server::start().await;
+    let second = Server::spawn(2, false).await;
+    let url = first.url.clone();
+
+    let member = format!("2={}", second.addr());
+    let out = cli(&url, &["server", "join", &member]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with(&format!(
+        "Server 2 ({}) joined the cluster as a voter",
+        second.addr()
+    )));
+
+    // The new server answers too, and sees both members.
+    let members = stdout(&cli(&second.url, &["server", "members"]).await);
+    let rows: Vec<&str> = members.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{members}");
+    assert!(
+        rows[0].starts_with("1 ") && rows[0].contains("leader"),
+        "{members}"
+    );
+    assert!(
+        rows[1].starts_with("2 ") && rows[1].contains("follower  yes"),
+        "{members}"
+    );
+
+    let out = cli(&url, &["server", "join", "2=not an address"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("addr: "), "{}", stderr(&out));
+
+    let out = cli(&second.url, &["server", "remove", "2"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let members = stdout(&cli(&url, &["server", "members"]).await);
+    assert_eq!(members.lines().count(), 2, "{members}");
+    second.shutdown().await;
+    first.shutdown().await;
 }

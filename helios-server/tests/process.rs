@@ -362,3 +362,42 @@ async fn a_restart_with_contradicting_peers_refuses_to_start() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_is_a_working_single_server_cluster() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let child = Command::new(BINARY)
+        .args(["--dev", "--rpc-addr", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start --dev");
+    let _server = Server { child };
+    let jobs = JobServiceClient::new(channel(port));
+    let reply = wait_for("the dev server to accept a write", || {
+        let mut jobs = jobs.clone();
+        async move {
+            let job = Job::exec("dev-job", "echo", vec![]);
+            jobs.submit_job(pb::SubmitJobRequest {
+                job: Some(job_to_pb(&job)),
+            })
+            .await
+            .ok()
+        }
+    })
+    .await;
+    assert!(reply.into_inner().changed);
+    let members = ClusterServiceClient::new(channel(port))
+        .list_members(pb::ListMembersRequest {})
+        .await
+        .expect("members")
+        .into_inner();
+    assert_eq!(members.members.len(), 1);
+    assert_eq!(members.members[0].role, "leader");
+    assert!(
+        dir.path().join("helios-node-1.db").exists(),
+        "data in the working directory"
+    );
+}
