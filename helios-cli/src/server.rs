@@ -48,6 +48,7 @@ pub async fn run(servers: &Servers, command: ServerCommand) -> Result<()> {
                 "TERM",
                 "LAST_APPLIED",
                 "LAST_LOG",
+                "SNAPSHOT",
             ]);
             for m in reply.members {
                 table.row(vec![

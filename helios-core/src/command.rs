@@ -16,6 +16,19 @@ use crate::eval::Evaluation;
 use crate::job::Job;
 use crate::time::Timestamp;
 
+/// What the Raft log holds: a command and the identity of the request that proposed it.
+///
+/// A proposal can reach the log twice (the leader changed while it was in flight and the server
+/// retried it); the state machine applies a `request_id` once and answers a repeat with the first
+/// answer, so every write is applied at most once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub request_id: String,
+    /// Stamped by the proposing server; bounds how long the request id is remembered.
+    pub proposed_at: Timestamp,
+    pub command: Command,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Create a job or update its spec. A changed spec becomes the next version and creates
@@ -92,6 +105,12 @@ impl std::fmt::Display for Command {
                 )
             }
         }
+    }
+}
+
+impl std::fmt::Display for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (request {})", self.command, self.request_id)
     }
 }
 

@@ -17,7 +17,7 @@ pub mod validate;
 pub use alloc::{
     AllocClientStatus, AllocDesiredStatus, Allocation, TaskEvent, TaskRunState, TaskState,
 };
-pub use command::{Command, CommandResponse, Rejection, RejectionKind};
+pub use command::{Command, CommandResponse, Proposal, Rejection, RejectionKind};
 pub use eval::{EvalStatus, EvalTrigger, Evaluation};
 pub use job::{
     Constraint, ConstraintOperator, DockerConfig, ExecConfig, Job, JobStatus, JobType, PortMapping,

@@ -17,5 +17,10 @@ pub const MAX_PRIORITY: u32 = 100;
 pub const MAX_RESTART_ATTEMPTS: u32 = 1_000;
 pub const MAX_KILL_TIMEOUT_SECS: u32 = 3_600;
 pub const MAX_PORTS: usize = 64;
-/// Largest protobuf message a server accepts (and the CLI sends).
-pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest protobuf message a server accepts (and the CLI sends). It bounds a job's size, and so
+/// a Raft entry's.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Most Raft entries sent to a follower in one message.
+pub const MAX_ENTRIES_PER_APPEND: u64 = 256;
+/// Largest message between servers: a full batch of the largest entries, with room to spare.
+pub const MAX_PEER_MESSAGE_BYTES: usize = (MAX_ENTRIES_PER_APPEND as usize + 8) * MAX_MESSAGE_BYTES;

@@ -13,19 +13,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use helios_api::pb::RaftPayload;
-use helios_core::{Command, CommandResponse};
+use helios_core::{Command, CommandResponse, Proposal};
 use openraft::type_config::async_runtime::watch::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState};
 use redb::{Database, ReadTransaction, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::raft::network::PeerChannels;
 use crate::raft::{NodeId, Raft};
 use crate::store::codec::{decode, encode};
 
 /// How long a request waits for a leader (an election, a restart) before giving up.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(15);
+/// How long a joining server may take to catch up (it may need a large snapshot) before the
+/// join is abandoned and the server removed again.
+pub const JOIN_DEADLINE: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Cluster {
@@ -38,7 +42,7 @@ pub struct Cluster {
 /// What a follower asks of the leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardRequest {
-    Write(Box<Command>),
+    Write(Box<Proposal>),
     ReadIndex,
     AddServer { id: NodeId, addr: String },
     RemoveServer { id: NodeId },
@@ -99,9 +103,18 @@ pub struct PeerStatus {
 impl Cluster {
     /// Proposes a command wherever the leader is, and returns its log index and the state
     /// machine's answer.
+    ///
+    /// The command is wrapped once in a `Proposal` with a fresh request id; every retry (a leader
+    /// change, a lost reply) resends that same proposal, and the state machine applies a request
+    /// id at most once, so retrying is always safe.
     pub async fn write(&self, command: Command) -> Result<(u64, CommandResponse), ClusterError> {
+        let proposal = Proposal {
+            request_id: clock::new_id(),
+            proposed_at: clock::now(),
+            command,
+        };
         match self
-            .submit(ForwardRequest::Write(Box::new(command)))
+            .submit(ForwardRequest::Write(Box::new(proposal)), REQUEST_DEADLINE)
             .await?
         {
             ForwardResponse::Written { index, response } => Ok((index, response)),
@@ -117,7 +130,10 @@ impl Cluster {
         &self,
         query: impl FnOnce(&ReadTransaction) -> io::Result<T> + Send + 'static,
     ) -> Result<T, ClusterError> {
-        let index = match self.submit(ForwardRequest::ReadIndex).await? {
+        let index = match self
+            .submit(ForwardRequest::ReadIndex, REQUEST_DEADLINE)
+            .await?
+        {
             ForwardResponse::ReadIndex { index } => index,
             other => {
                 return Err(ClusterError::Internal(format!(
@@ -149,7 +165,10 @@ impl Cluster {
     }
 
     pub async fn add_server(&self, id: NodeId, addr: String) -> Result<u64, ClusterError> {
-        match self.submit(ForwardRequest::AddServer { id, addr }).await? {
+        match self
+            .submit(ForwardRequest::AddServer { id, addr }, JOIN_DEADLINE)
+            .await?
+        {
             ForwardResponse::MembershipChanged { index } => Ok(index),
             other => Err(ClusterError::Internal(format!(
                 "unexpected reply: {other:?}"
@@ -158,7 +177,10 @@ impl Cluster {
     }
 
     pub async fn remove_server(&self, id: NodeId) -> Result<u64, ClusterError> {
-        match self.submit(ForwardRequest::RemoveServer { id }).await? {
+        match self
+            .submit(ForwardRequest::RemoveServer { id }, REQUEST_DEADLINE)
+            .await?
+        {
             ForwardResponse::MembershipChanged { index } => Ok(index),
             other => Err(ClusterError::Internal(format!(
                 "unexpected reply: {other:?}"
@@ -167,9 +189,13 @@ impl Cluster {
     }
 
     /// Sends `request` to the leader (this server or another), following leader hints and
-    /// waiting out elections until `REQUEST_DEADLINE`.
-    async fn submit(&self, request: ForwardRequest) -> Result<ForwardResponse, ClusterError> {
-        let deadline = Instant::now() + REQUEST_DEADLINE;
+    /// waiting out elections until `patience` has passed.
+    async fn submit(
+        &self,
+        request: ForwardRequest,
+        patience: Duration,
+    ) -> Result<ForwardResponse, ClusterError> {
+        let deadline = Instant::now() + patience;
         let mut hint: Option<(NodeId, String)> = None;
         loop {
             let target = hint.take().or_else(|| self.known_leader());
@@ -178,7 +204,7 @@ impl Cluster {
                 Some((id, _)) if *id == self.node_id => {
                     Some(self.handle_as_leader(request.clone()).await)
                 }
-                Some((_, addr)) => self.forward(addr, &request).await,
+                Some((_, addr)) => self.forward(addr, &request, deadline).await,
                 None => None,
             };
             match reply {
@@ -196,7 +222,7 @@ impl Cluster {
                 None => {}
             }
             if Instant::now() >= deadline {
-                return Err(ClusterError::NoLeader(REQUEST_DEADLINE));
+                return Err(ClusterError::NoLeader(patience));
             }
             if hint.is_none() {
                 self.wait_for_leader_change(deadline).await;
@@ -224,12 +250,21 @@ impl Cluster {
         let _ = tokio::time::timeout_at(step.min(deadline), metrics.changed()).await;
     }
 
-    async fn forward(&self, addr: &str, request: &ForwardRequest) -> Option<ForwardResponse> {
+    async fn forward(
+        &self,
+        addr: &str,
+        request: &ForwardRequest,
+        deadline: Instant,
+    ) -> Option<ForwardResponse> {
         let mut client = self.channels.client(addr).ok()?;
         let mut req = tonic::Request::new(RaftPayload {
             data: encode(request),
         });
-        req.set_timeout(REQUEST_DEADLINE);
+        req.set_timeout(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100)),
+        );
         match client.forward(req).await {
             Ok(reply) => decode(&reply.into_inner().data).ok(),
             Err(status) => {
@@ -242,7 +277,9 @@ impl Cluster {
     /// Executes a forwarded (or local) request as the leader, or says who leads instead.
     pub async fn handle_as_leader(&self, request: ForwardRequest) -> ForwardResponse {
         match request {
-            ForwardRequest::Write(command) => match self.raft.client_write(*command).await {
+            // `forward_to_leader` also covers an entry discarded by a leader change, whose fate
+            // is unknown: resending the same proposal is safe (applied at most once).
+            ForwardRequest::Write(proposal) => match self.raft.client_write(*proposal).await {
                 Ok(reply) => ForwardResponse::Written {
                     index: reply.log_id.index(),
                     response: reply.data,
@@ -306,8 +343,39 @@ impl Cluster {
         }
         // A learner first: it catches up (by snapshot if the log was purged) without counting
         // towards the quorum, and only then becomes a voter.
-        if let Err(e) = self.raft.add_learner(id, BasicNode { addr }, true).await {
-            return self.not_leader_or(e.forward_to_leader().cloned(), &e);
+        let added = match self
+            .raft
+            .add_learner(id, BasicNode { addr: addr.clone() }, false)
+            .await
+        {
+            Ok(reply) => reply.log_id.index(),
+            Err(e) => return self.not_leader_or(e.forward_to_leader().cloned(), &e),
+        };
+        // openraft's own blocking wait has no deadline: a wrong address would hang the join.
+        let caught_up = self
+            .raft
+            .wait(Some(JOIN_DEADLINE - Duration::from_secs(5)))
+            .metrics(
+                |m| {
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten());
+                    matched.is_some_and(|log_id| log_id.index() >= added)
+                },
+                "new server catches up",
+            )
+            .await;
+        if caught_up.is_err() {
+            // Do not leave an unreachable learner in the membership.
+            let _ = self
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await;
+            return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
+                "server {id} at {addr} did not catch up in time; is it running there, started \
+                 without --bootstrap and reachable from the leader?"
+            )));
         }
         self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
             .await

@@ -4,6 +4,7 @@
 //! `main.rs` is a thin wrapper over [`run`], so tests start real servers in-process.
 
 pub mod api;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod raft;
@@ -12,6 +13,7 @@ pub mod store;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use helios_api::pb;
 use helios_core::limits::MAX_MESSAGE_BYTES;
@@ -75,6 +77,18 @@ pub async fn run_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let db = store::open(&config.data_dir, config.node_id)?;
+    let db_handle = Arc::downgrade(&db);
+    let result = run_raft(config, db, listener, shutdown).await;
+    wait_until_closed(&db_handle).await;
+    result
+}
+
+async fn run_raft(
+    config: ServerConfig,
+    db: Arc<redb::Database>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     let log_store = LogStore::open(db.clone()).map_err(StartError::Log)?;
     let channels = PeerChannels::default();
     let network = NetworkFactory {
@@ -100,12 +114,52 @@ pub async fn run_on(
         db,
         channels,
     };
-    let served = serve(cluster, listener, shutdown).await;
+    // Serve until asked to stop, or until Raft stops on its own (a storage failure is fatal to
+    // it): a server whose Raft is dead must not keep answering as if it were healthy.
+    let (fatal_tx, mut fatal_rx) = tokio::sync::oneshot::channel::<String>();
+    let watched = raft.clone();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            reason = raft_stopped(watched) => { let _ = fatal_tx.send(reason); }
+        }
+    };
+    let served = serve(cluster, listener, stop).await;
     tracing::info!(node_id = config.node_id, "shutting down raft");
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");
     }
+    if let Ok(reason) = fatal_rx.try_recv() {
+        return Err(StartError::Raft(format!("raft stopped: {reason}")));
+    }
     served
+}
+
+/// Resolves when Raft reports a fatal error or stops.
+async fn raft_stopped(raft: Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(e) = &metrics.borrow_watched().running_state {
+            return e.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "raft core exited".to_string();
+        }
+    }
+}
+
+/// Raft's replication tasks can outlive `shutdown` briefly, holding the log store and with it
+/// the database; redb refuses a second open of the same file, so a restart in the same process
+/// must wait for them to finish.
+async fn wait_until_closed(db: &std::sync::Weak<redb::Database>) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while db.strong_count() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("the database is still in use 10 s after shutdown");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Initializes a new cluster on the bootstrap server, and on every start checks that the
@@ -258,8 +312,8 @@ async fn serve(
         )
         .add_service(
             RaftPeerServer::new(raft::peer_service::PeerService { cluster })
-                .max_decoding_message_size(64 * 1024 * 1024)
-                .max_encoding_message_size(64 * 1024 * 1024),
+                .max_decoding_message_size(helios_core::limits::MAX_PEER_MESSAGE_BYTES)
+                .max_encoding_message_size(helios_core::limits::MAX_PEER_MESSAGE_BYTES),
         )
         // Nagle's algorithm against the peer's delayed ACKs stalls small replies by 40 ms; the
         // builder's tcp_nodelay does not reach connections from a listener we bound ourselves.

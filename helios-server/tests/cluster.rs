@@ -37,6 +37,19 @@ async fn three_servers_elect_a_leader_and_accept_writes_on_a_follower() {
 
     // Submitting the same spec again changes nothing; a new spec is the next version.
     assert!(!cluster.submit(leader, "from-follower").await.changed);
+    let mut changed = helios_core::Job::exec("from-follower", "echo", vec!["other".into()]);
+    changed.priority = 70;
+    let reply = cluster
+        .jobs(follower)
+        .await
+        .submit_job(pb::SubmitJobRequest {
+            job: Some(helios_api::convert::job_to_pb(&changed)),
+        })
+        .await
+        .expect("update")
+        .into_inner();
+    assert!(reply.changed);
+    assert_eq!(reply.version, 1);
     let members = cluster.members(follower).await;
     assert_eq!(members.members.len(), 3);
     assert_eq!(
@@ -75,10 +88,12 @@ async fn writes_continue_without_the_leader_and_the_old_leader_catches_up() {
         (me.last_applied_index >= last_index).then_some(me)
     })
     .await;
-    assert!(
-        status.term >= 2,
-        "a new term began while it was away: {status:?}"
+    let leader_term = cluster.own_status(new_leader).await.term;
+    assert_eq!(
+        status.term, leader_term,
+        "it follows the new leader's term: {status:?}"
     );
+    assert_eq!(status.role, "follower");
     let mut names = cluster.job_names(old_leader).await;
     names.sort();
     assert_eq!(

@@ -12,12 +12,12 @@ pub mod state_machine;
 
 use std::sync::Arc;
 
-use helios_core::{Command, CommandResponse};
+use helios_core::{CommandResponse, Proposal};
 
 openraft::declare_raft_types!(
-    /// Helios's Raft types: commands from `helios_core`, servers addressed by `host:port`.
+    /// Helios's Raft types: proposals (commands) from `helios_core`, servers addressed by `host:port`.
     pub TypeConfig:
-        D = Command,
+        D = Proposal,
         R = CommandResponse,
         NodeId = u64,
         Node = openraft::BasicNode,
@@ -47,7 +47,8 @@ pub fn raft_config(snapshot_every: u64) -> Arc<openraft::Config> {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
         max_in_snapshot_log_to_keep: keep,
         purge_batch_size: keep.clamp(1, 256),
-        max_payload_entries: 1_000,
+        // Bounded so that a batch of the largest entries still fits one peer message.
+        max_payload_entries: helios_core::limits::MAX_ENTRIES_PER_APPEND,
         ..Default::default()
     };
     // validate() only fails for inconsistent timings, which the constants above are not.

@@ -48,8 +48,8 @@ impl PeerChannels {
             }
         };
         Ok(RaftPeerClient::new(channel)
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024))
+            .max_decoding_message_size(helios_core::limits::MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(helios_core::limits::MAX_PEER_MESSAGE_BYTES))
     }
 }
 

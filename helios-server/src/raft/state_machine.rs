@@ -13,7 +13,7 @@ use std::io;
 use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
-use helios_core::CommandResponse;
+use helios_core::{CommandResponse, Timestamp};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
@@ -62,13 +62,17 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Vec<CommandResp
     let mut responses = Vec::with_capacity(entries.len());
     let mut last: Option<LogId> = None;
     let mut membership: Option<StoredMembership> = None;
+    let mut latest = Timestamp::default();
     {
         let mut tables = StateTables::open(&txn).map_err(io::Error::other)?;
         for entry in entries {
             let log_id = entry.log_id();
             let response = match entry.payload {
                 EntryPayload::Blank => CommandResponse::Empty,
-                EntryPayload::Normal(command) => tables.apply(command).map_err(io::Error::other)?,
+                EntryPayload::Normal(proposal) => {
+                    latest = latest.max(proposal.proposed_at);
+                    tables.apply_once(proposal).map_err(io::Error::other)?
+                }
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(log_id), m));
                     CommandResponse::Empty
@@ -77,6 +81,9 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Vec<CommandResp
             responses.push(response);
             last = Some(log_id);
         }
+        tables
+            .forget_requests_before(latest)
+            .map_err(io::Error::other)?;
     }
     {
         let mut meta = txn.open_table(SM_META).map_err(io::Error::other)?;

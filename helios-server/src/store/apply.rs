@@ -3,13 +3,20 @@
 //! besides the transaction itself.
 
 use helios_core::{
-    AllocClientStatus, Allocation, Command, CommandResponse, Evaluation, Job, JobStatus, Rejection,
-    RejectionKind, Timestamp,
+    AllocClientStatus, Allocation, Command, CommandResponse, Evaluation, Job, JobStatus, Proposal,
+    Rejection, RejectionKind, Timestamp,
 };
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::codec::{decode, encode};
-use super::tables::{job_version_key, ALLOCATIONS, EVALUATIONS, JOBS, JOB_VERSIONS};
+use super::tables::{
+    job_version_key, request_key, ALLOCATIONS, EVALUATIONS, JOBS, JOB_VERSIONS, REQUESTS,
+};
+
+/// How long a request id is remembered. A server retries a proposal for at most
+/// `cluster::REQUEST_DEADLINE` (15 s); the margin covers clock differences between servers, whose
+/// clocks stamp `proposed_at`.
+pub const REQUEST_MEMORY_MS: u64 = 10 * 60 * 1000;
 
 type StateTable<'txn> = Table<'txn, &'static str, &'static [u8]>;
 
@@ -19,6 +26,7 @@ pub struct StateTables<'txn> {
     job_versions: StateTable<'txn>,
     allocations: StateTable<'txn>,
     evaluations: StateTable<'txn>,
+    requests: StateTable<'txn>,
 }
 
 impl<'txn> StateTables<'txn> {
@@ -28,7 +36,29 @@ impl<'txn> StateTables<'txn> {
             job_versions: txn.open_table(JOB_VERSIONS)?,
             allocations: txn.open_table(ALLOCATIONS)?,
             evaluations: txn.open_table(EVALUATIONS)?,
+            requests: txn.open_table(REQUESTS)?,
         })
+    }
+
+    /// Applies a proposal once: a request id seen before gets its first answer again and changes
+    /// nothing.
+    pub fn apply_once(&mut self, proposal: Proposal) -> Result<CommandResponse, redb::Error> {
+        let key = request_key(proposal.proposed_at.as_millis(), &proposal.request_id);
+        if let Some(first) = get::<CommandResponse>(&self.requests, &key)? {
+            return Ok(first);
+        }
+        let response = self.apply(proposal.command)?;
+        self.requests
+            .insert(key.as_str(), encode(&response).as_slice())?;
+        Ok(response)
+    }
+
+    /// Forgets request ids proposed more than `REQUEST_MEMORY_MS` before `latest` (the newest
+    /// proposal applied: a deterministic clock, the same on every replica).
+    pub fn forget_requests_before(&mut self, latest: Timestamp) -> Result<(), redb::Error> {
+        let horizon = request_key(latest.as_millis().saturating_sub(REQUEST_MEMORY_MS), "");
+        self.requests.retain_in(..horizon.as_str(), |_, _| false)?;
+        Ok(())
     }
 
     pub fn apply(&mut self, command: Command) -> Result<CommandResponse, redb::Error> {
@@ -130,5 +160,185 @@ fn get<T: serde::de::DeserializeOwned>(
     match table.get(key)? {
         None => Ok(None),
         Some(v) => Ok(Some(decode(v.value()).map_err(redb::StorageError::Io)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use helios_core::{EvalTrigger, Job};
+    use redb::ReadableDatabase;
+
+    use super::*;
+    use crate::store::{open, read};
+
+    fn proposal(id: &str, at: u64, command: Command) -> Proposal {
+        Proposal {
+            request_id: id.to_string(),
+            proposed_at: Timestamp(at),
+            command,
+        }
+    }
+
+    fn register(name: &str, arg: &str, eval: &str) -> Command {
+        let job = Job::exec(name, "echo", vec![arg.to_string()]);
+        let eval = Evaluation::new(
+            eval.to_string(),
+            name,
+            50,
+            EvalTrigger::JobRegister,
+            Timestamp(1),
+        );
+        Command::RegisterJob { job, eval }
+    }
+
+    /// Applies proposals in one transaction, as the state machine applies one batch.
+    fn apply_all(db: &redb::Database, proposals: Vec<Proposal>) -> Vec<CommandResponse> {
+        let txn = db.begin_write().unwrap();
+        let responses = {
+            let mut tables = StateTables::open(&txn).unwrap();
+            let latest = proposals
+                .iter()
+                .map(|p| p.proposed_at)
+                .max()
+                .unwrap_or_default();
+            let out = proposals
+                .into_iter()
+                .map(|p| tables.apply_once(p).unwrap())
+                .collect();
+            tables.forget_requests_before(latest).unwrap();
+            out
+        };
+        txn.commit().unwrap();
+        responses
+    }
+
+    #[test]
+    fn versions_count_changed_specs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), 1).unwrap();
+        let got = apply_all(
+            &db,
+            vec![
+                proposal("r1", 10, register("web", "a", "e1")),
+                proposal("r2", 11, register("web", "a", "e2")),
+                proposal("r3", 12, register("web", "b", "e3")),
+            ],
+        );
+        assert_eq!(
+            got,
+            vec![
+                CommandResponse::JobRegistered {
+                    version: 0,
+                    changed: true,
+                    eval_id: Some("e1".into())
+                },
+                CommandResponse::JobRegistered {
+                    version: 0,
+                    changed: false,
+                    eval_id: None
+                },
+                CommandResponse::JobRegistered {
+                    version: 1,
+                    changed: true,
+                    eval_id: Some("e3".into())
+                },
+            ]
+        );
+        let txn = db.begin_read().unwrap();
+        assert_eq!(read::job_versions(&txn, "web").unwrap().len(), 2);
+        assert_eq!(read::evaluations_for_job(&txn, "web").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_repeated_request_is_answered_without_applying_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), 1).unwrap();
+        let first = apply_all(&db, vec![proposal("r1", 10, register("web", "a", "e1"))]);
+        // Someone else updates the job; then the first request is retried (a leader change).
+        apply_all(&db, vec![proposal("r2", 11, register("web", "b", "e2"))]);
+        let retried = apply_all(&db, vec![proposal("r1", 10, register("web", "a", "e1"))]);
+        assert_eq!(first, retried);
+        let txn = db.begin_read().unwrap();
+        let job = read::job(&txn, "web").unwrap().unwrap();
+        assert_eq!(
+            job.version, 1,
+            "the retry must not roll the job back to the older spec"
+        );
+    }
+
+    #[test]
+    fn request_ids_are_forgotten_after_the_memory_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), 1).unwrap();
+        apply_all(&db, vec![proposal("old", 1_000, register("a", "x", "e1"))]);
+        apply_all(
+            &db,
+            vec![proposal(
+                "new",
+                1_000 + REQUEST_MEMORY_MS + 1,
+                register("b", "x", "e2"),
+            )],
+        );
+        let txn = db.begin_read().unwrap();
+        let requests = txn.open_table(REQUESTS).unwrap();
+        let keys: Vec<String> = requests
+            .iter()
+            .unwrap()
+            .map(|r| r.unwrap().0.value().to_string())
+            .collect();
+        assert_eq!(keys.len(), 1);
+        assert!(keys[0].ends_with("/new"), "{keys:?}");
+    }
+
+    #[test]
+    fn stop_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), 1).unwrap();
+        let eval = |id: &str| {
+            Evaluation::new(
+                id.into(),
+                "web",
+                50,
+                EvalTrigger::JobDeregister,
+                Timestamp(5),
+            )
+        };
+        let stop = |id: &str, purge| Command::DeregisterJob {
+            job_name: "web".into(),
+            purge,
+            eval: eval(id),
+            now: Timestamp(5),
+        };
+        let got = apply_all(
+            &db,
+            vec![
+                proposal("r0", 1, stop("e0", false)),
+                proposal("r1", 2, register("web", "a", "e1")),
+                proposal("r2", 3, stop("e2", false)),
+            ],
+        );
+        assert!(
+            matches!(&got[0], CommandResponse::Rejected(r) if r.kind == RejectionKind::NotFound)
+        );
+        assert_eq!(
+            got[2],
+            CommandResponse::JobDeregistered {
+                eval_id: "e2".into()
+            }
+        );
+        {
+            let txn = db.begin_read().unwrap();
+            let job = read::job(&txn, "web").unwrap().unwrap();
+            assert!(job.stopped);
+            assert_eq!(
+                job.status,
+                JobStatus::Dead,
+                "no allocations run, so the stopped job is dead"
+            );
+        }
+        apply_all(&db, vec![proposal("r3", 4, stop("e3", true))]);
+        let txn = db.begin_read().unwrap();
+        assert!(read::job(&txn, "web").unwrap().is_none());
+        assert!(read::job_versions(&txn, "web").unwrap().is_empty());
     }
 }

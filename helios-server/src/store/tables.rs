@@ -20,9 +20,19 @@ pub const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// evaluation id -> `Evaluation`.
 pub const EVALUATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("evaluations");
 
+/// `request_key(proposed_at, request_id)` -> the `CommandResponse` it got: a repeated proposal
+/// is answered from here instead of being applied again.
+pub const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
+
 /// The tables that make up the replicated state: exactly what a snapshot carries.
-pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 5] =
-    [JOBS, JOB_VERSIONS, ALLOCATIONS, NODES, EVALUATIONS];
+pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 6] = [
+    JOBS,
+    JOB_VERSIONS,
+    ALLOCATIONS,
+    NODES,
+    EVALUATIONS,
+    REQUESTS,
+];
 
 pub const META_VOTE: &str = "vote";
 pub const META_LAST_PURGED: &str = "last_purged";
@@ -36,6 +46,11 @@ pub const SM_HAS_SNAPSHOT: &str = "has_snapshot";
 /// is zero-padded.
 pub fn job_version_key(name: &str, version: u64) -> String {
     format!("{name}@{version:020}")
+}
+
+/// Requests sort by the time they were proposed, so forgetting old ones trims the front.
+pub fn request_key(proposed_at_ms: u64, request_id: &str) -> String {
+    format!("{proposed_at_ms:020}/{request_id}")
 }
 
 pub fn create_all(db: &Database) -> Result<(), redb::Error> {
