@@ -11,6 +11,7 @@ pub mod job;
 pub mod limits;
 pub mod node;
 pub mod plan;
+pub mod scheduler;
 pub mod time;
 pub mod validate;
 

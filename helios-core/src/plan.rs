@@ -1,6 +1,8 @@
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::alloc::{AllocDesiredStatus, Allocation};
+use crate::alloc::{AllocClientStatus, AllocDesiredStatus, Allocation};
 
 /// The scheduler's answer to an evaluation: what to place and what to stop. The leader's plan
 /// applier checks it against the latest state before committing it through Raft.
@@ -13,11 +15,23 @@ pub struct Plan {
     pub planned_at_index: u64,
     pub placements: Vec<Allocation>,
     pub stops: Vec<AllocStop>,
+    /// Task group -> why some of its allocations could not be placed.
+    pub failed_placements: BTreeMap<String, String>,
+}
+
+impl Plan {
+    /// True when the plan changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.placements.is_empty() && self.stops.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllocStop {
     pub alloc_id: String,
     pub desired_status: AllocDesiredStatus,
+    /// Set when the servers know the client status themselves: `Lost` for an allocation whose
+    /// node went down.
+    pub client_status: Option<AllocClientStatus>,
     pub description: String,
 }

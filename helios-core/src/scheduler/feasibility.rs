@@ -1,0 +1,184 @@
+//! Can a node take an allocation of this group at all? Node state, drivers and constraints,
+//! compiled once per group (regular expressions and version requirements are parsed once, not per
+//! node).
+
+use regex::Regex;
+
+use crate::job::{ConstraintOperator, Job, TaskGroup};
+use crate::node::{Node, NodeEligibility, NodeStatus};
+use crate::validate::parse_version_requirement;
+
+enum Check {
+    Equal(String, String),
+    NotEqual(String, String),
+    /// `None`: the expression does not compile, so no node matches.
+    Regexp(String, Option<Regex>),
+    Version(String, Vec<(String, Vec<u64>)>),
+}
+
+/// A group's placement requirements, ready to test nodes against.
+pub struct CompiledConstraints {
+    checks: Vec<(Check, String)>,
+    drivers: Vec<&'static str>,
+    /// At most one allocation of the job per node.
+    pub distinct_hosts_job: bool,
+    /// At most one allocation of the group per node.
+    pub distinct_hosts_group: bool,
+}
+
+impl CompiledConstraints {
+    /// Job, group and task constraints together. Validation has already checked that regular
+    /// expressions and version requirements parse; one that does not (a job stored by an older
+    /// version) makes every node infeasible, with the reason.
+    pub fn for_group(job: &Job, group: &TaskGroup) -> CompiledConstraints {
+        let mut compiled = CompiledConstraints {
+            checks: Vec::new(),
+            drivers: Vec::new(),
+            distinct_hosts_job: false,
+            distinct_hosts_group: false,
+        };
+        for c in &job.constraints {
+            if c.operator == ConstraintOperator::DistinctHosts {
+                compiled.distinct_hosts_job = true;
+            }
+        }
+        let task_constraints = group.tasks.iter().flat_map(|t| t.constraints.iter());
+        for c in job
+            .constraints
+            .iter()
+            .chain(group.constraints.iter())
+            .chain(task_constraints)
+        {
+            let label = format!("{} {} {}", c.attribute, c.operator.as_str(), c.value);
+            let check = match c.operator {
+                ConstraintOperator::Equal => Check::Equal(c.attribute.clone(), c.value.clone()),
+                ConstraintOperator::NotEqual => {
+                    Check::NotEqual(c.attribute.clone(), c.value.clone())
+                }
+                ConstraintOperator::Regexp => {
+                    Check::Regexp(c.attribute.clone(), Regex::new(&c.value).ok())
+                }
+                ConstraintOperator::Version => Check::Version(
+                    c.attribute.clone(),
+                    parse_version_requirement(&c.value).unwrap_or_default(),
+                ),
+                ConstraintOperator::DistinctHosts => {
+                    if !job.constraints.contains(c) {
+                        compiled.distinct_hosts_group = true;
+                    }
+                    continue;
+                }
+            };
+            compiled.checks.push((check, label));
+        }
+        for task in &group.tasks {
+            let driver = task.driver.name();
+            if !compiled.drivers.contains(&driver) {
+                compiled.drivers.push(driver);
+            }
+        }
+        compiled
+    }
+
+    /// Why `node` cannot run this group, or `None` when it can (resources aside).
+    pub fn rejects(&self, node: &Node) -> Option<String> {
+        if node.status != NodeStatus::Ready {
+            return Some(format!("node {}", node.status.as_str()));
+        }
+        if node.eligibility != NodeEligibility::Eligible || node.drain {
+            return Some("node ineligible or draining".to_string());
+        }
+        for driver in &self.drivers {
+            if !node.drivers.iter().any(|d| d == driver) {
+                return Some(format!("missing driver {driver}"));
+            }
+        }
+        for (check, label) in &self.checks {
+            if !passes(check, node) {
+                return Some(format!("constraint {label}"));
+            }
+        }
+        None
+    }
+}
+
+/// The value of a constraint attribute on a node.
+pub fn node_attribute<'n>(node: &'n Node, attribute: &str) -> Option<&'n str> {
+    match attribute {
+        "node.id" => Some(&node.id),
+        "node.hostname" => Some(&node.hostname),
+        _ => {
+            if let Some(name) = attribute.strip_prefix("attr.") {
+                node.attributes.get(name).map(String::as_str)
+            } else if let Some(name) = attribute.strip_prefix("meta.") {
+                node.meta.get(name).map(String::as_str)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn passes(check: &Check, node: &Node) -> bool {
+    match check {
+        Check::Equal(attr, value) => node_attribute(node, attr) == Some(value.as_str()),
+        // A node without the attribute is "not equal".
+        Check::NotEqual(attr, value) => node_attribute(node, attr) != Some(value.as_str()),
+        Check::Regexp(attr, re) => {
+            node_attribute(node, attr).is_some_and(|v| re.as_ref().is_some_and(|re| re.is_match(v)))
+        }
+        Check::Version(attr, terms) => node_attribute(node, attr)
+            .and_then(parse_version)
+            .is_some_and(|v| version_matches(&v, terms)),
+    }
+}
+
+/// `v1.2.3-rc1` -> [1, 2, 3]: the leading dotted numbers.
+fn parse_version(text: &str) -> Option<Vec<u64>> {
+    let text = text.trim().trim_start_matches('v');
+    let core = text
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .next()?;
+    let parts: Option<Vec<u64>> = core
+        .split('.')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().ok())
+        .collect();
+    parts.filter(|p| !p.is_empty())
+}
+
+fn version_matches(version: &[u64], terms: &[(String, Vec<u64>)]) -> bool {
+    terms.iter().all(|(op, want)| {
+        let len = version.len().max(want.len());
+        let pad = |v: &[u64]| {
+            (0..len)
+                .map(|i| v.get(i).copied().unwrap_or(0))
+                .collect::<Vec<_>>()
+        };
+        let ordering = pad(version).cmp(&pad(want));
+        match op.as_str() {
+            "=" => ordering.is_eq(),
+            "!=" => !ordering.is_eq(),
+            ">" => ordering.is_gt(),
+            ">=" => ordering.is_ge(),
+            "<" => ordering.is_lt(),
+            "<=" => ordering.is_le(),
+            _ => false,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically() {
+        let req = parse_version_requirement(">= 1.10, < 2").unwrap();
+        assert!(version_matches(&parse_version("1.10.0").unwrap(), &req));
+        assert!(version_matches(&parse_version("v1.12-rc1").unwrap(), &req));
+        assert!(!version_matches(&parse_version("1.9.9").unwrap(), &req));
+        assert!(!version_matches(&parse_version("2.0").unwrap(), &req));
+        assert_eq!(parse_version("linux"), None);
+    }
+}

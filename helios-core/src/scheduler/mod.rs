@@ -1,0 +1,90 @@
+//! The scheduler: turns an evaluation into a plan. Pure: it reads a [`StateView`] and returns a
+//! [`Plan`]; it never touches Raft, disk or the network. The leader's plan applier checks the
+//! plan against the latest state before committing it, and a stale plan is simply re-planned.
+//!
+//! Per task group it reconciles what runs with what the job asks for (`reconcile`), then finds a
+//! node for each missing allocation (`select`): feasible nodes (status, drivers, constraints,
+//! free resources) are ranked by best fit, ties broken by spreading the group across nodes.
+//! Like Nomad, it ranks a bounded sample of feasible nodes rather than every node, which keeps a
+//! placement O(sample) on a 10,000-node cluster.
+
+mod feasibility;
+mod reconcile;
+mod select;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use crate::alloc::Allocation;
+use crate::eval::Evaluation;
+use crate::job::{Job, Resources};
+use crate::node::Node;
+use crate::plan::Plan;
+use crate::time::Timestamp;
+
+pub use feasibility::CompiledConstraints;
+pub use select::SAMPLE_SIZE;
+
+/// What the scheduler may read. The server implements it over its tables; tests over a harness.
+pub trait StateView {
+    /// The state's index (the Raft log index it reflects); a plan records it so the applier can
+    /// detect a plan made on stale state.
+    fn index(&self) -> u64;
+    fn job(&self, name: &str) -> Option<&Job>;
+    /// Every client node, in a stable order.
+    fn nodes(&self) -> &[Node];
+    /// Every allocation of the job, terminal ones included.
+    fn allocations_of_job(&self, job_name: &str) -> Vec<&Allocation>;
+    /// Resources reserved on a node by its non-terminal allocations.
+    fn node_usage(&self, node_id: &str) -> Resources;
+}
+
+/// Plans evaluation `eval`. `new_id` makes allocation ids (the caller's source of identity keeps
+/// this function deterministic).
+pub fn schedule(
+    view: &impl StateView,
+    eval: &Evaluation,
+    now: Timestamp,
+    new_id: &mut dyn FnMut() -> String,
+) -> Plan {
+    let mut plan = Plan {
+        eval_id: eval.id.clone(),
+        job_name: eval.job_name.clone(),
+        planned_at_index: view.index(),
+        placements: Vec::new(),
+        stops: Vec::new(),
+        failed_placements: BTreeMap::new(),
+    };
+    let existing = view.allocations_of_job(&eval.job_name);
+    let job = view.job(&eval.job_name).filter(|j| !j.stopped);
+    let Some(job) = job else {
+        // Stopped or purged: nothing of it may run.
+        reconcile::stop_all(&existing, &mut plan, "job stopped");
+        return plan;
+    };
+    let nodes_by_id: BTreeMap<&str, &Node> =
+        view.nodes().iter().map(|n| (n.id.as_str(), n)).collect();
+    let mut placer = select::Placer::new(view, job, eval);
+    for group in &job.task_groups {
+        let asks = reconcile::reconcile_group(
+            job,
+            group,
+            &existing,
+            &nodes_by_id,
+            view.nodes(),
+            &mut plan,
+        );
+        for ask in asks {
+            match placer.place(group, &ask, now, new_id) {
+                Ok(alloc) => plan.placements.push(alloc),
+                Err(reason) => {
+                    plan.failed_placements.insert(group.name.clone(), reason);
+                }
+            }
+        }
+    }
+    // Groups that no longer exist in the job: stop what still runs of them.
+    reconcile::stop_removed_groups(job, &existing, &mut plan);
+    plan
+}

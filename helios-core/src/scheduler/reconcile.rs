@@ -1,0 +1,210 @@
+//! What a task group needs: which allocations to stop, which slots to fill.
+//!
+//! A group of `count` has slots `job.group[0]` .. `job.group[count-1]`; an allocation keeps its
+//! slot's name, and a replacement takes the name of the allocation it replaces. A system job's
+//! group has one slot per eligible node instead.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::alloc::{AllocClientStatus, AllocDesiredStatus, Allocation};
+use crate::job::{Job, JobType, TaskGroup};
+use crate::node::{Node, NodeEligibility, NodeStatus};
+use crate::plan::{AllocStop, Plan};
+
+/// A failed allocation is placed again at most this many times per slot and job version; after
+/// that the slot stays empty and `job status` says why.
+pub const MAX_RESCHEDULES: usize = 3;
+
+/// One allocation to place.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub name: String,
+    /// Only on this node (system jobs).
+    pub node_id: Option<String>,
+}
+
+pub fn alloc_name(job: &str, group: &str, index: usize) -> String {
+    format!("{job}.{group}[{index}]")
+}
+
+fn slot_index(name: &str) -> Option<usize> {
+    name.rsplit_once('[')?.1.strip_suffix(']')?.parse().ok()
+}
+
+fn is_live(a: &Allocation) -> bool {
+    a.desired_status == AllocDesiredStatus::Run && !a.client_status.is_terminal()
+}
+
+fn stop(plan: &mut Plan, alloc: &Allocation, desired: AllocDesiredStatus, lost: bool, why: &str) {
+    plan.stops.push(AllocStop {
+        alloc_id: alloc.id.clone(),
+        desired_status: desired,
+        client_status: lost.then_some(AllocClientStatus::Lost),
+        description: why.to_string(),
+    });
+}
+
+pub fn stop_all(existing: &[&Allocation], plan: &mut Plan, why: &str) {
+    for alloc in existing.iter().filter(|a| is_live(a)) {
+        stop(plan, alloc, AllocDesiredStatus::Stop, false, why);
+    }
+}
+
+pub fn stop_removed_groups(job: &Job, existing: &[&Allocation], plan: &mut Plan) {
+    let groups: BTreeSet<&str> = job.task_groups.iter().map(|g| g.name.as_str()).collect();
+    for alloc in existing
+        .iter()
+        .filter(|a| is_live(a) && !groups.contains(a.task_group.as_str()))
+    {
+        stop(
+            plan,
+            alloc,
+            AllocDesiredStatus::Stop,
+            false,
+            "task group removed from the job",
+        );
+    }
+}
+
+/// Stops what must not keep running and returns the slots to fill.
+pub fn reconcile_group(
+    job: &Job,
+    group: &TaskGroup,
+    existing: &[&Allocation],
+    nodes_by_id: &BTreeMap<&str, &Node>,
+    nodes: &[Node],
+    plan: &mut Plan,
+) -> Vec<Ask> {
+    let mine: Vec<&Allocation> = existing
+        .iter()
+        .copied()
+        .filter(|a| a.task_group == group.name)
+        .collect();
+    // Live allocations that may stay: on a usable node, of the current version.
+    let mut keep: Vec<&Allocation> = Vec::new();
+    for alloc in mine.iter().copied().filter(|a| is_live(a)) {
+        match nodes_by_id.get(alloc.node_id.as_str()) {
+            None => stop(plan, alloc, AllocDesiredStatus::Stop, true, "node is gone"),
+            Some(node) if node.status == NodeStatus::Down => {
+                stop(plan, alloc, AllocDesiredStatus::Stop, true, "node down")
+            }
+            Some(node) if node.drain => stop(
+                plan,
+                alloc,
+                AllocDesiredStatus::Evict,
+                false,
+                "node draining",
+            ),
+            Some(_) if alloc.job_version != job.version => stop(
+                plan,
+                alloc,
+                AllocDesiredStatus::Stop,
+                false,
+                &format!("replaced by job version {}", job.version),
+            ),
+            Some(_) => keep.push(alloc),
+        }
+    }
+    match job.job_type {
+        JobType::System => system_slots(job, group, keep, nodes, plan),
+        JobType::Service | JobType::Batch => counted_slots(job, group, &mine, keep, plan),
+    }
+}
+
+fn counted_slots(
+    job: &Job,
+    group: &TaskGroup,
+    mine: &[&Allocation],
+    keep: Vec<&Allocation>,
+    plan: &mut Plan,
+) -> Vec<Ask> {
+    let count = group.count as usize;
+    let mut filled: BTreeSet<usize> = BTreeSet::new();
+    for alloc in keep {
+        match slot_index(&alloc.name) {
+            Some(i) if i < count && filled.insert(i) => {}
+            Some(i) if i >= count => {
+                stop(plan, alloc, AllocDesiredStatus::Stop, false, "scaled down")
+            }
+            _ => stop(
+                plan,
+                alloc,
+                AllocDesiredStatus::Stop,
+                false,
+                "duplicate of its slot",
+            ),
+        }
+    }
+    let current: Vec<&Allocation> = mine
+        .iter()
+        .copied()
+        .filter(|a| a.job_version == job.version)
+        .collect();
+    if job.job_type == JobType::Batch {
+        // A batch slot that finished is done for this version.
+        for alloc in current
+            .iter()
+            .filter(|a| a.client_status == AllocClientStatus::Complete)
+        {
+            if let Some(i) = slot_index(&alloc.name) {
+                filled.insert(i);
+            }
+        }
+    }
+    let mut asks = Vec::new();
+    let mut given_up = 0;
+    for i in (0..count).filter(|i| !filled.contains(i)) {
+        let name = alloc_name(&job.name, &group.name, i);
+        let failures = current
+            .iter()
+            .filter(|a| a.name == name && a.client_status == AllocClientStatus::Failed)
+            .count();
+        if failures > MAX_RESCHEDULES {
+            given_up += 1;
+            continue;
+        }
+        asks.push(Ask {
+            name,
+            node_id: None,
+        });
+    }
+    if given_up > 0 {
+        plan.failed_placements.insert(
+            group.name.clone(),
+            format!("{given_up} allocation(s) failed more than {MAX_RESCHEDULES} times; not rescheduling"),
+        );
+    }
+    asks
+}
+
+fn system_slots(
+    job: &Job,
+    group: &TaskGroup,
+    keep: Vec<&Allocation>,
+    nodes: &[Node],
+    plan: &mut Plan,
+) -> Vec<Ask> {
+    let mut covered: BTreeSet<&str> = BTreeSet::new();
+    for alloc in keep {
+        if !covered.insert(alloc.node_id.as_str()) {
+            stop(
+                plan,
+                alloc,
+                AllocDesiredStatus::Stop,
+                false,
+                "duplicate on its node",
+            );
+        }
+    }
+    nodes
+        .iter()
+        .filter(|n| {
+            n.status == NodeStatus::Ready && n.eligibility == NodeEligibility::Eligible && !n.drain
+        })
+        .filter(|n| !covered.contains(n.id.as_str()))
+        .map(|n| Ask {
+            name: alloc_name(&job.name, &group.name, 0),
+            node_id: Some(n.id.clone()),
+        })
+        .collect()
+}

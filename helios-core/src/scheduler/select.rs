@@ -1,0 +1,326 @@
+//! Choosing a node for one allocation: feasible, fits, best fit; ties spread the group.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::feasibility::CompiledConstraints;
+use super::reconcile::Ask;
+use super::StateView;
+use crate::alloc::{AllocClientStatus, AllocDesiredStatus, Allocation};
+use crate::eval::Evaluation;
+use crate::job::{Job, Resources, TaskGroup};
+use crate::node::Node;
+use crate::time::Timestamp;
+
+/// Feasible nodes ranked per placement. Nomad ranks two for service jobs; a few more gives
+/// noticeably tighter packing for little cost.
+pub const SAMPLE_SIZE: usize = 8;
+
+pub struct Placer<'a, V: StateView> {
+    view: &'a V,
+    job: &'a Job,
+    eval_id: String,
+    /// Where the next search starts: placements walk the node list round-robin, so a large
+    /// group is not searched from the same first nodes every time.
+    cursor: usize,
+    /// Resources this plan has already reserved, by node.
+    reserved: HashMap<&'a str, Resources>,
+    /// Live allocations of the job (kept or planned), by node, and of each group, by node.
+    job_on_node: HashMap<String, u32>,
+    group_on_node: HashMap<(String, String), u32>,
+    compiled: BTreeMap<String, CompiledConstraints>,
+}
+
+struct Candidate<'a> {
+    node: &'a Node,
+    score: f64,
+    group_here: u32,
+}
+
+impl<'a, V: StateView> Placer<'a, V> {
+    pub fn new(view: &'a V, job: &'a Job, eval: &Evaluation) -> Placer<'a, V> {
+        let mut job_on_node = HashMap::new();
+        let mut group_on_node = HashMap::new();
+        for alloc in view.allocations_of_job(&job.name) {
+            if alloc.desired_status == AllocDesiredStatus::Run && !alloc.client_status.is_terminal()
+            {
+                *job_on_node.entry(alloc.node_id.clone()).or_default() += 1;
+                *group_on_node
+                    .entry((alloc.task_group.clone(), alloc.node_id.clone()))
+                    .or_default() += 1;
+            }
+        }
+        let nodes = view.nodes().len().max(1);
+        Placer {
+            view,
+            job,
+            eval_id: eval.id.clone(),
+            cursor: (fnv1a(eval.id.as_bytes()) as usize) % nodes,
+            reserved: HashMap::new(),
+            job_on_node,
+            group_on_node,
+            compiled: BTreeMap::new(),
+        }
+    }
+
+    /// Places one allocation of `group`, or says why no node can take it.
+    pub fn place(
+        &mut self,
+        group: &TaskGroup,
+        ask: &Ask,
+        now: Timestamp,
+        new_id: &mut dyn FnMut() -> String,
+    ) -> Result<Allocation, String> {
+        let job = self.job;
+        let compiled = self
+            .compiled
+            .entry(group.name.clone())
+            .or_insert_with(|| CompiledConstraints::for_group(job, group));
+        let ask_resources = group_resources(group);
+        let nodes = self.view.nodes();
+        let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
+        let mut best: Option<Candidate<'a>> = None;
+        let mut found = 0;
+        let (start, span) = match &ask.node_id {
+            Some(id) => match nodes.iter().position(|n| &n.id == id) {
+                Some(at) => (at, 1),
+                None => return Err(format!("node {id} is gone")),
+            },
+            None => (self.cursor, nodes.len()),
+        };
+        let mut examined = 0;
+        while examined < span && found < SAMPLE_SIZE {
+            let node: &'a Node = &nodes[(start + examined) % nodes.len()];
+            examined += 1;
+            if let Some(reason) = compiled.rejects(node) {
+                *rejected.entry(reason).or_default() += 1;
+                continue;
+            }
+            let job_here = self.job_on_node.get(&node.id).copied().unwrap_or(0);
+            let group_here = self
+                .group_on_node
+                .get(&(group.name.clone(), node.id.clone()))
+                .copied()
+                .unwrap_or(0);
+            if (compiled.distinct_hosts_job && job_here > 0)
+                || (compiled.distinct_hosts_group && group_here > 0)
+            {
+                *rejected.entry("distinct_hosts".to_string()).or_default() += 1;
+                continue;
+            }
+            let used = add(
+                self.view.node_usage(&node.id),
+                self.reserved.get(node.id.as_str()).copied(),
+            );
+            let Some(score) = fit_score(node.resources, used, ask_resources) else {
+                let lacking = if used.cpu_mhz + ask_resources.cpu_mhz > node.resources.cpu_mhz {
+                    "cpu"
+                } else {
+                    "memory"
+                };
+                *rejected
+                    .entry(format!("not enough free {lacking}"))
+                    .or_default() += 1;
+                continue;
+            };
+            found += 1;
+            let candidate = Candidate {
+                node,
+                score,
+                group_here,
+            };
+            if best.as_ref().is_none_or(|b| better(&candidate, b)) {
+                best = Some(candidate);
+            }
+        }
+        if ask.node_id.is_none() {
+            self.cursor = (start + examined) % nodes.len().max(1);
+        }
+        let Some(chosen) = best else {
+            return Err(describe_failure(nodes.len(), &rejected));
+        };
+        let node_id = chosen.node.id.clone();
+        let reserved = self.reserved.entry(chosen.node.id.as_str()).or_default();
+        *reserved = add(*reserved, Some(ask_resources));
+        *self.job_on_node.entry(node_id.clone()).or_default() += 1;
+        *self
+            .group_on_node
+            .entry((group.name.clone(), node_id.clone()))
+            .or_default() += 1;
+        Ok(Allocation {
+            id: new_id(),
+            name: ask.name.clone(),
+            eval_id: self.eval_id.clone(),
+            job_name: job.name.clone(),
+            job_version: job.version,
+            task_group: group.name.clone(),
+            node_id,
+            resources: ask_resources,
+            desired_status: AllocDesiredStatus::Run,
+            desired_description: String::new(),
+            client_status: AllocClientStatus::Pending,
+            client_description: String::new(),
+            task_states: BTreeMap::new(),
+            created_at: now,
+            modified_at: now,
+        })
+    }
+}
+
+/// The resources an allocation of `group` reserves: the sum of its tasks'.
+pub fn group_resources(group: &TaskGroup) -> Resources {
+    group.tasks.iter().fold(
+        Resources {
+            cpu_mhz: 0,
+            memory_mb: 0,
+        },
+        |acc, t| Resources {
+            cpu_mhz: acc.cpu_mhz.saturating_add(t.resources.cpu_mhz),
+            memory_mb: acc.memory_mb.saturating_add(t.resources.memory_mb),
+        },
+    )
+}
+
+fn add(a: Resources, b: Option<Resources>) -> Resources {
+    let b = b.unwrap_or(Resources {
+        cpu_mhz: 0,
+        memory_mb: 0,
+    });
+    Resources {
+        cpu_mhz: a.cpu_mhz.saturating_add(b.cpu_mhz),
+        memory_mb: a.memory_mb.saturating_add(b.memory_mb),
+    }
+}
+
+/// Best fit: the node's utilization after the placement (higher packs tighter), or `None` when
+/// the allocation does not fit.
+fn fit_score(capacity: Resources, used: Resources, ask: Resources) -> Option<f64> {
+    let cpu = u64::from(used.cpu_mhz) + u64::from(ask.cpu_mhz);
+    let mem = u64::from(used.memory_mb) + u64::from(ask.memory_mb);
+    if cpu > u64::from(capacity.cpu_mhz) || mem > u64::from(capacity.memory_mb) {
+        return None;
+    }
+    let util = |used: u64, cap: u32| {
+        if cap == 0 {
+            1.0
+        } else {
+            used as f64 / f64::from(cap)
+        }
+    };
+    Some((util(cpu, capacity.cpu_mhz) + util(mem, capacity.memory_mb)) / 2.0)
+}
+
+/// Higher score wins; on a tie, the node with fewer allocations of the group (spread).
+fn better(a: &Candidate<'_>, b: &Candidate<'_>) -> bool {
+    const TIE: f64 = 1e-9;
+    if (a.score - b.score).abs() > TIE {
+        return a.score > b.score;
+    }
+    a.group_here < b.group_here
+}
+
+fn describe_failure(nodes: usize, rejected: &BTreeMap<String, usize>) -> String {
+    if nodes == 0 {
+        return "no client nodes are registered".to_string();
+    }
+    let mut reasons: Vec<(&String, &usize)> = rejected.iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let parts: Vec<String> = reasons
+        .iter()
+        .map(|(why, n)| format!("{n} {why}"))
+        .collect();
+    format!(
+        "no node can take it ({} nodes: {})",
+        nodes,
+        parts.join(", ")
+    )
+}
+
+/// A small, stable hash (the standard library's is randomly seeded), to pick a starting node.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{NodeEligibility, NodeStatus};
+
+    fn node(id: &str) -> Node {
+        Node {
+            id: id.into(),
+            hostname: id.into(),
+            rpc_addr: String::new(),
+            attributes: BTreeMap::new(),
+            meta: BTreeMap::new(),
+            drivers: vec![],
+            resources: Resources {
+                cpu_mhz: 1000,
+                memory_mb: 1000,
+            },
+            status: NodeStatus::Ready,
+            eligibility: NodeEligibility::Eligible,
+            drain: false,
+            registered_at: Timestamp(0),
+            status_updated_at: Timestamp(0),
+        }
+    }
+
+    #[test]
+    fn a_tie_goes_to_the_node_with_fewer_allocations_of_the_group() {
+        let (a, b) = (node("a"), node("b"));
+        let crowded = Candidate {
+            node: &a,
+            score: 0.5,
+            group_here: 2,
+        };
+        let empty = Candidate {
+            node: &b,
+            score: 0.5,
+            group_here: 0,
+        };
+        assert!(better(&empty, &crowded));
+        assert!(!better(&crowded, &empty));
+        let fuller = Candidate {
+            node: &a,
+            score: 0.6,
+            group_here: 2,
+        };
+        assert!(better(&fuller, &empty), "a better fit wins over spreading");
+    }
+
+    #[test]
+    fn fit_requires_both_resources() {
+        let cap = Resources {
+            cpu_mhz: 1000,
+            memory_mb: 1000,
+        };
+        let used = Resources {
+            cpu_mhz: 900,
+            memory_mb: 0,
+        };
+        assert_eq!(
+            fit_score(
+                cap,
+                used,
+                Resources {
+                    cpu_mhz: 200,
+                    memory_mb: 1
+                }
+            ),
+            None
+        );
+        assert_eq!(
+            fit_score(
+                cap,
+                used,
+                Resources {
+                    cpu_mhz: 100,
+                    memory_mb: 1000
+                }
+            ),
+            Some(1.0)
+        );
+    }
+}
