@@ -383,6 +383,32 @@ pub fn node_to_pb(n: &Node) -> pb::Node {
     }
 }
 
+/// The node an agent registers, with its secret, validated. Status and timestamps are the
+/// server's to set.
+pub fn node_from_pb(node: pb::Node, secret: String, now: Timestamp) -> ConversionResult<Node> {
+    let resources = node.resources.unwrap_or_default();
+    let core = Node {
+        id: node.id,
+        hostname: node.hostname,
+        rpc_addr: node.rpc_addr,
+        attributes: node.attributes,
+        meta: node.meta,
+        drivers: node.drivers,
+        resources: Resources {
+            cpu_mhz: resources.cpu_mhz,
+            memory_mb: resources.memory_mb,
+        },
+        status: helios_core::NodeStatus::Ready,
+        eligibility: helios_core::NodeEligibility::Eligible,
+        drain: false,
+        registered_at: now,
+        status_updated_at: now,
+        secret_id: secret,
+    };
+    core.validate()?;
+    Ok(core)
+}
+
 pub fn eval_to_pb(e: &Evaluation) -> pb::Evaluation {
     pb::Evaluation {
         id: e.id.clone(),

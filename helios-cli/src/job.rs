@@ -1,17 +1,15 @@
 //! `helios-cli job ...`
 
-use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use helios_api::convert::job_to_pb;
 use helios_api::pb;
 use helios_api::pb::job_service_client::JobServiceClient;
 use helios_core::{Job, JobType, Resources, RestartPolicy, TaskDriver, Timestamp};
+use std::collections::BTreeMap;
 
 use crate::connect::{status_error, Servers, MAX_MESSAGE};
-use crate::table::Table;
+use crate::table::{now, Table};
 
 #[derive(Subcommand, Debug)]
 pub enum JobCommand {
@@ -307,11 +305,4 @@ fn status_name(status: i32, stopped: bool) -> String {
     } else {
         name.to_string()
     }
-}
-
-fn now() -> Timestamp {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    Timestamp(u64::try_from(millis).unwrap_or(u64::MAX))
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod connect;
 mod job;
+mod node;
 mod server;
 mod table;
 
@@ -38,6 +39,9 @@ enum Command {
     /// Submit, inspect and stop jobs.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Inspect client nodes.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Inspect and change the server cluster's membership.
     #[command(subcommand)]
     Server(server::ServerCommand),
@@ -55,6 +59,7 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Job(cmd) => job::run(&servers, cmd).await,
+        Command::Node(cmd) => node::run(&servers, cmd).await,
         Command::Server(cmd) => server::run(&servers, cmd).await,
         Command::Bench(cmd) => bench::run(&servers, cmd).await,
     };

@@ -1,4 +1,15 @@
-//! Aligned, plain-text tables.
+//! Aligned, plain-text tables, and the clock that "5s ago" is measured against.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use helios_core::Timestamp;
+
+pub fn now() -> Timestamp {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    Timestamp(u64::try_from(millis).unwrap_or(u64::MAX))
+}
 
 pub struct Table {
     rows: Vec<Vec<String>>,

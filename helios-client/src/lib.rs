@@ -1,1 +1,140 @@
+//! The Helios client agent: one per machine. It registers the machine as a node with the
+//! servers, keeps it alive with heartbeats (failing over between `--server-addr`s), and serves
+//! its own gRPC endpoint (`--client-rpc-addr`).
+//!
+//! Running allocations (the alloc runner and the exec and docker drivers) and serving their logs
+//! come with the rest of issue 3; today the agent makes its node known and alive.
 
+mod fingerprint;
+mod identity;
+mod servers;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use helios_api::pb;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+pub use servers::Servers;
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// This machine's node id (unique among agents).
+    pub node_id: String,
+    /// Server URLs, tried in order.
+    pub servers: Vec<String>,
+    /// The agent's own gRPC address, advertised to the servers.
+    pub rpc_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub meta: BTreeMap<String, String>,
+    /// Override the fingerprinted capacity.
+    pub cpu_mhz: Option<u32>,
+    pub memory_mb: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid --node-id {0:?}: {1}")]
+    NodeId(String, String),
+    #[error("cannot keep the agent's identity in {path}: {source}")]
+    Identity {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the servers refused this agent: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Servers(#[from] servers::ServersError),
+    #[error("serving gRPC: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Binds `config.rpc_addr` and runs the agent until `shutdown` completes.
+pub async fn run(
+    config: ClientConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ClientError> {
+    let listener =
+        TcpListener::bind(config.rpc_addr)
+            .await
+            .map_err(|source| ClientError::Listen {
+                addr: config.rpc_addr,
+                source,
+            })?;
+    run_on(config, listener, shutdown).await
+}
+
+/// Runs the agent on an already bound listener (tests bind port 0).
+pub async fn run_on(
+    config: ClientConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ClientError> {
+    helios_core::validate::check_name(&config.node_id)
+        .map_err(|p| ClientError::NodeId(config.node_id.clone(), p))?;
+    let secret = identity::load_or_create(&config.data_dir, &config.node_id)?;
+    let advertised = listener
+        .local_addr()
+        .map_err(|source| ClientError::Listen {
+            addr: config.rpc_addr,
+            source,
+        })?;
+    let node = fingerprint::node(&config, advertised);
+    let servers = Servers::new(&config.servers)?;
+
+    let (_health, health_service) = tonic_health::server::health_reporter();
+    let serve = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        );
+    tokio::pin!(serve);
+    let liveness = keep_alive(&servers, node, secret);
+    tokio::pin!(liveness);
+    tokio::select! {
+        served = &mut serve => Ok(served?),
+        refused = &mut liveness => Err(refused),
+    }
+}
+
+/// Registers, then heartbeats within the TTL the servers ask for, forever. Returns only when
+/// the servers refuse this agent's identity.
+async fn keep_alive(servers: &Servers, node: pb::Node, secret: String) -> ClientError {
+    let node_id = node.id.clone();
+    loop {
+        let ttl = match servers.register(&node, &secret).await {
+            Ok(ttl) => ttl,
+            Err(servers::CallError::Refused(why)) => return ClientError::Refused(why),
+            Err(e) => {
+                tracing::warn!(error = %e, "registration failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        tracing::info!(%node_id, ttl_ms = ttl.as_millis(), "registered");
+        let mut interval = ttl / 3;
+        loop {
+            tokio::time::sleep(interval).await;
+            match servers.heartbeat(&node_id, &secret).await {
+                Ok(ttl) => interval = ttl / 3,
+                // The servers forgot the node (or never committed it): register again.
+                Err(servers::CallError::NotRegistered) => break,
+                Err(servers::CallError::Refused(why)) => return ClientError::Refused(why),
+                Err(e) => {
+                    tracing::warn!(error = %e, "heartbeat failed; trying again");
+                    interval = (ttl / 10).max(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}

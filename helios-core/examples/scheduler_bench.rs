@@ -72,6 +72,7 @@ fn main() {
             drain: false,
             registered_at: Timestamp(0),
             status_updated_at: Timestamp(0),
+            secret_id: String::new(),
         })
         .collect();
     let mut state = State {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::eval::Evaluation;
 use crate::job::Job;
+use crate::node::{Node, NodeStatus};
 use crate::time::Timestamp;
 
 /// What the Raft log holds: a command and the identity of the request that proposed it.
@@ -42,6 +43,15 @@ pub enum Command {
         eval: Evaluation,
         now: Timestamp,
     },
+    /// A client agent registers (or re-registers after a restart). Refused when the id belongs
+    /// to a live node with another secret: one machine cannot take over another's identity.
+    RegisterNode { node: Node },
+    /// The leader's heartbeat tracker saw a node go silent (`Down`) or come back (`Ready`).
+    SetNodeStatus {
+        node_id: String,
+        status: NodeStatus,
+        now: Timestamp,
+    },
 }
 
 impl Command {
@@ -50,6 +60,8 @@ impl Command {
         match self {
             Command::RegisterJob { .. } => "register-job",
             Command::DeregisterJob { .. } => "deregister-job",
+            Command::RegisterNode { .. } => "register-node",
+            Command::SetNodeStatus { .. } => "set-node-status",
         }
     }
 }
@@ -72,6 +84,8 @@ pub enum CommandResponse {
     /// The command was valid when proposed but the state it met at apply time refuses it (for
     /// example the job was purged in between). Nothing was changed.
     Rejected(Rejection),
+    NodeRegistered,
+    NodeStatusSet,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +117,12 @@ impl std::fmt::Display for Command {
                     "deregister-job {job_name} purge={purge} (eval {})",
                     eval.id
                 )
+            }
+            Command::RegisterNode { node } => write!(f, "register-node {}", node.id),
+            Command::SetNodeStatus {
+                node_id, status, ..
+            } => {
+                write!(f, "set-node-status {node_id} {}", status.as_str())
             }
         }
     }

@@ -23,6 +23,9 @@ pub struct Node {
     pub drain: bool,
     pub registered_at: Timestamp,
     pub status_updated_at: Timestamp,
+    /// Chosen by the agent at its first start and kept in its data dir; every later call from
+    /// the agent must carry it. Never returned by the API.
+    pub secret_id: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

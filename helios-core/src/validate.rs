@@ -150,6 +150,43 @@ impl Job {
     }
 }
 
+impl crate::node::Node {
+    /// Checks what an agent reports about its node when it registers.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut r = Report::default();
+        if let Err(p) = check_name(&self.id) {
+            r.add("id", p);
+        }
+        if self.hostname.is_empty() {
+            r.add("hostname", "must not be empty");
+        }
+        check_text(&mut r, "hostname", &self.hostname, MAX_NAME_LEN * 2);
+        match self.rpc_addr.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            _ => r.add(
+                "rpc_addr",
+                format!("expected HOST:PORT, got {:?}", self.rpc_addr),
+            ),
+        }
+        check_text(&mut r, "rpc_addr", &self.rpc_addr, MAX_NAME_LEN * 2);
+        for (i, driver) in self.drivers.iter().enumerate() {
+            if !matches!(driver.as_str(), "exec" | "docker") {
+                r.add(
+                    format!("drivers[{i}]"),
+                    format!("unknown driver {driver:?}"),
+                );
+            }
+        }
+        check_resources(&mut r, "resources", &self.resources);
+        check_map(&mut r, "attributes", &self.attributes, MAX_META_ENTRIES);
+        check_map(&mut r, "meta", &self.meta, MAX_META_ENTRIES);
+        if self.secret_id.is_empty() || self.secret_id.len() > MAX_NAME_LEN {
+            r.add("secret", format!("must be 1 to {MAX_NAME_LEN} bytes"));
+        }
+        r.finish()
+    }
+}
+
 fn check_group(r: &mut Report, path: &str, group: &TaskGroup) {
     if let Err(p) = check_name(&group.name) {
         r.add(format!("{path}.name"), p);

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::clock;
+use crate::liveness::HeartbeatTracker;
 use crate::raft::network::PeerChannels;
 use crate::raft::{NodeId, Raft};
 use crate::store::codec::{decode, encode};
@@ -37,6 +38,9 @@ pub struct Cluster {
     pub raft: Raft,
     pub db: Arc<Database>,
     pub channels: PeerChannels,
+    pub heartbeat_ttl: Duration,
+    /// Client liveness; meaningful only while this server leads (see `liveness`).
+    pub tracker: Arc<HeartbeatTracker>,
 }
 
 /// What a follower asks of the leader.
@@ -46,6 +50,7 @@ pub enum ForwardRequest {
     ReadIndex,
     AddServer { id: NodeId, addr: String },
     RemoveServer { id: NodeId },
+    Heartbeat { node_id: String, secret: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +65,9 @@ pub enum ForwardResponse {
     MembershipChanged {
         index: u64,
     },
+    HeartbeatAccepted {
+        ttl_ms: u64,
+    },
     /// The receiver is not (or no longer) the leader; the hint names who is, if known.
     NotLeader {
         leader: Option<(NodeId, String)>,
@@ -73,6 +81,10 @@ pub enum ForwardFailure {
     InvalidMembership(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +93,10 @@ pub enum ClusterError {
     NoLeader(Duration),
     #[error("{0}")]
     InvalidMembership(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("storage: {0}")]
     Storage(#[from] io::Error),
     #[error("internal: {0}")]
@@ -218,6 +234,12 @@ impl Cluster {
                 Some(ForwardResponse::Failed(ForwardFailure::Internal(m))) => {
                     return Err(ClusterError::Internal(m))
                 }
+                Some(ForwardResponse::Failed(ForwardFailure::NotFound(m))) => {
+                    return Err(ClusterError::NotFound(m))
+                }
+                Some(ForwardResponse::Failed(ForwardFailure::PermissionDenied(m))) => {
+                    return Err(ClusterError::PermissionDenied(m))
+                }
                 Some(answer) => return Ok(answer),
                 None => {}
             }
@@ -296,7 +318,75 @@ impl Cluster {
             }
             ForwardRequest::AddServer { id, addr } => self.add_voter(id, addr).await,
             ForwardRequest::RemoveServer { id } => self.remove_voter(id).await,
+            ForwardRequest::Heartbeat { node_id, secret } => {
+                self.accept_heartbeat(node_id, secret).await
+            }
         }
+    }
+
+    /// Records a client heartbeat wherever the leader is; returns the TTL to heartbeat within.
+    pub async fn heartbeat(
+        &self,
+        node_id: String,
+        secret: String,
+    ) -> Result<Duration, ClusterError> {
+        match self
+            .submit(
+                ForwardRequest::Heartbeat { node_id, secret },
+                REQUEST_DEADLINE,
+            )
+            .await?
+        {
+            ForwardResponse::HeartbeatAccepted { ttl_ms } => Ok(Duration::from_millis(ttl_ms)),
+            other => Err(ClusterError::Internal(format!(
+                "unexpected reply to a heartbeat: {other:?}"
+            ))),
+        }
+    }
+
+    async fn accept_heartbeat(&self, node_id: String, secret: String) -> ForwardResponse {
+        if !self.raft.is_leader() {
+            let leader = self.known_leader().filter(|(id, _)| *id != self.node_id);
+            return ForwardResponse::NotLeader { leader };
+        }
+        let lookup = node_id.clone();
+        let node = match self
+            .read_local(move |txn| crate::store::read::node(txn, &lookup))
+            .await
+        {
+            Ok(node) => node,
+            Err(e) => return ForwardResponse::Failed(ForwardFailure::Internal(e.to_string())),
+        };
+        let Some(node) = node else {
+            return ForwardResponse::Failed(ForwardFailure::NotFound(format!(
+                "node {node_id:?} is not registered; register first"
+            )));
+        };
+        if node.secret_id != secret {
+            return ForwardResponse::Failed(ForwardFailure::PermissionDenied(format!(
+                "node {node_id:?} is registered by another agent"
+            )));
+        }
+        self.tracker.touch(&node_id, self.heartbeat_ttl);
+        if node.status == helios_core::NodeStatus::Down {
+            // It is back: one Raft write for the status change, not one per heartbeat.
+            let command = Command::SetNodeStatus {
+                node_id,
+                status: helios_core::NodeStatus::Ready,
+                now: clock::now(),
+            };
+            // This server leads: propose directly (going through `write` would recurse).
+            let proposal = Proposal {
+                request_id: clock::new_id(),
+                proposed_at: clock::now(),
+                command,
+            };
+            if let Err(e) = self.raft.client_write(proposal).await {
+                return self.not_leader_or(e.forward_to_leader().cloned(), &e);
+            }
+        }
+        let ttl_ms = u64::try_from(self.heartbeat_ttl.as_millis()).unwrap_or(u64::MAX);
+        ForwardResponse::HeartbeatAccepted { ttl_ms }
     }
 
     fn not_leader_or(

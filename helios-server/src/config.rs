@@ -18,9 +18,12 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Take a snapshot (and purge the log behind it) every this many entries.
     pub snapshot_every: u64,
+    /// A client node not heard from for this long is marked down.
+    pub heartbeat_ttl: std::time::Duration,
 }
 
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+pub const DEFAULT_HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -80,6 +83,7 @@ impl ServerConfig {
             bootstrap,
             data_dir,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            heartbeat_ttl: DEFAULT_HEARTBEAT_TTL,
         })
     }
 }

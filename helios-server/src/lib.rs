@@ -7,6 +7,7 @@ pub mod api;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod liveness;
 pub mod raft;
 pub mod store;
 
@@ -113,7 +114,10 @@ async fn run_raft(
         raft: raft.clone(),
         db,
         channels,
+        heartbeat_ttl: config.heartbeat_ttl,
+        tracker: Arc::new(liveness::HeartbeatTracker::default()),
     };
+    let liveness_task = tokio::spawn(liveness::run(cluster.clone()));
     // Serve until asked to stop, or until Raft stops on its own (a storage failure is fatal to
     // it): a server whose Raft is dead must not keep answering as if it were healthy.
     let (fatal_tx, mut fatal_rx) = tokio::sync::oneshot::channel::<String>();
@@ -125,6 +129,7 @@ async fn run_raft(
         }
     };
     let served = serve(cluster, listener, stop).await;
+    liveness_task.abort();
     tracing::info!(node_id = config.node_id, "shutting down raft");
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");
@@ -247,6 +252,7 @@ async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    use pb::agent_service_server::AgentServiceServer;
     use pb::allocation_service_server::AllocationServiceServer;
     use pb::cluster_service_server::ClusterServiceServer;
     use pb::job_service_server::JobServiceServer;
@@ -306,6 +312,12 @@ async fn serve(
         )
         .add_service(
             ClusterServiceServer::new(api::cluster_service::Membership {
+                cluster: cluster.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            AgentServiceServer::new(api::agent::Agents {
                 cluster: cluster.clone(),
             })
             .max_decoding_message_size(limit),

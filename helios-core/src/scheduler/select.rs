@@ -264,6 +264,7 @@ mod tests {
             drain: false,
             registered_at: Timestamp(0),
             status_updated_at: Timestamp(0),
+            secret_id: String::new(),
         }
     }
 

@@ -37,6 +37,7 @@ fn node(id: &str, cpu: u32, mem: u32) -> Node {
         drain: false,
         registered_at: Timestamp(0),
         status_updated_at: Timestamp(0),
+        secret_id: String::new(),
     }
 }
 

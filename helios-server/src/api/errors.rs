@@ -10,6 +10,8 @@ pub fn cluster_status(error: ClusterError) -> Status {
     match error {
         ClusterError::NoLeader(_) => Status::unavailable(error.to_string()),
         ClusterError::InvalidMembership(m) => Status::failed_precondition(m),
+        ClusterError::NotFound(m) => Status::not_found(m),
+        ClusterError::PermissionDenied(m) => Status::permission_denied(m),
         ClusterError::Storage(_) | ClusterError::Internal(_) => {
             tracing::error!(%error, "request failed");
             Status::internal(error.to_string())

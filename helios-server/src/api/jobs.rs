@@ -219,7 +219,15 @@ fn describe_placement(
         let mut why = match (ready_nodes, known_nodes) {
             (0, 0) => "no client nodes have registered".to_string(),
             (0, n) => format!("none of the {n} client nodes is ready"),
-            _ => format!("{placed} of {desired} allocations placed"),
+            _ => match latest_eval {
+                Some(eval) if eval.status == helios_core::EvalStatus::Pending => {
+                    format!(
+                        "evaluation {} is pending",
+                        eval.id.chars().take(8).collect::<String>()
+                    )
+                }
+                _ => format!("{placed} of {desired} allocations placed"),
+            },
         };
         if let Some(eval) = latest_eval {
             for (group, reason) in &eval.failed_placements {

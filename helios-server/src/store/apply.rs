@@ -3,14 +3,14 @@
 //! besides the transaction itself.
 
 use helios_core::{
-    AllocClientStatus, Allocation, Command, CommandResponse, Evaluation, Job, JobStatus, Proposal,
-    Rejection, RejectionKind, Timestamp,
+    AllocClientStatus, Allocation, Command, CommandResponse, Evaluation, Job, JobStatus, Node,
+    NodeStatus, Proposal, Rejection, RejectionKind, Timestamp,
 };
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::codec::{decode, encode};
 use super::tables::{
-    job_version_key, request_key, ALLOCATIONS, EVALUATIONS, JOBS, JOB_VERSIONS, REQUESTS,
+    job_version_key, request_key, ALLOCATIONS, EVALUATIONS, JOBS, JOB_VERSIONS, NODES, REQUESTS,
 };
 
 /// How long a request id is remembered. A server retries a proposal for at most
@@ -27,6 +27,7 @@ pub struct StateTables<'txn> {
     allocations: StateTable<'txn>,
     evaluations: StateTable<'txn>,
     requests: StateTable<'txn>,
+    nodes: StateTable<'txn>,
 }
 
 impl<'txn> StateTables<'txn> {
@@ -37,6 +38,7 @@ impl<'txn> StateTables<'txn> {
             allocations: txn.open_table(ALLOCATIONS)?,
             evaluations: txn.open_table(EVALUATIONS)?,
             requests: txn.open_table(REQUESTS)?,
+            nodes: txn.open_table(NODES)?,
         })
     }
 
@@ -70,6 +72,12 @@ impl<'txn> StateTables<'txn> {
                 eval,
                 now,
             } => self.deregister_job(&job_name, purge, eval, now),
+            Command::RegisterNode { node } => self.register_node(node),
+            Command::SetNodeStatus {
+                node_id,
+                status,
+                now,
+            } => self.set_node_status(&node_id, status, now),
         }
     }
 
@@ -136,6 +144,50 @@ impl<'txn> StateTables<'txn> {
         self.evaluations
             .insert(eval.id.as_str(), encode(&eval).as_slice())?;
         Ok(CommandResponse::JobDeregistered { eval_id: eval.id })
+    }
+
+    fn register_node(&mut self, mut node: Node) -> Result<CommandResponse, redb::Error> {
+        if let Some(existing) = get::<Node>(&self.nodes, &node.id)? {
+            if existing.secret_id != node.secret_id && existing.status != NodeStatus::Down {
+                return Ok(CommandResponse::Rejected(Rejection {
+                    kind: RejectionKind::FailedPrecondition,
+                    message: format!(
+                        "node id {:?} belongs to another agent that is still alive; give this agent another --node-id",
+                        node.id
+                    ),
+                }));
+            }
+            // A restarted agent keeps what operators decided about its node.
+            node.eligibility = existing.eligibility;
+            node.drain = existing.drain;
+            if existing.secret_id == node.secret_id {
+                node.registered_at = existing.registered_at;
+            }
+        }
+        node.status = NodeStatus::Ready;
+        self.nodes
+            .insert(node.id.as_str(), encode(&node).as_slice())?;
+        Ok(CommandResponse::NodeRegistered)
+    }
+
+    fn set_node_status(
+        &mut self,
+        id: &str,
+        status: NodeStatus,
+        now: Timestamp,
+    ) -> Result<CommandResponse, redb::Error> {
+        let Some(mut node) = get::<Node>(&self.nodes, id)? else {
+            return Ok(CommandResponse::Rejected(Rejection {
+                kind: RejectionKind::NotFound,
+                message: format!("node {id:?} not found"),
+            }));
+        };
+        if node.status != status {
+            node.status = status;
+            node.status_updated_at = now;
+            self.nodes.insert(id, encode(&node).as_slice())?;
+        }
+        Ok(CommandResponse::NodeStatusSet)
     }
 
     fn has_live_allocations(&self, job_name: &str) -> Result<bool, redb::Error> {

@@ -19,6 +19,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+/// Short, so liveness tests see nodes go down quickly.
+pub const HEARTBEAT_TTL: Duration = Duration::from_millis(1000);
+
 /// Generous: a slow CI machine must not fail a correct test.
 pub const WAIT: Duration = Duration::from_secs(60);
 
@@ -93,6 +96,7 @@ impl TestCluster {
         let mut config =
             ServerConfig::new(id, addr, peers, bootstrap, self.data_dir()).expect("valid config");
         config.snapshot_every = self.snapshot_every;
+        config.heartbeat_ttl = HEARTBEAT_TTL;
         config
     }
 

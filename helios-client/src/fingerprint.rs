@@ -1,0 +1,72 @@
+//! What the agent reports about its machine.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use helios_api::pb;
+
+use crate::ClientConfig;
+
+pub fn node(config: &ClientConfig, advertised: SocketAddr) -> pb::Node {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let attributes = BTreeMap::from([
+        ("os".to_string(), std::env::consts::OS.to_string()),
+        ("arch".to_string(), std::env::consts::ARCH.to_string()),
+        ("cpu.cores".to_string(), cpus.to_string()),
+        ("kernel".to_string(), kernel_release()),
+    ]);
+    pb::Node {
+        id: config.node_id.clone(),
+        hostname,
+        rpc_addr: advertised.to_string(),
+        attributes,
+        meta: config.meta.clone(),
+        drivers: vec!["exec".to_string()],
+        resources: Some(pb::Resources {
+            cpu_mhz: config.cpu_mhz.unwrap_or_else(|| cpu_mhz(cpus)),
+            memory_mb: config.memory_mb.unwrap_or_else(memory_mb),
+        }),
+        ..Default::default()
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Cores x clock speed, as Nomad counts CPU; 1 GHz per core when the clock cannot be read.
+fn cpu_mhz(cpus: usize) -> u32 {
+    let per_core = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(1000.0);
+    u32::try_from(cpus)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(per_core as u32)
+        .max(1)
+}
+
+/// Total memory in MB; 1 GB when /proc/meminfo cannot be read.
+fn memory_mb() -> u32 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            u32::try_from(kb / 1024).ok()
+        })
+        .unwrap_or(1024)
+        .max(1)
+}

@@ -1,0 +1,79 @@
+//! `helios-client`: the agent that makes a machine a Helios node.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use helios_client::ClientConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "helios-client",
+    version,
+    about = "The Helios client agent: registers this machine as a node and keeps it alive"
+)]
+struct Args {
+    /// This machine's node id (letters, digits, '-', '_', '.'), unique in the cluster.
+    #[arg(long)]
+    node_id: String,
+    /// Server URL(s), comma-separated or repeated; the agent fails over between them.
+    #[arg(
+        long = "server-addr",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server_addr: Vec<String>,
+    /// The agent's own gRPC address (task logs are served here).
+    #[arg(long, default_value = "127.0.0.1:60051")]
+    client_rpc_addr: SocketAddr,
+    /// Where the agent keeps its identity (and, later, task directories and logs).
+    #[arg(long, default_value = ".")]
+    data_dir: PathBuf,
+    /// Operator metadata for constraints (`meta.KEY`), KEY=VALUE; repeatable.
+    #[arg(long = "meta", value_parser = parse_meta)]
+    meta: Vec<(String, String)>,
+    /// Advertise this much CPU (MHz) instead of what the machine has.
+    #[arg(long)]
+    cpu_mhz: Option<u32>,
+    /// Advertise this much memory (MB) instead of what the machine has.
+    #[arg(long)]
+    memory_mb: Option<u32>,
+}
+
+fn parse_meta(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let config = ClientConfig {
+        node_id: args.node_id,
+        servers: args.server_addr,
+        rpc_addr: args.client_rpc_addr,
+        data_dir: args.data_dir,
+        meta: args.meta.into_iter().collect::<BTreeMap<_, _>>(),
+        cpu_mhz: args.cpu_mhz,
+        memory_mb: args.memory_mb,
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match helios_client::run(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

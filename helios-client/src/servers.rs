@@ -1,0 +1,126 @@
+//! Talking to the servers: the first of `--server-addr` that answers, moving on when one fails.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use helios_api::pb;
+use helios_api::pb::agent_service_client::AgentServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServersError {
+    #[error("no --server-addr given")]
+    Empty,
+    #[error("invalid --server-addr {0:?}: {1}")]
+    Invalid(String, String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No server could be reached, or none gave a usable answer.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("node is not registered")]
+    NotRegistered,
+    /// Bad identity or input: retrying will not help.
+    #[error("{0}")]
+    Refused(String),
+}
+
+pub struct Servers {
+    channels: Vec<(String, Channel)>,
+    /// The server that answered last: tried first next time.
+    current: AtomicUsize,
+}
+
+impl Servers {
+    pub fn new(addrs: &[String]) -> Result<Servers, ServersError> {
+        let mut channels = Vec::new();
+        for addr in addrs
+            .iter()
+            .flat_map(|a| a.split(','))
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            let url = if addr.contains("://") {
+                addr.to_string()
+            } else {
+                format!("http://{addr}")
+            };
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| ServersError::Invalid(addr.to_string(), e.to_string()))?;
+            let channel = endpoint
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(20))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            channels.push((url, channel));
+        }
+        if channels.is_empty() {
+            return Err(ServersError::Empty);
+        }
+        Ok(Servers {
+            channels,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// Calls each server in turn, starting with the last one that answered.
+    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, CallError>
+    where
+        F: Fn(AgentServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let start = self.current.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for step in 0..self.channels.len() {
+            let i = (start + step) % self.channels.len();
+            let (url, channel) = &self.channels[i];
+            match f(AgentServiceClient::new(channel.clone())).await {
+                Ok(reply) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(reply.into_inner());
+                }
+                Err(status) => match status.code() {
+                    tonic::Code::NotFound => return Err(CallError::NotRegistered),
+                    tonic::Code::PermissionDenied
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::InvalidArgument => {
+                        return Err(CallError::Refused(status.message().to_string()))
+                    }
+                    _ => failures.push(format!("{url}: {}", status.message())),
+                },
+            }
+        }
+        Err(CallError::Unavailable(format!(
+            "{what} failed on every server: {}",
+            failures.join("; ")
+        )))
+    }
+
+    pub async fn register(&self, node: &pb::Node, secret: &str) -> Result<Duration, CallError> {
+        let reply = self
+            .call("registration", |mut c| {
+                let req = pb::RegisterRequest {
+                    node: Some(node.clone()),
+                    secret: secret.to_string(),
+                };
+                async move { c.register(req).await }
+            })
+            .await?;
+        Ok(Duration::from_millis(reply.heartbeat_ttl_ms.max(300)))
+    }
+
+    pub async fn heartbeat(&self, node_id: &str, secret: &str) -> Result<Duration, CallError> {
+        let reply = self
+            .call("heartbeat", |mut c| {
+                let req = pb::HeartbeatRequest {
+                    node_id: node_id.to_string(),
+                    secret: secret.to_string(),
+                };
+                async move { c.heartbeat(req).await }
+            })
+            .await?;
+        Ok(Duration::from_millis(reply.heartbeat_ttl_ms.max(300)))
+    }
+}
