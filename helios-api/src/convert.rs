@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use helios_core::job::DEFAULT_PRIORITY;
 use helios_core::validate::FieldError;
 use helios_core::{
-    Allocation, Constraint, ConstraintOperator, DockerConfig, Evaluation, ExecConfig, Job,
-    JobStatus, JobType, Node, PortMapping, Resources, RestartMode, RestartPolicy, Task, TaskDriver,
-    TaskEvent, TaskGroup, TaskState, Timestamp, ValidationErrors,
+    Allocation, Constraint, ConstraintOperator, DockerConfig, Evaluation, ExecConfig, Job, JobStatus, JobType, Node,
+    PortMapping, Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskEvent, TaskGroup, TaskState, Timestamp,
+    ValidationErrors,
 };
 
 use crate::pb;
@@ -28,10 +28,7 @@ struct Problems(Vec<FieldError>);
 
 impl Problems {
     fn add(&mut self, field: impl Into<String>, problem: impl Into<String>) {
-        self.0.push(FieldError {
-            field: field.into(),
-            problem: problem.into(),
-        });
+        self.0.push(FieldError { field: field.into(), problem: problem.into() });
     }
 }
 
@@ -47,11 +44,7 @@ pub fn job_from_pb(job: pb::Job) -> ConversionResult<Job> {
             JobType::Service
         }
     };
-    let priority = if job.priority == 0 {
-        DEFAULT_PRIORITY
-    } else {
-        job.priority
-    };
+    let priority = if job.priority == 0 { DEFAULT_PRIORITY } else { job.priority };
     let constraints = constraints_from_pb(&mut p, "constraints", job.constraints);
     let task_groups = job
         .task_groups
@@ -93,10 +86,7 @@ fn group_from_pb(p: &mut Problems, path: &str, g: pb::TaskGroup, job_type: JobTy
                 Ok(pb::RestartMode::Unspecified | pb::RestartMode::Fail) => RestartMode::Fail,
                 Ok(pb::RestartMode::Delay) => RestartMode::Delay,
                 Err(_) => {
-                    p.add(
-                        format!("{path}.restart.mode"),
-                        format!("unknown restart mode {}", r.mode),
-                    );
+                    p.add(format!("{path}.restart.mode"), format!("unknown restart mode {}", r.mode));
                     RestartMode::Fail
                 }
             },
@@ -119,10 +109,7 @@ fn group_from_pb(p: &mut Problems, path: &str, g: pb::TaskGroup, job_type: JobTy
 
 fn task_from_pb(p: &mut Problems, path: &str, t: pb::Task) -> Task {
     let driver = match t.driver {
-        Some(pb::task::Driver::Exec(e)) => TaskDriver::Exec(ExecConfig {
-            command: e.command,
-            args: e.args,
-        }),
+        Some(pb::task::Driver::Exec(e)) => TaskDriver::Exec(ExecConfig { command: e.command, args: e.args }),
         Some(pb::task::Driver::Docker(d)) => TaskDriver::Docker(DockerConfig {
             image: d.image,
             entrypoint: d.entrypoint,
@@ -141,36 +128,25 @@ fn task_from_pb(p: &mut Problems, path: &str, t: pb::Task) -> Task {
         }),
         None => {
             p.add(format!("{path}.driver"), "must be set (exec or docker)");
-            TaskDriver::Exec(ExecConfig {
-                command: "-".into(),
-                args: Vec::new(),
-            })
+            TaskDriver::Exec(ExecConfig { command: "-".into(), args: Vec::new() })
         }
     };
     Task {
         name: t.name,
         driver,
         env: t.env,
-        resources: t.resources.map_or_else(Resources::default, |r| Resources {
-            cpu_mhz: r.cpu_mhz,
-            memory_mb: r.memory_mb,
-        }),
+        resources: t
+            .resources
+            .map_or_else(Resources::default, |r| Resources { cpu_mhz: r.cpu_mhz, memory_mb: r.memory_mb }),
         constraints: constraints_from_pb(p, &format!("{path}.constraints"), t.constraints),
-        kill_timeout_secs: if t.kill_timeout_secs == 0 {
-            Task::DEFAULT_KILL_TIMEOUT_SECS
-        } else {
-            t.kill_timeout_secs
-        },
+        kill_timeout_secs: if t.kill_timeout_secs == 0 { Task::DEFAULT_KILL_TIMEOUT_SECS } else { t.kill_timeout_secs },
     }
 }
 
 fn port_from_pb(p: &mut Problems, path: &str, port: pb::PortMapping) -> PortMapping {
     let mut narrow = |field: &str, value: u32| -> u16 {
         u16::try_from(value).unwrap_or_else(|_| {
-            p.add(
-                format!("{path}.{field}"),
-                format!("must be at most 65535, got {value}"),
-            );
+            p.add(format!("{path}.{field}"), format!("must be at most 65535, got {value}"));
             1
         })
     };
@@ -181,11 +157,7 @@ fn port_from_pb(p: &mut Problems, path: &str, port: pb::PortMapping) -> PortMapp
     }
 }
 
-fn constraints_from_pb(
-    p: &mut Problems,
-    path: &str,
-    constraints: Vec<pb::Constraint>,
-) -> Vec<Constraint> {
+fn constraints_from_pb(p: &mut Problems, path: &str, constraints: Vec<pb::Constraint>) -> Vec<Constraint> {
     constraints
         .into_iter()
         .enumerate()
@@ -193,18 +165,11 @@ fn constraints_from_pb(
             let operator = ConstraintOperator::parse(&c.operator).unwrap_or_else(|| {
                 p.add(
                     format!("{path}[{i}].operator"),
-                    format!(
-                        "unknown operator {:?} (use =, !=, regexp, version or distinct_hosts)",
-                        c.operator
-                    ),
+                    format!("unknown operator {:?} (use =, !=, regexp, version or distinct_hosts)", c.operator),
                 );
                 ConstraintOperator::Equal
             });
-            Constraint {
-                attribute: c.attribute,
-                operator,
-                value: c.value,
-            }
+            Constraint { attribute: c.attribute, operator, value: c.value }
         })
         .collect()
 }
@@ -270,10 +235,9 @@ fn group_to_pb(g: &TaskGroup) -> pb::TaskGroup {
 
 fn task_to_pb(t: &Task) -> pb::Task {
     let driver = match &t.driver {
-        TaskDriver::Exec(e) => pb::task::Driver::Exec(pb::ExecConfig {
-            command: e.command.clone(),
-            args: e.args.clone(),
-        }),
+        TaskDriver::Exec(e) => {
+            pb::task::Driver::Exec(pb::ExecConfig { command: e.command.clone(), args: e.args.clone() })
+        }
         TaskDriver::Docker(d) => pb::task::Driver::Docker(pb::DockerConfig {
             image: d.image.clone(),
             entrypoint: d.entrypoint.clone(),
@@ -305,10 +269,7 @@ fn task_to_pb(t: &Task) -> pb::Task {
 }
 
 fn resources_to_pb(r: Resources) -> pb::Resources {
-    pb::Resources {
-        cpu_mhz: r.cpu_mhz,
-        memory_mb: r.memory_mb,
-    }
+    pb::Resources { cpu_mhz: r.cpu_mhz, memory_mb: r.memory_mb }
 }
 
 fn constraints_to_pb(constraints: &[Constraint]) -> Vec<pb::Constraint> {
@@ -336,11 +297,7 @@ pub fn alloc_to_pb(a: &Allocation) -> pb::Allocation {
         desired_description: a.desired_description.clone(),
         client_status: a.client_status.as_str().to_string(),
         client_description: a.client_description.clone(),
-        task_states: a
-            .task_states
-            .iter()
-            .map(|(k, v)| (k.clone(), task_state_to_pb(v)))
-            .collect::<BTreeMap<_, _>>(),
+        task_states: a.task_states.iter().map(|(k, v)| (k.clone(), task_state_to_pb(v))).collect::<BTreeMap<_, _>>(),
         created_at_ms: a.created_at.as_millis(),
         modified_at_ms: a.modified_at.as_millis(),
     }
@@ -394,10 +351,7 @@ pub fn node_from_pb(node: pb::Node, secret: String, now: Timestamp) -> Conversio
         attributes: node.attributes,
         meta: node.meta,
         drivers: node.drivers,
-        resources: Resources {
-            cpu_mhz: resources.cpu_mhz,
-            memory_mb: resources.memory_mb,
-        },
+        resources: Resources { cpu_mhz: resources.cpu_mhz, memory_mb: resources.memory_mb },
         status: helios_core::NodeStatus::Ready,
         eligibility: helios_core::NodeEligibility::Eligible,
         drain: false,
@@ -457,15 +411,9 @@ mod tests {
         assert_eq!(job.job_type, JobType::Service);
         assert_eq!(job.priority, DEFAULT_PRIORITY);
         assert_eq!(job.task_groups[0].count, 1);
-        assert_eq!(
-            job.task_groups[0].restart,
-            RestartPolicy::default_for(JobType::Service)
-        );
+        assert_eq!(job.task_groups[0].restart, RestartPolicy::default_for(JobType::Service));
         assert_eq!(job.task_groups[0].tasks[0].resources, Resources::default());
-        assert_eq!(
-            job.task_groups[0].tasks[0].kill_timeout_secs,
-            Task::DEFAULT_KILL_TIMEOUT_SECS
-        );
+        assert_eq!(job.task_groups[0].tasks[0].kill_timeout_secs, Task::DEFAULT_KILL_TIMEOUT_SECS);
     }
 
     #[test]
@@ -481,14 +429,8 @@ mod tests {
         });
         let err = job_from_pb(pb_job).unwrap_err().to_string();
         assert!(err.contains("type: unknown job type 42"), "{err}");
-        assert!(
-            err.contains("task_groups[0].tasks[0].driver: must be set"),
-            "{err}"
-        );
-        assert!(
-            err.contains("constraints[0].operator: unknown operator \"~=\""),
-            "{err}"
-        );
+        assert!(err.contains("task_groups[0].tasks[0].driver: must be set"), "{err}");
+        assert!(err.contains("constraints[0].operator: unknown operator \"~=\""), "{err}");
         assert!(err.contains("name: must not be empty"), "{err}");
     }
 
@@ -497,11 +439,7 @@ mod tests {
         let mut pb_job = exec_job();
         pb_job.task_groups[0].tasks[0].driver = Some(pb::task::Driver::Docker(pb::DockerConfig {
             image: "busybox".into(),
-            ports: vec![pb::PortMapping {
-                name: "http".into(),
-                container_port: 70_000,
-                host_port: Some(80),
-            }],
+            ports: vec![pb::PortMapping { name: "http".into(), container_port: 70_000, host_port: Some(80) }],
             ..Default::default()
         }));
         let err = job_from_pb(pb_job).unwrap_err().to_string();

@@ -35,25 +35,14 @@ pub enum BenchCommand {
 }
 
 pub async fn run(servers: &Servers, command: BenchCommand) -> Result<()> {
-    let BenchCommand::Submit {
-        concurrency,
-        jobs,
-        connections,
-        prefix,
-    } = command;
+    let BenchCommand::Submit { concurrency, jobs, connections, prefix } = command;
     if concurrency == 0 || jobs == 0 || connections == 0 {
         bail!("--concurrency, --jobs and --connections must be > 0");
     }
     let prefix = prefix.unwrap_or_else(|| format!("bench-{}", std::process::id()));
     let mut channels = Vec::new();
     for _ in 0..connections.min(concurrency) {
-        channels.push(
-            servers
-                .first_endpoint()
-                .connect()
-                .await
-                .context("connecting to the server")?,
-        );
+        channels.push(servers.first_endpoint().connect().await.context("connecting to the server")?);
     }
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -64,8 +53,7 @@ pub async fn run(servers: &Servers, command: BenchCommand) -> Result<()> {
         workers.push(tokio::spawn(async move {
             let mut jobs_client = client(channel);
             // 1 µs .. 60 s at 3 significant digits.
-            let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .expect("valid histogram bounds");
+            let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
             let mut errors = 0u64;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -74,23 +62,15 @@ pub async fn run(servers: &Servers, command: BenchCommand) -> Result<()> {
                 }
                 let job = Job::exec(&format!("{prefix}-{i}"), "true", Vec::new());
                 let t = Instant::now();
-                match jobs_client
-                    .submit_job(pb::SubmitJobRequest {
-                        job: Some(job_to_pb(&job)),
-                    })
-                    .await
-                {
-                    Ok(_) => latencies.saturating_record(
-                        u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX),
-                    ),
+                match jobs_client.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await {
+                    Ok(_) => latencies.saturating_record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)),
                     Err(_) => errors += 1,
                 }
             }
             (latencies, errors)
         }));
     }
-    let mut all =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
     let mut errors = 0;
     for w in workers {
         let (h, e) = w.await?;

@@ -14,11 +14,7 @@ impl Servers {
     pub fn parse(addrs: &[String]) -> Result<Servers> {
         let mut endpoints = Vec::new();
         for addr in addrs.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
-            let url = if addr.contains("://") {
-                addr.to_string()
-            } else {
-                format!("http://{addr}")
-            };
+            let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|e| anyhow!("invalid --server-addr {addr:?}: {e}"))?
                 .connect_timeout(Duration::from_secs(3))

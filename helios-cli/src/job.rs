@@ -80,19 +80,14 @@ impl RunArgs {
         group.count = self.count;
         group.restart = RestartPolicy::default_for(job_type);
         let task = &mut group.tasks[0];
-        task.resources = Resources {
-            cpu_mhz: self.cpu_mhz,
-            memory_mb: self.memory_mb,
-        };
+        task.resources = Resources { cpu_mhz: self.cpu_mhz, memory_mb: self.memory_mb };
         task.env = self.env.iter().cloned().collect::<BTreeMap<_, _>>();
         job
     }
 }
 
 pub fn client(channel: tonic::transport::Channel) -> JobServiceClient<tonic::transport::Channel> {
-    JobServiceClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE)
+    JobServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
 }
 
 pub async fn run(servers: &Servers, command: JobCommand) -> Result<()> {
@@ -103,14 +98,8 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<()> {
             // rather than hear the same problem three times from the server.
             helios_core::validate::check_name(&args.name)
                 .map_err(|p| anyhow!("invalid --name {:?}: {p}", args.name))?;
-            let request = pb::SubmitJobRequest {
-                job: Some(job_to_pb(&args.to_job())),
-            };
-            let reply = jobs
-                .submit_job(request)
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let request = pb::SubmitJobRequest { job: Some(job_to_pb(&args.to_job())) };
+            let reply = jobs.submit_job(request).await.map_err(status_error)?.into_inner();
             if reply.changed {
                 println!(
                     "Job {:?} submitted: version {}, evaluation {}",
@@ -119,32 +108,17 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<()> {
                     short(&reply.eval_id)
                 );
             } else {
-                println!(
-                    "Job {:?} unchanged (version {}); nothing to do",
-                    args.name, reply.version
-                );
+                println!("Job {:?} unchanged (version {}); nothing to do", args.name, reply.version);
             }
         }
         JobCommand::List => {
-            let reply = jobs
-                .list_jobs(pb::ListJobsRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let reply = jobs.list_jobs(pb::ListJobsRequest {}).await.map_err(status_error)?.into_inner();
             if reply.jobs.is_empty() {
                 println!("No jobs");
                 return Ok(());
             }
             let now = now();
-            let mut table = Table::new(&[
-                "NAME",
-                "TYPE",
-                "PRIORITY",
-                "VERSION",
-                "STATUS",
-                "RUNNING",
-                "SUBMITTED",
-            ]);
+            let mut table = Table::new(&["NAME", "TYPE", "PRIORITY", "VERSION", "STATUS", "RUNNING", "SUBMITTED"]);
             for j in reply.jobs {
                 table.row(vec![
                     j.name,
@@ -159,39 +133,20 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<()> {
             table.print();
         }
         JobCommand::Status { name } => {
-            let reply = jobs
-                .get_job_status(pb::GetJobStatusRequest { name })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let reply = jobs.get_job_status(pb::GetJobStatusRequest { name }).await.map_err(status_error)?.into_inner();
             print_status(reply)?;
         }
         JobCommand::Stop { name, purge } => {
-            let reply = jobs
-                .stop_job(pb::StopJobRequest {
-                    name: name.clone(),
-                    purge,
-                })
-                .await
-                .map_err(status_error)?;
-            let verb = if purge {
-                "stopped and purged"
-            } else {
-                "stopped"
-            };
-            println!(
-                "Job {name:?} {verb}: evaluation {}",
-                short(&reply.into_inner().eval_id)
-            );
+            let reply = jobs.stop_job(pb::StopJobRequest { name: name.clone(), purge }).await.map_err(status_error)?;
+            let verb = if purge { "stopped and purged" } else { "stopped" };
+            println!("Job {name:?} {verb}: evaluation {}", short(&reply.into_inner().eval_id));
         }
     }
     Ok(())
 }
 
 fn print_status(reply: pb::GetJobStatusResponse) -> Result<()> {
-    let job = reply
-        .job
-        .ok_or_else(|| anyhow!("server returned a status without its job"))?;
+    let job = reply.job.ok_or_else(|| anyhow!("server returned a status without its job"))?;
     let now = now();
     let submitted = Timestamp(job.submitted_at_ms);
     println!("Name        = {}", job.name);
@@ -199,18 +154,12 @@ fn print_status(reply: pb::GetJobStatusResponse) -> Result<()> {
     println!("Priority    = {}", job.priority);
     println!("Version     = {}", job.version);
     println!("Status      = {}", status_name(job.status, job.stopped));
-    println!(
-        "Submitted   = {} ({})",
-        submitted.to_rfc3339(),
-        submitted.ago(now)
-    );
+    println!("Submitted   = {} ({})", submitted.to_rfc3339(), submitted.ago(now));
     println!("Ready nodes = {}", reply.ready_nodes);
     println!("Placement   = {}", reply.placement);
 
     println!("\nTask Groups");
-    let mut groups = Table::new(&[
-        "GROUP", "COUNT", "TASK", "DRIVER", "COMMAND", "CPU", "MEMORY",
-    ]);
+    let mut groups = Table::new(&["GROUP", "COUNT", "TASK", "DRIVER", "COMMAND", "CPU", "MEMORY"]);
     let core = helios_api::convert::job_from_pb(job.clone()).ok();
     for group in core.iter().flat_map(|j| j.task_groups.iter()) {
         for task in &group.tasks {
@@ -235,9 +184,7 @@ fn print_status(reply: pb::GetJobStatusResponse) -> Result<()> {
     if reply.allocations.is_empty() {
         println!("No allocations placed");
     } else {
-        let mut allocs = Table::new(&[
-            "ID", "NODE", "GROUP", "VERSION", "DESIRED", "STATUS", "CREATED",
-        ]);
+        let mut allocs = Table::new(&["ID", "NODE", "GROUP", "VERSION", "DESIRED", "STATUS", "CREATED"]);
         for a in &reply.allocations {
             allocs.row(vec![
                 short(&a.id),
@@ -255,12 +202,7 @@ fn print_status(reply: pb::GetJobStatusResponse) -> Result<()> {
     println!("\nEvaluations");
     let mut evals = Table::new(&["ID", "TRIGGER", "STATUS", "CREATED"]);
     for e in &reply.evaluations {
-        evals.row(vec![
-            short(&e.id),
-            e.trigger.clone(),
-            e.status.clone(),
-            Timestamp(e.created_at_ms).ago(now),
-        ]);
+        evals.row(vec![short(&e.id), e.trigger.clone(), e.status.clone(), Timestamp(e.created_at_ms).ago(now)]);
     }
     evals.print();
     Ok(())
@@ -268,19 +210,13 @@ fn print_status(reply: pb::GetJobStatusResponse) -> Result<()> {
 
 fn shell_words(command: &str, args: &[String]) -> String {
     let quote = |s: &str| {
-        if !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./=:".contains(c))
-        {
+        if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:".contains(c)) {
             s.to_string()
         } else {
             format!("'{}'", s.replace('\'', r"'\''"))
         }
     };
-    std::iter::once(quote(command))
-        .chain(args.iter().map(|a| quote(a)))
-        .collect::<Vec<_>>()
-        .join(" ")
+    std::iter::once(quote(command)).chain(args.iter().map(|a| quote(a))).collect::<Vec<_>>().join(" ")
 }
 
 fn short(id: &str) -> String {
@@ -288,9 +224,7 @@ fn short(id: &str) -> String {
 }
 
 fn type_name(t: i32) -> String {
-    helios_api::convert::job_type_from_pb(t)
-        .map_or("unknown", JobType::as_str)
-        .to_string()
+    helios_api::convert::job_type_from_pb(t).map_or("unknown", JobType::as_str).to_string()
 }
 
 fn status_name(status: i32, stopped: bool) -> String {

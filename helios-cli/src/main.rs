@@ -15,11 +15,7 @@ use crate::connect::Servers;
 
 /// Exit codes: 0 success, 1 an error (one line on stderr), 2 a usage error (from clap).
 #[derive(Parser, Debug)]
-#[command(
-    name = "helios-cli",
-    version,
-    about = "Run and inspect jobs on a Helios cluster"
-)]
+#[command(name = "helios-cli", version, about = "Run and inspect jobs on a Helios cluster")]
 struct Cli {
     /// Server address(es), comma-separated or repeated; the CLI tries them in order.
     #[arg(

@@ -22,11 +22,7 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
     let now = now();
     match command {
         NodeCommand::List => {
-            let reply = nodes
-                .list_nodes(pb::ListNodesRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let reply = nodes.list_nodes(pb::ListNodesRequest {}).await.map_err(status_error)?.into_inner();
             if reply.nodes.is_empty() {
                 println!("No client nodes");
                 return Ok(());
@@ -49,11 +45,7 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
                     n.hostname,
                     n.rpc_addr,
                     n.status,
-                    if n.drain {
-                        format!("{} (draining)", n.eligibility)
-                    } else {
-                        n.eligibility
-                    },
+                    if n.drain { format!("{} (draining)", n.eligibility) } else { n.eligibility },
                     n.drivers.join(","),
                     format!("{} MHz", res.cpu_mhz),
                     format!("{} MB", res.memory_mb),
@@ -74,25 +66,11 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
             println!("ID          = {}", n.id);
             println!("Hostname    = {}", n.hostname);
             println!("Address     = {}", n.rpc_addr);
-            println!(
-                "Status      = {} (since {})",
-                n.status,
-                Timestamp(n.status_updated_at_ms).ago(now)
-            );
-            println!(
-                "Eligibility = {}{}",
-                n.eligibility,
-                if n.drain { ", draining" } else { "" }
-            );
+            println!("Status      = {} (since {})", n.status, Timestamp(n.status_updated_at_ms).ago(now));
+            println!("Eligibility = {}{}", n.eligibility, if n.drain { ", draining" } else { "" });
             println!("Drivers     = {}", n.drivers.join(", "));
-            println!(
-                "Resources   = {} MHz CPU, {} MB memory",
-                res.cpu_mhz, res.memory_mb
-            );
-            println!(
-                "Registered  = {}",
-                Timestamp(n.registered_at_ms).to_rfc3339()
-            );
+            println!("Resources   = {} MHz CPU, {} MB memory", res.cpu_mhz, res.memory_mb);
+            println!("Registered  = {}", Timestamp(n.registered_at_ms).to_rfc3339());
             println!("\nAttributes");
             for (k, v) in &n.attributes {
                 println!("  {k} = {v}");

@@ -22,12 +22,8 @@ pub enum ServerCommand {
 }
 
 fn parse_member(text: &str) -> Result<(u64, String), String> {
-    let (id, addr) = text
-        .split_once('=')
-        .ok_or_else(|| format!("expected ID=HOST:PORT, got {text:?}"))?;
-    let id = id
-        .parse()
-        .map_err(|_| format!("invalid server id {id:?}"))?;
+    let (id, addr) = text.split_once('=').ok_or_else(|| format!("expected ID=HOST:PORT, got {text:?}"))?;
+    let id = id.parse().map_err(|_| format!("invalid server id {id:?}"))?;
     Ok((id, addr.to_string()))
 }
 
@@ -35,21 +31,9 @@ pub async fn run(servers: &Servers, command: ServerCommand) -> Result<()> {
     let mut cluster = ClusterServiceClient::new(servers.connect().await?);
     match command {
         ServerCommand::Members => {
-            let reply = cluster
-                .list_members(pb::ListMembersRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let mut table = Table::new(&[
-                "ID",
-                "ADDRESS",
-                "ROLE",
-                "VOTER",
-                "TERM",
-                "LAST_APPLIED",
-                "LAST_LOG",
-                "SNAPSHOT",
-            ]);
+            let reply = cluster.list_members(pb::ListMembersRequest {}).await.map_err(status_error)?.into_inner();
+            let mut table =
+                Table::new(&["ID", "ADDRESS", "ROLE", "VOTER", "TERM", "LAST_APPLIED", "LAST_LOG", "SNAPSHOT"]);
             for m in reply.members {
                 table.row(vec![
                     m.id.to_string(),
@@ -59,41 +43,25 @@ pub async fn run(servers: &Servers, command: ServerCommand) -> Result<()> {
                     m.term.to_string(),
                     m.last_applied_index.to_string(),
                     m.last_log_index.to_string(),
-                    m.snapshot_index
-                        .map_or_else(|| "-".to_string(), |i| i.to_string()),
+                    m.snapshot_index.map_or_else(|| "-".to_string(), |i| i.to_string()),
                 ]);
             }
             table.print();
             if reply.leader_id.is_none() {
-                return Err(anyhow!(
-                    "no leader is known: an election is in progress or a majority is down"
-                ));
+                return Err(anyhow!("no leader is known: an election is in progress or a majority is down"));
             }
         }
         ServerCommand::Join { member: (id, addr) } => {
             let reply = cluster
-                .add_server(pb::AddServerRequest {
-                    id,
-                    addr: addr.clone(),
-                })
+                .add_server(pb::AddServerRequest { id, addr: addr.clone() })
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!(
-                "Server {id} ({addr}) joined the cluster as a voter (log index {})",
-                reply.index
-            );
+            println!("Server {id} ({addr}) joined the cluster as a voter (log index {})", reply.index);
         }
         ServerCommand::Remove { id } => {
-            let reply = cluster
-                .remove_server(pb::RemoveServerRequest { id })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            println!(
-                "Server {id} removed from the cluster (log index {})",
-                reply.index
-            );
+            let reply = cluster.remove_server(pb::RemoveServerRequest { id }).await.map_err(status_error)?.into_inner();
+            println!("Server {id} removed from the cluster (log index {})", reply.index);
         }
     }
     Ok(())

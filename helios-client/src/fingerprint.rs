@@ -36,9 +36,7 @@ pub fn node(config: &ClientConfig, advertised: SocketAddr) -> pb::Node {
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// Cores x clock speed, as Nomad counts CPU; 1 GHz per core when the clock cannot be read.
@@ -52,10 +50,7 @@ fn cpu_mhz(cpus: usize) -> u32 {
                 .and_then(|v| v.trim().parse::<f64>().ok())
         })
         .unwrap_or(1000.0);
-    u32::try_from(cpus)
-        .unwrap_or(u32::MAX)
-        .saturating_mul(per_core as u32)
-        .max(1)
+    u32::try_from(cpus).unwrap_or(u32::MAX).saturating_mul(per_core as u32).max(1)
 }
 
 /// Total memory in MB; 1 GB when /proc/meminfo cannot be read.

@@ -7,10 +7,7 @@ use crate::ClientError;
 
 pub fn load_or_create(data_dir: &Path, node_id: &str) -> Result<String, ClientError> {
     let path = data_dir.join(format!("helios-client-{node_id}.secret"));
-    let fail = |source| ClientError::Identity {
-        path: path.clone(),
-        source,
-    };
+    let fail = |source| ClientError::Identity { path: path.clone(), source };
     match std::fs::read_to_string(&path) {
         Ok(secret) if !secret.trim().is_empty() => return Ok(secret.trim().to_string()),
         Ok(_) => {}

@@ -41,15 +41,9 @@ pub enum ClientError {
     #[error("invalid --node-id {0:?}: {1}")]
     NodeId(String, String),
     #[error("cannot keep the agent's identity in {path}: {source}")]
-    Identity {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Identity { path: PathBuf, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
     #[error("the servers refused this agent: {0}")]
     Refused(String),
     #[error(transparent)]
@@ -59,17 +53,10 @@ pub enum ClientError {
 }
 
 /// Binds `config.rpc_addr` and runs the agent until `shutdown` completes.
-pub async fn run(
-    config: ClientConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ClientError> {
-    let listener =
-        TcpListener::bind(config.rpc_addr)
-            .await
-            .map_err(|source| ClientError::Listen {
-                addr: config.rpc_addr,
-                source,
-            })?;
+pub async fn run(config: ClientConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ClientError> {
+    let listener = TcpListener::bind(config.rpc_addr)
+        .await
+        .map_err(|source| ClientError::Listen { addr: config.rpc_addr, source })?;
     run_on(config, listener, shutdown).await
 }
 
@@ -79,25 +66,16 @@ pub async fn run_on(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ClientError> {
-    helios_core::validate::check_name(&config.node_id)
-        .map_err(|p| ClientError::NodeId(config.node_id.clone(), p))?;
+    helios_core::validate::check_name(&config.node_id).map_err(|p| ClientError::NodeId(config.node_id.clone(), p))?;
     let secret = identity::load_or_create(&config.data_dir, &config.node_id)?;
-    let advertised = listener
-        .local_addr()
-        .map_err(|source| ClientError::Listen {
-            addr: config.rpc_addr,
-            source,
-        })?;
+    let advertised = listener.local_addr().map_err(|source| ClientError::Listen { addr: config.rpc_addr, source })?;
     let node = fingerprint::node(&config, advertised);
     let servers = Servers::new(&config.servers)?;
 
     let (_health, health_service) = tonic_health::server::health_reporter();
     let serve = tonic::transport::Server::builder()
         .add_service(health_service)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        );
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown);
     tokio::pin!(serve);
     let liveness = keep_alive(&servers, node, secret);
     tokio::pin!(liveness);

@@ -19,11 +19,7 @@ struct Args {
     #[arg(long)]
     node_id: String,
     /// Server URL(s), comma-separated or repeated; the agent fails over between them.
-    #[arg(
-        long = "server-addr",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long = "server-addr", value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
     server_addr: Vec<String>,
     /// The agent's own gRPC address (task logs are served here).
     #[arg(long, default_value = "127.0.0.1:60051")]
@@ -52,9 +48,7 @@ fn parse_meta(text: &str) -> Result<(String, String), String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
     let config = ClientConfig {

@@ -36,17 +36,8 @@ pub struct Servers {
 impl Servers {
     pub fn new(addrs: &[String]) -> Result<Servers, ServersError> {
         let mut channels = Vec::new();
-        for addr in addrs
-            .iter()
-            .flat_map(|a| a.split(','))
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-        {
-            let url = if addr.contains("://") {
-                addr.to_string()
-            } else {
-                format!("http://{addr}")
-            };
+        for addr in addrs.iter().flat_map(|a| a.split(',')).map(str::trim).filter(|a| !a.is_empty()) {
+            let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|e| ServersError::Invalid(addr.to_string(), e.to_string()))?;
             let channel = endpoint
@@ -59,10 +50,7 @@ impl Servers {
         if channels.is_empty() {
             return Err(ServersError::Empty);
         }
-        Ok(Servers {
-            channels,
-            current: AtomicUsize::new(0),
-        })
+        Ok(Servers { channels, current: AtomicUsize::new(0) })
     }
 
     /// Calls each server in turn, starting with the last one that answered.
@@ -83,28 +71,20 @@ impl Servers {
                 }
                 Err(status) => match status.code() {
                     tonic::Code::NotFound => return Err(CallError::NotRegistered),
-                    tonic::Code::PermissionDenied
-                    | tonic::Code::FailedPrecondition
-                    | tonic::Code::InvalidArgument => {
+                    tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => {
                         return Err(CallError::Refused(status.message().to_string()))
                     }
                     _ => failures.push(format!("{url}: {}", status.message())),
                 },
             }
         }
-        Err(CallError::Unavailable(format!(
-            "{what} failed on every server: {}",
-            failures.join("; ")
-        )))
+        Err(CallError::Unavailable(format!("{what} failed on every server: {}", failures.join("; "))))
     }
 
     pub async fn register(&self, node: &pb::Node, secret: &str) -> Result<Duration, CallError> {
         let reply = self
             .call("registration", |mut c| {
-                let req = pb::RegisterRequest {
-                    node: Some(node.clone()),
-                    secret: secret.to_string(),
-                };
+                let req = pb::RegisterRequest { node: Some(node.clone()), secret: secret.to_string() };
                 async move { c.register(req).await }
             })
             .await?;
@@ -114,10 +94,7 @@ impl Servers {
     pub async fn heartbeat(&self, node_id: &str, secret: &str) -> Result<Duration, CallError> {
         let reply = self
             .call("heartbeat", |mut c| {
-                let req = pb::HeartbeatRequest {
-                    node_id: node_id.to_string(),
-                    secret: secret.to_string(),
-                };
+                let req = pb::HeartbeatRequest { node_id: node_id.to_string(), secret: secret.to_string() };
                 async move { c.heartbeat(req).await }
             })
             .await?;

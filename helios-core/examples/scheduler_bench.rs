@@ -11,8 +11,7 @@ use std::time::Instant;
 
 use helios_core::scheduler::{schedule, StateView};
 use helios_core::{
-    Allocation, EvalTrigger, Evaluation, Job, JobType, Node, NodeEligibility, NodeStatus,
-    Resources, Timestamp,
+    Allocation, EvalTrigger, Evaluation, Job, JobType, Node, NodeEligibility, NodeStatus, Resources, Timestamp,
 };
 
 struct State {
@@ -33,24 +32,15 @@ impl StateView for State {
         &self.nodes
     }
     fn allocations_of_job(&self, job_name: &str) -> Vec<&Allocation> {
-        self.allocs_by_job
-            .get(job_name)
-            .map(|v| v.iter().collect())
-            .unwrap_or_default()
+        self.allocs_by_job.get(job_name).map(|v| v.iter().collect()).unwrap_or_default()
     }
     fn node_usage(&self, node_id: &str) -> Resources {
-        self.usage.get(node_id).copied().unwrap_or(Resources {
-            cpu_mhz: 0,
-            memory_mb: 0,
-        })
+        self.usage.get(node_id).copied().unwrap_or(Resources { cpu_mhz: 0, memory_mb: 0 })
     }
 }
 
 fn arg(n: usize, default: usize) -> usize {
-    std::env::args()
-        .nth(n)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
+    std::env::args().nth(n).and_then(|a| a.parse().ok()).unwrap_or(default)
 }
 
 fn main() {
@@ -63,10 +53,7 @@ fn main() {
             attributes: BTreeMap::from([("os".to_string(), "linux".to_string())]),
             meta: BTreeMap::new(),
             drivers: vec!["exec".to_string(), "docker".to_string()],
-            resources: Resources {
-                cpu_mhz: 16_000,
-                memory_mb: 32_768,
-            },
+            resources: Resources { cpu_mhz: 16_000, memory_mb: 32_768 },
             status: NodeStatus::Ready,
             eligibility: NodeEligibility::Eligible,
             drain: false,
@@ -75,12 +62,7 @@ fn main() {
             secret_id: String::new(),
         })
         .collect();
-    let mut state = State {
-        nodes,
-        jobs: HashMap::new(),
-        allocs_by_job: HashMap::new(),
-        usage: HashMap::new(),
-    };
+    let mut state = State { nodes, jobs: HashMap::new(), allocs_by_job: HashMap::new(), usage: HashMap::new() };
     let mut next_id = 0u64;
     let mut placed = 0usize;
     let mut failed = 0usize;
@@ -90,18 +72,9 @@ fn main() {
         let mut job = Job::exec(&name, "sleep", vec!["3600".into()]);
         job.job_type = JobType::Service;
         job.task_groups[0].count = u32::try_from(count).expect("count fits u32");
-        job.task_groups[0].tasks[0].resources = Resources {
-            cpu_mhz: 100 + (j as u32 % 5) * 50,
-            memory_mb: 128,
-        };
+        job.task_groups[0].tasks[0].resources = Resources { cpu_mhz: 100 + (j as u32 % 5) * 50, memory_mb: 128 };
         state.jobs.insert(name.clone(), job);
-        let eval = Evaluation::new(
-            format!("eval-{j}"),
-            &name,
-            50,
-            EvalTrigger::JobRegister,
-            Timestamp(1),
-        );
+        let eval = Evaluation::new(format!("eval-{j}"), &name, 50, EvalTrigger::JobRegister, Timestamp(1));
         let started = Instant::now();
         let plan = schedule(&state, &eval, Timestamp(1), &mut || {
             next_id += 1;
@@ -112,20 +85,10 @@ fn main() {
         failed += plan.failed_placements.len();
         // Commit the plan to the in-memory state (not timed: that is the plan applier's work).
         for alloc in plan.placements {
-            let used = state
-                .usage
-                .entry(alloc.node_id.clone())
-                .or_insert(Resources {
-                    cpu_mhz: 0,
-                    memory_mb: 0,
-                });
+            let used = state.usage.entry(alloc.node_id.clone()).or_insert(Resources { cpu_mhz: 0, memory_mb: 0 });
             used.cpu_mhz += alloc.resources.cpu_mhz;
             used.memory_mb += alloc.resources.memory_mb;
-            state
-                .allocs_by_job
-                .entry(name.clone())
-                .or_default()
-                .push(alloc);
+            state.allocs_by_job.entry(name.clone()).or_default().push(alloc);
         }
     }
     println!(

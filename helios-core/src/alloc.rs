@@ -32,8 +32,7 @@ impl Allocation {
     /// and the servers want it stopped).
     pub fn is_terminal(&self) -> bool {
         self.client_status.is_terminal()
-            || (self.desired_status != AllocDesiredStatus::Run
-                && self.client_status == AllocClientStatus::Pending)
+            || (self.desired_status != AllocDesiredStatus::Run && self.client_status == AllocClientStatus::Pending)
     }
 }
 
@@ -79,10 +78,7 @@ impl AllocClientStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            AllocClientStatus::Complete | AllocClientStatus::Failed | AllocClientStatus::Lost
-        )
+        matches!(self, AllocClientStatus::Complete | AllocClientStatus::Failed | AllocClientStatus::Lost)
     }
 }
 

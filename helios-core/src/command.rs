@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::eval::Evaluation;
 use crate::job::Job;
 use crate::node::{Node, NodeStatus};
+use crate::plan::Plan;
 use crate::time::Timestamp;
 
 /// What the Raft log holds: a command and the identity of the request that proposed it.
@@ -37,21 +38,18 @@ pub enum Command {
     RegisterJob { job: Job, eval: Evaluation },
     /// Stop a job (it stays visible, `stopped = true`), or remove it and its history with
     /// `purge`. Creates `eval` so the scheduler stops its allocations.
-    DeregisterJob {
-        job_name: String,
-        purge: bool,
-        eval: Evaluation,
-        now: Timestamp,
-    },
+    DeregisterJob { job_name: String, purge: bool, eval: Evaluation, now: Timestamp },
     /// A client agent registers (or re-registers after a restart). Refused when the id belongs
     /// to a live node with another secret: one machine cannot take over another's identity.
     RegisterNode { node: Node },
     /// The leader's heartbeat tracker saw a node go silent (`Down`) or come back (`Ready`).
-    SetNodeStatus {
-        node_id: String,
-        status: NodeStatus,
-        now: Timestamp,
-    },
+    SetNodeStatus { node_id: String, status: NodeStatus, now: Timestamp },
+    /// The leader's scheduler result. Applied only if it still fits: every placement's node is
+    /// ready with room for it and its slot is free; otherwise rejected as stale (the leader
+    /// re-plans). `eval` is the evaluation as it ends (complete, or blocked with reasons).
+    ApplyPlan { plan: Plan, eval: Evaluation },
+    /// New evaluations, e.g. for the jobs a node change affects.
+    CreateEvaluations { evals: Vec<Evaluation> },
 }
 
 impl Command {
@@ -62,6 +60,8 @@ impl Command {
             Command::DeregisterJob { .. } => "deregister-job",
             Command::RegisterNode { .. } => "register-node",
             Command::SetNodeStatus { .. } => "set-node-status",
+            Command::ApplyPlan { .. } => "apply-plan",
+            Command::CreateEvaluations { .. } => "create-evaluations",
         }
     }
 }
@@ -86,6 +86,11 @@ pub enum CommandResponse {
     Rejected(Rejection),
     NodeRegistered,
     NodeStatusSet,
+    PlanApplied {
+        placed: u32,
+        stopped: u32,
+    },
+    EvaluationsCreated,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,24 +111,22 @@ impl std::fmt::Display for Command {
             Command::RegisterJob { job, eval } => {
                 write!(f, "register-job {} (eval {})", job.name, eval.id)
             }
-            Command::DeregisterJob {
-                job_name,
-                purge,
-                eval,
-                ..
-            } => {
-                write!(
-                    f,
-                    "deregister-job {job_name} purge={purge} (eval {})",
-                    eval.id
-                )
+            Command::DeregisterJob { job_name, purge, eval, .. } => {
+                write!(f, "deregister-job {job_name} purge={purge} (eval {})", eval.id)
             }
             Command::RegisterNode { node } => write!(f, "register-node {}", node.id),
-            Command::SetNodeStatus {
-                node_id, status, ..
-            } => {
+            Command::SetNodeStatus { node_id, status, .. } => {
                 write!(f, "set-node-status {node_id} {}", status.as_str())
             }
+            Command::ApplyPlan { plan, .. } => write!(
+                f,
+                "apply-plan {} (eval {}): {} placements, {} stops",
+                plan.job_name,
+                plan.eval_id,
+                plan.placements.len(),
+                plan.stops.len()
+            ),
+            Command::CreateEvaluations { evals } => write!(f, "create-evaluations ({})", evals.len()),
         }
     }
 }

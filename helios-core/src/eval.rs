@@ -22,13 +22,7 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
-    pub fn new(
-        id: String,
-        job_name: &str,
-        priority: u32,
-        trigger: EvalTrigger,
-        now: Timestamp,
-    ) -> Evaluation {
+    pub fn new(id: String, job_name: &str, priority: u32, trigger: EvalTrigger, now: Timestamp) -> Evaluation {
         Evaluation {
             id,
             job_name: job_name.to_string(),

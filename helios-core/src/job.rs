@@ -37,10 +37,7 @@ impl Job {
                 count: 1,
                 tasks: vec![Task {
                     name: name.to_string(),
-                    driver: TaskDriver::Exec(ExecConfig {
-                        command: command.to_string(),
-                        args,
-                    }),
+                    driver: TaskDriver::Exec(ExecConfig { command: command.to_string(), args }),
                     env: BTreeMap::new(),
                     resources: Resources::default(),
                     constraints: Vec::new(),
@@ -140,18 +137,12 @@ impl RestartPolicy {
     /// Nomad's defaults: services retry more, batch jobs fewer.
     pub fn default_for(job_type: JobType) -> RestartPolicy {
         match job_type {
-            JobType::Service | JobType::System => RestartPolicy {
-                attempts: 2,
-                interval_secs: 30 * 60,
-                delay_secs: 15,
-                mode: RestartMode::Fail,
-            },
-            JobType::Batch => RestartPolicy {
-                attempts: 3,
-                interval_secs: 24 * 60 * 60,
-                delay_secs: 15,
-                mode: RestartMode::Fail,
-            },
+            JobType::Service | JobType::System => {
+                RestartPolicy { attempts: 2, interval_secs: 30 * 60, delay_secs: 15, mode: RestartMode::Fail }
+            }
+            JobType::Batch => {
+                RestartPolicy { attempts: 3, interval_secs: 24 * 60 * 60, delay_secs: 15, mode: RestartMode::Fail }
+            }
         }
     }
 }
@@ -234,10 +225,7 @@ pub struct Resources {
 impl Default for Resources {
     /// Nomad's defaults for a task that declares nothing.
     fn default() -> Self {
-        Resources {
-            cpu_mhz: 100,
-            memory_mb: 300,
-        }
+        Resources { cpu_mhz: 100, memory_mb: 300 }
     }
 }
 

@@ -15,14 +15,12 @@ pub mod scheduler;
 pub mod time;
 pub mod validate;
 
-pub use alloc::{
-    AllocClientStatus, AllocDesiredStatus, Allocation, TaskEvent, TaskRunState, TaskState,
-};
+pub use alloc::{AllocClientStatus, AllocDesiredStatus, Allocation, TaskEvent, TaskRunState, TaskState};
 pub use command::{Command, CommandResponse, Proposal, Rejection, RejectionKind};
 pub use eval::{EvalStatus, EvalTrigger, Evaluation};
 pub use job::{
-    Constraint, ConstraintOperator, DockerConfig, ExecConfig, Job, JobStatus, JobType, PortMapping,
-    Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup,
+    Constraint, ConstraintOperator, DockerConfig, ExecConfig, Job, JobStatus, JobType, PortMapping, Resources,
+    RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup,
 };
 pub use node::{Node, NodeEligibility, NodeStatus};
 pub use plan::Plan;

@@ -4,9 +4,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// Pure logic never reads the clock: callers pass `now` in, and the server stamps it into a Raft
 /// command before proposing it, so every replica applies the same value.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
@@ -21,12 +19,7 @@ impl Timestamp {
         let secs = self.0 / 1000;
         let (days, rem) = (secs / 86_400, secs % 86_400);
         let (y, m, d) = civil_from_days(days);
-        format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        )
+        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
     }
 
     /// `5s ago`, `3m ago`, `2h ago`, `4d ago` relative to `now`.
@@ -62,14 +55,8 @@ mod tests {
     #[test]
     fn formats_utc_dates() {
         assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            Timestamp(951_782_400_000).to_rfc3339(),
-            "2000-02-29T00:00:00Z"
-        );
-        assert_eq!(
-            Timestamp(1_795_240_503_000).to_rfc3339(),
-            "2026-11-21T05:55:03Z"
-        );
+        assert_eq!(Timestamp(951_782_400_000).to_rfc3339(), "2000-02-29T00:00:00Z");
+        assert_eq!(Timestamp(1_795_240_503_000).to_rfc3339(), "2026-11-21T05:55:03Z");
     }
 
     #[test]

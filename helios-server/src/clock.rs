@@ -8,9 +8,7 @@ use helios_core::Timestamp;
 
 /// The wall clock.
 pub fn now() -> Timestamp {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
     Timestamp(u64::try_from(millis).unwrap_or(u64::MAX))
 }
 

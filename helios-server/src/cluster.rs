@@ -124,19 +124,10 @@ impl Cluster {
     /// change, a lost reply) resends that same proposal, and the state machine applies a request
     /// id at most once, so retrying is always safe.
     pub async fn write(&self, command: Command) -> Result<(u64, CommandResponse), ClusterError> {
-        let proposal = Proposal {
-            request_id: clock::new_id(),
-            proposed_at: clock::now(),
-            command,
-        };
-        match self
-            .submit(ForwardRequest::Write(Box::new(proposal)), REQUEST_DEADLINE)
-            .await?
-        {
+        let proposal = Proposal { request_id: clock::new_id(), proposed_at: clock::now(), command };
+        match self.submit(ForwardRequest::Write(Box::new(proposal)), REQUEST_DEADLINE).await? {
             ForwardResponse::Written { index, response } => Ok((index, response)),
-            other => Err(ClusterError::Internal(format!(
-                "unexpected reply to a write: {other:?}"
-            ))),
+            other => Err(ClusterError::Internal(format!("unexpected reply to a write: {other:?}"))),
         }
     }
 
@@ -146,16 +137,9 @@ impl Cluster {
         &self,
         query: impl FnOnce(&ReadTransaction) -> io::Result<T> + Send + 'static,
     ) -> Result<T, ClusterError> {
-        let index = match self
-            .submit(ForwardRequest::ReadIndex, REQUEST_DEADLINE)
-            .await?
-        {
+        let index = match self.submit(ForwardRequest::ReadIndex, REQUEST_DEADLINE).await? {
             ForwardResponse::ReadIndex { index } => index,
-            other => {
-                return Err(ClusterError::Internal(format!(
-                    "unexpected reply to a read index: {other:?}"
-                )))
-            }
+            other => return Err(ClusterError::Internal(format!("unexpected reply to a read index: {other:?}"))),
         };
         self.raft
             .wait(Some(REQUEST_DEADLINE))
@@ -181,62 +165,40 @@ impl Cluster {
     }
 
     pub async fn add_server(&self, id: NodeId, addr: String) -> Result<u64, ClusterError> {
-        match self
-            .submit(ForwardRequest::AddServer { id, addr }, JOIN_DEADLINE)
-            .await?
-        {
+        match self.submit(ForwardRequest::AddServer { id, addr }, JOIN_DEADLINE).await? {
             ForwardResponse::MembershipChanged { index } => Ok(index),
-            other => Err(ClusterError::Internal(format!(
-                "unexpected reply: {other:?}"
-            ))),
+            other => Err(ClusterError::Internal(format!("unexpected reply: {other:?}"))),
         }
     }
 
     pub async fn remove_server(&self, id: NodeId) -> Result<u64, ClusterError> {
-        match self
-            .submit(ForwardRequest::RemoveServer { id }, REQUEST_DEADLINE)
-            .await?
-        {
+        match self.submit(ForwardRequest::RemoveServer { id }, REQUEST_DEADLINE).await? {
             ForwardResponse::MembershipChanged { index } => Ok(index),
-            other => Err(ClusterError::Internal(format!(
-                "unexpected reply: {other:?}"
-            ))),
+            other => Err(ClusterError::Internal(format!("unexpected reply: {other:?}"))),
         }
     }
 
     /// Sends `request` to the leader (this server or another), following leader hints and
     /// waiting out elections until `patience` has passed.
-    async fn submit(
-        &self,
-        request: ForwardRequest,
-        patience: Duration,
-    ) -> Result<ForwardResponse, ClusterError> {
+    async fn submit(&self, request: ForwardRequest, patience: Duration) -> Result<ForwardResponse, ClusterError> {
         let deadline = Instant::now() + patience;
         let mut hint: Option<(NodeId, String)> = None;
         loop {
             let target = hint.take().or_else(|| self.known_leader());
             let target_id = target.as_ref().map(|(id, _)| *id);
             let reply = match &target {
-                Some((id, _)) if *id == self.node_id => {
-                    Some(self.handle_as_leader(request.clone()).await)
-                }
+                Some((id, _)) if *id == self.node_id => Some(self.handle_as_leader(request.clone()).await),
                 Some((_, addr)) => self.forward(addr, &request, deadline).await,
                 None => None,
             };
             match reply {
                 // Follow a hint only if it names someone new; otherwise wait for the election.
-                Some(ForwardResponse::NotLeader { leader }) => {
-                    hint = leader.filter(|(id, _)| Some(*id) != target_id)
-                }
+                Some(ForwardResponse::NotLeader { leader }) => hint = leader.filter(|(id, _)| Some(*id) != target_id),
                 Some(ForwardResponse::Failed(ForwardFailure::InvalidMembership(m))) => {
                     return Err(ClusterError::InvalidMembership(m))
                 }
-                Some(ForwardResponse::Failed(ForwardFailure::Internal(m))) => {
-                    return Err(ClusterError::Internal(m))
-                }
-                Some(ForwardResponse::Failed(ForwardFailure::NotFound(m))) => {
-                    return Err(ClusterError::NotFound(m))
-                }
+                Some(ForwardResponse::Failed(ForwardFailure::Internal(m))) => return Err(ClusterError::Internal(m)),
+                Some(ForwardResponse::Failed(ForwardFailure::NotFound(m))) => return Err(ClusterError::NotFound(m)),
                 Some(ForwardResponse::Failed(ForwardFailure::PermissionDenied(m))) => {
                     return Err(ClusterError::PermissionDenied(m))
                 }
@@ -256,12 +218,7 @@ impl Cluster {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
         let leader = m.current_leader?;
-        let addr = m
-            .membership_config
-            .membership()
-            .get_node(&leader)?
-            .addr
-            .clone();
+        let addr = m.membership_config.membership().get_node(&leader)?.addr.clone();
         Some((leader, addr))
     }
 
@@ -272,21 +229,10 @@ impl Cluster {
         let _ = tokio::time::timeout_at(step.min(deadline), metrics.changed()).await;
     }
 
-    async fn forward(
-        &self,
-        addr: &str,
-        request: &ForwardRequest,
-        deadline: Instant,
-    ) -> Option<ForwardResponse> {
+    async fn forward(&self, addr: &str, request: &ForwardRequest, deadline: Instant) -> Option<ForwardResponse> {
         let mut client = self.channels.client(addr).ok()?;
-        let mut req = tonic::Request::new(RaftPayload {
-            data: encode(request),
-        });
-        req.set_timeout(
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(100)),
-        );
+        let mut req = tonic::Request::new(RaftPayload { data: encode(request) });
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)));
         match client.forward(req).await {
             Ok(reply) => decode(&reply.into_inner().data).ok(),
             Err(status) => {
@@ -302,45 +248,24 @@ impl Cluster {
             // `forward_to_leader` also covers an entry discarded by a leader change, whose fate
             // is unknown: resending the same proposal is safe (applied at most once).
             ForwardRequest::Write(proposal) => match self.raft.client_write(*proposal).await {
-                Ok(reply) => ForwardResponse::Written {
-                    index: reply.log_id.index(),
-                    response: reply.data,
-                },
+                Ok(reply) => ForwardResponse::Written { index: reply.log_id.index(), response: reply.data },
                 Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
             },
-            ForwardRequest::ReadIndex => {
-                match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-                    Ok(read_log_id) => ForwardResponse::ReadIndex {
-                        index: read_log_id.index(),
-                    },
-                    Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
-                }
-            }
+            ForwardRequest::ReadIndex => match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+                Ok(read_log_id) => ForwardResponse::ReadIndex { index: read_log_id.index() },
+                Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
+            },
             ForwardRequest::AddServer { id, addr } => self.add_voter(id, addr).await,
             ForwardRequest::RemoveServer { id } => self.remove_voter(id).await,
-            ForwardRequest::Heartbeat { node_id, secret } => {
-                self.accept_heartbeat(node_id, secret).await
-            }
+            ForwardRequest::Heartbeat { node_id, secret } => self.accept_heartbeat(node_id, secret).await,
         }
     }
 
     /// Records a client heartbeat wherever the leader is; returns the TTL to heartbeat within.
-    pub async fn heartbeat(
-        &self,
-        node_id: String,
-        secret: String,
-    ) -> Result<Duration, ClusterError> {
-        match self
-            .submit(
-                ForwardRequest::Heartbeat { node_id, secret },
-                REQUEST_DEADLINE,
-            )
-            .await?
-        {
+    pub async fn heartbeat(&self, node_id: String, secret: String) -> Result<Duration, ClusterError> {
+        match self.submit(ForwardRequest::Heartbeat { node_id, secret }, REQUEST_DEADLINE).await? {
             ForwardResponse::HeartbeatAccepted { ttl_ms } => Ok(Duration::from_millis(ttl_ms)),
-            other => Err(ClusterError::Internal(format!(
-                "unexpected reply to a heartbeat: {other:?}"
-            ))),
+            other => Err(ClusterError::Internal(format!("unexpected reply to a heartbeat: {other:?}"))),
         }
     }
 
@@ -350,10 +275,7 @@ impl Cluster {
             return ForwardResponse::NotLeader { leader };
         }
         let lookup = node_id.clone();
-        let node = match self
-            .read_local(move |txn| crate::store::read::node(txn, &lookup))
-            .await
-        {
+        let node = match self.read_local(move |txn| crate::store::read::node(txn, &lookup)).await {
             Ok(node) => node,
             Err(e) => return ForwardResponse::Failed(ForwardFailure::Internal(e.to_string())),
         };
@@ -370,17 +292,9 @@ impl Cluster {
         self.tracker.touch(&node_id, self.heartbeat_ttl);
         if node.status == helios_core::NodeStatus::Down {
             // It is back: one Raft write for the status change, not one per heartbeat.
-            let command = Command::SetNodeStatus {
-                node_id,
-                status: helios_core::NodeStatus::Ready,
-                now: clock::now(),
-            };
+            let command = Command::SetNodeStatus { node_id, status: helios_core::NodeStatus::Ready, now: clock::now() };
             // This server leads: propose directly (going through `write` would recurse).
-            let proposal = Proposal {
-                request_id: clock::new_id(),
-                proposed_at: clock::now(),
-                command,
-            };
+            let proposal = Proposal { request_id: clock::new_id(), proposed_at: clock::now(), command };
             if let Err(e) = self.raft.client_write(proposal).await {
                 return self.not_leader_or(e.forward_to_leader().cloned(), &e);
             }
@@ -395,21 +309,13 @@ impl Cluster {
         error: &dyn std::fmt::Display,
     ) -> ForwardResponse {
         match forward {
-            Some(f) => ForwardResponse::NotLeader {
-                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-            },
+            Some(f) => ForwardResponse::NotLeader { leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)) },
             None => ForwardResponse::Failed(ForwardFailure::Internal(error.to_string())),
         }
     }
 
     async fn add_voter(&self, id: NodeId, addr: String) -> ForwardResponse {
-        let members = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .clone();
+        let members = self.raft.metrics().borrow_watched().membership_config.membership().clone();
         if let Some(existing) = members.get_node(&id) {
             if existing.addr != addr {
                 return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
@@ -423,21 +329,14 @@ impl Cluster {
                 )));
             }
         }
-        if let Some((other, _)) = members
-            .nodes()
-            .find(|(nid, n)| **nid != id && n.addr == addr)
-        {
+        if let Some((other, _)) = members.nodes().find(|(nid, n)| **nid != id && n.addr == addr) {
             return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
                 "address {addr} already belongs to server {other}"
             )));
         }
         // A learner first: it catches up (by snapshot if the log was purged) without counting
         // towards the quorum, and only then becomes a voter.
-        let added = match self
-            .raft
-            .add_learner(id, BasicNode { addr: addr.clone() }, false)
-            .await
-        {
+        let added = match self.raft.add_learner(id, BasicNode { addr: addr.clone() }, false).await {
             Ok(reply) => reply.log_id.index(),
             Err(e) => return self.not_leader_or(e.forward_to_leader().cloned(), &e),
         };
@@ -447,10 +346,7 @@ impl Cluster {
             .wait(Some(JOIN_DEADLINE - Duration::from_secs(5)))
             .metrics(
                 |m| {
-                    let matched = m
-                        .replication
-                        .as_ref()
-                        .and_then(|r| r.get(&id).cloned().flatten());
+                    let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten());
                     matched.is_some_and(|log_id| log_id.index() >= added)
                 },
                 "new server catches up",
@@ -458,31 +354,19 @@ impl Cluster {
             .await;
         if caught_up.is_err() {
             // Do not leave an unreachable learner in the membership.
-            let _ = self
-                .raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await;
+            let _ = self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await;
             return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
                 "server {id} at {addr} did not catch up in time; is it running there, started \
                  without --bootstrap and reachable from the leader?"
             )));
         }
-        self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
-            .await
+        self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await
     }
 
     async fn remove_voter(&self, id: NodeId) -> ForwardResponse {
-        let members = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .clone();
+        let members = self.raft.metrics().borrow_watched().membership_config.membership().clone();
         if members.get_node(&id).is_none() {
-            return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
-                "server {id} is not a member"
-            )));
+            return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!("server {id} is not a member")));
         }
         let voters: BTreeSet<NodeId> = members.voter_ids().collect();
         if voters.len() == 1 && voters.contains(&id) {
@@ -501,9 +385,7 @@ impl Cluster {
     /// Commits a membership change; a removed server is not kept as a learner.
     async fn change_membership(&self, change: ChangeMembers<NodeId, BasicNode>) -> ForwardResponse {
         match self.raft.change_membership(change, false).await {
-            Ok(reply) => ForwardResponse::MembershipChanged {
-                index: reply.log_id.index(),
-            },
+            Ok(reply) => ForwardResponse::MembershipChanged { index: reply.log_id.index() },
             Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
         }
     }
@@ -536,10 +418,7 @@ impl Cluster {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
         let membership = m.membership_config.membership();
-        let nodes = membership
-            .nodes()
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect();
+        let nodes = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
         let voters = membership.voter_ids().collect();
         (nodes, voters)
     }

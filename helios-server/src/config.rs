@@ -32,11 +32,7 @@ pub enum ConfigError {
     #[error("--bootstrap needs the --peer list of every server, this one included")]
     BootstrapWithoutPeers,
     #[error("--peer {id}={peer} does not match --rpc-addr {rpc_addr}")]
-    SelfAddrMismatch {
-        id: NodeId,
-        peer: String,
-        rpc_addr: SocketAddr,
-    },
+    SelfAddrMismatch { id: NodeId, peer: String, rpc_addr: SocketAddr },
     #[error("--peer lists server {0} twice")]
     DuplicatePeer(NodeId),
     #[error("--peer lists address {0} for two servers")]
@@ -65,15 +61,9 @@ impl ServerConfig {
             return Err(ConfigError::BootstrapWithoutPeers);
         }
         if !peers.is_empty() {
-            let own = peers
-                .get(&node_id)
-                .ok_or(ConfigError::SelfNotInPeers(node_id))?;
+            let own = peers.get(&node_id).ok_or(ConfigError::SelfNotInPeers(node_id))?;
             if !addr_matches(own, rpc_addr) {
-                return Err(ConfigError::SelfAddrMismatch {
-                    id: node_id,
-                    peer: own.clone(),
-                    rpc_addr,
-                });
+                return Err(ConfigError::SelfAddrMismatch { id: node_id, peer: own.clone(), rpc_addr });
             }
         }
         Ok(ServerConfig {
@@ -103,12 +93,8 @@ fn addr_matches(peer: &str, rpc_addr: SocketAddr) -> bool {
 
 /// Checks `host:port` (host a name, an IPv4 address, or `[IPv6]`), returning its parts.
 pub fn parse_host_port(text: &str) -> Result<(String, u16), String> {
-    let (host, port) = text
-        .rsplit_once(':')
-        .ok_or_else(|| format!("expected HOST:PORT, got {text:?}"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("invalid port {port:?} in {text:?}"))?;
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("expected HOST:PORT, got {text:?}"))?;
+    let port: u16 = port.parse().map_err(|_| format!("invalid port {port:?} in {text:?}"))?;
     if port == 0 {
         return Err(format!("port must not be 0 in {text:?}"));
     }
@@ -116,12 +102,8 @@ pub fn parse_host_port(text: &str) -> Result<(String, u16), String> {
         && (host.parse::<std::net::Ipv4Addr>().is_ok()
             || (host.starts_with('[')
                 && host.ends_with(']')
-                && host[1..host.len() - 1]
-                    .parse::<std::net::Ipv6Addr>()
-                    .is_ok())
-            || host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
+                && host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok())
+            || host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
     if !host_ok {
         return Err(format!("invalid host {host:?} in {text:?}"));
     }
@@ -131,13 +113,8 @@ pub fn parse_host_port(text: &str) -> Result<(String, u16), String> {
 /// Parses one `--peer ID=HOST:PORT`.
 pub fn parse_peer(text: &str) -> Result<(NodeId, String), String> {
     let usage = "expected ID=HOST:PORT, e.g. 2=127.0.0.1:50052";
-    let (id, addr) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{usage}, got {text:?}"))?;
-    let id: NodeId = id
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid server id {id:?}: {usage}"))?;
+    let (id, addr) = text.split_once('=').ok_or_else(|| format!("{usage}, got {text:?}"))?;
+    let id: NodeId = id.trim().parse().map_err(|_| format!("invalid server id {id:?}: {usage}"))?;
     if id == 0 {
         return Err(format!("server id must be > 0: {usage}"));
     }
@@ -155,18 +132,9 @@ mod tests {
 
     #[test]
     fn peers_parse() {
-        assert_eq!(
-            parse_peer("2=127.0.0.1:50052"),
-            Ok((2, "127.0.0.1:50052".to_string()))
-        );
-        assert_eq!(
-            parse_peer("3=server-3.example:50051"),
-            Ok((3, "server-3.example:50051".to_string()))
-        );
-        assert_eq!(
-            parse_peer("4=[::1]:50051"),
-            Ok((4, "[::1]:50051".to_string()))
-        );
+        assert_eq!(parse_peer("2=127.0.0.1:50052"), Ok((2, "127.0.0.1:50052".to_string())));
+        assert_eq!(parse_peer("3=server-3.example:50051"), Ok((3, "server-3.example:50051".to_string())));
+        assert_eq!(parse_peer("4=[::1]:50051"), Ok((4, "[::1]:50051".to_string())));
     }
 
     #[test]
@@ -187,11 +155,7 @@ mod tests {
 
     #[test]
     fn config_checks_the_peer_list() {
-        let peers = |list: &[(u64, &str)]| {
-            list.iter()
-                .map(|(i, a)| (*i, a.to_string()))
-                .collect::<Vec<_>>()
-        };
+        let peers = |list: &[(u64, &str)]| list.iter().map(|(i, a)| (*i, a.to_string())).collect::<Vec<_>>();
         let ok = ServerConfig::new(
             1,
             addr("127.0.0.1:50051"),
@@ -200,32 +164,13 @@ mod tests {
             ".".into(),
         );
         assert!(ok.is_ok());
-        let missing = ServerConfig::new(
-            3,
-            addr("127.0.0.1:50053"),
-            peers(&[(1, "127.0.0.1:50051")]),
-            false,
-            ".".into(),
-        );
+        let missing =
+            ServerConfig::new(3, addr("127.0.0.1:50053"), peers(&[(1, "127.0.0.1:50051")]), false, ".".into());
         assert_eq!(missing.unwrap_err(), ConfigError::SelfNotInPeers(3));
-        let mismatch = ServerConfig::new(
-            1,
-            addr("127.0.0.1:50061"),
-            peers(&[(1, "127.0.0.1:50051")]),
-            false,
-            ".".into(),
-        );
-        assert!(matches!(
-            mismatch.unwrap_err(),
-            ConfigError::SelfAddrMismatch { .. }
-        ));
-        let wildcard = ServerConfig::new(
-            1,
-            addr("0.0.0.0:50051"),
-            peers(&[(1, "10.0.0.5:50051")]),
-            true,
-            ".".into(),
-        );
+        let mismatch =
+            ServerConfig::new(1, addr("127.0.0.1:50061"), peers(&[(1, "127.0.0.1:50051")]), false, ".".into());
+        assert!(matches!(mismatch.unwrap_err(), ConfigError::SelfAddrMismatch { .. }));
+        let wildcard = ServerConfig::new(1, addr("0.0.0.0:50051"), peers(&[(1, "10.0.0.5:50051")]), true, ".".into());
         assert!(wildcard.is_ok());
         let dup = ServerConfig::new(
             1,

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod liveness;
 pub mod raft;
+pub mod scheduling;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -40,10 +41,7 @@ pub enum StartError {
     #[error("cannot read the Raft log: {0}")]
     Log(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
     #[error(
         "the membership stored in this server's data contradicts --peer: {0}. Start it with the \
          addresses it was created with, or change membership with `helios-cli server join/remove`"
@@ -56,17 +54,10 @@ pub enum StartError {
 }
 
 /// Binds `config.rpc_addr` and runs the server until `shutdown` completes.
-pub async fn run(
-    config: ServerConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
-    let listener =
-        TcpListener::bind(config.rpc_addr)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.rpc_addr,
-                source,
-            })?;
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    let listener = TcpListener::bind(config.rpc_addr)
+        .await
+        .map_err(|source| StartError::Listen { addr: config.rpc_addr, source })?;
     run_on(config, listener, shutdown).await
 }
 
@@ -92,9 +83,7 @@ async fn run_raft(
 ) -> Result<(), StartError> {
     let log_store = LogStore::open(db.clone()).map_err(StartError::Log)?;
     let channels = PeerChannels::default();
-    let network = NetworkFactory {
-        channels: channels.clone(),
-    };
+    let network = NetworkFactory { channels: channels.clone() };
     let raft = Raft::new(
         config.node_id,
         raft::raft_config(config.snapshot_every),
@@ -118,6 +107,7 @@ async fn run_raft(
         tracker: Arc::new(liveness::HeartbeatTracker::default()),
     };
     let liveness_task = tokio::spawn(liveness::run(cluster.clone()));
+    let scheduling_task = tokio::spawn(scheduling::run(cluster.clone()));
     // Serve until asked to stop, or until Raft stops on its own (a storage failure is fatal to
     // it): a server whose Raft is dead must not keep answering as if it were healthy.
     let (fatal_tx, mut fatal_rx) = tokio::sync::oneshot::channel::<String>();
@@ -130,6 +120,7 @@ async fn run_raft(
     };
     let served = serve(cluster, listener, stop).await;
     liveness_task.abort();
+    scheduling_task.abort();
     tracing::info!(node_id = config.node_id, "shutting down raft");
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");
@@ -170,43 +161,24 @@ async fn wait_until_closed(db: &std::sync::Weak<redb::Database>) {
 /// Initializes a new cluster on the bootstrap server, and on every start checks that the
 /// stored membership agrees with `--peer`.
 async fn join_cluster(raft: &Raft, config: &ServerConfig) -> Result<(), StartError> {
-    let initialized = raft
-        .is_initialized()
-        .await
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
     if initialized {
         let stored: BTreeMap<NodeId, String> = {
             let metrics = raft.metrics();
             let m = metrics.borrow_watched();
-            m.membership_config
-                .membership()
-                .nodes()
-                .map(|(id, n)| (*id, n.addr.clone()))
-                .collect()
+            m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
         };
         check_membership(&stored, &config.peers, config.node_id)?;
         tracing::info!(node_id = config.node_id, members = ?stored, "rejoining the cluster from stored state");
         return Ok(());
     }
     if config.bootstrap {
-        let members: BTreeMap<NodeId, BasicNode> = config
-            .peers
-            .iter()
-            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
-            .collect();
-        tracing::info!(
-            node_id = config.node_id,
-            ?members,
-            "bootstrapping a new cluster"
-        );
-        raft.initialize(members)
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let members: BTreeMap<NodeId, BasicNode> =
+            config.peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+        tracing::info!(node_id = config.node_id, ?members, "bootstrapping a new cluster");
+        raft.initialize(members).await.map_err(|e| StartError::Raft(e.to_string()))?;
     } else {
-        tracing::info!(
-            node_id = config.node_id,
-            "waiting to be contacted by the cluster's leader"
-        );
+        tracing::info!(node_id = config.node_id, "waiting to be contacted by the cluster's leader");
     }
     Ok(())
 }
@@ -222,9 +194,9 @@ fn check_membership(
     let conflicts: Vec<String> = flags
         .iter()
         .filter_map(|(id, addr)| match stored.get(id) {
-            Some(stored_addr) if stored_addr != addr => Some(format!(
-                "server {id} is {stored_addr} in the stored membership but --peer says {addr}"
-            )),
+            Some(stored_addr) if stored_addr != addr => {
+                Some(format!("server {id} is {stored_addr} in the stored membership but --peer says {addr}"))
+            }
             _ => None,
         })
         .collect();
@@ -232,17 +204,10 @@ fn check_membership(
         return Err(StartError::MembershipMismatch(conflicts.join("; ")));
     }
     if !flags.is_empty() && flags.keys().ne(stored.keys()) {
-        tracing::warn!(
-            ?stored,
-            ?flags,
-            "membership changed since --peer was written; using the stored membership"
-        );
+        tracing::warn!(?stored, ?flags, "membership changed since --peer was written; using the stored membership");
     }
     if !stored.contains_key(&own_id) {
-        tracing::warn!(
-            own_id,
-            "this server is not in the stored membership (removed?); waiting to be added again"
-        );
+        tracing::warn!(own_id, "this server is not in the stored membership (removed?); waiting to be added again");
     }
     Ok(())
 }
@@ -260,21 +225,11 @@ async fn serve(
     use pb::raft_peer_server::RaftPeerServer;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<JobServiceServer<api::jobs::Jobs>>()
-        .await;
-    health
-        .set_serving::<AllocationServiceServer<api::jobs::Allocations>>()
-        .await;
-    health
-        .set_serving::<NodeServiceServer<api::nodes::Nodes>>()
-        .await;
-    health
-        .set_serving::<ClusterServiceServer<api::cluster_service::Membership>>()
-        .await;
-    health
-        .set_serving::<RaftPeerServer<raft::peer_service::PeerService>>()
-        .await;
+    health.set_serving::<JobServiceServer<api::jobs::Jobs>>().await;
+    health.set_serving::<AllocationServiceServer<api::jobs::Allocations>>().await;
+    health.set_serving::<NodeServiceServer<api::nodes::Nodes>>().await;
+    health.set_serving::<ClusterServiceServer<api::cluster_service::Membership>>().await;
+    health.set_serving::<RaftPeerServer<raft::peer_service::PeerService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -282,10 +237,9 @@ async fn serve(
         // build defect, not a runtime condition.
         .expect("embedded file descriptor set is valid");
 
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: "0.0.0.0:0".parse().expect("literal"),
-        source,
-    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr: "0.0.0.0:0".parse().expect("literal"), source })?;
     tracing::info!(node_id = cluster.node_id, %addr, "helios-server serving");
     let limit = MAX_MESSAGE_BYTES;
     tonic::transport::Server::builder()
@@ -293,34 +247,21 @@ async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            JobServiceServer::new(api::jobs::Jobs {
-                cluster: cluster.clone(),
-            })
-            .max_decoding_message_size(limit),
+            JobServiceServer::new(api::jobs::Jobs { cluster: cluster.clone() }).max_decoding_message_size(limit),
         )
         .add_service(
-            AllocationServiceServer::new(api::jobs::Allocations {
-                cluster: cluster.clone(),
-            })
-            .max_decoding_message_size(limit),
+            AllocationServiceServer::new(api::jobs::Allocations { cluster: cluster.clone() })
+                .max_decoding_message_size(limit),
         )
         .add_service(
-            NodeServiceServer::new(api::nodes::Nodes {
-                cluster: cluster.clone(),
-            })
-            .max_decoding_message_size(limit),
+            NodeServiceServer::new(api::nodes::Nodes { cluster: cluster.clone() }).max_decoding_message_size(limit),
         )
         .add_service(
-            ClusterServiceServer::new(api::cluster_service::Membership {
-                cluster: cluster.clone(),
-            })
-            .max_decoding_message_size(limit),
+            ClusterServiceServer::new(api::cluster_service::Membership { cluster: cluster.clone() })
+                .max_decoding_message_size(limit),
         )
         .add_service(
-            AgentServiceServer::new(api::agent::Agents {
-                cluster: cluster.clone(),
-            })
-            .max_decoding_message_size(limit),
+            AgentServiceServer::new(api::agent::Agents { cluster: cluster.clone() }).max_decoding_message_size(limit),
         )
         .add_service(
             RaftPeerServer::new(raft::peer_service::PeerService { cluster })
@@ -329,10 +270,7 @@ async fn serve(
         )
         // Nagle's algorithm against the peer's delayed ACKs stalls small replies by 40 ms; the
         // builder's tcp_nodelay does not reach connections from a listener we bound ourselves.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await?;
     Ok(())
 }

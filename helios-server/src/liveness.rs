@@ -39,9 +39,7 @@ impl HeartbeatTracker {
 
     /// Records a heartbeat: `node_id` must be heard from again within `ttl`.
     pub fn touch(&self, node_id: &str, ttl: Duration) {
-        self.lock()
-            .deadlines
-            .insert(node_id.to_string(), Instant::now() + ttl);
+        self.lock().deadlines.insert(node_id.to_string(), Instant::now() + ttl);
     }
 }
 
@@ -74,10 +72,7 @@ pub async fn run(cluster: Cluster) {
 fn begin_term(cluster: &Cluster, term: u64, ttl: Duration) {
     let mut state = cluster.tracker.lock();
     if state.term != Some(term) {
-        tracing::info!(
-            term,
-            "leading: every client node gets a fresh heartbeat grace period"
-        );
+        tracing::info!(term, "leading: every client node gets a fresh heartbeat grace period");
         state.term = Some(term);
         let fresh = Instant::now() + ttl;
         for deadline in state.deadlines.values_mut() {
@@ -86,10 +81,7 @@ fn begin_term(cluster: &Cluster, term: u64, ttl: Duration) {
     }
 }
 
-async fn check_deadlines(
-    cluster: &Cluster,
-    ttl: Duration,
-) -> Result<(), crate::cluster::ClusterError> {
+async fn check_deadlines(cluster: &Cluster, ttl: Duration) -> Result<(), crate::cluster::ClusterError> {
     let nodes = cluster.read_local(read::nodes).await?;
     let now = Instant::now();
     let mut silent = Vec::new();
@@ -106,11 +98,7 @@ async fn check_deadlines(
     }
     for node_id in silent {
         tracing::warn!(%node_id, "node missed its heartbeat deadline; marking it down");
-        let command = Command::SetNodeStatus {
-            node_id,
-            status: NodeStatus::Down,
-            now: clock::now(),
-        };
+        let command = Command::SetNodeStatus { node_id, status: NodeStatus::Down, now: clock::now() };
         cluster.write(command).await?;
     }
     Ok(())

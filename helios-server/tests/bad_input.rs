@@ -17,11 +17,7 @@ async fn assert_refused<T: std::fmt::Debug>(
     let status = result.expect_err("request must be refused");
     assert_eq!(status.code(), code, "{status:?}");
     for f in fragments {
-        assert!(
-            status.message().contains(f),
-            "{:?} lacks {f:?}",
-            status.message()
-        );
+        assert!(status.message().contains(f), "{:?} lacks {f:?}", status.message());
     }
 }
 
@@ -29,18 +25,10 @@ async fn assert_refused<T: std::fmt::Debug>(
 async fn bad_requests_are_refused_and_change_nothing() {
     let cluster = TestCluster::start(3).await;
     let leader = cluster.leader().await;
-    let follower = cluster
-        .running_ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let follower = cluster.running_ids().into_iter().find(|id| *id != leader).expect("a follower");
     cluster.submit(leader, "keeper").await;
     let mut jobs = cluster.jobs(follower).await;
-    let before = jobs
-        .list_jobs(pb::ListJobsRequest {})
-        .await
-        .expect("list")
-        .into_inner();
+    let before = jobs.list_jobs(pb::ListJobsRequest {}).await.expect("list").into_inner();
 
     // Invalid fields, every one named with its path.
     let mut job = Job::exec("keeper", "echo", vec![]);
@@ -50,15 +38,9 @@ async fn bad_requests_are_refused_and_change_nothing() {
     job.task_groups[0].tasks.push(second);
     job.priority = 500;
     assert_refused(
-        jobs.submit_job(pb::SubmitJobRequest {
-            job: Some(job_to_pb(&job)),
-        })
-        .await,
+        jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await,
         Code::InvalidArgument,
-        &[
-            "task_groups[0].tasks[1].resources.memory_mb: must be > 0",
-            "priority: must be between 1 and 100",
-        ],
+        &["task_groups[0].tasks[1].resources.memory_mb: must be > 0", "priority: must be between 1 and 100"],
     )
     .await;
 
@@ -69,8 +51,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
     raw.task_groups[0].tasks[0].driver = None;
     raw.meta.insert("note".into(), "ring\u{7}".into());
     assert_refused(
-        jobs.submit_job(pb::SubmitJobRequest { job: Some(raw) })
-            .await,
+        jobs.submit_job(pb::SubmitJobRequest { job: Some(raw) }).await,
         Code::InvalidArgument,
         &[
             "type: unknown job type 99",
@@ -89,8 +70,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let mut control = job_to_pb(&Job::exec("x", "echo", vec![]));
     control.name = "evil\nname".into();
     assert_refused(
-        jobs.submit_job(pb::SubmitJobRequest { job: Some(control) })
-            .await,
+        jobs.submit_job(pb::SubmitJobRequest { job: Some(control) }).await,
         Code::InvalidArgument,
         &["name:"],
     )
@@ -99,40 +79,24 @@ async fn bad_requests_are_refused_and_change_nothing() {
     // Oversized messages are refused by the transport before any handler runs.
     let mut huge = job_to_pb(&Job::exec("huge", "echo", vec![]));
     huge.meta.insert("blob".into(), "x".repeat(5 * 1024 * 1024));
-    let status = jobs
-        .submit_job(pb::SubmitJobRequest { job: Some(huge) })
-        .await
-        .expect_err("too large");
-    assert!(
-        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
-        "{status:?}"
-    );
+    let status = jobs.submit_job(pb::SubmitJobRequest { job: Some(huge) }).await.expect_err("too large");
+    assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted), "{status:?}");
 
     // Unknown names.
     assert_refused(
-        jobs.get_job(pb::GetJobRequest {
-            name: "nope".into(),
-        })
-        .await,
+        jobs.get_job(pb::GetJobRequest { name: "nope".into() }).await,
         Code::NotFound,
         &["job \"nope\" not found"],
     )
     .await;
     assert_refused(
-        jobs.stop_job(pb::StopJobRequest {
-            name: "nope".into(),
-            purge: false,
-        })
-        .await,
+        jobs.stop_job(pb::StopJobRequest { name: "nope".into(), purge: false }).await,
         Code::NotFound,
         &["not found"],
     )
     .await;
     assert_refused(
-        jobs.get_job_status(pb::GetJobStatusRequest {
-            name: "no such/job".into(),
-        })
-        .await,
+        jobs.get_job_status(pb::GetJobStatusRequest { name: "no such/job".into() }).await,
         Code::InvalidArgument,
         &["name:"],
     )
@@ -141,55 +105,36 @@ async fn bad_requests_are_refused_and_change_nothing() {
     // Membership nonsense.
     let mut members = cluster.cluster_client(follower).await;
     assert_refused(
-        members
-            .add_server(pb::AddServerRequest {
-                id: 0,
-                addr: "127.0.0.1:1".into(),
-            })
-            .await,
+        members.add_server(pb::AddServerRequest { id: 0, addr: "127.0.0.1:1".into() }).await,
         Code::InvalidArgument,
         &["id: must be > 0"],
     )
     .await;
     assert_refused(
-        members
-            .add_server(pb::AddServerRequest {
-                id: 9,
-                addr: "nonsense".into(),
-            })
-            .await,
+        members.add_server(pb::AddServerRequest { id: 9, addr: "nonsense".into() }).await,
         Code::InvalidArgument,
         &["addr: expected HOST:PORT"],
     )
     .await;
 
     // Allocations and nodes.
-    let mut allocs = helios_api::pb::allocation_service_client::AllocationServiceClient::new(
-        cluster.channel(leader).await,
-    );
+    let mut allocs =
+        helios_api::pb::allocation_service_client::AllocationServiceClient::new(cluster.channel(leader).await);
     assert_refused(
-        allocs
-            .get_allocation(pb::GetAllocationRequest { id: "zz!".into() })
-            .await,
+        allocs.get_allocation(pb::GetAllocationRequest { id: "zz!".into() }).await,
         Code::InvalidArgument,
         &["id:"],
     )
     .await;
     assert_refused(
-        allocs
-            .get_allocation(pb::GetAllocationRequest { id: "abcd".into() })
-            .await,
+        allocs.get_allocation(pb::GetAllocationRequest { id: "abcd".into() }).await,
         Code::NotFound,
         &["abcd"],
     )
     .await;
 
     // Nothing stored changed, and the servers still serve writes.
-    let after = jobs
-        .list_jobs(pb::ListJobsRequest {})
-        .await
-        .expect("list")
-        .into_inner();
+    let after = jobs.list_jobs(pb::ListJobsRequest {}).await.expect("list").into_inner();
     assert_eq!(before, after);
     assert!(cluster.submit(follower, "still-serving").await.changed);
     cluster.shutdown().await;

@@ -9,11 +9,7 @@ use helios_api::pb;
 async fn three_servers_elect_a_leader_and_accept_writes_on_a_follower() {
     let cluster = TestCluster::start(3).await;
     let leader = cluster.leader().await;
-    let follower = cluster
-        .running_ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let follower = cluster.running_ids().into_iter().find(|id| *id != leader).expect("a follower");
 
     let reply = cluster.submit(follower, "from-follower").await;
     assert!(reply.changed);
@@ -24,9 +20,7 @@ async fn three_servers_elect_a_leader_and_accept_writes_on_a_follower() {
         let job = cluster
             .jobs(id)
             .await
-            .get_job(pb::GetJobRequest {
-                name: "from-follower".into(),
-            })
+            .get_job(pb::GetJobRequest { name: "from-follower".into() })
             .await
             .expect("job is visible")
             .into_inner()
@@ -42,9 +36,7 @@ async fn three_servers_elect_a_leader_and_accept_writes_on_a_follower() {
     let reply = cluster
         .jobs(follower)
         .await
-        .submit_job(pb::SubmitJobRequest {
-            job: Some(helios_api::convert::job_to_pb(&changed)),
-        })
+        .submit_job(pb::SubmitJobRequest { job: Some(helios_api::convert::job_to_pb(&changed)) })
         .await
         .expect("update")
         .into_inner();
@@ -52,14 +44,7 @@ async fn three_servers_elect_a_leader_and_accept_writes_on_a_follower() {
     assert_eq!(reply.version, 1);
     let members = cluster.members(follower).await;
     assert_eq!(members.members.len(), 3);
-    assert_eq!(
-        members
-            .members
-            .iter()
-            .filter(|m| m.role == "leader")
-            .count(),
-        1
-    );
+    assert_eq!(members.members.iter().filter(|m| m.role == "leader").count(), 1);
     assert!(members.members.iter().all(|m| m.voter && m.term >= 1));
     cluster.shutdown().await;
 }
@@ -75,10 +60,7 @@ async fn writes_continue_without_the_leader_and_the_old_leader_catches_up() {
     assert_ne!(new_leader, old_leader);
     let mut last_index = 0;
     for i in 0..5 {
-        last_index = cluster
-            .submit(new_leader, &format!("during-{i}"))
-            .await
-            .index;
+        last_index = cluster.submit(new_leader, &format!("during-{i}")).await.index;
     }
 
     cluster.restart(old_leader).await;
@@ -89,17 +71,11 @@ async fn writes_continue_without_the_leader_and_the_old_leader_catches_up() {
     })
     .await;
     let leader_term = cluster.own_status(new_leader).await.term;
-    assert_eq!(
-        status.term, leader_term,
-        "it follows the new leader's term: {status:?}"
-    );
+    assert_eq!(status.term, leader_term, "it follows the new leader's term: {status:?}");
     assert_eq!(status.role, "follower");
     let mut names = cluster.job_names(old_leader).await;
     names.sort();
-    assert_eq!(
-        names,
-        ["before", "during-0", "during-1", "during-2", "during-3", "during-4"]
-    );
+    assert_eq!(names, ["before", "during-0", "during-1", "during-2", "during-3", "during-4"]);
     cluster.shutdown().await;
 }
 
@@ -112,98 +88,49 @@ async fn a_new_server_joins_from_a_snapshot_and_a_server_is_removed() {
         cluster.submit(leader, &format!("job-{i}")).await;
     }
     let purged = wait_for("the leader to purge its log behind a snapshot", || async {
-        cluster
-            .own_status(leader)
-            .await
-            .purged_index
-            .filter(|p| *p > 0)
+        cluster.own_status(leader).await.purged_index.filter(|p| *p > 0)
     })
     .await;
 
     let addr = cluster.start_new_server(4).await;
-    let via = cluster
-        .running_ids()
-        .into_iter()
-        .find(|id| *id != leader && *id != 4)
-        .expect("a follower");
+    let via = cluster.running_ids().into_iter().find(|id| *id != leader && *id != 4).expect("a follower");
     cluster
         .cluster_client(via)
         .await
-        .add_server(pb::AddServerRequest {
-            id: 4,
-            addr: addr.clone(),
-        })
+        .add_server(pb::AddServerRequest { id: 4, addr: addr.clone() })
         .await
         .expect("join server 4");
 
     // Server 4 learns the new membership by replication, just after the leader commits it.
     let four = wait_for("server 4 to see itself as a voter", || async {
-        cluster
-            .members(4)
-            .await
-            .members
-            .into_iter()
-            .find(|m| m.id == 4 && m.voter)
+        cluster.members(4).await.members.into_iter().find(|m| m.id == 4 && m.voter)
     })
     .await;
     assert_eq!(four.addr, addr);
     // Entries up to `purged` exist only in snapshots now: server 4 holding every job proves it
     // received and installed one.
     assert_eq!(cluster.job_names(4).await.len(), 60);
-    let snapshot = cluster
-        .own_status(4)
-        .await
-        .snapshot_index
-        .expect("server 4 has a snapshot");
-    assert!(
-        snapshot >= purged,
-        "snapshot {snapshot} covers the purged log up to {purged}"
-    );
+    let snapshot = cluster.own_status(4).await.snapshot_index.expect("server 4 has a snapshot");
+    assert!(snapshot >= purged, "snapshot {snapshot} covers the purged log up to {purged}");
 
     // Adding it twice is refused and changes nothing.
-    let again = cluster
-        .cluster_client(leader)
-        .await
-        .add_server(pb::AddServerRequest { id: 4, addr })
-        .await;
-    assert_eq!(
-        again.expect_err("duplicate join").code(),
-        tonic::Code::FailedPrecondition
-    );
+    let again = cluster.cluster_client(leader).await.add_server(pb::AddServerRequest { id: 4, addr }).await;
+    assert_eq!(again.expect_err("duplicate join").code(), tonic::Code::FailedPrecondition);
 
     // Remove a follower that is not the leader; the cluster keeps working with the rest.
-    let removed = cluster
-        .running_ids()
-        .into_iter()
-        .find(|id| *id != leader && *id != 4)
-        .expect("a follower");
-    cluster
-        .cluster_client(4)
-        .await
-        .remove_server(pb::RemoveServerRequest { id: removed })
-        .await
-        .expect("remove");
+    let removed = cluster.running_ids().into_iter().find(|id| *id != leader && *id != 4).expect("a follower");
+    cluster.cluster_client(4).await.remove_server(pb::RemoveServerRequest { id: removed }).await.expect("remove");
     let members = cluster.members(leader).await;
     let mut ids: Vec<u64> = members.members.iter().map(|m| m.id).collect();
     ids.sort();
-    let mut expected: Vec<u64> = [1, 2, 3, 4]
-        .into_iter()
-        .filter(|id| *id != removed)
-        .collect();
+    let mut expected: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|id| *id != removed).collect();
     expected.sort();
     assert_eq!(ids, expected);
     cluster.stop(removed).await;
     cluster.submit(4, "after-removal").await;
     assert_eq!(cluster.job_names(leader).await.len(), 61);
 
-    let unknown = cluster
-        .cluster_client(leader)
-        .await
-        .remove_server(pb::RemoveServerRequest { id: 99 })
-        .await;
-    assert_eq!(
-        unknown.expect_err("unknown server").code(),
-        tonic::Code::FailedPrecondition
-    );
+    let unknown = cluster.cluster_client(leader).await.remove_server(pb::RemoveServerRequest { id: 99 }).await;
+    assert_eq!(unknown.expect_err("unknown server").code(), tonic::Code::FailedPrecondition);
     cluster.shutdown().await;
 }

@@ -18,56 +18,33 @@ async fn health_and_reflection_answer_on_the_api_port() {
     let channel = cluster.channel(1).await;
 
     let mut health = HealthClient::new(channel.clone());
-    for service in [
-        "",
-        "helios.v1.JobService",
-        "helios.v1.ClusterService",
-        "helios.v1.RaftPeer",
-    ] {
+    for service in ["", "helios.v1.JobService", "helios.v1.ClusterService", "helios.v1.RaftPeer"] {
         let reply = health
-            .check(HealthCheckRequest {
-                service: service.to_string(),
-            })
+            .check(HealthCheckRequest { service: service.to_string() })
             .await
             .unwrap_or_else(|e| panic!("health of {service:?}: {e}"))
             .into_inner();
         assert_eq!(reply.status(), ServingStatus::Serving, "{service:?}");
     }
-    let unknown = health
-        .check(HealthCheckRequest {
-            service: "no.such.Service".into(),
-        })
-        .await;
-    assert_eq!(
-        unknown.expect_err("unknown service").code(),
-        tonic::Code::NotFound
-    );
+    let unknown = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await;
+    assert_eq!(unknown.expect_err("unknown service").code(), tonic::Code::NotFound);
 
     let mut reflection = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut replies = reflection
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .expect("reflection")
-        .into_inner();
+    let mut replies =
+        reflection.server_reflection_info(futures::stream::iter([request])).await.expect("reflection").into_inner();
     let reply = replies.message().await.expect("reply").expect("one reply");
     let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
         panic!("unexpected reflection reply: {reply:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in [
-        "helios.v1.JobService",
-        "helios.v1.AllocationService",
-        "helios.v1.NodeService",
-        "helios.v1.ClusterService",
-    ] {
-        assert!(
-            names.iter().any(|n| n == expected),
-            "{expected} missing from {names:?}"
-        );
+    for expected in
+        ["helios.v1.JobService", "helios.v1.AllocationService", "helios.v1.NodeService", "helios.v1.ClusterService"]
+    {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
     cluster.shutdown().await;
 }

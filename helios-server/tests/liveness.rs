@@ -5,90 +5,21 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wait_for, TestCluster, HEARTBEAT_TTL};
+use common::{node, start_agent, wait_status, TestCluster, HEARTBEAT_TTL};
 use helios_api::pb;
 use helios_api::pb::agent_service_client::AgentServiceClient;
-use helios_api::pb::node_service_client::NodeServiceClient;
-use helios_client::ClientConfig;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-struct Agent {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), helios_client::ClientError>>,
-}
-
-impl Agent {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task
-            .await
-            .expect("agent task")
-            .expect("agent ran cleanly");
-    }
-}
-
-async fn start_agent(cluster: &TestCluster, node_id: &str, data_dir: &std::path::Path) -> Agent {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let config = ClientConfig {
-        node_id: node_id.to_string(),
-        servers: cluster
-            .addrs
-            .values()
-            .map(|a| format!("http://{a}"))
-            .collect(),
-        rpc_addr: listener.local_addr().expect("addr"),
-        data_dir: data_dir.to_path_buf(),
-        meta: [("rack".to_string(), "r1".to_string())].into(),
-        cpu_mhz: Some(4000),
-        memory_mb: Some(8192),
-    };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(helios_client::run_on(config, listener, async move {
-        let _ = stopped.await;
-    }));
-    Agent { stop, task }
-}
-
-async fn node(cluster: &TestCluster, via: u64, id: &str) -> Option<pb::Node> {
-    let mut nodes = NodeServiceClient::new(cluster.channel(via).await);
-    nodes
-        .get_node(pb::GetNodeRequest { id: id.to_string() })
-        .await
-        .ok()?
-        .into_inner()
-        .node
-}
-
-async fn wait_status(cluster: &TestCluster, via: u64, id: &str, status: &str) -> pb::Node {
-    wait_for(&format!("node {id} to be {status}"), || async {
-        node(cluster, via, id).await.filter(|n| n.status == status)
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_silent_node_goes_down_and_comes_back_when_its_agent_restarts() {
     let cluster = TestCluster::start(3).await;
     let leader = cluster.leader().await;
-    let follower = cluster
-        .running_ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("follower");
+    let follower = cluster.running_ids().into_iter().find(|id| *id != leader).expect("follower");
     let agent_dir = tempfile::tempdir().expect("temp dir");
 
     let agent = start_agent(&cluster, "n1", agent_dir.path()).await;
     let registered = wait_status(&cluster, follower, "n1", "ready").await;
     assert_eq!(registered.meta["rack"], "r1");
-    assert_eq!(
-        registered.resources,
-        Some(pb::Resources {
-            cpu_mhz: 4000,
-            memory_mb: 8192
-        })
-    );
+    assert_eq!(registered.resources, Some(pb::Resources { cpu_mhz: 4000, memory_mb: 8192 }));
     assert_eq!(registered.drivers, ["exec"]);
     assert_eq!(registered.attributes["os"], std::env::consts::OS);
 
@@ -98,10 +29,7 @@ async fn a_silent_node_goes_down_and_comes_back_when_its_agent_restarts() {
     // The same agent (same data dir, so the same secret) takes its node back.
     let agent = start_agent(&cluster, "n1", agent_dir.path()).await;
     let back = wait_status(&cluster, follower, "n1", "ready").await;
-    assert_eq!(
-        back.registered_at_ms, registered.registered_at_ms,
-        "it is the same node"
-    );
+    assert_eq!(back.registered_at_ms, registered.registered_at_ms, "it is the same node");
     agent.stop().await;
     cluster.shutdown().await;
 }
@@ -113,15 +41,8 @@ async fn a_leader_failover_never_marks_healthy_nodes_down() {
     let dir = tempfile::tempdir().expect("temp dir");
     let a = start_agent(&cluster, "a", dir.path()).await;
     let b = start_agent(&cluster, "b", dir.path()).await;
-    let via = cluster
-        .running_ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("follower");
-    let before = [
-        wait_status(&cluster, via, "a", "ready").await,
-        wait_status(&cluster, via, "b", "ready").await,
-    ];
+    let via = cluster.running_ids().into_iter().find(|id| *id != leader).expect("follower");
+    let before = [wait_status(&cluster, via, "a", "ready").await, wait_status(&cluster, via, "b", "ready").await];
 
     cluster.stop(leader).await;
     cluster.leader().await;
@@ -130,19 +51,9 @@ async fn a_leader_failover_never_marks_healthy_nodes_down() {
     let watch_until = tokio::time::Instant::now() + HEARTBEAT_TTL * 3;
     while tokio::time::Instant::now() < watch_until {
         for old in &before {
-            let now = node(&cluster, via, &old.id)
-                .await
-                .expect("node still known");
-            assert_eq!(
-                now.status, "ready",
-                "node {} was marked down by the failover",
-                old.id
-            );
-            assert_eq!(
-                now.status_updated_at_ms, old.status_updated_at_ms,
-                "node {} changed status",
-                old.id
-            );
+            let now = node(&cluster, via, &old.id).await.expect("node still known");
+            assert_eq!(now.status, "ready", "node {} was marked down by the failover", old.id);
+            assert_eq!(now.status_updated_at_ms, old.status_updated_at_ms, "node {} changed status", old.id);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -160,60 +71,25 @@ async fn an_agent_cannot_take_another_nodes_identity() {
     let real = wait_status(&cluster, 1, "n1", "ready").await;
     let mut api = AgentServiceClient::new(cluster.channel(1).await);
 
-    let impostor = pb::RegisterRequest {
-        node: Some(real.clone()),
-        secret: "not-the-secret".into(),
-    };
-    let refused = api
-        .register(impostor)
-        .await
-        .expect_err("impostor registration");
+    let impostor = pb::RegisterRequest { node: Some(real.clone()), secret: "not-the-secret".into() };
+    let refused = api.register(impostor).await.expect_err("impostor registration");
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    assert!(
-        refused.message().contains("belongs to another agent"),
-        "{}",
-        refused.message()
-    );
+    assert!(refused.message().contains("belongs to another agent"), "{}", refused.message());
 
-    let spoofed = api
-        .heartbeat(pb::HeartbeatRequest {
-            node_id: "n1".into(),
-            secret: "guess".into(),
-        })
-        .await;
-    assert_eq!(
-        spoofed.expect_err("spoofed heartbeat").code(),
-        tonic::Code::PermissionDenied
-    );
-    let unknown = api
-        .heartbeat(pb::HeartbeatRequest {
-            node_id: "ghost".into(),
-            secret: "x".into(),
-        })
-        .await;
-    assert_eq!(
-        unknown.expect_err("unknown node").code(),
-        tonic::Code::NotFound
-    );
+    let spoofed = api.heartbeat(pb::HeartbeatRequest { node_id: "n1".into(), secret: "guess".into() }).await;
+    assert_eq!(spoofed.expect_err("spoofed heartbeat").code(), tonic::Code::PermissionDenied);
+    let unknown = api.heartbeat(pb::HeartbeatRequest { node_id: "ghost".into(), secret: "x".into() }).await;
+    assert_eq!(unknown.expect_err("unknown node").code(), tonic::Code::NotFound);
 
     let mut garbage = real.clone();
     garbage.id = "bad id".into();
     garbage.rpc_addr = "nowhere".into();
     garbage.drivers = vec!["qemu".into()];
-    let invalid = api
-        .register(pb::RegisterRequest {
-            node: Some(garbage),
-            secret: String::new(),
-        })
-        .await;
+    let invalid = api.register(pb::RegisterRequest { node: Some(garbage), secret: String::new() }).await;
     let status = invalid.expect_err("invalid registration");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     for field in ["id:", "rpc_addr:", "drivers[0]:", "secret:"] {
-        assert!(
-            status.message().contains(field),
-            "{field} missing from {}",
-            status.message()
-        );
+        assert!(status.message().contains(field), "{field} missing from {}", status.message());
     }
     // Nothing changed for the real node.
     let after = node(&cluster, 1, "n1").await.expect("node");

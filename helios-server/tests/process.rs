@@ -33,23 +33,14 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind port 0")
-        .local_addr()
-        .expect("addr")
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("addr").port()
 }
 
 /// `helios-server --node-id N --rpc-addr A --peer 1=.. --peer 2=.. --peer 3=.. [--bootstrap]`,
 /// run in `dir` (the data dir defaults to the working directory, as in the README).
 fn start(dir: &Path, id: u64, ports: &[u16; 3]) -> Server {
     let mut cmd = Command::new(BINARY);
-    cmd.args([
-        "--node-id",
-        &id.to_string(),
-        "--rpc-addr",
-        &format!("127.0.0.1:{}", ports[id as usize - 1]),
-    ]);
+    cmd.args(["--node-id", &id.to_string(), "--rpc-addr", &format!("127.0.0.1:{}", ports[id as usize - 1])]);
     for (i, port) in ports.iter().enumerate() {
         cmd.args(["--peer", &format!("{}=127.0.0.1:{port}", i + 1)]);
     }
@@ -67,9 +58,7 @@ fn start(dir: &Path, id: u64, ports: &[u16; 3]) -> Server {
 }
 
 fn channel(port: u16) -> Channel {
-    Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .expect("url")
-        .connect_lazy()
+    Channel::from_shared(format!("http://127.0.0.1:{port}")).expect("url").connect_lazy()
 }
 
 async fn leader(ports: &[u16; 3]) -> u64 {
@@ -79,11 +68,7 @@ async fn leader(ports: &[u16; 3]) -> u64 {
             if let Ok(reply) = client.list_members(pb::ListMembersRequest {}).await {
                 let reply = reply.into_inner();
                 let leader = reply.leader_id?;
-                if reply
-                    .members
-                    .iter()
-                    .any(|m| m.id == leader && m.role == "leader")
-                {
+                if reply.members.iter().any(|m| m.id == leader && m.role == "leader") {
                     return Some(leader);
                 }
             }
@@ -97,9 +82,7 @@ async fn leader(ports: &[u16; 3]) -> u64 {
 async fn sigkill_of_the_leader_under_writes_loses_no_acknowledged_job() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ports = [free_port(), free_port(), free_port()];
-    let mut servers: Vec<Option<Server>> = (1..=3)
-        .map(|id| Some(start(dir.path(), id, &ports)))
-        .collect();
+    let mut servers: Vec<Option<Server>> = (1..=3).map(|id| Some(start(dir.path(), id, &ports))).collect();
     let first_leader = leader(&ports).await;
 
     // Writers keep submitting distinct jobs, moving to the next server whenever one fails.
@@ -110,19 +93,14 @@ async fn sigkill_of_the_leader_under_writes_loses_no_acknowledged_job() {
     for w in 0..4u64 {
         let (acked, count, stop) = (acked.clone(), count.clone(), stop.clone());
         writers.push(tokio::spawn(async move {
-            let clients: Vec<_> = ports
-                .iter()
-                .map(|p| JobServiceClient::new(channel(*p)))
-                .collect();
+            let clients: Vec<_> = ports.iter().map(|p| JobServiceClient::new(channel(*p))).collect();
             let mut target = usize::try_from(w).expect("small") % clients.len();
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let name = format!("w{w}-{i}");
                 i += 1;
                 let job = Job::exec(&name, "echo", vec![name.clone()]);
-                let mut request = tonic::Request::new(pb::SubmitJobRequest {
-                    job: Some(job_to_pb(&job)),
-                });
+                let mut request = tonic::Request::new(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) });
                 request.set_timeout(Duration::from_secs(20));
                 match clients[target].clone().submit_job(request).await {
                     Ok(_) => {
@@ -146,22 +124,14 @@ async fn sigkill_of_the_leader_under_writes_loses_no_acknowledged_job() {
     // SIGKILL: no shutdown path runs.
     drop(servers[first_leader as usize - 1].take());
     let before_restart = count.load(Ordering::Relaxed);
-    wait_for(
-        "writes on the new leader",
-        acked_at_least(before_restart + 50),
-    )
-    .await;
+    wait_for("writes on the new leader", acked_at_least(before_restart + 50)).await;
     let new_leader = leader(&ports).await;
     assert_ne!(new_leader, first_leader);
 
     // The same command line again, on the same data: it must rejoin, not re-initialize.
     servers[first_leader as usize - 1] = Some(start(dir.path(), first_leader, &ports));
     let after_restart = count.load(Ordering::Relaxed);
-    wait_for(
-        "writes after the restart",
-        acked_at_least(after_restart + 50),
-    )
-    .await;
+    wait_for("writes after the restart", acked_at_least(after_restart + 50)).await;
     // Then every server dies at once, mid-write (a power cut): what was acknowledged must be on
     // disk on a majority, and each server must recover it from its own log and state.
     for server in &mut servers {
@@ -190,18 +160,10 @@ async fn sigkill_of_the_leader_under_writes_loses_no_acknowledged_job() {
         .map(|j| j.name)
         .collect();
         let missing: Vec<_> = acked.difference(&stored).collect();
-        assert!(
-            missing.is_empty(),
-            "server {} lost acknowledged jobs: {missing:?}",
-            i + 1
-        );
+        assert!(missing.is_empty(), "server {} lost acknowledged jobs: {missing:?}", i + 1);
     }
-    let log = std::fs::read_to_string(dir.path().join(format!("server-{first_leader}.log")))
-        .expect("log");
-    assert!(
-        log.contains("rejoining the cluster from stored state"),
-        "restart must not re-initialize:\n{log}"
-    );
+    let log = std::fs::read_to_string(dir.path().join(format!("server-{first_leader}.log"))).expect("log");
+    assert!(log.contains("rejoining the cluster from stored state"), "restart must not re-initialize:\n{log}");
 }
 
 fn run_to_exit(args: &[&str], dir: &Path) -> Output {
@@ -215,10 +177,7 @@ fn run_to_exit(args: &[&str], dir: &Path) -> Output {
     // Each of these must exit on its own; a hang is a failure, not a wait forever.
     let deadline = std::time::Instant::now() + WAIT;
     while child.try_wait().expect("wait").is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "helios-server {args:?} did not exit"
-        );
+        assert!(std::time::Instant::now() < deadline, "helios-server {args:?} did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().expect("output")
@@ -230,38 +189,14 @@ fn bad_flags_and_data_dirs_fail_with_a_clear_message() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
 
-    let out = run_to_exit(
-        &[
-            "--node-id",
-            "1",
-            "--rpc-addr",
-            &addr,
-            "--peer",
-            "1127.0.0.1:1",
-        ],
-        dir.path(),
-    );
+    let out = run_to_exit(&["--node-id", "1", "--rpc-addr", &addr, "--peer", "1127.0.0.1:1"], dir.path());
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--peer") && err.contains("expected ID=HOST:PORT"),
-        "{err}"
-    );
+    assert!(err.contains("--peer") && err.contains("expected ID=HOST:PORT"), "{err}");
 
-    let out = run_to_exit(
-        &[
-            "--node-id",
-            "3",
-            "--rpc-addr",
-            &addr,
-            "--peer",
-            &format!("1={addr}"),
-        ],
-        dir.path(),
-    );
+    let out = run_to_exit(&["--node-id", "3", "--rpc-addr", &addr, "--peer", &format!("1={addr}")], dir.path());
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("--peer list must include this server (--node-id 3)"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--peer list must include this server (--node-id 3)"));
 
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"").expect("write file");
@@ -281,34 +216,17 @@ fn bad_flags_and_data_dirs_fail_with_a_clear_message() {
         dir.path(),
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("is not a directory"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a directory"), "{out:?}");
 
     // A directory that exists but refuses new files, even to root.
     let out = run_to_exit(
-        &[
-            "--node-id",
-            "1",
-            "--rpc-addr",
-            &addr,
-            "--peer",
-            &peer,
-            "--bootstrap",
-            "--data-dir",
-            "/proc/self",
-        ],
+        &["--node-id", "1", "--rpc-addr", &addr, "--peer", &peer, "--bootstrap", "--data-dir", "/proc/self"],
         dir.path(),
     );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("data dir /proc/self is not writable"), "{err}");
-    assert_eq!(
-        err.lines().filter(|l| l.starts_with("Error:")).count(),
-        1,
-        "{err}"
-    );
+    assert_eq!(err.lines().filter(|l| l.starts_with("Error:")).count(), 1, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,15 +236,7 @@ async fn a_restart_with_contradicting_peers_refuses_to_start() {
     let addr = format!("127.0.0.1:{port}");
     let peer = format!("1={addr}");
     let server = Command::new(BINARY)
-        .args([
-            "--node-id",
-            "1",
-            "--rpc-addr",
-            &addr,
-            "--peer",
-            &peer,
-            "--bootstrap",
-        ])
+        .args(["--node-id", "1", "--rpc-addr", &addr, "--peer", &peer, "--bootstrap"])
         .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -338,43 +248,22 @@ async fn a_restart_with_contradicting_peers_refuses_to_start() {
         let mut jobs = jobs.clone();
         async move {
             let job = Job::exec("one", "echo", vec![]);
-            jobs.submit_job(pb::SubmitJobRequest {
-                job: Some(job_to_pb(&job)),
-            })
-            .await
-            .ok()
+            jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await.ok()
         }
     })
     .await;
     // SIGTERM shuts down cleanly.
     let pid = server.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
     let mut server = server;
     let status = server.child.wait().expect("exit");
     assert!(status.success(), "SIGTERM exit: {status:?}");
 
     let moved = format!("127.0.0.1:{}", free_port());
-    let out = run_to_exit(
-        &[
-            "--node-id",
-            "1",
-            "--rpc-addr",
-            &moved,
-            "--peer",
-            &format!("1={moved}"),
-        ],
-        dir.path(),
-    );
+    let out = run_to_exit(&["--node-id", "1", "--rpc-addr", &moved, "--peer", &format!("1={moved}")], dir.path());
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("contradicts --peer") && err.contains(&addr),
-        "{err}"
-    );
+    assert!(err.contains("contradicts --peer") && err.contains(&addr), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,11 +283,7 @@ async fn dev_mode_is_a_working_single_server_cluster() {
         let mut jobs = jobs.clone();
         async move {
             let job = Job::exec("dev-job", "echo", vec![]);
-            jobs.submit_job(pb::SubmitJobRequest {
-                job: Some(job_to_pb(&job)),
-            })
-            .await
-            .ok()
+            jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await.ok()
         }
     })
     .await;
@@ -410,8 +295,5 @@ async fn dev_mode_is_a_working_single_server_cluster() {
         .into_inner();
     assert_eq!(members.members.len(), 1);
     assert_eq!(members.members[0].role, "leader");
-    assert!(
-        dir.path().join("helios-node-1.db").exists(),
-        "data in the working directory"
-    );
+    assert!(dir.path().join("helios-node-1.db").exists(), "data in the working directory");
 }

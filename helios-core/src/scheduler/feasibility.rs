@@ -43,25 +43,15 @@ impl CompiledConstraints {
             }
         }
         let task_constraints = group.tasks.iter().flat_map(|t| t.constraints.iter());
-        for c in job
-            .constraints
-            .iter()
-            .chain(group.constraints.iter())
-            .chain(task_constraints)
-        {
+        for c in job.constraints.iter().chain(group.constraints.iter()).chain(task_constraints) {
             let label = format!("{} {} {}", c.attribute, c.operator.as_str(), c.value);
             let check = match c.operator {
                 ConstraintOperator::Equal => Check::Equal(c.attribute.clone(), c.value.clone()),
-                ConstraintOperator::NotEqual => {
-                    Check::NotEqual(c.attribute.clone(), c.value.clone())
+                ConstraintOperator::NotEqual => Check::NotEqual(c.attribute.clone(), c.value.clone()),
+                ConstraintOperator::Regexp => Check::Regexp(c.attribute.clone(), Regex::new(&c.value).ok()),
+                ConstraintOperator::Version => {
+                    Check::Version(c.attribute.clone(), parse_version_requirement(&c.value).unwrap_or_default())
                 }
-                ConstraintOperator::Regexp => {
-                    Check::Regexp(c.attribute.clone(), Regex::new(&c.value).ok())
-                }
-                ConstraintOperator::Version => Check::Version(
-                    c.attribute.clone(),
-                    parse_version_requirement(&c.value).unwrap_or_default(),
-                ),
                 ConstraintOperator::DistinctHosts => {
                     if !job.constraints.contains(c) {
                         compiled.distinct_hosts_group = true;
@@ -127,34 +117,24 @@ fn passes(check: &Check, node: &Node) -> bool {
         Check::Regexp(attr, re) => {
             node_attribute(node, attr).is_some_and(|v| re.as_ref().is_some_and(|re| re.is_match(v)))
         }
-        Check::Version(attr, terms) => node_attribute(node, attr)
-            .and_then(parse_version)
-            .is_some_and(|v| version_matches(&v, terms)),
+        Check::Version(attr, terms) => {
+            node_attribute(node, attr).and_then(parse_version).is_some_and(|v| version_matches(&v, terms))
+        }
     }
 }
 
 /// `v1.2.3-rc1` -> [1, 2, 3]: the leading dotted numbers.
 fn parse_version(text: &str) -> Option<Vec<u64>> {
     let text = text.trim().trim_start_matches('v');
-    let core = text
-        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .next()?;
-    let parts: Option<Vec<u64>> = core
-        .split('.')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse().ok())
-        .collect();
+    let core = text.split(|c: char| !(c.is_ascii_digit() || c == '.')).next()?;
+    let parts: Option<Vec<u64>> = core.split('.').filter(|p| !p.is_empty()).map(|p| p.parse().ok()).collect();
     parts.filter(|p| !p.is_empty())
 }
 
 fn version_matches(version: &[u64], terms: &[(String, Vec<u64>)]) -> bool {
     terms.iter().all(|(op, want)| {
         let len = version.len().max(want.len());
-        let pad = |v: &[u64]| {
-            (0..len)
-                .map(|i| v.get(i).copied().unwrap_or(0))
-                .collect::<Vec<_>>()
-        };
+        let pad = |v: &[u64]| (0..len).map(|i| v.get(i).copied().unwrap_or(0)).collect::<Vec<_>>();
         let ordering = pad(version).cmp(&pad(want));
         match op.as_str() {
             "=" => ordering.is_eq(),

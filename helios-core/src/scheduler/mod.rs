@@ -42,12 +42,7 @@ pub trait StateView {
 
 /// Plans evaluation `eval`. `new_id` makes allocation ids (the caller's source of identity keeps
 /// this function deterministic).
-pub fn schedule(
-    view: &impl StateView,
-    eval: &Evaluation,
-    now: Timestamp,
-    new_id: &mut dyn FnMut() -> String,
-) -> Plan {
+pub fn schedule(view: &impl StateView, eval: &Evaluation, now: Timestamp, new_id: &mut dyn FnMut() -> String) -> Plan {
     let mut plan = Plan {
         eval_id: eval.id.clone(),
         job_name: eval.job_name.clone(),
@@ -63,18 +58,10 @@ pub fn schedule(
         reconcile::stop_all(&existing, &mut plan, "job stopped");
         return plan;
     };
-    let nodes_by_id: BTreeMap<&str, &Node> =
-        view.nodes().iter().map(|n| (n.id.as_str(), n)).collect();
+    let nodes_by_id: BTreeMap<&str, &Node> = view.nodes().iter().map(|n| (n.id.as_str(), n)).collect();
     let mut placer = select::Placer::new(view, job, eval);
     for group in &job.task_groups {
-        let asks = reconcile::reconcile_group(
-            job,
-            group,
-            &existing,
-            &nodes_by_id,
-            view.nodes(),
-            &mut plan,
-        );
+        let asks = reconcile::reconcile_group(job, group, &existing, &nodes_by_id, view.nodes(), &mut plan);
         for ask in asks {
             match placer.place(group, &ask, now, new_id) {
                 Ok(alloc) => plan.placements.push(alloc),

@@ -52,17 +52,8 @@ pub fn stop_all(existing: &[&Allocation], plan: &mut Plan, why: &str) {
 
 pub fn stop_removed_groups(job: &Job, existing: &[&Allocation], plan: &mut Plan) {
     let groups: BTreeSet<&str> = job.task_groups.iter().map(|g| g.name.as_str()).collect();
-    for alloc in existing
-        .iter()
-        .filter(|a| is_live(a) && !groups.contains(a.task_group.as_str()))
-    {
-        stop(
-            plan,
-            alloc,
-            AllocDesiredStatus::Stop,
-            false,
-            "task group removed from the job",
-        );
+    for alloc in existing.iter().filter(|a| is_live(a) && !groups.contains(a.task_group.as_str())) {
+        stop(plan, alloc, AllocDesiredStatus::Stop, false, "task group removed from the job");
     }
 }
 
@@ -75,11 +66,7 @@ pub fn reconcile_group(
     nodes: &[Node],
     plan: &mut Plan,
 ) -> Vec<Ask> {
-    let mine: Vec<&Allocation> = existing
-        .iter()
-        .copied()
-        .filter(|a| a.task_group == group.name)
-        .collect();
+    let mine: Vec<&Allocation> = existing.iter().copied().filter(|a| a.task_group == group.name).collect();
     // Live allocations that may stay: on a usable node, of the current version.
     let mut keep: Vec<&Allocation> = Vec::new();
     for alloc in mine.iter().copied().filter(|a| is_live(a)) {
@@ -88,20 +75,10 @@ pub fn reconcile_group(
             Some(node) if node.status == NodeStatus::Down => {
                 stop(plan, alloc, AllocDesiredStatus::Stop, true, "node down")
             }
-            Some(node) if node.drain => stop(
-                plan,
-                alloc,
-                AllocDesiredStatus::Evict,
-                false,
-                "node draining",
-            ),
-            Some(_) if alloc.job_version != job.version => stop(
-                plan,
-                alloc,
-                AllocDesiredStatus::Stop,
-                false,
-                &format!("replaced by job version {}", job.version),
-            ),
+            Some(node) if node.drain => stop(plan, alloc, AllocDesiredStatus::Evict, false, "node draining"),
+            Some(_) if alloc.job_version != job.version => {
+                stop(plan, alloc, AllocDesiredStatus::Stop, false, &format!("replaced by job version {}", job.version))
+            }
             Some(_) => keep.push(alloc),
         }
     }
@@ -123,29 +100,14 @@ fn counted_slots(
     for alloc in keep {
         match slot_index(&alloc.name) {
             Some(i) if i < count && filled.insert(i) => {}
-            Some(i) if i >= count => {
-                stop(plan, alloc, AllocDesiredStatus::Stop, false, "scaled down")
-            }
-            _ => stop(
-                plan,
-                alloc,
-                AllocDesiredStatus::Stop,
-                false,
-                "duplicate of its slot",
-            ),
+            Some(i) if i >= count => stop(plan, alloc, AllocDesiredStatus::Stop, false, "scaled down"),
+            _ => stop(plan, alloc, AllocDesiredStatus::Stop, false, "duplicate of its slot"),
         }
     }
-    let current: Vec<&Allocation> = mine
-        .iter()
-        .copied()
-        .filter(|a| a.job_version == job.version)
-        .collect();
+    let current: Vec<&Allocation> = mine.iter().copied().filter(|a| a.job_version == job.version).collect();
     if job.job_type == JobType::Batch {
         // A batch slot that finished is done for this version.
-        for alloc in current
-            .iter()
-            .filter(|a| a.client_status == AllocClientStatus::Complete)
-        {
+        for alloc in current.iter().filter(|a| a.client_status == AllocClientStatus::Complete) {
             if let Some(i) = slot_index(&alloc.name) {
                 filled.insert(i);
             }
@@ -155,18 +117,13 @@ fn counted_slots(
     let mut given_up = 0;
     for i in (0..count).filter(|i| !filled.contains(i)) {
         let name = alloc_name(&job.name, &group.name, i);
-        let failures = current
-            .iter()
-            .filter(|a| a.name == name && a.client_status == AllocClientStatus::Failed)
-            .count();
+        let failures =
+            current.iter().filter(|a| a.name == name && a.client_status == AllocClientStatus::Failed).count();
         if failures > MAX_RESCHEDULES {
             given_up += 1;
             continue;
         }
-        asks.push(Ask {
-            name,
-            node_id: None,
-        });
+        asks.push(Ask { name, node_id: None });
     }
     if given_up > 0 {
         plan.failed_placements.insert(
@@ -177,34 +134,17 @@ fn counted_slots(
     asks
 }
 
-fn system_slots(
-    job: &Job,
-    group: &TaskGroup,
-    keep: Vec<&Allocation>,
-    nodes: &[Node],
-    plan: &mut Plan,
-) -> Vec<Ask> {
+fn system_slots(job: &Job, group: &TaskGroup, keep: Vec<&Allocation>, nodes: &[Node], plan: &mut Plan) -> Vec<Ask> {
     let mut covered: BTreeSet<&str> = BTreeSet::new();
     for alloc in keep {
         if !covered.insert(alloc.node_id.as_str()) {
-            stop(
-                plan,
-                alloc,
-                AllocDesiredStatus::Stop,
-                false,
-                "duplicate on its node",
-            );
+            stop(plan, alloc, AllocDesiredStatus::Stop, false, "duplicate on its node");
         }
     }
     nodes
         .iter()
-        .filter(|n| {
-            n.status == NodeStatus::Ready && n.eligibility == NodeEligibility::Eligible && !n.drain
-        })
+        .filter(|n| n.status == NodeStatus::Ready && n.eligibility == NodeEligibility::Eligible && !n.drain)
         .filter(|n| !covered.contains(n.id.as_str()))
-        .map(|n| Ask {
-            name: alloc_name(&job.name, &group.name, 0),
-            node_id: Some(n.id.clone()),
-        })
+        .map(|n| Ask { name: alloc_name(&job.name, &group.name, 0), node_id: Some(n.id.clone()) })
         .collect()
 }

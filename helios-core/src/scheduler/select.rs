@@ -41,12 +41,9 @@ impl<'a, V: StateView> Placer<'a, V> {
         let mut job_on_node = HashMap::new();
         let mut group_on_node = HashMap::new();
         for alloc in view.allocations_of_job(&job.name) {
-            if alloc.desired_status == AllocDesiredStatus::Run && !alloc.client_status.is_terminal()
-            {
+            if alloc.desired_status == AllocDesiredStatus::Run && !alloc.client_status.is_terminal() {
                 *job_on_node.entry(alloc.node_id.clone()).or_default() += 1;
-                *group_on_node
-                    .entry((alloc.task_group.clone(), alloc.node_id.clone()))
-                    .or_default() += 1;
+                *group_on_node.entry((alloc.task_group.clone(), alloc.node_id.clone())).or_default() += 1;
             }
         }
         let nodes = view.nodes().len().max(1);
@@ -71,10 +68,8 @@ impl<'a, V: StateView> Placer<'a, V> {
         new_id: &mut dyn FnMut() -> String,
     ) -> Result<Allocation, String> {
         let job = self.job;
-        let compiled = self
-            .compiled
-            .entry(group.name.clone())
-            .or_insert_with(|| CompiledConstraints::for_group(job, group));
+        let compiled =
+            self.compiled.entry(group.name.clone()).or_insert_with(|| CompiledConstraints::for_group(job, group));
         let ask_resources = group_resources(group);
         let nodes = self.view.nodes();
         let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
@@ -96,38 +91,20 @@ impl<'a, V: StateView> Placer<'a, V> {
                 continue;
             }
             let job_here = self.job_on_node.get(&node.id).copied().unwrap_or(0);
-            let group_here = self
-                .group_on_node
-                .get(&(group.name.clone(), node.id.clone()))
-                .copied()
-                .unwrap_or(0);
-            if (compiled.distinct_hosts_job && job_here > 0)
-                || (compiled.distinct_hosts_group && group_here > 0)
-            {
+            let group_here = self.group_on_node.get(&(group.name.clone(), node.id.clone())).copied().unwrap_or(0);
+            if (compiled.distinct_hosts_job && job_here > 0) || (compiled.distinct_hosts_group && group_here > 0) {
                 *rejected.entry("distinct_hosts".to_string()).or_default() += 1;
                 continue;
             }
-            let used = add(
-                self.view.node_usage(&node.id),
-                self.reserved.get(node.id.as_str()).copied(),
-            );
+            let used = add(self.view.node_usage(&node.id), self.reserved.get(node.id.as_str()).copied());
             let Some(score) = fit_score(node.resources, used, ask_resources) else {
-                let lacking = if used.cpu_mhz + ask_resources.cpu_mhz > node.resources.cpu_mhz {
-                    "cpu"
-                } else {
-                    "memory"
-                };
-                *rejected
-                    .entry(format!("not enough free {lacking}"))
-                    .or_default() += 1;
+                let lacking =
+                    if used.cpu_mhz + ask_resources.cpu_mhz > node.resources.cpu_mhz { "cpu" } else { "memory" };
+                *rejected.entry(format!("not enough free {lacking}")).or_default() += 1;
                 continue;
             };
             found += 1;
-            let candidate = Candidate {
-                node,
-                score,
-                group_here,
-            };
+            let candidate = Candidate { node, score, group_here };
             if best.as_ref().is_none_or(|b| better(&candidate, b)) {
                 best = Some(candidate);
             }
@@ -142,10 +119,7 @@ impl<'a, V: StateView> Placer<'a, V> {
         let reserved = self.reserved.entry(chosen.node.id.as_str()).or_default();
         *reserved = add(*reserved, Some(ask_resources));
         *self.job_on_node.entry(node_id.clone()).or_default() += 1;
-        *self
-            .group_on_node
-            .entry((group.name.clone(), node_id.clone()))
-            .or_default() += 1;
+        *self.group_on_node.entry((group.name.clone(), node_id.clone())).or_default() += 1;
         Ok(Allocation {
             id: new_id(),
             name: ask.name.clone(),
@@ -168,27 +142,15 @@ impl<'a, V: StateView> Placer<'a, V> {
 
 /// The resources an allocation of `group` reserves: the sum of its tasks'.
 pub fn group_resources(group: &TaskGroup) -> Resources {
-    group.tasks.iter().fold(
-        Resources {
-            cpu_mhz: 0,
-            memory_mb: 0,
-        },
-        |acc, t| Resources {
-            cpu_mhz: acc.cpu_mhz.saturating_add(t.resources.cpu_mhz),
-            memory_mb: acc.memory_mb.saturating_add(t.resources.memory_mb),
-        },
-    )
+    group.tasks.iter().fold(Resources { cpu_mhz: 0, memory_mb: 0 }, |acc, t| Resources {
+        cpu_mhz: acc.cpu_mhz.saturating_add(t.resources.cpu_mhz),
+        memory_mb: acc.memory_mb.saturating_add(t.resources.memory_mb),
+    })
 }
 
 fn add(a: Resources, b: Option<Resources>) -> Resources {
-    let b = b.unwrap_or(Resources {
-        cpu_mhz: 0,
-        memory_mb: 0,
-    });
-    Resources {
-        cpu_mhz: a.cpu_mhz.saturating_add(b.cpu_mhz),
-        memory_mb: a.memory_mb.saturating_add(b.memory_mb),
-    }
+    let b = b.unwrap_or(Resources { cpu_mhz: 0, memory_mb: 0 });
+    Resources { cpu_mhz: a.cpu_mhz.saturating_add(b.cpu_mhz), memory_mb: a.memory_mb.saturating_add(b.memory_mb) }
 }
 
 /// Best fit: the node's utilization after the placement (higher packs tighter), or `None` when
@@ -224,22 +186,13 @@ fn describe_failure(nodes: usize, rejected: &BTreeMap<String, usize>) -> String 
     }
     let mut reasons: Vec<(&String, &usize)> = rejected.iter().collect();
     reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    let parts: Vec<String> = reasons
-        .iter()
-        .map(|(why, n)| format!("{n} {why}"))
-        .collect();
-    format!(
-        "no node can take it ({} nodes: {})",
-        nodes,
-        parts.join(", ")
-    )
+    let parts: Vec<String> = reasons.iter().map(|(why, n)| format!("{n} {why}")).collect();
+    format!("no node can take it ({} nodes: {})", nodes, parts.join(", "))
 }
 
 /// A small, stable hash (the standard library's is randomly seeded), to pick a starting node.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]
@@ -255,10 +208,7 @@ mod tests {
             attributes: BTreeMap::new(),
             meta: BTreeMap::new(),
             drivers: vec![],
-            resources: Resources {
-                cpu_mhz: 1000,
-                memory_mb: 1000,
-            },
+            resources: Resources { cpu_mhz: 1000, memory_mb: 1000 },
             status: NodeStatus::Ready,
             eligibility: NodeEligibility::Eligible,
             drain: false,
@@ -271,57 +221,19 @@ mod tests {
     #[test]
     fn a_tie_goes_to_the_node_with_fewer_allocations_of_the_group() {
         let (a, b) = (node("a"), node("b"));
-        let crowded = Candidate {
-            node: &a,
-            score: 0.5,
-            group_here: 2,
-        };
-        let empty = Candidate {
-            node: &b,
-            score: 0.5,
-            group_here: 0,
-        };
+        let crowded = Candidate { node: &a, score: 0.5, group_here: 2 };
+        let empty = Candidate { node: &b, score: 0.5, group_here: 0 };
         assert!(better(&empty, &crowded));
         assert!(!better(&crowded, &empty));
-        let fuller = Candidate {
-            node: &a,
-            score: 0.6,
-            group_here: 2,
-        };
+        let fuller = Candidate { node: &a, score: 0.6, group_here: 2 };
         assert!(better(&fuller, &empty), "a better fit wins over spreading");
     }
 
     #[test]
     fn fit_requires_both_resources() {
-        let cap = Resources {
-            cpu_mhz: 1000,
-            memory_mb: 1000,
-        };
-        let used = Resources {
-            cpu_mhz: 900,
-            memory_mb: 0,
-        };
-        assert_eq!(
-            fit_score(
-                cap,
-                used,
-                Resources {
-                    cpu_mhz: 200,
-                    memory_mb: 1
-                }
-            ),
-            None
-        );
-        assert_eq!(
-            fit_score(
-                cap,
-                used,
-                Resources {
-                    cpu_mhz: 100,
-                    memory_mb: 1000
-                }
-            ),
-            Some(1.0)
-        );
+        let cap = Resources { cpu_mhz: 1000, memory_mb: 1000 };
+        let used = Resources { cpu_mhz: 900, memory_mb: 0 };
+        assert_eq!(fit_score(cap, used, Resources { cpu_mhz: 200, memory_mb: 1 }), None);
+        assert_eq!(fit_score(cap, used, Resources { cpu_mhz: 100, memory_mb: 1000 }), Some(1.0));
     }
 }

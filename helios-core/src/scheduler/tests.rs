@@ -28,10 +28,7 @@ fn node(id: &str, cpu: u32, mem: u32) -> Node {
         attributes: BTreeMap::from([("os".to_string(), "linux".to_string())]),
         meta: BTreeMap::new(),
         drivers: vec!["exec".to_string()],
-        resources: Resources {
-            cpu_mhz: cpu,
-            memory_mb: mem,
-        },
+        resources: Resources { cpu_mhz: cpu, memory_mb: mem },
         status: NodeStatus::Ready,
         eligibility: NodeEligibility::Eligible,
         drain: false,
@@ -45,10 +42,7 @@ fn service(name: &str, count: u32, cpu: u32, mem: u32) -> Job {
     let mut job = Job::exec(name, "sleep", vec!["1000".into()]);
     job.job_type = JobType::Service;
     job.task_groups[0].count = count;
-    job.task_groups[0].tasks[0].resources = Resources {
-        cpu_mhz: cpu,
-        memory_mb: mem,
-    };
+    job.task_groups[0].tasks[0].resources = Resources { cpu_mhz: cpu, memory_mb: mem };
     job
 }
 
@@ -63,21 +57,11 @@ impl StateView for Harness {
         &self.nodes
     }
     fn allocations_of_job(&self, job_name: &str) -> Vec<&Allocation> {
-        self.allocs
-            .values()
-            .filter(|a| a.job_name == job_name)
-            .collect()
+        self.allocs.values().filter(|a| a.job_name == job_name).collect()
     }
     fn node_usage(&self, node_id: &str) -> Resources {
-        let mut used = Resources {
-            cpu_mhz: 0,
-            memory_mb: 0,
-        };
-        for a in self
-            .allocs
-            .values()
-            .filter(|a| a.node_id == node_id && !a.is_terminal())
-        {
+        let mut used = Resources { cpu_mhz: 0, memory_mb: 0 };
+        for a in self.allocs.values().filter(|a| a.node_id == node_id && !a.is_terminal()) {
             used.cpu_mhz += a.resources.cpu_mhz;
             used.memory_mb += a.resources.memory_mb;
         }
@@ -93,13 +77,8 @@ impl Harness {
     }
 
     fn plan(&mut self, job_name: &str) -> Plan {
-        let eval = Evaluation::new(
-            format!("eval-{}", self.index),
-            job_name,
-            50,
-            EvalTrigger::JobRegister,
-            Timestamp(1),
-        );
+        let eval =
+            Evaluation::new(format!("eval-{}", self.index), job_name, 50, EvalTrigger::JobRegister, Timestamp(1));
         let mut counter = self.next_id;
         let plan = schedule(&*self, &eval, Timestamp(1), &mut || {
             counter += 1;
@@ -112,28 +91,17 @@ impl Harness {
     /// The plan applier: refuses stale plans, then commits and checks the invariants.
     fn apply(&mut self, plan: &Plan) -> Result<(), String> {
         if plan.planned_at_index != self.index {
-            return Err(format!(
-                "stale plan: made at {} but state is at {}",
-                plan.planned_at_index, self.index
-            ));
+            return Err(format!("stale plan: made at {} but state is at {}", plan.planned_at_index, self.index));
         }
         for stop in &plan.stops {
-            let alloc = self
-                .allocs
-                .get_mut(&stop.alloc_id)
-                .expect("stopping a known allocation");
+            let alloc = self.allocs.get_mut(&stop.alloc_id).expect("stopping a known allocation");
             alloc.desired_status = stop.desired_status;
             if let Some(status) = stop.client_status {
                 alloc.client_status = status;
             }
         }
         for alloc in &plan.placements {
-            assert!(
-                self.allocs
-                    .insert(alloc.id.clone(), alloc.clone())
-                    .is_none(),
-                "allocation placed twice"
-            );
+            assert!(self.allocs.insert(alloc.id.clone(), alloc.clone()).is_none(), "allocation placed twice");
         }
         self.index += 1;
         self.check_invariants();
@@ -149,68 +117,39 @@ impl Harness {
     fn check_invariants(&self) {
         for node in &self.nodes {
             let used = self.node_usage(&node.id);
-            assert!(
-                used.cpu_mhz <= node.resources.cpu_mhz,
-                "node {} cpu over-committed",
-                node.id
-            );
-            assert!(
-                used.memory_mb <= node.resources.memory_mb,
-                "node {} memory over-committed",
-                node.id
-            );
+            assert!(used.cpu_mhz <= node.resources.cpu_mhz, "node {} cpu over-committed", node.id);
+            assert!(used.memory_mb <= node.resources.memory_mb, "node {} memory over-committed", node.id);
         }
         let mut slots = BTreeMap::new();
-        for a in self
-            .allocs
-            .values()
-            .filter(|a| !a.is_terminal() && a.desired_status == AllocDesiredStatus::Run)
-        {
+        for a in self.allocs.values().filter(|a| !a.is_terminal() && a.desired_status == AllocDesiredStatus::Run) {
             let job = &self.jobs[&a.job_name];
-            let key = if job.job_type == JobType::System {
-                format!("{}@{}", a.name, a.node_id)
-            } else {
-                a.name.clone()
-            };
-            assert!(
-                slots.insert(key.clone(), a.id.clone()).is_none(),
-                "slot {key} runs twice"
-            );
+            let key =
+                if job.job_type == JobType::System { format!("{}@{}", a.name, a.node_id) } else { a.name.clone() };
+            assert!(slots.insert(key.clone(), a.id.clone()).is_none(), "slot {key} runs twice");
         }
     }
 
     fn live(&self, job: &str) -> Vec<&Allocation> {
         self.allocs
             .values()
-            .filter(|a| {
-                a.job_name == job && a.desired_status == AllocDesiredStatus::Run && !a.is_terminal()
-            })
+            .filter(|a| a.job_name == job && a.desired_status == AllocDesiredStatus::Run && !a.is_terminal())
             .collect()
     }
 
     fn set_client_status(&mut self, alloc_id: &str, status: AllocClientStatus) {
-        self.allocs
-            .get_mut(alloc_id)
-            .expect("known allocation")
-            .client_status = status;
+        self.allocs.get_mut(alloc_id).expect("known allocation").client_status = status;
         self.index += 1;
     }
 
     fn node_mut(&mut self, id: &str) -> &mut Node {
         self.index += 1;
-        self.nodes
-            .iter_mut()
-            .find(|n| n.id == id)
-            .expect("known node")
+        self.nodes.iter_mut().find(|n| n.id == id).expect("known node")
     }
 }
 
 #[test]
 fn places_count_allocations_with_slot_names() {
-    let mut h = Harness {
-        nodes: vec![node("a", 4000, 4096), node("b", 4000, 4096)],
-        ..Default::default()
-    };
+    let mut h = Harness { nodes: vec![node("a", 4000, 4096), node("b", 4000, 4096)], ..Default::default() };
     h.put_job(service("web", 3, 100, 128));
     let plan = h.run("web");
     let mut names: Vec<&str> = plan.placements.iter().map(|a| a.name.as_str()).collect();
@@ -223,35 +162,21 @@ fn places_count_allocations_with_slot_names() {
 
 #[test]
 fn bin_packs_onto_the_fullest_node_that_fits() {
-    let mut h = Harness {
-        nodes: vec![node("a", 1000, 1000), node("b", 1000, 1000)],
-        ..Default::default()
-    };
+    let mut h = Harness { nodes: vec![node("a", 1000, 1000), node("b", 1000, 1000)], ..Default::default() };
     h.put_job(service("big", 1, 600, 600));
     h.run("big");
     let big_node = h.live("big")[0].node_id.clone();
     h.put_job(service("small", 1, 300, 300));
     h.run("small");
-    assert_eq!(
-        h.live("small")[0].node_id,
-        big_node,
-        "best fit fills the used node first"
-    );
+    assert_eq!(h.live("small")[0].node_id, big_node, "best fit fills the used node first");
     h.put_job(service("more", 1, 300, 300));
     h.run("more");
-    assert_ne!(
-        h.live("more")[0].node_id,
-        big_node,
-        "a full node is skipped"
-    );
+    assert_ne!(h.live("more")[0].node_id, big_node, "a full node is skipped");
 }
 
 #[test]
 fn distinct_hosts_spreads_over_nodes_and_reports_when_out_of_nodes() {
-    let mut h = Harness {
-        nodes: vec![node("a", 4000, 4096), node("b", 4000, 4096)],
-        ..Default::default()
-    };
+    let mut h = Harness { nodes: vec![node("a", 4000, 4096), node("b", 4000, 4096)], ..Default::default() };
     let mut job = service("web", 3, 100, 128);
     job.constraints.push(Constraint {
         attribute: String::new(),
@@ -273,31 +198,14 @@ fn constraints_drivers_and_node_state_filter_nodes_with_reasons() {
     let mut down = node("down", 4000, 4096);
     down.status = NodeStatus::Down;
     let mut kernel = node("k", 4000, 4096);
-    kernel
-        .attributes
-        .insert("kernel".into(), "6.1.0-13-amd64".into());
+    kernel.attributes.insert("kernel".into(), "6.1.0-13-amd64".into());
     kernel.meta.insert("rack".into(), "r1".into());
-    let mut h = Harness {
-        nodes: vec![windows, down, kernel, node("plain", 4000, 4096)],
-        ..Default::default()
-    };
+    let mut h = Harness { nodes: vec![windows, down, kernel, node("plain", 4000, 4096)], ..Default::default() };
     let mut job = service("web", 1, 100, 128);
     job.constraints = vec![
-        Constraint {
-            attribute: "attr.os".into(),
-            operator: ConstraintOperator::Equal,
-            value: "linux".into(),
-        },
-        Constraint {
-            attribute: "attr.kernel".into(),
-            operator: ConstraintOperator::Version,
-            value: ">= 5.10".into(),
-        },
-        Constraint {
-            attribute: "meta.rack".into(),
-            operator: ConstraintOperator::Regexp,
-            value: "^r[0-9]$".into(),
-        },
+        Constraint { attribute: "attr.os".into(), operator: ConstraintOperator::Equal, value: "linux".into() },
+        Constraint { attribute: "attr.kernel".into(), operator: ConstraintOperator::Version, value: ">= 5.10".into() },
+        Constraint { attribute: "meta.rack".into(), operator: ConstraintOperator::Regexp, value: "^r[0-9]$".into() },
         Constraint {
             attribute: "node.hostname".into(),
             operator: ConstraintOperator::NotEqual,
@@ -324,26 +232,16 @@ fn constraints_drivers_and_node_state_filter_nodes_with_reasons() {
     let plan = h.run("db");
     assert!(plan.placements.is_empty());
     let why = &plan.failed_placements["db"];
-    assert!(
-        why.contains("3 missing driver docker") && why.contains("1 node down"),
-        "{why}"
-    );
+    assert!(why.contains("3 missing driver docker") && why.contains("1 node down"), "{why}");
 }
 
 #[test]
 fn reports_exhausted_resources_and_never_over_commits() {
-    let mut h = Harness {
-        nodes: vec![node("a", 1000, 1000)],
-        ..Default::default()
-    };
+    let mut h = Harness { nodes: vec![node("a", 1000, 1000)], ..Default::default() };
     h.put_job(service("web", 5, 300, 100));
     let plan = h.run("web");
     assert_eq!(plan.placements.len(), 3);
-    assert!(
-        plan.failed_placements["web"].contains("not enough free cpu"),
-        "{:?}",
-        plan.failed_placements
-    );
+    assert!(plan.failed_placements["web"].contains("not enough free cpu"), "{:?}", plan.failed_placements);
     // A new node: the retry places the rest.
     h.nodes.push(node("b", 1000, 1000));
     h.index += 1;
@@ -356,18 +254,12 @@ fn reports_exhausted_resources_and_never_over_commits() {
 fn no_nodes_says_so() {
     let mut h = Harness::default();
     h.put_job(service("web", 1, 100, 100));
-    assert_eq!(
-        h.run("web").failed_placements["web"],
-        "no client nodes are registered"
-    );
+    assert_eq!(h.run("web").failed_placements["web"], "no client nodes are registered");
 }
 
 #[test]
 fn scaling_up_and_down_keeps_slots() {
-    let mut h = Harness {
-        nodes: vec![node("a", 8000, 8192)],
-        ..Default::default()
-    };
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
     h.put_job(service("web", 2, 100, 100));
     h.run("web");
     let mut job = h.jobs["web"].clone();
@@ -377,10 +269,7 @@ fn scaling_up_and_down_keeps_slots() {
     let plan = h.run("web");
     assert_eq!(plan.placements.len(), 4);
     assert_eq!(plan.stops.len(), 2);
-    assert!(plan
-        .stops
-        .iter()
-        .all(|s| s.description == "replaced by job version 1"));
+    assert!(plan.stops.iter().all(|s| s.description == "replaced by job version 1"));
     let mut job = h.jobs["web"].clone();
     job.task_groups[0].count = 1;
     h.put_job(job);
@@ -391,10 +280,7 @@ fn scaling_up_and_down_keeps_slots() {
 
 #[test]
 fn stopping_a_job_stops_everything() {
-    let mut h = Harness {
-        nodes: vec![node("a", 8000, 8192)],
-        ..Default::default()
-    };
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
     h.put_job(service("web", 3, 100, 100));
     h.run("web");
     h.jobs.get_mut("web").unwrap().stopped = true;
@@ -410,11 +296,7 @@ fn stopping_a_job_stops_everything() {
 #[test]
 fn lost_and_drained_allocations_are_replaced_elsewhere() {
     let mut h = Harness {
-        nodes: vec![
-            node("a", 8000, 8192),
-            node("b", 8000, 8192),
-            node("c", 8000, 8192),
-        ],
+        nodes: vec![node("a", 8000, 8192), node("b", 8000, 8192), node("c", 8000, 8192)],
         ..Default::default()
     };
     let mut job = service("web", 3, 100, 100);
@@ -433,27 +315,18 @@ fn lost_and_drained_allocations_are_replaced_elsewhere() {
     assert_eq!(plan.stops[0].client_status, Some(AllocClientStatus::Lost));
     assert_eq!(plan.placements.len(), 1);
     assert_ne!(plan.placements[0].node_id, victim);
-    assert_eq!(
-        plan.placements[0].name, h.allocs[&plan.stops[0].alloc_id].name,
-        "the replacement keeps the slot"
-    );
+    assert_eq!(plan.placements[0].name, h.allocs[&plan.stops[0].alloc_id].name, "the replacement keeps the slot");
 
     let drained = h.live("web")[0].node_id.clone();
     h.node_mut(&drained).drain = true;
     let plan = h.run("web");
     assert_eq!(plan.stops[0].desired_status, AllocDesiredStatus::Evict);
-    assert!(h
-        .live("web")
-        .iter()
-        .all(|a| a.node_id != drained && a.node_id != victim));
+    assert!(h.live("web").iter().all(|a| a.node_id != drained && a.node_id != victim));
 }
 
 #[test]
 fn batch_jobs_run_to_completion_and_failures_are_rescheduled_a_bounded_number_of_times() {
-    let mut h = Harness {
-        nodes: vec![node("a", 8000, 8192)],
-        ..Default::default()
-    };
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
     let mut job = service("report", 2, 100, 100);
     job.job_type = JobType::Batch;
     h.put_job(job);
@@ -474,10 +347,7 @@ fn batch_jobs_run_to_completion_and_failures_are_rescheduled_a_bounded_number_of
 
 #[test]
 fn services_replace_failed_allocations() {
-    let mut h = Harness {
-        nodes: vec![node("a", 8000, 8192)],
-        ..Default::default()
-    };
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
     h.put_job(service("web", 1, 100, 100));
     h.run("web");
     let id = h.live("web")[0].id.clone();
@@ -489,10 +359,7 @@ fn services_replace_failed_allocations() {
 fn system_jobs_run_once_per_eligible_node_including_new_ones() {
     let mut ineligible = node("c", 8000, 8192);
     ineligible.eligibility = NodeEligibility::Ineligible;
-    let mut h = Harness {
-        nodes: vec![node("a", 8000, 8192), node("b", 8000, 8192), ineligible],
-        ..Default::default()
-    };
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192), node("b", 8000, 8192), ineligible], ..Default::default() };
     let mut job = service("agent", 1, 50, 50);
     job.job_type = JobType::System;
     h.put_job(job);
@@ -509,10 +376,7 @@ fn system_jobs_run_once_per_eligible_node_including_new_ones() {
 
 #[test]
 fn a_stale_plan_is_rejected_and_replanning_succeeds() {
-    let mut h = Harness {
-        nodes: vec![node("a", 1000, 1000)],
-        ..Default::default()
-    };
+    let mut h = Harness { nodes: vec![node("a", 1000, 1000)], ..Default::default() };
     h.put_job(service("one", 1, 600, 600));
     h.put_job(service("two", 1, 600, 600));
     let first = h.plan("one");

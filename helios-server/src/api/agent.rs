@@ -20,27 +20,17 @@ fn ttl_ms(cluster: &Cluster) -> u64 {
 
 #[tonic::async_trait]
 impl AgentService for Agents {
-    async fn register(
-        &self,
-        request: Request<pb::RegisterRequest>,
-    ) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let req = request.into_inner();
         let node = req.node.ok_or_else(|| invalid("node", "must be set"))?;
-        let node = node_from_pb(node, req.secret, clock::now())
-            .map_err(|e| helios_api::invalid_argument(&e))?;
-        let (_, response) = self
-            .cluster
-            .write(Command::RegisterNode { node })
-            .await
-            .map_err(cluster_status)?;
+        let node = node_from_pb(node, req.secret, clock::now()).map_err(|e| helios_api::invalid_argument(&e))?;
+        let (_, response) = self.cluster.write(Command::RegisterNode { node }).await.map_err(cluster_status)?;
         match response {
-            CommandResponse::NodeRegistered => Ok(Response::new(pb::RegisterResponse {
-                heartbeat_ttl_ms: ttl_ms(&self.cluster),
-            })),
+            CommandResponse::NodeRegistered => {
+                Ok(Response::new(pb::RegisterResponse { heartbeat_ttl_ms: ttl_ms(&self.cluster) }))
+            }
             CommandResponse::Rejected(r) => Err(rejection_status(r)),
-            other => Err(Status::internal(format!(
-                "unexpected answer to a registration: {other:?}"
-            ))),
+            other => Err(Status::internal(format!("unexpected answer to a registration: {other:?}"))),
         }
     }
 
@@ -50,11 +40,7 @@ impl AgentService for Agents {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let req = request.into_inner();
         require_name("node_id", &req.node_id)?;
-        let ttl = self
-            .cluster
-            .heartbeat(req.node_id, req.secret)
-            .await
-            .map_err(cluster_status)?;
+        let ttl = self.cluster.heartbeat(req.node_id, req.secret).await.map_err(cluster_status)?;
         let heartbeat_ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         Ok(Response::new(pb::HeartbeatResponse { heartbeat_ttl_ms }))
     }

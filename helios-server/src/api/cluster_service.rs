@@ -40,24 +40,16 @@ impl ClusterService for Membership {
             .map(|((id, addr), status)| pb::Member {
                 id: *id,
                 addr: addr.clone(),
-                role: status
-                    .as_ref()
-                    .map_or_else(|| "unreachable".to_string(), |s| s.role.clone()),
+                role: status.as_ref().map_or_else(|| "unreachable".to_string(), |s| s.role.clone()),
                 voter: voters.contains(id),
                 term: status.as_ref().map_or(0, |s| s.term),
-                last_applied_index: status
-                    .as_ref()
-                    .and_then(|s| s.last_applied_index)
-                    .unwrap_or(0),
+                last_applied_index: status.as_ref().and_then(|s| s.last_applied_index).unwrap_or(0),
                 last_log_index: status.as_ref().and_then(|s| s.last_log_index).unwrap_or(0),
                 snapshot_index: status.as_ref().and_then(|s| s.snapshot_index),
                 purged_index: status.as_ref().and_then(|s| s.purged_index),
             })
             .collect();
-        Ok(Response::new(pb::ListMembersResponse {
-            members,
-            leader_id: own.leader,
-        }))
+        Ok(Response::new(pb::ListMembersResponse { members, leader_id: own.leader }))
     }
 
     async fn add_server(
@@ -69,11 +61,7 @@ impl ClusterService for Membership {
             return Err(invalid("id", "must be > 0"));
         }
         parse_host_port(&req.addr).map_err(|problem| invalid("addr", problem))?;
-        let index = self
-            .cluster
-            .add_server(req.id, req.addr)
-            .await
-            .map_err(cluster_status)?;
+        let index = self.cluster.add_server(req.id, req.addr).await.map_err(cluster_status)?;
         Ok(Response::new(pb::AddServerResponse { index }))
     }
 
@@ -82,11 +70,7 @@ impl ClusterService for Membership {
         request: Request<pb::RemoveServerRequest>,
     ) -> Result<Response<pb::RemoveServerResponse>, Status> {
         let id = request.into_inner().id;
-        let index = self
-            .cluster
-            .remove_server(id)
-            .await
-            .map_err(cluster_status)?;
+        let index = self.cluster.remove_server(id).await.map_err(cluster_status)?;
         Ok(Response::new(pb::RemoveServerResponse { index }))
     }
 }

@@ -28,8 +28,7 @@ pub fn rejection_status(rejection: Rejection) -> Status {
 
 /// Checks a name given as a request field (`field` names it in the error).
 pub fn require_name(field: &str, value: &str) -> Result<(), Status> {
-    check_name(value)
-        .map_err(|problem| helios_api::invalid_argument(&ValidationErrors::single(field, problem)))
+    check_name(value).map_err(|problem| helios_api::invalid_argument(&ValidationErrors::single(field, problem)))
 }
 
 pub fn invalid(field: &str, problem: impl Into<String>) -> Status {

@@ -1,13 +1,11 @@
 //! `JobService` and `AllocationService`.
 
-use helios_api::convert::{
-    alloc_to_pb, eval_to_pb, job_from_pb, job_status_to_pb, job_to_pb, job_type_to_pb,
-};
+use helios_api::convert::{alloc_to_pb, eval_to_pb, job_from_pb, job_status_to_pb, job_to_pb, job_type_to_pb};
 use helios_api::pb;
 use helios_api::pb::allocation_service_server::AllocationService;
 use helios_api::pb::job_service_server::JobService;
 use helios_core::{
-    AllocClientStatus, Allocation, Command, CommandResponse, EvalTrigger, Evaluation, Job,
+    AllocClientStatus, Allocation, Command, CommandResponse, EvalStatus, EvalTrigger, Evaluation, Job, JobType,
     NodeStatus,
 };
 use tonic::{Request, Response, Status};
@@ -27,59 +25,31 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let pb_job = request
-            .into_inner()
-            .job
-            .ok_or_else(|| invalid("job", "must be set"))?;
+        let pb_job = request.into_inner().job.ok_or_else(|| invalid("job", "must be set"))?;
         let mut job = job_from_pb(pb_job).map_err(|e| helios_api::invalid_argument(&e))?;
         let now = now();
         job.submitted_at = now;
-        let eval = Evaluation::new(
-            new_id(),
-            &job.name,
-            job.priority,
-            EvalTrigger::JobRegister,
-            now,
-        );
-        let (index, response) = self
-            .cluster
-            .write(Command::RegisterJob { job, eval })
-            .await
-            .map_err(cluster_status)?;
+        let eval = Evaluation::new(new_id(), &job.name, job.priority, EvalTrigger::JobRegister, now);
+        let (index, response) = self.cluster.write(Command::RegisterJob { job, eval }).await.map_err(cluster_status)?;
         match response {
-            CommandResponse::JobRegistered {
-                version,
-                changed,
-                eval_id,
-            } => Ok(Response::new(pb::SubmitJobResponse {
+            CommandResponse::JobRegistered { version, changed, eval_id } => Ok(Response::new(pb::SubmitJobResponse {
                 version,
                 changed,
                 eval_id: eval_id.unwrap_or_default(),
                 index,
             })),
             CommandResponse::Rejected(r) => Err(rejection_status(r)),
-            other => Err(Status::internal(format!(
-                "unexpected answer to a job submission: {other:?}"
-            ))),
+            other => Err(Status::internal(format!("unexpected answer to a job submission: {other:?}"))),
         }
     }
 
-    async fn get_job(
-        &self,
-        request: Request<pb::GetJobRequest>,
-    ) -> Result<Response<pb::GetJobResponse>, Status> {
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
         let name = request.into_inner().name;
         require_name("name", &name)?;
         let lookup = name.clone();
-        let job = self
-            .cluster
-            .read(move |txn| read::job(txn, &lookup))
-            .await
-            .map_err(cluster_status)?;
+        let job = self.cluster.read(move |txn| read::job(txn, &lookup)).await.map_err(cluster_status)?;
         let job = job.ok_or_else(|| job_not_found(&name))?;
-        Ok(Response::new(pb::GetJobResponse {
-            job: Some(job_to_pb(&job)),
-        }))
+        Ok(Response::new(pb::GetJobResponse { job: Some(job_to_pb(&job)) }))
     }
 
     async fn list_jobs(
@@ -128,10 +98,7 @@ impl JobService for Jobs {
             .await
             .map_err(cluster_status)?;
         let job = job.ok_or_else(|| job_not_found(&name))?;
-        let ready_nodes = nodes
-            .iter()
-            .filter(|n| n.status == NodeStatus::Ready)
-            .count();
+        let ready_nodes = nodes.iter().filter(|n| n.status == NodeStatus::Ready).count();
         let placement = describe_placement(&job, &allocs, evals.last(), ready_nodes, nodes.len());
         Ok(Response::new(pb::GetJobStatusResponse {
             job: Some(job_to_pb(&job)),
@@ -142,44 +109,22 @@ impl JobService for Jobs {
         }))
     }
 
-    async fn stop_job(
-        &self,
-        request: Request<pb::StopJobRequest>,
-    ) -> Result<Response<pb::StopJobResponse>, Status> {
+    async fn stop_job(&self, request: Request<pb::StopJobRequest>) -> Result<Response<pb::StopJobResponse>, Status> {
         let req = request.into_inner();
         require_name("name", &req.name)?;
         let now = now();
         // The state machine refuses an unknown job, but a current read spares the log an entry
         // for the common typo.
         let lookup = req.name.clone();
-        let job = self
-            .cluster
-            .read(move |txn| read::job(txn, &lookup))
-            .await
-            .map_err(cluster_status)?;
+        let job = self.cluster.read(move |txn| read::job(txn, &lookup)).await.map_err(cluster_status)?;
         let job = job.ok_or_else(|| job_not_found(&req.name))?;
-        let eval = Evaluation::new(
-            new_id(),
-            &job.name,
-            job.priority,
-            EvalTrigger::JobDeregister,
-            now,
-        );
-        let command = Command::DeregisterJob {
-            job_name: req.name,
-            purge: req.purge,
-            eval,
-            now,
-        };
+        let eval = Evaluation::new(new_id(), &job.name, job.priority, EvalTrigger::JobDeregister, now);
+        let command = Command::DeregisterJob { job_name: req.name, purge: req.purge, eval, now };
         let (index, response) = self.cluster.write(command).await.map_err(cluster_status)?;
         match response {
-            CommandResponse::JobDeregistered { eval_id } => {
-                Ok(Response::new(pb::StopJobResponse { eval_id, index }))
-            }
+            CommandResponse::JobDeregistered { eval_id } => Ok(Response::new(pb::StopJobResponse { eval_id, index })),
             CommandResponse::Rejected(r) => Err(rejection_status(r)),
-            other => Err(Status::internal(format!(
-                "unexpected answer to a job stop: {other:?}"
-            ))),
+            other => Err(Status::internal(format!("unexpected answer to a job stop: {other:?}"))),
         }
     }
 }
@@ -189,9 +134,7 @@ fn job_not_found(name: &str) -> Status {
 }
 
 fn count_running(allocs: &[Allocation], job_name: &str) -> u64 {
-    let running = allocs
-        .iter()
-        .filter(|a| a.job_name == job_name && a.client_status == AllocClientStatus::Running);
+    let running = allocs.iter().filter(|a| a.job_name == job_name && a.client_status == AllocClientStatus::Running);
     u64::try_from(running.count()).unwrap_or(u64::MAX)
 }
 
@@ -206,34 +149,27 @@ fn describe_placement(
     if job.stopped {
         return "stopped".to_string();
     }
-    let desired = job.desired_allocations();
-    let placed = allocs
-        .iter()
-        .filter(|a| a.job_version == job.version && !a.is_terminal())
-        .count() as u64;
+    // A system job wants one allocation per ready node.
+    let desired = if job.job_type == JobType::System { ready_nodes as u64 } else { job.desired_allocations() };
+    let placed = allocs.iter().filter(|a| a.job_version == job.version && !a.is_terminal()).count() as u64;
     let running = count_running(allocs, &job.name);
     if desired > 0 && running >= desired {
         return format!("all {desired} allocations running");
     }
-    if placed < desired {
-        let mut why = match (ready_nodes, known_nodes) {
-            (0, 0) => "no client nodes have registered".to_string(),
-            (0, n) => format!("none of the {n} client nodes is ready"),
-            _ => match latest_eval {
-                Some(eval) if eval.status == helios_core::EvalStatus::Pending => {
-                    format!(
-                        "evaluation {} is pending",
-                        eval.id.chars().take(8).collect::<String>()
-                    )
-                }
-                _ => format!("{placed} of {desired} allocations placed"),
-            },
-        };
-        if let Some(eval) = latest_eval {
-            for (group, reason) in &eval.failed_placements {
-                why.push_str(&format!("; group {group}: {reason}"));
+    if placed < desired || known_nodes == 0 {
+        let why = match (ready_nodes, known_nodes, latest_eval) {
+            (_, 0, _) => "no client nodes have registered".to_string(),
+            (0, n, _) => format!("none of the {n} client nodes is ready"),
+            (_, _, Some(eval)) if eval.status == EvalStatus::Pending => {
+                format!("evaluation {} is pending", eval.id.chars().take(8).collect::<String>())
             }
-        }
+            (_, _, Some(eval)) if !eval.failed_placements.is_empty() => {
+                let reasons: Vec<String> =
+                    eval.failed_placements.iter().map(|(group, reason)| format!("group {group}: {reason}")).collect();
+                format!("{placed} of {desired} allocations placed; {}", reasons.join("; "))
+            }
+            _ => format!("{placed} of {desired} allocations placed"),
+        };
         return format!("waiting for placement: {why}");
     }
     format!("{placed} of {desired} allocations placed, {running} running")
@@ -255,14 +191,10 @@ impl AllocationService for Allocations {
         }
         let allocs = self
             .cluster
-            .read(move |txn| {
-                read::allocations(txn, req.job_name.as_deref(), req.node_id.as_deref())
-            })
+            .read(move |txn| read::allocations(txn, req.job_name.as_deref(), req.node_id.as_deref()))
             .await
             .map_err(cluster_status)?;
-        Ok(Response::new(pb::ListAllocationsResponse {
-            allocations: allocs.iter().map(alloc_to_pb).collect(),
-        }))
+        Ok(Response::new(pb::ListAllocationsResponse { allocations: allocs.iter().map(alloc_to_pb).collect() }))
     }
 
     async fn get_allocation(
@@ -270,31 +202,18 @@ impl AllocationService for Allocations {
         request: Request<pb::GetAllocationRequest>,
     ) -> Result<Response<pb::GetAllocationResponse>, Status> {
         let id = request.into_inner().id;
-        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-        {
-            return Err(invalid(
-                "id",
-                "must be an allocation id or a prefix of one (hex digits and '-')",
-            ));
+        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(invalid("id", "must be an allocation id or a prefix of one (hex digits and '-')"));
         }
         let prefix = id.clone();
-        let matches = self
-            .cluster
-            .read(move |txn| read::allocations_by_prefix(txn, &prefix))
-            .await
-            .map_err(cluster_status)?;
+        let matches =
+            self.cluster.read(move |txn| read::allocations_by_prefix(txn, &prefix)).await.map_err(cluster_status)?;
         match matches.as_slice() {
             [] => Err(Status::not_found(format!("allocation {id:?} not found"))),
-            [one] => Ok(Response::new(pb::GetAllocationResponse {
-                allocation: Some(alloc_to_pb(one)),
-            })),
-            many => Err(invalid(
-                "id",
-                format!(
-                    "prefix {id:?} matches {} allocations; give more characters",
-                    many.len()
-                ),
-            )),
+            [one] => Ok(Response::new(pb::GetAllocationResponse { allocation: Some(alloc_to_pb(one)) })),
+            many => {
+                Err(invalid("id", format!("prefix {id:?} matches {} allocations; give more characters", many.len())))
+            }
         }
     }
 }

@@ -19,31 +19,16 @@ impl NodeService for Nodes {
         &self,
         _request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let nodes = self
-            .cluster
-            .read(read::nodes)
-            .await
-            .map_err(cluster_status)?;
-        Ok(Response::new(pb::ListNodesResponse {
-            nodes: nodes.iter().map(node_to_pb).collect(),
-        }))
+        let nodes = self.cluster.read(read::nodes).await.map_err(cluster_status)?;
+        Ok(Response::new(pb::ListNodesResponse { nodes: nodes.iter().map(node_to_pb).collect() }))
     }
 
-    async fn get_node(
-        &self,
-        request: Request<pb::GetNodeRequest>,
-    ) -> Result<Response<pb::GetNodeResponse>, Status> {
+    async fn get_node(&self, request: Request<pb::GetNodeRequest>) -> Result<Response<pb::GetNodeResponse>, Status> {
         let id = request.into_inner().id;
         require_name("id", &id)?;
         let lookup = id.clone();
-        let node = self
-            .cluster
-            .read(move |txn| read::node(txn, &lookup))
-            .await
-            .map_err(cluster_status)?;
+        let node = self.cluster.read(move |txn| read::node(txn, &lookup)).await.map_err(cluster_status)?;
         let node = node.ok_or_else(|| Status::not_found(format!("node {id:?} not found")))?;
-        Ok(Response::new(pb::GetNodeResponse {
-            node: Some(node_to_pb(&node)),
-        }))
+        Ok(Response::new(pb::GetNodeResponse { node: Some(node_to_pb(&node)) }))
     }
 }

@@ -44,24 +44,10 @@ struct Cache {
 }
 
 enum WriteOp {
-    Append {
-        entries: Vec<(u64, Vec<u8>)>,
-        done: IOFlushed<TypeConfig>,
-    },
-    Meta {
-        key: &'static str,
-        value: Vec<u8>,
-        done: Option<oneshot::Sender<io::Result<()>>>,
-    },
-    TruncateFrom {
-        index: u64,
-        done: oneshot::Sender<io::Result<()>>,
-    },
-    PurgeUpTo {
-        index: u64,
-        last_purged: Vec<u8>,
-        done: oneshot::Sender<io::Result<()>>,
-    },
+    Append { entries: Vec<(u64, Vec<u8>)>, done: IOFlushed<TypeConfig> },
+    Meta { key: &'static str, value: Vec<u8>, done: Option<oneshot::Sender<io::Result<()>>> },
+    TruncateFrom { index: u64, done: oneshot::Sender<io::Result<()>> },
+    PurgeUpTo { index: u64, last_purged: Vec<u8>, done: oneshot::Sender<io::Result<()>> },
 }
 
 impl LogStore {
@@ -78,25 +64,15 @@ impl LogStore {
             }
             let meta = txn.open_table(RAFT_META).map_err(io::Error::other)?;
             let get = |key: &str| -> io::Result<Option<Vec<u8>>> {
-                Ok(meta
-                    .get(key)
-                    .map_err(io::Error::other)?
-                    .map(|v| v.value().to_vec()))
+                Ok(meta.get(key).map_err(io::Error::other)?.map(|v| v.value().to_vec()))
             };
             cache.vote = get(META_VOTE)?.map(|b| decode(&b)).transpose()?;
             cache.last_purged = get(META_LAST_PURGED)?.map(|b| decode(&b)).transpose()?;
             cache.committed = get(META_COMMITTED)?.map(|b| decode(&b)).transpose()?;
         }
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("raft-log-writer".into())
-            .spawn(move || writer_loop(&db, &rx))?;
-        Ok(LogStore {
-            shared: Arc::new(Shared {
-                cache: Mutex::new(cache),
-                writer: tx,
-            }),
-        })
+        std::thread::Builder::new().name("raft-log-writer".into()).spawn(move || writer_loop(&db, &rx))?;
+        Ok(LogStore { shared: Arc::new(Shared { cache: Mutex::new(cache), writer: tx }) })
     }
 
     fn cache(&self) -> MutexGuard<'_, Cache> {
@@ -106,20 +82,13 @@ impl LogStore {
     }
 
     fn send(&self, op: WriteOp) -> io::Result<()> {
-        self.shared
-            .writer
-            .send(op)
-            .map_err(|_| io::Error::other("raft log writer has stopped"))
+        self.shared.writer.send(op).map_err(|_| io::Error::other("raft log writer has stopped"))
     }
 
-    async fn send_and_wait(
-        &self,
-        make: impl FnOnce(oneshot::Sender<io::Result<()>>) -> WriteOp,
-    ) -> io::Result<()> {
+    async fn send_and_wait(&self, make: impl FnOnce(oneshot::Sender<io::Result<()>>) -> WriteOp) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
         self.send(make(tx))?;
-        rx.await
-            .map_err(|_| io::Error::other("raft log writer has stopped"))?
+        rx.await.map_err(|_| io::Error::other("raft log writer has stopped"))?
     }
 }
 
@@ -134,11 +103,7 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<WriteOp>) {
         let took = started.elapsed();
         // Every acknowledged write waits on this commit: a slow disk shows up here first.
         if took > SLOW_COMMIT {
-            tracing::warn!(
-                ops = batch.len(),
-                took_ms = took.as_millis(),
-                "slow raft log commit"
-            );
+            tracing::warn!(ops = batch.len(), took_ms = took.as_millis(), "slow raft log commit");
         }
         for op in batch {
             let outcome = result.clone().map_err(io::Error::other);
@@ -176,9 +141,7 @@ fn write_batch(db: &Database, batch: &[WriteOp]) -> Result<(), redb::Error> {
                 WriteOp::TruncateFrom { index, .. } => {
                     log.retain_in(*index.., |_, _| false)?;
                 }
-                WriteOp::PurgeUpTo {
-                    index, last_purged, ..
-                } => {
+                WriteOp::PurgeUpTo { index, last_purged, .. } => {
                     meta.insert(META_LAST_PURGED, last_purged.as_slice())?;
                     log.retain_in(..=*index, |_, _| false)?;
                 }
@@ -197,11 +160,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let start = range.start_bound().cloned();
         let end = range.end_bound().cloned();
         let cache = self.cache();
-        Ok(cache
-            .entries
-            .range((start, end))
-            .map(|(_, e)| e.clone())
-            .collect())
+        Ok(cache.entries.range((start, end)).map(|(_, e)| e.clone()).collect())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -215,10 +174,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let cache = self.cache();
         let last = cache.entries.values().next_back().map(|e| e.log_id());
-        Ok(LogState {
-            last_purged_log_id: cache.last_purged,
-            last_log_id: last.or(cache.last_purged),
-        })
+        Ok(LogState { last_purged_log_id: cache.last_purged, last_log_id: last.or(cache.last_purged) })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -227,12 +183,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let value = encode(vote);
-        self.send_and_wait(|done| WriteOp::Meta {
-            key: META_VOTE,
-            value,
-            done: Some(done),
-        })
-        .await?;
+        self.send_and_wait(|done| WriteOp::Meta { key: META_VOTE, value, done: Some(done) }).await?;
         self.cache().vote = Some(*vote);
         Ok(())
     }
@@ -241,11 +192,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Advisory (it lets a restarted server re-apply committed entries at once), so it rides
         // along with the next durable batch instead of waiting for its own fsync.
         if let Some(c) = &committed {
-            self.send(WriteOp::Meta {
-                key: META_COMMITTED,
-                value: encode(c),
-                done: None,
-            })?;
+            self.send(WriteOp::Meta { key: META_COMMITTED, value: encode(c), done: None })?;
         }
         self.cache().committed = committed;
         Ok(())
@@ -255,11 +202,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.cache().committed)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: IOFlushed<TypeConfig>,
-    ) -> Result<(), io::Error>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -273,17 +216,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 cache.entries.insert(index, entry);
             }
         }
-        self.send(WriteOp::Append {
-            entries: encoded,
-            done: callback,
-        })
+        self.send(WriteOp::Append { entries: encoded, done: callback })
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
         self.cache().entries.retain(|index, _| *index < from);
-        self.send_and_wait(|done| WriteOp::TruncateFrom { index: from, done })
-            .await
+        self.send_and_wait(|done| WriteOp::TruncateFrom { index: from, done }).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -294,11 +233,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             cache.last_purged = Some(log_id);
         }
         let last_purged = encode(&log_id);
-        self.send_and_wait(|done| WriteOp::PurgeUpTo {
-            index: upto,
-            last_purged,
-            done,
-        })
-        .await
+        self.send_and_wait(|done| WriteOp::PurgeUpTo { index: upto, last_purged, done }).await
     }
 }

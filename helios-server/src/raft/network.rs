@@ -13,9 +13,7 @@ use helios_api::pb::raft_peer_client::RaftPeerClient;
 use helios_api::pb::{snapshot_chunk, RaftPayload, SnapshotChunk};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::{BasicNode, OptionalSend, RaftNetworkV2};
 use tonic::transport::{Channel, Endpoint};
 
@@ -61,11 +59,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        PeerConnection {
-            target,
-            addr: node.addr.clone(),
-            channels: self.channels.clone(),
-        }
+        PeerConnection { target, addr: node.addr.clone(), channels: self.channels.clone() }
     }
 }
 
@@ -79,25 +73,20 @@ pub struct PeerConnection {
 /// other status means it answered with an error.
 fn status_to_rpc_error(status: &tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
-        tonic::Code::Unavailable
-        | tonic::Code::DeadlineExceeded
-        | tonic::Code::Cancelled
-        | tonic::Code::Unknown => RPCError::Unreachable(Unreachable::new(status)),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
+            RPCError::Unreachable(Unreachable::new(status))
+        }
         _ => RPCError::Network(NetworkError::new(status)),
     }
 }
 
-fn decode_reply<T: serde::de::DeserializeOwned>(
-    reply: RaftPayload,
-) -> Result<T, RPCError<TypeConfig>> {
+fn decode_reply<T: serde::de::DeserializeOwned>(reply: RaftPayload) -> Result<T, RPCError<TypeConfig>> {
     decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))
 }
 
 impl PeerConnection {
     fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<TypeConfig>> {
-        self.channels
-            .client(&self.addr)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+        self.channels.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 
     /// One request/response RPC: encode `rpc`, send it with openraft's deadline, decode the reply.
@@ -114,9 +103,7 @@ impl PeerConnection {
     {
         let mut request = tonic::Request::new(RaftPayload { data: encode(rpc) });
         request.set_timeout(option.hard_ttl());
-        let reply = call(self.client()?, request)
-            .await
-            .map_err(|s| status_to_rpc_error(&s))?;
+        let reply = call(self.client()?, request).await.map_err(|s| status_to_rpc_error(&s))?;
         decode_reply(reply.into_inner())
     }
 }
@@ -129,10 +116,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, &option, |mut c, r| async move {
-            c.append_entries(r).await
-        })
-        .await
+        self.unary(&rpc, &option, |mut c, r| async move { c.append_entries(r).await }).await
     }
 
     async fn vote(
@@ -140,8 +124,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, &option, |mut c, r| async move { c.vote(r).await })
-            .await
+        self.unary(&rpc, &option, |mut c, r| async move { c.vote(r).await }).await
     }
 
     async fn pre_vote(
@@ -149,8 +132,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, &option, |mut c, r| async move { c.pre_vote(r).await })
-            .await
+        self.unary(&rpc, &option, |mut c, r| async move { c.pre_vote(r).await }).await
     }
 
     async fn full_snapshot(
@@ -161,30 +143,19 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client().map_err(StreamingError::from)?;
-        let Snapshot {
-            meta,
-            snapshot: data,
-        } = snapshot;
+        let Snapshot { meta, snapshot: data } = snapshot;
         // Encoding reads every state table: keep it off the async threads.
         let data = tokio::task::spawn_blocking(move || data.to_bytes())
             .await
             .map_err(|e| StreamingError::from(RPCError::Network(NetworkError::new(&e))))?
             .map_err(|e| StreamingError::from(RPCError::Network(NetworkError::new(&e))))?;
-        let header = SnapshotChunk {
-            chunk: Some(snapshot_chunk::Chunk::Meta(encode(&(vote, meta)))),
-        };
+        let header = SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Meta(encode(&(vote, meta)))) };
         let chunks: Vec<SnapshotChunk> = data
             .chunks(SNAPSHOT_CHUNK_BYTES)
-            .map(|c| SnapshotChunk {
-                chunk: Some(snapshot_chunk::Chunk::Data(c.to_vec())),
-            })
+            .map(|c| SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Data(c.to_vec())) })
             .collect();
         let stream = futures::stream::iter(std::iter::once(header).chain(chunks));
-        tracing::info!(
-            target_node = self.target,
-            bytes = data.len(),
-            "sending snapshot"
-        );
+        tracing::info!(target_node = self.target, bytes = data.len(), "sending snapshot");
         let send = client.install_snapshot(stream);
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),

@@ -34,24 +34,17 @@ where
     Fut: std::future::Future<Output = Result<Resp, E>>,
 {
     let rpc = decode(&request.into_inner().data).map_err(bad_payload)?;
-    let result = handle(rpc)
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
+    let result = handle(rpc).await.map_err(|e| Status::internal(e.to_string()))?;
     reply(&result)
 }
 
 fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
-    Ok(Response::new(RaftPayload {
-        data: encode(value),
-    }))
+    Ok(Response::new(RaftPayload { data: encode(value) }))
 }
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
-    async fn append_entries(
-        &self,
-        request: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         relay(request, |rpc| self.cluster.raft.append_entries(rpc)).await
     }
 
@@ -59,10 +52,7 @@ impl RaftPeer for PeerService {
         relay(request, |rpc| self.cluster.raft.vote(rpc)).await
     }
 
-    async fn pre_vote(
-        &self,
-        request: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+    async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         relay(request, |rpc| self.cluster.raft.pre_vote(rpc)).await
     }
 
@@ -72,15 +62,9 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<RaftPayload>, Status> {
         let mut stream = request.into_inner();
         let header = match stream.next().await {
-            Some(Ok(SnapshotChunk {
-                chunk: Some(snapshot_chunk::Chunk::Meta(meta)),
-            })) => meta,
+            Some(Ok(SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Meta(meta)) })) => meta,
             Some(Err(status)) => return Err(status),
-            _ => {
-                return Err(Status::invalid_argument(
-                    "a snapshot stream must start with its metadata",
-                ))
-            }
+            _ => return Err(Status::invalid_argument("a snapshot stream must start with its metadata")),
         };
         let (vote, meta): (Vote, SnapshotMeta) = decode(&header).map_err(bad_payload)?;
         let mut data = Vec::new();
@@ -88,24 +72,15 @@ impl RaftPeer for PeerService {
             match chunk?.chunk {
                 Some(snapshot_chunk::Chunk::Data(bytes)) => {
                     if data.len() + bytes.len() > MAX_SNAPSHOT_BYTES {
-                        return Err(Status::resource_exhausted(
-                            "snapshot exceeds the size limit",
-                        ));
+                        return Err(Status::resource_exhausted("snapshot exceeds the size limit"));
                     }
                     data.extend_from_slice(&bytes);
                 }
-                _ => {
-                    return Err(Status::invalid_argument(
-                        "metadata may only open a snapshot stream",
-                    ))
-                }
+                _ => return Err(Status::invalid_argument("metadata may only open a snapshot stream")),
             }
         }
         tracing::info!(bytes = data.len(), last_log_id = ?meta.last_log_id, "installing snapshot from the leader");
-        let snapshot = super::Snapshot {
-            meta,
-            snapshot: super::SnapshotData::Encoded(data),
-        };
+        let snapshot = super::Snapshot { meta, snapshot: super::SnapshotData::Encoded(data) };
         let result = self
             .cluster
             .raft
@@ -115,18 +90,12 @@ impl RaftPeer for PeerService {
         reply(&result)
     }
 
-    async fn forward(
-        &self,
-        request: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+    async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let forwarded: ForwardRequest = decode(&request.into_inner().data).map_err(bad_payload)?;
         reply(&self.cluster.handle_as_leader(forwarded).await)
     }
 
-    async fn status(
-        &self,
-        _request: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+    async fn status(&self, _request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         reply(&self.cluster.own_status())
     }
 }

@@ -54,8 +54,7 @@ impl SnapshotData {
                         let (k, v) = row.map_err(io::Error::other)?;
                         rows.push((k.value().to_string(), v.value().to_vec()));
                     }
-                    body.tables
-                        .push((redb::TableHandle::name(&def).to_string(), rows));
+                    body.tables.push((redb::TableHandle::name(&def).to_string(), rows));
                 }
                 Ok(encode(&body))
             }

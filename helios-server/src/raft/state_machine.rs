@@ -22,9 +22,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use super::{Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::store::apply::StateTables;
 use crate::store::codec::{decode, encode};
-use crate::store::tables::{
-    SM_HAS_SNAPSHOT, SM_LAST_APPLIED, SM_MEMBERSHIP, SM_META, STATE_TABLES,
-};
+use crate::store::tables::{SM_HAS_SNAPSHOT, SM_LAST_APPLIED, SM_MEMBERSHIP, SM_META, STATE_TABLES};
 
 #[derive(Clone)]
 pub struct StateMachine {
@@ -37,12 +35,8 @@ impl StateMachine {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(io::Error::other)?
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(io::Error::other)?
 }
 
 fn read_meta<T: serde::de::DeserializeOwned>(
@@ -57,8 +51,7 @@ fn read_meta<T: serde::de::DeserializeOwned>(
 
 fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Vec<CommandResponse>> {
     let mut txn = db.begin_write().map_err(io::Error::other)?;
-    txn.set_durability(redb::Durability::None)
-        .map_err(io::Error::other)?;
+    txn.set_durability(redb::Durability::None).map_err(io::Error::other)?;
     let mut responses = Vec::with_capacity(entries.len());
     let mut last: Option<LogId> = None;
     let mut membership: Option<StoredMembership> = None;
@@ -81,19 +74,15 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Vec<CommandResp
             responses.push(response);
             last = Some(log_id);
         }
-        tables
-            .forget_requests_before(latest)
-            .map_err(io::Error::other)?;
+        tables.forget_requests_before(latest).map_err(io::Error::other)?;
     }
     {
         let mut meta = txn.open_table(SM_META).map_err(io::Error::other)?;
         if let Some(last) = &last {
-            meta.insert(SM_LAST_APPLIED, encode(last).as_slice())
-                .map_err(io::Error::other)?;
+            meta.insert(SM_LAST_APPLIED, encode(last).as_slice()).map_err(io::Error::other)?;
         }
         if let Some(m) = &membership {
-            meta.insert(SM_MEMBERSHIP, encode(m).as_slice())
-                .map_err(io::Error::other)?;
+            meta.insert(SM_MEMBERSHIP, encode(m).as_slice()).map_err(io::Error::other)?;
         }
     }
     txn.commit().map_err(io::Error::other)?;
@@ -111,10 +100,7 @@ fn current_snapshot(db: &Database) -> io::Result<Snapshot> {
             last_membership: read_meta(&sm, SM_MEMBERSHIP)?.unwrap_or_default(),
         }
     };
-    Ok(Snapshot {
-        meta,
-        snapshot: SnapshotData::Local(Arc::new(txn)),
-    })
+    Ok(Snapshot { meta, snapshot: SnapshotData::Local(Arc::new(txn)) })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -152,11 +138,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let responses = blocking(move || apply_batch(&db, entries)).await?;
         let took = started.elapsed();
         if took > std::time::Duration::from_millis(20) {
-            tracing::warn!(
-                entries = count,
-                took_ms = took.as_millis(),
-                "slow state machine apply"
-            );
+            tracing::warn!(entries = count, took_ms = took.as_millis(), "slow state machine apply");
         }
         // Answer callers only after the batch is committed, so a reply implies the state is
         // visible to reads on this server.
@@ -169,33 +151,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder {
-            db: self.db.clone(),
-        }
+        SnapshotBuilder { db: self.db.clone() }
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: SnapshotData,
-    ) -> Result<(), io::Error> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
         let db = self.db.clone();
         let meta = meta.clone();
         blocking(move || {
             let body = snapshot.into_body()?;
             let mut txn = db.begin_write().map_err(io::Error::other)?;
             // The log behind this snapshot may be purged next: the state must be on disk first.
-            txn.set_durability(redb::Durability::Immediate)
-                .map_err(io::Error::other)?;
+            txn.set_durability(redb::Durability::Immediate).map_err(io::Error::other)?;
             for def in STATE_TABLES {
                 let mut table = txn.open_table(def).map_err(io::Error::other)?;
                 table.retain(|_, _| false).map_err(io::Error::other)?;
                 let name = redb::TableHandle::name(&def).to_string();
                 if let Some((_, rows)) = body.tables.iter().find(|(n, _)| *n == name) {
                     for (key, value) in rows {
-                        table
-                            .insert(key.as_str(), value.as_slice())
-                            .map_err(io::Error::other)?;
+                        table.insert(key.as_str(), value.as_slice()).map_err(io::Error::other)?;
                     }
                 }
             }
@@ -206,10 +179,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     None => sm.remove(SM_LAST_APPLIED).map(|_| None),
                 }
                 .map_err(io::Error::other)?;
-                sm.insert(SM_MEMBERSHIP, encode(&meta.last_membership).as_slice())
-                    .map_err(io::Error::other)?;
-                sm.insert(SM_HAS_SNAPSHOT, [].as_slice())
-                    .map_err(io::Error::other)?;
+                sm.insert(SM_MEMBERSHIP, encode(&meta.last_membership).as_slice()).map_err(io::Error::other)?;
+                sm.insert(SM_HAS_SNAPSHOT, [].as_slice()).map_err(io::Error::other)?;
             }
             txn.commit().map_err(io::Error::other)?;
             Ok(())
@@ -251,8 +222,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // Only a marker is written. `None` suffices: the log is purged behind this snapshot
             // by an `Immediate` commit, which makes this one (and the state it covers) durable.
             let mut txn = db.begin_write().map_err(io::Error::other)?;
-            txn.set_durability(redb::Durability::None)
-                .map_err(io::Error::other)?;
+            txn.set_durability(redb::Durability::None).map_err(io::Error::other)?;
             txn.open_table(SM_META)
                 .map_err(io::Error::other)?
                 .insert(SM_HAS_SNAPSHOT, [].as_slice())

@@ -2,15 +2,17 @@
 //! command (which carries its IDs and timestamps) and the tables; no clock, no randomness, no I/O
 //! besides the transaction itself.
 
+use std::collections::{BTreeSet, HashMap};
+
 use helios_core::{
-    AllocClientStatus, Allocation, Command, CommandResponse, Evaluation, Job, JobStatus, Node,
-    NodeStatus, Proposal, Rejection, RejectionKind, Timestamp,
+    AllocClientStatus, AllocDesiredStatus, Allocation, Command, CommandResponse, Evaluation, Job, JobStatus, Node,
+    NodeEligibility, NodeStatus, Plan, Proposal, Rejection, RejectionKind, Resources, Timestamp,
 };
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::codec::{decode, encode};
 use super::tables::{
-    job_version_key, request_key, ALLOCATIONS, EVALUATIONS, JOBS, JOB_VERSIONS, NODES, REQUESTS,
+    job_version_key, request_key, ALLOCATIONS, EVALUATIONS, JOBS, JOB_VERSIONS, NODES, PENDING_EVALUATIONS, REQUESTS,
 };
 
 /// How long a request id is remembered. A server retries a proposal for at most
@@ -28,6 +30,7 @@ pub struct StateTables<'txn> {
     evaluations: StateTable<'txn>,
     requests: StateTable<'txn>,
     nodes: StateTable<'txn>,
+    pending_evaluations: StateTable<'txn>,
 }
 
 impl<'txn> StateTables<'txn> {
@@ -39,6 +42,7 @@ impl<'txn> StateTables<'txn> {
             evaluations: txn.open_table(EVALUATIONS)?,
             requests: txn.open_table(REQUESTS)?,
             nodes: txn.open_table(NODES)?,
+            pending_evaluations: txn.open_table(PENDING_EVALUATIONS)?,
         })
     }
 
@@ -50,8 +54,7 @@ impl<'txn> StateTables<'txn> {
             return Ok(first);
         }
         let response = self.apply(proposal.command)?;
-        self.requests
-            .insert(key.as_str(), encode(&response).as_slice())?;
+        self.requests.insert(key.as_str(), encode(&response).as_slice())?;
         Ok(response)
     }
 
@@ -66,34 +69,24 @@ impl<'txn> StateTables<'txn> {
     pub fn apply(&mut self, command: Command) -> Result<CommandResponse, redb::Error> {
         match command {
             Command::RegisterJob { job, eval } => self.register_job(job, eval),
-            Command::DeregisterJob {
-                job_name,
-                purge,
-                eval,
-                now,
-            } => self.deregister_job(&job_name, purge, eval, now),
+            Command::DeregisterJob { job_name, purge, eval, now } => self.deregister_job(&job_name, purge, eval, now),
             Command::RegisterNode { node } => self.register_node(node),
-            Command::SetNodeStatus {
-                node_id,
-                status,
-                now,
-            } => self.set_node_status(&node_id, status, now),
+            Command::SetNodeStatus { node_id, status, now } => self.set_node_status(&node_id, status, now),
+            Command::ApplyPlan { plan, eval } => self.apply_plan(plan, eval),
+            Command::CreateEvaluations { evals } => {
+                for eval in evals {
+                    self.put_evaluation(&eval)?;
+                }
+                Ok(CommandResponse::EvaluationsCreated)
+            }
         }
     }
 
-    fn register_job(
-        &mut self,
-        mut job: Job,
-        eval: Evaluation,
-    ) -> Result<CommandResponse, redb::Error> {
+    fn register_job(&mut self, mut job: Job, eval: Evaluation) -> Result<CommandResponse, redb::Error> {
         let previous: Option<Job> = get(&self.jobs, &job.name)?;
         if let Some(prev) = &previous {
             if prev.same_spec(&job) && !prev.stopped {
-                return Ok(CommandResponse::JobRegistered {
-                    version: prev.version,
-                    changed: false,
-                    eval_id: None,
-                });
+                return Ok(CommandResponse::JobRegistered { version: prev.version, changed: false, eval_id: None });
             }
         }
         job.version = previous.map_or(0, |p| p.version + 1);
@@ -101,17 +94,9 @@ impl<'txn> StateTables<'txn> {
         job.stopped = false;
         let bytes = encode(&job);
         self.jobs.insert(job.name.as_str(), bytes.as_slice())?;
-        self.job_versions.insert(
-            job_version_key(&job.name, job.version).as_str(),
-            bytes.as_slice(),
-        )?;
-        self.evaluations
-            .insert(eval.id.as_str(), encode(&eval).as_slice())?;
-        Ok(CommandResponse::JobRegistered {
-            version: job.version,
-            changed: true,
-            eval_id: Some(eval.id),
-        })
+        self.job_versions.insert(job_version_key(&job.name, job.version).as_str(), bytes.as_slice())?;
+        self.put_evaluation(&eval)?;
+        Ok(CommandResponse::JobRegistered { version: job.version, changed: true, eval_id: Some(eval.id) })
     }
 
     fn deregister_job(
@@ -131,8 +116,7 @@ impl<'txn> StateTables<'txn> {
             self.jobs.remove(name)?;
             let first = job_version_key(name, 0);
             let last = job_version_key(name, u64::MAX);
-            self.job_versions
-                .retain_in(first.as_str()..=last.as_str(), |_, _| false)?;
+            self.job_versions.retain_in(first.as_str()..=last.as_str(), |_, _| false)?;
         } else {
             job.stopped = true;
             job.submitted_at = job.submitted_at.max(now);
@@ -141,8 +125,7 @@ impl<'txn> StateTables<'txn> {
             }
             self.jobs.insert(name, encode(&job).as_slice())?;
         }
-        self.evaluations
-            .insert(eval.id.as_str(), encode(&eval).as_slice())?;
+        self.put_evaluation(&eval)?;
         Ok(CommandResponse::JobDeregistered { eval_id: eval.id })
     }
 
@@ -165,8 +148,7 @@ impl<'txn> StateTables<'txn> {
             }
         }
         node.status = NodeStatus::Ready;
-        self.nodes
-            .insert(node.id.as_str(), encode(&node).as_slice())?;
+        self.nodes.insert(node.id.as_str(), encode(&node).as_slice())?;
         Ok(CommandResponse::NodeRegistered)
     }
 
@@ -190,14 +172,97 @@ impl<'txn> StateTables<'txn> {
         Ok(CommandResponse::NodeStatusSet)
     }
 
+    /// The plan applier's last line: a plan is committed only if it still fits the state it
+    /// meets here, so no node is over-committed and no slot is filled twice, however plans race.
+    fn apply_plan(&mut self, plan: Plan, eval: Evaluation) -> Result<CommandResponse, redb::Error> {
+        if let Err(why) = self.check_plan(&plan)? {
+            return Ok(CommandResponse::Rejected(Rejection {
+                kind: RejectionKind::FailedPrecondition,
+                message: format!("stale plan: {why}"),
+            }));
+        }
+        let now = eval.modified_at;
+        for stop in &plan.stops {
+            let Some(mut alloc) = get::<Allocation>(&self.allocations, &stop.alloc_id)? else { continue };
+            alloc.desired_status = stop.desired_status;
+            alloc.desired_description = stop.description.clone();
+            if let Some(status) = stop.client_status {
+                alloc.client_status = status;
+            }
+            alloc.modified_at = now;
+            self.allocations.insert(alloc.id.as_str(), encode(&alloc).as_slice())?;
+        }
+        for alloc in &plan.placements {
+            self.allocations.insert(alloc.id.as_str(), encode(alloc).as_slice())?;
+        }
+        self.put_evaluation(&eval)?;
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(CommandResponse::PlanApplied { placed: count(plan.placements.len()), stopped: count(plan.stops.len()) })
+    }
+
+    fn check_plan(&self, plan: &Plan) -> Result<Result<(), String>, redb::Error> {
+        if plan.placements.is_empty() {
+            return Ok(Ok(()));
+        }
+        let stopping: BTreeSet<&str> = plan.stops.iter().map(|s| s.alloc_id.as_str()).collect();
+        // One pass over the allocations: what each node has reserved, which slots are taken.
+        let mut used: HashMap<String, Resources> = HashMap::new();
+        let mut taken: BTreeSet<(String, String)> = BTreeSet::new();
+        for row in self.allocations.iter()? {
+            let (_, value) = row?;
+            let alloc: Allocation = decode(value.value()).map_err(redb::StorageError::Io)?;
+            if alloc.is_terminal()
+                || alloc.desired_status != AllocDesiredStatus::Run
+                || stopping.contains(alloc.id.as_str())
+            {
+                continue;
+            }
+            let r = used.entry(alloc.node_id.clone()).or_insert(Resources { cpu_mhz: 0, memory_mb: 0 });
+            r.cpu_mhz = r.cpu_mhz.saturating_add(alloc.resources.cpu_mhz);
+            r.memory_mb = r.memory_mb.saturating_add(alloc.resources.memory_mb);
+            taken.insert((alloc.name.clone(), alloc.node_id.clone()));
+            taken.insert((alloc.name, String::new()));
+        }
+        let system =
+            get::<Job>(&self.jobs, &plan.job_name)?.is_some_and(|j| j.job_type == helios_core::JobType::System);
+        for alloc in &plan.placements {
+            let Some(node) = get::<Node>(&self.nodes, &alloc.node_id)? else {
+                return Ok(Err(format!("node {} is gone", alloc.node_id)));
+            };
+            if node.status != NodeStatus::Ready || node.eligibility != NodeEligibility::Eligible || node.drain {
+                return Ok(Err(format!("node {} can no longer take work", node.id)));
+            }
+            // A system job's slot is per node; other slots are per job.
+            let slot = (alloc.name.clone(), if system { alloc.node_id.clone() } else { String::new() });
+            if !taken.insert(slot) {
+                return Ok(Err(format!("slot {} is already filled", alloc.name)));
+            }
+            let r = used.entry(node.id.clone()).or_insert(Resources { cpu_mhz: 0, memory_mb: 0 });
+            r.cpu_mhz = r.cpu_mhz.saturating_add(alloc.resources.cpu_mhz);
+            r.memory_mb = r.memory_mb.saturating_add(alloc.resources.memory_mb);
+            if r.cpu_mhz > node.resources.cpu_mhz || r.memory_mb > node.resources.memory_mb {
+                return Ok(Err(format!("node {} has no room left", node.id)));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Stores an evaluation and keeps the index of pending ones (what the scheduler reads).
+    fn put_evaluation(&mut self, eval: &Evaluation) -> Result<(), redb::Error> {
+        self.evaluations.insert(eval.id.as_str(), encode(eval).as_slice())?;
+        if eval.status == helios_core::EvalStatus::Pending {
+            self.pending_evaluations.insert(eval.id.as_str(), [].as_slice())?;
+        } else {
+            self.pending_evaluations.remove(eval.id.as_str())?;
+        }
+        Ok(())
+    }
+
     fn has_live_allocations(&self, job_name: &str) -> Result<bool, redb::Error> {
         for row in self.allocations.iter()? {
             let (_, value) = row?;
             let alloc: Allocation = decode(value.value()).map_err(redb::StorageError::Io)?;
-            if alloc.job_name == job_name
-                && !alloc.is_terminal()
-                && alloc.client_status != AllocClientStatus::Lost
-            {
+            if alloc.job_name == job_name && !alloc.is_terminal() && alloc.client_status != AllocClientStatus::Lost {
                 return Ok(true);
             }
         }
@@ -205,10 +270,7 @@ impl<'txn> StateTables<'txn> {
     }
 }
 
-fn get<T: serde::de::DeserializeOwned>(
-    table: &StateTable<'_>,
-    key: &str,
-) -> Result<Option<T>, redb::Error> {
+fn get<T: serde::de::DeserializeOwned>(table: &StateTable<'_>, key: &str) -> Result<Option<T>, redb::Error> {
     match table.get(key)? {
         None => Ok(None),
         Some(v) => Ok(Some(decode(v.value()).map_err(redb::StorageError::Io)?)),
@@ -224,22 +286,12 @@ mod tests {
     use crate::store::{open, read};
 
     fn proposal(id: &str, at: u64, command: Command) -> Proposal {
-        Proposal {
-            request_id: id.to_string(),
-            proposed_at: Timestamp(at),
-            command,
-        }
+        Proposal { request_id: id.to_string(), proposed_at: Timestamp(at), command }
     }
 
     fn register(name: &str, arg: &str, eval: &str) -> Command {
         let job = Job::exec(name, "echo", vec![arg.to_string()]);
-        let eval = Evaluation::new(
-            eval.to_string(),
-            name,
-            50,
-            EvalTrigger::JobRegister,
-            Timestamp(1),
-        );
+        let eval = Evaluation::new(eval.to_string(), name, 50, EvalTrigger::JobRegister, Timestamp(1));
         Command::RegisterJob { job, eval }
     }
 
@@ -248,15 +300,8 @@ mod tests {
         let txn = db.begin_write().unwrap();
         let responses = {
             let mut tables = StateTables::open(&txn).unwrap();
-            let latest = proposals
-                .iter()
-                .map(|p| p.proposed_at)
-                .max()
-                .unwrap_or_default();
-            let out = proposals
-                .into_iter()
-                .map(|p| tables.apply_once(p).unwrap())
-                .collect();
+            let latest = proposals.iter().map(|p| p.proposed_at).max().unwrap_or_default();
+            let out = proposals.into_iter().map(|p| tables.apply_once(p).unwrap()).collect();
             tables.forget_requests_before(latest).unwrap();
             out
         };
@@ -279,21 +324,9 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                CommandResponse::JobRegistered {
-                    version: 0,
-                    changed: true,
-                    eval_id: Some("e1".into())
-                },
-                CommandResponse::JobRegistered {
-                    version: 0,
-                    changed: false,
-                    eval_id: None
-                },
-                CommandResponse::JobRegistered {
-                    version: 1,
-                    changed: true,
-                    eval_id: Some("e3".into())
-                },
+                CommandResponse::JobRegistered { version: 0, changed: true, eval_id: Some("e1".into()) },
+                CommandResponse::JobRegistered { version: 0, changed: false, eval_id: None },
+                CommandResponse::JobRegistered { version: 1, changed: true, eval_id: Some("e3".into()) },
             ]
         );
         let txn = db.begin_read().unwrap();
@@ -312,10 +345,7 @@ mod tests {
         assert_eq!(first, retried);
         let txn = db.begin_read().unwrap();
         let job = read::job(&txn, "web").unwrap().unwrap();
-        assert_eq!(
-            job.version, 1,
-            "the retry must not roll the job back to the older spec"
-        );
+        assert_eq!(job.version, 1, "the retry must not roll the job back to the older spec");
     }
 
     #[test]
@@ -323,21 +353,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path(), 1).unwrap();
         apply_all(&db, vec![proposal("old", 1_000, register("a", "x", "e1"))]);
-        apply_all(
-            &db,
-            vec![proposal(
-                "new",
-                1_000 + REQUEST_MEMORY_MS + 1,
-                register("b", "x", "e2"),
-            )],
-        );
+        apply_all(&db, vec![proposal("new", 1_000 + REQUEST_MEMORY_MS + 1, register("b", "x", "e2"))]);
         let txn = db.begin_read().unwrap();
         let requests = txn.open_table(REQUESTS).unwrap();
-        let keys: Vec<String> = requests
-            .iter()
-            .unwrap()
-            .map(|r| r.unwrap().0.value().to_string())
-            .collect();
+        let keys: Vec<String> = requests.iter().unwrap().map(|r| r.unwrap().0.value().to_string()).collect();
         assert_eq!(keys.len(), 1);
         assert!(keys[0].ends_with("/new"), "{keys:?}");
     }
@@ -346,15 +365,7 @@ mod tests {
     fn stop_and_purge() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path(), 1).unwrap();
-        let eval = |id: &str| {
-            Evaluation::new(
-                id.into(),
-                "web",
-                50,
-                EvalTrigger::JobDeregister,
-                Timestamp(5),
-            )
-        };
+        let eval = |id: &str| Evaluation::new(id.into(), "web", 50, EvalTrigger::JobDeregister, Timestamp(5));
         let stop = |id: &str, purge| Command::DeregisterJob {
             job_name: "web".into(),
             purge,
@@ -369,24 +380,13 @@ mod tests {
                 proposal("r2", 3, stop("e2", false)),
             ],
         );
-        assert!(
-            matches!(&got[0], CommandResponse::Rejected(r) if r.kind == RejectionKind::NotFound)
-        );
-        assert_eq!(
-            got[2],
-            CommandResponse::JobDeregistered {
-                eval_id: "e2".into()
-            }
-        );
+        assert!(matches!(&got[0], CommandResponse::Rejected(r) if r.kind == RejectionKind::NotFound));
+        assert_eq!(got[2], CommandResponse::JobDeregistered { eval_id: "e2".into() });
         {
             let txn = db.begin_read().unwrap();
             let job = read::job(&txn, "web").unwrap().unwrap();
             assert!(job.stopped);
-            assert_eq!(
-                job.status,
-                JobStatus::Dead,
-                "no allocations run, so the stopped job is dead"
-            );
+            assert_eq!(job.status, JobStatus::Dead, "no allocations run, so the stopped job is dead");
         }
         apply_all(&db, vec![proposal("r3", 4, stop("e3", true))]);
         let txn = db.begin_read().unwrap();

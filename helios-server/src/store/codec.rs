@@ -17,11 +17,7 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
-    let (value, _) = bincode::serde::decode_from_slice(bytes, config()).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("cannot decode stored value: {e}"),
-        )
-    })?;
+    let (value, _) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("cannot decode stored value: {e}")))?;
     Ok(value)
 }

@@ -17,20 +17,11 @@ pub enum OpenError {
     #[error("data dir {path} exists but is not a directory")]
     NotADirectory { path: PathBuf },
     #[error("cannot create data dir {path}: {source}")]
-    CreateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    CreateDir { path: PathBuf, source: std::io::Error },
     #[error("data dir {path} is not writable: {source}")]
-    NotWritable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    NotWritable { path: PathBuf, source: std::io::Error },
     #[error("cannot open database {path}: {source}")]
-    Database {
-        path: PathBuf,
-        source: redb::DatabaseError,
-    },
+    Database { path: PathBuf, source: redb::DatabaseError },
     #[error("cannot initialize database {path}: {source}")]
     Init { path: PathBuf, source: redb::Error },
 }
@@ -43,26 +34,16 @@ pub fn db_path(data_dir: &Path, node_id: u64) -> PathBuf {
 /// Opens (creating if needed) the server's database, with every table present.
 pub fn open(data_dir: &Path, node_id: u64) -> Result<Arc<Database>, OpenError> {
     if data_dir.exists() && !data_dir.is_dir() {
-        return Err(OpenError::NotADirectory {
-            path: data_dir.to_path_buf(),
-        });
+        return Err(OpenError::NotADirectory { path: data_dir.to_path_buf() });
     }
-    std::fs::create_dir_all(data_dir).map_err(|source| OpenError::CreateDir {
-        path: data_dir.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|source| OpenError::CreateDir { path: data_dir.to_path_buf(), source })?;
     // Probe writability first: redb's own error for a read-only directory is less clear.
     let probe = data_dir.join(format!(".helios-node-{node_id}.probe"));
-    std::fs::write(&probe, b"ok").map_err(|source| OpenError::NotWritable {
-        path: data_dir.to_path_buf(),
-        source,
-    })?;
+    std::fs::write(&probe, b"ok").map_err(|source| OpenError::NotWritable { path: data_dir.to_path_buf(), source })?;
     let _ = std::fs::remove_file(&probe);
     let path = db_path(data_dir, node_id);
-    let db = Database::create(&path).map_err(|source| OpenError::Database {
-        path: path.clone(),
-        source,
-    })?;
+    let db = Database::create(&path).map_err(|source| OpenError::Database { path: path.clone(), source })?;
     tables::create_all(&db).map_err(|source| OpenError::Init { path, source })?;
     Ok(Arc::new(db))
 }

@@ -8,7 +8,7 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 
 use super::codec::decode;
-use super::tables::{job_version_key, ALLOCATIONS, EVALUATIONS, JOBS, JOB_VERSIONS, NODES};
+use super::tables::{job_version_key, ALLOCATIONS, EVALUATIONS, JOBS, JOB_VERSIONS, NODES, PENDING_EVALUATIONS};
 
 fn table(
     txn: &ReadTransaction,
@@ -58,10 +58,7 @@ pub fn job_versions(txn: &ReadTransaction, name: &str) -> io::Result<Vec<Job>> {
     let last = job_version_key(name, u64::MAX);
     let versions = table(txn, JOB_VERSIONS)?;
     let mut out = Vec::new();
-    for row in versions
-        .range(first.as_str()..=last.as_str())
-        .map_err(io::Error::other)?
-    {
+    for row in versions.range(first.as_str()..=last.as_str()).map_err(io::Error::other)? {
         let (_, v) = row.map_err(io::Error::other)?;
         out.push(decode(v.value())?);
     }
@@ -108,4 +105,16 @@ pub fn evaluations_for_job(txn: &ReadTransaction, job_name: &str) -> io::Result<
     let mut evals = scan(txn, EVALUATIONS, |e: &Evaluation| e.job_name == job_name)?;
     evals.sort_by_key(|e| e.created_at);
     Ok(evals)
+}
+
+/// Evaluations waiting for the scheduler, oldest first (ids are time-ordered).
+pub fn pending_evaluations(txn: &ReadTransaction) -> io::Result<Vec<Evaluation>> {
+    let mut out = Vec::new();
+    for row in table(txn, PENDING_EVALUATIONS)?.iter().map_err(io::Error::other)? {
+        let (id, _) = row.map_err(io::Error::other)?;
+        if let Some(eval) = get(txn, EVALUATIONS, id.value())? {
+            out.push(eval);
+        }
+    }
+    Ok(out)
 }

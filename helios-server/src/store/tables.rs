@@ -20,19 +20,17 @@ pub const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// evaluation id -> `Evaluation`.
 pub const EVALUATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("evaluations");
 
+/// evaluation id -> nothing: the evaluations still waiting for the scheduler (an index over
+/// `evaluations`, so the leader need not scan them all).
+pub const PENDING_EVALUATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_evaluations");
+
 /// `request_key(proposed_at, request_id)` -> the `CommandResponse` it got: a repeated proposal
 /// is answered from here instead of being applied again.
 pub const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 
 /// The tables that make up the replicated state: exactly what a snapshot carries.
-pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 6] = [
-    JOBS,
-    JOB_VERSIONS,
-    ALLOCATIONS,
-    NODES,
-    EVALUATIONS,
-    REQUESTS,
-];
+pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 7] =
+    [JOBS, JOB_VERSIONS, ALLOCATIONS, NODES, EVALUATIONS, REQUESTS, PENDING_EVALUATIONS];
 
 pub const META_VOTE: &str = "vote";
 pub const META_LAST_PURGED: &str = "last_purged";

@@ -12,6 +12,8 @@ use helios_api::convert::job_to_pb;
 use helios_api::pb;
 use helios_api::pb::cluster_service_client::ClusterServiceClient;
 use helios_api::pb::job_service_client::JobServiceClient;
+use helios_api::pb::node_service_client::NodeServiceClient;
+use helios_client::ClientConfig;
 use helios_core::Job;
 use helios_server::{ServerConfig, StartError};
 use tokio::net::TcpListener;
@@ -36,10 +38,7 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -68,15 +67,10 @@ impl TestCluster {
     pub async fn start_with(n: u64, snapshot_every: u64) -> TestCluster {
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
-            listeners.insert(
-                id,
-                TcpListener::bind("127.0.0.1:0").await.expect("bind port 0"),
-            );
+            listeners.insert(id, TcpListener::bind("127.0.0.1:0").await.expect("bind port 0"));
         }
-        let addrs: BTreeMap<u64, String> = listeners
-            .iter()
-            .map(|(id, l)| (*id, l.local_addr().expect("bound").to_string()))
-            .collect();
+        let addrs: BTreeMap<u64, String> =
+            listeners.iter().map(|(id, l)| (*id, l.local_addr().expect("bound").to_string())).collect();
         let mut cluster = TestCluster {
             dir: tempfile::tempdir().expect("temp dir"),
             initial_peers: addrs.clone().into_iter().collect(),
@@ -93,8 +87,7 @@ impl TestCluster {
 
     fn config(&self, id: u64, peers: Vec<(u64, String)>, bootstrap: bool) -> ServerConfig {
         let addr = self.addrs[&id].parse().expect("socket address");
-        let mut config =
-            ServerConfig::new(id, addr, peers, bootstrap, self.data_dir()).expect("valid config");
+        let mut config = ServerConfig::new(id, addr, peers, bootstrap, self.data_dir()).expect("valid config");
         config.snapshot_every = self.snapshot_every;
         config.heartbeat_ttl = HEARTBEAT_TTL;
         config
@@ -104,13 +97,7 @@ impl TestCluster {
         self.dir.path().to_path_buf()
     }
 
-    fn launch(
-        &mut self,
-        id: u64,
-        listener: TcpListener,
-        peers: Vec<(u64, String)>,
-        bootstrap: bool,
-    ) {
+    fn launch(&mut self, id: u64, listener: TcpListener, peers: Vec<(u64, String)>, bootstrap: bool) {
         let config = self.config(id, peers, bootstrap);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(helios_server::run_on(config, listener, async move {
@@ -123,21 +110,14 @@ impl TestCluster {
     pub async fn stop(&mut self, id: u64) {
         let running = self.running.remove(&id).expect("server is running");
         let _ = running.stop.send(());
-        running
-            .task
-            .await
-            .expect("server task")
-            .expect("server ran cleanly");
+        running.task.await.expect("server task").expect("server ran cleanly");
     }
 
     /// Restarts a stopped server on its old address and data, with its original flags.
     pub async fn restart(&mut self, id: u64) {
         let listener = self.rebind(id).await;
-        let peers = if self.initial_peers.iter().any(|(p, _)| *p == id) {
-            self.initial_peers.clone()
-        } else {
-            Vec::new()
-        };
+        let peers =
+            if self.initial_peers.iter().any(|(p, _)| *p == id) { self.initial_peers.clone() } else { Vec::new() };
         self.launch(id, listener, peers, id == 1);
     }
 
@@ -186,12 +166,7 @@ impl TestCluster {
     }
 
     pub async fn members(&self, via: u64) -> pb::ListMembersResponse {
-        self.cluster_client(via)
-            .await
-            .list_members(pb::ListMembersRequest {})
-            .await
-            .expect("list members")
-            .into_inner()
+        self.cluster_client(via).await.list_members(pb::ListMembersRequest {}).await.expect("list members").into_inner()
     }
 
     /// Waits until the running servers agree on one running leader, and returns it.
@@ -219,9 +194,7 @@ impl TestCluster {
         let job = Job::exec(name, "echo", vec![name.to_string()]);
         self.jobs(via)
             .await
-            .submit_job(pb::SubmitJobRequest {
-                job: Some(job_to_pb(&job)),
-            })
+            .submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) })
             .await
             .expect("submit")
             .into_inner()
@@ -229,24 +202,14 @@ impl TestCluster {
 
     /// The job names server `via` holds (a linearizable read).
     pub async fn job_names(&self, via: u64) -> Vec<String> {
-        let reply = self
-            .jobs(via)
-            .await
-            .list_jobs(pb::ListJobsRequest {})
-            .await
-            .expect("list jobs")
-            .into_inner();
+        let reply = self.jobs(via).await.list_jobs(pb::ListJobsRequest {}).await.expect("list jobs").into_inner();
         reply.jobs.into_iter().map(|j| j.name).collect()
     }
 
     /// Server `id`'s own report of itself.
     pub async fn own_status(&self, id: u64) -> pb::Member {
         let members = self.members(id).await;
-        members
-            .members
-            .into_iter()
-            .find(|m| m.id == id)
-            .expect("server lists itself")
+        members.members.into_iter().find(|m| m.id == id).expect("server lists itself")
     }
 
     pub async fn shutdown(mut self) {
@@ -254,4 +217,58 @@ impl TestCluster {
             self.stop(id).await;
         }
     }
+}
+
+/// A client agent (the real `helios-client` library) connected to every server of a cluster.
+pub struct Agent {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), helios_client::ClientError>>,
+}
+
+impl Agent {
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("agent task").expect("agent ran cleanly");
+    }
+}
+
+pub async fn start_agent(cluster: &TestCluster, node_id: &str, data_dir: &std::path::Path) -> Agent {
+    start_agent_with(cluster, node_id, data_dir, 4000, 8192).await
+}
+
+/// An agent advertising `cpu_mhz` and `memory_mb`.
+pub async fn start_agent_with(
+    cluster: &TestCluster,
+    node_id: &str,
+    data_dir: &std::path::Path,
+    cpu_mhz: u32,
+    memory_mb: u32,
+) -> Agent {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let config = ClientConfig {
+        node_id: node_id.to_string(),
+        servers: cluster.addrs.values().map(|a| format!("http://{a}")).collect(),
+        rpc_addr: listener.local_addr().expect("addr"),
+        data_dir: data_dir.to_path_buf(),
+        meta: [("rack".to_string(), "r1".to_string())].into(),
+        cpu_mhz: Some(cpu_mhz),
+        memory_mb: Some(memory_mb),
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(helios_client::run_on(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    Agent { stop, task }
+}
+
+pub async fn node(cluster: &TestCluster, via: u64, id: &str) -> Option<pb::Node> {
+    let mut nodes = NodeServiceClient::new(cluster.channel(via).await);
+    nodes.get_node(pb::GetNodeRequest { id: id.to_string() }).await.ok()?.into_inner().node
+}
+
+pub async fn wait_status(cluster: &TestCluster, via: u64, id: &str, status: &str) -> pb::Node {
+    wait_for(&format!("node {id} to be {status}"), || async {
+        node(cluster, via, id).await.filter(|n| n.status == status)
+    })
+    .await
 }

@@ -1,0 +1,191 @@
+//! The leader's scheduling loop: evaluations in, plans committed through Raft.
+//!
+//! While this server leads it takes pending evaluations oldest first, runs the pure scheduler
+//! (`helios_core::scheduler`) on a consistent read of the tables, and proposes the plan with the
+//! evaluation's outcome (`ApplyPlan`). The state machine refuses a plan that no longer fits; the
+//! loop then plans again on fresh state. It also turns node changes into evaluations: a node
+//! that joins, leaves or changes eligibility re-evaluates system jobs, blocked jobs and the jobs
+//! with allocations on it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
+use std::time::Duration;
+
+use helios_core::scheduler::{schedule, StateView};
+use helios_core::{
+    AllocDesiredStatus, Allocation, Command, CommandResponse, EvalStatus, EvalTrigger, Evaluation, Job, JobType, Node,
+    Resources,
+};
+use openraft::type_config::async_runtime::watch::WatchReceiver;
+use openraft::ServerState;
+use redb::ReadTransaction;
+
+use crate::clock;
+use crate::cluster::{Cluster, ClusterError};
+use crate::store::read;
+
+/// A plan rejected this many times in a row leaves its evaluation pending for the next round.
+const MAX_ATTEMPTS: usize = 5;
+
+/// One consistent read of what the scheduler needs for one job.
+struct Snapshot {
+    job: Option<Job>,
+    nodes: Vec<Node>,
+    allocations: Vec<Allocation>,
+    usage: HashMap<String, Resources>,
+}
+
+impl Snapshot {
+    fn read(txn: &ReadTransaction, job_name: &str) -> io::Result<Snapshot> {
+        let all = read::allocations(txn, None, None)?;
+        let mut usage: HashMap<String, Resources> = HashMap::new();
+        for a in all.iter().filter(|a| !a.is_terminal() && a.desired_status == AllocDesiredStatus::Run) {
+            let r = usage.entry(a.node_id.clone()).or_insert(Resources { cpu_mhz: 0, memory_mb: 0 });
+            r.cpu_mhz = r.cpu_mhz.saturating_add(a.resources.cpu_mhz);
+            r.memory_mb = r.memory_mb.saturating_add(a.resources.memory_mb);
+        }
+        Ok(Snapshot {
+            job: read::job(txn, job_name)?,
+            nodes: read::nodes(txn)?,
+            allocations: all.into_iter().filter(|a| a.job_name == job_name).collect(),
+            usage,
+        })
+    }
+}
+
+impl StateView for Snapshot {
+    fn index(&self) -> u64 {
+        0
+    }
+    fn job(&self, name: &str) -> Option<&Job> {
+        self.job.as_ref().filter(|j| j.name == name)
+    }
+    fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+    fn allocations_of_job(&self, job_name: &str) -> Vec<&Allocation> {
+        self.allocations.iter().filter(|a| a.job_name == job_name).collect()
+    }
+    fn node_usage(&self, node_id: &str) -> Resources {
+        self.usage.get(node_id).copied().unwrap_or(Resources { cpu_mhz: 0, memory_mb: 0 })
+    }
+}
+
+/// What about a node matters to scheduling.
+type NodeShape = (helios_core::NodeStatus, helios_core::NodeEligibility, bool);
+
+/// Runs for the server's lifetime; works only while this server leads.
+pub async fn run(cluster: Cluster) {
+    let mut metrics = cluster.raft.metrics();
+    let mut known_nodes: Option<BTreeMap<String, NodeShape>> = None;
+    loop {
+        let leading = metrics.borrow_watched().state == ServerState::Leader;
+        if !leading {
+            known_nodes = None;
+            if metrics.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if let Err(e) = round(&cluster, &mut known_nodes).await {
+            tracing::warn!(error = %e, "scheduling round failed; retrying");
+        }
+        // Wake on any progress (an applied entry may be a new evaluation), or poll.
+        let _ = tokio::time::timeout(Duration::from_millis(200), metrics.changed()).await;
+    }
+}
+
+async fn round(cluster: &Cluster, known_nodes: &mut Option<BTreeMap<String, NodeShape>>) -> Result<(), ClusterError> {
+    evaluate_node_changes(cluster, known_nodes).await?;
+    let pending = cluster.read_local(read::pending_evaluations).await?;
+    for eval in pending {
+        if !cluster.raft.is_leader() {
+            break;
+        }
+        process(cluster, eval).await?;
+    }
+    Ok(())
+}
+
+async fn process(cluster: &Cluster, eval: Evaluation) -> Result<(), ClusterError> {
+    for attempt in 1..=MAX_ATTEMPTS {
+        let job_name = eval.job_name.clone();
+        let snapshot = cluster.read_local(move |txn| Snapshot::read(txn, &job_name)).await?;
+        let now = clock::now();
+        let plan = schedule(&snapshot, &eval, now, &mut clock::new_id);
+        let mut outcome = eval.clone();
+        outcome.modified_at = now;
+        outcome.failed_placements = plan.failed_placements.clone();
+        outcome.status = if plan.failed_placements.is_empty() { EvalStatus::Complete } else { EvalStatus::Blocked };
+        outcome.status_description = if plan.failed_placements.is_empty() {
+            format!("{} placed, {} stopped", plan.placements.len(), plan.stops.len())
+        } else {
+            "some allocations could not be placed; retried when the cluster changes".to_string()
+        };
+        let (_, response) = cluster.write(Command::ApplyPlan { plan, eval: outcome }).await?;
+        match response {
+            CommandResponse::PlanApplied { placed, stopped } => {
+                tracing::info!(eval = %eval.id, job = %eval.job_name, placed, stopped, "plan applied");
+                return Ok(());
+            }
+            CommandResponse::Rejected(r) => {
+                tracing::info!(eval = %eval.id, attempt, reason = %r.message, "plan refused; planning again");
+            }
+            other => return Err(ClusterError::Internal(format!("unexpected answer to a plan: {other:?}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Creates evaluations for the jobs that a node change can affect.
+async fn evaluate_node_changes(
+    cluster: &Cluster,
+    known: &mut Option<BTreeMap<String, NodeShape>>,
+) -> Result<(), ClusterError> {
+    let nodes = cluster.read_local(read::nodes).await?;
+    let current: BTreeMap<String, NodeShape> =
+        nodes.iter().map(|n| (n.id.clone(), (n.status, n.eligibility, n.drain))).collect();
+    let Some(previous) = known.replace(current.clone()) else {
+        // The first look as leader is the baseline.
+        return Ok(());
+    };
+    let changed: BTreeSet<String> = current
+        .iter()
+        .filter(|(id, shape)| previous.get(*id) != Some(shape))
+        .map(|(id, _)| id.clone())
+        .chain(previous.keys().filter(|id| !current.contains_key(*id)).cloned())
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let affected = cluster
+        .read_local(move |txn| {
+            let mut jobs = BTreeSet::new();
+            for job in read::jobs(txn)?.into_iter().filter(|j| !j.stopped) {
+                let blocked =
+                    read::evaluations_for_job(txn, &job.name)?.last().is_some_and(|e| e.status == EvalStatus::Blocked);
+                if job.job_type == JobType::System || blocked {
+                    jobs.insert((job.name.clone(), job.priority));
+                }
+            }
+            for alloc in read::allocations(txn, None, None)? {
+                if changed.contains(&alloc.node_id) && !alloc.is_terminal() {
+                    if let Some(job) = read::job(txn, &alloc.job_name)? {
+                        jobs.insert((job.name.clone(), job.priority));
+                    }
+                }
+            }
+            Ok(jobs)
+        })
+        .await?;
+    if affected.is_empty() {
+        return Ok(());
+    }
+    let now = clock::now();
+    let evals = affected
+        .into_iter()
+        .map(|(job, priority)| Evaluation::new(clock::new_id(), &job, priority, EvalTrigger::NodeUpdate, now))
+        .collect();
+    cluster.write(Command::CreateEvaluations { evals }).await?;
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! The leader's scheduling loop with real agents: placements committed through Raft, failures
+//! explained and retried when the cluster changes, lost nodes replaced, system jobs following
+//! the nodes, stops.
+
+mod common;
+
+use common::{start_agent, start_agent_with, wait_for, TestCluster};
+use helios_api::convert::job_to_pb;
+use helios_api::pb;
+use helios_core::{Constraint, ConstraintOperator, Job, JobType, Resources};
+
+fn service(name: &str, count: u32, cpu_mhz: u32) -> Job {
+    let mut job = Job::exec(name, "sleep", vec!["600".into()]);
+    job.job_type = JobType::Service;
+    job.task_groups[0].count = count;
+    job.task_groups[0].tasks[0].resources = Resources { cpu_mhz, memory_mb: 128 };
+    job
+}
+
+async fn submit(cluster: &TestCluster, via: u64, job: &Job) {
+    cluster.jobs(via).await.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(job)) }).await.expect("submit");
+}
+
+async fn status(cluster: &TestCluster, via: u64, name: &str) -> pb::GetJobStatusResponse {
+    let request = pb::GetJobStatusRequest { name: name.to_string() };
+    cluster.jobs(via).await.get_job_status(request).await.expect("job status").into_inner()
+}
+
+/// Live allocations (desired run, not finished): (name, node).
+fn live(status: &pb::GetJobStatusResponse) -> Vec<(String, String)> {
+    let mut out: Vec<_> = status
+        .allocations
+        .iter()
+        .filter(|a| a.desired_status == "run" && matches!(a.client_status.as_str(), "pending" | "running"))
+        .map(|a| (a.name.clone(), a.node_id.clone()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn allocations_are_placed_replaced_when_a_node_dies_and_retried_when_one_joins() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let via = cluster.running_ids().into_iter().find(|id| *id != leader).expect("follower");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = start_agent(&cluster, "a", dir.path()).await;
+    let b = start_agent(&cluster, "b", dir.path()).await;
+    common::wait_status(&cluster, via, "a", "ready").await;
+    common::wait_status(&cluster, via, "b", "ready").await;
+
+    let mut web = service("web", 2, 100);
+    web.constraints.push(Constraint {
+        attribute: String::new(),
+        operator: ConstraintOperator::DistinctHosts,
+        value: String::new(),
+    });
+    submit(&cluster, via, &web).await;
+    let placed = wait_for("two allocations on two nodes", || async {
+        let s = status(&cluster, via, "web").await;
+        (live(&s).len() == 2).then_some(s)
+    })
+    .await;
+    let mut nodes: Vec<String> = live(&placed).into_iter().map(|(_, n)| n).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["a", "b"]);
+    assert_eq!(placed.evaluations.last().expect("eval").status, "complete");
+
+    // Node a dies: its allocation is lost; the replacement has nowhere to go (distinct hosts).
+    a.stop().await;
+    let blocked = wait_for("the lost allocation and a blocked replacement", || async {
+        let s = status(&cluster, via, "web").await;
+        let lost = s.allocations.iter().any(|al| al.node_id == "a" && al.client_status == "lost");
+        (lost && s.placement.contains("distinct_hosts")).then_some(s)
+    })
+    .await;
+    let running: Vec<String> = live(&blocked).into_iter().map(|(_, n)| n).collect();
+    assert_eq!(running, ["b"], "only b's allocation runs");
+
+    // A new node joins: the blocked evaluation is retried and the slot is filled there.
+    let c = start_agent(&cluster, "c", dir.path()).await;
+    let healed = wait_for("the replacement on the new node", || async {
+        let s = status(&cluster, via, "web").await;
+        let on: Vec<String> = live(&s).into_iter().map(|(_, n)| n).collect();
+        (on.len() == 2 && on.contains(&"c".to_string())).then_some(s)
+    })
+    .await;
+    let names: Vec<String> = live(&healed).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["web.web[0]", "web.web[1]"], "the replacement keeps its slot's name");
+    b.stop().await;
+    c.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn placement_failures_are_explained_and_nodes_never_over_committed() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = start_agent_with(&cluster, "a", dir.path(), 1000, 1024).await;
+    common::wait_status(&cluster, 1, "a", "ready").await;
+
+    submit(&cluster, 1, &service("big", 3, 400)).await;
+    let s = wait_for("a blocked evaluation", || async {
+        let s = status(&cluster, 1, "big").await;
+        (s.evaluations.last().is_some_and(|e| e.status == "blocked")).then_some(s)
+    })
+    .await;
+    assert_eq!(live(&s).len(), 2, "1000 MHz holds two 400 MHz allocations");
+    assert!(s.placement.contains("not enough free cpu"), "{}", s.placement);
+
+    // More room: a second node takes the third.
+    let b = start_agent_with(&cluster, "b", dir.path(), 1000, 1024).await;
+    wait_for("the third allocation", || async { (live(&status(&cluster, 1, "big").await).len() == 3).then_some(()) })
+        .await;
+
+    // Stopping the job stops them all.
+    let mut jobs = cluster.jobs(1).await;
+    jobs.stop_job(pb::StopJobRequest { name: "big".into(), purge: false }).await.expect("stop");
+    wait_for("every allocation stopped", || async {
+        let s = status(&cluster, 1, "big").await;
+        (s.allocations.iter().all(|al| al.desired_status == "stop") && !s.allocations.is_empty()).then_some(())
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn system_jobs_run_on_every_node_including_new_ones() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = start_agent(&cluster, "a", dir.path()).await;
+    common::wait_status(&cluster, 1, "a", "ready").await;
+    let mut agent = service("agent", 1, 50);
+    agent.job_type = JobType::System;
+    submit(&cluster, 1, &agent).await;
+    wait_for("one allocation on a", || async { (live(&status(&cluster, 1, "agent").await).len() == 1).then_some(()) })
+        .await;
+    let b = start_agent(&cluster, "b", dir.path()).await;
+    let s = wait_for("an allocation on the new node", || async {
+        let s = status(&cluster, 1, "agent").await;
+        (live(&s).len() == 2).then_some(s)
+    })
+    .await;
+    let nodes: Vec<String> = live(&s).into_iter().map(|(_, n)| n).collect();
+    assert_eq!(nodes, ["a", "b"]);
+    a.stop().await;
+    b.stop().await;
+    cluster.shutdown().await;
+}
