@@ -41,9 +41,14 @@ pub enum Command {
     DeregisterJob { job_name: String, purge: bool, eval: Evaluation, now: Timestamp },
     /// A client agent registers (or re-registers after a restart). Refused when the id belongs
     /// to a live node with another secret: one machine cannot take over another's identity.
-    RegisterNode { node: Node },
+    ///
+    /// `evals` re-evaluate the jobs the node's arrival affects (system jobs, blocked jobs, jobs
+    /// with allocations on it), stamped by the proposer and committed in the same entry, so a
+    /// leader change cannot lose them.
+    RegisterNode { node: Node, evals: Vec<Evaluation> },
     /// The leader's heartbeat tracker saw a node go silent (`Down`) or come back (`Ready`).
-    SetNodeStatus { node_id: String, status: NodeStatus, now: Timestamp },
+    /// `evals` as for `RegisterNode`.
+    SetNodeStatus { node_id: String, status: NodeStatus, now: Timestamp, evals: Vec<Evaluation> },
     /// The leader's scheduler result. Applied only if it still fits: every placement's node is
     /// ready with room for it and its slot is free; otherwise rejected as stale (the leader
     /// re-plans). `eval` is the evaluation as it ends (complete, or blocked with reasons).
@@ -114,7 +119,7 @@ impl std::fmt::Display for Command {
             Command::DeregisterJob { job_name, purge, eval, .. } => {
                 write!(f, "deregister-job {job_name} purge={purge} (eval {})", eval.id)
             }
-            Command::RegisterNode { node } => write!(f, "register-node {}", node.id),
+            Command::RegisterNode { node, .. } => write!(f, "register-node {}", node.id),
             Command::SetNodeStatus { node_id, status, .. } => {
                 write!(f, "set-node-status {node_id} {}", status.as_str())
             }

@@ -10,8 +10,10 @@ use crate::alloc::{AllocClientStatus, AllocDesiredStatus, Allocation};
 pub struct Plan {
     pub eval_id: String,
     pub job_name: String,
-    /// The state index the scheduler planned against; a plan whose allocations changed since is
-    /// rejected and re-planned.
+    /// The state index the scheduler planned against, as its `StateView` reports it (for logs
+    /// and tests; the server's applier does not compare it). What makes a plan stale is checked
+    /// directly when it is applied: a placement whose node is no longer ready, lacks room, or
+    /// whose slot is taken.
     pub planned_at_index: u64,
     pub placements: Vec<Allocation>,
     pub stops: Vec<AllocStop>,

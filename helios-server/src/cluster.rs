@@ -97,6 +97,8 @@ pub enum ClusterError {
     NotFound(String),
     #[error("{0}")]
     PermissionDenied(String),
+    #[error("this server is no longer the leader")]
+    NotLeader,
     #[error("storage: {0}")]
     Storage(#[from] io::Error),
     #[error("internal: {0}")]
@@ -261,6 +263,29 @@ impl Cluster {
         }
     }
 
+    /// Proposes `command` on this server only if it leads, never forwarding: the leader's own
+    /// loops (liveness, scheduling) must not act through a newer leader after losing office.
+    pub async fn propose_as_leader(&self, command: Command) -> Result<CommandResponse, ClusterError> {
+        let proposal = Proposal { request_id: clock::new_id(), proposed_at: clock::now(), command };
+        match self.raft.client_write(proposal).await {
+            Ok(reply) => Ok(reply.data),
+            Err(e) if e.forward_to_leader().is_some() => Err(ClusterError::NotLeader),
+            Err(e) => Err(ClusterError::Internal(e.to_string())),
+        }
+    }
+
+    /// Evaluations for the jobs a change of node `node_id` affects, from this server's tables as
+    /// they are (current on the leader, which is where node changes are proposed from).
+    pub async fn node_change_evaluations(
+        &self,
+        node_id: &str,
+        trigger: helios_core::EvalTrigger,
+    ) -> Result<Vec<helios_core::Evaluation>, ClusterError> {
+        let id = node_id.to_string();
+        let jobs = self.read_local(move |txn| crate::store::read::jobs_affected_by_node(txn, &id)).await?;
+        Ok(node_evaluations(jobs, node_id, trigger))
+    }
+
     /// Records a client heartbeat wherever the leader is; returns the TTL to heartbeat within.
     pub async fn heartbeat(&self, node_id: String, secret: String) -> Result<Duration, ClusterError> {
         match self.submit(ForwardRequest::Heartbeat { node_id, secret }, REQUEST_DEADLINE).await? {
@@ -292,11 +317,16 @@ impl Cluster {
         self.tracker.touch(&node_id, self.heartbeat_ttl);
         if node.status == helios_core::NodeStatus::Down {
             // It is back: one Raft write for the status change, not one per heartbeat.
-            let command = Command::SetNodeStatus { node_id, status: helios_core::NodeStatus::Ready, now: clock::now() };
-            // This server leads: propose directly (going through `write` would recurse).
-            let proposal = Proposal { request_id: clock::new_id(), proposed_at: clock::now(), command };
-            if let Err(e) = self.raft.client_write(proposal).await {
-                return self.not_leader_or(e.forward_to_leader().cloned(), &e);
+            let evals = match self.node_change_evaluations(&node_id, helios_core::EvalTrigger::NodeUpdate).await {
+                Ok(evals) => evals,
+                Err(e) => return ForwardResponse::Failed(ForwardFailure::Internal(e.to_string())),
+            };
+            let status = helios_core::NodeStatus::Ready;
+            let command = Command::SetNodeStatus { node_id, status, now: clock::now(), evals };
+            match self.propose_as_leader(command).await {
+                Ok(_) => {}
+                Err(ClusterError::NotLeader) => return ForwardResponse::NotLeader { leader: None },
+                Err(e) => return ForwardResponse::Failed(ForwardFailure::Internal(e.to_string())),
             }
         }
         let ttl_ms = u64::try_from(self.heartbeat_ttl.as_millis()).unwrap_or(u64::MAX);
@@ -431,4 +461,20 @@ impl Cluster {
         let reply = client.status(req).await.ok()?;
         decode(&reply.into_inner().data).ok()
     }
+}
+
+/// One evaluation per affected job, stamped with fresh ids and the current time.
+pub fn node_evaluations(
+    jobs: Vec<(String, u32)>,
+    node_id: &str,
+    trigger: helios_core::EvalTrigger,
+) -> Vec<helios_core::Evaluation> {
+    let now = clock::now();
+    jobs.into_iter()
+        .map(|(job, priority)| {
+            let mut eval = helios_core::Evaluation::new(clock::new_id(), &job, priority, trigger, now);
+            eval.node_id = Some(node_id.to_string());
+            eval
+        })
+        .collect()
 }

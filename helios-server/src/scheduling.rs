@@ -3,18 +3,17 @@
 //! While this server leads it takes pending evaluations oldest first, runs the pure scheduler
 //! (`helios_core::scheduler`) on a consistent read of the tables, and proposes the plan with the
 //! evaluation's outcome (`ApplyPlan`). The state machine refuses a plan that no longer fits; the
-//! loop then plans again on fresh state. It also turns node changes into evaluations: a node
-//! that joins, leaves or changes eligibility re-evaluates system jobs, blocked jobs and the jobs
-//! with allocations on it.
+//! loop then plans again on fresh state. Node changes arrive as evaluations committed together
+//! with the change itself (`Command::SetNodeStatus`, `Command::RegisterNode`), so a leader change
+//! cannot lose them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
 use helios_core::scheduler::{schedule, StateView};
 use helios_core::{
-    AllocDesiredStatus, Allocation, Command, CommandResponse, EvalStatus, EvalTrigger, Evaluation, Job, JobType, Node,
-    Resources,
+    AllocDesiredStatus, Allocation, Command, CommandResponse, EvalStatus, Evaluation, Job, Node, Resources,
 };
 use openraft::type_config::async_runtime::watch::WatchReceiver;
 use openraft::ServerState;
@@ -24,7 +23,7 @@ use crate::clock;
 use crate::cluster::{Cluster, ClusterError};
 use crate::store::read;
 
-/// A plan rejected this many times in a row leaves its evaluation pending for the next round.
+/// A plan refused this many times in a row leaves its evaluation pending for the next round.
 const MAX_ATTEMPTS: usize = 5;
 
 /// One consistent read of what the scheduler needs for one job.
@@ -71,23 +70,18 @@ impl StateView for Snapshot {
     }
 }
 
-/// What about a node matters to scheduling.
-type NodeShape = (helios_core::NodeStatus, helios_core::NodeEligibility, bool);
-
 /// Runs for the server's lifetime; works only while this server leads.
 pub async fn run(cluster: Cluster) {
     let mut metrics = cluster.raft.metrics();
-    let mut known_nodes: Option<BTreeMap<String, NodeShape>> = None;
     loop {
         let leading = metrics.borrow_watched().state == ServerState::Leader;
         if !leading {
-            known_nodes = None;
             if metrics.changed().await.is_err() {
                 return;
             }
             continue;
         }
-        if let Err(e) = round(&cluster, &mut known_nodes).await {
+        if let Err(e) = round(&cluster).await {
             tracing::warn!(error = %e, "scheduling round failed; retrying");
         }
         // Wake on any progress (an applied entry may be a new evaluation), or poll.
@@ -95,8 +89,7 @@ pub async fn run(cluster: Cluster) {
     }
 }
 
-async fn round(cluster: &Cluster, known_nodes: &mut Option<BTreeMap<String, NodeShape>>) -> Result<(), ClusterError> {
-    evaluate_node_changes(cluster, known_nodes).await?;
+async fn round(cluster: &Cluster) -> Result<(), ClusterError> {
     let pending = cluster.read_local(read::pending_evaluations).await?;
     for eval in pending {
         if !cluster.raft.is_leader() {
@@ -122,7 +115,8 @@ async fn process(cluster: &Cluster, eval: Evaluation) -> Result<(), ClusterError
         } else {
             "some allocations could not be placed; retried when the cluster changes".to_string()
         };
-        let (_, response) = cluster.write(Command::ApplyPlan { plan, eval: outcome }).await?;
+        // Only as leader: a deposed leader's plan must not reach the new one by forwarding.
+        let response = cluster.propose_as_leader(Command::ApplyPlan { plan, eval: outcome }).await?;
         match response {
             CommandResponse::PlanApplied { placed, stopped } => {
                 tracing::info!(eval = %eval.id, job = %eval.job_name, placed, stopped, "plan applied");
@@ -134,58 +128,6 @@ async fn process(cluster: &Cluster, eval: Evaluation) -> Result<(), ClusterError
             other => return Err(ClusterError::Internal(format!("unexpected answer to a plan: {other:?}"))),
         }
     }
-    Ok(())
-}
-
-/// Creates evaluations for the jobs that a node change can affect.
-async fn evaluate_node_changes(
-    cluster: &Cluster,
-    known: &mut Option<BTreeMap<String, NodeShape>>,
-) -> Result<(), ClusterError> {
-    let nodes = cluster.read_local(read::nodes).await?;
-    let current: BTreeMap<String, NodeShape> =
-        nodes.iter().map(|n| (n.id.clone(), (n.status, n.eligibility, n.drain))).collect();
-    let Some(previous) = known.replace(current.clone()) else {
-        // The first look as leader is the baseline.
-        return Ok(());
-    };
-    let changed: BTreeSet<String> = current
-        .iter()
-        .filter(|(id, shape)| previous.get(*id) != Some(shape))
-        .map(|(id, _)| id.clone())
-        .chain(previous.keys().filter(|id| !current.contains_key(*id)).cloned())
-        .collect();
-    if changed.is_empty() {
-        return Ok(());
-    }
-    let affected = cluster
-        .read_local(move |txn| {
-            let mut jobs = BTreeSet::new();
-            for job in read::jobs(txn)?.into_iter().filter(|j| !j.stopped) {
-                let blocked =
-                    read::evaluations_for_job(txn, &job.name)?.last().is_some_and(|e| e.status == EvalStatus::Blocked);
-                if job.job_type == JobType::System || blocked {
-                    jobs.insert((job.name.clone(), job.priority));
-                }
-            }
-            for alloc in read::allocations(txn, None, None)? {
-                if changed.contains(&alloc.node_id) && !alloc.is_terminal() {
-                    if let Some(job) = read::job(txn, &alloc.job_name)? {
-                        jobs.insert((job.name.clone(), job.priority));
-                    }
-                }
-            }
-            Ok(jobs)
-        })
-        .await?;
-    if affected.is_empty() {
-        return Ok(());
-    }
-    let now = clock::now();
-    let evals = affected
-        .into_iter()
-        .map(|(job, priority)| Evaluation::new(clock::new_id(), &job, priority, EvalTrigger::NodeUpdate, now))
-        .collect();
-    cluster.write(Command::CreateEvaluations { evals }).await?;
+    tracing::warn!(eval = %eval.id, "plan refused {MAX_ATTEMPTS} times; the evaluation stays pending for the next round");
     Ok(())
 }

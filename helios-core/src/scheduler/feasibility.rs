@@ -13,7 +13,7 @@ enum Check {
     NotEqual(String, String),
     /// `None`: the expression does not compile, so no node matches.
     Regexp(String, Option<Regex>),
-    Version(String, Vec<(String, Vec<u64>)>),
+    Version(String, Option<Vec<(String, Vec<u64>)>>),
 }
 
 /// A group's placement requirements, ready to test nodes against.
@@ -49,8 +49,9 @@ impl CompiledConstraints {
                 ConstraintOperator::Equal => Check::Equal(c.attribute.clone(), c.value.clone()),
                 ConstraintOperator::NotEqual => Check::NotEqual(c.attribute.clone(), c.value.clone()),
                 ConstraintOperator::Regexp => Check::Regexp(c.attribute.clone(), Regex::new(&c.value).ok()),
+                // An unparsable requirement (validation refuses them) matches no node.
                 ConstraintOperator::Version => {
-                    Check::Version(c.attribute.clone(), parse_version_requirement(&c.value).unwrap_or_default())
+                    Check::Version(c.attribute.clone(), parse_version_requirement(&c.value).ok())
                 }
                 ConstraintOperator::DistinctHosts => {
                     if !job.constraints.contains(c) {
@@ -117,9 +118,9 @@ fn passes(check: &Check, node: &Node) -> bool {
         Check::Regexp(attr, re) => {
             node_attribute(node, attr).is_some_and(|v| re.as_ref().is_some_and(|re| re.is_match(v)))
         }
-        Check::Version(attr, terms) => {
-            node_attribute(node, attr).and_then(parse_version).is_some_and(|v| version_matches(&v, terms))
-        }
+        Check::Version(attr, terms) => node_attribute(node, attr)
+            .and_then(parse_version)
+            .is_some_and(|v| terms.as_ref().is_some_and(|terms| version_matches(&v, terms))),
     }
 }
 

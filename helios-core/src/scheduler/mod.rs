@@ -14,7 +14,7 @@ mod select;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::alloc::Allocation;
 use crate::eval::Evaluation;
@@ -59,19 +59,27 @@ pub fn schedule(view: &impl StateView, eval: &Evaluation, now: Timestamp, new_id
         return plan;
     };
     let nodes_by_id: BTreeMap<&str, &Node> = view.nodes().iter().map(|n| (n.id.as_str(), n)).collect();
-    let mut placer = select::Placer::new(view, job, eval);
+    // Decide every stop first, so placements can use the room (and the hosts) they free.
+    let mut asks = Vec::new();
     for group in &job.task_groups {
-        let asks = reconcile::reconcile_group(job, group, &existing, &nodes_by_id, view.nodes(), &mut plan);
-        for ask in asks {
+        asks.push(reconcile::reconcile_group(job, group, &existing, &nodes_by_id, view.nodes(), &mut plan));
+    }
+    reconcile::stop_removed_groups(job, &existing, &mut plan);
+    let stopping: BTreeSet<&str> = plan.stops.iter().map(|s| s.alloc_id.as_str()).collect();
+    let freed: Vec<&Allocation> = existing.iter().copied().filter(|a| stopping.contains(a.id.as_str())).collect();
+    let mut placer = select::Placer::new(view, job, eval, &freed);
+    let system = job.job_type == crate::job::JobType::System;
+    for (group, group_asks) in job.task_groups.iter().zip(asks) {
+        for ask in group_asks {
             match placer.place(group, &ask, now, new_id) {
                 Ok(alloc) => plan.placements.push(alloc),
-                Err(reason) => {
+                // A system job simply does not run where it cannot: not a failure.
+                Err(select::PlaceError::Infeasible(_)) if system => {}
+                Err(select::PlaceError::Infeasible(reason) | select::PlaceError::NoRoom(reason)) => {
                     plan.failed_placements.insert(group.name.clone(), reason);
                 }
             }
         }
     }
-    // Groups that no longer exist in the job: stop what still runs of them.
-    reconcile::stop_removed_groups(job, &existing, &mut plan);
     plan
 }

@@ -24,10 +24,21 @@ pub struct Placer<'a, V: StateView> {
     cursor: usize,
     /// Resources this plan has already reserved, by node.
     reserved: HashMap<&'a str, Resources>,
+    /// Resources this plan frees by stopping allocations, by node.
+    released: HashMap<String, Resources>,
     /// Live allocations of the job (kept or planned), by node, and of each group, by node.
     job_on_node: HashMap<String, u32>,
     group_on_node: HashMap<(String, String), u32>,
     compiled: BTreeMap<String, CompiledConstraints>,
+}
+
+/// Why an allocation could not be placed.
+#[derive(Debug)]
+pub enum PlaceError {
+    /// No node qualifies at all (state, drivers, constraints).
+    Infeasible(String),
+    /// Qualifying nodes lack free resources (or already host the group, with distinct_hosts).
+    NoRoom(String),
 }
 
 struct Candidate<'a> {
@@ -37,11 +48,19 @@ struct Candidate<'a> {
 }
 
 impl<'a, V: StateView> Placer<'a, V> {
-    pub fn new(view: &'a V, job: &'a Job, eval: &Evaluation) -> Placer<'a, V> {
+    /// `freed`: allocations this plan stops; their room and their hosts count as free.
+    pub fn new(view: &'a V, job: &'a Job, eval: &Evaluation, freed: &[&Allocation]) -> Placer<'a, V> {
         let mut job_on_node = HashMap::new();
         let mut group_on_node = HashMap::new();
+        let mut released: HashMap<String, Resources> = HashMap::new();
+        for alloc in freed {
+            let r = released.entry(alloc.node_id.clone()).or_insert(Resources { cpu_mhz: 0, memory_mb: 0 });
+            r.cpu_mhz = r.cpu_mhz.saturating_add(alloc.resources.cpu_mhz);
+            r.memory_mb = r.memory_mb.saturating_add(alloc.resources.memory_mb);
+        }
         for alloc in view.allocations_of_job(&job.name) {
-            if alloc.desired_status == AllocDesiredStatus::Run && !alloc.client_status.is_terminal() {
+            let stopping = freed.iter().any(|f| f.id == alloc.id);
+            if !stopping && alloc.desired_status == AllocDesiredStatus::Run && !alloc.client_status.is_terminal() {
                 *job_on_node.entry(alloc.node_id.clone()).or_default() += 1;
                 *group_on_node.entry((alloc.task_group.clone(), alloc.node_id.clone())).or_default() += 1;
             }
@@ -53,6 +72,7 @@ impl<'a, V: StateView> Placer<'a, V> {
             eval_id: eval.id.clone(),
             cursor: (fnv1a(eval.id.as_bytes()) as usize) % nodes,
             reserved: HashMap::new(),
+            released,
             job_on_node,
             group_on_node,
             compiled: BTreeMap::new(),
@@ -66,7 +86,7 @@ impl<'a, V: StateView> Placer<'a, V> {
         ask: &Ask,
         now: Timestamp,
         new_id: &mut dyn FnMut() -> String,
-    ) -> Result<Allocation, String> {
+    ) -> Result<Allocation, PlaceError> {
         let job = self.job;
         let compiled =
             self.compiled.entry(group.name.clone()).or_insert_with(|| CompiledConstraints::for_group(job, group));
@@ -78,7 +98,7 @@ impl<'a, V: StateView> Placer<'a, V> {
         let (start, span) = match &ask.node_id {
             Some(id) => match nodes.iter().position(|n| &n.id == id) {
                 Some(at) => (at, 1),
-                None => return Err(format!("node {id} is gone")),
+                None => return Err(PlaceError::Infeasible(format!("node {id} is gone"))),
             },
             None => (self.cursor, nodes.len()),
         };
@@ -96,7 +116,10 @@ impl<'a, V: StateView> Placer<'a, V> {
                 *rejected.entry("distinct_hosts".to_string()).or_default() += 1;
                 continue;
             }
-            let used = add(self.view.node_usage(&node.id), self.reserved.get(node.id.as_str()).copied());
+            let used = sub(
+                add(self.view.node_usage(&node.id), self.reserved.get(node.id.as_str()).copied()),
+                self.released.get(&node.id).copied(),
+            );
             let Some(score) = fit_score(node.resources, used, ask_resources) else {
                 let lacking =
                     if used.cpu_mhz + ask_resources.cpu_mhz > node.resources.cpu_mhz { "cpu" } else { "memory" };
@@ -113,7 +136,10 @@ impl<'a, V: StateView> Placer<'a, V> {
             self.cursor = (start + examined) % nodes.len().max(1);
         }
         let Some(chosen) = best else {
-            return Err(describe_failure(nodes.len(), &rejected));
+            let reason = describe_failure(nodes.len(), &rejected);
+            // Room is what a cluster change can give; anything else needs a different node.
+            let room = rejected.keys().any(|k| k.starts_with("not enough free") || k == "distinct_hosts");
+            return Err(if room { PlaceError::NoRoom(reason) } else { PlaceError::Infeasible(reason) });
         };
         let node_id = chosen.node.id.clone();
         let reserved = self.reserved.entry(chosen.node.id.as_str()).or_default();
@@ -146,6 +172,11 @@ pub fn group_resources(group: &TaskGroup) -> Resources {
         cpu_mhz: acc.cpu_mhz.saturating_add(t.resources.cpu_mhz),
         memory_mb: acc.memory_mb.saturating_add(t.resources.memory_mb),
     })
+}
+
+fn sub(a: Resources, b: Option<Resources>) -> Resources {
+    let b = b.unwrap_or(Resources { cpu_mhz: 0, memory_mb: 0 });
+    Resources { cpu_mhz: a.cpu_mhz.saturating_sub(b.cpu_mhz), memory_mb: a.memory_mb.saturating_sub(b.memory_mb) }
 }
 
 fn add(a: Resources, b: Option<Resources>) -> Resources {

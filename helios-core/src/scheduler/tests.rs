@@ -388,3 +388,44 @@ fn a_stale_plan_is_rejected_and_replanning_succeeds() {
     assert!(replanned.placements.is_empty());
     assert!(replanned.failed_placements["two"].contains("not enough free"));
 }
+
+#[test]
+fn an_update_on_a_full_cluster_reuses_the_room_its_old_allocations_free() {
+    // Two nodes, each exactly full with one allocation of the job, and distinct hosts: the new
+    // version can only go where the old one is being stopped.
+    let mut h = Harness { nodes: vec![node("a", 1000, 1000), node("b", 1000, 1000)], ..Default::default() };
+    let mut job = service("web", 2, 1000, 1000);
+    job.constraints.push(Constraint {
+        attribute: String::new(),
+        operator: ConstraintOperator::DistinctHosts,
+        value: String::new(),
+    });
+    h.put_job(job.clone());
+    h.run("web");
+    job.task_groups[0].tasks[0].env.insert("VERSION".into(), "2".into());
+    h.put_job(job);
+    let plan = h.run("web");
+    assert_eq!(plan.stops.len(), 2);
+    assert_eq!(plan.placements.len(), 2, "{:?}", plan.failed_placements);
+    assert!(plan.failed_placements.is_empty());
+    assert!(h.live("web").iter().all(|a| a.job_version == 1));
+}
+
+#[test]
+fn a_system_job_skips_nodes_it_cannot_run_on_without_failing() {
+    let mut mac = node("mac", 8000, 8192);
+    mac.attributes.insert("os".into(), "darwin".into());
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192), mac], ..Default::default() };
+    let mut job = service("agent", 1, 50, 50);
+    job.job_type = JobType::System;
+    job.constraints.push(Constraint {
+        attribute: "attr.os".into(),
+        operator: ConstraintOperator::Equal,
+        value: "linux".into(),
+    });
+    h.put_job(job);
+    let plan = h.run("agent");
+    assert_eq!(plan.placements.len(), 1);
+    assert_eq!(plan.placements[0].node_id, "a");
+    assert!(plan.failed_placements.is_empty(), "{:?}", plan.failed_placements);
+}

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::errors::{cluster_status, invalid, rejection_status, require_name};
 use crate::clock;
-use crate::cluster::Cluster;
+use crate::cluster::{node_evaluations, Cluster};
 
 pub struct Agents {
     pub cluster: Cluster,
@@ -24,7 +24,14 @@ impl AgentService for Agents {
         let req = request.into_inner();
         let node = req.node.ok_or_else(|| invalid("node", "must be set"))?;
         let node = node_from_pb(node, req.secret, clock::now()).map_err(|e| helios_api::invalid_argument(&e))?;
-        let (_, response) = self.cluster.write(Command::RegisterNode { node }).await.map_err(cluster_status)?;
+        let id = node.id.clone();
+        let jobs = self
+            .cluster
+            .read(move |txn| crate::store::read::jobs_affected_by_node(txn, &id))
+            .await
+            .map_err(cluster_status)?;
+        let evals = node_evaluations(jobs, &node.id, helios_core::EvalTrigger::NodeUpdate);
+        let (_, response) = self.cluster.write(Command::RegisterNode { node, evals }).await.map_err(cluster_status)?;
         match response {
             CommandResponse::NodeRegistered => {
                 Ok(Response::new(pb::RegisterResponse { heartbeat_ttl_ms: ttl_ms(&self.cluster) }))

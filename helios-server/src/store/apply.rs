@@ -12,7 +12,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::codec::{decode, encode};
 use super::tables::{
-    job_version_key, request_key, ALLOCATIONS, EVALUATIONS, JOBS, JOB_VERSIONS, NODES, PENDING_EVALUATIONS, REQUESTS,
+    job_version_key, request_key, ALLOCATIONS, BLOCKED_JOBS, EVALUATIONS, JOBS, JOB_VERSIONS, NODES,
+    PENDING_EVALUATIONS, REQUESTS,
 };
 
 /// How long a request id is remembered. A server retries a proposal for at most
@@ -31,6 +32,7 @@ pub struct StateTables<'txn> {
     requests: StateTable<'txn>,
     nodes: StateTable<'txn>,
     pending_evaluations: StateTable<'txn>,
+    blocked_jobs: StateTable<'txn>,
 }
 
 impl<'txn> StateTables<'txn> {
@@ -43,6 +45,7 @@ impl<'txn> StateTables<'txn> {
             requests: txn.open_table(REQUESTS)?,
             nodes: txn.open_table(NODES)?,
             pending_evaluations: txn.open_table(PENDING_EVALUATIONS)?,
+            blocked_jobs: txn.open_table(BLOCKED_JOBS)?,
         })
     }
 
@@ -70,13 +73,23 @@ impl<'txn> StateTables<'txn> {
         match command {
             Command::RegisterJob { job, eval } => self.register_job(job, eval),
             Command::DeregisterJob { job_name, purge, eval, now } => self.deregister_job(&job_name, purge, eval, now),
-            Command::RegisterNode { node } => self.register_node(node),
-            Command::SetNodeStatus { node_id, status, now } => self.set_node_status(&node_id, status, now),
+            Command::RegisterNode { node, evals } => {
+                let response = self.register_node(node)?;
+                if response == CommandResponse::NodeRegistered {
+                    self.put_evaluations(&evals)?;
+                }
+                Ok(response)
+            }
+            Command::SetNodeStatus { node_id, status, now, evals } => {
+                let response = self.set_node_status(&node_id, status, now)?;
+                if response == CommandResponse::NodeStatusSet {
+                    self.put_evaluations(&evals)?;
+                }
+                Ok(response)
+            }
             Command::ApplyPlan { plan, eval } => self.apply_plan(plan, eval),
             Command::CreateEvaluations { evals } => {
-                for eval in evals {
-                    self.put_evaluation(&eval)?;
-                }
+                self.put_evaluations(&evals)?;
                 Ok(CommandResponse::EvaluationsCreated)
             }
         }
@@ -113,6 +126,10 @@ impl<'txn> StateTables<'txn> {
             }));
         };
         if purge {
+            // Stop its allocations now: a job submitted again under this name starts over at
+            // version 0, and must not mistake these for its own.
+            self.stop_allocations_of(name, now)?;
+            self.blocked_jobs.remove(name)?;
             self.jobs.remove(name)?;
             let first = job_version_key(name, 0);
             let last = job_version_key(name, u64::MAX);
@@ -207,7 +224,7 @@ impl<'txn> StateTables<'txn> {
         let stopping: BTreeSet<&str> = plan.stops.iter().map(|s| s.alloc_id.as_str()).collect();
         // One pass over the allocations: what each node has reserved, which slots are taken.
         let mut used: HashMap<String, Resources> = HashMap::new();
-        let mut taken: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut taken: BTreeSet<(String, String, String)> = BTreeSet::new();
         for row in self.allocations.iter()? {
             let (_, value) = row?;
             let alloc: Allocation = decode(value.value()).map_err(redb::StorageError::Io)?;
@@ -220,8 +237,9 @@ impl<'txn> StateTables<'txn> {
             let r = used.entry(alloc.node_id.clone()).or_insert(Resources { cpu_mhz: 0, memory_mb: 0 });
             r.cpu_mhz = r.cpu_mhz.saturating_add(alloc.resources.cpu_mhz);
             r.memory_mb = r.memory_mb.saturating_add(alloc.resources.memory_mb);
-            taken.insert((alloc.name.clone(), alloc.node_id.clone()));
-            taken.insert((alloc.name, String::new()));
+            // Names may repeat across jobs ("a.b" + "c" and "a" + "b.c"): key slots by job too.
+            taken.insert((alloc.job_name.clone(), alloc.name.clone(), alloc.node_id.clone()));
+            taken.insert((alloc.job_name, alloc.name, String::new()));
         }
         let system =
             get::<Job>(&self.jobs, &plan.job_name)?.is_some_and(|j| j.job_type == helios_core::JobType::System);
@@ -233,7 +251,11 @@ impl<'txn> StateTables<'txn> {
                 return Ok(Err(format!("node {} can no longer take work", node.id)));
             }
             // A system job's slot is per node; other slots are per job.
-            let slot = (alloc.name.clone(), if system { alloc.node_id.clone() } else { String::new() });
+            let slot = (
+                alloc.job_name.clone(),
+                alloc.name.clone(),
+                if system { alloc.node_id.clone() } else { String::new() },
+            );
             if !taken.insert(slot) {
                 return Ok(Err(format!("slot {} is already filled", alloc.name)));
             }
@@ -247,13 +269,46 @@ impl<'txn> StateTables<'txn> {
         Ok(Ok(()))
     }
 
-    /// Stores an evaluation and keeps the index of pending ones (what the scheduler reads).
+    fn put_evaluations(&mut self, evals: &[Evaluation]) -> Result<(), redb::Error> {
+        evals.iter().try_for_each(|e| self.put_evaluation(e))
+    }
+
+    /// Stores an evaluation and keeps the indexes of pending evaluations (what the scheduler
+    /// reads) and of blocked jobs (what a cluster change retries).
     fn put_evaluation(&mut self, eval: &Evaluation) -> Result<(), redb::Error> {
+        use helios_core::EvalStatus;
         self.evaluations.insert(eval.id.as_str(), encode(eval).as_slice())?;
-        if eval.status == helios_core::EvalStatus::Pending {
+        if eval.status == EvalStatus::Pending {
             self.pending_evaluations.insert(eval.id.as_str(), [].as_slice())?;
         } else {
             self.pending_evaluations.remove(eval.id.as_str())?;
+        }
+        match eval.status {
+            EvalStatus::Blocked => {
+                self.blocked_jobs.insert(eval.job_name.as_str(), eval.id.as_bytes())?;
+            }
+            EvalStatus::Complete => {
+                self.blocked_jobs.remove(eval.job_name.as_str())?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn stop_allocations_of(&mut self, job_name: &str, now: Timestamp) -> Result<(), redb::Error> {
+        let mut live = Vec::new();
+        for row in self.allocations.iter()? {
+            let (_, value) = row?;
+            let alloc: Allocation = decode(value.value()).map_err(redb::StorageError::Io)?;
+            if alloc.job_name == job_name && alloc.desired_status == AllocDesiredStatus::Run {
+                live.push(alloc);
+            }
+        }
+        for mut alloc in live {
+            alloc.desired_status = AllocDesiredStatus::Stop;
+            alloc.desired_description = "job purged".to_string();
+            alloc.modified_at = now;
+            self.allocations.insert(alloc.id.as_str(), encode(&alloc).as_slice())?;
         }
         Ok(())
     }
@@ -392,5 +447,88 @@ mod tests {
         let txn = db.begin_read().unwrap();
         assert!(read::job(&txn, "web").unwrap().is_none());
         assert!(read::job_versions(&txn, "web").unwrap().is_empty());
+    }
+
+    fn node(id: &str, cpu: u32) -> helios_core::Node {
+        helios_core::Node {
+            id: id.into(),
+            hostname: id.into(),
+            rpc_addr: "127.0.0.1:1".into(),
+            attributes: Default::default(),
+            meta: Default::default(),
+            drivers: vec!["exec".into()],
+            resources: Resources { cpu_mhz: cpu, memory_mb: 1000 },
+            status: NodeStatus::Ready,
+            eligibility: NodeEligibility::Eligible,
+            drain: false,
+            registered_at: Timestamp(1),
+            status_updated_at: Timestamp(1),
+            secret_id: "s".into(),
+        }
+    }
+
+    fn alloc(id: &str, job: &str, name: &str, node: &str, cpu: u32) -> Allocation {
+        Allocation {
+            id: id.into(),
+            name: name.into(),
+            eval_id: "e".into(),
+            job_name: job.into(),
+            job_version: 0,
+            task_group: "g".into(),
+            node_id: node.into(),
+            resources: Resources { cpu_mhz: cpu, memory_mb: 10 },
+            desired_status: AllocDesiredStatus::Run,
+            desired_description: String::new(),
+            client_status: AllocClientStatus::Pending,
+            client_description: String::new(),
+            task_states: Default::default(),
+            created_at: Timestamp(1),
+            modified_at: Timestamp(1),
+        }
+    }
+
+    fn plan(job: &str, placements: Vec<Allocation>) -> Command {
+        let plan = Plan {
+            eval_id: "e".into(),
+            job_name: job.into(),
+            planned_at_index: 0,
+            placements,
+            stops: vec![],
+            failed_placements: Default::default(),
+        };
+        let mut eval = Evaluation::new("e".into(), job, 50, EvalTrigger::JobRegister, Timestamp(2));
+        eval.status = helios_core::EvalStatus::Complete;
+        Command::ApplyPlan { plan, eval }
+    }
+
+    #[test]
+    fn the_plan_applier_refuses_over_commits_and_double_placements() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), 1).unwrap();
+        let register = Command::RegisterNode { node: node("n", 1000), evals: vec![] };
+        apply_all(&db, vec![proposal("r0", 1, register)]);
+        let got = apply_all(
+            &db,
+            vec![
+                proposal("r1", 2, plan("a", vec![alloc("x1", "a", "a.g[0]", "n", 600)])),
+                // Would put 1200 MHz on a 1000 MHz node.
+                proposal("r2", 3, plan("b", vec![alloc("x2", "b", "b.g[0]", "n", 600)])),
+                // The same slot of job a again.
+                proposal("r3", 4, plan("a", vec![alloc("x3", "a", "a.g[0]", "n", 100)])),
+                // Another job whose allocation happens to have the same name is fine.
+                proposal("r4", 5, plan("a.g", vec![alloc("x4", "a.g", "a.g[0]", "n", 100)])),
+                // A node nobody registered.
+                proposal("r5", 6, plan("c", vec![alloc("x5", "c", "c.g[0]", "ghost", 1)])),
+            ],
+        );
+        assert_eq!(got[0], CommandResponse::PlanApplied { placed: 1, stopped: 0 });
+        let refused = |r: &CommandResponse, why: &str| matches!(r, CommandResponse::Rejected(x) if x.kind == RejectionKind::FailedPrecondition && x.message.contains(why));
+        assert!(refused(&got[1], "no room left"), "{:?}", got[1]);
+        assert!(refused(&got[2], "already filled"), "{:?}", got[2]);
+        assert_eq!(got[3], CommandResponse::PlanApplied { placed: 1, stopped: 0 });
+        assert!(refused(&got[4], "is gone"), "{:?}", got[4]);
+        let txn = db.begin_read().unwrap();
+        let ids: Vec<String> = read::allocations(&txn, None, None).unwrap().into_iter().map(|a| a.id).collect();
+        assert_eq!(ids, ["x1", "x4"]);
     }
 }

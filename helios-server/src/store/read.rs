@@ -8,7 +8,9 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 
 use super::codec::decode;
-use super::tables::{job_version_key, ALLOCATIONS, EVALUATIONS, JOBS, JOB_VERSIONS, NODES, PENDING_EVALUATIONS};
+use super::tables::{
+    job_version_key, ALLOCATIONS, BLOCKED_JOBS, EVALUATIONS, JOBS, JOB_VERSIONS, NODES, PENDING_EVALUATIONS,
+};
 
 fn table(
     txn: &ReadTransaction,
@@ -114,6 +116,29 @@ pub fn pending_evaluations(txn: &ReadTransaction) -> io::Result<Vec<Evaluation>>
         let (id, _) = row.map_err(io::Error::other)?;
         if let Some(eval) = get(txn, EVALUATIONS, id.value())? {
             out.push(eval);
+        }
+    }
+    Ok(out)
+}
+
+/// The jobs a change to node `node_id` can affect, with their priorities: system jobs (they run
+/// on every node), blocked jobs (there may be room now) and jobs with live allocations on it.
+pub fn jobs_affected_by_node(txn: &ReadTransaction, node_id: &str) -> io::Result<Vec<(String, u32)>> {
+    let mut names = std::collections::BTreeSet::new();
+    for row in table(txn, BLOCKED_JOBS)?.iter().map_err(io::Error::other)? {
+        let (name, _) = row.map_err(io::Error::other)?;
+        names.insert(name.value().to_string());
+    }
+    for alloc in allocations(txn, None, Some(node_id))? {
+        if !alloc.is_terminal() {
+            names.insert(alloc.job_name);
+        }
+    }
+    let mut out = Vec::new();
+    for job in jobs(txn)? {
+        let system = job.job_type == helios_core::JobType::System;
+        if !job.stopped && (system || names.contains(&job.name)) {
+            out.push((job.name, job.priority));
         }
     }
     Ok(out)

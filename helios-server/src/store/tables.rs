@@ -28,9 +28,12 @@ pub const PENDING_EVALUATIONS: TableDefinition<&str, &[u8]> = TableDefinition::n
 /// is answered from here instead of being applied again.
 pub const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 
+/// job name -> its latest blocked evaluation's id: the jobs to retry when the cluster changes.
+pub const BLOCKED_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocked_jobs");
+
 /// The tables that make up the replicated state: exactly what a snapshot carries.
-pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 7] =
-    [JOBS, JOB_VERSIONS, ALLOCATIONS, NODES, EVALUATIONS, REQUESTS, PENDING_EVALUATIONS];
+pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 8] =
+    [JOBS, JOB_VERSIONS, ALLOCATIONS, NODES, EVALUATIONS, REQUESTS, PENDING_EVALUATIONS, BLOCKED_JOBS];
 
 pub const META_VOTE: &str = "vote";
 pub const META_LAST_PURGED: &str = "last_purged";

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 /// Short, so liveness tests see nodes go down quickly.
-pub const HEARTBEAT_TTL: Duration = Duration::from_millis(1000);
+pub const HEARTBEAT_TTL: Duration = Duration::from_millis(2000);
 
 /// Generous: a slow CI machine must not fail a correct test.
 pub const WAIT: Duration = Duration::from_secs(60);
