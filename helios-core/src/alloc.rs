@@ -16,6 +16,8 @@ pub struct Allocation {
     pub job_name: String,
     pub job_version: u64,
     pub task_group: String,
+    /// `TaskGroup::fingerprint` of the group it was placed for.
+    pub group_fingerprint: u64,
     pub node_id: String,
     pub resources: Resources,
     pub desired_status: AllocDesiredStatus,

@@ -6,7 +6,7 @@ use crate::time::Timestamp;
 
 /// A job as the user declared it, plus the fields the cluster assigns (`version`, `status`,
 /// `submitted_at`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Job {
     pub name: String,
     pub job_type: JobType,
@@ -72,7 +72,7 @@ impl Job {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum JobType {
     /// Long-running: the scheduler keeps `count` allocations running.
     Service,
@@ -92,7 +92,7 @@ impl JobType {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum JobStatus {
     /// Submitted; not every allocation is placed yet.
     Pending,
@@ -112,7 +112,7 @@ impl JobStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TaskGroup {
     pub name: String,
     pub count: u32,
@@ -123,7 +123,7 @@ pub struct TaskGroup {
 }
 
 /// What the client agent does when a task exits unexpectedly, before the scheduler reschedules.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RestartPolicy {
     /// Restarts allowed within `interval_secs`.
     pub attempts: u32,
@@ -131,6 +131,33 @@ pub struct RestartPolicy {
     /// Wait between a task's exit and its restart.
     pub delay_secs: u32,
     pub mode: RestartMode,
+}
+
+impl TaskGroup {
+    /// A digest of everything about the group but its count. Allocations carry the digest of the
+    /// group they were placed for: when a new job version changes only counts, they are updated
+    /// in place instead of replaced. Computed by the leader and stored, never recomputed in the
+    /// state machine, so it need not be stable across builds.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = Fnv1a(0xcbf2_9ce4_8422_2325);
+        TaskGroup { count: 0, ..self.clone() }.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+/// A tiny deterministic hasher (the standard one is seeded at random per process).
+struct Fnv1a(u64);
+
+impl std::hash::Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 impl RestartPolicy {
@@ -147,7 +174,7 @@ impl RestartPolicy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RestartMode {
     /// Out of attempts: the task fails and the scheduler may place it elsewhere.
     Fail,
@@ -155,7 +182,7 @@ pub enum RestartMode {
     Delay,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Task {
     pub name: String,
     pub driver: TaskDriver,
@@ -170,7 +197,7 @@ impl Task {
     pub const DEFAULT_KILL_TIMEOUT_SECS: u32 = 5;
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TaskDriver {
     Exec(ExecConfig),
     Docker(DockerConfig),
@@ -185,13 +212,13 @@ impl TaskDriver {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ExecConfig {
     pub command: String,
     pub args: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DockerConfig {
     pub image: String,
     /// Overrides the image's entrypoint when set.
@@ -209,14 +236,14 @@ pub struct DockerConfig {
 
 /// Helios-style port: `-p http=80:8080` maps container port 80 to host port 8080; without a host
 /// port the agent picks a free one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PortMapping {
     pub name: String,
     pub container_port: u16,
     pub host_port: Option<u16>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Resources {
     pub cpu_mhz: u32,
     pub memory_mb: u32,
@@ -229,7 +256,7 @@ impl Default for Resources {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Constraint {
     /// `node.id`, `node.hostname`, `attr.<name>` or `meta.<name>`.
     pub attribute: String,
@@ -237,7 +264,7 @@ pub struct Constraint {
     pub value: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ConstraintOperator {
     Equal,
     NotEqual,

@@ -17,6 +17,10 @@ pub struct Plan {
     pub planned_at_index: u64,
     pub placements: Vec<Allocation>,
     pub stops: Vec<AllocStop>,
+    /// Allocations of an older version whose group changed only in count: they stay, and move to
+    /// `job_version`.
+    pub in_place: Vec<String>,
+    pub job_version: u64,
     /// Task group -> why some of its allocations could not be placed.
     pub failed_placements: BTreeMap<String, String>,
 }
@@ -24,7 +28,7 @@ pub struct Plan {
 impl Plan {
     /// True when the plan changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.placements.is_empty() && self.stops.is_empty()
+        self.placements.is_empty() && self.stops.is_empty() && self.in_place.is_empty()
     }
 }
 

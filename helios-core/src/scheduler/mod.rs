@@ -49,6 +49,8 @@ pub fn schedule(view: &impl StateView, eval: &Evaluation, now: Timestamp, new_id
         planned_at_index: view.index(),
         placements: Vec::new(),
         stops: Vec::new(),
+        in_place: Vec::new(),
+        job_version: 0,
         failed_placements: BTreeMap::new(),
     };
     let existing = view.allocations_of_job(&eval.job_name);
@@ -58,6 +60,7 @@ pub fn schedule(view: &impl StateView, eval: &Evaluation, now: Timestamp, new_id
         reconcile::stop_all(&existing, &mut plan, "job stopped");
         return plan;
     };
+    plan.job_version = job.version;
     let nodes_by_id: BTreeMap<&str, &Node> = view.nodes().iter().map(|n| (n.id.as_str(), n)).collect();
     // Decide every stop first, so placements can use the room (and the hosts) they free.
     let mut asks = Vec::new();

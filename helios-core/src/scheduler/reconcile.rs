@@ -76,6 +76,11 @@ pub fn reconcile_group(
                 stop(plan, alloc, AllocDesiredStatus::Stop, true, "node down")
             }
             Some(node) if node.drain => stop(plan, alloc, AllocDesiredStatus::Evict, false, "node draining"),
+            Some(_) if alloc.job_version != job.version && alloc.group_fingerprint == group.fingerprint() => {
+                // Only counts changed: keep it, as an allocation of the new version.
+                plan.in_place.push(alloc.id.clone());
+                keep.push(alloc);
+            }
             Some(_) if alloc.job_version != job.version => {
                 stop(plan, alloc, AllocDesiredStatus::Stop, false, &format!("replaced by job version {}", job.version))
             }

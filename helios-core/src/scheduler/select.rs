@@ -153,6 +153,7 @@ impl<'a, V: StateView> Placer<'a, V> {
             job_name: job.name.clone(),
             job_version: job.version,
             task_group: group.name.clone(),
+            group_fingerprint: group.fingerprint(),
             node_id,
             resources: ask_resources,
             desired_status: AllocDesiredStatus::Run,

@@ -100,6 +100,9 @@ impl Harness {
                 alloc.client_status = status;
             }
         }
+        for id in &plan.in_place {
+            self.allocs.get_mut(id).expect("updating a known allocation").job_version = plan.job_version;
+        }
         for alloc in &plan.placements {
             assert!(self.allocs.insert(alloc.id.clone(), alloc.clone()).is_none(), "allocation placed twice");
         }
@@ -258,24 +261,45 @@ fn no_nodes_says_so() {
 }
 
 #[test]
-fn scaling_up_and_down_keeps_slots() {
+fn scaling_up_and_down_keeps_the_running_allocations() {
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+    h.put_job(service("web", 2, 100, 100));
+    h.run("web");
+    let first: Vec<String> = h.live("web").iter().map(|a| a.id.clone()).collect();
+    let mut job = h.jobs["web"].clone();
+    job.task_groups[0].count = 4;
+    // Only the count changed: the two running allocations stay (now of version 1), two join them.
+    h.put_job(job);
+    let plan = h.run("web");
+    assert_eq!(plan.placements.len(), 2);
+    assert!(plan.stops.is_empty());
+    assert_eq!(plan.in_place.len(), 2);
+    assert!(first
+        .iter()
+        .all(|id| h.allocs[id].job_version == 1 && h.allocs[id].desired_status == AllocDesiredStatus::Run));
+    let mut job = h.jobs["web"].clone();
+    job.task_groups[0].count = 1;
+    h.put_job(job);
+    let plan = h.run("web");
+    assert_eq!(plan.stops.len(), 3);
+    assert!(plan.stops.iter().all(|s| s.description == "scaled down"));
+    assert_eq!(h.live("web").len(), 1);
+    assert_eq!(h.live("web")[0].name, "web.web[0]");
+}
+
+#[test]
+fn a_changed_task_replaces_the_allocations() {
     let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
     h.put_job(service("web", 2, 100, 100));
     h.run("web");
     let mut job = h.jobs["web"].clone();
-    job.task_groups[0].count = 4;
-    // Scaling changes the spec: a new version replaces the old allocations.
+    job.task_groups[0].tasks[0].env.insert("COLOR".into(), "blue".into());
     h.put_job(job);
     let plan = h.run("web");
-    assert_eq!(plan.placements.len(), 4);
+    assert_eq!(plan.placements.len(), 2);
     assert_eq!(plan.stops.len(), 2);
     assert!(plan.stops.iter().all(|s| s.description == "replaced by job version 1"));
-    let mut job = h.jobs["web"].clone();
-    job.task_groups[0].count = 1;
-    h.put_job(job);
-    h.run("web");
-    assert_eq!(h.live("web").len(), 1);
-    assert_eq!(h.live("web")[0].name, "web.web[0]");
+    assert!(plan.in_place.is_empty());
 }
 
 #[test]

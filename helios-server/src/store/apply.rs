@@ -209,6 +209,12 @@ impl<'txn> StateTables<'txn> {
             alloc.modified_at = now;
             self.allocations.insert(alloc.id.as_str(), encode(&alloc).as_slice())?;
         }
+        for id in &plan.in_place {
+            let Some(mut alloc) = get::<Allocation>(&self.allocations, id)? else { continue };
+            alloc.job_version = plan.job_version;
+            alloc.modified_at = now;
+            self.allocations.insert(alloc.id.as_str(), encode(&alloc).as_slice())?;
+        }
         for alloc in &plan.placements {
             self.allocations.insert(alloc.id.as_str(), encode(alloc).as_slice())?;
         }
@@ -475,6 +481,7 @@ mod tests {
             job_name: job.into(),
             job_version: 0,
             task_group: "g".into(),
+            group_fingerprint: 0,
             node_id: node.into(),
             resources: Resources { cpu_mhz: cpu, memory_mb: 10 },
             desired_status: AllocDesiredStatus::Run,
@@ -494,6 +501,8 @@ mod tests {
             planned_at_index: 0,
             placements,
             stops: vec![],
+            in_place: vec![],
+            job_version: 0,
             failed_placements: Default::default(),
         };
         let mut eval = Evaluation::new("e".into(), job, 50, EvalTrigger::JobRegister, Timestamp(2));
