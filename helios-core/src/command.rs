@@ -52,7 +52,9 @@ pub enum Command {
     /// The leader's scheduler result. Applied only if it still fits: every placement's node is
     /// ready with room for it and its slot is free; otherwise rejected as stale (the leader
     /// re-plans). `eval` is the evaluation as it ends (complete, or blocked with reasons).
-    ApplyPlan { plan: Plan, eval: Evaluation },
+    /// `follow_ups` re-evaluate blocked jobs when the plan frees room (it stops allocations);
+    /// committed only with the plan.
+    ApplyPlan { plan: Plan, eval: Evaluation, follow_ups: Vec<Evaluation> },
     /// New evaluations, e.g. for the jobs a node change affects.
     CreateEvaluations { evals: Vec<Evaluation> },
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use helios_core::scheduler::{schedule, StateView};
 use helios_core::{
-    AllocDesiredStatus, Allocation, Command, CommandResponse, EvalStatus, Evaluation, Job, Node, Resources,
+    AllocDesiredStatus, Allocation, Command, CommandResponse, EvalStatus, EvalTrigger, Evaluation, Job, Node, Resources,
 };
 use openraft::type_config::async_runtime::watch::WatchReceiver;
 use openraft::ServerState;
@@ -115,8 +115,21 @@ async fn process(cluster: &Cluster, eval: Evaluation) -> Result<(), ClusterError
         } else {
             "some allocations could not be placed; retried when the cluster changes".to_string()
         };
+        // Room freed here may be what a blocked job waits for.
+        let follow_ups = if plan.stops.is_empty() {
+            Vec::new()
+        } else {
+            let blocked = cluster.read_local(read::blocked_jobs).await?;
+            blocked
+                .into_iter()
+                .filter(|(job, _)| *job != eval.job_name)
+                .map(|(job, priority)| {
+                    Evaluation::new(clock::new_id(), &job, priority, EvalTrigger::RetryFailedPlacement, now)
+                })
+                .collect()
+        };
         // Only as leader: a deposed leader's plan must not reach the new one by forwarding.
-        let response = cluster.propose_as_leader(Command::ApplyPlan { plan, eval: outcome }).await?;
+        let response = cluster.propose_as_leader(Command::ApplyPlan { plan, eval: outcome, follow_ups }).await?;
         match response {
             CommandResponse::PlanApplied { placed, stopped } => {
                 tracing::info!(eval = %eval.id, job = %eval.job_name, placed, stopped, "plan applied");

@@ -151,3 +151,31 @@ async fn system_jobs_run_on_every_node_including_new_ones() {
     b.stop().await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blocked_job_is_placed_when_another_job_frees_room() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = start_agent_with(&cluster, "a", dir.path(), 1000, 1024).await;
+    common::wait_status(&cluster, 1, "a", "ready").await;
+    submit(&cluster, 1, &service("filler", 1, 600)).await;
+    wait_for("filler placed", || async { (live(&status(&cluster, 1, "filler").await).len() == 1).then_some(()) }).await;
+    submit(&cluster, 1, &service("web", 1, 600)).await;
+    wait_for("web blocked", || async {
+        let s = status(&cluster, 1, "web").await;
+        s.evaluations.last().is_some_and(|e| e.status == "blocked").then_some(())
+    })
+    .await;
+
+    let mut jobs = cluster.jobs(1).await;
+    jobs.stop_job(pb::StopJobRequest { name: "filler".into(), purge: false }).await.expect("stop filler");
+    let s = wait_for("web placed in the freed room", || async {
+        let s = status(&cluster, 1, "web").await;
+        (live(&s).len() == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(s.evaluations.last().expect("eval").trigger, "retry-failed-placement");
+    a.stop().await;
+    cluster.shutdown().await;
+}

@@ -87,7 +87,13 @@ impl<'txn> StateTables<'txn> {
                 }
                 Ok(response)
             }
-            Command::ApplyPlan { plan, eval } => self.apply_plan(plan, eval),
+            Command::ApplyPlan { plan, eval, follow_ups } => {
+                let response = self.apply_plan(plan, eval)?;
+                if matches!(response, CommandResponse::PlanApplied { .. }) {
+                    self.put_evaluations(&follow_ups)?;
+                }
+                Ok(response)
+            }
             Command::CreateEvaluations { evals } => {
                 self.put_evaluations(&evals)?;
                 Ok(CommandResponse::EvaluationsCreated)
@@ -507,7 +513,7 @@ mod tests {
         };
         let mut eval = Evaluation::new("e".into(), job, 50, EvalTrigger::JobRegister, Timestamp(2));
         eval.status = helios_core::EvalStatus::Complete;
-        Command::ApplyPlan { plan, eval }
+        Command::ApplyPlan { plan, eval, follow_ups: vec![] }
     }
 
     #[test]

@@ -143,3 +143,15 @@ pub fn jobs_affected_by_node(txn: &ReadTransaction, node_id: &str) -> io::Result
     }
     Ok(out)
 }
+
+/// Jobs whose latest evaluation is blocked, with their priorities.
+pub fn blocked_jobs(txn: &ReadTransaction) -> io::Result<Vec<(String, u32)>> {
+    let mut out = Vec::new();
+    for row in table(txn, BLOCKED_JOBS)?.iter().map_err(io::Error::other)? {
+        let (name, _) = row.map_err(io::Error::other)?;
+        if let Some(job) = job(txn, name.value())? {
+            out.push((job.name, job.priority));
+        }
+    }
+    Ok(out)
+}
