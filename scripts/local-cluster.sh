@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts (or stops) a local three-server Helios cluster on 127.0.0.1:50051-50053, exactly as the
-# README's multi-node quick start does, with data and logs under ./.helios-local/.
+# Starts (or stops) a local Helios cluster exactly as the README's multi-node quick start does:
+# three servers on 127.0.0.1:50051-50053 and three client agents on 127.0.0.1:60051-60053, with
+# data and logs under ./.helios-local/.
 #
 #   scripts/local-cluster.sh start    build, start, wait for a leader
 #   scripts/local-cluster.sh status   server members
@@ -23,7 +24,7 @@ stop() {
 
 case "${1:-start}" in
 start)
-    (cd "$root" && cargo build --release -p helios-server -p helios-cli)
+    (cd "$root" && cargo build --release -p helios-server -p helios-client -p helios-cli)
     mkdir -p "$state"
     for id in 1 2 3; do
         if [ -e "$state/server-$id.pid" ] && kill -0 "$(cat "$state/server-$id.pid")" 2>/dev/null; then
@@ -39,17 +40,29 @@ start)
             "${peers[@]}" "${extra[@]}" </dev/null >"server-$id.log" 2>&1) &
         echo $! >"$state/server-$id.pid"
     done
+    for id in 1 2 3; do
+        if [ -e "$state/client-$id.pid" ] && kill -0 "$(cat "$state/client-$id.pid")" 2>/dev/null; then
+            continue
+        fi
+        mkdir -p "$state/client-$id"
+        (cd "$state" && exec "$bin/helios-client" --node-id "$id" --data-dir "client-$id" \
+            --server-addr http://127.0.0.1:50051,http://127.0.0.1:50052,http://127.0.0.1:50053 \
+            --client-rpc-addr "127.0.0.1:6005$id" </dev/null >"client-$id.log" 2>&1) &
+        echo $! >"$state/client-$id.pid"
+    done
     for _ in $(seq 1 100); do
-        if "$bin/helios-cli" server members >/dev/null 2>&1; then
+        if "$bin/helios-cli" server members >/dev/null 2>&1 && [ "$("$bin/helios-cli" node list 2>/dev/null | grep -c ' ready ')" = 3 ]; then
             "$bin/helios-cli" server members
             echo
+            "$bin/helios-cli" node list
+            echo
             echo "Cluster ready. Try: $bin/helios-cli job run --name hello echo -- 'Hello, Helios'"
-            echo "Logs: $state/server-*.log   Stop: scripts/local-cluster.sh stop"
+            echo "Logs: $state/{server,client}-*.log   Stop: scripts/local-cluster.sh stop"
             exit 0
         fi
         sleep 0.2
     done
-    echo "servers did not elect a leader; see $state/server-*.log" >&2
+    echo "the cluster did not come up (a leader and three ready nodes); see $state/*.log" >&2
     exit 1
     ;;
 status) "$bin/helios-cli" server members ;;

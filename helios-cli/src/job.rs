@@ -219,8 +219,11 @@ fn shell_words(command: &str, args: &[String]) -> String {
     std::iter::once(quote(command)).chain(args.iter().map(|a| quote(a))).collect::<Vec<_>>().join(" ")
 }
 
+/// The last 8 characters: ids are time-ordered UUIDs (v7), whose leading characters are the
+/// time and repeat between ids made close together; the tail is random.
 fn short(id: &str) -> String {
-    id.chars().take(8).collect()
+    let chars: Vec<char> = id.chars().collect();
+    chars[chars.len().saturating_sub(8)..].iter().collect()
 }
 
 fn type_name(t: i32) -> String {

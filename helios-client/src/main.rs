@@ -61,7 +61,13 @@ async fn main() -> ExitCode {
         memory_mb: args.memory_mb,
     };
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+        // SIGTERM (service managers, `kill`) or Ctrl-C: stop heartbeating and exit.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on unix");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
     };
     match helios_client::run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -147,6 +147,13 @@ async fn system_jobs_run_on_every_node_including_new_ones() {
     .await;
     let nodes: Vec<String> = live(&s).into_iter().map(|(_, n)| n).collect();
     assert_eq!(nodes, ["a", "b"]);
+    // An allocation is found by the last characters the CLI shows (time-ordered ids share their
+    // first ones).
+    let id = s.allocations[0].id.clone();
+    let mut allocs = pb::allocation_service_client::AllocationServiceClient::new(cluster.channel(1).await);
+    let by_tail = pb::GetAllocationRequest { id: id[id.len() - 8..].to_string() };
+    let found = allocs.get_allocation(by_tail).await.expect("lookup by tail").into_inner().allocation.expect("alloc");
+    assert_eq!(found.id, id);
     a.stop().await;
     b.stop().await;
     cluster.shutdown().await;

@@ -203,7 +203,10 @@ impl AllocationService for Allocations {
     ) -> Result<Response<pb::GetAllocationResponse>, Status> {
         let id = request.into_inner().id;
         if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            return Err(invalid("id", "must be an allocation id or a prefix of one (hex digits and '-')"));
+            return Err(invalid(
+                "id",
+                "must be an allocation id, or its first or last characters (hex digits and '-')",
+            ));
         }
         let prefix = id.clone();
         let matches =

@@ -77,8 +77,9 @@ pub fn allocations(
     })
 }
 
-/// An allocation by full id, or by a prefix that matches exactly one id. Returns every match so
-/// the caller can report ambiguity.
+/// An allocation by full id, by a prefix, or by a suffix (the CLI shows ids' last 8 characters,
+/// since time-ordered ids share their leading ones). Returns every match so the caller can
+/// report ambiguity.
 pub fn allocations_by_prefix(txn: &ReadTransaction, prefix: &str) -> io::Result<Vec<Allocation>> {
     if let Some(exact) = get::<Allocation>(txn, ALLOCATIONS, prefix)? {
         return Ok(vec![exact]);
@@ -91,6 +92,9 @@ pub fn allocations_by_prefix(txn: &ReadTransaction, prefix: &str) -> io::Result<
             break;
         }
         out.push(decode(v.value())?);
+    }
+    if out.is_empty() {
+        out = scan(txn, ALLOCATIONS, |a: &Allocation| a.id.ends_with(prefix))?;
     }
     Ok(out)
 }
