@@ -323,6 +323,58 @@ fn task_event_to_pb(e: &TaskEvent) -> pb::TaskEvent {
     }
 }
 
+/// An agent's report on one allocation, checked field by field.
+pub fn alloc_update_from_pb(u: pb::AllocationUpdate, path: &str) -> ConversionResult<helios_core::AllocUpdate> {
+    let mut p = Problems::default();
+    let client_status = helios_core::AllocClientStatus::parse(&u.client_status).unwrap_or_else(|| {
+        p.add(format!("{path}.client_status"), format!("unknown status {:?}", u.client_status));
+        helios_core::AllocClientStatus::Pending
+    });
+    if client_status == helios_core::AllocClientStatus::Lost {
+        p.add(format!("{path}.client_status"), "only the servers mark an allocation lost");
+    }
+    let mut task_states = BTreeMap::new();
+    for (task, state) in u.task_states {
+        let run = helios_core::TaskRunState::parse(&state.state).unwrap_or_else(|| {
+            p.add(format!("{path}.task_states.{task}.state"), format!("unknown state {:?}", state.state));
+            helios_core::TaskRunState::Pending
+        });
+        if state.events.len() > 1000 {
+            p.add(format!("{path}.task_states.{task}.events"), "at most 1000 events");
+        }
+        let events = state
+            .events
+            .into_iter()
+            .map(|e| TaskEvent { time: Timestamp(e.time_ms), kind: e.kind, message: e.message, exit_code: e.exit_code })
+            .collect();
+        task_states.insert(
+            task,
+            TaskState {
+                state: run,
+                failed: state.failed,
+                restarts: state.restarts,
+                started_at: state.started_at_ms.map(Timestamp),
+                finished_at: state.finished_at_ms.map(Timestamp),
+                events,
+            },
+        );
+    }
+    if p.0.is_empty() {
+        Ok(helios_core::AllocUpdate {
+            alloc_id: u.alloc_id,
+            client_status,
+            client_description: u.client_description,
+            task_states,
+        })
+    } else {
+        Err(ValidationErrors(p.0))
+    }
+}
+
+pub fn task_state_to_pb_public(s: &TaskState) -> pb::TaskState {
+    task_state_to_pb(s)
+}
+
 pub fn node_to_pb(n: &Node) -> pb::Node {
     pb::Node {
         id: n.id.clone(),

@@ -2,11 +2,14 @@
 //! servers, keeps it alive with heartbeats (failing over between `--server-addr`s), and serves
 //! its own gRPC endpoint (`--client-rpc-addr`).
 //!
-//! Running allocations (the alloc runner and the exec and docker drivers) and serving their logs
-//! come with the rest of issue 3; today the agent makes its node known and alive.
+//! It watches the allocations assigned to its node and runs them (`runner`: the exec driver,
+//! rotated log files, stop with SIGTERM then SIGKILL), reporting their state in batches. Serving
+//! task logs over gRPC, restart policies and the docker driver come next.
 
 mod fingerprint;
 mod identity;
+mod logs;
+mod runner;
 mod servers;
 
 use std::collections::BTreeMap;
@@ -77,12 +80,82 @@ pub async fn run_on(
         .add_service(health_service)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown);
     tokio::pin!(serve);
-    let liveness = keep_alive(&servers, node, secret);
+    let node_id = node.id.clone();
+    let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
+    let runners = runner::Runners::new(&config.data_dir, reports_tx);
+    let liveness = keep_alive(&servers, node, secret.clone());
     tokio::pin!(liveness);
+    let watching = watch_allocations(&servers, &node_id, &secret, runners);
+    tokio::pin!(watching);
+    let reporting = report_allocations(&servers, &node_id, &secret, reports_rx);
+    tokio::pin!(reporting);
     tokio::select! {
         served = &mut serve => Ok(served?),
         refused = &mut liveness => Err(refused),
+        refused = &mut watching => Err(refused),
+        refused = &mut reporting => Err(refused),
     }
+}
+
+/// Follows the allocations assigned to this node, on whichever server answers, and hands each
+/// new set to the runners. Returns only when the servers refuse this agent.
+async fn watch_allocations(
+    servers: &Servers,
+    node_id: &str,
+    secret: &str,
+    mut runners: runner::Runners,
+) -> ClientError {
+    loop {
+        match servers.watch(node_id, secret).await {
+            Ok(mut stream) => loop {
+                match stream.message().await {
+                    Ok(Some(set)) => runners.sync(set),
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::warn!(%status, "allocation watch ended; resuming");
+                        break;
+                    }
+                }
+            },
+            Err(servers::CallError::Refused(why)) => return ClientError::Refused(why),
+            // Not registered yet (or forgotten): keep_alive registers; try again shortly.
+            Err(e) => tracing::debug!(error = %e, "allocation watch unavailable"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Sends task state changes to the servers, batching whatever queued up meanwhile, retrying
+/// until they are accepted (state changes must not be lost).
+async fn report_allocations(
+    servers: &Servers,
+    node_id: &str,
+    secret: &str,
+    mut reports: tokio::sync::mpsc::UnboundedReceiver<pb::AllocationUpdate>,
+) -> ClientError {
+    while let Some(first) = reports.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = reports.try_recv() {
+            batch.push(more);
+        }
+        // Only the latest report per allocation matters.
+        let mut latest: BTreeMap<String, pb::AllocationUpdate> = BTreeMap::new();
+        for update in batch {
+            latest.insert(update.alloc_id.clone(), update);
+        }
+        let updates: Vec<pb::AllocationUpdate> = latest.into_values().collect();
+        loop {
+            match servers.update_allocations(node_id, secret, updates.clone()).await {
+                Ok(()) => break,
+                Err(servers::CallError::Refused(why)) => return ClientError::Refused(why),
+                Err(e) => {
+                    tracing::warn!(error = %e, "allocation update failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+    ClientError::Refused("the allocation runners stopped".to_string())
 }
 
 /// Registers, then heartbeats within the TTL the servers ask for, forever. Returns only when

@@ -101,3 +101,36 @@ impl Servers {
         Ok(Duration::from_millis(reply.heartbeat_ttl_ms.max(300)))
     }
 }
+
+impl Servers {
+    /// Opens the allocation watch on the first server that accepts it.
+    pub async fn watch(
+        &self,
+        node_id: &str,
+        secret: &str,
+    ) -> Result<tonic::Streaming<pb::AssignedAllocations>, CallError> {
+        self.call("allocation watch", |mut c| {
+            let req = pb::WatchAllocationsRequest { node_id: node_id.to_string(), secret: secret.to_string() };
+            async move { c.watch_allocations(req).await }
+        })
+        .await
+    }
+
+    pub async fn update_allocations(
+        &self,
+        node_id: &str,
+        secret: &str,
+        updates: Vec<pb::AllocationUpdate>,
+    ) -> Result<(), CallError> {
+        self.call("allocation update", |mut c| {
+            let req = pb::UpdateAllocationsRequest {
+                node_id: node_id.to_string(),
+                secret: secret.to_string(),
+                updates: updates.clone(),
+            };
+            async move { c.update_allocations(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+}

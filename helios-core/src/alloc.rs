@@ -119,3 +119,36 @@ pub struct TaskEvent {
     pub message: String,
     pub exit_code: Option<i32>,
 }
+
+/// What a client agent reports about one of its allocations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocUpdate {
+    pub alloc_id: String,
+    pub client_status: AllocClientStatus,
+    pub client_description: String,
+    pub task_states: BTreeMap<String, TaskState>,
+}
+
+impl AllocClientStatus {
+    pub fn parse(text: &str) -> Option<AllocClientStatus> {
+        Some(match text {
+            "pending" => AllocClientStatus::Pending,
+            "running" => AllocClientStatus::Running,
+            "complete" => AllocClientStatus::Complete,
+            "failed" => AllocClientStatus::Failed,
+            "lost" => AllocClientStatus::Lost,
+            _ => return None,
+        })
+    }
+}
+
+impl TaskRunState {
+    pub fn parse(text: &str) -> Option<TaskRunState> {
+        Some(match text {
+            "pending" => TaskRunState::Pending,
+            "running" => TaskRunState::Running,
+            "dead" => TaskRunState::Dead,
+            _ => return None,
+        })
+    }
+}

@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::alloc::AllocUpdate;
 use crate::eval::Evaluation;
 use crate::job::Job;
 use crate::node::{Node, NodeStatus};
@@ -55,6 +56,9 @@ pub enum Command {
     /// `follow_ups` re-evaluate blocked jobs when the plan frees room (it stops allocations);
     /// committed only with the plan.
     ApplyPlan { plan: Plan, eval: Evaluation, follow_ups: Vec<Evaluation> },
+    /// A client agent reports its allocations' states. Refused whole if any allocation is not
+    /// on `node_id`. `evals` reschedule the jobs of allocations that failed.
+    UpdateAllocations { node_id: String, updates: Vec<AllocUpdate>, now: Timestamp, evals: Vec<Evaluation> },
     /// New evaluations, e.g. for the jobs a node change affects.
     CreateEvaluations { evals: Vec<Evaluation> },
 }
@@ -69,6 +73,7 @@ impl Command {
             Command::SetNodeStatus { .. } => "set-node-status",
             Command::ApplyPlan { .. } => "apply-plan",
             Command::CreateEvaluations { .. } => "create-evaluations",
+            Command::UpdateAllocations { .. } => "update-allocations",
         }
     }
 }
@@ -98,6 +103,7 @@ pub enum CommandResponse {
         stopped: u32,
     },
     EvaluationsCreated,
+    AllocationsUpdated,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +140,9 @@ impl std::fmt::Display for Command {
                 plan.stops.len()
             ),
             Command::CreateEvaluations { evals } => write!(f, "create-evaluations ({})", evals.len()),
+            Command::UpdateAllocations { node_id, updates, .. } => {
+                write!(f, "update-allocations {node_id} ({})", updates.len())
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ pub mod scheduler;
 pub mod time;
 pub mod validate;
 
-pub use alloc::{AllocClientStatus, AllocDesiredStatus, Allocation, TaskEvent, TaskRunState, TaskState};
+pub use alloc::{AllocClientStatus, AllocDesiredStatus, AllocUpdate, Allocation, TaskEvent, TaskRunState, TaskState};
 pub use command::{Command, CommandResponse, Proposal, Rejection, RejectionKind};
 pub use eval::{EvalStatus, EvalTrigger, Evaluation};
 pub use job::{

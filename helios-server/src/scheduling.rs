@@ -28,6 +28,8 @@ const MAX_ATTEMPTS: usize = 5;
 
 /// One consistent read of what the scheduler needs for one job.
 struct Snapshot {
+    /// The applied index this read reflects (the plan records it; see `ApplyPlan`).
+    index: u64,
     job: Option<Job>,
     nodes: Vec<Node>,
     allocations: Vec<Allocation>,
@@ -44,6 +46,7 @@ impl Snapshot {
             r.memory_mb = r.memory_mb.saturating_add(a.resources.memory_mb);
         }
         Ok(Snapshot {
+            index: read::applied_index(txn)?,
             job: read::job(txn, job_name)?,
             nodes: read::nodes(txn)?,
             allocations: all.into_iter().filter(|a| a.job_name == job_name).collect(),
@@ -54,7 +57,7 @@ impl Snapshot {
 
 impl StateView for Snapshot {
     fn index(&self) -> u64 {
-        0
+        self.index
     }
     fn job(&self, name: &str) -> Option<&Job> {
         self.job.as_ref().filter(|j| j.name == name)

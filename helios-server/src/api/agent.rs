@@ -8,7 +8,10 @@ use tonic::{Request, Response, Status};
 
 use super::errors::{cluster_status, invalid, rejection_status, require_name};
 use crate::clock;
+use openraft::type_config::async_runtime::watch::WatchReceiver;
+
 use crate::cluster::{node_evaluations, Cluster};
+use crate::store::read;
 
 pub struct Agents {
     pub cluster: Cluster,
@@ -18,8 +21,133 @@ fn ttl_ms(cluster: &Cluster) -> u64 {
     u64::try_from(cluster.heartbeat_ttl.as_millis()).unwrap_or(u64::MAX)
 }
 
+impl Agents {
+    /// The node, if `secret` is its secret. A current read: the agent may have registered through
+    /// another server a moment ago.
+    async fn authenticate(&self, node_id: &str, secret: &str) -> Result<helios_core::Node, Status> {
+        require_name("node_id", node_id)?;
+        let id = node_id.to_string();
+        let node = self.cluster.read(move |txn| read::node(txn, &id)).await.map_err(cluster_status)?;
+        let node = node.ok_or_else(|| Status::not_found(format!("node {node_id:?} is not registered")))?;
+        if node.secret_id != secret {
+            return Err(Status::permission_denied(format!("node {node_id:?} is registered by another agent")));
+        }
+        Ok(node)
+    }
+}
+
+fn assigned_to_pb(assigned: &[(helios_core::Allocation, Option<helios_core::Job>)]) -> pb::AssignedAllocations {
+    pb::AssignedAllocations {
+        allocations: assigned
+            .iter()
+            .map(|(alloc, job)| pb::AssignedAllocation {
+                allocation: Some(helios_api::convert::alloc_to_pb(alloc)),
+                job: job.as_ref().map(helios_api::convert::job_to_pb),
+            })
+            .collect(),
+    }
+}
+
 #[tonic::async_trait]
 impl AgentService for Agents {
+    type WatchAllocationsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::AssignedAllocations, Status>> + Send>>;
+
+    async fn watch_allocations(
+        &self,
+        request: Request<pb::WatchAllocationsRequest>,
+    ) -> Result<Response<Self::WatchAllocationsStream>, Status> {
+        let req = request.into_inner();
+        self.authenticate(&req.node_id, &req.secret).await?;
+        let cluster = self.cluster.clone();
+        let metrics = cluster.raft.metrics();
+        // Send the whole set, then again each time it changes (checked on every applied entry,
+        // and at least every second).
+        let stream = futures::stream::unfold(
+            (cluster, req.node_id, None::<pb::AssignedAllocations>, metrics),
+            |(cluster, node_id, last, mut metrics)| async move {
+                loop {
+                    let id = node_id.clone();
+                    let assigned = match cluster.read_local(move |txn| read::assigned_allocations(txn, &id)).await {
+                        Ok(assigned) => assigned_to_pb(&assigned),
+                        Err(e) => return Some((Err(cluster_status(e)), (cluster, node_id, last, metrics))),
+                    };
+                    if last.as_ref() != Some(&assigned) {
+                        return Some((Ok(assigned.clone()), (cluster, node_id, Some(assigned), metrics)));
+                    }
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), metrics.changed()).await;
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn update_allocations(
+        &self,
+        request: Request<pb::UpdateAllocationsRequest>,
+    ) -> Result<Response<pb::UpdateAllocationsResponse>, Status> {
+        let req = request.into_inner();
+        self.authenticate(&req.node_id, &req.secret).await?;
+        if req.updates.len() > 1000 {
+            return Err(invalid("updates", "at most 1000 per call"));
+        }
+        let mut updates = Vec::with_capacity(req.updates.len());
+        let mut problems = Vec::new();
+        for (i, u) in req.updates.into_iter().enumerate() {
+            match helios_api::convert::alloc_update_from_pb(u, &format!("updates[{i}]")) {
+                Ok(u) => updates.push(u),
+                Err(e) => problems.extend(e.0),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(helios_api::invalid_argument(&helios_core::ValidationErrors(problems)));
+        }
+        // A failed allocation is the scheduler's to replace.
+        let failed: Vec<String> = updates
+            .iter()
+            .filter(|u| u.client_status == helios_core::AllocClientStatus::Failed)
+            .map(|u| u.alloc_id.clone())
+            .collect();
+        let jobs = self
+            .cluster
+            .read(move |txn| {
+                let mut jobs = std::collections::BTreeMap::new();
+                for id in &failed {
+                    if let Some(alloc) = read::allocations_by_prefix(txn, id)?.into_iter().find(|a| &a.id == id) {
+                        if let Some(job) = read::job(txn, &alloc.job_name)? {
+                            jobs.insert(job.name.clone(), job.priority);
+                        }
+                    }
+                }
+                Ok(jobs)
+            })
+            .await
+            .map_err(cluster_status)?;
+        let now = clock::now();
+        let evals = jobs
+            .into_iter()
+            .map(|(job, priority)| {
+                helios_core::Evaluation::new(
+                    clock::new_id(),
+                    &job,
+                    priority,
+                    helios_core::EvalTrigger::AllocFailure,
+                    now,
+                )
+            })
+            .collect();
+        let command = Command::UpdateAllocations { node_id: req.node_id, updates, now, evals };
+        let (_, response) = self.cluster.write(command).await.map_err(cluster_status)?;
+        match response {
+            CommandResponse::AllocationsUpdated => Ok(Response::new(pb::UpdateAllocationsResponse {})),
+            CommandResponse::Rejected(r) => Err(match r.kind {
+                helios_core::RejectionKind::FailedPrecondition => Status::permission_denied(r.message),
+                helios_core::RejectionKind::NotFound => Status::not_found(r.message),
+            }),
+            other => Err(Status::internal(format!("unexpected answer to an allocation update: {other:?}"))),
+        }
+    }
+
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let req = request.into_inner();
         let node = req.node.ok_or_else(|| invalid("node", "must be set"))?;

@@ -63,6 +63,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Vec<CommandResp
             let response = match entry.payload {
                 EntryPayload::Blank => CommandResponse::Empty,
                 EntryPayload::Normal(proposal) => {
+                    tables.index = log_id.index();
                     latest = latest.max(proposal.proposed_at);
                     tables.apply_once(proposal).map_err(io::Error::other)?
                 }

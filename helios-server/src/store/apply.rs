@@ -12,8 +12,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::codec::{decode, encode};
 use super::tables::{
-    job_version_key, request_key, ALLOCATIONS, BLOCKED_JOBS, EVALUATIONS, JOBS, JOB_VERSIONS, NODES,
-    PENDING_EVALUATIONS, REQUESTS,
+    job_version_key, request_key, ALLOCATIONS, BLOCKED_JOBS, CLUSTER, EVALUATIONS, JOBS, JOB_VERSIONS, NODES,
+    NODES_CHANGED_AT, PENDING_EVALUATIONS, REQUESTS,
 };
 
 /// How long a request id is remembered. A server retries a proposal for at most
@@ -33,6 +33,9 @@ pub struct StateTables<'txn> {
     nodes: StateTable<'txn>,
     pending_evaluations: StateTable<'txn>,
     blocked_jobs: StateTable<'txn>,
+    cluster: StateTable<'txn>,
+    /// The log index of the entry being applied (set by the caller before each `apply_once`).
+    pub index: u64,
 }
 
 impl<'txn> StateTables<'txn> {
@@ -46,6 +49,8 @@ impl<'txn> StateTables<'txn> {
             nodes: txn.open_table(NODES)?,
             pending_evaluations: txn.open_table(PENDING_EVALUATIONS)?,
             blocked_jobs: txn.open_table(BLOCKED_JOBS)?,
+            cluster: txn.open_table(CLUSTER)?,
+            index: 0,
         })
     }
 
@@ -76,6 +81,7 @@ impl<'txn> StateTables<'txn> {
             Command::RegisterNode { node, evals } => {
                 let response = self.register_node(node)?;
                 if response == CommandResponse::NodeRegistered {
+                    self.nodes_changed()?;
                     self.put_evaluations(&evals)?;
                 }
                 Ok(response)
@@ -83,6 +89,14 @@ impl<'txn> StateTables<'txn> {
             Command::SetNodeStatus { node_id, status, now, evals } => {
                 let response = self.set_node_status(&node_id, status, now)?;
                 if response == CommandResponse::NodeStatusSet {
+                    self.nodes_changed()?;
+                    self.put_evaluations(&evals)?;
+                }
+                Ok(response)
+            }
+            Command::UpdateAllocations { node_id, updates, now, evals } => {
+                let response = self.update_allocations(&node_id, updates, now)?;
+                if response == CommandResponse::AllocationsUpdated {
                     self.put_evaluations(&evals)?;
                 }
                 Ok(response)
@@ -99,6 +113,12 @@ impl<'txn> StateTables<'txn> {
                 Ok(CommandResponse::EvaluationsCreated)
             }
         }
+    }
+
+    /// Records that the usable nodes changed at this entry.
+    fn nodes_changed(&mut self) -> Result<(), redb::Error> {
+        self.cluster.insert(NODES_CHANGED_AT, encode(&self.index).as_slice())?;
+        Ok(())
     }
 
     fn register_job(&mut self, mut job: Job, eval: Evaluation) -> Result<CommandResponse, redb::Error> {
@@ -197,7 +217,14 @@ impl<'txn> StateTables<'txn> {
 
     /// The plan applier's last line: a plan is committed only if it still fits the state it
     /// meets here, so no node is over-committed and no slot is filled twice, however plans race.
-    fn apply_plan(&mut self, plan: Plan, eval: Evaluation) -> Result<CommandResponse, redb::Error> {
+    fn apply_plan(&mut self, plan: Plan, mut eval: Evaluation) -> Result<CommandResponse, redb::Error> {
+        // Blocked on a view of the nodes that has changed since (a node registered while this
+        // plan was made): plan it again rather than wait for the next change.
+        let nodes_changed_at: u64 = get(&self.cluster, NODES_CHANGED_AT)?.unwrap_or(0);
+        if eval.status == helios_core::EvalStatus::Blocked && nodes_changed_at > plan.planned_at_index {
+            eval.status = helios_core::EvalStatus::Pending;
+            eval.status_description = "the nodes changed while it was planned; planning again".to_string();
+        }
         if let Err(why) = self.check_plan(&plan)? {
             return Ok(CommandResponse::Rejected(Rejection {
                 kind: RejectionKind::FailedPrecondition,
@@ -307,6 +334,54 @@ impl<'txn> StateTables<'txn> {
         Ok(())
     }
 
+    fn update_allocations(
+        &mut self,
+        node_id: &str,
+        updates: Vec<helios_core::AllocUpdate>,
+        now: Timestamp,
+    ) -> Result<CommandResponse, redb::Error> {
+        let mut changed = Vec::with_capacity(updates.len());
+        for update in updates {
+            let Some(mut alloc) = get::<Allocation>(&self.allocations, &update.alloc_id)? else {
+                return Ok(CommandResponse::Rejected(Rejection {
+                    kind: RejectionKind::NotFound,
+                    message: format!("allocation {} not found", update.alloc_id),
+                }));
+            };
+            if alloc.node_id != node_id {
+                return Ok(CommandResponse::Rejected(Rejection {
+                    kind: RejectionKind::FailedPrecondition,
+                    message: format!("allocation {} is not on node {node_id}", update.alloc_id),
+                }));
+            }
+            // A lost allocation stays lost: the servers already replaced it.
+            if alloc.client_status != AllocClientStatus::Lost {
+                alloc.client_status = update.client_status;
+                alloc.client_description = update.client_description;
+                alloc.task_states = update.task_states;
+                alloc.modified_at = now;
+            }
+            changed.push(alloc);
+        }
+        for alloc in changed {
+            self.allocations.insert(alloc.id.as_str(), encode(&alloc).as_slice())?;
+            if alloc.client_status == AllocClientStatus::Running {
+                self.mark_job_running(&alloc.job_name)?;
+            }
+        }
+        Ok(CommandResponse::AllocationsUpdated)
+    }
+
+    fn mark_job_running(&mut self, job_name: &str) -> Result<(), redb::Error> {
+        if let Some(mut job) = get::<Job>(&self.jobs, job_name)? {
+            if job.status == JobStatus::Pending && !job.stopped {
+                job.status = JobStatus::Running;
+                self.jobs.insert(job_name, encode(&job).as_slice())?;
+            }
+        }
+        Ok(())
+    }
+
     fn stop_allocations_of(&mut self, job_name: &str, now: Timestamp) -> Result<(), redb::Error> {
         let mut live = Vec::new();
         for row in self.allocations.iter()? {
@@ -368,7 +443,13 @@ mod tests {
         let responses = {
             let mut tables = StateTables::open(&txn).unwrap();
             let latest = proposals.iter().map(|p| p.proposed_at).max().unwrap_or_default();
-            let out = proposals.into_iter().map(|p| tables.apply_once(p).unwrap()).collect();
+            let out = proposals
+                .into_iter()
+                .map(|p| {
+                    tables.index += 1;
+                    tables.apply_once(p).unwrap()
+                })
+                .collect();
             tables.forget_requests_before(latest).unwrap();
             out
         };

@@ -159,3 +159,28 @@ pub fn blocked_jobs(txn: &ReadTransaction) -> io::Result<Vec<(String, u32)>> {
     }
     Ok(out)
 }
+
+/// What a node must run or stop: its allocations that are not finished, each with the job version
+/// it belongs to.
+pub fn assigned_allocations(txn: &ReadTransaction, node_id: &str) -> io::Result<Vec<(Allocation, Option<Job>)>> {
+    let mut out = Vec::new();
+    for alloc in allocations(txn, None, Some(node_id))? {
+        if alloc.client_status.is_terminal() {
+            continue;
+        }
+        let key = job_version_key(&alloc.job_name, alloc.job_version);
+        let job = get(txn, JOB_VERSIONS, &key)?;
+        out.push((alloc, job));
+    }
+    Ok(out)
+}
+
+/// The index of the last applied log entry, as this read transaction sees it.
+pub fn applied_index(txn: &ReadTransaction) -> io::Result<u64> {
+    let meta = txn.open_table(super::tables::SM_META).map_err(io::Error::other)?;
+    let last: Option<crate::raft::LogId> = match meta.get(super::tables::SM_LAST_APPLIED).map_err(io::Error::other)? {
+        None => None,
+        Some(v) => Some(decode(v.value())?),
+    };
+    Ok(last.map_or(0, |l| l.index()))
+}

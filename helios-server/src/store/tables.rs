@@ -31,9 +31,14 @@ pub const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("request
 /// job name -> its latest blocked evaluation's id: the jobs to retry when the cluster changes.
 pub const BLOCKED_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocked_jobs");
 
+/// Cluster-wide facts: `nodes_changed_at`, the log index of the last change to the set of usable
+/// nodes (a blocked plan made before it is planned again).
+pub const CLUSTER: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster");
+pub const NODES_CHANGED_AT: &str = "nodes_changed_at";
+
 /// The tables that make up the replicated state: exactly what a snapshot carries.
-pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 8] =
-    [JOBS, JOB_VERSIONS, ALLOCATIONS, NODES, EVALUATIONS, REQUESTS, PENDING_EVALUATIONS, BLOCKED_JOBS];
+pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 9] =
+    [JOBS, JOB_VERSIONS, ALLOCATIONS, NODES, EVALUATIONS, REQUESTS, PENDING_EVALUATIONS, BLOCKED_JOBS, CLUSTER];
 
 pub const META_VOTE: &str = "vote";
 pub const META_LAST_PURGED: &str = "last_purged";

@@ -1,0 +1,335 @@
+//! Runs the allocations the servers assign to this node, and reports their state.
+//!
+//! One runner per allocation starts its group's tasks with the exec driver, each in its own
+//! process group and directory (`<data dir>/allocs/<alloc id>/<task>`), with stdout and stderr
+//! in rotated log files. When the servers want an allocation stopped, every task gets SIGTERM,
+//! then SIGKILL after its kill timeout. A task whose process is still alive from before an agent
+//! restart (its pid file names a live process) is adopted, not started again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use helios_api::pb;
+use helios_core::{Job, Task, TaskDriver, TaskGroup};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use tokio::sync::{mpsc, watch};
+
+use crate::logs::copy_to_log;
+
+pub type Reports = mpsc::UnboundedSender<pb::AllocationUpdate>;
+
+pub struct Runners {
+    allocs_dir: PathBuf,
+    reports: Reports,
+    /// Stop signals of the allocations running here.
+    running: HashMap<String, watch::Sender<bool>>,
+    /// Allocations that finished here, until the servers stop listing them.
+    finished: HashSet<String>,
+    done_tx: mpsc::UnboundedSender<String>,
+    done_rx: mpsc::UnboundedReceiver<String>,
+}
+
+fn now_ms() -> u64 {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+fn event(kind: &str, message: impl Into<String>, exit_code: Option<i32>) -> pb::TaskEvent {
+    pb::TaskEvent { time_ms: now_ms(), kind: kind.to_string(), message: message.into(), exit_code }
+}
+
+impl Runners {
+    pub fn new(data_dir: &Path, reports: Reports) -> Runners {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Runners {
+            allocs_dir: data_dir.join("allocs"),
+            reports,
+            running: HashMap::new(),
+            finished: HashSet::new(),
+            done_tx,
+            done_rx,
+        }
+    }
+
+    /// Brings what runs here in line with what the servers assigned.
+    pub fn sync(&mut self, assigned: pb::AssignedAllocations) {
+        while let Ok(id) = self.done_rx.try_recv() {
+            self.running.remove(&id);
+            self.finished.insert(id);
+        }
+        let listed: HashSet<String> =
+            assigned.allocations.iter().filter_map(|a| a.allocation.as_ref().map(|al| al.id.clone())).collect();
+        self.finished.retain(|id| listed.contains(id));
+        for assigned in assigned.allocations {
+            let (Some(alloc), job) = (assigned.allocation, assigned.job) else { continue };
+            let wanted = alloc.desired_status == "run";
+            if let Some(stop) = self.running.get(&alloc.id) {
+                if !wanted {
+                    let _ = stop.send(true);
+                }
+                continue;
+            }
+            if self.finished.contains(&alloc.id) {
+                continue;
+            }
+            if !wanted {
+                // Never started here: it is simply done.
+                self.report(&alloc.id, "complete", "stopped before it started", BTreeMap::new());
+                self.finished.insert(alloc.id);
+                continue;
+            }
+            let group = job
+                .and_then(|j| helios_api::convert::job_from_pb(j).ok())
+                .and_then(|j: Job| j.task_groups.into_iter().find(|g| g.name == alloc.task_group));
+            let Some(group) = group else {
+                self.report(&alloc.id, "failed", "its job version is unknown to the servers", BTreeMap::new());
+                self.finished.insert(alloc.id);
+                continue;
+            };
+            let (stop_tx, stop_rx) = watch::channel(false);
+            self.running.insert(alloc.id.clone(), stop_tx);
+            let dir = self.allocs_dir.join(&alloc.id);
+            let reports = self.reports.clone();
+            let done = self.done_tx.clone();
+            tokio::spawn(async move {
+                run_allocation(alloc.id.clone(), group, dir, stop_rx, reports).await;
+                let _ = done.send(alloc.id);
+            });
+        }
+    }
+
+    fn report(&self, alloc_id: &str, status: &str, description: &str, task_states: BTreeMap<String, pb::TaskState>) {
+        let _ = self.reports.send(pb::AllocationUpdate {
+            alloc_id: alloc_id.to_string(),
+            client_status: status.to_string(),
+            client_description: description.to_string(),
+            task_states,
+        });
+    }
+}
+
+async fn run_allocation(
+    alloc_id: String,
+    group: TaskGroup,
+    dir: PathBuf,
+    stop: watch::Receiver<bool>,
+    reports: Reports,
+) {
+    let report = |status: &str, description: String, states: BTreeMap<String, pb::TaskState>| {
+        let _ = reports.send(pb::AllocationUpdate {
+            alloc_id: alloc_id.clone(),
+            client_status: status.to_string(),
+            client_description: description,
+            task_states: states,
+        });
+    };
+    let mut started = BTreeMap::new();
+    let mut tasks = Vec::new();
+    for task in group.tasks {
+        let task_dir = dir.join(&task.name);
+        let (state, handle) = start_task(&alloc_id, task.clone(), task_dir, stop.clone()).await;
+        started.insert(task.name.clone(), state);
+        tasks.push((task.name, handle));
+    }
+    report("running", "tasks started".to_string(), started.clone());
+    let mut finals = BTreeMap::new();
+    for (name, handle) in tasks {
+        let state = match handle {
+            Some(handle) => {
+                handle.await.unwrap_or_else(|e| dead(vec![event("Driver Failure", e.to_string(), None)], true))
+            }
+            None => started.remove(&name).unwrap_or_else(|| dead(Vec::new(), true)),
+        };
+        finals.insert(name, state);
+    }
+    let stopped = *stop.borrow();
+    let failed = finals.values().any(|s| s.failed);
+    let (status, description) = match (stopped, failed) {
+        (true, _) => ("complete", "stopped by the servers".to_string()),
+        (false, true) => ("failed", "a task failed".to_string()),
+        (false, false) => ("complete", "all tasks exited successfully".to_string()),
+    };
+    report(status, description, finals);
+}
+
+fn dead(events: Vec<pb::TaskEvent>, failed: bool) -> pb::TaskState {
+    pb::TaskState {
+        state: "dead".into(),
+        failed,
+        restarts: 0,
+        started_at_ms: None,
+        finished_at_ms: Some(now_ms()),
+        events,
+    }
+}
+
+type TaskHandle = tokio::task::JoinHandle<pb::TaskState>;
+
+/// Starts (or adopts) one task; returns its state now and, when it runs, the handle that
+/// resolves to its final state.
+async fn start_task(
+    alloc_id: &str,
+    task: Task,
+    dir: PathBuf,
+    stop: watch::Receiver<bool>,
+) -> (pb::TaskState, Option<TaskHandle>) {
+    let TaskDriver::Exec(exec) = &task.driver else {
+        let why = "the docker driver is not available on this agent yet";
+        return (dead(vec![event("Driver Failure", why, None)], true), None);
+    };
+    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+        return (dead(vec![event("Setup Failure", format!("cannot create {}: {e}", dir.display()), None)], true), None);
+    }
+    if let Some(pid) = live_pid(&dir) {
+        // From before an agent restart: watch it rather than start a second copy.
+        let state =
+            running(vec![event("Adopted", format!("process {pid} still running after an agent restart"), None)]);
+        let handle = tokio::spawn(watch_adopted(pid, task.kill_timeout_secs, stop, state.clone()));
+        return (state, Some(handle));
+    }
+    let mut cmd = tokio::process::Command::new(&exec.command);
+    cmd.args(&exec.args)
+        .envs(&task.env)
+        .env("HELIOS_ALLOC_ID", alloc_id)
+        .env("HELIOS_TASK_NAME", &task.name)
+        .env("HELIOS_TASK_DIR", &dir)
+        .current_dir(&dir)
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let why = format!("cannot start {:?}: {e}", exec.command);
+            return (dead(vec![event("Driver Failure", why, None)], true), None);
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    let _ = std::fs::write(dir.join("pid"), format!("{pid} {}", start_time(pid).unwrap_or(0)));
+    let stdout = child.stdout.take().map(|out| tokio::spawn(copy_to_log(out, dir.clone(), "stdout")));
+    let stderr = child.stderr.take().map(|err| tokio::spawn(copy_to_log(err, dir.clone(), "stderr")));
+    let state = running(vec![event("Started", format!("process {pid}"), None)]);
+    let initial = state.clone();
+    let kill_timeout = Duration::from_secs(u64::from(task.kill_timeout_secs));
+    let handle = tokio::spawn(async move {
+        let mut stop = stop;
+        let mut state = state;
+        let stopped_by_us;
+        let status = tokio::select! {
+            status = child.wait() => { stopped_by_us = false; status }
+            () = stop_requested(&mut stop) => {
+                stopped_by_us = true;
+                terminate(pid, kill_timeout, &mut child, &mut state).await
+            }
+        };
+        for copier in [stdout, stderr].into_iter().flatten() {
+            let _ = copier.await;
+        }
+        let _ = std::fs::remove_file(dir.join("pid"));
+        let (code, message) = match status {
+            Ok(s) => match s.code() {
+                Some(code) => (Some(code), format!("exit code {code}")),
+                None => (None, "killed by a signal".to_string()),
+            },
+            Err(e) => (None, format!("lost track of the process: {e}")),
+        };
+        state.events.push(event("Terminated", message, code));
+        state.state = "dead".into();
+        state.finished_at_ms = Some(now_ms());
+        state.failed = !stopped_by_us && code != Some(0);
+        state
+    });
+    (initial, Some(handle))
+}
+
+fn running(events: Vec<pb::TaskEvent>) -> pb::TaskState {
+    pb::TaskState {
+        state: "running".into(),
+        failed: false,
+        restarts: 0,
+        started_at_ms: Some(now_ms()),
+        finished_at_ms: None,
+        events,
+    }
+}
+
+/// Resolves when the servers want the task stopped. If the agent itself is going away (the
+/// sender is gone) it never resolves: tasks outlive their agent, which adopts them on restart.
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// SIGTERM to the task's process group, then SIGKILL after `kill_timeout`.
+async fn terminate(
+    pid: u32,
+    kill_timeout: Duration,
+    child: &mut tokio::process::Child,
+    state: &mut pb::TaskState,
+) -> std::io::Result<std::process::ExitStatus> {
+    let group = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+    let _ = killpg(group, Signal::SIGTERM);
+    state.events.push(event("Killing", "sent SIGTERM", None));
+    match tokio::time::timeout(kill_timeout, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            let _ = killpg(group, Signal::SIGKILL);
+            state.events.push(event("Killing", format!("still running after {kill_timeout:?}: sent SIGKILL"), None));
+            child.wait().await
+        }
+    }
+}
+
+/// Watches a process this agent did not start (no exit code can be had), stopping it on request.
+async fn watch_adopted(
+    pid: u32,
+    kill_timeout_secs: u32,
+    mut stop: watch::Receiver<bool>,
+    mut state: pb::TaskState,
+) -> pb::TaskState {
+    let group = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+    let alive = || kill(group, None).is_ok();
+    let mut stopping_since: Option<tokio::time::Instant> = None;
+    while alive() {
+        if stopping_since.is_none() && *stop.borrow() {
+            let _ = killpg(group, Signal::SIGTERM);
+            state.events.push(event("Killing", "sent SIGTERM", None));
+            stopping_since = Some(tokio::time::Instant::now());
+        }
+        if let Some(since) = stopping_since {
+            if since.elapsed() > Duration::from_secs(u64::from(kill_timeout_secs)) {
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+        }
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(200), stop.changed()).await {
+            // The agent is going away: keep watching at the same pace, never stopping the task.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    state.events.push(event("Terminated", "exited (exit code unknown: adopted after an agent restart)", None));
+    state.state = "dead".into();
+    state.finished_at_ms = Some(now_ms());
+    state
+}
+
+/// The pid in the task's pid file, if that process is still the one we started (same start
+/// time, so a recycled pid is not mistaken for it).
+fn live_pid(dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join("pid")).ok()?;
+    let mut parts = text.split_whitespace();
+    let pid: u32 = parts.next()?.parse().ok()?;
+    let started: u64 = parts.next()?.parse().ok()?;
+    (pid > 0 && start_time(pid) == Some(started)).then_some(pid)
+}
+
+/// A process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after its closing ')' are plain.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}

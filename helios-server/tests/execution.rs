@@ -1,0 +1,112 @@
+//! Real agents run real processes: a batch job's output lands in its log file, a service runs
+//! until stopped (SIGTERM to its process group), a failing task is reported with its exit code,
+//! and an agent that restarts adopts its running task instead of starting a second copy.
+
+mod common;
+
+use std::path::Path;
+
+use common::{start_agent, wait_for, TestCluster};
+use helios_api::convert::job_to_pb;
+use helios_api::pb;
+use helios_core::{Job, JobType};
+
+async fn submit(cluster: &TestCluster, job: &Job) {
+    cluster.jobs(1).await.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(job)) }).await.expect("submit");
+}
+
+async fn allocations(cluster: &TestCluster, job: &str) -> Vec<pb::Allocation> {
+    let request = pb::GetJobStatusRequest { name: job.to_string() };
+    cluster.jobs(1).await.get_job_status(request).await.expect("status").into_inner().allocations
+}
+
+async fn wait_alloc(cluster: &TestCluster, job: &str, status: &str) -> pb::Allocation {
+    wait_for(&format!("an allocation of {job} to be {status}"), || async {
+        allocations(cluster, job).await.into_iter().find(|a| a.client_status == status)
+    })
+    .await
+}
+
+fn pid_of(alloc: &pb::Allocation, task: &str) -> i32 {
+    let started = alloc.task_states[task].events.iter().find(|e| e.kind == "Started").expect("a Started event");
+    started.message.trim_start_matches("process ").parse().expect("pid")
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_task_runs_and_its_output_is_in_its_log() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    submit(&cluster, &Job::exec("hello", "echo", vec!["It replicated!".into()])).await;
+    let done = wait_alloc(&cluster, "hello", "complete").await;
+    let task = &done.task_states["hello"];
+    let exit = task.events.iter().find(|e| e.kind == "Terminated").expect("terminated");
+    assert_eq!(exit.exit_code, Some(0));
+    assert!(!task.failed);
+    let log = dir.path().join("allocs").join(&done.id).join("hello").join("stdout.log");
+    assert_eq!(std::fs::read_to_string(&log).expect("stdout log"), "It replicated!\n");
+    agent.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_task_reports_its_exit_code() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    submit(&cluster, &Job::exec("broken", "sh", vec!["-c".into(), "echo oops >&2; exit 3".into()])).await;
+    let failed = wait_alloc(&cluster, "broken", "failed").await;
+    let exit = failed.task_states["broken"].events.iter().find(|e| e.kind == "Terminated").expect("terminated");
+    assert_eq!(exit.exit_code, Some(3));
+    let log = dir.path().join("allocs").join(&failed.id).join("broken").join("stderr.log");
+    assert_eq!(std::fs::read_to_string(&log).expect("stderr log"), "oops\n");
+    // The scheduler places a replacement for the failed allocation.
+    wait_for("a replacement", || async { (allocations(&cluster, "broken").await.len() >= 2).then_some(()) }).await;
+    agent.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_runs_until_stopped_and_survives_an_agent_restart() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    let mut job = Job::exec("sleeper", "sleep", vec!["600".into()]);
+    job.job_type = JobType::Service;
+    submit(&cluster, &job).await;
+    let running = wait_alloc(&cluster, "sleeper", "running").await;
+    let pid = pid_of(&running, "sleeper");
+    assert!(alive(pid));
+    let status = cluster.jobs(1).await.get_job(pb::GetJobRequest { name: "sleeper".into() }).await.expect("job");
+    assert_eq!(status.into_inner().job.expect("job").status, pb::JobStatus::Running as i32);
+
+    // The agent restarts; the task keeps running and is adopted, not started twice.
+    agent.stop().await;
+    assert!(alive(pid), "a task outlives its agent");
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    let adopted = wait_for("the task adopted", || async {
+        allocations(&cluster, "sleeper")
+            .await
+            .into_iter()
+            .find(|a| a.task_states.get("sleeper").is_some_and(|t| t.events.iter().any(|e| e.kind == "Adopted")))
+    })
+    .await;
+    assert_eq!(adopted.id, running.id);
+    assert_eq!(allocations(&cluster, "sleeper").await.len(), 1, "no second allocation");
+    assert!(alive(pid));
+
+    // Stopping the job stops the process.
+    cluster.jobs(1).await.stop_job(pb::StopJobRequest { name: "sleeper".into(), purge: false }).await.expect("stop");
+    wait_for("the process to be gone", || async { (!alive(pid)).then_some(()) }).await;
+    wait_alloc(&cluster, "sleeper", "complete").await;
+    agent.stop().await;
+    cluster.shutdown().await;
+}
