@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "../proto/helios/v1/api.proto",
                 "../proto/helios/v1/raft.proto",
                 "../proto/helios/v1/agent.proto",
+                "../proto/helios/v1/client.proto",
             ],
             &["../proto"],
         )?;

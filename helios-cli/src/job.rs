@@ -19,6 +19,15 @@ pub enum JobCommand {
     List,
     /// Show a job, its allocations and evaluations, and why anything is not placed.
     Status { name: String },
+    /// The output of every allocation of a job, each line prefixed with its allocation.
+    Logs {
+        name: String,
+        #[arg(long)]
+        stderr: bool,
+        /// Keep streaming until the tasks exit.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// Stop a job's allocations; the job stays visible (use --purge to forget it).
     Stop {
         name: String,
@@ -136,6 +145,46 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<()> {
             let reply = jobs.get_job_status(pb::GetJobStatusRequest { name }).await.map_err(status_error)?.into_inner();
             print_status(reply)?;
         }
+        JobCommand::Logs { name, stderr, follow } => {
+            let channel = servers.connect().await?;
+            let reply = jobs
+                .get_job_status(pb::GetJobStatusRequest { name: name.clone() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if reply.allocations.is_empty() {
+                println!("Job {name:?} has no allocations yet");
+                return Ok(());
+            }
+            // All allocations at once, so following one does not hold up the others.
+            let mut streams = Vec::new();
+            for a in reply.allocations {
+                let mut allocs = crate::alloc::client(channel.clone());
+                streams.push(tokio::spawn(async move {
+                    let prefix = crate::alloc::short(&a.id);
+                    let mut partial = Vec::new();
+                    crate::alloc::stream_logs(&mut allocs, &a.id, String::new(), stderr, None, follow, |chunk| {
+                        partial.extend_from_slice(chunk);
+                        while let Some(end) = partial.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = partial.drain(..=end).collect();
+                            print!("{prefix} {}", String::from_utf8_lossy(&line));
+                        }
+                        Ok(())
+                    })
+                    .await
+                    .map(|()| {
+                        if !partial.is_empty() {
+                            println!("{prefix} {}", String::from_utf8_lossy(&partial));
+                        }
+                    })
+                }));
+            }
+            for s in streams {
+                if let Err(e) = s.await? {
+                    eprintln!("Error: {e:#}");
+                }
+            }
+        }
         JobCommand::Stop { name, purge } => {
             let reply = jobs.stop_job(pb::StopJobRequest { name: name.clone(), purge }).await.map_err(status_error)?;
             let verb = if purge { "stopped and purged" } else { "stopped" };
@@ -222,8 +271,7 @@ fn shell_words(command: &str, args: &[String]) -> String {
 /// The last 8 characters: ids are time-ordered UUIDs (v7), whose leading characters are the
 /// time and repeat between ids made close together; the tail is random.
 fn short(id: &str) -> String {
-    let chars: Vec<char> = id.chars().collect();
-    chars[chars.len().saturating_sub(8)..].iter().collect()
+    crate::alloc::short(id)
 }
 
 fn type_name(t: i32) -> String {

@@ -1,5 +1,6 @@
 //! `helios-cli`: the Helios command line.
 
+mod alloc;
 mod bench;
 mod connect;
 mod job;
@@ -35,6 +36,9 @@ enum Command {
     /// Submit, inspect and stop jobs.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Inspect allocations and read their tasks' logs.
+    #[command(subcommand)]
+    Alloc(alloc::AllocCommand),
     /// Inspect client nodes.
     #[command(subcommand)]
     Node(node::NodeCommand),
@@ -55,6 +59,7 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Job(cmd) => job::run(&servers, cmd).await,
+        Command::Alloc(cmd) => alloc::run(&servers, cmd).await,
         Command::Node(cmd) => node::run(&servers, cmd).await,
         Command::Server(cmd) => server::run(&servers, cmd).await,
         Command::Bench(cmd) => bench::run(&servers, cmd).await,

@@ -8,6 +8,7 @@
 
 mod fingerprint;
 mod identity;
+mod log_service;
 mod logs;
 mod runner;
 mod servers;
@@ -76,8 +77,10 @@ pub async fn run_on(
     let servers = Servers::new(&config.servers)?;
 
     let (_health, health_service) = tonic_health::server::health_reporter();
+    let logs = log_service::LogService { allocs_dir: config.data_dir.join("allocs") };
     let serve = tonic::transport::Server::builder()
         .add_service(health_service)
+        .add_service(pb::client_service_server::ClientServiceServer::new(logs))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown);
     tokio::pin!(serve);
     let node_id = node.id.clone();

@@ -27,6 +27,19 @@ async fn wait_alloc(cluster: &TestCluster, job: &str, status: &str) -> pb::Alloc
     .await
 }
 
+/// A task's stdout through `AllocationService.AllocLogs`.
+async fn logs(cluster: &TestCluster, alloc_id: &str, follow: bool) -> String {
+    let mut allocs = pb::allocation_service_client::AllocationServiceClient::new(cluster.channel(1).await);
+    let request =
+        pb::AllocLogsRequest { alloc_id: alloc_id.to_string(), task: String::new(), stderr: false, tail: None, follow };
+    let mut stream = allocs.alloc_logs(request).await.expect("logs").into_inner();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.message().await.expect("chunk") {
+        out.extend_from_slice(&chunk.data);
+    }
+    String::from_utf8(out).expect("utf-8")
+}
+
 fn pid_of(alloc: &pb::Allocation, task: &str) -> i32 {
     let started = alloc.task_states[task].events.iter().find(|e| e.kind == "Started").expect("a Started event");
     started.message.trim_start_matches("process ").parse().expect("pid")
@@ -51,6 +64,8 @@ async fn a_batch_task_runs_and_its_output_is_in_its_log() {
     assert!(!task.failed);
     let log = dir.path().join("allocs").join(&done.id).join("hello").join("stdout.log");
     assert_eq!(std::fs::read_to_string(&log).expect("stdout log"), "It replicated!\n");
+    // Through the servers' API, relayed from the agent, by the id's last characters.
+    assert_eq!(logs(&cluster, &done.id[done.id.len() - 8..], false).await, "It replicated!\n");
     agent.stop().await;
     cluster.shutdown().await;
 }
@@ -107,6 +122,21 @@ async fn a_service_runs_until_stopped_and_survives_an_agent_restart() {
     cluster.jobs(1).await.stop_job(pb::StopJobRequest { name: "sleeper".into(), purge: false }).await.expect("stop");
     wait_for("the process to be gone", || async { (!alive(pid)).then_some(()) }).await;
     wait_alloc(&cluster, "sleeper", "complete").await;
+    agent.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn following_a_log_streams_until_the_task_exits() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    let script = "echo one; sleep 1; echo two";
+    submit(&cluster, &Job::exec("talker", "sh", vec!["-c".into(), script.into()])).await;
+    let running = wait_alloc(&cluster, "talker", "running").await;
+    // Starts while the task runs, ends by itself when it exits, and misses nothing.
+    assert_eq!(logs(&cluster, &running.id, true).await, "one\ntwo\n");
     agent.stop().await;
     cluster.shutdown().await;
 }

@@ -181,6 +181,57 @@ pub struct Allocations {
 
 #[tonic::async_trait]
 impl AllocationService for Allocations {
+    type AllocLogsStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
+    /// Relays from the agent that runs the allocation (its `--client-rpc-addr`).
+    async fn alloc_logs(
+        &self,
+        request: Request<pb::AllocLogsRequest>,
+    ) -> Result<Response<Self::AllocLogsStream>, Status> {
+        let req = request.into_inner();
+        if req.alloc_id.is_empty()
+            || req.alloc_id.len() > 64
+            || !req.alloc_id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        {
+            return Err(invalid("alloc_id", "must be an allocation id, or its first or last characters"));
+        }
+        if !req.task.is_empty() {
+            require_name("task", &req.task)?;
+        }
+        let id = req.alloc_id.clone();
+        let (matches, nodes) = self
+            .cluster
+            .read(move |txn| Ok((read::allocations_by_prefix(txn, &id)?, read::nodes(txn)?)))
+            .await
+            .map_err(cluster_status)?;
+        let alloc = match matches.as_slice() {
+            [] => return Err(Status::not_found(format!("allocation {:?} not found", req.alloc_id))),
+            [one] => one.clone(),
+            many => return Err(invalid("alloc_id", format!("{:?} matches {} allocations", req.alloc_id, many.len()))),
+        };
+        let node = nodes
+            .into_iter()
+            .find(|n| n.id == alloc.node_id)
+            .ok_or_else(|| Status::unavailable(format!("node {} is gone", alloc.node_id)))?;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", node.rpc_addr))
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect_timeout(std::time::Duration::from_secs(3));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot reach node {} at {}: {e}", node.id, node.rpc_addr)))?;
+        let mut agent = pb::client_service_client::ClientServiceClient::new(channel);
+        let request = pb::TaskLogsRequest {
+            alloc_id: alloc.id,
+            task: req.task,
+            stderr: req.stderr,
+            tail: req.tail,
+            follow: req.follow,
+        };
+        let stream = agent.task_logs(request).await?.into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn list_allocations(
         &self,
         request: Request<pb::ListAllocationsRequest>,

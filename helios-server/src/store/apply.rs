@@ -79,9 +79,10 @@ impl<'txn> StateTables<'txn> {
             Command::RegisterJob { job, eval } => self.register_job(job, eval),
             Command::DeregisterJob { job_name, purge, eval, now } => self.deregister_job(&job_name, purge, eval, now),
             Command::RegisterNode { node, evals } => {
+                let now = node.registered_at;
                 let response = self.register_node(node)?;
                 if response == CommandResponse::NodeRegistered {
-                    self.nodes_changed()?;
+                    self.nodes_changed(now)?;
                     self.put_evaluations(&evals)?;
                 }
                 Ok(response)
@@ -89,7 +90,7 @@ impl<'txn> StateTables<'txn> {
             Command::SetNodeStatus { node_id, status, now, evals } => {
                 let response = self.set_node_status(&node_id, status, now)?;
                 if response == CommandResponse::NodeStatusSet {
-                    self.nodes_changed()?;
+                    self.nodes_changed(now)?;
                     self.put_evaluations(&evals)?;
                 }
                 Ok(response)
@@ -115,9 +116,42 @@ impl<'txn> StateTables<'txn> {
         }
     }
 
-    /// Records that the usable nodes changed at this entry.
-    fn nodes_changed(&mut self) -> Result<(), redb::Error> {
+    /// The usable nodes changed at this entry. Whatever was decided on the old set is decided
+    /// again: blocked evaluations go back to pending, and every system job gets an evaluation.
+    /// Done here, deterministically, because the proposer's own list of affected jobs can be
+    /// outdated by a plan committed just before this entry.
+    fn nodes_changed(&mut self, now: Timestamp) -> Result<(), redb::Error> {
+        use helios_core::{EvalStatus, EvalTrigger, JobType};
         self.cluster.insert(NODES_CHANGED_AT, encode(&self.index).as_slice())?;
+        let mut blocked = Vec::new();
+        for row in self.blocked_jobs.iter()? {
+            let (_, eval_id) = row?;
+            blocked.push(String::from_utf8_lossy(eval_id.value()).into_owned());
+        }
+        for id in blocked {
+            if let Some(mut eval) = get::<Evaluation>(&self.evaluations, &id)? {
+                if eval.status == EvalStatus::Blocked {
+                    eval.status = EvalStatus::Pending;
+                    eval.status_description = "the nodes changed; planning again".to_string();
+                    eval.modified_at = now;
+                    self.put_evaluation(&eval)?;
+                }
+            }
+        }
+        let mut system = Vec::new();
+        for row in self.jobs.iter()? {
+            let (_, value) = row?;
+            let job: Job = decode(value.value()).map_err(redb::StorageError::Io)?;
+            if job.job_type == JobType::System && !job.stopped {
+                system.push(job);
+            }
+        }
+        for job in system {
+            // An id derived from the log index: the same on every replica.
+            let id = format!("node-change-{:020}-{}", self.index, job.name);
+            let eval = Evaluation::new(id, &job.name, job.priority, EvalTrigger::NodeUpdate, now);
+            self.put_evaluation(&eval)?;
+        }
         Ok(())
     }
 
@@ -221,7 +255,10 @@ impl<'txn> StateTables<'txn> {
         // Blocked on a view of the nodes that has changed since (a node registered while this
         // plan was made): plan it again rather than wait for the next change.
         let nodes_changed_at: u64 = get(&self.cluster, NODES_CHANGED_AT)?.unwrap_or(0);
-        if eval.status == helios_core::EvalStatus::Blocked && nodes_changed_at > plan.planned_at_index {
+        let system =
+            get::<Job>(&self.jobs, &plan.job_name)?.is_some_and(|j| j.job_type == helios_core::JobType::System);
+        let decided_on_old_nodes = nodes_changed_at > plan.planned_at_index;
+        if decided_on_old_nodes && (eval.status == helios_core::EvalStatus::Blocked || system) {
             eval.status = helios_core::EvalStatus::Pending;
             eval.status_description = "the nodes changed while it was planned; planning again".to_string();
         }

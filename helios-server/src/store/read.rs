@@ -125,23 +125,19 @@ pub fn pending_evaluations(txn: &ReadTransaction) -> io::Result<Vec<Evaluation>>
     Ok(out)
 }
 
-/// The jobs a change to node `node_id` can affect, with their priorities: system jobs (they run
-/// on every node), blocked jobs (there may be room now) and jobs with live allocations on it.
+/// The jobs with live allocations on node `node_id`, with their priorities: a change of that
+/// node (down, drained) affects them. (Blocked and system jobs are re-evaluated by the state
+/// machine itself on any node change, see `StateTables::nodes_changed`.)
 pub fn jobs_affected_by_node(txn: &ReadTransaction, node_id: &str) -> io::Result<Vec<(String, u32)>> {
     let mut names = std::collections::BTreeSet::new();
-    for row in table(txn, BLOCKED_JOBS)?.iter().map_err(io::Error::other)? {
-        let (name, _) = row.map_err(io::Error::other)?;
-        names.insert(name.value().to_string());
-    }
     for alloc in allocations(txn, None, Some(node_id))? {
         if !alloc.is_terminal() {
             names.insert(alloc.job_name);
         }
     }
     let mut out = Vec::new();
-    for job in jobs(txn)? {
-        let system = job.job_type == helios_core::JobType::System;
-        if !job.stopped && (system || names.contains(&job.name)) {
+    for name in names {
+        if let Some(job) = job(txn, &name)?.filter(|j| !j.stopped) {
             out.push((job.name, job.priority));
         }
     }

@@ -1,0 +1,148 @@
+//! `helios-cli alloc ...`, and the log streaming `job logs` shares.
+
+use std::io::Write;
+
+use anyhow::{anyhow, Result};
+use clap::{Args, Subcommand};
+use helios_api::pb;
+use helios_api::pb::allocation_service_client::AllocationServiceClient;
+use helios_core::Timestamp;
+use tonic::transport::Channel;
+
+use crate::connect::{status_error, Servers};
+use crate::table::{now, Table};
+
+#[derive(Subcommand, Debug)]
+pub enum AllocCommand {
+    /// Allocations, optionally of one job or on one node.
+    List {
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// One allocation: where it runs and each task's events.
+    Status { id: String },
+    /// A task's output.
+    Logs(LogArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// Allocation id (or its first or last characters).
+    pub id: String,
+    /// The task (needed when the group has several).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// stderr instead of stdout.
+    #[arg(long)]
+    pub stderr: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    pub tail: Option<u32>,
+    /// Keep streaming until the task exits.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+}
+
+pub fn client(channel: Channel) -> AllocationServiceClient<Channel> {
+    AllocationServiceClient::new(channel)
+}
+
+pub fn short(id: &str) -> String {
+    let chars: Vec<char> = id.chars().collect();
+    chars[chars.len().saturating_sub(8)..].iter().collect()
+}
+
+pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
+    let mut allocs = client(servers.connect().await?);
+    match command {
+        AllocCommand::List { job, node } => {
+            let request = pb::ListAllocationsRequest { job_name: job, node_id: node };
+            let reply = allocs.list_allocations(request).await.map_err(status_error)?.into_inner();
+            if reply.allocations.is_empty() {
+                println!("No allocations");
+                return Ok(());
+            }
+            let now = now();
+            let mut table = Table::new(&["ID", "NAME", "NODE", "VERSION", "DESIRED", "STATUS", "MODIFIED"]);
+            for a in reply.allocations {
+                table.row(vec![
+                    short(&a.id),
+                    a.name,
+                    a.node_id,
+                    a.job_version.to_string(),
+                    a.desired_status,
+                    a.client_status,
+                    Timestamp(a.modified_at_ms).ago(now),
+                ]);
+            }
+            table.print();
+        }
+        AllocCommand::Status { id } => {
+            let a = allocs
+                .get_allocation(pb::GetAllocationRequest { id })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .allocation
+                .ok_or_else(|| anyhow!("server returned no allocation"))?;
+            let now = now();
+            println!("ID          = {}", a.id);
+            println!("Name        = {}", a.name);
+            println!("Job         = {} (version {})", a.job_name, a.job_version);
+            println!("Node        = {}", a.node_id);
+            let why = |s: &str| if s.is_empty() { String::new() } else { format!(" ({s})") };
+            println!("Desired     = {}{}", a.desired_status, why(&a.desired_description));
+            println!("Status      = {}{}", a.client_status, why(&a.client_description));
+            println!(
+                "Created     = {} ({})",
+                Timestamp(a.created_at_ms).to_rfc3339(),
+                Timestamp(a.created_at_ms).ago(now)
+            );
+            for (task, state) in &a.task_states {
+                println!("\nTask {task:?} is {}{}", state.state, if state.failed { " (failed)" } else { "" });
+                let mut events = Table::new(&["TIME", "TYPE", "DESCRIPTION"]);
+                for e in &state.events {
+                    events.row(vec![Timestamp(e.time_ms).to_rfc3339(), e.kind.clone(), e.message.clone()]);
+                }
+                events.print();
+            }
+        }
+        AllocCommand::Logs(args) => {
+            let mut out = std::io::stdout().lock();
+            stream_logs(
+                &mut allocs,
+                &args.id,
+                args.task.unwrap_or_default(),
+                args.stderr,
+                args.tail,
+                args.follow,
+                |chunk| {
+                    out.write_all(chunk)?;
+                    out.flush()
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Streams one task's log, handing each chunk to `sink`.
+pub async fn stream_logs(
+    allocs: &mut AllocationServiceClient<Channel>,
+    id: &str,
+    task: String,
+    stderr: bool,
+    tail: Option<u32>,
+    follow: bool,
+    mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<()> {
+    let request = pb::AllocLogsRequest { alloc_id: id.to_string(), task, stderr, tail, follow };
+    let mut stream = allocs.alloc_logs(request).await.map_err(status_error)?.into_inner();
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        sink(&chunk.data)?;
+    }
+    Ok(())
+}
