@@ -15,6 +15,20 @@ pub enum NodeCommand {
     List,
     /// One node: attributes, metadata, drivers, resources.
     Status { id: String },
+    /// Move a node's allocations elsewhere and stop it taking new work (--disable: undo).
+    Drain {
+        id: String,
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Let a node take new work, or not (what runs there keeps running).
+    Eligibility {
+        id: String,
+        #[arg(long, conflicts_with = "disable", required_unless_present = "disable")]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+    },
 }
 
 pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
@@ -53,6 +67,20 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
                 ]);
             }
             table.print();
+        }
+        NodeCommand::Drain { id, disable } => {
+            nodes.drain_node(pb::DrainNodeRequest { id: id.clone(), enable: !disable }).await.map_err(status_error)?;
+            if disable {
+                println!("Node {id:?} is no longer draining and takes new work again");
+            } else {
+                println!("Node {id:?} is draining: its allocations move to other nodes");
+            }
+        }
+        NodeCommand::Eligibility { id, enable, .. } => {
+            let request = pb::SetEligibilityRequest { id: id.clone(), eligible: enable };
+            nodes.set_eligibility(request).await.map_err(status_error)?;
+            let what = if enable { "eligible for new work" } else { "ineligible for new work" };
+            println!("Node {id:?} is {what}");
         }
         NodeCommand::Status { id } => {
             let n = nodes

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::alloc::AllocUpdate;
 use crate::eval::Evaluation;
 use crate::job::Job;
-use crate::node::{Node, NodeStatus};
+use crate::node::{Node, NodeEligibility, NodeStatus};
 use crate::plan::Plan;
 use crate::time::Timestamp;
 
@@ -59,6 +59,15 @@ pub enum Command {
     /// A client agent reports its allocations' states. Refused whole if any allocation is not
     /// on `node_id`. `evals` reschedule the jobs of allocations that failed.
     UpdateAllocations { node_id: String, updates: Vec<AllocUpdate>, now: Timestamp, evals: Vec<Evaluation> },
+    /// An operator drains a node (its allocations move elsewhere; it takes no new work), ends a
+    /// drain, or changes its eligibility. `evals` as for `SetNodeStatus`.
+    SetNodeScheduling {
+        node_id: String,
+        drain: bool,
+        eligibility: NodeEligibility,
+        now: Timestamp,
+        evals: Vec<Evaluation>,
+    },
     /// New evaluations, e.g. for the jobs a node change affects.
     CreateEvaluations { evals: Vec<Evaluation> },
 }
@@ -74,6 +83,7 @@ impl Command {
             Command::ApplyPlan { .. } => "apply-plan",
             Command::CreateEvaluations { .. } => "create-evaluations",
             Command::UpdateAllocations { .. } => "update-allocations",
+            Command::SetNodeScheduling { .. } => "set-node-scheduling",
         }
     }
 }
@@ -140,6 +150,9 @@ impl std::fmt::Display for Command {
                 plan.stops.len()
             ),
             Command::CreateEvaluations { evals } => write!(f, "create-evaluations ({})", evals.len()),
+            Command::SetNodeScheduling { node_id, drain, eligibility, .. } => {
+                write!(f, "set-node-scheduling {node_id} drain={drain} {}", eligibility.as_str())
+            }
             Command::UpdateAllocations { node_id, updates, .. } => {
                 write!(f, "update-allocations {node_id} ({})", updates.len())
             }

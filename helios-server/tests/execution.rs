@@ -140,3 +140,40 @@ async fn following_a_log_streams_until_the_task_exits() {
     agent.stop().await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn draining_a_node_moves_its_work_and_stops_its_processes() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = start_agent(&cluster, "a", dir.path()).await;
+    common::wait_status(&cluster, 1, "a", "ready").await;
+    let mut job = Job::exec("web", "sleep", vec!["600".into()]);
+    job.job_type = JobType::Service;
+    submit(&cluster, &job).await;
+    let first = wait_alloc(&cluster, "web", "running").await;
+    assert_eq!(first.node_id, "a");
+    let pid = pid_of(&first, "web");
+    let b = start_agent(&cluster, "b", dir.path()).await;
+    common::wait_status(&cluster, 1, "b", "ready").await;
+
+    let mut nodes = pb::node_service_client::NodeServiceClient::new(cluster.channel(1).await);
+    nodes.drain_node(pb::DrainNodeRequest { id: "a".into(), enable: true }).await.expect("drain");
+    let moved = wait_for("the allocation running on b", || async {
+        allocations(&cluster, "web").await.into_iter().find(|al| al.node_id == "b" && al.client_status == "running")
+    })
+    .await;
+    assert_eq!(moved.name, first.name, "the replacement keeps the slot");
+    wait_for("the process on a stopped", || async { (!alive(pid)).then_some(()) }).await;
+    let evicted = allocations(&cluster, "web").await.into_iter().find(|al| al.id == first.id).expect("first");
+    assert_eq!(evicted.desired_status, "evict");
+
+    // Ending the drain makes a eligible again; nothing moves back by itself.
+    nodes.drain_node(pb::DrainNodeRequest { id: "a".into(), enable: false }).await.expect("undrain");
+    let node = common::node(&cluster, 1, "a").await.expect("node a");
+    assert!(!node.drain);
+    assert_eq!(node.eligibility, "eligible");
+    a.stop().await;
+    b.stop().await;
+    cluster.shutdown().await;
+}

@@ -5,12 +5,45 @@ use helios_api::pb;
 use helios_api::pb::node_service_server::NodeService;
 use tonic::{Request, Response, Status};
 
-use super::errors::{cluster_status, require_name};
+use helios_core::{Command, CommandResponse, EvalTrigger, NodeEligibility};
+
+use super::errors::{cluster_status, rejection_status, require_name};
+use crate::clock;
+use crate::cluster::node_evaluations;
 use crate::cluster::Cluster;
 use crate::store::read;
 
 pub struct Nodes {
     pub cluster: Cluster,
+}
+
+impl Nodes {
+    /// Sets a node's drain flag (`None`: unchanged) and eligibility, with evaluations for the
+    /// jobs running there.
+    async fn set_scheduling(&self, id: &str, drain: Option<bool>, eligibility: NodeEligibility) -> Result<u64, Status> {
+        require_name("id", id)?;
+        let lookup = id.to_string();
+        let (node, jobs) = self
+            .cluster
+            .read(move |txn| Ok((read::node(txn, &lookup)?, read::jobs_affected_by_node(txn, &lookup)?)))
+            .await
+            .map_err(cluster_status)?;
+        let node = node.ok_or_else(|| Status::not_found(format!("node {id:?} not found")))?;
+        let evals = node_evaluations(jobs, id, EvalTrigger::NodeDrain);
+        let command = Command::SetNodeScheduling {
+            node_id: id.to_string(),
+            drain: drain.unwrap_or(node.drain),
+            eligibility,
+            now: clock::now(),
+            evals,
+        };
+        let (index, response) = self.cluster.write(command).await.map_err(cluster_status)?;
+        match response {
+            CommandResponse::NodeStatusSet => Ok(index),
+            CommandResponse::Rejected(r) => Err(rejection_status(r)),
+            other => Err(Status::internal(format!("unexpected answer: {other:?}"))),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -21,6 +54,26 @@ impl NodeService for Nodes {
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let nodes = self.cluster.read(read::nodes).await.map_err(cluster_status)?;
         Ok(Response::new(pb::ListNodesResponse { nodes: nodes.iter().map(node_to_pb).collect() }))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        let req = request.into_inner();
+        let eligibility = if req.enable { NodeEligibility::Ineligible } else { NodeEligibility::Eligible };
+        let index = self.set_scheduling(&req.id, Some(req.enable), eligibility).await?;
+        Ok(Response::new(pb::DrainNodeResponse { index }))
+    }
+
+    async fn set_eligibility(
+        &self,
+        request: Request<pb::SetEligibilityRequest>,
+    ) -> Result<Response<pb::SetEligibilityResponse>, Status> {
+        let req = request.into_inner();
+        let eligibility = if req.eligible { NodeEligibility::Eligible } else { NodeEligibility::Ineligible };
+        let index = self.set_scheduling(&req.id, None, eligibility).await?;
+        Ok(Response::new(pb::SetEligibilityResponse { index }))
     }
 
     async fn get_node(&self, request: Request<pb::GetNodeRequest>) -> Result<Response<pb::GetNodeResponse>, Status> {

@@ -95,6 +95,21 @@ impl<'txn> StateTables<'txn> {
                 }
                 Ok(response)
             }
+            Command::SetNodeScheduling { node_id, drain, eligibility, now, evals } => {
+                let Some(mut node) = get::<Node>(&self.nodes, &node_id)? else {
+                    return Ok(CommandResponse::Rejected(Rejection {
+                        kind: RejectionKind::NotFound,
+                        message: format!("node {node_id:?} not found"),
+                    }));
+                };
+                node.drain = drain;
+                node.eligibility = eligibility;
+                node.status_updated_at = now;
+                self.nodes.insert(node_id.as_str(), encode(&node).as_slice())?;
+                self.nodes_changed(now)?;
+                self.put_evaluations(&evals)?;
+                Ok(CommandResponse::NodeStatusSet)
+            }
             Command::UpdateAllocations { node_id, updates, now, evals } => {
                 let response = self.update_allocations(&node_id, updates, now)?;
                 if response == CommandResponse::AllocationsUpdated {
