@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use helios_api::pb;
-use helios_core::{Job, Task, TaskDriver, TaskGroup};
+use helios_core::{Job, JobType, RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::{mpsc, watch};
@@ -80,9 +80,9 @@ impl Runners {
                 self.finished.insert(alloc.id);
                 continue;
             }
-            let group = job
-                .and_then(|j| helios_api::convert::job_from_pb(j).ok())
-                .and_then(|j: Job| j.task_groups.into_iter().find(|g| g.name == alloc.task_group));
+            let job = job.and_then(|j| helios_api::convert::job_from_pb(j).ok());
+            let job_type = job.as_ref().map_or(JobType::Batch, |j: &Job| j.job_type);
+            let group = job.and_then(|j| j.task_groups.into_iter().find(|g| g.name == alloc.task_group));
             let Some(group) = group else {
                 self.report(&alloc.id, "failed", "its job version is unknown to the servers", BTreeMap::new());
                 self.finished.insert(alloc.id);
@@ -94,7 +94,7 @@ impl Runners {
             let reports = self.reports.clone();
             let done = self.done_tx.clone();
             tokio::spawn(async move {
-                run_allocation(alloc.id.clone(), group, dir, stop_rx, reports).await;
+                run_allocation(alloc.id.clone(), job_type, group, dir, stop_rx, reports).await;
                 let _ = done.send(alloc.id);
             });
         }
@@ -112,6 +112,7 @@ impl Runners {
 
 async fn run_allocation(
     alloc_id: String,
+    job_type: JobType,
     group: TaskGroup,
     dir: PathBuf,
     stop: watch::Receiver<bool>,
@@ -125,33 +126,127 @@ async fn run_allocation(
             task_states: states,
         });
     };
-    let mut started = BTreeMap::new();
-    let mut tasks = Vec::new();
+    // Each task has a supervisor (restarts per the group's policy) that sends every state
+    // change here; the allocation's report combines them.
+    let (progress, mut changes) = mpsc::unbounded_channel::<(String, pb::TaskState)>();
     for task in group.tasks {
-        let task_dir = dir.join(&task.name);
-        let (state, handle) = start_task(&alloc_id, task.clone(), task_dir, stop.clone()).await;
-        started.insert(task.name.clone(), state);
-        tasks.push((task.name, handle));
-    }
-    report("running", "tasks started".to_string(), started.clone());
-    let mut finals = BTreeMap::new();
-    for (name, handle) in tasks {
-        let state = match handle {
-            Some(handle) => {
-                handle.await.unwrap_or_else(|e| dead(vec![event("Driver Failure", e.to_string(), None)], true))
-            }
-            None => started.remove(&name).unwrap_or_else(|| dead(Vec::new(), true)),
+        let supervisor = Supervisor {
+            alloc_id: alloc_id.clone(),
+            job_type,
+            policy: group.restart.clone(),
+            dir: dir.join(&task.name),
+            stop: stop.clone(),
+            progress: progress.clone(),
         };
-        finals.insert(name, state);
+        tokio::spawn(supervisor.run(task));
+    }
+    drop(progress);
+    let mut states = BTreeMap::new();
+    while let Some((name, state)) = changes.recv().await {
+        states.insert(name, state);
+        if states.values().any(|s| s.state != "dead") {
+            report("running", "tasks running".to_string(), states.clone());
+        }
     }
     let stopped = *stop.borrow();
-    let failed = finals.values().any(|s| s.failed);
+    let failed = states.values().any(|s| s.failed);
     let (status, description) = match (stopped, failed) {
         (true, _) => ("complete", "stopped by the servers".to_string()),
         (false, true) => ("failed", "a task failed".to_string()),
         (false, false) => ("complete", "all tasks exited successfully".to_string()),
     };
-    report(status, description, finals);
+    report(status, description, states);
+}
+
+/// Keeps one task running as its job type and restart policy say: a batch task is restarted
+/// only when it fails, a service or system task whenever it exits; at most `attempts` restarts
+/// within `interval_secs`, `delay_secs` apart; then the task fails (mode `fail`), or waits out
+/// the interval and starts over (mode `delay`).
+struct Supervisor {
+    alloc_id: String,
+    job_type: JobType,
+    policy: RestartPolicy,
+    dir: PathBuf,
+    stop: watch::Receiver<bool>,
+    progress: mpsc::UnboundedSender<(String, pb::TaskState)>,
+}
+
+impl Supervisor {
+    async fn run(mut self, task: Task) {
+        let name = task.name.clone();
+        let interval = Duration::from_secs(u64::from(self.policy.interval_secs));
+        let mut history: Vec<pb::TaskEvent> = Vec::new();
+        let mut restarts = 0u32;
+        let mut window = (tokio::time::Instant::now(), 0u32);
+        loop {
+            let (mut state, handle) =
+                start_task(&self.alloc_id, task.clone(), self.dir.clone(), self.stop.clone()).await;
+            let with_history = |state: &mut pb::TaskState, history: &[pb::TaskEvent], restarts: u32| {
+                let mut events = history.to_vec();
+                events.append(&mut state.events);
+                state.events = events;
+                state.restarts = restarts;
+            };
+            with_history(&mut state, &history, restarts);
+            let _ = self.progress.send((name.clone(), state.clone()));
+            let mut last = match handle {
+                Some(handle) => {
+                    let mut done =
+                        handle.await.unwrap_or_else(|e| dead(vec![event("Driver Failure", e.to_string(), None)], true));
+                    with_history(&mut done, &history, restarts);
+                    done
+                }
+                None => state,
+            };
+            let stopped = *self.stop.borrow();
+            let restart = !stopped && (self.job_type != JobType::Batch || last.failed);
+            if !restart {
+                let _ = self.progress.send((name, last));
+                return;
+            }
+            if window.0.elapsed() > interval {
+                window = (tokio::time::Instant::now(), 0);
+            }
+            if window.1 >= self.policy.attempts {
+                if self.policy.mode == RestartMode::Fail {
+                    let why = format!(
+                        "{} restarts within {}s: not restarting",
+                        self.policy.attempts, self.policy.interval_secs
+                    );
+                    last.events.push(event("Not Restarting", why, None));
+                    last.failed = true;
+                    let _ = self.progress.send((name, last));
+                    return;
+                }
+                let rest = interval.saturating_sub(window.0.elapsed());
+                last.events.push(event("Restarting", format!("attempts exhausted: waiting {rest:?}"), None));
+                let _ = self.progress.send((name.clone(), last.clone()));
+                if self.interrupted_by_stop(rest).await {
+                    let _ = self.progress.send((name, last));
+                    return;
+                }
+                window = (tokio::time::Instant::now(), 0);
+            }
+            window.1 += 1;
+            restarts += 1;
+            let delay = Duration::from_secs(u64::from(self.policy.delay_secs));
+            last.events.push(event("Restarting", format!("restart {restarts} in {delay:?}"), None));
+            history = last.events.clone();
+            let _ = self.progress.send((name.clone(), last.clone()));
+            if self.interrupted_by_stop(delay).await {
+                let _ = self.progress.send((name, last));
+                return;
+            }
+        }
+    }
+
+    /// Waits `pause`; true if the servers asked for a stop meanwhile.
+    async fn interrupted_by_stop(&mut self, pause: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => false,
+            () = stop_requested(&mut self.stop) => true,
+        }
+    }
 }
 
 fn dead(events: Vec<pb::TaskEvent>, failed: bool) -> pb::TaskState {

@@ -55,6 +55,7 @@ async fn a_batch_task_runs_and_its_output_is_in_its_log() {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let agent = start_agent(&cluster, "n1", dir.path()).await;
     submit(&cluster, &Job::exec("hello", "echo", vec!["It replicated!".into()])).await;
     let done = wait_alloc(&cluster, "hello", "complete").await;
@@ -75,8 +76,12 @@ async fn a_failing_task_reports_its_exit_code() {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let agent = start_agent(&cluster, "n1", dir.path()).await;
-    submit(&cluster, &Job::exec("broken", "sh", vec!["-c".into(), "echo oops >&2; exit 3".into()])).await;
+    let mut broken = Job::exec("broken", "sh", vec!["-c".into(), "echo oops >&2; exit 3".into()]);
+    // No restarts on the node: this test is about the report.
+    broken.task_groups[0].restart.attempts = 0;
+    submit(&cluster, &broken).await;
     let failed = wait_alloc(&cluster, "broken", "failed").await;
     let exit = failed.task_states["broken"].events.iter().find(|e| e.kind == "Terminated").expect("terminated");
     assert_eq!(exit.exit_code, Some(3));
@@ -93,6 +98,7 @@ async fn a_service_runs_until_stopped_and_survives_an_agent_restart() {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let agent = start_agent(&cluster, "n1", dir.path()).await;
     let mut job = Job::exec("sleeper", "sleep", vec!["600".into()]);
     job.job_type = JobType::Service;
@@ -131,6 +137,7 @@ async fn following_a_log_streams_until_the_task_exits() {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let agent = start_agent(&cluster, "n1", dir.path()).await;
     let script = "echo one; sleep 1; echo two";
     submit(&cluster, &Job::exec("talker", "sh", vec!["-c".into(), script.into()])).await;
@@ -146,6 +153,7 @@ async fn draining_a_node_moves_its_work_and_stops_its_processes() {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let a = start_agent(&cluster, "a", dir.path()).await;
     common::wait_status(&cluster, 1, "a", "ready").await;
     let mut job = Job::exec("web", "sleep", vec!["600".into()]);
@@ -175,5 +183,32 @@ async fn draining_a_node_moves_its_work_and_stops_its_processes() {
     assert_eq!(node.eligibility, "eligible");
     a.stop().await;
     b.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_task_is_restarted_per_its_policy_then_fails() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    let mut job = Job::exec("flaky", "sh", vec!["-c".into(), "echo attempt; exit 1".into()]);
+    job.task_groups[0].restart = helios_core::RestartPolicy {
+        attempts: 2,
+        interval_secs: 600,
+        delay_secs: 0,
+        mode: helios_core::RestartMode::Fail,
+    };
+    submit(&cluster, &job).await;
+    let failed = wait_alloc(&cluster, "flaky", "failed").await;
+    let task = &failed.task_states["flaky"];
+    assert_eq!(task.restarts, 2);
+    let kinds: Vec<&str> = task.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "Started").count(), 3, "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"Not Restarting"), "{kinds:?}");
+    // The same log file across restarts.
+    assert_eq!(logs(&cluster, &failed.id, false).await, "attempt\nattempt\nattempt\n");
+    agent.stop().await;
     cluster.shutdown().await;
 }

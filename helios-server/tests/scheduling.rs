@@ -44,6 +44,7 @@ async fn allocations_are_placed_replaced_when_a_node_dies_and_retried_when_one_j
     let leader = cluster.leader().await;
     let via = cluster.running_ids().into_iter().find(|id| *id != leader).expect("follower");
     let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let a = start_agent(&cluster, "a", dir.path()).await;
     let b = start_agent(&cluster, "b", dir.path()).await;
     common::wait_status(&cluster, via, "a", "ready").await;
@@ -97,6 +98,7 @@ async fn placement_failures_are_explained_and_nodes_never_over_committed() {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let a = start_agent_with(&cluster, "a", dir.path(), 1000, 1024).await;
     common::wait_status(&cluster, 1, "a", "ready").await;
 
@@ -132,6 +134,7 @@ async fn system_jobs_run_on_every_node_including_new_ones() {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let a = start_agent(&cluster, "a", dir.path()).await;
     common::wait_status(&cluster, 1, "a", "ready").await;
     let mut agent = service("agent", 1, 50);
@@ -164,6 +167,7 @@ async fn a_blocked_job_is_placed_when_another_job_frees_room() {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
     let a = start_agent_with(&cluster, "a", dir.path(), 1000, 1024).await;
     common::wait_status(&cluster, 1, "a", "ready").await;
     submit(&cluster, 1, &service("filler", 1, 600)).await;

@@ -272,3 +272,23 @@ pub async fn wait_status(cluster: &TestCluster, via: u64, id: &str, status: &str
     })
     .await
 }
+
+/// Kills (SIGKILL, whole process group) every task process an agent started under `dir` when
+/// dropped. Tasks outlive their agent by design, so a test must clean up after its tasks; create
+/// it right after the agent's data dir, so it runs before the dir is removed.
+pub struct Reaper(pub std::path::PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let Ok(allocs) = std::fs::read_dir(self.0.join("allocs")) else { return };
+        for alloc in allocs.flatten() {
+            let Ok(tasks) = std::fs::read_dir(alloc.path()) else { continue };
+            for task in tasks.flatten() {
+                let Ok(pid_file) = std::fs::read_to_string(task.path().join("pid")) else { continue };
+                if let Some(pid) = pid_file.split_whitespace().next() {
+                    let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+                }
+            }
+        }
+    }
+}
