@@ -73,8 +73,9 @@ impl ClientService for LogService {
         }
         let offset = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
         let follow = req.follow;
-        // First what is there, then (following) what is appended, until the task has exited
-        // (its pid file is gone) and nothing more arrives.
+        // First what is there, then (following) what is appended, until the task is done for
+        // good (its supervisor's marker: restarts in between keep the stream open) and nothing
+        // more arrives.
         let stream = futures::stream::unfold(
             (Some(first), offset, path, task_dir),
             move |(first, mut offset, path, task_dir)| async move {
@@ -105,7 +106,7 @@ impl ClientService for LogService {
                         offset += n as u64;
                         return Some((Ok(pb::LogChunk { data: buf }), (None, offset, path, task_dir)));
                     }
-                    if !task_dir.join("pid").exists() {
+                    if task_dir.join(crate::runner::DONE_MARKER).exists() {
                         return None;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;

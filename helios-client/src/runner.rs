@@ -20,6 +20,9 @@ use crate::logs::copy_to_log;
 
 pub type Reports = mpsc::UnboundedSender<pb::AllocationUpdate>;
 
+/// Written in a task's directory when it is done for good (no restart will follow).
+pub const DONE_MARKER: &str = "done";
+
 pub struct Runners {
     allocs_dir: PathBuf,
     reports: Reports,
@@ -178,6 +181,7 @@ impl Supervisor {
         let mut history: Vec<pb::TaskEvent> = Vec::new();
         let mut restarts = 0u32;
         let mut window = (tokio::time::Instant::now(), 0u32);
+        let _ = std::fs::remove_file(self.dir.join(DONE_MARKER));
         loop {
             let (mut state, handle) =
                 start_task(&self.alloc_id, task.clone(), self.dir.clone(), self.stop.clone()).await;
@@ -201,7 +205,7 @@ impl Supervisor {
             let stopped = *self.stop.borrow();
             let restart = !stopped && (self.job_type != JobType::Batch || last.failed);
             if !restart {
-                let _ = self.progress.send((name, last));
+                self.finish(name, last);
                 return;
             }
             if window.0.elapsed() > interval {
@@ -215,14 +219,14 @@ impl Supervisor {
                     );
                     last.events.push(event("Not Restarting", why, None));
                     last.failed = true;
-                    let _ = self.progress.send((name, last));
+                    self.finish(name, last);
                     return;
                 }
                 let rest = interval.saturating_sub(window.0.elapsed());
                 last.events.push(event("Restarting", format!("attempts exhausted: waiting {rest:?}"), None));
                 let _ = self.progress.send((name.clone(), last.clone()));
                 if self.interrupted_by_stop(rest).await {
-                    let _ = self.progress.send((name, last));
+                    self.finish(name, last);
                     return;
                 }
                 window = (tokio::time::Instant::now(), 0);
@@ -234,10 +238,17 @@ impl Supervisor {
             history = last.events.clone();
             let _ = self.progress.send((name.clone(), last.clone()));
             if self.interrupted_by_stop(delay).await {
-                let _ = self.progress.send((name, last));
+                self.finish(name, last);
                 return;
             }
         }
+    }
+
+    /// The task is done for good: mark it (log followers stop at the marker, not at an exit
+    /// between restarts) and send its last state.
+    fn finish(&self, name: String, state: pb::TaskState) {
+        let _ = std::fs::write(self.dir.join(DONE_MARKER), b"");
+        let _ = self.progress.send((name, state));
     }
 
     /// Waits `pause`; true if the servers asked for a stop meanwhile.

@@ -212,3 +212,25 @@ async fn a_failing_task_is_restarted_per_its_policy_then_fails() {
     agent.stop().await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn following_a_log_continues_across_restarts() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    let mut job = Job::exec("phoenix", "sh", vec!["-c".into(), "echo rise; sleep 0.2; exit 1".into()]);
+    job.task_groups[0].restart = helios_core::RestartPolicy {
+        attempts: 2,
+        interval_secs: 600,
+        delay_secs: 1,
+        mode: helios_core::RestartMode::Fail,
+    };
+    submit(&cluster, &job).await;
+    let running = wait_alloc(&cluster, "phoenix", "running").await;
+    // A second between runs, with no process at all, does not end the stream.
+    assert_eq!(logs(&cluster, &running.id, true).await, "rise\nrise\nrise\n");
+    agent.stop().await;
+    cluster.shutdown().await;
+}
