@@ -67,6 +67,14 @@ async fn a_batch_task_runs_and_its_output_is_in_its_log() {
     assert_eq!(std::fs::read_to_string(&log).expect("stdout log"), "It replicated!\n");
     // Through the servers' API, relayed from the agent, by the id's last characters.
     assert_eq!(logs(&cluster, &done.id[done.id.len() - 8..], false).await, "It replicated!\n");
+    // A finished batch job is dead, and says so.
+    let status = wait_for("the job to be dead", || async {
+        let request = pb::GetJobStatusRequest { name: "hello".into() };
+        let s = cluster.jobs(1).await.get_job_status(request).await.expect("status").into_inner();
+        (s.job.as_ref().is_some_and(|j| j.status == pb::JobStatus::Dead as i32)).then_some(s)
+    })
+    .await;
+    assert_eq!(status.placement, "finished: all 1 allocations completed");
     agent.stop().await;
     cluster.shutdown().await;
 }

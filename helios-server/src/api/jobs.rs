@@ -151,7 +151,15 @@ fn describe_placement(
     }
     // A system job wants one allocation per ready node.
     let desired = if job.job_type == JobType::System { ready_nodes as u64 } else { job.desired_allocations() };
-    let placed = allocs.iter().filter(|a| a.job_version == job.version && !a.is_terminal()).count() as u64;
+    let current = |a: &&Allocation| a.job_version == job.version;
+    let finished =
+        allocs.iter().filter(current).filter(|a| a.client_status == AllocClientStatus::Complete).count() as u64;
+    if job.job_type == JobType::Batch && desired > 0 && finished >= desired {
+        return format!("finished: all {desired} allocations completed");
+    }
+    // A batch allocation that completed fills its slot for good.
+    let batch_done = if job.job_type == JobType::Batch { finished } else { 0 };
+    let placed = allocs.iter().filter(current).filter(|a| !a.is_terminal()).count() as u64 + batch_done;
     let running = count_running(allocs, &job.name);
     if desired > 0 && running >= desired {
         return format!("all {desired} allocations running");

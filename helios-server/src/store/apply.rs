@@ -415,21 +415,48 @@ impl<'txn> StateTables<'txn> {
             }
             changed.push(alloc);
         }
+        let mut jobs = BTreeSet::new();
         for alloc in changed {
             self.allocations.insert(alloc.id.as_str(), encode(&alloc).as_slice())?;
-            if alloc.client_status == AllocClientStatus::Running {
-                self.mark_job_running(&alloc.job_name)?;
-            }
+            jobs.insert(alloc.job_name);
+        }
+        for job in jobs {
+            self.refresh_job_status(&job)?;
         }
         Ok(CommandResponse::AllocationsUpdated)
     }
 
-    fn mark_job_running(&mut self, job_name: &str) -> Result<(), redb::Error> {
-        if let Some(mut job) = get::<Job>(&self.jobs, job_name)? {
-            if job.status == JobStatus::Pending && !job.stopped {
-                job.status = JobStatus::Running;
-                self.jobs.insert(job_name, encode(&job).as_slice())?;
+    /// A job runs while any of its allocations runs; a batch job whose allocations of the current
+    /// version have all finished, and none still to run, is dead.
+    fn refresh_job_status(&mut self, job_name: &str) -> Result<(), redb::Error> {
+        let Some(mut job) = get::<Job>(&self.jobs, job_name)? else { return Ok(()) };
+        let mut running = false;
+        let mut live = false;
+        let mut complete = 0u64;
+        for row in self.allocations.iter()? {
+            let (_, value) = row?;
+            let alloc: Allocation = decode(value.value()).map_err(redb::StorageError::Io)?;
+            if alloc.job_name != job_name {
+                continue;
             }
+            running |= alloc.client_status == AllocClientStatus::Running;
+            live |= !alloc.is_terminal();
+            if alloc.job_version == job.version && alloc.client_status == AllocClientStatus::Complete {
+                complete += 1;
+            }
+        }
+        let status = if running {
+            JobStatus::Running
+        } else if job.stopped
+            || (job.job_type == helios_core::JobType::Batch && !live && complete >= job.desired_allocations())
+        {
+            JobStatus::Dead
+        } else {
+            job.status
+        };
+        if status != job.status {
+            job.status = status;
+            self.jobs.insert(job_name, encode(&job).as_slice())?;
         }
         Ok(())
     }
