@@ -19,6 +19,14 @@ impl Drop for Proc {
     }
 }
 
+struct KillGroup(String);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0)]).status();
+    }
+}
+
 fn sibling(name: &str) -> PathBuf {
     let path = Path::new(CLI).with_file_name(name);
     assert!(path.exists(), "{} is missing: run the README's test command (cargo test --workspace)", path.display());
@@ -113,4 +121,77 @@ fn the_readme_quick_start_runs_jobs_and_shows_their_output_from_any_server() {
     let survivor = (0..3).find(|i| i + 1 != leader).expect("a survivor");
     eventually("logs after the leader died", || logs(survivor, "multi-node-test").ends_with(" It replicated!\n"));
     drop(agents);
+}
+
+#[test]
+fn a_task_keeps_running_and_logging_when_its_agent_is_killed_and_is_adopted_on_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let server_args: Vec<String> =
+        ["--dev", "--rpc-addr", &format!("127.0.0.1:{port}")].iter().map(|s| s.to_string()).collect();
+    let _server = spawn(&sibling("helios-server"), &server_args, dir.path(), "server.log");
+    let url = format!("http://127.0.0.1:{port}");
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).expect("agent dir");
+    let agent_args: Vec<String> =
+        ["--node-id", "n1", "--server-addr", &url, "--client-rpc-addr", &format!("127.0.0.1:{}", free_port())]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let agent = spawn(&sibling("helios-client"), &agent_args, &agent_dir, "agent.log");
+    eventually("a ready node", || {
+        String::from_utf8_lossy(&cli(&["--server-addr", &url, "node", "list"]).stdout).contains(" ready ")
+    });
+
+    let script = "while true; do echo tick; sleep 0.1; done";
+    let run =
+        cli(&["--server-addr", &url, "job", "run", "--name", "ticker", "--type", "service", "sh", "--", "-c", script]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let pid_file = || {
+        let allocs = std::fs::read_dir(agent_dir.join("allocs")).ok()?;
+        let alloc = allocs.flatten().next()?;
+        std::fs::read_to_string(alloc.path().join("ticker").join("pid")).ok()
+    };
+    let mut pid_line = None;
+    eventually("the task started", || {
+        pid_line = pid_file();
+        pid_line.is_some()
+    });
+    let pid_line = pid_line.expect("pid file");
+    let pid = pid_line.split_whitespace().next().expect("pid").to_string();
+    // Whatever happens below, the task (which outlives agents by design) does not outlive the test.
+    let _reaper = KillGroup(pid.clone());
+    let log = || {
+        let allocs = std::fs::read_dir(agent_dir.join("allocs")).expect("allocs");
+        let alloc = allocs.flatten().next().expect("alloc");
+        std::fs::read_to_string(alloc.path().join("ticker").join("stdout.log")).unwrap_or_default()
+    };
+    // Kill the agent outright: the task goes on, and so does its output.
+    drop(agent);
+    let before = log().len();
+    eventually("the task to keep writing with its agent dead", || log().len() > before + 20);
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+
+    // A new agent adopts it: same process, no second copy.
+    let _agent = spawn(&sibling("helios-client"), &agent_args, &agent_dir, "agent-2.log");
+    eventually("the task adopted", || {
+        let out = cli(&["--server-addr", &url, "alloc", "list", "--job", "ticker"]);
+        let id = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().next().map(str::to_string));
+        id.is_some_and(|id| {
+            String::from_utf8_lossy(&cli(&["--server-addr", &url, "alloc", "status", &id]).stdout).contains("Adopted")
+        })
+    });
+    assert_eq!(pid_file().as_deref(), Some(pid_line.as_str()), "the same process");
+    let allocs = String::from_utf8_lossy(&cli(&["--server-addr", &url, "alloc", "list"]).stdout).into_owned();
+    assert_eq!(allocs.lines().count(), 2, "one allocation: {allocs}");
+
+    // Stopping the job ends the process.
+    assert!(cli(&["--server-addr", &url, "job", "stop", "ticker"]).status.success());
+    eventually("the task process gone", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    });
 }

@@ -150,7 +150,13 @@ async fn report_allocations(
         loop {
             match servers.update_allocations(node_id, secret, updates.clone()).await {
                 Ok(()) => break,
-                Err(servers::CallError::Refused(why)) => return ClientError::Refused(why),
+                // A report the servers refuse (an allocation they no longer know, a malformed
+                // state) is dropped; the agent keeps running its other work.
+                // (An identity problem also stops the heartbeats and the watch, which end the agent.)
+                Err(servers::CallError::Refused(why)) => {
+                    tracing::warn!(%why, "the servers refused an allocation report; dropping it");
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "allocation update failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -158,7 +164,7 @@ async fn report_allocations(
             }
         }
     }
-    ClientError::Refused("the allocation runners stopped".to_string())
+    std::future::pending().await
 }
 
 /// Registers, then heartbeats within the TTL the servers ask for, forever. Returns only when

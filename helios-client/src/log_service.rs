@@ -68,10 +68,11 @@ impl ClientService for LogService {
         let task_dir = alloc_dir.join(&task);
         let path = log_path(&task_dir, if req.stderr { "stderr" } else { "stdout" });
         let mut first = tokio::fs::read(&path).await.unwrap_or_default();
+        // Follow on from exactly what was read, not from a later size.
+        let offset = first.len() as u64;
         if let Some(lines) = req.tail {
             first = tail(&first, lines).to_vec();
         }
-        let offset = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
         let follow = req.follow;
         // First what is there, then (following) what is appended, until the task is done for
         // good (its supervisor's marker: restarts in between keep the stream open) and nothing
@@ -79,7 +80,12 @@ impl ClientService for LogService {
         let stream = futures::stream::unfold(
             (Some(first), offset, path, task_dir),
             move |(first, mut offset, path, task_dir)| async move {
-                if let Some(first) = first {
+                if let Some(mut first) = first {
+                    if first.len() > CHUNK {
+                        // Large logs go out in pieces, well under any message size limit.
+                        let rest = first.split_off(CHUNK);
+                        return Some((Ok(pb::LogChunk { data: first }), (Some(rest), offset, path, task_dir)));
+                    }
                     if !first.is_empty() || follow {
                         return Some((Ok(pb::LogChunk { data: first }), (None, offset, path, task_dir)));
                     }

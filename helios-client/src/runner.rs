@@ -16,9 +16,10 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::{mpsc, watch};
 
-use crate::logs::copy_to_log;
-
 pub type Reports = mpsc::UnboundedSender<pb::AllocationUpdate>;
+
+/// Task events kept per task (the oldest are dropped).
+const MAX_EVENTS: usize = 50;
 
 /// Written in a task's directory when it is done for good (no restart will follow).
 pub const DONE_MARKER: &str = "done";
@@ -65,6 +66,12 @@ impl Runners {
         let listed: HashSet<String> =
             assigned.allocations.iter().filter_map(|a| a.allocation.as_ref().map(|al| al.id.clone())).collect();
         self.finished.retain(|id| listed.contains(id));
+        // No longer listed (the servers marked it lost, or forgot it): it must not keep running.
+        for (id, stop) in &self.running {
+            if !listed.contains(id) {
+                let _ = stop.send(true);
+            }
+        }
         for assigned in assigned.allocations {
             let (Some(alloc), job) = (assigned.allocation, assigned.job) else { continue };
             let wanted = alloc.desired_status == "run";
@@ -77,8 +84,9 @@ impl Runners {
             if self.finished.contains(&alloc.id) {
                 continue;
             }
-            if !wanted {
-                // Never started here: it is simply done.
+            let dir = self.allocs_dir.join(&alloc.id);
+            if !wanted && !has_live_task(&dir) {
+                // Never started here (or already gone): it is simply done.
                 self.report(&alloc.id, "complete", "stopped before it started", BTreeMap::new());
                 self.finished.insert(alloc.id);
                 continue;
@@ -91,9 +99,9 @@ impl Runners {
                 self.finished.insert(alloc.id);
                 continue;
             };
-            let (stop_tx, stop_rx) = watch::channel(false);
+            // Unwanted but alive (left from before an agent restart): adopt it, stopping at once.
+            let (stop_tx, stop_rx) = watch::channel(!wanted);
             self.running.insert(alloc.id.clone(), stop_tx);
-            let dir = self.allocs_dir.join(&alloc.id);
             let reports = self.reports.clone();
             let done = self.done_tx.clone();
             tokio::spawn(async move {
@@ -188,6 +196,9 @@ impl Supervisor {
             let with_history = |state: &mut pb::TaskState, history: &[pb::TaskEvent], restarts: u32| {
                 let mut events = history.to_vec();
                 events.append(&mut state.events);
+                // A task restarting for days must not grow its reports without bound.
+                let excess = events.len().saturating_sub(MAX_EVENTS);
+                events.drain(..excess);
                 state.events = events;
                 state.restarts = restarts;
             };
@@ -202,6 +213,11 @@ impl Supervisor {
                 }
                 None => state,
             };
+            if self.stop.has_changed().is_err() {
+                // The agent that ran this supervisor is gone (in-process restart): a new agent
+                // adopts or restarts the task; this one must not act on it any more.
+                return;
+            }
             let stopped = *self.stop.borrow();
             let restart = !stopped && (self.job_type != JobType::Batch || last.failed);
             if !restart {
@@ -288,7 +304,11 @@ async fn start_task(
     if let Err(e) = tokio::fs::create_dir_all(&dir).await {
         return (dead(vec![event("Setup Failure", format!("cannot create {}: {e}", dir.display()), None)], true), None);
     }
-    if let Some(pid) = live_pid(&dir) {
+    let live = live_pid(&dir);
+    if live.is_none() && *stop.borrow() {
+        return (dead(vec![event("Not Started", "stopped before it started", None)], false), None);
+    }
+    if let Some(pid) = live {
         // From before an agent restart: watch it rather than start a second copy.
         let state =
             running(vec![event("Adopted", format!("process {pid} still running after an agent restart"), None)]);
@@ -303,9 +323,16 @@ async fn start_task(
         .env("HELIOS_TASK_DIR", &dir)
         .current_dir(&dir)
         .process_group(0)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        .stdin(std::process::Stdio::null());
+    // Straight into the log files, not through the agent: the task must survive the agent.
+    match (crate::logs::open_for_task(&dir, "stdout"), crate::logs::open_for_task(&dir, "stderr")) {
+        (Ok(out), Ok(err)) => {
+            cmd.stdout(out).stderr(err);
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            return (dead(vec![event("Setup Failure", format!("cannot open log files: {e}"), None)], true), None);
+        }
+    }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -315,8 +342,6 @@ async fn start_task(
     };
     let pid = child.id().unwrap_or(0);
     let _ = std::fs::write(dir.join("pid"), format!("{pid} {}", start_time(pid).unwrap_or(0)));
-    let stdout = child.stdout.take().map(|out| tokio::spawn(copy_to_log(out, dir.clone(), "stdout")));
-    let stderr = child.stderr.take().map(|err| tokio::spawn(copy_to_log(err, dir.clone(), "stderr")));
     let state = running(vec![event("Started", format!("process {pid}"), None)]);
     let initial = state.clone();
     let kill_timeout = Duration::from_secs(u64::from(task.kill_timeout_secs));
@@ -324,16 +349,28 @@ async fn start_task(
         let mut stop = stop;
         let mut state = state;
         let stopped_by_us;
+        let rotation = {
+            let dir = dir.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    if let Err(e) = crate::logs::rotate_if_large(&dir) {
+                        tracing::warn!(error = %e, dir = %dir.display(), "log rotation failed");
+                    }
+                }
+            }
+        };
+        tokio::pin!(rotation);
         let status = tokio::select! {
             status = child.wait() => { stopped_by_us = false; status }
+            () = &mut rotation => unreachable!("rotation loops forever"),
             () = stop_requested(&mut stop) => {
                 stopped_by_us = true;
                 terminate(pid, kill_timeout, &mut child, &mut state).await
             }
         };
-        for copier in [stdout, stderr].into_iter().flatten() {
-            let _ = copier.await;
-        }
+        // Leftover children of the task (same process group) must not outlive it.
+        let _ = killpg(Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)), Signal::SIGKILL);
         let _ = std::fs::remove_file(dir.join("pid"));
         let (code, message) = match status {
             Ok(s) => match s.code() {
@@ -420,6 +457,11 @@ async fn watch_adopted(
     state.state = "dead".into();
     state.finished_at_ms = Some(now_ms());
     state
+}
+
+/// True if any task of the allocation in `dir` has a live process.
+fn has_live_task(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|tasks| tasks.flatten().any(|t| live_pid(&t.path()).is_some()))
 }
 
 /// The pid in the task's pid file, if that process is still the one we started (same start

@@ -75,7 +75,10 @@ impl AgentService for Agents {
                     if last.as_ref() != Some(&assigned) {
                         return Some((Ok(assigned.clone()), (cluster, node_id, Some(assigned), metrics)));
                     }
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), metrics.changed()).await;
+                    if let Ok(Err(_)) = tokio::time::timeout(std::time::Duration::from_secs(1), metrics.changed()).await
+                    {
+                        return None; // Raft stopped: end the stream, the agent resumes elsewhere
+                    }
                 }
             },
         );

@@ -406,8 +406,9 @@ impl<'txn> StateTables<'txn> {
                     message: format!("allocation {} is not on node {node_id}", update.alloc_id),
                 }));
             }
-            // A lost allocation stays lost: the servers already replaced it.
-            if alloc.client_status != AllocClientStatus::Lost {
+            // A finished allocation stays finished (a late or repeated report cannot revive it),
+            // and a lost one stays lost: the servers already replaced it.
+            if !alloc.client_status.is_terminal() {
                 alloc.client_status = update.client_status;
                 alloc.client_description = update.client_description;
                 alloc.task_states = update.task_states;
