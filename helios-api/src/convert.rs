@@ -371,10 +371,6 @@ pub fn alloc_update_from_pb(u: pb::AllocationUpdate, path: &str) -> ConversionRe
     }
 }
 
-pub fn task_state_to_pb_public(s: &TaskState) -> pb::TaskState {
-    task_state_to_pb(s)
-}
-
 pub fn node_to_pb(n: &Node) -> pb::Node {
     pb::Node {
         id: n.id.clone(),

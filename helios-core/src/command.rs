@@ -72,22 +72,6 @@ pub enum Command {
     CreateEvaluations { evals: Vec<Evaluation> },
 }
 
-impl Command {
-    /// A short name for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Command::RegisterJob { .. } => "register-job",
-            Command::DeregisterJob { .. } => "deregister-job",
-            Command::RegisterNode { .. } => "register-node",
-            Command::SetNodeStatus { .. } => "set-node-status",
-            Command::ApplyPlan { .. } => "apply-plan",
-            Command::CreateEvaluations { .. } => "create-evaluations",
-            Command::UpdateAllocations { .. } => "update-allocations",
-            Command::SetNodeScheduling { .. } => "set-node-scheduling",
-        }
-    }
-}
-
 /// The state machine's deterministic answer to a command.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResponse {

@@ -7,17 +7,15 @@ mod common;
 use std::path::Path;
 
 use common::{start_agent, wait_for, TestCluster};
-use helios_api::convert::job_to_pb;
 use helios_api::pb;
 use helios_core::{Job, JobType};
 
 async fn submit(cluster: &TestCluster, job: &Job) {
-    cluster.jobs(1).await.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(job)) }).await.expect("submit");
+    cluster.submit_job(1, job).await;
 }
 
 async fn allocations(cluster: &TestCluster, job: &str) -> Vec<pb::Allocation> {
-    let request = pb::GetJobStatusRequest { name: job.to_string() };
-    cluster.jobs(1).await.get_job_status(request).await.expect("status").into_inner().allocations
+    cluster.job_status(1, job).await.allocations
 }
 
 async fn wait_alloc(cluster: &TestCluster, job: &str, status: &str) -> pb::Allocation {
@@ -69,8 +67,7 @@ async fn a_batch_task_runs_and_its_output_is_in_its_log() {
     assert_eq!(logs(&cluster, &done.id[done.id.len() - 8..], false).await, "It replicated!\n");
     // A finished batch job is dead, and says so.
     let status = wait_for("the job to be dead", || async {
-        let request = pb::GetJobStatusRequest { name: "hello".into() };
-        let s = cluster.jobs(1).await.get_job_status(request).await.expect("status").into_inner();
+        let s = cluster.job_status(1, "hello").await;
         (s.job.as_ref().is_some_and(|j| j.status == pb::JobStatus::Dead as i32)).then_some(s)
     })
     .await;

@@ -46,8 +46,9 @@ async fn a_leader_failover_never_marks_healthy_nodes_down() {
 
     cluster.stop(leader).await;
     cluster.leader().await;
-    // Watch for three TTLs after the new leader took over: a node marked down even once, or a
-    // status change at all, fails the test.
+    // Asserting that something does not happen needs a window: watch for three TTLs after the
+    // new leader took over (a broken grace period marks nodes down within one), sampling every
+    // 100 ms; a node marked down even once, or any status change, fails the test.
     let watch_until = tokio::time::Instant::now() + HEARTBEAT_TTL * 3;
     while tokio::time::Instant::now() < watch_until {
         for old in &before {

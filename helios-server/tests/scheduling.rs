@@ -5,7 +5,6 @@
 mod common;
 
 use common::{start_agent, start_agent_with, wait_for, TestCluster};
-use helios_api::convert::job_to_pb;
 use helios_api::pb;
 use helios_core::{Constraint, ConstraintOperator, Job, JobType, Resources};
 
@@ -18,12 +17,11 @@ fn service(name: &str, count: u32, cpu_mhz: u32) -> Job {
 }
 
 async fn submit(cluster: &TestCluster, via: u64, job: &Job) {
-    cluster.jobs(via).await.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(job)) }).await.expect("submit");
+    cluster.submit_job(via, job).await;
 }
 
 async fn status(cluster: &TestCluster, via: u64, name: &str) -> pb::GetJobStatusResponse {
-    let request = pb::GetJobStatusRequest { name: name.to_string() };
-    cluster.jobs(via).await.get_job_status(request).await.expect("job status").into_inner()
+    cluster.job_status(via, name).await
 }
 
 /// Live allocations (desired run, not finished): (name, node).

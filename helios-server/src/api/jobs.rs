@@ -11,7 +11,7 @@ use helios_core::{
 use tonic::{Request, Response, Status};
 
 use super::errors::{cluster_status, invalid, rejection_status, require_name};
-use super::{new_id, now};
+use crate::clock::{new_id, now};
 use crate::cluster::Cluster;
 use crate::store::read;
 

@@ -6,5 +6,3 @@ pub mod cluster_service;
 pub mod errors;
 pub mod jobs;
 pub mod nodes;
-
-pub use crate::clock::{new_id, now};

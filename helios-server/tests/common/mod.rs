@@ -191,13 +191,19 @@ impl TestCluster {
 
     /// Submits a simple exec job through server `via`.
     pub async fn submit(&self, via: u64, name: &str) -> pb::SubmitJobResponse {
-        let job = Job::exec(name, "echo", vec![name.to_string()]);
-        self.jobs(via)
-            .await
-            .submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) })
-            .await
-            .expect("submit")
-            .into_inner()
+        self.submit_job(via, &Job::exec(name, "echo", vec![name.to_string()])).await
+    }
+
+    /// Submits `job` through server `via`.
+    pub async fn submit_job(&self, via: u64, job: &Job) -> pb::SubmitJobResponse {
+        let request = pb::SubmitJobRequest { job: Some(job_to_pb(job)) };
+        self.jobs(via).await.submit_job(request).await.expect("submit").into_inner()
+    }
+
+    /// A job's status (job, allocations, evaluations) through server `via`.
+    pub async fn job_status(&self, via: u64, name: &str) -> pb::GetJobStatusResponse {
+        let request = pb::GetJobStatusRequest { name: name.to_string() };
+        self.jobs(via).await.get_job_status(request).await.expect("job status").into_inner()
     }
 
     /// The job names server `via` holds (a linearizable read).
