@@ -41,6 +41,8 @@ pub struct Cluster {
     pub heartbeat_ttl: Duration,
     /// Client liveness; meaningful only while this server leads (see `liveness`).
     pub tracker: Arc<HeartbeatTracker>,
+    /// Wakes agents' allocation watches (see `signals`).
+    pub signals: crate::signals::NodeSignals,
 }
 
 /// What a follower asks of the leader.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod liveness;
 pub mod raft;
 pub mod scheduling;
+pub mod signals;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -84,12 +85,13 @@ async fn run_raft(
     let log_store = LogStore::open(db.clone()).map_err(StartError::Log)?;
     let channels = PeerChannels::default();
     let network = NetworkFactory { channels: channels.clone() };
+    let signals = signals::NodeSignals::default();
     let raft = Raft::new(
         config.node_id,
         raft::raft_config(config.snapshot_every),
         network,
         log_store,
-        StateMachine::new(db.clone()),
+        StateMachine::new(db.clone(), signals.clone()),
     )
     .await
     .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -105,6 +107,7 @@ async fn run_raft(
         channels,
         heartbeat_ttl: config.heartbeat_ttl,
         tracker: Arc::new(liveness::HeartbeatTracker::default()),
+        signals: signals.clone(),
     };
     let liveness_task = tokio::spawn(liveness::run(cluster.clone()));
     let scheduling_task = tokio::spawn(scheduling::run(cluster.clone()));
@@ -117,6 +120,8 @@ async fn run_raft(
             () = shutdown => {}
             reason = raft_stopped(watched) => { let _ = fatal_tx.send(reason); }
         }
+        // Streams would otherwise hold the graceful shutdown open.
+        signals.close();
     };
     let served = serve(cluster, listener, stop).await;
     liveness_task.abort();

@@ -1,19 +1,21 @@
 //! The leader's scheduling loop: evaluations in, plans committed through Raft.
 //!
-//! While this server leads it takes pending evaluations oldest first, runs the pure scheduler
-//! (`helios_core::scheduler`) on a consistent read of the tables, and proposes the plan with the
-//! evaluation's outcome (`ApplyPlan`). The state machine refuses a plan that no longer fits; the
-//! loop then plans again on fresh state. Node changes arrive as evaluations committed together
+//! While this server leads it works in rounds: it takes pending evaluations oldest first (one per
+//! job), reads the state they need once, runs the pure scheduler (`helios_core::scheduler`) for
+//! each, counting every plan's placements before planning the next, and proposes all the plans,
+//! each with its evaluation's outcome (`ApplyPlan`), so Raft commits them together. The state
+//! machine refuses a plan that no longer fits; its evaluation stays pending and the next round
+//! plans it again on fresh state. Node changes arrive as evaluations committed together
 //! with the change itself (`Command::SetNodeStatus`, `Command::RegisterNode`), so a leader change
 //! cannot lose them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::time::Duration;
 
 use helios_core::scheduler::{schedule, StateView};
 use helios_core::{
-    AllocDesiredStatus, Allocation, Command, CommandResponse, EvalStatus, EvalTrigger, Evaluation, Job, Node, Resources,
+    Allocation, Command, CommandResponse, EvalStatus, EvalTrigger, Evaluation, Job, Node, Plan, Resources,
 };
 use openraft::type_config::async_runtime::watch::WatchReceiver;
 use openraft::ServerState;
@@ -21,55 +23,79 @@ use redb::ReadTransaction;
 
 use crate::clock;
 use crate::cluster::{Cluster, ClusterError};
+use crate::store::apply::reserves_room;
 use crate::store::read;
 
-/// A plan refused this many times in a row leaves its evaluation pending for the next round.
-const MAX_ATTEMPTS: usize = 5;
+/// At most this many evaluations are planned in one round: one read of the state, then their
+/// plans go to Raft together. Bounds the work a round does before its first plan commits.
+const MAX_ROUND: usize = 128;
 
-/// One consistent read of what the scheduler needs for one job.
+/// One consistent read of what the scheduler needs for one round's jobs.
 struct Snapshot {
     /// The applied index this read reflects (the plan records it; see `ApplyPlan`).
     index: u64,
-    job: Option<Job>,
+    jobs: HashMap<String, Job>,
     nodes: Vec<Node>,
-    allocations: Vec<Allocation>,
+    allocations: HashMap<String, Vec<Allocation>>,
     usage: HashMap<String, Resources>,
 }
 
 impl Snapshot {
-    fn read(txn: &ReadTransaction, job_name: &str) -> io::Result<Snapshot> {
-        let all = read::allocations(txn, None, None)?;
-        let mut usage: HashMap<String, Resources> = HashMap::new();
-        for a in all.iter().filter(|a| !a.is_terminal() && a.desired_status == AllocDesiredStatus::Run) {
-            let r = usage.entry(a.node_id.clone()).or_insert(Resources { cpu_mhz: 0, memory_mb: 0 });
-            r.cpu_mhz = r.cpu_mhz.saturating_add(a.resources.cpu_mhz);
-            r.memory_mb = r.memory_mb.saturating_add(a.resources.memory_mb);
+    fn read(txn: &ReadTransaction, job_names: &BTreeSet<String>) -> io::Result<Snapshot> {
+        let mut jobs = HashMap::new();
+        let mut allocations = HashMap::new();
+        for name in job_names {
+            if let Some(job) = read::job(txn, name)? {
+                jobs.insert(name.clone(), job);
+            }
+            allocations.insert(name.clone(), read::allocations(txn, Some(name), None)?);
         }
         Ok(Snapshot {
             index: read::applied_index(txn)?,
-            job: read::job(txn, job_name)?,
+            jobs,
             nodes: read::nodes(txn)?,
-            allocations: all.into_iter().filter(|a| a.job_name == job_name).collect(),
-            usage,
+            allocations,
+            usage: read::node_usage(txn)?,
         })
     }
+
+    /// Counts a plan's stops and placements as done, so the round's later plans neither reuse
+    /// the room it takes nor miss the room it frees. (If the plan is refused, later plans may
+    /// be refused too and are simply planned again.)
+    fn assume(&mut self, plan: &Plan) {
+        let stopping: BTreeSet<&str> = plan.stops.iter().map(|s| s.alloc_id.as_str()).collect();
+        let empty = Vec::new();
+        let existing = self.allocations.get(&plan.job_name).unwrap_or(&empty);
+        for alloc in existing.iter().filter(|a| stopping.contains(a.id.as_str()) && reserves_room(a)) {
+            let r = self.usage.entry(alloc.node_id.clone()).or_insert(NO_RESOURCES);
+            r.cpu_mhz = r.cpu_mhz.saturating_sub(alloc.resources.cpu_mhz);
+            r.memory_mb = r.memory_mb.saturating_sub(alloc.resources.memory_mb);
+        }
+        for alloc in &plan.placements {
+            let r = self.usage.entry(alloc.node_id.clone()).or_insert(NO_RESOURCES);
+            r.cpu_mhz = r.cpu_mhz.saturating_add(alloc.resources.cpu_mhz);
+            r.memory_mb = r.memory_mb.saturating_add(alloc.resources.memory_mb);
+        }
+    }
 }
+
+const NO_RESOURCES: Resources = Resources { cpu_mhz: 0, memory_mb: 0 };
 
 impl StateView for Snapshot {
     fn index(&self) -> u64 {
         self.index
     }
     fn job(&self, name: &str) -> Option<&Job> {
-        self.job.as_ref().filter(|j| j.name == name)
+        self.jobs.get(name)
     }
     fn nodes(&self) -> &[Node] {
         &self.nodes
     }
     fn allocations_of_job(&self, job_name: &str) -> Vec<&Allocation> {
-        self.allocations.iter().filter(|a| a.job_name == job_name).collect()
+        self.allocations.get(job_name).map(|a| a.iter().collect()).unwrap_or_default()
     }
     fn node_usage(&self, node_id: &str) -> Resources {
-        self.usage.get(node_id).copied().unwrap_or(Resources { cpu_mhz: 0, memory_mb: 0 })
+        self.usage.get(node_id).copied().unwrap_or(NO_RESOURCES)
     }
 }
 
@@ -84,66 +110,84 @@ pub async fn run(cluster: Cluster) {
             }
             continue;
         }
-        if let Err(e) = round(&cluster).await {
-            tracing::warn!(error = %e, "scheduling round failed; retrying");
+        match round(&cluster).await {
+            // More may be waiting: go on at once.
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "scheduling round failed; retrying"),
         }
         // Wake on any progress (an applied entry may be a new evaluation), or poll.
         let _ = tokio::time::timeout(Duration::from_millis(200), metrics.changed()).await;
     }
 }
 
-async fn round(cluster: &Cluster) -> Result<(), ClusterError> {
-    let pending = cluster.read_local(read::pending_evaluations).await?;
-    for eval in pending {
-        if !cluster.raft.is_leader() {
-            break;
-        }
-        process(cluster, eval).await?;
+/// Plans up to `MAX_ROUND` pending evaluations, at most one per job, on one read of the state,
+/// and commits their plans. Returns whether any plan was applied (so more work may be waiting).
+/// A refused plan leaves its evaluation pending: the next round plans it again on fresh state.
+async fn round(cluster: &Cluster) -> Result<bool, ClusterError> {
+    let pending = cluster.read_local(|txn| read::pending_evaluations(txn, MAX_ROUND)).await?;
+    let mut jobs = BTreeSet::new();
+    // A job's later evaluations wait for the next round: they are planned on this one's result.
+    let evals: Vec<Evaluation> = pending.into_iter().filter(|e| jobs.insert(e.job_name.clone())).collect();
+    if evals.is_empty() {
+        return Ok(false);
     }
-    Ok(())
-}
-
-async fn process(cluster: &Cluster, eval: Evaluation) -> Result<(), ClusterError> {
-    for attempt in 1..=MAX_ATTEMPTS {
-        let job_name = eval.job_name.clone();
-        let snapshot = cluster.read_local(move |txn| Snapshot::read(txn, &job_name)).await?;
-        let now = clock::now();
-        let plan = schedule(&snapshot, &eval, now, &mut clock::new_id);
-        let mut outcome = eval.clone();
-        outcome.modified_at = now;
-        outcome.failed_placements = plan.failed_placements.clone();
-        outcome.status = if plan.failed_placements.is_empty() { EvalStatus::Complete } else { EvalStatus::Blocked };
-        outcome.status_description = if plan.failed_placements.is_empty() {
-            format!("{} placed, {} stopped", plan.placements.len(), plan.stops.len())
-        } else {
-            "some allocations could not be placed; retried when the cluster changes".to_string()
-        };
+    let mut snapshot = cluster.read_local(move |txn| Snapshot::read(txn, &jobs)).await?;
+    let now = clock::now();
+    let mut commands = Vec::with_capacity(evals.len());
+    let mut blocked = None;
+    for eval in &evals {
+        let plan = schedule(&snapshot, eval, now, &mut clock::new_id);
+        snapshot.assume(&plan);
         // Room freed here may be what a blocked job waits for.
         let follow_ups = if plan.stops.is_empty() {
             Vec::new()
         } else {
-            let blocked = cluster.read_local(read::blocked_jobs).await?;
+            if blocked.is_none() {
+                blocked = Some(cluster.read_local(read::blocked_jobs).await?);
+            }
             blocked
-                .into_iter()
+                .iter()
+                .flatten()
                 .filter(|(job, _)| *job != eval.job_name)
                 .map(|(job, priority)| {
-                    Evaluation::new(clock::new_id(), &job, priority, EvalTrigger::RetryFailedPlacement, now)
+                    Evaluation::new(clock::new_id(), job, *priority, EvalTrigger::RetryFailedPlacement, now)
                 })
                 .collect()
         };
-        // Only as leader: a deposed leader's plan must not reach the new one by forwarding.
-        let response = cluster.propose_as_leader(Command::ApplyPlan { plan, eval: outcome, follow_ups }).await?;
-        match response {
+        let outcome = outcome(eval, &plan, now);
+        commands.push(Command::ApplyPlan { plan, eval: outcome, follow_ups });
+    }
+    // Proposed together, so Raft commits them in one batch. Only as leader: a deposed leader's
+    // plan must not reach the new one by forwarding.
+    let responses = futures::future::join_all(commands.into_iter().map(|c| cluster.propose_as_leader(c))).await;
+    let mut applied = false;
+    for (eval, response) in evals.iter().zip(responses) {
+        match response? {
             CommandResponse::PlanApplied { placed, stopped } => {
-                tracing::info!(eval = %eval.id, job = %eval.job_name, placed, stopped, "plan applied");
-                return Ok(());
+                applied = true;
+                tracing::debug!(eval = %eval.id, job = %eval.job_name, placed, stopped, "plan applied");
             }
             CommandResponse::Rejected(r) => {
-                tracing::info!(eval = %eval.id, attempt, reason = %r.message, "plan refused; planning again");
+                tracing::info!(eval = %eval.id, reason = %r.message, "plan refused; planning again");
             }
             other => return Err(ClusterError::Internal(format!("unexpected answer to a plan: {other:?}"))),
         }
     }
-    tracing::warn!(eval = %eval.id, "plan refused {MAX_ATTEMPTS} times; the evaluation stays pending for the next round");
-    Ok(())
+    Ok(applied)
+}
+
+/// The evaluation as its plan leaves it.
+fn outcome(eval: &Evaluation, plan: &Plan, now: helios_core::Timestamp) -> Evaluation {
+    let mut outcome = eval.clone();
+    outcome.modified_at = now;
+    outcome.failed_placements = plan.failed_placements.clone();
+    if plan.failed_placements.is_empty() {
+        outcome.status = EvalStatus::Complete;
+        outcome.status_description = format!("{} placed, {} stopped", plan.placements.len(), plan.stops.len());
+    } else {
+        outcome.status = EvalStatus::Blocked;
+        outcome.status_description = "some allocations could not be placed; retried when the cluster changes".into();
+    }
+    outcome
 }

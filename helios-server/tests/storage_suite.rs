@@ -15,7 +15,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RedbBuilder {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = store::open(dir.path(), 1).expect("open database");
         let log = LogStore::open(db.clone()).expect("open log");
-        Ok((dir, log, StateMachine::new(db)))
+        Ok((dir, log, StateMachine::new(db, helios_server::signals::NodeSignals::default())))
     }
 }
 

@@ -8,7 +8,6 @@ use tonic::{Request, Response, Status};
 
 use super::errors::{cluster_status, invalid, rejection_status, require_name};
 use crate::clock;
-use openraft::type_config::async_runtime::watch::WatchReceiver;
 
 use crate::cluster::{node_evaluations, Cluster};
 use crate::store::read;
@@ -60,24 +59,23 @@ impl AgentService for Agents {
         let req = request.into_inner();
         self.authenticate(&req.node_id, &req.secret).await?;
         let cluster = self.cluster.clone();
-        let metrics = cluster.raft.metrics();
-        // Send the whole set, then again each time it changes (checked on every applied entry,
-        // and at least every second).
+        // Subscribe before the first read, so no change between the two is missed.
+        let signal = cluster.signals.subscribe(&req.node_id);
+        // Send the whole set, then again each time the state machine signals a change to it.
         let stream = futures::stream::unfold(
-            (cluster, req.node_id, None::<pb::AssignedAllocations>, metrics),
-            |(cluster, node_id, last, mut metrics)| async move {
+            (cluster, req.node_id, None::<pb::AssignedAllocations>, signal),
+            |(cluster, node_id, last, mut signal)| async move {
                 loop {
                     let id = node_id.clone();
                     let assigned = match cluster.read_local(move |txn| read::assigned_allocations(txn, &id)).await {
                         Ok(assigned) => assigned_to_pb(&assigned),
-                        Err(e) => return Some((Err(cluster_status(e)), (cluster, node_id, last, metrics))),
+                        Err(e) => return Some((Err(cluster_status(e)), (cluster, node_id, last, signal))),
                     };
                     if last.as_ref() != Some(&assigned) {
-                        return Some((Ok(assigned.clone()), (cluster, node_id, Some(assigned), metrics)));
+                        return Some((Ok(assigned.clone()), (cluster, node_id, Some(assigned), signal)));
                     }
-                    if let Ok(Err(_)) = tokio::time::timeout(std::time::Duration::from_secs(1), metrics.changed()).await
-                    {
-                        return None; // Raft stopped: end the stream, the agent resumes elsewhere
+                    if !signal.changed().await {
+                        return None; // the server is stopping: the agent resumes elsewhere
                     }
                 }
             },

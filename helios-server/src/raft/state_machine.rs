@@ -9,6 +9,7 @@
 //! A snapshot is a read-only view of the tables (see `snapshot.rs`), so building one is nearly
 //! free and writes nothing but a marker. Installing one replaces the tables, durably.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use openraft::{EntryPayload, OptionalSend};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use super::{Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::signals::NodeSignals;
 use crate::store::apply::StateTables;
 use crate::store::codec::{decode, encode};
 use crate::store::tables::{SM_HAS_SNAPSHOT, SM_LAST_APPLIED, SM_MEMBERSHIP, SM_META, STATE_TABLES};
@@ -27,12 +29,19 @@ use crate::store::tables::{SM_HAS_SNAPSHOT, SM_LAST_APPLIED, SM_MEMBERSHIP, SM_M
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Database>,
+    signals: NodeSignals,
 }
 
 impl StateMachine {
-    pub fn new(db: Arc<Database>) -> StateMachine {
-        StateMachine { db }
+    pub fn new(db: Arc<Database>, signals: NodeSignals) -> StateMachine {
+        StateMachine { db, signals }
     }
+}
+
+/// What applying a batch produced: each entry's response, and the nodes whose allocations changed.
+struct Applied {
+    responses: Vec<CommandResponse>,
+    touched_nodes: BTreeSet<String>,
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
@@ -49,13 +58,14 @@ fn read_meta<T: serde::de::DeserializeOwned>(
     }
 }
 
-fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Vec<CommandResponse>> {
+fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
     let mut txn = db.begin_write().map_err(io::Error::other)?;
     txn.set_durability(redb::Durability::None).map_err(io::Error::other)?;
     let mut responses = Vec::with_capacity(entries.len());
     let mut last: Option<LogId> = None;
     let mut membership: Option<StoredMembership> = None;
     let mut latest = Timestamp::default();
+    let touched_nodes;
     {
         let mut tables = StateTables::open(&txn).map_err(io::Error::other)?;
         for entry in entries {
@@ -76,6 +86,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Vec<CommandResp
             last = Some(log_id);
         }
         tables.forget_requests_before(latest).map_err(io::Error::other)?;
+        touched_nodes = std::mem::take(&mut tables.touched_nodes);
     }
     {
         let mut meta = txn.open_table(SM_META).map_err(io::Error::other)?;
@@ -87,7 +98,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Vec<CommandResp
         }
     }
     txn.commit().map_err(io::Error::other)?;
-    Ok(responses)
+    Ok(Applied { responses, touched_nodes })
 }
 
 /// The snapshot as of now: the applied index and membership, and a view of the tables from the
@@ -136,11 +147,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let count = entries.len();
         let started = std::time::Instant::now();
-        let responses = blocking(move || apply_batch(&db, entries)).await?;
+        let Applied { responses, touched_nodes } = blocking(move || apply_batch(&db, entries)).await?;
         let took = started.elapsed();
         if took > std::time::Duration::from_millis(20) {
             tracing::warn!(entries = count, took_ms = took.as_millis(), "slow state machine apply");
         }
+        self.signals.notify(&touched_nodes);
         // Answer callers only after the batch is committed, so a reply implies the state is
         // visible to reads on this server.
         for (responder, response) in responders.into_iter().zip(responses) {
@@ -186,7 +198,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             txn.commit().map_err(io::Error::other)?;
             Ok(())
         })
-        .await
+        .await?;
+        self.signals.notify_all();
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {

@@ -12,8 +12,9 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::codec::{decode, encode};
 use super::tables::{
-    job_version_key, request_key, ALLOCATIONS, BLOCKED_JOBS, CLUSTER, EVALUATIONS, JOBS, JOB_VERSIONS, NODES,
-    NODES_CHANGED_AT, PENDING_EVALUATIONS, REQUESTS,
+    index_id, index_key, index_range, job_version_key, request_key, AllocCounts, ALLOCATIONS, ALLOCS_BY_JOB,
+    ALLOCS_BY_NODE, BLOCKED_JOBS, CLUSTER, EVALS_BY_JOB, EVALUATIONS, JOBS, JOB_ALLOC_COUNTS, JOB_VERSIONS, NODES,
+    NODES_CHANGED_AT, NODE_USAGE, PENDING_EVALUATIONS, REQUESTS,
 };
 
 /// How long a request id is remembered. A server retries a proposal for at most
@@ -34,6 +35,13 @@ pub struct StateTables<'txn> {
     pending_evaluations: StateTable<'txn>,
     blocked_jobs: StateTable<'txn>,
     cluster: StateTable<'txn>,
+    allocs_by_job: StateTable<'txn>,
+    allocs_by_node: StateTable<'txn>,
+    evals_by_job: StateTable<'txn>,
+    node_usage: StateTable<'txn>,
+    job_alloc_counts: StateTable<'txn>,
+    /// Nodes whose allocations changed in this batch: their agents' watches are woken.
+    pub touched_nodes: BTreeSet<String>,
     /// The log index of the entry being applied (set by the caller before each `apply_once`).
     pub index: u64,
 }
@@ -50,6 +58,12 @@ impl<'txn> StateTables<'txn> {
             pending_evaluations: txn.open_table(PENDING_EVALUATIONS)?,
             blocked_jobs: txn.open_table(BLOCKED_JOBS)?,
             cluster: txn.open_table(CLUSTER)?,
+            allocs_by_job: txn.open_table(ALLOCS_BY_JOB)?,
+            allocs_by_node: txn.open_table(ALLOCS_BY_NODE)?,
+            evals_by_job: txn.open_table(EVALS_BY_JOB)?,
+            node_usage: txn.open_table(NODE_USAGE)?,
+            job_alloc_counts: txn.open_table(JOB_ALLOC_COUNTS)?,
+            touched_nodes: BTreeSet::new(),
             index: 0,
         })
     }
@@ -292,16 +306,16 @@ impl<'txn> StateTables<'txn> {
                 alloc.client_status = status;
             }
             alloc.modified_at = now;
-            self.allocations.insert(alloc.id.as_str(), encode(&alloc).as_slice())?;
+            self.put_allocation(&alloc)?;
         }
         for id in &plan.in_place {
             let Some(mut alloc) = get::<Allocation>(&self.allocations, id)? else { continue };
             alloc.job_version = plan.job_version;
             alloc.modified_at = now;
-            self.allocations.insert(alloc.id.as_str(), encode(&alloc).as_slice())?;
+            self.put_allocation(&alloc)?;
         }
         for alloc in &plan.placements {
-            self.allocations.insert(alloc.id.as_str(), encode(alloc).as_slice())?;
+            self.put_allocation(alloc)?;
         }
         self.put_evaluation(&eval)?;
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
@@ -313,28 +327,30 @@ impl<'txn> StateTables<'txn> {
             return Ok(Ok(()));
         }
         let stopping: BTreeSet<&str> = plan.stops.iter().map(|s| s.alloc_id.as_str()).collect();
-        // One pass over the allocations: what each node has reserved, which slots are taken.
+        // What each node has reserved, less what this plan stops.
         let mut used: HashMap<String, Resources> = HashMap::new();
-        let mut taken: BTreeSet<(String, String, String)> = BTreeSet::new();
-        for row in self.allocations.iter()? {
-            let (_, value) = row?;
-            let alloc: Allocation = decode(value.value()).map_err(redb::StorageError::Io)?;
-            if alloc.is_terminal()
-                || alloc.desired_status != AllocDesiredStatus::Run
-                || stopping.contains(alloc.id.as_str())
-            {
-                continue;
+        for stop in &plan.stops {
+            let Some(alloc) = get::<Allocation>(&self.allocations, &stop.alloc_id)? else { continue };
+            if reserves_room(&alloc) {
+                let r = self.used_on(&mut used, &alloc.node_id)?;
+                *r = sub(*r, alloc.resources);
             }
-            let r = used.entry(alloc.node_id.clone()).or_insert(Resources { cpu_mhz: 0, memory_mb: 0 });
-            r.cpu_mhz = r.cpu_mhz.saturating_add(alloc.resources.cpu_mhz);
-            r.memory_mb = r.memory_mb.saturating_add(alloc.resources.memory_mb);
-            // Names may repeat across jobs ("a.b" + "c" and "a" + "b.c"): key slots by job too.
-            taken.insert((alloc.job_name.clone(), alloc.name.clone(), alloc.node_id.clone()));
-            taken.insert((alloc.job_name, alloc.name, String::new()));
+        }
+        // The slots the plan's job already fills. Names may repeat across jobs ("a.b" + "c" and
+        // "a" + "b.c"), but slots belong to one job.
+        let mut taken: BTreeSet<(String, String)> = BTreeSet::new();
+        for alloc in self.allocations_of_job(&plan.job_name)? {
+            if reserves_room(&alloc) && !stopping.contains(alloc.id.as_str()) {
+                taken.insert((alloc.name.clone(), alloc.node_id.clone()));
+                taken.insert((alloc.name, String::new()));
+            }
         }
         let system =
             get::<Job>(&self.jobs, &plan.job_name)?.is_some_and(|j| j.job_type == helios_core::JobType::System);
         for alloc in &plan.placements {
+            if alloc.job_name != plan.job_name {
+                return Ok(Err(format!("allocation {} belongs to another job", alloc.id)));
+            }
             let Some(node) = get::<Node>(&self.nodes, &alloc.node_id)? else {
                 return Ok(Err(format!("node {} is gone", alloc.node_id)));
             };
@@ -342,22 +358,70 @@ impl<'txn> StateTables<'txn> {
                 return Ok(Err(format!("node {} can no longer take work", node.id)));
             }
             // A system job's slot is per node; other slots are per job.
-            let slot = (
-                alloc.job_name.clone(),
-                alloc.name.clone(),
-                if system { alloc.node_id.clone() } else { String::new() },
-            );
+            let slot = (alloc.name.clone(), if system { alloc.node_id.clone() } else { String::new() });
             if !taken.insert(slot) {
                 return Ok(Err(format!("slot {} is already filled", alloc.name)));
             }
-            let r = used.entry(node.id.clone()).or_insert(Resources { cpu_mhz: 0, memory_mb: 0 });
-            r.cpu_mhz = r.cpu_mhz.saturating_add(alloc.resources.cpu_mhz);
-            r.memory_mb = r.memory_mb.saturating_add(alloc.resources.memory_mb);
+            let r = self.used_on(&mut used, &node.id)?;
+            *r = add(*r, alloc.resources);
             if r.cpu_mhz > node.resources.cpu_mhz || r.memory_mb > node.resources.memory_mb {
                 return Ok(Err(format!("node {} has no room left", node.id)));
             }
         }
         Ok(Ok(()))
+    }
+
+    /// The entry for `node` in `used`, starting from what the node has reserved now.
+    fn used_on<'m>(
+        &self,
+        used: &'m mut HashMap<String, Resources>,
+        node: &str,
+    ) -> Result<&'m mut Resources, redb::Error> {
+        if !used.contains_key(node) {
+            let now = get::<Resources>(&self.node_usage, node)?.unwrap_or(NO_RESOURCES);
+            used.insert(node.to_string(), now);
+        }
+        Ok(used.get_mut(node).expect("inserted above"))
+    }
+
+    /// Every allocation of `job_name`, terminal ones included.
+    fn allocations_of_job(&self, job_name: &str) -> Result<Vec<Allocation>, redb::Error> {
+        let (from, to) = index_range(job_name);
+        let mut out = Vec::new();
+        for row in self.allocs_by_job.range(from.as_str()..to.as_str())? {
+            let (key, _) = row?;
+            if let Some(alloc) = get::<Allocation>(&self.allocations, index_id(key.value()))? {
+                out.push(alloc);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes an allocation and keeps every index over allocations in step with it. The only way
+    /// allocations are written. An allocation never changes its job, node or resources.
+    fn put_allocation(&mut self, alloc: &Allocation) -> Result<(), redb::Error> {
+        let old: Option<Allocation> = get(&self.allocations, &alloc.id)?;
+        self.allocations.insert(alloc.id.as_str(), encode(alloc).as_slice())?;
+        if old.is_none() {
+            self.allocs_by_job.insert(index_key(&alloc.job_name, &alloc.id).as_str(), [].as_slice())?;
+            self.allocs_by_node.insert(index_key(&alloc.node_id, &alloc.id).as_str(), [].as_slice())?;
+        }
+        let was_reserved = old.as_ref().is_some_and(reserves_room);
+        if was_reserved != reserves_room(alloc) {
+            let usage = get::<Resources>(&self.node_usage, &alloc.node_id)?.unwrap_or(NO_RESOURCES);
+            let usage = if was_reserved { sub(usage, alloc.resources) } else { add(usage, alloc.resources) };
+            self.node_usage.insert(alloc.node_id.as_str(), encode(&usage).as_slice())?;
+        }
+        let before = old.as_ref().map(counted).unwrap_or_default();
+        let after = counted(alloc);
+        if before != after {
+            let mut counts = get::<AllocCounts>(&self.job_alloc_counts, &alloc.job_name)?.unwrap_or_default();
+            counts.running = (counts.running + after.running).saturating_sub(before.running);
+            counts.live = (counts.live + after.live).saturating_sub(before.live);
+            self.job_alloc_counts.insert(alloc.job_name.as_str(), encode(&counts).as_slice())?;
+        }
+        self.touched_nodes.insert(alloc.node_id.clone());
+        Ok(())
     }
 
     fn put_evaluations(&mut self, evals: &[Evaluation]) -> Result<(), redb::Error> {
@@ -369,6 +433,7 @@ impl<'txn> StateTables<'txn> {
     fn put_evaluation(&mut self, eval: &Evaluation) -> Result<(), redb::Error> {
         use helios_core::EvalStatus;
         self.evaluations.insert(eval.id.as_str(), encode(eval).as_slice())?;
+        self.evals_by_job.insert(index_key(&eval.job_name, &eval.id).as_str(), [].as_slice())?;
         if eval.status == EvalStatus::Pending {
             self.pending_evaluations.insert(eval.id.as_str(), [].as_slice())?;
         } else {
@@ -418,7 +483,7 @@ impl<'txn> StateTables<'txn> {
         }
         let mut jobs = BTreeSet::new();
         for alloc in changed {
-            self.allocations.insert(alloc.id.as_str(), encode(&alloc).as_slice())?;
+            self.put_allocation(&alloc)?;
             jobs.insert(alloc.job_name);
         }
         for job in jobs {
@@ -431,26 +496,22 @@ impl<'txn> StateTables<'txn> {
     /// version have all finished, and none still to run, is dead.
     fn refresh_job_status(&mut self, job_name: &str) -> Result<(), redb::Error> {
         let Some(mut job) = get::<Job>(&self.jobs, job_name)? else { return Ok(()) };
-        let mut running = false;
-        let mut live = false;
-        let mut complete = 0u64;
-        for row in self.allocations.iter()? {
-            let (_, value) = row?;
-            let alloc: Allocation = decode(value.value()).map_err(redb::StorageError::Io)?;
-            if alloc.job_name != job_name {
-                continue;
+        let counts = get::<AllocCounts>(&self.job_alloc_counts, job_name)?.unwrap_or_default();
+        let finished_batch = || -> Result<bool, redb::Error> {
+            if job.job_type != helios_core::JobType::Batch || counts.live > 0 {
+                return Ok(false);
             }
-            running |= alloc.client_status == AllocClientStatus::Running;
-            live |= !alloc.is_terminal();
-            if alloc.job_version == job.version && alloc.client_status == AllocClientStatus::Complete {
-                complete += 1;
-            }
-        }
-        let status = if running {
+            // Only reached when the last live allocation finishes, so the scan is rare.
+            let complete = self
+                .allocations_of_job(job_name)?
+                .iter()
+                .filter(|a| a.job_version == job.version && a.client_status == AllocClientStatus::Complete)
+                .count();
+            Ok(complete as u64 >= job.desired_allocations())
+        };
+        let status = if counts.running > 0 {
             JobStatus::Running
-        } else if job.stopped
-            || (job.job_type == helios_core::JobType::Batch && !live && complete >= job.desired_allocations())
-        {
+        } else if job.stopped || finished_batch()? {
             JobStatus::Dead
         } else {
             job.status
@@ -463,33 +524,43 @@ impl<'txn> StateTables<'txn> {
     }
 
     fn stop_allocations_of(&mut self, job_name: &str, now: Timestamp) -> Result<(), redb::Error> {
-        let mut live = Vec::new();
-        for row in self.allocations.iter()? {
-            let (_, value) = row?;
-            let alloc: Allocation = decode(value.value()).map_err(redb::StorageError::Io)?;
-            if alloc.job_name == job_name && alloc.desired_status == AllocDesiredStatus::Run {
-                live.push(alloc);
+        for mut alloc in self.allocations_of_job(job_name)? {
+            if alloc.desired_status == AllocDesiredStatus::Run {
+                alloc.desired_status = AllocDesiredStatus::Stop;
+                alloc.desired_description = "job purged".to_string();
+                alloc.modified_at = now;
+                self.put_allocation(&alloc)?;
             }
-        }
-        for mut alloc in live {
-            alloc.desired_status = AllocDesiredStatus::Stop;
-            alloc.desired_description = "job purged".to_string();
-            alloc.modified_at = now;
-            self.allocations.insert(alloc.id.as_str(), encode(&alloc).as_slice())?;
         }
         Ok(())
     }
 
     fn has_live_allocations(&self, job_name: &str) -> Result<bool, redb::Error> {
-        for row in self.allocations.iter()? {
-            let (_, value) = row?;
-            let alloc: Allocation = decode(value.value()).map_err(redb::StorageError::Io)?;
-            if alloc.job_name == job_name && !alloc.is_terminal() && alloc.client_status != AllocClientStatus::Lost {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok(get::<AllocCounts>(&self.job_alloc_counts, job_name)?.is_some_and(|c| c.live > 0))
     }
+}
+
+const NO_RESOURCES: Resources = Resources { cpu_mhz: 0, memory_mb: 0 };
+
+/// True while an allocation holds room on its node: wanted, and not finished.
+pub fn reserves_room(alloc: &Allocation) -> bool {
+    !alloc.is_terminal() && alloc.desired_status == AllocDesiredStatus::Run
+}
+
+/// What one allocation contributes to its job's `AllocCounts`.
+pub fn counted(alloc: &Allocation) -> AllocCounts {
+    AllocCounts {
+        running: u64::from(alloc.client_status == AllocClientStatus::Running),
+        live: u64::from(!alloc.is_terminal()),
+    }
+}
+
+fn add(a: Resources, b: Resources) -> Resources {
+    Resources { cpu_mhz: a.cpu_mhz.saturating_add(b.cpu_mhz), memory_mb: a.memory_mb.saturating_add(b.memory_mb) }
+}
+
+fn sub(a: Resources, b: Resources) -> Resources {
+    Resources { cpu_mhz: a.cpu_mhz.saturating_sub(b.cpu_mhz), memory_mb: a.memory_mb.saturating_sub(b.memory_mb) }
 }
 
 fn get<T: serde::de::DeserializeOwned>(table: &StateTable<'_>, key: &str) -> Result<Option<T>, redb::Error> {
@@ -706,5 +777,92 @@ mod tests {
         let txn = db.begin_read().unwrap();
         let ids: Vec<String> = read::allocations(&txn, None, None).unwrap().into_iter().map(|a| a.id).collect();
         assert_eq!(ids, ["x1", "x4"]);
+    }
+
+    /// The indexes are kept incrementally; they must always equal what a full scan computes.
+    fn assert_indexes_agree_with_a_scan(db: &redb::Database) {
+        let txn = db.begin_read().unwrap();
+        let all = read::allocations(&txn, None, None).unwrap();
+        let mut usage: HashMap<String, Resources> = HashMap::new();
+        let mut counts: HashMap<String, crate::store::tables::AllocCounts> = HashMap::new();
+        for a in &all {
+            if reserves_room(a) {
+                let r = usage.entry(a.node_id.clone()).or_insert(NO_RESOURCES);
+                *r = add(*r, a.resources);
+            }
+            let c = counts.entry(a.job_name.clone()).or_default();
+            c.running += counted(a).running;
+            c.live += counted(a).live;
+            let by_job = read::allocations(&txn, Some(&a.job_name), None).unwrap();
+            let by_node = read::allocations(&txn, None, Some(&a.node_id)).unwrap();
+            assert!(by_job.contains(a) && by_node.contains(a), "{} missing from an index", a.id);
+        }
+        let stored = read::node_usage(&txn).unwrap();
+        for (node, used) in &usage {
+            assert_eq!(stored.get(node), Some(used), "usage of {node}");
+        }
+        for (node, used) in &stored {
+            assert_eq!(usage.get(node).copied().unwrap_or(NO_RESOURCES), *used, "usage of {node}");
+        }
+        for (job, c) in &counts {
+            assert_eq!(read::alloc_counts(&txn, job).unwrap(), *c, "counts of {job}");
+        }
+    }
+
+    fn report(id: &str, status: AllocClientStatus) -> helios_core::AllocUpdate {
+        helios_core::AllocUpdate {
+            alloc_id: id.into(),
+            client_status: status,
+            client_description: String::new(),
+            task_states: Default::default(),
+        }
+    }
+
+    #[test]
+    fn indexes_follow_placements_reports_stops_and_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), 1).unwrap();
+        for n in ["n1", "n2"] {
+            apply_all(&db, vec![proposal(n, 1, Command::RegisterNode { node: node(n, 1000), evals: vec![] })]);
+        }
+        apply_all(&db, vec![proposal("j", 1, register("a", "x", "ea"))]);
+        apply_all(
+            &db,
+            vec![
+                proposal("p1", 2, plan("a", vec![alloc("a1", "a", "a.g[0]", "n1", 300)])),
+                proposal("p2", 3, plan("a", vec![alloc("a2", "a", "a.g[1]", "n2", 200)])),
+                proposal("p3", 4, plan("b", vec![alloc("b1", "b", "b.g[0]", "n1", 100)])),
+            ],
+        );
+        assert_indexes_agree_with_a_scan(&db);
+        let updates = |node: &str, list: Vec<helios_core::AllocUpdate>| Command::UpdateAllocations {
+            node_id: node.into(),
+            updates: list,
+            now: Timestamp(5),
+            evals: vec![],
+        };
+        apply_all(
+            &db,
+            vec![
+                proposal("u1", 5, updates("n1", vec![report("a1", AllocClientStatus::Running)])),
+                proposal("u2", 6, updates("n2", vec![report("a2", AllocClientStatus::Failed)])),
+            ],
+        );
+        assert_indexes_agree_with_a_scan(&db);
+        {
+            let txn = db.begin_read().unwrap();
+            assert_eq!(read::job(&txn, "a").unwrap().unwrap().status, JobStatus::Running);
+            assert_eq!(read::node_usage(&txn).unwrap()["n2"], NO_RESOURCES, "a failed allocation frees its room");
+        }
+        let stop = Command::DeregisterJob {
+            job_name: "a".into(),
+            purge: true,
+            eval: Evaluation::new("es".into(), "a", 50, EvalTrigger::JobDeregister, Timestamp(7)),
+            now: Timestamp(7),
+        };
+        apply_all(&db, vec![proposal("s", 7, stop)]);
+        assert_indexes_agree_with_a_scan(&db);
+        let txn = db.begin_read().unwrap();
+        assert_eq!(read::node_usage(&txn).unwrap()["n1"].cpu_mhz, 100, "only b1 is left on n1");
     }
 }

@@ -9,7 +9,8 @@ use serde::de::DeserializeOwned;
 
 use super::codec::decode;
 use super::tables::{
-    job_version_key, ALLOCATIONS, BLOCKED_JOBS, EVALUATIONS, JOBS, JOB_VERSIONS, NODES, PENDING_EVALUATIONS,
+    index_id, index_range, job_version_key, AllocCounts, ALLOCATIONS, ALLOCS_BY_JOB, ALLOCS_BY_NODE, BLOCKED_JOBS,
+    EVALS_BY_JOB, EVALUATIONS, JOBS, JOB_ALLOC_COUNTS, JOB_VERSIONS, NODES, NODE_USAGE, PENDING_EVALUATIONS,
 };
 
 fn table(
@@ -67,14 +68,53 @@ pub fn job_versions(txn: &ReadTransaction, name: &str) -> io::Result<Vec<Job>> {
     Ok(out)
 }
 
+/// The values of `values` whose ids `index` lists under `owner` (see `tables::index_key`).
+fn indexed<T: DeserializeOwned>(
+    txn: &ReadTransaction,
+    index: TableDefinition<&str, &[u8]>,
+    owner: &str,
+    values: TableDefinition<&str, &[u8]>,
+) -> io::Result<Vec<T>> {
+    let (from, to) = index_range(owner);
+    let values = table(txn, values)?;
+    let mut out = Vec::new();
+    for row in table(txn, index)?.range(from.as_str()..to.as_str()).map_err(io::Error::other)? {
+        let (key, _) = row.map_err(io::Error::other)?;
+        if let Some(v) = values.get(index_id(key.value())).map_err(io::Error::other)? {
+            out.push(decode(v.value())?);
+        }
+    }
+    Ok(out)
+}
+
+/// Allocations, all or those of one job and/or one node (read through an index).
 pub fn allocations(
     txn: &ReadTransaction,
     job_name: Option<&str>,
     node_id: Option<&str>,
 ) -> io::Result<Vec<Allocation>> {
-    scan(txn, ALLOCATIONS, |a: &Allocation| {
-        job_name.is_none_or(|j| a.job_name == j) && node_id.is_none_or(|n| a.node_id == n)
-    })
+    let mut out: Vec<Allocation> = match (job_name, node_id) {
+        (Some(job), _) => indexed(txn, ALLOCS_BY_JOB, job, ALLOCATIONS)?,
+        (None, Some(node)) => indexed(txn, ALLOCS_BY_NODE, node, ALLOCATIONS)?,
+        (None, None) => scan(txn, ALLOCATIONS, |_| true)?,
+    };
+    out.retain(|a| node_id.is_none_or(|n| a.node_id == n));
+    Ok(out)
+}
+
+/// What each node has reserved (nodes with nothing reserved may be missing).
+pub fn node_usage(txn: &ReadTransaction) -> io::Result<std::collections::HashMap<String, helios_core::Resources>> {
+    let mut out = std::collections::HashMap::new();
+    for row in table(txn, NODE_USAGE)?.iter().map_err(io::Error::other)? {
+        let (node, usage) = row.map_err(io::Error::other)?;
+        out.insert(node.value().to_string(), decode(usage.value())?);
+    }
+    Ok(out)
+}
+
+/// How many of a job's allocations run and how many have not finished.
+pub fn alloc_counts(txn: &ReadTransaction, job_name: &str) -> io::Result<AllocCounts> {
+    Ok(get(txn, JOB_ALLOC_COUNTS, job_name)?.unwrap_or_default())
 }
 
 /// An allocation by full id, by a prefix, or by a suffix (the CLI shows ids' last 8 characters,
@@ -108,15 +148,15 @@ pub fn nodes(txn: &ReadTransaction) -> io::Result<Vec<Node>> {
 }
 
 pub fn evaluations_for_job(txn: &ReadTransaction, job_name: &str) -> io::Result<Vec<Evaluation>> {
-    let mut evals = scan(txn, EVALUATIONS, |e: &Evaluation| e.job_name == job_name)?;
+    let mut evals: Vec<Evaluation> = indexed(txn, EVALS_BY_JOB, job_name, EVALUATIONS)?;
     evals.sort_by_key(|e| e.created_at);
     Ok(evals)
 }
 
-/// Evaluations waiting for the scheduler, oldest first (ids are time-ordered).
-pub fn pending_evaluations(txn: &ReadTransaction) -> io::Result<Vec<Evaluation>> {
+/// Up to `limit` evaluations waiting for the scheduler, oldest first (ids are time-ordered).
+pub fn pending_evaluations(txn: &ReadTransaction, limit: usize) -> io::Result<Vec<Evaluation>> {
     let mut out = Vec::new();
-    for row in table(txn, PENDING_EVALUATIONS)?.iter().map_err(io::Error::other)? {
+    for row in table(txn, PENDING_EVALUATIONS)?.iter().map_err(io::Error::other)?.take(limit) {
         let (id, _) = row.map_err(io::Error::other)?;
         if let Some(eval) = get(txn, EVALUATIONS, id.value())? {
             out.push(eval);

@@ -36,9 +36,59 @@ pub const BLOCKED_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blo
 pub const CLUSTER: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster");
 pub const NODES_CHANGED_AT: &str = "nodes_changed_at";
 
+// Indexes, kept by `apply::StateTables` on every write so that no hot path scans a whole table.
+
+/// `index_key(job, alloc id)` -> nothing: a job's allocations.
+pub const ALLOCS_BY_JOB: TableDefinition<&str, &[u8]> = TableDefinition::new("allocs_by_job");
+/// `index_key(node, alloc id)` -> nothing: a node's allocations.
+pub const ALLOCS_BY_NODE: TableDefinition<&str, &[u8]> = TableDefinition::new("allocs_by_node");
+/// `index_key(job, eval id)` -> nothing: a job's evaluations.
+pub const EVALS_BY_JOB: TableDefinition<&str, &[u8]> = TableDefinition::new("evals_by_job");
+/// node id -> `Resources` reserved on it by allocations that are wanted and not finished.
+pub const NODE_USAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("node_usage");
+/// job name -> `AllocCounts` of its allocations.
+pub const JOB_ALLOC_COUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("job_alloc_counts");
+
 /// The tables that make up the replicated state: exactly what a snapshot carries.
-pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 9] =
-    [JOBS, JOB_VERSIONS, ALLOCATIONS, NODES, EVALUATIONS, REQUESTS, PENDING_EVALUATIONS, BLOCKED_JOBS, CLUSTER];
+pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 14] = [
+    JOBS,
+    JOB_VERSIONS,
+    ALLOCATIONS,
+    NODES,
+    EVALUATIONS,
+    REQUESTS,
+    PENDING_EVALUATIONS,
+    BLOCKED_JOBS,
+    CLUSTER,
+    ALLOCS_BY_JOB,
+    ALLOCS_BY_NODE,
+    EVALS_BY_JOB,
+    NODE_USAGE,
+    JOB_ALLOC_COUNTS,
+];
+
+/// How many of a job's allocations run, and how many have not finished: what its status follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AllocCounts {
+    pub running: u64,
+    pub live: u64,
+}
+
+/// Index keys sort by owner, then by id. Names and ids hold only letters, digits, '-', '_' and
+/// '.' (validation), so the NUL separator cannot occur inside either part.
+pub fn index_key(owner: &str, id: &str) -> String {
+    format!("{owner}\0{id}")
+}
+
+/// The key range holding every `index_key(owner, _)`.
+pub fn index_range(owner: &str) -> (String, String) {
+    (format!("{owner}\0"), format!("{owner}\u{1}"))
+}
+
+/// The id part of an `index_key`.
+pub fn index_id(key: &str) -> &str {
+    key.split_once('\0').map_or(key, |(_, id)| id)
+}
 
 pub const META_VOTE: &str = "vote";
 pub const META_LAST_PURGED: &str = "last_purged";
