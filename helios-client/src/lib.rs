@@ -108,11 +108,17 @@ async fn watch_allocations(
     secret: &str,
     mut runners: runner::Runners,
 ) -> ClientError {
+    // Every stream starts with the whole set; later messages say what changed.
+    let mut assigned: BTreeMap<String, pb::AssignedAllocation> = BTreeMap::new();
     loop {
         match servers.watch(node_id, secret).await {
             Ok(mut stream) => loop {
                 match stream.message().await {
-                    Ok(Some(set)) => runners.sync(set),
+                    Ok(Some(message)) => {
+                        apply_assignment_message(&mut assigned, message);
+                        let allocations = assigned.values().cloned().collect();
+                        runners.sync(pb::AssignedAllocations { allocations, delta: false, removed: Vec::new() });
+                    }
                     Ok(None) => break,
                     Err(status) => {
                         tracing::warn!(%status, "allocation watch ended; resuming");
@@ -125,6 +131,21 @@ async fn watch_allocations(
             Err(e) => tracing::debug!(error = %e, "allocation watch unavailable"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Folds one watch message into the set of assigned allocations (by id).
+fn apply_assignment_message(assigned: &mut BTreeMap<String, pb::AssignedAllocation>, message: pb::AssignedAllocations) {
+    if !message.delta {
+        assigned.clear();
+    }
+    for id in &message.removed {
+        assigned.remove(id);
+    }
+    for a in message.allocations {
+        if let Some(id) = a.allocation.as_ref().map(|al| al.id.clone()) {
+            assigned.insert(id, a);
+        }
     }
 }
 

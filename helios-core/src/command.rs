@@ -56,9 +56,17 @@ pub enum Command {
     /// `follow_ups` re-evaluate blocked jobs when the plan frees room (it stops allocations);
     /// committed only with the plan.
     ApplyPlan { plan: Plan, eval: Evaluation, follow_ups: Vec<Evaluation> },
-    /// A client agent reports its allocations' states. Refused whole if any allocation is not
-    /// on `node_id`. `evals` reschedule the jobs of allocations that failed.
-    UpdateAllocations { node_id: String, updates: Vec<AllocUpdate>, now: Timestamp, evals: Vec<Evaluation> },
+    /// A client agent reports its allocations' states. Refused whole if `secret` is not the
+    /// node's (checked here, against the replicated state, so the handler needs no separate
+    /// linearizable read) or any allocation is not on `node_id`. `evals` reschedule the jobs of
+    /// allocations that failed.
+    UpdateAllocations {
+        node_id: String,
+        secret: String,
+        updates: Vec<AllocUpdate>,
+        now: Timestamp,
+        evals: Vec<Evaluation>,
+    },
     /// An operator drains a node (its allocations move elsewhere; it takes no new work), ends a
     /// drain, or changes its eligibility. `evals` as for `SetNodeStatus`.
     SetNodeScheduling {

@@ -257,6 +257,14 @@ impl Cluster {
             },
             ForwardRequest::ReadIndex => match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
                 Ok(read_log_id) => ForwardResponse::ReadIndex { index: read_log_id.index() },
+                // No quorum answered this round of heartbeats (busy or partitioned followers):
+                // leadership is unconfirmed, so the caller waits and asks again, as in an election.
+                Err(openraft::errors::RaftError::APIError(
+                    openraft::errors::LinearizableReadError::QuorumNotEnough(e),
+                )) => {
+                    tracing::debug!(error = %e, "read index without a quorum; retrying");
+                    ForwardResponse::NotLeader { leader: None }
+                }
                 Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
             },
             ForwardRequest::AddServer { id, addr } => self.add_voter(id, addr).await,

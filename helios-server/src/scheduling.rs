@@ -27,8 +27,12 @@ use crate::store::apply::reserves_room;
 use crate::store::read;
 
 /// At most this many evaluations are planned in one round: one read of the state, then their
-/// plans go to Raft together. Bounds the work a round does before its first plan commits.
+/// plans go to Raft together.
 const MAX_ROUND: usize = 128;
+/// A round also ends once its plans place this many allocations: smaller rounds keep Raft
+/// messages and state machine batches moderate, and let followers apply one round while the
+/// leader plans the next.
+const MAX_ROUND_PLACEMENTS: usize = 8_192;
 
 /// One consistent read of what the scheduler needs for one round's jobs.
 struct Snapshot {
@@ -136,9 +140,16 @@ async fn round(cluster: &Cluster) -> Result<bool, ClusterError> {
     let now = clock::now();
     let mut commands = Vec::with_capacity(evals.len());
     let mut blocked = None;
+    let mut placements = 0;
+    let mut planned = 0;
     for eval in &evals {
+        if placements >= MAX_ROUND_PLACEMENTS {
+            break;
+        }
         let plan = schedule(&snapshot, eval, now, &mut clock::new_id);
         snapshot.assume(&plan);
+        placements += plan.placements.len();
+        planned += 1;
         // Room freed here may be what a blocked job waits for.
         let follow_ups = if plan.stops.is_empty() {
             Vec::new()
@@ -162,7 +173,7 @@ async fn round(cluster: &Cluster) -> Result<bool, ClusterError> {
     // plan must not reach the new one by forwarding.
     let responses = futures::future::join_all(commands.into_iter().map(|c| cluster.propose_as_leader(c))).await;
     let mut applied = false;
-    for (eval, response) in evals.iter().zip(responses) {
+    for (eval, response) in evals[..planned].iter().zip(responses) {
         match response? {
             CommandResponse::PlanApplied { placed, stopped } => {
                 applied = true;

@@ -81,6 +81,18 @@ async fn an_agent_cannot_take_another_nodes_identity() {
     assert_eq!(spoofed.expect_err("spoofed heartbeat").code(), tonic::Code::PermissionDenied);
     let unknown = api.heartbeat(pb::HeartbeatRequest { node_id: "ghost".into(), secret: "x".into() }).await;
     assert_eq!(unknown.expect_err("unknown node").code(), tonic::Code::NotFound);
+    let report = |node_id: &str, secret: &str| pb::UpdateAllocationsRequest {
+        node_id: node_id.into(),
+        secret: secret.into(),
+        updates: Vec::new(),
+    };
+    let spoofed = api.update_allocations(report("n1", "guess")).await;
+    assert_eq!(spoofed.expect_err("spoofed report").code(), tonic::Code::PermissionDenied);
+    let unknown = api.update_allocations(report("ghost", "x")).await;
+    assert_eq!(unknown.expect_err("report from an unknown node").code(), tonic::Code::NotFound);
+    let watch = pb::WatchAllocationsRequest { node_id: "n1".into(), secret: "guess".into() };
+    let spoofed = api.watch_allocations(watch).await.map(|_| ());
+    assert_eq!(spoofed.expect_err("spoofed watch").code(), tonic::Code::PermissionDenied);
 
     let mut garbage = real.clone();
     garbage.id = "bad id".into();

@@ -9,7 +9,9 @@ use tonic::{Request, Response, Status};
 use super::errors::{cluster_status, invalid, rejection_status, require_name};
 use crate::clock;
 
+use super::assigned::SentAllocations;
 use crate::cluster::{node_evaluations, Cluster};
+use crate::signals::Changes;
 use crate::store::read;
 
 pub struct Agents {
@@ -35,18 +37,6 @@ impl Agents {
     }
 }
 
-fn assigned_to_pb(assigned: &[(helios_core::Allocation, Option<helios_core::Job>)]) -> pb::AssignedAllocations {
-    pb::AssignedAllocations {
-        allocations: assigned
-            .iter()
-            .map(|(alloc, job)| pb::AssignedAllocation {
-                allocation: Some(helios_api::convert::alloc_to_pb(alloc)),
-                job: job.as_ref().map(helios_api::convert::job_to_pb),
-            })
-            .collect(),
-    }
-}
-
 #[tonic::async_trait]
 impl AgentService for Agents {
     type WatchAllocationsStream =
@@ -61,21 +51,32 @@ impl AgentService for Agents {
         let cluster = self.cluster.clone();
         // Subscribe before the first read, so no change between the two is missed.
         let signal = cluster.signals.subscribe(&req.node_id);
-        // Send the whole set, then again each time the state machine signals a change to it.
+        // Send the whole set, then what changed each time the state machine signals a change.
         let stream = futures::stream::unfold(
-            (cluster, req.node_id, None::<pb::AssignedAllocations>, signal),
-            |(cluster, node_id, last, mut signal)| async move {
+            (cluster, req.node_id, Some(SentAllocations::default()), signal, Changes::Everything),
+            |(cluster, node_id, sent, mut signal, mut changes)| async move {
+                let mut sent = sent?; // None: the stream failed and has ended
                 loop {
                     let id = node_id.clone();
-                    let assigned = match cluster.read_local(move |txn| read::assigned_allocations(txn, &id)).await {
-                        Ok(assigned) => assigned_to_pb(&assigned),
-                        Err(e) => return Some((Err(cluster_status(e)), (cluster, node_id, last, signal))),
-                    };
-                    if last.as_ref() != Some(&assigned) {
-                        return Some((Ok(assigned.clone()), (cluster, node_id, Some(assigned), signal)));
+                    let read = cluster
+                        .read_local(move |txn| {
+                            let message = sent.next_message(txn, &id, &changes)?;
+                            Ok((sent, message))
+                        })
+                        .await;
+                    let next_changes = Changes::Allocations(Default::default());
+                    match read {
+                        Ok((next, Some(message))) => {
+                            return Some((Ok(message), (cluster, node_id, Some(next), signal, next_changes)));
+                        }
+                        Ok((next, None)) => sent = next,
+                        Err(e) => {
+                            return Some((Err(cluster_status(e)), (cluster, node_id, None, signal, next_changes)))
+                        }
                     }
-                    if !signal.changed().await {
-                        return None; // the server is stopping: the agent resumes elsewhere
+                    match signal.changed().await {
+                        Some(c) => changes = c,
+                        None => return None, // the server is stopping: the agent resumes elsewhere
                     }
                 }
             },
@@ -88,7 +89,8 @@ impl AgentService for Agents {
         request: Request<pb::UpdateAllocationsRequest>,
     ) -> Result<Response<pb::UpdateAllocationsResponse>, Status> {
         let req = request.into_inner();
-        self.authenticate(&req.node_id, &req.secret).await?;
+        // The secret is checked by the state machine when the update applies.
+        require_name("node_id", &req.node_id)?;
         if req.updates.len() > 1000 {
             return Err(invalid("updates", "at most 1000 per call"));
         }
@@ -109,21 +111,24 @@ impl AgentService for Agents {
             .filter(|u| u.client_status == helios_core::AllocClientStatus::Failed)
             .map(|u| u.alloc_id.clone())
             .collect();
-        let jobs = self
-            .cluster
-            .read(move |txn| {
-                let mut jobs = std::collections::BTreeMap::new();
-                for id in &failed {
-                    if let Some(alloc) = read::allocations_by_prefix(txn, id)?.into_iter().find(|a| &a.id == id) {
-                        if let Some(job) = read::job(txn, &alloc.job_name)? {
-                            jobs.insert(job.name.clone(), job.priority);
+        let jobs = if failed.is_empty() {
+            Default::default()
+        } else {
+            self.cluster
+                .read(move |txn| {
+                    let mut jobs = std::collections::BTreeMap::new();
+                    for id in &failed {
+                        if let Some(alloc) = read::allocations_by_prefix(txn, id)?.into_iter().find(|a| &a.id == id) {
+                            if let Some(job) = read::job(txn, &alloc.job_name)? {
+                                jobs.insert(job.name.clone(), job.priority);
+                            }
                         }
                     }
-                }
-                Ok(jobs)
-            })
-            .await
-            .map_err(cluster_status)?;
+                    Ok(jobs)
+                })
+                .await
+                .map_err(cluster_status)?
+        };
         let now = clock::now();
         let evals = jobs
             .into_iter()
@@ -137,7 +142,7 @@ impl AgentService for Agents {
                 )
             })
             .collect();
-        let command = Command::UpdateAllocations { node_id: req.node_id, updates, now, evals };
+        let command = Command::UpdateAllocations { node_id: req.node_id, secret: req.secret, updates, now, evals };
         let (_, response) = self.cluster.write(command).await.map_err(cluster_status)?;
         match response {
             CommandResponse::AllocationsUpdated => Ok(Response::new(pb::UpdateAllocationsResponse {})),

@@ -2,6 +2,7 @@
 //! `Cluster` for every write and current read; they hold no state of their own.
 
 pub mod agent;
+pub mod assigned;
 pub mod cluster_service;
 pub mod errors;
 pub mod jobs;

@@ -20,6 +20,11 @@ use tonic::transport::{Channel, Endpoint};
 use super::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::store::codec::{decode, encode};
 
+/// How long a follower may take to answer a heartbeat, and to store a batch of entries (see
+/// `append_entries`).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(400);
+const APPEND_ENTRIES_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Snapshot data travels in chunks of this size, well under the gRPC message limit.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -116,6 +121,13 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        // openraft gives every AppendEntries the heartbeat interval (100 ms) as its deadline,
+        // which a busy follower misses: a missed heartbeat fails leadership checks (linearizable
+        // reads), and a batch of entries that times out is sent again from scratch, a loop that
+        // starves replication under load. A heartbeat may take up to the election timeout (a
+        // later answer is worthless anyway); a batch must be received, decoded and fsynced.
+        let timeout = if rpc.entries.is_empty() { HEARTBEAT_TIMEOUT } else { APPEND_ENTRIES_TIMEOUT };
+        let option = RPCOption::new(timeout.max(option.hard_ttl()));
         self.unary(&rpc, &option, |mut c, r| async move { c.append_entries(r).await }).await
     }
 

@@ -9,7 +9,7 @@
 //! A snapshot is a read-only view of the tables (see `snapshot.rs`), so building one is nearly
 //! free and writes nothing but a marker. Installing one replaces the tables, durably.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Arc;
 
@@ -38,10 +38,10 @@ impl StateMachine {
     }
 }
 
-/// What applying a batch produced: each entry's response, and the nodes whose allocations changed.
+/// What applying a batch produced: each entry's response, and the allocations it wrote by node.
 struct Applied {
     responses: Vec<CommandResponse>,
-    touched_nodes: BTreeSet<String>,
+    touched: BTreeMap<String, BTreeSet<String>>,
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
@@ -65,7 +65,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
     let mut last: Option<LogId> = None;
     let mut membership: Option<StoredMembership> = None;
     let mut latest = Timestamp::default();
-    let touched_nodes;
+    let touched;
     {
         let mut tables = StateTables::open(&txn).map_err(io::Error::other)?;
         for entry in entries {
@@ -86,7 +86,8 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
             last = Some(log_id);
         }
         tables.forget_requests_before(latest).map_err(io::Error::other)?;
-        touched_nodes = std::mem::take(&mut tables.touched_nodes);
+        tables.finish().map_err(io::Error::other)?;
+        touched = std::mem::take(&mut tables.touched);
     }
     {
         let mut meta = txn.open_table(SM_META).map_err(io::Error::other)?;
@@ -98,7 +99,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
         }
     }
     txn.commit().map_err(io::Error::other)?;
-    Ok(Applied { responses, touched_nodes })
+    Ok(Applied { responses, touched })
 }
 
 /// The snapshot as of now: the applied index and membership, and a view of the tables from the
@@ -147,12 +148,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let count = entries.len();
         let started = std::time::Instant::now();
-        let Applied { responses, touched_nodes } = blocking(move || apply_batch(&db, entries)).await?;
+        let Applied { responses, touched } = blocking(move || apply_batch(&db, entries)).await?;
         let took = started.elapsed();
         if took > std::time::Duration::from_millis(20) {
             tracing::warn!(entries = count, took_ms = took.as_millis(), "slow state machine apply");
         }
-        self.signals.notify(&touched_nodes);
+        self.signals.notify(&touched);
         // Answer callers only after the batch is committed, so a reply implies the state is
         // visible to reads on this server.
         for (responder, response) in responders.into_iter().zip(responses) {

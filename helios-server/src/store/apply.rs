@@ -2,7 +2,7 @@
 //! command (which carries its IDs and timestamps) and the tables; no clock, no randomness, no I/O
 //! besides the transaction itself.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use helios_core::{
     AllocClientStatus, AllocDesiredStatus, Allocation, Command, CommandResponse, Evaluation, Job, JobStatus, Node,
@@ -40,8 +40,12 @@ pub struct StateTables<'txn> {
     evals_by_job: StateTable<'txn>,
     node_usage: StateTable<'txn>,
     job_alloc_counts: StateTable<'txn>,
-    /// Nodes whose allocations changed in this batch: their agents' watches are woken.
-    pub touched_nodes: BTreeSet<String>,
+    /// Node usage and job counts as this batch left them, written once by `finish`: they change
+    /// with every allocation written, and writing them through would double the B-tree work.
+    usage: HashMap<String, Resources>,
+    counts: HashMap<String, AllocCounts>,
+    /// Node id -> its allocations written in this batch: their agents' watches are told.
+    pub touched: BTreeMap<String, BTreeSet<String>>,
     /// The log index of the entry being applied (set by the caller before each `apply_once`).
     pub index: u64,
 }
@@ -63,7 +67,9 @@ impl<'txn> StateTables<'txn> {
             evals_by_job: txn.open_table(EVALS_BY_JOB)?,
             node_usage: txn.open_table(NODE_USAGE)?,
             job_alloc_counts: txn.open_table(JOB_ALLOC_COUNTS)?,
-            touched_nodes: BTreeSet::new(),
+            usage: HashMap::new(),
+            counts: HashMap::new(),
+            touched: BTreeMap::new(),
             index: 0,
         })
     }
@@ -78,6 +84,31 @@ impl<'txn> StateTables<'txn> {
         let response = self.apply(proposal.command)?;
         self.requests.insert(key.as_str(), encode(&response).as_slice())?;
         Ok(response)
+    }
+
+    /// Writes what the batch kept in memory. Call once, after the batch's last command.
+    pub fn finish(&mut self) -> Result<(), redb::Error> {
+        for (node, usage) in std::mem::take(&mut self.usage) {
+            self.node_usage.insert(node.as_str(), encode(&usage).as_slice())?;
+        }
+        for (job, counts) in std::mem::take(&mut self.counts) {
+            self.job_alloc_counts.insert(job.as_str(), encode(&counts).as_slice())?;
+        }
+        Ok(())
+    }
+
+    fn usage_of(&self, node: &str) -> Result<Resources, redb::Error> {
+        match self.usage.get(node) {
+            Some(u) => Ok(*u),
+            None => Ok(get(&self.node_usage, node)?.unwrap_or(NO_RESOURCES)),
+        }
+    }
+
+    fn counts_of(&self, job: &str) -> Result<AllocCounts, redb::Error> {
+        match self.counts.get(job) {
+            Some(c) => Ok(*c),
+            None => Ok(get(&self.job_alloc_counts, job)?.unwrap_or_default()),
+        }
     }
 
     /// Forgets request ids proposed more than `REQUEST_MEMORY_MS` before `latest` (the newest
@@ -124,8 +155,8 @@ impl<'txn> StateTables<'txn> {
                 self.put_evaluations(&evals)?;
                 Ok(CommandResponse::NodeStatusSet)
             }
-            Command::UpdateAllocations { node_id, updates, now, evals } => {
-                let response = self.update_allocations(&node_id, updates, now)?;
+            Command::UpdateAllocations { node_id, secret, updates, now, evals } => {
+                let response = self.update_allocations(&node_id, &secret, updates, now)?;
                 if response == CommandResponse::AllocationsUpdated {
                     self.put_evaluations(&evals)?;
                 }
@@ -378,7 +409,7 @@ impl<'txn> StateTables<'txn> {
         node: &str,
     ) -> Result<&'m mut Resources, redb::Error> {
         if !used.contains_key(node) {
-            let now = get::<Resources>(&self.node_usage, node)?.unwrap_or(NO_RESOURCES);
+            let now = self.usage_of(node)?;
             used.insert(node.to_string(), now);
         }
         Ok(used.get_mut(node).expect("inserted above"))
@@ -408,19 +439,19 @@ impl<'txn> StateTables<'txn> {
         }
         let was_reserved = old.as_ref().is_some_and(reserves_room);
         if was_reserved != reserves_room(alloc) {
-            let usage = get::<Resources>(&self.node_usage, &alloc.node_id)?.unwrap_or(NO_RESOURCES);
+            let usage = self.usage_of(&alloc.node_id)?;
             let usage = if was_reserved { sub(usage, alloc.resources) } else { add(usage, alloc.resources) };
-            self.node_usage.insert(alloc.node_id.as_str(), encode(&usage).as_slice())?;
+            self.usage.insert(alloc.node_id.clone(), usage);
         }
         let before = old.as_ref().map(counted).unwrap_or_default();
         let after = counted(alloc);
         if before != after {
-            let mut counts = get::<AllocCounts>(&self.job_alloc_counts, &alloc.job_name)?.unwrap_or_default();
+            let mut counts = self.counts_of(&alloc.job_name)?;
             counts.running = (counts.running + after.running).saturating_sub(before.running);
             counts.live = (counts.live + after.live).saturating_sub(before.live);
-            self.job_alloc_counts.insert(alloc.job_name.as_str(), encode(&counts).as_slice())?;
+            self.counts.insert(alloc.job_name.clone(), counts);
         }
-        self.touched_nodes.insert(alloc.node_id.clone());
+        self.touched.entry(alloc.node_id.clone()).or_default().insert(alloc.id.clone());
         Ok(())
     }
 
@@ -454,9 +485,25 @@ impl<'txn> StateTables<'txn> {
     fn update_allocations(
         &mut self,
         node_id: &str,
+        secret: &str,
         updates: Vec<helios_core::AllocUpdate>,
         now: Timestamp,
     ) -> Result<CommandResponse, redb::Error> {
+        match get::<Node>(&self.nodes, node_id)? {
+            None => {
+                return Ok(CommandResponse::Rejected(Rejection {
+                    kind: RejectionKind::NotFound,
+                    message: format!("node {node_id:?} is not registered"),
+                }))
+            }
+            Some(node) if node.secret_id != secret => {
+                return Ok(CommandResponse::Rejected(Rejection {
+                    kind: RejectionKind::FailedPrecondition,
+                    message: format!("node {node_id:?} is registered by another agent"),
+                }))
+            }
+            Some(_) => {}
+        }
         let mut changed = Vec::with_capacity(updates.len());
         for update in updates {
             let Some(mut alloc) = get::<Allocation>(&self.allocations, &update.alloc_id)? else {
@@ -496,7 +543,7 @@ impl<'txn> StateTables<'txn> {
     /// version have all finished, and none still to run, is dead.
     fn refresh_job_status(&mut self, job_name: &str) -> Result<(), redb::Error> {
         let Some(mut job) = get::<Job>(&self.jobs, job_name)? else { return Ok(()) };
-        let counts = get::<AllocCounts>(&self.job_alloc_counts, job_name)?.unwrap_or_default();
+        let counts = self.counts_of(job_name)?;
         let finished_batch = || -> Result<bool, redb::Error> {
             if job.job_type != helios_core::JobType::Batch || counts.live > 0 {
                 return Ok(false);
@@ -536,7 +583,7 @@ impl<'txn> StateTables<'txn> {
     }
 
     fn has_live_allocations(&self, job_name: &str) -> Result<bool, redb::Error> {
-        Ok(get::<AllocCounts>(&self.job_alloc_counts, job_name)?.is_some_and(|c| c.live > 0))
+        Ok(self.counts_of(job_name)?.live > 0)
     }
 }
 
@@ -602,6 +649,7 @@ mod tests {
                 })
                 .collect();
             tables.forget_requests_before(latest).unwrap();
+            tables.finish().unwrap();
             out
         };
         txn.commit().unwrap();
@@ -837,6 +885,7 @@ mod tests {
         assert_indexes_agree_with_a_scan(&db);
         let updates = |node: &str, list: Vec<helios_core::AllocUpdate>| Command::UpdateAllocations {
             node_id: node.into(),
+            secret: "s".into(),
             updates: list,
             now: Timestamp(5),
             evals: vec![],

@@ -102,6 +102,10 @@ pub fn allocations(
     Ok(out)
 }
 
+pub fn allocation(txn: &ReadTransaction, id: &str) -> io::Result<Option<Allocation>> {
+    get(txn, ALLOCATIONS, id)
+}
+
 /// What each node has reserved (nodes with nothing reserved may be missing).
 pub fn node_usage(txn: &ReadTransaction) -> io::Result<std::collections::HashMap<String, helios_core::Resources>> {
     let mut out = std::collections::HashMap::new();
@@ -196,19 +200,16 @@ pub fn blocked_jobs(txn: &ReadTransaction) -> io::Result<Vec<(String, u32)>> {
     Ok(out)
 }
 
-/// What a node must run or stop: its allocations that are not finished, each with the job version
-/// it belongs to.
-pub fn assigned_allocations(txn: &ReadTransaction, node_id: &str) -> io::Result<Vec<(Allocation, Option<Job>)>> {
-    let mut out = Vec::new();
-    for alloc in allocations(txn, None, Some(node_id))? {
-        if alloc.client_status.is_terminal() {
-            continue;
-        }
-        let key = job_version_key(&alloc.job_name, alloc.job_version);
-        let job = get(txn, JOB_VERSIONS, &key)?;
-        out.push((alloc, job));
-    }
+/// What a node must run or stop: its allocations that are not finished.
+pub fn assigned_allocations(txn: &ReadTransaction, node_id: &str) -> io::Result<Vec<Allocation>> {
+    let mut out = allocations(txn, None, Some(node_id))?;
+    out.retain(|a| !a.client_status.is_terminal());
     Ok(out)
+}
+
+/// One stored version of a job (the one an allocation runs).
+pub fn job_version(txn: &ReadTransaction, name: &str, version: u64) -> io::Result<Option<Job>> {
+    get(txn, JOB_VERSIONS, &job_version_key(name, version))
 }
 
 /// The index of the last applied log entry, as this read transaction sees it.

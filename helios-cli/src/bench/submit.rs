@@ -5,37 +5,34 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::Subcommand;
-use hdrhistogram::Histogram;
+use clap::Args;
 use helios_api::convert::job_to_pb;
 use helios_api::pb;
 use helios_core::Job;
 
+use super::{histogram, record, summary};
 use crate::connect::Servers;
 use crate::job::client;
 
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Submit distinct jobs as fast as the cluster acknowledges them.
-    Submit {
-        #[arg(long, default_value_t = 16)]
-        concurrency: u64,
-        #[arg(long, default_value_t = 10_000)]
-        jobs: u64,
-        /// HTTP/2 connections to spread the workers over.
-        #[arg(long, default_value_t = 4)]
-        connections: u64,
-        /// Job name prefix; defaults to one unique to this run.
-        #[arg(long)]
-        prefix: Option<String>,
-    },
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[arg(long, default_value_t = 16)]
+    concurrency: u64,
+    #[arg(long, default_value_t = 10_000)]
+    jobs: u64,
+    /// HTTP/2 connections to spread the workers over.
+    #[arg(long, default_value_t = 4)]
+    connections: u64,
+    /// Job name prefix; defaults to one unique to this run.
+    #[arg(long)]
+    prefix: Option<String>,
 }
 
-pub async fn run(servers: &Servers, command: BenchCommand) -> Result<()> {
-    let BenchCommand::Submit { concurrency, jobs, connections, prefix } = command;
+pub async fn run(servers: &Servers, args: SubmitArgs) -> Result<()> {
+    let SubmitArgs { concurrency, jobs, connections, prefix } = args;
     if concurrency == 0 || jobs == 0 || connections == 0 {
         bail!("--concurrency, --jobs and --connections must be > 0");
     }
@@ -52,8 +49,7 @@ pub async fn run(servers: &Servers, command: BenchCommand) -> Result<()> {
         let (next, prefix) = (next.clone(), prefix.clone());
         workers.push(tokio::spawn(async move {
             let mut jobs_client = client(channel);
-            // 1 µs .. 60 s at 3 significant digits.
-            let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+            let mut latencies = histogram();
             let mut errors = 0u64;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -63,14 +59,14 @@ pub async fn run(servers: &Servers, command: BenchCommand) -> Result<()> {
                 let job = Job::exec(&format!("{prefix}-{i}"), "true", Vec::new());
                 let t = Instant::now();
                 match jobs_client.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await {
-                    Ok(_) => latencies.saturating_record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)),
+                    Ok(_) => record(&mut latencies, t.elapsed()),
                     Err(_) => errors += 1,
                 }
             }
             (latencies, errors)
         }));
     }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+    let mut all = histogram();
     let mut errors = 0;
     for w in workers {
         let (h, e) = w.await?;
@@ -78,15 +74,12 @@ pub async fn run(servers: &Servers, command: BenchCommand) -> Result<()> {
         errors += e;
     }
     let elapsed = started.elapsed();
-    let ms = |us: u64| Duration::from_micros(us).as_secs_f64() * 1000.0;
     println!(
-        "submitted {} jobs in {:.2}s with concurrency {concurrency}: {:.0} jobs/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {errors} errors",
+        "submitted {} jobs in {:.2}s with concurrency {concurrency}: {:.0} jobs/s; latency {}; {errors} errors",
         all.len(),
         elapsed.as_secs_f64(),
         all.len() as f64 / elapsed.as_secs_f64(),
-        ms(all.value_at_quantile(0.50)),
-        ms(all.value_at_quantile(0.99)),
-        ms(all.max()),
+        summary(&all),
     );
     if errors > 0 {
         bail!("{errors} submissions failed");
