@@ -3,7 +3,9 @@
 # three servers on 127.0.0.1:50051-50053 and three client agents on 127.0.0.1:60051-60053, with
 # data and logs under ./.helios-local/.
 #
-#   scripts/local-cluster.sh start    build, start, wait for a leader
+#   scripts/local-cluster.sh start    build, start, wait for a leader and three ready nodes
+#   AGENTS=0 scripts/local-cluster.sh start    servers only (for load generators such as
+#                                     `helios-cli bench submit` that should not run the jobs)
 #   scripts/local-cluster.sh status   server members
 #   scripts/local-cluster.sh stop     SIGTERM every server
 #   scripts/local-cluster.sh clean    stop and delete the data
@@ -40,7 +42,8 @@ start)
             "${peers[@]}" "${extra[@]}" </dev/null >"server-$id.log" 2>&1) &
         echo $! >"$state/server-$id.pid"
     done
-    for id in 1 2 3; do
+    agents="${AGENTS:-3}"
+    for id in $(seq 1 "$agents"); do
         if [ -e "$state/client-$id.pid" ] && kill -0 "$(cat "$state/client-$id.pid")" 2>/dev/null; then
             continue
         fi
@@ -51,7 +54,7 @@ start)
         echo $! >"$state/client-$id.pid"
     done
     for _ in $(seq 1 100); do
-        if "$bin/helios-cli" server members >/dev/null 2>&1 && [ "$("$bin/helios-cli" node list 2>/dev/null | grep -c ' ready ')" = 3 ]; then
+        if "$bin/helios-cli" server members >/dev/null 2>&1 && [ "$("$bin/helios-cli" node list 2>/dev/null | grep -c ' ready ')" = "$agents" ]; then
             "$bin/helios-cli" server members
             echo
             "$bin/helios-cli" node list
@@ -62,7 +65,7 @@ start)
         fi
         sleep 0.2
     done
-    echo "the cluster did not come up (a leader and three ready nodes); see $state/*.log" >&2
+    echo "the cluster did not come up (a leader and $agents ready nodes); see $state/*.log" >&2
     exit 1
     ;;
 status) "$bin/helios-cli" server members ;;

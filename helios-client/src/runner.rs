@@ -186,7 +186,7 @@ impl Supervisor {
     async fn run(mut self, task: Task) {
         let name = task.name.clone();
         let interval = Duration::from_secs(u64::from(self.policy.interval_secs));
-        let mut history: Vec<pb::TaskEvent> = Vec::new();
+        let mut history = vec![event("Received", "the agent received the allocation", None)];
         let mut restarts = 0u32;
         let mut window = (tokio::time::Instant::now(), 0u32);
         let _ = std::fs::remove_file(self.dir.join(DONE_MARKER));

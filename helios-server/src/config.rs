@@ -23,7 +23,25 @@ pub struct ServerConfig {
 }
 
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
-pub const DEFAULT_HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// A client node not heard from for this long is marked down and its work replaced. Agents
+/// heartbeat at a third of it, so a node is marked down only after missing about three
+/// heartbeats; a killed node's work runs elsewhere within about this long plus a quarter (the
+/// leader checks deadlines four times per TTL). Shorter reacts faster to dead nodes but mistakes
+/// a slow or briefly partitioned node for a dead one sooner (`--heartbeat-ttl`).
+pub const DEFAULT_HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// Bounds of `--heartbeat-ttl`: below a second, scheduling hiccups look like dead nodes.
+pub const MIN_HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+pub const MAX_HEARTBEAT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Parses `--heartbeat-ttl` (seconds, fractions allowed) within its bounds.
+pub fn parse_heartbeat_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = text.trim().parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    let (min, max) = (MIN_HEARTBEAT_TTL.as_secs_f64(), MAX_HEARTBEAT_TTL.as_secs_f64());
+    if !(min..=max).contains(&secs) {
+        return Err(format!("must be between {min} and {max} seconds, got {text}"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -186,5 +204,14 @@ mod tests {
         );
         // A server that will be added later (`server join`) may start without a peer list.
         assert!(ServerConfig::new(4, addr("127.0.0.1:50054"), vec![], false, ".".into()).is_ok());
+    }
+
+    #[test]
+    fn heartbeat_ttls_are_seconds_within_bounds() {
+        assert_eq!(parse_heartbeat_ttl("2.5"), Ok(std::time::Duration::from_millis(2500)));
+        assert_eq!(parse_heartbeat_ttl("5"), Ok(DEFAULT_HEARTBEAT_TTL));
+        for bad in ["0", "0.5", "3601", "-1", "NaN", "soon", ""] {
+            assert!(parse_heartbeat_ttl(bad).is_err(), "{bad} was accepted");
+        }
     }
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::{start_agent, wait_for, TestCluster};
 use helios_api::pb;
@@ -58,6 +59,9 @@ async fn a_batch_task_runs_and_its_output_is_in_its_log() {
     submit(&cluster, &Job::exec("hello", "echo", vec!["It replicated!".into()])).await;
     let done = wait_alloc(&cluster, "hello", "complete").await;
     let task = &done.task_states["hello"];
+    let kinds: Vec<&str> = task.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["Received", "Started", "Terminated"]);
+    assert!(task.events.windows(2).all(|w| w[0].time_ms <= w[1].time_ms), "events in time order");
     let exit = task.events.iter().find(|e| e.kind == "Terminated").expect("terminated");
     assert_eq!(exit.exit_code, Some(0));
     assert!(!task.failed);
@@ -237,5 +241,57 @@ async fn following_a_log_continues_across_restarts() {
     // A second between runs, with no process at all, does not end the stream.
     assert_eq!(logs(&cluster, &running.id, true).await, "rise\nrise\nrise\n");
     agent.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_failover_leaves_running_tasks_untouched() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let via = cluster.running_ids().into_iter().find(|id| *id != leader).expect("a follower");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let agents = [start_agent(&cluster, "a", dir.path()).await, start_agent(&cluster, "b", dir.path()).await];
+    common::wait_status(&cluster, via, "a", "ready").await;
+    common::wait_status(&cluster, via, "b", "ready").await;
+    let mut job = Job::exec("steady", "sleep", vec!["600".into()]);
+    job.job_type = JobType::Service;
+    job.task_groups[0].count = 2;
+    cluster.submit_job(via, &job).await;
+    let before = wait_for("both allocations running", || async {
+        let allocs = cluster.job_status(via, "steady").await.allocations;
+        let all_running = allocs.len() == 2 && allocs.iter().all(|a| a.client_status == "running");
+        all_running.then_some(allocs)
+    })
+    .await;
+    let pids: Vec<i32> = before.iter().map(|a| pid_of(a, "steady")).collect();
+
+    cluster.stop(leader).await;
+    let new_leader = cluster.leader().await;
+    // Watch for three heartbeat TTLs after the new leader took over (a failover that judged
+    // nodes or work wrongly would act within one): the same two allocations keep running, their
+    // tasks are never restarted, and their processes stay the same.
+    let watch_until = tokio::time::Instant::now() + common::HEARTBEAT_TTL * 3;
+    while tokio::time::Instant::now() < watch_until {
+        let now = cluster.job_status(new_leader, "steady").await.allocations;
+        assert_eq!(now.len(), 2, "no allocation was added or replaced: {now:?}");
+        for (old, new) in before.iter().zip(&now) {
+            assert_eq!((&new.id, new.client_status.as_str()), (&old.id, "running"));
+            assert_eq!(new.task_states["steady"].restarts, 0);
+            assert_eq!(new.task_states["steady"].started_at_ms, old.task_states["steady"].started_at_ms);
+        }
+        assert!(pids.iter().all(|pid| alive(*pid)), "a task process died");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The new leader schedules: more work lands next to the old.
+    cluster.submit_job(new_leader, &Job::exec("after", "true", Vec::new())).await;
+    wait_for("the new job to complete", || async {
+        let allocs = cluster.job_status(new_leader, "after").await.allocations;
+        allocs.iter().any(|a| a.client_status == "complete").then_some(())
+    })
+    .await;
+    for agent in agents {
+        agent.stop().await;
+    }
     cluster.shutdown().await;
 }

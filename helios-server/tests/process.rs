@@ -194,6 +194,13 @@ fn bad_flags_and_data_dirs_fail_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--peer") && err.contains("expected ID=HOST:PORT"), "{err}");
 
+    for ttl in ["0.1", "soon"] {
+        let out = run_to_exit(&["--dev", "--rpc-addr", &addr, "--heartbeat-ttl", ttl], dir.path());
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--heartbeat-ttl") && err.contains(ttl), "{err}");
+    }
+
     let out = run_to_exit(&["--node-id", "3", "--rpc-addr", &addr, "--peer", &format!("1={addr}")], dir.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--peer list must include this server (--node-id 3)"));

@@ -3,7 +3,9 @@
 //! - `submit`: committed job submissions per second (the Raft write path).
 //! - `place`: placements committed per second, with simulated client agents.
 //! - `start`: submit -> process started latency, against real agents.
+//! - `node-loss`: a killed node's work running elsewhere, against real agents.
 
+mod node_loss;
 mod place;
 mod start;
 mod submit;
@@ -26,6 +28,9 @@ pub enum BenchCommand {
     /// Submit one-task exec jobs to the cluster's real agents and measure the time from submit
     /// to the task's process being started.
     Start(start::StartArgs),
+    /// SIGKILL the agent of a node running a service allocation (local cluster) and time until
+    /// the node is marked down and the allocation runs elsewhere.
+    NodeLoss(node_loss::NodeLossArgs),
 }
 
 pub async fn run(servers: &Servers, command: BenchCommand) -> Result<()> {
@@ -33,6 +38,7 @@ pub async fn run(servers: &Servers, command: BenchCommand) -> Result<()> {
         BenchCommand::Submit(args) => submit::run(servers, args).await,
         BenchCommand::Place(args) => place::run(servers, args).await,
         BenchCommand::Start(args) => start::run(servers, args).await,
+        BenchCommand::NodeLoss(args) => node_loss::run(servers, args).await,
     }
 }
 
