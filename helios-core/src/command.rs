@@ -56,17 +56,10 @@ pub enum Command {
     /// `follow_ups` re-evaluate blocked jobs when the plan frees room (it stops allocations);
     /// committed only with the plan.
     ApplyPlan { plan: Plan, eval: Evaluation, follow_ups: Vec<Evaluation> },
-    /// A client agent reports its allocations' states. Refused whole if `secret` is not the
-    /// node's (checked here, against the replicated state, so the handler needs no separate
-    /// linearizable read) or any allocation is not on `node_id`. `evals` reschedule the jobs of
-    /// allocations that failed.
-    UpdateAllocations {
-        node_id: String,
-        secret: String,
-        updates: Vec<AllocUpdate>,
-        now: Timestamp,
-        evals: Vec<Evaluation>,
-    },
+    /// A client agent's report, as servers proposed it before `ReportAllocations` (kept so that
+    /// existing logs still apply): refused whole if any allocation is not on `node_id`. `evals`
+    /// reschedule the jobs of allocations that failed.
+    UpdateAllocations { node_id: String, updates: Vec<AllocUpdate>, now: Timestamp, evals: Vec<Evaluation> },
     /// An operator drains a node (its allocations move elsewhere; it takes no new work), ends a
     /// drain, or changes its eligibility. `evals` as for `SetNodeStatus`.
     SetNodeScheduling {
@@ -78,6 +71,16 @@ pub enum Command {
     },
     /// New evaluations, e.g. for the jobs a node change affects.
     CreateEvaluations { evals: Vec<Evaluation> },
+    /// A client agent reports its allocations' states: `UpdateAllocations`, also refused whole
+    /// if `secret` is not the node's. Checked here, against the replicated state, so the handler
+    /// needs no linearizable read per report.
+    ReportAllocations {
+        node_id: String,
+        secret: String,
+        updates: Vec<AllocUpdate>,
+        now: Timestamp,
+        evals: Vec<Evaluation>,
+    },
 }
 
 /// The state machine's deterministic answer to a command.
@@ -145,7 +148,8 @@ impl std::fmt::Display for Command {
             Command::SetNodeScheduling { node_id, drain, eligibility, .. } => {
                 write!(f, "set-node-scheduling {node_id} drain={drain} {}", eligibility.as_str())
             }
-            Command::UpdateAllocations { node_id, updates, .. } => {
+            Command::UpdateAllocations { node_id, updates, .. }
+            | Command::ReportAllocations { node_id, updates, .. } => {
                 write!(f, "update-allocations {node_id} ({})", updates.len())
             }
         }

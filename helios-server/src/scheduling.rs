@@ -116,8 +116,11 @@ pub async fn run(cluster: Cluster) {
         }
         match round(&cluster).await {
             // More may be waiting: go on at once.
-            Ok(true) => continue,
-            Ok(false) => {}
+            Ok(Round::Progress) => continue,
+            Ok(Round::Idle) => {}
+            // Every plan was refused: the state changed under them. Plan again, but not in a
+            // tight loop (each refusal is itself a Raft entry, so the wake-up below is immediate).
+            Ok(Round::Refused) => tokio::time::sleep(REFUSED_BACKOFF).await,
             Err(e) => tracing::warn!(error = %e, "scheduling round failed; retrying"),
         }
         // Wake on any progress (an applied entry may be a new evaluation), or poll.
@@ -125,17 +128,28 @@ pub async fn run(cluster: Cluster) {
     }
 }
 
+/// What a round did.
+enum Round {
+    /// Nothing was pending.
+    Idle,
+    /// Some plan was applied: more may be waiting.
+    Progress,
+    /// Every plan was refused.
+    Refused,
+}
+
+/// Pause after a round whose plans were all refused.
+const REFUSED_BACKOFF: Duration = Duration::from_millis(50);
+
 /// Plans up to `MAX_ROUND` pending evaluations, at most one per job, on one read of the state,
-/// and commits their plans. Returns whether any plan was applied (so more work may be waiting).
-/// A refused plan leaves its evaluation pending: the next round plans it again on fresh state.
-async fn round(cluster: &Cluster) -> Result<bool, ClusterError> {
-    let pending = cluster.read_local(|txn| read::pending_evaluations(txn, MAX_ROUND)).await?;
-    let mut jobs = BTreeSet::new();
-    // A job's later evaluations wait for the next round: they are planned on this one's result.
-    let evals: Vec<Evaluation> = pending.into_iter().filter(|e| jobs.insert(e.job_name.clone())).collect();
+/// and commits their plans. A refused plan leaves its evaluation pending: the next round plans
+/// it again on fresh state.
+async fn round(cluster: &Cluster) -> Result<Round, ClusterError> {
+    let evals = cluster.read_local(|txn| read::pending_evaluations(txn, MAX_ROUND)).await?;
     if evals.is_empty() {
-        return Ok(false);
+        return Ok(Round::Idle);
     }
+    let jobs: BTreeSet<String> = evals.iter().map(|e| e.job_name.clone()).collect();
     let mut snapshot = cluster.read_local(move |txn| Snapshot::read(txn, &jobs)).await?;
     let now = clock::now();
     let mut commands = Vec::with_capacity(evals.len());
@@ -185,7 +199,7 @@ async fn round(cluster: &Cluster) -> Result<bool, ClusterError> {
             other => return Err(ClusterError::Internal(format!("unexpected answer to a plan: {other:?}"))),
         }
     }
-    Ok(applied)
+    Ok(if applied { Round::Progress } else { Round::Refused })
 }
 
 /// The evaluation as its plan leaves it.

@@ -52,31 +52,32 @@ impl AgentService for Agents {
         // Subscribe before the first read, so no change between the two is missed.
         let signal = cluster.signals.subscribe(&req.node_id);
         // Send the whole set, then what changed each time the state machine signals a change.
+        // The stream's state: what was sent, and what changed since (None: wait for a signal).
         let stream = futures::stream::unfold(
-            (cluster, req.node_id, Some(SentAllocations::default()), signal, Changes::Everything),
+            (cluster, req.node_id, Some(SentAllocations::default()), signal, Some(Changes::Everything)),
             |(cluster, node_id, sent, mut signal, mut changes)| async move {
                 let mut sent = sent?; // None: the stream failed and has ended
                 loop {
+                    let Some(changed) = changes.take() else {
+                        match signal.changed().await {
+                            Some(c) => changes = Some(c),
+                            None => return None, // the server is stopping: the agent resumes elsewhere
+                        }
+                        continue;
+                    };
                     let id = node_id.clone();
                     let read = cluster
                         .read_local(move |txn| {
-                            let message = sent.next_message(txn, &id, &changes)?;
+                            let message = sent.next_message(txn, &id, &changed)?;
                             Ok((sent, message))
                         })
                         .await;
-                    let next_changes = Changes::Allocations(Default::default());
                     match read {
                         Ok((next, Some(message))) => {
-                            return Some((Ok(message), (cluster, node_id, Some(next), signal, next_changes)));
+                            return Some((Ok(message), (cluster, node_id, Some(next), signal, None)))
                         }
                         Ok((next, None)) => sent = next,
-                        Err(e) => {
-                            return Some((Err(cluster_status(e)), (cluster, node_id, None, signal, next_changes)))
-                        }
-                    }
-                    match signal.changed().await {
-                        Some(c) => changes = c,
-                        None => return None, // the server is stopping: the agent resumes elsewhere
+                        Err(e) => return Some((Err(cluster_status(e)), (cluster, node_id, None, signal, None))),
                     }
                 }
             },
@@ -142,7 +143,7 @@ impl AgentService for Agents {
                 )
             })
             .collect();
-        let command = Command::UpdateAllocations { node_id: req.node_id, secret: req.secret, updates, now, evals };
+        let command = Command::ReportAllocations { node_id: req.node_id, secret: req.secret, updates, now, evals };
         let (_, response) = self.cluster.write(command).await.map_err(cluster_status)?;
         match response {
             CommandResponse::AllocationsUpdated => Ok(Response::new(pb::UpdateAllocationsResponse {})),

@@ -196,6 +196,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 sm.insert(SM_MEMBERSHIP, encode(&meta.last_membership).as_slice()).map_err(io::Error::other)?;
                 sm.insert(SM_HAS_SNAPSHOT, [].as_slice()).map_err(io::Error::other)?;
             }
+            // A snapshot from a server that predates the indexes lacks them; rebuilding also
+            // guarantees they match the tables they index.
+            crate::store::rebuild_indexes(&txn).map_err(io::Error::other)?;
             txn.commit().map_err(io::Error::other)?;
             Ok(())
         })

@@ -86,6 +86,38 @@ impl<'txn> StateTables<'txn> {
         Ok(response)
     }
 
+    /// Builds the indexes over allocations and evaluations (`tables::ALLOCS_BY_JOB` ...
+    /// `JOB_ALLOC_COUNTS`) afresh from the tables themselves, for data written before they
+    /// existed: an older server's database, or a snapshot from one. Then call `finish`.
+    pub fn rebuild_indexes(&mut self) -> Result<(), redb::Error> {
+        self.allocs_by_job.retain(|_, _| false)?;
+        self.allocs_by_node.retain(|_, _| false)?;
+        self.evals_by_job.retain(|_, _| false)?;
+        self.node_usage.retain(|_, _| false)?;
+        self.job_alloc_counts.retain(|_, _| false)?;
+        self.usage.clear();
+        self.counts.clear();
+        for row in self.allocations.iter()? {
+            let (_, value) = row?;
+            let alloc: Allocation = decode(value.value()).map_err(redb::StorageError::Io)?;
+            self.allocs_by_job.insert(index_key(&alloc.job_name, &alloc.id).as_str(), [].as_slice())?;
+            self.allocs_by_node.insert(index_key(&alloc.node_id, &alloc.id).as_str(), [].as_slice())?;
+            if reserves_room(&alloc) {
+                let usage = self.usage.entry(alloc.node_id.clone()).or_insert(NO_RESOURCES);
+                *usage = add(*usage, alloc.resources);
+            }
+            let counts = self.counts.entry(alloc.job_name.clone()).or_default();
+            counts.running += counted(&alloc).running;
+            counts.live += counted(&alloc).live;
+        }
+        for row in self.evaluations.iter()? {
+            let (_, value) = row?;
+            let eval: Evaluation = decode(value.value()).map_err(redb::StorageError::Io)?;
+            self.evals_by_job.insert(index_key(&eval.job_name, &eval.id).as_str(), [].as_slice())?;
+        }
+        Ok(())
+    }
+
     /// Writes what the batch kept in memory. Call once, after the batch's last command.
     pub fn finish(&mut self) -> Result<(), redb::Error> {
         for (node, usage) in std::mem::take(&mut self.usage) {
@@ -155,8 +187,15 @@ impl<'txn> StateTables<'txn> {
                 self.put_evaluations(&evals)?;
                 Ok(CommandResponse::NodeStatusSet)
             }
-            Command::UpdateAllocations { node_id, secret, updates, now, evals } => {
-                let response = self.update_allocations(&node_id, &secret, updates, now)?;
+            Command::UpdateAllocations { node_id, updates, now, evals } => {
+                let response = self.update_allocations(&node_id, None, updates, now)?;
+                if response == CommandResponse::AllocationsUpdated {
+                    self.put_evaluations(&evals)?;
+                }
+                Ok(response)
+            }
+            Command::ReportAllocations { node_id, secret, updates, now, evals } => {
+                let response = self.update_allocations(&node_id, Some(&secret), updates, now)?;
                 if response == CommandResponse::AllocationsUpdated {
                     self.put_evaluations(&evals)?;
                 }
@@ -360,8 +399,9 @@ impl<'txn> StateTables<'txn> {
         let stopping: BTreeSet<&str> = plan.stops.iter().map(|s| s.alloc_id.as_str()).collect();
         // What each node has reserved, less what this plan stops.
         let mut used: HashMap<String, Resources> = HashMap::new();
-        for stop in &plan.stops {
-            let Some(alloc) = get::<Allocation>(&self.allocations, &stop.alloc_id)? else { continue };
+        // Each stopped allocation once, however often the plan names it.
+        for id in &stopping {
+            let Some(alloc) = get::<Allocation>(&self.allocations, id)? else { continue };
             if reserves_room(&alloc) {
                 let r = self.used_on(&mut used, &alloc.node_id)?;
                 *r = sub(*r, alloc.resources);
@@ -378,11 +418,16 @@ impl<'txn> StateTables<'txn> {
         }
         let system =
             get::<Job>(&self.jobs, &plan.job_name)?.is_some_and(|j| j.job_type == helios_core::JobType::System);
+        // A plan puts many allocations on few nodes: decode each node once.
+        let mut nodes: HashMap<&str, Option<Node>> = HashMap::new();
         for alloc in &plan.placements {
             if alloc.job_name != plan.job_name {
                 return Ok(Err(format!("allocation {} belongs to another job", alloc.id)));
             }
-            let Some(node) = get::<Node>(&self.nodes, &alloc.node_id)? else {
+            if !nodes.contains_key(alloc.node_id.as_str()) {
+                nodes.insert(&alloc.node_id, get::<Node>(&self.nodes, &alloc.node_id)?);
+            }
+            let Some(node) = &nodes[alloc.node_id.as_str()] else {
                 return Ok(Err(format!("node {} is gone", alloc.node_id)));
             };
             if node.status != NodeStatus::Ready || node.eligibility != NodeEligibility::Eligible || node.drain {
@@ -485,24 +530,25 @@ impl<'txn> StateTables<'txn> {
     fn update_allocations(
         &mut self,
         node_id: &str,
-        secret: &str,
+        secret: Option<&str>,
         updates: Vec<helios_core::AllocUpdate>,
         now: Timestamp,
     ) -> Result<CommandResponse, redb::Error> {
-        match get::<Node>(&self.nodes, node_id)? {
-            None => {
+        match (get::<Node>(&self.nodes, node_id)?, secret) {
+            (_, None) => {}
+            (None, Some(_)) => {
                 return Ok(CommandResponse::Rejected(Rejection {
                     kind: RejectionKind::NotFound,
                     message: format!("node {node_id:?} is not registered"),
                 }))
             }
-            Some(node) if node.secret_id != secret => {
+            (Some(node), Some(secret)) if node.secret_id != secret => {
                 return Ok(CommandResponse::Rejected(Rejection {
                     kind: RejectionKind::FailedPrecondition,
                     message: format!("node {node_id:?} is registered by another agent"),
                 }))
             }
-            Some(_) => {}
+            (Some(_), Some(_)) => {}
         }
         let mut changed = Vec::with_capacity(updates.len());
         for update in updates {
@@ -883,7 +929,7 @@ mod tests {
             ],
         );
         assert_indexes_agree_with_a_scan(&db);
-        let updates = |node: &str, list: Vec<helios_core::AllocUpdate>| Command::UpdateAllocations {
+        let updates = |node: &str, list: Vec<helios_core::AllocUpdate>| Command::ReportAllocations {
             node_id: node.into(),
             secret: "s".into(),
             updates: list,
@@ -911,7 +957,54 @@ mod tests {
         };
         apply_all(&db, vec![proposal("s", 7, stop)]);
         assert_indexes_agree_with_a_scan(&db);
+        {
+            let txn = db.begin_read().unwrap();
+            assert_eq!(read::node_usage(&txn).unwrap()["n1"].cpu_mhz, 100, "only b1 is left on n1");
+        }
+        // A report with the wrong secret changes nothing.
+        let mut forged = updates("n1", vec![report("b1", AllocClientStatus::Failed)]);
+        if let Command::ReportAllocations { secret, .. } = &mut forged {
+            *secret = "guess".into();
+        }
+        let got = apply_all(&db, vec![proposal("f", 8, forged)]);
+        assert!(matches!(&got[0], CommandResponse::Rejected(r) if r.kind == RejectionKind::FailedPrecondition));
+        // The node of b1 goes down: the plan marks it lost, which frees its room.
+        let mut lose = plan("b", vec![]);
+        if let Command::ApplyPlan { plan, .. } = &mut lose {
+            plan.stops.push(helios_core::plan::AllocStop {
+                alloc_id: "b1".into(),
+                desired_status: AllocDesiredStatus::Stop,
+                client_status: Some(AllocClientStatus::Lost),
+                description: "node down".into(),
+            });
+        }
+        apply_all(&db, vec![proposal("l", 9, lose)]);
+        assert_indexes_agree_with_a_scan(&db);
         let txn = db.begin_read().unwrap();
-        assert_eq!(read::node_usage(&txn).unwrap()["n1"].cpu_mhz, 100, "only b1 is left on n1");
+        assert_eq!(read::node_usage(&txn).unwrap()["n1"], NO_RESOURCES);
+        assert_eq!(read::alloc_counts(&txn, "b").unwrap(), crate::store::tables::AllocCounts { running: 0, live: 0 });
+    }
+
+    #[test]
+    fn indexes_are_rebuilt_for_data_that_predates_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), 1).unwrap();
+        apply_all(&db, vec![proposal("n", 1, Command::RegisterNode { node: node("n", 1000), evals: vec![] })]);
+        apply_all(&db, vec![proposal("j", 1, register("a", "x", "ea"))]);
+        apply_all(&db, vec![proposal("p", 2, plan("a", vec![alloc("a1", "a", "a.g[0]", "n", 300)]))]);
+        // What an older server left behind: the tables without their indexes or the marker.
+        let txn = db.begin_write().unwrap();
+        for def in [ALLOCS_BY_JOB, ALLOCS_BY_NODE, EVALS_BY_JOB, NODE_USAGE, JOB_ALLOC_COUNTS] {
+            txn.open_table(def).unwrap().retain(|_, _| false).unwrap();
+        }
+        txn.open_table(crate::store::tables::SM_META).unwrap().remove(crate::store::tables::SM_INDEXES).unwrap();
+        txn.commit().unwrap();
+        drop(db);
+
+        let db = open(dir.path(), 1).unwrap();
+        assert_indexes_agree_with_a_scan(&db);
+        let txn = db.begin_read().unwrap();
+        assert_eq!(read::node_usage(&txn).unwrap()["n"].cpu_mhz, 300);
+        assert_eq!(read::evaluations_for_job(&txn, "a").unwrap().len(), 2, "the job's and the plan's");
     }
 }

@@ -44,6 +44,36 @@ pub fn open(data_dir: &Path, node_id: u64) -> Result<Arc<Database>, OpenError> {
     let _ = std::fs::remove_file(&probe);
     let path = db_path(data_dir, node_id);
     let db = Database::create(&path).map_err(|source| OpenError::Database { path: path.clone(), source })?;
-    tables::create_all(&db).map_err(|source| OpenError::Init { path, source })?;
+    tables::create_all(&db).map_err(|source| OpenError::Init { path: path.clone(), source })?;
+    ensure_indexes(&db).map_err(|source| OpenError::Init { path, source })?;
     Ok(Arc::new(db))
+}
+
+/// Builds the indexes over allocations and evaluations if this database predates them.
+fn ensure_indexes(db: &Database) -> Result<(), redb::Error> {
+    use redb::ReadableTable;
+    use tables::{INDEXES_VERSION, SM_INDEXES, SM_META};
+    let txn = db.begin_write()?;
+    let current: Option<u32> = match txn.open_table(SM_META)?.get(SM_INDEXES)? {
+        Some(v) => Some(codec::decode(v.value()).map_err(redb::StorageError::Io)?),
+        None => None,
+    };
+    if current == Some(INDEXES_VERSION) {
+        return Ok(txn.abort()?);
+    }
+    rebuild_indexes(&txn)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Rebuilds the indexes in `txn` and records their version.
+pub fn rebuild_indexes(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    {
+        let mut state = apply::StateTables::open(txn)?;
+        state.rebuild_indexes()?;
+        state.finish()?;
+    }
+    let mut meta = txn.open_table(tables::SM_META)?;
+    meta.insert(tables::SM_INDEXES, codec::encode(&tables::INDEXES_VERSION).as_slice())?;
+    Ok(())
 }

@@ -157,13 +157,24 @@ pub fn evaluations_for_job(txn: &ReadTransaction, job_name: &str) -> io::Result<
     Ok(evals)
 }
 
-/// Up to `limit` evaluations waiting for the scheduler, oldest first (ids are time-ordered).
-pub fn pending_evaluations(txn: &ReadTransaction, limit: usize) -> io::Result<Vec<Evaluation>> {
+/// At most this many pending evaluations are looked at per call of `pending_evaluations`.
+const MAX_PENDING_SCAN: usize = 16_384;
+
+/// The oldest evaluation waiting for the scheduler of each of up to `jobs` jobs, oldest first
+/// (ids are time-ordered). A job's later evaluations are left for later: they are planned on the
+/// earlier one's result.
+pub fn pending_evaluations(txn: &ReadTransaction, jobs: usize) -> io::Result<Vec<Evaluation>> {
+    let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for row in table(txn, PENDING_EVALUATIONS)?.iter().map_err(io::Error::other)?.take(limit) {
+    for row in table(txn, PENDING_EVALUATIONS)?.iter().map_err(io::Error::other)?.take(MAX_PENDING_SCAN) {
         let (id, _) = row.map_err(io::Error::other)?;
-        if let Some(eval) = get(txn, EVALUATIONS, id.value())? {
-            out.push(eval);
+        if let Some(eval) = get::<Evaluation>(txn, EVALUATIONS, id.value())? {
+            if seen.insert(eval.job_name.clone()) {
+                out.push(eval);
+                if out.len() == jobs {
+                    break;
+                }
+            }
         }
     }
     Ok(out)

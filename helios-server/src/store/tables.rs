@@ -97,6 +97,10 @@ pub const SM_LAST_APPLIED: &str = "last_applied";
 pub const SM_MEMBERSHIP: &str = "membership";
 /// Present once a snapshot has been built or installed (the snapshot itself is the tables).
 pub const SM_HAS_SNAPSHOT: &str = "has_snapshot";
+/// The version of the indexes this database holds (`INDEXES_VERSION`); older data gets them
+/// rebuilt when the store opens.
+pub const SM_INDEXES: &str = "indexes";
+pub const INDEXES_VERSION: u32 = 1;
 
 /// Versions sort by number within a job: names cannot contain '@' (validation), and the version
 /// is zero-padded.
