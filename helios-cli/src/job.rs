@@ -5,7 +5,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use helios_api::convert::job_to_pb;
 use helios_api::pb;
 use helios_api::pb::job_service_client::JobServiceClient;
-use helios_core::{Job, JobType, Resources, RestartPolicy, TaskDriver, Timestamp};
+use helios_core::{
+    DockerConfig, ExecConfig, Job, JobType, PortMapping, Resources, RestartPolicy, TaskDriver, Timestamp,
+};
 use std::collections::BTreeMap;
 
 use crate::connect::{status_error, Servers, MAX_MESSAGE};
@@ -55,11 +57,27 @@ pub struct RunArgs {
     /// Environment variable for the task, KEY=VALUE; repeatable.
     #[arg(long = "env", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
-    /// The command to run.
-    pub command: String,
+    /// How the task runs: a process (exec) or a container (docker).
+    #[arg(long, value_enum, default_value_t = DriverArg::Exec)]
+    pub driver: DriverArg,
+    /// The container image (with --driver docker).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// A container port, NAME=PORT[:HOSTPORT] (without HOSTPORT a free one is picked and passed
+    /// to the task as HELIOS_PORT_<NAME>); repeatable, with --driver docker.
+    #[arg(short = 'p', long = "port", value_parser = PortMapping::parse)]
+    pub ports: Vec<PortMapping>,
+    /// The command to run (with docker: instead of the image's command).
+    pub command: Option<String>,
     /// Its arguments.
     #[arg(last = true)]
     pub args: Vec<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverArg {
+    Exec,
+    Docker,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -76,13 +94,32 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 }
 
 impl RunArgs {
-    pub fn to_job(&self) -> Job {
+    pub fn to_job(&self) -> anyhow::Result<Job> {
         let job_type = match self.job_type {
             TypeArg::Service => JobType::Service,
             TypeArg::Batch => JobType::Batch,
             TypeArg::System => JobType::System,
         };
-        let mut job = Job::exec(&self.name, &self.command, self.args.clone());
+        let driver = match (self.driver, &self.image, &self.command) {
+            (DriverArg::Exec, None, Some(command)) if self.ports.is_empty() => {
+                TaskDriver::Exec(ExecConfig { command: command.clone(), args: self.args.clone() })
+            }
+            (DriverArg::Exec, None, None) => anyhow::bail!("a command to run is required (or --driver docker --image)"),
+            (DriverArg::Exec, _, _) => anyhow::bail!("--image and -p need --driver docker"),
+            (DriverArg::Docker, None, _) => anyhow::bail!("--driver docker needs --image IMAGE"),
+            (DriverArg::Docker, Some(image), command) => TaskDriver::Docker(DockerConfig {
+                image: image.clone(),
+                entrypoint: Vec::new(),
+                command: command.clone(),
+                args: self.args.clone(),
+                working_dir: None,
+                labels: BTreeMap::new(),
+                ports: self.ports.clone(),
+                network_mode: None,
+                volumes: Vec::new(),
+            }),
+        };
+        let mut job = Job::exec(&self.name, "", Vec::new());
         job.job_type = job_type;
         job.priority = self.priority;
         let group = &mut job.task_groups[0];
@@ -91,7 +128,8 @@ impl RunArgs {
         let task = &mut group.tasks[0];
         task.resources = Resources { cpu_mhz: self.cpu_mhz, memory_mb: self.memory_mb };
         task.env = self.env.iter().cloned().collect::<BTreeMap<_, _>>();
-        job
+        task.driver = driver;
+        Ok(job)
     }
 }
 
@@ -107,7 +145,7 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<()> {
             // rather than hear the same problem three times from the server.
             helios_core::validate::check_name(&args.name)
                 .map_err(|p| anyhow!("invalid --name {:?}: {p}", args.name))?;
-            let request = pb::SubmitJobRequest { job: Some(job_to_pb(&args.to_job())) };
+            let request = pb::SubmitJobRequest { job: Some(job_to_pb(&args.to_job()?)) };
             let reply = jobs.submit_job(request).await.map_err(status_error)?.into_inner();
             if reply.changed {
                 println!(

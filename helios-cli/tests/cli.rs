@@ -133,6 +133,20 @@ async fn errors_are_one_line_with_documented_exit_codes() {
     let out = cli(&url, &["job", "frobnicate"]).await;
     assert_eq!(out.status.code(), Some(2));
 
+    let out = cli(&url, &["job", "run", "--name", "box", "--driver", "docker", "sh"]).await;
+    assert_eq!((out.status.code(), stderr(&out).as_str()), (Some(1), "Error: --driver docker needs --image IMAGE\n"));
+    let out = cli(&url, &["job", "run", "--name", "box", "--image", "busybox", "sh"]).await;
+    assert_eq!((out.status.code(), stderr(&out).as_str()), (Some(1), "Error: --image and -p need --driver docker\n"));
+    let out = cli(&url, &["job", "run", "--name", "box", "--driver", "docker", "--image", "b", "-p", "http=x"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("expected NAME=PORT[:HOSTPORT]"), "{}", stderr(&out));
+    // A docker job with a port, stored as given (no agent runs it here).
+    let args = ["job", "run", "--name", "box", "--driver", "docker", "--image", "busybox:1.36", "-p", "http=80"];
+    let out = cli(&url, &[&args[..], &["sh", "--", "-c", "httpd -f"]].concat()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = stdout(&cli(&url, &["job", "status", "box"]).await);
+    assert!(status.contains("busybox:1.36"), "{status}");
+
     let dead = dead_url();
     let out = cli(&dead, &["job", "list"]).await;
     assert_eq!(out.status.code(), Some(1));

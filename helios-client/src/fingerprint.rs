@@ -35,6 +35,16 @@ pub fn node(config: &ClientConfig, advertised: SocketAddr) -> pb::Node {
     }
 }
 
+/// Offers the docker driver (and says which engine) when `engine_version` is known.
+pub fn set_docker(node: &mut pb::Node, engine_version: Option<&str>) {
+    node.drivers.retain(|d| d != "docker");
+    node.attributes.remove("driver.docker.version");
+    if let Some(version) = engine_version {
+        node.drivers.push("docker".to_string());
+        node.attributes.insert("driver.docker.version".to_string(), version.to_string());
+    }
+}
+
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }

@@ -6,6 +6,7 @@
 //! rotated log files, stop with SIGTERM then SIGKILL), reporting their state in batches. Serving
 //! task logs over gRPC, restart policies and the docker driver come next.
 
+mod docker;
 mod fingerprint;
 mod identity;
 mod log_service;
@@ -85,7 +86,7 @@ pub async fn run_on(
     tokio::pin!(serve);
     let node_id = node.id.clone();
     let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
-    let runners = runner::Runners::new(&config.data_dir, reports_tx);
+    let runners = runner::Runners::new(&config.node_id, &config.data_dir, reports_tx);
     let liveness = keep_alive(&servers, node, secret.clone());
     tokio::pin!(liveness);
     let watching = watch_allocations(&servers, &node_id, &secret, runners);
@@ -188,11 +189,16 @@ async fn report_allocations(
     std::future::pending().await
 }
 
-/// Registers, then heartbeats within the TTL the servers ask for, forever. Returns only when
-/// the servers refuse this agent's identity.
-async fn keep_alive(servers: &Servers, node: pb::Node, secret: String) -> ClientError {
+/// How often the agent checks whether the docker engine answers (or stopped answering).
+const DRIVER_CHECK_EVERY: Duration = Duration::from_secs(15);
+
+/// Registers, then heartbeats within the TTL the servers ask for, forever. Registers again when
+/// the docker driver comes or goes. Returns only when the servers refuse this agent's identity.
+async fn keep_alive(servers: &Servers, mut node: pb::Node, secret: String) -> ClientError {
     let node_id = node.id.clone();
     loop {
+        let docker = docker::engine_version().await;
+        fingerprint::set_docker(&mut node, docker.as_deref());
         let ttl = match servers.register(&node, &secret).await {
             Ok(ttl) => ttl,
             Err(servers::CallError::Refused(why)) => return ClientError::Refused(why),
@@ -202,10 +208,18 @@ async fn keep_alive(servers: &Servers, node: pb::Node, secret: String) -> Client
                 continue;
             }
         };
-        tracing::info!(%node_id, ttl_ms = ttl.as_millis(), "registered");
+        tracing::info!(%node_id, ttl_ms = ttl.as_millis(), docker = ?docker, "registered");
         let mut interval = ttl / 3;
+        let mut next_driver_check = tokio::time::Instant::now() + DRIVER_CHECK_EVERY;
         loop {
             tokio::time::sleep(interval).await;
+            if tokio::time::Instant::now() >= next_driver_check {
+                next_driver_check = tokio::time::Instant::now() + DRIVER_CHECK_EVERY;
+                if docker::engine_version().await != docker {
+                    tracing::info!("the docker engine changed; registering again");
+                    break;
+                }
+            }
             match servers.heartbeat(&node_id, &secret).await {
                 Ok(ttl) => interval = ttl / 3,
                 // The servers forgot the node (or never committed it): register again.

@@ -25,6 +25,7 @@ const MAX_EVENTS: usize = 50;
 pub const DONE_MARKER: &str = "done";
 
 pub struct Runners {
+    node_id: String,
     allocs_dir: PathBuf,
     reports: Reports,
     /// Stop signals of the allocations running here.
@@ -33,27 +34,31 @@ pub struct Runners {
     finished: HashSet<String>,
     done_tx: mpsc::UnboundedSender<String>,
     done_rx: mpsc::UnboundedReceiver<String>,
+    /// Whether containers left from allocations that went away were looked for (once per start).
+    orphans_removed: bool,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
-fn event(kind: &str, message: impl Into<String>, exit_code: Option<i32>) -> pb::TaskEvent {
+pub(crate) fn event(kind: &str, message: impl Into<String>, exit_code: Option<i32>) -> pb::TaskEvent {
     pb::TaskEvent { time_ms: now_ms(), kind: kind.to_string(), message: message.into(), exit_code }
 }
 
 impl Runners {
-    pub fn new(data_dir: &Path, reports: Reports) -> Runners {
+    pub fn new(node_id: &str, data_dir: &Path, reports: Reports) -> Runners {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Runners {
+            node_id: node_id.to_string(),
             allocs_dir: data_dir.join("allocs"),
             reports,
             running: HashMap::new(),
             finished: HashSet::new(),
             done_tx,
             done_rx,
+            orphans_removed: false,
         }
     }
 
@@ -66,6 +71,10 @@ impl Runners {
         let listed: HashSet<String> =
             assigned.allocations.iter().filter_map(|a| a.allocation.as_ref().map(|al| al.id.clone())).collect();
         self.finished.retain(|id| listed.contains(id));
+        if !self.orphans_removed {
+            self.orphans_removed = true;
+            tokio::spawn(crate::docker::remove_orphans(self.node_id.clone(), listed.clone()));
+        }
         // No longer listed (the servers marked it lost, or forgot it): it must not keep running.
         for (id, stop) in &self.running {
             if !listed.contains(id) {
@@ -104,8 +113,10 @@ impl Runners {
             self.running.insert(alloc.id.clone(), stop_tx);
             let reports = self.reports.clone();
             let done = self.done_tx.clone();
+            let node_id = self.node_id.clone();
             tokio::spawn(async move {
-                run_allocation(alloc.id.clone(), job_type, group, dir, stop_rx, reports).await;
+                let owner = Owner { node_id, alloc_id: alloc.id.clone(), job_name: alloc.job_name };
+                run_allocation(owner, job_type, group, dir, stop_rx, reports).await;
                 let _ = done.send(alloc.id);
             });
         }
@@ -121,8 +132,16 @@ impl Runners {
     }
 }
 
+/// Whose a task is: what labels its container and names it in reports.
+#[derive(Clone)]
+pub(crate) struct Owner {
+    pub node_id: String,
+    pub alloc_id: String,
+    pub job_name: String,
+}
+
 async fn run_allocation(
-    alloc_id: String,
+    owner: Owner,
     job_type: JobType,
     group: TaskGroup,
     dir: PathBuf,
@@ -131,7 +150,7 @@ async fn run_allocation(
 ) {
     let report = |status: &str, description: String, states: BTreeMap<String, pb::TaskState>| {
         let _ = reports.send(pb::AllocationUpdate {
-            alloc_id: alloc_id.clone(),
+            alloc_id: owner.alloc_id.clone(),
             client_status: status.to_string(),
             client_description: description,
             task_states: states,
@@ -142,7 +161,7 @@ async fn run_allocation(
     let (progress, mut changes) = mpsc::unbounded_channel::<(String, pb::TaskState)>();
     for task in group.tasks {
         let supervisor = Supervisor {
-            alloc_id: alloc_id.clone(),
+            owner: owner.clone(),
             job_type,
             policy: group.restart.clone(),
             dir: dir.join(&task.name),
@@ -174,7 +193,7 @@ async fn run_allocation(
 /// within `interval_secs`, `delay_secs` apart; then the task fails (mode `fail`), or waits out
 /// the interval and starts over (mode `delay`).
 struct Supervisor {
-    alloc_id: String,
+    owner: Owner,
     job_type: JobType,
     policy: RestartPolicy,
     dir: PathBuf,
@@ -191,8 +210,7 @@ impl Supervisor {
         let mut window = (tokio::time::Instant::now(), 0u32);
         let _ = std::fs::remove_file(self.dir.join(DONE_MARKER));
         loop {
-            let (mut state, handle) =
-                start_task(&self.alloc_id, task.clone(), self.dir.clone(), self.stop.clone()).await;
+            let (mut state, handle) = start_task(&self.owner, task.clone(), self.dir.clone(), self.stop.clone()).await;
             let with_history = |state: &mut pb::TaskState, history: &[pb::TaskEvent], restarts: u32| {
                 let mut events = history.to_vec();
                 events.append(&mut state.events);
@@ -276,7 +294,7 @@ impl Supervisor {
     }
 }
 
-fn dead(events: Vec<pb::TaskEvent>, failed: bool) -> pb::TaskState {
+pub(crate) fn dead(events: Vec<pb::TaskEvent>, failed: bool) -> pb::TaskState {
     pb::TaskState {
         state: "dead".into(),
         failed,
@@ -287,19 +305,22 @@ fn dead(events: Vec<pb::TaskEvent>, failed: bool) -> pb::TaskState {
     }
 }
 
-type TaskHandle = tokio::task::JoinHandle<pb::TaskState>;
+pub(crate) type TaskHandle = tokio::task::JoinHandle<pb::TaskState>;
 
 /// Starts (or adopts) one task; returns its state now and, when it runs, the handle that
 /// resolves to its final state.
 async fn start_task(
-    alloc_id: &str,
+    owner: &Owner,
     task: Task,
     dir: PathBuf,
     stop: watch::Receiver<bool>,
 ) -> (pb::TaskState, Option<TaskHandle>) {
-    let TaskDriver::Exec(exec) = &task.driver else {
-        let why = "the docker driver is not available on this agent yet";
-        return (dead(vec![event("Driver Failure", why, None)], true), None);
+    let exec = match &task.driver {
+        TaskDriver::Exec(exec) => exec.clone(),
+        TaskDriver::Docker(config) => {
+            let config = config.clone();
+            return crate::docker::start_task(owner, task, config, dir, stop).await;
+        }
     };
     if let Err(e) = tokio::fs::create_dir_all(&dir).await {
         return (dead(vec![event("Setup Failure", format!("cannot create {}: {e}", dir.display()), None)], true), None);
@@ -318,7 +339,7 @@ async fn start_task(
     let mut cmd = tokio::process::Command::new(&exec.command);
     cmd.args(&exec.args)
         .envs(&task.env)
-        .env("HELIOS_ALLOC_ID", alloc_id)
+        .env("HELIOS_ALLOC_ID", &owner.alloc_id)
         .env("HELIOS_TASK_NAME", &task.name)
         .env("HELIOS_TASK_DIR", &dir)
         .current_dir(&dir)
@@ -388,7 +409,7 @@ async fn start_task(
     (initial, Some(handle))
 }
 
-fn running(events: Vec<pb::TaskEvent>) -> pb::TaskState {
+pub(crate) fn running(events: Vec<pb::TaskEvent>) -> pb::TaskState {
     pb::TaskState {
         state: "running".into(),
         failed: false,
@@ -401,7 +422,7 @@ fn running(events: Vec<pb::TaskEvent>) -> pb::TaskState {
 
 /// Resolves when the servers want the task stopped. If the agent itself is going away (the
 /// sender is gone) it never resolves: tasks outlive their agent, which adopts them on restart.
-async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stop_requested(stop: &mut watch::Receiver<bool>) {
     if stop.wait_for(|s| *s).await.is_err() {
         std::future::pending::<()>().await;
     }
@@ -459,9 +480,13 @@ async fn watch_adopted(
     state
 }
 
-/// True if any task of the allocation in `dir` has a live process.
+/// True if any task of the allocation in `dir` has a live process or a container.
 fn has_live_task(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|tasks| tasks.flatten().any(|t| live_pid(&t.path()).is_some()))
+    std::fs::read_dir(dir).is_ok_and(|tasks| {
+        tasks
+            .flatten()
+            .any(|t| live_pid(&t.path()).is_some() || t.path().join(crate::docker::CONTAINER_MARKER).exists())
+    })
 }
 
 /// The pid in the task's pid file, if that process is still the one we started (same start

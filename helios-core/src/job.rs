@@ -243,6 +243,23 @@ pub struct PortMapping {
     pub host_port: Option<u16>,
 }
 
+impl PortMapping {
+    /// Helios's `-p` syntax: `NAME=CONTAINER_PORT[:HOST_PORT]`.
+    pub fn parse(text: &str) -> Result<PortMapping, String> {
+        let bad = || format!("expected NAME=PORT[:HOSTPORT] (e.g. http=80:8080), got {text:?}");
+        let (name, ports) = text.split_once('=').ok_or_else(bad)?;
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+        let (container_port, host_port) = match ports.split_once(':') {
+            Some((c, h)) => (port(c)?, Some(port(h)?)),
+            None => (port(ports)?, None),
+        };
+        if name.is_empty() {
+            return Err(bad());
+        }
+        Ok(PortMapping { name: name.to_string(), container_port, host_port })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Resources {
     pub cpu_mhz: u32,
@@ -295,5 +312,20 @@ impl ConstraintOperator {
             "distinct_hosts" => ConstraintOperator::DistinctHosts,
             _ => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_mappings_parse_in_helios_style() {
+        let http = PortMapping::parse("http=80:8080").unwrap();
+        assert_eq!(http, PortMapping { name: "http".into(), container_port: 80, host_port: Some(8080) });
+        assert_eq!(PortMapping::parse("admin=9000").unwrap().host_port, None);
+        for bad in ["http", "=80", "http=", "http=0", "http=80:", "http=70000", "http=80:x"] {
+            assert!(PortMapping::parse(bad).is_err(), "{bad} was accepted");
+        }
     }
 }

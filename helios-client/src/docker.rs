@@ -1,0 +1,332 @@
+//! The docker driver: a task as a container, through the engine's API (bollard).
+//!
+//! A container is named after its allocation and task and labelled with them, so an agent that
+//! restarts finds it again and adopts it instead of starting a second one. The agent follows the
+//! container's output into the same log files as an exec task's (`logs.rs`), waits for it to
+//! exit, reports the exit code (and an out-of-memory kill), and removes it. A stop is the
+//! engine's stop with the task's kill timeout (SIGTERM, then SIGKILL).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use helios_api::pb;
+use helios_core::{DockerConfig, Task};
+use tokio::sync::watch;
+
+use crate::runner::{dead, event, now_ms, running, stop_requested, Owner, TaskHandle};
+
+/// Labels on every container the agent creates. The node's tells agents sharing an engine (tests,
+/// or several agents on one machine) apart.
+pub const LABEL_NODE: &str = "io.helios.node";
+pub const LABEL_ALLOC: &str = "io.helios.alloc";
+pub const LABEL_JOB: &str = "io.helios.job";
+pub const LABEL_TASK: &str = "io.helios.task";
+
+/// Written in the task's directory while its container exists: the agent has work on the node
+/// even without a process of its own.
+pub const CONTAINER_MARKER: &str = "container";
+
+/// A pull that has not finished by then fails the task: no registry may be reachable.
+const PULL_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the engine may take to answer the fingerprint.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn connect() -> Result<Docker, DockerError> {
+    // The engine may speak an older API than bollard's default.
+    Docker::connect_with_local_defaults()?.negotiate_version().await
+}
+
+/// The engine's version, if an engine answers: then this node offers the docker driver.
+pub async fn engine_version() -> Option<String> {
+    let docker = tokio::time::timeout(PING_TIMEOUT, connect()).await.ok()?.ok()?;
+    tokio::time::timeout(PING_TIMEOUT, docker.version()).await.ok()?.ok()?.version
+}
+
+pub fn container_name(alloc_id: &str, task: &str) -> String {
+    format!("helios-{alloc_id}-{task}")
+}
+
+/// Starts (or adopts) the task's container; returns its state now and, when it runs, the handle
+/// that resolves to its final state.
+pub async fn start_task(
+    who: &Owner,
+    task: Task,
+    config: DockerConfig,
+    dir: PathBuf,
+    stop: watch::Receiver<bool>,
+) -> (pb::TaskState, Option<TaskHandle>) {
+    let failure = |kind: &str, why: String| (dead(vec![event(kind, why, None)], true), None);
+    let docker = match connect().await {
+        Ok(d) => d,
+        Err(e) => return failure("Driver Failure", format!("the docker engine does not answer: {e}")),
+    };
+    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+        return failure("Setup Failure", format!("cannot create {}: {e}", dir.display()));
+    }
+    let name = container_name(&who.alloc_id, &task.name);
+    let kill_timeout = task.kill_timeout_secs;
+    match docker.inspect_container(&name, None).await {
+        Ok(found) => {
+            // From before an agent restart: follow it rather than start a second one.
+            let since = log_mtime(&dir);
+            let running_now = found.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+            let state =
+                running(vec![event("Adopted", format!("container {name} still there after an agent restart"), None)]);
+            let initial = if running_now { state.clone() } else { running(Vec::new()) };
+            let handle = tokio::spawn(supervise(docker, name, dir, kill_timeout, stop, state, since));
+            return (initial, Some(handle));
+        }
+        Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
+        Err(e) => return failure("Driver Failure", format!("cannot inspect container {name}: {e}")),
+    }
+    if *stop.borrow() {
+        return (dead(vec![event("Not Started", "stopped before it started", None)], false), None);
+    }
+    let mut events = Vec::new();
+    if let Err(why) = ensure_image(&docker, &config.image, &mut events).await {
+        events.push(event("Driver Failure", why, None));
+        return (dead(events, true), None);
+    }
+    let body = match container_body(who, &task, &config) {
+        Ok(body) => body,
+        Err(why) => {
+            events.push(event("Driver Failure", why, None));
+            return (dead(events, true), None);
+        }
+    };
+    let options = CreateContainerOptionsBuilder::default().name(&name).build();
+    if let Err(e) = docker.create_container(Some(options), body).await {
+        events.push(event("Driver Failure", format!("cannot create container from {}: {e}", config.image), None));
+        return (dead(events, true), None);
+    }
+    let _ = std::fs::write(dir.join(CONTAINER_MARKER), &name);
+    if let Err(e) = docker.start_container(&name, None).await {
+        remove(&docker, &name, &dir).await;
+        events.push(event("Driver Failure", format!("cannot start container {name}: {e}"), None));
+        return (dead(events, true), None);
+    }
+    events.push(event("Started", format!("container {name}"), None));
+    let state = running(events);
+    let handle = tokio::spawn(supervise(docker, name, dir, kill_timeout, stop, state.clone(), 0));
+    (state, Some(handle))
+}
+
+/// Uses the image if present, else pulls it (bounded by `PULL_TIMEOUT`).
+async fn ensure_image(docker: &Docker, image: &str, events: &mut Vec<pb::TaskEvent>) -> Result<(), String> {
+    if docker.inspect_image(image).await.is_ok() {
+        return Ok(());
+    }
+    events.push(event("Downloading Image", format!("pulling {image}"), None));
+    let (repo, tag) = split_image(image);
+    let options = CreateImageOptionsBuilder::default().from_image(repo).tag(tag).build();
+    let pull = async {
+        let mut progress = docker.create_image(Some(options), None, None);
+        while let Some(step) = progress.next().await {
+            step.map_err(|e| format!("cannot pull image {image}: {e}"))?;
+        }
+        Ok::<(), String>(())
+    };
+    match tokio::time::timeout(PULL_TIMEOUT, pull).await {
+        Ok(Ok(())) => {
+            events.push(event("Image Pulled", image.to_string(), None));
+            Ok(())
+        }
+        Ok(Err(why)) => Err(why),
+        Err(_) => Err(format!("pulling image {image} did not finish within {PULL_TIMEOUT:?}")),
+    }
+}
+
+/// `name[:tag]` (a registry host may carry a port: only a colon after the last '/' is a tag).
+fn split_image(image: &str) -> (&str, &str) {
+    let slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[slash..].rfind(':') {
+        Some(colon) if !image.contains('@') => (&image[..slash + colon], &image[slash + colon + 1..]),
+        _ => (image, "latest"),
+    }
+}
+
+fn container_body(who: &Owner, task: &Task, config: &DockerConfig) -> Result<ContainerCreateBody, String> {
+    let mut env: Vec<String> = task.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.push(format!("HELIOS_ALLOC_ID={}", who.alloc_id));
+    env.push(format!("HELIOS_TASK_NAME={}", task.name));
+    let mut exposed = Vec::new();
+    let mut bindings = HashMap::new();
+    for port in &config.ports {
+        let host_port = match port.host_port {
+            Some(p) => p,
+            None => free_port().map_err(|e| format!("cannot pick a host port for {}: {e}", port.name))?,
+        };
+        let key = format!("{}/tcp", port.container_port);
+        exposed.push(key.clone());
+        bindings.insert(key, Some(vec![PortBinding { host_ip: None, host_port: Some(host_port.to_string()) }]));
+        env.push(format!("HELIOS_PORT_{}={host_port}", port.name));
+    }
+    let mut labels: HashMap<String, String> = config.labels.clone().into_iter().collect();
+    labels.insert(LABEL_NODE.to_string(), who.node_id.clone());
+    labels.insert(LABEL_ALLOC.to_string(), who.alloc_id.clone());
+    labels.insert(LABEL_JOB.to_string(), who.job_name.clone());
+    labels.insert(LABEL_TASK.to_string(), task.name.clone());
+    let mut cmd: Vec<String> = config.command.iter().cloned().collect();
+    cmd.extend(config.args.iter().cloned());
+    let memory = i64::from(task.resources.memory_mb) * 1024 * 1024;
+    Ok(ContainerCreateBody {
+        image: Some(config.image.clone()),
+        cmd: (!cmd.is_empty()).then_some(cmd),
+        entrypoint: (!config.entrypoint.is_empty()).then(|| config.entrypoint.clone()),
+        env: Some(env),
+        working_dir: config.working_dir.clone(),
+        labels: Some(labels),
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
+        host_config: Some(HostConfig {
+            // A hard limit: no swap beyond it.
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            cpu_shares: Some(i64::from(task.resources.cpu_mhz)),
+            port_bindings: (!bindings.is_empty()).then_some(bindings),
+            binds: (!config.volumes.is_empty()).then(|| config.volumes.clone()),
+            network_mode: config.network_mode.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// A free TCP port on this host, for a port mapping without one.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("0.0.0.0:0")?.local_addr()?.port())
+}
+
+/// Seconds since the epoch of the newest log write, to resume following without repeating
+/// everything (0: from the start).
+fn log_mtime(dir: &Path) -> i32 {
+    ["stdout", "stderr"]
+        .iter()
+        .filter_map(|s| std::fs::metadata(crate::logs::log_path(dir, s)).and_then(|m| m.modified()).ok())
+        .max()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(0))
+}
+
+/// Follows the container until it exits (stopping it when asked), then reports how it ended and
+/// removes it.
+async fn supervise(
+    docker: Docker,
+    name: String,
+    dir: PathBuf,
+    kill_timeout_secs: u32,
+    mut stop: watch::Receiver<bool>,
+    mut state: pb::TaskState,
+    since: i32,
+) -> pb::TaskState {
+    let logs = tokio::spawn(copy_logs(docker.clone(), name.clone(), dir.clone(), since));
+    let mut wait = docker.wait_container(&name, None);
+    let stopped_by_us = tokio::select! {
+        _ = wait.next() => false,
+        () = stop_requested(&mut stop) => {
+            state.events.push(event("Killing", format!("stopping with a {kill_timeout_secs} s timeout"), None));
+            let t = i32::try_from(kill_timeout_secs).unwrap_or(i32::MAX);
+            let options = StopContainerOptionsBuilder::default().t(t).build();
+            if let Err(e) = docker.stop_container(&name, Some(options)).await {
+                tracing::warn!(container = %name, error = %e, "stopping the container failed");
+            }
+            let _ = wait.next().await;
+            true
+        }
+    };
+    // The log stream ends with the container; give it a moment to deliver the last lines.
+    let _ = tokio::time::timeout(Duration::from_secs(5), logs).await;
+    let inspected = docker.inspect_container(&name, None).await.ok();
+    let ended = inspected.and_then(|c| c.state);
+    let code = ended.as_ref().and_then(|s| s.exit_code).map(|c| i32::try_from(c).unwrap_or(i32::MAX));
+    if ended.as_ref().and_then(|s| s.oom_killed).unwrap_or(false) {
+        state.events.push(event("OOM Killed", "the container exceeded its memory limit", code));
+    }
+    let message = code.map_or_else(|| "exited (exit code unknown)".to_string(), |c| format!("exit code {c}"));
+    state.events.push(event("Terminated", message, code));
+    remove(&docker, &name, &dir).await;
+    state.state = "dead".into();
+    state.finished_at_ms = Some(now_ms());
+    state.failed = !stopped_by_us && code != Some(0);
+    state
+}
+
+/// Appends the container's stdout and stderr to the task's log files until the container stops,
+/// rotating them as the exec driver's are.
+async fn copy_logs(docker: Docker, name: String, dir: PathBuf, since: i32) {
+    let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).since(since).build();
+    let (Ok(mut out), Ok(mut err)) =
+        (crate::logs::open_for_task(&dir, "stdout"), crate::logs::open_for_task(&dir, "stderr"))
+    else {
+        tracing::warn!(dir = %dir.display(), "cannot open the task's log files");
+        return;
+    };
+    let mut stream = docker.logs(&name, Some(options));
+    let mut last_rotation = tokio::time::Instant::now();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let written = match chunk {
+            bollard::container::LogOutput::StdErr { message } => err.write_all(&message),
+            other => out.write_all(&other.into_bytes()),
+        };
+        if let Err(e) = written {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot write the task's log");
+        }
+        if last_rotation.elapsed() > Duration::from_secs(2) {
+            last_rotation = tokio::time::Instant::now();
+            if let Err(e) = crate::logs::rotate_if_large(&dir) {
+                tracing::warn!(error = %e, dir = %dir.display(), "log rotation failed");
+            }
+        }
+    }
+}
+
+async fn remove(docker: &Docker, name: &str, dir: &Path) {
+    let options = RemoveContainerOptionsBuilder::default().force(true).build();
+    match docker.remove_container(name, Some(options)).await {
+        Ok(()) | Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {
+            let _ = std::fs::remove_file(dir.join(CONTAINER_MARKER));
+        }
+        Err(e) => tracing::warn!(container = %name, error = %e, "removing the container failed"),
+    }
+}
+
+/// Stops and removes this node's containers whose allocation is no longer assigned here (they
+/// belonged to work that went away while the agent was down).
+pub async fn remove_orphans(node_id: String, keep: HashSet<String>) {
+    let Ok(docker) = connect().await else { return };
+    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_NODE}={node_id}")])]);
+    let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+    let Ok(containers) = docker.list_containers(Some(options)).await else { return };
+    for container in containers {
+        let alloc = container.labels.as_ref().and_then(|l| l.get(LABEL_ALLOC)).cloned().unwrap_or_default();
+        if keep.contains(&alloc) {
+            continue;
+        }
+        let Some(id) = container.id else { continue };
+        tracing::info!(container = %id, alloc = %alloc, "removing a container whose allocation is gone");
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        let _ = docker.remove_container(&id, Some(options)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names_split_into_repository_and_tag() {
+        assert_eq!(split_image("busybox"), ("busybox", "latest"));
+        assert_eq!(split_image("busybox:1.36"), ("busybox", "1.36"));
+        assert_eq!(split_image("registry:5000/team/app"), ("registry:5000/team/app", "latest"));
+        assert_eq!(split_image("registry:5000/team/app:v2"), ("registry:5000/team/app", "v2"));
+    }
+}

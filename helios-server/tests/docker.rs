@@ -1,0 +1,248 @@
+//! The docker driver against the machine's real Docker engine. No registry is reachable, so each
+//! test builds its own tiny image (`FROM scratch` with a static busybox) and removes it, and every
+//! container it makes. Without an engine the tests print a notice and pass, unless
+//! `HELIOS_REQUIRE_DOCKER=1` (CI), where they fail.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use common::{start_agent, wait_for, TestCluster};
+use futures::StreamExt;
+use helios_api::pb;
+use helios_core::{DockerConfig, Job, JobType, PortMapping, TaskDriver};
+
+const JOB_LABEL: &str = "io.helios.job";
+
+/// The engine, or None (with a notice) when there is none and none is required.
+async fn engine() -> Option<Docker> {
+    let found = match Docker::connect_with_local_defaults() {
+        Ok(d) => match d.negotiate_version().await {
+            Ok(d) => d.version().await.map(|_| d).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    match found {
+        Ok(docker) => Some(docker),
+        Err(e) if std::env::var("HELIOS_REQUIRE_DOCKER").as_deref() == Ok("1") => {
+            panic!("HELIOS_REQUIRE_DOCKER=1 but no Docker engine answers: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping a Docker test: no Docker engine answers ({e})");
+            None
+        }
+    }
+}
+
+/// A local image holding only a static busybox (and links to the applets the tests use). Removed
+/// on drop, with every container of the test's jobs.
+struct Sandbox {
+    docker: Docker,
+    image: String,
+    jobs: Vec<String>,
+}
+
+impl Sandbox {
+    async fn new(docker: Docker, name: &str, jobs: &[&str]) -> Sandbox {
+        let image = format!("helios-test-{name}:{}", std::process::id());
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("a static busybox (apt-get install busybox-static)");
+        let mut context = tar::Builder::new(Vec::new());
+        let dockerfile = b"FROM scratch\nCOPY rootfs/ /\n";
+        append_file(&mut context, "Dockerfile", dockerfile, 0o644);
+        append_file(&mut context, "rootfs/bin/busybox", &std::fs::read(busybox).expect("read busybox"), 0o755);
+        for applet in ["sh", "echo", "sleep", "head", "tr", "cat", "env"] {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            header.set_mode(0o777);
+            context.append_link(&mut header, format!("rootfs/bin/{applet}"), "busybox").expect("link");
+        }
+        let context = context.into_inner().expect("tar");
+        let options = BuildImageOptionsBuilder::default().t(&image).rm(true).build();
+        {
+            let mut build = docker.build_image(options, None, Some(bollard::body_full(bytes::Bytes::from(context))));
+            while let Some(step) = build.next().await {
+                step.expect("building the test image");
+            }
+        }
+        Sandbox { docker, image, jobs: jobs.iter().map(|j| j.to_string()).collect() }
+    }
+
+    /// The containers of `job`, running or not.
+    async fn containers(&self, job: &str) -> Vec<bollard::models::ContainerSummary> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{JOB_LABEL}={job}")])]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        self.docker.list_containers(Some(options)).await.expect("list containers")
+    }
+}
+
+fn append_file(context: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(mode);
+    context.append_data(&mut header, path, data).expect("tar entry");
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let (docker, image, jobs) = (self.docker.clone(), self.image.clone(), self.jobs.clone());
+        // Drop cannot await: clean up on a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async {
+                for job in jobs {
+                    let filters = HashMap::from([("label".to_string(), vec![format!("{JOB_LABEL}={job}")])]);
+                    let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+                    for c in docker.list_containers(Some(options)).await.unwrap_or_default() {
+                        let force = RemoveContainerOptionsBuilder::default().force(true).build();
+                        let _ = docker.remove_container(&c.id.unwrap_or_default(), Some(force)).await;
+                    }
+                }
+                let _ = docker.remove_image(&image, None::<bollard::query_parameters::RemoveImageOptions>, None).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+fn docker_job(name: &str, image: &str, job_type: JobType, command: &str) -> Job {
+    let mut job = Job::exec(name, "", Vec::new());
+    job.job_type = job_type;
+    let group = &mut job.task_groups[0];
+    group.restart.attempts = 0;
+    let task = &mut group.tasks[0];
+    task.resources.memory_mb = 64;
+    task.kill_timeout_secs = 1;
+    task.driver = TaskDriver::Docker(DockerConfig {
+        image: image.to_string(),
+        entrypoint: Vec::new(),
+        command: Some("sh".into()),
+        args: vec!["-c".into(), command.into()],
+        working_dir: None,
+        labels: Default::default(),
+        ports: Vec::new(),
+        network_mode: None,
+        volumes: Vec::new(),
+    });
+    job
+}
+
+async fn wait_alloc(cluster: &TestCluster, job: &str, status: &str) -> pb::Allocation {
+    wait_for(&format!("an allocation of {job} to be {status}"), || async {
+        cluster.job_status(1, job).await.allocations.into_iter().find(|a| a.client_status == status)
+    })
+    .await
+}
+
+fn kinds(alloc: &pb::Allocation, task: &str) -> Vec<String> {
+    alloc.task_states[task].events.iter().map(|e| e.kind.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_container_logs_its_output_and_reports_its_exit_code_and_an_out_of_memory_kill() {
+    let Some(docker) = engine().await else { return };
+    let sandbox = Sandbox::new(docker, "exit", &["talker", "hog"]).await;
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = start_agent(&cluster, "docker-exit", dir.path()).await;
+    let node = common::wait_status(&cluster, 1, "docker-exit", "ready").await;
+    assert!(node.drivers.contains(&"docker".to_string()), "{:?}", node.drivers);
+    assert!(node.attributes.contains_key("driver.docker.version"));
+
+    let talker =
+        docker_job("talker", &sandbox.image, JobType::Batch, "echo hello from a container; echo oops >&2; exit 3");
+    cluster.submit_job(1, &talker).await;
+    let failed = wait_alloc(&cluster, "talker", "failed").await;
+    let task = &failed.task_states["talker"];
+    let exit = task.events.iter().find(|e| e.kind == "Terminated").expect("terminated");
+    assert_eq!(exit.exit_code, Some(3));
+    let task_dir = dir.path().join("allocs").join(&failed.id).join("talker");
+    assert_eq!(std::fs::read_to_string(task_dir.join("stdout.log")).expect("stdout"), "hello from a container\n");
+    assert_eq!(std::fs::read_to_string(task_dir.join("stderr.log")).expect("stderr"), "oops\n");
+    wait_for("the container removed", || async { sandbox.containers("talker").await.is_empty().then_some(()) }).await;
+
+    // 64 MB of memory, a shell that wants far more: killed by the kernel, and reported so.
+    let hog = docker_job(
+        "hog",
+        &sandbox.image,
+        JobType::Batch,
+        "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived",
+    );
+    cluster.submit_job(1, &hog).await;
+    let killed = wait_alloc(&cluster, "hog", "failed").await;
+    assert!(kinds(&killed, "hog").contains(&"OOM Killed".to_string()), "{:?}", kinds(&killed, "hog"));
+    agent.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unknown_image_fails_the_task_with_a_clear_event() {
+    let Some(_docker) = engine().await else { return };
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = start_agent(&cluster, "docker-ghost", dir.path()).await;
+    let job = docker_job("ghost", "helios-test-no-such-image:never", JobType::Batch, "true");
+    cluster.submit_job(1, &job).await;
+    let failed = wait_alloc(&cluster, "ghost", "failed").await;
+    let failure = failed.task_states["ghost"].events.iter().find(|e| e.kind == "Driver Failure").expect("failure");
+    assert!(failure.message.contains("cannot pull image helios-test-no-such-image:never"), "{}", failure.message);
+    agent.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with_its_job() {
+    let Some(docker) = engine().await else { return };
+    let sandbox = Sandbox::new(docker.clone(), "service", &["web"]).await;
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = start_agent(&cluster, "docker-web", dir.path()).await;
+    let mut job = docker_job("web", &sandbox.image, JobType::Service, "echo port $HELIOS_PORT_http; sleep 600");
+    if let TaskDriver::Docker(config) = &mut job.task_groups[0].tasks[0].driver {
+        config.ports.push(PortMapping { name: "http".into(), container_port: 80, host_port: None });
+    }
+    cluster.submit_job(1, &job).await;
+    let running = wait_alloc(&cluster, "web", "running").await;
+    let containers = sandbox.containers("web").await;
+    assert_eq!(containers.len(), 1);
+    let id = containers[0].id.clone().expect("id");
+    let inspected = docker.inspect_container(&id, None).await.expect("inspect");
+    let bindings = inspected.host_config.and_then(|h| h.port_bindings).expect("port bindings");
+    let host_port = bindings["80/tcp"].as_ref().expect("80/tcp")[0].host_port.clone().expect("host port");
+    let log = dir.path().join("allocs").join(&running.id).join("web").join("stdout.log");
+    wait_for("the task to log its port", || async {
+        (std::fs::read_to_string(&log).ok()? == format!("port {host_port}\n")).then_some(())
+    })
+    .await;
+
+    // The agent restarts: the container keeps running and is adopted, not started again.
+    agent.stop().await;
+    let agent = start_agent(&cluster, "docker-web", dir.path()).await;
+    wait_for("the container adopted", || async {
+        let alloc = wait_alloc(&cluster, "web", "running").await;
+        kinds(&alloc, "web").contains(&"Adopted".to_string()).then_some(())
+    })
+    .await;
+    let after = sandbox.containers("web").await;
+    assert_eq!(after.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![Some(id)], "the same single container");
+
+    // Stopping the job stops the container (sleep as pid 1 ignores SIGTERM: killed after 1 s).
+    cluster.jobs(1).await.stop_job(pb::StopJobRequest { name: "web".into(), purge: false }).await.expect("stop");
+    let stopped = wait_alloc(&cluster, "web", "complete").await;
+    assert!(kinds(&stopped, "web").contains(&"Killing".to_string()), "{:?}", kinds(&stopped, "web"));
+    wait_for("the container removed", || async { sandbox.containers("web").await.is_empty().then_some(()) }).await;
+    agent.stop().await;
+    cluster.shutdown().await;
+}
