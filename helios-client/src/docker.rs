@@ -97,8 +97,8 @@ pub async fn start_task(
         events.push(event("Driver Failure", why, None));
         return (dead(events, true), None);
     }
-    let body = match container_body(who, &task, &config) {
-        Ok(body) => body,
+    let (body, ports) = match container_body(who, &task, &config) {
+        Ok(made) => made,
         Err(why) => {
             events.push(event("Driver Failure", why, None));
             return (dead(events, true), None);
@@ -115,7 +115,8 @@ pub async fn start_task(
         events.push(event("Driver Failure", format!("cannot start container {name}: {e}"), None));
         return (dead(events, true), None);
     }
-    events.push(event("Started", format!("container {name}"), None));
+    let ports = if ports.is_empty() { String::new() } else { format!("; ports {}", ports.join(", ")) };
+    events.push(event("Started", format!("container {name}{ports}"), None));
     let state = running(events);
     let handle = tokio::spawn(supervise(docker, name, dir, kill_timeout, stop, state.clone(), 0));
     (state, Some(handle))
@@ -155,12 +156,19 @@ fn split_image(image: &str) -> (&str, &str) {
     }
 }
 
-fn container_body(who: &Owner, task: &Task, config: &DockerConfig) -> Result<ContainerCreateBody, String> {
+/// The container to create, and its port mappings as `name=host->container` (for the task's
+/// events: a picked host port is known only here).
+fn container_body(
+    who: &Owner,
+    task: &Task,
+    config: &DockerConfig,
+) -> Result<(ContainerCreateBody, Vec<String>), String> {
     let mut env: Vec<String> = task.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.push(format!("HELIOS_ALLOC_ID={}", who.alloc_id));
     env.push(format!("HELIOS_TASK_NAME={}", task.name));
     let mut exposed = Vec::new();
     let mut bindings = HashMap::new();
+    let mut mapped = Vec::new();
     for port in &config.ports {
         let host_port = match port.host_port {
             Some(p) => p,
@@ -170,6 +178,7 @@ fn container_body(who: &Owner, task: &Task, config: &DockerConfig) -> Result<Con
         exposed.push(key.clone());
         bindings.insert(key, Some(vec![PortBinding { host_ip: None, host_port: Some(host_port.to_string()) }]));
         env.push(format!("HELIOS_PORT_{}={host_port}", port.name));
+        mapped.push(format!("{}={host_port}->{}", port.name, port.container_port));
     }
     let mut labels: HashMap<String, String> = config.labels.clone().into_iter().collect();
     labels.insert(LABEL_NODE.to_string(), who.node_id.clone());
@@ -179,7 +188,7 @@ fn container_body(who: &Owner, task: &Task, config: &DockerConfig) -> Result<Con
     let mut cmd: Vec<String> = config.command.iter().cloned().collect();
     cmd.extend(config.args.iter().cloned());
     let memory = i64::from(task.resources.memory_mb) * 1024 * 1024;
-    Ok(ContainerCreateBody {
+    let body = ContainerCreateBody {
         image: Some(config.image.clone()),
         cmd: (!cmd.is_empty()).then_some(cmd),
         entrypoint: (!config.entrypoint.is_empty()).then(|| config.entrypoint.clone()),
@@ -198,7 +207,8 @@ fn container_body(who: &Owner, task: &Task, config: &DockerConfig) -> Result<Con
             ..Default::default()
         }),
         ..Default::default()
-    })
+    };
+    Ok((body, mapped))
 }
 
 /// A free TCP port on this host, for a port mapping without one.

@@ -18,6 +18,7 @@ use helios_api::pb;
 use helios_core::{DockerConfig, Job, JobType, PortMapping, TaskDriver};
 
 const JOB_LABEL: &str = "io.helios.job";
+const NODE_LABEL: &str = "io.helios.node";
 
 /// The engine, or None (with a notice) when there is none and none is required.
 async fn engine() -> Option<Docker> {
@@ -45,11 +46,13 @@ async fn engine() -> Option<Docker> {
 struct Sandbox {
     docker: Docker,
     image: String,
+    /// The test's node: its containers carry it, unlike anything else on this engine.
+    node: String,
     jobs: Vec<String>,
 }
 
 impl Sandbox {
-    async fn new(docker: Docker, name: &str, jobs: &[&str]) -> Sandbox {
+    async fn new(docker: Docker, name: &str, node: &str, jobs: &[&str]) -> Sandbox {
         let image = format!("helios-test-{name}:{}", std::process::id());
         let busybox = ["/bin/busybox", "/usr/bin/busybox"]
             .into_iter()
@@ -74,12 +77,13 @@ impl Sandbox {
                 step.expect("building the test image");
             }
         }
-        Sandbox { docker, image, jobs: jobs.iter().map(|j| j.to_string()).collect() }
+        Sandbox { docker, image, node: node.to_string(), jobs: jobs.iter().map(|j| j.to_string()).collect() }
     }
 
     /// The containers of `job`, running or not.
     async fn containers(&self, job: &str) -> Vec<bollard::models::ContainerSummary> {
-        let filters = HashMap::from([("label".to_string(), vec![format!("{JOB_LABEL}={job}")])]);
+        let labels = vec![format!("{JOB_LABEL}={job}"), format!("{NODE_LABEL}={}", self.node)];
+        let filters = HashMap::from([("label".to_string(), labels)]);
         let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
         self.docker.list_containers(Some(options)).await.expect("list containers")
     }
@@ -94,13 +98,15 @@ fn append_file(context: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mod
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        let (docker, image, jobs) = (self.docker.clone(), self.image.clone(), self.jobs.clone());
+        let (docker, image, jobs, node) =
+            (self.docker.clone(), self.image.clone(), self.jobs.clone(), self.node.clone());
         // Drop cannot await: clean up on a runtime of its own.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             runtime.block_on(async {
                 for job in jobs {
-                    let filters = HashMap::from([("label".to_string(), vec![format!("{JOB_LABEL}={job}")])]);
+                    let labels = vec![format!("{JOB_LABEL}={job}"), format!("{NODE_LABEL}={node}")];
+                    let filters = HashMap::from([("label".to_string(), labels)]);
                     let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
                     for c in docker.list_containers(Some(options)).await.unwrap_or_default() {
                         let force = RemoveContainerOptionsBuilder::default().force(true).build();
@@ -143,6 +149,16 @@ async fn wait_alloc(cluster: &TestCluster, job: &str, status: &str) -> pb::Alloc
     .await
 }
 
+/// Stops a job (the scheduler replaces failed batch allocations, so a failing job keeps
+/// starting containers) and waits until the agent has removed every container of it.
+async fn stop_and_clear(cluster: &TestCluster, sandbox: &Sandbox, job: &str) {
+    cluster.jobs(1).await.stop_job(pb::StopJobRequest { name: job.into(), purge: false }).await.expect("stop");
+    wait_for(&format!("{job}'s containers removed"), || async {
+        sandbox.containers(job).await.is_empty().then_some(())
+    })
+    .await;
+}
+
 fn kinds(alloc: &pb::Allocation, task: &str) -> Vec<String> {
     alloc.task_states[task].events.iter().map(|e| e.kind.clone()).collect()
 }
@@ -150,7 +166,7 @@ fn kinds(alloc: &pb::Allocation, task: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_container_logs_its_output_and_reports_its_exit_code_and_an_out_of_memory_kill() {
     let Some(docker) = engine().await else { return };
-    let sandbox = Sandbox::new(docker, "exit", &["talker", "hog"]).await;
+    let sandbox = Sandbox::new(docker, "exit", "docker-exit", &["talker", "hog"]).await;
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -169,7 +185,13 @@ async fn a_container_logs_its_output_and_reports_its_exit_code_and_an_out_of_mem
     let task_dir = dir.path().join("allocs").join(&failed.id).join("talker");
     assert_eq!(std::fs::read_to_string(task_dir.join("stdout.log")).expect("stdout"), "hello from a container\n");
     assert_eq!(std::fs::read_to_string(task_dir.join("stderr.log")).expect("stderr"), "oops\n");
-    wait_for("the container removed", || async { sandbox.containers("talker").await.is_empty().then_some(()) }).await;
+    wait_for("the container removed", || async {
+        let left = sandbox.containers("talker").await;
+        // Only the failed allocation's: the scheduler may already run a replacement.
+        (!left.iter().any(|c| c.labels.as_ref().is_some_and(|l| l.get("io.helios.alloc") == Some(&failed.id))))
+            .then_some(())
+    })
+    .await;
 
     // 64 MB of memory, a shell that wants far more: killed by the kernel, and reported so.
     let hog = docker_job(
@@ -181,6 +203,8 @@ async fn a_container_logs_its_output_and_reports_its_exit_code_and_an_out_of_mem
     cluster.submit_job(1, &hog).await;
     let killed = wait_alloc(&cluster, "hog", "failed").await;
     assert!(kinds(&killed, "hog").contains(&"OOM Killed".to_string()), "{:?}", kinds(&killed, "hog"));
+    stop_and_clear(&cluster, &sandbox, "talker").await;
+    stop_and_clear(&cluster, &sandbox, "hog").await;
     agent.stop().await;
     cluster.shutdown().await;
 }
@@ -204,7 +228,7 @@ async fn an_unknown_image_fails_the_task_with_a_clear_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with_its_job() {
     let Some(docker) = engine().await else { return };
-    let sandbox = Sandbox::new(docker.clone(), "service", &["web"]).await;
+    let sandbox = Sandbox::new(docker.clone(), "service", "docker-web", &["web"]).await;
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -221,6 +245,8 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
     let inspected = docker.inspect_container(&id, None).await.expect("inspect");
     let bindings = inspected.host_config.and_then(|h| h.port_bindings).expect("port bindings");
     let host_port = bindings["80/tcp"].as_ref().expect("80/tcp")[0].host_port.clone().expect("host port");
+    let started = running.task_states["web"].events.iter().find(|e| e.kind == "Started").expect("started");
+    assert!(started.message.ends_with(&format!("; ports http={host_port}->80")), "{}", started.message);
     let log = dir.path().join("allocs").join(&running.id).join("web").join("stdout.log");
     wait_for("the task to log its port", || async {
         (std::fs::read_to_string(&log).ok()? == format!("port {host_port}\n")).then_some(())

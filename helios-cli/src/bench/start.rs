@@ -1,9 +1,12 @@
-//! `helios-cli bench start`: submit -> process started, against the cluster's real agents.
+//! `helios-cli bench start`: submit -> process (or container) started, against the cluster's real
+//! agents.
 //!
-//! Each worker submits a one-task exec batch job (`true`) and polls its allocation until the
-//! task's `started_at` is set; the latency is that time minus the time just before the submit.
-//! Both clocks are this machine's (run it against a local cluster), in milliseconds. The jobs
-//! are purged at the end.
+//! Each worker submits a batch job of `--count` one-task allocations running `true` (a process,
+//! or a container of `--image` with `--driver docker`) and polls until every allocation's task
+//! has its `started_at`; each latency is that time minus the time just before the submit. Both
+//! clocks are this machine's (run it against a local cluster), in milliseconds. With `--node`
+//! the job runs on that node only: `--jobs 1 --count 100 --node 1` measures how many tasks one
+//! agent starts per second. The jobs are purged at the end.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -13,12 +16,12 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use helios_api::convert::job_to_pb;
 use helios_api::pb;
-use helios_core::Job;
+use helios_core::{Constraint, ConstraintOperator, DockerConfig, Job, Resources, TaskDriver};
 use tonic::transport::Channel;
 
 use super::{histogram, now_ms, record, summary};
 use crate::connect::Servers;
-use crate::job::client;
+use crate::job::{client, DriverArg};
 
 #[derive(Args, Debug)]
 pub struct StartArgs {
@@ -28,15 +31,27 @@ pub struct StartArgs {
     /// Jobs in flight at once.
     #[arg(long, default_value_t = 1)]
     concurrency: u32,
+    /// Allocations per job.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    #[arg(long, value_enum, default_value_t = DriverArg::Exec)]
+    driver: DriverArg,
+    /// The image for --driver docker (local: no registry is needed); it must have `true`.
+    #[arg(long)]
+    image: Option<String>,
+    /// Run every job on this node only.
+    #[arg(long)]
+    node: Option<String>,
 }
 
 /// A task that has not started this long after its submit counts as a failure of the run.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn run(servers: &Servers, args: StartArgs) -> Result<()> {
-    if args.jobs == 0 || args.concurrency == 0 {
-        bail!("--jobs and --concurrency must be > 0");
+    if args.jobs == 0 || args.concurrency == 0 || args.count == 0 {
+        bail!("--jobs, --concurrency and --count must be > 0");
     }
+    let template = template_job(&args)?;
     let prefix = format!("start-{}", std::process::id());
     let channel = servers.connect().await?;
     let next = Arc::new(AtomicU32::new(0));
@@ -44,6 +59,7 @@ pub async fn run(servers: &Servers, args: StartArgs) -> Result<()> {
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..args.concurrency {
         let (channel, next, prefix, jobs) = (channel.clone(), next.clone(), prefix.clone(), args.jobs);
+        let template = template.clone();
         workers.spawn(async move {
             let mut latencies = histogram();
             loop {
@@ -51,8 +67,11 @@ pub async fn run(servers: &Servers, args: StartArgs) -> Result<()> {
                 if i >= jobs {
                     return Ok::<_, anyhow::Error>(latencies);
                 }
-                let latency = submit_and_wait(channel.clone(), &format!("{prefix}-{i}")).await?;
-                record(&mut latencies, latency);
+                let mut job = template.clone();
+                job.name = format!("{prefix}-{i}");
+                for latency in submit_and_wait(channel.clone(), job).await? {
+                    record(&mut latencies, latency);
+                }
             }
         });
     }
@@ -74,18 +93,54 @@ pub async fn run(servers: &Servers, args: StartArgs) -> Result<()> {
     if let Some(e) = failure {
         return Err(e);
     }
+    let what = if args.driver == DriverArg::Docker { "container" } else { "process" };
     println!(
-        "{} jobs, concurrency {}, in {:.2}s: submit -> process started {}",
-        all.len(),
+        "{} jobs x {} allocations, concurrency {}, in {:.2}s ({:.1} tasks started/s): submit -> {what} started {}",
+        args.jobs,
+        args.count,
         args.concurrency,
         elapsed.as_secs_f64(),
+        all.len() as f64 / elapsed.as_secs_f64(),
         summary(&all)
     );
     Ok(())
 }
 
-async fn submit_and_wait(channel: Channel, name: &str) -> Result<Duration> {
-    let job = Job::exec(name, "true", Vec::new());
+/// The job every worker submits (under its own name).
+fn template_job(args: &StartArgs) -> Result<Job> {
+    let mut job = Job::exec("template", "true", Vec::new());
+    let group = &mut job.task_groups[0];
+    group.count = args.count;
+    // Small tasks, so that `--count` of them fit one node.
+    group.tasks[0].resources = Resources { cpu_mhz: 10, memory_mb: 16 };
+    if args.driver == DriverArg::Docker {
+        let Some(image) = &args.image else { bail!("--driver docker needs --image IMAGE") };
+        group.tasks[0].driver = TaskDriver::Docker(DockerConfig {
+            image: image.clone(),
+            entrypoint: Vec::new(),
+            command: Some("true".to_string()),
+            args: Vec::new(),
+            working_dir: None,
+            labels: Default::default(),
+            ports: Vec::new(),
+            network_mode: None,
+            volumes: Vec::new(),
+        });
+    }
+    if let Some(node) = &args.node {
+        job.constraints.push(Constraint {
+            attribute: "node.id".to_string(),
+            operator: ConstraintOperator::Equal,
+            value: node.clone(),
+        });
+    }
+    Ok(job)
+}
+
+/// Submits `job` and waits until every allocation's task has started: their latencies.
+async fn submit_and_wait(channel: Channel, job: Job) -> Result<Vec<Duration>> {
+    let name = job.name.clone();
+    let count = usize::try_from(job.task_groups[0].count).unwrap_or(usize::MAX);
     let submitted_ms = now_ms();
     client(channel.clone())
         .submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) })
@@ -94,15 +149,21 @@ async fn submit_and_wait(channel: Channel, name: &str) -> Result<Duration> {
     let mut allocs = crate::alloc::client(channel);
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        let request = pb::ListAllocationsRequest { job_name: Some(name.to_string()), node_id: None };
+        let request = pb::ListAllocationsRequest { job_name: Some(name.clone()), node_id: None };
         let listed = allocs.list_allocations(request).await.context("listing allocations")?.into_inner();
-        let started =
-            listed.allocations.iter().flat_map(|a| a.task_states.values()).filter_map(|t| t.started_at_ms).min();
-        if let Some(started_ms) = started {
-            return Ok(Duration::from_millis(started_ms.saturating_sub(submitted_ms)));
+        let started: Vec<u64> = listed
+            .allocations
+            .iter()
+            .filter_map(|a| a.task_states.values().filter_map(|t| t.started_at_ms).min())
+            .collect();
+        if started.len() >= count {
+            return Ok(started.iter().map(|ms| Duration::from_millis(ms.saturating_sub(submitted_ms))).collect());
         }
         if Instant::now() > deadline {
-            bail!("job {name}'s task did not start within {START_TIMEOUT:?}; are agents running?");
+            bail!(
+                "only {} of job {name}'s {count} tasks started within {START_TIMEOUT:?}; are agents running?",
+                started.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
