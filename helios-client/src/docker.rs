@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -76,6 +76,10 @@ pub async fn start_task(
     let name = container_name(&who.alloc_id, &task.name);
     let kill_timeout = task.kill_timeout_secs;
     match docker.inspect_container(&name, None).await {
+        // Created but never started (an agent died between the two): start afresh.
+        Ok(found) if found.state.as_ref().and_then(|s| s.status) == Some(ContainerStateStatusEnum::CREATED) => {
+            remove(&docker, &name, &dir).await;
+        }
         Ok(found) => {
             // From before an agent restart: follow it rather than start a second one.
             let since = log_mtime(&dir);
@@ -255,10 +259,13 @@ async fn supervise(
     };
     // The log stream ends with the container; give it a moment to deliver the last lines.
     let _ = tokio::time::timeout(Duration::from_secs(5), logs).await;
-    let inspected = docker.inspect_container(&name, None).await.ok();
-    let ended = inspected.and_then(|c| c.state);
-    let code = ended.as_ref().and_then(|s| s.exit_code).map(|c| i32::try_from(c).unwrap_or(i32::MAX));
-    if ended.as_ref().and_then(|s| s.oom_killed).unwrap_or(false) {
+    if stop.has_changed().is_err() {
+        // The agent that started this is gone (an in-process restart): the container is the
+        // next agent's to adopt, report and remove.
+        return state;
+    }
+    let (code, oom_killed) = how_it_ended(&docker, &name, stopped_by_us).await;
+    if oom_killed {
         state.events.push(event("OOM Killed", "the container exceeded its memory limit", code));
     }
     let message = code.map_or_else(|| "exited (exit code unknown)".to_string(), |c| format!("exit code {c}"));
@@ -268,6 +275,23 @@ async fn supervise(
     state.finished_at_ms = Some(now_ms());
     state.failed = !stopped_by_us && code != Some(0);
     state
+}
+
+/// The container's exit code, and whether the kernel killed it for memory. The engine can mark
+/// an out-of-memory kill a moment after it reports the exit, so a SIGKILL we did not send
+/// (137) is looked at again for up to a second.
+async fn how_it_ended(docker: &Docker, name: &str, stopped_by_us: bool) -> (Option<i32>, bool) {
+    let mut looks = 0;
+    loop {
+        let ended = docker.inspect_container(name, None).await.ok().and_then(|c| c.state);
+        let code = ended.as_ref().and_then(|s| s.exit_code).map(|c| i32::try_from(c).unwrap_or(i32::MAX));
+        let oom = ended.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
+        looks += 1;
+        if oom || stopped_by_us || code != Some(137) || looks > 10 {
+            return (code, oom);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Appends the container's stdout and stderr to the task's log files until the container stops,

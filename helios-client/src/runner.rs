@@ -36,6 +36,9 @@ pub struct Runners {
     done_rx: mpsc::UnboundedReceiver<String>,
     /// Whether containers left from allocations that went away were looked for (once per start).
     orphans_removed: bool,
+    /// The allocation runners. Dropped with the agent, which aborts them: a stopping agent must
+    /// not start anything more (its tasks themselves keep running, for the next agent to adopt).
+    tasks: tokio::task::JoinSet<()>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -59,11 +62,13 @@ impl Runners {
             done_tx,
             done_rx,
             orphans_removed: false,
+            tasks: tokio::task::JoinSet::new(),
         }
     }
 
     /// Brings what runs here in line with what the servers assigned.
     pub fn sync(&mut self, assigned: pb::AssignedAllocations) {
+        while self.tasks.try_join_next().is_some() {}
         while let Ok(id) = self.done_rx.try_recv() {
             self.running.remove(&id);
             self.finished.insert(id);
@@ -114,7 +119,7 @@ impl Runners {
             let reports = self.reports.clone();
             let done = self.done_tx.clone();
             let node_id = self.node_id.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let owner = Owner { node_id, alloc_id: alloc.id.clone(), job_name: alloc.job_name };
                 run_allocation(owner, job_type, group, dir, stop_rx, reports).await;
                 let _ = done.send(alloc.id);
@@ -159,6 +164,8 @@ async fn run_allocation(
     // Each task has a supervisor (restarts per the group's policy) that sends every state
     // change here; the allocation's report combines them.
     let (progress, mut changes) = mpsc::unbounded_channel::<(String, pb::TaskState)>();
+    // Aborted with this runner (see `Runners::tasks`).
+    let mut supervisors = tokio::task::JoinSet::new();
     for task in group.tasks {
         let supervisor = Supervisor {
             owner: owner.clone(),
@@ -168,7 +175,7 @@ async fn run_allocation(
             stop: stop.clone(),
             progress: progress.clone(),
         };
-        tokio::spawn(supervisor.run(task));
+        supervisors.spawn(supervisor.run(task));
     }
     drop(progress);
     let mut states = BTreeMap::new();

@@ -150,11 +150,14 @@ async fn wait_alloc(cluster: &TestCluster, job: &str, status: &str) -> pb::Alloc
 }
 
 /// Stops a job (the scheduler replaces failed batch allocations, so a failing job keeps
-/// starting containers) and waits until the agent has removed every container of it.
+/// starting containers) and waits until every allocation of it has finished, so no agent is
+/// still creating a container for it, and every container of it is removed.
 async fn stop_and_clear(cluster: &TestCluster, sandbox: &Sandbox, job: &str) {
     cluster.jobs(1).await.stop_job(pb::StopJobRequest { name: job.into(), purge: false }).await.expect("stop");
-    wait_for(&format!("{job}'s containers removed"), || async {
-        sandbox.containers(job).await.is_empty().then_some(())
+    wait_for(&format!("{job}'s allocations finished and containers removed"), || async {
+        let allocs = cluster.job_status(1, job).await.allocations;
+        let finished = allocs.iter().all(|a| matches!(a.client_status.as_str(), "complete" | "failed" | "lost"));
+        (finished && sandbox.containers(job).await.is_empty()).then_some(())
     })
     .await;
 }
@@ -269,6 +272,78 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
     let stopped = wait_alloc(&cluster, "web", "complete").await;
     assert!(kinds(&stopped, "web").contains(&"Killing".to_string()), "{:?}", kinds(&stopped, "web"));
     wait_for("the container removed", || async { sandbox.containers("web").await.is_empty().then_some(()) }).await;
+    agent.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn containers_of_gone_allocations_are_removed_and_binds_mount_host_paths() {
+    let Some(docker) = engine().await else { return };
+    let sandbox = Sandbox::new(docker.clone(), "orphan", "docker-orphan", &["orphan", "writer"]).await;
+    // A container this node's agent made for an allocation the servers no longer know.
+    let labels = HashMap::from([
+        (NODE_LABEL.to_string(), "docker-orphan".to_string()),
+        ("io.helios.alloc".to_string(), "gone".to_string()),
+        (JOB_LABEL.to_string(), "orphan".to_string()),
+    ]);
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(sandbox.image.clone()),
+        cmd: Some(vec!["sleep".into(), "600".into()]),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let created = docker.create_container(None, body).await.expect("create the orphan");
+    docker.start_container(&created.id, None).await.expect("start the orphan");
+
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = start_agent(&cluster, "docker-orphan", dir.path()).await;
+    wait_for("the orphan removed", || async { sandbox.containers("orphan").await.is_empty().then_some(()) }).await;
+
+    let shared = tempfile::tempdir().expect("shared dir");
+    let mut job = docker_job("writer", &sandbox.image, JobType::Batch, "echo written > /data/out");
+    if let TaskDriver::Docker(config) = &mut job.task_groups[0].tasks[0].driver {
+        config.volumes.push(format!("{}:/data", shared.path().display()));
+    }
+    cluster.submit_job(1, &job).await;
+    wait_alloc(&cluster, "writer", "complete").await;
+    assert_eq!(std::fs::read_to_string(shared.path().join("out")).expect("out"), "written\n");
+    agent.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_container_that_exits_while_its_agent_is_down_is_reported_after_the_restart() {
+    let Some(docker) = engine().await else { return };
+    let sandbox = Sandbox::new(docker.clone(), "offline", "docker-offline", &["brief"]).await;
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = start_agent(&cluster, "docker-offline", dir.path()).await;
+    // Runs until the test lets it finish, then fails with 4.
+    let gate = tempfile::tempdir().expect("gate dir");
+    let mut job =
+        docker_job("brief", &sandbox.image, JobType::Batch, "until [ -e /gate/open ]; do sleep 0.1; done; exit 4");
+    if let TaskDriver::Docker(config) = &mut job.task_groups[0].tasks[0].driver {
+        config.volumes.push(format!("{}:/gate", gate.path().display()));
+    }
+    cluster.submit_job(1, &job).await;
+    let running = wait_alloc(&cluster, "brief", "running").await;
+
+    agent.stop().await;
+    std::fs::write(gate.path().join("open"), b"").expect("open the gate");
+    wait_for("the container to exit", || async {
+        let c = sandbox.containers("brief").await;
+        c.first().is_some_and(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::EXITED)).then_some(())
+    })
+    .await;
+    let agent = start_agent(&cluster, "docker-offline", dir.path()).await;
+    let failed = wait_alloc(&cluster, "brief", "failed").await;
+    assert_eq!(failed.id, running.id);
+    let exit = failed.task_states["brief"].events.iter().find(|e| e.kind == "Terminated").expect("terminated");
+    assert_eq!(exit.exit_code, Some(4));
+    stop_and_clear(&cluster, &sandbox, "brief").await;
     agent.stop().await;
     cluster.shutdown().await;
 }
