@@ -6,7 +6,7 @@
 //! exit, reports the exit code (and an out-of-memory kill), and removes it. A stop is the
 //! engine's stop with the task's kill timeout (SIGTERM, then SIGKILL).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,12 +58,16 @@ pub fn container_name(alloc_id: &str, task: &str) -> String {
 
 /// Starts (or adopts) the task's container; returns its state now and, when it runs, the handle
 /// that resolves to its final state.
+/// Called with each event that happens before the task starts (a long image pull).
+pub type OnEvent = dyn Fn(pb::TaskEvent) + Send + Sync;
+
 pub async fn start_task(
     who: &Owner,
     task: Task,
     config: DockerConfig,
     dir: PathBuf,
     stop: watch::Receiver<bool>,
+    on_event: &OnEvent,
 ) -> (pb::TaskState, Option<TaskHandle>) {
     let failure = |kind: &str, why: String| (dead(vec![event(kind, why, None)], true), None);
     let docker = match connect().await {
@@ -97,7 +101,7 @@ pub async fn start_task(
         return (dead(vec![event("Not Started", "stopped before it started", None)], false), None);
     }
     let mut events = Vec::new();
-    if let Err(why) = ensure_image(&docker, &config.image, &mut events).await {
+    if let Err(why) = ensure_image(&docker, &config.image, &mut events, on_event).await {
         events.push(event("Driver Failure", why, None));
         return (dead(events, true), None);
     }
@@ -126,18 +130,32 @@ pub async fn start_task(
     (state, Some(handle))
 }
 
-/// Uses the image if present, else pulls it (bounded by `PULL_TIMEOUT`).
-async fn ensure_image(docker: &Docker, image: &str, events: &mut Vec<pb::TaskEvent>) -> Result<(), String> {
+/// Uses the image if present, else pulls it (bounded by `PULL_TIMEOUT`), telling `on_event`
+/// how the pull goes (the task is pending meanwhile).
+async fn ensure_image(
+    docker: &Docker,
+    image: &str,
+    events: &mut Vec<pb::TaskEvent>,
+    on_event: &OnEvent,
+) -> Result<(), String> {
     if docker.inspect_image(image).await.is_ok() {
         return Ok(());
     }
-    events.push(event("Downloading Image", format!("pulling {image}"), None));
+    let started = event("Downloading Image", format!("pulling {image}"), None);
+    on_event(started.clone());
+    events.push(started);
     let (repo, tag) = split_image(image);
     let options = CreateImageOptionsBuilder::default().from_image(repo).tag(tag).build();
     let pull = async {
-        let mut progress = docker.create_image(Some(options), None, None);
-        while let Some(step) = progress.next().await {
-            step.map_err(|e| format!("cannot pull image {image}: {e}"))?;
+        let mut steps = docker.create_image(Some(options), None, None);
+        let mut progress = PullProgress::default();
+        while let Some(step) = steps.next().await {
+            let step = step.map_err(|e| format!("cannot pull image {image}: {e}"))?;
+            if let Some(message) = progress.observe(&step) {
+                let e = event("Downloading Image", message, None);
+                on_event(e.clone());
+                events.push(e);
+            }
         }
         Ok::<(), String>(())
     };
@@ -148,6 +166,37 @@ async fn ensure_image(docker: &Docker, image: &str, events: &mut Vec<pb::TaskEve
         }
         Ok(Err(why)) => Err(why),
         Err(_) => Err(format!("pulling image {image} did not finish within {PULL_TIMEOUT:?}")),
+    }
+}
+
+/// Reports a pull's progress as layers complete: "3 of 5 layers pulled (41.2 of 80.0 MB)".
+#[derive(Default)]
+struct PullProgress {
+    /// Layer id -> (bytes so far, total bytes, done).
+    layers: BTreeMap<String, (i64, i64, bool)>,
+}
+
+impl PullProgress {
+    /// Takes one step of the engine's pull stream; returns a message when a layer completed.
+    fn observe(&mut self, step: &bollard::models::CreateImageInfo) -> Option<String> {
+        let id = step.id.clone()?;
+        let status = step.status.as_deref().unwrap_or_default();
+        let layer = self.layers.entry(id).or_insert((0, 0, false));
+        if let Some(detail) = &step.progress_detail {
+            if status == "Downloading" {
+                layer.0 = detail.current.unwrap_or(layer.0);
+                layer.1 = detail.total.unwrap_or(layer.1);
+            }
+        }
+        if status != "Pull complete" || layer.2 {
+            return None;
+        }
+        layer.2 = true;
+        layer.0 = layer.1;
+        let done = self.layers.values().filter(|l| l.2).count();
+        let mb = |bytes: i64| bytes as f64 / 1_000_000.0;
+        let (current, total) = self.layers.values().fold((0, 0), |(c, t), l| (c + l.0, t + l.1));
+        Some(format!("{done} of {} layers pulled ({:.1} of {:.1} MB)", self.layers.len(), mb(current), mb(total)))
     }
 }
 
@@ -355,6 +404,28 @@ pub async fn remove_orphans(node_id: String, keep: HashSet<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn step(id: &str, status: &str, current: i64, total: i64) -> bollard::models::CreateImageInfo {
+        bollard::models::CreateImageInfo {
+            id: Some(id.into()),
+            status: Some(status.into()),
+            progress_detail: Some(bollard::models::ProgressDetail { current: Some(current), total: Some(total) }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_pull_reports_each_completed_layer_with_the_bytes_so_far() {
+        let mut p = PullProgress::default();
+        assert_eq!(p.observe(&step("a", "Pulling fs layer", 0, 0)), None);
+        assert_eq!(p.observe(&step("b", "Downloading", 1_000_000, 4_000_000)), None);
+        assert_eq!(p.observe(&step("a", "Downloading", 500_000, 2_000_000)), None);
+        let first = p.observe(&step("a", "Pull complete", 0, 0));
+        assert_eq!(first.as_deref(), Some("1 of 2 layers pulled (3.0 of 6.0 MB)"));
+        assert_eq!(p.observe(&step("a", "Pull complete", 0, 0)), None, "reported once");
+        let second = p.observe(&step("b", "Pull complete", 0, 0));
+        assert_eq!(second.as_deref(), Some("2 of 2 layers pulled (6.0 of 6.0 MB)"));
+    }
 
     #[test]
     fn image_names_split_into_repository_and_tag() {

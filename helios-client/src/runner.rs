@@ -181,8 +181,10 @@ async fn run_allocation(
     let mut states = BTreeMap::new();
     while let Some((name, state)) = changes.recv().await {
         states.insert(name, state);
-        if states.values().any(|s| s.state != "dead") {
+        if states.values().any(|s| s.state == "running") {
             report("running", "tasks running".to_string(), states.clone());
+        } else if states.values().any(|s| s.state == "pending") {
+            report("pending", "tasks starting".to_string(), states.clone());
         }
     }
     let stopped = *stop.borrow();
@@ -217,7 +219,16 @@ impl Supervisor {
         let mut window = (tokio::time::Instant::now(), 0u32);
         let _ = std::fs::remove_file(self.dir.join(DONE_MARKER));
         loop {
-            let (mut state, handle) = start_task(&self.owner, task.clone(), self.dir.clone(), self.stop.clone()).await;
+            // Events before the task runs (an image pull) are reported as they happen.
+            let early = std::sync::Mutex::new(history.clone());
+            let (progress, name_now) = (self.progress.clone(), name.clone());
+            let on_event = move |e: pb::TaskEvent| {
+                let mut events = early.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                events.push(e);
+                let _ = progress.send((name_now.clone(), pending(events.clone(), restarts)));
+            };
+            let (mut state, handle) =
+                start_task(&self.owner, task.clone(), self.dir.clone(), self.stop.clone(), &on_event).await;
             let with_history = |state: &mut pb::TaskState, history: &[pb::TaskEvent], restarts: u32| {
                 let mut events = history.to_vec();
                 events.append(&mut state.events);
@@ -321,12 +332,13 @@ async fn start_task(
     task: Task,
     dir: PathBuf,
     stop: watch::Receiver<bool>,
+    on_event: &crate::docker::OnEvent,
 ) -> (pb::TaskState, Option<TaskHandle>) {
     let exec = match &task.driver {
         TaskDriver::Exec(exec) => exec.clone(),
         TaskDriver::Docker(config) => {
             let config = config.clone();
-            return crate::docker::start_task(owner, task, config, dir, stop).await;
+            return crate::docker::start_task(owner, task, config, dir, stop, on_event).await;
         }
     };
     if let Err(e) = tokio::fs::create_dir_all(&dir).await {
@@ -414,6 +426,17 @@ async fn start_task(
         state
     });
     (initial, Some(handle))
+}
+
+fn pending(events: Vec<pb::TaskEvent>, restarts: u32) -> pb::TaskState {
+    pb::TaskState {
+        state: "pending".into(),
+        failed: false,
+        restarts,
+        started_at_ms: None,
+        finished_at_ms: None,
+        events,
+    }
 }
 
 pub(crate) fn running(events: Vec<pb::TaskEvent>) -> pb::TaskState {

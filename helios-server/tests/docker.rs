@@ -224,6 +224,8 @@ async fn an_unknown_image_fails_the_task_with_a_clear_event() {
     let failed = wait_alloc(&cluster, "ghost", "failed").await;
     let failure = failed.task_states["ghost"].events.iter().find(|e| e.kind == "Driver Failure").expect("failure");
     assert!(failure.message.contains("cannot pull image helios-test-no-such-image:never"), "{}", failure.message);
+    let events = kinds(&failed, "ghost");
+    assert_eq!(events[..2], ["Received", "Downloading Image"], "{events:?}");
     agent.stop().await;
     cluster.shutdown().await;
 }
