@@ -39,7 +39,7 @@ pub const CONTAINER_MARKER: &str = "container";
 /// A pull that has not finished by then fails the task: no registry may be reachable.
 const PULL_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the engine may take to answer the fingerprint.
-const PING_TIMEOUT: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn connect() -> Result<Docker, DockerError> {
     // The engine may speak an older API than bollard's default.
@@ -88,8 +88,9 @@ pub async fn start_task(
             // From before an agent restart: follow it rather than start a second one.
             let since = log_mtime(&dir);
             let running_now = found.state.as_ref().and_then(|s| s.running).unwrap_or(false);
-            let state =
-                running(vec![event("Adopted", format!("container {name} still there after an agent restart"), None)]);
+            let ports = found.host_config.and_then(|h| h.port_bindings).map(describe_bindings).unwrap_or_default();
+            let message = format!("container {name} still there after an agent restart{ports}");
+            let state = running(vec![event("Adopted", message, None)]);
             let initial = if running_now { state.clone() } else { running(Vec::new()) };
             let handle = tokio::spawn(supervise(docker, name, dir, kill_timeout, stop, state, since));
             return (initial, Some(handle));
@@ -101,7 +102,16 @@ pub async fn start_task(
         return (dead(vec![event("Not Started", "stopped before it started", None)], false), None);
     }
     let mut events = Vec::new();
-    if let Err(why) = ensure_image(&docker, &config.image, &mut events, on_event).await {
+    let mut stop_watch = stop.clone();
+    let pulled = tokio::select! {
+        pulled = ensure_image(&docker, &config.image, &mut events, on_event) => pulled,
+        () = stop_requested(&mut stop_watch) => Err(String::new()),
+    };
+    if *stop.borrow() {
+        events.push(event("Not Started", "stopped before it started", None));
+        return (dead(events, false), None);
+    }
+    if let Err(why) = pulled {
         events.push(event("Driver Failure", why, None));
         return (dead(events, true), None);
     }
@@ -253,7 +263,8 @@ fn container_body(
             // A hard limit: no swap beyond it.
             memory: Some(memory),
             memory_swap: Some(memory),
-            cpu_shares: Some(i64::from(task.resources.cpu_mhz)),
+            // The engine's range is 2..=262144.
+            cpu_shares: Some(i64::from(task.resources.cpu_mhz).clamp(2, 262_144)),
             port_bindings: (!bindings.is_empty()).then_some(bindings),
             binds: (!config.volumes.is_empty()).then(|| config.volumes.clone()),
             network_mode: config.network_mode.clone(),
@@ -262,6 +273,23 @@ fn container_body(
         ..Default::default()
     };
     Ok((body, mapped))
+}
+
+/// `; ports 80/tcp->8080, ...` for an adopted container (its port names are not stored on it).
+fn describe_bindings(bindings: bollard::models::PortMap) -> String {
+    let mut mapped: Vec<String> = bindings
+        .into_iter()
+        .filter_map(|(container, hosts)| {
+            let host = hosts?.into_iter().find_map(|b| b.host_port)?;
+            Some(format!("{host}->{container}"))
+        })
+        .collect();
+    mapped.sort();
+    if mapped.is_empty() {
+        String::new()
+    } else {
+        format!("; ports {}", mapped.join(", "))
+    }
 }
 
 /// A free TCP port on this host, for a port mapping without one.
@@ -292,9 +320,8 @@ async fn supervise(
     since: i32,
 ) -> pb::TaskState {
     let logs = tokio::spawn(copy_logs(docker.clone(), name.clone(), dir.clone(), since));
-    let mut wait = docker.wait_container(&name, None);
     let stopped_by_us = tokio::select! {
-        _ = wait.next() => false,
+        () = wait_for_exit(&docker, &name) => false,
         () = stop_requested(&mut stop) => {
             state.events.push(event("Killing", format!("stopping with a {kill_timeout_secs} s timeout"), None));
             let t = i32::try_from(kill_timeout_secs).unwrap_or(i32::MAX);
@@ -302,7 +329,7 @@ async fn supervise(
             if let Err(e) = docker.stop_container(&name, Some(options)).await {
                 tracing::warn!(container = %name, error = %e, "stopping the container failed");
             }
-            let _ = wait.next().await;
+            wait_for_exit(&docker, &name).await;
             true
         }
     };
@@ -324,6 +351,24 @@ async fn supervise(
     state.finished_at_ms = Some(now_ms());
     state.failed = !stopped_by_us && code != Some(0);
     state
+}
+
+/// Returns once the container has exited (or is gone). A wait that ends any other way (the
+/// engine restarted, the socket dropped) is not an exit: look, and wait again.
+async fn wait_for_exit(docker: &Docker, name: &str) {
+    loop {
+        match docker.wait_container(name, None).next().await {
+            Some(Ok(_) | Err(DockerError::DockerContainerWaitError { .. })) => return,
+            other => {
+                tracing::warn!(container = %name, result = ?other, "waiting for the container was interrupted");
+                match docker.inspect_container(name, None).await {
+                    Ok(c) if !c.state.as_ref().and_then(|s| s.running).unwrap_or(false) => return,
+                    Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => return,
+                    _ => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+        }
+    }
 }
 
 /// The container's exit code, and whether the kernel killed it for memory. The engine can mark

@@ -189,6 +189,15 @@ async fn report_allocations(
     std::future::pending().await
 }
 
+/// Aborts a background task when its owner goes away.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How often the agent checks whether the docker engine answers (or stopped answering).
 const DRIVER_CHECK_EVERY: Duration = Duration::from_secs(15);
 
@@ -196,8 +205,17 @@ const DRIVER_CHECK_EVERY: Duration = Duration::from_secs(15);
 /// the docker driver comes or goes. Returns only when the servers refuse this agent's identity.
 async fn keep_alive(servers: &Servers, mut node: pb::Node, secret: String) -> ClientError {
     let node_id = node.id.clone();
+    // Checked off the heartbeat path: an engine that hangs must not delay heartbeats.
+    let (docker_tx, mut docker_rx) = tokio::sync::watch::channel(docker::engine_version().await);
+    let _checker = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(DRIVER_CHECK_EVERY).await;
+            let now = docker::engine_version().await;
+            docker_tx.send_if_modified(|known| std::mem::replace(known, now.clone()) != now);
+        }
+    }));
     loop {
-        let docker = docker::engine_version().await;
+        let docker = docker_rx.borrow_and_update().clone();
         fingerprint::set_docker(&mut node, docker.as_deref());
         let ttl = match servers.register(&node, &secret).await {
             Ok(ttl) => ttl,
@@ -210,15 +228,11 @@ async fn keep_alive(servers: &Servers, mut node: pb::Node, secret: String) -> Cl
         };
         tracing::info!(%node_id, ttl_ms = ttl.as_millis(), docker = ?docker, "registered");
         let mut interval = ttl / 3;
-        let mut next_driver_check = tokio::time::Instant::now() + DRIVER_CHECK_EVERY;
         loop {
             tokio::time::sleep(interval).await;
-            if tokio::time::Instant::now() >= next_driver_check {
-                next_driver_check = tokio::time::Instant::now() + DRIVER_CHECK_EVERY;
-                if docker::engine_version().await != docker {
-                    tracing::info!("the docker engine changed; registering again");
-                    break;
-                }
+            if docker_rx.has_changed().unwrap_or(false) {
+                tracing::info!("the docker engine changed; registering again");
+                break;
             }
             match servers.heartbeat(&node_id, &secret).await {
                 Ok(ttl) => interval = ttl / 3,

@@ -219,11 +219,16 @@ async fn an_unknown_image_fails_the_task_with_a_clear_event() {
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let agent = start_agent(&cluster, "docker-ghost", dir.path()).await;
-    let job = docker_job("ghost", "helios-test-no-such-image:never", JobType::Batch, "true");
+    // A registry address nothing listens on: the pull fails at once, without leaving the machine.
+    let job = docker_job("ghost", "127.0.0.1:1/helios-test-no-such-image:never", JobType::Batch, "true");
     cluster.submit_job(1, &job).await;
     let failed = wait_alloc(&cluster, "ghost", "failed").await;
     let failure = failed.task_states["ghost"].events.iter().find(|e| e.kind == "Driver Failure").expect("failure");
-    assert!(failure.message.contains("cannot pull image helios-test-no-such-image:never"), "{}", failure.message);
+    assert!(
+        failure.message.contains("cannot pull image 127.0.0.1:1/helios-test-no-such-image:never"),
+        "{}",
+        failure.message
+    );
     let events = kinds(&failed, "ghost");
     assert_eq!(events[..2], ["Received", "Downloading Image"], "{events:?}");
     agent.stop().await;
@@ -261,11 +266,13 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
     // The agent restarts: the container keeps running and is adopted, not started again.
     agent.stop().await;
     let agent = start_agent(&cluster, "docker-web", dir.path()).await;
-    wait_for("the container adopted", || async {
+    let adopted = wait_for("the container adopted", || async {
         let alloc = wait_alloc(&cluster, "web", "running").await;
-        kinds(&alloc, "web").contains(&"Adopted".to_string()).then_some(())
+        alloc.task_states["web"].events.iter().find(|e| e.kind == "Adopted").cloned()
     })
     .await;
+    // The picked host port stays visible in alloc status.
+    assert!(adopted.message.ends_with(&format!("; ports {host_port}->80/tcp")), "{}", adopted.message);
     let after = sandbox.containers("web").await;
     assert_eq!(after.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![Some(id)], "the same single container");
 

@@ -66,12 +66,15 @@ impl AgentService for Agents {
                         continue;
                     };
                     let id = node_id.clone();
-                    let read = cluster
-                        .read_local(move |txn| {
-                            let message = sent.next_message(txn, &id, &changed)?;
-                            Ok((sent, message))
-                        })
-                        .await;
+                    // The whole set is a current read: from a lagging server it could miss an
+                    // allocation, and the agent would stop that allocation's tasks. Changes
+                    // after it come from this server's own, ever newer, state.
+                    let first = !sent.started();
+                    let query = move |txn: &redb::ReadTransaction| {
+                        let message = sent.next_message(txn, &id, &changed)?;
+                        Ok((sent, message))
+                    };
+                    let read = if first { cluster.read(query).await } else { cluster.read_local(query).await };
                     match read {
                         Ok((next, Some(message))) => {
                             return Some((Ok(message), (cluster, node_id, Some(next), signal, None)))

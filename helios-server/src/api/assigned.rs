@@ -23,6 +23,11 @@ pub struct SentAllocations {
 }
 
 impl SentAllocations {
+    /// Whether the whole set was sent already.
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
     /// The next message for `node_id`'s stream, or None when nothing changed since the last one.
     /// `changes` says which allocations to look at; the first message reads them all anyway.
     pub fn next_message(
