@@ -41,15 +41,32 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the engine may take to answer the fingerprint.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub async fn connect() -> Result<Docker, DockerError> {
-    // The engine may speak an older API than bollard's default.
-    Docker::connect_with_local_defaults()?.negotiate_version().await
-}
+/// Where the engine listens: `unix:///path`, `tcp://host:port` or `http://host:port`; None for
+/// `DOCKER_HOST` or the local default socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoint(pub Option<String>);
 
-/// The engine's version, if an engine answers: then this node offers the docker driver.
-pub async fn engine_version() -> Option<String> {
-    let docker = tokio::time::timeout(PING_TIMEOUT, connect()).await.ok()?.ok()?;
-    tokio::time::timeout(PING_TIMEOUT, docker.version()).await.ok()?.ok()?.version
+/// Seconds bollard waits for an engine request (a container wait is a long request of its own).
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+
+impl Endpoint {
+    pub async fn connect(&self) -> Result<Docker, DockerError> {
+        let docker = match self.0.as_deref() {
+            None => Docker::connect_with_local_defaults()?,
+            Some(unix) if unix.starts_with("unix://") || unix.starts_with('/') => {
+                Docker::connect_with_unix(unix, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)?
+            }
+            Some(http) => Docker::connect_with_http(http, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)?,
+        };
+        // The engine may speak an older API than bollard's default.
+        docker.negotiate_version().await
+    }
+
+    /// The engine's version, if an engine answers: then this node offers the docker driver.
+    pub async fn engine_version(&self) -> Option<String> {
+        let docker = tokio::time::timeout(PING_TIMEOUT, self.connect()).await.ok()?.ok()?;
+        tokio::time::timeout(PING_TIMEOUT, docker.version()).await.ok()?.ok()?.version
+    }
 }
 
 pub fn container_name(alloc_id: &str, task: &str) -> String {
@@ -70,7 +87,7 @@ pub async fn start_task(
     on_event: &OnEvent,
 ) -> (pb::TaskState, Option<TaskHandle>) {
     let failure = |kind: &str, why: String| (dead(vec![event(kind, why, None)], true), None);
-    let docker = match connect().await {
+    let docker = match who.docker.connect().await {
         Ok(d) => d,
         Err(e) => return failure("Driver Failure", format!("the docker engine does not answer: {e}")),
     };
@@ -429,8 +446,8 @@ async fn remove(docker: &Docker, name: &str, dir: &Path) {
 
 /// Stops and removes this node's containers whose allocation is no longer assigned here (they
 /// belonged to work that went away while the agent was down).
-pub async fn remove_orphans(node_id: String, keep: HashSet<String>) {
-    let Ok(docker) = connect().await else { return };
+pub async fn remove_orphans(endpoint: Endpoint, node_id: String, keep: HashSet<String>) {
+    let Ok(docker) = endpoint.connect().await else { return };
     let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_NODE}={node_id}")])]);
     let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
     let Ok(containers) = docker.list_containers(Some(options)).await else { return };

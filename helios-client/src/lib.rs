@@ -39,6 +39,9 @@ pub struct ClientConfig {
     /// Override the fingerprinted capacity.
     pub cpu_mhz: Option<u32>,
     pub memory_mb: Option<u32>,
+    /// The Docker engine's address (`unix:///path`, `tcp://host:port`); None: `DOCKER_HOST`, or
+    /// the local default socket.
+    pub docker_endpoint: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,8 +89,13 @@ pub async fn run_on(
     tokio::pin!(serve);
     let node_id = node.id.clone();
     let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
-    let runners = runner::Runners::new(&config.node_id, &config.data_dir, reports_tx);
-    let liveness = keep_alive(&servers, node, secret.clone());
+    let runners = runner::Runners::new(
+        &config.node_id,
+        docker::Endpoint(config.docker_endpoint.clone()),
+        &config.data_dir,
+        reports_tx,
+    );
+    let liveness = keep_alive(&servers, node, secret.clone(), docker::Endpoint(config.docker_endpoint.clone()));
     tokio::pin!(liveness);
     let watching = watch_allocations(&servers, &node_id, &secret, runners);
     tokio::pin!(watching);
@@ -203,14 +211,14 @@ const DRIVER_CHECK_EVERY: Duration = Duration::from_secs(15);
 
 /// Registers, then heartbeats within the TTL the servers ask for, forever. Registers again when
 /// the docker driver comes or goes. Returns only when the servers refuse this agent's identity.
-async fn keep_alive(servers: &Servers, mut node: pb::Node, secret: String) -> ClientError {
+async fn keep_alive(servers: &Servers, mut node: pb::Node, secret: String, engine: docker::Endpoint) -> ClientError {
     let node_id = node.id.clone();
     // Checked off the heartbeat path: an engine that hangs must not delay heartbeats.
-    let (docker_tx, mut docker_rx) = tokio::sync::watch::channel(docker::engine_version().await);
+    let (docker_tx, mut docker_rx) = tokio::sync::watch::channel(engine.engine_version().await);
     let _checker = AbortOnDrop(tokio::spawn(async move {
         loop {
             tokio::time::sleep(DRIVER_CHECK_EVERY).await;
-            let now = docker::engine_version().await;
+            let now = engine.engine_version().await;
             docker_tx.send_if_modified(|known| std::mem::replace(known, now.clone()) != now);
         }
     }));

@@ -36,6 +36,10 @@ struct Args {
     /// Advertise this much memory (MB) instead of what the machine has.
     #[arg(long)]
     memory_mb: Option<u32>,
+    /// The Docker engine to run docker tasks with: unix:///PATH or tcp://HOST:PORT. Default:
+    /// DOCKER_HOST, or the local socket. Without an engine the node offers only exec.
+    #[arg(long)]
+    docker_endpoint: Option<String>,
 }
 
 fn parse_meta(text: &str) -> Result<(String, String), String> {
@@ -59,6 +63,7 @@ async fn main() -> ExitCode {
         meta: args.meta.into_iter().collect::<BTreeMap<_, _>>(),
         cpu_mhz: args.cpu_mhz,
         memory_mb: args.memory_mb,
+        docker_endpoint: args.docker_endpoint,
     };
     let shutdown = async {
         // SIGTERM (service managers, `kill`) or Ctrl-C: stop heartbeating and exit.

@@ -26,6 +26,7 @@ pub const DONE_MARKER: &str = "done";
 
 pub struct Runners {
     node_id: String,
+    docker: crate::docker::Endpoint,
     allocs_dir: PathBuf,
     reports: Reports,
     /// Stop signals of the allocations running here.
@@ -51,10 +52,11 @@ pub(crate) fn event(kind: &str, message: impl Into<String>, exit_code: Option<i3
 }
 
 impl Runners {
-    pub fn new(node_id: &str, data_dir: &Path, reports: Reports) -> Runners {
+    pub fn new(node_id: &str, docker: crate::docker::Endpoint, data_dir: &Path, reports: Reports) -> Runners {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Runners {
             node_id: node_id.to_string(),
+            docker,
             allocs_dir: data_dir.join("allocs"),
             reports,
             running: HashMap::new(),
@@ -78,7 +80,7 @@ impl Runners {
         self.finished.retain(|id| listed.contains(id));
         if !self.orphans_removed {
             self.orphans_removed = true;
-            tokio::spawn(crate::docker::remove_orphans(self.node_id.clone(), listed.clone()));
+            tokio::spawn(crate::docker::remove_orphans(self.docker.clone(), self.node_id.clone(), listed.clone()));
         }
         // No longer listed (the servers marked it lost, or forgot it): it must not keep running.
         for (id, stop) in &self.running {
@@ -118,9 +120,9 @@ impl Runners {
             self.running.insert(alloc.id.clone(), stop_tx);
             let reports = self.reports.clone();
             let done = self.done_tx.clone();
-            let node_id = self.node_id.clone();
+            let (node_id, docker) = (self.node_id.clone(), self.docker.clone());
             self.tasks.spawn(async move {
-                let owner = Owner { node_id, alloc_id: alloc.id.clone(), job_name: alloc.job_name };
+                let owner = Owner { node_id, alloc_id: alloc.id.clone(), job_name: alloc.job_name, docker };
                 run_allocation(owner, job_type, group, dir, stop_rx, reports).await;
                 let _ = done.send(alloc.id);
             });
@@ -137,12 +139,14 @@ impl Runners {
     }
 }
 
-/// Whose a task is: what labels its container and names it in reports.
+/// Whose a task is (what labels its container and names it in reports), and which engine runs
+/// its container.
 #[derive(Clone)]
 pub(crate) struct Owner {
     pub node_id: String,
     pub alloc_id: String,
     pub job_name: String,
+    pub docker: crate::docker::Endpoint,
 }
 
 async fn run_allocation(

@@ -356,3 +356,44 @@ async fn a_container_that_exits_while_its_agent_is_down_is_reported_after_the_re
     agent.stop().await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_offers_docker_once_its_engine_comes_up() {
+    let Some(_docker) = engine().await else { return };
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("engine.sock");
+    let endpoint = format!("unix://{}", socket.display());
+    let agent = common::start_agent_configured(&cluster, "docker-late", dir.path(), |c| {
+        c.docker_endpoint = Some(endpoint);
+    })
+    .await;
+    let before = common::wait_status(&cluster, 1, "docker-late", "ready").await;
+    assert_eq!(before.drivers, ["exec"], "no engine answers at {}", socket.display());
+
+    // The engine comes up: a relay to the machine's engine appears at the agent's endpoint.
+    let real = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".to_string());
+    let listener = tokio::net::UnixListener::bind(&socket).expect("bind the relay");
+    let relay = tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let real = real.clone();
+            tokio::spawn(async move {
+                if let Ok(mut engine) = tokio::net::UnixStream::connect(&real).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                }
+            });
+        }
+    });
+    let after = wait_for("the node to offer docker", || async {
+        common::node(&cluster, 1, "docker-late").await.filter(|n| n.drivers.contains(&"docker".to_string()))
+    })
+    .await;
+    assert!(after.attributes.contains_key("driver.docker.version"));
+    relay.abort();
+    agent.stop().await;
+    cluster.shutdown().await;
+}

@@ -250,16 +250,32 @@ pub async fn start_agent_with(
     cpu_mhz: u32,
     memory_mb: u32,
 ) -> Agent {
+    start_agent_configured(cluster, node_id, data_dir, |config| {
+        config.cpu_mhz = Some(cpu_mhz);
+        config.memory_mb = Some(memory_mb);
+    })
+    .await
+}
+
+/// An agent with the test defaults (4,000 MHz, 8,192 MB, meta rack=r1), changed by `adjust`.
+pub async fn start_agent_configured(
+    cluster: &TestCluster,
+    node_id: &str,
+    data_dir: &std::path::Path,
+    adjust: impl FnOnce(&mut ClientConfig),
+) -> Agent {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let config = ClientConfig {
+    let mut config = ClientConfig {
         node_id: node_id.to_string(),
         servers: cluster.addrs.values().map(|a| format!("http://{a}")).collect(),
         rpc_addr: listener.local_addr().expect("addr"),
         data_dir: data_dir.to_path_buf(),
         meta: [("rack".to_string(), "r1".to_string())].into(),
-        cpu_mhz: Some(cpu_mhz),
-        memory_mb: Some(memory_mb),
+        cpu_mhz: Some(4000),
+        memory_mb: Some(8192),
+        docker_endpoint: None,
     };
+    adjust(&mut config);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(helios_client::run_on(config, listener, async move {
         let _ = stopped.await;
