@@ -35,7 +35,7 @@ impl StateView for State {
         self.allocs_by_job.get(job_name).map(|v| v.iter().collect()).unwrap_or_default()
     }
     fn node_usage(&self, node_id: &str) -> Resources {
-        self.usage.get(node_id).copied().unwrap_or(Resources { cpu_mhz: 0, memory_mb: 0 })
+        self.usage.get(node_id).copied().unwrap_or(Resources::ZERO)
     }
 }
 
@@ -85,9 +85,8 @@ fn main() {
         failed += plan.failed_placements.len();
         // Commit the plan to the in-memory state (not timed: that is the plan applier's work).
         for alloc in plan.placements {
-            let used = state.usage.entry(alloc.node_id.clone()).or_insert(Resources { cpu_mhz: 0, memory_mb: 0 });
-            used.cpu_mhz += alloc.resources.cpu_mhz;
-            used.memory_mb += alloc.resources.memory_mb;
+            let used = state.usage.entry(alloc.node_id.clone()).or_insert(Resources::ZERO);
+            *used = used.plus(alloc.resources);
             state.allocs_by_job.entry(name.clone()).or_default().push(alloc);
         }
     }

@@ -266,6 +266,26 @@ pub struct Resources {
     pub memory_mb: u32,
 }
 
+impl Resources {
+    pub const ZERO: Resources = Resources { cpu_mhz: 0, memory_mb: 0 };
+
+    /// Both sums, saturating (a sum of reservations never wraps around).
+    pub fn plus(self, other: Resources) -> Resources {
+        Resources {
+            cpu_mhz: self.cpu_mhz.saturating_add(other.cpu_mhz),
+            memory_mb: self.memory_mb.saturating_add(other.memory_mb),
+        }
+    }
+
+    /// Both differences, floored at zero.
+    pub fn minus(self, other: Resources) -> Resources {
+        Resources {
+            cpu_mhz: self.cpu_mhz.saturating_sub(other.cpu_mhz),
+            memory_mb: self.memory_mb.saturating_sub(other.memory_mb),
+        }
+    }
+}
+
 impl Default for Resources {
     /// Nomad's defaults for a task that declares nothing.
     fn default() -> Self {

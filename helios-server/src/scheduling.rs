@@ -71,19 +71,15 @@ impl Snapshot {
         let empty = Vec::new();
         let existing = self.allocations.get(&plan.job_name).unwrap_or(&empty);
         for alloc in existing.iter().filter(|a| stopping.contains(a.id.as_str()) && reserves_room(a)) {
-            let r = self.usage.entry(alloc.node_id.clone()).or_insert(NO_RESOURCES);
-            r.cpu_mhz = r.cpu_mhz.saturating_sub(alloc.resources.cpu_mhz);
-            r.memory_mb = r.memory_mb.saturating_sub(alloc.resources.memory_mb);
+            let r = self.usage.entry(alloc.node_id.clone()).or_insert(Resources::ZERO);
+            *r = r.minus(alloc.resources);
         }
         for alloc in &plan.placements {
-            let r = self.usage.entry(alloc.node_id.clone()).or_insert(NO_RESOURCES);
-            r.cpu_mhz = r.cpu_mhz.saturating_add(alloc.resources.cpu_mhz);
-            r.memory_mb = r.memory_mb.saturating_add(alloc.resources.memory_mb);
+            let r = self.usage.entry(alloc.node_id.clone()).or_insert(Resources::ZERO);
+            *r = r.plus(alloc.resources);
         }
     }
 }
-
-const NO_RESOURCES: Resources = Resources { cpu_mhz: 0, memory_mb: 0 };
 
 impl StateView for Snapshot {
     fn index(&self) -> u64 {
@@ -99,7 +95,7 @@ impl StateView for Snapshot {
         self.allocations.get(job_name).map(|a| a.iter().collect()).unwrap_or_default()
     }
     fn node_usage(&self, node_id: &str) -> Resources {
-        self.usage.get(node_id).copied().unwrap_or(NO_RESOURCES)
+        self.usage.get(node_id).copied().unwrap_or(Resources::ZERO)
     }
 }
 

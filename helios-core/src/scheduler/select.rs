@@ -54,9 +54,8 @@ impl<'a, V: StateView> Placer<'a, V> {
         let mut group_on_node = HashMap::new();
         let mut released: HashMap<String, Resources> = HashMap::new();
         for alloc in freed {
-            let r = released.entry(alloc.node_id.clone()).or_insert(Resources { cpu_mhz: 0, memory_mb: 0 });
-            r.cpu_mhz = r.cpu_mhz.saturating_add(alloc.resources.cpu_mhz);
-            r.memory_mb = r.memory_mb.saturating_add(alloc.resources.memory_mb);
+            let r = released.entry(alloc.node_id.clone()).or_insert(Resources::ZERO);
+            *r = r.plus(alloc.resources);
         }
         for alloc in view.allocations_of_job(&job.name) {
             let stopping = freed.iter().any(|f| f.id == alloc.id);
@@ -116,10 +115,9 @@ impl<'a, V: StateView> Placer<'a, V> {
                 *rejected.entry("distinct_hosts".to_string()).or_default() += 1;
                 continue;
             }
-            let used = sub(
-                add(self.view.node_usage(&node.id), self.reserved.get(node.id.as_str()).copied()),
-                self.released.get(&node.id).copied(),
-            );
+            let reserved = self.reserved.get(node.id.as_str()).copied().unwrap_or(Resources::ZERO);
+            let released = self.released.get(&node.id).copied().unwrap_or(Resources::ZERO);
+            let used = self.view.node_usage(&node.id).plus(reserved).minus(released);
             let Some(score) = fit_score(node.resources, used, ask_resources) else {
                 let lacking =
                     if used.cpu_mhz + ask_resources.cpu_mhz > node.resources.cpu_mhz { "cpu" } else { "memory" };
@@ -143,7 +141,7 @@ impl<'a, V: StateView> Placer<'a, V> {
         };
         let node_id = chosen.node.id.clone();
         let reserved = self.reserved.entry(chosen.node.id.as_str()).or_default();
-        *reserved = add(*reserved, Some(ask_resources));
+        *reserved = reserved.plus(ask_resources);
         *self.job_on_node.entry(node_id.clone()).or_default() += 1;
         *self.group_on_node.entry((group.name.clone(), node_id.clone())).or_default() += 1;
         Ok(Allocation {
@@ -169,20 +167,7 @@ impl<'a, V: StateView> Placer<'a, V> {
 
 /// The resources an allocation of `group` reserves: the sum of its tasks'.
 pub fn group_resources(group: &TaskGroup) -> Resources {
-    group.tasks.iter().fold(Resources { cpu_mhz: 0, memory_mb: 0 }, |acc, t| Resources {
-        cpu_mhz: acc.cpu_mhz.saturating_add(t.resources.cpu_mhz),
-        memory_mb: acc.memory_mb.saturating_add(t.resources.memory_mb),
-    })
-}
-
-fn sub(a: Resources, b: Option<Resources>) -> Resources {
-    let b = b.unwrap_or(Resources { cpu_mhz: 0, memory_mb: 0 });
-    Resources { cpu_mhz: a.cpu_mhz.saturating_sub(b.cpu_mhz), memory_mb: a.memory_mb.saturating_sub(b.memory_mb) }
-}
-
-fn add(a: Resources, b: Option<Resources>) -> Resources {
-    let b = b.unwrap_or(Resources { cpu_mhz: 0, memory_mb: 0 });
-    Resources { cpu_mhz: a.cpu_mhz.saturating_add(b.cpu_mhz), memory_mb: a.memory_mb.saturating_add(b.memory_mb) }
+    group.tasks.iter().fold(Resources::ZERO, |acc, t| acc.plus(t.resources))
 }
 
 /// Best fit: the node's utilization after the placement (higher packs tighter), or `None` when

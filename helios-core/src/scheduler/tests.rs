@@ -60,12 +60,10 @@ impl StateView for Harness {
         self.allocs.values().filter(|a| a.job_name == job_name).collect()
     }
     fn node_usage(&self, node_id: &str) -> Resources {
-        let mut used = Resources { cpu_mhz: 0, memory_mb: 0 };
-        for a in self.allocs.values().filter(|a| a.node_id == node_id && !a.is_terminal()) {
-            used.cpu_mhz += a.resources.cpu_mhz;
-            used.memory_mb += a.resources.memory_mb;
-        }
-        used
+        self.allocs
+            .values()
+            .filter(|a| a.node_id == node_id && !a.is_terminal())
+            .fold(Resources::ZERO, |used, a| used.plus(a.resources))
     }
 }
 

@@ -122,7 +122,7 @@ impl AgentService for Agents {
                 .read(move |txn| {
                     let mut jobs = std::collections::BTreeMap::new();
                     for id in &failed {
-                        if let Some(alloc) = read::allocations_by_prefix(txn, id)?.into_iter().find(|a| &a.id == id) {
+                        if let Some(alloc) = read::allocation(txn, id)? {
                             if let Some(job) = read::job(txn, &alloc.job_name)? {
                                 jobs.insert(job.name.clone(), job.priority);
                             }

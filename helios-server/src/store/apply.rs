@@ -103,8 +103,8 @@ impl<'txn> StateTables<'txn> {
             self.allocs_by_job.insert(index_key(&alloc.job_name, &alloc.id).as_str(), [].as_slice())?;
             self.allocs_by_node.insert(index_key(&alloc.node_id, &alloc.id).as_str(), [].as_slice())?;
             if reserves_room(&alloc) {
-                let usage = self.usage.entry(alloc.node_id.clone()).or_insert(NO_RESOURCES);
-                *usage = add(*usage, alloc.resources);
+                let usage = self.usage.entry(alloc.node_id.clone()).or_insert(Resources::ZERO);
+                *usage = usage.plus(alloc.resources);
             }
             let counts = self.counts.entry(alloc.job_name.clone()).or_default();
             counts.running += counted(&alloc).running;
@@ -132,7 +132,7 @@ impl<'txn> StateTables<'txn> {
     fn usage_of(&self, node: &str) -> Result<Resources, redb::Error> {
         match self.usage.get(node) {
             Some(u) => Ok(*u),
-            None => Ok(get(&self.node_usage, node)?.unwrap_or(NO_RESOURCES)),
+            None => Ok(get(&self.node_usage, node)?.unwrap_or(Resources::ZERO)),
         }
     }
 
@@ -404,7 +404,7 @@ impl<'txn> StateTables<'txn> {
             let Some(alloc) = get::<Allocation>(&self.allocations, id)? else { continue };
             if reserves_room(&alloc) {
                 let r = self.used_on(&mut used, &alloc.node_id)?;
-                *r = sub(*r, alloc.resources);
+                *r = r.minus(alloc.resources);
             }
         }
         // The slots the plan's job already fills. Names may repeat across jobs ("a.b" + "c" and
@@ -439,7 +439,7 @@ impl<'txn> StateTables<'txn> {
                 return Ok(Err(format!("slot {} is already filled", alloc.name)));
             }
             let r = self.used_on(&mut used, &node.id)?;
-            *r = add(*r, alloc.resources);
+            *r = r.plus(alloc.resources);
             if r.cpu_mhz > node.resources.cpu_mhz || r.memory_mb > node.resources.memory_mb {
                 return Ok(Err(format!("node {} has no room left", node.id)));
             }
@@ -485,7 +485,7 @@ impl<'txn> StateTables<'txn> {
         let was_reserved = old.as_ref().is_some_and(reserves_room);
         if was_reserved != reserves_room(alloc) {
             let usage = self.usage_of(&alloc.node_id)?;
-            let usage = if was_reserved { sub(usage, alloc.resources) } else { add(usage, alloc.resources) };
+            let usage = if was_reserved { usage.minus(alloc.resources) } else { usage.plus(alloc.resources) };
             self.usage.insert(alloc.node_id.clone(), usage);
         }
         let before = old.as_ref().map(counted).unwrap_or_default();
@@ -633,8 +633,6 @@ impl<'txn> StateTables<'txn> {
     }
 }
 
-const NO_RESOURCES: Resources = Resources { cpu_mhz: 0, memory_mb: 0 };
-
 /// True while an allocation holds room on its node: wanted, and not finished.
 pub fn reserves_room(alloc: &Allocation) -> bool {
     !alloc.is_terminal() && alloc.desired_status == AllocDesiredStatus::Run
@@ -646,14 +644,6 @@ pub fn counted(alloc: &Allocation) -> AllocCounts {
         running: u64::from(alloc.client_status == AllocClientStatus::Running),
         live: u64::from(!alloc.is_terminal()),
     }
-}
-
-fn add(a: Resources, b: Resources) -> Resources {
-    Resources { cpu_mhz: a.cpu_mhz.saturating_add(b.cpu_mhz), memory_mb: a.memory_mb.saturating_add(b.memory_mb) }
-}
-
-fn sub(a: Resources, b: Resources) -> Resources {
-    Resources { cpu_mhz: a.cpu_mhz.saturating_sub(b.cpu_mhz), memory_mb: a.memory_mb.saturating_sub(b.memory_mb) }
 }
 
 fn get<T: serde::de::DeserializeOwned>(table: &StateTable<'_>, key: &str) -> Result<Option<T>, redb::Error> {
@@ -881,8 +871,8 @@ mod tests {
         let mut counts: HashMap<String, crate::store::tables::AllocCounts> = HashMap::new();
         for a in &all {
             if reserves_room(a) {
-                let r = usage.entry(a.node_id.clone()).or_insert(NO_RESOURCES);
-                *r = add(*r, a.resources);
+                let r = usage.entry(a.node_id.clone()).or_insert(Resources::ZERO);
+                *r = r.plus(a.resources);
             }
             let c = counts.entry(a.job_name.clone()).or_default();
             c.running += counted(a).running;
@@ -896,7 +886,7 @@ mod tests {
             assert_eq!(stored.get(node), Some(used), "usage of {node}");
         }
         for (node, used) in &stored {
-            assert_eq!(usage.get(node).copied().unwrap_or(NO_RESOURCES), *used, "usage of {node}");
+            assert_eq!(usage.get(node).copied().unwrap_or(Resources::ZERO), *used, "usage of {node}");
         }
         for (job, c) in &counts {
             assert_eq!(read::alloc_counts(&txn, job).unwrap(), *c, "counts of {job}");
@@ -947,7 +937,7 @@ mod tests {
         {
             let txn = db.begin_read().unwrap();
             assert_eq!(read::job(&txn, "a").unwrap().unwrap().status, JobStatus::Running);
-            assert_eq!(read::node_usage(&txn).unwrap()["n2"], NO_RESOURCES, "a failed allocation frees its room");
+            assert_eq!(read::node_usage(&txn).unwrap()["n2"], Resources::ZERO, "a failed allocation frees its room");
         }
         let stop = Command::DeregisterJob {
             job_name: "a".into(),
@@ -981,7 +971,7 @@ mod tests {
         apply_all(&db, vec![proposal("l", 9, lose)]);
         assert_indexes_agree_with_a_scan(&db);
         let txn = db.begin_read().unwrap();
-        assert_eq!(read::node_usage(&txn).unwrap()["n1"], NO_RESOURCES);
+        assert_eq!(read::node_usage(&txn).unwrap()["n1"], Resources::ZERO);
         assert_eq!(read::alloc_counts(&txn, "b").unwrap(), crate::store::tables::AllocCounts { running: 0, live: 0 });
     }
 
