@@ -125,6 +125,7 @@ fn task_from_pb(p: &mut Problems, path: &str, t: pb::Task) -> Task {
                 .collect(),
             network_mode: d.network_mode,
             volumes: d.volumes,
+            cpu_hard_limit: d.cpu_hard_limit,
         }),
         None => {
             p.add(format!("{path}.driver"), "must be set (exec or docker)");
@@ -256,6 +257,7 @@ fn task_to_pb(t: &Task) -> pb::Task {
                 .collect(),
             network_mode: d.network_mode.clone(),
             volumes: d.volumes.clone(),
+            cpu_hard_limit: d.cpu_hard_limit,
         }),
     };
     pb::Task {
@@ -300,6 +302,7 @@ pub fn alloc_to_pb(a: &Allocation) -> pb::Allocation {
         task_states: a.task_states.iter().map(|(k, v)| (k.clone(), task_state_to_pb(v))).collect::<BTreeMap<_, _>>(),
         created_at_ms: a.created_at.as_millis(),
         modified_at_ms: a.modified_at.as_millis(),
+        host_ports: a.host_ports.iter().map(|p| u32::from(*p)).collect(),
     }
 }
 

@@ -67,6 +67,9 @@ pub struct RunArgs {
     /// to the task as HELIOS_PORT_<NAME>); repeatable, with --driver docker.
     #[arg(short = 'p', long = "port", value_parser = PortMapping::parse)]
     pub ports: Vec<PortMapping>,
+    /// Cap the container at --cpu-mhz instead of only weighting it (with --driver docker).
+    #[arg(long)]
+    pub cpu_hard_limit: bool,
     /// The command to run (with docker: instead of the image's command).
     pub command: Option<String>,
     /// Its arguments.
@@ -101,22 +104,18 @@ impl RunArgs {
             TypeArg::System => JobType::System,
         };
         let driver = match (self.driver, &self.image, &self.command) {
-            (DriverArg::Exec, None, Some(command)) if self.ports.is_empty() => {
+            (DriverArg::Exec, None, Some(command)) if self.ports.is_empty() && !self.cpu_hard_limit => {
                 TaskDriver::Exec(ExecConfig { command: command.clone(), args: self.args.clone() })
             }
             (DriverArg::Exec, None, None) => anyhow::bail!("a command to run is required (or --driver docker --image)"),
-            (DriverArg::Exec, _, _) => anyhow::bail!("--image and -p need --driver docker"),
+            (DriverArg::Exec, _, _) => anyhow::bail!("--image, -p and --cpu-hard-limit need --driver docker"),
             (DriverArg::Docker, None, _) => anyhow::bail!("--driver docker needs --image IMAGE"),
             (DriverArg::Docker, Some(image), command) => TaskDriver::Docker(DockerConfig {
-                image: image.clone(),
-                entrypoint: Vec::new(),
                 command: command.clone(),
                 args: self.args.clone(),
-                working_dir: None,
-                labels: BTreeMap::new(),
                 ports: self.ports.clone(),
-                network_mode: None,
-                volumes: Vec::new(),
+                cpu_hard_limit: self.cpu_hard_limit,
+                ..DockerConfig::for_image(image)
             }),
         };
         let mut job = Job::exec(&self.name, "", Vec::new());

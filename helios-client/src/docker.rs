@@ -7,14 +7,13 @@
 //! engine's stop with the task's kill timeout (SIGTERM, then SIGKILL).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
@@ -69,6 +68,37 @@ impl Endpoint {
     }
 }
 
+/// The engine a task's container runs on, and what the driver must know of the node to size it.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub endpoint: Endpoint,
+    pub cpu: NodeCpu,
+}
+
+/// The node's CPU as the scheduler counts it (MHz, Nomad's unit) and as the engine does (cores).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeCpu {
+    pub total_mhz: u32,
+    pub cores: u32,
+}
+
+impl NodeCpu {
+    /// As the agent fingerprinted (or was told) its node.
+    pub fn of(node: &pb::Node) -> NodeCpu {
+        let cores = node.attributes.get("cpu.cores").and_then(|c| c.parse().ok()).unwrap_or(1);
+        let total_mhz = node.resources.as_ref().map_or(1000, |r| r.cpu_mhz);
+        NodeCpu { total_mhz: total_mhz.max(1), cores: cores.max(1) }
+    }
+
+    /// A hard limit of `mhz` in the engine's unit, billionths of a core: the same share of the
+    /// node's cores as `mhz` is of its MHz. The engine accepts 0.01 cores up to every core.
+    fn nano_cpus(self, mhz: u32) -> i64 {
+        let all = i64::from(self.cores) * 1_000_000_000;
+        let share = i64::from(mhz) * all / i64::from(self.total_mhz);
+        share.clamp(10_000_000, all)
+    }
+}
+
 pub fn container_name(alloc_id: &str, task: &str) -> String {
     format!("helios-{alloc_id}-{task}")
 }
@@ -87,7 +117,7 @@ pub async fn start_task(
     on_event: &OnEvent,
 ) -> (pb::TaskState, Option<TaskHandle>) {
     let failure = |kind: &str, why: String| (dead(vec![event(kind, why, None)], true), None);
-    let docker = match who.docker.connect().await {
+    let docker = match who.docker.endpoint.connect().await {
         Ok(d) => d,
         Err(e) => return failure("Driver Failure", format!("the docker engine does not answer: {e}")),
     };
@@ -103,13 +133,13 @@ pub async fn start_task(
         }
         Ok(found) => {
             // From before an agent restart: follow it rather than start a second one.
-            let since = log_mtime(&dir);
+            let resume = crate::docker_logs::read_cursor(&dir);
             let running_now = found.state.as_ref().and_then(|s| s.running).unwrap_or(false);
             let ports = found.host_config.and_then(|h| h.port_bindings).map(describe_bindings).unwrap_or_default();
             let message = format!("container {name} still there after an agent restart{ports}");
             let state = running(vec![event("Adopted", message, None)]);
             let initial = if running_now { state.clone() } else { running(Vec::new()) };
-            let handle = tokio::spawn(supervise(docker, name, dir, kill_timeout, stop, state, since));
+            let handle = tokio::spawn(supervise(docker, name, dir, kill_timeout, stop, state, resume));
             return (initial, Some(handle));
         }
         Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
@@ -153,7 +183,7 @@ pub async fn start_task(
     let ports = if ports.is_empty() { String::new() } else { format!("; ports {}", ports.join(", ")) };
     events.push(event("Started", format!("container {name}{ports}"), None));
     let state = running(events);
-    let handle = tokio::spawn(supervise(docker, name, dir, kill_timeout, stop, state.clone(), 0));
+    let handle = tokio::spawn(supervise(docker, name, dir, kill_timeout, stop, state.clone(), None));
     (state, Some(handle))
 }
 
@@ -208,6 +238,20 @@ impl PullProgress {
     fn observe(&mut self, step: &bollard::models::CreateImageInfo) -> Option<String> {
         let id = step.id.clone()?;
         let status = step.status.as_deref().unwrap_or_default();
+        // Steps about a layer; others carry an id too ("Pulling from <repo>" has the tag's).
+        const LAYER_STEPS: [&str; 8] = [
+            "Pulling fs layer",
+            "Waiting",
+            "Downloading",
+            "Verifying Checksum",
+            "Download complete",
+            "Extracting",
+            "Pull complete",
+            "Already exists",
+        ];
+        if !LAYER_STEPS.contains(&status) {
+            return None;
+        }
         let layer = self.layers.entry(id).or_insert((0, 0, false));
         if let Some(detail) = &step.progress_detail {
             if status == "Downloading" {
@@ -215,7 +259,7 @@ impl PullProgress {
                 layer.1 = detail.total.unwrap_or(layer.1);
             }
         }
-        if status != "Pull complete" || layer.2 {
+        if !matches!(status, "Pull complete" | "Already exists") || layer.2 {
             return None;
         }
         layer.2 = true;
@@ -282,6 +326,7 @@ fn container_body(
             memory_swap: Some(memory),
             // The engine's range is 2..=262144.
             cpu_shares: Some(i64::from(task.resources.cpu_mhz).clamp(2, 262_144)),
+            nano_cpus: config.cpu_hard_limit.then(|| who.docker.cpu.nano_cpus(task.resources.cpu_mhz)),
             port_bindings: (!bindings.is_empty()).then_some(bindings),
             binds: (!config.volumes.is_empty()).then(|| config.volumes.clone()),
             network_mode: config.network_mode.clone(),
@@ -314,17 +359,6 @@ fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("0.0.0.0:0")?.local_addr()?.port())
 }
 
-/// Seconds since the epoch of the newest log write, to resume following without repeating
-/// everything (0: from the start).
-fn log_mtime(dir: &Path) -> i32 {
-    ["stdout", "stderr"]
-        .iter()
-        .filter_map(|s| std::fs::metadata(crate::logs::log_path(dir, s)).and_then(|m| m.modified()).ok())
-        .max()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(0))
-}
-
 /// Follows the container until it exits (stopping it when asked), then reports how it ended and
 /// removes it.
 async fn supervise(
@@ -334,12 +368,18 @@ async fn supervise(
     kill_timeout_secs: u32,
     mut stop: watch::Receiver<bool>,
     mut state: pb::TaskState,
-    since: i32,
+    resume_logs: Option<crate::docker_logs::Cursor>,
 ) -> pb::TaskState {
-    let logs = tokio::spawn(copy_logs(docker.clone(), name.clone(), dir.clone(), since));
+    let logs = tokio::spawn(crate::docker_logs::copy(docker.clone(), name.clone(), dir.clone(), resume_logs));
     let stopped_by_us = tokio::select! {
         () = wait_for_exit(&docker, &name) => false,
-        () = stop_requested(&mut stop) => {
+        agent_alive = async { stop.wait_for(|s| *s).await.is_ok() } => {
+            if !agent_alive {
+                // The agent that started this is gone (an in-process restart): the container,
+                // its log and its report are the next agent's, which adopts it.
+                logs.abort();
+                return state;
+            }
             state.events.push(event("Killing", format!("stopping with a {kill_timeout_secs} s timeout"), None));
             let t = i32::try_from(kill_timeout_secs).unwrap_or(i32::MAX);
             let options = StopContainerOptionsBuilder::default().t(t).build();
@@ -353,8 +393,7 @@ async fn supervise(
     // The log stream ends with the container; give it a moment to deliver the last lines.
     let _ = tokio::time::timeout(Duration::from_secs(5), logs).await;
     if stop.has_changed().is_err() {
-        // The agent that started this is gone (an in-process restart): the container is the
-        // next agent's to adopt, report and remove.
+        // The agent went away while the container exited: the next agent reports and removes it.
         return state;
     }
     let (code, oom_killed) = how_it_ended(&docker, &name, stopped_by_us).await;
@@ -405,35 +444,6 @@ async fn how_it_ended(docker: &Docker, name: &str, stopped_by_us: bool) -> (Opti
     }
 }
 
-/// Appends the container's stdout and stderr to the task's log files until the container stops,
-/// rotating them as the exec driver's are.
-async fn copy_logs(docker: Docker, name: String, dir: PathBuf, since: i32) {
-    let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).since(since).build();
-    let (Ok(mut out), Ok(mut err)) =
-        (crate::logs::open_for_task(&dir, "stdout"), crate::logs::open_for_task(&dir, "stderr"))
-    else {
-        tracing::warn!(dir = %dir.display(), "cannot open the task's log files");
-        return;
-    };
-    let mut stream = docker.logs(&name, Some(options));
-    let mut last_rotation = tokio::time::Instant::now();
-    while let Some(Ok(chunk)) = stream.next().await {
-        let written = match chunk {
-            bollard::container::LogOutput::StdErr { message } => err.write_all(&message),
-            other => out.write_all(&other.into_bytes()),
-        };
-        if let Err(e) = written {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot write the task's log");
-        }
-        if last_rotation.elapsed() > Duration::from_secs(2) {
-            last_rotation = tokio::time::Instant::now();
-            if let Err(e) = crate::logs::rotate_if_large(&dir) {
-                tracing::warn!(error = %e, dir = %dir.display(), "log rotation failed");
-            }
-        }
-    }
-}
-
 async fn remove(docker: &Docker, name: &str, dir: &Path) {
     let options = RemoveContainerOptionsBuilder::default().force(true).build();
     match docker.remove_container(name, Some(options)).await {
@@ -479,6 +489,7 @@ mod tests {
     #[test]
     fn a_pull_reports_each_completed_layer_with_the_bytes_so_far() {
         let mut p = PullProgress::default();
+        assert_eq!(p.observe(&step("v1", "Pulling from team/app", 0, 0)), None, "not a layer");
         assert_eq!(p.observe(&step("a", "Pulling fs layer", 0, 0)), None);
         assert_eq!(p.observe(&step("b", "Downloading", 1_000_000, 4_000_000)), None);
         assert_eq!(p.observe(&step("a", "Downloading", 500_000, 2_000_000)), None);
@@ -487,6 +498,15 @@ mod tests {
         assert_eq!(p.observe(&step("a", "Pull complete", 0, 0)), None, "reported once");
         let second = p.observe(&step("b", "Pull complete", 0, 0));
         assert_eq!(second.as_deref(), Some("2 of 2 layers pulled (6.0 of 6.0 MB)"));
+    }
+
+    #[test]
+    fn a_hard_cpu_limit_is_the_same_share_of_the_cores_as_of_the_mhz() {
+        let cpu = NodeCpu { total_mhz: 8_000, cores: 4 };
+        assert_eq!(cpu.nano_cpus(2_000), 1_000_000_000, "a quarter of 4 cores is one core");
+        assert_eq!(cpu.nano_cpus(500), 250_000_000);
+        assert_eq!(cpu.nano_cpus(1), 10_000_000, "the engine's floor is 0.01 cores");
+        assert_eq!(cpu.nano_cpus(1_000_000), 4_000_000_000, "never more than every core");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! task logs over gRPC, restart policies and the docker driver come next.
 
 mod docker;
+mod docker_logs;
 mod fingerprint;
 mod identity;
 mod log_service;
@@ -89,12 +90,9 @@ pub async fn run_on(
     tokio::pin!(serve);
     let node_id = node.id.clone();
     let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
-    let runners = runner::Runners::new(
-        &config.node_id,
-        docker::Endpoint(config.docker_endpoint.clone()),
-        &config.data_dir,
-        reports_tx,
-    );
+    let engine =
+        docker::Engine { endpoint: docker::Endpoint(config.docker_endpoint.clone()), cpu: docker::NodeCpu::of(&node) };
+    let runners = runner::Runners::new(&config.node_id, engine, &config.data_dir, reports_tx);
     let liveness = keep_alive(&servers, node, secret.clone(), docker::Endpoint(config.docker_endpoint.clone()));
     tokio::pin!(liveness);
     let watching = watch_allocations(&servers, &node_id, &secret, runners);

@@ -26,7 +26,7 @@ pub const DONE_MARKER: &str = "done";
 
 pub struct Runners {
     node_id: String,
-    docker: crate::docker::Endpoint,
+    docker: crate::docker::Engine,
     allocs_dir: PathBuf,
     reports: Reports,
     /// Stop signals of the allocations running here.
@@ -52,7 +52,7 @@ pub(crate) fn event(kind: &str, message: impl Into<String>, exit_code: Option<i3
 }
 
 impl Runners {
-    pub fn new(node_id: &str, docker: crate::docker::Endpoint, data_dir: &Path, reports: Reports) -> Runners {
+    pub fn new(node_id: &str, docker: crate::docker::Engine, data_dir: &Path, reports: Reports) -> Runners {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Runners {
             node_id: node_id.to_string(),
@@ -80,7 +80,11 @@ impl Runners {
         self.finished.retain(|id| listed.contains(id));
         if !self.orphans_removed {
             self.orphans_removed = true;
-            tokio::spawn(crate::docker::remove_orphans(self.docker.clone(), self.node_id.clone(), listed.clone()));
+            tokio::spawn(crate::docker::remove_orphans(
+                self.docker.endpoint.clone(),
+                self.node_id.clone(),
+                listed.clone(),
+            ));
         }
         // No longer listed (the servers marked it lost, or forgot it): it must not keep running.
         for (id, stop) in &self.running {
@@ -146,7 +150,7 @@ pub(crate) struct Owner {
     pub node_id: String,
     pub alloc_id: String,
     pub job_name: String,
-    pub docker: crate::docker::Endpoint,
+    pub docker: crate::docker::Engine,
 }
 
 async fn run_allocation(

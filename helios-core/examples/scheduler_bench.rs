@@ -37,6 +37,9 @@ impl StateView for State {
     fn node_usage(&self, node_id: &str) -> Resources {
         self.usage.get(node_id).copied().unwrap_or(Resources::ZERO)
     }
+    fn host_port_holder(&self, _node_id: &str, _port: u16) -> Option<&str> {
+        None // the benchmark's jobs are exec jobs: they hold no host ports
+    }
 }
 
 fn arg(n: usize, default: usize) -> usize {

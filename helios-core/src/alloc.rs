@@ -20,6 +20,9 @@ pub struct Allocation {
     pub group_fingerprint: u64,
     pub node_id: String,
     pub resources: Resources,
+    /// The fixed host ports its docker tasks publish (`-p NAME=PORT:HOSTPORT`): held on its node
+    /// while it reserves room there, so no other allocation is placed on them.
+    pub host_ports: Vec<u16>,
     pub desired_status: AllocDesiredStatus,
     pub desired_description: String,
     pub client_status: AllocClientStatus,

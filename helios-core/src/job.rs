@@ -134,6 +134,21 @@ pub struct RestartPolicy {
 }
 
 impl TaskGroup {
+    /// The fixed host ports the group's docker tasks publish, sorted.
+    pub fn static_host_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .tasks
+            .iter()
+            .filter_map(|t| match &t.driver {
+                TaskDriver::Docker(d) => Some(d.ports.iter().filter_map(|p| p.host_port)),
+                TaskDriver::Exec(_) => None,
+            })
+            .flatten()
+            .collect();
+        ports.sort_unstable();
+        ports
+    }
+
     /// A digest of everything about the group but its count. Allocations carry the digest of the
     /// group they were placed for: when a new job version changes only counts, they are updated
     /// in place instead of replaced. Computed by the leader and stored, never recomputed in the
@@ -232,6 +247,27 @@ pub struct DockerConfig {
     pub network_mode: Option<String>,
     /// Bind mounts, `host_path:container_path[:ro]`.
     pub volumes: Vec<String>,
+    /// Caps the container at its `cpu_mhz` (as a share of the node's cores) instead of only
+    /// weighting it: Nomad's `cpu_hard_limit`.
+    pub cpu_hard_limit: bool,
+}
+
+impl DockerConfig {
+    /// The image's own command, with nothing else set.
+    pub fn for_image(image: &str) -> DockerConfig {
+        DockerConfig {
+            image: image.to_string(),
+            entrypoint: Vec::new(),
+            command: None,
+            args: Vec::new(),
+            working_dir: None,
+            labels: BTreeMap::new(),
+            ports: Vec::new(),
+            network_mode: None,
+            volumes: Vec::new(),
+            cpu_hard_limit: false,
+        }
+    }
 }
 
 /// Helios-style port: `-p http=80:8080` maps container port 80 to host port 8080; without a host

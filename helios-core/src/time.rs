@@ -22,6 +22,13 @@ impl Timestamp {
         format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
     }
 
+    /// Reads `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (UTC, as `to_rfc3339` and the Docker engine write
+    /// it) to whole milliseconds; None for anything else.
+    pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
+        let (secs, nanos) = parse_rfc3339_nanos(text)?;
+        Some(Timestamp(secs.checked_mul(1000)? + u64::from(nanos / 1_000_000)))
+    }
+
     /// `5s ago`, `3m ago`, `2h ago`, `4d ago` relative to `now`.
     pub fn ago(self, now: Timestamp) -> String {
         let secs = now.0.saturating_sub(self.0) / 1000;
@@ -32,6 +39,39 @@ impl Timestamp {
             _ => format!("{}d ago", secs / 86_400),
         }
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` to (seconds, nanoseconds) since the epoch.
+pub fn parse_rfc3339_nanos(text: &str) -> Option<(u64, u32)> {
+    let text = text.strip_suffix('Z')?;
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let b = whole.as_bytes();
+    let layout_ok = b.len() == 19 && b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':' && b[16] == b':';
+    let number = |range: std::ops::Range<usize>| -> Option<u64> {
+        let digits = whole.get(range)?;
+        digits.bytes().all(|c| c.is_ascii_digit()).then(|| digits.parse().ok())?
+    };
+    if !layout_ok || fraction.len() > 9 || !fraction.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let (y, m, d) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hh, mm, ss) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    if y < 1970 || !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let nanos = if fraction.is_empty() { 0 } else { format!("{fraction:0<9}").parse().ok()? };
+    Some((days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss, nanos))
+}
+
+/// (year, month, day) to days since 1970-01-01, after Howard Hinnant's `days_from_civil`.
+fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's `civil_from_days`.
@@ -57,6 +97,27 @@ mod tests {
         assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00Z");
         assert_eq!(Timestamp(951_782_400_000).to_rfc3339(), "2000-02-29T00:00:00Z");
         assert_eq!(Timestamp(1_795_240_503_000).to_rfc3339(), "2026-11-21T05:55:03Z");
+    }
+
+    #[test]
+    fn reads_what_it_writes_and_the_engines_nanosecond_stamps() {
+        for ms in [0, 951_782_400_000, 1_795_240_503_000, 4_102_444_799_000] {
+            assert_eq!(Timestamp::parse_rfc3339(&Timestamp(ms).to_rfc3339()), Some(Timestamp(ms)));
+        }
+        let docker = "2026-11-21T05:55:03.123456789Z";
+        assert_eq!(super::parse_rfc3339_nanos(docker), Some((1_795_240_503, 123_456_789)));
+        assert_eq!(Timestamp::parse_rfc3339(docker), Some(Timestamp(1_795_240_503_123)));
+        assert_eq!(super::parse_rfc3339_nanos("2026-11-21T05:55:03.5Z"), Some((1_795_240_503, 500_000_000)));
+        for bad in [
+            "",
+            "2026-11-21",
+            "2026-11-21T05:55:03",
+            "2026-13-01T00:00:00Z",
+            "2026-11-21T05:55:03.Z1",
+            "x026-11-21T05:55:03Z",
+        ] {
+            assert_eq!(Timestamp::parse_rfc3339(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -42,6 +42,7 @@ struct Snapshot {
     nodes: Vec<Node>,
     allocations: HashMap<String, Vec<Allocation>>,
     usage: HashMap<String, Resources>,
+    ports: read::HostPorts,
 }
 
 impl Snapshot {
@@ -60,6 +61,7 @@ impl Snapshot {
             nodes: read::nodes(txn)?,
             allocations,
             usage: read::node_usage(txn)?,
+            ports: read::host_ports(txn)?,
         })
     }
 
@@ -73,10 +75,16 @@ impl Snapshot {
         for alloc in existing.iter().filter(|a| stopping.contains(a.id.as_str()) && reserves_room(a)) {
             let r = self.usage.entry(alloc.node_id.clone()).or_insert(Resources::ZERO);
             *r = r.minus(alloc.resources);
+            for port in &alloc.host_ports {
+                self.ports.remove(&(alloc.node_id.clone(), *port));
+            }
         }
         for alloc in &plan.placements {
             let r = self.usage.entry(alloc.node_id.clone()).or_insert(Resources::ZERO);
             *r = r.plus(alloc.resources);
+            for port in &alloc.host_ports {
+                self.ports.insert((alloc.node_id.clone(), *port), alloc.id.clone());
+            }
         }
     }
 }
@@ -96,6 +104,9 @@ impl StateView for Snapshot {
     }
     fn node_usage(&self, node_id: &str) -> Resources {
         self.usage.get(node_id).copied().unwrap_or(Resources::ZERO)
+    }
+    fn host_port_holder(&self, node_id: &str, port: u16) -> Option<&str> {
+        self.ports.get(&(node_id.to_string(), port)).map(String::as_str)
     }
 }
 

@@ -4,18 +4,21 @@
 //! `HELIOS_REQUIRE_DOCKER=1` (CI), where they fail.
 
 mod common;
+#[path = "common/registry.rs"]
+mod registry;
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    BuildImageOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use common::{start_agent, wait_for, TestCluster};
 use futures::StreamExt;
 use helios_api::pb;
 use helios_core::{DockerConfig, Job, JobType, PortMapping, TaskDriver};
+use registry::{Layer, Registry};
 
 const JOB_LABEL: &str = "io.helios.job";
 const NODE_LABEL: &str = "io.helios.node";
@@ -46,6 +49,8 @@ async fn engine() -> Option<Docker> {
 struct Sandbox {
     docker: Docker,
     image: String,
+    /// Removed on drop: the sandbox's image, and any the test pulled.
+    images: Vec<String>,
     /// The test's node: its containers carry it, unlike anything else on this engine.
     node: String,
     jobs: Vec<String>,
@@ -54,14 +59,10 @@ struct Sandbox {
 impl Sandbox {
     async fn new(docker: Docker, name: &str, node: &str, jobs: &[&str]) -> Sandbox {
         let image = format!("helios-test-{name}:{}", std::process::id());
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("a static busybox (apt-get install busybox-static)");
         let mut context = tar::Builder::new(Vec::new());
         let dockerfile = b"FROM scratch\nCOPY rootfs/ /\n";
         append_file(&mut context, "Dockerfile", dockerfile, 0o644);
-        append_file(&mut context, "rootfs/bin/busybox", &std::fs::read(busybox).expect("read busybox"), 0o755);
+        append_file(&mut context, "rootfs/bin/busybox", &busybox(), 0o755);
         for applet in ["sh", "echo", "sleep", "head", "tr", "cat", "env"] {
             let mut header = tar::Header::new_gnu();
             header.set_entry_type(tar::EntryType::Symlink);
@@ -77,7 +78,8 @@ impl Sandbox {
                 step.expect("building the test image");
             }
         }
-        Sandbox { docker, image, node: node.to_string(), jobs: jobs.iter().map(|j| j.to_string()).collect() }
+        let jobs = jobs.iter().map(|j| j.to_string()).collect();
+        Sandbox { docker, images: vec![image.clone()], image, node: node.to_string(), jobs }
     }
 
     /// The containers of `job`, running or not.
@@ -89,6 +91,15 @@ impl Sandbox {
     }
 }
 
+/// Debian's static busybox (`apt-get install busybox-static`, done by `.ci/run`).
+fn busybox() -> Vec<u8> {
+    let path = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("a static busybox (apt-get install busybox-static)");
+    std::fs::read(path).expect("read busybox")
+}
+
 fn append_file(context: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) {
     let mut header = tar::Header::new_gnu();
     header.set_size(data.len() as u64);
@@ -98,8 +109,8 @@ fn append_file(context: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mod
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        let (docker, image, jobs, node) =
-            (self.docker.clone(), self.image.clone(), self.jobs.clone(), self.node.clone());
+        let (docker, images, jobs, node) =
+            (self.docker.clone(), self.images.clone(), self.jobs.clone(), self.node.clone());
         // Drop cannot await: clean up on a runtime of its own.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -113,7 +124,10 @@ impl Drop for Sandbox {
                         let _ = docker.remove_container(&c.id.unwrap_or_default(), Some(force)).await;
                     }
                 }
-                let _ = docker.remove_image(&image, None::<bollard::query_parameters::RemoveImageOptions>, None).await;
+                for image in images {
+                    let _ =
+                        docker.remove_image(&image, None::<bollard::query_parameters::RemoveImageOptions>, None).await;
+                }
             });
         });
         let _ = cleanup.join();
@@ -129,17 +143,27 @@ fn docker_job(name: &str, image: &str, job_type: JobType, command: &str) -> Job 
     task.resources.memory_mb = 64;
     task.kill_timeout_secs = 1;
     task.driver = TaskDriver::Docker(DockerConfig {
-        image: image.to_string(),
-        entrypoint: Vec::new(),
         command: Some("sh".into()),
         args: vec!["-c".into(), command.into()],
-        working_dir: None,
-        labels: Default::default(),
-        ports: Vec::new(),
-        network_mode: None,
-        volumes: Vec::new(),
+        ..DockerConfig::for_image(image)
     });
     job
+}
+
+/// Prints its port, then counts up, a number every 50 ms.
+const COUNTING: &str = "echo port $HELIOS_PORT_http; i=0; while true; do echo $i; i=$((i+1)); sleep 0.05; done";
+
+/// The last number in `COUNTING`'s output, checking that the output is exactly its port line and
+/// then 0, 1, 2, ... with nothing repeated or left out.
+fn counted(output: &str, host_port: &str) -> Option<u64> {
+    let mut lines = output.lines();
+    assert_eq!(lines.next()?, format!("port {host_port}"), "{output}");
+    let mut last = None;
+    for (expected, line) in lines.enumerate() {
+        assert_eq!(line, expected.to_string(), "line {} of the output:\n{output}", expected + 2);
+        last = Some(expected as u64);
+    }
+    last
 }
 
 async fn wait_alloc(cluster: &TestCluster, job: &str, status: &str) -> pb::Allocation {
@@ -236,6 +260,45 @@ async fn an_unknown_image_fails_the_task_with_a_clear_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_image_missing_locally_is_pulled_with_its_progress_in_the_task_events() {
+    let Some(docker) = engine().await else { return };
+    let mut sandbox = Sandbox::new(docker.clone(), "pull", "docker-pull", &["pulled"]).await;
+    // Two layers, so the progress has something to count.
+    let layers = [
+        Layer { files: vec![("bin/busybox".into(), busybox(), 0o755)], links: vec![] },
+        Layer { files: vec![], links: vec![("bin/sh".into(), "busybox".into())] },
+    ];
+    let registry = Registry::serve("helios-test-pull", &format!("t{}", std::process::id()), &layers).await;
+    sandbox.images.push(registry.image.clone());
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = start_agent(&cluster, "docker-pull", dir.path()).await;
+    cluster.submit_job(1, &docker_job("pulled", &registry.image, JobType::Batch, "echo pulled")).await;
+    let done = wait_alloc(&cluster, "pulled", "complete").await;
+    let events = &done.task_states["pulled"].events;
+    let messages: Vec<String> = events.iter().map(|e| format!("{}: {}", e.kind, e.message)).collect();
+    let expected = [
+        "Received: ".to_string(),
+        format!("Downloading Image: pulling {}", registry.image),
+        "Downloading Image: 1 of 2 layers pulled (".into(),
+        "Downloading Image: 2 of 2 layers pulled (".into(),
+        format!("Image Pulled: {}", registry.image),
+        "Started: ".into(),
+        "Terminated: exit code 0".into(),
+    ];
+    assert_eq!(messages.len(), expected.len(), "{messages:#?}");
+    for (got, want) in messages.iter().zip(&expected) {
+        assert!(got.starts_with(want.as_str()), "{got:?} should start with {want:?}: {messages:#?}");
+    }
+    let log = dir.path().join("allocs").join(&done.id).join("pulled").join("stdout.log");
+    assert_eq!(std::fs::read_to_string(log).expect("log"), "pulled\n");
+    docker.inspect_image(&registry.image).await.expect("the pulled image is kept for the next task");
+    agent.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with_its_job() {
     let Some(docker) = engine().await else { return };
     let sandbox = Sandbox::new(docker.clone(), "service", "docker-web", &["web"]).await;
@@ -243,28 +306,44 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let agent = start_agent(&cluster, "docker-web", dir.path()).await;
-    let mut job = docker_job("web", &sandbox.image, JobType::Service, "echo port $HELIOS_PORT_http; sleep 600");
+    let mut job = docker_job("web", &sandbox.image, JobType::Service, COUNTING);
     if let TaskDriver::Docker(config) = &mut job.task_groups[0].tasks[0].driver {
         config.ports.push(PortMapping { name: "http".into(), container_port: 80, host_port: None });
+        config.cpu_hard_limit = true;
     }
+    job.task_groups[0].tasks[0].resources.cpu_mhz = 1000;
     cluster.submit_job(1, &job).await;
     let running = wait_alloc(&cluster, "web", "running").await;
     let containers = sandbox.containers("web").await;
     assert_eq!(containers.len(), 1);
     let id = containers[0].id.clone().expect("id");
     let inspected = docker.inspect_container(&id, None).await.expect("inspect");
-    let bindings = inspected.host_config.and_then(|h| h.port_bindings).expect("port bindings");
+    let host_config = inspected.host_config.expect("host config");
+    // The agent offers 4,000 MHz over this machine's cores: 1,000 MHz is a quarter of them.
+    let cores = std::thread::available_parallelism().expect("cores").get() as i64;
+    assert_eq!(host_config.nano_cpus, Some(cores * 250_000_000), "a hard CPU limit");
+    assert_eq!(host_config.cpu_shares, Some(1000));
+    assert_eq!(host_config.memory, Some(64 * 1024 * 1024), "a hard memory limit");
+    let bindings = host_config.port_bindings.expect("port bindings");
     let host_port = bindings["80/tcp"].as_ref().expect("80/tcp")[0].host_port.clone().expect("host port");
     let started = running.task_states["web"].events.iter().find(|e| e.kind == "Started").expect("started");
     assert!(started.message.ends_with(&format!("; ports http={host_port}->80")), "{}", started.message);
     let log = dir.path().join("allocs").join(&running.id).join("web").join("stdout.log");
-    wait_for("the task to log its port", || async {
-        (std::fs::read_to_string(&log).ok()? == format!("port {host_port}\n")).then_some(())
+    let copied = || counted(&std::fs::read_to_string(&log).unwrap_or_default(), &host_port);
+    wait_for("the task to log its port and count", || async { (copied() >= Some(5)).then_some(()) }).await;
+
+    // The agent restarts: the container keeps running and is adopted, not started again. It
+    // keeps counting meanwhile, past what the agent had copied (for less than the heartbeat TTL:
+    // the node must not be marked down).
+    agent.stop().await;
+    let before = copied().expect("counted before");
+    wait_for("the container to count on while its agent is down", || async {
+        let options = LogsOptionsBuilder::default().stdout(true).build();
+        let output: Vec<_> = docker.logs(&id, Some(options)).collect().await;
+        let text: String = output.into_iter().filter_map(Result::ok).map(|o| o.to_string()).collect();
+        (counted(&text, &host_port) >= Some(before + 10)).then_some(())
     })
     .await;
-
-    // The agent restarts: the container keeps running and is adopted, not started again.
-    agent.stop().await;
     let agent = start_agent(&cluster, "docker-web", dir.path()).await;
     let adopted = wait_for("the container adopted", || async {
         let alloc = wait_alloc(&cluster, "web", "running").await;
@@ -275,6 +354,9 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
     assert!(adopted.message.ends_with(&format!("; ports {host_port}->80/tcp")), "{}", adopted.message);
     let after = sandbox.containers("web").await;
     assert_eq!(after.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![Some(id)], "the same single container");
+    // Its log goes on where the old agent stopped: no line twice, none missing (`counted`).
+    wait_for("the log to continue after the adoption", || async { (copied() >= Some(before + 20)).then_some(()) })
+        .await;
 
     // Stopping the job stops the container (sleep as pid 1 ignores SIGTERM: killed after 1 s).
     cluster.jobs(1).await.stop_job(pb::StopJobRequest { name: "web".into(), purge: false }).await.expect("stop");

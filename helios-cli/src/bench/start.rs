@@ -115,17 +115,8 @@ fn template_job(args: &StartArgs) -> Result<Job> {
     group.tasks[0].resources = Resources { cpu_mhz: 10, memory_mb: 16 };
     if args.driver == DriverArg::Docker {
         let Some(image) = &args.image else { bail!("--driver docker needs --image IMAGE") };
-        group.tasks[0].driver = TaskDriver::Docker(DockerConfig {
-            image: image.clone(),
-            entrypoint: Vec::new(),
-            command: Some("true".to_string()),
-            args: Vec::new(),
-            working_dir: None,
-            labels: Default::default(),
-            ports: Vec::new(),
-            network_mode: None,
-            volumes: Vec::new(),
-        });
+        group.tasks[0].driver =
+            TaskDriver::Docker(DockerConfig { command: Some("true".to_string()), ..DockerConfig::for_image(image) });
     }
     if let Some(node) = &args.node {
         job.constraints.push(Constraint {

@@ -38,6 +38,8 @@ pub trait StateView {
     fn allocations_of_job(&self, job_name: &str) -> Vec<&Allocation>;
     /// Resources reserved on a node by its non-terminal allocations.
     fn node_usage(&self, node_id: &str) -> Resources;
+    /// The allocation that holds fixed host port `port` on a node, if one does.
+    fn host_port_holder(&self, node_id: &str, port: u16) -> Option<&str>;
 }
 
 /// Plans evaluation `eval`. `new_id` makes allocation ids (the caller's source of identity keeps

@@ -1,6 +1,6 @@
 //! Choosing a node for one allocation: feasible, fits, best fit; ties spread the group.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::feasibility::CompiledConstraints;
 use super::reconcile::Ask;
@@ -26,6 +26,10 @@ pub struct Placer<'a, V: StateView> {
     reserved: HashMap<&'a str, Resources>,
     /// Resources this plan frees by stopping allocations, by node.
     released: HashMap<String, Resources>,
+    /// Fixed host ports this plan has already taken, by node.
+    ports_taken: HashMap<&'a str, Vec<u16>>,
+    /// Allocations this plan stops: the host ports they hold count as free.
+    freed_ids: HashSet<String>,
     /// Live allocations of the job (kept or planned), by node, and of each group, by node.
     job_on_node: HashMap<String, u32>,
     group_on_node: HashMap<(String, String), u32>,
@@ -71,6 +75,8 @@ impl<'a, V: StateView> Placer<'a, V> {
             eval_id: eval.id.clone(),
             cursor: (fnv1a(eval.id.as_bytes()) as usize) % nodes,
             reserved: HashMap::new(),
+            ports_taken: HashMap::new(),
+            freed_ids: freed.iter().map(|a| a.id.clone()).collect(),
             released,
             job_on_node,
             group_on_node,
@@ -90,6 +96,7 @@ impl<'a, V: StateView> Placer<'a, V> {
         let compiled =
             self.compiled.entry(group.name.clone()).or_insert_with(|| CompiledConstraints::for_group(job, group));
         let ask_resources = group_resources(group);
+        let ask_ports = group.static_host_ports();
         let nodes = self.view.nodes();
         let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
         let mut best: Option<Candidate<'a>> = None;
@@ -115,6 +122,11 @@ impl<'a, V: StateView> Placer<'a, V> {
                 *rejected.entry("distinct_hosts".to_string()).or_default() += 1;
                 continue;
             }
+            let taken = |p: &&u16| port_taken(self.view, &self.freed_ids, &self.ports_taken, &node.id, **p);
+            if let Some(port) = ask_ports.iter().find(taken) {
+                *rejected.entry(format!("host port {port} in use")).or_default() += 1;
+                continue;
+            }
             let reserved = self.reserved.get(node.id.as_str()).copied().unwrap_or(Resources::ZERO);
             let released = self.released.get(&node.id).copied().unwrap_or(Resources::ZERO);
             let used = self.view.node_usage(&node.id).plus(reserved).minus(released);
@@ -136,12 +148,15 @@ impl<'a, V: StateView> Placer<'a, V> {
         let Some(chosen) = best else {
             let reason = describe_failure(nodes.len(), &rejected);
             // Room is what a cluster change can give; anything else needs a different node.
-            let room = rejected.keys().any(|k| k.starts_with("not enough free") || k == "distinct_hosts");
+            let room = rejected
+                .keys()
+                .any(|k| k.starts_with("not enough free") || k.starts_with("host port") || k == "distinct_hosts");
             return Err(if room { PlaceError::NoRoom(reason) } else { PlaceError::Infeasible(reason) });
         };
         let node_id = chosen.node.id.clone();
         let reserved = self.reserved.entry(chosen.node.id.as_str()).or_default();
         *reserved = reserved.plus(ask_resources);
+        self.ports_taken.entry(chosen.node.id.as_str()).or_default().extend(&ask_ports);
         *self.job_on_node.entry(node_id.clone()).or_default() += 1;
         *self.group_on_node.entry((group.name.clone(), node_id.clone())).or_default() += 1;
         Ok(Allocation {
@@ -154,6 +169,7 @@ impl<'a, V: StateView> Placer<'a, V> {
             group_fingerprint: group.fingerprint(),
             node_id,
             resources: ask_resources,
+            host_ports: ask_ports,
             desired_status: AllocDesiredStatus::Run,
             desired_description: String::new(),
             client_status: AllocClientStatus::Pending,
@@ -163,6 +179,19 @@ impl<'a, V: StateView> Placer<'a, V> {
             modified_at: now,
         })
     }
+}
+
+/// True when `port` on `node` is held by an allocation the plan keeps (not one in `freed`), or
+/// `taken` by an earlier placement of the plan.
+fn port_taken(
+    view: &impl StateView,
+    freed: &HashSet<String>,
+    taken: &HashMap<&str, Vec<u16>>,
+    node: &str,
+    port: u16,
+) -> bool {
+    let held = view.host_port_holder(node, port).is_some_and(|holder| !freed.contains(holder));
+    held || taken.get(node).is_some_and(|ports| ports.contains(&port))
 }
 
 /// The resources an allocation of `group` reserves: the sum of its tasks'.

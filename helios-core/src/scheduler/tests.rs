@@ -2,7 +2,7 @@
 //! applier rejects a plan made on stale state and checks, after every plan, that no node is
 //! over-committed and no slot runs twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::reconcile::MAX_RESCHEDULES;
 use super::*;
@@ -65,6 +65,17 @@ impl StateView for Harness {
             .filter(|a| a.node_id == node_id && !a.is_terminal())
             .fold(Resources::ZERO, |used, a| used.plus(a.resources))
     }
+    fn host_port_holder(&self, node_id: &str, port: u16) -> Option<&str> {
+        self.allocs
+            .values()
+            .find(|a| a.node_id == node_id && holds_room(a) && a.host_ports.contains(&port))
+            .map(|a| a.id.as_str())
+    }
+}
+
+/// Wanted and not finished: what holds room (and host ports) on a node.
+fn holds_room(a: &Allocation) -> bool {
+    !a.is_terminal() && a.desired_status == AllocDesiredStatus::Run
 }
 
 impl Harness {
@@ -121,6 +132,12 @@ impl Harness {
             assert!(used.cpu_mhz <= node.resources.cpu_mhz, "node {} cpu over-committed", node.id);
             assert!(used.memory_mb <= node.resources.memory_mb, "node {} memory over-committed", node.id);
         }
+        let mut ports = BTreeSet::new();
+        for a in self.allocs.values().filter(|a| holds_room(a)) {
+            for port in &a.host_ports {
+                assert!(ports.insert((a.node_id.clone(), *port)), "host port {port} taken twice on {}", a.node_id);
+            }
+        }
         let mut slots = BTreeMap::new();
         for a in self.allocs.values().filter(|a| !a.is_terminal() && a.desired_status == AllocDesiredStatus::Run) {
             let job = &self.jobs[&a.job_name];
@@ -175,6 +192,55 @@ fn bin_packs_onto_the_fullest_node_that_fits() {
     assert_ne!(h.live("more")[0].node_id, big_node, "a full node is skipped");
 }
 
+fn docker_node(id: &str) -> Node {
+    Node { drivers: vec!["exec".into(), "docker".into()], ..node(id, 10_000, 10_000) }
+}
+
+fn with_host_port(mut job: Job, host_port: u16) -> Job {
+    job.task_groups[0].tasks[0].driver = TaskDriver::Docker(DockerConfig {
+        ports: vec![crate::job::PortMapping { name: "http".into(), container_port: 80, host_port: Some(host_port) }],
+        ..DockerConfig::for_image("web")
+    });
+    job
+}
+
+#[test]
+fn a_fixed_host_port_is_held_by_one_allocation_per_node() {
+    let mut h = Harness { nodes: vec![docker_node("a"), docker_node("b")], ..Default::default() };
+    // Best fit would pack all three onto one node; the port allows one per node.
+    h.put_job(with_host_port(service("web", 3, 100, 128), 8080));
+    let plan = h.run("web");
+    assert_eq!(plan.placements.len(), 2);
+    assert_ne!(plan.placements[0].node_id, plan.placements[1].node_id);
+    assert_eq!(plan.placements[0].host_ports, vec![8080]);
+    let why = &plan.failed_placements["web"];
+    assert!(why.contains("2 host port 8080 in use"), "{why}");
+
+    // Another job wanting the same port finds no node; another port is fine.
+    h.put_job(with_host_port(service("other", 1, 100, 128), 8080));
+    assert!(h.run("other").placements.is_empty());
+    h.put_job(with_host_port(service("admin", 1, 100, 128), 9090));
+    assert_eq!(h.run("admin").placements.len(), 1);
+
+    // A finished allocation frees its port, and the blocked copy is placed there.
+    let done = h.live("web")[0].id.clone();
+    h.set_client_status(&done, AllocClientStatus::Failed);
+    let plan = h.run("web");
+    assert_eq!(plan.placements.len(), 1, "{:?}", plan.failed_placements);
+}
+
+#[test]
+fn a_new_version_that_replaces_an_allocation_may_reuse_its_port_on_the_same_node() {
+    let mut h = Harness { nodes: vec![docker_node("a")], ..Default::default() };
+    h.put_job(with_host_port(service("web", 1, 100, 128), 8080));
+    h.run("web");
+    let mut changed = with_host_port(service("web", 1, 100, 128), 8080);
+    changed.task_groups[0].tasks[0].env.insert("V".into(), "2".into());
+    h.put_job(changed);
+    let plan = h.run("web");
+    assert_eq!((plan.stops.len(), plan.placements.len()), (1, 1), "{:?}", plan.failed_placements);
+}
+
 #[test]
 fn distinct_hosts_spreads_over_nodes_and_reports_when_out_of_nodes() {
     let mut h = Harness { nodes: vec![node("a", 4000, 4096), node("b", 4000, 4096)], ..Default::default() };
@@ -218,17 +284,7 @@ fn constraints_drivers_and_node_state_filter_nodes_with_reasons() {
     assert_eq!(h.live("web")[0].node_id, "k");
 
     let mut docker = service("db", 1, 100, 128);
-    docker.task_groups[0].tasks[0].driver = TaskDriver::Docker(DockerConfig {
-        image: "postgres".into(),
-        entrypoint: vec![],
-        command: None,
-        args: vec![],
-        working_dir: None,
-        labels: BTreeMap::new(),
-        ports: vec![],
-        network_mode: None,
-        volumes: vec![],
-    });
+    docker.task_groups[0].tasks[0].driver = TaskDriver::Docker(DockerConfig::for_image("postgres"));
     h.put_job(docker);
     let plan = h.run("db");
     assert!(plan.placements.is_empty());

@@ -12,9 +12,9 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::codec::{decode, encode};
 use super::tables::{
-    index_id, index_key, index_range, job_version_key, request_key, AllocCounts, ALLOCATIONS, ALLOCS_BY_JOB,
-    ALLOCS_BY_NODE, BLOCKED_JOBS, CLUSTER, EVALS_BY_JOB, EVALUATIONS, JOBS, JOB_ALLOC_COUNTS, JOB_VERSIONS, NODES,
-    NODES_CHANGED_AT, NODE_USAGE, PENDING_EVALUATIONS, REQUESTS,
+    host_port_key, index_id, index_key, index_range, job_version_key, request_key, AllocCounts, ALLOCATIONS,
+    ALLOCS_BY_JOB, ALLOCS_BY_NODE, BLOCKED_JOBS, CLUSTER, EVALS_BY_JOB, EVALUATIONS, JOBS, JOB_ALLOC_COUNTS,
+    JOB_VERSIONS, NODES, NODES_CHANGED_AT, NODE_PORTS, NODE_USAGE, PENDING_EVALUATIONS, REQUESTS,
 };
 
 /// How long a request id is remembered. A server retries a proposal for at most
@@ -40,6 +40,7 @@ pub struct StateTables<'txn> {
     evals_by_job: StateTable<'txn>,
     node_usage: StateTable<'txn>,
     job_alloc_counts: StateTable<'txn>,
+    node_ports: StateTable<'txn>,
     /// Node usage and job counts as this batch left them, written once by `finish`: they change
     /// with every allocation written, and writing them through would double the B-tree work.
     usage: HashMap<String, Resources>,
@@ -67,6 +68,7 @@ impl<'txn> StateTables<'txn> {
             evals_by_job: txn.open_table(EVALS_BY_JOB)?,
             node_usage: txn.open_table(NODE_USAGE)?,
             job_alloc_counts: txn.open_table(JOB_ALLOC_COUNTS)?,
+            node_ports: txn.open_table(NODE_PORTS)?,
             usage: HashMap::new(),
             counts: HashMap::new(),
             touched: BTreeMap::new(),
@@ -95,6 +97,7 @@ impl<'txn> StateTables<'txn> {
         self.evals_by_job.retain(|_, _| false)?;
         self.node_usage.retain(|_, _| false)?;
         self.job_alloc_counts.retain(|_, _| false)?;
+        self.node_ports.retain(|_, _| false)?;
         self.usage.clear();
         self.counts.clear();
         for row in self.allocations.iter()? {
@@ -105,6 +108,10 @@ impl<'txn> StateTables<'txn> {
             if reserves_room(&alloc) {
                 let usage = self.usage.entry(alloc.node_id.clone()).or_insert(Resources::ZERO);
                 *usage = usage.plus(alloc.resources);
+                for port in &alloc.host_ports {
+                    let key = host_port_key(&alloc.node_id, *port);
+                    self.node_ports.insert(key.as_str(), encode(&alloc.id).as_slice())?;
+                }
             }
             let counts = self.counts.entry(alloc.job_name.clone()).or_default();
             counts.running += counted(&alloc).running;
@@ -418,6 +425,17 @@ impl<'txn> StateTables<'txn> {
         }
         let system =
             get::<Job>(&self.jobs, &plan.job_name)?.is_some_and(|j| j.job_type == helios_core::JobType::System);
+        // Fixed host ports: free unless held by an allocation the plan keeps, and each taken once.
+        let mut ports_taken: BTreeSet<(&str, u16)> = BTreeSet::new();
+        for alloc in &plan.placements {
+            for port in &alloc.host_ports {
+                let holder = get::<String>(&self.node_ports, &host_port_key(&alloc.node_id, *port))?;
+                let held = holder.is_some_and(|h| !stopping.contains(h.as_str()));
+                if held || !ports_taken.insert((alloc.node_id.as_str(), *port)) {
+                    return Ok(Err(format!("host port {port} on node {} is taken", alloc.node_id)));
+                }
+            }
+        }
         // A plan puts many allocations on few nodes: decode each node once.
         let mut nodes: HashMap<&str, Option<Node>> = HashMap::new();
         for alloc in &plan.placements {
@@ -460,6 +478,19 @@ impl<'txn> StateTables<'txn> {
         Ok(used.get_mut(node).expect("inserted above"))
     }
 
+    /// Records (or releases) the fixed host ports `alloc` holds on its node.
+    fn hold_host_ports(&mut self, alloc: &Allocation, hold: bool) -> Result<(), redb::Error> {
+        for port in &alloc.host_ports {
+            let key = host_port_key(&alloc.node_id, *port);
+            if hold {
+                self.node_ports.insert(key.as_str(), encode(&alloc.id).as_slice())?;
+            } else if get::<String>(&self.node_ports, &key)?.as_deref() == Some(alloc.id.as_str()) {
+                self.node_ports.remove(key.as_str())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every allocation of `job_name`, terminal ones included.
     fn allocations_of_job(&self, job_name: &str) -> Result<Vec<Allocation>, redb::Error> {
         let (from, to) = index_range(job_name);
@@ -487,6 +518,7 @@ impl<'txn> StateTables<'txn> {
             let usage = self.usage_of(&alloc.node_id)?;
             let usage = if was_reserved { usage.minus(alloc.resources) } else { usage.plus(alloc.resources) };
             self.usage.insert(alloc.node_id.clone(), usage);
+            self.hold_host_ports(alloc, !was_reserved)?;
         }
         let before = old.as_ref().map(counted).unwrap_or_default();
         let after = counted(alloc);
@@ -806,6 +838,7 @@ mod tests {
             group_fingerprint: 0,
             node_id: node.into(),
             resources: Resources { cpu_mhz: cpu, memory_mb: 10 },
+            host_ports: vec![],
             desired_status: AllocDesiredStatus::Run,
             desired_description: String::new(),
             client_status: AllocClientStatus::Pending,
@@ -863,6 +896,58 @@ mod tests {
         assert_eq!(ids, ["x1", "x4"]);
     }
 
+    #[test]
+    fn a_fixed_host_port_is_held_once_per_node_until_its_allocation_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), 1).unwrap();
+        apply_all(&db, vec![proposal("r0", 1, Command::RegisterNode { node: node("n", 1000), evals: vec![] })]);
+        let with_port = |id: &str, job: &str, port: u16| Allocation {
+            host_ports: vec![port],
+            ..alloc(id, job, &format!("{job}.g[0]"), "n", 1)
+        };
+        let got = apply_all(
+            &db,
+            vec![
+                proposal("r1", 2, plan("a", vec![with_port("a1", "a", 8080)])),
+                // Another job on the same node and port.
+                proposal("r2", 3, plan("b", vec![with_port("b1", "b", 8080)])),
+                // Two placements of one plan on the same port.
+                proposal(
+                    "r3",
+                    4,
+                    plan(
+                        "c",
+                        vec![
+                            with_port("c1", "c", 9090),
+                            Allocation { name: "c.g[1]".into(), ..with_port("c2", "c", 9090) },
+                        ],
+                    ),
+                ),
+                proposal("r4", 5, plan("d", vec![with_port("d1", "d", 9090)])),
+            ],
+        );
+        let refused = |r: &CommandResponse| matches!(r, CommandResponse::Rejected(x) if x.message.contains("is taken"));
+        assert_eq!(got[0], CommandResponse::PlanApplied { placed: 1, stopped: 0 });
+        assert!(refused(&got[1]) && refused(&got[2]), "{got:?}");
+        assert_eq!(got[3], CommandResponse::PlanApplied { placed: 1, stopped: 0 });
+        assert_indexes_agree_with_a_scan(&db);
+
+        // a1 fails: 8080 is free again.
+        let report = Command::ReportAllocations {
+            node_id: "n".into(),
+            secret: "s".into(),
+            updates: vec![report("a1", AllocClientStatus::Failed)],
+            now: Timestamp(10),
+            evals: vec![],
+        };
+        apply_all(&db, vec![proposal("r5", 6, report)]);
+        let got = apply_all(&db, vec![proposal("r6", 7, plan("b", vec![with_port("b2", "b", 8080)]))]);
+        assert_eq!(got[0], CommandResponse::PlanApplied { placed: 1, stopped: 0 });
+        assert_indexes_agree_with_a_scan(&db);
+        let txn = db.begin_read().unwrap();
+        assert_eq!(read::host_ports(&txn).unwrap()[&("n".to_string(), 8080)], "b2");
+    }
+
     /// The indexes are kept incrementally; they must always equal what a full scan computes.
     fn assert_indexes_agree_with_a_scan(db: &redb::Database) {
         let txn = db.begin_read().unwrap();
@@ -881,6 +966,13 @@ mod tests {
             let by_node = read::allocations(&txn, None, Some(&a.node_id)).unwrap();
             assert!(by_job.contains(a) && by_node.contains(a), "{} missing from an index", a.id);
         }
+        let mut ports = read::HostPorts::new();
+        for a in all.iter().filter(|a| reserves_room(a)) {
+            for port in &a.host_ports {
+                assert!(ports.insert((a.node_id.clone(), *port), a.id.clone()).is_none(), "port {port} held twice");
+            }
+        }
+        assert_eq!(read::host_ports(&txn).unwrap(), ports, "node ports");
         let stored = read::node_usage(&txn).unwrap();
         for (node, used) in &usage {
             assert_eq!(stored.get(node), Some(used), "usage of {node}");

@@ -24,6 +24,11 @@ pub enum OpenError {
     Database { path: PathBuf, source: redb::DatabaseError },
     #[error("cannot initialize database {path}: {source}")]
     Init { path: PathBuf, source: redb::Error },
+    #[error(
+        "database {path} holds stored format {found}, but this build reads format {expected} and cannot convert it: \
+         run the build that wrote it, or move the data dir away to start this server afresh"
+    )]
+    Format { path: PathBuf, found: u32, expected: u32 },
 }
 
 /// The database file of server `node_id` inside `data_dir`.
@@ -45,8 +50,38 @@ pub fn open(data_dir: &Path, node_id: u64) -> Result<Arc<Database>, OpenError> {
     let path = db_path(data_dir, node_id);
     let db = Database::create(&path).map_err(|source| OpenError::Database { path: path.clone(), source })?;
     tables::create_all(&db).map_err(|source| OpenError::Init { path: path.clone(), source })?;
+    match stored_format(&db).map_err(|source| OpenError::Init { path: path.clone(), source })? {
+        found if found == tables::FORMAT_VERSION => {}
+        found => return Err(OpenError::Format { path, found, expected: tables::FORMAT_VERSION }),
+    }
     ensure_indexes(&db).map_err(|source| OpenError::Init { path, source })?;
     Ok(Arc::new(db))
+}
+
+/// The stored format of the database's contents. A database with nothing in it yet is marked
+/// with this build's format; one with data but no marker predates markers (format 1).
+fn stored_format(db: &Database) -> Result<u32, redb::Error> {
+    use redb::{ReadableTable, ReadableTableMetadata};
+    use tables::{FORMAT_VERSION, META_FORMAT, RAFT_LOG, RAFT_META, SM_META};
+    let txn = db.begin_write()?;
+    let marked: Option<u32> = match txn.open_table(RAFT_META)?.get(META_FORMAT)? {
+        Some(v) => Some(codec::decode(v.value()).map_err(redb::StorageError::Io)?),
+        None => None,
+    };
+    if let Some(format) = marked {
+        txn.abort()?;
+        return Ok(format);
+    }
+    let empty = txn.open_table(RAFT_LOG)?.is_empty()?
+        && txn.open_table(RAFT_META)?.is_empty()?
+        && txn.open_table(SM_META)?.is_empty()?;
+    if !empty {
+        txn.abort()?;
+        return Ok(1);
+    }
+    txn.open_table(RAFT_META)?.insert(META_FORMAT, codec::encode(&FORMAT_VERSION).as_slice())?;
+    txn.commit()?;
+    Ok(FORMAT_VERSION)
 }
 
 /// Builds the indexes over allocations and evaluations if this database predates them.
@@ -76,4 +111,56 @@ pub fn rebuild_indexes(txn: &redb::WriteTransaction) -> Result<(), redb::Error> 
     let mut meta = txn.open_table(tables::SM_META)?;
     meta.insert(tables::SM_INDEXES, codec::encode(&tables::INDEXES_VERSION).as_slice())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::ReadableDatabase;
+
+    use super::*;
+    use tables::{FORMAT_VERSION, META_FORMAT, META_VOTE, RAFT_META};
+
+    fn set_meta(dir: &Path, key: &str, value: Option<u32>) {
+        let db = Database::open(db_path(dir, 1)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(RAFT_META).unwrap();
+            match value {
+                Some(v) => meta.insert(key, codec::encode(&v).as_slice()).unwrap(),
+                None => meta.remove(key).unwrap(),
+            };
+        }
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_new_database_is_marked_with_this_builds_format_and_opens_again() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), 1).unwrap());
+        let db = open(dir.path(), 1).unwrap();
+        let txn = db.begin_read().unwrap();
+        let format = txn.open_table(RAFT_META).unwrap().get(META_FORMAT).unwrap().map(|v| v.value().to_vec());
+        assert_eq!(format, Some(codec::encode(&FORMAT_VERSION)));
+    }
+
+    #[test]
+    fn a_database_of_another_format_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), 1).unwrap());
+        set_meta(dir.path(), META_VOTE, Some(42));
+        set_meta(dir.path(), META_FORMAT, Some(FORMAT_VERSION + 1));
+        let err = open(dir.path(), 1).unwrap_err();
+        assert!(matches!(err, OpenError::Format { found, .. } if found == FORMAT_VERSION + 1), "{err}");
+        assert!(err.to_string().contains("cannot convert it"), "{err}");
+
+        // Data from before formats were marked is format 1: refused, not re-marked.
+        set_meta(dir.path(), META_FORMAT, None);
+        let err = open(dir.path(), 1).unwrap_err();
+        assert!(matches!(err, OpenError::Format { found: 1, .. }), "{err}");
+        let db = Database::open(db_path(dir.path(), 1)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(RAFT_META).unwrap();
+        assert!(meta.get(META_FORMAT).unwrap().is_none(), "not marked by the refused open");
+        assert_eq!(meta.get(META_VOTE).unwrap().map(|v| v.value().to_vec()), Some(codec::encode(&42u32)));
+    }
 }

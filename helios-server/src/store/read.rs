@@ -116,6 +116,21 @@ pub fn node_usage(txn: &ReadTransaction) -> io::Result<std::collections::HashMap
     Ok(out)
 }
 
+/// The fixed host ports held on each node, and by which allocation.
+pub type HostPorts = std::collections::HashMap<(String, u16), String>;
+
+/// Every fixed host port held (only docker tasks with `-p NAME=PORT:HOSTPORT` hold any).
+pub fn host_ports(txn: &ReadTransaction) -> io::Result<HostPorts> {
+    let mut out = HostPorts::new();
+    for row in table(txn, super::tables::NODE_PORTS)?.iter().map_err(io::Error::other)? {
+        let (key, holder) = row.map_err(io::Error::other)?;
+        let (node, port) = key.value().split_once('\0').unwrap_or_default();
+        let port = port.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad node_ports key"))?;
+        out.insert((node.to_string(), port), decode(holder.value())?);
+    }
+    Ok(out)
+}
+
 /// How many of a job's allocations run and how many have not finished.
 pub fn alloc_counts(txn: &ReadTransaction, job_name: &str) -> io::Result<AllocCounts> {
     Ok(get(txn, JOB_ALLOC_COUNTS, job_name)?.unwrap_or_default())

@@ -48,9 +48,12 @@ pub const EVALS_BY_JOB: TableDefinition<&str, &[u8]> = TableDefinition::new("eva
 pub const NODE_USAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("node_usage");
 /// job name -> `AllocCounts` of its allocations.
 pub const JOB_ALLOC_COUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("job_alloc_counts");
+/// `host_port_key(node, port)` -> the id of the allocation holding that fixed host port there
+/// (while it reserves room).
+pub const NODE_PORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("node_ports");
 
 /// The tables that make up the replicated state: exactly what a snapshot carries.
-pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 14] = [
+pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 15] = [
     JOBS,
     JOB_VERSIONS,
     ALLOCATIONS,
@@ -65,6 +68,7 @@ pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 14] = [
     EVALS_BY_JOB,
     NODE_USAGE,
     JOB_ALLOC_COUNTS,
+    NODE_PORTS,
 ];
 
 /// How many of a job's allocations run, and how many have not finished: what its status follows.
@@ -85,12 +89,25 @@ pub fn index_range(owner: &str) -> (String, String) {
     (format!("{owner}\0"), format!("{owner}\u{1}"))
 }
 
+/// A node's fixed host port: an `index_key` whose id is the zero-padded port, so a node's ports
+/// sort in order.
+pub fn host_port_key(node: &str, port: u16) -> String {
+    index_key(node, &format!("{port:05}"))
+}
+
 /// The id part of an `index_key`.
 pub fn index_id(key: &str) -> &str {
     key.split_once('\0').map_or(key, |(_, id)| id)
 }
 
 pub const META_VOTE: &str = "vote";
+/// The encoding of the stored types this database holds (`FORMAT_VERSION`), in `raft_meta`.
+pub const META_FORMAT: &str = "format";
+/// bincode encodes fields by position, so a field added to a stored type (a job, a Raft entry)
+/// makes older bytes unreadable. Every such change bumps this number; a database holding another
+/// format is refused when it opens instead of being misread.
+/// 1: the first format (no marker). 2: `DockerConfig::cpu_hard_limit`, `Allocation::host_ports`.
+pub const FORMAT_VERSION: u32 = 2;
 pub const META_LAST_PURGED: &str = "last_purged";
 pub const META_COMMITTED: &str = "committed";
 pub const SM_LAST_APPLIED: &str = "last_applied";
@@ -100,7 +117,8 @@ pub const SM_HAS_SNAPSHOT: &str = "has_snapshot";
 /// The version of the indexes this database holds (`INDEXES_VERSION`); older data gets them
 /// rebuilt when the store opens.
 pub const SM_INDEXES: &str = "indexes";
-pub const INDEXES_VERSION: u32 = 1;
+/// 1: allocations by job and node, evaluations by job, node usage, job counts. 2: node ports.
+pub const INDEXES_VERSION: u32 = 2;
 
 /// Versions sort by number within a job: names cannot contain '@' (validation), and the version
 /// is zero-padded.

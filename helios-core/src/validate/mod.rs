@@ -7,6 +7,8 @@ use std::fmt;
 use crate::job::{Constraint, ConstraintOperator, Job, Resources, Task, TaskDriver, TaskGroup};
 use crate::limits::*;
 
+mod docker;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
     /// `task_groups[0].tasks[1].resources.memory_mb`
@@ -198,33 +200,7 @@ fn check_task(r: &mut Report, path: &str, task: &Task) {
             check_text(r, &format!("{path}.config.command"), &exec.command, MAX_ARG_LEN);
             check_args(r, &format!("{path}.config.args"), &exec.args);
         }
-        TaskDriver::Docker(docker) => {
-            if docker.image.trim().is_empty() {
-                r.add(format!("{path}.config.image"), "must not be empty");
-            }
-            check_text(r, &format!("{path}.config.image"), &docker.image, MAX_ARG_LEN);
-            check_args(r, &format!("{path}.config.args"), &docker.args);
-            check_args(r, &format!("{path}.config.entrypoint"), &docker.entrypoint);
-            if docker.ports.len() > MAX_PORTS {
-                r.add(format!("{path}.config.ports"), format!("must have at most {MAX_PORTS} ports"));
-            }
-            let mut names = BTreeSet::new();
-            for (k, port) in docker.ports.iter().enumerate() {
-                let ppath = format!("{path}.config.ports[{k}]");
-                if let Err(p) = check_name(&port.name) {
-                    r.add(format!("{ppath}.name"), p);
-                }
-                if !names.insert(port.name.as_str()) {
-                    r.add(format!("{ppath}.name"), format!("duplicate port name {:?}", port.name));
-                }
-                if port.container_port == 0 {
-                    r.add(format!("{ppath}.container_port"), "must be > 0");
-                }
-                if port.host_port == Some(0) {
-                    r.add(format!("{ppath}.host_port"), "must be > 0 (omit it to pick a free port)");
-                }
-            }
-        }
+        TaskDriver::Docker(docker) => docker::check(r, path, docker, &task.resources),
     }
     check_env(r, &format!("{path}.env"), &task.env);
     check_resources(r, &format!("{path}.resources"), &task.resources);
@@ -262,16 +238,20 @@ fn check_env(r: &mut Report, path: &str, env: &BTreeMap<String, String>) {
         r.add(path, format!("must total at most {MAX_ENV_BYTES} bytes, got {total}"));
     }
     for (key, value) in env {
-        let valid_key = !key.is_empty()
-            && !key.starts_with(|c: char| c.is_ascii_digit())
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid_key {
+        if !is_env_name(key) {
             r.add(format!("{path}.{key:?}"), "name must be letters, digits and '_', not starting with a digit");
         }
         if value.contains('\0') {
             r.add(format!("{path}.{key}"), "value must not contain NUL bytes");
         }
     }
+}
+
+/// A name a shell can read as a variable: letters, digits and '_', not starting with a digit.
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn check_map(r: &mut Report, path: &str, map: &BTreeMap<String, String>, max: usize) {
@@ -362,7 +342,7 @@ pub fn parse_version_requirement(text: &str) -> Result<Vec<(String, Vec<u64>)>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{ConstraintOperator, DockerConfig, PortMapping};
+    use crate::job::ConstraintOperator;
 
     fn fields(job: &Job) -> Vec<String> {
         match job.validate() {
@@ -436,31 +416,6 @@ mod tests {
         assert!(got[0].starts_with("constraints[0].value: invalid regular expression"));
         assert!(got[1].starts_with("constraints[1].attribute: must be node.id"));
         assert!(got[2].starts_with("constraints[2].value: invalid version requirement"));
-    }
-
-    #[test]
-    fn docker_ports_are_checked() {
-        let mut job = Job::exec("ok", "echo", vec![]);
-        job.task_groups[0].tasks[0].driver = TaskDriver::Docker(DockerConfig {
-            image: String::new(),
-            entrypoint: vec![],
-            command: None,
-            args: vec![],
-            working_dir: None,
-            labels: BTreeMap::new(),
-            ports: vec![
-                PortMapping { name: "http".into(), container_port: 0, host_port: Some(0) },
-                PortMapping { name: "http".into(), container_port: 80, host_port: None },
-            ],
-            network_mode: None,
-            volumes: vec![],
-        });
-        let got = fields(&job);
-        let p = "task_groups[0].tasks[0].config";
-        assert!(got.contains(&format!("{p}.image: must not be empty")), "{got:?}");
-        assert!(got.contains(&format!("{p}.ports[0].container_port: must be > 0")));
-        assert!(got.iter().any(|e| e.starts_with(&format!("{p}.ports[0].host_port"))));
-        assert!(got.iter().any(|e| e.starts_with(&format!("{p}.ports[1].name: duplicate"))));
     }
 
     #[test]

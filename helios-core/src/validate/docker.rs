@@ -1,0 +1,207 @@
+//! Checks of a docker task's config: what the engine would refuse, or what would go wrong on the
+//! node, is refused at submission with the field's path instead.
+
+use std::collections::BTreeSet;
+
+use super::{check_args, check_name, check_text, is_env_name, Report};
+use crate::job::{DockerConfig, Resources};
+use crate::limits::{MAX_ARG_LEN, MAX_META_ENTRIES, MAX_PORTS};
+
+/// The engine refuses a container with less memory than this.
+pub const MIN_DOCKER_MEMORY_MB: u32 = 6;
+/// Labels the agent sets itself (node, allocation, job, task): a job may not set or fake them.
+pub const RESERVED_LABEL_PREFIX: &str = "io.helios.";
+
+/// Checks the docker task at `task_path`.
+pub(super) fn check(r: &mut Report, task_path: &str, docker: &DockerConfig, resources: &Resources) {
+    let path = &format!("{task_path}.config");
+    if docker.image.trim().is_empty() {
+        r.add(format!("{path}.image"), "must not be empty");
+    }
+    if docker.image.chars().any(char::is_whitespace) {
+        r.add(format!("{path}.image"), "must not contain whitespace");
+    }
+    check_text(r, &format!("{path}.image"), &docker.image, MAX_ARG_LEN);
+    check_args(r, &format!("{path}.args"), &docker.args);
+    check_args(r, &format!("{path}.entrypoint"), &docker.entrypoint);
+    if let Some(command) = &docker.command {
+        check_text(r, &format!("{path}.command"), command, MAX_ARG_LEN);
+    }
+    if let Some(dir) = &docker.working_dir {
+        if !dir.starts_with('/') {
+            r.add(format!("{path}.working_dir"), format!("must be an absolute path, got {dir:?}"));
+        }
+        check_text(r, &format!("{path}.working_dir"), dir, MAX_ARG_LEN);
+    }
+    if let Some(mode) = &docker.network_mode {
+        if mode.is_empty() || mode.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            r.add(
+                format!("{path}.network_mode"),
+                format!("must be a network name (bridge, host, none, ...), got {mode:?}"),
+            );
+        }
+    }
+    check_labels(r, path, docker);
+    check_ports(r, path, docker);
+    for (i, volume) in docker.volumes.iter().enumerate() {
+        if let Err(problem) = check_volume(volume) {
+            r.add(format!("{path}.volumes[{i}]"), problem);
+        }
+    }
+    if resources.memory_mb < MIN_DOCKER_MEMORY_MB {
+        r.add(
+            format!("{task_path}.resources.memory_mb"),
+            format!(
+                "must be at least {MIN_DOCKER_MEMORY_MB} for a docker task (the engine's minimum), got {}",
+                resources.memory_mb
+            ),
+        );
+    }
+}
+
+fn check_labels(r: &mut Report, path: &str, docker: &DockerConfig) {
+    if docker.labels.len() > MAX_META_ENTRIES {
+        r.add(format!("{path}.labels"), format!("must have at most {MAX_META_ENTRIES} entries"));
+        return;
+    }
+    for (key, value) in &docker.labels {
+        if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            r.add(format!("{path}.labels"), format!("label names must be non-empty without spaces, got {key:?}"));
+        } else if key.starts_with(RESERVED_LABEL_PREFIX) {
+            r.add(
+                format!("{path}.labels.{key}"),
+                format!("names starting with {RESERVED_LABEL_PREFIX:?} are set by Helios"),
+            );
+        }
+        check_text(r, &format!("{path}.labels.{key}"), value, MAX_ARG_LEN);
+    }
+}
+
+fn check_ports(r: &mut Report, path: &str, docker: &DockerConfig) {
+    if docker.ports.len() > MAX_PORTS {
+        r.add(format!("{path}.ports"), format!("must have at most {MAX_PORTS} ports"));
+        return;
+    }
+    let (mut names, mut container_ports, mut host_ports) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    for (k, port) in docker.ports.iter().enumerate() {
+        let ppath = format!("{path}.ports[{k}]");
+        // The name becomes HELIOS_PORT_<name> in the task's environment.
+        if let Err(p) = check_name(&port.name) {
+            r.add(format!("{ppath}.name"), p);
+        } else if !is_env_name(&port.name) {
+            r.add(
+                format!("{ppath}.name"),
+                format!("must be letters, digits and '_', not starting with a digit (it names HELIOS_PORT_<name>), got {:?}", port.name),
+            );
+        }
+        if !names.insert(port.name.as_str()) {
+            r.add(format!("{ppath}.name"), format!("duplicate port name {:?}", port.name));
+        }
+        if port.container_port == 0 {
+            r.add(format!("{ppath}.container_port"), "must be > 0");
+        } else if !container_ports.insert(port.container_port) {
+            r.add(format!("{ppath}.container_port"), format!("port {} is mapped twice", port.container_port));
+        }
+        match port.host_port {
+            Some(0) => r.add(format!("{ppath}.host_port"), "must be > 0 (omit it to pick a free port)"),
+            Some(host) if !host_ports.insert(host) => {
+                r.add(format!("{ppath}.host_port"), format!("host port {host} is used twice"));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `host_path:container_path[:ro|:rw]`, both absolute.
+fn check_volume(volume: &str) -> Result<(), String> {
+    let parts: Vec<&str> = volume.split(':').collect();
+    let (host, container) = match parts.as_slice() {
+        [host, container] | [host, container, "ro" | "rw"] => (*host, *container),
+        _ => return Err(format!("must be HOST_PATH:CONTAINER_PATH[:ro|rw], got {volume:?}")),
+    };
+    if !host.starts_with('/') || !container.starts_with('/') {
+        return Err(format!("both paths must be absolute, got {volume:?}"));
+    }
+    if volume.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::job::{DockerConfig, Job, PortMapping, TaskDriver};
+
+    fn problems(config: DockerConfig, memory_mb: u32) -> Vec<String> {
+        let mut job = Job::exec("ok", "echo", vec![]);
+        let task = &mut job.task_groups[0].tasks[0];
+        task.driver = TaskDriver::Docker(config);
+        task.resources.memory_mb = memory_mb;
+        match job.validate() {
+            Ok(()) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    fn config() -> DockerConfig {
+        DockerConfig::for_image("busybox")
+    }
+
+    const P: &str = "task_groups[0].tasks[0]";
+
+    #[test]
+    fn a_plain_container_passes() {
+        let mut ok = config();
+        ok.ports.push(PortMapping { name: "http_1".into(), container_port: 80, host_port: Some(8080) });
+        ok.volumes = vec!["/srv/data:/data".into(), "/etc/app:/etc/app:ro".into()];
+        ok.labels.insert("team".into(), "web".into());
+        ok.working_dir = Some("/app".into());
+        ok.network_mode = Some("host".into());
+        assert_eq!(problems(ok, 64), Vec::<String>::new());
+    }
+
+    #[test]
+    fn ports_are_checked() {
+        let mut bad = config();
+        bad.image = String::new();
+        bad.ports = vec![
+            PortMapping { name: "http".into(), container_port: 0, host_port: Some(0) },
+            PortMapping { name: "http".into(), container_port: 80, host_port: Some(8080) },
+            PortMapping { name: "web-ui".into(), container_port: 80, host_port: Some(8080) },
+        ];
+        let got = problems(bad, 64);
+        let has =
+            |text: &str| assert!(got.iter().any(|e| e.starts_with(&format!("{P}.config.{text}"))), "{text}: {got:?}");
+        has("image: must not be empty");
+        has("ports[0].container_port: must be > 0");
+        has("ports[0].host_port: must be > 0");
+        has("ports[1].name: duplicate port name");
+        has("ports[2].name: must be letters, digits and '_'");
+        has("ports[2].container_port: port 80 is mapped twice");
+        has("ports[2].host_port: host port 8080 is used twice");
+    }
+
+    #[test]
+    fn volumes_labels_paths_and_memory_are_checked() {
+        let mut bad = config();
+        bad.volumes = vec!["relative:/data".into(), "/a".into(), "/a:/b:rx".into()];
+        bad.labels.insert("io.helios.alloc".into(), "fake".into());
+        bad.working_dir = Some("app".into());
+        bad.network_mode = Some("my net".into());
+        bad.image = "busy box".into();
+        let got = problems(bad, 4);
+        for field in [
+            "config.volumes[0]: both paths must be absolute",
+            "config.volumes[1]: must be HOST_PATH:CONTAINER_PATH",
+            "config.volumes[2]: must be HOST_PATH:CONTAINER_PATH",
+            "config.labels.io.helios.alloc: names starting with \"io.helios.\" are set by Helios",
+            "config.working_dir: must be an absolute path",
+            "config.network_mode: must be a network name",
+            "config.image: must not contain whitespace",
+            "resources.memory_mb: must be at least 6 for a docker task",
+        ] {
+            assert!(got.iter().any(|e| e.starts_with(&format!("{P}.{field}"))), "{field}: {got:?}");
+        }
+        assert_eq!(got.len(), 8, "{got:?}");
+    }
+}
