@@ -134,8 +134,18 @@ pub struct RestartPolicy {
 }
 
 impl TaskGroup {
-    /// The fixed host ports the group's docker tasks publish, sorted.
+    /// The fixed host ports the group's docker tasks publish, sorted, each once: what an
+    /// allocation of the group holds on its node.
     pub fn static_host_ports(&self) -> Vec<u16> {
+        let mut ports = self.published_host_ports();
+        // Validation refuses a port published twice; a duplicate must still not make a plan
+        // that the applier refuses forever.
+        ports.dedup();
+        ports
+    }
+
+    /// Every fixed host port of every docker task of the group, sorted, repeats included.
+    pub fn published_host_ports(&self) -> Vec<u16> {
         let mut ports: Vec<u16> = self
             .tasks
             .iter()

@@ -182,6 +182,21 @@ mod tests {
     }
 
     #[test]
+    fn two_tasks_of_a_group_cannot_publish_the_same_host_port() {
+        let mut job = Job::exec("ok", "echo", vec![]);
+        let mut config = config();
+        config.ports.push(PortMapping { name: "http".into(), container_port: 80, host_port: Some(8080) });
+        job.task_groups[0].tasks[0].driver = TaskDriver::Docker(config);
+        job.task_groups[0].tasks[0].resources.memory_mb = 64;
+        let mut second = job.task_groups[0].tasks[0].clone();
+        second.name = "other".into();
+        job.task_groups[0].tasks.push(second);
+        let err = job.validate().unwrap_err().to_string();
+        assert_eq!(err, "task_groups[0].tasks: host port 8080 is published by more than one task");
+        assert_eq!(job.task_groups[0].static_host_ports(), vec![8080]);
+    }
+
+    #[test]
     fn volumes_labels_paths_and_memory_are_checked() {
         let mut bad = config();
         bad.volumes = vec!["relative:/data".into(), "/a".into(), "/a:/b:rx".into()];

@@ -178,6 +178,11 @@ fn check_group(r: &mut Report, path: &str, group: &TaskGroup) {
     }
     check_constraints(r, &format!("{path}.constraints"), &group.constraints);
     check_map(r, &format!("{path}.meta"), &group.meta, MAX_META_ENTRIES);
+    // The group's allocation holds all of its tasks' fixed host ports on one node.
+    let ports = group.published_host_ports();
+    if let Some(twice) = ports.windows(2).find(|w| w[0] == w[1]) {
+        r.add(format!("{path}.tasks"), format!("host port {} is published by more than one task", twice[0]));
+    }
     let mut seen = BTreeSet::new();
     for (j, task) in group.tasks.iter().enumerate().take(MAX_TASKS_PER_GROUP) {
         let tpath = format!("{path}.tasks[{j}]");
