@@ -15,8 +15,11 @@ use crate::table::{now, Table};
 
 #[derive(Subcommand, Debug)]
 pub enum JobCommand {
-    /// Submit a job that runs CMD with ARGS (give ARGS after `--`).
+    /// Submit a job file (TOML or JSON), or a job that runs CMD with ARGS (give --name, and
+    /// ARGS after `--`).
     Run(RunArgs),
+    /// Check a job file (TOML or JSON) as the servers would, without submitting it.
+    Validate { file: std::path::PathBuf },
     /// List every job.
     List,
     /// Show a job, its allocations and evaluations, and why anything is not placed.
@@ -40,9 +43,10 @@ pub enum JobCommand {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The job's name (letters, digits, '-', '_', '.').
+    /// The job's name (letters, digits, '-', '_', '.'); without it, the first argument is a
+    /// job file.
     #[arg(long)]
-    pub name: String,
+    pub name: Option<String>,
     #[arg(long = "type", value_enum, default_value_t = TypeArg::Batch)]
     pub job_type: TypeArg,
     /// How many copies to run.
@@ -97,7 +101,24 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 }
 
 impl RunArgs {
+    /// The job to submit: from a job file, or from the flags.
     pub fn to_job(&self) -> anyhow::Result<Job> {
+        let Some(name) = &self.name else {
+            let Some(file) = &self.command else {
+                anyhow::bail!("give a job file, or --name NAME and a command to run");
+            };
+            if !self.args.is_empty() {
+                anyhow::bail!("a job file takes no arguments after `--`");
+            }
+            let loaded = crate::jobfile::load(std::path::Path::new(file))?;
+            for note in &loaded.notes {
+                eprintln!("Note: {note}");
+            }
+            return Ok(loaded.job);
+        };
+        // The inline form names the group and task after the job: check the name once here
+        // rather than hear the same problem three times from the server.
+        helios_core::validate::check_name(name).map_err(|p| anyhow!("invalid --name {name:?}: {p}"))?;
         let job_type = match self.job_type {
             TypeArg::Service => JobType::Service,
             TypeArg::Batch => JobType::Batch,
@@ -118,7 +139,7 @@ impl RunArgs {
                 ..DockerConfig::for_image(image)
             }),
         };
-        let mut job = Job::exec(&self.name, "", Vec::new());
+        let mut job = Job::exec(name, "", Vec::new());
         job.job_type = job_type;
         job.priority = self.priority;
         let group = &mut job.task_groups[0];
@@ -137,26 +158,31 @@ pub fn client(channel: tonic::transport::Channel) -> JobServiceClient<tonic::tra
 }
 
 pub async fn run(servers: &Servers, command: JobCommand) -> Result<()> {
+    match command {
+        // Offline: no server needed.
+        JobCommand::Validate { file } => validate_file(&file),
+        // The job is built (and a file checked) before any server is contacted.
+        JobCommand::Run(args) => submit(servers, args.to_job()?).await,
+        other => query(servers, other).await,
+    }
+}
+
+async fn submit(servers: &Servers, job: Job) -> Result<()> {
+    let mut jobs = client(servers.connect().await?);
+    let request = pb::SubmitJobRequest { job: Some(job_to_pb(&job)) };
+    let reply = jobs.submit_job(request).await.map_err(status_error)?.into_inner();
+    if reply.changed {
+        println!("Job {:?} submitted: version {}, evaluation {}", job.name, reply.version, short(&reply.eval_id));
+    } else {
+        println!("Job {:?} unchanged (version {}); nothing to do", job.name, reply.version);
+    }
+    Ok(())
+}
+
+async fn query(servers: &Servers, command: JobCommand) -> Result<()> {
     let mut jobs = client(servers.connect().await?);
     match command {
-        JobCommand::Run(args) => {
-            // The inline form names the group and task after the job: check the name once here
-            // rather than hear the same problem three times from the server.
-            helios_core::validate::check_name(&args.name)
-                .map_err(|p| anyhow!("invalid --name {:?}: {p}", args.name))?;
-            let request = pb::SubmitJobRequest { job: Some(job_to_pb(&args.to_job()?)) };
-            let reply = jobs.submit_job(request).await.map_err(status_error)?.into_inner();
-            if reply.changed {
-                println!(
-                    "Job {:?} submitted: version {}, evaluation {}",
-                    args.name,
-                    reply.version,
-                    short(&reply.eval_id)
-                );
-            } else {
-                println!("Job {:?} unchanged (version {}); nothing to do", args.name, reply.version);
-            }
-        }
+        JobCommand::Run(_) | JobCommand::Validate { .. } => unreachable!("handled by `run`"),
         JobCommand::List => {
             let reply = jobs.list_jobs(pb::ListJobsRequest {}).await.map_err(status_error)?.into_inner();
             if reply.jobs.is_empty() {
@@ -228,6 +254,21 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<()> {
             println!("Job {name:?} {verb}: evaluation {}", short(&reply.into_inner().eval_id));
         }
     }
+    Ok(())
+}
+
+fn validate_file(file: &std::path::Path) -> Result<()> {
+    let loaded = crate::jobfile::load(file)?;
+    for note in &loaded.notes {
+        eprintln!("Note: {note}");
+    }
+    let job = loaded.job;
+    let (groups, allocations) = (job.task_groups.len(), job.desired_allocations());
+    println!(
+        "Job {:?} is valid: a {} job, {groups} group(s), {allocations} allocation(s)",
+        job.name,
+        job.job_type.as_str()
+    );
     Ok(())
 }
 

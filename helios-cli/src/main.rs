@@ -4,6 +4,7 @@ mod alloc;
 mod bench;
 mod connect;
 mod job;
+mod jobfile;
 mod node;
 mod server;
 mod table;

@@ -198,3 +198,35 @@ async fn server_join_members_and_remove() {
     second.shutdown().await;
     first.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_files_are_validated_offline_and_submitted() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples");
+    let report = format!("{examples}/report.json");
+    let web = format!("{examples}/web.toml");
+
+    // Offline: no server is asked.
+    let out = cli(&dead_url(), &["job", "validate", &web]).await;
+    assert_eq!(stdout(&out), "Job \"web\" is valid: a service job, 1 group(s), 2 allocation(s)\n");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"x\"\n[[group]]\nname = \"g\"\ncuont = 1\n").expect("write");
+    for command in ["validate", "run"] {
+        let out = cli(&dead_url(), &["job", command, bad.to_str().expect("utf-8")]).await;
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.starts_with(&format!("Error: {}: line 4: unknown field `cuont`", bad.display())), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    let server = Server::start().await;
+    let out = cli(&server.url, &["job", "run", &report]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("Job \"report\" submitted: version 0, evaluation "), "{}", stdout(&out));
+    let again = cli(&server.url, &["job", "run", &report]).await;
+    assert_eq!(stdout(&again), "Job \"report\" unchanged (version 0); nothing to do\n");
+    let status = stdout(&cli(&server.url, &["job", "status", "report"]).await);
+    assert!(status.contains("Type        = batch") && status.contains("Priority    = 60"), "{status}");
+    assert!(status.contains("report  3      count-words  exec"), "{status}");
+    server.shutdown().await;
+}

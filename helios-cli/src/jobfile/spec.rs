@@ -1,0 +1,376 @@
+//! A job file's shape, shared by every format: TOML and JSON deserialize into it directly, HCL is
+//! read into it by `hcl.rs`. It follows Nomad's jobspec (job, group, task, config, env,
+//! resources, constraint, restart, meta, network ports) so a Nomad user's file maps one to one.
+//! Unknown fields are refused by name, never dropped.
+
+use std::collections::BTreeMap;
+
+use helios_core::job::DEFAULT_PRIORITY;
+use helios_core::{
+    Constraint, ConstraintOperator, DockerConfig, ExecConfig, Job, JobType, PortMapping, Resources, RestartMode,
+    RestartPolicy, Task, TaskDriver, TaskGroup,
+};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub job_type: Option<String>,
+    pub priority: Option<u32>,
+    /// Accepted for Nomad files and ignored (with a note): Helios has one datacenter.
+    pub datacenters: Option<Vec<String>>,
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    #[serde(default)]
+    pub constraint: Vec<ConstraintSpec>,
+    #[serde(default)]
+    pub group: Vec<GroupSpec>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    pub name: String,
+    pub count: Option<u32>,
+    #[serde(default)]
+    pub constraint: Vec<ConstraintSpec>,
+    pub restart: Option<RestartSpec>,
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    pub network: Option<NetworkSpec>,
+    #[serde(default)]
+    pub task: Vec<TaskSpec>,
+}
+
+/// Nomad's group network: named ports that tasks' `config.ports` refer to.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// Accepted and ignored ("bridge"/"host" networking is the task's `network_mode`).
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub port: BTreeMap<String, PortSpec>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// The host port; without it a free one is picked.
+    #[serde(rename = "static")]
+    pub static_port: Option<u16>,
+    /// The container port.
+    pub to: Option<u16>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    pub name: String,
+    pub driver: String,
+    #[serde(default)]
+    pub config: ConfigSpec,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub resources: Option<ResourcesSpec>,
+    #[serde(default)]
+    pub constraint: Vec<ConstraintSpec>,
+    /// A duration: "5s", "1m".
+    pub kill_timeout: Option<String>,
+}
+
+/// The driver's config: `command` and `args` for exec; the rest for docker.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpec {
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    pub image: Option<String>,
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    /// Helios style `NAME=PORT[:HOSTPORT]`, or Nomad style: the name of a group network port.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    pub work_dir: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub network_mode: Option<String>,
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    #[serde(default)]
+    pub cpu_hard_limit: bool,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSpec {
+    /// MHz.
+    pub cpu: Option<u32>,
+    /// MB.
+    pub memory: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    pub attempts: Option<u32>,
+    pub interval: Option<String>,
+    pub delay: Option<String>,
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConstraintSpec {
+    #[serde(default)]
+    pub attribute: String,
+    #[serde(default = "equal")]
+    pub operator: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+fn equal() -> String {
+    "=".to_string()
+}
+
+/// Problems found while turning a spec into a job, each naming its field.
+#[derive(Debug, Default)]
+pub struct Problems(pub Vec<String>);
+
+impl Problems {
+    fn add(&mut self, field: &str, problem: impl std::fmt::Display) {
+        self.0.push(format!("{field}: {problem}"));
+    }
+}
+
+impl JobSpec {
+    /// The job the spec declares, and notes about what was accepted but ignored.
+    pub fn to_job(&self) -> Result<(Job, Vec<String>), Problems> {
+        let mut p = Problems::default();
+        let mut notes = Vec::new();
+        if self.datacenters.is_some() {
+            notes.push("datacenters is ignored: a Helios cluster is one datacenter".to_string());
+        }
+        let job_type = match self.job_type.as_deref().unwrap_or("service") {
+            "service" => JobType::Service,
+            "batch" => JobType::Batch,
+            "system" => JobType::System,
+            other => {
+                p.add("type", format!("must be service, batch or system, got {other:?}"));
+                JobType::Service
+            }
+        };
+        if self.group.is_empty() {
+            p.add("group", "a job needs at least one group");
+        }
+        let mut job = Job::exec(&self.name, "", Vec::new());
+        job.job_type = job_type;
+        job.priority = self.priority.unwrap_or(DEFAULT_PRIORITY);
+        job.meta = self.meta.clone();
+        job.constraints = constraints(&mut p, "constraint", &self.constraint);
+        job.task_groups = self
+            .group
+            .iter()
+            .enumerate()
+            .map(|(i, g)| g.to_group(&mut p, &format!("group[{i}]"), job_type, &mut notes))
+            .collect();
+        if p.0.is_empty() {
+            Ok((job, notes))
+        } else {
+            Err(p)
+        }
+    }
+}
+
+impl GroupSpec {
+    fn to_group(&self, p: &mut Problems, path: &str, job_type: JobType, notes: &mut Vec<String>) -> TaskGroup {
+        if self.network.as_ref().is_some_and(|n| n.mode.is_some()) {
+            notes.push(format!("{path}.network.mode is ignored: set the task's config.network_mode"));
+        }
+        let mut restart = RestartPolicy::default_for(job_type);
+        if let Some(r) = &self.restart {
+            restart.attempts = r.attempts.unwrap_or(restart.attempts);
+            restart.interval_secs =
+                duration(p, &format!("{path}.restart.interval"), &r.interval, restart.interval_secs);
+            restart.delay_secs = duration(p, &format!("{path}.restart.delay"), &r.delay, restart.delay_secs);
+            restart.mode = match r.mode.as_deref() {
+                None | Some("fail") => RestartMode::Fail,
+                Some("delay") => RestartMode::Delay,
+                Some(other) => {
+                    p.add(&format!("{path}.restart.mode"), format!("must be fail or delay, got {other:?}"));
+                    RestartMode::Fail
+                }
+            };
+        }
+        if self.task.is_empty() {
+            p.add(&format!("{path}.task"), "a group needs at least one task");
+        }
+        let ports = self.network.as_ref().map(|n| &n.port);
+        TaskGroup {
+            name: self.name.clone(),
+            count: self.count.unwrap_or(1),
+            tasks: self
+                .task
+                .iter()
+                .enumerate()
+                .map(|(k, t)| t.to_task(p, &format!("{path}.task[{k}]"), ports))
+                .collect(),
+            constraints: constraints(p, &format!("{path}.constraint"), &self.constraint),
+            restart,
+            meta: self.meta.clone(),
+        }
+    }
+}
+
+impl TaskSpec {
+    fn to_task(&self, p: &mut Problems, path: &str, network: Option<&BTreeMap<String, PortSpec>>) -> Task {
+        let c = &self.config;
+        let driver = match self.driver.as_str() {
+            "exec" | "raw_exec" => {
+                for (field, set) in [("image", c.image.is_some()), ("ports", !c.ports.is_empty())] {
+                    if set {
+                        p.add(&format!("{path}.config.{field}"), "is for the docker driver");
+                    }
+                }
+                let command = c.command.clone().unwrap_or_else(|| {
+                    p.add(&format!("{path}.config.command"), "an exec task needs a command");
+                    String::new()
+                });
+                TaskDriver::Exec(ExecConfig { command, args: c.args.clone() })
+            }
+            "docker" => TaskDriver::Docker(DockerConfig {
+                image: c.image.clone().unwrap_or_else(|| {
+                    p.add(&format!("{path}.config.image"), "a docker task needs an image");
+                    String::new()
+                }),
+                entrypoint: c.entrypoint.clone(),
+                command: c.command.clone(),
+                args: c.args.clone(),
+                working_dir: c.work_dir.clone(),
+                labels: c.labels.clone(),
+                ports: c
+                    .ports
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, port)| port_mapping(p, &format!("{path}.config.ports[{i}]"), port, network))
+                    .collect(),
+                network_mode: c.network_mode.clone(),
+                volumes: c.volumes.clone(),
+                cpu_hard_limit: c.cpu_hard_limit,
+            }),
+            other => {
+                p.add(&format!("{path}.driver"), format!("must be exec or docker, got {other:?}"));
+                TaskDriver::Exec(ExecConfig { command: String::new(), args: Vec::new() })
+            }
+        };
+        let defaults = Resources::default();
+        let resources = self.resources.unwrap_or_default();
+        Task {
+            name: self.name.clone(),
+            driver,
+            env: self.env.clone(),
+            resources: Resources {
+                cpu_mhz: resources.cpu.unwrap_or(defaults.cpu_mhz),
+                memory_mb: resources.memory.unwrap_or(defaults.memory_mb),
+            },
+            constraints: constraints(p, &format!("{path}.constraint"), &self.constraint),
+            kill_timeout_secs: duration(
+                p,
+                &format!("{path}.kill_timeout"),
+                &self.kill_timeout,
+                Task::DEFAULT_KILL_TIMEOUT_SECS,
+            ),
+        }
+    }
+}
+
+/// `http=80:8080` (Helios), or `http` naming a group network port (Nomad: `to` is the container
+/// port, `static` the host port).
+fn port_mapping(
+    p: &mut Problems,
+    path: &str,
+    port: &str,
+    network: Option<&BTreeMap<String, PortSpec>>,
+) -> Option<PortMapping> {
+    if port.contains('=') {
+        return PortMapping::parse(port).map_err(|e| p.add(path, e)).ok();
+    }
+    let Some(spec) = network.and_then(|n| n.get(port)) else {
+        p.add(path, format!("no network port {port:?} in the group (or write NAME=PORT[:HOSTPORT])"));
+        return None;
+    };
+    match (spec.to, spec.static_port) {
+        (Some(to), host) | (None, host @ Some(to)) => {
+            Some(PortMapping { name: port.to_string(), container_port: to, host_port: host })
+        }
+        (None, None) => {
+            p.add(path, format!("network port {port:?} needs `to` (the container port) or `static`"));
+            None
+        }
+    }
+}
+
+fn constraints(p: &mut Problems, path: &str, specs: &[ConstraintSpec]) -> Vec<Constraint> {
+    specs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let Some(operator) = ConstraintOperator::parse(&c.operator) else {
+                p.add(&format!("{path}[{i}].operator"), format!("unknown operator {:?}", c.operator));
+                return None;
+            };
+            Some(Constraint { attribute: attribute(&c.attribute), operator, value: c.value.clone() })
+        })
+        .collect()
+}
+
+/// Nomad writes `${attr.kernel.name}`, `${node.unique.name}`, `${meta.rack}`.
+fn attribute(text: &str) -> String {
+    let bare = text.strip_prefix("${").and_then(|t| t.strip_suffix('}')).unwrap_or(text);
+    match bare {
+        "node.unique.name" => "node.hostname".to_string(),
+        "node.unique.id" => "node.id".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `"30s"`, `"5m"`, `"1h"`, `"2h30m"`, `"250ms"` (rounded up to whole seconds), or plain seconds.
+fn duration(p: &mut Problems, path: &str, text: &Option<String>, default: u32) -> u32 {
+    let Some(text) = text else { return default };
+    match parse_duration_secs(text) {
+        Some(secs) => secs,
+        None => {
+            p.add(path, format!("expected a duration such as \"30s\", \"5m\" or \"1h\", got {text:?}"));
+            default
+        }
+    }
+}
+
+pub fn parse_duration_secs(text: &str) -> Option<u32> {
+    if let Ok(secs) = text.parse::<u32>() {
+        return Some(secs);
+    }
+    let (mut total_ms, mut rest) = (0u64, text.trim());
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let value: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_ms = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return None,
+        };
+        total_ms = total_ms.checked_add(value.checked_mul(unit_ms)?)?;
+        rest = &rest[unit_len..];
+    }
+    u32::try_from(total_ms.div_ceil(1000)).ok()
+}
