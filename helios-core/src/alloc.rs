@@ -33,6 +33,12 @@ pub struct Allocation {
 }
 
 impl Allocation {
+    /// True while its fixed host ports are held on its node: until it has finished, even once
+    /// it is asked to stop (its container keeps the port through the kill timeout).
+    pub fn holds_host_ports(&self) -> bool {
+        !self.is_terminal() && !self.host_ports.is_empty()
+    }
+
     /// True once the allocation will not run again (its client says so, or it was never started
     /// and the servers want it stopped).
     pub fn is_terminal(&self) -> bool {

@@ -32,6 +32,19 @@ impl Plan {
     }
 }
 
+impl AllocStop {
+    /// `alloc` as this stop leaves it (what the plan applier stores).
+    pub fn applied_to(&self, alloc: &Allocation) -> Allocation {
+        let mut stopped = alloc.clone();
+        stopped.desired_status = self.desired_status;
+        stopped.desired_description = self.description.clone();
+        if let Some(status) = self.client_status {
+            stopped.client_status = status;
+        }
+        stopped
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllocStop {
     pub alloc_id: String,

@@ -268,11 +268,12 @@ async fn serve(
         .add_service(
             AgentServiceServer::new(api::agent::Agents { cluster: cluster.clone() }).max_decoding_message_size(limit),
         )
-        .add_service(
+        .add_service(tonic::service::interceptor::InterceptedService::new(
             RaftPeerServer::new(raft::peer_service::PeerService { cluster })
                 .max_decoding_message_size(helios_core::limits::MAX_PEER_MESSAGE_BYTES)
                 .max_encoding_message_size(helios_core::limits::MAX_PEER_MESSAGE_BYTES),
-        )
+            raft::peer_service::check_format,
+        ))
         // Nagle's algorithm against the peer's delayed ACKs stalls small replies by 40 ms; the
         // builder's tcp_nodelay does not reach connections from a listener we bound ourselves.
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)

@@ -69,14 +69,20 @@ impl Snapshot {
     /// the room it takes nor miss the room it frees. (If the plan is refused, later plans may
     /// be refused too and are simply planned again.)
     fn assume(&mut self, plan: &Plan) {
-        let stopping: BTreeSet<&str> = plan.stops.iter().map(|s| s.alloc_id.as_str()).collect();
         let empty = Vec::new();
         let existing = self.allocations.get(&plan.job_name).unwrap_or(&empty);
-        for alloc in existing.iter().filter(|a| stopping.contains(a.id.as_str()) && reserves_room(a)) {
-            let r = self.usage.entry(alloc.node_id.clone()).or_insert(Resources::ZERO);
-            *r = r.minus(alloc.resources);
-            for port in &alloc.host_ports {
-                self.ports.remove(&(alloc.node_id.clone(), *port));
+        let by_id: HashMap<&str, &Allocation> = existing.iter().map(|a| (a.id.as_str(), a)).collect();
+        for stop in &plan.stops {
+            let Some(alloc) = by_id.get(stop.alloc_id.as_str()).copied() else { continue };
+            if reserves_room(alloc) {
+                let r = self.usage.entry(alloc.node_id.clone()).or_insert(Resources::ZERO);
+                *r = r.minus(alloc.resources);
+            }
+            // Ports stay held until the allocation has finished, unless the stop finishes it.
+            if alloc.holds_host_ports() && !stop.applied_to(alloc).holds_host_ports() {
+                for port in &alloc.host_ports {
+                    self.ports.remove(&(alloc.node_id.clone(), *port));
+                }
             }
         }
         for alloc in &plan.placements {

@@ -368,6 +368,47 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_version_takes_over_a_fixed_host_port_once_the_old_container_is_gone() {
+    let Some(docker) = engine().await else { return };
+    let sandbox = Sandbox::new(docker, "replace", "docker-replace", &["fixed"]).await;
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = start_agent(&cluster, "docker-replace", dir.path()).await;
+    let host_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let version = |v: &str| {
+        // sh as pid 1 ignores SIGTERM: the old container holds the port through its kill timeout.
+        let mut job = docker_job("fixed", &sandbox.image, JobType::Service, "sleep 600");
+        let task = &mut job.task_groups[0].tasks[0];
+        task.env.insert("V".into(), v.into());
+        if let TaskDriver::Docker(config) = &mut task.driver {
+            config.ports.push(PortMapping { name: "http".into(), container_port: 80, host_port: Some(host_port) });
+        }
+        job
+    };
+    cluster.submit_job(1, &version("0")).await;
+    wait_alloc(&cluster, "fixed", "running").await;
+    cluster.submit_job(1, &version("1")).await;
+    let replaced = wait_for("version 1 running", || async {
+        let allocs = cluster.job_status(1, "fixed").await.allocations;
+        let new = allocs.iter().find(|a| a.job_version == 1 && a.client_status == "running")?;
+        Some((new.clone(), allocs))
+    })
+    .await;
+    let (new, allocs) = replaced;
+    assert_eq!(new.host_ports, vec![u32::from(host_port)]);
+    let old = allocs.iter().find(|a| a.job_version == 0).expect("the old allocation");
+    assert_eq!(old.client_status, "complete", "stopped before its replacement started");
+    for a in &allocs {
+        let kinds = kinds(a, "fixed");
+        assert!(!kinds.contains(&"Driver Failure".to_string()), "no port clash: {kinds:?}");
+    }
+    stop_and_clear(&cluster, &sandbox, "fixed").await;
+    agent.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn containers_of_gone_allocations_are_removed_and_binds_mount_host_paths() {
     let Some(docker) = engine().await else { return };
     let sandbox = Sandbox::new(docker.clone(), "orphan", "docker-orphan", &["orphan", "writer"]).await;

@@ -72,7 +72,17 @@ pub fn schedule(view: &impl StateView, eval: &Evaluation, now: Timestamp, new_id
     reconcile::stop_removed_groups(job, &existing, &mut plan);
     let stopping: BTreeSet<&str> = plan.stops.iter().map(|s| s.alloc_id.as_str()).collect();
     let freed: Vec<&Allocation> = existing.iter().copied().filter(|a| stopping.contains(a.id.as_str())).collect();
-    let mut placer = select::Placer::new(view, job, eval, &freed);
+    // A stopped allocation keeps its host ports until it has finished; one that never started
+    // (or whose node is gone) is finished by the stop itself.
+    let ports_freed: BTreeSet<String> = plan
+        .stops
+        .iter()
+        .filter_map(|stop| {
+            let alloc = freed.iter().find(|a| a.id == stop.alloc_id)?;
+            (!stop.applied_to(alloc).holds_host_ports()).then(|| alloc.id.clone())
+        })
+        .collect();
+    let mut placer = select::Placer::new(view, job, eval, &freed, ports_freed);
     let system = job.job_type == crate::job::JobType::System;
     for (group, group_asks) in job.task_groups.iter().zip(asks) {
         for ask in group_asks {

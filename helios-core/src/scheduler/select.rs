@@ -1,6 +1,6 @@
 //! Choosing a node for one allocation: feasible, fits, best fit; ties spread the group.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::feasibility::CompiledConstraints;
 use super::reconcile::Ask;
@@ -28,8 +28,8 @@ pub struct Placer<'a, V: StateView> {
     released: HashMap<String, Resources>,
     /// Fixed host ports this plan has already taken, by node.
     ports_taken: HashMap<&'a str, Vec<u16>>,
-    /// Allocations this plan stops: the host ports they hold count as free.
-    freed_ids: HashSet<String>,
+    /// Allocations this plan stops and so finishes: the host ports they hold count as free.
+    ports_freed: BTreeSet<String>,
     /// Live allocations of the job (kept or planned), by node, and of each group, by node.
     job_on_node: HashMap<String, u32>,
     group_on_node: HashMap<(String, String), u32>,
@@ -52,8 +52,15 @@ struct Candidate<'a> {
 }
 
 impl<'a, V: StateView> Placer<'a, V> {
-    /// `freed`: allocations this plan stops; their room and their hosts count as free.
-    pub fn new(view: &'a V, job: &'a Job, eval: &Evaluation, freed: &[&Allocation]) -> Placer<'a, V> {
+    /// `freed`: allocations this plan stops; their room and their hosts count as free, and the
+    /// host ports of those in `ports_freed`.
+    pub fn new(
+        view: &'a V,
+        job: &'a Job,
+        eval: &Evaluation,
+        freed: &[&Allocation],
+        ports_freed: BTreeSet<String>,
+    ) -> Placer<'a, V> {
         let mut job_on_node = HashMap::new();
         let mut group_on_node = HashMap::new();
         let mut released: HashMap<String, Resources> = HashMap::new();
@@ -76,7 +83,7 @@ impl<'a, V: StateView> Placer<'a, V> {
             cursor: (fnv1a(eval.id.as_bytes()) as usize) % nodes,
             reserved: HashMap::new(),
             ports_taken: HashMap::new(),
-            freed_ids: freed.iter().map(|a| a.id.clone()).collect(),
+            ports_freed,
             released,
             job_on_node,
             group_on_node,
@@ -122,7 +129,7 @@ impl<'a, V: StateView> Placer<'a, V> {
                 *rejected.entry("distinct_hosts".to_string()).or_default() += 1;
                 continue;
             }
-            let taken = |p: &&u16| port_taken(self.view, &self.freed_ids, &self.ports_taken, &node.id, **p);
+            let taken = |p: &&u16| port_taken(self.view, &self.ports_freed, &self.ports_taken, &node.id, **p);
             if let Some(port) = ask_ports.iter().find(taken) {
                 *rejected.entry(format!("host port {port} in use")).or_default() += 1;
                 continue;
@@ -185,7 +192,7 @@ impl<'a, V: StateView> Placer<'a, V> {
 /// `taken` by an earlier placement of the plan.
 fn port_taken(
     view: &impl StateView,
-    freed: &HashSet<String>,
+    freed: &BTreeSet<String>,
     taken: &HashMap<&str, Vec<u16>>,
     node: &str,
     port: u16,

@@ -68,14 +68,9 @@ impl StateView for Harness {
     fn host_port_holder(&self, node_id: &str, port: u16) -> Option<&str> {
         self.allocs
             .values()
-            .find(|a| a.node_id == node_id && holds_room(a) && a.host_ports.contains(&port))
+            .find(|a| a.node_id == node_id && a.holds_host_ports() && a.host_ports.contains(&port))
             .map(|a| a.id.as_str())
     }
-}
-
-/// Wanted and not finished: what holds room (and host ports) on a node.
-fn holds_room(a: &Allocation) -> bool {
-    !a.is_terminal() && a.desired_status == AllocDesiredStatus::Run
 }
 
 impl Harness {
@@ -104,10 +99,7 @@ impl Harness {
         }
         for stop in &plan.stops {
             let alloc = self.allocs.get_mut(&stop.alloc_id).expect("stopping a known allocation");
-            alloc.desired_status = stop.desired_status;
-            if let Some(status) = stop.client_status {
-                alloc.client_status = status;
-            }
+            *alloc = stop.applied_to(alloc);
         }
         for id in &plan.in_place {
             self.allocs.get_mut(id).expect("updating a known allocation").job_version = plan.job_version;
@@ -133,7 +125,7 @@ impl Harness {
             assert!(used.memory_mb <= node.resources.memory_mb, "node {} memory over-committed", node.id);
         }
         let mut ports = BTreeSet::new();
-        for a in self.allocs.values().filter(|a| holds_room(a)) {
+        for a in self.allocs.values().filter(|a| a.holds_host_ports()) {
             for port in &a.host_ports {
                 assert!(ports.insert((a.node_id.clone(), *port)), "host port {port} taken twice on {}", a.node_id);
             }
@@ -230,7 +222,26 @@ fn a_fixed_host_port_is_held_by_one_allocation_per_node() {
 }
 
 #[test]
-fn a_new_version_that_replaces_an_allocation_may_reuse_its_port_on_the_same_node() {
+fn a_replacement_takes_the_port_once_the_allocation_it_replaces_has_finished() {
+    let mut h = Harness { nodes: vec![docker_node("a")], ..Default::default() };
+    h.put_job(with_host_port(service("web", 1, 100, 128), 8080));
+    h.run("web");
+    let old = h.live("web")[0].id.clone();
+    h.set_client_status(&old, AllocClientStatus::Running);
+    let mut changed = with_host_port(service("web", 1, 100, 128), 8080);
+    changed.task_groups[0].tasks[0].env.insert("V".into(), "2".into());
+    h.put_job(changed);
+    // The old container holds the port until it has stopped.
+    let plan = h.run("web");
+    assert_eq!((plan.stops.len(), plan.placements.len()), (1, 0));
+    assert!(plan.failed_placements["web"].contains("host port 8080 in use"), "{:?}", plan.failed_placements);
+    h.set_client_status(&old, AllocClientStatus::Complete);
+    let plan = h.run("web");
+    assert_eq!(plan.placements.len(), 1, "{:?}", plan.failed_placements);
+}
+
+#[test]
+fn a_never_started_allocation_gives_up_its_port_with_its_stop() {
     let mut h = Harness { nodes: vec![docker_node("a")], ..Default::default() };
     h.put_job(with_host_port(service("web", 1, 100, 128), 8080));
     h.run("web");

@@ -40,6 +40,14 @@ pub(super) fn check(r: &mut Report, task_path: &str, docker: &DockerConfig, reso
                 format!("must be a network name (bridge, host, none, ...), got {mode:?}"),
             );
         }
+        // The engine publishes ports only from a network of the container's own.
+        let unpublished = mode == "host" || mode == "none" || mode.starts_with("container:");
+        if unpublished && !docker.ports.is_empty() {
+            r.add(
+                format!("{path}.ports"),
+                format!("cannot be published with network_mode {mode:?} (the container has no network of its own)"),
+            );
+        }
     }
     check_labels(r, path, docker);
     check_ports(r, path, docker);
@@ -112,15 +120,39 @@ fn check_ports(r: &mut Report, path: &str, docker: &DockerConfig) {
     }
 }
 
-/// `host_path:container_path[:ro|:rw]`, both absolute.
+/// Options the engine takes after a bind mount's paths, comma-separated.
+const BIND_OPTIONS: [&str; 13] = [
+    "ro",
+    "rw",
+    "z",
+    "Z",
+    "shared",
+    "rshared",
+    "slave",
+    "rslave",
+    "private",
+    "rprivate",
+    "nocopy",
+    "consistent",
+    "delegated",
+];
+
+/// `host_path:container_path[:options]`, both absolute (Helios manages no named volumes).
 fn check_volume(volume: &str) -> Result<(), String> {
     let parts: Vec<&str> = volume.split(':').collect();
-    let (host, container) = match parts.as_slice() {
-        [host, container] | [host, container, "ro" | "rw"] => (*host, *container),
-        _ => return Err(format!("must be HOST_PATH:CONTAINER_PATH[:ro|rw], got {volume:?}")),
+    let (host, container, options) = match parts.as_slice() {
+        [host, container] => (*host, *container, None),
+        [host, container, options] => (*host, *container, Some(*options)),
+        _ => return Err(format!("must be HOST_PATH:CONTAINER_PATH[:OPTIONS], got {volume:?}")),
     };
-    if !host.starts_with('/') || !container.starts_with('/') {
-        return Err(format!("both paths must be absolute, got {volume:?}"));
+    if !host.starts_with('/') {
+        return Err(format!("the host path must be absolute (named volumes are not supported), got {host:?}"));
+    }
+    if !container.starts_with('/') {
+        return Err(format!("the container path must be absolute, got {container:?}"));
+    }
+    if let Some(bad) = options.into_iter().flat_map(|o| o.split(',')).find(|o| !BIND_OPTIONS.contains(o)) {
+        return Err(format!("unknown bind option {bad:?} (known: {})", BIND_OPTIONS.join(", ")));
     }
     if volume.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
@@ -153,10 +185,10 @@ mod tests {
     fn a_plain_container_passes() {
         let mut ok = config();
         ok.ports.push(PortMapping { name: "http_1".into(), container_port: 80, host_port: Some(8080) });
-        ok.volumes = vec!["/srv/data:/data".into(), "/etc/app:/etc/app:ro".into()];
+        ok.volumes = vec!["/srv/data:/data".into(), "/etc/app:/etc/app:ro".into(), "/srv/x:/x:ro,Z,rslave".into()];
         ok.labels.insert("team".into(), "web".into());
         ok.working_dir = Some("/app".into());
-        ok.network_mode = Some("host".into());
+        ok.network_mode = Some("my-bridge".into());
         assert_eq!(problems(ok, 64), Vec::<String>::new());
     }
 
@@ -199,16 +231,17 @@ mod tests {
     #[test]
     fn volumes_labels_paths_and_memory_are_checked() {
         let mut bad = config();
-        bad.volumes = vec!["relative:/data".into(), "/a".into(), "/a:/b:rx".into()];
+        bad.volumes = vec!["named:/data".into(), "/a".into(), "/a:/b:ro,rx".into(), "/a:b".into()];
         bad.labels.insert("io.helios.alloc".into(), "fake".into());
         bad.working_dir = Some("app".into());
         bad.network_mode = Some("my net".into());
         bad.image = "busy box".into();
         let got = problems(bad, 4);
         for field in [
-            "config.volumes[0]: both paths must be absolute",
+            "config.volumes[0]: the host path must be absolute (named volumes are not supported)",
             "config.volumes[1]: must be HOST_PATH:CONTAINER_PATH",
-            "config.volumes[2]: must be HOST_PATH:CONTAINER_PATH",
+            "config.volumes[2]: unknown bind option \"rx\"",
+            "config.volumes[3]: the container path must be absolute",
             "config.labels.io.helios.alloc: names starting with \"io.helios.\" are set by Helios",
             "config.working_dir: must be an absolute path",
             "config.network_mode: must be a network name",
@@ -217,6 +250,18 @@ mod tests {
         ] {
             assert!(got.iter().any(|e| e.starts_with(&format!("{P}.{field}"))), "{field}: {got:?}");
         }
-        assert_eq!(got.len(), 8, "{got:?}");
+        assert_eq!(got.len(), 9, "{got:?}");
+    }
+
+    #[test]
+    fn ports_need_a_network_of_the_containers_own() {
+        for mode in ["host", "none", "container:db"] {
+            let mut bad = config();
+            bad.network_mode = Some(mode.into());
+            bad.ports.push(PortMapping { name: "http".into(), container_port: 80, host_port: None });
+            let got = problems(bad, 64);
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert!(got[0].starts_with(&format!("{P}.config.ports: cannot be published with network_mode")), "{got:?}");
+        }
     }
 }

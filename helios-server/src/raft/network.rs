@@ -15,7 +15,9 @@ use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::{BasicNode, OptionalSend, RaftNetworkV2};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
 
 use super::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::store::codec::{decode, encode};
@@ -26,6 +28,19 @@ const APPEND_ENTRIES_TIMEOUT: Duration = Duration::from_secs(5);
 /// Snapshot data travels in chunks of this size, well under the gRPC message limit.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// A client to a peer whose every request says which stored format its payloads are in.
+pub type PeerClient = RaftPeerClient<InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>>;
+
+/// Metadata on every request between servers: the sender's `tables::FORMAT_VERSION`. Payloads
+/// are bincode, read by position: a server refuses those of another format rather than misread
+/// them (`peer_service::check_format`).
+pub const FORMAT_HEADER: &str = "helios-stored-format";
+
+fn stamp_format(mut request: Request<()>) -> Result<Request<()>, Status> {
+    request.metadata_mut().insert(FORMAT_HEADER, crate::store::tables::FORMAT_VERSION.into());
+    Ok(request)
+}
+
 /// Channels to peers by address, shared by the Raft network and request forwarding.
 #[derive(Clone, Default)]
 pub struct PeerChannels {
@@ -33,7 +48,7 @@ pub struct PeerChannels {
 }
 
 impl PeerChannels {
-    pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
+    pub fn client(&self, addr: &str) -> Result<PeerClient, tonic::transport::Error> {
         // The map only caches channels; a poisoned lock cannot leave it inconsistent.
         let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let channel = match map.get(addr) {
@@ -48,7 +63,8 @@ impl PeerChannels {
                 channel
             }
         };
-        Ok(RaftPeerClient::new(channel)
+        let stamp: fn(Request<()>) -> Result<Request<()>, Status> = stamp_format;
+        Ok(RaftPeerClient::with_interceptor(channel, stamp)
             .max_decoding_message_size(helios_core::limits::MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(helios_core::limits::MAX_PEER_MESSAGE_BYTES))
     }
@@ -88,7 +104,7 @@ fn decode_reply<T: serde::de::DeserializeOwned>(reply: RaftPayload) -> Result<T,
 }
 
 impl PeerConnection {
-    fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<TypeConfig>> {
+    fn client(&self) -> Result<PeerClient, RPCError<TypeConfig>> {
         self.channels.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 
@@ -97,7 +113,7 @@ impl PeerConnection {
         &self,
         rpc: &Req,
         option: &RPCOption,
-        call: impl FnOnce(RaftPeerClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
+        call: impl FnOnce(PeerClient, tonic::Request<RaftPayload>) -> Fut,
     ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: serde::Serialize,

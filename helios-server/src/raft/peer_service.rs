@@ -18,6 +18,20 @@ pub struct PeerService {
     pub cluster: Cluster,
 }
 
+/// Refuses a request whose payloads are in another stored format than this server's (a peer
+/// running another build), before anything is decoded.
+pub fn check_format(request: Request<()>) -> Result<Request<()>, Status> {
+    let ours = crate::store::tables::FORMAT_VERSION;
+    let theirs = request.metadata().get(super::network::FORMAT_HEADER).and_then(|v| v.to_str().ok());
+    match theirs.and_then(|v| v.parse::<u32>().ok()) {
+        Some(format) if format == ours => Ok(request),
+        other => Err(Status::failed_precondition(format!(
+            "the peer sends stored format {}, but this server reads format {ours}: run the same Helios build on every server",
+            other.map_or_else(|| "1 (unmarked)".to_string(), |f| f.to_string())
+        ))),
+    }
+}
+
 fn bad_payload(e: std::io::Error) -> Status {
     Status::invalid_argument(format!("undecodable peer payload: {e}"))
 }

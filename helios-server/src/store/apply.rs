@@ -14,7 +14,7 @@ use super::codec::{decode, encode};
 use super::tables::{
     host_port_key, index_id, index_key, index_range, job_version_key, request_key, AllocCounts, ALLOCATIONS,
     ALLOCS_BY_JOB, ALLOCS_BY_NODE, BLOCKED_JOBS, CLUSTER, EVALS_BY_JOB, EVALUATIONS, JOBS, JOB_ALLOC_COUNTS,
-    JOB_VERSIONS, NODES, NODES_CHANGED_AT, NODE_PORTS, NODE_USAGE, PENDING_EVALUATIONS, REQUESTS,
+    JOB_VERSIONS, NODES, NODES_CHANGED_AT, NODE_PORTS, NODE_USAGE, PENDING_EVALUATIONS, REQUESTS, ROOM_FREED_AT,
 };
 
 /// How long a request id is remembered. A server retries a proposal for at most
@@ -45,6 +45,9 @@ pub struct StateTables<'txn> {
     /// with every allocation written, and writing them through would double the B-tree work.
     usage: HashMap<String, Resources>,
     counts: HashMap<String, AllocCounts>,
+    /// Set (to the command's time) when the command being applied freed room or host ports:
+    /// blocked jobs are then planned again.
+    room_freed: Option<Timestamp>,
     /// Node id -> its allocations written in this batch: their agents' watches are told.
     pub touched: BTreeMap<String, BTreeSet<String>>,
     /// The log index of the entry being applied (set by the caller before each `apply_once`).
@@ -71,6 +74,7 @@ impl<'txn> StateTables<'txn> {
             node_ports: txn.open_table(NODE_PORTS)?,
             usage: HashMap::new(),
             counts: HashMap::new(),
+            room_freed: None,
             touched: BTreeMap::new(),
             index: 0,
         })
@@ -108,6 +112,8 @@ impl<'txn> StateTables<'txn> {
             if reserves_room(&alloc) {
                 let usage = self.usage.entry(alloc.node_id.clone()).or_insert(Resources::ZERO);
                 *usage = usage.plus(alloc.resources);
+            }
+            if alloc.holds_host_ports() {
                 for port in &alloc.host_ports {
                     let key = host_port_key(&alloc.node_id, *port);
                     self.node_ports.insert(key.as_str(), encode(&alloc.id).as_slice())?;
@@ -159,6 +165,15 @@ impl<'txn> StateTables<'txn> {
     }
 
     pub fn apply(&mut self, command: Command) -> Result<CommandResponse, redb::Error> {
+        let response = self.apply_command(command)?;
+        if let Some(now) = self.room_freed.take() {
+            self.cluster.insert(ROOM_FREED_AT, encode(&self.index).as_slice())?;
+            self.retry_blocked(now, "room was freed; planning again")?;
+        }
+        Ok(response)
+    }
+
+    fn apply_command(&mut self, command: Command) -> Result<CommandResponse, redb::Error> {
         match command {
             Command::RegisterJob { job, eval } => self.register_job(job, eval),
             Command::DeregisterJob { job_name, purge, eval, now } => self.deregister_job(&job_name, purge, eval, now),
@@ -227,23 +242,9 @@ impl<'txn> StateTables<'txn> {
     /// Done here, deterministically, because the proposer's own list of affected jobs can be
     /// outdated by a plan committed just before this entry.
     fn nodes_changed(&mut self, now: Timestamp) -> Result<(), redb::Error> {
-        use helios_core::{EvalStatus, EvalTrigger, JobType};
+        use helios_core::{EvalTrigger, JobType};
         self.cluster.insert(NODES_CHANGED_AT, encode(&self.index).as_slice())?;
-        let mut blocked = Vec::new();
-        for row in self.blocked_jobs.iter()? {
-            let (_, eval_id) = row?;
-            blocked.push(String::from_utf8_lossy(eval_id.value()).into_owned());
-        }
-        for id in blocked {
-            if let Some(mut eval) = get::<Evaluation>(&self.evaluations, &id)? {
-                if eval.status == EvalStatus::Blocked {
-                    eval.status = EvalStatus::Pending;
-                    eval.status_description = "the nodes changed; planning again".to_string();
-                    eval.modified_at = now;
-                    self.put_evaluation(&eval)?;
-                }
-            }
-        }
+        self.retry_blocked(now, "the nodes changed; planning again")?;
         let mut system = Vec::new();
         for row in self.jobs.iter()? {
             let (_, value) = row?;
@@ -276,6 +277,27 @@ impl<'txn> StateTables<'txn> {
         self.job_versions.insert(job_version_key(&job.name, job.version).as_str(), bytes.as_slice())?;
         self.put_evaluation(&eval)?;
         Ok(CommandResponse::JobRegistered { version: job.version, changed: true, eval_id: Some(eval.id) })
+    }
+
+    /// Blocked evaluations go back to pending: what blocked them may have changed.
+    fn retry_blocked(&mut self, now: Timestamp, why: &str) -> Result<(), redb::Error> {
+        use helios_core::EvalStatus;
+        let mut blocked = Vec::new();
+        for row in self.blocked_jobs.iter()? {
+            let (_, eval_id) = row?;
+            blocked.push(String::from_utf8_lossy(eval_id.value()).into_owned());
+        }
+        for id in blocked {
+            if let Some(mut eval) = get::<Evaluation>(&self.evaluations, &id)? {
+                if eval.status == EvalStatus::Blocked {
+                    eval.status = EvalStatus::Pending;
+                    eval.status_description = why.to_string();
+                    eval.modified_at = now;
+                    self.put_evaluation(&eval)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn deregister_job(
@@ -368,6 +390,11 @@ impl<'txn> StateTables<'txn> {
             eval.status = helios_core::EvalStatus::Pending;
             eval.status_description = "the nodes changed while it was planned; planning again".to_string();
         }
+        let room_freed_at: u64 = get(&self.cluster, ROOM_FREED_AT)?.unwrap_or(0);
+        if room_freed_at > plan.planned_at_index && eval.status == helios_core::EvalStatus::Blocked {
+            eval.status = helios_core::EvalStatus::Pending;
+            eval.status_description = "room was freed while it was planned; planning again".to_string();
+        }
         if let Err(why) = self.check_plan(&plan)? {
             return Ok(CommandResponse::Rejected(Rejection {
                 kind: RejectionKind::FailedPrecondition,
@@ -376,12 +403,8 @@ impl<'txn> StateTables<'txn> {
         }
         let now = eval.modified_at;
         for stop in &plan.stops {
-            let Some(mut alloc) = get::<Allocation>(&self.allocations, &stop.alloc_id)? else { continue };
-            alloc.desired_status = stop.desired_status;
-            alloc.desired_description = stop.description.clone();
-            if let Some(status) = stop.client_status {
-                alloc.client_status = status;
-            }
+            let Some(alloc) = get::<Allocation>(&self.allocations, &stop.alloc_id)? else { continue };
+            let mut alloc = stop.applied_to(&alloc);
             alloc.modified_at = now;
             self.put_allocation(&alloc)?;
         }
@@ -425,12 +448,21 @@ impl<'txn> StateTables<'txn> {
         }
         let system =
             get::<Job>(&self.jobs, &plan.job_name)?.is_some_and(|j| j.job_type == helios_core::JobType::System);
-        // Fixed host ports: free unless held by an allocation the plan keeps, and each taken once.
+        // Fixed host ports: free unless held by an allocation that the plan does not finish, and
+        // each taken once.
+        let mut ports_freed: BTreeSet<&str> = BTreeSet::new();
+        let wants_ports = plan.placements.iter().any(|a| !a.host_ports.is_empty());
+        for stop in plan.stops.iter().filter(|_| wants_ports) {
+            let Some(alloc) = get::<Allocation>(&self.allocations, &stop.alloc_id)? else { continue };
+            if !stop.applied_to(&alloc).holds_host_ports() {
+                ports_freed.insert(stop.alloc_id.as_str());
+            }
+        }
         let mut ports_taken: BTreeSet<(&str, u16)> = BTreeSet::new();
         for alloc in &plan.placements {
             for port in &alloc.host_ports {
                 let holder = get::<String>(&self.node_ports, &host_port_key(&alloc.node_id, *port))?;
-                let held = holder.is_some_and(|h| !stopping.contains(h.as_str()));
+                let held = holder.is_some_and(|h| !ports_freed.contains(h.as_str()));
                 if held || !ports_taken.insert((alloc.node_id.as_str(), *port)) {
                     return Ok(Err(format!("host port {port} on node {} is taken", alloc.node_id)));
                 }
@@ -518,7 +550,13 @@ impl<'txn> StateTables<'txn> {
             let usage = self.usage_of(&alloc.node_id)?;
             let usage = if was_reserved { usage.minus(alloc.resources) } else { usage.plus(alloc.resources) };
             self.usage.insert(alloc.node_id.clone(), usage);
-            self.hold_host_ports(alloc, !was_reserved)?;
+        }
+        let was_holding = old.as_ref().is_some_and(Allocation::holds_host_ports);
+        if was_holding != alloc.holds_host_ports() {
+            self.hold_host_ports(alloc, !was_holding)?;
+        }
+        if (was_reserved && !reserves_room(alloc)) || (was_holding && !alloc.holds_host_ports()) {
+            self.room_freed = Some(alloc.modified_at);
         }
         let before = old.as_ref().map(counted).unwrap_or_default();
         let after = counted(alloc);
@@ -933,19 +971,67 @@ mod tests {
         assert_indexes_agree_with_a_scan(&db);
 
         // a1 fails: 8080 is free again.
-        let report = Command::ReportAllocations {
-            node_id: "n".into(),
-            secret: "s".into(),
-            updates: vec![report("a1", AllocClientStatus::Failed)],
-            now: Timestamp(10),
-            evals: vec![],
-        };
-        apply_all(&db, vec![proposal("r5", 6, report)]);
+        let fail_a1 = report_on_n(report("a1", AllocClientStatus::Failed), 10);
+        apply_all(&db, vec![proposal("r5", 6, fail_a1)]);
         let got = apply_all(&db, vec![proposal("r6", 7, plan("b", vec![with_port("b2", "b", 8080)]))]);
         assert_eq!(got[0], CommandResponse::PlanApplied { placed: 1, stopped: 0 });
         assert_indexes_agree_with_a_scan(&db);
+        {
+            let txn = db.begin_read().unwrap();
+            assert_eq!(read::host_ports(&txn).unwrap()[&("n".to_string(), 8080)], "b2");
+        }
+
+        // b2 runs, and is asked to stop: its container keeps the port until it has exited.
+        let running = report_on_n(report("b2", AllocClientStatus::Running), 11);
+        apply_all(&db, vec![proposal("r7", 8, running)]);
+        let Command::ApplyPlan { plan: mut replace, eval, follow_ups } =
+            plan("b", vec![Allocation { name: "b.g[1]".into(), ..with_port("b3", "b", 8080) }])
+        else {
+            unreachable!()
+        };
+        replace.stops.push(helios_core::plan::AllocStop {
+            alloc_id: "b2".into(),
+            desired_status: AllocDesiredStatus::Stop,
+            client_status: None,
+            description: "replaced".into(),
+        });
+        let got = apply_all(&db, vec![proposal("r8", 9, Command::ApplyPlan { plan: replace, eval, follow_ups })]);
+        assert!(refused(&got[0]), "the port is still in use: {got:?}");
+        let stop_b2 = {
+            let Command::ApplyPlan { mut plan, eval, follow_ups } = self::plan("b", vec![]) else { unreachable!() };
+            plan.stops.push(helios_core::plan::AllocStop {
+                alloc_id: "b2".into(),
+                desired_status: AllocDesiredStatus::Stop,
+                client_status: None,
+                description: "replaced".into(),
+            });
+            Command::ApplyPlan { plan, eval, follow_ups }
+        };
+        apply_all(&db, vec![proposal("r10", 11, stop_b2)]);
+        assert_indexes_agree_with_a_scan(&db);
+        {
+            let txn = db.begin_read().unwrap();
+            assert_eq!(read::host_ports(&txn).unwrap()[&("n".to_string(), 8080)], "b2", "held while it stops");
+        }
+        // A job blocked meanwhile (on that port, say): the stop freed cpu and memory already, so
+        // only the port's release can wake it.
+        let Command::ApplyPlan { mut plan, mut eval, follow_ups } = plan("z", vec![]) else { unreachable!() };
+        plan.planned_at_index = u64::MAX; // planned on the latest state
+        eval.id = "ez".into();
+        eval.status = helios_core::EvalStatus::Blocked;
+        apply_all(&db, vec![proposal("r9", 10, Command::ApplyPlan { plan, eval, follow_ups })]);
+        let status_of_ez = |db: &redb::Database| {
+            let txn = db.begin_read().unwrap();
+            read::evaluations_for_job(&txn, "z").unwrap().into_iter().find(|e| e.id == "ez").expect("ez").status
+        };
+        assert_eq!(status_of_ez(&db), helios_core::EvalStatus::Blocked);
+        let exited = report_on_n(report("b2", AllocClientStatus::Complete), 12);
+        apply_all(&db, vec![proposal("r11", 12, exited)]);
+        assert_indexes_agree_with_a_scan(&db);
         let txn = db.begin_read().unwrap();
-        assert_eq!(read::host_ports(&txn).unwrap()[&("n".to_string(), 8080)], "b2");
+        assert!(!read::host_ports(&txn).unwrap().contains_key(&("n".to_string(), 8080)), "freed once it exited");
+        drop(txn);
+        assert_eq!(status_of_ez(&db), helios_core::EvalStatus::Pending, "planned again once the port is free");
     }
 
     /// The indexes are kept incrementally; they must always equal what a full scan computes.
@@ -967,7 +1053,7 @@ mod tests {
             assert!(by_job.contains(a) && by_node.contains(a), "{} missing from an index", a.id);
         }
         let mut ports = read::HostPorts::new();
-        for a in all.iter().filter(|a| reserves_room(a)) {
+        for a in all.iter().filter(|a| a.holds_host_ports()) {
             for port in &a.host_ports {
                 assert!(ports.insert((a.node_id.clone(), *port), a.id.clone()).is_none(), "port {port} held twice");
             }
@@ -982,6 +1068,17 @@ mod tests {
         }
         for (job, c) in &counts {
             assert_eq!(read::alloc_counts(&txn, job).unwrap(), *c, "counts of {job}");
+        }
+    }
+
+    /// Node n's agent reports `update` at time `now`.
+    fn report_on_n(update: helios_core::AllocUpdate, now: u64) -> Command {
+        Command::ReportAllocations {
+            node_id: "n".into(),
+            secret: "s".into(),
+            updates: vec![update],
+            now: Timestamp(now),
+            evals: vec![],
         }
     }
 

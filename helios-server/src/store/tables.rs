@@ -35,6 +35,9 @@ pub const BLOCKED_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blo
 /// nodes (a blocked plan made before it is planned again).
 pub const CLUSTER: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster");
 pub const NODES_CHANGED_AT: &str = "nodes_changed_at";
+/// The log index of the last entry that freed room or host ports on a node (an allocation
+/// finished, or a stop released its reservation): a plan blocked before it is planned again.
+pub const ROOM_FREED_AT: &str = "room_freed_at";
 
 // Indexes, kept by `apply::StateTables` on every write so that no hot path scans a whole table.
 
