@@ -2,6 +2,7 @@
 //! format becomes a `spec::JobSpec`, then a `Job`; what cannot be read is reported with its line
 //! (TOML, JSON, HCL) or field path, and nothing is silently dropped.
 
+mod hcl;
 pub mod spec;
 
 use std::path::Path;
@@ -16,15 +17,18 @@ use spec::JobSpec;
 pub enum Format {
     Toml,
     Json,
+    /// Nomad's jobspec.
+    Hcl,
 }
 
 impl Format {
-    /// By extension: `.toml`, `.json`.
+    /// By extension: `.toml`, `.json`, `.hcl` or `.nomad`.
     pub fn of(path: &Path) -> Result<Format> {
         match path.extension().and_then(|e| e.to_str()) {
             Some("toml") => Ok(Format::Toml),
             Some("json") => Ok(Format::Json),
-            _ => bail!("{}: unknown job file format (expected a .toml or .json file)", path.display()),
+            Some("hcl" | "nomad") => Ok(Format::Hcl),
+            _ => bail!("{}: unknown job file format (expected .toml, .json, .hcl or .nomad)", path.display()),
         }
     }
 }
@@ -47,6 +51,10 @@ pub fn parse(text: &str, format: Format) -> Result<JobFile> {
         Format::Toml => toml::from_str(text).map_err(|e| anyhow!("{}", toml_error(text, &e)))?,
         Format::Json => serde_json::from_str(text)
             .map_err(|e| anyhow!("line {}, column {}: {}", e.line(), e.column(), json_message(&e)))?,
+        // The walk checked every name and type with its line; what remains cannot fail but is
+        // still reported rather than assumed.
+        Format::Hcl => serde_json::from_value(hcl::to_json(text).map_err(|p| anyhow!("{}", p.join("; ")))?)
+            .map_err(|e| anyhow!("{e}"))?,
     };
     let (job, notes) = spec.to_job().map_err(|p| anyhow!("{}", p.0.join("; ")))?;
     // The servers' paths (task_groups[0].tasks[0]) in the file's words (group[0].task[0]).

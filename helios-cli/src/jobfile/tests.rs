@@ -19,7 +19,7 @@ fn every_example_parses_and_validates() {
             seen += 1;
         }
     }
-    assert!(seen >= 2, "examples found: {seen}");
+    assert!(seen >= 4, "examples found: {seen}");
 }
 
 #[test]
@@ -116,6 +116,83 @@ resources = { memory = 0 }
     let err = parse(&text, Format::Toml).err().expect("invalid").to_string();
     assert!(err.contains("name: may contain only"), "{err}");
     assert!(err.contains("group[0].task[0].resources.memory_mb: must be > 0"), "{err}");
+}
+
+#[test]
+fn a_nomad_jobspec_in_hcl_runs_unchanged() {
+    let file = load(&examples().join("web.nomad.hcl")).expect("web.nomad.hcl");
+    assert_eq!(file.notes, ["datacenters is ignored: a Helios cluster is one datacenter"]);
+    let job = file.job;
+    assert_eq!((job.name.as_str(), job.job_type, job.priority), ("web-nomad", JobType::Service, 60));
+    assert_eq!(job.meta["team"], "frontend");
+    assert_eq!(job.constraints[0].attribute, "attr.kernel.name");
+    assert_eq!(job.constraints[0].value, "linux");
+    let group = &job.task_groups[0];
+    assert_eq!((group.name.as_str(), group.count, group.restart.delay_secs), ("web", 2, 10));
+    let task = &group.tasks[0];
+    assert_eq!((task.name.as_str(), task.kill_timeout_secs), ("httpd", 5));
+    assert_eq!(task.env["GREETING"], "hello");
+    assert_eq!((task.resources.cpu_mhz, task.resources.memory_mb), (200, 64));
+    let TaskDriver::Docker(docker) = &task.driver else { panic!("docker expected") };
+    assert_eq!(docker.ports, vec![PortMapping { name: "http".into(), container_port: 8080, host_port: None }]);
+    assert_eq!(docker.args, ["-f", "-p", "8080", "-h", "/"]);
+}
+
+#[test]
+fn hcl_problems_are_all_reported_by_line_and_name() {
+    let text = r#"job "x" {
+  region = "eu"
+  group "g" {
+    count = "two"
+    task "t" {
+      driver = "docker"
+      vault { policies = ["a"] }
+      config {
+        image = var.image
+      }
+      env = { PORT = "${NOMAD_PORT_http}" }
+      resources = 3
+    }
+  }
+}
+"#;
+    let err = parse(text, Format::Hcl).err().expect("refused").to_string();
+    let problems: Vec<&str> = err.split("; ").collect();
+    assert_eq!(
+        problems,
+        [
+            r#"line 2: attribute `region` in job "x" is not supported by Helios"#,
+            "line 4: `count` must be a number",
+            r#"line 7: block `vault` in task "t" is not supported by Helios"#,
+            "line 9: `image` must be a literal value (variables and functions are not supported)",
+            "line 12: `resources` is a block without labels: resources { ... }",
+        ]
+    );
+    let err = parse("job \"x\" {\n  type = = 1\n}\n", Format::Hcl).err().expect("syntax").to_string();
+    assert!(err.starts_with("line 2: invalid expression"), "{err}");
+    let err = parse("group \"g\" {}\n", Format::Hcl).err().expect("no job").to_string();
+    assert!(err.contains("line 1: block `group` in the file is not supported by Helios"), "{err}");
+    let err = parse("job \"a\" {}\njob \"b\" {}\n", Format::Hcl).err().expect("two jobs").to_string();
+    assert_eq!(err, "line 2: a job file declares one job");
+}
+
+#[test]
+fn hcl_templates_are_kept_as_written_and_maps_may_be_blocks_or_attributes() {
+    let text = r#"job "t" {
+  type = "batch"
+  meta = { owner = "ops", tier = 2 }
+  group "g" {
+    task "t" {
+      driver = "exec"
+      config { command = "echo" }
+      env = { URL = "http://${attr.unique.network.ip-address}:8080/" }
+    }
+  }
+}
+"#;
+    let job = parse(text, Format::Hcl).expect("parses").job;
+    assert_eq!(job.meta["tier"], "2");
+    assert_eq!(job.task_groups[0].tasks[0].env["URL"], "http://${attr.unique.network.ip-address}:8080/");
 }
 
 #[test]

@@ -1,0 +1,306 @@
+//! Nomad's jobspec in HCL, read into the same `JobSpec` as TOML and JSON.
+//!
+//! The file is walked against `JOB`, the part of Nomad's jobspec Helios has. Every attribute and
+//! block is checked by name, kind and value type as it is met, so anything Helios does not
+//! support, or a value of the wrong type, is reported with its line and name (all of them, not
+//! only the first). What passes becomes the JSON shape of `JobSpec`.
+
+use hcl_edit::expr::{Expression, ObjectKey};
+use hcl_edit::structure::{Block, Body, Structure};
+use hcl_edit::Span;
+use serde_json::{Map, Value};
+
+/// The type an attribute's value must have.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ty {
+    Str,
+    Int,
+    Bool,
+    StrList,
+    /// `{ KEY = "value" }`, as an attribute or a block of attributes (env, meta, labels).
+    StrMap,
+}
+
+/// What a name may be inside a block.
+enum Kind {
+    Attr(Ty),
+    /// A block without labels, at most once.
+    Block(&'static [Field]),
+    /// Labelled blocks (`group "web" {}`), collected into an array of objects named by label.
+    Named(&'static [Field]),
+    /// Unlabelled blocks that may repeat (`constraint {}`), collected into an array.
+    Repeated(&'static [Field]),
+    /// Labelled blocks collected into an object keyed by label (`port "http" {}`).
+    Keyed(&'static [Field]),
+}
+
+struct Field {
+    name: &'static str,
+    kind: Kind,
+}
+
+const fn attr(name: &'static str, ty: Ty) -> Field {
+    Field { name, kind: Kind::Attr(ty) }
+}
+
+const CONSTRAINT: &[Field] = &[attr("attribute", Ty::Str), attr("operator", Ty::Str), attr("value", Ty::Str)];
+const RESTART: &[Field] =
+    &[attr("attempts", Ty::Int), attr("interval", Ty::Str), attr("delay", Ty::Str), attr("mode", Ty::Str)];
+const PORT: &[Field] = &[attr("static", Ty::Int), attr("to", Ty::Int)];
+const NETWORK: &[Field] = &[attr("mode", Ty::Str), Field { name: "port", kind: Kind::Keyed(PORT) }];
+const RESOURCES: &[Field] = &[attr("cpu", Ty::Int), attr("memory", Ty::Int)];
+const CONFIG: &[Field] = &[
+    attr("command", Ty::Str),
+    attr("args", Ty::StrList),
+    attr("image", Ty::Str),
+    attr("entrypoint", Ty::StrList),
+    attr("ports", Ty::StrList),
+    attr("work_dir", Ty::Str),
+    attr("labels", Ty::StrMap),
+    attr("network_mode", Ty::Str),
+    attr("volumes", Ty::StrList),
+    attr("cpu_hard_limit", Ty::Bool),
+];
+const TASK: &[Field] = &[
+    attr("driver", Ty::Str),
+    Field { name: "config", kind: Kind::Block(CONFIG) },
+    attr("env", Ty::StrMap),
+    Field { name: "resources", kind: Kind::Block(RESOURCES) },
+    Field { name: "constraint", kind: Kind::Repeated(CONSTRAINT) },
+    attr("kill_timeout", Ty::Str),
+];
+const GROUP: &[Field] = &[
+    attr("count", Ty::Int),
+    Field { name: "constraint", kind: Kind::Repeated(CONSTRAINT) },
+    Field { name: "restart", kind: Kind::Block(RESTART) },
+    attr("meta", Ty::StrMap),
+    Field { name: "network", kind: Kind::Block(NETWORK) },
+    Field { name: "task", kind: Kind::Named(TASK) },
+];
+const JOB: &[Field] = &[
+    attr("type", Ty::Str),
+    attr("priority", Ty::Int),
+    attr("datacenters", Ty::StrList),
+    attr("meta", Ty::StrMap),
+    Field { name: "constraint", kind: Kind::Repeated(CONSTRAINT) },
+    Field { name: "group", kind: Kind::Named(GROUP) },
+];
+
+/// The JSON shape of the job the HCL text declares, or every problem found, each as
+/// `line N: ...`.
+pub fn to_json(text: &str) -> Result<Value, Vec<String>> {
+    let body = hcl_edit::parser::parse_body(text)
+        .map_err(|e| vec![format!("line {}: {}", e.location().line(), e.message())])?;
+    let mut walker = Walker { text, problems: Vec::new() };
+    let jobs: Vec<&Block> = body.blocks().filter(|b| b.ident.as_str() == "job").collect();
+    for other in body.iter() {
+        match other {
+            Structure::Block(b) if b.ident.as_str() == "job" => {}
+            Structure::Block(b) => walker.unsupported(b.span(), &format!("block `{}`", b.ident.as_str()), "the file"),
+            Structure::Attribute(a) => {
+                walker.unsupported(a.span(), &format!("attribute `{}`", a.key.as_str()), "the file");
+            }
+        }
+    }
+    let job = match jobs.as_slice() {
+        [job] => job,
+        [] => {
+            walker.problems.push("a job file needs one `job \"NAME\" { ... }` block".to_string());
+            return Err(walker.problems);
+        }
+        [_, second, ..] => {
+            return Err(vec![format!("line {}: a job file declares one job", walker.line(second.span()))]);
+        }
+    };
+    let label = job.labels.first().map_or(String::new(), |l| format!(" {:?}", l.as_str()));
+    let mut object = walker.block(job, JOB, &format!("job{label}"));
+    match job.labels.as_slice() {
+        [name] => {
+            object.insert("name".into(), Value::String(name.as_str().to_string()));
+        }
+        _ => walker.problem(job.span(), "`job` takes one label, its name: job \"NAME\" { ... }"),
+    }
+    if walker.problems.is_empty() {
+        Ok(Value::Object(object))
+    } else {
+        Err(walker.problems)
+    }
+}
+
+struct Walker<'t> {
+    text: &'t str,
+    problems: Vec<String>,
+}
+
+impl Walker<'_> {
+    fn line(&self, span: Option<std::ops::Range<usize>>) -> usize {
+        span.map_or(0, |r| self.text[..r.start.min(self.text.len())].matches('\n').count() + 1)
+    }
+
+    fn problem(&mut self, span: Option<std::ops::Range<usize>>, what: &str) {
+        let line = self.line(span);
+        self.problems.push(format!("line {line}: {what}"));
+    }
+
+    fn unsupported(&mut self, span: Option<std::ops::Range<usize>>, what: &str, inside: &str) {
+        self.problem(span, &format!("{what} in {inside} is not supported by Helios"));
+    }
+
+    /// A block's body as a JSON object, checked against `fields`.
+    fn block(&mut self, block: &Block, fields: &[Field], inside: &str) -> Map<String, Value> {
+        self.body(&block.body, fields, inside)
+    }
+
+    fn body(&mut self, body: &Body, fields: &[Field], inside: &str) -> Map<String, Value> {
+        let mut object = Map::new();
+        for item in body.iter() {
+            let (name, span) = match item {
+                Structure::Attribute(a) => (a.key.as_str(), a.span()),
+                Structure::Block(b) => (b.ident.as_str(), b.span()),
+            };
+            let Some(field) = fields.iter().find(|f| f.name == name) else {
+                let what = if item.is_block() { "block" } else { "attribute" };
+                self.unsupported(span, &format!("{what} `{name}`"), inside);
+                continue;
+            };
+            let here = format!("`{name}`");
+            match (&field.kind, item) {
+                (Kind::Attr(ty), Structure::Attribute(a)) => {
+                    if let Some(value) = self.value(&a.value, *ty, &here) {
+                        object.insert(name.to_string(), value);
+                    }
+                }
+                // env, meta and labels may be written as blocks of attributes.
+                (Kind::Attr(Ty::StrMap), Structure::Block(b)) if b.labels.is_empty() => {
+                    let mut map = Map::new();
+                    for entry in b.body.iter() {
+                        match entry {
+                            Structure::Attribute(a) => {
+                                if let Some(v) = self.scalar_text(&a.value, &format!("`{name}.{}`", a.key.as_str())) {
+                                    map.insert(a.key.as_str().to_string(), Value::String(v));
+                                }
+                            }
+                            Structure::Block(inner) => {
+                                self.problem(inner.span(), &format!("`{name}` holds only KEY = \"value\" lines"));
+                            }
+                        }
+                    }
+                    object.insert(name.to_string(), Value::Object(map));
+                }
+                (Kind::Block(inner), Structure::Block(b)) if b.labels.is_empty() => {
+                    if object.contains_key(name) {
+                        self.problem(span, &format!("{here} may appear once in {inside}"));
+                    }
+                    let value = self.block(b, inner, &here);
+                    object.insert(name.to_string(), Value::Object(value));
+                }
+                (Kind::Repeated(inner), Structure::Block(b)) if b.labels.is_empty() => {
+                    let value = self.block(b, inner, &here);
+                    push(&mut object, name, Value::Object(value));
+                }
+                (Kind::Named(inner), Structure::Block(b)) if b.labels.len() == 1 => {
+                    let label = b.labels[0].as_str().to_string();
+                    let mut value = self.block(b, inner, &format!("{name} {label:?}"));
+                    value.insert("name".into(), Value::String(label));
+                    push(&mut object, name, Value::Object(value));
+                }
+                (Kind::Keyed(inner), Structure::Block(b)) if b.labels.len() == 1 => {
+                    let label = b.labels[0].as_str().to_string();
+                    let value = self.block(b, inner, &format!("{name} {label:?}"));
+                    let entry = object.entry(name.to_string()).or_insert_with(|| Value::Object(Map::new()));
+                    if let Value::Object(map) = entry {
+                        map.insert(label, Value::Object(value));
+                    }
+                }
+                (Kind::Attr(_), Structure::Block(_)) => {
+                    self.problem(span, &format!("{here} is an attribute: write {name} = ..."));
+                }
+                (Kind::Named(_) | Kind::Keyed(_), _) => {
+                    self.problem(span, &format!("{here} is a block with one label: {name} \"NAME\" {{ ... }}"));
+                }
+                (Kind::Block(_) | Kind::Repeated(_), _) => {
+                    self.problem(span, &format!("{here} is a block without labels: {name} {{ ... }}"));
+                }
+            }
+        }
+        object
+    }
+
+    /// An attribute's value, checked against its type.
+    fn value(&mut self, expr: &Expression, ty: Ty, here: &str) -> Option<Value> {
+        let span = expr.span();
+        let wrong = |this: &mut Self, expected: &str| {
+            this.problem(span.clone(), &format!("{here} must be {expected}"));
+            None
+        };
+        match ty {
+            Ty::Str => self.scalar_text(expr, here).map(Value::String),
+            Ty::Int => match expr {
+                Expression::Number(n) => match n.as_u64() {
+                    Some(v) => Some(Value::from(v)),
+                    None => wrong(self, "a whole number >= 0"),
+                },
+                _ => wrong(self, "a number"),
+            },
+            Ty::Bool => match expr {
+                Expression::Bool(b) => Some(Value::Bool(*b.value())),
+                _ => wrong(self, "true or false"),
+            },
+            Ty::StrList => match expr {
+                Expression::Array(items) => {
+                    let mut out = Vec::new();
+                    for item in items.iter() {
+                        out.push(Value::String(self.scalar_text(item, here)?));
+                    }
+                    Some(Value::Array(out))
+                }
+                _ => wrong(self, "a list: [\"a\", \"b\"]"),
+            },
+            Ty::StrMap => match expr {
+                Expression::Object(entries) => {
+                    let mut map = Map::new();
+                    for (key, value) in entries.iter() {
+                        let key = match key {
+                            ObjectKey::Ident(ident) => ident.as_str().to_string(),
+                            ObjectKey::Expression(e) => self.scalar_text(e, here)?,
+                        };
+                        let value = self.scalar_text(value.expr(), &format!("{here}.{key}"))?;
+                        map.insert(key, Value::String(value));
+                    }
+                    Some(Value::Object(map))
+                }
+                _ => wrong(self, "a map: { KEY = \"value\" }"),
+            },
+        }
+    }
+
+    /// A string, number or bool as text. A template (`"${NOMAD_PORT_http}"`) is kept as written:
+    /// Helios does not interpolate, and the constraint attributes Nomad writes as `${attr.x}`
+    /// are read by name. Variables and functions are refused.
+    fn scalar_text(&mut self, expr: &Expression, here: &str) -> Option<String> {
+        match expr {
+            Expression::String(s) => Some(s.as_str().to_string()),
+            Expression::Number(n) => Some(n.to_string()),
+            Expression::Bool(b) => Some(b.value().to_string()),
+            Expression::StringTemplate(_) => {
+                let raw = expr.span().map(|r| &self.text[r]).unwrap_or_default();
+                Some(raw.trim().trim_matches('"').to_string())
+            }
+            Expression::HeredocTemplate(h) => Some(h.template.to_string()),
+            _ => {
+                self.problem(
+                    expr.span(),
+                    &format!("{here} must be a literal value (variables and functions are not supported)"),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn push(object: &mut Map<String, Value>, name: &str, value: Value) {
+    let entry = object.entry(name.to_string()).or_insert_with(|| Value::Array(Vec::new()));
+    if let Value::Array(items) = entry {
+        items.push(value);
+    }
+}
