@@ -3,12 +3,13 @@
 //!
 //! The engine stamps every chunk it sends: a line, or a 16 KB piece of a longer one (each piece
 //! of a line carries the line's stamp). Where copying got to is kept in the task's directory
-//! (`LOG_CURSOR`): the last stamp written and how many chunks in a row carried it. An agent that
-//! restarts and adopts the container, or a copier whose stream broke, asks the engine for the
-//! output again from a little before that stamp and skips exactly what was written: the chunks
-//! before the stamp and the first `count` chunks with it. Everything after is written, whatever
+//! (`LOG_CURSOR`): the last chunk's stamp and its place in the run of chunks in a row with that
+//! stamp. An agent that restarts and adopts the container, or a copier whose stream broke, asks
+//! the engine for the output again from a little before that stamp, replays it in the same
+//! order, and skips up to and including that chunk. Everything after it is written, whatever
 //! its stamp (stdout and stderr are stamped apart, so stamps are not strictly in order).
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -29,7 +30,8 @@ const CURSOR_WIDTH: usize = 64;
 /// earlier may have been written after it.
 const RESUME_SLACK_SECS: u64 = 5;
 
-/// The last stamp written, as (seconds, nanoseconds), and how many chunks in a row carried it.
+/// The last chunk written: its stamp, as (seconds, nanoseconds), and its place in the run of
+/// chunks in a row with that stamp (1 for the first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     pub stamp: (u64, u32),
@@ -56,28 +58,40 @@ pub fn read_cursor(dir: &Path) -> Option<Cursor> {
     Some(Cursor { stamp: (secs, 0), count: 0 })
 }
 
-/// Skips what an earlier copier wrote: the chunks up to its cursor, in the order the engine
-/// sends them again.
-struct Skipper {
-    resume: Option<Cursor>,
-    seen_at_stamp: u32,
+/// How many chunks of each recent stamp the output has had so far: a chunk's place among those
+/// with its stamp identifies it (the pieces of a long line share one stamp, and may be
+/// interleaved with the other stream's chunks).
+#[derive(Default)]
+struct Places {
+    seen: HashMap<(u64, u32), u32>,
 }
 
-impl Skipper {
-    /// True when the chunk stamped `at` was written before.
-    fn written_before(&mut self, at: Option<(u64, u32)>) -> bool {
-        let (Some(cursor), Some(at)) = (self.resume, at) else { return false };
-        if at < cursor.stamp {
-            return true;
+impl Places {
+    fn place(&mut self, at: (u64, u32)) -> Cursor {
+        if self.seen.len() > 4096 {
+            let floor = at.0.saturating_sub(4 * RESUME_SLACK_SECS);
+            self.seen.retain(|stamp, _| stamp.0 >= floor);
         }
-        if at == cursor.stamp && self.seen_at_stamp < cursor.count {
-            self.seen_at_stamp += 1;
-            return true;
-        }
-        // Past the cursor: from here on everything is new.
-        self.resume = None;
-        false
+        let count = self.seen.entry(at).or_default();
+        *count += 1;
+        Cursor { stamp: at, count: *count }
     }
+}
+
+/// Whether a replayed chunk was written before: everything up to and including the cursor's
+/// chunk was (the engine replays in the order it first sent). Should that chunk never come (the
+/// engine no longer has it), a chunk stamped well after it ends the skipping.
+fn written_before(skipping: &mut Option<Cursor>, chunk: Cursor) -> bool {
+    let Some(cursor) = *skipping else { return false };
+    if chunk == cursor {
+        *skipping = None;
+        return true;
+    }
+    if chunk.stamp.0 > cursor.stamp.0 + RESUME_SLACK_SECS {
+        *skipping = None;
+        return false;
+    }
+    true
 }
 
 /// Appends the container's stdout and stderr to the task's log files until the container stops,
@@ -94,33 +108,44 @@ pub async fn copy(docker: Docker, name: String, dir: PathBuf, mut resume: Option
         return;
     };
     let mut last_rotation = tokio::time::Instant::now();
+    let mut follow = true;
     loop {
         let since = resume.map_or(0, |c| c.stamp.0.saturating_sub(RESUME_SLACK_SECS));
         let since = i32::try_from(since).unwrap_or(i32::MAX);
-        let options =
-            LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).timestamps(true).since(since).build();
+        let options = LogsOptionsBuilder::default()
+            .follow(follow)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .since(since)
+            .build();
         let mut stream = docker.logs(&name, Some(options));
-        let mut skipper = Skipper { resume, seen_at_stamp: 0 };
-        while let Some(Ok(chunk)) = stream.next().await {
+        // A fresh count per read: the engine replays from `since`, which holds every chunk with
+        // the cursor's stamp.
+        let (mut places, mut skipping) = (Places::default(), resume);
+        let mut broke = false;
+        while let Some(next) = stream.next().await {
+            let Ok(chunk) = next else {
+                broke = true;
+                break;
+            };
             let (file, bytes): (&mut File, _) = match chunk {
                 LogOutput::StdErr { message } => (&mut err, message),
                 other => (&mut out, other.into_bytes()),
             };
             let (stamp, line) = split_stamp(&bytes);
             let at = stamp.and_then(helios_core::time::parse_rfc3339_nanos);
-            if skipper.written_before(at) {
+            let place = at.map(|at| places.place(at));
+            if place.is_some_and(|p| written_before(&mut skipping, p)) {
                 continue;
             }
             if let Err(e) = file.write_all(line) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot write the task's log");
             }
-            if let (Some(text), Some(at)) = (stamp, at) {
-                let count = match resume {
-                    Some(c) if c.stamp == at => c.count + 1,
-                    _ => 1,
-                };
-                resume = Some(Cursor { stamp: at, count });
-                let _ = cursor_file.write_at(format!("{:<CURSOR_WIDTH$}", format!("{text} {count}")).as_bytes(), 0);
+            if let (Some(text), Some(place)) = (stamp, place) {
+                resume = Some(place);
+                let line = format!("{text} {}", place.count);
+                let _ = cursor_file.write_at(format!("{line:<CURSOR_WIDTH$}").as_bytes(), 0);
             }
             if last_rotation.elapsed() > Duration::from_secs(2) {
                 last_rotation = tokio::time::Instant::now();
@@ -129,13 +154,27 @@ pub async fn copy(docker: Docker, name: String, dir: PathBuf, mut resume: Option
                 }
             }
         }
-        // The stream ends with the container; if the container still runs, it broke.
-        let running = docker.inspect_container(&name, None).await.ok().and_then(|c| c.state?.running);
-        if running != Some(true) {
-            return;
+        if !follow {
+            return; // the last read after the container stopped
         }
-        tracing::warn!(container = %name, "the container's log stream broke; opening it again");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The stream ends with the container. If the engine cannot say whether it still runs
+        // (it restarted), ask again; if it stopped while the stream was broken, read what it
+        // wrote meanwhile once more, without following.
+        loop {
+            match docker.inspect_container(&name, None).await {
+                Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => break,
+                Ok(_) if broke => {
+                    follow = false;
+                    break;
+                }
+                Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return,
+                Err(e) => tracing::warn!(container = %name, error = %e, "the engine does not answer; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if follow {
+            tracing::warn!(container = %name, "the container's log stream broke; opening it again");
+        }
     }
 }
 
@@ -186,18 +225,26 @@ mod tests {
         assert!(now.abs_diff(cursor.stamp.0) < 60, "{cursor:?}");
     }
 
+    fn replay(cursor: Cursor, stamps: &[u64]) -> Vec<bool> {
+        let (mut places, mut skipping) = (Places::default(), Some(cursor));
+        stamps.iter().map(|s| !written_before(&mut skipping, places.place((*s, 0)))).collect()
+    }
+
     #[test]
-    fn only_the_prefix_up_to_the_cursor_is_skipped() {
-        // Written before: ..., (10,0), and two pieces of a long line stamped (12,0).
-        let mut skip = Skipper { resume: Some(Cursor { stamp: (12, 0), count: 2 }), seen_at_stamp: 0 };
-        let replay = [(9, 0), (10, 0), (12, 0), (12, 0), (12, 0), (11, 0), (13, 0)];
-        let written: Vec<bool> = replay.iter().map(|at| !skip.written_before(Some(*at))).collect();
-        // The third piece of the long line is new, and so is everything after it, even a chunk
-        // stamped earlier (the other stream's).
-        assert_eq!(written, [false, false, false, false, true, true, true]);
-        let mut fresh = Skipper { resume: None, seen_at_stamp: 0 };
-        assert!(!fresh.written_before(Some((1, 0))));
-        let mut unstamped = Skipper { resume: Some(Cursor { stamp: (12, 0), count: 1 }), seen_at_stamp: 0 };
-        assert!(!unstamped.written_before(None), "a chunk without a stamp is never skipped");
+    fn the_replay_skips_up_to_and_including_the_cursors_chunk() {
+        // Written: ..., 10, and two pieces of a long line stamped 12; the third piece is new, and
+        // so is everything after it, even a chunk stamped earlier (the other stream's).
+        let cursor = Cursor { stamp: (12, 0), count: 2 };
+        assert_eq!(replay(cursor, &[9, 10, 12, 12, 12, 11, 13]), [false, false, false, false, true, true, true]);
+        // Written up to O(12); E(11) came later from the other stream and was not written yet.
+        assert_eq!(replay(Cursor { stamp: (12, 0), count: 1 }, &[10, 12, 11, 13]), [false, false, true, true]);
+        // A(12) B(11) C(12), C written last: it is the second chunk stamped 12.
+        assert_eq!(replay(Cursor { stamp: (12, 0), count: 2 }, &[12, 11, 12, 14]), [false, false, false, true]);
+        // A chunk stamped after the cursor's may come before it (the other stream's): skipped.
+        assert_eq!(replay(Cursor { stamp: (12, 0), count: 1 }, &[13, 12, 14]), [false, false, true]);
+        // The cursor's chunk never comes: a chunk well after it ends the skipping.
+        assert_eq!(replay(Cursor { stamp: (12, 0), count: 3 }, &[11, 12, 18, 12]), [false, false, true, true]);
+        let mut places = Places::default();
+        assert!(!written_before(&mut None, places.place((1, 0))), "without a cursor nothing is skipped");
     }
 }

@@ -21,7 +21,7 @@ pub struct Allocation {
     pub node_id: String,
     pub resources: Resources,
     /// The fixed host ports its docker tasks publish (`-p NAME=PORT:HOSTPORT`): held on its node
-    /// while it reserves room there, so no other allocation is placed on them.
+    /// while `holds_host_ports`, so no other allocation is placed on them.
     pub host_ports: Vec<u16>,
     pub desired_status: AllocDesiredStatus,
     pub desired_description: String,
@@ -33,10 +33,12 @@ pub struct Allocation {
 }
 
 impl Allocation {
-    /// True while its fixed host ports are held on its node: until it has finished, even once
-    /// it is asked to stop (its container keeps the port through the kill timeout).
+    /// True while its fixed host ports are held on its node: until its agent reports it finished
+    /// (or it is lost with its node), even once it is asked to stop. Its container keeps the
+    /// port through the kill timeout, and an allocation stopped before the servers heard it
+    /// start may have started: only the agent knows.
     pub fn holds_host_ports(&self) -> bool {
-        !self.is_terminal() && !self.host_ports.is_empty()
+        !self.client_status.is_terminal() && !self.host_ports.is_empty()
     }
 
     /// True once the allocation will not run again (its client says so, or it was never started

@@ -53,8 +53,9 @@ pub enum Command {
     /// The leader's scheduler result. Applied only if it still fits: every placement's node is
     /// ready with room for it and its slot is free; otherwise rejected as stale (the leader
     /// re-plans). `eval` is the evaluation as it ends (complete, or blocked with reasons).
-    /// `follow_ups` re-evaluate blocked jobs when the plan frees room (it stops allocations);
-    /// committed only with the plan.
+    /// `follow_ups` are evaluations committed only with the plan. Leaders used them to retry
+    /// blocked jobs when a plan freed room; the state machine now does that for any freed room
+    /// (`StateTables::retry_blocked`), and leaders send none.
     ApplyPlan { plan: Plan, eval: Evaluation, follow_ups: Vec<Evaluation> },
     /// A client agent's report, as servers proposed it before `ReportAllocations` (kept so that
     /// existing logs still apply): refused whole if any allocation is not on `node_id`. `evals`

@@ -166,7 +166,6 @@ async fn round(cluster: &Cluster) -> Result<Round, ClusterError> {
     let mut snapshot = cluster.read_local(move |txn| Snapshot::read(txn, &jobs)).await?;
     let now = clock::now();
     let mut commands = Vec::with_capacity(evals.len());
-    let mut blocked = None;
     let mut placements = 0;
     let mut planned = 0;
     for eval in &evals {
@@ -177,24 +176,9 @@ async fn round(cluster: &Cluster) -> Result<Round, ClusterError> {
         snapshot.assume(&plan);
         placements += plan.placements.len();
         planned += 1;
-        // Room freed here may be what a blocked job waits for.
-        let follow_ups = if plan.stops.is_empty() {
-            Vec::new()
-        } else {
-            if blocked.is_none() {
-                blocked = Some(cluster.read_local(read::blocked_jobs).await?);
-            }
-            blocked
-                .iter()
-                .flatten()
-                .filter(|(job, _)| *job != eval.job_name)
-                .map(|(job, priority)| {
-                    Evaluation::new(clock::new_id(), job, *priority, EvalTrigger::RetryFailedPlacement, now)
-                })
-                .collect()
-        };
+        // Room the plan frees wakes blocked jobs when it is applied (`StateTables::retry_blocked`).
         let outcome = outcome(eval, &plan, now);
-        commands.push(Command::ApplyPlan { plan, eval: outcome, follow_ups });
+        commands.push(Command::ApplyPlan { plan, eval: outcome, follow_ups: Vec::new() });
     }
     // Proposed together, so Raft commits them in one batch. Only as leader: a deposed leader's
     // plan must not reach the new one by forwarding.

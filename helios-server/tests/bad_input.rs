@@ -147,7 +147,7 @@ async fn a_peer_of_another_stored_format_is_refused_before_its_payload_is_read()
     cluster.leader().await;
     let mut peer = RaftPeerClient::new(cluster.channel(1).await);
     // An older build sends no format; a newer one another number.
-    for (format, shown) in [(None, "1 (unmarked)"), (Some("99"), "99")] {
+    for (format, shown) in [(None, "none (an older build)"), (Some("99"), "99")] {
         let mut request = tonic::Request::new(pb::RaftPayload { data: vec![0xff; 16] });
         if let Some(f) = format {
             request.metadata_mut().insert("helios-stored-format", f.parse().expect("ascii"));

@@ -27,7 +27,7 @@ pub fn check_format(request: Request<()>) -> Result<Request<()>, Status> {
         Some(format) if format == ours => Ok(request),
         other => Err(Status::failed_precondition(format!(
             "the peer sends stored format {}, but this server reads format {ours}: run the same Helios build on every server",
-            other.map_or_else(|| "1 (unmarked)".to_string(), |f| f.to_string())
+            other.map_or_else(|| "none (an older build)".to_string(), |f| f.to_string())
         ))),
     }
 }

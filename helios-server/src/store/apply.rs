@@ -116,7 +116,9 @@ impl<'txn> StateTables<'txn> {
             if alloc.holds_host_ports() {
                 for port in &alloc.host_ports {
                     let key = host_port_key(&alloc.node_id, *port);
-                    self.node_ports.insert(key.as_str(), encode(&alloc.id).as_slice())?;
+                    if get::<String>(&self.node_ports, &key)?.is_none() {
+                        self.node_ports.insert(key.as_str(), encode(&alloc.id).as_slice())?;
+                    }
                 }
             }
             let counts = self.counts.entry(alloc.job_name.clone()).or_default();
@@ -515,7 +517,11 @@ impl<'txn> StateTables<'txn> {
         for port in &alloc.host_ports {
             let key = host_port_key(&alloc.node_id, *port);
             if hold {
-                self.node_ports.insert(key.as_str(), encode(&alloc.id).as_slice())?;
+                // check_plan keeps ports unique; should two ever claim one, the first keeps it
+                // (as `rebuild_indexes`, which meets allocations in id order, cannot tell).
+                if get::<String>(&self.node_ports, &key)?.is_none() {
+                    self.node_ports.insert(key.as_str(), encode(&alloc.id).as_slice())?;
+                }
             } else if get::<String>(&self.node_ports, &key)?.as_deref() == Some(alloc.id.as_str()) {
                 self.node_ports.remove(key.as_str())?;
             }
@@ -585,14 +591,15 @@ impl<'txn> StateTables<'txn> {
         } else {
             self.pending_evaluations.remove(eval.id.as_str())?;
         }
-        match eval.status {
-            EvalStatus::Blocked => {
-                self.blocked_jobs.insert(eval.job_name.as_str(), eval.id.as_bytes())?;
-            }
-            EvalStatus::Complete => {
+        if eval.status == EvalStatus::Blocked {
+            self.blocked_jobs.insert(eval.job_name.as_str(), eval.id.as_bytes())?;
+        } else {
+            // Only while blocked: retrying then scans just the jobs still waiting.
+            let listed =
+                self.blocked_jobs.get(eval.job_name.as_str())?.is_some_and(|id| id.value() == eval.id.as_bytes());
+            if listed || eval.status == EvalStatus::Complete {
                 self.blocked_jobs.remove(eval.job_name.as_str())?;
             }
-            _ => {}
         }
         Ok(())
     }

@@ -52,7 +52,7 @@ pub const NODE_USAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("node_
 /// job name -> `AllocCounts` of its allocations.
 pub const JOB_ALLOC_COUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("job_alloc_counts");
 /// `host_port_key(node, port)` -> the id of the allocation holding that fixed host port there
-/// (while it reserves room).
+/// (while `Allocation::holds_host_ports`).
 pub const NODE_PORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("node_ports");
 
 /// The tables that make up the replicated state: exactly what a snapshot carries.
@@ -121,7 +121,9 @@ pub const SM_HAS_SNAPSHOT: &str = "has_snapshot";
 /// rebuilt when the store opens.
 pub const SM_INDEXES: &str = "indexes";
 /// 1: allocations by job and node, evaluations by job, node usage, job counts. 2: node ports.
-pub const INDEXES_VERSION: u32 = 2;
+/// 3: node ports held until the agent reports the allocation finished; blocked jobs only while
+/// their evaluation is blocked.
+pub const INDEXES_VERSION: u32 = 3;
 
 /// Versions sort by number within a job: names cannot contain '@' (validation), and the version
 /// is zero-padded.
