@@ -59,7 +59,11 @@ async fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     let result = match cli.command {
-        Command::Job(cmd) => job::run(&servers, cmd).await,
+        // `job plan` has exit codes of its own (Nomad's).
+        Command::Job(cmd) => match job::run(&servers, cmd).await {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Alloc(cmd) => alloc::run(&servers, cmd).await,
         Command::Node(cmd) => node::run(&servers, cmd).await,
         Command::Server(cmd) => server::run(&servers, cmd).await,

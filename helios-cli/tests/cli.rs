@@ -230,3 +230,50 @@ async fn job_files_are_validated_offline_and_submitted() {
     assert!(status.contains("report  3      count-words  exec"), "{status}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_plan_shows_what_would_change_with_nomads_exit_codes() {
+    let report = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/report.json");
+    let server = Server::start().await;
+
+    // New, and no client node to run it: a change (1) that does not fit.
+    let out = cli(&server.url, &["job", "plan", report]).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(
+        text.starts_with("+ Job: \"report\" (new, version 0)\n  Task Group \"report\": 3 cannot be placed\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "- WARNING: not every allocation fits.\n  Task Group \"report\": no client nodes are registered\n"
+        ),
+        "{text}"
+    );
+    let json = cli(&server.url, &["job", "plan", "--json", report]).await;
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&json)).expect("one JSON document");
+    assert_eq!(
+        (doc["job"].as_str(), doc["exists"].as_bool(), doc["changes"].as_bool()),
+        (Some("report"), Some(false), Some(true))
+    );
+    assert_eq!(doc["fits"], false);
+    assert_eq!(doc["groups"][0]["unplaced"], 3);
+    assert!(doc["groups"][0]["failure"].is_string(), "{doc}");
+
+    // Submitted as is: planning it again changes nothing (0), and nothing was submitted by plan.
+    assert!(cli(&server.url, &["job", "run", report]).await.status.success());
+    let out = cli(&server.url, &["job", "plan", report]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).starts_with("Job: \"report\" (version 0, unchanged)\n"), "{}", stdout(&out));
+    let status = stdout(&cli(&server.url, &["job", "status", "report"]).await);
+    assert!(status.contains("Version     = 0"), "{status}");
+
+    // Errors use Nomad's 255.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.hcl");
+    std::fs::write(&bad, "job \"x\" {\n  vault {}\n}\n").expect("write");
+    let out = cli(&server.url, &["job", "plan", bad.to_str().expect("utf-8")]).await;
+    assert_eq!(out.status.code(), Some(255));
+    assert!(stderr(&out).contains("line 2: block `vault` in job \"x\" is not supported by Helios"), "{}", stderr(&out));
+    server.shutdown().await;
+}

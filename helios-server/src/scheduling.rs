@@ -116,6 +116,34 @@ impl StateView for Snapshot {
     }
 }
 
+/// What the scheduler would do if `job` were submitted now, planned on the state `txn` reads
+/// and not proposed (`job plan`). Returns the plan, the stored job (if any), and whether the
+/// submission would make a new version.
+pub fn dry_run(
+    txn: &ReadTransaction,
+    mut job: Job,
+    now: helios_core::Timestamp,
+) -> io::Result<(Plan, Vec<Allocation>, Option<Job>)> {
+    let mut snapshot = Snapshot::read(txn, &BTreeSet::from([job.name.clone()]))?;
+    let stored = snapshot.jobs.remove(&job.name);
+    let changed = stored.as_ref().is_none_or(|s| s.stopped || !s.same_spec(&job));
+    job.version = match &stored {
+        Some(s) if !changed => s.version,
+        Some(s) => s.version + 1,
+        None => 0,
+    };
+    job.stopped = false;
+    snapshot.jobs.insert(job.name.clone(), job.clone());
+    let eval = Evaluation::new("plan".into(), &job.name, job.priority, EvalTrigger::JobRegister, now);
+    let mut count = 0;
+    let plan = schedule(&snapshot, &eval, now, &mut || {
+        count += 1;
+        format!("planned-{count}")
+    });
+    let existing = snapshot.allocations.remove(&job.name).unwrap_or_default();
+    Ok((plan, existing, stored))
+}
+
 /// Runs for the server's lifetime; works only while this server leads.
 pub async fn run(cluster: Cluster) {
     let mut metrics = cluster.raft.metrics();

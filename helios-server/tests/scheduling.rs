@@ -190,3 +190,49 @@ async fn a_blocked_job_is_placed_when_another_job_frees_room() {
     a.stop().await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plan_counts_what_a_submission_would_place_stop_and_update_without_doing_it() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let a = start_agent_with(&cluster, "a", dir.path(), 1000, 4096).await;
+    common::wait_status(&cluster, 1, "a", "ready").await;
+    submit(&cluster, 1, &service("web", 2, 100)).await;
+    wait_for("web placed", || async { (live(&status(&cluster, 1, "web").await).len() == 2).then_some(()) }).await;
+
+    let plan = |job: Job| {
+        let cluster = &cluster;
+        async move {
+            let request = pb::SubmitJobRequest { job: Some(helios_api::convert::job_to_pb(&job)) };
+            cluster.jobs(1).await.plan_job(request).await.expect("plan").into_inner()
+        }
+    };
+    let counts = |p: &pb::PlanJobResponse| {
+        p.groups
+            .iter()
+            .map(|g| (g.name.clone(), g.place, g.stop, g.in_place, g.unchanged, g.unplaced))
+            .collect::<Vec<_>>()
+    };
+    let same = plan(service("web", 2, 100)).await;
+    assert_eq!((same.exists, same.changed, same.current_version), (true, false, 0));
+    assert_eq!(counts(&same), [("web".to_string(), 0, 0, 0, 2, 0)]);
+    // Only the count changes: the two stay (updated in place), one more is placed.
+    let scaled = plan(service("web", 3, 100)).await;
+    assert_eq!((scaled.changed, scaled.next_version), (true, 1));
+    assert_eq!(counts(&scaled), [("web".to_string(), 1, 0, 2, 0, 0)]);
+    // The task changes: both are replaced; and 11 x 100 MHz does not fit in 1,000.
+    let mut changed = service("web", 11, 100);
+    changed.task_groups[0].tasks[0].env.insert("V".into(), "2".into());
+    let replaced = plan(changed).await;
+    let (name, place, stop, in_place, unchanged, unplaced) = counts(&replaced)[0].clone();
+    assert_eq!((name.as_str(), stop, in_place, unchanged), ("web", 2, 0, 0));
+    assert_eq!(place + unplaced, 11, "{replaced:?}");
+    assert!(unplaced > 0 && replaced.groups[0].failure.contains("not enough free cpu"), "{replaced:?}");
+    // Planning changed nothing.
+    let s = status(&cluster, 1, "web").await;
+    assert_eq!((s.job.as_ref().expect("job").version, live(&s).len()), (0, 2));
+    a.stop().await;
+    cluster.shutdown().await;
+}

@@ -1,5 +1,7 @@
 //! `helios-cli job ...`
 
+mod plan;
+
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use helios_api::convert::job_to_pb;
@@ -18,8 +20,16 @@ pub enum JobCommand {
     /// Submit a job file (TOML or JSON), or a job that runs CMD with ARGS (give --name, and
     /// ARGS after `--`).
     Run(RunArgs),
-    /// Check a job file (TOML or JSON) as the servers would, without submitting it.
+    /// Check a job file (TOML, JSON or HCL) as the servers would, without submitting it.
     Validate { file: std::path::PathBuf },
+    /// Show what submitting a job file would change, and whether it fits, without doing it.
+    /// Exit code 0: no change; 1: allocations would change; 255: an error.
+    Plan {
+        file: std::path::PathBuf,
+        /// Print one JSON document (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// List every job.
     List,
     /// Show a job, its allocations and evaluations, and why anything is not placed.
@@ -157,13 +167,21 @@ pub fn client(channel: tonic::transport::Channel) -> JobServiceClient<tonic::tra
     JobServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
 }
 
-pub async fn run(servers: &Servers, command: JobCommand) -> Result<()> {
+pub async fn run(servers: &Servers, command: JobCommand) -> Result<std::process::ExitCode> {
+    let done = |r: Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     match command {
         // Offline: no server needed.
-        JobCommand::Validate { file } => validate_file(&file),
+        JobCommand::Validate { file } => done(validate_file(&file)),
         // The job is built (and a file checked) before any server is contacted.
-        JobCommand::Run(args) => submit(servers, args.to_job()?).await,
-        other => query(servers, other).await,
+        JobCommand::Run(args) => done(submit(servers, args.to_job()?).await),
+        JobCommand::Plan { file, json } => match plan::plan(servers, &file, json).await {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                Ok(std::process::ExitCode::from(plan::PLAN_ERROR))
+            }
+        },
+        other => done(query(servers, other).await),
     }
 }
 
@@ -182,7 +200,9 @@ async fn submit(servers: &Servers, job: Job) -> Result<()> {
 async fn query(servers: &Servers, command: JobCommand) -> Result<()> {
     let mut jobs = client(servers.connect().await?);
     match command {
-        JobCommand::Run(_) | JobCommand::Validate { .. } => unreachable!("handled by `run`"),
+        JobCommand::Run(_) | JobCommand::Validate { .. } | JobCommand::Plan { .. } => {
+            unreachable!("handled by `run`")
+        }
         JobCommand::List => {
             let reply = jobs.list_jobs(pb::ListJobsRequest {}).await.map_err(status_error)?.into_inner();
             if reply.jobs.is_empty() {

@@ -19,6 +19,66 @@ pub struct Jobs {
     pub cluster: Cluster,
 }
 
+/// A plan counted per task group, for `job plan`. Groups of the new spec come first, in order,
+/// then any group the new spec removes.
+fn plan_summary(
+    index: u64,
+    declared: &[(String, Option<u32>)],
+    plan: &helios_core::Plan,
+    existing: &[Allocation],
+    stored: Option<&Job>,
+) -> pb::PlanJobResponse {
+    use std::collections::BTreeMap;
+    let group_of: BTreeMap<&str, &str> = existing.iter().map(|a| (a.id.as_str(), a.task_group.as_str())).collect();
+    let mut groups: Vec<pb::GroupPlan> =
+        declared.iter().map(|(name, _)| pb::GroupPlan { name: name.clone(), ..Default::default() }).collect();
+    fn entry<'g>(groups: &'g mut Vec<pb::GroupPlan>, name: &str) -> &'g mut pb::GroupPlan {
+        let at = match groups.iter().position(|g| g.name == name) {
+            Some(at) => at,
+            None => {
+                groups.push(pb::GroupPlan { name: name.to_string(), ..Default::default() });
+                groups.len() - 1
+            }
+        };
+        &mut groups[at]
+    }
+    for placement in &plan.placements {
+        entry(&mut groups, &placement.task_group).place += 1;
+    }
+    for stop in &plan.stops {
+        entry(&mut groups, group_of.get(stop.alloc_id.as_str()).copied().unwrap_or("?")).stop += 1;
+    }
+    for id in &plan.in_place {
+        entry(&mut groups, group_of.get(id.as_str()).copied().unwrap_or("?")).in_place += 1;
+    }
+    let touched: std::collections::BTreeSet<&str> =
+        plan.stops.iter().map(|s| s.alloc_id.as_str()).chain(plan.in_place.iter().map(String::as_str)).collect();
+    for alloc in existing {
+        let live = alloc.desired_status == helios_core::AllocDesiredStatus::Run && !alloc.is_terminal();
+        if live && !touched.contains(alloc.id.as_str()) {
+            entry(&mut groups, &alloc.task_group).unchanged += 1;
+        }
+    }
+    for (group, why) in &plan.failed_placements {
+        entry(&mut groups, group).failure = why.clone();
+    }
+    for (name, count) in declared {
+        if let Some(count) = count {
+            let g = entry(&mut groups, name);
+            g.unplaced = count.saturating_sub(g.unchanged + g.in_place + g.place);
+        }
+    }
+    let changed = stored.is_none_or(|s| s.stopped || s.version != plan.job_version);
+    pb::PlanJobResponse {
+        exists: stored.is_some(),
+        changed,
+        current_version: stored.map_or(0, |s| s.version),
+        next_version: plan.job_version,
+        groups,
+        index,
+    }
+}
+
 #[tonic::async_trait]
 impl JobService for Jobs {
     async fn submit_job(
@@ -41,6 +101,24 @@ impl JobService for Jobs {
             CommandResponse::Rejected(r) => Err(rejection_status(r)),
             other => Err(Status::internal(format!("unexpected answer to a job submission: {other:?}"))),
         }
+    }
+
+    async fn plan_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::PlanJobResponse>, Status> {
+        let pb_job = request.into_inner().job.ok_or_else(|| invalid("job", "must be set"))?;
+        let job = job_from_pb(pb_job).map_err(|e| helios_api::invalid_argument(&e))?;
+        let now = now();
+        // Groups as declared, with how many allocations each asks for (a system job's depends
+        // on the nodes: not counted).
+        let system = job.job_type == JobType::System;
+        let declared: Vec<(String, Option<u32>)> =
+            job.task_groups.iter().map(|g| (g.name.clone(), (!system).then_some(g.count))).collect();
+        let planned = self
+            .cluster
+            .read(move |txn| Ok((read::applied_index(txn)?, crate::scheduling::dry_run(txn, job, now)?)))
+            .await
+            .map_err(cluster_status)?;
+        let (index, (plan, existing, stored)) = planned;
+        Ok(Response::new(plan_summary(index, &declared, &plan, &existing, stored.as_ref())))
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
