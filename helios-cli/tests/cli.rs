@@ -82,9 +82,18 @@ async fn job_commands_as_the_readme_shows_them() {
     let server = Server::start().await;
     let url = server.url.clone();
 
+    // No client node: watching the job ends at once with the reason, and the job stays.
     let out = cli(&url, &["job", "run", "--name", "multi-node-test", "echo", "--", "It replicated!"]).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(stdout(&out).starts_with("Job \"multi-node-test\" submitted: version 0, evaluation "), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(
+            "Error: placement failed: group multi-node-test: no client nodes are registered (the job stays"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
 
     let again = cli(&url, &["job", "run", "--name", "multi-node-test", "echo", "--", "It replicated!"]).await;
     assert_eq!(stdout(&again).trim(), "Job \"multi-node-test\" unchanged (version 0); nothing to do");
@@ -144,7 +153,7 @@ async fn errors_are_one_line_with_documented_exit_codes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("expected NAME=PORT[:HOSTPORT]"), "{}", stderr(&out));
     // A docker job with a port, stored as given (no agent runs it here).
-    let args = ["job", "run", "--name", "box", "--driver", "docker", "--image", "busybox:1.36", "-p", "http=80"];
+    let args = ["job", "run", "-d", "--name", "box", "--driver", "docker", "--image", "busybox:1.36", "-p", "http=80"];
     let out = cli(&url, &[&args[..], &["sh", "--", "-c", "httpd -f"]].concat()).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let status = stdout(&cli(&url, &["job", "status", "box"]).await);
@@ -162,7 +171,7 @@ async fn errors_are_one_line_with_documented_exit_codes() {
 
     // Several addresses: the first that answers is used. HELIOS_ADDR works like the flag.
     let both = format!("{dead},{url}");
-    let out = run(&["job", "run", "--name", "failover", "echo"], &[("HELIOS_ADDR", &both)]).await;
+    let out = run(&["job", "run", "--detach", "--name", "failover", "echo"], &[("HELIOS_ADDR", &both)]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let list = stdout(&cli(&url, &["job", "list"]).await);
     assert!(list.contains("failover"), "{list}");
@@ -220,7 +229,7 @@ async fn job_files_are_validated_offline_and_submitted() {
     }
 
     let server = Server::start().await;
-    let out = cli(&server.url, &["job", "run", &report]).await;
+    let out = cli(&server.url, &["job", "run", "--detach", &report]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with("Job \"report\" submitted: version 0, evaluation "), "{}", stdout(&out));
     let again = cli(&server.url, &["job", "run", &report]).await;
@@ -261,7 +270,7 @@ async fn job_plan_shows_what_would_change_with_nomads_exit_codes() {
     assert!(doc["groups"][0]["failure"].is_string(), "{doc}");
 
     // Submitted as is: planning it again changes nothing (0), and nothing was submitted by plan.
-    assert!(cli(&server.url, &["job", "run", report]).await.status.success());
+    assert!(cli(&server.url, &["job", "run", "-d", report]).await.status.success());
     let out = cli(&server.url, &["job", "plan", report]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert!(stdout(&out).starts_with("Job: \"report\" (version 0, unchanged)\n"), "{}", stdout(&out));

@@ -102,6 +102,10 @@ fn the_readme_quick_start_runs_jobs_and_shows_their_output_from_any_server() {
     let run =
         cli(&["--server-addr", &url(0), "job", "run", "--name", "multi-node-test", "echo", "--", "It replicated!"]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    // Without --detach, job run watches the job until it has run.
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(out.ends_with("==> All 1 allocation(s) of version 0 completed\n"), "{out}");
+    assert!(out.contains(" placed on node "), "{out}");
     let run = cli(&["--server-addr", &url(1), "job", "run", "--name", "final-test", "echo", "--", "IT LIVES!"]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let logs = |server: usize, job: &str| {
@@ -109,6 +113,17 @@ fn the_readme_quick_start_runs_jobs_and_shows_their_output_from_any_server() {
     };
     eventually("It replicated! in the logs", || logs(2, "multi-node-test").ends_with(" It replicated!\n"));
     eventually("IT LIVES! in the logs", || logs(0, "final-test").ends_with(" IT LIVES!\n"));
+
+    // A task that fails (with no restarts allowed) ends the watching with the reason.
+    let doomed = dir.path().join("doomed.toml");
+    let spec = "name = \"doomed\"\ntype = \"batch\"\n[[group]]\nname = \"doomed\"\n[group.restart]\nattempts = 0\n\
+                [[group.task]]\nname = \"fail\"\ndriver = \"exec\"\nconfig = { command = \"sh\", args = [\"-c\", \"exit 3\"] }\n";
+    std::fs::write(&doomed, spec).expect("job file");
+    let run = cli(&["--server-addr", &url(0), "job", "run", doomed.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("Error: allocation ") && err.contains(" failed: task fail: "), "{err}");
+    assert!(err.contains("exit code 3"), "{err}");
 
     // Kill the leader (SIGKILL): the output stays readable through the others.
     let members = String::from_utf8_lossy(&cli(&["--server-addr", &all, "server", "members"]).stdout).into_owned();
@@ -147,6 +162,8 @@ fn a_task_keeps_running_and_logging_when_its_agent_is_killed_and_is_adopted_on_r
     let run =
         cli(&["--server-addr", &url, "job", "run", "--name", "ticker", "--type", "service", "sh", "--", "-c", script]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(out.ends_with("==> All 1 allocation(s) of version 0 are running\n"), "{out}");
     let pid_file = || {
         let allocs = std::fs::read_dir(agent_dir.join("allocs")).ok()?;
         let alloc = allocs.flatten().next()?;

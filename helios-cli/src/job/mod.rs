@@ -1,5 +1,6 @@
 //! `helios-cli job ...`
 
+mod monitor;
 mod plan;
 
 use anyhow::{anyhow, Result};
@@ -84,6 +85,9 @@ pub struct RunArgs {
     /// Cap the container at --cpu-mhz instead of only weighting it (with --driver docker).
     #[arg(long)]
     pub cpu_hard_limit: bool,
+    /// Submit and return at once, instead of watching the job until it runs (or finishes).
+    #[arg(short = 'd', long)]
+    pub detach: bool,
     /// The command to run (with docker: instead of the image's command).
     pub command: Option<String>,
     /// Its arguments.
@@ -173,7 +177,7 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<std::process:
         // Offline: no server needed.
         JobCommand::Validate { file } => done(validate_file(&file)),
         // The job is built (and a file checked) before any server is contacted.
-        JobCommand::Run(args) => done(submit(servers, args.to_job()?).await),
+        JobCommand::Run(args) => done(submit(servers, args.to_job()?, args.detach).await),
         JobCommand::Plan { file, json } => match plan::plan(servers, &file, json).await {
             Ok(code) => Ok(code),
             Err(e) => {
@@ -185,16 +189,20 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<std::process:
     }
 }
 
-async fn submit(servers: &Servers, job: Job) -> Result<()> {
+/// Submits `job`, then (unless `detach`) watches it settle (`monitor`).
+async fn submit(servers: &Servers, job: Job, detach: bool) -> Result<()> {
     let mut jobs = client(servers.connect().await?);
     let request = pb::SubmitJobRequest { job: Some(job_to_pb(&job)) };
     let reply = jobs.submit_job(request).await.map_err(status_error)?.into_inner();
-    if reply.changed {
-        println!("Job {:?} submitted: version {}, evaluation {}", job.name, reply.version, short(&reply.eval_id));
-    } else {
+    if !reply.changed {
         println!("Job {:?} unchanged (version {}); nothing to do", job.name, reply.version);
+        return Ok(());
     }
-    Ok(())
+    println!("Job {:?} submitted: version {}, evaluation {}", job.name, reply.version, short(&reply.eval_id));
+    if detach {
+        return Ok(());
+    }
+    monitor::watch(&mut jobs, &job.name, reply.version, &reply.eval_id, &job).await
 }
 
 async fn query(servers: &Servers, command: JobCommand) -> Result<()> {

@@ -1,0 +1,223 @@
+//! Watching a submitted job until it has settled: `job run` without `--detach`.
+//!
+//! It follows the submission's evaluation, each placement and each task's state, printing one
+//! line per change, until every allocation of the new version runs (service, system) or has
+//! finished (batch). A placement that fails, or an allocation that fails, ends it with an error
+//! and the reason. Ctrl-C stops the watching, never the job. On a terminal a spinner line shows
+//! the progress between changes; piped, only the lines are printed.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use helios_api::pb;
+use helios_api::pb::job_service_client::JobServiceClient;
+use tonic::transport::Channel;
+
+use crate::connect::status_error;
+
+/// How often the job's state is read while watching.
+const POLL: Duration = Duration::from_millis(200);
+const SPINNER: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+
+/// What the watched job has become.
+enum Settled {
+    Running(usize),
+    Finished(usize),
+}
+
+pub async fn watch(
+    jobs: &mut JobServiceClient<Channel>,
+    name: &str,
+    version: u64,
+    eval_id: &str,
+    job: &helios_core::Job,
+) -> Result<()> {
+    let batch = job.job_type == helios_core::JobType::Batch;
+    // A system job's count follows the nodes; any other's is known.
+    let expected = (job.job_type != helios_core::JobType::System).then(|| job.desired_allocations());
+    let mut progress = Progress::new(std::io::stderr().is_terminal());
+    let mut seen = Seen::default();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let status = tokio::select! {
+            status = jobs.get_job_status(pb::GetJobStatusRequest { name: name.to_string() }) => {
+                status.map_err(status_error)?.into_inner()
+            }
+            _ = &mut interrupted => {
+                progress.clear();
+                println!("==> Stopped watching; the job keeps running. Follow it with: helios-cli job status {name}");
+                return Ok(());
+            }
+        };
+        let lines = seen.changes(&status, version, eval_id);
+        if !lines.is_empty() {
+            progress.clear();
+            for line in lines {
+                println!("{line}");
+            }
+        }
+        match settled(&status, version, eval_id, batch, expected) {
+            Ok(Some(Settled::Running(n))) => {
+                progress.clear();
+                println!("==> All {n} allocation(s) of version {version} are running");
+                return Ok(());
+            }
+            Ok(Some(Settled::Finished(n))) => {
+                progress.clear();
+                println!("==> All {n} allocation(s) of version {version} completed");
+                return Ok(());
+            }
+            Ok(None) => progress.show(&summary(&status, version)),
+            Err(e) => {
+                progress.clear();
+                return Err(e);
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The allocations of `version` that the servers want to run (or ran to completion).
+fn of_version(status: &pb::GetJobStatusResponse, version: u64) -> Vec<&pb::Allocation> {
+    status.allocations.iter().filter(|a| a.job_version == version && a.desired_status == "run").collect()
+}
+
+/// Whether the job has settled, and how; an error when it cannot get there.
+fn settled(
+    status: &pb::GetJobStatusResponse,
+    version: u64,
+    eval_id: &str,
+    batch: bool,
+    expected: Option<u64>,
+) -> Result<Option<Settled>> {
+    let eval = status.evaluations.iter().find(|e| e.id == eval_id);
+    if let Some(eval) = eval.filter(|e| e.status == "blocked" || e.status == "failed") {
+        let reasons: Vec<String> = eval.failed_placements.iter().map(|(g, why)| format!("group {g}: {why}")).collect();
+        let reasons = if reasons.is_empty() { eval.status_description.clone() } else { reasons.join("; ") };
+        bail!(
+            "placement failed: {reasons} (the job stays submitted and is placed when the cluster can take it; \
+             see helios-cli job status {})",
+            eval.job_name
+        );
+    }
+    let allocs = of_version(status, version);
+    if let Some(failed) = allocs.iter().find(|a| a.client_status == "failed") {
+        bail!("allocation {} failed: {}", crate::alloc::short(&failed.id), why_failed(failed));
+    }
+    let evaluated = eval.is_some_and(|e| e.status == "complete");
+    if evaluated && expected == Some(0) {
+        return Ok(Some(Settled::Running(0)));
+    }
+    if !evaluated || allocs.is_empty() {
+        return Ok(None);
+    }
+    if batch {
+        let done = allocs.iter().all(|a| a.client_status == "complete");
+        return Ok(done.then_some(Settled::Finished(allocs.len())));
+    }
+    let running = allocs.iter().all(|a| a.client_status == "running");
+    Ok(running.then_some(Settled::Running(allocs.len())))
+}
+
+/// Why the failing task ended, as `task T: Kind: message`: its last event that says how it
+/// ended (an exit, a driver failure), not the restart bookkeeping after it.
+fn why_failed(alloc: &pb::Allocation) -> String {
+    const ENDINGS: [&str; 4] = ["Terminated", "OOM Killed", "Driver Failure", "Setup Failure"];
+    let failed = alloc.task_states.iter().find(|(_, s)| s.failed).or_else(|| alloc.task_states.iter().next());
+    let ending = failed.and_then(|(task, s)| {
+        let cause = s.events.iter().rev().find(|e| ENDINGS.contains(&e.kind.as_str())).or(s.events.last());
+        cause.map(|e| (task, e))
+    });
+    match ending {
+        Some((task, event)) => format!("task {task}: {}: {}", event.kind, event.message),
+        None => alloc.client_description.clone(),
+    }
+}
+
+/// `2 of 3 running` for the spinner line.
+fn summary(status: &pb::GetJobStatusResponse, version: u64) -> String {
+    let allocs = of_version(status, version);
+    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+    for a in &allocs {
+        *by_status.entry(a.client_status.as_str()).or_default() += 1;
+    }
+    if allocs.is_empty() {
+        return "waiting for placement".to_string();
+    }
+    let parts: Vec<String> = by_status.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    format!("{} allocation(s): {}", allocs.len(), parts.join(", "))
+}
+
+/// What has been reported already, so each change prints once.
+#[derive(Default)]
+struct Seen {
+    eval_status: Option<String>,
+    /// Allocation id -> task -> its last state printed.
+    tasks: BTreeMap<String, BTreeMap<String, String>>,
+    placed: BTreeMap<String, String>,
+}
+
+impl Seen {
+    fn changes(&mut self, status: &pb::GetJobStatusResponse, version: u64, eval_id: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(eval) = status.evaluations.iter().find(|e| e.id == eval_id) {
+            if self.eval_status.as_deref() != Some(eval.status.as_str()) {
+                self.eval_status = Some(eval.status.clone());
+                lines.push(format!("==> Evaluation {} {}", crate::alloc::short(eval_id), eval.status));
+            }
+        }
+        for alloc in of_version(status, version) {
+            let short = crate::alloc::short(&alloc.id);
+            if !self.placed.contains_key(&alloc.id) {
+                self.placed.insert(alloc.id.clone(), alloc.node_id.clone());
+                lines.push(format!("    Allocation {short} ({}) placed on node {}", alloc.name, alloc.node_id));
+            }
+            let printed = self.tasks.entry(alloc.id.clone()).or_default();
+            for (task, state) in &alloc.task_states {
+                let now = match state.events.last() {
+                    Some(e) if state.state == "dead" => format!("{} ({}: {})", state.state, e.kind, e.message),
+                    _ => state.state.clone(),
+                };
+                if printed.get(task) != Some(&now) {
+                    lines.push(format!("    Allocation {short}: task {task} {now}"));
+                    printed.insert(task.clone(), now);
+                }
+            }
+        }
+        lines
+    }
+}
+
+/// The spinner line on a terminal; nothing when piped.
+struct Progress {
+    terminal: bool,
+    frame: usize,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(terminal: bool) -> Progress {
+        Progress { terminal, frame: 0, shown: false }
+    }
+
+    fn show(&mut self, what: &str) {
+        if !self.terminal {
+            return;
+        }
+        self.frame = (self.frame + 1) % SPINNER.len();
+        let mut err = std::io::stderr();
+        let _ = write!(err, "\r\x1b[2K{} {what}", SPINNER[self.frame]);
+        let _ = err.flush();
+        self.shown = true;
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+            self.shown = false;
+        }
+    }
+}
