@@ -25,6 +25,8 @@ pub enum AllocCommand {
     Status { id: String },
     /// A task's output.
     Logs(LogArgs),
+    /// Stop an allocation; the scheduler places a replacement while its job wants it.
+    Stop { id: String },
 }
 
 #[derive(Args, Debug)]
@@ -78,6 +80,15 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
                 ]);
             }
             table.print();
+        }
+        AllocCommand::Stop { id } => {
+            let reply = allocs.stop_allocation(pb::StopAllocationRequest { id }).await.map_err(status_error)?;
+            let reply = reply.into_inner();
+            println!(
+                "Allocation {} stopping; evaluation {} places its replacement",
+                short(&reply.alloc_id),
+                short(&reply.eval_id)
+            );
         }
         AllocCommand::Status { id } => {
             let a = allocs

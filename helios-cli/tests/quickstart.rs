@@ -3,63 +3,11 @@
 //! killed. The server and agent binaries come from the same build (`cargo test --workspace`
 //! builds them).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+mod common;
 
-const CLI: &str = env!("CARGO_BIN_EXE_helios-cli");
+use std::path::Path;
 
-/// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct KillGroup(String);
-
-impl Drop for KillGroup {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0)]).status();
-    }
-}
-
-fn sibling(name: &str) -> PathBuf {
-    let path = Path::new(CLI).with_file_name(name);
-    assert!(path.exists(), "{} is missing: run the README's test command (cargo test --workspace)", path.display());
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-fn spawn(program: &Path, args: &[String], dir: &Path, log: &str) -> Proc {
-    let log = std::fs::File::create(dir.join(log)).expect("log file");
-    let child = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start process");
-    Proc(child)
-}
-
-fn cli(args: &[&str]) -> Output {
-    Command::new(CLI).args(args).env_remove("HELIOS_ADDR").output().expect("run helios-cli")
-}
-
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::{cli, eventually, free_port, sibling, spawn, DevCluster, KillGroup};
 
 #[test]
 fn the_readme_quick_start_runs_jobs_and_shows_their_output_from_any_server() {
@@ -140,23 +88,8 @@ fn the_readme_quick_start_runs_jobs_and_shows_their_output_from_any_server() {
 
 #[test]
 fn a_task_keeps_running_and_logging_when_its_agent_is_killed_and_is_adopted_on_restart() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
-    let server_args: Vec<String> =
-        ["--dev", "--rpc-addr", &format!("127.0.0.1:{port}")].iter().map(|s| s.to_string()).collect();
-    let _server = spawn(&sibling("helios-server"), &server_args, dir.path(), "server.log");
-    let url = format!("http://127.0.0.1:{port}");
-    let agent_dir = dir.path().join("agent");
-    std::fs::create_dir_all(&agent_dir).expect("agent dir");
-    let agent_args: Vec<String> =
-        ["--node-id", "n1", "--server-addr", &url, "--client-rpc-addr", &format!("127.0.0.1:{}", free_port())]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-    let agent = spawn(&sibling("helios-client"), &agent_args, &agent_dir, "agent.log");
-    eventually("a ready node", || {
-        String::from_utf8_lossy(&cli(&["--server-addr", &url, "node", "list"]).stdout).contains(" ready ")
-    });
+    let mut cluster = DevCluster::start();
+    let (url, agent_dir) = (cluster.url.clone(), cluster.agent_dir.clone());
 
     let script = "while true; do echo tick; sleep 0.1; done";
     let run =
@@ -184,13 +117,13 @@ fn a_task_keeps_running_and_logging_when_its_agent_is_killed_and_is_adopted_on_r
         std::fs::read_to_string(alloc.path().join("ticker").join("stdout.log")).unwrap_or_default()
     };
     // Kill the agent outright: the task goes on, and so does its output.
-    drop(agent);
+    cluster.kill_agent();
     let before = log().len();
     eventually("the task to keep writing with its agent dead", || log().len() > before + 20);
     assert!(Path::new(&format!("/proc/{pid}")).exists());
 
     // A new agent adopts it: same process, no second copy.
-    let _agent = spawn(&sibling("helios-client"), &agent_args, &agent_dir, "agent-2.log");
+    cluster.start_agent("agent-2.log");
     eventually("the task adopted", || {
         let out = cli(&["--server-addr", &url, "alloc", "list", "--job", "ticker"]);
         let id = String::from_utf8_lossy(&out.stdout)

@@ -46,6 +46,9 @@ pub enum EvalTrigger {
     NodeDrain,
     AllocFailure,
     RetryFailedPlacement,
+    /// A user stopped an allocation (`alloc stop`); its replacement is placed. (Variants are
+    /// encoded by position: add new ones at the end.)
+    AllocStop,
 }
 
 impl EvalTrigger {
@@ -57,6 +60,7 @@ impl EvalTrigger {
             EvalTrigger::NodeDrain => "node-drain",
             EvalTrigger::AllocFailure => "alloc-failure",
             EvalTrigger::RetryFailedPlacement => "retry-failed-placement",
+            EvalTrigger::AllocStop => "alloc-stop",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `helios-cli job ...`
 
+mod history;
 mod monitor;
 mod plan;
 
@@ -43,6 +44,29 @@ pub enum JobCommand {
         /// Keep streaming until the tasks exit.
         #[arg(short = 'f', long)]
         follow: bool,
+    },
+    /// A job's versions, and every task event of its allocations with its time.
+    History {
+        name: String,
+        /// Print one JSON document (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The stored spec of a job (its latest version, or --version N), as a JSON job file that
+    /// `job run` takes back.
+    Inspect {
+        name: String,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Change how many allocations a group of a job runs (a new version of the job).
+    Scale {
+        name: String,
+        group: String,
+        count: u32,
+        /// Return at once instead of watching the change settle.
+        #[arg(short = 'd', long)]
+        detach: bool,
     },
     /// Stop a job's allocations; the job stays visible (use --purge to forget it).
     Stop {
@@ -178,6 +202,7 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<std::process:
         JobCommand::Validate { file } => done(validate_file(&file)),
         // The job is built (and a file checked) before any server is contacted.
         JobCommand::Run(args) => done(submit(servers, args.to_job()?, args.detach).await),
+        JobCommand::Scale { name, group, count, detach } => done(scale(servers, &name, &group, count, detach).await),
         JobCommand::Plan { file, json } => match plan::plan(servers, &file, json).await {
             Ok(code) => Ok(code),
             Err(e) => {
@@ -187,6 +212,20 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<std::process:
         },
         other => done(query(servers, other).await),
     }
+}
+
+/// Submits the job with `group`'s count changed.
+async fn scale(servers: &Servers, name: &str, group: &str, count: u32, detach: bool) -> Result<()> {
+    let mut jobs = client(servers.connect().await?);
+    let stored = jobs.get_job(pb::GetJobRequest { name: name.to_string() }).await.map_err(status_error)?;
+    let stored = stored.into_inner().job.ok_or_else(|| anyhow!("the server returned no job"))?;
+    let mut job = helios_api::convert::job_from_pb(stored).map_err(|e| anyhow!("cannot read job {name:?}: {e}"))?;
+    let names: Vec<String> = job.task_groups.iter().map(|g| g.name.clone()).collect();
+    let Some(target) = job.task_groups.iter_mut().find(|g| g.name == group) else {
+        anyhow::bail!("job {name:?} has no group {group:?} (its groups: {})", names.join(", "));
+    };
+    target.count = count;
+    submit(servers, job, detach).await
 }
 
 /// Submits `job`, then (unless `detach`) watches it settle (`monitor`).
@@ -208,9 +247,11 @@ async fn submit(servers: &Servers, job: Job, detach: bool) -> Result<()> {
 async fn query(servers: &Servers, command: JobCommand) -> Result<()> {
     let mut jobs = client(servers.connect().await?);
     match command {
-        JobCommand::Run(_) | JobCommand::Validate { .. } | JobCommand::Plan { .. } => {
+        JobCommand::Run(_) | JobCommand::Validate { .. } | JobCommand::Plan { .. } | JobCommand::Scale { .. } => {
             unreachable!("handled by `run`")
         }
+        JobCommand::History { name, json } => history::history(&mut jobs, &name, json).await?,
+        JobCommand::Inspect { name, version } => history::inspect(&mut jobs, &name, version).await?,
         JobCommand::List => {
             let reply = jobs.list_jobs(pb::ListJobsRequest {}).await.map_err(status_error)?.into_inner();
             if reply.jobs.is_empty() {

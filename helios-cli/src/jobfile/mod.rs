@@ -2,6 +2,7 @@
 //! format becomes a `spec::JobSpec`, then a `Job`; what cannot be read is reported with its line
 //! (TOML, JSON, HCL) or field path, and nothing is silently dropped.
 
+pub mod export;
 mod hcl;
 pub mod spec;
 

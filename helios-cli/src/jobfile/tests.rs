@@ -196,6 +196,22 @@ fn hcl_templates_are_kept_as_written_and_maps_may_be_blocks_or_attributes() {
 }
 
 #[test]
+fn an_inspected_job_reads_back_as_the_same_job() {
+    for entry in std::fs::read_dir(examples()).expect("docs/examples") {
+        let path = entry.expect("entry").path();
+        if Format::of(&path).is_err() {
+            continue;
+        }
+        let job = load(&path).expect("example").job;
+        let written = serde_json::to_string_pretty(&export::to_file_json(&job)).expect("json");
+        let again =
+            parse(&written, Format::Json).unwrap_or_else(|e| panic!("{}: {e:#}\n{written}", path.display())).job;
+        assert!(job.same_spec(&again), "{}:\n{job:#?}\n{again:#?}", path.display());
+        assert_eq!(job.name, again.name);
+    }
+}
+
+#[test]
 fn durations_read_like_nomads() {
     assert_eq!(parse_duration_secs("30s"), Some(30));
     assert_eq!(parse_duration_secs("5m"), Some(300));

@@ -121,6 +121,20 @@ impl JobService for Jobs {
         Ok(Response::new(plan_summary(index, &declared, &plan, &existing, stored.as_ref())))
     }
 
+    async fn get_job_versions(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobVersionsResponse>, Status> {
+        let name = request.into_inner().name;
+        require_name("name", &name)?;
+        let lookup = name.clone();
+        let versions = self.cluster.read(move |txn| read::job_versions(txn, &lookup)).await.map_err(cluster_status)?;
+        if versions.is_empty() {
+            return Err(job_not_found(&name));
+        }
+        Ok(Response::new(pb::GetJobVersionsResponse { versions: versions.iter().map(job_to_pb).collect() }))
+    }
+
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
         let name = request.into_inner().name;
         require_name("name", &name)?;
@@ -338,7 +352,58 @@ impl AllocationService for Allocations {
         &self,
         request: Request<pb::GetAllocationRequest>,
     ) -> Result<Response<pb::GetAllocationResponse>, Status> {
-        let id = request.into_inner().id;
+        let alloc = self.find(request.into_inner().id).await?;
+        Ok(Response::new(pb::GetAllocationResponse { allocation: Some(alloc_to_pb(&alloc)) }))
+    }
+
+    async fn stop_allocation(
+        &self,
+        request: Request<pb::StopAllocationRequest>,
+    ) -> Result<Response<pb::StopAllocationResponse>, Status> {
+        let alloc = self.find(request.into_inner().id).await?;
+        if alloc.desired_status != helios_core::AllocDesiredStatus::Run || alloc.is_terminal() {
+            return Err(Status::failed_precondition(format!(
+                "allocation {} is already {} (desired {})",
+                alloc.id,
+                alloc.client_status.as_str(),
+                alloc.desired_status.as_str()
+            )));
+        }
+        // A plan of one stop, committed with a pending evaluation of the job: the scheduler then
+        // places the replacement, as for any allocation that ends while its job wants it.
+        let now = now();
+        let priority = self.job_priority(&alloc.job_name).await?;
+        let eval = Evaluation::new(new_id(), &alloc.job_name, priority, EvalTrigger::AllocStop, now);
+        let plan = helios_core::Plan {
+            eval_id: eval.id.clone(),
+            job_name: alloc.job_name.clone(),
+            planned_at_index: 0,
+            placements: Vec::new(),
+            stops: vec![helios_core::plan::AllocStop {
+                alloc_id: alloc.id.clone(),
+                desired_status: helios_core::AllocDesiredStatus::Stop,
+                client_status: None,
+                description: "stopped with alloc stop; replaced".to_string(),
+            }],
+            in_place: Vec::new(),
+            job_version: alloc.job_version,
+            failed_placements: Default::default(),
+        };
+        let eval_id = eval.id.clone();
+        let command = Command::ApplyPlan { plan, eval, follow_ups: Vec::new() };
+        match self.cluster.write(command).await.map_err(cluster_status)?.1 {
+            CommandResponse::PlanApplied { .. } => {
+                Ok(Response::new(pb::StopAllocationResponse { alloc_id: alloc.id, eval_id }))
+            }
+            CommandResponse::Rejected(r) => Err(rejection_status(r)),
+            other => Err(Status::internal(format!("unexpected answer to an allocation stop: {other:?}"))),
+        }
+    }
+}
+
+impl Allocations {
+    /// The allocation a user means by `id`: a full id, or its first or last characters.
+    async fn find(&self, id: String) -> Result<Allocation, Status> {
         if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
             return Err(invalid(
                 "id",
@@ -348,12 +413,18 @@ impl AllocationService for Allocations {
         let prefix = id.clone();
         let matches =
             self.cluster.read(move |txn| read::allocations_by_prefix(txn, &prefix)).await.map_err(cluster_status)?;
-        match matches.as_slice() {
-            [] => Err(Status::not_found(format!("allocation {id:?} not found"))),
-            [one] => Ok(Response::new(pb::GetAllocationResponse { allocation: Some(alloc_to_pb(one)) })),
-            many => {
+        match <[Allocation; 1]>::try_from(matches) {
+            Ok([one]) => Ok(one),
+            Err(none) if none.is_empty() => Err(Status::not_found(format!("allocation {id:?} not found"))),
+            Err(many) => {
                 Err(invalid("id", format!("prefix {id:?} matches {} allocations; give more characters", many.len())))
             }
         }
+    }
+
+    async fn job_priority(&self, name: &str) -> Result<u32, Status> {
+        let lookup = name.to_string();
+        let job = self.cluster.read(move |txn| read::job(txn, &lookup)).await.map_err(cluster_status)?;
+        Ok(job.map_or(helios_core::job::DEFAULT_PRIORITY, |j| j.priority))
     }
 }

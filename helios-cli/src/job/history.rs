@@ -1,0 +1,99 @@
+//! `job history` and `job inspect`: a job's versions and what happened to its allocations.
+
+use anyhow::{anyhow, Result};
+use helios_api::convert::job_from_pb;
+use helios_api::pb;
+use helios_api::pb::job_service_client::JobServiceClient;
+use helios_core::Timestamp;
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::connect::status_error;
+use crate::table::{now, Table};
+
+/// One task event of one allocation, for the timeline.
+struct Event<'a> {
+    alloc: &'a pb::Allocation,
+    task: &'a str,
+    event: &'a pb::TaskEvent,
+}
+
+pub async fn history(jobs: &mut JobServiceClient<Channel>, name: &str, json: bool) -> Result<()> {
+    let request = pb::GetJobRequest { name: name.to_string() };
+    let versions = jobs.get_job_versions(request).await.map_err(status_error)?.into_inner().versions;
+    let status = jobs.get_job_status(pb::GetJobStatusRequest { name: name.to_string() });
+    let status = status.await.map_err(status_error)?.into_inner();
+    let mut events: Vec<Event> = status
+        .allocations
+        .iter()
+        .flat_map(|alloc| {
+            alloc.task_states.iter().flat_map(move |(task, state)| {
+                state.events.iter().map(move |event| Event { alloc, task: task.as_str(), event })
+            })
+        })
+        .collect();
+    events.sort_by_key(|e| (e.event.time_ms, e.alloc.id.clone()));
+    if json {
+        let doc = json!({
+            "job": name,
+            "versions": versions.iter().map(|v| json!({
+                "version": v.version, "submitted_at_ms": v.submitted_at_ms,
+                "groups": v.task_groups.iter().map(|g| json!({"name": g.name, "count": g.count.unwrap_or(1)})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "events": events.iter().map(|e| json!({
+                "time_ms": e.event.time_ms, "alloc_id": e.alloc.id, "node_id": e.alloc.node_id,
+                "version": e.alloc.job_version, "task": e.task, "kind": e.event.kind,
+                "message": e.event.message, "exit_code": e.event.exit_code,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let now = now();
+    println!("Versions");
+    let mut table = Table::new(&["VERSION", "SUBMITTED", "GROUPS"]);
+    for v in &versions {
+        let groups: Vec<String> =
+            v.task_groups.iter().map(|g| format!("{} x{}", g.name, g.count.unwrap_or(1))).collect();
+        let submitted = Timestamp(v.submitted_at_ms);
+        table.row(vec![
+            v.version.to_string(),
+            format!("{} ({})", submitted.to_rfc3339(), submitted.ago(now)),
+            groups.join(", "),
+        ]);
+    }
+    table.print();
+    println!("\nTask events");
+    if events.is_empty() {
+        println!("No task has started yet");
+        return Ok(());
+    }
+    let mut table = Table::new(&["TIME", "ALLOC", "NODE", "VERSION", "TASK", "EVENT", "MESSAGE"]);
+    for e in &events {
+        table.row(vec![
+            Timestamp(e.event.time_ms).to_rfc3339(),
+            crate::alloc::short(&e.alloc.id),
+            e.alloc.node_id.clone(),
+            e.alloc.job_version.to_string(),
+            e.task.to_string(),
+            e.event.kind.clone(),
+            e.event.message.clone(),
+        ]);
+    }
+    table.print();
+    Ok(())
+}
+
+/// The stored spec as a JSON job file (`job run FILE` takes it back unchanged).
+pub async fn inspect(jobs: &mut JobServiceClient<Channel>, name: &str, version: Option<u64>) -> Result<()> {
+    let request = pb::GetJobRequest { name: name.to_string() };
+    let versions = jobs.get_job_versions(request).await.map_err(status_error)?.into_inner().versions;
+    let wanted = match version {
+        Some(v) => versions.into_iter().find(|j| j.version == v),
+        None => versions.into_iter().last(),
+    };
+    let job = wanted.ok_or_else(|| anyhow!("job {name:?} has no version {}", version.unwrap_or_default()))?;
+    let job = job_from_pb(job).map_err(|e| anyhow!("the server returned a job this CLI cannot read: {e}"))?;
+    println!("{}", serde_json::to_string_pretty(&crate::jobfile::export::to_file_json(&job))?);
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! A stored job written back in the job-file shape (`job inspect`): what it prints can be saved
+//! as a `.json` file and submitted again unchanged.
+
+use helios_core::{Constraint, Job, RestartMode, Task, TaskDriver, TaskGroup};
+use serde_json::{json, Value};
+
+pub fn to_file_json(job: &Job) -> Value {
+    json!({
+        "name": job.name,
+        "type": job.job_type.as_str(),
+        "priority": job.priority,
+        "meta": job.meta,
+        "constraint": constraints(&job.constraints),
+        "group": job.task_groups.iter().map(group).collect::<Vec<_>>(),
+    })
+}
+
+fn group(g: &TaskGroup) -> Value {
+    let mode = match g.restart.mode {
+        RestartMode::Fail => "fail",
+        RestartMode::Delay => "delay",
+    };
+    json!({
+        "name": g.name,
+        "count": g.count,
+        "restart": {
+            "attempts": g.restart.attempts,
+            "interval": format!("{}s", g.restart.interval_secs),
+            "delay": format!("{}s", g.restart.delay_secs),
+            "mode": mode,
+        },
+        "meta": g.meta,
+        "constraint": constraints(&g.constraints),
+        "task": g.tasks.iter().map(task).collect::<Vec<_>>(),
+    })
+}
+
+fn task(t: &Task) -> Value {
+    let config = match &t.driver {
+        TaskDriver::Exec(e) => json!({ "command": e.command, "args": e.args }),
+        TaskDriver::Docker(d) => {
+            let ports: Vec<String> = d
+                .ports
+                .iter()
+                .map(|p| match p.host_port {
+                    Some(host) => format!("{}={}:{host}", p.name, p.container_port),
+                    None => format!("{}={}", p.name, p.container_port),
+                })
+                .collect();
+            let mut config = json!({
+                "image": d.image,
+                "entrypoint": d.entrypoint,
+                "args": d.args,
+                "ports": ports,
+                "labels": d.labels,
+                "volumes": d.volumes,
+                "cpu_hard_limit": d.cpu_hard_limit,
+            });
+            for (key, value) in
+                [("command", &d.command), ("work_dir", &d.working_dir), ("network_mode", &d.network_mode)]
+            {
+                if let Some(value) = value {
+                    config[key] = json!(value);
+                }
+            }
+            config
+        }
+    };
+    json!({
+        "name": t.name,
+        "driver": t.driver.name(),
+        "config": config,
+        "env": t.env,
+        "resources": { "cpu": t.resources.cpu_mhz, "memory": t.resources.memory_mb },
+        "constraint": constraints(&t.constraints),
+        "kill_timeout": format!("{}s", t.kill_timeout_secs),
+    })
+}
+
+fn constraints(list: &[Constraint]) -> Vec<Value> {
+    list.iter()
+        .map(|c| json!({ "attribute": c.attribute, "operator": c.operator.as_str(), "value": c.value }))
+        .collect()
+}
