@@ -2,6 +2,7 @@
 
 mod alloc;
 mod bench;
+mod classic;
 mod connect;
 mod job;
 mod jobfile;
@@ -49,6 +50,8 @@ enum Command {
     /// Load generators that measure the cluster.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    #[command(flatten)]
+    Classic(classic::ClassicCommand),
 }
 
 #[tokio::main]
@@ -68,6 +71,7 @@ async fn main() -> ExitCode {
         Command::Node(cmd) => node::run(&servers, cmd).await,
         Command::Server(cmd) => server::run(&servers, cmd).await,
         Command::Bench(cmd) => bench::run(&servers, cmd).await,
+        Command::Classic(cmd) => classic::run(&servers, cmd).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -62,3 +62,88 @@ fn scale_alloc_stop_history_and_inspect() {
 
     assert_eq!(cluster.cli(&["job", "stop", "svc"]).0, Some(0));
 }
+
+/// Whether the tests may use the Docker engine: with `HELIOS_REQUIRE_DOCKER=1` they must.
+fn docker_available() -> bool {
+    let answers = std::process::Command::new("docker").args(["version"]).output().is_ok_and(|o| o.status.success());
+    if !answers {
+        assert!(
+            std::env::var("HELIOS_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "HELIOS_REQUIRE_DOCKER=1 but docker does not answer"
+        );
+        eprintln!("skipped: no Docker engine answers (set HELIOS_REQUIRE_DOCKER=1 to fail instead)");
+    }
+    answers
+}
+
+/// Removes the test's image and every container of its job when dropped.
+struct DockerCleanup {
+    image: String,
+    job: String,
+}
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        let filter = format!("label=io.helios.job={}", self.job);
+        let out = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output();
+        for id in out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default().split_whitespace() {
+            let _ = std::process::Command::new("docker").args(["rm", "-f", id]).output();
+        }
+        let _ = std::process::Command::new("docker").args(["rmi", "-f", &self.image]).output();
+    }
+}
+
+#[test]
+fn the_helios_workflow_from_create_to_remove() {
+    if !docker_available() {
+        return;
+    }
+    let image = format!("helios-test-classic:{}", std::process::id());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/busybox-image.sh");
+    let built = std::process::Command::new(script).arg(&image).output().expect("run busybox-image.sh");
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let _cleanup = DockerCleanup { image: image.clone(), job: "web:v1".into() };
+    let cluster = DevCluster::start();
+    eventually("the node offers docker", || cluster.cli(&["hosts"]).1.contains("docker"));
+
+    let create = ["create", "web:v1", &image, "-p", "http=80", "--env", "GREETING=hi", "--", "sh", "-c"];
+    let (code, out, err) = cluster.cli(&[&create[..], &["echo $GREETING; exec sleep 600"]].concat());
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "Created job web:v1; deploy it with: helios-cli deploy web:v1 HOST...\n");
+    assert!(cluster.cli(&["jobs"]).1.contains("\nweb:v1  system"), "{}", cluster.cli(&["jobs"]).1);
+    assert_eq!(cluster.cli(&["status"]).1.lines().count(), 1, "created, not deployed: only the header");
+    let (code, _, err) = cluster.cli(&["create", "web:v1", &image]);
+    assert_eq!((code, err.as_str()), (Some(1), "Error: job web:v1 already exists (helios-cli jobs)\n"));
+
+    let (code, _, err) = cluster.cli(&["deploy", "web:v1", "ghost"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err, "Error: unknown host \"ghost\" (hosts: n1; see helios-cli hosts)\n");
+    let (code, out, err) = cluster.cli(&["deploy", "web:v1", "n1"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.ends_with("==> All 1 allocation(s) of version 1 are running\n"), "{out}");
+    let (_, status, _) = cluster.cli(&["status"]);
+    let line = status.lines().nth(1).expect("a line for web:v1 on n1");
+    assert!(line.starts_with("web:v1  n1    start  running  "), "{status}");
+    assert!(line.ends_with("->80"), "the picked host port: {status}");
+
+    let (code, _, err) = cluster.cli(&["remove", "web:v1"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err, "Error: job web:v1 is deployed on n1: undeploy it first (helios-cli undeploy web:v1 -a)\n");
+
+    let (code, out, err) = cluster.cli(&["undeploy", "web:v1", "-a"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    eventually("the container stopped and gone", || {
+        let (_, status, _) = cluster.cli(&["status", "--job", "web:v1"]);
+        let filter = "label=io.helios.job=web:v1";
+        let ps =
+            std::process::Command::new("docker").args(["ps", "-aq", "--filter", filter]).output().expect("docker ps");
+        status.lines().count() == 1 && ps.stdout.is_empty()
+    });
+    let (_, history, _) = cluster.cli(&["history", "web:v1"]);
+    assert!(history.contains("\n2        "), "three versions: {history}");
+    assert!(history.contains(" Started ") && history.contains(" Killing "), "{history}");
+
+    let (code, out, err) = cluster.cli(&["remove", "web:v1"]);
+    assert_eq!((code, out.as_str()), (Some(0), "Removed job web:v1\n"), "{err}");
+    assert!(!cluster.cli(&["jobs"]).1.contains("web:v1"));
+}

@@ -132,7 +132,7 @@ pub enum TypeArg {
     System,
 }
 
-fn parse_env(text: &str) -> Result<(String, String), String> {
+pub fn parse_env(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
@@ -210,7 +210,7 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<std::process:
                 Ok(std::process::ExitCode::from(plan::PLAN_ERROR))
             }
         },
-        other => done(query(servers, other).await),
+        other => done(run_query(servers, other).await),
     }
 }
 
@@ -229,7 +229,7 @@ async fn scale(servers: &Servers, name: &str, group: &str, count: u32, detach: b
 }
 
 /// Submits `job`, then (unless `detach`) watches it settle (`monitor`).
-async fn submit(servers: &Servers, job: Job, detach: bool) -> Result<()> {
+pub async fn submit(servers: &Servers, job: Job, detach: bool) -> Result<()> {
     let mut jobs = client(servers.connect().await?);
     let request = pb::SubmitJobRequest { job: Some(job_to_pb(&job)) };
     let reply = jobs.submit_job(request).await.map_err(status_error)?.into_inner();
@@ -244,7 +244,8 @@ async fn submit(servers: &Servers, job: Job, detach: bool) -> Result<()> {
     monitor::watch(&mut jobs, &job.name, reply.version, &reply.eval_id, &job).await
 }
 
-async fn query(servers: &Servers, command: JobCommand) -> Result<()> {
+/// The commands that read or change a stored job.
+pub async fn run_query(servers: &Servers, command: JobCommand) -> Result<()> {
     let mut jobs = client(servers.connect().await?);
     match command {
         JobCommand::Run(_) | JobCommand::Validate { .. } | JobCommand::Plan { .. } | JobCommand::Scale { .. } => {

@@ -84,6 +84,12 @@ impl CompiledConstraints {
                 return Some(format!("missing driver {driver}"));
             }
         }
+        self.constraint_rejects(node)
+    }
+
+    /// The first constraint `node` fails, whatever the node's status: what decides whether an
+    /// allocation already there may stay when its job changes.
+    pub fn constraint_rejects(&self, node: &Node) -> Option<String> {
         for (check, label) in &self.checks {
             if !passes(check, node) {
                 return Some(format!("constraint {label}"));

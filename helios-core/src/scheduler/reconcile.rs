@@ -69,6 +69,7 @@ pub fn reconcile_group(
     let mine: Vec<&Allocation> = existing.iter().copied().filter(|a| a.task_group == group.name).collect();
     // Live allocations that may stay: on a usable node, of the current version.
     let mut keep: Vec<&Allocation> = Vec::new();
+    let compiled = super::CompiledConstraints::for_group(job, group);
     for alloc in mine.iter().copied().filter(|a| is_live(a)) {
         match nodes_by_id.get(alloc.node_id.as_str()) {
             None => stop(plan, alloc, AllocDesiredStatus::Stop, true, "node is gone"),
@@ -76,6 +77,11 @@ pub fn reconcile_group(
                 stop(plan, alloc, AllocDesiredStatus::Stop, true, "node down")
             }
             Some(node) if node.drain => stop(plan, alloc, AllocDesiredStatus::Evict, false, "node draining"),
+            // The new version's constraints rule the node out (a host a Helios-style job was
+            // undeployed from, say): stopped, and placed again where they allow.
+            Some(node) if alloc.job_version != job.version && compiled.constraint_rejects(node).is_some() => {
+                stop(plan, alloc, AllocDesiredStatus::Stop, false, "its node no longer meets the job's constraints")
+            }
             Some(_) if alloc.job_version != job.version && alloc.group_fingerprint == group.fingerprint() => {
                 // Only counts changed: keep it, as an allocation of the new version.
                 plan.in_place.push(alloc.id.clone());
@@ -88,7 +94,7 @@ pub fn reconcile_group(
         }
     }
     match job.job_type {
-        JobType::System => system_slots(job, group, keep, nodes, plan),
+        JobType::System => system_slots(job, group, &mine, keep, nodes, plan),
         JobType::Service | JobType::Batch => counted_slots(job, group, &mine, keep, plan),
     }
 }
@@ -139,17 +145,46 @@ fn counted_slots(
     asks
 }
 
-fn system_slots(job: &Job, group: &TaskGroup, keep: Vec<&Allocation>, nodes: &[Node], plan: &mut Plan) -> Vec<Ask> {
+fn system_slots(
+    job: &Job,
+    group: &TaskGroup,
+    mine: &[&Allocation],
+    keep: Vec<&Allocation>,
+    nodes: &[Node],
+    plan: &mut Plan,
+) -> Vec<Ask> {
     let mut covered: BTreeSet<&str> = BTreeSet::new();
     for alloc in keep {
         if !covered.insert(alloc.node_id.as_str()) {
             stop(plan, alloc, AllocDesiredStatus::Stop, false, "duplicate on its node");
         }
     }
-    nodes
+    // As for counted slots: a node where this version kept failing is given up on, or a task
+    // that cannot start there would be placed again and again.
+    let failures = |node: &str| {
+        mine.iter()
+            .filter(|a| {
+                a.node_id == node && a.job_version == job.version && a.client_status == AllocClientStatus::Failed
+            })
+            .count()
+    };
+    let mut given_up = 0;
+    let asks = nodes
         .iter()
         .filter(|n| n.status == NodeStatus::Ready && n.eligibility == NodeEligibility::Eligible && !n.drain)
         .filter(|n| !covered.contains(n.id.as_str()))
+        .filter(|n| {
+            let give_up = failures(&n.id) > MAX_RESCHEDULES;
+            given_up += usize::from(give_up);
+            !give_up
+        })
         .map(|n| Ask { name: alloc_name(&job.name, &group.name, 0), node_id: Some(n.id.clone()) })
-        .collect()
+        .collect();
+    if given_up > 0 {
+        plan.failed_placements.insert(
+            group.name.clone(),
+            format!("failed more than {MAX_RESCHEDULES} times on {given_up} node(s); not placing there again"),
+        );
+    }
+    asks
 }

@@ -241,6 +241,46 @@ fn a_replacement_takes_the_port_once_the_agent_reports_the_old_allocation_finish
 }
 
 #[test]
+fn a_system_job_that_keeps_failing_on_a_node_is_given_up_there() {
+    let mut h = Harness { nodes: vec![node("a", 4000, 4096)], ..Default::default() };
+    let mut job = service("agent", 1, 100, 128);
+    job.job_type = JobType::System;
+    h.put_job(job);
+    for attempt in 0..=MAX_RESCHEDULES {
+        let plan = h.run("agent");
+        assert_eq!(plan.placements.len(), 1, "attempt {attempt}");
+        let id = plan.placements[0].id.clone();
+        h.set_client_status(&id, AllocClientStatus::Failed);
+    }
+    let plan = h.run("agent");
+    assert!(plan.placements.is_empty());
+    assert!(plan.failed_placements["agent"].contains("not placing there again"), "{:?}", plan.failed_placements);
+}
+
+#[test]
+fn an_update_whose_constraints_rule_out_a_node_stops_what_runs_there() {
+    let mut h = Harness { nodes: vec![node("a", 4000, 4096), node("b", 4000, 4096)], ..Default::default() };
+    let pinned = |ids: &str| {
+        let mut job = service("agent", 1, 100, 128);
+        job.job_type = JobType::System;
+        job.constraints = vec![Constraint {
+            attribute: "node.id".into(),
+            operator: ConstraintOperator::Regexp,
+            value: format!("^({ids})$"),
+        }];
+        job
+    };
+    h.put_job(pinned("a|b"));
+    assert_eq!(h.run("agent").placements.len(), 2);
+    h.put_job(pinned("a"));
+    let plan = h.run("agent");
+    let on_b = h.allocs.values().find(|x| x.node_id == "b").expect("b's allocation");
+    assert_eq!(plan.stops.iter().map(|s| s.alloc_id.as_str()).collect::<Vec<_>>(), [on_b.id.as_str()]);
+    assert_eq!(plan.stops[0].description, "its node no longer meets the job's constraints");
+    assert_eq!((plan.in_place.len(), plan.placements.len()), (1, 0), "a keeps its allocation");
+}
+
+#[test]
 fn distinct_hosts_spreads_over_nodes_and_reports_when_out_of_nodes() {
     let mut h = Harness { nodes: vec![node("a", 4000, 4096), node("b", 4000, 4096)], ..Default::default() };
     let mut job = service("web", 3, 100, 128);

@@ -77,6 +77,17 @@ pub fn check_name(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a job's name: a name (`check_name`) that may also hold ':', so Spotify Helios's job ids
+/// (`NAME:VERSION`) are names as they are. Groups and tasks, which name containers and
+/// directories, may not.
+pub fn check_job_name(value: &str) -> Result<(), String> {
+    if value.starts_with(':') {
+        return Err("must not start with ':'".into());
+    }
+    let without_colons = value.replace(':', "-");
+    check_name(&without_colons).map_err(|p| p.replace("'-', '_' and '.'", "'-', '_', '.' and ':'"))
+}
+
 fn check_text(r: &mut Report, field: &str, value: &str, max: usize) {
     if value.len() > max {
         r.add(field, format!("must be at most {max} bytes, got {}", value.len()));
@@ -91,7 +102,7 @@ impl Job {
     /// submitted_at) are not looked at.
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut r = Report::default();
-        if let Err(p) = check_name(&self.name) {
+        if let Err(p) = check_job_name(&self.name) {
             r.add("name", p);
         }
         if self.priority == 0 || self.priority > MAX_PRIORITY {
@@ -421,6 +432,18 @@ mod tests {
         assert!(got[0].starts_with("constraints[0].value: invalid regular expression"));
         assert!(got[1].starts_with("constraints[1].attribute: must be node.id"));
         assert!(got[2].starts_with("constraints[2].value: invalid version requirement"));
+    }
+
+    #[test]
+    fn job_names_may_be_helios_job_ids_but_groups_and_tasks_may_not() {
+        assert_eq!(check_job_name("nginx:1.25"), Ok(()));
+        assert_eq!(check_job_name(":v1"), Err("must not start with ':'".to_string()));
+        let bad = check_job_name("nginx v1").unwrap_err();
+        assert_eq!(bad, "may contain only letters, digits, '-', '_', '.' and ':', found ' '");
+        assert!(check_name("nginx:1.25").is_err(), "a group or task name names containers and directories");
+        let mut job = Job::exec("ok", "echo", vec![]);
+        job.name = "web:v2".into();
+        assert_eq!(fields(&job), Vec::<String>::new());
     }
 
     #[test]

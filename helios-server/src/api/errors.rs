@@ -27,6 +27,12 @@ pub fn rejection_status(rejection: Rejection) -> Status {
 }
 
 /// Checks a name given as a request field (`field` names it in the error).
+/// A job's name (which may hold ':', as Helios's `NAME:VERSION` ids do).
+pub fn require_job_name(field: &str, value: &str) -> Result<(), Status> {
+    helios_core::validate::check_job_name(value)
+        .map_err(|problem| helios_api::invalid_argument(&ValidationErrors::single(field, problem)))
+}
+
 pub fn require_name(field: &str, value: &str) -> Result<(), Status> {
     check_name(value).map_err(|problem| helios_api::invalid_argument(&ValidationErrors::single(field, problem)))
 }

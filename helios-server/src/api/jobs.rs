@@ -10,7 +10,7 @@ use helios_core::{
 };
 use tonic::{Request, Response, Status};
 
-use super::errors::{cluster_status, invalid, rejection_status, require_name};
+use super::errors::{cluster_status, invalid, rejection_status, require_job_name, require_name};
 use crate::clock::{new_id, now};
 use crate::cluster::Cluster;
 use crate::store::read;
@@ -126,7 +126,7 @@ impl JobService for Jobs {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobVersionsResponse>, Status> {
         let name = request.into_inner().name;
-        require_name("name", &name)?;
+        require_job_name("name", &name)?;
         let lookup = name.clone();
         let versions = self.cluster.read(move |txn| read::job_versions(txn, &lookup)).await.map_err(cluster_status)?;
         if versions.is_empty() {
@@ -137,7 +137,7 @@ impl JobService for Jobs {
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
         let name = request.into_inner().name;
-        require_name("name", &name)?;
+        require_job_name("name", &name)?;
         let lookup = name.clone();
         let job = self.cluster.read(move |txn| read::job(txn, &lookup)).await.map_err(cluster_status)?;
         let job = job.ok_or_else(|| job_not_found(&name))?;
@@ -175,7 +175,7 @@ impl JobService for Jobs {
         request: Request<pb::GetJobStatusRequest>,
     ) -> Result<Response<pb::GetJobStatusResponse>, Status> {
         let name = request.into_inner().name;
-        require_name("name", &name)?;
+        require_job_name("name", &name)?;
         let lookup = name.clone();
         let (job, allocs, evals, nodes) = self
             .cluster
@@ -203,7 +203,7 @@ impl JobService for Jobs {
 
     async fn stop_job(&self, request: Request<pb::StopJobRequest>) -> Result<Response<pb::StopJobResponse>, Status> {
         let req = request.into_inner();
-        require_name("name", &req.name)?;
+        require_job_name("name", &req.name)?;
         let now = now();
         // The state machine refuses an unknown job, but a current read spares the log an entry
         // for the common typo.
@@ -338,7 +338,7 @@ impl AllocationService for Allocations {
     ) -> Result<Response<pb::ListAllocationsResponse>, Status> {
         let req = request.into_inner();
         if let Some(job) = &req.job_name {
-            require_name("job_name", job)?;
+            require_job_name("job_name", job)?;
         }
         let allocs = self
             .cluster

@@ -81,8 +81,8 @@ pub struct AllocCounts {
     pub live: u64,
 }
 
-/// Index keys sort by owner, then by id. Names and ids hold only letters, digits, '-', '_' and
-/// '.' (validation), so the NUL separator cannot occur inside either part.
+/// Index keys sort by owner, then by id. Names and ids hold only letters, digits, '-', '_', '.'
+/// and (job names) ':' (validation), so the NUL separator cannot occur inside either part.
 pub fn index_key(owner: &str, id: &str) -> String {
     format!("{owner}\0{id}")
 }

@@ -1,0 +1,243 @@
+//! Spotify Helios's workflow, as commands of their own: `hosts`, `jobs`, `status`, `create`,
+//! `deploy`, `undeploy`, `history`, `remove`.
+//!
+//! A Helios job id, `NAME:VERSION`, is the job's name. `create` stores a system job with one
+//! docker task, pinned to no host, so nothing runs; `deploy` adds hosts (node ids) to its pin
+//! and `undeploy` takes them away. The pin is a job constraint on `node.id`, and the hosts are
+//! also kept in the job's meta (`helios.hosts`) so they read back exactly.
+
+use std::collections::BTreeSet;
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, Subcommand};
+use helios_api::convert::job_from_pb;
+use helios_api::pb;
+use helios_core::{Constraint, ConstraintOperator, DockerConfig, Job, JobType, PortMapping, TaskDriver};
+
+use crate::connect::{status_error, Servers};
+use crate::table::Table;
+
+/// The job meta holding the hosts a Helios-style job is deployed to, comma-separated.
+pub const HOSTS_META: &str = "helios.hosts";
+
+#[derive(Subcommand, Debug)]
+pub enum ClassicCommand {
+    /// The client nodes (Helios's hosts): the same as `node list`.
+    Hosts,
+    /// Every job: the same as `job list`.
+    Jobs,
+    /// Where each job runs: one line per job and host.
+    Status {
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Store a job (NAME:VERSION) that runs IMAGE, without running it anywhere yet.
+    Create(CreateArgs),
+    /// Run a created job on these hosts (node ids), one container each.
+    Deploy {
+        id: String,
+        #[arg(required = true)]
+        hosts: Vec<String>,
+    },
+    /// Stop a job on these hosts, or on every host (-a).
+    Undeploy {
+        id: String,
+        hosts: Vec<String>,
+        #[arg(short = 'a', long = "all", conflicts_with = "hosts", required_unless_present = "hosts")]
+        all: bool,
+    },
+    /// A job's versions and its containers' events: the same as `job history`.
+    History { id: String },
+    /// Forget a job that is deployed nowhere.
+    Remove { id: String },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// The job id, NAME:VERSION.
+    pub id: String,
+    pub image: String,
+    /// A container port, NAME=PORT[:HOSTPORT]; repeatable.
+    #[arg(short = 'p', long = "port", value_parser = PortMapping::parse)]
+    pub ports: Vec<PortMapping>,
+    /// Environment variable, KEY=VALUE; repeatable.
+    #[arg(long = "env", value_parser = crate::job::parse_env)]
+    pub env: Vec<(String, String)>,
+    /// The command to run instead of the image's (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// `NAME:VERSION` checked: the name names the job's group and task (and so its containers).
+fn parse_id(id: &str) -> Result<(&str, &str)> {
+    let Some((name, version)) = id.split_once(':').filter(|(n, v)| !n.is_empty() && !v.is_empty()) else {
+        bail!("a Helios job id is NAME:VERSION, got {id:?}");
+    };
+    helios_core::validate::check_name(name).map_err(|p| anyhow!("invalid job name {name:?} in {id:?}: {p}"))?;
+    Ok((name, version))
+}
+
+pub async fn run(servers: &Servers, command: ClassicCommand) -> Result<()> {
+    match command {
+        ClassicCommand::Hosts => crate::node::run(servers, crate::node::NodeCommand::List).await,
+        ClassicCommand::Jobs => crate::job::run_query(servers, crate::job::JobCommand::List).await,
+        ClassicCommand::History { id } => {
+            crate::job::run_query(servers, crate::job::JobCommand::History { name: id, json: false }).await
+        }
+        ClassicCommand::Status { job } => status(servers, job).await,
+        ClassicCommand::Create(args) => create(servers, args).await,
+        ClassicCommand::Deploy { id, hosts } => {
+            let known = node_ids(servers).await?;
+            if let Some(unknown) = hosts.iter().find(|h| !known.contains(*h)) {
+                let known: Vec<&str> = known.iter().map(String::as_str).collect();
+                bail!("unknown host {unknown:?} (hosts: {}; see helios-cli hosts)", known.join(", "));
+            }
+            repin(servers, &id, |pinned| pinned.extend(hosts)).await
+        }
+        ClassicCommand::Undeploy { id, hosts, all } => {
+            repin(servers, &id, |pinned| {
+                if all {
+                    pinned.clear();
+                } else {
+                    pinned.retain(|h| !hosts.contains(h));
+                }
+            })
+            .await
+        }
+        ClassicCommand::Remove { id } => {
+            let job = stored(servers, &id).await?;
+            let deployed = hosts_of(&job);
+            if !deployed.is_empty() {
+                let hosts: Vec<&str> = deployed.iter().map(String::as_str).collect();
+                bail!("job {id} is deployed on {}: undeploy it first (helios-cli undeploy {id} -a)", hosts.join(", "));
+            }
+            let mut jobs = crate::job::client(servers.connect().await?);
+            jobs.stop_job(pb::StopJobRequest { name: id.clone(), purge: true }).await.map_err(status_error)?;
+            println!("Removed job {id}");
+            Ok(())
+        }
+    }
+}
+
+async fn create(servers: &Servers, args: CreateArgs) -> Result<()> {
+    let (name, _) = parse_id(&args.id)?;
+    let mut job = Job::exec(name, "", Vec::new());
+    job.name = args.id.clone();
+    job.job_type = JobType::System;
+    job.task_groups[0].restart = helios_core::RestartPolicy::default_for(JobType::System);
+    let task = &mut job.task_groups[0].tasks[0];
+    let mut command = args.command.into_iter();
+    task.driver = TaskDriver::Docker(DockerConfig {
+        command: command.next(),
+        args: command.collect(),
+        ports: args.ports,
+        ..DockerConfig::for_image(&args.image)
+    });
+    task.env = args.env.into_iter().collect();
+    pin(&mut job, &BTreeSet::new());
+    let mut jobs = crate::job::client(servers.connect().await?);
+    let exists = jobs.get_job(pb::GetJobRequest { name: args.id.clone() }).await.is_ok();
+    if exists {
+        bail!("job {} already exists (helios-cli jobs)", args.id);
+    }
+    let request = pb::SubmitJobRequest { job: Some(helios_api::convert::job_to_pb(&job)) };
+    jobs.submit_job(request).await.map_err(status_error)?;
+    println!("Created job {}; deploy it with: helios-cli deploy {} HOST...", args.id, args.id);
+    Ok(())
+}
+
+/// The stored job `id` (a Helios-style id).
+async fn stored(servers: &Servers, id: &str) -> Result<Job> {
+    parse_id(id)?;
+    let mut jobs = crate::job::client(servers.connect().await?);
+    let reply = jobs.get_job(pb::GetJobRequest { name: id.to_string() }).await.map_err(status_error)?;
+    let job = reply.into_inner().job.ok_or_else(|| anyhow!("the server returned no job"))?;
+    job_from_pb(job).map_err(|e| anyhow!("cannot read job {id}: {e}"))
+}
+
+/// Changes the hosts job `id` is pinned to, submits it, and watches it settle.
+async fn repin(servers: &Servers, id: &str, change: impl FnOnce(&mut BTreeSet<String>)) -> Result<()> {
+    let mut job = stored(servers, id).await?;
+    let mut hosts = hosts_of(&job);
+    change(&mut hosts);
+    pin(&mut job, &hosts);
+    // Watching a job deployed nowhere would wait for nothing.
+    crate::job::submit(servers, job, hosts.is_empty()).await
+}
+
+fn hosts_of(job: &Job) -> BTreeSet<String> {
+    job.meta
+        .get(HOSTS_META)
+        .map(|h| h.split(',').filter(|h| !h.is_empty()).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Pins `job` to `hosts` (node ids): none means it runs nowhere.
+fn pin(job: &mut Job, hosts: &BTreeSet<String>) {
+    let alternatives: Vec<String> = hosts.iter().map(|h| regex_escape(h)).collect();
+    job.constraints.retain(|c| c.attribute != "node.id");
+    job.constraints.push(Constraint {
+        attribute: "node.id".to_string(),
+        operator: ConstraintOperator::Regexp,
+        // `^$` matches no node: ids are never empty.
+        value: if hosts.is_empty() { "^$".to_string() } else { format!("^({})$", alternatives.join("|")) },
+    });
+    job.meta.insert(HOSTS_META.to_string(), hosts.iter().cloned().collect::<Vec<_>>().join(","));
+}
+
+/// Node ids hold letters, digits, '-', '_' and '.': only '.' means something in a regex.
+fn regex_escape(id: &str) -> String {
+    id.replace('.', "\\.")
+}
+
+async fn node_ids(servers: &Servers) -> Result<BTreeSet<String>> {
+    let mut nodes = pb::node_service_client::NodeServiceClient::new(servers.connect().await?);
+    let reply = nodes.list_nodes(pb::ListNodesRequest {}).await.map_err(status_error)?.into_inner();
+    Ok(reply.nodes.into_iter().map(|n| n.id).collect())
+}
+
+/// One line per job and host: what the job should do there (its goal) and what it does.
+async fn status(servers: &Servers, only: Option<String>) -> Result<()> {
+    let mut jobs = crate::job::client(servers.connect().await?);
+    let names: Vec<String> = match only {
+        Some(name) => vec![name],
+        None => jobs
+            .list_jobs(pb::ListJobsRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .jobs
+            .into_iter()
+            .map(|j| j.name)
+            .collect(),
+    };
+    let mut table = Table::new(&["JOB ID", "HOST", "GOAL", "STATE", "ALLOC", "PORTS"]);
+    for name in names {
+        let reply = jobs.get_job_status(pb::GetJobStatusRequest { name: name.clone() }).await.map_err(status_error)?;
+        // What is deployed: allocations still running or stopping, and wanted ones that failed.
+        let finished = |a: &pb::Allocation| matches!(a.client_status.as_str(), "complete" | "failed" | "lost");
+        let allocs = reply.into_inner().allocations;
+        for alloc in allocs.iter().filter(|a| !finished(a) || a.desired_status == "run") {
+            let ports = alloc
+                .task_states
+                .values()
+                .filter_map(|s| {
+                    s.events.iter().rev().find_map(|e| e.message.split_once("; ports ").map(|(_, p)| p.to_string()))
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let goal = if alloc.desired_status == "run" { "start" } else { "stop" };
+            table.row(vec![
+                name.clone(),
+                alloc.node_id.clone(),
+                goal.to_string(),
+                alloc.client_status.clone(),
+                crate::alloc::short(&alloc.id),
+                ports,
+            ]);
+        }
+    }
+    table.print();
+    Ok(())
+}
