@@ -12,7 +12,7 @@ mod table;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::connect::Servers;
 
@@ -52,11 +52,23 @@ enum Command {
     Bench(bench::BenchCommand),
     #[command(flatten)]
     Classic(classic::ClassicCommand),
+    /// Print shell completions: `helios-cli completions bash > /etc/bash_completion.d/helios-cli`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    if let Command::Completions { shell } = cli.command {
+        // Into memory first: clap_complete panics on a closed pipe (`... | head`).
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "helios-cli", &mut script);
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+        return ExitCode::SUCCESS;
+    }
     let servers = match Servers::parse(&cli.server_addr) {
         Ok(s) => s,
         Err(e) => return fail(&e),
@@ -72,11 +84,36 @@ async fn main() -> ExitCode {
         Command::Server(cmd) => server::run(&servers, cmd).await,
         Command::Bench(cmd) => bench::run(&servers, cmd).await,
         Command::Classic(cmd) => classic::run(&servers, cmd).await,
+        Command::Completions { .. } => unreachable!("answered before connecting"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+/// A usage error as one line (exit code 2), keeping clap's tip (the subcommand or value a typo
+/// was probably meant to be). Help and version print as clap prints them.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let code = u8::try_from(e.exit_code()).unwrap_or(2);
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(code);
+    }
+    let text = e.to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let what = lines.next().unwrap_or("invalid usage").trim_start_matches("error: ");
+    let hints: Vec<&str> = lines.filter(|l| l.starts_with("tip: ") || l.starts_with("[possible values")).collect();
+    if hints.is_empty() {
+        eprintln!("Error: {what}; see --help");
+    } else {
+        eprintln!("Error: {what} ({}); see --help", hints.join("; "));
+    }
+    ExitCode::from(code)
 }
 
 fn fail(error: &anyhow::Error) -> ExitCode {

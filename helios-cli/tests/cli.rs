@@ -130,6 +130,18 @@ async fn errors_are_one_line_with_documented_exit_codes() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out), "Error: job \"nope\" not found\n");
 
+    // Usage errors: one line, exit code 2, with the likely meaning of a typo.
+    let out = cli(&url, &["job", "lsit"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "Error: unrecognized subcommand 'lsit' (tip: some similar subcommands exist: 'validate', 'list'); see --help\n"
+    );
+    let out = cli(&url, &["job", "run", "--name", "x", "--drvier", "exec", "echo"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("(tip: a similar argument exists: '--driver'"), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1);
+
     let out = cli(&url, &["job", "run", "--name", "bad name", "echo"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).starts_with("Error: invalid --name \"bad name\": may contain only"), "{}", stderr(&out));
@@ -284,5 +296,34 @@ async fn job_plan_shows_what_would_change_with_nomads_exit_codes() {
     let out = cli(&server.url, &["job", "plan", bad.to_str().expect("utf-8")]).await;
     assert_eq!(out.status.code(), Some(255));
     assert!(stderr(&out).contains("line 2: block `vault` in job \"x\" is not supported by Helios"), "{}", stderr(&out));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_and_colour_only_on_a_terminal_without_no_color() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&["completions", shell], &[]).await;
+        assert!(out.status.success(), "{shell}");
+        assert!(stdout(&out).contains("deploy") && stdout(&out).contains("validate"), "{shell}");
+    }
+    let server = Server::start().await;
+    assert!(cli(&server.url, &["job", "run", "-d", "--name", "tinted", "echo"]).await.status.success());
+    // Piped: plain.
+    let piped = stdout(&cli(&server.url, &["job", "list"]).await);
+    assert!(!piped.contains('\x1b'), "{piped:?}");
+    // On a terminal (a pseudo-terminal from `script`): a bold header and a coloured status.
+    let on_terminal = |no_color: Option<&str>| {
+        let command = format!("{CLI} --server-addr {} job list", server.url);
+        let mut script = Command::new("script");
+        script.args(["-qec", &command, "/dev/null"]).env_remove("HELIOS_ADDR").env_remove("NO_COLOR");
+        if let Some(value) = no_color {
+            script.env("NO_COLOR", value);
+        }
+        String::from_utf8_lossy(&script.output().expect("script").stdout).into_owned()
+    };
+    let coloured = on_terminal(None);
+    assert!(coloured.contains("\x1b[1mNAME\x1b[0m") && coloured.contains("\x1b[33mpending\x1b[0m"), "{coloured:?}");
+    let plain = on_terminal(Some("1"));
+    assert!(plain.contains("tinted") && !plain.contains('\x1b'), "{plain:?}");
     server.shutdown().await;
 }
