@@ -20,9 +20,17 @@ pub enum AllocCommand {
         job: Option<String>,
         #[arg(long)]
         node: Option<String>,
+        /// Print one JSON document (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
     },
     /// One allocation: where it runs and each task's events.
-    Status { id: String },
+    Status {
+        id: String,
+        /// Print one JSON document (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// A task's output.
     Logs(LogArgs),
     /// Stop an allocation; the scheduler places a replacement while its job wants it.
@@ -59,9 +67,12 @@ pub fn short(id: &str) -> String {
 pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
     let mut allocs = client(servers.connect().await?);
     match command {
-        AllocCommand::List { job, node } => {
+        AllocCommand::List { job, node, json } => {
             let request = pb::ListAllocationsRequest { job_name: job, node_id: node };
             let reply = allocs.list_allocations(request).await.map_err(status_error)?.into_inner();
+            if json {
+                return crate::json::print(&reply.allocations.iter().map(crate::json::allocation).collect());
+            }
             if reply.allocations.is_empty() {
                 println!("No allocations");
                 return Ok(());
@@ -90,7 +101,7 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
                 short(&reply.eval_id)
             );
         }
-        AllocCommand::Status { id } => {
+        AllocCommand::Status { id, json } => {
             let a = allocs
                 .get_allocation(pb::GetAllocationRequest { id })
                 .await
@@ -98,6 +109,9 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
                 .into_inner()
                 .allocation
                 .ok_or_else(|| anyhow!("server returned no allocation"))?;
+            if json {
+                return crate::json::print(&crate::json::allocation(&a));
+            }
             let now = now();
             println!("ID          = {}", a.id);
             println!("Name        = {}", a.name);

@@ -23,14 +23,25 @@ pub const HOSTS_META: &str = "helios.hosts";
 #[derive(Subcommand, Debug)]
 pub enum ClassicCommand {
     /// The client nodes (Helios's hosts): the same as `node list`.
-    Hosts,
+    Hosts {
+        /// Print one JSON document (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Every job: the same as `job list`.
-    Jobs,
+    Jobs {
+        /// Print one JSON document (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Where each job runs: one line per job and host.
     Status {
         /// Only this job.
         #[arg(long)]
         job: Option<String>,
+        /// Print one JSON document (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Store a job (NAME:VERSION) that runs IMAGE, without running it anywhere yet.
     Create(CreateArgs),
@@ -80,12 +91,12 @@ fn parse_id(id: &str) -> Result<(&str, &str)> {
 
 pub async fn run(servers: &Servers, command: ClassicCommand) -> Result<()> {
     match command {
-        ClassicCommand::Hosts => crate::node::run(servers, crate::node::NodeCommand::List).await,
-        ClassicCommand::Jobs => crate::job::run_query(servers, crate::job::JobCommand::List).await,
+        ClassicCommand::Hosts { json } => crate::node::run(servers, crate::node::NodeCommand::List { json }).await,
+        ClassicCommand::Jobs { json } => crate::job::run_query(servers, crate::job::JobCommand::List { json }).await,
         ClassicCommand::History { id } => {
             crate::job::run_query(servers, crate::job::JobCommand::History { name: id, json: false }).await
         }
-        ClassicCommand::Status { job } => status(servers, job).await,
+        ClassicCommand::Status { job, json } => status(servers, job, json).await,
         ClassicCommand::Create(args) => create(servers, args).await,
         ClassicCommand::Deploy { id, hosts } => {
             let known = node_ids(servers).await?;
@@ -198,7 +209,7 @@ async fn node_ids(servers: &Servers) -> Result<BTreeSet<String>> {
 }
 
 /// One line per job and host: what the job should do there (its goal) and what it does.
-async fn status(servers: &Servers, only: Option<String>) -> Result<()> {
+async fn status(servers: &Servers, only: Option<String>, json: bool) -> Result<()> {
     let mut jobs = crate::job::client(servers.connect().await?);
     let names: Vec<String> = match only {
         Some(name) => vec![name],
@@ -213,6 +224,7 @@ async fn status(servers: &Servers, only: Option<String>) -> Result<()> {
             .collect(),
     };
     let mut table = Table::new(&["JOB ID", "HOST", "GOAL", "STATE", "ALLOC", "PORTS"]);
+    let mut rows = Vec::new();
     for name in names {
         let reply = jobs.get_job_status(pb::GetJobStatusRequest { name: name.clone() }).await.map_err(status_error)?;
         // What is deployed: allocations still running or stopping, and wanted ones that failed.
@@ -228,6 +240,10 @@ async fn status(servers: &Servers, only: Option<String>) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ");
             let goal = if alloc.desired_status == "run" { "start" } else { "stop" };
+            rows.push(serde_json::json!({
+                "job": name, "host": alloc.node_id, "goal": goal, "state": alloc.client_status,
+                "alloc_id": alloc.id, "ports": ports,
+            }));
             table.row(vec![
                 name.clone(),
                 alloc.node_id.clone(),
@@ -237,6 +253,9 @@ async fn status(servers: &Servers, only: Option<String>) -> Result<()> {
                 ports,
             ]);
         }
+    }
+    if json {
+        return crate::json::print(&serde_json::Value::Array(rows));
     }
     table.print();
     Ok(())

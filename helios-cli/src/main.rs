@@ -6,6 +6,7 @@ mod classic;
 mod connect;
 mod job;
 mod jobfile;
+mod json;
 mod node;
 mod server;
 mod table;

@@ -12,9 +12,18 @@ use crate::table::{now, Table};
 #[derive(Subcommand, Debug)]
 pub enum NodeCommand {
     /// Every client node with its status and capacity.
-    List,
+    List {
+        /// Print one JSON document (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// One node: attributes, metadata, drivers, resources.
-    Status { id: String },
+    Status {
+        id: String,
+        /// Print one JSON document (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Move a node's allocations elsewhere and stop it taking new work (--disable: undo).
     Drain {
         id: String,
@@ -35,8 +44,11 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
     let mut nodes = NodeServiceClient::new(servers.connect().await?);
     let now = now();
     match command {
-        NodeCommand::List => {
+        NodeCommand::List { json } => {
             let reply = nodes.list_nodes(pb::ListNodesRequest {}).await.map_err(status_error)?.into_inner();
+            if json {
+                return crate::json::print(&reply.nodes.iter().map(crate::json::node).collect());
+            }
             if reply.nodes.is_empty() {
                 println!("No client nodes");
                 return Ok(());
@@ -82,7 +94,7 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
             let what = if enable { "eligible for new work" } else { "ineligible for new work" };
             println!("Node {id:?} is {what}");
         }
-        NodeCommand::Status { id } => {
+        NodeCommand::Status { id, json } => {
             let n = nodes
                 .get_node(pb::GetNodeRequest { id })
                 .await
@@ -90,6 +102,9 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
                 .into_inner()
                 .node
                 .ok_or_else(|| anyhow!("server returned no node"))?;
+            if json {
+                return crate::json::print(&crate::json::node(&n));
+            }
             let res = n.resources.unwrap_or_default();
             println!("ID          = {}", n.id);
             println!("Hostname    = {}", n.hostname);

@@ -11,7 +11,11 @@ use crate::table::Table;
 #[derive(Subcommand, Debug)]
 pub enum ServerCommand {
     /// Every server in the cluster with its role, term and last applied index.
-    Members,
+    Members {
+        /// Print one JSON document (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Add a running server (started without --bootstrap) to the cluster: ID=HOST:PORT.
     Join {
         #[arg(value_parser = parse_member)]
@@ -30,8 +34,11 @@ fn parse_member(text: &str) -> Result<(u64, String), String> {
 pub async fn run(servers: &Servers, command: ServerCommand) -> Result<()> {
     let mut cluster = ClusterServiceClient::new(servers.connect().await?);
     match command {
-        ServerCommand::Members => {
+        ServerCommand::Members { json } => {
             let reply = cluster.list_members(pb::ListMembersRequest {}).await.map_err(status_error)?.into_inner();
+            if json {
+                return crate::json::print(&crate::json::members(&reply));
+            }
             let mut table =
                 Table::new(&["ID", "ADDRESS", "ROLE", "VOTER", "TERM", "LAST_APPLIED", "LAST_LOG", "SNAPSHOT"]);
             for m in reply.members {

@@ -111,6 +111,30 @@ async fn job_commands_as_the_readme_shows_them() {
     // The leader's scheduler may already have looked at it: pending, or blocked for want of nodes.
     assert!(status.contains("job-register  pending") || status.contains("job-register  blocked"), "{status}");
 
+    // The same as JSON documents.
+    let json = |args: &[&str]| {
+        let url = url.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = cli(&url, &args).await;
+            serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        }
+    };
+    let list = json(&["job", "list", "--json"]).await;
+    assert_eq!(list[0]["name"], "multi-node-test");
+    assert_eq!((list[0]["type"].as_str(), list[0]["desired"].as_u64()), (Some("batch"), Some(1)));
+    let status = json(&["job", "status", "multi-node-test", "--json"]).await;
+    assert_eq!(status["status"], "pending");
+    assert_eq!(status["spec"]["group"][0]["task"][0]["config"]["args"][0], "It replicated!");
+    assert_eq!(status["evaluations"][0]["trigger"], "job-register");
+    assert_eq!(status["allocations"], serde_json::json!([]));
+    assert_eq!(json(&["node", "list", "--json"]).await, serde_json::json!([]));
+    assert_eq!(json(&["hosts", "--json"]).await, serde_json::json!([]));
+    assert_eq!(json(&["status", "--json"]).await, serde_json::json!([]));
+    let members = json(&["server", "members", "--json"]).await;
+    assert_eq!((members["leader_id"].as_u64(), members["members"][0]["role"].as_str()), (Some(1), Some("leader")));
+
     let stop = cli(&url, &["job", "stop", "multi-node-test"]).await;
     assert!(stop.status.success(), "{}", stderr(&stop));
     let status = stdout(&cli(&url, &["job", "status", "multi-node-test"]).await);

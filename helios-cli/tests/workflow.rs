@@ -23,6 +23,18 @@ fn scale_alloc_stop_history_and_inspect() {
     // Stop one allocation: it ends and a replacement takes its place.
     let (_, list, _) = cluster.cli(&["alloc", "list", "--job", "svc"]);
     let victim = list.lines().nth(1).and_then(|l| l.split_whitespace().next()).expect("an allocation").to_string();
+    let (_, json, _) = cluster.cli(&["alloc", "status", &victim, "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&json).expect("one JSON document");
+    assert!(doc["id"].as_str().is_some_and(|id| id.ends_with(&victim)), "{doc}");
+    assert_eq!((doc["client_status"].as_str(), doc["node_id"].as_str()), (Some("running"), Some("n1")));
+    assert_eq!(doc["tasks"]["svc"]["state"], "running");
+    let (_, json, _) = cluster.cli(&["alloc", "list", "--json", "--job", "svc"]);
+    let list: serde_json::Value = serde_json::from_str(&json).expect("one JSON document");
+    assert_eq!(list.as_array().map(Vec::len), Some(2));
+    let (_, json, _) = cluster.cli(&["node", "status", "n1", "--json"]);
+    let node: serde_json::Value = serde_json::from_str(&json).expect("one JSON document");
+    assert_eq!((node["status"].as_str(), node["drivers"][0].as_str()), (Some("ready"), Some("exec")));
+
     let (code, out, err) = cluster.cli(&["alloc", "stop", &victim]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with(&format!("Allocation {victim} stopping; evaluation ")), "{out}");

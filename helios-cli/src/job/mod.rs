@@ -33,9 +33,18 @@ pub enum JobCommand {
         json: bool,
     },
     /// List every job.
-    List,
+    List {
+        /// Print one JSON document (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a job, its allocations and evaluations, and why anything is not placed.
-    Status { name: String },
+    Status {
+        name: String,
+        /// Print one JSON document (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// The output of every allocation of a job, each line prefixed with its allocation.
     Logs {
         name: String,
@@ -253,8 +262,11 @@ pub async fn run_query(servers: &Servers, command: JobCommand) -> Result<()> {
         }
         JobCommand::History { name, json } => history::history(&mut jobs, &name, json).await?,
         JobCommand::Inspect { name, version } => history::inspect(&mut jobs, &name, version).await?,
-        JobCommand::List => {
+        JobCommand::List { json } => {
             let reply = jobs.list_jobs(pb::ListJobsRequest {}).await.map_err(status_error)?.into_inner();
+            if json {
+                return crate::json::print(&reply.jobs.iter().map(crate::json::job_summary).collect());
+            }
             if reply.jobs.is_empty() {
                 println!("No jobs");
                 return Ok(());
@@ -274,8 +286,11 @@ pub async fn run_query(servers: &Servers, command: JobCommand) -> Result<()> {
             }
             table.print();
         }
-        JobCommand::Status { name } => {
+        JobCommand::Status { name, json } => {
             let reply = jobs.get_job_status(pb::GetJobStatusRequest { name }).await.map_err(status_error)?.into_inner();
+            if json {
+                return crate::json::print(&crate::json::job_status(&reply));
+            }
             print_status(reply)?;
         }
         JobCommand::Logs { name, stderr, follow } => {
@@ -422,11 +437,11 @@ fn short(id: &str) -> String {
     crate::alloc::short(id)
 }
 
-fn type_name(t: i32) -> String {
+pub fn type_name(t: i32) -> String {
     helios_api::convert::job_type_from_pb(t).map_or("unknown", JobType::as_str).to_string()
 }
 
-fn status_name(status: i32, stopped: bool) -> String {
+pub fn status_name(status: i32, stopped: bool) -> String {
     let name = match pb::JobStatus::try_from(status) {
         Ok(pb::JobStatus::Pending) => "pending",
         Ok(pb::JobStatus::Running) => "running",

@@ -21,7 +21,11 @@ pub struct KillGroup(pub String);
 
 impl Drop for KillGroup {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0)]).status();
+        // Quietly: the group may be gone already.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0)])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 

@@ -1,0 +1,126 @@
+//! The `--json` documents of the read commands: one shape per kind of thing, shared by every
+//! command that shows it, documented in docs/cli.md. Fields are only ever added.
+
+use anyhow::Result;
+use helios_api::pb;
+use serde_json::{json, Value};
+
+/// Prints `doc` as the command's one JSON document.
+pub fn print(doc: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(doc)?);
+    Ok(())
+}
+
+pub fn job_summary(j: &pb::JobSummary) -> Value {
+    json!({
+        "name": j.name,
+        "type": crate::job::type_name(j.r#type),
+        "priority": j.priority,
+        "version": j.version,
+        "status": crate::job::status_name(j.status, false),
+        "stopped": j.stopped,
+        "desired": j.desired,
+        "running": j.running,
+        "submitted_at_ms": j.submitted_at_ms,
+    })
+}
+
+pub fn job_status(s: &pb::GetJobStatusResponse) -> Value {
+    let job = s.job.as_ref();
+    let spec = job.and_then(|j| helios_api::convert::job_from_pb(j.clone()).ok());
+    json!({
+        "name": job.map(|j| j.name.clone()),
+        "version": job.map(|j| j.version),
+        "status": job.map(|j| crate::job::status_name(j.status, j.stopped)),
+        "stopped": job.map(|j| j.stopped),
+        "submitted_at_ms": job.map(|j| j.submitted_at_ms),
+        "ready_nodes": s.ready_nodes,
+        "placement": s.placement,
+        "spec": spec.as_ref().map(crate::jobfile::export::to_file_json),
+        "allocations": s.allocations.iter().map(allocation).collect::<Vec<_>>(),
+        "evaluations": s.evaluations.iter().map(evaluation).collect::<Vec<_>>(),
+    })
+}
+
+pub fn allocation(a: &pb::Allocation) -> Value {
+    let resources = a.resources.unwrap_or_default();
+    let tasks: serde_json::Map<String, Value> = a
+        .task_states
+        .iter()
+        .map(|(name, s)| {
+            let events: Vec<Value> = s
+                .events
+                .iter()
+                .map(|e| json!({"time_ms": e.time_ms, "kind": e.kind, "message": e.message, "exit_code": e.exit_code}))
+                .collect();
+            let task = json!({
+                "state": s.state, "failed": s.failed, "restarts": s.restarts,
+                "started_at_ms": s.started_at_ms, "finished_at_ms": s.finished_at_ms, "events": events,
+            });
+            (name.clone(), task)
+        })
+        .collect();
+    json!({
+        "id": a.id,
+        "name": a.name,
+        "job": a.job_name,
+        "job_version": a.job_version,
+        "group": a.task_group,
+        "node_id": a.node_id,
+        "desired_status": a.desired_status,
+        "desired_description": a.desired_description,
+        "client_status": a.client_status,
+        "client_description": a.client_description,
+        "resources": {"cpu_mhz": resources.cpu_mhz, "memory_mb": resources.memory_mb},
+        "host_ports": a.host_ports,
+        "tasks": tasks,
+        "created_at_ms": a.created_at_ms,
+        "modified_at_ms": a.modified_at_ms,
+    })
+}
+
+pub fn evaluation(e: &pb::Evaluation) -> Value {
+    json!({
+        "id": e.id,
+        "trigger": e.trigger,
+        "status": e.status,
+        "description": e.status_description,
+        "failed_placements": e.failed_placements,
+        "node_id": e.node_id,
+        "created_at_ms": e.created_at_ms,
+        "modified_at_ms": e.modified_at_ms,
+    })
+}
+
+pub fn node(n: &pb::Node) -> Value {
+    let resources = n.resources.unwrap_or_default();
+    json!({
+        "id": n.id,
+        "hostname": n.hostname,
+        "address": n.rpc_addr,
+        "status": n.status,
+        "eligibility": n.eligibility,
+        "draining": n.drain,
+        "drivers": n.drivers,
+        "resources": {"cpu_mhz": resources.cpu_mhz, "memory_mb": resources.memory_mb},
+        "attributes": n.attributes,
+        "meta": n.meta,
+        "registered_at_ms": n.registered_at_ms,
+        "status_updated_at_ms": n.status_updated_at_ms,
+    })
+}
+
+pub fn members(reply: &pb::ListMembersResponse) -> Value {
+    let members: Vec<Value> = reply
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id, "address": m.addr, "role": m.role, "voter": m.voter, "term": m.term,
+                "last_applied_index": m.last_applied_index, "last_log_index": m.last_log_index,
+                "snapshot_index": m.snapshot_index, "purged_index": m.purged_index,
+            })
+        })
+        .collect();
+    json!({ "leader_id": reply.leader_id, "members": members })
+}
