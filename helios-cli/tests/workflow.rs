@@ -88,7 +88,7 @@ fn docker_available() -> bool {
     answers
 }
 
-/// Removes the test's image and every container of its job when dropped.
+/// Removes every container of a job, and an image, when dropped (either may be empty: none).
 struct DockerCleanup {
     image: String,
     job: String,
@@ -96,12 +96,17 @@ struct DockerCleanup {
 
 impl Drop for DockerCleanup {
     fn drop(&mut self) {
-        let filter = format!("label=io.helios.job={}", self.job);
-        let out = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output();
-        for id in out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default().split_whitespace() {
-            let _ = std::process::Command::new("docker").args(["rm", "-f", id]).output();
+        if !self.job.is_empty() {
+            let filter = format!("label=io.helios.job={}", self.job);
+            let out = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output();
+            let ids = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            for id in ids.split_whitespace() {
+                let _ = std::process::Command::new("docker").args(["rm", "-f", id]).output();
+            }
         }
-        let _ = std::process::Command::new("docker").args(["rmi", "-f", &self.image]).output();
+        if !self.image.is_empty() {
+            let _ = std::process::Command::new("docker").args(["rmi", "-f", &self.image]).output();
+        }
     }
 }
 
@@ -158,4 +163,38 @@ fn the_helios_workflow_from_create_to_remove() {
     let (code, out, err) = cluster.cli(&["remove", "web:v1"]);
     assert_eq!((code, out.as_str()), (Some(0), "Removed job web:v1\n"), "{err}");
     assert!(!cluster.cli(&["jobs"]).1.contains("web:v1"));
+}
+
+#[test]
+fn every_example_job_file_runs() {
+    if !docker_available() {
+        return;
+    }
+    // The docker examples run `helios-busybox`, as the README builds it; built here only if
+    // missing, and then removed again.
+    let present = std::process::Command::new("docker").args(["image", "inspect", "helios-busybox"]).output();
+    let built_here = !present.is_ok_and(|o| o.status.success());
+    let _cleanup = built_here.then(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/busybox-image.sh");
+        let built = std::process::Command::new(script).output().expect("run busybox-image.sh");
+        assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+        DockerCleanup { image: "helios-busybox:latest".into(), job: String::new() }
+    });
+    // Declared before the cluster, so dropped after it: no agent is left to restart a container.
+    let mut ran = Vec::new();
+    let cluster = DevCluster::start();
+    eventually("the node offers docker", || cluster.cli(&["hosts"]).1.contains("docker"));
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples");
+    for entry in std::fs::read_dir(examples).expect("docs/examples") {
+        let path = entry.expect("entry").path();
+        let file = path.to_str().expect("utf-8");
+        let (code, out, err) = cluster.cli(&["job", "run", file]);
+        // Its containers are removed whatever happens next.
+        let name = out.split('"').nth(1).unwrap_or_default().to_string();
+        ran.push(DockerCleanup { image: String::new(), job: name.clone() });
+        assert_eq!(code, Some(0), "{file}:\n{out}{err}");
+        assert!(out.contains("==> All "), "{file}: {out}");
+        assert_eq!(cluster.cli(&["job", "stop", "--purge", &name]).0, Some(0), "{name}");
+    }
+    assert_eq!(ran.len(), 4, "every example in docs/examples");
 }

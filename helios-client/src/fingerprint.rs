@@ -14,11 +14,21 @@ pub fn node(config: &ClientConfig, advertised: SocketAddr) -> pb::Node {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_string());
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let kernel = kernel_release();
     let attributes = BTreeMap::from([
         ("os".to_string(), std::env::consts::OS.to_string()),
         ("arch".to_string(), std::env::consts::ARCH.to_string()),
         ("cpu.cores".to_string(), cpus.to_string()),
-        ("kernel".to_string(), kernel_release()),
+        ("kernel".to_string(), kernel.clone()),
+        // Nomad's names for the same facts, so a Nomad job's `${attr.kernel.name}` constraints
+        // mean what they meant there.
+        ("kernel.name".to_string(), std::env::consts::OS.to_string()),
+        ("kernel.version".to_string(), kernel),
+        ("os.name".to_string(), os_name()),
+        ("cpu.arch".to_string(), go_arch().to_string()),
+        ("cpu.numcores".to_string(), cpus.to_string()),
+        ("unique.hostname".to_string(), hostname.clone()),
+        ("driver.exec".to_string(), "1".to_string()),
     ]);
     pb::Node {
         id: config.node_id.clone(),
@@ -39,9 +49,31 @@ pub fn node(config: &ClientConfig, advertised: SocketAddr) -> pb::Node {
 pub fn set_docker(node: &mut pb::Node, engine_version: Option<&str>) {
     node.drivers.retain(|d| d != "docker");
     node.attributes.remove("driver.docker.version");
+    node.attributes.remove("driver.docker");
     if let Some(version) = engine_version {
         node.drivers.push("docker".to_string());
         node.attributes.insert("driver.docker.version".to_string(), version.to_string());
+        node.attributes.insert("driver.docker".to_string(), "1".to_string());
+    }
+}
+
+/// The distribution's id (`debian`, `ubuntu`, ...), as Nomad's `os.name`; the OS otherwise.
+fn os_name() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|release| {
+            release.lines().find_map(|l| l.strip_prefix("ID=")).map(|id| id.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::OS.to_string())
+}
+
+/// The architecture as Nomad (Go) names it.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
     }
 }
 
