@@ -229,8 +229,9 @@ async fn status(servers: &Servers, only: Option<String>, json: bool) -> Result<(
         let reply = jobs.get_job_status(pb::GetJobStatusRequest { name: name.clone() }).await.map_err(status_error)?;
         // What is deployed: allocations still running or stopping, and wanted ones that failed.
         let finished = |a: &pb::Allocation| matches!(a.client_status.as_str(), "complete" | "failed" | "lost");
+        let shown = |a: &&pb::Allocation| !finished(a) || (a.desired_status == "run" && a.client_status == "failed");
         let allocs = reply.into_inner().allocations;
-        for alloc in allocs.iter().filter(|a| !finished(a) || a.desired_status == "run") {
+        for alloc in allocs.iter().filter(shown) {
             let ports = alloc
                 .task_states
                 .values()

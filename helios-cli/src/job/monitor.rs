@@ -169,11 +169,14 @@ impl Seen {
                 lines.push(format!("==> Evaluation {} {}", crate::alloc::short(eval_id), eval.status));
             }
         }
+        // Allocations older than the submission were kept and moved to it (only counts changed).
+        let submitted = status.job.as_ref().map_or(0, |j| j.submitted_at_ms);
         for alloc in of_version(status, version) {
             let short = crate::alloc::short(&alloc.id);
             if !self.placed.contains_key(&alloc.id) {
                 self.placed.insert(alloc.id.clone(), alloc.node_id.clone());
-                lines.push(format!("    Allocation {short} ({}) placed on node {}", alloc.name, alloc.node_id));
+                let how = if alloc.created_at_ms < submitted { "kept (updated in place)" } else { "placed" };
+                lines.push(format!("    Allocation {short} ({}) {how} on node {}", alloc.name, alloc.node_id));
             }
             let printed = self.tasks.entry(alloc.id.clone()).or_default();
             for (task, state) in &alloc.task_states {
