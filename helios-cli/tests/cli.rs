@@ -103,6 +103,7 @@ async fn job_commands_as_the_readme_shows_them() {
     assert!(lines[0].starts_with("NAME") && lines[0].contains("STATUS"), "{list}");
     assert!(lines[1].starts_with("multi-node-test  batch  50") && lines[1].contains("pending  0/1"), "{list}");
 
+    assert_eq!(stdout(&cli(&url, &["job", "status"]).await), list, "without a job, every job");
     let status = stdout(&cli(&url, &["job", "status", "multi-node-test"]).await);
     assert!(status.contains("Status      = pending"), "{status}");
     assert!(status.contains("Placement   = waiting for placement: no client nodes have registered"), "{status}");

@@ -83,6 +83,11 @@ fn the_readme_quick_start_runs_jobs_and_shows_their_output_from_any_server() {
     drop(servers[leader - 1].take());
     let survivor = (0..3).find(|i| i + 1 != leader).expect("a survivor");
     eventually("logs after the leader died", || logs(survivor, "multi-node-test").ends_with(" It replicated!\n"));
+    // Given the dead server first, the CLI fails over to the next address.
+    let both = format!("{},{}", url(leader - 1), url(survivor));
+    let run = cli(&["--server-addr", &both, "job", "run", "--name", "failed-over", "echo", "--", "over"]);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(run.status.success() && out.ends_with("completed\n"), "{out}{}", String::from_utf8_lossy(&run.stderr));
     drop(agents);
 }
 

@@ -40,7 +40,8 @@ pub enum JobCommand {
     },
     /// Show a job, its allocations and evaluations, and why anything is not placed.
     Status {
-        name: String,
+        /// The job; without it, every job (as `job list`).
+        name: Option<String>,
         /// Print one JSON document (see docs/cli.md).
         #[arg(long)]
         json: bool,
@@ -286,7 +287,10 @@ pub async fn run_query(servers: &Servers, command: JobCommand) -> Result<()> {
             }
             table.print();
         }
-        JobCommand::Status { name, json } => {
+        JobCommand::Status { name: None, json } => {
+            return Box::pin(run_query(servers, JobCommand::List { json })).await
+        }
+        JobCommand::Status { name: Some(name), json } => {
             let reply = jobs.get_job_status(pb::GetJobStatusRequest { name }).await.map_err(status_error)?.into_inner();
             if json {
                 return crate::json::print(&crate::json::job_status(&reply));
