@@ -59,7 +59,12 @@ pub enum ClassicCommand {
         all: bool,
     },
     /// A job's versions and its containers' events: the same as `job history`.
-    History { id: String },
+    History {
+        id: String,
+        /// Print one JSON document (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Forget a job that is deployed nowhere.
     Remove { id: String },
 }
@@ -93,8 +98,8 @@ pub async fn run(servers: &Servers, command: ClassicCommand) -> Result<()> {
     match command {
         ClassicCommand::Hosts { json } => crate::node::run(servers, crate::node::NodeCommand::List { json }).await,
         ClassicCommand::Jobs { json } => crate::job::run_query(servers, crate::job::JobCommand::List { json }).await,
-        ClassicCommand::History { id } => {
-            crate::job::run_query(servers, crate::job::JobCommand::History { name: id, json: false }).await
+        ClassicCommand::History { id, json } => {
+            crate::job::run_query(servers, crate::job::JobCommand::History { name: id, json }).await
         }
         ClassicCommand::Status { job, json } => status(servers, job, json).await,
         ClassicCommand::Create(args) => create(servers, args).await,
@@ -148,9 +153,10 @@ async fn create(servers: &Servers, args: CreateArgs) -> Result<()> {
     task.env = args.env.into_iter().collect();
     pin(&mut job, &BTreeSet::new());
     let mut jobs = crate::job::client(servers.connect().await?);
-    let exists = jobs.get_job(pb::GetJobRequest { name: args.id.clone() }).await.is_ok();
-    if exists {
-        bail!("job {} already exists (helios-cli jobs)", args.id);
+    match jobs.get_job(pb::GetJobRequest { name: args.id.clone() }).await {
+        Ok(_) => bail!("job {} already exists (helios-cli jobs)", args.id),
+        Err(status) if status.code() == tonic::Code::NotFound => {}
+        Err(status) => return Err(status_error(status)),
     }
     let request = pb::SubmitJobRequest { job: Some(helios_api::convert::job_to_pb(&job)) };
     jobs.submit_job(request).await.map_err(status_error)?;
@@ -173,8 +179,8 @@ async fn repin(servers: &Servers, id: &str, change: impl FnOnce(&mut BTreeSet<St
     let mut hosts = hosts_of(&job);
     change(&mut hosts);
     pin(&mut job, &hosts);
-    // Watching a job deployed nowhere would wait for nothing.
-    crate::job::submit(servers, job, hosts.is_empty()).await
+    // One container per host; watching a job deployed nowhere would wait for nothing.
+    crate::job::submit(servers, job, hosts.is_empty(), Some(hosts.len() as u64)).await
 }
 
 fn hosts_of(job: &Job) -> BTreeSet<String> {

@@ -18,7 +18,12 @@ impl Servers {
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|e| anyhow!("invalid --server-addr {addr:?}: {e}"))?
                 .connect_timeout(Duration::from_secs(3))
-                .tcp_nodelay(true);
+                .tcp_nodelay(true)
+                // A server that stops answering mid-stream (`logs -f`, `job run` watching) is
+                // noticed instead of waited on forever.
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_while_idle(true);
             endpoints.push((url, endpoint));
         }
         if endpoints.is_empty() {
@@ -27,12 +32,17 @@ impl Servers {
         Ok(Servers { endpoints })
     }
 
-    /// A channel to the first server that accepts a connection.
+    /// A channel to the first server that answers. A connection is not enough: a stopped or
+    /// hung server (or a proxy) can accept one and then say nothing, so the server's gRPC health
+    /// check must answer too, within `ANSWER_TIMEOUT`.
     pub async fn connect(&self) -> Result<Channel> {
         let mut failures = Vec::new();
         for (url, endpoint) in &self.endpoints {
             match endpoint.connect().await {
-                Ok(channel) => return Ok(channel),
+                Ok(channel) => match serving(channel.clone()).await {
+                    Ok(()) => return Ok(channel),
+                    Err(why) => failures.push(format!("{url} ({why})")),
+                },
                 Err(e) => failures.push(format!("{url} ({})", root_cause(&e))),
             }
         }
@@ -45,6 +55,22 @@ impl Servers {
     /// A separate channel per call site, for load generation.
     pub fn first_endpoint(&self) -> &Endpoint {
         &self.endpoints[0].1
+    }
+}
+
+/// How long a server may take to answer its health check.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether the server behind `channel` answers its health check and serves the job API.
+async fn serving(channel: Channel) -> Result<(), String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let request = HealthCheckRequest { service: "helios.v1.JobService".to_string() };
+    match tokio::time::timeout(ANSWER_TIMEOUT, HealthClient::new(channel).check(request)).await {
+        Err(_) => Err(format!("no answer within {ANSWER_TIMEOUT:?}")),
+        Ok(Err(status)) => Err(status.message().to_string()),
+        Ok(Ok(reply)) if reply.get_ref().status() == ServingStatus::Serving => Ok(()),
+        Ok(Ok(reply)) => Err(format!("not serving ({:?})", reply.get_ref().status())),
     }
 }
 

@@ -31,7 +31,7 @@ pub fn job_status(s: &pb::GetJobStatusResponse) -> Value {
     json!({
         "name": job.map(|j| j.name.clone()),
         "version": job.map(|j| j.version),
-        "status": job.map(|j| crate::job::status_name(j.status, j.stopped)),
+        "status": job.map(|j| crate::job::status_name(j.status, false)),
         "stopped": job.map(|j| j.stopped),
         "submitted_at_ms": job.map(|j| j.submitted_at_ms),
         "ready_nodes": s.ready_nodes,

@@ -106,9 +106,11 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         return ExitCode::from(code);
     }
     let text = e.to_string();
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let what = lines.next().unwrap_or("invalid usage").trim_start_matches("error: ");
-    let hints: Vec<&str> = lines.filter(|l| l.starts_with("tip: ") || l.starts_with("[possible values")).collect();
+    // The message is its first paragraph (a missing argument's name is on the next line).
+    let paragraph: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    let what = paragraph.join(" ");
+    let what = what.trim_start_matches("error: ");
+    let hints: Vec<&str> = text.lines().map(str::trim).filter(|l| l.starts_with("tip: ")).collect();
     if hints.is_empty() {
         eprintln!("Error: {what}; see --help");
     } else {

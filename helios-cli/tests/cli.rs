@@ -206,6 +206,25 @@ async fn errors_are_one_line_with_documented_exit_codes() {
     );
     assert_eq!(err.lines().count(), 1);
 
+    // A system job that no node can run: watching it ends with that, not forever.
+    let out = cli(&url, &["job", "run", "--name", "everywhere", "--type", "system", "true"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).starts_with("Error: no node can run it; see helios-cli job status everywhere"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A server that accepts connections but never answers is passed over, not waited on.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hung_url = format!("http://{}", hung.local_addr().expect("addr"));
+    let out = cli(&format!("{hung_url},{url}"), &["job", "list"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("NAME"), "{}", stdout(&out));
+    let out = cli(&hung_url, &["job", "list"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("(no answer within 3s)"), "{}", stderr(&out));
+
     // Several addresses: the first that answers is used. HELIOS_ADDR works like the flag.
     let both = format!("{dead},{url}");
     let out = run(&["job", "run", "--detach", "--name", "failover", "echo"], &[("HELIOS_ADDR", &both)]).await;

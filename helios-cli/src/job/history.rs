@@ -42,7 +42,7 @@ pub async fn history(jobs: &mut JobServiceClient<Channel>, name: &str, json: boo
             })).collect::<Vec<_>>(),
             "events": events.iter().map(|e| json!({
                 "time_ms": e.event.time_ms, "alloc_id": e.alloc.id, "node_id": e.alloc.node_id,
-                "version": e.alloc.job_version, "task": e.task, "kind": e.event.kind,
+                "alloc_version": e.alloc.job_version, "task": e.task, "kind": e.event.kind,
                 "message": e.event.message, "exit_code": e.event.exit_code,
             })).collect::<Vec<_>>(),
         });
@@ -68,13 +68,14 @@ pub async fn history(jobs: &mut JobServiceClient<Channel>, name: &str, json: boo
         println!("No task has started yet");
         return Ok(());
     }
-    let mut table = Table::new(&["TIME", "ALLOC", "NODE", "VERSION", "TASK", "EVENT", "MESSAGE"]);
+    // An allocation's version is its version now (one updated in place moves to the new one),
+    // so events are listed by allocation, not by version.
+    let mut table = Table::new(&["TIME", "ALLOC", "NODE", "TASK", "EVENT", "MESSAGE"]);
     for e in &events {
         table.row(vec![
             Timestamp(e.event.time_ms).to_rfc3339(),
             crate::alloc::short(&e.alloc.id),
             e.alloc.node_id.clone(),
-            e.alloc.job_version.to_string(),
             e.task.to_string(),
             e.event.kind.clone(),
             e.event.message.clone(),

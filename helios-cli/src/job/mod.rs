@@ -89,35 +89,36 @@ pub enum JobCommand {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// The job's name (letters, digits, '-', '_', '.'); without it, the first argument is a
-    /// job file.
+    /// job file. The flags below, but --detach, describe an inline job: a job file says all
+    /// that itself, so they need --name.
     #[arg(long)]
     pub name: Option<String>,
-    #[arg(long = "type", value_enum, default_value_t = TypeArg::Batch)]
+    #[arg(long = "type", value_enum, default_value_t = TypeArg::Batch, requires = "name")]
     pub job_type: TypeArg,
     /// How many copies to run.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, requires = "name")]
     pub count: u32,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, requires = "name")]
     pub priority: u32,
-    #[arg(long, default_value_t = Resources::default().cpu_mhz)]
+    #[arg(long, default_value_t = Resources::default().cpu_mhz, requires = "name")]
     pub cpu_mhz: u32,
-    #[arg(long, default_value_t = Resources::default().memory_mb)]
+    #[arg(long, default_value_t = Resources::default().memory_mb, requires = "name")]
     pub memory_mb: u32,
     /// Environment variable for the task, KEY=VALUE; repeatable.
-    #[arg(long = "env", value_parser = parse_env)]
+    #[arg(long = "env", value_parser = parse_env, requires = "name")]
     pub env: Vec<(String, String)>,
     /// How the task runs: a process (exec) or a container (docker).
-    #[arg(long, value_enum, default_value_t = DriverArg::Exec)]
+    #[arg(long, value_enum, default_value_t = DriverArg::Exec, requires = "name")]
     pub driver: DriverArg,
     /// The container image (with --driver docker).
-    #[arg(long)]
+    #[arg(long, requires = "name")]
     pub image: Option<String>,
     /// A container port, NAME=PORT[:HOSTPORT] (without HOSTPORT a free one is picked and passed
     /// to the task as HELIOS_PORT_<NAME>); repeatable, with --driver docker.
-    #[arg(short = 'p', long = "port", value_parser = PortMapping::parse)]
+    #[arg(short = 'p', long = "port", value_parser = PortMapping::parse, requires = "name")]
     pub ports: Vec<PortMapping>,
     /// Cap the container at --cpu-mhz instead of only weighting it (with --driver docker).
-    #[arg(long)]
+    #[arg(long, requires = "name")]
     pub cpu_hard_limit: bool,
     /// Submit and return at once, instead of watching the job until it runs (or finishes).
     #[arg(short = 'd', long)]
@@ -211,7 +212,11 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<std::process:
         // Offline: no server needed.
         JobCommand::Validate { file } => done(validate_file(&file)),
         // The job is built (and a file checked) before any server is contacted.
-        JobCommand::Run(args) => done(submit(servers, args.to_job()?, args.detach).await),
+        JobCommand::Run(args) => {
+            let job = args.to_job()?;
+            let expected = counted(&job);
+            done(submit(servers, job, args.detach, expected).await)
+        }
         JobCommand::Scale { name, group, count, detach } => done(scale(servers, &name, &group, count, detach).await),
         JobCommand::Plan { file, json } => match plan::plan(servers, &file, json).await {
             Ok(code) => Ok(code),
@@ -235,11 +240,19 @@ async fn scale(servers: &Servers, name: &str, group: &str, count: u32, detach: b
         anyhow::bail!("job {name:?} has no group {group:?} (its groups: {})", names.join(", "));
     };
     target.count = count;
-    submit(servers, job, detach).await
+    let expected = counted(&job);
+    submit(servers, job, detach, expected).await
+}
+
+/// How many allocations `job` asks for, when that does not depend on the nodes (not a system
+/// job's): what watching it waits for.
+pub fn counted(job: &Job) -> Option<u64> {
+    (job.job_type != JobType::System).then(|| job.desired_allocations())
 }
 
 /// Submits `job`, then (unless `detach`) watches it settle (`monitor`).
-pub async fn submit(servers: &Servers, job: Job, detach: bool) -> Result<()> {
+/// `expected`: how many allocations to wait for (None: as many as the nodes allow).
+pub async fn submit(servers: &Servers, job: Job, detach: bool, expected: Option<u64>) -> Result<()> {
     let mut jobs = client(servers.connect().await?);
     let request = pb::SubmitJobRequest { job: Some(job_to_pb(&job)) };
     let reply = jobs.submit_job(request).await.map_err(status_error)?.into_inner();
@@ -251,7 +264,7 @@ pub async fn submit(servers: &Servers, job: Job, detach: bool) -> Result<()> {
     if detach {
         return Ok(());
     }
-    monitor::watch(&mut jobs, &job.name, reply.version, &reply.eval_id, &job).await
+    monitor::watch(&mut jobs, &job.name, reply.version, &reply.eval_id, &job, expected).await
 }
 
 /// The commands that read or change a stored job.

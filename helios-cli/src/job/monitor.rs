@@ -33,10 +33,9 @@ pub async fn watch(
     version: u64,
     eval_id: &str,
     job: &helios_core::Job,
+    expected: Option<u64>,
 ) -> Result<()> {
     let batch = job.job_type == helios_core::JobType::Batch;
-    // A system job's count follows the nodes; any other's is known.
-    let expected = (job.job_type != helios_core::JobType::System).then(|| job.desired_allocations());
     let mut progress = Progress::new(std::io::stderr().is_terminal());
     let mut seen = Seen::default();
     let interrupted = tokio::signal::ctrl_c();
@@ -93,6 +92,14 @@ fn settled(
     batch: bool,
     expected: Option<u64>,
 ) -> Result<Option<Settled>> {
+    if let Some(job) = status.job.as_ref().filter(|j| j.version != version || j.stopped) {
+        let what = if job.stopped {
+            "the job was stopped".to_string()
+        } else {
+            format!("version {} was submitted", job.version)
+        };
+        bail!("{what} meanwhile; stopped watching version {version}");
+    }
     let eval = status.evaluations.iter().find(|e| e.id == eval_id);
     if let Some(eval) = eval.filter(|e| e.status == "blocked" || e.status == "failed") {
         let reasons: Vec<String> = eval.failed_placements.iter().map(|(g, why)| format!("group {g}: {why}")).collect();
@@ -108,11 +115,25 @@ fn settled(
         bail!("allocation {} failed: {}", crate::alloc::short(&failed.id), why_failed(failed));
     }
     let evaluated = eval.is_some_and(|e| e.status == "complete");
-    if evaluated && expected == Some(0) {
-        return Ok(Some(Settled::Running(0)));
-    }
-    if !evaluated || allocs.is_empty() {
+    if !evaluated {
         return Ok(None);
+    }
+    // Evaluated: everything it could place is placed. A system job runs where it can, and
+    // nowhere is a failure too; a known number (a count, or the hosts a job is pinned to) must
+    // be met.
+    let placed = allocs.len() as u64;
+    match expected {
+        Some(0) => return Ok(Some(Settled::Running(0))),
+        Some(n) if placed < n => {
+            bail!(
+                "only {placed} of {n} allocation(s) could be placed; see helios-cli job status {}",
+                status_name(status)
+            )
+        }
+        None if placed == 0 => {
+            bail!("no node can run it; see helios-cli job status {} and helios-cli node list", status_name(status))
+        }
+        _ => {}
     }
     if batch {
         let done = allocs.iter().all(|a| a.client_status == "complete");
@@ -120,6 +141,10 @@ fn settled(
     }
     let running = allocs.iter().all(|a| a.client_status == "running");
     Ok(running.then_some(Settled::Running(allocs.len())))
+}
+
+fn status_name(status: &pb::GetJobStatusResponse) -> String {
+    status.job.as_ref().map_or_else(String::new, |j| j.name.clone())
 }
 
 /// Why the failing task ended, as `task T: Kind: message`: its last event that says how it

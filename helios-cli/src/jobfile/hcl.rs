@@ -15,6 +15,8 @@ use serde_json::{Map, Value};
 enum Ty {
     Str,
     Int,
+    /// A TCP port: 1 to 65535.
+    Port,
     Bool,
     StrList,
     /// `{ KEY = "value" }`, as an attribute or a block of attributes (env, meta, labels).
@@ -46,7 +48,7 @@ const fn attr(name: &'static str, ty: Ty) -> Field {
 const CONSTRAINT: &[Field] = &[attr("attribute", Ty::Str), attr("operator", Ty::Str), attr("value", Ty::Str)];
 const RESTART: &[Field] =
     &[attr("attempts", Ty::Int), attr("interval", Ty::Str), attr("delay", Ty::Str), attr("mode", Ty::Str)];
-const PORT: &[Field] = &[attr("static", Ty::Int), attr("to", Ty::Int)];
+const PORT: &[Field] = &[attr("static", Ty::Port), attr("to", Ty::Port)];
 const NETWORK: &[Field] = &[attr("mode", Ty::Str), Field { name: "port", kind: Kind::Keyed(PORT) }];
 const RESOURCES: &[Field] = &[attr("cpu", Ty::Int), attr("memory", Ty::Int)];
 const CONFIG: &[Field] = &[
@@ -164,6 +166,11 @@ impl Walker<'_> {
                 continue;
             };
             let here = format!("`{name}`");
+            let repeatable = matches!(field.kind, Kind::Named(_) | Kind::Repeated(_) | Kind::Keyed(_));
+            if !repeatable && object.contains_key(name) {
+                self.problem(span, &format!("{here} is given twice in {inside}"));
+                continue;
+            }
             match (&field.kind, item) {
                 (Kind::Attr(ty), Structure::Attribute(a)) => {
                     if let Some(value) = self.value(&a.value, *ty, &here) {
@@ -188,9 +195,6 @@ impl Walker<'_> {
                     object.insert(name.to_string(), Value::Object(map));
                 }
                 (Kind::Block(inner), Structure::Block(b)) if b.labels.is_empty() => {
-                    if object.contains_key(name) {
-                        self.problem(span, &format!("{here} may appear once in {inside}"));
-                    }
                     let value = self.block(b, inner, &here);
                     object.insert(name.to_string(), Value::Object(value));
                 }
@@ -209,6 +213,9 @@ impl Walker<'_> {
                     let value = self.block(b, inner, &format!("{name} {label:?}"));
                     let entry = object.entry(name.to_string()).or_insert_with(|| Value::Object(Map::new()));
                     if let Value::Object(map) = entry {
+                        if map.contains_key(&label) {
+                            self.problem(span, &format!("{name} {label:?} is given twice in {inside}"));
+                        }
                         map.insert(label, Value::Object(value));
                     }
                 }
@@ -241,6 +248,13 @@ impl Walker<'_> {
                     None => wrong(self, "a whole number >= 0"),
                 },
                 _ => wrong(self, "a number"),
+            },
+            Ty::Port => match expr {
+                Expression::Number(n) => match n.as_u64().filter(|p| (1..=65_535).contains(p)) {
+                    Some(v) => Some(Value::from(v)),
+                    None => wrong(self, "a port, 1 to 65535"),
+                },
+                _ => wrong(self, "a port number"),
             },
             Ty::Bool => match expr {
                 Expression::Bool(b) => Some(Value::Bool(*b.value())),

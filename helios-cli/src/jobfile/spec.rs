@@ -230,7 +230,17 @@ impl TaskSpec {
         let c = &self.config;
         let driver = match self.driver.as_str() {
             "exec" | "raw_exec" => {
-                for (field, set) in [("image", c.image.is_some()), ("ports", !c.ports.is_empty())] {
+                let docker_only = [
+                    ("image", c.image.is_some()),
+                    ("ports", !c.ports.is_empty()),
+                    ("entrypoint", !c.entrypoint.is_empty()),
+                    ("work_dir", c.work_dir.is_some()),
+                    ("labels", !c.labels.is_empty()),
+                    ("network_mode", c.network_mode.is_some()),
+                    ("volumes", !c.volumes.is_empty()),
+                    ("cpu_hard_limit", c.cpu_hard_limit),
+                ];
+                for (field, set) in docker_only {
                     if set {
                         p.add(&format!("{path}.config.{field}"), "is for the docker driver");
                     }

@@ -168,6 +168,17 @@ fn hcl_problems_are_all_reported_by_line_and_name() {
             "line 12: `resources` is a block without labels: resources { ... }",
         ]
     );
+    let dup = "job \"x\" {\n  group \"g\" {\n    network {\n      port \"http\" { static = 70000 }\n      port \"http\" { to = 80 }\n    }\n    task \"t\" {\n      driver = \"exec\"\n      env { A = \"1\" }\n      env = { B = \"2\" }\n    }\n  }\n}\n";
+    let problems: Vec<String> =
+        parse(dup, Format::Hcl).err().expect("refused").to_string().split("; ").map(str::to_string).collect();
+    assert_eq!(
+        problems,
+        [
+            "line 4: `static` must be a port, 1 to 65535",
+            "line 5: port \"http\" is given twice in `network`",
+            "line 10: `env` is given twice in task \"t\"",
+        ]
+    );
     let err = parse("job \"x\" {\n  type = = 1\n}\n", Format::Hcl).err().expect("syntax").to_string();
     assert!(err.starts_with("line 2: invalid expression"), "{err}");
     let err = parse("group \"g\" {}\n", Format::Hcl).err().expect("no job").to_string();

@@ -54,8 +54,12 @@ fn plan_summary(
     let touched: std::collections::BTreeSet<&str> =
         plan.stops.iter().map(|s| s.alloc_id.as_str()).chain(plan.in_place.iter().map(String::as_str)).collect();
     for alloc in existing {
-        let live = alloc.desired_status == helios_core::AllocDesiredStatus::Run && !alloc.is_terminal();
-        if live && !touched.contains(alloc.id.as_str()) {
+        let wanted = alloc.desired_status == helios_core::AllocDesiredStatus::Run;
+        // A batch allocation that completed has done its work: it stays, and is not missing.
+        let done =
+            wanted && alloc.client_status == AllocClientStatus::Complete && alloc.job_version == plan.job_version;
+        let live = wanted && !alloc.is_terminal();
+        if (live || done) && !touched.contains(alloc.id.as_str()) {
             entry(&mut groups, &alloc.task_group).unchanged += 1;
         }
     }
