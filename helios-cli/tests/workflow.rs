@@ -72,6 +72,27 @@ fn scale_alloc_stop_history_and_inspect() {
     let (_, first, _) = cluster.cli(&["job", "inspect", "svc", "--version", "0"]);
     assert!(first.contains("\"count\": 1"), "{first}");
 
+    // Nodes: eligibility, then a drain that moves the work away (nowhere to go here) and back.
+    let (_, out, _) = cluster.cli(&["node", "eligibility", "n1", "--disable"]);
+    assert_eq!(out, "Node \"n1\" is ineligible for new work\n");
+    assert!(cluster.cli(&["node", "status", "n1"]).1.contains("Eligibility = ineligible"));
+    let (_, out, _) = cluster.cli(&["node", "eligibility", "n1", "--enable"]);
+    assert_eq!(out, "Node \"n1\" is eligible for new work\n");
+    let (_, out, _) = cluster.cli(&["node", "drain", "n1"]);
+    assert_eq!(out, "Node \"n1\" is draining: its allocations move to other nodes\n");
+    eventually("svc evicted", || cluster.cli(&["job", "status", "svc"]).1.contains("Placement   = waiting"));
+    cluster.cli(&["node", "drain", "n1", "--disable"]);
+    eventually("svc back on n1", || {
+        cluster.cli(&["alloc", "list", "--job", "svc"]).1.matches(" running ").count() == 2
+    });
+
+    // A task's output, by allocation.
+    let (code, _, err) = cluster.cli(&["job", "run", "--name", "hi", "echo", "--", "hello there"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, list, _) = cluster.cli(&["alloc", "list", "--job", "hi"]);
+    let id = list.lines().nth(1).and_then(|l| l.split_whitespace().next()).expect("an allocation").to_string();
+    assert_eq!(cluster.cli(&["alloc", "logs", &id]).1, "hello there\n");
+
     assert_eq!(cluster.cli(&["job", "stop", "svc"]).0, Some(0));
 }
 

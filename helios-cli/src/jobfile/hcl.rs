@@ -88,12 +88,12 @@ const JOB: &[Field] = &[
     Field { name: "group", kind: Kind::Named(GROUP) },
 ];
 
-/// The JSON shape of the job the HCL text declares, or every problem found, each as
-/// `line N: ...`.
-pub fn to_json(text: &str) -> Result<Value, Vec<String>> {
+/// The JSON shape of the job the HCL text declares with notes about what it keeps as written,
+/// or every problem found, each as `line N: ...`.
+pub fn to_json(text: &str) -> Result<(Value, Vec<String>), Vec<String>> {
     let body = hcl_edit::parser::parse_body(text)
         .map_err(|e| vec![format!("line {}: {}", e.location().line(), e.message())])?;
-    let mut walker = Walker { text, problems: Vec::new() };
+    let mut walker = Walker { text, problems: Vec::new(), notes: Vec::new() };
     let jobs: Vec<&Block> = body.blocks().filter(|b| b.ident.as_str() == "job").collect();
     for other in body.iter() {
         match other {
@@ -123,7 +123,7 @@ pub fn to_json(text: &str) -> Result<Value, Vec<String>> {
         _ => walker.problem(job.span(), "`job` takes one label, its name: job \"NAME\" { ... }"),
     }
     if walker.problems.is_empty() {
-        Ok(Value::Object(object))
+        Ok((Value::Object(object), walker.notes))
     } else {
         Err(walker.problems)
     }
@@ -132,6 +132,7 @@ pub fn to_json(text: &str) -> Result<Value, Vec<String>> {
 struct Walker<'t> {
     text: &'t str,
     problems: Vec<String>,
+    notes: Vec<String>,
 }
 
 impl Walker<'_> {
@@ -278,7 +279,7 @@ impl Walker<'_> {
                             ObjectKey::Ident(ident) => ident.as_str().to_string(),
                             ObjectKey::Expression(e) => self.scalar_text(e, here)?,
                         };
-                        let value = self.scalar_text(value.expr(), &format!("{here}.{key}"))?;
+                        let value = self.scalar_text(value.expr(), &format!("`{}.{key}`", here.trim_matches('`')))?;
                         map.insert(key, Value::String(value));
                     }
                     Some(Value::Object(map))
@@ -298,7 +299,17 @@ impl Walker<'_> {
             Expression::Bool(b) => Some(b.value().to_string()),
             Expression::StringTemplate(_) => {
                 let raw = expr.span().map(|r| &self.text[r]).unwrap_or_default();
-                Some(raw.trim().trim_matches('"').to_string())
+                let raw = raw.trim().trim_matches('"').to_string();
+                // A constraint's `${attr.x}` names an attribute; anywhere else Nomad would have
+                // interpolated it at run time, and Helios does not: say so.
+                if here != "`attribute`" {
+                    let line = self.line(expr.span());
+                    self.notes.push(format!(
+                        "line {line}: {here} keeps {raw:?} as written: Helios does not interpolate \
+                         (a docker task gets its ports as HELIOS_PORT_<name>)"
+                    ));
+                }
+                Some(raw)
             }
             Expression::HeredocTemplate(h) => Some(h.template.to_string()),
             _ => {

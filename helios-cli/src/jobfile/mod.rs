@@ -48,16 +48,21 @@ pub fn load(path: &Path) -> Result<JobFile> {
 
 /// Parses a job file's text and validates the job it declares.
 pub fn parse(text: &str, format: Format) -> Result<JobFile> {
+    let mut hcl_notes = Vec::new();
     let spec: JobSpec = match format {
         Format::Toml => toml::from_str(text).map_err(|e| anyhow!("{}", toml_error(text, &e)))?,
         Format::Json => serde_json::from_str(text)
             .map_err(|e| anyhow!("line {}, column {}: {}", e.line(), e.column(), json_message(&e)))?,
         // The walk checked every name and type with its line; what remains cannot fail but is
         // still reported rather than assumed.
-        Format::Hcl => serde_json::from_value(hcl::to_json(text).map_err(|p| anyhow!("{}", p.join("; ")))?)
-            .map_err(|e| anyhow!("{e}"))?,
+        Format::Hcl => {
+            let (json, notes) = hcl::to_json(text).map_err(|p| anyhow!("{}", p.join("; ")))?;
+            hcl_notes = notes;
+            serde_json::from_value(json).map_err(|e| anyhow!("{e}"))?
+        }
     };
-    let (job, notes) = spec.to_job().map_err(|p| anyhow!("{}", p.0.join("; ")))?;
+    let (job, mut notes) = spec.to_job().map_err(|p| anyhow!("{}", p.0.join("; ")))?;
+    notes.extend(hcl_notes);
     // The servers' paths (task_groups[0].tasks[0]) in the file's words (group[0].task[0]).
     job.validate()
         .map_err(|e| anyhow!("{}", e.to_string().replace("task_groups[", "group[").replace(".tasks[", ".task[")))?;

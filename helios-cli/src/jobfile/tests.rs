@@ -201,7 +201,11 @@ fn hcl_templates_are_kept_as_written_and_maps_may_be_blocks_or_attributes() {
   }
 }
 "#;
-    let job = parse(text, Format::Hcl).expect("parses").job;
+    let file = parse(text, Format::Hcl).expect("parses");
+    assert_eq!(file.notes.len(), 1, "{:?}", file.notes);
+    assert!(file.notes[0]
+        .starts_with("line 8: `env.URL` keeps \"http://${attr.unique.network.ip-address}:8080/\" as written"));
+    let job = file.job;
     assert_eq!(job.meta["tier"], "2");
     assert_eq!(job.task_groups[0].tasks[0].env["URL"], "http://${attr.unique.network.ip-address}:8080/");
 }
