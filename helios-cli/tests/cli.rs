@@ -133,6 +133,15 @@ async fn job_commands_as_the_readme_shows_them() {
     assert_eq!(json(&["node", "list", "--json"]).await, serde_json::json!([]));
     assert_eq!(json(&["hosts", "--json"]).await, serde_json::json!([]));
     assert_eq!(json(&["status", "--json"]).await, serde_json::json!([]));
+    let digest = stdout(&cli(&url, &["server", "digest"]).await);
+    assert!(
+        digest.starts_with("ID  ADDRESS") && digest.contains("every server that answered agrees at applied index ")
+    );
+    let digest = json(&["server", "digest", "--json"]).await;
+    assert_eq!(
+        (digest["agree"].as_bool(), digest["servers"][0]["digest"].as_str().map(str::len)),
+        (Some(true), Some(64))
+    );
     let members = json(&["server", "members", "--json"]).await;
     assert_eq!((members["leader_id"].as_u64(), members["members"][0]["role"].as_str()), (Some(1), Some("leader")));
 

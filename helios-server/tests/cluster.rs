@@ -112,6 +112,11 @@ async fn a_new_server_joins_from_a_snapshot_and_a_server_is_removed() {
     assert_eq!(cluster.job_names(4).await.len(), 60);
     let snapshot = cluster.own_status(4).await.snapshot_index.expect("server 4 has a snapshot");
     assert!(snapshot >= purged, "snapshot {snapshot} covers the purged log up to {purged}");
+    // Installed from a snapshot (its indexes rebuilt), server 4's state is the others', byte for
+    // byte: every server at the same applied index reports the same digest.
+    let agreed = digests_at_one_index(&cluster).await;
+    assert!(agreed.windows(2).all(|w| w[0].digest == w[1].digest), "{agreed:?}");
+    assert!(agreed[0].entries > 60, "{agreed:?}");
 
     // Adding it twice is refused and changes nothing.
     let again = cluster.cluster_client(leader).await.add_server(pb::AddServerRequest { id: 4, addr }).await;
@@ -129,8 +134,24 @@ async fn a_new_server_joins_from_a_snapshot_and_a_server_is_removed() {
     cluster.stop(removed).await;
     cluster.submit(4, "after-removal").await;
     assert_eq!(cluster.job_names(leader).await.len(), 61);
+    let after = digests_at_one_index(&cluster).await;
+    assert!(after.windows(2).all(|w| w[0].digest == w[1].digest), "{after:?}");
+    assert_ne!(after[0].digest, agreed[0].digest, "a write changes the digest");
 
     let unknown = cluster.cluster_client(leader).await.remove_server(pb::RemoveServerRequest { id: 99 }).await;
     assert_eq!(unknown.expect_err("unknown server").code(), tonic::Code::FailedPrecondition);
     cluster.shutdown().await;
+}
+
+/// Every running server's state digest, once they all report the same applied index.
+async fn digests_at_one_index(cluster: &TestCluster) -> Vec<pb::StateDigestResponse> {
+    wait_for("every server at one applied index", || async {
+        let mut digests = Vec::new();
+        for id in cluster.running_ids() {
+            let mut client = cluster.cluster_client(id).await;
+            digests.push(client.state_digest(pb::StateDigestRequest {}).await.ok()?.into_inner());
+        }
+        digests.windows(2).all(|w| w[0].applied_index == w[1].applied_index).then_some(digests)
+    })
+    .await
 }

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use super::errors::{cluster_status, invalid};
 use crate::cluster::Cluster;
 use crate::config::parse_host_port;
+use crate::store::read;
 
 pub struct Membership {
     pub cluster: Cluster,
@@ -14,6 +15,20 @@ pub struct Membership {
 
 #[tonic::async_trait]
 impl ClusterService for Membership {
+    async fn state_digest(
+        &self,
+        _request: Request<pb::StateDigestRequest>,
+    ) -> Result<Response<pb::StateDigestResponse>, Status> {
+        // This server's own state, not a linearizable read: the point is to compare servers.
+        let d = self.cluster.read_local(read::state_digest).await.map_err(cluster_status)?;
+        Ok(Response::new(pb::StateDigestResponse {
+            node_id: self.cluster.node_id,
+            applied_index: d.applied_index,
+            digest: d.digest,
+            entries: d.entries,
+        }))
+    }
+
     async fn list_members(
         &self,
         _request: Request<pb::ListMembersRequest>,
