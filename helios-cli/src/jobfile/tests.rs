@@ -237,3 +237,48 @@ fn durations_read_like_nomads() {
         assert_eq!(parse_duration_secs(bad), None, "{bad:?}");
     }
 }
+
+/// Hostile input: whatever the text, parsing gives a valid job or an error; it never panics.
+mod hostile {
+    use proptest::prelude::*;
+
+    use super::super::{parse, Format};
+
+    const EXAMPLES: [(&str, Format); 4] = [
+        (include_str!("../../../docs/examples/web.toml"), Format::Toml),
+        (include_str!("../../../docs/examples/report.json"), Format::Json),
+        (include_str!("../../../docs/examples/web.nomad.hcl"), Format::Hcl),
+        (include_str!("../../../docs/examples/cleanup.nomad.hcl"), Format::Hcl),
+    ];
+
+    fn checked(text: &str, format: Format) -> Result<(), TestCaseError> {
+        if let Ok(file) = parse(text, format) {
+            prop_assert!(file.job.validate().is_ok(), "an accepted job must be valid: {text:?}");
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_in_any_format_is_a_valid_job_or_an_error(text in "\\PC{0,300}") {
+            for format in [Format::Toml, Format::Json, Format::Hcl] {
+                checked(&text, format)?;
+            }
+        }
+
+        #[test]
+        fn an_example_with_bytes_spliced_in_is_a_valid_job_or_an_error(
+            example in 0..EXAMPLES.len(),
+            at in 0usize..4096,
+            cut in 0usize..16,
+            splice in "[\\PC\n\"{}=\\[\\]#$]{0,12}",
+        ) {
+            let (text, format) = EXAMPLES[example];
+            let chars: Vec<char> = text.chars().collect();
+            let at = at % chars.len();
+            let end = (at + cut).min(chars.len());
+            let mutated: String = chars[..at].iter().chain(splice.chars().collect::<Vec<_>>().iter()).chain(chars[end..].iter()).collect();
+            checked(&mutated, format)?;
+        }
+    }
+}
