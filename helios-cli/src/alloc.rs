@@ -10,6 +10,7 @@ use helios_core::Timestamp;
 use tonic::transport::Channel;
 
 use crate::connect::{status_error, Servers};
+use crate::json::Output;
 use crate::table::{now, Table};
 
 #[derive(Subcommand, Debug)]
@@ -20,16 +21,14 @@ pub enum AllocCommand {
         job: Option<String>,
         #[arg(long)]
         node: Option<String>,
-        /// Print one JSON document (see docs/cli.md).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// One allocation: where it runs and each task's events.
     Status {
         id: String,
-        /// Print one JSON document (see docs/cli.md).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// A task's output.
     Logs(LogArgs),
@@ -67,7 +66,7 @@ pub fn short(id: &str) -> String {
 pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
     let mut allocs = client(servers.connect().await?);
     match command {
-        AllocCommand::List { job, node, json } => {
+        AllocCommand::List { job, node, output: Output { json } } => {
             let request = pb::ListAllocationsRequest { job_name: job, node_id: node };
             let reply = allocs.list_allocations(request).await.map_err(status_error)?.into_inner();
             if json {
@@ -101,7 +100,7 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
                 short(&reply.eval_id)
             );
         }
-        AllocCommand::Status { id, json } => {
+        AllocCommand::Status { id, output: Output { json } } => {
             let a = allocs
                 .get_allocation(pb::GetAllocationRequest { id })
                 .await

@@ -15,6 +15,7 @@ use helios_api::pb;
 use helios_core::{Constraint, ConstraintOperator, DockerConfig, Job, JobType, PortMapping, TaskDriver};
 
 use crate::connect::{status_error, Servers};
+use crate::json::Output;
 use crate::table::Table;
 
 /// The job meta holding the hosts a Helios-style job is deployed to, comma-separated.
@@ -24,24 +25,21 @@ pub const HOSTS_META: &str = "helios.hosts";
 pub enum ClassicCommand {
     /// The client nodes (Helios's hosts): the same as `node list`.
     Hosts {
-        /// Print one JSON document (see docs/cli.md).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Every job: the same as `job list`.
     Jobs {
-        /// Print one JSON document (see docs/cli.md).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Where each job runs: one line per job and host.
     Status {
         /// Only this job.
         #[arg(long)]
         job: Option<String>,
-        /// Print one JSON document (see docs/cli.md).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Store a job (NAME:VERSION) that runs IMAGE, without running it anywhere yet.
     Create(CreateArgs),
@@ -61,9 +59,8 @@ pub enum ClassicCommand {
     /// A job's versions and its containers' events: the same as `job history`.
     History {
         id: String,
-        /// Print one JSON document (see docs/cli.md).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Forget a job that is deployed nowhere.
     Remove { id: String },
@@ -96,12 +93,16 @@ fn parse_id(id: &str) -> Result<(&str, &str)> {
 
 pub async fn run(servers: &Servers, command: ClassicCommand) -> Result<()> {
     match command {
-        ClassicCommand::Hosts { json } => crate::node::run(servers, crate::node::NodeCommand::List { json }).await,
-        ClassicCommand::Jobs { json } => crate::job::run_query(servers, crate::job::JobCommand::List { json }).await,
-        ClassicCommand::History { id, json } => {
-            crate::job::run_query(servers, crate::job::JobCommand::History { name: id, json }).await
+        ClassicCommand::Hosts { output: Output { json } } => {
+            crate::node::run(servers, crate::node::NodeCommand::List { output: Output { json } }).await
         }
-        ClassicCommand::Status { job, json } => status(servers, job, json).await,
+        ClassicCommand::Jobs { output: Output { json } } => {
+            crate::job::run_query(servers, crate::job::JobCommand::List { output: Output { json } }).await
+        }
+        ClassicCommand::History { id, output: Output { json } } => {
+            crate::job::run_query(servers, crate::job::JobCommand::History { name: id, output: Output { json } }).await
+        }
+        ClassicCommand::Status { job, output: Output { json } } => status(servers, job, json).await,
         ClassicCommand::Create(args) => create(servers, args).await,
         ClassicCommand::Deploy { id, hosts } => {
             let known = node_ids(servers).await?;

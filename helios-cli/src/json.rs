@@ -5,6 +5,14 @@ use anyhow::Result;
 use helios_api::pb;
 use serde_json::{json, Value};
 
+/// The `--json` flag of the read commands.
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct Output {
+    /// Print one JSON document (see docs/cli.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Prints `doc` as the command's one JSON document.
 pub fn print(doc: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(doc)?);

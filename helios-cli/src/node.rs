@@ -7,22 +7,21 @@ use helios_api::pb::node_service_client::NodeServiceClient;
 use helios_core::Timestamp;
 
 use crate::connect::{status_error, Servers};
+use crate::json::Output;
 use crate::table::{now, Table};
 
 #[derive(Subcommand, Debug)]
 pub enum NodeCommand {
     /// Every client node with its status and capacity.
     List {
-        /// Print one JSON document (see docs/cli.md).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// One node: attributes, metadata, drivers, resources.
     Status {
         id: String,
-        /// Print one JSON document (see docs/cli.md).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Move a node's allocations elsewhere and stop it taking new work (--disable: undo).
     Drain {
@@ -44,7 +43,7 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
     let mut nodes = NodeServiceClient::new(servers.connect().await?);
     let now = now();
     match command {
-        NodeCommand::List { json } => {
+        NodeCommand::List { output: Output { json } } => {
             let reply = nodes.list_nodes(pb::ListNodesRequest {}).await.map_err(status_error)?.into_inner();
             if json {
                 return crate::json::print(&reply.nodes.iter().map(crate::json::node).collect());
@@ -94,7 +93,7 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
             let what = if enable { "eligible for new work" } else { "ineligible for new work" };
             println!("Node {id:?} is {what}");
         }
-        NodeCommand::Status { id, json } => {
+        NodeCommand::Status { id, output: Output { json } } => {
             let n = nodes
                 .get_node(pb::GetNodeRequest { id })
                 .await

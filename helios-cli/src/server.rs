@@ -6,15 +6,15 @@ use helios_api::pb;
 use helios_api::pb::cluster_service_client::ClusterServiceClient;
 
 use crate::connect::{status_error, Servers};
+use crate::json::Output;
 use crate::table::Table;
 
 #[derive(Subcommand, Debug)]
 pub enum ServerCommand {
     /// Every server in the cluster with its role, term and last applied index.
     Members {
-        /// Print one JSON document (see docs/cli.md).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Add a running server (started without --bootstrap) to the cluster: ID=HOST:PORT.
     Join {
@@ -26,9 +26,8 @@ pub enum ServerCommand {
     /// Each server's digest of its replicated state and the applied index it reflects. Servers
     /// at the same index must agree (exit 1 if they do not).
     Digest {
-        /// Print one JSON document (see docs/cli.md).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
 }
 
@@ -41,7 +40,7 @@ fn parse_member(text: &str) -> Result<(u64, String), String> {
 pub async fn run(servers: &Servers, command: ServerCommand) -> Result<()> {
     let mut cluster = ClusterServiceClient::new(servers.connect().await?);
     match command {
-        ServerCommand::Members { json } => {
+        ServerCommand::Members { output: Output { json } } => {
             let reply = cluster.list_members(pb::ListMembersRequest {}).await.map_err(status_error)?.into_inner();
             if json {
                 return crate::json::print(&crate::json::members(&reply));
@@ -73,7 +72,7 @@ pub async fn run(servers: &Servers, command: ServerCommand) -> Result<()> {
                 .into_inner();
             println!("Server {id} ({addr}) joined the cluster as a voter (log index {})", reply.index);
         }
-        ServerCommand::Digest { json } => {
+        ServerCommand::Digest { output: Output { json } } => {
             let reply = cluster.list_members(pb::ListMembersRequest {}).await.map_err(status_error)?.into_inner();
             let digests = futures::future::join_all(reply.members.iter().map(|m| digest_of(&m.addr))).await;
             let rows: Vec<(&pb::Member, Option<pb::StateDigestResponse>)> = reply.members.iter().zip(digests).collect();

@@ -15,6 +15,7 @@ use helios_core::{
 use std::collections::BTreeMap;
 
 use crate::connect::{status_error, Servers, MAX_MESSAGE};
+use crate::json::Output;
 use crate::table::{now, Table};
 
 #[derive(Subcommand, Debug)]
@@ -28,23 +29,20 @@ pub enum JobCommand {
     /// Exit code 0: no change; 1: allocations would change; 255: an error.
     Plan {
         file: std::path::PathBuf,
-        /// Print one JSON document (see docs/cli.md).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// List every job.
     List {
-        /// Print one JSON document (see docs/cli.md).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Show a job, its allocations and evaluations, and why anything is not placed.
     Status {
         /// The job; without it, every job (as `job list`).
         name: Option<String>,
-        /// Print one JSON document (see docs/cli.md).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// The output of every allocation of a job, each line prefixed with its allocation.
     Logs {
@@ -58,9 +56,8 @@ pub enum JobCommand {
     /// A job's versions, and every task event of its allocations with its time.
     History {
         name: String,
-        /// Print one JSON document (see docs/cli.md).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// The stored spec of a job (its latest version, or --version N), as a JSON job file that
     /// `job run` takes back.
@@ -218,7 +215,7 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<std::process:
             done(submit(servers, job, args.detach, expected).await)
         }
         JobCommand::Scale { name, group, count, detach } => done(scale(servers, &name, &group, count, detach).await),
-        JobCommand::Plan { file, json } => match plan::plan(servers, &file, json).await {
+        JobCommand::Plan { file, output: Output { json } } => match plan::plan(servers, &file, json).await {
             Ok(code) => Ok(code),
             Err(e) => {
                 eprintln!("Error: {e:#}");
@@ -274,9 +271,9 @@ pub async fn run_query(servers: &Servers, command: JobCommand) -> Result<()> {
         JobCommand::Run(_) | JobCommand::Validate { .. } | JobCommand::Plan { .. } | JobCommand::Scale { .. } => {
             unreachable!("handled by `run`")
         }
-        JobCommand::History { name, json } => history::history(&mut jobs, &name, json).await?,
+        JobCommand::History { name, output: Output { json } } => history::history(&mut jobs, &name, json).await?,
         JobCommand::Inspect { name, version } => history::inspect(&mut jobs, &name, version).await?,
-        JobCommand::List { json } => {
+        JobCommand::List { output: Output { json } } => {
             let reply = jobs.list_jobs(pb::ListJobsRequest {}).await.map_err(status_error)?.into_inner();
             if json {
                 return crate::json::print(&reply.jobs.iter().map(crate::json::job_summary).collect());
@@ -300,10 +297,10 @@ pub async fn run_query(servers: &Servers, command: JobCommand) -> Result<()> {
             }
             table.print();
         }
-        JobCommand::Status { name: None, json } => {
-            return Box::pin(run_query(servers, JobCommand::List { json })).await
+        JobCommand::Status { name: None, output: Output { json } } => {
+            return Box::pin(run_query(servers, JobCommand::List { output: Output { json } })).await
         }
-        JobCommand::Status { name: Some(name), json } => {
+        JobCommand::Status { name: Some(name), output: Output { json } } => {
             let reply = jobs.get_job_status(pb::GetJobStatusRequest { name }).await.map_err(status_error)?.into_inner();
             if json {
                 return crate::json::print(&crate::json::job_status(&reply));

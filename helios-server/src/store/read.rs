@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 
 use super::codec::decode;
 use super::tables::{
-    index_id, index_range, job_version_key, AllocCounts, ALLOCATIONS, ALLOCS_BY_JOB, ALLOCS_BY_NODE, BLOCKED_JOBS,
-    EVALS_BY_JOB, EVALUATIONS, JOBS, JOB_ALLOC_COUNTS, JOB_VERSIONS, NODES, NODE_USAGE, PENDING_EVALUATIONS,
+    index_id, index_range, job_version_key, AllocCounts, ALLOCATIONS, ALLOCS_BY_JOB, ALLOCS_BY_NODE, EVALS_BY_JOB,
+    EVALUATIONS, JOBS, JOB_ALLOC_COUNTS, JOB_VERSIONS, NODES, NODE_USAGE, PENDING_EVALUATIONS,
 };
 
 fn table(
@@ -208,18 +208,6 @@ pub fn jobs_affected_by_node(txn: &ReadTransaction, node_id: &str) -> io::Result
     let mut out = Vec::new();
     for name in names {
         if let Some(job) = job(txn, &name)?.filter(|j| !j.stopped) {
-            out.push((job.name, job.priority));
-        }
-    }
-    Ok(out)
-}
-
-/// Jobs whose latest evaluation is blocked, with their priorities.
-pub fn blocked_jobs(txn: &ReadTransaction) -> io::Result<Vec<(String, u32)>> {
-    let mut out = Vec::new();
-    for row in table(txn, BLOCKED_JOBS)?.iter().map_err(io::Error::other)? {
-        let (name, _) = row.map_err(io::Error::other)?;
-        if let Some(job) = job(txn, name.value())? {
             out.push((job.name, job.priority));
         }
     }
