@@ -33,22 +33,33 @@ pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 pub use snapshot::SnapshotData;
 
-/// Raft timing. Elections settle well under a second on loopback. A snapshot is taken every
+/// Raft timing (openraft's defaults). A follower that stops hearing from the leader waits out
+/// the leader's lease (`election_timeout_max`) and then its own random election timeout
+/// (`election_timeout_min..max`) before it campaigns, so a lost leader is replaced 450-600 ms
+/// after its last heartbeat (measured in `docs/reliability.md`). Heartbeats every 50 ms: a
+/// leader must stall for nine of them before anyone campaigns. A snapshot is taken every
 /// `snapshot_every` entries and the log behind it is purged, keeping at most that many (and at
 /// most 1,000) entries for followers that lag a little; one further behind gets the snapshot.
 pub fn raft_config(snapshot_every: u64) -> Arc<openraft::Config> {
     let keep = snapshot_every.min(1_000);
     let config = openraft::Config {
         cluster_name: "helios".to_string(),
-        heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
         install_snapshot_timeout: 10_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
         max_in_snapshot_log_to_keep: keep,
         purge_batch_size: keep.clamp(1, 256),
         // Bounded so that a batch of the largest entries still fits one peer message.
         max_payload_entries: helios_core::limits::MAX_ENTRIES_PER_APPEND,
+        // A leader replicates entries before its own log write is flushed, so a majority of
+        // followers can commit entries that a SIGKILLed leader loses from its own log. Restored
+        // as leader in the same term (openraft's default), it would write different entries
+        // under the same (term, index) ids, and followers holding the old ones would keep them:
+        // replicas diverge (found by `helios-chaos crash`). A restarted leader must win a new
+        // election, which only a server holding every committed entry can.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     // validate() only fails for inconsistent timings, which the constants above are not.
