@@ -14,7 +14,7 @@ use std::io;
 use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
-use helios_core::{CommandResponse, Timestamp};
+use helios_core::CommandResponse;
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
@@ -64,7 +64,6 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
     let mut responses = Vec::with_capacity(entries.len());
     let mut last: Option<LogId> = None;
     let mut membership: Option<StoredMembership> = None;
-    let mut latest = Timestamp::default();
     let touched;
     {
         let mut tables = StateTables::open(&txn).map_err(io::Error::other)?;
@@ -74,7 +73,6 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
                 EntryPayload::Blank => CommandResponse::Empty,
                 EntryPayload::Normal(proposal) => {
                     tables.index = log_id.index();
-                    latest = latest.max(proposal.proposed_at);
                     tables.apply_once(proposal).map_err(io::Error::other)?
                 }
                 EntryPayload::Membership(m) => {
@@ -85,7 +83,6 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
             responses.push(response);
             last = Some(log_id);
         }
-        tables.forget_requests_before(latest).map_err(io::Error::other)?;
         tables.finish().map_err(io::Error::other)?;
         touched = std::mem::take(&mut tables.touched);
     }

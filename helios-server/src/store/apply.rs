@@ -81,8 +81,11 @@ impl<'txn> StateTables<'txn> {
     }
 
     /// Applies a proposal once: a request id seen before gets its first answer again and changes
-    /// nothing.
+    /// nothing. Ids older than the memory window (by this proposal's time) are forgotten first:
+    /// per entry, so every server remembers the same ids at every index, however its entries
+    /// were batched.
     pub fn apply_once(&mut self, proposal: Proposal) -> Result<CommandResponse, redb::Error> {
+        self.forget_requests_before(proposal.proposed_at)?;
         let key = request_key(proposal.proposed_at.as_millis(), &proposal.request_id);
         if let Some(first) = get::<CommandResponse>(&self.requests, &key)? {
             return Ok(first);
@@ -158,9 +161,9 @@ impl<'txn> StateTables<'txn> {
         }
     }
 
-    /// Forgets request ids proposed more than `REQUEST_MEMORY_MS` before `latest` (the newest
-    /// proposal applied: a deterministic clock, the same on every replica).
-    pub fn forget_requests_before(&mut self, latest: Timestamp) -> Result<(), redb::Error> {
+    /// Forgets request ids proposed more than `REQUEST_MEMORY_MS` before `latest` (the time of
+    /// the proposal being applied: a deterministic clock, the same on every replica).
+    fn forget_requests_before(&mut self, latest: Timestamp) -> Result<(), redb::Error> {
         let horizon = request_key(latest.as_millis().saturating_sub(REQUEST_MEMORY_MS), "");
         self.requests.retain_in(..horizon.as_str(), |_, _| false)?;
         Ok(())
@@ -753,7 +756,6 @@ mod tests {
         let txn = db.begin_write().unwrap();
         let responses = {
             let mut tables = StateTables::open(&txn).unwrap();
-            let latest = proposals.iter().map(|p| p.proposed_at).max().unwrap_or_default();
             let out = proposals
                 .into_iter()
                 .map(|p| {
@@ -761,7 +763,6 @@ mod tests {
                     tables.apply_once(p).unwrap()
                 })
                 .collect();
-            tables.forget_requests_before(latest).unwrap();
             tables.finish().unwrap();
             out
         };
@@ -819,6 +820,38 @@ mod tests {
         let keys: Vec<String> = requests.iter().unwrap().map(|r| r.unwrap().0.value().to_string()).collect();
         assert_eq!(keys.len(), 1);
         assert!(keys[0].ends_with("/new"), "{keys:?}");
+    }
+
+    #[test]
+    fn remembered_request_ids_do_not_depend_on_batching() {
+        // p4 comes from a server whose clock is far behind: applied after p3, it is remembered
+        // until a later proposal's window passes it, in whatever batch it arrives.
+        let proposals = || {
+            vec![
+                proposal("p1", 1_000, register("a", "x", "e1")),
+                proposal("p2", 1_005 + REQUEST_MEMORY_MS, register("b", "x", "e2")),
+                proposal("p3", 1_010 + REQUEST_MEMORY_MS, register("c", "x", "e3")),
+                proposal("p4", 1_002, register("d", "x", "e4")),
+            ]
+        };
+        let remembered = |batches: Vec<Vec<Proposal>>| {
+            let dir = tempfile::tempdir().unwrap();
+            let db = open(dir.path(), 1).unwrap();
+            let mut after_each = Vec::new();
+            for batch in batches {
+                apply_all(&db, batch);
+                let txn = db.begin_read().unwrap();
+                let requests = txn.open_table(REQUESTS).unwrap();
+                after_each.push(requests.iter().unwrap().map(|r| r.unwrap().0.value().to_string()).collect::<Vec<_>>());
+            }
+            after_each
+        };
+        let one_by_one = remembered(proposals().into_iter().map(|p| vec![p]).collect());
+        let mut pairs = proposals();
+        let second = pairs.split_off(2);
+        let in_pairs = remembered(vec![pairs, second]);
+        assert_eq!(in_pairs, vec![one_by_one[1].clone(), one_by_one[3].clone()]);
+        assert_eq!(one_by_one[3].len(), 3, "p1 forgotten once p2's time passed its window: {one_by_one:?}");
     }
 
     #[test]
