@@ -41,7 +41,8 @@ pub async fn run(servers: &Servers, command: ServerCommand) -> Result<()> {
     let mut cluster = ClusterServiceClient::new(servers.connect().await?);
     match command {
         ServerCommand::Members { output: Output { json } } => {
-            let reply = cluster.list_members(pb::ListMembersRequest {}).await.map_err(status_error)?.into_inner();
+            let reply =
+                cluster.list_members(pb::ListMembersRequest { local: false }).await.map_err(status_error)?.into_inner();
             if json {
                 return crate::json::print(&crate::json::members(&reply));
             }
@@ -73,7 +74,8 @@ pub async fn run(servers: &Servers, command: ServerCommand) -> Result<()> {
             println!("Server {id} ({addr}) joined the cluster as a voter (log index {})", reply.index);
         }
         ServerCommand::Digest { output: Output { json } } => {
-            let reply = cluster.list_members(pb::ListMembersRequest {}).await.map_err(status_error)?.into_inner();
+            let reply =
+                cluster.list_members(pb::ListMembersRequest { local: false }).await.map_err(status_error)?.into_inner();
             let digests = futures::future::join_all(reply.members.iter().map(|m| digest_of(&m.addr))).await;
             let rows: Vec<(&pb::Member, Option<pb::StateDigestResponse>)> = reply.members.iter().zip(digests).collect();
             let verdict = agreement(&rows);

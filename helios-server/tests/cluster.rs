@@ -46,6 +46,11 @@ async fn three_servers_elect_a_leader_and_accept_writes_on_a_follower() {
     assert_eq!(members.members.len(), 3);
     assert_eq!(members.members.iter().filter(|m| m.role == "leader").count(), 1);
     assert!(members.members.iter().all(|m| m.voter && m.term >= 1));
+    // Its own view only, without asking the others.
+    let local = cluster.cluster_client(follower).await.list_members(pb::ListMembersRequest { local: true }).await;
+    let local = local.expect("local members").into_inner();
+    assert_eq!(local.members.iter().map(|m| (m.id, m.role.as_str())).collect::<Vec<_>>(), [(follower, "follower")]);
+    assert_eq!(local.leader_id, members.members.iter().find(|m| m.role == "leader").map(|m| m.id));
     cluster.shutdown().await;
 }
 

@@ -31,9 +31,12 @@ impl ClusterService for Membership {
 
     async fn list_members(
         &self,
-        _request: Request<pb::ListMembersRequest>,
+        request: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        let (nodes, voters) = self.cluster.membership();
+        let (mut nodes, voters) = self.cluster.membership();
+        if request.get_ref().local {
+            nodes.retain(|id, _| *id == self.cluster.node_id);
+        }
         // Each member reports itself; asking all of them at once keeps a down member from
         // delaying the answer by more than its one-second timeout.
         let statuses = futures::future::join_all(nodes.iter().map(|(id, addr)| {
