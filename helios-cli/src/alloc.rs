@@ -55,7 +55,7 @@ pub struct LogArgs {
 }
 
 pub fn client(channel: Channel) -> AllocationServiceClient<Channel> {
-    AllocationServiceClient::new(channel)
+    AllocationServiceClient::new(channel).max_decoding_message_size(crate::connect::MAX_RESPONSE)
 }
 
 pub fn short(id: &str) -> String {

@@ -210,7 +210,8 @@ fn regex_escape(id: &str) -> String {
 }
 
 async fn node_ids(servers: &Servers) -> Result<BTreeSet<String>> {
-    let mut nodes = pb::node_service_client::NodeServiceClient::new(servers.connect().await?);
+    let mut nodes = pb::node_service_client::NodeServiceClient::new(servers.connect().await?)
+        .max_decoding_message_size(crate::connect::MAX_RESPONSE);
     let reply = nodes.list_nodes(pb::ListNodesRequest {}).await.map_err(status_error)?.into_inner();
     Ok(reply.nodes.into_iter().map(|n| n.id).collect())
 }

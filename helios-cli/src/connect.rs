@@ -94,3 +94,6 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 pub const MAX_MESSAGE: usize = MAX_MESSAGE_BYTES;
+/// Largest answer the CLI accepts. List calls answer with everything in one message (there is
+/// no paging yet), so a cluster's size, not a job's, bounds them.
+pub const MAX_RESPONSE: usize = 256 * 1024 * 1024;

@@ -40,7 +40,8 @@ pub enum NodeCommand {
 }
 
 pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
-    let mut nodes = NodeServiceClient::new(servers.connect().await?);
+    let mut nodes =
+        NodeServiceClient::new(servers.connect().await?).max_decoding_message_size(crate::connect::MAX_RESPONSE);
     let now = now();
     match command {
         NodeCommand::List { output: Output { json } } => {

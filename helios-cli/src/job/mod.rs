@@ -14,7 +14,7 @@ use helios_core::{
 };
 use std::collections::BTreeMap;
 
-use crate::connect::{status_error, Servers, MAX_MESSAGE};
+use crate::connect::{status_error, Servers, MAX_MESSAGE, MAX_RESPONSE};
 use crate::json::Output;
 use crate::table::{now, Table};
 
@@ -200,7 +200,7 @@ impl RunArgs {
 }
 
 pub fn client(channel: tonic::transport::Channel) -> JobServiceClient<tonic::transport::Channel> {
-    JobServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
+    JobServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE).max_encoding_message_size(MAX_MESSAGE)
 }
 
 pub async fn run(servers: &Servers, command: JobCommand) -> Result<std::process::ExitCode> {

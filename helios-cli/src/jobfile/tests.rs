@@ -281,4 +281,23 @@ mod hostile {
             checked(&mutated, format)?;
         }
     }
+
+    /// Nesting far deeper than any job needs, where each format allows nesting: an error from
+    /// the parser's depth limit (or the schema), not a stack overflow.
+    #[test]
+    fn deeply_nested_input_is_an_error_not_a_crash() {
+        let n = 100_000;
+        let (open, close) = ("[".repeat(n), "]".repeat(n));
+        let cases = [
+            (format!("name = {open}{close}\n"), Format::Toml),
+            (format!("[meta]\nx = {open}{close}\n"), Format::Toml),
+            (format!("{{\"name\": {open}{close}}}"), Format::Json),
+            (format!("{{\"meta\": {}1{}}}", "{\"a\": ".repeat(n), "}".repeat(n)), Format::Json),
+            (format!("job \"x\" {{\n  meta = {open}{close}\n}}\n"), Format::Hcl),
+            (format!("job \"x\" {{\n  a = {}1{}\n}}\n", "(".repeat(n), ")".repeat(n)), Format::Hcl),
+        ];
+        for (text, format) in cases {
+            assert!(parse(&text, format).is_err(), "{format:?} accepted {} bytes of nesting", text.len());
+        }
+    }
 }
