@@ -240,7 +240,9 @@ async fn keep_alive(servers: &Servers, mut node: pb::Node, secret: String, engin
                 tracing::info!("the docker engine changed; registering again");
                 break;
             }
-            match servers.heartbeat(&node_id, &secret).await {
+            // A quarter of the TTL per server: sent a third of the TTL after the last one, a
+            // heartbeat that finds two servers hung still reaches the third in time.
+            match servers.heartbeat(&node_id, &secret, (ttl / 4).max(Duration::from_millis(250))).await {
                 Ok(ttl) => interval = ttl / 3,
                 // The servers forgot the node (or never committed it): register again.
                 Err(servers::CallError::NotRegistered) => break,

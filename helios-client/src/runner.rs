@@ -85,6 +85,11 @@ impl Runners {
                 self.node_id.clone(),
                 listed.clone(),
             ));
+            // Before any runner starts: whatever runs under an allocation now is from before
+            // this agent started. Tasks first get their pid files back (see there), so that
+            // adoption and the stops below see every one of them.
+            repair_pid_files(&self.allocs_dir);
+            stop_orphaned_processes(&self.allocs_dir, &listed);
         }
         // No longer listed (the servers marked it lost, or forgot it): it must not keep running.
         for (id, stop) in &self.running {
@@ -516,6 +521,82 @@ async fn watch_adopted(
     state.state = "dead".into();
     state.finished_at_ms = Some(now_ms());
     state
+}
+
+/// Writes the pid file of every task process found running under `allocs_dir` (by the
+/// `HELIOS_TASK_DIR` in its environment) whose file does not name it: an agent killed between
+/// starting a task and writing its pid file would otherwise neither adopt nor stop that task,
+/// and might start a second copy or call it "stopped before it started" while it runs.
+fn repair_pid_files(allocs_dir: &Path) {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        // Only the task's own process (it leads its process group), not its children.
+        if process_group(pid) != Some(pid) {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+        let Some(dir) = environ
+            .split(|b| *b == 0)
+            .find_map(|var| var.strip_prefix(b"HELIOS_TASK_DIR="))
+            .map(|v| PathBuf::from(String::from_utf8_lossy(v).into_owned()))
+        else {
+            continue;
+        };
+        if dir.parent().and_then(Path::parent) != Some(allocs_dir) || live_pid(&dir) == Some(pid) {
+            continue;
+        }
+        if let Some(started) = start_time(pid) {
+            tracing::warn!(pid, dir = %dir.display(), "a task without its pid file (its agent died starting it): recorded");
+            let _ = std::fs::write(dir.join("pid"), format!("{pid} {started}"));
+        }
+    }
+}
+
+/// A process's process group (field 5 of /proc/<pid>/stat).
+fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Stops the processes, left from before this agent started, of allocations the servers no
+/// longer list for this node: they were marked lost while the agent was away (and replaced
+/// elsewhere), so they must not keep running. SIGTERM now, SIGKILL after the default kill
+/// timeout (the allocation's own is unknown: its job may be gone), each only while the task's
+/// pid file still names that same process.
+fn stop_orphaned_processes(allocs_dir: &Path, keep: &HashSet<String>) {
+    let Ok(allocs) = std::fs::read_dir(allocs_dir) else { return };
+    let mut orphans = Vec::new();
+    for alloc in allocs.flatten() {
+        if keep.contains(alloc.file_name().to_string_lossy().as_ref()) {
+            continue;
+        }
+        for task in std::fs::read_dir(alloc.path()).into_iter().flatten().flatten() {
+            let dir = task.path();
+            if let Some(pid) = live_pid(&dir) {
+                tracing::info!(pid, alloc = %alloc.file_name().to_string_lossy(), "stopping a task whose allocation is gone");
+                let _ = killpg(Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)), Signal::SIGTERM);
+                orphans.push((pid, dir));
+            }
+        }
+    }
+    if orphans.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let timeout = Duration::from_secs(u64::from(Task::DEFAULT_KILL_TIMEOUT_SECS));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let alive = |orphans: &[(u32, PathBuf)]| orphans.iter().any(|(pid, dir)| live_pid(dir) == Some(*pid));
+        while alive(&orphans) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for (pid, dir) in orphans {
+            if live_pid(&dir) == Some(pid) {
+                let _ = killpg(Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)), Signal::SIGKILL);
+            }
+            let _ = std::fs::write(dir.join(DONE_MARKER), b"");
+        }
+    });
 }
 
 /// True if any task of the allocation in `dir` has a live process or a container.

@@ -59,12 +59,29 @@ impl Servers {
         F: Fn(AgentServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_within(what, None, f).await
+    }
+
+    /// As `call`, giving each server at most `patience` to answer: a paused or cut-off server
+    /// must not hold up a call that another server can answer in time.
+    async fn call_within<T, F, Fut>(&self, what: &str, patience: Option<Duration>, f: F) -> Result<T, CallError>
+    where
+        F: Fn(AgentServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let start = self.current.load(Ordering::Relaxed);
         let mut failures = Vec::new();
         for step in 0..self.channels.len() {
             let i = (start + step) % self.channels.len();
             let (url, channel) = &self.channels[i];
-            match f(AgentServiceClient::new(channel.clone())).await {
+            let answer = match patience {
+                Some(limit) => match tokio::time::timeout(limit, f(AgentServiceClient::new(channel.clone()))).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer within {limit:?}"))),
+                },
+                None => f(AgentServiceClient::new(channel.clone())).await,
+            };
+            match answer {
                 Ok(reply) => {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(reply.into_inner());
@@ -91,9 +108,11 @@ impl Servers {
         Ok(Duration::from_millis(reply.heartbeat_ttl_ms.max(300)))
     }
 
-    pub async fn heartbeat(&self, node_id: &str, secret: &str) -> Result<Duration, CallError> {
+    /// One heartbeat, each server given at most `patience`: the node must be heard from within
+    /// its TTL even when the server it last talked to hangs.
+    pub async fn heartbeat(&self, node_id: &str, secret: &str, patience: Duration) -> Result<Duration, CallError> {
         let reply = self
-            .call("heartbeat", |mut c| {
+            .call_within("heartbeat", Some(patience), |mut c| {
                 let req = pb::HeartbeatRequest { node_id: node_id.to_string(), secret: secret.to_string() };
                 async move { c.heartbeat(req).await }
             })

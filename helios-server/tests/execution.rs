@@ -1,6 +1,7 @@
 //! Real agents run real processes: a batch job's output lands in its log file, a service runs
 //! until stopped (SIGTERM to its process group), a failing task is reported with its exit code,
-//! and an agent that restarts adopts its running task instead of starting a second copy.
+//! an agent that restarts adopts its running task instead of starting a second copy, and one
+//! that returns after its node was marked down stops the tasks of its lost allocations.
 
 mod common;
 
@@ -104,16 +105,9 @@ async fn a_failing_task_reports_its_exit_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_service_runs_until_stopped_and_survives_an_agent_restart() {
-    let cluster = TestCluster::start(1).await;
-    cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let _reaper = common::Reaper(dir.path().to_path_buf());
-    let agent = start_agent(&cluster, "n1", dir.path()).await;
-    let mut job = Job::exec("sleeper", "sleep", vec!["600".into()]);
-    job.job_type = JobType::Service;
-    submit(&cluster, &job).await;
-    let running = wait_alloc(&cluster, "sleeper", "running").await;
-    let pid = pid_of(&running, "sleeper");
+    let (cluster, agent, running, pid) = sleeper_running(dir.path()).await;
     assert!(alive(pid));
     let status = cluster.jobs(1).await.get_job(pb::GetJobRequest { name: "sleeper".into() }).await.expect("job");
     assert_eq!(status.into_inner().job.expect("job").status, pb::JobStatus::Running as i32);
@@ -135,6 +129,64 @@ async fn a_service_runs_until_stopped_and_survives_an_agent_restart() {
 
     // Stopping the job stops the process.
     cluster.jobs(1).await.stop_job(pb::StopJobRequest { name: "sleeper".into(), purge: false }).await.expect("stop");
+    wait_for("the process to be gone", || async { (!alive(pid)).then_some(()) }).await;
+    wait_alloc(&cluster, "sleeper", "complete").await;
+    agent.stop().await;
+    cluster.shutdown().await;
+}
+
+/// A one-server cluster whose agent `n1` (data in `dir`) runs a `sleep` service: the cluster,
+/// the agent, the running allocation and its task's pid.
+async fn sleeper_running(dir: &Path) -> (TestCluster, common::Agent, pb::Allocation, i32) {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let agent = start_agent(&cluster, "n1", dir).await;
+    let mut job = Job::exec("sleeper", "sleep", vec!["600".into()]);
+    job.job_type = JobType::Service;
+    submit(&cluster, &job).await;
+    let running = wait_alloc(&cluster, "sleeper", "running").await;
+    let pid = pid_of(&running, "sleeper");
+    (cluster, agent, running, pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_back_after_its_node_was_marked_down_stops_its_lost_tasks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let (cluster, agent, first, pid) = sleeper_running(dir.path()).await;
+
+    // The agent goes away long enough for its node to be marked down: the allocation is lost
+    // (its replacement waits for a node), but its process, outliving the agent, still runs.
+    agent.stop().await;
+    common::wait_status(&cluster, 1, "n1", "down").await;
+    wait_alloc(&cluster, "sleeper", "lost").await;
+    assert!(alive(pid), "a task outlives its agent");
+
+    // Back, the agent is no longer assigned the lost allocation: it stops that process, and runs
+    // the replacement instead; one copy of the service, not two.
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    wait_for("the lost allocation's process to be stopped", || async { (!alive(pid)).then_some(()) }).await;
+    let replacement = wait_alloc(&cluster, "sleeper", "running").await;
+    assert_ne!(replacement.id, first.id);
+    assert!(alive(pid_of(&replacement, "sleeper")));
+    agent.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_that_died_before_writing_a_pid_file_still_stops_that_task() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let (cluster, agent, running, pid) = sleeper_running(dir.path()).await;
+
+    // As if the agent had been killed between starting the task and recording its pid; the job
+    // is stopped while no agent runs.
+    agent.stop().await;
+    std::fs::remove_file(dir.path().join("allocs").join(&running.id).join("sleeper").join("pid")).expect("pid file");
+    cluster.jobs(1).await.stop_job(pb::StopJobRequest { name: "sleeper".into(), purge: false }).await.expect("stop");
+
+    // The next agent finds the process anyway and stops it.
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
     wait_for("the process to be gone", || async { (!alive(pid)).then_some(()) }).await;
     wait_alloc(&cluster, "sleeper", "complete").await;
     agent.stop().await;
@@ -163,7 +215,7 @@ async fn draining_a_node_moves_its_work_and_stops_its_processes() {
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let _reaper = common::Reaper(dir.path().to_path_buf());
-    let a = start_agent(&cluster, "a", dir.path()).await;
+    let a = start_agent(&cluster, "a", &dir.path().join("a")).await;
     common::wait_status(&cluster, 1, "a", "ready").await;
     let mut job = Job::exec("web", "sleep", vec!["600".into()]);
     job.job_type = JobType::Service;
@@ -171,7 +223,7 @@ async fn draining_a_node_moves_its_work_and_stops_its_processes() {
     let first = wait_alloc(&cluster, "web", "running").await;
     assert_eq!(first.node_id, "a");
     let pid = pid_of(&first, "web");
-    let b = start_agent(&cluster, "b", dir.path()).await;
+    let b = start_agent(&cluster, "b", &dir.path().join("b")).await;
     common::wait_status(&cluster, 1, "b", "ready").await;
 
     let mut nodes = pb::node_service_client::NodeServiceClient::new(cluster.channel(1).await);
@@ -251,7 +303,10 @@ async fn a_leader_failover_leaves_running_tasks_untouched() {
     let via = cluster.running_ids().into_iter().find(|id| *id != leader).expect("a follower");
     let dir = tempfile::tempdir().expect("temp dir");
     let _reaper = common::Reaper(dir.path().to_path_buf());
-    let agents = [start_agent(&cluster, "a", dir.path()).await, start_agent(&cluster, "b", dir.path()).await];
+    let agents = [
+        start_agent(&cluster, "a", &dir.path().join("a")).await,
+        start_agent(&cluster, "b", &dir.path().join("b")).await,
+    ];
     common::wait_status(&cluster, via, "a", "ready").await;
     common::wait_status(&cluster, via, "b", "ready").await;
     let mut job = Job::exec("steady", "sleep", vec!["600".into()]);

@@ -3,7 +3,11 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use common::{node, start_agent, wait_status, TestCluster, HEARTBEAT_TTL};
 use helios_api::pb;
@@ -110,6 +114,110 @@ async fn an_agent_cannot_take_another_nodes_identity() {
     let after = node(&cluster, 1, "n1").await.expect("node");
     assert_eq!(after.status, "ready");
     assert_eq!(after.rpc_addr, real.rpc_addr);
+    agent.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_cannot_report_on_another_nodes_allocation() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    let real = wait_status(&cluster, 1, "n1", "ready").await;
+    let mut job = helios_core::Job::exec("sleeper", "sleep", vec!["600".into()]);
+    job.job_type = helios_core::JobType::Service;
+    cluster.submit_job(1, &job).await;
+    let running = common::wait_for("the allocation running on n1", || async {
+        cluster.job_status(1, "sleeper").await.allocations.into_iter().find(|a| a.client_status == "running")
+    })
+    .await;
+
+    // A second, properly registered node claims n1's allocation has failed.
+    let mut api = AgentServiceClient::new(cluster.channel(1).await);
+    let other = pb::Node { id: "n2".into(), ..real };
+    api.register(pb::RegisterRequest { node: Some(other), secret: "n2-secret".into() }).await.expect("register n2");
+    let forged = pb::AllocationUpdate {
+        alloc_id: running.id.clone(),
+        client_status: "failed".into(),
+        client_description: "forged".into(),
+        ..Default::default()
+    };
+    let request =
+        pb::UpdateAllocationsRequest { node_id: "n2".into(), secret: "n2-secret".into(), updates: vec![forged] };
+    let refused = api.update_allocations(request).await.expect_err("a report on another node's allocation");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("is not on node n2"), "{}", refused.message());
+
+    let after = cluster.job_status(1, "sleeper").await.allocations;
+    assert_eq!(after.len(), 1);
+    assert_eq!((after[0].id.as_str(), after[0].client_status.as_str()), (running.id.as_str(), "running"));
+    agent.stop().await;
+    cluster.shutdown().await;
+}
+
+/// A TCP proxy to `target` that can freeze: from then on it passes no more bytes either way, but
+/// keeps every connection open, as a paused server would (until thawed, which closes them).
+async fn freezable_proxy(target: String) -> (String, Arc<AtomicBool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let flag = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else { continue };
+            let (in_read, in_write) = inbound.into_split();
+            let (out_read, out_write) = outbound.into_split();
+            tokio::spawn(pump(in_read, out_write, flag.clone()));
+            tokio::spawn(pump(out_read, in_write, flag.clone()));
+        }
+    });
+    (addr, frozen)
+}
+
+async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, frozen: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if frozen.load(Ordering::SeqCst) {
+            // Hold the connection open and pass nothing, like a stopped process, until thawed;
+            // then drop it, so that the server's graceful shutdown need not wait for it.
+            while frozen.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            return;
+        }
+        if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_server_does_not_get_a_healthy_node_marked_down() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let real = cluster.addrs.values().next().expect("a server").to_string();
+    let (proxy, frozen) = freezable_proxy(real.clone()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The proxy first, so the agent registers and heartbeats through it.
+    let agent = common::start_agent_configured(&cluster, "n1", dir.path(), |config| {
+        config.servers = vec![format!("http://{proxy}"), format!("http://{real}")];
+    })
+    .await;
+    let ready = wait_status(&cluster, 1, "n1", "ready").await;
+
+    // The server behind the proxy hangs: heartbeats must reach the other address in time. Over
+    // several TTLs the node must never be marked down.
+    frozen.store(true, Ordering::SeqCst);
+    let window = tokio::time::Instant::now() + HEARTBEAT_TTL * 4;
+    while tokio::time::Instant::now() < window {
+        let now = node(&cluster, 1, "n1").await.expect("node");
+        assert_eq!(now.status, "ready", "marked down while one of its servers hung");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(node(&cluster, 1, "n1").await.expect("node").status_updated_at_ms, ready.status_updated_at_ms);
+    frozen.store(false, Ordering::SeqCst);
     agent.stop().await;
     cluster.shutdown().await;
 }

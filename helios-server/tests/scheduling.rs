@@ -43,8 +43,8 @@ async fn allocations_are_placed_replaced_when_a_node_dies_and_retried_when_one_j
     let via = cluster.running_ids().into_iter().find(|id| *id != leader).expect("follower");
     let dir = tempfile::tempdir().expect("temp dir");
     let _reaper = common::Reaper(dir.path().to_path_buf());
-    let a = start_agent(&cluster, "a", dir.path()).await;
-    let b = start_agent(&cluster, "b", dir.path()).await;
+    let a = start_agent(&cluster, "a", &dir.path().join("a")).await;
+    let b = start_agent(&cluster, "b", &dir.path().join("b")).await;
     common::wait_status(&cluster, via, "a", "ready").await;
     common::wait_status(&cluster, via, "b", "ready").await;
 
@@ -77,7 +77,7 @@ async fn allocations_are_placed_replaced_when_a_node_dies_and_retried_when_one_j
     assert_eq!(running, ["b"], "only b's allocation runs");
 
     // A new node joins: the blocked evaluation is retried and the slot is filled there.
-    let c = start_agent(&cluster, "c", dir.path()).await;
+    let c = start_agent(&cluster, "c", &dir.path().join("c")).await;
     let healed = wait_for("the replacement on the new node", || async {
         let s = status(&cluster, via, "web").await;
         let on: Vec<String> = live(&s).into_iter().map(|(_, n)| n).collect();
@@ -97,7 +97,7 @@ async fn placement_failures_are_explained_and_nodes_never_over_committed() {
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let _reaper = common::Reaper(dir.path().to_path_buf());
-    let a = start_agent_with(&cluster, "a", dir.path(), 1000, 1024).await;
+    let a = start_agent_with(&cluster, "a", &dir.path().join("a"), 1000, 1024).await;
     common::wait_status(&cluster, 1, "a", "ready").await;
 
     submit(&cluster, 1, &service("big", 3, 400)).await;
@@ -110,7 +110,7 @@ async fn placement_failures_are_explained_and_nodes_never_over_committed() {
     assert!(s.placement.contains("not enough free cpu"), "{}", s.placement);
 
     // More room: a second node takes the third.
-    let b = start_agent_with(&cluster, "b", dir.path(), 1000, 1024).await;
+    let b = start_agent_with(&cluster, "b", &dir.path().join("b"), 1000, 1024).await;
     wait_for("the third allocation", || async { (live(&status(&cluster, 1, "big").await).len() == 3).then_some(()) })
         .await;
 
@@ -133,14 +133,14 @@ async fn system_jobs_run_on_every_node_including_new_ones() {
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let _reaper = common::Reaper(dir.path().to_path_buf());
-    let a = start_agent(&cluster, "a", dir.path()).await;
+    let a = start_agent(&cluster, "a", &dir.path().join("a")).await;
     common::wait_status(&cluster, 1, "a", "ready").await;
     let mut agent = service("agent", 1, 50);
     agent.job_type = JobType::System;
     submit(&cluster, 1, &agent).await;
     wait_for("one allocation on a", || async { (live(&status(&cluster, 1, "agent").await).len() == 1).then_some(()) })
         .await;
-    let b = start_agent(&cluster, "b", dir.path()).await;
+    let b = start_agent(&cluster, "b", &dir.path().join("b")).await;
     let s = wait_for("an allocation on the new node", || async {
         let s = status(&cluster, 1, "agent").await;
         (live(&s).len() == 2).then_some(s)

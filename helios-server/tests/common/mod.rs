@@ -166,7 +166,12 @@ impl TestCluster {
     }
 
     pub async fn members(&self, via: u64) -> pb::ListMembersResponse {
-        self.cluster_client(via).await.list_members(pb::ListMembersRequest {}).await.expect("list members").into_inner()
+        self.cluster_client(via)
+            .await
+            .list_members(pb::ListMembersRequest { local: false })
+            .await
+            .expect("list members")
+            .into_inner()
     }
 
     /// Waits until the running servers agree on one running leader, and returns it.
@@ -295,21 +300,30 @@ pub async fn wait_status(cluster: &TestCluster, via: u64, id: &str, status: &str
     .await
 }
 
-/// Kills (SIGKILL, whole process group) every task process an agent started under `dir` when
-/// dropped. Tasks outlive their agent by design, so a test must clean up after its tasks; create
+/// Kills (SIGKILL, whole process group) every task process an agent started under `dir` (the
+/// agent's data dir, or a dir holding one data dir per agent) when dropped. Tasks outlive their agent by design, so a test must clean up after its tasks; create
 /// it right after the agent's data dir, so it runs before the dir is removed.
 pub struct Reaper(pub std::path::PathBuf);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        let Ok(allocs) = std::fs::read_dir(self.0.join("allocs")) else { return };
-        for alloc in allocs.flatten() {
-            let Ok(tasks) = std::fs::read_dir(alloc.path()) else { continue };
-            for task in tasks.flatten() {
-                let Ok(pid_file) = std::fs::read_to_string(task.path().join("pid")) else { continue };
-                if let Some(pid) = pid_file.split_whitespace().next() {
-                    let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
-                }
+        // The agent's data dir itself, or one data dir per agent below it.
+        let below = std::fs::read_dir(&self.0).into_iter().flatten().flatten().map(|d| d.path().join("allocs"));
+        for allocs in std::iter::once(self.0.join("allocs")).chain(below) {
+            reap(&allocs);
+        }
+    }
+}
+
+/// Kills the process group of every task with a pid file under `allocs`.
+fn reap(allocs: &std::path::Path) {
+    let Ok(allocs) = std::fs::read_dir(allocs) else { return };
+    for alloc in allocs.flatten() {
+        let Ok(tasks) = std::fs::read_dir(alloc.path()) else { continue };
+        for task in tasks.flatten() {
+            let Ok(pid_file) = std::fs::read_to_string(task.path().join("pid")) else { continue };
+            if let Some(pid) = pid_file.split_whitespace().next() {
+                let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
             }
         }
     }
