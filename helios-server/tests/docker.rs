@@ -375,7 +375,7 @@ async fn a_new_version_takes_over_a_fixed_host_port_once_the_old_container_is_go
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let agent = start_agent(&cluster, "docker-replace", dir.path()).await;
-    let host_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let host_port = helios_chaos::ports::free_port();
     let version = |v: &str| {
         // sh as pid 1 ignores SIGTERM: the old container holds the port through its kill timeout.
         let mut job = docker_job("fixed", &sandbox.image, JobType::Service, "sleep 600");

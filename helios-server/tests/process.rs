@@ -15,6 +15,7 @@ use helios_api::convert::job_to_pb;
 use helios_api::pb;
 use helios_api::pb::cluster_service_client::ClusterServiceClient;
 use helios_api::pb::job_service_client::JobServiceClient;
+use helios_chaos::ports::free_port;
 use helios_core::Job;
 use tonic::transport::Channel;
 
@@ -30,10 +31,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("addr").port()
 }
 
 /// `helios-server --node-id N --rpc-addr A --peer 1=.. --peer 2=.. --peer 3=.. [--bootstrap]`,
@@ -65,7 +62,7 @@ async fn leader(ports: &[u16; 3]) -> u64 {
     wait_for("a leader", || async {
         for port in ports {
             let mut client = ClusterServiceClient::new(channel(*port));
-            if let Ok(reply) = client.list_members(pb::ListMembersRequest {}).await {
+            if let Ok(reply) = client.list_members(pb::ListMembersRequest { local: false }).await {
                 let reply = reply.into_inner();
                 let leader = reply.leader_id?;
                 if reply.members.iter().any(|m| m.id == leader && m.role == "leader") {
@@ -296,7 +293,7 @@ async fn dev_mode_is_a_working_single_server_cluster() {
     .await;
     assert!(reply.into_inner().changed);
     let members = ClusterServiceClient::new(channel(port))
-        .list_members(pb::ListMembersRequest {})
+        .list_members(pb::ListMembersRequest { local: false })
         .await
         .expect("members")
         .into_inner();

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
+pub use helios_chaos::ports::free_port;
+
 pub const CLI: &str = env!("CARGO_BIN_EXE_helios-cli");
 
 /// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
@@ -33,10 +35,6 @@ pub fn sibling(name: &str) -> PathBuf {
     let path = Path::new(CLI).with_file_name(name);
     assert!(path.exists(), "{} is missing: run the README's test command (cargo test --workspace)", path.display());
     path
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 pub fn spawn(program: &Path, args: &[String], dir: &Path, log: &str) -> Proc {
@@ -106,6 +104,17 @@ impl DevCluster {
         drop(self.agent.take());
     }
 
+    /// The server's and the agent's logs, to stderr: a failed test shows why.
+    fn print_logs(&self) {
+        let logs = [self.dir.path().join("server.log")]
+            .into_iter()
+            .chain(std::fs::read_dir(&self.agent_dir).into_iter().flatten().flatten().map(|e| e.path()));
+        for log in logs.filter(|p| p.extension().is_some_and(|e| e == "log")) {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            eprintln!("----- {} -----\n{text}", log.display());
+        }
+    }
+
     /// helios-cli against this cluster: (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
         let out = cli(&[&["--server-addr", self.url.as_str()], args].concat());
@@ -117,6 +126,9 @@ impl DevCluster {
 impl Drop for DevCluster {
     /// Task processes outlive their agent by design: kill every one this cluster started.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
         let Ok(allocs) = std::fs::read_dir(self.agent_dir.join("allocs")) else { return };
         for task in allocs.flatten().flat_map(|a| std::fs::read_dir(a.path()).into_iter().flatten().flatten()) {
             if let Ok(pid) = std::fs::read_to_string(task.path().join("pid")) {
