@@ -123,6 +123,7 @@ async fn run_in(args: &CrashArgs, seed: u64, work: &std::path::Path) -> Result<R
         process_overlap_samples: 0,
         process_overlap_peak: (0, 0),
         other_failures: crashed,
+        slow_elections: Vec::new(),
         timings: [("server start to serving".to_string(), starts.summary())].into_iter().collect(),
     };
     Ok(report)

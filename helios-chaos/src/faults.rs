@@ -61,6 +61,8 @@ struct Measured {
     faults: BTreeMap<Fault, u64>,
     /// Leader lost (killed, paused, cut off) -> the others agree on a new one.
     elections: Latencies,
+    /// Those over a second: what, when (wall clock, to find in the servers' logs), how long.
+    slow_elections: Vec<String>,
     /// Agent killed -> every allocation it ran wanted and running on another node.
     replacements: Latencies,
     /// Server process started -> its health check answers SERVING.
@@ -69,6 +71,20 @@ struct Measured {
     /// Members that exited on their own, faults that could not be carried out, a cluster that
     /// did not settle.
     failures: Vec<String>,
+}
+
+impl Measured {
+    /// Records an election that took `took` after `fault` hit the leader `old` at `at`.
+    fn election(&mut self, fault: Fault, old: u64, at: Instant, took: Duration) {
+        self.elections.record(took);
+        if took > Duration::from_secs(1) {
+            let wall = std::time::SystemTime::now() - at.elapsed();
+            let unix = wall.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            let slow = format!("{fault:?} of server {old} at unix time {unix:.3}: {took:.2?}");
+            println!("slow election: {slow}");
+            self.slow_elections.push(slow);
+        }
+    }
 }
 
 pub async fn run(args: FaultArgs) -> Result<Report> {
@@ -197,7 +213,7 @@ async fn run_in(args: &FaultArgs, seed: u64, work: &std::path::Path) -> Result<R
             measured.failures.push(format!("no {what}: that check never ran"));
         }
     }
-    Ok(Report::faults(
+    let mut report = Report::faults(
         seed,
         fault_time,
         &measured.faults,
@@ -209,7 +225,9 @@ async fn run_in(args: &FaultArgs, seed: u64, work: &std::path::Path) -> Result<R
             ("killed agent's work running elsewhere", measured.replacements),
             ("server start to serving", measured.server_starts),
         ],
-    ))
+    );
+    report.slow_elections = measured.slow_elections;
+    Ok(report)
 }
 
 async fn inject(
@@ -235,7 +253,7 @@ async fn inject(
             member.kill()?;
             let at = Instant::now();
             if fault == Fault::KillLeader {
-                m.elections.record(new_leader(cluster, leader, at).await?);
+                m.election(fault, leader, at, new_leader(cluster, leader, at).await?);
             }
             sleep_until(at + hold).await;
             let member = cluster.servers.get_mut(&victim).expect("known server");
@@ -245,7 +263,7 @@ async fn inject(
         Fault::PauseLeader => {
             cluster.servers.get_mut(&leader).expect("known server").pause()?;
             let at = Instant::now();
-            m.elections.record(new_leader(cluster, leader, at).await?);
+            m.election(fault, leader, at, new_leader(cluster, leader, at).await?);
             sleep_until(at + hold).await;
             cluster.servers.get_mut(&leader).expect("known server").resume()?;
         }
@@ -256,7 +274,7 @@ async fn inject(
             let from = Instant::now();
             let _ = isolated.send(Some((victim, from)));
             if fault == Fault::IsolateLeader {
-                m.elections.record(new_leader(cluster, leader, from).await?);
+                m.election(fault, leader, from, new_leader(cluster, leader, from).await?);
             }
             sleep_until(from + hold.max(Duration::from_secs(2))).await;
             let _ = isolated.send(None);

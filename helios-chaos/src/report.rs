@@ -62,6 +62,8 @@ pub struct Report {
     /// Members that exited without being killed, and a cluster that did not settle.
     pub other_failures: Vec<String>,
     pub timings: BTreeMap<String, Summary>,
+    /// Elections over a second, with the fault and when (to line them up with server logs).
+    pub slow_elections: Vec<String>,
 }
 
 impl Report {
@@ -99,6 +101,7 @@ impl Report {
             process_overlap_peak: findings.process_overlap_peak,
             other_failures,
             timings: timings.into_iter().map(|(k, v)| (k.to_string(), v.summary())).collect(),
+            slow_elections: Vec::new(),
         }
     }
 
@@ -157,6 +160,9 @@ impl Report {
                 "  {what}: {} times, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
                 s.count, s.p50_ms, s.p99_ms, s.max_ms
             );
+        }
+        for slow in &self.slow_elections {
+            println!("  slow election: {slow}");
         }
         let problems = v
             .lost
