@@ -1,4 +1,5 @@
-//! What the reliability runs and the process tests of other crates share: picking ports for
-//! the processes they start.
+//! Helpers the reliability runs share with other crates' tests: ports for processes, and a TCP
+//! proxy that freezes.
 
 pub mod ports;
+pub mod proxy;

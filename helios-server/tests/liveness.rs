@@ -3,15 +3,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use common::{node, start_agent, wait_status, TestCluster, HEARTBEAT_TTL};
 use helios_api::pb;
 use helios_api::pb::agent_service_client::AgentServiceClient;
+use helios_chaos::proxy::FreezableProxy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_silent_node_goes_down_and_comes_back_when_its_agent_restarts() {
@@ -157,59 +154,23 @@ async fn an_agent_cannot_report_on_another_nodes_allocation() {
     cluster.shutdown().await;
 }
 
-/// A TCP proxy to `target` that can freeze: from then on it passes no more bytes either way, but
-/// keeps every connection open, as a paused server would (until thawed, which closes them).
-async fn freezable_proxy(target: String) -> (String, Arc<AtomicBool>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let frozen = Arc::new(AtomicBool::new(false));
-    let flag = frozen.clone();
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
-            let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else { continue };
-            let (in_read, in_write) = inbound.into_split();
-            let (out_read, out_write) = outbound.into_split();
-            tokio::spawn(pump(in_read, out_write, flag.clone()));
-            tokio::spawn(pump(out_read, in_write, flag.clone()));
-        }
-    });
-    (addr, frozen)
-}
-
-async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, frozen: Arc<AtomicBool>) {
-    let mut buf = vec![0u8; 16 * 1024];
-    while let Ok(n) = from.read(&mut buf).await {
-        if frozen.load(Ordering::SeqCst) {
-            // Hold the connection open and pass nothing, like a stopped process, until thawed;
-            // then drop it, so that the server's graceful shutdown need not wait for it.
-            while frozen.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            return;
-        }
-        if n == 0 || to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_server_does_not_get_a_healthy_node_marked_down() {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
     let real = cluster.addrs.values().next().expect("a server").to_string();
-    let (proxy, frozen) = freezable_proxy(real.clone()).await;
+    let proxy = FreezableProxy::start(real.clone()).await.expect("proxy");
     let dir = tempfile::tempdir().expect("temp dir");
     // The proxy first, so the agent registers and heartbeats through it.
     let agent = common::start_agent_configured(&cluster, "n1", dir.path(), |config| {
-        config.servers = vec![format!("http://{proxy}"), format!("http://{real}")];
+        config.servers = vec![format!("http://{}", proxy.addr), format!("http://{real}")];
     })
     .await;
     let ready = wait_status(&cluster, 1, "n1", "ready").await;
 
     // The server behind the proxy hangs: heartbeats must reach the other address in time. Over
     // several TTLs the node must never be marked down.
-    frozen.store(true, Ordering::SeqCst);
+    proxy.freeze();
     let window = tokio::time::Instant::now() + HEARTBEAT_TTL * 4;
     while tokio::time::Instant::now() < window {
         let now = node(&cluster, 1, "n1").await.expect("node");
@@ -217,7 +178,7 @@ async fn a_hung_server_does_not_get_a_healthy_node_marked_down() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(node(&cluster, 1, "n1").await.expect("node").status_updated_at_ms, ready.status_updated_at_ms);
-    frozen.store(false, Ordering::SeqCst);
+    proxy.thaw();
     agent.stop().await;
     cluster.shutdown().await;
 }
