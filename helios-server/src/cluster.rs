@@ -234,11 +234,10 @@ impl Cluster {
     }
 
     async fn forward(&self, addr: &str, request: &ForwardRequest, deadline: Instant) -> Option<ForwardResponse> {
-        let mut client = self.channels.client(addr).ok()?;
         let mut req = tonic::Request::new(RaftPayload { data: encode(request) });
         req.set_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)));
-        match client.forward(req).await {
-            Ok(reply) => decode(&reply.into_inner().data).ok(),
+        match self.channels.call(addr, |mut client| async move { client.forward(req).await }).await {
+            Ok(reply) => decode(&reply.data).ok(),
             Err(status) => {
                 tracing::debug!(%addr, %status, "forwarding to the leader failed; retrying");
                 None
@@ -465,11 +464,10 @@ impl Cluster {
 
     /// Asks a peer for its own status; `None` when it does not answer within a second.
     pub async fn peer_status(&self, addr: &str) -> Option<PeerStatus> {
-        let mut client = self.channels.client(addr).ok()?;
         let mut req = tonic::Request::new(RaftPayload { data: Vec::new() });
         req.set_timeout(Duration::from_secs(1));
-        let reply = client.status(req).await.ok()?;
-        decode(&reply.into_inner().data).ok()
+        let reply = self.channels.call(addr, |mut client| async move { client.status(req).await }).await.ok()?;
+        decode(&reply.data).ok()
     }
 }
 

@@ -60,6 +60,12 @@ pub fn raft_config(snapshot_every: u64) -> Arc<openraft::Config> {
         // replicas diverge (found by `helios-chaos crash`). A restarted leader must win a new
         // election, which only a server holding every committed entry can.
         enable_leader_restore: Some(false),
+        // A server cut off from the others campaigns in vain, raising its term each time. Once
+        // back, that term outranks the leader's: it refuses the leader's entries, and when the
+        // leader is lost it outbids every candidate with a longer log, round after round, so
+        // elections took seconds (found by `helios-chaos faults`). With pre-vote it first asks
+        // whether it could win, and raises its term only if a majority says yes.
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     // validate() only fails for inconsistent timings, which the constants above are not.

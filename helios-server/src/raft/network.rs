@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use helios_api::pb::raft_peer_client::RaftPeerClient;
 use helios_api::pb::{snapshot_chunk, RaftPayload, SnapshotChunk};
@@ -44,29 +44,95 @@ fn stamp_format(mut request: Request<()>) -> Result<Request<()>, Status> {
 /// Channels to peers by address, shared by the Raft network and request forwarding.
 #[derive(Clone, Default)]
 pub struct PeerChannels {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<String, PeerChannel>>>,
 }
 
+/// A peer's channel, and when a call through it last got an answer.
+struct PeerChannel {
+    channel: Channel,
+    answered: Instant,
+}
+
+/// A channel through which no call has been answered for this long is replaced when a call
+/// through it goes unanswered. A partition that drops packets silently leaves the peer's TCP
+/// connection retransmitting with exponential backoff: when the network heals, calls queued on
+/// it wait for the next retransmission, seconds later, while a new connection works at once.
+/// An election across such a connection (the next leader's votes) would wait as long.
+const STALE_AFTER: Duration = Duration::from_secs(1);
+
 impl PeerChannels {
-    pub fn client(&self, addr: &str) -> Result<PeerClient, tonic::transport::Error> {
-        // The map only caches channels; a poisoned lock cannot leave it inconsistent.
-        let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        let channel = match map.get(addr) {
-            Some(c) => c.clone(),
-            None => {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))?
-                    .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .connect_lazy();
-                map.insert(addr.to_string(), channel.clone());
-                channel
+    fn client(&self, addr: &str) -> Result<PeerClient, tonic::transport::Error> {
+        let channel = {
+            let mut map = self.lock();
+            match map.get(addr) {
+                Some(peer) => peer.channel.clone(),
+                None => {
+                    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+                        .connect_timeout(Duration::from_secs(1))
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(10))
+                        .connect_lazy();
+                    map.insert(addr.to_string(), PeerChannel { channel: channel.clone(), answered: Instant::now() });
+                    channel
+                }
             }
         };
         let stamp: fn(Request<()>) -> Result<Request<()>, Status> = stamp_format;
         Ok(RaftPeerClient::with_interceptor(channel, stamp)
             .max_decoding_message_size(helios_core::limits::MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(helios_core::limits::MAX_PEER_MESSAGE_BYTES))
+    }
+
+    /// Calls the peer at `addr`, noting whether it answered (see `STALE_AFTER`).
+    pub async fn call<T, Fut>(&self, addr: &str, call: impl FnOnce(PeerClient) -> Fut) -> Result<T, Status>
+    where
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let client = self.client(addr).map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut watch = CallWatch { channels: self, addr, answered: false };
+        let reply = call(client).await;
+        watch.answered = reply.as_ref().err().is_none_or(|status| !is_transport_failure(status));
+        reply.map(tonic::Response::into_inner)
+    }
+
+    /// The peer at `addr` answered (with anything, errors included): its connection works.
+    fn answered(&self, addr: &str) {
+        if let Some(peer) = self.lock().get_mut(addr) {
+            peer.answered = Instant::now();
+        }
+    }
+
+    /// A call to `addr` failed in transport or was given up on: if nothing came back through its
+    /// channel for `STALE_AFTER`, the next call opens a new connection (calls already under way
+    /// keep the old one).
+    fn unanswered(&self, addr: &str) {
+        let mut map = self.lock();
+        if map.get(addr).is_some_and(|peer| peer.answered.elapsed() >= STALE_AFTER) {
+            map.remove(addr);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PeerChannel>> {
+        // The map only caches channels; a poisoned lock cannot leave it inconsistent.
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Reports a call's outcome to `PeerChannels`; a call dropped before it ends (openraft gives up
+/// on it at its deadline) counts as unanswered.
+struct CallWatch<'a> {
+    channels: &'a PeerChannels,
+    addr: &'a str,
+    answered: bool,
+}
+
+impl Drop for CallWatch<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            self.channels.answered(self.addr);
+        } else {
+            self.channels.unanswered(self.addr);
+        }
     }
 }
 
@@ -88,14 +154,19 @@ pub struct PeerConnection {
     channels: PeerChannels,
 }
 
-/// A transport failure (connection refused, reset, timed out) means the peer is unreachable; any
-/// other status means it answered with an error.
+/// A transport failure (connection refused, reset, timed out): any other status is an answer.
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown)
+}
+
+/// A peer that could not be reached is `Unreachable` (openraft backs off); one that answered with
+/// an error is a network error.
 fn status_to_rpc_error(status: &tonic::Status) -> RPCError<TypeConfig> {
-    match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
-            RPCError::Unreachable(Unreachable::new(status))
-        }
-        _ => RPCError::Network(NetworkError::new(status)),
+    if is_transport_failure(status) {
+        RPCError::Unreachable(Unreachable::new(status))
+    } else {
+        RPCError::Network(NetworkError::new(status))
     }
 }
 
@@ -122,8 +193,8 @@ impl PeerConnection {
     {
         let mut request = tonic::Request::new(RaftPayload { data: encode(rpc) });
         request.set_timeout(option.hard_ttl());
-        let reply = call(self.client()?, request).await.map_err(|s| status_to_rpc_error(&s))?;
-        decode_reply(reply.into_inner())
+        let reply = self.channels.call(&self.addr, |client| call(client, request)).await;
+        decode_reply(reply.map_err(|s| status_to_rpc_error(&s))?)
     }
 }
 
@@ -195,5 +266,67 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         // A down peer is retried every 200 ms: fast enough to catch a restart, cheap enough not to
         // matter.
         Some(Backoff::new(std::iter::repeat(Duration::from_millis(200))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use helios_chaos::proxy::FreezableProxy;
+
+    use super::*;
+
+    /// A gRPC server (it answers peer calls with `Unimplemented`: an answer all the same) behind
+    /// a proxy that can freeze like a silently dropped link.
+    async fn peer_behind_proxy() -> FreezableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (_, health) = tonic_health::server::health_reporter();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming));
+        FreezableProxy::start(addr).await.expect("proxy")
+    }
+
+    async fn status_call(channels: &PeerChannels, addr: &str) -> Result<RaftPayload, Status> {
+        let mut req = Request::new(RaftPayload { data: Vec::new() });
+        req.set_timeout(Duration::from_millis(100));
+        channels.call(addr, |mut c| async move { c.status(req).await }).await
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_stopped_answering_is_replaced() {
+        let peer = peer_behind_proxy().await;
+        let channels = PeerChannels::default();
+        for _ in 0..3 {
+            let status = status_call(&channels, &peer.addr).await.expect_err("no such method");
+            assert_eq!(status.code(), tonic::Code::Unimplemented, "{status}");
+        }
+        assert_eq!(peer.connections(), 1, "calls that are answered share one connection");
+        // The link drops everything from now on. Once nothing has come back for STALE_AFTER,
+        // the next call that goes unanswered makes the one after it open a new connection
+        // (HTTP/2 keepalive would notice only after 30 s).
+        peer.freeze();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while peer.connections() < 2 {
+            assert!(Instant::now() < deadline, "the silent connection was never replaced");
+            let status = status_call(&channels, &peer.addr).await.expect_err("frozen");
+            assert!(is_transport_failure(&status), "{status}");
+        }
+        peer.thaw();
+    }
+
+    #[tokio::test]
+    async fn a_call_given_up_on_counts_as_unanswered() {
+        let peer = peer_behind_proxy().await;
+        let channels = PeerChannels::default();
+        assert!(status_call(&channels, &peer.addr).await.is_err());
+        peer.freeze();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while peer.connections() < 2 {
+            assert!(Instant::now() < deadline, "the silent connection was never replaced");
+            // As openraft does at its own deadline: the call's future is dropped unfinished.
+            let call = status_call(&channels, &peer.addr);
+            assert!(tokio::time::timeout(Duration::from_millis(20), call).await.is_err());
+        }
+        peer.thaw();
     }
 }
