@@ -60,6 +60,14 @@ impl Servers {
         self.channels[&id].clone()
     }
 
+    /// `id`'s own term, as it reports it.
+    pub async fn term_of(&self, id: u64) -> Option<u64> {
+        let mut client = self.cluster(id);
+        let call = client.list_members(pb::ListMembersRequest { local: true });
+        let reply = tokio::time::timeout(Duration::from_millis(300), call).await.ok()?.ok()?.into_inner();
+        reply.members.iter().find(|m| m.id == id).map(|m| m.term)
+    }
+
     /// The leader as `id`'s server sees it, with the term.
     pub async fn leader_seen_by(&self, id: u64) -> Option<(u64, u64)> {
         let mut client = self.cluster(id);

@@ -169,7 +169,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for member in self.agents.values_mut().chain(self.servers.values_mut()) {
-            let _ = member.kill();
+            member.kill();
         }
         crate::procs::kill_tasks_under(&self.tasks_dir);
     }

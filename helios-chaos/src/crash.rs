@@ -79,12 +79,12 @@ async fn run_in(args: &CrashArgs, seed: u64, work: &std::path::Path) -> Result<R
         for (id, member) in cluster.servers.iter_mut() {
             if let Some(status) = member.exited() {
                 crashed.push(format!("server {id} exited on its own ({status})"));
-                member.kill()?;
+                member.kill();
                 member.start()?;
             }
         }
         let member = cluster.servers.get_mut(&victim).expect("known server");
-        member.kill()?;
+        member.kill();
         tokio::time::sleep(rng.duration(Duration::ZERO, Duration::from_millis(300))).await;
         member.start()?;
         starts.record(crate::procs::wait_serving(&cluster.urls[&victim], Duration::from_secs(60)).await?);
@@ -124,6 +124,7 @@ async fn run_in(args: &CrashArgs, seed: u64, work: &std::path::Path) -> Result<R
         process_overlap_peak: (0, 0),
         other_failures: crashed,
         slow_elections: Vec::new(),
+        terms_raised_while_cut_off: None,
         timings: [("server start to serving".to_string(), starts.summary())].into_iter().collect(),
     };
     Ok(report)

@@ -63,6 +63,9 @@ struct Measured {
     elections: Latencies,
     /// Those over a second: what, when (wall clock, to find in the servers' logs), how long.
     slow_elections: Vec<String>,
+    /// Cut-off servers that raised their term while cut off (with pre-vote they must not: back
+    /// in the cluster, a raised term forces an election), of those whose term could be read.
+    terms_raised_while_cut_off: (u64, u64),
     /// Agent killed -> every allocation it ran wanted and running on another node.
     replacements: Latencies,
     /// Server process started -> its health check answers SERVING.
@@ -161,7 +164,7 @@ async fn run_in(args: &FaultArgs, seed: u64, work: &std::path::Path) -> Result<R
         for member in cluster.servers.values_mut().chain(cluster.agents.values_mut()) {
             if let Some(status) = member.exited() {
                 measured.failures.push(format!("{} exited on its own ({status})", member.name));
-                member.kill()?;
+                member.kill();
                 member.start()?;
             }
         }
@@ -227,6 +230,7 @@ async fn run_in(args: &FaultArgs, seed: u64, work: &std::path::Path) -> Result<R
         ],
     );
     report.slow_elections = measured.slow_elections;
+    report.terms_raised_while_cut_off = Some(measured.terms_raised_while_cut_off);
     Ok(report)
 }
 
@@ -250,7 +254,7 @@ async fn inject(
         Fault::KillLeader | Fault::KillFollower => {
             let victim = if fault == Fault::KillLeader { leader } else { follower };
             let member = cluster.servers.get_mut(&victim).expect("known server");
-            member.kill()?;
+            member.kill();
             let at = Instant::now();
             if fault == Fault::KillLeader {
                 m.election(fault, leader, at, new_leader(cluster, leader, at).await?);
@@ -273,10 +277,15 @@ async fn inject(
             mesh.partition(&[victim])?;
             let from = Instant::now();
             let _ = isolated.send(Some((victim, from)));
+            let term_at_cut = cluster.api.term_of(victim).await;
             if fault == Fault::IsolateLeader {
                 m.election(fault, leader, from, new_leader(cluster, leader, from).await?);
             }
             sleep_until(from + hold.max(Duration::from_secs(2))).await;
+            if let (Some(before), Some(after)) = (term_at_cut, cluster.api.term_of(victim).await) {
+                m.terms_raised_while_cut_off.0 += u64::from(after > before);
+                m.terms_raised_while_cut_off.1 += 1;
+            }
             let _ = isolated.send(None);
             m.partitions.push(Partition { server: victim, from, until: Instant::now() });
             cluster.mesh.as_mut().expect("fault runs use namespaces").heal()?;
@@ -318,7 +327,7 @@ async fn kill_agent(
     let names: Vec<String> = cluster.agents.keys().cloned().collect();
     let node = names[rng.index(names.len())].clone();
     let running_there = slots_running(&cluster.api.state(leader).await?.0, Some(&node), None);
-    cluster.agents.get_mut(&node).expect("known agent").kill()?;
+    cluster.agents.get_mut(&node).expect("known agent").kill();
     let at = Instant::now();
     agents_up.lock().unwrap().insert(node.clone(), None);
     if rng.chance(40) {

@@ -101,13 +101,7 @@ async fn run(command: Command) -> ExitCode {
             (crash::run(args).await, json)
         }
         Command::Recovery(args) => {
-            return match recovery::run(args).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(2)
-                }
-            };
+            return recovery::run(args).await.map_or_else(|e| run_error(&e), |()| ExitCode::SUCCESS);
         }
     };
     match report {
@@ -126,11 +120,14 @@ async fn run(command: Command) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => run_error(&e),
     }
+}
+
+/// A run that could not be carried out (as opposed to one that found failures): exit code 2.
+fn run_error(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(2)
 }
 
 async fn interrupted() -> &'static str {

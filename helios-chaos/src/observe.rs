@@ -203,13 +203,7 @@ fn check_capacity(
     f: &mut Findings,
     reported: &mut BTreeSet<String>,
 ) {
-    let mut used: HashMap<&str, (u64, u64)> = HashMap::new();
-    for a in allocs.iter().filter(|a| wanted(a)) {
-        let r = a.resources.unwrap_or_default();
-        let entry = used.entry(&a.node_id).or_default();
-        entry.0 += u64::from(r.cpu_mhz);
-        entry.1 += u64::from(r.memory_mb);
-    }
+    let used = per_node(allocs.iter().filter(|a| wanted(a)).map(|a| (a.node_id.as_str(), a)));
     for (node, (cpu, mem)) in used {
         let Some(cap) = capacity.get(node) else { continue };
         if cpu > u64::from(cap.cpu_mhz) || mem > u64::from(cap.memory_mb) {
@@ -230,17 +224,13 @@ fn measure_process_overlap(
     f: &mut Findings,
 ) {
     let by_id: HashMap<&str, &pb::Allocation> = allocs.iter().map(|a| (a.id.as_str(), a)).collect();
+    // Each allocation once, however many processes its task has.
     let mut counted = BTreeSet::new();
-    let mut used: HashMap<&str, (u64, u64)> = HashMap::new();
-    for p in processes {
-        let Some(alloc) = by_id.get(p.alloc_id.as_str()) else { continue };
-        if counted.insert(alloc.id.as_str()) {
-            let r = alloc.resources.unwrap_or_default();
-            let entry = used.entry(p.node.as_str()).or_default();
-            entry.0 += u64::from(r.cpu_mhz);
-            entry.1 += u64::from(r.memory_mb);
-        }
-    }
+    let running = processes.iter().filter_map(|p| {
+        let alloc = by_id.get(p.alloc_id.as_str())?;
+        counted.insert(alloc.id.as_str()).then_some((p.node.as_str(), *alloc))
+    });
+    let used = per_node(running);
     let mut over = false;
     for (node, (cpu, mem)) in used {
         let Some(cap) = capacity.get(node) else { continue };
@@ -251,6 +241,18 @@ fn measure_process_overlap(
         }
     }
     f.process_overlap_samples += u64::from(over);
+}
+
+/// The cpu (MHz) and memory (MB) that allocations ask for, summed per node.
+fn per_node<'a>(allocs: impl Iterator<Item = (&'a str, &'a pb::Allocation)>) -> HashMap<&'a str, (u64, u64)> {
+    let mut used: HashMap<&str, (u64, u64)> = HashMap::new();
+    for (node, alloc) in allocs {
+        let r = alloc.resources.unwrap_or_default();
+        let entry = used.entry(node).or_default();
+        entry.0 += u64::from(r.cpu_mhz);
+        entry.1 += u64::from(r.memory_mb);
+    }
+    used
 }
 
 fn check_orphans(

@@ -81,13 +81,14 @@ impl Member {
     }
 
     /// SIGKILL, and reap it.
-    pub fn kill(&mut self) -> Result<()> {
+    /// SIGKILL (a paused process too), and reap it.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // Fails only if it is reaped already, which `take` rules out.
             let _ = child.kill();
             let _ = child.wait();
         }
         self.paused = false;
-        Ok(())
     }
 
     pub fn pause(&mut self) -> Result<()> {
@@ -112,7 +113,7 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        let _ = self.kill();
+        self.kill();
     }
 }
 

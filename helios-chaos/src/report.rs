@@ -64,6 +64,8 @@ pub struct Report {
     pub timings: BTreeMap<String, Summary>,
     /// Elections over a second, with the fault and when (to line them up with server logs).
     pub slow_elections: Vec<String>,
+    /// Cut-off servers that raised their term while cut off, of those checked (fault runs).
+    pub terms_raised_while_cut_off: Option<(u64, u64)>,
 }
 
 impl Report {
@@ -102,6 +104,7 @@ impl Report {
             other_failures,
             timings: timings.into_iter().map(|(k, v)| (k.to_string(), v.summary())).collect(),
             slow_elections: Vec::new(),
+            terms_raised_while_cut_off: None,
         }
     }
 
@@ -160,6 +163,9 @@ impl Report {
                 "  {what}: {} times, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
                 s.count, s.p50_ms, s.p99_ms, s.max_ms
             );
+        }
+        if let Some((raised, of)) = self.terms_raised_while_cut_off {
+            println!("  cut-off servers that raised their term: {raised} of {of}");
         }
         for slow in &self.slow_elections {
             println!("  slow election: {slow}");
