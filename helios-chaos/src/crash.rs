@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::api::{Servers, CALL_TIMEOUT};
 use crate::check::Verdict;
-use crate::cluster::{self, Cluster, Options};
+use crate::cluster::{Cluster, Options};
 use crate::report::{Latencies, Report};
 use crate::rng::Rng;
 
@@ -37,12 +37,10 @@ struct Writes {
 }
 
 pub async fn run(args: CrashArgs) -> Result<Report> {
-    let seed = args.run.seed.unwrap_or_else(crate::seed_from_clock);
+    let seed = args.run.seed();
     println!("helios-chaos crash: seed {seed}, {} kills", args.kills);
-    let (work, tmp) = cluster::work_dir(args.run.dirs.work_dir.as_deref())?;
-    let outcome = run_in(&args, seed, &work).await;
-    crate::keep_if_failed(tmp, &outcome);
-    outcome
+    let args = &args;
+    args.run.in_work_dir(|work| async move { run_in(args, seed, &work).await }).await
 }
 
 async fn run_in(args: &CrashArgs, seed: u64, work: &std::path::Path) -> Result<Report> {

@@ -12,7 +12,7 @@ use helios_api::pb;
 use tokio::sync::watch;
 
 use crate::check::{self, Partition};
-use crate::cluster::{self, Cluster, Options};
+use crate::cluster::{Cluster, Options};
 use crate::observe::{self, AgentsUp, SharedFindings};
 use crate::report::{Latencies, Report};
 use crate::rng::Rng;
@@ -91,12 +91,10 @@ impl Measured {
 }
 
 pub async fn run(args: FaultArgs) -> Result<Report> {
-    let seed = args.run.seed.unwrap_or_else(crate::seed_from_clock);
+    let seed = args.run.seed();
     println!("helios-chaos faults: seed {seed}, {:?} of faults", args.duration);
-    let (work, tmp) = cluster::work_dir(args.run.dirs.work_dir.as_deref())?;
-    let outcome = run_in(&args, seed, &work).await;
-    crate::keep_if_failed(tmp, &outcome);
-    outcome
+    let args = &args;
+    args.run.in_work_dir(|work| async move { run_in(args, seed, &work).await }).await
 }
 
 async fn run_in(args: &FaultArgs, seed: u64, work: &std::path::Path) -> Result<Report> {

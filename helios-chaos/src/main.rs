@@ -76,6 +76,28 @@ pub struct RunOptions {
     pub dirs: Dirs,
 }
 
+impl RunOptions {
+    /// The seed given, or one from the clock.
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or_else(seed_from_clock)
+    }
+
+    /// Runs `body` in the work directory: the one given, or a temporary one that is kept (with
+    /// its logs) only if the run fails.
+    pub async fn in_work_dir<Fut>(&self, body: impl FnOnce(PathBuf) -> Fut) -> anyhow::Result<report::Report>
+    where
+        Fut: std::future::Future<Output = anyhow::Result<report::Report>>,
+    {
+        let (work, tmp) = cluster::work_dir(self.dirs.work_dir.as_deref())?;
+        let outcome = body(work).await;
+        let passed = matches!(&outcome, Ok(report) if !report.failed());
+        if let (false, Some(tmp)) = (passed, tmp) {
+            println!("logs and data kept in {}", tmp.keep().display());
+        }
+        outcome
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -138,14 +160,6 @@ async fn interrupted() -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
-    }
-}
-
-/// Keeps a run's temporary directory (its logs and data) unless the run passed.
-pub fn keep_if_failed(tmp: Option<tempfile::TempDir>, outcome: &anyhow::Result<report::Report>) {
-    let passed = matches!(outcome, Ok(report) if !report.failed());
-    if let (false, Some(tmp)) = (passed, tmp) {
-        println!("logs and data kept in {}", tmp.keep().display());
     }
 }
 
