@@ -63,8 +63,8 @@ struct Measured {
     elections: Latencies,
     /// Those over a second: what, when (wall clock, to find in the servers' logs), how long.
     slow_elections: Vec<String>,
-    /// Cut-off servers that raised their term while cut off (with pre-vote they must not: back
-    /// in the cluster, a raised term forces an election), of those whose term could be read.
+    /// Cut-off followers that raised their term while cut off (with pre-vote they must not:
+    /// back in the cluster, a raised term forces an election), of those whose term was read.
     terms_raised_while_cut_off: (u64, u64),
     /// Agent killed -> every allocation it ran wanted and running on another node.
     replacements: Latencies,
@@ -275,14 +275,17 @@ async fn inject(
             mesh.partition(&[victim])?;
             let from = Instant::now();
             let _ = isolated.send(Some((victim, from)));
-            let term_at_cut = cluster.api.term_of(victim).await;
             if fault == Fault::IsolateLeader {
                 m.election(fault, leader, from, new_leader(cluster, leader, from).await?);
-            }
-            sleep_until(from + hold.max(Duration::from_secs(2))).await;
-            if let (Some(before), Some(after)) = (term_at_cut, cluster.api.term_of(victim).await) {
-                m.terms_raised_while_cut_off.0 += u64::from(after > before);
-                m.terms_raised_while_cut_off.1 += 1;
+                sleep_until(from + hold.max(Duration::from_secs(2))).await;
+            } else {
+                // A cut-off leader never campaigns; a follower would, without pre-vote.
+                let term_at_cut = cluster.api.term_of(victim).await;
+                sleep_until(from + hold.max(Duration::from_secs(2))).await;
+                if let (Some(before), Some(after)) = (term_at_cut, cluster.api.term_of(victim).await) {
+                    m.terms_raised_while_cut_off.0 += u64::from(after > before);
+                    m.terms_raised_while_cut_off.1 += 1;
+                }
             }
             let _ = isolated.send(None);
             m.partitions.push(Partition { server: victim, from, until: Instant::now() });

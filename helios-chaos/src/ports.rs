@@ -29,7 +29,8 @@ pub fn free_port() -> u16 {
         _ => (LOWEST, 65_535),
     };
     let span = last - first + 1;
-    let start = std::process::id().wrapping_mul(7_919) % span;
+    // Fibonacci hashing spreads nearby process ids far apart.
+    let start = ((u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % u64::from(span)) as u32;
     for _ in 0..span {
         let n = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
         let port = (first + (start + n) % span) as u16;

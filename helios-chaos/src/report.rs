@@ -64,7 +64,7 @@ pub struct Report {
     pub timings: BTreeMap<String, Summary>,
     /// Elections over a second, with the fault and when (to line them up with server logs).
     pub slow_elections: Vec<String>,
-    /// Cut-off servers that raised their term while cut off, of those checked (fault runs).
+    /// Cut-off followers that raised their term while cut off, of those checked (fault runs).
     pub terms_raised_while_cut_off: Option<(u64, u64)>,
 }
 
@@ -165,7 +165,7 @@ impl Report {
             );
         }
         if let Some((raised, of)) = self.terms_raised_while_cut_off {
-            println!("  cut-off servers that raised their term: {raised} of {of}");
+            println!("  cut-off followers that raised their term: {raised} of {of}");
         }
         for slow in &self.slow_elections {
             println!("  slow election: {slow}");

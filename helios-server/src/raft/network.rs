@@ -206,7 +206,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        // openraft gives every AppendEntries the heartbeat interval (100 ms) as its deadline. A
+        // openraft gives every AppendEntries the heartbeat interval (50 ms) as its deadline. A
         // batch of entries that misses it is sent again from scratch, a loop that starves
         // replication under load: a batch must be received, decoded and fsynced, so it gets
         // longer. Heartbeats keep the short deadline (openraft's heartbeat worker enforces it
@@ -286,9 +286,13 @@ mod tests {
         FreezableProxy::start(addr).await.expect("proxy")
     }
 
-    async fn status_call(channels: &PeerChannels, addr: &str) -> Result<RaftPayload, Status> {
+    /// Deadlines for calls that get an answer, and for calls into a frozen link.
+    const ANSWER: Duration = Duration::from_secs(10);
+    const SILENCE: Duration = Duration::from_millis(100);
+
+    async fn status_call(channels: &PeerChannels, addr: &str, timeout: Duration) -> Result<RaftPayload, Status> {
         let mut req = Request::new(RaftPayload { data: Vec::new() });
-        req.set_timeout(Duration::from_millis(100));
+        req.set_timeout(timeout);
         channels.call(addr, |mut c| async move { c.status(req).await }).await
     }
 
@@ -297,7 +301,8 @@ mod tests {
         let peer = peer_behind_proxy().await;
         let channels = PeerChannels::default();
         for _ in 0..3 {
-            let status = status_call(&channels, &peer.addr).await.expect_err("no such method");
+            // Patient: a busy machine must not turn an answer into a timeout.
+            let status = status_call(&channels, &peer.addr, ANSWER).await.expect_err("no such method");
             assert_eq!(status.code(), tonic::Code::Unimplemented, "{status}");
         }
         assert_eq!(peer.connections(), 1, "calls that are answered share one connection");
@@ -308,7 +313,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         while peer.connections() < 2 {
             assert!(Instant::now() < deadline, "the silent connection was never replaced");
-            let status = status_call(&channels, &peer.addr).await.expect_err("frozen");
+            let status = status_call(&channels, &peer.addr, SILENCE).await.expect_err("frozen");
             assert!(is_transport_failure(&status), "{status}");
         }
         peer.thaw();
@@ -318,13 +323,13 @@ mod tests {
     async fn a_call_given_up_on_counts_as_unanswered() {
         let peer = peer_behind_proxy().await;
         let channels = PeerChannels::default();
-        assert!(status_call(&channels, &peer.addr).await.is_err());
+        assert!(status_call(&channels, &peer.addr, ANSWER).await.is_err());
         peer.freeze();
         let deadline = Instant::now() + Duration::from_secs(10);
         while peer.connections() < 2 {
             assert!(Instant::now() < deadline, "the silent connection was never replaced");
             // As openraft does at its own deadline: the call's future is dropped unfinished.
-            let call = status_call(&channels, &peer.addr);
+            let call = status_call(&channels, &peer.addr, ANSWER);
             assert!(tokio::time::timeout(Duration::from_millis(20), call).await.is_err());
         }
         peer.thaw();
