@@ -1,9 +1,28 @@
 //! The agent's secret: made at the first start, kept in the data dir, so a restarted agent is
-//! recognised as the same node and no other agent can take its id while it lives.
+//! recognised as the same node and no other agent can take its id while it lives. And the
+//! agent's hold on its data dir, which no second agent may share.
 
 use std::path::Path;
 
 use crate::ClientError;
+
+/// Takes this node's place in the data dir: a lock on `<data_dir>/helios-client-<node_id>.lock`,
+/// held until the returned file is dropped or the process dies (a SIGKILLed agent leaves no
+/// stale lock). Agents of different nodes may share a directory; two agents of one node would
+/// each take the other's tasks for orphans and stop them.
+pub fn lock_data_dir(data_dir: &Path, node_id: &str) -> Result<std::fs::File, ClientError> {
+    let path = data_dir.join(format!("helios-client-{node_id}.lock"));
+    let fail = |source| ClientError::DataDir { path: path.clone(), source };
+    std::fs::create_dir_all(data_dir).map_err(fail)?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(fail)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(ClientError::DataDirInUse { dir: data_dir.to_path_buf(), node_id: node_id.to_string() })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(fail(e)),
+    }
+}
 
 pub fn load_or_create(data_dir: &Path, node_id: &str) -> Result<String, ClientError> {
     let path = data_dir.join(format!("helios-client-{node_id}.secret"));
@@ -33,5 +52,16 @@ mod tests {
         let first = load_or_create(dir.path(), "1").unwrap();
         assert_eq!(load_or_create(dir.path(), "1").unwrap(), first);
         assert_ne!(load_or_create(dir.path(), "2").unwrap(), first);
+    }
+
+    #[test]
+    fn one_agent_per_node_holds_a_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_data_dir(dir.path(), "n1").expect("free");
+        let second = lock_data_dir(dir.path(), "n1").expect_err("held");
+        assert!(matches!(second, ClientError::DataDirInUse { dir: ref held, .. } if held == dir.path()), "{second}");
+        let _other_node = lock_data_dir(dir.path(), "n2").expect("another node shares the directory");
+        drop(first);
+        lock_data_dir(dir.path(), "n1").expect("free again once the first is gone");
     }
 }

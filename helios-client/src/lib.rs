@@ -51,6 +51,10 @@ pub enum ClientError {
     NodeId(String, String),
     #[error("cannot keep the agent's identity in {path}: {source}")]
     Identity { path: PathBuf, source: std::io::Error },
+    #[error("cannot lock the data directory with {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("another agent of node {node_id:?} is running on the data directory {dir} (it holds helios-client-{node_id}.lock there)")]
+    DataDirInUse { dir: PathBuf, node_id: String },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("the servers refused this agent: {0}")]
@@ -76,6 +80,8 @@ pub async fn run_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ClientError> {
     helios_core::validate::check_name(&config.node_id).map_err(|p| ClientError::NodeId(config.node_id.clone(), p))?;
+    // Held until the agent ends.
+    let _data_dir = identity::lock_data_dir(&config.data_dir, &config.node_id)?;
     let secret = identity::load_or_create(&config.data_dir, &config.node_id)?;
     let advertised = listener.local_addr().map_err(|source| ClientError::Listen { addr: config.rpc_addr, source })?;
     let node = fingerprint::node(&config, advertised);

@@ -51,7 +51,12 @@ impl ClientService for LogService {
         }
         let alloc_dir = self.allocs_dir.join(&req.alloc_id);
         let mut tasks: Vec<String> = match std::fs::read_dir(&alloc_dir) {
-            Ok(entries) => entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect(),
+            // Each task is a directory (beside files of the allocation's own, like `.node`).
+            Ok(entries) => entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect(),
             Err(_) => return Err(Status::not_found(format!("allocation {} has no logs on this node", req.alloc_id))),
         };
         tasks.sort();
@@ -126,7 +131,25 @@ impl ClientService for LogService {
 
 #[cfg(test)]
 mod tests {
-    use super::tail;
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_only_task_is_the_only_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let alloc = "0123-abcd";
+        let task_dir = dir.path().join(alloc).join("web");
+        std::fs::create_dir_all(&task_dir).unwrap();
+        std::fs::write(dir.path().join(alloc).join(".node"), "n1").unwrap();
+        std::fs::write(log_path(&task_dir, "stdout"), "hello\n").unwrap();
+        let service = LogService { allocs_dir: dir.path().to_path_buf() };
+        let request = pb::TaskLogsRequest { alloc_id: alloc.into(), ..Default::default() };
+        let stream = service.task_logs(Request::new(request)).await.expect("the only task's logs").into_inner();
+        let chunks: Vec<_> = stream.collect().await;
+        let data: Vec<u8> = chunks.into_iter().flat_map(|c| c.expect("a chunk").data).collect();
+        assert_eq!(data, b"hello\n");
+    }
 
     #[test]
     fn tail_keeps_the_last_lines() {

@@ -88,8 +88,8 @@ impl Runners {
             // Before any runner starts: whatever runs under an allocation now is from before
             // this agent started. Tasks first get their pid files back (see there), so that
             // adoption and the stops below see every one of them.
-            repair_pid_files(&self.allocs_dir);
-            stop_orphaned_processes(&self.allocs_dir, &listed);
+            repair_pid_files(&self.allocs_dir, &self.node_id);
+            stop_orphaned_processes(&self.allocs_dir, &self.node_id, &listed);
         }
         // No longer listed (the servers marked it lost, or forgot it): it must not keep running.
         for (id, stop) in &self.running {
@@ -124,6 +124,9 @@ impl Runners {
                 self.finished.insert(alloc.id);
                 continue;
             };
+            if let Err(e) = claim(&dir, &self.node_id) {
+                tracing::warn!(alloc = %alloc.id, error = %e, "cannot mark the allocation's directory as this node's");
+            }
             // Unwanted but alive (left from before an agent restart): adopt it, stopping at once.
             let (stop_tx, stop_rx) = watch::channel(!wanted);
             self.running.insert(alloc.id.clone(), stop_tx);
@@ -523,11 +526,29 @@ async fn watch_adopted(
     state
 }
 
+/// In an allocation's directory: the node whose agent runs it. Agents with different node ids
+/// may share a data dir (the README runs three on one machine from one directory); each must
+/// leave the others' allocations alone. No task is called this: names cannot start with '.'.
+const OWNER_FILE: &str = ".node";
+
+/// Marks `alloc_dir` as this node's, before any of its tasks starts.
+fn claim(alloc_dir: &Path, node_id: &str) -> std::io::Result<()> {
+    if owned_by(alloc_dir, node_id) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(alloc_dir)?;
+    std::fs::write(alloc_dir.join(OWNER_FILE), node_id)
+}
+
+fn owned_by(alloc_dir: &Path, node_id: &str) -> bool {
+    std::fs::read_to_string(alloc_dir.join(OWNER_FILE)).is_ok_and(|owner| owner == node_id)
+}
+
 /// Writes the pid file of every task process found running under `allocs_dir` (by the
 /// `HELIOS_TASK_DIR` in its environment) whose file does not name it: an agent killed between
 /// starting a task and writing its pid file would otherwise neither adopt nor stop that task,
 /// and might start a second copy or call it "stopped before it started" while it runs.
-fn repair_pid_files(allocs_dir: &Path) {
+fn repair_pid_files(allocs_dir: &Path, node_id: &str) {
     let Ok(procs) = std::fs::read_dir("/proc") else { return };
     for entry in procs.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
@@ -543,7 +564,8 @@ fn repair_pid_files(allocs_dir: &Path) {
         else {
             continue;
         };
-        if dir.parent().and_then(Path::parent) != Some(allocs_dir) || live_pid(&dir) == Some(pid) {
+        let Some(alloc_dir) = dir.parent().filter(|a| a.parent() == Some(allocs_dir)) else { continue };
+        if !owned_by(alloc_dir, node_id) || live_pid(&dir) == Some(pid) {
             continue;
         }
         if let Some(started) = start_time(pid) {
@@ -559,26 +581,16 @@ fn process_group(pid: u32) -> Option<u32> {
     stat[stat.rfind(')')? + 1..].split_whitespace().nth(2)?.parse().ok()
 }
 
-/// Stops the processes, left from before this agent started, of allocations the servers no
-/// longer list for this node: they were marked lost while the agent was away (and replaced
-/// elsewhere), so they must not keep running. SIGTERM now, SIGKILL after the default kill
-/// timeout (the allocation's own is unknown: its job may be gone), each only while the task's
-/// pid file still names that same process.
-fn stop_orphaned_processes(allocs_dir: &Path, keep: &HashSet<String>) {
-    let Ok(allocs) = std::fs::read_dir(allocs_dir) else { return };
-    let mut orphans = Vec::new();
-    for alloc in allocs.flatten() {
-        if keep.contains(alloc.file_name().to_string_lossy().as_ref()) {
-            continue;
-        }
-        for task in std::fs::read_dir(alloc.path()).into_iter().flatten().flatten() {
-            let dir = task.path();
-            if let Some(pid) = live_pid(&dir) {
-                tracing::info!(pid, alloc = %alloc.file_name().to_string_lossy(), "stopping a task whose allocation is gone");
-                let _ = killpg(Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)), Signal::SIGTERM);
-                orphans.push((pid, dir));
-            }
-        }
+/// Stops the processes, left from before this agent started, of this node's allocations that
+/// the servers no longer list for it: they were marked lost while the agent was away (and
+/// replaced elsewhere), so they must not keep running. SIGTERM now, SIGKILL after the default
+/// kill timeout (the allocation's own is unknown: its job may be gone), each only while the
+/// task's pid file still names that same process.
+fn stop_orphaned_processes(allocs_dir: &Path, node_id: &str, keep: &HashSet<String>) {
+    let orphans = orphaned_tasks(allocs_dir, node_id, keep);
+    for (pid, dir) in &orphans {
+        tracing::info!(pid, dir = %dir.display(), "stopping a task whose allocation is gone");
+        let _ = killpg(Pid::from_raw(i32::try_from(*pid).unwrap_or(i32::MAX)), Signal::SIGTERM);
     }
     if orphans.is_empty() {
         return;
@@ -597,6 +609,16 @@ fn stop_orphaned_processes(allocs_dir: &Path, keep: &HashSet<String>) {
             let _ = std::fs::write(dir.join(DONE_MARKER), b"");
         }
     });
+}
+
+/// The live task processes (pid, task dir) of this node's allocations not in `keep`.
+fn orphaned_tasks(allocs_dir: &Path, node_id: &str, keep: &HashSet<String>) -> Vec<(u32, PathBuf)> {
+    let Ok(allocs) = std::fs::read_dir(allocs_dir) else { return Vec::new() };
+    let ours = allocs.flatten().filter(|alloc| {
+        !keep.contains(alloc.file_name().to_string_lossy().as_ref()) && owned_by(&alloc.path(), node_id)
+    });
+    let tasks = ours.flat_map(|alloc| std::fs::read_dir(alloc.path()).into_iter().flatten().flatten());
+    tasks.filter_map(|task| live_pid(&task.path()).map(|pid| (pid, task.path()))).collect()
 }
 
 /// True if any task of the allocation in `dir` has a live process or a container.
@@ -624,4 +646,46 @@ fn start_time(pid: u32) -> Option<u64> {
     // The command name (field 2) may contain spaces; fields after its closing ')' are plain.
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `sleep` process leading its own process group, recorded as `<allocs>/<alloc>/t/pid`
+    /// of an allocation claimed by `owner`.
+    fn task_of(allocs: &Path, alloc: &str, owner: &str) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let alloc_dir = allocs.join(alloc);
+        claim(&alloc_dir, owner).unwrap();
+        let child = std::process::Command::new("sleep").arg("600").process_group(0).spawn().unwrap();
+        let task_dir = alloc_dir.join("t");
+        std::fs::create_dir_all(&task_dir).unwrap();
+        let started = start_time(child.id()).unwrap();
+        std::fs::write(task_dir.join("pid"), format!("{} {started}", child.id())).unwrap();
+        child
+    }
+
+    #[test]
+    fn an_agent_stops_only_its_own_nodes_unlisted_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = [("alloc-a", "a"), ("alloc-listed", "a"), ("alloc-b", "b")]
+            .map(|(alloc, node)| task_of(dir.path(), alloc, node));
+        let orphans = orphaned_tasks(dir.path(), "a", &HashSet::from(["alloc-listed".to_string()]));
+        assert_eq!(orphans, vec![(tasks[0].id(), dir.path().join("alloc-a").join("t"))]);
+        for mut child in tasks {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_claim_is_kept_and_names_one_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let alloc = dir.path().join("x");
+        assert!(!owned_by(&alloc, "a"));
+        claim(&alloc, "a").unwrap();
+        claim(&alloc, "a").unwrap();
+        assert!(owned_by(&alloc, "a") && !owned_by(&alloc, "b"));
+    }
 }
