@@ -1,17 +1,17 @@
 //! A TCP proxy that can freeze, for tests of what a caller does when a peer stops answering
 //! without closing its connections (a paused process, a link that drops packets silently).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 
 /// A proxy on 127.0.0.1 to one target.
 pub struct FreezableProxy {
     /// Where callers connect instead of the target.
     pub addr: String,
-    frozen: Arc<AtomicBool>,
+    frozen: watch::Sender<bool>,
     accepted: Arc<AtomicUsize>,
 }
 
@@ -19,7 +19,7 @@ impl FreezableProxy {
     pub async fn start(target: String) -> std::io::Result<FreezableProxy> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
-        let frozen = Arc::new(AtomicBool::new(false));
+        let frozen = watch::Sender::new(false);
         let accepted = Arc::new(AtomicUsize::new(0));
         let (flag, count) = (frozen.clone(), accepted.clone());
         tokio::spawn(async move {
@@ -28,8 +28,8 @@ impl FreezableProxy {
                 let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else { continue };
                 let (in_read, in_write) = inbound.into_split();
                 let (out_read, out_write) = outbound.into_split();
-                tokio::spawn(pump(in_read, out_write, flag.clone()));
-                tokio::spawn(pump(out_read, in_write, flag.clone()));
+                tokio::spawn(pump(in_read, out_write, flag.subscribe()));
+                tokio::spawn(pump(out_read, in_write, flag.subscribe()));
             }
         });
         Ok(FreezableProxy { addr, frozen, accepted })
@@ -37,12 +37,12 @@ impl FreezableProxy {
 
     /// From now on no bytes pass either way, and every connection stays open.
     pub fn freeze(&self) {
-        self.frozen.store(true, Ordering::SeqCst);
+        self.frozen.send_replace(true);
     }
 
     /// Connections held while frozen are closed; new ones pass bytes again.
     pub fn thaw(&self) {
-        self.frozen.store(false, Ordering::SeqCst);
+        self.frozen.send_replace(false);
     }
 
     /// Connections accepted so far.
@@ -51,15 +51,13 @@ impl FreezableProxy {
     }
 }
 
-async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, frozen: Arc<AtomicBool>) {
+async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, mut frozen: watch::Receiver<bool>) {
     let mut buf = vec![0u8; 16 * 1024];
     while let Ok(n) = from.read(&mut buf).await {
-        if frozen.load(Ordering::SeqCst) {
+        if *frozen.borrow_and_update() {
             // Hold the connection open and pass nothing, like a stopped process, until thawed;
             // then drop it, so that a server's graceful shutdown need not wait for it.
-            while frozen.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let _ = frozen.wait_for(|frozen| !frozen).await;
             return;
         }
         if n == 0 || to.write_all(&buf[..n]).await.is_err() {

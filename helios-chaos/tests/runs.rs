@@ -6,7 +6,7 @@
 
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CHAOS: &str = env!("CARGO_BIN_EXE_helios-chaos");
 
@@ -29,19 +29,13 @@ fn run_passes(args: &[&str]) {
         .stderr(Stdio::from(std::fs::File::create(&err_path).expect("stderr file")))
         .spawn()
         .expect("start helios-chaos");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for helios-chaos") {
-            break Some(status);
-        }
-        if started.elapsed() > LIMIT {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let pid = child.id();
+    let (exited_tx, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || exited_tx.send(child.wait().expect("wait for helios-chaos")));
+    let status = exited.recv_timeout(LIMIT).ok();
     if status.is_none() {
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let _ = child.wait();
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let _ = exited.recv();
     }
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
