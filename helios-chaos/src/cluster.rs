@@ -52,6 +52,9 @@ impl Cluster {
             })
             .collect();
         let peers: Vec<String> = addrs.iter().flat_map(|(i, a)| ["--peer".to_string(), format!("{i}={a}")]).collect();
+        // The servers authenticate each other with a key, as a real deployment would.
+        let key_file = opts.work_dir.join("cluster.key");
+        write_cluster_key(&key_file)?;
         let mut servers = BTreeMap::new();
         for &i in &ids {
             let data = opts.work_dir.join(format!("server-{i}"));
@@ -69,6 +72,11 @@ impl Cluster {
                 opts.snapshot_every.to_string(),
             ];
             args.extend(peers.iter().cloned());
+            args.extend(["--cluster-key-file".to_string(), key_file.display().to_string()]);
+            if mesh.is_some() {
+                // Namespace addresses are not loopback; the run's network is its own.
+                args.push("--insecure".to_string());
+            }
             if i == 1 {
                 // Ignored once the cluster is initialized, so restarts may keep it.
                 args.push("--bootstrap".to_string());
@@ -188,4 +196,16 @@ pub fn work_dir(given: Option<&Path>) -> Result<(PathBuf, Option<tempfile::TempD
             Ok((tmp.path().to_path_buf(), Some(tmp)))
         }
     }
+}
+
+/// 32 random bytes as 64 hex digits, readable by their owner only.
+fn write_cluster_key(path: &Path) -> Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    std::io::Write::write_all(&mut file, hex.as_bytes())?;
+    Ok(())
 }

@@ -48,6 +48,9 @@ enum Command {
     /// Inspect and change the server cluster's membership.
     #[command(subcommand)]
     Server(server::ServerCommand),
+    /// Operator tools that need no server.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
     /// Load generators that measure the cluster.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -55,6 +58,20 @@ enum Command {
     Classic(classic::ClassicCommand),
     /// Print shell completions: `helios-cli completions bash > /etc/bash_completion.d/helios-cli`.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+enum OperatorCommand {
+    /// Print a new cluster key (64 hex digits) for `helios-server --cluster-key-file`: put it in
+    /// a file readable only by the servers' user, the same on every server.
+    Keygen,
+}
+
+/// 32 random bytes as hex: a `helios-server` cluster key.
+fn keygen() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a key: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[tokio::main]
@@ -69,6 +86,15 @@ async fn main() -> ExitCode {
         clap_complete::generate(shell, &mut Cli::command(), "helios-cli", &mut script);
         let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
         return ExitCode::SUCCESS;
+    }
+    if let Command::Operator(OperatorCommand::Keygen) = cli.command {
+        return match keygen() {
+            Ok(key) => {
+                println!("{key}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        };
     }
     let servers = match Servers::parse(&cli.server_addr) {
         Ok(s) => s,
@@ -85,7 +111,7 @@ async fn main() -> ExitCode {
         Command::Server(cmd) => server::run(&servers, cmd).await,
         Command::Bench(cmd) => bench::run(&servers, cmd).await,
         Command::Classic(cmd) => classic::run(&servers, cmd).await,
-        Command::Completions { .. } => unreachable!("answered before connecting"),
+        Command::Completions { .. } | Command::Operator(_) => unreachable!("answered before connecting"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

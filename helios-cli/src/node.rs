@@ -37,6 +37,10 @@ pub enum NodeCommand {
         #[arg(long)]
         disable: bool,
     },
+    /// Forget a node that is down for good and free its id for another agent. Until then the
+    /// id keeps its secret: no other agent can take it. Its unfinished allocations are marked
+    /// lost and replaced.
+    Purge { id: String },
 }
 
 pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
@@ -93,6 +97,10 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
             nodes.set_eligibility(request).await.map_err(status_error)?;
             let what = if enable { "eligible for new work" } else { "ineligible for new work" };
             println!("Node {id:?} is {what}");
+        }
+        NodeCommand::Purge { id } => {
+            nodes.purge_node(pb::PurgeNodeRequest { id: id.clone() }).await.map_err(status_error)?;
+            println!("Node {id:?} is purged: its id is free, and its allocations are replaced elsewhere");
         }
         NodeCommand::Status { id, output: Output { json } } => {
             let n = nodes

@@ -28,16 +28,27 @@ pub fn load_or_create(data_dir: &Path, node_id: &str) -> Result<String, ClientEr
     let path = data_dir.join(format!("helios-client-{node_id}.secret"));
     let fail = |source| ClientError::Identity { path: path.clone(), source };
     match std::fs::read_to_string(&path) {
-        Ok(secret) if !secret.trim().is_empty() => return Ok(secret.trim().to_string()),
+        Ok(secret) if !secret.trim().is_empty() => {
+            // A secret written by an older agent with the default mode is tightened.
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(fail)?;
+            return Ok(secret.trim().to_string());
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(fail(e)),
     }
     std::fs::create_dir_all(data_dir).map_err(fail)?;
     let secret = uuid::Uuid::new_v4().to_string();
-    // Write then rename: a crash never leaves a half-written secret behind.
+    // Write then rename: a crash never leaves a half-written secret behind. Readable by the
+    // agent's user only: whoever reads it can report as this node.
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &secret).map_err(fail)?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(fail)?;
+        file.write_all(secret.as_bytes()).map_err(fail)?;
+    }
     std::fs::rename(&tmp, &path).map_err(fail)?;
     Ok(secret)
 }
@@ -52,6 +63,19 @@ mod tests {
         let first = load_or_create(dir.path(), "1").unwrap();
         assert_eq!(load_or_create(dir.path(), "1").unwrap(), first);
         assert_ne!(load_or_create(dir.path(), "2").unwrap(), first);
+    }
+
+    #[test]
+    fn only_the_agents_user_can_read_the_secret() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        load_or_create(dir.path(), "1").unwrap();
+        let path = dir.path().join("helios-client-1.secret");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        // One left readable by an older agent is tightened when read.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        load_or_create(dir.path(), "1").unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]

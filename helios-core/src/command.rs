@@ -82,6 +82,10 @@ pub enum Command {
         now: Timestamp,
         evals: Vec<Evaluation>,
     },
+    /// An operator forgets a node that is down for good, freeing its id for another agent
+    /// (until then the id keeps its secret). Refused unless the node is down. Its unfinished
+    /// allocations are marked lost; `evals` re-evaluate their jobs.
+    PurgeNode { node_id: String, now: Timestamp, evals: Vec<Evaluation> },
 }
 
 /// The state machine's deterministic answer to a command.
@@ -110,6 +114,7 @@ pub enum CommandResponse {
     },
     EvaluationsCreated,
     AllocationsUpdated,
+    NodePurged,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +154,7 @@ impl std::fmt::Display for Command {
             Command::SetNodeScheduling { node_id, drain, eligibility, .. } => {
                 write!(f, "set-node-scheduling {node_id} drain={drain} {}", eligibility.as_str())
             }
+            Command::PurgeNode { node_id, .. } => write!(f, "purge-node {node_id}"),
             Command::UpdateAllocations { node_id, updates, .. }
             | Command::ReportAllocations { node_id, updates, .. } => {
                 write!(f, "update-allocations {node_id} ({})", updates.len())

@@ -28,6 +28,15 @@ pub struct Node {
     pub secret_id: String,
 }
 
+impl Node {
+    /// Whether `secret` is this node's, compared in constant time (a byte-by-byte early exit
+    /// would let a caller guess the secret a byte at a time by timing refusals).
+    pub fn secret_matches(&self, secret: &str) -> bool {
+        let (a, b) = (self.secret_id.as_bytes(), secret.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeStatus {
     Initializing,

@@ -12,7 +12,6 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use helios_api::pb::RaftPayload;
 use helios_core::{Command, CommandResponse, Proposal};
 use openraft::type_config::async_runtime::watch::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState};
@@ -22,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::clock;
 use crate::liveness::HeartbeatTracker;
-use crate::raft::network::PeerChannels;
+use crate::raft::network::{methods, PeerChannels, PeerClient};
 use crate::raft::{NodeId, Raft};
 use crate::store::codec::{decode, encode};
 
@@ -234,9 +233,9 @@ impl Cluster {
     }
 
     async fn forward(&self, addr: &str, request: &ForwardRequest, deadline: Instant) -> Option<ForwardResponse> {
-        let mut req = tonic::Request::new(RaftPayload { data: encode(request) });
-        req.set_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)));
-        match self.channels.call(addr, |mut client| async move { client.forward(req).await }).await {
+        let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        let call = |mut client: PeerClient, req| async move { client.forward(req).await };
+        match self.channels.call(addr, methods::FORWARD, encode(request), timeout, call).await {
             Ok(reply) => decode(&reply.data).ok(),
             Err(status) => {
                 tracing::debug!(%addr, %status, "forwarding to the leader failed; retrying");
@@ -318,7 +317,7 @@ impl Cluster {
                 "node {node_id:?} is not registered; register first"
             )));
         };
-        if node.secret_id != secret {
+        if !node.secret_matches(&secret) {
             return ForwardResponse::Failed(ForwardFailure::PermissionDenied(format!(
                 "node {node_id:?} is registered by another agent"
             )));
@@ -372,6 +371,30 @@ impl Cluster {
             return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
                 "address {addr} already belongs to server {other}"
             )));
+        }
+        // Before the new server is sent anything: it must answer at that address, as that id,
+        // and (with a cluster key) prove it holds the key. A stranger gets no state.
+        match self.checked_peer_status(&addr).await {
+            Ok(status) if status.id == id => {}
+            Ok(status) => {
+                return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
+                    "the server at {addr} is server {}, not {id}",
+                    status.id
+                )))
+            }
+            Err(e) if e.code() == tonic::Code::Unauthenticated => {
+                return ForwardResponse::Failed(ForwardFailure::PermissionDenied(format!(
+                    "the server at {addr} does not hold this cluster's key ({}); start it with the same \
+                     --cluster-key or --cluster-key-file",
+                    e.message()
+                )))
+            }
+            Err(e) => {
+                return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
+                    "no Helios server answers at {addr} ({}); start it there without --bootstrap first",
+                    e.message()
+                )))
+            }
         }
         // A learner first: it catches up (by snapshot if the log was purged) without counting
         // towards the quorum, and only then becomes a voter.
@@ -464,10 +487,47 @@ impl Cluster {
 
     /// Asks a peer for its own status; `None` when it does not answer within a second.
     pub async fn peer_status(&self, addr: &str) -> Option<PeerStatus> {
-        let mut req = tonic::Request::new(RaftPayload { data: Vec::new() });
-        req.set_timeout(Duration::from_secs(1));
-        let reply = self.channels.call(addr, |mut client| async move { client.status(req).await }).await.ok()?;
-        decode(&reply.data).ok()
+        self.checked_peer_status(addr).await.ok()
+    }
+
+    /// A peer's own status; with a cluster key, the answer proves the peer holds it.
+    async fn checked_peer_status(&self, addr: &str) -> Result<PeerStatus, tonic::Status> {
+        let call = |mut client: PeerClient, req| async move { client.status(req).await };
+        let reply = self.channels.call(addr, methods::STATUS, Vec::new(), Duration::from_secs(1), call).await?;
+        decode(&reply.data).map_err(|e| tonic::Status::internal(format!("undecodable status: {e}")))
+    }
+}
+
+/// What a follower may ask of the leader: only what a server's own handlers build from a
+/// validated public or agent request. A command only the leader's own loops propose (node
+/// status, plans that place), or the old secret-less allocation report, is refused; a job is
+/// validated again. A member is trusted this far and no further.
+pub fn check_forwarded(request: &ForwardRequest) -> Result<(), tonic::Status> {
+    let ForwardRequest::Write(proposal) = request else { return Ok(()) };
+    let refuse = |what: &str| {
+        Err(tonic::Status::permission_denied(format!("the leader does not accept {what} from another server")))
+    };
+    match &proposal.command {
+        Command::RegisterJob { job, eval } => {
+            job.validate().map_err(|e| tonic::Status::invalid_argument(format!("forwarded job: {e}")))?;
+            if eval.job_name != job.name {
+                return refuse("an evaluation of another job");
+            }
+            Ok(())
+        }
+        Command::RegisterNode { node, .. } => {
+            node.validate().map_err(|e| tonic::Status::invalid_argument(format!("forwarded node: {e}")))
+        }
+        // `alloc stop`: a plan that only stops.
+        Command::ApplyPlan { plan, follow_ups, .. } if plan.placements.is_empty() && follow_ups.is_empty() => Ok(()),
+        Command::ApplyPlan { .. } => refuse("a plan that places allocations"),
+        Command::DeregisterJob { .. }
+        | Command::SetNodeScheduling { .. }
+        | Command::ReportAllocations { .. }
+        | Command::PurgeNode { .. } => Ok(()),
+        Command::SetNodeStatus { .. } => refuse("node status changes (the leader's heartbeat tracker makes them)"),
+        Command::CreateEvaluations { .. } => refuse("bare evaluations"),
+        Command::UpdateAllocations { .. } => refuse("allocation reports without the node's secret"),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod liveness;
 pub mod raft;
 pub mod scheduling;
+pub mod security;
 pub mod signals;
 pub mod store;
 
@@ -39,6 +40,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Storage(#[from] store::OpenError),
+    #[error(transparent)]
+    Security(#[from] security::SecurityError),
     #[error("cannot read the Raft log: {0}")]
     Log(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -69,21 +72,24 @@ pub async fn run_on(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    security::check_listen_addr(&config)?;
     let db = store::open(&config.data_dir, config.node_id)?;
+    let key = security::resolve_cluster_key(&config)?;
     let db_handle = Arc::downgrade(&db);
-    let result = run_raft(config, db, listener, shutdown).await;
+    let result = run_raft(config, key, db, listener, shutdown).await;
     wait_until_closed(&db_handle).await;
     result
 }
 
 async fn run_raft(
     config: ServerConfig,
+    key: Option<raft::peer_auth::ClusterKey>,
     db: Arc<redb::Database>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let log_store = LogStore::open(db.clone()).map_err(StartError::Log)?;
-    let channels = PeerChannels::default();
+    let channels = PeerChannels::new(raft::peer_auth::PeerAuth::new(config.node_id, key));
     let network = NetworkFactory { channels: channels.clone() };
     let signals = signals::NodeSignals::default();
     let raft = Raft::new(
@@ -123,7 +129,7 @@ async fn run_raft(
         // Streams would otherwise hold the graceful shutdown open.
         signals.close();
     };
-    let served = serve(cluster, listener, stop).await;
+    let served = serve(cluster, config.data_dir.clone(), listener, stop).await;
     liveness_task.abort();
     scheduling_task.abort();
     tracing::info!(node_id = config.node_id, "shutting down raft");
@@ -219,6 +225,7 @@ fn check_membership(
 
 async fn serve(
     cluster: Cluster,
+    data_dir: std::path::PathBuf,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
@@ -269,7 +276,7 @@ async fn serve(
             AgentServiceServer::new(api::agent::Agents { cluster: cluster.clone() }).max_decoding_message_size(limit),
         )
         .add_service(tonic::service::interceptor::InterceptedService::new(
-            RaftPeerServer::new(raft::peer_service::PeerService { cluster })
+            RaftPeerServer::new(raft::peer_service::PeerService::new(cluster, data_dir))
                 .max_decoding_message_size(helios_core::limits::MAX_PEER_MESSAGE_BYTES)
                 .max_encoding_message_size(helios_core::limits::MAX_PEER_MESSAGE_BYTES),
             raft::peer_service::check_format,

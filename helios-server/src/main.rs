@@ -6,7 +6,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use helios_server::config::parse_peer;
+use helios_server::raft::peer_auth::ClusterKey;
 use helios_server::ServerConfig;
+
+fn parse_key(text: &str) -> Result<ClusterKey, String> {
+    ClusterKey::parse(text)
+}
 
 /// The server allocates and frees many small objects per request and per applied entry (decoded
 /// rows, protobuf messages, Raft entries); jemalloc does that with less CPU than the system
@@ -43,23 +48,47 @@ struct Args {
     /// (1-3600). Lower reacts faster to dead nodes, higher tolerates slow networks and pauses.
     #[arg(long, default_value = "5", value_parser = helios_server::config::parse_heartbeat_ttl)]
     heartbeat_ttl: std::time::Duration,
+    /// The cluster key (64 hex digits) every server holds; peer messages are authenticated
+    /// with it. Without one, a server uses the key in its --data-dir (helios-cluster.key), a
+    /// bootstrap server beyond loopback generates one there, and on loopback peers are not
+    /// authenticated. Prefer --cluster-key-file or the environment: flags show in `ps`.
+    #[arg(long, env = "HELIOS_CLUSTER_KEY", hide_env_values = true, value_parser = parse_key, conflicts_with = "cluster_key_file")]
+    cluster_key: Option<ClusterKey>,
+    /// A file holding the cluster key (as written by a bootstrap server, or
+    /// `helios-cli operator keygen`).
+    #[arg(long)]
+    cluster_key_file: Option<PathBuf>,
+    /// Listen beyond loopback without TLS. Anyone who reaches the port can use the whole API:
+    /// only on a network you trust.
+    #[arg(long)]
+    insecure: bool,
     /// A single-server development cluster that bootstraps itself.
     #[arg(long, conflicts_with_all = ["peers", "bootstrap"])]
     dev: bool,
 }
 
-fn config_from(args: Args) -> Result<ServerConfig, helios_server::ConfigError> {
+fn config_from(args: Args) -> Result<ServerConfig, String> {
     let mut config = if args.dev {
         let id = args.node_id.unwrap_or(1);
         let own = vec![(id, args.rpc_addr.to_string())];
-        ServerConfig::new(id, args.rpc_addr, own, true, args.data_dir)?
+        ServerConfig::new(id, args.rpc_addr, own, true, args.data_dir).map_err(|e| e.to_string())?
     } else {
         // clap enforces --node-id unless --dev.
         let id = args.node_id.expect("clap requires --node-id without --dev");
-        ServerConfig::new(id, args.rpc_addr, args.peers, args.bootstrap, args.data_dir)?
+        ServerConfig::new(id, args.rpc_addr, args.peers, args.bootstrap, args.data_dir).map_err(|e| e.to_string())?
     };
     config.snapshot_every = args.snapshot_every;
     config.heartbeat_ttl = args.heartbeat_ttl;
+    config.insecure = args.insecure;
+    config.cluster_key = match (args.cluster_key, args.cluster_key_file) {
+        (Some(key), _) => Some(key),
+        (None, Some(path)) => Some(
+            helios_server::security::read_key_file(&path)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("--cluster-key-file {}: no such file", path.display()))?,
+        ),
+        (None, None) => None,
+    };
     Ok(config)
 }
 

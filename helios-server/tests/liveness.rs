@@ -116,6 +116,36 @@ async fn an_agent_cannot_take_another_nodes_identity() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_down_nodes_id_stays_its_own_until_an_operator_purges_it() {
+    use helios_api::pb::node_service_client::NodeServiceClient;
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    let real = wait_status(&cluster, 1, "n1", "ready").await;
+    let mut nodes = NodeServiceClient::new(cluster.channel(1).await);
+    let live = nodes.purge_node(pb::PurgeNodeRequest { id: "n1".into() }).await.expect_err("purged a live node");
+    assert_eq!(live.code(), tonic::Code::FailedPrecondition, "{live:?}");
+    let ghost = nodes.purge_node(pb::PurgeNodeRequest { id: "ghost".into() }).await.expect_err("purged nothing");
+    assert_eq!(ghost.code(), tonic::Code::NotFound, "{ghost:?}");
+
+    agent.stop().await;
+    wait_status(&cluster, 1, "n1", "down").await;
+    let mut api = AgentServiceClient::new(cluster.channel(1).await);
+    let claim = || pb::RegisterRequest { node: Some(real.clone()), secret: "another-agents-secret".into() };
+    let refused = api.register(claim()).await.expect_err("a down node's id was taken");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("node purge"), "{}", refused.message());
+    assert_eq!(node(&cluster, 1, "n1").await.expect("still known").status, "down");
+
+    nodes.purge_node(pb::PurgeNodeRequest { id: "n1".into() }).await.expect("purge a down node");
+    assert!(node(&cluster, 1, "n1").await.is_none(), "purged node still listed");
+    api.register(claim()).await.expect("the freed id is registered again");
+    assert_eq!(node(&cluster, 1, "n1").await.expect("registered").status, "ready");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_cannot_report_on_another_nodes_allocation() {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;

@@ -76,6 +76,25 @@ impl NodeService for Nodes {
         Ok(Response::new(pb::SetEligibilityResponse { index }))
     }
 
+    async fn purge_node(
+        &self,
+        request: Request<pb::PurgeNodeRequest>,
+    ) -> Result<Response<pb::PurgeNodeResponse>, Status> {
+        let id = request.into_inner().id;
+        require_name("id", &id)?;
+        let lookup = id.clone();
+        let jobs =
+            self.cluster.read(move |txn| read::jobs_affected_by_node(txn, &lookup)).await.map_err(cluster_status)?;
+        let evals = node_evaluations(jobs, &id, EvalTrigger::NodeUpdate);
+        let command = Command::PurgeNode { node_id: id, now: clock::now(), evals };
+        let (index, response) = self.cluster.write(command).await.map_err(cluster_status)?;
+        match response {
+            CommandResponse::NodePurged => Ok(Response::new(pb::PurgeNodeResponse { index })),
+            CommandResponse::Rejected(r) => Err(rejection_status(r)),
+            other => Err(Status::internal(format!("unexpected answer to a purge: {other:?}"))),
+        }
+    }
+
     async fn get_node(&self, request: Request<pb::GetNodeRequest>) -> Result<Response<pb::GetNodeResponse>, Status> {
         let id = request.into_inner().id;
         require_name("id", &id)?;

@@ -6,6 +6,7 @@
 
 pub mod log_store;
 pub mod network;
+pub mod peer_auth;
 pub mod peer_service;
 pub mod snapshot;
 pub mod state_machine;

@@ -19,6 +19,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
+use super::peer_auth::PeerAuth;
 use super::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::store::codec::{decode, encode};
 
@@ -27,6 +28,16 @@ const APPEND_ENTRIES_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Snapshot data travels in chunks of this size, well under the gRPC message limit.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// The peer API's method names, as the MACs of its requests cover them.
+pub mod methods {
+    pub const APPEND_ENTRIES: &str = "append_entries";
+    pub const VOTE: &str = "vote";
+    pub const PRE_VOTE: &str = "pre_vote";
+    pub const INSTALL_SNAPSHOT: &str = "install_snapshot";
+    pub const FORWARD: &str = "forward";
+    pub const STATUS: &str = "status";
+}
 
 /// A client to a peer whose every request says which stored format its payloads are in.
 pub type PeerClient = RaftPeerClient<InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>>;
@@ -41,10 +52,12 @@ fn stamp_format(mut request: Request<()>) -> Result<Request<()>, Status> {
     Ok(request)
 }
 
-/// Channels to peers by address, shared by the Raft network and request forwarding.
-#[derive(Clone, Default)]
+/// Channels to peers by address, shared by the Raft network and request forwarding, and the
+/// credentials every request through them carries.
+#[derive(Clone)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, PeerChannel>>>,
+    pub auth: PeerAuth,
 }
 
 /// A peer's channel, and when a call through it last got an answer.
@@ -61,6 +74,10 @@ struct PeerChannel {
 const STALE_AFTER: Duration = Duration::from_secs(1);
 
 impl PeerChannels {
+    pub fn new(auth: PeerAuth) -> PeerChannels {
+        PeerChannels { channels: Arc::default(), auth }
+    }
+
     fn client(&self, addr: &str) -> Result<PeerClient, tonic::transport::Error> {
         let channel = {
             let mut map = self.lock();
@@ -83,16 +100,32 @@ impl PeerChannels {
             .max_encoding_message_size(helios_core::limits::MAX_PEER_MESSAGE_BYTES))
     }
 
-    /// Calls the peer at `addr`, noting whether it answered (see `STALE_AFTER`).
-    pub async fn call<T, Fut>(&self, addr: &str, call: impl FnOnce(PeerClient) -> Fut) -> Result<T, Status>
+    /// Calls `method` of the peer at `addr` with `body`, signed as this server's, and returns
+    /// the answer once it is known to come from a holder of the cluster key (when there is
+    /// one); notes whether the peer answered (see `STALE_AFTER`).
+    pub async fn call<Fut>(
+        &self,
+        addr: &str,
+        method: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+        call: impl FnOnce(PeerClient, Request<RaftPayload>) -> Fut,
+    ) -> Result<RaftPayload, Status>
     where
-        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, Status>>,
     {
         let client = self.client(addr).map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        let mac = self.auth.sign_request(method, &body, &mut metadata);
+        let mut request = Request::new(RaftPayload { data: body });
+        *request.metadata_mut() = metadata;
+        request.set_timeout(timeout);
         let mut watch = CallWatch { channels: self, addr, answered: false };
-        let reply = call(client).await;
+        let reply = call(client, request).await;
         watch.answered = reply.as_ref().err().is_none_or(|status| !is_transport_failure(status));
-        reply.map(tonic::Response::into_inner)
+        let reply = reply?;
+        self.auth.verify_reply(mac.as_deref(), reply.metadata(), &reply.get_ref().data)?;
+        Ok(reply.into_inner())
     }
 
     /// The peer at `addr` answered (with anything, errors included): its connection works.
@@ -182,6 +215,7 @@ impl PeerConnection {
     /// One request/response RPC: encode `rpc`, send it with openraft's deadline, decode the reply.
     async fn unary<Req, Resp, Fut>(
         &self,
+        method: &str,
         rpc: &Req,
         option: &RPCOption,
         call: impl FnOnce(PeerClient, tonic::Request<RaftPayload>) -> Fut,
@@ -191,9 +225,7 @@ impl PeerConnection {
         Resp: serde::de::DeserializeOwned,
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
-        let mut request = tonic::Request::new(RaftPayload { data: encode(rpc) });
-        request.set_timeout(option.hard_ttl());
-        let reply = self.channels.call(&self.addr, |client| call(client, request)).await;
+        let reply = self.channels.call(&self.addr, method, encode(rpc), option.hard_ttl(), call).await;
         decode_reply(reply.map_err(|s| status_to_rpc_error(&s))?)
     }
 }
@@ -212,7 +244,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         // longer. Heartbeats keep the short deadline (openraft's heartbeat worker enforces it
         // anyway); a read that finds no quorum is retried (`Cluster::handle_as_leader`).
         let option = if rpc.entries.is_empty() { option } else { RPCOption::new(APPEND_ENTRIES_TIMEOUT) };
-        self.unary(&rpc, &option, |mut c, r| async move { c.append_entries(r).await }).await
+        self.unary(methods::APPEND_ENTRIES, &rpc, &option, |mut c, r| async move { c.append_entries(r).await }).await
     }
 
     async fn vote(
@@ -220,7 +252,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, &option, |mut c, r| async move { c.vote(r).await }).await
+        self.unary(methods::VOTE, &rpc, &option, |mut c, r| async move { c.vote(r).await }).await
     }
 
     async fn pre_vote(
@@ -228,7 +260,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, &option, |mut c, r| async move { c.pre_vote(r).await }).await
+        self.unary(methods::PRE_VOTE, &rpc, &option, |mut c, r| async move { c.pre_vote(r).await }).await
     }
 
     async fn full_snapshot(
@@ -245,18 +277,31 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             .await
             .map_err(|e| StreamingError::from(RPCError::Network(NetworkError::new(&e))))?
             .map_err(|e| StreamingError::from(RPCError::Network(NetworkError::new(&e))))?;
-        let header = SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Meta(encode(&(vote, meta)))) };
-        let chunks: Vec<SnapshotChunk> = data
-            .chunks(SNAPSHOT_CHUNK_BYTES)
-            .map(|c| SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Data(c.to_vec())) })
-            .collect();
-        let stream = futures::stream::iter(std::iter::once(header).chain(chunks));
+        let meta = encode(&(vote, meta));
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        let request_mac = self.channels.auth.sign_request(methods::INSTALL_SNAPSHOT, &meta, &mut metadata);
+        let mut data_mac = request_mac.as_deref().and_then(|m| self.channels.auth.snapshot_data_mac(m));
+        let header = SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Meta(meta)) };
+        let mut chunks: Vec<SnapshotChunk> = Vec::new();
+        for c in data.chunks(SNAPSHOT_CHUNK_BYTES) {
+            if let Some(mac) = &mut data_mac {
+                mac.update(c);
+            }
+            chunks.push(SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Data(c.to_vec())) });
+        }
+        if let Some(mac) = data_mac {
+            chunks.push(SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Mac(mac.finish())) });
+        }
+        let mut request = Request::new(futures::stream::iter(std::iter::once(header).chain(chunks)));
+        *request.metadata_mut() = metadata;
         tracing::info!(target_node = self.target, bytes = data.len(), "sending snapshot");
-        let send = client.install_snapshot(stream);
+        let send = client.install_snapshot(request);
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             reply = send => {
                 let reply = reply.map_err(|s| StreamingError::from(status_to_rpc_error(&s)))?;
+                let verified = self.channels.auth.verify_reply(request_mac.as_deref(), reply.metadata(), &reply.get_ref().data);
+                verified.map_err(|s| StreamingError::from(RPCError::Network(NetworkError::new(&s))))?;
                 decode_reply(reply.into_inner()).map_err(StreamingError::from)
             }
         }
@@ -291,15 +336,17 @@ mod tests {
     const SILENCE: Duration = Duration::from_millis(100);
 
     async fn status_call(channels: &PeerChannels, addr: &str, timeout: Duration) -> Result<RaftPayload, Status> {
-        let mut req = Request::new(RaftPayload { data: Vec::new() });
-        req.set_timeout(timeout);
-        channels.call(addr, |mut c| async move { c.status(req).await }).await
+        channels.call(addr, methods::STATUS, Vec::new(), timeout, |mut c, r| async move { c.status(r).await }).await
+    }
+
+    fn channels() -> PeerChannels {
+        PeerChannels::new(PeerAuth::new(1, None))
     }
 
     #[tokio::test]
     async fn a_connection_that_stopped_answering_is_replaced() {
         let peer = peer_behind_proxy().await;
-        let channels = PeerChannels::default();
+        let channels = channels();
         for _ in 0..3 {
             // Patient: a busy machine must not turn an answer into a timeout.
             let status = status_call(&channels, &peer.addr, ANSWER).await.expect_err("no such method");
@@ -322,7 +369,7 @@ mod tests {
     #[tokio::test]
     async fn a_call_given_up_on_counts_as_unanswered() {
         let peer = peer_behind_proxy().await;
-        let channels = PeerChannels::default();
+        let channels = channels();
         assert!(status_call(&channels, &peer.addr, ANSWER).await.is_err());
         peer.freeze();
         let deadline = Instant::now() + Duration::from_secs(10);

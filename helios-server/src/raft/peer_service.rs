@@ -1,21 +1,53 @@
 //! The server side of server-to-server traffic: Raft RPCs, snapshot installation, forwarded
 //! requests, and status for `server members`.
+//!
+//! Nothing reaches Raft before its sender is known and allowed (`admit`): the request must
+//! authenticate (`peer_auth`), its sender must be a member of the membership this server holds,
+//! the vote inside must be the sender's own, and its terms and indexes must be far from
+//! overflowing. Refusals are logged (at most once per sender every few seconds: a storm of
+//! forged messages must not become a storm of log lines).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use helios_api::pb::raft_peer_server::RaftPeer;
 use helios_api::pb::{snapshot_chunk, RaftPayload, SnapshotChunk};
+use openraft::entry::RaftEntry;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::type_config::async_runtime::watch::WatchReceiver;
+use openraft::vote::RaftLeaderId;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{SnapshotMeta, Vote};
+use super::network::methods;
+use super::peer_auth::{PeerAuth, Sender};
+use super::snapshot::ReceivedFile;
+use super::{LogId, NodeId, SnapshotMeta, TypeConfig, Vote};
 use crate::cluster::{Cluster, ForwardRequest};
 use crate::store::codec::{decode, encode};
 
-/// Largest snapshot a server accepts: far above any state Helios keeps in practice, low enough
-/// that a misbehaving peer cannot exhaust memory.
-const MAX_SNAPSHOT_BYTES: usize = 8 * 1024 * 1024 * 1024;
+/// Largest snapshot a server accepts: far above any state Helios keeps in practice. It is
+/// written to disk as it arrives, so this bounds disk use, not memory.
+const MAX_SNAPSHOT_BYTES: u64 = 8 * 1024 * 1024 * 1024;
+
+/// Terms and log indexes from peers must stay below this: Raft adds one to them (a new term, the
+/// next index), and a forged `u64::MAX` would wrap or panic. Real ones never come near.
+pub const MAX_PEER_COUNTER: u64 = 1 << 62;
+
+/// A refusal is logged at most this often per sender.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(5);
 
 pub struct PeerService {
-    pub cluster: Cluster,
+    cluster: Cluster,
+    auth: PeerAuth,
+    /// Where received snapshots are written while they arrive.
+    data_dir: PathBuf,
+    /// One snapshot is received at a time: each can be gigabytes of disk.
+    snapshot_slot: tokio::sync::Semaphore,
+    refusals: Mutex<HashMap<NodeId, (Instant, u64)>>,
 }
 
 /// Refuses a request whose payloads are in another stored format than this server's (a peer
@@ -36,80 +68,252 @@ fn bad_payload(e: std::io::Error) -> Status {
     Status::invalid_argument(format!("undecodable peer payload: {e}"))
 }
 
-/// Decodes an openraft request, hands it to Raft, and encodes Raft's answer.
-async fn relay<Req, Resp, E, Fut>(
-    request: Request<RaftPayload>,
-    handle: impl FnOnce(Req) -> Fut,
-) -> Result<Response<RaftPayload>, Status>
-where
-    Req: serde::de::DeserializeOwned,
-    Resp: serde::Serialize,
-    E: std::fmt::Display,
-    Fut: std::future::Future<Output = Result<Resp, E>>,
-{
-    let rpc = decode(&request.into_inner().data).map_err(bad_payload)?;
-    let result = handle(rpc).await.map_err(|e| Status::internal(e.to_string()))?;
-    reply(&result)
+fn check_counter(what: &str, value: u64) -> Result<(), Status> {
+    if value >= MAX_PEER_COUNTER {
+        return Err(Status::invalid_argument(format!("{what} {value} is out of range (at most {MAX_PEER_COUNTER})")));
+    }
+    Ok(())
 }
 
-fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
-    Ok(Response::new(RaftPayload { data: encode(value) }))
+fn check_vote(vote: &Vote) -> Result<(), Status> {
+    check_counter("term", vote.leader_id().term())
+}
+
+fn check_log_id(what: &str, log_id: Option<&LogId>) -> Result<(), Status> {
+    if let Some(id) = log_id {
+        check_counter(&format!("{what} index"), id.index())?;
+        check_counter(&format!("{what} term"), id.committed_leader_id().term())?;
+    }
+    Ok(())
+}
+
+impl PeerService {
+    pub fn new(cluster: Cluster, data_dir: PathBuf) -> PeerService {
+        let auth = cluster.channels.auth.clone();
+        PeerService {
+            cluster,
+            auth,
+            data_dir,
+            snapshot_slot: tokio::sync::Semaphore::new(1),
+            refusals: Mutex::default(),
+        }
+    }
+
+    /// The request's sender, if it authenticates and is a member; otherwise the refusal.
+    fn admit(&self, method: &str, request: &Request<RaftPayload>) -> Result<Sender, Status> {
+        let sender = self.auth.verify_request(method, request.metadata(), &request.get_ref().data);
+        let sender = sender.map_err(|status| self.refused(None, method, status))?;
+        self.check_member(&sender, method)?;
+        Ok(sender)
+    }
+
+    /// Only members of the membership this server holds are heard. A server that is not yet in
+    /// any cluster (it waits to be added) holds none, and hears whoever authenticates: the
+    /// leader adding it.
+    fn check_member(&self, sender: &Sender, method: &str) -> Result<(), Status> {
+        let member = {
+            let metrics = self.cluster.raft.metrics();
+            let m = metrics.borrow_watched();
+            let membership = m.membership_config.membership();
+            membership.nodes().next().is_none() || membership.get_node(&sender.id).is_some()
+        };
+        if member {
+            return Ok(());
+        }
+        let status = Status::permission_denied(format!(
+            "server {} is not a member of this cluster; members change only through `server join`",
+            sender.id
+        ));
+        Err(self.refused(Some(sender.id), method, status))
+    }
+
+    /// The vote in a message must be its sender's own: no server speaks for another.
+    fn check_own_vote(&self, sender: &Sender, method: &str, vote: &Vote) -> Result<(), Status> {
+        check_vote(vote).map_err(|status| self.refused(Some(sender.id), method, status))?;
+        let claimed = *vote.leader_id().node_id();
+        if claimed != sender.id {
+            let status = Status::permission_denied(format!("server {} sent a vote of server {claimed}", sender.id));
+            return Err(self.refused(Some(sender.id), method, status));
+        }
+        Ok(())
+    }
+
+    /// Logs a refusal (rate limited per sender) and passes it on.
+    fn refused(&self, sender: Option<NodeId>, method: &str, status: Status) -> Status {
+        let key = sender.unwrap_or(NodeId::MAX);
+        let mut refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, count) = refusals.entry(key).or_insert((Instant::now() - REFUSAL_LOG_EVERY * 2, 0));
+        *count += 1;
+        if last.elapsed() >= REFUSAL_LOG_EVERY {
+            tracing::warn!(
+                sender = ?sender,
+                method,
+                refused_since_last_report = *count,
+                reason = status.message(),
+                "refused a peer request"
+            );
+            *last = Instant::now();
+            *count = 0;
+        }
+        status
+    }
+
+    fn reply<T: serde::Serialize>(&self, sender: &Sender, value: &T) -> Result<Response<RaftPayload>, Status> {
+        let data = encode(value);
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        self.auth.sign_reply(sender, &data, &mut metadata);
+        let mut response = Response::new(RaftPayload { data });
+        *response.metadata_mut() = metadata;
+        Ok(response)
+    }
+
+    async fn vote_like(
+        &self,
+        method: &str,
+        request: Request<RaftPayload>,
+        pre_vote: bool,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let sender = self.admit(method, &request)?;
+        let rpc: VoteRequest<TypeConfig> = decode(&request.get_ref().data).map_err(bad_payload)?;
+        self.check_own_vote(&sender, method, &rpc.vote)?;
+        check_log_id("last log", rpc.last_log_id.as_ref())?;
+        // Helios never transfers leadership, so no vote may claim the leader's permission to
+        // disrupt it (openraft would then ignore the leader's lease).
+        if rpc.leadership_transfer {
+            let status = Status::permission_denied("this cluster does not transfer leadership; vote refused");
+            return Err(self.refused(Some(sender.id), method, status));
+        }
+        let result = if pre_vote { self.cluster.raft.pre_vote(rpc).await } else { self.cluster.raft.vote(rpc).await };
+        self.reply(&sender, &result.map_err(|e| Status::internal(e.to_string()))?)
+    }
+
+    /// Receives a snapshot's data into a file, checking size and (keyed) the MAC that ends it.
+    async fn receive_snapshot(
+        &self,
+        sender: &Sender,
+        stream: &mut Streaming<SnapshotChunk>,
+    ) -> Result<ReceivedFile, Status> {
+        let path = self.data_dir.join(format!("snapshot-from-{}-{}.incoming", sender.id, crate::clock::new_id()));
+        let file = std::fs::File::create(&path)
+            .map_err(|e| Status::internal(format!("cannot create {}: {e}", path.display())))?;
+        // From here on the file is removed whatever happens.
+        let received = ReceivedFile(path);
+        let mut out = std::io::BufWriter::new(file);
+        let mut mac = sender.request_mac.as_deref().and_then(|m| self.auth.snapshot_data_mac(m));
+        let mut size = 0u64;
+        let mut mac_seen = false;
+        while let Some(chunk) = stream.next().await {
+            match chunk?.chunk {
+                Some(snapshot_chunk::Chunk::Data(bytes)) if !mac_seen => {
+                    size += bytes.len() as u64;
+                    if size > MAX_SNAPSHOT_BYTES {
+                        return Err(Status::resource_exhausted("snapshot exceeds the size limit"));
+                    }
+                    if let Some(mac) = &mut mac {
+                        mac.update(&bytes);
+                    }
+                    // Small buffered writes; the final flush and sync happen below.
+                    out.write_all(&bytes).map_err(|e| Status::internal(format!("writing the snapshot: {e}")))?;
+                }
+                Some(snapshot_chunk::Chunk::Mac(given)) if !mac_seen => {
+                    let Some(expected) = mac.take() else {
+                        return Err(Status::invalid_argument("a MAC chunk in a cluster without a key"));
+                    };
+                    if !expected.verify(&given) {
+                        return Err(Status::unauthenticated("the snapshot's data does not match its MAC"));
+                    }
+                    mac_seen = true;
+                }
+                _ => return Err(Status::invalid_argument("metadata may only open a snapshot stream, a MAC close it")),
+            }
+        }
+        if mac.is_some() {
+            return Err(Status::unauthenticated("the snapshot stream ended without its MAC"));
+        }
+        out.flush().map_err(|e| Status::internal(format!("writing the snapshot: {e}")))?;
+        Ok(received)
+    }
 }
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        relay(request, |rpc| self.cluster.raft.append_entries(rpc)).await
+        let method = methods::APPEND_ENTRIES;
+        let sender = self.admit(method, &request)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.get_ref().data).map_err(bad_payload)?;
+        self.check_own_vote(&sender, method, &rpc.vote)?;
+        check_log_id("previous log", rpc.prev_log_id.as_ref())?;
+        check_log_id("leader commit", rpc.leader_commit.as_ref())?;
+        for entry in &rpc.entries {
+            check_log_id("entry", Some(&entry.log_id()))?;
+        }
+        let result = self.cluster.raft.append_entries(rpc).await.map_err(|e| Status::internal(e.to_string()))?;
+        self.reply(&sender, &result)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        relay(request, |rpc| self.cluster.raft.vote(rpc)).await
+        self.vote_like(methods::VOTE, request, false).await
     }
 
     async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        relay(request, |rpc| self.cluster.raft.pre_vote(rpc)).await
+        self.vote_like(methods::PRE_VOTE, request, true).await
     }
 
     async fn install_snapshot(
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let mut stream = request.into_inner();
+        let method = methods::INSTALL_SNAPSHOT;
+        let (metadata, _, mut stream) = request.into_parts();
         let header = match stream.next().await {
             Some(Ok(SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Meta(meta)) })) => meta,
             Some(Err(status)) => return Err(status),
             _ => return Err(Status::invalid_argument("a snapshot stream must start with its metadata")),
         };
+        // Who sends it, and whether its vote still counts, before a byte of data is read.
+        let sender = self
+            .admit(method, &Request::from_parts(metadata, Default::default(), RaftPayload { data: header.clone() }))?;
         let (vote, meta): (Vote, SnapshotMeta) = decode(&header).map_err(bad_payload)?;
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            match chunk?.chunk {
-                Some(snapshot_chunk::Chunk::Data(bytes)) => {
-                    if data.len() + bytes.len() > MAX_SNAPSHOT_BYTES {
-                        return Err(Status::resource_exhausted("snapshot exceeds the size limit"));
-                    }
-                    data.extend_from_slice(&bytes);
-                }
-                _ => return Err(Status::invalid_argument("metadata may only open a snapshot stream")),
-            }
+        self.check_own_vote(&sender, method, &vote)?;
+        check_log_id("snapshot last log", meta.last_log_id.as_ref())?;
+        let current = self.cluster.raft.metrics().borrow_watched().vote;
+        if vote < current {
+            let status = Status::failed_precondition(format!(
+                "server {} sent a snapshot with vote {vote}, older than this server's {current}",
+                sender.id
+            ));
+            return Err(self.refused(Some(sender.id), method, status));
         }
-        tracing::info!(bytes = data.len(), last_log_id = ?meta.last_log_id, "installing snapshot from the leader");
-        let snapshot = super::Snapshot { meta, snapshot: super::SnapshotData::Encoded(data) };
+        let Ok(_slot) = self.snapshot_slot.try_acquire() else {
+            return Err(Status::resource_exhausted("another snapshot is being received; try again"));
+        };
+        let received = self.receive_snapshot(&sender, &mut stream).await?;
+        tracing::info!(from = sender.id, last_log_id = ?meta.last_log_id, "installing a snapshot from the leader");
+        let snapshot = super::Snapshot { meta, snapshot: super::SnapshotData::Received(Arc::new(received)) };
         let result = self
             .cluster
             .raft
             .install_full_snapshot(vote, snapshot)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        reply(&result)
+        self.reply(&sender, &result)
     }
 
     async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let forwarded: ForwardRequest = decode(&request.into_inner().data).map_err(bad_payload)?;
-        reply(&self.cluster.handle_as_leader(forwarded).await)
+        let method = methods::FORWARD;
+        let sender = self.admit(method, &request)?;
+        let forwarded: ForwardRequest = decode(&request.get_ref().data).map_err(bad_payload)?;
+        crate::cluster::check_forwarded(&forwarded).map_err(|status| self.refused(Some(sender.id), method, status))?;
+        self.reply(&sender, &self.cluster.handle_as_leader(forwarded).await)
     }
 
-    async fn status(&self, _request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        reply(&self.cluster.own_status())
+    async fn status(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        // Any holder of the key may ask (the leader asks a server it is about to add); the
+        // signed answer is how it proves it holds the key too.
+        let sender = self
+            .auth
+            .verify_request(methods::STATUS, request.metadata(), &request.get_ref().data)
+            .map_err(|status| self.refused(None, methods::STATUS, status))?;
+        self.reply(&sender, &self.cluster.own_status())
     }
 }

@@ -2,15 +2,16 @@
 //!
 //! A snapshot built on this server is a consistent read-only view of its database (a redb read
 //! transaction): building one costs nothing but reading the applied index, and the bytes are only
-//! produced when a peer needs them. A snapshot received from a peer is those bytes.
+//! produced when a peer needs them. A snapshot received from a peer is those bytes, in a file.
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use redb::{ReadTransaction, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use crate::store::codec::{decode, encode};
+use crate::store::codec::{decode, decode_from_reader, encode};
 use crate::store::tables::STATE_TABLES;
 
 #[derive(Clone)]
@@ -19,6 +20,21 @@ pub enum SnapshotData {
     Local(Arc<ReadTransaction>),
     /// An encoded `SnapshotBody`, as it travels between servers.
     Encoded(Vec<u8>),
+    /// An encoded `SnapshotBody` received from a peer, streamed to a file rather than held in
+    /// memory while it arrives.
+    Received(Arc<ReceivedFile>),
+}
+
+/// A file that is deleted when the last snapshot referring to it is dropped.
+#[derive(Debug)]
+pub struct ReceivedFile(pub PathBuf);
+
+impl Drop for ReceivedFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %e, "could not delete a received snapshot");
+        }
+    }
 }
 
 impl std::fmt::Debug for SnapshotData {
@@ -26,6 +42,7 @@ impl std::fmt::Debug for SnapshotData {
         match self {
             SnapshotData::Local(_) => f.write_str("SnapshotData::Local"),
             SnapshotData::Encoded(b) => write!(f, "SnapshotData::Encoded({} bytes)", b.len()),
+            SnapshotData::Received(file) => write!(f, "SnapshotData::Received({})", file.0.display()),
         }
     }
 }
@@ -45,6 +62,7 @@ impl SnapshotData {
     pub fn to_bytes(&self) -> io::Result<Vec<u8>> {
         match self {
             SnapshotData::Encoded(bytes) => Ok(bytes.clone()),
+            SnapshotData::Received(file) => std::fs::read(&file.0),
             SnapshotData::Local(txn) => {
                 let mut body = SnapshotBody { tables: Vec::new() };
                 for def in STATE_TABLES {
@@ -64,6 +82,7 @@ impl SnapshotData {
     pub fn into_body(self) -> io::Result<SnapshotBody> {
         match self {
             SnapshotData::Encoded(bytes) => decode(&bytes),
+            SnapshotData::Received(file) => decode_from_reader(std::io::BufReader::new(std::fs::File::open(&file.0)?)),
             local @ SnapshotData::Local(_) => decode(&local.to_bytes()?),
         }
     }

@@ -214,15 +214,15 @@ impl<'txn> StateTables<'txn> {
                 self.put_evaluations(&evals)?;
                 Ok(CommandResponse::NodeStatusSet)
             }
-            Command::UpdateAllocations { node_id, updates, now, evals } => {
-                let response = self.update_allocations(&node_id, None, updates, now)?;
-                if response == CommandResponse::AllocationsUpdated {
-                    self.put_evaluations(&evals)?;
-                }
-                Ok(response)
-            }
+            // No server has built this secret-less report since the stored format it would be in
+            // (format 2 came after `ReportAllocations`), so only a forged one can be met:
+            // refused, like a report with the wrong secret.
+            Command::UpdateAllocations { node_id, .. } => Ok(CommandResponse::Rejected(Rejection {
+                kind: RejectionKind::FailedPrecondition,
+                message: format!("a report on node {node_id:?}'s allocations must carry the node's secret"),
+            })),
             Command::ReportAllocations { node_id, secret, updates, now, evals } => {
-                let response = self.update_allocations(&node_id, Some(&secret), updates, now)?;
+                let response = self.update_allocations(&node_id, &secret, updates, now)?;
                 if response == CommandResponse::AllocationsUpdated {
                     self.put_evaluations(&evals)?;
                 }
@@ -239,7 +239,52 @@ impl<'txn> StateTables<'txn> {
                 self.put_evaluations(&evals)?;
                 Ok(CommandResponse::EvaluationsCreated)
             }
+            Command::PurgeNode { node_id, now, evals } => {
+                let response = self.purge_node(&node_id, now)?;
+                if response == CommandResponse::NodePurged {
+                    self.nodes_changed(now)?;
+                    self.put_evaluations(&evals)?;
+                }
+                Ok(response)
+            }
         }
+    }
+
+    /// Forgets a down node: its unfinished allocations are lost (their jobs' evaluations place
+    /// them elsewhere), and its id is free for the next agent that registers it.
+    fn purge_node(&mut self, node_id: &str, now: Timestamp) -> Result<CommandResponse, redb::Error> {
+        let Some(node) = get::<Node>(&self.nodes, node_id)? else {
+            return Ok(CommandResponse::Rejected(Rejection {
+                kind: RejectionKind::NotFound,
+                message: format!("node {node_id:?} not found"),
+            }));
+        };
+        if node.status != NodeStatus::Down {
+            return Ok(CommandResponse::Rejected(Rejection {
+                kind: RejectionKind::FailedPrecondition,
+                message: format!(
+                    "node {node_id:?} is {}: only a node that is down can be purged (stop its agent, or drain it)",
+                    node.status.as_str()
+                ),
+            }));
+        }
+        let (from, to) = index_range(node_id);
+        let mut ids = Vec::new();
+        for row in self.allocs_by_node.range(from.as_str()..to.as_str())? {
+            ids.push(index_id(row?.0.value()).to_string());
+        }
+        for id in ids {
+            let Some(mut alloc) = get::<Allocation>(&self.allocations, &id)? else { continue };
+            if !alloc.is_terminal() {
+                alloc.desired_status = AllocDesiredStatus::Stop;
+                alloc.desired_description = "node purged".to_string();
+                alloc.client_status = helios_core::AllocClientStatus::Lost;
+                alloc.modified_at = now;
+                self.put_allocation(&alloc)?;
+            }
+        }
+        self.nodes.remove(node_id)?;
+        Ok(CommandResponse::NodePurged)
     }
 
     /// The usable nodes changed at this entry. Whatever was decided on the old set is decided
@@ -341,21 +386,22 @@ impl<'txn> StateTables<'txn> {
 
     fn register_node(&mut self, mut node: Node) -> Result<CommandResponse, redb::Error> {
         if let Some(existing) = get::<Node>(&self.nodes, &node.id)? {
-            if existing.secret_id != node.secret_id && existing.status != NodeStatus::Down {
+            // A node id keeps its secret for good, down or not: a down node's id taken by
+            // another agent would hand it the node's allocations. Only an operator frees it.
+            if !existing.secret_matches(&node.secret_id) {
                 return Ok(CommandResponse::Rejected(Rejection {
                     kind: RejectionKind::FailedPrecondition,
                     message: format!(
-                        "node id {:?} belongs to another agent that is still alive; give this agent another --node-id",
-                        node.id
+                        "node id {:?} belongs to another agent (its secret differs); give this agent another \
+                         --node-id, or free the id with `helios-cli node purge {}` if that machine is gone for good",
+                        node.id, node.id
                     ),
                 }));
             }
             // A restarted agent keeps what operators decided about its node.
             node.eligibility = existing.eligibility;
             node.drain = existing.drain;
-            if existing.secret_id == node.secret_id {
-                node.registered_at = existing.registered_at;
-            }
+            node.registered_at = existing.registered_at;
         }
         node.status = NodeStatus::Ready;
         self.nodes.insert(node.id.as_str(), encode(&node).as_slice())?;
@@ -610,25 +656,24 @@ impl<'txn> StateTables<'txn> {
     fn update_allocations(
         &mut self,
         node_id: &str,
-        secret: Option<&str>,
+        secret: &str,
         updates: Vec<helios_core::AllocUpdate>,
         now: Timestamp,
     ) -> Result<CommandResponse, redb::Error> {
-        match (get::<Node>(&self.nodes, node_id)?, secret) {
-            (_, None) => {}
-            (None, Some(_)) => {
+        match get::<Node>(&self.nodes, node_id)? {
+            None => {
                 return Ok(CommandResponse::Rejected(Rejection {
                     kind: RejectionKind::NotFound,
                     message: format!("node {node_id:?} is not registered"),
                 }))
             }
-            (Some(node), Some(secret)) if node.secret_id != secret => {
+            Some(node) if !node.secret_matches(secret) => {
                 return Ok(CommandResponse::Rejected(Rejection {
                     kind: RejectionKind::FailedPrecondition,
                     message: format!("node {node_id:?} is registered by another agent"),
                 }))
             }
-            (Some(_), Some(_)) => {}
+            Some(_) => {}
         }
         let mut changed = Vec::with_capacity(updates.len());
         for update in updates {
@@ -1225,5 +1270,51 @@ mod tests {
         let txn = db.begin_read().unwrap();
         assert_eq!(read::node_usage(&txn).unwrap()["n"].cpu_mhz, 300);
         assert_eq!(read::evaluations_for_job(&txn, "a").unwrap().len(), 2, "the job's and the plan's");
+    }
+
+    #[test]
+    fn a_node_id_keeps_its_secret_until_purged_and_reports_need_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), 1).unwrap();
+        apply_all(&db, vec![proposal("n", 1, Command::RegisterNode { node: node("n", 1000), evals: vec![] })]);
+        apply_all(&db, vec![proposal("j", 1, register("a", "x", "ea"))]);
+        apply_all(&db, vec![proposal("p", 2, plan("a", vec![alloc("a1", "a", "a.g[0]", "n", 300)]))]);
+        let claim = |at: u64| {
+            let mut other = node("n", 1000);
+            other.secret_id = "another".into();
+            proposal(&format!("c{at}"), at, Command::RegisterNode { node: other, evals: vec![] })
+        };
+        let refused = |r: &CommandResponse| matches!(r, CommandResponse::Rejected(r) if r.kind == RejectionKind::FailedPrecondition);
+        // The legacy report without a secret is refused, whatever it says.
+        let legacy = Command::UpdateAllocations {
+            node_id: "n".into(),
+            updates: vec![report("a1", AllocClientStatus::Complete)],
+            now: Timestamp(3),
+            evals: vec![],
+        };
+        assert!(refused(&apply_all(&db, vec![proposal("u", 3, legacy)])[0]));
+        // Ready, then down: the id is not another agent's to take, and a ready node is not purged.
+        assert!(refused(&apply_all(&db, vec![claim(4)])[0]));
+        let purge = |at: u64| {
+            proposal(
+                &format!("x{at}"),
+                at,
+                Command::PurgeNode { node_id: "n".into(), now: Timestamp(at), evals: vec![] },
+            )
+        };
+        assert!(refused(&apply_all(&db, vec![purge(5)])[0]));
+        let down =
+            Command::SetNodeStatus { node_id: "n".into(), status: NodeStatus::Down, now: Timestamp(6), evals: vec![] };
+        apply_all(&db, vec![proposal("d", 6, down)]);
+        assert!(refused(&apply_all(&db, vec![claim(7)])[0]));
+        assert_eq!(apply_all(&db, vec![purge(8)])[0], CommandResponse::NodePurged);
+        assert_indexes_agree_with_a_scan(&db);
+        {
+            let txn = db.begin_read().unwrap();
+            assert!(read::node(&txn, "n").unwrap().is_none());
+            let a1 = read::allocation(&txn, "a1").unwrap().unwrap();
+            assert_eq!((a1.client_status, a1.desired_status), (AllocClientStatus::Lost, AllocDesiredStatus::Stop));
+        }
+        assert_eq!(apply_all(&db, vec![claim(9)])[0], CommandResponse::NodeRegistered, "the freed id is taken");
     }
 }

@@ -21,3 +21,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("cannot decode stored value: {e}")))?;
     Ok(value)
 }
+
+/// As `decode`, from a reader (a received snapshot's file).
+pub fn decode_from_reader<T: DeserializeOwned>(mut reader: impl io::Read) -> io::Result<T> {
+    bincode::serde::decode_from_std_read(&mut reader, config())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("cannot decode stored value: {e}")))
+}

@@ -55,6 +55,8 @@ pub struct TestCluster {
     /// The --peer list the cluster was created with.
     pub initial_peers: Vec<(u64, String)>,
     pub snapshot_every: u64,
+    /// The key every server is started with (`None`: loopback without one).
+    pub cluster_key: Option<helios_server::raft::peer_auth::ClusterKey>,
     running: BTreeMap<u64, Running>,
 }
 
@@ -65,6 +67,19 @@ impl TestCluster {
     }
 
     pub async fn start_with(n: u64, snapshot_every: u64) -> TestCluster {
+        Self::start_configured(n, snapshot_every, None).await
+    }
+
+    /// Starts `n` servers that authenticate each other with `key`.
+    pub async fn start_keyed(n: u64, key: helios_server::raft::peer_auth::ClusterKey) -> TestCluster {
+        Self::start_configured(n, helios_server::config::DEFAULT_SNAPSHOT_EVERY, Some(key)).await
+    }
+
+    pub async fn start_configured(
+        n: u64,
+        snapshot_every: u64,
+        cluster_key: Option<helios_server::raft::peer_auth::ClusterKey>,
+    ) -> TestCluster {
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
             listeners.insert(id, TcpListener::bind("127.0.0.1:0").await.expect("bind port 0"));
@@ -76,6 +91,7 @@ impl TestCluster {
             initial_peers: addrs.clone().into_iter().collect(),
             addrs,
             snapshot_every,
+            cluster_key,
             running: BTreeMap::new(),
         };
         for (id, listener) in listeners {
@@ -90,6 +106,7 @@ impl TestCluster {
         let mut config = ServerConfig::new(id, addr, peers, bootstrap, self.data_dir()).expect("valid config");
         config.snapshot_every = self.snapshot_every;
         config.heartbeat_ttl = HEARTBEAT_TTL;
+        config.cluster_key = self.cluster_key.clone();
         config
     }
 
@@ -133,10 +150,26 @@ impl TestCluster {
 
     /// Starts a new, empty server that waits to be added with `server join`.
     pub async fn start_new_server(&mut self, id: u64) -> String {
+        let key = self.cluster_key.clone();
+        self.start_new_server_with_key(id, key).await
+    }
+
+    /// As `start_new_server`, holding `key` rather than the cluster's.
+    pub async fn start_new_server_with_key(
+        &mut self,
+        id: u64,
+        key: Option<helios_server::raft::peer_auth::ClusterKey>,
+    ) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().expect("bound").to_string();
         self.addrs.insert(id, addr.clone());
-        self.launch(id, listener, Vec::new(), false);
+        let mut config = self.config(id, Vec::new(), false);
+        config.cluster_key = key;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(helios_server::run_on(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        self.running.insert(id, Running { stop, task });
         addr
     }
 
