@@ -265,6 +265,11 @@ async fn server_join_members_and_remove() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("addr: "), "{}", stderr(&out));
 
+    // Nothing answers at that address: refused at once, before it becomes a member.
+    let out = cli(&url, &["server", "join", &format!("3={}", dead_url().trim_start_matches("http://"))]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no Helios server answers at"), "{}", stderr(&out));
+
     let out = cli(&second.url, &["server", "remove", "2"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let members = stdout(&cli(&url, &["server", "members"]).await);
@@ -378,5 +383,27 @@ async fn completions_and_colour_only_on_a_terminal_without_no_color() {
     assert!(coloured.contains("\x1b[1mNAME\x1b[0m") && coloured.contains("\x1b[33mpending\x1b[0m"), "{coloured:?}");
     let plain = on_terminal(Some("1"));
     assert!(plain.contains("tinted") && !plain.contains('\x1b'), "{plain:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_keygen_and_node_purge() {
+    // A fresh key each time, 64 hex digits, with no server needed.
+    let keys: Vec<String> = [run(&["operator", "keygen"], &[]).await, run(&["operator", "keygen"], &[]).await]
+        .iter()
+        .map(|o| {
+            assert!(o.status.success(), "{}", stderr(o));
+            stdout(o).trim().to_string()
+        })
+        .collect();
+    for key in &keys {
+        assert!(key.len() == 64 && key.chars().all(|c| c.is_ascii_hexdigit()), "{key}");
+    }
+    assert_ne!(keys[0], keys[1]);
+
+    let server = Server::start().await;
+    let out = cli(&server.url, &["node", "purge", "ghost"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("node \"ghost\" not found"), "{}", stderr(&out));
     server.shutdown().await;
 }
