@@ -1,7 +1,9 @@
-//! The Helios gRPC contract: the code generated from `proto/helios/v1/*.proto`, and the one place
-//! that converts between protobuf messages and `helios_core` types.
+//! The Helios gRPC contract: the code generated from `proto/helios/v1/*.proto`, the one place
+//! that converts between protobuf messages and `helios_core` types, and the mutual TLS every
+//! gRPC connection between Helios processes uses (`tls`).
 
 pub mod convert;
+pub mod tls;
 
 /// Generated messages, clients and servers of package `helios.v1`.
 #[allow(clippy::all, clippy::pedantic)]

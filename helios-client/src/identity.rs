@@ -29,8 +29,11 @@ pub fn load_or_create(data_dir: &Path, node_id: &str) -> Result<String, ClientEr
     let fail = |source| ClientError::Identity { path: path.clone(), source };
     match std::fs::read_to_string(&path) {
         Ok(secret) if !secret.trim().is_empty() => {
-            // A secret written by an older agent with the default mode is tightened.
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(fail)?;
+            // A secret written by an older agent with the default mode is tightened (best effort:
+            // a read-only file of another user is still a usable secret).
+            if let Err(e) = std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)) {
+                tracing::warn!(path = %path.display(), error = %e, "could not make the node secret private");
+            }
             return Ok(secret.trim().to_string());
         }
         Ok(_) => {}
@@ -42,6 +45,8 @@ pub fn load_or_create(data_dir: &Path, node_id: &str) -> Result<String, ClientEr
     // Write then rename: a crash never leaves a half-written secret behind. Readable by the
     // agent's user only: whoever reads it can report as this node.
     let tmp = path.with_extension("tmp");
+    // A stale temporary file would keep its old mode: `mode` applies only to new files.
+    let _ = std::fs::remove_file(&tmp);
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;

@@ -12,7 +12,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use helios_core::{Command, CommandResponse, Proposal};
+use helios_core::{Command, CommandResponse, EvalStatus, Proposal};
 use openraft::type_config::async_runtime::watch::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState};
 use redb::{Database, ReadTransaction, ReadableDatabase};
@@ -507,24 +507,54 @@ pub fn check_forwarded(request: &ForwardRequest) -> Result<(), tonic::Status> {
     let refuse = |what: &str| {
         Err(tonic::Status::permission_denied(format!("the leader does not accept {what} from another server")))
     };
+    // Handlers create evaluations pending; one already complete or blocked would end a job's
+    // scheduling without a plan.
+    let pending = |evals: &[helios_core::Evaluation]| evals.iter().all(|e| e.status == EvalStatus::Pending);
     match &proposal.command {
         Command::RegisterJob { job, eval } => {
             job.validate().map_err(|e| tonic::Status::invalid_argument(format!("forwarded job: {e}")))?;
-            if eval.job_name != job.name {
-                return refuse("an evaluation of another job");
+            if eval.job_name != job.name || !pending(std::slice::from_ref(eval)) {
+                return refuse("a job with an evaluation of another job, or one already decided");
             }
             Ok(())
         }
-        Command::RegisterNode { node, .. } => {
-            node.validate().map_err(|e| tonic::Status::invalid_argument(format!("forwarded node: {e}")))
+        Command::RegisterNode { node, evals } => {
+            node.validate().map_err(|e| tonic::Status::invalid_argument(format!("forwarded node: {e}")))?;
+            if !pending(evals) {
+                return refuse("evaluations already decided");
+            }
+            Ok(())
         }
-        // `alloc stop`: a plan that only stops.
-        Command::ApplyPlan { plan, follow_ups, .. } if plan.placements.is_empty() && follow_ups.is_empty() => Ok(()),
-        Command::ApplyPlan { .. } => refuse("a plan that places allocations"),
+        // `alloc stop` builds exactly this: one stop that leaves the client status alone, and
+        // the pending evaluation that places the replacement.
+        Command::ApplyPlan { plan, eval, follow_ups } => {
+            let alloc_stop = plan.placements.is_empty()
+                && plan.in_place.is_empty()
+                && plan.failed_placements.is_empty()
+                && follow_ups.is_empty()
+                && plan.stops.len() == 1
+                && plan.stops.iter().all(|s| s.client_status.is_none())
+                && eval.id == plan.eval_id
+                && eval.job_name == plan.job_name
+                && eval.status == EvalStatus::Pending;
+            if alloc_stop {
+                Ok(())
+            } else {
+                refuse("a plan other than an allocation stop")
+            }
+        }
+        Command::DeregisterJob { eval, .. } if pending(std::slice::from_ref(eval)) => Ok(()),
+        Command::SetNodeScheduling { evals, .. }
+        | Command::ReportAllocations { evals, .. }
+        | Command::PurgeNode { evals, .. }
+            if pending(evals) =>
+        {
+            Ok(())
+        }
         Command::DeregisterJob { .. }
         | Command::SetNodeScheduling { .. }
         | Command::ReportAllocations { .. }
-        | Command::PurgeNode { .. } => Ok(()),
+        | Command::PurgeNode { .. } => refuse("evaluations already decided"),
         Command::SetNodeStatus { .. } => refuse("node status changes (the leader's heartbeat tracker makes them)"),
         Command::CreateEvaluations { .. } => refuse("bare evaluations"),
         Command::UpdateAllocations { .. } => refuse("allocation reports without the node's secret"),

@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub cluster_key: Option<crate::raft::peer_auth::ClusterKey>,
     /// Serve beyond loopback without TLS (`--insecure`).
     pub insecure: bool,
+    /// Mutual TLS on every connection, in and out (`--tls-ca`, `--tls-cert`, `--tls-key`).
+    pub tls: Option<helios_api::tls::Tls>,
 }
 
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
@@ -100,6 +102,7 @@ impl ServerConfig {
             heartbeat_ttl: DEFAULT_HEARTBEAT_TTL,
             cluster_key: None,
             insecure: false,
+            tls: None,
         })
     }
 }

@@ -20,10 +20,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use helios_api::pb;
+use helios_api::tls::{roles, RequireRole};
 use helios_core::limits::MAX_MESSAGE_BYTES;
 use openraft::type_config::async_runtime::watch::WatchReceiver;
 use openraft::BasicNode;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 pub use config::{ConfigError, ServerConfig};
@@ -89,7 +91,7 @@ async fn run_raft(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let log_store = LogStore::open(db.clone()).map_err(StartError::Log)?;
-    let channels = PeerChannels::new(raft::peer_auth::PeerAuth::new(config.node_id, key));
+    let channels = PeerChannels::new(raft::peer_auth::PeerAuth::new(config.node_id, key), config.tls.clone());
     let network = NetworkFactory { channels: channels.clone() };
     let signals = signals::NodeSignals::default();
     let raft = Raft::new(
@@ -129,7 +131,7 @@ async fn run_raft(
         // Streams would otherwise hold the graceful shutdown open.
         signals.close();
     };
-    let served = serve(cluster, config.data_dir.clone(), listener, stop).await;
+    let served = serve(cluster, config.data_dir.clone(), config.tls.clone(), listener, stop).await;
     liveness_task.abort();
     scheduling_task.abort();
     tracing::info!(node_id = config.node_id, "shutting down raft");
@@ -226,6 +228,7 @@ fn check_membership(
 async fn serve(
     cluster: Cluster,
     data_dir: std::path::PathBuf,
+    tls: Option<helios_api::tls::Tls>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
@@ -254,32 +257,48 @@ async fn serve(
         .map_err(|source| StartError::Listen { addr: "0.0.0.0:0".parse().expect("literal"), source })?;
     tracing::info!(node_id = cluster.node_id, %addr, "helios-server serving");
     let limit = MAX_MESSAGE_BYTES;
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    // Which certificates each service takes (all of them, without TLS).
+    let anyone = RequireRole::new(roles::ANYONE, tls.as_ref());
+    let peers = RequireRole::new(roles::PEERS, tls.as_ref());
+    let peer_check = move |request: tonic::Request<()>| {
+        let request = raft::peer_service::check_format(request)?;
+        peers.check(&request)?;
+        Ok(request)
+    };
+    builder
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(
+        .add_service(InterceptedService::new(
             JobServiceServer::new(api::jobs::Jobs { cluster: cluster.clone() }).max_decoding_message_size(limit),
-        )
-        .add_service(
+            anyone.clone(),
+        ))
+        .add_service(InterceptedService::new(
             AllocationServiceServer::new(api::jobs::Allocations { cluster: cluster.clone() })
                 .max_decoding_message_size(limit),
-        )
-        .add_service(
+            anyone.clone(),
+        ))
+        .add_service(InterceptedService::new(
             NodeServiceServer::new(api::nodes::Nodes { cluster: cluster.clone() }).max_decoding_message_size(limit),
-        )
-        .add_service(
+            anyone.clone(),
+        ))
+        .add_service(InterceptedService::new(
             ClusterServiceServer::new(api::cluster_service::Membership { cluster: cluster.clone() })
                 .max_decoding_message_size(limit),
-        )
-        .add_service(
+            anyone,
+        ))
+        .add_service(InterceptedService::new(
             AgentServiceServer::new(api::agent::Agents { cluster: cluster.clone() }).max_decoding_message_size(limit),
-        )
-        .add_service(tonic::service::interceptor::InterceptedService::new(
+            RequireRole::new(roles::AGENTS, tls.as_ref()),
+        ))
+        .add_service(InterceptedService::new(
             RaftPeerServer::new(raft::peer_service::PeerService::new(cluster, data_dir))
                 .max_decoding_message_size(helios_core::limits::MAX_PEER_MESSAGE_BYTES)
                 .max_encoding_message_size(helios_core::limits::MAX_PEER_MESSAGE_BYTES),
-            raft::peer_service::check_format,
+            peer_check,
         ))
         // Nagle's algorithm against the peer's delayed ACKs stalls small replies by 40 ms; the
         // builder's tcp_nodelay does not reach connections from a listener we bound ourselves.

@@ -11,8 +11,9 @@ use crate::raft::peer_auth::{ClusterKey, KEY_FILE_NAME};
 pub enum SecurityError {
     #[error(
         "--rpc-addr {0} can be reached from other machines, and this server has no TLS: anyone who \
-         reaches it could run anything on every client. Listen on 127.0.0.1, or pass --insecure to \
-         accept that (on a network you trust; give every server the same cluster key)"
+         reaches it could run anything on every client. Give it --tls-ca, --tls-cert and --tls-key, \
+         listen on 127.0.0.1, or pass --insecure to accept that (on a network you trust; give every \
+         server the same cluster key)"
     )]
     PlaintextBeyondLoopback(std::net::SocketAddr),
     #[error(
@@ -30,8 +31,9 @@ pub enum SecurityError {
 }
 
 /// The cluster key this server uses, in order: the one given (`--cluster-key[-file]`), the one
-/// in its data dir, a new one if it bootstraps beyond loopback, or none on loopback (peers then
-/// name themselves unverified; the log says so once).
+/// in its data dir, none with TLS (a server certificate identifies a peer), a new one if it
+/// bootstraps beyond loopback, or none on loopback (peers then name themselves unverified; the
+/// log says so once).
 /// Call it once the data dir is known to be usable (`store::open`).
 pub fn resolve_cluster_key(config: &ServerConfig) -> Result<Option<ClusterKey>, SecurityError> {
     check_listen_addr(config)?;
@@ -43,6 +45,9 @@ pub fn resolve_cluster_key(config: &ServerConfig) -> Result<Option<ClusterKey>, 
     if let Some(key) = read_key_file(&path)? {
         tracing::info!(path = %path.display(), "peers are authenticated with the cluster key in the data dir");
         return Ok(Some(key));
+    }
+    if config.tls.is_some() {
+        return Ok(None);
     }
     if !beyond_loopback {
         tracing::warn!(
@@ -67,7 +72,7 @@ pub fn resolve_cluster_key(config: &ServerConfig) -> Result<Option<ClusterKey>, 
 /// Plaintext is served beyond loopback only with `--insecure`. Checked before anything is
 /// written to disk.
 pub fn check_listen_addr(config: &ServerConfig) -> Result<(), SecurityError> {
-    if !config.rpc_addr.ip().is_loopback() && !config.insecure {
+    if !config.rpc_addr.ip().is_loopback() && !config.insecure && config.tls.is_none() {
         return Err(SecurityError::PlaintextBeyondLoopback(config.rpc_addr));
     }
     Ok(())
@@ -92,6 +97,8 @@ pub fn write_key_file(path: &Path, key: &ClusterKey) -> Result<(), SecurityError
         std::fs::create_dir_all(dir).map_err(fail)?;
     }
     let tmp = path.with_extension("key.tmp");
+    // A stale temporary file would keep its old mode: `mode` applies only to new files.
+    let _ = std::fs::remove_file(&tmp);
     let mut file =
         std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(fail)?;
     file.write_all(format!("{}\n", key.to_hex()).as_bytes()).map_err(fail)?;

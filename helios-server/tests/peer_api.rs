@@ -7,6 +7,7 @@ use common::{wait_for, TestCluster};
 use helios_api::pb;
 use helios_api::pb::agent_service_client::AgentServiceClient;
 use helios_api::pb::raft_peer_client::RaftPeerClient;
+use helios_api::pb::{snapshot_chunk, SnapshotChunk};
 use helios_core::{AllocClientStatus, AllocUpdate, Command, NodeStatus, Proposal, Timestamp};
 use helios_server::cluster::ForwardRequest;
 use helios_server::raft::network::methods;
@@ -156,6 +157,27 @@ async fn the_leader_refuses_forwarded_commands_no_server_builds() {
     });
     let result = peer_call(&cluster, leader, methods::FORWARD, follower, None, down).await;
     refused(result, &[Code::PermissionDenied], "a node status change");
+    // An "alloc stop" plan that also marks the allocation complete: a report without the secret.
+    let eval =
+        helios_core::Evaluation::new("e-stop".into(), "victim", 50, helios_core::EvalTrigger::AllocStop, Timestamp(1));
+    let plan = helios_core::Plan {
+        eval_id: eval.id.clone(),
+        job_name: "victim".into(),
+        planned_at_index: 0,
+        placements: Vec::new(),
+        stops: vec![helios_core::plan::AllocStop {
+            alloc_id: alloc.id.clone(),
+            desired_status: helios_core::AllocDesiredStatus::Stop,
+            client_status: Some(AllocClientStatus::Complete),
+            description: "forged".into(),
+        }],
+        in_place: Vec::new(),
+        job_version: 0,
+        failed_placements: Default::default(),
+    };
+    let stop_plan = forge(Command::ApplyPlan { plan, eval, follow_ups: Vec::new() });
+    let result = peer_call(&cluster, leader, methods::FORWARD, follower, None, stop_plan).await;
+    refused(result, &[Code::PermissionDenied], "a plan that sets a client status");
     let mut bad_job = helios_core::Job::exec("", "echo", vec![]);
     bad_job.priority = 0;
     let eval = helios_core::Evaluation::new("e".into(), "", 1, helios_core::EvalTrigger::JobRegister, Timestamp(1));
@@ -222,5 +244,119 @@ async fn with_a_cluster_key_only_its_holders_are_heard_or_joined() {
     let addr = cluster.start_new_server(6).await;
     cluster.cluster_client(leader).await.add_server(pb::AddServerRequest { id: 6, addr }).await.expect("join");
     assert!(cluster.submit(6, "after").await.changed);
+    cluster.shutdown().await;
+}
+
+/// Streams a snapshot to server `to` as server `as_id`: the header (vote, meta), then `chunks`.
+async fn snapshot_call(
+    cluster: &TestCluster,
+    to: u64,
+    as_id: u64,
+    key: Option<ClusterKey>,
+    vote: Vote,
+    last_log: (u64, u64),
+    chunks: Vec<SnapshotChunk>,
+) -> Result<pb::RaftPayload, tonic::Status> {
+    use openraft::vote::RaftLeaderId;
+    let leader = openraft::impls::leader_id_adv::LeaderId::new(last_log.0, as_id);
+    let meta = helios_server::raft::SnapshotMeta {
+        last_log_id: Some(openraft::LogId::new(leader, last_log.1)),
+        last_membership: Default::default(),
+    };
+    let header = encode(&(vote, meta));
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    PeerAuth::new(as_id, key).sign_request(methods::INSTALL_SNAPSHOT, &header, &mut metadata);
+    metadata.insert(
+        "helios-stored-format",
+        helios_server::store::tables::FORMAT_VERSION.to_string().parse().expect("ascii"),
+    );
+    let first = SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Meta(header)) };
+    let mut request = tonic::Request::new(futures::stream::iter(std::iter::once(first).chain(chunks)));
+    *request.metadata_mut() = metadata;
+    let mut client = RaftPeerClient::new(cluster.channel(to).await);
+    client.install_snapshot(request).await.map(tonic::Response::into_inner)
+}
+
+fn data(bytes: &[u8]) -> SnapshotChunk {
+    SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Data(bytes.to_vec())) }
+}
+
+fn half_received_snapshots(cluster: &TestCluster) -> Vec<String> {
+    std::fs::read_dir(cluster.data_dir())
+        .expect("data dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".incoming"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_snapshots_are_refused_before_or_after_their_data_and_leave_nothing() {
+    let key = ClusterKey::generate().expect("randomness");
+    let cluster = TestCluster::start_keyed(3, key.clone()).await;
+    cluster.submit(1, "before").await;
+    let before = terms(&cluster).await;
+    let (leader, term) = (before.0, before.1[0]);
+    let follower = cluster.running_ids().into_iter().find(|id| *id != leader).expect("a follower");
+    let vote = |term: u64, id: u64| Vote::new_committed(term, id);
+    let big = vec![data(&[7u8; 1024]); 4];
+
+    // Not signed with the key, though it names the leader.
+    let unsigned =
+        snapshot_call(&cluster, follower, leader, None, vote(term, leader), (term, 1_000), big.clone()).await;
+    refused(unsigned, &[Code::Unauthenticated], "an unsigned snapshot");
+    // Signed, but its vote is older than the follower's, or it ends beyond its own vote.
+    let stale = snapshot_call(
+        &cluster,
+        follower,
+        leader,
+        Some(key.clone()),
+        vote(term - 1, leader),
+        (term - 1, 1_000),
+        big.clone(),
+    )
+    .await;
+    refused(stale, &[Code::FailedPrecondition], "a stale snapshot");
+    let beyond = snapshot_call(
+        &cluster,
+        follower,
+        leader,
+        Some(key.clone()),
+        vote(term, leader),
+        (term + 1, 1_000),
+        big.clone(),
+    )
+    .await;
+    refused(beyond, &[Code::InvalidArgument], "a snapshot beyond its vote");
+    // Signed, but the data is not what its closing MAC covers, or there is no MAC.
+    let mut tampered = big.clone();
+    tampered.push(SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Mac(vec![0; 32])) });
+    let bad_mac =
+        snapshot_call(&cluster, follower, leader, Some(key.clone()), vote(term, leader), (term, 1_000), tampered).await;
+    refused(bad_mac, &[Code::Unauthenticated], "a snapshot with a wrong MAC");
+    let no_mac =
+        snapshot_call(&cluster, follower, leader, Some(key.clone()), vote(term, leader), (term, 1_000), big).await;
+    refused(no_mac, &[Code::Unauthenticated], "a snapshot without its MAC");
+
+    assert!(half_received_snapshots(&cluster).is_empty(), "{:?}", half_received_snapshots(&cluster));
+    assert_eq!(terms(&cluster).await, before, "the leader or a term changed");
+    assert!(cluster.submit(follower, "after").await.changed, "writes go on");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keyed_cluster_catches_a_new_server_up_by_snapshot() {
+    // Snapshot every 20 entries, so the newcomer cannot catch up from the log alone.
+    let key = ClusterKey::generate().expect("randomness");
+    let mut cluster = TestCluster::start_configured(3, 20, Some(key)).await;
+    for i in 0..60 {
+        cluster.submit(1, &format!("job-{i}")).await;
+    }
+    let leader = cluster.leader().await;
+    let addr = cluster.start_new_server(4).await;
+    cluster.cluster_client(leader).await.add_server(pb::AddServerRequest { id: 4, addr }).await.expect("join");
+    let names = cluster.job_names(4).await;
+    assert!(names.contains(&"job-0".to_string()) && names.contains(&"job-59".to_string()), "{names:?}");
+    assert!(half_received_snapshots(&cluster).is_empty());
     cluster.shutdown().await;
 }

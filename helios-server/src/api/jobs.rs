@@ -317,7 +317,9 @@ impl AllocationService for Allocations {
             .into_iter()
             .find(|n| n.id == alloc.node_id)
             .ok_or_else(|| Status::unavailable(format!("node {} is gone", alloc.node_id)))?;
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", node.rpc_addr))
+        // With TLS, the agent must show a client certificate of the cluster's CA.
+        let endpoint = (self.cluster.channels)
+            .endpoint(&node.rpc_addr, helios_api::tls::Role::Client)
             .map_err(|e| Status::internal(e.to_string()))?
             .connect_timeout(std::time::Duration::from_secs(3));
         let channel = endpoint

@@ -19,6 +19,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
+use helios_api::tls::{Role, Tls};
+
 use super::peer_auth::PeerAuth;
 use super::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::store::codec::{decode, encode};
@@ -58,6 +60,8 @@ fn stamp_format(mut request: Request<()>) -> Result<Request<()>, Status> {
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, PeerChannel>>>,
     pub auth: PeerAuth,
+    /// Mutual TLS to peers (and to agents, for logs), if this server has it.
+    pub tls: Option<Tls>,
 }
 
 /// A peer's channel, and when a call through it last got an answer.
@@ -74,8 +78,17 @@ struct PeerChannel {
 const STALE_AFTER: Duration = Duration::from_secs(1);
 
 impl PeerChannels {
-    pub fn new(auth: PeerAuth) -> PeerChannels {
-        PeerChannels { channels: Arc::default(), auth }
+    pub fn new(auth: PeerAuth, tls: Option<Tls>) -> PeerChannels {
+        PeerChannels { channels: Arc::default(), auth, tls }
+    }
+
+    /// An endpoint for a peer of `role` at `addr`: https with this server's certificate when it
+    /// has TLS, plain http otherwise.
+    pub fn endpoint(&self, addr: &str, role: Role) -> Result<Endpoint, tonic::transport::Error> {
+        match &self.tls {
+            Some(tls) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls.client_config(role)),
+            None => Endpoint::from_shared(format!("http://{addr}")),
+        }
     }
 
     fn client(&self, addr: &str) -> Result<PeerClient, tonic::transport::Error> {
@@ -84,7 +97,8 @@ impl PeerChannels {
             match map.get(addr) {
                 Some(peer) => peer.channel.clone(),
                 None => {
-                    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+                    let channel = self
+                        .endpoint(addr, Role::Server)?
                         .connect_timeout(Duration::from_secs(1))
                         .tcp_nodelay(true)
                         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -340,7 +354,7 @@ mod tests {
     }
 
     fn channels() -> PeerChannels {
-        PeerChannels::new(PeerAuth::new(1, None))
+        PeerChannels::new(PeerAuth::new(1, None), None)
     }
 
     #[tokio::test]

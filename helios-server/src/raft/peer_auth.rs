@@ -21,6 +21,9 @@ use super::NodeId;
 
 pub const PEER_ID_HEADER: &str = "helios-peer-id";
 pub const PEER_MAC_HEADER: &str = "helios-peer-mac";
+/// 16 random bytes per request, inside its MAC: the answer's MAC covers the request's, so an
+/// answer recorded once cannot pass for the answer to a later request.
+pub const PEER_NONCE_HEADER: &str = "helios-peer-nonce";
 pub const REPLY_MAC_HEADER: &str = "helios-peer-reply-mac";
 
 /// The file a bootstrap server writes a generated key to, in its data dir, and where every
@@ -100,9 +103,9 @@ impl PeerAuth {
         self.key.is_some()
     }
 
-    fn request_mac(&self, method: &str, sender: NodeId, body: &[u8]) -> Option<HmacSha256> {
+    fn request_mac(&self, method: &str, sender: NodeId, nonce: &[u8], body: &[u8]) -> Option<HmacSha256> {
         let mut mac = self.key.as_ref()?.mac();
-        feed(&mut mac, &[b"helios-peer-request-v1", method.as_bytes(), sender.to_string().as_bytes(), body]);
+        feed(&mut mac, &[b"helios-peer-request-v1", method.as_bytes(), sender.to_string().as_bytes(), nonce, body]);
         Some(mac)
     }
 
@@ -110,7 +113,15 @@ impl PeerAuth {
     /// keyed, is returned too (the reply is checked against it).
     pub fn sign_request(&self, method: &str, body: &[u8], metadata: &mut MetadataMap) -> Option<String> {
         metadata.insert(PEER_ID_HEADER, self.own_id.into());
-        let mac = hex::encode(self.request_mac(method, self.own_id, body)?.finalize().into_bytes());
+        self.key.as_ref()?;
+        let mut nonce = [0u8; 16];
+        // Without randomness a nonce of zeros still authenticates; it only loses replay binding.
+        if let Err(e) = getrandom::fill(&mut nonce) {
+            tracing::warn!(error = %e, "no randomness for a peer request nonce");
+        }
+        let nonce = hex::encode(nonce);
+        metadata.insert(PEER_NONCE_HEADER, nonce.parse().expect("hex is ascii"));
+        let mac = hex::encode(self.request_mac(method, self.own_id, nonce.as_bytes(), body)?.finalize().into_bytes());
         // Hex is always a valid header value.
         metadata.insert(PEER_MAC_HEADER, mac.parse().expect("hex is ascii"));
         Some(mac)
@@ -123,7 +134,11 @@ impl PeerAuth {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<NodeId>().ok())
             .ok_or_else(|| unauthenticated(format!("no {PEER_ID_HEADER} header naming the sending server")))?;
-        let Some(expected) = self.request_mac(method, id, body) else {
+        if self.key.is_none() {
+            return Ok(Sender { id, request_mac: None });
+        }
+        let nonce = metadata.get(PEER_NONCE_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+        let Some(expected) = self.request_mac(method, id, nonce, body) else {
             return Ok(Sender { id, request_mac: None });
         };
         let given = metadata.get(PEER_MAC_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| {
@@ -256,6 +271,10 @@ mod tests {
         let other_mac = client.sign_request("status", b"x", &mut other).expect("keyed");
         assert!(client.verify_reply(Some(&other_mac), &reply, b"answer").is_err(), "moved to another request");
         assert!(client.verify_reply(Some(&mac), &MetadataMap::new(), b"answer").is_err(), "unsigned");
+        // The same request sent again gets a new nonce: the old answer does not pass for it.
+        let again = client.sign_request("status", b"", &mut MetadataMap::new()).expect("keyed");
+        assert_ne!(again, mac);
+        assert!(client.verify_reply(Some(&again), &reply, b"answer").is_err(), "a replayed answer");
     }
 
     #[test]

@@ -37,8 +37,20 @@ const MAX_SNAPSHOT_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 /// next index), and a forged `u64::MAX` would wrap or panic. Real ones never come near.
 pub const MAX_PEER_COUNTER: u64 = 1 << 62;
 
+/// A peer's term may lead this server's by at most this much. Terms grow by one per election;
+/// a member that jumps far ahead (a forged or corrupted message) would otherwise leave every
+/// later election stuck against `MAX_PEER_COUNTER`.
+pub const MAX_TERM_LEAD: u64 = 1 << 20;
+
 /// A refusal is logged at most this often per sender.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Senders whose refusals are counted; beyond this the counts start over (a keyless attacker
+/// can name any id, and must not grow the map without end).
+const REFUSAL_SENDERS: usize = 1024;
+
+/// A snapshot stream that sends nothing for this long is given up, freeing the one slot.
+const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct PeerService {
     cluster: Cluster,
@@ -47,7 +59,15 @@ pub struct PeerService {
     data_dir: PathBuf,
     /// One snapshot is received at a time: each can be gigabytes of disk.
     snapshot_slot: tokio::sync::Semaphore,
-    refusals: Mutex<HashMap<NodeId, (Instant, u64)>>,
+    refusals: Mutex<HashMap<NodeId, (Option<Instant>, u64)>>,
+}
+
+/// What kind of vote a message must carry: a leader's (committed) in replication, a
+/// candidate's (not yet committed) in an election.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum VoteKind {
+    Leader,
+    Candidate,
 }
 
 /// Refuses a request whose payloads are in another stored format than this server's (a peer
@@ -87,9 +107,80 @@ fn check_log_id(what: &str, log_id: Option<&LogId>) -> Result<(), Status> {
     Ok(())
 }
 
+/// Replicated entries must follow `prev_log_id` one index at a time and belong to the sending
+/// leader's term or an earlier one: openraft only debug-asserts this, so a release build would
+/// store a malformed run.
+fn check_entries(rpc: &AppendEntriesRequest<TypeConfig>) -> Result<(), Status> {
+    let leader = *rpc.vote.leader_id();
+    check_log_id("previous log", rpc.prev_log_id.as_ref())?;
+    check_log_id("leader commit", rpc.leader_commit.as_ref())?;
+    let first = rpc.prev_log_id.as_ref().map_or(0, |id| id.index() + 1);
+    let mut previous = rpc.prev_log_id;
+    for (expected, entry) in (first..).zip(&rpc.entries) {
+        let id = entry.log_id();
+        check_log_id("entry", Some(&id))?;
+        if id.index() != expected {
+            return Err(Status::invalid_argument(format!("entry index {} where {expected} was due", id.index())));
+        }
+        if id.committed_leader_id() > &leader
+            || previous.as_ref().is_some_and(|p| p.committed_leader_id() > id.committed_leader_id())
+        {
+            return Err(Status::invalid_argument(format!("entry {id} is out of order with the leader's vote")));
+        }
+        previous = Some(id);
+    }
+    if rpc.prev_log_id.as_ref().is_some_and(|p| p.committed_leader_id() > &leader) {
+        return Err(Status::invalid_argument("the previous log id is beyond the leader's vote"));
+    }
+    Ok(())
+}
+
+/// A snapshot must be newer than this server's vote allows, end at a log id its leader could
+/// have written, and go beyond what this server committed (openraft asserts the last two).
+fn check_snapshot_meta(
+    vote: &Vote,
+    current: &Vote,
+    committed: Option<&LogId>,
+    meta: &SnapshotMeta,
+) -> Result<(), Status> {
+    if vote < current {
+        return Err(Status::failed_precondition(format!(
+            "a snapshot with vote {vote}, older than this server's {current}"
+        )));
+    }
+    let last = meta.last_log_id.as_ref().ok_or_else(|| Status::invalid_argument("a snapshot of nothing"))?;
+    check_log_id("snapshot last log", Some(last))?;
+    if last.committed_leader_id() > vote.leader_id() {
+        return Err(Status::invalid_argument(format!(
+            "snapshot last log id {last} is beyond its leader's vote {vote}"
+        )));
+    }
+    if committed.is_some_and(|c| last.index() <= c.index()) {
+        return Err(Status::failed_precondition(format!(
+            "the snapshot ends at {last}, not beyond what this server committed"
+        )));
+    }
+    Ok(())
+}
+
+/// Removes snapshots left half received by a crash.
+fn sweep_incoming_snapshots(data_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snapshot-from-") && name.ends_with(".incoming") {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), error = %e, "could not remove a half-received snapshot");
+            }
+        }
+    }
+}
+
 impl PeerService {
     pub fn new(cluster: Cluster, data_dir: PathBuf) -> PeerService {
         let auth = cluster.channels.auth.clone();
+        sweep_incoming_snapshots(&data_dir);
         PeerService {
             cluster,
             auth,
@@ -100,10 +191,18 @@ impl PeerService {
     }
 
     /// The request's sender, if it authenticates and is a member; otherwise the refusal.
-    fn admit(&self, method: &str, request: &Request<RaftPayload>) -> Result<Sender, Status> {
+    ///
+    /// Replication (`replication: true`) from a server that proved it belongs to the cluster (the
+    /// key, or a server certificate) is heard even if this server does not yet know it as a
+    /// member: a follower that missed the entry adding a server that now leads learns of it only
+    /// through that leader's replication. Votes and forwarded requests always need a member.
+    fn admit(&self, method: &str, request: &Request<RaftPayload>, replication: bool) -> Result<Sender, Status> {
         let sender = self.auth.verify_request(method, request.metadata(), &request.get_ref().data);
         let sender = sender.map_err(|status| self.refused(None, method, status))?;
-        self.check_member(&sender, method)?;
+        let proven = self.auth.is_keyed() || self.cluster.channels.tls.is_some();
+        if !(replication && proven) {
+            self.check_member(&sender, method)?;
+        }
         Ok(sender)
     }
 
@@ -127,13 +226,29 @@ impl PeerService {
         Err(self.refused(Some(sender.id), method, status))
     }
 
-    /// The vote in a message must be its sender's own: no server speaks for another.
-    fn check_own_vote(&self, sender: &Sender, method: &str, vote: &Vote) -> Result<(), Status> {
-        check_vote(vote).map_err(|status| self.refused(Some(sender.id), method, status))?;
+    /// The vote in a message must be its sender's own, of the right kind, and its term within
+    /// reach of this server's.
+    fn check_own_vote(&self, sender: &Sender, method: &str, vote: &Vote, kind: VoteKind) -> Result<(), Status> {
+        let refuse = |status| self.refused(Some(sender.id), method, status);
+        check_vote(vote).map_err(refuse)?;
         let claimed = *vote.leader_id().node_id();
         if claimed != sender.id {
-            let status = Status::permission_denied(format!("server {} sent a vote of server {claimed}", sender.id));
-            return Err(self.refused(Some(sender.id), method, status));
+            return Err(refuse(Status::permission_denied(format!(
+                "server {} sent a vote of server {claimed}",
+                sender.id
+            ))));
+        }
+        if vote.is_committed() != (kind == VoteKind::Leader) {
+            return Err(refuse(Status::invalid_argument(
+                "a leader's vote in an election, or a candidate's in replication",
+            )));
+        }
+        let ours = self.cluster.raft.metrics().borrow_watched().current_term;
+        let term = vote.leader_id().term();
+        if term > ours.saturating_add(MAX_TERM_LEAD) {
+            return Err(refuse(Status::invalid_argument(format!(
+                "term {term} is more than {MAX_TERM_LEAD} ahead of this server's {ours}"
+            ))));
         }
         Ok(())
     }
@@ -142,9 +257,12 @@ impl PeerService {
     fn refused(&self, sender: Option<NodeId>, method: &str, status: Status) -> Status {
         let key = sender.unwrap_or(NodeId::MAX);
         let mut refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        let (last, count) = refusals.entry(key).or_insert((Instant::now() - REFUSAL_LOG_EVERY * 2, 0));
+        if refusals.len() >= REFUSAL_SENDERS && !refusals.contains_key(&key) {
+            refusals.clear();
+        }
+        let (last, count) = refusals.entry(key).or_insert((None, 0));
         *count += 1;
-        if last.elapsed() >= REFUSAL_LOG_EVERY {
+        if last.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
             tracing::warn!(
                 sender = ?sender,
                 method,
@@ -152,7 +270,7 @@ impl PeerService {
                 reason = status.message(),
                 "refused a peer request"
             );
-            *last = Instant::now();
+            *last = Some(Instant::now());
             *count = 0;
         }
         status
@@ -173,9 +291,9 @@ impl PeerService {
         request: Request<RaftPayload>,
         pre_vote: bool,
     ) -> Result<Response<RaftPayload>, Status> {
-        let sender = self.admit(method, &request)?;
+        let sender = self.admit(method, &request, false)?;
         let rpc: VoteRequest<TypeConfig> = decode(&request.get_ref().data).map_err(bad_payload)?;
-        self.check_own_vote(&sender, method, &rpc.vote)?;
+        self.check_own_vote(&sender, method, &rpc.vote, VoteKind::Candidate)?;
         check_log_id("last log", rpc.last_log_id.as_ref())?;
         // Helios never transfers leadership, so no vote may claim the leader's permission to
         // disrupt it (openraft would then ignore the leader's lease).
@@ -202,7 +320,11 @@ impl PeerService {
         let mut mac = sender.request_mac.as_deref().and_then(|m| self.auth.snapshot_data_mac(m));
         let mut size = 0u64;
         let mut mac_seen = false;
-        while let Some(chunk) = stream.next().await {
+        loop {
+            let next = tokio::time::timeout(SNAPSHOT_CHUNK_TIMEOUT, stream.next())
+                .await
+                .map_err(|_| Status::deadline_exceeded("the snapshot stream stalled"))?;
+            let Some(chunk) = next else { break };
             match chunk?.chunk {
                 Some(snapshot_chunk::Chunk::Data(bytes)) if !mac_seen => {
                     size += bytes.len() as u64;
@@ -239,14 +361,10 @@ impl PeerService {
 impl RaftPeer for PeerService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let method = methods::APPEND_ENTRIES;
-        let sender = self.admit(method, &request)?;
+        let sender = self.admit(method, &request, true)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.get_ref().data).map_err(bad_payload)?;
-        self.check_own_vote(&sender, method, &rpc.vote)?;
-        check_log_id("previous log", rpc.prev_log_id.as_ref())?;
-        check_log_id("leader commit", rpc.leader_commit.as_ref())?;
-        for entry in &rpc.entries {
-            check_log_id("entry", Some(&entry.log_id()))?;
-        }
+        self.check_own_vote(&sender, method, &rpc.vote, VoteKind::Leader)?;
+        check_entries(&rpc).map_err(|status| self.refused(Some(sender.id), method, status))?;
         let result = self.cluster.raft.append_entries(rpc).await.map_err(|e| Status::internal(e.to_string()))?;
         self.reply(&sender, &result)
     }
@@ -271,19 +389,17 @@ impl RaftPeer for PeerService {
             _ => return Err(Status::invalid_argument("a snapshot stream must start with its metadata")),
         };
         // Who sends it, and whether its vote still counts, before a byte of data is read.
-        let sender = self
-            .admit(method, &Request::from_parts(metadata, Default::default(), RaftPayload { data: header.clone() }))?;
-        let (vote, meta): (Vote, SnapshotMeta) = decode(&header).map_err(bad_payload)?;
-        self.check_own_vote(&sender, method, &vote)?;
-        check_log_id("snapshot last log", meta.last_log_id.as_ref())?;
-        let current = self.cluster.raft.metrics().borrow_watched().vote;
-        if vote < current {
-            let status = Status::failed_precondition(format!(
-                "server {} sent a snapshot with vote {vote}, older than this server's {current}",
-                sender.id
-            ));
-            return Err(self.refused(Some(sender.id), method, status));
-        }
+        let header = RaftPayload { data: header };
+        let sender = self.admit(method, &Request::from_parts(metadata, Default::default(), header.clone()), true)?;
+        let (vote, meta): (Vote, SnapshotMeta) = decode(&header.data).map_err(bad_payload)?;
+        self.check_own_vote(&sender, method, &vote, VoteKind::Leader)?;
+        let (current, committed) = {
+            let metrics = self.cluster.raft.metrics();
+            let m = metrics.borrow_watched();
+            (m.vote, m.local_committed)
+        };
+        check_snapshot_meta(&vote, &current, committed.as_ref(), &meta)
+            .map_err(|status| self.refused(Some(sender.id), method, status))?;
         let Ok(_slot) = self.snapshot_slot.try_acquire() else {
             return Err(Status::resource_exhausted("another snapshot is being received; try again"));
         };
@@ -301,7 +417,7 @@ impl RaftPeer for PeerService {
 
     async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let method = methods::FORWARD;
-        let sender = self.admit(method, &request)?;
+        let sender = self.admit(method, &request, false)?;
         let forwarded: ForwardRequest = decode(&request.get_ref().data).map_err(bad_payload)?;
         crate::cluster::check_forwarded(&forwarded).map_err(|status| self.refused(Some(sender.id), method, status))?;
         self.reply(&sender, &self.cluster.handle_as_leader(forwarded).await)
