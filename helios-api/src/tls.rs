@@ -197,6 +197,26 @@ impl Tls {
     }
 }
 
+/// An endpoint for a server URL or `host:port`: `https://` with `tls` (trusting only its CA,
+/// expecting `peer`'s role name, presenting this process's certificate), `http://` without.
+/// A scheme that contradicts the TLS flags is an error rather than a silent downgrade.
+pub fn endpoint(url: &str, tls: Option<&Tls>, peer: Role) -> Result<tonic::transport::Endpoint, String> {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let endpoint = |url: String| tonic::transport::Endpoint::from_shared(url).map_err(|e| e.to_string());
+    match (scheme, tls) {
+        (Some("https") | None, Some(tls)) => {
+            endpoint(format!("https://{rest}"))?.tls_config(tls.client_config(peer)).map_err(|e| e.to_string())
+        }
+        (Some("http") | None, None) => endpoint(format!("http://{rest}")),
+        (Some("http"), Some(_)) => Err(format!("{url}: with TLS certificates given, use https://")),
+        (Some("https"), None) => Err(format!("{url}: https needs --tls-ca, --tls-cert and --tls-key")),
+        (Some(other), _) => Err(format!("{url}: unknown scheme {other:?} (http or https)")),
+    }
+}
+
 /// Admits a call only if the caller's certificate holds one of `allowed` (or TLS is off).
 #[derive(Clone)]
 pub struct RequireRole {

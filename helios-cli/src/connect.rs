@@ -3,20 +3,25 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
+use helios_api::tls::{Role, Tls};
 use helios_core::limits::MAX_MESSAGE_BYTES;
 use tonic::transport::{Channel, Endpoint};
 
 pub struct Servers {
     endpoints: Vec<(String, Endpoint)>,
+    tls: Option<Tls>,
 }
 
 impl Servers {
-    pub fn parse(addrs: &[String]) -> Result<Servers> {
+    /// `tls`: mutual TLS with the CLI's certificate; bare `host:port` addresses then mean
+    /// `https://`, otherwise `http://`.
+    pub fn parse(addrs: &[String], tls: Option<&Tls>) -> Result<Servers> {
         let mut endpoints = Vec::new();
         for addr in addrs.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
-            let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| anyhow!("invalid --server-addr {addr:?}: {e}"))?
+            let endpoint = helios_api::tls::endpoint(addr, tls, Role::Server)
+                .map_err(|e| anyhow!("invalid --server-addr {addr:?}: {e}"))?;
+            let url = endpoint.uri().to_string();
+            let endpoint = endpoint
                 .connect_timeout(Duration::from_secs(3))
                 .tcp_nodelay(true)
                 // A server that stops answering mid-stream (`logs -f`, `job run` watching) is
@@ -27,9 +32,9 @@ impl Servers {
             endpoints.push((url, endpoint));
         }
         if endpoints.is_empty() {
-            bail!("--server-addr is empty; give a URL such as http://127.0.0.1:50051");
+            bail!("--server-addr is empty; give an address such as 127.0.0.1:50051");
         }
-        Ok(Servers { endpoints })
+        Ok(Servers { endpoints, tls: tls.cloned() })
     }
 
     /// A channel to the first server that answers. A connection is not enough: a stopped or
@@ -50,6 +55,11 @@ impl Servers {
             "cannot reach a Helios server at {}; is it running? Point --server-addr (or HELIOS_ADDR) at a server",
             failures.join(", ")
         )
+    }
+
+    /// An endpoint for one particular server (`host:port`, as the membership lists it).
+    pub fn endpoint_of(&self, addr: &str) -> Option<Endpoint> {
+        helios_api::tls::endpoint(addr, self.tls.as_ref(), Role::Server).ok()
     }
 
     /// A separate channel per call site, for load generation.
@@ -97,3 +107,38 @@ pub const MAX_MESSAGE: usize = MAX_MESSAGE_BYTES;
 /// Largest answer the CLI accepts. List calls answer with everything in one message (there is
 /// no paging yet), so a cluster's size, not a job's, bounds them.
 pub const MAX_RESPONSE: usize = 256 * 1024 * 1024;
+
+/// The CLI's TLS flags, or Nomad's and Helios's environment variables for them.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// The cluster's CA (PEM). With --tls-cert and --tls-key the CLI speaks mutual TLS
+    /// [env: HELIOS_CACERT, or NOMAD_CACERT]
+    #[arg(long, global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// A certificate of the cluster's CA, made with `tls cert create --cli`
+    /// [env: HELIOS_CLIENT_CERT, or NOMAD_CLIENT_CERT]
+    #[arg(long, global = true)]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The key of --tls-cert [env: HELIOS_CLIENT_KEY, or NOMAD_CLIENT_KEY]
+    #[arg(long, global = true)]
+    tls_key: Option<std::path::PathBuf>,
+    /// The region of the servers' role name (`server.<region>.helios`)
+    #[arg(long, env = "HELIOS_REGION", default_value = helios_api::tls::DEFAULT_REGION, global = true)]
+    pub region: String,
+}
+
+/// A flag's value, else the first of `vars` that is set.
+fn flag_or_env(flag: &Option<std::path::PathBuf>, vars: [&str; 2]) -> Option<std::path::PathBuf> {
+    flag.clone().or_else(|| vars.iter().find_map(|v| std::env::var_os(v).filter(|x| !x.is_empty()).map(Into::into)))
+}
+
+impl TlsArgs {
+    pub fn load(&self) -> Result<Option<Tls>> {
+        let files = helios_api::tls::TlsFiles::from_flags(
+            flag_or_env(&self.tls_ca, ["HELIOS_CACERT", "NOMAD_CACERT"]),
+            flag_or_env(&self.tls_cert, ["HELIOS_CLIENT_CERT", "NOMAD_CLIENT_CERT"]),
+            flag_or_env(&self.tls_key, ["HELIOS_CLIENT_KEY", "NOMAD_CLIENT_KEY"]),
+        )?;
+        files.map(|files| Tls::load(&files, &self.region)).transpose().map_err(Into::into)
+    }
+}

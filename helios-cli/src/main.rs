@@ -10,6 +10,7 @@ mod json;
 mod node;
 mod server;
 mod table;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -21,15 +22,18 @@ use crate::connect::Servers;
 #[derive(Parser, Debug)]
 #[command(name = "helios-cli", version, about = "Run and inspect jobs on a Helios cluster")]
 struct Cli {
-    /// Server address(es), comma-separated or repeated; the CLI tries them in order.
+    /// Server address(es), comma-separated or repeated; the CLI tries them in order. `host:port`
+    /// or a URL: http://, or https:// with the TLS flags (a bare address follows them).
     #[arg(
         long = "server-addr",
         env = "HELIOS_ADDR",
         value_delimiter = ',',
-        default_value = "http://127.0.0.1:50051",
+        default_value = "127.0.0.1:50051",
         global = true
     )]
     server_addr: Vec<String>,
+    #[command(flatten)]
+    tls: connect::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,6 +55,9 @@ enum Command {
     /// Operator tools that need no server.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Make the cluster's CA and certificates for mutual TLS (no server needed).
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
     /// Load generators that measure the cluster.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -96,7 +103,17 @@ async fn main() -> ExitCode {
             Err(e) => fail(&e),
         };
     }
-    let servers = match Servers::parse(&cli.server_addr) {
+    if let Command::Tls(command) = cli.command {
+        return match tls::run(command, &cli.tls.region) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
+    }
+    let tls = match cli.tls.load() {
+        Ok(tls) => tls,
+        Err(e) => return fail(&e),
+    };
+    let servers = match Servers::parse(&cli.server_addr, tls.as_ref()) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
@@ -111,7 +128,9 @@ async fn main() -> ExitCode {
         Command::Server(cmd) => server::run(&servers, cmd).await,
         Command::Bench(cmd) => bench::run(&servers, cmd).await,
         Command::Classic(cmd) => classic::run(&servers, cmd).await,
-        Command::Completions { .. } | Command::Operator(_) => unreachable!("answered before connecting"),
+        Command::Completions { .. } | Command::Operator(_) | Command::Tls(_) => {
+            unreachable!("answered before connecting")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

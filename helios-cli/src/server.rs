@@ -76,7 +76,7 @@ pub async fn run(servers: &Servers, command: ServerCommand) -> Result<()> {
         ServerCommand::Digest { output: Output { json } } => {
             let reply =
                 cluster.list_members(pb::ListMembersRequest { local: false }).await.map_err(status_error)?.into_inner();
-            let digests = futures::future::join_all(reply.members.iter().map(|m| digest_of(&m.addr))).await;
+            let digests = futures::future::join_all(reply.members.iter().map(|m| digest_of(servers, &m.addr))).await;
             let rows: Vec<(&pb::Member, Option<pb::StateDigestResponse>)> = reply.members.iter().zip(digests).collect();
             let verdict = agreement(&rows);
             if json {
@@ -117,8 +117,8 @@ pub async fn run(servers: &Servers, command: ServerCommand) -> Result<()> {
 }
 
 /// One server's digest, asked of that server itself (None when it does not answer).
-async fn digest_of(addr: &str) -> Option<pb::StateDigestResponse> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?;
+async fn digest_of(servers: &Servers, addr: &str) -> Option<pb::StateDigestResponse> {
+    let endpoint = servers.endpoint_of(addr)?;
     let endpoint =
         endpoint.connect_timeout(std::time::Duration::from_secs(1)).timeout(std::time::Duration::from_secs(10));
     let mut client = ClusterServiceClient::new(endpoint.connect().await.ok()?);

@@ -43,12 +43,24 @@ pub struct ClientConfig {
     /// The Docker engine's address (`unix:///path`, `tcp://host:port`); None: `DOCKER_HOST`, or
     /// the local default socket.
     pub docker_endpoint: Option<String>,
+    /// Mutual TLS to the servers and on the agent's own service (a `client` certificate).
+    pub tls: Option<helios_api::tls::Tls>,
+    /// Serve beyond loopback without TLS (`--insecure`).
+    pub insecure: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("invalid --node-id {0:?}: {1}")]
     NodeId(String, String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error(
+        "--client-rpc-addr {0} can be reached from other machines, and this agent has no TLS: anyone \
+         could read its tasks' logs. Give it --tls-ca, --tls-cert and --tls-key, listen on \
+         127.0.0.1, or pass --insecure to accept that"
+    )]
+    PlaintextBeyondLoopback(SocketAddr),
     #[error("cannot keep the agent's identity in {path}: {source}")]
     Identity { path: PathBuf, source: std::io::Error },
     #[error("cannot lock the data directory with {path}: {source}")]
@@ -80,18 +92,30 @@ pub async fn run_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ClientError> {
     helios_core::validate::check_name(&config.node_id).map_err(|p| ClientError::NodeId(config.node_id.clone(), p))?;
+    if !config.rpc_addr.ip().is_loopback() && config.tls.is_none() && !config.insecure {
+        return Err(ClientError::PlaintextBeyondLoopback(config.rpc_addr));
+    }
     // Held until the agent ends.
     let _data_dir = identity::lock_data_dir(&config.data_dir, &config.node_id)?;
     let secret = identity::load_or_create(&config.data_dir, &config.node_id)?;
     let advertised = listener.local_addr().map_err(|source| ClientError::Listen { addr: config.rpc_addr, source })?;
     let node = fingerprint::node(&config, advertised);
-    let servers = Servers::new(&config.servers)?;
+    let servers = Servers::new(&config.servers, config.tls.as_ref())?;
 
     let (_health, health_service) = tonic_health::server::health_reporter();
     let logs = log_service::LogService { allocs_dir: config.data_dir.join("allocs") };
-    let serve = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config()).map_err(|e| ClientError::Tls(e.to_string()))?;
+    }
+    // Task logs go to servers only (they relay them to users who may read them).
+    let only_servers = helios_api::tls::RequireRole::new(helios_api::tls::roles::SERVERS, config.tls.as_ref());
+    let serve = builder
         .add_service(health_service)
-        .add_service(pb::client_service_server::ClientServiceServer::new(logs))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            pb::client_service_server::ClientServiceServer::new(logs),
+            only_servers,
+        ))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown);
     tokio::pin!(serve);
     let node_id = node.id.clone();

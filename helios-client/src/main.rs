@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use helios_api::tls::{Role, Tls, TlsFiles};
 use helios_client::ClientConfig;
 
 #[derive(Parser, Debug)]
@@ -19,7 +20,7 @@ struct Args {
     #[arg(long)]
     node_id: String,
     /// Server URL(s), comma-separated or repeated; the agent fails over between them.
-    #[arg(long = "server-addr", value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
+    #[arg(long = "server-addr", value_delimiter = ',', default_value = "127.0.0.1:50051")]
     server_addr: Vec<String>,
     /// The agent's own gRPC address (task logs are served here).
     #[arg(long, default_value = "127.0.0.1:60051")]
@@ -40,6 +41,33 @@ struct Args {
     /// DOCKER_HOST, or the local socket. Without an engine the node offers only exec.
     #[arg(long)]
     docker_endpoint: Option<String>,
+    /// The cluster's CA (PEM): with --tls-cert and --tls-key, the agent talks to servers over
+    /// mutual TLS (`https://` server addresses) and serves task logs to servers only.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// This agent's certificate (PEM), made with `helios-cli tls cert create --client`.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// The region in the certificates' role names (`client.<region>.helios`).
+    #[arg(long, default_value = helios_api::tls::DEFAULT_REGION)]
+    region: String,
+    /// Serve task logs beyond loopback without TLS: anyone who reaches --client-rpc-addr could
+    /// read them.
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// The agent's TLS, if its three flags are given; its certificate must be a client's.
+fn load_tls(args: &Args) -> Result<Option<Tls>, String> {
+    let files = TlsFiles::from_flags(args.tls_ca.clone(), args.tls_cert.clone(), args.tls_key.clone())
+        .map_err(|e| e.to_string())?;
+    let Some(files) = files else { return Ok(None) };
+    let tls = Tls::load(&files, &args.region).map_err(|e| e.to_string())?;
+    tls.require_own_role(Role::Client).map_err(|e| e.to_string())?;
+    Ok(Some(tls))
 }
 
 fn parse_meta(text: &str) -> Result<(String, String), String> {
@@ -55,6 +83,13 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
+    let tls = match load_tls(&args) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = ClientConfig {
         node_id: args.node_id,
         servers: args.server_addr,
@@ -64,6 +99,8 @@ async fn main() -> ExitCode {
         cpu_mhz: args.cpu_mhz,
         memory_mb: args.memory_mb,
         docker_endpoint: args.docker_endpoint,
+        tls,
+        insecure: args.insecure,
     };
     let shutdown = async {
         // SIGTERM (service managers, `kill`) or Ctrl-C: stop heartbeating and exit.

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use helios_api::pb;
 use helios_api::pb::agent_service_client::AgentServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use helios_api::tls::{Role, Tls};
+use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServersError {
@@ -34,12 +35,12 @@ pub struct Servers {
 }
 
 impl Servers {
-    pub fn new(addrs: &[String]) -> Result<Servers, ServersError> {
+    pub fn new(addrs: &[String], tls: Option<&Tls>) -> Result<Servers, ServersError> {
         let mut channels = Vec::new();
         for addr in addrs.iter().flat_map(|a| a.split(',')).map(str::trim).filter(|a| !a.is_empty()) {
-            let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| ServersError::Invalid(addr.to_string(), e.to_string()))?;
+            let endpoint = helios_api::tls::endpoint(addr, tls, Role::Server)
+                .map_err(|e| ServersError::Invalid(addr.to_string(), e))?;
+            let url = endpoint.uri().to_string();
             let channel = endpoint
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(Duration::from_secs(20))

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use helios_api::tls::{Role, Tls, TlsFiles};
 use helios_server::config::parse_peer;
 use helios_server::raft::peer_auth::ClusterKey;
 use helios_server::ServerConfig;
@@ -62,6 +63,19 @@ struct Args {
     /// only on a network you trust.
     #[arg(long)]
     insecure: bool,
+    /// The cluster's CA (PEM): with --tls-cert and --tls-key, every connection is mutual TLS,
+    /// and only certificates of this CA are accepted (`helios-cli tls ca create`).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// This server's certificate (PEM), made with `helios-cli tls cert create --server`.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// The region in the certificates' role names (`server.<region>.helios`).
+    #[arg(long, default_value = helios_api::tls::DEFAULT_REGION)]
+    region: String,
     /// A single-server development cluster that bootstraps itself.
     #[arg(long, conflicts_with_all = ["peers", "bootstrap"])]
     dev: bool,
@@ -80,6 +94,11 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
     config.snapshot_every = args.snapshot_every;
     config.heartbeat_ttl = args.heartbeat_ttl;
     config.insecure = args.insecure;
+    if let Some(files) = TlsFiles::from_flags(args.tls_ca, args.tls_cert, args.tls_key).map_err(|e| e.to_string())? {
+        let tls = Tls::load(&files, &args.region).map_err(|e| e.to_string())?;
+        tls.require_own_role(Role::Server).map_err(|e| e.to_string())?;
+        config.tls = Some(tls);
+    }
     config.cluster_key = match (args.cluster_key, args.cluster_key_file) {
         (Some(key), _) => Some(key),
         (None, Some(path)) => Some(

@@ -84,14 +84,11 @@ impl PeerChannels {
 
     /// An endpoint for a peer of `role` at `addr`: https with this server's certificate when it
     /// has TLS, plain http otherwise.
-    pub fn endpoint(&self, addr: &str, role: Role) -> Result<Endpoint, tonic::transport::Error> {
-        match &self.tls {
-            Some(tls) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls.client_config(role)),
-            None => Endpoint::from_shared(format!("http://{addr}")),
-        }
+    pub fn endpoint(&self, addr: &str, role: Role) -> Result<Endpoint, String> {
+        helios_api::tls::endpoint(addr, self.tls.as_ref(), role)
     }
 
-    fn client(&self, addr: &str) -> Result<PeerClient, tonic::transport::Error> {
+    fn client(&self, addr: &str) -> Result<PeerClient, String> {
         let channel = {
             let mut map = self.lock();
             match map.get(addr) {
@@ -223,7 +220,7 @@ fn decode_reply<T: serde::de::DeserializeOwned>(reply: RaftPayload) -> Result<T,
 
 impl PeerConnection {
     fn client(&self) -> Result<PeerClient, RPCError<TypeConfig>> {
-        self.channels.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+        self.channels.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))
     }
 
     /// One request/response RPC: encode `rpc`, send it with openraft's deadline, decode the reply.

@@ -43,6 +43,13 @@ where
     }
 }
 
+/// A server certificate for every server, and the certificate the test's own calls present.
+#[derive(Clone)]
+pub struct TestTls {
+    pub server: helios_api::tls::Tls,
+    pub caller: helios_api::tls::Tls,
+}
+
 struct Running {
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), StartError>>,
@@ -57,6 +64,8 @@ pub struct TestCluster {
     pub snapshot_every: u64,
     /// The key every server is started with (`None`: loopback without one).
     pub cluster_key: Option<helios_server::raft::peer_auth::ClusterKey>,
+    /// Mutual TLS: every server's identity, and the one this test's own calls use.
+    pub tls: Option<TestTls>,
     running: BTreeMap<u64, Running>,
 }
 
@@ -75,10 +84,24 @@ impl TestCluster {
         Self::start_configured(n, helios_server::config::DEFAULT_SNAPSHOT_EVERY, Some(key)).await
     }
 
+    /// Starts `n` servers speaking mutual TLS with `tls.server`; the test calls with `tls.caller`.
+    pub async fn start_tls(n: u64, tls: TestTls) -> TestCluster {
+        Self::start_full(n, helios_server::config::DEFAULT_SNAPSHOT_EVERY, None, Some(tls)).await
+    }
+
     pub async fn start_configured(
         n: u64,
         snapshot_every: u64,
         cluster_key: Option<helios_server::raft::peer_auth::ClusterKey>,
+    ) -> TestCluster {
+        Self::start_full(n, snapshot_every, cluster_key, None).await
+    }
+
+    async fn start_full(
+        n: u64,
+        snapshot_every: u64,
+        cluster_key: Option<helios_server::raft::peer_auth::ClusterKey>,
+        tls: Option<TestTls>,
     ) -> TestCluster {
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
@@ -92,6 +115,7 @@ impl TestCluster {
             addrs,
             snapshot_every,
             cluster_key,
+            tls,
             running: BTreeMap::new(),
         };
         for (id, listener) in listeners {
@@ -107,6 +131,7 @@ impl TestCluster {
         config.snapshot_every = self.snapshot_every;
         config.heartbeat_ttl = HEARTBEAT_TTL;
         config.cluster_key = self.cluster_key.clone();
+        config.tls = self.tls.as_ref().map(|t| t.server.clone());
         config
     }
 
@@ -182,10 +207,12 @@ impl TestCluster {
     }
 
     pub async fn channel(&self, id: u64) -> Channel {
-        let url = format!("http://{}", self.addrs[&id]);
+        let caller = self.tls.as_ref().map(|t| &t.caller);
+        let endpoint =
+            helios_api::tls::endpoint(&self.addrs[&id], caller, helios_api::tls::Role::Server).expect("endpoint");
         wait_for("a connection", || {
-            let url = url.clone();
-            async move { Channel::from_shared(url).ok()?.connect().await.ok() }
+            let endpoint = endpoint.clone();
+            async move { endpoint.connect().await.ok() }
         })
         .await
     }
@@ -305,13 +332,16 @@ pub async fn start_agent_configured(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let mut config = ClientConfig {
         node_id: node_id.to_string(),
-        servers: cluster.addrs.values().map(|a| format!("http://{a}")).collect(),
+        // Bare addresses: the scheme follows the agent's TLS settings.
+        servers: cluster.addrs.values().cloned().collect(),
         rpc_addr: listener.local_addr().expect("addr"),
         data_dir: data_dir.to_path_buf(),
         meta: [("rack".to_string(), "r1".to_string())].into(),
         cpu_mhz: Some(4000),
         memory_mb: Some(8192),
         docker_endpoint: None,
+        tls: None,
+        insecure: false,
     };
     adjust(&mut config);
     let (stop, stopped) = oneshot::channel::<()>();
