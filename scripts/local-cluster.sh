@@ -4,17 +4,32 @@
 # data and logs under ./.helios-local/.
 #
 #   scripts/local-cluster.sh start    build, start, wait for a leader and three ready nodes
+#   scripts/local-cluster.sh start --secure
+#                                     the same with mutual TLS: makes a CA and server, client and
+#                                     CLI certificates (.helios-local/tls/) and a cluster key, and
+#                                     prints the variables that point helios-cli at them
 #   AGENTS=0 scripts/local-cluster.sh start    servers only (for load generators such as
 #                                     `helios-cli bench submit` that should not run the jobs)
 #   scripts/local-cluster.sh status   server members
 #   scripts/local-cluster.sh stop     SIGTERM every server
 #   scripts/local-cluster.sh clean    stop and delete the data
+#
+# For tests: HELIOS_LOCAL_DIR (state directory), HELIOS_BIN (prebuilt binaries; skips the
+# build), SERVER_PORTS and AGENT_PORTS (three space-separated ports each).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-state="$root/.helios-local"
-bin="$root/target/release"
-peers=(--peer 1=127.0.0.1:50051 --peer 2=127.0.0.1:50052 --peer 3=127.0.0.1:50053)
+state="${HELIOS_LOCAL_DIR:-$root/.helios-local}"
+bin="${HELIOS_BIN:-$root/target/release}"
+read -r -a server_ports <<<"${SERVER_PORTS:-50051 50052 50053}"
+read -r -a agent_ports <<<"${AGENT_PORTS:-60051 60052 60053}"
+peers=()
+addrs=()
+for id in 1 2 3; do
+    peers+=(--peer "$id=127.0.0.1:${server_ports[$((id - 1))]}")
+    addrs+=("127.0.0.1:${server_ports[$((id - 1))]}")
+done
+all_addrs="$(IFS=,; echo "${addrs[*]}")"
 
 stop() {
     for pidfile in "$state"/*.pid; do
@@ -24,10 +39,40 @@ stop() {
     done
 }
 
+# Makes what a secure cluster needs, once: the CA, a certificate per role, a cluster key.
+make_secrets() {
+    mkdir -p "$state/tls"
+    if [ ! -e "$state/tls/helios-agent-ca.pem" ]; then
+        (cd "$state/tls" && "$bin/helios-cli" tls ca create >/dev/null &&
+            "$bin/helios-cli" tls cert create --server >/dev/null &&
+            "$bin/helios-cli" tls cert create --client >/dev/null &&
+            "$bin/helios-cli" tls cert create --cli >/dev/null)
+    fi
+    if [ ! -e "$state/helios-cluster.key" ]; then
+        (umask 077 && "$bin/helios-cli" operator keygen >"$state/helios-cluster.key")
+    fi
+}
+
+secure=false
+if [ "${2:-}" = "--secure" ] || [ "${SECURE:-}" = 1 ]; then secure=true; fi
+
 case "${1:-start}" in
 start)
-    (cd "$root" && cargo build --release -p helios-server -p helios-client -p helios-cli)
+    if [ -z "${HELIOS_BIN:-}" ]; then
+        (cd "$root" && cargo build --release -p helios-server -p helios-client -p helios-cli)
+    fi
     mkdir -p "$state"
+    server_tls=()
+    client_tls=()
+    if $secure; then
+        make_secrets
+        server_tls=(--tls-ca tls/helios-agent-ca.pem --tls-cert tls/global-server-helios.pem --tls-key tls/global-server-helios-key.pem)
+        client_tls=(--tls-ca tls/helios-agent-ca.pem --tls-cert tls/global-client-helios.pem --tls-key tls/global-client-helios-key.pem)
+        export HELIOS_CACERT="$state/tls/helios-agent-ca.pem"
+        export HELIOS_CLIENT_CERT="$state/tls/global-cli-helios.pem"
+        export HELIOS_CLIENT_KEY="$state/tls/global-cli-helios-key.pem"
+    fi
+    export HELIOS_ADDR="$all_addrs"
     for id in 1 2 3; do
         if [ -e "$state/server-$id.pid" ] && kill -0 "$(cat "$state/server-$id.pid")" 2>/dev/null; then
             echo "server $id already running"
@@ -38,8 +83,8 @@ start)
         if [ "$id" = 1 ] && [ ! -e "$state/helios-node-1.db" ]; then extra=(--bootstrap); fi
         # exec: the background subshell becomes the server, so nothing else holds this script's
         # stdout open after it exits.
-        (cd "$state" && exec "$bin/helios-server" --node-id "$id" --rpc-addr "127.0.0.1:5005$id" \
-            "${peers[@]}" "${extra[@]}" </dev/null >"server-$id.log" 2>&1) &
+        (cd "$state" && exec "$bin/helios-server" --node-id "$id" --rpc-addr "${addrs[$((id - 1))]}" \
+            "${peers[@]}" "${extra[@]}" "${server_tls[@]}" </dev/null >"server-$id.log" 2>&1) &
         echo $! >"$state/server-$id.pid"
     done
     agents="${AGENTS:-3}"
@@ -49,16 +94,23 @@ start)
         fi
         mkdir -p "$state/client-$id"
         (cd "$state" && exec "$bin/helios-client" --node-id "$id" --data-dir "client-$id" \
-            --server-addr http://127.0.0.1:50051,http://127.0.0.1:50052,http://127.0.0.1:50053 \
-            --client-rpc-addr "127.0.0.1:6005$id" </dev/null >"client-$id.log" 2>&1) &
+            --server-addr "$all_addrs" "${client_tls[@]}" \
+            --client-rpc-addr "127.0.0.1:${agent_ports[$((id - 1))]}" </dev/null >"client-$id.log" 2>&1) &
         echo $! >"$state/client-$id.pid"
     done
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 150); do
         if "$bin/helios-cli" server members >/dev/null 2>&1 && [ "$("$bin/helios-cli" node list 2>/dev/null | grep -c ' ready ')" = "$agents" ]; then
             "$bin/helios-cli" server members
             echo
             "$bin/helios-cli" node list
             echo
+            if $secure; then
+                echo "Mutual TLS is on. Point helios-cli at the cluster with:"
+                echo "  export HELIOS_ADDR=$all_addrs"
+                echo "  export HELIOS_CACERT=$HELIOS_CACERT"
+                echo "  export HELIOS_CLIENT_CERT=$HELIOS_CLIENT_CERT"
+                echo "  export HELIOS_CLIENT_KEY=$HELIOS_CLIENT_KEY"
+            fi
             echo "Cluster ready. Try: $bin/helios-cli job run --name hello echo -- 'Hello, Helios'"
             echo "Logs: $state/{server,client}-*.log   Stop: scripts/local-cluster.sh stop"
             exit 0
@@ -68,8 +120,8 @@ start)
     echo "the cluster did not come up (a leader and $agents ready nodes); see $state/*.log" >&2
     exit 1
     ;;
-status) "$bin/helios-cli" server members ;;
+status) "$bin/helios-cli" --server-addr "$all_addrs" server members ;;
 stop) stop ;;
 clean) stop; rm -rf "$state" ;;
-*) echo "usage: $0 start|status|stop|clean" >&2; exit 2 ;;
+*) echo "usage: $0 start [--secure]|status|stop|clean" >&2; exit 2 ;;
 esac
