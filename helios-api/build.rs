@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "../proto/helios/v1/raft.proto",
                 "../proto/helios/v1/agent.proto",
                 "../proto/helios/v1/client.proto",
+                "../proto/helios/v1/acl.proto",
             ],
             &["../proto"],
         )?;

@@ -2,6 +2,7 @@
 //! that converts between protobuf messages and `helios_core` types, and the mutual TLS every
 //! gRPC connection between Helios processes uses (`tls`).
 
+pub mod acl;
 pub mod convert;
 pub mod tls;
 

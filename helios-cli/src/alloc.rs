@@ -2,12 +2,12 @@
 
 use std::io::Write;
 
+use crate::connect::Conn;
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
 use helios_api::pb;
 use helios_api::pb::allocation_service_client::AllocationServiceClient;
 use helios_core::Timestamp;
-use tonic::transport::Channel;
 
 use crate::connect::{status_error, Servers};
 use crate::json::Output;
@@ -54,7 +54,7 @@ pub struct LogArgs {
     pub follow: bool,
 }
 
-pub fn client(channel: Channel) -> AllocationServiceClient<Channel> {
+pub fn client(channel: Conn) -> AllocationServiceClient<Conn> {
     AllocationServiceClient::new(channel).max_decoding_message_size(crate::connect::MAX_RESPONSE)
 }
 
@@ -155,7 +155,7 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
 
 /// Streams one task's log, handing each chunk to `sink`.
 pub async fn stream_logs(
-    allocs: &mut AllocationServiceClient<Channel>,
+    allocs: &mut AllocationServiceClient<Conn>,
     id: &str,
     task: String,
     stderr: bool,

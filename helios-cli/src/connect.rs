@@ -2,20 +2,27 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use helios_api::acl::WithToken;
 use helios_api::tls::{Role, Tls};
 use helios_core::limits::MAX_MESSAGE_BYTES;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 pub struct Servers {
     endpoints: Vec<(String, Endpoint)>,
     tls: Option<Tls>,
+    token: WithToken,
 }
+
+/// A connection to a server whose every call carries the CLI's ACL token, if it has one.
+pub type Conn = InterceptedService<Channel, WithToken>;
 
 impl Servers {
     /// `tls`: mutual TLS with the CLI's certificate; bare `host:port` addresses then mean
     /// `https://`, otherwise `http://`.
-    pub fn parse(addrs: &[String], tls: Option<&Tls>) -> Result<Servers> {
+    pub fn parse(addrs: &[String], tls: Option<&Tls>, token: Option<&str>) -> Result<Servers> {
+        let token = WithToken::new(token).map_err(|e| anyhow!("--token: {e}"))?;
         let mut endpoints = Vec::new();
         for addr in addrs.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
             let endpoint = helios_api::tls::endpoint(addr, tls, Role::Server)
@@ -34,18 +41,18 @@ impl Servers {
         if endpoints.is_empty() {
             bail!("--server-addr is empty; give an address such as 127.0.0.1:50051");
         }
-        Ok(Servers { endpoints, tls: tls.cloned() })
+        Ok(Servers { endpoints, tls: tls.cloned(), token })
     }
 
     /// A channel to the first server that answers. A connection is not enough: a stopped or
     /// hung server (or a proxy) can accept one and then say nothing, so the server's gRPC health
     /// check must answer too, within `ANSWER_TIMEOUT`.
-    pub async fn connect(&self) -> Result<Channel> {
+    pub async fn connect(&self) -> Result<Conn> {
         let mut failures = Vec::new();
         for (url, endpoint) in &self.endpoints {
             match endpoint.connect().await {
                 Ok(channel) => match serving(channel.clone()).await {
-                    Ok(()) => return Ok(channel),
+                    Ok(()) => return Ok(self.with_token(channel)),
                     Err(why) => failures.push(format!("{url} ({why})")),
                 },
                 Err(e) => failures.push(format!("{url} ({})", root_cause(&e))),
@@ -62,9 +69,14 @@ impl Servers {
         helios_api::tls::endpoint(addr, self.tls.as_ref(), Role::Server).ok()
     }
 
-    /// A separate channel per call site, for load generation.
-    pub fn first_endpoint(&self) -> &Endpoint {
-        &self.endpoints[0].1
+    /// A connection of its own to the first server, for load generation.
+    pub async fn dedicated(&self) -> Result<Conn> {
+        let channel = self.endpoints[0].1.connect().await.context("connecting to the server")?;
+        Ok(self.with_token(channel))
+    }
+
+    pub fn with_token(&self, channel: Channel) -> Conn {
+        InterceptedService::new(channel, self.token.clone())
     }
 }
 

@@ -1,5 +1,6 @@
 //! `helios-cli`: the Helios command line.
 
+mod acl;
 mod alloc;
 mod bench;
 mod classic;
@@ -34,6 +35,9 @@ struct Cli {
     server_addr: Vec<String>,
     #[command(flatten)]
     tls: connect::TlsArgs,
+    /// The ACL token's secret for servers with --acl-enabled [env: HELIOS_TOKEN, or NOMAD_TOKEN]
+    #[arg(long, env = "HELIOS_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +59,9 @@ enum Command {
     /// Operator tools that need no server.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// ACL bootstrap, policies and tokens.
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
     /// Make the cluster's CA and certificates for mutual TLS (no server needed).
     #[command(subcommand)]
     Tls(tls::TlsCommand),
@@ -113,7 +120,11 @@ async fn main() -> ExitCode {
         Ok(tls) => tls,
         Err(e) => return fail(&e),
     };
-    let servers = match Servers::parse(&cli.server_addr, tls.as_ref()) {
+    let token = match acl::resolve_token(cli.token.clone()) {
+        Ok(token) => token,
+        Err(e) => return fail(&e),
+    };
+    let servers = match Servers::parse(&cli.server_addr, tls.as_ref(), token.as_deref()) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
@@ -125,6 +136,7 @@ async fn main() -> ExitCode {
         },
         Command::Alloc(cmd) => alloc::run(&servers, cmd).await,
         Command::Node(cmd) => node::run(&servers, cmd).await,
+        Command::Acl(cmd) => acl::run(&servers, cmd).await,
         Command::Server(cmd) => server::run(&servers, cmd).await,
         Command::Bench(cmd) => bench::run(&servers, cmd).await,
         Command::Classic(cmd) => classic::run(&servers, cmd).await,

@@ -29,11 +29,16 @@ impl Server {
 
     /// Server `id`, bootstrapping a one-server cluster or (without `bootstrap`) waiting to join.
     async fn spawn(id: u64, bootstrap: bool) -> Server {
+        Server::spawn_with(id, bootstrap, false).await
+    }
+
+    async fn spawn_with(id: u64, bootstrap: bool, acl_enabled: bool) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let dir = tempfile::tempdir().expect("temp dir");
         let peers = if bootstrap { vec![(id, addr.to_string())] } else { Vec::new() };
-        let config = ServerConfig::new(id, addr, peers, bootstrap, dir.path().to_path_buf()).expect("config");
+        let mut config = ServerConfig::new(id, addr, peers, bootstrap, dir.path().to_path_buf()).expect("config");
+        config.acl_enabled = acl_enabled;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(helios_server::run_on(config, listener, async move {
             let _ = stopped.await;
@@ -405,5 +410,71 @@ async fn operator_keygen_and_node_purge() {
     let out = cli(&server.url, &["node", "purge", "ghost"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("node \"ghost\" not found"), "{}", stderr(&out));
+    server.shutdown().await;
+}
+
+/// The value of `Key = value` in `acl` output.
+fn field(out: &Output, key: &str) -> String {
+    stdout(out)
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|rest| rest.trim_start().trim_start_matches('=').trim().to_string()))
+        .unwrap_or_else(|| panic!("no {key} in {}", stdout(out)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_bootstrap_policies_and_tokens_from_the_cli() {
+    let server = Server::spawn_with(1, true, true).await;
+    let url = server.url.clone();
+    // Anonymous: refused (waiting out the first election), naming the capability.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let refused = loop {
+        let out = cli(&url, &["job", "run", "--name", "a", "echo", "--", "hi"]).await;
+        if stderr(&out).contains("needs submit-job") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("permission denied: this call needs submit-job"), "{}", stderr(&refused));
+
+    let boot = cli(&url, &["acl", "bootstrap"]).await;
+    assert!(boot.status.success(), "{}", stderr(&boot));
+    let root = field(&boot, "Secret ID");
+    let again = cli(&url, &["acl", "bootstrap"]).await;
+    assert_eq!(again.status.code(), Some(1));
+
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("readonly.hcl");
+    std::fs::write(&file, "namespace \"default\" {\n  policy = \"read\"\n}\nnode {\n  policy = \"read\"\n}\n")
+        .expect("write");
+    let as_root = [("HELIOS_TOKEN", root.as_str())];
+    let file_arg = file.to_str().expect("utf8");
+    let applied = run(&["--server-addr", &url, "acl", "policy", "apply", "readonly", file_arg], &as_root).await;
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let bad = dir.path().join("bad.hcl");
+    std::fs::write(&bad, "namespace \"default\" {\n  capabilities = [\"dispatch-job\"]\n}\n").expect("write");
+    let refused =
+        run(&["--server-addr", &url, "acl", "policy", "apply", "bad", bad.to_str().expect("utf8")], &as_root).await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("dispatch-job"), "{}", stderr(&refused));
+    let created =
+        run(&["--server-addr", &url, "acl", "token", "create", "--name", "ro", "--policy", "readonly"], &as_root).await;
+    assert!(created.status.success(), "{}", stderr(&created));
+    let reader = field(&created, "Secret ID");
+
+    // Nomad's variable works too; the read-only token reads and cannot write.
+    let as_reader = [("NOMAD_TOKEN", reader.as_str())];
+    let listed = run(&["--server-addr", &url, "job", "list"], &as_reader).await;
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let write = run(&["--server-addr", &url, "job", "run", "-d", "--name", "b", "echo", "--", "hi"], &as_reader).await;
+    assert_eq!(write.status.code(), Some(1));
+    assert!(stderr(&write).contains("needs submit-job"), "{}", stderr(&write));
+    let me = run(&["--server-addr", &url, "acl", "token", "self"], &as_reader).await;
+    assert_eq!(field(&me, "Name"), "ro");
+    assert_eq!(field(&me, "Secret ID"), "<hidden>");
+    let wrote =
+        run(&["--server-addr", &url, "--token", &root, "job", "run", "-d", "--name", "b", "echo", "--", "hi"], &[])
+            .await;
+    assert!(wrote.status.success(), "{}", stderr(&wrote));
     server.shutdown().await;
 }

@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{AclPolicy, AclToken};
 use crate::alloc::AllocUpdate;
 use crate::eval::Evaluation;
 use crate::job::Job;
@@ -36,31 +37,56 @@ pub struct Proposal {
 pub enum Command {
     /// Create a job or update its spec. A changed spec becomes the next version and creates
     /// `eval`; an identical spec changes nothing.
-    RegisterJob { job: Job, eval: Evaluation },
+    RegisterJob {
+        job: Job,
+        eval: Evaluation,
+    },
     /// Stop a job (it stays visible, `stopped = true`), or remove it and its history with
     /// `purge`. Creates `eval` so the scheduler stops its allocations.
-    DeregisterJob { job_name: String, purge: bool, eval: Evaluation, now: Timestamp },
+    DeregisterJob {
+        job_name: String,
+        purge: bool,
+        eval: Evaluation,
+        now: Timestamp,
+    },
     /// A client agent registers (or re-registers after a restart). Refused when the id belongs
     /// to a live node with another secret: one machine cannot take over another's identity.
     ///
     /// `evals` re-evaluate the jobs the node's arrival affects (system jobs, blocked jobs, jobs
     /// with allocations on it), stamped by the proposer and committed in the same entry, so a
     /// leader change cannot lose them.
-    RegisterNode { node: Node, evals: Vec<Evaluation> },
+    RegisterNode {
+        node: Node,
+        evals: Vec<Evaluation>,
+    },
     /// The leader's heartbeat tracker saw a node go silent (`Down`) or come back (`Ready`).
     /// `evals` as for `RegisterNode`.
-    SetNodeStatus { node_id: String, status: NodeStatus, now: Timestamp, evals: Vec<Evaluation> },
+    SetNodeStatus {
+        node_id: String,
+        status: NodeStatus,
+        now: Timestamp,
+        evals: Vec<Evaluation>,
+    },
     /// The leader's scheduler result. Applied only if it still fits: every placement's node is
     /// ready with room for it and its slot is free; otherwise rejected as stale (the leader
     /// re-plans). `eval` is the evaluation as it ends (complete, or blocked with reasons).
     /// `follow_ups` are evaluations committed only with the plan. Leaders used them to retry
     /// blocked jobs when a plan freed room; the state machine now does that for any freed room
     /// (`StateTables::retry_blocked`), and leaders send none.
-    ApplyPlan { plan: Plan, eval: Evaluation, follow_ups: Vec<Evaluation> },
+    ApplyPlan {
+        plan: Plan,
+        eval: Evaluation,
+        follow_ups: Vec<Evaluation>,
+    },
     /// A client agent's report, as servers proposed it before `ReportAllocations` (kept so that
     /// existing logs still apply): refused whole if any allocation is not on `node_id`. `evals`
     /// reschedule the jobs of allocations that failed.
-    UpdateAllocations { node_id: String, updates: Vec<AllocUpdate>, now: Timestamp, evals: Vec<Evaluation> },
+    UpdateAllocations {
+        node_id: String,
+        updates: Vec<AllocUpdate>,
+        now: Timestamp,
+        evals: Vec<Evaluation>,
+    },
     /// An operator drains a node (its allocations move elsewhere; it takes no new work), ends a
     /// drain, or changes its eligibility. `evals` as for `SetNodeStatus`.
     SetNodeScheduling {
@@ -71,7 +97,9 @@ pub enum Command {
         evals: Vec<Evaluation>,
     },
     /// New evaluations, e.g. for the jobs a node change affects.
-    CreateEvaluations { evals: Vec<Evaluation> },
+    CreateEvaluations {
+        evals: Vec<Evaluation>,
+    },
     /// A client agent reports its allocations' states: `UpdateAllocations`, also refused whole
     /// if `secret` is not the node's. Checked here, against the replicated state, so the handler
     /// needs no linearizable read per report.
@@ -85,7 +113,32 @@ pub enum Command {
     /// An operator forgets a node that is down for good, freeing its id for another agent
     /// (until then the id keeps its secret). Refused unless the node is down. Its unfinished
     /// allocations are marked lost; `evals` re-evaluate their jobs.
-    PurgeNode { node_id: String, now: Timestamp, evals: Vec<Evaluation> },
+    PurgeNode {
+        node_id: String,
+        now: Timestamp,
+        evals: Vec<Evaluation>,
+    },
+    /// Creates the first management token, once: refused when ACLs were bootstrapped already,
+    /// unless `reset_index` names the log index of that bootstrap (the operator's reset, read
+    /// from a file on the server that took the request).
+    AclBootstrap {
+        token: AclToken,
+        reset_index: Option<u64>,
+    },
+    /// Creates or replaces a policy.
+    UpsertAclPolicy {
+        policy: AclPolicy,
+    },
+    DeleteAclPolicy {
+        name: String,
+    },
+    /// Creates a token; refused if a policy it names does not exist.
+    UpsertAclToken {
+        token: AclToken,
+    },
+    DeleteAclToken {
+        accessor_id: String,
+    },
 }
 
 /// The state machine's deterministic answer to a command.
@@ -115,6 +168,7 @@ pub enum CommandResponse {
     EvaluationsCreated,
     AllocationsUpdated,
     NodePurged,
+    AclChanged,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +209,11 @@ impl std::fmt::Display for Command {
                 write!(f, "set-node-scheduling {node_id} drain={drain} {}", eligibility.as_str())
             }
             Command::PurgeNode { node_id, .. } => write!(f, "purge-node {node_id}"),
+            Command::AclBootstrap { token, .. } => write!(f, "acl-bootstrap {}", token.accessor_id),
+            Command::UpsertAclPolicy { policy } => write!(f, "upsert-acl-policy {}", policy.name),
+            Command::DeleteAclPolicy { name } => write!(f, "delete-acl-policy {name}"),
+            Command::UpsertAclToken { token } => write!(f, "upsert-acl-token {}", token.accessor_id),
+            Command::DeleteAclToken { accessor_id } => write!(f, "delete-acl-token {accessor_id}"),
             Command::UpdateAllocations { node_id, updates, .. }
             | Command::ReportAllocations { node_id, updates, .. } => {
                 write!(f, "update-allocations {node_id} ({})", updates.len())

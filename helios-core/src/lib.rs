@@ -4,6 +4,7 @@
 //! disk. The server's state machine stores these types; the scheduler (pure) plans over them; the
 //! API crate converts them to and from protobuf.
 
+pub mod acl;
 pub mod alloc;
 pub mod command;
 pub mod eval;

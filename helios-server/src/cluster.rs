@@ -42,6 +42,10 @@ pub struct Cluster {
     pub tracker: Arc<HeartbeatTracker>,
     /// Wakes agents' allocation watches (see `signals`).
     pub signals: crate::signals::NodeSignals,
+    /// Public calls need a token (`api::auth`).
+    pub acl_enabled: bool,
+    /// Where an operator's `acl-bootstrap-reset` file is looked for.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// What a follower asks of the leader.
@@ -555,6 +559,12 @@ pub fn check_forwarded(request: &ForwardRequest) -> Result<(), tonic::Status> {
         | Command::SetNodeScheduling { .. }
         | Command::ReportAllocations { .. }
         | Command::PurgeNode { .. } => refuse("evaluations already decided"),
+        // Built by the ACL handlers, which checked the caller's token first.
+        Command::AclBootstrap { .. }
+        | Command::UpsertAclPolicy { .. }
+        | Command::DeleteAclPolicy { .. }
+        | Command::UpsertAclToken { .. }
+        | Command::DeleteAclToken { .. } => Ok(()),
         Command::SetNodeStatus { .. } => refuse("node status changes (the leader's heartbeat tracker makes them)"),
         Command::CreateEvaluations { .. } => refuse("bare evaluations"),
         Command::UpdateAllocations { .. } => refuse("allocation reports without the node's secret"),

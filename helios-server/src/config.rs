@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub insecure: bool,
     /// Mutual TLS on every connection, in and out (`--tls-ca`, `--tls-cert`, `--tls-key`).
     pub tls: Option<helios_api::tls::Tls>,
+    /// Every public call needs a token whose policies grant it (`--acl-enabled`).
+    pub acl_enabled: bool,
 }
 
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
@@ -103,6 +105,7 @@ impl ServerConfig {
             cluster_key: None,
             insecure: false,
             tls: None,
+            acl_enabled: false,
         })
     }
 }

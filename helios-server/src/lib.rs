@@ -116,6 +116,8 @@ async fn run_raft(
         heartbeat_ttl: config.heartbeat_ttl,
         tracker: Arc::new(liveness::HeartbeatTracker::default()),
         signals: signals.clone(),
+        acl_enabled: config.acl_enabled,
+        data_dir: config.data_dir.clone(),
     };
     let liveness_task = tokio::spawn(liveness::run(cluster.clone()));
     let scheduling_task = tokio::spawn(scheduling::run(cluster.clone()));
@@ -232,6 +234,7 @@ async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    use pb::acl_service_server::AclServiceServer;
     use pb::agent_service_server::AgentServiceServer;
     use pb::allocation_service_server::AllocationServiceServer;
     use pb::cluster_service_server::ClusterServiceServer;
@@ -289,6 +292,10 @@ async fn serve(
             ClusterServiceServer::new(api::cluster_service::Membership { cluster: cluster.clone() })
                 .max_decoding_message_size(limit),
             anyone,
+        ))
+        .add_service(InterceptedService::new(
+            AclServiceServer::new(api::acl::Acl { cluster: cluster.clone() }).max_decoding_message_size(limit),
+            RequireRole::new(roles::ANYONE, tls.as_ref()),
         ))
         .add_service(InterceptedService::new(
             AgentServiceServer::new(api::agent::Agents { cluster: cluster.clone() }).max_decoding_message_size(limit),

@@ -76,6 +76,10 @@ struct Args {
     /// The region in the certificates' role names (`server.<region>.helios`).
     #[arg(long, default_value = helios_api::tls::DEFAULT_REGION)]
     region: String,
+    /// Every public call needs an ACL token whose policies grant it (`helios-cli acl
+    /// bootstrap` makes the first). Give it to every server alike.
+    #[arg(long)]
+    acl_enabled: bool,
     /// A single-server development cluster that bootstraps itself.
     #[arg(long, conflicts_with_all = ["peers", "bootstrap"])]
     dev: bool,
@@ -94,6 +98,7 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
     config.snapshot_every = args.snapshot_every;
     config.heartbeat_ttl = args.heartbeat_ttl;
     config.insecure = args.insecure;
+    config.acl_enabled = args.acl_enabled;
     if let Some(files) = TlsFiles::from_flags(args.tls_ca, args.tls_cert, args.tls_key).map_err(|e| e.to_string())? {
         let tls = Tls::load(&files, &args.region).map_err(|e| e.to_string())?;
         tls.require_own_role(Role::Server).map_err(|e| e.to_string())?;

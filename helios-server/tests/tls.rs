@@ -161,13 +161,8 @@ async fn a_mutual_tls_cluster_runs_a_job_and_refuses_strangers_and_wrong_roles()
                 .await
                 .expect("connect to the agent");
             let mut logs = pb::client_service_client::ClientServiceClient::new(channel);
-            let request = pb::TaskLogsRequest {
-                alloc_id,
-                task: String::new(),
-                stderr: false,
-                tail: None,
-                follow: false,
-            };
+            let request =
+                pb::TaskLogsRequest { alloc_id, task: String::new(), stderr: false, tail: None, follow: false };
             logs.task_logs(request).await.map(drop)
         }
     };

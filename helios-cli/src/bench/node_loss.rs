@@ -9,13 +9,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::connect::Conn;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use helios_api::convert::job_to_pb;
 use helios_api::pb;
 use helios_api::pb::job_service_client::JobServiceClient;
 use helios_core::{Job, JobType};
-use tonic::transport::Channel;
 
 use crate::connect::Servers;
 use crate::job::client;
@@ -87,7 +87,7 @@ pub async fn run(servers: &Servers, args: NodeLossArgs) -> Result<()> {
     Ok(())
 }
 
-async fn allocations(jobs: &mut JobServiceClient<Channel>, name: &str) -> Result<Vec<pb::Allocation>> {
+async fn allocations(jobs: &mut JobServiceClient<Conn>, name: &str) -> Result<Vec<pb::Allocation>> {
     let reply = jobs.get_job_status(pb::GetJobStatusRequest { name: name.to_string() }).await?;
     Ok(reply.into_inner().allocations)
 }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::connect::Conn;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use helios_api::convert::job_to_pb;
@@ -21,7 +22,6 @@ use helios_api::pb::agent_service_client::AgentServiceClient;
 use helios_core::{Constraint, ConstraintOperator, Job, JobType, Resources};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
 use crate::connect::Servers;
 use crate::job::client;
@@ -73,7 +73,7 @@ pub async fn run(servers: &Servers, args: PlaceArgs) -> Result<()> {
     let run_id = format!("place-{}", std::process::id());
     let mut channels = Vec::new();
     for _ in 0..args.connections {
-        channels.push(servers.first_endpoint().connect().await.context("connecting to the server")?);
+        channels.push(servers.dedicated().await?);
     }
     let progress = Arc::new(Progress::default());
 
@@ -204,7 +204,7 @@ fn bench_job(name: &str, run_id: &str, count: u32) -> Job {
 /// One simulated agent: registers, heartbeats, and reports every allocation it is given as
 /// running, as a real agent does once its tasks start.
 async fn simulated_agent(
-    channel: Channel,
+    channel: Conn,
     node: pb::Node,
     progress: Arc<Progress>,
     ready: tokio::sync::oneshot::Sender<()>,
@@ -243,7 +243,7 @@ async fn simulated_agent(
 }
 
 async fn watch_and_report(
-    agent: &mut AgentServiceClient<Channel>,
+    agent: &mut AgentServiceClient<Conn>,
     node_id: &str,
     secret: &str,
     progress: &Progress,
@@ -279,7 +279,7 @@ async fn watch_and_report(
 
 /// Sends a report until it is accepted (at most a minute of retries).
 async fn report(
-    agent: &mut AgentServiceClient<Channel>,
+    agent: &mut AgentServiceClient<Conn>,
     request: pb::UpdateAllocationsRequest,
     progress: &Progress,
 ) -> Result<()> {

@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::connect::Conn;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use helios_api::convert::job_to_pb;
 use helios_api::pb;
 use helios_core::{Constraint, ConstraintOperator, DockerConfig, Job, Resources, TaskDriver};
-use tonic::transport::Channel;
 
 use super::{histogram, now_ms, record, summary};
 use crate::connect::Servers;
@@ -129,7 +129,7 @@ fn template_job(args: &StartArgs) -> Result<Job> {
 }
 
 /// Submits `job` and waits until every allocation's task has started: their latencies.
-async fn submit_and_wait(channel: Channel, job: Job) -> Result<Vec<Duration>> {
+async fn submit_and_wait(channel: Conn, job: Job) -> Result<Vec<Duration>> {
     let name = job.name.clone();
     let count = usize::try_from(job.task_groups[0].count).unwrap_or(usize::MAX);
     let submitted_ms = now_ms();

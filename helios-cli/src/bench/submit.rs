@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use helios_api::convert::job_to_pb;
 use helios_api::pb;
@@ -39,7 +39,7 @@ pub async fn run(servers: &Servers, args: SubmitArgs) -> Result<()> {
     let prefix = prefix.unwrap_or_else(|| format!("bench-{}", std::process::id()));
     let mut channels = Vec::new();
     for _ in 0..connections.min(concurrency) {
-        channels.push(servers.first_endpoint().connect().await.context("connecting to the server")?);
+        channels.push(servers.dedicated().await?);
     }
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

@@ -1,12 +1,12 @@
 //! `job history` and `job inspect`: a job's versions and what happened to its allocations.
 
+use crate::connect::Conn;
 use anyhow::{anyhow, Result};
 use helios_api::convert::job_from_pb;
 use helios_api::pb;
 use helios_api::pb::job_service_client::JobServiceClient;
 use helios_core::Timestamp;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use crate::connect::status_error;
 use crate::table::{now, Table};
@@ -18,7 +18,7 @@ struct Event<'a> {
     event: &'a pb::TaskEvent,
 }
 
-pub async fn history(jobs: &mut JobServiceClient<Channel>, name: &str, json: bool) -> Result<()> {
+pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) -> Result<()> {
     let request = pb::GetJobRequest { name: name.to_string() };
     let versions = jobs.get_job_versions(request).await.map_err(status_error)?.into_inner().versions;
     let status = jobs.get_job_status(pb::GetJobStatusRequest { name: name.to_string() });
@@ -86,7 +86,7 @@ pub async fn history(jobs: &mut JobServiceClient<Channel>, name: &str, json: boo
 }
 
 /// The stored spec as a JSON job file (`job run FILE` takes it back unchanged).
-pub async fn inspect(jobs: &mut JobServiceClient<Channel>, name: &str, version: Option<u64>) -> Result<()> {
+pub async fn inspect(jobs: &mut JobServiceClient<Conn>, name: &str, version: Option<u64>) -> Result<()> {
     let request = pb::GetJobRequest { name: name.to_string() };
     let versions = jobs.get_job_versions(request).await.map_err(status_error)?.into_inner().versions;
     let wanted = match version {

@@ -199,7 +199,7 @@ impl RunArgs {
     }
 }
 
-pub fn client(channel: tonic::transport::Channel) -> JobServiceClient<tonic::transport::Channel> {
+pub fn client(channel: crate::connect::Conn) -> JobServiceClient<crate::connect::Conn> {
     JobServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE).max_encoding_message_size(MAX_MESSAGE)
 }
 

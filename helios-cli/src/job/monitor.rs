@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use crate::connect::Conn;
 use anyhow::{bail, Result};
 use helios_api::pb;
 use helios_api::pb::job_service_client::JobServiceClient;
-use tonic::transport::Channel;
 
 use crate::connect::status_error;
 
@@ -28,7 +28,7 @@ enum Settled {
 }
 
 pub async fn watch(
-    jobs: &mut JobServiceClient<Channel>,
+    jobs: &mut JobServiceClient<Conn>,
     name: &str,
     version: u64,
     eval_id: &str,

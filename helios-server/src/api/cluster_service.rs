@@ -2,7 +2,10 @@
 
 use helios_api::pb;
 use helios_api::pb::cluster_service_server::ClusterService;
+use helios_core::acl::Capability;
 use tonic::{Request, Response, Status};
+
+use super::auth::authorize;
 
 use super::errors::{cluster_status, invalid};
 use crate::cluster::Cluster;
@@ -17,8 +20,9 @@ pub struct Membership {
 impl ClusterService for Membership {
     async fn state_digest(
         &self,
-        _request: Request<pb::StateDigestRequest>,
+        request: Request<pb::StateDigestRequest>,
     ) -> Result<Response<pb::StateDigestResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::OperatorRead).await?;
         // This server's own state, not a linearizable read: the point is to compare servers.
         let d = self.cluster.read_local(read::state_digest).await.map_err(cluster_status)?;
         Ok(Response::new(pb::StateDigestResponse {
@@ -33,6 +37,7 @@ impl ClusterService for Membership {
         &self,
         request: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::AgentRead).await?;
         let (mut nodes, voters) = self.cluster.membership();
         if request.get_ref().local {
             nodes.retain(|id, _| *id == self.cluster.node_id);
@@ -74,6 +79,7 @@ impl ClusterService for Membership {
         &self,
         request: Request<pb::AddServerRequest>,
     ) -> Result<Response<pb::AddServerResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::OperatorWrite).await?;
         let req = request.into_inner();
         if req.id == 0 {
             return Err(invalid("id", "must be > 0"));
@@ -87,6 +93,7 @@ impl ClusterService for Membership {
         &self,
         request: Request<pb::RemoveServerRequest>,
     ) -> Result<Response<pb::RemoveServerResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::OperatorWrite).await?;
         let id = request.into_inner().id;
         let index = self.cluster.remove_server(id).await.map_err(cluster_status)?;
         Ok(Response::new(pb::RemoveServerResponse { index }))

@@ -4,11 +4,14 @@ use helios_api::convert::{alloc_to_pb, eval_to_pb, job_from_pb, job_status_to_pb
 use helios_api::pb;
 use helios_api::pb::allocation_service_server::AllocationService;
 use helios_api::pb::job_service_server::JobService;
+use helios_core::acl::Capability;
 use helios_core::{
     AllocClientStatus, Allocation, Command, CommandResponse, EvalStatus, EvalTrigger, Evaluation, Job, JobType,
     NodeStatus,
 };
 use tonic::{Request, Response, Status};
+
+use super::auth::authorize;
 
 use super::errors::{cluster_status, invalid, rejection_status, require_job_name, require_name};
 use crate::clock::{new_id, now};
@@ -89,6 +92,7 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::SubmitJob).await?;
         let pb_job = request.into_inner().job.ok_or_else(|| invalid("job", "must be set"))?;
         let mut job = job_from_pb(pb_job).map_err(|e| helios_api::invalid_argument(&e))?;
         let now = now();
@@ -108,6 +112,7 @@ impl JobService for Jobs {
     }
 
     async fn plan_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::PlanJobResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::SubmitJob).await?;
         let pb_job = request.into_inner().job.ok_or_else(|| invalid("job", "must be set"))?;
         let job = job_from_pb(pb_job).map_err(|e| helios_api::invalid_argument(&e))?;
         let now = now();
@@ -129,6 +134,7 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobVersionsResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::ReadJob).await?;
         let name = request.into_inner().name;
         require_job_name("name", &name)?;
         let lookup = name.clone();
@@ -140,6 +146,7 @@ impl JobService for Jobs {
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::ReadJob).await?;
         let name = request.into_inner().name;
         require_job_name("name", &name)?;
         let lookup = name.clone();
@@ -148,10 +155,8 @@ impl JobService for Jobs {
         Ok(Response::new(pb::GetJobResponse { job: Some(job_to_pb(&job)) }))
     }
 
-    async fn list_jobs(
-        &self,
-        _request: Request<pb::ListJobsRequest>,
-    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::ListJobs).await?;
         let (jobs, allocs) = self
             .cluster
             .read(|txn| Ok((read::jobs(txn)?, read::allocations(txn, None, None)?)))
@@ -178,6 +183,7 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::GetJobStatusRequest>,
     ) -> Result<Response<pb::GetJobStatusResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::ReadJob).await?;
         let name = request.into_inner().name;
         require_job_name("name", &name)?;
         let lookup = name.clone();
@@ -206,6 +212,7 @@ impl JobService for Jobs {
     }
 
     async fn stop_job(&self, request: Request<pb::StopJobRequest>) -> Result<Response<pb::StopJobResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::SubmitJob).await?;
         let req = request.into_inner();
         require_job_name("name", &req.name)?;
         let now = now();
@@ -292,6 +299,7 @@ impl AllocationService for Allocations {
         &self,
         request: Request<pb::AllocLogsRequest>,
     ) -> Result<Response<Self::AllocLogsStream>, Status> {
+        authorize(&self.cluster, &request, Capability::ReadLogs).await?;
         let req = request.into_inner();
         if req.alloc_id.is_empty()
             || req.alloc_id.len() > 64
@@ -342,6 +350,7 @@ impl AllocationService for Allocations {
         &self,
         request: Request<pb::ListAllocationsRequest>,
     ) -> Result<Response<pb::ListAllocationsResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::ReadJob).await?;
         let req = request.into_inner();
         if let Some(job) = &req.job_name {
             require_job_name("job_name", job)?;
@@ -358,6 +367,7 @@ impl AllocationService for Allocations {
         &self,
         request: Request<pb::GetAllocationRequest>,
     ) -> Result<Response<pb::GetAllocationResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::ReadJob).await?;
         let alloc = self.find(request.into_inner().id).await?;
         Ok(Response::new(pb::GetAllocationResponse { allocation: Some(alloc_to_pb(&alloc)) }))
     }
@@ -366,6 +376,7 @@ impl AllocationService for Allocations {
         &self,
         request: Request<pb::StopAllocationRequest>,
     ) -> Result<Response<pb::StopAllocationResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::AllocLifecycle).await?;
         let alloc = self.find(request.into_inner().id).await?;
         if alloc.desired_status != helios_core::AllocDesiredStatus::Run || alloc.is_terminal() {
             return Err(Status::failed_precondition(format!(

@@ -1,8 +1,10 @@
 //! The public gRPC services. Handlers validate input, stamp IDs and timestamps, and go through
 //! `Cluster` for every write and current read; they hold no state of their own.
 
+pub mod acl;
 pub mod agent;
 pub mod assigned;
+pub mod auth;
 pub mod cluster_service;
 pub mod errors;
 pub mod jobs;

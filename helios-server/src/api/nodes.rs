@@ -3,7 +3,10 @@
 use helios_api::convert::node_to_pb;
 use helios_api::pb;
 use helios_api::pb::node_service_server::NodeService;
+use helios_core::acl::Capability;
 use tonic::{Request, Response, Status};
+
+use super::auth::authorize;
 
 use helios_core::{Command, CommandResponse, EvalTrigger, NodeEligibility};
 
@@ -50,8 +53,9 @@ impl Nodes {
 impl NodeService for Nodes {
     async fn list_nodes(
         &self,
-        _request: Request<pb::ListNodesRequest>,
+        request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::NodeRead).await?;
         let nodes = self.cluster.read(read::nodes).await.map_err(cluster_status)?;
         Ok(Response::new(pb::ListNodesResponse { nodes: nodes.iter().map(node_to_pb).collect() }))
     }
@@ -60,6 +64,7 @@ impl NodeService for Nodes {
         &self,
         request: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::NodeWrite).await?;
         let req = request.into_inner();
         let eligibility = if req.enable { NodeEligibility::Ineligible } else { NodeEligibility::Eligible };
         let index = self.set_scheduling(&req.id, Some(req.enable), eligibility).await?;
@@ -70,6 +75,7 @@ impl NodeService for Nodes {
         &self,
         request: Request<pb::SetEligibilityRequest>,
     ) -> Result<Response<pb::SetEligibilityResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::NodeWrite).await?;
         let req = request.into_inner();
         let eligibility = if req.eligible { NodeEligibility::Eligible } else { NodeEligibility::Ineligible };
         let index = self.set_scheduling(&req.id, None, eligibility).await?;
@@ -80,6 +86,7 @@ impl NodeService for Nodes {
         &self,
         request: Request<pb::PurgeNodeRequest>,
     ) -> Result<Response<pb::PurgeNodeResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::NodeWrite).await?;
         let id = request.into_inner().id;
         require_name("id", &id)?;
         let lookup = id.clone();
@@ -96,6 +103,7 @@ impl NodeService for Nodes {
     }
 
     async fn get_node(&self, request: Request<pb::GetNodeRequest>) -> Result<Response<pb::GetNodeResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::NodeRead).await?;
         let id = request.into_inner().id;
         require_name("id", &id)?;
         let lookup = id.clone();

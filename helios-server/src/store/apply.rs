@@ -16,6 +16,9 @@ use super::tables::{
     ALLOCS_BY_JOB, ALLOCS_BY_NODE, BLOCKED_JOBS, CLUSTER, EVALS_BY_JOB, EVALUATIONS, JOBS, JOB_ALLOC_COUNTS,
     JOB_VERSIONS, NODES, NODES_CHANGED_AT, NODE_PORTS, NODE_USAGE, PENDING_EVALUATIONS, REQUESTS, ROOM_FREED_AT,
 };
+use super::tables::{ACL_POLICIES, ACL_TOKENS, ACL_TOKEN_SECRETS};
+
+mod acl;
 
 /// How long a request id is remembered. A server retries a proposal for at most
 /// `cluster::REQUEST_DEADLINE` (15 s); the margin covers clock differences between servers, whose
@@ -41,6 +44,9 @@ pub struct StateTables<'txn> {
     node_usage: StateTable<'txn>,
     job_alloc_counts: StateTable<'txn>,
     node_ports: StateTable<'txn>,
+    acl_policies: StateTable<'txn>,
+    acl_tokens: StateTable<'txn>,
+    acl_token_secrets: StateTable<'txn>,
     /// Node usage and job counts as this batch left them, written once by `finish`: they change
     /// with every allocation written, and writing them through would double the B-tree work.
     usage: HashMap<String, Resources>,
@@ -72,6 +78,9 @@ impl<'txn> StateTables<'txn> {
             node_usage: txn.open_table(NODE_USAGE)?,
             job_alloc_counts: txn.open_table(JOB_ALLOC_COUNTS)?,
             node_ports: txn.open_table(NODE_PORTS)?,
+            acl_policies: txn.open_table(ACL_POLICIES)?,
+            acl_tokens: txn.open_table(ACL_TOKENS)?,
+            acl_token_secrets: txn.open_table(ACL_TOKEN_SECRETS)?,
             usage: HashMap::new(),
             counts: HashMap::new(),
             room_freed: None,
@@ -239,6 +248,11 @@ impl<'txn> StateTables<'txn> {
                 self.put_evaluations(&evals)?;
                 Ok(CommandResponse::EvaluationsCreated)
             }
+            Command::AclBootstrap { token, reset_index } => self.acl_bootstrap(token, reset_index),
+            Command::UpsertAclPolicy { policy } => self.upsert_acl_policy(policy),
+            Command::DeleteAclPolicy { name } => self.delete_acl_policy(&name),
+            Command::UpsertAclToken { token } => self.upsert_acl_token(token),
+            Command::DeleteAclToken { accessor_id } => self.delete_acl_token(&accessor_id),
             Command::PurgeNode { node_id, now, evals } => {
                 let response = self.purge_node(&node_id, now)?;
                 if response == CommandResponse::NodePurged {
@@ -1316,5 +1330,55 @@ mod tests {
             assert_eq!((a1.client_status, a1.desired_status), (AllocClientStatus::Lost, AllocDesiredStatus::Stop));
         }
         assert_eq!(apply_all(&db, vec![claim(9)])[0], CommandResponse::NodeRegistered, "the freed id is taken");
+    }
+
+    #[test]
+    fn acls_bootstrap_once_unless_reset_and_tokens_need_their_policies() {
+        use helios_core::acl::{AclPolicy, AclToken, Level, PolicyRules, TokenType};
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), 1).unwrap();
+        let token = |id: &str, policies: &[&str]| AclToken {
+            accessor_id: id.into(),
+            secret_hash: format!("hash-{id}"),
+            name: id.into(),
+            token_type: if policies.is_empty() { TokenType::Management } else { TokenType::Client },
+            policies: policies.iter().map(|p| p.to_string()).collect(),
+            created_at: Timestamp(1),
+            expires_at: None,
+        };
+        let boot = |id: &str, reset: Option<u64>| Command::AclBootstrap { token: token(id, &[]), reset_index: reset };
+        assert_eq!(apply_all(&db, vec![proposal("b1", 1, boot("root", None))])[0], CommandResponse::AclChanged);
+        let again = apply_all(&db, vec![proposal("b2", 2, boot("root2", None))]);
+        assert!(matches!(&again[0], CommandResponse::Rejected(r) if r.kind == RejectionKind::FailedPrecondition));
+        let index = {
+            let txn = db.begin_read().unwrap();
+            let table = txn.open_table(CLUSTER).unwrap();
+            let bytes = table.get(crate::store::tables::ACL_BOOTSTRAP_INDEX).unwrap().unwrap();
+            decode::<u64>(bytes.value()).unwrap()
+        };
+        let wrong = apply_all(&db, vec![proposal("b3", 3, boot("root3", Some(index + 7)))]);
+        assert!(matches!(&wrong[0], CommandResponse::Rejected(_)), "a wrong reset index");
+        assert_eq!(apply_all(&db, vec![proposal("b4", 4, boot("root4", Some(index)))])[0], CommandResponse::AclChanged);
+
+        let missing =
+            apply_all(&db, vec![proposal("t1", 5, Command::UpsertAclToken { token: token("ro", &["readonly"]) })]);
+        assert!(matches!(&missing[0], CommandResponse::Rejected(r) if r.kind == RejectionKind::NotFound));
+        let policy = AclPolicy {
+            name: "readonly".into(),
+            description: String::new(),
+            rules: PolicyRules { job_level: Some(Level::Read), ..Default::default() },
+            source: String::new(),
+            modified_at: Timestamp(6),
+        };
+        apply_all(&db, vec![proposal("p", 6, Command::UpsertAclPolicy { policy })]);
+        apply_all(&db, vec![proposal("t2", 7, Command::UpsertAclToken { token: token("ro", &["readonly"]) })]);
+        {
+            let txn = db.begin_read().unwrap();
+            assert_eq!(read::acl_token_by_secret(&txn, "hash-ro").unwrap().unwrap().name, "ro");
+        }
+        apply_all(&db, vec![proposal("d", 8, Command::DeleteAclToken { accessor_id: "ro".into() })]);
+        let txn = db.begin_read().unwrap();
+        assert!(read::acl_token_by_secret(&txn, "hash-ro").unwrap().is_none(), "its secret no longer finds it");
+        assert_eq!(read::acl_tokens(&txn).unwrap().len(), 2, "the two bootstrap tokens");
     }
 }

@@ -266,3 +266,28 @@ pub fn applied_index(txn: &ReadTransaction) -> io::Result<u64> {
     };
     Ok(last.map_or(0, |l| l.index()))
 }
+
+/// The token whose secret hashes to `secret_hash`, if any.
+pub fn acl_token_by_secret(txn: &ReadTransaction, secret_hash: &str) -> io::Result<Option<helios_core::acl::AclToken>> {
+    let accessor = match table(txn, super::tables::ACL_TOKEN_SECRETS)?.get(secret_hash).map_err(io::Error::other)? {
+        None => return Ok(None),
+        Some(v) => String::from_utf8_lossy(v.value()).into_owned(),
+    };
+    acl_token(txn, &accessor)
+}
+
+pub fn acl_token(txn: &ReadTransaction, accessor_id: &str) -> io::Result<Option<helios_core::acl::AclToken>> {
+    get(txn, super::tables::ACL_TOKENS, accessor_id)
+}
+
+pub fn acl_tokens(txn: &ReadTransaction) -> io::Result<Vec<helios_core::acl::AclToken>> {
+    scan(txn, super::tables::ACL_TOKENS, |_| true)
+}
+
+pub fn acl_policy(txn: &ReadTransaction, name: &str) -> io::Result<Option<helios_core::acl::AclPolicy>> {
+    get(txn, super::tables::ACL_POLICIES, name)
+}
+
+pub fn acl_policies(txn: &ReadTransaction) -> io::Result<Vec<helios_core::acl::AclPolicy>> {
+    scan(txn, super::tables::ACL_POLICIES, |_| true)
+}

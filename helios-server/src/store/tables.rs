@@ -55,8 +55,18 @@ pub const JOB_ALLOC_COUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new(
 /// (while `Allocation::holds_host_ports`).
 pub const NODE_PORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("node_ports");
 
-/// The tables that make up the replicated state: exactly what a snapshot carries.
-pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 15] = [
+/// policy name -> `AclPolicy`.
+pub const ACL_POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("acl_policies");
+/// accessor id -> `AclToken`.
+pub const ACL_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("acl_tokens");
+/// hex SHA-256 of a token's secret -> its accessor id (how a presented secret is found).
+pub const ACL_TOKEN_SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("acl_token_secrets");
+/// In `CLUSTER`: the log index of the ACL bootstrap.
+pub const ACL_BOOTSTRAP_INDEX: &str = "acl_bootstrap_index";
+
+/// The tables that make up the replicated state: exactly what a snapshot carries. A snapshot
+/// from a server without the ACL tables simply has none (no tokens, not bootstrapped).
+pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 18] = [
     JOBS,
     JOB_VERSIONS,
     ALLOCATIONS,
@@ -72,6 +82,9 @@ pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 15] = [
     NODE_USAGE,
     JOB_ALLOC_COUNTS,
     NODE_PORTS,
+    ACL_POLICIES,
+    ACL_TOKENS,
+    ACL_TOKEN_SECRETS,
 ];
 
 /// How many of a job's allocations run, and how many have not finished: what its status follows.

@@ -66,6 +66,8 @@ pub struct TestCluster {
     pub cluster_key: Option<helios_server::raft::peer_auth::ClusterKey>,
     /// Mutual TLS: every server's identity, and the one this test's own calls use.
     pub tls: Option<TestTls>,
+    /// Servers start with `--acl-enabled`.
+    pub acl_enabled: bool,
     running: BTreeMap<u64, Running>,
 }
 
@@ -86,7 +88,12 @@ impl TestCluster {
 
     /// Starts `n` servers speaking mutual TLS with `tls.server`; the test calls with `tls.caller`.
     pub async fn start_tls(n: u64, tls: TestTls) -> TestCluster {
-        Self::start_full(n, helios_server::config::DEFAULT_SNAPSHOT_EVERY, None, Some(tls)).await
+        Self::start_full(n, helios_server::config::DEFAULT_SNAPSHOT_EVERY, None, Some(tls), false).await
+    }
+
+    /// Starts `n` servers with ACLs enabled.
+    pub async fn start_acl(n: u64) -> TestCluster {
+        Self::start_full(n, helios_server::config::DEFAULT_SNAPSHOT_EVERY, None, None, true).await
     }
 
     pub async fn start_configured(
@@ -94,7 +101,7 @@ impl TestCluster {
         snapshot_every: u64,
         cluster_key: Option<helios_server::raft::peer_auth::ClusterKey>,
     ) -> TestCluster {
-        Self::start_full(n, snapshot_every, cluster_key, None).await
+        Self::start_full(n, snapshot_every, cluster_key, None, false).await
     }
 
     async fn start_full(
@@ -102,6 +109,7 @@ impl TestCluster {
         snapshot_every: u64,
         cluster_key: Option<helios_server::raft::peer_auth::ClusterKey>,
         tls: Option<TestTls>,
+        acl_enabled: bool,
     ) -> TestCluster {
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
@@ -116,6 +124,7 @@ impl TestCluster {
             snapshot_every,
             cluster_key,
             tls,
+            acl_enabled,
             running: BTreeMap::new(),
         };
         for (id, listener) in listeners {
@@ -132,6 +141,7 @@ impl TestCluster {
         config.heartbeat_ttl = HEARTBEAT_TTL;
         config.cluster_key = self.cluster_key.clone();
         config.tls = self.tls.as_ref().map(|t| t.server.clone());
+        config.acl_enabled = self.acl_enabled;
         config
     }
 

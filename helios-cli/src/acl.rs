@@ -1,0 +1,342 @@
+//! `helios-cli acl ...`: bootstrap, policies (Nomad's policy files, HCL or JSON) and tokens.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Subcommand;
+use hcl_edit::expr::Expression;
+use hcl_edit::structure::{Body, Structure};
+use hcl_edit::Span;
+use helios_api::pb;
+use helios_api::pb::acl_service_client::AclServiceClient;
+use helios_core::Timestamp;
+use serde_json::Value;
+
+use crate::connect::{status_error, Servers};
+use crate::table::{now, Table};
+
+#[derive(Subcommand, Debug)]
+pub enum AclCommand {
+    /// Create the first management token and print its secret (once per cluster).
+    Bootstrap,
+    /// Policies: what tokens may do.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Tokens: who may do it.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Create or replace policy NAME from FILE (Nomad's policy syntax, HCL or JSON).
+    Apply {
+        name: String,
+        file: std::path::PathBuf,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    List,
+    Info {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        #[arg(long, default_value = "")]
+        name: String,
+        /// A policy the token holds; repeatable (client tokens).
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+        /// client (holds policies) or management (may do everything).
+        #[arg(long = "type", default_value = "client")]
+        token_type: String,
+        /// Lifetime, such as 30m, 8h, 7d; none: no expiry.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    List,
+    /// One token, by accessor id.
+    Info {
+        accessor_id: String,
+    },
+    /// The token this CLI uses (--token, HELIOS_TOKEN or NOMAD_TOKEN).
+    #[command(name = "self")]
+    Myself,
+    Delete {
+        accessor_id: String,
+    },
+}
+
+pub async fn run(servers: &Servers, command: AclCommand) -> Result<()> {
+    let mut acl = AclServiceClient::new(servers.connect().await?);
+    match command {
+        AclCommand::Bootstrap => {
+            let token = acl.bootstrap(pb::AclBootstrapRequest {}).await.map_err(status_error)?.into_inner().token;
+            print_token(&token.ok_or_else(|| anyhow!("the server returned no token"))?);
+        }
+        AclCommand::Policy(PolicyCommand::Apply { name, file, description }) => {
+            let source = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let rules = parse_policy(&source, &file.to_string_lossy())
+                .map_err(|problems| anyhow!("{}", problems.join("; ")))?;
+            let policy =
+                pb::AclPolicy { name: name.clone(), description, rules: Some(rules), source, modified_at_ms: 0 };
+            acl.upsert_policy(pb::UpsertAclPolicyRequest { policy: Some(policy) }).await.map_err(status_error)?;
+            println!("Successfully wrote {name:?} ACL policy!");
+        }
+        AclCommand::Policy(PolicyCommand::List) => {
+            let policies = acl.list_policies(pb::ListAclPoliciesRequest {}).await.map_err(status_error)?.into_inner();
+            let mut table = Table::new(&["NAME", "DESCRIPTION"]);
+            for p in policies.policies {
+                table.row(vec![p.name, p.description]);
+            }
+            table.print();
+        }
+        AclCommand::Policy(PolicyCommand::Info { name }) => {
+            let p = acl.get_policy(pb::GetAclPolicyRequest { name }).await.map_err(status_error)?.into_inner().policy;
+            let p = p.ok_or_else(|| anyhow!("the server returned no policy"))?;
+            println!("Name        = {}", p.name);
+            println!("Description = {}", p.description);
+            println!("Modified    = {}", Timestamp(p.modified_at_ms).to_rfc3339());
+            println!("\nRules\n\n{}", p.source.trim_end());
+        }
+        AclCommand::Policy(PolicyCommand::Delete { name }) => {
+            acl.delete_policy(pb::DeleteAclPolicyRequest { name: name.clone() }).await.map_err(status_error)?;
+            println!("Successfully deleted {name:?} ACL policy!");
+        }
+        AclCommand::Token(TokenCommand::Create { name, policies, token_type, ttl }) => {
+            let ttl_ms =
+                ttl.as_deref().map(helios_core::acl::parse_ttl).transpose().map_err(|e| anyhow!("--ttl: {e}"))?;
+            let request = pb::CreateAclTokenRequest { name, r#type: token_type, policies, ttl_ms: ttl_ms.unwrap_or(0) };
+            let token = acl.create_token(request).await.map_err(status_error)?.into_inner().token;
+            print_token(&token.ok_or_else(|| anyhow!("the server returned no token"))?);
+        }
+        AclCommand::Token(TokenCommand::List) => {
+            let tokens = acl.list_tokens(pb::ListAclTokensRequest {}).await.map_err(status_error)?.into_inner();
+            let now = now();
+            let mut table = Table::new(&["NAME", "TYPE", "ACCESSOR ID", "POLICIES", "EXPIRES"]);
+            for t in tokens.tokens {
+                let expires = t.expires_at_ms.map_or("never".to_string(), |at| describe_expiry(at, now));
+                table.row(vec![t.name, t.r#type, t.accessor_id, t.policies.join(","), expires]);
+            }
+            table.print();
+        }
+        AclCommand::Token(TokenCommand::Info { accessor_id }) => {
+            let token = acl.get_token(pb::GetAclTokenRequest { accessor_id }).await.map_err(status_error)?.into_inner();
+            print_token(&token.token.ok_or_else(|| anyhow!("the server returned no token"))?);
+        }
+        AclCommand::Token(TokenCommand::Myself) => {
+            let token = acl.get_token_self(pb::GetAclTokenSelfRequest {}).await.map_err(status_error)?.into_inner();
+            print_token(&token.token.ok_or_else(|| anyhow!("the server returned no token"))?);
+        }
+        AclCommand::Token(TokenCommand::Delete { accessor_id }) => {
+            acl.delete_token(pb::DeleteAclTokenRequest { accessor_id: accessor_id.clone() })
+                .await
+                .map_err(status_error)?;
+            println!("Token {accessor_id} successfully deleted");
+        }
+    }
+    Ok(())
+}
+
+fn describe_expiry(at_ms: u64, now: Timestamp) -> String {
+    let at = Timestamp(at_ms);
+    if at <= now {
+        format!("expired {}", at.to_rfc3339())
+    } else {
+        at.to_rfc3339()
+    }
+}
+
+fn print_token(t: &pb::AclToken) {
+    println!("Accessor ID  = {}", t.accessor_id);
+    // Shown only when the token was just made; the servers keep only its hash.
+    println!("Secret ID    = {}", if t.secret_id.is_empty() { "<hidden>" } else { &t.secret_id });
+    println!("Name         = {}", t.name);
+    println!("Type         = {}", t.r#type);
+    println!("Policies     = {:?}", t.policies);
+    println!("Create Time  = {}", Timestamp(t.created_at_ms).to_rfc3339());
+    println!("Expiry Time  = {}", t.expires_at_ms.map_or("<none>".to_string(), |at| Timestamp(at).to_rfc3339()));
+}
+
+/// A policy file, HCL or JSON (by its first character), as rules; problems by line (HCL).
+pub fn parse_policy(text: &str, file: &str) -> Result<pb::AclPolicyRules, Vec<String>> {
+    let json = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| vec![format!("{file}: line {}: {e}", e.line())])?
+    } else {
+        hcl_to_json(text).map_err(|p| p.into_iter().map(|p| format!("{file}: {p}")).collect::<Vec<_>>())?
+    };
+    json_rules(&json).map_err(|p| p.into_iter().map(|p| format!("{file}: {p}")).collect())
+}
+
+/// Nomad's JSON policy shape from its HCL: `namespace "default" { ... }` and `node`, `agent`,
+/// `operator` blocks holding `policy` and (namespaces) `capabilities`.
+fn hcl_to_json(text: &str) -> Result<Value, Vec<String>> {
+    let body: Body = hcl_edit::parser::parse_body(text)
+        .map_err(|e| vec![format!("line {}: {}", e.location().line(), e.message())])?;
+    let line = |span: Option<std::ops::Range<usize>>| {
+        span.map_or(0, |s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+    };
+    let mut problems = Vec::new();
+    let mut out = serde_json::Map::new();
+    for structure in body.iter() {
+        let Structure::Block(block) = structure else {
+            problems.push(format!("line {}: only blocks belong at the top of a policy", line(structure.span())));
+            continue;
+        };
+        let mut rules = serde_json::Map::new();
+        for inner in block.body.iter() {
+            match inner {
+                Structure::Attribute(a) => match (a.key.as_str(), &a.value) {
+                    ("policy", Expression::String(s)) => {
+                        rules.insert("policy".into(), Value::String(s.as_str().to_string()));
+                    }
+                    ("capabilities", Expression::Array(items)) => {
+                        let mut caps = Vec::new();
+                        for item in items.iter() {
+                            match item {
+                                Expression::String(s) => caps.push(Value::String(s.as_str().to_string())),
+                                _ => problems.push(format!("line {}: capabilities are strings", line(a.span()))),
+                            }
+                        }
+                        rules.insert("capabilities".into(), Value::Array(caps));
+                    }
+                    (key, _) => problems.push(format!(
+                        "line {}: `{key}` is not a policy rule here (policy = \"...\", capabilities = [...])",
+                        line(a.span())
+                    )),
+                },
+                Structure::Block(b) => problems.push(format!(
+                    "line {}: block `{}` is not supported inside `{}`",
+                    line(b.span()),
+                    b.ident.as_str(),
+                    block.ident.as_str()
+                )),
+            }
+        }
+        let ident = block.ident.as_str();
+        match (ident, block.labels.as_slice()) {
+            ("namespace", [label]) => {
+                let namespaces = out.entry("namespace").or_insert_with(|| Value::Object(Default::default()));
+                if let Value::Object(map) = namespaces {
+                    map.insert(label.as_str().to_string(), Value::Object(rules));
+                }
+            }
+            ("node" | "agent" | "operator", []) => {
+                out.insert(ident.to_string(), Value::Object(rules));
+            }
+            _ => problems.push(format!(
+                "line {}: `{ident}` is not a Helios policy block (namespace \"default\", node, agent, operator)",
+                line(block.span())
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(Value::Object(out))
+    } else {
+        Err(problems)
+    }
+}
+
+/// Rules from Nomad's JSON policy shape. Helios has one namespace: `default` (or `*`).
+fn json_rules(json: &Value) -> Result<pb::AclPolicyRules, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut rules = pb::AclPolicyRules::default();
+    let Some(top) = json.as_object() else { return Err(vec!["a policy is an object".into()]) };
+    let policy_of = |v: &Value, at: &str, problems: &mut Vec<String>| -> String {
+        match v.get("policy") {
+            None => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => {
+                problems.push(format!("{at}.policy must be a string"));
+                String::new()
+            }
+        }
+    };
+    for (key, value) in top {
+        match key.as_str() {
+            "namespace" => {
+                let Some(namespaces) = value.as_object() else {
+                    problems.push("namespace must map names to rules".into());
+                    continue;
+                };
+                for (name, ns) in namespaces {
+                    if name != "default" && name != "*" {
+                        problems.push(format!("namespace {name:?}: Helios has one namespace, \"default\" (or \"*\")"));
+                        continue;
+                    }
+                    rules.job_policy = policy_of(ns, &format!("namespace.{name}"), &mut problems);
+                    match ns.get("capabilities") {
+                        None => {}
+                        Some(Value::Array(caps)) => {
+                            for cap in caps {
+                                match cap.as_str() {
+                                    Some(c) => rules.job_capabilities.push(c.to_string()),
+                                    None => problems.push(format!("namespace.{name}.capabilities holds strings")),
+                                }
+                            }
+                        }
+                        Some(_) => problems.push(format!("namespace.{name}.capabilities must be a list")),
+                    }
+                }
+            }
+            "node" => rules.node = policy_of(value, "node", &mut problems),
+            "agent" => rules.agent = policy_of(value, "agent", &mut problems),
+            "operator" => rules.operator = policy_of(value, "operator", &mut problems),
+            other => problems.push(format!("`{other}` is not a Helios policy rule (namespace, node, agent, operator)")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(rules)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Refuses an empty token early with the variable names a user may have meant.
+pub fn resolve_token(flag: Option<String>) -> Result<Option<String>> {
+    let token = flag.or_else(|| std::env::var("NOMAD_TOKEN").ok()).filter(|t| !t.trim().is_empty());
+    if let Some(t) = &token {
+        if t.chars().any(|c| !c.is_ascii_graphic()) {
+            bail!("the ACL token (--token, HELIOS_TOKEN or NOMAD_TOKEN) holds characters a token cannot");
+        }
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nomads_policy_files_parse_in_hcl_and_json() {
+        let hcl = r#"
+namespace "default" {
+  policy       = "read"
+  capabilities = ["submit-job", "read-logs"]
+}
+node { policy = "write" }
+agent { policy = "read" }
+"#;
+        let rules = parse_policy(hcl, "p.hcl").expect("parses");
+        assert_eq!(rules.job_policy, "read");
+        assert_eq!(rules.job_capabilities, ["submit-job", "read-logs"]);
+        assert_eq!((rules.node.as_str(), rules.agent.as_str(), rules.operator.as_str()), ("write", "read", ""));
+        let json = r#"{"namespace": {"default": {"policy": "write"}}, "operator": {"policy": "read"}}"#;
+        let rules = parse_policy(json, "p.json").expect("parses");
+        assert_eq!((rules.job_policy.as_str(), rules.operator.as_str()), ("write", "read"));
+    }
+
+    #[test]
+    fn what_helios_does_not_have_is_refused_by_line() {
+        let hcl = "namespace \"prod\" {\n  policy = \"read\"\n}\nhost_volume \"x\" {\n  policy = \"write\"\n}\n";
+        let problems = parse_policy(hcl, "p.hcl").expect_err("refused");
+        assert!(problems.iter().any(|p| p.contains("line 4") && p.contains("host_volume")), "{problems:?}");
+        let problems = parse_policy("namespace \"prod\" { policy = \"read\" }", "p.hcl").expect_err("refused");
+        assert!(problems[0].contains("one namespace"), "{problems:?}");
+    }
+}

@@ -1,0 +1,171 @@
+//! ACLs: with `--acl-enabled`, every public call needs a token whose policies grant it.
+//! Anonymous callers are refused, a read-only token reads and does not write, a management token
+//! does everything, and a deleted or expired token stops working at once on every server.
+
+mod common;
+
+use common::{wait_for, TestCluster};
+use helios_api::acl::WithToken;
+use helios_api::convert::job_to_pb;
+use helios_api::pb;
+use helios_api::pb::acl_service_client::AclServiceClient;
+use helios_api::pb::cluster_service_client::ClusterServiceClient;
+use helios_api::pb::job_service_client::JobServiceClient;
+use helios_api::pb::node_service_client::NodeServiceClient;
+use helios_core::Job;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::Code;
+
+type Conn = InterceptedService<Channel, WithToken>;
+
+/// A channel to server `id` whose every call carries `secret` (or no token).
+async fn as_token(cluster: &TestCluster, id: u64, secret: Option<&str>) -> Conn {
+    InterceptedService::new(cluster.channel(id).await, WithToken::new(secret).expect("token"))
+}
+
+fn submit_request(name: &str) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest { job: Some(job_to_pb(&Job::exec(name, "echo", vec![name.into()]))) }
+}
+
+fn denied<T: std::fmt::Debug>(result: Result<T, tonic::Status>, capability: &str, what: &str) {
+    let status = result.expect_err(what);
+    assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
+    assert!(status.message().contains(capability), "{what}: {}", status.message());
+}
+
+fn policy(name: &str, job: &str, node: &str) -> pb::UpsertAclPolicyRequest {
+    pb::UpsertAclPolicyRequest {
+        policy: Some(pb::AclPolicy {
+            name: name.into(),
+            rules: Some(pb::AclPolicyRules { job_policy: job.into(), node: node.into(), ..Default::default() }),
+            source: format!("namespace \"default\" {{ policy = \"{job}\" }}"),
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_and_policies_decide_every_call_on_every_server() {
+    // No `cluster.leader()`: its member list needs a token too. Every call below waits out the
+    // first election by itself.
+    let cluster = TestCluster::start_acl(3).await;
+
+    // Anonymous: refused, naming what was needed.
+    let anon = as_token(&cluster, 1, None).await;
+    denied(JobServiceClient::new(anon.clone()).submit_job(submit_request("a")).await, "submit-job", "anonymous submit");
+    denied(JobServiceClient::new(anon.clone()).list_jobs(pb::ListJobsRequest {}).await, "list-jobs", "anonymous list");
+    let stop = pb::StopJobRequest { name: "a".into(), purge: false };
+    denied(JobServiceClient::new(anon.clone()).stop_job(stop.clone()).await, "submit-job", "anonymous stop");
+    let drain = pb::DrainNodeRequest { id: "n1".into(), enable: true };
+    denied(NodeServiceClient::new(anon.clone()).drain_node(drain.clone()).await, "node:write", "anonymous drain");
+    let join = pb::AddServerRequest { id: 4, addr: "127.0.0.1:1".into() };
+    denied(ClusterServiceClient::new(anon.clone()).add_server(join.clone()).await, "operator:write", "anonymous join");
+    let logs =
+        pb::AllocLogsRequest { alloc_id: "x".into(), task: String::new(), stderr: false, tail: None, follow: false };
+    let mut allocs = pb::allocation_service_client::AllocationServiceClient::new(anon.clone());
+    denied(allocs.alloc_logs(logs).await.map(drop), "read-logs", "anonymous logs");
+    denied(
+        AclServiceClient::new(anon.clone()).list_tokens(pb::ListAclTokensRequest {}).await,
+        "management",
+        "anonymous tokens",
+    );
+
+    // Bootstrap, once.
+    let boot = AclServiceClient::new(anon.clone()).bootstrap(pb::AclBootstrapRequest {}).await.expect("bootstrap");
+    let root = boot.into_inner().token.expect("token");
+    assert_eq!(root.r#type, "management");
+    assert!(!root.secret_id.is_empty());
+    let again = AclServiceClient::new(as_token(&cluster, 2, None).await).bootstrap(pb::AclBootstrapRequest {}).await;
+    assert_eq!(again.expect_err("a second bootstrap").code(), Code::FailedPrecondition);
+
+    // Management: everything.
+    let admin = as_token(&cluster, 2, Some(&root.secret_id)).await;
+    JobServiceClient::new(admin.clone()).submit_job(submit_request("by-admin")).await.expect("admin submits");
+    let mut acl = AclServiceClient::new(admin.clone());
+    acl.upsert_policy(policy("readonly", "read", "read")).await.expect("policy");
+    let bad = acl.upsert_policy(policy("bad", "admin", "")).await.expect_err("an unknown level");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("policy.rules.job_policy"), "{}", bad.message());
+    let reader = acl
+        .create_token(pb::CreateAclTokenRequest {
+            name: "reader".into(),
+            r#type: String::new(),
+            policies: vec!["readonly".into()],
+            ttl_ms: 0,
+        })
+        .await
+        .expect("token")
+        .into_inner()
+        .token
+        .expect("token");
+    let missing = acl
+        .create_token(pb::CreateAclTokenRequest {
+            name: "x".into(),
+            r#type: String::new(),
+            policies: vec!["nope".into()],
+            ttl_ms: 0,
+        })
+        .await
+        .expect_err("a token of a missing policy");
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // Read-only: reads on any server, writes nowhere.
+    for id in 1..=3 {
+        let ro = as_token(&cluster, id, Some(&reader.secret_id)).await;
+        let names = JobServiceClient::new(ro.clone()).list_jobs(pb::ListJobsRequest {}).await.expect("reader lists");
+        assert_eq!(names.into_inner().jobs.len(), 1);
+        NodeServiceClient::new(ro.clone()).list_nodes(pb::ListNodesRequest {}).await.expect("reader lists nodes");
+        denied(JobServiceClient::new(ro.clone()).submit_job(submit_request("r")).await, "submit-job", "reader submits");
+        denied(NodeServiceClient::new(ro.clone()).drain_node(drain.clone()).await, "node:write", "reader drains");
+        let me = AclServiceClient::new(ro.clone()).get_token_self(pb::GetAclTokenSelfRequest {}).await.expect("self");
+        assert_eq!(me.into_inner().token.expect("token").accessor_id, reader.accessor_id);
+        assert!(AclServiceClient::new(ro).list_tokens(pb::ListAclTokensRequest {}).await.is_err());
+    }
+    // Tokens are listed without their secrets.
+    let listed = acl.list_tokens(pb::ListAclTokensRequest {}).await.expect("list").into_inner().tokens;
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|t| t.secret_id.is_empty()));
+
+    // Deleted through server 2: refused at once by every server.
+    acl.delete_token(pb::DeleteAclTokenRequest { accessor_id: reader.accessor_id.clone() }).await.expect("delete");
+    for id in 1..=3 {
+        let ro = as_token(&cluster, id, Some(&reader.secret_id)).await;
+        denied(NodeServiceClient::new(ro).list_nodes(pb::ListNodesRequest {}).await, "node:read", "a deleted token");
+    }
+
+    // An expiring token works until it expires, then nowhere.
+    let brief = acl
+        .create_token(pb::CreateAclTokenRequest {
+            name: "brief".into(),
+            r#type: String::new(),
+            policies: vec!["readonly".into()],
+            ttl_ms: 2_000,
+        })
+        .await
+        .expect("token")
+        .into_inner()
+        .token
+        .expect("token");
+    assert!(brief.expires_at_ms.is_some());
+    let on_three = as_token(&cluster, 3, Some(&brief.secret_id)).await;
+    wait_for("the brief token to expire", || {
+        let on_three = on_three.clone();
+        async move { NodeServiceClient::new(on_three).list_nodes(pb::ListNodesRequest {}).await.err() }
+    })
+    .await;
+    for id in 1..=3 {
+        let ro = as_token(&cluster, id, Some(&brief.secret_id)).await;
+        denied(NodeServiceClient::new(ro).list_nodes(pb::ListNodesRequest {}).await, "node:read", "an expired token");
+    }
+
+    // The anonymous policy, once written, is what callers without a token may do.
+    acl.upsert_policy(policy("anonymous", "read", "")).await.expect("anonymous policy");
+    JobServiceClient::new(anon.clone()).list_jobs(pb::ListJobsRequest {}).await.expect("anonymous reads now");
+    denied(
+        JobServiceClient::new(anon).submit_job(submit_request("a")).await,
+        "submit-job",
+        "anonymous still cannot submit",
+    );
+    cluster.shutdown().await;
+}
