@@ -5,9 +5,11 @@
 #
 #   scripts/local-cluster.sh start    build, start, wait for a leader and three ready nodes
 #   scripts/local-cluster.sh start --secure
-#                                     the same with mutual TLS: makes a CA and server, client and
-#                                     CLI certificates (.helios-local/tls/) and a cluster key, and
-#                                     prints the variables that point helios-cli at them
+#                                     the same with mutual TLS and ACLs: makes a CA and server,
+#                                     client and CLI certificates (.helios-local/tls/) and a
+#                                     cluster key, bootstraps ACLs (the management token is kept
+#                                     in .helios-local/bootstrap.token), and prints the variables
+#                                     that point helios-cli at them
 #   AGENTS=0 scripts/local-cluster.sh start    servers only (for load generators such as
 #                                     `helios-cli bench submit` that should not run the jobs)
 #   scripts/local-cluster.sh status   server members
@@ -66,7 +68,7 @@ start)
     client_tls=()
     if $secure; then
         make_secrets
-        server_tls=(--tls-ca tls/helios-agent-ca.pem --tls-cert tls/global-server-helios.pem --tls-key tls/global-server-helios-key.pem)
+        server_tls=(--tls-ca tls/helios-agent-ca.pem --tls-cert tls/global-server-helios.pem --tls-key tls/global-server-helios-key.pem --acl-enabled)
         client_tls=(--tls-ca tls/helios-agent-ca.pem --tls-cert tls/global-client-helios.pem --tls-key tls/global-client-helios-key.pem)
         export HELIOS_CACERT="$state/tls/helios-agent-ca.pem"
         export HELIOS_CLIENT_CERT="$state/tls/global-cli-helios.pem"
@@ -87,6 +89,20 @@ start)
             "${peers[@]}" "${extra[@]}" "${server_tls[@]}" </dev/null >"server-$id.log" 2>&1) &
         echo $! >"$state/server-$id.pid"
     done
+    if $secure; then
+        # The first management token, made once and kept (readable by its owner only).
+        if [ ! -s "$state/bootstrap.token" ]; then
+            for _ in $(seq 1 150); do
+                if out="$("$bin/helios-cli" acl bootstrap 2>/dev/null)"; then
+                    (umask 077 && echo "$out" | awk -F' = ' '/^Secret ID/ {print $2}' >"$state/bootstrap.token")
+                    break
+                fi
+                sleep 0.2
+            done
+        fi
+        HELIOS_TOKEN="$(cat "$state/bootstrap.token")"
+        export HELIOS_TOKEN
+    fi
     agents="${AGENTS:-3}"
     for id in $(seq 1 "$agents"); do
         if [ -e "$state/client-$id.pid" ] && kill -0 "$(cat "$state/client-$id.pid")" 2>/dev/null; then
@@ -105,8 +121,9 @@ start)
             "$bin/helios-cli" node list
             echo
             if $secure; then
-                echo "Mutual TLS is on. Point helios-cli at the cluster with:"
+                echo "Mutual TLS and ACLs are on. Point helios-cli at the cluster, with the management token, with:"
                 echo "  export HELIOS_ADDR=$all_addrs"
+                echo "  export HELIOS_TOKEN=$HELIOS_TOKEN"
                 echo "  export HELIOS_CACERT=$HELIOS_CACERT"
                 echo "  export HELIOS_CLIENT_CERT=$HELIOS_CLIENT_CERT"
                 echo "  export HELIOS_CLIENT_KEY=$HELIOS_CLIENT_KEY"

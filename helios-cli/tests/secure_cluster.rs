@@ -1,7 +1,7 @@
 //! `scripts/local-cluster.sh start --secure` with the real binaries: it makes a CA, role
-//! certificates and a cluster key, starts three servers and three agents over mutual TLS, and
-//! the README's job runs through it with the variables it prints; without them the CLI is
-//! refused.
+//! certificates and a cluster key, starts three servers (ACLs on, bootstrapped) and three agents
+//! over mutual TLS, and the README's job runs through it with the variables it prints; without
+//! the certificates, or without the token, the CLI is refused.
 
 mod common;
 
@@ -61,7 +61,7 @@ fn the_secure_local_cluster_runs_the_readme_job_over_mutual_tls() {
     let started = script.run(&["start", "--secure"]);
     let stdout = String::from_utf8_lossy(&started.stdout).into_owned();
     assert!(started.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&started.stderr));
-    assert!(stdout.contains("Mutual TLS is on"), "{stdout}");
+    assert!(stdout.contains("Mutual TLS and ACLs are on"), "{stdout}");
 
     // The exports the script printed, as a user would paste them.
     let exported: Vec<(String, String)> = stdout
@@ -70,7 +70,7 @@ fn the_secure_local_cluster_runs_the_readme_job_over_mutual_tls() {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    assert_eq!(exported.len(), 4, "{stdout}");
+    assert_eq!(exported.len(), 5, "{stdout}");
     let run = cli_with(&exported, &["job", "run", "--name", "multi-node-test", "echo", "--", "It replicated!"]);
     let out = String::from_utf8_lossy(&run.stdout).into_owned();
     assert!(run.status.success(), "{out}{}", String::from_utf8_lossy(&run.stderr));
@@ -84,9 +84,16 @@ fn the_secure_local_cluster_runs_the_readme_job_over_mutual_tls() {
     let addrs: Vec<(String, String)> = exported.iter().filter(|(k, _)| k == "HELIOS_ADDR").cloned().collect();
     let refused = cli_with(&addrs, &["job", "list"]);
     assert_eq!(refused.status.code(), Some(1), "{}", String::from_utf8_lossy(&refused.stdout));
+    // With the certificates but without the token: TLS lets it in, ACLs turn it away.
+    let no_token: Vec<(String, String)> = exported.iter().filter(|(k, _)| k != "HELIOS_TOKEN").cloned().collect();
+    let refused = cli_with(&no_token, &["job", "run", "--name", "anonymous", "echo", "--", "no"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("needs submit-job"), "{:?}", refused);
     // The key and private keys are readable by their owner only.
     use std::os::unix::fs::PermissionsExt;
-    for secret in ["helios-cluster.key", "tls/helios-agent-ca-key.pem", "tls/global-server-helios-key.pem"] {
+    for secret in
+        ["helios-cluster.key", "bootstrap.token", "tls/helios-agent-ca-key.pem", "tls/global-server-helios-key.pem"]
+    {
         let mode = std::fs::metadata(state.join(secret)).expect("secret").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{secret}");
     }

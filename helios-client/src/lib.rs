@@ -47,6 +47,8 @@ pub struct ClientConfig {
     pub tls: Option<helios_api::tls::Tls>,
     /// Serve beyond loopback without TLS (`--insecure`).
     pub insecure: bool,
+    /// A token granting `node:write`, for servers with ACLs and no TLS (`--node-token`).
+    pub node_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +102,7 @@ pub async fn run_on(
     let secret = identity::load_or_create(&config.data_dir, &config.node_id)?;
     let advertised = listener.local_addr().map_err(|source| ClientError::Listen { addr: config.rpc_addr, source })?;
     let node = fingerprint::node(&config, advertised);
-    let servers = Servers::new(&config.servers, config.tls.as_ref())?;
+    let servers = Servers::new(&config.servers, config.tls.as_ref(), config.node_token.as_deref())?;
 
     let (_health, health_service) = tonic_health::server::health_reporter();
     let logs = log_service::LogService { allocs_dir: config.data_dir.join("allocs") };

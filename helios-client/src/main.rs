@@ -54,6 +54,11 @@ struct Args {
     /// The region in the certificates' role names (`client.<region>.helios`).
     #[arg(long, default_value = helios_api::tls::DEFAULT_REGION)]
     region: String,
+    /// An ACL token granting node write (`node { policy = "write" }`), which servers with
+    /// --acl-enabled and no TLS require to register a node (with TLS, the client certificate
+    /// introduces the node instead).
+    #[arg(long, env = "HELIOS_NODE_TOKEN", hide_env_values = true)]
+    node_token: Option<String>,
     /// Serve task logs beyond loopback without TLS: anyone who reaches --client-rpc-addr could
     /// read them.
     #[arg(long)]
@@ -101,6 +106,7 @@ async fn main() -> ExitCode {
         docker_endpoint: args.docker_endpoint,
         tls,
         insecure: args.insecure,
+        node_token: args.node_token,
     };
     let shutdown = async {
         // SIGTERM (service managers, `kill`) or Ctrl-C: stop heartbeating and exit.

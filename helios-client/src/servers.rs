@@ -3,9 +3,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use helios_api::acl::WithToken;
 use helios_api::pb;
 use helios_api::pb::agent_service_client::AgentServiceClient;
 use helios_api::tls::{Role, Tls};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,14 +30,19 @@ pub enum CallError {
     Refused(String),
 }
 
+/// A channel to a server whose calls carry the agent's node introduction token, if any.
+type Conn = InterceptedService<Channel, WithToken>;
+
 pub struct Servers {
-    channels: Vec<(String, Channel)>,
+    channels: Vec<(String, Conn)>,
     /// The server that answered last: tried first next time.
     current: AtomicUsize,
 }
 
 impl Servers {
-    pub fn new(addrs: &[String], tls: Option<&Tls>) -> Result<Servers, ServersError> {
+    /// `token`: sent with every call (servers with ACLs and no TLS require one to register).
+    pub fn new(addrs: &[String], tls: Option<&Tls>, token: Option<&str>) -> Result<Servers, ServersError> {
+        let token = WithToken::new(token).map_err(|e| ServersError::Invalid("--node-token".into(), e))?;
         let mut channels = Vec::new();
         for addr in addrs.iter().flat_map(|a| a.split(',')).map(str::trim).filter(|a| !a.is_empty()) {
             let endpoint = helios_api::tls::endpoint(addr, tls, Role::Server)
@@ -46,7 +53,7 @@ impl Servers {
                 .timeout(Duration::from_secs(20))
                 .tcp_nodelay(true)
                 .connect_lazy();
-            channels.push((url, channel));
+            channels.push((url, InterceptedService::new(channel, token.clone())));
         }
         if channels.is_empty() {
             return Err(ServersError::Empty);
@@ -57,7 +64,7 @@ impl Servers {
     /// Calls each server in turn, starting with the last one that answered.
     async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, CallError>
     where
-        F: Fn(AgentServiceClient<Channel>) -> Fut,
+        F: Fn(AgentServiceClient<Conn>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.call_within(what, None, f).await
@@ -67,7 +74,7 @@ impl Servers {
     /// must not hold up a call that another server can answer in time.
     async fn call_within<T, F, Fut>(&self, what: &str, patience: Option<Duration>, f: F) -> Result<T, CallError>
     where
-        F: Fn(AgentServiceClient<Channel>) -> Fut,
+        F: Fn(AgentServiceClient<Conn>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let start = self.current.load(Ordering::Relaxed);

@@ -159,6 +159,46 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
         denied(NodeServiceClient::new(ro).list_nodes(pb::ListNodesRequest {}).await, "node:read", "an expired token");
     }
 
+    // Introducing a node needs a token granting node write (there is no TLS here).
+    let node = pb::Node {
+        id: "n9".into(),
+        hostname: "n9".into(),
+        rpc_addr: "127.0.0.1:9".into(),
+        drivers: vec!["exec".into()],
+        resources: Some(pb::Resources { cpu_mhz: 1000, memory_mb: 1024 }),
+        ..Default::default()
+    };
+    let register = || pb::RegisterRequest { node: Some(node.clone()), secret: "s".into() };
+    let mut agents = pb::agent_service_client::AgentServiceClient::new(anon.clone());
+    denied(agents.register(register()).await, "node:write", "an unintroduced node");
+    acl.upsert_policy(policy("node-intro", "", "write")).await.expect("policy");
+    let intro = acl
+        .create_token(pb::CreateAclTokenRequest {
+            name: "intro".into(),
+            r#type: String::new(),
+            policies: vec!["node-intro".into()],
+            ttl_ms: 0,
+        })
+        .await
+        .expect("token")
+        .into_inner()
+        .token
+        .expect("token");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent =
+        common::start_agent_configured(&cluster, "n1", dir.path(), |c| c.node_token = Some(intro.secret_id.clone()))
+            .await;
+    let admin_nodes = NodeServiceClient::new(admin.clone());
+    wait_for("the introduced agent's node to be ready", || {
+        let mut nodes = admin_nodes.clone();
+        async move {
+            let listed = nodes.list_nodes(pb::ListNodesRequest {}).await.ok()?.into_inner().nodes;
+            listed.into_iter().find(|n| n.id == "n1" && n.status == "ready")
+        }
+    })
+    .await;
+    agent.stop().await;
+
     // The anonymous policy, once written, is what callers without a token may do.
     acl.upsert_policy(policy("anonymous", "read", "")).await.expect("anonymous policy");
     JobServiceClient::new(anon.clone()).list_jobs(pb::ListJobsRequest {}).await.expect("anonymous reads now");

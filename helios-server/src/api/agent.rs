@@ -159,6 +159,11 @@ impl AgentService for Agents {
     }
 
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        // Who may introduce a node: with TLS, a client certificate (checked for the service);
+        // with ACLs and no TLS, a token granting node write.
+        if self.cluster.channels.tls.is_none() {
+            super::auth::authorize(&self.cluster, &request, helios_core::acl::Capability::NodeWrite).await?;
+        }
         let req = request.into_inner();
         let node = req.node.ok_or_else(|| invalid("node", "must be set"))?;
         let node = node_from_pb(node, req.secret, clock::now()).map_err(|e| helios_api::invalid_argument(&e))?;

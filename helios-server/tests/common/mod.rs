@@ -352,6 +352,7 @@ pub async fn start_agent_configured(
         docker_endpoint: None,
         tls: None,
         insecure: false,
+        node_token: None,
     };
     adjust(&mut config);
     let (stop, stopped) = oneshot::channel::<()>();
