@@ -183,6 +183,20 @@ pub enum RejectionKind {
     FailedPrecondition,
 }
 
+impl Command {
+    /// Whether applying it can change what a token may do.
+    pub fn is_acl(&self) -> bool {
+        matches!(
+            self,
+            Command::AclBootstrap { .. }
+                | Command::UpsertAclPolicy { .. }
+                | Command::DeleteAclPolicy { .. }
+                | Command::UpsertAclToken { .. }
+                | Command::DeleteAclToken { .. }
+        )
+    }
+}
+
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -7,11 +7,12 @@
 //!   names the commit index; this server waits until it has applied that index, then reads its own
 //!   tables. A follower therefore never serves a read older than a write acknowledged before it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use helios_core::acl::{AclToken, Capability};
 use helios_core::{Command, CommandResponse, EvalStatus, Proposal};
 use openraft::type_config::async_runtime::watch::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState};
@@ -44,18 +45,47 @@ pub struct Cluster {
     pub signals: crate::signals::NodeSignals,
     /// Public calls need a token (`api::auth`).
     pub acl_enabled: bool,
+    /// What tokens were found to grant, by secret hash, with the ACL generation they were read
+    /// at (`NodeSignals::acl_generation`): the leader answers most authorizations from here.
+    pub acl_cache: Arc<std::sync::Mutex<HashMap<Option<String>, CachedGrants>>>,
     /// Where an operator's `acl-bootstrap-reset` file is looked for.
     pub data_dir: std::path::PathBuf,
 }
+
+/// A token's grants as read at an ACL generation.
+#[derive(Clone)]
+pub struct CachedGrants {
+    generation: u64,
+    token: Option<AclToken>,
+    grants: helios_core::acl::Grants,
+}
+
+/// Distinct secrets remembered at most; beyond, the cache starts over (a caller sending random
+/// secrets must not grow it without end).
+const ACL_CACHE_ENTRIES: usize = 10_000;
 
 /// What a follower asks of the leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardRequest {
     Write(Box<Proposal>),
     ReadIndex,
-    AddServer { id: NodeId, addr: String },
-    RemoveServer { id: NodeId },
-    Heartbeat { node_id: String, secret: String },
+    AddServer {
+        id: NodeId,
+        addr: String,
+    },
+    RemoveServer {
+        id: NodeId,
+    },
+    Heartbeat {
+        node_id: String,
+        secret: String,
+    },
+    /// May the holder of the secret hashing to `secret_hash` (none: an anonymous caller) use
+    /// `capability`? Decided by the leader (see `Cluster::authorize`).
+    Authorize {
+        secret_hash: Option<String>,
+        capability: Capability,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +108,11 @@ pub enum ForwardResponse {
         leader: Option<(NodeId, String)>,
     },
     Failed(ForwardFailure),
+    /// The answer to `Authorize`: the caller's token (if any), and whether the capability is granted.
+    Authorized {
+        token: Option<AclToken>,
+        allowed: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
@@ -272,6 +307,9 @@ impl Cluster {
             ForwardRequest::AddServer { id, addr } => self.add_voter(id, addr).await,
             ForwardRequest::RemoveServer { id } => self.remove_voter(id).await,
             ForwardRequest::Heartbeat { node_id, secret } => self.accept_heartbeat(node_id, secret).await,
+            ForwardRequest::Authorize { secret_hash, capability } => {
+                self.authorize_as_leader(secret_hash, capability).await
+            }
         }
     }
 
@@ -296,6 +334,69 @@ impl Cluster {
         let id = node_id.to_string();
         let jobs = self.read_local(move |txn| crate::store::read::jobs_affected_by_node(txn, &id)).await?;
         Ok(node_evaluations(jobs, node_id, trigger))
+    }
+
+    /// Whether the holder of `secret_hash` may use `capability`, as the leader's tables say.
+    ///
+    /// The leader, not this server: it has applied every ACL change it acknowledged, so a token
+    /// deleted or a policy changed through any server is seen at once, for the cost of one call
+    /// to the leader (none on the leader itself) rather than a quorum round per request. A
+    /// deposed leader that does not know it yet may answer from stale tables; the request's own
+    /// write or linearizable read then fails on it, so nothing is done on a stale answer.
+    pub async fn authorize(
+        &self,
+        secret_hash: Option<String>,
+        capability: Capability,
+    ) -> Result<(Option<AclToken>, bool), ClusterError> {
+        match self.submit(ForwardRequest::Authorize { secret_hash, capability }, REQUEST_DEADLINE).await? {
+            ForwardResponse::Authorized { token, allowed } => Ok((token, allowed)),
+            other => Err(ClusterError::Internal(format!("unexpected reply to an authorization: {other:?}"))),
+        }
+    }
+
+    async fn authorize_as_leader(&self, secret_hash: Option<String>, capability: Capability) -> ForwardResponse {
+        if !self.raft.is_leader() {
+            let leader = self.known_leader().filter(|(id, _)| *id != self.node_id);
+            return ForwardResponse::NotLeader { leader };
+        }
+        // A new leader can hold entries of earlier terms that were committed (an ACL change
+        // among them) but that it has not applied yet. Once it has applied an entry of its own
+        // term (the first it writes), it has applied all of those: a check per term, not a
+        // wait per request behind the apply pipeline.
+        let ready = own_term_applied(&self.raft.metrics().borrow_watched());
+        if !ready {
+            let waited =
+                self.raft.wait(Some(REQUEST_DEADLINE)).metrics(own_term_applied, "the leader's term applied").await;
+            if let Err(e) = waited {
+                return ForwardResponse::Failed(ForwardFailure::Internal(format!("waiting to apply: {e}")));
+            }
+        }
+        let now = clock::now();
+        let generation = self.signals.acl_generation();
+        let cached = self.acl_cache.lock().unwrap_or_else(|e| e.into_inner()).get(&secret_hash).cloned();
+        // A cached token past its TTL is read again: the read no longer finds it.
+        if let Some(hit) =
+            cached.filter(|c| c.generation == generation && !c.token.as_ref().is_some_and(|t| t.is_expired(now)))
+        {
+            return ForwardResponse::Authorized { token: hit.token, allowed: hit.grants.allows(capability) };
+        }
+        let key = secret_hash.clone();
+        let resolved =
+            self.read_local(move |txn| crate::store::read::acl_grants(txn, secret_hash.as_deref(), now)).await;
+        match resolved {
+            Ok((token, grants)) => {
+                let allowed = grants.allows(capability);
+                let mut cache = self.acl_cache.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.len() >= ACL_CACHE_ENTRIES {
+                    cache.clear();
+                }
+                // Tagged with the generation read before the tables: if an ACL change landed in
+                // between, the entry is already stale and is read again next time.
+                cache.insert(key, CachedGrants { generation, token: token.clone(), grants });
+                ForwardResponse::Authorized { token, allowed }
+            }
+            Err(e) => ForwardResponse::Failed(ForwardFailure::Internal(e.to_string())),
+        }
     }
 
     /// Records a client heartbeat wherever the leader is; returns the TTL to heartbeat within.
@@ -569,6 +670,12 @@ pub fn check_forwarded(request: &ForwardRequest) -> Result<(), tonic::Status> {
         Command::CreateEvaluations { .. } => refuse("bare evaluations"),
         Command::UpdateAllocations { .. } => refuse("allocation reports without the node's secret"),
     }
+}
+
+/// Whether this server has applied an entry of its current term.
+fn own_term_applied(m: &openraft::RaftMetrics<crate::raft::TypeConfig>) -> bool {
+    use openraft::vote::RaftLeaderId;
+    m.last_applied.as_ref().is_some_and(|l| l.committed_leader_id().term() == m.current_term)
 }
 
 /// One evaluation per affected job, stamped with fresh ids and the current time.

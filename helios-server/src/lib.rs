@@ -117,6 +117,7 @@ async fn run_raft(
         tracker: Arc::new(liveness::HeartbeatTracker::default()),
         signals: signals.clone(),
         acl_enabled: config.acl_enabled,
+        acl_cache: Arc::default(),
         data_dir: config.data_dir.clone(),
     };
     let liveness_task = tokio::spawn(liveness::run(cluster.clone()));

@@ -52,15 +52,30 @@ pub struct NodeSignals {
     subscribers: Arc<Mutex<HashMap<String, Vec<Weak<Subscriber>>>>>,
     /// Set when the server stops: watches end so their agents resume on another server.
     closed: Arc<watch::Sender<bool>>,
+    /// Bumped after every applied batch that changed ACLs (and every snapshot install), before
+    /// its callers are answered: grants cached under an older generation are stale.
+    acl_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for NodeSignals {
     fn default() -> Self {
-        NodeSignals { subscribers: Arc::default(), closed: Arc::new(watch::channel(false).0) }
+        NodeSignals {
+            subscribers: Arc::default(),
+            closed: Arc::new(watch::channel(false).0),
+            acl_generation: Arc::default(),
+        }
     }
 }
 
 impl NodeSignals {
+    pub fn acl_changed(&self) {
+        self.acl_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn acl_generation(&self) -> u64 {
+        self.acl_generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Weak<Subscriber>>>> {
         self.subscribers.lock().unwrap_or_else(PoisonError::into_inner)
     }

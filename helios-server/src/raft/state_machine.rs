@@ -42,6 +42,8 @@ impl StateMachine {
 struct Applied {
     responses: Vec<CommandResponse>,
     touched: BTreeMap<String, BTreeSet<String>>,
+    /// The batch held an ACL command (see `NodeSignals::acl_changed`).
+    acl_changed: bool,
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
@@ -65,6 +67,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
     let mut last: Option<LogId> = None;
     let mut membership: Option<StoredMembership> = None;
     let touched;
+    let mut acl_changed = false;
     {
         let mut tables = StateTables::open(&txn).map_err(io::Error::other)?;
         for entry in entries {
@@ -72,6 +75,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
             let response = match entry.payload {
                 EntryPayload::Blank => CommandResponse::Empty,
                 EntryPayload::Normal(proposal) => {
+                    acl_changed |= proposal.command.is_acl();
                     tables.index = log_id.index();
                     tables.apply_once(proposal).map_err(io::Error::other)?
                 }
@@ -96,7 +100,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
         }
     }
     txn.commit().map_err(io::Error::other)?;
-    Ok(Applied { responses, touched })
+    Ok(Applied { responses, touched, acl_changed })
 }
 
 /// The snapshot as of now: the applied index and membership, and a view of the tables from the
@@ -145,12 +149,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let count = entries.len();
         let started = std::time::Instant::now();
-        let Applied { responses, touched } = blocking(move || apply_batch(&db, entries)).await?;
+        let Applied { responses, touched, acl_changed } = blocking(move || apply_batch(&db, entries)).await?;
         let took = started.elapsed();
         if took > std::time::Duration::from_millis(20) {
             tracing::warn!(entries = count, took_ms = took.as_millis(), "slow state machine apply");
         }
         self.signals.notify(&touched);
+        if acl_changed {
+            self.signals.acl_changed();
+        }
         // Answer callers only after the batch is committed, so a reply implies the state is
         // visible to reads on this server.
         for (responder, response) in responders.into_iter().zip(responses) {
@@ -201,6 +208,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await?;
         self.signals.notify_all();
+        self.signals.acl_changed();
         Ok(())
     }
 

@@ -291,3 +291,32 @@ pub fn acl_policy(txn: &ReadTransaction, name: &str) -> io::Result<Option<helios
 pub fn acl_policies(txn: &ReadTransaction) -> io::Result<Vec<helios_core::acl::AclPolicy>> {
     scan(txn, super::tables::ACL_POLICIES, |_| true)
 }
+
+/// The caller's token (none: anonymous, or a secret that is unknown or past its TTL at `now`)
+/// and what its policies grant; anonymous callers get the `anonymous` policy, if there is one.
+pub fn acl_grants(
+    txn: &ReadTransaction,
+    secret_hash: Option<&str>,
+    now: helios_core::Timestamp,
+) -> io::Result<(Option<helios_core::acl::AclToken>, helios_core::acl::Grants)> {
+    use helios_core::acl::{Grants, TokenType, ANONYMOUS_POLICY};
+    let token = match secret_hash {
+        Some(hash) => acl_token_by_secret(txn, hash)?.filter(|t| !t.is_expired(now)),
+        None => None,
+    };
+    let grants = match &token {
+        Some(t) if t.token_type == TokenType::Management => Grants::management(),
+        Some(t) => {
+            let mut policies = Vec::new();
+            for name in &t.policies {
+                policies.extend(acl_policy(txn, name)?);
+            }
+            Grants::of(&policies.iter().map(|p| &p.rules).collect::<Vec<_>>())
+        }
+        None => match acl_policy(txn, ANONYMOUS_POLICY)? {
+            Some(p) => Grants::of(&[&p.rules]),
+            None => Grants::default(),
+        },
+    };
+    Ok((token, grants))
+}
