@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub tls: Option<helios_api::tls::Tls>,
     /// Every public call needs a token whose policies grant it (`--acl-enabled`).
     pub acl_enabled: bool,
+    /// Asks the server to read its TLS certificate files again (`main.rs` does on SIGHUP).
+    pub reload: crate::serve::Reload,
 }
 
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
@@ -106,6 +108,7 @@ impl ServerConfig {
             insecure: false,
             tls: None,
             acl_enabled: false,
+            reload: Default::default(),
         })
     }
 }

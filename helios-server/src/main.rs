@@ -131,6 +131,19 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // SIGHUP: read the TLS certificates again (rotation without a restart).
+    let reload = config.reload.clone();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading TLS certificates");
+                    reload.request();
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "no SIGHUP handler; certificates reload only on restart"),
+    }
     match helios_server::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -173,6 +173,52 @@ async fn a_mutual_tls_cluster_runs_a_job_and_refuses_strangers_and_wrong_roles()
     cluster.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_serves_new_certificates_and_a_bad_one_keeps_the_old() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let old_ca = generate::new_ca(Validity::from_now(10)).expect("ca");
+    let server_tls = tls_of(dir.path(), "server", &old_ca, &cert(&old_ca, Role::Server));
+    let caller = tls_of(dir.path(), "cli", &old_ca, &cert(&old_ca, Role::Cli));
+    let files = server_tls.files.clone();
+    let cluster = TestCluster::start_tls(1, TestTls { server: server_tls, caller }).await;
+    cluster.leader().await;
+    let addr = cluster.addrs[&1].clone();
+    let new_ca = generate::new_ca(Validity::from_now(10)).expect("ca");
+    let new_cli = cert(&new_ca, Role::Cli);
+    let works = |ca: Pem, pem: Pem| {
+        let addr = addr.clone();
+        async move {
+            match raw_channel(&addr, &ca, &pem).await {
+                Ok(channel) => list_jobs(channel).await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    };
+    assert!(!works(new_ca.clone(), new_cli.clone()).await, "the new CA is trusted before the rotation");
+
+    // Rotate: the new CA's server certificate, and both CAs trusted while clients move over.
+    let new_server = cert(&new_ca, Role::Server);
+    std::fs::write(&files.ca, format!("{}{}", old_ca.cert, new_ca.cert)).expect("write");
+    std::fs::write(&files.cert, &new_server.cert).expect("write");
+    std::fs::write(&files.key, &new_server.key).expect("write");
+    cluster.reloads[&1].request_and_wait().await;
+    // New connections get the new certificates (the channel to the old server may take a moment
+    // to be turned away).
+    wait_for("the reloaded certificates", || {
+        let attempt = works(new_ca.clone(), new_cli.clone());
+        async move { attempt.await.then_some(()) }
+    })
+    .await;
+    // Clients still holding a certificate of the old CA get in while both are trusted.
+    assert!(works(new_ca.clone(), cert(&old_ca, Role::Cli)).await, "an old-CA certificate during the rotation");
+
+    // A broken file is not taken: the server keeps what it has.
+    std::fs::write(&files.cert, "not a certificate").expect("write");
+    cluster.reloads[&1].request_and_wait().await;
+    assert!(works(new_ca.clone(), new_cli.clone()).await, "a bad reload replaced the certificates");
+    cluster.shutdown().await;
+}
+
 #[test]
 fn a_process_refuses_a_certificate_of_the_wrong_role_or_region() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -60,8 +60,9 @@ fn stamp_format(mut request: Request<()>) -> Result<Request<()>, Status> {
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, PeerChannel>>>,
     pub auth: PeerAuth,
-    /// Mutual TLS to peers (and to agents, for logs), if this server has it.
-    pub tls: Option<Tls>,
+    /// Mutual TLS to peers (and to agents, for logs), if this server has it; replaced when the
+    /// certificates are reloaded (`set_tls`).
+    tls: Arc<std::sync::RwLock<Option<Tls>>>,
 }
 
 /// A peer's channel, and when a call through it last got an answer.
@@ -79,13 +80,24 @@ const STALE_AFTER: Duration = Duration::from_secs(1);
 
 impl PeerChannels {
     pub fn new(auth: PeerAuth, tls: Option<Tls>) -> PeerChannels {
-        PeerChannels { channels: Arc::default(), auth, tls }
+        PeerChannels { channels: Arc::default(), auth, tls: Arc::new(std::sync::RwLock::new(tls)) }
+    }
+
+    pub fn has_tls(&self) -> bool {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// New certificates (SIGHUP): later connections use them; cached channels are dropped, so
+    /// no connection made with the old ones is opened again. Calls under way finish on theirs.
+    pub fn set_tls(&self, tls: Option<Tls>) {
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = tls;
+        self.lock().clear();
     }
 
     /// An endpoint for a peer of `role` at `addr`: https with this server's certificate when it
     /// has TLS, plain http otherwise.
     pub fn endpoint(&self, addr: &str, role: Role) -> Result<Endpoint, String> {
-        helios_api::tls::endpoint(addr, self.tls.as_ref(), role)
+        helios_api::tls::endpoint(addr, self.tls.read().unwrap_or_else(|e| e.into_inner()).as_ref(), role)
     }
 
     fn client(&self, addr: &str) -> Result<PeerClient, String> {

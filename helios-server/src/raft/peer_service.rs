@@ -199,7 +199,7 @@ impl PeerService {
     fn admit(&self, method: &str, request: &Request<RaftPayload>, replication: bool) -> Result<Sender, Status> {
         let sender = self.auth.verify_request(method, request.metadata(), &request.get_ref().data);
         let sender = sender.map_err(|status| self.refused(None, method, status))?;
-        let proven = self.auth.is_keyed() || self.cluster.channels.tls.is_some();
+        let proven = self.auth.is_keyed() || self.cluster.channels.has_tls();
         if !(replication && proven) {
             self.check_member(&sender, method)?;
         }

@@ -68,6 +68,8 @@ pub struct TestCluster {
     pub tls: Option<TestTls>,
     /// Servers start with `--acl-enabled`.
     pub acl_enabled: bool,
+    /// What each server reloads its certificates on (SIGHUP in `main.rs`).
+    pub reloads: BTreeMap<u64, helios_server::serve::Reload>,
     running: BTreeMap<u64, Running>,
 }
 
@@ -125,6 +127,7 @@ impl TestCluster {
             cluster_key,
             tls,
             acl_enabled,
+            reloads: BTreeMap::new(),
             running: BTreeMap::new(),
         };
         for (id, listener) in listeners {
@@ -151,6 +154,7 @@ impl TestCluster {
 
     fn launch(&mut self, id: u64, listener: TcpListener, peers: Vec<(u64, String)>, bootstrap: bool) {
         let config = self.config(id, peers, bootstrap);
+        self.reloads.insert(id, config.reload.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(helios_server::run_on(config, listener, async move {
             let _ = stopped.await;
