@@ -45,11 +45,14 @@ stop() {
 make_secrets() {
     mkdir -p "$state/tls"
     if [ ! -e "$state/tls/helios-agent-ca.pem" ]; then
-        (cd "$state/tls" && "$bin/helios-cli" tls ca create >/dev/null &&
-            "$bin/helios-cli" tls cert create --server >/dev/null &&
-            "$bin/helios-cli" tls cert create --client >/dev/null &&
-            "$bin/helios-cli" tls cert create --cli >/dev/null)
+        (cd "$state/tls" && "$bin/helios-cli" tls ca create >/dev/null)
     fi
+    for role in server client cli; do
+        if [ ! -e "$state/tls/global-$role-helios.pem" ]; then
+            (cd "$state/tls" && rm -f "global-$role-helios-key.pem" &&
+                "$bin/helios-cli" tls cert create "--$role" >/dev/null)
+        fi
+    done
     if [ ! -e "$state/helios-cluster.key" ]; then
         (umask 077 && "$bin/helios-cli" operator keygen >"$state/helios-cluster.key")
     fi
@@ -57,6 +60,14 @@ make_secrets() {
 
 secure=false
 if [ "${2:-}" = "--secure" ] || [ "${SECURE:-}" = 1 ]; then secure=true; fi
+# A cluster made secure stays secure: its data would otherwise come back up in plaintext.
+if [ -e "$state/tls/helios-agent-ca.pem" ]; then secure=true; fi
+if $secure && [ -e "$state/tls/helios-agent-ca.pem" ]; then
+    export HELIOS_CACERT="$state/tls/helios-agent-ca.pem"
+    export HELIOS_CLIENT_CERT="$state/tls/global-cli-helios.pem"
+    export HELIOS_CLIENT_KEY="$state/tls/global-cli-helios-key.pem"
+    if [ -s "$state/bootstrap.token" ]; then HELIOS_TOKEN="$(cat "$state/bootstrap.token")"; export HELIOS_TOKEN; fi
+fi
 
 case "${1:-start}" in
 start)
@@ -93,12 +104,20 @@ start)
         # The first management token, made once and kept (readable by its owner only).
         if [ ! -s "$state/bootstrap.token" ]; then
             for _ in $(seq 1 150); do
-                if out="$("$bin/helios-cli" acl bootstrap 2>/dev/null)"; then
+                if out="$("$bin/helios-cli" acl bootstrap 2>&1)"; then
                     (umask 077 && echo "$out" | awk -F' = ' '/^Secret ID/ {print $2}' >"$state/bootstrap.token")
                     break
                 fi
+                case "$out" in *"bootstrapped already"*)
+                    echo "ACLs were bootstrapped, but $state/bootstrap.token is gone: $out" >&2
+                    exit 1 ;;
+                esac
                 sleep 0.2
             done
+        fi
+        if [ ! -s "$state/bootstrap.token" ]; then
+            echo "could not bootstrap ACLs; see $state/server-*.log" >&2
+            exit 1
         fi
         HELIOS_TOKEN="$(cat "$state/bootstrap.token")"
         export HELIOS_TOKEN

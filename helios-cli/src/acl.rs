@@ -299,7 +299,8 @@ fn json_rules(json: &Value) -> Result<pb::AclPolicyRules, Vec<String>> {
 
 /// Refuses an empty token early with the variable names a user may have meant.
 pub fn resolve_token(flag: Option<String>) -> Result<Option<String>> {
-    let token = flag.or_else(|| std::env::var("NOMAD_TOKEN").ok()).filter(|t| !t.trim().is_empty());
+    let present = |t: &String| !t.trim().is_empty();
+    let token = flag.filter(present).or_else(|| std::env::var("NOMAD_TOKEN").ok().filter(present));
     if let Some(t) = &token {
         if t.chars().any(|c| !c.is_ascii_graphic()) {
             bail!("the ACL token (--token, HELIOS_TOKEN or NOMAD_TOKEN) holds characters a token cannot");

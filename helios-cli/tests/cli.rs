@@ -39,6 +39,10 @@ impl Server {
         let peers = if bootstrap { vec![(id, addr.to_string())] } else { Vec::new() };
         let mut config = ServerConfig::new(id, addr, peers, bootstrap, dir.path().to_path_buf()).expect("config");
         config.acl_enabled = acl_enabled;
+        if acl_enabled {
+            // ACLs need servers that authenticate each other.
+            config.cluster_key = Some(helios_server::raft::peer_auth::ClusterKey::generate().expect("randomness"));
+        }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(helios_server::run_on(config, listener, async move {
             let _ = stopped.await;

@@ -84,6 +84,8 @@ fn the_secure_local_cluster_runs_the_readme_job_over_mutual_tls() {
     let addrs: Vec<(String, String)> = exported.iter().filter(|(k, _)| k == "HELIOS_ADDR").cloned().collect();
     let refused = cli_with(&addrs, &["job", "list"]);
     assert_eq!(refused.status.code(), Some(1), "{}", String::from_utf8_lossy(&refused.stdout));
+    let why = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(why.contains("cannot reach a Helios server"), "refused for another reason: {why}");
     // With the certificates but without the token: TLS lets it in, ACLs turn it away.
     let no_token: Vec<(String, String)> = exported.iter().filter(|(k, _)| k != "HELIOS_TOKEN").cloned().collect();
     let refused = cli_with(&no_token, &["job", "run", "--name", "anonymous", "echo", "--", "no"]);
@@ -97,5 +99,15 @@ fn the_secure_local_cluster_runs_the_readme_job_over_mutual_tls() {
         let mode = std::fs::metadata(state.join(secret)).expect("secret").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{secret}");
     }
+
+    // Stopped and started again, without --secure: it stays secure, and keeps its jobs and token.
+    let stopped = script.run(&["stop"]);
+    assert!(stopped.status.success());
+    let restarted = script.run(&["start"]);
+    let again = String::from_utf8_lossy(&restarted.stdout).into_owned();
+    assert!(restarted.status.success(), "{again}\n{}", String::from_utf8_lossy(&restarted.stderr));
+    assert!(again.contains("Mutual TLS and ACLs are on"), "{again}");
+    let logs = cli_with(&exported, &["job", "logs", "multi-node-test"]);
+    assert!(String::from_utf8_lossy(&logs.stdout).ends_with(" It replicated!\n"), "{logs:?}");
     drop(script);
 }

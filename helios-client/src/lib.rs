@@ -97,6 +97,9 @@ pub async fn run_on(
     if !config.rpc_addr.ip().is_loopback() && config.tls.is_none() && !config.insecure {
         return Err(ClientError::PlaintextBeyondLoopback(config.rpc_addr));
     }
+    if config.tls.is_none() {
+        tracing::warn!("no TLS: task logs are served, and servers are spoken to, in plaintext (see docs/security.md)");
+    }
     // Held until the agent ends.
     let _data_dir = identity::lock_data_dir(&config.data_dir, &config.node_id)?;
     let secret = identity::load_or_create(&config.data_dir, &config.node_id)?;

@@ -28,6 +28,12 @@ pub enum SecurityError {
     WriteKey { path: String, source: std::io::Error },
     #[error("{0}")]
     NoRandomness(String),
+    #[error(
+        "--acl-enabled protects nothing while servers do not authenticate each other (any process \
+         could speak for a server): give every server TLS certificates or the same cluster key \
+         (`helios-cli operator keygen` > helios-cluster.key in each --data-dir, or --cluster-key-file)"
+    )]
+    AclsWithoutPeerAuth,
 }
 
 /// The cluster key this server uses, in order: the one given (`--cluster-key[-file]`), the one
@@ -48,6 +54,9 @@ pub fn resolve_cluster_key(config: &ServerConfig) -> Result<Option<ClusterKey>, 
     }
     if config.tls.is_some() {
         return Ok(None);
+    }
+    if config.acl_enabled {
+        return Err(SecurityError::AclsWithoutPeerAuth);
     }
     if !beyond_loopback {
         tracing::warn!(
@@ -143,6 +152,16 @@ mod tests {
         assert!(missing.to_string().contains(KEY_FILE_NAME), "{missing}");
         std::fs::copy(&path, other_dir.path().join(KEY_FILE_NAME)).expect("copy");
         assert_eq!(resolve_cluster_key(&second).expect("copied").expect("a key"), key);
+    }
+
+    #[test]
+    fn acls_need_servers_that_authenticate_each_other() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut open = config("127.0.0.1:7001", true, dir.path());
+        open.acl_enabled = true;
+        assert!(matches!(resolve_cluster_key(&open), Err(SecurityError::AclsWithoutPeerAuth)));
+        open.cluster_key = Some(ClusterKey::generate().expect("randomness"));
+        assert!(resolve_cluster_key(&open).expect("keyed").is_some());
     }
 
     #[test]

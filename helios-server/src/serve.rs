@@ -173,9 +173,11 @@ fn router(
     let limit = MAX_MESSAGE_BYTES;
     let anyone = RequireRole::new(roles::ANYONE, tls);
     let peer_role = RequireRole::new(roles::PEERS, tls);
+    let auth = cluster.channels.auth.clone();
     let peer_check = move |request: tonic::Request<()>| {
         let request = crate::raft::peer_service::check_format(request)?;
         peer_role.check(&request)?;
+        auth.check_headers(request.metadata())?;
         Ok(request)
     };
     let c = || cluster.clone();

@@ -82,8 +82,17 @@ impl AclService for Acl {
         _request: Request<pb::AclBootstrapRequest>,
     ) -> Result<Response<pb::AclTokenResponse>, Status> {
         self.require_enabled()?;
-        let (token, secret) = Self::mint("Bootstrap Token".into(), TokenType::Management, Vec::new(), 0);
         let reset_index = self.reset_index()?;
+        // Refused here when it would be refused at apply: an anonymous call must not be able to
+        // grow the Raft log. (The state machine decides again, against a racing bootstrap.)
+        let done = self.cluster.read(read::acl_bootstrap_index).await.map_err(cluster_status)?;
+        if let Some(index) = done.filter(|i| reset_index != Some(*i)) {
+            return Err(Status::failed_precondition(format!(
+                "ACLs were bootstrapped already (reset index {index}); to bootstrap again, write {index} into \
+                 {RESET_FILE} in a server's --data-dir and ask that server"
+            )));
+        }
+        let (token, secret) = Self::mint("Bootstrap Token".into(), TokenType::Management, Vec::new(), 0);
         self.commit(Command::AclBootstrap { token: token.clone(), reset_index }).await?;
         Ok(Response::new(pb::AclTokenResponse { token: Some(token_to_pb(&token, Some(&secret))) }))
     }

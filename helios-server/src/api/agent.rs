@@ -30,7 +30,7 @@ impl Agents {
         let id = node_id.to_string();
         let node = self.cluster.read(move |txn| read::node(txn, &id)).await.map_err(cluster_status)?;
         let node = node.ok_or_else(|| Status::not_found(format!("node {node_id:?} is not registered")))?;
-        if node.secret_id != secret {
+        if !node.secret_matches(secret) {
             return Err(Status::permission_denied(format!("node {node_id:?} is registered by another agent")));
         }
         Ok(node)

@@ -127,6 +127,18 @@ impl PeerAuth {
         Some(mac)
     }
 
+    /// Refuses, from its headers alone (before a body is read or decoded), a request that names
+    /// no sender or, in a keyed cluster, carries no MAC.
+    pub fn check_headers(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        if metadata.get(PEER_ID_HEADER).is_none() {
+            return Err(unauthenticated(format!("no {PEER_ID_HEADER} header naming the sending server")));
+        }
+        if self.key.is_some() && metadata.get(PEER_MAC_HEADER).is_none() {
+            return Err(unauthenticated("no MAC: the sender does not hold the cluster key"));
+        }
+        Ok(())
+    }
+
     /// The sender of a request, if it can be believed.
     pub fn verify_request(&self, method: &str, metadata: &MetadataMap, body: &[u8]) -> Result<Sender, Status> {
         let id = metadata

@@ -155,9 +155,12 @@ fn check_snapshot_meta(
             "snapshot last log id {last} is beyond its leader's vote {vote}"
         )));
     }
-    if committed.is_some_and(|c| last.index() <= c.index()) {
-        return Err(Status::failed_precondition(format!(
-            "the snapshot ends at {last}, not beyond what this server committed"
+    // One that ends at or before what this server committed is a harmless resend that openraft
+    // ignores; one greater than that but not at a greater index contradicts committed entries
+    // (openraft asserts it cannot happen).
+    if committed.is_some_and(|c| last > c && last.index() <= c.index()) {
+        return Err(Status::invalid_argument(format!(
+            "the snapshot ends at {last}, which contradicts what this server committed"
         )));
     }
     Ok(())
@@ -383,7 +386,11 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<RaftPayload>, Status> {
         let method = methods::INSTALL_SNAPSHOT;
         let (metadata, _, mut stream) = request.into_parts();
-        let header = match stream.next().await {
+        // The header is read before anything is known of the sender: bounded in time too.
+        let first = tokio::time::timeout(SNAPSHOT_CHUNK_TIMEOUT, stream.next())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no snapshot metadata"))?;
+        let header = match first {
             Some(Ok(SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Meta(meta)) })) => meta,
             Some(Err(status)) => return Err(status),
             _ => return Err(Status::invalid_argument("a snapshot stream must start with its metadata")),

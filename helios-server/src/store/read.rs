@@ -320,3 +320,8 @@ pub fn acl_grants(
     };
     Ok((token, grants))
 }
+
+/// The log index ACLs were bootstrapped at, if they were.
+pub fn acl_bootstrap_index(txn: &ReadTransaction) -> io::Result<Option<u64>> {
+    get(txn, super::tables::CLUSTER, super::tables::ACL_BOOTSTRAP_INDEX)
+}

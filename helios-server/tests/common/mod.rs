@@ -93,9 +93,10 @@ impl TestCluster {
         Self::start_full(n, helios_server::config::DEFAULT_SNAPSHOT_EVERY, None, Some(tls), false).await
     }
 
-    /// Starts `n` servers with ACLs enabled.
+    /// Starts `n` servers with ACLs enabled (and a cluster key: ACLs need authenticated peers).
     pub async fn start_acl(n: u64) -> TestCluster {
-        Self::start_full(n, helios_server::config::DEFAULT_SNAPSHOT_EVERY, None, None, true).await
+        let key = helios_server::raft::peer_auth::ClusterKey::generate().expect("randomness");
+        Self::start_full(n, helios_server::config::DEFAULT_SNAPSHOT_EVERY, Some(key), None, true).await
     }
 
     pub async fn start_configured(
