@@ -19,6 +19,9 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
 pub mod generate;
+pub mod reload;
+
+pub use reload::Reload;
 
 pub const DEFAULT_REGION: &str = "global";
 

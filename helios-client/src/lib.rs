@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use helios_api::pb;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 pub use servers::Servers;
 
@@ -49,6 +48,8 @@ pub struct ClientConfig {
     pub insecure: bool,
     /// A token granting `node:write`, for servers with ACLs and no TLS (`--node-token`).
     pub node_token: Option<String>,
+    /// Asks the agent to read its TLS certificate files again (`main.rs` does on SIGHUP).
+    pub reload: helios_api::tls::Reload,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,20 +109,31 @@ pub async fn run_on(
     let servers = Servers::new(&config.servers, config.tls.as_ref(), config.node_token.as_deref())?;
 
     let (_health, health_service) = tonic_health::server::health_reporter();
-    let logs = log_service::LogService { allocs_dir: config.data_dir.join("allocs") };
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        builder = builder.tls_config(tls.server_config()).map_err(|e| ClientError::Tls(e.to_string()))?;
-    }
-    // Task logs go to servers only (they relay them to users who may read them).
-    let only_servers = helios_api::tls::RequireRole::new(helios_api::tls::roles::SERVERS, config.tls.as_ref());
-    let serve = builder
-        .add_service(health_service)
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            pb::client_service_server::ClientServiceServer::new(logs),
-            only_servers,
+    let allocs_dir = config.data_dir.join("allocs");
+    let build = |tls: Option<&helios_api::tls::Tls>| {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls.server_config())?;
+        }
+        // Task logs go to servers only (they relay them to users who may read them).
+        let only_servers = helios_api::tls::RequireRole::new(helios_api::tls::roles::SERVERS, tls);
+        let logs = log_service::LogService { allocs_dir: allocs_dir.clone() };
+        Ok(builder.add_service(health_service.clone()).add_service(
+            tonic::service::interceptor::InterceptedService::new(
+                pb::client_service_server::ClientServiceServer::new(logs),
+                only_servers,
+            ),
         ))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown);
+    };
+    let serve = helios_api::tls::reload::serve(
+        listener,
+        config.tls.clone(),
+        helios_api::tls::Role::Client,
+        config.reload.clone(),
+        shutdown,
+        build,
+        |tls: &helios_api::tls::Tls| servers.set_tls(tls),
+    );
     tokio::pin!(serve);
     let node_id = node.id.clone();
     let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -107,7 +107,10 @@ async fn main() -> ExitCode {
         tls,
         insecure: args.insecure,
         node_token: args.node_token,
+        reload: Default::default(),
     };
+    // SIGHUP: read the TLS certificates again (rotation without a restart).
+    config.reload.on_sighup();
     let shutdown = async {
         // SIGTERM (service managers, `kill`) or Ctrl-C: stop heartbeating and exit.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -34,7 +34,10 @@ pub enum CallError {
 type Conn = InterceptedService<Channel, WithToken>;
 
 pub struct Servers {
-    channels: Vec<(String, Conn)>,
+    addrs: Vec<String>,
+    token: WithToken,
+    /// One channel per server; replaced whole when the certificates are reloaded.
+    channels: std::sync::RwLock<Vec<(String, Conn)>>,
     /// The server that answered last: tried first next time.
     current: AtomicUsize,
 }
@@ -43,8 +46,23 @@ impl Servers {
     /// `token`: sent with every call (servers with ACLs and no TLS require one to register).
     pub fn new(addrs: &[String], tls: Option<&Tls>, token: Option<&str>) -> Result<Servers, ServersError> {
         let token = WithToken::new(token).map_err(|e| ServersError::Invalid("--node-token".into(), e))?;
+        let addrs: Vec<String> = addrs
+            .iter()
+            .flat_map(|a| a.split(','))
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(String::from)
+            .collect();
+        if addrs.is_empty() {
+            return Err(ServersError::Empty);
+        }
+        let channels = Self::connect(&addrs, tls, &token)?;
+        Ok(Servers { addrs, token, channels: std::sync::RwLock::new(channels), current: AtomicUsize::new(0) })
+    }
+
+    fn connect(addrs: &[String], tls: Option<&Tls>, token: &WithToken) -> Result<Vec<(String, Conn)>, ServersError> {
         let mut channels = Vec::new();
-        for addr in addrs.iter().flat_map(|a| a.split(',')).map(str::trim).filter(|a| !a.is_empty()) {
+        for addr in addrs {
             let endpoint = helios_api::tls::endpoint(addr, tls, Role::Server)
                 .map_err(|e| ServersError::Invalid(addr.to_string(), e))?;
             let url = endpoint.uri().to_string();
@@ -55,10 +73,19 @@ impl Servers {
                 .connect_lazy();
             channels.push((url, InterceptedService::new(channel, token.clone())));
         }
-        if channels.is_empty() {
-            return Err(ServersError::Empty);
+        Ok(channels)
+    }
+
+    /// New certificates (SIGHUP): later calls connect with them; calls under way finish.
+    pub fn set_tls(&self, tls: &Tls) {
+        match Self::connect(&self.addrs, Some(tls), &self.token) {
+            Ok(channels) => *self.channels.write().unwrap_or_else(|e| e.into_inner()) = channels,
+            Err(e) => tracing::warn!(error = %e, "keeping the connections to the servers as they were"),
         }
-        Ok(Servers { channels, current: AtomicUsize::new(0) })
+    }
+
+    fn channel(&self, i: usize) -> (String, Conn) {
+        self.channels.read().unwrap_or_else(|e| e.into_inner())[i].clone()
     }
 
     /// Calls each server in turn, starting with the last one that answered.
@@ -79,9 +106,10 @@ impl Servers {
     {
         let start = self.current.load(Ordering::Relaxed);
         let mut failures = Vec::new();
-        for step in 0..self.channels.len() {
-            let i = (start + step) % self.channels.len();
-            let (url, channel) = &self.channels[i];
+        let count = self.addrs.len();
+        for step in 0..count {
+            let i = (start + step) % count;
+            let (url, channel) = self.channel(i);
             let answer = match patience {
                 Some(limit) => match tokio::time::timeout(limit, f(AgentServiceClient::new(channel.clone()))).await {
                     Ok(answer) => answer,

@@ -31,7 +31,7 @@ pub struct ServerConfig {
     /// Every public call needs a token whose policies grant it (`--acl-enabled`).
     pub acl_enabled: bool,
     /// Asks the server to read its TLS certificate files again (`main.rs` does on SIGHUP).
-    pub reload: crate::serve::Reload,
+    pub reload: helios_api::tls::Reload,
 }
 
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;

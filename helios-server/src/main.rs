@@ -132,18 +132,7 @@ async fn main() -> ExitCode {
         }
     };
     // SIGHUP: read the TLS certificates again (rotation without a restart).
-    let reload = config.reload.clone();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(mut hangups) => {
-            tokio::spawn(async move {
-                while hangups.recv().await.is_some() {
-                    tracing::info!("SIGHUP: reloading TLS certificates");
-                    reload.request();
-                }
-            });
-        }
-        Err(e) => tracing::warn!(error = %e, "no SIGHUP handler; certificates reload only on restart"),
-    }
+    config.reload.on_sighup();
     match helios_server::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

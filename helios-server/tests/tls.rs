@@ -219,6 +219,79 @@ async fn a_reload_serves_new_certificates_and_a_bad_one_keeps_the_old() {
     cluster.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_reloads_its_certificates_too() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = generate::new_ca(Validity::from_now(10)).expect("ca");
+    let tls = TestTls {
+        server: tls_of(dir.path(), "server", &ca, &cert(&ca, Role::Server)),
+        caller: tls_of(dir.path(), "cli", &ca, &cert(&ca, Role::Cli)),
+    };
+    let cluster = TestCluster::start_tls(1, tls).await;
+    cluster.leader().await;
+    let agent_dir = tempfile::tempdir().expect("temp dir");
+    let agent_tls = tls_of(dir.path(), "client", &ca, &cert(&ca, Role::Client));
+    let files = agent_tls.files.clone();
+    let reload = helios_api::tls::Reload::default();
+    let agent = start_agent_configured(&cluster, "n1", agent_dir.path(), |c| {
+        c.tls = Some(agent_tls.clone());
+        c.reload = reload.clone();
+    })
+    .await;
+    let node = wait_for("the agent's node", || async {
+        common::node(&cluster, 1, "n1").await.filter(|n| n.status == "ready")
+    })
+    .await;
+    // What a server sees when it dials the agent, trusting only `trust`.
+    let server_pem = cert(&ca, Role::Server);
+    let agent_answers = |trust: Pem| {
+        let (rpc_addr, server_pem) = (node.rpc_addr.clone(), server_pem.clone());
+        async move {
+            let config = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&trust.cert))
+                .identity(Identity::from_pem(&server_pem.cert, &server_pem.key))
+                .domain_name(Role::Client.san("global"));
+            let Ok(channel) = Endpoint::from_shared(format!("https://{rpc_addr}"))
+                .expect("url")
+                .tls_config(config)
+                .expect("tls")
+                .connect()
+                .await
+            else {
+                return false;
+            };
+            let mut logs = pb::client_service_client::ClientServiceClient::new(channel);
+            let request = pb::TaskLogsRequest {
+                alloc_id: "none".into(),
+                task: String::new(),
+                stderr: false,
+                tail: None,
+                follow: false,
+            };
+            // Any answer of the log service (this allocation does not exist) means TLS got through.
+            match logs.task_logs(request).await {
+                Ok(_) => true,
+                Err(status) => !matches!(status.code(), Code::Unavailable | Code::Unknown),
+            }
+        }
+    };
+    let new_ca = generate::new_ca(Validity::from_now(10)).expect("ca");
+    assert!(agent_answers(ca.clone()).await);
+    assert!(!agent_answers(new_ca.clone()).await, "the new CA before the rotation");
+    let renewed = cert(&new_ca, Role::Client);
+    std::fs::write(&files.ca, format!("{}{}", ca.cert, new_ca.cert)).expect("write");
+    std::fs::write(&files.cert, &renewed.cert).expect("write");
+    std::fs::write(&files.key, &renewed.key).expect("write");
+    reload.request_and_wait().await;
+    wait_for("the agent's new certificate", || {
+        let attempt = agent_answers(new_ca.clone());
+        async move { attempt.await.then_some(()) }
+    })
+    .await;
+    agent.stop().await;
+    cluster.shutdown().await;
+}
+
 #[test]
 fn a_process_refuses_a_certificate_of_the_wrong_role_or_region() {
     let dir = tempfile::tempdir().expect("temp dir");

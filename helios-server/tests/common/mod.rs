@@ -69,7 +69,7 @@ pub struct TestCluster {
     /// Servers start with `--acl-enabled`.
     pub acl_enabled: bool,
     /// What each server reloads its certificates on (SIGHUP in `main.rs`).
-    pub reloads: BTreeMap<u64, helios_server::serve::Reload>,
+    pub reloads: BTreeMap<u64, helios_api::tls::Reload>,
     running: BTreeMap<u64, Running>,
 }
 
@@ -358,6 +358,7 @@ pub async fn start_agent_configured(
         tls: None,
         insecure: false,
         node_token: None,
+        reload: Default::default(),
     };
     adjust(&mut config);
     let (stop, stopped) = oneshot::channel::<()>();
