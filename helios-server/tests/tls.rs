@@ -216,6 +216,13 @@ async fn a_reload_serves_new_certificates_and_a_bad_one_keeps_the_old() {
     std::fs::write(&files.cert, "not a certificate").expect("write");
     cluster.reloads[&1].request_and_wait().await;
     assert!(works(new_ca.clone(), new_cli.clone()).await, "a bad reload replaced the certificates");
+    // Nor is a good certificate with a key that is not one (checked only when the TLS
+    // configuration is built): the server stays up with what it has.
+    std::fs::write(&files.cert, &new_server.cert).expect("write");
+    std::fs::write(&files.key, "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+        .expect("write");
+    cluster.reloads[&1].request_and_wait().await;
+    assert!(works(new_ca.clone(), new_cli.clone()).await, "a bad key stopped the server");
     cluster.shutdown().await;
 }
 

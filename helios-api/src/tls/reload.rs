@@ -81,8 +81,8 @@ where
     let listener = Arc::new(listener);
     tokio::pin!(shutdown);
     let mut retired = Vec::new();
+    let mut router = build(tls.as_ref())?;
     loop {
-        let router = build(tls.as_ref())?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut server = tokio::spawn(router.serve_with_incoming_shutdown(accept(listener.clone()), async move {
             let _ = stopped.await;
@@ -90,19 +90,19 @@ where
         let reloaded = loop {
             tokio::select! {
                 () = &mut shutdown => break None,
-                served = &mut server => {
-                    // The server ended by itself: a transport error, or its task panicked.
-                    return match served {
-                        Ok(result) => result,
-                        Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
-                    };
-                }
+                served = &mut server => return joined(served),
                 () = reload.requested.notified() => {
-                    let attempt = tls.as_ref().map(|current| reload_files(current, role));
+                    // Everything that can fail (the files, the key inside them, the TLS
+                    // configuration) is tried before the current server is touched.
+                    let attempt = tls.as_ref().map(|current| {
+                        let new = reload_files(current, role).map_err(|e| e.to_string())?;
+                        let router = build(Some(&new)).map_err(|e| e.to_string())?;
+                        Ok::<_, String>((new, router))
+                    });
                     reload.attempts.send_modify(|n| *n += 1);
                     match attempt {
                         None => tracing::info!("reload requested; no TLS certificates to reload"),
-                        Some(Ok(new)) => break Some(new),
+                        Some(Ok(next)) => break Some(next),
                         Some(Err(e)) => tracing::warn!(error = %e, "certificates not reloaded; keeping the current ones"),
                     }
                 }
@@ -110,22 +110,46 @@ where
         };
         let _ = stop.send(());
         retired.push(server);
-        match reloaded {
-            None => break,
-            Some(new) => {
-                tracing::info!(roles = ?new.roles, "reloaded TLS certificates");
-                renewed(&new);
-                tls = Some(new);
+        let Some((new, next_router)) = reloaded else { break };
+        tracing::info!(roles = ?new.roles, "reloaded TLS certificates");
+        renewed(&new);
+        tls = Some(new);
+        router = next_router;
+    }
+    // Refuse new connections at once while the old ones drain, so callers fail over.
+    drop(listener);
+    // Bounded: a stream that never ends by itself (`alloc logs -f`) must not hold the process.
+    let drain = async {
+        let mut first_error = Ok(());
+        for server in retired {
+            if let Err(e) = joined(server.await) {
+                first_error = first_error.and(Err(e));
             }
         }
-    }
-    for server in retired {
-        match server.await {
-            Ok(result) => result?,
-            Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
+        first_error
+    };
+    match tokio::time::timeout(DRAIN, drain).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("connections still open {DRAIN:?} after shutdown; stopping anyway");
+            Ok(())
         }
     }
-    Ok(())
+}
+
+/// How long calls and streams under way may take to finish once a server stops.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// A server task's result; a panic inside it is re-raised here.
+fn joined(
+    served: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), tonic::transport::Error> {
+    match served {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: nothing aborts these tasks, and a cancelled server has nothing to report.
+        Err(_) => Ok(()),
+    }
 }
 
 fn reload_files(current: &Tls, role: Role) -> Result<Tls, super::TlsError> {
