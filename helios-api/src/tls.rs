@@ -84,6 +84,39 @@ impl TlsFiles {
     }
 }
 
+/// The TLS flags of `helios-server` and `helios-client`, alike but for the role their
+/// certificate must hold.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsFlags {
+    /// The cluster's CA (PEM): with --tls-cert and --tls-key, every connection is mutual TLS,
+    /// and only certificates of this CA are accepted (`helios-cli tls ca create`).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// This process's certificate (PEM), of its role: `helios-cli tls cert create --server` for
+    /// a server, `--client` for an agent.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// The region in the certificates' role names (`server.<region>.helios`).
+    #[arg(long, default_value = DEFAULT_REGION)]
+    pub region: String,
+}
+
+impl TlsFlags {
+    /// The certificates, if the three files are given; this process's must hold `role`.
+    pub fn load(&self, role: Role) -> Result<Option<Tls>, TlsError> {
+        let Some(files) = TlsFiles::from_flags(self.tls_ca.clone(), self.tls_cert.clone(), self.tls_key.clone())?
+        else {
+            return Ok(None);
+        };
+        let tls = Tls::load(&files, &self.region)?;
+        tls.require_own_role(role)?;
+        Ok(Some(tls))
+    }
+}
+
 /// A loaded CA and identity, and the region whose role names apply.
 #[derive(Clone)]
 pub struct Tls {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use helios_api::tls::{Role, Tls, TlsFiles};
+use helios_api::tls::{Role, TlsFlags};
 use helios_client::ClientConfig;
 
 #[derive(Parser, Debug)]
@@ -41,19 +41,10 @@ struct Args {
     /// DOCKER_HOST, or the local socket. Without an engine the node offers only exec.
     #[arg(long)]
     docker_endpoint: Option<String>,
-    /// The cluster's CA (PEM): with --tls-cert and --tls-key, the agent talks to servers over
-    /// mutual TLS (`https://` server addresses) and serves task logs to servers only.
-    #[arg(long)]
-    tls_ca: Option<PathBuf>,
-    /// This agent's certificate (PEM), made with `helios-cli tls cert create --client`.
-    #[arg(long)]
-    tls_cert: Option<PathBuf>,
-    /// The key of --tls-cert (PEM).
-    #[arg(long)]
-    tls_key: Option<PathBuf>,
-    /// The region in the certificates' role names (`client.<region>.helios`).
-    #[arg(long, default_value = helios_api::tls::DEFAULT_REGION)]
-    region: String,
+    // With TLS the agent talks to servers over mutual TLS (`https://` server addresses) and
+    // serves task logs to servers only.
+    #[command(flatten)]
+    tls: TlsFlags,
     /// An ACL token granting node write (`node { policy = "write" }`), which servers with
     /// --acl-enabled and no TLS require to register a node (with TLS, the client certificate
     /// introduces the node instead).
@@ -63,16 +54,6 @@ struct Args {
     /// read them.
     #[arg(long)]
     insecure: bool,
-}
-
-/// The agent's TLS, if its three flags are given; its certificate must be a client's.
-fn load_tls(args: &Args) -> Result<Option<Tls>, String> {
-    let files = TlsFiles::from_flags(args.tls_ca.clone(), args.tls_cert.clone(), args.tls_key.clone())
-        .map_err(|e| e.to_string())?;
-    let Some(files) = files else { return Ok(None) };
-    let tls = Tls::load(&files, &args.region).map_err(|e| e.to_string())?;
-    tls.require_own_role(Role::Client).map_err(|e| e.to_string())?;
-    Ok(Some(tls))
 }
 
 fn parse_meta(text: &str) -> Result<(String, String), String> {
@@ -88,7 +69,7 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
-    let tls = match load_tls(&args) {
+    let tls = match args.tls.load(Role::Client) {
         Ok(tls) => tls,
         Err(e) => {
             eprintln!("Error: {e}");

@@ -6,7 +6,7 @@
 //! token may do everything. Pure logic: the server resolves the caller's token and policies from
 //! its tables and asks `Grants::allows`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -251,11 +251,6 @@ pub fn parse_ttl(text: &str) -> Result<u64, String> {
         return Err("a TTL must be more than zero".to_string());
     }
     n.checked_mul(unit_ms).ok_or_else(|| format!("TTL {text:?} is too long"))
-}
-
-/// Lists policy names that do not exist in `known`.
-pub fn missing_policies<'a>(names: &'a [String], known: &BTreeMap<String, AclPolicy>) -> Vec<&'a str> {
-    names.iter().filter(|n| !known.contains_key(n.as_str())).map(String::as_str).collect()
 }
 
 #[cfg(test)]

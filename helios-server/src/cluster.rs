@@ -48,7 +48,7 @@ pub struct Cluster {
     /// What tokens were found to grant, by secret hash, with the ACL generation they were read
     /// at (`NodeSignals::acl_generation`): the leader answers most authorizations from here.
     pub acl_cache: Arc<std::sync::Mutex<HashMap<Option<String>, CachedGrants>>>,
-    /// Where an operator's `acl-bootstrap-reset` file is looked for.
+    /// This server's data dir: received snapshots, an operator's `acl-bootstrap-reset` file.
     pub data_dir: std::path::PathBuf,
 }
 

@@ -130,8 +130,7 @@ async fn run_raft(
         // Streams would otherwise hold the graceful shutdown open.
         signals.close();
     };
-    let served =
-        serve::serve(cluster, config.data_dir.clone(), config.tls.clone(), config.reload.clone(), listener, stop).await;
+    let served = serve::serve(cluster, config.tls.clone(), config.reload.clone(), listener, stop).await;
     liveness_task.abort();
     scheduling_task.abort();
     tracing::info!(node_id = config.node_id, "shutting down raft");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use helios_api::tls::{Role, Tls, TlsFiles};
+use helios_api::tls::{Role, TlsFlags};
 use helios_server::config::parse_peer;
 use helios_server::raft::peer_auth::ClusterKey;
 use helios_server::ServerConfig;
@@ -63,19 +63,8 @@ struct Args {
     /// only on a network you trust.
     #[arg(long)]
     insecure: bool,
-    /// The cluster's CA (PEM): with --tls-cert and --tls-key, every connection is mutual TLS,
-    /// and only certificates of this CA are accepted (`helios-cli tls ca create`).
-    #[arg(long)]
-    tls_ca: Option<PathBuf>,
-    /// This server's certificate (PEM), made with `helios-cli tls cert create --server`.
-    #[arg(long)]
-    tls_cert: Option<PathBuf>,
-    /// The key of --tls-cert (PEM).
-    #[arg(long)]
-    tls_key: Option<PathBuf>,
-    /// The region in the certificates' role names (`server.<region>.helios`).
-    #[arg(long, default_value = helios_api::tls::DEFAULT_REGION)]
-    region: String,
+    #[command(flatten)]
+    tls: TlsFlags,
     /// Every public call needs an ACL token whose policies grant it (`helios-cli acl
     /// bootstrap` makes the first). Give it to every server alike.
     #[arg(long)]
@@ -99,11 +88,7 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
     config.heartbeat_ttl = args.heartbeat_ttl;
     config.insecure = args.insecure;
     config.acl_enabled = args.acl_enabled;
-    if let Some(files) = TlsFiles::from_flags(args.tls_ca, args.tls_cert, args.tls_key).map_err(|e| e.to_string())? {
-        let tls = Tls::load(&files, &args.region).map_err(|e| e.to_string())?;
-        tls.require_own_role(Role::Server).map_err(|e| e.to_string())?;
-        config.tls = Some(tls);
-    }
+    config.tls = args.tls.load(Role::Server).map_err(|e| e.to_string())?;
     config.cluster_key = match (args.cluster_key, args.cluster_key_file) {
         (Some(key), _) => Some(key),
         (None, Some(path)) => Some(

@@ -3,7 +3,6 @@
 //! (`helios_api::tls::reload`).
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use helios_api::pb;
@@ -21,7 +20,6 @@ use crate::{api, StartError};
 /// Serves until `shutdown`, reloading certificates whenever `reload` asks.
 pub async fn serve(
     cluster: Cluster,
-    data_dir: PathBuf,
     tls: Option<Tls>,
     reload: Reload,
     listener: TcpListener,
@@ -39,7 +37,7 @@ pub async fn serve(
     tracing::info!(node_id = cluster.node_id, %addr, tls = tls.is_some(), "helios-server serving");
     // One peer service for every generation of the server: it holds the snapshot slot, and
     // building it sweeps half-received snapshots.
-    let peers = Arc::new(PeerService::new(cluster.clone(), data_dir));
+    let peers = Arc::new(PeerService::new(cluster.clone()));
     let build = |tls: Option<&Tls>| router(&cluster, &peers, tls, health_service.clone());
     // Outgoing connections (to peers, and to agents for logs) use the new certificates too.
     let renewed = |tls: &Tls| cluster.channels.set_tls(Some(tls.clone()));

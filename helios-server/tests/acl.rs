@@ -28,6 +28,16 @@ fn submit_request(name: &str) -> pb::SubmitJobRequest {
     pb::SubmitJobRequest { job: Some(job_to_pb(&Job::exec(name, "echo", vec![name.into()]))) }
 }
 
+fn token_request(name: &str, policy: &str, ttl_ms: u64) -> pb::CreateAclTokenRequest {
+    pb::CreateAclTokenRequest { name: name.into(), r#type: String::new(), policies: vec![policy.into()], ttl_ms }
+}
+
+/// A client token holding `policy`, with its secret.
+async fn create_token(acl: &mut AclServiceClient<Conn>, name: &str, policy: &str, ttl_ms: u64) -> pb::AclToken {
+    let reply = acl.create_token(token_request(name, policy, ttl_ms)).await.expect("token");
+    reply.into_inner().token.expect("token")
+}
+
 fn denied<T: std::fmt::Debug>(result: Result<T, tonic::Status>, capability: &str, what: &str) {
     let status = result.expect_err(what);
     assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
@@ -106,27 +116,8 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
     let bad = acl.upsert_policy(policy("bad", "admin", "")).await.expect_err("an unknown level");
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert!(bad.message().contains("policy.rules.job_policy"), "{}", bad.message());
-    let reader = acl
-        .create_token(pb::CreateAclTokenRequest {
-            name: "reader".into(),
-            r#type: String::new(),
-            policies: vec!["readonly".into()],
-            ttl_ms: 0,
-        })
-        .await
-        .expect("token")
-        .into_inner()
-        .token
-        .expect("token");
-    let missing = acl
-        .create_token(pb::CreateAclTokenRequest {
-            name: "x".into(),
-            r#type: String::new(),
-            policies: vec!["nope".into()],
-            ttl_ms: 0,
-        })
-        .await
-        .expect_err("a token of a missing policy");
+    let reader = create_token(&mut acl, "reader", "readonly", 0).await;
+    let missing = acl.create_token(token_request("x", "nope", 0)).await.expect_err("a token of a missing policy");
     assert_eq!(missing.code(), Code::NotFound);
 
     // Read-only: reads on any server, writes nowhere.
@@ -154,18 +145,7 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
     }
 
     // An expiring token works until it expires, then nowhere.
-    let brief = acl
-        .create_token(pb::CreateAclTokenRequest {
-            name: "brief".into(),
-            r#type: String::new(),
-            policies: vec!["readonly".into()],
-            ttl_ms: 2_000,
-        })
-        .await
-        .expect("token")
-        .into_inner()
-        .token
-        .expect("token");
+    let brief = create_token(&mut acl, "brief", "readonly", 2_000).await;
     assert!(brief.expires_at_ms.is_some());
     let on_three = as_token(&cluster, 3, Some(&brief.secret_id)).await;
     wait_for("the brief token to expire", || {
@@ -179,30 +159,12 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
     }
 
     // Introducing a node needs a token granting node write (there is no TLS here).
-    let node = pb::Node {
-        id: "n9".into(),
-        hostname: "n9".into(),
-        rpc_addr: "127.0.0.1:9".into(),
-        drivers: vec!["exec".into()],
-        resources: Some(pb::Resources { cpu_mhz: 1000, memory_mb: 1024 }),
-        ..Default::default()
-    };
+    let node = common::fake_node("n9");
     let register = || pb::RegisterRequest { node: Some(node.clone()), secret: "s".into() };
     let mut agents = pb::agent_service_client::AgentServiceClient::new(anon.clone());
     denied(agents.register(register()).await, "node:write", "an unintroduced node");
     acl.upsert_policy(policy("node-intro", "", "write")).await.expect("policy");
-    let intro = acl
-        .create_token(pb::CreateAclTokenRequest {
-            name: "intro".into(),
-            r#type: String::new(),
-            policies: vec!["node-intro".into()],
-            ttl_ms: 0,
-        })
-        .await
-        .expect("token")
-        .into_inner()
-        .token
-        .expect("token");
+    let intro = create_token(&mut acl, "intro", "node-intro", 0).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let agent =
         common::start_agent_configured(&cluster, "n1", dir.path(), |c| c.node_token = Some(intro.secret_id.clone()))

@@ -116,14 +116,7 @@ async fn the_leader_refuses_forwarded_commands_no_server_builds() {
     let follower = cluster.running_ids().into_iter().find(|id| *id != leader).expect("a follower");
     // A node (no agent behind it) and a job placed on it.
     let mut agents = AgentServiceClient::new(cluster.channel(1).await);
-    let node = pb::Node {
-        id: "n1".into(),
-        hostname: "n1".into(),
-        rpc_addr: "127.0.0.1:9".into(),
-        drivers: vec!["exec".into()],
-        resources: Some(pb::Resources { cpu_mhz: 4000, memory_mb: 4096 }),
-        ..Default::default()
-    };
+    let node = common::fake_node("n1");
     agents.register(pb::RegisterRequest { node: Some(node), secret: "the-secret".into() }).await.expect("register");
     cluster.submit(1, "victim").await;
     let alloc = wait_for("the allocation placed", || async {

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,8 +54,6 @@ const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct PeerService {
     cluster: Cluster,
     auth: PeerAuth,
-    /// Where received snapshots are written while they arrive.
-    data_dir: PathBuf,
     /// One snapshot is received at a time: each can be gigabytes of disk.
     snapshot_slot: tokio::sync::Semaphore,
     refusals: Mutex<HashMap<NodeId, (Option<Instant>, u64)>>,
@@ -93,10 +90,6 @@ fn check_counter(what: &str, value: u64) -> Result<(), Status> {
         return Err(Status::invalid_argument(format!("{what} {value} is out of range (at most {MAX_PEER_COUNTER})")));
     }
     Ok(())
-}
-
-fn check_vote(vote: &Vote) -> Result<(), Status> {
-    check_counter("term", vote.leader_id().term())
 }
 
 fn check_log_id(what: &str, log_id: Option<&LogId>) -> Result<(), Status> {
@@ -181,16 +174,10 @@ fn sweep_incoming_snapshots(data_dir: &std::path::Path) {
 }
 
 impl PeerService {
-    pub fn new(cluster: Cluster, data_dir: PathBuf) -> PeerService {
+    pub fn new(cluster: Cluster) -> PeerService {
         let auth = cluster.channels.auth.clone();
-        sweep_incoming_snapshots(&data_dir);
-        PeerService {
-            cluster,
-            auth,
-            data_dir,
-            snapshot_slot: tokio::sync::Semaphore::new(1),
-            refusals: Mutex::default(),
-        }
+        sweep_incoming_snapshots(&cluster.data_dir);
+        PeerService { cluster, auth, snapshot_slot: tokio::sync::Semaphore::new(1), refusals: Mutex::default() }
     }
 
     /// The request's sender, if it authenticates and is a member; otherwise the refusal.
@@ -233,7 +220,7 @@ impl PeerService {
     /// reach of this server's.
     fn check_own_vote(&self, sender: &Sender, method: &str, vote: &Vote, kind: VoteKind) -> Result<(), Status> {
         let refuse = |status| self.refused(Some(sender.id), method, status);
-        check_vote(vote).map_err(refuse)?;
+        check_counter("term", vote.leader_id().term()).map_err(refuse)?;
         let claimed = *vote.leader_id().node_id();
         if claimed != sender.id {
             return Err(refuse(Status::permission_denied(format!(
@@ -314,7 +301,9 @@ impl PeerService {
         sender: &Sender,
         stream: &mut Streaming<SnapshotChunk>,
     ) -> Result<ReceivedFile, Status> {
-        let path = self.data_dir.join(format!("snapshot-from-{}-{}.incoming", sender.id, crate::clock::new_id()));
+        // Received snapshots are written to the data dir while they arrive.
+        let path =
+            self.cluster.data_dir.join(format!("snapshot-from-{}-{}.incoming", sender.id, crate::clock::new_id()));
         let file = std::fs::File::create(&path)
             .map_err(|e| Status::internal(format!("cannot create {}: {e}", path.display())))?;
         // From here on the file is removed whatever happens.

@@ -368,6 +368,18 @@ pub async fn start_agent_configured(
     Agent { stop, task }
 }
 
+/// A node as an agent would register it, with no agent behind it (its address answers nothing).
+pub fn fake_node(id: &str) -> pb::Node {
+    pb::Node {
+        id: id.into(),
+        hostname: id.into(),
+        rpc_addr: "127.0.0.1:9".into(),
+        drivers: vec!["exec".into()],
+        resources: Some(pb::Resources { cpu_mhz: 4000, memory_mb: 4096 }),
+        ..Default::default()
+    }
+}
+
 pub async fn node(cluster: &TestCluster, via: u64, id: &str) -> Option<pb::Node> {
     let mut nodes = NodeServiceClient::new(cluster.channel(via).await);
     nodes.get_node(pb::GetNodeRequest { id: id.to_string() }).await.ok()?.into_inner().node
