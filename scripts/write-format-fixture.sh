@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Writes a stored-format fixture with the binaries in HELIOS_BIN (default target/debug): a
+# one-server cluster with a cluster key, ACLs and one agent runs a few jobs (a service, a
+# finished batch job, a stopped job, a purged job, a job with two versions), then stops; its
+# database (Raft log and state) is kept as helios-server/tests/fixtures/format-N/helios-node-1.db.
+#
+#   scripts/write-format-fixture.sh N
+#
+# Run it with the build that writes format N, once, when that format is introduced; the
+# fixture tests (helios-server/tests/formats.rs) then check that every later build opens it.
+set -euo pipefail
+format="${1:?usage: $0 FORMAT}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bin="${HELIOS_BIN:-$root/target/debug}"
+out="$root/helios-server/tests/fixtures/format-$format"
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+port=47151
+agent_port=47161
+"$bin/helios-cli" operator keygen >"$work/key"
+(cd "$work" && exec "$bin/helios-server" --node-id 1 --rpc-addr 127.0.0.1:$port --peer 1=127.0.0.1:$port \
+    --bootstrap --data-dir "$work/server" --cluster-key-file "$work/key" --acl-enabled >"$work/server.log" 2>&1) &
+pids+=($!)
+export HELIOS_SERVER_ADDR="http://127.0.0.1:$port"
+cli() { "$bin/helios-cli" --server-addr "$HELIOS_SERVER_ADDR" "$@"; }
+for _ in $(seq 100); do cli acl bootstrap >"$work/bootstrap" 2>/dev/null && break; sleep 0.2; done
+export HELIOS_TOKEN="$(awk '/Secret/ {print $NF}' "$work/bootstrap")"
+[ -n "$HELIOS_TOKEN" ] || { echo "no bootstrap token"; cat "$work/server.log"; exit 1; }
+cat >"$work/ops.hcl" <<'HCL'
+namespace "default" { policy = "write" }
+node { policy = "read" }
+HCL
+cli acl policy apply ops "$work/ops.hcl"
+cli acl token create --name fixture-ops --policy ops >/dev/null
+cli acl token create --name fixture-agent --policy ops >"$work/agent-token"
+agent_token="$(awk '/Secret/ {print $NF}' "$work/agent-token")"
+(cd "$work" && exec "$bin/helios-client" --node-id fixture-node --server-addr "$HELIOS_SERVER_ADDR" \
+    --client-rpc-addr 127.0.0.1:$agent_port --data-dir "$work/client" --node-token "$HELIOS_TOKEN" >"$work/client.log" 2>&1) &
+pids+=($!)
+for _ in $(seq 100); do cli node list 2>/dev/null | grep -q ready && break; sleep 0.2; done
+
+cli job run -d --type service --name fixture-service --count 2 sleep -- 300
+cli job run --name fixture-batch echo -- 'fixture done'
+cli job run -d --type service --name fixture-versions sleep -- 300
+cli job run -d --type service --name fixture-versions sleep -- 301
+cli job run -d --type service --name fixture-stopped sleep -- 300
+cli job stop fixture-stopped
+cli job run -d --type service --name fixture-purged sleep -- 300
+cli job stop --purge fixture-purged
+cli job status fixture-batch
+cli alloc list
+
+kill "${pids[1]}"; wait "${pids[1]}" 2>/dev/null || true
+kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
+mkdir -p "$out"
+cp "$work/server/helios-node-1.db" "$out/helios-node-1.db"
+echo "wrote $out ($(du -h "$out/helios-node-1.db" | cut -f1))"
