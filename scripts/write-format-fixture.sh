@@ -18,8 +18,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-port=47151
-agent_port=47161
+port=64151
+agent_port=64161
 "$bin/helios-cli" operator keygen >"$work/key"
 (cd "$work" && exec "$bin/helios-server" --node-id 1 --rpc-addr 127.0.0.1:$port --peer 1=127.0.0.1:$port \
     --bootstrap --data-dir "$work/server" --cluster-key-file "$work/key" --acl-enabled >"$work/server.log" 2>&1) &
