@@ -134,6 +134,7 @@ impl PolicyRules {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct AclPolicy {
     pub name: String,
     pub description: String,
@@ -142,6 +143,8 @@ pub struct AclPolicy {
     pub source: String,
     pub modified_at: Timestamp,
 }
+
+crate::versioned!(AclPolicy = 1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TokenType {
@@ -162,6 +165,7 @@ impl TokenType {
 
 /// A token as stored: its secret only as a SHA-256 (the server hashes what callers present).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct AclToken {
     /// Public id, for listing and deleting.
     pub accessor_id: String,
@@ -173,6 +177,8 @@ pub struct AclToken {
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
 }
+
+crate::versioned!(AclToken = 1);
 
 impl AclToken {
     pub fn is_expired(&self, now: Timestamp) -> bool {

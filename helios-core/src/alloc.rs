@@ -7,6 +7,7 @@ use crate::time::Timestamp;
 
 /// One placement of one task group of one job version on one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct Allocation {
     /// Stamped by the server that proposes the plan (never by the state machine).
     pub id: String,
@@ -31,6 +32,8 @@ pub struct Allocation {
     pub created_at: Timestamp,
     pub modified_at: Timestamp,
 }
+
+crate::versioned!(Allocation = 1);
 
 impl Allocation {
     /// True while its fixed host ports are held on its node: until its agent reports it finished

@@ -6,6 +6,7 @@ use crate::time::Timestamp;
 
 /// A unit of scheduler work: "something about this job changed, reconcile it".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct Evaluation {
     pub id: String,
     pub job_name: String,
@@ -20,6 +21,8 @@ pub struct Evaluation {
     pub created_at: Timestamp,
     pub modified_at: Timestamp,
 }
+
+crate::versioned!(Evaluation = 1);
 
 impl Evaluation {
     pub fn new(id: String, job_name: &str, priority: u32, trigger: EvalTrigger, now: Timestamp) -> Evaluation {

@@ -7,6 +7,7 @@ use crate::time::Timestamp;
 /// A job as the user declared it, plus the fields the cluster assigns (`version`, `status`,
 /// `submitted_at`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct Job {
     pub name: String,
     pub job_type: JobType,
@@ -22,6 +23,8 @@ pub struct Job {
     pub stopped: bool,
     pub submitted_at: Timestamp,
 }
+
+crate::versioned!(Job = 1);
 
 pub const DEFAULT_PRIORITY: u32 = 50;
 

@@ -8,6 +8,7 @@ pub mod acl;
 pub mod alloc;
 pub mod command;
 pub mod eval;
+pub mod format;
 pub mod job;
 pub mod limits;
 pub mod node;

@@ -7,6 +7,7 @@ use crate::time::Timestamp;
 
 /// A machine running a client agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct Node {
     pub id: String,
     pub hostname: String,
@@ -27,6 +28,8 @@ pub struct Node {
     /// the agent must carry it. Never returned by the API.
     pub secret_id: String,
 }
+
+crate::versioned!(Node = 1);
 
 impl Node {
     /// Whether `secret` is this node's, compared in constant time (a byte-by-byte early exit

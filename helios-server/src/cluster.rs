@@ -125,6 +125,9 @@ pub enum ForwardFailure {
     NotFound(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// The command needs a stored format some servers do not read yet (a rolling upgrade).
+    #[error("{0}")]
+    NeedsUpgrade(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +140,8 @@ pub enum ClusterError {
     NotFound(String),
     #[error("{0}")]
     PermissionDenied(String),
+    #[error("{0}")]
+    NeedsUpgrade(String),
     #[error("this server is no longer the leader")]
     NotLeader,
     #[error("storage: {0}")]
@@ -156,6 +161,10 @@ pub struct PeerStatus {
     pub leader: Option<NodeId>,
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
+    /// The stored format it writes.
+    pub format: u32,
+    /// On the leader: how far each follower's log is behind the leader's (entries), by id.
+    pub lag: BTreeMap<NodeId, u64>,
 }
 
 impl Cluster {
@@ -241,6 +250,9 @@ impl Cluster {
                 }
                 Some(ForwardResponse::Failed(ForwardFailure::Internal(m))) => return Err(ClusterError::Internal(m)),
                 Some(ForwardResponse::Failed(ForwardFailure::NotFound(m))) => return Err(ClusterError::NotFound(m)),
+                Some(ForwardResponse::Failed(ForwardFailure::NeedsUpgrade(m))) => {
+                    return Err(ClusterError::NeedsUpgrade(m))
+                }
                 Some(ForwardResponse::Failed(ForwardFailure::PermissionDenied(m))) => {
                     return Err(ClusterError::PermissionDenied(m))
                 }
@@ -288,10 +300,15 @@ impl Cluster {
         match request {
             // `forward_to_leader` also covers an entry discarded by a leader change, whose fate
             // is unknown: resending the same proposal is safe (applied at most once).
-            ForwardRequest::Write(proposal) => match self.raft.client_write(*proposal).await {
-                Ok(reply) => ForwardResponse::Written { index: reply.log_id.index(), response: reply.data },
-                Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
-            },
+            ForwardRequest::Write(proposal) => {
+                if let Err(message) = self.check_cluster_format(&proposal.command) {
+                    return ForwardResponse::Failed(ForwardFailure::NeedsUpgrade(message));
+                }
+                match self.raft.client_write(*proposal).await {
+                    Ok(reply) => ForwardResponse::Written { index: reply.log_id.index(), response: reply.data },
+                    Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),
+                }
+            }
             ForwardRequest::ReadIndex => match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
                 Ok(read_log_id) => ForwardResponse::ReadIndex { index: read_log_id.index() },
                 // No quorum answered this round of heartbeats (busy or partitioned followers):
@@ -316,6 +333,7 @@ impl Cluster {
     /// Proposes `command` on this server only if it leads, never forwarding: the leader's own
     /// loops (liveness, scheduling) must not act through a newer leader after losing office.
     pub async fn propose_as_leader(&self, command: Command) -> Result<CommandResponse, ClusterError> {
+        self.check_cluster_format(&command).map_err(ClusterError::NeedsUpgrade)?;
         let proposal = Proposal { request_id: clock::new_id(), proposed_at: clock::now(), command };
         match self.raft.client_write(proposal).await {
             Ok(reply) => Ok(reply.data),
@@ -557,6 +575,26 @@ impl Cluster {
         }
     }
 
+    /// The stored format every voter reads (`PeerFormats::cluster_format`).
+    pub fn cluster_format(&self) -> u32 {
+        let (nodes, voters) = self.membership();
+        let peers = nodes.iter().filter(|(id, _)| voters.contains(id) && **id != self.node_id);
+        self.channels.formats.cluster_format(peers.map(|(_, addr)| addr.as_str()))
+    }
+
+    /// Refuses a command some voters could not apply: during a rolling upgrade, what the newer
+    /// build adds waits until every server runs it.
+    fn check_cluster_format(&self, command: &Command) -> Result<(), String> {
+        let (needs, cluster) = (command.needs_format(), self.cluster_format());
+        if needs <= cluster {
+            return Ok(());
+        }
+        Err(format!(
+            "{} needs every server to run stored format {needs}, but some run format {cluster}: finish the upgrade first",
+            command
+        ))
+    }
+
     /// This server's role, term and indexes.
     pub fn own_status(&self) -> PeerStatus {
         let metrics = self.raft.metrics();
@@ -577,6 +615,19 @@ impl Cluster {
             leader: m.current_leader,
             snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
             purged_index: m.purged.as_ref().map(|l| l.index()),
+            format: crate::store::tables::FORMAT_VERSION,
+            lag: m
+                .replication
+                .as_ref()
+                .map(|replication| {
+                    let last = m.last_log_index.unwrap_or(0);
+                    replication
+                        .iter()
+                        .filter(|(id, _)| **id != self.node_id)
+                        .map(|(id, matched)| (*id, last.saturating_sub(matched.as_ref().map_or(0, |l| l.index()))))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -632,11 +683,10 @@ pub fn check_forwarded(request: &ForwardRequest) -> Result<(), tonic::Status> {
         }
         // `alloc stop` builds exactly this: one stop that leaves the client status alone, and
         // the pending evaluation that places the replacement.
-        Command::ApplyPlan { plan, eval, follow_ups } => {
+        Command::ApplyPlan { plan, eval } => {
             let alloc_stop = plan.placements.is_empty()
                 && plan.in_place.is_empty()
                 && plan.failed_placements.is_empty()
-                && follow_ups.is_empty()
                 && plan.stops.len() == 1
                 && plan.stops.iter().all(|s| s.client_status.is_none())
                 && eval.id == plan.eval_id
@@ -668,7 +718,6 @@ pub fn check_forwarded(request: &ForwardRequest) -> Result<(), tonic::Status> {
         | Command::DeleteAclToken { .. } => Ok(()),
         Command::SetNodeStatus { .. } => refuse("node status changes (the leader's heartbeat tracker makes them)"),
         Command::CreateEvaluations { .. } => refuse("bare evaluations"),
-        Command::UpdateAllocations { .. } => refuse("allocation reports without the node's secret"),
     }
 }
 

@@ -206,7 +206,7 @@ async fn round(cluster: &Cluster) -> Result<Round, ClusterError> {
         planned += 1;
         // Room the plan frees wakes blocked jobs when it is applied (`StateTables::retry_blocked`).
         let outcome = outcome(eval, &plan, now);
-        commands.push(Command::ApplyPlan { plan, eval: outcome, follow_ups: Vec::new() });
+        commands.push(Command::ApplyPlan { plan, eval: outcome });
     }
     // Proposed together, so Raft commits them in one batch. Only as leader: a deposed leader's
     // plan must not reach the new one by forwarding.

@@ -8,7 +8,7 @@ use helios_api::pb;
 use helios_api::pb::agent_service_client::AgentServiceClient;
 use helios_api::pb::raft_peer_client::RaftPeerClient;
 use helios_api::pb::{snapshot_chunk, SnapshotChunk};
-use helios_core::{AllocClientStatus, AllocUpdate, Command, NodeStatus, Proposal, Timestamp};
+use helios_core::{AllocClientStatus, Command, NodeStatus, Proposal, Timestamp};
 use helios_server::cluster::ForwardRequest;
 use helios_server::raft::network::methods;
 use helios_server::raft::peer_auth::{ClusterKey, PeerAuth};
@@ -128,20 +128,6 @@ async fn the_leader_refuses_forwarded_commands_no_server_builds() {
         let proposal = Proposal { request_id: "forged".into(), proposed_at: Timestamp(1), command };
         encode(&ForwardRequest::Write(Box::new(proposal)))
     };
-    let complete = AllocUpdate {
-        alloc_id: alloc.id.clone(),
-        client_status: AllocClientStatus::Complete,
-        client_description: "forged".into(),
-        task_states: Default::default(),
-    };
-    let legacy = forge(Command::UpdateAllocations {
-        node_id: "n1".into(),
-        updates: vec![complete],
-        now: Timestamp(1),
-        evals: Vec::new(),
-    });
-    let result = peer_call(&cluster, leader, methods::FORWARD, follower, None, legacy).await;
-    refused(result, &[Code::PermissionDenied], "a secret-less report");
     let down = forge(Command::SetNodeStatus {
         node_id: "n1".into(),
         status: NodeStatus::Down,
@@ -168,7 +154,7 @@ async fn the_leader_refuses_forwarded_commands_no_server_builds() {
         job_version: 0,
         failed_placements: Default::default(),
     };
-    let stop_plan = forge(Command::ApplyPlan { plan, eval, follow_ups: Vec::new() });
+    let stop_plan = forge(Command::ApplyPlan { plan, eval });
     let result = peer_call(&cluster, leader, methods::FORWARD, follower, None, stop_plan).await;
     refused(result, &[Code::PermissionDenied], "a plan that sets a client status");
     let mut bad_job = helios_core::Job::exec("", "echo", vec![]);

@@ -57,6 +57,7 @@ impl ClusterService for Membership {
         }))
         .await;
         let own = self.cluster.own_status();
+        let leader_lag = statuses.iter().flatten().find(|s| s.role == "leader").map(|s| s.lag.clone());
         let members = nodes
             .iter()
             .zip(statuses)
@@ -70,6 +71,12 @@ impl ClusterService for Membership {
                 last_log_index: status.as_ref().and_then(|s| s.last_log_index).unwrap_or(0),
                 snapshot_index: status.as_ref().and_then(|s| s.snapshot_index),
                 purged_index: status.as_ref().and_then(|s| s.purged_index),
+                format: status.as_ref().map_or(0, |s| s.format),
+                lag: match (&leader_lag, status.as_ref().map(|s| s.role.as_str())) {
+                    (Some(_), Some("leader")) => Some(0),
+                    (Some(lag), _) => lag.get(id).copied(),
+                    (None, _) => None,
+                },
             })
             .collect();
         Ok(Response::new(pb::ListMembersResponse { members, leader_id: own.leader }))

@@ -9,7 +9,7 @@ use crate::cluster::ClusterError;
 pub fn cluster_status(error: ClusterError) -> Status {
     match error {
         ClusterError::NoLeader(_) | ClusterError::NotLeader => Status::unavailable(error.to_string()),
-        ClusterError::InvalidMembership(m) => Status::failed_precondition(m),
+        ClusterError::InvalidMembership(m) | ClusterError::NeedsUpgrade(m) => Status::failed_precondition(m),
         ClusterError::NotFound(m) => Status::not_found(m),
         ClusterError::PermissionDenied(m) => Status::permission_denied(m),
         ClusterError::Storage(_) | ClusterError::Internal(_) => {

@@ -407,7 +407,7 @@ impl AllocationService for Allocations {
             failed_placements: Default::default(),
         };
         let eval_id = eval.id.clone();
-        let command = Command::ApplyPlan { plan, eval, follow_ups: Vec::new() };
+        let command = Command::ApplyPlan { plan, eval };
         match self.cluster.write(command).await.map_err(cluster_status)?.1 {
             CommandResponse::PlanApplied { .. } => {
                 Ok(Response::new(pb::StopAllocationResponse { alloc_id: alloc.id, eval_id }))

@@ -4,11 +4,13 @@
 //! forwarding. A peer that cannot be reached is reported as `Unreachable`, so openraft backs off
 //! instead of hammering it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use helios_api::pb::raft_peer_client::RaftPeerClient;
 use helios_api::pb::{snapshot_chunk, RaftPayload, SnapshotChunk};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -41,13 +43,52 @@ pub mod methods {
     pub const STATUS: &str = "status";
 }
 
-/// A client to a peer whose every request says which stored format its payloads are in.
+/// A client to a peer whose every request says which stored format it writes.
 pub type PeerClient = RaftPeerClient<InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>>;
 
-/// Metadata on every request between servers: the sender's `tables::FORMAT_VERSION`. Payloads
-/// are bincode, read by position: a server refuses those of another format rather than misread
-/// them (`peer_service::check_format`).
+/// Metadata on every request and answer between servers: the sender's `tables::FORMAT_VERSION`.
+/// A server refuses requests from builds older than `MIN_PEER_FORMAT` rather than misread them
+/// (`peer_service::check_format`), and remembers what each peer announced (`PeerFormats`): the
+/// leader proposes a command only once every voter reads its format.
 pub const FORMAT_HEADER: &str = "helios-stored-format";
+
+/// The oldest format a peer may run: the first whose records carry their versions, so that a
+/// newer build can read its payloads and (writing at the cluster's format) be read by it.
+pub const MIN_PEER_FORMAT: u32 = 3;
+
+/// The stored format each peer (by address) last announced, in a request to this server or an
+/// answer to one of its requests.
+#[derive(Clone, Default)]
+pub struct PeerFormats(Arc<Mutex<BTreeMap<String, u32>>>);
+
+impl PeerFormats {
+    pub fn record(&self, addr: &str, metadata: &tonic::metadata::MetadataMap) {
+        if let Some(format) = announced_format(metadata) {
+            let mut formats = self.0.lock().expect("not poisoned");
+            if formats.get(addr) != Some(&format) {
+                formats.insert(addr.to_string(), format);
+            }
+        }
+    }
+
+    pub fn get(&self, addr: &str) -> Option<u32> {
+        self.0.lock().expect("not poisoned").get(addr).copied()
+    }
+
+    /// The format every one of `voters` (addresses, this server's own left out) reads: the oldest
+    /// announced, counting a voter not heard from yet as the oldest format a peer may run.
+    pub fn cluster_format<'a>(&self, peers: impl IntoIterator<Item = &'a str>) -> u32 {
+        peers
+            .into_iter()
+            .map(|addr| self.get(addr).unwrap_or(MIN_PEER_FORMAT))
+            .fold(crate::store::tables::FORMAT_VERSION, u32::min)
+    }
+}
+
+/// The format a request or answer announces.
+pub fn announced_format(metadata: &tonic::metadata::MetadataMap) -> Option<u32> {
+    metadata.get(FORMAT_HEADER)?.to_str().ok()?.parse().ok()
+}
 
 fn stamp_format(mut request: Request<()>) -> Result<Request<()>, Status> {
     request.metadata_mut().insert(FORMAT_HEADER, crate::store::tables::FORMAT_VERSION.into());
@@ -60,6 +101,7 @@ fn stamp_format(mut request: Request<()>) -> Result<Request<()>, Status> {
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, PeerChannel>>>,
     pub auth: PeerAuth,
+    pub formats: PeerFormats,
     /// Mutual TLS to peers (and to agents, for logs), if this server has it; replaced when the
     /// certificates are reloaded (`set_tls`).
     tls: Arc<std::sync::RwLock<Option<Tls>>>,
@@ -80,7 +122,12 @@ const STALE_AFTER: Duration = Duration::from_secs(1);
 
 impl PeerChannels {
     pub fn new(auth: PeerAuth, tls: Option<Tls>) -> PeerChannels {
-        PeerChannels { channels: Arc::default(), auth, tls: Arc::new(std::sync::RwLock::new(tls)) }
+        PeerChannels {
+            channels: Arc::default(),
+            auth,
+            formats: PeerFormats::default(),
+            tls: Arc::new(std::sync::RwLock::new(tls)),
+        }
     }
 
     pub fn has_tls(&self) -> bool {
@@ -148,6 +195,7 @@ impl PeerChannels {
         watch.answered = reply.as_ref().err().is_none_or(|status| !is_transport_failure(status));
         let reply = reply?;
         self.auth.verify_reply(mac.as_deref(), reply.metadata(), &reply.get_ref().data)?;
+        self.formats.record(addr, reply.metadata());
         Ok(reply.into_inner())
     }
 
@@ -295,32 +343,69 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client().map_err(StreamingError::from)?;
         let Snapshot { meta, snapshot: data } = snapshot;
-        // Encoding reads every state table: keep it off the async threads.
-        let data = tokio::task::spawn_blocking(move || data.to_bytes())
-            .await
-            .map_err(|e| StreamingError::from(RPCError::Network(NetworkError::new(&e))))?
-            .map_err(|e| StreamingError::from(RPCError::Network(NetworkError::new(&e))))?;
-        let meta = encode(&(vote, meta));
+        let header = encode(&(vote, meta.clone()));
         let mut metadata = tonic::metadata::MetadataMap::new();
-        let request_mac = self.channels.auth.sign_request(methods::INSTALL_SNAPSHOT, &meta, &mut metadata);
-        let mut data_mac = request_mac.as_deref().and_then(|m| self.channels.auth.snapshot_data_mac(m));
-        let header = SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Meta(meta)) };
-        let mut chunks: Vec<SnapshotChunk> = Vec::new();
-        for c in data.chunks(SNAPSHOT_CHUNK_BYTES) {
-            if let Some(mac) = &mut data_mac {
-                mac.update(c);
+        let request_mac = self.channels.auth.sign_request(methods::INSTALL_SNAPSHOT, &header, &mut metadata);
+        let data_mac = request_mac.as_deref().and_then(|m| self.channels.auth.snapshot_data_mac(m));
+        // The stream is produced by a blocking thread one chunk ahead of the network: neither
+        // side holds more than a few chunks of it, however large the state.
+        let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(2);
+        let target = self.target;
+        tokio::task::spawn_blocking(move || {
+            let mut out = ChunkWriter { buf: Vec::with_capacity(SNAPSHOT_CHUNK_BYTES), tx: chunks_tx.clone() };
+            if let Err(e) = data.write_to(&meta, &mut out).and_then(|()| io::Write::flush(&mut out)) {
+                tracing::warn!(target_node = target, error = %e, "could not stream a snapshot");
+                let _ = chunks_tx.blocking_send(Err(e));
             }
-            chunks.push(SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Data(c.to_vec())) });
-        }
-        if let Some(mac) = data_mac {
-            chunks.push(SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Mac(mac.finish())) });
-        }
-        let mut request = Request::new(futures::stream::iter(std::iter::once(header).chain(chunks)));
+        });
+        // Data chunks as they come, then (with a key) the MAC over all of them. A stream whose
+        // producer failed ends without its trailer or end frame, so the receiver refuses it.
+        // When the network last took a chunk (None once all are taken): a receiver that stops
+        // taking them is abandoned after `SNAPSHOT_CHUNK_TIMEOUT`, and openraft retries.
+        let last_taken = Arc::new(Mutex::new(Some(Instant::now())));
+        let taken = last_taken.clone();
+        let data_chunks = futures::stream::unfold((chunks_rx, data_mac, false), move |(mut rx, mut mac, done)| {
+            let taken = taken.clone();
+            async move {
+                *taken.lock().expect("not poisoned") = (!done).then(Instant::now);
+                if done {
+                    return None;
+                }
+                match rx.recv().await {
+                    Some(Ok(chunk)) => {
+                        if let Some(mac) = &mut mac {
+                            mac.update(&chunk);
+                        }
+                        Some((SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Data(chunk)) }, (rx, mac, false)))
+                    }
+                    Some(Err(_)) => None,
+                    None => mac.map(|mac| {
+                        (SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Mac(mac.finish())) }, (rx, None, true))
+                    }),
+                }
+            }
+        });
+        let header = SnapshotChunk { chunk: Some(snapshot_chunk::Chunk::Meta(header)) };
+        let mut request = Request::new(futures::stream::iter(std::iter::once(header)).chain(data_chunks));
         *request.metadata_mut() = metadata;
-        tracing::info!(target_node = self.target, bytes = data.len(), "sending snapshot");
+        tracing::info!(target_node = self.target, "sending snapshot");
         let send = client.install_snapshot(request);
+        let stalled = async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let last = *last_taken.lock().expect("not poisoned");
+                if last.is_some_and(|at| at.elapsed() > crate::raft::peer_service::SNAPSHOT_CHUNK_TIMEOUT) {
+                    return;
+                }
+            }
+        };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
+            () = stalled => {
+                tracing::warn!(target_node = self.target, "the peer stopped taking the snapshot; abandoning it");
+                let stalled = io::Error::new(io::ErrorKind::TimedOut, "the snapshot transfer stalled");
+                Err(StreamingError::from(RPCError::Unreachable(Unreachable::new(&stalled))))
+            }
             reply = send => {
                 let reply = reply.map_err(|s| StreamingError::from(status_to_rpc_error(&s)))?;
                 let verified = self.channels.auth.verify_reply(request_mac.as_deref(), reply.metadata(), &reply.get_ref().data);
@@ -337,11 +422,65 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     }
 }
 
+/// Cuts a snapshot stream into `SNAPSHOT_CHUNK_BYTES` chunks for the sending task; blocks while
+/// the network is behind.
+struct ChunkWriter {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(SNAPSHOT_CHUNK_BYTES));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the snapshot transfer was abandoned"))
+    }
+}
+
+impl io::Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let room = SNAPSHOT_CHUNK_BYTES - self.buf.len();
+        let n = bytes.len().min(room);
+        self.buf.extend_from_slice(&bytes[..n]);
+        if self.buf.len() == SNAPSHOT_CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.send()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use helios_chaos::proxy::FreezableProxy;
 
     use super::*;
+
+    #[test]
+    fn the_cluster_format_is_the_oldest_a_voter_announced() {
+        let formats = PeerFormats::default();
+        let ours = crate::store::tables::FORMAT_VERSION;
+        assert_eq!(formats.cluster_format([]), ours, "alone, a server's own format");
+        assert_eq!(formats.cluster_format(["a:1"]), MIN_PEER_FORMAT, "a voter not heard from: the oldest allowed");
+        let announce = |addr: &str, format: u32| {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert(FORMAT_HEADER, format.into());
+            formats.record(addr, &metadata);
+        };
+        announce("a:1", ours + 1);
+        announce("b:1", ours);
+        assert_eq!(formats.cluster_format(["a:1", "b:1"]), ours, "a newer voter does not raise it past ours");
+        announce("b:1", MIN_PEER_FORMAT);
+        assert_eq!(formats.cluster_format(["a:1", "b:1"]), MIN_PEER_FORMAT);
+        assert_eq!(formats.cluster_format(["a:1"]), ours, "only the voters asked about count");
+    }
 
     /// A gRPC server (it answers peer calls with `Unimplemented`: an answer all the same) behind
     /// a proxy that can freeze like a silently dropped link.

@@ -21,7 +21,7 @@ use openraft::type_config::async_runtime::watch::WatchReceiver;
 use openraft::vote::RaftLeaderId;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::network::methods;
+use super::network::{methods, MIN_PEER_FORMAT};
 use super::peer_auth::{PeerAuth, Sender};
 use super::snapshot::ReceivedFile;
 use super::{LogId, NodeId, SnapshotMeta, TypeConfig, Vote};
@@ -49,7 +49,7 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(5);
 const REFUSAL_SENDERS: usize = 1024;
 
 /// A snapshot stream that sends nothing for this long is given up, freeing the one slot.
-const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct PeerService {
     cluster: Cluster,
@@ -67,15 +67,16 @@ enum VoteKind {
     Candidate,
 }
 
-/// Refuses a request whose payloads are in another stored format than this server's (a peer
-/// running another build), before anything is decoded.
+/// Refuses a request from a build older than `MIN_PEER_FORMAT` (whose payloads this server
+/// would misread), before anything is decoded. Newer builds are heard: they write what the
+/// cluster's oldest member reads.
 pub fn check_format(request: Request<()>) -> Result<Request<()>, Status> {
     let ours = crate::store::tables::FORMAT_VERSION;
-    let theirs = request.metadata().get(super::network::FORMAT_HEADER).and_then(|v| v.to_str().ok());
-    match theirs.and_then(|v| v.parse::<u32>().ok()) {
-        Some(format) if format == ours => Ok(request),
+    match super::network::announced_format(request.metadata()) {
+        Some(format) if format >= MIN_PEER_FORMAT => Ok(request),
         other => Err(Status::failed_precondition(format!(
-            "the peer sends stored format {}, but this server reads format {ours}: run the same Helios build on every server",
+            "the peer sends stored format {}, but this server (format {ours}) talks to format {MIN_PEER_FORMAT} or later: \
+             upgrade every server of an older cluster together (docs/operations.md)",
             other.map_or_else(|| "none (an older build)".to_string(), |f| f.to_string())
         ))),
     }
@@ -193,6 +194,9 @@ impl PeerService {
         if !(replication && proven) {
             self.check_member(&sender, method)?;
         }
+        if let Some(addr) = self.cluster.membership().0.get(&sender.id) {
+            self.cluster.channels.formats.record(addr, request.metadata());
+        }
         Ok(sender)
     }
 
@@ -270,6 +274,7 @@ impl PeerService {
         let data = encode(value);
         let mut metadata = tonic::metadata::MetadataMap::new();
         self.auth.sign_reply(sender, &data, &mut metadata);
+        metadata.insert(super::network::FORMAT_HEADER, crate::store::tables::FORMAT_VERSION.into());
         let mut response = Response::new(RaftPayload { data });
         *response.metadata_mut() = metadata;
         Ok(response)

@@ -1,27 +1,42 @@
 //! Snapshots are the state machine's tables themselves.
 //!
 //! A snapshot built on this server is a consistent read-only view of its database (a redb read
-//! transaction): building one costs nothing but reading the applied index, and the bytes are only
-//! produced when a peer needs them. A snapshot received from a peer is those bytes, in a file.
+//! transaction): building one costs nothing but reading the applied index, and its bytes are only
+//! produced, as a stream, when a peer or `operator snapshot save` needs them. A snapshot received
+//! from a peer is those bytes, in a file.
+//!
+//! The stream (this build's format) is `MAGIC`, then bincode frames: a header (format and Raft
+//! metadata), then each table's name followed by its rows, then an end frame with the row count
+//! and the SHA-256 of everything before it. Both sides hold one row at a time, so the memory a
+//! snapshot takes does not grow with its size; a truncated or altered stream fails the checksum
+//! before anything is committed. A stream without `MAGIC` is format 2's (one encoded body, its
+//! rows untagged): read whole and converted, as only the files of that format are.
 
-use std::io;
+use std::borrow::Cow;
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use redb::{ReadTransaction, ReadableTable};
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::store::codec::{decode, decode_from_reader, encode};
-use crate::store::tables::STATE_TABLES;
+use super::SnapshotMeta;
+use crate::store::codec::{self, decode_from_reader};
+use crate::store::convert::row_from_format_2;
+use crate::store::tables::{FORMAT_VERSION, STATE_TABLES};
+
+/// The first bytes of a snapshot stream of format 3 or later.
+pub const MAGIC: &[u8; 8] = b"HELIOSsn";
 
 #[derive(Clone)]
 pub enum SnapshotData {
     /// A view of this server's tables, frozen at the snapshot's index.
     Local(Arc<ReadTransaction>),
-    /// An encoded `SnapshotBody`, as it travels between servers.
-    Encoded(Vec<u8>),
-    /// An encoded `SnapshotBody` received from a peer, streamed to a file rather than held in
-    /// memory while it arrives.
+    /// A snapshot stream in memory.
+    Encoded(Arc<Vec<u8>>),
+    /// A snapshot stream received from a peer (or read by a restore), in a file rather than in
+    /// memory.
     Received(Arc<ReceivedFile>),
 }
 
@@ -47,43 +62,241 @@ impl std::fmt::Debug for SnapshotData {
     }
 }
 
-/// One table's rows: key -> encoded value.
-pub type TableRows = Vec<(String, Vec<u8>)>;
-
-/// The wire form of a snapshot: every state table's rows, by table name.
 #[derive(Serialize, Deserialize)]
-pub struct SnapshotBody {
-    pub tables: Vec<(String, TableRows)>,
+enum Frame<'a> {
+    Header { format: u32, meta: SnapshotMeta },
+    Table { name: Cow<'a, str> },
+    Row { key: Cow<'a, str>, value: Cow<'a, [u8]> },
+    End { rows: u64, sha256: Vec<u8> },
+}
+
+/// One table's rows: key -> encoded value.
+type TableRows = Vec<(String, Vec<u8>)>;
+
+/// Format 2's snapshot: every state table's rows (untagged), by table name.
+#[derive(Deserialize)]
+struct Format2Body {
+    tables: Vec<(String, TableRows)>,
+}
+
+/// What a snapshot stream holds, as `operator snapshot inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub format: u32,
+    /// Absent from format 2's streams, which carried it beside the data.
+    pub meta: Option<SnapshotMeta>,
+    /// Rows per table, in stream order.
+    pub tables: Vec<(String, u64)>,
+    pub bytes: u64,
 }
 
 impl SnapshotData {
-    /// The encoded snapshot. For a local view this reads every state table, so call it off the
-    /// async threads.
-    pub fn to_bytes(&self) -> io::Result<Vec<u8>> {
+    /// Writes the snapshot stream to `out`. A local view is read table by table, so call it off
+    /// the async threads.
+    pub fn write_to(&self, meta: &SnapshotMeta, out: &mut impl Write) -> io::Result<()> {
         match self {
-            SnapshotData::Encoded(bytes) => Ok(bytes.clone()),
-            SnapshotData::Received(file) => std::fs::read(&file.0),
-            SnapshotData::Local(txn) => {
-                let mut body = SnapshotBody { tables: Vec::new() };
-                for def in STATE_TABLES {
-                    let table = txn.open_table(def).map_err(io::Error::other)?;
-                    let mut rows = Vec::new();
-                    for row in table.iter().map_err(io::Error::other)? {
-                        let (k, v) = row.map_err(io::Error::other)?;
-                        rows.push((k.value().to_string(), v.value().to_vec()));
-                    }
-                    body.tables.push((redb::TableHandle::name(&def).to_string(), rows));
-                }
-                Ok(encode(&body))
-            }
+            SnapshotData::Local(txn) => write_tables(txn, meta, out),
+            SnapshotData::Encoded(bytes) => out.write_all(bytes),
+            SnapshotData::Received(file) => io::copy(&mut std::fs::File::open(&file.0)?, out).map(drop),
         }
     }
 
-    pub fn into_body(self) -> io::Result<SnapshotBody> {
-        match self {
-            SnapshotData::Encoded(bytes) => decode(&bytes),
-            SnapshotData::Received(file) => decode_from_reader(std::io::BufReader::new(std::fs::File::open(&file.0)?)),
-            local @ SnapshotData::Local(_) => decode(&local.to_bytes()?),
+    fn reader(&self, meta: &SnapshotMeta) -> io::Result<Box<dyn BufRead + Send>> {
+        Ok(match self {
+            SnapshotData::Local(_) => {
+                let mut bytes = Vec::new();
+                self.write_to(meta, &mut bytes)?;
+                Box::new(io::Cursor::new(bytes))
+            }
+            SnapshotData::Encoded(bytes) => Box::new(io::Cursor::new(bytes.as_ref().clone())),
+            SnapshotData::Received(file) => Box::new(BufReader::new(std::fs::File::open(&file.0)?)),
+        })
+    }
+
+    /// Replaces every state table in `txn` with the snapshot's rows. Nothing is written to the
+    /// tables unless the whole stream checks out (the caller commits `txn` only on success).
+    pub fn install_into(&self, meta: &SnapshotMeta, txn: &WriteTransaction) -> io::Result<Summary> {
+        let summary = read_stream(self.reader(meta)?, Some(txn))?;
+        match &summary.meta {
+            Some(stated) if stated != meta => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the snapshot's data is of {stated:?}, not of {meta:?} as its sender said"),
+            )),
+            _ => Ok(summary),
         }
     }
+}
+
+/// Reads a whole snapshot stream and checks it, without installing it.
+pub fn inspect(reader: impl BufRead) -> io::Result<Summary> {
+    read_stream(reader, None)
+}
+
+/// Writes `txn`'s state tables as a snapshot stream.
+fn write_tables(txn: &ReadTransaction, meta: &SnapshotMeta, out: &mut impl Write) -> io::Result<()> {
+    let mut out = Hashing::new(io::BufWriter::with_capacity(256 * 1024, out));
+    out.write_all(MAGIC)?;
+    let frame = |out: &mut Hashing<_>, frame: &Frame| codec::encode_to_writer(frame, out);
+    frame(&mut out, &Frame::Header { format: FORMAT_VERSION, meta: meta.clone() })?;
+    let mut rows = 0u64;
+    for def in STATE_TABLES {
+        frame(&mut out, &Frame::Table { name: redb::TableHandle::name(&def).into() })?;
+        let table = txn.open_table(def).map_err(io::Error::other)?;
+        for row in table.iter().map_err(io::Error::other)? {
+            let (key, value) = row.map_err(io::Error::other)?;
+            frame(&mut out, &Frame::Row { key: key.value().into(), value: value.value().into() })?;
+            rows += 1;
+        }
+    }
+    let sha256 = out.digest();
+    codec::encode_to_writer(&Frame::End { rows, sha256 }, &mut out)?;
+    out.into_inner().flush()
+}
+
+/// Reads a snapshot stream; installs its rows into `txn` when given one.
+fn read_stream(mut reader: impl BufRead, txn: Option<&WriteTransaction>) -> io::Result<Summary> {
+    let starts_with_magic = reader.fill_buf()?.starts_with(MAGIC);
+    if !starts_with_magic {
+        return read_format_2(reader, txn);
+    }
+    let mut reader = Hashing::new(reader);
+    let mut magic = [0u8; MAGIC.len()];
+    reader.read_exact(&mut magic)?;
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let (format, meta) = match decode_from_reader(&mut reader)? {
+        Frame::Header { format, meta } => (format, meta),
+        _ => return Err(invalid("the snapshot has no header".into())),
+    };
+    if format != FORMAT_VERSION {
+        return Err(invalid(format!(
+            "the snapshot is of stored format {format}; this build reads format {FORMAT_VERSION} and 2"
+        )));
+    }
+    if let Some(txn) = txn {
+        for def in STATE_TABLES {
+            txn.open_table(def).map_err(io::Error::other)?.retain(|_, _| false).map_err(io::Error::other)?;
+        }
+    }
+    let mut tables: Vec<(String, u64)> = Vec::new();
+    let mut table: Option<redb::Table<&str, &[u8]>> = None;
+    let mut rows = 0u64;
+    loop {
+        // The checksum covers everything before the end frame.
+        let sha256 = reader.digest();
+        match decode_from_reader::<Frame>(&mut reader)? {
+            Frame::Header { .. } => return Err(invalid("the snapshot has a second header".into())),
+            Frame::Table { name } => {
+                let def =
+                    state_table(&name).ok_or_else(|| invalid(format!("the snapshot holds unknown table {name:?}")))?;
+                table = match txn {
+                    Some(txn) => Some(txn.open_table(def).map_err(io::Error::other)?),
+                    None => None,
+                };
+                tables.push((name.into_owned(), 0));
+            }
+            Frame::Row { key, value } => {
+                let (_, count) = tables.last_mut().ok_or_else(|| invalid("a snapshot row before any table".into()))?;
+                *count += 1;
+                rows += 1;
+                if let Some(table) = &mut table {
+                    table.insert(key.as_ref(), value.as_ref()).map_err(io::Error::other)?;
+                }
+            }
+            Frame::End { rows: expected, sha256: stated } => {
+                if stated != sha256 || expected != rows {
+                    return Err(invalid(format!(
+                        "the snapshot is damaged: its checksum or row count ({expected}) does not match its data ({rows} rows)"
+                    )));
+                }
+                return Ok(Summary { format, meta: Some(meta), tables, bytes: reader.bytes });
+            }
+        }
+    }
+}
+
+fn read_format_2(mut reader: impl BufRead, txn: Option<&WriteTransaction>) -> io::Result<Summary> {
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes)?;
+    let body: Format2Body = crate::store::codec::decode(&bytes)?;
+    let mut tables = Vec::new();
+    for (name, rows) in body.tables {
+        let def = state_table(&name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unknown table {name:?}")))?;
+        tables.push((name.clone(), rows.len() as u64));
+        if let Some(txn) = txn {
+            let mut table = txn.open_table(def).map_err(io::Error::other)?;
+            table.retain(|_, _| false).map_err(io::Error::other)?;
+            for (key, value) in rows {
+                table.insert(key.as_str(), row_from_format_2(&name, &value)?.as_slice()).map_err(io::Error::other)?;
+            }
+        }
+    }
+    if let Some(txn) = txn {
+        // Tables the old format did not have yet are empty in the installed state.
+        for def in STATE_TABLES {
+            let name = redb::TableHandle::name(&def);
+            if !tables.iter().any(|(n, _)| n == name) {
+                txn.open_table(def).map_err(io::Error::other)?.retain(|_, _| false).map_err(io::Error::other)?;
+            }
+        }
+    }
+    Ok(Summary { format: 2, meta: None, tables, bytes: bytes.len() as u64 })
+}
+
+fn state_table(name: &str) -> Option<TableDefinition<'static, &'static str, &'static [u8]>> {
+    STATE_TABLES.into_iter().find(|def| redb::TableHandle::name(def) == name)
+}
+
+/// Counts and hashes what passes through it.
+struct Hashing<T> {
+    inner: T,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<T> Hashing<T> {
+    fn new(inner: T) -> Self {
+        Hashing { inner, hasher: Sha256::new(), bytes: 0 }
+    }
+
+    fn digest(&self) -> Vec<u8> {
+        self.hasher.clone().finalize().to_vec()
+    }
+
+    fn into_inner(self) -> T {
+        self.inner
+    }
+}
+
+impl<T: Read> Read for Hashing<T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+impl<T: Write> Write for Hashing<T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Row counts of `txn`'s state tables (for comparing a restored state with its source).
+pub fn table_sizes(txn: &ReadTransaction) -> io::Result<Vec<(String, u64)>> {
+    STATE_TABLES
+        .into_iter()
+        .map(|def| {
+            let table = txn.open_table(def).map_err(io::Error::other)?;
+            Ok((redb::TableHandle::name(&def).to_string(), table.len().map_err(io::Error::other)?))
+        })
+        .collect()
 }

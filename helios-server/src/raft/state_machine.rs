@@ -24,7 +24,7 @@ use super::{Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership
 use crate::signals::NodeSignals;
 use crate::store::apply::StateTables;
 use crate::store::codec::{decode, encode};
-use crate::store::tables::{SM_HAS_SNAPSHOT, SM_LAST_APPLIED, SM_MEMBERSHIP, SM_META, STATE_TABLES};
+use crate::store::tables::{SM_HAS_SNAPSHOT, SM_LAST_APPLIED, SM_MEMBERSHIP, SM_META};
 
 #[derive(Clone)]
 pub struct StateMachine {
@@ -176,20 +176,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let meta = meta.clone();
         blocking(move || {
-            let body = snapshot.into_body()?;
             let mut txn = db.begin_write().map_err(io::Error::other)?;
             // The log behind this snapshot may be purged next: the state must be on disk first.
             txn.set_durability(redb::Durability::Immediate).map_err(io::Error::other)?;
-            for def in STATE_TABLES {
-                let mut table = txn.open_table(def).map_err(io::Error::other)?;
-                table.retain(|_, _| false).map_err(io::Error::other)?;
-                let name = redb::TableHandle::name(&def).to_string();
-                if let Some((_, rows)) = body.tables.iter().find(|(n, _)| *n == name) {
-                    for (key, value) in rows {
-                        table.insert(key.as_str(), value.as_slice()).map_err(io::Error::other)?;
-                    }
-                }
-            }
+            // Rows are written as they are read; a stream that fails its checks drops `txn`
+            // uncommitted, leaving the tables as they were.
+            let summary = snapshot.install_into(&meta, &txn)?;
+            tracing::info!(format = summary.format, bytes = summary.bytes, "installed a snapshot");
             {
                 let mut sm = txn.open_table(SM_META).map_err(io::Error::other)?;
                 match &meta.last_log_id {

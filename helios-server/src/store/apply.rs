@@ -223,13 +223,6 @@ impl<'txn> StateTables<'txn> {
                 self.put_evaluations(&evals)?;
                 Ok(CommandResponse::NodeStatusSet)
             }
-            // No server has built this secret-less report since the stored format it would be in
-            // (format 2 came after `ReportAllocations`), so only a forged one can be met:
-            // refused, like a report with the wrong secret.
-            Command::UpdateAllocations { node_id, .. } => Ok(CommandResponse::Rejected(Rejection {
-                kind: RejectionKind::FailedPrecondition,
-                message: format!("a report on node {node_id:?}'s allocations must carry the node's secret"),
-            })),
             Command::ReportAllocations { node_id, secret, updates, now, evals } => {
                 let response = self.update_allocations(&node_id, &secret, updates, now)?;
                 if response == CommandResponse::AllocationsUpdated {
@@ -237,13 +230,7 @@ impl<'txn> StateTables<'txn> {
                 }
                 Ok(response)
             }
-            Command::ApplyPlan { plan, eval, follow_ups } => {
-                let response = self.apply_plan(plan, eval)?;
-                if matches!(response, CommandResponse::PlanApplied { .. }) {
-                    self.put_evaluations(&follow_ups)?;
-                }
-                Ok(response)
-            }
+            Command::ApplyPlan { plan, eval } => self.apply_plan(plan, eval),
             Command::CreateEvaluations { evals } => {
                 self.put_evaluations(&evals)?;
                 Ok(CommandResponse::EvaluationsCreated)
@@ -999,7 +986,7 @@ mod tests {
         };
         let mut eval = Evaluation::new("e".into(), job, 50, EvalTrigger::JobRegister, Timestamp(2));
         eval.status = helios_core::EvalStatus::Complete;
-        Command::ApplyPlan { plan, eval, follow_ups: vec![] }
+        Command::ApplyPlan { plan, eval }
     }
 
     #[test]
@@ -1083,7 +1070,7 @@ mod tests {
         // b2 runs, and is asked to stop: its container keeps the port until it has exited.
         let running = report_on_n(report("b2", AllocClientStatus::Running), 11);
         apply_all(&db, vec![proposal("r7", 8, running)]);
-        let Command::ApplyPlan { plan: mut replace, eval, follow_ups } =
+        let Command::ApplyPlan { plan: mut replace, eval } =
             plan("b", vec![Allocation { name: "b.g[1]".into(), ..with_port("b3", "b", 8080) }])
         else {
             unreachable!()
@@ -1094,17 +1081,17 @@ mod tests {
             client_status: None,
             description: "replaced".into(),
         });
-        let got = apply_all(&db, vec![proposal("r8", 9, Command::ApplyPlan { plan: replace, eval, follow_ups })]);
+        let got = apply_all(&db, vec![proposal("r8", 9, Command::ApplyPlan { plan: replace, eval })]);
         assert!(refused(&got[0]), "the port is still in use: {got:?}");
         let stop_b2 = {
-            let Command::ApplyPlan { mut plan, eval, follow_ups } = self::plan("b", vec![]) else { unreachable!() };
+            let Command::ApplyPlan { mut plan, eval } = self::plan("b", vec![]) else { unreachable!() };
             plan.stops.push(helios_core::plan::AllocStop {
                 alloc_id: "b2".into(),
                 desired_status: AllocDesiredStatus::Stop,
                 client_status: None,
                 description: "replaced".into(),
             });
-            Command::ApplyPlan { plan, eval, follow_ups }
+            Command::ApplyPlan { plan, eval }
         };
         apply_all(&db, vec![proposal("r10", 11, stop_b2)]);
         assert_indexes_agree_with_a_scan(&db);
@@ -1114,11 +1101,11 @@ mod tests {
         }
         // A job blocked meanwhile (on that port, say): the stop freed cpu and memory already, so
         // only the port's release can wake it.
-        let Command::ApplyPlan { mut plan, mut eval, follow_ups } = plan("z", vec![]) else { unreachable!() };
+        let Command::ApplyPlan { mut plan, mut eval } = plan("z", vec![]) else { unreachable!() };
         plan.planned_at_index = u64::MAX; // planned on the latest state
         eval.id = "ez".into();
         eval.status = helios_core::EvalStatus::Blocked;
-        apply_all(&db, vec![proposal("r9", 10, Command::ApplyPlan { plan, eval, follow_ups })]);
+        apply_all(&db, vec![proposal("r9", 10, Command::ApplyPlan { plan, eval })]);
         let status_of_ez = |db: &redb::Database| {
             let txn = db.begin_read().unwrap();
             read::evaluations_for_job(&txn, "z").unwrap().into_iter().find(|e| e.id == "ez").expect("ez").status
@@ -1299,14 +1286,6 @@ mod tests {
             proposal(&format!("c{at}"), at, Command::RegisterNode { node: other, evals: vec![] })
         };
         let refused = |r: &CommandResponse| matches!(r, CommandResponse::Rejected(r) if r.kind == RejectionKind::FailedPrecondition);
-        // The legacy report without a secret is refused, whatever it says.
-        let legacy = Command::UpdateAllocations {
-            node_id: "n".into(),
-            updates: vec![report("a1", AllocClientStatus::Complete)],
-            now: Timestamp(3),
-            evals: vec![],
-        };
-        assert!(refused(&apply_all(&db, vec![proposal("u", 3, legacy)])[0]));
         // Ready, then down: the id is not another agent's to take, and a ready node is not purged.
         assert!(refused(&apply_all(&db, vec![claim(4)])[0]));
         let purge = |at: u64| {

@@ -27,3 +27,11 @@ pub fn decode_from_reader<T: DeserializeOwned>(mut reader: impl io::Read) -> io:
     bincode::serde::decode_from_std_read(&mut reader, config())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("cannot decode stored value: {e}")))
 }
+
+/// As `encode`, to a writer (a snapshot stream).
+pub fn encode_to_writer<T: Serialize + ?Sized>(value: &T, mut writer: impl io::Write) -> io::Result<()> {
+    bincode::serde::encode_into_std_write(value, &mut writer, config()).map(drop).map_err(|e| match e {
+        bincode::error::EncodeError::Io { inner, .. } => inner,
+        other => io::Error::other(other),
+    })
+}

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod codec;
+pub mod convert;
 pub mod read;
 pub mod tables;
 
@@ -29,6 +30,8 @@ pub enum OpenError {
          run the build that wrote it, or move the data dir away to start this server afresh"
     )]
     Format { path: PathBuf, found: u32, expected: u32 },
+    #[error("cannot convert database {path} from format {found} to {expected}: {source}")]
+    Convert { path: PathBuf, found: u32, expected: u32, source: convert::ConvertError },
 }
 
 /// The database file of server `node_id` inside `data_dir`.
@@ -50,9 +53,27 @@ pub fn open(data_dir: &Path, node_id: u64) -> Result<Arc<Database>, OpenError> {
     let path = db_path(data_dir, node_id);
     let db = Database::create(&path).map_err(|source| OpenError::Database { path: path.clone(), source })?;
     tables::create_all(&db).map_err(|source| OpenError::Init { path: path.clone(), source })?;
+    let expected = tables::FORMAT_VERSION;
     match stored_format(&db).map_err(|source| OpenError::Init { path: path.clone(), source })? {
-        found if found == tables::FORMAT_VERSION => {}
-        found => return Err(OpenError::Format { path, found, expected: tables::FORMAT_VERSION }),
+        found if found == expected => {}
+        found if (helios_core::format::OLDEST_CONVERTED_FORMAT..expected).contains(&found) => {
+            let started = std::time::Instant::now();
+            let converted = (|| {
+                let txn = db.begin_write()?;
+                convert::database(&txn, found)?;
+                txn.commit()?;
+                Ok(())
+            })();
+            converted.map_err(|source| OpenError::Convert { path: path.clone(), found, expected, source })?;
+            tracing::info!(
+                path = %path.display(),
+                from = found,
+                to = expected,
+                took_ms = started.elapsed().as_millis(),
+                "converted the database to this build's stored format"
+            );
+        }
+        found => return Err(OpenError::Format { path, found, expected }),
     }
     ensure_indexes(&db).map_err(|source| OpenError::Init { path, source })?;
     Ok(Arc::new(db))

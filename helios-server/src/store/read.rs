@@ -226,8 +226,8 @@ pub fn job_version(txn: &ReadTransaction, name: &str, version: u64) -> io::Resul
     get(txn, JOB_VERSIONS, &job_version_key(name, version))
 }
 
-/// The index of the last applied log entry, as this read transaction sees it.
 /// A digest of the replicated state and the applied index it reflects.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateDigest {
     pub applied_index: u64,
     /// SHA-256 over every state table, in `STATE_TABLES` order, of each table's name and each

@@ -119,11 +119,9 @@ pub fn index_id(key: &str) -> &str {
 pub const META_VOTE: &str = "vote";
 /// The encoding of the stored types this database holds (`FORMAT_VERSION`), in `raft_meta`.
 pub const META_FORMAT: &str = "format";
-/// bincode encodes fields by position, so a field added to a stored type (a job, a Raft entry)
-/// makes older bytes unreadable. Every such change bumps this number; a database holding another
-/// format is refused when it opens instead of being misread.
-/// 1: the first format (no marker). 2: `DockerConfig::cpu_hard_limit`, `Allocation::host_ports`.
-pub const FORMAT_VERSION: u32 = 2;
+/// What every value in this database is encoded as (`helios_core::format`): a database of an
+/// older format is converted when it opens (`store::convert`), one of a newer format refused.
+pub use helios_core::format::FORMAT_VERSION;
 pub const META_LAST_PURGED: &str = "last_purged";
 pub const META_COMMITTED: &str = "committed";
 pub const SM_LAST_APPLIED: &str = "last_applied";

@@ -1,14 +1,16 @@
 //! The Raft command log's payload.
 //!
-//! **Append-only.** Commands are stored in the Raft log and in snapshots with bincode, which
-//! encodes an enum variant by its position. Never reorder, renumber or remove a variant, and never
-//! change a variant's fields; add a new variant at the end instead. A server that meets a variant
-//! it does not know (an older binary replaying a newer log) cannot decode the entry: its storage
-//! reports the error and the node stops rather than diverge from its peers. Upgrade every server
-//! before using a feature that adds a command.
+//! **Versioned.** A `Proposal` is stored in the Raft log and sent between servers as a versioned
+//! record (`crate::format`): bincode encodes a variant by its position, so any change to
+//! `Command` (a variant added, removed or changed) is a new `Proposal` version, with the previous
+//! shape kept in a `vN` module and a `From` that migrates it (see `v1.rs`). A command that servers
+//! of an older format cannot apply names the format it needs (`Command::needs_format`), and is
+//! proposed only once every server announces that format.
 //!
 //! Commands carry everything the state machine needs, IDs and timestamps included: the handler
 //! that proposes a command stamps them, so every replica applies identical values.
+
+mod v1;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,12 +28,16 @@ use crate::time::Timestamp;
 /// retried it); the state machine applies a `request_id` once and answers a repeat with the first
 /// answer, so every write is applied at most once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct Proposal {
     pub request_id: String,
     /// Stamped by the proposing server; bounds how long the request id is remembered.
     pub proposed_at: Timestamp,
     pub command: Command,
 }
+
+// 2: `UpdateAllocations` and `ApplyPlan::follow_ups` removed (format 3).
+crate::versioned!(Proposal = 2, previous v1::Proposal);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -70,22 +76,9 @@ pub enum Command {
     /// The leader's scheduler result. Applied only if it still fits: every placement's node is
     /// ready with room for it and its slot is free; otherwise rejected as stale (the leader
     /// re-plans). `eval` is the evaluation as it ends (complete, or blocked with reasons).
-    /// `follow_ups` are evaluations committed only with the plan. Leaders used them to retry
-    /// blocked jobs when a plan freed room; the state machine now does that for any freed room
-    /// (`StateTables::retry_blocked`), and leaders send none.
     ApplyPlan {
         plan: Plan,
         eval: Evaluation,
-        follow_ups: Vec<Evaluation>,
-    },
-    /// A client agent's report, as servers proposed it before `ReportAllocations` (kept so that
-    /// existing logs still apply): refused whole if any allocation is not on `node_id`. `evals`
-    /// reschedule the jobs of allocations that failed.
-    UpdateAllocations {
-        node_id: String,
-        updates: Vec<AllocUpdate>,
-        now: Timestamp,
-        evals: Vec<Evaluation>,
     },
     /// An operator drains a node (its allocations move elsewhere; it takes no new work), ends a
     /// drain, or changes its eligibility. `evals` as for `SetNodeStatus`.
@@ -100,8 +93,9 @@ pub enum Command {
     CreateEvaluations {
         evals: Vec<Evaluation>,
     },
-    /// A client agent reports its allocations' states: `UpdateAllocations`, also refused whole
-    /// if `secret` is not the node's. Checked here, against the replicated state, so the handler
+    /// A client agent reports its allocations' states: refused whole if any allocation is not on
+    /// `node_id` or if `secret` is not the node's; `evals` reschedule the jobs of allocations
+    /// that failed. Checked here, against the replicated state, so the handler
     /// needs no linearizable read per report.
     ReportAllocations {
         node_id: String,
@@ -143,6 +137,7 @@ pub enum Command {
 
 /// The state machine's deterministic answer to a command.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub enum CommandResponse {
     /// For Raft's own entries (blank, membership), which no caller waits on.
     #[default]
@@ -171,6 +166,8 @@ pub enum CommandResponse {
     AclChanged,
 }
 
+crate::versioned!(CommandResponse = 1);
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {
     pub kind: RejectionKind,
@@ -184,6 +181,29 @@ pub enum RejectionKind {
 }
 
 impl Command {
+    /// The oldest stored format whose servers can apply this command. A leader proposes it only
+    /// once every server announces at least this format, so during a rolling upgrade no older
+    /// server meets a command it cannot decode. A new variant, or a variant whose meaning
+    /// changes, names the format that introduces it.
+    pub fn needs_format(&self) -> u32 {
+        match self {
+            Command::RegisterJob { .. }
+            | Command::DeregisterJob { .. }
+            | Command::RegisterNode { .. }
+            | Command::SetNodeStatus { .. }
+            | Command::ApplyPlan { .. }
+            | Command::SetNodeScheduling { .. }
+            | Command::CreateEvaluations { .. }
+            | Command::ReportAllocations { .. }
+            | Command::PurgeNode { .. }
+            | Command::AclBootstrap { .. }
+            | Command::UpsertAclPolicy { .. }
+            | Command::DeleteAclPolicy { .. }
+            | Command::UpsertAclToken { .. }
+            | Command::DeleteAclToken { .. } => 3,
+        }
+    }
+
     /// Whether applying it can change what a token may do.
     pub fn is_acl(&self) -> bool {
         matches!(
@@ -228,8 +248,7 @@ impl std::fmt::Display for Command {
             Command::DeleteAclPolicy { name } => write!(f, "delete-acl-policy {name}"),
             Command::UpsertAclToken { token } => write!(f, "upsert-acl-token {}", token.accessor_id),
             Command::DeleteAclToken { accessor_id } => write!(f, "delete-acl-token {accessor_id}"),
-            Command::UpdateAllocations { node_id, updates, .. }
-            | Command::ReportAllocations { node_id, updates, .. } => {
+            Command::ReportAllocations { node_id, updates, .. } => {
                 write!(f, "update-allocations {node_id} ({})", updates.len())
             }
         }

@@ -1,0 +1,232 @@
+//! Stored-format fixtures (tests/fixtures/format-N, written by the build that introduced format
+//! N) open in this build: converted, migrated and served. Each format change adds its fixture
+//! and a test here, so the whole chain stays tested.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::wait_for;
+use futures::StreamExt;
+use helios_api::pb;
+use helios_api::pb::allocation_service_client::AllocationServiceClient;
+use helios_api::pb::cluster_service_client::ClusterServiceClient;
+use helios_api::pb::job_service_client::JobServiceClient;
+use helios_api::pb::node_service_client::NodeServiceClient;
+use helios_core::{Command, Job};
+use helios_server::raft::log_store::LogStore;
+use helios_server::raft::snapshot::{self, SnapshotData};
+use helios_server::raft::state_machine::StateMachine;
+use helios_server::raft::{Entry, SnapshotMeta};
+use helios_server::signals::NodeSignals;
+use helios_server::store::{self, read, tables};
+use helios_server::ServerConfig;
+use openraft::entry::RaftEntry;
+use openraft::storage::{RaftLogReader, RaftStateMachine};
+use openraft::EntryPayload;
+use redb::ReadableDatabase;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The address the fixture cluster ran on (its stored membership names it).
+const FIXTURE_ADDR: &str = "127.0.0.1:64151";
+
+fn fixture(format: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/format-{format}"));
+    for file in ["helios-node-1.db", "snapshot.bin"] {
+        std::fs::copy(from.join(file), dir.path().join(file)).expect("copy the fixture");
+    }
+    dir
+}
+
+fn stored_format(dir: &Path) -> u32 {
+    let db = redb::Database::open(store::db_path(dir, 1)).expect("open");
+    let txn = db.begin_read().expect("read");
+    let meta = txn.open_table(tables::RAFT_META).expect("meta");
+    let bytes = meta.get(tables::META_FORMAT).expect("get").expect("marked").value().to_vec();
+    store::codec::decode(&bytes).expect("a number")
+}
+
+/// What the fixture script made, read through the store.
+fn assert_fixture_state(db: &redb::Database) {
+    let txn = db.begin_read().expect("read");
+    let jobs: BTreeMap<String, Job> =
+        read::jobs(&txn).expect("jobs").into_iter().map(|j| (j.name.clone(), j)).collect();
+    assert_eq!(
+        jobs.keys().collect::<Vec<_>>(),
+        ["fixture-batch", "fixture-service", "fixture-stopped", "fixture-versions"],
+        "the purged job is gone, the others kept"
+    );
+    assert!(jobs["fixture-stopped"].stopped);
+    assert_eq!(jobs["fixture-versions"].version, 1);
+    let versions = read::job_versions(&txn, "fixture-versions").expect("versions");
+    assert_eq!(versions.iter().map(|j| j.version).collect::<Vec<_>>(), [0, 1]);
+    let service = read::allocations(&txn, Some("fixture-service"), None).expect("allocations");
+    assert_eq!(service.len(), 2);
+    let batch = read::allocations(&txn, Some("fixture-batch"), None).expect("allocations");
+    assert_eq!(batch.len(), 1);
+    assert!(batch[0].is_terminal(), "the batch allocation finished: {:?}", batch[0].client_status);
+    let nodes = read::nodes(&txn).expect("nodes");
+    assert_eq!(nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["fixture-node"]);
+    assert!(!read::evaluations_for_job(&txn, "fixture-service").expect("evals").is_empty());
+    assert_eq!(read::acl_policies(&txn).expect("policies").len(), 1);
+    assert_eq!(read::acl_tokens(&txn).expect("tokens").len(), 3, "bootstrap and two tokens");
+    assert!(read::acl_bootstrap_index(&txn).expect("bootstrap").is_some());
+}
+
+#[test]
+fn a_format_2_database_is_converted_once_and_reads_back_every_record() {
+    let dir = fixture(2);
+    assert_eq!(stored_format(dir.path()), 2);
+    let db = store::open(dir.path(), 1).expect("the format-2 database opens");
+    assert_fixture_state(&db);
+    let digest = read::state_digest(&db.begin_read().expect("read")).expect("digest");
+    drop(db);
+    assert_eq!(stored_format(dir.path()), tables::FORMAT_VERSION);
+    // Opened again: already converted, nothing changes.
+    let db = store::open(dir.path(), 1).expect("opens again");
+    assert_eq!(read::state_digest(&db.begin_read().expect("read")).expect("digest"), digest);
+}
+
+/// Applies `entries` to a fresh state machine and returns its database.
+async fn replay(entries: Vec<Entry>) -> (tempfile::TempDir, std::sync::Arc<redb::Database>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = store::open(dir.path(), 1).expect("open");
+    let mut sm = StateMachine::new(db.clone(), NodeSignals::default());
+    let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+    sm.apply(stream.boxed()).await.expect("apply");
+    (dir, db)
+}
+
+#[tokio::test]
+async fn the_converted_raft_log_replays_to_the_converted_state() {
+    let dir = fixture(2);
+    let db = store::open(dir.path(), 1).expect("open");
+    let mut log = LogStore::open(db.clone()).expect("the converted log reads");
+    let entries = log.try_get_log_entries(0..u64::MAX).await.expect("entries");
+    assert_eq!(entries.first().map(|e| e.log_id().index()), Some(0), "the fixture's log is whole");
+    let commands: Vec<&Command> = entries
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EntryPayload::Normal(p) => Some(&p.command),
+            _ => None,
+        })
+        .collect();
+    assert!(commands.iter().any(|c| matches!(c, Command::RegisterJob { job, .. } if job.name == "fixture-purged")));
+    assert!(commands.iter().any(|c| matches!(c, Command::ApplyPlan { .. })));
+    assert!(commands.iter().any(|c| matches!(c, Command::ReportAllocations { .. })));
+    assert!(commands.iter().any(|c| matches!(c, Command::AclBootstrap { .. })));
+
+    // Every entry the fixture applied, replayed by this build, gives the state it converted.
+    let applied = read::applied_index(&db.begin_read().expect("read")).expect("applied");
+    let applied_entries: Vec<Entry> = entries.into_iter().filter(|e| e.log_id().index() <= applied).collect();
+    let (_replayed_dir, replayed) = replay(applied_entries).await;
+    assert_fixture_state(&replayed);
+    let digest = |db: &redb::Database| read::state_digest(&db.begin_read().expect("read")).expect("digest").digest;
+    assert_eq!(digest(&replayed), digest(&db), "replaying the migrated log reproduces the converted tables");
+}
+
+#[tokio::test]
+async fn a_format_2_snapshot_installs_as_the_converted_state_and_saves_in_this_format() {
+    let dir = fixture(2);
+    let bytes = std::fs::read(dir.path().join("snapshot.bin")).expect("snapshot fixture");
+    let summary = snapshot::inspect(std::io::Cursor::new(bytes.clone())).expect("inspect");
+    assert_eq!((summary.format, summary.meta.is_none()), (2, true));
+    assert_eq!(summary.tables.iter().find(|(t, _)| t == "jobs").map(|(_, n)| *n), Some(4));
+
+    let converted = store::open(dir.path(), 1).expect("open");
+    let digest = |db: &redb::Database| read::state_digest(&db.begin_read().expect("read")).expect("digest").digest;
+    let meta = SnapshotMeta::default();
+    let target = tempfile::tempdir().expect("temp dir");
+    let installed = store::open(target.path(), 1).expect("open");
+    let mut sm = StateMachine::new(installed.clone(), NodeSignals::default());
+    sm.install_snapshot(&meta, SnapshotData::Encoded(std::sync::Arc::new(bytes))).await.expect("install");
+    assert_fixture_state(&installed);
+    assert_eq!(digest(&installed), digest(&converted));
+
+    // Saved again, it is this format's stream, and installs to the same state.
+    let mut saved = Vec::new();
+    SnapshotData::Local(std::sync::Arc::new(installed.begin_read().expect("read")))
+        .write_to(&meta, &mut saved)
+        .expect("save");
+    assert!(saved.starts_with(snapshot::MAGIC));
+    let again = tempfile::tempdir().expect("temp dir");
+    let db = store::open(again.path(), 1).expect("open");
+    let mut sm = StateMachine::new(db.clone(), NodeSignals::default());
+    sm.install_snapshot(&meta, SnapshotData::Encoded(std::sync::Arc::new(saved.clone()))).await.expect("install");
+    assert_eq!(digest(&db), digest(&converted));
+
+    // One flipped byte, or a cut, is refused, and the tables stay as they were.
+    for damaged in [flip(&saved, saved.len() / 2), saved[..saved.len() - 10].to_vec()] {
+        let result = sm.install_snapshot(&meta, SnapshotData::Encoded(std::sync::Arc::new(damaged))).await;
+        assert!(result.is_err(), "a damaged snapshot installed");
+        assert_eq!(digest(&db), digest(&converted), "a refused snapshot changed the state");
+    }
+}
+
+fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
+    let mut bytes = bytes.to_vec();
+    bytes[at] ^= 0x40;
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_on_a_format_2_data_dir_serves_it_and_takes_new_jobs() {
+    let dir = fixture(2);
+    let addr: std::net::SocketAddr = FIXTURE_ADDR.parse().expect("address");
+    let listener = TcpListener::bind(addr).await.expect("the fixture's port is free");
+    let config = ServerConfig::new(1, addr, vec![(1, FIXTURE_ADDR.to_string())], false, dir.path().to_path_buf())
+        .expect("config");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(helios_server::run_on(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{FIXTURE_ADDR}")).expect("endpoint").connect_lazy();
+    let cluster = ClusterServiceClient::new(channel.clone());
+    wait_for("the converted server to lead", || {
+        let mut cluster = cluster.clone();
+        async move { cluster.list_members(pb::ListMembersRequest { local: false }).await.ok()?.into_inner().leader_id }
+    })
+    .await;
+
+    let members = cluster.clone().list_members(pb::ListMembersRequest { local: false }).await.expect("members");
+    let member = &members.into_inner().members[0];
+    assert_eq!((member.format, member.lag), (tables::FORMAT_VERSION, Some(0)));
+
+    let mut jobs = JobServiceClient::new(channel.clone());
+    let listed = jobs.list_jobs(pb::ListJobsRequest {}).await.expect("list jobs").into_inner();
+    let names: Vec<String> = listed.jobs.iter().map(|j| j.name.clone()).collect();
+    assert_eq!(names, ["fixture-batch", "fixture-service", "fixture-stopped", "fixture-versions"]);
+    let versions = jobs
+        .get_job_versions(pb::GetJobRequest { name: "fixture-versions".into() })
+        .await
+        .expect("versions")
+        .into_inner();
+    assert_eq!(versions.versions.len(), 2);
+    let mut allocs = AllocationServiceClient::new(channel.clone());
+    let all = allocs
+        .list_allocations(pb::ListAllocationsRequest { job_name: None, node_id: None })
+        .await
+        .expect("allocations")
+        .into_inner();
+    assert!(all.allocations.iter().any(|a| a.job_name == "fixture-batch" && a.client_status == "complete"));
+    let nodes = NodeServiceClient::new(channel.clone()).list_nodes(pb::ListNodesRequest {}).await.expect("nodes");
+    assert_eq!(nodes.into_inner().nodes.len(), 1);
+
+    // The log goes on in this build's format.
+    let job = Job::exec("after-upgrade", "echo", vec!["hi".into()]);
+    let reply = jobs
+        .submit_job(pb::SubmitJobRequest { job: Some(helios_api::convert::job_to_pb(&job)) })
+        .await
+        .expect("submit after the conversion")
+        .into_inner();
+    assert!(reply.changed);
+    let _ = stop.send(());
+    server.await.expect("server task").expect("server ran cleanly");
+    assert_eq!(stored_format(dir.path()), tables::FORMAT_VERSION);
+    let db = store::open(dir.path(), 1).expect("reopen");
+    assert!(read::job(&db.begin_read().expect("read"), "after-upgrade").expect("read").is_some());
+}
