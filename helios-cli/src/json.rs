@@ -127,6 +127,7 @@ pub fn members(reply: &pb::ListMembersResponse) -> Value {
                 "id": m.id, "address": m.addr, "role": m.role, "voter": m.voter, "term": m.term,
                 "last_applied_index": m.last_applied_index, "last_log_index": m.last_log_index,
                 "snapshot_index": m.snapshot_index, "purged_index": m.purged_index,
+                "format": m.format, "lag": m.lag,
             })
         })
         .collect();

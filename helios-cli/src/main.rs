@@ -10,6 +10,7 @@ mod jobfile;
 mod json;
 mod node;
 mod server;
+mod system;
 mod table;
 mod tls;
 
@@ -59,6 +60,9 @@ enum Command {
     /// Operator tools that need no server.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Cluster-wide maintenance: garbage collection.
+    #[command(subcommand)]
+    System(system::SystemCommand),
     /// ACL bootstrap, policies and tokens.
     #[command(subcommand)]
     Acl(acl::AclCommand),
@@ -138,6 +142,7 @@ async fn main() -> ExitCode {
         Command::Node(cmd) => node::run(&servers, cmd).await,
         Command::Acl(cmd) => acl::run(&servers, cmd).await,
         Command::Server(cmd) => server::run(&servers, cmd).await,
+        Command::System(cmd) => system::run(&servers, cmd).await,
         Command::Bench(cmd) => bench::run(&servers, cmd).await,
         Command::Classic(cmd) => classic::run(&servers, cmd).await,
         Command::Completions { .. } | Command::Operator(_) | Command::Tls(_) => {

@@ -11,7 +11,8 @@ use crate::table::Table;
 
 #[derive(Subcommand, Debug)]
 pub enum ServerCommand {
-    /// Every server in the cluster with its role, term and last applied index.
+    /// Every server in the cluster with its role, term, last applied index, how far its log is
+    /// behind the leader's (LAG), and the stored format its build writes.
     Members {
         #[command(flatten)]
         output: Output,
@@ -46,8 +47,18 @@ pub async fn run(servers: &Servers, command: ServerCommand) -> Result<()> {
             if json {
                 return crate::json::print(&crate::json::members(&reply));
             }
-            let mut table =
-                Table::new(&["ID", "ADDRESS", "ROLE", "VOTER", "TERM", "LAST_APPLIED", "LAST_LOG", "SNAPSHOT"]);
+            let mut table = Table::new(&[
+                "ID",
+                "ADDRESS",
+                "ROLE",
+                "VOTER",
+                "TERM",
+                "LAST_APPLIED",
+                "LAST_LOG",
+                "SNAPSHOT",
+                "LAG",
+                "FORMAT",
+            ]);
             for m in reply.members {
                 table.row(vec![
                     m.id.to_string(),
@@ -58,6 +69,8 @@ pub async fn run(servers: &Servers, command: ServerCommand) -> Result<()> {
                     m.last_applied_index.to_string(),
                     m.last_log_index.to_string(),
                     m.snapshot_index.map_or_else(|| "-".to_string(), |i| i.to_string()),
+                    m.lag.map_or_else(|| "-".to_string(), |i| i.to_string()),
+                    if m.format == 0 { "-".to_string() } else { m.format.to_string() },
                 ]);
             }
             table.print();

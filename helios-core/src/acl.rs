@@ -242,21 +242,7 @@ pub fn check_policy_name(name: &str) -> Result<(), String> {
 
 /// Parses a TTL such as `30s`, `15m`, `8h`, `7d` into milliseconds.
 pub fn parse_ttl(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("a TTL is a number and a unit (s, m, h, d), got {text:?}"))?;
-    let unit_ms: u64 = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("a TTL is a number and a unit (s, m, h, d), got {text:?}")),
-    };
-    if n == 0 {
-        return Err("a TTL must be more than zero".to_string());
-    }
-    n.checked_mul(unit_ms).ok_or_else(|| format!("TTL {text:?} is too long"))
+    crate::time::parse_duration_ms(text)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod alloc;
 pub mod command;
 pub mod eval;
 pub mod format;
+pub mod gc;
 pub mod job;
 pub mod limits;
 pub mod node;

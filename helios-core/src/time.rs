@@ -88,6 +88,26 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
+/// Parses a duration such as `30s`, `15m`, `8h`, `7d` (more than zero) into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let wrong = || format!("a duration is a number and a unit (s, m, h, d), got {text:?}");
+    let n: u64 = digits.parse().map_err(|_| wrong())?;
+    let unit_ms: u64 = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(wrong()),
+    };
+    if n == 0 {
+        return Err("a duration must be more than zero".to_string());
+    }
+    n.checked_mul(unit_ms).ok_or_else(|| format!("duration {text:?} is too long"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::Timestamp;

@@ -50,6 +50,8 @@ pub struct Cluster {
     pub acl_cache: Arc<std::sync::Mutex<HashMap<Option<String>, CachedGrants>>>,
     /// This server's data dir: received snapshots, an operator's `acl-bootstrap-reset` file.
     pub data_dir: std::path::PathBuf,
+    /// How long finished records are kept (`crate::gc`).
+    pub gc: helios_core::gc::Thresholds,
 }
 
 /// A token's grants as read at an ACL generation.
@@ -575,6 +577,12 @@ impl Cluster {
         }
     }
 
+    /// Whether this server leads now (it may stop at any moment: act through
+    /// `propose_as_leader`, which refuses once it does).
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
     /// The stored format every voter reads (`PeerFormats::cluster_format`).
     pub fn cluster_format(&self) -> u32 {
         let (nodes, voters) = self.membership();
@@ -710,8 +718,10 @@ pub fn check_forwarded(request: &ForwardRequest) -> Result<(), tonic::Status> {
         | Command::SetNodeScheduling { .. }
         | Command::ReportAllocations { .. }
         | Command::PurgeNode { .. } => refuse("evaluations already decided"),
-        // Built by the ACL handlers, which checked the caller's token first.
-        Command::AclBootstrap { .. }
+        // Built by the ACL and `system gc` handlers, which checked the caller's token first (and
+        // garbage is checked again, record by record, when applied).
+        Command::CollectGarbage { .. }
+        | Command::AclBootstrap { .. }
         | Command::UpsertAclPolicy { .. }
         | Command::DeleteAclPolicy { .. }
         | Command::UpsertAclToken { .. }

@@ -32,7 +32,15 @@ pub struct ServerConfig {
     pub acl_enabled: bool,
     /// Asks the server to read its TLS certificate files again (`main.rs` does on SIGHUP).
     pub reload: helios_api::tls::Reload,
+    /// How long finished records are kept, and how many job versions (`--eval-gc-threshold`,
+    /// `--job-gc-threshold`, `--node-gc-threshold`, `--job-max-versions`).
+    pub gc: helios_core::gc::Thresholds,
+    /// How often the leader collects garbage.
+    pub gc_interval: std::time::Duration,
 }
+
+/// Nomad's `gc_interval`.
+pub const DEFAULT_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 /// A client node not heard from for this long is marked down and its work replaced. Agents
@@ -109,6 +117,8 @@ impl ServerConfig {
             tls: None,
             acl_enabled: false,
             reload: Default::default(),
+            gc: Default::default(),
+            gc_interval: DEFAULT_GC_INTERVAL,
         })
     }
 }

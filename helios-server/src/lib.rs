@@ -7,6 +7,7 @@ pub mod api;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod gc;
 pub mod liveness;
 pub mod raft;
 pub mod scheduling;
@@ -115,9 +116,11 @@ async fn run_raft(
         acl_enabled: config.acl_enabled,
         acl_cache: Arc::default(),
         data_dir: config.data_dir.clone(),
+        gc: config.gc,
     };
     let liveness_task = tokio::spawn(liveness::run(cluster.clone()));
     let scheduling_task = tokio::spawn(scheduling::run(cluster.clone()));
+    let gc_task = tokio::spawn(gc::run(cluster.clone(), config.gc, config.gc_interval));
     // Serve until asked to stop, or until Raft stops on its own (a storage failure is fatal to
     // it): a server whose Raft is dead must not keep answering as if it were healthy.
     let (fatal_tx, mut fatal_rx) = tokio::sync::oneshot::channel::<String>();
@@ -133,6 +136,7 @@ async fn run_raft(
     let served = serve::serve(cluster, config.tls.clone(), config.reload.clone(), listener, stop).await;
     liveness_task.abort();
     scheduling_task.abort();
+    gc_task.abort();
     tracing::info!(node_id = config.node_id, "shutting down raft");
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");

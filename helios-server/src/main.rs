@@ -69,9 +69,27 @@ struct Args {
     /// bootstrap` makes the first). Give it to every server alike.
     #[arg(long)]
     acl_enabled: bool,
+    /// Finished evaluations are forgotten this long after they finish (s, m, h, d).
+    #[arg(long, default_value = "1h", value_parser = parse_gc_threshold)]
+    eval_gc_threshold: u64,
+    /// Finished allocations, and dead jobs (finished batch jobs, stopped jobs) with them, are
+    /// forgotten this long after they finish.
+    #[arg(long, default_value = "4h", value_parser = parse_gc_threshold)]
+    job_gc_threshold: u64,
+    /// Nodes down this long, with nothing unfinished on them, are forgotten.
+    #[arg(long, default_value = "24h", value_parser = parse_gc_threshold)]
+    node_gc_threshold: u64,
+    /// Versions kept per job: older ones are forgotten (never the current one, nor one an
+    /// allocation still refers to).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
+    job_max_versions: u32,
     /// A single-server development cluster that bootstraps itself.
     #[arg(long, conflicts_with_all = ["peers", "bootstrap"])]
     dev: bool,
+}
+
+fn parse_gc_threshold(text: &str) -> Result<u64, String> {
+    helios_core::time::parse_duration_ms(text)
 }
 
 fn config_from(args: Args) -> Result<ServerConfig, String> {
@@ -88,6 +106,12 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
     config.heartbeat_ttl = args.heartbeat_ttl;
     config.insecure = args.insecure;
     config.acl_enabled = args.acl_enabled;
+    config.gc = helios_core::gc::Thresholds {
+        eval_ms: args.eval_gc_threshold,
+        job_ms: args.job_gc_threshold,
+        node_ms: args.node_gc_threshold,
+        job_max_versions: args.job_max_versions,
+    };
     config.tls = args.tls.load(Role::Server).map_err(|e| e.to_string())?;
     config.cluster_key = match (args.cluster_key, args.cluster_key_file) {
         (Some(key), _) => Some(key),

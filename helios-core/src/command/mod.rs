@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::acl::{AclPolicy, AclToken};
 use crate::alloc::AllocUpdate;
 use crate::eval::Evaluation;
+use crate::gc::{Collected, Cutoffs, Garbage};
 use crate::job::Job;
 use crate::node::{Node, NodeEligibility, NodeStatus};
 use crate::plan::Plan;
@@ -133,6 +134,12 @@ pub enum Command {
     DeleteAclToken {
         accessor_id: String,
     },
+    /// The leader's garbage collection: forgets the named records that still qualify under
+    /// `cutoffs` (`crate::gc`), keeping any that changed since they were found.
+    CollectGarbage {
+        cutoffs: Cutoffs,
+        garbage: Garbage,
+    },
 }
 
 /// The state machine's deterministic answer to a command.
@@ -164,6 +171,7 @@ pub enum CommandResponse {
     AllocationsUpdated,
     NodePurged,
     AclChanged,
+    GarbageCollected(Collected),
 }
 
 crate::versioned!(CommandResponse = 1);
@@ -200,7 +208,8 @@ impl Command {
             | Command::UpsertAclPolicy { .. }
             | Command::DeleteAclPolicy { .. }
             | Command::UpsertAclToken { .. }
-            | Command::DeleteAclToken { .. } => 3,
+            | Command::DeleteAclToken { .. }
+            | Command::CollectGarbage { .. } => 3,
         }
     }
 
@@ -248,6 +257,7 @@ impl std::fmt::Display for Command {
             Command::DeleteAclPolicy { name } => write!(f, "delete-acl-policy {name}"),
             Command::UpsertAclToken { token } => write!(f, "upsert-acl-token {}", token.accessor_id),
             Command::DeleteAclToken { accessor_id } => write!(f, "delete-acl-token {accessor_id}"),
+            Command::CollectGarbage { garbage, .. } => write!(f, "collect-garbage ({} records)", garbage.len()),
             Command::ReportAllocations { node_id, updates, .. } => {
                 write!(f, "update-allocations {node_id} ({})", updates.len())
             }

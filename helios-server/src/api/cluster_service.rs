@@ -33,6 +33,22 @@ impl ClusterService for Membership {
         }))
     }
 
+    async fn collect_garbage(
+        &self,
+        request: Request<pb::CollectGarbageRequest>,
+    ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::OperatorWrite).await?;
+        let cutoffs = self.cluster.gc.forced(crate::clock::now());
+        let c = crate::gc::collect(&self.cluster, cutoffs, crate::gc::Via::AnyServer).await.map_err(cluster_status)?;
+        Ok(Response::new(pb::CollectGarbageResponse {
+            evaluations: c.evals,
+            allocations: c.allocs,
+            jobs: c.jobs,
+            job_versions: c.versions,
+            nodes: c.nodes,
+        }))
+    }
+
     async fn list_members(
         &self,
         request: Request<pb::ListMembersRequest>,

@@ -19,6 +19,7 @@ use super::tables::{
 use super::tables::{ACL_POLICIES, ACL_TOKENS, ACL_TOKEN_SECRETS};
 
 mod acl;
+mod gc;
 
 /// How long a request id is remembered. A server retries a proposal for at most
 /// `cluster::REQUEST_DEADLINE` (15 s); the margin covers clock differences between servers, whose
@@ -231,6 +232,7 @@ impl<'txn> StateTables<'txn> {
                 Ok(response)
             }
             Command::ApplyPlan { plan, eval } => self.apply_plan(plan, eval),
+            Command::CollectGarbage { cutoffs, garbage } => self.collect_garbage(cutoffs, garbage),
             Command::CreateEvaluations { evals } => {
                 self.put_evaluations(&evals)?;
                 Ok(CommandResponse::EvaluationsCreated)
@@ -468,6 +470,10 @@ impl<'txn> StateTables<'txn> {
         }
         for alloc in &plan.placements {
             self.put_allocation(alloc)?;
+        }
+        if !plan.stops.is_empty() {
+            // A stopped job whose allocations never started is dead once they are stopped.
+            self.refresh_job_status(&plan.job_name)?;
         }
         self.put_evaluation(&eval)?;
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);

@@ -55,6 +55,9 @@ struct Running {
     task: JoinHandle<Result<(), StartError>>,
 }
 
+/// Garbage collection thresholds and how often the leader collects.
+pub type GcTuning = (helios_core::gc::Thresholds, Duration);
+
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
     /// Every server ever started: id -> address.
@@ -68,6 +71,8 @@ pub struct TestCluster {
     pub tls: Option<TestTls>,
     /// Servers start with `--acl-enabled`.
     pub acl_enabled: bool,
+    /// Garbage collection thresholds and interval, if not the defaults.
+    pub gc: Option<GcTuning>,
     /// What each server reloads its certificates on (SIGHUP in `main.rs`).
     pub reloads: BTreeMap<u64, helios_api::tls::Reload>,
     running: BTreeMap<u64, Running>,
@@ -90,13 +95,19 @@ impl TestCluster {
 
     /// Starts `n` servers speaking mutual TLS with `tls.server`; the test calls with `tls.caller`.
     pub async fn start_tls(n: u64, tls: TestTls) -> TestCluster {
-        Self::start_full(n, helios_server::config::DEFAULT_SNAPSHOT_EVERY, None, Some(tls), false).await
+        Self::start_full(n, helios_server::config::DEFAULT_SNAPSHOT_EVERY, None, Some(tls), false, None).await
+    }
+
+    /// Starts `n` servers that collect garbage with `thresholds` every `interval`.
+    pub async fn start_collecting(n: u64, thresholds: helios_core::gc::Thresholds, interval: Duration) -> TestCluster {
+        let tuning = Some((thresholds, interval));
+        Self::start_full(n, helios_server::config::DEFAULT_SNAPSHOT_EVERY, None, None, false, tuning).await
     }
 
     /// Starts `n` servers with ACLs enabled (and a cluster key: ACLs need authenticated peers).
     pub async fn start_acl(n: u64) -> TestCluster {
         let key = helios_server::raft::peer_auth::ClusterKey::generate().expect("randomness");
-        Self::start_full(n, helios_server::config::DEFAULT_SNAPSHOT_EVERY, Some(key), None, true).await
+        Self::start_full(n, helios_server::config::DEFAULT_SNAPSHOT_EVERY, Some(key), None, true, None).await
     }
 
     pub async fn start_configured(
@@ -104,7 +115,7 @@ impl TestCluster {
         snapshot_every: u64,
         cluster_key: Option<helios_server::raft::peer_auth::ClusterKey>,
     ) -> TestCluster {
-        Self::start_full(n, snapshot_every, cluster_key, None, false).await
+        Self::start_full(n, snapshot_every, cluster_key, None, false, None).await
     }
 
     async fn start_full(
@@ -113,6 +124,7 @@ impl TestCluster {
         cluster_key: Option<helios_server::raft::peer_auth::ClusterKey>,
         tls: Option<TestTls>,
         acl_enabled: bool,
+        gc: Option<GcTuning>,
     ) -> TestCluster {
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
@@ -128,6 +140,7 @@ impl TestCluster {
             cluster_key,
             tls,
             acl_enabled,
+            gc,
             reloads: BTreeMap::new(),
             running: BTreeMap::new(),
         };
@@ -146,6 +159,10 @@ impl TestCluster {
         config.cluster_key = self.cluster_key.clone();
         config.tls = self.tls.as_ref().map(|t| t.server.clone());
         config.acl_enabled = self.acl_enabled;
+        if let Some((thresholds, interval)) = self.gc {
+            config.gc = thresholds;
+            config.gc_interval = interval;
+        }
         config
     }
 
