@@ -132,6 +132,7 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .init();
+    exit_on_panic();
     let args = Args::parse();
     let config = match config_from(args) {
         Ok(c) => c,
@@ -149,6 +150,21 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A panic anywhere (a bug, or redb meeting a damaged file while serving) leaves this server's
+/// state in doubt: it must not go on answering as if nothing happened. The process ends, and a
+/// restart recovers from the database and the peers (or refuses a damaged database at open).
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if helios_server::store::checking_a_database() {
+            return; // reported by `store::open` as a damaged database
+        }
+        report(info);
+        eprintln!("Error: helios-server panicked (above); exiting rather than serving from a state in doubt");
+        std::process::exit(70);
+    }));
 }
 
 /// SIGTERM or Ctrl-C: stop accepting requests, finish those in flight, shut Raft down.

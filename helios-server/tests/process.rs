@@ -233,6 +233,33 @@ fn bad_flags_and_data_dirs_fail_with_a_clear_message() {
     assert_eq!(err.lines().filter(|l| l.starts_with("Error:")).count(), 1, "{err}");
 }
 
+#[test]
+fn a_damaged_database_is_refused_with_one_line_that_says_what_to_do() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let peer = format!("1={addr}");
+    let args = ["--node-id", "1", "--rpc-addr", &addr, "--peer", &peer, "--data-dir", "data"];
+    drop(helios_server::store::open(&data, 1).expect("a database"));
+    // Garbage over every page but the header, as a failing disk would return.
+    let path = helios_server::store::db_path(&data, 1);
+    let mut bytes = std::fs::read(&path).expect("read");
+    for page in bytes.chunks_mut(4096).skip(1) {
+        page.iter_mut().skip(256).take(256).for_each(|b| *b ^= 0x5A);
+    }
+    std::fs::write(&path, bytes).expect("write");
+    for attempt in ["first", "second"] {
+        let out = run_to_exit(&args, dir.path());
+        assert_eq!(out.status.code(), Some(1), "{attempt} start: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("Error:")).collect();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert!(errors[0].contains("is damaged") && errors[0].contains("Move the file away"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_contradicting_peers_refuses_to_start() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -21,8 +21,10 @@ pub enum OpenError {
     CreateDir { path: PathBuf, source: std::io::Error },
     #[error("data dir {path} is not writable: {source}")]
     NotWritable { path: PathBuf, source: std::io::Error },
-    #[error("cannot open database {path}: {source}")]
+    #[error("cannot open database {path}: {source}. {RECOVERY}")]
     Database { path: PathBuf, source: redb::DatabaseError },
+    #[error("database {path} is damaged ({what}). {RECOVERY}")]
+    Damaged { path: PathBuf, what: String },
     #[error("cannot initialize database {path}: {source}")]
     Init { path: PathBuf, source: redb::Error },
     #[error(
@@ -32,6 +34,58 @@ pub enum OpenError {
     Format { path: PathBuf, found: u32, expected: u32 },
     #[error("cannot convert database {path} from format {found} to {expected}: {source}")]
     Convert { path: PathBuf, found: u32, expected: u32, source: convert::ConvertError },
+}
+
+/// What to do with a damaged database: a server's state is replicated, so its peers have it.
+const RECOVERY: &str = "Move the file away and start the server again: it catches up from its peers \
+     (in a one-server cluster, start afresh and `helios-cli operator snapshot restore` a saved snapshot)";
+
+/// Beside a database that failed its integrity check: it stays refused (redb repairs what it
+/// can while checking, so the next check could pass on a file that lost writes Raft relied on).
+pub fn damaged_marker(data_dir: &Path, node_id: u64) -> PathBuf {
+    data_dir.join(format!("helios-node-{node_id}.db.damaged"))
+}
+
+enum Checked {
+    Failed(redb::DatabaseError),
+    Damaged(String),
+}
+
+thread_local! {
+    static CHECKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True while this thread checks a database: a panic then is redb meeting a damaged file, which
+/// `open` reports (the server's panic hook, which otherwise ends the process, lets it).
+pub fn checking_a_database() -> bool {
+    CHECKING.with(std::cell::Cell::get)
+}
+
+/// Opens the file and runs redb's integrity check. A file changed behind redb's back (a disk
+/// fault, a bad copy) must not be served from: Raft's promises (votes, acknowledged entries)
+/// rest on what it holds. redb may panic on garbage rather than return an error.
+fn open_checked(path: &Path) -> Result<Database, Checked> {
+    CHECKING.with(|c| c.set(true));
+    let opened = std::panic::catch_unwind(|| {
+        let mut db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(what)) => Checked::Damaged(what),
+            other => Checked::Failed(other),
+        })?;
+        match db.check_integrity() {
+            Ok(true) => Ok(db),
+            Ok(false) => Err(Checked::Damaged("it failed redb's integrity check".to_string())),
+            Err(e) => Err(Checked::Damaged(format!("it failed redb's integrity check: {e}"))),
+        }
+    });
+    CHECKING.with(|c| c.set(false));
+    opened.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Err(Checked::Damaged(format!("redb failed reading it: {what}")))
+    })
 }
 
 /// The database file of server `node_id` inside `data_dir`.
@@ -51,7 +105,18 @@ pub fn open(data_dir: &Path, node_id: u64) -> Result<Arc<Database>, OpenError> {
     std::fs::write(&probe, b"ok").map_err(|source| OpenError::NotWritable { path: data_dir.to_path_buf(), source })?;
     let _ = std::fs::remove_file(&probe);
     let path = db_path(data_dir, node_id);
-    let db = Database::create(&path).map_err(|source| OpenError::Database { path: path.clone(), source })?;
+    let marker = damaged_marker(data_dir, node_id);
+    if let Ok(what) = std::fs::read_to_string(&marker) {
+        return Err(OpenError::Damaged { path, what: what.trim().to_string() });
+    }
+    let db = match open_checked(&path) {
+        Ok(db) => db,
+        Err(Checked::Failed(source)) => return Err(OpenError::Database { path, source }),
+        Err(Checked::Damaged(what)) => {
+            let _ = std::fs::write(&marker, &what);
+            return Err(OpenError::Damaged { path, what });
+        }
+    };
     tables::create_all(&db).map_err(|source| OpenError::Init { path: path.clone(), source })?;
     let expected = tables::FORMAT_VERSION;
     match stored_format(&db).map_err(|source| OpenError::Init { path: path.clone(), source })? {
@@ -183,5 +248,75 @@ mod tests {
         let meta = txn.open_table(RAFT_META).unwrap();
         assert!(meta.get(META_FORMAT).unwrap().is_none(), "not marked by the refused open");
         assert_eq!(meta.get(META_VOTE).unwrap().map(|v| v.value().to_vec()), Some(codec::encode(&42u32)));
+    }
+
+    /// A database with jobs, as a server leaves it.
+    fn database_with_data(dir: &Path) {
+        let db = open(dir, 1).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut tables = apply::StateTables::open(&txn).unwrap();
+            for n in 0..200 {
+                let job = helios_core::Job::exec(&format!("job-{n}"), "true", vec![]);
+                let eval = helios_core::Evaluation::new(
+                    format!("e{n}"),
+                    &job.name,
+                    50,
+                    helios_core::EvalTrigger::JobRegister,
+                    helios_core::Timestamp(1),
+                );
+                tables.apply(helios_core::Command::RegisterJob { job, eval }).unwrap();
+            }
+            tables.finish().unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_damaged_database_is_refused_until_it_is_moved_away() {
+        let dir = tempfile::tempdir().unwrap();
+        database_with_data(dir.path());
+        // A disk that returns garbage: 64 random bytes in every 4 KiB page after the header
+        // (most of a small file is free space, so damage in one place could miss the data).
+        let path = db_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for page in bytes.chunks_mut(4096).skip(1) {
+            for b in page.iter_mut().skip(512).take(64) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let err = open(dir.path(), 1).expect_err("a damaged file opened");
+        assert!(matches!(err, OpenError::Damaged { .. } | OpenError::Database { .. }), "{err}");
+        assert!(err.to_string().contains("Move the file away"), "{err}");
+        // Still refused the second time, whatever redb repaired while checking.
+        let again = open(dir.path(), 1).expect_err("refused again");
+        assert!(matches!(again, OpenError::Damaged { .. }), "{again}");
+        // Moved away (with its marker), the server starts empty and catches up from its peers.
+        std::fs::rename(&path, dir.path().join("damaged.db")).unwrap();
+        std::fs::remove_file(damaged_marker(dir.path(), 1)).unwrap();
+        open(dir.path(), 1).expect("a fresh database");
+    }
+
+    #[test]
+    fn bytes_appended_to_a_database_are_refused_too() {
+        let dir = tempfile::tempdir().unwrap();
+        database_with_data(dir.path());
+        let path = db_path(dir.path(), 1);
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut file, &[0xA5; 64 * 1024]).unwrap();
+        drop(file);
+        match open(dir.path(), 1) {
+            // redb may find the tail harmless (unallocated space): then every record still reads.
+            Ok(db) => {
+                let txn = db.begin_read().unwrap();
+                assert_eq!(read::jobs(&txn).unwrap().len(), 200);
+            }
+            Err(err) => assert!(err.to_string().contains("Move the file away"), "{err}"),
+        }
     }
 }
