@@ -10,6 +10,7 @@ mod jobfile;
 mod json;
 mod node;
 mod server;
+mod snapshot;
 mod system;
 mod table;
 mod tls;
@@ -57,7 +58,7 @@ enum Command {
     /// Inspect and change the server cluster's membership.
     #[command(subcommand)]
     Server(server::ServerCommand),
-    /// Operator tools that need no server.
+    /// Operator tools: cluster keys, snapshots of the whole state.
     #[command(subcommand)]
     Operator(OperatorCommand),
     /// Cluster-wide maintenance: garbage collection.
@@ -83,6 +84,9 @@ enum OperatorCommand {
     /// Print a new cluster key (64 hex digits) for `helios-server --cluster-key-file`: put it in
     /// a file readable only by the servers' user, the same on every server.
     Keygen,
+    /// Save the cluster's whole state to a file, or inspect one.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
 }
 
 /// 32 random bytes as hex: a `helios-server` cluster key.
@@ -111,6 +115,12 @@ async fn main() -> ExitCode {
                 println!("{key}");
                 ExitCode::SUCCESS
             }
+            Err(e) => fail(&e),
+        };
+    }
+    if let Command::Operator(OperatorCommand::Snapshot(snapshot::SnapshotCommand::Inspect { file })) = &cli.command {
+        return match snapshot::inspect(file) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         };
     }
@@ -145,7 +155,8 @@ async fn main() -> ExitCode {
         Command::System(cmd) => system::run(&servers, cmd).await,
         Command::Bench(cmd) => bench::run(&servers, cmd).await,
         Command::Classic(cmd) => classic::run(&servers, cmd).await,
-        Command::Completions { .. } | Command::Operator(_) | Command::Tls(_) => {
+        Command::Operator(OperatorCommand::Snapshot(cmd)) => snapshot::run(&servers, cmd).await,
+        Command::Completions { .. } | Command::Operator(OperatorCommand::Keygen) | Command::Tls(_) => {
             unreachable!("answered before connecting")
         }
     };

@@ -482,3 +482,47 @@ async fn acl_bootstrap_policies_and_tokens_from_the_cli() {
     assert!(wrote.status.success(), "{}", stderr(&wrote));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_save_and_inspect_and_system_gc() {
+    let server = Server::start().await;
+    for name in ["kept", "stopped"] {
+        let out = cli(&server.url, &["job", "run", "-d", "--name", name, "true"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert!(cli(&server.url, &["job", "stop", "stopped"]).await.status.success());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("state.snap");
+    let file = file.to_str().expect("utf8");
+    let out = cli(&server.url, &["operator", "snapshot", "save", file]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with(&format!("Saved {file} (")), "{}", stdout(&out));
+
+    // Inspected with no server at all.
+    let out = run(&["--server-addr", &dead_url(), "operator", "snapshot", "inspect", file], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = stdout(&out);
+    assert!(shown.contains(&format!("Format  = {}", helios_server::store::tables::FORMAT_VERSION)), "{shown}");
+    assert!(shown.contains(&format!("Members = 1={}", server.addr())), "{shown}");
+    let jobs_row = shown.lines().find(|l| l.starts_with("jobs ")).expect("a jobs row");
+    assert_eq!(jobs_row.split_whitespace().nth(1), Some("2"), "{shown}");
+
+    // A damaged file is refused in one line.
+    let mut bytes = std::fs::read(file).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    let damaged = dir.path().join("damaged.snap");
+    std::fs::write(&damaged, bytes).expect("write");
+    let out = run(&["operator", "snapshot", "inspect", damaged.to_str().expect("utf8")], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("damaged.snap"), "{}", stderr(&out));
+
+    // system gc forgets the stopped job (its allocation never started: no agent).
+    let out = cli(&server.url, &["system", "gc"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(", 1 jobs,"), "{}", stdout(&out));
+    let listed = stdout(&cli(&server.url, &["job", "list"]).await);
+    assert!(listed.contains("kept") && !listed.contains("stopped"), "{listed}");
+    server.shutdown().await;
+}

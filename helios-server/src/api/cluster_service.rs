@@ -49,6 +49,33 @@ impl ClusterService for Membership {
         }))
     }
 
+    type SaveSnapshotStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SnapshotFileChunk, Status>> + Send>>;
+
+    async fn save_snapshot(
+        &self,
+        request: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        authorize(&self.cluster, &request, Capability::Management).await?;
+        // Everything acknowledged before this call is in what follows: the read waits for it.
+        let db = self.cluster.db.clone();
+        let snapshot = self
+            .cluster
+            .read(move |_| crate::raft::state_machine::current_snapshot(&db))
+            .await
+            .map_err(cluster_status)?;
+        tracing::info!(last_log_id = ?snapshot.meta.last_log_id, "saving a snapshot for an operator");
+        let chunks = crate::raft::snapshot::stream_chunks(snapshot.snapshot, snapshot.meta, 1024 * 1024);
+        let stream = futures::stream::unfold(chunks, |mut rx| async move {
+            let chunk = match rx.recv().await? {
+                Ok(data) => Ok(pb::SnapshotFileChunk { data }),
+                Err(e) => Err(Status::internal(format!("reading the state: {e}"))),
+            };
+            Some((chunk, rx))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn list_members(
         &self,
         request: Request<pb::ListMembersRequest>,

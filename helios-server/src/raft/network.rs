@@ -349,15 +349,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         let data_mac = request_mac.as_deref().and_then(|m| self.channels.auth.snapshot_data_mac(m));
         // The stream is produced by a blocking thread one chunk ahead of the network: neither
         // side holds more than a few chunks of it, however large the state.
-        let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(2);
-        let target = self.target;
-        tokio::task::spawn_blocking(move || {
-            let mut out = ChunkWriter { buf: Vec::with_capacity(SNAPSHOT_CHUNK_BYTES), tx: chunks_tx.clone() };
-            if let Err(e) = data.write_to(&meta, &mut out).and_then(|()| io::Write::flush(&mut out)) {
-                tracing::warn!(target_node = target, error = %e, "could not stream a snapshot");
-                let _ = chunks_tx.blocking_send(Err(e));
-            }
-        });
+        let chunks_rx = super::snapshot::stream_chunks(data, meta, SNAPSHOT_CHUNK_BYTES);
         // Data chunks as they come, then (with a key) the MAC over all of them. A stream whose
         // producer failed ends without its trailer or end frame, so the receiver refuses it.
         // When the network last took a chunk (None once all are taken): a receiver that stops
@@ -419,41 +411,6 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         // A down peer is retried every 200 ms: fast enough to catch a restart, cheap enough not to
         // matter.
         Some(Backoff::new(std::iter::repeat(Duration::from_millis(200))))
-    }
-}
-
-/// Cuts a snapshot stream into `SNAPSHOT_CHUNK_BYTES` chunks for the sending task; blocks while
-/// the network is behind.
-struct ChunkWriter {
-    buf: Vec<u8>,
-    tx: tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
-}
-
-impl ChunkWriter {
-    fn send(&mut self) -> io::Result<()> {
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(SNAPSHOT_CHUNK_BYTES));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the snapshot transfer was abandoned"))
-    }
-}
-
-impl io::Write for ChunkWriter {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let room = SNAPSHOT_CHUNK_BYTES - self.buf.len();
-        let n = bytes.len().min(room);
-        self.buf.extend_from_slice(&bytes[..n]);
-        if self.buf.len() == SNAPSHOT_CHUNK_BYTES {
-            self.send()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        self.send()
     }
 }
 

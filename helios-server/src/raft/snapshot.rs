@@ -290,6 +290,59 @@ impl<T: Write> Write for Hashing<T> {
     }
 }
 
+/// Produces the snapshot stream on a blocking thread, in chunks of `chunk_bytes`, a couple of
+/// chunks ahead of whoever takes them: neither side holds more than that, however large the
+/// state. A failure ends the stream with its error.
+pub fn stream_chunks(
+    data: SnapshotData,
+    meta: SnapshotMeta,
+    chunk_bytes: usize,
+) -> tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter { buf: Vec::with_capacity(chunk_bytes), chunk_bytes, tx: tx.clone() };
+        if let Err(e) = data.write_to(&meta, &mut out).and_then(|()| out.flush()) {
+            tracing::warn!(error = %e, "could not stream a snapshot");
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    rx
+}
+
+/// Cuts a snapshot stream into chunks for the task sending them; blocks while it is behind.
+struct ChunkWriter {
+    buf: Vec<u8>,
+    chunk_bytes: usize,
+    tx: tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk_bytes));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the snapshot transfer was abandoned"))
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = bytes.len().min(self.chunk_bytes - self.buf.len());
+        self.buf.extend_from_slice(&bytes[..n]);
+        if self.buf.len() == self.chunk_bytes {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.send()
+    }
+}
+
 /// Row counts of `txn`'s state tables (for comparing a restored state with its source).
 pub fn table_sizes(txn: &ReadTransaction) -> io::Result<Vec<(String, u64)>> {
     STATE_TABLES

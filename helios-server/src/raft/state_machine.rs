@@ -105,7 +105,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
 
 /// The snapshot as of now: the applied index and membership, and a view of the tables from the
 /// same read transaction, so the three agree.
-fn current_snapshot(db: &Database) -> io::Result<Snapshot> {
+pub fn current_snapshot(db: &Database) -> io::Result<Snapshot> {
     let txn: ReadTransaction = db.begin_read().map_err(io::Error::other)?;
     let meta = {
         let sm = txn.open_table(SM_META).map_err(io::Error::other)?;
