@@ -18,6 +18,10 @@ pub enum SnapshotCommand {
     /// Write the cluster's state, as of now, to FILE (needs a management token). The file is
     /// checked as it is written, and only appears once complete.
     Save { file: PathBuf },
+    /// Replace the cluster's whole state with FILE's (needs a management token). Through Raft:
+    /// every server ends with the file's state, or (if the restore fails) keeps its own. To seed
+    /// a new cluster, start its servers empty and restore into them.
+    Restore { file: PathBuf },
     /// Check FILE and show what it holds: its format, Raft index and term, members, rows per
     /// table. Needs no server.
     Inspect { file: PathBuf },
@@ -27,7 +31,28 @@ pub async fn run(servers: &Servers, command: SnapshotCommand) -> Result<()> {
     match command {
         SnapshotCommand::Save { file } => save(servers, &file).await,
         SnapshotCommand::Inspect { file } => inspect(&file),
+        SnapshotCommand::Restore { file } => restore(servers, &file).await,
     }
+}
+
+async fn restore(servers: &Servers, file: &Path) -> Result<()> {
+    // Checked here first: a damaged file is refused before it is sent.
+    let summary = read_summary(file)?;
+    let opened = tokio::fs::File::open(file).await.with_context(|| format!("cannot open {}", file.display()))?;
+    let chunks = futures::stream::unfold(opened, |mut file| async move {
+        let mut data = vec![0u8; 1024 * 1024];
+        match tokio::io::AsyncReadExt::read(&mut file, &mut data).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                data.truncate(n);
+                Some((pb::SnapshotFileChunk { data }, file))
+            }
+        }
+    });
+    let mut cluster = ClusterServiceClient::new(servers.connect().await?);
+    let reply = cluster.restore_snapshot(chunks).await.map_err(status_error)?.into_inner();
+    println!("Restored {} ({} rows, format {}) at index {}", file.display(), reply.rows, summary.format, reply.index);
+    Ok(())
 }
 
 async fn save(servers: &Servers, file: &Path) -> Result<()> {

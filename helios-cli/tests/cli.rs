@@ -484,7 +484,7 @@ async fn acl_bootstrap_policies_and_tokens_from_the_cli() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshot_save_and_inspect_and_system_gc() {
+async fn snapshot_save_inspect_restore_and_system_gc() {
     let server = Server::start().await;
     for name in ["kept", "stopped"] {
         let out = cli(&server.url, &["job", "run", "-d", "--name", name, "true"]).await;
@@ -506,6 +506,15 @@ async fn snapshot_save_and_inspect_and_system_gc() {
     assert!(shown.contains(&format!("Members = 1={}", server.addr())), "{shown}");
     let jobs_row = shown.lines().find(|l| l.starts_with("jobs ")).expect("a jobs row");
     assert_eq!(jobs_row.split_whitespace().nth(1), Some("2"), "{shown}");
+
+    // Restored into another (new) cluster: the same jobs.
+    let other = Server::start().await;
+    let out = cli(&other.url, &["operator", "snapshot", "restore", file]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with(&format!("Restored {file} (")), "{}", stdout(&out));
+    let listed = stdout(&cli(&other.url, &["job", "list"]).await);
+    assert!(listed.contains("kept") && listed.contains("stopped"), "{listed}");
+    other.shutdown().await;
 
     // A damaged file is refused in one line.
     let mut bytes = std::fs::read(file).expect("read");

@@ -718,9 +718,12 @@ pub fn check_forwarded(request: &ForwardRequest) -> Result<(), tonic::Status> {
         | Command::SetNodeScheduling { .. }
         | Command::ReportAllocations { .. }
         | Command::PurgeNode { .. } => refuse("evaluations already decided"),
-        // Built by the ACL and `system gc` handlers, which checked the caller's token first (and
+        // Built by the ACL, `system gc` and snapshot restore handlers, which checked the caller's token first (and
         // garbage is checked again, record by record, when applied).
         Command::CollectGarbage { .. }
+        | Command::RestoreBegin { .. }
+        | Command::RestoreRows { .. }
+        | Command::RestoreCommit { .. }
         | Command::AclBootstrap { .. }
         | Command::UpsertAclPolicy { .. }
         | Command::DeleteAclPolicy { .. }

@@ -140,6 +140,23 @@ pub enum Command {
         cutoffs: Cutoffs,
         garbage: Garbage,
     },
+    /// An operator's snapshot restore, in small entries: `RestoreBegin` empties the staging
+    /// table and names the restore, `RestoreRows` stage rows, `RestoreCommit` replaces every
+    /// state table with the staged rows at once, if all `rows` arrived. A newer restore's begin
+    /// refuses the rest of an older one.
+    RestoreBegin {
+        restore_id: String,
+    },
+    RestoreRows {
+        restore_id: String,
+        /// A state table's name.
+        table: String,
+        rows: Vec<(String, Vec<u8>)>,
+    },
+    RestoreCommit {
+        restore_id: String,
+        rows: u64,
+    },
 }
 
 /// The state machine's deterministic answer to a command.
@@ -172,6 +189,10 @@ pub enum CommandResponse {
     NodePurged,
     AclChanged,
     GarbageCollected(Collected),
+    RestoreStaged,
+    Restored {
+        rows: u64,
+    },
 }
 
 crate::versioned!(CommandResponse = 1);
@@ -209,7 +230,10 @@ impl Command {
             | Command::DeleteAclPolicy { .. }
             | Command::UpsertAclToken { .. }
             | Command::DeleteAclToken { .. }
-            | Command::CollectGarbage { .. } => 3,
+            | Command::CollectGarbage { .. }
+            | Command::RestoreBegin { .. }
+            | Command::RestoreRows { .. }
+            | Command::RestoreCommit { .. } => 3,
         }
     }
 
@@ -258,6 +282,11 @@ impl std::fmt::Display for Command {
             Command::UpsertAclToken { token } => write!(f, "upsert-acl-token {}", token.accessor_id),
             Command::DeleteAclToken { accessor_id } => write!(f, "delete-acl-token {accessor_id}"),
             Command::CollectGarbage { garbage, .. } => write!(f, "collect-garbage ({} records)", garbage.len()),
+            Command::RestoreBegin { restore_id } => write!(f, "restore-begin {restore_id}"),
+            Command::RestoreRows { restore_id, table, rows } => {
+                write!(f, "restore-rows {restore_id} {table} ({})", rows.len())
+            }
+            Command::RestoreCommit { restore_id, rows } => write!(f, "restore-commit {restore_id} ({rows} rows)"),
             Command::ReportAllocations { node_id, updates, .. } => {
                 write!(f, "update-allocations {node_id} ({})", updates.len())
             }

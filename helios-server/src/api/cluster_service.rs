@@ -76,6 +76,14 @@ impl ClusterService for Membership {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn restore_snapshot(
+        &self,
+        request: Request<tonic::Streaming<pb::SnapshotFileChunk>>,
+    ) -> Result<Response<pb::RestoreSnapshotResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::Management).await?;
+        super::restore::restore(&self.cluster, request.into_inner()).await.map(Response::new)
+    }
+
     async fn list_members(
         &self,
         request: Request<pb::ListMembersRequest>,

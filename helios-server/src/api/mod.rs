@@ -9,3 +9,4 @@ pub mod cluster_service;
 pub mod errors;
 pub mod jobs;
 pub mod nodes;
+pub mod restore;

@@ -153,17 +153,71 @@ fn write_tables(txn: &ReadTransaction, meta: &SnapshotMeta, out: &mut impl Write
     out.into_inner().flush()
 }
 
-/// Reads a snapshot stream; installs its rows into `txn` when given one.
-fn read_stream(mut reader: impl BufRead, txn: Option<&WriteTransaction>) -> io::Result<Summary> {
+/// Where a snapshot's rows go as they are read: into a transaction (install), nowhere
+/// (inspect), or into Raft commands (restore).
+pub trait RowSink {
+    /// The rows that follow are of state table `table` (one of `STATE_TABLES`).
+    fn table(&mut self, table: TableDefinition<'static, &'static str, &'static [u8]>) -> io::Result<()>;
+    /// One row, in this build's format.
+    fn row(&mut self, key: &str, value: &[u8]) -> io::Result<()>;
+}
+
+/// Counts only.
+struct Discard;
+
+impl RowSink for Discard {
+    fn table(&mut self, _: TableDefinition<'static, &'static str, &'static [u8]>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn row(&mut self, _: &str, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Inserts into the tables of a transaction (whose state tables the caller emptied first).
+struct Install<'txn> {
+    txn: &'txn WriteTransaction,
+    table: Option<redb::Table<'txn, &'static str, &'static [u8]>>,
+}
+
+impl RowSink for Install<'_> {
+    fn table(&mut self, def: TableDefinition<'static, &'static str, &'static [u8]>) -> io::Result<()> {
+        self.table = Some(self.txn.open_table(def).map_err(io::Error::other)?);
+        Ok(())
+    }
+
+    fn row(&mut self, key: &str, value: &[u8]) -> io::Result<()> {
+        let table = self.table.as_mut().ok_or_else(|| io::Error::other("a row before any table"))?;
+        table.insert(key, value).map_err(io::Error::other).map(drop)
+    }
+}
+
+fn read_stream(reader: impl BufRead, txn: Option<&WriteTransaction>) -> io::Result<Summary> {
+    match txn {
+        Some(txn) => {
+            for def in STATE_TABLES {
+                txn.open_table(def).map_err(io::Error::other)?.retain(|_, _| false).map_err(io::Error::other)?;
+            }
+            read_rows(reader, &mut Install { txn, table: None })
+        }
+        None => read_rows(reader, &mut Discard),
+    }
+}
+
+/// Reads a whole snapshot stream, handing its rows to `sink`, and checks it. Rows reach the
+/// sink before the checksum at the end is read: a sink that must not act on a damaged stream
+/// keeps what it gets uncommitted until this returns `Ok`.
+pub fn read_rows(mut reader: impl BufRead, sink: &mut dyn RowSink) -> io::Result<Summary> {
     let starts_with_magic = reader.fill_buf()?.starts_with(MAGIC);
     if !starts_with_magic {
-        return read_format_2(reader, txn);
+        return read_format_2(reader, sink);
     }
     let mut reader = Hashing::new(reader);
     let mut magic = [0u8; MAGIC.len()];
     reader.read_exact(&mut magic)?;
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
-    let (format, meta) = match decode_from_reader(&mut reader)? {
+    let (format, meta) = match decode_from_reader::<Frame>(&mut reader)? {
         Frame::Header { format, meta } => (format, meta),
         _ => return Err(invalid("the snapshot has no header".into())),
     };
@@ -172,13 +226,7 @@ fn read_stream(mut reader: impl BufRead, txn: Option<&WriteTransaction>) -> io::
             "the snapshot is of stored format {format}; this build reads format {FORMAT_VERSION} and 2"
         )));
     }
-    if let Some(txn) = txn {
-        for def in STATE_TABLES {
-            txn.open_table(def).map_err(io::Error::other)?.retain(|_, _| false).map_err(io::Error::other)?;
-        }
-    }
     let mut tables: Vec<(String, u64)> = Vec::new();
-    let mut table: Option<redb::Table<&str, &[u8]>> = None;
     let mut rows = 0u64;
     loop {
         // The checksum covers everything before the end frame.
@@ -188,19 +236,14 @@ fn read_stream(mut reader: impl BufRead, txn: Option<&WriteTransaction>) -> io::
             Frame::Table { name } => {
                 let def =
                     state_table(&name).ok_or_else(|| invalid(format!("the snapshot holds unknown table {name:?}")))?;
-                table = match txn {
-                    Some(txn) => Some(txn.open_table(def).map_err(io::Error::other)?),
-                    None => None,
-                };
+                sink.table(def)?;
                 tables.push((name.into_owned(), 0));
             }
             Frame::Row { key, value } => {
                 let (_, count) = tables.last_mut().ok_or_else(|| invalid("a snapshot row before any table".into()))?;
                 *count += 1;
                 rows += 1;
-                if let Some(table) = &mut table {
-                    table.insert(key.as_ref(), value.as_ref()).map_err(io::Error::other)?;
-                }
+                sink.row(&key, &value)?;
             }
             Frame::End { rows: expected, sha256: stated } => {
                 if stated != sha256 || expected != rows {
@@ -214,7 +257,7 @@ fn read_stream(mut reader: impl BufRead, txn: Option<&WriteTransaction>) -> io::
     }
 }
 
-fn read_format_2(mut reader: impl BufRead, txn: Option<&WriteTransaction>) -> io::Result<Summary> {
+fn read_format_2(mut reader: impl BufRead, sink: &mut dyn RowSink) -> io::Result<Summary> {
     let mut bytes = Vec::new();
     reader.read_to_end(&mut bytes)?;
     let body: Format2Body = crate::store::codec::decode(&bytes)?;
@@ -223,21 +266,9 @@ fn read_format_2(mut reader: impl BufRead, txn: Option<&WriteTransaction>) -> io
         let def = state_table(&name)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unknown table {name:?}")))?;
         tables.push((name.clone(), rows.len() as u64));
-        if let Some(txn) = txn {
-            let mut table = txn.open_table(def).map_err(io::Error::other)?;
-            table.retain(|_, _| false).map_err(io::Error::other)?;
-            for (key, value) in rows {
-                table.insert(key.as_str(), row_from_format_2(&name, &value)?.as_slice()).map_err(io::Error::other)?;
-            }
-        }
-    }
-    if let Some(txn) = txn {
-        // Tables the old format did not have yet are empty in the installed state.
-        for def in STATE_TABLES {
-            let name = redb::TableHandle::name(&def);
-            if !tables.iter().any(|(n, _)| n == name) {
-                txn.open_table(def).map_err(io::Error::other)?.retain(|_, _| false).map_err(io::Error::other)?;
-            }
+        sink.table(def)?;
+        for (key, value) in rows {
+            sink.row(&key, &row_from_format_2(&name, &value)?)?;
         }
     }
     Ok(Summary { format: 2, meta: None, tables, bytes: bytes.len() as u64 })

@@ -44,6 +44,8 @@ struct Applied {
     touched: BTreeMap<String, BTreeSet<String>>,
     /// The batch held an ACL command (see `NodeSignals::acl_changed`).
     acl_changed: bool,
+    /// The batch committed a snapshot restore: every watch and cache starts over.
+    restored: bool,
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
@@ -67,6 +69,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
     let mut last: Option<LogId> = None;
     let mut membership: Option<StoredMembership> = None;
     let touched;
+    let restored;
     let mut acl_changed = false;
     {
         let mut tables = StateTables::open(&txn).map_err(io::Error::other)?;
@@ -89,6 +92,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
         }
         tables.finish().map_err(io::Error::other)?;
         touched = std::mem::take(&mut tables.touched);
+        restored = tables.restored;
     }
     {
         let mut meta = txn.open_table(SM_META).map_err(io::Error::other)?;
@@ -100,7 +104,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
         }
     }
     txn.commit().map_err(io::Error::other)?;
-    Ok(Applied { responses, touched, acl_changed })
+    Ok(Applied { responses, touched, acl_changed, restored })
 }
 
 /// The snapshot as of now: the applied index and membership, and a view of the tables from the
@@ -149,13 +153,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let count = entries.len();
         let started = std::time::Instant::now();
-        let Applied { responses, touched, acl_changed } = blocking(move || apply_batch(&db, entries)).await?;
+        let Applied { responses, touched, acl_changed, restored } = blocking(move || apply_batch(&db, entries)).await?;
         let took = started.elapsed();
         if took > std::time::Duration::from_millis(20) {
             tracing::warn!(entries = count, took_ms = took.as_millis(), "slow state machine apply");
         }
         self.signals.notify(&touched);
-        if acl_changed {
+        if restored {
+            self.signals.notify_all();
+        }
+        if acl_changed || restored {
             self.signals.acl_changed();
         }
         // Answer callers only after the batch is committed, so a reply implies the state is

@@ -16,10 +16,11 @@ use super::tables::{
     ALLOCS_BY_JOB, ALLOCS_BY_NODE, BLOCKED_JOBS, CLUSTER, EVALS_BY_JOB, EVALUATIONS, JOBS, JOB_ALLOC_COUNTS,
     JOB_VERSIONS, NODES, NODES_CHANGED_AT, NODE_PORTS, NODE_USAGE, PENDING_EVALUATIONS, REQUESTS, ROOM_FREED_AT,
 };
-use super::tables::{ACL_POLICIES, ACL_TOKENS, ACL_TOKEN_SECRETS};
+use super::tables::{ACL_POLICIES, ACL_TOKENS, ACL_TOKEN_SECRETS, RESTORE_STAGING};
 
 mod acl;
 mod gc;
+mod restore;
 
 /// How long a request id is remembered. A server retries a proposal for at most
 /// `cluster::REQUEST_DEADLINE` (15 s); the margin covers clock differences between servers, whose
@@ -48,6 +49,7 @@ pub struct StateTables<'txn> {
     acl_policies: StateTable<'txn>,
     acl_tokens: StateTable<'txn>,
     acl_token_secrets: StateTable<'txn>,
+    restore_staging: StateTable<'txn>,
     /// Node usage and job counts as this batch left them, written once by `finish`: they change
     /// with every allocation written, and writing them through would double the B-tree work.
     usage: HashMap<String, Resources>,
@@ -59,6 +61,8 @@ pub struct StateTables<'txn> {
     pub touched: BTreeMap<String, BTreeSet<String>>,
     /// The log index of the entry being applied (set by the caller before each `apply_once`).
     pub index: u64,
+    /// A restore replaced every table in this batch: every watch and cache must start over.
+    pub restored: bool,
 }
 
 impl<'txn> StateTables<'txn> {
@@ -82,11 +86,13 @@ impl<'txn> StateTables<'txn> {
             acl_policies: txn.open_table(ACL_POLICIES)?,
             acl_tokens: txn.open_table(ACL_TOKENS)?,
             acl_token_secrets: txn.open_table(ACL_TOKEN_SECRETS)?,
+            restore_staging: txn.open_table(RESTORE_STAGING)?,
             usage: HashMap::new(),
             counts: HashMap::new(),
             room_freed: None,
             touched: BTreeMap::new(),
             index: 0,
+            restored: false,
         })
     }
 
@@ -100,8 +106,13 @@ impl<'txn> StateTables<'txn> {
         if let Some(first) = get::<CommandResponse>(&self.requests, &key)? {
             return Ok(first);
         }
+        // A restore's commit leaves the tables exactly as the snapshot had them, its requests
+        // included; a repeat of it finds its restore gone and changes nothing.
+        let remembered = !matches!(proposal.command, Command::RestoreCommit { .. });
         let response = self.apply(proposal.command)?;
-        self.requests.insert(key.as_str(), encode(&response).as_slice())?;
+        if remembered {
+            self.requests.insert(key.as_str(), encode(&response).as_slice())?;
+        }
         Ok(response)
     }
 
@@ -233,6 +244,9 @@ impl<'txn> StateTables<'txn> {
             }
             Command::ApplyPlan { plan, eval } => self.apply_plan(plan, eval),
             Command::CollectGarbage { cutoffs, garbage } => self.collect_garbage(cutoffs, garbage),
+            Command::RestoreBegin { restore_id } => self.restore_begin(&restore_id),
+            Command::RestoreRows { restore_id, table, rows } => self.restore_rows(&restore_id, &table, rows),
+            Command::RestoreCommit { restore_id, rows } => self.restore_commit(&restore_id, rows),
             Command::CreateEvaluations { evals } => {
                 self.put_evaluations(&evals)?;
                 Ok(CommandResponse::EvaluationsCreated)

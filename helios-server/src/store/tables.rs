@@ -64,9 +64,15 @@ pub const ACL_TOKEN_SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new
 /// In `CLUSTER`: the log index of the ACL bootstrap.
 pub const ACL_BOOTSTRAP_INDEX: &str = "acl_bootstrap_index";
 
+/// `index_key(table name, key)` -> value: the rows of a restore in progress (`RestoreRows`),
+/// moved into their tables by its `RestoreCommit`.
+pub const RESTORE_STAGING: TableDefinition<&str, &[u8]> = TableDefinition::new("restore_staging");
+/// In `CLUSTER`: the id of the restore in progress.
+pub const RESTORE_ID: &str = "restore_id";
+
 /// The tables that make up the replicated state: exactly what a snapshot carries. A snapshot
 /// from a server without the ACL tables simply has none (no tokens, not bootstrapped).
-pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 18] = [
+pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 19] = [
     JOBS,
     JOB_VERSIONS,
     ALLOCATIONS,
@@ -85,6 +91,7 @@ pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 18] = [
     ACL_POLICIES,
     ACL_TOKENS,
     ACL_TOKEN_SECRETS,
+    RESTORE_STAGING,
 ];
 
 /// How many of a job's allocations run, and how many have not finished: what its status follows.
