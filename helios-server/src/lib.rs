@@ -10,6 +10,7 @@ pub mod config;
 pub mod gc;
 pub mod liveness;
 pub mod raft;
+pub mod replication_watch;
 pub mod scheduling;
 pub mod security;
 pub mod serve;
@@ -121,6 +122,7 @@ async fn run_raft(
     let liveness_task = tokio::spawn(liveness::run(cluster.clone()));
     let scheduling_task = tokio::spawn(scheduling::run(cluster.clone()));
     let gc_task = tokio::spawn(gc::run(cluster.clone(), config.gc, config.gc_interval));
+    let watch_task = tokio::spawn(replication_watch::run(cluster.clone()));
     // Serve until asked to stop, or until Raft stops on its own (a storage failure is fatal to
     // it): a server whose Raft is dead must not keep answering as if it were healthy.
     let (fatal_tx, mut fatal_rx) = tokio::sync::oneshot::channel::<String>();
@@ -137,6 +139,7 @@ async fn run_raft(
     liveness_task.abort();
     scheduling_task.abort();
     gc_task.abort();
+    watch_task.abort();
     tracing::info!(node_id = config.node_id, "shutting down raft");
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");

@@ -152,9 +152,12 @@ async fn main() -> ExitCode {
     }
 }
 
-/// A panic anywhere (a bug, or redb meeting a damaged file while serving) leaves this server's
-/// state in doubt: it must not go on answering as if nothing happened. The process ends, and a
-/// restart recovers from the database and the peers (or refuses a damaged database at open).
+/// A panic inside the store (redb meeting a damaged file while serving, or the store's own code)
+/// leaves this server's state in doubt: it must not go on answering as if nothing happened. The
+/// process ends, and a restart recovers from the database and the peers (or refuses a damaged
+/// database at open). Other panics stay confined to their task, as tokio confines them: one in a
+/// request handler fails that request, and one in Raft's replication to a peer must not take the
+/// leader down with it.
 fn exit_on_panic() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -162,8 +165,14 @@ fn exit_on_panic() {
             return; // reported by `store::open` as a damaged database
         }
         report(info);
-        eprintln!("Error: helios-server panicked (above); exiting rather than serving from a state in doubt");
-        std::process::exit(70);
+        let file = info.location().map_or("", |l| l.file());
+        let in_store = file.contains("/redb-") || file.contains("helios-server/src/store/");
+        if in_store {
+            eprintln!(
+                "Error: helios-server's store panicked (above); exiting rather than serving from a state in doubt"
+            );
+            std::process::exit(70);
+        }
     }));
 }
 

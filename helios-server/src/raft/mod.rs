@@ -67,6 +67,11 @@ pub fn raft_config(snapshot_every: u64) -> Arc<openraft::Config> {
         // elections took seconds (found by `helios-chaos faults`). With pre-vote it first asks
         // whether it could win, and raises its term only if a majority says yes.
         enable_pre_vote: Some(true),
+        // A server whose damaged database was moved away (docs/operations.md) comes back with an
+        // empty log. openraft's leader otherwise refuses (panics on) a follower whose log went
+        // backwards, so that server could never catch up; allowed, the leader starts its
+        // replication over, and a snapshot brings it back.
+        allow_log_reversion: Some(true),
         ..Default::default()
     };
     // validate() only fails for inconsistent timings, which the constants above are not.

@@ -187,6 +187,12 @@ impl TestCluster {
         running.task.await.expect("server task").expect("server ran cleanly");
     }
 
+    /// Waits for server `id` to end by itself (it refused to start, or stopped on an error).
+    pub async fn exited(&mut self, id: u64) -> Result<(), StartError> {
+        let running = self.running.remove(&id).expect("server was started");
+        tokio::time::timeout(WAIT, running.task).await.expect("the server ends by itself").expect("server task")
+    }
+
     /// Restarts a stopped server on its old address and data, with its original flags.
     pub async fn restart(&mut self, id: u64) {
         let listener = self.rebind(id).await;
