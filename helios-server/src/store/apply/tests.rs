@@ -1,0 +1,572 @@
+use helios_core::{EvalTrigger, Evaluation, Job, JobStatus, NodeEligibility, NodeStatus, Plan};
+use redb::ReadableDatabase;
+
+use super::*;
+use crate::store::{open, read};
+
+fn proposal(id: &str, at: u64, command: Command) -> Proposal {
+    Proposal { request_id: id.to_string(), proposed_at: Timestamp(at), command }
+}
+
+fn register(name: &str, arg: &str, eval: &str) -> Command {
+    let job = Job::exec(name, "echo", vec![arg.to_string()]);
+    let eval = Evaluation::new(eval.to_string(), name, 50, EvalTrigger::JobRegister, Timestamp(1));
+    Command::RegisterJob { job, eval }
+}
+
+/// Applies proposals in one transaction, as the state machine applies one batch.
+fn apply_all(db: &redb::Database, proposals: Vec<Proposal>) -> Vec<CommandResponse> {
+    let txn = db.begin_write().unwrap();
+    let responses = {
+        let mut tables = StateTables::open(&txn).unwrap();
+        let out = proposals
+            .into_iter()
+            .map(|p| {
+                tables.index += 1;
+                tables.apply_once(p).unwrap()
+            })
+            .collect();
+        tables.finish().unwrap();
+        out
+    };
+    txn.commit().unwrap();
+    responses
+}
+
+#[test]
+fn versions_count_changed_specs_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    let got = apply_all(
+        &db,
+        vec![
+            proposal("r1", 10, register("web", "a", "e1")),
+            proposal("r2", 11, register("web", "a", "e2")),
+            proposal("r3", 12, register("web", "b", "e3")),
+        ],
+    );
+    assert_eq!(
+        got,
+        vec![
+            CommandResponse::JobRegistered { version: 0, changed: true, eval_id: Some("e1".into()) },
+            CommandResponse::JobRegistered { version: 0, changed: false, eval_id: None },
+            CommandResponse::JobRegistered { version: 1, changed: true, eval_id: Some("e3".into()) },
+        ]
+    );
+    let txn = db.begin_read().unwrap();
+    assert_eq!(read::job_versions(&txn, "web").unwrap().len(), 2);
+    assert_eq!(read::evaluations_for_job(&txn, "web").unwrap().len(), 2);
+}
+
+#[test]
+fn a_repeated_request_is_answered_without_applying_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    let first = apply_all(&db, vec![proposal("r1", 10, register("web", "a", "e1"))]);
+    // Someone else updates the job; then the first request is retried (a leader change).
+    apply_all(&db, vec![proposal("r2", 11, register("web", "b", "e2"))]);
+    let retried = apply_all(&db, vec![proposal("r1", 10, register("web", "a", "e1"))]);
+    assert_eq!(first, retried);
+    let txn = db.begin_read().unwrap();
+    let job = read::job(&txn, "web").unwrap().unwrap();
+    assert_eq!(job.version, 1, "the retry must not roll the job back to the older spec");
+}
+
+#[test]
+fn request_ids_are_forgotten_after_the_memory_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    apply_all(&db, vec![proposal("old", 1_000, register("a", "x", "e1"))]);
+    apply_all(&db, vec![proposal("new", 1_000 + REQUEST_MEMORY_MS + 1, register("b", "x", "e2"))]);
+    let txn = db.begin_read().unwrap();
+    let requests = txn.open_table(REQUESTS).unwrap();
+    let keys: Vec<String> = requests.iter().unwrap().map(|r| r.unwrap().0.value().to_string()).collect();
+    assert_eq!(keys.len(), 1);
+    assert!(keys[0].ends_with("/new"), "{keys:?}");
+}
+
+#[test]
+fn remembered_request_ids_do_not_depend_on_batching() {
+    // p4 comes from a server whose clock is far behind: applied after p3, it is remembered
+    // until a later proposal's window passes it, in whatever batch it arrives.
+    let proposals = || {
+        vec![
+            proposal("p1", 1_000, register("a", "x", "e1")),
+            proposal("p2", 1_005 + REQUEST_MEMORY_MS, register("b", "x", "e2")),
+            proposal("p3", 1_010 + REQUEST_MEMORY_MS, register("c", "x", "e3")),
+            proposal("p4", 1_002, register("d", "x", "e4")),
+        ]
+    };
+    let remembered = |batches: Vec<Vec<Proposal>>| {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), 1).unwrap();
+        let mut after_each = Vec::new();
+        for batch in batches {
+            apply_all(&db, batch);
+            let txn = db.begin_read().unwrap();
+            let requests = txn.open_table(REQUESTS).unwrap();
+            after_each.push(requests.iter().unwrap().map(|r| r.unwrap().0.value().to_string()).collect::<Vec<_>>());
+        }
+        after_each
+    };
+    let one_by_one = remembered(proposals().into_iter().map(|p| vec![p]).collect());
+    let mut pairs = proposals();
+    let second = pairs.split_off(2);
+    let in_pairs = remembered(vec![pairs, second]);
+    assert_eq!(in_pairs, vec![one_by_one[1].clone(), one_by_one[3].clone()]);
+    assert_eq!(one_by_one[3].len(), 3, "p1 forgotten once p2's time passed its window: {one_by_one:?}");
+}
+
+#[test]
+fn stop_and_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    let eval = |id: &str| Evaluation::new(id.into(), "web", 50, EvalTrigger::JobDeregister, Timestamp(5));
+    let stop =
+        |id: &str, purge| Command::DeregisterJob { job_name: "web".into(), purge, eval: eval(id), now: Timestamp(5) };
+    let got = apply_all(
+        &db,
+        vec![
+            proposal("r0", 1, stop("e0", false)),
+            proposal("r1", 2, register("web", "a", "e1")),
+            proposal("r2", 3, stop("e2", false)),
+        ],
+    );
+    assert!(matches!(&got[0], CommandResponse::Rejected(r) if r.kind == RejectionKind::NotFound));
+    assert_eq!(got[2], CommandResponse::JobDeregistered { eval_id: "e2".into() });
+    {
+        let txn = db.begin_read().unwrap();
+        let job = read::job(&txn, "web").unwrap().unwrap();
+        assert!(job.stopped);
+        assert_eq!(job.status, JobStatus::Dead, "no allocations run, so the stopped job is dead");
+    }
+    apply_all(&db, vec![proposal("r3", 4, stop("e3", true))]);
+    let txn = db.begin_read().unwrap();
+    assert!(read::job(&txn, "web").unwrap().is_none());
+    assert!(read::job_versions(&txn, "web").unwrap().is_empty());
+}
+
+fn node(id: &str, cpu: u32) -> helios_core::Node {
+    helios_core::Node {
+        id: id.into(),
+        hostname: id.into(),
+        rpc_addr: "127.0.0.1:1".into(),
+        attributes: Default::default(),
+        meta: Default::default(),
+        drivers: vec!["exec".into()],
+        resources: Resources { cpu_mhz: cpu, memory_mb: 1000 },
+        status: NodeStatus::Ready,
+        eligibility: NodeEligibility::Eligible,
+        drain: false,
+        registered_at: Timestamp(1),
+        status_updated_at: Timestamp(1),
+        secret_id: "s".into(),
+    }
+}
+
+fn alloc(id: &str, job: &str, name: &str, node: &str, cpu: u32) -> Allocation {
+    Allocation {
+        id: id.into(),
+        name: name.into(),
+        eval_id: "e".into(),
+        job_name: job.into(),
+        job_version: 0,
+        task_group: "g".into(),
+        group_fingerprint: 0,
+        node_id: node.into(),
+        resources: Resources { cpu_mhz: cpu, memory_mb: 10 },
+        host_ports: vec![],
+        desired_status: AllocDesiredStatus::Run,
+        desired_description: String::new(),
+        client_status: AllocClientStatus::Pending,
+        client_description: String::new(),
+        task_states: Default::default(),
+        created_at: Timestamp(1),
+        modified_at: Timestamp(1),
+    }
+}
+
+fn plan(job: &str, placements: Vec<Allocation>) -> Command {
+    let plan = Plan {
+        eval_id: "e".into(),
+        job_name: job.into(),
+        planned_at_index: 0,
+        placements,
+        stops: vec![],
+        in_place: vec![],
+        job_version: 0,
+        failed_placements: Default::default(),
+    };
+    let mut eval = Evaluation::new("e".into(), job, 50, EvalTrigger::JobRegister, Timestamp(2));
+    eval.status = helios_core::EvalStatus::Complete;
+    Command::ApplyPlan { plan, eval }
+}
+
+#[test]
+fn the_plan_applier_refuses_over_commits_and_double_placements() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    let register = Command::RegisterNode { node: node("n", 1000), evals: vec![] };
+    apply_all(&db, vec![proposal("r0", 1, register)]);
+    let got = apply_all(
+        &db,
+        vec![
+            proposal("r1", 2, plan("a", vec![alloc("x1", "a", "a.g[0]", "n", 600)])),
+            // Would put 1200 MHz on a 1000 MHz node.
+            proposal("r2", 3, plan("b", vec![alloc("x2", "b", "b.g[0]", "n", 600)])),
+            // The same slot of job a again.
+            proposal("r3", 4, plan("a", vec![alloc("x3", "a", "a.g[0]", "n", 100)])),
+            // Another job whose allocation happens to have the same name is fine.
+            proposal("r4", 5, plan("a.g", vec![alloc("x4", "a.g", "a.g[0]", "n", 100)])),
+            // A node nobody registered.
+            proposal("r5", 6, plan("c", vec![alloc("x5", "c", "c.g[0]", "ghost", 1)])),
+        ],
+    );
+    assert_eq!(got[0], CommandResponse::PlanApplied { placed: 1, stopped: 0 });
+    let refused = |r: &CommandResponse, why: &str| matches!(r, CommandResponse::Rejected(x) if x.kind == RejectionKind::FailedPrecondition && x.message.contains(why));
+    assert!(refused(&got[1], "no room left"), "{:?}", got[1]);
+    assert!(refused(&got[2], "already filled"), "{:?}", got[2]);
+    assert_eq!(got[3], CommandResponse::PlanApplied { placed: 1, stopped: 0 });
+    assert!(refused(&got[4], "is gone"), "{:?}", got[4]);
+    let txn = db.begin_read().unwrap();
+    let ids: Vec<String> = read::allocations(&txn, None, None).unwrap().into_iter().map(|a| a.id).collect();
+    assert_eq!(ids, ["x1", "x4"]);
+}
+
+#[test]
+fn a_fixed_host_port_is_held_once_per_node_until_its_allocation_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    apply_all(&db, vec![proposal("r0", 1, Command::RegisterNode { node: node("n", 1000), evals: vec![] })]);
+    let with_port = |id: &str, job: &str, port: u16| Allocation {
+        host_ports: vec![port],
+        ..alloc(id, job, &format!("{job}.g[0]"), "n", 1)
+    };
+    let got = apply_all(
+        &db,
+        vec![
+            proposal("r1", 2, plan("a", vec![with_port("a1", "a", 8080)])),
+            // Another job on the same node and port.
+            proposal("r2", 3, plan("b", vec![with_port("b1", "b", 8080)])),
+            // Two placements of one plan on the same port.
+            proposal(
+                "r3",
+                4,
+                plan(
+                    "c",
+                    vec![
+                        with_port("c1", "c", 9090),
+                        Allocation { name: "c.g[1]".into(), ..with_port("c2", "c", 9090) },
+                    ],
+                ),
+            ),
+            proposal("r4", 5, plan("d", vec![with_port("d1", "d", 9090)])),
+        ],
+    );
+    let refused = |r: &CommandResponse| matches!(r, CommandResponse::Rejected(x) if x.message.contains("is taken"));
+    assert_eq!(got[0], CommandResponse::PlanApplied { placed: 1, stopped: 0 });
+    assert!(refused(&got[1]) && refused(&got[2]), "{got:?}");
+    assert_eq!(got[3], CommandResponse::PlanApplied { placed: 1, stopped: 0 });
+    assert_indexes_agree_with_a_scan(&db);
+
+    // a1 fails: 8080 is free again.
+    let fail_a1 = report_on_n(report("a1", AllocClientStatus::Failed), 10);
+    apply_all(&db, vec![proposal("r5", 6, fail_a1)]);
+    let got = apply_all(&db, vec![proposal("r6", 7, plan("b", vec![with_port("b2", "b", 8080)]))]);
+    assert_eq!(got[0], CommandResponse::PlanApplied { placed: 1, stopped: 0 });
+    assert_indexes_agree_with_a_scan(&db);
+    {
+        let txn = db.begin_read().unwrap();
+        assert_eq!(read::host_ports(&txn).unwrap()[&("n".to_string(), 8080)], "b2");
+    }
+
+    // b2 runs, and is asked to stop: its container keeps the port until it has exited.
+    let running = report_on_n(report("b2", AllocClientStatus::Running), 11);
+    apply_all(&db, vec![proposal("r7", 8, running)]);
+    let Command::ApplyPlan { plan: mut replace, eval } =
+        plan("b", vec![Allocation { name: "b.g[1]".into(), ..with_port("b3", "b", 8080) }])
+    else {
+        unreachable!()
+    };
+    replace.stops.push(helios_core::plan::AllocStop {
+        alloc_id: "b2".into(),
+        desired_status: AllocDesiredStatus::Stop,
+        client_status: None,
+        description: "replaced".into(),
+    });
+    let got = apply_all(&db, vec![proposal("r8", 9, Command::ApplyPlan { plan: replace, eval })]);
+    assert!(refused(&got[0]), "the port is still in use: {got:?}");
+    let stop_b2 = {
+        let Command::ApplyPlan { mut plan, eval } = self::plan("b", vec![]) else { unreachable!() };
+        plan.stops.push(helios_core::plan::AllocStop {
+            alloc_id: "b2".into(),
+            desired_status: AllocDesiredStatus::Stop,
+            client_status: None,
+            description: "replaced".into(),
+        });
+        Command::ApplyPlan { plan, eval }
+    };
+    apply_all(&db, vec![proposal("r10", 11, stop_b2)]);
+    assert_indexes_agree_with_a_scan(&db);
+    {
+        let txn = db.begin_read().unwrap();
+        assert_eq!(read::host_ports(&txn).unwrap()[&("n".to_string(), 8080)], "b2", "held while it stops");
+    }
+    // A job blocked meanwhile (on that port, say): the stop freed cpu and memory already, so
+    // only the port's release can wake it.
+    let Command::ApplyPlan { mut plan, mut eval } = plan("z", vec![]) else { unreachable!() };
+    plan.planned_at_index = u64::MAX; // planned on the latest state
+    eval.id = "ez".into();
+    eval.status = helios_core::EvalStatus::Blocked;
+    apply_all(&db, vec![proposal("r9", 10, Command::ApplyPlan { plan, eval })]);
+    let status_of_ez = |db: &redb::Database| {
+        let txn = db.begin_read().unwrap();
+        read::evaluations_for_job(&txn, "z").unwrap().into_iter().find(|e| e.id == "ez").expect("ez").status
+    };
+    assert_eq!(status_of_ez(&db), helios_core::EvalStatus::Blocked);
+    let exited = report_on_n(report("b2", AllocClientStatus::Complete), 12);
+    apply_all(&db, vec![proposal("r11", 12, exited)]);
+    assert_indexes_agree_with_a_scan(&db);
+    let txn = db.begin_read().unwrap();
+    assert!(!read::host_ports(&txn).unwrap().contains_key(&("n".to_string(), 8080)), "freed once it exited");
+    drop(txn);
+    assert_eq!(status_of_ez(&db), helios_core::EvalStatus::Pending, "planned again once the port is free");
+}
+
+/// The indexes are kept incrementally; they must always equal what a full scan computes.
+fn assert_indexes_agree_with_a_scan(db: &redb::Database) {
+    let txn = db.begin_read().unwrap();
+    let all = read::allocations(&txn, None, None).unwrap();
+    let mut usage: HashMap<String, Resources> = HashMap::new();
+    let mut counts: HashMap<String, crate::store::tables::AllocCounts> = HashMap::new();
+    for a in &all {
+        if reserves_room(a) {
+            let r = usage.entry(a.node_id.clone()).or_insert(Resources::ZERO);
+            *r = r.plus(a.resources);
+        }
+        let c = counts.entry(a.job_name.clone()).or_default();
+        c.running += counted(a).running;
+        c.live += counted(a).live;
+        let by_job = read::allocations(&txn, Some(&a.job_name), None).unwrap();
+        let by_node = read::allocations(&txn, None, Some(&a.node_id)).unwrap();
+        assert!(by_job.contains(a) && by_node.contains(a), "{} missing from an index", a.id);
+    }
+    let mut ports = read::HostPorts::new();
+    for a in all.iter().filter(|a| a.holds_host_ports()) {
+        for port in &a.host_ports {
+            assert!(ports.insert((a.node_id.clone(), *port), a.id.clone()).is_none(), "port {port} held twice");
+        }
+    }
+    assert_eq!(read::host_ports(&txn).unwrap(), ports, "node ports");
+    let stored = read::node_usage(&txn).unwrap();
+    for (node, used) in &usage {
+        assert_eq!(stored.get(node), Some(used), "usage of {node}");
+    }
+    for (node, used) in &stored {
+        assert_eq!(usage.get(node).copied().unwrap_or(Resources::ZERO), *used, "usage of {node}");
+    }
+    for (job, c) in &counts {
+        assert_eq!(read::alloc_counts(&txn, job).unwrap(), *c, "counts of {job}");
+    }
+}
+
+/// Node n's agent reports `update` at time `now`.
+fn report_on_n(update: helios_core::AllocUpdate, now: u64) -> Command {
+    Command::ReportAllocations {
+        node_id: "n".into(),
+        secret: "s".into(),
+        updates: vec![update],
+        now: Timestamp(now),
+        evals: vec![],
+    }
+}
+
+fn report(id: &str, status: AllocClientStatus) -> helios_core::AllocUpdate {
+    helios_core::AllocUpdate {
+        alloc_id: id.into(),
+        client_status: status,
+        client_description: String::new(),
+        task_states: Default::default(),
+    }
+}
+
+#[test]
+fn indexes_follow_placements_reports_stops_and_purges() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    for n in ["n1", "n2"] {
+        apply_all(&db, vec![proposal(n, 1, Command::RegisterNode { node: node(n, 1000), evals: vec![] })]);
+    }
+    apply_all(&db, vec![proposal("j", 1, register("a", "x", "ea"))]);
+    apply_all(
+        &db,
+        vec![
+            proposal("p1", 2, plan("a", vec![alloc("a1", "a", "a.g[0]", "n1", 300)])),
+            proposal("p2", 3, plan("a", vec![alloc("a2", "a", "a.g[1]", "n2", 200)])),
+            proposal("p3", 4, plan("b", vec![alloc("b1", "b", "b.g[0]", "n1", 100)])),
+        ],
+    );
+    assert_indexes_agree_with_a_scan(&db);
+    let updates = |node: &str, list: Vec<helios_core::AllocUpdate>| Command::ReportAllocations {
+        node_id: node.into(),
+        secret: "s".into(),
+        updates: list,
+        now: Timestamp(5),
+        evals: vec![],
+    };
+    apply_all(
+        &db,
+        vec![
+            proposal("u1", 5, updates("n1", vec![report("a1", AllocClientStatus::Running)])),
+            proposal("u2", 6, updates("n2", vec![report("a2", AllocClientStatus::Failed)])),
+        ],
+    );
+    assert_indexes_agree_with_a_scan(&db);
+    {
+        let txn = db.begin_read().unwrap();
+        assert_eq!(read::job(&txn, "a").unwrap().unwrap().status, JobStatus::Running);
+        assert_eq!(read::node_usage(&txn).unwrap()["n2"], Resources::ZERO, "a failed allocation frees its room");
+    }
+    let stop = Command::DeregisterJob {
+        job_name: "a".into(),
+        purge: true,
+        eval: Evaluation::new("es".into(), "a", 50, EvalTrigger::JobDeregister, Timestamp(7)),
+        now: Timestamp(7),
+    };
+    apply_all(&db, vec![proposal("s", 7, stop)]);
+    assert_indexes_agree_with_a_scan(&db);
+    {
+        let txn = db.begin_read().unwrap();
+        assert_eq!(read::node_usage(&txn).unwrap()["n1"].cpu_mhz, 100, "only b1 is left on n1");
+    }
+    // A report with the wrong secret changes nothing.
+    let mut forged = updates("n1", vec![report("b1", AllocClientStatus::Failed)]);
+    if let Command::ReportAllocations { secret, .. } = &mut forged {
+        *secret = "guess".into();
+    }
+    let got = apply_all(&db, vec![proposal("f", 8, forged)]);
+    assert!(matches!(&got[0], CommandResponse::Rejected(r) if r.kind == RejectionKind::FailedPrecondition));
+    // The node of b1 goes down: the plan marks it lost, which frees its room.
+    let mut lose = plan("b", vec![]);
+    if let Command::ApplyPlan { plan, .. } = &mut lose {
+        plan.stops.push(helios_core::plan::AllocStop {
+            alloc_id: "b1".into(),
+            desired_status: AllocDesiredStatus::Stop,
+            client_status: Some(AllocClientStatus::Lost),
+            description: "node down".into(),
+        });
+    }
+    apply_all(&db, vec![proposal("l", 9, lose)]);
+    assert_indexes_agree_with_a_scan(&db);
+    let txn = db.begin_read().unwrap();
+    assert_eq!(read::node_usage(&txn).unwrap()["n1"], Resources::ZERO);
+    assert_eq!(read::alloc_counts(&txn, "b").unwrap(), crate::store::tables::AllocCounts { running: 0, live: 0 });
+}
+
+#[test]
+fn indexes_are_rebuilt_for_data_that_predates_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    apply_all(&db, vec![proposal("n", 1, Command::RegisterNode { node: node("n", 1000), evals: vec![] })]);
+    apply_all(&db, vec![proposal("j", 1, register("a", "x", "ea"))]);
+    apply_all(&db, vec![proposal("p", 2, plan("a", vec![alloc("a1", "a", "a.g[0]", "n", 300)]))]);
+    // What an older server left behind: the tables without their indexes or the marker.
+    let txn = db.begin_write().unwrap();
+    for def in [ALLOCS_BY_JOB, ALLOCS_BY_NODE, EVALS_BY_JOB, NODE_USAGE, JOB_ALLOC_COUNTS] {
+        txn.open_table(def).unwrap().retain(|_, _| false).unwrap();
+    }
+    txn.open_table(crate::store::tables::SM_META).unwrap().remove(crate::store::tables::SM_INDEXES).unwrap();
+    txn.commit().unwrap();
+    drop(db);
+
+    let db = open(dir.path(), 1).unwrap();
+    assert_indexes_agree_with_a_scan(&db);
+    let txn = db.begin_read().unwrap();
+    assert_eq!(read::node_usage(&txn).unwrap()["n"].cpu_mhz, 300);
+    assert_eq!(read::evaluations_for_job(&txn, "a").unwrap().len(), 2, "the job's and the plan's");
+}
+
+#[test]
+fn a_node_id_keeps_its_secret_until_purged_and_reports_need_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    apply_all(&db, vec![proposal("n", 1, Command::RegisterNode { node: node("n", 1000), evals: vec![] })]);
+    apply_all(&db, vec![proposal("j", 1, register("a", "x", "ea"))]);
+    apply_all(&db, vec![proposal("p", 2, plan("a", vec![alloc("a1", "a", "a.g[0]", "n", 300)]))]);
+    let claim = |at: u64| {
+        let mut other = node("n", 1000);
+        other.secret_id = "another".into();
+        proposal(&format!("c{at}"), at, Command::RegisterNode { node: other, evals: vec![] })
+    };
+    let refused =
+        |r: &CommandResponse| matches!(r, CommandResponse::Rejected(r) if r.kind == RejectionKind::FailedPrecondition);
+    // Ready, then down: the id is not another agent's to take, and a ready node is not purged.
+    assert!(refused(&apply_all(&db, vec![claim(4)])[0]));
+    let purge = |at: u64| {
+        proposal(&format!("x{at}"), at, Command::PurgeNode { node_id: "n".into(), now: Timestamp(at), evals: vec![] })
+    };
+    assert!(refused(&apply_all(&db, vec![purge(5)])[0]));
+    let down =
+        Command::SetNodeStatus { node_id: "n".into(), status: NodeStatus::Down, now: Timestamp(6), evals: vec![] };
+    apply_all(&db, vec![proposal("d", 6, down)]);
+    assert!(refused(&apply_all(&db, vec![claim(7)])[0]));
+    assert_eq!(apply_all(&db, vec![purge(8)])[0], CommandResponse::NodePurged);
+    assert_indexes_agree_with_a_scan(&db);
+    {
+        let txn = db.begin_read().unwrap();
+        assert!(read::node(&txn, "n").unwrap().is_none());
+        let a1 = read::allocation(&txn, "a1").unwrap().unwrap();
+        assert_eq!((a1.client_status, a1.desired_status), (AllocClientStatus::Lost, AllocDesiredStatus::Stop));
+    }
+    assert_eq!(apply_all(&db, vec![claim(9)])[0], CommandResponse::NodeRegistered, "the freed id is taken");
+}
+
+#[test]
+fn acls_bootstrap_once_unless_reset_and_tokens_need_their_policies() {
+    use helios_core::acl::{AclPolicy, AclToken, Level, PolicyRules, TokenType};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    let token = |id: &str, policies: &[&str]| AclToken {
+        accessor_id: id.into(),
+        secret_hash: format!("hash-{id}"),
+        name: id.into(),
+        token_type: if policies.is_empty() { TokenType::Management } else { TokenType::Client },
+        policies: policies.iter().map(|p| p.to_string()).collect(),
+        created_at: Timestamp(1),
+        expires_at: None,
+    };
+    let boot = |id: &str, reset: Option<u64>| Command::AclBootstrap { token: token(id, &[]), reset_index: reset };
+    assert_eq!(apply_all(&db, vec![proposal("b1", 1, boot("root", None))])[0], CommandResponse::AclChanged);
+    let again = apply_all(&db, vec![proposal("b2", 2, boot("root2", None))]);
+    assert!(matches!(&again[0], CommandResponse::Rejected(r) if r.kind == RejectionKind::FailedPrecondition));
+    let index = {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(CLUSTER).unwrap();
+        let bytes = table.get(crate::store::tables::ACL_BOOTSTRAP_INDEX).unwrap().unwrap();
+        decode::<u64>(bytes.value()).unwrap()
+    };
+    let wrong = apply_all(&db, vec![proposal("b3", 3, boot("root3", Some(index + 7)))]);
+    assert!(matches!(&wrong[0], CommandResponse::Rejected(_)), "a wrong reset index");
+    assert_eq!(apply_all(&db, vec![proposal("b4", 4, boot("root4", Some(index)))])[0], CommandResponse::AclChanged);
+
+    let missing =
+        apply_all(&db, vec![proposal("t1", 5, Command::UpsertAclToken { token: token("ro", &["readonly"]) })]);
+    assert!(matches!(&missing[0], CommandResponse::Rejected(r) if r.kind == RejectionKind::NotFound));
+    let policy = AclPolicy {
+        name: "readonly".into(),
+        description: String::new(),
+        rules: PolicyRules { job_level: Some(Level::Read), ..Default::default() },
+        source: String::new(),
+        modified_at: Timestamp(6),
+    };
+    apply_all(&db, vec![proposal("p", 6, Command::UpsertAclPolicy { policy })]);
+    apply_all(&db, vec![proposal("t2", 7, Command::UpsertAclToken { token: token("ro", &["readonly"]) })]);
+    {
+        let txn = db.begin_read().unwrap();
+        assert_eq!(read::acl_token_by_secret(&txn, "hash-ro").unwrap().unwrap().name, "ro");
+    }
+    apply_all(&db, vec![proposal("d", 8, Command::DeleteAclToken { accessor_id: "ro".into() })]);
+    let txn = db.begin_read().unwrap();
+    assert!(read::acl_token_by_secret(&txn, "hash-ro").unwrap().is_none(), "its secret no longer finds it");
+    assert_eq!(read::acl_tokens(&txn).unwrap().len(), 2, "the two bootstrap tokens");
+}
