@@ -91,7 +91,7 @@ impl Sandbox {
     }
 }
 
-/// Debian's static busybox (`apt-get install busybox-static`, done by `.ci/run`).
+/// Debian's static busybox (`apt-get install busybox-static`, done by `scripts/test.sh`).
 fn busybox() -> Vec<u8> {
     let path = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()

@@ -33,7 +33,7 @@ impl Drop for KillGroup {
 
 pub fn sibling(name: &str) -> PathBuf {
     let path = Path::new(CLI).with_file_name(name);
-    assert!(path.exists(), "{} is missing: run the README's test command (cargo test --workspace)", path.display());
+    assert!(path.exists(), "{} is missing: run the README's test command (scripts/test.sh)", path.display());
     path
 }
 
