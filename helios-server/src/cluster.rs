@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use helios_core::acl::{AclToken, Capability};
-use helios_core::{Command, CommandResponse, EvalStatus, Proposal};
+use helios_core::command::Answer;
+use helios_core::{Command, CommandResponse, EvalStatus, Proposal, Rejection};
 use openraft::type_config::async_runtime::watch::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState};
 use redb::{Database, ReadTransaction, ReadableDatabase};
@@ -150,6 +151,17 @@ pub enum ClusterError {
     Storage(#[from] io::Error),
     #[error("internal: {0}")]
     Internal(String),
+    /// The state machine refused the command against the state it met (nothing changed).
+    #[error("{}", .0.message)]
+    Rejected(Rejection),
+}
+
+/// A command's answer as `A`, or its rejection; an answer of another kind is a bug in this
+/// server (the command and its handler disagree), reported as internal.
+pub fn expect_answer<A: Answer>(response: CommandResponse) -> Result<Result<A, Rejection>, ClusterError> {
+    A::expect(response).map_err(|other| {
+        ClusterError::Internal(format!("expected a {} answer, got {other:?}", std::any::type_name::<A>()))
+    })
 }
 
 /// This server's own view, as the peer `Status` call reports it.
@@ -182,6 +194,13 @@ impl Cluster {
             ForwardResponse::Written { index, response } => Ok((index, response)),
             other => Err(ClusterError::Internal(format!("unexpected reply to a write: {other:?}"))),
         }
+    }
+
+    /// Proposes a command (as `write`) and returns its log index and its answer, of the type the
+    /// caller expects; a refusal by the state machine is `ClusterError::Rejected`.
+    pub async fn propose<A: Answer>(&self, command: Command) -> Result<(u64, A), ClusterError> {
+        let (index, response) = self.write(command).await?;
+        Ok((index, expect_answer::<A>(response)?.map_err(ClusterError::Rejected)?))
     }
 
     /// Runs `query` on this server's tables once they reflect every write committed before the

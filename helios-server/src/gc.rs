@@ -8,10 +8,10 @@ use std::io;
 use std::time::Duration;
 
 use helios_core::gc::{self, Collected, Cutoffs, Garbage, Thresholds};
-use helios_core::{Allocation, Command, CommandResponse, Evaluation, Job, Node};
+use helios_core::{Allocation, Command, Evaluation, Job, Node};
 use redb::{ReadTransaction, ReadableTable};
 
-use crate::cluster::{Cluster, ClusterError};
+use crate::cluster::{expect_answer, Cluster, ClusterError};
 use crate::store::codec::decode;
 use crate::store::read;
 use crate::store::tables::{ALLOCATIONS, EVALUATIONS};
@@ -70,12 +70,7 @@ pub async fn collect(cluster: &Cluster, cutoffs: Cutoffs, via: Via) -> Result<Co
                 Via::Leader => cluster.propose_as_leader(command).await?,
                 Via::AnyServer => cluster.write(command).await?.1,
             };
-            match response {
-                CommandResponse::GarbageCollected(c) => collected.add(c),
-                other => {
-                    return Err(ClusterError::Internal(format!("unexpected answer to garbage collection: {other}")))
-                }
-            }
+            collected.add(expect_answer::<Collected>(response)?.map_err(ClusterError::Rejected)?);
         }
         total.add(collected);
         // Scan again while something went: what it freed may free more (a version no longer

@@ -13,16 +13,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::time::Duration;
 
+use helios_core::command::PlanApplied;
 use helios_core::scheduler::{schedule, StateView};
-use helios_core::{
-    Allocation, Command, CommandResponse, EvalStatus, EvalTrigger, Evaluation, Job, Node, Plan, Resources,
-};
+use helios_core::{Allocation, Command, EvalStatus, EvalTrigger, Evaluation, Job, Node, Plan, Resources};
 use openraft::type_config::async_runtime::watch::WatchReceiver;
 use openraft::ServerState;
 use redb::ReadTransaction;
 
 use crate::clock;
-use crate::cluster::{Cluster, ClusterError};
+use crate::cluster::{expect_answer, Cluster, ClusterError};
 use crate::store::apply::reserves_room;
 use crate::store::read;
 
@@ -213,15 +212,12 @@ async fn round(cluster: &Cluster) -> Result<Round, ClusterError> {
     let responses = futures::future::join_all(commands.into_iter().map(|c| cluster.propose_as_leader(c))).await;
     let mut applied = false;
     for (eval, response) in evals[..planned].iter().zip(responses) {
-        match response? {
-            CommandResponse::PlanApplied { placed, stopped } => {
+        match expect_answer::<PlanApplied>(response?)? {
+            Ok(PlanApplied { placed, stopped }) => {
                 applied = true;
                 tracing::debug!(eval = %eval.id, job = %eval.job_name, placed, stopped, "plan applied");
             }
-            CommandResponse::Rejected(r) => {
-                tracing::info!(eval = %eval.id, reason = %r.message, "plan refused; planning again");
-            }
-            other => return Err(ClusterError::Internal(format!("unexpected answer to a plan: {other:?}"))),
+            Err(r) => tracing::info!(eval = %eval.id, reason = %r.message, "plan refused; planning again"),
         }
     }
     Ok(if applied { Round::Progress } else { Round::Refused })

@@ -10,7 +10,10 @@
 //! Commands carry everything the state machine needs, IDs and timestamps included: the handler
 //! that proposes a command stamps them, so every replica applies identical values.
 
+pub mod answer;
 mod v1;
+
+pub use answer::{Answer, JobDeregistered, JobRegistered, PlanApplied, Restored};
 
 use serde::{Deserialize, Serialize};
 
@@ -166,33 +169,21 @@ pub enum CommandResponse {
     /// For Raft's own entries (blank, membership), which no caller waits on.
     #[default]
     Empty,
-    JobRegistered {
-        version: u64,
-        /// False when the submitted spec equalled the stored one.
-        changed: bool,
-        eval_id: Option<String>,
-    },
-    JobDeregistered {
-        eval_id: String,
-    },
+    JobRegistered(JobRegistered),
+    JobDeregistered(JobDeregistered),
     /// The command was valid when proposed but the state it met at apply time refuses it (for
     /// example the job was purged in between). Nothing was changed.
     Rejected(Rejection),
     NodeRegistered,
     NodeStatusSet,
-    PlanApplied {
-        placed: u32,
-        stopped: u32,
-    },
+    PlanApplied(PlanApplied),
     EvaluationsCreated,
     AllocationsUpdated,
     NodePurged,
     AclChanged,
     GarbageCollected(Collected),
     RestoreStaged,
-    Restored {
-        rows: u64,
-    },
+    Restored(Restored),
 }
 
 crate::versioned!(CommandResponse = 1);

@@ -5,11 +5,12 @@ use helios_api::acl::{policy_from_pb, policy_to_pb, token_to_pb};
 use helios_api::pb;
 use helios_api::pb::acl_service_server::AclService;
 use helios_core::acl::{AclToken, Capability, TokenType};
-use helios_core::{Command, CommandResponse};
+use helios_core::command::answer::AclChanged;
+use helios_core::Command;
 use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, presented_secret, secret_hash};
-use super::errors::{cluster_status, invalid, rejection_status, require_name};
+use super::errors::{cluster_status, invalid, require_name};
 use crate::clock;
 use crate::cluster::Cluster;
 use crate::store::read;
@@ -37,12 +38,8 @@ impl Acl {
     }
 
     async fn commit(&self, command: Command) -> Result<u64, Status> {
-        let (index, response) = self.cluster.write(command).await.map_err(cluster_status)?;
-        match response {
-            CommandResponse::AclChanged => Ok(index),
-            CommandResponse::Rejected(r) => Err(rejection_status(r)),
-            other => Err(Status::internal(format!("unexpected answer: {other:?}"))),
-        }
+        let (index, AclChanged) = self.cluster.propose(command).await.map_err(cluster_status)?;
+        Ok(index)
     }
 
     /// A new token with a fresh accessor and secret; returns it with the secret.

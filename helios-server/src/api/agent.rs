@@ -3,14 +3,15 @@
 use helios_api::convert::node_from_pb;
 use helios_api::pb;
 use helios_api::pb::agent_service_server::AgentService;
-use helios_core::{Command, CommandResponse};
+use helios_core::command::answer::{AllocationsUpdated, NodeRegistered};
+use helios_core::{Command, RejectionKind};
 use tonic::{Request, Response, Status};
 
-use super::errors::{cluster_status, invalid, rejection_status, require_name};
+use super::errors::{cluster_status, invalid, require_name};
 use crate::clock;
 
 use super::assigned::SentAllocations;
-use crate::cluster::{node_evaluations, Cluster};
+use crate::cluster::{node_evaluations, Cluster, ClusterError};
 use crate::signals::Changes;
 use crate::store::read;
 
@@ -147,15 +148,15 @@ impl AgentService for Agents {
             })
             .collect();
         let command = Command::ReportAllocations { node_id: req.node_id, secret: req.secret, updates, now, evals };
-        let (_, response) = self.cluster.write(command).await.map_err(cluster_status)?;
-        match response {
-            CommandResponse::AllocationsUpdated => Ok(Response::new(pb::UpdateAllocationsResponse {})),
-            CommandResponse::Rejected(r) => Err(match r.kind {
-                helios_core::RejectionKind::FailedPrecondition => Status::permission_denied(r.message),
-                helios_core::RejectionKind::NotFound => Status::not_found(r.message),
-            }),
-            other => Err(Status::internal(format!("unexpected answer to an allocation update: {other:?}"))),
-        }
+        // The state machine refuses a report whose secret is not the node's: to the agent that
+        // is a denial, not a precondition.
+        let (_, AllocationsUpdated) = self.cluster.propose(command).await.map_err(|e| match e {
+            ClusterError::Rejected(r) if r.kind == RejectionKind::FailedPrecondition => {
+                Status::permission_denied(r.message)
+            }
+            other => cluster_status(other),
+        })?;
+        Ok(Response::new(pb::UpdateAllocationsResponse {}))
     }
 
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
@@ -174,14 +175,9 @@ impl AgentService for Agents {
             .await
             .map_err(cluster_status)?;
         let evals = node_evaluations(jobs, &node.id, helios_core::EvalTrigger::NodeUpdate);
-        let (_, response) = self.cluster.write(Command::RegisterNode { node, evals }).await.map_err(cluster_status)?;
-        match response {
-            CommandResponse::NodeRegistered => {
-                Ok(Response::new(pb::RegisterResponse { heartbeat_ttl_ms: ttl_ms(&self.cluster) }))
-            }
-            CommandResponse::Rejected(r) => Err(rejection_status(r)),
-            other => Err(Status::internal(format!("unexpected answer to a registration: {other:?}"))),
-        }
+        let (_, NodeRegistered) =
+            self.cluster.propose(Command::RegisterNode { node, evals }).await.map_err(cluster_status)?;
+        Ok(Response::new(pb::RegisterResponse { heartbeat_ttl_ms: ttl_ms(&self.cluster) }))
     }
 
     async fn heartbeat(

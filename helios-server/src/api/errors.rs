@@ -12,6 +12,7 @@ pub fn cluster_status(error: ClusterError) -> Status {
         ClusterError::InvalidMembership(m) | ClusterError::NeedsUpgrade(m) => Status::failed_precondition(m),
         ClusterError::NotFound(m) => Status::not_found(m),
         ClusterError::PermissionDenied(m) => Status::permission_denied(m),
+        ClusterError::Rejected(r) => rejection_status(r),
         ClusterError::Storage(_) | ClusterError::Internal(_) => {
             tracing::error!(%error, "request failed");
             Status::internal(error.to_string())

@@ -5,15 +5,15 @@ use helios_api::pb;
 use helios_api::pb::allocation_service_server::AllocationService;
 use helios_api::pb::job_service_server::JobService;
 use helios_core::acl::Capability;
+use helios_core::command::{JobDeregistered, JobRegistered, PlanApplied};
 use helios_core::{
-    AllocClientStatus, Allocation, Command, CommandResponse, EvalStatus, EvalTrigger, Evaluation, Job, JobType,
-    NodeStatus,
+    AllocClientStatus, Allocation, Command, EvalStatus, EvalTrigger, Evaluation, Job, JobType, NodeStatus,
 };
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
 
-use super::errors::{cluster_status, invalid, rejection_status, require_job_name, require_name};
+use super::errors::{cluster_status, invalid, require_job_name, require_name};
 use crate::clock::{new_id, now};
 use crate::cluster::Cluster;
 use crate::store::read;
@@ -98,17 +98,9 @@ impl JobService for Jobs {
         let now = now();
         job.submitted_at = now;
         let eval = Evaluation::new(new_id(), &job.name, job.priority, EvalTrigger::JobRegister, now);
-        let (index, response) = self.cluster.write(Command::RegisterJob { job, eval }).await.map_err(cluster_status)?;
-        match response {
-            CommandResponse::JobRegistered { version, changed, eval_id } => Ok(Response::new(pb::SubmitJobResponse {
-                version,
-                changed,
-                eval_id: eval_id.unwrap_or_default(),
-                index,
-            })),
-            CommandResponse::Rejected(r) => Err(rejection_status(r)),
-            other => Err(Status::internal(format!("unexpected answer to a job submission: {other:?}"))),
-        }
+        let (index, JobRegistered { version, changed, eval_id }) =
+            self.cluster.propose(Command::RegisterJob { job, eval }).await.map_err(cluster_status)?;
+        Ok(Response::new(pb::SubmitJobResponse { version, changed, eval_id: eval_id.unwrap_or_default(), index }))
     }
 
     async fn plan_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::PlanJobResponse>, Status> {
@@ -223,12 +215,8 @@ impl JobService for Jobs {
         let job = job.ok_or_else(|| job_not_found(&req.name))?;
         let eval = Evaluation::new(new_id(), &job.name, job.priority, EvalTrigger::JobDeregister, now);
         let command = Command::DeregisterJob { job_name: req.name, purge: req.purge, eval, now };
-        let (index, response) = self.cluster.write(command).await.map_err(cluster_status)?;
-        match response {
-            CommandResponse::JobDeregistered { eval_id } => Ok(Response::new(pb::StopJobResponse { eval_id, index })),
-            CommandResponse::Rejected(r) => Err(rejection_status(r)),
-            other => Err(Status::internal(format!("unexpected answer to a job stop: {other:?}"))),
-        }
+        let (index, JobDeregistered { eval_id }) = self.cluster.propose(command).await.map_err(cluster_status)?;
+        Ok(Response::new(pb::StopJobResponse { eval_id, index }))
     }
 }
 
@@ -408,13 +396,8 @@ impl AllocationService for Allocations {
         };
         let eval_id = eval.id.clone();
         let command = Command::ApplyPlan { plan, eval };
-        match self.cluster.write(command).await.map_err(cluster_status)?.1 {
-            CommandResponse::PlanApplied { .. } => {
-                Ok(Response::new(pb::StopAllocationResponse { alloc_id: alloc.id, eval_id }))
-            }
-            CommandResponse::Rejected(r) => Err(rejection_status(r)),
-            other => Err(Status::internal(format!("unexpected answer to an allocation stop: {other:?}"))),
-        }
+        let _: (u64, PlanApplied) = self.cluster.propose(command).await.map_err(cluster_status)?;
+        Ok(Response::new(pb::StopAllocationResponse { alloc_id: alloc.id, eval_id }))
     }
 }
 

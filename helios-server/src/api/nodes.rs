@@ -8,9 +8,10 @@ use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
 
-use helios_core::{Command, CommandResponse, EvalTrigger, NodeEligibility};
+use helios_core::command::answer::{NodePurged, NodeStatusSet};
+use helios_core::{Command, EvalTrigger, NodeEligibility};
 
-use super::errors::{cluster_status, rejection_status, require_name};
+use super::errors::{cluster_status, require_name};
 use crate::clock;
 use crate::cluster::node_evaluations;
 use crate::cluster::Cluster;
@@ -40,12 +41,8 @@ impl Nodes {
             now: clock::now(),
             evals,
         };
-        let (index, response) = self.cluster.write(command).await.map_err(cluster_status)?;
-        match response {
-            CommandResponse::NodeStatusSet => Ok(index),
-            CommandResponse::Rejected(r) => Err(rejection_status(r)),
-            other => Err(Status::internal(format!("unexpected answer: {other:?}"))),
-        }
+        let (index, NodeStatusSet) = self.cluster.propose(command).await.map_err(cluster_status)?;
+        Ok(index)
     }
 }
 
@@ -94,12 +91,8 @@ impl NodeService for Nodes {
             self.cluster.read(move |txn| read::jobs_affected_by_node(txn, &lookup)).await.map_err(cluster_status)?;
         let evals = node_evaluations(jobs, &id, EvalTrigger::NodeUpdate);
         let command = Command::PurgeNode { node_id: id, now: clock::now(), evals };
-        let (index, response) = self.cluster.write(command).await.map_err(cluster_status)?;
-        match response {
-            CommandResponse::NodePurged => Ok(Response::new(pb::PurgeNodeResponse { index })),
-            CommandResponse::Rejected(r) => Err(rejection_status(r)),
-            other => Err(Status::internal(format!("unexpected answer to a purge: {other:?}"))),
-        }
+        let (index, NodePurged) = self.cluster.propose(command).await.map_err(cluster_status)?;
+        Ok(Response::new(pb::PurgeNodeResponse { index }))
     }
 
     async fn get_node(&self, request: Request<pb::GetNodeRequest>) -> Result<Response<pb::GetNodeResponse>, Status> {

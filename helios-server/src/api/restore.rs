@@ -8,11 +8,12 @@ use std::io::{self, Write};
 
 use futures::StreamExt;
 use helios_api::pb;
-use helios_core::{Command, CommandResponse};
+use helios_core::command::answer::{RestoreStaged, Restored};
+use helios_core::Command;
 use redb::TableDefinition;
 use tonic::{Status, Streaming};
 
-use super::errors::{cluster_status, rejection_status};
+use super::errors::cluster_status;
 use crate::cluster::Cluster;
 use crate::raft::snapshot::{self, ReceivedFile, RowSink};
 
@@ -56,20 +57,14 @@ pub async fn restore(
         let (table, rows) = batch.map_err(|e| Status::internal(format!("reading the snapshot file: {e}")))?;
         propose(cluster, Command::RestoreRows { restore_id: restore_id.clone(), table, rows }).await?;
     }
-    let (index, response) = cluster.write(Command::RestoreCommit { restore_id, rows }).await.map_err(cluster_status)?;
-    match response {
-        CommandResponse::Restored { rows } => Ok(pb::RestoreSnapshotResponse { rows, index }),
-        CommandResponse::Rejected(r) => Err(rejection_status(r)),
-        other => Err(Status::internal(format!("unexpected answer to a restore: {other}"))),
-    }
+    let (index, Restored { rows }) =
+        cluster.propose(Command::RestoreCommit { restore_id, rows }).await.map_err(cluster_status)?;
+    Ok(pb::RestoreSnapshotResponse { rows, index })
 }
 
 async fn propose(cluster: &Cluster, command: Command) -> Result<(), Status> {
-    match cluster.write(command).await.map_err(cluster_status)?.1 {
-        CommandResponse::RestoreStaged => Ok(()),
-        CommandResponse::Rejected(r) => Err(rejection_status(r)),
-        other => Err(Status::internal(format!("unexpected answer to a restore: {other}"))),
-    }
+    let (_, RestoreStaged) = cluster.propose(command).await.map_err(cluster_status)?;
+    Ok(())
 }
 
 /// Receives the file into the data dir (deleted when done).

@@ -1,6 +1,7 @@
 //! Jobs: registering (a changed spec is a new version), stopping and purging, their status, and
 //! retrying blocked jobs when the cluster changes.
 
+use helios_core::command::{JobDeregistered, JobRegistered};
 use helios_core::{
     AllocClientStatus, AllocDesiredStatus, CommandResponse, Evaluation, Job, JobStatus, Rejection, RejectionKind,
     Timestamp,
@@ -16,7 +17,11 @@ impl StateTables<'_> {
         let previous: Option<Job> = get(&self.jobs, &job.name)?;
         if let Some(prev) = &previous {
             if prev.same_spec(&job) && !prev.stopped {
-                return Ok(CommandResponse::JobRegistered { version: prev.version, changed: false, eval_id: None });
+                return Ok(CommandResponse::JobRegistered(JobRegistered {
+                    version: prev.version,
+                    changed: false,
+                    eval_id: None,
+                }));
             }
         }
         job.version = previous.map_or(0, |p| p.version + 1);
@@ -26,7 +31,11 @@ impl StateTables<'_> {
         self.jobs.insert(job.name.as_str(), bytes.as_slice())?;
         self.job_versions.insert(job_version_key(&job.name, job.version).as_str(), bytes.as_slice())?;
         self.put_evaluation(&eval)?;
-        Ok(CommandResponse::JobRegistered { version: job.version, changed: true, eval_id: Some(eval.id) })
+        Ok(CommandResponse::JobRegistered(JobRegistered {
+            version: job.version,
+            changed: true,
+            eval_id: Some(eval.id),
+        }))
     }
 
     /// Blocked evaluations go back to pending: what blocked them may have changed.
@@ -81,7 +90,7 @@ impl StateTables<'_> {
             self.jobs.insert(name, encode(&job).as_slice())?;
         }
         self.put_evaluation(&eval)?;
-        Ok(CommandResponse::JobDeregistered { eval_id: eval.id })
+        Ok(CommandResponse::JobDeregistered(JobDeregistered { eval_id: eval.id }))
     }
 
     /// A job runs while any of its allocations runs; a batch job whose allocations of the current

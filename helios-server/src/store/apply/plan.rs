@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use helios_core::command::PlanApplied;
 use helios_core::{
     Allocation, CommandResponse, Evaluation, Job, Node, NodeEligibility, NodeStatus, Plan, Rejection, RejectionKind,
     Resources,
@@ -58,7 +59,10 @@ impl StateTables<'_> {
         }
         self.put_evaluation(&eval)?;
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        Ok(CommandResponse::PlanApplied { placed: count(plan.placements.len()), stopped: count(plan.stops.len()) })
+        Ok(CommandResponse::PlanApplied(PlanApplied {
+            placed: count(plan.placements.len()),
+            stopped: count(plan.stops.len()),
+        }))
     }
 
     pub(super) fn check_plan(&self, plan: &Plan) -> Result<Result<(), String>, redb::Error> {

@@ -1,6 +1,7 @@
 //! Applying a snapshot restore: rows are staged by several small entries, then one entry swaps
 //! them in for every state table, so no replica ever holds half of a restore.
 
+use helios_core::command::Restored;
 use helios_core::{CommandResponse, Rejection, RejectionKind};
 use redb::ReadableTable;
 
@@ -90,7 +91,7 @@ impl<'txn> StateTables<'txn> {
         self.counts.clear();
         self.touched.clear();
         self.restored = true;
-        Ok(CommandResponse::Restored { rows })
+        Ok(CommandResponse::Restored(Restored { rows }))
     }
 
     fn not_restoring(&self, restore_id: &str) -> Result<Option<CommandResponse>, redb::Error> {

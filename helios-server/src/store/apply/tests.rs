@@ -1,3 +1,4 @@
+use helios_core::command::{JobDeregistered, JobRegistered, PlanApplied};
 use helios_core::{EvalTrigger, Evaluation, Job, JobStatus, NodeEligibility, NodeStatus, Plan};
 use redb::ReadableDatabase;
 
@@ -48,9 +49,9 @@ fn versions_count_changed_specs_only() {
     assert_eq!(
         got,
         vec![
-            CommandResponse::JobRegistered { version: 0, changed: true, eval_id: Some("e1".into()) },
-            CommandResponse::JobRegistered { version: 0, changed: false, eval_id: None },
-            CommandResponse::JobRegistered { version: 1, changed: true, eval_id: Some("e3".into()) },
+            CommandResponse::JobRegistered(JobRegistered { version: 0, changed: true, eval_id: Some("e1".into()) }),
+            CommandResponse::JobRegistered(JobRegistered { version: 0, changed: false, eval_id: None }),
+            CommandResponse::JobRegistered(JobRegistered { version: 1, changed: true, eval_id: Some("e3".into()) }),
         ]
     );
     let txn = db.begin_read().unwrap();
@@ -133,7 +134,7 @@ fn stop_and_purge() {
         ],
     );
     assert!(matches!(&got[0], CommandResponse::Rejected(r) if r.kind == RejectionKind::NotFound));
-    assert_eq!(got[2], CommandResponse::JobDeregistered { eval_id: "e2".into() });
+    assert_eq!(got[2], CommandResponse::JobDeregistered(JobDeregistered { eval_id: "e2".into() }));
     {
         let txn = db.begin_read().unwrap();
         let job = read::job(&txn, "web").unwrap().unwrap();
@@ -222,11 +223,11 @@ fn the_plan_applier_refuses_over_commits_and_double_placements() {
             proposal("r5", 6, plan("c", vec![alloc("x5", "c", "c.g[0]", "ghost", 1)])),
         ],
     );
-    assert_eq!(got[0], CommandResponse::PlanApplied { placed: 1, stopped: 0 });
+    assert_eq!(got[0], CommandResponse::PlanApplied(PlanApplied { placed: 1, stopped: 0 }));
     let refused = |r: &CommandResponse, why: &str| matches!(r, CommandResponse::Rejected(x) if x.kind == RejectionKind::FailedPrecondition && x.message.contains(why));
     assert!(refused(&got[1], "no room left"), "{:?}", got[1]);
     assert!(refused(&got[2], "already filled"), "{:?}", got[2]);
-    assert_eq!(got[3], CommandResponse::PlanApplied { placed: 1, stopped: 0 });
+    assert_eq!(got[3], CommandResponse::PlanApplied(PlanApplied { placed: 1, stopped: 0 }));
     assert!(refused(&got[4], "is gone"), "{:?}", got[4]);
     let txn = db.begin_read().unwrap();
     let ids: Vec<String> = read::allocations(&txn, None, None).unwrap().into_iter().map(|a| a.id).collect();
@@ -264,16 +265,16 @@ fn a_fixed_host_port_is_held_once_per_node_until_its_allocation_ends() {
         ],
     );
     let refused = |r: &CommandResponse| matches!(r, CommandResponse::Rejected(x) if x.message.contains("is taken"));
-    assert_eq!(got[0], CommandResponse::PlanApplied { placed: 1, stopped: 0 });
+    assert_eq!(got[0], CommandResponse::PlanApplied(PlanApplied { placed: 1, stopped: 0 }));
     assert!(refused(&got[1]) && refused(&got[2]), "{got:?}");
-    assert_eq!(got[3], CommandResponse::PlanApplied { placed: 1, stopped: 0 });
+    assert_eq!(got[3], CommandResponse::PlanApplied(PlanApplied { placed: 1, stopped: 0 }));
     assert_indexes_agree_with_a_scan(&db);
 
     // a1 fails: 8080 is free again.
     let fail_a1 = report_on_n(report("a1", AllocClientStatus::Failed), 10);
     apply_all(&db, vec![proposal("r5", 6, fail_a1)]);
     let got = apply_all(&db, vec![proposal("r6", 7, plan("b", vec![with_port("b2", "b", 8080)]))]);
-    assert_eq!(got[0], CommandResponse::PlanApplied { placed: 1, stopped: 0 });
+    assert_eq!(got[0], CommandResponse::PlanApplied(PlanApplied { placed: 1, stopped: 0 }));
     assert_indexes_agree_with_a_scan(&db);
     {
         let txn = db.begin_read().unwrap();
