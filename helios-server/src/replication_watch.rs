@@ -3,8 +3,11 @@
 //! that keeps failing (a broken disk, a refused snapshot) would otherwise fall behind in silence.
 //! One whose matched index stays put for `STALL_AFTER` while the leader's log moves on is logged
 //! as stalled, and logged again when it catches up. `server members` shows every follower's lag.
+//! A follower applies the same rule to itself against the commit index the leader announces, so
+//! the stall is logged on both sides.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use openraft::type_config::async_runtime::watch::WatchReceiver;
@@ -53,9 +56,11 @@ impl Watch {
     }
 }
 
-/// Watches while this server leads; a new leader starts with a fresh view.
+/// Watches the followers while this server leads, and its own log while it follows; a new
+/// leader starts with a fresh view.
 pub async fn run(cluster: Cluster) {
-    let mut watch = Watch::default();
+    let mut followers = Watch::default();
+    let mut own = Watch::default();
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticks.tick().await;
@@ -74,23 +79,46 @@ pub async fn run(cluster: Cluster) {
                 .unwrap_or_default();
             (m.state == ServerState::Leader, m.last_log_index.unwrap_or(0), matched)
         };
-        if !leading {
-            watch = Watch::default();
-            continue;
+        if leading {
+            own = Watch::default();
+            report_followers(followers.observe(Instant::now(), last, &matched));
+        } else {
+            followers = Watch::default();
+            // The leader's commit index, as its AppendEntries announce it, is where this server's
+            // log should get to; the same rule as the leader's applies to its own log.
+            let heard = cluster.heard_commit.load(Ordering::Relaxed);
+            report_own(own.observe(Instant::now(), heard, &BTreeMap::from([(cluster.node_id, last)])));
         }
-        for change in watch.observe(Instant::now(), last, &matched) {
-            match change {
-                Change::Stalled { follower, matched, leader_last, since } => tracing::warn!(
-                    follower,
-                    matched,
-                    leader_last,
-                    stalled_s = since.as_secs(),
-                    "a follower takes no entries while the log moves on; openraft keeps retrying (see its log, and `server members`)"
-                ),
-                Change::Recovered { follower, matched } => {
-                    tracing::info!(follower, matched, "a stalled follower takes entries again")
-                }
+    }
+}
+
+fn report_followers(changes: Vec<Change>) {
+    for change in changes {
+        match change {
+            Change::Stalled { follower, matched, leader_last, since } => tracing::warn!(
+                follower,
+                matched,
+                leader_last,
+                stalled_s = since.as_secs(),
+                "a follower takes no entries while the log moves on; openraft keeps retrying (see its log, and `server members`)"
+            ),
+            Change::Recovered { follower, matched } => {
+                tracing::info!(follower, matched, "a stalled follower takes entries again")
             }
+        }
+    }
+}
+
+fn report_own(changes: Vec<Change>) {
+    for change in changes {
+        match change {
+            Change::Stalled { matched, leader_last, since, .. } => tracing::warn!(
+                last_log = matched,
+                leader_commit = leader_last,
+                stalled_s = since.as_secs(),
+                "this server takes no entries while the leader's log moves on (see this log for failed appends or snapshots, and `server members` on the leader)"
+            ),
+            Change::Recovered { matched, .. } => tracing::info!(last_log = matched, "this server takes entries again"),
         }
     }
 }
@@ -112,6 +140,19 @@ mod tests {
         assert_eq!(stalled, [Change::Stalled { follower: 2, matched: 50, leader_last: 120, since: STALL_AFTER }]);
         assert!(watch.observe(at(30), 130, &view(50, 130)).is_empty(), "reported once");
         assert_eq!(watch.observe(at(31), 130, &view(60, 130)), [Change::Recovered { follower: 2, matched: 60 }]);
+    }
+
+    #[test]
+    fn a_follower_behind_the_commit_it_hears_reports_itself() {
+        // As `run` uses it on a follower: its own last log index against the leader's commit.
+        let start = Instant::now();
+        let mut own = Watch::default();
+        let me = |last: u64| BTreeMap::from([(2, last)]);
+        assert!(own.observe(start, 80, &me(40)).is_empty());
+        let stalled = own.observe(start + STALL_AFTER, 90, &me(40));
+        assert!(matches!(stalled[..], [Change::Stalled { matched: 40, leader_last: 90, .. }]), "{stalled:?}");
+        let caught_up = own.observe(start + STALL_AFTER * 2, 90, &me(90));
+        assert_eq!(caught_up, [Change::Recovered { follower: 2, matched: 90 }]);
     }
 
     #[test]
