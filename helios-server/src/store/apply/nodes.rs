@@ -30,6 +30,23 @@ impl StateTables<'_> {
                 ),
             }));
         }
+        self.lose_allocations(node_id, now, |alloc| {
+            alloc.desired_status = AllocDesiredStatus::Stop;
+            alloc.desired_description = "node purged".to_string();
+            true
+        })?;
+        self.nodes.remove(node_id)?;
+        Ok(CommandResponse::NodePurged)
+    }
+
+    /// Marks the node's unfinished allocations that `lose` picks (and may amend) lost: no agent
+    /// will report them finished.
+    fn lose_allocations(
+        &mut self,
+        node_id: &str,
+        now: Timestamp,
+        mut lose: impl FnMut(&mut Allocation) -> bool,
+    ) -> Result<(), redb::Error> {
         let (from, to) = index_range(node_id);
         let mut ids = Vec::new();
         for row in self.allocs_by_node.range(from.as_str()..to.as_str())? {
@@ -37,16 +54,13 @@ impl StateTables<'_> {
         }
         for id in ids {
             let Some(mut alloc) = get::<Allocation>(&self.allocations, &id)? else { continue };
-            if !alloc.is_terminal() {
-                alloc.desired_status = AllocDesiredStatus::Stop;
-                alloc.desired_description = "node purged".to_string();
+            if !alloc.is_terminal() && lose(&mut alloc) {
                 alloc.client_status = helios_core::AllocClientStatus::Lost;
                 alloc.modified_at = now;
                 self.put_allocation(&alloc)?;
             }
         }
-        self.nodes.remove(node_id)?;
-        Ok(CommandResponse::NodePurged)
+        Ok(())
     }
 
     /// The usable nodes changed at this entry. Whatever was decided on the old set is decided
@@ -114,6 +128,18 @@ impl StateTables<'_> {
             node.status = status;
             node.status_updated_at = now;
             self.nodes.insert(id, encode(&node).as_slice())?;
+            // What the servers had asked the node to stop cannot be reported stopped any more.
+            // Left as it was, such an allocation (of a purged or stopped job, whose evaluations
+            // place nothing) would stay unfinished for good, and keep its job and node from
+            // being collected. Those that should run are the scheduler's to replace.
+            if status == NodeStatus::Down {
+                self.lose_allocations(id, now, |alloc| {
+                    alloc.desired_status != AllocDesiredStatus::Run && {
+                        alloc.client_description = "its node went down while it was being stopped".to_string();
+                        true
+                    }
+                })?;
+            }
         }
         Ok(CommandResponse::NodeStatusSet)
     }

@@ -522,6 +522,46 @@ fn a_node_id_keeps_its_secret_until_purged_and_reports_need_it() {
     assert_eq!(apply_all(&db, vec![claim(9)])[0], CommandResponse::NodeRegistered, "the freed id is taken");
 }
 
+/// Tried with `bench place`: its simulated agents left before reporting the stops of the jobs it
+/// purged, and those allocations stayed "running" for good, with their nodes.
+#[test]
+fn a_node_that_goes_down_loses_what_it_was_asked_to_stop_so_it_can_be_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    apply_all(&db, vec![proposal("n", 1, Command::RegisterNode { node: node("n", 1000), evals: vec![] })]);
+    apply_all(&db, vec![proposal("j", 1, register("a", "x", "ea")), proposal("k", 1, register("b", "x", "eb"))]);
+    let placements = [alloc("a1", "a", "a.g[0]", "n", 100), alloc("b1", "b", "b.g[0]", "n", 100)];
+    apply_all(&db, vec![proposal("pa", 2, plan("a", placements[..1].to_vec()))]);
+    apply_all(&db, vec![proposal("pb", 2, plan("b", placements[1..].to_vec()))]);
+    let running = |id: &str| report(id, AllocClientStatus::Running);
+    apply_all(
+        &db,
+        vec![proposal("r", 3, report_on_n(running("a1"), 3)), proposal("s", 3, report_on_n(running("b1"), 3))],
+    );
+    let eval = Evaluation::new("ep".into(), "a", 50, EvalTrigger::JobDeregister, Timestamp(4));
+    let purge = Command::DeregisterJob { job_name: "a".into(), purge: true, eval, now: Timestamp(4) };
+    apply_all(&db, vec![proposal("x", 4, purge)]);
+    let status = |id: &str| {
+        let a = read::allocation(&db.begin_read().unwrap(), id).unwrap().unwrap();
+        (a.desired_status, a.client_status)
+    };
+    assert_eq!(status("a1"), (AllocDesiredStatus::Stop, AllocClientStatus::Running), "its agent has not reported");
+
+    let down =
+        Command::SetNodeStatus { node_id: "n".into(), status: NodeStatus::Down, now: Timestamp(5), evals: vec![] };
+    apply_all(&db, vec![proposal("d", 5, down)]);
+    assert_eq!(status("a1"), (AllocDesiredStatus::Stop, AllocClientStatus::Lost));
+    assert_eq!(status("b1"), (AllocDesiredStatus::Run, AllocClientStatus::Running), "the scheduler's to replace");
+    assert_indexes_agree_with_a_scan(&db);
+
+    // A forced pass then takes the purged job's allocation; the node still holds b1.
+    let cutoffs = helios_core::gc::Thresholds::default().forced(Timestamp(6));
+    let garbage = crate::gc::find(&db.begin_read().unwrap(), &cutoffs).unwrap();
+    let found: Vec<_> = garbage.iter().flat_map(|g| g.allocs.clone()).collect();
+    assert_eq!(found, ["a1"]);
+    assert!(garbage.iter().all(|g| g.nodes.is_empty()), "b1 is unfinished on it");
+}
+
 #[test]
 fn acls_bootstrap_once_unless_reset_and_tokens_need_their_policies() {
     use helios_core::acl::{AclPolicy, AclToken, Level, PolicyRules, TokenType};
