@@ -67,7 +67,7 @@ pub fn checking_a_database() -> bool {
 fn open_checked(path: &Path) -> Result<Database, Checked> {
     CHECKING.with(|c| c.set(true));
     let opened = std::panic::catch_unwind(|| {
-        let mut db = Database::create(path).map_err(|e| match e {
+        let mut db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| match e {
             redb::DatabaseError::Storage(redb::StorageError::Corrupted(what)) => Checked::Damaged(what),
             other => Checked::Failed(other),
         })?;
@@ -87,6 +87,12 @@ fn open_checked(path: &Path) -> Result<Database, Checked> {
         Err(Checked::Damaged(format!("redb failed reading it: {what}")))
     })
 }
+
+/// redb's page cache (its default is 1 GiB). It bounds what a server holds in memory for its
+/// database whatever the database's size: a snapshot installed or a format converted in one
+/// transaction spills its pages to the file beyond half of it. The OS's page cache still keeps
+/// the file's hot pages; see docs/performance.md ("Stored data") for what it costs.
+pub const CACHE_BYTES: usize = 128 * 1024 * 1024;
 
 /// The database file of server `node_id` inside `data_dir`.
 pub fn db_path(data_dir: &Path, node_id: u64) -> PathBuf {
