@@ -75,9 +75,8 @@ pub async fn run_on(
     security::check_listen_addr(&config)?;
     let db = store::open(&config.data_dir, config.node_id)?;
     let key = security::resolve_cluster_key(&config)?;
-    let db_handle = Arc::downgrade(&db);
-    let result = run_raft(config, key, db, listener, shutdown).await;
-    wait_until_closed(&db_handle).await;
+    let result = run_raft(config, key, db.clone(), listener, shutdown).await;
+    wait_until_closed(db).await;
     result
 }
 
@@ -166,16 +165,20 @@ async fn raft_stopped(raft: Raft) -> String {
 
 /// Raft's replication tasks can outlive `shutdown` briefly, holding the log store and with it
 /// the database; redb refuses a second open of the same file, so a restart in the same process
-/// must wait for them to finish.
-async fn wait_until_closed(db: &std::sync::Weak<redb::Database>) {
+/// must wait for them to finish. This waits until `db` is the last handle and closes it here:
+/// waiting only for the others to let go raced with the last one's drop, which closes the file
+/// after the count reached zero (a restart then met `DatabaseAlreadyOpen`).
+async fn wait_until_closed(db: Arc<redb::Database>) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while db.strong_count() > 0 {
+    while Arc::strong_count(&db) > 1 {
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!("the database is still in use 10 s after shutdown");
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    // Closing writes redb's clean-shutdown state: blocking work.
+    let _ = tokio::task::spawn_blocking(move || drop(db)).await;
 }
 
 /// Initializes a new cluster on the bootstrap server, and on every start checks that the
