@@ -40,7 +40,7 @@ async fn restore(servers: &Servers, file: &Path) -> Result<()> {
     let summary = read_summary(file)?;
     let opened = tokio::fs::File::open(file).await.with_context(|| format!("cannot open {}", file.display()))?;
     let chunks = futures::stream::unfold(opened, |mut file| async move {
-        let mut data = vec![0u8; 1024 * 1024];
+        let mut data = vec![0u8; helios_core::limits::SNAPSHOT_FILE_CHUNK_BYTES];
         match tokio::io::AsyncReadExt::read(&mut file, &mut data).await {
             Ok(0) | Err(_) => None,
             Ok(n) => {

@@ -491,12 +491,21 @@ async fn snapshot_save_inspect_restore_and_system_gc() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
     assert!(cli(&server.url, &["job", "stop", "stopped"]).await.status.success());
+    // A job of 600 KB (stored twice, as the job and its version) makes the file several chunks
+    // long: a chunk of exactly the API's message limit was refused with its framing.
+    let big_arg = "x".repeat(60_000);
+    let mut big = vec!["job", "run", "-d", "--name", "big", "true", "--"];
+    big.extend(std::iter::repeat_n(big_arg.as_str(), 10));
+    let out = cli(&server.url, &big).await;
+    assert!(out.status.success(), "{}", stderr(&out));
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("state.snap");
     let file = file.to_str().expect("utf8");
     let out = cli(&server.url, &["operator", "snapshot", "save", file]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with(&format!("Saved {file} (")), "{}", stdout(&out));
+    let size = std::fs::metadata(file).expect("saved").len();
+    assert!(size > 1024 * 1024, "{size} bytes: more than one message's worth");
 
     // Inspected with no server at all.
     let out = run(&["--server-addr", &dead_url(), "operator", "snapshot", "inspect", file], &[]).await;
@@ -505,7 +514,7 @@ async fn snapshot_save_inspect_restore_and_system_gc() {
     assert!(shown.contains(&format!("Format  = {}", helios_server::store::tables::FORMAT_VERSION)), "{shown}");
     assert!(shown.contains(&format!("Members = 1={}", server.addr())), "{shown}");
     let jobs_row = shown.lines().find(|l| l.starts_with("jobs ")).expect("a jobs row");
-    assert_eq!(jobs_row.split_whitespace().nth(1), Some("2"), "{shown}");
+    assert_eq!(jobs_row.split_whitespace().nth(1), Some("3"), "{shown}");
 
     // Restored into another (new) cluster: the same jobs.
     let other = Server::start().await;
@@ -513,7 +522,7 @@ async fn snapshot_save_inspect_restore_and_system_gc() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with(&format!("Restored {file} (")), "{}", stdout(&out));
     let listed = stdout(&cli(&other.url, &["job", "list"]).await);
-    assert!(listed.contains("kept") && listed.contains("stopped"), "{listed}");
+    assert!(listed.contains("kept") && listed.contains("stopped") && listed.contains("big"), "{listed}");
     other.shutdown().await;
 
     // A damaged file is refused in one line.

@@ -20,6 +20,9 @@ pub const MAX_PORTS: usize = 64;
 /// Largest protobuf message a server accepts (and the CLI sends). It bounds a job's size, and so
 /// a Raft entry's.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// A snapshot file's chunk in the public API (`SaveSnapshot`, `RestoreSnapshot`): well under
+/// `MAX_MESSAGE_BYTES` with its framing (a chunk of exactly that size was refused).
+pub const SNAPSHOT_FILE_CHUNK_BYTES: usize = 256 * 1024;
 /// Most Raft entries sent to a follower in one message.
 pub const MAX_ENTRIES_PER_APPEND: u64 = 256;
 /// Largest message between servers: a full batch of the largest entries, with room to spare.

@@ -65,7 +65,11 @@ impl ClusterService for Membership {
             .await
             .map_err(cluster_status)?;
         tracing::info!(last_log_id = ?snapshot.meta.last_log_id, "saving a snapshot for an operator");
-        let chunks = crate::raft::snapshot::stream_chunks(snapshot.snapshot, snapshot.meta, 1024 * 1024);
+        let chunks = crate::raft::snapshot::stream_chunks(
+            snapshot.snapshot,
+            snapshot.meta,
+            helios_core::limits::SNAPSHOT_FILE_CHUNK_BYTES,
+        );
         let stream = futures::stream::unfold(chunks, |mut rx| async move {
             let chunk = match rx.recv().await? {
                 Ok(data) => Ok(pb::SnapshotFileChunk { data }),
