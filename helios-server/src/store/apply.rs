@@ -122,12 +122,24 @@ impl<'txn> StateTables<'txn> {
     }
 
     /// Writes what the batch kept in memory. Call once, after the batch's last command.
+    ///
+    /// A zero is stored as no row, as a rebuild from the allocations leaves it: the tables must
+    /// be the same bytes whichever way they were reached (a server that installed a snapshot
+    /// rebuilds them), or `server digest` tells replicas apart that agree.
     pub fn finish(&mut self) -> Result<(), redb::Error> {
         for (node, usage) in std::mem::take(&mut self.usage) {
-            self.node_usage.insert(node.as_str(), encode(&usage).as_slice())?;
+            if usage == Resources::ZERO {
+                self.node_usage.remove(node.as_str())?;
+            } else {
+                self.node_usage.insert(node.as_str(), encode(&usage).as_slice())?;
+            }
         }
         for (job, counts) in std::mem::take(&mut self.counts) {
-            self.job_alloc_counts.insert(job.as_str(), encode(&counts).as_slice())?;
+            if counts == AllocCounts::default() {
+                self.job_alloc_counts.remove(job.as_str())?;
+            } else {
+                self.job_alloc_counts.insert(job.as_str(), encode(&counts).as_slice())?;
+            }
         }
         Ok(())
     }

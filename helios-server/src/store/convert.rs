@@ -10,7 +10,7 @@ use std::io;
 
 use helios_core::acl::{AclPolicy, AclToken};
 use helios_core::format::read_untagged;
-use helios_core::{Allocation, CommandResponse, Evaluation, Job, Node};
+use helios_core::{Allocation, CommandResponse, Evaluation, Job, Node, Resources};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -79,6 +79,11 @@ pub fn database(txn: &WriteTransaction, format: u32) -> Result<(), ConvertError>
             }
         }
     }
+    // Format 2 kept a zero where a rebuild of the indexes writes no row (see
+    // `StateTables::finish`); format 3 is the same bytes either way.
+    txn.open_table(tables::NODE_USAGE)?.retain(|_, v| decode::<Resources>(v).ok() != Some(Resources::ZERO))?;
+    txn.open_table(tables::JOB_ALLOC_COUNTS)?
+        .retain(|_, v| decode::<tables::AllocCounts>(v).ok() != Some(tables::AllocCounts::default()))?;
     txn.open_table(RAFT_META)?.insert(META_FORMAT, encode(&FORMAT_VERSION).as_slice())?;
     Ok(())
 }
