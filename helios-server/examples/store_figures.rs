@@ -7,7 +7,8 @@
 //! ```
 //!
 //! With no database in DIR it first writes one of that many allocations (jobs of 1,000, half of
-//! them finished); with one (say a copy of a format-2 database) it opens that instead.
+//! them finished); with one (say a copy of a format-2 database) it opens that instead. The saved
+//! snapshot stays in DIR/figures.snap (for `helios-cli operator snapshot restore`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -161,7 +162,11 @@ async fn main() {
     let installed = store::open(target.path(), 1).expect("open target");
     let mut sm = StateMachine::new(installed.clone(), NodeSignals::default());
     let meta = current_snapshot(&db).expect("meta").meta;
-    let received = SnapshotData::Received(Arc::new(ReceivedFile(snapshot_path.clone())));
+    // A received file is deleted once installed: install a copy, keeping the saved file (for
+    // `operator snapshot restore` figures).
+    let copy = dir.join("figures.install.snap");
+    std::fs::copy(&snapshot_path, &copy).expect("copy the snapshot");
+    let received = SnapshotData::Received(Arc::new(ReceivedFile(copy)));
     let install = sm.install_snapshot(&meta, received);
     reset_peak();
     let (before, _) = memory();
