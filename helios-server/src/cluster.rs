@@ -26,6 +26,7 @@ use crate::liveness::HeartbeatTracker;
 use crate::raft::network::{methods, PeerChannels, PeerClient};
 use crate::raft::{NodeId, Raft};
 use crate::store::codec::{decode, encode};
+use crate::store::StoreError;
 
 /// How long a request waits for a leader (an election, a restart) before giving up.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(15);
@@ -150,13 +151,19 @@ pub enum ClusterError {
     NeedsUpgrade(String),
     #[error("this server is no longer the leader")]
     NotLeader,
-    #[error("storage: {0}")]
-    Storage(#[from] io::Error),
+    #[error("{0}")]
+    Storage(#[from] StoreError),
     #[error("internal: {0}")]
     Internal(String),
     /// The state machine refused the command against the state it met (nothing changed).
     #[error("{}", .0.message)]
     Rejected(Rejection),
+}
+
+impl From<io::Error> for ClusterError {
+    fn from(e: io::Error) -> ClusterError {
+        ClusterError::Storage(StoreError::from(e))
+    }
 }
 
 /// A command's answer as `A`, or its rejection; an answer of another kind is a bug in this
@@ -210,7 +217,7 @@ impl Cluster {
     /// call (a linearizable read).
     pub async fn read<T: Send + 'static>(
         &self,
-        query: impl FnOnce(&ReadTransaction) -> io::Result<T> + Send + 'static,
+        query: impl FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ClusterError> {
         let index = match self.submit(ForwardRequest::ReadIndex, REQUEST_DEADLINE).await? {
             ForwardResponse::ReadIndex { index } => index,
@@ -227,11 +234,11 @@ impl Cluster {
     /// Runs `query` on this server's tables as they are now (possibly behind the leader).
     pub async fn read_local<T: Send + 'static>(
         &self,
-        query: impl FnOnce(&ReadTransaction) -> io::Result<T> + Send + 'static,
+        query: impl FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ClusterError> {
         let db = self.db.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(io::Error::other)?;
+            let txn = db.begin_read()?;
             query(&txn)
         })
         .await

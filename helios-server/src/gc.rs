@@ -4,7 +4,6 @@
 //! pass at once, ignoring ages.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
 use std::time::Duration;
 
 use helios_core::gc::{self, Collected, Cutoffs, Garbage, Thresholds};
@@ -13,8 +12,8 @@ use redb::{ReadTransaction, ReadableTable};
 
 use crate::cluster::{expect_answer, Cluster, ClusterError};
 use crate::store::codec::decode;
-use crate::store::read;
 use crate::store::tables::{ALLOCATIONS, EVALUATIONS};
+use crate::store::{read, StoreError};
 
 /// Records named by one command: bounds an entry's size and a batch's apply time.
 pub const BATCH: usize = 1_000;
@@ -83,7 +82,7 @@ pub async fn collect(cluster: &Cluster, cutoffs: Cutoffs, via: Via) -> Result<Co
 }
 
 /// What may go now, in batches of at most `BATCH` records.
-pub fn find(txn: &ReadTransaction, cutoffs: &Cutoffs) -> io::Result<Vec<Garbage>> {
+pub fn find(txn: &ReadTransaction, cutoffs: &Cutoffs) -> Result<Vec<Garbage>, StoreError> {
     let mut found = Batches::default();
     let jobs: BTreeMap<String, Job> = read::jobs(txn)?.into_iter().map(|j| (j.name.clone(), j)).collect();
     let mut collected_jobs = BTreeSet::new();
@@ -104,9 +103,9 @@ pub fn find(txn: &ReadTransaction, cutoffs: &Cutoffs) -> io::Result<Vec<Garbage>
     }
     // Allocations and evaluations are read one row at a time: there can be millions.
     let mut unfinished_on: BTreeSet<String> = BTreeSet::new();
-    let allocations = txn.open_table(ALLOCATIONS).map_err(io::Error::other)?;
-    for row in allocations.iter().map_err(io::Error::other)? {
-        let alloc: Allocation = decode(row.map_err(io::Error::other)?.1.value())?;
+    let allocations = txn.open_table(ALLOCATIONS)?;
+    for row in allocations.iter()? {
+        let alloc: Allocation = decode(row?.1.value())?;
         if !alloc.is_terminal() {
             unfinished_on.insert(alloc.node_id.clone());
         }
@@ -118,9 +117,9 @@ pub fn find(txn: &ReadTransaction, cutoffs: &Cutoffs) -> io::Result<Vec<Garbage>
             return Ok(found.finish());
         }
     }
-    let evaluations = txn.open_table(EVALUATIONS).map_err(io::Error::other)?;
-    for row in evaluations.iter().map_err(io::Error::other)? {
-        let eval: Evaluation = decode(row.map_err(io::Error::other)?.1.value())?;
+    let evaluations = txn.open_table(EVALUATIONS)?;
+    for row in evaluations.iter()? {
+        let eval: Evaluation = decode(row?.1.value())?;
         let job_exists = jobs.contains_key(&eval.job_name);
         if !collected_jobs.contains(&eval.job_name) && gc::eval_collectable(&eval, job_exists, cutoffs) {
             found.push(|g| g.evals.push(eval.id.clone()));

@@ -23,7 +23,7 @@ use redb::ReadTransaction;
 use crate::clock;
 use crate::cluster::{expect_answer, Cluster, ClusterError};
 use crate::store::apply::reserves_room;
-use crate::store::read;
+use crate::store::{read, StoreError};
 
 /// At most this many evaluations are planned in one round: one read of the state, then their
 /// plans go to Raft together.
@@ -45,7 +45,7 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn read(txn: &ReadTransaction, job_names: &BTreeSet<String>) -> io::Result<Snapshot> {
+    fn read(txn: &ReadTransaction, job_names: &BTreeSet<String>) -> Result<Snapshot, StoreError> {
         let mut jobs = HashMap::new();
         let mut allocations = HashMap::new();
         for name in job_names {

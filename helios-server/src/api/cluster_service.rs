@@ -61,7 +61,7 @@ impl ClusterService for Membership {
         let db = self.cluster.db.clone();
         let snapshot = self
             .cluster
-            .read(move |_| crate::raft::state_machine::current_snapshot(&db))
+            .read(move |_| Ok(crate::raft::state_machine::current_snapshot(&db)?))
             .await
             .map_err(cluster_status)?;
         tracing::info!(last_log_id = ?snapshot.meta.last_log_id, "saving a snapshot for an operator");

@@ -8,6 +8,7 @@ pub mod convert;
 pub mod read;
 pub mod tables;
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -93,6 +94,40 @@ fn open_checked(path: &Path) -> Result<Database, Checked> {
 /// transaction spills its pages to the file beyond half of it. The OS's page cache still keeps
 /// the file's hot pages; see docs/performance.md ("Stored data") for what it costs.
 pub const CACHE_BYTES: usize = 128 * 1024 * 1024;
+
+/// A failure reading or writing the state tables, with its cause kept: redb's own error, an I/O
+/// error (`codec::decode` reports a value that does not decode as `InvalidData`), or a row that
+/// breaks the tables' layout. (openraft's storage traits
+/// take `io::Error`; the conversion happens there, at the boundary, wrapping this.)
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+macro_rules! store_error_from_redb {
+    ($($e:ty),*) => {$(
+        impl From<$e> for StoreError {
+            fn from(e: $e) -> StoreError {
+                StoreError::Redb(e.into())
+            }
+        }
+    )*};
+}
+store_error_from_redb!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+impl From<StoreError> for io::Error {
+    fn from(e: StoreError) -> io::Error {
+        match e {
+            StoreError::Io(e) => e,
+            other => io::Error::other(other),
+        }
+    }
+}
 
 /// The database file of server `node_id` inside `data_dir`.
 pub fn db_path(data_dir: &Path, node_id: u64) -> PathBuf {

@@ -1,8 +1,6 @@
 //! Queries over a read transaction. Callers decide how current the transaction must be (see
 //! `cluster::Cluster::read`).
 
-use std::io;
-
 use helios_core::{Allocation, Evaluation, Job, Node};
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -12,22 +10,21 @@ use super::tables::{
     index_id, index_range, job_version_key, AllocCounts, ALLOCATIONS, ALLOCS_BY_JOB, ALLOCS_BY_NODE, EVALS_BY_JOB,
     EVALUATIONS, JOBS, JOB_ALLOC_COUNTS, JOB_VERSIONS, NODES, NODE_USAGE, PENDING_EVALUATIONS,
 };
+use super::StoreError;
+
+type Result<T> = std::result::Result<T, StoreError>;
 
 fn table(
     txn: &ReadTransaction,
     def: TableDefinition<&str, &[u8]>,
-) -> io::Result<ReadOnlyTable<&'static str, &'static [u8]>> {
-    txn.open_table(def).map_err(io::Error::other)
+) -> Result<ReadOnlyTable<&'static str, &'static [u8]>> {
+    Ok(txn.open_table(def)?)
 }
 
-fn get<T: DeserializeOwned>(
-    txn: &ReadTransaction,
-    def: TableDefinition<&str, &[u8]>,
-    key: &str,
-) -> io::Result<Option<T>> {
-    match table(txn, def)?.get(key).map_err(io::Error::other)? {
+fn get<T: DeserializeOwned>(txn: &ReadTransaction, def: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<T>> {
+    match table(txn, def)?.get(key)? {
         None => Ok(None),
-        Some(v) => decode(v.value()).map(Some),
+        Some(v) => Ok(Some(decode(v.value())?)),
     }
 }
 
@@ -36,10 +33,10 @@ fn scan<T: DeserializeOwned>(
     txn: &ReadTransaction,
     def: TableDefinition<&str, &[u8]>,
     mut keep: impl FnMut(&T) -> bool,
-) -> io::Result<Vec<T>> {
+) -> Result<Vec<T>> {
     let mut out = Vec::new();
-    for row in table(txn, def)?.iter().map_err(io::Error::other)? {
-        let (_, v) = row.map_err(io::Error::other)?;
+    for row in table(txn, def)?.iter()? {
+        let (_, v) = row?;
         let value: T = decode(v.value())?;
         if keep(&value) {
             out.push(value);
@@ -48,21 +45,21 @@ fn scan<T: DeserializeOwned>(
     Ok(out)
 }
 
-pub fn job(txn: &ReadTransaction, name: &str) -> io::Result<Option<Job>> {
+pub fn job(txn: &ReadTransaction, name: &str) -> Result<Option<Job>> {
     get(txn, JOBS, name)
 }
 
-pub fn jobs(txn: &ReadTransaction) -> io::Result<Vec<Job>> {
+pub fn jobs(txn: &ReadTransaction) -> Result<Vec<Job>> {
     scan(txn, JOBS, |_| true)
 }
 
-pub fn job_versions(txn: &ReadTransaction, name: &str) -> io::Result<Vec<Job>> {
+pub fn job_versions(txn: &ReadTransaction, name: &str) -> Result<Vec<Job>> {
     let first = job_version_key(name, 0);
     let last = job_version_key(name, u64::MAX);
     let versions = table(txn, JOB_VERSIONS)?;
     let mut out = Vec::new();
-    for row in versions.range(first.as_str()..=last.as_str()).map_err(io::Error::other)? {
-        let (_, v) = row.map_err(io::Error::other)?;
+    for row in versions.range(first.as_str()..=last.as_str())? {
+        let (_, v) = row?;
         out.push(decode(v.value())?);
     }
     Ok(out)
@@ -74,13 +71,13 @@ fn indexed<T: DeserializeOwned>(
     index: TableDefinition<&str, &[u8]>,
     owner: &str,
     values: TableDefinition<&str, &[u8]>,
-) -> io::Result<Vec<T>> {
+) -> Result<Vec<T>> {
     let (from, to) = index_range(owner);
     let values = table(txn, values)?;
     let mut out = Vec::new();
-    for row in table(txn, index)?.range(from.as_str()..to.as_str()).map_err(io::Error::other)? {
-        let (key, _) = row.map_err(io::Error::other)?;
-        if let Some(v) = values.get(index_id(key.value())).map_err(io::Error::other)? {
+    for row in table(txn, index)?.range(from.as_str()..to.as_str())? {
+        let (key, _) = row?;
+        if let Some(v) = values.get(index_id(key.value()))? {
             out.push(decode(v.value())?);
         }
     }
@@ -88,11 +85,7 @@ fn indexed<T: DeserializeOwned>(
 }
 
 /// Allocations, all or those of one job and/or one node (read through an index).
-pub fn allocations(
-    txn: &ReadTransaction,
-    job_name: Option<&str>,
-    node_id: Option<&str>,
-) -> io::Result<Vec<Allocation>> {
+pub fn allocations(txn: &ReadTransaction, job_name: Option<&str>, node_id: Option<&str>) -> Result<Vec<Allocation>> {
     let mut out: Vec<Allocation> = match (job_name, node_id) {
         (Some(job), _) => indexed(txn, ALLOCS_BY_JOB, job, ALLOCATIONS)?,
         (None, Some(node)) => indexed(txn, ALLOCS_BY_NODE, node, ALLOCATIONS)?,
@@ -102,15 +95,15 @@ pub fn allocations(
     Ok(out)
 }
 
-pub fn allocation(txn: &ReadTransaction, id: &str) -> io::Result<Option<Allocation>> {
+pub fn allocation(txn: &ReadTransaction, id: &str) -> Result<Option<Allocation>> {
     get(txn, ALLOCATIONS, id)
 }
 
 /// What each node has reserved (nodes with nothing reserved may be missing).
-pub fn node_usage(txn: &ReadTransaction) -> io::Result<std::collections::HashMap<String, helios_core::Resources>> {
+pub fn node_usage(txn: &ReadTransaction) -> Result<std::collections::HashMap<String, helios_core::Resources>> {
     let mut out = std::collections::HashMap::new();
-    for row in table(txn, NODE_USAGE)?.iter().map_err(io::Error::other)? {
-        let (node, usage) = row.map_err(io::Error::other)?;
+    for row in table(txn, NODE_USAGE)?.iter()? {
+        let (node, usage) = row?;
         out.insert(node.value().to_string(), decode(usage.value())?);
     }
     Ok(out)
@@ -120,33 +113,33 @@ pub fn node_usage(txn: &ReadTransaction) -> io::Result<std::collections::HashMap
 pub type HostPorts = std::collections::HashMap<(String, u16), String>;
 
 /// Every fixed host port held (only docker tasks with `-p NAME=PORT:HOSTPORT` hold any).
-pub fn host_ports(txn: &ReadTransaction) -> io::Result<HostPorts> {
+pub fn host_ports(txn: &ReadTransaction) -> Result<HostPorts> {
     let mut out = HostPorts::new();
-    for row in table(txn, super::tables::NODE_PORTS)?.iter().map_err(io::Error::other)? {
-        let (key, holder) = row.map_err(io::Error::other)?;
+    for row in table(txn, super::tables::NODE_PORTS)?.iter()? {
+        let (key, holder) = row?;
         let (node, port) = key.value().split_once('\0').unwrap_or_default();
-        let port = port.parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad node_ports key"))?;
+        let port = port.parse().map_err(|_| StoreError::Corrupt(format!("node_ports key {:?}", key.value())))?;
         out.insert((node.to_string(), port), decode(holder.value())?);
     }
     Ok(out)
 }
 
 /// How many of a job's allocations run and how many have not finished.
-pub fn alloc_counts(txn: &ReadTransaction, job_name: &str) -> io::Result<AllocCounts> {
+pub fn alloc_counts(txn: &ReadTransaction, job_name: &str) -> Result<AllocCounts> {
     Ok(get(txn, JOB_ALLOC_COUNTS, job_name)?.unwrap_or_default())
 }
 
 /// An allocation by full id, by a prefix, or by a suffix (the CLI shows ids' last 8 characters,
 /// since time-ordered ids share their leading ones). Returns every match so the caller can
 /// report ambiguity.
-pub fn allocations_by_prefix(txn: &ReadTransaction, prefix: &str) -> io::Result<Vec<Allocation>> {
+pub fn allocations_by_prefix(txn: &ReadTransaction, prefix: &str) -> Result<Vec<Allocation>> {
     if let Some(exact) = get::<Allocation>(txn, ALLOCATIONS, prefix)? {
         return Ok(vec![exact]);
     }
     let allocs = table(txn, ALLOCATIONS)?;
     let mut out = Vec::new();
-    for row in allocs.range(prefix..).map_err(io::Error::other)? {
-        let (k, v) = row.map_err(io::Error::other)?;
+    for row in allocs.range(prefix..)? {
+        let (k, v) = row?;
         if !k.value().starts_with(prefix) {
             break;
         }
@@ -158,15 +151,15 @@ pub fn allocations_by_prefix(txn: &ReadTransaction, prefix: &str) -> io::Result<
     Ok(out)
 }
 
-pub fn node(txn: &ReadTransaction, id: &str) -> io::Result<Option<Node>> {
+pub fn node(txn: &ReadTransaction, id: &str) -> Result<Option<Node>> {
     get(txn, NODES, id)
 }
 
-pub fn nodes(txn: &ReadTransaction) -> io::Result<Vec<Node>> {
+pub fn nodes(txn: &ReadTransaction) -> Result<Vec<Node>> {
     scan(txn, NODES, |_| true)
 }
 
-pub fn evaluations_for_job(txn: &ReadTransaction, job_name: &str) -> io::Result<Vec<Evaluation>> {
+pub fn evaluations_for_job(txn: &ReadTransaction, job_name: &str) -> Result<Vec<Evaluation>> {
     let mut evals: Vec<Evaluation> = indexed(txn, EVALS_BY_JOB, job_name, EVALUATIONS)?;
     evals.sort_by_key(|e| e.created_at);
     Ok(evals)
@@ -178,11 +171,11 @@ const MAX_PENDING_SCAN: usize = 16_384;
 /// The oldest evaluation waiting for the scheduler of each of up to `jobs` jobs, oldest first
 /// (ids are time-ordered). A job's later evaluations are left for later: they are planned on the
 /// earlier one's result.
-pub fn pending_evaluations(txn: &ReadTransaction, jobs: usize) -> io::Result<Vec<Evaluation>> {
+pub fn pending_evaluations(txn: &ReadTransaction, jobs: usize) -> Result<Vec<Evaluation>> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for row in table(txn, PENDING_EVALUATIONS)?.iter().map_err(io::Error::other)?.take(MAX_PENDING_SCAN) {
-        let (id, _) = row.map_err(io::Error::other)?;
+    for row in table(txn, PENDING_EVALUATIONS)?.iter()?.take(MAX_PENDING_SCAN) {
+        let (id, _) = row?;
         if let Some(eval) = get::<Evaluation>(txn, EVALUATIONS, id.value())? {
             if seen.insert(eval.job_name.clone()) {
                 out.push(eval);
@@ -198,7 +191,7 @@ pub fn pending_evaluations(txn: &ReadTransaction, jobs: usize) -> io::Result<Vec
 /// The jobs with live allocations on node `node_id`, with their priorities: a change of that
 /// node (down, drained) affects them. (Blocked and system jobs are re-evaluated by the state
 /// machine itself on any node change, see `StateTables::nodes_changed`.)
-pub fn jobs_affected_by_node(txn: &ReadTransaction, node_id: &str) -> io::Result<Vec<(String, u32)>> {
+pub fn jobs_affected_by_node(txn: &ReadTransaction, node_id: &str) -> Result<Vec<(String, u32)>> {
     let mut names = std::collections::BTreeSet::new();
     for alloc in allocations(txn, None, Some(node_id))? {
         if !alloc.is_terminal() {
@@ -215,14 +208,14 @@ pub fn jobs_affected_by_node(txn: &ReadTransaction, node_id: &str) -> io::Result
 }
 
 /// What a node must run or stop: its allocations that are not finished.
-pub fn assigned_allocations(txn: &ReadTransaction, node_id: &str) -> io::Result<Vec<Allocation>> {
+pub fn assigned_allocations(txn: &ReadTransaction, node_id: &str) -> Result<Vec<Allocation>> {
     let mut out = allocations(txn, None, Some(node_id))?;
     out.retain(|a| !a.client_status.is_terminal());
     Ok(out)
 }
 
 /// One stored version of a job (the one an allocation runs).
-pub fn job_version(txn: &ReadTransaction, name: &str, version: u64) -> io::Result<Option<Job>> {
+pub fn job_version(txn: &ReadTransaction, name: &str, version: u64) -> Result<Option<Job>> {
     get(txn, JOB_VERSIONS, &job_version_key(name, version))
 }
 
@@ -237,7 +230,7 @@ pub struct StateDigest {
 }
 
 /// The digest of the state `txn` reads: servers that applied the same log agree on it.
-pub fn state_digest(txn: &ReadTransaction) -> io::Result<StateDigest> {
+pub fn state_digest(txn: &ReadTransaction) -> Result<StateDigest> {
     use redb::TableHandle;
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
@@ -248,8 +241,8 @@ pub fn state_digest(txn: &ReadTransaction) -> io::Result<StateDigest> {
     };
     for def in super::tables::STATE_TABLES {
         framed(def.name().as_bytes());
-        for row in table(txn, def)?.iter().map_err(io::Error::other)? {
-            let (key, value) = row.map_err(io::Error::other)?;
+        for row in table(txn, def)?.iter()? {
+            let (key, value) = row?;
             framed(key.value().as_bytes());
             framed(value.value());
             entries += 1;
@@ -258,9 +251,9 @@ pub fn state_digest(txn: &ReadTransaction) -> io::Result<StateDigest> {
     Ok(StateDigest { applied_index: applied_index(txn)?, digest: hex::encode(hasher.finalize()), entries })
 }
 
-pub fn applied_index(txn: &ReadTransaction) -> io::Result<u64> {
-    let meta = txn.open_table(super::tables::SM_META).map_err(io::Error::other)?;
-    let last: Option<crate::raft::LogId> = match meta.get(super::tables::SM_LAST_APPLIED).map_err(io::Error::other)? {
+pub fn applied_index(txn: &ReadTransaction) -> Result<u64> {
+    let meta = txn.open_table(super::tables::SM_META)?;
+    let last: Option<crate::raft::LogId> = match meta.get(super::tables::SM_LAST_APPLIED)? {
         None => None,
         Some(v) => Some(decode(v.value())?),
     };
@@ -268,27 +261,27 @@ pub fn applied_index(txn: &ReadTransaction) -> io::Result<u64> {
 }
 
 /// The token whose secret hashes to `secret_hash`, if any.
-pub fn acl_token_by_secret(txn: &ReadTransaction, secret_hash: &str) -> io::Result<Option<helios_core::acl::AclToken>> {
-    let accessor = match table(txn, super::tables::ACL_TOKEN_SECRETS)?.get(secret_hash).map_err(io::Error::other)? {
+pub fn acl_token_by_secret(txn: &ReadTransaction, secret_hash: &str) -> Result<Option<helios_core::acl::AclToken>> {
+    let accessor = match table(txn, super::tables::ACL_TOKEN_SECRETS)?.get(secret_hash)? {
         None => return Ok(None),
         Some(v) => String::from_utf8_lossy(v.value()).into_owned(),
     };
     acl_token(txn, &accessor)
 }
 
-pub fn acl_token(txn: &ReadTransaction, accessor_id: &str) -> io::Result<Option<helios_core::acl::AclToken>> {
+pub fn acl_token(txn: &ReadTransaction, accessor_id: &str) -> Result<Option<helios_core::acl::AclToken>> {
     get(txn, super::tables::ACL_TOKENS, accessor_id)
 }
 
-pub fn acl_tokens(txn: &ReadTransaction) -> io::Result<Vec<helios_core::acl::AclToken>> {
+pub fn acl_tokens(txn: &ReadTransaction) -> Result<Vec<helios_core::acl::AclToken>> {
     scan(txn, super::tables::ACL_TOKENS, |_| true)
 }
 
-pub fn acl_policy(txn: &ReadTransaction, name: &str) -> io::Result<Option<helios_core::acl::AclPolicy>> {
+pub fn acl_policy(txn: &ReadTransaction, name: &str) -> Result<Option<helios_core::acl::AclPolicy>> {
     get(txn, super::tables::ACL_POLICIES, name)
 }
 
-pub fn acl_policies(txn: &ReadTransaction) -> io::Result<Vec<helios_core::acl::AclPolicy>> {
+pub fn acl_policies(txn: &ReadTransaction) -> Result<Vec<helios_core::acl::AclPolicy>> {
     scan(txn, super::tables::ACL_POLICIES, |_| true)
 }
 
@@ -298,7 +291,7 @@ pub fn acl_grants(
     txn: &ReadTransaction,
     secret_hash: Option<&str>,
     now: helios_core::Timestamp,
-) -> io::Result<(Option<helios_core::acl::AclToken>, helios_core::acl::Grants)> {
+) -> Result<(Option<helios_core::acl::AclToken>, helios_core::acl::Grants)> {
     use helios_core::acl::{Grants, TokenType, ANONYMOUS_POLICY};
     let token = match secret_hash {
         Some(hash) => acl_token_by_secret(txn, hash)?.filter(|t| !t.is_expired(now)),
@@ -322,6 +315,6 @@ pub fn acl_grants(
 }
 
 /// The log index ACLs were bootstrapped at, if they were.
-pub fn acl_bootstrap_index(txn: &ReadTransaction) -> io::Result<Option<u64>> {
+pub fn acl_bootstrap_index(txn: &ReadTransaction) -> Result<Option<u64>> {
     get(txn, super::tables::CLUSTER, super::tables::ACL_BOOTSTRAP_INDEX)
 }
