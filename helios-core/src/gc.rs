@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::alloc::Allocation;
+use crate::alloc::{AllocClientStatus, Allocation};
 use crate::eval::{EvalStatus, Evaluation};
 use crate::job::{Job, JobStatus, JobType};
 use crate::node::{Node, NodeStatus};
@@ -101,17 +101,31 @@ impl Collected {
     }
 }
 
-/// A finished evaluation, old enough or of a job that no longer exists. Pending and blocked
-/// evaluations are the scheduler's work list and are never collected.
+/// A finished evaluation, old enough or of a job that no longer exists. Pending evaluations are
+/// the scheduler's work list and are never collected; a blocked one only once its job is gone
+/// (nothing will retry it then).
 pub fn eval_collectable(eval: &Evaluation, job_exists: bool, cutoffs: &Cutoffs) -> bool {
     let finished = matches!(eval.status, EvalStatus::Complete | EvalStatus::Failed | EvalStatus::Canceled);
-    finished && (eval.modified_at <= cutoffs.evals || !job_exists)
+    (finished && (eval.modified_at <= cutoffs.evals || !job_exists))
+        || (eval.status == EvalStatus::Blocked && !job_exists)
 }
 
 /// A finished allocation that holds nothing on its node, old enough or of a job that no longer
-/// exists (a purged job's allocations go as soon as they finish).
-pub fn alloc_collectable(alloc: &Allocation, job_exists: bool, cutoffs: &Cutoffs) -> bool {
-    alloc.is_terminal() && !alloc.holds_host_ports() && (alloc.modified_at <= cutoffs.allocs || !job_exists)
+/// exists (a purged job's allocations go as soon as they finish). While its job lives, an
+/// allocation of the job's current version that the scheduler still reads is kept: a batch
+/// slot that completed (it is done, not to be run again) and a failure (each counts against the
+/// slot's reschedules). They are bounded by the job's count; the job's own collection takes them.
+pub fn alloc_collectable(alloc: &Allocation, job: Option<&Job>, cutoffs: &Cutoffs) -> bool {
+    let still_read = job.is_some_and(|job| {
+        !job.stopped
+            && alloc.job_version == job.version
+            && (alloc.client_status == AllocClientStatus::Failed
+                || (job.job_type == JobType::Batch && alloc.client_status == AllocClientStatus::Complete))
+    });
+    alloc.is_terminal()
+        && !alloc.holds_host_ports()
+        && !still_read
+        && (alloc.modified_at <= cutoffs.allocs || job.is_none())
 }
 
 /// A dead job (a finished batch job, or a stopped one) whose allocations all finished before
@@ -181,8 +195,11 @@ mod tests {
         let mut eval = Evaluation::new("e".into(), "j", 50, EvalTrigger::JobRegister, Timestamp(10));
         for status in [EvalStatus::Pending, EvalStatus::Blocked] {
             eval.status = status;
-            assert!(!eval_collectable(&eval, false, &cutoffs(100)), "{status:?}");
+            assert!(!eval_collectable(&eval, true, &cutoffs(100)), "{status:?}");
         }
+        assert!(eval_collectable(&eval, false, &cutoffs(0)), "blocked, of a purged job: nothing retries it");
+        eval.status = EvalStatus::Pending;
+        assert!(!eval_collectable(&eval, false, &cutoffs(100)), "the scheduler completes it");
         eval.status = EvalStatus::Complete;
         assert!(eval_collectable(&eval, true, &cutoffs(10)));
         assert!(!eval_collectable(&eval, true, &cutoffs(9)), "too young");
@@ -193,13 +210,51 @@ mod tests {
     fn allocations_go_once_finished_and_free_of_their_ports() {
         use AllocClientStatus::*;
         use AllocDesiredStatus::*;
-        assert!(!alloc_collectable(&alloc(Running, Run, 0, vec![]), false, &cutoffs(100)));
-        assert!(alloc_collectable(&alloc(Complete, Run, 5, vec![]), true, &cutoffs(5)));
-        assert!(!alloc_collectable(&alloc(Complete, Run, 6, vec![]), true, &cutoffs(5)));
-        assert!(alloc_collectable(&alloc(Failed, Run, 6, vec![8080]), false, &cutoffs(5)), "ports freed once finished");
+        let mut service = Job::exec("j", "true", vec![]);
+        service.job_type = JobType::Service;
+        service.version = 1;
+        let old = |client, desired, modified| {
+            let mut a = alloc(client, desired, modified, vec![]);
+            a.job_version = 0;
+            a
+        };
+        let job = Some(&service);
+        assert!(!alloc_collectable(&alloc(Running, Run, 0, vec![]), None, &cutoffs(100)));
+        assert!(alloc_collectable(&old(Complete, Run, 5), job, &cutoffs(5)));
+        assert!(!alloc_collectable(&old(Complete, Run, 6), job, &cutoffs(5)), "too young");
+        assert!(alloc_collectable(&alloc(Failed, Run, 6, vec![8080]), None, &cutoffs(5)), "ports freed once finished");
         // Stopped before its agent reported it: it may still be starting, and holds its port.
-        assert!(!alloc_collectable(&alloc(Pending, Stop, 0, vec![8080]), false, &cutoffs(5)));
-        assert!(alloc_collectable(&alloc(Pending, Stop, 0, vec![]), false, &cutoffs(5)));
+        assert!(!alloc_collectable(&alloc(Pending, Stop, 0, vec![8080]), None, &cutoffs(5)));
+        assert!(alloc_collectable(&alloc(Pending, Stop, 0, vec![]), None, &cutoffs(5)));
+    }
+
+    /// The scheduler reads a live job's current-version failures (each counts against its slot's
+    /// reschedules) and, for a batch job, its completed slots (done, not to be run again).
+    #[test]
+    fn what_the_scheduler_still_reads_of_a_live_job_is_kept() {
+        use AllocClientStatus::*;
+        use AllocDesiredStatus::*;
+        let mut batch = Job::exec("j", "true", vec![]);
+        batch.job_type = JobType::Batch;
+        batch.version = 3;
+        let current = |client| {
+            let mut a = alloc(client, Run, 0, vec![]);
+            a.job_version = 3;
+            a
+        };
+        assert!(!alloc_collectable(&current(Complete), Some(&batch), &cutoffs(100)), "a finished batch slot");
+        assert!(!alloc_collectable(&current(Failed), Some(&batch), &cutoffs(100)), "a failure counted");
+        assert!(alloc_collectable(&current(Lost), Some(&batch), &cutoffs(100)), "lost: replaced, not counted");
+        let mut previous = current(Failed);
+        previous.job_version = 2;
+        assert!(alloc_collectable(&previous, Some(&batch), &cutoffs(100)), "an older version's");
+        let mut service = batch.clone();
+        service.job_type = JobType::Service;
+        assert!(alloc_collectable(&current(Complete), Some(&service), &cutoffs(100)));
+        assert!(!alloc_collectable(&current(Failed), Some(&service), &cutoffs(100)));
+        batch.stopped = true;
+        assert!(alloc_collectable(&current(Complete), Some(&batch), &cutoffs(100)), "a stopped job's");
+        assert!(alloc_collectable(&current(Failed), None, &cutoffs(100)), "a purged job's");
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub fn find(txn: &ReadTransaction, cutoffs: &Cutoffs) -> Result<Vec<Garbage>, St
         let versions: Vec<u64> = read::job_versions(txn, name)?.iter().map(|v| v.version).collect();
         // Versions only allocations about to go refer to are not in use.
         let in_use: BTreeSet<u64> =
-            allocs.iter().filter(|a| !gc::alloc_collectable(a, true, cutoffs)).map(|a| a.job_version).collect();
+            allocs.iter().filter(|a| !gc::alloc_collectable(a, Some(job), cutoffs)).map(|a| a.job_version).collect();
         for version in gc::versions_to_drop(&versions, job.version, &in_use, cutoffs) {
             found.push(|g| g.versions.push((name.clone(), version)));
         }
@@ -109,8 +109,8 @@ pub fn find(txn: &ReadTransaction, cutoffs: &Cutoffs) -> Result<Vec<Garbage>, St
         if !alloc.is_terminal() {
             unfinished_on.insert(alloc.node_id.clone());
         }
-        let job_exists = jobs.contains_key(&alloc.job_name);
-        if !collected_jobs.contains(&alloc.job_name) && gc::alloc_collectable(&alloc, job_exists, cutoffs) {
+        let job = jobs.get(&alloc.job_name);
+        if !collected_jobs.contains(&alloc.job_name) && gc::alloc_collectable(&alloc, job, cutoffs) {
             found.push(|g| g.allocs.push(alloc.id.clone()));
         }
         if found.len() >= PER_SCAN {

@@ -22,8 +22,8 @@ impl StateTables<'_> {
         }
         for id in &garbage.allocs {
             let Some(alloc) = get::<Allocation>(&self.allocations, id)? else { continue };
-            let job_exists = self.jobs.get(alloc.job_name.as_str())?.is_some();
-            if gc::alloc_collectable(&alloc, job_exists, &cutoffs) {
+            let job = get::<Job>(&self.jobs, &alloc.job_name)?;
+            if gc::alloc_collectable(&alloc, job.as_ref(), &cutoffs) {
                 self.delete_allocation(&alloc)?;
                 collected.allocs += 1;
             }
