@@ -31,12 +31,10 @@ impl StateTables<'_> {
         }
         let mut changed = Vec::with_capacity(updates.len());
         for update in updates {
-            let Some(mut alloc) = get::<Allocation>(&self.allocations, &update.alloc_id)? else {
-                return Ok(CommandResponse::Rejected(Rejection {
-                    kind: RejectionKind::NotFound,
-                    message: format!("allocation {} not found", update.alloc_id),
-                }));
-            };
+            // Collected since (a purged job's, or one lost with its node): the report has nothing
+            // left to change. Refusing the batch would lose its other updates, which the agent
+            // does not resend.
+            let Some(mut alloc) = get::<Allocation>(&self.allocations, &update.alloc_id)? else { continue };
             if alloc.node_id != node_id {
                 return Ok(CommandResponse::Rejected(Rejection {
                     kind: RejectionKind::FailedPrecondition,

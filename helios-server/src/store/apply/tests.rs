@@ -527,6 +527,28 @@ fn a_node_id_keeps_its_secret_until_purged_and_reports_need_it() {
     assert_eq!(apply_all(&db, vec![claim(9)])[0], CommandResponse::NodeRegistered, "the freed id is taken");
 }
 
+/// Garbage collection makes unknown ids reachable (a purged job's allocation lost with its node
+/// goes at once); a report naming one must not lose the rest of the batch.
+#[test]
+fn a_report_naming_a_collected_allocation_still_applies_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    apply_all(&db, vec![proposal("n", 1, Command::RegisterNode { node: node("n", 1000), evals: vec![] })]);
+    apply_all(&db, vec![proposal("j", 1, register("a", "x", "ea"))]);
+    apply_all(&db, vec![proposal("p", 2, plan("a", vec![alloc("a1", "a", "a.g[0]", "n", 100)]))]);
+    let command = Command::ReportAllocations {
+        node_id: "n".into(),
+        secret: "s".into(),
+        updates: vec![report("gone", AllocClientStatus::Complete), report("a1", AllocClientStatus::Running)],
+        now: Timestamp(3),
+        evals: vec![],
+    };
+    let got = apply_all(&db, vec![proposal("r", 3, command)]);
+    assert_eq!(got[0], CommandResponse::AllocationsUpdated);
+    let a1 = read::allocation(&db.begin_read().unwrap(), "a1").unwrap().unwrap();
+    assert_eq!(a1.client_status, AllocClientStatus::Running);
+}
+
 /// Found by joining a fourth server to a restored cluster: its `server digest` differed from the
 /// others' at the same index. The joiner had installed a snapshot and rebuilt the indexes, which
 /// write no row for a node with nothing reserved; the others kept that node's zero.
