@@ -348,7 +348,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
         self.cache().remove_where(|index| index >= from);
-        self.send_and_wait(|done| WriteOp::TruncateFrom { index: from, done }).await
+        self.send_and_wait(|done| WriteOp::TruncateFrom { index: from, done }).await?;
+        // Entries appended at these indexes from now on are not written yet, whatever was
+        // written there before. Every earlier write has been committed (the truncation waited
+        // for it), and openraft appends nothing while this call runs.
+        self.shared.written.fetch_min(from.saturating_sub(1), Ordering::AcqRel);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -417,6 +422,7 @@ mod tests {
 
         // Uncommitted entries stay in memory and can be truncated; purged ones are gone.
         store.truncate_after(Some(log_id(97))).await.expect("truncate");
+        assert_eq!(store.shared.written.load(Ordering::Acquire), 97, "what comes next is not written yet");
         assert_eq!(store.get_log_state().await.expect("state").last_log_id, Some(log_id(97)));
         store.purge(log_id(50)).await.expect("purge");
         assert_eq!(indexes(&store.try_get_log_entries(51..=97).await.expect("read")), (51..=97).collect::<Vec<_>>());
