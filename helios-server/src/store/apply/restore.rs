@@ -86,10 +86,11 @@ impl<'txn> StateTables<'txn> {
             }
         }
         self.restore_staging.retain(|_, _| false)?;
-        // What this batch kept in memory describes the old state.
-        self.usage.clear();
-        self.counts.clear();
+        // What this batch kept in memory describes the old state. The indexes are rebuilt, as
+        // after a snapshot install: a format-2 file's may lack rows or hold zeros this format
+        // stores as none (invariant 18).
         self.touched.clear();
+        self.rebuild_indexes()?;
         self.restored = true;
         Ok(CommandResponse::Restored(Restored { rows }))
     }
