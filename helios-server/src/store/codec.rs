@@ -22,9 +22,14 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     Ok(value)
 }
 
-/// As `decode`, from a reader (a received snapshot's file).
+/// The most one value read from a stream may claim: a damaged length prefix in a snapshot file
+/// must not make the reader allocate whatever it says before the checksum is reached. (A limit
+/// only checks while decoding; the bytes are those of `config()`.)
+const STREAM_VALUE_LIMIT: usize = 64 * 1024 * 1024;
+
+/// As `decode`, from a reader (a received snapshot's file), one value of at most 64 MiB.
 pub fn decode_from_reader<T: DeserializeOwned>(mut reader: impl io::Read) -> io::Result<T> {
-    bincode::serde::decode_from_std_read(&mut reader, config())
+    bincode::serde::decode_from_std_read(&mut reader, config().with_limit::<STREAM_VALUE_LIMIT>())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("cannot decode stored value: {e}")))
 }
 
@@ -34,4 +39,46 @@ pub fn encode_to_writer<T: Serialize + ?Sized>(value: &T, mut writer: impl io::W
         bincode::error::EncodeError::Io { inner, .. } => inner,
         other => io::Error::other(other),
     })
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_length_in_a_stream_is_refused_not_allocated() {
+        // A byte string claiming 2^40 bytes (bincode's varint: 253, then a u64), then nothing.
+        let mut bytes = vec![253u8];
+        bytes.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let refused = decode_from_reader::<serde_bytes_like::Bytes>(bytes.as_slice()).expect_err("refused");
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidData, "{refused}");
+        // Within the limit, values read as before.
+        let ok: Vec<u8> = decode_from_reader(encode(&vec![7u8; 1000]).as_slice()).expect("read");
+        assert_eq!(ok.len(), 1000);
+    }
+
+    /// A byte buffer read as one (as snapshot rows' values are).
+    mod serde_bytes_like {
+        #[derive(Debug)]
+        pub struct Bytes;
+
+        impl<'de> serde::Deserialize<'de> for Bytes {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+                struct Visit;
+                impl serde::de::Visitor<'_> for Visit {
+                    type Value = Bytes;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("bytes")
+                    }
+                    fn visit_byte_buf<E>(self, _: Vec<u8>) -> Result<Bytes, E> {
+                        Ok(Bytes)
+                    }
+                    fn visit_bytes<E>(self, _: &[u8]) -> Result<Bytes, E> {
+                        Ok(Bytes)
+                    }
+                }
+                d.deserialize_byte_buf(Visit)
+            }
+        }
+    }
 }
