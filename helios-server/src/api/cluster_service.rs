@@ -69,6 +69,7 @@ impl ClusterService for Membership {
             snapshot.snapshot,
             snapshot.meta,
             helios_core::limits::SNAPSHOT_FILE_CHUNK_BYTES,
+            crate::raft::snapshot::CHUNK_TAKEN_WITHIN,
         );
         let stream = futures::stream::unfold(chunks, |mut rx| async move {
             let chunk = match rx.recv().await? {

@@ -349,7 +349,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         let data_mac = request_mac.as_deref().and_then(|m| self.channels.auth.snapshot_data_mac(m));
         // The stream is produced by a blocking thread one chunk ahead of the network: neither
         // side holds more than a few chunks of it, however large the state.
-        let chunks_rx = super::snapshot::stream_chunks(data, meta, SNAPSHOT_CHUNK_BYTES);
+        let chunks_rx =
+            super::snapshot::stream_chunks(data, meta, SNAPSHOT_CHUNK_BYTES, super::snapshot::CHUNK_TAKEN_WITHIN);
         // Data chunks as they come, then (with a key) the MAC over all of them. A stream whose
         // producer failed ends without its trailer or end frame, so the receiver refuses it.
         // When the network last took a chunk (None once all are taken): a receiver that stops

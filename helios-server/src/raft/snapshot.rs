@@ -321,38 +321,60 @@ impl<T: Write> Write for Hashing<T> {
     }
 }
 
+/// How long the producer waits for a chunk to be taken: a receiver (a peer, an operator's
+/// `snapshot save`) that stopped reading must not pin the snapshot's read transaction, whose
+/// pages redb cannot reuse while it lives.
+pub const CHUNK_TAKEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Produces the snapshot stream on a blocking thread, in chunks of `chunk_bytes`, a couple of
 /// chunks ahead of whoever takes them: neither side holds more than that, however large the
-/// state. A failure ends the stream with its error.
+/// state. A failure ends the stream with its error; a chunk not taken within `taken_within`
+/// ends it silently (the receiver is gone or stuck).
 pub fn stream_chunks(
     data: SnapshotData,
     meta: SnapshotMeta,
     chunk_bytes: usize,
+    taken_within: std::time::Duration,
 ) -> tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::task::spawn_blocking(move || {
-        let mut out = ChunkWriter { buf: Vec::with_capacity(chunk_bytes), chunk_bytes, tx: tx.clone() };
+        let runtime = tokio::runtime::Handle::current();
+        let mut out = ChunkWriter { buf: Vec::with_capacity(chunk_bytes), chunk_bytes, taken_within, runtime, tx };
         if let Err(e) = data.write_to(&meta, &mut out).and_then(|()| out.flush()) {
             tracing::warn!(error = %e, "could not stream a snapshot");
-            let _ = tx.blocking_send(Err(e));
+            if e.kind() != io::ErrorKind::TimedOut {
+                let _ = out.offer(Err(e));
+            }
         }
     });
     rx
 }
 
-/// Cuts a snapshot stream into chunks for the task sending them; blocks while it is behind.
+/// Cuts a snapshot stream into chunks for the task sending them; blocks while it is behind, up to
+/// `taken_within` a chunk.
 struct ChunkWriter {
     buf: Vec<u8>,
     chunk_bytes: usize,
+    taken_within: std::time::Duration,
+    runtime: tokio::runtime::Handle,
     tx: tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
 }
 
 impl ChunkWriter {
+    fn offer(&self, item: io::Result<Vec<u8>>) -> io::Result<()> {
+        match self.runtime.block_on(tokio::time::timeout(self.taken_within, self.tx.send(item))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(io::Error::new(io::ErrorKind::BrokenPipe, "the snapshot transfer was abandoned")),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no chunk of the snapshot was taken for {}s: transfer abandoned", self.taken_within.as_secs()),
+            )),
+        }
+    }
+
     fn send(&mut self) -> io::Result<()> {
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk_bytes));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the snapshot transfer was abandoned"))
+        self.offer(Ok(chunk))
     }
 }
 
@@ -383,4 +405,26 @@ pub fn table_sizes(txn: &ReadTransaction) -> io::Result<Vec<(String, u64)>> {
             Ok((redb::TableHandle::name(&def).to_string(), table.len().map_err(io::Error::other)?))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A receiver that stops reading (a stuck peer, a paused `snapshot save`) must not keep the
+    /// producer, and its read transaction, alive.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_nobody_reads_is_given_up_after_its_deadline() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = crate::store::open(dir.path(), 1).expect("open");
+        let snapshot = crate::raft::state_machine::current_snapshot(&db).expect("snapshot");
+        // Tiny chunks: many more than the channel holds.
+        let rx = stream_chunks(snapshot.snapshot, snapshot.meta, 8, std::time::Duration::from_millis(50));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !rx.is_closed() {
+            assert!(tokio::time::Instant::now() < deadline, "the producer still waits for its reader");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(rx.len(), 2, "what was sent before the reader stopped is still there");
+    }
 }
