@@ -343,21 +343,22 @@ mod tests {
         open(dir.path(), 1).expect("a fresh database");
     }
 
+    /// The report: 64 KiB appended to a stopped follower's file, which then started,
+    /// served stale reads and panicked inside redb on a digest request. redb finds such a tail
+    /// outside its allocated regions and ignores it; what matters is that the state it serves
+    /// is whole: every table reads (the digest walks them all), with the same contents as before.
     #[test]
-    fn bytes_appended_to_a_database_are_refused_too() {
+    fn bytes_appended_to_a_database_leave_it_whole() {
         let dir = tempfile::tempdir().unwrap();
         database_with_data(dir.path());
+        let digest = |db: &Database| read::state_digest(&db.begin_read().unwrap()).unwrap().digest;
+        let before = digest(&open(dir.path(), 1).unwrap());
         let path = db_path(dir.path(), 1);
         let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
         std::io::Write::write_all(&mut file, &[0xA5; 64 * 1024]).unwrap();
         drop(file);
-        match open(dir.path(), 1) {
-            // redb may find the tail harmless (unallocated space): then every record still reads.
-            Ok(db) => {
-                let txn = db.begin_read().unwrap();
-                assert_eq!(read::jobs(&txn).unwrap().len(), 200);
-            }
-            Err(err) => assert!(err.to_string().contains("Move the file away"), "{err}"),
-        }
+        let db = open(dir.path(), 1).expect("an appended tail is outside redb's regions");
+        assert_eq!(digest(&db), before);
+        assert_eq!(read::jobs(&db.begin_read().unwrap()).unwrap().len(), 200);
     }
 }

@@ -608,6 +608,12 @@ fn a_node_that_goes_down_loses_what_it_was_asked_to_stop_so_it_can_be_collected(
     let found: Vec<_> = garbage.iter().flat_map(|g| g.allocs.clone()).collect();
     assert_eq!(found, ["a1"]);
     assert!(garbage.iter().all(|g| g.nodes.is_empty()), "b1 is unfinished on it");
+    let collect = garbage.into_iter().map(|garbage| Command::CollectGarbage { cutoffs, garbage });
+    let got: Vec<_> =
+        collect.enumerate().map(|(i, c)| apply_all(&db, vec![proposal(&format!("gc{i}"), 6, c)])).collect();
+    assert!(matches!(&got[0][0], CommandResponse::GarbageCollected(c) if c.allocs == 1), "{got:?}");
+    assert!(read::allocation(&db.begin_read().unwrap(), "a1").unwrap().is_none(), "collected");
+    assert_indexes_agree_with_a_scan(&db);
 }
 
 #[test]
