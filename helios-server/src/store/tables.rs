@@ -38,6 +38,9 @@ pub const NODES_CHANGED_AT: &str = "nodes_changed_at";
 /// The log index of the last entry that freed room or host ports on a node (an allocation
 /// finished, or a stop released its reservation): a plan blocked before it is planned again.
 pub const ROOM_FREED_AT: &str = "room_freed_at";
+/// The `cluster` keys that hold positions in this cluster's own log: a restore re-bases them,
+/// and `server digest` leaves them out (equal state, whichever log reached it).
+pub const LOG_POSITIONS: [&str; 2] = [NODES_CHANGED_AT, ROOM_FREED_AT];
 
 // Indexes, kept by `apply::StateTables` on every write so that no hot path scans a whole table.
 

@@ -91,6 +91,15 @@ impl<'txn> StateTables<'txn> {
         // stores as none (invariant 18).
         self.touched.clear();
         self.rebuild_indexes()?;
+        // Positions in the source's log mean nothing in this one. Left as they were, a restore
+        // into a cluster whose log is shorter made every blocked plan look decided on old nodes
+        // until this log passed the source's index: planned again, one entry each, in a loop.
+        for key in tables::LOG_POSITIONS {
+            let at: Option<u64> = get(&self.cluster, key)?;
+            if at.is_some_and(|at| at > self.index) {
+                self.cluster.insert(key, encode(&self.index).as_slice())?;
+            }
+        }
         self.restored = true;
         Ok(CommandResponse::Restored(Restored { rows }))
     }

@@ -527,6 +527,31 @@ fn a_node_id_keeps_its_secret_until_purged_and_reports_need_it() {
     assert_eq!(apply_all(&db, vec![claim(9)])[0], CommandResponse::NodeRegistered, "the freed id is taken");
 }
 
+/// Found by review: a snapshot of a cluster far ahead, restored into a new one, kept positions in
+/// the source's log, and every blocked plan was planned again in a loop until this log caught up.
+#[test]
+fn a_restore_rebases_positions_in_the_source_log() {
+    use crate::store::codec::{decode, encode};
+    use crate::store::tables::{CLUSTER, NODES_CHANGED_AT, ROOM_FREED_AT};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    let rows = vec![(NODES_CHANGED_AT.to_string(), encode(&1_000_000u64)), (ROOM_FREED_AT.to_string(), encode(&1u64))];
+    let got = apply_all(
+        &db,
+        vec![
+            proposal("b", 1, Command::RestoreBegin { restore_id: "r".into() }),
+            proposal("s", 1, Command::RestoreRows { restore_id: "r".into(), table: "cluster".into(), rows }),
+            proposal("c", 1, Command::RestoreCommit { restore_id: "r".into(), rows: 2 }),
+        ],
+    );
+    assert!(matches!(got[2], CommandResponse::Restored(_)), "{got:?}");
+    let txn = db.begin_read().unwrap();
+    let cluster = txn.open_table(CLUSTER).unwrap();
+    let at = |key: &str| -> u64 { decode(cluster.get(key).unwrap().unwrap().value()).unwrap() };
+    assert_eq!(at(NODES_CHANGED_AT), 3, "re-based at the commit's index");
+    assert_eq!(at(ROOM_FREED_AT), 1, "already behind this log: kept");
+}
+
 /// Garbage collection makes unknown ids reachable (a purged job's allocation lost with its node
 /// goes at once); a report naming one must not lose the rest of the batch.
 #[test]
