@@ -166,7 +166,12 @@ fn exit_on_panic() {
         }
         report(info);
         let file = info.location().map_or("", |l| l.file());
-        let in_store = file.contains("/redb-") || file.contains("helios-server/src/store/");
+        // redb, the state tables, Raft's log and state machine over them, and the record
+        // migrations they decode through.
+        let in_store = ["/redb-", "helios-server/src/store/", "helios-server/src/raft/log_store.rs"]
+            .into_iter()
+            .chain(["helios-server/src/raft/state_machine.rs", "helios-core/src/format.rs"])
+            .any(|part| file.contains(part));
         if in_store {
             eprintln!(
                 "Error: helios-server's store panicked (above); exiting rather than serving from a state in doubt"
