@@ -188,6 +188,13 @@ pub enum CommandResponse {
 
 crate::versioned!(CommandResponse = 1);
 
+impl CommandResponse {
+    /// The state machine's refusal of a command against the state it met (nothing changed).
+    pub fn rejected(kind: RejectionKind, message: impl Into<String>) -> CommandResponse {
+        CommandResponse::Rejected(Rejection { kind, message: message.into() })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {
     pub kind: RejectionKind,

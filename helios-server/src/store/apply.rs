@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use helios_core::{
-    AllocClientStatus, AllocDesiredStatus, Allocation, Command, CommandResponse, Node, Proposal, Rejection,
-    RejectionKind, Resources, Timestamp,
+    AllocClientStatus, AllocDesiredStatus, Allocation, Command, CommandResponse, Node, Proposal, RejectionKind,
+    Resources, Timestamp,
 };
 use redb::{ReadableTable, Table, WriteTransaction};
 
@@ -184,10 +184,10 @@ impl<'txn> StateTables<'txn> {
             }
             Command::SetNodeScheduling { node_id, drain, eligibility, now, evals } => {
                 let Some(mut node) = get::<Node>(&self.nodes, &node_id)? else {
-                    return Ok(CommandResponse::Rejected(Rejection {
-                        kind: RejectionKind::NotFound,
-                        message: format!("node {node_id:?} not found"),
-                    }));
+                    return Ok(CommandResponse::rejected(
+                        RejectionKind::NotFound,
+                        format!("node {node_id:?} not found"),
+                    ));
                 };
                 node.drain = drain;
                 node.eligibility = eligibility;

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::codec::{decode, encode};
 use super::tables::{self, FORMAT_VERSION, META_FORMAT, RAFT_LOG, RAFT_META};
+use super::StoreError;
 use crate::raft::Entry;
 
 /// Rows converted per batch: bounds the memory a conversion holds, whatever the table's size.
@@ -28,6 +29,10 @@ pub fn database(txn: &WriteTransaction, format: u32) -> Result<(), ConvertError>
     if format != 2 {
         return Err(ConvertError::Unsupported(format));
     }
+    Ok(from_format_2(txn)?)
+}
+
+fn from_format_2(txn: &WriteTransaction) -> Result<(), StoreError> {
     let mut log = txn.open_table(RAFT_LOG)?;
     let mut last: Option<u64> = None;
     loop {
@@ -38,7 +43,7 @@ pub fn database(txn: &WriteTransaction, format: u32) -> Result<(), ConvertError>
             };
             range
                 .take(BATCH)
-                .map(|row| -> Result<_, ConvertError> {
+                .map(|row| -> Result<_, StoreError> {
                     let (index, bytes) = row?;
                     Ok((index.value(), retag::<Entry>(bytes.value())?))
                 })
@@ -66,7 +71,7 @@ pub fn database(txn: &WriteTransaction, format: u32) -> Result<(), ConvertError>
                 };
                 range
                     .take(BATCH)
-                    .map(|row| -> Result<_, ConvertError> {
+                    .map(|row| -> Result<_, StoreError> {
                         let (key, value) = row?;
                         Ok((key.value().to_string(), row_from_format_2(&name, value.value())?))
                     })
@@ -121,18 +126,5 @@ pub enum ConvertError {
     #[error("format {0} cannot be converted by this build (it converts format 2)")]
     Unsupported(u32),
     #[error(transparent)]
-    Storage(#[from] redb::Error),
-    #[error("a stored value cannot be read: {0}")]
-    Value(#[from] io::Error),
+    Store(#[from] StoreError),
 }
-
-macro_rules! from_redb {
-    ($($e:ty),*) => {$(
-        impl From<$e> for ConvertError {
-            fn from(e: $e) -> ConvertError {
-                ConvertError::Storage(e.into())
-            }
-        }
-    )*};
-}
-from_redb!(redb::StorageError, redb::TableError, redb::TransactionError, redb::CommitError);

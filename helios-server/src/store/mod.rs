@@ -165,9 +165,9 @@ pub fn open(data_dir: &Path, node_id: u64) -> Result<Arc<Database>, OpenError> {
         found if (helios_core::format::OLDEST_CONVERTED_FORMAT..expected).contains(&found) => {
             let started = std::time::Instant::now();
             let converted = (|| {
-                let txn = db.begin_write()?;
+                let txn = db.begin_write().map_err(StoreError::from)?;
                 convert::database(&txn, found)?;
-                txn.commit()?;
+                txn.commit().map_err(StoreError::from)?;
                 Ok(())
             })();
             converted.map_err(|source| OpenError::Convert { path: path.clone(), found, expected, source })?;

@@ -2,16 +2,12 @@
 //! through `acl_token_secrets`), and the one-time bootstrap.
 
 use helios_core::acl::{AclPolicy, AclToken};
-use helios_core::{CommandResponse, Rejection, RejectionKind};
+use helios_core::{CommandResponse, RejectionKind};
 use redb::ReadableTable;
 
 use super::{get, StateTables};
 use crate::store::codec::encode;
 use crate::store::tables::ACL_BOOTSTRAP_INDEX;
-
-fn refused(kind: RejectionKind, message: String) -> CommandResponse {
-    CommandResponse::Rejected(Rejection { kind, message })
-}
 
 impl StateTables<'_> {
     pub(super) fn acl_bootstrap(
@@ -22,7 +18,7 @@ impl StateTables<'_> {
         let done: Option<u64> = get(&self.cluster, ACL_BOOTSTRAP_INDEX)?;
         if let Some(index) = done {
             if reset_index != Some(index) {
-                return Ok(refused(
+                return Ok(CommandResponse::rejected(
                     RejectionKind::FailedPrecondition,
                     format!(
                         "ACLs were bootstrapped already (reset index {index}); to bootstrap again, write {index} \
@@ -43,7 +39,7 @@ impl StateTables<'_> {
 
     pub(super) fn delete_acl_policy(&mut self, name: &str) -> Result<CommandResponse, redb::Error> {
         if self.acl_policies.remove(name)?.is_none() {
-            return Ok(refused(RejectionKind::NotFound, format!("ACL policy {name:?} not found")));
+            return Ok(CommandResponse::rejected(RejectionKind::NotFound, format!("ACL policy {name:?} not found")));
         }
         Ok(CommandResponse::AclChanged)
     }
@@ -51,7 +47,10 @@ impl StateTables<'_> {
     pub(super) fn upsert_acl_token(&mut self, token: AclToken) -> Result<CommandResponse, redb::Error> {
         for name in &token.policies {
             if self.acl_policies.get(name.as_str())?.is_none() {
-                return Ok(refused(RejectionKind::NotFound, format!("ACL policy {name:?} not found")));
+                return Ok(CommandResponse::rejected(
+                    RejectionKind::NotFound,
+                    format!("ACL policy {name:?} not found"),
+                ));
             }
         }
         if let Some(old) = get::<AclToken>(&self.acl_tokens, &token.accessor_id)? {
@@ -63,7 +62,10 @@ impl StateTables<'_> {
 
     pub(super) fn delete_acl_token(&mut self, accessor_id: &str) -> Result<CommandResponse, redb::Error> {
         let Some(token) = get::<AclToken>(&self.acl_tokens, accessor_id)? else {
-            return Ok(refused(RejectionKind::NotFound, format!("ACL token {accessor_id:?} not found")));
+            return Ok(CommandResponse::rejected(
+                RejectionKind::NotFound,
+                format!("ACL token {accessor_id:?} not found"),
+            ));
         };
         self.acl_tokens.remove(accessor_id)?;
         self.acl_token_secrets.remove(token.secret_hash.as_str())?;

@@ -3,8 +3,7 @@
 
 use helios_core::command::{JobDeregistered, JobRegistered};
 use helios_core::{
-    AllocClientStatus, AllocDesiredStatus, CommandResponse, Evaluation, Job, JobStatus, Rejection, RejectionKind,
-    Timestamp,
+    AllocClientStatus, AllocDesiredStatus, CommandResponse, Evaluation, Job, JobStatus, RejectionKind, Timestamp,
 };
 use redb::ReadableTable;
 
@@ -67,10 +66,7 @@ impl StateTables<'_> {
         now: Timestamp,
     ) -> Result<CommandResponse, redb::Error> {
         let Some(mut job) = get::<Job>(&self.jobs, name)? else {
-            return Ok(CommandResponse::Rejected(Rejection {
-                kind: RejectionKind::NotFound,
-                message: format!("job {name:?} not found"),
-            }));
+            return Ok(CommandResponse::rejected(RejectionKind::NotFound, format!("job {name:?} not found")));
         };
         if purge {
             // Stop its allocations now: a job submitted again under this name starts over at

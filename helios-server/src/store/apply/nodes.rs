@@ -2,8 +2,7 @@
 //! of the usable nodes re-evaluates.
 
 use helios_core::{
-    AllocDesiredStatus, Allocation, CommandResponse, Evaluation, Job, Node, NodeStatus, Rejection, RejectionKind,
-    Timestamp,
+    AllocDesiredStatus, Allocation, CommandResponse, Evaluation, Job, Node, NodeStatus, RejectionKind, Timestamp,
 };
 use redb::ReadableTable;
 
@@ -16,19 +15,16 @@ impl StateTables<'_> {
     /// them elsewhere), and its id is free for the next agent that registers it.
     pub(super) fn purge_node(&mut self, node_id: &str, now: Timestamp) -> Result<CommandResponse, redb::Error> {
         let Some(node) = get::<Node>(&self.nodes, node_id)? else {
-            return Ok(CommandResponse::Rejected(Rejection {
-                kind: RejectionKind::NotFound,
-                message: format!("node {node_id:?} not found"),
-            }));
+            return Ok(CommandResponse::rejected(RejectionKind::NotFound, format!("node {node_id:?} not found")));
         };
         if node.status != NodeStatus::Down {
-            return Ok(CommandResponse::Rejected(Rejection {
-                kind: RejectionKind::FailedPrecondition,
-                message: format!(
+            return Ok(CommandResponse::rejected(
+                RejectionKind::FailedPrecondition,
+                format!(
                     "node {node_id:?} is {}: only a node that is down can be purged (stop its agent, or drain it)",
                     node.status.as_str()
                 ),
-            }));
+            ));
         }
         self.lose_allocations(node_id, now, |alloc| {
             alloc.desired_status = AllocDesiredStatus::Stop;
@@ -93,14 +89,14 @@ impl StateTables<'_> {
             // A node id keeps its secret for good, down or not: a down node's id taken by
             // another agent would hand it the node's allocations. Only an operator frees it.
             if !existing.secret_matches(&node.secret_id) {
-                return Ok(CommandResponse::Rejected(Rejection {
-                    kind: RejectionKind::FailedPrecondition,
-                    message: format!(
+                return Ok(CommandResponse::rejected(
+                    RejectionKind::FailedPrecondition,
+                    format!(
                         "node id {:?} belongs to another agent (its secret differs); give this agent another \
                          --node-id, or free the id with `helios-cli node purge {}` if that machine is gone for good",
                         node.id, node.id
                     ),
-                }));
+                ));
             }
             // A restarted agent keeps what operators decided about its node.
             node.eligibility = existing.eligibility;
@@ -119,10 +115,7 @@ impl StateTables<'_> {
         now: Timestamp,
     ) -> Result<CommandResponse, redb::Error> {
         let Some(mut node) = get::<Node>(&self.nodes, id)? else {
-            return Ok(CommandResponse::Rejected(Rejection {
-                kind: RejectionKind::NotFound,
-                message: format!("node {id:?} not found"),
-            }));
+            return Ok(CommandResponse::rejected(RejectionKind::NotFound, format!("node {id:?} not found")));
         };
         if node.status != status {
             node.status = status;

@@ -5,8 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use helios_core::command::PlanApplied;
 use helios_core::{
-    Allocation, CommandResponse, Evaluation, Job, Node, NodeEligibility, NodeStatus, Plan, Rejection, RejectionKind,
-    Resources,
+    Allocation, CommandResponse, Evaluation, Job, Node, NodeEligibility, NodeStatus, Plan, RejectionKind, Resources,
 };
 
 use super::{get, reserves_room, StateTables};
@@ -32,10 +31,7 @@ impl StateTables<'_> {
             eval.status_description = "room was freed while it was planned; planning again".to_string();
         }
         if let Err(why) = self.check_plan(&plan)? {
-            return Ok(CommandResponse::Rejected(Rejection {
-                kind: RejectionKind::FailedPrecondition,
-                message: format!("stale plan: {why}"),
-            }));
+            return Ok(CommandResponse::rejected(RejectionKind::FailedPrecondition, format!("stale plan: {why}")));
         }
         let now = eval.modified_at;
         for stop in &plan.stops {

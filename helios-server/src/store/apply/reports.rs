@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use helios_core::{Allocation, CommandResponse, Node, Rejection, RejectionKind, Timestamp};
+use helios_core::{Allocation, CommandResponse, Node, RejectionKind, Timestamp};
 
 use super::{get, StateTables};
 
@@ -16,16 +16,16 @@ impl StateTables<'_> {
     ) -> Result<CommandResponse, redb::Error> {
         match get::<Node>(&self.nodes, node_id)? {
             None => {
-                return Ok(CommandResponse::Rejected(Rejection {
-                    kind: RejectionKind::NotFound,
-                    message: format!("node {node_id:?} is not registered"),
-                }))
+                return Ok(CommandResponse::rejected(
+                    RejectionKind::NotFound,
+                    format!("node {node_id:?} is not registered"),
+                ))
             }
             Some(node) if !node.secret_matches(secret) => {
-                return Ok(CommandResponse::Rejected(Rejection {
-                    kind: RejectionKind::FailedPrecondition,
-                    message: format!("node {node_id:?} is registered by another agent"),
-                }))
+                return Ok(CommandResponse::rejected(
+                    RejectionKind::FailedPrecondition,
+                    format!("node {node_id:?} is registered by another agent"),
+                ))
             }
             Some(_) => {}
         }
@@ -36,10 +36,10 @@ impl StateTables<'_> {
             // does not resend.
             let Some(mut alloc) = get::<Allocation>(&self.allocations, &update.alloc_id)? else { continue };
             if alloc.node_id != node_id {
-                return Ok(CommandResponse::Rejected(Rejection {
-                    kind: RejectionKind::FailedPrecondition,
-                    message: format!("allocation {} is not on node {node_id}", update.alloc_id),
-                }));
+                return Ok(CommandResponse::rejected(
+                    RejectionKind::FailedPrecondition,
+                    format!("allocation {} is not on node {node_id}", update.alloc_id),
+                ));
             }
             // A finished allocation stays finished (a late or repeated report cannot revive it),
             // and a lost one stays lost: the servers already replaced it.

@@ -2,16 +2,12 @@
 //! them in for every state table, so no replica ever holds half of a restore.
 
 use helios_core::command::Restored;
-use helios_core::{CommandResponse, Rejection, RejectionKind};
+use helios_core::{CommandResponse, RejectionKind};
 use redb::ReadableTable;
 
 use super::{get, StateTable, StateTables};
 use crate::store::codec::encode;
 use crate::store::tables::{self, index_key, RESTORE_ID};
-
-fn refused(kind: RejectionKind, message: String) -> CommandResponse {
-    CommandResponse::Rejected(Rejection { kind, message })
-}
 
 impl<'txn> StateTables<'txn> {
     pub(super) fn restore_begin(&mut self, restore_id: &str) -> Result<CommandResponse, redb::Error> {
@@ -30,7 +26,10 @@ impl<'txn> StateTables<'txn> {
             return Ok(refusal);
         }
         if table == redb::TableHandle::name(&tables::RESTORE_STAGING) || self.table_named(table).is_none() {
-            return Ok(refused(RejectionKind::FailedPrecondition, format!("{table:?} is not a state table")));
+            return Ok(CommandResponse::rejected(
+                RejectionKind::FailedPrecondition,
+                format!("{table:?} is not a state table"),
+            ));
         }
         for (key, value) in rows {
             self.restore_staging.insert(index_key(table, &key).as_str(), value.as_slice())?;
@@ -44,7 +43,7 @@ impl<'txn> StateTables<'txn> {
         }
         let staged = redb::ReadableTableMetadata::len(&self.restore_staging)?;
         if staged != rows {
-            return Ok(refused(
+            return Ok(CommandResponse::rejected(
                 RejectionKind::FailedPrecondition,
                 format!("restore {restore_id} staged {staged} rows, not the snapshot's {rows}"),
             ));
@@ -107,7 +106,7 @@ impl<'txn> StateTables<'txn> {
     fn not_restoring(&self, restore_id: &str) -> Result<Option<CommandResponse>, redb::Error> {
         let current: Option<String> = get(&self.cluster, RESTORE_ID)?;
         Ok((current.as_deref() != Some(restore_id)).then(|| {
-            refused(
+            CommandResponse::rejected(
                 RejectionKind::FailedPrecondition,
                 format!("restore {restore_id} is not in progress (finished, or another restore began since)"),
             )
