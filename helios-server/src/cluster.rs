@@ -54,9 +54,6 @@ pub struct Cluster {
     pub data_dir: std::path::PathBuf,
     /// How long finished records are kept (`crate::gc`).
     pub gc: helios_core::gc::Thresholds,
-    /// The highest commit index a leader's AppendEntries announced to this server: a follower
-    /// whose own log stays behind it is stalled (`replication_watch`).
-    pub heard_commit: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A token's grants as read at an ACL generation.

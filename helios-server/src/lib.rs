@@ -117,7 +117,6 @@ async fn run_raft(
         acl_cache: Arc::default(),
         data_dir: config.data_dir.clone(),
         gc: config.gc,
-        heard_commit: Arc::default(),
     };
     let liveness_task = tokio::spawn(liveness::run(cluster.clone()));
     let scheduling_task = tokio::spawn(scheduling::run(cluster.clone()));

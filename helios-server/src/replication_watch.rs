@@ -3,11 +3,10 @@
 //! that keeps failing (a broken disk, a refused snapshot) would otherwise fall behind in silence.
 //! One whose matched index stays put for `STALL_AFTER` while the leader's log moves on is logged
 //! as stalled, and logged again when it catches up. `server members` shows every follower's lag.
-//! A follower applies the same rule to itself against the commit index the leader announces, so
-//! the stall is logged on both sides.
+//! A follower applies the same rule to itself against the cluster's commit index as the leader
+//! last reported it, so the stall is logged on both sides.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use openraft::type_config::async_runtime::watch::WatchReceiver;
@@ -64,7 +63,7 @@ pub async fn run(cluster: Cluster) {
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticks.tick().await;
-        let (leading, last, matched) = {
+        let (leading, last, matched, cluster_committed) = {
             let metrics = cluster.raft.metrics();
             let m = metrics.borrow_watched();
             let matched: BTreeMap<NodeId, u64> = m
@@ -77,17 +76,18 @@ pub async fn run(cluster: Cluster) {
                         .collect()
                 })
                 .unwrap_or_default();
-            (m.state == ServerState::Leader, m.last_log_index.unwrap_or(0), matched)
+            let cluster_committed = m.cluster_committed.as_ref().map_or(0, |c| c.index());
+            (m.state == ServerState::Leader, m.last_log_index.unwrap_or(0), matched, cluster_committed)
         };
         if leading {
             own = Watch::default();
             report_followers(followers.observe(Instant::now(), last, &matched));
         } else {
             followers = Watch::default();
-            // The leader's commit index, as its AppendEntries announce it, is where this server's
-            // log should get to; the same rule as the leader's applies to its own log.
-            let heard = cluster.heard_commit.load(Ordering::Relaxed);
-            report_own(own.observe(Instant::now(), heard, &BTreeMap::from([(cluster.node_id, last)])));
+            // The cluster's commit index, as the leader last reported it (openraft's
+            // `cluster_committed`), is where this server's log should get to; the same rule as
+            // the leader's applies to its own log.
+            report_own(own.observe(Instant::now(), cluster_committed, &BTreeMap::from([(cluster.node_id, last)])));
         }
     }
 }

@@ -362,9 +362,6 @@ impl RaftPeer for PeerService {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.get_ref().data).map_err(bad_payload)?;
         self.check_own_vote(&sender, method, &rpc.vote, VoteKind::Leader)?;
         check_entries(&rpc).map_err(|status| self.refused(Some(sender.id), method, status))?;
-        if let Some(commit) = &rpc.leader_commit {
-            self.cluster.heard_commit.fetch_max(commit.index(), std::sync::atomic::Ordering::Relaxed);
-        }
         let result = self.cluster.raft.append_entries(rpc).await.map_err(|e| Status::internal(e.to_string()))?;
         self.reply(&sender, &result)
     }
