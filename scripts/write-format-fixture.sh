@@ -2,9 +2,11 @@
 # Writes a stored-format fixture with the binaries in HELIOS_BIN (default target/debug): a
 # one-server cluster with a cluster key, ACLs and one agent runs a few jobs (a service, a
 # finished batch job, a stopped job, a purged job, a job with two versions), then stops; its
-# database (Raft log and state) is kept as helios-server/tests/fixtures/format-N/helios-node-1.db.
+# database (Raft log and state) is kept as helios-server/tests/fixtures/format-N/helios-node-1.db,
+# and its snapshot, as `operator snapshot save` writes it, as snapshot.bin.
 #
 #   scripts/write-format-fixture.sh N
+#   HELIOS_BIN=$(scripts/build-previous-format.sh) scripts/write-format-fixture.sh N   # an older format
 #
 # Run it with the build that writes format N, once, when that format is introduced; the
 # fixture tests (helios-server/tests/formats.rs) then check that every later build opens it.
@@ -52,9 +54,11 @@ cli job run -d --type service --name fixture-purged sleep -- 300
 cli job stop --purge fixture-purged
 cli job status fixture-batch
 cli alloc list
+cli operator snapshot save "$work/snapshot.bin"
 
 kill "${pids[1]}"; wait "${pids[1]}" 2>/dev/null || true
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
 mkdir -p "$out"
 cp "$work/server/helios-node-1.db" "$out/helios-node-1.db"
+cp "$work/snapshot.bin" "$out/snapshot.bin"
 echo "wrote $out ($(du -h "$out/helios-node-1.db" | cut -f1))"
