@@ -23,4 +23,7 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The rolling upgrade test runs the previous stored format's last build beside this one; built
+# here, before the tests, so that no test competes with a build for the machine.
+scripts/build-previous-format.sh >/dev/null
 cargo test --workspace

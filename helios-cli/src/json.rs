@@ -131,5 +131,5 @@ pub fn members(reply: &pb::ListMembersResponse) -> Value {
             })
         })
         .collect();
-    json!({ "leader_id": reply.leader_id, "members": members })
+    json!({ "leader_id": reply.leader_id, "members": members, "stored_format": reply.stored_format })
 }

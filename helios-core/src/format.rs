@@ -22,6 +22,17 @@
 //!
 //! Format 2 (before tags) stored the same bodies as version 1, without the tag. Those bytes are
 //! read inside [`read_untagged`], once, when a format-2 database is converted.
+//!
+//! **Writing for older readers.** During a rolling upgrade the servers of the newer build write
+//! what the older ones read: the cluster's stored format is replicated (raised through Raft once
+//! every voter runs the newer build), and everything replicated is written for it inside
+//! [`write_for`]. A version that older builds cannot read names the format that introduced it,
+//! and is written as its previous version for older formats, through a `TryFrom` that refuses
+//! rather than drops what the older shape cannot hold:
+//!
+//! ```ignore
+//! versioned!(Job = 2, since format 5, previous v1::Job); // v1::Job: TryFrom<&Job>, itself versioned!
+//! ```
 
 use std::cell::Cell;
 use std::fmt;
@@ -33,20 +44,52 @@ use serde::{Deserializer, Serialize, Serializer};
 
 /// The stored and peer format this build writes. Servers announce it to each other; a database
 /// records it. 1: no marker. 2: marked, untagged bodies. 3: every record tagged with its version.
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: the cluster's format is replicated (`Command::RaiseFormat`) and a snapshot states the
+/// format its rows were written for.
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest database format this build converts when it opens one.
 pub const OLDEST_CONVERTED_FORMAT: u32 = 2;
+/// The oldest format this build writes for (the first whose records carry their versions), and
+/// the format of a cluster that never raised its own.
+pub const OLDEST_WRITTEN_FORMAT: u32 = 3;
 
 /// A record type that knows its version and how to read every older one it supports.
 pub trait Versioned: Sized {
     /// The version this build writes.
     const VERSION: u16;
+    /// The first stored format whose builds read `VERSION`: for an older format, the previous
+    /// version is written instead.
+    const SINCE_FORMAT: u32;
     /// Reads a body written at `version`, migrating it to this type.
     fn read_version<'de, D: Deserializer<'de>>(version: u16, body: D) -> Result<Self, D::Error>;
 }
 
 thread_local! {
     static UNTAGGED: Cell<bool> = const { Cell::new(false) };
+    static WRITING_FOR: Cell<u32> = const { Cell::new(FORMAT_VERSION) };
+}
+
+/// Runs `write` with records written for readers of stored `format` (at most this build's):
+/// each record at the newest version such a reader knows.
+pub fn write_for<T>(format: u32, write: impl FnOnce() -> T) -> T {
+    struct Reset(u32);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            WRITING_FOR.with(|w| w.set(self.0));
+        }
+    }
+    let _reset = Reset(WRITING_FOR.with(|w| w.replace(format.min(FORMAT_VERSION))));
+    write()
+}
+
+/// The stored format records are being written for (`write_for`; this build's outside it).
+pub fn writing_for() -> u32 {
+    WRITING_FOR.with(Cell::get)
+}
+
+/// The error for a record that readers of the format being written for could not read.
+pub fn not_writable<E: serde::ser::Error>(record: &str, reason: impl fmt::Display) -> E {
+    E::custom(format_args!("{record} cannot be written for stored format {}: {reason}", writing_for()))
 }
 
 /// Runs `read` with records read as format 2 stored them: version-1 bodies without a tag.
@@ -113,12 +156,23 @@ impl<'de, T: Versioned> DeserializeSeed<'de> for BodySeed<T> {
 /// reading older versions through `$prev` and `From<$prev>`.
 #[macro_export]
 macro_rules! versioned {
-    ($ty:ident = $version:literal $(, previous $prev:ty)?) => {
+    // Internal: the derived body (inherent, from `remote = "Self"`) after the version tag.
+    (@write $ty:ident, $value:expr, $s:expr) => {{
+        struct Body<'a>(&'a $ty);
+        impl serde::Serialize for Body<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                $ty::serialize(self.0, s)
+            }
+        }
+        $crate::format::serialize_tagged::<$ty, _, _>(&Body($value), $s)
+    }};
+    // Internal: `Versioned` and `Deserialize`, reading older versions through `$prev`.
+    (@read $ty:ident = $version:literal, $since:expr $(, $prev:ty)?) => {
         impl $crate::format::Versioned for $ty {
             const VERSION: u16 = $version;
+            const SINCE_FORMAT: u32 = $since;
             fn read_version<'de, D: serde::Deserializer<'de>>(version: u16, body: D) -> Result<Self, D::Error> {
                 if version == $version {
-                    // The derived body (inherent, from `remote = "Self"`).
                     return $ty::deserialize(body);
                 }
                 $(
@@ -130,21 +184,32 @@ macro_rules! versioned {
             }
         }
 
-        impl serde::Serialize for $ty {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                struct Body<'a>(&'a $ty);
-                impl serde::Serialize for Body<'_> {
-                    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                        $ty::serialize(self.0, s)
-                    }
-                }
-                $crate::format::serialize_tagged::<Self, _, _>(&Body(self), s)
-            }
-        }
-
         impl<'de> serde::Deserialize<'de> for $ty {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 $crate::format::deserialize_tagged(d)
+            }
+        }
+    };
+    // A version older builds cannot read: for them, the previous version is written.
+    ($ty:ident = $version:literal, since format $since:literal, previous $prev:ty) => {
+        $crate::versioned!(@read $ty = $version, $since, $prev);
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if $crate::format::writing_for() < $since {
+                    let previous =
+                        <$prev>::try_from(self).map_err(|e| $crate::format::not_writable(stringify!($ty), e))?;
+                    return serde::Serialize::serialize(&previous, s);
+                }
+                $crate::versioned!(@write $ty, self, s)
+            }
+        }
+    };
+    // A version every format this build writes for reads; `$prev` is only read.
+    ($ty:ident = $version:literal $(, previous $prev:ty)?) => {
+        $crate::versioned!(@read $ty = $version, $crate::format::OLDEST_WRITTEN_FORMAT $(, $prev)?);
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                $crate::versioned!(@write $ty, self, s)
             }
         }
     };
@@ -157,6 +222,8 @@ macro_rules! legacy {
     ($ty:ty = $version:literal $(, previous $prev:ty)?) => {
         impl $crate::format::Versioned for $ty {
             const VERSION: u16 = $version;
+            // Read only: a legacy shape predates the formats this build writes for.
+            const SINCE_FORMAT: u32 = 0;
             fn read_version<'de, D: serde::Deserializer<'de>>(version: u16, body: D) -> Result<Self, D::Error> {
                 if version == $version {
                     return <$ty as serde::Deserialize>::deserialize(body);
@@ -216,6 +283,61 @@ mod tests {
         things: Vec<Thing>,
     }
     crate::versioned!(Holder = 1);
+
+    mod w1 {
+        /// Version 1 of a record that is still written, for readers of format 3.
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[serde(remote = "Self")]
+        pub struct Gadget {
+            pub name: String,
+        }
+        crate::versioned!(Gadget = 1);
+    }
+
+    /// Version 2 of it adds a field that builds of format 3 do not know.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(remote = "Self")]
+    struct Gadget {
+        name: String,
+        colour: Option<String>,
+    }
+    crate::versioned!(Gadget = 2, since format 4, previous w1::Gadget);
+
+    impl From<w1::Gadget> for Gadget {
+        fn from(old: w1::Gadget) -> Gadget {
+            Gadget { name: old.name, colour: None }
+        }
+    }
+
+    impl TryFrom<&Gadget> for w1::Gadget {
+        type Error = &'static str;
+        fn try_from(new: &Gadget) -> Result<w1::Gadget, &'static str> {
+            match new.colour {
+                None => Ok(w1::Gadget { name: new.name.clone() }),
+                Some(_) => Err("a colour needs format 4"),
+            }
+        }
+    }
+
+    #[test]
+    fn for_older_readers_a_record_is_written_as_its_previous_version_or_refused() {
+        let plain = Gadget { name: "g".into(), colour: None };
+        assert_eq!(encode(&plain)[0], 2, "this build's readers get version 2");
+        let for_3 = write_for(3, || encode(&plain));
+        assert_eq!(for_3[0], 1, "readers of format 3 get version 1");
+        assert_eq!(decode::<w1::Gadget>(&for_3), Ok(w1::Gadget { name: "g".into() }), "as a format-3 build reads it");
+        assert_eq!(decode::<Gadget>(&for_3), Ok(plain), "and this build reads it back");
+
+        // What version 1 cannot hold is refused, never dropped.
+        let coloured = Gadget { name: "g".into(), colour: Some("red".into()) };
+        let refused = write_for(3, || bincode::serde::encode_to_vec(&coloured, bincode::config::standard()))
+            .expect_err("refused");
+        assert!(
+            refused.to_string().contains("Gadget cannot be written for stored format 3: a colour needs format 4"),
+            "{refused}"
+        );
+        assert_eq!(writing_for(), FORMAT_VERSION, "the scope ends with the call");
+    }
 
     #[test]
     fn a_record_reads_back_as_written_with_its_tag_first() {

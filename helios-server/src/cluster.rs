@@ -25,7 +25,7 @@ use crate::clock;
 use crate::liveness::HeartbeatTracker;
 use crate::raft::network::{methods, PeerChannels, PeerClient};
 use crate::raft::{NodeId, Raft};
-use crate::store::codec::{decode, encode};
+use crate::store::codec::decode;
 use crate::store::StoreError;
 
 /// How long a request waits for a leader (an election, a restart) before giving up.
@@ -314,7 +314,12 @@ impl Cluster {
     async fn forward(&self, addr: &str, request: &ForwardRequest, deadline: Instant) -> Option<ForwardResponse> {
         let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
         let call = |mut client: PeerClient, req| async move { client.forward(req).await };
-        match self.channels.call(addr, methods::FORWARD, encode(request), timeout, call).await {
+        let body = match self.channels.encode_for(addr, request) {
+            Ok(body) => body,
+            // The leader runs an older build that cannot apply it.
+            Err(e) => return Some(ForwardResponse::Failed(ForwardFailure::NeedsUpgrade(e.to_string()))),
+        };
+        match self.channels.call(addr, methods::FORWARD, body, timeout, call).await {
             Ok(reply) => decode(&reply.data).ok(),
             Err(status) => {
                 tracing::debug!(%addr, %status, "forwarding to the leader failed; retrying");
@@ -609,17 +614,28 @@ impl Cluster {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
-    /// The stored format every voter reads (`PeerFormats::cluster_format`).
-    pub fn cluster_format(&self) -> u32 {
+    /// The newest stored format every voter has announced (`PeerFormats::oldest_announced`):
+    /// what the cluster's stored format may be raised to.
+    pub fn announced_format(&self) -> u32 {
         let (nodes, voters) = self.membership();
         let peers = nodes.iter().filter(|(id, _)| voters.contains(id) && **id != self.node_id);
-        self.channels.formats.cluster_format(peers.map(|(_, addr)| addr.as_str()))
+        self.channels.formats.oldest_announced(peers.map(|(_, addr)| addr.as_str()))
+    }
+
+    /// The cluster's stored format as this server applied it (`Command::RaiseFormat`).
+    pub fn stored_format(&self) -> u32 {
+        self.channels.formats.stored.get()
     }
 
     /// Refuses a command some voters could not apply: during a rolling upgrade, what the newer
-    /// build adds waits until every server runs it.
+    /// build adds waits until the cluster's stored format is raised, after every server runs it.
+    /// The raise itself needs only every voter's announcement.
     fn check_cluster_format(&self, command: &Command) -> Result<(), String> {
-        let (needs, cluster) = (command.needs_format(), self.cluster_format());
+        let cluster = match command {
+            Command::RaiseFormat { .. } => self.announced_format(),
+            _ => self.stored_format(),
+        };
+        let needs = command.needs_format();
         if needs <= cluster {
             return Ok(());
         }
@@ -757,6 +773,7 @@ pub fn check_forwarded(request: &ForwardRequest) -> Result<(), tonic::Status> {
         | Command::DeleteAclToken { .. } => Ok(()),
         Command::SetNodeStatus { .. } => refuse("node status changes (the leader's heartbeat tracker makes them)"),
         Command::CreateEvaluations { .. } => refuse("bare evaluations"),
+        Command::RaiseFormat { .. } => refuse("format raises (the leader makes them)"),
     }
 }
 

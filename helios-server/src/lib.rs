@@ -16,6 +16,7 @@ pub mod security;
 pub mod serve;
 pub mod signals;
 pub mod store;
+pub mod upgrade;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -88,9 +89,13 @@ async fn run_raft(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let log_store = LogStore::open(db.clone()).map_err(StartError::Log)?;
-    let channels = PeerChannels::new(raft::peer_auth::PeerAuth::new(config.node_id, key), config.tls.clone());
-    let network = NetworkFactory { channels: channels.clone() };
     let signals = signals::NodeSignals::default();
+    let channels = PeerChannels::new(
+        raft::peer_auth::PeerAuth::new(config.node_id, key),
+        config.tls.clone(),
+        signals.stored_format.clone(),
+    );
+    let network = NetworkFactory { channels: channels.clone() };
     let raft = Raft::new(
         config.node_id,
         raft::raft_config(config.snapshot_every),
@@ -122,6 +127,7 @@ async fn run_raft(
     let scheduling_task = tokio::spawn(scheduling::run(cluster.clone()));
     let gc_task = tokio::spawn(gc::run(cluster.clone(), config.gc, config.gc_interval));
     let watch_task = tokio::spawn(replication_watch::run(cluster.clone()));
+    let upgrade_task = tokio::spawn(upgrade::run(cluster.clone()));
     // Serve until asked to stop, or until Raft stops on its own (a storage failure is fatal to
     // it): a server whose Raft is dead must not keep answering as if it were healthy.
     let (fatal_tx, mut fatal_rx) = tokio::sync::oneshot::channel::<String>();
@@ -139,6 +145,7 @@ async fn run_raft(
     scheduling_task.abort();
     gc_task.abort();
     watch_task.abort();
+    upgrade_task.abort();
     tracing::info!(node_id = config.node_id, "shutting down raft");
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");

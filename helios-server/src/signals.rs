@@ -55,6 +55,8 @@ pub struct NodeSignals {
     /// Bumped after every applied batch that changed ACLs (and every snapshot install), before
     /// its callers are answered: grants cached under an older generation are stale.
     acl_generation: Arc<std::sync::atomic::AtomicU64>,
+    /// The cluster's stored format as the state machine last applied it.
+    pub stored_format: crate::store::StoredFormat,
 }
 
 impl Default for NodeSignals {
@@ -63,6 +65,7 @@ impl Default for NodeSignals {
             subscribers: Arc::default(),
             closed: Arc::new(watch::channel(false).0),
             acl_generation: Arc::default(),
+            stored_format: Default::default(),
         }
     }
 }

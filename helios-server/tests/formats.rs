@@ -78,9 +78,18 @@ fn assert_fixture_state(db: &redb::Database) {
 
 #[test]
 fn a_format_2_database_is_converted_once_and_reads_back_every_record() {
-    let dir = fixture(2);
-    assert_eq!(stored_format(dir.path()), 2);
-    let db = store::open(dir.path(), 1).expect("the format-2 database opens");
+    database_opens_once_and_reads_back_every_record(2);
+}
+
+#[test]
+fn a_format_3_database_is_marked_once_and_reads_back_every_record() {
+    database_opens_once_and_reads_back_every_record(3);
+}
+
+fn database_opens_once_and_reads_back_every_record(format: u32) {
+    let dir = fixture(format);
+    assert_eq!(stored_format(dir.path()), format);
+    let db = store::open(dir.path(), 1).expect("the older database opens");
     assert_fixture_state(&db);
     let digest = read::state_digest(&db.begin_read().expect("read")).expect("digest");
     drop(db);
@@ -101,8 +110,17 @@ async fn replay(entries: Vec<Entry>) -> (tempfile::TempDir, std::sync::Arc<redb:
 }
 
 #[tokio::test]
-async fn the_converted_raft_log_replays_to_the_converted_state() {
-    let dir = fixture(2);
+async fn the_converted_format_2_raft_log_replays_to_the_converted_state() {
+    raft_log_replays_to_the_opened_state(2).await;
+}
+
+#[tokio::test]
+async fn the_format_3_raft_log_replays_to_the_opened_state() {
+    raft_log_replays_to_the_opened_state(3).await;
+}
+
+async fn raft_log_replays_to_the_opened_state(format: u32) {
+    let dir = fixture(format);
     let db = store::open(dir.path(), 1).expect("open");
     let mut log = LogStore::open(db.clone()).expect("the converted log reads");
     let entries = log.try_get_log_entries(0..u64::MAX).await.expect("entries");
@@ -130,15 +148,24 @@ async fn the_converted_raft_log_replays_to_the_converted_state() {
 
 #[tokio::test]
 async fn a_format_2_snapshot_installs_as_the_converted_state_and_saves_in_this_format() {
-    let dir = fixture(2);
+    snapshot_installs_as_the_opened_state(2).await;
+}
+
+#[tokio::test]
+async fn a_format_3_snapshot_installs_as_the_opened_state_and_saves_in_this_format() {
+    snapshot_installs_as_the_opened_state(3).await;
+}
+
+async fn snapshot_installs_as_the_opened_state(format: u32) {
+    let dir = fixture(format);
     let bytes = std::fs::read(dir.path().join("snapshot.bin")).expect("snapshot fixture");
     let summary = snapshot::inspect(std::io::Cursor::new(bytes.clone())).expect("inspect");
-    assert_eq!((summary.format, summary.meta.is_none()), (2, true));
+    assert_eq!((summary.format, summary.meta.is_none()), (format, format == 2), "format 2 kept its meta apart");
     assert_eq!(summary.tables.iter().find(|(t, _)| t == "jobs").map(|(_, n)| *n), Some(4));
 
     let converted = store::open(dir.path(), 1).expect("open");
     let digest = |db: &redb::Database| read::state_digest(&db.begin_read().expect("read")).expect("digest").digest;
-    let meta = SnapshotMeta::default();
+    let meta: SnapshotMeta = summary.meta.clone().unwrap_or_default();
     let target = tempfile::tempdir().expect("temp dir");
     let installed = store::open(target.path(), 1).expect("open");
     let mut sm = StateMachine::new(installed.clone(), NodeSignals::default());
@@ -172,9 +199,16 @@ fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
     bytes
 }
 
+/// One test for every fixture, one after the other: their databases name the same address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_started_on_a_format_2_data_dir_serves_it_and_takes_new_jobs() {
-    let dir = fixture(2);
+async fn a_server_started_on_an_older_data_dir_serves_it_raises_its_format_and_takes_new_jobs() {
+    for format in [2, 3] {
+        server_serves_an_older_data_dir(format).await;
+    }
+}
+
+async fn server_serves_an_older_data_dir(format: u32) {
+    let dir = fixture(format);
     let addr: std::net::SocketAddr = FIXTURE_ADDR.parse().expect("address");
     let listener = TcpListener::bind(addr).await.expect("the fixture's port is free");
     let config = ServerConfig::new(1, addr, vec![(1, FIXTURE_ADDR.to_string())], false, dir.path().to_path_buf())
@@ -195,6 +229,15 @@ async fn a_server_started_on_a_format_2_data_dir_serves_it_and_takes_new_jobs() 
     let members = cluster.clone().list_members(pb::ListMembersRequest { local: false }).await.expect("members");
     let member = &members.into_inner().members[0];
     assert_eq!((member.format, member.lag), (tables::FORMAT_VERSION, Some(0)));
+    // Alone, every voter runs this build: the cluster's stored format is raised to it.
+    wait_for("the cluster's stored format to be raised", || {
+        let mut cluster = cluster.clone();
+        async move {
+            let members = cluster.list_members(pb::ListMembersRequest { local: false }).await.ok()?.into_inner();
+            (members.stored_format == tables::FORMAT_VERSION).then_some(())
+        }
+    })
+    .await;
 
     let mut jobs = JobServiceClient::new(channel.clone());
     let listed = jobs.list_jobs(pb::ListJobsRequest {}).await.expect("list jobs").into_inner();

@@ -96,6 +96,8 @@ unit_answers!(
     NodePurged,
     /// An ACL command applied.
     AclChanged,
+    /// `RaiseFormat` applied.
+    FormatRaised,
     /// `RestoreBegin` or `RestoreRows` applied.
     RestoreStaged,
 );

@@ -1,11 +1,12 @@
 //! The Raft command log's payload.
 //!
 //! **Versioned.** A `Proposal` is stored in the Raft log and sent between servers as a versioned
-//! record (`crate::format`): bincode encodes a variant by its position, so any change to
-//! `Command` (a variant added, removed or changed) is a new `Proposal` version, with the previous
-//! shape kept in a `vN` module and a `From` that migrates it (see `v1.rs`). A command that servers
-//! of an older format cannot apply names the format it needs (`Command::needs_format`), and is
-//! proposed only once every server announces that format.
+//! record (`crate::format`): bincode encodes a variant by its position, so a variant removed or
+//! changed is a new `Proposal` version, with the previous shape kept in a `vN` module and a
+//! `From` that migrates it (see `v1.rs`). A variant appended at the end leaves every older body
+//! readable as it was, so it is no new version; instead it names the format that introduced it
+//! (`Command::needs_format`): it is proposed only once the cluster's replicated format reaches
+//! that one, and never written for older readers (`Serialize for Command` refuses).
 //!
 //! Commands carry everything the state machine needs, IDs and timestamps included: the handler
 //! that proposes a command stamps them, so every replica applies identical values.
@@ -43,7 +44,10 @@ pub struct Proposal {
 // 2: `UpdateAllocations` and `ApplyPlan::follow_ups` removed (format 3).
 crate::versioned!(Proposal = 2, previous v1::Proposal);
 
+/// Serialized through `Serialize for Command` below, which refuses a command that the readers
+/// being written for (`format::write_for`) could not apply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub enum Command {
     /// Create a job or update its spec. A changed spec becomes the next version and creates
     /// `eval`; an identical spec changes nothing.
@@ -160,6 +164,28 @@ pub enum Command {
         restore_id: String,
         rows: u64,
     },
+    /// The leader saw every voter announce stored `format`: from this entry on, replicas write
+    /// records for it (`format::write_for`) and commands that need it may be proposed. Never
+    /// lowered. (Format 4.)
+    RaiseFormat {
+        format: u32,
+    },
+}
+
+impl Serialize for Command {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let needs = self.needs_format();
+        if needs > crate::format::writing_for() {
+            return Err(crate::format::not_writable("command", format_args!("{self} needs servers of format {needs}")));
+        }
+        Command::serialize(self, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Command, D::Error> {
+        Command::deserialize(d)
+    }
 }
 
 /// The state machine's deterministic answer to a command.
@@ -184,6 +210,8 @@ pub enum CommandResponse {
     GarbageCollected(Collected),
     RestoreStaged,
     Restored(Restored),
+    /// Format 4: the answer to `RaiseFormat`.
+    FormatRaised,
 }
 
 crate::versioned!(CommandResponse = 1);
@@ -232,6 +260,7 @@ impl Command {
             | Command::RestoreBegin { .. }
             | Command::RestoreRows { .. }
             | Command::RestoreCommit { .. } => 3,
+            Command::RaiseFormat { format } => (*format).max(4),
         }
     }
 
@@ -285,6 +314,7 @@ impl std::fmt::Display for Command {
                 write!(f, "restore-rows {restore_id} {table} ({})", rows.len())
             }
             Command::RestoreCommit { restore_id, rows } => write!(f, "restore-commit {restore_id} ({rows} rows)"),
+            Command::RaiseFormat { format } => write!(f, "raise-format {format}"),
             Command::ReportAllocations { node_id, updates, .. } => {
                 write!(f, "update-allocations {node_id} ({})", updates.len())
             }

@@ -135,7 +135,11 @@ impl ClusterService for Membership {
                 },
             })
             .collect();
-        Ok(Response::new(pb::ListMembersResponse { members, leader_id: own.leader }))
+        Ok(Response::new(pb::ListMembersResponse {
+            members,
+            leader_id: own.leader,
+            stored_format: self.cluster.stored_format(),
+        }))
     }
 
     async fn add_server(

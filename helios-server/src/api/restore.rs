@@ -36,6 +36,16 @@ pub async fn restore(
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::invalid_argument(format!("the snapshot file cannot be restored: {e}")))?;
+    // Rows are restored as they are: every server must read the format they were written for.
+    let stored = cluster.stored_format();
+    if summary.format > stored {
+        return Err(Status::failed_precondition(format!(
+            "the snapshot's rows are of stored format {}, but this cluster's is {stored}: some of its servers \
+             could not read them; restore it once every server runs a build of that format and `server members` \
+             shows the cluster's stored format raised",
+            summary.format
+        )));
+    }
     let staging = redb::TableHandle::name(&crate::store::tables::RESTORE_STAGING);
     let rows: u64 = summary.tables.iter().filter(|(t, _)| t != staging).map(|(_, n)| n).sum();
     let restore_id = crate::clock::new_id();

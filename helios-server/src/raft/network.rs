@@ -25,7 +25,8 @@ use helios_api::tls::{Role, Tls};
 
 use super::peer_auth::PeerAuth;
 use super::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
-use crate::store::codec::{decode, encode};
+use crate::store::codec::{decode, encode, try_encode};
+use crate::store::StoredFormat;
 
 /// How long a follower may take to store a batch of entries (see `append_entries`).
 const APPEND_ENTRIES_TIMEOUT: Duration = Duration::from_secs(5);
@@ -57,31 +58,54 @@ pub const FORMAT_HEADER: &str = "helios-stored-format";
 pub const MIN_PEER_FORMAT: u32 = 3;
 
 /// The stored format each peer (by address) last announced, in a request to this server or an
-/// answer to one of its requests.
+/// answer to one of its requests, and the cluster's replicated one.
 #[derive(Clone, Default)]
-pub struct PeerFormats(Arc<Mutex<BTreeMap<String, u32>>>);
+pub struct PeerFormats {
+    announced: Arc<Mutex<BTreeMap<String, u32>>>,
+    /// Woken when a peer announces a format it had not: the leader may raise the cluster's.
+    changed: Arc<tokio::sync::Notify>,
+    /// The cluster's stored format as this server applied it: every voter reads it.
+    pub stored: StoredFormat,
+}
 
 impl PeerFormats {
+    pub fn new(stored: StoredFormat) -> PeerFormats {
+        PeerFormats { announced: Arc::default(), changed: Arc::default(), stored }
+    }
+
     pub fn record(&self, addr: &str, metadata: &tonic::metadata::MetadataMap) {
         if let Some(format) = announced_format(metadata) {
-            let mut formats = self.0.lock().expect("not poisoned");
+            let mut formats = self.announced.lock().expect("not poisoned");
             if formats.get(addr) != Some(&format) {
                 formats.insert(addr.to_string(), format);
+                self.changed.notify_one();
             }
         }
     }
 
+    /// Waits until a peer announces a format it had not.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
     pub fn get(&self, addr: &str) -> Option<u32> {
-        self.0.lock().expect("not poisoned").get(addr).copied()
+        self.announced.lock().expect("not poisoned").get(addr).copied()
     }
 
     /// The format every one of `voters` (addresses, this server's own left out) reads: the oldest
     /// announced, counting a voter not heard from yet as the oldest format a peer may run.
-    pub fn cluster_format<'a>(&self, peers: impl IntoIterator<Item = &'a str>) -> u32 {
+    pub fn oldest_announced<'a>(&self, peers: impl IntoIterator<Item = &'a str>) -> u32 {
         peers
             .into_iter()
             .map(|addr| self.get(addr).unwrap_or(MIN_PEER_FORMAT))
             .fold(crate::store::tables::FORMAT_VERSION, u32::min)
+    }
+
+    /// The format to write messages to `addr` for: the one it announced, or, before it has
+    /// announced one, the cluster's (which every voter reads). An entry the peer could not read
+    /// then fails to encode and is retried: the peer's answers to heartbeats announce its format.
+    pub fn write_for(&self, addr: &str) -> u32 {
+        self.get(addr).unwrap_or_else(|| self.stored.get())
     }
 }
 
@@ -121,13 +145,18 @@ struct PeerChannel {
 const STALE_AFTER: Duration = Duration::from_secs(1);
 
 impl PeerChannels {
-    pub fn new(auth: PeerAuth, tls: Option<Tls>) -> PeerChannels {
+    pub fn new(auth: PeerAuth, tls: Option<Tls>, stored: StoredFormat) -> PeerChannels {
         PeerChannels {
             channels: Arc::default(),
             auth,
-            formats: PeerFormats::default(),
+            formats: PeerFormats::new(stored),
             tls: Arc::new(std::sync::RwLock::new(tls)),
         }
+    }
+
+    /// `value` encoded for what the peer at `addr` reads (`PeerFormats::write_for`).
+    pub fn encode_for<T: serde::Serialize + ?Sized>(&self, addr: &str, value: &T) -> io::Result<Vec<u8>> {
+        helios_core::format::write_for(self.formats.write_for(addr), || try_encode(value))
     }
 
     pub fn has_tls(&self) -> bool {
@@ -296,7 +325,8 @@ impl PeerConnection {
         Resp: serde::de::DeserializeOwned,
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
-        let reply = self.channels.call(&self.addr, method, encode(rpc), option.hard_ttl(), call).await;
+        let body = self.channels.encode_for(&self.addr, rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let reply = self.channels.call(&self.addr, method, body, option.hard_ttl(), call).await;
         decode_reply(reply.map_err(|s| status_to_rpc_error(&s))?)
     }
 }
@@ -422,11 +452,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cluster_format_is_the_oldest_a_voter_announced() {
+    fn the_announced_format_is_the_oldest_a_voter_announced() {
         let formats = PeerFormats::default();
         let ours = crate::store::tables::FORMAT_VERSION;
-        assert_eq!(formats.cluster_format([]), ours, "alone, a server's own format");
-        assert_eq!(formats.cluster_format(["a:1"]), MIN_PEER_FORMAT, "a voter not heard from: the oldest allowed");
+        assert_eq!(formats.oldest_announced([]), ours, "alone, a server's own format");
+        assert_eq!(formats.oldest_announced(["a:1"]), MIN_PEER_FORMAT, "a voter not heard from: the oldest allowed");
         let announce = |addr: &str, format: u32| {
             let mut metadata = tonic::metadata::MetadataMap::new();
             metadata.insert(FORMAT_HEADER, format.into());
@@ -434,10 +464,26 @@ mod tests {
         };
         announce("a:1", ours + 1);
         announce("b:1", ours);
-        assert_eq!(formats.cluster_format(["a:1", "b:1"]), ours, "a newer voter does not raise it past ours");
+        assert_eq!(formats.oldest_announced(["a:1", "b:1"]), ours, "a newer voter does not raise it past ours");
         announce("b:1", MIN_PEER_FORMAT);
-        assert_eq!(formats.cluster_format(["a:1", "b:1"]), MIN_PEER_FORMAT);
-        assert_eq!(formats.cluster_format(["a:1"]), ours, "only the voters asked about count");
+        assert_eq!(formats.oldest_announced(["a:1", "b:1"]), MIN_PEER_FORMAT);
+        assert_eq!(formats.oldest_announced(["a:1"]), ours, "only the voters asked about count");
+
+        // Messages are written for what each peer announced, for the cluster's format before.
+        assert_eq!(formats.write_for("b:1"), MIN_PEER_FORMAT);
+        assert_eq!(formats.write_for("c:1"), helios_core::format::OLDEST_WRITTEN_FORMAT, "not heard from");
+        formats.stored.set(ours);
+        assert_eq!(formats.write_for("c:1"), ours, "not heard from, in a raised cluster");
+    }
+
+    #[test]
+    fn a_command_a_peer_cannot_read_is_refused_not_sent_misread() {
+        let channels = PeerChannels::new(PeerAuth::new(1, None), None, StoredFormat::default());
+        let raise = helios_core::Command::RaiseFormat { format: crate::store::tables::FORMAT_VERSION };
+        let error = channels.encode_for("old:1", &raise).expect_err("format 3 cannot read it");
+        assert!(error.to_string().contains("cannot be written for stored format 3"), "{error}");
+        channels.formats.stored.set(crate::store::tables::FORMAT_VERSION);
+        channels.encode_for("old:1", &raise).expect("a raised cluster's peers read it");
     }
 
     /// A gRPC server (it answers peer calls with `Unimplemented`: an answer all the same) behind
@@ -460,7 +506,7 @@ mod tests {
     }
 
     fn channels() -> PeerChannels {
-        PeerChannels::new(PeerAuth::new(1, None), None)
+        PeerChannels::new(PeerAuth::new(1, None), None, StoredFormat::default())
     }
 
     #[tokio::test]

@@ -26,7 +26,7 @@ use super::peer_auth::{PeerAuth, Sender};
 use super::snapshot::ReceivedFile;
 use super::{LogId, NodeId, SnapshotMeta, TypeConfig, Vote};
 use crate::cluster::{Cluster, ForwardRequest};
-use crate::store::codec::{decode, encode};
+use crate::store::codec::{decode, try_encode};
 
 /// Largest snapshot a server accepts: far above any state Helios keeps in practice. It is
 /// written to disk as it arrives, so this bounds disk use, not memory.
@@ -270,8 +270,15 @@ impl PeerService {
         status
     }
 
+    /// Answers `sender`, written for the format it announced (`PeerFormats::write_for`).
     fn reply<T: serde::Serialize>(&self, sender: &Sender, value: &T) -> Result<Response<RaftPayload>, Status> {
-        let data = encode(value);
+        let formats = &self.cluster.channels.formats;
+        let format = match self.cluster.membership().0.get(&sender.id) {
+            Some(addr) => formats.write_for(addr),
+            None => formats.stored.get(),
+        };
+        let data = helios_core::format::write_for(format, || try_encode(value))
+            .map_err(|e| Status::failed_precondition(format!("the answer cannot be sent to this peer: {e}")))?;
         let mut metadata = tonic::metadata::MetadataMap::new();
         self.auth.sign_reply(sender, &data, &mut metadata);
         metadata.insert(super::network::FORMAT_HEADER, crate::store::tables::FORMAT_VERSION.into());

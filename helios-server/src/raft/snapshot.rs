@@ -5,8 +5,8 @@
 //! produced, as a stream, when a peer or `operator snapshot save` needs them. A snapshot received
 //! from a peer is those bytes, in a file.
 //!
-//! The stream (this build's format) is `MAGIC`, then bincode frames: a header (format and Raft
-//! metadata), then each table's name followed by its rows, then an end frame with the row count
+//! The stream (formats 3 and later) is `MAGIC`, then bincode frames: a header (the stored format
+//! its rows are written for, and Raft metadata), then each table's name followed by its rows, then an end frame with the row count
 //! and the SHA-256 of everything before it. Both sides hold one row at a time, so the memory a
 //! snapshot takes does not grow with its size; a truncated or altered stream fails the checksum
 //! before anything is committed. A stream without `MAGIC` is format 2's (one encoded body, its
@@ -25,6 +25,7 @@ use super::SnapshotMeta;
 use crate::store::codec::{self, decode_from_reader};
 use crate::store::convert::row_from_format_2;
 use crate::store::tables::{FORMAT_VERSION, STATE_TABLES};
+use helios_core::format::OLDEST_WRITTEN_FORMAT;
 
 /// The first bytes of a snapshot stream of format 3 or later.
 pub const MAGIC: &[u8; 8] = b"HELIOSsn";
@@ -137,7 +138,10 @@ fn write_tables(txn: &ReadTransaction, meta: &SnapshotMeta, out: &mut impl Write
     let mut out = Hashing::new(io::BufWriter::with_capacity(256 * 1024, out));
     out.write_all(MAGIC)?;
     let frame = |out: &mut Hashing<_>, frame: &Frame| codec::encode_to_writer(frame, out);
-    frame(&mut out, &Frame::Header { format: FORMAT_VERSION, meta: meta.clone() })?;
+    // The rows are written for the cluster's stored format, and the header says so: a server
+    // of that format reads them, whatever build wrote the stream.
+    let format = crate::store::read::stored_format(txn).map_err(io::Error::other)?;
+    frame(&mut out, &Frame::Header { format, meta: meta.clone() })?;
     let mut rows = 0u64;
     for def in STATE_TABLES {
         frame(&mut out, &Frame::Table { name: redb::TableHandle::name(&def).into() })?;
@@ -221,9 +225,10 @@ pub fn read_rows(mut reader: impl BufRead, sink: &mut dyn RowSink) -> io::Result
         Frame::Header { format, meta } => (format, meta),
         _ => return Err(invalid("the snapshot has no header".into())),
     };
-    if format != FORMAT_VERSION {
+    if !(OLDEST_WRITTEN_FORMAT..=FORMAT_VERSION).contains(&format) {
         return Err(invalid(format!(
-            "the snapshot is of stored format {format}; this build reads format {FORMAT_VERSION} and 2"
+            "the snapshot is of stored format {format}; this build reads formats 2 to {FORMAT_VERSION}{}",
+            if format > FORMAT_VERSION { ": upgrade this server" } else { "" }
         )));
     }
     let mut tables: Vec<(String, u64)> = Vec::new();

@@ -46,6 +46,8 @@ struct Applied {
     acl_changed: bool,
     /// The batch committed a snapshot restore: every watch and cache starts over.
     restored: bool,
+    /// The cluster's stored format after the batch.
+    format: u32,
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
@@ -70,6 +72,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
     let mut membership: Option<StoredMembership> = None;
     let touched;
     let restored;
+    let format;
     let mut acl_changed = false;
     {
         let mut tables = StateTables::open(&txn).map_err(io::Error::other)?;
@@ -93,6 +96,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
         tables.finish().map_err(io::Error::other)?;
         touched = std::mem::take(&mut tables.touched);
         restored = tables.restored;
+        format = tables.format();
     }
     {
         let mut meta = txn.open_table(SM_META).map_err(io::Error::other)?;
@@ -104,7 +108,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
         }
     }
     txn.commit().map_err(io::Error::other)?;
-    Ok(Applied { responses, touched, acl_changed, restored })
+    Ok(Applied { responses, touched, acl_changed, restored, format })
 }
 
 /// The snapshot as of now: the applied index and membership, and a view of the tables from the
@@ -132,9 +136,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let meta = txn.open_table(SM_META).map_err(io::Error::other)?;
             let last = read_meta(&meta, SM_LAST_APPLIED)?;
             let membership = read_meta(&meta, SM_MEMBERSHIP)?.unwrap_or_default();
-            Ok((last, membership))
+            let format = crate::store::read::stored_format(&txn).map_err(io::Error::other)?;
+            Ok((last, membership, format))
         })
         .await
+        .map(|(last, membership, format)| {
+            self.signals.stored_format.set(format);
+            (last, membership)
+        })
     }
 
     async fn apply<Strm>(&mut self, mut stream: Strm) -> Result<(), io::Error>
@@ -153,7 +162,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let count = entries.len();
         let started = std::time::Instant::now();
-        let Applied { responses, touched, acl_changed, restored } = blocking(move || apply_batch(&db, entries)).await?;
+        let Applied { responses, touched, acl_changed, restored, format } =
+            blocking(move || apply_batch(&db, entries)).await?;
+        self.signals.stored_format.set(format);
         let took = started.elapsed();
         if took > std::time::Duration::from_millis(20) {
             tracing::warn!(entries = count, took_ms = took.as_millis(), "slow state machine apply");
@@ -182,7 +193,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
         let db = self.db.clone();
         let meta = meta.clone();
-        blocking(move || {
+        let format = blocking(move || {
             let mut txn = db.begin_write().map_err(io::Error::other)?;
             // The log behind this snapshot may be purged next: the state must be on disk first.
             txn.set_durability(redb::Durability::Immediate).map_err(io::Error::other)?;
@@ -204,9 +215,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // guarantees they match the tables they index.
             crate::store::rebuild_indexes(&txn).map_err(io::Error::other)?;
             txn.commit().map_err(io::Error::other)?;
-            Ok(())
+            let txn = db.begin_read().map_err(io::Error::other)?;
+            crate::store::read::stored_format(&txn).map_err(io::Error::other)
         })
         .await?;
+        self.signals.stored_format.set(format);
         self.signals.notify_all();
         self.signals.acl_changed();
         Ok(())

@@ -19,6 +19,7 @@ use super::tables::{
 use super::tables::{ACL_POLICIES, ACL_TOKENS, ACL_TOKEN_SECRETS, RESTORE_STAGING};
 
 mod acl;
+mod format;
 mod gc;
 mod indexes;
 mod jobs;
@@ -68,10 +69,14 @@ pub struct StateTables<'txn> {
     pub index: u64,
     /// A restore replaced every table in this batch: every watch and cache must start over.
     pub restored: bool,
+    /// The cluster's stored format (`tables::STORED_FORMAT`): what every row is written for.
+    format: u32,
 }
 
 impl<'txn> StateTables<'txn> {
     pub fn open(txn: &'txn WriteTransaction) -> Result<StateTables<'txn>, redb::Error> {
+        let cluster = txn.open_table(CLUSTER)?;
+        let format = format::stored_format(&cluster)?;
         Ok(StateTables {
             jobs: txn.open_table(JOBS)?,
             job_versions: txn.open_table(JOB_VERSIONS)?,
@@ -81,7 +86,7 @@ impl<'txn> StateTables<'txn> {
             nodes: txn.open_table(NODES)?,
             pending_evaluations: txn.open_table(PENDING_EVALUATIONS)?,
             blocked_jobs: txn.open_table(BLOCKED_JOBS)?,
-            cluster: txn.open_table(CLUSTER)?,
+            cluster,
             allocs_by_job: txn.open_table(ALLOCS_BY_JOB)?,
             allocs_by_node: txn.open_table(ALLOCS_BY_NODE)?,
             evals_by_job: txn.open_table(EVALS_BY_JOB)?,
@@ -98,6 +103,7 @@ impl<'txn> StateTables<'txn> {
             touched: BTreeMap::new(),
             index: 0,
             restored: false,
+            format,
         })
     }
 
@@ -105,7 +111,14 @@ impl<'txn> StateTables<'txn> {
     /// nothing. Ids older than the memory window (by this proposal's time) are forgotten first:
     /// per entry, so every server remembers the same ids at every index, however its entries
     /// were batched.
+    ///
+    /// Every row is written for the cluster's stored format as it stands before the entry, the
+    /// same on every replica, so replicas hold the same bytes and every voter reads them.
     pub fn apply_once(&mut self, proposal: Proposal) -> Result<CommandResponse, redb::Error> {
+        helios_core::format::write_for(self.format, || self.apply_once_as_written(proposal))
+    }
+
+    fn apply_once_as_written(&mut self, proposal: Proposal) -> Result<CommandResponse, redb::Error> {
         self.forget_requests_before(proposal.proposed_at)?;
         let key = request_key(proposal.proposed_at.as_millis(), &proposal.request_id);
         if let Some(first) = get::<CommandResponse>(&self.requests, &key)? {
@@ -121,12 +134,21 @@ impl<'txn> StateTables<'txn> {
         Ok(response)
     }
 
+    /// The cluster's stored format, as the commands applied so far left it.
+    pub fn format(&self) -> u32 {
+        self.format
+    }
+
     /// Writes what the batch kept in memory. Call once, after the batch's last command.
     ///
     /// A zero is stored as no row, as a rebuild from the allocations leaves it: the tables must
     /// be the same bytes whichever way they were reached (a server that installed a snapshot
     /// rebuilds them), or `server digest` tells replicas apart that agree.
     pub fn finish(&mut self) -> Result<(), redb::Error> {
+        helios_core::format::write_for(self.format, || self.write_kept())
+    }
+
+    fn write_kept(&mut self) -> Result<(), redb::Error> {
         for (node, usage) in std::mem::take(&mut self.usage) {
             if usage == Resources::ZERO {
                 self.node_usage.remove(node.as_str())?;
@@ -209,6 +231,7 @@ impl<'txn> StateTables<'txn> {
             Command::RestoreBegin { restore_id } => self.restore_begin(&restore_id),
             Command::RestoreRows { restore_id, table, rows } => self.restore_rows(&restore_id, &table, rows),
             Command::RestoreCommit { restore_id, rows } => self.restore_commit(&restore_id, rows),
+            Command::RaiseFormat { format } => self.raise_format(format),
             Command::CreateEvaluations { evals } => {
                 self.put_evaluations(&evals)?;
                 Ok(CommandResponse::EvaluationsCreated)

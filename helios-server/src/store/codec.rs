@@ -11,9 +11,17 @@ fn config() -> bincode::config::Configuration {
 }
 
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    // Serializing plain data structures into a Vec cannot fail: no I/O, no size limit configured,
-    // and none of our types has a fallible Serialize impl.
-    bincode::serde::encode_to_vec(value, config()).expect("encoding to memory cannot fail")
+    // Serializing plain data into a Vec fails only when a record cannot be written for the
+    // readers being written for (`helios_core::format::write_for`): the state machine writes
+    // for the cluster's format, which every command it applies was checked against, and
+    // everything else writes for this build's. Messages to peers use `try_encode`.
+    try_encode(value).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As `encode`, for what may be written for older readers (a peer's announced format).
+pub fn try_encode<T: Serialize + ?Sized>(value: &T) -> io::Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(value, config())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {

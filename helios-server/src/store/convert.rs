@@ -26,10 +26,18 @@ const BATCH: usize = 10_000;
 /// Converts a whole database of `format` to this build's, inside `txn` (all or nothing: a crash
 /// part way leaves the old format, which the next open converts again).
 pub fn database(txn: &WriteTransaction, format: u32) -> Result<(), ConvertError> {
-    if format != 2 {
-        return Err(ConvertError::Unsupported(format));
+    match format {
+        // Rewritten for a cluster that has not raised its format (as a converted one has not).
+        2 => Ok(helios_core::format::write_for(helios_core::format::OLDEST_WRITTEN_FORMAT, || from_format_2(txn))?),
+        // Tagged records are read as they are: only the marker changes.
+        3.. if format < FORMAT_VERSION => Ok(mark(txn)?),
+        _ => Err(ConvertError::Unsupported(format)),
     }
-    Ok(from_format_2(txn)?)
+}
+
+fn mark(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(RAFT_META)?.insert(META_FORMAT, encode(&FORMAT_VERSION).as_slice())?;
+    Ok(())
 }
 
 fn from_format_2(txn: &WriteTransaction) -> Result<(), StoreError> {
@@ -89,8 +97,7 @@ fn from_format_2(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(tables::NODE_USAGE)?.retain(|_, v| decode::<Resources>(v).ok() != Some(Resources::ZERO))?;
     txn.open_table(tables::JOB_ALLOC_COUNTS)?
         .retain(|_, v| decode::<tables::AllocCounts>(v).ok() != Some(tables::AllocCounts::default()))?;
-    txn.open_table(RAFT_META)?.insert(META_FORMAT, encode(&FORMAT_VERSION).as_slice())?;
-    Ok(())
+    mark(txn)
 }
 
 /// One state-table row of format 2, in this build's format. Tables of plain values (ids,
@@ -118,12 +125,13 @@ pub fn row_from_format_2(table: &str, value: &[u8]) -> io::Result<Vec<u8>> {
 
 fn retag<T: Serialize + DeserializeOwned>(untagged: &[u8]) -> io::Result<Vec<u8>> {
     let value: T = read_untagged(|| decode(untagged))?;
-    Ok(encode(&value))
+    // Format 2's records are what a cluster of the oldest written format holds.
+    Ok(helios_core::format::write_for(helios_core::format::OLDEST_WRITTEN_FORMAT, || encode(&value)))
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
-    #[error("format {0} cannot be converted by this build (it converts format 2)")]
+    #[error("format {0} cannot be converted by this build (it converts formats 2 and 3)")]
     Unsupported(u32),
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -8,6 +8,9 @@ pub mod convert;
 pub mod read;
 pub mod tables;
 
+mod stored_format;
+pub use stored_format::StoredFormat;
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -255,6 +255,12 @@ pub fn state_digest(txn: &ReadTransaction) -> Result<StateDigest> {
     Ok(StateDigest { applied_index: applied_index(txn)?, digest: hex::encode(hasher.finalize()), entries })
 }
 
+/// The cluster's stored format (`Command::RaiseFormat`): what its rows are written for.
+pub fn stored_format(txn: &ReadTransaction) -> Result<u32> {
+    let format = get(txn, super::tables::CLUSTER, super::tables::STORED_FORMAT)?;
+    Ok(format.unwrap_or(helios_core::format::OLDEST_WRITTEN_FORMAT))
+}
+
 pub fn applied_index(txn: &ReadTransaction) -> Result<u64> {
     let meta = txn.open_table(super::tables::SM_META)?;
     let last: Option<crate::raft::LogId> = match meta.get(super::tables::SM_LAST_APPLIED)? {

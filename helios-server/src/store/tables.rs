@@ -38,6 +38,10 @@ pub const NODES_CHANGED_AT: &str = "nodes_changed_at";
 /// The log index of the last entry that freed room or host ports on a node (an allocation
 /// finished, or a stop released its reservation): a plan blocked before it is planned again.
 pub const ROOM_FREED_AT: &str = "room_freed_at";
+/// In `CLUSTER`: the cluster's stored format (`Command::RaiseFormat`), what every replicated row
+/// and entry is written for; absent: `format::OLDEST_WRITTEN_FORMAT`. A property of this
+/// cluster, kept by a restore.
+pub const STORED_FORMAT: &str = "stored_format";
 /// The `cluster` keys that hold positions in this cluster's own log: a restore re-bases them,
 /// and `server digest` leaves them out (equal state, whichever log reached it).
 pub const LOG_POSITIONS: [&str; 2] = [NODES_CHANGED_AT, ROOM_FREED_AT];

@@ -99,6 +99,12 @@ impl<'txn> StateTables<'txn> {
                 self.cluster.insert(key, encode(&self.index).as_slice())?;
             }
         }
+        // The stored format is this cluster's: the snapshot's rows are of it or older (a newer
+        // snapshot is refused before the restore begins), and servers read older rows.
+        match self.format {
+            helios_core::format::OLDEST_WRITTEN_FORMAT => self.cluster.remove(tables::STORED_FORMAT)?,
+            format => self.cluster.insert(tables::STORED_FORMAT, encode(&format).as_slice())?,
+        };
         self.restored = true;
         Ok(CommandResponse::Restored(Restored { rows }))
     }

@@ -690,3 +690,40 @@ fn acls_bootstrap_once_unless_reset_and_tokens_need_their_policies() {
     assert!(read::acl_token_by_secret(&txn, "hash-ro").unwrap().is_none(), "its secret no longer finds it");
     assert_eq!(read::acl_tokens(&txn).unwrap().len(), 2, "the two bootstrap tokens");
 }
+
+fn stored_format(db: &redb::Database) -> u32 {
+    read::stored_format(&db.begin_read().unwrap()).unwrap()
+}
+
+#[test]
+fn the_stored_format_is_raised_never_lowered_and_kept_by_a_restore() {
+    use helios_core::format::{FORMAT_VERSION, OLDEST_WRITTEN_FORMAT};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    assert_eq!(stored_format(&db), OLDEST_WRITTEN_FORMAT, "a cluster starts at the oldest written format");
+    let raise = |format| Command::RaiseFormat { format };
+    let got = apply_all(&db, vec![proposal("r1", 1, raise(FORMAT_VERSION)), proposal("r2", 2, raise(3))]);
+    assert_eq!(got, [CommandResponse::FormatRaised, CommandResponse::FormatRaised]);
+    assert_eq!(stored_format(&db), FORMAT_VERSION, "raised, and not lowered by an older raise");
+
+    // A snapshot of a cluster that never raised its format (no row) restores as this
+    // cluster's data, in this cluster's format.
+    let got = apply_all(
+        &db,
+        vec![
+            proposal("b", 3, Command::RestoreBegin { restore_id: "r".into() }),
+            proposal("c", 3, Command::RestoreCommit { restore_id: "r".into(), rows: 0 }),
+        ],
+    );
+    assert!(matches!(got[1], CommandResponse::Restored(_)), "{got:?}");
+    assert_eq!(stored_format(&db), FORMAT_VERSION);
+}
+
+#[test]
+#[should_panic(expected = "run a build of format")]
+fn a_raise_past_this_build_stops_the_server_rather_than_write_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    let format = helios_core::format::FORMAT_VERSION + 1;
+    apply_all(&db, vec![proposal("r", 1, Command::RaiseFormat { format })]);
+}

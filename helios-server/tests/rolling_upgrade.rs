@@ -1,0 +1,223 @@
+//! A rolling upgrade, server by server, from the last build of the previous stored format (built
+//! from this repository's history by `scripts/build-previous-format.sh`) to this one, as
+//! docs/operations.md tells an operator to do it: real processes on one set of data dirs.
+//!
+//! While the builds are mixed, a server of this build leads servers of the previous one, which
+//! apply its entries and install its snapshot; the cluster's stored format stays the previous
+//! one until the last server is upgraded, and is then raised.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+mod common;
+
+use common::wait_for;
+use helios_api::convert::job_to_pb;
+use helios_api::pb;
+use helios_api::pb::agent_service_client::AgentServiceClient;
+use helios_api::pb::cluster_service_client::ClusterServiceClient;
+use helios_api::pb::job_service_client::JobServiceClient;
+use helios_chaos::ports::free_port;
+use helios_core::format::FORMAT_VERSION;
+use helios_core::Job;
+use tonic::transport::Channel;
+
+const CURRENT: &str = env!("CARGO_BIN_EXE_helios-server");
+const PREVIOUS_FORMAT: u32 = FORMAT_VERSION - 1;
+/// Small, so that a server kept down while others write misses a purged log and must be sent a
+/// snapshot.
+const SNAPSHOT_EVERY: &str = "20";
+
+/// The previous format's `helios-server`, built (once; the script keeps it) if need be.
+fn previous_build() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-previous-format.sh");
+    let out = Command::new(script).stderr(Stdio::inherit()).output().expect("run build-previous-format.sh");
+    assert!(out.status.success(), "scripts/build-previous-format.sh failed");
+    PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim()).join("helios-server")
+}
+
+/// A server process, killed when dropped so a failing test leaves nothing behind.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Cluster {
+    dir: PathBuf,
+    ports: [u16; 3],
+    servers: [Option<Server>; 3],
+}
+
+impl Cluster {
+    fn start(&mut self, id: u64, binary: &Path) {
+        let port = self.ports[id as usize - 1];
+        let mut cmd = Command::new(binary);
+        cmd.args(["--node-id", &id.to_string(), "--rpc-addr", &format!("127.0.0.1:{port}")]);
+        for (i, port) in self.ports.iter().enumerate() {
+            cmd.args(["--peer", &format!("{}=127.0.0.1:{port}", i + 1)]);
+        }
+        if id == 1 {
+            cmd.arg("--bootstrap");
+        }
+        let data = self.dir.join(format!("server-{id}"));
+        std::fs::create_dir_all(&data).expect("data dir");
+        cmd.arg("--data-dir").arg(&data).args(["--snapshot-every", SNAPSHOT_EVERY]);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("server-{id}.log")))
+            .expect("log file");
+        let child = cmd.stdout(log.try_clone().expect("log")).stderr(log).spawn().expect("start helios-server");
+        self.servers[id as usize - 1] = Some(Server(child));
+    }
+
+    fn stop(&mut self, id: u64) {
+        self.servers[id as usize - 1] = None;
+    }
+
+    fn channel(&self, id: u64) -> Channel {
+        let port = self.ports[id as usize - 1];
+        Channel::from_shared(format!("http://127.0.0.1:{port}")).expect("url").connect_lazy()
+    }
+
+    async fn members(&self, via: u64) -> Option<pb::ListMembersResponse> {
+        let mut client = ClusterServiceClient::new(self.channel(via));
+        Some(client.list_members(pb::ListMembersRequest { local: false }).await.ok()?.into_inner())
+    }
+
+    /// The leader as every running server sees it.
+    async fn leader(&self, running: &[u64]) -> u64 {
+        wait_for("one leader seen by every running server", || async {
+            let mut seen = Vec::new();
+            for id in running {
+                seen.push(self.members(*id).await?.leader_id?);
+            }
+            seen.windows(2).all(|w| w[0] == w[1]).then(|| seen[0])
+        })
+        .await
+    }
+
+    /// The stored format this build's server `via` reports for the cluster.
+    async fn stored_format(&self, via: u64) -> u32 {
+        self.members(via).await.expect("members").stored_format
+    }
+
+    async fn submit(&self, via: u64, name: &str) {
+        let job = Job::exec(name, "sleep", vec!["300".into()]);
+        wait_for(&format!("job {name} accepted through server {via}"), || async {
+            let mut jobs = JobServiceClient::new(self.channel(via));
+            jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await.ok()
+        })
+        .await;
+    }
+
+    /// Waits until every server has applied the same index and holds the same state there.
+    async fn wait_agreement(&self, what: &str) -> pb::StateDigestResponse {
+        wait_for(what, || async {
+            let mut digests = Vec::new();
+            for id in 1..=3 {
+                let mut client = ClusterServiceClient::new(self.channel(id));
+                digests.push(client.state_digest(pb::StateDigestRequest {}).await.ok()?.into_inner());
+            }
+            let same =
+                digests.windows(2).all(|w| (w[0].applied_index, &w[0].digest) == (w[1].applied_index, &w[1].digest));
+            same.then(|| digests.swap_remove(0))
+        })
+        .await
+    }
+
+    async fn job_names(&self, via: u64) -> Vec<String> {
+        let mut jobs = JobServiceClient::new(self.channel(via));
+        let listed = jobs.list_jobs(pb::ListJobsRequest {}).await.expect("list jobs").into_inner();
+        listed.jobs.into_iter().map(|j| j.name).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_upgraded_server_by_server_keeps_serving_and_raises_its_format_at_the_end() {
+    let previous = previous_build();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cluster = Cluster {
+        dir: dir.path().to_path_buf(),
+        ports: [free_port(), free_port(), free_port()],
+        servers: [None, None, None],
+    };
+    for id in 1..=3 {
+        cluster.start(id, &previous);
+    }
+    cluster.leader(&[1, 2, 3]).await;
+    cluster.submit(1, "before-upgrade").await;
+    // A node, so plans place allocations (it goes down unheard, and they are lost: more writes).
+    let mut agents = AgentServiceClient::new(cluster.channel(1));
+    let register = pb::RegisterRequest { node: Some(common::fake_node("n1")), secret: "s".into() };
+    agents.register(register).await.expect("register a node");
+    cluster.wait_agreement("the previous build's cluster to agree").await;
+
+    // Server 1 runs this build; it announces its format but writes the cluster's.
+    cluster.stop(1);
+    cluster.start(1, Path::new(CURRENT));
+    cluster.submit(1, "one-upgraded").await;
+    cluster.wait_agreement("a mixed cluster to agree").await;
+    assert_eq!(cluster.stored_format(1).await, PREVIOUS_FORMAT, "not raised while others run the previous build");
+
+    // Server 2 too. If server 3, the last of the previous build, leads, it is restarted so that
+    // one of this build leads the old one.
+    cluster.stop(2);
+    cluster.start(2, Path::new(CURRENT));
+    if cluster.leader(&[1, 2, 3]).await == 3 {
+        cluster.stop(3);
+        cluster.leader(&[1, 2]).await;
+        cluster.start(3, &previous);
+    }
+    // While server 3 is down, the leader purges its log past what server 3 holds: it catches up
+    // from a snapshot this build's leader sends.
+    let members = cluster.members(1).await.expect("members").members;
+    let held = members.iter().find(|m| m.id == 3).expect("server 3").last_log_index;
+    cluster.stop(3);
+    let mut down_jobs = 0;
+    loop {
+        cluster.submit(1 + down_jobs % 2, &format!("while-3-is-down-{down_jobs}")).await;
+        down_jobs += 1;
+        let leader = cluster.leader(&[1, 2]).await;
+        let purged = cluster.members(leader).await.and_then(|m| m.members.into_iter().find(|m| m.id == leader));
+        if purged.and_then(|m| m.purged_index).is_some_and(|p| p > held) {
+            break;
+        }
+        assert!(down_jobs < 500, "the leader never purged its log past index {held}");
+    }
+    cluster.start(3, &previous);
+    let leader = cluster.leader(&[1, 2, 3]).await;
+    assert_ne!(leader, 3, "server 3 missed entries: it cannot lead");
+    cluster.submit(3, "mixed-led-by-current").await;
+    cluster.wait_agreement("the previous build to follow this build's leader").await;
+    assert_eq!(cluster.stored_format(1).await, PREVIOUS_FORMAT);
+    let log = |id: u64| std::fs::read_to_string(dir.path().join(format!("server-{id}.log"))).expect("a log");
+    assert!(
+        log(3).contains("installed a snapshot"),
+        "server 3 caught up from a snapshot:\n{}\n{}",
+        log(3),
+        log(leader)
+    );
+
+    // The last server: the leader raises the cluster's format, through Raft, everywhere.
+    cluster.stop(3);
+    cluster.start(3, Path::new(CURRENT));
+    wait_for("the cluster's stored format to be raised on every server", || async {
+        for id in 1..=3 {
+            (cluster.members(id).await?.stored_format == FORMAT_VERSION).then_some(())?;
+        }
+        Some(())
+    })
+    .await;
+    cluster.submit(3, "after-upgrade").await;
+    cluster.wait_agreement("the upgraded cluster to agree").await;
+    let names = cluster.job_names(2).await;
+    for name in ["before-upgrade", "one-upgraded", "while-3-is-down-0", "mixed-led-by-current", "after-upgrade"] {
+        assert!(names.iter().any(|n| n == name), "{name} missing from {names:?}");
+    }
+    assert_eq!(names.len(), 4 + down_jobs as usize);
+}
