@@ -74,7 +74,10 @@ pub async fn run(servers: &Servers, command: ServerCommand) -> Result<()> {
                 ]);
             }
             table.print();
-            println!("Cluster stored format: {}", reply.stored_format);
+            // 0: answered by a server of format 3, which does not report it.
+            if reply.stored_format != 0 {
+                println!("Cluster stored format: {}", reply.stored_format);
+            }
             if reply.leader_id.is_none() {
                 return Err(anyhow!("no leader is known: an election is in progress or a majority is down"));
             }

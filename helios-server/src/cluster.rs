@@ -531,6 +531,15 @@ impl Cluster {
         // Before the new server is sent anything: it must answer at that address, as that id,
         // and (with a cluster key) prove it holds the key. A stranger gets no state.
         match self.checked_peer_status(&addr).await {
+            // A server that cannot read the cluster's stored format would never catch up.
+            Ok(status) if status.id == id && status.format < self.stored_format() => {
+                return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
+                    "the server at {addr} runs stored format {}, but this cluster's is {}: run this cluster's \
+                     build on it",
+                    status.format,
+                    self.stored_format()
+                )))
+            }
             Ok(status) if status.id == id => {}
             Ok(status) => {
                 return ForwardResponse::Failed(ForwardFailure::InvalidMembership(format!(
@@ -614,11 +623,11 @@ impl Cluster {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
-    /// The newest stored format every voter has announced (`PeerFormats::oldest_announced`):
-    /// what the cluster's stored format may be raised to.
+    /// The newest stored format every member (voters, and learners being added) has announced
+    /// (`PeerFormats::oldest_announced`): what the cluster's stored format may be raised to.
     pub fn announced_format(&self) -> u32 {
-        let (nodes, voters) = self.membership();
-        let peers = nodes.iter().filter(|(id, _)| voters.contains(id) && **id != self.node_id);
+        let (nodes, _) = self.membership();
+        let peers = nodes.iter().filter(|(id, _)| **id != self.node_id);
         self.channels.formats.oldest_announced(peers.map(|(_, addr)| addr.as_str()))
     }
 
@@ -637,6 +646,14 @@ impl Cluster {
         };
         let needs = command.needs_format();
         if needs <= cluster {
+            // While the cluster's format is older than this build's, a record the command
+            // carries may not be writable for it (its `TryFrom` refuses): found here, not when
+            // every replica applies it.
+            let stored = self.stored_format();
+            if stored < crate::store::tables::FORMAT_VERSION && !matches!(command, Command::RaiseFormat { .. }) {
+                helios_core::format::write_for(stored, || crate::store::codec::try_encode(command))
+                    .map_err(|e| format!("{e}: finish the upgrade first"))?;
+            }
             return Ok(());
         }
         Err(format!(

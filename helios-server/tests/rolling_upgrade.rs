@@ -220,4 +220,27 @@ async fn a_cluster_upgraded_server_by_server_keeps_serving_and_raises_its_format
         assert!(names.iter().any(|n| n == name), "{name} missing from {names:?}");
     }
     assert_eq!(names.len(), 4 + down_jobs as usize);
+
+    // A server of the previous build can no longer join: it could not read the cluster's rows.
+    let port = free_port();
+    let old_dir = dir.path().join("server-4");
+    std::fs::create_dir_all(&old_dir).expect("data dir");
+    let mut peers: Vec<String> =
+        cluster.ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
+    peers.push(format!("4=127.0.0.1:{port}"));
+    let mut cmd = Command::new(&previous);
+    cmd.args(["--node-id", "4", "--rpc-addr", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(&old_dir);
+    for peer in &peers {
+        cmd.args(["--peer", peer]);
+    }
+    let _fourth = Server(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start server 4"));
+    let refused = wait_for("server 4 to answer, and its join to be refused", || async {
+        let mut client = ClusterServiceClient::new(cluster.channel(1));
+        let join = pb::AddServerRequest { id: 4, addr: format!("127.0.0.1:{port}") };
+        let status = client.add_server(join).await.expect_err("an older server joined a raised cluster");
+        (!status.message().contains("no Helios server answers")).then_some(status)
+    })
+    .await;
+    assert!(refused.message().contains("runs stored format 3, but this cluster's is 4"), "{refused:?}");
+    assert_eq!(cluster.members(1).await.expect("members").members.len(), 3, "not added");
 }

@@ -24,6 +24,9 @@ impl StateTables<'_> {
             );
         }
         if format > self.format {
+            // What the batch kept so far is written for the format it was applied under, as a
+            // replica that applied this entry in a batch of its own would have.
+            self.finish()?;
             self.cluster.insert(STORED_FORMAT, encode(&format).as_slice())?;
             self.format = format;
         }
