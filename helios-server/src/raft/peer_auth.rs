@@ -73,6 +73,9 @@ pub struct Sender {
     pub id: NodeId,
     /// The request's MAC (keyed clusters only); the reply's MAC covers it.
     pub request_mac: Option<String>,
+    /// The stored format the request announced (set by the peer service): answers are written
+    /// for it.
+    pub format: Option<u32>,
 }
 
 /// This server's side of peer authentication: its id and the cluster key, if any.
@@ -149,7 +152,7 @@ impl PeerAuth {
         let nonce = metadata.get(PEER_NONCE_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
         // Without a key the sender's word is all there is (loopback only: `security.rs`).
         let Some(expected) = self.request_mac(method, id, nonce, body) else {
-            return Ok(Sender { id, request_mac: None });
+            return Ok(Sender { id, request_mac: None, format: None });
         };
         let given = metadata.get(PEER_MAC_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| {
             unauthenticated(format!("server {id} sent no {PEER_MAC_HEADER}: does it run without the cluster key?"))
@@ -159,7 +162,7 @@ impl PeerAuth {
         expected
             .verify_slice(&bytes)
             .map_err(|_| unauthenticated(format!("the MAC of server {id}'s request is wrong: another cluster key?")))?;
-        Ok(Sender { id, request_mac: Some(given.to_string()) })
+        Ok(Sender { id, request_mac: Some(given.to_string()), format: None })
     }
 
     fn reply_mac(&self, request_mac: &str, body: &[u8]) -> Option<HmacSha256> {

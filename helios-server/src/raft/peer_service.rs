@@ -189,7 +189,8 @@ impl PeerService {
     /// through that leader's replication. Votes and forwarded requests always need a member.
     fn admit(&self, method: &str, request: &Request<RaftPayload>, replication: bool) -> Result<Sender, Status> {
         let sender = self.auth.verify_request(method, request.metadata(), &request.get_ref().data);
-        let sender = sender.map_err(|status| self.refused(None, method, status))?;
+        let mut sender = sender.map_err(|status| self.refused(None, method, status))?;
+        sender.format = super::network::announced_format(request.metadata());
         let proven = self.auth.is_keyed() || self.cluster.channels.has_tls();
         if !(replication && proven) {
             self.check_member(&sender, method)?;
@@ -272,11 +273,7 @@ impl PeerService {
 
     /// Answers `sender`, written for the format it announced (`PeerFormats::write_for`).
     fn reply<T: serde::Serialize>(&self, sender: &Sender, value: &T) -> Result<Response<RaftPayload>, Status> {
-        let formats = &self.cluster.channels.formats;
-        let format = match self.cluster.membership().0.get(&sender.id) {
-            Some(addr) => formats.write_for(addr),
-            None => formats.stored.get(),
-        };
+        let format = sender.format.unwrap_or_else(|| self.cluster.channels.formats.stored.get());
         let data = helios_core::format::write_for(format, || try_encode(value))
             .map_err(|e| Status::failed_precondition(format!("the answer cannot be sent to this peer: {e}")))?;
         let mut metadata = tonic::metadata::MetadataMap::new();
