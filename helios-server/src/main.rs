@@ -20,6 +20,16 @@ fn parse_key(text: &str) -> Result<ClusterKey, String> {
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc returns freed pages to the OS as time passes (10 s by default), but without its
+/// background thread it only looks when later allocations happen to trigger it: an idle server
+/// kept the peak of its last burst. With it, a leader's memory falls back after a burst
+/// (docs/performance.md, "Leader memory after 100,000 placements").
+fn return_freed_memory() {
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "jemalloc's background thread did not start: freed memory is returned later");
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "helios-server",
@@ -132,6 +142,7 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .init();
+    return_freed_memory();
     exit_on_panic();
     let args = Args::parse();
     let config = match config_from(args) {

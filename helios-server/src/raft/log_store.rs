@@ -9,8 +9,11 @@
 //! queued: openraft only reads entries it has itself submitted. The copy is bounded by bytes
 //! (`CACHE_BYTES`): beyond it, the oldest entries that are both committed (never truncated) and
 //! written are dropped from memory and read back from redb when asked for (a follower far
-//! behind). The snapshot policy alone bounded it by entry count, and 4,400 entries carrying
-//! 100,000 placements kept a leader at ~400 MiB until the next snapshot.
+//! behind; recent pages are in redb's own cache, so that costs a decode). The snapshot policy
+//! alone bounded it by entry count, and 4,400 entries carrying 100,000 placements kept a leader
+//! at ~400 MiB until the next snapshot. The bound is small because decoded entries take several
+//! times their encoded size: 32 MiB of encoded tail held ~150 MiB on every server after a burst,
+//! and 1 MiB costs no throughput (docs/performance.md, "Leader memory after 100,000 placements").
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -35,7 +38,7 @@ pub struct LogStore {
 }
 
 /// The log entries kept in memory at most, by encoded size (the newest entry is always kept).
-pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
+pub const CACHE_BYTES: usize = 1024 * 1024;
 
 struct Shared {
     cache: Mutex<Cache>,
