@@ -1,7 +1,8 @@
-//! The README's multi-node quick start with the real binaries: three servers, three agents, the
-//! two `job run` commands, the output in `job logs` from any server, also after the leader is
-//! killed. The server and agent binaries come from the same build (`cargo test --workspace`
-//! builds them).
+//! The README's multi-node quick start with the real binaries: three servers, three agents given
+//! server 1's address only (as the README writes them), the two `job run` commands, the output in
+//! `job logs` from any server, and new work still run after server 1 is killed: the agents learned
+//! the other servers from it. The server and agent binaries come from the same build (`cargo test
+//! --workspace` builds them).
 
 mod common;
 
@@ -27,20 +28,16 @@ fn the_readme_quick_start_runs_jobs_and_shows_their_output_from_any_server() {
         servers.push(Some(spawn(&sibling("helios-server"), &args, dir.path(), &format!("server-{}.log", i + 1))));
     }
     let url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
-    let all = (0..3).map(url).collect::<Vec<_>>().join(",");
+    // Exactly the README's agents: server 1's address only.
+    let agent_args = |i: usize| {
+        let args = ["--node-id", &i.to_string(), "--server-addr", &url(0), "--client-rpc-addr"].map(String::from);
+        [args.to_vec(), vec![format!("127.0.0.1:{}", free_port())]].concat()
+    };
+    let agent_dir = |i: usize| dir.path().join(format!("agent-{i}"));
     let mut agents = Vec::new();
     for i in 1..=3 {
-        let agent_dir = dir.path().join(format!("agent-{i}"));
-        std::fs::create_dir_all(&agent_dir).expect("agent dir");
-        let args = vec![
-            "--node-id".to_string(),
-            i.to_string(),
-            "--server-addr".into(),
-            all.clone(),
-            "--client-rpc-addr".into(),
-            format!("127.0.0.1:{}", free_port()),
-        ];
-        agents.push(spawn(&sibling("helios-client"), &args, &agent_dir, "agent.log"));
+        std::fs::create_dir_all(agent_dir(i)).expect("agent dir");
+        agents.push(Some(spawn(&sibling("helios-client"), &agent_args(i), &agent_dir(i), "agent.log")));
     }
     eventually("three ready nodes", || {
         let out = cli(&["--server-addr", &url(0), "node", "list"]);
@@ -73,21 +70,40 @@ fn the_readme_quick_start_runs_jobs_and_shows_their_output_from_any_server() {
     assert!(err.starts_with("Error: allocation ") && err.contains(" failed: task fail: "), "{err}");
     assert!(err.contains("exit code 3"), "{err}");
 
-    // Kill the leader (SIGKILL): the output stays readable through the others.
-    let members = String::from_utf8_lossy(&cli(&["--server-addr", &all, "server", "members"]).stdout).into_owned();
-    let leader: usize = members
-        .lines()
-        .find(|l| l.contains(" leader "))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .expect("a leader");
-    drop(servers[leader - 1].take());
-    let survivor = (0..3).find(|i| i + 1 != leader).expect("a survivor");
-    eventually("logs after the leader died", || logs(survivor, "multi-node-test").ends_with(" It replicated!\n"));
+    // Each agent learned every server from server 1's answers, and keeps the list in its data dir.
+    for i in 1..=3 {
+        let remembered = agent_dir(i).join(format!("helios-client-{i}.servers"));
+        eventually("the agents to learn the servers", || {
+            std::fs::read_to_string(&remembered).is_ok_and(|text| text.lines().count() == 3)
+        });
+    }
+
+    // Kill server 1 (SIGKILL), the only one the agents were given: the output stays readable
+    // through the others, and new work still runs, so the agents moved to the servers they learned.
+    drop(servers[0].take());
+    eventually("logs after server 1 died", || logs(1, "multi-node-test").ends_with(" It replicated!\n"));
     // Given the dead server first, the CLI fails over to the next address.
-    let both = format!("{},{}", url(leader - 1), url(survivor));
+    let both = format!("{},{}", url(0), url(1));
     let run = cli(&["--server-addr", &both, "job", "run", "--name", "failed-over", "echo", "--", "over"]);
     let out = String::from_utf8_lossy(&run.stdout).into_owned();
     assert!(run.status.success() && out.ends_with("completed\n"), "{out}{}", String::from_utf8_lossy(&run.stderr));
+
+    // An agent restarted with the same command (server 1 still dead) finds the cluster from the
+    // list it kept. With the other agents gone too, only it can run the next job.
+    for agent in &mut agents {
+        drop(agent.take());
+    }
+    agents[0] = Some(spawn(&sibling("helios-client"), &agent_args(1), &agent_dir(1), "agent-restarted.log"));
+    eventually("nodes 2 and 3 down, node 1 ready", || {
+        let out = String::from_utf8_lossy(&cli(&["--server-addr", &url(1), "node", "list"]).stdout).into_owned();
+        out.matches(" down ").count() == 2 && out.matches(" ready ").count() == 1
+    });
+    // Detached, and its output awaited with a deadline: an agent that never runs it fails the
+    // test instead of hanging it.
+    let run =
+        cli(&["--server-addr", &url(2), "job", "run", "--detach", "--name", "after-restart", "echo", "--", "found"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    eventually("the restarted agent to run a new job", || logs(1, "after-restart").ends_with(" found\n"));
     drop(agents);
 }
 

@@ -106,7 +106,8 @@ pub async fn run_on(
     let secret = identity::load_or_create(&config.data_dir, &config.node_id)?;
     let advertised = listener.local_addr().map_err(|source| ClientError::Listen { addr: config.rpc_addr, source })?;
     let node = fingerprint::node(&config, advertised);
-    let servers = Servers::new(&config.servers, config.tls.as_ref(), config.node_token.as_deref())?;
+    let remembered = servers::remembered_path(&config.data_dir, &config.node_id);
+    let servers = Servers::new(&config.servers, config.tls.as_ref(), config.node_token.as_deref(), Some(remembered))?;
 
     let (_health, health_service) = tonic_health::server::health_reporter();
     let allocs_dir = config.data_dir.join("allocs");

@@ -1,6 +1,12 @@
-//! Talking to the servers: the first of `--server-addr` that answers, moving on when one fails.
+//! Talking to the servers. The agent starts from `--server-addr` (its seeds) and learns every
+//! server's address from the servers themselves: each registration and heartbeat answer lists
+//! the cluster's members. Calls go to the server that answered last, then to each other known
+//! server in turn, then to the seeds not among them. The learned list is kept in the data dir, so
+//! an agent restarted while its seed is down still finds the cluster (Nomad's clients do the
+//! same with the servers' list they are sent).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use helios_api::acl::WithToken;
@@ -33,59 +39,212 @@ pub enum CallError {
 /// A channel to a server whose calls carry the agent's node introduction token, if any.
 type Conn = InterceptedService<Channel, WithToken>;
 
+/// One server the agent may call.
+#[derive(Clone)]
+struct Server {
+    /// As configured or announced: `host:port`, or a URL.
+    addr: String,
+    /// The URL dialled, for messages.
+    url: String,
+    conn: Conn,
+}
+
+/// What the agent knows of the servers at a moment; replaced whole when it changes.
+struct Known {
+    /// The members' addresses the servers last announced (empty until the first answer).
+    learned: Vec<String>,
+    /// The learned servers, then the seeds not among them.
+    servers: Vec<Server>,
+    /// The address of the server that answered last: tried first next time.
+    current: String,
+}
+
 pub struct Servers {
-    addrs: Vec<String>,
+    /// `--server-addr`. Kept after servers are learned, tried last: if every learned server is
+    /// gone (a cluster moved to new machines behind the same names), the seeds lead back to it.
+    seeds: Vec<String>,
     token: WithToken,
-    /// One channel per server; replaced whole when the certificates are reloaded.
-    channels: std::sync::RwLock<Vec<(String, Conn)>>,
-    /// The server that answered last: tried first next time.
-    current: AtomicUsize,
+    tls: RwLock<Option<Tls>>,
+    /// The file the learned list is kept in; `None`: not kept.
+    remembered: Option<PathBuf>,
+    known: RwLock<Known>,
+}
+
+/// `http://10.0.0.1:50051/` and `10.0.0.1:50051` are the same server.
+fn host_port(addr: &str) -> &str {
+    let rest = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    rest.trim_end_matches('/')
+}
+
+/// The file an agent of `node_id` keeps its learned servers in.
+pub fn remembered_path(data_dir: &Path, node_id: &str) -> PathBuf {
+    data_dir.join(format!("helios-client-{node_id}.servers"))
+}
+
+fn read_remembered(path: &Path) -> Vec<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the servers learned before; using --server-addr");
+            Vec::new()
+        }
+    }
+}
+
+/// Replaces the file whole (a crash leaves the old list or the new one, never half of one).
+fn write_remembered(path: &Path, servers: &[String]) -> std::io::Result<()> {
+    let tmp = path.with_extension("servers.tmp");
+    std::fs::write(&tmp, servers.iter().map(|s| format!("{s}\n")).collect::<String>())?;
+    std::fs::rename(&tmp, path)
 }
 
 impl Servers {
-    /// `token`: sent with every call (servers with ACLs and no TLS require one to register).
-    pub fn new(addrs: &[String], tls: Option<&Tls>, token: Option<&str>) -> Result<Servers, ServersError> {
+    /// `seeds`: `--server-addr`. `remembered`: where the learned list is kept (read now, written
+    /// when it changes). `token`: sent with every call (servers with ACLs and no TLS require one
+    /// to register).
+    pub fn new(
+        seeds: &[String],
+        tls: Option<&Tls>,
+        token: Option<&str>,
+        remembered: Option<PathBuf>,
+    ) -> Result<Servers, ServersError> {
         let token = WithToken::new(token).map_err(|e| ServersError::Invalid("--node-token".into(), e))?;
-        let addrs: Vec<String> = addrs
+        let seeds: Vec<String> = seeds
             .iter()
             .flat_map(|a| a.split(','))
             .map(str::trim)
             .filter(|a| !a.is_empty())
             .map(String::from)
             .collect();
-        if addrs.is_empty() {
+        if seeds.is_empty() {
             return Err(ServersError::Empty);
         }
-        let channels = Self::connect(&addrs, tls, &token)?;
-        Ok(Servers { addrs, token, channels: std::sync::RwLock::new(channels), current: AtomicUsize::new(0) })
+        for seed in &seeds {
+            helios_api::tls::endpoint(seed, tls, Role::Server).map_err(|e| ServersError::Invalid(seed.clone(), e))?;
+        }
+        let learned = remembered.as_deref().map(read_remembered).unwrap_or_default();
+        if !learned.is_empty() {
+            tracing::info!(servers = ?learned, "servers learned before");
+        }
+        let servers = Servers {
+            seeds,
+            token,
+            tls: RwLock::new(tls.cloned()),
+            remembered,
+            known: RwLock::new(Known { learned: Vec::new(), servers: Vec::new(), current: String::new() }),
+        };
+        servers.replace(learned, &[]);
+        Ok(servers)
     }
 
-    fn connect(addrs: &[String], tls: Option<&Tls>, token: &WithToken) -> Result<Vec<(String, Conn)>, ServersError> {
-        let mut channels = Vec::new();
-        for addr in addrs {
-            let endpoint = helios_api::tls::endpoint(addr, tls, Role::Server)
-                .map_err(|e| ServersError::Invalid(addr.to_string(), e))?;
-            let url = endpoint.uri().to_string();
-            let channel = endpoint
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(20))
-                .tcp_nodelay(true)
-                .connect_lazy();
-            channels.push((url, InterceptedService::new(channel, token.clone())));
+    /// Takes the servers' list of members from an answer. Nothing changes when it is the list
+    /// already known, or empty (a server not yet in a cluster knows no members).
+    fn learn(&self, announced: &[String]) {
+        let tls = self.tls.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut learned: Vec<String> = Vec::new();
+        for addr in announced.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
+            // Skipped before comparing, so an unusable address does not make every answer a change.
+            if let Err(e) = helios_api::tls::endpoint(addr, tls.as_ref(), Role::Server) {
+                tracing::debug!(%addr, error = %e, "ignoring an announced server address");
+                continue;
+            }
+            if !learned.iter().any(|known| host_port(known) == host_port(addr)) {
+                learned.push(addr.to_string());
+            }
         }
-        Ok(channels)
+        if learned.is_empty() {
+            return;
+        }
+        let same = {
+            let known = self.read_known();
+            let (mut a, mut b) = (known.learned.clone(), learned.clone());
+            a.sort();
+            b.sort();
+            a == b
+        };
+        if same {
+            return;
+        }
+        tracing::info!(servers = ?learned, "learned the cluster's servers");
+        let current = self.read_known().servers.clone();
+        let learned = self.replace(learned, &current);
+        if let Some(path) = &self.remembered {
+            if let Err(e) = write_remembered(path, &learned) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot keep the learned servers for a restart");
+            }
+        }
+    }
+
+    /// Makes `learned`, then the seeds not among them, the servers called, reusing the channels
+    /// in `reuse` of the same address. Returns the learned addresses kept (those that parse: a
+    /// remembered file may hold anything).
+    fn replace(&self, learned: Vec<String>, reuse: &[Server]) -> Vec<String> {
+        let tls = self.tls.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut kept = Vec::new();
+        let mut servers: Vec<Server> = Vec::new();
+        let seeds = self.seeds.iter().filter(|seed| !learned.iter().any(|l| host_port(l) == host_port(seed)));
+        let learned_count = learned.len();
+        for (i, addr) in learned.iter().chain(seeds).enumerate() {
+            let server = match reuse.iter().find(|s| host_port(&s.addr) == host_port(addr)) {
+                Some(existing) => Some(Server { addr: addr.clone(), ..existing.clone() }),
+                None => self.connect(addr, tls.as_ref()),
+            };
+            if let Some(server) = server {
+                if i < learned_count {
+                    kept.push(addr.clone());
+                }
+                servers.push(server);
+            }
+        }
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        known.learned = kept.clone();
+        known.servers = servers;
+        kept
+    }
+
+    /// A lazily connected channel to `addr`; `None` (logged) when the address is unusable, which
+    /// only a remembered one can be: seeds are checked at the start, announced ones when learned.
+    fn connect(&self, addr: &str, tls: Option<&Tls>) -> Option<Server> {
+        let endpoint = match helios_api::tls::endpoint(addr, tls, Role::Server) {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "ignoring a server address");
+                return None;
+            }
+        };
+        let url = endpoint.uri().to_string();
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(20))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Some(Server { addr: addr.to_string(), url, conn: InterceptedService::new(channel, self.token.clone()) })
     }
 
     /// New certificates (SIGHUP): later calls connect with them; calls under way finish.
     pub fn set_tls(&self, tls: &Tls) {
-        match Self::connect(&self.addrs, Some(tls), &self.token) {
-            Ok(channels) => *self.channels.write().unwrap_or_else(|e| e.into_inner()) = channels,
-            Err(e) => tracing::warn!(error = %e, "keeping the connections to the servers as they were"),
-        }
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Some(tls.clone());
+        let learned = self.read_known().learned.clone();
+        self.replace(learned, &[]);
     }
 
-    fn channel(&self, i: usize) -> (String, Conn) {
-        self.channels.read().unwrap_or_else(|e| e.into_inner())[i].clone()
+    fn read_known(&self) -> std::sync::RwLockReadGuard<'_, Known> {
+        self.known.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The servers to call, in order: the one that answered last, then the others.
+    fn in_order(&self) -> Vec<Server> {
+        let known = self.read_known();
+        let first = known.servers.iter().position(|s| host_port(&s.addr) == host_port(&known.current)).unwrap_or(0);
+        let mut servers = known.servers.clone();
+        servers.rotate_left(first);
+        servers
+    }
+
+    /// Every address the agent would call, in the order it would call them.
+    pub fn addresses(&self) -> Vec<String> {
+        self.in_order().into_iter().map(|s| s.addr).collect()
     }
 
     /// Calls each server in turn, starting with the last one that answered.
@@ -104,22 +263,21 @@ impl Servers {
         F: Fn(AgentServiceClient<Conn>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let start = self.current.load(Ordering::Relaxed);
         let mut failures = Vec::new();
-        let count = self.addrs.len();
-        for step in 0..count {
-            let i = (start + step) % count;
-            let (url, channel) = self.channel(i);
+        for server in self.in_order() {
             let answer = match patience {
-                Some(limit) => match tokio::time::timeout(limit, f(AgentServiceClient::new(channel.clone()))).await {
+                Some(limit) => match tokio::time::timeout(limit, f(AgentServiceClient::new(server.conn.clone()))).await
+                {
                     Ok(answer) => answer,
                     Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer within {limit:?}"))),
                 },
-                None => f(AgentServiceClient::new(channel.clone())).await,
+                None => f(AgentServiceClient::new(server.conn.clone())).await,
             };
             match answer {
                 Ok(reply) => {
-                    self.current.store(i, Ordering::Relaxed);
+                    if self.read_known().current != server.addr {
+                        self.known.write().unwrap_or_else(|e| e.into_inner()).current = server.addr;
+                    }
                     return Ok(reply.into_inner());
                 }
                 Err(status) => match status.code() {
@@ -127,7 +285,7 @@ impl Servers {
                     tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => {
                         return Err(CallError::Refused(status.message().to_string()))
                     }
-                    _ => failures.push(format!("{url}: {}", status.message())),
+                    _ => failures.push(format!("{}: {}", server.url, status.message())),
                 },
             }
         }
@@ -141,6 +299,7 @@ impl Servers {
                 async move { c.register(req).await }
             })
             .await?;
+        self.learn(&reply.servers);
         Ok(Duration::from_millis(reply.heartbeat_ttl_ms.max(300)))
     }
 
@@ -153,6 +312,7 @@ impl Servers {
                 async move { c.heartbeat(req).await }
             })
             .await?;
+        self.learn(&reply.servers);
         Ok(Duration::from_millis(reply.heartbeat_ttl_ms.max(300)))
     }
 }
@@ -187,5 +347,53 @@ impl Servers {
         })
         .await
         .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seeds(addrs: &[&str]) -> Vec<String> {
+        addrs.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn learned_servers_come_first_and_seeds_not_among_them_last() {
+        let servers = Servers::new(&seeds(&["http://10.0.0.1:50051,10.0.0.9:50051"]), None, None, None).expect("new");
+        assert_eq!(servers.addresses(), ["http://10.0.0.1:50051", "10.0.0.9:50051"]);
+        servers.learn(&seeds(&["10.0.0.1:50051", "10.0.0.2:50051", "10.0.0.3:50051"]));
+        // The seed given with a scheme is the same server as the announced 10.0.0.1:50051.
+        assert_eq!(servers.addresses(), ["10.0.0.1:50051", "10.0.0.2:50051", "10.0.0.3:50051", "10.0.0.9:50051"]);
+        // A server removed from the cluster is called only as a seed, after every member; one
+        // that was never a seed is no longer called. An empty answer changes nothing.
+        servers.learn(&seeds(&["10.0.0.2:50051", "10.0.0.4:50051"]));
+        servers.learn(&[]);
+        assert_eq!(
+            servers.addresses(),
+            ["10.0.0.2:50051", "10.0.0.4:50051", "http://10.0.0.1:50051", "10.0.0.9:50051"]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_server_that_answered_last_stays_first_when_the_list_changes() {
+        let servers = Servers::new(&seeds(&["10.0.0.1:50051"]), None, None, None).expect("new");
+        servers.learn(&seeds(&["10.0.0.1:50051", "10.0.0.2:50051", "10.0.0.3:50051"]));
+        servers.known.write().expect("lock").current = "10.0.0.2:50051".into();
+        servers.learn(&seeds(&["10.0.0.1:50051", "10.0.0.2:50051", "10.0.0.3:50051", "10.0.0.4:50051"]));
+        assert_eq!(servers.addresses(), ["10.0.0.2:50051", "10.0.0.3:50051", "10.0.0.4:50051", "10.0.0.1:50051"]);
+    }
+
+    #[tokio::test]
+    async fn the_learned_list_survives_a_restart_and_unusable_addresses_are_skipped() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = remembered_path(dir.path(), "n1");
+        let servers = Servers::new(&seeds(&["10.0.0.1:50051"]), None, None, Some(path.clone())).expect("new");
+        servers.learn(&seeds(&["10.0.0.2:50051", "ftp://10.0.0.3:21", "10.0.0.4:50051"]));
+        assert_eq!(servers.addresses(), ["10.0.0.2:50051", "10.0.0.4:50051", "10.0.0.1:50051"]);
+        assert_eq!(std::fs::read_to_string(&path).expect("kept"), "10.0.0.2:50051\n10.0.0.4:50051\n");
+        drop(servers);
+        let restarted = Servers::new(&seeds(&["10.0.0.1:50051"]), None, None, Some(path)).expect("new");
+        assert_eq!(restarted.addresses(), ["10.0.0.2:50051", "10.0.0.4:50051", "10.0.0.1:50051"]);
     }
 }

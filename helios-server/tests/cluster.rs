@@ -4,6 +4,7 @@ mod common;
 
 use common::{wait_for, TestCluster};
 use helios_api::pb;
+use helios_api::pb::agent_service_client::AgentServiceClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_servers_elect_a_leader_and_accept_writes_on_a_follower() {
@@ -97,6 +98,18 @@ async fn a_new_server_joins_from_a_snapshot_and_a_server_is_removed() {
     })
     .await;
 
+    // An agent's node, to read what heartbeats tell agents about the servers (asking the leader:
+    // a removed server need not learn of its removal).
+    let mut agent = AgentServiceClient::new(cluster.channel(leader).await);
+    let registered = agent
+        .register(pb::RegisterRequest { node: Some(common::fake_node("n1")), secret: "s".into() })
+        .await
+        .expect("register")
+        .into_inner();
+    let mut three: Vec<String> = cluster.addrs.values().cloned().collect();
+    three.sort();
+    assert_eq!(sorted(registered.servers), three);
+
     let addr = cluster.start_new_server(4).await;
     let via = cluster.running_ids().into_iter().find(|id| *id != leader && *id != 4).expect("a follower");
     cluster
@@ -112,6 +125,16 @@ async fn a_new_server_joins_from_a_snapshot_and_a_server_is_removed() {
     })
     .await;
     assert_eq!(four.addr, addr);
+    // Agents hear of the new server in their next heartbeat.
+    let heartbeat = || {
+        let mut agent = agent.clone();
+        async move {
+            let request = pb::HeartbeatRequest { node_id: "n1".into(), secret: "s".into() };
+            sorted(agent.heartbeat(request).await.expect("heartbeat").into_inner().servers)
+        }
+    };
+    wait_for("heartbeats to list server 4", || async { heartbeat().await.contains(&addr).then_some(()) }).await;
+    assert_eq!(heartbeat().await, sorted([three.clone(), vec![addr.clone()]].concat()));
     // Entries up to `purged` exist only in snapshots now: server 4 holding every job proves it
     // received and installed one.
     assert_eq!(cluster.job_names(4).await.len(), 60);
@@ -136,6 +159,13 @@ async fn a_new_server_joins_from_a_snapshot_and_a_server_is_removed() {
     let mut expected: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|id| *id != removed).collect();
     expected.sort();
     assert_eq!(ids, expected);
+    let removed_addr = cluster.addrs[&removed].clone();
+    let servers = wait_for("heartbeats to drop the removed server", || async {
+        let servers = heartbeat().await;
+        (!servers.contains(&removed_addr)).then_some(servers)
+    })
+    .await;
+    assert_eq!(servers.len(), 3, "{servers:?}");
     cluster.stop(removed).await;
     cluster.submit(4, "after-removal").await;
     assert_eq!(cluster.job_names(leader).await.len(), 61);
@@ -159,4 +189,9 @@ async fn digests_at_one_index(cluster: &TestCluster) -> Vec<pb::StateDigestRespo
         digests.windows(2).all(|w| w[0].applied_index == w[1].applied_index).then_some(digests)
     })
     .await
+}
+
+fn sorted(mut addrs: Vec<String>) -> Vec<String> {
+    addrs.sort();
+    addrs
 }

@@ -23,6 +23,11 @@ fn ttl_ms(cluster: &Cluster) -> u64 {
     u64::try_from(cluster.heartbeat_ttl.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Every server's address, as the membership holds it: agents learn the cluster from it.
+fn server_addrs(cluster: &Cluster) -> Vec<String> {
+    cluster.membership().0.into_values().collect()
+}
+
 impl Agents {
     /// The node, if `secret` is its secret. A current read: the agent may have registered through
     /// another server a moment ago.
@@ -177,7 +182,10 @@ impl AgentService for Agents {
         let evals = node_evaluations(jobs, &node.id, helios_core::EvalTrigger::NodeUpdate);
         let (_, NodeRegistered) =
             self.cluster.propose(Command::RegisterNode { node, evals }).await.map_err(cluster_status)?;
-        Ok(Response::new(pb::RegisterResponse { heartbeat_ttl_ms: ttl_ms(&self.cluster) }))
+        Ok(Response::new(pb::RegisterResponse {
+            heartbeat_ttl_ms: ttl_ms(&self.cluster),
+            servers: server_addrs(&self.cluster),
+        }))
     }
 
     async fn heartbeat(
@@ -188,6 +196,6 @@ impl AgentService for Agents {
         require_name("node_id", &req.node_id)?;
         let ttl = self.cluster.heartbeat(req.node_id, req.secret).await.map_err(cluster_status)?;
         let heartbeat_ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        Ok(Response::new(pb::HeartbeatResponse { heartbeat_ttl_ms }))
+        Ok(Response::new(pb::HeartbeatResponse { heartbeat_ttl_ms, servers: server_addrs(&self.cluster) }))
     }
 }
