@@ -219,3 +219,55 @@ fn every_example_job_file_runs() {
     }
     assert_eq!(ran.len(), 4, "every example in docs/examples");
 }
+
+/// What a task leaves in its directory is served as its log only if it is a regular file, and a
+/// huge one is streamed from disk: the agent's memory stays flat.
+#[test]
+fn a_huge_log_streams_in_bounded_memory_and_a_planted_symlink_is_refused() {
+    let cluster = DevCluster::start();
+    let (code, _, err) = cluster.cli(&["job", "run", "--name", "big", "echo", "--", "hello"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, list, _) = cluster.cli(&["alloc", "list", "--job", "big"]);
+    let id = list.lines().nth(1).and_then(|l| l.split_whitespace().next()).expect("an allocation").to_string();
+    let alloc_dir = std::fs::read_dir(cluster.agent_dir.join("allocs"))
+        .expect("allocs")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(id.as_str())))
+        .expect("the allocation's directory");
+    let task_dir = alloc_dir.join("big");
+
+    // 1 GiB (sparse: it costs no disk), the task done, so nothing rotates it.
+    let gib = 1 << 30;
+    std::fs::OpenOptions::new().write(true).open(task_dir.join("stdout.log")).expect("log").set_len(gib).expect("grow");
+    let mut logs = std::process::Command::new(common::CLI)
+        .args(["--server-addr", &cluster.url, "alloc", "logs", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("alloc logs");
+    let mut received = 0u64;
+    let mut out = logs.stdout.take().expect("stdout");
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut out, &mut buf).expect("read the logs");
+        if n == 0 {
+            break;
+        }
+        received += n as u64;
+    }
+    assert!(logs.wait().expect("alloc logs ends").success());
+    assert_eq!(received, gib, "the whole log");
+    let peak_kib = cluster.agent_peak_rss_kib();
+    assert!(peak_kib < 64 * 1024, "the agent peaked at {} MiB serving a 1 GiB log", peak_kib / 1024);
+
+    // stderr.log replaced by a symlink to a file the task may not read: refused, not served.
+    let secret = cluster.dir.path().join("shadow");
+    std::fs::write(&secret, "root:$6$secret-hash:\n").expect("secret");
+    std::fs::remove_file(task_dir.join("stderr.log")).expect("remove stderr.log");
+    std::os::unix::fs::symlink(&secret, task_dir.join("stderr.log")).expect("symlink");
+    let (code, out, err) = cluster.cli(&["alloc", "logs", "--stderr", &id]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.starts_with("Error: ") && err.contains("is a symbolic link, not a log file"), "{err}");
+    assert!(!out.contains("secret-hash") && !err.contains("secret-hash"), "{out}{err}");
+}

@@ -1,16 +1,22 @@
-//! The agent's gRPC service: task logs, read from the rotated log files the runner writes.
+//! The agent's gRPC service: task logs, read from the log files the runner writes.
+//!
+//! Only the task's own `<stream>.log`, and only if it is a regular file (`logs::open_regular`: a
+//! task could leave a symlink to any file there). Read from disk `CHUNK` bytes at a time, so
+//! serving a 1 GB log takes no more memory than a small one; `tail` finds its start by reading
+//! backwards the same way.
 
-use std::path::PathBuf;
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use helios_api::pb;
 use helios_api::pb::client_service_server::ClientService;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::{Request, Response, Status};
 
-use crate::logs::log_path;
+use crate::logs::{log_path, open_regular};
 
 pub struct LogService {
     pub allocs_dir: PathBuf,
@@ -22,22 +28,108 @@ fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
 }
 
-/// The last `lines` lines of `data`.
-fn tail(data: &[u8], lines: u32) -> &[u8] {
+/// Where the last `lines` lines of the file's first `len` bytes start, reading backwards `chunk`
+/// bytes at a time (a trailing newline ends the last line; it does not start another).
+fn tail_start(file: &std::fs::File, len: u64, lines: u32, chunk: usize) -> std::io::Result<u64> {
     if lines == 0 {
-        return &[];
+        return Ok(len);
     }
-    let body = data.strip_suffix(b"\n").unwrap_or(data);
     let mut seen = 0;
-    for (i, b) in body.iter().enumerate().rev() {
-        if *b == b'\n' {
-            seen += 1;
-            if seen == lines {
-                return &data[i + 1..];
+    let mut end = len;
+    let mut buf = vec![0u8; chunk];
+    while end > 0 {
+        let start = end.saturating_sub(chunk as u64);
+        let piece = &mut buf[..usize::try_from(end - start).unwrap_or(chunk)];
+        file.read_exact_at(piece, start)?;
+        for (i, b) in piece.iter().enumerate().rev() {
+            let at = start + i as u64;
+            if *b == b'\n' && at + 1 != len {
+                seen += 1;
+                if seen == lines {
+                    return Ok(at + 1);
+                }
             }
         }
+        end = start;
     }
-    data
+    Ok(0)
+}
+
+/// Where a stream of one log file is.
+struct Reading {
+    path: PathBuf,
+    task_dir: PathBuf,
+    offset: u64,
+    /// Without follow: the file's length when asked (what is written later is not sent).
+    stop_at: Option<u64>,
+    ended: bool,
+}
+
+impl Reading {
+    /// The next chunk: `None` when the stream ends (without follow: at `stop_at`; following: once
+    /// the task is done for good and nothing more arrives).
+    async fn next(&mut self) -> Option<Result<Vec<u8>, Status>> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            match self.read_chunk().await {
+                Ok(Some(data)) => return Some(Ok(data)),
+                Ok(None) => {}
+                Err(status) => {
+                    self.ended = true;
+                    return Some(Err(status));
+                }
+            }
+            if self.stop_at.is_some() || self.task_dir.join(crate::runner::DONE_MARKER).exists() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Up to `CHUNK` bytes from the offset, opening the file afresh (it may have been rotated).
+    async fn read_chunk(&mut self) -> Result<Option<Vec<u8>>, Status> {
+        let (path, offset, stop_at) = (self.path.clone(), self.offset, self.stop_at);
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, Vec<u8>)> {
+            let file = match open_regular(&path, OpenOptions::new().read(true)) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((offset, Vec::new())),
+                Err(e) => return Err(e),
+            };
+            let len = file.metadata()?.len();
+            // Shorter than what was sent: rotated, and the new file starts over.
+            let offset = if len < offset { 0 } else { offset };
+            let end = stop_at.map_or(len, |stop| stop.min(len));
+            let mut buf = vec![0u8; usize::try_from(end.saturating_sub(offset)).unwrap_or(CHUNK).min(CHUNK)];
+            let n = file.read_at(&mut buf, offset)?;
+            buf.truncate(n);
+            Ok((offset, buf))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let (offset, data) = read;
+        self.offset = offset + data.len() as u64;
+        Ok((!data.is_empty()).then_some(data))
+    }
+}
+
+/// Opens the log for a first look: its length, and where a tail starts. A log that is not there
+/// yet is empty.
+fn open_log(path: &Path, tail: Option<u32>) -> Result<(u64, u64), Status> {
+    match open_regular(path, OpenOptions::new().read(true)) {
+        Ok(file) => {
+            let len = file.metadata().map_err(|e| Status::internal(e.to_string()))?.len();
+            let start = match tail {
+                Some(lines) => tail_start(&file, len, lines, CHUNK).map_err(|e| Status::internal(e.to_string()))?,
+                None => 0,
+            };
+            Ok((len, start))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((0, 0)),
+        Err(e) => Err(Status::failed_precondition(e.to_string())),
+    }
 }
 
 #[tonic::async_trait]
@@ -51,7 +143,8 @@ impl ClientService for LogService {
         }
         let alloc_dir = self.allocs_dir.join(&req.alloc_id);
         let mut tasks: Vec<String> = match std::fs::read_dir(&alloc_dir) {
-            // Each task is a directory (beside files of the allocation's own, like `.node`).
+            // Each task is a directory (beside files of the allocation's own, like `.node`);
+            // a symlink is not one (the entry's own type, not its target's).
             Ok(entries) => entries
                 .flatten()
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
@@ -72,59 +165,17 @@ impl ClientService for LogService {
         };
         let task_dir = alloc_dir.join(&task);
         let path = log_path(&task_dir, if req.stderr { "stderr" } else { "stdout" });
-        let mut first = tokio::fs::read(&path).await.unwrap_or_default();
-        // Follow on from exactly what was read, not from a later size.
-        let offset = first.len() as u64;
-        if let Some(lines) = req.tail {
-            first = tail(&first, lines).to_vec();
-        }
-        let follow = req.follow;
-        // First what is there, then (following) what is appended, until the task is done for
-        // good (its supervisor's marker: restarts in between keep the stream open) and nothing
-        // more arrives.
-        let stream = futures::stream::unfold(
-            (Some(first), offset, path, task_dir),
-            move |(first, mut offset, path, task_dir)| async move {
-                if let Some(mut first) = first {
-                    if first.len() > CHUNK {
-                        // Large logs go out in pieces, well under any message size limit.
-                        let rest = first.split_off(CHUNK);
-                        return Some((Ok(pb::LogChunk { data: first }), (Some(rest), offset, path, task_dir)));
-                    }
-                    if !first.is_empty() || follow {
-                        return Some((Ok(pb::LogChunk { data: first }), (None, offset, path, task_dir)));
-                    }
-                }
-                if !follow {
-                    return None;
-                }
-                loop {
-                    let len = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
-                    if len < offset {
-                        offset = 0; // rotated: the new file starts over
-                    }
-                    if len > offset {
-                        let mut file = match tokio::fs::File::open(&path).await {
-                            Ok(f) => f,
-                            Err(e) => {
-                                return Some((Err(Status::internal(e.to_string())), (None, offset, path, task_dir)))
-                            }
-                        };
-                        let _ = file.seek(std::io::SeekFrom::Start(offset)).await;
-                        let mut buf = vec![0u8; CHUNK.min(usize::try_from(len - offset).unwrap_or(CHUNK))];
-                        let n = file.read(&mut buf).await.unwrap_or(0);
-                        buf.truncate(n);
-                        offset += n as u64;
-                        return Some((Ok(pb::LogChunk { data: buf }), (None, offset, path, task_dir)));
-                    }
-                    if task_dir.join(crate::runner::DONE_MARKER).exists() {
-                        return None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            },
-        )
-        .filter(|chunk| futures::future::ready(chunk.as_ref().map_or(true, |c| !c.data.is_empty())));
+        let (first_path, tail) = (path.clone(), req.tail);
+        let (len, start) = tokio::task::spawn_blocking(move || open_log(&first_path, tail))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        // Following goes on from exactly what was there when asked, not from a later size.
+        let stop_at = (!req.follow).then_some(len);
+        let reading = Reading { path, task_dir, offset: start, stop_at, ended: false };
+        let stream = futures::stream::unfold(reading, |mut reading| async move {
+            let chunk = reading.next().await?;
+            Some((chunk.map(|data| pb::LogChunk { data }), reading))
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -151,11 +202,79 @@ mod tests {
         assert_eq!(data, b"hello\n");
     }
 
+    /// The last `lines` lines of `data`, read back through `tail_start` in pieces of `chunk` bytes.
+    fn tail(data: &[u8], lines: u32, chunk: usize) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, data).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let start = tail_start(&file, data.len() as u64, lines, chunk).unwrap();
+        data[usize::try_from(start).unwrap()..].to_vec()
+    }
+
     #[test]
-    fn tail_keeps_the_last_lines() {
-        assert_eq!(tail(b"a\nb\nc\n", 2), b"b\nc\n");
-        assert_eq!(tail(b"a\nb\nc", 2), b"b\nc");
-        assert_eq!(tail(b"a\n", 5), b"a\n");
-        assert_eq!(tail(b"a\nb\n", 0), b"");
+    fn tail_keeps_the_last_lines_whatever_the_piece_size() {
+        for chunk in [1, 2, 3, 64 * 1024] {
+            assert_eq!(tail(b"a\nb\nc\n", 2, chunk), b"b\nc\n");
+            assert_eq!(tail(b"a\nb\nc", 2, chunk), b"b\nc");
+            assert_eq!(tail(b"a\n", 5, chunk), b"a\n");
+            assert_eq!(tail(b"a\nb\n", 0, chunk), b"");
+            assert_eq!(tail(b"one\ntwo\nthree\n", 1, chunk), b"three\n");
+            assert_eq!(tail(b"", 3, chunk), b"");
+        }
+    }
+
+    async fn logs_of(service: &LogService, alloc: &str, follow: bool) -> Result<Vec<u8>, tonic::Status> {
+        let request = pb::TaskLogsRequest { alloc_id: alloc.into(), follow, ..Default::default() };
+        let stream = service.task_logs(Request::new(request)).await?.into_inner();
+        let mut data = Vec::new();
+        for chunk in stream.collect::<Vec<_>>().await {
+            data.extend(chunk?.data);
+        }
+        Ok(data)
+    }
+
+    #[tokio::test]
+    async fn a_log_that_is_a_symlink_is_refused_and_its_target_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let alloc = "0123-abcd";
+        let task_dir = dir.path().join(alloc).join("web");
+        std::fs::create_dir_all(&task_dir).unwrap();
+        let secret = dir.path().join("shadow");
+        std::fs::write(&secret, "root:secret-hash\n").unwrap();
+        std::os::unix::fs::symlink(&secret, log_path(&task_dir, "stdout")).unwrap();
+        let service = LogService { allocs_dir: dir.path().to_path_buf() };
+        let refused = logs_of(&service, alloc, false).await.expect_err("a symlinked log");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(refused.message().contains("is a symbolic link"), "{refused:?}");
+        assert!(!refused.message().contains("secret-hash"));
+        // Nor when it appears while the log is followed: the stream ends with the error.
+        std::fs::remove_file(log_path(&task_dir, "stdout")).unwrap();
+        std::fs::write(log_path(&task_dir, "stdout"), "first\n").unwrap();
+        let request = pb::TaskLogsRequest { alloc_id: alloc.into(), follow: true, ..Default::default() };
+        let mut stream = service.task_logs(Request::new(request)).await.unwrap().into_inner();
+        assert_eq!(stream.next().await.unwrap().unwrap().data, b"first\n");
+        std::fs::remove_file(log_path(&task_dir, "stdout")).unwrap();
+        std::os::unix::fs::symlink(&secret, log_path(&task_dir, "stdout")).unwrap();
+        let err = stream.next().await.unwrap().expect_err("the symlink is refused mid-stream");
+        assert!(err.message().contains("is a symbolic link"), "{err:?}");
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_large_log_is_sent_whole_in_bounded_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let alloc = "0123-abcd";
+        let task_dir = dir.path().join(alloc).join("web");
+        std::fs::create_dir_all(&task_dir).unwrap();
+        let data: Vec<u8> = (0..CHUNK * 3 + 17).map(|i| (i % 251) as u8).collect();
+        std::fs::write(log_path(&task_dir, "stdout"), &data).unwrap();
+        let service = LogService { allocs_dir: dir.path().to_path_buf() };
+        let request = pb::TaskLogsRequest { alloc_id: alloc.into(), ..Default::default() };
+        let stream = service.task_logs(Request::new(request)).await.unwrap().into_inner();
+        let chunks: Vec<Vec<u8>> = stream.map(|c| c.unwrap().data).collect().await;
+        assert!(chunks.iter().all(|c| c.len() <= CHUNK), "{:?}", chunks.iter().map(Vec::len).collect::<Vec<_>>());
+        assert_eq!(chunks.concat(), data);
+        assert_eq!(logs_of(&service, alloc, false).await.unwrap(), data);
     }
 }

@@ -3,8 +3,15 @@
 //! while its agent is down. The agent rotates the files while it runs (copy, then truncate: the
 //! task's append-mode descriptor keeps writing at the new end): at `MAX_FILE_BYTES` the content
 //! moves to `<stream>.log.1` (`.1` to `.2`, ...), keeping `KEEP_ROTATED` old files.
+//!
+//! The task can write its own directory, so whatever the agent finds under these names may have
+//! been put there by the task: a symlink to `/etc/shadow` or to a 1 GB file, a FIFO. The agent
+//! opens them only with `O_NOFOLLOW` and uses them only if they are regular files, and creates
+//! rotated files afresh rather than writing through what is there.
 
 use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const MAX_FILE_BYTES: u64 = 10 * 1024 * 1024;
@@ -15,31 +22,58 @@ pub fn log_path(task_dir: &Path, stream: &str) -> PathBuf {
     task_dir.join(format!("{stream}.log"))
 }
 
-/// The file a task's stream is written to, in append mode.
-pub fn open_for_task(task_dir: &Path, stream: &str) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(log_path(task_dir, stream))
+/// Opens `path` with `options` only if it is a regular file itself, not a symlink (`O_NOFOLLOW`)
+/// nor a FIFO or device (`O_NONBLOCK` keeps a FIFO from blocking the open; it changes nothing
+/// for a regular file).
+pub fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    let file = options.custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK).open(path).map_err(|e| {
+        if e.raw_os_error() == Some(nix::libc::ELOOP) {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is a symbolic link, not a log file", path.display()),
+            )
+        } else {
+            e
+        }
+    })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a regular file", path.display())));
+    }
+    Ok(file)
 }
 
-/// Rotates the task's log files that outgrew `MAX_FILE_BYTES`.
-pub fn rotate_if_large(task_dir: &Path) -> std::io::Result<()> {
+/// The file a task's stream is written to, in append mode.
+pub fn open_for_task(task_dir: &Path, stream: &str) -> io::Result<File> {
+    open_regular(&log_path(task_dir, stream), OpenOptions::new().create(true).append(true))
+}
+
+/// Rotates the task's log files that outgrew `MAX_FILE_BYTES`. Anything but a regular file
+/// under a log's name is left alone (the task made it; the agent neither reads nor writes it).
+pub fn rotate_if_large(task_dir: &Path) -> io::Result<()> {
     for stream in STREAMS {
         let path = log_path(task_dir, stream);
-        if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) > MAX_FILE_BYTES {
+        let large = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() > MAX_FILE_BYTES);
+        if large {
             rotate(&path)?;
         }
     }
     Ok(())
 }
 
-fn rotate(path: &Path) -> std::io::Result<()> {
+fn rotate(path: &Path) -> io::Result<()> {
+    let mut current = open_regular(path, OpenOptions::new().read(true).write(true))?;
     let numbered = |i: usize| PathBuf::from(format!("{}.{i}", path.display()));
+    // Removing and renaming act on the names (a symlink is moved, never followed).
     let _ = std::fs::remove_file(numbered(KEEP_ROTATED));
     for i in (1..KEEP_ROTATED).rev() {
         let _ = std::fs::rename(numbered(i), numbered(i + 1));
     }
+    let _ = std::fs::remove_file(numbered(1));
+    // Created new (O_EXCL: a name taken again meanwhile fails rather than being written through).
+    let mut copy = OpenOptions::new().write(true).create_new(true).open(numbered(1))?;
     // Copy then truncate (not rename): the task still holds the file open.
-    std::fs::copy(path, numbered(1))?;
-    OpenOptions::new().write(true).open(path)?.set_len(0)
+    io::copy(&mut current, &mut copy)?;
+    current.set_len(0)
 }
 
 #[cfg(test)]
@@ -65,5 +99,42 @@ mod tests {
         assert_eq!(names, ["stdout.log", "stdout.log.1", "stdout.log.2", "stdout.log.3"]);
         // After a truncation the descriptor writes at the start, not at a hole.
         assert_eq!(std::fs::read(dir.path().join("stdout.log")).unwrap(), b"tail\n");
+    }
+
+    #[test]
+    fn a_task_planted_symlink_is_neither_opened_nor_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("host-file");
+        std::fs::write(&host, vec![b'h'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        // stdout.log pointing at a large host file: not rotated (which would copy and truncate it).
+        std::os::unix::fs::symlink(&host, log_path(dir.path(), "stdout")).unwrap();
+        rotate_if_large(dir.path()).unwrap();
+        assert_eq!(std::fs::metadata(&host).unwrap().len(), MAX_FILE_BYTES + 1);
+        let err = open_for_task(dir.path(), "stdout").expect_err("a symlink is refused");
+        assert!(err.to_string().contains("is a symbolic link"), "{err}");
+
+        // A real, large stderr.log with stderr.log.1 planted as a symlink: the copy goes to a new
+        // file, and the host file is untouched.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep me").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("stderr.log.1")).unwrap();
+        std::fs::write(log_path(dir.path(), "stderr"), vec![b'e'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        rotate_if_large(dir.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+        let rotated = dir.path().join("stderr.log.1");
+        assert!(std::fs::symlink_metadata(&rotated).unwrap().is_file());
+        assert_eq!(std::fs::metadata(&rotated).unwrap().len(), MAX_FILE_BYTES + 1);
+        assert_eq!(std::fs::metadata(log_path(dir.path(), "stderr")).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_fifo_is_not_a_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = log_path(dir.path(), "stdout");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        // Without O_NONBLOCK either open would wait for the other end forever.
+        open_for_task(dir.path(), "stdout").expect_err("a FIFO is not written to");
+        let err = open_regular(&fifo, OpenOptions::new().read(true)).expect_err("a FIFO is not read");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 }

@@ -104,6 +104,14 @@ impl DevCluster {
         drop(self.agent.take());
     }
 
+    /// The agent's peak resident memory so far (`VmHWM`), in KiB.
+    pub fn agent_peak_rss_kib(&self) -> u64 {
+        let pid = self.agent.as_ref().expect("the agent runs").0.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the agent's status");
+        let peak = status.lines().find_map(|l| l.strip_prefix("VmHWM:"));
+        peak.and_then(|v| v.split_whitespace().next()?.parse().ok()).expect("VmHWM in /proc/PID/status")
+    }
+
     /// The server's and the agent's logs, to stderr: a failed test shows why.
     fn print_logs(&self) {
         let logs = [self.dir.path().join("server.log")]
