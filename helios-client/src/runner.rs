@@ -195,13 +195,19 @@ async fn run_allocation(
     }
     drop(progress);
     let mut states = BTreeMap::new();
+    // Every change is reported as it happens: a task that failed and waits to restart (dead,
+    // its last event "Restarting") shows its failure now, not when its restarts run out.
     while let Some((name, state)) = changes.recv().await {
         states.insert(name, state);
-        if states.values().any(|s| s.state == "running") {
-            report("running", "tasks running".to_string(), states.clone());
-        } else if states.values().any(|s| s.state == "pending") {
-            report("pending", "tasks starting".to_string(), states.clone());
-        }
+        let (status, description) = if states.values().any(|s| s.state == "running") {
+            ("running", "tasks running")
+        } else if states.values().any(|s| s.state == "dead" && s.events.last().is_some_and(|e| e.kind == "Restarting"))
+        {
+            ("pending", "a task is waiting to restart")
+        } else {
+            ("pending", "tasks starting")
+        };
+        report(status, description.to_string(), states.clone());
     }
     let stopped = *stop.borrow();
     let failed = states.values().any(|s| s.failed);

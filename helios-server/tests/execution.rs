@@ -350,3 +350,45 @@ async fn a_leader_failover_leaves_running_tasks_untouched() {
     }
     cluster.shutdown().await;
 }
+
+/// A failure shows as it happens, with the restart it waits for: not only when the restarts run
+/// out (before, a missing binary showed `pending` with no events through every restart delay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failure_is_reported_as_it_happens_while_the_restart_waits() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    // Restart delays far longer than any wait below: what is seen, is seen before the restart.
+    let policy = helios_core::RestartPolicy {
+        attempts: 3,
+        interval_secs: 7200,
+        delay_secs: 3600,
+        mode: helios_core::RestartMode::Fail,
+    };
+    let mut missing = Job::exec("missing", "/nonexistent/helios-no-such-binary", vec![]);
+    missing.task_groups[0].restart = policy.clone();
+    let mut exits = Job::exec("exits", "sh", vec!["-c".into(), "exit 3".into()]);
+    exits.task_groups[0].restart = policy;
+    submit(&cluster, &missing).await;
+    submit(&cluster, &exits).await;
+    for (job, failure) in [("missing", "Driver Failure"), ("exits", "Terminated")] {
+        let alloc = wait_for(&format!("{job}'s failure and restart shown"), || async {
+            allocations(&cluster, job).await.into_iter().find(|a| {
+                a.task_states.get(job).is_some_and(|t| t.events.last().is_some_and(|e| e.kind == "Restarting"))
+            })
+        })
+        .await;
+        assert_eq!(alloc.client_status, "pending", "{alloc:?}");
+        let events = &alloc.task_states[job].events;
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert!(kinds.ends_with(&[failure, "Restarting"]), "{job}: {kinds:?}");
+        assert_eq!(events.last().map(|e| e.message.as_str()), Some("restart 1 in 3600s"), "{kinds:?}");
+        if job == "exits" {
+            assert_eq!(events[events.len() - 2].exit_code, Some(3));
+        }
+    }
+    agent.stop().await;
+    cluster.shutdown().await;
+}
