@@ -199,13 +199,18 @@ async fn run_allocation(
     // its last event "Restarting") shows its failure now, not when its restarts run out.
     while let Some((name, state)) = changes.recv().await {
         states.insert(name, state);
+        let restarting =
+            |s: &pb::TaskState| s.state == "dead" && s.events.last().is_some_and(|e| e.kind == "Restarting");
         let (status, description) = if states.values().any(|s| s.state == "running") {
             ("running", "tasks running")
-        } else if states.values().any(|s| s.state == "dead" && s.events.last().is_some_and(|e| e.kind == "Restarting"))
-        {
+        } else if states.values().any(restarting) {
             ("pending", "a task is waiting to restart")
-        } else {
+        } else if states.values().any(|s| s.state == "pending") {
             ("pending", "tasks starting")
+        } else {
+            // Every task done for good: the final report below says how it ended. A "pending"
+            // here would briefly undo a running allocation's state on the servers.
+            continue;
         };
         report(status, description.to_string(), states.clone());
     }
