@@ -24,7 +24,9 @@ pub fn log_path(task_dir: &Path, stream: &str) -> PathBuf {
 
 /// Opens `path` with `options` only if it is a regular file itself, not a symlink (`O_NOFOLLOW`)
 /// nor a FIFO or device (`O_NONBLOCK` keeps a FIFO from blocking the open; it changes nothing
-/// for a regular file).
+/// for a regular file), with no other name (a hard link to a file outside the task directory).
+/// Only the last component is checked: the directories above are the agent's, which a task
+/// can change only while it runs as root (issue 14 makes tasks unprivileged).
 pub fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
     let file = options.custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK).open(path).map_err(|e| {
         if e.raw_os_error() == Some(nix::libc::ELOOP) {
@@ -36,8 +38,13 @@ pub fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<File> 
             e
         }
     })?;
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a regular file", path.display())));
+    }
+    if std::os::unix::fs::MetadataExt::nlink(&meta) != 1 {
+        let why = format!("{} has other names (a hard link), not a log file", path.display());
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
     }
     Ok(file)
 }
@@ -125,6 +132,17 @@ mod tests {
         assert!(std::fs::symlink_metadata(&rotated).unwrap().is_file());
         assert_eq!(std::fs::metadata(&rotated).unwrap().len(), MAX_FILE_BYTES + 1);
         assert_eq!(std::fs::metadata(log_path(dir.path(), "stderr")).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_hard_link_to_another_file_is_not_a_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("node.secret");
+        std::fs::write(&secret, "s3cret").unwrap();
+        std::fs::hard_link(&secret, log_path(dir.path(), "stdout")).unwrap();
+        let err = open_regular(&log_path(dir.path(), "stdout"), OpenOptions::new().read(true)).expect_err("refused");
+        assert!(err.to_string().contains("hard link"), "{err}");
+        open_for_task(dir.path(), "stdout").expect_err("not written either");
     }
 
     #[test]

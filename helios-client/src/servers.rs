@@ -70,6 +70,10 @@ pub struct Servers {
     known: RwLock<Known>,
 }
 
+/// The most servers an agent keeps from an answer: each is a channel, and on failover each
+/// dead one costs part of a heartbeat's time. Raft clusters have 3, 5 or 7.
+const MAX_SERVERS: usize = 16;
+
 /// `http://10.0.0.1:50051/` and `10.0.0.1:50051` are the same server.
 fn host_port(addr: &str) -> &str {
     let rest = addr.split_once("://").map_or(addr, |(_, rest)| rest);
@@ -81,21 +85,42 @@ pub fn remembered_path(data_dir: &Path, node_id: &str) -> PathBuf {
     data_dir.join(format!("helios-client-{node_id}.servers"))
 }
 
-fn read_remembered(path: &Path) -> Vec<String> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+/// The servers learned before, if they were learned from the same `--server-addr`: an agent
+/// pointed at other seeds (another cluster) starts from those, not from what it knew.
+/// The file holds `seed ADDR` and `server ADDR` lines.
+fn read_remembered(path: &Path, seeds: &[String]) -> Vec<String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot read the servers learned before; using --server-addr");
-            Vec::new()
+            return Vec::new();
+        }
+    };
+    let (mut from, mut servers) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        match line.trim().split_once(' ') {
+            Some(("seed", addr)) => from.push(host_port(addr.trim()).to_string()),
+            Some(("server", addr)) => servers.push(addr.trim().to_string()),
+            _ => {}
         }
     }
+    let mut given: Vec<String> = seeds.iter().map(|s| host_port(s).to_string()).collect();
+    from.sort();
+    given.sort();
+    if from != given {
+        tracing::info!(path = %path.display(), "--server-addr changed: not using the servers learned from the old one");
+        return Vec::new();
+    }
+    servers.truncate(MAX_SERVERS);
+    servers
 }
 
 /// Replaces the file whole (a crash leaves the old list or the new one, never half of one).
-fn write_remembered(path: &Path, servers: &[String]) -> std::io::Result<()> {
+fn write_remembered(path: &Path, seeds: &[String], servers: &[String]) -> std::io::Result<()> {
     let tmp = path.with_extension("servers.tmp");
-    std::fs::write(&tmp, servers.iter().map(|s| format!("{s}\n")).collect::<String>())?;
+    let lines = seeds.iter().map(|s| format!("seed {s}\n")).chain(servers.iter().map(|s| format!("server {s}\n")));
+    std::fs::write(&tmp, lines.collect::<String>())?;
     std::fs::rename(&tmp, path)
 }
 
@@ -123,7 +148,7 @@ impl Servers {
         for seed in &seeds {
             helios_api::tls::endpoint(seed, tls, Role::Server).map_err(|e| ServersError::Invalid(seed.clone(), e))?;
         }
-        let learned = remembered.as_deref().map(read_remembered).unwrap_or_default();
+        let learned = remembered.as_deref().map(|path| read_remembered(path, &seeds)).unwrap_or_default();
         if !learned.is_empty() {
             tracing::info!(servers = ?learned, "servers learned before");
         }
@@ -146,8 +171,12 @@ impl Servers {
         for addr in announced.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
             // Skipped before comparing, so an unusable address does not make every answer a change.
             if let Err(e) = helios_api::tls::endpoint(addr, tls.as_ref(), Role::Server) {
-                tracing::debug!(%addr, error = %e, "ignoring an announced server address");
+                tracing::warn!(%addr, error = %e, "ignoring an announced server address");
                 continue;
+            }
+            if learned.len() == MAX_SERVERS {
+                tracing::warn!(announced = announced.len(), "keeping the first {MAX_SERVERS} announced servers");
+                break;
             }
             if !learned.iter().any(|known| host_port(known) == host_port(addr)) {
                 learned.push(addr.to_string());
@@ -170,7 +199,7 @@ impl Servers {
         let current = self.read_known().servers.clone();
         let learned = self.replace(learned, &current);
         if let Some(path) = &self.remembered {
-            if let Err(e) = write_remembered(path, &learned) {
+            if let Err(e) = write_remembered(path, &self.seeds, &learned) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot keep the learned servers for a restart");
             }
         }
@@ -391,9 +420,22 @@ mod tests {
         let servers = Servers::new(&seeds(&["10.0.0.1:50051"]), None, None, Some(path.clone())).expect("new");
         servers.learn(&seeds(&["10.0.0.2:50051", "ftp://10.0.0.3:21", "10.0.0.4:50051"]));
         assert_eq!(servers.addresses(), ["10.0.0.2:50051", "10.0.0.4:50051", "10.0.0.1:50051"]);
-        assert_eq!(std::fs::read_to_string(&path).expect("kept"), "10.0.0.2:50051\n10.0.0.4:50051\n");
+        let kept = std::fs::read_to_string(&path).expect("kept");
+        assert_eq!(kept, "seed 10.0.0.1:50051\nserver 10.0.0.2:50051\nserver 10.0.0.4:50051\n");
         drop(servers);
-        let restarted = Servers::new(&seeds(&["10.0.0.1:50051"]), None, None, Some(path)).expect("new");
-        assert_eq!(restarted.addresses(), ["10.0.0.2:50051", "10.0.0.4:50051", "10.0.0.1:50051"]);
+        let restarted = Servers::new(&seeds(&["http://10.0.0.1:50051"]), None, None, Some(path.clone())).expect("new");
+        assert_eq!(restarted.addresses(), ["10.0.0.2:50051", "10.0.0.4:50051", "http://10.0.0.1:50051"]);
+        drop(restarted);
+        // Pointed at another cluster, the agent starts from its new seeds only.
+        let moved = Servers::new(&seeds(&["10.9.9.9:50051"]), None, None, Some(path)).expect("new");
+        assert_eq!(moved.addresses(), ["10.9.9.9:50051"]);
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_kept_up_to_a_bound() {
+        let servers = Servers::new(&seeds(&["10.0.0.1:50051"]), None, None, None).expect("new");
+        let many: Vec<String> = (1..=100).map(|i| format!("10.0.1.{i}:50051")).collect();
+        servers.learn(&many);
+        assert_eq!(servers.addresses().len(), MAX_SERVERS + 1, "the bound, and the seed");
     }
 }

@@ -23,9 +23,12 @@ fn ttl_ms(cluster: &Cluster) -> u64 {
     u64::try_from(cluster.heartbeat_ttl.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Every server's address, as the membership holds it: agents learn the cluster from it.
+/// Every server's address, as the membership holds it: agents learn the cluster from it. An
+/// unspecified address (`0.0.0.0:4646`, a `--dev` server's) names no server another machine
+/// could dial, so it is left out.
 fn server_addrs(cluster: &Cluster) -> Vec<String> {
-    cluster.membership().0.into_values().collect()
+    let dialable = |addr: &String| !addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified());
+    cluster.membership().0.into_values().filter(dialable).collect()
 }
 
 impl Agents {
