@@ -168,14 +168,16 @@ impl Servers {
     fn learn(&self, announced: &[String]) {
         let tls = self.tls.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut learned: Vec<String> = Vec::new();
+        // Skipped before comparing, so an unusable address does not make every answer a change;
+        // said once per change, not at every heartbeat.
+        let mut skipped = Vec::new();
         for addr in announced.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
-            // Skipped before comparing, so an unusable address does not make every answer a change.
             if let Err(e) = helios_api::tls::endpoint(addr, tls.as_ref(), Role::Server) {
-                tracing::warn!(%addr, error = %e, "ignoring an announced server address");
+                skipped.push(format!("{addr}: {e}"));
                 continue;
             }
             if learned.len() == MAX_SERVERS {
-                tracing::warn!(announced = announced.len(), "keeping the first {MAX_SERVERS} announced servers");
+                skipped.push(format!("all after the first {MAX_SERVERS} servers"));
                 break;
             }
             if !learned.iter().any(|known| host_port(known) == host_port(addr)) {
@@ -196,6 +198,9 @@ impl Servers {
             return;
         }
         tracing::info!(servers = ?learned, "learned the cluster's servers");
+        if !skipped.is_empty() {
+            tracing::warn!(?skipped, "ignored part of the servers' announced list");
+        }
         let current = self.read_known().servers.clone();
         let learned = self.replace(learned, &current);
         if let Some(path) = &self.remembered {
