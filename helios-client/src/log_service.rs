@@ -59,6 +59,10 @@ fn tail_start(file: &std::fs::File, len: u64, lines: u32, chunk: usize) -> std::
 struct Reading {
     path: PathBuf,
     task_dir: PathBuf,
+    /// The log as opened (checked to be a regular file), read until it has nothing more; then,
+    /// following, the name is opened again, for a file that was not there yet or was replaced.
+    /// Rotation truncates the same file, which this handle sees.
+    file: Option<std::fs::File>,
     offset: u64,
     /// Without follow: the file's length when asked (what is written later is not sent).
     stop_at: Option<u64>,
@@ -88,36 +92,49 @@ impl Reading {
         }
     }
 
-    /// Up to `CHUNK` bytes from the offset, opening the file afresh (it may have been rotated).
+    /// Up to `CHUNK` bytes from the offset.
     async fn read_chunk(&mut self) -> Result<Option<Vec<u8>>, Status> {
-        let (path, offset, stop_at) = (self.path.clone(), self.offset, self.stop_at);
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, Vec<u8>)> {
+        let (path, file, offset, stop_at) = (self.path.clone(), self.file.take(), self.offset, self.stop_at);
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<(Option<std::fs::File>, u64, Vec<u8>)> {
+            if let Some(file) = file {
+                let (offset, data) = read_at(&file, offset, stop_at)?;
+                if !data.is_empty() || stop_at.is_some() {
+                    return Ok((Some(file), offset, data));
+                }
+            }
             let file = match open_regular(&path, OpenOptions::new().read(true)) {
                 Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((offset, Vec::new())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((None, offset, Vec::new())),
                 Err(e) => return Err(e),
             };
-            let len = file.metadata()?.len();
-            // Shorter than what was sent: rotated, and the new file starts over.
-            let offset = if len < offset { 0 } else { offset };
-            let end = stop_at.map_or(len, |stop| stop.min(len));
-            let mut buf = vec![0u8; usize::try_from(end.saturating_sub(offset)).unwrap_or(CHUNK).min(CHUNK)];
-            let n = file.read_at(&mut buf, offset)?;
-            buf.truncate(n);
-            Ok((offset, buf))
+            let (offset, data) = read_at(&file, offset, stop_at)?;
+            Ok((Some(file), offset, data))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        let (offset, data) = read;
+        let (file, offset, data) = read;
+        self.file = file;
         self.offset = offset + data.len() as u64;
         Ok((!data.is_empty()).then_some(data))
     }
 }
 
-/// Opens the log for a first look: its length, and where a tail starts. A log that is not there
-/// yet is empty.
-fn open_log(path: &Path, tail: Option<u32>) -> Result<(u64, u64), Status> {
+/// Up to `CHUNK` bytes of `file` from `offset` (not beyond `stop_at`), and the offset they were
+/// read from: 0 when the file is shorter than the offset (rotated: it starts over).
+fn read_at(file: &std::fs::File, offset: u64, stop_at: Option<u64>) -> std::io::Result<(u64, Vec<u8>)> {
+    let len = file.metadata()?.len();
+    let offset = if len < offset { 0 } else { offset };
+    let end = stop_at.map_or(len, |stop| stop.min(len));
+    let mut buf = vec![0u8; usize::try_from(end.saturating_sub(offset)).unwrap_or(CHUNK).min(CHUNK)];
+    let n = file.read_at(&mut buf, offset)?;
+    buf.truncate(n);
+    Ok((offset, buf))
+}
+
+/// Opens the log for a first look: the file, its length, and where a tail starts. A log that is
+/// not there yet is empty.
+fn open_log(path: &Path, tail: Option<u32>) -> Result<(Option<std::fs::File>, u64, u64), Status> {
     match open_regular(path, OpenOptions::new().read(true)) {
         Ok(file) => {
             let len = file.metadata().map_err(|e| Status::internal(e.to_string()))?.len();
@@ -125,9 +142,9 @@ fn open_log(path: &Path, tail: Option<u32>) -> Result<(u64, u64), Status> {
                 Some(lines) => tail_start(&file, len, lines, CHUNK).map_err(|e| Status::internal(e.to_string()))?,
                 None => 0,
             };
-            Ok((len, start))
+            Ok((Some(file), len, start))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((0, 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((None, 0, 0)),
         Err(e) => Err(Status::failed_precondition(e.to_string())),
     }
 }
@@ -166,12 +183,12 @@ impl ClientService for LogService {
         let task_dir = alloc_dir.join(&task);
         let path = log_path(&task_dir, if req.stderr { "stderr" } else { "stdout" });
         let (first_path, tail) = (path.clone(), req.tail);
-        let (len, start) = tokio::task::spawn_blocking(move || open_log(&first_path, tail))
+        let (file, len, start) = tokio::task::spawn_blocking(move || open_log(&first_path, tail))
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
         // Following goes on from exactly what was there when asked, not from a later size.
         let stop_at = (!req.follow).then_some(len);
-        let reading = Reading { path, task_dir, offset: start, stop_at, ended: false };
+        let reading = Reading { path, task_dir, file, offset: start, stop_at, ended: false };
         let stream = futures::stream::unfold(reading, |mut reading| async move {
             let chunk = reading.next().await?;
             Some((chunk.map(|data| pb::LogChunk { data }), reading))
@@ -186,12 +203,19 @@ mod tests {
 
     use super::*;
 
+    const ALLOC: &str = "0123-abcd";
+
+    /// An allocations dir holding allocation `ALLOC` with one task, `web`, whose directory it returns.
+    fn one_task() -> (tempfile::TempDir, &'static str, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let task_dir = dir.path().join(ALLOC).join("web");
+        std::fs::create_dir_all(&task_dir).unwrap();
+        (dir, ALLOC, task_dir)
+    }
+
     #[tokio::test]
     async fn the_only_task_is_the_only_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let alloc = "0123-abcd";
-        let task_dir = dir.path().join(alloc).join("web");
-        std::fs::create_dir_all(&task_dir).unwrap();
+        let (dir, alloc, task_dir) = one_task();
         std::fs::write(dir.path().join(alloc).join(".node"), "n1").unwrap();
         std::fs::write(log_path(&task_dir, "stdout"), "hello\n").unwrap();
         let service = LogService { allocs_dir: dir.path().to_path_buf() };
@@ -236,10 +260,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_log_that_is_a_symlink_is_refused_and_its_target_never_served() {
-        let dir = tempfile::tempdir().unwrap();
-        let alloc = "0123-abcd";
-        let task_dir = dir.path().join(alloc).join("web");
-        std::fs::create_dir_all(&task_dir).unwrap();
+        let (dir, alloc, task_dir) = one_task();
         let secret = dir.path().join("shadow");
         std::fs::write(&secret, "root:secret-hash\n").unwrap();
         std::os::unix::fs::symlink(&secret, log_path(&task_dir, "stdout")).unwrap();
@@ -263,10 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_large_log_is_sent_whole_in_bounded_pieces() {
-        let dir = tempfile::tempdir().unwrap();
-        let alloc = "0123-abcd";
-        let task_dir = dir.path().join(alloc).join("web");
-        std::fs::create_dir_all(&task_dir).unwrap();
+        let (dir, alloc, task_dir) = one_task();
         let data: Vec<u8> = (0..CHUNK * 3 + 17).map(|i| (i % 251) as u8).collect();
         std::fs::write(log_path(&task_dir, "stdout"), &data).unwrap();
         let service = LogService { allocs_dir: dir.path().to_path_buf() };

@@ -51,7 +51,9 @@ struct Server {
 
 /// What the agent knows of the servers at a moment; replaced whole when it changes.
 struct Known {
-    /// The members' addresses the servers last announced (empty until the first answer).
+    /// The last answer's list as received (sorted): an answer that repeats it changes nothing.
+    announced: Vec<String>,
+    /// The usable addresses of that list (empty until the first answer).
     learned: Vec<String>,
     /// The learned servers, then the seeds not among them.
     servers: Vec<Server>,
@@ -157,7 +159,12 @@ impl Servers {
             token,
             tls: RwLock::new(tls.cloned()),
             remembered,
-            known: RwLock::new(Known { learned: Vec::new(), servers: Vec::new(), current: String::new() }),
+            known: RwLock::new(Known {
+                announced: Vec::new(),
+                learned: Vec::new(),
+                servers: Vec::new(),
+                current: String::new(),
+            }),
         };
         servers.replace(learned, &[]);
         Ok(servers)
@@ -166,10 +173,15 @@ impl Servers {
     /// Takes the servers' list of members from an answer. Nothing changes when it is the list
     /// already known, or empty (a server not yet in a cluster knows no members).
     fn learn(&self, announced: &[String]) {
+        // Nearly every answer repeats the last one: compared as received, before any address is
+        // parsed (parsing one builds its TLS settings, certificates included).
+        let mut received = announced.to_vec();
+        received.sort();
+        if self.read_known().announced == received {
+            return;
+        }
         let tls = self.tls.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut learned: Vec<String> = Vec::new();
-        // Skipped before comparing, so an unusable address does not make every answer a change;
-        // said once per change, not at every heartbeat.
         let mut skipped = Vec::new();
         for addr in announced.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
             if let Err(e) = helios_api::tls::endpoint(addr, tls.as_ref(), Role::Server) {
@@ -184,25 +196,17 @@ impl Servers {
                 learned.push(addr.to_string());
             }
         }
-        if learned.is_empty() {
-            return;
-        }
-        let same = {
-            let known = self.read_known();
-            let (mut a, mut b) = (known.learned.clone(), learned.clone());
-            a.sort();
-            b.sort();
-            a == b
-        };
-        if same {
-            return;
-        }
-        tracing::info!(servers = ?learned, "learned the cluster's servers");
         if !skipped.is_empty() {
             tracing::warn!(?skipped, "ignored part of the servers' announced list");
         }
+        if learned.is_empty() {
+            self.known.write().unwrap_or_else(|e| e.into_inner()).announced = received;
+            return;
+        }
+        tracing::info!(servers = ?learned, "learned the cluster's servers");
         let current = self.read_known().servers.clone();
         let learned = self.replace(learned, &current);
+        self.known.write().unwrap_or_else(|e| e.into_inner()).announced = received;
         if let Some(path) = &self.remembered {
             if let Err(e) = write_remembered(path, &self.seeds, &learned) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot keep the learned servers for a restart");
