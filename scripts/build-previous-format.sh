@@ -12,8 +12,8 @@
 # commit of the format being replaced.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-# The last commit writing stored format 3.
-PREVIOUS_FORMAT_COMMIT=96a12f29052e959f4093aaf183323fa479f4300d
+# The last commit writing stored format 4.
+PREVIOUS_FORMAT_COMMIT=f43868f9a7eeee4faa2e6f2a913a5d84bdd9b37f
 out="$root/target/previous-format"
 src="$out/src"
 stamp="$out/bin/.commit"

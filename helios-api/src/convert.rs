@@ -109,7 +109,12 @@ fn group_from_pb(p: &mut Problems, path: &str, g: pb::TaskGroup, job_type: JobTy
 
 fn task_from_pb(p: &mut Problems, path: &str, t: pb::Task) -> Task {
     let driver = match t.driver {
-        Some(pb::task::Driver::Exec(e)) => TaskDriver::Exec(ExecConfig { command: e.command, args: e.args }),
+        Some(pb::task::Driver::Exec(e)) => {
+            TaskDriver::Exec(ExecConfig { command: e.command, args: e.args, cpu_hard_limit: e.cpu_hard_limit })
+        }
+        Some(pb::task::Driver::RawExec(e)) => {
+            TaskDriver::RawExec(ExecConfig { command: e.command, args: e.args, cpu_hard_limit: e.cpu_hard_limit })
+        }
         Some(pb::task::Driver::Docker(d)) => TaskDriver::Docker(DockerConfig {
             image: d.image,
             entrypoint: d.entrypoint,
@@ -128,8 +133,8 @@ fn task_from_pb(p: &mut Problems, path: &str, t: pb::Task) -> Task {
             cpu_hard_limit: d.cpu_hard_limit,
         }),
         None => {
-            p.add(format!("{path}.driver"), "must be set (exec or docker)");
-            TaskDriver::Exec(ExecConfig { command: "-".into(), args: Vec::new() })
+            p.add(format!("{path}.driver"), "must be set (exec, raw_exec or docker)");
+            TaskDriver::Exec(ExecConfig::new("-", Vec::new()))
         }
     };
     Task {
@@ -141,6 +146,7 @@ fn task_from_pb(p: &mut Problems, path: &str, t: pb::Task) -> Task {
             .map_or_else(Resources::default, |r| Resources { cpu_mhz: r.cpu_mhz, memory_mb: r.memory_mb }),
         constraints: constraints_from_pb(p, &format!("{path}.constraints"), t.constraints),
         kill_timeout_secs: if t.kill_timeout_secs == 0 { Task::DEFAULT_KILL_TIMEOUT_SECS } else { t.kill_timeout_secs },
+        user: t.user,
     }
 }
 
@@ -234,11 +240,14 @@ fn group_to_pb(g: &TaskGroup) -> pb::TaskGroup {
     }
 }
 
+fn exec_to_pb(e: &ExecConfig) -> pb::ExecConfig {
+    pb::ExecConfig { command: e.command.clone(), args: e.args.clone(), cpu_hard_limit: e.cpu_hard_limit }
+}
+
 fn task_to_pb(t: &Task) -> pb::Task {
     let driver = match &t.driver {
-        TaskDriver::Exec(e) => {
-            pb::task::Driver::Exec(pb::ExecConfig { command: e.command.clone(), args: e.args.clone() })
-        }
+        TaskDriver::Exec(e) => pb::task::Driver::Exec(exec_to_pb(e)),
+        TaskDriver::RawExec(e) => pb::task::Driver::RawExec(exec_to_pb(e)),
         TaskDriver::Docker(d) => pb::task::Driver::Docker(pb::DockerConfig {
             image: d.image.clone(),
             entrypoint: d.entrypoint.clone(),
@@ -267,6 +276,7 @@ fn task_to_pb(t: &Task) -> pb::Task {
         resources: Some(resources_to_pb(t.resources)),
         constraints: constraints_to_pb(&t.constraints),
         kill_timeout_secs: t.kill_timeout_secs,
+        user: t.user.clone(),
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod acl;
 pub mod convert;
+pub mod node_proof;
 pub mod tls;
 
 /// Generated messages, clients and servers of package `helios.v1`.
@@ -16,3 +17,8 @@ pub mod pb {
 }
 
 pub use convert::{invalid_argument, ConversionResult};
+
+/// A message's encoded size, for callers that bound what they send (protobuf stays here).
+pub fn encoded_len(message: &impl prost::Message) -> usize {
+    message.encoded_len()
+}

@@ -200,9 +200,11 @@ async fn errors_are_one_line_with_documented_exit_codes() {
     let out = cli(&url, &["job", "run", "--name", "box", "--driver", "docker", "sh"]).await;
     assert_eq!((out.status.code(), stderr(&out).as_str()), (Some(1), "Error: --driver docker needs --image IMAGE\n"));
     let out = cli(&url, &["job", "run", "--name", "box", "--image", "busybox", "sh"]).await;
+    assert_eq!((out.status.code(), stderr(&out).as_str()), (Some(1), "Error: --image and -p need --driver docker\n"));
+    let out = cli(&url, &["job", "run", "--name", "box", "--driver", "raw_exec", "--cpu-hard-limit", "sh"]).await;
     assert_eq!(
         (out.status.code(), stderr(&out).as_str()),
-        (Some(1), "Error: --image, -p and --cpu-hard-limit need --driver docker\n")
+        (Some(1), "Error: --image and -p need --driver docker; --cpu-hard-limit needs exec or docker\n")
     );
     let out = cli(&url, &["job", "run", "--name", "box", "--driver", "docker", "--image", "b", "-p", "http=x"]).await;
     assert_eq!(out.status.code(), Some(2));

@@ -148,6 +148,14 @@ pub async fn start_task(
     if *stop.borrow() {
         return (dead(vec![event("Not Started", "stopped before it started", None)], false), None);
     }
+    // The scheduler places such tasks only on agents that allow them; this agent checks again
+    // (its flags may have changed since the placement).
+    if let Some(denied) = config.privileges().into_iter().find(|p| !who.drivers.docker_allowed.contains(p)) {
+        return failure(
+            "Driver Failure",
+            format!("{} not allowed on this node (its agent needs {})", denied.describe(), denied.flag()),
+        );
+    }
     let mut events = Vec::new();
     let mut stop_watch = stop.clone();
     let pulled = tokio::select! {
@@ -287,12 +295,10 @@ fn container_body(
     task: &Task,
     config: &DockerConfig,
 ) -> Result<(ContainerCreateBody, Vec<String>), String> {
-    let mut env: Vec<String> = task.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    env.push(format!("HELIOS_ALLOC_ID={}", who.alloc_id));
-    env.push(format!("HELIOS_TASK_NAME={}", task.name));
     let mut exposed = Vec::new();
     let mut bindings = HashMap::new();
     let mut mapped = Vec::new();
+    let mut host_ports = BTreeMap::new();
     for port in &config.ports {
         let host_port = match port.host_port {
             Some(p) => p,
@@ -301,21 +307,33 @@ fn container_body(
         let key = format!("{}/tcp", port.container_port);
         exposed.push(key.clone());
         bindings.insert(key, Some(vec![PortBinding { host_ip: None, host_port: Some(host_port.to_string()) }]));
-        env.push(format!("HELIOS_PORT_{}={host_port}", port.name));
+        host_ports.insert(port.name.clone(), host_port);
         mapped.push(format!("{}={host_port}->{}", port.name, port.container_port));
     }
+    // Nomad's runtime variables, but for the task directories: they are not mounted into
+    // containers here, and a path that does not exist there would mislead.
+    let dirs = crate::task_dir::TaskDir::new(Path::new("/"), &task.name);
+    let mut runtime = crate::task_env::runtime(&who.identity(task, &host_ports), &dirs);
+    for unmounted in ["NOMAD_ALLOC_DIR", "NOMAD_TASK_DIR", "NOMAD_SECRETS_DIR", "HELIOS_TASK_DIR", "TMPDIR"] {
+        runtime.remove(unmounted);
+    }
+    let expand = |text: &String| crate::task_env::interpolate(text, &runtime, &who.node);
+    let mut env: BTreeMap<String, String> = task.env.iter().map(|(k, v)| (k.clone(), expand(v))).collect();
+    env.extend(runtime.clone());
+    let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut labels: HashMap<String, String> = config.labels.clone().into_iter().collect();
     labels.insert(LABEL_NODE.to_string(), who.node_id.clone());
     labels.insert(LABEL_ALLOC.to_string(), who.alloc_id.clone());
     labels.insert(LABEL_JOB.to_string(), who.job_name.clone());
     labels.insert(LABEL_TASK.to_string(), task.name.clone());
-    let mut cmd: Vec<String> = config.command.iter().cloned().collect();
-    cmd.extend(config.args.iter().cloned());
+    let mut cmd: Vec<String> = config.command.iter().map(expand).collect();
+    cmd.extend(config.args.iter().map(expand));
     let memory = i64::from(task.resources.memory_mb) * 1024 * 1024;
     let body = ContainerCreateBody {
-        image: Some(config.image.clone()),
+        image: Some(expand(&config.image)),
         cmd: (!cmd.is_empty()).then_some(cmd),
-        entrypoint: (!config.entrypoint.is_empty()).then(|| config.entrypoint.clone()),
+        entrypoint: (!config.entrypoint.is_empty()).then(|| config.entrypoint.iter().map(expand).collect()),
+        user: task.user.clone(),
         env: Some(env),
         working_dir: config.working_dir.clone(),
         labels: Some(labels),

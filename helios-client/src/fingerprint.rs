@@ -28,7 +28,6 @@ pub fn node(config: &ClientConfig, advertised: SocketAddr) -> pb::Node {
         ("cpu.arch".to_string(), go_arch().to_string()),
         ("cpu.numcores".to_string(), cpus.to_string()),
         ("unique.hostname".to_string(), hostname.clone()),
-        ("driver.exec".to_string(), "1".to_string()),
     ]);
     pb::Node {
         id: config.node_id.clone(),
@@ -36,12 +35,29 @@ pub fn node(config: &ClientConfig, advertised: SocketAddr) -> pb::Node {
         rpc_addr: advertised.to_string(),
         attributes,
         meta: config.meta.clone(),
-        drivers: vec!["exec".to_string()],
+        drivers: Vec::new(),
         resources: Some(pb::Resources {
             cpu_mhz: config.cpu_mhz.unwrap_or_else(|| cpu_mhz(cpus)),
             memory_mb: config.memory_mb.unwrap_or_else(memory_mb),
         }),
         ..Default::default()
+    }
+}
+
+/// Offers exec where the agent can isolate tasks, and raw_exec where it was told to.
+pub fn set_process_drivers(node: &mut pb::Node, drivers: &crate::drivers::Settings) {
+    if let Some(isolation) = &drivers.isolation {
+        node.drivers.push("exec".to_string());
+        node.attributes.insert("driver.exec".to_string(), "1".to_string());
+        node.attributes.insert("unique.cgroup.version".to_string(), isolation.cgroups.as_str().to_string());
+    }
+    if drivers.raw_exec {
+        node.drivers.push("raw_exec".to_string());
+        node.attributes.insert("driver.raw_exec".to_string(), "1".to_string());
+    }
+    // What docker tasks may ask for here: the scheduler places such tasks only where allowed.
+    for privilege in &drivers.docker_allowed {
+        node.attributes.insert(privilege.attribute().to_string(), "1".to_string());
     }
 }
 

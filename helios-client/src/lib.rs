@@ -6,14 +6,19 @@
 //! rotated log files, stop with SIGTERM then SIGKILL), reporting their state in batches. Serving
 //! task logs over gRPC, restart policies and the docker driver come next.
 
+mod cgroups;
 mod docker;
 mod docker_logs;
+pub mod drivers;
 mod fingerprint;
 mod identity;
 mod log_service;
 mod logs;
 mod runner;
+pub mod sandbox;
 mod servers;
+mod task_dir;
+mod task_env;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -50,6 +55,8 @@ pub struct ClientConfig {
     pub node_token: Option<String>,
     /// Asks the agent to read its TLS certificate files again (`main.rs` does on SIGHUP).
     pub reload: helios_api::tls::Reload,
+    /// Which drivers beyond exec the agent offers, and to which users.
+    pub drivers: drivers::Options,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,9 +110,18 @@ pub async fn run_on(
     }
     // Held until the agent ends.
     let _data_dir = identity::lock_data_dir(&config.data_dir, &config.node_id)?;
+    // Absolute from here on: tasks are given paths in it, and exec hides it from them.
+    let mut config = config;
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
+        .map_err(|source| ClientError::DataDir { path: config.data_dir.clone(), source })?;
     let secret = identity::load_or_create(&config.data_dir, &config.node_id)?;
     let advertised = listener.local_addr().map_err(|source| ClientError::Listen { addr: config.rpc_addr, source })?;
-    let node = fingerprint::node(&config, advertised);
+    let mut node = fingerprint::node(&config, advertised);
+    let drivers = drivers::Settings::detect(&config.drivers, &config.data_dir, docker::NodeCpu::of(&node));
+    fingerprint::set_process_drivers(&mut node, &drivers);
+    if let Some(why) = &drivers.exec_unavailable {
+        tracing::warn!("the exec driver is not offered: {why}");
+    }
     let remembered = servers::remembered_path(&config.data_dir, &config.node_id);
     let servers = Servers::new(&config.servers, config.tls.as_ref(), config.node_token.as_deref(), Some(remembered))?;
 
@@ -118,7 +134,7 @@ pub async fn run_on(
         }
         // Task logs go to servers only (they relay them to users who may read them).
         let only_servers = helios_api::tls::RequireRole::new(helios_api::tls::roles::SERVERS, tls);
-        let logs = log_service::LogService { allocs_dir: allocs_dir.clone() };
+        let logs = log_service::LogService { allocs_dir: allocs_dir.clone(), secret: secret.clone() };
         Ok(builder.add_service(health_service.clone()).add_service(
             tonic::service::interceptor::InterceptedService::new(
                 pb::client_service_server::ClientServiceServer::new(logs),
@@ -140,7 +156,13 @@ pub async fn run_on(
     let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
     let engine =
         docker::Engine { endpoint: docker::Endpoint(config.docker_endpoint.clone()), cpu: docker::NodeCpu::of(&node) };
-    let runners = runner::Runners::new(&config.node_id, engine, &config.data_dir, reports_tx);
+    let facts = task_env::NodeFacts {
+        id: node.id.clone(),
+        name: node.hostname.clone(),
+        attributes: node.attributes.clone(),
+        meta: node.meta.clone(),
+    };
+    let runners = runner::Runners::new(facts, engine, drivers, reports_tx);
     let liveness = keep_alive(&servers, node, secret.clone(), docker::Endpoint(config.docker_endpoint.clone()));
     tokio::pin!(liveness);
     let watching = watch_allocations(&servers, &node_id, &secret, runners);
@@ -164,23 +186,34 @@ async fn watch_allocations(
     mut runners: runner::Runners,
 ) -> ClientError {
     // Every stream starts with the whole set; later messages say what changed.
-    let mut assigned: BTreeMap<String, pb::AssignedAllocation> = BTreeMap::new();
+    let mut assigned = Assigned::default();
     loop {
         match servers.watch(node_id, secret).await {
-            Ok(mut stream) => loop {
-                match stream.message().await {
-                    Ok(Some(message)) => {
-                        apply_assignment_message(&mut assigned, message);
-                        let allocations = assigned.values().cloned().collect();
-                        runners.sync(pb::AssignedAllocations { allocations, delta: false, removed: Vec::new() });
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::warn!(%status, "allocation watch ended; resuming");
-                        break;
+            Ok(mut stream) => {
+                // A stream sends each job version once: what an earlier stream sent is not
+                // assumed.
+                assigned.jobs.clear();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(message)) => {
+                            // Pages of one set are applied together, once the last arrives: a
+                            // partial whole set would stop the allocations of the pages to come.
+                            if !assigned.apply(message) {
+                                continue;
+                            }
+                            let allocations = assigned.allocations.values().cloned().collect();
+                            let set =
+                                pb::AssignedAllocations { allocations, delta: false, removed: Vec::new(), more: false };
+                            runners.sync(set);
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::warn!(%status, "allocation watch ended; resuming");
+                            break;
+                        }
                     }
                 }
-            },
+            }
             Err(servers::CallError::Refused(why)) => return ClientError::Refused(why),
             // Not registered yet (or forgotten): keep_alive registers; try again shortly.
             Err(e) => tracing::debug!(error = %e, "allocation watch unavailable"),
@@ -189,18 +222,45 @@ async fn watch_allocations(
     }
 }
 
-/// Folds one watch message into the set of assigned allocations (by id).
-fn apply_assignment_message(assigned: &mut BTreeMap<String, pb::AssignedAllocation>, message: pb::AssignedAllocations) {
-    if !message.delta {
-        assigned.clear();
-    }
-    for id in &message.removed {
-        assigned.remove(id);
-    }
-    for a in message.allocations {
-        if let Some(id) = a.allocation.as_ref().map(|al| al.id.clone()) {
-            assigned.insert(id, a);
+/// The allocations assigned to this node, as the watch messages built them, each with its job.
+#[derive(Default)]
+struct Assigned {
+    allocations: BTreeMap<String, pb::AssignedAllocation>,
+    /// The job versions the current stream sent (each is sent once per stream).
+    jobs: BTreeMap<(String, u64), pb::Job>,
+}
+
+impl Assigned {
+    /// Folds one watch message in; true when a set is complete (no `more` pages to come).
+    fn apply(&mut self, message: pb::AssignedAllocations) -> bool {
+        if !message.delta {
+            self.allocations.clear();
         }
+        for id in &message.removed {
+            self.allocations.remove(id);
+        }
+        for mut a in message.allocations {
+            let Some(alloc) = a.allocation.as_ref() else { continue };
+            let (id, key) = (alloc.id.clone(), (alloc.job_name.clone(), alloc.job_version));
+            match &a.job {
+                Some(job) => {
+                    self.jobs.insert(key, job.clone());
+                }
+                None => a.job = self.jobs.get(&key).cloned(),
+            }
+            self.allocations.insert(id, a);
+        }
+        if message.more {
+            return false;
+        }
+        // Job versions no assigned allocation runs any more (the servers forget them too).
+        let running: std::collections::HashSet<(&str, u64)> = self
+            .allocations
+            .values()
+            .filter_map(|a| a.allocation.as_ref().map(|al| (al.job_name.as_str(), al.job_version)))
+            .collect();
+        self.jobs.retain(|(name, version), _| running.contains(&(name.as_str(), *version)));
+        true
     }
 }
 

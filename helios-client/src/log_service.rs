@@ -20,6 +20,8 @@ use crate::logs::{log_path, open_regular};
 
 pub struct LogService {
     pub allocs_dir: PathBuf,
+    /// The node's secret: servers prove with it that a request is theirs (`node_proof`).
+    pub secret: String,
 }
 
 const CHUNK: usize = 64 * 1024;
@@ -155,6 +157,12 @@ impl ClientService for LogService {
 
     async fn task_logs(&self, request: Request<pb::TaskLogsRequest>) -> Result<Response<Self::TaskLogsStream>, Status> {
         let req = request.into_inner();
+        // Servers only (a task on this machine reaches this port too), with TLS or without.
+        let now = crate::runner::now_ms();
+        helios_api::node_proof::check(&self.secret, &req.alloc_id, &req.task, req.proof_time_ms, &req.proof, now)
+            .map_err(|why| {
+                Status::permission_denied(format!("only the cluster's servers may read logs here: {why}"))
+            })?;
         if !valid_id(&req.alloc_id) {
             return Err(Status::invalid_argument("alloc_id: must be an allocation id"));
         }
@@ -166,6 +174,8 @@ impl ClientService for LogService {
                 .flatten()
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                 .filter_map(|e| e.file_name().into_string().ok())
+                // Not a task (names cannot start with a dot): the shared `.alloc`.
+                .filter(|name| !name.starts_with('.'))
                 .collect(),
             Err(_) => return Err(Status::not_found(format!("allocation {} has no logs on this node", req.alloc_id))),
         };
@@ -205,6 +215,36 @@ mod tests {
 
     const ALLOC: &str = "0123-abcd";
 
+    const SECRET: &str = "node-secret";
+
+    fn service_on(allocs_dir: &std::path::Path) -> LogService {
+        LogService { allocs_dir: allocs_dir.to_path_buf(), secret: SECRET.into() }
+    }
+
+    /// `request` with a server's proof.
+    fn proven(mut request: pb::TaskLogsRequest) -> pb::TaskLogsRequest {
+        request.proof_time_ms = crate::runner::now_ms();
+        request.proof = helios_api::node_proof::prove(SECRET, &request.alloc_id, &request.task, request.proof_time_ms);
+        request
+    }
+
+    #[tokio::test]
+    async fn only_a_request_proven_with_the_nodes_secret_is_answered() {
+        let (dir, alloc, task_dir) = one_task();
+        std::fs::write(log_path(&task_dir, "stdout"), "private\n").unwrap();
+        let service = service_on(dir.path());
+        let bare = pb::TaskLogsRequest { alloc_id: alloc.into(), ..Default::default() };
+        let mut forged = proven(bare.clone());
+        forged.proof = helios_api::node_proof::prove("guess", alloc, "", forged.proof_time_ms);
+        let mut other_task = proven(bare.clone());
+        other_task.task = "web".into();
+        for request in [bare.clone(), forged, other_task] {
+            let refused = service.task_logs(Request::new(request)).await.err().expect("refused");
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+        }
+        assert!(service.task_logs(Request::new(proven(bare))).await.is_ok());
+    }
+
     /// An allocations dir holding allocation `ALLOC` with one task, `web`, whose directory it returns.
     fn one_task() -> (tempfile::TempDir, &'static str, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
@@ -218,8 +258,8 @@ mod tests {
         let (dir, alloc, task_dir) = one_task();
         std::fs::write(dir.path().join(alloc).join(".node"), "n1").unwrap();
         std::fs::write(log_path(&task_dir, "stdout"), "hello\n").unwrap();
-        let service = LogService { allocs_dir: dir.path().to_path_buf() };
-        let request = pb::TaskLogsRequest { alloc_id: alloc.into(), ..Default::default() };
+        let service = service_on(dir.path());
+        let request = proven(pb::TaskLogsRequest { alloc_id: alloc.into(), ..Default::default() });
         let stream = service.task_logs(Request::new(request)).await.expect("the only task's logs").into_inner();
         let chunks: Vec<_> = stream.collect().await;
         let data: Vec<u8> = chunks.into_iter().flat_map(|c| c.expect("a chunk").data).collect();
@@ -249,7 +289,7 @@ mod tests {
     }
 
     async fn logs_of(service: &LogService, alloc: &str, follow: bool) -> Result<Vec<u8>, tonic::Status> {
-        let request = pb::TaskLogsRequest { alloc_id: alloc.into(), follow, ..Default::default() };
+        let request = proven(pb::TaskLogsRequest { alloc_id: alloc.into(), follow, ..Default::default() });
         let stream = service.task_logs(Request::new(request)).await?.into_inner();
         let mut data = Vec::new();
         for chunk in stream.collect::<Vec<_>>().await {
@@ -264,7 +304,7 @@ mod tests {
         let secret = dir.path().join("shadow");
         std::fs::write(&secret, "root:secret-hash\n").unwrap();
         std::os::unix::fs::symlink(&secret, log_path(&task_dir, "stdout")).unwrap();
-        let service = LogService { allocs_dir: dir.path().to_path_buf() };
+        let service = service_on(dir.path());
         let refused = logs_of(&service, alloc, false).await.expect_err("a symlinked log");
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
         assert!(refused.message().contains("is a symbolic link"), "{refused:?}");
@@ -272,7 +312,7 @@ mod tests {
         // Nor when it appears while the log is followed: the stream ends with the error.
         std::fs::remove_file(log_path(&task_dir, "stdout")).unwrap();
         std::fs::write(log_path(&task_dir, "stdout"), "first\n").unwrap();
-        let request = pb::TaskLogsRequest { alloc_id: alloc.into(), follow: true, ..Default::default() };
+        let request = proven(pb::TaskLogsRequest { alloc_id: alloc.into(), follow: true, ..Default::default() });
         let mut stream = service.task_logs(Request::new(request)).await.unwrap().into_inner();
         assert_eq!(stream.next().await.unwrap().unwrap().data, b"first\n");
         std::fs::remove_file(log_path(&task_dir, "stdout")).unwrap();
@@ -287,8 +327,8 @@ mod tests {
         let (dir, alloc, task_dir) = one_task();
         let data: Vec<u8> = (0..CHUNK * 3 + 17).map(|i| (i % 251) as u8).collect();
         std::fs::write(log_path(&task_dir, "stdout"), &data).unwrap();
-        let service = LogService { allocs_dir: dir.path().to_path_buf() };
-        let request = pb::TaskLogsRequest { alloc_id: alloc.into(), ..Default::default() };
+        let service = service_on(dir.path());
+        let request = proven(pb::TaskLogsRequest { alloc_id: alloc.into(), ..Default::default() });
         let stream = service.task_logs(Request::new(request)).await.unwrap().into_inner();
         let chunks: Vec<Vec<u8>> = stream.map(|c| c.unwrap().data).collect().await;
         assert!(chunks.iter().all(|c| c.len() <= CHUNK), "{:?}", chunks.iter().map(Vec::len).collect::<Vec<_>>());

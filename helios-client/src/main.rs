@@ -54,6 +54,25 @@ struct Args {
     /// read them.
     #[arg(long)]
     insecure: bool,
+    /// Offer the raw_exec driver: tasks run with no isolation, as this agent's user (root,
+    /// usually) unless they name another.
+    #[arg(long)]
+    enable_raw_exec: bool,
+    /// The only users tasks may run as (comma-separated or repeated). Without it, any user but
+    /// root (exec tasks run as nobody unless they name a user).
+    #[arg(long = "allowed-users", value_delimiter = ',')]
+    allowed_users: Option<Vec<String>>,
+    /// Let docker tasks bind-mount host paths (`volumes`): they can then read and write
+    /// anything on this machine that the engine can.
+    #[arg(long)]
+    docker_allow_volumes: bool,
+    /// Let docker tasks use the host's network namespace, or another container's
+    /// (`network_mode = "host"` or `"container:NAME"`).
+    #[arg(long)]
+    docker_allow_host_network: bool,
+    /// The most processes (threads included) an exec task may have at once.
+    #[arg(long, default_value_t = helios_client::drivers::DEFAULT_PIDS_MAX)]
+    task_pids_max: u32,
 }
 
 fn parse_meta(text: &str) -> Result<(String, String), String> {
@@ -63,8 +82,21 @@ fn parse_meta(text: &str) -> Result<(String, String), String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // This binary is also the exec driver's task launcher (helios_client::sandbox).
+    if let Some(code) = helios_client::sandbox::run_if_launcher() {
+        return code;
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(agent()),
+        Err(e) => {
+            eprintln!("Error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn agent() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
@@ -89,6 +121,19 @@ async fn main() -> ExitCode {
         insecure: args.insecure,
         node_token: args.node_token,
         reload: Default::default(),
+        drivers: helios_client::drivers::Options {
+            enable_raw_exec: args.enable_raw_exec,
+            allowed_users: args.allowed_users,
+            launcher: None,
+            pids_max: Some(args.task_pids_max),
+            docker_allowed: [
+                (args.docker_allow_volumes, helios_core::DockerPrivilege::Volumes),
+                (args.docker_allow_host_network, helios_core::DockerPrivilege::HostNetwork),
+            ]
+            .into_iter()
+            .filter_map(|(allowed, privilege)| allowed.then_some(privilege))
+            .collect(),
+        },
     };
     // SIGHUP: read the TLS certificates again (rotation without a restart).
     config.reload.on_sighup();

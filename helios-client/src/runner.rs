@@ -1,18 +1,21 @@
 //! Runs the allocations the servers assign to this node, and reports their state.
 //!
-//! One runner per allocation starts its group's tasks with the exec driver, each in its own
-//! process group and directory (`<data dir>/allocs/<alloc id>/<task>`), with stdout and stderr
-//! in rotated log files. When the servers want an allocation stopped, every task gets SIGTERM,
+//! One runner per allocation starts its group's tasks with their drivers (`crate::drivers`,
+//! `crate::docker`), each in its own directory (`crate::task_dir`), with stdout and stderr in
+//! rotated log files, and restarts them as the group's policy says (`Supervisor`). When the servers want an allocation stopped, every task gets SIGTERM,
 //! then SIGKILL after its kill timeout. A task whose process is still alive from before an agent
 //! restart (its pid file names a live process) is adopted, not started again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use helios_api::pb;
 use helios_core::{Job, JobType, RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup};
-use nix::sys::signal::{kill, killpg, Signal};
+
+use crate::drivers::process::{live_pid, process_group, start_time, PID_FILE};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::{mpsc, watch};
 
@@ -27,6 +30,8 @@ pub const DONE_MARKER: &str = "done";
 pub struct Runners {
     node_id: String,
     docker: crate::docker::Engine,
+    drivers: Arc<crate::drivers::Settings>,
+    node: Arc<crate::task_env::NodeFacts>,
     allocs_dir: PathBuf,
     reports: Reports,
     /// Stop signals of the allocations running here.
@@ -52,12 +57,19 @@ pub(crate) fn event(kind: &str, message: impl Into<String>, exit_code: Option<i3
 }
 
 impl Runners {
-    pub fn new(node_id: &str, docker: crate::docker::Engine, data_dir: &Path, reports: Reports) -> Runners {
+    pub fn new(
+        node: crate::task_env::NodeFacts,
+        docker: crate::docker::Engine,
+        drivers: crate::drivers::Settings,
+        reports: Reports,
+    ) -> Runners {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Runners {
-            node_id: node_id.to_string(),
+            node_id: node.id.clone(),
+            allocs_dir: drivers.data_dir.join("allocs"),
             docker,
-            allocs_dir: data_dir.join("allocs"),
+            drivers: Arc::new(drivers),
+            node: Arc::new(node),
             reports,
             running: HashMap::new(),
             finished: HashSet::new(),
@@ -118,6 +130,7 @@ impl Runners {
             }
             let job = job.and_then(|j| helios_api::convert::job_from_pb(j).ok());
             let job_type = job.as_ref().map_or(JobType::Batch, |j: &Job| j.job_type);
+            let mut meta = job.as_ref().map(|j| j.meta.clone()).unwrap_or_default();
             let group = job.and_then(|j| j.task_groups.into_iter().find(|g| g.name == alloc.task_group));
             let Some(group) = group else {
                 self.report(&alloc.id, "failed", "its job version is unknown to the servers", BTreeMap::new());
@@ -132,9 +145,19 @@ impl Runners {
             self.running.insert(alloc.id.clone(), stop_tx);
             let reports = self.reports.clone();
             let done = self.done_tx.clone();
-            let (node_id, docker) = (self.node_id.clone(), self.docker.clone());
+            meta.extend(group.meta.clone());
+            let owner = Owner {
+                node_id: self.node_id.clone(),
+                alloc_id: alloc.id.clone(),
+                alloc_name: alloc.name,
+                job_name: alloc.job_name,
+                group: group.name.clone(),
+                meta,
+                docker: self.docker.clone(),
+                drivers: self.drivers.clone(),
+                node: self.node.clone(),
+            };
             self.tasks.spawn(async move {
-                let owner = Owner { node_id, alloc_id: alloc.id.clone(), job_name: alloc.job_name, docker };
                 run_allocation(owner, job_type, group, dir, stop_rx, reports).await;
                 let _ = done.send(alloc.id);
             });
@@ -151,14 +174,37 @@ impl Runners {
     }
 }
 
-/// Whose a task is (what labels its container and names it in reports), and which engine runs
-/// its container.
+/// Whose a task is (what labels its container, names it in reports and fills its runtime
+/// variables), and what this node runs it with.
 #[derive(Clone)]
 pub(crate) struct Owner {
     pub node_id: String,
     pub alloc_id: String,
+    /// `job.group[index]`.
+    pub alloc_name: String,
     pub job_name: String,
+    pub group: String,
+    /// The job's meta with the group's over it.
+    pub meta: BTreeMap<String, String>,
     pub docker: crate::docker::Engine,
+    pub drivers: Arc<crate::drivers::Settings>,
+    pub node: Arc<crate::task_env::NodeFacts>,
+}
+
+impl Owner {
+    pub fn identity<'a>(&'a self, task: &'a Task, ports: &'a BTreeMap<String, u16>) -> crate::task_env::Identity<'a> {
+        crate::task_env::Identity {
+            alloc_id: &self.alloc_id,
+            alloc_name: &self.alloc_name,
+            job_name: &self.job_name,
+            group: &self.group,
+            task: &task.name,
+            cpu_mhz: task.resources.cpu_mhz,
+            memory_mb: task.resources.memory_mb,
+            meta: &self.meta,
+            ports,
+        }
+    }
 }
 
 async fn run_allocation(
@@ -352,8 +398,8 @@ pub(crate) fn dead(events: Vec<pb::TaskEvent>, failed: bool) -> pb::TaskState {
 
 pub(crate) type TaskHandle = tokio::task::JoinHandle<pb::TaskState>;
 
-/// Starts (or adopts) one task; returns its state now and, when it runs, the handle that
-/// resolves to its final state.
+/// Starts (or adopts) one task with its driver; returns its state now and, when it runs, the
+/// handle that resolves to its final state.
 async fn start_task(
     owner: &Owner,
     task: Task,
@@ -361,98 +407,11 @@ async fn start_task(
     stop: watch::Receiver<bool>,
     on_event: &crate::docker::OnEvent,
 ) -> (pb::TaskState, Option<TaskHandle>) {
-    let exec = match &task.driver {
-        TaskDriver::Exec(exec) => exec.clone(),
-        TaskDriver::Docker(config) => {
-            let config = config.clone();
-            return crate::docker::start_task(owner, task, config, dir, stop, on_event).await;
-        }
-    };
-    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
-        return (dead(vec![event("Setup Failure", format!("cannot create {}: {e}", dir.display()), None)], true), None);
+    match task.driver.clone() {
+        TaskDriver::Docker(config) => crate::docker::start_task(owner, task, config, dir, stop, on_event).await,
+        TaskDriver::Exec(config) => crate::drivers::exec::start(owner, task, config, true, dir, stop).await,
+        TaskDriver::RawExec(config) => crate::drivers::exec::start(owner, task, config, false, dir, stop).await,
     }
-    let live = live_pid(&dir);
-    if live.is_none() && *stop.borrow() {
-        return (dead(vec![event("Not Started", "stopped before it started", None)], false), None);
-    }
-    if let Some(pid) = live {
-        // From before an agent restart: watch it rather than start a second copy.
-        let state =
-            running(vec![event("Adopted", format!("process {pid} still running after an agent restart"), None)]);
-        let handle = tokio::spawn(watch_adopted(pid, task.kill_timeout_secs, stop, state.clone()));
-        return (state, Some(handle));
-    }
-    let mut cmd = tokio::process::Command::new(&exec.command);
-    cmd.args(&exec.args)
-        .envs(&task.env)
-        .env("HELIOS_ALLOC_ID", &owner.alloc_id)
-        .env("HELIOS_TASK_NAME", &task.name)
-        .env("HELIOS_TASK_DIR", &dir)
-        .current_dir(&dir)
-        .process_group(0)
-        .stdin(std::process::Stdio::null());
-    // Straight into the log files, not through the agent: the task must survive the agent.
-    match (crate::logs::open_for_task(&dir, "stdout"), crate::logs::open_for_task(&dir, "stderr")) {
-        (Ok(out), Ok(err)) => {
-            cmd.stdout(out).stderr(err);
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            return (dead(vec![event("Setup Failure", format!("cannot open log files: {e}"), None)], true), None);
-        }
-    }
-    let mut child = match cmd.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            let why = format!("cannot start {:?}: {e}", exec.command);
-            return (dead(vec![event("Driver Failure", why, None)], true), None);
-        }
-    };
-    let pid = child.id().unwrap_or(0);
-    let _ = std::fs::write(dir.join("pid"), format!("{pid} {}", start_time(pid).unwrap_or(0)));
-    let state = running(vec![event("Started", format!("process {pid}"), None)]);
-    let initial = state.clone();
-    let kill_timeout = Duration::from_secs(u64::from(task.kill_timeout_secs));
-    let handle = tokio::spawn(async move {
-        let mut stop = stop;
-        let mut state = state;
-        let stopped_by_us;
-        let rotation = {
-            let dir = dir.clone();
-            async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    if let Err(e) = crate::logs::rotate_if_large(&dir) {
-                        tracing::warn!(error = %e, dir = %dir.display(), "log rotation failed");
-                    }
-                }
-            }
-        };
-        tokio::pin!(rotation);
-        let status = tokio::select! {
-            status = child.wait() => { stopped_by_us = false; status }
-            () = &mut rotation => unreachable!("rotation loops forever"),
-            () = stop_requested(&mut stop) => {
-                stopped_by_us = true;
-                terminate(pid, kill_timeout, &mut child, &mut state).await
-            }
-        };
-        // Leftover children of the task (same process group) must not outlive it.
-        let _ = killpg(Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)), Signal::SIGKILL);
-        let _ = std::fs::remove_file(dir.join("pid"));
-        let (code, message) = match status {
-            Ok(s) => match s.code() {
-                Some(code) => (Some(code), format!("exit code {code}")),
-                None => (None, "killed by a signal".to_string()),
-            },
-            Err(e) => (None, format!("lost track of the process: {e}")),
-        };
-        state.events.push(event("Terminated", message, code));
-        state.state = "dead".into();
-        state.finished_at_ms = Some(now_ms());
-        state.failed = !stopped_by_us && code != Some(0);
-        state
-    });
-    (initial, Some(handle))
 }
 
 fn pending(events: Vec<pb::TaskEvent>, restarts: u32) -> pb::TaskState {
@@ -485,58 +444,6 @@ pub(crate) async fn stop_requested(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// SIGTERM to the task's process group, then SIGKILL after `kill_timeout`.
-async fn terminate(
-    pid: u32,
-    kill_timeout: Duration,
-    child: &mut tokio::process::Child,
-    state: &mut pb::TaskState,
-) -> std::io::Result<std::process::ExitStatus> {
-    let group = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-    let _ = killpg(group, Signal::SIGTERM);
-    state.events.push(event("Killing", "sent SIGTERM", None));
-    match tokio::time::timeout(kill_timeout, child.wait()).await {
-        Ok(status) => status,
-        Err(_) => {
-            let _ = killpg(group, Signal::SIGKILL);
-            state.events.push(event("Killing", format!("still running after {kill_timeout:?}: sent SIGKILL"), None));
-            child.wait().await
-        }
-    }
-}
-
-/// Watches a process this agent did not start (no exit code can be had), stopping it on request.
-async fn watch_adopted(
-    pid: u32,
-    kill_timeout_secs: u32,
-    mut stop: watch::Receiver<bool>,
-    mut state: pb::TaskState,
-) -> pb::TaskState {
-    let group = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-    let alive = || kill(group, None).is_ok();
-    let mut stopping_since: Option<tokio::time::Instant> = None;
-    while alive() {
-        if stopping_since.is_none() && *stop.borrow() {
-            let _ = killpg(group, Signal::SIGTERM);
-            state.events.push(event("Killing", "sent SIGTERM", None));
-            stopping_since = Some(tokio::time::Instant::now());
-        }
-        if let Some(since) = stopping_since {
-            if since.elapsed() > Duration::from_secs(u64::from(kill_timeout_secs)) {
-                let _ = killpg(group, Signal::SIGKILL);
-            }
-        }
-        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(200), stop.changed()).await {
-            // The agent is going away: keep watching at the same pace, never stopping the task.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    state.events.push(event("Terminated", "exited (exit code unknown: adopted after an agent restart)", None));
-    state.state = "dead".into();
-    state.finished_at_ms = Some(now_ms());
-    state
-}
-
 /// In an allocation's directory: the node whose agent runs it. Agents with different node ids
 /// may share a data dir (the README runs three on one machine from one directory); each must
 /// leave the others' allocations alone. No task is called this: names cannot start with '.'.
@@ -556,7 +463,7 @@ fn owned_by(alloc_dir: &Path, node_id: &str) -> bool {
 }
 
 /// Writes the pid file of every task process found running under `allocs_dir` (by the
-/// `HELIOS_TASK_DIR` in its environment) whose file does not name it: an agent killed between
+/// `HELIOS_TASK_DIR` in its environment: the task's `local/`) whose file does not name it: an agent killed between
 /// starting a task and writing its pid file would otherwise neither adopt nor stop that task,
 /// and might start a second copy or call it "stopped before it started" while it runs.
 fn repair_pid_files(allocs_dir: &Path, node_id: &str) {
@@ -571,7 +478,7 @@ fn repair_pid_files(allocs_dir: &Path, node_id: &str) {
         let Some(dir) = environ
             .split(|b| *b == 0)
             .find_map(|var| var.strip_prefix(b"HELIOS_TASK_DIR="))
-            .map(|v| PathBuf::from(String::from_utf8_lossy(v).into_owned()))
+            .and_then(|v| PathBuf::from(String::from_utf8_lossy(v).into_owned()).parent().map(Path::to_path_buf))
         else {
             continue;
         };
@@ -581,15 +488,9 @@ fn repair_pid_files(allocs_dir: &Path, node_id: &str) {
         }
         if let Some(started) = start_time(pid) {
             tracing::warn!(pid, dir = %dir.display(), "a task without its pid file (its agent died starting it): recorded");
-            let _ = std::fs::write(dir.join("pid"), format!("{pid} {started}"));
+            let _ = std::fs::write(dir.join(PID_FILE), format!("{pid} {started}"));
         }
     }
-}
-
-/// A process's process group (field 5 of /proc/<pid>/stat).
-fn process_group(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].split_whitespace().nth(2)?.parse().ok()
 }
 
 /// Stops the processes, left from before this agent started, of this node's allocations that
@@ -639,24 +540,6 @@ fn has_live_task(dir: &Path) -> bool {
             .flatten()
             .any(|t| live_pid(&t.path()).is_some() || t.path().join(crate::docker::CONTAINER_MARKER).exists())
     })
-}
-
-/// The pid in the task's pid file, if that process is still the one we started (same start
-/// time, so a recycled pid is not mistaken for it).
-fn live_pid(dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(dir.join("pid")).ok()?;
-    let mut parts = text.split_whitespace();
-    let pid: u32 = parts.next()?.parse().ok()?;
-    let started: u64 = parts.next()?.parse().ok()?;
-    (pid > 0 && start_time(pid) == Some(started)).then_some(pid)
-}
-
-/// A process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat).
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces; fields after its closing ')' are plain.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 #[cfg(test)]

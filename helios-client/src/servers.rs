@@ -39,6 +39,11 @@ pub enum CallError {
 /// A channel to a server whose calls carry the agent's node introduction token, if any.
 type Conn = InterceptedService<Channel, WithToken>;
 
+/// A client of the servers' agent API, accepting the largest watch message they send.
+fn agent_client(conn: &Conn) -> AgentServiceClient<Conn> {
+    AgentServiceClient::new(conn.clone()).max_decoding_message_size(helios_core::limits::MAX_WATCH_MESSAGE_BYTES)
+}
+
 /// One server the agent may call.
 #[derive(Clone)]
 struct Server {
@@ -304,12 +309,11 @@ impl Servers {
         let mut failures = Vec::new();
         for server in self.in_order() {
             let answer = match patience {
-                Some(limit) => match tokio::time::timeout(limit, f(AgentServiceClient::new(server.conn.clone()))).await
-                {
+                Some(limit) => match tokio::time::timeout(limit, f(agent_client(&server.conn))).await {
                     Ok(answer) => answer,
                     Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer within {limit:?}"))),
                 },
-                None => f(AgentServiceClient::new(server.conn.clone())).await,
+                None => f(agent_client(&server.conn)).await,
             };
             match answer {
                 Ok(reply) => {

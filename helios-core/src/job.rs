@@ -24,7 +24,9 @@ pub struct Job {
     pub submitted_at: Timestamp,
 }
 
-crate::versioned!(Job = 1);
+// Version 2 (stored format 5): tasks name their user, the raw_exec driver, exec's
+// `cpu_hard_limit`. Written as version 1 for older readers when none of those is used.
+crate::versioned!(Job = 2, since format 5, previous crate::job_v1::Job);
 
 pub const DEFAULT_PRIORITY: u32 = 50;
 
@@ -40,11 +42,12 @@ impl Job {
                 count: 1,
                 tasks: vec![Task {
                     name: name.to_string(),
-                    driver: TaskDriver::Exec(ExecConfig { command: command.to_string(), args }),
+                    driver: TaskDriver::Exec(ExecConfig::new(command, args)),
                     env: BTreeMap::new(),
                     resources: Resources::default(),
                     constraints: Vec::new(),
                     kill_timeout_secs: Task::DEFAULT_KILL_TIMEOUT_SECS,
+                    user: None,
                 }],
                 constraints: Vec::new(),
                 restart: RestartPolicy::default_for(JobType::Batch),
@@ -154,7 +157,7 @@ impl TaskGroup {
             .iter()
             .filter_map(|t| match &t.driver {
                 TaskDriver::Docker(d) => Some(d.ports.iter().filter_map(|p| p.host_port)),
-                TaskDriver::Exec(_) => None,
+                TaskDriver::Exec(_) | TaskDriver::RawExec(_) => None,
             })
             .flatten()
             .collect();
@@ -219,6 +222,9 @@ pub struct Task {
     pub constraints: Vec<Constraint>,
     /// Time between SIGTERM (or `docker stop`) and SIGKILL.
     pub kill_timeout_secs: u32,
+    /// The user the task runs as (exec: `nobody` when unset; raw_exec: the agent's user; docker:
+    /// the image's user).
+    pub user: Option<String>,
 }
 
 impl Task {
@@ -227,8 +233,12 @@ impl Task {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TaskDriver {
+    /// Isolated: an unprivileged user, its own process and mount namespaces, cgroup limits.
     Exec(ExecConfig),
     Docker(DockerConfig),
+    /// No isolation: the agent's user and environment limits. Only on agents started with
+    /// `--enable-raw-exec`.
+    RawExec(ExecConfig),
 }
 
 impl TaskDriver {
@@ -236,6 +246,7 @@ impl TaskDriver {
         match self {
             TaskDriver::Exec(_) => "exec",
             TaskDriver::Docker(_) => "docker",
+            TaskDriver::RawExec(_) => "raw_exec",
         }
     }
 }
@@ -244,6 +255,14 @@ impl TaskDriver {
 pub struct ExecConfig {
     pub command: String,
     pub args: Vec<String>,
+    /// Caps the task at its `cpu_mhz` (a CFS quota) instead of only weighting it (exec only).
+    pub cpu_hard_limit: bool,
+}
+
+impl ExecConfig {
+    pub fn new(command: &str, args: Vec<String>) -> ExecConfig {
+        ExecConfig { command: command.to_string(), args, cpu_hard_limit: false }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -265,7 +284,55 @@ pub struct DockerConfig {
     pub cpu_hard_limit: bool,
 }
 
+/// What a docker task may ask for that reaches beyond its container, so that an agent offers it
+/// only when told to (`--docker-allow-*`): Nomad's `volumes.enabled` and the like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DockerPrivilege {
+    /// Host paths bind-mounted into the container (`volumes`).
+    Volumes,
+    /// The host's network namespace, or another container's (`network_mode = "host"`,
+    /// `"container:NAME"`).
+    HostNetwork,
+}
+
+impl DockerPrivilege {
+    /// The node attribute an agent sets to "1" when it allows this.
+    pub fn attribute(self) -> &'static str {
+        match self {
+            DockerPrivilege::Volumes => "driver.docker.volumes.enabled",
+            DockerPrivilege::HostNetwork => "driver.docker.host_network.enabled",
+        }
+    }
+
+    /// The agent flag that allows it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            DockerPrivilege::Volumes => "--docker-allow-volumes",
+            DockerPrivilege::HostNetwork => "--docker-allow-host-network",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            DockerPrivilege::Volumes => "docker volumes (host bind mounts)",
+            DockerPrivilege::HostNetwork => "a docker network_mode of host or another container",
+        }
+    }
+}
+
 impl DockerConfig {
+    /// The privileges this container needs.
+    pub fn privileges(&self) -> Vec<DockerPrivilege> {
+        let mut needs = Vec::new();
+        if !self.volumes.is_empty() {
+            needs.push(DockerPrivilege::Volumes);
+        }
+        if self.network_mode.as_deref().is_some_and(|m| m == "host" || m.starts_with("container:")) {
+            needs.push(DockerPrivilege::HostNetwork);
+        }
+        needs
+    }
+
     /// The image's own command, with nothing else set.
     pub fn for_image(image: &str) -> DockerConfig {
         DockerConfig {

@@ -11,6 +11,7 @@ pub mod eval;
 pub mod format;
 pub mod gc;
 pub mod job;
+mod job_v1;
 pub mod limits;
 pub mod node;
 pub mod plan;
@@ -22,8 +23,8 @@ pub use alloc::{AllocClientStatus, AllocDesiredStatus, AllocUpdate, Allocation, 
 pub use command::{Command, CommandResponse, Proposal, Rejection, RejectionKind};
 pub use eval::{EvalStatus, EvalTrigger, Evaluation};
 pub use job::{
-    Constraint, ConstraintOperator, DockerConfig, ExecConfig, Job, JobStatus, JobType, PortMapping, Resources,
-    RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup,
+    Constraint, ConstraintOperator, DockerConfig, DockerPrivilege, ExecConfig, Job, JobStatus, JobType, PortMapping,
+    Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup,
 };
 pub use node::{Node, NodeEligibility, NodeStatus};
 pub use plan::Plan;

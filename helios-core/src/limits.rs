@@ -20,6 +20,11 @@ pub const MAX_PORTS: usize = 64;
 /// Largest protobuf message a server accepts (and the CLI sends). It bounds a job's size, and so
 /// a Raft entry's.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// The most one message of an agent's allocation watch may hold: a page of about
+/// `MAX_MESSAGE_BYTES`, plus one job of at most that size (`helios-server/src/api/assigned.rs`).
+/// Servers send no more; agents accept this much.
+pub const MAX_WATCH_MESSAGE_BYTES: usize = 3 * MAX_MESSAGE_BYTES;
+
 /// A snapshot file's chunk in the public API (`SaveSnapshot`, `RestoreSnapshot`): well under
 /// `MAX_MESSAGE_BYTES` with its framing (a chunk of exactly that size was refused).
 pub const SNAPSHOT_FILE_CHUNK_BYTES: usize = 256 * 1024;

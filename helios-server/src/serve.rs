@@ -106,7 +106,9 @@ fn router(
             anyone,
         ))
         .add_service(InterceptedService::new(
-            AgentServiceServer::new(api::agent::Agents { cluster: c() }).max_decoding_message_size(limit),
+            AgentServiceServer::new(api::agent::Agents { cluster: c() })
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(helios_core::limits::MAX_WATCH_MESSAGE_BYTES),
             RequireRole::new(roles::AGENTS, tls),
         ))
         .add_service(InterceptedService::new(

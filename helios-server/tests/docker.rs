@@ -312,6 +312,7 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
         config.cpu_hard_limit = true;
     }
     job.task_groups[0].tasks[0].resources.cpu_mhz = 1000;
+    job.task_groups[0].tasks[0].env.insert("LISTEN".into(), "0.0.0.0:${NOMAD_PORT_http}".into());
     cluster.submit_job(1, &job).await;
     let running = wait_alloc(&cluster, "web", "running").await;
     let containers = sandbox.containers("web").await;
@@ -326,6 +327,11 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
     assert_eq!(host_config.memory, Some(64 * 1024 * 1024), "a hard memory limit");
     let bindings = host_config.port_bindings.expect("port bindings");
     let host_port = bindings["80/tcp"].as_ref().expect("80/tcp")[0].host_port.clone().expect("host port");
+    // Nomad's runtime variables, interpolated into the job's env.
+    let env = inspected.config.and_then(|c| c.env).unwrap_or_default();
+    assert!(env.contains(&format!("LISTEN=0.0.0.0:{host_port}")), "{env:?}");
+    assert!(env.contains(&format!("NOMAD_PORT_http={host_port}")), "{env:?}");
+    assert!(env.contains(&format!("NOMAD_ALLOC_ID={}", running.id)), "{env:?}");
     let started = running.task_states["web"].events.iter().find(|e| e.kind == "Started").expect("started");
     assert!(started.message.ends_with(&format!("; ports http={host_port}->80")), "{}", started.message);
     let log = dir.path().join("allocs").join(&running.id).join("web").join("stdout.log");
@@ -409,7 +415,7 @@ async fn a_new_version_takes_over_a_fixed_host_port_once_the_old_container_is_go
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn containers_of_gone_allocations_are_removed_and_binds_mount_host_paths() {
+async fn containers_of_gone_allocations_are_removed_and_binds_mount_host_paths_only_where_allowed() {
     let Some(docker) = engine().await else { return };
     let sandbox = Sandbox::new(docker.clone(), "orphan", "docker-orphan", &["orphan", "writer"]).await;
     // A container this node's agent made for an allocation the servers no longer know.
@@ -439,10 +445,22 @@ async fn containers_of_gone_allocations_are_removed_and_binds_mount_host_paths()
         config.volumes.push(format!("{}:/data", shared.path().display()));
     }
     cluster.submit_job(1, &job).await;
+    // A host bind mount is refused where the agent does not allow it, and the scheduler says why.
+    common::wait_unplaced(&cluster, "writer", "--docker-allow-volumes").await;
+    agent.stop().await;
+    let agent = allowing_volumes(&cluster, "docker-orphan", dir.path()).await;
     wait_alloc(&cluster, "writer", "complete").await;
     assert_eq!(std::fs::read_to_string(shared.path().join("out")).expect("out"), "written\n");
     agent.stop().await;
     cluster.shutdown().await;
+}
+
+/// An agent that lets docker tasks bind-mount host paths (`--docker-allow-volumes`).
+async fn allowing_volumes(cluster: &TestCluster, node: &str, dir: &Path) -> common::Agent {
+    common::start_agent_configured(cluster, node, dir, |c| {
+        c.drivers.docker_allowed = vec![helios_core::DockerPrivilege::Volumes];
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -452,7 +470,7 @@ async fn a_container_that_exits_while_its_agent_is_down_is_reported_after_the_re
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let agent = start_agent(&cluster, "docker-offline", dir.path()).await;
+    let agent = allowing_volumes(&cluster, "docker-offline", dir.path()).await;
     // Runs until the test lets it finish, then fails with 4.
     let gate = tempfile::tempdir().expect("gate dir");
     let mut job =
@@ -470,7 +488,7 @@ async fn a_container_that_exits_while_its_agent_is_down_is_reported_after_the_re
         c.first().is_some_and(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::EXITED)).then_some(())
     })
     .await;
-    let agent = start_agent(&cluster, "docker-offline", dir.path()).await;
+    let agent = allowing_volumes(&cluster, "docker-offline", dir.path()).await;
     let failed = wait_alloc(&cluster, "brief", "failed").await;
     assert_eq!(failed.id, running.id);
     let exit = failed.task_states["brief"].events.iter().find(|e| e.kind == "Terminated").expect("terminated");

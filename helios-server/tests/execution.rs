@@ -42,7 +42,8 @@ async fn logs(cluster: &TestCluster, alloc_id: &str, follow: bool) -> String {
 
 fn pid_of(alloc: &pb::Allocation, task: &str) -> i32 {
     let started = alloc.task_states[task].events.iter().find(|e| e.kind == "Started").expect("a Started event");
-    started.message.trim_start_matches("process ").parse().expect("pid")
+    let pid = started.message.trim_start_matches("process ").split_whitespace().next();
+    pid.and_then(|p| p.parse().ok()).expect("pid")
 }
 
 fn alive(pid: i32) -> bool {
@@ -388,6 +389,70 @@ async fn a_failure_is_reported_as_it_happens_while_the_restart_waits() {
         if job == "exits" {
             assert_eq!(events[events.len() - 2].exit_code, Some(3));
         }
+    }
+    agent.stop().await;
+    cluster.shutdown().await;
+}
+
+/// A service of `count` sleeping tasks whose job is about 650 KB (its arguments).
+fn big_job(name: &str, count: u32) -> Job {
+    let mut args = vec!["-c".to_string(), "exec sleep 600".to_string()];
+    args.extend((0..11u8).map(|i| char::from(b'a' + i).to_string().repeat(60_000)));
+    let mut job = Job::exec(name, "sh", args);
+    job.job_type = JobType::Service;
+    job.task_groups[0].count = count;
+    job.task_groups[0].tasks[0].resources.memory_mb = 64;
+    job
+}
+
+/// Issue 14: one node's watch messages stay bounded however big its jobs are. A job version is
+/// sent once per stream (16 allocations of one 650 KB job made a 10.4 MB message, over the
+/// agent's limit, and the node got no work nor stop orders), and a whole set larger than one
+/// message (after an agent restart: six such jobs, 3.9 MB) comes in pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_with_big_jobs_gets_its_work_and_its_stop_orders() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    submit(&cluster, &big_job("wide", 16)).await;
+    for i in 0..5 {
+        submit(&cluster, &big_job(&format!("big-{i}"), 1)).await;
+    }
+    let running = |job: String, count: usize| {
+        let cluster = &cluster;
+        async move {
+            wait_for(&format!("{count} allocations of {job} running"), || async {
+                let allocs = allocations(cluster, &job).await;
+                (allocs.iter().filter(|a| a.client_status == "running").count() == count).then_some(())
+            })
+            .await
+        }
+    };
+    running("wide".into(), 16).await;
+    for i in 0..5 {
+        running(format!("big-{i}"), 1).await;
+    }
+    // A new stream starts with the whole set: 21 allocations of six 650 KB job versions.
+    agent.stop().await;
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    wait_for("every task adopted", || async {
+        let mut all = allocations(&cluster, "wide").await;
+        for i in 0..5 {
+            all.extend(allocations(&cluster, &format!("big-{i}")).await);
+        }
+        let adopted = |a: &pb::Allocation| a.task_states.values().any(|t| t.events.iter().any(|e| e.kind == "Adopted"));
+        (all.len() == 21 && all.iter().all(adopted)).then_some(())
+    })
+    .await;
+    for job in std::iter::once("wide".to_string()).chain((0..5).map(|i| format!("big-{i}"))) {
+        cluster.jobs(1).await.stop_job(pb::StopJobRequest { name: job.clone(), purge: false }).await.expect("stop");
+        wait_for(&format!("{job} stopped"), || async {
+            let allocs = allocations(&cluster, &job).await;
+            allocs.iter().all(|a| a.client_status == "complete").then_some(())
+        })
+        .await;
     }
     agent.stop().await;
     cluster.shutdown().await;

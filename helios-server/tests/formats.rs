@@ -86,6 +86,11 @@ fn a_format_3_database_is_marked_once_and_reads_back_every_record() {
     database_opens_once_and_reads_back_every_record(3);
 }
 
+#[test]
+fn a_format_4_database_is_marked_once_and_reads_back_every_record() {
+    database_opens_once_and_reads_back_every_record(4);
+}
+
 fn database_opens_once_and_reads_back_every_record(format: u32) {
     let dir = fixture(format);
     assert_eq!(stored_format(dir.path()), format);
@@ -117,6 +122,11 @@ async fn the_converted_format_2_raft_log_replays_to_the_converted_state() {
 #[tokio::test]
 async fn the_format_3_raft_log_replays_to_the_opened_state() {
     raft_log_replays_to_the_opened_state(3).await;
+}
+
+#[tokio::test]
+async fn the_format_4_raft_log_replays_to_the_opened_state() {
+    raft_log_replays_to_the_opened_state(4).await;
 }
 
 async fn raft_log_replays_to_the_opened_state(format: u32) {
@@ -154,6 +164,11 @@ async fn a_format_2_snapshot_installs_as_the_converted_state_and_saves_in_this_f
 #[tokio::test]
 async fn a_format_3_snapshot_installs_as_the_opened_state_and_saves_in_this_format() {
     snapshot_installs_as_the_opened_state(3).await;
+}
+
+#[tokio::test]
+async fn a_format_4_snapshot_installs_as_the_opened_state_and_saves_in_this_format() {
+    snapshot_installs_as_the_opened_state(4).await;
 }
 
 async fn snapshot_installs_as_the_opened_state(format: u32) {
@@ -202,7 +217,7 @@ fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
 /// One test for every fixture, one after the other: their databases name the same address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_started_on_an_older_data_dir_serves_it_raises_its_format_and_takes_new_jobs() {
-    for format in [2, 3] {
+    for format in [2, 3, 4] {
         server_serves_an_older_data_dir(format).await;
     }
 }

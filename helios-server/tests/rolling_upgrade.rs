@@ -115,6 +115,13 @@ impl Cluster {
         .await;
     }
 
+    /// A job whose task names a user: only format 5 holds one.
+    fn with_user(name: &str) -> pb::SubmitJobRequest {
+        let mut job = Job::exec(name, "sleep", vec!["300".into()]);
+        job.task_groups[0].tasks[0].user = Some("nobody".into());
+        pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }
+    }
+
     /// Waits until every server has applied the same index and holds the same state there.
     async fn wait_agreement(&self, what: &str) -> pb::StateDigestResponse {
         wait_for(what, || async {
@@ -193,6 +200,10 @@ async fn a_cluster_upgraded_server_by_server_keeps_serving_and_raises_its_format
     let leader = cluster.leader(&[1, 2, 3]).await;
     assert_ne!(leader, 3, "server 3 missed entries: it cannot lead");
     cluster.submit(3, "mixed-led-by-current").await;
+    // What the previous format cannot hold is refused while it runs, never stored half.
+    let mut jobs = JobServiceClient::new(cluster.channel(leader));
+    let refused = jobs.submit_job(Cluster::with_user("needs-the-newer-format")).await.expect_err("refused");
+    assert!(refused.message().contains("stored format"), "{refused:?}");
     cluster.wait_agreement("the previous build to follow this build's leader").await;
     assert_eq!(cluster.stored_format(1).await, PREVIOUS_FORMAT);
     let log = |id: u64| std::fs::read_to_string(dir.path().join(format!("server-{id}.log"))).expect("a log");
@@ -214,12 +225,21 @@ async fn a_cluster_upgraded_server_by_server_keeps_serving_and_raises_its_format
     })
     .await;
     cluster.submit(3, "after-upgrade").await;
+    let mut jobs = JobServiceClient::new(cluster.channel(3));
+    jobs.submit_job(Cluster::with_user("needs-the-newer-format")).await.expect("accepted once raised");
     cluster.wait_agreement("the upgraded cluster to agree").await;
     let names = cluster.job_names(2).await;
-    for name in ["before-upgrade", "one-upgraded", "while-3-is-down-0", "mixed-led-by-current", "after-upgrade"] {
+    for name in [
+        "before-upgrade",
+        "one-upgraded",
+        "while-3-is-down-0",
+        "mixed-led-by-current",
+        "after-upgrade",
+        "needs-the-newer-format",
+    ] {
         assert!(names.iter().any(|n| n == name), "{name} missing from {names:?}");
     }
-    assert_eq!(names.len(), 4 + down_jobs as usize);
+    assert_eq!(names.len(), 5 + down_jobs as usize);
 
     // A server of the previous build can no longer join: it could not read the cluster's rows.
     let port = free_port();
@@ -241,6 +261,7 @@ async fn a_cluster_upgraded_server_by_server_keeps_serving_and_raises_its_format
         (!status.message().contains("no Helios server answers")).then_some(status)
     })
     .await;
-    assert!(refused.message().contains("runs stored format 3, but this cluster's is 4"), "{refused:?}");
+    let expected = format!("runs stored format {PREVIOUS_FORMAT}, but this cluster's is {FORMAT_VERSION}");
+    assert!(refused.message().contains(&expected), "{refused:?}");
     assert_eq!(cluster.members(1).await.expect("members").members.len(), 3, "not added");
 }

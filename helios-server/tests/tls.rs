@@ -146,8 +146,11 @@ async fn a_mutual_tls_cluster_runs_a_job_and_refuses_strangers_and_wrong_roles()
     denied(heartbeat(with(&cli).await).await, "a CLI certificate on the agent API");
     // The agent serves task logs to servers only.
     let node = common::node(&cluster, 1, "n1").await.expect("node");
+    // A server proves itself with the node's secret too (helios_api::node_proof).
+    let secret = std::fs::read_to_string(agent_dir.path().join("helios-client-n1.secret")).expect("secret");
     let task_logs = |pem: Pem| {
         let (rpc_addr, ca, alloc_id) = (node.rpc_addr.clone(), ca.clone(), done.id.clone());
+        let secret = secret.trim().to_string();
         async move {
             let config = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(&ca.cert))
@@ -161,8 +164,10 @@ async fn a_mutual_tls_cluster_runs_a_job_and_refuses_strangers_and_wrong_roles()
                 .await
                 .expect("connect to the agent");
             let mut logs = pb::client_service_client::ClientServiceClient::new(channel);
-            let request =
-                pb::TaskLogsRequest { alloc_id, task: String::new(), stderr: false, tail: None, follow: false };
+            let time_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let proof = helios_api::node_proof::prove(&secret, &alloc_id, "", time_ms);
+            let request = pb::TaskLogsRequest { alloc_id, proof_time_ms: time_ms, proof, ..Default::default() };
             logs.task_logs(request).await.map(drop)
         }
     };
@@ -268,14 +273,8 @@ async fn an_agent_reloads_its_certificates_too() {
                 return false;
             };
             let mut logs = pb::client_service_client::ClientServiceClient::new(channel);
-            let request = pb::TaskLogsRequest {
-                alloc_id: "none".into(),
-                task: String::new(),
-                stderr: false,
-                tail: None,
-                follow: false,
-            };
-            // Any answer of the log service (this allocation does not exist) means TLS got through.
+            let request = pb::TaskLogsRequest { alloc_id: "none".into(), ..Default::default() };
+            // Any answer of the log service (here a refusal: no proof) means TLS got through.
             match logs.task_logs(request).await {
                 Ok(_) => true,
                 Err(status) => !matches!(status.code(), Code::Unavailable | Code::Unknown),

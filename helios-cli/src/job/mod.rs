@@ -104,9 +104,14 @@ pub struct RunArgs {
     /// Environment variable for the task, KEY=VALUE; repeatable.
     #[arg(long = "env", value_parser = parse_env, requires = "name")]
     pub env: Vec<(String, String)>,
-    /// How the task runs: a process (exec) or a container (docker).
+    /// How the task runs: an isolated process (exec), a container (docker), or a process with
+    /// no isolation (raw_exec, only on agents started with --enable-raw-exec).
     #[arg(long, value_enum, default_value_t = DriverArg::Exec, requires = "name")]
     pub driver: DriverArg,
+    /// The user the task runs as (exec: default nobody; raw_exec: the agent's user; docker: the
+    /// image's user).
+    #[arg(long, requires = "name")]
+    pub user: Option<String>,
     /// The container image (with --driver docker).
     #[arg(long, requires = "name")]
     pub image: Option<String>,
@@ -114,7 +119,7 @@ pub struct RunArgs {
     /// to the task as HELIOS_PORT_<NAME>); repeatable, with --driver docker.
     #[arg(short = 'p', long = "port", value_parser = PortMapping::parse, requires = "name")]
     pub ports: Vec<PortMapping>,
-    /// Cap the container at --cpu-mhz instead of only weighting it (with --driver docker).
+    /// Cap the task at --cpu-mhz instead of only weighting it (--driver exec or docker).
     #[arg(long, requires = "name")]
     pub cpu_hard_limit: bool,
     /// Submit and return at once, instead of watching the job until it runs (or finishes).
@@ -131,6 +136,8 @@ pub struct RunArgs {
 pub enum DriverArg {
     Exec,
     Docker,
+    #[value(name = "raw_exec")]
+    RawExec,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -170,12 +177,23 @@ impl RunArgs {
             TypeArg::Batch => JobType::Batch,
             TypeArg::System => JobType::System,
         };
+        let exec = |command: &String| ExecConfig {
+            command: command.clone(),
+            args: self.args.clone(),
+            cpu_hard_limit: self.cpu_hard_limit,
+        };
         let driver = match (self.driver, &self.image, &self.command) {
-            (DriverArg::Exec, None, Some(command)) if self.ports.is_empty() && !self.cpu_hard_limit => {
-                TaskDriver::Exec(ExecConfig { command: command.clone(), args: self.args.clone() })
+            (DriverArg::Exec, None, Some(command)) if self.ports.is_empty() => TaskDriver::Exec(exec(command)),
+            (DriverArg::RawExec, None, Some(command)) if self.ports.is_empty() && !self.cpu_hard_limit => {
+                TaskDriver::RawExec(exec(command))
             }
-            (DriverArg::Exec, None, None) => anyhow::bail!("a command to run is required (or --driver docker --image)"),
-            (DriverArg::Exec, _, _) => anyhow::bail!("--image, -p and --cpu-hard-limit need --driver docker"),
+            (DriverArg::Exec | DriverArg::RawExec, None, None) => {
+                anyhow::bail!("a command to run is required (or --driver docker --image)")
+            }
+            (DriverArg::Exec, _, _) => anyhow::bail!("--image and -p need --driver docker"),
+            (DriverArg::RawExec, _, _) => {
+                anyhow::bail!("--image and -p need --driver docker; --cpu-hard-limit needs exec or docker")
+            }
             (DriverArg::Docker, None, _) => anyhow::bail!("--driver docker needs --image IMAGE"),
             (DriverArg::Docker, Some(image), command) => TaskDriver::Docker(DockerConfig {
                 command: command.clone(),
@@ -195,6 +213,7 @@ impl RunArgs {
         task.resources = Resources { cpu_mhz: self.cpu_mhz, memory_mb: self.memory_mb };
         task.env = self.env.iter().cloned().collect::<BTreeMap<_, _>>();
         task.driver = driver;
+        task.user = self.user.clone();
         Ok(job)
     }
 }
@@ -391,6 +410,7 @@ fn print_status(reply: pb::GetJobStatusResponse) -> Result<()> {
         for task in &group.tasks {
             let (driver, command) = match &task.driver {
                 TaskDriver::Exec(e) => ("exec", shell_words(&e.command, &e.args)),
+                TaskDriver::RawExec(e) => ("raw_exec", shell_words(&e.command, &e.args)),
                 TaskDriver::Docker(d) => ("docker", d.image.clone()),
             };
             groups.row(vec![

@@ -37,7 +37,13 @@ fn group(g: &TaskGroup) -> Value {
 
 fn task(t: &Task) -> Value {
     let config = match &t.driver {
-        TaskDriver::Exec(e) => json!({ "command": e.command, "args": e.args }),
+        TaskDriver::Exec(e) | TaskDriver::RawExec(e) => {
+            let mut config = json!({ "command": e.command, "args": e.args });
+            if e.cpu_hard_limit {
+                config["cpu_hard_limit"] = json!(true);
+            }
+            config
+        }
         TaskDriver::Docker(d) => {
             let ports: Vec<String> = d
                 .ports
@@ -66,7 +72,7 @@ fn task(t: &Task) -> Value {
             config
         }
     };
-    json!({
+    let mut task = json!({
         "name": t.name,
         "driver": t.driver.name(),
         "config": config,
@@ -74,7 +80,11 @@ fn task(t: &Task) -> Value {
         "resources": { "cpu": t.resources.cpu_mhz, "memory": t.resources.memory_mb },
         "constraint": constraints(&t.constraints),
         "kill_timeout": format!("{}s", t.kill_timeout_secs),
-    })
+    });
+    if let Some(user) = &t.user {
+        task["user"] = json!(user);
+    }
+    task
 }
 
 fn constraints(list: &[Constraint]) -> Vec<Value> {

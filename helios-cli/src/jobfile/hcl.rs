@@ -70,6 +70,7 @@ const TASK: &[Field] = &[
     Field { name: "resources", kind: Kind::Block(RESOURCES) },
     Field { name: "constraint", kind: Kind::Repeated(CONSTRAINT) },
     attr("kill_timeout", Ty::Str),
+    attr("user", Ty::Str),
 ];
 const GROUP: &[Field] = &[
     attr("count", Ty::Int),
@@ -290,8 +291,10 @@ impl Walker<'_> {
     }
 
     /// A string, number or bool as text. A template (`"${NOMAD_PORT_http}"`) is kept as written:
-    /// Helios does not interpolate, and the constraint attributes Nomad writes as `${attr.x}`
-    /// are read by name. Variables and functions are refused.
+    /// the agent interpolates the runtime variables and node facts in a task's command, args,
+    /// entrypoint, image and env when the task starts (as Nomad does), and the constraint
+    /// attributes Nomad writes as `${attr.x}` are read by name. Anything else is noted.
+    /// Variables and functions are refused.
     fn scalar_text(&mut self, expr: &Expression, here: &str) -> Option<String> {
         match expr {
             Expression::String(s) => Some(s.as_str().to_string()),
@@ -300,13 +303,14 @@ impl Walker<'_> {
             Expression::StringTemplate(_) => {
                 let raw = expr.span().map(|r| &self.text[r]).unwrap_or_default();
                 let raw = raw.trim().trim_matches('"').to_string();
-                // A constraint's `${attr.x}` names an attribute; anywhere else Nomad would have
-                // interpolated it at run time, and Helios does not: say so.
-                if here != "`attribute`" {
+                let interpolated =
+                    ["`command`", "`args`", "`entrypoint`", "`image`"].contains(&here) || here.starts_with("`env.");
+                if here != "`attribute`" && !(interpolated && names_only_runtime_values(&raw)) {
                     let line = self.line(expr.span());
                     self.notes.push(format!(
-                        "line {line}: {here} keeps {raw:?} as written: Helios does not interpolate \
-                         (a docker task gets its ports as HELIOS_PORT_<name>)"
+                        "line {line}: {here} keeps {raw:?} as written: Helios interpolates only \
+                         ${{NOMAD_*}}, ${{node.*}}, ${{attr.*}} and ${{meta.*}}, in a task's command, args, \
+                         entrypoint, image and env"
                     ));
                 }
                 Some(raw)
@@ -321,6 +325,17 @@ impl Walker<'_> {
             }
         }
     }
+}
+
+/// True if every `${...}` in `text` names what the agent interpolates when a task starts.
+fn names_only_runtime_values(text: &str) -> bool {
+    text.split("${").skip(1).all(|rest| {
+        rest.split_once('}').is_some_and(|(name, _)| {
+            let name = name.trim();
+            let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            plain && ["NOMAD_", "HELIOS_", "node.", "attr.", "meta."].iter().any(|p| name.starts_with(p))
+        })
+    })
 }
 
 fn push(object: &mut Map<String, Value>, name: &str, value: Value) {

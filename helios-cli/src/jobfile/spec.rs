@@ -78,6 +78,7 @@ pub struct TaskSpec {
     pub constraint: Vec<ConstraintSpec>,
     /// A duration: "5s", "1m".
     pub kill_timeout: Option<String>,
+    pub user: Option<String>,
 }
 
 /// The driver's config: `command` and `args` for exec; the rest for docker.
@@ -238,7 +239,6 @@ impl TaskSpec {
                     ("labels", !c.labels.is_empty()),
                     ("network_mode", c.network_mode.is_some()),
                     ("volumes", !c.volumes.is_empty()),
-                    ("cpu_hard_limit", c.cpu_hard_limit),
                 ];
                 for (field, set) in docker_only {
                     if set {
@@ -249,7 +249,12 @@ impl TaskSpec {
                     p.add(&format!("{path}.config.command"), "an exec task needs a command");
                     String::new()
                 });
-                TaskDriver::Exec(ExecConfig { command, args: c.args.clone() })
+                let config = ExecConfig { command, args: c.args.clone(), cpu_hard_limit: c.cpu_hard_limit };
+                if self.driver == "exec" {
+                    TaskDriver::Exec(config)
+                } else {
+                    TaskDriver::RawExec(config)
+                }
             }
             "docker" => TaskDriver::Docker(DockerConfig {
                 image: c.image.clone().unwrap_or_else(|| {
@@ -272,8 +277,8 @@ impl TaskSpec {
                 cpu_hard_limit: c.cpu_hard_limit,
             }),
             other => {
-                p.add(&format!("{path}.driver"), format!("must be exec or docker, got {other:?}"));
-                TaskDriver::Exec(ExecConfig { command: String::new(), args: Vec::new() })
+                p.add(&format!("{path}.driver"), format!("must be exec, raw_exec or docker, got {other:?}"));
+                TaskDriver::Exec(ExecConfig::new("", Vec::new()))
             }
         };
         let defaults = Resources::default();
@@ -293,6 +298,7 @@ impl TaskSpec {
                 &self.kill_timeout,
                 Task::DEFAULT_KILL_TIMEOUT_SECS,
             ),
+            user: self.user.clone(),
         }
     }
 }

@@ -188,24 +188,34 @@ fn hcl_problems_are_all_reported_by_line_and_name() {
 }
 
 #[test]
-fn hcl_templates_are_kept_as_written_and_maps_may_be_blocks_or_attributes() {
+fn hcl_templates_are_kept_for_the_agent_to_interpolate_and_maps_may_be_blocks_or_attributes() {
     let text = r#"job "t" {
   type = "batch"
-  meta = { owner = "ops", tier = 2 }
+  meta = { owner = "ops", tier = 2, where = "${node.unique.name}" }
   group "g" {
     task "t" {
       driver = "exec"
-      config { command = "echo" }
+      config {
+        command = "echo"
+        args = ["${NOMAD_ALLOC_ID}", "${env["HOME"]}"]
+      }
       env = { URL = "http://${attr.unique.network.ip-address}:8080/" }
     }
   }
 }
 "#;
     let file = parse(text, Format::Hcl).expect("parses");
-    assert_eq!(file.notes.len(), 1, "{:?}", file.notes);
-    assert!(file.notes[0]
-        .starts_with("line 8: `env.URL` keeps \"http://${attr.unique.network.ip-address}:8080/\" as written"));
+    // The agent interpolates runtime values in env and args; not in meta, nor other expressions.
+    assert_eq!(file.notes.len(), 2, "{:?}", file.notes);
+    assert!(
+        file.notes[0].starts_with("line 3: `meta.where` keeps \"${node.unique.name}\" as written"),
+        "{:?}",
+        file.notes
+    );
+    assert!(file.notes[1].starts_with("line 9: `args` keeps \"${env[\\\"HOME\\\"]}\" as written"), "{:?}", file.notes);
     let job = file.job;
+    let TaskDriver::Exec(exec) = &job.task_groups[0].tasks[0].driver else { panic!("exec expected") };
+    assert_eq!(exec.args[0], "${NOMAD_ALLOC_ID}");
     assert_eq!(job.meta["tier"], "2");
     assert_eq!(job.task_groups[0].tasks[0].env["URL"], "http://${attr.unique.network.ip-address}:8080/");
 }

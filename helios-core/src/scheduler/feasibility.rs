@@ -4,7 +4,7 @@
 
 use regex::Regex;
 
-use crate::job::{ConstraintOperator, Job, TaskGroup};
+use crate::job::{ConstraintOperator, DockerPrivilege, Job, TaskDriver, TaskGroup};
 use crate::node::{Node, NodeEligibility, NodeStatus};
 use crate::validate::parse_version_requirement;
 
@@ -20,6 +20,8 @@ enum Check {
 pub struct CompiledConstraints {
     checks: Vec<(Check, String)>,
     drivers: Vec<&'static str>,
+    /// What the group's docker tasks need their node's agent to allow.
+    docker_privileges: Vec<DockerPrivilege>,
     /// At most one allocation of the job per node.
     pub distinct_hosts_job: bool,
     /// At most one allocation of the group per node.
@@ -34,6 +36,7 @@ impl CompiledConstraints {
         let mut compiled = CompiledConstraints {
             checks: Vec::new(),
             drivers: Vec::new(),
+            docker_privileges: Vec::new(),
             distinct_hosts_job: false,
             distinct_hosts_group: false,
         };
@@ -67,6 +70,13 @@ impl CompiledConstraints {
             if !compiled.drivers.contains(&driver) {
                 compiled.drivers.push(driver);
             }
+            if let TaskDriver::Docker(docker) = &task.driver {
+                for privilege in docker.privileges() {
+                    if !compiled.docker_privileges.contains(&privilege) {
+                        compiled.docker_privileges.push(privilege);
+                    }
+                }
+            }
         }
         compiled
     }
@@ -82,6 +92,11 @@ impl CompiledConstraints {
         for driver in &self.drivers {
             if !node.drivers.iter().any(|d| d == driver) {
                 return Some(format!("missing driver {driver}"));
+            }
+        }
+        for privilege in &self.docker_privileges {
+            if node.attributes.get(privilege.attribute()).map(String::as_str) != Some("1") {
+                return Some(format!("{} not allowed (agent without {})", privilege.describe(), privilege.flag()));
             }
         }
         self.constraint_rejects(node)

@@ -148,7 +148,7 @@ impl crate::node::Node {
         }
         check_text(&mut r, "rpc_addr", &self.rpc_addr, MAX_NAME_LEN * 2);
         for (i, driver) in self.drivers.iter().enumerate() {
-            if !matches!(driver.as_str(), "exec" | "docker") {
+            if !matches!(driver.as_str(), "exec" | "docker" | "raw_exec") {
                 r.add(format!("drivers[{i}]"), format!("unknown driver {driver:?}"));
             }
         }
@@ -209,7 +209,7 @@ fn check_task(r: &mut Report, path: &str, task: &Task) {
         r.add(format!("{path}.name"), p);
     }
     match &task.driver {
-        TaskDriver::Exec(exec) => {
+        TaskDriver::Exec(exec) | TaskDriver::RawExec(exec) => {
             if exec.command.trim().is_empty() {
                 r.add(format!("{path}.config.command"), "must not be empty");
             }
@@ -217,6 +217,19 @@ fn check_task(r: &mut Report, path: &str, task: &Task) {
             check_args(r, &format!("{path}.config.args"), &exec.args);
         }
         TaskDriver::Docker(docker) => docker::check(r, path, docker, &task.resources),
+    }
+    if let TaskDriver::RawExec(exec) = &task.driver {
+        if exec.cpu_hard_limit {
+            r.add(format!("{path}.config.cpu_hard_limit"), "raw_exec does not isolate tasks: use the exec driver");
+        }
+    }
+    if let Some(user) = &task.user {
+        if !is_user_name(user) {
+            r.add(
+                format!("{path}.user"),
+                format!("must be a user name (letters, digits, '_', '-', '.', at most 32, not starting with a digit or '-'), got {user:?}"),
+            );
+        }
     }
     check_env(r, &format!("{path}.env"), &task.env);
     check_resources(r, &format!("{path}.resources"), &task.resources);
@@ -227,6 +240,14 @@ fn check_task(r: &mut Report, path: &str, task: &Task) {
             format!("must be at most {MAX_KILL_TIMEOUT_SECS}, got {}", task.kill_timeout_secs),
         );
     }
+}
+
+/// A name `useradd` would take (and so one `getpwnam` can find).
+fn is_user_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.len() <= 32
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 fn check_args(r: &mut Report, path: &str, args: &[String]) {

@@ -1,5 +1,7 @@
 //! `AgentService`: client agents register and heartbeat.
 
+use std::collections::VecDeque;
+
 use helios_api::convert::node_from_pb;
 use helios_api::pb;
 use helios_api::pb::agent_service_server::AgentService;
@@ -61,12 +63,23 @@ impl AgentService for Agents {
         // Subscribe before the first read, so no change between the two is missed.
         let signal = cluster.signals.subscribe(&req.node_id);
         // Send the whole set, then what changed each time the state machine signals a change.
-        // The stream's state: what was sent, and what changed since (None: wait for a signal).
+        // The stream's state: what was sent, pages not sent yet, and what changed since (None:
+        // wait for a signal).
         let stream = futures::stream::unfold(
-            (cluster, req.node_id, Some(SentAllocations::default()), signal, Some(Changes::Everything)),
-            |(cluster, node_id, sent, mut signal, mut changes)| async move {
+            (
+                cluster,
+                req.node_id,
+                Some(SentAllocations::default()),
+                VecDeque::new(),
+                signal,
+                Some(Changes::Everything),
+            ),
+            |(cluster, node_id, sent, mut pages, mut signal, mut changes)| async move {
                 let mut sent = sent?; // None: the stream failed and has ended
                 loop {
+                    if let Some(page) = pages.pop_front() {
+                        return Some((Ok(page), (cluster, node_id, Some(sent), pages, signal, changes)));
+                    }
                     let Some(changed) = changes.take() else {
                         match signal.changed().await {
                             Some(c) => changes = Some(c),
@@ -80,16 +93,16 @@ impl AgentService for Agents {
                     // after it come from this server's own, ever newer, state.
                     let first = !sent.started();
                     let query = move |txn: &redb::ReadTransaction| {
-                        let message = sent.next_message(txn, &id, &changed)?;
-                        Ok((sent, message))
+                        let messages = sent.next_messages(txn, &id, &changed)?;
+                        Ok((sent, messages))
                     };
                     let read = if first { cluster.read(query).await } else { cluster.read_local(query).await };
                     match read {
-                        Ok((next, Some(message))) => {
-                            return Some((Ok(message), (cluster, node_id, Some(next), signal, None)))
+                        Ok((next, messages)) => {
+                            sent = next;
+                            pages.extend(messages);
                         }
-                        Ok((next, None)) => sent = next,
-                        Err(e) => return Some((Err(cluster_status(e)), (cluster, node_id, None, signal, None))),
+                        Err(e) => return Some((Err(cluster_status(e)), (cluster, node_id, None, pages, signal, None))),
                     }
                 }
             },

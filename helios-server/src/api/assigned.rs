@@ -3,6 +3,12 @@
 //! A node can hold hundreds of allocations, each sent with its job; resending them all whenever
 //! one changes made the watches cost quadratic in a node's allocations while a cluster fills.
 //! Each stream remembers what it sent and sends the difference.
+//!
+//! Messages are bounded by construction: each job version goes once per stream (later
+//! allocations of it name it by `job_name` and `job_version`, and the agent keeps what it got),
+//! and what changed is cut into pages of about `PAGE_BYTES`, all but the last marked `more`, so
+//! one message never exceeds `MAX_WATCH_MESSAGE_BYTES` (the agents' receive limit) whatever a
+//! node holds. (A 650 KB job with count 16 made one 10.4 MB message before.)
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -15,11 +21,17 @@ use redb::ReadTransaction;
 use crate::signals::Changes;
 use crate::store::read;
 
+/// What a page holds before the next allocation goes to the next page. A page's last
+/// allocation may bring its job (at most `MAX_MESSAGE_BYTES`, what a submission may carry).
+const PAGE_BYTES: usize = helios_core::limits::MAX_MESSAGE_BYTES;
+
 /// What one watch stream has sent so far.
 #[derive(Default)]
 pub struct SentAllocations {
     started: bool,
     sent: HashMap<String, Allocation>,
+    /// The job versions this stream has sent (the agent keeps them while it runs any).
+    jobs: HashSet<(String, u64)>,
 }
 
 impl SentAllocations {
@@ -28,38 +40,70 @@ impl SentAllocations {
         self.started
     }
 
-    /// The next message for `node_id`'s stream, or None when nothing changed since the last one.
-    /// `changes` says which allocations to look at; the first message reads them all anyway.
-    pub fn next_message(
+    /// The next messages for `node_id`'s stream (pages: all but the last marked `more`), or none
+    /// when nothing changed since the last ones. `changes` says which allocations to look at;
+    /// the first message reads them all anyway.
+    pub fn next_messages(
         &mut self,
         txn: &ReadTransaction,
         node_id: &str,
         changes: &Changes,
-    ) -> io::Result<Option<pb::AssignedAllocations>> {
+    ) -> io::Result<Vec<pb::AssignedAllocations>> {
         let delta = self.started;
         let (changed, removed) = match changes {
             Changes::Allocations(ids) if delta => self.diff_of(txn, node_id, ids)?,
             _ => self.diff_all(txn, node_id)?,
         };
         if delta && changed.is_empty() && removed.is_empty() {
-            return Ok(None);
-        }
-        let mut jobs: HashMap<(String, u64), Option<pb::Job>> = HashMap::new();
-        let mut allocations = Vec::with_capacity(changed.len());
-        for alloc in changed {
-            let key = (alloc.job_name.clone(), alloc.job_version);
-            if !jobs.contains_key(&key) {
-                let job = read::job_version(txn, &alloc.job_name, alloc.job_version)?;
-                jobs.insert(key.clone(), job.as_ref().map(job_to_pb));
-            }
-            allocations.push(pb::AssignedAllocation { allocation: Some(alloc_to_pb(&alloc)), job: jobs[&key].clone() });
-            self.sent.insert(alloc.id.clone(), alloc);
+            return Ok(Vec::new());
         }
         for id in &removed {
             self.sent.remove(id);
         }
+        // Forget job versions no allocation sent here runs any more: the agent drops them too.
+        let running: HashSet<(&str, u64)> = self.sent.values().map(|a| (a.job_name.as_str(), a.job_version)).collect();
+        self.jobs.retain(|(name, version)| running.contains(&(name.as_str(), *version)));
+        let mut pages =
+            vec![pb::AssignedAllocations { allocations: Vec::new(), delta, removed: Vec::new(), more: false }];
+        let mut size = 0;
+        let next_page = |pages: &mut Vec<pb::AssignedAllocations>, size: &mut usize, adding: usize| {
+            let page = pages.last().expect("one page at least");
+            if *size + adding > PAGE_BYTES && !(page.allocations.is_empty() && page.removed.is_empty()) {
+                pages.push(pb::AssignedAllocations {
+                    allocations: Vec::new(),
+                    delta: true,
+                    removed: Vec::new(),
+                    more: false,
+                });
+                *size = 0;
+            }
+            *size += adding;
+        };
+        for id in removed {
+            next_page(&mut pages, &mut size, id.len() + 2);
+            pages.last_mut().expect("a page").removed.push(id);
+        }
+        for alloc in changed {
+            let key = (alloc.job_name.clone(), alloc.job_version);
+            let job = if self.jobs.contains(&key) {
+                None
+            } else {
+                read::job_version(txn, &alloc.job_name, alloc.job_version)?.as_ref().map(job_to_pb)
+            };
+            if job.is_some() {
+                self.jobs.insert(key);
+            }
+            let assigned = pb::AssignedAllocation { allocation: Some(alloc_to_pb(&alloc)), job };
+            next_page(&mut pages, &mut size, helios_api::encoded_len(&assigned) + 4);
+            pages.last_mut().expect("a page").allocations.push(assigned);
+            self.sent.insert(alloc.id.clone(), alloc);
+        }
+        let last = pages.len() - 1;
+        for page in &mut pages[..last] {
+            page.more = true;
+        }
         self.started = true;
-        Ok(Some(pb::AssignedAllocations { allocations, delta, removed }))
+        Ok(pages)
     }
 
     /// Whether the agent has to hear about `alloc`: it is new to this stream, or the servers

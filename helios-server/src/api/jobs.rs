@@ -323,12 +323,17 @@ impl AllocationService for Allocations {
             .await
             .map_err(|e| Status::unavailable(format!("cannot reach node {} at {}: {e}", node.id, node.rpc_addr)))?;
         let mut agent = pb::client_service_client::ClientServiceClient::new(channel);
+        // The agent answers servers only: proven with the node's secret, which servers hold.
+        let time_ms = crate::clock::now().as_millis();
+        let proof = helios_api::node_proof::prove(&node.secret_id, &alloc.id, &req.task, time_ms);
         let request = pb::TaskLogsRequest {
             alloc_id: alloc.id,
             task: req.task,
             stderr: req.stderr,
             tail: req.tail,
             follow: req.follow,
+            proof_time_ms: time_ms,
+            proof,
         };
         let stream = agent.task_logs(request).await?.into_inner();
         Ok(Response::new(Box::pin(stream)))

@@ -382,6 +382,7 @@ pub async fn start_agent_configured(
         insecure: false,
         node_token: None,
         reload: Default::default(),
+        drivers: helios_client::drivers::Options { launcher: Some(task_launcher()), ..Default::default() },
     };
     adjust(&mut config);
     let (stop, stopped) = oneshot::channel::<()>();
@@ -389,6 +390,20 @@ pub async fn start_agent_configured(
         let _ = stopped.await;
     }));
     Agent { stop, task }
+}
+
+/// The `helios-client` binary: an agent launches exec tasks through its own binary, and an
+/// in-process agent's binary is the test's, so it is pointed at the real one.
+pub fn task_launcher() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary");
+    // target/<profile>/deps/<test> -> target/<profile>/helios-client
+    let path = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join("helios-client");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first (cargo build -p helios-client; the README's test command does)",
+        path.display()
+    );
+    path
 }
 
 /// A node as an agent would register it, with no agent behind it (its address answers nothing).
@@ -406,6 +421,17 @@ pub fn fake_node(id: &str) -> pb::Node {
 pub async fn node(cluster: &TestCluster, via: u64, id: &str) -> Option<pb::Node> {
     let mut nodes = NodeServiceClient::new(cluster.channel(via).await);
     nodes.get_node(pb::GetNodeRequest { id: id.to_string() }).await.ok()?.into_inner().node
+}
+
+/// Waits until `job` is unplaced for a reason that mentions `reason`, and checks that nothing of
+/// it was placed.
+pub async fn wait_unplaced(cluster: &TestCluster, job: &str, reason: &str) {
+    let why = wait_for(&format!("{job} unplaced: {reason}"), || async {
+        let status = cluster.job_status(1, job).await;
+        status.placement.contains(reason).then_some(status.placement)
+    })
+    .await;
+    assert!(cluster.job_status(1, job).await.allocations.is_empty(), "{why}");
 }
 
 pub async fn wait_status(cluster: &TestCluster, via: u64, id: &str, status: &str) -> pb::Node {

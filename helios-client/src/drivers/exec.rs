@@ -1,0 +1,225 @@
+//! The exec driver, and the flow it shares with raw_exec: adopt a task a previous agent left
+//! running, or prepare the task's directories and environment and start it (exec: through the
+//! launcher, `crate::sandbox`, as its user, in its namespaces and cgroups; raw_exec: directly),
+//! then supervise it until it ends and report how.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use helios_api::pb;
+use helios_core::{ExecConfig, Task};
+use tokio::sync::watch;
+
+use crate::cgroups::{Limits, TaskCgroup};
+use crate::drivers::process::{live_pid, record_pid, supervise, watch_adopted};
+use crate::drivers::{raw_exec, TaskUser};
+use crate::runner::{dead, event, running, Owner, TaskHandle};
+use crate::sandbox::{Ending, Spec};
+use crate::task_dir::TaskDir;
+use crate::task_env;
+
+/// A task's cgroup name: unique on the node, and found again by a restarted agent.
+fn cgroup_name(alloc_id: &str, task: &str) -> String {
+    format!("{alloc_id}.{task}")
+}
+
+/// Starts (or adopts) an exec (`isolated`) or raw_exec task.
+pub async fn start(
+    owner: &Owner,
+    task: Task,
+    config: ExecConfig,
+    isolated: bool,
+    dir: PathBuf,
+    stop: watch::Receiver<bool>,
+) -> (pb::TaskState, Option<TaskHandle>) {
+    let dirs = TaskDir::new(dir.parent().unwrap_or(&dir), &task.name);
+    let kill_timeout = Duration::from_secs(u64::from(task.kill_timeout_secs));
+    let isolation = owner.drivers.isolation.clone().filter(|_| isolated);
+    let cgroup = isolation
+        .as_ref()
+        .and_then(|iso| TaskCgroup::locate(iso.cgroups, &cgroup_name(&owner.alloc_id, &task.name)).ok());
+    if let Some(pid) = live_pid(&dirs.dir) {
+        // From before an agent restart: watch it rather than start a second copy.
+        let mut state =
+            running(vec![event("Adopted", format!("process {pid} still running after an agent restart"), None)]);
+        let initial = state.clone();
+        let handle = tokio::spawn(async move {
+            watch_adopted(pid, kill_timeout, stop, &mut state).await;
+            match Ending::read(&dirs.exit_file()).filter(|_| isolated) {
+                // The launcher recorded how it ended (exec).
+                Some(ending) => ended(state, &ending, cgroup, false),
+                None => {
+                    let why = "exited (exit code unknown: adopted after an agent restart)";
+                    state.events.push(event("Terminated", why, None));
+                    state.state = "dead".into();
+                    state.finished_at_ms = Some(crate::runner::now_ms());
+                    state
+                }
+            }
+        });
+        return (initial, Some(handle));
+    }
+    if *stop.borrow() {
+        return (dead(vec![event("Not Started", "stopped before it started", None)], false), None);
+    }
+    let refused = |kind: &str, why: String| (dead(vec![event(kind, why, None)], true), None);
+    if isolated && isolation.is_none() {
+        let why = owner.drivers.exec_unavailable.clone().unwrap_or_default();
+        return refused("Driver Failure", format!("exec is not available on this node: {why}"));
+    }
+    if !isolated && !owner.drivers.raw_exec {
+        return refused(
+            "Driver Failure",
+            "raw_exec is disabled on this node (the agent needs --enable-raw-exec)".into(),
+        );
+    }
+    let user = match owner.drivers.task_user(task.user.as_deref(), isolated) {
+        Ok(user) => user,
+        Err(why) => return refused("Setup Failure", why),
+    };
+    if let Err(e) = dirs.build(user.as_ref().map(|u| (u.uid, u.gid))) {
+        return refused(
+            "Setup Failure",
+            format!("cannot create the task's directories in {}: {e}", dirs.dir.display()),
+        );
+    }
+    let ports = Default::default();
+    let who = owner.identity(&task, &ports);
+    let runtime = task_env::runtime(&who, &dirs);
+    let env = task_env::environment(&task.env, &runtime, &owner.node);
+    let command = task_env::interpolate(&config.command, &runtime, &owner.node);
+    let args: Vec<String> = config.args.iter().map(|a| task_env::interpolate(a, &runtime, &owner.node)).collect();
+    // Straight into the log files, not through the agent: the task must survive the agent.
+    let logs = match (crate::logs::open_for_task(&dirs.dir, "stdout"), crate::logs::open_for_task(&dirs.dir, "stderr"))
+    {
+        (Ok(out), Ok(err)) => (out, err),
+        (Err(e), _) | (_, Err(e)) => return refused("Setup Failure", format!("cannot open log files: {e}")),
+    };
+    let started = match (&isolation, &cgroup) {
+        (Some(isolation), Some(cgroup)) => {
+            let limits = Limits {
+                memory_mb: task.resources.memory_mb,
+                cpu_shares: task.resources.cpu_mhz,
+                cpu_quota_us: config.cpu_hard_limit.then(|| {
+                    Limits::quota_for(
+                        task.resources.cpu_mhz,
+                        owner.drivers.cpu.total_mhz,
+                        owner.drivers.cpu.cores as usize,
+                    )
+                }),
+                pids_max: isolation.pids_max,
+            };
+            let spec = Spec {
+                cgroups: cgroup.procs_files(),
+                uid: user.as_ref().map_or(0, |u| u.uid),
+                gid: user.as_ref().map_or(0, |u| u.gid),
+                data_dir: owner.drivers.data_dir.clone(),
+                alloc_dir: dirs.alloc.clone(),
+                cwd: dirs.local(),
+                exit_file: dirs.exit_file(),
+                command: std::iter::once(command.clone()).chain(args).collect(),
+            };
+            launch(&isolation.launcher, &spec, cgroup, &limits, &env, logs).await
+        }
+        (Some(_), None) => Err("cannot find the agent's own cgroup".to_string()),
+        (None, _) => raw_exec::spawn(&command, &args, &env, user.as_ref(), &dirs, logs),
+    };
+    let child = match started {
+        Ok(child) => child,
+        Err(why) => {
+            if let Some(cgroup) = cgroup {
+                tokio::task::spawn_blocking(move || cgroup.remove());
+            }
+            return refused("Driver Failure", why);
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    record_pid(&dirs.dir, pid);
+    let as_user = user.as_ref().map_or(String::new(), |u: &TaskUser| format!(" as {}", u.name));
+    let mut state = running(vec![event("Started", format!("process {pid}{as_user}"), None)]);
+    let initial = state.clone();
+    let handle = tokio::spawn(async move {
+        let (status, stopped) = supervise(child, pid, &dirs.dir, kill_timeout, stop, &mut state).await;
+        let ending = if isolated {
+            Ending::read(&dirs.exit_file())
+        } else {
+            status.as_ref().ok().and_then(|s| {
+                use std::os::unix::process::ExitStatusExt;
+                s.code().map(Ending::Exited).or_else(|| s.signal().map(Ending::Signaled))
+            })
+        };
+        let ending = ending.unwrap_or_else(|| match status {
+            Ok(_) => Ending::Signaled(9),
+            Err(e) => Ending::NotStarted(format!("lost track of the process: {e}")),
+        });
+        ended(state, &ending, cgroup, stopped)
+    });
+    (initial, Some(handle))
+}
+
+/// The task's final state from how it ended; its cgroup (exec) is removed.
+fn ended(mut state: pb::TaskState, ending: &Ending, cgroup: Option<TaskCgroup>, stopped: bool) -> pb::TaskState {
+    let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
+    if let Some(cgroup) = cgroup {
+        // Kills stragglers (there should be none: the namespace ended with its init).
+        tokio::task::spawn_blocking(move || cgroup.remove());
+    }
+    let code = match ending {
+        Ending::Exited(code) => Some(*code),
+        _ => None,
+    };
+    if oom {
+        state.events.push(event("OOM Killed", "the task exceeded its memory limit", code));
+    }
+    let (kind, message) = match ending {
+        Ending::Exited(code) => ("Terminated", format!("exit code {code}")),
+        Ending::Signaled(signal) => ("Terminated", format!("killed by signal {signal}")),
+        Ending::NotStarted(why) => ("Driver Failure", why.clone()),
+    };
+    state.events.push(event(kind, message, code));
+    state.state = "dead".into();
+    state.finished_at_ms = Some(crate::runner::now_ms());
+    state.failed = !stopped && code != Some(0);
+    state
+}
+
+/// Creates the task's cgroup and runs the launcher; returns once it reports the task started.
+async fn launch(
+    launcher: &std::path::Path,
+    spec: &Spec,
+    cgroup: &TaskCgroup,
+    limits: &Limits,
+    env: &std::collections::BTreeMap<String, String>,
+    logs: (std::fs::File, std::fs::File),
+) -> Result<tokio::process::Child, String> {
+    cgroup.create(limits).map_err(|e| format!("cannot create the task's cgroup: {e}"))?;
+    let _ = std::fs::remove_file(&spec.exit_file);
+    let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+    let mut child = tokio::process::Command::new(launcher)
+        .args(spec.to_args())
+        .env_clear()
+        .envs(env)
+        .current_dir("/")
+        .process_group(0)
+        .stdin(writer)
+        .stdout(logs.0)
+        .stderr(logs.1)
+        .spawn()
+        .map_err(|e| format!("cannot run the task launcher {}: {e}", launcher.display()))?;
+    let report = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(reader).read_line(&mut line);
+        line
+    })
+    .await
+    .unwrap_or_default();
+    if report.trim_end() == "started" {
+        return Ok(child);
+    }
+    let _ = child.wait().await;
+    Err(match Ending::parse(&report) {
+        Some(Ending::NotStarted(why)) => why,
+        _ => format!("the task launcher failed ({:?}); see the task's stderr", report.trim_end()),
+    })
+}
