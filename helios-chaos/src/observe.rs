@@ -22,17 +22,12 @@ pub struct TaskProcess {
     pub node: String,
 }
 
-/// Every live task whose `HELIOS_TASK_DIR` lies under `dir` (`<dir>/<node>/allocs/...`): the
-/// process leading the task's process group (an exec task's launcher, a raw_exec task itself),
-/// not the init, the program or its children, which carry the same environment.
+/// Every live process whose `HELIOS_TASK_DIR` lies under `dir` (`<dir>/<node>/allocs/...`).
 pub fn task_processes(dir: &Path) -> Vec<TaskProcess> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        if !leads_its_group(pid) {
-            continue;
-        }
         // Gone already, or not ours to read: either way not one of our tasks.
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
         let mut alloc_id = None;
@@ -54,14 +49,6 @@ pub fn task_processes(dir: &Path) -> Vec<TaskProcess> {
         out.push(TaskProcess { pid, alloc_id, task, node: node.to_string() });
     }
     out
-}
-
-/// Whether the process leads its process group (field 5 of /proc/<pid>/stat is its pid).
-fn leads_its_group(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
-        after.split_whitespace().nth(2).and_then(|g| g.parse::<u32>().ok()) == Some(pid)
-    })
 }
 
 /// Breaches seen, by kind, each with a description.

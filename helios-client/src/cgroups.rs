@@ -92,8 +92,10 @@ impl TaskCgroup {
         Ok(TaskCgroup { version, dirs })
     }
 
-    /// Creates the cgroup with `limits` (a leftover of the same name is reused and reset).
+    /// Creates the cgroup with `limits`. A leftover of the same name (an agent died before
+    /// removing it) is removed first: its counters (OOM kills) belong to an earlier run.
     pub fn create(&self, limits: &Limits) -> io::Result<()> {
+        self.remove();
         if self.version == Version::V2 {
             // Hand the controllers down to the slice and from it to tasks.
             let wanted = "+memory +cpu +pids";

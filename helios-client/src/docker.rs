@@ -300,9 +300,11 @@ fn container_body(
     let mut mapped = Vec::new();
     let mut host_ports = BTreeMap::new();
     for port in &config.ports {
-        let host_port = match port.host_port {
-            Some(p) => p,
-            None => free_port().map_err(|e| format!("cannot pick a host port for {}: {e}", port.name))?,
+        let assigned = who.dynamic_ports.get(&(task.name.clone(), port.name.clone())).copied();
+        let host_port = match (port.host_port, assigned) {
+            (Some(p), _) | (None, Some(p)) => p,
+            // Placed by a server of an older build, which chose none: as that build did.
+            (None, None) => free_port().map_err(|e| format!("cannot pick a host port for {}: {e}", port.name))?,
         };
         let key = format!("{}/tcp", port.container_port);
         exposed.push(key.clone());

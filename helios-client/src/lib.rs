@@ -115,10 +115,21 @@ pub async fn run_on(
     config.data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|source| ClientError::DataDir { path: config.data_dir.clone(), source })?;
     let secret = identity::load_or_create(&config.data_dir, &config.node_id)?;
+    // Other users may pass through to the allocations (the servers' log requests go through the
+    // agent), not list them: tasks' logs and directories are theirs and the agent's.
+    let allocs = config.data_dir.join("allocs");
+    if let Err(e) = std::fs::create_dir_all(&allocs)
+        .and_then(|()| std::fs::set_permissions(&allocs, std::os::unix::fs::PermissionsExt::from_mode(0o711)))
+    {
+        tracing::warn!(dir = %allocs.display(), error = %e, "cannot restrict the allocations directory");
+    }
     let advertised = listener.local_addr().map_err(|source| ClientError::Listen { addr: config.rpc_addr, source })?;
     let mut node = fingerprint::node(&config, advertised);
     let drivers = drivers::Settings::detect(&config.drivers, &config.data_dir, docker::NodeCpu::of(&node));
     fingerprint::set_process_drivers(&mut node, &drivers);
+    let (low, high) = config.drivers.dynamic_ports.unwrap_or(helios_core::scheduler::select::DEFAULT_DYNAMIC_PORTS);
+    node.attributes
+        .insert(helios_core::scheduler::select::DYNAMIC_PORTS_ATTRIBUTE.to_string(), format!("{low}-{high}"));
     if let Some(why) = &drivers.exec_unavailable {
         tracing::warn!("the exec driver is not offered: {why}");
     }

@@ -51,7 +51,9 @@ pub fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<File> 
 
 /// The file a task's stream is written to, in append mode.
 pub fn open_for_task(task_dir: &Path, stream: &str) -> io::Result<File> {
-    open_regular(&log_path(task_dir, stream), OpenOptions::new().create(true).append(true))
+    use std::os::unix::fs::OpenOptionsExt;
+    // The agent's and the servers' to read (a task writes through the descriptor it is given).
+    open_regular(&log_path(task_dir, stream), OpenOptions::new().create(true).append(true).mode(0o640))
 }
 
 /// Rotates the task's log files that outgrew `MAX_FILE_BYTES`. Anything but a regular file

@@ -70,9 +70,20 @@ struct Args {
     /// (`network_mode = "host"` or `"container:NAME"`).
     #[arg(long)]
     docker_allow_host_network: bool,
+    /// The host ports the scheduler gives tasks' dynamic ports from, MIN-MAX (keep other
+    /// services out of it).
+    #[arg(long, value_parser = parse_port_range, default_value = "20000-32000")]
+    dynamic_ports: (u16, u16),
     /// The most processes (threads included) an exec task may have at once.
     #[arg(long, default_value_t = helios_client::drivers::DEFAULT_PIDS_MAX)]
     task_pids_max: u32,
+}
+
+fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("expected MIN-MAX, two ports with MIN <= MAX (e.g. 20000-32000), got {text:?}");
+    let (low, high) = text.split_once('-').ok_or_else(bad)?;
+    let (low, high): (u16, u16) = (low.trim().parse().map_err(|_| bad())?, high.trim().parse().map_err(|_| bad())?);
+    (low > 0 && low <= high).then_some((low, high)).ok_or_else(bad)
 }
 
 fn parse_meta(text: &str) -> Result<(String, String), String> {
@@ -126,6 +137,7 @@ async fn agent() -> ExitCode {
             allowed_users: args.allowed_users,
             launcher: None,
             pids_max: Some(args.task_pids_max),
+            dynamic_ports: Some(args.dynamic_ports),
             docker_allowed: [
                 (args.docker_allow_volumes, helios_core::DockerPrivilege::Volumes),
                 (args.docker_allow_host_network, helios_core::DockerPrivilege::HostNetwork),

@@ -146,7 +146,9 @@ impl Runners {
             let reports = self.reports.clone();
             let done = self.done_tx.clone();
             meta.extend(group.meta.clone());
+            let host_ports: Vec<u16> = alloc.host_ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect();
             let owner = Owner {
+                dynamic_ports: group.assigned_dynamic_ports(&host_ports),
                 node_id: self.node_id.clone(),
                 alloc_id: alloc.id.clone(),
                 alloc_name: alloc.name,
@@ -186,6 +188,8 @@ pub(crate) struct Owner {
     pub group: String,
     /// The job's meta with the group's over it.
     pub meta: BTreeMap<String, String>,
+    /// The host ports the scheduler chose for the group's dynamic ports, by (task, port name).
+    pub dynamic_ports: BTreeMap<(String, String), u16>,
     pub docker: crate::docker::Engine,
     pub drivers: Arc<crate::drivers::Settings>,
     pub node: Arc<crate::task_env::NodeFacts>,
@@ -290,7 +294,19 @@ impl Supervisor {
         let mut history = vec![event("Received", "the agent received the allocation", None)];
         let mut restarts = 0u32;
         let mut window = (tokio::time::Instant::now(), 0u32);
-        let _ = std::fs::remove_file(self.dir.join(DONE_MARKER));
+        if self.dir.join(DONE_MARKER).exists() {
+            // Done for good under an earlier agent (a server that lags may still list it as
+            // running): it is never run again. An exec task's exit file says how it ended.
+            let exit = crate::sandbox::Ending::read(&self.dir.join("exit"));
+            let (code, failed) = match exit {
+                Some(crate::sandbox::Ending::Exited(code)) => (Some(code), code != 0),
+                Some(_) => (None, true),
+                None => (None, false),
+            };
+            history.push(event("Terminated", "finished before the agent restarted", code));
+            self.finish(name, dead(history, failed));
+            return;
+        }
         loop {
             // Events before the task runs (an image pull) are reported as they happen.
             let early = std::sync::Mutex::new(history.clone());
@@ -462,28 +478,25 @@ fn owned_by(alloc_dir: &Path, node_id: &str) -> bool {
     std::fs::read_to_string(alloc_dir.join(OWNER_FILE)).is_ok_and(|owner| owner == node_id)
 }
 
-/// Writes the pid file of every task process found running under `allocs_dir` (by the
-/// `HELIOS_TASK_DIR` in its environment: the task's `local/`) whose file does not name it: an agent killed between
-/// starting a task and writing its pid file would otherwise neither adopt nor stop that task,
-/// and might start a second copy or call it "stopped before it started" while it runs.
+/// Writes the pid file of every task process found running under `allocs_dir` whose file does
+/// not name it: an agent killed between starting a task and writing its pid file would otherwise
+/// neither adopt nor stop that task, and might start a second copy or call it "stopped before
+/// it started" while it runs. A task's process leads its process group and runs as the agent's
+/// user: an exec task's launcher (its `--task-dir` argument says whose), a raw_exec task (the
+/// parent of the `HELIOS_TASK_DIR` in its environment). A process of a task's own user is never
+/// taken for one: a task could name another's directory.
 fn repair_pid_files(allocs_dir: &Path, node_id: &str) {
     let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    let agent_uid = nix::unistd::geteuid().as_raw();
     for entry in procs.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        // Only the task's own process (it leads its process group), not its children.
-        if process_group(pid) != Some(pid) {
+        if process_group(pid) != Some(pid) || process_uid(pid) != Some(agent_uid) {
             continue;
         }
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
-        let Some(dir) = environ
-            .split(|b| *b == 0)
-            .find_map(|var| var.strip_prefix(b"HELIOS_TASK_DIR="))
-            .and_then(|v| PathBuf::from(String::from_utf8_lossy(v).into_owned()).parent().map(Path::to_path_buf))
-        else {
-            continue;
-        };
+        let Some(dir) = launcher_task_dir(pid).or_else(|| raw_task_dir(pid)) else { continue };
         let Some(alloc_dir) = dir.parent().filter(|a| a.parent() == Some(allocs_dir)) else { continue };
-        if !owned_by(alloc_dir, node_id) || live_pid(&dir) == Some(pid) {
+        let is_task = dir.file_name().is_some_and(|n| !n.to_string_lossy().starts_with('.'));
+        if !is_task || !owned_by(alloc_dir, node_id) || live_pid(&dir) == Some(pid) {
             continue;
         }
         if let Some(started) = start_time(pid) {
@@ -491,6 +504,30 @@ fn repair_pid_files(allocs_dir: &Path, node_id: &str) {
             let _ = std::fs::write(dir.join(PID_FILE), format!("{pid} {started}"));
         }
     }
+}
+
+/// The real uid of a process (`Uid:` in /proc/<pid>/status).
+fn process_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+}
+
+/// The task dir an exec launcher was started for (`helios-client task-launch ... --task-dir D`).
+fn launcher_task_dir(pid: u32) -> Option<PathBuf> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    if args.get(1) != Some(&crate::sandbox::LAUNCH.as_bytes()) {
+        return None;
+    }
+    let at = args.iter().position(|a| *a == b"--task-dir")?;
+    args.get(at + 1).map(|d| PathBuf::from(String::from_utf8_lossy(d).into_owned()))
+}
+
+/// The task dir of a raw_exec task: the parent of its `HELIOS_TASK_DIR` (its `local/`).
+fn raw_task_dir(pid: u32) -> Option<PathBuf> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let local = environ.split(|b| *b == 0).find_map(|var| var.strip_prefix(b"HELIOS_TASK_DIR="))?;
+    PathBuf::from(String::from_utf8_lossy(local).into_owned()).parent().map(Path::to_path_buf)
 }
 
 /// Stops the processes, left from before this agent started, of this node's allocations that
@@ -529,17 +566,25 @@ fn orphaned_tasks(allocs_dir: &Path, node_id: &str, keep: &HashSet<String>) -> V
     let ours = allocs.flatten().filter(|alloc| {
         !keep.contains(alloc.file_name().to_string_lossy().as_ref()) && owned_by(&alloc.path(), node_id)
     });
-    let tasks = ours.flat_map(|alloc| std::fs::read_dir(alloc.path()).into_iter().flatten().flatten());
+    let tasks = ours.flat_map(|alloc| task_dirs(&alloc.path()));
     tasks.filter_map(|task| live_pid(&task.path()).map(|pid| (pid, task.path()))).collect()
+}
+
+/// The task directories of an allocation: its subdirectories but the shared `.alloc` (which
+/// tasks write; task names cannot start with a dot).
+fn task_dirs(alloc_dir: &Path) -> Vec<std::fs::DirEntry> {
+    let entries = std::fs::read_dir(alloc_dir).into_iter().flatten().flatten();
+    entries
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .collect()
 }
 
 /// True if any task of the allocation in `dir` has a live process or a container.
 fn has_live_task(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|tasks| {
-        tasks
-            .flatten()
-            .any(|t| live_pid(&t.path()).is_some() || t.path().join(crate::docker::CONTAINER_MARKER).exists())
-    })
+    task_dirs(dir)
+        .iter()
+        .any(|t| live_pid(&t.path()).is_some() || t.path().join(crate::docker::CONTAINER_MARKER).exists())
 }
 
 #[cfg(test)]

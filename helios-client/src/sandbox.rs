@@ -56,9 +56,18 @@ pub struct Spec {
     /// The task's working directory.
     #[arg(long)]
     pub cwd: PathBuf,
+    /// The task's own directory (root's: logs, pid and exit files): kept visible, like the
+    /// allocation's shared `.alloc`; the other tasks' directories are not.
+    #[arg(long)]
+    pub task_dir: PathBuf,
     /// Where the launcher writes how the task ended.
     #[arg(long)]
     pub exit_file: PathBuf,
+    /// The task's environment, NUL-separated `KEY=VALUE` (a file only root reads). The launcher
+    /// and the init run with an empty environment: the job's variables (`LD_PRELOAD`, ...) reach
+    /// the task alone, never a process running as root.
+    #[arg(long)]
+    pub env_file: PathBuf,
     /// The program and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -78,6 +87,12 @@ impl Spec {
             self.alloc_dir.clone().into(),
         ]);
         args.extend(["--cwd".into(), self.cwd.clone().into(), "--exit-file".into(), self.exit_file.clone().into()]);
+        args.extend([
+            "--task-dir".into(),
+            self.task_dir.clone().into(),
+            "--env-file".into(),
+            self.env_file.clone().into(),
+        ]);
         args.push("--".into());
         args.extend(self.command.iter().map(OsString::from));
         args
@@ -149,6 +164,10 @@ fn stop_signals() -> SigSet {
 }
 
 fn launch(spec: &Spec) -> ExitCode {
+    // A session of its own, without the agent's controlling terminal (a task could otherwise
+    // open it and type into the operator's shell); its process group is its pid, which the
+    // agent signals.
+    let _ = nix::unistd::setsid();
     // The standard library resets the mask in children, so the init and the task get these.
     let _ = stop_signals().thread_block();
     // stdin: the agent's pipe, for the start report.
@@ -248,24 +267,50 @@ fn init(spec: &Spec) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The task's mount namespace: private, the data dir hidden, its allocation's dir put back, and
-/// a /proc of its PID namespace.
+/// The task's mount namespace: private, the data dir hidden with only the task's own directory
+/// and its allocation's shared `.alloc` put back at their paths, a private `/tmp` and `/dev/shm`,
+/// and a /proc of its PID namespace.
 fn prepare_view(spec: &Spec) -> Result<(), String> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("cannot create the task's mount namespace: {e}"))?;
     let none: Option<&str> = None;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
         .map_err(|e| format!("cannot make the task's mounts private: {e}"))?;
-    // Opened before the tmpfs covers it, and bound back through the open handle.
-    let alloc = File::open(&spec.alloc_dir).map_err(|e| format!("cannot open {}: {e}", spec.alloc_dir.display()))?;
+    // Opened before the tmpfs covers them, and bound back through the open handles.
+    let shared = spec.alloc_dir.join(crate::task_dir::SHARED);
+    let kept = [&spec.task_dir, &shared].map(|dir| {
+        File::open(dir).map(|f| (dir.clone(), f)).map_err(|e| format!("cannot open {}: {e}", dir.display()))
+    });
     let cover = cover_for(&spec.data_dir).ok_or_else(|| format!("{} cannot be hidden", spec.data_dir.display()))?;
-    mount(Some("tmpfs"), &cover, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=64k"))
-        .map_err(|e| format!("cannot hide {}: {e}", cover.display()))?;
-    std::fs::create_dir_all(&spec.alloc_dir)
-        .map_err(|e| format!("cannot recreate {}: {e}", spec.alloc_dir.display()))?;
-    let handle = format!("/proc/self/fd/{}", alloc.as_raw_fd());
-    mount(Some(handle.as_str()), &spec.alloc_dir, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
-        .map_err(|e| format!("cannot mount {}: {e}", spec.alloc_dir.display()))?;
-    drop(alloc);
+    let tmpfs = |at: &Path, options: &str| {
+        mount(Some("tmpfs"), at, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(options))
+            .map_err(|e| format!("cannot mount a tmpfs on {}: {e}", at.display()))
+    };
+    // Other tasks' files in /tmp, and their shared memory in /dev/shm, are not this one's.
+    // First: the data dir may lie under /tmp (its handles and `cover` are taken already).
+    for private in ["/tmp", "/dev/shm"] {
+        if Path::new(private).is_dir() {
+            tmpfs(Path::new(private), "mode=1777")?;
+        }
+    }
+    std::fs::create_dir_all(&cover).map_err(|e| format!("cannot recreate {}: {e}", cover.display()))?;
+    // Directories just made in the private /tmp: traversable whatever the agent's umask.
+    for made in cover.ancestors().filter(|d| d.starts_with("/tmp") && *d != Path::new("/tmp")) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(made, std::fs::Permissions::from_mode(0o755));
+    }
+    tmpfs(&cover, "mode=0755,size=64k")?;
+    for kept in kept {
+        let (dir, handle) = kept?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot recreate {}: {e}", dir.display()))?;
+        // Traversable by the task's user whatever the agent's umask.
+        for ancestor in dir.ancestors().take_while(|d| d.starts_with(&cover)) {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(ancestor, std::fs::Permissions::from_mode(0o755));
+        }
+        let source = format!("/proc/self/fd/{}", handle.as_raw_fd());
+        mount(Some(source.as_str()), &dir, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
+            .map_err(|e| format!("cannot mount {}: {e}", dir.display()))?;
+    }
     let ro = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount(none, &cover, none, ro, none).map_err(|e| format!("cannot make {} read-only: {e}", cover.display()))?;
     let proc_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -288,10 +333,37 @@ pub fn cover_for(data_dir: &Path) -> Option<PathBuf> {
     (cover != Path::new("/")).then(|| cover.to_path_buf())
 }
 
+/// Reads a NUL-separated `KEY=VALUE` file.
+pub fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read the task's environment: {e}"))?;
+    Ok(bytes
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .filter_map(|v| {
+            let text = String::from_utf8_lossy(v);
+            text.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect())
+}
+
+/// Writes `env` as `read_env_file` reads it, readable by root alone.
+pub fn write_env_file(path: &Path, env: &std::collections::BTreeMap<String, String>) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = File::options().write(true).create_new(true).mode(0o600).open(path)?;
+    for (key, value) in env {
+        file.write_all(format!("{key}={value}\0").as_bytes())?;
+    }
+    Ok(())
+}
+
 fn start_task(spec: &Spec) -> Result<std::process::Child, String> {
     let (program, args) = spec.command.split_first().ok_or("no command")?;
+    let env = read_env_file(&spec.env_file)?;
     Command::new(program)
         .args(args)
+        .env_clear()
+        .envs(env)
         .uid(spec.uid)
         .gid(spec.gid)
         .current_dir(&spec.cwd)
@@ -313,12 +385,30 @@ mod tests {
             data_dir: "/var/lib/helios".into(),
             alloc_dir: "/var/lib/helios/allocs/a".into(),
             cwd: "/var/lib/helios/allocs/a/t/local".into(),
+            task_dir: "/var/lib/helios/allocs/a/t".into(),
             exit_file: "/var/lib/helios/allocs/a/t/exit".into(),
+            env_file: "/var/lib/helios/allocs/a/t/env".into(),
             command: vec!["sh".into(), "-c".into(), "echo --uid 0; exit 3".into()],
         };
         let args = spec.to_args();
         assert_eq!(args[0], LAUNCH);
         assert_eq!(Spec::try_parse_from(&args[1..]).expect("parses"), spec);
+    }
+
+    #[test]
+    fn an_environment_file_reads_back_and_only_root_reads_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("env");
+        let env = std::collections::BTreeMap::from([
+            ("A".to_string(), "x=y z".to_string()),
+            ("LD_PRELOAD".to_string(), "/tmp/evil.so".to_string()),
+        ]);
+        write_env_file(&path, &env).expect("written");
+        assert_eq!(std::fs::metadata(&path).expect("exists").permissions().mode() & 0o777, 0o600);
+        let back: std::collections::BTreeMap<String, String> =
+            read_env_file(&path).expect("read").into_iter().collect();
+        assert_eq!(back, env);
     }
 
     #[test]

@@ -367,7 +367,8 @@ impl Servers {
         secret: &str,
     ) -> Result<tonic::Streaming<pb::AssignedAllocations>, CallError> {
         self.call("allocation watch", |mut c| {
-            let req = pb::WatchAllocationsRequest { node_id: node_id.to_string(), secret: secret.to_string() };
+            let req =
+                pb::WatchAllocationsRequest { node_id: node_id.to_string(), secret: secret.to_string(), paged: true };
             async move { c.watch_allocations(req).await }
         })
         .await

@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::{chown, Gid, Uid};
 
+/// The allocation's shared directory, by its name in the allocation's.
+pub const SHARED: &str = ".alloc";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskDir {
     /// The allocation's directory.
@@ -33,7 +36,12 @@ impl TaskDir {
     }
 
     pub fn shared(&self) -> PathBuf {
-        self.alloc.join(".alloc")
+        self.alloc.join(SHARED)
+    }
+
+    /// The task's environment for the launcher (`sandbox::write_env_file`), root's alone.
+    pub fn env_file(&self) -> PathBuf {
+        self.dir.join("env")
     }
 
     pub fn local(&self) -> PathBuf {

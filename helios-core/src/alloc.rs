@@ -21,8 +21,10 @@ pub struct Allocation {
     pub group_fingerprint: u64,
     pub node_id: String,
     pub resources: Resources,
-    /// The fixed host ports its docker tasks publish (`-p NAME=PORT:HOSTPORT`): held on its node
-    /// while `holds_host_ports`, so no other allocation is placed on them.
+    /// The host ports its docker tasks publish, held on its node while `holds_host_ports`, so no
+    /// other allocation is placed on them: the group's fixed ports (`-p NAME=PORT:HOSTPORT`,
+    /// `TaskGroup::static_host_ports`), then one port the scheduler chose from the node's dynamic
+    /// range for each of `TaskGroup::dynamic_ports`, in that order.
     pub host_ports: Vec<u16>,
     pub desired_status: AllocDesiredStatus,
     pub desired_description: String,
@@ -42,6 +44,12 @@ impl Allocation {
     /// start may have started: only the agent knows.
     pub fn holds_host_ports(&self) -> bool {
         !self.client_status.is_terminal() && !self.host_ports.is_empty()
+    }
+
+    /// The host port the scheduler gave `task`'s dynamic port `name` (see `host_ports`), when
+    /// `group` is the one the allocation was placed for.
+    pub fn host_port_of(&self, group: &crate::job::TaskGroup, task: &str, name: &str) -> Option<u16> {
+        group.assigned_dynamic_ports(&self.host_ports).get(&(task.to_string(), name.to_string())).copied()
     }
 
     /// True once the allocation will not run again (its client says so, or it was never started

@@ -150,6 +150,28 @@ impl TaskGroup {
         ports
     }
 
+    /// The docker port mappings without a fixed host port, as (task, port name), in the group's
+    /// order: the scheduler gives each a host port from its node's dynamic range, after the fixed
+    /// ones in the allocation's `host_ports` (`Allocation::host_port_of`).
+    pub fn dynamic_ports(&self) -> Vec<(String, String)> {
+        let mut ports = Vec::new();
+        for task in &self.tasks {
+            if let TaskDriver::Docker(d) = &task.driver {
+                ports.extend(
+                    d.ports.iter().filter(|p| p.host_port.is_none()).map(|p| (task.name.clone(), p.name.clone())),
+                );
+            }
+        }
+        ports
+    }
+
+    /// The host port given to each of `dynamic_ports`, read from an allocation's `host_ports`
+    /// (the fixed ones first, then the dynamic ones in order).
+    pub fn assigned_dynamic_ports(&self, host_ports: &[u16]) -> BTreeMap<(String, String), u16> {
+        let fixed = self.static_host_ports().len();
+        self.dynamic_ports().into_iter().zip(host_ports.iter().skip(fixed).copied()).collect()
+    }
+
     /// Every fixed host port of every docker task of the group, sorted, repeats included.
     pub fn published_host_ports(&self) -> Vec<u16> {
         let mut ports: Vec<u16> = self

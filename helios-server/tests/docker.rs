@@ -327,6 +327,10 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
     assert_eq!(host_config.memory, Some(64 * 1024 * 1024), "a hard memory limit");
     let bindings = host_config.port_bindings.expect("port bindings");
     let host_port = bindings["80/tcp"].as_ref().expect("80/tcp")[0].host_port.clone().expect("host port");
+    // The scheduler chose the host port from the node's dynamic range, and the allocation holds it.
+    let chosen: u16 = host_port.parse().expect("a port");
+    assert!((20_000..=32_000).contains(&chosen), "{chosen}");
+    assert_eq!(running.host_ports, [u32::from(chosen)], "held by the allocation");
     // Nomad's runtime variables, interpolated into the job's env.
     let env = inspected.config.and_then(|c| c.env).unwrap_or_default();
     assert!(env.contains(&format!("LISTEN=0.0.0.0:{host_port}")), "{env:?}");

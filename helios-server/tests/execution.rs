@@ -457,3 +457,34 @@ async fn a_node_with_big_jobs_gets_its_work_and_its_stop_orders() {
     agent.stop().await;
     cluster.shutdown().await;
 }
+
+/// A batch task that finishes while its agent is down is reported with its exit code by the
+/// next agent, and never run a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_that_ends_while_its_agent_is_down_is_reported_not_run_again() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    // The gate is in the allocation's shared dir: the task sees nothing else of the data dir.
+    let script = "echo ran; while [ ! -e \"$NOMAD_ALLOC_DIR/gate\" ]; do sleep 0.05; done; exit 7";
+    let mut job = Job::exec("once", "sh", vec!["-c".into(), script.into()]);
+    job.task_groups[0].restart.attempts = 0;
+    submit(&cluster, &job).await;
+    let running = wait_alloc(&cluster, "once", "running").await;
+    let gate = dir.path().join("allocs").join(&running.id).join(".alloc").join("gate");
+    let pid = pid_of(&running, "once");
+    agent.stop().await;
+    // The test opens the gate (as root) while no agent runs: the task exits 7.
+    std::fs::write(&gate, b"").expect("open the gate");
+    wait_for("the task to end", || async { (!alive(pid)).then_some(()) }).await;
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    let failed = wait_alloc(&cluster, "once", "failed").await;
+    let exit = failed.task_states["once"].events.iter().find(|e| e.kind == "Terminated").expect("terminated");
+    assert_eq!(exit.exit_code, Some(7), "{:?}", failed.task_states["once"].events);
+    let log = dir.path().join("allocs").join(&failed.id).join("once").join("stdout.log");
+    assert_eq!(std::fs::read_to_string(&log).expect("log"), "ran\n", "run once");
+    agent.stop().await;
+    cluster.shutdown().await;
+}

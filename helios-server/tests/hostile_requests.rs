@@ -191,7 +191,7 @@ async fn send(cluster: &TestCluster, request: Request) -> Result<(), TestCaseErr
             agent.update_allocations(pb::UpdateAllocationsRequest { node_id, secret, updates }).await.map(drop)
         }
         Request::Watch(node_id, secret) => {
-            agent.watch_allocations(pb::WatchAllocationsRequest { node_id, secret }).await.map(drop)
+            agent.watch_allocations(pb::WatchAllocationsRequest { node_id, secret, paged: true }).await.map(drop)
         }
     };
     match outcome {

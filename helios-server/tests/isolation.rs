@@ -34,6 +34,8 @@ async fn an_exec_task_runs_as_nobody_with_its_own_environment_and_cannot_reach_t
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let _reaper = common::Reaper(dir.path().to_path_buf());
+    // As a data dir is in production (the temp dir is private, which would hide more).
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     let agent = start_agent(&cluster, "n1", dir.path()).await;
     let secret = dir.path().join("helios-client-n1.secret");
     wait_for("the agent's secret", || async { secret.is_file().then_some(()) }).await;
@@ -44,7 +46,9 @@ async fn an_exec_task_runs_as_nobody_with_its_own_environment_and_cannot_reach_t
          echo data-dir: $(ls -A {data}); \
          kill -9 {agent} 2>/dev/null && echo KILLED-AGENT; \
          echo processes: $(ls /proc | grep -c '^[0-9]'); \
-         ln -s /etc/shadow ../stdout.log 2>/dev/null && echo PLANTED-LINK; \
+         ln -s /etc/shadow ../planted 2>/dev/null && echo PLANTED-LINK; \
+         echo alloc-dir: $(ls -A ../..); \
+         cat ../../../../helios-client-n1.secret >/dev/null 2>&1 && echo READ-SECRET-BY-PATH; \
          cat /etc/shadow >/dev/null 2>&1 && echo READ-SHADOW; \
          echo $NOMAD_TASK_DIR > \"$NOMAD_TASK_DIR/written\" && echo wrote-task-dir; \
          echo args: \"$0\" \"$1\"",
@@ -60,11 +64,13 @@ async fn an_exec_task_runs_as_nobody_with_its_own_environment_and_cannot_reach_t
     let alloc = finished(&cluster, "probe").await;
     let out = log(dir.path(), &alloc, "probe", "stdout");
     assert!(out.contains("uid=65534\n"), "runs as nobody: {out}");
-    for forbidden in ["READ-SECRET", "KILLED-AGENT", "PLANTED-LINK", "READ-SHADOW"] {
+    for forbidden in ["READ-SECRET", "KILLED-AGENT", "PLANTED-LINK", "READ-SHADOW", "READ-SECRET-BY-PATH"] {
         assert!(!out.contains(forbidden), "{forbidden}: {out}");
     }
-    // Of the agent's data dir it sees only the way to its own allocation.
+    // Of the agent's data dir it sees only the way to its own allocation, and of that only its
+    // own directory and the shared one.
     assert!(out.contains("data-dir: allocs\n"), "{out}");
+    assert!(out.contains("alloc-dir: .alloc probe\n"), "{out}");
     // Its own PID namespace: its init, the shell, and the shell's pipeline.
     let processes = out.lines().find_map(|l| l.strip_prefix("processes: ")).expect("counted");
     assert!(processes.parse::<u32>().expect("a number") <= 5, "{out}");
@@ -78,7 +84,18 @@ async fn an_exec_task_runs_as_nobody_with_its_own_environment_and_cannot_reach_t
     // Its environment: PATH, the job's env, the runtime variables; nothing of the agent's.
     let vars: Vec<&str> = out.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
     for var in vars.iter().filter(|v| **v != "uid") {
-        let allowed = ["PATH", "GREETING", "TMPDIR", "PWD", "OLDPWD", "SHLVL", "_", "data-dir: allocs"].contains(var)
+        let allowed = [
+            "PATH",
+            "GREETING",
+            "TMPDIR",
+            "PWD",
+            "OLDPWD",
+            "SHLVL",
+            "_",
+            "data-dir: allocs",
+            "alloc-dir: .alloc probe",
+        ]
+        .contains(var)
             || var.starts_with("NOMAD_")
             || var.starts_with("HELIOS_");
         assert!(allowed, "{var} leaked into the task's environment: {out}");
@@ -108,11 +125,27 @@ async fn a_task_cannot_read_another_allocations_files() {
     .await;
     let key = dir.path().canonicalize().expect("canonical").join("allocs").join(&running.id).join("holder/local/key");
     wait_for("the key to be written", || async { key.is_file().then_some(()) }).await;
-    let script = format!("cat {} && echo READ-OTHER; ls ..; echo done", key.display());
+    // The holder runs as nobody too: only the PID namespace keeps the snoop from signalling it.
+    let started = running.task_states["holder"].events.iter().find(|e| e.kind == "Started").expect("started");
+    let launcher: i32 = started.message.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("pid");
+    let holder_task = wait_for("the holder's program", || async {
+        let children = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children")).ok()?;
+        let init: i32 = children.split_whitespace().next()?.parse().ok()?;
+        let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).ok()?;
+        children.split_whitespace().next()?.parse::<i32>().ok()
+    })
+    .await;
+    let script = format!(
+        "cat {} && echo READ-OTHER; kill -9 {holder_task} 2>/dev/null && echo KILLED-OTHER; echo done",
+        key.display()
+    );
     cluster.submit_job(1, &shell("snoop", &script)).await;
     let alloc = finished(&cluster, "snoop").await;
     let out = log(dir.path(), &alloc, "snoop", "stdout");
     assert!(out.contains("done") && !out.contains("s3cret") && !out.contains("READ-OTHER"), "{out}");
+    assert!(!out.contains("KILLED-OTHER"), "{out}");
+    let status = std::fs::read_to_string(format!("/proc/{holder_task}/status")).expect("the holder's task lives");
+    assert!(status.lines().any(|l| l == "Uid:\t65534\t65534\t65534\t65534"), "{status}");
     agent.stop().await;
     cluster.shutdown().await;
 }
@@ -130,7 +163,7 @@ async fn a_task_over_its_memory_limit_is_oom_killed_and_a_fork_bomb_stops_at_the
     cluster.submit_job(1, &hog).await;
     let alloc = finished(&cluster, "hog").await;
     let events: Vec<&str> = alloc.task_states["hog"].events.iter().map(|e| e.kind.as_str()).collect();
-    assert!(events.contains(&"OOM Killed"), "{events:?}");
+    assert!(events.contains(&"OOM Killed"), "{:?}", alloc.task_states["hog"].events);
     assert_eq!(alloc.client_status, "failed");
     assert!(!log(dir.path(), &alloc, "hog", "stdout").contains("SURVIVED"));
 
@@ -147,6 +180,7 @@ async fn a_task_over_its_memory_limit_is_oom_killed_and_a_fork_bomb_stops_at_the
 async fn exec_refuses_root_unless_allowed_and_raw_exec_runs_only_where_enabled() {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
+    cluster.format_raised().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let _reaper = common::Reaper(dir.path().to_path_buf());
     let agent = start_agent(&cluster, "n1", dir.path()).await;
@@ -157,6 +191,14 @@ async fn exec_refuses_root_unless_allowed_and_raw_exec_runs_only_where_enabled()
     let setup = alloc.task_states["as-root"].events.iter().find(|e| e.kind == "Setup Failure").expect("refused");
     assert!(setup.message.contains("--allowed-users"), "{}", setup.message);
 
+    // The job's environment reaches the task alone, never the root launcher or init.
+    let mut preload = shell("preload", "true");
+    preload.task_groups[0].tasks[0].env.insert("LD_PRELOAD".into(), "/nonexistent/x.so".into());
+    cluster.submit_job(1, &preload).await;
+    let alloc = finished(&cluster, "preload").await;
+    let err = log(dir.path(), &alloc, "preload", "stderr");
+    assert_eq!(err.matches("cannot be preloaded").count(), 1, "the task's shell only: {err}");
+
     // raw_exec: not offered by this agent, so never placed, and the scheduler says why.
     let mut raw = shell("raw", "id -u");
     let TaskDriver::Exec(config) = raw.task_groups[0].tasks[0].driver.clone() else { unreachable!() };
@@ -165,9 +207,19 @@ async fn exec_refuses_root_unless_allowed_and_raw_exec_runs_only_where_enabled()
     common::wait_unplaced(&cluster, "raw", "missing driver raw_exec").await;
     agent.stop().await;
 
-    let enabled = start_agent_configured(&cluster, "n2", dir.path(), |c| c.drivers.enable_raw_exec = true).await;
+    let enabled = start_agent_configured(&cluster, "n2", dir.path(), |c| {
+        c.drivers.enable_raw_exec = true;
+        c.drivers.allowed_users = Some(vec!["root".into()]);
+    })
+    .await;
     let alloc = finished(&cluster, "raw").await;
     assert_eq!(log(dir.path(), &alloc, "raw", "stdout"), "0\n", "raw_exec runs as the agent's user");
+    // Root, listed in --allowed-users, runs an exec task (still isolated).
+    let mut listed = shell("listed-root", "id -u");
+    listed.task_groups[0].tasks[0].user = Some("root".into());
+    cluster.submit_job(1, &listed).await;
+    let alloc = finished(&cluster, "listed-root").await;
+    assert_eq!(log(dir.path(), &alloc, "listed-root", "stdout"), "0\n");
     enabled.stop().await;
     cluster.shutdown().await;
 }

@@ -93,7 +93,7 @@ async fn an_agent_cannot_take_another_nodes_identity() {
     assert_eq!(spoofed.expect_err("spoofed report").code(), tonic::Code::PermissionDenied);
     let unknown = api.update_allocations(report("ghost", "x")).await;
     assert_eq!(unknown.expect_err("report from an unknown node").code(), tonic::Code::NotFound);
-    let watch = pb::WatchAllocationsRequest { node_id: "n1".into(), secret: "guess".into() };
+    let watch = pb::WatchAllocationsRequest { node_id: "n1".into(), secret: "guess".into(), paged: true };
     let spoofed = api.watch_allocations(watch).await.map(|_| ());
     assert_eq!(spoofed.expect_err("spoofed watch").code(), tonic::Code::PermissionDenied);
 

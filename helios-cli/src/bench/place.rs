@@ -249,7 +249,7 @@ async fn watch_and_report(
     progress: &Progress,
     seen: &mut HashSet<String>,
 ) -> Result<()> {
-    let request = pb::WatchAllocationsRequest { node_id: node_id.to_string(), secret: secret.to_string() };
+    let request = pb::WatchAllocationsRequest { node_id: node_id.to_string(), secret: secret.to_string(), paged: true };
     let mut stream = agent.watch_allocations(request).await?.into_inner();
     while let Some(assigned) = stream.message().await? {
         let new: Vec<String> = assigned

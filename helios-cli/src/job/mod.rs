@@ -115,8 +115,8 @@ pub struct RunArgs {
     /// The container image (with --driver docker).
     #[arg(long, requires = "name")]
     pub image: Option<String>,
-    /// A container port, NAME=PORT[:HOSTPORT] (without HOSTPORT a free one is picked and passed
-    /// to the task as HELIOS_PORT_<NAME>); repeatable, with --driver docker.
+    /// A container port, NAME=PORT[:HOSTPORT] (without HOSTPORT the scheduler picks one from the
+    /// node's dynamic range, passed to the task as NOMAD_PORT_<NAME>); repeatable, with --driver docker.
     #[arg(short = 'p', long = "port", value_parser = PortMapping::parse, requires = "name")]
     pub ports: Vec<PortMapping>,
     /// Cap the task at --cpu-mhz instead of only weighting it (--driver exec or docker).

@@ -47,7 +47,7 @@ pub async fn start(
             watch_adopted(pid, kill_timeout, stop, &mut state).await;
             match Ending::read(&dirs.exit_file()).filter(|_| isolated) {
                 // The launcher recorded how it ended (exec).
-                Some(ending) => ended(state, &ending, cgroup, false),
+                Some(ending) => ended(state, &ending, cgroup, false).await,
                 None => {
                     let why = "exited (exit code unknown: adopted after an agent restart)";
                     state.events.push(event("Terminated", why, None));
@@ -58,6 +58,21 @@ pub async fn start(
             }
         });
         return (initial, Some(handle));
+    }
+    if dirs.dir.join(crate::drivers::process::PID_FILE).exists() {
+        // Its process ended while no agent watched it: report how, never run it a second time.
+        let _ = std::fs::remove_file(dirs.dir.join(crate::drivers::process::PID_FILE));
+        let state = running(vec![event("Adopted", "its process ended while the agent was away", None)]);
+        let ending = Ending::read(&dirs.exit_file()).filter(|_| isolated);
+        let state = match ending {
+            Some(ending) => ended(state, &ending, cgroup, false).await,
+            None => {
+                let mut state = dead(state.events, false);
+                state.events.push(event("Terminated", "exited while the agent was away (exit code unknown)", None));
+                state
+            }
+        };
+        return (state, None);
     }
     if *stop.borrow() {
         return (dead(vec![event("Not Started", "stopped before it started", None)], false), None);
@@ -116,7 +131,9 @@ pub async fn start(
                 data_dir: owner.drivers.data_dir.clone(),
                 alloc_dir: dirs.alloc.clone(),
                 cwd: dirs.local(),
+                task_dir: dirs.dir.clone(),
                 exit_file: dirs.exit_file(),
+                env_file: dirs.env_file(),
                 command: std::iter::once(command.clone()).chain(args).collect(),
             };
             launch(&isolation.launcher, &spec, cgroup, &limits, &env, logs).await
@@ -127,9 +144,7 @@ pub async fn start(
     let child = match started {
         Ok(child) => child,
         Err(why) => {
-            if let Some(cgroup) = cgroup {
-                tokio::task::spawn_blocking(move || cgroup.remove());
-            }
+            remove_cgroup(cgroup).await;
             return refused("Driver Failure", why);
         }
     };
@@ -152,18 +167,23 @@ pub async fn start(
             Ok(_) => Ending::Signaled(9),
             Err(e) => Ending::NotStarted(format!("lost track of the process: {e}")),
         });
-        ended(state, &ending, cgroup, stopped)
+        ended(state, &ending, cgroup, stopped).await
     });
     (initial, Some(handle))
 }
 
-/// The task's final state from how it ended; its cgroup (exec) is removed.
-fn ended(mut state: pb::TaskState, ending: &Ending, cgroup: Option<TaskCgroup>, stopped: bool) -> pb::TaskState {
-    let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
+/// Kills stragglers (there should be none: the namespace ended with its init) and removes the
+/// cgroup, before the task can be started again (a restart reuses its name).
+async fn remove_cgroup(cgroup: Option<TaskCgroup>) {
     if let Some(cgroup) = cgroup {
-        // Kills stragglers (there should be none: the namespace ended with its init).
-        tokio::task::spawn_blocking(move || cgroup.remove());
+        let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
     }
+}
+
+/// The task's final state from how it ended; its cgroup (exec) is removed.
+async fn ended(mut state: pb::TaskState, ending: &Ending, cgroup: Option<TaskCgroup>, stopped: bool) -> pb::TaskState {
+    let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
+    remove_cgroup(cgroup).await;
     let code = match ending {
         Ending::Exited(code) => Some(*code),
         _ => None,
@@ -194,13 +214,14 @@ async fn launch(
 ) -> Result<tokio::process::Child, String> {
     cgroup.create(limits).map_err(|e| format!("cannot create the task's cgroup: {e}"))?;
     let _ = std::fs::remove_file(&spec.exit_file);
+    crate::sandbox::write_env_file(&spec.env_file, env)
+        .map_err(|e| format!("cannot write the task's environment: {e}"))?;
     let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+    // No environment, and no process group: the launcher makes its own session (`sandbox`).
     let mut child = tokio::process::Command::new(launcher)
         .args(spec.to_args())
         .env_clear()
-        .envs(env)
         .current_dir("/")
-        .process_group(0)
         .stdin(writer)
         .stdout(logs.0)
         .stderr(logs.1)

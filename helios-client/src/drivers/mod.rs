@@ -52,6 +52,8 @@ pub struct Options {
     pub pids_max: Option<u32>,
     /// `--docker-allow-volumes`, `--docker-allow-host-network`.
     pub docker_allowed: Vec<DockerPrivilege>,
+    /// `--dynamic-ports MIN-MAX`: where the scheduler picks tasks' dynamic host ports here.
+    pub dynamic_ports: Option<(u16, u16)>,
 }
 
 impl Settings {
@@ -95,14 +97,18 @@ impl Settings {
         let user = nix::unistd::User::from_name(name)
             .map_err(|e| format!("cannot look up user {name:?}: {e}"))?
             .ok_or_else(|| format!("user {name:?} does not exist on this node"))?;
+        // Root's group is as good as root (it owns system files); unless listed, neither.
+        let rootish = user.uid.is_root() || user.gid.as_raw() == 0;
         let allowed = match &self.allowed_users {
             Some(list) => list.iter().any(|u| u == name),
-            None => !exec || !user.uid.is_root(),
+            None => !exec || !rootish,
         };
         if !allowed {
             let why = match &self.allowed_users {
                 Some(list) => format!("user {name:?} is not in this agent's --allowed-users ({})", list.join(",")),
-                None => format!("exec tasks may not run as {name:?} (root) unless --allowed-users names it"),
+                None => {
+                    format!("exec tasks may not run as {name:?} (root or root's group) unless --allowed-users names it")
+                }
             };
             return Err(why);
         }

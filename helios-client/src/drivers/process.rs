@@ -49,7 +49,11 @@ pub async fn supervise(
     };
     // Leftover children of the task (same process group) must not outlive it.
     let _ = killpg(group(pid), Signal::SIGKILL);
-    let _ = std::fs::remove_file(dir.join(PID_FILE));
+    // The pid file goes once the end is reported; if the agent that started the task is gone
+    // (an in-process restart), it stays, for the next agent to find the task ended.
+    if stop.has_changed().is_ok() {
+        let _ = std::fs::remove_file(dir.join(PID_FILE));
+    }
     (status, stopped)
 }
 

@@ -10,7 +10,7 @@
 
 mod feasibility;
 mod reconcile;
-mod select;
+pub mod select;
 #[cfg(test)]
 mod tests;
 

@@ -11,6 +11,22 @@ use crate::job::{Job, Resources, TaskGroup};
 use crate::node::Node;
 use crate::time::Timestamp;
 
+/// Where dynamic host ports come from when a node does not say (Nomad's default range); an
+/// agent started with `--dynamic-ports MIN-MAX` reports its own as the node attribute
+/// `DYNAMIC_PORTS_ATTRIBUTE`.
+pub const DEFAULT_DYNAMIC_PORTS: (u16, u16) = (20_000, 32_000);
+pub const DYNAMIC_PORTS_ATTRIBUTE: &str = "helios.dynamic_ports";
+
+/// A node's dynamic port range.
+pub fn dynamic_range(node: &Node) -> (u16, u16) {
+    node.attributes
+        .get(DYNAMIC_PORTS_ATTRIBUTE)
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+        .filter(|(a, b): &(u16, u16)| *a > 0 && a <= b)
+        .unwrap_or(DEFAULT_DYNAMIC_PORTS)
+}
+
 /// Feasible nodes ranked per placement. Nomad ranks two for service jobs; a few more gives
 /// noticeably tighter packing for little cost.
 pub const SAMPLE_SIZE: usize = 8;
@@ -26,7 +42,7 @@ pub struct Placer<'a, V: StateView> {
     reserved: HashMap<&'a str, Resources>,
     /// Resources this plan frees by stopping allocations, by node.
     released: HashMap<String, Resources>,
-    /// Fixed host ports this plan has already taken, by node.
+    /// Host ports (fixed and dynamic) this plan has already taken, by node.
     ports_taken: HashMap<&'a str, Vec<u16>>,
     /// Allocations this plan stops and so finishes: the host ports they hold count as free.
     ports_freed: BTreeSet<String>,
@@ -49,6 +65,8 @@ struct Candidate<'a> {
     node: &'a Node,
     score: f64,
     group_here: u32,
+    /// The dynamic ports it would get there.
+    dynamic: Vec<u16>,
 }
 
 impl<'a, V: StateView> Placer<'a, V> {
@@ -104,6 +122,7 @@ impl<'a, V: StateView> Placer<'a, V> {
             self.compiled.entry(group.name.clone()).or_insert_with(|| CompiledConstraints::for_group(job, group));
         let ask_resources = group_resources(group);
         let ask_ports = group.static_host_ports();
+        let ask_dynamic = group.dynamic_ports().len();
         let nodes = self.view.nodes();
         let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
         let mut best: Option<Candidate<'a>> = None;
@@ -134,6 +153,15 @@ impl<'a, V: StateView> Placer<'a, V> {
                 *rejected.entry(format!("host port {port} in use")).or_default() += 1;
                 continue;
             }
+            // Spread over the range from a point of the evaluation's, so that successive
+            // placements do not all probe the same first ports.
+            let taken_here = self.ports_taken.get(node.id.as_str()).map_or(0, Vec::len);
+            let from = (fnv1a(self.eval_id.as_bytes()) as usize).wrapping_add(taken_here);
+            let free = |p: u16| !port_taken(self.view, &self.ports_freed, &self.ports_taken, &node.id, p);
+            let Some(dynamic) = free_dynamic_ports(dynamic_range(node), from, &ask_ports, ask_dynamic, free) else {
+                *rejected.entry("no free dynamic host port".to_string()).or_default() += 1;
+                continue;
+            };
             let reserved = self.reserved.get(node.id.as_str()).copied().unwrap_or(Resources::ZERO);
             let released = self.released.get(&node.id).copied().unwrap_or(Resources::ZERO);
             let used = self.view.node_usage(&node.id).plus(reserved).minus(released);
@@ -144,7 +172,7 @@ impl<'a, V: StateView> Placer<'a, V> {
                 continue;
             };
             found += 1;
-            let candidate = Candidate { node, score, group_here };
+            let candidate = Candidate { node, score, group_here, dynamic };
             if best.as_ref().is_none_or(|b| better(&candidate, b)) {
                 best = Some(candidate);
             }
@@ -157,13 +185,15 @@ impl<'a, V: StateView> Placer<'a, V> {
             // Room is what a cluster change can give; anything else needs a different node.
             let room = rejected
                 .keys()
-                .any(|k| k.starts_with("not enough free") || k.starts_with("host port") || k == "distinct_hosts");
+                .any(|k| k.starts_with("not enough free") || k.contains("host port") || k == "distinct_hosts");
             return Err(if room { PlaceError::NoRoom(reason) } else { PlaceError::Infeasible(reason) });
         };
         let node_id = chosen.node.id.clone();
         let reserved = self.reserved.entry(chosen.node.id.as_str()).or_default();
         *reserved = reserved.plus(ask_resources);
-        self.ports_taken.entry(chosen.node.id.as_str()).or_default().extend(&ask_ports);
+        let mut host_ports = ask_ports;
+        host_ports.extend(&chosen.dynamic);
+        self.ports_taken.entry(chosen.node.id.as_str()).or_default().extend(&host_ports);
         *self.job_on_node.entry(node_id.clone()).or_default() += 1;
         *self.group_on_node.entry((group.name.clone(), node_id.clone())).or_default() += 1;
         Ok(Allocation {
@@ -176,7 +206,7 @@ impl<'a, V: StateView> Placer<'a, V> {
             group_fingerprint: group.fingerprint(),
             node_id,
             resources: ask_resources,
-            host_ports: ask_ports,
+            host_ports,
             desired_status: AllocDesiredStatus::Run,
             desired_description: String::new(),
             client_status: AllocClientStatus::Pending,
@@ -186,6 +216,32 @@ impl<'a, V: StateView> Placer<'a, V> {
             modified_at: now,
         })
     }
+}
+
+/// `count` ports of the range `(low, high)` that are `free` and not `fixed`, looked for from
+/// `from` (any number: it is taken modulo the range's size) onwards; None if there are fewer.
+fn free_dynamic_ports(
+    (low, high): (u16, u16),
+    from: usize,
+    fixed: &[u16],
+    count: usize,
+    free: impl Fn(u16) -> bool,
+) -> Option<Vec<u16>> {
+    if count == 0 {
+        return Some(Vec::new());
+    }
+    let span = usize::from(high) - usize::from(low) + 1;
+    let mut chosen = Vec::with_capacity(count);
+    for step in 0..span {
+        let port = low + ((from % span + step) % span) as u16;
+        if free(port) && !fixed.contains(&port) && !chosen.contains(&port) {
+            chosen.push(port);
+            if chosen.len() == count {
+                return Some(chosen);
+            }
+        }
+    }
+    None
 }
 
 /// True when `port` on `node` is held by an allocation the plan keeps (not one in `freed`), or
@@ -274,11 +330,11 @@ mod tests {
     #[test]
     fn a_tie_goes_to_the_node_with_fewer_allocations_of_the_group() {
         let (a, b) = (node("a"), node("b"));
-        let crowded = Candidate { node: &a, score: 0.5, group_here: 2 };
-        let empty = Candidate { node: &b, score: 0.5, group_here: 0 };
+        let crowded = Candidate { node: &a, score: 0.5, group_here: 2, dynamic: Vec::new() };
+        let empty = Candidate { node: &b, score: 0.5, group_here: 0, dynamic: Vec::new() };
         assert!(better(&empty, &crowded));
         assert!(!better(&crowded, &empty));
-        let fuller = Candidate { node: &a, score: 0.6, group_here: 2 };
+        let fuller = Candidate { node: &a, score: 0.6, group_here: 2, dynamic: Vec::new() };
         assert!(better(&fuller, &empty), "a better fit wins over spreading");
     }
 

@@ -222,6 +222,56 @@ fn a_fixed_host_port_is_held_by_one_allocation_per_node() {
 }
 
 #[test]
+fn dynamic_ports_come_from_the_nodes_range_are_held_and_named_by_the_allocation() {
+    let narrow = |id: &str, range: &str| {
+        let mut node = docker_node(id);
+        node.attributes.insert(select::DYNAMIC_PORTS_ATTRIBUTE.into(), range.into());
+        node
+    };
+    let mut h = Harness { nodes: vec![narrow("a", "21000-21004")], ..Default::default() };
+    let mut job = service("web", 3, 100, 128);
+    job.task_groups[0].tasks[0].driver = TaskDriver::Docker(DockerConfig {
+        ports: vec![
+            crate::job::PortMapping { name: "http".into(), container_port: 80, host_port: None },
+            crate::job::PortMapping { name: "admin".into(), container_port: 81, host_port: Some(9000) },
+            crate::job::PortMapping { name: "grpc".into(), container_port: 82, host_port: None },
+        ],
+        ..DockerConfig::for_image("web")
+    });
+    h.put_job(job.clone());
+    // Three allocations would need six dynamic ports; the node's range has five.
+    let plan = h.run("web");
+    assert_eq!(plan.placements.len(), 1, "9000 is fixed: one per node anyway");
+    let placed = &plan.placements[0];
+    assert_eq!(placed.host_ports[0], 9000, "the fixed port first");
+    let group = &job.task_groups[0];
+    let (http, grpc) = (placed.host_port_of(group, "web", "http"), placed.host_port_of(group, "web", "grpc"));
+    for port in [http, grpc] {
+        assert!(port.is_some_and(|p| (21000..=21004).contains(&p)), "{:?}", placed.host_ports);
+    }
+    assert_ne!(http, grpc);
+    assert_eq!(placed.host_port_of(group, "web", "admin"), None, "a fixed port is not dynamic");
+
+    // Another job's dynamic ports avoid those held; when the range runs out, the node is full.
+    let mut other = job.clone();
+    other.name = "other".into();
+    if let TaskDriver::Docker(d) = &mut other.task_groups[0].tasks[0].driver {
+        d.ports.retain(|p| p.host_port.is_none());
+    }
+    other.task_groups[0].count = 2;
+    h.put_job(other);
+    let plan = h.run("other");
+    assert_eq!(plan.placements.len(), 1, "three ports left: room for one allocation of two");
+    let mut held: Vec<u16> = h.allocs.values().flat_map(|a| a.host_ports.clone()).collect();
+    held.sort_unstable();
+    let before = held.len();
+    held.dedup();
+    assert_eq!(held.len(), before, "no port given twice: {held:?}");
+    let why = &plan.failed_placements["web"];
+    assert!(why.contains("no free dynamic host port"), "{why}");
+}
+
+#[test]
 fn a_replacement_takes_the_port_once_the_agent_reports_the_old_allocation_finished() {
     let mut h = Harness { nodes: vec![docker_node("a")], ..Default::default() };
     h.put_job(with_host_port(service("web", 1, 100, 128), 8080));

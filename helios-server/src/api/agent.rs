@@ -69,7 +69,7 @@ impl AgentService for Agents {
             (
                 cluster,
                 req.node_id,
-                Some(SentAllocations::default()),
+                Some(SentAllocations::new(req.paged)),
                 VecDeque::new(),
                 signal,
                 Some(Changes::Everything),

@@ -28,6 +28,8 @@ const PAGE_BYTES: usize = helios_core::limits::MAX_MESSAGE_BYTES;
 /// What one watch stream has sent so far.
 #[derive(Default)]
 pub struct SentAllocations {
+    /// The agent takes jobs once and sets in pages (agents of older builds do not).
+    paged: bool,
     started: bool,
     sent: HashMap<String, Allocation>,
     /// The job versions this stream has sent (the agent keeps them while it runs any).
@@ -35,6 +37,10 @@ pub struct SentAllocations {
 }
 
 impl SentAllocations {
+    pub fn new(paged: bool) -> SentAllocations {
+        SentAllocations { paged, ..Default::default() }
+    }
+
     /// Whether the whole set was sent already.
     pub fn started(&self) -> bool {
         self.started
@@ -68,7 +74,8 @@ impl SentAllocations {
         let mut size = 0;
         let next_page = |pages: &mut Vec<pb::AssignedAllocations>, size: &mut usize, adding: usize| {
             let page = pages.last().expect("one page at least");
-            if *size + adding > PAGE_BYTES && !(page.allocations.is_empty() && page.removed.is_empty()) {
+            let room = if self.paged { PAGE_BYTES } else { usize::MAX };
+            if *size + adding > room && !(page.allocations.is_empty() && page.removed.is_empty()) {
                 pages.push(pb::AssignedAllocations {
                     allocations: Vec::new(),
                     delta: true,
@@ -85,7 +92,7 @@ impl SentAllocations {
         }
         for alloc in changed {
             let key = (alloc.job_name.clone(), alloc.job_version);
-            let job = if self.jobs.contains(&key) {
+            let job = if self.paged && self.jobs.contains(&key) {
                 None
             } else {
                 read::job_version(txn, &alloc.job_name, alloc.job_version)?.as_ref().map(job_to_pb)

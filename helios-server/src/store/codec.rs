@@ -20,8 +20,14 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 
 /// As `encode`, for what may be written for older readers (a peer's announced format).
 pub fn try_encode<T: Serialize + ?Sized>(value: &T) -> io::Result<Vec<u8>> {
-    bincode::serde::encode_to_vec(value, config())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| {
+        let why = match e {
+            // A record's own refusal (`format::not_writable`): its words, not bincode's wrapper.
+            bincode::error::EncodeError::OtherString(why) => why,
+            other => other.to_string(),
+        };
+        io::Error::new(io::ErrorKind::InvalidInput, why)
+    })
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {

@@ -263,6 +263,15 @@ impl TestCluster {
         ClusterServiceClient::new(self.channel(id).await)
     }
 
+    /// Waits until the cluster's stored format is this build's (a new cluster raises it once its
+    /// leader hears every voter's): jobs that only it can hold are refused until then.
+    pub async fn format_raised(&self) {
+        wait_for("the cluster's stored format raised", || async {
+            (self.members(1).await.stored_format == helios_core::format::FORMAT_VERSION).then_some(())
+        })
+        .await;
+    }
+
     pub async fn members(&self, via: u64) -> pb::ListMembersResponse {
         self.cluster_client(via)
             .await
