@@ -283,36 +283,48 @@ async fn report_allocations(
     secret: &str,
     mut reports: tokio::sync::mpsc::UnboundedReceiver<pb::AllocationUpdate>,
 ) -> ClientError {
-    while let Some(first) = reports.recv().await {
-        let mut batch = vec![first];
+    // Only the latest report per allocation matters, so what waits is bounded by the node's
+    // allocations however long the servers are away: the queue is drained into this map before
+    // every attempt, and while retrying.
+    let mut pending: BTreeMap<String, pb::AllocationUpdate> = BTreeMap::new();
+    loop {
+        if pending.is_empty() {
+            let Some(first) = reports.recv().await else { return std::future::pending().await };
+            pending.insert(first.alloc_id.clone(), first);
+        }
         while let Ok(more) = reports.try_recv() {
-            batch.push(more);
+            pending.insert(more.alloc_id.clone(), more);
         }
-        // Only the latest report per allocation matters.
-        let mut latest: BTreeMap<String, pb::AllocationUpdate> = BTreeMap::new();
-        for update in batch {
-            latest.insert(update.alloc_id.clone(), update);
-        }
-        let updates: Vec<pb::AllocationUpdate> = latest.into_values().collect();
-        loop {
-            match servers.update_allocations(node_id, secret, updates.clone()).await {
-                Ok(()) => break,
-                // A report the servers refuse (an allocation they no longer know, a malformed
-                // state) is dropped; the agent keeps running its other work.
-                // (An identity problem also stops the heartbeats and the watch, which end the agent.)
-                Err(servers::CallError::Refused(why)) => {
-                    tracing::warn!(%why, "the servers refused an allocation report; dropping it");
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "allocation update failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+        // The servers take at most MAX_UPDATES_PER_CALL at once.
+        let updates: Vec<pb::AllocationUpdate> = pending.values().take(MAX_UPDATES_PER_CALL).cloned().collect();
+        let sent = match servers.update_allocations(node_id, secret, updates.clone()).await {
+            Ok(()) => true,
+            // A report the servers refuse (an allocation they no longer know, a malformed
+            // state) is dropped; the agent keeps running its other work.
+            // (An identity problem also stops the heartbeats and the watch, which end the agent.)
+            Err(servers::CallError::Refused(why)) => {
+                tracing::warn!(%why, "the servers refused an allocation report; dropping it");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "allocation update failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                false
+            }
+        };
+        if sent {
+            for update in updates {
+                // Unless a newer one came meanwhile (drained on the next round).
+                if pending.get(&update.alloc_id) == Some(&update) {
+                    pending.remove(&update.alloc_id);
                 }
             }
         }
     }
-    std::future::pending().await
 }
+
+/// What the servers take in one `UpdateAllocations` call.
+const MAX_UPDATES_PER_CALL: usize = 1000;
 
 /// Aborts a background task when its owner goes away.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

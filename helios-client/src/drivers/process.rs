@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use helios_api::pb;
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 
@@ -84,7 +84,10 @@ pub async fn watch_adopted(
     mut stop: watch::Receiver<bool>,
     state: &mut pb::TaskState,
 ) {
-    let alive = || kill(group(pid), None).is_ok();
+    // The same process as when adopted (its start time): a pid the kernel hands to another
+    // process once the task has exited must not be taken for the task, nor signalled.
+    let started = start_time(pid);
+    let alive = || started.is_some() && start_time(pid) == started && !exited(pid);
     let mut stopping_since: Option<tokio::time::Instant> = None;
     while alive() {
         if stopping_since.is_none() && *stop.borrow() {
@@ -100,6 +103,8 @@ pub async fn watch_adopted(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    // Leftover children of the task (same process group) must not outlive it.
+    let _ = killpg(group(pid), Signal::SIGKILL);
 }
 
 /// The pid in the task's pid file, if that process is still the one we started (same start
@@ -111,6 +116,12 @@ pub fn live_pid(dir: &Path) -> Option<u32> {
     let pid: u32 = parts.next()?.parse().ok()?;
     let started: u64 = parts.next()?.parse().ok()?;
     (pid > 0 && start_time(pid) == Some(started)).then_some(pid)
+}
+
+/// True when the process has exited and waits to be reaped (a zombie: state `Z`).
+fn exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rfind(')').is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z')))
 }
 
 /// A process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat).
