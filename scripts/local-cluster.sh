@@ -123,13 +123,18 @@ start)
         export HELIOS_TOKEN
     fi
     agents="${AGENTS:-3}"
+    # exec isolates tasks and needs root; without it the agents offer raw_exec (no isolation).
+    driver_flags=()
+    if [ "$(id -u)" -ne 0 ]; then
+        driver_flags=(--enable-raw-exec)
+    fi
     for id in $(seq 1 "$agents"); do
         if [ -e "$state/client-$id.pid" ] && kill -0 "$(cat "$state/client-$id.pid")" 2>/dev/null; then
             continue
         fi
         mkdir -p "$state/client-$id"
         (cd "$state" && exec "$bin/helios-client" --node-id "$id" --data-dir "client-$id" \
-            --server-addr "$all_addrs" "${client_tls[@]}" \
+            --server-addr "$all_addrs" "${client_tls[@]}" "${driver_flags[@]}" \
             --client-rpc-addr "127.0.0.1:${agent_ports[$((id - 1))]}" </dev/null >"client-$id.log" 2>&1) &
         echo $! >"$state/client-$id.pid"
     done
@@ -147,7 +152,12 @@ start)
                 echo "  export HELIOS_CLIENT_CERT=$HELIOS_CLIENT_CERT"
                 echo "  export HELIOS_CLIENT_KEY=$HELIOS_CLIENT_KEY"
             fi
-            echo "Cluster ready. Try: $bin/helios-cli job run --name hello echo -- 'Hello, Helios'"
+            if [ "$(id -u)" -ne 0 ]; then
+                echo "Not root: the agents offer raw_exec, not exec (which isolates tasks and needs root)."
+                echo "Cluster ready. Try: $bin/helios-cli job run --name hello --driver raw_exec echo -- 'Hello, Helios'"
+            else
+                echo "Cluster ready. Try: $bin/helios-cli job run --name hello echo -- 'Hello, Helios'"
+            fi
             echo "Logs: $state/{server,client}-*.log   Stop: scripts/local-cluster.sh stop"
             exit 0
         fi
