@@ -22,7 +22,8 @@ set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 state="${HELIOS_LOCAL_DIR:-$root/.helios-local}"
-bin="${HELIOS_BIN:-$root/target/release}"
+# Absolute: the servers and agents run from inside the state directory.
+bin="$(realpath -m "${HELIOS_BIN:-$root/target/release}")"
 read -r -a server_ports <<<"${SERVER_PORTS:-50051 50052 50053}"
 read -r -a agent_ports <<<"${AGENT_PORTS:-60051 60052 60053}"
 peers=()

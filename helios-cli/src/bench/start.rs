@@ -7,6 +7,10 @@
 //! clocks are this machine's (run it against a local cluster), in milliseconds. With `--node`
 //! the job runs on that node only: `--jobs 1 --count 100 --node 1` measures how many tasks one
 //! agent starts per second. The jobs are purged at the end.
+//!
+//! Where the time goes is printed too, per stage, from the times the cluster records: submit ->
+//! allocation created (Raft commit of the job, scheduling, Raft commit of the plan), created ->
+//! the agent's `Received` event (the watch), and received -> started (the agent and its driver).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -15,9 +19,10 @@ use std::time::{Duration, Instant};
 use crate::connect::Conn;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use hdrhistogram::Histogram;
 use helios_api::convert::job_to_pb;
 use helios_api::pb;
-use helios_core::{Constraint, ConstraintOperator, DockerConfig, Job, Resources, TaskDriver};
+use helios_core::{Constraint, ConstraintOperator, DockerConfig, ExecConfig, Job, Resources, TaskDriver};
 
 use super::{histogram, now_ms, record, summary};
 use crate::connect::Servers;
@@ -61,25 +66,25 @@ pub async fn run(servers: &Servers, args: StartArgs) -> Result<()> {
         let (channel, next, prefix, jobs) = (channel.clone(), next.clone(), prefix.clone(), args.jobs);
         let template = template.clone();
         workers.spawn(async move {
-            let mut latencies = histogram();
+            let mut stages = Stages::default();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= jobs {
-                    return Ok::<_, anyhow::Error>(latencies);
+                    return Ok::<_, anyhow::Error>(stages);
                 }
                 let mut job = template.clone();
                 job.name = format!("{prefix}-{i}");
-                for latency in submit_and_wait(channel.clone(), job).await? {
-                    record(&mut latencies, latency);
+                for timeline in submit_and_wait(channel.clone(), job).await? {
+                    stages.record(&timeline);
                 }
             }
         });
     }
-    let mut all = histogram();
+    let mut all = Stages::default();
     let mut failure = None;
     while let Some(done) = workers.join_next().await {
         match done? {
-            Ok(h) => all.add(h)?,
+            Ok(stages) => all.add(stages)?,
             Err(e) => failure = Some(e),
         }
     }
@@ -93,17 +98,61 @@ pub async fn run(servers: &Servers, args: StartArgs) -> Result<()> {
     if let Some(e) = failure {
         return Err(e);
     }
-    let what = if args.driver == DriverArg::Docker { "container" } else { "process" };
+    let what = if matches!(args.driver, DriverArg::Docker) { "container" } else { "process" };
     println!(
         "{} jobs x {} allocations, concurrency {}, in {:.2}s ({:.1} tasks started/s): submit -> {what} started {}",
         args.jobs,
         args.count,
         args.concurrency,
         elapsed.as_secs_f64(),
-        all.len() as f64 / elapsed.as_secs_f64(),
-        summary(&all)
+        all.total.len() as f64 / elapsed.as_secs_f64(),
+        summary(&all.total)
     );
+    println!("  submit -> allocation created: {}", summary(&all.placed));
+    println!("  created -> agent received:    {}", summary(&all.delivered));
+    println!("  received -> {what} started:  {}", summary(&all.started));
     Ok(())
+}
+
+/// When one allocation's task passed each stage, in ms since the epoch (the cluster's clocks:
+/// the servers' for `created`, the agent's for the rest; one machine in a local cluster).
+struct Timeline {
+    submitted: u64,
+    created: u64,
+    received: u64,
+    started: u64,
+}
+
+/// The latency histograms: the whole way, and each stage of it.
+struct Stages {
+    total: Histogram<u64>,
+    placed: Histogram<u64>,
+    delivered: Histogram<u64>,
+    started: Histogram<u64>,
+}
+
+impl Default for Stages {
+    fn default() -> Stages {
+        Stages { total: histogram(), placed: histogram(), delivered: histogram(), started: histogram() }
+    }
+}
+
+impl Stages {
+    fn record(&mut self, t: &Timeline) {
+        let ms = |from: u64, to: u64| Duration::from_millis(to.saturating_sub(from));
+        record(&mut self.total, ms(t.submitted, t.started));
+        record(&mut self.placed, ms(t.submitted, t.created));
+        record(&mut self.delivered, ms(t.created, t.received));
+        record(&mut self.started, ms(t.received, t.started));
+    }
+
+    fn add(&mut self, other: Stages) -> Result<()> {
+        self.total.add(other.total)?;
+        self.placed.add(other.placed)?;
+        self.delivered.add(other.delivered)?;
+        self.started.add(other.started)?;
+        Ok(())
+    }
 }
 
 /// The job every worker submits (under its own name).
@@ -113,10 +162,16 @@ fn template_job(args: &StartArgs) -> Result<Job> {
     group.count = args.count;
     // Small tasks, so that `--count` of them fit one node.
     group.tasks[0].resources = Resources { cpu_mhz: 10, memory_mb: 16 };
-    if args.driver == DriverArg::Docker {
-        let Some(image) = &args.image else { bail!("--driver docker needs --image IMAGE") };
-        group.tasks[0].driver =
-            TaskDriver::Docker(DockerConfig { command: Some("true".to_string()), ..DockerConfig::for_image(image) });
+    match args.driver {
+        DriverArg::Exec => {}
+        DriverArg::RawExec => group.tasks[0].driver = TaskDriver::RawExec(ExecConfig::new("true", Vec::new())),
+        DriverArg::Docker => {
+            let Some(image) = &args.image else { bail!("--driver docker needs --image IMAGE") };
+            group.tasks[0].driver = TaskDriver::Docker(DockerConfig {
+                command: Some("true".to_string()),
+                ..DockerConfig::for_image(image)
+            });
+        }
     }
     if let Some(node) = &args.node {
         job.constraints.push(Constraint {
@@ -128,8 +183,8 @@ fn template_job(args: &StartArgs) -> Result<Job> {
     Ok(job)
 }
 
-/// Submits `job` and waits until every allocation's task has started: their latencies.
-async fn submit_and_wait(channel: Conn, job: Job) -> Result<Vec<Duration>> {
+/// Submits `job` and waits until every allocation's task has started: their timelines.
+async fn submit_and_wait(channel: Conn, job: Job) -> Result<Vec<Timeline>> {
     let name = job.name.clone();
     let count = usize::try_from(job.task_groups[0].count).unwrap_or(usize::MAX);
     let submitted_ms = now_ms();
@@ -142,13 +197,9 @@ async fn submit_and_wait(channel: Conn, job: Job) -> Result<Vec<Duration>> {
     loop {
         let request = pb::ListAllocationsRequest { job_name: Some(name.clone()), node_id: None };
         let listed = allocs.list_allocations(request).await.context("listing allocations")?.into_inner();
-        let started: Vec<u64> = listed
-            .allocations
-            .iter()
-            .filter_map(|a| a.task_states.values().filter_map(|t| t.started_at_ms).min())
-            .collect();
+        let started: Vec<Timeline> = listed.allocations.iter().filter_map(|a| timeline(submitted_ms, a)).collect();
         if started.len() >= count {
-            return Ok(started.iter().map(|ms| Duration::from_millis(ms.saturating_sub(submitted_ms))).collect());
+            return Ok(started);
         }
         if Instant::now() > deadline {
             bail!(
@@ -158,4 +209,12 @@ async fn submit_and_wait(channel: Conn, job: Job) -> Result<Vec<Duration>> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// The allocation's timeline, once its (first) task has started.
+fn timeline(submitted: u64, alloc: &pb::Allocation) -> Option<Timeline> {
+    let task = alloc.task_states.values().filter(|t| t.started_at_ms.is_some()).min_by_key(|t| t.started_at_ms)?;
+    let started = task.started_at_ms?;
+    let received = task.events.iter().find(|e| e.kind == "Received").map_or(started, |e| e.time_ms);
+    Some(Timeline { submitted, created: alloc.created_at_ms, received, started })
 }
