@@ -92,25 +92,13 @@ pub async fn start(
         Ok(user) => user,
         Err(why) => return refused("Setup Failure", why),
     };
-    if let Err(e) = dirs.build(user.as_ref().map(|u| (u.uid, u.gid))) {
-        return refused(
-            "Setup Failure",
-            format!("cannot create the task's directories in {}: {e}", dirs.dir.display()),
-        );
-    }
     let ports = Default::default();
     let who = owner.identity(&task, &ports);
     let runtime = task_env::runtime(&who, &dirs);
     let env = task_env::environment(&task.env, &runtime, &owner.node);
     let command = task_env::interpolate(&config.command, &runtime, &owner.node);
     let args: Vec<String> = config.args.iter().map(|a| task_env::interpolate(a, &runtime, &owner.node)).collect();
-    // Straight into the log files, not through the agent: the task must survive the agent.
-    let logs = match (crate::logs::open_for_task(&dirs.dir, "stdout"), crate::logs::open_for_task(&dirs.dir, "stderr"))
-    {
-        (Ok(out), Ok(err)) => (out, err),
-        (Err(e), _) | (_, Err(e)) => return refused("Setup Failure", format!("cannot open log files: {e}")),
-    };
-    let started = match (&isolation, &cgroup) {
+    let sandbox = match (&isolation, &cgroup) {
         (Some(isolation), Some(cgroup)) => {
             let limits = Limits {
                 memory_mb: task.resources.memory_mb,
@@ -134,12 +122,44 @@ pub async fn start(
                 task_dir: dirs.dir.clone(),
                 exit_file: dirs.exit_file(),
                 env_file: dirs.env_file(),
-                command: std::iter::once(command.clone()).chain(args).collect(),
+                command: std::iter::once(command.clone()).chain(args.clone()).collect(),
             };
-            launch(&isolation.launcher, &spec, cgroup, &limits, &env, logs).await
+            Some((isolation.launcher.clone(), spec, cgroup.clone(), limits))
         }
-        (Some(_), None) => Err("cannot find the agent's own cgroup".to_string()),
-        (None, _) => raw_exec::spawn(&command, &args, &env, user.as_ref(), &dirs, logs),
+        (Some(_), None) => return refused("Driver Failure", "cannot find the agent's own cgroup".to_string()),
+        (None, _) => None,
+    };
+    // Directories, log files, the cgroup and the process: file system work that waits on the
+    // kernel (creating and joining cgroups takes tens of milliseconds on a busy node), kept off
+    // the runtime's threads, which the agent's other tasks and its heartbeats share.
+    let setup = {
+        let (dirs, user) = (dirs.clone(), user.clone());
+        tokio::task::spawn_blocking(move || {
+            dirs.build(user.as_ref().map(|u| (u.uid, u.gid))).map_err(|e| {
+                ("Setup Failure", format!("cannot create the task's directories in {}: {e}", dirs.dir.display()))
+            })?;
+            // Straight into the log files, not through the agent: the task must survive the agent.
+            let logs = crate::logs::open_for_task(&dirs.dir, "stdout")
+                .and_then(|out| Ok((out, crate::logs::open_for_task(&dirs.dir, "stderr")?)))
+                .map_err(|e| ("Setup Failure", format!("cannot open log files: {e}")))?;
+            match sandbox {
+                Some((launcher, spec, cgroup, limits)) => {
+                    launch(&launcher, &spec, &cgroup, &limits, &env, logs).map(|(child, report)| (child, Some(report)))
+                }
+                None => raw_exec::spawn(&command, &args, &env, user.as_ref(), &dirs, logs).map(|child| (child, None)),
+            }
+            .map_err(|why| ("Driver Failure", why))
+        })
+        .await
+        .unwrap_or_else(|e| Err(("Driver Failure", format!("the task's setup failed: {e}"))))
+    };
+    let started = match setup {
+        Ok((child, None)) => Ok(child),
+        Ok((child, Some(report))) => launched(child, &report).await,
+        Err((kind, why)) => {
+            remove_cgroup(cgroup).await;
+            return refused(kind, why);
+        }
     };
     let child = match started {
         Ok(child) => child,
@@ -203,22 +223,23 @@ async fn ended(mut state: pb::TaskState, ending: &Ending, cgroup: Option<TaskCgr
     state
 }
 
-/// Creates the task's cgroup and runs the launcher; returns once it reports the task started.
-async fn launch(
+/// Creates the task's cgroup and runs the launcher; returns it and its first report (a blocking
+/// wait: it is read until the launcher says whether the task started).
+fn launch(
     launcher: &std::path::Path,
     spec: &Spec,
     cgroup: &TaskCgroup,
     limits: &Limits,
     env: &std::collections::BTreeMap<String, String>,
     logs: (std::fs::File, std::fs::File),
-) -> Result<tokio::process::Child, String> {
+) -> Result<(tokio::process::Child, String), String> {
     cgroup.create(limits).map_err(|e| format!("cannot create the task's cgroup: {e}"))?;
     let _ = std::fs::remove_file(&spec.exit_file);
     crate::sandbox::write_env_file(&spec.env_file, env)
         .map_err(|e| format!("cannot write the task's environment: {e}"))?;
     let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
     // No environment, and no process group: the launcher makes its own session (`sandbox`).
-    let mut child = tokio::process::Command::new(launcher)
+    let child = tokio::process::Command::new(launcher)
         .args(spec.to_args())
         .env_clear()
         .current_dir("/")
@@ -227,19 +248,19 @@ async fn launch(
         .stderr(logs.1)
         .spawn()
         .map_err(|e| format!("cannot run the task launcher {}: {e}", launcher.display()))?;
-    let report = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(reader).read_line(&mut line);
-        line
-    })
-    .await
-    .unwrap_or_default();
+    use std::io::BufRead;
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(reader).read_line(&mut line);
+    Ok((child, line))
+}
+
+/// The launched task's process, if its launcher reported it started; else why not.
+async fn launched(mut child: tokio::process::Child, report: &str) -> Result<tokio::process::Child, String> {
     if report.trim_end() == "started" {
         return Ok(child);
     }
     let _ = child.wait().await;
-    Err(match Ending::parse(&report) {
+    Err(match Ending::parse(report) {
         Some(Ending::NotStarted(why)) => why,
         _ => format!("the task launcher failed ({:?}); see the task's stderr", report.trim_end()),
     })
