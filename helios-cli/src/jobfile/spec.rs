@@ -210,6 +210,18 @@ impl GroupSpec {
             p.add(&format!("{path}.task"), "a group needs at least one task");
         }
         let ports = self.network.as_ref().map(|n| &n.port);
+        // A port reaches a task only through a docker task's `config.ports`: one no task maps
+        // would be accepted and never given (an exec task's NOMAD_PORT_<label> stays unset).
+        let mapped: std::collections::HashSet<&str> =
+            self.task.iter().flat_map(|t| t.config.ports.iter()).map(String::as_str).collect();
+        for name in ports.into_iter().flat_map(|ports| ports.keys()) {
+            if !mapped.contains(name.as_str()) {
+                p.add(
+                    &format!("{path}.network.port[{name}]"),
+                    "no docker task maps it in config.ports (exec and raw_exec tasks cannot be given network ports yet)",
+                );
+            }
+        }
         TaskGroup {
             name: self.name.clone(),
             count: self.count.unwrap_or(1),

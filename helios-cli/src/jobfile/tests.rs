@@ -91,6 +91,10 @@ config = { image = "helios-busybox", ports = ["http", "admin"] }
     let missing = text.replace("\"http\", \"admin\"", "\"https\"");
     let err = parse(&missing, Format::Toml).err().expect("missing port").to_string();
     assert!(err.contains("group[0].task[0].config.ports[0]: no network port \"https\""), "{err}");
+    // A port no docker task maps would never reach a task: refused, not dropped.
+    let unmapped = text.replace("\"http\", \"admin\"", "\"http\"");
+    let err = parse(&unmapped, Format::Toml).err().expect("unmapped port").to_string();
+    assert!(err.contains("group[0].network.port[admin]: no docker task maps it"), "{err}");
 }
 
 #[test]
