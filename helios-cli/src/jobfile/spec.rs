@@ -212,25 +212,28 @@ impl GroupSpec {
         let ports = self.network.as_ref().map(|n| &n.port);
         // A port reaches a task only through a docker task's `config.ports`: one no task maps
         // would be accepted and never given (an exec task's NOMAD_PORT_<label> stays unset).
-        let mapped: std::collections::HashSet<&str> =
-            self.task.iter().flat_map(|t| t.config.ports.iter()).map(String::as_str).collect();
         for name in ports.into_iter().flat_map(|ports| ports.keys()) {
-            if !mapped.contains(name.as_str()) {
-                p.add(
-                    &format!("{path}.network.port[{name}]"),
-                    "no docker task maps it in config.ports (exec and raw_exec tasks cannot be given network ports yet)",
-                );
-            }
+            let uses = |entry: &String| entry == name || entry.split_once('=').is_some_and(|(n, _)| n == name);
+            let mapping = self.task.iter().flat_map(|t| &t.config.ports).find(|entry| uses(entry));
+            let problem = match mapping {
+                Some(entry) if entry == name => continue,
+                Some(entry) => format!(
+                    "config.ports maps it inline ({entry:?}), so this block is not used: write ports = [{name:?}], or drop the block"
+                ),
+                None => "no docker task maps it in config.ports (exec and raw_exec tasks cannot be given network ports yet)"
+                    .to_string(),
+            };
+            p.add(&format!("{path}.network.port[{name}]"), problem);
+        }
+        let tasks: Vec<Task> =
+            self.task.iter().enumerate().map(|(k, t)| t.to_task(p, &format!("{path}.task[{k}]"), ports)).collect();
+        for (k, task) in tasks.iter().enumerate() {
+            unexpanded_port_references(p, &format!("{path}.task[{k}]"), task);
         }
         TaskGroup {
             name: self.name.clone(),
             count: self.count.unwrap_or(1),
-            tasks: self
-                .task
-                .iter()
-                .enumerate()
-                .map(|(k, t)| t.to_task(p, &format!("{path}.task[{k}]"), ports))
-                .collect(),
+            tasks,
             constraints: constraints(p, &format!("{path}.constraint"), &self.constraint),
             restart,
             meta: self.meta.clone(),
@@ -317,6 +320,47 @@ impl TaskSpec {
 
 /// `http=80:8080` (Helios), or `http` naming a group network port (Nomad: `to` is the container
 /// port, `static` the host port).
+/// The runtime variables that name a port label.
+const PORT_VARIABLES: [&str; 5] = ["NOMAD_PORT_", "NOMAD_HOST_PORT_", "NOMAD_IP_", "NOMAD_ADDR_", "HELIOS_PORT_"];
+
+/// Refuses a `${NOMAD_PORT_<label>}` (or the like) for a port the task is not given: it would
+/// reach the task as written. A docker task is given the ports its `config.ports` maps; exec
+/// and raw_exec tasks none yet.
+fn unexpanded_port_references(p: &mut Problems, path: &str, task: &Task) {
+    let mut texts: Vec<(String, &str)> = task.env.iter().map(|(k, v)| (format!("env.{k}"), v.as_str())).collect();
+    let given: Vec<&str> = match &task.driver {
+        TaskDriver::Docker(c) => {
+            texts.push(("config.image".into(), &c.image));
+            texts.extend(c.command.iter().map(|t| ("config.command".to_string(), t.as_str())));
+            texts.extend(c.entrypoint.iter().enumerate().map(|(i, t)| (format!("config.entrypoint[{i}]"), t.as_str())));
+            texts.extend(c.args.iter().enumerate().map(|(i, t)| (format!("config.args[{i}]"), t.as_str())));
+            c.ports.iter().map(|port| port.name.as_str()).collect()
+        }
+        TaskDriver::Exec(c) | TaskDriver::RawExec(c) => {
+            texts.push(("config.command".into(), &c.command));
+            texts.extend(c.args.iter().enumerate().map(|(i, t)| (format!("config.args[{i}]"), t.as_str())));
+            Vec::new()
+        }
+    };
+    for (field, text) in texts {
+        let variables = text.split("${").skip(1).filter_map(|rest| rest.split_once('}').map(|(name, _)| name));
+        for variable in variables {
+            let label = PORT_VARIABLES.iter().find_map(|prefix| variable.strip_prefix(prefix));
+            if let Some(label) = label.filter(|label| !given.contains(label)) {
+                let why = match &task.driver {
+                    TaskDriver::Docker(_) => {
+                        format!("names port {label:?}, which this task's config.ports does not map")
+                    }
+                    _ => {
+                        format!("names port {label:?}: {} tasks cannot be given network ports yet", task.driver.name())
+                    }
+                };
+                p.add(&format!("{path}.{field}"), format!("${{{variable}}} {why}"));
+            }
+        }
+    }
+}
+
 fn port_mapping(
     p: &mut Problems,
     path: &str,

@@ -95,6 +95,44 @@ config = { image = "helios-busybox", ports = ["http", "admin"] }
     let unmapped = text.replace("\"http\", \"admin\"", "\"http\"");
     let err = parse(&unmapped, Format::Toml).err().expect("unmapped port").to_string();
     assert!(err.contains("group[0].network.port[admin]: no docker task maps it"), "{err}");
+    // Mapped inline instead, the group's block would be unused: said so.
+    let inline = text.replace("\"http\", \"admin\"", "\"http\", \"admin=9000\"");
+    let err = parse(&inline, Format::Toml).err().expect("inline port").to_string();
+    assert!(err.contains("group[0].network.port[admin]: config.ports maps it inline (\"admin=9000\")"), "{err}");
+}
+
+#[test]
+fn a_port_variable_for_a_port_the_task_is_not_given_is_refused() {
+    let text = r#"
+name = "api"
+[[group]]
+name = "api"
+[group.network.port.http]
+to = 80
+[[group.task]]
+name = "web"
+driver = "docker"
+config = { image = "helios-busybox", ports = ["http"], args = ["--listen=${NOMAD_PORT_http}"] }
+env = { ADDR = "${NOMAD_ADDR_http}" }
+[[group.task]]
+name = "sidecar"
+driver = "exec"
+config = { command = "/bin/probe", args = ["${NOMAD_ADDR_http}"] }
+env = { TARGET = "${NOMAD_HOST_PORT_http}", LABEL = "${NOMAD_ALLOC_ID}" }
+"#;
+    let err = parse(text, Format::Toml).err().expect("the exec task gets no port").to_string();
+    assert!(
+        err.contains("group[0].task[1].config.args[0]: ${NOMAD_ADDR_http} names port \"http\": exec tasks"),
+        "{err}"
+    );
+    assert!(err.contains("group[0].task[1].env.TARGET: ${NOMAD_HOST_PORT_http}"), "{err}");
+    assert!(!err.contains("task[0]") && !err.contains("LABEL"), "{err}");
+    // The docker task alone is fine; naming a port it does not map is not.
+    let docker_only = text.split("[[group.task]]\nname = \"sidecar\"").next().unwrap().to_string();
+    parse(&docker_only, Format::Toml).expect("the docker task is given http");
+    let other = docker_only.replace("${NOMAD_ADDR_http}", "${NOMAD_ADDR_admin}");
+    let err = parse(&other, Format::Toml).err().expect("admin is not mapped").to_string();
+    assert!(err.contains("group[0].task[0].env.ADDR: ${NOMAD_ADDR_admin} names port \"admin\", which this task's config.ports does not map"), "{err}");
 }
 
 #[test]
