@@ -336,6 +336,16 @@ fn task_event_to_pb(e: &TaskEvent) -> pb::TaskEvent {
     }
 }
 
+/// An agent's report on one allocation, as it sends it.
+pub fn alloc_update_to_pb(u: &helios_core::AllocUpdate) -> pb::AllocationUpdate {
+    pb::AllocationUpdate {
+        alloc_id: u.alloc_id.clone(),
+        client_status: u.client_status.as_str().to_string(),
+        client_description: u.client_description.clone(),
+        task_states: u.task_states.iter().map(|(task, state)| (task.clone(), task_state_to_pb(state))).collect(),
+    }
+}
+
 /// An agent's report on one allocation, checked field by field.
 pub fn alloc_update_from_pb(u: pb::AllocationUpdate, path: &str) -> ConversionResult<helios_core::AllocUpdate> {
     let mut p = Problems::default();

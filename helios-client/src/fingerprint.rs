@@ -1,4 +1,4 @@
-//! What the agent reports about its machine.
+//! What the agent reports about its machine (its drivers fingerprint themselves: `crate::drivers`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,35 +41,6 @@ pub fn node(config: &ClientConfig, advertised: SocketAddr) -> pb::Node {
             memory_mb: config.memory_mb.unwrap_or_else(memory_mb),
         }),
         ..Default::default()
-    }
-}
-
-/// Offers exec where the agent can isolate tasks, and raw_exec where it was told to.
-pub fn set_process_drivers(node: &mut pb::Node, drivers: &crate::drivers::Settings) {
-    if let Some(isolation) = &drivers.isolation {
-        node.drivers.push("exec".to_string());
-        node.attributes.insert("driver.exec".to_string(), "1".to_string());
-        node.attributes.insert("unique.cgroup.version".to_string(), isolation.cgroups.as_str().to_string());
-    }
-    if drivers.raw_exec {
-        node.drivers.push("raw_exec".to_string());
-        node.attributes.insert("driver.raw_exec".to_string(), "1".to_string());
-    }
-    // What docker tasks may ask for here: the scheduler places such tasks only where allowed.
-    for privilege in &drivers.docker_allowed {
-        node.attributes.insert(privilege.attribute().to_string(), "1".to_string());
-    }
-}
-
-/// Offers the docker driver (and says which engine) when `engine_version` is known.
-pub fn set_docker(node: &mut pb::Node, engine_version: Option<&str>) {
-    node.drivers.retain(|d| d != "docker");
-    node.attributes.remove("driver.docker.version");
-    node.attributes.remove("driver.docker");
-    if let Some(version) = engine_version {
-        node.drivers.push("docker".to_string());
-        node.attributes.insert("driver.docker.version".to_string(), version.to_string());
-        node.attributes.insert("driver.docker".to_string(), "1".to_string());
     }
 }
 

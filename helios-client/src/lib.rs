@@ -6,9 +6,8 @@
 //! rotated log files, stop with SIGTERM then SIGKILL), reporting their state in batches. Serving
 //! task logs over gRPC, restart policies and the docker driver come next.
 
+mod adoption;
 mod cgroups;
-mod docker;
-mod docker_logs;
 pub mod drivers;
 mod fingerprint;
 mod identity;
@@ -17,6 +16,7 @@ mod logs;
 mod runner;
 pub mod sandbox;
 mod servers;
+mod supervisor;
 mod task_dir;
 mod task_env;
 
@@ -125,14 +125,16 @@ pub async fn run_on(
     }
     let advertised = listener.local_addr().map_err(|source| ClientError::Listen { addr: config.rpc_addr, source })?;
     let mut node = fingerprint::node(&config, advertised);
-    let drivers = drivers::Settings::detect(&config.drivers, &config.data_dir, docker::NodeCpu::of(&node));
-    fingerprint::set_process_drivers(&mut node, &drivers);
+    let cpu = drivers::docker::NodeCpu::of(&node);
+    let settings = drivers::Settings::detect(&config.drivers, &config.data_dir, cpu);
+    let engine = drivers::docker::Engine { endpoint: drivers::docker::Endpoint(config.docker_endpoint.clone()), cpu };
+    if let Some(why) = &settings.exec_unavailable {
+        tracing::warn!("the exec driver is not offered: {why}");
+    }
+    let drivers = drivers::Drivers::new(std::sync::Arc::new(settings), engine);
     let (low, high) = config.drivers.dynamic_ports.unwrap_or(helios_core::scheduler::select::DEFAULT_DYNAMIC_PORTS);
     node.attributes
         .insert(helios_core::scheduler::select::DYNAMIC_PORTS_ATTRIBUTE.to_string(), format!("{low}-{high}"));
-    if let Some(why) = &drivers.exec_unavailable {
-        tracing::warn!("the exec driver is not offered: {why}");
-    }
     let remembered = servers::remembered_path(&config.data_dir, &config.node_id);
     let servers = Servers::new(&config.servers, config.tls.as_ref(), config.node_token.as_deref(), Some(remembered))?;
 
@@ -165,16 +167,18 @@ pub async fn run_on(
     tokio::pin!(serve);
     let node_id = node.id.clone();
     let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
-    let engine =
-        docker::Engine { endpoint: docker::Endpoint(config.docker_endpoint.clone()), cpu: docker::NodeCpu::of(&node) };
+    // The node as registered: its drivers as fingerprinted now (tasks may name their attributes).
+    let fingerprints = drivers.fingerprint().await;
+    let mut registered = node.clone();
+    drivers::offer(&mut registered, &fingerprints);
     let facts = task_env::NodeFacts {
         id: node.id.clone(),
         name: node.hostname.clone(),
-        attributes: node.attributes.clone(),
+        attributes: registered.attributes.clone(),
         meta: node.meta.clone(),
     };
-    let runners = runner::Runners::new(facts, engine, drivers, reports_tx);
-    let liveness = keep_alive(&servers, node, secret.clone(), docker::Endpoint(config.docker_endpoint.clone()));
+    let runners = runner::Runners::new(facts, drivers.clone(), config.data_dir.join("allocs"), reports_tx);
+    let liveness = keep_alive(&servers, node, secret.clone(), drivers, fingerprints);
     tokio::pin!(liveness);
     let watching = watch_allocations(&servers, &node_id, &secret, runners);
     tokio::pin!(watching);
@@ -281,12 +285,12 @@ async fn report_allocations(
     servers: &Servers,
     node_id: &str,
     secret: &str,
-    mut reports: tokio::sync::mpsc::UnboundedReceiver<pb::AllocationUpdate>,
+    mut reports: tokio::sync::mpsc::UnboundedReceiver<helios_core::AllocUpdate>,
 ) -> ClientError {
     // Only the latest report per allocation matters, so what waits is bounded by the node's
     // allocations however long the servers are away: the queue is drained into this map before
     // every attempt, and while retrying.
-    let mut pending: BTreeMap<String, pb::AllocationUpdate> = BTreeMap::new();
+    let mut pending: BTreeMap<String, helios_core::AllocUpdate> = BTreeMap::new();
     loop {
         if pending.is_empty() {
             let Some(first) = reports.recv().await else { return std::future::pending().await };
@@ -296,8 +300,8 @@ async fn report_allocations(
             pending.insert(more.alloc_id.clone(), more);
         }
         // The servers take at most MAX_UPDATES_PER_CALL at once.
-        let updates: Vec<pb::AllocationUpdate> = pending.values().take(MAX_UPDATES_PER_CALL).cloned().collect();
-        let sent = match servers.update_allocations(node_id, secret, updates.clone()).await {
+        let updates: Vec<helios_core::AllocUpdate> = pending.values().take(MAX_UPDATES_PER_CALL).cloned().collect();
+        let sent = match servers.update_allocations(node_id, secret, &updates).await {
             Ok(()) => true,
             // A report the servers refuse (an allocation they no longer know, a malformed
             // state) is dropped; the agent keeps running its other work.
@@ -335,26 +339,32 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// How often the agent checks whether the docker engine answers (or stopped answering).
+/// How often the agent fingerprints its drivers again (the docker engine may come or go).
 const DRIVER_CHECK_EVERY: Duration = Duration::from_secs(15);
 
 /// Registers, then heartbeats within the TTL the servers ask for, forever. Registers again when
-/// the docker driver comes or goes. Returns only when the servers refuse this agent's identity.
-async fn keep_alive(servers: &Servers, mut node: pb::Node, secret: String, engine: docker::Endpoint) -> ClientError {
+/// a driver's fingerprint changes. Returns only when the servers refuse this agent's identity.
+async fn keep_alive(
+    servers: &Servers,
+    node: pb::Node,
+    secret: String,
+    drivers: drivers::Drivers,
+    fingerprints: drivers::Fingerprints,
+) -> ClientError {
     let node_id = node.id.clone();
     // Checked off the heartbeat path: an engine that hangs must not delay heartbeats.
-    let (docker_tx, mut docker_rx) = tokio::sync::watch::channel(engine.engine_version().await);
+    let (fingerprints_tx, mut fingerprints_rx) = tokio::sync::watch::channel(fingerprints);
     let _checker = AbortOnDrop(tokio::spawn(async move {
         loop {
             tokio::time::sleep(DRIVER_CHECK_EVERY).await;
-            let now = engine.engine_version().await;
-            docker_tx.send_if_modified(|known| std::mem::replace(known, now.clone()) != now);
+            let now = drivers.fingerprint().await;
+            fingerprints_tx.send_if_modified(|known| std::mem::replace(known, now.clone()) != now);
         }
     }));
     loop {
-        let docker = docker_rx.borrow_and_update().clone();
-        fingerprint::set_docker(&mut node, docker.as_deref());
-        let ttl = match servers.register(&node, &secret).await {
+        let mut registered = node.clone();
+        drivers::offer(&mut registered, &fingerprints_rx.borrow_and_update());
+        let ttl = match servers.register(&registered, &secret).await {
             Ok(ttl) => ttl,
             Err(servers::CallError::Refused(why)) => return ClientError::Refused(why),
             Err(e) => {
@@ -363,12 +373,12 @@ async fn keep_alive(servers: &Servers, mut node: pb::Node, secret: String, engin
                 continue;
             }
         };
-        tracing::info!(%node_id, ttl_ms = ttl.as_millis(), docker = ?docker, "registered");
+        tracing::info!(%node_id, ttl_ms = ttl.as_millis(), drivers = ?registered.drivers, "registered");
         let mut interval = ttl / 3;
         loop {
             tokio::time::sleep(interval).await;
-            if docker_rx.has_changed().unwrap_or(false) {
-                tracing::info!("the docker engine changed; registering again");
+            if fingerprints_rx.has_changed().unwrap_or(false) {
+                tracing::info!("a driver's fingerprint changed; registering again");
                 break;
             }
             // A quarter of the TTL per server: sent a third of the TTL after the last one, a

@@ -158,7 +158,7 @@ impl ClientService for LogService {
     async fn task_logs(&self, request: Request<pb::TaskLogsRequest>) -> Result<Response<Self::TaskLogsStream>, Status> {
         let req = request.into_inner();
         // Servers only (a task on this machine reaches this port too), with TLS or without.
-        let now = crate::runner::now_ms();
+        let now = crate::runner::now().as_millis();
         helios_api::node_proof::check(&self.secret, &req.alloc_id, &req.task, req.proof_time_ms, &req.proof, now)
             .map_err(|why| {
                 Status::permission_denied(format!("only the cluster's servers may read logs here: {why}"))
@@ -223,7 +223,7 @@ mod tests {
 
     /// `request` with a server's proof.
     fn proven(mut request: pb::TaskLogsRequest) -> pb::TaskLogsRequest {
-        request.proof_time_ms = crate::runner::now_ms();
+        request.proof_time_ms = crate::runner::now().as_millis();
         request.proof = helios_api::node_proof::prove(SECRET, &request.alloc_id, &request.task, request.proof_time_ms);
         request
     }

@@ -378,8 +378,9 @@ impl Servers {
         &self,
         node_id: &str,
         secret: &str,
-        updates: Vec<pb::AllocationUpdate>,
+        updates: &[helios_core::AllocUpdate],
     ) -> Result<(), CallError> {
+        let updates: Vec<pb::AllocationUpdate> = updates.iter().map(helios_api::convert::alloc_update_to_pb).collect();
         self.call("allocation update", |mut c| {
             let req = pb::UpdateAllocationsRequest {
                 node_id: node_id.to_string(),

@@ -57,8 +57,16 @@ pub struct Identity<'a> {
     pub memory_mb: u32,
     /// The job's meta, then the group's over it.
     pub meta: &'a BTreeMap<String, String>,
-    /// Port label to host port.
-    pub ports: &'a BTreeMap<String, u16>,
+    /// The task's ports by label.
+    pub ports: &'a BTreeMap<String, TaskPort>,
+}
+
+/// One of a task's ports: where it is reached on the host, and where the task listens (a
+/// container's port behind a docker mapping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskPort {
+    pub host: u16,
+    pub task: u16,
 }
 
 /// The runtime variables alone (what `${NOMAD_*}` can name).
@@ -87,12 +95,13 @@ pub fn runtime(who: &Identity, dirs: &TaskDir) -> BTreeMap<String, String> {
         ("TMPDIR".to_string(), path(dirs.tmp())),
     ]);
     for (label, port) in who.ports {
-        let port = port.to_string();
-        for prefix in ["NOMAD_PORT_", "NOMAD_HOST_PORT_", "HELIOS_PORT_"] {
-            vars.insert(format!("{prefix}{label}"), port.clone());
-        }
+        // As Nomad: the task binds NOMAD_PORT (behind a mapping, the container's port); the
+        // host's side is NOMAD_HOST_PORT, and NOMAD_ADDR is how others reach it.
+        vars.insert(format!("NOMAD_PORT_{label}"), port.task.to_string());
+        vars.insert(format!("NOMAD_HOST_PORT_{label}"), port.host.to_string());
+        vars.insert(format!("HELIOS_PORT_{label}"), port.host.to_string());
         vars.insert(format!("NOMAD_IP_{label}"), "127.0.0.1".to_string());
-        vars.insert(format!("NOMAD_ADDR_{label}"), format!("127.0.0.1:{port}"));
+        vars.insert(format!("NOMAD_ADDR_{label}"), format!("127.0.0.1:{}", port.host));
     }
     for (key, value) in who.meta {
         // Nomad sets both the key as written and upper-cased.
@@ -156,7 +165,7 @@ mod tests {
     #[test]
     fn runtime_variables_are_nomads_with_absolute_paths() {
         let meta = BTreeMap::from([("owner".to_string(), "ops".to_string())]);
-        let ports = BTreeMap::from([("http".to_string(), 23456u16)]);
+        let ports = BTreeMap::from([("http".to_string(), TaskPort { host: 23456, task: 8080 })]);
         let who = Identity {
             alloc_id: "a1",
             alloc_name: "web.front[2]",
@@ -176,7 +185,8 @@ mod tests {
         assert_eq!(get("NOMAD_ALLOC_DIR"), Some("/var/lib/helios/allocs/a1/.alloc"));
         assert_eq!(get("NOMAD_SECRETS_DIR"), Some("/var/lib/helios/allocs/a1/server/secrets"));
         assert_eq!(get("HELIOS_TASK_DIR"), get("NOMAD_TASK_DIR"));
-        assert_eq!((get("NOMAD_PORT_http"), get("NOMAD_ADDR_http")), (Some("23456"), Some("127.0.0.1:23456")));
+        assert_eq!((get("NOMAD_PORT_http"), get("NOMAD_HOST_PORT_http")), (Some("8080"), Some("23456")));
+        assert_eq!((get("NOMAD_ADDR_http"), get("HELIOS_PORT_http")), (Some("127.0.0.1:23456"), Some("23456")));
         assert_eq!((get("NOMAD_META_owner"), get("NOMAD_META_OWNER")), (Some("ops"), Some("ops")));
         assert_eq!((get("NOMAD_CPU_LIMIT"), get("NOMAD_MEMORY_LIMIT")), (Some("500"), Some("256")));
     }

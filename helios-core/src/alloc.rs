@@ -164,6 +164,17 @@ impl AllocClientStatus {
     }
 }
 
+impl AllocDesiredStatus {
+    pub fn parse(text: &str) -> Option<AllocDesiredStatus> {
+        Some(match text {
+            "run" => AllocDesiredStatus::Run,
+            "stop" => AllocDesiredStatus::Stop,
+            "evict" => AllocDesiredStatus::Evict,
+            _ => return None,
+        })
+    }
+}
+
 impl TaskRunState {
     pub fn parse(text: &str) -> Option<TaskRunState> {
         Some(match text {

@@ -313,6 +313,7 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
     }
     job.task_groups[0].tasks[0].resources.cpu_mhz = 1000;
     job.task_groups[0].tasks[0].env.insert("LISTEN".into(), "0.0.0.0:${NOMAD_PORT_http}".into());
+    job.task_groups[0].tasks[0].env.insert("REACHED_AT".into(), "${NOMAD_ADDR_http}".into());
     cluster.submit_job(1, &job).await;
     let running = wait_alloc(&cluster, "web", "running").await;
     let containers = sandbox.containers("web").await;
@@ -333,8 +334,11 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
     assert_eq!(running.host_ports, [u32::from(chosen)], "held by the allocation");
     // Nomad's runtime variables, interpolated into the job's env.
     let env = inspected.config.and_then(|c| c.env).unwrap_or_default();
-    assert!(env.contains(&format!("LISTEN=0.0.0.0:{host_port}")), "{env:?}");
-    assert!(env.contains(&format!("NOMAD_PORT_http={host_port}")), "{env:?}");
+    // As in Nomad: the task listens on NOMAD_PORT (the container's side of the mapping) and is
+    // reached at NOMAD_ADDR (the host's).
+    assert!(env.contains(&"LISTEN=0.0.0.0:80".to_string()), "{env:?}");
+    assert!(env.contains(&format!("REACHED_AT=127.0.0.1:{host_port}")), "{env:?}");
+    assert!(env.contains(&format!("NOMAD_HOST_PORT_http={host_port}")), "{env:?}");
     assert!(env.contains(&format!("NOMAD_ALLOC_ID={}", running.id)), "{env:?}");
     let started = running.task_states["web"].events.iter().find(|e| e.kind == "Started").expect("started");
     assert!(started.message.ends_with(&format!("; ports http={host_port}->80")), "{}", started.message);

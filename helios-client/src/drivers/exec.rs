@@ -3,46 +3,77 @@
 //! launcher, `crate::sandbox`, as its user, in its namespaces and cgroups; raw_exec: directly),
 //! then supervise it until it ends and report how.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use helios_api::pb;
-use helios_core::{ExecConfig, Task};
-use tokio::sync::watch;
+use futures::future::BoxFuture;
+use helios_core::{TaskDriver, TaskRunState, TaskState};
 
 use crate::cgroups::{Limits, TaskCgroup};
-use crate::drivers::process::{live_pid, record_pid, supervise, watch_adopted};
-use crate::drivers::{raw_exec, TaskUser};
-use crate::runner::{dead, event, running, Owner, TaskHandle};
+use crate::drivers::process::{live_pid, record_pid, supervise, watch_adopted, PID_FILE};
+use crate::drivers::{raw_exec, Driver, Fingerprint, OnEvent, Settings, Started, TaskRun, TaskUser};
+use crate::runner::{dead, event, running};
 use crate::sandbox::{Ending, Spec};
 use crate::task_dir::TaskDir;
 use crate::task_env;
+
+/// The exec driver: tasks isolated (`crate::sandbox`), offered where the agent can isolate them.
+pub(crate) struct Exec(pub Arc<Settings>);
+
+impl Driver for Exec {
+    fn name(&self) -> &'static str {
+        "exec"
+    }
+
+    fn fingerprint(&self) -> BoxFuture<'_, Fingerprint> {
+        let mut fingerprint = Fingerprint::default();
+        if let Some(isolation) = &self.0.isolation {
+            fingerprint.offered = true;
+            fingerprint.attributes.insert("driver.exec".into(), "1".into());
+            fingerprint.attributes.insert("unique.cgroup.version".into(), isolation.cgroups.as_str().into());
+        }
+        Box::pin(std::future::ready(fingerprint))
+    }
+
+    fn recover<'a>(&'a self, run: TaskRun<'a>) -> BoxFuture<'a, Option<Started>> {
+        Box::pin(recover(&self.0, run, true))
+    }
+
+    fn start<'a>(&'a self, run: TaskRun<'a>, _: &'a OnEvent) -> BoxFuture<'a, Started> {
+        Box::pin(start(&self.0, run, true))
+    }
+}
 
 /// A task's cgroup name: unique on the node, and found again by a restarted agent.
 fn cgroup_name(alloc_id: &str, task: &str) -> String {
     format!("{alloc_id}.{task}")
 }
 
-/// Starts (or adopts) an exec (`isolated`) or raw_exec task.
-pub async fn start(
-    owner: &Owner,
-    task: Task,
-    config: ExecConfig,
-    isolated: bool,
-    dir: PathBuf,
-    stop: watch::Receiver<bool>,
-) -> (pb::TaskState, Option<TaskHandle>) {
-    let dirs = TaskDir::new(dir.parent().unwrap_or(&dir), &task.name);
-    let kill_timeout = Duration::from_secs(u64::from(task.kill_timeout_secs));
-    let isolation = owner.drivers.isolation.clone().filter(|_| isolated);
-    let cgroup = isolation
-        .as_ref()
-        .and_then(|iso| TaskCgroup::locate(iso.cgroups, &cgroup_name(&owner.alloc_id, &task.name)).ok());
+/// The task's cgroup, where tasks are isolated (exec) and the agent can name its own.
+fn cgroup_of(settings: &Settings, run: TaskRun<'_>, isolated: bool) -> Option<TaskCgroup> {
+    let isolation = settings.isolation.as_ref().filter(|_| isolated)?;
+    TaskCgroup::locate(isolation.cgroups, &cgroup_name(&run.owner.alloc_id, &run.task.name)).ok()
+}
+
+fn task_dir(run: TaskRun<'_>) -> TaskDir {
+    TaskDir::new(run.dir.parent().unwrap_or(run.dir), &run.task.name)
+}
+
+fn kill_timeout(run: TaskRun<'_>) -> Duration {
+    Duration::from_secs(u64::from(run.task.kill_timeout_secs))
+}
+
+/// An exec (`isolated`) or raw_exec task an earlier agent started: watched while it runs
+/// (its pid file names a live process), or reported if it ended meanwhile.
+pub(crate) async fn recover(settings: &Settings, run: TaskRun<'_>, isolated: bool) -> Option<Started> {
+    let dirs = task_dir(run);
+    let cgroup = cgroup_of(settings, run, isolated);
     if let Some(pid) = live_pid(&dirs.dir) {
         // From before an agent restart: watch it rather than start a second copy.
         let mut state =
             running(vec![event("Adopted", format!("process {pid} still running after an agent restart"), None)]);
         let initial = state.clone();
+        let (kill_timeout, stop) = (kill_timeout(run), run.stop.clone());
         let handle = tokio::spawn(async move {
             watch_adopted(pid, kill_timeout, stop, &mut state).await;
             match Ending::read(&dirs.exit_file()).filter(|_| isolated) {
@@ -51,49 +82,58 @@ pub async fn start(
                 None => {
                     let why = "exited (exit code unknown: adopted after an agent restart)";
                     state.events.push(event("Terminated", why, None));
-                    state.state = "dead".into();
-                    state.finished_at_ms = Some(crate::runner::now_ms());
+                    state.state = TaskRunState::Dead;
+                    state.finished_at = Some(crate::runner::now());
                     state
                 }
             }
         });
-        return (initial, Some(handle));
+        return Some((initial, Some(handle)));
     }
-    if dirs.dir.join(crate::drivers::process::PID_FILE).exists() {
-        // Its process ended while no agent watched it: report how, never run it a second time.
-        let _ = std::fs::remove_file(dirs.dir.join(crate::drivers::process::PID_FILE));
-        let state = running(vec![event("Adopted", "its process ended while the agent was away", None)]);
-        let ending = Ending::read(&dirs.exit_file()).filter(|_| isolated);
-        let state = match ending {
-            Some(ending) => ended(state, &ending, cgroup, false).await,
-            None => {
-                let mut state = dead(state.events, false);
-                state.events.push(event("Terminated", "exited while the agent was away (exit code unknown)", None));
-                state
-            }
-        };
-        return (state, None);
+    if !dirs.dir.join(PID_FILE).exists() {
+        return None;
     }
-    if *stop.borrow() {
-        return (dead(vec![event("Not Started", "stopped before it started", None)], false), None);
-    }
+    // Its process ended while no agent watched it: report how, never run it a second time.
+    let _ = std::fs::remove_file(dirs.dir.join(PID_FILE));
+    let state = running(vec![event("Adopted", "its process ended while the agent was away", None)]);
+    let state = match Ending::read(&dirs.exit_file()).filter(|_| isolated) {
+        Some(ending) => ended(state, &ending, cgroup, false).await,
+        None => {
+            let mut state = dead(state.events, false);
+            state.events.push(event("Terminated", "exited while the agent was away (exit code unknown)", None));
+            state
+        }
+    };
+    Some((state, None))
+}
+
+/// Starts an exec (`isolated`) or raw_exec task.
+pub(crate) async fn start(settings: &Settings, run: TaskRun<'_>, isolated: bool) -> Started {
     let refused = |kind: &str, why: String| (dead(vec![event(kind, why, None)], true), None);
+    let (TaskDriver::Exec(config) | TaskDriver::RawExec(config)) = &run.task.driver else {
+        return refused("Driver Failure", format!("not an exec task: {}", run.task.driver.name()));
+    };
+    let (owner, task) = (run.owner, run.task);
+    let dirs = task_dir(run);
+    let kill_timeout = kill_timeout(run);
+    let isolation = settings.isolation.clone().filter(|_| isolated);
+    let cgroup = cgroup_of(settings, run, isolated);
     if isolated && isolation.is_none() {
-        let why = owner.drivers.exec_unavailable.clone().unwrap_or_default();
+        let why = settings.exec_unavailable.clone().unwrap_or_default();
         return refused("Driver Failure", format!("exec is not available on this node: {why}"));
     }
-    if !isolated && !owner.drivers.raw_exec {
+    if !isolated && !settings.raw_exec {
         return refused(
             "Driver Failure",
             "raw_exec is disabled on this node (the agent needs --enable-raw-exec)".into(),
         );
     }
-    let user = match owner.drivers.task_user(task.user.as_deref(), isolated) {
+    let user = match settings.task_user(task.user.as_deref(), isolated) {
         Ok(user) => user,
         Err(why) => return refused("Setup Failure", why),
     };
     let ports = Default::default();
-    let who = owner.identity(&task, &ports);
+    let who = owner.identity(task, &ports);
     let runtime = task_env::runtime(&who, &dirs);
     let env = task_env::environment(&task.env, &runtime, &owner.node);
     let command = task_env::interpolate(&config.command, &runtime, &owner.node);
@@ -104,11 +144,7 @@ pub async fn start(
                 memory_mb: task.resources.memory_mb,
                 cpu_shares: task.resources.cpu_mhz,
                 cpu_quota_us: config.cpu_hard_limit.then(|| {
-                    Limits::quota_for(
-                        task.resources.cpu_mhz,
-                        owner.drivers.cpu.total_mhz,
-                        owner.drivers.cpu.cores as usize,
-                    )
+                    Limits::quota_for(task.resources.cpu_mhz, settings.cpu.total_mhz, settings.cpu.cores as usize)
                 }),
                 pids_max: isolation.pids_max,
             };
@@ -116,7 +152,7 @@ pub async fn start(
                 cgroups: cgroup.procs_files(),
                 uid: user.as_ref().map_or(0, |u| u.uid),
                 gid: user.as_ref().map_or(0, |u| u.gid),
-                data_dir: owner.drivers.data_dir.clone(),
+                data_dir: settings.data_dir.clone(),
                 alloc_dir: dirs.alloc.clone(),
                 cwd: dirs.local(),
                 task_dir: dirs.dir.clone(),
@@ -173,6 +209,7 @@ pub async fn start(
     let as_user = user.as_ref().map_or(String::new(), |u: &TaskUser| format!(" as {}", u.name));
     let mut state = running(vec![event("Started", format!("process {pid}{as_user}"), None)]);
     let initial = state.clone();
+    let stop = run.stop.clone();
     let handle = tokio::spawn(async move {
         let (status, stopped) = supervise(child, pid, &dirs.dir, kill_timeout, stop, &mut state).await;
         let ending = if isolated {
@@ -201,7 +238,7 @@ async fn remove_cgroup(cgroup: Option<TaskCgroup>) {
 }
 
 /// The task's final state from how it ended; its cgroup (exec) is removed.
-async fn ended(mut state: pb::TaskState, ending: &Ending, cgroup: Option<TaskCgroup>, stopped: bool) -> pb::TaskState {
+async fn ended(mut state: TaskState, ending: &Ending, cgroup: Option<TaskCgroup>, stopped: bool) -> TaskState {
     let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
     remove_cgroup(cgroup).await;
     let code = match ending {
@@ -217,8 +254,8 @@ async fn ended(mut state: pb::TaskState, ending: &Ending, cgroup: Option<TaskCgr
         Ending::NotStarted(why) => ("Driver Failure", why.clone()),
     };
     state.events.push(event(kind, message, code));
-    state.state = "dead".into();
-    state.finished_at_ms = Some(crate::runner::now_ms());
+    state.state = TaskRunState::Dead;
+    state.finished_at = Some(crate::runner::now());
     state.failed = !stopped && code != Some(0);
     state
 }

@@ -1,17 +1,125 @@
 //! How this node runs a task's program: `exec` (isolated), `raw_exec` (not isolated, only when
-//! the agent allows it) and, in `crate::docker`, `docker`. What the agent can offer is decided
-//! once, at start ([`Settings::detect`]), and fingerprinted, so the scheduler places tasks only
-//! where their driver works.
+//! the agent allows it) and `docker`, each behind [`Driver`], so a new driver is one file here
+//! and a line in [`Drivers::new`]. What the process drivers can offer is decided once, at start
+//! ([`Settings::detect`]); docker's engine may come and go. The agent fingerprints them all, so
+//! the scheduler places tasks only where their driver works.
 
+pub(crate) mod docker;
+pub(crate) mod docker_logs;
 pub(crate) mod exec;
 pub(crate) mod process;
 pub(crate) mod raw_exec;
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use helios_core::DockerPrivilege;
+use futures::future::BoxFuture;
+use helios_api::pb;
+use helios_core::{DockerPrivilege, Task, TaskEvent, TaskState};
+use tokio::sync::watch;
 
 use crate::cgroups;
+use crate::runner::{Owner, TaskHandle};
+
+/// A task a driver started or recovered: its state now and, while it runs, the handle that
+/// resolves to its final state.
+pub(crate) type Started = (TaskState, Option<TaskHandle>);
+
+/// Called with each event that happens before the task starts (a long image pull).
+pub(crate) type OnEvent = dyn Fn(TaskEvent) + Send + Sync;
+
+/// One task as its driver is given it.
+#[derive(Clone, Copy)]
+pub(crate) struct TaskRun<'a> {
+    pub owner: &'a Owner,
+    pub task: &'a Task,
+    /// The task's own directory in its allocation's.
+    pub dir: &'a Path,
+    /// The servers' stop order for the allocation (Nomad's StopTask): on it the driver signals
+    /// the task, kills it after its kill timeout, and resolves the task's handle.
+    pub stop: &'a watch::Receiver<bool>,
+}
+
+/// What a driver tells the scheduler about this node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Fingerprint {
+    /// Whether tasks of this driver can run here now.
+    pub offered: bool,
+    /// Node attributes that say how (`driver.<name>`, versions, what docker tasks may ask for).
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Every driver's fingerprint, with its name.
+pub(crate) type Fingerprints = Vec<(&'static str, Fingerprint)>;
+
+/// A task driver, after Nomad's driver plugin API: `fingerprint`, `recover` (RecoverTask),
+/// `start` (StartTask); waiting is the handle a started task comes with (WaitTask), stopping
+/// is the allocation's stop order (`TaskRun::stop`, StopTask).
+pub(crate) trait Driver: Send + Sync {
+    /// The name job files give it.
+    fn name(&self) -> &'static str;
+
+    /// Whether this node offers the driver, checked at start and then now and again.
+    fn fingerprint(&self) -> BoxFuture<'_, Fingerprint>;
+
+    /// A task an earlier agent left on the node: followed if it still runs, reported if it
+    /// ended while no agent watched; never started a second time. None when there is none.
+    /// Asked once per task, before its first start.
+    fn recover<'a>(&'a self, run: TaskRun<'a>) -> BoxFuture<'a, Option<Started>>;
+
+    /// Starts the task; a failure to do so is a dead, failed state with the driver's event.
+    fn start<'a>(&'a self, run: TaskRun<'a>, on_event: &'a OnEvent) -> BoxFuture<'a, Started>;
+
+    /// Removes what this driver left for allocations not in `keep` (stopped while the agent
+    /// was down). Asked once, when the agent first hears from the servers. Process tasks are
+    /// found by their allocations' directories instead (`crate::adoption`).
+    fn remove_orphans(&self, _node_id: &str, _keep: &HashSet<String>) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// Every driver this agent has, in the order the node lists them.
+#[derive(Clone)]
+pub(crate) struct Drivers(Vec<Arc<dyn Driver>>);
+
+impl Drivers {
+    pub fn new(settings: Arc<Settings>, engine: docker::Engine) -> Drivers {
+        let all: [Arc<dyn Driver>; 3] = [
+            Arc::new(exec::Exec(settings.clone())),
+            Arc::new(raw_exec::RawExec(settings.clone())),
+            Arc::new(docker::DockerDriver { engine, allowed: settings.docker_allowed.clone() }),
+        ];
+        Drivers(all.into())
+    }
+
+    /// The driver the task names; None if this agent has no such driver.
+    pub fn for_task(&self, task: &Task) -> Option<Arc<dyn Driver>> {
+        self.0.iter().find(|d| d.name() == task.driver.name()).cloned()
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Driver>> {
+        self.0.iter()
+    }
+
+    /// Every driver's fingerprint, with its name.
+    pub async fn fingerprint(&self) -> Fingerprints {
+        let mut all = Vec::new();
+        for driver in &self.0 {
+            all.push((driver.name(), driver.fingerprint().await));
+        }
+        all
+    }
+}
+
+/// Writes `fingerprints` into the node the agent registers: the drivers offered, and every
+/// driver's attributes.
+pub(crate) fn offer(node: &mut pb::Node, fingerprints: &Fingerprints) {
+    node.drivers = fingerprints.iter().filter(|(_, f)| f.offered).map(|(name, _)| name.to_string()).collect();
+    for (_, fingerprint) in fingerprints {
+        node.attributes.extend(fingerprint.attributes.clone());
+    }
+}
 
 /// Tasks' processes at most (threads count), when the agent is not told otherwise.
 pub const DEFAULT_PIDS_MAX: u32 = 2048;
@@ -31,7 +139,7 @@ pub struct Settings {
     pub docker_allowed: Vec<DockerPrivilege>,
     /// The agent's data directory, absolute (what exec tasks must not see).
     pub data_dir: PathBuf,
-    pub cpu: crate::docker::NodeCpu,
+    pub cpu: crate::drivers::docker::NodeCpu,
 }
 
 #[derive(Debug, Clone)]
@@ -57,7 +165,7 @@ pub struct Options {
 }
 
 impl Settings {
-    pub fn detect(options: &Options, data_dir: &Path, cpu: crate::docker::NodeCpu) -> Settings {
+    pub fn detect(options: &Options, data_dir: &Path, cpu: crate::drivers::docker::NodeCpu) -> Settings {
         let launcher = options.launcher.clone().or_else(|| std::env::current_exe().ok());
         let isolation = if !nix::unistd::geteuid().is_root() {
             Err("exec isolates tasks and needs the agent to run as root".to_string())
@@ -135,7 +243,7 @@ mod tests {
             allowed_users: allowed.map(|a| a.iter().map(|u| u.to_string()).collect()),
             docker_allowed: Vec::new(),
             data_dir: "/var/lib/helios".into(),
-            cpu: crate::docker::NodeCpu { total_mhz: 4000, cores: 2 },
+            cpu: crate::drivers::docker::NodeCpu { total_mhz: 4000, cores: 2 },
         }
     }
 

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use helios_api::pb;
+use helios_core::TaskState;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
@@ -31,7 +31,7 @@ pub async fn supervise(
     dir: &Path,
     kill_timeout: Duration,
     mut stop: watch::Receiver<bool>,
-    state: &mut pb::TaskState,
+    state: &mut TaskState,
 ) -> (std::io::Result<std::process::ExitStatus>, bool) {
     let rotation = async {
         loop {
@@ -62,7 +62,7 @@ async fn terminate(
     pid: u32,
     kill_timeout: Duration,
     child: &mut tokio::process::Child,
-    state: &mut pb::TaskState,
+    state: &mut TaskState,
 ) -> std::io::Result<std::process::ExitStatus> {
     let _ = killpg(group(pid), Signal::SIGTERM);
     state.events.push(event("Killing", "sent SIGTERM", None));
@@ -78,12 +78,7 @@ async fn terminate(
 
 /// Watches a process this agent did not start (adopted after an agent restart) until it ends,
 /// stopping it on request. Its exit status cannot be had: the caller says what it knows.
-pub async fn watch_adopted(
-    pid: u32,
-    kill_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
-    state: &mut pb::TaskState,
-) {
+pub async fn watch_adopted(pid: u32, kill_timeout: Duration, mut stop: watch::Receiver<bool>, state: &mut TaskState) {
     // The same process as when adopted (its start time): a pid the kernel hands to another
     // process once the task has exited must not be taken for the task, nor signalled.
     let started = start_time(pid);

@@ -3,9 +3,38 @@
 //! started with `--enable-raw-exec`, as in Nomad.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use crate::drivers::TaskUser;
+use futures::future::BoxFuture;
+
+use crate::drivers::{exec, Driver, Fingerprint, OnEvent, Settings, Started, TaskRun, TaskUser};
 use crate::task_dir::TaskDir;
+
+/// Shares exec's flow (`exec::start`) without the launcher.
+pub(crate) struct RawExec(pub Arc<Settings>);
+
+impl Driver for RawExec {
+    fn name(&self) -> &'static str {
+        "raw_exec"
+    }
+
+    fn fingerprint(&self) -> BoxFuture<'_, Fingerprint> {
+        let mut fingerprint = Fingerprint::default();
+        if self.0.raw_exec {
+            fingerprint.offered = true;
+            fingerprint.attributes.insert("driver.raw_exec".into(), "1".into());
+        }
+        Box::pin(std::future::ready(fingerprint))
+    }
+
+    fn recover<'a>(&'a self, run: TaskRun<'a>) -> BoxFuture<'a, Option<Started>> {
+        Box::pin(exec::recover(&self.0, run, false))
+    }
+
+    fn start<'a>(&'a self, run: TaskRun<'a>, _: &'a OnEvent) -> BoxFuture<'a, Started> {
+        Box::pin(exec::start(&self.0, run, false))
+    }
+}
 
 /// Starts the program in its own process group, with only `env`, writing to the task's logs.
 pub fn spawn(

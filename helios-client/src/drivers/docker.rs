@@ -17,12 +17,15 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use helios_api::pb;
-use helios_core::{DockerConfig, Task};
+use helios_core::{DockerConfig, DockerPrivilege, Task, TaskDriver, TaskEvent, TaskRunState, TaskState};
 use tokio::sync::watch;
 
-use crate::runner::{dead, event, now_ms, running, stop_requested, Owner, TaskHandle};
+use crate::drivers::{Driver, Fingerprint, OnEvent, Started, TaskRun};
+use crate::runner::{dead, event, now, running, stop_requested, Owner};
+use crate::task_env::TaskPort;
 
 /// Labels on every container the agent creates. The node's tells agents sharing an engine (tests,
 /// or several agents on one machine) apart.
@@ -103,96 +106,152 @@ pub fn container_name(alloc_id: &str, task: &str) -> String {
     format!("helios-{alloc_id}-{task}")
 }
 
-/// Starts (or adopts) the task's container; returns its state now and, when it runs, the handle
-/// that resolves to its final state.
-/// Called with each event that happens before the task starts (a long image pull).
-pub type OnEvent = dyn Fn(pb::TaskEvent) + Send + Sync;
+/// The docker driver, offered while the engine answers.
+pub(crate) struct DockerDriver {
+    pub engine: Engine,
+    /// What docker tasks may ask for beyond their container here (`--docker-allow-*`).
+    pub allowed: Vec<DockerPrivilege>,
+}
 
-pub async fn start_task(
-    who: &Owner,
-    task: Task,
-    config: DockerConfig,
-    dir: PathBuf,
-    stop: watch::Receiver<bool>,
-    on_event: &OnEvent,
-) -> (pb::TaskState, Option<TaskHandle>) {
-    let failure = |kind: &str, why: String| (dead(vec![event(kind, why, None)], true), None);
-    let docker = match who.docker.endpoint.connect().await {
-        Ok(d) => d,
-        Err(e) => return failure("Driver Failure", format!("the docker engine does not answer: {e}")),
-    };
-    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
-        return failure("Setup Failure", format!("cannot create {}: {e}", dir.display()));
+impl Driver for DockerDriver {
+    fn name(&self) -> &'static str {
+        "docker"
     }
-    let name = container_name(&who.alloc_id, &task.name);
-    let kill_timeout = task.kill_timeout_secs;
-    match docker.inspect_container(&name, None).await {
-        // Created but never started (an agent died between the two): start afresh.
-        Ok(found) if found.state.as_ref().and_then(|s| s.status) == Some(ContainerStateStatusEnum::CREATED) => {
-            remove(&docker, &name, &dir).await;
+
+    fn fingerprint(&self) -> BoxFuture<'_, Fingerprint> {
+        Box::pin(async {
+            let mut fingerprint = Fingerprint::default();
+            if let Some(version) = self.engine.endpoint.engine_version().await {
+                fingerprint.offered = true;
+                fingerprint.attributes.insert("driver.docker".into(), "1".into());
+                fingerprint.attributes.insert("driver.docker.version".into(), version);
+            }
+            // What docker tasks may ask for here: the scheduler places such tasks only where
+            // allowed.
+            for privilege in &self.allowed {
+                fingerprint.attributes.insert(privilege.attribute().into(), "1".into());
+            }
+            fingerprint
+        })
+    }
+
+    fn recover<'a>(&'a self, run: TaskRun<'a>) -> BoxFuture<'a, Option<Started>> {
+        Box::pin(self.recover_task(run))
+    }
+
+    fn remove_orphans(&self, node_id: &str, keep: &HashSet<String>) -> BoxFuture<'static, ()> {
+        Box::pin(remove_orphans(self.engine.endpoint.clone(), node_id.to_string(), keep.clone()))
+    }
+
+    fn start<'a>(&'a self, run: TaskRun<'a>, on_event: &'a OnEvent) -> BoxFuture<'a, Started> {
+        Box::pin(async move {
+            let TaskDriver::Docker(config) = &run.task.driver else {
+                let why = format!("not a docker task: {}", run.task.driver.name());
+                return (dead(vec![event("Driver Failure", why, None)], true), None);
+            };
+            self.start_task(run, config, on_event).await
+        })
+    }
+}
+
+fn failure(kind: &str, why: String) -> Started {
+    (dead(vec![event(kind, why, None)], true), None)
+}
+
+impl DockerDriver {
+    async fn connect(&self) -> Result<Docker, String> {
+        self.engine.endpoint.connect().await.map_err(|e| format!("the docker engine does not answer: {e}"))
+    }
+
+    /// The task's container from before an agent restart, followed rather than started again.
+    /// One created but never started (an agent died between the two) is removed.
+    async fn recover_task(&self, run: TaskRun<'_>) -> Option<Started> {
+        let docker = match self.connect().await {
+            Ok(d) => d,
+            Err(why) => return Some(failure("Driver Failure", why)),
+        };
+        let name = container_name(&run.owner.alloc_id, &run.task.name);
+        let dir = run.dir.to_path_buf();
+        match docker.inspect_container(&name, None).await {
+            Ok(found) if found.state.as_ref().and_then(|s| s.status) == Some(ContainerStateStatusEnum::CREATED) => {
+                remove(&docker, &name, &dir).await;
+                None
+            }
+            Ok(found) => {
+                let resume = crate::drivers::docker_logs::read_cursor(&dir);
+                let running_now = found.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+                let ports = found.host_config.and_then(|h| h.port_bindings).map(describe_bindings).unwrap_or_default();
+                let message = format!("container {name} still there after an agent restart{ports}");
+                let state = running(vec![event("Adopted", message, None)]);
+                let initial = if running_now { state.clone() } else { running(Vec::new()) };
+                let (kill_timeout, stop) = (run.task.kill_timeout_secs, run.stop.clone());
+                let handle = tokio::spawn(supervise(docker, name, dir, kill_timeout, stop, state, resume));
+                Some((initial, Some(handle)))
+            }
+            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => None,
+            Err(e) => Some(failure("Driver Failure", format!("cannot inspect container {name}: {e}"))),
         }
-        Ok(found) => {
-            // From before an agent restart: follow it rather than start a second one.
-            let resume = crate::docker_logs::read_cursor(&dir);
-            let running_now = found.state.as_ref().and_then(|s| s.running).unwrap_or(false);
-            let ports = found.host_config.and_then(|h| h.port_bindings).map(describe_bindings).unwrap_or_default();
-            let message = format!("container {name} still there after an agent restart{ports}");
-            let state = running(vec![event("Adopted", message, None)]);
-            let initial = if running_now { state.clone() } else { running(Vec::new()) };
-            let handle = tokio::spawn(supervise(docker, name, dir, kill_timeout, stop, state, resume));
-            return (initial, Some(handle));
+    }
+
+    /// Pulls the image if needed, then creates and starts the container.
+    async fn start_task(&self, run: TaskRun<'_>, config: &DockerConfig, on_event: &OnEvent) -> Started {
+        let (who, task, stop) = (run.owner, run.task, run.stop);
+        let docker = match self.connect().await {
+            Ok(d) => d,
+            Err(why) => return failure("Driver Failure", why),
+        };
+        let dir = run.dir.to_path_buf();
+        if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+            return failure("Setup Failure", format!("cannot create {}: {e}", dir.display()));
         }
-        Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
-        Err(e) => return failure("Driver Failure", format!("cannot inspect container {name}: {e}")),
-    }
-    if *stop.borrow() {
-        return (dead(vec![event("Not Started", "stopped before it started", None)], false), None);
-    }
-    // The scheduler places such tasks only on agents that allow them; this agent checks again
-    // (its flags may have changed since the placement).
-    if let Some(denied) = config.privileges().into_iter().find(|p| !who.drivers.docker_allowed.contains(p)) {
-        return failure(
-            "Driver Failure",
-            format!("{} not allowed on this node (its agent needs {})", denied.describe(), denied.flag()),
-        );
-    }
-    let mut events = Vec::new();
-    let mut stop_watch = stop.clone();
-    let pulled = tokio::select! {
-        pulled = ensure_image(&docker, &config.image, &mut events, on_event) => pulled,
-        () = stop_requested(&mut stop_watch) => Err(String::new()),
-    };
-    if *stop.borrow() {
-        events.push(event("Not Started", "stopped before it started", None));
-        return (dead(events, false), None);
-    }
-    if let Err(why) = pulled {
-        events.push(event("Driver Failure", why, None));
-        return (dead(events, true), None);
-    }
-    let (body, ports) = match container_body(who, &task, &config) {
-        Ok(made) => made,
-        Err(why) => {
+        let name = container_name(&who.alloc_id, &task.name);
+        let kill_timeout = task.kill_timeout_secs;
+        // The scheduler places such tasks only on agents that allow them; this agent checks
+        // again (its flags may have changed since the placement).
+        if let Some(denied) = config.privileges().into_iter().find(|p| !self.allowed.contains(p)) {
+            return failure(
+                "Driver Failure",
+                format!("{} not allowed on this node (its agent needs {})", denied.describe(), denied.flag()),
+            );
+        }
+        let mut events = Vec::new();
+        let mut stop_watch = stop.clone();
+        let pulled = tokio::select! {
+            pulled = ensure_image(&docker, &config.image, &mut events, on_event) => pulled,
+            () = stop_requested(&mut stop_watch) => Err(String::new()),
+        };
+        if *stop.borrow() {
+            events.push(event("Not Started", "stopped before it started", None));
+            return (dead(events, false), None);
+        }
+        if let Err(why) = pulled {
             events.push(event("Driver Failure", why, None));
             return (dead(events, true), None);
         }
-    };
-    let options = CreateContainerOptionsBuilder::default().name(&name).build();
-    if let Err(e) = docker.create_container(Some(options), body).await {
-        events.push(event("Driver Failure", format!("cannot create container from {}: {e}", config.image), None));
-        return (dead(events, true), None);
+        let (body, ports) = match container_body(who, task, config, self.engine.cpu) {
+            Ok(made) => made,
+            Err(why) => {
+                events.push(event("Driver Failure", why, None));
+                return (dead(events, true), None);
+            }
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        if let Err(e) = docker.create_container(Some(options), body).await {
+            events.push(event("Driver Failure", format!("cannot create container from {}: {e}", config.image), None));
+            return (dead(events, true), None);
+        }
+        let _ = std::fs::write(dir.join(CONTAINER_MARKER), &name);
+        if let Err(e) = docker.start_container(&name, None).await {
+            remove(&docker, &name, &dir).await;
+            events.push(event("Driver Failure", format!("cannot start container {name}: {e}"), None));
+            return (dead(events, true), None);
+        }
+        let ports = if ports.is_empty() { String::new() } else { format!("; ports {}", ports.join(", ")) };
+        events.push(event("Started", format!("container {name}{ports}"), None));
+        let state = running(events);
+        let handle = tokio::spawn(supervise(docker, name, dir, kill_timeout, stop.clone(), state.clone(), None));
+        (state, Some(handle))
     }
-    let _ = std::fs::write(dir.join(CONTAINER_MARKER), &name);
-    if let Err(e) = docker.start_container(&name, None).await {
-        remove(&docker, &name, &dir).await;
-        events.push(event("Driver Failure", format!("cannot start container {name}: {e}"), None));
-        return (dead(events, true), None);
-    }
-    let ports = if ports.is_empty() { String::new() } else { format!("; ports {}", ports.join(", ")) };
-    events.push(event("Started", format!("container {name}{ports}"), None));
-    let state = running(events);
-    let handle = tokio::spawn(supervise(docker, name, dir, kill_timeout, stop, state.clone(), None));
-    (state, Some(handle))
 }
 
 /// Uses the image if present, else pulls it (bounded by `PULL_TIMEOUT`), telling `on_event`
@@ -200,7 +259,7 @@ pub async fn start_task(
 async fn ensure_image(
     docker: &Docker,
     image: &str,
-    events: &mut Vec<pb::TaskEvent>,
+    events: &mut Vec<TaskEvent>,
     on_event: &OnEvent,
 ) -> Result<(), String> {
     if docker.inspect_image(image).await.is_ok() {
@@ -294,6 +353,7 @@ fn container_body(
     who: &Owner,
     task: &Task,
     config: &DockerConfig,
+    cpu: NodeCpu,
 ) -> Result<(ContainerCreateBody, Vec<String>), String> {
     let mut exposed = Vec::new();
     let mut bindings = HashMap::new();
@@ -309,7 +369,7 @@ fn container_body(
         let key = format!("{}/tcp", port.container_port);
         exposed.push(key.clone());
         bindings.insert(key, Some(vec![PortBinding { host_ip: None, host_port: Some(host_port.to_string()) }]));
-        host_ports.insert(port.name.clone(), host_port);
+        host_ports.insert(port.name.clone(), TaskPort { host: host_port, task: port.container_port });
         mapped.push(format!("{}={host_port}->{}", port.name, port.container_port));
     }
     // Nomad's runtime variables, but for the task directories: they are not mounted into
@@ -346,7 +406,7 @@ fn container_body(
             memory_swap: Some(memory),
             // The engine's range is 2..=262144.
             cpu_shares: Some(i64::from(task.resources.cpu_mhz).clamp(2, 262_144)),
-            nano_cpus: config.cpu_hard_limit.then(|| who.docker.cpu.nano_cpus(task.resources.cpu_mhz)),
+            nano_cpus: config.cpu_hard_limit.then(|| cpu.nano_cpus(task.resources.cpu_mhz)),
             port_bindings: (!bindings.is_empty()).then_some(bindings),
             binds: (!config.volumes.is_empty()).then(|| config.volumes.clone()),
             network_mode: config.network_mode.clone(),
@@ -387,10 +447,10 @@ async fn supervise(
     dir: PathBuf,
     kill_timeout_secs: u32,
     mut stop: watch::Receiver<bool>,
-    mut state: pb::TaskState,
-    resume_logs: Option<crate::docker_logs::Cursor>,
-) -> pb::TaskState {
-    let logs = tokio::spawn(crate::docker_logs::copy(docker.clone(), name.clone(), dir.clone(), resume_logs));
+    mut state: TaskState,
+    resume_logs: Option<crate::drivers::docker_logs::Cursor>,
+) -> TaskState {
+    let logs = tokio::spawn(crate::drivers::docker_logs::copy(docker.clone(), name.clone(), dir.clone(), resume_logs));
     let stopped_by_us = tokio::select! {
         () = wait_for_exit(&docker, &name) => false,
         agent_alive = async { stop.wait_for(|s| *s).await.is_ok() } => {
@@ -423,8 +483,8 @@ async fn supervise(
     let message = code.map_or_else(|| "exited (exit code unknown)".to_string(), |c| format!("exit code {c}"));
     state.events.push(event("Terminated", message, code));
     remove(&docker, &name, &dir).await;
-    state.state = "dead".into();
-    state.finished_at_ms = Some(now_ms());
+    state.state = TaskRunState::Dead;
+    state.finished_at = Some(now());
     state.failed = !stopped_by_us && code != Some(0);
     state
 }
@@ -476,7 +536,7 @@ async fn remove(docker: &Docker, name: &str, dir: &Path) {
 
 /// Stops and removes this node's containers whose allocation is no longer assigned here (they
 /// belonged to work that went away while the agent was down).
-pub async fn remove_orphans(endpoint: Endpoint, node_id: String, keep: HashSet<String>) {
+async fn remove_orphans(endpoint: Endpoint, node_id: String, keep: HashSet<String>) {
     let Ok(docker) = endpoint.connect().await else { return };
     let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_NODE}={node_id}")])]);
     let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
