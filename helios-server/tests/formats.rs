@@ -49,8 +49,8 @@ fn stored_format(dir: &Path) -> u32 {
     store::codec::decode(&bytes).expect("a number")
 }
 
-/// What the fixture script made, read through the store.
-fn assert_fixture_state(db: &redb::Database) {
+/// What the fixture script made in `format`, read through the store.
+fn assert_fixture_state(db: &redb::Database, format: u32) {
     let txn = db.begin_read().expect("read");
     let jobs: BTreeMap<String, Job> =
         read::jobs(&txn).expect("jobs").into_iter().map(|j| (j.name.clone(), j)).collect();
@@ -60,6 +60,9 @@ fn assert_fixture_state(db: &redb::Database) {
         "the purged job is gone, the others kept"
     );
     assert!(jobs["fixture-stopped"].stopped);
+    // From format 5 the service has a task user (a version-2 job), older ones none.
+    let user = jobs["fixture-service"].task_groups[0].tasks[0].user.as_deref();
+    assert_eq!(user, (format >= 5).then_some("nobody"));
     assert_eq!(jobs["fixture-versions"].version, 1);
     let versions = read::job_versions(&txn, "fixture-versions").expect("versions");
     assert_eq!(versions.iter().map(|j| j.version).collect::<Vec<_>>(), [0, 1]);
@@ -91,11 +94,16 @@ fn a_format_4_database_is_marked_once_and_reads_back_every_record() {
     database_opens_once_and_reads_back_every_record(4);
 }
 
+#[test]
+fn a_format_5_database_is_marked_once_and_reads_back_every_record() {
+    database_opens_once_and_reads_back_every_record(5);
+}
+
 fn database_opens_once_and_reads_back_every_record(format: u32) {
     let dir = fixture(format);
     assert_eq!(stored_format(dir.path()), format);
     let db = store::open(dir.path(), 1).expect("the older database opens");
-    assert_fixture_state(&db);
+    assert_fixture_state(&db, format);
     let digest = read::state_digest(&db.begin_read().expect("read")).expect("digest");
     drop(db);
     assert_eq!(stored_format(dir.path()), tables::FORMAT_VERSION);
@@ -129,6 +137,11 @@ async fn the_format_4_raft_log_replays_to_the_opened_state() {
     raft_log_replays_to_the_opened_state(4).await;
 }
 
+#[tokio::test]
+async fn the_format_5_raft_log_replays_to_the_opened_state() {
+    raft_log_replays_to_the_opened_state(5).await;
+}
+
 async fn raft_log_replays_to_the_opened_state(format: u32) {
     let dir = fixture(format);
     let db = store::open(dir.path(), 1).expect("open");
@@ -151,7 +164,7 @@ async fn raft_log_replays_to_the_opened_state(format: u32) {
     let applied = read::applied_index(&db.begin_read().expect("read")).expect("applied");
     let applied_entries: Vec<Entry> = entries.into_iter().filter(|e| e.log_id().index() <= applied).collect();
     let (_replayed_dir, replayed) = replay(applied_entries).await;
-    assert_fixture_state(&replayed);
+    assert_fixture_state(&replayed, format);
     let digest = |db: &redb::Database| read::state_digest(&db.begin_read().expect("read")).expect("digest").digest;
     assert_eq!(digest(&replayed), digest(&db), "replaying the migrated log reproduces the converted tables");
 }
@@ -171,6 +184,11 @@ async fn a_format_4_snapshot_installs_as_the_opened_state_and_saves_in_this_form
     snapshot_installs_as_the_opened_state(4).await;
 }
 
+#[tokio::test]
+async fn a_format_5_snapshot_installs_as_the_opened_state_and_saves_in_this_format() {
+    snapshot_installs_as_the_opened_state(5).await;
+}
+
 async fn snapshot_installs_as_the_opened_state(format: u32) {
     let dir = fixture(format);
     let bytes = std::fs::read(dir.path().join("snapshot.bin")).expect("snapshot fixture");
@@ -185,7 +203,7 @@ async fn snapshot_installs_as_the_opened_state(format: u32) {
     let installed = store::open(target.path(), 1).expect("open");
     let mut sm = StateMachine::new(installed.clone(), NodeSignals::default());
     sm.install_snapshot(&meta, SnapshotData::Encoded(std::sync::Arc::new(bytes))).await.expect("install");
-    assert_fixture_state(&installed);
+    assert_fixture_state(&installed, format);
     assert_eq!(digest(&installed), digest(&converted));
 
     // Saved again, it is this format's stream, and installs to the same state.
@@ -217,7 +235,7 @@ fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
 /// One test for every fixture, one after the other: their databases name the same address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_started_on_an_older_data_dir_serves_it_raises_its_format_and_takes_new_jobs() {
-    for format in [2, 3, 4] {
+    for format in [2, 3, 4, 5] {
         server_serves_an_older_data_dir(format).await;
     }
 }
