@@ -12,8 +12,8 @@
 # commit of the format being replaced.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-# The last commit writing stored format 4.
-PREVIOUS_FORMAT_COMMIT=f43868f9a7eeee4faa2e6f2a913a5d84bdd9b37f
+# The last commit writing stored format 5.
+PREVIOUS_FORMAT_COMMIT=de6b43fea633534c0dd84a1492c81a56788a334f
 out="$root/target/previous-format"
 src="$out/src"
 stamp="$out/bin/.commit"

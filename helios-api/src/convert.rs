@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use helios_core::job::DEFAULT_PRIORITY;
 use helios_core::validate::FieldError;
 use helios_core::{
-    Allocation, Constraint, ConstraintOperator, DockerConfig, Evaluation, ExecConfig, Job, JobStatus, JobType, Node,
-    PortMapping, Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskEvent, TaskGroup, TaskState, Timestamp,
-    ValidationErrors,
+    Allocation, Constraint, ConstraintOperator, DockerConfig, DockerDevice, Evaluation, ExecConfig, Job, JobStatus,
+    JobType, Node, PortMapping, Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskEvent, TaskGroup,
+    TaskState, Timestamp, ValidationErrors,
 };
 
 use crate::pb;
@@ -131,6 +131,18 @@ fn task_from_pb(p: &mut Problems, path: &str, t: pb::Task) -> Task {
             network_mode: d.network_mode,
             volumes: d.volumes,
             cpu_hard_limit: d.cpu_hard_limit,
+            privileged: d.privileged,
+            cap_add: d.cap_add,
+            cap_drop: d.cap_drop,
+            devices: d
+                .devices
+                .into_iter()
+                .map(|d| DockerDevice {
+                    host_path: d.host_path,
+                    container_path: d.container_path,
+                    cgroup_permissions: d.cgroup_permissions,
+                })
+                .collect(),
         }),
         None => {
             p.add(format!("{path}.driver"), "must be set (exec, raw_exec or docker)");
@@ -267,6 +279,18 @@ fn task_to_pb(t: &Task) -> pb::Task {
             network_mode: d.network_mode.clone(),
             volumes: d.volumes.clone(),
             cpu_hard_limit: d.cpu_hard_limit,
+            privileged: d.privileged,
+            cap_add: d.cap_add.clone(),
+            cap_drop: d.cap_drop.clone(),
+            devices: d
+                .devices
+                .iter()
+                .map(|d| pb::DockerDevice {
+                    host_path: d.host_path.clone(),
+                    container_path: d.container_path.clone(),
+                    cgroup_permissions: d.cgroup_permissions.clone(),
+                })
+                .collect(),
         }),
     };
     pb::Task {

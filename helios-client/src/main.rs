@@ -70,6 +70,18 @@ struct Args {
     /// (`network_mode = "host"` or `"container:NAME"`).
     #[arg(long)]
     docker_allow_host_network: bool,
+    /// Let docker tasks run privileged (`privileged = true`): every capability and device of
+    /// this machine, which is root on it.
+    #[arg(long)]
+    docker_allow_privileged: bool,
+    /// Let docker tasks be given host devices (`devices`).
+    #[arg(long)]
+    docker_allow_devices: bool,
+    /// The capabilities docker tasks may add (`cap_add`), comma-separated, as Nomad's
+    /// `allow_caps`: `NET_ADMIN`, `net_admin` or `CAP_NET_ADMIN`; `ALL` for any. Replaces the
+    /// default, the engine's defaults but NET_RAW.
+    #[arg(long = "docker-allow-caps", value_delimiter = ',', value_parser = parse_capability)]
+    docker_allow_caps: Option<Vec<String>>,
     /// The host ports the scheduler gives tasks' dynamic ports from, MIN-MAX (keep other
     /// services out of it).
     #[arg(long, value_parser = parse_port_range, default_value = "20000-32000")]
@@ -84,6 +96,12 @@ fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
     let (low, high) = text.split_once('-').ok_or_else(bad)?;
     let (low, high): (u16, u16) = (low.trim().parse().map_err(|_| bad())?, high.trim().parse().map_err(|_| bad())?);
     (low > 0 && low <= high).then_some((low, high)).ok_or_else(bad)
+}
+
+fn parse_capability(text: &str) -> Result<String, String> {
+    let name = helios_core::job::capability_name(text);
+    let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+    valid.then_some(name).ok_or_else(|| format!("expected a capability name (NET_ADMIN, ALL, ...), got {text:?}"))
 }
 
 fn parse_meta(text: &str) -> Result<(String, String), String> {
@@ -141,10 +159,13 @@ async fn agent() -> ExitCode {
             docker_allowed: [
                 (args.docker_allow_volumes, helios_core::DockerPrivilege::Volumes),
                 (args.docker_allow_host_network, helios_core::DockerPrivilege::HostNetwork),
+                (args.docker_allow_privileged, helios_core::DockerPrivilege::Privileged),
+                (args.docker_allow_devices, helios_core::DockerPrivilege::Devices),
             ]
             .into_iter()
             .filter_map(|(allowed, privilege)| allowed.then_some(privilege))
             .collect(),
+            docker_allow_caps: args.docker_allow_caps,
         },
     };
     // SIGHUP: read the TLS certificates again (rotation without a restart).

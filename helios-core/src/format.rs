@@ -46,8 +46,9 @@ use serde::{Deserializer, Serialize, Serializer};
 /// records it. 1: no marker. 2: marked, untagged bodies. 3: every record tagged with its version.
 /// 4: the cluster's format is replicated (`Command::RaiseFormat`) and a snapshot states the
 /// format its rows were written for. 5: jobs at version 2 (task `user`, raw_exec, exec's
-/// `cpu_hard_limit`).
-pub const FORMAT_VERSION: u32 = 5;
+/// `cpu_hard_limit`). 6: jobs at version 3 (docker's `privileged`, `cap_add`, `cap_drop`,
+/// `devices`).
+pub const FORMAT_VERSION: u32 = 6;
 /// The oldest database format this build converts when it opens one.
 pub const OLDEST_CONVERTED_FORMAT: u32 = 2;
 /// The oldest format this build writes for (the first whose records carry their versions), and

@@ -25,8 +25,10 @@ pub struct Job {
 }
 
 // Version 2 (stored format 5): tasks name their user, the raw_exec driver, exec's
-// `cpu_hard_limit`. Written as version 1 for older readers when none of those is used.
-crate::versioned!(Job = 2, since format 5, previous crate::job_v1::Job);
+// `cpu_hard_limit` (`job_v2`). Version 3 (stored format 6): docker's `privileged`, `cap_add`,
+// `cap_drop` and `devices`. Written as the older version for older readers when none of what
+// the newer one added is used.
+crate::versioned!(Job = 3, since format 6, previous crate::job_v2::Job);
 
 pub const DEFAULT_PRIORITY: u32 = 50;
 
@@ -253,6 +255,9 @@ impl Task {
     pub const DEFAULT_KILL_TIMEOUT_SECS: u32 = 5;
 }
 
+// A docker config is a few hundred bytes more than an exec one: tasks are a handful per job,
+// never held in bulk, so not worth a box at every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TaskDriver {
     /// Isolated: an unprivileged user, its own process and mount namespaces, cgroup limits.
@@ -304,6 +309,68 @@ pub struct DockerConfig {
     /// Caps the container at its `cpu_mhz` (as a share of the node's cores) instead of only
     /// weighting it: Nomad's `cpu_hard_limit`.
     pub cpu_hard_limit: bool,
+    /// Every capability and device of the host: only on agents with `--docker-allow-privileged`.
+    pub privileged: bool,
+    /// Capabilities added to the engine's default set, as written (`NET_ADMIN`); only those the
+    /// agent's `--docker-allow-caps` lists (`capability_name` says how names compare).
+    pub cap_add: Vec<String>,
+    /// Capabilities removed (`ALL`: every one); always allowed.
+    pub cap_drop: Vec<String>,
+    /// Host devices given to the container: only on agents with `--docker-allow-devices`.
+    pub devices: Vec<DockerDevice>,
+}
+
+/// A host device in a container (Nomad's docker `devices`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DockerDevice {
+    pub host_path: String,
+    /// Where the container sees it; the host's path when unset.
+    pub container_path: Option<String>,
+    /// Any of `r`, `w`, `m` (read, write, mknod); `rwm` when unset.
+    pub cgroup_permissions: Option<String>,
+}
+
+impl DockerDevice {
+    pub fn new(host_path: &str) -> DockerDevice {
+        DockerDevice { host_path: host_path.to_string(), container_path: None, cgroup_permissions: None }
+    }
+}
+
+/// The node attribute listing the capabilities an agent lets docker tasks add (Nomad's
+/// `allow_caps`), comma-separated, in `capability_name` form; `all` allows any.
+pub const DOCKER_ALLOW_CAPS_ATTRIBUTE: &str = "driver.docker.allow_caps";
+
+/// Nomad's default `allow_caps`: the engine's default capabilities but `net_raw`.
+pub const DOCKER_DEFAULT_ALLOWED_CAPS: [&str; 13] = [
+    "audit_write",
+    "chown",
+    "dac_override",
+    "fowner",
+    "fsetid",
+    "kill",
+    "mknod",
+    "net_bind_service",
+    "setfcap",
+    "setgid",
+    "setpcap",
+    "setuid",
+    "sys_chroot",
+];
+
+/// Those of `wanted` that `allowed` (an agent's `allow_caps`, in `capability_name` form) does
+/// not list, in `capability_name` form.
+pub fn caps_not_allowed(wanted: &[String], allowed: &[&str]) -> Vec<String> {
+    if allowed.contains(&"all") {
+        return Vec::new();
+    }
+    let wanted = wanted.iter().map(|c| capability_name(c));
+    wanted.filter(|cap| !allowed.contains(&cap.as_str())).collect()
+}
+
+/// A capability as Nomad compares them: `NET_ADMIN`, `CAP_NET_ADMIN` and `net_admin` are one.
+pub fn capability_name(text: &str) -> String {
+    let lower = text.trim().to_ascii_lowercase();
+    lower.strip_prefix("cap_").map(str::to_string).unwrap_or(lower)
 }
 
 /// What a docker task may ask for that reaches beyond its container, so that an agent offers it
@@ -315,6 +382,10 @@ pub enum DockerPrivilege {
     /// The host's network namespace, or another container's (`network_mode = "host"`,
     /// `"container:NAME"`).
     HostNetwork,
+    /// `privileged = true`: every capability and device of the host.
+    Privileged,
+    /// Host devices (`devices`).
+    Devices,
 }
 
 impl DockerPrivilege {
@@ -323,6 +394,8 @@ impl DockerPrivilege {
         match self {
             DockerPrivilege::Volumes => "driver.docker.volumes.enabled",
             DockerPrivilege::HostNetwork => "driver.docker.host_network.enabled",
+            DockerPrivilege::Privileged => "driver.docker.privileged.enabled",
+            DockerPrivilege::Devices => "driver.docker.devices.enabled",
         }
     }
 
@@ -331,6 +404,8 @@ impl DockerPrivilege {
         match self {
             DockerPrivilege::Volumes => "--docker-allow-volumes",
             DockerPrivilege::HostNetwork => "--docker-allow-host-network",
+            DockerPrivilege::Privileged => "--docker-allow-privileged",
+            DockerPrivilege::Devices => "--docker-allow-devices",
         }
     }
 
@@ -338,6 +413,8 @@ impl DockerPrivilege {
         match self {
             DockerPrivilege::Volumes => "docker volumes (host bind mounts)",
             DockerPrivilege::HostNetwork => "a docker network_mode of host or another container",
+            DockerPrivilege::Privileged => "a privileged docker container",
+            DockerPrivilege::Devices => "docker devices (host devices in the container)",
         }
     }
 }
@@ -352,7 +429,19 @@ impl DockerConfig {
         if self.network_mode.as_deref().is_some_and(|m| m == "host" || m.starts_with("container:")) {
             needs.push(DockerPrivilege::HostNetwork);
         }
+        if self.privileged {
+            needs.push(DockerPrivilege::Privileged);
+        }
+        if !self.devices.is_empty() {
+            needs.push(DockerPrivilege::Devices);
+        }
         needs
+    }
+
+    /// The capabilities this container adds that `allowed` (an agent's `allow_caps`, in
+    /// `capability_name` form) does not: none means the agent may run it.
+    pub fn caps_not_allowed(&self, allowed: &[&str]) -> Vec<String> {
+        caps_not_allowed(&self.cap_add, allowed)
     }
 
     /// The image's own command, with nothing else set.
@@ -368,6 +457,10 @@ impl DockerConfig {
             network_mode: None,
             volumes: Vec::new(),
             cpu_hard_limit: false,
+            privileged: false,
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            devices: Vec::new(),
         }
     }
 }

@@ -1,12 +1,14 @@
 //! A job as stored formats 3 and 4 hold it (version 1): tasks without `user`, no raw_exec
-//! driver, exec without `cpu_hard_limit`. Read and migrated forward; written for clusters still
-//! at format 4 during a rolling upgrade, when the job uses none of what version 2 added.
+//! driver, exec without `cpu_hard_limit`. Read and migrated forward (to version 2, `job_v2`);
+//! written for clusters still at format 4 during a rolling upgrade, when the job uses none of
+//! what version 2 added.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{self as current, Constraint, DockerConfig, JobStatus, JobType, Resources, RestartPolicy};
+use crate::job::{Constraint, JobStatus, JobType, Resources, RestartPolicy};
+use crate::job_v2::{self as next, DockerConfig};
 use crate::time::Timestamp;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,13 +60,13 @@ pub struct ExecConfig {
     pub args: Vec<String>,
 }
 
-impl From<Job> for current::Job {
-    fn from(old: Job) -> current::Job {
-        let task = |t: Task| current::Task {
+impl From<Job> for next::Job {
+    fn from(old: Job) -> next::Job {
+        let task = |t: Task| next::Task {
             name: t.name,
             driver: match t.driver {
-                TaskDriver::Exec(e) => current::TaskDriver::Exec(current::ExecConfig::new(&e.command, e.args)),
-                TaskDriver::Docker(d) => current::TaskDriver::Docker(d),
+                TaskDriver::Exec(e) => next::TaskDriver::Exec(crate::job::ExecConfig::new(&e.command, e.args)),
+                TaskDriver::Docker(d) => next::TaskDriver::Docker(d),
             },
             env: t.env,
             resources: t.resources,
@@ -72,7 +74,7 @@ impl From<Job> for current::Job {
             kill_timeout_secs: t.kill_timeout_secs,
             user: None,
         };
-        let group = |g: TaskGroup| current::TaskGroup {
+        let group = |g: TaskGroup| next::TaskGroup {
             name: g.name,
             count: g.count,
             tasks: g.tasks.into_iter().map(task).collect(),
@@ -80,7 +82,7 @@ impl From<Job> for current::Job {
             restart: g.restart,
             meta: g.meta,
         };
-        current::Job {
+        next::Job {
             name: old.name,
             job_type: old.job_type,
             priority: old.priority,
@@ -96,22 +98,22 @@ impl From<Job> for current::Job {
 }
 
 /// For readers of format 4: refused (never silently dropped) when the job uses what they lack.
-impl TryFrom<&current::Job> for Job {
+impl TryFrom<&next::Job> for Job {
     type Error = String;
 
-    fn try_from(new: &current::Job) -> Result<Job, String> {
-        let task = |t: &current::Task| -> Result<Task, String> {
+    fn try_from(new: &next::Job) -> Result<Job, String> {
+        let task = |t: &next::Task| -> Result<Task, String> {
             let needs_5 = |what: &str| Err(format!("task {:?} uses {what}, which needs stored format 5", t.name));
             if t.user.is_some() {
                 return needs_5("`user`");
             }
             let driver = match &t.driver {
-                current::TaskDriver::Exec(e) if e.cpu_hard_limit => return needs_5("exec's `cpu_hard_limit`"),
-                current::TaskDriver::Exec(e) => {
+                next::TaskDriver::Exec(e) if e.cpu_hard_limit => return needs_5("exec's `cpu_hard_limit`"),
+                next::TaskDriver::Exec(e) => {
                     TaskDriver::Exec(ExecConfig { command: e.command.clone(), args: e.args.clone() })
                 }
-                current::TaskDriver::Docker(d) => TaskDriver::Docker(d.clone()),
-                current::TaskDriver::RawExec(_) => return needs_5("the raw_exec driver"),
+                next::TaskDriver::Docker(d) => TaskDriver::Docker(d.clone()),
+                next::TaskDriver::RawExec(_) => return needs_5("the raw_exec driver"),
             };
             Ok(Task {
                 name: t.name.clone(),
@@ -122,7 +124,7 @@ impl TryFrom<&current::Job> for Job {
                 kill_timeout_secs: t.kill_timeout_secs,
             })
         };
-        let group = |g: &current::TaskGroup| -> Result<TaskGroup, String> {
+        let group = |g: &next::TaskGroup| -> Result<TaskGroup, String> {
             Ok(TaskGroup {
                 name: g.name.clone(),
                 count: g.count,
@@ -151,6 +153,7 @@ impl TryFrom<&current::Job> for Job {
 mod tests {
     use super::*;
     use crate::format::write_for;
+    use crate::job as newest;
 
     fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
         bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(|e| e.to_string())
@@ -162,7 +165,7 @@ mod tests {
 
     #[test]
     fn a_plain_job_is_written_for_format_4_and_read_back_unchanged() {
-        let job = current::Job::exec("j", "echo", vec!["hi".into()]);
+        let job = newest::Job::exec("j", "echo", vec!["hi".into()]);
         let old = write_for(4, || encode(&job)).expect("writable for format 4");
         assert_eq!(old[0], 1, "version 1 for format-4 readers");
         let as_4_reads: Job = decode(&old);
@@ -170,20 +173,20 @@ mod tests {
             as_4_reads.task_groups[0].tasks[0].driver,
             TaskDriver::Exec(ExecConfig { command: "echo".into(), args: vec!["hi".into()] })
         );
-        assert_eq!(decode::<current::Job>(&old), job, "migrated forward");
-        assert_eq!(encode(&job).expect("writable")[0], 2, "this build writes version 2");
+        assert_eq!(decode::<newest::Job>(&old), job, "migrated forward");
+        assert_eq!(write_for(5, || encode(&job)).expect("writable")[0], 2, "version 2 for format 5");
     }
 
     #[test]
     fn what_format_4_cannot_hold_is_refused_for_it() {
-        let mut with_user = current::Job::exec("j", "id", Vec::new());
+        let mut with_user = newest::Job::exec("j", "id", Vec::new());
         with_user.task_groups[0].tasks[0].user = Some("www-data".into());
-        let mut raw = current::Job::exec("j", "id", Vec::new());
-        raw.task_groups[0].tasks[0].driver = current::TaskDriver::RawExec(current::ExecConfig::new("id", Vec::new()));
+        let mut raw = newest::Job::exec("j", "id", Vec::new());
+        raw.task_groups[0].tasks[0].driver = newest::TaskDriver::RawExec(newest::ExecConfig::new("id", Vec::new()));
         for job in [with_user, raw] {
             let refused = write_for(4, || encode(&job)).expect_err("refused");
             assert!(refused.contains("needs stored format 5"), "{refused}");
-            let back: current::Job = decode(&encode(&job).expect("format 5 holds it"));
+            let back: newest::Job = decode(&encode(&job).expect("format 5 holds it"));
             assert_eq!(back, job);
         }
     }

@@ -12,6 +12,7 @@ pub mod format;
 pub mod gc;
 pub mod job;
 mod job_v1;
+mod job_v2;
 pub mod limits;
 pub mod node;
 pub mod plan;
@@ -23,8 +24,8 @@ pub use alloc::{AllocClientStatus, AllocDesiredStatus, AllocUpdate, Allocation, 
 pub use command::{Command, CommandResponse, Proposal, Rejection, RejectionKind};
 pub use eval::{EvalStatus, EvalTrigger, Evaluation};
 pub use job::{
-    Constraint, ConstraintOperator, DockerConfig, DockerPrivilege, ExecConfig, Job, JobStatus, JobType, PortMapping,
-    Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup,
+    Constraint, ConstraintOperator, DockerConfig, DockerDevice, DockerPrivilege, ExecConfig, Job, JobStatus, JobType,
+    PortMapping, Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup,
 };
 pub use node::{Node, NodeEligibility, NodeStatus};
 pub use plan::Plan;

@@ -546,3 +546,96 @@ async fn a_node_offers_docker_once_its_engine_comes_up() {
     agent.stop().await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn privileged_containers_capabilities_and_devices_run_only_on_agents_that_allow_them() {
+    let Some(docker) = engine().await else { return };
+    let jobs = ["caps", "devices", "powers"];
+    let sandbox = Sandbox::new(docker.clone(), "powers", "docker-powers", &jobs).await;
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    cluster.format_raised().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = start_agent(&cluster, "docker-powers", dir.path()).await;
+
+    let job = |name: &str, command: &str, configure: fn(&mut DockerConfig)| {
+        let mut job = docker_job(name, &sandbox.image, JobType::Batch, command);
+        if let TaskDriver::Docker(config) = &mut job.task_groups[0].tasks[0].driver {
+            configure(config);
+        }
+        job
+    };
+    // Only NET_ADMIN, nothing of the engine's defaults: the task's effective set says so.
+    let caps = job("caps", "cat /proc/self/status", |c| {
+        c.cap_drop = vec!["ALL".into()];
+        c.cap_add = vec!["net_admin".into()];
+    });
+    // /dev/null as a device of another name.
+    let devices = job("devices", "[ -c /dev/helios-null ] && echo device ok", |c| {
+        c.devices = vec![helios_core::DockerDevice {
+            host_path: "/dev/null".into(),
+            container_path: Some("/dev/helios-null".into()),
+            cgroup_permissions: Some("rw".into()),
+        }];
+    });
+    let powers = job("powers", "cat /proc/self/status", |c| c.privileged = true);
+    for job in [&caps, &devices, &powers] {
+        cluster.submit_job(1, job).await;
+    }
+    // A default agent allows none of them, and the scheduler says which flag would.
+    common::wait_unplaced(&cluster, "caps", "net_admin not allowed (not in the agent's --docker-allow-caps)").await;
+    common::wait_unplaced(&cluster, "devices", "--docker-allow-devices").await;
+    common::wait_unplaced(&cluster, "powers", "--docker-allow-privileged").await;
+
+    agent.stop().await;
+    let agent = common::start_agent_configured(&cluster, "docker-powers", dir.path(), |c| {
+        c.drivers.docker_allowed =
+            vec![helios_core::DockerPrivilege::Privileged, helios_core::DockerPrivilege::Devices];
+        c.drivers.docker_allow_caps = Some(vec!["NET_ADMIN".into()]);
+    })
+    .await;
+    let finished = |job: &'static str| {
+        let cluster = &cluster;
+        async move {
+            wait_for(&format!("{job} to finish"), || async {
+                let allocs = cluster.job_status(1, job).await.allocations;
+                allocs.into_iter().find(|a| a.client_status == "complete" || a.client_status == "failed")
+            })
+            .await
+        }
+    };
+    let output = |alloc: &pb::Allocation, task: &str| {
+        let log = dir.path().join("allocs").join(&alloc.id).join(task).join("stdout.log");
+        std::fs::read_to_string(log).expect("the task's output")
+    };
+    let effective = |status: &str| {
+        let line = status.lines().find(|l| l.starts_with("CapEff:")).expect("CapEff in /proc/self/status");
+        u64::from_str_radix(line["CapEff:".len()..].trim(), 16).expect("hex")
+    };
+    let done = finished("caps").await;
+    assert_eq!(done.client_status, "complete", "{:?}", done.task_states);
+    assert_eq!(effective(&output(&done, "caps")), 1 << 12, "CAP_NET_ADMIN (bit 12) alone");
+    let done = finished("devices").await;
+    assert_eq!(done.client_status, "complete", "{:?}", done.task_states);
+    assert_eq!(output(&done, "devices"), "device ok\n");
+
+    // Privileged: every capability the kernel has. The engine can grant that only if it holds
+    // them all itself; where its bounding set lacks some (as on some VMs), runc refuses to start
+    // the container, and that refusal is what shows the engine was asked for them.
+    let done = finished("powers").await;
+    let bounding = std::fs::read_to_string("/proc/self/status").expect("status");
+    let bounding = bounding.lines().find_map(|l| l.strip_prefix("CapBnd:")).expect("CapBnd");
+    let bounding = u64::from_str_radix(bounding.trim(), 16).expect("hex");
+    let last: u32 =
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").expect("cap_last_cap").trim().parse().expect("n");
+    if bounding.count_ones() == last + 1 {
+        assert_eq!(done.client_status, "complete", "{:?}", done.task_states);
+        assert_eq!(effective(&output(&done, "powers")).count_ones(), last + 1);
+    } else {
+        let events = &done.task_states["powers"].events;
+        let failure = events.iter().find(|e| e.kind == "Driver Failure").expect("the engine refused");
+        assert!(failure.message.contains("unable to apply caps"), "{}", failure.message);
+    }
+    agent.stop().await;
+    cluster.shutdown().await;
+}

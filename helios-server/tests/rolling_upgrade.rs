@@ -115,10 +115,12 @@ impl Cluster {
         .await;
     }
 
-    /// A job whose task names a user: only format 5 holds one.
-    fn with_user(name: &str) -> pb::SubmitJobRequest {
+    /// A docker job that drops capabilities: only format 6 holds one.
+    fn needing_this_format(name: &str) -> pb::SubmitJobRequest {
         let mut job = Job::exec(name, "sleep", vec!["300".into()]);
-        job.task_groups[0].tasks[0].user = Some("nobody".into());
+        let mut config = helios_core::DockerConfig::for_image("busybox");
+        config.cap_drop = vec!["ALL".into()];
+        job.task_groups[0].tasks[0].driver = helios_core::TaskDriver::Docker(config);
         pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }
     }
 
@@ -202,7 +204,7 @@ async fn a_cluster_upgraded_server_by_server_keeps_serving_and_raises_its_format
     cluster.submit(3, "mixed-led-by-current").await;
     // What the previous format cannot hold is refused while it runs, never stored half.
     let mut jobs = JobServiceClient::new(cluster.channel(leader));
-    let refused = jobs.submit_job(Cluster::with_user("needs-the-newer-format")).await.expect_err("refused");
+    let refused = jobs.submit_job(Cluster::needing_this_format("needs-the-newer-format")).await.expect_err("refused");
     assert!(refused.message().contains("stored format"), "{refused:?}");
     cluster.wait_agreement("the previous build to follow this build's leader").await;
     assert_eq!(cluster.stored_format(1).await, PREVIOUS_FORMAT);
@@ -226,7 +228,7 @@ async fn a_cluster_upgraded_server_by_server_keeps_serving_and_raises_its_format
     .await;
     cluster.submit(3, "after-upgrade").await;
     let mut jobs = JobServiceClient::new(cluster.channel(3));
-    jobs.submit_job(Cluster::with_user("needs-the-newer-format")).await.expect("accepted once raised");
+    jobs.submit_job(Cluster::needing_this_format("needs-the-newer-format")).await.expect("accepted once raised");
     cluster.wait_agreement("the upgraded cluster to agree").await;
     let names = cluster.job_names(2).await;
     for name in [

@@ -69,6 +69,28 @@ fn task(t: &Task) -> Value {
                     config[key] = json!(value);
                 }
             }
+            if d.privileged {
+                config["privileged"] = json!(true);
+            }
+            for (key, caps) in [("cap_add", &d.cap_add), ("cap_drop", &d.cap_drop)] {
+                if !caps.is_empty() {
+                    config[key] = json!(caps);
+                }
+            }
+            if !d.devices.is_empty() {
+                let device = |d: &helios_core::DockerDevice| {
+                    let mut device = json!({ "host_path": d.host_path });
+                    for (key, value) in
+                        [("container_path", &d.container_path), ("cgroup_permissions", &d.cgroup_permissions)]
+                    {
+                        if let Some(value) = value {
+                            device[key] = json!(value);
+                        }
+                    }
+                    device
+                };
+                config["devices"] = d.devices.iter().map(device).collect();
+            }
             config
         }
     };

@@ -21,6 +21,8 @@ enum Ty {
     StrList,
     /// `{ KEY = "value" }`, as an attribute or a block of attributes (env, meta, labels).
     StrMap,
+    /// `[{ key = "value", ... }, ...]` with only the keys listed (docker's `devices`).
+    MapList(&'static [&'static str]),
 }
 
 /// What a name may be inside a block.
@@ -62,6 +64,10 @@ const CONFIG: &[Field] = &[
     attr("network_mode", Ty::Str),
     attr("volumes", Ty::StrList),
     attr("cpu_hard_limit", Ty::Bool),
+    attr("privileged", Ty::Bool),
+    attr("cap_add", Ty::StrList),
+    attr("cap_drop", Ty::StrList),
+    attr("devices", Ty::MapList(&["host_path", "container_path", "cgroup_permissions"])),
 ];
 const TASK: &[Field] = &[
     attr("driver", Ty::Str),
@@ -286,6 +292,23 @@ impl Walker<'_> {
                     Some(Value::Object(map))
                 }
                 _ => wrong(self, "a map: { KEY = \"value\" }"),
+            },
+            Ty::MapList(keys) => match expr {
+                Expression::Array(items) => {
+                    let mut out = Vec::new();
+                    for (i, item) in items.iter().enumerate() {
+                        let item_here = format!("`{}[{i}]`", here.trim_matches('`'));
+                        let Some(Value::Object(map)) = self.value(item, Ty::StrMap, &item_here) else { return None };
+                        if let Some(unknown) = map.keys().find(|k| !keys.contains(&k.as_str())) {
+                            let known = keys.join(", ");
+                            self.problem(item.span(), &format!("{item_here} has no {unknown:?} (it takes {known})"));
+                            return None;
+                        }
+                        out.push(Value::Object(map));
+                    }
+                    Some(Value::Array(out))
+                }
+                _ => wrong(self, "a list of maps: [{ KEY = \"value\" }]"),
             },
         }
     }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use helios_core::job::DEFAULT_PRIORITY;
 use helios_core::{
-    Constraint, ConstraintOperator, DockerConfig, ExecConfig, Job, JobType, PortMapping, Resources, RestartMode,
-    RestartPolicy, Task, TaskDriver, TaskGroup,
+    Constraint, ConstraintOperator, DockerConfig, DockerDevice, ExecConfig, Job, JobType, PortMapping, Resources,
+    RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup,
 };
 use serde::Deserialize;
 
@@ -102,6 +102,23 @@ pub struct ConfigSpec {
     pub volumes: Vec<String>,
     #[serde(default)]
     pub cpu_hard_limit: bool,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    #[serde(default)]
+    pub devices: Vec<DeviceSpec>,
+}
+
+/// A host device for a docker task, as Nomad writes it.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSpec {
+    pub host_path: String,
+    pub container_path: Option<String>,
+    pub cgroup_permissions: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy)]
@@ -254,6 +271,10 @@ impl TaskSpec {
                     ("labels", !c.labels.is_empty()),
                     ("network_mode", c.network_mode.is_some()),
                     ("volumes", !c.volumes.is_empty()),
+                    ("privileged", c.privileged),
+                    ("cap_add", !c.cap_add.is_empty()),
+                    ("cap_drop", !c.cap_drop.is_empty()),
+                    ("devices", !c.devices.is_empty()),
                 ];
                 for (field, set) in docker_only {
                     if set {
@@ -290,6 +311,18 @@ impl TaskSpec {
                 network_mode: c.network_mode.clone(),
                 volumes: c.volumes.clone(),
                 cpu_hard_limit: c.cpu_hard_limit,
+                privileged: c.privileged,
+                cap_add: c.cap_add.clone(),
+                cap_drop: c.cap_drop.clone(),
+                devices: c
+                    .devices
+                    .iter()
+                    .map(|d| DockerDevice {
+                        host_path: d.host_path.clone(),
+                        container_path: d.container_path.clone(),
+                        cgroup_permissions: d.cgroup_permissions.clone(),
+                    })
+                    .collect(),
             }),
             other => {
                 p.add(&format!("{path}.driver"), format!("must be exec, raw_exec or docker, got {other:?}"));

@@ -263,6 +263,57 @@ fn hcl_templates_are_kept_for_the_agent_to_interpolate_and_maps_may_be_blocks_or
 }
 
 #[test]
+fn docker_privileges_capabilities_and_devices_read_as_nomad_writes_them_and_export_back() {
+    let text = r#"
+job "net" {
+  group "g" {
+    task "vpn" {
+      driver = "docker"
+      config {
+        image      = "helios-busybox"
+        privileged = true
+        cap_add    = ["NET_ADMIN", "sys_time"]
+        cap_drop   = ["ALL"]
+        devices = [
+          { host_path = "/dev/net/tun" },
+          {
+            host_path          = "/dev/sda1"
+            container_path     = "/dev/xvdc"
+            cgroup_permissions = "r"
+          }
+        ]
+      }
+    }
+  }
+}
+"#;
+    let job = parse(text, Format::Hcl).expect("parses").job;
+    let TaskDriver::Docker(docker) = &job.task_groups[0].tasks[0].driver else { panic!("docker") };
+    assert!(docker.privileged);
+    assert_eq!(
+        (docker.cap_add.as_slice(), docker.cap_drop.as_slice()),
+        (&["NET_ADMIN".to_string(), "sys_time".into()][..], &["ALL".to_string()][..])
+    );
+    assert_eq!(docker.devices[0], helios_core::DockerDevice::new("/dev/net/tun"));
+    assert_eq!(docker.devices[1].container_path.as_deref(), Some("/dev/xvdc"));
+    assert_eq!(docker.devices[1].cgroup_permissions.as_deref(), Some("r"));
+    let written = serde_json::to_string_pretty(&export::to_file_json(&job)).expect("json");
+    assert!(job.same_spec(&parse(&written, Format::Json).expect("exported").job), "{written}");
+
+    // A key Nomad's devices do not have is refused by line; so are these on an exec task.
+    let typo = text.replace("cgroup_permissions = \"r\"", "permissions = \"r\"");
+    let err = parse(&typo, Format::Hcl).err().expect("unknown key").to_string();
+    assert!(err.contains("line 13: `devices[1]` has no \"permissions\""), "{err}");
+    let exec = text
+        .replace("driver = \"docker\"", "driver = \"exec\"")
+        .replace("image      = \"helios-busybox\"", "command = \"/bin/true\"");
+    let err = parse(&exec, Format::Hcl).err().expect("exec").to_string();
+    for field in ["privileged", "cap_add", "cap_drop", "devices"] {
+        assert!(err.contains(&format!("config.{field}: is for the docker driver")), "{field}: {err}");
+    }
+}
+
+#[test]
 fn an_inspected_job_reads_back_as_the_same_job() {
     for entry in std::fs::read_dir(examples()).expect("docs/examples") {
         let path = entry.expect("entry").path();

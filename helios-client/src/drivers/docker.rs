@@ -20,6 +20,7 @@ use bollard::Docker;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use helios_api::pb;
+use helios_core::job::DOCKER_ALLOW_CAPS_ATTRIBUTE;
 use helios_core::{DockerConfig, DockerPrivilege, Task, TaskDriver, TaskEvent, TaskRunState, TaskState};
 use tokio::sync::watch;
 
@@ -111,6 +112,8 @@ pub(crate) struct DockerDriver {
     pub engine: Engine,
     /// What docker tasks may ask for beyond their container here (`--docker-allow-*`).
     pub allowed: Vec<DockerPrivilege>,
+    /// The capabilities they may add (`--docker-allow-caps`), in `capability_name` form.
+    pub allowed_caps: Vec<String>,
 }
 
 impl Driver for DockerDriver {
@@ -131,6 +134,7 @@ impl Driver for DockerDriver {
             for privilege in &self.allowed {
                 fingerprint.attributes.insert(privilege.attribute().into(), "1".into());
             }
+            fingerprint.attributes.insert(DOCKER_ALLOW_CAPS_ATTRIBUTE.into(), self.allowed_caps.join(","));
             fingerprint
         })
     }
@@ -213,6 +217,13 @@ impl DockerDriver {
                 "Driver Failure",
                 format!("{} not allowed on this node (its agent needs {})", denied.describe(), denied.flag()),
             );
+        }
+        let allowed_caps: Vec<&str> = self.allowed_caps.iter().map(String::as_str).collect();
+        let refused_caps = config.caps_not_allowed(&allowed_caps);
+        if !refused_caps.is_empty() {
+            let why =
+                format!("capabilities {} not allowed on this node (see --docker-allow-caps)", refused_caps.join(","));
+            return failure("Driver Failure", why);
         }
         let mut events = Vec::new();
         let mut stop_watch = stop.clone();
@@ -410,11 +421,29 @@ fn container_body(
             port_bindings: (!bindings.is_empty()).then_some(bindings),
             binds: (!config.volumes.is_empty()).then(|| config.volumes.clone()),
             network_mode: config.network_mode.clone(),
+            privileged: config.privileged.then_some(true),
+            // The engine's names: upper case, without CAP_ (ALL as is).
+            cap_add: (!config.cap_add.is_empty()).then(|| engine_capabilities(&config.cap_add)),
+            cap_drop: (!config.cap_drop.is_empty()).then(|| engine_capabilities(&config.cap_drop)),
+            devices: (!config.devices.is_empty()).then(|| config.devices.iter().map(device_mapping).collect()),
             ..Default::default()
         }),
         ..Default::default()
     };
     Ok((body, mapped))
+}
+
+fn engine_capabilities(caps: &[String]) -> Vec<String> {
+    caps.iter().map(|c| helios_core::job::capability_name(c).to_ascii_uppercase()).collect()
+}
+
+/// A device as the engine takes it: the host's path inside too unless told, `rwm` unless told.
+fn device_mapping(device: &helios_core::DockerDevice) -> bollard::models::DeviceMapping {
+    bollard::models::DeviceMapping {
+        path_on_host: Some(device.host_path.clone()),
+        path_in_container: Some(device.container_path.clone().unwrap_or_else(|| device.host_path.clone())),
+        cgroup_permissions: Some(device.cgroup_permissions.clone().unwrap_or_else(|| "rwm".to_string())),
+    }
 }
 
 /// `; ports 80/tcp->8080, ...` for an adopted container (its port names are not stored on it).

@@ -88,7 +88,11 @@ impl Drivers {
         let all: [Arc<dyn Driver>; 3] = [
             Arc::new(exec::Exec(settings.clone())),
             Arc::new(raw_exec::RawExec(settings.clone())),
-            Arc::new(docker::DockerDriver { engine, allowed: settings.docker_allowed.clone() }),
+            Arc::new(docker::DockerDriver {
+                engine,
+                allowed: settings.docker_allowed.clone(),
+                allowed_caps: settings.docker_allow_caps.clone(),
+            }),
         ];
         Drivers(all.into())
     }
@@ -137,6 +141,8 @@ pub struct Settings {
     pub allowed_users: Option<Vec<String>>,
     /// What docker tasks may ask for beyond their container (`--docker-allow-*`).
     pub docker_allowed: Vec<DockerPrivilege>,
+    /// The capabilities docker tasks may add, in `capability_name` form (`--docker-allow-caps`).
+    pub docker_allow_caps: Vec<String>,
     /// The agent's data directory, absolute (what exec tasks must not see).
     pub data_dir: PathBuf,
     pub cpu: crate::drivers::docker::NodeCpu,
@@ -158,8 +164,11 @@ pub struct Options {
     /// The launcher binary; None: this program (`helios-client`).
     pub launcher: Option<PathBuf>,
     pub pids_max: Option<u32>,
-    /// `--docker-allow-volumes`, `--docker-allow-host-network`.
+    /// `--docker-allow-volumes`, `--docker-allow-host-network`, `--docker-allow-privileged`,
+    /// `--docker-allow-devices`.
     pub docker_allowed: Vec<DockerPrivilege>,
+    /// `--docker-allow-caps`; None: Nomad's default (`DOCKER_DEFAULT_ALLOWED_CAPS`).
+    pub docker_allow_caps: Option<Vec<String>>,
     /// `--dynamic-ports MIN-MAX`: where the scheduler picks tasks' dynamic host ports here.
     pub dynamic_ports: Option<(u16, u16)>,
 }
@@ -189,6 +198,10 @@ impl Settings {
             raw_exec: options.enable_raw_exec,
             allowed_users: options.allowed_users.clone(),
             docker_allowed: options.docker_allowed.clone(),
+            docker_allow_caps: match &options.docker_allow_caps {
+                Some(caps) => caps.iter().map(|c| helios_core::job::capability_name(c)).collect(),
+                None => helios_core::job::DOCKER_DEFAULT_ALLOWED_CAPS.iter().map(|c| c.to_string()).collect(),
+            },
             data_dir: data_dir.to_path_buf(),
             cpu,
         }
@@ -242,6 +255,7 @@ mod tests {
             raw_exec: true,
             allowed_users: allowed.map(|a| a.iter().map(|u| u.to_string()).collect()),
             docker_allowed: Vec::new(),
+            docker_allow_caps: Vec::new(),
             data_dir: "/var/lib/helios".into(),
             cpu: crate::drivers::docker::NodeCpu { total_mhz: 4000, cores: 2 },
         }

@@ -4,7 +4,9 @@
 
 use regex::Regex;
 
-use crate::job::{ConstraintOperator, DockerPrivilege, Job, TaskDriver, TaskGroup};
+use crate::job::{
+    caps_not_allowed, ConstraintOperator, DockerPrivilege, Job, TaskDriver, TaskGroup, DOCKER_ALLOW_CAPS_ATTRIBUTE,
+};
 use crate::node::{Node, NodeEligibility, NodeStatus};
 use crate::validate::parse_version_requirement;
 
@@ -22,6 +24,11 @@ pub struct CompiledConstraints {
     drivers: Vec<&'static str>,
     /// What the group's docker tasks need their node's agent to allow.
     docker_privileges: Vec<DockerPrivilege>,
+    /// Capabilities the group's docker tasks add (`cap_add`).
+    docker_caps: Vec<String>,
+    /// Whether any of them adds or drops capabilities: only agents that say which they allow
+    /// (`DOCKER_ALLOW_CAPS_ATTRIBUTE`) know these fields at all.
+    docker_caps_used: bool,
     /// At most one allocation of the job per node.
     pub distinct_hosts_job: bool,
     /// At most one allocation of the group per node.
@@ -37,6 +44,8 @@ impl CompiledConstraints {
             checks: Vec::new(),
             drivers: Vec::new(),
             docker_privileges: Vec::new(),
+            docker_caps: Vec::new(),
+            docker_caps_used: false,
             distinct_hosts_job: false,
             distinct_hosts_group: false,
         };
@@ -76,6 +85,8 @@ impl CompiledConstraints {
                         compiled.docker_privileges.push(privilege);
                     }
                 }
+                compiled.docker_caps_used |= !docker.cap_add.is_empty() || !docker.cap_drop.is_empty();
+                compiled.docker_caps.extend(docker.cap_add.iter().cloned());
             }
         }
         compiled
@@ -97,6 +108,19 @@ impl CompiledConstraints {
         for privilege in &self.docker_privileges {
             if node.attributes.get(privilege.attribute()).map(String::as_str) != Some("1") {
                 return Some(format!("{} not allowed (agent without {})", privilege.describe(), privilege.flag()));
+            }
+        }
+        if self.docker_caps_used {
+            let Some(allowed) = node.attributes.get(DOCKER_ALLOW_CAPS_ATTRIBUTE) else {
+                return Some("docker cap_add and cap_drop unknown to the agent (an older build)".to_string());
+            };
+            let allowed: Vec<&str> = allowed.split(',').collect();
+            let refused = caps_not_allowed(&self.docker_caps, &allowed);
+            if !refused.is_empty() {
+                return Some(format!(
+                    "docker capabilities {} not allowed (not in the agent's --docker-allow-caps)",
+                    refused.join(",")
+                ));
             }
         }
         self.constraint_rejects(node)
@@ -182,5 +206,67 @@ mod tests {
         assert!(!version_matches(&parse_version("1.9.9").unwrap(), &req));
         assert!(!version_matches(&parse_version("2.0").unwrap(), &req));
         assert_eq!(parse_version("linux"), None);
+    }
+
+    fn docker_node(attributes: &[(&str, &str)]) -> Node {
+        Node {
+            id: "n".into(),
+            hostname: "n".into(),
+            rpc_addr: String::new(),
+            attributes: attributes.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            meta: Default::default(),
+            drivers: vec!["docker".into()],
+            resources: crate::job::Resources { cpu_mhz: 1000, memory_mb: 1024 },
+            status: NodeStatus::Ready,
+            eligibility: NodeEligibility::Eligible,
+            drain: false,
+            registered_at: crate::Timestamp(0),
+            status_updated_at: crate::Timestamp(0),
+            secret_id: String::new(),
+        }
+    }
+
+    fn docker_job(configure: impl FnOnce(&mut crate::job::DockerConfig)) -> Job {
+        let mut job = Job::exec("j", "true", Vec::new());
+        let mut config = crate::job::DockerConfig::for_image("busybox");
+        configure(&mut config);
+        job.task_groups[0].tasks[0].driver = TaskDriver::Docker(config);
+        job
+    }
+
+    fn rejects(job: &Job, node: &Node) -> Option<String> {
+        CompiledConstraints::for_group(job, &job.task_groups[0]).rejects(node)
+    }
+
+    #[test]
+    fn privileged_containers_and_devices_go_only_where_the_agent_allows_them() {
+        let job = docker_job(|d| {
+            d.privileged = true;
+            d.devices.push(crate::job::DockerDevice::new("/dev/fuse"));
+        });
+        let why = rejects(&job, &docker_node(&[])).expect("refused by default");
+        assert!(why.contains("--docker-allow-privileged"), "{why}");
+        let privileged_only = docker_node(&[("driver.docker.privileged.enabled", "1")]);
+        let why = rejects(&job, &privileged_only).expect("devices are a privilege of their own");
+        assert!(why.contains("--docker-allow-devices"), "{why}");
+        let both = docker_node(&[("driver.docker.privileged.enabled", "1"), ("driver.docker.devices.enabled", "1")]);
+        assert_eq!(rejects(&job, &both), None);
+    }
+
+    #[test]
+    fn added_capabilities_must_be_in_the_agents_allow_list_whatever_their_spelling() {
+        let defaults = crate::job::DOCKER_DEFAULT_ALLOWED_CAPS.join(",");
+        let default_agent = docker_node(&[(DOCKER_ALLOW_CAPS_ATTRIBUTE, &defaults)]);
+        let job = docker_job(|d| d.cap_add = vec!["CAP_CHOWN".into(), "NET_ADMIN".into()]);
+        let why = rejects(&job, &default_agent).expect("net_admin is not a default");
+        assert!(why.contains("capabilities net_admin not allowed") && why.contains("--docker-allow-caps"), "{why}");
+        let allowing = docker_node(&[(DOCKER_ALLOW_CAPS_ATTRIBUTE, "chown,net_admin")]);
+        assert_eq!(rejects(&job, &allowing), None);
+        assert_eq!(rejects(&job, &docker_node(&[(DOCKER_ALLOW_CAPS_ATTRIBUTE, "all")])), None);
+        // Dropping is always allowed, but only by agents that know the field at all.
+        let dropping = docker_job(|d| d.cap_drop = vec!["ALL".into()]);
+        assert_eq!(rejects(&dropping, &default_agent), None);
+        let why = rejects(&dropping, &docker_node(&[])).expect("an older agent would ignore it");
+        assert!(why.contains("older build"), "{why}");
     }
 }

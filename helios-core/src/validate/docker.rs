@@ -4,11 +4,15 @@
 use std::collections::BTreeSet;
 
 use super::{check_args, check_name, check_text, is_env_name, Report};
-use crate::job::{DockerConfig, Resources};
+use crate::job::{capability_name, DockerConfig, Resources};
 use crate::limits::{MAX_ARG_LEN, MAX_META_ENTRIES, MAX_PORTS};
 
 /// The engine refuses a container with less memory than this.
 pub const MIN_DOCKER_MEMORY_MB: u32 = 6;
+/// Capabilities one docker task may add, or drop (Linux has about 40).
+const MAX_CAPABILITIES: usize = 64;
+/// Host devices one docker task may be given.
+const MAX_DEVICES: usize = 64;
 /// Labels the agent sets itself (node, allocation, job, task): a job may not set or fake them.
 pub const RESERVED_LABEL_PREFIX: &str = "io.helios.";
 
@@ -56,6 +60,8 @@ pub(super) fn check(r: &mut Report, task_path: &str, docker: &DockerConfig, reso
             r.add(format!("{path}.volumes[{i}]"), problem);
         }
     }
+    check_capabilities(r, path, docker);
+    check_devices(r, path, docker);
     if resources.memory_mb < MIN_DOCKER_MEMORY_MB {
         r.add(
             format!("{task_path}.resources.memory_mb"),
@@ -64,6 +70,51 @@ pub(super) fn check(r: &mut Report, task_path: &str, docker: &DockerConfig, reso
                 resources.memory_mb
             ),
         );
+    }
+}
+
+/// Capability names as the engine knows them (`NET_ADMIN`, `cap_net_admin`), or `ALL`.
+fn check_capabilities(r: &mut Report, path: &str, docker: &DockerConfig) {
+    for (field, caps) in [("cap_add", &docker.cap_add), ("cap_drop", &docker.cap_drop)] {
+        if caps.len() > MAX_CAPABILITIES {
+            r.add(format!("{path}.{field}"), format!("must have at most {MAX_CAPABILITIES} entries"));
+            continue;
+        }
+        for (i, cap) in caps.iter().enumerate() {
+            let name = capability_name(cap);
+            let well_formed = !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+            if !well_formed {
+                r.add(
+                    format!("{path}.{field}[{i}]"),
+                    format!("must be a capability name (NET_ADMIN, ALL, ...), got {cap:?}"),
+                );
+            }
+        }
+    }
+}
+
+/// Devices by absolute paths, with `r`, `w`, `m` permissions.
+fn check_devices(r: &mut Report, path: &str, docker: &DockerConfig) {
+    if docker.devices.len() > MAX_DEVICES {
+        r.add(format!("{path}.devices"), format!("must have at most {MAX_DEVICES} entries"));
+        return;
+    }
+    for (i, device) in docker.devices.iter().enumerate() {
+        let at = format!("{path}.devices[{i}]");
+        let paths = [("host_path", Some(&device.host_path)), ("container_path", device.container_path.as_ref())];
+        for (field, value) in paths {
+            let Some(value) = value else { continue };
+            if !value.starts_with('/') || value.contains(':') {
+                r.add(format!("{at}.{field}"), format!("must be an absolute path without ':', got {value:?}"));
+            }
+            check_text(r, &format!("{at}.{field}"), value, MAX_ARG_LEN);
+        }
+        if let Some(permissions) = &device.cgroup_permissions {
+            let valid = !permissions.is_empty() && permissions.chars().all(|c| "rwm".contains(c));
+            if !valid {
+                r.add(format!("{at}.cgroup_permissions"), format!("must be some of r, w and m, got {permissions:?}"));
+            }
+        }
     }
 }
 
@@ -162,7 +213,7 @@ fn check_volume(volume: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::job::{DockerConfig, Job, PortMapping, TaskDriver};
+    use crate::job::{DockerConfig, DockerDevice, Job, PortMapping, TaskDriver};
 
     fn problems(config: DockerConfig, memory_mb: u32) -> Vec<String> {
         let mut job = Job::exec("ok", "echo", vec![]);
@@ -189,7 +240,45 @@ mod tests {
         ok.labels.insert("team".into(), "web".into());
         ok.working_dir = Some("/app".into());
         ok.network_mode = Some("my-bridge".into());
+        ok.privileged = true;
+        ok.cap_add = vec!["NET_ADMIN".into(), "cap_sys_time".into()];
+        ok.cap_drop = vec!["ALL".into()];
+        ok.devices = vec![
+            DockerDevice::new("/dev/fuse"),
+            DockerDevice {
+                host_path: "/dev/sda1".into(),
+                container_path: Some("/dev/xvdc".into()),
+                cgroup_permissions: Some("r".into()),
+            },
+        ];
         assert_eq!(problems(ok, 64), Vec::<String>::new());
+    }
+
+    #[test]
+    fn capabilities_and_devices_are_checked() {
+        let mut bad = config();
+        bad.cap_add = vec!["NET ADMIN".into(), String::new()];
+        bad.cap_drop = vec!["cap_".into()];
+        bad.devices = vec![
+            DockerDevice::new("dev/fuse"),
+            DockerDevice {
+                host_path: "/dev/sda1".into(),
+                container_path: Some("/dev/x:rw".into()),
+                cgroup_permissions: Some("rx".into()),
+            },
+        ];
+        let got = problems(bad, 64);
+        for field in [
+            "config.cap_add[0]: must be a capability name",
+            "config.cap_add[1]: must be a capability name",
+            "config.cap_drop[0]: must be a capability name",
+            "config.devices[0].host_path: must be an absolute path",
+            "config.devices[1].container_path: must be an absolute path without ':'",
+            "config.devices[1].cgroup_permissions: must be some of r, w and m",
+        ] {
+            assert!(got.iter().any(|e| e.starts_with(&format!("{P}.{field}"))), "{field}: {got:?}");
+        }
+        assert_eq!(got.len(), 6, "{got:?}");
     }
 
     #[test]
