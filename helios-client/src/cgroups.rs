@@ -70,26 +70,32 @@ impl Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskCgroup {
     version: Version,
+    /// Where the hierarchy is mounted (`/sys/fs/cgroup`; elsewhere in tests).
+    root: PathBuf,
     dirs: Vec<PathBuf>,
 }
 
 impl TaskCgroup {
     /// Where task `name`'s cgroup lives (nothing is created).
     pub fn locate(version: Version, name: &str) -> io::Result<TaskCgroup> {
+        let own = std::fs::read_to_string("/proc/self/cgroup")?;
+        Ok(TaskCgroup::under(Path::new(ROOT), version, name, &own))
+    }
+
+    /// Where task `name`'s cgroup lives in a hierarchy mounted at `root`, for an agent whose
+    /// `/proc/self/cgroup` reads `own`.
+    fn under(root: &Path, version: Version, name: &str, own: &str) -> TaskCgroup {
         let dirs = match version {
-            Version::V1 => {
-                let own = std::fs::read_to_string("/proc/self/cgroup")?;
-                V1_CONTROLLERS
-                    .iter()
-                    .map(|controller| {
-                        let mine = own_v1_path(&own, controller).unwrap_or("/");
-                        Path::new(ROOT).join(controller).join(mine.trim_start_matches('/')).join("helios").join(name)
-                    })
-                    .collect()
-            }
-            Version::V2 => vec![Path::new(ROOT).join(V2_SLICE).join(name)],
+            Version::V1 => V1_CONTROLLERS
+                .iter()
+                .map(|controller| {
+                    let mine = own_v1_path(own, controller).unwrap_or("/");
+                    root.join(controller).join(mine.trim_start_matches('/')).join("helios").join(name)
+                })
+                .collect(),
+            Version::V2 => vec![root.join(V2_SLICE).join(name)],
         };
-        Ok(TaskCgroup { version, dirs })
+        TaskCgroup { version, root: root.to_path_buf(), dirs }
     }
 
     /// Creates the cgroup with `limits`. A leftover of the same name (an agent died before
@@ -99,9 +105,9 @@ impl TaskCgroup {
         if self.version == Version::V2 {
             // Hand the controllers down to the slice and from it to tasks.
             let wanted = "+memory +cpu +pids";
-            write(&Path::new(ROOT).join("cgroup.subtree_control"), wanted)?;
-            std::fs::create_dir_all(Path::new(ROOT).join(V2_SLICE))?;
-            write(&Path::new(ROOT).join(V2_SLICE).join("cgroup.subtree_control"), wanted)?;
+            write(&self.root.join("cgroup.subtree_control"), wanted)?;
+            std::fs::create_dir_all(self.root.join(V2_SLICE))?;
+            write(&self.root.join(V2_SLICE).join("cgroup.subtree_control"), wanted)?;
         }
         for dir in &self.dirs {
             std::fs::create_dir_all(dir)?;
@@ -218,6 +224,58 @@ mod tests {
         assert_eq!(counter("low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n", "oom_kill"), 1);
         assert_eq!(counter("", "oom_kill"), 0);
         assert_eq!((v2_weight(2), v2_weight(1024), v2_weight(262_144)), (1, 39, 10000));
+    }
+
+    /// The files a kernel would offer in a new cgroup, so that `create` finds what it checks for.
+    fn fake_kernel_files(dir: &Path, files: &[&str]) {
+        std::fs::create_dir_all(dir).unwrap();
+        for file in files {
+            std::fs::write(dir.join(file), "").unwrap();
+        }
+    }
+
+    fn read(path: PathBuf) -> String {
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    const LIMITS: Limits = Limits { memory_mb: 64, cpu_shares: 500, cpu_quota_us: Some(25_000), pids_max: 100 };
+
+    // This machine mounts v1, so v2 is checked against a directory standing in for the mount:
+    // which files get which values (what the kernel then does with them is not).
+    #[test]
+    fn v2_limits_are_written_as_v2_names_them() {
+        let root = tempfile::tempdir().unwrap();
+        let cgroup = TaskCgroup::under(root.path(), Version::V2, "a1.web", "0::/\n");
+        let dir = root.path().join("helios.slice/a1.web");
+        assert_eq!(cgroup.procs_files(), [dir.join("cgroup.procs")]);
+        fake_kernel_files(&dir, &["memory.swap.max"]);
+        cgroup.create(&LIMITS).unwrap();
+        assert_eq!(read(root.path().join("cgroup.subtree_control")), "+memory +cpu +pids");
+        assert_eq!(read(root.path().join("helios.slice/cgroup.subtree_control")), "+memory +cpu +pids");
+        assert_eq!(read(dir.join("memory.max")), (64u64 << 20).to_string());
+        assert_eq!(read(dir.join("memory.swap.max")), "0", "no swap beyond the limit");
+        assert_eq!(read(dir.join("cpu.weight")), v2_weight(500).to_string());
+        assert_eq!(read(dir.join("cpu.max")), "25000 100000");
+        assert_eq!(read(dir.join("pids.max")), "100");
+        std::fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 4\noom 2\noom_kill 2\n").unwrap();
+        assert_eq!(cgroup.oom_kills(), 2);
+    }
+
+    #[test]
+    fn v1_limits_go_under_the_agents_own_cgroup_per_controller() {
+        let root = tempfile::tempdir().unwrap();
+        let own = "4:memory:/svc/agent\n3:cpu,cpuacct:/svc\n2:pids:/\n";
+        let cgroup = TaskCgroup::under(root.path(), Version::V1, "a1.web", own);
+        let [memory, cpu, pids] =
+            ["memory/svc/agent", "cpu/svc", "pids"].map(|p| root.path().join(p).join("helios/a1.web"));
+        assert_eq!(cgroup.procs_files(), [&memory, &cpu, &pids].map(|d| d.join("cgroup.procs")));
+        fake_kernel_files(&memory, &["memory.memsw.limit_in_bytes"]);
+        cgroup.create(&Limits { cpu_quota_us: None, ..LIMITS }).unwrap();
+        assert_eq!(read(memory.join("memory.limit_in_bytes")), (64u64 << 20).to_string());
+        assert_eq!(read(memory.join("memory.memsw.limit_in_bytes")), (64u64 << 20).to_string());
+        assert_eq!(read(cpu.join("cpu.shares")), "500");
+        assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "-1", "no hard limit asked");
+        assert_eq!(read(pids.join("pids.max")), "100");
     }
 
     #[test]

@@ -7,6 +7,9 @@ use helios_api::pb;
 
 use crate::ClientConfig;
 
+/// Nomad's name for the node's address: where its tasks' ports are reached (`NOMAD_IP_<label>`).
+pub const IP_ATTRIBUTE: &str = "unique.network.ip-address";
+
 pub fn node(config: &ClientConfig, advertised: SocketAddr) -> pb::Node {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -28,6 +31,12 @@ pub fn node(config: &ClientConfig, advertised: SocketAddr) -> pb::Node {
         ("cpu.arch".to_string(), go_arch().to_string()),
         ("cpu.numcores".to_string(), cpus.to_string()),
         ("unique.hostname".to_string(), hostname.clone()),
+        // The address the agent advertises (its --client-rpc-addr); loopback if that is a
+        // wildcard, which names no one address.
+        (
+            IP_ATTRIBUTE.to_string(),
+            if advertised.ip().is_unspecified() { "127.0.0.1".to_string() } else { advertised.ip().to_string() },
+        ),
     ]);
     pb::Node {
         id: config.node_id.clone(),

@@ -77,8 +77,9 @@ struct Args {
     /// Let docker tasks be given host devices (`devices`).
     #[arg(long)]
     docker_allow_devices: bool,
-    /// The capabilities docker tasks may add (`cap_add`), comma-separated, as Nomad's
-    /// `allow_caps`: `NET_ADMIN`, `net_admin` or `CAP_NET_ADMIN`; `ALL` for any. Replaces the
+    /// The capabilities docker containers may have, comma-separated, as Nomad's `allow_caps`:
+    /// `NET_ADMIN`, `net_admin` or `CAP_NET_ADMIN`; `ALL` for any, '' for none. A task's
+    /// `cap_add` must be in it, and the engine's defaults outside it are dropped. Replaces the
     /// default, the engine's defaults but NET_RAW.
     #[arg(long = "docker-allow-caps", value_delimiter = ',', value_parser = parse_capability)]
     docker_allow_caps: Option<Vec<String>>,
@@ -100,6 +101,10 @@ fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
 
 fn parse_capability(text: &str) -> Result<String, String> {
     let name = helios_core::job::capability_name(text);
+    if name.is_empty() {
+        // `--docker-allow-caps ''`: none (dropped below).
+        return Ok(name);
+    }
     let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
     valid.then_some(name).ok_or_else(|| format!("expected a capability name (NET_ADMIN, ALL, ...), got {text:?}"))
 }
@@ -165,7 +170,7 @@ async fn agent() -> ExitCode {
             .into_iter()
             .filter_map(|(allowed, privilege)| allowed.then_some(privilege))
             .collect(),
-            docker_allow_caps: args.docker_allow_caps,
+            docker_allow_caps: args.docker_allow_caps.map(|caps| caps.into_iter().filter(|c| !c.is_empty()).collect()),
         },
     };
     // SIGHUP: read the TLS certificates again (rotation without a restart).

@@ -1,7 +1,5 @@
 //! Runs the allocations the servers assign to this node, and reports their state.
 //!
-//! Runs the allocations the servers assign to this node, and reports their state.
-//!
 //! One runner per allocation starts each task of its group under a `Supervisor` (restarts as
 //! the group's policy says), which runs it with its driver (`crate::drivers`), in its own
 //! directory (`crate::task_dir`), with stdout and stderr in rotated log files. When the servers
@@ -209,6 +207,7 @@ impl Owner {
             memory_mb: task.resources.memory_mb,
             meta: &self.meta,
             ports,
+            ip: self.node.attributes.get(crate::fingerprint::IP_ATTRIBUTE).map_or("127.0.0.1", String::as_str),
         }
     }
 }

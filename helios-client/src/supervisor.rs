@@ -60,8 +60,8 @@ impl Supervisor {
                 let _ = progress.send((name_now.clone(), pending(events.clone(), restarts)));
             };
             let run = TaskRun { owner: &self.owner, task: &task, dir: &self.dir, stop: &self.stop };
-            // What an earlier agent left is followed, once; restarts always start afresh.
-            let recovered = if restarts == 0 { self.driver.recover(run).await } else { None };
+            // What an earlier agent left is followed rather than started a second time.
+            let recovered = self.driver.recover(run).await;
             let (mut state, handle) = match recovered {
                 Some(found) => found,
                 None if *self.stop.borrow() => {
@@ -175,8 +175,9 @@ mod tests {
         exits: Mutex<VecDeque<i32>>,
         starts: Mutex<Vec<Duration>>,
         recovers: Mutex<u32>,
-        /// What `recover` finds: a task that runs on and exits with this code.
-        left_running: Option<i32>,
+        /// What `recover` finds (once, as a real agent's task is gone once it ended): a task
+        /// that runs on and exits with this code.
+        left_running: Mutex<Option<i32>>,
     }
 
     impl Scripted {
@@ -191,7 +192,7 @@ mod tests {
                 exits: Mutex::new(exits.iter().copied().collect()),
                 starts: Mutex::new(Vec::new()),
                 recovers: Mutex::new(0),
-                left_running,
+                left_running: Mutex::new(left_running),
             })
         }
 
@@ -221,7 +222,8 @@ mod tests {
 
         fn recover<'a>(&'a self, _: TaskRun<'a>) -> BoxFuture<'a, Option<Started>> {
             *self.recovers.lock().unwrap() += 1;
-            Box::pin(std::future::ready(self.left_running.map(|code| self.runs(code))))
+            let left = self.left_running.lock().unwrap().take();
+            Box::pin(std::future::ready(left.map(|code| self.runs(code))))
         }
 
         fn start<'a>(&'a self, _: TaskRun<'a>, _: &'a OnEvent) -> BoxFuture<'a, Started> {
@@ -375,10 +377,11 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_task_left_running_is_recovered_once_and_restarts_start_afresh() {
+    async fn a_task_left_running_is_recovered_and_restarted_when_it_fails() {
         let driver = Scripted::leaving(&[0], Some(1));
         let states = supervise(driver.clone(), JobType::Batch, policy(3, 60, 2, RestartMode::Fail)).finish().await;
-        assert_eq!(*driver.recovers.lock().unwrap(), 1);
+        // Asked before each start: the recovered run, then the restart (nothing left by then).
+        assert_eq!(*driver.recovers.lock().unwrap(), 2);
         // The recovered run failed at 1 s; its restart started 2 s later and succeeded.
         assert_eq!(driver.started_at_secs(), vec![3]);
         assert!(!states.last().unwrap().failed);

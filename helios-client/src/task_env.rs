@@ -59,6 +59,8 @@ pub struct Identity<'a> {
     pub meta: &'a BTreeMap<String, String>,
     /// The task's ports by label.
     pub ports: &'a BTreeMap<String, TaskPort>,
+    /// The node's address, where its ports are reached (`NOMAD_IP_<label>`).
+    pub ip: &'a str,
 }
 
 /// One of a task's ports: where it is reached on the host, and where the task listens (a
@@ -100,8 +102,8 @@ pub fn runtime(who: &Identity, dirs: &TaskDir) -> BTreeMap<String, String> {
         vars.insert(format!("NOMAD_PORT_{label}"), port.task.to_string());
         vars.insert(format!("NOMAD_HOST_PORT_{label}"), port.host.to_string());
         vars.insert(format!("HELIOS_PORT_{label}"), port.host.to_string());
-        vars.insert(format!("NOMAD_IP_{label}"), "127.0.0.1".to_string());
-        vars.insert(format!("NOMAD_ADDR_{label}"), format!("127.0.0.1:{}", port.host));
+        vars.insert(format!("NOMAD_IP_{label}"), who.ip.to_string());
+        vars.insert(format!("NOMAD_ADDR_{label}"), format!("{}:{}", who.ip, port.host));
     }
     for (key, value) in who.meta {
         // Nomad sets both the key as written and upper-cased.
@@ -176,6 +178,7 @@ mod tests {
             memory_mb: 256,
             meta: &meta,
             ports: &ports,
+            ip: "10.0.0.7",
         };
         let dirs = TaskDir::new(std::path::Path::new("/var/lib/helios/allocs/a1"), "server");
         let vars = runtime(&who, &dirs);
@@ -186,7 +189,8 @@ mod tests {
         assert_eq!(get("NOMAD_SECRETS_DIR"), Some("/var/lib/helios/allocs/a1/server/secrets"));
         assert_eq!(get("HELIOS_TASK_DIR"), get("NOMAD_TASK_DIR"));
         assert_eq!((get("NOMAD_PORT_http"), get("NOMAD_HOST_PORT_http")), (Some("8080"), Some("23456")));
-        assert_eq!((get("NOMAD_ADDR_http"), get("HELIOS_PORT_http")), (Some("127.0.0.1:23456"), Some("23456")));
+        assert_eq!((get("NOMAD_ADDR_http"), get("HELIOS_PORT_http")), (Some("10.0.0.7:23456"), Some("23456")));
+        assert_eq!(get("NOMAD_IP_http"), Some("10.0.0.7"));
         assert_eq!((get("NOMAD_META_owner"), get("NOMAD_META_OWNER")), (Some("ops"), Some("ops")));
         assert_eq!((get("NOMAD_CPU_LIMIT"), get("NOMAD_MEMORY_LIMIT")), (Some("500"), Some("256")));
     }

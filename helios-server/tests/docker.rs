@@ -310,6 +310,7 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
     if let TaskDriver::Docker(config) = &mut job.task_groups[0].tasks[0].driver {
         config.ports.push(PortMapping { name: "http".into(), container_port: 80, host_port: None });
         config.cpu_hard_limit = true;
+        config.labels.insert("alloc".into(), "${NOMAD_ALLOC_ID}".into());
     }
     job.task_groups[0].tasks[0].resources.cpu_mhz = 1000;
     job.task_groups[0].tasks[0].env.insert("LISTEN".into(), "0.0.0.0:${NOMAD_PORT_http}".into());
@@ -332,7 +333,9 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
     let chosen: u16 = host_port.parse().expect("a port");
     assert!((20_000..=32_000).contains(&chosen), "{chosen}");
     assert_eq!(running.host_ports, [u32::from(chosen)], "held by the allocation");
-    // Nomad's runtime variables, interpolated into the job's env.
+    // Nomad's runtime variables, interpolated into the job's env and labels.
+    let labels = inspected.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+    assert_eq!(labels.get("alloc"), Some(&running.id), "{labels:?}");
     let env = inspected.config.and_then(|c| c.env).unwrap_or_default();
     // As in Nomad: the task listens on NOMAD_PORT (the container's side of the mapping) and is
     // reached at NOMAD_ADDR (the host's).
@@ -550,7 +553,7 @@ async fn a_node_offers_docker_once_its_engine_comes_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn privileged_containers_capabilities_and_devices_run_only_on_agents_that_allow_them() {
     let Some(docker) = engine().await else { return };
-    let jobs = ["caps", "devices", "powers"];
+    let jobs = ["plain", "caps", "devices", "powers"];
     let sandbox = Sandbox::new(docker.clone(), "powers", "docker-powers", &jobs).await;
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
@@ -579,13 +582,26 @@ async fn privileged_containers_capabilities_and_devices_run_only_on_agents_that_
         }];
     });
     let powers = job("powers", "cat /proc/self/status", |c| c.privileged = true);
-    for job in [&caps, &devices, &powers] {
+    let plain = job("plain", "cat /proc/self/status", |_| {});
+    for job in [&plain, &caps, &devices, &powers] {
         cluster.submit_job(1, job).await;
     }
     // A default agent allows none of them, and the scheduler says which flag would.
     common::wait_unplaced(&cluster, "caps", "net_admin not allowed (not in the agent's --docker-allow-caps)").await;
     common::wait_unplaced(&cluster, "devices", "--docker-allow-devices").await;
     common::wait_unplaced(&cluster, "powers", "--docker-allow-privileged").await;
+    let output = |alloc: &pb::Allocation, task: &str| {
+        let log = dir.path().join("allocs").join(&alloc.id).join(task).join("stdout.log");
+        std::fs::read_to_string(log).expect("the task's output")
+    };
+    let effective = |status: &str| {
+        let line = status.lines().find(|l| l.starts_with("CapEff:")).expect("CapEff in /proc/self/status");
+        u64::from_str_radix(line["CapEff:".len()..].trim(), 16).expect("hex")
+    };
+    // A plain container gets the engine's defaults but NET_RAW (bit 13), as under Nomad.
+    let done = wait_alloc(&cluster, "plain", "complete").await;
+    let nomads_defaults = [0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 27, 29, 31].iter().fold(0u64, |set, bit| set | 1 << bit);
+    assert_eq!(effective(&output(&done, "plain")), nomads_defaults);
 
     agent.stop().await;
     let agent = common::start_agent_configured(&cluster, "docker-powers", dir.path(), |c| {
@@ -603,14 +619,6 @@ async fn privileged_containers_capabilities_and_devices_run_only_on_agents_that_
             })
             .await
         }
-    };
-    let output = |alloc: &pb::Allocation, task: &str| {
-        let log = dir.path().join("allocs").join(&alloc.id).join(task).join("stdout.log");
-        std::fs::read_to_string(log).expect("the task's output")
-    };
-    let effective = |status: &str| {
-        let line = status.lines().find(|l| l.starts_with("CapEff:")).expect("CapEff in /proc/self/status");
-        u64::from_str_radix(line["CapEff:".len()..].trim(), 16).expect("hex")
     };
     let done = finished("caps").await;
     assert_eq!(done.client_status, "complete", "{:?}", done.task_states);

@@ -116,7 +116,8 @@ pub struct RunArgs {
     #[arg(long, requires = "name")]
     pub image: Option<String>,
     /// A container port, NAME=PORT[:HOSTPORT] (without HOSTPORT the scheduler picks one from the
-    /// node's dynamic range, passed to the task as NOMAD_PORT_<NAME>); repeatable, with --driver docker.
+    /// node's dynamic range); the task gets NOMAD_PORT_<NAME> (the container's port) and
+    /// NOMAD_HOST_PORT_<NAME>; repeatable, with --driver docker.
     #[arg(short = 'p', long = "port", value_parser = PortMapping::parse, requires = "name")]
     pub ports: Vec<PortMapping>,
     /// Cap the task at --cpu-mhz instead of only weighting it (--driver exec or docker).

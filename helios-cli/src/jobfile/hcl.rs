@@ -315,7 +315,7 @@ impl Walker<'_> {
 
     /// A string, number or bool as text. A template (`"${NOMAD_PORT_http}"`) is kept as written:
     /// the agent interpolates the runtime variables and node facts in a task's command, args,
-    /// entrypoint, image and env when the task starts (as Nomad does), and the constraint
+    /// entrypoint, image, work_dir, labels and env when the task starts (as Nomad does), and the constraint
     /// attributes Nomad writes as `${attr.x}` are read by name. Anything else is noted.
     /// Variables and functions are refused.
     fn scalar_text(&mut self, expr: &Expression, here: &str) -> Option<String> {
@@ -326,14 +326,15 @@ impl Walker<'_> {
             Expression::StringTemplate(_) => {
                 let raw = expr.span().map(|r| &self.text[r]).unwrap_or_default();
                 let raw = raw.trim().trim_matches('"').to_string();
-                let interpolated =
-                    ["`command`", "`args`", "`entrypoint`", "`image`"].contains(&here) || here.starts_with("`env.");
+                let interpolated = ["`command`", "`args`", "`entrypoint`", "`image`", "`work_dir`"].contains(&here)
+                    || here.starts_with("`env.")
+                    || here.starts_with("`labels.");
                 if here != "`attribute`" && !(interpolated && names_only_runtime_values(&raw)) {
                     let line = self.line(expr.span());
                     self.notes.push(format!(
                         "line {line}: {here} keeps {raw:?} as written: Helios interpolates only \
                          ${{NOMAD_*}}, ${{node.*}}, ${{attr.*}} and ${{meta.*}}, in a task's command, args, \
-                         entrypoint, image and env"
+                         entrypoint, image, work_dir, labels and env"
                     ));
                 }
                 Some(raw)

@@ -351,8 +351,6 @@ impl TaskSpec {
     }
 }
 
-/// `http=80:8080` (Helios), or `http` naming a group network port (Nomad: `to` is the container
-/// port, `static` the host port).
 /// The runtime variables that name a port label.
 const PORT_VARIABLES: [&str; 5] = ["NOMAD_PORT_", "NOMAD_HOST_PORT_", "NOMAD_IP_", "NOMAD_ADDR_", "HELIOS_PORT_"];
 
@@ -376,7 +374,8 @@ fn unexpanded_port_references(p: &mut Problems, path: &str, task: &Task) {
         }
     };
     for (field, text) in texts {
-        let variables = text.split("${").skip(1).filter_map(|rest| rest.split_once('}').map(|(name, _)| name));
+        // Trimmed, as the agent reads them: `${ NOMAD_PORT_http }` is the same variable.
+        let variables = text.split("${").skip(1).filter_map(|rest| rest.split_once('}').map(|(name, _)| name.trim()));
         for variable in variables {
             let label = PORT_VARIABLES.iter().find_map(|prefix| variable.strip_prefix(prefix));
             if let Some(label) = label.filter(|label| !given.contains(label)) {
@@ -394,6 +393,8 @@ fn unexpanded_port_references(p: &mut Problems, path: &str, task: &Task) {
     }
 }
 
+/// `http=80:8080` (Helios), or `http` naming a group network port (Nomad: `to` is the container
+/// port, `static` the host port).
 fn port_mapping(
     p: &mut Problems,
     path: &str,

@@ -118,7 +118,7 @@ env = { ADDR = "${NOMAD_ADDR_http}" }
 name = "sidecar"
 driver = "exec"
 config = { command = "/bin/probe", args = ["${NOMAD_ADDR_http}"] }
-env = { TARGET = "${NOMAD_HOST_PORT_http}", LABEL = "${NOMAD_ALLOC_ID}" }
+env = { TARGET = "${NOMAD_HOST_PORT_http}", LABEL = "${NOMAD_ALLOC_ID}", SPACED = "${ NOMAD_PORT_http }" }
 "#;
     let err = parse(text, Format::Toml).err().expect("the exec task gets no port").to_string();
     assert!(
@@ -126,6 +126,7 @@ env = { TARGET = "${NOMAD_HOST_PORT_http}", LABEL = "${NOMAD_ALLOC_ID}" }
         "{err}"
     );
     assert!(err.contains("group[0].task[1].env.TARGET: ${NOMAD_HOST_PORT_http}"), "{err}");
+    assert!(err.contains("group[0].task[1].env.SPACED: ${NOMAD_PORT_http}"), "spaced as the agent reads it: {err}");
     assert!(!err.contains("task[0]") && !err.contains("LABEL"), "{err}");
     // The docker task alone is fine; naming a port it does not map is not.
     let docker_only = text.split("[[group.task]]\nname = \"sidecar\"").next().unwrap().to_string();

@@ -39,6 +39,24 @@ pub const LABEL_TASK: &str = "io.helios.task";
 /// even without a process of its own.
 pub const CONTAINER_MARKER: &str = "container";
 
+/// The capabilities the engine gives a container unless told otherwise (moby's defaults).
+const ENGINE_DEFAULT_CAPS: [&str; 14] = [
+    "audit_write",
+    "chown",
+    "dac_override",
+    "fowner",
+    "fsetid",
+    "kill",
+    "mknod",
+    "net_bind_service",
+    "net_raw",
+    "setfcap",
+    "setgid",
+    "setpcap",
+    "setuid",
+    "sys_chroot",
+];
+
 /// A pull that has not finished by then fails the task: no registry may be reachable.
 const PULL_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the engine may take to answer the fingerprint.
@@ -197,9 +215,38 @@ impl DockerDriver {
         }
     }
 
+    /// Why this agent will not run `config`, if it will not. The scheduler placed the task on
+    /// an agent that allows what it asks; this one checks again (its flags may have changed).
+    fn refusal(&self, config: &DockerConfig) -> Option<String> {
+        if let Some(denied) = config.privileges().into_iter().find(|p| !self.allowed.contains(p)) {
+            return Some(format!("{} not allowed on this node (its agent needs {})", denied.describe(), denied.flag()));
+        }
+        let allowed: Vec<&str> = self.allowed_caps.iter().map(String::as_str).collect();
+        let refused = config.caps_not_allowed(&allowed);
+        (!refused.is_empty())
+            .then(|| format!("capabilities {} not allowed on this node (see --docker-allow-caps)", refused.join(",")))
+    }
+
+    /// What the container drops, in the engine's names: its own `cap_drop` and, unless it is
+    /// privileged, the engine's defaults this agent does not allow: as Nomad's `allow_caps`,
+    /// the list bounds what every container gets (by default, no NET_RAW).
+    fn caps_to_drop(&self, config: &DockerConfig) -> Vec<String> {
+        let mut drop = engine_capabilities(&config.cap_drop);
+        let allowed = |cap: &&str| self.allowed_caps.iter().any(|a| a == cap || a == "all");
+        if !config.privileged && !drop.iter().any(|c| c == "ALL") {
+            drop.extend(ENGINE_DEFAULT_CAPS.iter().filter(|c| !allowed(c)).map(|c| c.to_ascii_uppercase()));
+        }
+        drop.sort();
+        drop.dedup();
+        drop
+    }
+
     /// Pulls the image if needed, then creates and starts the container.
     async fn start_task(&self, run: TaskRun<'_>, config: &DockerConfig, on_event: &OnEvent) -> Started {
         let (who, task, stop) = (run.owner, run.task, run.stop);
+        if let Some(why) = self.refusal(config) {
+            return failure("Driver Failure", why);
+        }
         let docker = match self.connect().await {
             Ok(d) => d,
             Err(why) => return failure("Driver Failure", why),
@@ -210,21 +257,6 @@ impl DockerDriver {
         }
         let name = container_name(&who.alloc_id, &task.name);
         let kill_timeout = task.kill_timeout_secs;
-        // The scheduler places such tasks only on agents that allow them; this agent checks
-        // again (its flags may have changed since the placement).
-        if let Some(denied) = config.privileges().into_iter().find(|p| !self.allowed.contains(p)) {
-            return failure(
-                "Driver Failure",
-                format!("{} not allowed on this node (its agent needs {})", denied.describe(), denied.flag()),
-            );
-        }
-        let allowed_caps: Vec<&str> = self.allowed_caps.iter().map(String::as_str).collect();
-        let refused_caps = config.caps_not_allowed(&allowed_caps);
-        if !refused_caps.is_empty() {
-            let why =
-                format!("capabilities {} not allowed on this node (see --docker-allow-caps)", refused_caps.join(","));
-            return failure("Driver Failure", why);
-        }
         let mut events = Vec::new();
         let mut stop_watch = stop.clone();
         let pulled = tokio::select! {
@@ -239,7 +271,7 @@ impl DockerDriver {
             events.push(event("Driver Failure", why, None));
             return (dead(events, true), None);
         }
-        let (body, ports) = match container_body(who, task, config, self.engine.cpu) {
+        let (body, ports) = match container_body(who, task, config, self.engine.cpu, self.caps_to_drop(config)) {
             Ok(made) => made,
             Err(why) => {
                 events.push(event("Driver Failure", why, None));
@@ -365,6 +397,7 @@ fn container_body(
     task: &Task,
     config: &DockerConfig,
     cpu: NodeCpu,
+    cap_drop: Vec<String>,
 ) -> Result<(ContainerCreateBody, Vec<String>), String> {
     let mut exposed = Vec::new();
     let mut bindings = HashMap::new();
@@ -394,7 +427,7 @@ fn container_body(
     let mut env: BTreeMap<String, String> = task.env.iter().map(|(k, v)| (k.clone(), expand(v))).collect();
     env.extend(runtime.clone());
     let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let mut labels: HashMap<String, String> = config.labels.clone().into_iter().collect();
+    let mut labels: HashMap<String, String> = config.labels.iter().map(|(k, v)| (k.clone(), expand(v))).collect();
     labels.insert(LABEL_NODE.to_string(), who.node_id.clone());
     labels.insert(LABEL_ALLOC.to_string(), who.alloc_id.clone());
     labels.insert(LABEL_JOB.to_string(), who.job_name.clone());
@@ -408,7 +441,7 @@ fn container_body(
         entrypoint: (!config.entrypoint.is_empty()).then(|| config.entrypoint.iter().map(expand).collect()),
         user: task.user.clone(),
         env: Some(env),
-        working_dir: config.working_dir.clone(),
+        working_dir: config.working_dir.as_ref().map(expand),
         labels: Some(labels),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
         host_config: Some(HostConfig {
@@ -424,7 +457,7 @@ fn container_body(
             privileged: config.privileged.then_some(true),
             // The engine's names: upper case, without CAP_ (ALL as is).
             cap_add: (!config.cap_add.is_empty()).then(|| engine_capabilities(&config.cap_add)),
-            cap_drop: (!config.cap_drop.is_empty()).then(|| engine_capabilities(&config.cap_drop)),
+            cap_drop: (!cap_drop.is_empty()).then_some(cap_drop),
             devices: (!config.devices.is_empty()).then(|| config.devices.iter().map(device_mapping).collect()),
             ..Default::default()
         }),
@@ -607,6 +640,48 @@ mod tests {
         assert_eq!(p.observe(&step("a", "Pull complete", 0, 0)), None, "reported once");
         let second = p.observe(&step("b", "Pull complete", 0, 0));
         assert_eq!(second.as_deref(), Some("2 of 2 layers pulled (6.0 of 6.0 MB)"));
+    }
+
+    fn driver(allowed: Vec<DockerPrivilege>, caps: &[&str]) -> DockerDriver {
+        DockerDriver {
+            engine: Engine { endpoint: Endpoint::default(), cpu: NodeCpu { total_mhz: 1000, cores: 1 } },
+            allowed,
+            allowed_caps: caps.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_agent_refuses_what_its_flags_do_not_allow_before_asking_the_engine() {
+        let defaults = helios_core::job::DOCKER_DEFAULT_ALLOWED_CAPS;
+        let plain = driver(Vec::new(), &defaults);
+        let mut privileged = DockerConfig::for_image("busybox");
+        privileged.privileged = true;
+        let why = plain.refusal(&privileged).expect("not allowed");
+        assert!(why.contains("--docker-allow-privileged"), "{why}");
+        assert_eq!(driver(vec![DockerPrivilege::Privileged], &defaults).refusal(&privileged), None);
+        let mut admin = DockerConfig::for_image("busybox");
+        admin.cap_add = vec!["CAP_NET_ADMIN".into(), "chown".into()];
+        let why = plain.refusal(&admin).expect("net_admin is not a default");
+        assert!(why.starts_with("capabilities net_admin not allowed"), "{why}");
+        assert_eq!(driver(Vec::new(), &["net_admin", "chown"]).refusal(&admin), None);
+        assert_eq!(driver(Vec::new(), &["all"]).refusal(&admin), None);
+    }
+
+    #[test]
+    fn the_allow_list_bounds_the_engines_default_capabilities_too() {
+        let defaults = helios_core::job::DOCKER_DEFAULT_ALLOWED_CAPS;
+        let plain = DockerConfig::for_image("busybox");
+        assert_eq!(driver(Vec::new(), &defaults).caps_to_drop(&plain), ["NET_RAW"], "Nomad's default");
+        assert!(driver(Vec::new(), &["all"]).caps_to_drop(&plain).is_empty());
+        let only_chown = driver(Vec::new(), &["chown"]).caps_to_drop(&plain);
+        assert_eq!(only_chown.len(), 13, "{only_chown:?}");
+        assert!(!only_chown.contains(&"CHOWN".to_string()));
+        let mut dropping = DockerConfig::for_image("busybox");
+        dropping.cap_drop = vec!["all".into()];
+        assert_eq!(driver(Vec::new(), &defaults).caps_to_drop(&dropping), ["ALL"]);
+        let mut privileged = DockerConfig::for_image("busybox");
+        privileged.privileged = true;
+        assert!(driver(Vec::new(), &["chown"]).caps_to_drop(&privileged).is_empty(), "privileged gets everything");
     }
 
     #[test]

@@ -65,7 +65,8 @@ pub(crate) trait Driver: Send + Sync {
 
     /// A task an earlier agent left on the node: followed if it still runs, reported if it
     /// ended while no agent watched; never started a second time. None when there is none.
-    /// Asked once per task, before its first start.
+    /// Asked before every start: a run that ended under this agent leaves nothing behind, and
+    /// a check that failed (an engine that did not answer) is made again on the restart.
     fn recover<'a>(&'a self, run: TaskRun<'a>) -> BoxFuture<'a, Option<Started>>;
 
     /// Starts the task; a failure to do so is a dead, failed state with the driver's event.
