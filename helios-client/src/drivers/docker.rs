@@ -39,23 +39,11 @@ pub const LABEL_TASK: &str = "io.helios.task";
 /// even without a process of its own.
 pub const CONTAINER_MARKER: &str = "container";
 
-/// The capabilities the engine gives a container unless told otherwise (moby's defaults).
-const ENGINE_DEFAULT_CAPS: [&str; 14] = [
-    "audit_write",
-    "chown",
-    "dac_override",
-    "fowner",
-    "fsetid",
-    "kill",
-    "mknod",
-    "net_bind_service",
-    "net_raw",
-    "setfcap",
-    "setgid",
-    "setpcap",
-    "setuid",
-    "sys_chroot",
-];
+/// The capabilities the engine gives a container unless told otherwise (moby's defaults):
+/// Nomad's default allow list, and NET_RAW.
+fn engine_default_caps() -> impl Iterator<Item = &'static str> {
+    helios_core::job::DOCKER_DEFAULT_ALLOWED_CAPS.into_iter().chain(["net_raw"])
+}
 
 /// A pull that has not finished by then fails the task: no registry may be reachable.
 const PULL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -234,7 +222,7 @@ impl DockerDriver {
         let mut drop = engine_capabilities(&config.cap_drop);
         let allowed = |cap: &&str| self.allowed_caps.iter().any(|a| a == cap || a == "all");
         if !config.privileged && !drop.iter().any(|c| c == "ALL") {
-            drop.extend(ENGINE_DEFAULT_CAPS.iter().filter(|c| !allowed(c)).map(|c| c.to_ascii_uppercase()));
+            drop.extend(engine_default_caps().filter(|c| !allowed(c)).map(|c| c.to_ascii_uppercase()));
         }
         drop.sort();
         drop.dedup();
