@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use helios_core::job::DEFAULT_PRIORITY;
 use helios_core::validate::FieldError;
 use helios_core::{
-    Allocation, Constraint, ConstraintOperator, DockerConfig, DockerDevice, Evaluation, ExecConfig, Job, JobStatus,
-    JobType, Node, PortMapping, Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskEvent, TaskGroup,
-    TaskState, Timestamp, ValidationErrors,
+    Allocation, Constraint, ConstraintOperator, DockerConfig, DockerDevice, Evaluation, ExecConfig, GroupPort, Job,
+    JobStatus, JobType, Node, PortMapping, Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskEvent,
+    TaskGroup, TaskState, Timestamp, ValidationErrors,
 };
 
 use crate::pb;
@@ -104,6 +104,20 @@ fn group_from_pb(p: &mut Problems, path: &str, g: pb::TaskGroup, job_type: JobTy
             .collect(),
         restart,
         meta: g.meta,
+        ports: g
+            .ports
+            .into_iter()
+            .enumerate()
+            .map(|(k, port)| {
+                let static_port = port.static_port.map(|n| {
+                    u16::try_from(n).unwrap_or_else(|_| {
+                        p.add(format!("{path}.ports[{k}].static_port"), format!("must be at most 65535, got {n}"));
+                        0
+                    })
+                });
+                GroupPort { label: port.label, static_port }
+            })
+            .collect(),
     }
 }
 
@@ -239,6 +253,11 @@ fn group_to_pb(g: &TaskGroup) -> pb::TaskGroup {
         count: Some(g.count),
         tasks: g.tasks.iter().map(task_to_pb).collect(),
         constraints: constraints_to_pb(&g.constraints),
+        ports: g
+            .ports
+            .iter()
+            .map(|port| pb::GroupPort { label: port.label.clone(), static_port: port.static_port.map(u32::from) })
+            .collect(),
         restart: Some(pb::RestartPolicy {
             attempts: g.restart.attempts,
             interval_secs: g.restart.interval_secs,

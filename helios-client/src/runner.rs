@@ -142,6 +142,7 @@ impl Runners {
             let host_ports: Vec<u16> = alloc.host_ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect();
             let owner = Owner {
                 dynamic_ports: group.assigned_dynamic_ports(&host_ports),
+                group_ports: group.assigned_group_ports(&host_ports),
                 node_id: self.node_id.clone(),
                 alloc_id: alloc.id.clone(),
                 alloc_name: alloc.name,
@@ -188,6 +189,8 @@ pub(crate) struct Owner {
     pub meta: BTreeMap<String, String>,
     /// The host ports the scheduler chose for the group's dynamic ports, by (task, port name).
     pub dynamic_ports: BTreeMap<(String, String), u16>,
+    /// The group's own ports (for its exec and raw_exec tasks), by label.
+    pub group_ports: BTreeMap<String, u16>,
     pub node: Arc<crate::task_env::NodeFacts>,
 }
 

@@ -291,6 +291,7 @@ mod tests {
             group: "g".into(),
             meta: BTreeMap::new(),
             dynamic_ports: BTreeMap::new(),
+            group_ports: BTreeMap::new(),
             node: Arc::new(crate::task_env::NodeFacts {
                 id: "n1".into(),
                 name: "host".into(),

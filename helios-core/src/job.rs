@@ -52,6 +52,7 @@ impl Job {
                     user: None,
                 }],
                 constraints: Vec::new(),
+                ports: Vec::new(),
                 restart: RestartPolicy::default_for(JobType::Batch),
                 meta: BTreeMap::new(),
             }],
@@ -128,7 +129,22 @@ pub struct TaskGroup {
     pub constraints: Vec<Constraint>,
     pub restart: RestartPolicy,
     pub meta: BTreeMap<String, String>,
+    /// The group's own host ports (Nomad's `network { port }` on the host's network): every
+    /// exec and raw_exec task of the group gets each one. Docker tasks map theirs in
+    /// `DockerConfig::ports` instead.
+    pub ports: Vec<GroupPort>,
 }
+
+/// A host port of a group, by label: fixed, or picked by the scheduler from the node's range.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GroupPort {
+    pub label: String,
+    pub static_port: Option<u16>,
+}
+
+/// The "task" the group's own dynamic ports are listed under in `TaskGroup::dynamic_ports`
+/// (task names are never empty).
+pub const GROUP_PORTS: &str = "";
 
 /// What the client agent does when a task exits unexpectedly, before the scheduler reschedules.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -153,8 +169,9 @@ impl TaskGroup {
     }
 
     /// The docker port mappings without a fixed host port, as (task, port name), in the group's
-    /// order: the scheduler gives each a host port from its node's dynamic range, after the fixed
-    /// ones in the allocation's `host_ports` (`Allocation::host_port_of`).
+    /// order, then the group's own ports without one, as (`GROUP_PORTS`, label): the scheduler
+    /// gives each a host port from its node's dynamic range, after the fixed ones in the
+    /// allocation's `host_ports` (`Allocation::host_port_of`).
     pub fn dynamic_ports(&self) -> Vec<(String, String)> {
         let mut ports = Vec::new();
         for task in &self.tasks {
@@ -164,7 +181,18 @@ impl TaskGroup {
                 );
             }
         }
+        let own = self.ports.iter().filter(|p| p.static_port.is_none());
+        ports.extend(own.map(|p| (GROUP_PORTS.to_string(), p.label.clone())));
         ports
+    }
+
+    /// The host port of each of the group's own ports, by label, for an allocation holding
+    /// `host_ports`.
+    pub fn assigned_group_ports(&self, host_ports: &[u16]) -> BTreeMap<String, u16> {
+        let dynamic = self.assigned_dynamic_ports(host_ports);
+        let port =
+            |p: &GroupPort| p.static_port.or_else(|| dynamic.get(&(GROUP_PORTS.to_string(), p.label.clone())).copied());
+        self.ports.iter().filter_map(|p| Some((p.label.clone(), port(p)?))).collect()
     }
 
     /// The host port given to each of `dynamic_ports`, read from an allocation's `host_ports`
@@ -174,7 +202,8 @@ impl TaskGroup {
         self.dynamic_ports().into_iter().zip(host_ports.iter().skip(fixed).copied()).collect()
     }
 
-    /// Every fixed host port of every docker task of the group, sorted, repeats included.
+    /// Every fixed host port of every docker task of the group, and the group's own, sorted,
+    /// repeats included.
     pub fn published_host_ports(&self) -> Vec<u16> {
         let mut ports: Vec<u16> = self
             .tasks
@@ -184,6 +213,7 @@ impl TaskGroup {
                 TaskDriver::Exec(_) | TaskDriver::RawExec(_) => None,
             })
             .flatten()
+            .chain(self.ports.iter().filter_map(|p| p.static_port))
             .collect();
         ports.sort_unstable();
         ports

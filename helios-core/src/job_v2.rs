@@ -1,5 +1,5 @@
 //! A job as stored format 5 holds it (version 2): docker tasks without `privileged`, `cap_add`,
-//! `cap_drop` and `devices`. Read and migrated forward; written for clusters still at format 5
+//! `cap_drop` and `devices`, groups without ports of their own. Read and migrated forward; written for clusters still at format 5
 //! during a rolling upgrade, when the job uses none of what version 3 added.
 
 use std::collections::BTreeMap;
@@ -112,6 +112,7 @@ impl From<Job> for current::Job {
             constraints: g.constraints,
             restart: g.restart,
             meta: g.meta,
+            ports: Vec::new(),
         };
         current::Job {
             name: old.name,
@@ -172,6 +173,9 @@ impl TryFrom<&current::Job> for Job {
             })
         };
         let group = |g: &current::TaskGroup| -> Result<TaskGroup, String> {
+            if !g.ports.is_empty() {
+                return Err(format!("group {:?} has network ports of its own, which need stored format 6", g.name));
+            }
             Ok(TaskGroup {
                 name: g.name.clone(),
                 count: g.count,
@@ -241,6 +245,10 @@ mod tests {
             |d| d.cap_drop.push("ALL".into()),
             |d| d.devices.push(current::DockerDevice::new("/dev/fuse")),
         ];
+        let mut with_ports = docker_job();
+        with_ports.task_groups[0].ports.push(current::GroupPort { label: "http".into(), static_port: None });
+        let refused = write_for(5, || encode(&with_ports)).expect_err("refused");
+        assert!(refused.contains("ports of its own, which need stored format 6"), "{refused}");
         for add in uses {
             let mut job = docker_job();
             if let current::TaskDriver::Docker(d) = &mut job.task_groups[0].tasks[0].driver {

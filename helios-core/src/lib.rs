@@ -24,8 +24,8 @@ pub use alloc::{AllocClientStatus, AllocDesiredStatus, AllocUpdate, Allocation, 
 pub use command::{Command, CommandResponse, Proposal, Rejection, RejectionKind};
 pub use eval::{EvalStatus, EvalTrigger, Evaluation};
 pub use job::{
-    Constraint, ConstraintOperator, DockerConfig, DockerDevice, DockerPrivilege, ExecConfig, Job, JobStatus, JobType,
-    PortMapping, Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup,
+    Constraint, ConstraintOperator, DockerConfig, DockerDevice, DockerPrivilege, ExecConfig, GroupPort, Job, JobStatus,
+    JobType, PortMapping, Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup,
 };
 pub use node::{Node, NodeEligibility, NodeStatus};
 pub use plan::Plan;

@@ -83,6 +83,35 @@ async fn a_batch_task_runs_and_its_output_is_in_its_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exec_task_gets_its_groups_ports_as_the_scheduler_chose_them() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    cluster.format_raised().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    let mut job = Job::exec(
+        "ported",
+        "sh",
+        vec!["-c".into(), "echo $NOMAD_PORT_http ${NOMAD_ADDR_http} $NOMAD_PORT_admin".into()],
+    );
+    job.task_groups[0].ports = vec![
+        helios_core::GroupPort { label: "http".into(), static_port: None },
+        helios_core::GroupPort { label: "admin".into(), static_port: Some(19_100) },
+    ];
+    submit(&cluster, &job).await;
+    let done = wait_alloc(&cluster, "ported", "complete").await;
+    // Held by the allocation, the fixed one first, then the one picked from the node's range.
+    let [admin, http] = done.host_ports[..] else { panic!("two ports: {:?}", done.host_ports) };
+    assert_eq!(admin, 19_100);
+    assert!((20_000..=32_000).contains(&http), "{http}");
+    let log = dir.path().join("allocs").join(&done.id).join("ported").join("stdout.log");
+    assert_eq!(std::fs::read_to_string(&log).expect("stdout log"), format!("{http} 127.0.0.1:{http} 19100\n"));
+    agent.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_task_reports_its_exit_code() {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;

@@ -20,7 +20,7 @@ fn group(g: &TaskGroup) -> Value {
         RestartMode::Fail => "fail",
         RestartMode::Delay => "delay",
     };
-    json!({
+    let mut group = json!({
         "name": g.name,
         "count": g.count,
         "restart": {
@@ -32,7 +32,16 @@ fn group(g: &TaskGroup) -> Value {
         "meta": g.meta,
         "constraint": constraints(&g.constraints),
         "task": g.tasks.iter().map(task).collect::<Vec<_>>(),
-    })
+    });
+    if !g.ports.is_empty() {
+        let port = |p: &helios_core::GroupPort| match p.static_port {
+            Some(port) => json!({ "static": port }),
+            None => json!({}),
+        };
+        let ports: serde_json::Map<String, Value> = g.ports.iter().map(|p| (p.label.clone(), port(p))).collect();
+        group["network"] = json!({ "port": ports });
+    }
+    group
 }
 
 fn task(t: &Task) -> Value {

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use helios_core::job::DEFAULT_PRIORITY;
 use helios_core::{
-    Constraint, ConstraintOperator, DockerConfig, DockerDevice, ExecConfig, Job, JobType, PortMapping, Resources,
-    RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup,
+    Constraint, ConstraintOperator, DockerConfig, DockerDevice, ExecConfig, GroupPort, Job, JobType, PortMapping,
+    Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup,
 };
 use serde::Deserialize;
 
@@ -227,25 +227,33 @@ impl GroupSpec {
             p.add(&format!("{path}.task"), "a group needs at least one task");
         }
         let ports = self.network.as_ref().map(|n| &n.port);
-        // A port reaches a task only through a docker task's `config.ports`: one no task maps
-        // would be accepted and never given (an exec task's NOMAD_PORT_<label> stays unset).
-        for name in ports.into_iter().flat_map(|ports| ports.keys()) {
+        // A port a docker task maps in `config.ports` is that container's; the others are the
+        // group's own, which its exec and raw_exec tasks get. One neither would get is refused,
+        // not dropped.
+        let has_exec = self.task.iter().any(|t| t.driver == "exec" || t.driver == "raw_exec");
+        let mut own = Vec::new();
+        for (name, spec) in ports.into_iter().flatten() {
             let uses = |entry: &String| entry == name || entry.split_once('=').is_some_and(|(n, _)| n == name);
             let mapping = self.task.iter().flat_map(|t| &t.config.ports).find(|entry| uses(entry));
-            let problem = match mapping {
-                Some(entry) if entry == name => continue,
-                Some(entry) => format!(
-                    "config.ports maps it inline ({entry:?}), so this block is not used: write ports = [{name:?}], or drop the block"
+            let at = format!("{path}.network.port[{name}]");
+            match mapping {
+                Some(entry) if entry == name => {}
+                Some(entry) => p.add(
+                    &at,
+                    format!("config.ports maps it inline ({entry:?}), so this block is not used: write ports = [{name:?}], or drop the block"),
                 ),
-                None => "no docker task maps it in config.ports (exec and raw_exec tasks cannot be given network ports yet)"
-                    .to_string(),
-            };
-            p.add(&format!("{path}.network.port[{name}]"), problem);
+                None if !has_exec => p.add(&at, "no docker task maps it in config.ports, and the group has no exec or raw_exec task to get it"),
+                None if spec.to.is_some() && spec.to != spec.static_port => p.add(
+                    &format!("{at}.to"),
+                    "is a container's port: exec and raw_exec tasks listen on the host port itself (static, or the one picked)",
+                ),
+                None => own.push(GroupPort { label: name.clone(), static_port: spec.static_port }),
+            }
         }
         let tasks: Vec<Task> =
             self.task.iter().enumerate().map(|(k, t)| t.to_task(p, &format!("{path}.task[{k}]"), ports)).collect();
         for (k, task) in tasks.iter().enumerate() {
-            unexpanded_port_references(p, &format!("{path}.task[{k}]"), task);
+            unexpanded_port_references(p, &format!("{path}.task[{k}]"), task, &own);
         }
         TaskGroup {
             name: self.name.clone(),
@@ -254,6 +262,7 @@ impl GroupSpec {
             constraints: constraints(p, &format!("{path}.constraint"), &self.constraint),
             restart,
             meta: self.meta.clone(),
+            ports: own,
         }
     }
 }
@@ -356,8 +365,8 @@ const PORT_VARIABLES: [&str; 5] = ["NOMAD_PORT_", "NOMAD_HOST_PORT_", "NOMAD_IP_
 
 /// Refuses a `${NOMAD_PORT_<label>}` (or the like) for a port the task is not given: it would
 /// reach the task as written. A docker task is given the ports its `config.ports` maps; exec
-/// and raw_exec tasks none yet.
-fn unexpanded_port_references(p: &mut Problems, path: &str, task: &Task) {
+/// and raw_exec tasks the group's own (`own`).
+fn unexpanded_port_references(p: &mut Problems, path: &str, task: &Task, own: &[GroupPort]) {
     let mut texts: Vec<(String, &str)> = task.env.iter().map(|(k, v)| (format!("env.{k}"), v.as_str())).collect();
     let given: Vec<&str> = match &task.driver {
         TaskDriver::Docker(c) => {
@@ -370,7 +379,7 @@ fn unexpanded_port_references(p: &mut Problems, path: &str, task: &Task) {
         TaskDriver::Exec(c) | TaskDriver::RawExec(c) => {
             texts.push(("config.command".into(), &c.command));
             texts.extend(c.args.iter().enumerate().map(|(i, t)| (format!("config.args[{i}]"), t.as_str())));
-            Vec::new()
+            own.iter().map(|port| port.label.as_str()).collect()
         }
     };
     for (field, text) in texts {
@@ -384,7 +393,7 @@ fn unexpanded_port_references(p: &mut Problems, path: &str, task: &Task) {
                         format!("names port {label:?}, which this task's config.ports does not map")
                     }
                     _ => {
-                        format!("names port {label:?}: {} tasks cannot be given network ports yet", task.driver.name())
+                        format!("names port {label:?}, which is not one of the group's own network ports")
                     }
                 };
                 p.add(&format!("{path}.{field}"), format!("${{{variable}}} {why}"));

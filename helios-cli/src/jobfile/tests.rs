@@ -94,11 +94,45 @@ config = { image = "helios-busybox", ports = ["http", "admin"] }
     // A port no docker task maps would never reach a task: refused, not dropped.
     let unmapped = text.replace("\"http\", \"admin\"", "\"http\"");
     let err = parse(&unmapped, Format::Toml).err().expect("unmapped port").to_string();
-    assert!(err.contains("group[0].network.port[admin]: no docker task maps it"), "{err}");
+    assert!(
+        err.contains("group[0].network.port[admin]: no docker task maps it in config.ports, and the group has no exec"),
+        "{err}"
+    );
     // Mapped inline instead, the group's block would be unused: said so.
     let inline = text.replace("\"http\", \"admin\"", "\"http\", \"admin=9000\"");
     let err = parse(&inline, Format::Toml).err().expect("inline port").to_string();
     assert!(err.contains("group[0].network.port[admin]: config.ports maps it inline (\"admin=9000\")"), "{err}");
+}
+
+#[test]
+fn an_exec_group_gets_its_network_ports_as_nomad_gives_them() {
+    let text = r#"
+job "api" {
+  group "api" {
+    network {
+      port "http" {}
+      port "admin" { static = 9100 }
+    }
+    task "server" {
+      driver = "exec"
+      config {
+        command = "/usr/bin/api"
+        args    = ["--listen", "${NOMAD_ADDR_http}", "--admin", "${NOMAD_PORT_admin}"]
+      }
+    }
+  }
+}
+"#;
+    let job = parse(text, Format::Hcl).expect("parses").job;
+    let group = &job.task_groups[0];
+    let label = |l: &str, s: Option<u16>| helios_core::GroupPort { label: l.into(), static_port: s };
+    assert_eq!(group.ports, [label("admin", Some(9100)), label("http", None)]);
+    let written = serde_json::to_string_pretty(&export::to_file_json(&job)).expect("json");
+    assert!(job.same_spec(&parse(&written, Format::Json).expect("exported").job), "{written}");
+    // `to` is a container's port: an exec task has none.
+    let mapped = text.replace("port \"http\" {}", "port \"http\" { to = 8080 }");
+    let err = parse(&mapped, Format::Hcl).err().expect("to on an exec port").to_string();
+    assert!(err.contains("group[0].network.port[http].to: is a container's port"), "{err}");
 }
 
 #[test]
@@ -122,7 +156,8 @@ env = { TARGET = "${NOMAD_HOST_PORT_http}", LABEL = "${NOMAD_ALLOC_ID}", SPACED 
 "#;
     let err = parse(text, Format::Toml).err().expect("the exec task gets no port").to_string();
     assert!(
-        err.contains("group[0].task[1].config.args[0]: ${NOMAD_ADDR_http} names port \"http\": exec tasks"),
+        // http is the docker task's (mapped in its config.ports), not the group's own.
+        err.contains("group[0].task[1].config.args[0]: ${NOMAD_ADDR_http} names port \"http\", which is not one of the group's own"),
         "{err}"
     );
     assert!(err.contains("group[0].task[1].env.TARGET: ${NOMAD_HOST_PORT_http}"), "{err}");

@@ -15,7 +15,7 @@ use crate::drivers::{raw_exec, Driver, Fingerprint, OnEvent, Settings, Started, 
 use crate::runner::{dead, event, running};
 use crate::sandbox::{Ending, Spec};
 use crate::task_dir::TaskDir;
-use crate::task_env;
+use crate::task_env::{self, TaskPort};
 
 /// The exec driver: tasks isolated (`crate::sandbox`), offered where the agent can isolate them.
 pub(crate) struct Exec(pub Arc<Settings>);
@@ -132,7 +132,9 @@ pub(crate) async fn start(settings: &Settings, run: TaskRun<'_>, isolated: bool)
         Ok(user) => user,
         Err(why) => return refused("Setup Failure", why),
     };
-    let ports = Default::default();
+    // The group's own ports: the task listens on the host port itself.
+    let ports =
+        owner.group_ports.iter().map(|(label, &port)| (label.clone(), TaskPort { host: port, task: port })).collect();
     let who = owner.identity(task, &ports);
     let runtime = task_env::runtime(&who, &dirs);
     let env = task_env::environment(&task.env, &runtime, &owner.node);

@@ -272,6 +272,26 @@ fn dynamic_ports_come_from_the_nodes_range_are_held_and_named_by_the_allocation(
 }
 
 #[test]
+fn a_groups_own_ports_are_held_like_a_containers_and_named_by_label() {
+    let mut node = node("a", 4000, 4096);
+    node.attributes.insert(select::DYNAMIC_PORTS_ATTRIBUTE.into(), "21000-21004".into());
+    let mut h = Harness { nodes: vec![node], ..Default::default() };
+    let mut job = service("api", 2, 100, 128);
+    job.task_groups[0].ports = vec![
+        crate::job::GroupPort { label: "http".into(), static_port: None },
+        crate::job::GroupPort { label: "admin".into(), static_port: Some(9100) },
+    ];
+    h.put_job(job.clone());
+    let plan = h.run("api");
+    assert_eq!(plan.placements.len(), 1, "9100 is fixed: one allocation per node");
+    let placed = &plan.placements[0];
+    let ports = job.task_groups[0].assigned_group_ports(&placed.host_ports);
+    assert_eq!(ports["admin"], 9100);
+    assert!((21000..=21004).contains(&ports["http"]), "{ports:?}");
+    assert_eq!(placed.host_ports, [9100, ports["http"]], "held on the node like a container's");
+}
+
+#[test]
 fn a_replacement_takes_the_port_once_the_agent_reports_the_old_allocation_finished() {
     let mut h = Harness { nodes: vec![docker_node("a")], ..Default::default() };
     h.put_job(with_host_port(service("web", 1, 100, 128), 8080));

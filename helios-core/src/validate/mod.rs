@@ -194,6 +194,7 @@ fn check_group(r: &mut Report, path: &str, group: &TaskGroup) {
     if let Some(twice) = ports.windows(2).find(|w| w[0] == w[1]) {
         r.add(format!("{path}.tasks"), format!("host port {} is published by more than one task", twice[0]));
     }
+    check_group_ports(r, path, group);
     let mut seen = BTreeSet::new();
     for (j, task) in group.tasks.iter().enumerate().take(MAX_TASKS_PER_GROUP) {
         let tpath = format!("{path}.tasks[{j}]");
@@ -201,6 +202,53 @@ fn check_group(r: &mut Report, path: &str, group: &TaskGroup) {
             r.add(format!("{tpath}.name"), format!("duplicate task name {:?}", task.name));
         }
         check_task(r, &tpath, task);
+    }
+}
+
+/// The group's own ports: labels that name variables (`NOMAD_PORT_<label>`), each once and
+/// not also a docker task's port (one label, two host ports), for an exec or raw_exec task.
+fn check_group_ports(r: &mut Report, path: &str, group: &TaskGroup) {
+    if group.ports.len() > MAX_PORTS {
+        r.add(format!("{path}.ports"), format!("must have at most {MAX_PORTS} ports"));
+        return;
+    }
+    let docker_ports: BTreeSet<&str> = group
+        .tasks
+        .iter()
+        .filter_map(|t| match &t.driver {
+            TaskDriver::Docker(d) => Some(d.ports.iter().map(|p| p.name.as_str())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let mut seen = BTreeSet::new();
+    for (k, port) in group.ports.iter().enumerate() {
+        let at = format!("{path}.ports[{k}]");
+        if check_name(&port.label).is_err() || !is_env_name(&port.label) {
+            r.add(
+                format!("{at}.label"),
+                format!("must be letters, digits and '_', not starting with a digit (it names NOMAD_PORT_<label>), got {:?}", port.label),
+            );
+        }
+        if !seen.insert(port.label.as_str()) {
+            r.add(format!("{at}.label"), format!("duplicate port label {:?}", port.label));
+        }
+        if docker_ports.contains(port.label.as_str()) {
+            r.add(
+                format!("{at}.label"),
+                format!("a docker task of the group maps a port {:?} too (one label, two host ports)", port.label),
+            );
+        }
+        if port.static_port == Some(0) {
+            r.add(format!("{at}.static_port"), "must be > 0");
+        }
+    }
+    let exec = group.tasks.iter().any(|t| matches!(t.driver, TaskDriver::Exec(_) | TaskDriver::RawExec(_)));
+    if !group.ports.is_empty() && !exec {
+        r.add(
+            format!("{path}.ports"),
+            "no exec or raw_exec task of the group would get them (docker tasks map theirs in config.ports)",
+        );
     }
 }
 
@@ -386,6 +434,37 @@ mod tests {
             Ok(()) => Vec::new(),
             Err(e) => e.0.into_iter().map(|f| f.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn a_groups_own_ports_are_for_exec_tasks_by_unique_labels() {
+        use crate::job::{DockerConfig, GroupPort, PortMapping};
+        let mut job = Job::exec("ok", "echo", vec![]);
+        let port = |label: &str, static_port| GroupPort { label: label.into(), static_port };
+        job.task_groups[0].ports = vec![port("http", None), port("admin", Some(9000))];
+        assert_eq!(job.validate(), Ok(()));
+        job.task_groups[0].ports =
+            vec![port("http", None), port("http", Some(0)), port("9lives", None), port("web", None)];
+        let mut docker = job.task_groups[0].tasks[0].clone();
+        docker.name = "proxy".into();
+        docker.resources.memory_mb = 64;
+        let mut config = DockerConfig::for_image("busybox");
+        config.ports.push(PortMapping { name: "web".into(), container_port: 80, host_port: None });
+        docker.driver = TaskDriver::Docker(config);
+        job.task_groups[0].tasks.push(docker);
+        let err = job.validate().unwrap_err().to_string();
+        for problem in [
+            "task_groups[0].ports[1].label: duplicate port label \"http\"",
+            "task_groups[0].ports[1].static_port: must be > 0",
+            "task_groups[0].ports[2].label: must be letters, digits and '_'",
+            "task_groups[0].ports[3].label: a docker task of the group maps a port \"web\" too",
+        ] {
+            assert!(err.contains(problem), "{problem}: {err}");
+        }
+        job.task_groups[0].tasks.remove(0);
+        job.task_groups[0].ports = vec![port("http", None)];
+        let err = job.validate().unwrap_err().to_string();
+        assert!(err.contains("task_groups[0].ports: no exec or raw_exec task of the group would get them"), "{err}");
     }
 
     #[test]
