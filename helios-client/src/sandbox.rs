@@ -17,6 +17,10 @@
 //! cgroups. When the init exits, the kernel kills whatever else the task left in its namespace.
 //! The launcher blocks the stop signals the agent sends to the process group, so that it
 //! outlives the task and records its end; the task gets them directly (same process group).
+//!
+//! For raw_exec (`--raw`) the launcher does only the first and last of this: it starts the
+//! program directly, in its own session, as the agent's user or the task's, and records how it
+//! ended, so that a task adopted by a restarted agent still reports its exit code.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -68,6 +72,10 @@ pub struct Spec {
     /// the task alone, never a process running as root.
     #[arg(long)]
     pub env_file: PathBuf,
+    /// raw_exec: no cgroups, no namespaces, no hidden data dir; the launcher only starts the
+    /// program and records how it ended (which a restarted agent could not learn otherwise).
+    #[arg(long)]
+    pub raw: bool,
     /// The program and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -93,6 +101,9 @@ impl Spec {
             "--env-file".into(),
             self.env_file.clone().into(),
         ]);
+        if self.raw {
+            args.push("--raw".into());
+        }
         args.push("--".into());
         args.extend(self.command.iter().map(OsString::from));
         args
@@ -177,6 +188,26 @@ fn launch(spec: &Spec) -> ExitCode {
             let _ = writeln!(agent, "{line}");
         }
     };
+    if spec.raw {
+        let ending = match start_task(spec) {
+            Ok(mut child) => {
+                tell_agent("started");
+                match child.wait() {
+                    Ok(status) => match (status.code(), status.signal()) {
+                        (Some(code), _) => Ending::Exited(code),
+                        (None, Some(signal)) => Ending::Signaled(signal),
+                        (None, None) => Ending::NotStarted("the task ended in an unknown way".to_string()),
+                    },
+                    Err(e) => Ending::NotStarted(format!("cannot wait for the task: {e}")),
+                }
+            }
+            Err(why) => {
+                tell_agent(&format!("error {why}"));
+                Ending::NotStarted(why)
+            }
+        };
+        return finish(spec, ending);
+    }
     let ending = match start_init(spec) {
         Ok((mut child, report)) => {
             let mut lines = BufReader::new(report).lines();
@@ -202,6 +233,11 @@ fn launch(spec: &Spec) -> ExitCode {
             Ending::NotStarted(why)
         }
     };
+    finish(spec, ending)
+}
+
+/// Records how the task ended, and exits as it did.
+fn finish(spec: &Spec, ending: Ending) -> ExitCode {
     record(&spec.exit_file, &ending);
     ExitCode::from(match ending {
         Ending::Exited(code) => u8::try_from(code).unwrap_or(1),
@@ -360,16 +396,13 @@ pub fn write_env_file(path: &Path, env: &std::collections::BTreeMap<String, Stri
 fn start_task(spec: &Spec) -> Result<std::process::Child, String> {
     let (program, args) = spec.command.split_first().ok_or("no command")?;
     let env = read_env_file(&spec.env_file)?;
-    Command::new(program)
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .uid(spec.uid)
-        .gid(spec.gid)
-        .current_dir(&spec.cwd)
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {program:?}: {e}"))
+    let mut command = Command::new(program);
+    command.args(args).env_clear().envs(env).current_dir(&spec.cwd).stdin(Stdio::null());
+    // A raw_exec task of an agent that is not root runs as that agent: no switch to ask for.
+    if !spec.raw || spec.uid != nix::unistd::getuid().as_raw() || spec.gid != nix::unistd::getgid().as_raw() {
+        command.uid(spec.uid).gid(spec.gid);
+    }
+    command.spawn().map_err(|e| format!("cannot start {program:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -388,11 +421,14 @@ mod tests {
             task_dir: "/var/lib/helios/allocs/a/t".into(),
             exit_file: "/var/lib/helios/allocs/a/t/exit".into(),
             env_file: "/var/lib/helios/allocs/a/t/env".into(),
+            raw: false,
             command: vec!["sh".into(), "-c".into(), "echo --uid 0; exit 3".into()],
         };
         let args = spec.to_args();
         assert_eq!(args[0], LAUNCH);
         assert_eq!(Spec::try_parse_from(&args[1..]).expect("parses"), spec);
+        let raw = Spec { raw: true, cgroups: Vec::new(), ..spec };
+        assert_eq!(Spec::try_parse_from(&raw.to_args()[1..]).expect("parses"), raw);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{start_agent, wait_for, TestCluster};
 use helios_api::pb;
-use helios_core::{Job, JobType};
+use helios_core::{Job, JobType, TaskDriver};
 
 async fn submit(cluster: &TestCluster, job: &Job) {
     cluster.submit_job(1, job).await;
@@ -491,15 +491,32 @@ async fn a_node_with_big_jobs_gets_its_work_and_its_stop_orders() {
 /// next agent, and never run a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_task_that_ends_while_its_agent_is_down_is_reported_not_run_again() {
+    ends_while_its_agent_is_down(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_raw_exec_task_that_ends_while_its_agent_is_down_is_reported_with_its_exit_code() {
+    ends_while_its_agent_is_down(true).await;
+}
+
+/// An exec (or raw_exec) task exits 7 while no agent runs: the next agent reports that, from
+/// the exit file its launcher wrote, and does not run it again.
+async fn ends_while_its_agent_is_down(raw: bool) {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
+    cluster.format_raised().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let _reaper = common::Reaper(dir.path().to_path_buf());
-    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    let start = || common::start_agent_configured(&cluster, "n1", dir.path(), |c| c.drivers.enable_raw_exec = raw);
+    let agent = start().await;
     // The gate is in the allocation's shared dir: the task sees nothing else of the data dir.
     let script = "echo ran; while [ ! -e \"$NOMAD_ALLOC_DIR/gate\" ]; do sleep 0.05; done; exit 7";
     let mut job = Job::exec("once", "sh", vec!["-c".into(), script.into()]);
     job.task_groups[0].restart.attempts = 0;
+    if raw {
+        let TaskDriver::Exec(config) = job.task_groups[0].tasks[0].driver.clone() else { unreachable!() };
+        job.task_groups[0].tasks[0].driver = TaskDriver::RawExec(config);
+    }
     submit(&cluster, &job).await;
     let running = wait_alloc(&cluster, "once", "running").await;
     let gate = dir.path().join("allocs").join(&running.id).join(".alloc").join("gate");
@@ -508,7 +525,7 @@ async fn a_task_that_ends_while_its_agent_is_down_is_reported_not_run_again() {
     // The test opens the gate (as root) while no agent runs: the task exits 7.
     std::fs::write(&gate, b"").expect("open the gate");
     wait_for("the task to end", || async { (!alive(pid)).then_some(()) }).await;
-    let agent = start_agent(&cluster, "n1", dir.path()).await;
+    let agent = start().await;
     let failed = wait_alloc(&cluster, "once", "failed").await;
     let exit = failed.task_states["once"].events.iter().find(|e| e.kind == "Terminated").expect("terminated");
     assert_eq!(exit.exit_code, Some(7), "{:?}", failed.task_states["once"].events);

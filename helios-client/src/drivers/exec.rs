@@ -11,7 +11,7 @@ use helios_core::{TaskDriver, TaskRunState, TaskState};
 
 use crate::cgroups::{Limits, TaskCgroup};
 use crate::drivers::process::{live_pid, record_pid, supervise, watch_adopted, PID_FILE};
-use crate::drivers::{raw_exec, Driver, Fingerprint, OnEvent, Settings, Started, TaskRun, TaskUser};
+use crate::drivers::{Driver, Fingerprint, OnEvent, Settings, Started, TaskRun, TaskUser};
 use crate::runner::{dead, event, running};
 use crate::sandbox::{Ending, Spec};
 use crate::task_dir::TaskDir;
@@ -76,8 +76,8 @@ pub(crate) async fn recover(settings: &Settings, run: TaskRun<'_>, isolated: boo
         let (kill_timeout, stop) = (kill_timeout(run), run.stop.clone());
         let handle = tokio::spawn(async move {
             watch_adopted(pid, kill_timeout, stop, &mut state).await;
-            match Ending::read(&dirs.exit_file()).filter(|_| isolated) {
-                // The launcher recorded how it ended (exec).
+            match Ending::read(&dirs.exit_file()) {
+                // The launcher recorded how it ended.
                 Some(ending) => ended(state, &ending, cgroup, false).await,
                 None => {
                     let why = "exited (exit code unknown: adopted after an agent restart)";
@@ -96,7 +96,7 @@ pub(crate) async fn recover(settings: &Settings, run: TaskRun<'_>, isolated: boo
     // Its process ended while no agent watched it: report how, never run it a second time.
     let _ = std::fs::remove_file(dirs.dir.join(PID_FILE));
     let state = running(vec![event("Adopted", "its process ended while the agent was away", None)]);
-    let state = match Ending::read(&dirs.exit_file()).filter(|_| isolated) {
+    let state = match Ending::read(&dirs.exit_file()) {
         Some(ending) => ended(state, &ending, cgroup, false).await,
         None => {
             let mut state = dead(state.events, false);
@@ -160,12 +160,36 @@ pub(crate) async fn start(settings: &Settings, run: TaskRun<'_>, isolated: bool)
                 task_dir: dirs.dir.clone(),
                 exit_file: dirs.exit_file(),
                 env_file: dirs.env_file(),
+                raw: false,
                 command: std::iter::once(command.clone()).chain(args.clone()).collect(),
             };
-            Some((isolation.launcher.clone(), spec, cgroup.clone(), limits))
+            (isolation.launcher.clone(), spec, Some((cgroup.clone(), limits)))
         }
         (Some(_), None) => return refused("Driver Failure", "cannot find the agent's own cgroup".to_string()),
-        (None, _) => None,
+        (None, _) => {
+            let Some(launcher) = settings.launcher.clone() else {
+                return refused(
+                    "Driver Failure",
+                    "the task launcher (this helios-client binary) cannot be found".into(),
+                );
+            };
+            // raw_exec: the launcher only starts the program and records how it ended.
+            let agent = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+            let spec = Spec {
+                cgroups: Vec::new(),
+                uid: user.as_ref().map_or(agent.0, |u| u.uid),
+                gid: user.as_ref().map_or(agent.1, |u| u.gid),
+                data_dir: settings.data_dir.clone(),
+                alloc_dir: dirs.alloc.clone(),
+                cwd: dirs.local(),
+                task_dir: dirs.dir.clone(),
+                exit_file: dirs.exit_file(),
+                env_file: dirs.env_file(),
+                raw: true,
+                command: std::iter::once(command.clone()).chain(args.clone()).collect(),
+            };
+            (launcher, spec, None)
+        }
     };
     // Directories, log files, the cgroup and the process: file system work that waits on the
     // kernel (creating and joining cgroups takes tens of milliseconds on a busy node), kept off
@@ -180,20 +204,14 @@ pub(crate) async fn start(settings: &Settings, run: TaskRun<'_>, isolated: bool)
             let logs = crate::logs::open_for_task(&dirs.dir, "stdout")
                 .and_then(|out| Ok((out, crate::logs::open_for_task(&dirs.dir, "stderr")?)))
                 .map_err(|e| ("Setup Failure", format!("cannot open log files: {e}")))?;
-            match sandbox {
-                Some((launcher, spec, cgroup, limits)) => {
-                    launch(&launcher, &spec, &cgroup, &limits, &env, logs).map(|(child, report)| (child, Some(report)))
-                }
-                None => raw_exec::spawn(&command, &args, &env, user.as_ref(), &dirs, logs).map(|child| (child, None)),
-            }
-            .map_err(|why| ("Driver Failure", why))
+            let (launcher, spec, limited) = sandbox;
+            launch(&launcher, &spec, limited.as_ref(), &env, logs).map_err(|why| ("Driver Failure", why))
         })
         .await
         .unwrap_or_else(|e| Err(("Driver Failure", format!("the task's setup failed: {e}"))))
     };
     let started = match setup {
-        Ok((child, None)) => Ok(child),
-        Ok((child, Some(report))) => launched(child, &report).await,
+        Ok((child, report)) => launched(child, &report).await,
         Err((kind, why)) => {
             remove_cgroup(cgroup).await;
             return refused(kind, why);
@@ -214,15 +232,8 @@ pub(crate) async fn start(settings: &Settings, run: TaskRun<'_>, isolated: bool)
     let stop = run.stop.clone();
     let handle = tokio::spawn(async move {
         let (status, stopped) = supervise(child, pid, &dirs.dir, kill_timeout, stop, &mut state).await;
-        let ending = if isolated {
-            Ending::read(&dirs.exit_file())
-        } else {
-            status.as_ref().ok().and_then(|s| {
-                use std::os::unix::process::ExitStatusExt;
-                s.code().map(Ending::Exited).or_else(|| s.signal().map(Ending::Signaled))
-            })
-        };
-        let ending = ending.unwrap_or_else(|| match status {
+        // The launcher recorded how the task ended (its own status is the launcher's).
+        let ending = Ending::read(&dirs.exit_file()).unwrap_or_else(|| match status {
             Ok(_) => Ending::Signaled(9),
             Err(e) => Ending::NotStarted(format!("lost track of the process: {e}")),
         });
@@ -262,17 +273,18 @@ async fn ended(mut state: TaskState, ending: &Ending, cgroup: Option<TaskCgroup>
     state
 }
 
-/// Creates the task's cgroup and runs the launcher; returns it and its first report (a blocking
+/// Creates the task's cgroup (exec) and runs the launcher; returns it and its first report (a blocking
 /// wait: it is read until the launcher says whether the task started).
 fn launch(
     launcher: &std::path::Path,
     spec: &Spec,
-    cgroup: &TaskCgroup,
-    limits: &Limits,
+    limited: Option<&(TaskCgroup, Limits)>,
     env: &std::collections::BTreeMap<String, String>,
     logs: (std::fs::File, std::fs::File),
 ) -> Result<(tokio::process::Child, String), String> {
-    cgroup.create(limits).map_err(|e| format!("cannot create the task's cgroup: {e}"))?;
+    if let Some((cgroup, limits)) = limited {
+        cgroup.create(limits).map_err(|e| format!("cannot create the task's cgroup: {e}"))?;
+    }
     let _ = std::fs::remove_file(&spec.exit_file);
     crate::sandbox::write_env_file(&spec.env_file, env)
         .map_err(|e| format!("cannot write the task's environment: {e}"))?;

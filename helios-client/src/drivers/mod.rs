@@ -138,6 +138,8 @@ pub struct Settings {
     pub exec_unavailable: Option<String>,
     /// `--enable-raw-exec`.
     pub raw_exec: bool,
+    /// The `helios-client` binary, run as every exec and raw_exec task's launcher (`sandbox`).
+    pub launcher: Option<PathBuf>,
     /// `--allowed-users`: the users tasks may name; None: any but root (for exec).
     pub allowed_users: Option<Vec<String>>,
     /// What docker tasks may ask for beyond their container (`--docker-allow-*`).
@@ -176,12 +178,12 @@ pub struct Options {
 
 impl Settings {
     pub fn detect(options: &Options, data_dir: &Path, cpu: crate::drivers::docker::NodeCpu) -> Settings {
-        let launcher = options.launcher.clone().or_else(|| std::env::current_exe().ok());
+        let launcher = options.launcher.clone().or_else(|| std::env::current_exe().ok()).filter(|l| l.is_file());
         let isolation = if !nix::unistd::geteuid().is_root() {
             Err("exec isolates tasks and needs the agent to run as root".to_string())
         } else if let Some(version) = cgroups::detect() {
-            match launcher {
-                Some(launcher) if launcher.is_file() => {
+            match launcher.clone() {
+                Some(launcher) => {
                     Ok(Isolation { cgroups: version, launcher, pids_max: options.pids_max.unwrap_or(DEFAULT_PIDS_MAX) })
                 }
                 _ => Err("the task launcher (this helios-client binary) cannot be found".to_string()),
@@ -197,6 +199,7 @@ impl Settings {
             isolation,
             exec_unavailable,
             raw_exec: options.enable_raw_exec,
+            launcher,
             allowed_users: options.allowed_users.clone(),
             docker_allowed: options.docker_allowed.clone(),
             docker_allow_caps: match &options.docker_allow_caps {
@@ -254,6 +257,7 @@ mod tests {
             isolation: None,
             exec_unavailable: None,
             raw_exec: true,
+            launcher: None,
             allowed_users: allowed.map(|a| a.iter().map(|u| u.to_string()).collect()),
             docker_allowed: Vec::new(),
             docker_allow_caps: Vec::new(),
