@@ -12,6 +12,8 @@
 #                                     that point helios-cli at them
 #   AGENTS=0 scripts/local-cluster.sh start    servers only (for load generators such as
 #                                     `helios-cli bench submit` that should not run the jobs)
+#   RAW_EXEC=1 scripts/local-cluster.sh start  agents offer raw_exec beside exec (as root; an
+#                                     agent that is not root offers raw_exec alone anyway)
 #   scripts/local-cluster.sh status   server members
 #   scripts/local-cluster.sh stop     SIGTERM every server
 #   scripts/local-cluster.sh clean    stop and delete the data
@@ -125,8 +127,9 @@ start)
     fi
     agents="${AGENTS:-3}"
     # exec isolates tasks and needs root; without it the agents offer raw_exec (no isolation).
+    # RAW_EXEC=1 offers raw_exec beside exec (the benchmarks compare the two).
     driver_flags=()
-    if [ "$(id -u)" -ne 0 ]; then
+    if [ "$(id -u)" -ne 0 ] || [ "${RAW_EXEC:-0}" = 1 ]; then
         driver_flags=(--enable-raw-exec)
     fi
     for id in $(seq 1 "$agents"); do

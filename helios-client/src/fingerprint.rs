@@ -1,7 +1,7 @@
 //! What the agent reports about its machine (its drivers fingerprint themselves: `crate::drivers`).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use helios_api::pb;
 
@@ -31,12 +31,9 @@ pub fn node(config: &ClientConfig, advertised: SocketAddr) -> pb::Node {
         ("cpu.arch".to_string(), go_arch().to_string()),
         ("cpu.numcores".to_string(), cpus.to_string()),
         ("unique.hostname".to_string(), hostname.clone()),
-        // The address the agent advertises (its --client-rpc-addr); loopback if that is a
-        // wildcard, which names no one address.
-        (
-            IP_ATTRIBUTE.to_string(),
-            if advertised.ip().is_unspecified() { "127.0.0.1".to_string() } else { advertised.ip().to_string() },
-        ),
+        (IP_ATTRIBUTE.to_string(), node_ip(advertised.ip()).to_string()),
+        // This agent gives exec tasks their group's ports (older ones would drop them).
+        (helios_core::job::GROUP_PORTS_ATTRIBUTE.to_string(), "1".to_string()),
     ]);
     pb::Node {
         id: config.node_id.clone(),
@@ -51,6 +48,20 @@ pub fn node(config: &ClientConfig, advertised: SocketAddr) -> pb::Node {
         }),
         ..Default::default()
     }
+}
+
+/// Where this node's tasks are reached: the address the agent advertises (`--client-rpc-addr`)
+/// when that is a routable one, else, as Nomad's network fingerprint, the source address of the
+/// default route; loopback on a machine with no route at all.
+fn node_ip(advertised: IpAddr) -> IpAddr {
+    if !advertised.is_loopback() && !advertised.is_unspecified() {
+        return advertised;
+    }
+    // Connecting a UDP socket sends nothing: it only asks the kernel for a route (TEST-NET-1).
+    let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|socket| socket.connect("192.0.2.1:9").and_then(|()| socket.local_addr()))
+        .map(|addr| addr.ip());
+    routed.ok().filter(|ip| !ip.is_unspecified()).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }
 
 /// The distribution's id (`debian`, `ubuntu`, ...), as Nomad's `os.name`; the OS otherwise.

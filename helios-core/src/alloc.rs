@@ -21,7 +21,7 @@ pub struct Allocation {
     pub group_fingerprint: u64,
     pub node_id: String,
     pub resources: Resources,
-    /// The host ports its docker tasks publish, held on its node while `holds_host_ports`, so no
+    /// The host ports its docker tasks publish and its group's own, held on its node while `holds_host_ports`, so no
     /// other allocation is placed on them: the group's fixed ports (`-p NAME=PORT:HOSTPORT`,
     /// `TaskGroup::static_host_ports`), then one port the scheduler chose from the node's dynamic
     /// range for each of `TaskGroup::dynamic_ports`, in that order.

@@ -146,6 +146,10 @@ pub struct GroupPort {
 /// (task names are never empty).
 pub const GROUP_PORTS: &str = "";
 
+/// The node attribute ("1") of agents that give exec tasks their group's ports: one of an
+/// older build would drop them unseen, so such groups are never placed there.
+pub const GROUP_PORTS_ATTRIBUTE: &str = "helios.group_ports";
+
 /// What the client agent does when a task exits unexpectedly, before the scheduler reschedules.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RestartPolicy {

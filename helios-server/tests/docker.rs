@@ -340,7 +340,9 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
     // As in Nomad: the task listens on NOMAD_PORT (the container's side of the mapping) and is
     // reached at NOMAD_ADDR (the host's).
     assert!(env.contains(&"LISTEN=0.0.0.0:80".to_string()), "{env:?}");
-    assert!(env.contains(&format!("REACHED_AT=127.0.0.1:{host_port}")), "{env:?}");
+    let node = common::node(&cluster, 1, "docker-web").await.expect("node");
+    let ip = &node.attributes["unique.network.ip-address"];
+    assert!(env.contains(&format!("REACHED_AT={ip}:{host_port}")), "{env:?}");
     assert!(env.contains(&format!("NOMAD_HOST_PORT_http={host_port}")), "{env:?}");
     assert!(env.contains(&format!("NOMAD_ALLOC_ID={}", running.id)), "{env:?}");
     let started = running.task_states["web"].events.iter().find(|e| e.kind == "Started").expect("started");

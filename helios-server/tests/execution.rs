@@ -106,7 +106,10 @@ async fn an_exec_task_gets_its_groups_ports_as_the_scheduler_chose_them() {
     assert_eq!(admin, 19_100);
     assert!((20_000..=32_000).contains(&http), "{http}");
     let log = dir.path().join("allocs").join(&done.id).join("ported").join("stdout.log");
-    assert_eq!(std::fs::read_to_string(&log).expect("stdout log"), format!("{http} 127.0.0.1:{http} 19100\n"));
+    // NOMAD_ADDR: the node's address (the agent listens on loopback: its default route's).
+    let ip = common::node(&cluster, 1, "n1").await.expect("node").attributes["unique.network.ip-address"].clone();
+    assert!(ip.parse::<std::net::IpAddr>().is_ok(), "{ip}");
+    assert_eq!(std::fs::read_to_string(&log).expect("stdout log"), format!("{http} {ip}:{http} 19100\n"));
     agent.stop().await;
     cluster.shutdown().await;
 }

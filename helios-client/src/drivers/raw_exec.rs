@@ -19,7 +19,8 @@ impl Driver for RawExec {
 
     fn fingerprint(&self) -> BoxFuture<'_, Fingerprint> {
         let mut fingerprint = Fingerprint::default();
-        if self.0.raw_exec {
+        // Its tasks start through the launcher (this binary), which must be there.
+        if self.0.raw_exec && self.0.launcher.is_some() {
             fingerprint.offered = true;
             fingerprint.attributes.insert("driver.raw_exec".into(), "1".into());
         }

@@ -6,6 +6,7 @@ use regex::Regex;
 
 use crate::job::{
     caps_not_allowed, ConstraintOperator, DockerPrivilege, Job, TaskDriver, TaskGroup, DOCKER_ALLOW_CAPS_ATTRIBUTE,
+    GROUP_PORTS_ATTRIBUTE,
 };
 use crate::node::{Node, NodeEligibility, NodeStatus};
 use crate::validate::parse_version_requirement;
@@ -29,6 +30,8 @@ pub struct CompiledConstraints {
     /// Whether any of them adds or drops capabilities: only agents that say which they allow
     /// (`DOCKER_ALLOW_CAPS_ATTRIBUTE`) know these fields at all.
     docker_caps_used: bool,
+    /// Whether the group has ports of its own (`TaskGroup::ports`).
+    group_ports: bool,
     /// At most one allocation of the job per node.
     pub distinct_hosts_job: bool,
     /// At most one allocation of the group per node.
@@ -46,6 +49,7 @@ impl CompiledConstraints {
             docker_privileges: Vec::new(),
             docker_caps: Vec::new(),
             docker_caps_used: false,
+            group_ports: !group.ports.is_empty(),
             distinct_hosts_job: false,
             distinct_hosts_group: false,
         };
@@ -109,6 +113,9 @@ impl CompiledConstraints {
             if node.attributes.get(privilege.attribute()).map(String::as_str) != Some("1") {
                 return Some(format!("{} not allowed (agent without {})", privilege.describe(), privilege.flag()));
             }
+        }
+        if self.group_ports && node.attributes.get(GROUP_PORTS_ATTRIBUTE).map(String::as_str) != Some("1") {
+            return Some("group network ports unknown to the agent (an older build)".to_string());
         }
         if self.docker_caps_used {
             let Some(allowed) = node.attributes.get(DOCKER_ALLOW_CAPS_ATTRIBUTE) else {

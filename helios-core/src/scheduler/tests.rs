@@ -275,8 +275,14 @@ fn dynamic_ports_come_from_the_nodes_range_are_held_and_named_by_the_allocation(
 fn a_groups_own_ports_are_held_like_a_containers_and_named_by_label() {
     let mut node = node("a", 4000, 4096);
     node.attributes.insert(select::DYNAMIC_PORTS_ATTRIBUTE.into(), "21000-21004".into());
-    let mut h = Harness { nodes: vec![node], ..Default::default() };
+    // An agent of an older build would drop the ports: not placed there.
+    let mut h = Harness { nodes: vec![node.clone()], ..Default::default() };
     let mut job = service("api", 2, 100, 128);
+    job.task_groups[0].ports = vec![crate::job::GroupPort { label: "http".into(), static_port: None }];
+    h.put_job(job.clone());
+    assert!(h.run("api").placements.is_empty());
+    node.attributes.insert(crate::job::GROUP_PORTS_ATTRIBUTE.into(), "1".into());
+    let mut h = Harness { nodes: vec![node], ..Default::default() };
     job.task_groups[0].ports = vec![
         crate::job::GroupPort { label: "http".into(), static_port: None },
         crate::job::GroupPort { label: "admin".into(), static_port: Some(9100) },
