@@ -168,7 +168,12 @@ pub async fn run_on(
     let node_id = node.id.clone();
     let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel();
     // The node as registered: its drivers as fingerprinted now (tasks may name their attributes).
-    let fingerprints = drivers.fingerprint().await;
+    // Served meanwhile: an engine that takes its time to answer must not hold the log API, nor
+    // a shutdown.
+    let fingerprints = tokio::select! {
+        fingerprints = drivers.fingerprint() => fingerprints,
+        served = &mut serve => return Ok(served?),
+    };
     let mut registered = node.clone();
     drivers::offer(&mut registered, &fingerprints);
     let facts = task_env::NodeFacts {
