@@ -172,6 +172,7 @@ impl<'a, V: StateView> Placer<'a, V> {
                 continue;
             };
             found += 1;
+            let score = with_anti_affinity(score, group_here, group.count);
             let candidate = Candidate { node, score, group_here, dynamic };
             if best.as_ref().is_none_or(|b| better(&candidate, b)) {
                 best = Some(candidate);
@@ -278,6 +279,18 @@ fn fit_score(capacity: Resources, used: Resources, ask: Resources) -> Option<f64
         }
     };
     Some((util(cpu, capacity.cpu_mhz) + util(mem, capacity.memory_mb)) / 2.0)
+}
+
+/// Nomad's job anti-affinity: a node that already runs `here` of the group's `count`
+/// allocations scores `-(here + 1) / count` on it, averaged with the fit, so that copies of a
+/// service spread over nodes when they fit elsewhere (one machine's loss does not take them all)
+/// and still pack when only one node has room.
+fn with_anti_affinity(fit: f64, here: u32, count: u32) -> f64 {
+    if here == 0 {
+        return fit;
+    }
+    let penalty = f64::from(here + 1) / f64::from(count.max(1));
+    (fit - penalty) / 2.0
 }
 
 /// Higher score wins; on a tie, the node with fewer allocations of the group (spread).

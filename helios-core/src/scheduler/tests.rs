@@ -184,6 +184,29 @@ fn bin_packs_onto_the_fullest_node_that_fits() {
     assert_ne!(h.live("more")[0].node_id, big_node, "a full node is skipped");
 }
 
+#[test]
+fn copies_of_a_service_spread_over_nodes_when_they_fit_and_pack_when_they_must() {
+    // Best fit alone would put all three on one node (each placement makes it the fullest).
+    let nodes = vec![node("a", 4000, 4096), node("b", 4000, 4096), node("c", 4000, 4096)];
+    let mut h = Harness { nodes: nodes.clone(), ..Default::default() };
+    h.put_job(service("web", 3, 100, 128));
+    h.run("web");
+    let mut on: Vec<String> = h.live("web").iter().map(|a| a.node_id.clone()).collect();
+    on.sort();
+    assert_eq!(on, ["a", "b", "c"], "one copy per node");
+    // Six copies on three nodes: two each, not four on one.
+    let mut h = Harness { nodes, ..Default::default() };
+    h.put_job(service("web", 6, 100, 128));
+    h.run("web");
+    let per_node = |h: &Harness, id: &str| h.live("web").iter().filter(|a| a.node_id == id).count();
+    assert_eq!(["a", "b", "c"].map(|id| per_node(&h, id)), [2, 2, 2]);
+    // Where only one node has room, they still all run, together.
+    let mut h = Harness { nodes: vec![node("big", 4000, 4096), node("tiny", 50, 64)], ..Default::default() };
+    h.put_job(service("web", 3, 100, 128));
+    h.run("web");
+    assert_eq!(per_node(&h, "big"), 3);
+}
+
 fn docker_node(id: &str) -> Node {
     Node { drivers: vec!["exec".into(), "docker".into()], ..node(id, 10_000, 10_000) }
 }
