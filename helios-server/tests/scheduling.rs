@@ -92,6 +92,33 @@ async fn allocations_are_placed_replaced_when_a_node_dies_and_retried_when_one_j
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_three_copy_service_lands_on_three_nodes_when_they_fit() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let mut agents = Vec::new();
+    for id in ["a", "b", "c"] {
+        agents.push(start_agent(&cluster, id, &dir.path().join(id)).await);
+        common::wait_status(&cluster, 1, id, "ready").await;
+    }
+    // No distinct_hosts: the scheduler's job anti-affinity spreads them, as Nomad's does.
+    submit(&cluster, 1, &service("web", 3, 100)).await;
+    let placed = wait_for("three running allocations", || async {
+        let s = status(&cluster, 1, "web").await;
+        (live(&s).len() == 3).then_some(s)
+    })
+    .await;
+    let mut nodes: Vec<String> = live(&placed).into_iter().map(|(_, n)| n).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["a", "b", "c"], "one machine's loss takes one copy, not all");
+    for agent in agents {
+        agent.stop().await;
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn placement_failures_are_explained_and_nodes_never_over_committed() {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
