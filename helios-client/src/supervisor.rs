@@ -306,6 +306,17 @@ mod tests {
         Running { stop, states, done, _dir: dir }
     }
 
+    /// Waits until `done` holds, looking every 100 ms of the paused clock, for ten minutes of it
+    /// at most.
+    async fn until(mut done: impl FnMut() -> bool) {
+        let looking = async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(600), looking).await.expect("the condition, within ten minutes");
+    }
+
     fn kinds(state: &TaskState) -> Vec<&str> {
         state.events.iter().map(|e| e.kind.as_str()).collect()
     }
@@ -333,9 +344,7 @@ mod tests {
         // them: wait out the window (47 s), then the delay: 65, 71; again at 72 s: 120 + 5 = 125,
         // then 131.
         // Looked at every 100 ms: the stop below comes while the seventh run (131-132 s) runs.
-        while driver.started_at_secs().len() < 7 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        until(|| driver.started_at_secs().len() == 7).await;
         assert_eq!(driver.started_at_secs(), vec![0, 6, 12, 65, 71, 125, 131]);
         running.stop.send(true).unwrap();
         let states = running.finish().await;
@@ -369,8 +378,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stop_during_the_restart_delay_ends_the_task_without_another_start() {
         let driver = Scripted::new(&[1, 1]);
-        let running = supervise(driver.clone(), JobType::Service, policy(3, 600, 30, RestartMode::Fail));
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        let mut running = supervise(driver.clone(), JobType::Service, policy(3, 600, 30, RestartMode::Fail));
+        // The first run failed and its restart waits out the 30 s delay: stop now.
+        let waiting = tokio::time::timeout(Duration::from_secs(600), async {
+            while let Some((_, state)) = running.states.recv().await {
+                if kinds(&state).last() == Some(&"Restarting") {
+                    return;
+                }
+            }
+        });
+        waiting.await.expect("the restart's wait, within ten minutes (paused clock)");
         running.stop.send(true).unwrap();
         let states = running.finish().await;
         assert_eq!(driver.started_at_secs(), vec![0]);

@@ -140,7 +140,12 @@ pub(crate) async fn start(settings: &Settings, run: TaskRun<'_>, isolated: bool)
     let env = task_env::environment(&task.env, &runtime, &owner.node);
     let command = task_env::interpolate(&config.command, &runtime, &owner.node);
     let args: Vec<String> = config.args.iter().map(|a| task_env::interpolate(a, &runtime, &owner.node)).collect();
-    let sandbox = match (&isolation, &cgroup) {
+    let Some(launcher) = settings.launcher.clone() else {
+        return refused("Driver Failure", "the task launcher (this helios-client binary) cannot be found".into());
+    };
+    // exec: the launcher joins the task's cgroup and isolates it; raw_exec: it only starts the
+    // program, as the agent's user unless the task names one, and records how it ended.
+    let (limited, cgroups, default_user) = match (&isolation, &cgroup) {
         (Some(isolation), Some(cgroup)) => {
             let limits = Limits {
                 memory_mb: task.resources.memory_mb,
@@ -150,46 +155,23 @@ pub(crate) async fn start(settings: &Settings, run: TaskRun<'_>, isolated: bool)
                 }),
                 pids_max: isolation.pids_max,
             };
-            let spec = Spec {
-                cgroups: cgroup.procs_files(),
-                uid: user.as_ref().map_or(0, |u| u.uid),
-                gid: user.as_ref().map_or(0, |u| u.gid),
-                data_dir: settings.data_dir.clone(),
-                alloc_dir: dirs.alloc.clone(),
-                cwd: dirs.local(),
-                task_dir: dirs.dir.clone(),
-                exit_file: dirs.exit_file(),
-                env_file: dirs.env_file(),
-                raw: false,
-                command: std::iter::once(command.clone()).chain(args.clone()).collect(),
-            };
-            (isolation.launcher.clone(), spec, Some((cgroup.clone(), limits)))
+            (Some((cgroup.clone(), limits)), cgroup.procs_files(), (0, 0))
         }
         (Some(_), None) => return refused("Driver Failure", "cannot find the agent's own cgroup".to_string()),
-        (None, _) => {
-            let Some(launcher) = settings.launcher.clone() else {
-                return refused(
-                    "Driver Failure",
-                    "the task launcher (this helios-client binary) cannot be found".into(),
-                );
-            };
-            // raw_exec: the launcher only starts the program and records how it ended.
-            let agent = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
-            let spec = Spec {
-                cgroups: Vec::new(),
-                uid: user.as_ref().map_or(agent.0, |u| u.uid),
-                gid: user.as_ref().map_or(agent.1, |u| u.gid),
-                data_dir: settings.data_dir.clone(),
-                alloc_dir: dirs.alloc.clone(),
-                cwd: dirs.local(),
-                task_dir: dirs.dir.clone(),
-                exit_file: dirs.exit_file(),
-                env_file: dirs.env_file(),
-                raw: true,
-                command: std::iter::once(command.clone()).chain(args.clone()).collect(),
-            };
-            (launcher, spec, None)
-        }
+        (None, _) => (None, Vec::new(), (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw())),
+    };
+    let spec = Spec {
+        raw: limited.is_none(),
+        cgroups,
+        uid: user.as_ref().map_or(default_user.0, |u| u.uid),
+        gid: user.as_ref().map_or(default_user.1, |u| u.gid),
+        data_dir: settings.data_dir.clone(),
+        alloc_dir: dirs.alloc.clone(),
+        cwd: dirs.local(),
+        task_dir: dirs.dir.clone(),
+        exit_file: dirs.exit_file(),
+        env_file: dirs.env_file(),
+        command: std::iter::once(command).chain(args).collect(),
     };
     // Directories, log files, the cgroup and the process: file system work that waits on the
     // kernel (creating and joining cgroups takes tens of milliseconds on a busy node), kept off
@@ -204,7 +186,6 @@ pub(crate) async fn start(settings: &Settings, run: TaskRun<'_>, isolated: bool)
             let logs = crate::logs::open_for_task(&dirs.dir, "stdout")
                 .and_then(|out| Ok((out, crate::logs::open_for_task(&dirs.dir, "stderr")?)))
                 .map_err(|e| ("Setup Failure", format!("cannot open log files: {e}")))?;
-            let (launcher, spec, limited) = sandbox;
             launch(&launcher, &spec, limited.as_ref(), &env, logs).map_err(|why| ("Driver Failure", why))
         })
         .await

@@ -154,8 +154,6 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct Isolation {
     pub cgroups: cgroups::Version,
-    /// The `helios-client` binary, run as the launcher (`sandbox`).
-    pub launcher: PathBuf,
     pub pids_max: u32,
 }
 
@@ -182,11 +180,9 @@ impl Settings {
         let isolation = if !nix::unistd::geteuid().is_root() {
             Err("exec isolates tasks and needs the agent to run as root".to_string())
         } else if let Some(version) = cgroups::detect() {
-            match launcher.clone() {
-                Some(launcher) => {
-                    Ok(Isolation { cgroups: version, launcher, pids_max: options.pids_max.unwrap_or(DEFAULT_PIDS_MAX) })
-                }
-                _ => Err("the task launcher (this helios-client binary) cannot be found".to_string()),
+            match launcher {
+                Some(_) => Ok(Isolation { cgroups: version, pids_max: options.pids_max.unwrap_or(DEFAULT_PIDS_MAX) }),
+                None => Err("the task launcher (this helios-client binary) cannot be found".to_string()),
             }
         } else {
             Err("no usable cgroups (memory, cpu and pids) under /sys/fs/cgroup".to_string())
