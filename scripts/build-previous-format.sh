@@ -12,8 +12,8 @@
 # commit of the format being replaced.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-# The last commit writing stored format 5.
-PREVIOUS_FORMAT_COMMIT=de6b43fea633534c0dd84a1492c81a56788a334f
+# The last commit writing stored format 6.
+PREVIOUS_FORMAT_COMMIT=5c5c5500205681fd87a1f81e2f315182bfe33bd2
 out="$root/target/previous-format"
 src="$out/src"
 stamp="$out/bin/.commit"

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use helios_core::job::DEFAULT_PRIORITY;
 use helios_core::validate::FieldError;
 use helios_core::{
-    Allocation, Constraint, ConstraintOperator, DockerConfig, DockerDevice, Evaluation, ExecConfig, GroupPort, Job,
-    JobStatus, JobType, Node, PortMapping, Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskEvent,
-    TaskGroup, TaskState, Timestamp, ValidationErrors,
+    Allocation, Constraint, ConstraintOperator, DelayFunction, DockerConfig, DockerDevice, Evaluation, ExecConfig,
+    GroupPort, Job, JobStatus, JobType, Node, PortMapping, ReschedulePolicy, Resources, RestartMode, RestartPolicy,
+    Task, TaskDriver, TaskEvent, TaskGroup, TaskState, Timestamp, ValidationErrors,
 };
 
 use crate::pb;
@@ -103,6 +103,7 @@ fn group_from_pb(p: &mut Problems, path: &str, g: pb::TaskGroup, job_type: JobTy
             .map(|(j, t)| task_from_pb(p, &format!("{path}.tasks[{j}]"), t))
             .collect(),
         restart,
+        reschedule: reschedule_from_pb(p, &format!("{path}.reschedule"), g.reschedule, job_type),
         meta: g.meta,
         ports: g
             .ports
@@ -267,7 +268,49 @@ fn group_to_pb(g: &TaskGroup) -> pb::TaskGroup {
                 RestartMode::Delay => pb::RestartMode::Delay,
             } as i32,
         }),
+        reschedule: Some(reschedule_to_pb(&g.reschedule)),
         meta: g.meta.clone(),
+    }
+}
+
+fn reschedule_to_pb(r: &ReschedulePolicy) -> pb::ReschedulePolicy {
+    pb::ReschedulePolicy {
+        attempts: r.attempts,
+        interval_secs: r.interval_secs,
+        delay_secs: r.delay_secs,
+        delay_function: match r.delay_function {
+            DelayFunction::Constant => pb::DelayFunction::Constant,
+            DelayFunction::Exponential => pb::DelayFunction::Exponential,
+            DelayFunction::Fibonacci => pb::DelayFunction::Fibonacci,
+        } as i32,
+        max_delay_secs: r.max_delay_secs,
+        unlimited: r.unlimited,
+    }
+}
+
+fn reschedule_from_pb(
+    p: &mut Problems,
+    path: &str,
+    r: Option<pb::ReschedulePolicy>,
+    job_type: JobType,
+) -> ReschedulePolicy {
+    let Some(r) = r else { return ReschedulePolicy::default_for(job_type) };
+    let delay_function = match pb::DelayFunction::try_from(r.delay_function) {
+        Ok(pb::DelayFunction::Unspecified | pb::DelayFunction::Constant) => DelayFunction::Constant,
+        Ok(pb::DelayFunction::Exponential) => DelayFunction::Exponential,
+        Ok(pb::DelayFunction::Fibonacci) => DelayFunction::Fibonacci,
+        Err(_) => {
+            p.add(format!("{path}.delay_function"), format!("unknown delay function {}", r.delay_function));
+            DelayFunction::Constant
+        }
+    };
+    ReschedulePolicy {
+        attempts: r.attempts,
+        interval_secs: r.interval_secs,
+        delay_secs: r.delay_secs,
+        delay_function,
+        max_delay_secs: r.max_delay_secs,
+        unlimited: r.unlimited,
     }
 }
 
@@ -356,6 +399,20 @@ pub fn alloc_to_pb(a: &Allocation) -> pb::Allocation {
         created_at_ms: a.created_at.as_millis(),
         modified_at_ms: a.modified_at.as_millis(),
         host_ports: a.host_ports.iter().map(|p| u32::from(*p)).collect(),
+        reschedule_events: a
+            .reschedule_events
+            .iter()
+            .map(|e| pb::RescheduleEvent {
+                at_ms: e.at.as_millis(),
+                prev_alloc_id: e.prev_alloc_id.clone(),
+                prev_node_id: e.prev_node_id.clone(),
+                delay_secs: e.delay_secs,
+            })
+            .collect(),
+        // Filled in by the server that reads it (`helios_core::reschedule::followup`).
+        next_allocation: None,
+        reschedule_at_ms: None,
+        not_rescheduled: String::new(),
     }
 }
 
@@ -489,6 +546,7 @@ pub fn eval_to_pb(e: &Evaluation) -> pb::Evaluation {
         failed_placements: e.failed_placements.clone(),
         created_at_ms: e.created_at.as_millis(),
         modified_at_ms: e.modified_at.as_millis(),
+        wait_until_ms: e.wait_until.map(Timestamp::as_millis),
     }
 }
 

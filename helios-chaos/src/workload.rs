@@ -69,7 +69,7 @@ pub type SharedLedger = Arc<Mutex<Ledger>>;
 /// The job a submission of generation `gen` registers.
 pub fn job_spec(name: &str, gen: u64, count: u32) -> Job {
     let mut job = Job::exec(name, "sleep", vec!["3600".to_string()]);
-    job.job_type = JobType::Service;
+    job.set_type(JobType::Service);
     let group = &mut job.task_groups[0];
     group.count = count;
     let task = &mut group.tasks[0];

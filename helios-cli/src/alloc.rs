@@ -124,6 +124,7 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
                 Timestamp(a.created_at_ms).to_rfc3339(),
                 Timestamp(a.created_at_ms).ago(now)
             );
+            print_reschedule(&a, now);
             for (task, state) in &a.task_states {
                 println!("\nTask {task:?} is {}{}", state.state, if state.failed { " (failed)" } else { "" });
                 let mut events = Table::new(&["TIME", "TYPE", "DESCRIPTION"]);
@@ -151,6 +152,34 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What became of a failed allocation, and the reschedules that led to this one.
+fn print_reschedule(a: &pb::Allocation, now: Timestamp) {
+    if let Some(next) = &a.next_allocation {
+        println!("Replaced by = {next}");
+    }
+    if let Some(at) = a.reschedule_at_ms {
+        let wait = at.saturating_sub(now.0).div_ceil(1000);
+        println!("Reschedule  = in {} ({})", helios_core::time::duration_text(wait), Timestamp(at).to_rfc3339());
+    }
+    if !a.not_rescheduled.is_empty() {
+        println!("Reschedule  = not rescheduled: {}", a.not_rescheduled);
+    }
+    if a.reschedule_events.is_empty() {
+        return;
+    }
+    println!("\nRescheduled {} time(s), this allocation last:", a.reschedule_events.len());
+    let mut history = Table::new(&["TIME", "REPLACED", "ON NODE", "AFTER"]);
+    for e in &a.reschedule_events {
+        history.row(vec![
+            Timestamp(e.at_ms).to_rfc3339(),
+            e.prev_alloc_id.clone(),
+            e.prev_node_id.clone(),
+            helios_core::time::duration_text(e.delay_secs),
+        ]);
+    }
+    history.print();
 }
 
 /// Streams one task's log, handing each chunk to `sink`.

@@ -141,7 +141,7 @@ async fn create(servers: &Servers, args: CreateArgs) -> Result<()> {
     let (name, _) = parse_id(&args.id)?;
     let mut job = Job::exec(name, "", Vec::new());
     job.name = args.id.clone();
-    job.job_type = JobType::System;
+    job.set_type(JobType::System);
     job.task_groups[0].restart = helios_core::RestartPolicy::default_for(JobType::System);
     let task = &mut job.task_groups[0].tasks[0];
     let mut command = args.command.into_iter();

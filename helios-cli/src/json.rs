@@ -84,6 +84,12 @@ pub fn allocation(a: &pb::Allocation) -> Value {
         "tasks": tasks,
         "created_at_ms": a.created_at_ms,
         "modified_at_ms": a.modified_at_ms,
+        "reschedule_events": a.reschedule_events.iter().map(|e| json!({
+            "at_ms": e.at_ms, "prev_alloc_id": e.prev_alloc_id, "prev_node_id": e.prev_node_id, "delay_secs": e.delay_secs,
+        })).collect::<Vec<_>>(),
+        "next_allocation": a.next_allocation,
+        "reschedule_at_ms": a.reschedule_at_ms,
+        "not_rescheduled": a.not_rescheduled,
     })
 }
 
@@ -97,6 +103,7 @@ pub fn evaluation(e: &pb::Evaluation) -> Value {
         "node_id": e.node_id,
         "created_at_ms": e.created_at_ms,
         "modified_at_ms": e.modified_at_ms,
+        "wait_until_ms": e.wait_until_ms,
     })
 }
 

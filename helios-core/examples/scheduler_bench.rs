@@ -73,7 +73,7 @@ fn main() {
     for j in 0..job_count {
         let name = format!("job-{j}");
         let mut job = Job::exec(&name, "sleep", vec!["3600".into()]);
-        job.job_type = JobType::Service;
+        job.set_type(JobType::Service);
         job.task_groups[0].count = u32::try_from(count).expect("count fits u32");
         job.task_groups[0].tasks[0].resources = Resources { cpu_mhz: 100 + (j as u32 % 5) * 50, memory_mb: 128 };
         state.jobs.insert(name.clone(), job);

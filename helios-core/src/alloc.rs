@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::job::Resources;
+use crate::reschedule::RescheduleEvent;
 use crate::time::Timestamp;
 
 /// One placement of one task group of one job version on one node.
@@ -33,9 +34,15 @@ pub struct Allocation {
     pub task_states: BTreeMap<String, TaskState>,
     pub created_at: Timestamp,
     pub modified_at: Timestamp,
+    /// When it replaces a failed allocation: the reschedules that led to it, oldest first, the
+    /// last one its own (`crate::reschedule`). Empty for a first placement.
+    pub reschedule_events: Vec<RescheduleEvent>,
 }
 
-crate::versioned!(Allocation = 1);
+// Version 2 (stored format 7): `reschedule_events`. Written as version 1 for older readers
+// without them: they are the servers' own bookkeeping, which those readers do not use, so a
+// cluster mid-upgrade only counts a slot's reschedules afresh (`alloc_v1`).
+crate::versioned!(Allocation = 2, since format 7, previous crate::alloc_v1::Allocation);
 
 impl Allocation {
     /// True while its fixed host ports are held on its node: until its agent reports it finished
@@ -50,6 +57,16 @@ impl Allocation {
     /// `group` is the one the allocation was placed for.
     pub fn host_port_of(&self, group: &crate::job::TaskGroup, task: &str, name: &str) -> Option<u16> {
         group.assigned_dynamic_ports(&self.host_ports).get(&(task.to_string(), name.to_string())).copied()
+    }
+
+    /// When it failed: its last task's end, else its last change.
+    pub fn failed_at(&self) -> Timestamp {
+        self.task_states.values().filter_map(|t| t.finished_at).max().unwrap_or(self.modified_at)
+    }
+
+    /// The allocation it replaced after a failure, if it is a reschedule.
+    pub fn previous_allocation(&self) -> Option<&str> {
+        self.reschedule_events.last().map(|e| e.prev_alloc_id.as_str())
     }
 
     /// True once the allocation will not run again (its client says so, or it was never started

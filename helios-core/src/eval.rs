@@ -20,9 +20,14 @@ pub struct Evaluation {
     pub failed_placements: BTreeMap<String, String>,
     pub created_at: Timestamp,
     pub modified_at: Timestamp,
+    /// A pending evaluation waits until then (a failed allocation's reschedule delay): the
+    /// leader's scheduler takes it only afterwards.
+    pub wait_until: Option<Timestamp>,
 }
 
-crate::versioned!(Evaluation = 1);
+// Version 2 (stored format 7): `wait_until`. For older readers it is written as version 1 only
+// without one: the leader's scheduler delays nothing while the cluster is older (`eval_v1`).
+crate::versioned!(Evaluation = 2, since format 7, previous crate::eval_v1::Evaluation);
 
 impl Evaluation {
     pub fn new(id: String, job_name: &str, priority: u32, trigger: EvalTrigger, now: Timestamp) -> Evaluation {
@@ -37,7 +42,13 @@ impl Evaluation {
             failed_placements: BTreeMap::new(),
             created_at: now,
             modified_at: now,
+            wait_until: None,
         }
+    }
+
+    /// True while it is pending but waiting for `wait_until`.
+    pub fn is_waiting(&self, now: Timestamp) -> bool {
+        self.status == EvalStatus::Pending && self.wait_until.is_some_and(|t| t > now)
     }
 }
 

@@ -187,6 +187,7 @@ mod tests {
             task_states: Default::default(),
             created_at: Timestamp(0),
             modified_at: Timestamp(modified),
+            reschedule_events: Vec::new(),
         }
     }
 
@@ -211,7 +212,7 @@ mod tests {
         use AllocClientStatus::*;
         use AllocDesiredStatus::*;
         let mut service = Job::exec("j", "true", vec![]);
-        service.job_type = JobType::Service;
+        service.set_type(JobType::Service);
         service.version = 1;
         let old = |client, desired, modified| {
             let mut a = alloc(client, desired, modified, vec![]);
@@ -235,7 +236,7 @@ mod tests {
         use AllocClientStatus::*;
         use AllocDesiredStatus::*;
         let mut batch = Job::exec("j", "true", vec![]);
-        batch.job_type = JobType::Batch;
+        batch.set_type(JobType::Batch);
         batch.version = 3;
         let current = |client| {
             let mut a = alloc(client, Run, 0, vec![]);
@@ -249,7 +250,7 @@ mod tests {
         previous.job_version = 2;
         assert!(alloc_collectable(&previous, Some(&batch), &cutoffs(100)), "an older version's");
         let mut service = batch.clone();
-        service.job_type = JobType::Service;
+        service.set_type(JobType::Service);
         assert!(alloc_collectable(&current(Complete), Some(&service), &cutoffs(100)));
         assert!(!alloc_collectable(&current(Failed), Some(&service), &cutoffs(100)));
         batch.stopped = true;
@@ -269,7 +270,7 @@ mod tests {
     fn a_job_goes_whole_when_dead_stopped_or_batch_and_all_its_allocations_are_old() {
         let mut job = Job::exec("j", "true", vec![]);
         job.status = JobStatus::Dead;
-        job.job_type = JobType::Service;
+        job.set_type(JobType::Service);
         let done = [alloc(AllocClientStatus::Complete, AllocDesiredStatus::Stop, 5, vec![])];
         assert!(!job_collectable(&job, &done, &cutoffs(10)), "a dead service job that was not stopped");
         job.stopped = true;

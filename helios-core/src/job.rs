@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::reschedule::ReschedulePolicy;
 use crate::time::Timestamp;
 
 /// A job as the user declared it, plus the fields the cluster assigns (`version`, `status`,
@@ -26,9 +27,10 @@ pub struct Job {
 
 // Version 2 (stored format 5): tasks name their user, the raw_exec driver, exec's
 // `cpu_hard_limit` (`job_v2`). Version 3 (stored format 6): docker's `privileged`, `cap_add`,
-// `cap_drop` and `devices`. Written as the older version for older readers when none of what
-// the newer one added is used.
-crate::versioned!(Job = 3, since format 6, previous crate::job_v2::Job);
+// `cap_drop` and `devices`. Version 4 (stored format 7): each group's reschedule policy
+// (`job_v3`). Written as the older version for older readers when none of what the newer one
+// added is used.
+crate::versioned!(Job = 4, since format 7, previous crate::job_v3::Job);
 
 pub const DEFAULT_PRIORITY: u32 = 50;
 
@@ -54,6 +56,7 @@ impl Job {
                 constraints: Vec::new(),
                 ports: Vec::new(),
                 restart: RestartPolicy::default_for(JobType::Batch),
+                reschedule: ReschedulePolicy::default_for(JobType::Batch),
                 meta: BTreeMap::new(),
             }],
             constraints: Vec::new(),
@@ -62,6 +65,15 @@ impl Job {
             status: JobStatus::Pending,
             stopped: false,
             submitted_at: Timestamp::default(),
+        }
+    }
+
+    /// Makes it a job of `job_type`, with that type's reschedule policy in every group (a system
+    /// job is never rescheduled; services and batch jobs have Nomad's defaults).
+    pub fn set_type(&mut self, job_type: JobType) {
+        self.job_type = job_type;
+        for group in &mut self.task_groups {
+            group.reschedule = ReschedulePolicy::default_for(job_type);
         }
     }
 
@@ -128,6 +140,8 @@ pub struct TaskGroup {
     pub tasks: Vec<Task>,
     pub constraints: Vec<Constraint>,
     pub restart: RestartPolicy,
+    /// What the scheduler does once an allocation has failed (after the restarts).
+    pub reschedule: ReschedulePolicy,
     pub meta: BTreeMap<String, String>,
     /// The group's own host ports (Nomad's `network { port }` on the host's network): every
     /// exec and raw_exec task of the group gets each one. Docker tasks map theirs in

@@ -1,5 +1,5 @@
 //! A job as stored format 5 holds it (version 2): docker tasks without `privileged`, `cap_add`,
-//! `cap_drop` and `devices`, groups without ports of their own. Read and migrated forward; written for clusters still at format 5
+//! `cap_drop` and `devices`, groups without ports of their own. Read and migrated forward (to version 3, `job_v3`); written for clusters still at format 5
 //! during a rolling upgrade, when the job uses none of what version 3 added.
 
 use std::collections::BTreeMap;
@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{self as current, Constraint, ExecConfig, JobStatus, JobType, PortMapping, Resources, RestartPolicy};
+use crate::job_v3 as next;
 use crate::time::Timestamp;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,8 +91,8 @@ impl From<DockerConfig> for current::DockerConfig {
     }
 }
 
-impl From<Job> for current::Job {
-    fn from(old: Job) -> current::Job {
+impl From<Job> for next::Job {
+    fn from(old: Job) -> next::Job {
         let task = |t: Task| current::Task {
             name: t.name,
             driver: match t.driver {
@@ -105,7 +106,7 @@ impl From<Job> for current::Job {
             kill_timeout_secs: t.kill_timeout_secs,
             user: t.user,
         };
-        let group = |g: TaskGroup| current::TaskGroup {
+        let group = |g: TaskGroup| next::TaskGroup {
             name: g.name,
             count: g.count,
             tasks: g.tasks.into_iter().map(task).collect(),
@@ -114,7 +115,7 @@ impl From<Job> for current::Job {
             meta: g.meta,
             ports: Vec::new(),
         };
-        current::Job {
+        next::Job {
             name: old.name,
             job_type: old.job_type,
             priority: old.priority,
@@ -130,10 +131,10 @@ impl From<Job> for current::Job {
 }
 
 /// For readers of format 5: refused (never silently dropped) when the job uses what they lack.
-impl TryFrom<&current::Job> for Job {
+impl TryFrom<&next::Job> for Job {
     type Error = String;
 
-    fn try_from(new: &current::Job) -> Result<Job, String> {
+    fn try_from(new: &next::Job) -> Result<Job, String> {
         let task = |t: &current::Task| -> Result<Task, String> {
             let driver = match &t.driver {
                 current::TaskDriver::Exec(e) => TaskDriver::Exec(e.clone()),
@@ -172,7 +173,7 @@ impl TryFrom<&current::Job> for Job {
                 user: t.user.clone(),
             })
         };
-        let group = |g: &current::TaskGroup| -> Result<TaskGroup, String> {
+        let group = |g: &next::TaskGroup| -> Result<TaskGroup, String> {
             if !g.ports.is_empty() {
                 return Err(format!("group {:?} has network ports of its own, which need stored format 6", g.name));
             }
@@ -231,7 +232,7 @@ mod tests {
         let TaskDriver::Docker(docker) = &as_5_reads.task_groups[0].tasks[0].driver else { panic!("docker") };
         assert_eq!(docker.volumes, ["/srv:/srv"]);
         assert_eq!(decode::<current::Job>(&old), job, "migrated forward");
-        assert_eq!(encode(&job).expect("writable")[0], 3, "this build writes version 3");
+        assert_eq!(write_for(6, || encode(&job)).expect("writable")[0], 3, "format 6 reads version 3");
         // And on down to format 4, which has no task user: refused there, by the older step.
         let refused = write_for(4, || encode(&job)).expect_err("format 4 has no user");
         assert!(refused.contains("needs stored format 5"), "{refused}");

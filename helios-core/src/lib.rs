@@ -6,16 +6,20 @@
 
 pub mod acl;
 pub mod alloc;
+mod alloc_v1;
 pub mod command;
 pub mod eval;
+mod eval_v1;
 pub mod format;
 pub mod gc;
 pub mod job;
 mod job_v1;
 mod job_v2;
+mod job_v3;
 pub mod limits;
 pub mod node;
 pub mod plan;
+pub mod reschedule;
 pub mod scheduler;
 pub mod time;
 pub mod validate;
@@ -29,5 +33,6 @@ pub use job::{
 };
 pub use node::{Node, NodeEligibility, NodeStatus};
 pub use plan::Plan;
+pub use reschedule::{DelayFunction, RescheduleEvent, ReschedulePolicy};
 pub use time::Timestamp;
 pub use validate::{FieldError, ValidationErrors};

@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::alloc::{AllocClientStatus, AllocDesiredStatus, Allocation};
+use crate::time::Timestamp;
 
 /// The scheduler's answer to an evaluation: what to place and what to stop. The leader's plan
 /// applier checks it against the latest state before committing it through Raft.
@@ -23,6 +24,11 @@ pub struct Plan {
     pub job_version: u64,
     /// Task group -> why some of its allocations could not be placed.
     pub failed_placements: BTreeMap<String, String>,
+    /// The earliest time a failed allocation's replacement is due but not yet placed: the
+    /// leader keeps the evaluation pending until then (`Evaluation::wait_until`). Not part of
+    /// the Raft command (the evaluation carries it), so older readers see the same plan.
+    #[serde(skip)]
+    pub reschedule_at: Option<Timestamp>,
 }
 
 impl Plan {

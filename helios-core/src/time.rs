@@ -108,9 +108,32 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     n.checked_mul(unit_ms).ok_or_else(|| format!("duration {text:?} is too long"))
 }
 
+/// `45s`, `5m`, `1h30m`, `24h`: whole seconds as Nomad writes durations.
+pub fn duration_text(secs: u64) -> String {
+    if secs == 0 {
+        return "0s".to_string();
+    }
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::Timestamp;
+
+    #[test]
+    fn writes_durations_as_nomad_does() {
+        assert_eq!(super::duration_text(0), "0s");
+        assert_eq!(super::duration_text(45), "45s");
+        assert_eq!(super::duration_text(5400), "1h30m");
+        assert_eq!(super::duration_text(86_400), "24h");
+    }
 
     #[test]
     fn formats_utc_dates() {

@@ -117,6 +117,7 @@ fn write_database(dir: &Path, allocations: usize) {
                 task_states: Default::default(),
                 created_at: Timestamp(1),
                 modified_at: Timestamp(1),
+                reschedule_events: Vec::new(),
             })
             .collect();
         let plan = Plan {
@@ -128,6 +129,7 @@ fn write_database(dir: &Path, allocations: usize) {
             in_place: vec![],
             job_version: 0,
             failed_placements: Default::default(),
+            reschedule_at: None,
         };
         let mut done = eval.clone();
         done.status = EvalStatus::Complete;

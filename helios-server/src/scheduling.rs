@@ -42,6 +42,8 @@ struct Snapshot {
     allocations: HashMap<String, Vec<Allocation>>,
     usage: HashMap<String, Resources>,
     ports: read::HostPorts,
+    /// The cluster's stored format can hold delayed evaluations (`StateView::delays_reschedules`).
+    delays: bool,
 }
 
 impl Snapshot {
@@ -61,6 +63,7 @@ impl Snapshot {
             allocations,
             usage: read::node_usage(txn)?,
             ports: read::host_ports(txn)?,
+            delays: read::stored_format(txn)? >= DELAYED_EVALUATIONS_FORMAT,
         })
     }
 
@@ -113,7 +116,13 @@ impl StateView for Snapshot {
     fn host_port_holder(&self, node_id: &str, port: u16) -> Option<&str> {
         self.ports.get(&(node_id.to_string(), port)).map(String::as_str)
     }
+    fn delays_reschedules(&self) -> bool {
+        self.delays
+    }
 }
+
+/// The first stored format whose evaluations can wait (`Evaluation::wait_until`).
+const DELAYED_EVALUATIONS_FORMAT: u32 = 7;
 
 /// What the scheduler would do if `job` were submitted now, planned on the state `txn` reads
 /// and not proposed (`job plan`). Returns the plan, the stored job (if any), and whether the
@@ -185,13 +194,13 @@ const REFUSED_BACKOFF: Duration = Duration::from_millis(50);
 /// and commits their plans. A refused plan leaves its evaluation pending: the next round plans
 /// it again on fresh state.
 async fn round(cluster: &Cluster) -> Result<Round, ClusterError> {
-    let evals = cluster.read_local(|txn| read::pending_evaluations(txn, MAX_ROUND)).await?;
+    let now = clock::now();
+    let evals = cluster.read_local(move |txn| read::pending_evaluations(txn, MAX_ROUND, now)).await?;
     if evals.is_empty() {
         return Ok(Round::Idle);
     }
     let jobs: BTreeSet<String> = evals.iter().map(|e| e.job_name.clone()).collect();
     let mut snapshot = cluster.read_local(move |txn| Snapshot::read(txn, &jobs)).await?;
-    let now = clock::now();
     let mut commands = Vec::with_capacity(evals.len());
     let mut placements = 0;
     let mut planned = 0;
@@ -228,7 +237,17 @@ fn outcome(eval: &Evaluation, plan: &Plan, now: helios_core::Timestamp) -> Evalu
     let mut outcome = eval.clone();
     outcome.modified_at = now;
     outcome.failed_placements = plan.failed_placements.clone();
-    if plan.failed_placements.is_empty() {
+    outcome.wait_until = plan.reschedule_at;
+    if let Some(at) = plan.reschedule_at {
+        // Planned again when the first reschedule is due (also retrying what failed to place).
+        outcome.status = EvalStatus::Pending;
+        outcome.status_description = format!(
+            "{} placed, {} stopped; a failed allocation is rescheduled at {}",
+            plan.placements.len(),
+            plan.stops.len(),
+            at.to_rfc3339()
+        );
+    } else if plan.failed_placements.is_empty() {
         outcome.status = EvalStatus::Complete;
         outcome.status_description = format!("{} placed, {} stopped", plan.placements.len(), plan.stops.len());
     } else {

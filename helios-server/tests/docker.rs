@@ -136,7 +136,7 @@ impl Drop for Sandbox {
 
 fn docker_job(name: &str, image: &str, job_type: JobType, command: &str) -> Job {
     let mut job = Job::exec(name, "", Vec::new());
-    job.job_type = job_type;
+    job.set_type(job_type);
     let group = &mut job.task_groups[0];
     group.restart.attempts = 0;
     let task = &mut group.tasks[0];

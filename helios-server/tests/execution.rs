@@ -175,7 +175,7 @@ async fn sleeper_running(dir: &Path) -> (TestCluster, common::Agent, pb::Allocat
     cluster.leader().await;
     let agent = start_agent(&cluster, "n1", dir).await;
     let mut job = Job::exec("sleeper", "sleep", vec!["600".into()]);
-    job.job_type = JobType::Service;
+    job.set_type(JobType::Service);
     submit(&cluster, &job).await;
     let running = wait_alloc(&cluster, "sleeper", "running").await;
     let pid = pid_of(&running, "sleeper");
@@ -251,7 +251,7 @@ async fn draining_a_node_moves_its_work_and_stops_its_processes() {
     let a = start_agent(&cluster, "a", &dir.path().join("a")).await;
     common::wait_status(&cluster, 1, "a", "ready").await;
     let mut job = Job::exec("web", "sleep", vec!["600".into()]);
-    job.job_type = JobType::Service;
+    job.set_type(JobType::Service);
     submit(&cluster, &job).await;
     let first = wait_alloc(&cluster, "web", "running").await;
     assert_eq!(first.node_id, "a");
@@ -343,7 +343,7 @@ async fn a_leader_failover_leaves_running_tasks_untouched() {
     common::wait_status(&cluster, via, "a", "ready").await;
     common::wait_status(&cluster, via, "b", "ready").await;
     let mut job = Job::exec("steady", "sleep", vec!["600".into()]);
-    job.job_type = JobType::Service;
+    job.set_type(JobType::Service);
     job.task_groups[0].count = 2;
     cluster.submit_job(via, &job).await;
     let before = wait_for("both allocations running", || async {
@@ -431,7 +431,7 @@ fn big_job(name: &str, count: u32) -> Job {
     let mut args = vec!["-c".to_string(), "exec sleep 600".to_string()];
     args.extend((0..11u8).map(|i| char::from(b'a' + i).to_string().repeat(60_000)));
     let mut job = Job::exec(name, "sh", args);
-    job.job_type = JobType::Service;
+    job.set_type(JobType::Service);
     job.task_groups[0].count = count;
     job.task_groups[0].tasks[0].resources.memory_mb = 64;
     job

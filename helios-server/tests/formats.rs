@@ -63,6 +63,11 @@ fn assert_fixture_state(db: &redb::Database, format: u32) {
     // From format 5 the service has a task user (a version-2 job), older ones none.
     let user = jobs["fixture-service"].task_groups[0].tasks[0].user.as_deref();
     assert_eq!(user, (format >= 5).then_some("nobody"));
+    // Every format before 7 rescheduled by one rule: groups read back with their type's default.
+    for job in jobs.values() {
+        let default = helios_core::ReschedulePolicy::default_for(job.job_type);
+        assert!(job.task_groups.iter().all(|g| g.reschedule == default), "{}", job.name);
+    }
     assert_eq!(jobs["fixture-versions"].version, 1);
     let versions = read::job_versions(&txn, "fixture-versions").expect("versions");
     assert_eq!(versions.iter().map(|j| j.version).collect::<Vec<_>>(), [0, 1]);
@@ -97,6 +102,11 @@ fn a_format_4_database_is_marked_once_and_reads_back_every_record() {
 #[test]
 fn a_format_5_database_is_marked_once_and_reads_back_every_record() {
     database_opens_once_and_reads_back_every_record(5);
+}
+
+#[test]
+fn a_format_6_database_is_marked_once_and_reads_back_every_record() {
+    database_opens_once_and_reads_back_every_record(6);
 }
 
 fn database_opens_once_and_reads_back_every_record(format: u32) {
@@ -135,6 +145,11 @@ async fn the_format_3_raft_log_replays_to_the_opened_state() {
 #[tokio::test]
 async fn the_format_4_raft_log_replays_to_the_opened_state() {
     raft_log_replays_to_the_opened_state(4).await;
+}
+
+#[tokio::test]
+async fn the_format_6_raft_log_replays_to_the_opened_state() {
+    raft_log_replays_to_the_opened_state(6).await;
 }
 
 #[tokio::test]
@@ -182,6 +197,11 @@ async fn a_format_3_snapshot_installs_as_the_opened_state_and_saves_in_this_form
 #[tokio::test]
 async fn a_format_4_snapshot_installs_as_the_opened_state_and_saves_in_this_format() {
     snapshot_installs_as_the_opened_state(4).await;
+}
+
+#[tokio::test]
+async fn a_format_6_snapshot_installs_as_the_opened_state_and_saves_in_this_format() {
+    snapshot_installs_as_the_opened_state(6).await;
 }
 
 #[tokio::test]
@@ -235,7 +255,7 @@ fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
 /// One test for every fixture, one after the other: their databases name the same address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_started_on_an_older_data_dir_serves_it_raises_its_format_and_takes_new_jobs() {
-    for format in [2, 3, 4, 5] {
+    for format in [2, 3, 4, 5, 6] {
         server_serves_an_older_data_dir(format).await;
     }
 }

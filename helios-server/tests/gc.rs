@@ -76,6 +76,7 @@ fn placement(job: &str, i: usize) -> Allocation {
         task_states: Default::default(),
         created_at: Timestamp(1),
         modified_at: Timestamp(1),
+        reschedule_events: Vec::new(),
     }
 }
 
@@ -96,6 +97,7 @@ fn finished_batch_job(db: &redb::Database, index: &mut u64, job: &str, count: us
             in_place: vec![],
             job_version: 0,
             failed_placements: Default::default(),
+            reschedule_at: None,
         };
         let mut done = eval.clone();
         done.status = EvalStatus::Complete;
@@ -210,7 +212,7 @@ async fn system_gc_forgets_finished_work_and_old_versions_alike_on_every_server(
     }
     for v in 0..8 {
         let mut job = Job::exec("versions", "sleep", vec![format!("{}", 100 + v)]);
-        job.job_type = helios_core::JobType::Service;
+        job.set_type(helios_core::JobType::Service);
         cluster.submit_job(leader, &job).await;
     }
     for name in ["stopped", "purged", "versions"] {

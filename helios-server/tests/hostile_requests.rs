@@ -110,7 +110,7 @@ fn request() -> impl Strategy<Value = Request> {
 
 fn keeper_job() -> Job {
     let mut job = Job::exec("keeper", "sleep", vec!["600".into()]);
-    job.job_type = JobType::Service;
+    job.set_type(JobType::Service);
     job
 }
 

@@ -116,7 +116,7 @@ async fn a_task_cannot_read_another_allocations_files() {
     let _reaper = common::Reaper(dir.path().to_path_buf());
     let agent = start_agent(&cluster, "n1", dir.path()).await;
     let mut holder = shell("holder", "echo s3cret > \"$NOMAD_TASK_DIR/key\"; exec sleep 600");
-    holder.job_type = helios_core::JobType::Service;
+    holder.set_type(helios_core::JobType::Service);
     cluster.submit_job(1, &holder).await;
     let running = wait_for("the holder to run", || async {
         let allocs = cluster.job_status(1, "holder").await.allocations;

@@ -155,7 +155,7 @@ async fn an_agent_cannot_report_on_another_nodes_allocation() {
     let agent = start_agent(&cluster, "n1", dir.path()).await;
     let real = wait_status(&cluster, 1, "n1", "ready").await;
     let mut job = helios_core::Job::exec("sleeper", "sleep", vec!["600".into()]);
-    job.job_type = helios_core::JobType::Service;
+    job.set_type(helios_core::JobType::Service);
     cluster.submit_job(1, &job).await;
     let running = common::wait_for("the allocation running on n1", || async {
         cluster.job_status(1, "sleeper").await.allocations.into_iter().find(|a| a.client_status == "running")

@@ -115,12 +115,10 @@ impl Cluster {
         .await;
     }
 
-    /// A docker job that drops capabilities: only format 6 holds one.
+    /// A job with a reschedule policy of its own: only format 7 holds one.
     fn needing_this_format(name: &str) -> pb::SubmitJobRequest {
         let mut job = Job::exec(name, "sleep", vec!["300".into()]);
-        let mut config = helios_core::DockerConfig::for_image("busybox");
-        config.cap_drop = vec!["ALL".into()];
-        job.task_groups[0].tasks[0].driver = helios_core::TaskDriver::Docker(config);
+        job.task_groups[0].reschedule.attempts = 3;
         pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }
     }
 

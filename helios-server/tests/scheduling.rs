@@ -10,7 +10,7 @@ use helios_core::{Constraint, ConstraintOperator, Job, JobType, Resources};
 
 fn service(name: &str, count: u32, cpu_mhz: u32) -> Job {
     let mut job = Job::exec(name, "sleep", vec!["600".into()]);
-    job.job_type = JobType::Service;
+    job.set_type(JobType::Service);
     job.task_groups[0].count = count;
     job.task_groups[0].tasks[0].resources = Resources { cpu_mhz, memory_mb: 128 };
     job
@@ -22,6 +22,22 @@ async fn submit(cluster: &TestCluster, via: u64, job: &Job) {
 
 async fn status(cluster: &TestCluster, via: u64, name: &str) -> pb::GetJobStatusResponse {
     cluster.job_status(via, name).await
+}
+
+/// Agents "a", "b" and "c", each ready.
+async fn three_ready_agents(cluster: &TestCluster, dir: &std::path::Path) -> Vec<common::Agent> {
+    let mut agents = Vec::new();
+    for id in ["a", "b", "c"] {
+        agents.push(start_agent(cluster, id, &dir.join(id)).await);
+        common::wait_status(cluster, 1, id, "ready").await;
+    }
+    agents
+}
+
+async fn get_allocation(cluster: &TestCluster, id: &str) -> pb::Allocation {
+    let mut allocs = pb::allocation_service_client::AllocationServiceClient::new(cluster.channel(1).await);
+    let reply = allocs.get_allocation(pb::GetAllocationRequest { id: id.to_string() }).await.expect("get allocation");
+    reply.into_inner().allocation.expect("allocation")
 }
 
 /// Live allocations (desired run, not finished): (name, node).
@@ -97,11 +113,7 @@ async fn a_three_copy_service_lands_on_three_nodes_when_they_fit() {
     cluster.leader().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let _reaper = common::Reaper(dir.path().to_path_buf());
-    let mut agents = Vec::new();
-    for id in ["a", "b", "c"] {
-        agents.push(start_agent(&cluster, id, &dir.path().join(id)).await);
-        common::wait_status(&cluster, 1, id, "ready").await;
-    }
+    let agents = three_ready_agents(&cluster, dir.path()).await;
     // No distinct_hosts: the scheduler's job anti-affinity spreads them, as Nomad's does.
     submit(&cluster, 1, &service("web", 3, 100)).await;
     let placed = wait_for("three running allocations", || async {
@@ -112,6 +124,60 @@ async fn a_three_copy_service_lands_on_three_nodes_when_they_fit() {
     let mut nodes: Vec<String> = live(&placed).into_iter().map(|(_, n)| n).collect();
     nodes.sort();
     assert_eq!(nodes, ["a", "b", "c"], "one machine's loss takes one copy, not all");
+    for agent in agents {
+        agent.stop().await;
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_task_is_rescheduled_on_other_nodes_with_growing_delays() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    // Delays need the raised format (a fresh cluster raises it at once).
+    cluster.format_raised().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let agents = three_ready_agents(&cluster, dir.path()).await;
+    let mut job = service("crashy", 1, 100);
+    job.task_groups[0].tasks[0].driver =
+        helios_core::TaskDriver::Exec(helios_core::ExecConfig::new("sh", vec!["-c".into(), "exit 1".into()]));
+    job.task_groups[0].restart.attempts = 0;
+    job.task_groups[0].reschedule = helios_core::ReschedulePolicy {
+        attempts: 0,
+        interval_secs: 0,
+        delay_secs: 5,
+        delay_function: helios_core::DelayFunction::Exponential,
+        max_delay_secs: 20,
+        unlimited: true,
+    };
+    submit(&cluster, 1, &job).await;
+    // Three failures: the first placement and two reschedules.
+    let failed = wait_for("three failed allocations", || async {
+        let s = status(&cluster, 1, "crashy").await;
+        let mut failed: Vec<pb::Allocation> =
+            s.allocations.into_iter().filter(|a| a.client_status == "failed").collect();
+        failed.sort_by_key(|a| a.created_at_ms);
+        (failed.len() >= 3).then_some(failed)
+    })
+    .await;
+    let third = get_allocation(&cluster, &failed[2].id).await;
+    let delays: Vec<u64> = third.reschedule_events.iter().map(|e| e.delay_secs).collect();
+    assert_eq!(delays, [5, 10], "exponential from 5 s");
+    let replaced: Vec<&str> = third.reschedule_events.iter().map(|e| e.prev_alloc_id.as_str()).collect();
+    assert_eq!(replaced, [failed[0].id.as_str(), failed[1].id.as_str()]);
+    // Each waited its delay after the failure it replaced.
+    for (i, event) in third.reschedule_events.iter().enumerate() {
+        let failed_at = failed[i].task_states.values().filter_map(|t| t.finished_at_ms).max().expect("finished");
+        assert!(event.at_ms >= failed_at + event.delay_secs * 1000, "event {i} came early: {event:?}");
+    }
+    let nodes: std::collections::BTreeSet<&str> = failed[..3].iter().map(|a| a.node_id.as_str()).collect();
+    assert_eq!(nodes.len(), 3, "each replacement avoided the nodes that failed before: {failed:?}");
+    // What becomes of each: the first was replaced, the latest waits for its 20 s delay.
+    let first = get_allocation(&cluster, &failed[0].id).await;
+    assert_eq!(first.next_allocation.as_deref(), Some(failed[1].id.as_str()));
+    let third_failed_at = third.task_states.values().filter_map(|t| t.finished_at_ms).max().expect("finished");
+    assert_eq!(third.reschedule_at_ms, Some(third_failed_at + 20_000), "next: 20 s, the ceiling");
     for agent in agents {
         agent.stop().await;
     }
@@ -163,7 +229,7 @@ async fn system_jobs_run_on_every_node_including_new_ones() {
     let a = start_agent(&cluster, "a", &dir.path().join("a")).await;
     common::wait_status(&cluster, 1, "a", "ready").await;
     let mut agent = service("agent", 1, 50);
-    agent.job_type = JobType::System;
+    agent.set_type(JobType::System);
     submit(&cluster, 1, &agent).await;
     wait_for("one allocation on a", || async { (live(&status(&cluster, 1, "agent").await).len() == 1).then_some(()) })
         .await;

@@ -35,7 +35,7 @@ pub async fn run(servers: &Servers, args: NodeLossArgs) -> Result<()> {
     let mut nodes = pb::node_service_client::NodeServiceClient::new(channel);
     let name = format!("node-loss-{}", std::process::id());
     let mut job = Job::exec(&name, "sleep", vec!["3600".to_string()]);
-    job.job_type = JobType::Service;
+    job.set_type(JobType::Service);
     job.task_groups[0].count = 2;
     jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await.context("submitting the job")?;
 

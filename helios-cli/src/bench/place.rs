@@ -186,7 +186,7 @@ fn simulated_node(run_id: &str, i: u32, args: &PlaceArgs) -> pb::Node {
 /// A service job that only this run's simulated nodes can take.
 fn bench_job(name: &str, run_id: &str, count: u32) -> Job {
     let mut job = Job::exec(name, "sleep", vec!["3600".to_string()]);
-    job.job_type = JobType::Service;
+    job.set_type(JobType::Service);
     job.constraints.push(Constraint {
         attribute: "meta.helios_bench".to_string(),
         operator: ConstraintOperator::Equal,

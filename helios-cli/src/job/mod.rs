@@ -205,7 +205,7 @@ impl RunArgs {
             }),
         };
         let mut job = Job::exec(name, "", Vec::new());
-        job.job_type = job_type;
+        job.set_type(job_type);
         job.priority = self.priority;
         let group = &mut job.task_groups[0];
         group.count = self.count;

@@ -1,7 +1,7 @@
 //! A stored job written back in the job-file shape (`job inspect`): what it prints can be saved
 //! as a `.json` file and submitted again unchanged.
 
-use helios_core::{Constraint, Job, RestartMode, Task, TaskDriver, TaskGroup};
+use helios_core::{Constraint, Job, JobType, ReschedulePolicy, RestartMode, Task, TaskDriver, TaskGroup};
 use serde_json::{json, Value};
 
 pub fn to_file_json(job: &Job) -> Value {
@@ -11,11 +11,11 @@ pub fn to_file_json(job: &Job) -> Value {
         "priority": job.priority,
         "meta": job.meta,
         "constraint": constraints(&job.constraints),
-        "group": job.task_groups.iter().map(group).collect::<Vec<_>>(),
+        "group": job.task_groups.iter().map(|g| group(g, job.job_type)).collect::<Vec<_>>(),
     })
 }
 
-fn group(g: &TaskGroup) -> Value {
+fn group(g: &TaskGroup, job_type: JobType) -> Value {
     let mode = match g.restart.mode {
         RestartMode::Fail => "fail",
         RestartMode::Delay => "delay",
@@ -33,6 +33,17 @@ fn group(g: &TaskGroup) -> Value {
         "constraint": constraints(&g.constraints),
         "task": g.tasks.iter().map(task).collect::<Vec<_>>(),
     });
+    if g.reschedule != ReschedulePolicy::default_for(job_type) {
+        let r = &g.reschedule;
+        group["reschedule"] = json!({
+            "attempts": r.attempts,
+            "interval": format!("{}s", r.interval_secs),
+            "delay": format!("{}s", r.delay_secs),
+            "delay_function": r.delay_function.as_str(),
+            "max_delay": format!("{}s", r.max_delay_secs),
+            "unlimited": r.unlimited,
+        });
+    }
     if !g.ports.is_empty() {
         let port = |p: &helios_core::GroupPort| match p.static_port {
             Some(port) => json!({ "static": port }),

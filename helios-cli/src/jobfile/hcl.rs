@@ -50,6 +50,14 @@ const fn attr(name: &'static str, ty: Ty) -> Field {
 const CONSTRAINT: &[Field] = &[attr("attribute", Ty::Str), attr("operator", Ty::Str), attr("value", Ty::Str)];
 const RESTART: &[Field] =
     &[attr("attempts", Ty::Int), attr("interval", Ty::Str), attr("delay", Ty::Str), attr("mode", Ty::Str)];
+const RESCHEDULE: &[Field] = &[
+    attr("attempts", Ty::Int),
+    attr("interval", Ty::Str),
+    attr("delay", Ty::Str),
+    attr("delay_function", Ty::Str),
+    attr("max_delay", Ty::Str),
+    attr("unlimited", Ty::Bool),
+];
 const PORT: &[Field] = &[attr("static", Ty::Port), attr("to", Ty::Port)];
 const NETWORK: &[Field] = &[attr("mode", Ty::Str), Field { name: "port", kind: Kind::Keyed(PORT) }];
 const RESOURCES: &[Field] = &[attr("cpu", Ty::Int), attr("memory", Ty::Int)];
@@ -82,6 +90,7 @@ const GROUP: &[Field] = &[
     attr("count", Ty::Int),
     Field { name: "constraint", kind: Kind::Repeated(CONSTRAINT) },
     Field { name: "restart", kind: Kind::Block(RESTART) },
+    Field { name: "reschedule", kind: Kind::Block(RESCHEDULE) },
     attr("meta", Ty::StrMap),
     Field { name: "network", kind: Kind::Block(NETWORK) },
     Field { name: "task", kind: Kind::Named(TASK) },
@@ -92,6 +101,7 @@ const JOB: &[Field] = &[
     attr("datacenters", Ty::StrList),
     attr("meta", Ty::StrMap),
     Field { name: "constraint", kind: Kind::Repeated(CONSTRAINT) },
+    Field { name: "reschedule", kind: Kind::Block(RESCHEDULE) },
     Field { name: "group", kind: Kind::Named(GROUP) },
 ];
 

@@ -1,14 +1,14 @@
 //! A job file's shape, shared by every format: TOML and JSON deserialize into it directly, HCL is
 //! read into it by `hcl.rs`. It follows Nomad's jobspec (job, group, task, config, env,
-//! resources, constraint, restart, meta, network ports) so a Nomad user's file maps one to one.
+//! resources, constraint, restart, reschedule, meta, network ports) so a Nomad user's file maps one to one.
 //! Unknown fields are refused by name, never dropped.
 
 use std::collections::BTreeMap;
 
 use helios_core::job::DEFAULT_PRIORITY;
 use helios_core::{
-    Constraint, ConstraintOperator, DockerConfig, DockerDevice, ExecConfig, GroupPort, Job, JobType, PortMapping,
-    Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup,
+    Constraint, ConstraintOperator, DelayFunction, DockerConfig, DockerDevice, ExecConfig, GroupPort, Job, JobType,
+    PortMapping, ReschedulePolicy, Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup,
 };
 use serde::Deserialize;
 
@@ -25,6 +25,8 @@ pub struct JobSpec {
     pub meta: BTreeMap<String, String>,
     #[serde(default)]
     pub constraint: Vec<ConstraintSpec>,
+    /// Every group's, unless the group sets its own (field by field, as Nomad merges them).
+    pub reschedule: Option<RescheduleSpec>,
     #[serde(default)]
     pub group: Vec<GroupSpec>,
 }
@@ -37,6 +39,7 @@ pub struct GroupSpec {
     #[serde(default)]
     pub constraint: Vec<ConstraintSpec>,
     pub restart: Option<RestartSpec>,
+    pub reschedule: Option<RescheduleSpec>,
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
     pub network: Option<NetworkSpec>,
@@ -130,6 +133,63 @@ pub struct ResourcesSpec {
     pub memory: Option<u32>,
 }
 
+/// Nomad's `reschedule` block; what it leaves out comes from the job's block, then the job
+/// type's defaults.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RescheduleSpec {
+    pub attempts: Option<u32>,
+    pub interval: Option<String>,
+    pub delay: Option<String>,
+    pub delay_function: Option<String>,
+    pub max_delay: Option<String>,
+    pub unlimited: Option<bool>,
+}
+
+impl RescheduleSpec {
+    /// `self` with what it leaves out taken from `outer`.
+    fn over(&self, outer: &RescheduleSpec) -> RescheduleSpec {
+        RescheduleSpec {
+            attempts: self.attempts.or(outer.attempts),
+            interval: self.interval.clone().or_else(|| outer.interval.clone()),
+            delay: self.delay.clone().or_else(|| outer.delay.clone()),
+            delay_function: self.delay_function.clone().or_else(|| outer.delay_function.clone()),
+            max_delay: self.max_delay.clone().or_else(|| outer.max_delay.clone()),
+            unlimited: self.unlimited.or(outer.unlimited),
+        }
+    }
+
+    fn to_policy(&self, p: &mut Problems, path: &str, job_type: JobType) -> ReschedulePolicy {
+        if job_type == JobType::System {
+            p.add(path, "a system job is not rescheduled (it runs on every eligible node): leave reschedule out");
+            return ReschedulePolicy::default_for(job_type);
+        }
+        let mut policy = ReschedulePolicy::default_for(job_type);
+        if let Some(attempts) = self.attempts {
+            policy.attempts = attempts;
+            // Attempts given without `unlimited` mean a limit (a service's default is unlimited).
+            policy.unlimited = false;
+        }
+        policy.unlimited = self.unlimited.unwrap_or(policy.unlimited);
+        let secs = |p: &mut Problems, field: &str, text: &Option<String>, default: u64| {
+            let default = u32::try_from(default).unwrap_or(u32::MAX);
+            u64::from(duration(p, &format!("{path}.{field}"), text, default))
+        };
+        policy.interval_secs = secs(p, "interval", &self.interval, policy.interval_secs);
+        policy.delay_secs = secs(p, "delay", &self.delay, policy.delay_secs);
+        policy.max_delay_secs = secs(p, "max_delay", &self.max_delay, policy.max_delay_secs);
+        if let Some(name) = &self.delay_function {
+            match DelayFunction::parse(name) {
+                Some(f) => policy.delay_function = f,
+                None => {
+                    p.add(&format!("{path}.delay_function"), format!("must be {}, got {name:?}", DelayFunction::NAMES))
+                }
+            }
+        }
+        policy
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSpec {
@@ -185,7 +245,7 @@ impl JobSpec {
             p.add("group", "a job needs at least one group");
         }
         let mut job = Job::exec(&self.name, "", Vec::new());
-        job.job_type = job_type;
+        job.set_type(job_type);
         job.priority = self.priority.unwrap_or(DEFAULT_PRIORITY);
         job.meta = self.meta.clone();
         job.constraints = constraints(&mut p, "constraint", &self.constraint);
@@ -195,6 +255,16 @@ impl JobSpec {
             .enumerate()
             .map(|(i, g)| g.to_group(&mut p, &format!("group[{i}]"), job_type, &mut notes))
             .collect();
+        for (i, (group, spec)) in job.task_groups.iter_mut().zip(&self.group).enumerate() {
+            let merged = match (&spec.reschedule, &self.reschedule) {
+                (None, None) => continue,
+                (Some(own), None) => own.clone(),
+                (None, Some(job_wide)) => job_wide.clone(),
+                (Some(own), Some(job_wide)) => own.over(job_wide),
+            };
+            let at = if spec.reschedule.is_some() { format!("group[{i}].reschedule") } else { "reschedule".into() };
+            group.reschedule = merged.to_policy(&mut p, &at, job_type);
+        }
         if p.0.is_empty() {
             Ok((job, notes))
         } else {
@@ -261,6 +331,7 @@ impl GroupSpec {
             tasks,
             constraints: constraints(p, &format!("{path}.constraint"), &self.constraint),
             restart,
+            reschedule: ReschedulePolicy::default_for(job_type),
             meta: self.meta.clone(),
             ports: own,
         }

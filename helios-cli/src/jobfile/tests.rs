@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use helios_core::{JobType, PortMapping, RestartMode, TaskDriver};
+use helios_core::{DelayFunction, JobType, PortMapping, RestartMode, TaskDriver};
 
 use super::spec::parse_duration_secs;
 use super::*;
@@ -347,6 +347,58 @@ job "net" {
     for field in ["privileged", "cap_add", "cap_drop", "devices"] {
         assert!(err.contains(&format!("config.{field}: is for the docker driver")), "{field}: {err}");
     }
+}
+
+#[test]
+fn reschedule_blocks_merge_group_over_job_over_the_types_defaults_and_export_back() {
+    let text = r#"
+job "api" {
+  reschedule {
+    delay          = "10s"
+    delay_function = "fibonacci"
+    max_delay      = "2m"
+  }
+  group "web" {
+    reschedule {
+      attempts = 3
+      interval = "15m"
+    }
+    task "t" {
+      driver = "exec"
+      config { command = "/bin/true" }
+    }
+  }
+  group "worker" {
+    task "t" {
+      driver = "exec"
+      config { command = "/bin/true" }
+    }
+  }
+}
+"#;
+    let job = parse(text, Format::Hcl).expect("parses").job;
+    let web = &job.task_groups[0].reschedule;
+    assert_eq!((web.attempts, web.interval_secs, web.unlimited), (3, 900, false), "attempts given: limited");
+    assert_eq!((web.delay_secs, web.delay_function, web.max_delay_secs), (10, DelayFunction::Fibonacci, 120));
+    let worker = &job.task_groups[1].reschedule;
+    assert!(worker.unlimited, "a service's default, with the job's delays");
+    assert_eq!((worker.delay_secs, worker.delay_function), (10, DelayFunction::Fibonacci));
+    let written = serde_json::to_string_pretty(&export::to_file_json(&job)).expect("json");
+    assert!(job.same_spec(&parse(&written, Format::Json).expect("exported").job), "{written}");
+
+    // Nomad's rules, by field; and none at all for a system job.
+    let bad = text.replace(r#""10s""#, r#""1s""#).replace(r#""fibonacci""#, r#""linear""#);
+    let err = parse(&bad, Format::Hcl).err().expect("refused").to_string();
+    assert!(err.contains("reschedule.delay_function: must be constant, exponential or fibonacci"), "{err}");
+    let bad = text.replace(r#""10s""#, r#""1s""#);
+    let err = parse(&bad, Format::Hcl).err().expect("refused").to_string();
+    assert!(err.contains("group[0].reschedule.delay: must be at least 5s, got 1s"), "{err}");
+    let system = text.replace("job \"api\" {", "job \"api\" {\n  type = \"system\"");
+    let err = parse(&system, Format::Hcl).err().expect("refused").to_string();
+    assert!(err.contains("a system job is not rescheduled"), "{err}");
+    let typo = text.replace("attempts = 3", "attempt = 3");
+    let err = parse(&typo, Format::Hcl).err().expect("refused").to_string();
+    assert!(err.contains("line 10: attribute `attempt` in `reschedule` is not supported"), "{err}");
 }
 
 #[test]

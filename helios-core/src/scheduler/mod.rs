@@ -40,6 +40,12 @@ pub trait StateView {
     fn node_usage(&self, node_id: &str) -> Resources;
     /// The allocation that holds fixed host port `port` on a node, if one does.
     fn host_port_holder(&self, node_id: &str, port: u16) -> Option<&str>;
+    /// False while the cluster's stored format predates delayed reschedules (a rolling upgrade
+    /// from format 6): failed allocations are then replaced at once, at most
+    /// `MAX_LEGACY_RESCHEDULES` times per slot and version, as the older build does.
+    fn delays_reschedules(&self) -> bool {
+        true
+    }
 }
 
 /// Plans evaluation `eval`. `new_id` makes allocation ids (the caller's source of identity keeps
@@ -54,6 +60,7 @@ pub fn schedule(view: &impl StateView, eval: &Evaluation, now: Timestamp, new_id
         in_place: Vec::new(),
         job_version: 0,
         failed_placements: BTreeMap::new(),
+        reschedule_at: None,
     };
     let existing = view.allocations_of_job(&eval.job_name);
     let job = view.job(&eval.job_name).filter(|j| !j.stopped);
@@ -67,7 +74,8 @@ pub fn schedule(view: &impl StateView, eval: &Evaluation, now: Timestamp, new_id
     // Decide every stop first, so placements can use the room (and the hosts) they free.
     let mut asks = Vec::new();
     for group in &job.task_groups {
-        asks.push(reconcile::reconcile_group(job, group, &existing, &nodes_by_id, view.nodes(), &mut plan));
+        let slots = reconcile::Slots { job, group, existing: &existing, delays: view.delays_reschedules(), now };
+        asks.push(slots.reconcile(&nodes_by_id, view.nodes(), &mut plan));
     }
     reconcile::stop_removed_groups(job, &existing, &mut plan);
     let stopping: BTreeSet<&str> = plan.stops.iter().map(|s| s.alloc_id.as_str()).collect();

@@ -10,10 +10,14 @@ use crate::alloc::{AllocClientStatus, AllocDesiredStatus, Allocation};
 use crate::job::{Job, JobType, TaskGroup};
 use crate::node::{Node, NodeEligibility, NodeStatus};
 use crate::plan::{AllocStop, Plan};
+use crate::reschedule::{Reschedule, RescheduleEvent};
+use crate::time::Timestamp;
 
-/// A failed allocation is placed again at most this many times per slot and job version; after
-/// that the slot stays empty and `job status` says why.
-pub const MAX_RESCHEDULES: usize = 3;
+/// A system job's allocation that failed on a node is placed there again at most this many
+/// times per job version; after that the node is given up on and `job status` says why. (The
+/// same bound holds for a counted slot while the cluster cannot delay reschedules, see
+/// `StateView::delays_reschedules`.)
+pub const MAX_LEGACY_RESCHEDULES: usize = 3;
 
 /// One allocation to place.
 #[derive(Debug, Clone)]
@@ -21,6 +25,9 @@ pub struct Ask {
     pub name: String,
     /// Only on this node (system jobs).
     pub node_id: Option<String>,
+    /// For a replacement of a failure: the reschedules so far, this one last. Their nodes are
+    /// avoided where others fit (`select`).
+    pub reschedule_events: Vec<RescheduleEvent>,
 }
 
 pub fn alloc_name(job: &str, group: &str, index: usize) -> String {
@@ -57,92 +64,123 @@ pub fn stop_removed_groups(job: &Job, existing: &[&Allocation], plan: &mut Plan)
     }
 }
 
-/// Stops what must not keep running and returns the slots to fill.
-pub fn reconcile_group(
-    job: &Job,
-    group: &TaskGroup,
-    existing: &[&Allocation],
-    nodes_by_id: &BTreeMap<&str, &Node>,
-    nodes: &[Node],
-    plan: &mut Plan,
-) -> Vec<Ask> {
-    let mine: Vec<&Allocation> = existing.iter().copied().filter(|a| a.task_group == group.name).collect();
-    // Live allocations that may stay: on a usable node, of the current version.
-    let mut keep: Vec<&Allocation> = Vec::new();
-    let compiled = super::CompiledConstraints::for_group(job, group);
-    for alloc in mine.iter().copied().filter(|a| is_live(a)) {
-        match nodes_by_id.get(alloc.node_id.as_str()) {
-            None => stop(plan, alloc, AllocDesiredStatus::Stop, true, "node is gone"),
-            Some(node) if node.status == NodeStatus::Down => {
-                stop(plan, alloc, AllocDesiredStatus::Stop, true, "node down")
-            }
-            Some(node) if node.drain => stop(plan, alloc, AllocDesiredStatus::Evict, false, "node draining"),
-            // The new version's constraints rule the node out (a host a Helios-style job was
-            // undeployed from, say): stopped, and placed again where they allow.
-            Some(node) if alloc.job_version != job.version && compiled.constraint_rejects(node).is_some() => {
-                stop(plan, alloc, AllocDesiredStatus::Stop, false, "its node no longer meets the job's constraints")
-            }
-            Some(_) if alloc.job_version != job.version && alloc.group_fingerprint == group.fingerprint() => {
-                // Only counts changed: keep it, as an allocation of the new version.
-                plan.in_place.push(alloc.id.clone());
-                keep.push(alloc);
-            }
-            Some(_) if alloc.job_version != job.version => {
-                stop(plan, alloc, AllocDesiredStatus::Stop, false, &format!("replaced by job version {}", job.version))
-            }
-            Some(_) => keep.push(alloc),
-        }
-    }
-    match job.job_type {
-        JobType::System => system_slots(job, group, &mine, keep, nodes, plan),
-        JobType::Service | JobType::Batch => counted_slots(job, group, &mine, keep, plan),
-    }
+/// One task group's slots, as the scheduler reconciles them.
+pub struct Slots<'a> {
+    pub job: &'a Job,
+    pub group: &'a TaskGroup,
+    /// Every allocation of the job, terminal ones included.
+    pub existing: &'a [&'a Allocation],
+    /// `StateView::delays_reschedules`.
+    pub delays: bool,
+    pub now: Timestamp,
 }
 
-fn counted_slots(
-    job: &Job,
-    group: &TaskGroup,
-    mine: &[&Allocation],
-    keep: Vec<&Allocation>,
-    plan: &mut Plan,
-) -> Vec<Ask> {
-    let count = group.count as usize;
-    let mut filled: BTreeSet<usize> = BTreeSet::new();
-    for alloc in keep {
-        match slot_index(&alloc.name) {
-            Some(i) if i < count && filled.insert(i) => {}
-            Some(i) if i >= count => stop(plan, alloc, AllocDesiredStatus::Stop, false, "scaled down"),
-            _ => stop(plan, alloc, AllocDesiredStatus::Stop, false, "duplicate of its slot"),
-        }
-    }
-    let current: Vec<&Allocation> = mine.iter().copied().filter(|a| a.job_version == job.version).collect();
-    if job.job_type == JobType::Batch {
-        // A batch slot that finished is done for this version.
-        for alloc in current.iter().filter(|a| a.client_status == AllocClientStatus::Complete) {
-            if let Some(i) = slot_index(&alloc.name) {
-                filled.insert(i);
+impl Slots<'_> {
+    /// Stops what must not keep running and returns the slots to fill.
+    pub fn reconcile(&self, nodes_by_id: &BTreeMap<&str, &Node>, nodes: &[Node], plan: &mut Plan) -> Vec<Ask> {
+        let (job, group) = (self.job, self.group);
+        let mine: Vec<&Allocation> = self.existing.iter().copied().filter(|a| a.task_group == group.name).collect();
+        // Live allocations that may stay: on a usable node, of the current version.
+        let mut keep: Vec<&Allocation> = Vec::new();
+        let compiled = super::CompiledConstraints::for_group(job, group);
+        for alloc in mine.iter().copied().filter(|a| is_live(a)) {
+            match nodes_by_id.get(alloc.node_id.as_str()) {
+                None => stop(plan, alloc, AllocDesiredStatus::Stop, true, "node is gone"),
+                Some(node) if node.status == NodeStatus::Down => {
+                    stop(plan, alloc, AllocDesiredStatus::Stop, true, "node down")
+                }
+                Some(node) if node.drain => stop(plan, alloc, AllocDesiredStatus::Evict, false, "node draining"),
+                // The new version's constraints rule the node out (a host a Helios-style job was
+                // undeployed from, say): stopped, and placed again where they allow.
+                Some(node) if alloc.job_version != job.version && compiled.constraint_rejects(node).is_some() => {
+                    stop(plan, alloc, AllocDesiredStatus::Stop, false, "its node no longer meets the job's constraints")
+                }
+                Some(_) if alloc.job_version != job.version && alloc.group_fingerprint == group.fingerprint() => {
+                    // Only counts changed: keep it, as an allocation of the new version.
+                    plan.in_place.push(alloc.id.clone());
+                    keep.push(alloc);
+                }
+                Some(_) if alloc.job_version != job.version => stop(
+                    plan,
+                    alloc,
+                    AllocDesiredStatus::Stop,
+                    false,
+                    &format!("replaced by job version {}", job.version),
+                ),
+                Some(_) => keep.push(alloc),
             }
         }
-    }
-    let mut asks = Vec::new();
-    let mut given_up = 0;
-    for i in (0..count).filter(|i| !filled.contains(i)) {
-        let name = alloc_name(&job.name, &group.name, i);
-        let failures =
-            current.iter().filter(|a| a.name == name && a.client_status == AllocClientStatus::Failed).count();
-        if failures > MAX_RESCHEDULES {
-            given_up += 1;
-            continue;
+        match job.job_type {
+            JobType::System => system_slots(job, group, &mine, keep, nodes, plan),
+            JobType::Service | JobType::Batch => self.counted(&mine, keep, plan),
         }
-        asks.push(Ask { name, node_id: None });
     }
-    if given_up > 0 {
-        plan.failed_placements.insert(
-            group.name.clone(),
-            format!("{given_up} allocation(s) failed more than {MAX_RESCHEDULES} times; not rescheduling"),
-        );
+
+    fn counted(&self, mine: &[&Allocation], keep: Vec<&Allocation>, plan: &mut Plan) -> Vec<Ask> {
+        let (job, group) = (self.job, self.group);
+        let count = group.count as usize;
+        let mut filled: BTreeSet<usize> = BTreeSet::new();
+        for alloc in keep {
+            match slot_index(&alloc.name) {
+                Some(i) if i < count && filled.insert(i) => {}
+                Some(i) if i >= count => stop(plan, alloc, AllocDesiredStatus::Stop, false, "scaled down"),
+                _ => stop(plan, alloc, AllocDesiredStatus::Stop, false, "duplicate of its slot"),
+            }
+        }
+        let current: Vec<&Allocation> = mine.iter().copied().filter(|a| a.job_version == job.version).collect();
+        if job.job_type == JobType::Batch {
+            // A batch slot that finished is done for this version.
+            for alloc in current.iter().filter(|a| a.client_status == AllocClientStatus::Complete) {
+                if let Some(i) = slot_index(&alloc.name) {
+                    filled.insert(i);
+                }
+            }
+        }
+        let mut asks = Vec::new();
+        let mut not_rescheduled: BTreeMap<String, usize> = BTreeMap::new();
+        for i in (0..count).filter(|i| !filled.contains(i)) {
+            let name = alloc_name(&job.name, &group.name, i);
+            // The slot's last allocation of this version decides: a failure is rescheduled by the
+            // group's policy; anything else (lost, stopped, never placed) is replaced at once.
+            let last = current.iter().copied().filter(|a| a.name == name).max_by_key(|a| (a.created_at, &a.id));
+            match last {
+                Some(failed) if failed.client_status == AllocClientStatus::Failed && !self.delays => {
+                    let failures = current
+                        .iter()
+                        .filter(|a| a.name == name && a.client_status == AllocClientStatus::Failed)
+                        .count();
+                    if failures > MAX_LEGACY_RESCHEDULES {
+                        let why = format!("failed more than {MAX_LEGACY_RESCHEDULES} times");
+                        *not_rescheduled.entry(why).or_default() += 1;
+                    } else {
+                        asks.push(Ask { name, node_id: None, reschedule_events: Vec::new() });
+                    }
+                }
+                Some(failed) if failed.client_status == AllocClientStatus::Failed => {
+                    match group.reschedule.decide(failed, self.now) {
+                        Reschedule::Now(events) => asks.push(Ask { name, node_id: None, reschedule_events: events }),
+                        Reschedule::At(at) => {
+                            plan.reschedule_at = Some(plan.reschedule_at.map_or(at, |t| t.min(at)));
+                        }
+                        Reschedule::Never(why) => *not_rescheduled.entry(why).or_default() += 1,
+                    }
+                }
+                // A replacement of a replacement still counts the failures before it.
+                Some(other) => {
+                    asks.push(Ask { name, node_id: None, reschedule_events: other.reschedule_events.clone() })
+                }
+                None => asks.push(Ask { name, node_id: None, reschedule_events: Vec::new() }),
+            }
+        }
+        if !not_rescheduled.is_empty() {
+            let reasons: Vec<String> = not_rescheduled
+                .iter()
+                .map(|(why, n)| format!("{n} allocation(s) failed and are not rescheduled: {why}"))
+                .collect();
+            plan.failed_placements.insert(group.name.clone(), reasons.join("; "));
+        }
+        asks
     }
-    asks
 }
 
 fn system_slots(
@@ -174,16 +212,20 @@ fn system_slots(
         .filter(|n| n.status == NodeStatus::Ready && n.eligibility == NodeEligibility::Eligible && !n.drain)
         .filter(|n| !covered.contains(n.id.as_str()))
         .filter(|n| {
-            let give_up = failures(&n.id) > MAX_RESCHEDULES;
+            let give_up = failures(&n.id) > MAX_LEGACY_RESCHEDULES;
             given_up += usize::from(give_up);
             !give_up
         })
-        .map(|n| Ask { name: alloc_name(&job.name, &group.name, 0), node_id: Some(n.id.clone()) })
+        .map(|n| Ask {
+            name: alloc_name(&job.name, &group.name, 0),
+            node_id: Some(n.id.clone()),
+            reschedule_events: Vec::new(),
+        })
         .collect();
     if given_up > 0 {
         plan.failed_placements.insert(
             group.name.clone(),
-            format!("failed more than {MAX_RESCHEDULES} times on {given_up} node(s); not placing there again"),
+            format!("failed more than {MAX_LEGACY_RESCHEDULES} times on {given_up} node(s); not placing there again"),
         );
     }
     asks

@@ -172,7 +172,8 @@ impl<'a, V: StateView> Placer<'a, V> {
                 continue;
             };
             found += 1;
-            let score = with_anti_affinity(score, group_here, group.count);
+            let failed_here = ask.reschedule_events.iter().any(|e| e.prev_node_id == node.id);
+            let score = combined_score(score, group_here, group.count, failed_here);
             let candidate = Candidate { node, score, group_here, dynamic };
             if best.as_ref().is_none_or(|b| better(&candidate, b)) {
                 best = Some(candidate);
@@ -215,6 +216,7 @@ impl<'a, V: StateView> Placer<'a, V> {
             task_states: BTreeMap::new(),
             created_at: now,
             modified_at: now,
+            reschedule_events: ask.reschedule_events.clone(),
         })
     }
 }
@@ -281,16 +283,25 @@ fn fit_score(capacity: Resources, used: Resources, ask: Resources) -> Option<f64
     Some((util(cpu, capacity.cpu_mhz) + util(mem, capacity.memory_mb)) / 2.0)
 }
 
-/// Nomad's job anti-affinity: a node that already runs `here` of the group's `count`
-/// allocations scores `-(here + 1) / count` on it, averaged with the fit, so that copies of a
-/// service spread over nodes when they fit elsewhere (one machine's loss does not take them all)
-/// and still pack when only one node has room.
-fn with_anti_affinity(fit: f64, here: u32, count: u32) -> f64 {
-    if here == 0 {
-        return fit;
+/// Nomad's scoring: the fit, and a term for each preference that applies to the node, averaged.
+///
+/// - Job anti-affinity: a node that already runs `here` of the group's `count` allocations
+///   scores `-(here + 1) / count`, so that copies of a service spread over nodes when they fit
+///   elsewhere (one machine's loss does not take them all) and still pack when only one node
+///   has room.
+/// - Reschedule penalty: a node where an earlier allocation of this slot failed scores -1, so a
+///   replacement goes elsewhere when it can (the node may be the cause) and back there when not.
+fn combined_score(fit: f64, here: u32, count: u32, failed_here: bool) -> f64 {
+    let (mut sum, mut terms) = (fit, 1.0);
+    if here > 0 {
+        sum -= f64::from(here + 1) / f64::from(count.max(1));
+        terms += 1.0;
     }
-    let penalty = f64::from(here + 1) / f64::from(count.max(1));
-    (fit - penalty) / 2.0
+    if failed_here {
+        sum -= 1.0;
+        terms += 1.0;
+    }
+    sum / terms
 }
 
 /// Higher score wins; on a tie, the node with fewer allocations of the group (spread).

@@ -4,12 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::reconcile::MAX_RESCHEDULES;
+use super::reconcile::MAX_LEGACY_RESCHEDULES;
 use super::*;
 use crate::alloc::{AllocClientStatus, AllocDesiredStatus};
 use crate::eval::EvalTrigger;
 use crate::job::{Constraint, ConstraintOperator, DockerConfig, JobType, TaskDriver};
 use crate::node::{NodeEligibility, NodeStatus};
+use crate::reschedule::ReschedulePolicy;
 
 #[derive(Default)]
 struct Harness {
@@ -18,6 +19,10 @@ struct Harness {
     nodes: Vec<Node>,
     allocs: BTreeMap<String, Allocation>,
     next_id: u64,
+    /// The scheduler's clock (milliseconds).
+    now: Timestamp,
+    /// The cluster is mid-upgrade from format 6 (`StateView::delays_reschedules`).
+    legacy: bool,
 }
 
 fn node(id: &str, cpu: u32, mem: u32) -> Node {
@@ -40,7 +45,8 @@ fn node(id: &str, cpu: u32, mem: u32) -> Node {
 
 fn service(name: &str, count: u32, cpu: u32, mem: u32) -> Job {
     let mut job = Job::exec(name, "sleep", vec!["1000".into()]);
-    job.job_type = JobType::Service;
+    job.set_type(JobType::Service);
+    job.task_groups[0].reschedule = ReschedulePolicy::default_for(JobType::Service);
     job.task_groups[0].count = count;
     job.task_groups[0].tasks[0].resources = Resources { cpu_mhz: cpu, memory_mb: mem };
     job
@@ -71,6 +77,9 @@ impl StateView for Harness {
             .find(|a| a.node_id == node_id && a.holds_host_ports() && a.host_ports.contains(&port))
             .map(|a| a.id.as_str())
     }
+    fn delays_reschedules(&self) -> bool {
+        !self.legacy
+    }
 }
 
 impl Harness {
@@ -81,10 +90,9 @@ impl Harness {
     }
 
     fn plan(&mut self, job_name: &str) -> Plan {
-        let eval =
-            Evaluation::new(format!("eval-{}", self.index), job_name, 50, EvalTrigger::JobRegister, Timestamp(1));
+        let eval = Evaluation::new(format!("eval-{}", self.index), job_name, 50, EvalTrigger::JobRegister, self.now);
         let mut counter = self.next_id;
-        let plan = schedule(&*self, &eval, Timestamp(1), &mut || {
+        let plan = schedule(&*self, &eval, self.now, &mut || {
             counter += 1;
             format!("alloc-{counter:06}")
         });
@@ -147,8 +155,14 @@ impl Harness {
     }
 
     fn set_client_status(&mut self, alloc_id: &str, status: AllocClientStatus) {
-        self.allocs.get_mut(alloc_id).expect("known allocation").client_status = status;
+        let alloc = self.allocs.get_mut(alloc_id).expect("known allocation");
+        alloc.client_status = status;
+        alloc.modified_at = self.now;
         self.index += 1;
+    }
+
+    fn advance_secs(&mut self, secs: u64) {
+        self.now = Timestamp(self.now.0 + secs * 1000);
     }
 
     fn node_mut(&mut self, id: &str) -> &mut Node {
@@ -343,9 +357,9 @@ fn a_replacement_takes_the_port_once_the_agent_reports_the_old_allocation_finish
 fn a_system_job_that_keeps_failing_on_a_node_is_given_up_there() {
     let mut h = Harness { nodes: vec![node("a", 4000, 4096)], ..Default::default() };
     let mut job = service("agent", 1, 100, 128);
-    job.job_type = JobType::System;
+    job.set_type(JobType::System);
     h.put_job(job);
-    for attempt in 0..=MAX_RESCHEDULES {
+    for attempt in 0..=MAX_LEGACY_RESCHEDULES {
         let plan = h.run("agent");
         assert_eq!(plan.placements.len(), 1, "attempt {attempt}");
         let id = plan.placements[0].id.clone();
@@ -361,7 +375,7 @@ fn an_update_whose_constraints_rule_out_a_node_stops_what_runs_there() {
     let mut h = Harness { nodes: vec![node("a", 4000, 4096), node("b", 4000, 4096)], ..Default::default() };
     let pinned = |ids: &str| {
         let mut job = service("agent", 1, 100, 128);
-        job.job_type = JobType::System;
+        job.set_type(JobType::System);
         job.constraints = vec![Constraint {
             attribute: "node.id".into(),
             operator: ConstraintOperator::Regexp,
@@ -541,34 +555,115 @@ fn lost_and_drained_allocations_are_replaced_elsewhere() {
 }
 
 #[test]
-fn batch_jobs_run_to_completion_and_failures_are_rescheduled_a_bounded_number_of_times() {
+fn batch_jobs_run_to_completion_and_a_failure_is_rescheduled_once_a_day_after_5_s() {
     let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
     let mut job = service("report", 2, 100, 100);
-    job.job_type = JobType::Batch;
+    job.set_type(JobType::Batch);
+    job.task_groups[0].reschedule = ReschedulePolicy::default_for(JobType::Batch);
     h.put_job(job);
     h.run("report");
     let ids: Vec<String> = h.live("report").iter().map(|a| a.id.clone()).collect();
     h.set_client_status(&ids[0], AllocClientStatus::Complete);
     h.set_client_status(&ids[1], AllocClientStatus::Failed);
+    let failed_at = h.now;
+    let waiting = h.run("report");
+    assert!(waiting.placements.is_empty(), "not before the delay");
+    assert_eq!(waiting.reschedule_at, Some(Timestamp(failed_at.0 + 5_000)));
+    h.advance_secs(5);
     let plan = h.run("report");
     assert_eq!(plan.placements.len(), 1, "only the failed slot runs again");
-    for _ in 0..MAX_RESCHEDULES {
-        let id = h.live("report")[0].id.clone();
-        h.set_client_status(&id, AllocClientStatus::Failed);
-        h.run("report");
-    }
-    assert!(h.live("report").is_empty());
-    assert!(h.plan("report").failed_placements["report"].contains("not rescheduling"));
+    assert_eq!(plan.placements[0].reschedule_events.len(), 1);
+    assert_eq!(plan.placements[0].previous_allocation(), Some(ids[1].as_str()));
+    let id = plan.placements[0].id.clone();
+    h.set_client_status(&id, AllocClientStatus::Failed);
+    h.advance_secs(60);
+    let given_up = h.run("report");
+    assert!(given_up.placements.is_empty() && given_up.reschedule_at.is_none());
+    let why = &given_up.failed_placements["report"];
+    assert!(why.contains("not rescheduled: rescheduled 1 time(s) in the last 24h"), "{why}");
+    // A day later the policy allows one more.
+    h.advance_secs(24 * 3600);
+    assert_eq!(h.run("report").placements.len(), 1);
 }
 
 #[test]
-fn services_replace_failed_allocations() {
-    let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+fn a_failing_service_is_rescheduled_with_growing_delays_away_from_the_nodes_that_failed_it() {
+    let mut h = Harness {
+        nodes: vec![node("a", 8000, 8192), node("b", 8000, 8192), node("c", 8000, 8192)],
+        ..Default::default()
+    };
     h.put_job(service("web", 1, 100, 100));
+    h.run("web");
+    let mut nodes_used = vec![h.live("web")[0].node_id.clone()];
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        let id = h.live("web")[0].id.clone();
+        h.set_client_status(&id, AllocClientStatus::Failed);
+        let failed_at = h.now;
+        let due = h.run("web").reschedule_at.expect("a reschedule is due later");
+        delays.push((due.0 - failed_at.0) / 1000);
+        h.now = due;
+        let plan = h.run("web");
+        assert_eq!(plan.placements.len(), 1);
+        nodes_used.push(plan.placements[0].node_id.clone());
+    }
+    assert_eq!(delays, [30, 60, 120], "Nomad's service default: exponential from 30 s");
+    let first_three: BTreeSet<&String> = nodes_used[..3].iter().collect();
+    assert_eq!(first_three.len(), 3, "each replacement avoided the nodes that failed before: {nodes_used:?}");
+    let last = &h.live("web")[0];
+    assert_eq!(last.reschedule_events.iter().map(|e| e.delay_secs).collect::<Vec<_>>(), [30, 60, 120]);
+}
+
+#[test]
+fn a_replacement_goes_back_to_the_failed_node_when_no_other_fits() {
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192), node("b", 100, 100)], ..Default::default() };
+    h.put_job(service("web", 1, 500, 500));
+    h.run("web");
+    let first = h.live("web")[0].clone();
+    assert_eq!(first.node_id, "a");
+    h.set_client_status(&first.id, AllocClientStatus::Failed);
+    h.advance_secs(30);
+    let plan = h.run("web");
+    assert_eq!(plan.placements[0].node_id, "a", "penalised, but the only node with room");
+}
+
+#[test]
+fn a_policy_without_attempts_leaves_the_slot_empty_and_says_why() {
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+    let mut job = service("web", 1, 100, 100);
+    job.task_groups[0].reschedule = ReschedulePolicy::disabled();
+    h.put_job(job);
     h.run("web");
     let id = h.live("web")[0].id.clone();
     h.set_client_status(&id, AllocClientStatus::Failed);
+    let plan = h.run("web");
+    assert!(plan.placements.is_empty() && plan.reschedule_at.is_none());
+    assert!(plan.failed_placements["web"].contains("allows no attempts"), "{:?}", plan.failed_placements);
+    // A new version is a new start: its allocation is placed.
+    let mut job = service("web", 1, 100, 100);
+    job.task_groups[0].reschedule = ReschedulePolicy::disabled();
+    job.meta.insert("v".into(), "2".into());
+    h.put_job(job);
     assert_eq!(h.run("web").placements.len(), 1);
+}
+
+#[test]
+fn mid_upgrade_a_failure_is_replaced_at_once_a_bounded_number_of_times_as_format_6_did() {
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192)], legacy: true, ..Default::default() };
+    h.put_job(service("web", 1, 100, 100));
+    h.run("web");
+    for _ in 0..MAX_LEGACY_RESCHEDULES {
+        let id = h.live("web")[0].id.clone();
+        h.set_client_status(&id, AllocClientStatus::Failed);
+        let plan = h.run("web");
+        assert_eq!(plan.placements.len(), 1, "at once");
+        assert!(plan.reschedule_at.is_none() && plan.placements[0].reschedule_events.is_empty());
+    }
+    let id = h.live("web")[0].id.clone();
+    h.set_client_status(&id, AllocClientStatus::Failed);
+    let plan = h.run("web");
+    assert!(plan.placements.is_empty());
+    assert!(plan.failed_placements["web"].contains("failed more than 3 times"), "{:?}", plan.failed_placements);
 }
 
 #[test]
@@ -577,7 +672,7 @@ fn system_jobs_run_once_per_eligible_node_including_new_ones() {
     ineligible.eligibility = NodeEligibility::Ineligible;
     let mut h = Harness { nodes: vec![node("a", 8000, 8192), node("b", 8000, 8192), ineligible], ..Default::default() };
     let mut job = service("agent", 1, 50, 50);
-    job.job_type = JobType::System;
+    job.set_type(JobType::System);
     h.put_job(job);
     h.run("agent");
     let mut on: Vec<String> = h.live("agent").iter().map(|a| a.node_id.clone()).collect();
@@ -633,7 +728,7 @@ fn a_system_job_skips_nodes_it_cannot_run_on_without_failing() {
     mac.attributes.insert("os".into(), "darwin".into());
     let mut h = Harness { nodes: vec![node("a", 8000, 8192), mac], ..Default::default() };
     let mut job = service("agent", 1, 50, 50);
-    job.job_type = JobType::System;
+    job.set_type(JobType::System);
     job.constraints.push(Constraint {
         attribute: "attr.os".into(),
         operator: ConstraintOperator::Equal,

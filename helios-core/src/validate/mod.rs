@@ -126,6 +126,12 @@ impl Job {
                 r.add(format!("{path}.name"), format!("duplicate task group name {:?}", group.name));
             }
             check_group(&mut r, &path, group);
+            if self.job_type == crate::job::JobType::System && !group.reschedule.is_disabled() {
+                r.add(
+                    format!("{path}.reschedule"),
+                    "a system job is not rescheduled (it runs on every eligible node): leave reschedule out",
+                );
+            }
         }
         r.finish()
     }
@@ -186,6 +192,9 @@ fn check_group(r: &mut Report, path: &str, group: &TaskGroup) {
     }
     if group.restart.interval_secs == 0 && group.restart.attempts > 0 {
         r.add(format!("{path}.restart.interval_secs"), "must be > 0 when attempts > 0");
+    }
+    for (field, problem) in group.reschedule.problems() {
+        r.add(format!("{path}.reschedule.{field}"), problem);
     }
     check_constraints(r, &format!("{path}.constraints"), &group.constraints);
     check_map(r, &format!("{path}.meta"), &group.meta, MAX_META_ENTRIES);

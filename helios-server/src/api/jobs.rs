@@ -6,6 +6,7 @@ use helios_api::pb::allocation_service_server::AllocationService;
 use helios_api::pb::job_service_server::JobService;
 use helios_core::acl::Capability;
 use helios_core::command::{JobDeregistered, JobRegistered, PlanApplied};
+use helios_core::reschedule::Followup;
 use helios_core::{
     AllocClientStatus, Allocation, Command, EvalStatus, EvalTrigger, Evaluation, Job, JobType, NodeStatus,
 };
@@ -362,7 +363,23 @@ impl AllocationService for Allocations {
     ) -> Result<Response<pb::GetAllocationResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
         let alloc = self.find(request.into_inner().id).await?;
-        Ok(Response::new(pb::GetAllocationResponse { allocation: Some(alloc_to_pb(&alloc)) }))
+        let mut out = alloc_to_pb(&alloc);
+        if alloc.client_status == helios_core::AllocClientStatus::Failed {
+            // What becomes of it: read with its job and the job's other allocations.
+            let name = alloc.job_name.clone();
+            let (job, siblings) = self
+                .cluster
+                .read(move |txn| Ok((read::job(txn, &name)?, read::allocations(txn, Some(&name), None)?)))
+                .await
+                .map_err(cluster_status)?;
+            match helios_core::reschedule::followup(&alloc, job.as_ref(), &siblings, now()) {
+                Some(Followup::ReplacedBy(id)) => out.next_allocation = Some(id),
+                Some(Followup::At(at)) => out.reschedule_at_ms = Some(at.as_millis()),
+                Some(Followup::Never(why)) => out.not_rescheduled = why,
+                None => {}
+            }
+        }
+        Ok(Response::new(pb::GetAllocationResponse { allocation: Some(out) }))
     }
 
     async fn stop_allocation(
@@ -398,6 +415,7 @@ impl AllocationService for Allocations {
             in_place: Vec::new(),
             job_version: alloc.job_version,
             failed_placements: Default::default(),
+            reschedule_at: None,
         };
         let eval_id = eval.id.clone();
         let command = Command::ApplyPlan { plan, eval };

@@ -1,7 +1,7 @@
 //! Queries over a read transaction. Callers decide how current the transaction must be (see
 //! `cluster::Cluster::read`).
 
-use helios_core::{Allocation, Evaluation, Job, Node};
+use helios_core::{Allocation, Evaluation, Job, Node, Timestamp};
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 
@@ -171,11 +171,14 @@ const MAX_PENDING_SCAN: usize = 16_384;
 /// The oldest evaluation waiting for the scheduler of each of up to `jobs` jobs, oldest first
 /// (ids are time-ordered). A job's later evaluations are left for later: they are planned on the
 /// earlier one's result.
-pub fn pending_evaluations(txn: &ReadTransaction, jobs: usize) -> Result<Vec<Evaluation>> {
+pub fn pending_evaluations(txn: &ReadTransaction, jobs: usize, now: Timestamp) -> Result<Vec<Evaluation>> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for row in table(txn, PENDING_EVALUATIONS)?.iter()?.take(MAX_PENDING_SCAN) {
-        let (id, _) = row?;
+        let (id, waits) = row?;
+        if pending_row_waits(waits.value(), now) {
+            continue;
+        }
         if let Some(eval) = get::<Evaluation>(txn, EVALUATIONS, id.value())? {
             if seen.insert(eval.job_name.clone()) {
                 out.push(eval);
@@ -186,6 +189,12 @@ pub fn pending_evaluations(txn: &ReadTransaction, jobs: usize) -> Result<Vec<Eva
         }
     }
     Ok(out)
+}
+
+/// A pending evaluation's index row holds its `wait_until` (8 bytes, big-endian) while it
+/// waits, and nothing otherwise.
+fn pending_row_waits(row: &[u8], now: Timestamp) -> bool {
+    <[u8; 8]>::try_from(row).is_ok_and(|b| u64::from_be_bytes(b) > now.0)
 }
 
 /// The jobs with live allocations on node `node_id`, with their priorities: a change of that

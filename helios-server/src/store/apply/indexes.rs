@@ -139,7 +139,9 @@ impl StateTables<'_> {
         self.evaluations.insert(eval.id.as_str(), encode(eval).as_slice())?;
         self.evals_by_job.insert(index_key(&eval.job_name, &eval.id).as_str(), [].as_slice())?;
         if eval.status == EvalStatus::Pending {
-            self.pending_evaluations.insert(eval.id.as_str(), [].as_slice())?;
+            // The row holds the time it waits for, if any: the scheduler skips it unread.
+            let waits = eval.wait_until.map(|t| t.0.to_be_bytes());
+            self.pending_evaluations.insert(eval.id.as_str(), waits.as_ref().map_or(&[][..], |w| &w[..]))?;
         } else {
             self.pending_evaluations.remove(eval.id.as_str())?;
         }

@@ -184,6 +184,7 @@ fn alloc(id: &str, job: &str, name: &str, node: &str, cpu: u32) -> Allocation {
         task_states: Default::default(),
         created_at: Timestamp(1),
         modified_at: Timestamp(1),
+        reschedule_events: Vec::new(),
     }
 }
 
@@ -197,6 +198,7 @@ fn plan(job: &str, placements: Vec<Allocation>) -> Command {
         in_place: vec![],
         job_version: 0,
         failed_placements: Default::default(),
+        reschedule_at: None,
     };
     let mut eval = Evaluation::new("e".into(), job, 50, EvalTrigger::JobRegister, Timestamp(2));
     eval.status = helios_core::EvalStatus::Complete;
@@ -726,4 +728,23 @@ fn a_raise_past_this_build_stops_the_server_rather_than_write_on() {
     let db = open(dir.path(), 1).unwrap();
     let format = helios_core::format::FORMAT_VERSION + 1;
     apply_all(&db, vec![proposal("r", 1, Command::RaiseFormat { format })]);
+}
+
+#[test]
+fn a_waiting_evaluation_is_not_scheduled_before_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    let mut waiting = Evaluation::new("e1".into(), "slow", 50, EvalTrigger::AllocFailure, Timestamp(1));
+    waiting.wait_until = Some(Timestamp(100));
+    let now = Evaluation::new("e2".into(), "fast", 50, EvalTrigger::AllocFailure, Timestamp(1));
+    // Only a cluster raised to format 7 stores a waiting evaluation (older readers would run it).
+    let raise = Command::RaiseFormat { format: helios_core::format::FORMAT_VERSION };
+    let create = Command::CreateEvaluations { evals: vec![waiting, now] };
+    apply_all(&db, vec![proposal("r", 1, raise), proposal("c", 2, create)]);
+    let txn = db.begin_read().unwrap();
+    let names = |at: u64| -> Vec<String> {
+        read::pending_evaluations(&txn, 10, Timestamp(at)).unwrap().into_iter().map(|e| e.job_name).collect()
+    };
+    assert_eq!(names(99), ["fast"], "still waiting");
+    assert_eq!(names(100), ["slow", "fast"], "due");
 }
