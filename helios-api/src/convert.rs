@@ -7,11 +7,13 @@
 use std::collections::BTreeMap;
 
 use helios_core::job::DEFAULT_PRIORITY;
+use helios_core::placement::PlacementMetrics;
 use helios_core::validate::FieldError;
 use helios_core::{
-    Allocation, Constraint, ConstraintOperator, DelayFunction, DockerConfig, DockerDevice, Evaluation, ExecConfig,
-    GroupPort, Job, JobStatus, JobType, Node, PortMapping, ReschedulePolicy, Resources, RestartMode, RestartPolicy,
-    Task, TaskDriver, TaskEvent, TaskGroup, TaskState, Timestamp, ValidationErrors,
+    Affinity, Allocation, Constraint, ConstraintOperator, DelayFunction, DockerConfig, DockerDevice, Evaluation,
+    ExecConfig, GroupPort, Job, JobStatus, JobType, Node, PortMapping, ReschedulePolicy, Resources, RestartMode,
+    RestartPolicy, Spread, SpreadTarget, Task, TaskDriver, TaskEvent, TaskGroup, TaskState, Timestamp,
+    ValidationErrors,
 };
 
 use crate::pb;
@@ -58,6 +60,8 @@ pub fn job_from_pb(job: pb::Job) -> ConversionResult<Job> {
         priority,
         task_groups,
         constraints,
+        affinities: affinities_from_pb(&mut p, "affinities", job.affinities),
+        spreads: spreads_from_pb(&mut p, "spreads", job.spreads),
         meta: job.meta,
         version: 0,
         status: JobStatus::Pending,
@@ -104,6 +108,8 @@ fn group_from_pb(p: &mut Problems, path: &str, g: pb::TaskGroup, job_type: JobTy
             .collect(),
         restart,
         reschedule: reschedule_from_pb(p, &format!("{path}.reschedule"), g.reschedule, job_type),
+        affinities: affinities_from_pb(p, &format!("{path}.affinities"), g.affinities),
+        spreads: spreads_from_pb(p, &format!("{path}.spreads"), g.spreads),
         meta: g.meta,
         ports: g
             .ports
@@ -191,6 +197,100 @@ fn port_from_pb(p: &mut Problems, path: &str, port: pb::PortMapping) -> PortMapp
     }
 }
 
+fn affinities_from_pb(p: &mut Problems, path: &str, affinities: Vec<pb::Affinity>) -> Vec<Affinity> {
+    affinities
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let operator = ConstraintOperator::parse(&a.operator).unwrap_or_else(|| {
+                p.add(
+                    format!("{path}[{i}].operator"),
+                    format!("unknown operator {:?} (use =, !=, regexp or version)", a.operator),
+                );
+                ConstraintOperator::Equal
+            });
+            let weight = match a.weight {
+                None => Affinity::DEFAULT_WEIGHT,
+                Some(w) => i8::try_from(w).unwrap_or_else(|_| {
+                    p.add(format!("{path}[{i}].weight"), format!("must be -100 to 100 and not 0, got {w}"));
+                    Affinity::DEFAULT_WEIGHT
+                }),
+            };
+            Affinity { attribute: a.attribute, operator, value: a.value, weight }
+        })
+        .collect()
+}
+
+fn spreads_from_pb(p: &mut Problems, path: &str, spreads: Vec<pb::Spread>) -> Vec<Spread> {
+    let small = |p: &mut Problems, field: String, n: u32| {
+        u8::try_from(n).unwrap_or_else(|_| {
+            p.add(field, format!("must be at most 100, got {n}"));
+            0
+        })
+    };
+    spreads
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| Spread {
+            attribute: s.attribute,
+            weight: s.weight.map_or(Spread::DEFAULT_WEIGHT, |w| small(p, format!("{path}[{i}].weight"), w)),
+            targets: s
+                .targets
+                .into_iter()
+                .enumerate()
+                .map(|(k, t)| SpreadTarget {
+                    percent: small(p, format!("{path}[{i}].targets[{k}].percent"), t.percent),
+                    value: t.value,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn affinities_to_pb(affinities: &[Affinity]) -> Vec<pb::Affinity> {
+    affinities
+        .iter()
+        .map(|a| pb::Affinity {
+            attribute: a.attribute.clone(),
+            operator: a.operator.as_str().to_string(),
+            value: a.value.clone(),
+            weight: Some(i32::from(a.weight)),
+        })
+        .collect()
+}
+
+fn spreads_to_pb(spreads: &[Spread]) -> Vec<pb::Spread> {
+    spreads
+        .iter()
+        .map(|s| pb::Spread {
+            attribute: s.attribute.clone(),
+            weight: Some(u32::from(s.weight)),
+            targets: s
+                .targets
+                .iter()
+                .map(|t| pb::SpreadTarget { value: t.value.clone(), percent: u32::from(t.percent) })
+                .collect(),
+        })
+        .collect()
+}
+
+pub fn metrics_to_pb(m: &PlacementMetrics) -> pb::PlacementMetrics {
+    let score = |milli: i32| f64::from(milli) / 1000.0;
+    pb::PlacementMetrics {
+        nodes_evaluated: m.nodes_evaluated,
+        nodes_filtered: m.nodes_filtered.clone().into_iter().collect(),
+        scores: m
+            .scores
+            .iter()
+            .map(|s| pb::NodeScore {
+                node_id: s.node_id.clone(),
+                parts: s.parts.iter().map(|(kind, v)| (kind.as_str().to_string(), score(*v))).collect(),
+                total: score(s.total),
+            })
+            .collect(),
+    }
+}
+
 fn constraints_from_pb(p: &mut Problems, path: &str, constraints: Vec<pb::Constraint>) -> Vec<Constraint> {
     constraints
         .into_iter()
@@ -199,7 +299,10 @@ fn constraints_from_pb(p: &mut Problems, path: &str, constraints: Vec<pb::Constr
             let operator = ConstraintOperator::parse(&c.operator).unwrap_or_else(|| {
                 p.add(
                     format!("{path}[{i}].operator"),
-                    format!("unknown operator {:?} (use =, !=, regexp, version or distinct_hosts)", c.operator),
+                    format!(
+                        "unknown operator {:?} (use =, !=, regexp, version, distinct_hosts or distinct_property)",
+                        c.operator
+                    ),
                 );
                 ConstraintOperator::Equal
             });
@@ -240,6 +343,8 @@ pub fn job_to_pb(job: &Job) -> pb::Job {
         priority: job.priority,
         task_groups: job.task_groups.iter().map(group_to_pb).collect(),
         constraints: constraints_to_pb(&job.constraints),
+        affinities: affinities_to_pb(&job.affinities),
+        spreads: spreads_to_pb(&job.spreads),
         meta: job.meta.clone(),
         version: job.version,
         status: job_status_to_pb(job.status) as i32,
@@ -269,6 +374,8 @@ fn group_to_pb(g: &TaskGroup) -> pb::TaskGroup {
             } as i32,
         }),
         reschedule: Some(reschedule_to_pb(&g.reschedule)),
+        affinities: affinities_to_pb(&g.affinities),
+        spreads: spreads_to_pb(&g.spreads),
         meta: g.meta.clone(),
     }
 }
@@ -413,6 +520,7 @@ pub fn alloc_to_pb(a: &Allocation) -> pb::Allocation {
         next_allocation: None,
         reschedule_at_ms: None,
         not_rescheduled: String::new(),
+        metrics: (a.metrics != PlacementMetrics::default()).then(|| metrics_to_pb(&a.metrics)),
     }
 }
 

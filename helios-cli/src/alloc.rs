@@ -27,6 +27,9 @@ pub enum AllocCommand {
     /// One allocation: where it runs and each task's events.
     Status {
         id: String,
+        /// Also the scores that decided its node (Nomad's placement metrics).
+        #[arg(long, short)]
+        verbose: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -100,7 +103,7 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
                 short(&reply.eval_id)
             );
         }
-        AllocCommand::Status { id, output: Output { json } } => {
+        AllocCommand::Status { id, verbose, output: Output { json } } => {
             let a = allocs
                 .get_allocation(pb::GetAllocationRequest { id })
                 .await
@@ -132,6 +135,13 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
                     events.row(vec![Timestamp(e.time_ms).to_rfc3339(), e.kind.clone(), e.message.clone()]);
                 }
                 events.print();
+            }
+            if verbose {
+                println!("\nPlacement metrics");
+                match &a.metrics {
+                    Some(m) => crate::placement::print(m),
+                    None => println!("None kept (placed before stored format 7)"),
+                }
             }
         }
         AllocCommand::Logs(args) => {

@@ -90,6 +90,7 @@ pub fn allocation(a: &pb::Allocation) -> Value {
         "next_allocation": a.next_allocation,
         "reschedule_at_ms": a.reschedule_at_ms,
         "not_rescheduled": a.not_rescheduled,
+        "metrics": a.metrics.as_ref().map(crate::placement::to_json),
     })
 }
 

@@ -9,6 +9,7 @@ mod job;
 mod jobfile;
 mod json;
 mod node;
+mod placement;
 mod server;
 mod snapshot;
 mod system;

@@ -1,9 +1,10 @@
 //! Placements per second of the pure scheduler.
 //!
-//! `cargo run --release -p helios-core --example scheduler_bench [NODES] [JOBS] [COUNT]`
+//! `cargo run --release -p helios-core --example scheduler_bench [NODES] [JOBS] [COUNT] [--preferences]`
 //! places JOBS service jobs of COUNT allocations each on NODES nodes (defaults: 10,000 nodes,
 //! 100 jobs of 1,000: 100,000 placements), one evaluation per job, on one thread, and reports
-//! placements per second. State is kept in memory with an index of usage by node, as the server's
+//! placements per second. With `--preferences`, nodes are in 20 racks and 3 zones, and every job
+//! spreads over the racks and prefers a zone (an affinity). State is kept in memory with an index of usage by node, as the server's
 //! view will be.
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,7 +12,8 @@ use std::time::Instant;
 
 use helios_core::scheduler::{schedule, StateView};
 use helios_core::{
-    Allocation, EvalTrigger, Evaluation, Job, JobType, Node, NodeEligibility, NodeStatus, Resources, Timestamp,
+    Affinity, Allocation, ConstraintOperator, EvalTrigger, Evaluation, Job, JobType, Node, NodeEligibility, NodeStatus,
+    Resources, Spread, Timestamp,
 };
 
 struct State {
@@ -43,18 +45,23 @@ impl StateView for State {
 }
 
 fn arg(n: usize, default: usize) -> usize {
-    std::env::args().nth(n).and_then(|a| a.parse().ok()).unwrap_or(default)
+    let positional: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    positional.get(n - 1).and_then(|a| a.parse().ok()).unwrap_or(default)
 }
 
 fn main() {
     let (node_count, job_count, count) = (arg(1, 10_000), arg(2, 100), arg(3, 1_000));
+    let preferences = std::env::args().any(|a| a == "--preferences");
     let nodes = (0..node_count)
         .map(|i| Node {
             id: format!("node-{i:05}"),
             hostname: format!("host-{i:05}"),
             rpc_addr: String::new(),
             attributes: BTreeMap::from([("os".to_string(), "linux".to_string())]),
-            meta: BTreeMap::new(),
+            meta: BTreeMap::from([
+                ("rack".to_string(), format!("r{}", i % 20)),
+                ("zone".to_string(), format!("z{}", i % 3)),
+            ]),
             drivers: vec!["exec".to_string(), "docker".to_string()],
             resources: Resources { cpu_mhz: 16_000, memory_mb: 32_768 },
             status: NodeStatus::Ready,
@@ -76,6 +83,15 @@ fn main() {
         job.set_type(JobType::Service);
         job.task_groups[0].count = u32::try_from(count).expect("count fits u32");
         job.task_groups[0].tasks[0].resources = Resources { cpu_mhz: 100 + (j as u32 % 5) * 50, memory_mb: 128 };
+        if preferences {
+            job.spreads.push(Spread { attribute: "meta.rack".into(), weight: 50, targets: Vec::new() });
+            job.affinities.push(Affinity {
+                attribute: "meta.zone".into(),
+                operator: ConstraintOperator::Equal,
+                value: "z1".into(),
+                weight: 50,
+            });
+        }
         state.jobs.insert(name.clone(), job);
         let eval = Evaluation::new(format!("eval-{j}"), &name, 50, EvalTrigger::JobRegister, Timestamp(1));
         let started = Instant::now();
@@ -94,7 +110,8 @@ fn main() {
         }
     }
     println!(
-        "{placed} placements on {node_count} nodes ({job_count} jobs x {count}) in {:.3}s of scheduling: {:.0} placements/s; {failed} groups with failed placements",
+        "{placed} placements on {node_count} nodes ({job_count} jobs x {count}{}) in {:.3}s of scheduling: {:.0} placements/s; {failed} groups with failed placements",
+        if preferences { ", spread and affinity" } else { "" },
         elapsed.as_secs_f64(),
         placed as f64 / elapsed.as_secs_f64()
     );

@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::job::Resources;
+use crate::placement::PlacementMetrics;
 use crate::reschedule::RescheduleEvent;
 use crate::time::Timestamp;
 
@@ -37,9 +38,11 @@ pub struct Allocation {
     /// When it replaces a failed allocation: the reschedules that led to it, oldest first, the
     /// last one its own (`crate::reschedule`). Empty for a first placement.
     pub reschedule_events: Vec<RescheduleEvent>,
+    /// The scores that decided its node (empty for allocations placed before format 7).
+    pub metrics: PlacementMetrics,
 }
 
-// Version 2 (stored format 7): `reschedule_events`. Written as version 1 for older readers
+// Version 2 (stored format 7): `reschedule_events` and placement `metrics`. Written as version 1 for older readers
 // without them: they are the servers' own bookkeeping, which those readers do not use, so a
 // cluster mid-upgrade only counts a slot's reschedules afresh (`alloc_v1`).
 crate::versioned!(Allocation = 2, since format 7, previous crate::alloc_v1::Allocation);

@@ -1,4 +1,5 @@
-//! An allocation as stored formats 3 to 6 hold it (version 1): without reschedule events. Read
+//! An allocation as stored formats 3 to 6 hold it (version 1): without reschedule events and
+//! placement metrics. Read
 //! and migrated forward; written for clusters still at format 6 during a rolling upgrade.
 
 use std::collections::BTreeMap;
@@ -54,11 +55,12 @@ impl From<Allocation> for current::Allocation {
             created_at: old.created_at,
             modified_at: old.modified_at,
             reschedule_events: Vec::new(),
+            metrics: Default::default(),
         }
     }
 }
 
-/// Never refused: the events are dropped (see `versioned!` on `current::Allocation`).
+/// Never refused: the events and metrics are dropped (see `versioned!` on `current::Allocation`).
 impl From<&current::Allocation> for Allocation {
     fn from(new: &current::Allocation) -> Allocation {
         let new = new.clone();

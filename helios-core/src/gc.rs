@@ -188,6 +188,7 @@ mod tests {
             created_at: Timestamp(0),
             modified_at: Timestamp(modified),
             reschedule_events: Vec::new(),
+            metrics: Default::default(),
         }
     }
 

@@ -16,6 +16,10 @@ pub struct Job {
     pub priority: u32,
     pub task_groups: Vec<TaskGroup>,
     pub constraints: Vec<Constraint>,
+    /// Soft preferences for every group's placements (Nomad's job-level `affinity`).
+    pub affinities: Vec<Affinity>,
+    /// How every group's allocations spread over an attribute's values (job-level `spread`).
+    pub spreads: Vec<Spread>,
     pub meta: BTreeMap<String, String>,
     /// Assigned by the state machine: 0 for the first submission, +1 for each changed spec.
     pub version: u64,
@@ -27,8 +31,8 @@ pub struct Job {
 
 // Version 2 (stored format 5): tasks name their user, the raw_exec driver, exec's
 // `cpu_hard_limit` (`job_v2`). Version 3 (stored format 6): docker's `privileged`, `cap_add`,
-// `cap_drop` and `devices`. Version 4 (stored format 7): each group's reschedule policy
-// (`job_v3`). Written as the older version for older readers when none of what the newer one
+// `cap_drop` and `devices`. Version 4 (stored format 7): each group's reschedule policy,
+// affinities and spreads at job and group level, `distinct_property` constraints (`job_v3`). Written as the older version for older readers when none of what the newer one
 // added is used.
 crate::versioned!(Job = 4, since format 7, previous crate::job_v3::Job);
 
@@ -57,9 +61,13 @@ impl Job {
                 ports: Vec::new(),
                 restart: RestartPolicy::default_for(JobType::Batch),
                 reschedule: ReschedulePolicy::default_for(JobType::Batch),
+                affinities: Vec::new(),
+                spreads: Vec::new(),
                 meta: BTreeMap::new(),
             }],
             constraints: Vec::new(),
+            affinities: Vec::new(),
+            spreads: Vec::new(),
             meta: BTreeMap::new(),
             version: 0,
             status: JobStatus::Pending,
@@ -84,6 +92,8 @@ impl Job {
             && self.priority == other.priority
             && self.task_groups == other.task_groups
             && self.constraints == other.constraints
+            && self.affinities == other.affinities
+            && self.spreads == other.spreads
             && self.meta == other.meta
     }
 
@@ -142,6 +152,10 @@ pub struct TaskGroup {
     pub restart: RestartPolicy,
     /// What the scheduler does once an allocation has failed (after the restarts).
     pub reschedule: ReschedulePolicy,
+    /// Soft preferences for its placements, with the job's (`scheduler::preferences`).
+    pub affinities: Vec<Affinity>,
+    /// How its allocations spread over an attribute's values, with the job's.
+    pub spreads: Vec<Spread>,
     pub meta: BTreeMap<String, String>,
     /// The group's own host ports (Nomad's `network { port }` on the host's network): every
     /// exec and raw_exec task of the group gets each one. Docker tasks map theirs in
@@ -580,6 +594,43 @@ pub struct Constraint {
     pub value: String,
 }
 
+/// Nomad's `affinity`: nodes matching `attribute operator value` score higher (a positive
+/// `weight`) or lower (a negative one); unlike a constraint, no node is ruled out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Affinity {
+    pub attribute: String,
+    /// `=`, `!=`, `regexp` or `version`.
+    pub operator: ConstraintOperator,
+    pub value: String,
+    /// -100 to 100, not 0.
+    pub weight: i8,
+}
+
+impl Affinity {
+    pub const DEFAULT_WEIGHT: i8 = 50;
+}
+
+/// Nomad's `spread`: a group's allocations are spread over the values of `attribute`, evenly,
+/// or by the `targets`' percentages (values not listed share what the targets leave).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Spread {
+    pub attribute: String,
+    /// 1 to 100: its share among the spreads of the group.
+    pub weight: u8,
+    pub targets: Vec<SpreadTarget>,
+}
+
+impl Spread {
+    pub const DEFAULT_WEIGHT: u8 = 50;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SpreadTarget {
+    pub value: String,
+    /// 0 to 100; the targets of a spread add up to at most 100.
+    pub percent: u8,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ConstraintOperator {
     Equal,
@@ -589,6 +640,9 @@ pub enum ConstraintOperator {
     Version,
     /// At most one allocation of the job (or group) per node; `attribute` and `value` unused.
     DistinctHosts,
+    /// At most `value` (default 1) allocations of the job (or group) per value of `attribute`.
+    /// (Variants are encoded by position: new ones go at the end.)
+    DistinctProperty,
 }
 
 impl ConstraintOperator {
@@ -599,6 +653,7 @@ impl ConstraintOperator {
             ConstraintOperator::Regexp => "regexp",
             ConstraintOperator::Version => "version",
             ConstraintOperator::DistinctHosts => "distinct_hosts",
+            ConstraintOperator::DistinctProperty => "distinct_property",
         }
     }
 
@@ -609,6 +664,7 @@ impl ConstraintOperator {
             "regexp" => ConstraintOperator::Regexp,
             "version" => ConstraintOperator::Version,
             "distinct_hosts" => ConstraintOperator::DistinctHosts,
+            "distinct_property" => ConstraintOperator::DistinctProperty,
             _ => return None,
         })
     }

@@ -49,6 +49,8 @@ impl From<Job> for current::Job {
             constraints: g.constraints,
             restart: g.restart,
             reschedule: ReschedulePolicy::default_for(job_type),
+            affinities: Vec::new(),
+            spreads: Vec::new(),
             meta: g.meta,
             ports: g.ports,
         };
@@ -58,6 +60,8 @@ impl From<Job> for current::Job {
             priority: old.priority,
             task_groups: old.task_groups.into_iter().map(group).collect(),
             constraints: old.constraints,
+            affinities: Vec::new(),
+            spreads: Vec::new(),
             meta: old.meta,
             version: old.version,
             status: old.status,
@@ -67,15 +71,32 @@ impl From<Job> for current::Job {
     }
 }
 
-/// For readers of format 6: refused (never silently dropped) when a group's reschedule policy is
-/// not its job type's default, which is the one they would apply.
+/// For readers of format 6: refused (never silently dropped) when the job uses what version 4
+/// added: a group's reschedule policy other than its job type's default (the one they would
+/// apply), affinities, spreads or `distinct_property`.
 impl TryFrom<&current::Job> for Job {
     type Error = String;
 
     fn try_from(new: &current::Job) -> Result<Job, String> {
+        const NEEDS: &str = "which needs stored format 7";
+        let distinct_property =
+            |cs: &[Constraint]| cs.iter().any(|c| c.operator == current::ConstraintOperator::DistinctProperty);
+        if !new.affinities.is_empty() || !new.spreads.is_empty() {
+            return Err(format!("the job has an affinity or a spread, {NEEDS}"));
+        }
+        if distinct_property(&new.constraints) {
+            return Err(format!("the job has a distinct_property constraint, {NEEDS}"));
+        }
         let group = |g: &current::TaskGroup| -> Result<TaskGroup, String> {
             if g.reschedule != ReschedulePolicy::default_for(new.job_type) {
-                return Err(format!("group {:?} sets a reschedule policy, which needs stored format 7", g.name));
+                return Err(format!("group {:?} sets a reschedule policy, {NEEDS}", g.name));
+            }
+            if !g.affinities.is_empty() || !g.spreads.is_empty() {
+                return Err(format!("group {:?} has an affinity or a spread, {NEEDS}", g.name));
+            }
+            let task_constraints: Vec<Constraint> = g.tasks.iter().flat_map(|t| t.constraints.clone()).collect();
+            if distinct_property(&g.constraints) || distinct_property(&task_constraints) {
+                return Err(format!("group {:?} has a distinct_property constraint, {NEEDS}", g.name));
             }
             Ok(TaskGroup {
                 name: g.name.clone(),
@@ -134,5 +155,37 @@ mod tests {
         let refused = write_for(6, || encode(&job)).expect_err("refused");
         assert!(refused.contains("sets a reschedule policy, which needs stored format 7"), "{refused}");
         assert_eq!(decode::<current::Job>(&encode(&job).expect("format 7 holds it")), job);
+    }
+
+    #[test]
+    fn affinities_spreads_and_distinct_property_are_refused_for_format_6() {
+        let base = current::Job::exec("j", "true", Vec::new());
+        let affinity = current::Affinity {
+            attribute: "meta.rack".into(),
+            operator: current::ConstraintOperator::Equal,
+            value: "r1".into(),
+            weight: 50,
+        };
+        let spread = current::Spread { attribute: "meta.rack".into(), weight: 50, targets: Vec::new() };
+        let distinct = Constraint {
+            attribute: "meta.rack".into(),
+            operator: current::ConstraintOperator::DistinctProperty,
+            value: "1".into(),
+        };
+        type Use<'a> = Box<dyn Fn(&mut current::Job) + 'a>;
+        let uses: [Use; 5] = [
+            Box::new(|j| j.affinities.push(affinity.clone())),
+            Box::new(|j| j.task_groups[0].spreads.push(spread.clone())),
+            Box::new(|j| j.constraints.push(distinct.clone())),
+            Box::new(|j| j.task_groups[0].constraints.push(distinct.clone())),
+            Box::new(|j| j.task_groups[0].tasks[0].constraints.push(distinct.clone())),
+        ];
+        for add in uses {
+            let mut job = base.clone();
+            add(&mut job);
+            let refused = write_for(6, || encode(&job)).expect_err("refused");
+            assert!(refused.contains("needs stored format 7"), "{refused}");
+            assert_eq!(decode::<current::Job>(&encode(&job).expect("format 7 holds it")), job);
+        }
     }
 }

@@ -18,6 +18,7 @@ mod job_v2;
 mod job_v3;
 pub mod limits;
 pub mod node;
+pub mod placement;
 pub mod plan;
 pub mod reschedule;
 pub mod scheduler;
@@ -28,8 +29,9 @@ pub use alloc::{AllocClientStatus, AllocDesiredStatus, AllocUpdate, Allocation, 
 pub use command::{Command, CommandResponse, Proposal, Rejection, RejectionKind};
 pub use eval::{EvalStatus, EvalTrigger, Evaluation};
 pub use job::{
-    Constraint, ConstraintOperator, DockerConfig, DockerDevice, DockerPrivilege, ExecConfig, GroupPort, Job, JobStatus,
-    JobType, PortMapping, Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup,
+    Affinity, Constraint, ConstraintOperator, DockerConfig, DockerDevice, DockerPrivilege, ExecConfig, GroupPort, Job,
+    JobStatus, JobType, PortMapping, Resources, RestartMode, RestartPolicy, Spread, SpreadTarget, Task, TaskDriver,
+    TaskGroup,
 };
 pub use node::{Node, NodeEligibility, NodeStatus};
 pub use plan::Plan;

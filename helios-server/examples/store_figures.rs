@@ -118,6 +118,7 @@ fn write_database(dir: &Path, allocations: usize) {
                 created_at: Timestamp(1),
                 modified_at: Timestamp(1),
                 reschedule_events: Vec::new(),
+                metrics: Default::default(),
             })
             .collect();
         let plan = Plan {

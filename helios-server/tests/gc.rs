@@ -77,6 +77,7 @@ fn placement(job: &str, i: usize) -> Allocation {
         created_at: Timestamp(1),
         modified_at: Timestamp(1),
         reschedule_events: Vec::new(),
+        metrics: Default::default(),
     }
 }
 

@@ -29,6 +29,9 @@ pub enum JobCommand {
     /// Exit code 0: no change; 1: allocations would change; 255: an error.
     Plan {
         file: std::path::PathBuf,
+        /// Also where each new allocation would go, with the scores that chose its node.
+        #[arg(long, short)]
+        verbose: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -235,13 +238,15 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<std::process:
             done(submit(servers, job, args.detach, expected).await)
         }
         JobCommand::Scale { name, group, count, detach } => done(scale(servers, &name, &group, count, detach).await),
-        JobCommand::Plan { file, output: Output { json } } => match plan::plan(servers, &file, json).await {
-            Ok(code) => Ok(code),
-            Err(e) => {
-                eprintln!("Error: {e:#}");
-                Ok(std::process::ExitCode::from(plan::PLAN_ERROR))
+        JobCommand::Plan { file, verbose, output: Output { json } } => {
+            match plan::plan(servers, &file, verbose, json).await {
+                Ok(code) => Ok(code),
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    Ok(std::process::ExitCode::from(plan::PLAN_ERROR))
+                }
             }
-        },
+        }
         other => done(run_query(servers, other).await),
     }
 }

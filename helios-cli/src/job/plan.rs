@@ -14,7 +14,7 @@ use crate::connect::{status_error, Servers};
 /// The exit code `job plan` uses for an error (Nomad's).
 pub const PLAN_ERROR: u8 = 255;
 
-pub async fn plan(servers: &Servers, file: &Path, json: bool) -> Result<ExitCode> {
+pub async fn plan(servers: &Servers, file: &Path, verbose: bool, json: bool) -> Result<ExitCode> {
     let loaded = crate::jobfile::load(file)?;
     for note in &loaded.notes {
         eprintln!("Note: {note}");
@@ -27,7 +27,7 @@ pub async fn plan(servers: &Servers, file: &Path, json: bool) -> Result<ExitCode
     if json {
         println!("{}", serde_json::to_string_pretty(&plan_json(&loaded.job.name, &plan, changes))?);
     } else {
-        print_plan(&loaded.job.name, &plan, file);
+        print_plan(&loaded.job.name, &plan, file, verbose);
     }
     Ok(if changes { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
@@ -42,6 +42,10 @@ fn plan_json(name: &str, plan: &pb::PlanJobResponse, changes: bool) -> serde_jso
                 "name": g.name, "place": g.place, "stop": g.stop, "in_place": g.in_place,
                 "unchanged": g.unchanged, "unplaced": g.unplaced,
                 "failure": (!g.failure.is_empty()).then_some(&g.failure),
+                "placements": g.placements.iter().map(|p| serde_json::json!({
+                    "name": p.name, "node_id": p.node_id,
+                    "metrics": p.metrics.as_ref().map(crate::placement::to_json),
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -58,7 +62,7 @@ fn plan_json(name: &str, plan: &pb::PlanJobResponse, changes: bool) -> serde_jso
     })
 }
 
-fn print_plan(name: &str, plan: &pb::PlanJobResponse, file: &Path) {
+fn print_plan(name: &str, plan: &pb::PlanJobResponse, file: &Path, verbose: bool) {
     match (plan.exists, plan.changed) {
         (false, _) => println!("+ Job: {name:?} (new, version {})", plan.next_version),
         (true, true) => println!("+/- Job: {name:?} (version {} -> {})", plan.current_version, plan.next_version),
@@ -92,6 +96,15 @@ fn print_plan(name: &str, plan: &pb::PlanJobResponse, file: &Path) {
         println!("- WARNING: not every allocation fits.");
         for g in failures {
             println!("  Task Group {:?}: {}", g.name, g.failure);
+        }
+    }
+    if verbose {
+        for placement in plan.groups.iter().flat_map(|g| &g.placements) {
+            println!();
+            println!("{} on node {}:", placement.name, placement.node_id);
+            if let Some(m) = &placement.metrics {
+                crate::placement::print(m);
+            }
         }
     }
     println!();

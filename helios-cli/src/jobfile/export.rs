@@ -1,7 +1,9 @@
 //! A stored job written back in the job-file shape (`job inspect`): what it prints can be saved
 //! as a `.json` file and submitted again unchanged.
 
-use helios_core::{Constraint, Job, JobType, ReschedulePolicy, RestartMode, Task, TaskDriver, TaskGroup};
+use helios_core::{
+    Affinity, Constraint, Job, JobType, ReschedulePolicy, RestartMode, Spread, Task, TaskDriver, TaskGroup,
+};
 use serde_json::{json, Value};
 
 pub fn to_file_json(job: &Job) -> Value {
@@ -11,6 +13,8 @@ pub fn to_file_json(job: &Job) -> Value {
         "priority": job.priority,
         "meta": job.meta,
         "constraint": constraints(&job.constraints),
+        "affinity": affinities(&job.affinities),
+        "spread": spreads(&job.spreads),
         "group": job.task_groups.iter().map(|g| group(g, job.job_type)).collect::<Vec<_>>(),
     })
 }
@@ -33,6 +37,12 @@ fn group(g: &TaskGroup, job_type: JobType) -> Value {
         "constraint": constraints(&g.constraints),
         "task": g.tasks.iter().map(task).collect::<Vec<_>>(),
     });
+    if !g.affinities.is_empty() {
+        group["affinity"] = affinities(&g.affinities);
+    }
+    if !g.spreads.is_empty() {
+        group["spread"] = spreads(&g.spreads);
+    }
     if g.reschedule != ReschedulePolicy::default_for(job_type) {
         let r = &g.reschedule;
         group["reschedule"] = json!({
@@ -133,4 +143,18 @@ fn constraints(list: &[Constraint]) -> Vec<Value> {
     list.iter()
         .map(|c| json!({ "attribute": c.attribute, "operator": c.operator.as_str(), "value": c.value }))
         .collect()
+}
+
+fn affinities(affinities: &[Affinity]) -> Value {
+    let each = |a: &Affinity| json!({ "attribute": a.attribute, "operator": a.operator.as_str(), "value": a.value, "weight": a.weight });
+    Value::Array(affinities.iter().map(each).collect())
+}
+
+fn spreads(spreads: &[Spread]) -> Value {
+    let each = |s: &Spread| {
+        let targets: serde_json::Map<String, Value> =
+            s.targets.iter().map(|t| (t.value.clone(), json!({ "percent": t.percent }))).collect();
+        json!({ "attribute": s.attribute, "weight": s.weight, "target": targets })
+    };
+    Value::Array(spreads.iter().map(each).collect())
 }

@@ -15,6 +15,8 @@ use serde_json::{Map, Value};
 enum Ty {
     Str,
     Int,
+    /// A whole number that may be negative (an affinity's weight).
+    SignedInt,
     /// A TCP port: 1 to 65535.
     Port,
     Bool,
@@ -58,6 +60,11 @@ const RESCHEDULE: &[Field] = &[
     attr("max_delay", Ty::Str),
     attr("unlimited", Ty::Bool),
 ];
+const AFFINITY: &[Field] =
+    &[attr("attribute", Ty::Str), attr("operator", Ty::Str), attr("value", Ty::Str), attr("weight", Ty::SignedInt)];
+const SPREAD_TARGET: &[Field] = &[attr("percent", Ty::Int)];
+const SPREAD: &[Field] =
+    &[attr("attribute", Ty::Str), attr("weight", Ty::Int), Field { name: "target", kind: Kind::Keyed(SPREAD_TARGET) }];
 const PORT: &[Field] = &[attr("static", Ty::Port), attr("to", Ty::Port)];
 const NETWORK: &[Field] = &[attr("mode", Ty::Str), Field { name: "port", kind: Kind::Keyed(PORT) }];
 const RESOURCES: &[Field] = &[attr("cpu", Ty::Int), attr("memory", Ty::Int)];
@@ -91,6 +98,8 @@ const GROUP: &[Field] = &[
     Field { name: "constraint", kind: Kind::Repeated(CONSTRAINT) },
     Field { name: "restart", kind: Kind::Block(RESTART) },
     Field { name: "reschedule", kind: Kind::Block(RESCHEDULE) },
+    Field { name: "affinity", kind: Kind::Repeated(AFFINITY) },
+    Field { name: "spread", kind: Kind::Repeated(SPREAD) },
     attr("meta", Ty::StrMap),
     Field { name: "network", kind: Kind::Block(NETWORK) },
     Field { name: "task", kind: Kind::Named(TASK) },
@@ -102,6 +111,8 @@ const JOB: &[Field] = &[
     attr("meta", Ty::StrMap),
     Field { name: "constraint", kind: Kind::Repeated(CONSTRAINT) },
     Field { name: "reschedule", kind: Kind::Block(RESCHEDULE) },
+    Field { name: "affinity", kind: Kind::Repeated(AFFINITY) },
+    Field { name: "spread", kind: Kind::Repeated(SPREAD) },
     Field { name: "group", kind: Kind::Named(GROUP) },
 ];
 
@@ -265,6 +276,22 @@ impl Walker<'_> {
                     Some(v) => Some(Value::from(v)),
                     None => wrong(self, "a whole number >= 0"),
                 },
+                _ => wrong(self, "a number"),
+            },
+            Ty::SignedInt => match expr {
+                Expression::Number(n) => match n.as_i64() {
+                    Some(v) => Some(Value::from(v)),
+                    None => wrong(self, "a whole number"),
+                },
+                Expression::UnaryOp(op) if *op.operator.value() == hcl_edit::expr::UnaryOperator::Neg => {
+                    match &op.expr {
+                        Expression::Number(n) => match n.as_i64() {
+                            Some(v) => Some(Value::from(-v)),
+                            None => wrong(self, "a whole number"),
+                        },
+                        _ => wrong(self, "a number"),
+                    }
+                }
                 _ => wrong(self, "a number"),
             },
             Ty::Port => match expr {

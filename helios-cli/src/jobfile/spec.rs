@@ -1,14 +1,15 @@
 //! A job file's shape, shared by every format: TOML and JSON deserialize into it directly, HCL is
 //! read into it by `hcl.rs`. It follows Nomad's jobspec (job, group, task, config, env,
-//! resources, constraint, restart, reschedule, meta, network ports) so a Nomad user's file maps one to one.
+//! resources, constraint, affinity, spread, restart, reschedule, meta, network ports) so a Nomad user's file maps one to one.
 //! Unknown fields are refused by name, never dropped.
 
 use std::collections::BTreeMap;
 
 use helios_core::job::DEFAULT_PRIORITY;
 use helios_core::{
-    Constraint, ConstraintOperator, DelayFunction, DockerConfig, DockerDevice, ExecConfig, GroupPort, Job, JobType,
-    PortMapping, ReschedulePolicy, Resources, RestartMode, RestartPolicy, Task, TaskDriver, TaskGroup,
+    Affinity, Constraint, ConstraintOperator, DelayFunction, DockerConfig, DockerDevice, ExecConfig, GroupPort, Job,
+    JobType, PortMapping, ReschedulePolicy, Resources, RestartMode, RestartPolicy, Spread, SpreadTarget, Task,
+    TaskDriver, TaskGroup,
 };
 use serde::Deserialize;
 
@@ -28,7 +29,41 @@ pub struct JobSpec {
     /// Every group's, unless the group sets its own (field by field, as Nomad merges them).
     pub reschedule: Option<RescheduleSpec>,
     #[serde(default)]
+    pub affinity: Vec<AffinitySpec>,
+    #[serde(default)]
+    pub spread: Vec<SpreadSpec>,
+    #[serde(default)]
     pub group: Vec<GroupSpec>,
+}
+
+/// Nomad's `affinity`: `attribute`, `operator` (default `=`), `value`, `weight` (default 50).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AffinitySpec {
+    #[serde(default)]
+    pub attribute: String,
+    #[serde(default = "equal")]
+    pub operator: String,
+    #[serde(default)]
+    pub value: String,
+    pub weight: Option<i64>,
+}
+
+/// Nomad's `spread`: `attribute`, `weight` (default 50), `target "VALUE" { percent }`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SpreadSpec {
+    #[serde(default)]
+    pub attribute: String,
+    pub weight: Option<u64>,
+    #[serde(default)]
+    pub target: BTreeMap<String, SpreadTargetSpec>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SpreadTargetSpec {
+    pub percent: u64,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -40,6 +75,10 @@ pub struct GroupSpec {
     pub constraint: Vec<ConstraintSpec>,
     pub restart: Option<RestartSpec>,
     pub reschedule: Option<RescheduleSpec>,
+    #[serde(default)]
+    pub affinity: Vec<AffinitySpec>,
+    #[serde(default)]
+    pub spread: Vec<SpreadSpec>,
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
     pub network: Option<NetworkSpec>,
@@ -249,6 +288,8 @@ impl JobSpec {
         job.priority = self.priority.unwrap_or(DEFAULT_PRIORITY);
         job.meta = self.meta.clone();
         job.constraints = constraints(&mut p, "constraint", &self.constraint);
+        job.affinities = affinities(&mut p, "affinity", &self.affinity);
+        job.spreads = spreads(&mut p, "spread", &self.spread);
         job.task_groups = self
             .group
             .iter()
@@ -332,6 +373,8 @@ impl GroupSpec {
             constraints: constraints(p, &format!("{path}.constraint"), &self.constraint),
             restart,
             reschedule: ReschedulePolicy::default_for(job_type),
+            affinities: affinities(p, &format!("{path}.affinity"), &self.affinity),
+            spreads: spreads(p, &format!("{path}.spread"), &self.spread),
             meta: self.meta.clone(),
             ports: own,
         }
@@ -504,11 +547,60 @@ fn constraints(p: &mut Problems, path: &str, specs: &[ConstraintSpec]) -> Vec<Co
         .iter()
         .enumerate()
         .filter_map(|(i, c)| {
-            let Some(operator) = ConstraintOperator::parse(&c.operator) else {
-                p.add(&format!("{path}[{i}].operator"), format!("unknown operator {:?}", c.operator));
+            let operator = operator(p, &format!("{path}[{i}].operator"), &c.operator)?;
+            Some(Constraint { attribute: attribute(&c.attribute), operator, value: c.value.clone() })
+        })
+        .collect()
+}
+
+fn operator(p: &mut Problems, path: &str, text: &str) -> Option<ConstraintOperator> {
+    let operator = ConstraintOperator::parse(text);
+    if operator.is_none() {
+        p.add(path, format!("unknown operator {text:?}"));
+    }
+    operator
+}
+
+fn affinities(p: &mut Problems, path: &str, specs: &[AffinitySpec]) -> Vec<Affinity> {
+    specs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| {
+            let operator = operator(p, &format!("{path}[{i}].operator"), &a.operator)?;
+            let weight = a.weight.map_or(Some(Affinity::DEFAULT_WEIGHT), |w| i8::try_from(w).ok());
+            let Some(weight) = weight else {
+                p.add(
+                    &format!("{path}[{i}].weight"),
+                    format!("must be -100 to 100 and not 0, got {}", a.weight.unwrap_or(0)),
+                );
                 return None;
             };
-            Some(Constraint { attribute: attribute(&c.attribute), operator, value: c.value.clone() })
+            Some(Affinity { attribute: attribute(&a.attribute), operator, value: a.value.clone(), weight })
+        })
+        .collect()
+}
+
+fn spreads(p: &mut Problems, path: &str, specs: &[SpreadSpec]) -> Vec<Spread> {
+    let percent = |p: &mut Problems, at: String, n: u64| {
+        u8::try_from(n).ok().filter(|n| *n <= 100).unwrap_or_else(|| {
+            p.add(&at, format!("must be 0 to 100, got {n}"));
+            0
+        })
+    };
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Spread {
+            attribute: attribute(&s.attribute),
+            weight: s.weight.map_or(Spread::DEFAULT_WEIGHT, |w| percent(p, format!("{path}[{i}].weight"), w)),
+            targets: s
+                .target
+                .iter()
+                .map(|(value, t)| SpreadTarget {
+                    value: value.clone(),
+                    percent: percent(p, format!("{path}[{i}].target[{value}].percent"), t.percent),
+                })
+                .collect(),
         })
         .collect()
 }

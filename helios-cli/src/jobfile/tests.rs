@@ -402,6 +402,69 @@ job "api" {
 }
 
 #[test]
+fn affinities_spreads_and_distinct_property_read_as_nomad_writes_them_and_export_back() {
+    let text = r#"
+job "api" {
+  affinity {
+    attribute = "${meta.rack}"
+    value     = "r1"
+    weight    = -30
+  }
+  spread {
+    attribute = "${meta.zone}"
+  }
+  group "web" {
+    count = 4
+    constraint {
+      operator  = "distinct_property"
+      attribute = "${meta.rack}"
+      value     = "2"
+    }
+    affinity {
+      attribute = "${attr.kernel.version}"
+      operator  = "version"
+      value     = ">= 5.0"
+    }
+    spread {
+      attribute = "${meta.rack}"
+      weight    = 80
+      target "r1" {
+        percent = 60
+      }
+      target "r2" {
+        percent = 40
+      }
+    }
+    task "t" {
+      driver = "exec"
+      config { command = "/bin/true" }
+    }
+  }
+}
+"#;
+    let job = parse(text, Format::Hcl).expect("parses").job;
+    assert_eq!((job.affinities[0].attribute.as_str(), job.affinities[0].weight), ("meta.rack", -30));
+    assert_eq!(job.spreads[0].weight, 50, "Nomad's default weight");
+    let group = &job.task_groups[0];
+    assert_eq!(group.constraints[0].operator, helios_core::ConstraintOperator::DistinctProperty);
+    assert_eq!(group.affinities[0].operator, helios_core::ConstraintOperator::Version);
+    assert_eq!(group.affinities[0].weight, 50);
+    let targets: Vec<(&str, u8)> = group.spreads[0].targets.iter().map(|t| (t.value.as_str(), t.percent)).collect();
+    assert_eq!(targets, [("r1", 60), ("r2", 40)]);
+    let written = serde_json::to_string_pretty(&export::to_file_json(&job)).expect("json");
+    assert!(job.same_spec(&parse(&written, Format::Json).expect("exported").job), "{written}");
+
+    // Nomad's rules, by field.
+    let bad = text.replace("percent = 40", "percent = 50").replace("weight    = -30", "weight    = 0");
+    let err = parse(&bad, Format::Hcl).err().expect("refused").to_string();
+    assert!(err.contains("affinities[0].weight: must be -100 to 100 and not 0, got 0"), "{err}");
+    assert!(err.contains("group[0].spreads[0].targets: percentages add up to 110, more than 100"), "{err}");
+    let bad = text.replace("value     = \"2\"", "value     = \"two\"");
+    let err = parse(&bad, Format::Hcl).err().expect("refused").to_string();
+    assert!(err.contains("constraints[0].value: is how many allocations a value may have"), "{err}");
+}
+
+#[test]
 fn an_inspected_job_reads_back_as_the_same_job() {
     for entry in std::fs::read_dir(examples()).expect("docs/examples") {
         let path = entry.expect("entry").path();

@@ -11,12 +11,50 @@ use crate::job::{
 use crate::node::{Node, NodeEligibility, NodeStatus};
 use crate::validate::parse_version_requirement;
 
-enum Check {
-    Equal(String, String),
-    NotEqual(String, String),
+/// One attribute test, compiled (constraints and affinities share them).
+pub(super) enum Check {
+    Equal(Attribute, String),
+    NotEqual(Attribute, String),
     /// `None`: the expression does not compile, so no node matches.
-    Regexp(String, Option<Regex>),
-    Version(String, Option<Vec<(String, Vec<u64>)>>),
+    Regexp(Attribute, Option<Regex>),
+    Version(Attribute, Option<Vec<(String, Vec<u64>)>>),
+}
+
+/// A node attribute as constraints, affinities and spreads name it, parsed once: looking one
+/// up is then a single map lookup (it is done for every candidate node).
+#[derive(Debug, Clone)]
+pub enum Attribute {
+    Id,
+    Hostname,
+    Attr(String),
+    Meta(String),
+    /// Validation refuses other names; an older job's has no value on any node.
+    Unknown,
+}
+
+impl Attribute {
+    pub fn parse(name: &str) -> Attribute {
+        match name {
+            "node.id" => Attribute::Id,
+            "node.hostname" => Attribute::Hostname,
+            _ => match (name.strip_prefix("attr."), name.strip_prefix("meta.")) {
+                (Some(attr), _) => Attribute::Attr(attr.to_string()),
+                (_, Some(meta)) => Attribute::Meta(meta.to_string()),
+                _ => Attribute::Unknown,
+            },
+        }
+    }
+
+    /// Its value on `node`.
+    pub fn of<'n>(&self, node: &'n Node) -> Option<&'n str> {
+        match self {
+            Attribute::Id => Some(&node.id),
+            Attribute::Hostname => Some(&node.hostname),
+            Attribute::Attr(name) => node.attributes.get(name).map(String::as_str),
+            Attribute::Meta(name) => node.meta.get(name).map(String::as_str),
+            Attribute::Unknown => None,
+        }
+    }
 }
 
 /// A group's placement requirements, ready to test nodes against.
@@ -61,22 +99,16 @@ impl CompiledConstraints {
         let task_constraints = group.tasks.iter().flat_map(|t| t.constraints.iter());
         for c in job.constraints.iter().chain(group.constraints.iter()).chain(task_constraints) {
             let label = format!("{} {} {}", c.attribute, c.operator.as_str(), c.value);
-            let check = match c.operator {
-                ConstraintOperator::Equal => Check::Equal(c.attribute.clone(), c.value.clone()),
-                ConstraintOperator::NotEqual => Check::NotEqual(c.attribute.clone(), c.value.clone()),
-                ConstraintOperator::Regexp => Check::Regexp(c.attribute.clone(), Regex::new(&c.value).ok()),
-                // An unparsable requirement (validation refuses them) matches no node.
-                ConstraintOperator::Version => {
-                    Check::Version(c.attribute.clone(), parse_version_requirement(&c.value).ok())
-                }
+            match c.operator {
                 ConstraintOperator::DistinctHosts => {
                     if !job.constraints.contains(c) {
                         compiled.distinct_hosts_group = true;
                     }
-                    continue;
                 }
-            };
-            compiled.checks.push((check, label));
+                // Counted per plan, with the spreads (`preferences`).
+                ConstraintOperator::DistinctProperty => {}
+                _ => compiled.checks.push((Check::compile(&c.attribute, c.operator, &c.value), label)),
+            }
         }
         for task in &group.tasks {
             let driver = task.driver.name();
@@ -137,7 +169,7 @@ impl CompiledConstraints {
     /// allocation already there may stay when its job changes.
     pub fn constraint_rejects(&self, node: &Node) -> Option<String> {
         for (check, label) in &self.checks {
-            if !passes(check, node) {
+            if !check.passes(node) {
                 return Some(format!("constraint {label}"));
             }
         }
@@ -145,34 +177,32 @@ impl CompiledConstraints {
     }
 }
 
-/// The value of a constraint attribute on a node.
-pub fn node_attribute<'n>(node: &'n Node, attribute: &str) -> Option<&'n str> {
-    match attribute {
-        "node.id" => Some(&node.id),
-        "node.hostname" => Some(&node.hostname),
-        _ => {
-            if let Some(name) = attribute.strip_prefix("attr.") {
-                node.attributes.get(name).map(String::as_str)
-            } else if let Some(name) = attribute.strip_prefix("meta.") {
-                node.meta.get(name).map(String::as_str)
-            } else {
-                None
-            }
+impl Check {
+    /// `attribute operator value` for `=`, `!=`, `regexp` and `version` (validation allows no
+    /// other operator here; any other matches no node).
+    pub(super) fn compile(attribute: &str, operator: ConstraintOperator, value: &str) -> Check {
+        let attribute = Attribute::parse(attribute);
+        match operator {
+            ConstraintOperator::Equal => Check::Equal(attribute, value.to_string()),
+            ConstraintOperator::NotEqual => Check::NotEqual(attribute, value.to_string()),
+            ConstraintOperator::Regexp => Check::Regexp(attribute, Regex::new(value).ok()),
+            // An unparsable requirement (validation refuses them) matches no node.
+            ConstraintOperator::Version => Check::Version(attribute, parse_version_requirement(value).ok()),
+            ConstraintOperator::DistinctHosts | ConstraintOperator::DistinctProperty => Check::Regexp(attribute, None),
         }
     }
-}
 
-fn passes(check: &Check, node: &Node) -> bool {
-    match check {
-        Check::Equal(attr, value) => node_attribute(node, attr) == Some(value.as_str()),
-        // A node without the attribute is "not equal".
-        Check::NotEqual(attr, value) => node_attribute(node, attr) != Some(value.as_str()),
-        Check::Regexp(attr, re) => {
-            node_attribute(node, attr).is_some_and(|v| re.as_ref().is_some_and(|re| re.is_match(v)))
+    pub(super) fn passes(&self, node: &Node) -> bool {
+        match self {
+            Check::Equal(attr, value) => attr.of(node) == Some(value.as_str()),
+            // A node without the attribute is "not equal".
+            Check::NotEqual(attr, value) => attr.of(node) != Some(value.as_str()),
+            Check::Regexp(attr, re) => attr.of(node).is_some_and(|v| re.as_ref().is_some_and(|re| re.is_match(v))),
+            Check::Version(attr, terms) => attr
+                .of(node)
+                .and_then(parse_version)
+                .is_some_and(|v| terms.as_ref().is_some_and(|terms| version_matches(&v, terms))),
         }
-        Check::Version(attr, terms) => node_attribute(node, attr)
-            .and_then(parse_version)
-            .is_some_and(|v| terms.as_ref().is_some_and(|terms| version_matches(&v, terms))),
     }
 }
 

@@ -9,6 +9,7 @@
 //! placement O(sample) on a 10,000-node cluster.
 
 mod feasibility;
+mod preferences;
 mod reconcile;
 pub mod select;
 #[cfg(test)]
@@ -70,7 +71,15 @@ pub fn schedule(view: &impl StateView, eval: &Evaluation, now: Timestamp, new_id
         return plan;
     };
     plan.job_version = job.version;
-    let nodes_by_id: BTreeMap<&str, &Node> = view.nodes().iter().map(|n| (n.id.as_str(), n)).collect();
+    // The nodes of the job's unfinished allocations (what reconciling looks up), found in one
+    // pass; a new job's plan needs none.
+    let on: BTreeSet<&str> =
+        existing.iter().filter(|a| !a.client_status.is_terminal()).map(|a| a.node_id.as_str()).collect();
+    let nodes_by_id: BTreeMap<&str, &Node> = if on.is_empty() {
+        BTreeMap::new()
+    } else {
+        view.nodes().iter().filter(|n| on.contains(n.id.as_str())).map(|n| (n.id.as_str(), n)).collect()
+    };
     // Decide every stop first, so placements can use the room (and the hosts) they free.
     let mut asks = Vec::new();
     for group in &job.task_groups {

@@ -1,14 +1,17 @@
-//! Choosing a node for one allocation: feasible, fits, best fit; ties spread the group.
+//! Choosing a node for one allocation: feasible, fits, scored (best fit and the group's
+//! preferences); ties spread the group.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::feasibility::CompiledConstraints;
+use super::preferences::{Live, Preferences};
 use super::reconcile::Ask;
 use super::StateView;
 use crate::alloc::{AllocClientStatus, AllocDesiredStatus, Allocation};
 use crate::eval::Evaluation;
-use crate::job::{Job, Resources, TaskGroup};
+use crate::job::{ConstraintOperator, Job, Resources, TaskGroup};
 use crate::node::Node;
+use crate::placement::{NodeScore, PlacementMetrics, Score, ScoreKind, KEPT_SCORES};
 use crate::time::Timestamp;
 
 /// Where dynamic host ports come from when a node does not say (Nomad's default range); an
@@ -49,7 +52,15 @@ pub struct Placer<'a, V: StateView> {
     /// Live allocations of the job (kept or planned), by node, and of each group, by node.
     job_on_node: HashMap<String, u32>,
     group_on_node: HashMap<(String, String), u32>,
-    compiled: BTreeMap<String, CompiledConstraints>,
+    /// The same allocations as (group, node id), for counting by attribute (`preferences`).
+    live: Vec<(String, String)>,
+    groups: BTreeMap<String, GroupRules>,
+}
+
+/// What a group asks of nodes, compiled once per plan.
+struct GroupRules {
+    constraints: CompiledConstraints,
+    preferences: Preferences,
 }
 
 /// Why an allocation could not be placed.
@@ -69,6 +80,20 @@ struct Candidate<'a> {
     dynamic: Vec<u16>,
 }
 
+/// The best candidates' scores, best first, for the allocation's metrics.
+#[derive(Default)]
+struct TopScores<'a>(Vec<(f64, &'a Node, Score)>);
+
+impl<'a> TopScores<'a> {
+    fn offer(&mut self, total: f64, node: &'a Node, score: Score) {
+        let at = self.0.iter().position(|(t, _, _)| total > *t).unwrap_or(self.0.len());
+        if at < KEPT_SCORES {
+            self.0.insert(at, (total, node, score));
+            self.0.truncate(KEPT_SCORES);
+        }
+    }
+}
+
 impl<'a, V: StateView> Placer<'a, V> {
     /// `freed`: allocations this plan stops; their room and their hosts count as free, and the
     /// host ports of those in `ports_freed`.
@@ -86,11 +111,13 @@ impl<'a, V: StateView> Placer<'a, V> {
             let r = released.entry(alloc.node_id.clone()).or_insert(Resources::ZERO);
             *r = r.plus(alloc.resources);
         }
+        let mut live = Vec::new();
         for alloc in view.allocations_of_job(&job.name) {
             let stopping = freed.iter().any(|f| f.id == alloc.id);
             if !stopping && alloc.desired_status == AllocDesiredStatus::Run && !alloc.client_status.is_terminal() {
                 *job_on_node.entry(alloc.node_id.clone()).or_default() += 1;
                 *group_on_node.entry((alloc.task_group.clone(), alloc.node_id.clone())).or_default() += 1;
+                live.push((alloc.task_group.clone(), alloc.node_id.clone()));
             }
         }
         let nodes = view.nodes().len().max(1);
@@ -105,8 +132,45 @@ impl<'a, V: StateView> Placer<'a, V> {
             released,
             job_on_node,
             group_on_node,
-            compiled: BTreeMap::new(),
+            live,
+            groups: BTreeMap::new(),
         }
+    }
+
+    /// The group's rules, compiled on its first placement of the plan.
+    fn rules(&mut self, group: &TaskGroup) -> &GroupRules {
+        if !self.groups.contains_key(&group.name) {
+            let nodes = self.view.nodes();
+            let counted = !self.job.spreads.is_empty()
+                || !group.spreads.is_empty()
+                || self
+                    .job
+                    .constraints
+                    .iter()
+                    .chain(&group.constraints)
+                    .any(|c| c.operator == ConstraintOperator::DistinctProperty)
+                || group
+                    .tasks
+                    .iter()
+                    .flat_map(|t| &t.constraints)
+                    .any(|c| c.operator == ConstraintOperator::DistinctProperty);
+            // Only a group that counts by attribute needs its allocations' nodes.
+            let live: Vec<Live<'_>> = if counted && !self.live.is_empty() {
+                let by_id: HashMap<&str, &Node> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+                self.live
+                    .iter()
+                    .filter_map(|(g, n)| Some(Live { group: g.as_str(), node: by_id.get(n.as_str())? }))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let rules = GroupRules {
+                constraints: CompiledConstraints::for_group(self.job, group),
+                preferences: Preferences::for_group(self.job, group, &live),
+            };
+            self.groups.insert(group.name.clone(), rules);
+        }
+        &self.groups[&group.name]
     }
 
     /// Places one allocation of `group`, or says why no node can take it.
@@ -118,14 +182,15 @@ impl<'a, V: StateView> Placer<'a, V> {
         new_id: &mut dyn FnMut() -> String,
     ) -> Result<Allocation, PlaceError> {
         let job = self.job;
-        let compiled =
-            self.compiled.entry(group.name.clone()).or_insert_with(|| CompiledConstraints::for_group(job, group));
+        self.rules(group);
+        let rules = &self.groups[&group.name];
         let ask_resources = group_resources(group);
         let ask_ports = group.static_host_ports();
         let ask_dynamic = group.dynamic_ports().len();
         let nodes = self.view.nodes();
         let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
         let mut best: Option<Candidate<'a>> = None;
+        let mut top = TopScores::default();
         let mut found = 0;
         let (start, span) = match &ask.node_id {
             Some(id) => match nodes.iter().position(|n| &n.id == id) {
@@ -138,12 +203,13 @@ impl<'a, V: StateView> Placer<'a, V> {
         while examined < span && found < SAMPLE_SIZE {
             let node: &'a Node = &nodes[(start + examined) % nodes.len()];
             examined += 1;
-            if let Some(reason) = compiled.rejects(node) {
+            if let Some(reason) = rules.constraints.rejects(node).or_else(|| rules.preferences.rejects(node)) {
                 *rejected.entry(reason).or_default() += 1;
                 continue;
             }
             let job_here = self.job_on_node.get(&node.id).copied().unwrap_or(0);
             let group_here = self.group_on_node.get(&(group.name.clone(), node.id.clone())).copied().unwrap_or(0);
+            let compiled = &rules.constraints;
             if (compiled.distinct_hosts_job && job_here > 0) || (compiled.distinct_hosts_group && group_here > 0) {
                 *rejected.entry("distinct_hosts".to_string()).or_default() += 1;
                 continue;
@@ -153,14 +219,19 @@ impl<'a, V: StateView> Placer<'a, V> {
                 *rejected.entry(format!("host port {port} in use")).or_default() += 1;
                 continue;
             }
-            // Spread over the range from a point of the evaluation's, so that successive
-            // placements do not all probe the same first ports.
-            let taken_here = self.ports_taken.get(node.id.as_str()).map_or(0, Vec::len);
-            let from = (fnv1a(self.eval_id.as_bytes()) as usize).wrapping_add(taken_here);
-            let free = |p: u16| !port_taken(self.view, &self.ports_freed, &self.ports_taken, &node.id, p);
-            let Some(dynamic) = free_dynamic_ports(dynamic_range(node), from, &ask_ports, ask_dynamic, free) else {
-                *rejected.entry("no free dynamic host port".to_string()).or_default() += 1;
-                continue;
+            let dynamic = if ask_dynamic == 0 {
+                Vec::new()
+            } else {
+                // Spread over the range from a point of the evaluation's, so that successive
+                // placements do not all probe the same first ports.
+                let taken_here = self.ports_taken.get(node.id.as_str()).map_or(0, Vec::len);
+                let from = (fnv1a(self.eval_id.as_bytes()) as usize).wrapping_add(taken_here);
+                let free = |p: u16| !port_taken(self.view, &self.ports_freed, &self.ports_taken, &node.id, p);
+                let Some(dynamic) = free_dynamic_ports(dynamic_range(node), from, &ask_ports, ask_dynamic, free) else {
+                    *rejected.entry("no free dynamic host port".to_string()).or_default() += 1;
+                    continue;
+                };
+                dynamic
             };
             let reserved = self.reserved.get(node.id.as_str()).copied().unwrap_or(Resources::ZERO);
             let released = self.released.get(&node.id).copied().unwrap_or(Resources::ZERO);
@@ -173,7 +244,9 @@ impl<'a, V: StateView> Placer<'a, V> {
             };
             found += 1;
             let failed_here = ask.reschedule_events.iter().any(|e| e.prev_node_id == node.id);
-            let score = combined_score(score, group_here, group.count, failed_here);
+            let parts = score_parts(score, group_here, group.count, failed_here, &rules.preferences, node);
+            let score = parts.total();
+            top.offer(score, node, parts);
             let candidate = Candidate { node, score, group_here, dynamic };
             if best.as_ref().is_none_or(|b| better(&candidate, b)) {
                 best = Some(candidate);
@@ -191,6 +264,23 @@ impl<'a, V: StateView> Placer<'a, V> {
             return Err(if room { PlaceError::NoRoom(reason) } else { PlaceError::Infeasible(reason) });
         };
         let node_id = chosen.node.id.clone();
+        let mut scores: Vec<NodeScore> = top.0.iter().map(|(_, n, s)| s.to_node_score(&n.id)).collect();
+        // The chosen node first (a tie it won by spreading may have put another ahead).
+        if let Some(at) = scores.iter().position(|s| s.node_id == node_id) {
+            let chosen_score = scores.remove(at);
+            scores.insert(0, chosen_score);
+        }
+        let metrics = PlacementMetrics {
+            nodes_evaluated: u32::try_from(examined).unwrap_or(u32::MAX),
+            nodes_filtered: rejected.into_iter().map(|(why, n)| (why, u32::try_from(n).unwrap_or(u32::MAX))).collect(),
+            scores,
+        };
+        for (name, rules) in self.groups.iter_mut() {
+            if rules.preferences.counts() {
+                rules.preferences.placed(&group.name, *name == group.name, chosen.node);
+            }
+        }
+        self.live.push((group.name.clone(), node_id.clone()));
         let reserved = self.reserved.entry(chosen.node.id.as_str()).or_default();
         *reserved = reserved.plus(ask_resources);
         let mut host_ports = ask_ports;
@@ -217,6 +307,7 @@ impl<'a, V: StateView> Placer<'a, V> {
             created_at: now,
             modified_at: now,
             reschedule_events: ask.reschedule_events.clone(),
+            metrics,
         })
     }
 }
@@ -283,7 +374,8 @@ fn fit_score(capacity: Resources, used: Resources, ask: Resources) -> Option<f64
     Some((util(cpu, capacity.cpu_mhz) + util(mem, capacity.memory_mb)) / 2.0)
 }
 
-/// Nomad's scoring: the fit, and a term for each preference that applies to the node, averaged.
+/// Nomad's scoring: the fit, and a part for each preference that applies to the node, averaged
+/// (`Score`).
 ///
 /// - Job anti-affinity: a node that already runs `here` of the group's `count` allocations
 ///   scores `-(here + 1) / count`, so that copies of a service spread over nodes when they fit
@@ -291,17 +383,22 @@ fn fit_score(capacity: Resources, used: Resources, ask: Resources) -> Option<f64
 ///   has room.
 /// - Reschedule penalty: a node where an earlier allocation of this slot failed scores -1, so a
 ///   replacement goes elsewhere when it can (the node may be the cause) and back there when not.
-fn combined_score(fit: f64, here: u32, count: u32, failed_here: bool) -> f64 {
-    let (mut sum, mut terms) = (fit, 1.0);
+/// - Affinity and spread (`Preferences`), when they are not 0 on the node.
+fn score_parts(fit: f64, here: u32, count: u32, failed_here: bool, preferences: &Preferences, node: &Node) -> Score {
+    let mut score = Score::new(fit);
     if here > 0 {
-        sum -= f64::from(here + 1) / f64::from(count.max(1));
-        terms += 1.0;
+        score = score.with(ScoreKind::JobAntiAffinity, -f64::from(here + 1) / f64::from(count.max(1)));
     }
     if failed_here {
-        sum -= 1.0;
-        terms += 1.0;
+        score = score.with(ScoreKind::ReschedulePenalty, -1.0);
     }
-    sum / terms
+    if let Some(affinity) = preferences.affinity(node).filter(|a| *a != 0.0) {
+        score = score.with(ScoreKind::NodeAffinity, affinity);
+    }
+    if let Some(spread) = preferences.spread(node).filter(|s| *s != 0.0) {
+        score = score.with(ScoreKind::AllocationSpread, spread);
+    }
+    score
 }
 
 /// Higher score wins; on a tie, the node with fewer allocations of the group (spread).

@@ -740,3 +740,121 @@ fn a_system_job_skips_nodes_it_cannot_run_on_without_failing() {
     assert_eq!(plan.placements[0].node_id, "a");
     assert!(plan.failed_placements.is_empty(), "{:?}", plan.failed_placements);
 }
+
+fn in_rack(id: &str, rack: &str) -> Node {
+    let mut n = node(id, 8000, 8192);
+    n.meta.insert("rack".into(), rack.into());
+    n
+}
+
+/// The job's live allocations per rack.
+fn per_rack(h: &Harness, job: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for a in h.live(job) {
+        let node = h.nodes.iter().find(|n| n.id == a.node_id).expect("node");
+        *out.entry(node.meta["rack"].clone()).or_default() += 1;
+    }
+    out
+}
+
+fn affinity(value: &str, weight: i8) -> crate::job::Affinity {
+    crate::job::Affinity {
+        attribute: "meta.rack".into(),
+        operator: ConstraintOperator::Equal,
+        value: value.into(),
+        weight,
+    }
+}
+
+#[test]
+fn an_affinity_draws_placements_to_matching_nodes_and_a_negative_one_keeps_them_away() {
+    let mut h =
+        Harness { nodes: vec![in_rack("a", "r1"), in_rack("b", "r2"), in_rack("c", "r3")], ..Default::default() };
+    let mut job = service("web", 1, 100, 100);
+    job.affinities.push(affinity("r2", 100));
+    h.put_job(job);
+    let plan = h.run("web");
+    assert_eq!(plan.placements[0].node_id, "b");
+    let metrics = &plan.placements[0].metrics;
+    assert_eq!(metrics.scores[0].node_id, "b", "the chosen node's score comes first");
+    assert!(metrics.scores[0].parts.contains(&(crate::placement::ScoreKind::NodeAffinity, 1000)), "{metrics:?}");
+    assert_eq!(metrics.nodes_evaluated, 3);
+
+    // Soft, not a constraint: two copies go to the two nodes of the one rack not avoided, but a
+    // third copy would rather go to an avoided rack than double up (job anti-affinity).
+    let nodes = vec![in_rack("a", "r1"), in_rack("b", "r2"), in_rack("c", "r3"), in_rack("d", "r3")];
+    let mut h = Harness { nodes, ..Default::default() };
+    let mut avoid = service("api", 2, 100, 100);
+    avoid.task_groups[0].affinities = vec![affinity("r1", -100), affinity("r2", -100)];
+    h.put_job(avoid.clone());
+    h.run("api");
+    assert_eq!(per_rack(&h, "api"), BTreeMap::from([("r3".to_string(), 2)]), "r3 is the only rack not avoided");
+    avoid.task_groups[0].count = 3;
+    h.put_job(avoid);
+    h.run("api");
+    assert_eq!(per_rack(&h, "api").len(), 2, "the third went to an avoided rack");
+}
+
+#[test]
+fn a_spread_with_targets_places_by_their_percentages() {
+    let nodes = vec![in_rack("a", "r1"), in_rack("b", "r1"), in_rack("c", "r2"), in_rack("d", "r2")];
+    let mut h = Harness { nodes, ..Default::default() };
+    let mut job = service("web", 10, 100, 100);
+    job.spreads.push(crate::job::Spread {
+        attribute: "meta.rack".into(),
+        weight: 100,
+        targets: vec![crate::job::SpreadTarget { value: "r1".into(), percent: 70 }],
+    });
+    h.put_job(job);
+    h.run("web");
+    assert_eq!(
+        per_rack(&h, "web"),
+        BTreeMap::from([("r1".to_string(), 7), ("r2".to_string(), 3)]),
+        "r2 takes the 30% left"
+    );
+}
+
+#[test]
+fn an_even_spread_balances_values_not_nodes() {
+    // Three nodes, two racks: job anti-affinity alone puts two of four copies in r1's two nodes
+    // and one or two in r2; spread over racks gives two each.
+    let nodes = vec![in_rack("a", "r1"), in_rack("b", "r1"), in_rack("c", "r2")];
+    let mut h = Harness { nodes, ..Default::default() };
+    let mut job = service("web", 4, 100, 100);
+    job.task_groups[0].spreads.push(crate::job::Spread {
+        attribute: "meta.rack".into(),
+        weight: 100,
+        targets: Vec::new(),
+    });
+    h.put_job(job);
+    h.run("web");
+    assert_eq!(per_rack(&h, "web"), BTreeMap::from([("r1".to_string(), 2), ("r2".to_string(), 2)]));
+}
+
+#[test]
+fn distinct_property_allows_so_many_allocations_per_value_and_says_why_the_rest_wait() {
+    let nodes = vec![in_rack("a", "r1"), in_rack("b", "r1"), in_rack("c", "r2"), node("x", 8000, 8192)];
+    let mut h = Harness { nodes, ..Default::default() };
+    let mut job = service("db", 3, 100, 100);
+    job.task_groups[0].constraints.push(Constraint {
+        attribute: "meta.rack".into(),
+        operator: ConstraintOperator::DistinctProperty,
+        value: String::new(),
+    });
+    h.put_job(job);
+    let plan = h.run("db");
+    assert_eq!(per_rack(&h, "db"), BTreeMap::from([("r1".to_string(), 1), ("r2".to_string(), 1)]));
+    let why = &plan.failed_placements["db"];
+    assert!(why.contains("distinct_property meta.rack = r1"), "{why}");
+    assert!(why.contains("distinct_property meta.rack: attribute missing"), "node x has no rack: {why}");
+    // A limit of 2 per rack takes the third.
+    let mut job = service("db", 3, 100, 100);
+    job.task_groups[0].constraints.push(Constraint {
+        attribute: "meta.rack".into(),
+        operator: ConstraintOperator::DistinctProperty,
+        value: "2".into(),
+    });
+    h.put_job(job);
+    h.run("db");
+    assert_eq!(h.live("db").len(), 3);
+}

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::job::{Constraint, ConstraintOperator, Job, Resources, Task, TaskDriver, TaskGroup};
+use crate::job::{Affinity, Constraint, ConstraintOperator, Job, Resources, Spread, Task, TaskDriver, TaskGroup};
 use crate::limits::*;
 
 mod docker;
@@ -118,6 +118,8 @@ impl Job {
             );
         }
         check_constraints(&mut r, "constraints", &self.constraints);
+        check_affinities(&mut r, "affinities", &self.affinities);
+        check_spreads(&mut r, "spreads", &self.spreads);
         check_map(&mut r, "meta", &self.meta, MAX_META_ENTRIES);
         let mut seen = BTreeSet::new();
         for (i, group) in self.task_groups.iter().enumerate().take(MAX_TASK_GROUPS) {
@@ -197,6 +199,8 @@ fn check_group(r: &mut Report, path: &str, group: &TaskGroup) {
         r.add(format!("{path}.reschedule.{field}"), problem);
     }
     check_constraints(r, &format!("{path}.constraints"), &group.constraints);
+    check_affinities(r, &format!("{path}.affinities"), &group.affinities);
+    check_spreads(r, &format!("{path}.spreads"), &group.spreads);
     check_map(r, &format!("{path}.meta"), &group.meta, MAX_META_ENTRIES);
     // The group's allocation holds all of its tasks' fixed host ports on one node.
     let ports = group.published_host_ports();
@@ -373,8 +377,7 @@ fn check_resources(r: &mut Report, path: &str, res: &Resources) {
 const CONSTRAINT_ATTRIBUTE_PREFIXES: [&str; 2] = ["attr.", "meta."];
 
 fn check_constraints(r: &mut Report, path: &str, constraints: &[Constraint]) {
-    if constraints.len() > MAX_CONSTRAINTS {
-        r.add(path, format!("must have at most {MAX_CONSTRAINTS} entries, got {}", constraints.len()));
+    if too_many(r, path, constraints.len()) {
         return;
     }
     for (i, c) in constraints.iter().enumerate() {
@@ -382,28 +385,110 @@ fn check_constraints(r: &mut Report, path: &str, constraints: &[Constraint]) {
         if c.operator == ConstraintOperator::DistinctHosts {
             continue;
         }
-        let known_attribute = c.attribute == "node.id"
-            || c.attribute == "node.hostname"
-            || CONSTRAINT_ATTRIBUTE_PREFIXES.iter().any(|p| c.attribute.len() > p.len() && c.attribute.starts_with(p));
-        if !known_attribute {
-            r.add(
-                format!("{cpath}.attribute"),
-                format!("must be node.id, node.hostname, attr.<name> or meta.<name>, got {:?}", c.attribute),
-            );
-        }
+        check_attribute(r, &format!("{cpath}.attribute"), &c.attribute);
         check_text(r, &format!("{cpath}.value"), &c.value, MAX_ARG_LEN);
-        match c.operator {
-            ConstraintOperator::Regexp => {
-                if let Err(e) = regex::Regex::new(&c.value) {
-                    r.add(format!("{cpath}.value"), format!("invalid regular expression: {e}"));
-                }
+        if c.operator == ConstraintOperator::DistinctProperty {
+            let limit = c.value.trim();
+            if !limit.is_empty() && !limit.parse::<u32>().is_ok_and(|n| n > 0) {
+                r.add(
+                    format!("{cpath}.value"),
+                    format!("is how many allocations a value may have: a number above 0, got {:?}", c.value),
+                );
             }
-            ConstraintOperator::Version => {
-                if let Err(e) = crate::validate::parse_version_requirement(&c.value) {
-                    r.add(format!("{cpath}.value"), e);
-                }
+            continue;
+        }
+        check_operand(r, &cpath, c.operator, &c.value);
+    }
+}
+
+/// True (and reported) when a list of constraints, affinities or spreads is over the limit.
+fn too_many(r: &mut Report, path: &str, len: usize) -> bool {
+    if len > MAX_CONSTRAINTS {
+        r.add(path, format!("must have at most {MAX_CONSTRAINTS} entries, got {len}"));
+    }
+    len > MAX_CONSTRAINTS
+}
+
+/// `node.id`, `node.hostname`, `attr.<name>` or `meta.<name>`.
+fn check_attribute(r: &mut Report, path: &str, attribute: &str) {
+    let known = attribute == "node.id"
+        || attribute == "node.hostname"
+        || CONSTRAINT_ATTRIBUTE_PREFIXES.iter().any(|p| attribute.len() > p.len() && attribute.starts_with(p));
+    if !known {
+        r.add(path, format!("must be node.id, node.hostname, attr.<name> or meta.<name>, got {attribute:?}"));
+    }
+}
+
+/// A regular expression or a version requirement must parse.
+fn check_operand(r: &mut Report, path: &str, operator: ConstraintOperator, value: &str) {
+    match operator {
+        ConstraintOperator::Regexp => {
+            if let Err(e) = regex::Regex::new(value) {
+                r.add(format!("{path}.value"), format!("invalid regular expression: {e}"));
             }
-            _ => {}
+        }
+        ConstraintOperator::Version => {
+            if let Err(e) = crate::validate::parse_version_requirement(value) {
+                r.add(format!("{path}.value"), e);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check_affinities(r: &mut Report, path: &str, affinities: &[Affinity]) {
+    if too_many(r, path, affinities.len()) {
+        return;
+    }
+    for (i, a) in affinities.iter().enumerate() {
+        let apath = format!("{path}[{i}]");
+        check_attribute(r, &format!("{apath}.attribute"), &a.attribute);
+        check_text(r, &format!("{apath}.value"), &a.value, MAX_ARG_LEN);
+        match a.operator {
+            ConstraintOperator::Equal
+            | ConstraintOperator::NotEqual
+            | ConstraintOperator::Regexp
+            | ConstraintOperator::Version => check_operand(r, &apath, a.operator, &a.value),
+            other => r.add(
+                format!("{apath}.operator"),
+                format!("must be =, !=, regexp or version for an affinity, got {}", other.as_str()),
+            ),
+        }
+        if a.weight == 0 || !(-100..=100).contains(&a.weight) {
+            r.add(format!("{apath}.weight"), format!("must be -100 to 100 and not 0, got {}", a.weight));
+        }
+    }
+}
+
+fn check_spreads(r: &mut Report, path: &str, spreads: &[Spread]) {
+    if too_many(r, path, spreads.len()) {
+        return;
+    }
+    for (i, s) in spreads.iter().enumerate() {
+        let spath = format!("{path}[{i}]");
+        check_attribute(r, &format!("{spath}.attribute"), &s.attribute);
+        if !(1..=100).contains(&s.weight) {
+            r.add(format!("{spath}.weight"), format!("must be 1 to 100, got {}", s.weight));
+        }
+        if s.targets.len() > MAX_CONSTRAINTS {
+            r.add(format!("{spath}.targets"), format!("must have at most {MAX_CONSTRAINTS} entries"));
+            continue;
+        }
+        let mut seen = BTreeSet::new();
+        let mut sum = 0u32;
+        for (k, t) in s.targets.iter().enumerate() {
+            let tpath = format!("{spath}.targets[{k}]");
+            check_text(r, &format!("{tpath}.value"), &t.value, MAX_ARG_LEN);
+            if t.value.is_empty() || !seen.insert(t.value.as_str()) {
+                r.add(format!("{tpath}.value"), format!("must be a value named once, got {:?}", t.value));
+            }
+            if t.percent > 100 {
+                r.add(format!("{tpath}.percent"), format!("must be 0 to 100, got {}", t.percent));
+            }
+            sum += u32::from(t.percent);
+        }
+        if sum > 100 {
+            r.add(format!("{spath}.targets"), format!("percentages add up to {sum}, more than 100"));
         }
     }
 }

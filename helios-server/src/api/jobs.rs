@@ -47,7 +47,13 @@ fn plan_summary(
         &mut groups[at]
     }
     for placement in &plan.placements {
-        entry(&mut groups, &placement.task_group).place += 1;
+        let group = entry(&mut groups, &placement.task_group);
+        group.place += 1;
+        group.placements.push(pb::PlannedPlacement {
+            name: placement.name.clone(),
+            node_id: placement.node_id.clone(),
+            metrics: Some(helios_api::convert::metrics_to_pb(&placement.metrics)),
+        });
     }
     for stop in &plan.stops {
         entry(&mut groups, group_of.get(stop.alloc_id.as_str()).copied().unwrap_or("?")).stop += 1;
@@ -261,7 +267,15 @@ fn describe_placement(
             (_, 0, _) => "no client nodes have registered".to_string(),
             (0, n, _) => format!("none of the {n} client nodes is ready"),
             (_, _, Some(eval)) if eval.status == EvalStatus::Pending => {
-                format!("evaluation {} is pending", eval.id.chars().take(8).collect::<String>())
+                let id: Vec<char> = eval.id.chars().collect();
+                let short: String = id[id.len().saturating_sub(8)..].iter().collect();
+                match eval.wait_until {
+                    Some(at) => format!(
+                        "a failed allocation is rescheduled at {} (evaluation {short} waits until then)",
+                        at.to_rfc3339()
+                    ),
+                    None => format!("evaluation {short} is pending"),
+                }
             }
             (_, _, Some(eval)) if !eval.failed_placements.is_empty() => {
                 let reasons: Vec<String> =

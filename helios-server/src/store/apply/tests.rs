@@ -185,6 +185,7 @@ fn alloc(id: &str, job: &str, name: &str, node: &str, cpu: u32) -> Allocation {
         created_at: Timestamp(1),
         modified_at: Timestamp(1),
         reschedule_events: Vec::new(),
+        metrics: Default::default(),
     }
 }
 
