@@ -11,9 +11,9 @@ use helios_core::placement::PlacementMetrics;
 use helios_core::validate::FieldError;
 use helios_core::{
     Affinity, Allocation, Constraint, ConstraintOperator, DelayFunction, DockerConfig, DockerDevice, Evaluation,
-    ExecConfig, GroupPort, Job, JobStatus, JobType, Node, PortMapping, ReschedulePolicy, Resources, RestartMode,
-    RestartPolicy, Spread, SpreadTarget, Task, TaskDriver, TaskEvent, TaskGroup, TaskState, Timestamp,
-    ValidationErrors,
+    ExecConfig, GroupPort, HealthCheck, Job, JobStatus, JobType, MigrateStrategy, Node, PortMapping, ReschedulePolicy,
+    Resources, RestartMode, RestartPolicy, Spread, SpreadTarget, Task, TaskDriver, TaskEvent, TaskGroup, TaskState,
+    Timestamp, ValidationErrors,
 };
 
 use crate::pb;
@@ -110,6 +110,7 @@ fn group_from_pb(p: &mut Problems, path: &str, g: pb::TaskGroup, job_type: JobTy
         reschedule: reschedule_from_pb(p, &format!("{path}.reschedule"), g.reschedule, job_type),
         affinities: affinities_from_pb(p, &format!("{path}.affinities"), g.affinities),
         spreads: spreads_from_pb(p, &format!("{path}.spreads"), g.spreads),
+        migrate: migrate_from_pb(p, &format!("{path}.migrate"), g.migrate),
         meta: g.meta,
         ports: g
             .ports
@@ -194,6 +195,24 @@ fn port_from_pb(p: &mut Problems, path: &str, port: pb::PortMapping) -> PortMapp
         container_port: narrow("container_port", port.container_port),
         host_port: port.host_port.map(|h| narrow("host_port", h)),
         name: port.name,
+    }
+}
+
+fn migrate_from_pb(p: &mut Problems, path: &str, m: Option<pb::MigrateStrategy>) -> MigrateStrategy {
+    let Some(m) = m else { return MigrateStrategy::default() };
+    let health_check = match pb::HealthCheck::try_from(m.health_check) {
+        Ok(pb::HealthCheck::Unspecified | pb::HealthCheck::Checks) => HealthCheck::Checks,
+        Ok(pb::HealthCheck::TaskStates) => HealthCheck::TaskStates,
+        Err(_) => {
+            p.add(format!("{path}.health_check"), format!("unknown health check {}", m.health_check));
+            HealthCheck::Checks
+        }
+    };
+    MigrateStrategy {
+        max_parallel: m.max_parallel,
+        health_check,
+        min_healthy_time_secs: m.min_healthy_time_secs,
+        healthy_deadline_secs: m.healthy_deadline_secs,
     }
 }
 
@@ -376,6 +395,15 @@ fn group_to_pb(g: &TaskGroup) -> pb::TaskGroup {
         reschedule: Some(reschedule_to_pb(&g.reschedule)),
         affinities: affinities_to_pb(&g.affinities),
         spreads: spreads_to_pb(&g.spreads),
+        migrate: Some(pb::MigrateStrategy {
+            max_parallel: g.migrate.max_parallel,
+            health_check: match g.migrate.health_check {
+                HealthCheck::Checks => pb::HealthCheck::Checks,
+                HealthCheck::TaskStates => pb::HealthCheck::TaskStates,
+            } as i32,
+            min_healthy_time_secs: g.migrate.min_healthy_time_secs,
+            healthy_deadline_secs: g.migrate.healthy_deadline_secs,
+        }),
         meta: g.meta.clone(),
     }
 }

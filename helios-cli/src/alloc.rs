@@ -171,7 +171,14 @@ fn print_reschedule(a: &pb::Allocation, now: Timestamp) {
     }
     if let Some(at) = a.reschedule_at_ms {
         let wait = at.saturating_sub(now.0).div_ceil(1000);
-        println!("Reschedule  = in {} ({})", helios_core::time::duration_text(wait), Timestamp(at).to_rfc3339());
+        if wait == 0 {
+            println!(
+                "Reschedule  = due since {}: waiting to be placed (job status says why)",
+                Timestamp(at).to_rfc3339()
+            );
+        } else {
+            println!("Reschedule  = in {} ({})", helios_core::time::duration_text(wait), Timestamp(at).to_rfc3339());
+        }
     }
     if !a.not_rescheduled.is_empty() {
         println!("Reschedule  = not rescheduled: {}", a.not_rescheduled);

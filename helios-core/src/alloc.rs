@@ -38,11 +38,14 @@ pub struct Allocation {
     /// When it replaces a failed allocation: the reschedules that led to it, oldest first, the
     /// last one its own (`crate::reschedule`). Empty for a first placement.
     pub reschedule_events: Vec<RescheduleEvent>,
+    /// For a failed allocation: the one that replaced it (set by the plan applier). The
+    /// scheduler no longer reads a replaced failure, so it can be collected.
+    pub next_allocation: Option<String>,
     /// The scores that decided its node (empty for allocations placed before format 7).
     pub metrics: PlacementMetrics,
 }
 
-// Version 2 (stored format 7): `reschedule_events` and placement `metrics`. Written as version 1 for older readers
+// Version 2 (stored format 7): `reschedule_events`, `next_allocation` and placement `metrics`. Written as version 1 for older readers
 // without them: they are the servers' own bookkeeping, which those readers do not use, so a
 // cluster mid-upgrade only counts a slot's reschedules afresh (`alloc_v1`).
 crate::versioned!(Allocation = 2, since format 7, previous crate::alloc_v1::Allocation);
@@ -60,6 +63,33 @@ impl Allocation {
     /// `group` is the one the allocation was placed for.
     pub fn host_port_of(&self, group: &crate::job::TaskGroup, task: &str, name: &str) -> Option<u16> {
         group.assigned_dynamic_ports(&self.host_ports).get(&(task.to_string(), name.to_string())).copied()
+    }
+
+    /// A running allocation of `j.g[0]` on `node`, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: &str, node: &str) -> Allocation {
+        Allocation {
+            id: id.into(),
+            name: "j.g[0]".into(),
+            eval_id: "e".into(),
+            job_name: "j".into(),
+            job_version: 0,
+            task_group: "g".into(),
+            group_fingerprint: 0,
+            node_id: node.into(),
+            resources: Resources::default(),
+            host_ports: Vec::new(),
+            desired_status: AllocDesiredStatus::Run,
+            desired_description: String::new(),
+            client_status: AllocClientStatus::Running,
+            client_description: String::new(),
+            task_states: BTreeMap::new(),
+            created_at: Timestamp(0),
+            modified_at: Timestamp(0),
+            reschedule_events: Vec::new(),
+            next_allocation: None,
+            metrics: PlacementMetrics::default(),
+        }
     }
 
     /// When it failed: its last task's end, else its last change.

@@ -1,5 +1,5 @@
 //! An allocation as stored formats 3 to 6 hold it (version 1): without reschedule events and
-//! placement metrics. Read
+//! placement metrics (nor the replacement of a failure). Read
 //! and migrated forward; written for clusters still at format 6 during a rolling upgrade.
 
 use std::collections::BTreeMap;
@@ -55,6 +55,7 @@ impl From<Allocation> for current::Allocation {
             created_at: old.created_at,
             modified_at: old.modified_at,
             reschedule_events: Vec::new(),
+            next_allocation: None,
             metrics: Default::default(),
         }
     }

@@ -113,13 +113,15 @@ pub fn eval_collectable(eval: &Evaluation, job_exists: bool, cutoffs: &Cutoffs) 
 /// A finished allocation that holds nothing on its node, old enough or of a job that no longer
 /// exists (a purged job's allocations go as soon as they finish). While its job lives, an
 /// allocation of the job's current version that the scheduler still reads is kept: a batch
-/// slot that completed (it is done, not to be run again) and a failure (each counts against the
-/// slot's reschedules). They are bounded by the job's count; the job's own collection takes them.
+/// slot that completed (it is done, not to be run again) and a failure not yet replaced (its
+/// slot's reschedule waits on it; a replacement carries the history on, `next_allocation`). They
+/// are bounded by the job's count (a system job's failures, by its nodes and four per node);
+/// the job's own collection takes them.
 pub fn alloc_collectable(alloc: &Allocation, job: Option<&Job>, cutoffs: &Cutoffs) -> bool {
     let still_read = job.is_some_and(|job| {
         !job.stopped
             && alloc.job_version == job.version
-            && (alloc.client_status == AllocClientStatus::Failed
+            && ((alloc.client_status == AllocClientStatus::Failed && alloc.next_allocation.is_none())
                 || (job.job_type == JobType::Batch && alloc.client_status == AllocClientStatus::Complete))
     });
     alloc.is_terminal()
@@ -170,25 +172,11 @@ mod tests {
 
     fn alloc(client: AllocClientStatus, desired: AllocDesiredStatus, modified: u64, ports: Vec<u16>) -> Allocation {
         Allocation {
-            id: "a".into(),
-            name: "j.g[0]".into(),
-            eval_id: "e".into(),
-            job_name: "j".into(),
-            job_version: 0,
-            task_group: "g".into(),
-            group_fingerprint: 0,
-            node_id: "n".into(),
-            resources: Default::default(),
             host_ports: ports,
             desired_status: desired,
-            desired_description: String::new(),
             client_status: client,
-            client_description: String::new(),
-            task_states: Default::default(),
-            created_at: Timestamp(0),
             modified_at: Timestamp(modified),
-            reschedule_events: Vec::new(),
-            metrics: Default::default(),
+            ..Allocation::for_test("a", "n")
         }
     }
 
@@ -245,7 +233,9 @@ mod tests {
             a
         };
         assert!(!alloc_collectable(&current(Complete), Some(&batch), &cutoffs(100)), "a finished batch slot");
-        assert!(!alloc_collectable(&current(Failed), Some(&batch), &cutoffs(100)), "a failure counted");
+        assert!(!alloc_collectable(&current(Failed), Some(&batch), &cutoffs(100)), "a failure waiting to be replaced");
+        let replaced = Allocation { next_allocation: Some("b".into()), ..current(Failed) };
+        assert!(alloc_collectable(&replaced, Some(&batch), &cutoffs(100)), "a replaced failure: its history moved on");
         assert!(alloc_collectable(&current(Lost), Some(&batch), &cutoffs(100)), "lost: replaced, not counted");
         let mut previous = current(Failed);
         previous.job_version = 2;

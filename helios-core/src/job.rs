@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::migrate::MigrateStrategy;
 use crate::reschedule::ReschedulePolicy;
 use crate::time::Timestamp;
 
@@ -31,8 +32,9 @@ pub struct Job {
 
 // Version 2 (stored format 5): tasks name their user, the raw_exec driver, exec's
 // `cpu_hard_limit` (`job_v2`). Version 3 (stored format 6): docker's `privileged`, `cap_add`,
-// `cap_drop` and `devices`. Version 4 (stored format 7): each group's reschedule policy,
-// affinities and spreads at job and group level, `distinct_property` constraints (`job_v3`). Written as the older version for older readers when none of what the newer one
+// `cap_drop` and `devices`. Version 4 (stored format 7): each group's reschedule policy and
+// migrate strategy, affinities and spreads at job and group level, `distinct_property`
+// constraints (`job_v3`). Written as the older version for older readers when none of what the newer one
 // added is used.
 crate::versioned!(Job = 4, since format 7, previous crate::job_v3::Job);
 
@@ -61,6 +63,7 @@ impl Job {
                 ports: Vec::new(),
                 restart: RestartPolicy::default_for(JobType::Batch),
                 reschedule: ReschedulePolicy::default_for(JobType::Batch),
+                migrate: MigrateStrategy::default(),
                 affinities: Vec::new(),
                 spreads: Vec::new(),
                 meta: BTreeMap::new(),
@@ -152,6 +155,8 @@ pub struct TaskGroup {
     pub restart: RestartPolicy,
     /// What the scheduler does once an allocation has failed (after the restarts).
     pub reschedule: ReschedulePolicy,
+    /// How a service group's allocations leave a draining node (`crate::migrate`).
+    pub migrate: MigrateStrategy,
     /// Soft preferences for its placements, with the job's (`scheduler::preferences`).
     pub affinities: Vec<Affinity>,
     /// How its allocations spread over an attribute's values, with the job's.

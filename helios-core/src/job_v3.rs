@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{self as current, Constraint, GroupPort, JobStatus, JobType, RestartPolicy, Task};
+use crate::migrate::MigrateStrategy;
 use crate::reschedule::ReschedulePolicy;
 use crate::time::Timestamp;
 
@@ -49,6 +50,7 @@ impl From<Job> for current::Job {
             constraints: g.constraints,
             restart: g.restart,
             reschedule: ReschedulePolicy::default_for(job_type),
+            migrate: MigrateStrategy::default(),
             affinities: Vec::new(),
             spreads: Vec::new(),
             meta: g.meta,
@@ -73,7 +75,9 @@ impl From<Job> for current::Job {
 
 /// For readers of format 6: refused (never silently dropped) when the job uses what version 4
 /// added: a group's reschedule policy other than its job type's default (the one they would
-/// apply), affinities, spreads or `distinct_property`.
+/// apply), a migrate strategy other than the default (they evict at once, which is no wave at
+/// all, but a default strategy asks for nothing they could keep), affinities, spreads or
+/// `distinct_property`.
 impl TryFrom<&current::Job> for Job {
     type Error = String;
 
@@ -90,6 +94,9 @@ impl TryFrom<&current::Job> for Job {
         let group = |g: &current::TaskGroup| -> Result<TaskGroup, String> {
             if g.reschedule != ReschedulePolicy::default_for(new.job_type) {
                 return Err(format!("group {:?} sets a reschedule policy, {NEEDS}", g.name));
+            }
+            if g.migrate != MigrateStrategy::default() {
+                return Err(format!("group {:?} sets a migrate strategy, {NEEDS}", g.name));
             }
             if !g.affinities.is_empty() || !g.spreads.is_empty() {
                 return Err(format!("group {:?} has an affinity or a spread, {NEEDS}", g.name));

@@ -17,6 +17,7 @@ mod job_v1;
 mod job_v2;
 mod job_v3;
 pub mod limits;
+pub mod migrate;
 pub mod node;
 pub mod placement;
 pub mod plan;
@@ -33,6 +34,7 @@ pub use job::{
     JobStatus, JobType, PortMapping, Resources, RestartMode, RestartPolicy, Spread, SpreadTarget, Task, TaskDriver,
     TaskGroup,
 };
+pub use migrate::{HealthCheck, MigrateStrategy};
 pub use node::{Node, NodeEligibility, NodeStatus};
 pub use plan::Plan;
 pub use reschedule::{DelayFunction, RescheduleEvent, ReschedulePolicy};

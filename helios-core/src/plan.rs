@@ -24,14 +24,36 @@ pub struct Plan {
     pub job_version: u64,
     /// Task group -> why some of its allocations could not be placed.
     pub failed_placements: BTreeMap<String, String>,
-    /// The earliest time a failed allocation's replacement is due but not yet placed: the
-    /// leader keeps the evaluation pending until then (`Evaluation::wait_until`). Not part of
-    /// the Raft command (the evaluation carries it), so older readers see the same plan.
+    /// When the job must be planned again although nothing may change meanwhile: a failed
+    /// allocation's reschedule delay ends, or a drain's wave may move on (its replacements may
+    /// be healthy by then). The leader keeps the evaluation pending until then
+    /// (`Evaluation::wait_until`). Not part of the Raft command (the evaluation carries it), so
+    /// older readers see the same plan.
     #[serde(skip)]
-    pub reschedule_at: Option<Timestamp>,
+    pub revisit_at: Option<Timestamp>,
+    /// Why, for the earliest `revisit_at`.
+    #[serde(skip)]
+    pub revisit_reason: String,
+    /// Groups in `failed_placements` only for what no cluster change fixes (their reschedule
+    /// policy gave up): the evaluation is then done rather than blocked.
+    #[serde(skip)]
+    pub final_failures: std::collections::BTreeSet<String>,
 }
 
 impl Plan {
+    /// True when some placement failed for a reason a cluster change may fix (room, nodes).
+    pub fn blocked(&self) -> bool {
+        self.failed_placements.keys().any(|group| !self.final_failures.contains(group))
+    }
+
+    /// Asks for the job to be planned again at `at`, because `why` (the earliest ask wins).
+    pub fn revisit(&mut self, at: Timestamp, why: &str) {
+        if self.revisit_at.is_none_or(|t| at < t) {
+            self.revisit_at = Some(at);
+            self.revisit_reason = why.to_string();
+        }
+    }
+
     /// True when the plan changes nothing.
     pub fn is_empty(&self) -> bool {
         self.placements.is_empty() && self.stops.is_empty() && self.in_place.is_empty()

@@ -272,17 +272,23 @@ pub enum Followup {
     Never(String),
 }
 
-/// The followup of `failed` given its job and the job's allocations, at `now`; None when it has
-/// not failed, or its job moved on (a newer version places its slot afresh).
+/// The followup of `failed` given its job and the job's allocations, at `now` (`delays`: whether
+/// the cluster's format delays reschedules); None when it has not failed, or its job moved on (a
+/// newer version places its slot afresh).
 pub fn followup(
     failed: &Allocation,
     job: Option<&Job>,
     allocations: &[Allocation],
+    delays: bool,
     now: Timestamp,
 ) -> Option<Followup> {
     if failed.client_status != AllocClientStatus::Failed {
         return None;
     }
+    if let Some(next) = &failed.next_allocation {
+        return Some(Followup::ReplacedBy(next.clone()));
+    }
+    // Replaced without a reschedule (by a newer version, or while the cluster was mid-upgrade).
     let later =
         allocations.iter().filter(|a| a.name == failed.name && a.created_at >= failed.created_at && a.id != failed.id);
     if let Some(next) = later.min_by_key(|a| (a.created_at, &a.id)) {
@@ -294,8 +300,9 @@ pub fn followup(
     if job.version != failed.job_version {
         return None;
     }
-    // A system job's allocation is placed again on its node by the job's own rule, not here.
-    if job.job_type == JobType::System {
+    // A system job's allocation is placed again on its node by the job's own rule, not here;
+    // and a cluster mid-upgrade replaces failures at once (`StateView::delays_reschedules`).
+    if job.job_type == JobType::System || !delays {
         return None;
     }
     let group = job.task_groups.iter().find(|g| g.name == failed.task_group)?;

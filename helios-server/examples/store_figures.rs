@@ -118,6 +118,7 @@ fn write_database(dir: &Path, allocations: usize) {
                 created_at: Timestamp(1),
                 modified_at: Timestamp(1),
                 reschedule_events: Vec::new(),
+                next_allocation: None,
                 metrics: Default::default(),
             })
             .collect();
@@ -130,7 +131,9 @@ fn write_database(dir: &Path, allocations: usize) {
             in_place: vec![],
             job_version: 0,
             failed_placements: Default::default(),
-            reschedule_at: None,
+            revisit_at: None,
+            revisit_reason: String::new(),
+            final_failures: Default::default(),
         };
         let mut done = eval.clone();
         done.status = EvalStatus::Complete;

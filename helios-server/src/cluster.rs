@@ -732,7 +732,11 @@ pub fn check_forwarded(request: &ForwardRequest) -> Result<(), tonic::Status> {
     };
     // Handlers create evaluations pending; one already complete or blocked would end a job's
     // scheduling without a plan.
-    let pending = |evals: &[helios_core::Evaluation]| evals.iter().all(|e| e.status == EvalStatus::Pending);
+    // A waiting one (`wait_until`) would hold a job's scheduling back: only the leader's own
+    // plans make those.
+    let pending = |evals: &[helios_core::Evaluation]| {
+        evals.iter().all(|e| e.status == EvalStatus::Pending && e.wait_until.is_none())
+    };
     match &proposal.command {
         Command::RegisterJob { job, eval } => {
             job.validate().map_err(|e| tonic::Status::invalid_argument(format!("forwarded job: {e}")))?;

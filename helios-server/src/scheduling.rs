@@ -122,7 +122,7 @@ impl StateView for Snapshot {
 }
 
 /// The first stored format whose evaluations can wait (`Evaluation::wait_until`).
-const DELAYED_EVALUATIONS_FORMAT: u32 = 7;
+pub const DELAYED_EVALUATIONS_FORMAT: u32 = 7;
 
 /// What the scheduler would do if `job` were submitted now, planned on the state `txn` reads
 /// and not proposed (`job plan`). Returns the plan, the stored job (if any), and whether the
@@ -237,17 +237,18 @@ fn outcome(eval: &Evaluation, plan: &Plan, now: helios_core::Timestamp) -> Evalu
     let mut outcome = eval.clone();
     outcome.modified_at = now;
     outcome.failed_placements = plan.failed_placements.clone();
-    outcome.wait_until = plan.reschedule_at;
-    if let Some(at) = plan.reschedule_at {
-        // Planned again when the first reschedule is due (also retrying what failed to place).
+    outcome.wait_until = plan.revisit_at;
+    if let Some(at) = plan.revisit_at {
+        // Planned again then (also retrying what failed to place).
         outcome.status = EvalStatus::Pending;
         outcome.status_description = format!(
-            "{} placed, {} stopped; a failed allocation is rescheduled at {}",
+            "{} placed, {} stopped; planned again at {}: {}",
             plan.placements.len(),
             plan.stops.len(),
-            at.to_rfc3339()
+            at.to_rfc3339(),
+            plan.revisit_reason
         );
-    } else if plan.failed_placements.is_empty() {
+    } else if !plan.blocked() {
         outcome.status = EvalStatus::Complete;
         outcome.status_description = format!("{} placed, {} stopped", plan.placements.len(), plan.stops.len());
     } else {

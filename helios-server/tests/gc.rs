@@ -77,6 +77,7 @@ fn placement(job: &str, i: usize) -> Allocation {
         created_at: Timestamp(1),
         modified_at: Timestamp(1),
         reschedule_events: Vec::new(),
+        next_allocation: None,
         metrics: Default::default(),
     }
 }
@@ -98,7 +99,9 @@ fn finished_batch_job(db: &redb::Database, index: &mut u64, job: &str, count: us
             in_place: vec![],
             job_version: 0,
             failed_placements: Default::default(),
-            reschedule_at: None,
+            revisit_at: None,
+            revisit_reason: String::new(),
+            final_failures: Default::default(),
         };
         let mut done = eval.clone();
         done.status = EvalStatus::Complete;

@@ -153,7 +153,9 @@ async fn the_leader_refuses_forwarded_commands_no_server_builds() {
         in_place: Vec::new(),
         job_version: 0,
         failed_placements: Default::default(),
-        reschedule_at: None,
+        revisit_at: None,
+        revisit_reason: String::new(),
+        final_failures: Default::default(),
     };
     let stop_plan = forge(Command::ApplyPlan { plan, eval });
     let result = peer_call(&cluster, leader, methods::FORWARD, follower, None, stop_plan).await;

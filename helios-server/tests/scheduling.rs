@@ -185,6 +185,61 @@ async fn a_failing_task_is_rescheduled_on_other_nodes_with_growing_delays() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drain_moves_a_service_one_allocation_at_a_time_each_after_the_last_is_healthy() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    // Waves wait in pending evaluations, which need the raised format.
+    cluster.format_raised().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let a = start_agent(&cluster, "a", &dir.path().join("a")).await;
+    common::wait_status(&cluster, 1, "a", "ready").await;
+    let mut job = service("web", 3, 100);
+    job.task_groups[0].migrate = helios_core::MigrateStrategy {
+        max_parallel: 1,
+        health_check: helios_core::HealthCheck::TaskStates,
+        min_healthy_time_secs: 2,
+        healthy_deadline_secs: 60,
+    };
+    submit(&cluster, 1, &job).await;
+    wait_for("three allocations running on a", || async {
+        let s = status(&cluster, 1, "web").await;
+        (s.allocations.iter().filter(|al| al.client_status == "running").count() == 3).then_some(())
+    })
+    .await;
+    let b = start_agent(&cluster, "b", &dir.path().join("b")).await;
+    common::wait_status(&cluster, 1, "b", "ready").await;
+
+    let mut nodes = pb::node_service_client::NodeServiceClient::new(cluster.channel(1).await);
+    nodes.drain_node(pb::DrainNodeRequest { id: "a".into(), enable: true }).await.expect("drain");
+    let moved = wait_for("all three running on b", || async {
+        let s = status(&cluster, 1, "web").await;
+        let on_b: Vec<pb::Allocation> =
+            s.allocations.into_iter().filter(|al| al.node_id == "b" && al.client_status == "running").collect();
+        (on_b.len() == 3).then_some(on_b)
+    })
+    .await;
+    // Each wave was placed only once the last wave's replacement had run for min_healthy_time.
+    let mut waves: Vec<(u64, u64)> = moved
+        .iter()
+        .map(|al| {
+            let started = al.task_states.values().filter_map(|t| t.started_at_ms).max().expect("started");
+            (al.created_at_ms, started)
+        })
+        .collect();
+    waves.sort();
+    for pair in waves.windows(2) {
+        let ((_, last_started), (next_placed, _)) = (pair[0], pair[1]);
+        assert!(next_placed >= last_started + 2_000, "a wave moved before the last was healthy: {waves:?}");
+    }
+    let evicted = status(&cluster, 1, "web").await.allocations.into_iter().filter(|al| al.desired_status == "evict");
+    assert_eq!(evicted.count(), 3);
+    a.stop().await;
+    b.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn placement_failures_are_explained_and_nodes_never_over_committed() {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;

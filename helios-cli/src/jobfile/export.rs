@@ -2,7 +2,8 @@
 //! as a `.json` file and submitted again unchanged.
 
 use helios_core::{
-    Affinity, Constraint, Job, JobType, ReschedulePolicy, RestartMode, Spread, Task, TaskDriver, TaskGroup,
+    Affinity, Constraint, Job, JobType, MigrateStrategy, ReschedulePolicy, RestartMode, Spread, Task, TaskDriver,
+    TaskGroup,
 };
 use serde_json::{json, Value};
 
@@ -37,6 +38,15 @@ fn group(g: &TaskGroup, job_type: JobType) -> Value {
         "constraint": constraints(&g.constraints),
         "task": g.tasks.iter().map(task).collect::<Vec<_>>(),
     });
+    if g.migrate != MigrateStrategy::default() {
+        let m = &g.migrate;
+        group["migrate"] = json!({
+            "max_parallel": m.max_parallel,
+            "health_check": m.health_check.as_str(),
+            "min_healthy_time": format!("{}s", m.min_healthy_time_secs),
+            "healthy_deadline": format!("{}s", m.healthy_deadline_secs),
+        });
+    }
     if !g.affinities.is_empty() {
         group["affinity"] = affinities(&g.affinities);
     }

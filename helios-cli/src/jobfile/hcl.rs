@@ -60,6 +60,12 @@ const RESCHEDULE: &[Field] = &[
     attr("max_delay", Ty::Str),
     attr("unlimited", Ty::Bool),
 ];
+const MIGRATE: &[Field] = &[
+    attr("max_parallel", Ty::Int),
+    attr("health_check", Ty::Str),
+    attr("min_healthy_time", Ty::Str),
+    attr("healthy_deadline", Ty::Str),
+];
 const AFFINITY: &[Field] =
     &[attr("attribute", Ty::Str), attr("operator", Ty::Str), attr("value", Ty::Str), attr("weight", Ty::SignedInt)];
 const SPREAD_TARGET: &[Field] = &[attr("percent", Ty::Int)];
@@ -98,6 +104,7 @@ const GROUP: &[Field] = &[
     Field { name: "constraint", kind: Kind::Repeated(CONSTRAINT) },
     Field { name: "restart", kind: Kind::Block(RESTART) },
     Field { name: "reschedule", kind: Kind::Block(RESCHEDULE) },
+    Field { name: "migrate", kind: Kind::Block(MIGRATE) },
     Field { name: "affinity", kind: Kind::Repeated(AFFINITY) },
     Field { name: "spread", kind: Kind::Repeated(SPREAD) },
     attr("meta", Ty::StrMap),
@@ -111,6 +118,7 @@ const JOB: &[Field] = &[
     attr("meta", Ty::StrMap),
     Field { name: "constraint", kind: Kind::Repeated(CONSTRAINT) },
     Field { name: "reschedule", kind: Kind::Block(RESCHEDULE) },
+    Field { name: "migrate", kind: Kind::Block(MIGRATE) },
     Field { name: "affinity", kind: Kind::Repeated(AFFINITY) },
     Field { name: "spread", kind: Kind::Repeated(SPREAD) },
     Field { name: "group", kind: Kind::Named(GROUP) },

@@ -1,15 +1,15 @@
 //! A job file's shape, shared by every format: TOML and JSON deserialize into it directly, HCL is
 //! read into it by `hcl.rs`. It follows Nomad's jobspec (job, group, task, config, env,
-//! resources, constraint, affinity, spread, restart, reschedule, meta, network ports) so a Nomad user's file maps one to one.
+//! resources, constraint, affinity, spread, restart, reschedule, migrate, meta, network ports) so a Nomad user's file maps one to one.
 //! Unknown fields are refused by name, never dropped.
 
 use std::collections::BTreeMap;
 
 use helios_core::job::DEFAULT_PRIORITY;
 use helios_core::{
-    Affinity, Constraint, ConstraintOperator, DelayFunction, DockerConfig, DockerDevice, ExecConfig, GroupPort, Job,
-    JobType, PortMapping, ReschedulePolicy, Resources, RestartMode, RestartPolicy, Spread, SpreadTarget, Task,
-    TaskDriver, TaskGroup,
+    Affinity, Constraint, ConstraintOperator, DelayFunction, DockerConfig, DockerDevice, ExecConfig, GroupPort,
+    HealthCheck, Job, JobType, MigrateStrategy, PortMapping, ReschedulePolicy, Resources, RestartMode, RestartPolicy,
+    Spread, SpreadTarget, Task, TaskDriver, TaskGroup,
 };
 use serde::Deserialize;
 
@@ -28,12 +28,63 @@ pub struct JobSpec {
     pub constraint: Vec<ConstraintSpec>,
     /// Every group's, unless the group sets its own (field by field, as Nomad merges them).
     pub reschedule: Option<RescheduleSpec>,
+    /// The same, for draining nodes.
+    pub migrate: Option<MigrateSpec>,
     #[serde(default)]
     pub affinity: Vec<AffinitySpec>,
     #[serde(default)]
     pub spread: Vec<SpreadSpec>,
     #[serde(default)]
     pub group: Vec<GroupSpec>,
+}
+
+/// Nomad's `migrate` block (service jobs): what it leaves out comes from the job's block, then
+/// Nomad's defaults.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateSpec {
+    pub max_parallel: Option<u32>,
+    pub health_check: Option<String>,
+    pub min_healthy_time: Option<String>,
+    pub healthy_deadline: Option<String>,
+}
+
+impl MigrateSpec {
+    fn over(&self, outer: &MigrateSpec) -> MigrateSpec {
+        MigrateSpec {
+            max_parallel: self.max_parallel.or(outer.max_parallel),
+            health_check: self.health_check.clone().or_else(|| outer.health_check.clone()),
+            min_healthy_time: self.min_healthy_time.clone().or_else(|| outer.min_healthy_time.clone()),
+            healthy_deadline: self.healthy_deadline.clone().or_else(|| outer.healthy_deadline.clone()),
+        }
+    }
+
+    fn to_strategy(&self, p: &mut Problems, path: &str, job_type: JobType) -> MigrateStrategy {
+        let mut m = MigrateStrategy::default();
+        if job_type != JobType::Service {
+            p.add(
+                path,
+                format!(
+                    "applies to service jobs: a {} job's allocations leave a draining node at once; leave migrate out",
+                    job_type.as_str()
+                ),
+            );
+            return m;
+        }
+        m.max_parallel = self.max_parallel.unwrap_or(m.max_parallel);
+        if let Some(name) = &self.health_check {
+            match HealthCheck::parse(name) {
+                Some(h) => m.health_check = h,
+                None => p.add(&format!("{path}.health_check"), format!("must be checks or task_states, got {name:?}")),
+            }
+        }
+        let secs = |p: &mut Problems, field: &str, text: &Option<String>, default: u64| {
+            u64::from(duration(p, &format!("{path}.{field}"), text, u32::try_from(default).unwrap_or(u32::MAX)))
+        };
+        m.min_healthy_time_secs = secs(p, "min_healthy_time", &self.min_healthy_time, m.min_healthy_time_secs);
+        m.healthy_deadline_secs = secs(p, "healthy_deadline", &self.healthy_deadline, m.healthy_deadline_secs);
+        m
+    }
 }
 
 /// Nomad's `affinity`: `attribute`, `operator` (default `=`), `value`, `weight` (default 50).
@@ -75,6 +126,7 @@ pub struct GroupSpec {
     pub constraint: Vec<ConstraintSpec>,
     pub restart: Option<RestartSpec>,
     pub reschedule: Option<RescheduleSpec>,
+    pub migrate: Option<MigrateSpec>,
     #[serde(default)]
     pub affinity: Vec<AffinitySpec>,
     #[serde(default)]
@@ -206,8 +258,12 @@ impl RescheduleSpec {
         let mut policy = ReschedulePolicy::default_for(job_type);
         if let Some(attempts) = self.attempts {
             policy.attempts = attempts;
-            // Attempts given without `unlimited` mean a limit (a service's default is unlimited).
-            policy.unlimited = false;
+            // Attempts given without `unlimited` mean a limit (a service's default is unlimited;
+            // Nomad refuses the two together). `attempts = 0` alone changes nothing, as in Nomad:
+            // rescheduling stops only with `unlimited = false` too.
+            if attempts > 0 {
+                policy.unlimited = false;
+            }
         }
         policy.unlimited = self.unlimited.unwrap_or(policy.unlimited);
         let secs = |p: &mut Problems, field: &str, text: &Option<String>, default: u64| {
@@ -306,6 +362,16 @@ impl JobSpec {
             let at = if spec.reschedule.is_some() { format!("group[{i}].reschedule") } else { "reschedule".into() };
             group.reschedule = merged.to_policy(&mut p, &at, job_type);
         }
+        for (i, (group, spec)) in job.task_groups.iter_mut().zip(&self.group).enumerate() {
+            let merged = match (&spec.migrate, &self.migrate) {
+                (None, None) => continue,
+                (Some(own), None) => own.clone(),
+                (None, Some(job_wide)) => job_wide.clone(),
+                (Some(own), Some(job_wide)) => own.over(job_wide),
+            };
+            let at = if spec.migrate.is_some() { format!("group[{i}].migrate") } else { "migrate".into() };
+            group.migrate = merged.to_strategy(&mut p, &at, job_type);
+        }
         if p.0.is_empty() {
             Ok((job, notes))
         } else {
@@ -373,6 +439,7 @@ impl GroupSpec {
             constraints: constraints(p, &format!("{path}.constraint"), &self.constraint),
             restart,
             reschedule: ReschedulePolicy::default_for(job_type),
+            migrate: MigrateStrategy::default(),
             affinities: affinities(p, &format!("{path}.affinity"), &self.affinity),
             spreads: spreads(p, &format!("{path}.spread"), &self.spread),
             meta: self.meta.clone(),

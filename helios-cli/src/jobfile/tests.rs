@@ -465,6 +465,40 @@ job "api" {
 }
 
 #[test]
+fn migrate_blocks_merge_over_nomads_defaults_and_only_services_take_them() {
+    let text = r#"
+job "api" {
+  migrate {
+    max_parallel = 2
+  }
+  group "web" {
+    migrate {
+      health_check     = "task_states"
+      min_healthy_time = "5s"
+    }
+    task "t" {
+      driver = "exec"
+      config { command = "/bin/true" }
+    }
+  }
+}
+"#;
+    let job = parse(text, Format::Hcl).expect("parses").job;
+    let m = &job.task_groups[0].migrate;
+    assert_eq!((m.max_parallel, m.health_check, m.min_healthy_time_secs), (2, helios_core::HealthCheck::TaskStates, 5));
+    assert_eq!(m.healthy_deadline_secs, 300, "Nomad's default");
+    let written = serde_json::to_string_pretty(&export::to_file_json(&job)).expect("json");
+    assert!(job.same_spec(&parse(&written, Format::Json).expect("exported").job), "{written}");
+
+    let batch = text.replace("job \"api\" {", "job \"api\" {\n  type = \"batch\"");
+    let err = parse(&batch, Format::Hcl).err().expect("refused").to_string();
+    assert!(err.contains("migrate: applies to service jobs"), "{err}");
+    let slow = text.replace("\"5s\"", "\"10m\"");
+    let err = parse(&slow, Format::Hcl).err().expect("refused").to_string();
+    assert!(err.contains("group[0].migrate.min_healthy_time: must be less than healthy_deadline (300s)"), "{err}");
+}
+
+#[test]
 fn an_inspected_job_reads_back_as_the_same_job() {
     for entry in std::fs::read_dir(examples()).expect("docs/examples") {
         let path = entry.expect("entry").path();

@@ -61,7 +61,9 @@ pub fn schedule(view: &impl StateView, eval: &Evaluation, now: Timestamp, new_id
         in_place: Vec::new(),
         job_version: 0,
         failed_placements: BTreeMap::new(),
-        reschedule_at: None,
+        revisit_at: None,
+        revisit_reason: String::new(),
+        final_failures: BTreeSet::new(),
     };
     let existing = view.allocations_of_job(&eval.job_name);
     let job = view.job(&eval.job_name).filter(|j| !j.stopped);
@@ -108,7 +110,15 @@ pub fn schedule(view: &impl StateView, eval: &Evaluation, now: Timestamp, new_id
                 // A system job simply does not run where it cannot: not a failure.
                 Err(select::PlaceError::Infeasible(_)) if system => {}
                 Err(select::PlaceError::Infeasible(reason) | select::PlaceError::NoRoom(reason)) => {
-                    plan.failed_placements.insert(group.name.clone(), reason);
+                    // Beside a reschedule policy's refusal, if there is one: both are said.
+                    plan.final_failures.remove(&group.name);
+                    let why = plan.failed_placements.entry(group.name.clone()).or_default();
+                    if !why.is_empty() && !why.ends_with(&reason) {
+                        why.push_str("; ");
+                    }
+                    if !why.ends_with(&reason) {
+                        why.push_str(&reason);
+                    }
                 }
             }
         }

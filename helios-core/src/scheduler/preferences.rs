@@ -102,7 +102,8 @@ impl Preferences {
                 return Some(format!("distinct_property {}: attribute missing", d.name));
             };
             if d.counts.get(value).copied().unwrap_or(0) >= d.limit {
-                return Some(format!("distinct_property {} = {value}: {} allocation(s) already", d.name, d.limit));
+                // Keyed by the constraint, not the value: one reason however many values.
+                return Some(format!("distinct_property {}: {} allocation(s) per value already", d.name, d.limit));
             }
         }
         None

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::alloc::{AllocClientStatus, AllocDesiredStatus, Allocation};
 use crate::job::{Job, JobType, TaskGroup};
+use crate::migrate::Health;
 use crate::node::{Node, NodeEligibility, NodeStatus};
 use crate::plan::{AllocStop, Plan};
 use crate::reschedule::{Reschedule, RescheduleEvent};
@@ -82,6 +83,7 @@ impl Slots<'_> {
         let mine: Vec<&Allocation> = self.existing.iter().copied().filter(|a| a.task_group == group.name).collect();
         // Live allocations that may stay: on a usable node, of the current version.
         let mut keep: Vec<&Allocation> = Vec::new();
+        let mut draining: Vec<&Allocation> = Vec::new();
         let compiled = super::CompiledConstraints::for_group(job, group);
         for alloc in mine.iter().copied().filter(|a| is_live(a)) {
             match nodes_by_id.get(alloc.node_id.as_str()) {
@@ -89,7 +91,7 @@ impl Slots<'_> {
                 Some(node) if node.status == NodeStatus::Down => {
                     stop(plan, alloc, AllocDesiredStatus::Stop, true, "node down")
                 }
-                Some(node) if node.drain => stop(plan, alloc, AllocDesiredStatus::Evict, false, "node draining"),
+                Some(node) if node.drain => draining.push(alloc),
                 // The new version's constraints rule the node out (a host a Helios-style job was
                 // undeployed from, say): stopped, and placed again where they allow.
                 Some(node) if alloc.job_version != job.version && compiled.constraint_rejects(node).is_some() => {
@@ -110,10 +112,53 @@ impl Slots<'_> {
                 Some(_) => keep.push(alloc),
             }
         }
+        // Those on draining nodes leave in waves (`migrate`); the rest of them stay for now.
+        draining.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        let wave = self.migration_wave(&mine, draining.len(), nodes_by_id, plan);
+        for (i, alloc) in draining.into_iter().enumerate() {
+            if i < wave {
+                stop(plan, alloc, AllocDesiredStatus::Evict, false, "node draining");
+            } else {
+                keep.push(alloc);
+            }
+        }
         match job.job_type {
             JobType::System => system_slots(job, group, &mine, keep, nodes, plan),
             JobType::Service | JobType::Batch => self.counted(&mine, keep, plan),
         }
+    }
+
+    /// How many of the group's `on_draining` allocations on draining nodes leave now: a service
+    /// group's at most `migrate.max_parallel` less those of its allocations elsewhere that are
+    /// not healthy yet (the last wave's replacements), waiting for them; anything else's, all.
+    fn migration_wave(
+        &self,
+        mine: &[&Allocation],
+        on_draining: usize,
+        nodes_by_id: &BTreeMap<&str, &Node>,
+        plan: &mut Plan,
+    ) -> usize {
+        if on_draining == 0 || self.job.job_type != JobType::Service || !self.delays {
+            return on_draining;
+        }
+        let migrate = &self.group.migrate;
+        let elsewhere = |a: &&&Allocation| nodes_by_id.get(a.node_id.as_str()).is_some_and(|n| !n.drain);
+        let mut moving = 0;
+        for alloc in mine.iter().filter(|a| is_live(a)).filter(elsewhere) {
+            // Unhealthy past its deadline: no longer waited for (the drain would never end).
+            if let Health::Pending { check_at } = migrate.health(alloc, self.now) {
+                moving += 1;
+                plan.revisit(check_at, "a drain waits for healthy replacements before its next wave");
+            }
+        }
+        let wave = (migrate.max_parallel as usize).saturating_sub(moving).min(on_draining);
+        if wave < on_draining && wave > 0 {
+            // This wave's replacements are healthy no sooner than that.
+            let healthy_soonest =
+                Timestamp(self.now.0.saturating_add(migrate.min_healthy_time_secs.saturating_mul(1000)));
+            plan.revisit(healthy_soonest, "a drain waits for healthy replacements before its next wave");
+        }
+        wave
     }
 
     fn counted(&self, mine: &[&Allocation], keep: Vec<&Allocation>, plan: &mut Plan) -> Vec<Ask> {
@@ -160,7 +205,7 @@ impl Slots<'_> {
                     match group.reschedule.decide(failed, self.now) {
                         Reschedule::Now(events) => asks.push(Ask { name, node_id: None, reschedule_events: events }),
                         Reschedule::At(at) => {
-                            plan.reschedule_at = Some(plan.reschedule_at.map_or(at, |t| t.min(at)));
+                            plan.revisit(at, "a failed allocation's reschedule delay ends");
                         }
                         Reschedule::Never(why) => *not_rescheduled.entry(why).or_default() += 1,
                     }
@@ -178,6 +223,7 @@ impl Slots<'_> {
                 .map(|(why, n)| format!("{n} allocation(s) failed and are not rescheduled: {why}"))
                 .collect();
             plan.failed_placements.insert(group.name.clone(), reasons.join("; "));
+            plan.final_failures.insert(group.name.clone());
         }
         asks
     }

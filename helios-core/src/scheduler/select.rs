@@ -307,6 +307,7 @@ impl<'a, V: StateView> Placer<'a, V> {
             created_at: now,
             modified_at: now,
             reschedule_events: ask.reschedule_events.clone(),
+            next_allocation: None,
             metrics,
         })
     }

@@ -165,6 +165,34 @@ impl Harness {
         self.now = Timestamp(self.now.0 + secs * 1000);
     }
 
+    /// The agent reports the allocation's task running since `started`.
+    fn running_since(&mut self, alloc_id: &str, started: Timestamp) {
+        let alloc = self.allocs.get_mut(alloc_id).expect("known allocation");
+        alloc.client_status = AllocClientStatus::Running;
+        alloc.task_states = BTreeMap::from([(
+            "t".to_string(),
+            crate::alloc::TaskState {
+                state: crate::alloc::TaskRunState::Running,
+                failed: false,
+                restarts: 0,
+                started_at: Some(started),
+                finished_at: None,
+                events: Vec::new(),
+            },
+        )]);
+        self.index += 1;
+    }
+
+    /// Every live allocation of `job` running for an hour: healthy by any migrate strategy.
+    fn all_healthy(&mut self, job: &str) {
+        self.now = Timestamp(self.now.0.max(3_600_000));
+        let started = Timestamp(self.now.0 - 3_600_000);
+        let ids: Vec<String> = self.live(job).iter().map(|a| a.id.clone()).collect();
+        for id in ids {
+            self.running_since(&id, started);
+        }
+    }
+
     fn node_mut(&mut self, id: &str) -> &mut Node {
         self.index += 1;
         self.nodes.iter_mut().find(|n| n.id == id).expect("known node")
@@ -548,6 +576,7 @@ fn lost_and_drained_allocations_are_replaced_elsewhere() {
     assert_eq!(plan.placements[0].name, h.allocs[&plan.stops[0].alloc_id].name, "the replacement keeps the slot");
 
     let drained = h.live("web")[0].node_id.clone();
+    h.all_healthy("web");
     h.node_mut(&drained).drain = true;
     let plan = h.run("web");
     assert_eq!(plan.stops[0].desired_status, AllocDesiredStatus::Evict);
@@ -568,7 +597,7 @@ fn batch_jobs_run_to_completion_and_a_failure_is_rescheduled_once_a_day_after_5_
     let failed_at = h.now;
     let waiting = h.run("report");
     assert!(waiting.placements.is_empty(), "not before the delay");
-    assert_eq!(waiting.reschedule_at, Some(Timestamp(failed_at.0 + 5_000)));
+    assert_eq!(waiting.revisit_at, Some(Timestamp(failed_at.0 + 5_000)));
     h.advance_secs(5);
     let plan = h.run("report");
     assert_eq!(plan.placements.len(), 1, "only the failed slot runs again");
@@ -578,10 +607,12 @@ fn batch_jobs_run_to_completion_and_a_failure_is_rescheduled_once_a_day_after_5_
     h.set_client_status(&id, AllocClientStatus::Failed);
     h.advance_secs(60);
     let given_up = h.run("report");
-    assert!(given_up.placements.is_empty() && given_up.reschedule_at.is_none());
+    assert!(given_up.placements.is_empty() && given_up.revisit_at.is_none());
     let why = &given_up.failed_placements["report"];
     assert!(why.contains("not rescheduled: rescheduled 1 time(s) in the last 24h"), "{why}");
-    // A day later the policy allows one more.
+    assert!(!given_up.blocked(), "no cluster change can help: the evaluation is done, not blocked");
+    // An evaluation of the job a day later (another failure, a node change) may place it again,
+    // as Nomad's does: the policy counts the reschedules inside the interval before it.
     h.advance_secs(24 * 3600);
     assert_eq!(h.run("report").placements.len(), 1);
 }
@@ -600,7 +631,7 @@ fn a_failing_service_is_rescheduled_with_growing_delays_away_from_the_nodes_that
         let id = h.live("web")[0].id.clone();
         h.set_client_status(&id, AllocClientStatus::Failed);
         let failed_at = h.now;
-        let due = h.run("web").reschedule_at.expect("a reschedule is due later");
+        let due = h.run("web").revisit_at.expect("a reschedule is due later");
         delays.push((due.0 - failed_at.0) / 1000);
         h.now = due;
         let plan = h.run("web");
@@ -637,7 +668,7 @@ fn a_policy_without_attempts_leaves_the_slot_empty_and_says_why() {
     let id = h.live("web")[0].id.clone();
     h.set_client_status(&id, AllocClientStatus::Failed);
     let plan = h.run("web");
-    assert!(plan.placements.is_empty() && plan.reschedule_at.is_none());
+    assert!(plan.placements.is_empty() && plan.revisit_at.is_none());
     assert!(plan.failed_placements["web"].contains("allows no attempts"), "{:?}", plan.failed_placements);
     // A new version is a new start: its allocation is placed.
     let mut job = service("web", 1, 100, 100);
@@ -657,7 +688,7 @@ fn mid_upgrade_a_failure_is_replaced_at_once_a_bounded_number_of_times_as_format
         h.set_client_status(&id, AllocClientStatus::Failed);
         let plan = h.run("web");
         assert_eq!(plan.placements.len(), 1, "at once");
-        assert!(plan.reschedule_at.is_none() && plan.placements[0].reschedule_events.is_empty());
+        assert!(plan.revisit_at.is_none() && plan.placements[0].reschedule_events.is_empty());
     }
     let id = h.live("web")[0].id.clone();
     h.set_client_status(&id, AllocClientStatus::Failed);
@@ -816,9 +847,9 @@ fn a_spread_with_targets_places_by_their_percentages() {
 
 #[test]
 fn an_even_spread_balances_values_not_nodes() {
-    // Three nodes, two racks: job anti-affinity alone puts two of four copies in r1's two nodes
-    // and one or two in r2; spread over racks gives two each.
-    let nodes = vec![in_rack("a", "r1"), in_rack("b", "r1"), in_rack("c", "r2")];
+    // Four nodes, three of them in r1: job anti-affinity alone puts one copy on each node, three
+    // in r1; spread over racks gives two each.
+    let nodes = vec![in_rack("a", "r1"), in_rack("b", "r1"), in_rack("e", "r1"), in_rack("c", "r2")];
     let mut h = Harness { nodes, ..Default::default() };
     let mut job = service("web", 4, 100, 100);
     job.task_groups[0].spreads.push(crate::job::Spread {
@@ -845,7 +876,7 @@ fn distinct_property_allows_so_many_allocations_per_value_and_says_why_the_rest_
     let plan = h.run("db");
     assert_eq!(per_rack(&h, "db"), BTreeMap::from([("r1".to_string(), 1), ("r2".to_string(), 1)]));
     let why = &plan.failed_placements["db"];
-    assert!(why.contains("distinct_property meta.rack = r1"), "{why}");
+    assert!(why.contains("distinct_property meta.rack: 1 allocation(s) per value already"), "{why}");
     assert!(why.contains("distinct_property meta.rack: attribute missing"), "node x has no rack: {why}");
     // A limit of 2 per rack takes the third.
     let mut job = service("db", 3, 100, 100);
@@ -857,4 +888,78 @@ fn distinct_property_allows_so_many_allocations_per_value_and_says_why_the_rest_
     h.put_job(job);
     h.run("db");
     assert_eq!(h.live("db").len(), 3);
+}
+
+#[test]
+fn a_drain_moves_a_services_allocations_in_waves_of_max_parallel_once_the_last_is_healthy() {
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+    h.put_job(service("web", 3, 100, 100));
+    h.run("web");
+    h.all_healthy("web");
+    h.nodes.push(node("b", 8000, 8192));
+    h.node_mut("a").drain = true;
+    let mut moved = Vec::new();
+    for wave in 0..3 {
+        let plan = h.run("web");
+        assert_eq!(plan.stops.len(), 1, "wave {wave}: one at a time");
+        assert_eq!(plan.placements.len(), 1);
+        // Planned again for the next wave, when this one's replacement may be healthy; the last
+        // wave leaves nothing to wait for.
+        let due = plan.revisit_at;
+        assert_eq!(due.is_some(), wave < 2, "wave {wave}");
+        let placed = plan.placements[0].id.clone();
+        moved.push(placed.clone());
+        // Until the replacement has run for min_healthy_time (10 s), nothing else moves.
+        let waiting = h.run("web");
+        assert!(waiting.stops.is_empty(), "wave {wave}: waits for its replacement");
+        if wave < 2 {
+            assert_eq!(waiting.revisit_at, Some(Timestamp(h.now.0 + 10_000)), "looked at again while it starts");
+        }
+        h.running_since(&placed, h.now);
+        h.now = Timestamp(h.now.0 + 5_000);
+        assert!(h.run("web").stops.is_empty(), "running 5 s: not healthy yet");
+        h.now = Timestamp(h.now.0 + 5_000);
+        assert!(due.is_none_or(|due| due <= h.now));
+    }
+    assert_eq!(h.live("web").iter().filter(|a| a.node_id == "b").count(), 3);
+    let last = h.run("web");
+    assert!(last.is_empty() && last.revisit_at.is_none(), "the drain is done: {last:?}");
+}
+
+#[test]
+fn a_replacement_unhealthy_past_its_deadline_no_longer_holds_the_drain() {
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+    let mut job = service("web", 2, 100, 100);
+    job.task_groups[0].migrate.max_parallel = 1;
+    h.put_job(job);
+    h.run("web");
+    h.all_healthy("web");
+    h.nodes.push(node("b", 8000, 8192));
+    h.node_mut("a").drain = true;
+    assert_eq!(h.run("web").stops.len(), 1);
+    // Its replacement never starts; after healthy_deadline (5 minutes) the next one moves.
+    h.now = Timestamp(h.now.0 + 299_000);
+    assert!(h.run("web").stops.is_empty());
+    h.now = Timestamp(h.now.0 + 1_000);
+    assert_eq!(h.run("web").stops.len(), 1);
+}
+
+#[test]
+fn batch_jobs_mid_upgrade_clusters_and_wide_waves_leave_a_draining_node_at_once() {
+    for (job_type, legacy, max_parallel) in
+        [(JobType::Batch, false, 1), (JobType::Service, true, 1), (JobType::Service, false, 3)]
+    {
+        let mut h = Harness { nodes: vec![node("a", 8000, 8192)], legacy, ..Default::default() };
+        let mut job = service("web", 3, 100, 100);
+        job.set_type(job_type);
+        job.task_groups[0].migrate.max_parallel = max_parallel;
+        h.put_job(job);
+        h.run("web");
+        h.all_healthy("web");
+        h.nodes.push(node("b", 8000, 8192));
+        h.node_mut("a").drain = true;
+        let plan = h.run("web");
+        assert_eq!(plan.stops.len(), 3, "{job_type:?} legacy={legacy} max_parallel={max_parallel}");
+        assert_eq!(plan.placements.len(), 3);
+    }
 }

@@ -120,6 +120,25 @@ impl Job {
         check_constraints(&mut r, "constraints", &self.constraints);
         check_affinities(&mut r, "affinities", &self.affinities);
         check_spreads(&mut r, "spreads", &self.spreads);
+        if self.job_type == crate::job::JobType::System {
+            // A system job runs on every eligible node: nothing to prefer or spread.
+            let system =
+                "a system job runs on every eligible node, so it has no placement to prefer or spread: leave it out";
+            if !self.affinities.is_empty() {
+                r.add("affinities", system);
+            }
+            if !self.spreads.is_empty() {
+                r.add("spreads", system);
+            }
+            for (i, group) in self.task_groups.iter().enumerate() {
+                if !group.affinities.is_empty() {
+                    r.add(format!("task_groups[{i}].affinities"), system);
+                }
+                if !group.spreads.is_empty() {
+                    r.add(format!("task_groups[{i}].spreads"), system);
+                }
+            }
+        }
         check_map(&mut r, "meta", &self.meta, MAX_META_ENTRIES);
         let mut seen = BTreeSet::new();
         for (i, group) in self.task_groups.iter().enumerate().take(MAX_TASK_GROUPS) {
@@ -128,6 +147,17 @@ impl Job {
                 r.add(format!("{path}.name"), format!("duplicate task group name {:?}", group.name));
             }
             check_group(&mut r, &path, group);
+            if self.job_type != crate::job::JobType::Service
+                && group.migrate != crate::migrate::MigrateStrategy::default()
+            {
+                r.add(
+                    format!("{path}.migrate"),
+                    format!(
+                        "applies to service jobs: a {} job's allocations leave a draining node at once; leave migrate out",
+                        self.job_type.as_str()
+                    ),
+                );
+            }
             if self.job_type == crate::job::JobType::System && !group.reschedule.is_disabled() {
                 r.add(
                     format!("{path}.reschedule"),
@@ -197,6 +227,9 @@ fn check_group(r: &mut Report, path: &str, group: &TaskGroup) {
     }
     for (field, problem) in group.reschedule.problems() {
         r.add(format!("{path}.reschedule.{field}"), problem);
+    }
+    for (field, problem) in group.migrate.problems() {
+        r.add(format!("{path}.migrate.{field}"), problem);
     }
     check_constraints(r, &format!("{path}.constraints"), &group.constraints);
     check_affinities(r, &format!("{path}.affinities"), &group.affinities);

@@ -270,10 +270,8 @@ fn describe_placement(
                 let id: Vec<char> = eval.id.chars().collect();
                 let short: String = id[id.len().saturating_sub(8)..].iter().collect();
                 match eval.wait_until {
-                    Some(at) => format!(
-                        "a failed allocation is rescheduled at {} (evaluation {short} waits until then)",
-                        at.to_rfc3339()
-                    ),
+                    // Its description says until when and why.
+                    Some(_) => format!("evaluation {short}: {}", eval.status_description),
                     None => format!("evaluation {short} is pending"),
                 }
             }
@@ -386,7 +384,8 @@ impl AllocationService for Allocations {
                 .read(move |txn| Ok((read::job(txn, &name)?, read::allocations(txn, Some(&name), None)?)))
                 .await
                 .map_err(cluster_status)?;
-            match helios_core::reschedule::followup(&alloc, job.as_ref(), &siblings, now()) {
+            let delays = self.cluster.stored_format() >= crate::scheduling::DELAYED_EVALUATIONS_FORMAT;
+            match helios_core::reschedule::followup(&alloc, job.as_ref(), &siblings, delays, now()) {
                 Some(Followup::ReplacedBy(id)) => out.next_allocation = Some(id),
                 Some(Followup::At(at)) => out.reschedule_at_ms = Some(at.as_millis()),
                 Some(Followup::Never(why)) => out.not_rescheduled = why,
@@ -429,7 +428,9 @@ impl AllocationService for Allocations {
             in_place: Vec::new(),
             job_version: alloc.job_version,
             failed_placements: Default::default(),
-            reschedule_at: None,
+            revisit_at: None,
+            revisit_reason: String::new(),
+            final_failures: Default::default(),
         };
         let eval_id = eval.id.clone();
         let command = Command::ApplyPlan { plan, eval };

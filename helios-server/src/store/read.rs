@@ -174,10 +174,16 @@ const MAX_PENDING_SCAN: usize = 16_384;
 pub fn pending_evaluations(txn: &ReadTransaction, jobs: usize, now: Timestamp) -> Result<Vec<Evaluation>> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for row in table(txn, PENDING_EVALUATIONS)?.iter()?.take(MAX_PENDING_SCAN) {
+    let mut scanned = 0;
+    // Waiting rows are skipped unread and not counted: there is at most one per job.
+    for row in table(txn, PENDING_EVALUATIONS)?.iter()? {
         let (id, waits) = row?;
         if pending_row_waits(waits.value(), now) {
             continue;
+        }
+        scanned += 1;
+        if scanned > MAX_PENDING_SCAN {
+            break;
         }
         if let Some(eval) = get::<Evaluation>(txn, EVALUATIONS, id.value())? {
             if seen.insert(eval.job_name.clone()) {

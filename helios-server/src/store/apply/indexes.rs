@@ -145,7 +145,10 @@ impl StateTables<'_> {
         } else {
             self.pending_evaluations.remove(eval.id.as_str())?;
         }
-        if eval.status == EvalStatus::Blocked {
+        // One that waits to reschedule but also could not place something is retried by a
+        // cluster change too, as a blocked one is (`retry_blocked`).
+        let waiting_and_blocked = eval.wait_until.is_some() && !eval.failed_placements.is_empty();
+        if eval.status == EvalStatus::Blocked || (eval.status == EvalStatus::Pending && waiting_and_blocked) {
             self.blocked_jobs.insert(eval.job_name.as_str(), eval.id.as_bytes())?;
         } else {
             // Only while blocked: retrying then scans just the jobs still waiting.

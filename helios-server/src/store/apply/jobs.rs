@@ -47,8 +47,10 @@ impl StateTables<'_> {
         }
         for id in blocked {
             if let Some(mut eval) = get::<Evaluation>(&self.evaluations, &id)? {
-                if eval.status == EvalStatus::Blocked {
+                // A waiting one is taken up now too: what it could not place may fit now.
+                if eval.status == EvalStatus::Blocked || eval.wait_until.is_some() {
                     eval.status = EvalStatus::Pending;
+                    eval.wait_until = None;
                     eval.status_description = why.to_string();
                     eval.modified_at = now;
                     self.put_evaluation(&eval)?;

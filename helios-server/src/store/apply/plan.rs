@@ -9,7 +9,9 @@ use helios_core::{
 };
 
 use super::{get, reserves_room, StateTables};
-use crate::store::tables::{host_port_key, NODES_CHANGED_AT, ROOM_FREED_AT};
+use redb::ReadableTable;
+
+use crate::store::tables::{host_port_key, index_id, index_range, NODES_CHANGED_AT, ROOM_FREED_AT};
 
 impl StateTables<'_> {
     /// The plan applier's last line: a plan is committed only if it still fits the state it
@@ -48,10 +50,22 @@ impl StateTables<'_> {
         }
         for alloc in &plan.placements {
             self.put_allocation(alloc)?;
+            // The failure it replaces is done with: `alloc status` names its successor, and the
+            // collector may take it.
+            if let Some(previous) = alloc.previous_allocation() {
+                if let Some(mut failed) = get::<Allocation>(&self.allocations, previous)? {
+                    failed.next_allocation = Some(alloc.id.clone());
+                    failed.modified_at = now;
+                    self.put_allocation(&failed)?;
+                }
+            }
         }
         if !plan.stops.is_empty() {
             // A stopped job whose allocations never started is dead once they are stopped.
             self.refresh_job_status(&plan.job_name)?;
+        }
+        if eval.wait_until.is_some() {
+            self.keep_one_waiting(&mut eval)?;
         }
         self.put_evaluation(&eval)?;
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
@@ -59,6 +73,45 @@ impl StateTables<'_> {
             placed: count(plan.placements.len()),
             stopped: count(plan.stops.len()),
         }))
+    }
+
+    /// A job has at most one evaluation waiting (`wait_until`): every failure report brings a
+    /// new evaluation, and each would otherwise end waiting too, piling up. The one due first
+    /// stays; the other ends (`eval` completes, or the one waiting is canceled).
+    fn keep_one_waiting(&mut self, eval: &mut Evaluation) -> Result<(), redb::Error> {
+        let Some(due) = eval.wait_until else { return Ok(()) };
+        let (first, last) = index_range(&eval.job_name);
+        let mut waiting = Vec::new();
+        for row in self.evals_by_job.range(first.as_str()..last.as_str())? {
+            let (key, _) = row?;
+            let id = index_id(key.value()).to_string();
+            let waits = self.pending_evaluations.get(id.as_str())?.is_some_and(|row| row.value().len() == 8);
+            if waits && id != eval.id {
+                waiting.push(id);
+            }
+        }
+        for id in waiting {
+            let Some(mut other) = get::<Evaluation>(&self.evaluations, &id)? else { continue };
+            let Some(other_due) = other.wait_until else { continue };
+            if other_due <= due {
+                // Still blocked if it could not place something; done otherwise.
+                eval.status = if eval.failed_placements.is_empty() {
+                    helios_core::EvalStatus::Complete
+                } else {
+                    helios_core::EvalStatus::Blocked
+                };
+                eval.wait_until = None;
+                eval.status_description =
+                    format!("{}; evaluation {} is already due then or sooner", eval.status_description, other.id);
+                return Ok(());
+            }
+            other.status = helios_core::EvalStatus::Canceled;
+            other.wait_until = None;
+            other.status_description = format!("superseded by evaluation {}, due sooner", eval.id);
+            other.modified_at = eval.modified_at;
+            self.put_evaluation(&other)?;
+        }
+        Ok(())
     }
 
     pub(super) fn check_plan(&self, plan: &Plan) -> Result<Result<(), String>, redb::Error> {

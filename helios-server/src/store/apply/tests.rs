@@ -185,6 +185,7 @@ fn alloc(id: &str, job: &str, name: &str, node: &str, cpu: u32) -> Allocation {
         created_at: Timestamp(1),
         modified_at: Timestamp(1),
         reschedule_events: Vec::new(),
+        next_allocation: None,
         metrics: Default::default(),
     }
 }
@@ -199,7 +200,9 @@ fn plan(job: &str, placements: Vec<Allocation>) -> Command {
         in_place: vec![],
         job_version: 0,
         failed_placements: Default::default(),
-        reschedule_at: None,
+        revisit_at: None,
+        revisit_reason: String::new(),
+        final_failures: Default::default(),
     };
     let mut eval = Evaluation::new("e".into(), job, 50, EvalTrigger::JobRegister, Timestamp(2));
     eval.status = helios_core::EvalStatus::Complete;
@@ -748,4 +751,35 @@ fn a_waiting_evaluation_is_not_scheduled_before_its_time() {
     };
     assert_eq!(names(99), ["fast"], "still waiting");
     assert_eq!(names(100), ["slow", "fast"], "due");
+}
+
+#[test]
+fn a_job_keeps_one_waiting_evaluation_the_one_due_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    let raise = Command::RaiseFormat { format: helios_core::format::FORMAT_VERSION };
+    apply_all(&db, vec![proposal("f", 1, raise), proposal("j", 2, register("web", "1", "e0"))]);
+    // Each failure report's evaluation ends waiting for a reschedule delay.
+    let waiting = |id: &str, due: u64| {
+        let Command::ApplyPlan { mut plan, mut eval } = plan("web", vec![]) else { unreachable!() };
+        plan.eval_id = id.into();
+        eval.id = id.into();
+        eval.status = helios_core::EvalStatus::Pending;
+        eval.wait_until = Some(Timestamp(due));
+        Command::ApplyPlan { plan, eval }
+    };
+    apply_all(&db, vec![proposal("p1", 3, waiting("e1", 5_000))]);
+    apply_all(&db, vec![proposal("p2", 4, waiting("e2", 9_000))]);
+    apply_all(&db, vec![proposal("p3", 5, waiting("e3", 4_000))]);
+    let txn = db.begin_read().unwrap();
+    let status = |id: &str| {
+        let eval = read::evaluations_for_job(&txn, "web").unwrap().into_iter().find(|e| e.id == id).expect("stored");
+        (eval.status, eval.wait_until)
+    };
+    assert_eq!(status("e2"), (helios_core::EvalStatus::Complete, None), "e1 was due sooner");
+    assert_eq!(status("e1"), (helios_core::EvalStatus::Canceled, None), "e3 is due sooner still");
+    assert_eq!(status("e3"), (helios_core::EvalStatus::Pending, Some(Timestamp(4_000))));
+    let pending = txn.open_table(crate::store::tables::PENDING_EVALUATIONS).unwrap();
+    let ids: Vec<String> = pending.iter().unwrap().map(|row| row.unwrap().0.value().to_string()).collect();
+    assert_eq!(ids, ["e0", "e3"], "the job's registration and its one waiting evaluation");
 }

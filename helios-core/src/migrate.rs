@@ -1,0 +1,171 @@
+//! Draining a node in waves (Nomad's `migrate` block): a service group's allocations leave a
+//! draining node at most `max_parallel` at a time, each wave once the replacements of the last
+//! are healthy, so a drain never takes more of a service down than its owner allows.
+
+use serde::{Deserialize, Serialize};
+
+use crate::alloc::{AllocClientStatus, Allocation, TaskRunState};
+use crate::time::Timestamp;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MigrateStrategy {
+    /// Allocations of the group that may be moving (evicted, or placed and not yet healthy) at once.
+    pub max_parallel: u32,
+    pub health_check: HealthCheck,
+    /// How long every task of a new allocation must have run to count as healthy.
+    pub min_healthy_time_secs: u64,
+    /// A new allocation not healthy by then counts as unhealthy, and no longer holds the drain.
+    pub healthy_deadline_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HealthCheck {
+    /// Nomad's default: the allocation's service checks, and its tasks' states. Helios has no
+    /// service checks yet, so this is what Nomad does for a group without any: task states.
+    Checks,
+    /// Every task running, none failed, for `min_healthy_time`.
+    TaskStates,
+}
+
+impl HealthCheck {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthCheck::Checks => "checks",
+            HealthCheck::TaskStates => "task_states",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<HealthCheck> {
+        match name {
+            "checks" => Some(HealthCheck::Checks),
+            "task_states" => Some(HealthCheck::TaskStates),
+            _ => None,
+        }
+    }
+}
+
+impl Default for MigrateStrategy {
+    /// Nomad's defaults: one at a time, healthy after 10 s, unhealthy after 5 minutes.
+    fn default() -> MigrateStrategy {
+        MigrateStrategy {
+            max_parallel: 1,
+            health_check: HealthCheck::Checks,
+            min_healthy_time_secs: 10,
+            healthy_deadline_secs: 300,
+        }
+    }
+}
+
+impl MigrateStrategy {
+    /// Nomad's rules, as (field, problem); field names as in the job file.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.max_parallel == 0 {
+            out.push(("max_parallel", "must be at least 1 (0 would never move anything)".to_string()));
+        }
+        if self.healthy_deadline_secs == 0 {
+            out.push(("healthy_deadline", "must be more than 0".to_string()));
+        }
+        if self.min_healthy_time_secs >= self.healthy_deadline_secs {
+            out.push((
+                "min_healthy_time",
+                format!(
+                    "must be less than healthy_deadline ({}s), got {}s",
+                    self.healthy_deadline_secs, self.min_healthy_time_secs
+                ),
+            ));
+        }
+        out
+    }
+
+    /// Where `alloc` stands, at `now`.
+    pub fn health(&self, alloc: &Allocation, now: Timestamp) -> Health {
+        let deadline = Timestamp(alloc.created_at.0.saturating_add(self.healthy_deadline_secs.saturating_mul(1000)));
+        let min_healthy = self.min_healthy_time_secs.saturating_mul(1000);
+        let failed = alloc.client_status == AllocClientStatus::Failed || alloc.task_states.values().any(|t| t.failed);
+        if failed {
+            return Health::Unhealthy;
+        }
+        let running = !alloc.task_states.is_empty()
+            && alloc.client_status == AllocClientStatus::Running
+            && alloc.task_states.values().all(|t| t.state == TaskRunState::Running);
+        let started = alloc.task_states.values().map(|t| t.started_at).collect::<Option<Vec<_>>>();
+        if let (true, Some(started)) = (running, started) {
+            let healthy_at = Timestamp(started.iter().map(|t| t.0).max().unwrap_or(0).saturating_add(min_healthy));
+            if healthy_at <= now {
+                return Health::Healthy;
+            }
+            if healthy_at <= deadline {
+                return Health::Pending { check_at: healthy_at };
+            }
+        }
+        if now >= deadline {
+            return Health::Unhealthy;
+        }
+        // Not running yet: looked at again after a while (its reports do not wake the scheduler).
+        let poll = Timestamp(now.0.saturating_add(min_healthy.max(1000)));
+        Health::Pending { check_at: poll.min(deadline) }
+    }
+}
+
+/// An allocation's health as a drain sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// Not yet: look again then.
+    Pending {
+        check_at: Timestamp,
+    },
+    /// Failed, or not healthy by its deadline.
+    Unhealthy,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::alloc::TaskState;
+
+    fn alloc(created: u64, started: Option<u64>, state: TaskRunState) -> Allocation {
+        let mut a = Allocation::for_test("a", "n");
+        a.created_at = Timestamp(created);
+        a.client_status =
+            if state == TaskRunState::Running { AllocClientStatus::Running } else { AllocClientStatus::Pending };
+        a.task_states = BTreeMap::from([(
+            "t".to_string(),
+            TaskState {
+                state,
+                failed: false,
+                restarts: 0,
+                started_at: started.map(Timestamp),
+                finished_at: None,
+                events: vec![],
+            },
+        )]);
+        a
+    }
+
+    #[test]
+    fn healthy_after_running_for_min_healthy_time_unhealthy_past_the_deadline() {
+        let m = MigrateStrategy { min_healthy_time_secs: 10, healthy_deadline_secs: 60, ..Default::default() };
+        let running = alloc(0, Some(5_000), TaskRunState::Running);
+        assert_eq!(m.health(&running, Timestamp(10_000)), Health::Pending { check_at: Timestamp(15_000) });
+        assert_eq!(m.health(&running, Timestamp(15_000)), Health::Healthy);
+        let starting = alloc(0, None, TaskRunState::Pending);
+        assert_eq!(m.health(&starting, Timestamp(1_000)), Health::Pending { check_at: Timestamp(11_000) });
+        assert_eq!(m.health(&starting, Timestamp(55_000)), Health::Pending { check_at: Timestamp(60_000) });
+        assert_eq!(m.health(&starting, Timestamp(60_000)), Health::Unhealthy);
+        let mut failed = alloc(0, Some(1_000), TaskRunState::Running);
+        failed.client_status = AllocClientStatus::Failed;
+        assert_eq!(m.health(&failed, Timestamp(30_000)), Health::Unhealthy);
+    }
+
+    #[test]
+    fn nomads_rules_by_field() {
+        assert_eq!(MigrateStrategy::default().problems(), []);
+        let bad = MigrateStrategy { max_parallel: 0, min_healthy_time_secs: 400, ..Default::default() };
+        let fields: Vec<&str> = bad.problems().iter().map(|(f, _)| *f).collect();
+        assert_eq!(fields, ["max_parallel", "min_healthy_time"]);
+    }
+}
