@@ -119,10 +119,19 @@ pub fn eval_collectable(eval: &Evaluation, job_exists: bool, cutoffs: &Cutoffs) 
 /// the job's own collection takes them.
 pub fn alloc_collectable(alloc: &Allocation, job: Option<&Job>, cutoffs: &Cutoffs) -> bool {
     let still_read = job.is_some_and(|job| {
-        !job.stopped
-            && alloc.job_version == job.version
-            && ((alloc.client_status == AllocClientStatus::Failed && alloc.next_allocation.is_none())
-                || (job.job_type == JobType::Batch && alloc.client_status == AllocClientStatus::Complete))
+        let current = alloc.job_version == job.version;
+        // A failure waiting for its replacement, of this version or of one that changed only
+        // counts (the scheduler reads those too).
+        let waiting_failure = alloc.client_status == AllocClientStatus::Failed
+            && alloc.next_allocation.is_none()
+            && (current
+                || job
+                    .task_groups
+                    .iter()
+                    .any(|g| g.name == alloc.task_group && g.fingerprint() == alloc.group_fingerprint));
+        let finished_batch_slot =
+            current && job.job_type == JobType::Batch && alloc.client_status == AllocClientStatus::Complete;
+        !job.stopped && (waiting_failure || finished_batch_slot)
     });
     alloc.is_terminal()
         && !alloc.holds_host_ports()

@@ -181,13 +181,20 @@ impl Slots<'_> {
                 }
             }
         }
+        let fingerprint = group.fingerprint();
+        let same_spec: Vec<&Allocation> = mine
+            .iter()
+            .copied()
+            .filter(|a| a.job_version == job.version || a.group_fingerprint == fingerprint)
+            .collect();
         let mut asks = Vec::new();
         let mut not_rescheduled: BTreeMap<String, usize> = BTreeMap::new();
         for i in (0..count).filter(|i| !filled.contains(i)) {
             let name = alloc_name(&job.name, &group.name, i);
-            // The slot's last allocation of this version decides: a failure is rescheduled by the
-            // group's policy; anything else (lost, stopped, never placed) is replaced at once.
-            let last = current.iter().copied().filter(|a| a.name == name).max_by_key(|a| (a.created_at, &a.id));
+            // The slot's last allocation of this group spec decides (this version's, or an older
+            // one's that differed only in counts, as after `job scale`): a failure is rescheduled
+            // by the group's policy; anything else (lost, stopped, never placed) is replaced at once.
+            let last = same_spec.iter().copied().filter(|a| a.name == name).max_by_key(|a| (a.created_at, &a.id));
             match last {
                 Some(failed) if failed.client_status == AllocClientStatus::Failed && !self.delays => {
                     let failures = current

@@ -646,6 +646,24 @@ fn a_failing_service_is_rescheduled_with_growing_delays_away_from_the_nodes_that
 }
 
 #[test]
+fn scaling_a_crash_looping_service_keeps_its_reschedule_delay_and_history() {
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192), node("b", 8000, 8192)], ..Default::default() };
+    h.put_job(service("web", 1, 100, 100));
+    h.run("web");
+    let id = h.live("web")[0].id.clone();
+    h.set_client_status(&id, AllocClientStatus::Failed);
+    // A count-only change while the slot waits for its 30 s: still waiting, not placed at once.
+    h.put_job(service("web", 2, 100, 100));
+    let plan = h.run("web");
+    assert_eq!(plan.placements.len(), 1, "only the new slot");
+    assert_eq!(plan.placements[0].name, "web.web[1]");
+    assert!(plan.revisit_at.is_some(), "web.web[0] still waits for its delay");
+    h.advance_secs(30);
+    let plan = h.run("web");
+    assert_eq!(plan.placements[0].reschedule_events.len(), 1, "and carries its history");
+}
+
+#[test]
 fn a_replacement_goes_back_to_the_failed_node_when_no_other_fits() {
     let mut h = Harness { nodes: vec![node("a", 8000, 8192), node("b", 100, 100)], ..Default::default() };
     h.put_job(service("web", 1, 500, 500));
@@ -670,10 +688,14 @@ fn a_policy_without_attempts_leaves_the_slot_empty_and_says_why() {
     let plan = h.run("web");
     assert!(plan.placements.is_empty() && plan.revisit_at.is_none());
     assert!(plan.failed_placements["web"].contains("allows no attempts"), "{:?}", plan.failed_placements);
-    // A new version is a new start: its allocation is placed.
+    // A version that only changes the job's meta is the same group: still failed.
     let mut job = service("web", 1, 100, 100);
     job.task_groups[0].reschedule = ReschedulePolicy::disabled();
     job.meta.insert("v".into(), "2".into());
+    h.put_job(job.clone());
+    assert!(h.run("web").placements.is_empty());
+    // A changed task is a new start: its allocation is placed.
+    job.task_groups[0].tasks[0].env.insert("FIXED".into(), "1".into());
     h.put_job(job);
     assert_eq!(h.run("web").placements.len(), 1);
 }
