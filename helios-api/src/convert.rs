@@ -13,7 +13,7 @@ use helios_core::{
     Affinity, Allocation, Constraint, ConstraintOperator, DelayFunction, DockerConfig, DockerDevice, Evaluation,
     ExecConfig, GroupPort, HealthCheck, Job, JobStatus, JobType, MigrateStrategy, Node, PortMapping, ReschedulePolicy,
     Resources, RestartMode, RestartPolicy, Spread, SpreadTarget, Task, TaskDriver, TaskEvent, TaskGroup, TaskState,
-    Timestamp, ValidationErrors,
+    Timestamp, UpdateStrategy, ValidationErrors,
 };
 
 use crate::pb;
@@ -111,6 +111,7 @@ fn group_from_pb(p: &mut Problems, path: &str, g: pb::TaskGroup, job_type: JobTy
         affinities: affinities_from_pb(p, &format!("{path}.affinities"), g.affinities),
         spreads: spreads_from_pb(p, &format!("{path}.spreads"), g.spreads),
         migrate: migrate_from_pb(p, &format!("{path}.migrate"), g.migrate),
+        update: update_from_pb(p, &format!("{path}.update"), g.update),
         meta: g.meta,
         ports: g
             .ports
@@ -195,6 +196,34 @@ fn port_from_pb(p: &mut Problems, path: &str, port: pb::PortMapping) -> PortMapp
         container_port: narrow("container_port", port.container_port),
         host_port: port.host_port.map(|h| narrow("host_port", h)),
         name: port.name,
+    }
+}
+
+fn health_check_to_pb(h: HealthCheck) -> pb::HealthCheck {
+    match h {
+        HealthCheck::Checks => pb::HealthCheck::Checks,
+        HealthCheck::TaskStates => pb::HealthCheck::TaskStates,
+    }
+}
+
+fn health_check_from_pb(p: &mut Problems, path: &str, value: i32) -> HealthCheck {
+    match pb::HealthCheck::try_from(value) {
+        Ok(pb::HealthCheck::Unspecified | pb::HealthCheck::Checks) => HealthCheck::Checks,
+        Ok(pb::HealthCheck::TaskStates) => HealthCheck::TaskStates,
+        Err(_) => {
+            p.add(path.to_string(), format!("unknown health check {value}"));
+            HealthCheck::Checks
+        }
+    }
+}
+
+fn update_from_pb(p: &mut Problems, path: &str, u: Option<pb::UpdateStrategy>) -> UpdateStrategy {
+    let Some(u) = u else { return UpdateStrategy::default() };
+    UpdateStrategy {
+        max_parallel: u.max_parallel,
+        health_check: health_check_from_pb(p, &format!("{path}.health_check"), u.health_check),
+        min_healthy_time_secs: u.min_healthy_time_secs,
+        healthy_deadline_secs: u.healthy_deadline_secs,
     }
 }
 
@@ -395,6 +424,12 @@ fn group_to_pb(g: &TaskGroup) -> pb::TaskGroup {
         reschedule: Some(reschedule_to_pb(&g.reschedule)),
         affinities: affinities_to_pb(&g.affinities),
         spreads: spreads_to_pb(&g.spreads),
+        update: Some(pb::UpdateStrategy {
+            max_parallel: g.update.max_parallel,
+            health_check: health_check_to_pb(g.update.health_check) as i32,
+            min_healthy_time_secs: g.update.min_healthy_time_secs,
+            healthy_deadline_secs: g.update.healthy_deadline_secs,
+        }),
         migrate: Some(pb::MigrateStrategy {
             max_parallel: g.migrate.max_parallel,
             health_check: match g.migrate.health_check {

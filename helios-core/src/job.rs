@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::migrate::MigrateStrategy;
 use crate::reschedule::ReschedulePolicy;
 use crate::time::Timestamp;
+use crate::update::UpdateStrategy;
 
 /// A job as the user declared it, plus the fields the cluster assigns (`version`, `status`,
 /// `submitted_at`).
@@ -33,7 +34,7 @@ pub struct Job {
 // Version 2 (stored format 5): tasks name their user, the raw_exec driver, exec's
 // `cpu_hard_limit` (`job_v2`). Version 3 (stored format 6): docker's `privileged`, `cap_add`,
 // `cap_drop` and `devices`. Version 4 (stored format 7): each group's reschedule policy and
-// migrate strategy, affinities and spreads at job and group level, `distinct_property`
+// migrate and update strategies, affinities and spreads at job and group level, `distinct_property`
 // constraints (`job_v3`). Written as the older version for older readers when none of what the newer one
 // added is used.
 crate::versioned!(Job = 4, since format 7, previous crate::job_v3::Job);
@@ -64,6 +65,7 @@ impl Job {
                 restart: RestartPolicy::default_for(JobType::Batch),
                 reschedule: ReschedulePolicy::default_for(JobType::Batch),
                 migrate: MigrateStrategy::default(),
+                update: UpdateStrategy::default(),
                 affinities: Vec::new(),
                 spreads: Vec::new(),
                 meta: BTreeMap::new(),
@@ -157,6 +159,8 @@ pub struct TaskGroup {
     pub reschedule: ReschedulePolicy,
     /// How a service group's allocations leave a draining node (`crate::migrate`).
     pub migrate: MigrateStrategy,
+    /// How a service group's allocations are replaced by a new version (`crate::update`).
+    pub update: UpdateStrategy,
     /// Soft preferences for its placements, with the job's (`scheduler::preferences`).
     pub affinities: Vec<Affinity>,
     /// How its allocations spread over an attribute's values, with the job's.

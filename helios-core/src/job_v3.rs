@@ -11,6 +11,7 @@ use crate::job::{self as current, Constraint, GroupPort, JobStatus, JobType, Res
 use crate::migrate::MigrateStrategy;
 use crate::reschedule::ReschedulePolicy;
 use crate::time::Timestamp;
+use crate::update::UpdateStrategy;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(remote = "Self")]
@@ -51,6 +52,7 @@ impl From<Job> for current::Job {
             restart: g.restart,
             reschedule: ReschedulePolicy::default_for(job_type),
             migrate: MigrateStrategy::default(),
+            update: UpdateStrategy::default(),
             affinities: Vec::new(),
             spreads: Vec::new(),
             meta: g.meta,
@@ -97,6 +99,9 @@ impl TryFrom<&current::Job> for Job {
             }
             if g.migrate != MigrateStrategy::default() {
                 return Err(format!("group {:?} sets a migrate strategy, {NEEDS}", g.name));
+            }
+            if g.update != UpdateStrategy::default() {
+                return Err(format!("group {:?} sets an update strategy, {NEEDS}", g.name));
             }
             if !g.affinities.is_empty() || !g.spreads.is_empty() {
                 return Err(format!("group {:?} has an affinity or a spread, {NEEDS}", g.name));

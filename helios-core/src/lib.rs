@@ -24,6 +24,7 @@ pub mod plan;
 pub mod reschedule;
 pub mod scheduler;
 pub mod time;
+pub mod update;
 pub mod validate;
 
 pub use alloc::{AllocClientStatus, AllocDesiredStatus, AllocUpdate, Allocation, TaskEvent, TaskRunState, TaskState};
@@ -39,4 +40,5 @@ pub use node::{Node, NodeEligibility, NodeStatus};
 pub use plan::Plan;
 pub use reschedule::{DelayFunction, RescheduleEvent, ReschedulePolicy};
 pub use time::Timestamp;
+pub use update::UpdateStrategy;
 pub use validate::{FieldError, ValidationErrors};

@@ -240,6 +240,62 @@ async fn a_drain_moves_a_service_one_allocation_at_a_time_each_after_the_last_is
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_update_of_ten_with_max_parallel_two_never_has_fewer_than_eight_healthy() {
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    cluster.format_raised().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let agents = three_ready_agents(&cluster, dir.path()).await;
+    let mut job = service("web", 10, 100);
+    job.task_groups[0].update = helios_core::UpdateStrategy {
+        max_parallel: 2,
+        health_check: helios_core::HealthCheck::TaskStates,
+        min_healthy_time_secs: 1,
+        healthy_deadline_secs: 30,
+    };
+    submit(&cluster, 1, &job).await;
+    let running = |s: &pb::GetJobStatusResponse, version: u64| {
+        s.allocations.iter().filter(|a| a.job_version == version && a.client_status == "running").count()
+    };
+    wait_for("ten running", || async { (running(&status(&cluster, 1, "web").await, 0) == 10).then_some(()) }).await;
+
+    let mut v1 = job.clone();
+    v1.task_groups[0].tasks[0].driver =
+        helios_core::TaskDriver::Exec(helios_core::ExecConfig::new("sleep", vec!["601".into()]));
+    submit(&cluster, 1, &v1).await;
+    // Sampled throughout: a healthy instance is an old one still wanted and running, or a new
+    // one running for min_healthy_time (1 s) by the time of the sample.
+    let mut samples = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the update did not finish in 2 minutes");
+        let s = status(&cluster, 1, "web").await;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+        let healthy = s
+            .allocations
+            .iter()
+            .filter(|a| a.desired_status == "run" && a.client_status == "running")
+            .filter(|a| {
+                let started = a.task_states.values().filter_map(|t| t.started_at_ms).max().unwrap_or(u64::MAX);
+                a.job_version == 0 || started.saturating_add(1_000) <= now
+            })
+            .count();
+        assert!(healthy >= 8, "only {healthy} healthy during the update: {:?}", s.allocations);
+        samples += 1;
+        if running(&s, 1) == 10 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(samples > 10, "the update was sampled throughout ({samples} samples)");
+    for agent in agents {
+        agent.stop().await;
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn placement_failures_are_explained_and_nodes_never_over_committed() {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;

@@ -3,7 +3,7 @@
 
 use helios_core::{
     Affinity, Constraint, Job, JobType, MigrateStrategy, ReschedulePolicy, RestartMode, Spread, Task, TaskDriver,
-    TaskGroup,
+    TaskGroup, UpdateStrategy,
 };
 use serde_json::{json, Value};
 
@@ -38,14 +38,20 @@ fn group(g: &TaskGroup, job_type: JobType) -> Value {
         "constraint": constraints(&g.constraints),
         "task": g.tasks.iter().map(task).collect::<Vec<_>>(),
     });
-    if g.migrate != MigrateStrategy::default() {
-        let m = &g.migrate;
-        group["migrate"] = json!({
+    // Both blocks are a wave size and a health rule.
+    let waves = |m: &MigrateStrategy| {
+        json!({
             "max_parallel": m.max_parallel,
             "health_check": m.health_check.as_str(),
             "min_healthy_time": format!("{}s", m.min_healthy_time_secs),
             "healthy_deadline": format!("{}s", m.healthy_deadline_secs),
-        });
+        })
+    };
+    if g.migrate != MigrateStrategy::default() {
+        group["migrate"] = waves(&g.migrate);
+    }
+    if g.update != UpdateStrategy::default() {
+        group["update"] = waves(&g.update.health_rule());
     }
     if !g.affinities.is_empty() {
         group["affinity"] = affinities(&g.affinities);

@@ -60,6 +60,18 @@ const RESCHEDULE: &[Field] = &[
     attr("max_delay", Ty::Str),
     attr("unlimited", Ty::Bool),
 ];
+const UPDATE: &[Field] = &[
+    attr("max_parallel", Ty::Int),
+    attr("health_check", Ty::Str),
+    attr("min_healthy_time", Ty::Str),
+    attr("healthy_deadline", Ty::Str),
+    // Deployments' fields: read so that the values Helios cannot honour are refused by name.
+    attr("progress_deadline", Ty::Str),
+    attr("auto_revert", Ty::Bool),
+    attr("auto_promote", Ty::Bool),
+    attr("canary", Ty::Int),
+    attr("stagger", Ty::Str),
+];
 const MIGRATE: &[Field] = &[
     attr("max_parallel", Ty::Int),
     attr("health_check", Ty::Str),
@@ -105,6 +117,7 @@ const GROUP: &[Field] = &[
     Field { name: "restart", kind: Kind::Block(RESTART) },
     Field { name: "reschedule", kind: Kind::Block(RESCHEDULE) },
     Field { name: "migrate", kind: Kind::Block(MIGRATE) },
+    Field { name: "update", kind: Kind::Block(UPDATE) },
     Field { name: "affinity", kind: Kind::Repeated(AFFINITY) },
     Field { name: "spread", kind: Kind::Repeated(SPREAD) },
     attr("meta", Ty::StrMap),
@@ -119,6 +132,7 @@ const JOB: &[Field] = &[
     Field { name: "constraint", kind: Kind::Repeated(CONSTRAINT) },
     Field { name: "reschedule", kind: Kind::Block(RESCHEDULE) },
     Field { name: "migrate", kind: Kind::Block(MIGRATE) },
+    Field { name: "update", kind: Kind::Block(UPDATE) },
     Field { name: "affinity", kind: Kind::Repeated(AFFINITY) },
     Field { name: "spread", kind: Kind::Repeated(SPREAD) },
     Field { name: "group", kind: Kind::Named(GROUP) },

@@ -1,6 +1,6 @@
 //! A job file's shape, shared by every format: TOML and JSON deserialize into it directly, HCL is
 //! read into it by `hcl.rs`. It follows Nomad's jobspec (job, group, task, config, env,
-//! resources, constraint, affinity, spread, restart, reschedule, migrate, meta, network ports) so a Nomad user's file maps one to one.
+//! resources, constraint, affinity, spread, restart, reschedule, migrate, update, meta, network ports) so a Nomad user's file maps one to one.
 //! Unknown fields are refused by name, never dropped.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,7 @@ use helios_core::job::DEFAULT_PRIORITY;
 use helios_core::{
     Affinity, Constraint, ConstraintOperator, DelayFunction, DockerConfig, DockerDevice, ExecConfig, GroupPort,
     HealthCheck, Job, JobType, MigrateStrategy, PortMapping, ReschedulePolicy, Resources, RestartMode, RestartPolicy,
-    Spread, SpreadTarget, Task, TaskDriver, TaskGroup,
+    Spread, SpreadTarget, Task, TaskDriver, TaskGroup, UpdateStrategy,
 };
 use serde::Deserialize;
 
@@ -30,6 +30,8 @@ pub struct JobSpec {
     pub reschedule: Option<RescheduleSpec>,
     /// The same, for draining nodes.
     pub migrate: Option<MigrateSpec>,
+    /// The same, for new versions.
+    pub update: Option<UpdateSpec>,
     #[serde(default)]
     pub affinity: Vec<AffinitySpec>,
     #[serde(default)]
@@ -87,6 +89,77 @@ impl MigrateSpec {
     }
 }
 
+/// Nomad's `update` block (service jobs): rolling updates. Deployments' own fields (canaries,
+/// promotion, reverts, progress deadline, stagger) are read to be refused by name when they ask
+/// for what Helios does not do yet.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSpec {
+    pub max_parallel: Option<u32>,
+    pub health_check: Option<String>,
+    pub min_healthy_time: Option<String>,
+    pub healthy_deadline: Option<String>,
+    pub progress_deadline: Option<String>,
+    pub auto_revert: Option<bool>,
+    pub auto_promote: Option<bool>,
+    pub canary: Option<u32>,
+    pub stagger: Option<String>,
+}
+
+impl UpdateSpec {
+    fn over(&self, outer: &UpdateSpec) -> UpdateSpec {
+        UpdateSpec {
+            max_parallel: self.max_parallel.or(outer.max_parallel),
+            health_check: self.health_check.clone().or_else(|| outer.health_check.clone()),
+            min_healthy_time: self.min_healthy_time.clone().or_else(|| outer.min_healthy_time.clone()),
+            healthy_deadline: self.healthy_deadline.clone().or_else(|| outer.healthy_deadline.clone()),
+            progress_deadline: self.progress_deadline.clone().or_else(|| outer.progress_deadline.clone()),
+            auto_revert: self.auto_revert.or(outer.auto_revert),
+            auto_promote: self.auto_promote.or(outer.auto_promote),
+            canary: self.canary.or(outer.canary),
+            stagger: self.stagger.clone().or_else(|| outer.stagger.clone()),
+        }
+    }
+
+    fn to_strategy(&self, p: &mut Problems, path: &str, job_type: JobType) -> UpdateStrategy {
+        let mut u = UpdateStrategy::nomad_block_defaults();
+        if job_type != JobType::Service {
+            p.add(
+                path,
+                format!("rolling updates apply to service jobs in Helios: a {} job's allocations are replaced at once; leave update out", job_type.as_str()),
+            );
+            return UpdateStrategy::default();
+        }
+        const NEEDS: &str = "needs deployments, which Helios does not have yet";
+        let unsupported = [
+            ("progress_deadline", self.progress_deadline.is_some()),
+            ("auto_revert", self.auto_revert == Some(true)),
+            ("auto_promote", self.auto_promote == Some(true)),
+            ("canary", self.canary.is_some_and(|c| c > 0)),
+            ("stagger", self.stagger.is_some()),
+        ];
+        for (field, used) in unsupported {
+            if used {
+                p.add(&format!("{path}.{field}"), NEEDS);
+            }
+        }
+        u.max_parallel = self.max_parallel.unwrap_or(u.max_parallel);
+        if let Some(name) = &self.health_check {
+            match HealthCheck::parse(name) {
+                Some(h) => u.health_check = h,
+                None if name == "manual" => p.add(&format!("{path}.health_check"), format!("\"manual\" {NEEDS}")),
+                None => p.add(&format!("{path}.health_check"), format!("must be checks or task_states, got {name:?}")),
+            }
+        }
+        let secs = |p: &mut Problems, field: &str, text: &Option<String>, default: u64| {
+            u64::from(duration(p, &format!("{path}.{field}"), text, u32::try_from(default).unwrap_or(u32::MAX)))
+        };
+        u.min_healthy_time_secs = secs(p, "min_healthy_time", &self.min_healthy_time, u.min_healthy_time_secs);
+        u.healthy_deadline_secs = secs(p, "healthy_deadline", &self.healthy_deadline, u.healthy_deadline_secs);
+        u
+    }
+}
+
 /// Nomad's `affinity`: `attribute`, `operator` (default `=`), `value`, `weight` (default 50).
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -127,6 +200,7 @@ pub struct GroupSpec {
     pub restart: Option<RestartSpec>,
     pub reschedule: Option<RescheduleSpec>,
     pub migrate: Option<MigrateSpec>,
+    pub update: Option<UpdateSpec>,
     #[serde(default)]
     pub affinity: Vec<AffinitySpec>,
     #[serde(default)]
@@ -372,6 +446,16 @@ impl JobSpec {
             let at = if spec.migrate.is_some() { format!("group[{i}].migrate") } else { "migrate".into() };
             group.migrate = merged.to_strategy(&mut p, &at, job_type);
         }
+        for (i, (group, spec)) in job.task_groups.iter_mut().zip(&self.group).enumerate() {
+            let merged = match (&spec.update, &self.update) {
+                (None, None) => continue,
+                (Some(own), None) => own.clone(),
+                (None, Some(job_wide)) => job_wide.clone(),
+                (Some(own), Some(job_wide)) => own.over(job_wide),
+            };
+            let at = if spec.update.is_some() { format!("group[{i}].update") } else { "update".into() };
+            group.update = merged.to_strategy(&mut p, &at, job_type);
+        }
         if p.0.is_empty() {
             Ok((job, notes))
         } else {
@@ -440,6 +524,7 @@ impl GroupSpec {
             restart,
             reschedule: ReschedulePolicy::default_for(job_type),
             migrate: MigrateStrategy::default(),
+            update: UpdateStrategy::default(),
             affinities: affinities(p, &format!("{path}.affinity"), &self.affinity),
             spreads: spreads(p, &format!("{path}.spread"), &self.spread),
             meta: self.meta.clone(),

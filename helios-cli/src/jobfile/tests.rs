@@ -499,6 +499,43 @@ job "api" {
 }
 
 #[test]
+fn update_blocks_roll_and_refuse_what_needs_deployments_by_name() {
+    let text = r#"
+job "api" {
+  update {
+    max_parallel     = 2
+    min_healthy_time = "5s"
+    auto_revert      = false
+    canary           = 0
+  }
+  group "web" {
+    count = 4
+    task "t" {
+      driver = "exec"
+      config { command = "/bin/true" }
+    }
+  }
+}
+"#;
+    let job = parse(text, Format::Hcl).expect("parses").job;
+    let u = &job.task_groups[0].update;
+    assert_eq!((u.max_parallel, u.min_healthy_time_secs, u.healthy_deadline_secs), (2, 5, 300));
+    let written = serde_json::to_string_pretty(&export::to_file_json(&job)).expect("json");
+    assert!(job.same_spec(&parse(&written, Format::Json).expect("exported").job), "{written}");
+
+    let deployments = text
+        .replace("auto_revert      = false", "auto_revert      = true")
+        .replace("canary           = 0", "canary           = 1\n    progress_deadline = \"10m\"");
+    let err = parse(&deployments, Format::Hcl).err().expect("refused").to_string();
+    for field in ["update.auto_revert", "update.canary", "update.progress_deadline"] {
+        assert!(err.contains(&format!("{field}: needs deployments, which Helios does not have yet")), "{field}: {err}");
+    }
+    let batch = text.replace("job \"api\" {", "job \"api\" {\n  type = \"batch\"");
+    let err = parse(&batch, Format::Hcl).err().expect("refused").to_string();
+    assert!(err.contains("update: rolling updates apply to service jobs"), "{err}");
+}
+
+#[test]
 fn an_inspected_job_reads_back_as_the_same_job() {
     for entry in std::fs::read_dir(examples()).expect("docs/examples") {
         let path = entry.expect("entry").path();

@@ -84,6 +84,7 @@ impl Slots<'_> {
         // Live allocations that may stay: on a usable node, of the current version.
         let mut keep: Vec<&Allocation> = Vec::new();
         let mut draining: Vec<&Allocation> = Vec::new();
+        let mut outdated: Vec<&Allocation> = Vec::new();
         let compiled = super::CompiledConstraints::for_group(job, group);
         for alloc in mine.iter().copied().filter(|a| is_live(a)) {
             match nodes_by_id.get(alloc.node_id.as_str()) {
@@ -102,14 +103,19 @@ impl Slots<'_> {
                     plan.in_place.push(alloc.id.clone());
                     keep.push(alloc);
                 }
-                Some(_) if alloc.job_version != job.version => stop(
-                    plan,
-                    alloc,
-                    AllocDesiredStatus::Stop,
-                    false,
-                    &format!("replaced by job version {}", job.version),
-                ),
+                Some(_) if alloc.job_version != job.version => outdated.push(alloc),
                 Some(_) => keep.push(alloc),
+            }
+        }
+        // Those of an older version are replaced in waves (`update`); the rest stay for now.
+        outdated.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        let wave = self.update_wave(&mine, outdated.len(), plan);
+        for (i, alloc) in outdated.into_iter().enumerate() {
+            if i < wave {
+                let why = format!("replaced by job version {}", job.version);
+                stop(plan, alloc, AllocDesiredStatus::Stop, false, &why);
+            } else {
+                keep.push(alloc);
             }
         }
         // Those on draining nodes leave in waves (`migrate`); the rest of them stay for now.
@@ -157,6 +163,54 @@ impl Slots<'_> {
             let healthy_soonest =
                 Timestamp(self.now.0.saturating_add(migrate.min_healthy_time_secs.saturating_mul(1000)));
             plan.revisit(healthy_soonest, "a drain waits for healthy replacements before its next wave");
+        }
+        wave
+    }
+
+    /// How many of the group's `outdated` allocations (of an older version, to be replaced) are
+    /// replaced now: with a rolling `update`, at most `max_parallel` less the new version's
+    /// allocations not yet healthy, and none while one of them is unhealthy (the rollout stops
+    /// there: a version that does not come up is not rolled further); else all of them.
+    fn update_wave(&self, mine: &[&Allocation], outdated: usize, plan: &mut Plan) -> usize {
+        let update = &self.group.update;
+        if outdated == 0 || self.job.job_type != JobType::Service || !update.is_rolling() || !self.delays {
+            return outdated;
+        }
+        let rule = update.health_rule();
+        let (mut pending, mut unhealthy) = (0, 0);
+        let new = mine.iter().filter(|a| a.job_version == self.job.version);
+        for alloc in new {
+            // A failure already replaced has handed its slot on.
+            let replaced = alloc.next_allocation.is_some();
+            if alloc.client_status == AllocClientStatus::Failed && !replaced {
+                unhealthy += 1;
+                continue;
+            }
+            if !is_live(alloc) {
+                continue;
+            }
+            match rule.health(alloc, self.now) {
+                Health::Healthy => {}
+                Health::Pending { check_at } => {
+                    pending += 1;
+                    plan.revisit(check_at, "a rolling update waits for the new version to be healthy");
+                }
+                Health::Unhealthy => unhealthy += 1,
+            }
+        }
+        if unhealthy > 0 {
+            let why = format!(
+                "rolling update to version {} stopped: {unhealthy} of its allocation(s) not healthy ({} left on older versions)",
+                self.job.version, outdated
+            );
+            plan.failed_placements.insert(self.group.name.clone(), why);
+            plan.final_failures.insert(self.group.name.clone());
+            return 0;
+        }
+        let wave = (update.max_parallel as usize).saturating_sub(pending).min(outdated);
+        if wave > 0 && wave < outdated {
+            let soonest = Timestamp(self.now.0.saturating_add(update.min_healthy_time_secs.saturating_mul(1000)));
+            plan.revisit(soonest, "a rolling update waits for the new version to be healthy");
         }
         wave
     }

@@ -985,3 +985,85 @@ fn batch_jobs_mid_upgrade_clusters_and_wide_waves_leave_a_draining_node_at_once(
         assert_eq!(plan.placements.len(), 3);
     }
 }
+
+fn rolling(max_parallel: u32) -> crate::update::UpdateStrategy {
+    crate::update::UpdateStrategy { max_parallel, ..crate::update::UpdateStrategy::nomad_block_defaults() }
+}
+
+/// The job's next version, with its task's args changed (a destructive update).
+fn next_version(h: &Harness, name: &str) -> Job {
+    let mut job = h.jobs[name].clone();
+    if let TaskDriver::Exec(e) = &mut job.task_groups[0].tasks[0].driver {
+        e.args.push("again".into());
+    }
+    job
+}
+
+#[test]
+fn a_rolling_update_replaces_max_parallel_at_a_time_once_the_new_ones_are_healthy() {
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192), node("b", 8000, 8192)], ..Default::default() };
+    let mut job = service("web", 10, 100, 100);
+    job.task_groups[0].update = rolling(2);
+    h.put_job(job);
+    h.run("web");
+    h.all_healthy("web");
+    let v1 = next_version(&h, "web");
+    h.put_job(v1);
+    let mut replaced = 0;
+    while replaced < 10 {
+        let plan = h.run("web");
+        assert_eq!(plan.stops.len(), 2, "two at a time");
+        assert_eq!(plan.placements.len(), 2);
+        replaced += 2;
+        // Never fewer than 8 of the 10 running: the 2 just stopped are the only ones missing.
+        let healthy_or_old = h.live("web").iter().filter(|a| a.job_version == 0).count()
+            + h.live("web")
+                .iter()
+                .filter(|a| a.job_version == 1 && a.client_status == AllocClientStatus::Running)
+                .count();
+        assert!(healthy_or_old >= 8, "{healthy_or_old} running after {replaced} replaced");
+        // The new ones start; until they have run 10 s, nothing else is replaced.
+        let placed: Vec<String> = plan.placements.iter().map(|a| a.id.clone()).collect();
+        assert!(h.run("web").stops.is_empty(), "waits for the new ones");
+        for id in &placed {
+            h.running_since(id, h.now);
+        }
+        h.advance_secs(9);
+        assert!(h.run("web").stops.is_empty(), "9 s: not healthy yet");
+        h.advance_secs(1);
+    }
+    assert!(h.live("web").iter().all(|a| a.job_version == 1));
+    assert!(h.run("web").is_empty());
+}
+
+#[test]
+fn a_version_that_does_not_come_up_healthy_stops_the_rollout() {
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+    let mut job = service("web", 4, 100, 100);
+    job.task_groups[0].update = rolling(1);
+    h.put_job(job);
+    h.run("web");
+    h.all_healthy("web");
+    h.put_job(next_version(&h, "web"));
+    let plan = h.run("web");
+    assert_eq!(plan.stops.len(), 1);
+    let new = plan.placements[0].id.clone();
+    h.set_client_status(&new, AllocClientStatus::Failed);
+    let stopped = h.run("web");
+    assert!(stopped.stops.is_empty(), "no further old allocation replaced");
+    let why = &stopped.failed_placements["web"];
+    assert!(why.contains("rolling update to version 1 stopped: 1 of its allocation(s) not healthy (3 left"), "{why}");
+    assert!(!stopped.blocked(), "no cluster change fixes it: a new version does");
+    assert_eq!(h.live("web").iter().filter(|a| a.job_version == 0).count(), 3, "three of four still serve");
+}
+
+#[test]
+fn without_an_update_block_a_new_version_replaces_everything_at_once() {
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+    h.put_job(service("web", 4, 100, 100));
+    h.run("web");
+    h.all_healthy("web");
+    h.put_job(next_version(&h, "web"));
+    let plan = h.run("web");
+    assert_eq!((plan.stops.len(), plan.placements.len()), (4, 4));
+}

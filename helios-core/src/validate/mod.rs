@@ -158,6 +158,16 @@ impl Job {
                     ),
                 );
             }
+            if self.job_type != crate::job::JobType::Service && group.update != crate::update::UpdateStrategy::default()
+            {
+                r.add(
+                    format!("{path}.update"),
+                    format!(
+                        "rolling updates apply to service jobs in Helios: a {} job's allocations are replaced at once; leave update out",
+                        self.job_type.as_str()
+                    ),
+                );
+            }
             if self.job_type == crate::job::JobType::System && !group.reschedule.is_disabled() {
                 r.add(
                     format!("{path}.reschedule"),
@@ -230,6 +240,9 @@ fn check_group(r: &mut Report, path: &str, group: &TaskGroup) {
     }
     for (field, problem) in group.migrate.problems() {
         r.add(format!("{path}.migrate.{field}"), problem);
+    }
+    for (field, problem) in group.update.problems() {
+        r.add(format!("{path}.update.{field}"), problem);
     }
     check_constraints(r, &format!("{path}.constraints"), &group.constraints);
     check_affinities(r, &format!("{path}.affinities"), &group.affinities);

@@ -1,0 +1,63 @@
+//! Rolling updates (Nomad's `update` block): when a service job's new version replaces its
+//! allocations, at most `max_parallel` of a group are being replaced at once, and the next ones
+//! only once the new ones are healthy, so an update never takes more of a service down than its
+//! owner allows, and a version that does not come up healthy stops the rollout.
+
+use serde::{Deserialize, Serialize};
+
+use crate::migrate::{HealthCheck, MigrateStrategy};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UpdateStrategy {
+    /// Allocations of the group replaced at once; 0: all at once (no `update` block).
+    pub max_parallel: u32,
+    pub health_check: HealthCheck,
+    /// How long every task of a new allocation must have run to count as healthy.
+    pub min_healthy_time_secs: u64,
+    /// A new allocation not healthy by then is unhealthy: the rollout stops there.
+    pub healthy_deadline_secs: u64,
+}
+
+impl Default for UpdateStrategy {
+    /// No `update` block: a new version replaces every allocation at once.
+    fn default() -> UpdateStrategy {
+        UpdateStrategy {
+            max_parallel: 0,
+            health_check: HealthCheck::Checks,
+            min_healthy_time_secs: 10,
+            healthy_deadline_secs: 300,
+        }
+    }
+}
+
+impl UpdateStrategy {
+    /// Nomad's defaults for an `update` block that names none: one at a time, healthy after
+    /// 10 s, unhealthy after 5 minutes.
+    pub fn nomad_block_defaults() -> UpdateStrategy {
+        UpdateStrategy { max_parallel: 1, ..UpdateStrategy::default() }
+    }
+
+    pub fn is_rolling(&self) -> bool {
+        self.max_parallel > 0
+    }
+
+    /// Nomad's rules, as (field, problem); field names as in the job file: those of its
+    /// health rule (the same as a drain's) when it rolls.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        if self.is_rolling() {
+            self.health_rule().problems()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The health rule a new allocation is judged by (the same as a drain's).
+    pub fn health_rule(&self) -> MigrateStrategy {
+        MigrateStrategy {
+            max_parallel: self.max_parallel,
+            health_check: self.health_check,
+            min_healthy_time_secs: self.min_healthy_time_secs,
+            healthy_deadline_secs: self.healthy_deadline_secs,
+        }
+    }
+}
