@@ -114,8 +114,9 @@ fn settled(
     if let Some(failed) = allocs.iter().find(|a| a.client_status == "failed") {
         bail!("allocation {} failed: {}", crate::alloc::short(&failed.id), why_failed(failed));
     }
-    // A rolling update or a reschedule delay keeps evaluations waiting (and a later one may
-    // take over from this one): every expected allocation running settles it too.
+    // A rolling update or a reschedule delay keeps evaluations waiting, and a later one may
+    // take over from this one (it is then canceled): every expected allocation running settles
+    // it too.
     let all_running = expected
         .is_some_and(|n| n > 0 && allocs.len() as u64 == n && allocs.iter().all(|a| a.client_status == "running"));
     let evaluated = eval.is_some_and(|e| e.status == "complete") || all_running;

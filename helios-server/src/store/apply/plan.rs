@@ -76,10 +76,11 @@ impl StateTables<'_> {
     }
 
     /// A job has at most one evaluation waiting (`wait_until`): every failure report brings a
-    /// new evaluation, and each would otherwise end waiting too, piling up. The one due first
-    /// stays; the other ends (`eval` completes, or the one waiting is canceled).
+    /// new evaluation, and each would otherwise end waiting too, piling up. The newest one goes
+    /// on, due at the earliest of their times; the others are canceled. (The newest, because a
+    /// job run watches the evaluation its submission made.)
     fn keep_one_waiting(&mut self, eval: &mut Evaluation) -> Result<(), redb::Error> {
-        let Some(due) = eval.wait_until else { return Ok(()) };
+        let Some(mut due) = eval.wait_until else { return Ok(()) };
         let (first, last) = index_range(&eval.job_name);
         let mut waiting = Vec::new();
         for row in self.evals_by_job.range(first.as_str()..last.as_str())? {
@@ -93,24 +94,22 @@ impl StateTables<'_> {
         for id in waiting {
             let Some(mut other) = get::<Evaluation>(&self.evaluations, &id)? else { continue };
             let Some(other_due) = other.wait_until else { continue };
-            if other_due <= due {
-                // Still blocked if it could not place something; done otherwise.
-                eval.status = if eval.failed_placements.is_empty() {
-                    helios_core::EvalStatus::Complete
-                } else {
-                    helios_core::EvalStatus::Blocked
-                };
-                eval.wait_until = None;
-                eval.status_description =
-                    format!("{}; evaluation {} is already due then or sooner", eval.status_description, other.id);
-                return Ok(());
+            if other_due < due {
+                due = other_due;
+                eval.status_description = format!(
+                    "{} (sooner: at {}, as evaluation {} was)",
+                    eval.status_description,
+                    due.to_rfc3339(),
+                    other.id
+                );
             }
             other.status = helios_core::EvalStatus::Canceled;
             other.wait_until = None;
-            other.status_description = format!("superseded by evaluation {}, due sooner", eval.id);
+            other.status_description = format!("superseded by evaluation {}", eval.id);
             other.modified_at = eval.modified_at;
             self.put_evaluation(&other)?;
         }
+        eval.wait_until = Some(due);
         Ok(())
     }
 

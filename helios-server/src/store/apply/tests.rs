@@ -754,7 +754,7 @@ fn a_waiting_evaluation_is_not_scheduled_before_its_time() {
 }
 
 #[test]
-fn a_job_keeps_one_waiting_evaluation_the_one_due_first() {
+fn a_job_keeps_one_waiting_evaluation_the_newest_due_at_the_earliest_time() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path(), 1).unwrap();
     let raise = Command::RaiseFormat { format: helios_core::format::FORMAT_VERSION };
@@ -770,14 +770,19 @@ fn a_job_keeps_one_waiting_evaluation_the_one_due_first() {
     };
     apply_all(&db, vec![proposal("p1", 3, waiting("e1", 5_000))]);
     apply_all(&db, vec![proposal("p2", 4, waiting("e2", 9_000))]);
+    {
+        let txn = db.begin_read().unwrap();
+        let e2 = read::evaluations_for_job(&txn, "web").unwrap().into_iter().find(|e| e.id == "e2").unwrap();
+        assert_eq!(e2.wait_until, Some(Timestamp(5_000)), "the newest goes on, as soon as e1 was due");
+    }
     apply_all(&db, vec![proposal("p3", 5, waiting("e3", 4_000))]);
     let txn = db.begin_read().unwrap();
     let status = |id: &str| {
         let eval = read::evaluations_for_job(&txn, "web").unwrap().into_iter().find(|e| e.id == id).expect("stored");
         (eval.status, eval.wait_until)
     };
-    assert_eq!(status("e2"), (helios_core::EvalStatus::Complete, None), "e1 was due sooner");
-    assert_eq!(status("e1"), (helios_core::EvalStatus::Canceled, None), "e3 is due sooner still");
+    assert_eq!(status("e1"), (helios_core::EvalStatus::Canceled, None));
+    assert_eq!(status("e2"), (helios_core::EvalStatus::Canceled, None));
     assert_eq!(status("e3"), (helios_core::EvalStatus::Pending, Some(Timestamp(4_000))));
     let pending = txn.open_table(crate::store::tables::PENDING_EVALUATIONS).unwrap();
     let ids: Vec<String> = pending.iter().unwrap().map(|row| row.unwrap().0.value().to_string()).collect();
