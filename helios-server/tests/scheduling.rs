@@ -296,6 +296,53 @@ async fn a_rolling_update_of_ten_with_max_parallel_two_never_has_fewer_than_eigh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_update_whose_leader_stops_mid_way_completes_under_the_new_leader() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    cluster.format_raised().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let agents = three_ready_agents(&cluster, dir.path()).await;
+    let via = cluster.running_ids().into_iter().find(|id| *id != leader).expect("a follower");
+    let mut job = service("web", 6, 100);
+    job.task_groups[0].update = helios_core::UpdateStrategy {
+        max_parallel: 2,
+        health_check: helios_core::HealthCheck::TaskStates,
+        min_healthy_time_secs: 2,
+        healthy_deadline_secs: 60,
+    };
+    submit(&cluster, via, &job).await;
+    let running = |s: &pb::GetJobStatusResponse, version: u64| {
+        s.allocations.iter().filter(|a| a.job_version == version && a.client_status == "running").count()
+    };
+    wait_for("six running", || async { (running(&status(&cluster, via, "web").await, 0) == 6).then_some(()) }).await;
+    let mut v1 = job.clone();
+    v1.task_groups[0].tasks[0].driver =
+        helios_core::TaskDriver::Exec(helios_core::ExecConfig::new("sleep", vec!["601".into()]));
+    submit(&cluster, via, &v1).await;
+    // Mid-way: the first wave of the new version runs, the rest waits for it to be healthy.
+    wait_for("the first wave running", || async {
+        let s = status(&cluster, via, "web").await;
+        (running(&s, 1) >= 2 && running(&s, 0) >= 2).then_some(())
+    })
+    .await;
+    cluster.stop(leader).await;
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    // The waiting evaluation is replicated: the new leader rolls on when it is due.
+    wait_for("all six of version 1 running under the new leader", || async {
+        let s = status(&cluster, new_leader, "web").await;
+        let old_live = s.allocations.iter().filter(|a| a.job_version == 0 && a.desired_status == "run").count();
+        (running(&s, 1) == 6 && old_live == 0).then_some(())
+    })
+    .await;
+    for agent in agents {
+        agent.stop().await;
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn placement_failures_are_explained_and_nodes_never_over_committed() {
     let cluster = TestCluster::start(1).await;
     cluster.leader().await;
