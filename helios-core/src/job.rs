@@ -260,14 +260,24 @@ impl TaskGroup {
         ports
     }
 
-    /// A digest of everything about the group but its count. Allocations carry the digest of the
+    /// A digest of everything about the group but its count and its reschedule, migrate and
+    /// update policies. Allocations carry the digest of the
     /// group they were placed for: when a new job version changes only counts, they are updated
     /// in place instead of replaced. Computed by the leader and stored, never recomputed in the
     /// state machine, so it need not be stable across builds.
     pub fn fingerprint(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut hasher = Fnv1a(0xcbf2_9ce4_8422_2325);
-        TaskGroup { count: 0, ..self.clone() }.hash(&mut hasher);
+        // How it is rescheduled, drained and rolled is no reason to replace what runs (Nomad
+        // updates those in place too).
+        let what_runs = TaskGroup {
+            count: 0,
+            reschedule: ReschedulePolicy::disabled(),
+            migrate: MigrateStrategy::default(),
+            update: UpdateStrategy::default(),
+            ..self.clone()
+        };
+        what_runs.hash(&mut hasher);
         hasher.finish()
     }
 }

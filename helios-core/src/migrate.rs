@@ -78,26 +78,28 @@ impl MigrateStrategy {
         out
     }
 
-    /// Where `alloc` stands, at `now`.
+    /// Where `alloc` stands, at `now`: healthy once every task has run for `min_healthy_time`
+    /// (a restart starts the time again); unhealthy when it failed, or is not running by its
+    /// `healthy_deadline`; pending otherwise. Task start times come from the agent's clock; one
+    /// behind the servers' cannot make a task look older than its allocation.
     pub fn health(&self, alloc: &Allocation, now: Timestamp) -> Health {
         let deadline = Timestamp(alloc.created_at.0.saturating_add(self.healthy_deadline_secs.saturating_mul(1000)));
         let min_healthy = self.min_healthy_time_secs.saturating_mul(1000);
-        let failed = alloc.client_status == AllocClientStatus::Failed || alloc.task_states.values().any(|t| t.failed);
-        if failed {
+        if alloc.client_status == AllocClientStatus::Failed {
             return Health::Unhealthy;
         }
+        // A task waiting to restart reports `failed`, and is not running.
         let running = !alloc.task_states.is_empty()
             && alloc.client_status == AllocClientStatus::Running
-            && alloc.task_states.values().all(|t| t.state == TaskRunState::Running);
+            && alloc.task_states.values().all(|t| t.state == TaskRunState::Running && !t.failed);
         let started = alloc.task_states.values().map(|t| t.started_at).collect::<Option<Vec<_>>>();
         if let (true, Some(started)) = (running, started) {
-            let healthy_at = Timestamp(started.iter().map(|t| t.0).max().unwrap_or(0).saturating_add(min_healthy));
+            let last_start = started.iter().map(|t| t.0).max().unwrap_or(0).max(alloc.created_at.0);
+            let healthy_at = Timestamp(last_start.saturating_add(min_healthy));
             if healthy_at <= now {
                 return Health::Healthy;
             }
-            if healthy_at <= deadline {
-                return Health::Pending { check_at: healthy_at };
-            }
+            return Health::Pending { check_at: healthy_at };
         }
         if now >= deadline {
             return Health::Unhealthy;

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::alloc::{AllocClientStatus, AllocDesiredStatus, Allocation};
 use crate::job::{Job, JobType, TaskGroup};
-use crate::migrate::Health;
+use crate::migrate::{Health, MigrateStrategy};
 use crate::node::{Node, NodeEligibility, NodeStatus};
 use crate::plan::{AllocStop, Plan};
 use crate::reschedule::{Reschedule, RescheduleEvent};
@@ -85,6 +85,7 @@ impl Slots<'_> {
         let mut keep: Vec<&Allocation> = Vec::new();
         let mut draining: Vec<&Allocation> = Vec::new();
         let mut outdated: Vec<&Allocation> = Vec::new();
+        let mut misplaced: Vec<&Allocation> = Vec::new();
         let compiled = super::CompiledConstraints::for_group(job, group);
         for alloc in mine.iter().copied().filter(|a| is_live(a)) {
             match nodes_by_id.get(alloc.node_id.as_str()) {
@@ -94,9 +95,9 @@ impl Slots<'_> {
                 }
                 Some(node) if node.drain => draining.push(alloc),
                 // The new version's constraints rule the node out (a host a Helios-style job was
-                // undeployed from, say): stopped, and placed again where they allow.
+                // undeployed from, say): replaced first, and placed again where they allow.
                 Some(node) if alloc.job_version != job.version && compiled.constraint_rejects(node).is_some() => {
-                    stop(plan, alloc, AllocDesiredStatus::Stop, false, "its node no longer meets the job's constraints")
+                    misplaced.push(alloc)
                 }
                 Some(_) if alloc.job_version != job.version && alloc.group_fingerprint == group.fingerprint() => {
                     // Only counts changed: keep it, as an allocation of the new version.
@@ -107,20 +108,29 @@ impl Slots<'_> {
                 Some(_) => keep.push(alloc),
             }
         }
-        // Those of an older version are replaced in waves (`update`); the rest stay for now.
-        outdated.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-        let wave = self.update_wave(&mine, outdated.len(), plan);
+        // Those of an older version are replaced in waves (`update`), those its constraints rule
+        // out first; the rest stay for now.
+        outdated.sort_by_key(|a| (slot_index(&a.name), a.id.clone()));
+        misplaced.sort_by_key(|a| (slot_index(&a.name), a.id.clone()));
+        let rejected = misplaced.len();
+        misplaced.extend(outdated);
+        let outdated = misplaced;
+        let (wave, healthy_left) = self.update_wave(&mine, &outdated, plan);
         for (i, alloc) in outdated.into_iter().enumerate() {
             if i < wave {
-                let why = format!("replaced by job version {}", job.version);
+                let why = if i < rejected {
+                    "its node no longer meets the job's constraints".to_string()
+                } else {
+                    format!("replaced by job version {}", job.version)
+                };
                 stop(plan, alloc, AllocDesiredStatus::Stop, false, &why);
             } else {
                 keep.push(alloc);
             }
         }
         // Those on draining nodes leave in waves (`migrate`); the rest of them stay for now.
-        draining.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-        let wave = self.migration_wave(&mine, draining.len(), nodes_by_id, plan);
+        draining.sort_by_key(|a| (slot_index(&a.name), a.id.clone()));
+        let wave = self.migration_wave(&mine, draining.len(), healthy_left, plan);
         for (i, alloc) in draining.into_iter().enumerate() {
             if i < wave {
                 stop(plan, alloc, AllocDesiredStatus::Evict, false, "node draining");
@@ -134,83 +144,87 @@ impl Slots<'_> {
         }
     }
 
-    /// How many of the group's `on_draining` allocations on draining nodes leave now: a service
-    /// group's at most `migrate.max_parallel` less those of its allocations elsewhere that are
-    /// not healthy yet (the last wave's replacements), waiting for them; anything else's, all.
+    /// The group's live allocations healthy by `rule` (Nomad's drainer counts the same). One
+    /// that is not healthy yet, or that is live but unhealthy (restarting), asks for a revisit:
+    /// its reports do not wake the scheduler.
+    fn healthy(&self, mine: &[&Allocation], rule: &MigrateStrategy, plan: &mut Plan, why: &str) -> usize {
+        let mut healthy = 0;
+        for alloc in mine.iter().filter(|a| is_live(a)) {
+            match rule.health(alloc, self.now) {
+                Health::Healthy => healthy += 1,
+                Health::Pending { check_at } => plan.revisit(check_at, why),
+                Health::Unhealthy => {
+                    let poll = rule.min_healthy_time_secs.max(1).saturating_mul(1000);
+                    plan.revisit(Timestamp(self.now.0.saturating_add(poll)), why);
+                }
+            }
+        }
+        healthy
+    }
+
+    /// How many of a service group's `outdated` allocations (of an older version) are replaced
+    /// now with a rolling `update`: as many as keep at least `count - max_parallel` of the group
+    /// healthy (Nomad's rule). A new allocation that is not healthy, cannot be placed or failed
+    /// holds the rollout until it is (a failed one is rescheduled by the group's policy). Without
+    /// a rolling update, all of them. Also returns how many healthy ones that leaves.
+    fn update_wave(&self, mine: &[&Allocation], outdated: &[&Allocation], plan: &mut Plan) -> (usize, Option<usize>) {
+        let update = &self.group.update;
+        if outdated.is_empty() || self.job.job_type != JobType::Service || !update.is_rolling() || !self.delays {
+            return (outdated.len(), None);
+        }
+        let rule = update.health_rule();
+        let why = "a rolling update waits for the new version to be healthy";
+        let healthy = self.healthy(mine, &rule, plan, why);
+        let floor = (self.group.count as usize).saturating_sub(update.max_parallel as usize);
+        let wave = healthy.saturating_sub(floor).min(outdated.len());
+        if wave == 0 {
+            let new = mine.iter().filter(|a| a.job_version == self.job.version);
+            let failed = new.filter(|a| a.client_status == AllocClientStatus::Failed).count();
+            if failed > 0 {
+                let message = format!(
+                    "rolling update to version {} waits: {healthy} of {} healthy, at least {floor} needed; {failed} allocation(s) of the new version failed ({} left on older versions)",
+                    self.job.version,
+                    self.group.count,
+                    outdated.len()
+                );
+                plan.failed_placements.insert(self.group.name.clone(), message);
+                plan.final_failures.insert(self.group.name.clone());
+            }
+        } else if wave < outdated.len() {
+            let soonest = Timestamp(self.now.0.saturating_add(update.min_healthy_time_secs.saturating_mul(1000)));
+            plan.revisit(soonest, why);
+        }
+        // The ones it stops were healthy (those still serving the old version).
+        (wave, Some(healthy.saturating_sub(wave)))
+    }
+
+    /// How many of a service group's `on_draining` allocations leave their draining nodes now:
+    /// as many as keep at least `count - migrate.max_parallel` of the group healthy (`healthy`:
+    /// what the update's wave left, if it counted), waiting for replacements; anything
+    /// else's, all.
     fn migration_wave(
         &self,
         mine: &[&Allocation],
         on_draining: usize,
-        nodes_by_id: &BTreeMap<&str, &Node>,
+        healthy: Option<usize>,
         plan: &mut Plan,
     ) -> usize {
         if on_draining == 0 || self.job.job_type != JobType::Service || !self.delays {
             return on_draining;
         }
         let migrate = &self.group.migrate;
-        let elsewhere = |a: &&&Allocation| nodes_by_id.get(a.node_id.as_str()).is_some_and(|n| !n.drain);
-        let mut moving = 0;
-        for alloc in mine.iter().filter(|a| is_live(a)).filter(elsewhere) {
-            // Unhealthy past its deadline: no longer waited for (the drain would never end).
-            if let Health::Pending { check_at } = migrate.health(alloc, self.now) {
-                moving += 1;
-                plan.revisit(check_at, "a drain waits for healthy replacements before its next wave");
-            }
-        }
-        let wave = (migrate.max_parallel as usize).saturating_sub(moving).min(on_draining);
-        if wave < on_draining && wave > 0 {
+        let why = "a drain waits for healthy replacements before its next wave";
+        let healthy = match healthy {
+            Some(healthy) => healthy,
+            None => self.healthy(mine, migrate, plan, why),
+        };
+        let floor = (self.group.count as usize).saturating_sub(migrate.max_parallel as usize);
+        let wave = healthy.saturating_sub(floor).min(on_draining);
+        if wave < on_draining {
             // This wave's replacements are healthy no sooner than that.
-            let healthy_soonest =
-                Timestamp(self.now.0.saturating_add(migrate.min_healthy_time_secs.saturating_mul(1000)));
-            plan.revisit(healthy_soonest, "a drain waits for healthy replacements before its next wave");
-        }
-        wave
-    }
-
-    /// How many of the group's `outdated` allocations (of an older version, to be replaced) are
-    /// replaced now: with a rolling `update`, at most `max_parallel` less the new version's
-    /// allocations not yet healthy, and none while one of them is unhealthy (the rollout stops
-    /// there: a version that does not come up is not rolled further); else all of them.
-    fn update_wave(&self, mine: &[&Allocation], outdated: usize, plan: &mut Plan) -> usize {
-        let update = &self.group.update;
-        if outdated == 0 || self.job.job_type != JobType::Service || !update.is_rolling() || !self.delays {
-            return outdated;
-        }
-        let rule = update.health_rule();
-        let (mut pending, mut unhealthy) = (0, 0);
-        let new = mine.iter().filter(|a| a.job_version == self.job.version);
-        for alloc in new {
-            // A failure already replaced has handed its slot on.
-            let replaced = alloc.next_allocation.is_some();
-            if alloc.client_status == AllocClientStatus::Failed && !replaced {
-                unhealthy += 1;
-                continue;
-            }
-            if !is_live(alloc) {
-                continue;
-            }
-            match rule.health(alloc, self.now) {
-                Health::Healthy => {}
-                Health::Pending { check_at } => {
-                    pending += 1;
-                    plan.revisit(check_at, "a rolling update waits for the new version to be healthy");
-                }
-                Health::Unhealthy => unhealthy += 1,
-            }
-        }
-        if unhealthy > 0 {
-            let why = format!(
-                "rolling update to version {} stopped: {unhealthy} of its allocation(s) not healthy ({} left on older versions)",
-                self.job.version, outdated
-            );
-            plan.failed_placements.insert(self.group.name.clone(), why);
-            plan.final_failures.insert(self.group.name.clone());
-            return 0;
-        }
-        let wave = (update.max_parallel as usize).saturating_sub(pending).min(outdated);
-        if wave > 0 && wave < outdated {
-            let soonest = Timestamp(self.now.0.saturating_add(update.min_healthy_time_secs.saturating_mul(1000)));
-            plan.revisit(soonest, "a rolling update waits for the new version to be healthy");
+            let soonest =
+                Timestamp(self.now.0.saturating_add(migrate.min_healthy_time_secs.max(1).saturating_mul(1000)));
+            plan.revisit(soonest, why);
         }
         wave
     }
@@ -283,7 +297,12 @@ impl Slots<'_> {
                 .iter()
                 .map(|(why, n)| format!("{n} allocation(s) failed and are not rescheduled: {why}"))
                 .collect();
-            plan.failed_placements.insert(group.name.clone(), reasons.join("; "));
+            // Beside a rolling update's message, if there is one.
+            let why = plan.failed_placements.entry(group.name.clone()).or_default();
+            if !why.is_empty() {
+                why.push_str("; ");
+            }
+            why.push_str(&reasons.join("; "));
             plan.final_failures.insert(group.name.clone());
         }
         asks

@@ -949,21 +949,20 @@ fn a_drain_moves_a_services_allocations_in_waves_of_max_parallel_once_the_last_i
 }
 
 #[test]
-fn a_replacement_unhealthy_past_its_deadline_no_longer_holds_the_drain() {
+fn a_drain_waits_while_the_group_is_short_of_healthy_allocations() {
     let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
-    let mut job = service("web", 2, 100, 100);
-    job.task_groups[0].migrate.max_parallel = 1;
-    h.put_job(job);
+    h.put_job(service("web", 2, 100, 100));
     h.run("web");
     h.all_healthy("web");
     h.nodes.push(node("b", 8000, 8192));
     h.node_mut("a").drain = true;
     assert_eq!(h.run("web").stops.len(), 1);
-    // Its replacement never starts; after healthy_deadline (5 minutes) the next one moves.
-    h.now = Timestamp(h.now.0 + 299_000);
-    assert!(h.run("web").stops.is_empty());
-    h.now = Timestamp(h.now.0 + 1_000);
-    assert_eq!(h.run("web").stops.len(), 1);
+    // Its replacement never starts: even past its healthy_deadline the other one stays, so the
+    // service keeps count - max_parallel running (Nomad's drainer waits the same way).
+    h.now = Timestamp(h.now.0 + 600_000);
+    let plan = h.run("web");
+    assert!(plan.stops.is_empty());
+    assert!(plan.revisit_at.is_some(), "still looked at");
 }
 
 #[test]
@@ -1037,7 +1036,7 @@ fn a_rolling_update_replaces_max_parallel_at_a_time_once_the_new_ones_are_health
 }
 
 #[test]
-fn a_version_that_does_not_come_up_healthy_stops_the_rollout() {
+fn a_rollout_waits_while_a_new_allocation_fails_and_goes_on_once_its_replacement_is_healthy() {
     let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
     let mut job = service("web", 4, 100, 100);
     job.task_groups[0].update = rolling(1);
@@ -1049,12 +1048,42 @@ fn a_version_that_does_not_come_up_healthy_stops_the_rollout() {
     assert_eq!(plan.stops.len(), 1);
     let new = plan.placements[0].id.clone();
     h.set_client_status(&new, AllocClientStatus::Failed);
-    let stopped = h.run("web");
-    assert!(stopped.stops.is_empty(), "no further old allocation replaced");
-    let why = &stopped.failed_placements["web"];
-    assert!(why.contains("rolling update to version 1 stopped: 1 of its allocation(s) not healthy (3 left"), "{why}");
-    assert!(!stopped.blocked(), "no cluster change fixes it: a new version does");
+    let waiting = h.run("web");
+    assert!(waiting.stops.is_empty(), "no further old allocation replaced");
+    let why = &waiting.failed_placements["web"];
+    assert!(why.contains("rolling update to version 1 waits: 3 of 4 healthy, at least 3 needed; 1 allocation(s) of the new version failed"), "{why}");
     assert_eq!(h.live("web").iter().filter(|a| a.job_version == 0).count(), 3, "three of four still serve");
+    // Rescheduled after its delay (30 s), the replacement comes up: the rollout goes on.
+    h.advance_secs(30);
+    let rescheduled = h.run("web");
+    assert_eq!((rescheduled.placements.len(), rescheduled.stops.len()), (1, 0));
+    h.running_since(&rescheduled.placements[0].id, h.now);
+    h.advance_secs(10);
+    assert_eq!(h.run("web").stops.len(), 1, "the next old one is replaced");
+}
+
+#[test]
+fn a_version_that_cannot_be_placed_takes_down_at_most_max_parallel() {
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+    let mut job = service("web", 4, 100, 100);
+    job.task_groups[0].update = rolling(1);
+    h.put_job(job);
+    h.run("web");
+    h.all_healthy("web");
+    let mut broken = next_version(&h, "web");
+    broken.constraints.push(Constraint {
+        attribute: "meta.nowhere".into(),
+        operator: ConstraintOperator::Equal,
+        value: "x".into(),
+    });
+    h.put_job(broken);
+    let plan = h.run("web");
+    assert_eq!((plan.stops.len(), plan.placements.len()), (1, 0), "one stopped, its replacement fits nowhere");
+    for _ in 0..5 {
+        h.advance_secs(60);
+        assert!(h.run("web").stops.is_empty(), "no more old allocations stopped");
+    }
+    assert_eq!(h.live("web").len(), 3);
 }
 
 #[test]

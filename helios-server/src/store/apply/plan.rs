@@ -53,7 +53,9 @@ impl StateTables<'_> {
             // The failure it replaces is done with: `alloc status` names its successor, and the
             // collector may take it.
             if let Some(previous) = alloc.previous_allocation() {
-                if let Some(mut failed) = get::<Allocation>(&self.allocations, previous)? {
+                // (Only the first: a replacement of a lost replacement carries the same history.)
+                let failed = get::<Allocation>(&self.allocations, previous)?.filter(|a| a.next_allocation.is_none());
+                if let Some(mut failed) = failed {
                     failed.next_allocation = Some(alloc.id.clone());
                     failed.modified_at = now;
                     self.put_allocation(&failed)?;
