@@ -101,7 +101,12 @@ fn settled(
         bail!("{what} meanwhile; stopped watching version {version}");
     }
     let eval = status.evaluations.iter().find(|e| e.id == eval_id);
-    if let Some(eval) = eval.filter(|e| e.status == "blocked" || e.status == "failed") {
+    // Pending with reasons: waiting (a rollout's next wave, a reschedule) with something it could
+    // not place or that holds the rollout; said now rather than watched for ever.
+    let stuck = |e: &&pb::Evaluation| {
+        e.status == "blocked" || e.status == "failed" || (e.status == "pending" && !e.failed_placements.is_empty())
+    };
+    if let Some(eval) = eval.filter(stuck) {
         let reasons: Vec<String> = eval.failed_placements.iter().map(|(g, why)| format!("group {g}: {why}")).collect();
         let reasons = if reasons.is_empty() { eval.status_description.clone() } else { reasons.join("; ") };
         bail!(
