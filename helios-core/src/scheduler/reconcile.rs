@@ -81,7 +81,9 @@ impl Slots<'_> {
     pub fn reconcile(&self, nodes_by_id: &BTreeMap<&str, &Node>, nodes: &[Node], plan: &mut Plan) -> Vec<Ask> {
         let (job, group) = (self.job, self.group);
         let mine: Vec<&Allocation> = self.existing.iter().copied().filter(|a| a.task_group == group.name).collect();
-        // Live allocations that may stay: on a usable node, of the current version.
+        // Live allocations that stay in their slots: of the current version on a usable node, and
+        // those a rollout's or a drain's wave leaves for later.
+        let fingerprint = group.fingerprint();
         let mut keep: Vec<&Allocation> = Vec::new();
         let mut draining: Vec<&Allocation> = Vec::new();
         let mut outdated: Vec<&Allocation> = Vec::new();
@@ -99,7 +101,7 @@ impl Slots<'_> {
                 Some(node) if alloc.job_version != job.version && compiled.constraint_rejects(node).is_some() => {
                     misplaced.push(alloc)
                 }
-                Some(_) if alloc.job_version != job.version && alloc.group_fingerprint == group.fingerprint() => {
+                Some(_) if alloc.job_version != job.version && alloc.group_fingerprint == fingerprint => {
                     // Only counts changed: keep it, as an allocation of the new version.
                     plan.in_place.push(alloc.id.clone());
                     keep.push(alloc);
