@@ -43,4 +43,11 @@ for v in 3001 3002 3003; do
   echo "version with args $v: $(awk "BEGIN { printf \"%.1f\", $end - $start }") s from job run to all 100 running"
 done
 helios-cli job stop rollout >/dev/null
+# The agents stop the tasks; stopping the agents first would leave them running.
+for _ in $(seq 1 300); do
+  helios-cli job status rollout --json |
+    python3 -c 'import json, sys; sys.exit(any(a["client_status"] in ("pending", "running") for a in json.load(sys.stdin)["allocations"]))' &&
+    break
+  sleep 0.2
+done
 cd "$root" && scripts/local-cluster.sh clean >/dev/null 2>&1
