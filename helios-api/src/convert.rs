@@ -579,8 +579,8 @@ pub fn alloc_to_pb(a: &Allocation) -> pb::Allocation {
                 delay_secs: e.delay_secs,
             })
             .collect(),
+        next_allocation: a.next_allocation.clone(),
         // Filled in by the server that reads it (`helios_core::reschedule::followup`).
-        next_allocation: None,
         reschedule_at_ms: None,
         not_rescheduled: String::new(),
         metrics: (a.metrics != PlacementMetrics::default()).then(|| metrics_to_pb(&a.metrics)),

@@ -24,6 +24,53 @@ async fn status(cluster: &TestCluster, via: u64, name: &str) -> pb::GetJobStatus
     cluster.job_status(via, name).await
 }
 
+/// A directory for agents' data; the tasks they leave are reaped with it.
+struct AgentsDir {
+    _reaper: common::Reaper,
+    dir: tempfile::TempDir,
+}
+
+impl AgentsDir {
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+/// A cluster of `n` servers with its leader, raised to this build's stored format (waiting
+/// evaluations, for reschedule delays and waves, need it; a fresh cluster raises it at once).
+async fn raised_cluster(n: u64) -> (TestCluster, u64, AgentsDir) {
+    let cluster = TestCluster::start(n).await;
+    let leader = cluster.leader().await;
+    cluster.format_raised().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    (cluster, leader, AgentsDir { _reaper: common::Reaper(dir.path().to_path_buf()), dir })
+}
+
+/// Allocations of `version` of job "web" that run.
+fn running(s: &pb::GetJobStatusResponse, version: u64) -> usize {
+    s.allocations.iter().filter(|a| a.job_version == version && a.client_status == "running").count()
+}
+
+/// Runs "web" with `count` allocations and a rolling update, waits for them, then submits its
+/// next version (another argument) through server `via`.
+async fn roll_out(cluster: &TestCluster, via: u64, count: u32, max_parallel: u32, min_healthy: u64, deadline: u64) {
+    let mut job = service("web", count, 100);
+    job.task_groups[0].update = helios_core::UpdateStrategy {
+        max_parallel,
+        health_check: helios_core::HealthCheck::TaskStates,
+        min_healthy_time_secs: min_healthy,
+        healthy_deadline_secs: deadline,
+    };
+    submit(cluster, via, &job).await;
+    wait_for("version 0 running", || async {
+        (running(&status(cluster, via, "web").await, 0) == count as usize).then_some(())
+    })
+    .await;
+    job.task_groups[0].tasks[0].driver =
+        helios_core::TaskDriver::Exec(helios_core::ExecConfig::new("sleep", vec!["601".into()]));
+    submit(cluster, via, &job).await;
+}
+
 /// Agents "a", "b" and "c", each ready.
 async fn three_ready_agents(cluster: &TestCluster, dir: &std::path::Path) -> Vec<common::Agent> {
     let mut agents = Vec::new();
@@ -132,12 +179,7 @@ async fn a_three_copy_service_lands_on_three_nodes_when_they_fit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_task_is_rescheduled_on_other_nodes_with_growing_delays() {
-    let cluster = TestCluster::start(1).await;
-    cluster.leader().await;
-    // Delays need the raised format (a fresh cluster raises it at once).
-    cluster.format_raised().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let (cluster, _, dir) = raised_cluster(1).await;
     let agents = three_ready_agents(&cluster, dir.path()).await;
     let mut job = service("crashy", 1, 100);
     job.task_groups[0].tasks[0].driver =
@@ -186,12 +228,7 @@ async fn a_failing_task_is_rescheduled_on_other_nodes_with_growing_delays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drain_moves_a_service_one_allocation_at_a_time_each_after_the_last_is_healthy() {
-    let cluster = TestCluster::start(1).await;
-    cluster.leader().await;
-    // Waves wait in pending evaluations, which need the raised format.
-    cluster.format_raised().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let (cluster, _, dir) = raised_cluster(1).await;
     let a = start_agent(&cluster, "a", &dir.path().join("a")).await;
     common::wait_status(&cluster, 1, "a", "ready").await;
     let mut job = service("web", 3, 100);
@@ -241,29 +278,9 @@ async fn a_drain_moves_a_service_one_allocation_at_a_time_each_after_the_last_is
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_update_of_ten_with_max_parallel_two_never_has_fewer_than_eight_healthy() {
-    let cluster = TestCluster::start(1).await;
-    cluster.leader().await;
-    cluster.format_raised().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let (cluster, _, dir) = raised_cluster(1).await;
     let agents = three_ready_agents(&cluster, dir.path()).await;
-    let mut job = service("web", 10, 100);
-    job.task_groups[0].update = helios_core::UpdateStrategy {
-        max_parallel: 2,
-        health_check: helios_core::HealthCheck::TaskStates,
-        min_healthy_time_secs: 1,
-        healthy_deadline_secs: 30,
-    };
-    submit(&cluster, 1, &job).await;
-    let running = |s: &pb::GetJobStatusResponse, version: u64| {
-        s.allocations.iter().filter(|a| a.job_version == version && a.client_status == "running").count()
-    };
-    wait_for("ten running", || async { (running(&status(&cluster, 1, "web").await, 0) == 10).then_some(()) }).await;
-
-    let mut v1 = job.clone();
-    v1.task_groups[0].tasks[0].driver =
-        helios_core::TaskDriver::Exec(helios_core::ExecConfig::new("sleep", vec!["601".into()]));
-    submit(&cluster, 1, &v1).await;
+    roll_out(&cluster, 1, 10, 2, 1, 30).await;
     // Sampled throughout: a healthy instance is an old one still wanted and running, or a new
     // one running for min_healthy_time (1 s) by the time of the sample.
     let mut samples = 0;
@@ -297,29 +314,10 @@ async fn a_rolling_update_of_ten_with_max_parallel_two_never_has_fewer_than_eigh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_update_whose_leader_stops_mid_way_completes_under_the_new_leader() {
-    let mut cluster = TestCluster::start(3).await;
-    let leader = cluster.leader().await;
-    cluster.format_raised().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let _reaper = common::Reaper(dir.path().to_path_buf());
+    let (mut cluster, leader, dir) = raised_cluster(3).await;
     let agents = three_ready_agents(&cluster, dir.path()).await;
     let via = cluster.running_ids().into_iter().find(|id| *id != leader).expect("a follower");
-    let mut job = service("web", 6, 100);
-    job.task_groups[0].update = helios_core::UpdateStrategy {
-        max_parallel: 2,
-        health_check: helios_core::HealthCheck::TaskStates,
-        min_healthy_time_secs: 2,
-        healthy_deadline_secs: 60,
-    };
-    submit(&cluster, via, &job).await;
-    let running = |s: &pb::GetJobStatusResponse, version: u64| {
-        s.allocations.iter().filter(|a| a.job_version == version && a.client_status == "running").count()
-    };
-    wait_for("six running", || async { (running(&status(&cluster, via, "web").await, 0) == 6).then_some(()) }).await;
-    let mut v1 = job.clone();
-    v1.task_groups[0].tasks[0].driver =
-        helios_core::TaskDriver::Exec(helios_core::ExecConfig::new("sleep", vec!["601".into()]));
-    submit(&cluster, via, &v1).await;
+    roll_out(&cluster, via, 6, 2, 2, 60).await;
     // Mid-way: the first wave of the new version runs, the rest waits for it to be healthy.
     wait_for("the first wave running", || async {
         let s = status(&cluster, via, "web").await;

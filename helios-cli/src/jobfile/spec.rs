@@ -11,7 +11,7 @@ use helios_core::{
     HealthCheck, Job, JobType, MigrateStrategy, PortMapping, ReschedulePolicy, Resources, RestartMode, RestartPolicy,
     Spread, SpreadTarget, Task, TaskDriver, TaskGroup, UpdateStrategy,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -42,7 +42,7 @@ pub struct JobSpec {
 
 /// Nomad's `migrate` block (service jobs): what it leaves out comes from the job's block, then
 /// Nomad's defaults.
-#[derive(Debug, Deserialize, Default, Clone)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct MigrateSpec {
     pub max_parallel: Option<u32>,
@@ -52,17 +52,7 @@ pub struct MigrateSpec {
 }
 
 impl MigrateSpec {
-    fn over(&self, outer: &MigrateSpec) -> MigrateSpec {
-        MigrateSpec {
-            max_parallel: self.max_parallel.or(outer.max_parallel),
-            health_check: self.health_check.clone().or_else(|| outer.health_check.clone()),
-            min_healthy_time: self.min_healthy_time.clone().or_else(|| outer.min_healthy_time.clone()),
-            healthy_deadline: self.healthy_deadline.clone().or_else(|| outer.healthy_deadline.clone()),
-        }
-    }
-
     fn to_strategy(&self, p: &mut Problems, path: &str, job_type: JobType) -> MigrateStrategy {
-        let mut m = MigrateStrategy::default();
         if job_type != JobType::Service {
             p.add(
                 path,
@@ -71,28 +61,68 @@ impl MigrateSpec {
                     job_type.as_str()
                 ),
             );
-            return m;
+            return MigrateStrategy::default();
         }
-        m.max_parallel = self.max_parallel.unwrap_or(m.max_parallel);
-        if let Some(name) = &self.health_check {
-            match HealthCheck::parse(name) {
-                Some(h) => m.health_check = h,
-                None => p.add(&format!("{path}.health_check"), format!("must be checks or task_states, got {name:?}")),
-            }
-        }
-        let secs = |p: &mut Problems, field: &str, text: &Option<String>, default: u64| {
-            u64::from(duration(p, &format!("{path}.{field}"), text, u32::try_from(default).unwrap_or(u32::MAX)))
-        };
-        m.min_healthy_time_secs = secs(p, "min_healthy_time", &self.min_healthy_time, m.min_healthy_time_secs);
-        m.healthy_deadline_secs = secs(p, "healthy_deadline", &self.healthy_deadline, m.healthy_deadline_secs);
-        m
+        let fields = (&self.max_parallel, &self.health_check, &self.min_healthy_time, &self.healthy_deadline);
+        waves(p, path, fields, MigrateStrategy::default())
     }
+}
+
+/// Group `index`'s `block` over the job's, field by field (each a JSON object's fields), with
+/// the path a problem is reported at (the group's block, else the job's); None with neither.
+fn merged<S>(own: &Option<S>, job_wide: &Option<S>, index: usize, block: &str) -> Option<(S, String)>
+where
+    S: Clone + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let at = if own.is_some() { format!("group[{index}].{block}") } else { block.to_string() };
+    let spec = match (own, job_wide) {
+        (None, None) => return None,
+        (Some(one), None) | (None, Some(one)) => one.clone(),
+        // Plain structs of options: their JSON is an object, and reads back.
+        (Some(own), Some(job_wide)) => {
+            let object = |spec: &S| match serde_json::to_value(spec).expect("a block is plain data") {
+                serde_json::Value::Object(fields) => fields,
+                _ => unreachable!("a block is a struct"),
+            };
+            let mut fields = object(job_wide);
+            fields.extend(object(own).into_iter().filter(|(_, v)| !v.is_null()));
+            serde_json::from_value(serde_json::Value::Object(fields)).expect("the merged fields are the block's")
+        }
+    };
+    Some((spec, at))
+}
+
+/// The fields `migrate` and `update` share (a wave size and a health rule) over `start`.
+fn waves(
+    p: &mut Problems,
+    path: &str,
+    (max_parallel, health_check, min_healthy_time, healthy_deadline): WaveFields<'_>,
+    start: MigrateStrategy,
+) -> MigrateStrategy {
+    let mut m = start;
+    m.max_parallel = max_parallel.unwrap_or(m.max_parallel);
+    if let Some(name) = health_check {
+        match HealthCheck::parse(name) {
+            Some(h) => m.health_check = h,
+            None => p.add(&format!("{path}.health_check"), format!("must be checks or task_states, got {name:?}")),
+        }
+    }
+    m.min_healthy_time_secs = secs(p, &format!("{path}.min_healthy_time"), min_healthy_time, m.min_healthy_time_secs);
+    m.healthy_deadline_secs = secs(p, &format!("{path}.healthy_deadline"), healthy_deadline, m.healthy_deadline_secs);
+    m
+}
+
+type WaveFields<'a> = (&'a Option<u32>, &'a Option<String>, &'a Option<String>, &'a Option<String>);
+
+/// A duration field in whole seconds (`duration`, widened).
+fn secs(p: &mut Problems, path: &str, text: &Option<String>, default: u64) -> u64 {
+    u64::from(duration(p, path, text, u32::try_from(default).unwrap_or(u32::MAX)))
 }
 
 /// Nomad's `update` block (service jobs): rolling updates. Deployments' own fields (canaries,
 /// promotion, reverts, progress deadline, stagger) are read to be refused by name when they ask
 /// for what Helios does not do yet.
-#[derive(Debug, Deserialize, Default, Clone)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSpec {
     pub max_parallel: Option<u32>,
@@ -107,22 +137,7 @@ pub struct UpdateSpec {
 }
 
 impl UpdateSpec {
-    fn over(&self, outer: &UpdateSpec) -> UpdateSpec {
-        UpdateSpec {
-            max_parallel: self.max_parallel.or(outer.max_parallel),
-            health_check: self.health_check.clone().or_else(|| outer.health_check.clone()),
-            min_healthy_time: self.min_healthy_time.clone().or_else(|| outer.min_healthy_time.clone()),
-            healthy_deadline: self.healthy_deadline.clone().or_else(|| outer.healthy_deadline.clone()),
-            progress_deadline: self.progress_deadline.clone().or_else(|| outer.progress_deadline.clone()),
-            auto_revert: self.auto_revert.or(outer.auto_revert),
-            auto_promote: self.auto_promote.or(outer.auto_promote),
-            canary: self.canary.or(outer.canary),
-            stagger: self.stagger.clone().or_else(|| outer.stagger.clone()),
-        }
-    }
-
     fn to_strategy(&self, p: &mut Problems, path: &str, job_type: JobType) -> UpdateStrategy {
-        let mut u = UpdateStrategy::nomad_block_defaults();
         if job_type != JobType::Service {
             p.add(
                 path,
@@ -143,20 +158,19 @@ impl UpdateSpec {
                 p.add(&format!("{path}.{field}"), NEEDS);
             }
         }
-        u.max_parallel = self.max_parallel.unwrap_or(u.max_parallel);
-        if let Some(name) = &self.health_check {
-            match HealthCheck::parse(name) {
-                Some(h) => u.health_check = h,
-                None if name == "manual" => p.add(&format!("{path}.health_check"), format!("\"manual\" {NEEDS}")),
-                None => p.add(&format!("{path}.health_check"), format!("must be checks or task_states, got {name:?}")),
-            }
+        let manual = self.health_check.as_deref() == Some("manual");
+        if manual {
+            p.add(&format!("{path}.health_check"), format!("\"manual\" {NEEDS}"));
         }
-        let secs = |p: &mut Problems, field: &str, text: &Option<String>, default: u64| {
-            u64::from(duration(p, &format!("{path}.{field}"), text, u32::try_from(default).unwrap_or(u32::MAX)))
-        };
-        u.min_healthy_time_secs = secs(p, "min_healthy_time", &self.min_healthy_time, u.min_healthy_time_secs);
-        u.healthy_deadline_secs = secs(p, "healthy_deadline", &self.healthy_deadline, u.healthy_deadline_secs);
-        u
+        let health_check = if manual { &None } else { &self.health_check };
+        let fields = (&self.max_parallel, health_check, &self.min_healthy_time, &self.healthy_deadline);
+        let m = waves(p, path, fields, UpdateStrategy::nomad_block_defaults().health_rule());
+        UpdateStrategy {
+            max_parallel: m.max_parallel,
+            health_check: m.health_check,
+            min_healthy_time_secs: m.min_healthy_time_secs,
+            healthy_deadline_secs: m.healthy_deadline_secs,
+        }
     }
 }
 
@@ -300,7 +314,7 @@ pub struct ResourcesSpec {
 
 /// Nomad's `reschedule` block; what it leaves out comes from the job's block, then the job
 /// type's defaults.
-#[derive(Debug, Deserialize, Default, Clone)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RescheduleSpec {
     pub attempts: Option<u32>,
@@ -312,18 +326,6 @@ pub struct RescheduleSpec {
 }
 
 impl RescheduleSpec {
-    /// `self` with what it leaves out taken from `outer`.
-    fn over(&self, outer: &RescheduleSpec) -> RescheduleSpec {
-        RescheduleSpec {
-            attempts: self.attempts.or(outer.attempts),
-            interval: self.interval.clone().or_else(|| outer.interval.clone()),
-            delay: self.delay.clone().or_else(|| outer.delay.clone()),
-            delay_function: self.delay_function.clone().or_else(|| outer.delay_function.clone()),
-            max_delay: self.max_delay.clone().or_else(|| outer.max_delay.clone()),
-            unlimited: self.unlimited.or(outer.unlimited),
-        }
-    }
-
     fn to_policy(&self, p: &mut Problems, path: &str, job_type: JobType) -> ReschedulePolicy {
         if job_type == JobType::System {
             p.add(path, "a system job is not rescheduled (it runs on every eligible node): leave reschedule out");
@@ -340,13 +342,9 @@ impl RescheduleSpec {
             }
         }
         policy.unlimited = self.unlimited.unwrap_or(policy.unlimited);
-        let secs = |p: &mut Problems, field: &str, text: &Option<String>, default: u64| {
-            let default = u32::try_from(default).unwrap_or(u32::MAX);
-            u64::from(duration(p, &format!("{path}.{field}"), text, default))
-        };
-        policy.interval_secs = secs(p, "interval", &self.interval, policy.interval_secs);
-        policy.delay_secs = secs(p, "delay", &self.delay, policy.delay_secs);
-        policy.max_delay_secs = secs(p, "max_delay", &self.max_delay, policy.max_delay_secs);
+        policy.interval_secs = secs(p, &format!("{path}.interval"), &self.interval, policy.interval_secs);
+        policy.delay_secs = secs(p, &format!("{path}.delay"), &self.delay, policy.delay_secs);
+        policy.max_delay_secs = secs(p, &format!("{path}.max_delay"), &self.max_delay, policy.max_delay_secs);
         if let Some(name) = &self.delay_function {
             match DelayFunction::parse(name) {
                 Some(f) => policy.delay_function = f,
@@ -426,35 +424,17 @@ impl JobSpec {
             .enumerate()
             .map(|(i, g)| g.to_group(&mut p, &format!("group[{i}]"), job_type, &mut notes))
             .collect();
+        // A group's block over the job's, field by field, as Nomad merges them.
         for (i, (group, spec)) in job.task_groups.iter_mut().zip(&self.group).enumerate() {
-            let merged = match (&spec.reschedule, &self.reschedule) {
-                (None, None) => continue,
-                (Some(own), None) => own.clone(),
-                (None, Some(job_wide)) => job_wide.clone(),
-                (Some(own), Some(job_wide)) => own.over(job_wide),
-            };
-            let at = if spec.reschedule.is_some() { format!("group[{i}].reschedule") } else { "reschedule".into() };
-            group.reschedule = merged.to_policy(&mut p, &at, job_type);
-        }
-        for (i, (group, spec)) in job.task_groups.iter_mut().zip(&self.group).enumerate() {
-            let merged = match (&spec.migrate, &self.migrate) {
-                (None, None) => continue,
-                (Some(own), None) => own.clone(),
-                (None, Some(job_wide)) => job_wide.clone(),
-                (Some(own), Some(job_wide)) => own.over(job_wide),
-            };
-            let at = if spec.migrate.is_some() { format!("group[{i}].migrate") } else { "migrate".into() };
-            group.migrate = merged.to_strategy(&mut p, &at, job_type);
-        }
-        for (i, (group, spec)) in job.task_groups.iter_mut().zip(&self.group).enumerate() {
-            let merged = match (&spec.update, &self.update) {
-                (None, None) => continue,
-                (Some(own), None) => own.clone(),
-                (None, Some(job_wide)) => job_wide.clone(),
-                (Some(own), Some(job_wide)) => own.over(job_wide),
-            };
-            let at = if spec.update.is_some() { format!("group[{i}].update") } else { "update".into() };
-            group.update = merged.to_strategy(&mut p, &at, job_type);
+            if let Some((merged, at)) = merged(&spec.reschedule, &self.reschedule, i, "reschedule") {
+                group.reschedule = merged.to_policy(&mut p, &at, job_type);
+            }
+            if let Some((merged, at)) = merged(&spec.migrate, &self.migrate, i, "migrate") {
+                group.migrate = merged.to_strategy(&mut p, &at, job_type);
+            }
+            if let Some((merged, at)) = merged(&spec.update, &self.update, i, "update") {
+                group.update = merged.to_strategy(&mut p, &at, job_type);
+            }
         }
         if p.0.is_empty() {
             Ok((job, notes))

@@ -183,6 +183,14 @@ impl Harness {
         self.index += 1;
     }
 
+    /// Submits `job` and places it, every allocation then running for an hour (healthy).
+    fn settle(&mut self, job: Job) {
+        let name = job.name.clone();
+        self.put_job(job);
+        self.run(&name);
+        self.all_healthy(&name);
+    }
+
     /// Every live allocation of `job` running for an hour: healthy by any migrate strategy.
     fn all_healthy(&mut self, job: &str) {
         self.now = Timestamp(self.now.0.max(3_600_000));
@@ -915,9 +923,7 @@ fn distinct_property_allows_so_many_allocations_per_value_and_says_why_the_rest_
 #[test]
 fn a_drain_moves_a_services_allocations_in_waves_of_max_parallel_once_the_last_is_healthy() {
     let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
-    h.put_job(service("web", 3, 100, 100));
-    h.run("web");
-    h.all_healthy("web");
+    h.settle(service("web", 3, 100, 100));
     h.nodes.push(node("b", 8000, 8192));
     h.node_mut("a").drain = true;
     let mut moved = Vec::new();
@@ -951,9 +957,7 @@ fn a_drain_moves_a_services_allocations_in_waves_of_max_parallel_once_the_last_i
 #[test]
 fn a_drain_waits_while_the_group_is_short_of_healthy_allocations() {
     let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
-    h.put_job(service("web", 2, 100, 100));
-    h.run("web");
-    h.all_healthy("web");
+    h.settle(service("web", 2, 100, 100));
     h.nodes.push(node("b", 8000, 8192));
     h.node_mut("a").drain = true;
     assert_eq!(h.run("web").stops.len(), 1);
@@ -974,9 +978,7 @@ fn batch_jobs_mid_upgrade_clusters_and_wide_waves_leave_a_draining_node_at_once(
         let mut job = service("web", 3, 100, 100);
         job.set_type(job_type);
         job.task_groups[0].migrate.max_parallel = max_parallel;
-        h.put_job(job);
-        h.run("web");
-        h.all_healthy("web");
+        h.settle(job);
         h.nodes.push(node("b", 8000, 8192));
         h.node_mut("a").drain = true;
         let plan = h.run("web");
@@ -1003,9 +1005,7 @@ fn a_rolling_update_replaces_max_parallel_at_a_time_once_the_new_ones_are_health
     let mut h = Harness { nodes: vec![node("a", 8000, 8192), node("b", 8000, 8192)], ..Default::default() };
     let mut job = service("web", 10, 100, 100);
     job.task_groups[0].update = rolling(2);
-    h.put_job(job);
-    h.run("web");
-    h.all_healthy("web");
+    h.settle(job);
     let v1 = next_version(&h, "web");
     h.put_job(v1);
     let mut replaced = 0;
@@ -1040,9 +1040,7 @@ fn a_rollout_waits_while_a_new_allocation_fails_and_goes_on_once_its_replacement
     let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
     let mut job = service("web", 4, 100, 100);
     job.task_groups[0].update = rolling(1);
-    h.put_job(job);
-    h.run("web");
-    h.all_healthy("web");
+    h.settle(job);
     h.put_job(next_version(&h, "web"));
     let plan = h.run("web");
     assert_eq!(plan.stops.len(), 1);
@@ -1067,9 +1065,7 @@ fn a_version_that_cannot_be_placed_takes_down_at_most_max_parallel() {
     let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
     let mut job = service("web", 4, 100, 100);
     job.task_groups[0].update = rolling(1);
-    h.put_job(job);
-    h.run("web");
-    h.all_healthy("web");
+    h.settle(job);
     let mut broken = next_version(&h, "web");
     broken.constraints.push(Constraint {
         attribute: "meta.nowhere".into(),
@@ -1089,9 +1085,7 @@ fn a_version_that_cannot_be_placed_takes_down_at_most_max_parallel() {
 #[test]
 fn without_an_update_block_a_new_version_replaces_everything_at_once() {
     let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
-    h.put_job(service("web", 4, 100, 100));
-    h.run("web");
-    h.all_healthy("web");
+    h.settle(service("web", 4, 100, 100));
     h.put_job(next_version(&h, "web"));
     let plan = h.run("web");
     assert_eq!((plan.stops.len(), plan.placements.len()), (4, 4));

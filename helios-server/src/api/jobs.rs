@@ -376,8 +376,9 @@ impl AllocationService for Allocations {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
         let alloc = self.find(request.into_inner().id).await?;
         let mut out = alloc_to_pb(&alloc);
-        if alloc.client_status == helios_core::AllocClientStatus::Failed {
-            // What becomes of it: read with its job and the job's other allocations.
+        if alloc.client_status == helios_core::AllocClientStatus::Failed && alloc.next_allocation.is_none() {
+            // What becomes of it (unless a reschedule already replaced it): read with its job
+            // and the job's other allocations.
             let name = alloc.job_name.clone();
             let (job, siblings) = self
                 .cluster
