@@ -12,8 +12,8 @@
 # commit of the format being replaced.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-# The last commit writing stored format 6.
-PREVIOUS_FORMAT_COMMIT=5c5c5500205681fd87a1f81e2f315182bfe33bd2
+# The last commit writing stored format 7.
+PREVIOUS_FORMAT_COMMIT=33b8d9d3d2d06fe7257b134422d5083b0f67602c
 out="$root/target/previous-format"
 src="$out/src"
 stamp="$out/bin/.commit"

@@ -137,8 +137,12 @@ start)
             continue
         fi
         mkdir -p "$state/client-$id"
+        # The agents share this host's ports: each gives out its own thousand dynamic ports,
+        # as separate machines would not collide.
+        low=$((20000 + (id - 1) * 1000))
         (cd "$state" && exec "$bin/helios-client" --node-id "$id" --data-dir "client-$id" \
             --server-addr "$all_addrs" "${client_tls[@]}" "${driver_flags[@]}" \
+            --dynamic-ports "$low-$((low + 999))" \
             --client-rpc-addr "127.0.0.1:${agent_ports[$((id - 1))]}" </dev/null >"client-$id.log" 2>&1) &
         echo $! >"$state/client-$id.pid"
     done

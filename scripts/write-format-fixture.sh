@@ -56,6 +56,38 @@ cli job run -d --type service --name fixture-stopped sleep -- 300
 cli job stop fixture-stopped
 cli job run -d --type service --name fixture-purged sleep -- 300
 cli job stop --purge fixture-purged
+# From format 7, a job with what that format added: a reschedule policy, a rolling update and
+# an affinity (a version-4 job).
+if [ "$format" -ge 7 ]; then
+    cat >"$work/rolling.hcl" <<'HCL'
+job "fixture-rolling" {
+  group "g" {
+    reschedule {
+      delay     = "10s"
+      unlimited = true
+    }
+    update {
+      max_parallel     = 1
+      min_healthy_time = "1s"
+      healthy_deadline = "1m"
+    }
+    affinity {
+      attribute = "${meta.rack}"
+      value     = "r1"
+      weight    = 50
+    }
+    task "t" {
+      driver = "exec"
+      config {
+        command = "sleep"
+        args    = ["300"]
+      }
+    }
+  }
+}
+HCL
+    cli job run -d "$work/rolling.hcl"
+fi
 cli job status fixture-batch
 cli alloc list
 cli operator snapshot save "$work/snapshot.bin"

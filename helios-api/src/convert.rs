@@ -18,6 +18,9 @@ use helios_core::{
 
 use crate::pb;
 
+mod service;
+pub use service::{alloc_services_from_pb, alloc_services_to_pb, check_state_to_pb, registration_to_pb};
+
 pub type ConversionResult<T> = Result<T, ValidationErrors>;
 
 /// The gRPC status for bad input: `InvalidArgument`, naming every field and its problem.
@@ -112,6 +115,7 @@ fn group_from_pb(p: &mut Problems, path: &str, g: pb::TaskGroup, job_type: JobTy
         spreads: spreads_from_pb(p, &format!("{path}.spreads"), g.spreads),
         migrate: migrate_from_pb(p, &format!("{path}.migrate"), g.migrate),
         update: update_from_pb(p, &format!("{path}.update"), g.update),
+        services: service::services_from_pb(p, &format!("{path}.services"), g.services),
         meta: g.meta,
         ports: g
             .ports
@@ -422,6 +426,7 @@ fn group_to_pb(g: &TaskGroup) -> pb::TaskGroup {
             } as i32,
         }),
         reschedule: Some(reschedule_to_pb(&g.reschedule)),
+        services: service::services_to_pb(&g.services),
         affinities: affinities_to_pb(&g.affinities),
         spreads: spreads_to_pb(&g.spreads),
         update: Some(pb::UpdateStrategy {
@@ -584,6 +589,7 @@ pub fn alloc_to_pb(a: &Allocation) -> pb::Allocation {
         reschedule_at_ms: None,
         not_rescheduled: String::new(),
         metrics: (a.metrics != PlacementMetrics::default()).then(|| metrics_to_pb(&a.metrics)),
+        services: a.services.iter().map(registration_to_pb).collect(),
     }
 }
 

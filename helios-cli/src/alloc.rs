@@ -128,6 +128,7 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
                 Timestamp(a.created_at_ms).ago(now)
             );
             print_reschedule(&a, now);
+            print_services(&a);
             for (task, state) in &a.task_states {
                 println!("\nTask {task:?} is {}{}", state.state, if state.failed { " (failed)" } else { "" });
                 let mut events = Table::new(&["TIME", "TYPE", "DESCRIPTION"]);
@@ -162,6 +163,25 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The services its agent registered, with each check's status.
+fn print_services(a: &pb::Allocation) {
+    if a.services.is_empty() {
+        return;
+    }
+    println!("\nServices");
+    let mut table = Table::new(&["SERVICE", "ADDRESS", "CHECK", "STATUS", "OUTPUT"]);
+    for r in &a.services {
+        let address = format!("{}:{}", r.address, r.port);
+        if r.checks.is_empty() {
+            table.row(vec![r.service.clone(), address.clone(), "-".into(), "-".into(), String::new()]);
+        }
+        for c in &r.checks {
+            table.row(vec![r.service.clone(), address.clone(), c.name.clone(), c.status.clone(), c.output.clone()]);
+        }
+    }
+    table.print();
 }
 
 /// What became of a failed allocation, and the reschedules that led to this one.

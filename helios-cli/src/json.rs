@@ -91,6 +91,12 @@ pub fn allocation(a: &pb::Allocation) -> Value {
         "reschedule_at_ms": a.reschedule_at_ms,
         "not_rescheduled": a.not_rescheduled,
         "metrics": a.metrics.as_ref().map(crate::placement::to_json),
+        "services": a.services.iter().map(|r| json!({
+            "service": r.service, "task": r.task, "address": r.address, "port": r.port,
+            "checks": r.checks.iter().map(|c| json!({
+                "name": c.name, "status": c.status, "output": c.output, "since_ms": c.since_ms,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
     })
 }
 

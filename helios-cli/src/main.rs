@@ -11,6 +11,7 @@ mod json;
 mod node;
 mod placement;
 mod server;
+mod service;
 mod snapshot;
 mod system;
 mod table;
@@ -56,6 +57,9 @@ enum Command {
     /// Inspect client nodes.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// The service catalog: services of running allocations and their health.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     /// Inspect and change the server cluster's membership.
     #[command(subcommand)]
     Server(server::ServerCommand),
@@ -151,6 +155,7 @@ async fn main() -> ExitCode {
         },
         Command::Alloc(cmd) => alloc::run(&servers, cmd).await,
         Command::Node(cmd) => node::run(&servers, cmd).await,
+        Command::Service(cmd) => service::run(&servers, cmd).await,
         Command::Acl(cmd) => acl::run(&servers, cmd).await,
         Command::Server(cmd) => server::run(&servers, cmd).await,
         Command::System(cmd) => system::run(&servers, cmd).await,

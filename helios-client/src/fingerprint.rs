@@ -34,6 +34,7 @@ pub fn node(config: &ClientConfig, advertised: SocketAddr) -> pb::Node {
         (IP_ATTRIBUTE.to_string(), node_ip(advertised.ip()).to_string()),
         // This agent gives exec tasks their group's ports (older ones would drop them).
         (helios_core::job::GROUP_PORTS_ATTRIBUTE.to_string(), "1".to_string()),
+        (helios_core::service::SERVICES_ATTRIBUTE.to_string(), "1".to_string()),
     ]);
     pb::Node {
         id: config.node_id.clone(),

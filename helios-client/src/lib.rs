@@ -8,6 +8,7 @@
 
 mod adoption;
 mod cgroups;
+mod checks;
 pub mod drivers;
 mod fingerprint;
 mod identity;
@@ -16,6 +17,7 @@ mod logs;
 mod runner;
 pub mod sandbox;
 mod servers;
+mod services;
 mod supervisor;
 mod task_dir;
 mod task_env;
@@ -182,18 +184,34 @@ pub async fn run_on(
         attributes: registered.attributes.clone(),
         meta: node.meta.clone(),
     };
-    let runners = runner::Runners::new(facts, drivers.clone(), config.data_dir.join("allocs"), reports_tx);
+    let (service_reports_tx, service_reports_rx) = tokio::sync::mpsc::unbounded_channel();
+    let runners =
+        runner::Runners::new(facts, drivers.clone(), config.data_dir.join("allocs"), reports_tx, service_reports_tx);
     let liveness = keep_alive(&servers, node, secret.clone(), drivers, fingerprints);
     tokio::pin!(liveness);
     let watching = watch_allocations(&servers, &node_id, &secret, runners);
     tokio::pin!(watching);
-    let reporting = report_allocations(&servers, &node_id, &secret, reports_rx);
+    let (servers_ref, node_ref, secret_ref) = (&servers, node_id.as_str(), secret.as_str());
+    let reporting = report_latest(
+        reports_rx,
+        "allocation update",
+        |u| &u.alloc_id,
+        |updates| Box::pin(async move { servers_ref.update_allocations(node_ref, secret_ref, &updates).await }),
+    );
     tokio::pin!(reporting);
+    let registering = report_latest(
+        service_reports_rx,
+        "service registration",
+        |r| &r.alloc_id,
+        |reports| Box::pin(async move { servers_ref.report_services(node_ref, secret_ref, &reports).await }),
+    );
+    tokio::pin!(registering);
     tokio::select! {
         served = &mut serve => Ok(served?),
         refused = &mut liveness => Err(refused),
         refused = &mut watching => Err(refused),
         refused = &mut reporting => Err(refused),
+        refused = &mut registering => Err(refused),
     }
 }
 
@@ -284,48 +302,49 @@ impl Assigned {
     }
 }
 
-/// Sends task state changes to the servers, batching whatever queued up meanwhile, retrying
-/// until they are accepted (state changes must not be lost).
-async fn report_allocations(
-    servers: &Servers,
-    node_id: &str,
-    secret: &str,
-    mut reports: tokio::sync::mpsc::UnboundedReceiver<helios_core::AllocUpdate>,
+/// Sends an allocation's reports to the servers (task states, or service registrations),
+/// batching whatever queued up meanwhile, retrying until they are accepted (they must not be
+/// lost).
+async fn report_latest<'a, T: Clone + PartialEq + Send + 'a>(
+    mut reports: tokio::sync::mpsc::UnboundedReceiver<T>,
+    what: &str,
+    alloc_id: impl Fn(&T) -> &String,
+    send: impl Fn(Vec<T>) -> futures::future::BoxFuture<'a, Result<(), servers::CallError>>,
 ) -> ClientError {
     // Only the latest report per allocation matters, so what waits is bounded by the node's
     // allocations however long the servers are away: the queue is drained into this map before
     // every attempt, and while retrying.
-    let mut pending: BTreeMap<String, helios_core::AllocUpdate> = BTreeMap::new();
+    let mut pending: BTreeMap<String, T> = BTreeMap::new();
     loop {
         if pending.is_empty() {
             let Some(first) = reports.recv().await else { return std::future::pending().await };
-            pending.insert(first.alloc_id.clone(), first);
+            pending.insert(alloc_id(&first).clone(), first);
         }
         while let Ok(more) = reports.try_recv() {
-            pending.insert(more.alloc_id.clone(), more);
+            pending.insert(alloc_id(&more).clone(), more);
         }
         // The servers take at most MAX_UPDATES_PER_CALL at once.
-        let updates: Vec<helios_core::AllocUpdate> = pending.values().take(MAX_UPDATES_PER_CALL).cloned().collect();
-        let sent = match servers.update_allocations(node_id, secret, &updates).await {
+        let batch: Vec<T> = pending.values().take(MAX_UPDATES_PER_CALL).cloned().collect();
+        let sent = match send(batch.clone()).await {
             Ok(()) => true,
             // A report the servers refuse (an allocation they no longer know, a malformed
             // state) is dropped; the agent keeps running its other work.
             // (An identity problem also stops the heartbeats and the watch, which end the agent.)
             Err(servers::CallError::Refused(why)) => {
-                tracing::warn!(%why, "the servers refused an allocation report; dropping it");
+                tracing::warn!(%why, "the servers refused an {what}; dropping it");
                 true
             }
             Err(e) => {
-                tracing::warn!(error = %e, "allocation update failed; retrying");
+                tracing::warn!(error = %e, "{what} failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 false
             }
         };
         if sent {
-            for update in updates {
+            for report in batch {
                 // Unless a newer one came meanwhile (drained on the next round).
-                if pending.get(&update.alloc_id) == Some(&update) {
-                    pending.remove(&update.alloc_id);
+                if pending.get(alloc_id(&report)) == Some(&report) {
+                    pending.remove(alloc_id(&report));
                 }
             }
         }

@@ -33,6 +33,7 @@ pub struct Runners {
     node: Arc<crate::task_env::NodeFacts>,
     allocs_dir: PathBuf,
     reports: Reports,
+    service_reports: crate::services::ServiceReports,
     /// Stop signals of the allocations running here.
     running: HashMap<String, watch::Sender<bool>>,
     /// Allocations that finished here, until the servers stop listing them.
@@ -56,7 +57,13 @@ pub(crate) fn event(kind: &str, message: impl Into<String>, exit_code: Option<i3
 }
 
 impl Runners {
-    pub fn new(node: crate::task_env::NodeFacts, drivers: Drivers, allocs_dir: PathBuf, reports: Reports) -> Runners {
+    pub fn new(
+        node: crate::task_env::NodeFacts,
+        drivers: Drivers,
+        allocs_dir: PathBuf,
+        reports: Reports,
+        service_reports: crate::services::ServiceReports,
+    ) -> Runners {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Runners {
             node_id: node.id.clone(),
@@ -64,6 +71,7 @@ impl Runners {
             drivers,
             node: Arc::new(node),
             reports,
+            service_reports,
             running: HashMap::new(),
             finished: HashSet::new(),
             done_tx,
@@ -136,7 +144,7 @@ impl Runners {
             // Unwanted but alive (left from before an agent restart): adopt it, stopping at once.
             let (stop_tx, stop_rx) = watch::channel(!wanted);
             self.running.insert(alloc.id.clone(), stop_tx);
-            let reports = self.reports.clone();
+            let reports = (self.reports.clone(), self.service_reports.clone());
             let done = self.done_tx.clone();
             meta.extend(group.meta.clone());
             let host_ports: Vec<u16> = alloc.host_ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect();
@@ -222,7 +230,7 @@ async fn run_allocation(
     group: TaskGroup,
     dir: PathBuf,
     stop: watch::Receiver<bool>,
-    reports: Reports,
+    (reports, service_reports): (Reports, crate::services::ServiceReports),
 ) {
     let report = |status: AllocClientStatus, description: String, states: BTreeMap<String, TaskState>| {
         let _ = reports.send(AllocUpdate {
@@ -237,7 +245,14 @@ async fn run_allocation(
     let (progress, mut changes) = mpsc::unbounded_channel::<(String, TaskState)>();
     // Aborted with this runner (see `Runners::tasks`).
     let mut supervisors = tokio::task::JoinSet::new();
-    for task in group.tasks {
+    // The tasks' states for the services' checks, and their restart requests (`check_restart`).
+    let (states_tx, states_rx) = watch::channel(BTreeMap::new());
+    let mut restarts = BTreeMap::new();
+    let services = group.services.clone();
+    let tasks = group.tasks.clone();
+    for task in tasks {
+        let (restart_tx, restart_rx) = mpsc::unbounded_channel();
+        restarts.insert(task.name.clone(), restart_tx);
         let Some(driver) = drivers.for_task(&task) else {
             let why = format!("this agent has no {} driver", task.driver.name());
             let _ = progress.send((task.name.clone(), dead(vec![event("Driver Failure", why, None)], true)));
@@ -251,15 +266,30 @@ async fn run_allocation(
             dir: dir.join(&task.name),
             stop: stop.clone(),
             progress: progress.clone(),
+            restart: restart_rx,
         };
         supervisors.spawn(supervisor.run(task));
     }
     drop(progress);
+    if !services.is_empty() {
+        let run = crate::services::AllocServicesRun {
+            owner: owner.clone(),
+            group: group.clone(),
+            drivers: drivers.clone(),
+            dir: dir.clone(),
+            states: states_rx,
+            stop: stop.clone(),
+            restarts,
+            reports: service_reports,
+        };
+        supervisors.spawn(run.run());
+    }
     let mut states = BTreeMap::new();
     // Every change is reported as it happens: a task that failed and waits to restart (dead,
     // its last event "Restarting") shows its failure now, not when its restarts run out.
     while let Some((name, state)) = changes.recv().await {
         states.insert(name, state);
+        states_tx.send_replace(states.clone());
         let restarting =
             |s: &TaskState| s.state == TaskRunState::Dead && s.events.last().is_some_and(|e| e.kind == "Restarting");
         let (status, description) = if states.values().any(|s| s.state == TaskRunState::Running) {
@@ -275,6 +305,9 @@ async fn run_allocation(
         };
         report(status, description.to_string(), states.clone());
     }
+    // Closing it ends the services, which deregister before the allocation's last report.
+    drop(states_tx);
+    while supervisors.join_next().await.is_some() {}
     let stopped = *stop.borrow();
     let failed = states.values().any(|s| s.failed);
     let (status, description) = match (stopped, failed) {

@@ -392,6 +392,25 @@ impl Servers {
         .await
         .map(|_| ())
     }
+
+    pub async fn report_services(
+        &self,
+        node_id: &str,
+        secret: &str,
+        reports: &[helios_core::service::AllocServices],
+    ) -> Result<(), CallError> {
+        let services = helios_api::convert::alloc_services_to_pb(reports);
+        self.call("service registration", |mut c| {
+            let req = pb::ReportServicesRequest {
+                node_id: node_id.to_string(),
+                secret: secret.to_string(),
+                services: services.clone(),
+            };
+            async move { c.report_services(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub(crate) struct Supervisor {
     pub stop: watch::Receiver<bool>,
     /// Where every change of the task's state goes.
     pub progress: mpsc::UnboundedSender<(String, TaskState)>,
+    /// Requests to restart the running task, with why (a check's `check_restart`).
+    pub restart: mpsc::UnboundedReceiver<String>,
 }
 
 impl Supervisor {
@@ -59,7 +61,9 @@ impl Supervisor {
                 events.push(e);
                 let _ = progress.send((name_now.clone(), pending(events.clone(), restarts)));
             };
-            let run = TaskRun { owner: &self.owner, task: &task, dir: &self.dir, stop: &self.stop };
+            // This run's own stop: the servers' stop order, or a restart request.
+            let (run_stop, run_stopped) = watch::channel(*self.stop.borrow());
+            let run = TaskRun { owner: &self.owner, task: &task, dir: &self.dir, stop: &run_stopped };
             // What an earlier agent left is followed rather than started a second time.
             let recovered = self.driver.recover(run).await;
             let (mut state, handle) = match recovered {
@@ -80,22 +84,27 @@ impl Supervisor {
             };
             with_history(&mut state, &history, restarts);
             let _ = self.progress.send((name.clone(), state.clone()));
+            let mut restart_asked = None;
             let mut last = match handle {
                 Some(handle) => {
+                    let ended = self.follow(handle, &run_stop, &mut restart_asked).await;
                     let mut done =
-                        handle.await.unwrap_or_else(|e| dead(vec![event("Driver Failure", e.to_string(), None)], true));
+                        ended.unwrap_or_else(|e| dead(vec![event("Driver Failure", e.to_string(), None)], true));
                     with_history(&mut done, &history, restarts);
                     done
                 }
                 None => state,
             };
+            if let Some(why) = &restart_asked {
+                last.events.push(event("Restart Signaled", why.clone(), None));
+            }
             if self.stop.has_changed().is_err() {
                 // The agent that ran this supervisor is gone (in-process restart): a new agent
                 // adopts or restarts the task; this one must not act on it any more.
                 return;
             }
             let stopped = *self.stop.borrow();
-            let restart = !stopped && (self.job_type != JobType::Batch || last.failed);
+            let restart = !stopped && (self.job_type != JobType::Batch || last.failed || restart_asked.is_some());
             if !restart {
                 self.finish(name, last);
                 return;
@@ -132,6 +141,31 @@ impl Supervisor {
             if self.interrupted_by_stop(delay).await {
                 self.finish(name, last);
                 return;
+            }
+        }
+    }
+
+    /// Waits for the running task to end, passing on the servers' stop order and a restart
+    /// request (noted in `restart_asked`) as this run's stop.
+    async fn follow(
+        &mut self,
+        mut handle: crate::runner::TaskHandle,
+        run_stop: &watch::Sender<bool>,
+        restart_asked: &mut Option<String>,
+    ) -> Result<TaskState, tokio::task::JoinError> {
+        let mut servers_stop = self.stop.clone();
+        let mut stop_passed = false;
+        loop {
+            tokio::select! {
+                ended = &mut handle => return ended,
+                () = stop_requested(&mut servers_stop), if !stop_passed => {
+                    stop_passed = true;
+                    run_stop.send_replace(true);
+                }
+                Some(why) = self.restart.recv(), if restart_asked.is_none() => {
+                    *restart_asked = Some(why);
+                    run_stop.send_replace(true);
+                }
             }
         }
     }
@@ -178,6 +212,8 @@ mod tests {
         /// What `recover` finds (once, as a real agent's task is gone once it ended): a task
         /// that runs on and exits with this code.
         left_running: Mutex<Option<i32>>,
+        /// How long each run lasts unless stopped.
+        run_secs: u64,
     }
 
     impl Scripted {
@@ -193,16 +229,28 @@ mod tests {
                 starts: Mutex::new(Vec::new()),
                 recovers: Mutex::new(0),
                 left_running: Mutex::new(left_running),
+                run_secs: 1,
             })
+        }
+
+        /// Runs of `run_secs` each, which end early (killed) when stopped.
+        fn long(exits: &[i32], run_secs: u64) -> Arc<Scripted> {
+            let mut scripted = Arc::into_inner(Scripted::new(exits)).expect("new");
+            scripted.run_secs = run_secs;
+            Arc::new(scripted)
         }
 
         fn started_at_secs(&self) -> Vec<u64> {
             self.starts.lock().unwrap().iter().map(Duration::as_secs).collect()
         }
 
-        fn runs(&self, code: i32) -> Started {
+        fn runs(&self, code: i32, stop: &watch::Receiver<bool>) -> Started {
+            let (run_secs, mut stop) = (self.run_secs, stop.clone());
             let handle = tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(run_secs)) => {}
+                    () = stop_requested(&mut stop) => return dead(vec![event("Killed", "stopped", None)], false),
+                }
                 let mut state = dead(vec![event("Terminated", format!("exit code {code}"), Some(code))], code != 0);
                 state.state = TaskRunState::Dead;
                 state
@@ -220,16 +268,16 @@ mod tests {
             Box::pin(std::future::ready(Fingerprint::default()))
         }
 
-        fn recover<'a>(&'a self, _: TaskRun<'a>) -> BoxFuture<'a, Option<Started>> {
+        fn recover<'a>(&'a self, run: TaskRun<'a>) -> BoxFuture<'a, Option<Started>> {
             *self.recovers.lock().unwrap() += 1;
             let left = self.left_running.lock().unwrap().take();
-            Box::pin(std::future::ready(left.map(|code| self.runs(code))))
+            Box::pin(std::future::ready(left.map(|code| self.runs(code, run.stop))))
         }
 
-        fn start<'a>(&'a self, _: TaskRun<'a>, _: &'a OnEvent) -> BoxFuture<'a, Started> {
+        fn start<'a>(&'a self, run: TaskRun<'a>, _: &'a OnEvent) -> BoxFuture<'a, Started> {
             self.starts.lock().unwrap().push(self.began.elapsed());
             let code = self.exits.lock().unwrap().pop_front().unwrap_or(0);
-            Box::pin(std::future::ready(self.runs(code)))
+            Box::pin(std::future::ready(self.runs(code, run.stop)))
         }
     }
 
@@ -252,6 +300,7 @@ mod tests {
     /// A running supervisor: its stop order, the states it sent, and its end.
     struct Running {
         stop: watch::Sender<bool>,
+        restart: mpsc::UnboundedSender<String>,
         states: mpsc::UnboundedReceiver<(String, TaskState)>,
         done: tokio::task::JoinHandle<()>,
         _dir: tempfile::TempDir,
@@ -283,6 +332,7 @@ mod tests {
     ) -> Running {
         let (stop, stop_rx) = watch::channel(false);
         let (progress, states) = mpsc::unbounded_channel();
+        let (restart, restart_rx) = mpsc::unbounded_channel();
         let owner = Owner {
             node_id: "n1".into(),
             alloc_id: "a1".into(),
@@ -300,10 +350,11 @@ mod tests {
             }),
         };
         std::fs::create_dir_all(dir.path().join("t")).unwrap();
+        let dir_t = dir.path().join("t");
         let supervisor =
-            Supervisor { owner, driver, job_type, policy, dir: dir.path().join("t"), stop: stop_rx, progress };
+            Supervisor { owner, driver, job_type, policy, dir: dir_t, stop: stop_rx, progress, restart: restart_rx };
         let done = tokio::spawn(supervisor.run(task()));
-        Running { stop, states, done, _dir: dir }
+        Running { stop, restart, states, done, _dir: dir }
     }
 
     /// Waits until `done` holds, looking every 100 ms of the paused clock, for ten minutes of it
@@ -416,5 +467,25 @@ mod tests {
         assert_eq!(*driver.recovers.lock().unwrap(), 0);
         assert!(driver.started_at_secs().is_empty());
         assert_eq!(kinds(states.last().unwrap()).last(), Some(&"Terminated"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_request_stops_the_task_and_starts_it_again_within_the_policy() {
+        // A batch task that would run 100 s and succeed: restarted anyway when its check asks.
+        let driver = Scripted::long(&[0, 0], 100);
+        let running = supervise(driver.clone(), JobType::Batch, policy(1, 600, 2, RestartMode::Fail));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        running.restart.send("check \"web\" unhealthy".into()).unwrap();
+        until(|| driver.started_at_secs().len() == 2).await;
+        // Stopped at 10 s, restarted after the 2 s delay.
+        assert_eq!(driver.started_at_secs(), vec![0, 12]);
+        // The policy's only restart is used: a second request ends the task, failed.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        running.restart.send("check \"web\" unhealthy".into()).unwrap();
+        let states = running.finish().await;
+        let last = states.last().unwrap();
+        assert!(kinds(last).contains(&"Restart Signaled"), "{last:?}");
+        assert_eq!(kinds(last).last(), Some(&"Not Restarting"));
+        assert_eq!(driver.started_at_secs(), vec![0, 12]);
     }
 }

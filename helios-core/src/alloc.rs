@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::job::Resources;
 use crate::placement::PlacementMetrics;
 use crate::reschedule::RescheduleEvent;
+use crate::service::ServiceRegistration;
 use crate::time::Timestamp;
 
 /// One placement of one task group of one job version on one node.
@@ -43,12 +44,16 @@ pub struct Allocation {
     pub next_allocation: Option<String>,
     /// The scores that decided its node (empty for allocations placed before format 7).
     pub metrics: PlacementMetrics,
+    /// Its services as its agent registered them while its tasks run (`crate::service`);
+    /// emptied when it stops.
+    pub services: Vec<ServiceRegistration>,
 }
 
 // Version 2 (stored format 7): `reschedule_events`, `next_allocation` and placement `metrics`. Written as version 1 for older readers
 // without them: they are the servers' own bookkeeping, which those readers do not use, so a
 // cluster mid-upgrade only counts a slot's reschedules afresh (`alloc_v1`).
-crate::versioned!(Allocation = 2, since format 7, previous crate::alloc_v1::Allocation);
+// Version 3 (stored format 8): `services` (`alloc_v2`).
+crate::versioned!(Allocation = 3, since format 8, previous crate::alloc_v2::Allocation);
 
 impl Allocation {
     /// True while its fixed host ports are held on its node: until its agent reports it finished
@@ -89,6 +94,7 @@ impl Allocation {
             reschedule_events: Vec::new(),
             next_allocation: None,
             metrics: PlacementMetrics::default(),
+            services: Vec::new(),
         }
     }
 

@@ -1,12 +1,13 @@
 //! An allocation as stored formats 3 to 6 hold it (version 1): without reschedule events and
 //! placement metrics (nor the replacement of a failure). Read
-//! and migrated forward; written for clusters still at format 6 during a rolling upgrade.
+//! and migrated forward (to version 2, `alloc_v2`); written for clusters still at format 6 during a rolling upgrade.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::alloc::{self as current, AllocClientStatus, AllocDesiredStatus, TaskState};
+use crate::alloc::{AllocClientStatus, AllocDesiredStatus, TaskState};
+use crate::alloc_v2 as current;
 use crate::job::Resources;
 use crate::time::Timestamp;
 

@@ -48,8 +48,9 @@ use serde::{Deserializer, Serialize, Serializer};
 /// format its rows were written for. 5: jobs at version 2 (task `user`, raw_exec, exec's
 /// `cpu_hard_limit`). 6: jobs at version 3 (docker's `privileged`, `cap_add`, `cap_drop`,
 /// `devices`). 7: jobs at version 4 (a group's reschedule policy), allocations at version 2
-/// (reschedule events), evaluations at version 2 (`wait_until`).
-pub const FORMAT_VERSION: u32 = 7;
+/// (reschedule events), evaluations at version 2 (`wait_until`). 8: jobs at version 5 (services
+/// and checks), allocations at version 3 (service registrations), `Command::ReportServices`.
+pub const FORMAT_VERSION: u32 = 8;
 /// The oldest database format this build converts when it opens one.
 pub const OLDEST_CONVERTED_FORMAT: u32 = 2;
 /// The oldest format this build writes for (the first whose records carry their versions), and

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::migrate::MigrateStrategy;
 use crate::reschedule::ReschedulePolicy;
+use crate::service::Service;
 use crate::time::Timestamp;
 use crate::update::UpdateStrategy;
 
@@ -35,9 +36,9 @@ pub struct Job {
 // `cpu_hard_limit` (`job_v2`). Version 3 (stored format 6): docker's `privileged`, `cap_add`,
 // `cap_drop` and `devices`. Version 4 (stored format 7): each group's reschedule policy and
 // migrate and update strategies, affinities and spreads at job and group level, `distinct_property`
-// constraints (`job_v3`). Written as the older version for older readers when none of what the newer one
-// added is used.
-crate::versioned!(Job = 4, since format 7, previous crate::job_v3::Job);
+// constraints (`job_v3`). Version 5 (stored format 8): each group's services (`job_v4`).
+// Written as the older version for older readers when none of what the newer one added is used.
+crate::versioned!(Job = 5, since format 8, previous crate::job_v4::Job);
 
 pub const DEFAULT_PRIORITY: u32 = 50;
 
@@ -69,6 +70,7 @@ impl Job {
                 affinities: Vec::new(),
                 spreads: Vec::new(),
                 meta: BTreeMap::new(),
+                services: Vec::new(),
             }],
             constraints: Vec::new(),
             affinities: Vec::new(),
@@ -170,6 +172,8 @@ pub struct TaskGroup {
     /// exec and raw_exec task of the group gets each one. Docker tasks map theirs in
     /// `DockerConfig::ports` instead.
     pub ports: Vec<GroupPort>,
+    /// The services it offers (its own and its tasks'), which its agent registers while it runs.
+    pub services: Vec<Service>,
 }
 
 /// A host port of a group, by label: fixed, or picked by the scheduler from the node's range.

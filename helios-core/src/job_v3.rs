@@ -1,5 +1,5 @@
 //! A job as stored format 6 holds it (version 3): groups without a reschedule policy. Read and
-//! migrated forward (each group gets its job type's default policy, which is what format 6
+//! migrated forward (to version 4, `job_v4`) (each group gets its job type's default policy, which is what format 6
 //! did: see `reschedule`); written for clusters still at format 6 during a rolling upgrade,
 //! when every group has that default.
 
@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{self as current, Constraint, GroupPort, JobStatus, JobType, RestartPolicy, Task};
+use crate::job::{Constraint, GroupPort, JobStatus, JobType, RestartPolicy, Task};
+use crate::job_v4 as current;
 use crate::migrate::MigrateStrategy;
 use crate::reschedule::ReschedulePolicy;
 use crate::time::Timestamp;
@@ -139,6 +140,7 @@ impl TryFrom<&current::Job> for Job {
 mod tests {
     use super::*;
     use crate::format::write_for;
+    use crate::job as latest;
 
     fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
         bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(|e| e.to_string())
@@ -150,28 +152,28 @@ mod tests {
 
     #[test]
     fn a_job_with_the_default_policy_is_written_for_format_6_and_read_back_unchanged() {
-        let mut job = current::Job::exec("j", "true", Vec::new());
+        let mut job = latest::Job::exec("j", "true", Vec::new());
         job.set_type(JobType::Service);
         job.task_groups[0].reschedule = ReschedulePolicy::default_for(JobType::Service);
         let old = write_for(6, || encode(&job)).expect("writable for format 6");
         assert_eq!(old[0], 3, "version 3 for format-6 readers");
         assert_eq!(decode::<Job>(&old).task_groups[0].name, "j");
-        assert_eq!(decode::<current::Job>(&old), job, "migrated forward with its type's default");
-        assert_eq!(encode(&job).expect("writable")[0], 4, "this build writes version 4");
+        assert_eq!(decode::<latest::Job>(&old), job, "migrated forward with its type's default");
+        assert_eq!(write_for(7, || encode(&job)).expect("writable")[0], 4, "version 4 for format-7 readers");
     }
 
     #[test]
     fn a_reschedule_policy_format_6_cannot_hold_is_refused_for_it() {
-        let mut job = current::Job::exec("j", "true", Vec::new());
+        let mut job = latest::Job::exec("j", "true", Vec::new());
         job.task_groups[0].reschedule.attempts = 3;
         let refused = write_for(6, || encode(&job)).expect_err("refused");
         assert!(refused.contains("sets a reschedule policy, which needs stored format 7"), "{refused}");
-        assert_eq!(decode::<current::Job>(&encode(&job).expect("format 7 holds it")), job);
+        assert_eq!(decode::<latest::Job>(&encode(&job).expect("format 7 holds it")), job);
     }
 
     #[test]
     fn affinities_spreads_and_distinct_property_are_refused_for_format_6() {
-        let base = current::Job::exec("j", "true", Vec::new());
+        let base = latest::Job::exec("j", "true", Vec::new());
         let affinity = current::Affinity {
             attribute: "meta.rack".into(),
             operator: current::ConstraintOperator::Equal,
@@ -184,7 +186,7 @@ mod tests {
             operator: current::ConstraintOperator::DistinctProperty,
             value: "1".into(),
         };
-        type Use<'a> = Box<dyn Fn(&mut current::Job) + 'a>;
+        type Use<'a> = Box<dyn Fn(&mut latest::Job) + 'a>;
         let uses: [Use; 5] = [
             Box::new(|j| j.affinities.push(affinity.clone())),
             Box::new(|j| j.task_groups[0].spreads.push(spread.clone())),
@@ -197,7 +199,7 @@ mod tests {
             add(&mut job);
             let refused = write_for(6, || encode(&job)).expect_err("refused");
             assert!(refused.contains("needs stored format 7"), "{refused}");
-            assert_eq!(decode::<current::Job>(&encode(&job).expect("format 7 holds it")), job);
+            assert_eq!(decode::<latest::Job>(&encode(&job).expect("format 7 holds it")), job);
         }
     }
 }

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::alloc::{AllocClientStatus, Allocation, TaskRunState};
+use crate::service::checks_passing_since;
 use crate::time::Timestamp;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -20,8 +21,8 @@ pub struct MigrateStrategy {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum HealthCheck {
-    /// Nomad's default: the allocation's service checks, and its tasks' states. Helios has no
-    /// service checks yet, so this is what Nomad does for a group without any: task states.
+    /// Nomad's default: the tasks' states, and every service check of the allocation passing
+    /// (`crate::service`), all for `min_healthy_time`. A group without checks: task states.
     Checks,
     /// Every task running, none failed, for `min_healthy_time`.
     TaskStates,
@@ -78,11 +79,12 @@ impl MigrateStrategy {
         out
     }
 
-    /// Where `alloc` stands, at `now`: healthy once every task has run for `min_healthy_time`
-    /// (a restart starts the time again); unhealthy when it failed, or is not running by its
-    /// `healthy_deadline`; pending otherwise. Task start times come from the agent's clock; one
-    /// behind the servers' cannot make a task look older than its allocation.
-    pub fn health(&self, alloc: &Allocation, now: Timestamp) -> Health {
+    /// Where `alloc` stands, at `now`: healthy once every task has run, and (health by checks)
+    /// its `checks` service checks have passed, for `min_healthy_time` (a restart, or a check
+    /// that stops passing, starts the time again); unhealthy when it failed, or is not healthy
+    /// by its `healthy_deadline`; pending otherwise. Start and check times come from the agent's
+    /// clock; one behind the servers' cannot make a task look older than its allocation.
+    pub fn health(&self, alloc: &Allocation, now: Timestamp, checks: usize) -> Health {
         let deadline = Timestamp(alloc.created_at.0.saturating_add(self.healthy_deadline_secs.saturating_mul(1000)));
         let min_healthy = self.min_healthy_time_secs.saturating_mul(1000);
         if alloc.client_status == AllocClientStatus::Failed {
@@ -93,8 +95,13 @@ impl MigrateStrategy {
             && alloc.client_status == AllocClientStatus::Running
             && alloc.task_states.values().all(|t| t.state == TaskRunState::Running && !t.failed);
         let started = alloc.task_states.values().map(|t| t.started_at).collect::<Option<Vec<_>>>();
-        if let (true, Some(started)) = (running, started) {
-            let last_start = started.iter().map(|t| t.0).max().unwrap_or(0).max(alloc.created_at.0);
+        let passing_since = match (self.health_check, checks) {
+            (HealthCheck::TaskStates, _) | (HealthCheck::Checks, 0) => Some(Timestamp(0)),
+            (HealthCheck::Checks, expected) => checks_passing_since(&alloc.services, expected),
+        };
+        if let (true, Some(started), Some(passing_since)) = (running, started, passing_since) {
+            let last_start =
+                started.iter().map(|t| t.0).max().unwrap_or(0).max(alloc.created_at.0).max(passing_since.0);
             let healthy_at = Timestamp(last_start.saturating_add(min_healthy));
             if healthy_at <= now {
                 return Health::Healthy;
@@ -152,15 +159,41 @@ mod tests {
     fn healthy_after_running_for_min_healthy_time_unhealthy_past_the_deadline() {
         let m = MigrateStrategy { min_healthy_time_secs: 10, healthy_deadline_secs: 60, ..Default::default() };
         let running = alloc(0, Some(5_000), TaskRunState::Running);
-        assert_eq!(m.health(&running, Timestamp(10_000)), Health::Pending { check_at: Timestamp(15_000) });
-        assert_eq!(m.health(&running, Timestamp(15_000)), Health::Healthy);
+        assert_eq!(m.health(&running, Timestamp(10_000), 0), Health::Pending { check_at: Timestamp(15_000) });
+        assert_eq!(m.health(&running, Timestamp(15_000), 0), Health::Healthy);
         let starting = alloc(0, None, TaskRunState::Pending);
-        assert_eq!(m.health(&starting, Timestamp(1_000)), Health::Pending { check_at: Timestamp(11_000) });
-        assert_eq!(m.health(&starting, Timestamp(55_000)), Health::Pending { check_at: Timestamp(60_000) });
-        assert_eq!(m.health(&starting, Timestamp(60_000)), Health::Unhealthy);
+        assert_eq!(m.health(&starting, Timestamp(1_000), 0), Health::Pending { check_at: Timestamp(11_000) });
+        assert_eq!(m.health(&starting, Timestamp(55_000), 0), Health::Pending { check_at: Timestamp(60_000) });
+        assert_eq!(m.health(&starting, Timestamp(60_000), 0), Health::Unhealthy);
         let mut failed = alloc(0, Some(1_000), TaskRunState::Running);
         failed.client_status = AllocClientStatus::Failed;
-        assert_eq!(m.health(&failed, Timestamp(30_000)), Health::Unhealthy);
+        assert_eq!(m.health(&failed, Timestamp(30_000), 0), Health::Unhealthy);
+    }
+
+    #[test]
+    fn health_by_checks_waits_for_every_check_to_pass_for_min_healthy_time() {
+        use crate::service::{CheckState, CheckStatus, ServiceRegistration};
+        let m = MigrateStrategy { min_healthy_time_secs: 10, healthy_deadline_secs: 60, ..Default::default() };
+        let mut a = alloc(0, Some(5_000), TaskRunState::Running);
+        assert_eq!(m.health(&a, Timestamp(20_000), 1), Health::Pending { check_at: Timestamp(30_000) }, "unregistered");
+        let check =
+            |status, since| CheckState { name: "c".into(), status, output: String::new(), since: Timestamp(since) };
+        let registered = |status, since| ServiceRegistration {
+            service: "web".into(),
+            task: None,
+            address: "127.0.0.1".into(),
+            port: 80,
+            checks: vec![check(status, since)],
+        };
+        a.services = vec![registered(CheckStatus::Critical, 6_000)];
+        assert_eq!(m.health(&a, Timestamp(20_000), 1), Health::Pending { check_at: Timestamp(30_000) });
+        assert_eq!(m.health(&a, Timestamp(60_000), 1), Health::Unhealthy, "never passed by the deadline");
+        a.services = vec![registered(CheckStatus::Passing, 12_000)];
+        assert_eq!(m.health(&a, Timestamp(20_000), 1), Health::Pending { check_at: Timestamp(22_000) });
+        assert_eq!(m.health(&a, Timestamp(22_000), 1), Health::Healthy);
+        let by_tasks = MigrateStrategy { health_check: HealthCheck::TaskStates, ..m };
+        a.services = vec![registered(CheckStatus::Critical, 6_000)];
+        assert_eq!(by_tasks.health(&a, Timestamp(15_000), 1), Health::Healthy, "task_states ignores checks");
     }
 
     #[test]

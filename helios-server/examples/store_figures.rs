@@ -120,6 +120,7 @@ fn write_database(dir: &Path, allocations: usize) {
                 reschedule_events: Vec::new(),
                 next_allocation: None,
                 metrics: Default::default(),
+                services: Vec::new(),
             })
             .collect();
         let plan = Plan {

@@ -782,8 +782,10 @@ pub fn check_forwarded(request: &ForwardRequest) -> Result<(), tonic::Status> {
         | Command::ReportAllocations { .. }
         | Command::PurgeNode { .. } => refuse("evaluations already decided"),
         // Built by the ACL, `system gc` and snapshot restore handlers, which checked the caller's token first (and
-        // garbage is checked again, record by record, when applied).
-        Command::CollectGarbage { .. }
+        // garbage is checked again, record by record, when applied); an agent's services are
+        // checked against its node's secret when applied.
+        Command::ReportServices { .. }
+        | Command::CollectGarbage { .. }
         | Command::RestoreBegin { .. }
         | Command::RestoreRows { .. }
         | Command::RestoreCommit { .. }

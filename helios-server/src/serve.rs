@@ -29,6 +29,7 @@ pub async fn serve(
     health.set_serving::<pb::job_service_server::JobServiceServer<api::jobs::Jobs>>().await;
     health.set_serving::<pb::allocation_service_server::AllocationServiceServer<api::jobs::Allocations>>().await;
     health.set_serving::<pb::node_service_server::NodeServiceServer<api::nodes::Nodes>>().await;
+    health.set_serving::<pb::service_catalog_server::ServiceCatalogServer<api::services::Catalog>>().await;
     health.set_serving::<pb::cluster_service_server::ClusterServiceServer<api::cluster_service::Membership>>().await;
     health.set_serving::<pb::raft_peer_server::RaftPeerServer<PeerService>>().await;
     let addr = listener
@@ -59,6 +60,7 @@ fn router(
     use pb::job_service_server::JobServiceServer;
     use pb::node_service_server::NodeServiceServer;
     use pb::raft_peer_server::RaftPeerServer;
+    use pb::service_catalog_server::ServiceCatalogServer;
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -99,6 +101,10 @@ fn router(
         .add_service(InterceptedService::new(
             ClusterServiceServer::new(api::cluster_service::Membership { cluster: c() })
                 .max_decoding_message_size(limit),
+            anyone.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            ServiceCatalogServer::new(api::services::Catalog { cluster: c() }).max_decoding_message_size(limit),
             anyone.clone(),
         ))
         .add_service(InterceptedService::new(

@@ -54,19 +54,27 @@ fn assert_fixture_state(db: &redb::Database, format: u32) {
     let txn = db.begin_read().expect("read");
     let jobs: BTreeMap<String, Job> =
         read::jobs(&txn).expect("jobs").into_iter().map(|j| (j.name.clone(), j)).collect();
-    assert_eq!(
-        jobs.keys().collect::<Vec<_>>(),
-        ["fixture-batch", "fixture-service", "fixture-stopped", "fixture-versions"],
-        "the purged job is gone, the others kept"
-    );
+    let mut expected = vec!["fixture-batch", "fixture-service", "fixture-stopped", "fixture-versions"];
+    if format >= 7 {
+        expected.insert(1, "fixture-rolling");
+    }
+    assert_eq!(jobs.keys().collect::<Vec<_>>(), expected, "the purged job is gone, the others kept");
     assert!(jobs["fixture-stopped"].stopped);
     // From format 5 the service has a task user (a version-2 job), older ones none.
     let user = jobs["fixture-service"].task_groups[0].tasks[0].user.as_deref();
     assert_eq!(user, (format >= 5).then_some("nobody"));
     // Every format before 7 rescheduled by one rule: groups read back with their type's default.
-    for job in jobs.values() {
+    for job in jobs.values().filter(|j| j.name != "fixture-rolling") {
         let default = helios_core::ReschedulePolicy::default_for(job.job_type);
         assert!(job.task_groups.iter().all(|g| g.reschedule == default), "{}", job.name);
+    }
+    if format >= 7 {
+        // A version-4 job: what format 7 added reads back, and it has no services.
+        let group = &jobs["fixture-rolling"].task_groups[0];
+        assert_eq!((group.reschedule.delay_secs, group.reschedule.unlimited), (10, true));
+        assert_eq!((group.update.max_parallel, group.update.min_healthy_time_secs), (1, 1));
+        assert_eq!(group.affinities.len(), 1);
+        assert!(group.services.is_empty());
     }
     assert_eq!(jobs["fixture-versions"].version, 1);
     let versions = read::job_versions(&txn, "fixture-versions").expect("versions");
@@ -107,6 +115,11 @@ fn a_format_5_database_is_marked_once_and_reads_back_every_record() {
 #[test]
 fn a_format_6_database_is_marked_once_and_reads_back_every_record() {
     database_opens_once_and_reads_back_every_record(6);
+}
+
+#[test]
+fn a_format_7_database_is_marked_once_and_reads_back_every_record() {
+    database_opens_once_and_reads_back_every_record(7);
 }
 
 fn database_opens_once_and_reads_back_every_record(format: u32) {
@@ -150,6 +163,11 @@ async fn the_format_4_raft_log_replays_to_the_opened_state() {
 #[tokio::test]
 async fn the_format_6_raft_log_replays_to_the_opened_state() {
     raft_log_replays_to_the_opened_state(6).await;
+}
+
+#[tokio::test]
+async fn the_format_7_raft_log_replays_to_the_opened_state() {
+    raft_log_replays_to_the_opened_state(7).await;
 }
 
 #[tokio::test]
@@ -205,6 +223,11 @@ async fn a_format_6_snapshot_installs_as_the_opened_state_and_saves_in_this_form
 }
 
 #[tokio::test]
+async fn a_format_7_snapshot_installs_as_the_opened_state_and_saves_in_this_format() {
+    snapshot_installs_as_the_opened_state(7).await;
+}
+
+#[tokio::test]
 async fn a_format_5_snapshot_installs_as_the_opened_state_and_saves_in_this_format() {
     snapshot_installs_as_the_opened_state(5).await;
 }
@@ -214,7 +237,8 @@ async fn snapshot_installs_as_the_opened_state(format: u32) {
     let bytes = std::fs::read(dir.path().join("snapshot.bin")).expect("snapshot fixture");
     let summary = snapshot::inspect(std::io::Cursor::new(bytes.clone())).expect("inspect");
     assert_eq!((summary.format, summary.meta.is_none()), (format, format == 2), "format 2 kept its meta apart");
-    assert_eq!(summary.tables.iter().find(|(t, _)| t == "jobs").map(|(_, n)| *n), Some(4));
+    let jobs = if format >= 7 { 5 } else { 4 };
+    assert_eq!(summary.tables.iter().find(|(t, _)| t == "jobs").map(|(_, n)| *n), Some(jobs));
 
     let converted = store::open(dir.path(), 1).expect("open");
     let digest = |db: &redb::Database| read::state_digest(&db.begin_read().expect("read")).expect("digest").digest;
@@ -255,7 +279,7 @@ fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
 /// One test for every fixture, one after the other: their databases name the same address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_started_on_an_older_data_dir_serves_it_raises_its_format_and_takes_new_jobs() {
-    for format in [2, 3, 4, 5, 6] {
+    for format in [2, 3, 4, 5, 6, 7] {
         server_serves_an_older_data_dir(format).await;
     }
 }
@@ -294,7 +318,7 @@ async fn server_serves_an_older_data_dir(format: u32) {
 
     let mut jobs = JobServiceClient::new(channel.clone());
     let listed = jobs.list_jobs(pb::ListJobsRequest {}).await.expect("list jobs").into_inner();
-    let names: Vec<String> = listed.jobs.iter().map(|j| j.name.clone()).collect();
+    let names: Vec<String> = listed.jobs.iter().map(|j| j.name.clone()).filter(|n| n != "fixture-rolling").collect();
     assert_eq!(names, ["fixture-batch", "fixture-service", "fixture-stopped", "fixture-versions"]);
     let versions = jobs
         .get_job_versions(pb::GetJobRequest { name: "fixture-versions".into() })

@@ -79,6 +79,7 @@ fn placement(job: &str, i: usize) -> Allocation {
         reschedule_events: Vec::new(),
         next_allocation: None,
         metrics: Default::default(),
+        services: Vec::new(),
     }
 }
 

@@ -115,10 +115,18 @@ impl Cluster {
         .await;
     }
 
-    /// A job with a reschedule policy of its own: only format 7 holds one.
+    /// A job with a service: only format 8 holds one.
     fn needing_this_format(name: &str) -> pb::SubmitJobRequest {
         let mut job = Job::exec(name, "sleep", vec!["300".into()]);
-        job.task_groups[0].reschedule.attempts = 3;
+        job.task_groups[0].services.push(helios_core::service::Service {
+            name: "web".into(),
+            task: None,
+            port: None,
+            tags: Vec::new(),
+            meta: Default::default(),
+            address_mode: helios_core::service::AddressMode::Auto,
+            checks: Vec::new(),
+        });
         pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }
     }
 

@@ -1,6 +1,7 @@
 //! A stored job written back in the job-file shape (`job inspect`): what it prints can be saved
 //! as a `.json` file and submitted again unchanged.
 
+use helios_core::service::{Check, CheckKind, Service};
 use helios_core::{
     Affinity, Constraint, Job, JobType, MigrateStrategy, ReschedulePolicy, RestartMode, Spread, Task, TaskDriver,
     TaskGroup, UpdateStrategy,
@@ -78,7 +79,66 @@ fn group(g: &TaskGroup, job_type: JobType) -> Value {
         let ports: serde_json::Map<String, Value> = g.ports.iter().map(|p| (p.label.clone(), port(p))).collect();
         group["network"] = json!({ "port": ports });
     }
+    let services_of = |task: Option<&str>| -> Vec<Value> {
+        g.services.iter().filter(|s| s.task.as_deref() == task).map(service).collect()
+    };
+    group["service"] = json!(services_of(None));
+    for (t, spec) in g.tasks.iter().zip(group["task"].as_array_mut().into_iter().flatten()) {
+        spec["service"] = json!(services_of(Some(&t.name)));
+    }
     group
+}
+
+fn service(s: &Service) -> Value {
+    let mut out = json!({
+        "name": s.name,
+        "tags": s.tags,
+        "meta": s.meta,
+        "address_mode": s.address_mode.as_str(),
+        "provider": "nomad",
+        "check": s.checks.iter().map(check).collect::<Vec<_>>(),
+    });
+    if let Some(port) = &s.port {
+        out["port"] = json!(port);
+    }
+    out
+}
+
+fn check(c: &Check) -> Value {
+    let mut out = json!({
+        "name": c.name,
+        "type": c.kind.as_str(),
+        "interval": format!("{}ms", c.interval_ms),
+        "timeout": format!("{}ms", c.timeout_ms),
+        "initial_status": c.initial_status.as_str(),
+        "success_before_passing": c.success_before_passing,
+        "failures_before_critical": c.failures_before_critical,
+    });
+    if let Some(port) = &c.port {
+        out["port"] = json!(port);
+    }
+    match &c.kind {
+        CheckKind::Http { path, method, headers } => {
+            out["path"] = json!(path);
+            out["method"] = json!(method);
+            out["header"] = json!(headers);
+        }
+        CheckKind::Tcp => {}
+        CheckKind::Grpc { service } => out["grpc_service"] = json!(service),
+        CheckKind::Script { task, command, args } => {
+            out["task"] = json!(task);
+            out["command"] = json!(command);
+            out["args"] = json!(args);
+        }
+    }
+    if let Some(r) = &c.check_restart {
+        out["check_restart"] = json!({
+            "limit": r.limit,
+            "grace": format!("{}ms", r.grace_ms),
+            "ignore_warnings": r.ignore_warnings,
+        });
+    }
+    out
 }
 
 fn task(t: &Task) -> Value {

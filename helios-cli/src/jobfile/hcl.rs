@@ -25,6 +25,8 @@ enum Ty {
     StrMap,
     /// `[{ key = "value", ... }, ...]` with only the keys listed (docker's `devices`).
     MapList(&'static [&'static str]),
+    /// A block of `NAME = ["value", ...]` lines (an http check's `header`).
+    StrListMap,
 }
 
 /// What a name may be inside a block.
@@ -102,6 +104,42 @@ const CONFIG: &[Field] = &[
     attr("cap_drop", Ty::StrList),
     attr("devices", Ty::MapList(&["host_path", "container_path", "cgroup_permissions"])),
 ];
+const CHECK_RESTART: &[Field] = &[attr("limit", Ty::Int), attr("grace", Ty::Str), attr("ignore_warnings", Ty::Bool)];
+const CHECK: &[Field] = &[
+    attr("name", Ty::Str),
+    attr("type", Ty::Str),
+    attr("port", Ty::Str),
+    attr("path", Ty::Str),
+    attr("method", Ty::Str),
+    attr("header", Ty::StrListMap),
+    attr("protocol", Ty::Str),
+    attr("interval", Ty::Str),
+    attr("timeout", Ty::Str),
+    attr("initial_status", Ty::Str),
+    attr("success_before_passing", Ty::Int),
+    attr("failures_before_critical", Ty::Int),
+    attr("grpc_service", Ty::Str),
+    attr("grpc_use_tls", Ty::Bool),
+    attr("tls_skip_verify", Ty::Bool),
+    attr("command", Ty::Str),
+    attr("args", Ty::StrList),
+    attr("task", Ty::Str),
+    attr("address_mode", Ty::Str),
+    attr("on_update", Ty::Str),
+    attr("expose", Ty::Bool),
+    Field { name: "check_restart", kind: Kind::Block(CHECK_RESTART) },
+];
+const SERVICE: &[Field] = &[
+    attr("name", Ty::Str),
+    attr("port", Ty::Str),
+    attr("tags", Ty::StrList),
+    attr("meta", Ty::StrMap),
+    attr("address_mode", Ty::Str),
+    attr("provider", Ty::Str),
+    attr("task", Ty::Str),
+    Field { name: "check_restart", kind: Kind::Block(CHECK_RESTART) },
+    Field { name: "check", kind: Kind::Repeated(CHECK) },
+];
 const TASK: &[Field] = &[
     attr("driver", Ty::Str),
     Field { name: "config", kind: Kind::Block(CONFIG) },
@@ -110,6 +148,7 @@ const TASK: &[Field] = &[
     Field { name: "constraint", kind: Kind::Repeated(CONSTRAINT) },
     attr("kill_timeout", Ty::Str),
     attr("user", Ty::Str),
+    Field { name: "service", kind: Kind::Repeated(SERVICE) },
 ];
 const GROUP: &[Field] = &[
     attr("count", Ty::Int),
@@ -122,6 +161,7 @@ const GROUP: &[Field] = &[
     Field { name: "spread", kind: Kind::Repeated(SPREAD) },
     attr("meta", Ty::StrMap),
     Field { name: "network", kind: Kind::Block(NETWORK) },
+    Field { name: "service", kind: Kind::Repeated(SERVICE) },
     Field { name: "task", kind: Kind::Named(TASK) },
 ];
 const JOB: &[Field] = &[
@@ -240,6 +280,23 @@ impl Walker<'_> {
                             }
                             Structure::Block(inner) => {
                                 self.problem(inner.span(), &format!("`{name}` holds only KEY = \"value\" lines"));
+                            }
+                        }
+                    }
+                    object.insert(name.to_string(), Value::Object(map));
+                }
+                (Kind::Attr(Ty::StrListMap), Structure::Block(b)) if b.labels.is_empty() => {
+                    let mut map = Map::new();
+                    for entry in b.body.iter() {
+                        match entry {
+                            Structure::Attribute(a) => {
+                                let here = format!("`{name}.{}`", a.key.as_str());
+                                if let Some(v) = self.value(&a.value, Ty::StrList, &here) {
+                                    map.insert(a.key.as_str().to_string(), v);
+                                }
+                            }
+                            Structure::Block(inner) => {
+                                self.problem(inner.span(), &format!("`{name}` holds only NAME = [\"value\"] lines"));
                             }
                         }
                     }
@@ -369,6 +426,7 @@ impl Walker<'_> {
                 }
                 _ => wrong(self, "a list of maps: [{ KEY = \"value\" }]"),
             },
+            Ty::StrListMap => wrong(self, "a block: header { NAME = [\"value\"] }"),
         }
     }
 
@@ -385,7 +443,9 @@ impl Walker<'_> {
             Expression::StringTemplate(_) => {
                 let raw = expr.span().map(|r| &self.text[r]).unwrap_or_default();
                 let raw = raw.trim().trim_matches('"').to_string();
-                let interpolated = ["`command`", "`args`", "`entrypoint`", "`image`", "`work_dir`"].contains(&here)
+                // A service's name and tags are filled in by the job file reader (`services.rs`).
+                let interpolated = ["`command`", "`args`", "`entrypoint`", "`image`", "`work_dir`", "`name`", "`tags`"]
+                    .contains(&here)
                     || here.starts_with("`env.")
                     || here.starts_with("`labels.");
                 if here != "`attribute`" && !(interpolated && names_only_runtime_values(&raw)) {

@@ -4,6 +4,7 @@
 
 pub mod export;
 mod hcl;
+mod services;
 pub mod spec;
 
 use std::path::Path;
@@ -64,8 +65,16 @@ pub fn parse(text: &str, format: Format) -> Result<JobFile> {
     let (job, mut notes) = spec.to_job().map_err(|p| anyhow!("{}", p.0.join("; ")))?;
     notes.extend(hcl_notes);
     // The servers' paths (task_groups[0].tasks[0]) in the file's words (group[0].task[0]).
-    job.validate()
-        .map_err(|e| anyhow!("{}", e.to_string().replace("task_groups[", "group[").replace(".tasks[", ".task[")))?;
+    job.validate().map_err(|e| {
+        anyhow!(
+            "{}",
+            e.to_string()
+                .replace("task_groups[", "group[")
+                .replace(".tasks[", ".task[")
+                .replace(".services[", ".service[")
+                .replace(".checks[", ".check[")
+        )
+    })?;
     Ok(JobFile { job, notes })
 }
 

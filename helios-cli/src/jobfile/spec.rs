@@ -1,6 +1,7 @@
 //! A job file's shape, shared by every format: TOML and JSON deserialize into it directly, HCL is
 //! read into it by `hcl.rs`. It follows Nomad's jobspec (job, group, task, config, env,
-//! resources, constraint, affinity, spread, restart, reschedule, migrate, update, meta, network ports) so a Nomad user's file maps one to one.
+//! resources, constraint, affinity, spread, restart, reschedule, migrate, update, meta, network
+//! ports, service and check: `services.rs`) so a Nomad user's file maps one to one.
 //! Unknown fields are refused by name, never dropped.
 
 use std::collections::BTreeMap;
@@ -12,6 +13,8 @@ use helios_core::{
     Spread, SpreadTarget, Task, TaskDriver, TaskGroup, UpdateStrategy,
 };
 use serde::{Deserialize, Serialize};
+
+pub use super::services::ServiceSpec;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -223,6 +226,8 @@ pub struct GroupSpec {
     pub meta: BTreeMap<String, String>,
     pub network: Option<NetworkSpec>,
     #[serde(default)]
+    pub service: Vec<ServiceSpec>,
+    #[serde(default)]
     pub task: Vec<TaskSpec>,
 }
 
@@ -261,6 +266,8 @@ pub struct TaskSpec {
     /// A duration: "5s", "1m".
     pub kill_timeout: Option<String>,
     pub user: Option<String>,
+    #[serde(default)]
+    pub service: Vec<ServiceSpec>,
 }
 
 /// The driver's config: `command` and `args` for exec; the rest for docker.
@@ -386,7 +393,7 @@ fn equal() -> String {
 pub struct Problems(pub Vec<String>);
 
 impl Problems {
-    fn add(&mut self, field: &str, problem: impl std::fmt::Display) {
+    pub(super) fn add(&mut self, field: &str, problem: impl std::fmt::Display) {
         self.0.push(format!("{field}: {problem}"));
     }
 }
@@ -424,6 +431,9 @@ impl JobSpec {
             .enumerate()
             .map(|(i, g)| g.to_group(&mut p, &format!("group[{i}]"), job_type, &mut notes))
             .collect();
+        for (i, (group, spec)) in job.task_groups.iter_mut().zip(&self.group).enumerate() {
+            group.services = super::services::services(&mut p, &format!("group[{i}]"), &self.name, spec, &mut notes);
+        }
         // A group's block over the job's, field by field, as Nomad merges them.
         for (i, (group, spec)) in job.task_groups.iter_mut().zip(&self.group).enumerate() {
             if let Some((merged, at)) = merged(&spec.reschedule, &self.reschedule, i, "reschedule") {
@@ -509,6 +519,7 @@ impl GroupSpec {
             spreads: spreads(p, &format!("{path}.spread"), &self.spread),
             meta: self.meta.clone(),
             ports: own,
+            services: Vec::new(),
         }
     }
 }
@@ -763,6 +774,11 @@ pub fn parse_duration_secs(text: &str) -> Option<u32> {
     if let Ok(secs) = text.parse::<u32>() {
         return Some(secs);
     }
+    u32::try_from(parse_duration_ms(text)?.div_ceil(1000)).ok()
+}
+
+/// A Go-style duration ("1m30s", "500ms") in milliseconds.
+pub fn parse_duration_ms(text: &str) -> Option<u64> {
     let (mut total_ms, mut rest) = (0u64, text.trim());
     if rest.is_empty() {
         return None;
@@ -782,5 +798,5 @@ pub fn parse_duration_secs(text: &str) -> Option<u32> {
         total_ms = total_ms.checked_add(value.checked_mul(unit_ms)?)?;
         rest = &rest[unit_len..];
     }
-    u32::try_from(total_ms.div_ceil(1000)).ok()
+    Some(total_ms)
 }

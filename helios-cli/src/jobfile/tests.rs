@@ -626,3 +626,120 @@ mod hostile {
         }
     }
 }
+
+const SERVICES: &str = r#"
+job "shop" {
+  group "web" {
+    count = 2
+    network {
+      port "http" {}
+    }
+    service {
+      name     = "${NOMAD_JOB_NAME}-web"
+      port     = "http"
+      provider = "nomad"
+      tags     = ["v1", "${NOMAD_GROUP_NAME}"]
+      meta { owner = "team" }
+      check {
+        type     = "http"
+        path     = "/health"
+        interval = "10s"
+        timeout  = "2s"
+        header { X-Probe = ["yes"] }
+        success_before_passing = 2
+        check_restart {
+          limit = 3
+          grace = "30s"
+        }
+      }
+      check {
+        name     = "alive"
+        type     = "script"
+        task     = "server"
+        command  = "/bin/true"
+        interval = "5s"
+        timeout  = "1s"
+      }
+    }
+    task "server" {
+      driver = "exec"
+      config { command = "/bin/httpd" }
+      service {
+        provider = "helios"
+        port     = "http"
+        check {
+          type           = "tcp"
+          interval       = "1s"
+          timeout        = "2s"
+          initial_status = "passing"
+        }
+      }
+    }
+  }
+}
+"#;
+
+#[test]
+fn service_and_check_blocks_become_the_groups_services() {
+    use helios_core::service::{AddressMode, CheckKind, CheckRestart, CheckStatus};
+    let file = parse(SERVICES, Format::Hcl).unwrap_or_else(|e| panic!("{e:#}"));
+    let group = &file.job.task_groups[0];
+    assert_eq!(group.services.len(), 2);
+    let web = &group.services[0];
+    assert_eq!((web.name.as_str(), web.task.as_deref(), web.port.as_deref()), ("shop-web", None, Some("http")));
+    assert_eq!(web.tags, ["v1", "web"]);
+    assert_eq!(web.meta["owner"], "team");
+    assert_eq!(web.address_mode, AddressMode::Auto);
+    let http = &web.checks[0];
+    assert_eq!(http.name, "service: \"shop-web\" check");
+    let CheckKind::Http { path, method, headers } = &http.kind else { panic!("http") };
+    assert_eq!((path.as_str(), method.as_str()), ("/health", "GET"));
+    assert_eq!(headers["X-Probe"], ["yes"]);
+    assert_eq!((http.interval_ms, http.timeout_ms, http.success_before_passing), (10_000, 2_000, 2));
+    assert_eq!(http.initial_status, CheckStatus::Critical, "Nomad's default");
+    assert_eq!(http.check_restart, Some(CheckRestart { limit: 3, grace_ms: 30_000, ignore_warnings: false }));
+    let CheckKind::Script { task, command, .. } = &web.checks[1].kind else { panic!("script") };
+    assert_eq!((task.as_deref(), command.as_str()), (Some("server"), "/bin/true"));
+    // A task's service: named after the job, group and task, as Nomad names it.
+    let own = &group.services[1];
+    assert_eq!((own.name.as_str(), own.task.as_deref()), ("shop-web-server", Some("server")));
+    assert_eq!((own.checks[0].timeout_ms, own.checks[0].initial_status), (2_000, CheckStatus::Passing));
+    assert!(file.notes.is_empty(), "{:?}", file.notes);
+    // `job inspect` writes them back, and they read the same.
+    let written = serde_json::to_string_pretty(&export::to_file_json(&file.job)).expect("json");
+    assert!(file.job.same_spec(&parse(&written, Format::Json).expect("exported").job), "{written}");
+}
+
+#[test]
+fn what_helios_cannot_do_for_a_service_is_refused_by_name() {
+    let refused = |from: &str, to: &str| {
+        assert!(SERVICES.contains(from), "{from}");
+        parse(&SERVICES.replace(from, to), Format::Hcl).err().expect("refused").to_string()
+    };
+    let err = refused("provider = \"nomad\"", "provider = \"consul\"");
+    assert!(err.contains("group[0].service[0].provider: \"consul\" is not available"), "{err}");
+    let err = refused("provider = \"nomad\"", "address_mode = \"driver\"");
+    assert!(err.contains("group[0].service[0].address_mode: must be auto or host"), "{err}");
+    let err = refused("type     = \"http\"", "type     = \"ttl\"");
+    assert!(err.contains("check[0].type: must be http, tcp, grpc or script, got \"ttl\""), "{err}");
+    let err = refused("path     = \"/health\"", "path = \"/health\"\n protocol = \"https\"");
+    assert!(err.contains("check[0].protocol: only \"http\""), "{err}");
+    let err = refused("interval = \"10s\"", "");
+    assert!(err.contains("check[0].interval: a check needs an interval"), "{err}");
+    let err = refused("interval       = \"1s\"", "interval = \"100ms\"");
+    assert!(err.contains("group[0].service[1].check[0].interval: must be between 1s and 24h"), "{err}");
+    let err = refused("port     = \"http\"\n      provider", "port     = \"admin\"\n      provider");
+    assert!(err.contains("group[0].service[0].port: \"admin\" is neither a port number nor a port label"), "{err}");
+    let err = refused("task     = \"server\"", "task     = \"nope\"");
+    assert!(err.contains("group[0].service[0].check[1].task: the group has no task \"nope\""), "{err}");
+    // A field Consul has and Helios does not is refused by line, as every unknown one is.
+    let err = refused("tags     = [", "enable_tag_override = true\n      tags = [");
+    assert!(err.contains("attribute `enable_tag_override` in `service` is not supported"), "{err}");
+    // Without a provider: Helios's own catalog, with a note saying so.
+    let file = parse(&SERVICES.replace("provider = \"helios\"", ""), Format::Hcl).expect("parses");
+    assert!(
+        file.notes.iter().any(|n| n.contains("no provider: registered in Helios's own catalog")),
+        "{:?}",
+        file.notes
+    );
+}

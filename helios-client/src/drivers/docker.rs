@@ -153,6 +153,19 @@ impl Driver for DockerDriver {
         Box::pin(remove_orphans(self.engine.endpoint.clone(), node_id.to_string(), keep.clone()))
     }
 
+    fn run_in_task<'a>(
+        &'a self,
+        run: TaskRun<'a>,
+        command: &'a [String],
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'a, Result<(i32, String), String>> {
+        Box::pin(async move {
+            let docker = self.connect().await?;
+            let name = container_name(&run.owner.alloc_id, &run.task.name);
+            super::docker_exec::run_in_container(&docker, &name, command, timeout).await
+        })
+    }
+
     fn start<'a>(&'a self, run: TaskRun<'a>, on_event: &'a OnEvent) -> BoxFuture<'a, Started> {
         Box::pin(async move {
             let TaskDriver::Docker(config) = &run.task.driver else {

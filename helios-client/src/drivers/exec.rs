@@ -42,6 +42,15 @@ impl Driver for Exec {
     fn start<'a>(&'a self, run: TaskRun<'a>, _: &'a OnEvent) -> BoxFuture<'a, Started> {
         Box::pin(start(&self.0, run, true))
     }
+
+    fn run_in_task<'a>(
+        &'a self,
+        run: TaskRun<'a>,
+        command: &'a [String],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(i32, String), String>> {
+        Box::pin(run_in_task(&self.0, run, true, command, timeout))
+    }
 }
 
 /// A task's cgroup name: unique on the node, and found again by a restarted agent.
@@ -107,31 +116,32 @@ pub(crate) async fn recover(settings: &Settings, run: TaskRun<'_>, isolated: boo
     Some((state, None))
 }
 
-/// Starts an exec (`isolated`) or raw_exec task.
-pub(crate) async fn start(settings: &Settings, run: TaskRun<'_>, isolated: bool) -> Started {
-    let refused = |kind: &str, why: String| (dead(vec![event(kind, why, None)], true), None);
+/// What starting an exec (`isolated`) or raw_exec task takes: the launcher's spec, the
+/// task's cgroup and limits (exec), its environment and user. Refused as (event kind, why).
+struct Launch {
+    spec: Spec,
+    limited: Option<(TaskCgroup, Limits)>,
+    env: std::collections::BTreeMap<String, String>,
+    user: Option<TaskUser>,
+    launcher: std::path::PathBuf,
+}
+
+fn prepare(settings: &Settings, run: TaskRun<'_>, isolated: bool) -> Result<Launch, (&'static str, String)> {
     let (TaskDriver::Exec(config) | TaskDriver::RawExec(config)) = &run.task.driver else {
-        return refused("Driver Failure", format!("not an exec task: {}", run.task.driver.name()));
+        return Err(("Driver Failure", format!("not an exec task: {}", run.task.driver.name())));
     };
     let (owner, task) = (run.owner, run.task);
     let dirs = task_dir(run);
-    let kill_timeout = kill_timeout(run);
     let isolation = settings.isolation.clone().filter(|_| isolated);
     let cgroup = cgroup_of(settings, run, isolated);
     if isolated && isolation.is_none() {
         let why = settings.exec_unavailable.clone().unwrap_or_default();
-        return refused("Driver Failure", format!("exec is not available on this node: {why}"));
+        return Err(("Driver Failure", format!("exec is not available on this node: {why}")));
     }
     if !isolated && !settings.raw_exec {
-        return refused(
-            "Driver Failure",
-            "raw_exec is disabled on this node (the agent needs --enable-raw-exec)".into(),
-        );
+        return Err(("Driver Failure", "raw_exec is disabled on this node (the agent needs --enable-raw-exec)".into()));
     }
-    let user = match settings.task_user(task.user.as_deref(), isolated) {
-        Ok(user) => user,
-        Err(why) => return refused("Setup Failure", why),
-    };
+    let user = settings.task_user(task.user.as_deref(), isolated).map_err(|why| ("Setup Failure", why))?;
     // The group's own ports: the task listens on the host port itself.
     let ports =
         owner.group_ports.iter().map(|(label, &port)| (label.clone(), TaskPort { host: port, task: port })).collect();
@@ -141,7 +151,7 @@ pub(crate) async fn start(settings: &Settings, run: TaskRun<'_>, isolated: bool)
     let command = task_env::interpolate(&config.command, &runtime, &owner.node);
     let args: Vec<String> = config.args.iter().map(|a| task_env::interpolate(a, &runtime, &owner.node)).collect();
     let Some(launcher) = settings.launcher.clone() else {
-        return refused("Driver Failure", "the task launcher (this helios-client binary) cannot be found".into());
+        return Err(("Driver Failure", "the task launcher (this helios-client binary) cannot be found".into()));
     };
     // exec: the launcher joins the task's cgroup and isolates it; raw_exec: it only starts the
     // program, as the agent's user unless the task names one, and records how it ended.
@@ -157,7 +167,7 @@ pub(crate) async fn start(settings: &Settings, run: TaskRun<'_>, isolated: bool)
             };
             (Some((cgroup.clone(), limits)), cgroup.procs_files(), (0, 0))
         }
-        (Some(_), None) => return refused("Driver Failure", "cannot find the agent's own cgroup".to_string()),
+        (Some(_), None) => return Err(("Driver Failure", "cannot find the agent's own cgroup".to_string())),
         (None, _) => (None, Vec::new(), (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw())),
     };
     let spec = Spec {
@@ -172,6 +182,19 @@ pub(crate) async fn start(settings: &Settings, run: TaskRun<'_>, isolated: bool)
         exit_file: dirs.exit_file(),
         env_file: dirs.env_file(),
         command: std::iter::once(command).chain(args).collect(),
+    };
+    Ok(Launch { spec, limited, env, user, launcher })
+}
+
+/// Starts an exec (`isolated`) or raw_exec task.
+pub(crate) async fn start(settings: &Settings, run: TaskRun<'_>, isolated: bool) -> Started {
+    let refused = |kind: &str, why: String| (dead(vec![event(kind, why, None)], true), None);
+    let dirs = task_dir(run);
+    let kill_timeout = kill_timeout(run);
+    let cgroup = cgroup_of(settings, run, isolated);
+    let Launch { spec, limited, env, user, launcher } = match prepare(settings, run, isolated) {
+        Ok(launch) => launch,
+        Err((kind, why)) => return refused(kind, why),
     };
     // Directories, log files, the cgroup and the process: file system work that waits on the
     // kernel (creating and joining cgroups takes tens of milliseconds on a busy node), kept off
@@ -296,4 +319,67 @@ async fn launched(mut child: tokio::process::Child, report: &str) -> Result<toki
         Some(Ending::NotStarted(why)) => why,
         _ => format!("the task launcher failed ({:?}); see the task's stderr", report.trim_end()),
     })
+}
+
+/// Runs `command` as the running exec (`isolated`) or raw_exec task runs (its user, environment
+/// and working directory; for exec also its cgroups and its view of the files), for a script
+/// check: the exit code and the first bytes of its output, or why it could not run. Killed
+/// after `timeout`.
+pub(crate) async fn run_in_task(
+    settings: &Settings,
+    run: TaskRun<'_>,
+    isolated: bool,
+    command: &[String],
+    timeout: Duration,
+) -> Result<(i32, String), String> {
+    use tokio::io::AsyncReadExt;
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Launch { mut spec, launcher, .. } = prepare(settings, run, isolated).map_err(|(_, why)| why)?;
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    spec.exit_file = spec.task_dir.join(format!("check-{n}.exit"));
+    spec.command = command.to_vec();
+    // The launcher reports "started" on its stdin (see `launch`): kept open until it is done.
+    let (_report, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+    let mut child = tokio::process::Command::new(&launcher)
+        .args(spec.to_args())
+        .env_clear()
+        .current_dir("/")
+        .stdin(writer)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run the task launcher {}: {e}", launcher.display()))?;
+    let pid = child.id().unwrap_or(0);
+    let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+    let finished = tokio::time::timeout(timeout, async {
+        let mut output = Vec::new();
+        if let Some(out) = stdout.as_mut() {
+            let _ = out.take(4096).read_to_end(&mut output).await;
+        }
+        if let Some(err) = stderr.as_mut() {
+            let _ = err.take(4096).read_to_end(&mut output).await;
+        }
+        let _ = child.wait().await;
+        output
+    })
+    .await;
+    let ending = Ending::read(&spec.exit_file);
+    let _ = std::fs::remove_file(&spec.exit_file);
+    let output = match finished {
+        Ok(output) => String::from_utf8_lossy(&output).into_owned(),
+        Err(_) => {
+            // The launcher leads the command's process group.
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+            return Err(format!("timed out after {timeout:?}"));
+        }
+    };
+    match ending {
+        Some(Ending::Exited(code)) => Ok((code, output)),
+        Some(Ending::Signaled(signal)) => Ok((128 + signal, output)),
+        Some(Ending::NotStarted(why)) => Err(why),
+        None => Err(format!("the launcher did not say how the command ended: {}", output.trim())),
+    }
 }

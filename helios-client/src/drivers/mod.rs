@@ -5,6 +5,7 @@
 //! the scheduler places tasks only where their driver works.
 
 pub(crate) mod docker;
+pub(crate) mod docker_exec;
 pub(crate) mod docker_logs;
 pub(crate) mod exec;
 pub(crate) mod process;
@@ -71,6 +72,19 @@ pub(crate) trait Driver: Send + Sync {
 
     /// Starts the task; a failure to do so is a dead, failed state with the driver's event.
     fn start<'a>(&'a self, run: TaskRun<'a>, on_event: &'a OnEvent) -> BoxFuture<'a, Started>;
+
+    /// Runs `command` in a running task's environment (Nomad's ExecTask, for script checks):
+    /// its exit code and the first bytes of its output, or why it could not run. Killed after
+    /// `timeout`.
+    fn run_in_task<'a>(
+        &'a self,
+        _run: TaskRun<'a>,
+        _command: &'a [String],
+        _timeout: std::time::Duration,
+    ) -> BoxFuture<'a, Result<(i32, String), String>> {
+        let why = format!("the {} driver cannot run commands in its tasks", self.name());
+        Box::pin(std::future::ready(Err(why)))
+    }
 
     /// Removes what this driver left for allocations not in `keep` (stopped while the agent
     /// was down). Asked once, when the agent first hears from the servers. Process tasks are

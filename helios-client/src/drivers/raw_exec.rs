@@ -34,4 +34,13 @@ impl Driver for RawExec {
     fn start<'a>(&'a self, run: TaskRun<'a>, _: &'a OnEvent) -> BoxFuture<'a, Started> {
         Box::pin(exec::start(&self.0, run, false))
     }
+
+    fn run_in_task<'a>(
+        &'a self,
+        run: TaskRun<'a>,
+        command: &'a [String],
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'a, Result<(i32, String), String>> {
+        Box::pin(exec::run_in_task(&self.0, run, false, command, timeout))
+    }
 }

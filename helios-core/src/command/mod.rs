@@ -25,6 +25,7 @@ use crate::gc::{Collected, Cutoffs, Garbage};
 use crate::job::Job;
 use crate::node::{Node, NodeEligibility, NodeStatus};
 use crate::plan::Plan;
+use crate::service::AllocServices;
 use crate::time::Timestamp;
 
 /// What the Raft log holds: a command and the identity of the request that proposed it.
@@ -170,6 +171,15 @@ pub enum Command {
     RaiseFormat {
         format: u32,
     },
+    /// A client agent registers its allocations' services with their checks' states (format 8):
+    /// each listed allocation's registrations replace the ones it had. Refused whole as
+    /// `ReportAllocations` is; an allocation that no longer runs keeps none.
+    ReportServices {
+        node_id: String,
+        secret: String,
+        services: Vec<AllocServices>,
+        now: Timestamp,
+    },
 }
 
 impl Serialize for Command {
@@ -261,6 +271,7 @@ impl Command {
             | Command::RestoreRows { .. }
             | Command::RestoreCommit { .. } => 3,
             Command::RaiseFormat { format } => (*format).max(4),
+            Command::ReportServices { .. } => 8,
         }
     }
 
@@ -317,6 +328,9 @@ impl std::fmt::Display for Command {
             Command::RaiseFormat { format } => write!(f, "raise-format {format}"),
             Command::ReportAllocations { node_id, updates, .. } => {
                 write!(f, "update-allocations {node_id} ({})", updates.len())
+            }
+            Command::ReportServices { node_id, services, .. } => {
+                write!(f, "report-services {node_id} ({} allocations)", services.len())
             }
         }
     }

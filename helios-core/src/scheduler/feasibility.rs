@@ -9,6 +9,7 @@ use crate::job::{
     GROUP_PORTS_ATTRIBUTE,
 };
 use crate::node::{Node, NodeEligibility, NodeStatus};
+use crate::service::SERVICES_ATTRIBUTE;
 use crate::validate::parse_version_requirement;
 
 /// One attribute test, compiled (constraints and affinities share them).
@@ -70,6 +71,8 @@ pub struct CompiledConstraints {
     docker_caps_used: bool,
     /// Whether the group has ports of its own (`TaskGroup::ports`).
     group_ports: bool,
+    /// The group has services: only agents that register them and run their checks.
+    services: bool,
     /// At most one allocation of the job per node.
     pub distinct_hosts_job: bool,
     /// At most one allocation of the group per node.
@@ -88,6 +91,7 @@ impl CompiledConstraints {
             docker_caps: Vec::new(),
             docker_caps_used: false,
             group_ports: !group.ports.is_empty(),
+            services: !group.services.is_empty(),
             distinct_hosts_job: false,
             distinct_hosts_group: false,
         };
@@ -148,6 +152,9 @@ impl CompiledConstraints {
         }
         if self.group_ports && node.attributes.get(GROUP_PORTS_ATTRIBUTE).map(String::as_str) != Some("1") {
             return Some("group network ports unknown to the agent (an older build)".to_string());
+        }
+        if self.services && node.attributes.get(SERVICES_ATTRIBUTE).map(String::as_str) != Some("1") {
+            return Some("services and checks unknown to the agent (an older build)".to_string());
         }
         if self.docker_caps_used {
             let Some(allowed) = node.attributes.get(DOCKER_ALLOW_CAPS_ATTRIBUTE) else {

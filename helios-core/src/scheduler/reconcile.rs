@@ -114,13 +114,13 @@ impl Slots<'_> {
         // out first; the rest stay for now.
         outdated.sort_by_key(|a| (slot_index(&a.name), a.id.clone()));
         misplaced.sort_by_key(|a| (slot_index(&a.name), a.id.clone()));
-        let rejected = misplaced.len();
+        let rejected: Vec<String> = misplaced.iter().map(|a| a.id.clone()).collect();
         misplaced.extend(outdated);
-        let outdated = misplaced;
-        let (wave, healthy_left) = self.update_wave(&mine, &outdated, plan);
+        let mut outdated = misplaced;
+        let (wave, healthy_left) = self.update_wave(&mine, &mut outdated, plan);
         for (i, alloc) in outdated.into_iter().enumerate() {
             if i < wave {
-                let why = if i < rejected {
+                let why = if rejected.contains(&alloc.id) {
                     "its node no longer meets the job's constraints".to_string()
                 } else {
                     format!("replaced by job version {}", job.version)
@@ -151,8 +151,9 @@ impl Slots<'_> {
     /// its reports do not wake the scheduler.
     fn healthy(&self, mine: &[&Allocation], rule: &MigrateStrategy, plan: &mut Plan, why: &str) -> usize {
         let mut healthy = 0;
+        let checks = self.expected_checks();
         for alloc in mine.iter().filter(|a| is_live(a)) {
-            match rule.health(alloc, self.now) {
+            match rule.health(alloc, self.now, checks(alloc)) {
                 Health::Healthy => healthy += 1,
                 Health::Pending { check_at } => plan.revisit(check_at, why),
                 Health::Unhealthy => {
@@ -164,12 +165,33 @@ impl Slots<'_> {
         healthy
     }
 
+    /// How many service checks an allocation must pass to be healthy by checks: the group's, or
+    /// for one of an older version, the checks it registered.
+    fn expected_checks(&self) -> impl Fn(&Allocation) -> usize {
+        let fingerprint = self.group.fingerprint();
+        let group_checks: usize = self.group.services.iter().map(|s| s.checks.len()).sum();
+        move |alloc| {
+            if alloc.group_fingerprint == fingerprint {
+                group_checks
+            } else {
+                alloc.services.iter().map(|s| s.checks.len()).sum()
+            }
+        }
+    }
+
     /// How many of a service group's `outdated` allocations (of an older version) are replaced
-    /// now with a rolling `update`: as many as keep at least `count - max_parallel` of the group
-    /// healthy (Nomad's rule). A new allocation that is not healthy, cannot be placed or failed
-    /// holds the rollout until it is (a failed one is rescheduled by the group's policy). Without
-    /// a rolling update, all of them. Also returns how many healthy ones that leaves.
-    fn update_wave(&self, mine: &[&Allocation], outdated: &[&Allocation], plan: &mut Plan) -> (usize, Option<usize>) {
+    /// now with a rolling `update` (the first ones of `outdated`, which it reorders): those not
+    /// healthy (replacing them takes nothing healthy down: an earlier version's whose check never
+    /// passed), then as many as keep at least `count - max_parallel` of the group healthy
+    /// (Nomad's rule). A new allocation that is not healthy, cannot be placed or failed holds the
+    /// rollout until it is (a failed one is rescheduled by the group's policy). Without a rolling
+    /// update, all of them. Also returns how many healthy ones that leaves.
+    fn update_wave(
+        &self,
+        mine: &[&Allocation],
+        outdated: &mut [&Allocation],
+        plan: &mut Plan,
+    ) -> (usize, Option<usize>) {
         let update = &self.group.update;
         if outdated.is_empty() || self.job.job_type != JobType::Service || !update.is_rolling() || !self.delays {
             return (outdated.len(), None);
@@ -178,13 +200,29 @@ impl Slots<'_> {
         let why = "a rolling update waits for the new version to be healthy";
         let healthy = self.healthy(mine, &rule, plan, why);
         let floor = (self.group.count as usize).saturating_sub(update.max_parallel as usize);
-        let wave = healthy.saturating_sub(floor).min(outdated.len());
+        let checks = self.expected_checks();
+        let unhealthy = |a: &Allocation| rule.health(a, self.now, checks(a)) == Health::Unhealthy;
+        // Stable: the unhealthy first, each part in its order.
+        outdated.sort_by_key(|a| !unhealthy(a));
+        let not_healthy = outdated.iter().take_while(|a| unhealthy(a)).count();
+        let wave = (not_healthy + healthy.saturating_sub(floor)).min(outdated.len());
         if wave == 0 {
-            let new = mine.iter().filter(|a| a.job_version == self.job.version);
-            let failed = new.filter(|a| a.client_status == AllocClientStatus::Failed).count();
-            if failed > 0 {
+            let new: Vec<&&Allocation> = mine.iter().filter(|a| a.job_version == self.job.version).collect();
+            let failed = new.iter().filter(|a| a.client_status == AllocClientStatus::Failed).count();
+            // Running, but not healthy by their deadline (a check that never passes).
+            let unhealthy = new
+                .iter()
+                .filter(|a| a.client_status != AllocClientStatus::Failed && is_live(a))
+                .filter(|a| rule.health(a, self.now, checks(a)) == Health::Unhealthy)
+                .count();
+            if failed + unhealthy > 0 {
+                let not_healthy = if unhealthy > 0 {
+                    format!(", {unhealthy} not healthy by their healthy_deadline")
+                } else {
+                    String::new()
+                };
                 let message = format!(
-                    "rolling update to version {} waits: {healthy} of {} healthy, at least {floor} needed; {failed} allocation(s) of the new version failed ({} left on older versions)",
+                    "rolling update to version {} waits: {healthy} of {} healthy, at least {floor} needed; {failed} allocation(s) of the new version failed{not_healthy} ({} left on older versions)",
                     self.job.version,
                     self.group.count,
                     outdated.len()
@@ -196,8 +234,8 @@ impl Slots<'_> {
             let soonest = Timestamp(self.now.0.saturating_add(update.min_healthy_time_secs.saturating_mul(1000)));
             plan.revisit(soonest, why);
         }
-        // The ones it stops were healthy (those still serving the old version).
-        (wave, Some(healthy.saturating_sub(wave)))
+        // The healthy ones it stops were serving the old version.
+        (wave, Some(healthy.saturating_sub(wave.saturating_sub(not_healthy))))
     }
 
     /// How many of a service group's `on_draining` allocations leave their draining nodes now:

@@ -309,6 +309,7 @@ impl<'a, V: StateView> Placer<'a, V> {
             reschedule_events: ask.reschedule_events.clone(),
             next_allocation: None,
             metrics,
+            services: Vec::new(),
         })
     }
 }

@@ -371,6 +371,27 @@ fn a_groups_own_ports_are_held_like_a_containers_and_named_by_label() {
 }
 
 #[test]
+fn a_group_with_services_is_placed_only_where_the_agent_registers_them() {
+    let older = node("old", 4000, 4096);
+    let mut newer = node("new", 4000, 4096);
+    newer.attributes.insert(crate::service::SERVICES_ATTRIBUTE.into(), "1".into());
+    let mut h = Harness { nodes: vec![older, newer], ..Default::default() };
+    let mut job = service("web", 2, 100, 128);
+    job.task_groups[0].services = vec![crate::service::Service {
+        name: "web".into(),
+        task: None,
+        port: None,
+        tags: Vec::new(),
+        meta: Default::default(),
+        address_mode: crate::service::AddressMode::Auto,
+        checks: Vec::new(),
+    }];
+    h.put_job(job);
+    let plan = h.run("web");
+    assert_eq!(plan.placements.iter().map(|a| a.node_id.as_str()).collect::<Vec<_>>(), ["new", "new"]);
+}
+
+#[test]
 fn a_replacement_takes_the_port_once_the_agent_reports_the_old_allocation_finished() {
     let mut h = Harness { nodes: vec![docker_node("a")], ..Default::default() };
     h.put_job(with_host_port(service("web", 1, 100, 128), 8080));
@@ -1089,4 +1110,93 @@ fn without_an_update_block_a_new_version_replaces_everything_at_once() {
     h.put_job(next_version(&h, "web"));
     let plan = h.run("web");
     assert_eq!((plan.stops.len(), plan.placements.len()), (4, 4));
+}
+
+/// Every check of the allocation's service at `status`, since `since`.
+fn checks_at(h: &mut Harness, alloc_id: &str, status: crate::service::CheckStatus, since: Timestamp) {
+    let alloc = h.allocs.get_mut(alloc_id).expect("known allocation");
+    alloc.services = vec![crate::service::ServiceRegistration {
+        service: "web".into(),
+        task: None,
+        address: "10.0.0.1".into(),
+        port: 8080,
+        checks: vec![crate::service::CheckState { name: "http".into(), status, output: String::new(), since }],
+    }];
+    h.index += 1;
+}
+
+fn with_http_check(job: &mut Job) {
+    job.task_groups[0].services = vec![crate::service::Service {
+        name: "web".into(),
+        task: None,
+        port: Some("8080".into()),
+        tags: Vec::new(),
+        meta: Default::default(),
+        address_mode: crate::service::AddressMode::Auto,
+        checks: vec![crate::service::Check {
+            name: "http".into(),
+            kind: crate::service::CheckKind::Tcp,
+            port: None,
+            interval_ms: 1_000,
+            timeout_ms: 1_000,
+            initial_status: crate::service::CheckStatus::Critical,
+            success_before_passing: 0,
+            failures_before_critical: 0,
+            check_restart: None,
+        }],
+    }];
+}
+
+#[test]
+fn a_rollout_by_checks_waits_for_the_new_checks_and_replaces_a_version_that_never_passed_first() {
+    use crate::service::CheckStatus::{Critical, Passing};
+    let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+    h.nodes[0].attributes.insert(crate::service::SERVICES_ATTRIBUTE.into(), "1".into());
+    let mut job = service("web", 3, 100, 100);
+    job.task_groups[0].update = crate::update::UpdateStrategy {
+        max_parallel: 1,
+        health_check: crate::HealthCheck::Checks,
+        min_healthy_time_secs: 10,
+        healthy_deadline_secs: 60,
+    };
+    with_http_check(&mut job);
+    h.settle(job);
+    let v0: Vec<String> = h.live("web").iter().map(|a| a.id.clone()).collect();
+    for id in &v0 {
+        checks_at(&mut h, id, Passing, Timestamp(0));
+    }
+    // Version 1's check never passes: one replaced, then the rollout holds.
+    h.put_job(next_version(&h, "web"));
+    let plan = h.run("web");
+    assert_eq!((plan.stops.len(), plan.placements.len()), (1, 1));
+    let v1 = plan.placements[0].id.clone();
+    h.running_since(&v1, h.now);
+    let now = h.now;
+    checks_at(&mut h, &v1, Critical, now);
+    h.advance_secs(30);
+    assert!(h.run("web").stops.is_empty(), "its task runs, its check does not pass: not healthy");
+    h.advance_secs(31);
+    let held = h.run("web");
+    assert!(held.stops.is_empty());
+    let why = &held.failed_placements["web"];
+    assert!(
+        why.contains("0 allocation(s) of the new version failed, 1 not healthy by their healthy_deadline"),
+        "{why}"
+    );
+    // Version 2: the allocation of version 1 (not healthy) is replaced at once, without taking
+    // a healthy one down (two of three serve, the least max_parallel = 1 allows).
+    h.put_job(next_version(&h, "web"));
+    let plan = h.run("web");
+    let stopped: Vec<&str> = plan.stops.iter().map(|s| s.alloc_id.as_str()).collect();
+    assert_eq!(stopped, [v1.as_str()]);
+    assert_eq!(h.live("web").iter().filter(|a| a.job_version == 0).count(), 2);
+    // Its replacement passes its check for min_healthy_time: the next wave goes.
+    let v2 = plan.placements[0].id.clone();
+    h.running_since(&v2, h.now);
+    let now = h.now;
+    checks_at(&mut h, &v2, Passing, now);
+    h.advance_secs(10);
+    let plan = h.run("web");
+    assert_eq!(plan.stops.len(), 1);
+    assert!(v0.contains(&plan.stops[0].alloc_id));
 }

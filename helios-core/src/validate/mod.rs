@@ -8,6 +8,7 @@ use crate::job::{Affinity, Constraint, ConstraintOperator, Job, Resources, Sprea
 use crate::limits::*;
 
 mod docker;
+mod service;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -254,6 +255,7 @@ fn check_group(r: &mut Report, path: &str, group: &TaskGroup) {
         r.add(format!("{path}.tasks"), format!("host port {} is published by more than one task", twice[0]));
     }
     check_group_ports(r, path, group);
+    service::check_services(r, path, group);
     let mut seen = BTreeSet::new();
     for (j, task) in group.tasks.iter().enumerate().take(MAX_TASKS_PER_GROUP) {
         let tpath = format!("{path}.tasks[{j}]");

@@ -180,6 +180,28 @@ impl AgentService for Agents {
         Ok(Response::new(pb::UpdateAllocationsResponse {}))
     }
 
+    async fn report_services(
+        &self,
+        request: Request<pb::ReportServicesRequest>,
+    ) -> Result<Response<pb::ReportServicesResponse>, Status> {
+        let req = request.into_inner();
+        // The secret is checked by the state machine when the report applies.
+        require_name("node_id", &req.node_id)?;
+        if req.services.len() > 1000 {
+            return Err(invalid("services", "at most 1000 allocations per call"));
+        }
+        let services =
+            helios_api::convert::alloc_services_from_pb(req.services).map_err(|e| helios_api::invalid_argument(&e))?;
+        let command = Command::ReportServices { node_id: req.node_id, secret: req.secret, services, now: clock::now() };
+        let (_, AllocationsUpdated) = self.cluster.propose(command).await.map_err(|e| match e {
+            ClusterError::Rejected(r) if r.kind == RejectionKind::FailedPrecondition => {
+                Status::permission_denied(r.message)
+            }
+            other => cluster_status(other),
+        })?;
+        Ok(Response::new(pb::ReportServicesResponse {}))
+    }
+
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         // Who may introduce a node: with TLS, a client certificate (checked for the service);
         // with ACLs and no TLS, a token granting node write.

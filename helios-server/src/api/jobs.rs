@@ -259,8 +259,23 @@ fn describe_placement(
     let batch_done = if job.job_type == JobType::Batch { finished } else { 0 };
     let placed = allocs.iter().filter(current).filter(|a| !a.is_terminal()).count() as u64 + batch_done;
     let running = count_running(allocs, &job.name);
-    if desired > 0 && running >= desired {
+    let running_current = allocs
+        .iter()
+        .filter(current)
+        .filter(|a| a.job_name == job.name && a.client_status == AllocClientStatus::Running)
+        .count() as u64;
+    if desired > 0 && running_current >= desired {
         return format!("all {desired} allocations running");
+    }
+    if desired > 0 && running >= desired {
+        // Older versions still serve: a rolling update, going on or held (the evaluation says why).
+        let older = running - running_current;
+        let held = latest_eval.map(|e| e.failed_placements.values().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        let why = if held.is_empty() { String::new() } else { format!("; {}", held.join("; ")) };
+        return format!(
+            "rolling update to version {}: {running_current} of {desired} running, {older} on older versions{why}",
+            job.version
+        );
     }
     if placed < desired || known_nodes == 0 {
         let why = match (ready_nodes, known_nodes, latest_eval) {

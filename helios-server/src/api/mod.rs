@@ -10,3 +10,4 @@ pub mod errors;
 pub mod jobs;
 pub mod nodes;
 pub mod restore;
+pub mod services;

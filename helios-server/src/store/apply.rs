@@ -226,6 +226,9 @@ impl<'txn> StateTables<'txn> {
                 }
                 Ok(response)
             }
+            Command::ReportServices { node_id, secret, services, now } => {
+                self.report_services(&node_id, &secret, services, now)
+            }
             Command::ApplyPlan { plan, eval } => self.apply_plan(plan, eval),
             Command::CollectGarbage { cutoffs, garbage } => self.collect_garbage(cutoffs, garbage),
             Command::RestoreBegin { restore_id } => self.restore_begin(&restore_id),

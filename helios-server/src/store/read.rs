@@ -12,7 +12,7 @@ use super::tables::{
 };
 use super::StoreError;
 
-type Result<T> = std::result::Result<T, StoreError>;
+pub type Result<T> = std::result::Result<T, StoreError>;
 
 fn table(
     txn: &ReadTransaction,

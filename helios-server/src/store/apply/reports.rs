@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use helios_core::service::AllocServices;
 use helios_core::{Allocation, CommandResponse, Node, RejectionKind, Timestamp};
 
 use super::{get, StateTables};
@@ -14,20 +15,8 @@ impl StateTables<'_> {
         updates: Vec<helios_core::AllocUpdate>,
         now: Timestamp,
     ) -> Result<CommandResponse, redb::Error> {
-        match get::<Node>(&self.nodes, node_id)? {
-            None => {
-                return Ok(CommandResponse::rejected(
-                    RejectionKind::NotFound,
-                    format!("node {node_id:?} is not registered"),
-                ))
-            }
-            Some(node) if !node.secret_matches(secret) => {
-                return Ok(CommandResponse::rejected(
-                    RejectionKind::FailedPrecondition,
-                    format!("node {node_id:?} is registered by another agent"),
-                ))
-            }
-            Some(_) => {}
+        if let Some(refused) = self.refuse_reporter(node_id, secret)? {
+            return Ok(refused);
         }
         let mut changed = Vec::with_capacity(updates.len());
         for update in updates {
@@ -48,6 +37,10 @@ impl StateTables<'_> {
                 alloc.client_description = update.client_description;
                 alloc.task_states = update.task_states;
                 alloc.modified_at = now;
+                if alloc.client_status.is_terminal() {
+                    // Its services leave the catalog with it.
+                    alloc.services.clear();
+                }
             }
             changed.push(alloc);
         }
@@ -60,5 +53,53 @@ impl StateTables<'_> {
             self.refresh_job_status(&job)?;
         }
         Ok(CommandResponse::AllocationsUpdated)
+    }
+
+    /// Each listed allocation's registrations replace what it had; one that no longer runs keeps
+    /// none (a late report cannot bring a stopped allocation back into the catalog).
+    pub(super) fn report_services(
+        &mut self,
+        node_id: &str,
+        secret: &str,
+        reports: Vec<AllocServices>,
+        now: Timestamp,
+    ) -> Result<CommandResponse, redb::Error> {
+        if let Some(refused) = self.refuse_reporter(node_id, secret)? {
+            return Ok(refused);
+        }
+        let mut changed = Vec::with_capacity(reports.len());
+        for report in reports {
+            let Some(mut alloc) = get::<Allocation>(&self.allocations, &report.alloc_id)? else { continue };
+            if alloc.node_id != node_id {
+                return Ok(CommandResponse::rejected(
+                    RejectionKind::FailedPrecondition,
+                    format!("allocation {} is not on node {node_id}", report.alloc_id),
+                ));
+            }
+            let registrations = if alloc.is_terminal() { Vec::new() } else { report.registrations };
+            if alloc.services != registrations {
+                alloc.services = registrations;
+                alloc.modified_at = now;
+                changed.push(alloc);
+            }
+        }
+        for alloc in changed {
+            self.put_allocation(&alloc)?;
+        }
+        Ok(CommandResponse::AllocationsUpdated)
+    }
+
+    /// Why a report from `node_id` is refused: the node is unknown, or another agent's.
+    fn refuse_reporter(&self, node_id: &str, secret: &str) -> Result<Option<CommandResponse>, redb::Error> {
+        Ok(match get::<Node>(&self.nodes, node_id)? {
+            None => {
+                Some(CommandResponse::rejected(RejectionKind::NotFound, format!("node {node_id:?} is not registered")))
+            }
+            Some(node) if !node.secret_matches(secret) => Some(CommandResponse::rejected(
+                RejectionKind::FailedPrecondition,
+                format!("node {node_id:?} is registered by another agent"),
+            )),
+            Some(_) => None,
+        })
     }
 }

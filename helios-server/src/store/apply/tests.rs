@@ -187,6 +187,7 @@ fn alloc(id: &str, job: &str, name: &str, node: &str, cpu: u32) -> Allocation {
         reschedule_events: Vec::new(),
         next_allocation: None,
         metrics: Default::default(),
+        services: Vec::new(),
     }
 }
 
@@ -787,4 +788,59 @@ fn a_job_keeps_one_waiting_evaluation_the_newest_due_at_the_earliest_time() {
     let pending = txn.open_table(crate::store::tables::PENDING_EVALUATIONS).unwrap();
     let ids: Vec<String> = pending.iter().unwrap().map(|row| row.unwrap().0.value().to_string()).collect();
     assert_eq!(ids, ["e0", "e3"], "the job's registration and its one waiting evaluation");
+}
+
+#[test]
+fn agents_register_services_on_their_running_allocations_and_they_leave_with_them() {
+    use helios_core::service::{AllocServices, ServiceRegistration};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    // Registrations are written only once the cluster is at format 8.
+    apply_all(&db, vec![proposal("r", 1, Command::RaiseFormat { format: 8 })]);
+    for n in ["n1", "n2"] {
+        apply_all(&db, vec![proposal(n, 1, Command::RegisterNode { node: node(n, 1000), evals: vec![] })]);
+    }
+    apply_all(&db, vec![proposal("j", 1, register("a", "x", "ea"))]);
+    apply_all(&db, vec![proposal("p1", 2, plan("a", vec![alloc("a1", "a", "a.g[0]", "n1", 300)]))]);
+    let web = ServiceRegistration {
+        service: "web".into(),
+        task: None,
+        address: "127.0.0.1".into(),
+        port: 8080,
+        checks: Vec::new(),
+    };
+    let services = |node: &str, secret: &str, registrations: Vec<ServiceRegistration>| Command::ReportServices {
+        node_id: node.into(),
+        secret: secret.into(),
+        services: vec![AllocServices { alloc_id: "a1".into(), registrations }],
+        now: Timestamp(5),
+    };
+    let stored = |db: &redb::Database| {
+        let txn = db.begin_read().unwrap();
+        read::allocation(&txn, "a1").unwrap().unwrap().services
+    };
+    let got = apply_all(&db, vec![proposal("s1", 5, services("n1", "s", vec![web.clone()]))]);
+    assert_eq!(got[0], CommandResponse::AllocationsUpdated);
+    assert_eq!(stored(&db), vec![web.clone()]);
+    // Another node, or a forged secret, changes nothing.
+    let got = apply_all(&db, vec![proposal("s2", 6, services("n2", "s", vec![]))]);
+    assert!(matches!(&got[0], CommandResponse::Rejected(r) if r.kind == RejectionKind::FailedPrecondition));
+    let got = apply_all(&db, vec![proposal("s3", 6, services("n1", "guess", vec![]))]);
+    assert!(matches!(&got[0], CommandResponse::Rejected(r) if r.kind == RejectionKind::FailedPrecondition));
+    assert_eq!(stored(&db), vec![web.clone()]);
+    // Finished: its services leave the catalog, and a late registration cannot bring them back.
+    apply_all(&db, vec![proposal("u1", 7, report_on_n1(report("a1", AllocClientStatus::Complete)))]);
+    assert_eq!(stored(&db), vec![]);
+    apply_all(&db, vec![proposal("s4", 8, services("n1", "s", vec![web]))]);
+    assert_eq!(stored(&db), vec![]);
+}
+
+fn report_on_n1(update: helios_core::AllocUpdate) -> Command {
+    Command::ReportAllocations {
+        node_id: "n1".into(),
+        secret: "s".into(),
+        updates: vec![update],
+        now: Timestamp(7),
+        evals: vec![],
+    }
 }

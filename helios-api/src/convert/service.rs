@@ -1,0 +1,230 @@
+//! Services, checks and registrations to and from protobuf.
+
+use helios_core::service::{
+    AddressMode, AllocServices, Check, CheckKind, CheckRestart, CheckState, CheckStatus, Service, ServiceRegistration,
+};
+use helios_core::Timestamp;
+
+use super::{ConversionResult, Problems};
+use crate::pb;
+
+pub(super) fn services_from_pb(p: &mut Problems, path: &str, services: Vec<pb::Service>) -> Vec<Service> {
+    services
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let at = format!("{path}[{i}]");
+            let address_mode = match s.address_mode.as_str() {
+                "" => AddressMode::Auto,
+                other => AddressMode::parse(other).unwrap_or_else(|| {
+                    p.add(format!("{at}.address_mode"), format!("must be auto or host, got {other:?}"));
+                    AddressMode::Auto
+                }),
+            };
+            let checks = s
+                .checks
+                .into_iter()
+                .enumerate()
+                .map(|(k, c)| check_from_pb(p, &format!("{at}.checks[{k}]"), c))
+                .collect();
+            Service {
+                name: s.name,
+                task: non_empty(s.task),
+                port: non_empty(s.port),
+                tags: s.tags,
+                meta: s.meta.into_iter().collect(),
+                address_mode,
+                checks,
+            }
+        })
+        .collect()
+}
+
+fn non_empty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+fn check_from_pb(p: &mut Problems, at: &str, c: pb::Check) -> Check {
+    let kind = match c.r#type.as_str() {
+        "http" => CheckKind::Http {
+            path: c.path,
+            method: if c.method.is_empty() { "GET".into() } else { c.method },
+            headers: c.headers.into_iter().map(|(k, v)| (k, v.values)).collect(),
+        },
+        "tcp" => CheckKind::Tcp,
+        "grpc" => CheckKind::Grpc { service: c.grpc_service },
+        "script" => CheckKind::Script { task: non_empty(c.script_task), command: c.command, args: c.args },
+        other => {
+            p.add(format!("{at}.type"), format!("must be http, tcp, grpc or script, got {other:?}"));
+            CheckKind::Tcp
+        }
+    };
+    let initial_status = match c.initial_status.as_str() {
+        "" => CheckStatus::Critical,
+        other => CheckStatus::parse(other).unwrap_or_else(|| {
+            p.add(format!("{at}.initial_status"), format!("must be passing, warning or critical, got {other:?}"));
+            CheckStatus::Critical
+        }),
+    };
+    Check {
+        name: c.name,
+        kind,
+        port: non_empty(c.port),
+        interval_ms: c.interval_ms,
+        timeout_ms: c.timeout_ms,
+        initial_status,
+        success_before_passing: c.success_before_passing,
+        failures_before_critical: c.failures_before_critical,
+        check_restart: c.check_restart.map(|r| CheckRestart {
+            limit: r.limit,
+            grace_ms: r.grace_ms,
+            ignore_warnings: r.ignore_warnings,
+        }),
+    }
+}
+
+pub(super) fn services_to_pb(services: &[Service]) -> Vec<pb::Service> {
+    services
+        .iter()
+        .map(|s| pb::Service {
+            name: s.name.clone(),
+            task: s.task.clone().unwrap_or_default(),
+            port: s.port.clone().unwrap_or_default(),
+            tags: s.tags.clone(),
+            meta: s.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            address_mode: s.address_mode.as_str().to_string(),
+            checks: s.checks.iter().map(check_to_pb).collect(),
+        })
+        .collect()
+}
+
+fn check_to_pb(c: &Check) -> pb::Check {
+    let mut out = pb::Check {
+        name: c.name.clone(),
+        r#type: c.kind.as_str().to_string(),
+        port: c.port.clone().unwrap_or_default(),
+        interval_ms: c.interval_ms,
+        timeout_ms: c.timeout_ms,
+        initial_status: c.initial_status.as_str().to_string(),
+        success_before_passing: c.success_before_passing,
+        failures_before_critical: c.failures_before_critical,
+        check_restart: c.check_restart.as_ref().map(|r| pb::CheckRestart {
+            limit: r.limit,
+            grace_ms: r.grace_ms,
+            ignore_warnings: r.ignore_warnings,
+        }),
+        ..Default::default()
+    };
+    match &c.kind {
+        CheckKind::Http { path, method, headers } => {
+            out.path.clone_from(path);
+            out.method.clone_from(method);
+            out.headers = headers.iter().map(|(k, v)| (k.clone(), pb::HeaderValues { values: v.clone() })).collect();
+        }
+        CheckKind::Tcp => {}
+        CheckKind::Grpc { service } => out.grpc_service.clone_from(service),
+        CheckKind::Script { task, command, args } => {
+            out.script_task = task.clone().unwrap_or_default();
+            out.command.clone_from(command);
+            out.args.clone_from(args);
+        }
+    }
+    out
+}
+
+pub fn registration_to_pb(r: &ServiceRegistration) -> pb::ServiceRegistration {
+    pb::ServiceRegistration {
+        service: r.service.clone(),
+        task: r.task.clone().unwrap_or_default(),
+        address: r.address.clone(),
+        port: u32::from(r.port),
+        checks: r.checks.iter().map(check_state_to_pb).collect(),
+    }
+}
+
+pub fn check_state_to_pb(c: &CheckState) -> pb::CheckState {
+    pb::CheckState {
+        name: c.name.clone(),
+        status: c.status.as_str().to_string(),
+        output: c.output.clone(),
+        since_ms: c.since.as_millis(),
+    }
+}
+
+/// An agent's report of its allocations' registrations, checked field by field.
+pub fn alloc_services_from_pb(reports: Vec<pb::AllocServices>) -> ConversionResult<Vec<AllocServices>> {
+    let mut p = Problems::default();
+    let out = reports
+        .into_iter()
+        .enumerate()
+        .map(|(i, report)| {
+            let at = format!("services[{i}]");
+            if report.alloc_id.is_empty() {
+                p.add(format!("{at}.alloc_id"), "must not be empty");
+            }
+            let registrations = report
+                .registrations
+                .into_iter()
+                .enumerate()
+                .map(|(k, r)| {
+                    let rat = format!("{at}.registrations[{k}]");
+                    let port = u16::try_from(r.port).unwrap_or_else(|_| {
+                        p.add(format!("{rat}.port"), format!("must be at most 65535, got {}", r.port));
+                        0
+                    });
+                    let checks = r
+                        .checks
+                        .into_iter()
+                        .enumerate()
+                        .map(|(c, check)| {
+                            let status = CheckStatus::parse(&check.status).unwrap_or_else(|| {
+                                p.add(
+                                    format!("{rat}.checks[{c}].status"),
+                                    format!("must be passing, warning or critical, got {:?}", check.status),
+                                );
+                                CheckStatus::Critical
+                            });
+                            let mut output = check.output;
+                            truncate(&mut output, helios_core::service::MAX_CHECK_OUTPUT);
+                            CheckState { name: check.name, status, output, since: Timestamp(check.since_ms) }
+                        })
+                        .collect();
+                    ServiceRegistration {
+                        service: r.service,
+                        task: non_empty(r.task),
+                        address: r.address,
+                        port,
+                        checks,
+                    }
+                })
+                .collect();
+            AllocServices { alloc_id: report.alloc_id, registrations }
+        })
+        .collect();
+    if p.0.is_empty() {
+        Ok(out)
+    } else {
+        Err(helios_core::ValidationErrors(p.0))
+    }
+}
+
+pub fn alloc_services_to_pb(reports: &[AllocServices]) -> Vec<pb::AllocServices> {
+    reports
+        .iter()
+        .map(|r| pb::AllocServices {
+            alloc_id: r.alloc_id.clone(),
+            registrations: r.registrations.iter().map(registration_to_pb).collect(),
+        })
+        .collect()
+}
+
+/// Cuts `text` to at most `max` bytes, on a character boundary.
+fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}

@@ -1,0 +1,269 @@
+//! An allocation's services on its agent: registered once every task runs, each check run on
+//! its interval, the registrations (with every check's status) reported to the servers when a
+//! status changes, a task restarted when its check stays unhealthy (`check_restart`), and the
+//! registrations removed when the allocation stops.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use helios_core::service::{
+    AllocServices, Check, CheckCounter, CheckKind, CheckState, CheckStatus, RestartCounter, Service,
+    ServiceRegistration, MAX_CHECK_OUTPUT,
+};
+use helios_core::{TaskDriver, TaskGroup, TaskRunState, TaskState, Timestamp};
+use tokio::sync::{mpsc, watch};
+
+use crate::drivers::{Drivers, TaskRun};
+use crate::runner::{now, Owner};
+
+pub type ServiceReports = mpsc::UnboundedSender<AllocServices>;
+
+/// What an allocation's services need from its runner.
+pub(crate) struct AllocServicesRun {
+    pub owner: Owner,
+    pub group: TaskGroup,
+    pub drivers: Drivers,
+    /// The allocation's directory.
+    pub dir: std::path::PathBuf,
+    /// Its tasks' states; closed when the allocation is done.
+    pub states: watch::Receiver<BTreeMap<String, TaskState>>,
+    /// The servers' stop order (passed to drivers for script checks).
+    pub stop: watch::Receiver<bool>,
+    /// Restart requests, per task (`check_restart`).
+    pub restarts: BTreeMap<String, mpsc::UnboundedSender<String>>,
+    pub reports: ServiceReports,
+}
+
+/// One check's result, by (service, check) index.
+type CheckResult = (usize, usize, CheckStatus, String);
+
+impl AllocServicesRun {
+    pub async fn run(mut self) {
+        // Registered once every task runs (a service is reachable only then).
+        let all_running = |s: &BTreeMap<String, TaskState>| {
+            s.len() == self.group.tasks.len() && s.values().all(|t| t.state == TaskRunState::Running)
+        };
+        if self.states.wait_for(all_running).await.is_err() {
+            return;
+        }
+        let started = now();
+        let mut registrations: Vec<ServiceRegistration> =
+            self.group.services.iter().map(|s| self.registration(s, started)).collect();
+        self.report(&registrations);
+        let (results_tx, mut results) = mpsc::unbounded_channel::<CheckResult>();
+        let mut probes = tokio::task::JoinSet::new();
+        let mut counters = BTreeMap::new();
+        // A check's first result is reported even when it keeps the initial status, so the
+        // catalog says why a check is critical from the start.
+        let mut unreported = std::collections::BTreeSet::new();
+        let mut restarters = BTreeMap::new();
+        for (s, service) in self.group.services.iter().enumerate() {
+            for (c, check) in service.checks.iter().enumerate() {
+                counters.insert((s, c), CheckCounter::new(check));
+                unreported.insert((s, c));
+                if let Some(policy) = &check.check_restart {
+                    restarters.insert((s, c), RestartCounter::new(policy.clone()));
+                }
+                let probe = Probe {
+                    check: check.clone(),
+                    address: registrations[s].address.clone(),
+                    port: self.port_of(check.port.as_ref().or(service.port.as_ref()), service.task.as_deref()),
+                    script_task: self.script_task(check),
+                    index: (s, c),
+                    results: results_tx.clone(),
+                };
+                probes.spawn(probe.run(self.drivers.clone(), self.owner.clone(), self.dir.clone(), self.stop.clone()));
+            }
+        }
+        drop(results_tx);
+        loop {
+            tokio::select! {
+                changed = self.states.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                Some((s, c, result, output)) = results.recv() => {
+                    let Some(counter) = counters.get_mut(&(s, c)) else { continue };
+                    let state = &mut registrations[s].checks[c];
+                    let mut output = output;
+                    truncate(&mut output);
+                    let first = unreported.remove(&(s, c));
+                    if let Some(status) = counter.observe(result) {
+                        *state = CheckState { name: state.name.clone(), status, output, since: now() };
+                        self.report(&registrations);
+                    } else {
+                        state.output = output;
+                        if first {
+                            self.report(&registrations);
+                        }
+                    }
+                    let status = counter.status;
+                    if let Some(restarter) = restarters.get_mut(&(s, c)) {
+                        let task = self.restart_target(s, c);
+                        let since_start = self.since_start(&task);
+                        if restarter.observe(status, since_start) {
+                            let check = &self.group.services[s].checks[c].name;
+                            let why = format!("check {check:?} unhealthy");
+                            if let Some(restart) = task.and_then(|t| self.restarts.get(&t)) {
+                                let _ = restart.send(why);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        probes.abort_all();
+        // The allocation is done: its services leave the catalog.
+        self.report(&[]);
+    }
+
+    fn report(&self, registrations: &[ServiceRegistration]) {
+        let report = AllocServices { alloc_id: self.owner.alloc_id.clone(), registrations: registrations.to_vec() };
+        let _ = self.reports.send(report);
+    }
+
+    /// The service's registration as it starts: its checks at their initial statuses.
+    fn registration(&self, service: &Service, at: Timestamp) -> ServiceRegistration {
+        let address = self
+            .owner
+            .node
+            .attributes
+            .get(crate::fingerprint::IP_ATTRIBUTE)
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1".into());
+        ServiceRegistration {
+            service: service.name.clone(),
+            task: service.task.clone(),
+            address,
+            port: self.port_of(service.port.as_ref(), service.task.as_deref()),
+            checks: service
+                .checks
+                .iter()
+                .map(|c| CheckState {
+                    name: c.name.clone(),
+                    status: c.initial_status,
+                    output: String::new(),
+                    since: at,
+                })
+                .collect(),
+        }
+    }
+
+    /// The host port a label (or number) names: the group's own port, else a docker task's
+    /// (the service's task's, for a task service) fixed or assigned host port. 0 for none.
+    fn port_of(&self, port: Option<&String>, task: Option<&str>) -> u16 {
+        let Some(port) = port else { return 0 };
+        if let Ok(number) = port.parse::<u16>() {
+            return number;
+        }
+        if let Some(&host) = self.owner.group_ports.get(port) {
+            return host;
+        }
+        let tasks = self.group.tasks.iter().filter(|t| task.is_none_or(|name| t.name == name));
+        for t in tasks {
+            let TaskDriver::Docker(config) = &t.driver else { continue };
+            if let Some(mapping) = config.ports.iter().find(|p| &p.name == port) {
+                let assigned = self.owner.dynamic_ports.get(&(t.name.clone(), port.clone())).copied();
+                return mapping.host_port.or(assigned).unwrap_or(0);
+            }
+        }
+        0
+    }
+
+    /// The task a script check runs in.
+    fn script_task(&self, check: &Check) -> Option<helios_core::Task> {
+        let CheckKind::Script { task, .. } = &check.kind else { return None };
+        let name = task.as_deref()?;
+        self.group.tasks.iter().find(|t| t.name == name).cloned()
+    }
+
+    /// The task `check_restart` restarts: the script's, the service's, or the group's only one.
+    fn restart_target(&self, s: usize, c: usize) -> Option<String> {
+        let service = &self.group.services[s];
+        match &service.checks[c].kind {
+            CheckKind::Script { task: Some(task), .. } => Some(task.clone()),
+            _ => service.task.clone().or_else(|| match self.group.tasks.as_slice() {
+                [only] => Some(only.name.clone()),
+                _ => None,
+            }),
+        }
+    }
+
+    /// How long the task has run since its last start (its grace is counted from then).
+    fn since_start(&self, task: &Option<String>) -> u64 {
+        let states = self.states.borrow();
+        let started = task.as_ref().and_then(|t| states.get(t)).and_then(|s| s.started_at);
+        started.map_or(0, |at| now().0.saturating_sub(at.0))
+    }
+}
+
+fn truncate(text: &mut String) {
+    if text.len() > MAX_CHECK_OUTPUT {
+        let mut end = MAX_CHECK_OUTPUT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
+/// One check's loop: a result at once, then one per interval.
+struct Probe {
+    check: Check,
+    address: String,
+    port: u16,
+    script_task: Option<helios_core::Task>,
+    index: (usize, usize),
+    results: mpsc::UnboundedSender<CheckResult>,
+}
+
+impl Probe {
+    async fn run(self, drivers: Drivers, owner: Owner, dir: std::path::PathBuf, stop: watch::Receiver<bool>) {
+        let interval = Duration::from_millis(self.check.interval_ms);
+        let timeout = Duration::from_millis(self.check.timeout_ms);
+        let owner = Arc::new(owner);
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let (status, output) = match &self.check.kind {
+                CheckKind::Http { path, method, headers } => {
+                    crate::checks::http(&self.address, self.port, path, method, headers, timeout).await
+                }
+                CheckKind::Tcp => crate::checks::tcp(&self.address, self.port, timeout).await,
+                CheckKind::Grpc { service } => crate::checks::grpc(&self.address, self.port, service, timeout).await,
+                CheckKind::Script { command, args, .. } => {
+                    let argv: Vec<String> = std::iter::once(command.clone()).chain(args.iter().cloned()).collect();
+                    self.script(&drivers, &owner, &dir, &stop, &argv, timeout).await
+                }
+            };
+            if self.results.send((self.index.0, self.index.1, status, output)).is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn script(
+        &self,
+        drivers: &Drivers,
+        owner: &Owner,
+        dir: &std::path::Path,
+        stop: &watch::Receiver<bool>,
+        argv: &[String],
+        timeout: Duration,
+    ) -> (CheckStatus, String) {
+        let Some(task) = &self.script_task else {
+            return (CheckStatus::Critical, "the script's task is not in the group".into());
+        };
+        let Some(driver) = drivers.for_task(task) else {
+            return (CheckStatus::Critical, format!("this agent has no {} driver", task.driver.name()));
+        };
+        let run = TaskRun { owner, task, dir: &dir.join(&task.name), stop };
+        match driver.run_in_task(run, argv, timeout).await {
+            Ok((code, output)) => (crate::checks::script_status(code), format!("exit {code}: {}", output.trim())),
+            Err(why) => (CheckStatus::Critical, why),
+        }
+    }
+}

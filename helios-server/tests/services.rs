@@ -1,0 +1,296 @@
+//! Services and checks with real agents and real listeners in their tasks: registration in the
+//! catalog through Raft, http/tcp/grpc/script checks, `service info` listing the healthy
+//! instances, `check_restart`, and a rolling update held by a check that fails.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{start_agent, wait_for, Reaper, TestCluster};
+use helios_api::pb;
+use helios_api::pb::service_catalog_client::ServiceCatalogClient;
+use helios_core::service::{AddressMode, Check, CheckKind, CheckRestart, CheckStatus, Service};
+use helios_core::{ExecConfig, GroupPort, Job, JobType, TaskDriver};
+
+/// A service job of `count` busybox web servers on the group's port "http", each serving its
+/// task directory, where it writes `health` first: a check of `/health` passes until the file
+/// is removed.
+fn web(name: &str, count: u32, checks: Vec<Check>) -> Job {
+    let script =
+        "echo ok > \"$NOMAD_TASK_DIR/health\" && exec busybox httpd -f -p \"$NOMAD_PORT_http\" -h \"$NOMAD_TASK_DIR\"";
+    let mut job = Job::exec(name, "/bin/sh", vec!["-c".into(), script.into()]);
+    job.set_type(JobType::Service);
+    let group = &mut job.task_groups[0];
+    group.count = count;
+    group.ports = vec![GroupPort { label: "http".into(), static_port: None }];
+    group.services = vec![Service {
+        name: format!("{name}-web"),
+        task: None,
+        port: Some("http".into()),
+        tags: vec!["v1".into()],
+        meta: BTreeMap::new(),
+        address_mode: AddressMode::Auto,
+        checks,
+    }];
+    job
+}
+
+fn check(name: &str, kind: CheckKind) -> Check {
+    Check {
+        name: name.into(),
+        kind,
+        port: None,
+        interval_ms: 1_000,
+        timeout_ms: 1_000,
+        initial_status: CheckStatus::Critical,
+        success_before_passing: 0,
+        failures_before_critical: 0,
+        check_restart: None,
+    }
+}
+
+fn http_check() -> Check {
+    check("health", CheckKind::Http { path: "/health".into(), method: "GET".into(), headers: BTreeMap::new() })
+}
+
+async fn catalog(cluster: &TestCluster, via: u64) -> ServiceCatalogClient<tonic::transport::Channel> {
+    ServiceCatalogClient::new(cluster.channel(via).await)
+}
+
+/// The service's instances (all, or only the healthy ones); none when it is not registered.
+async fn instances(cluster: &TestCluster, via: u64, name: &str, healthy_only: bool) -> Vec<pb::ServiceInstance> {
+    let request = pb::GetServiceRequest { name: name.into(), healthy_only };
+    match catalog(cluster, via).await.get_service(request).await {
+        Ok(reply) => reply.into_inner().instances,
+        Err(status) if status.code() == tonic::Code::NotFound => Vec::new(),
+        Err(status) => panic!("get_service: {status}"),
+    }
+}
+
+/// An agent that gives out its own thousand dynamic ports: the test's agents share one host,
+/// where separate machines would not collide.
+async fn agent(cluster: &TestCluster, id: &str, dir: &std::path::Path, slice: u16) -> common::Agent {
+    let low = 40_000 + slice * 1_000;
+    common::start_agent_configured(cluster, id, &dir.join(id), |config| {
+        config.drivers.dynamic_ports = Some((low, low + 999));
+    })
+    .await
+}
+
+async fn raised_cluster() -> (TestCluster, u64) {
+    let cluster = TestCluster::start(1).await;
+    let leader = cluster.leader().await;
+    cluster.format_raised().await;
+    (cluster, leader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_register_with_their_checks_and_only_healthy_ones_are_listed_as_such() {
+    let (cluster, via) = raised_cluster().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let _a = agent(&cluster, "a", dir.path(), 0).await;
+    let _b = agent(&cluster, "b", dir.path(), 1).await;
+    for node in ["a", "b"] {
+        common::wait_status(&cluster, via, node, "ready").await;
+    }
+    let checks = vec![
+        http_check(),
+        check("port", CheckKind::Tcp),
+        check(
+            "file",
+            CheckKind::Script {
+                task: Some("shop".into()),
+                command: "/bin/sh".into(),
+                // Exit 1 would be a warning (Consul's reading): 2 is critical.
+                args: vec!["-c".into(), "test -f \"$NOMAD_TASK_DIR/health\" || exit 2".into()],
+            },
+        ),
+    ];
+    cluster.submit_job(via, &web("shop", 2, checks)).await;
+    let healthy = wait_for("two healthy instances", || async {
+        let found = instances(&cluster, via, "shop-web", true).await;
+        (found.len() == 2).then_some(found)
+    })
+    .await;
+    let mut nodes: Vec<&str> = healthy.iter().map(|i| i.node_id.as_str()).collect();
+    nodes.sort_unstable();
+    assert_eq!(nodes, ["a", "b"], "one per node (job anti-affinity)");
+    for instance in &healthy {
+        assert_eq!(instance.tags, ["v1"]);
+        assert_eq!(instance.checks.len(), 3);
+        assert!(instance.checks.iter().all(|c| c.status == "passing"), "{:?}", instance.checks);
+        // The registered address reaches the instance.
+        let (status, _) =
+            helios_client_checks_http(&instance.address, u16::try_from(instance.port).expect("port")).await;
+        assert_eq!(status, 200);
+    }
+    let listed = catalog(&cluster, via).await.list_services(pb::ListServicesRequest {}).await.expect("list");
+    let summary = &listed.into_inner().services[0];
+    assert_eq!((summary.name.as_str(), summary.instances, summary.healthy), ("shop-web", 2, 2));
+
+    // One instance loses its health file: its http and script checks go critical, and only the
+    // other is listed as healthy.
+    let sick = &healthy[0];
+    let health = dir.path().join(&sick.node_id).join("allocs").join(&sick.alloc_id).join("shop/local/health");
+    std::fs::remove_file(&health).expect("remove the health file");
+    let unhealthy = wait_for("its http and script checks critical", || async {
+        let all = instances(&cluster, via, "shop-web", false).await;
+        let critical = |i: &pb::ServiceInstance| i.checks.iter().filter(|c| c.status == "critical").count() == 2;
+        all.into_iter().find(|i| i.alloc_id == sick.alloc_id && critical(i))
+    })
+    .await;
+    assert!(!unhealthy.healthy);
+    let status = |name: &str| unhealthy.checks.iter().find(|c| c.name == name).map(|c| c.status.clone());
+    assert_eq!(status("health").as_deref(), Some("critical"));
+    assert_eq!(status("file").as_deref(), Some("critical"));
+    assert_eq!(status("port").as_deref(), Some("passing"), "the server still listens");
+    let output = &unhealthy.checks.iter().find(|c| c.name == "health").expect("health").output;
+    assert!(output.contains("404"), "{output}");
+    let only_healthy = instances(&cluster, via, "shop-web", true).await;
+    assert_eq!(only_healthy.iter().map(|i| &i.alloc_id).collect::<Vec<_>>(), [&healthy[1].alloc_id]);
+
+    // Stopped: its instance leaves the catalog at once; the replacement registers.
+    let mut allocs = pb::allocation_service_client::AllocationServiceClient::new(cluster.channel(via).await);
+    allocs.stop_allocation(pb::StopAllocationRequest { id: sick.alloc_id.clone() }).await.expect("stop");
+    wait_for("the stopped instance deregistered and replaced", || async {
+        let found = instances(&cluster, via, "shop-web", true).await;
+        (found.len() == 2 && found.iter().all(|i| i.alloc_id != sick.alloc_id)).then_some(())
+    })
+    .await;
+
+    // The job stops: the service is gone.
+    let mut jobs = cluster.jobs(via).await;
+    jobs.stop_job(pb::StopJobRequest { name: "shop".into(), purge: false }).await.expect("stop job");
+    wait_for("no instance left", || async {
+        instances(&cluster, via, "shop-web", false).await.is_empty().then_some(())
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
+/// A plain HTTP GET of `/health`: the status code and the answer.
+async fn helios_client_checks_http(address: &str, port: u16) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect((address, port)).await.expect("connect");
+    stream.write_all(b"GET /health HTTP/1.0\r\n\r\n").await.expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    let code = answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_restart_restarts_a_task_whose_check_stays_critical() {
+    let (cluster, via) = raised_cluster().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let _a = start_agent(&cluster, "a", &dir.path().join("a")).await;
+    // Nothing listens on the port the check probes.
+    let mut dead_port = check("port", CheckKind::Tcp);
+    dead_port.check_restart = Some(CheckRestart { limit: 2, grace_ms: 1_000, ignore_warnings: false });
+    let mut job = web("idle", 1, vec![dead_port]);
+    job.task_groups[0].tasks[0].driver = TaskDriver::Exec(ExecConfig::new("sleep", vec!["600".into()]));
+    job.task_groups[0].restart.delay_secs = 1;
+    cluster.submit_job(via, &job).await;
+    let restarted = wait_for("a restart signaled by the check", || async {
+        let status = cluster.job_status(via, "idle").await;
+        let task = status.allocations.first()?.task_states.get("idle")?.clone();
+        (task.restarts >= 1).then_some(task)
+    })
+    .await;
+    let signaled = restarted.events.iter().find(|e| e.kind == "Restart Signaled").expect("a Restart Signaled event");
+    assert_eq!(signaled.message, "check \"port\" unhealthy");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_check_asks_a_real_server_in_the_task() {
+    let (cluster, via) = raised_cluster().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let _a = start_agent(&cluster, "a", &dir.path().join("a")).await;
+    // The task is a one-node helios-server: it serves grpc.health.v1 on its port.
+    let server = common::task_launcher().with_file_name("helios-server");
+    let mut job = web("inner", 1, Vec::new());
+    let args = [
+        "--node-id",
+        "1",
+        "--rpc-addr",
+        "${NOMAD_ADDR_http}",
+        "--peer",
+        "1=${NOMAD_ADDR_http}",
+        "--data-dir",
+        "${NOMAD_TASK_DIR}/data",
+        "--bootstrap",
+        // It listens at the node's address, as a service should; nothing else uses it.
+        "--insecure",
+    ];
+    job.task_groups[0].tasks[0].driver = TaskDriver::Exec(ExecConfig::new(
+        server.to_str().expect("utf-8 path"),
+        args.iter().map(|a| a.to_string()).collect(),
+    ));
+    let serving = check("serving", CheckKind::Grpc { service: "helios.v1.JobService".into() });
+    let missing = check("missing", CheckKind::Grpc { service: "no.such.Service".into() });
+    job.task_groups[0].services[0].checks = vec![serving, missing];
+    cluster.submit_job(via, &job).await;
+    let instance = wait_for("the grpc check passing", || async {
+        let found = instances(&cluster, via, "inner-web", false).await;
+        found.into_iter().find(|i| i.checks.iter().any(|c| c.name == "serving" && c.status == "passing"))
+    })
+    .await;
+    let missing = instance.checks.iter().find(|c| c.name == "missing").expect("missing");
+    assert_eq!(missing.status, "critical", "{}", missing.output);
+    assert!(!instance.healthy);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_waits_for_the_new_versions_checks() {
+    let (cluster, via) = raised_cluster().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let _a = agent(&cluster, "a", dir.path(), 0).await;
+    let mut job = web("roll", 3, vec![http_check()]);
+    job.task_groups[0].update = helios_core::UpdateStrategy {
+        max_parallel: 1,
+        health_check: helios_core::HealthCheck::Checks,
+        min_healthy_time_secs: 1,
+        healthy_deadline_secs: 5,
+    };
+    cluster.submit_job(via, &job).await;
+    wait_for("three healthy instances", || async {
+        (instances(&cluster, via, "roll-web", true).await.len() == 3).then_some(())
+    })
+    .await;
+    // Version 1 serves, but writes no health file: its check never passes.
+    let serve_only = "exec busybox httpd -f -p \"$NOMAD_PORT_http\" -h \"$NOMAD_TASK_DIR\"";
+    let mut v1 = job.clone();
+    v1.task_groups[0].tasks[0].driver =
+        TaskDriver::Exec(ExecConfig::new("/bin/sh", vec!["-c".into(), serve_only.into()]));
+    cluster.submit_job(via, &v1).await;
+    let held = wait_for("the rollout held by the failing check", || async {
+        let status = cluster.job_status(via, "roll").await;
+        status.placement.contains("1 not healthy by their healthy_deadline").then_some(status)
+    })
+    .await;
+    let running = |s: &pb::GetJobStatusResponse, version: u64| {
+        s.allocations.iter().filter(|a| a.job_version == version && a.client_status == "running").count()
+    };
+    assert_eq!((running(&held, 0), running(&held, 1)), (2, 1), "{}", held.placement);
+    assert_eq!(instances(&cluster, via, "roll-web", true).await.len(), 2, "two healthy throughout");
+    // The fix: version 2 replaces the unhealthy one first, then the rest in waves.
+    let mut v2 = job.clone();
+    v2.task_groups[0].tasks[0].env.insert("FIXED".into(), "1".into());
+    cluster.submit_job(via, &v2).await;
+    wait_for("version 2 everywhere and healthy", || async {
+        let status = cluster.job_status(via, "roll").await;
+        let healthy = instances(&cluster, via, "roll-web", true).await.len();
+        (running(&status, 2) == 3
+            && status.allocations.iter().filter(|a| a.client_status == "running").count() == 3
+            && healthy == 3)
+            .then_some(())
+    })
+    .await;
+    cluster.shutdown().await;
+}
