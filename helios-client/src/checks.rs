@@ -12,7 +12,20 @@ use tokio::net::TcpStream;
 /// The first bytes of an HTTP answer that are read (its status line and some of its body).
 const MAX_HTTP_ANSWER: u64 = 1024;
 
-/// An HTTP/1.1 request: 2xx passing, 429 warning, anything else (or no answer) critical.
+/// Redirects an http check follows (Consul's client follows them too).
+const MAX_REDIRECTS: usize = 5;
+
+/// `address:port`, an IPv6 address in brackets.
+fn host_port(address: &str, port: u16) -> String {
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
+}
+
+/// An HTTP/1.1 request: 2xx passing, 429 warning, anything else (or no answer) critical. A
+/// redirect to the same server, or to another plain-HTTP one, is followed.
 pub async fn http(
     address: &str,
     port: u16,
@@ -21,47 +34,80 @@ pub async fn http(
     headers: &BTreeMap<String, Vec<String>>,
     timeout: Duration,
 ) -> (CheckStatus, String) {
-    let target = format!("http://{address}:{port}{path}");
-    let exchange = async {
-        let mut stream = TcpStream::connect((address, port)).await?;
-        let mut request = format!("{method} {path} HTTP/1.1\r\n");
-        if !headers.keys().any(|k| k.eq_ignore_ascii_case("host")) {
-            request.push_str(&format!("Host: {address}:{port}\r\n"));
-        }
-        for (name, values) in headers {
-            for value in values {
-                request.push_str(&format!("{name}: {value}\r\n"));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (mut host, mut path) = (host_port(address, port), path.to_string());
+    for _ in 0..=MAX_REDIRECTS {
+        let target = format!("http://{host}{path}");
+        let answer = match tokio::time::timeout_at(deadline, exchange(&host, &path, method, headers)).await {
+            Err(_) => return (CheckStatus::Critical, format!("{method} {target}: timed out after {timeout:?}")),
+            Ok(Err(e)) => return (CheckStatus::Critical, format!("{method} {target}: {e}")),
+            Ok(Ok(answer)) => String::from_utf8_lossy(&answer).into_owned(),
+        };
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        let status_line = head.lines().next().unwrap_or_default();
+        let code = status_line.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok());
+        let location = head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim().eq_ignore_ascii_case("location").then(|| value.trim().to_string())
+        });
+        match (code, location) {
+            (Some(301 | 302 | 303 | 307 | 308), Some(location)) => {
+                if let Some(rest) = location.strip_prefix("http://") {
+                    let (to_host, to_path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                    host = to_host.to_string();
+                    path = if to_path.is_empty() { "/".to_string() } else { to_path.to_string() };
+                } else if location.starts_with('/') {
+                    path = location;
+                } else {
+                    let why = format!("{method} {target}: {status_line}: cannot follow the redirect to {location:?}");
+                    return (CheckStatus::Critical, why);
+                }
+            }
+            _ => {
+                let output = format!("{method} {target}: {status_line} Output: {}", body.trim());
+                let status = match code {
+                    Some(200..=299) => CheckStatus::Passing,
+                    Some(429) => CheckStatus::Warning,
+                    _ => CheckStatus::Critical,
+                };
+                return (status, output);
             }
         }
-        request.push_str("User-Agent: helios-check\r\nAccept: */*\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut answer = Vec::new();
-        stream.take(MAX_HTTP_ANSWER).read_to_end(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer)
-    };
-    let answer = match tokio::time::timeout(timeout, exchange).await {
-        Err(_) => return (CheckStatus::Critical, format!("{method} {target}: timed out after {timeout:?}")),
-        Ok(Err(e)) => return (CheckStatus::Critical, format!("{method} {target}: {e}")),
-        Ok(Ok(answer)) => String::from_utf8_lossy(&answer).into_owned(),
-    };
-    let status_line = answer.lines().next().unwrap_or_default();
-    let code = status_line.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok());
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    let output = format!("{method} {target}: {status_line} Output: {}", body.trim());
-    let status = match code {
-        Some(200..=299) => CheckStatus::Passing,
-        Some(429) => CheckStatus::Warning,
-        _ => CheckStatus::Critical,
-    };
-    (status, output)
+    }
+    (CheckStatus::Critical, format!("{method} http://{host}{path}: more than {MAX_REDIRECTS} redirects"))
+}
+
+/// One request to `host` (HOST:PORT) and the first bytes of its answer.
+async fn exchange(
+    host: &str,
+    path: &str,
+    method: &str,
+    headers: &BTreeMap<String, Vec<String>>,
+) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(host).await?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.keys().any(|k| k.eq_ignore_ascii_case("host")) {
+        request.push_str(&format!("Host: {host}\r\n"));
+    }
+    for (name, values) in headers {
+        for value in values {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    request.push_str("User-Agent: helios-check\r\nAccept: */*\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    stream.take(MAX_HTTP_ANSWER).read_to_end(&mut answer).await?;
+    Ok(answer)
 }
 
 /// A TCP connection: passing when it is accepted.
 pub async fn tcp(address: &str, port: u16, timeout: Duration) -> (CheckStatus, String) {
-    match tokio::time::timeout(timeout, TcpStream::connect((address, port))).await {
-        Ok(Ok(_)) => (CheckStatus::Passing, format!("TCP connect {address}:{port}: Success")),
-        Ok(Err(e)) => (CheckStatus::Critical, format!("TCP connect {address}:{port}: {e}")),
-        Err(_) => (CheckStatus::Critical, format!("TCP connect {address}:{port}: timed out after {timeout:?}")),
+    let target = host_port(address, port);
+    match tokio::time::timeout(timeout, TcpStream::connect(&target)).await {
+        Ok(Ok(_)) => (CheckStatus::Passing, format!("TCP connect {target}: Success")),
+        Ok(Err(e)) => (CheckStatus::Critical, format!("TCP connect {target}: {e}")),
+        Err(_) => (CheckStatus::Critical, format!("TCP connect {target}: timed out after {timeout:?}")),
     }
 }
 
@@ -70,7 +116,7 @@ pub async fn grpc(address: &str, port: u16, service: &str, timeout: Duration) ->
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    let target = format!("{address}:{port}");
+    let target = host_port(address, port);
     let call = async {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
             .map_err(|e| e.to_string())?
@@ -145,6 +191,24 @@ mod tests {
         assert!(output.contains("429 Too Many Requests") && output.contains("slow down"), "{output}");
         let (broken, _r) = http_server("HTTP/1.1 500 Internal Server Error\r\n\r\n").await;
         assert_eq!(http("127.0.0.1", broken, "/", "GET", &BTreeMap::new(), SECOND).await.0, CheckStatus::Critical);
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_followed_to_its_answer() {
+        let (target, _r) = http_server("HTTP/1.1 200 OK\r\n\r\nhere").await;
+        let moved: &'static str = Box::leak(
+            format!("HTTP/1.1 301 Moved Permanently\r\nLocation: http://127.0.0.1:{target}/health/\r\n\r\n")
+                .into_boxed_str(),
+        );
+        let (redirecting, mut requests) = http_server(moved).await;
+        let (status, output) = http("127.0.0.1", redirecting, "/health", "GET", &BTreeMap::new(), SECOND).await;
+        assert_eq!(status, CheckStatus::Passing, "{output}");
+        assert!(output.contains(&format!("http://127.0.0.1:{target}/health/")) && output.ends_with("here"), "{output}");
+        assert!(requests.recv().await.expect("asked first").starts_with("GET /health HTTP/1.1"));
+        let (looping, _r) = http_server("HTTP/1.1 302 Found\r\nLocation: /again\r\n\r\n").await;
+        let (status, output) = http("127.0.0.1", looping, "/", "GET", &BTreeMap::new(), SECOND).await;
+        assert_eq!(status, CheckStatus::Critical);
+        assert!(output.contains("more than 5 redirects"), "{output}");
     }
 
     #[tokio::test]

@@ -76,6 +76,11 @@ pub struct Spec {
     /// program and records how it ended (which a restarted agent could not learn otherwise).
     #[arg(long)]
     pub raw: bool,
+    /// A process of a running exec task (its init): the program runs in that task's PID, IPC
+    /// and mount namespaces (its processes, its private /tmp, its view of the files) instead
+    /// of new ones, as Nomad's ExecTask does (a script check).
+    #[arg(long)]
+    pub enter: Option<u32>,
     /// The program and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -103,6 +108,9 @@ impl Spec {
         ]);
         if self.raw {
             args.push("--raw".into());
+        }
+        if let Some(pid) = self.enter {
+            args.extend(["--enter".into(), pid.to_string().into()]);
         }
         args.push("--".into());
         args.extend(self.command.iter().map(OsString::from));
@@ -188,8 +196,12 @@ fn launch(spec: &Spec) -> ExitCode {
             let _ = writeln!(agent, "{line}");
         }
     };
-    if spec.raw {
-        let ending = match start_task(spec) {
+    if spec.raw || spec.enter.is_some() {
+        let started = match spec.enter {
+            Some(pid) => enter_task(spec, pid).and_then(|()| start_task(spec)),
+            None => start_task(spec),
+        };
+        let ending = match started {
             Ok(mut child) => {
                 tell_agent("started");
                 match child.wait() {
@@ -234,6 +246,23 @@ fn launch(spec: &Spec) -> ExitCode {
         }
     };
     finish(spec, ending)
+}
+
+/// Joins a running task's cgroups and its PID, IPC and mount namespaces (those of `pid`, its
+/// init): what starts next runs inside the task, seeing what it sees. The launcher is single
+/// threaded, as joining a mount namespace requires.
+fn enter_task(spec: &Spec, pid: u32) -> Result<(), String> {
+    for procs in &spec.cgroups {
+        std::fs::write(procs, "0").map_err(|e| format!("cannot join cgroup {}: {e}", procs.display()))?;
+    }
+    let namespaces =
+        [("ipc", CloneFlags::CLONE_NEWIPC), ("pid", CloneFlags::CLONE_NEWPID), ("mnt", CloneFlags::CLONE_NEWNS)];
+    for (name, kind) in namespaces {
+        let path = format!("/proc/{pid}/ns/{name}");
+        let ns = File::open(&path).map_err(|e| format!("cannot open {path} (is the task running?): {e}"))?;
+        nix::sched::setns(ns, kind).map_err(|e| format!("cannot enter the task's {name} namespace: {e}"))?;
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("cannot set no_new_privs: {e}"))
 }
 
 /// Records how the task ended, and exits as it did.
@@ -422,6 +451,7 @@ mod tests {
             exit_file: "/var/lib/helios/allocs/a/t/exit".into(),
             env_file: "/var/lib/helios/allocs/a/t/env".into(),
             raw: false,
+            enter: Some(4242),
             command: vec!["sh".into(), "-c".into(), "echo --uid 0; exit 3".into()],
         };
         let args = spec.to_args();

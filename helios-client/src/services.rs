@@ -1,7 +1,9 @@
-//! An allocation's services on its agent: registered once every task runs, each check run on
-//! its interval, the registrations (with every check's status) reported to the servers when a
-//! status changes, a task restarted when its check stays unhealthy (`check_restart`), and the
-//! registrations removed when the allocation stops.
+//! An allocation's services on its agent: each listed while its task runs (a group's while
+//! every task does), each check run on its interval, the registrations (with every check's
+//! status) reported to the servers when a status changes, a task restarted when its check stays
+//! unhealthy (`check_restart`, once per run of the task), and the registrations removed when a
+//! task stops running, when the servers order the allocation stopped (before its tasks are
+//! killed, as Nomad deregisters), and when it is done.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,28 +42,23 @@ type CheckResult = (usize, usize, CheckStatus, String);
 
 impl AllocServicesRun {
     pub async fn run(mut self) {
-        // Registered once every task runs (a service is reachable only then).
-        let all_running = |s: &BTreeMap<String, TaskState>| {
-            s.len() == self.group.tasks.len() && s.values().all(|t| t.state == TaskRunState::Running)
-        };
-        if self.states.wait_for(all_running).await.is_err() {
-            return;
-        }
         let started = now();
         let mut registrations: Vec<ServiceRegistration> =
             self.group.services.iter().map(|s| self.registration(s, started)).collect();
-        self.report(&registrations);
+        // Which services are listed: a task's while it runs, a group's while every task does
+        // (a service is reachable only then); none once the servers ask for a stop.
+        let mut listed = vec![false; registrations.len()];
         let (results_tx, mut results) = mpsc::unbounded_channel::<CheckResult>();
         let mut probes = tokio::task::JoinSet::new();
         let mut counters = BTreeMap::new();
-        // A check's first result is reported even when it keeps the initial status, so the
-        // catalog says why a check is critical from the start.
-        let mut unreported = std::collections::BTreeSet::new();
         let mut restarters = BTreeMap::new();
+        // A check's first result while listed is reported even when it keeps the initial
+        // status, so the catalog says why a check is critical from the start.
+        let mut unreported = std::collections::BTreeSet::new();
+        // The run of its task each check asked to restart (its start time): asked once per run.
+        let mut restart_asked: BTreeMap<(usize, usize), Option<Timestamp>> = BTreeMap::new();
         for (s, service) in self.group.services.iter().enumerate() {
             for (c, check) in service.checks.iter().enumerate() {
-                counters.insert((s, c), CheckCounter::new(check));
-                unreported.insert((s, c));
                 if let Some(policy) = &check.check_restart {
                     restarters.insert((s, c), RestartCounter::new(policy.clone()));
                 }
@@ -77,14 +74,35 @@ impl AllocServicesRun {
             }
         }
         drop(results_tx);
+        let (mut stop, mut stop_seen) = (self.stop.clone(), false);
         loop {
+            let now_listed = self.listed();
+            if now_listed != listed {
+                for (s, (was, is)) in listed.iter().zip(&now_listed).enumerate() {
+                    if !was && *is {
+                        // Listed again (its task restarted): its checks start over.
+                        registrations[s] = self.registration(&self.group.services[s], now());
+                        for c in 0..self.group.services[s].checks.len() {
+                            counters.insert((s, c), CheckCounter::new(&self.group.services[s].checks[c]));
+                            unreported.insert((s, c));
+                        }
+                    }
+                }
+                listed = now_listed;
+                self.report(&registrations, &listed);
+            }
             tokio::select! {
                 changed = self.states.changed() => {
                     if changed.is_err() {
                         break;
                     }
                 }
+                // The servers' stop order: deregistered before the tasks are killed.
+                () = crate::runner::stop_requested(&mut stop), if !stop_seen => stop_seen = true,
                 Some((s, c, result, output)) = results.recv() => {
+                    if !listed[s] {
+                        continue;
+                    }
                     let Some(counter) = counters.get_mut(&(s, c)) else { continue };
                     let state = &mut registrations[s].checks[c];
                     let mut output = output;
@@ -92,22 +110,23 @@ impl AllocServicesRun {
                     let first = unreported.remove(&(s, c));
                     if let Some(status) = counter.observe(result) {
                         *state = CheckState { name: state.name.clone(), status, output, since: now() };
-                        self.report(&registrations);
+                        self.report(&registrations, &listed);
                     } else {
                         state.output = output;
                         if first {
-                            self.report(&registrations);
+                            self.report(&registrations, &listed);
                         }
                     }
                     let status = counter.status;
                     if let Some(restarter) = restarters.get_mut(&(s, c)) {
                         let task = self.restart_target(s, c);
-                        let since_start = self.since_start(&task);
-                        if restarter.observe(status, since_start) {
+                        let (since_start, run) = self.since_start(&task);
+                        let asked = restart_asked.get(&(s, c)).is_some_and(|asked| *asked == run);
+                        if restarter.observe(status, since_start) && !asked {
                             let check = &self.group.services[s].checks[c].name;
-                            let why = format!("check {check:?} unhealthy");
                             if let Some(restart) = task.and_then(|t| self.restarts.get(&t)) {
-                                let _ = restart.send(why);
+                                let _ = restart.send(format!("check {check:?} unhealthy"));
+                                restart_asked.insert((s, c), run);
                             }
                         }
                     }
@@ -116,12 +135,31 @@ impl AllocServicesRun {
         }
         probes.abort_all();
         // The allocation is done: its services leave the catalog.
-        self.report(&[]);
+        self.report(&registrations, &vec![false; registrations.len()]);
     }
 
-    fn report(&self, registrations: &[ServiceRegistration]) {
-        let report = AllocServices { alloc_id: self.owner.alloc_id.clone(), registrations: registrations.to_vec() };
-        let _ = self.reports.send(report);
+    /// Which services are listed now (see `run`).
+    fn listed(&self) -> Vec<bool> {
+        let states = self.states.borrow();
+        let runs = |task: &str| states.get(task).is_some_and(|t| t.state == TaskRunState::Running && !t.failed);
+        let stopping = *self.stop.borrow();
+        self.group
+            .services
+            .iter()
+            .map(|service| {
+                !stopping
+                    && match &service.task {
+                        Some(task) => runs(task),
+                        None => self.group.tasks.iter().all(|t| runs(&t.name)),
+                    }
+            })
+            .collect()
+    }
+
+    fn report(&self, registrations: &[ServiceRegistration], listed: &[bool]) {
+        let registrations =
+            registrations.iter().zip(listed).filter(|(_, listed)| **listed).map(|(r, _)| r.clone()).collect();
+        let _ = self.reports.send(AllocServices { alloc_id: self.owner.alloc_id.clone(), registrations });
     }
 
     /// The service's registration as it starts: its checks at their initial statuses.
@@ -191,11 +229,12 @@ impl AllocServicesRun {
         }
     }
 
-    /// How long the task has run since its last start (its grace is counted from then).
-    fn since_start(&self, task: &Option<String>) -> u64 {
+    /// How long the task has run since its last start (its grace is counted from then), and
+    /// that start (which names the run).
+    fn since_start(&self, task: &Option<String>) -> (u64, Option<Timestamp>) {
         let states = self.states.borrow();
         let started = task.as_ref().and_then(|t| states.get(t)).and_then(|s| s.started_at);
-        started.map_or(0, |at| now().0.saturating_sub(at.0))
+        (started.map_or(0, |at| now().0.saturating_sub(at.0)), started)
     }
 }
 

@@ -61,7 +61,9 @@ impl Supervisor {
                 events.push(e);
                 let _ = progress.send((name_now.clone(), pending(events.clone(), restarts)));
             };
-            // This run's own stop: the servers' stop order, or a restart request.
+            // This run's own stop: the servers' stop order, or a restart request. One asked for
+            // an earlier run (while it was being killed, or during the delay) is not this one's.
+            while self.restart.try_recv().is_ok() {}
             let (run_stop, run_stopped) = watch::channel(*self.stop.borrow());
             let run = TaskRun { owner: &self.owner, task: &task, dir: &self.dir, stop: &run_stopped };
             // What an earlier agent left is followed rather than started a second time.
@@ -467,6 +469,23 @@ mod tests {
         assert_eq!(*driver.recovers.lock().unwrap(), 0);
         assert!(driver.started_at_secs().is_empty());
         assert_eq!(kinds(states.last().unwrap()).last(), Some(&"Terminated"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restart_requests_made_for_an_earlier_run_do_not_stop_the_next() {
+        let driver = Scripted::long(&[0, 0], 100);
+        let running = supervise(driver.clone(), JobType::Service, policy(3, 600, 2, RestartMode::Fail));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // A check that stays critical asks again while the first run is killed.
+        for _ in 0..3 {
+            running.restart.send("check \"web\" unhealthy".into()).unwrap();
+        }
+        until(|| driver.started_at_secs().len() == 2).await;
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        assert_eq!(driver.started_at_secs(), vec![0, 12], "the second run is not stopped by the stale requests");
+        running.stop.send(true).unwrap();
+        let last = running.finish().await.pop().unwrap();
+        assert_eq!(last.restarts, 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -649,3 +649,60 @@ async fn privileged_containers_capabilities_and_devices_run_only_on_agents_that_
     agent.stop().await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_script_check_runs_inside_the_container() {
+    use helios_core::service::{AddressMode, Check, CheckKind, CheckStatus, Service};
+    let Some(docker) = engine().await else { return };
+    let sandbox = Sandbox::new(docker, "script", "docker-script", &["probed"]).await;
+    let cluster = TestCluster::start(1).await;
+    cluster.leader().await;
+    cluster.format_raised().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = start_agent(&cluster, "docker-script", dir.path()).await;
+    common::wait_status(&cluster, 1, "docker-script", "ready").await;
+    // The container writes a file only it has; one check reads it, the other a missing one.
+    let mut job = docker_job("probed", &sandbox.image, JobType::Service, "echo ready > /ready; sleep 600");
+    let script = |name: &str, command: &str| Check {
+        name: name.into(),
+        kind: CheckKind::Script {
+            task: Some("probed".into()),
+            command: "sh".into(),
+            args: vec!["-c".into(), command.into()],
+        },
+        port: None,
+        interval_ms: 1_000,
+        timeout_ms: 2_000,
+        initial_status: CheckStatus::Critical,
+        success_before_passing: 0,
+        failures_before_critical: 0,
+        check_restart: None,
+    };
+    job.task_groups[0].services = vec![Service {
+        name: "probed".into(),
+        task: Some("probed".into()),
+        port: None,
+        tags: Vec::new(),
+        meta: Default::default(),
+        address_mode: AddressMode::Auto,
+        checks: vec![script("ready", "cat /ready"), script("missing", "cat /missing || exit 2")],
+    }];
+    cluster.submit_job(1, &job).await;
+    let catalog = pb::service_catalog_client::ServiceCatalogClient::new(cluster.channel(1).await);
+    let checks = wait_for("both script checks answered", || {
+        let mut catalog = catalog.clone();
+        async move {
+            let request = pb::GetServiceRequest { name: "probed".into(), healthy_only: false };
+            let instance = catalog.get_service(request).await.ok()?.into_inner().instances.into_iter().next()?;
+            let answered = |c: &pb::CheckState| !c.output.is_empty();
+            (instance.checks.iter().all(answered) && instance.checks[0].status == "passing").then_some(instance.checks)
+        }
+    })
+    .await;
+    assert_eq!(checks[0].output, "exit 0: ready");
+    assert_eq!(checks[1].status, "critical");
+    assert!(checks[1].output.starts_with("exit 2:") && checks[1].output.contains("missing"), "{}", checks[1].output);
+    stop_and_clear(&cluster, &sandbox, "probed").await;
+    agent.stop().await;
+    cluster.shutdown().await;
+}

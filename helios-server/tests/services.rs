@@ -1,5 +1,5 @@
 //! Services and checks with real agents and real listeners in their tasks: registration in the
-//! catalog through Raft, http/tcp/grpc/script checks, `service info` listing the healthy
+//! catalog through Raft, http/tcp/grpc checks and script checks inside the task, `service info` listing the healthy
 //! instances, `check_restart`, and a rolling update held by a check that fails.
 
 mod common;
@@ -16,8 +16,8 @@ use helios_core::{ExecConfig, GroupPort, Job, JobType, TaskDriver};
 /// task directory, where it writes `health` first: a check of `/health` passes until the file
 /// is removed.
 fn web(name: &str, count: u32, checks: Vec<Check>) -> Job {
-    let script =
-        "echo ok > \"$NOMAD_TASK_DIR/health\" && exec busybox httpd -f -p \"$NOMAD_PORT_http\" -h \"$NOMAD_TASK_DIR\"";
+    // Also a file in its private /tmp, which only a command inside the task sees.
+    let script = "echo ok > \"$NOMAD_TASK_DIR/health\" && touch /tmp/serving && exec busybox httpd -f -p \"$NOMAD_PORT_http\" -h \"$NOMAD_TASK_DIR\"";
     let mut job = Job::exec(name, "/bin/sh", vec!["-c".into(), script.into()]);
     job.set_type(JobType::Service);
     let group = &mut job.task_groups[0];
@@ -103,19 +103,23 @@ async fn instances_register_with_their_checks_and_only_healthy_ones_are_listed_a
                 task: Some("shop".into()),
                 command: "/bin/sh".into(),
                 // Exit 1 would be a warning (Consul's reading): 2 is critical.
-                args: vec!["-c".into(), "test -f \"$NOMAD_TASK_DIR/health\" || exit 2".into()],
+                // Inside the task: its private /tmp, and its PID namespace (pid 1 is its init).
+                args: vec![
+                    "-c".into(),
+                    "test -f /tmp/serving && grep -qa task-init /proc/1/cmdline && test -f \"$NOMAD_TASK_DIR/health\" || exit 2"
+                        .into(),
+                ],
             },
         ),
     ];
-    cluster.submit_job(via, &web("shop", 2, checks)).await;
+    let mut job = web("shop", 2, checks);
+    job.task_groups[0].restart.delay_secs = 3;
+    cluster.submit_job(via, &job).await;
     let healthy = wait_for("two healthy instances", || async {
         let found = instances(&cluster, via, "shop-web", true).await;
         (found.len() == 2).then_some(found)
     })
     .await;
-    let mut nodes: Vec<&str> = healthy.iter().map(|i| i.node_id.as_str()).collect();
-    nodes.sort_unstable();
-    assert_eq!(nodes, ["a", "b"], "one per node (job anti-affinity)");
     for instance in &healthy {
         assert_eq!(instance.tags, ["v1"]);
         assert_eq!(instance.checks.len(), 3);
@@ -150,7 +154,27 @@ async fn instances_register_with_their_checks_and_only_healthy_ones_are_listed_a
     let only_healthy = instances(&cluster, via, "shop-web", true).await;
     assert_eq!(only_healthy.iter().map(|i| &i.alloc_id).collect::<Vec<_>>(), [&healthy[1].alloc_id]);
 
-    // Stopped: its instance leaves the catalog at once; the replacement registers.
+    // Its task is killed: while it waits to restart, the instance is not listed at all; once it
+    // runs again it registers again, and passes.
+    let killed = &healthy[1];
+    let pid_file = dir.path().join(&killed.node_id).join("allocs").join(&killed.alloc_id).join("shop/pid");
+    let pid = std::fs::read_to_string(&pid_file).expect("pid file");
+    let pid = pid.split_whitespace().next().expect("a pid").to_string();
+    let status = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+    assert!(status.expect("kill").success());
+    wait_for("the killed instance deregistered", || async {
+        let all = instances(&cluster, via, "shop-web", false).await;
+        all.iter().all(|i| i.alloc_id != killed.alloc_id).then_some(())
+    })
+    .await;
+    assert!(instances(&cluster, via, "shop-web", true).await.is_empty(), "the other one is the sick one");
+    wait_for("the restarted instance healthy again", || async {
+        let found = instances(&cluster, via, "shop-web", true).await;
+        found.iter().any(|i| i.alloc_id == killed.alloc_id).then_some(())
+    })
+    .await;
+
+    // Stopped: its instance leaves the catalog; the replacement registers.
     let mut allocs = pb::allocation_service_client::AllocationServiceClient::new(cluster.channel(via).await);
     allocs.stop_allocation(pb::StopAllocationRequest { id: sick.alloc_id.clone() }).await.expect("stop");
     wait_for("the stopped instance deregistered and replaced", || async {
@@ -239,8 +263,14 @@ async fn a_grpc_check_asks_a_real_server_in_the_task() {
         found.into_iter().find(|i| i.checks.iter().any(|c| c.name == "serving" && c.status == "passing"))
     })
     .await;
-    let missing = instance.checks.iter().find(|c| c.name == "missing").expect("missing");
-    assert_eq!(missing.status, "critical", "{}", missing.output);
+    let missing = wait_for("the missing service's answer", || async {
+        let found = instances(&cluster, via, "inner-web", false).await;
+        let check = found.into_iter().next()?.checks.into_iter().find(|c| c.name == "missing")?;
+        (!check.output.is_empty()).then_some(check)
+    })
+    .await;
+    assert_eq!(missing.status, "critical");
+    assert!(missing.output.contains("NotFound"), "the server answered: {}", missing.output);
     assert!(!instance.healthy);
     cluster.shutdown().await;
 }
@@ -274,22 +304,28 @@ async fn a_rolling_update_waits_for_the_new_versions_checks() {
         status.placement.contains("1 not healthy by their healthy_deadline").then_some(status)
     })
     .await;
+    // Wanted and running (the one replaced may still be stopping).
     let running = |s: &pb::GetJobStatusResponse, version: u64| {
-        s.allocations.iter().filter(|a| a.job_version == version && a.client_status == "running").count()
+        let wanted = |a: &&pb::Allocation| a.desired_status == "run" && a.client_status == "running";
+        s.allocations.iter().filter(|a| a.job_version == version).filter(wanted).count()
     };
     assert_eq!((running(&held, 0), running(&held, 1)), (2, 1), "{}", held.placement);
-    assert_eq!(instances(&cluster, via, "roll-web", true).await.len(), 2, "two healthy throughout");
+    assert_eq!(instances(&cluster, via, "roll-web", true).await.len(), 2, "two healthy while it is held");
     // The fix: version 2 replaces the unhealthy one first, then the rest in waves.
     let mut v2 = job.clone();
     v2.task_groups[0].tasks[0].env.insert("FIXED".into(), "1".into());
     cluster.submit_job(via, &v2).await;
-    wait_for("version 2 everywhere and healthy", || async {
+    // Wave by wave (each within the usual wait: a loaded machine slows every wave).
+    for placed in 1..=3 {
+        wait_for(&format!("{placed} of version 2 running"), || async {
+            (running(&cluster.job_status(via, "roll").await, 2) >= placed).then_some(())
+        })
+        .await;
+    }
+    wait_for("only version 2 wanted, all healthy", || async {
         let status = cluster.job_status(via, "roll").await;
-        let healthy = instances(&cluster, via, "roll-web", true).await.len();
-        (running(&status, 2) == 3
-            && status.allocations.iter().filter(|a| a.client_status == "running").count() == 3
-            && healthy == 3)
-            .then_some(())
+        let only_v2 = status.allocations.iter().all(|a| a.job_version == 2 || a.desired_status != "run");
+        (only_v2 && instances(&cluster, via, "roll-web", true).await.len() == 3).then_some(())
     })
     .await;
     cluster.shutdown().await;

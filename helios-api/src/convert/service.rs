@@ -45,6 +45,22 @@ fn non_empty(text: String) -> Option<String> {
 }
 
 fn check_from_pb(p: &mut Problems, at: &str, c: pb::Check) -> Check {
+    // A field of another type of check is refused, never dropped.
+    let check_type = c.r#type.as_str();
+    let set = [
+        ("path", !c.path.is_empty(), "http"),
+        ("method", !c.method.is_empty(), "http"),
+        ("headers", !c.headers.is_empty(), "http"),
+        ("grpc_service", !c.grpc_service.is_empty(), "grpc"),
+        ("script_task", !c.script_task.is_empty(), "script"),
+        ("command", !c.command.is_empty(), "script"),
+        ("args", !c.args.is_empty(), "script"),
+    ];
+    for (field, used, kind) in set {
+        if used && check_type != kind {
+            p.add(format!("{at}.{field}"), format!("is for {kind} checks, not {check_type:?}"));
+        }
+    }
     let kind = match c.r#type.as_str() {
         "http" => CheckKind::Http {
             path: c.path,

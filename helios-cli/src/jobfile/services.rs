@@ -147,13 +147,20 @@ impl ServiceSpec {
         if names.task.is_some() && self.task.is_some() {
             p.add(&format!("{at}.task"), "is for a group's service: a task's service belongs to its task");
         }
+        let scripts = self.check.iter().any(|c| c.check_type.as_deref() == Some("script") && c.task.is_none());
+        if names.task.is_none() && self.task.is_some() && !scripts {
+            p.add(
+                &format!("{at}.task"),
+                "names the task a group service's script checks run in, and this service has none (Consul Connect, its other use, is not available)",
+            );
+        }
         let name =
             self.name.as_deref().map_or_else(|| names.default_name(), |n| names.fill(p, &format!("{at}.name"), n));
         let mut checks: Vec<Check> = self
             .check
             .iter()
             .enumerate()
-            .map(|(k, c)| c.to_check(p, &format!("{at}.check[{k}]"), &name, self.check_restart.as_ref()))
+            .map(|(k, c)| c.to_check(p, &format!("{at}.check[{k}]"), (&name, names), self.check_restart.as_ref()))
             .collect();
         // A script check runs in the service's task: a task service's own, or the one a
         // group service names (unless the check names its own).
@@ -186,13 +193,22 @@ fn address_mode(p: &mut Problems, at: &str, text: &Option<String>) -> AddressMod
 }
 
 impl CheckSpec {
-    fn to_check(&self, p: &mut Problems, at: &str, service: &str, inherited: Option<&CheckRestartSpec>) -> Check {
+    fn to_check(
+        &self,
+        p: &mut Problems,
+        at: &str,
+        (service, names): (&str, &Names<'_>),
+        inherited: Option<&CheckRestartSpec>,
+    ) -> Check {
         let refuse = |p: &mut Problems, field: &str, why: &str| p.add(&format!("{at}.{field}"), why);
         if self.protocol.as_deref().is_some_and(|v| v != "http") {
             refuse(p, "protocol", "only \"http\": the agent's checks do not speak TLS");
         }
-        if self.grpc_use_tls == Some(true) || self.tls_skip_verify == Some(true) {
+        if self.grpc_use_tls == Some(true) {
             refuse(p, "grpc_use_tls", "the agent's checks do not speak TLS");
+        }
+        if self.tls_skip_verify == Some(true) {
+            refuse(p, "tls_skip_verify", "the agent's checks do not speak TLS");
         }
         if self.expose == Some(true) {
             refuse(p, "expose", "is for Consul Connect, which Helios does not have");
@@ -263,9 +279,21 @@ impl CheckSpec {
                 CheckStatus::Critical
             }),
         };
-        let restart = self.check_restart.as_ref().or(inherited);
+        // The check's own fields over the service's, as Nomad merges them.
+        let restart = match (&self.check_restart, inherited) {
+            (Some(own), Some(service)) => Some(CheckRestartSpec {
+                limit: own.limit.or(service.limit),
+                grace: own.grace.clone().or(service.grace.clone()),
+                ignore_warnings: own.ignore_warnings.or(service.ignore_warnings),
+            }),
+            (own, service) => own.clone().or(service.cloned()),
+        };
+        let restart = restart.as_ref();
         Check {
-            name: self.name.clone().unwrap_or_else(|| format!("service: {service:?} check")),
+            name: self
+                .name
+                .as_deref()
+                .map_or_else(|| format!("service: {service:?} check"), |n| names.fill(p, &format!("{at}.name"), n)),
             kind,
             port: self.port.clone(),
             interval_ms,

@@ -743,3 +743,28 @@ fn what_helios_cannot_do_for_a_service_is_refused_by_name() {
         file.notes
     );
 }
+
+#[test]
+fn a_checks_check_restart_merges_over_its_services_and_names_fill_in() {
+    let text = SERVICES
+        .replace("      tags     = [", "      check_restart {\n        limit = 2\n      }\n      tags = [")
+        .replace("          limit = 3\n          grace = \"30s\"", "          ignore_warnings = true")
+        .replace("name     = \"alive\"", "name     = \"${NOMAD_GROUP_NAME}-alive\"");
+    let job = parse(&text, Format::Hcl).unwrap_or_else(|e| panic!("{e:#}\n{text}")).job;
+    let web = &job.task_groups[0].services[0];
+    let merged = web.checks[0].check_restart.clone().expect("merged");
+    assert_eq!((merged.limit, merged.ignore_warnings), (2, true), "limit from the service, the rest from the check");
+    assert_eq!(web.checks[1].check_restart.as_ref().map(|r| r.limit), Some(2), "the service's alone");
+    assert_eq!(web.checks[1].name, "web-alive");
+    // A TLS field is refused under its own name.
+    let tls = SERVICES.replace("path     = \"/health\"", "path = \"/health\"\n tls_skip_verify = true");
+    let err = parse(&tls, Format::Hcl).err().expect("refused").to_string();
+    assert!(err.contains("check[0].tls_skip_verify: the agent's checks do not speak TLS"), "{err}");
+    // A group service's task only says where its script checks run: without any, refused.
+    let no_script = SERVICES
+        .replace("type     = \"script\"\n        task     = \"server\"", "type     = \"tcp\"")
+        .replace("        command  = \"/bin/true\"\n", "")
+        .replace("      provider = \"nomad\"", "      provider = \"nomad\"\n      task = \"server\"");
+    let err = parse(&no_script, Format::Hcl).err().expect("refused").to_string();
+    assert!(err.contains("group[0].service[0].task: names the task a group service's script checks run in"), "{err}");
+}

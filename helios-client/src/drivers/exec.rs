@@ -181,6 +181,7 @@ fn prepare(settings: &Settings, run: TaskRun<'_>, isolated: bool) -> Result<Laun
         task_dir: dirs.dir.clone(),
         exit_file: dirs.exit_file(),
         env_file: dirs.env_file(),
+        enter: None,
         command: std::iter::once(command).chain(args).collect(),
     };
     Ok(Launch { spec, limited, env, user, launcher })
@@ -332,9 +333,17 @@ pub(crate) async fn run_in_task(
     command: &[String],
     timeout: Duration,
 ) -> Result<(i32, String), String> {
-    use tokio::io::AsyncReadExt;
     static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let Launch { mut spec, launcher, .. } = prepare(settings, run, isolated).map_err(|(_, why)| why)?;
+    if isolated {
+        // Inside the running task: its init is the launcher's child.
+        let dirs = task_dir(run);
+        let launched = live_pid(&dirs.dir).ok_or("the task is not running")?;
+        let children =
+            std::fs::read_to_string(format!("/proc/{launched}/task/{launched}/children")).unwrap_or_default();
+        let init = children.split_whitespace().next().and_then(|p| p.parse().ok()).ok_or("the task is not running")?;
+        spec.enter = Some(init);
+    }
     let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     spec.exit_file = spec.task_dir.join(format!("check-{n}.exit"));
     spec.command = command.to_vec();
@@ -350,29 +359,28 @@ pub(crate) async fn run_in_task(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot run the task launcher {}: {e}", launcher.display()))?;
-    let pid = child.id().unwrap_or(0);
-    let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+    // The launcher leads the command's process group: killed whole on a timeout, or when the
+    // check is dropped (its allocation ended).
+    let mut group = KillGroupOnDrop(child.id().and_then(|pid| i32::try_from(pid).ok()));
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let finished = tokio::time::timeout(timeout, async {
-        let mut output = Vec::new();
-        if let Some(out) = stdout.as_mut() {
-            let _ = out.take(4096).read_to_end(&mut output).await;
-        }
-        if let Some(err) = stderr.as_mut() {
-            let _ = err.take(4096).read_to_end(&mut output).await;
-        }
+        // Both at once, to their end (what is past the first bytes is read and dropped), so a
+        // chatty command never blocks on a full pipe.
+        let (out, err) = tokio::join!(read_capped(stdout), read_capped(stderr));
         let _ = child.wait().await;
-        output
+        [out, err].concat()
     })
     .await;
     let ending = Ending::read(&spec.exit_file);
     let _ = std::fs::remove_file(&spec.exit_file);
     let output = match finished {
-        Ok(output) => String::from_utf8_lossy(&output).into_owned(),
+        Ok(output) => {
+            // Ended (and reaped): its group id may be reused now.
+            group.0 = None;
+            String::from_utf8_lossy(&output).into_owned()
+        }
         Err(_) => {
-            // The launcher leads the command's process group.
-            if let Ok(pid) = i32::try_from(pid) {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            }
+            drop(group);
             return Err(format!("timed out after {timeout:?}"));
         }
     };
@@ -382,4 +390,30 @@ pub(crate) async fn run_in_task(
         Some(Ending::NotStarted(why)) => Err(why),
         None => Err(format!("the launcher did not say how the command ended: {}", output.trim())),
     }
+}
+
+/// Kills a process group (SIGKILL) when dropped.
+struct KillGroupOnDrop(Option<i32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// A pipe read to its end, keeping the first 4 KiB.
+async fn read_capped(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let (mut kept, mut buf) = (Vec::new(), [0u8; 4096]);
+    let Some(mut pipe) = pipe else { return kept };
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = 4096usize.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    kept
 }

@@ -180,9 +180,10 @@ impl Slots<'_> {
     }
 
     /// How many of a service group's `outdated` allocations (of an older version) are replaced
-    /// now with a rolling `update` (the first ones of `outdated`, which it reorders): those not
-    /// healthy (replacing them takes nothing healthy down: an earlier version's whose check never
-    /// passed), then as many as keep at least `count - max_parallel` of the group healthy
+    /// now with a rolling `update` (the first ones of `outdated`, which it reorders): those
+    /// unhealthy (replacing them takes nothing healthy down: an earlier version's whose check
+    /// never passed), as many as `max_parallel` leaves beside the new version's allocations not
+    /// healthy yet, then as many as keep at least `count - max_parallel` of the group healthy
     /// (Nomad's rule). A new allocation that is not healthy, cannot be placed or failed holds the
     /// rollout until it is (a failed one is rescheduled by the group's policy). Without a rolling
     /// update, all of them. Also returns how many healthy ones that leaves.
@@ -204,7 +205,14 @@ impl Slots<'_> {
         let unhealthy = |a: &Allocation| rule.health(a, self.now, checks(a)) == Health::Unhealthy;
         // Stable: the unhealthy first, each part in its order.
         outdated.sort_by_key(|a| !unhealthy(a));
-        let not_healthy = outdated.iter().take_while(|a| unhealthy(a)).count();
+        // Within max_parallel, with the new version's allocations not healthy yet.
+        let in_flight = mine
+            .iter()
+            .filter(|a| a.job_version == self.job.version && is_live(a))
+            .filter(|a| rule.health(a, self.now, checks(a)) != Health::Healthy)
+            .count();
+        let budget = (update.max_parallel as usize).saturating_sub(in_flight);
+        let not_healthy = outdated.iter().take_while(|a| unhealthy(a)).count().min(budget);
         let wave = (not_healthy + healthy.saturating_sub(floor)).min(outdated.len());
         if wave == 0 {
             let new: Vec<&&Allocation> = mine.iter().filter(|a| a.job_version == self.job.version).collect();

@@ -269,7 +269,11 @@ fn describe_placement(
     }
     if desired > 0 && running >= desired {
         // Older versions still serve: a rolling update, going on or held (the evaluation says why).
-        let older = running - running_current;
+        let older = allocs
+            .iter()
+            .filter(|a| a.job_version != job.version && a.desired_status == helios_core::AllocDesiredStatus::Run)
+            .filter(|a| a.job_name == job.name && a.client_status == AllocClientStatus::Running)
+            .count();
         let held = latest_eval.map(|e| e.failed_placements.values().cloned().collect::<Vec<_>>()).unwrap_or_default();
         let why = if held.is_empty() { String::new() } else { format!("; {}", held.join("; ")) };
         return format!(

@@ -8,7 +8,7 @@ use helios_api::pb;
 use helios_api::pb::service_catalog_server::ServiceCatalog;
 use helios_core::acl::Capability;
 use helios_core::service::Service;
-use helios_core::{AllocClientStatus, Allocation, Job};
+use helios_core::{AllocClientStatus, AllocDesiredStatus, Allocation, Job};
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
@@ -26,7 +26,12 @@ fn instances(txn: &redb::ReadTransaction, name: Option<&str>) -> read::Result<Ve
     let mut out = Vec::new();
     let running = read::allocations(txn, None, None)?
         .into_iter()
-        .filter(|a: &Allocation| a.client_status == AllocClientStatus::Running && !a.services.is_empty());
+        // One the servers ordered stopped leaves the catalog at once, before its agent kills it.
+        .filter(|a: &Allocation| {
+            a.client_status == AllocClientStatus::Running
+                && a.desired_status == AllocDesiredStatus::Run
+                && !a.services.is_empty()
+        });
     for alloc in running {
         let key = (alloc.job_name.clone(), alloc.job_version);
         if !jobs.contains_key(&key) {
