@@ -66,7 +66,7 @@ pub async fn run(servers: &Servers, command: ServiceCommand) -> Result<()> {
             let mut table = Table::new(&["ALLOCATION", "JOB", "NODE", "ADDRESS", "TAGS", "HEALTH"]);
             for i in &reply.instances {
                 table.row(vec![
-                    i.alloc_id.chars().take(8).collect(),
+                    crate::alloc::short(&i.alloc_id),
                     i.job_name.clone(),
                     i.node_id.clone(),
                     format!("{}:{}", i.address, i.port),
