@@ -1,5 +1,5 @@
 //! Day-two commands with the real binaries: scaling a job, stopping one allocation, reading a
-//! job's history and its stored spec.
+//! job's history and its stored spec, reverting to an older version.
 
 mod common;
 
@@ -71,6 +71,23 @@ fn scale_alloc_stop_history_and_inspect() {
     assert_eq!(out, "Job \"svc\" unchanged (version 1); nothing to do\n");
     let (_, first, _) = cluster.cli(&["job", "inspect", "svc", "--version", "0"]);
     assert!(first.contains("\"count\": 1"), "{first}");
+
+    // Revert: an older version's spec again, as the next version, watched as job run is.
+    let (code, out, err) = cluster.cli(&["job", "revert", "svc", "0"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("Job \"svc\" reverted to version 0: now version 2, evaluation "), "{out}");
+    assert!(out.ends_with("==> All 1 allocation(s) of version 2 are running\n"), "{out}");
+    let (code, _, err) = cluster.cli(&["job", "revert", "svc", "1", "--enforce-prior-version", "1"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("job \"svc\" is at version 2, not 1 (enforce_prior_version)"), "{err}");
+    let (_, _, err) = cluster.cli(&["job", "revert", "svc", "2"]);
+    assert!(err.contains("version 2 is the current version of job \"svc\""), "{err}");
+    let (_, _, err) = cluster.cli(&["job", "revert", "svc", "9"]);
+    assert!(err.contains("job \"svc\" has no version 9 (kept: 0, 1, 2)"), "{err}");
+    let (code, out, err) = cluster.cli(&["job", "revert", "svc", "1", "--enforce-prior-version", "2"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.ends_with("==> All 2 allocation(s) of version 3 are running\n"), "{out}");
+    assert!(cluster.cli(&["job", "inspect", "svc"]).1.contains("\"count\": 2"));
 
     // Nodes: eligibility, then a drain that moves the work away (nowhere to go here) and back.
     let (_, out, _) = cluster.cli(&["node", "eligibility", "n1", "--disable"]);

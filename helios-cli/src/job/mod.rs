@@ -78,6 +78,19 @@ pub enum JobCommand {
         #[arg(short = 'd', long)]
         detach: bool,
     },
+    /// Submit an older version's spec again, as the next version (Nomad's `job revert`); watch
+    /// it as `job run` does.
+    Revert {
+        name: String,
+        /// The version to go back to (`job history` lists those kept).
+        version: u64,
+        /// Only if the job is still at this version (another change meanwhile refuses it).
+        #[arg(long)]
+        enforce_prior_version: Option<u64>,
+        /// Return at once instead of watching the change settle.
+        #[arg(short = 'd', long)]
+        detach: bool,
+    },
     /// Stop a job's allocations; the job stays visible (use --purge to forget it).
     Stop {
         name: String,
@@ -238,6 +251,9 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<std::process:
             done(submit(servers, job, args.detach, expected).await)
         }
         JobCommand::Scale { name, group, count, detach } => done(scale(servers, &name, &group, count, detach).await),
+        JobCommand::Revert { name, version, enforce_prior_version, detach } => {
+            done(revert(servers, &name, version, enforce_prior_version, detach).await)
+        }
         JobCommand::Plan { file, verbose, output: Output { json } } => {
             match plan::plan(servers, &file, verbose, json).await {
                 Ok(code) => Ok(code),
@@ -264,6 +280,36 @@ async fn scale(servers: &Servers, name: &str, group: &str, count: u32, detach: b
     target.count = count;
     let expected = counted(&job);
     submit(servers, job, detach, expected).await
+}
+
+/// Submits version `version` of the job again (the servers copy it), then watches it.
+async fn revert(
+    servers: &Servers,
+    name: &str,
+    version: u64,
+    enforce_prior_version: Option<u64>,
+    detach: bool,
+) -> Result<()> {
+    let mut jobs = client(servers.connect().await?);
+    let request = pb::RevertJobRequest { name: name.to_string(), version, enforce_prior_version };
+    let reply = jobs.revert_job(request).await.map_err(status_error)?.into_inner();
+    if !reply.changed {
+        println!("Job {name:?} already runs the spec of version {version} (version {}); nothing to do", reply.version);
+        return Ok(());
+    }
+    println!(
+        "Job {name:?} reverted to version {version}: now version {}, evaluation {}",
+        reply.version,
+        short(&reply.eval_id)
+    );
+    if detach {
+        return Ok(());
+    }
+    let stored = jobs.get_job(pb::GetJobRequest { name: name.to_string() }).await.map_err(status_error)?;
+    let stored = stored.into_inner().job.ok_or_else(|| anyhow!("the server returned no job"))?;
+    let job = helios_api::convert::job_from_pb(stored).map_err(|e| anyhow!("cannot read job {name:?}: {e}"))?;
+    let expected = counted(&job);
+    monitor::watch(&mut jobs, name, reply.version, &reply.eval_id, &job, expected).await
 }
 
 /// How many allocations `job` asks for, when that does not depend on the nodes (not a system
@@ -293,7 +339,11 @@ pub async fn submit(servers: &Servers, job: Job, detach: bool, expected: Option<
 pub async fn run_query(servers: &Servers, command: JobCommand) -> Result<()> {
     let mut jobs = client(servers.connect().await?);
     match command {
-        JobCommand::Run(_) | JobCommand::Validate { .. } | JobCommand::Plan { .. } | JobCommand::Scale { .. } => {
+        JobCommand::Run(_)
+        | JobCommand::Validate { .. }
+        | JobCommand::Plan { .. }
+        | JobCommand::Scale { .. }
+        | JobCommand::Revert { .. } => {
             unreachable!("handled by `run`")
         }
         JobCommand::History { name, output: Output { json } } => history::history(&mut jobs, &name, json).await?,

@@ -23,6 +23,18 @@ pub struct Jobs {
     pub cluster: Cluster,
 }
 
+impl Jobs {
+    /// Registers `job` as submitted now, with an evaluation for it.
+    async fn register(&self, mut job: Job) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let now = now();
+        job.submitted_at = now;
+        let eval = Evaluation::new(new_id(), &job.name, job.priority, EvalTrigger::JobRegister, now);
+        let (index, JobRegistered { version, changed, eval_id }) =
+            self.cluster.propose(Command::RegisterJob { job, eval }).await.map_err(cluster_status)?;
+        Ok(Response::new(pb::SubmitJobResponse { version, changed, eval_id: eval_id.unwrap_or_default(), index }))
+    }
+}
+
 /// A plan counted per task group, for `job plan`. Groups of the new spec come first, in order,
 /// then any group the new spec removes.
 fn plan_summary(
@@ -101,13 +113,43 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         authorize(&self.cluster, &request, Capability::SubmitJob).await?;
         let pb_job = request.into_inner().job.ok_or_else(|| invalid("job", "must be set"))?;
-        let mut job = job_from_pb(pb_job).map_err(|e| helios_api::invalid_argument(&e))?;
-        let now = now();
-        job.submitted_at = now;
-        let eval = Evaluation::new(new_id(), &job.name, job.priority, EvalTrigger::JobRegister, now);
-        let (index, JobRegistered { version, changed, eval_id }) =
-            self.cluster.propose(Command::RegisterJob { job, eval }).await.map_err(cluster_status)?;
-        Ok(Response::new(pb::SubmitJobResponse { version, changed, eval_id: eval_id.unwrap_or_default(), index }))
+        let job = job_from_pb(pb_job).map_err(|e| helios_api::invalid_argument(&e))?;
+        self.register(job).await
+    }
+
+    async fn revert_job(
+        &self,
+        request: Request<pb::RevertJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        let req = request.into_inner();
+        require_job_name("name", &req.name)?;
+        let lookup = req.name.clone();
+        let versions = self.cluster.read(move |txn| read::job_versions(txn, &lookup)).await.map_err(cluster_status)?;
+        let current = versions.iter().map(|j| j.version).max().ok_or_else(|| job_not_found(&req.name))?;
+        if req.enforce_prior_version.is_some_and(|prior| prior != current) {
+            let prior = req.enforce_prior_version.unwrap_or_default();
+            return Err(Status::failed_precondition(format!(
+                "job {:?} is at version {current}, not {prior} (enforce_prior_version)",
+                req.name
+            )));
+        }
+        if req.version == current {
+            let why = format!("version {current} is the current version of job {:?}", req.name);
+            return Err(Status::failed_precondition(why));
+        }
+        let kept: Vec<String> = versions.iter().map(|j| j.version.to_string()).collect();
+        let Some(mut job) = versions.into_iter().find(|j| j.version == req.version) else {
+            return Err(Status::not_found(format!(
+                "job {:?} has no version {} (kept: {})",
+                req.name,
+                req.version,
+                kept.join(", ")
+            )));
+        };
+        // Its spec, submitted again: the state machine numbers the new version.
+        job.stopped = false;
+        self.register(job).await
     }
 
     async fn plan_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::PlanJobResponse>, Status> {
