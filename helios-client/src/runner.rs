@@ -148,6 +148,13 @@ impl Runners {
             let done = self.done_tx.clone();
             meta.extend(group.meta.clone());
             let host_ports: Vec<u16> = alloc.host_ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect();
+            // What an earlier agent registered: the checks of a task it adopts go on from there.
+            let registered = pb::AllocServices { alloc_id: alloc.id.clone(), registrations: alloc.services.clone() };
+            let registered = helios_api::convert::alloc_services_from_pb(vec![registered])
+                .ok()
+                .and_then(|mut r| r.pop())
+                .map(|r| r.registrations)
+                .unwrap_or_default();
             let owner = Owner {
                 dynamic_ports: group.assigned_dynamic_ports(&host_ports),
                 group_ports: group.assigned_group_ports(&host_ports),
@@ -161,7 +168,9 @@ impl Runners {
             };
             let drivers = self.drivers.clone();
             self.tasks.spawn(async move {
-                run_allocation(owner, &drivers, job_type, group, dir, stop_rx, reports).await;
+                let (reports, service_reports) = reports;
+                let reporting = (reports, service_reports, registered);
+                run_allocation(owner, &drivers, job_type, group, dir, stop_rx, reporting).await;
                 let _ = done.send(alloc.id);
             });
         }
@@ -230,7 +239,13 @@ async fn run_allocation(
     group: TaskGroup,
     dir: PathBuf,
     stop: watch::Receiver<bool>,
-    (reports, service_reports): (Reports, crate::services::ServiceReports),
+    // Where its tasks' and its services' states are reported, and what an earlier agent
+    // registered for its services.
+    (reports, service_reports, registered): (
+        Reports,
+        crate::services::ServiceReports,
+        Vec<helios_core::service::ServiceRegistration>,
+    ),
 ) {
     let report = |status: AllocClientStatus, description: String, states: BTreeMap<String, TaskState>| {
         let _ = reports.send(AllocUpdate {
@@ -281,6 +296,7 @@ async fn run_allocation(
             stop: stop.clone(),
             restarts,
             reports: service_reports,
+            registered,
         };
         supervisors.spawn(run.run());
     }

@@ -35,6 +35,9 @@ pub(crate) struct AllocServicesRun {
     /// Restart requests, per task (`check_restart`).
     pub restarts: BTreeMap<String, mpsc::UnboundedSender<String>>,
     pub reports: ServiceReports,
+    /// What an earlier agent registered for the allocation (the servers' copy): a service whose
+    /// tasks this agent adopted still running keeps its checks' statuses.
+    pub registered: Vec<ServiceRegistration>,
 }
 
 /// One check's result, by (service, check) index.
@@ -80,11 +83,22 @@ impl AllocServicesRun {
             if now_listed != listed {
                 for (s, (was, is)) in listed.iter().zip(&now_listed).enumerate() {
                     if !was && *is {
-                        // Listed again (its task restarted): its checks start over.
+                        // Listed (again, once its task restarted): its checks start over, unless
+                        // an earlier agent registered them for the run this agent adopted.
                         registrations[s] = self.registration(&self.group.services[s], now());
-                        for c in 0..self.group.services[s].checks.len() {
-                            counters.insert((s, c), CheckCounter::new(&self.group.services[s].checks[c]));
-                            unreported.insert((s, c));
+                        let adopted = self.adopted_registration(s);
+                        for (c, check) in self.group.services[s].checks.iter().enumerate() {
+                            let kept = adopted.as_ref().and_then(|r| r.checks.iter().find(|k| k.name == check.name));
+                            match kept {
+                                Some(kept) => {
+                                    counters.insert((s, c), CheckCounter::resumed(check, kept.status));
+                                    registrations[s].checks[c] = kept.clone();
+                                }
+                                None => {
+                                    counters.insert((s, c), CheckCounter::new(check));
+                                    unreported.insert((s, c));
+                                }
+                            }
                         }
                     }
                 }
@@ -136,6 +150,28 @@ impl AllocServicesRun {
         probes.abort_all();
         // The allocation is done: its services leave the catalog.
         self.report(&registrations, &vec![false; registrations.len()]);
+    }
+
+    /// The registration an earlier agent made for service `s`, when every task it depends on is
+    /// a run this agent adopted (not one it started: a new run's checks start over).
+    fn adopted_registration(&self, s: usize) -> Option<ServiceRegistration> {
+        let service = &self.group.services[s];
+        let states = self.states.borrow();
+        let adopted = |task: &str| {
+            let last_start =
+                states.get(task)?.events.iter().rev().find(|e| e.kind == "Started" || e.kind == "Adopted")?;
+            Some(last_start.kind == "Adopted")
+        };
+        let all_adopted = match &service.task {
+            Some(task) => adopted(task) == Some(true),
+            None => self.group.tasks.iter().all(|t| adopted(&t.name) == Some(true)),
+        };
+        if !all_adopted {
+            return None;
+        }
+        let registered = self.registered.iter().find(|r| r.service == service.name && r.task == service.task)?;
+        let address = self.registration(service, Timestamp(0));
+        (registered.address == address.address && registered.port == address.port).then(|| registered.clone())
     }
 
     /// Which services are listed now (see `run`).

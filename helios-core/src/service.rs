@@ -208,6 +208,12 @@ impl CheckCounter {
         }
     }
 
+    /// Goes on from `status`, which an earlier agent's counter reached for the same run of the
+    /// task (the counts in a row start again).
+    pub fn resumed(check: &Check, status: CheckStatus) -> CheckCounter {
+        CheckCounter { status, ..CheckCounter::new(check) }
+    }
+
     /// Takes one result; returns the new status when it changed.
     pub fn observe(&mut self, result: CheckStatus) -> Option<CheckStatus> {
         let next = match result {

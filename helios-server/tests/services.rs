@@ -330,3 +330,40 @@ async fn a_rolling_update_waits_for_the_new_versions_checks() {
     .await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_keeps_its_adopted_instances_healthy() {
+    let (cluster, via) = raised_cluster().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let first = agent(&cluster, "a", dir.path(), 0).await;
+    // Five passes in a row before passing: an instance registered afresh is critical for 4 s.
+    let mut check = http_check();
+    check.success_before_passing = 5;
+    cluster.submit_job(via, &web("keep", 1, vec![check])).await;
+    let before = wait_for("a healthy instance", || async {
+        instances(&cluster, via, "keep-web", true).await.into_iter().next()
+    })
+    .await;
+    let since = before.checks[0].since_ms;
+    first.stop().await;
+    let _second = agent(&cluster, "a", dir.path(), 0).await;
+    // Sampled from the restart until 6 s after the new agent adopted the task: healthy with
+    // the same check state throughout (a fresh registration would be critical for 4 s).
+    let mut adopted_at = None;
+    while adopted_at.is_none_or(|at: tokio::time::Instant| at.elapsed() < std::time::Duration::from_secs(6)) {
+        let found = instances(&cluster, via, "keep-web", false).await;
+        let instance = found.first().expect("still registered");
+        assert!(instance.healthy && instance.checks[0].since_ms == since, "{:?}", instance.checks);
+        if adopted_at.is_none() {
+            let status = cluster.job_status(via, "keep").await;
+            let adopted = status
+                .allocations
+                .iter()
+                .any(|a| a.task_states.get("keep").is_some_and(|t| t.events.iter().any(|e| e.kind == "Adopted")));
+            adopted_at = adopted.then(tokio::time::Instant::now);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    cluster.shutdown().await;
+}
