@@ -43,67 +43,42 @@ pub(crate) struct AllocServicesRun {
 /// One check's result, by (service, check) index.
 type CheckResult = (usize, usize, CheckStatus, String);
 
+/// A check of the allocation: (service, check) indexes.
+type CheckAt = (usize, usize);
+
+/// What the allocation's checks have made of its registrations so far.
+struct Book {
+    registrations: Vec<ServiceRegistration>,
+    /// Which services are listed: a task's while it runs, a group's while every task does (a
+    /// service is reachable only then); none once the servers ask for a stop.
+    listed: Vec<bool>,
+    counters: BTreeMap<CheckAt, CheckCounter>,
+    restarters: BTreeMap<CheckAt, RestartCounter>,
+    /// Checks whose first result while listed is reported even when it keeps the initial
+    /// status, so the catalog says why a check is critical from the start.
+    unreported: std::collections::BTreeSet<CheckAt>,
+    /// The run of its task (its start time) each check asked to restart: asked once per run.
+    restart_asked: BTreeMap<CheckAt, Option<Timestamp>>,
+}
+
 impl AllocServicesRun {
     pub async fn run(mut self) {
         let started = now();
-        let mut registrations: Vec<ServiceRegistration> =
+        let registrations: Vec<ServiceRegistration> =
             self.group.services.iter().map(|s| self.registration(s, started)).collect();
-        // Which services are listed: a task's while it runs, a group's while every task does
-        // (a service is reachable only then); none once the servers ask for a stop.
-        let mut listed = vec![false; registrations.len()];
-        let (results_tx, mut results) = mpsc::unbounded_channel::<CheckResult>();
-        let mut probes = tokio::task::JoinSet::new();
-        let mut counters = BTreeMap::new();
-        let mut restarters = BTreeMap::new();
-        // A check's first result while listed is reported even when it keeps the initial
-        // status, so the catalog says why a check is critical from the start.
-        let mut unreported = std::collections::BTreeSet::new();
-        // The run of its task each check asked to restart (its start time): asked once per run.
-        let mut restart_asked: BTreeMap<(usize, usize), Option<Timestamp>> = BTreeMap::new();
-        for (s, service) in self.group.services.iter().enumerate() {
-            for (c, check) in service.checks.iter().enumerate() {
-                if let Some(policy) = &check.check_restart {
-                    restarters.insert((s, c), RestartCounter::new(policy.clone()));
-                }
-                let probe = Probe {
-                    check: check.clone(),
-                    address: registrations[s].address.clone(),
-                    port: self.port_of(check.port.as_ref().or(service.port.as_ref()), service.task.as_deref()),
-                    script_task: self.script_task(check),
-                    index: (s, c),
-                    results: results_tx.clone(),
-                };
-                probes.spawn(probe.run(self.drivers.clone(), self.owner.clone(), self.dir.clone(), self.stop.clone()));
-            }
-        }
-        drop(results_tx);
+        let mut book = Book {
+            listed: vec![false; registrations.len()],
+            registrations,
+            counters: BTreeMap::new(),
+            restarters: BTreeMap::new(),
+            unreported: Default::default(),
+            restart_asked: BTreeMap::new(),
+        };
+        let (mut probes, mut results) = self.start_probes(&mut book);
         let (mut stop, mut stop_seen) = (self.stop.clone(), false);
         loop {
-            let now_listed = self.listed();
-            if now_listed != listed {
-                for (s, (was, is)) in listed.iter().zip(&now_listed).enumerate() {
-                    if !was && *is {
-                        // Listed (again, once its task restarted): its checks start over, unless
-                        // an earlier agent registered them for the run this agent adopted.
-                        registrations[s] = self.registration(&self.group.services[s], now());
-                        let adopted = self.adopted_registration(s);
-                        for (c, check) in self.group.services[s].checks.iter().enumerate() {
-                            let kept = adopted.as_ref().and_then(|r| r.checks.iter().find(|k| k.name == check.name));
-                            match kept {
-                                Some(kept) => {
-                                    counters.insert((s, c), CheckCounter::resumed(check, kept.status));
-                                    registrations[s].checks[c] = kept.clone();
-                                }
-                                None => {
-                                    counters.insert((s, c), CheckCounter::new(check));
-                                    unreported.insert((s, c));
-                                }
-                            }
-                        }
-                    }
-                }
-                listed = now_listed;
-                self.report(&registrations, &listed);
+            if self.relist(&mut book) {
+                self.report(&book);
             }
             tokio::select! {
                 changed = self.states.changed() => {
@@ -113,43 +88,99 @@ impl AllocServicesRun {
                 }
                 // The servers' stop order: deregistered before the tasks are killed.
                 () = crate::runner::stop_requested(&mut stop), if !stop_seen => stop_seen = true,
-                Some((s, c, result, output)) = results.recv() => {
-                    if !listed[s] {
-                        continue;
-                    }
-                    let Some(counter) = counters.get_mut(&(s, c)) else { continue };
-                    let state = &mut registrations[s].checks[c];
-                    let mut output = output;
-                    truncate(&mut output);
-                    let first = unreported.remove(&(s, c));
-                    if let Some(status) = counter.observe(result) {
-                        *state = CheckState { name: state.name.clone(), status, output, since: now() };
-                        self.report(&registrations, &listed);
-                    } else {
-                        state.output = output;
-                        if first {
-                            self.report(&registrations, &listed);
-                        }
-                    }
-                    let status = counter.status;
-                    if let Some(restarter) = restarters.get_mut(&(s, c)) {
-                        let task = self.restart_target(s, c);
-                        let (since_start, run) = self.since_start(&task);
-                        let asked = restart_asked.get(&(s, c)).is_some_and(|asked| *asked == run);
-                        if restarter.observe(status, since_start) && !asked {
-                            let check = &self.group.services[s].checks[c].name;
-                            if let Some(restart) = task.and_then(|t| self.restarts.get(&t)) {
-                                let _ = restart.send(format!("check {check:?} unhealthy"));
-                                restart_asked.insert((s, c), run);
-                            }
-                        }
-                    }
-                }
+                Some(result) = results.recv() => self.take(&mut book, result),
             }
         }
         probes.abort_all();
         // The allocation is done: its services leave the catalog.
-        self.report(&registrations, &vec![false; registrations.len()]);
+        book.listed.fill(false);
+        self.report(&book);
+    }
+
+    /// One probe per check, each sending its results.
+    fn start_probes(&self, book: &mut Book) -> (tokio::task::JoinSet<()>, mpsc::UnboundedReceiver<CheckResult>) {
+        let (results_tx, results) = mpsc::unbounded_channel::<CheckResult>();
+        let mut probes = tokio::task::JoinSet::new();
+        for (s, service) in self.group.services.iter().enumerate() {
+            for (c, check) in service.checks.iter().enumerate() {
+                if let Some(policy) = &check.check_restart {
+                    book.restarters.insert((s, c), RestartCounter::new(policy.clone()));
+                }
+                let probe = Probe {
+                    check: check.clone(),
+                    address: book.registrations[s].address.clone(),
+                    port: self.port_of(check.port.as_ref().or(service.port.as_ref()), service.task.as_deref()),
+                    script_task: self.script_task(check),
+                    index: (s, c),
+                    results: results_tx.clone(),
+                };
+                probes.spawn(probe.run(self.drivers.clone(), self.owner.clone(), self.dir.clone(), self.stop.clone()));
+            }
+        }
+        (probes, results)
+    }
+
+    /// Lists and unlists services as their tasks run or stop; true when that changed anything.
+    /// A service listed (again, once its task restarted) starts its checks over, unless an
+    /// earlier agent registered them for the run this agent adopted.
+    fn relist(&self, book: &mut Book) -> bool {
+        let now_listed = self.listed();
+        if now_listed == book.listed {
+            return false;
+        }
+        for (s, (was, is)) in book.listed.iter().zip(&now_listed).enumerate() {
+            if *was || !*is {
+                continue;
+            }
+            book.registrations[s] = self.registration(&self.group.services[s], now());
+            let adopted = self.adopted_registration(s);
+            for (c, check) in self.group.services[s].checks.iter().enumerate() {
+                match adopted.as_ref().and_then(|r| r.checks.iter().find(|k| k.name == check.name)) {
+                    Some(kept) => {
+                        book.counters.insert((s, c), CheckCounter::resumed(check, kept.status));
+                        book.registrations[s].checks[c] = kept.clone();
+                    }
+                    None => {
+                        book.counters.insert((s, c), CheckCounter::new(check));
+                        book.unreported.insert((s, c));
+                    }
+                }
+            }
+        }
+        book.listed = now_listed;
+        true
+    }
+
+    /// A check's result: reported when its status changes (or it is the first since listed),
+    /// and its task restarted when `check_restart` says so.
+    fn take(&self, book: &mut Book, (s, c, result, mut output): CheckResult) {
+        if !book.listed[s] {
+            return;
+        }
+        let Some(counter) = book.counters.get_mut(&(s, c)) else { return };
+        truncate(&mut output);
+        let first = book.unreported.remove(&(s, c));
+        let state = &mut book.registrations[s].checks[c];
+        let changed = counter.observe(result);
+        let status = counter.status;
+        match changed {
+            Some(status) => *state = CheckState { name: state.name.clone(), status, output, since: now() },
+            None => state.output = output,
+        }
+        if changed.is_some() || first {
+            self.report(book);
+        }
+        let Some(restarter) = book.restarters.get_mut(&(s, c)) else { return };
+        let task = self.restart_target(s, c);
+        let (since_start, run) = self.since_start(&task);
+        let asked = book.restart_asked.get(&(s, c)).is_some_and(|asked| *asked == run);
+        if restarter.observe(status, since_start) && !asked {
+            let check = &self.group.services[s].checks[c].name;
+            if let Some(restart) = task.and_then(|t| self.restarts.get(&t)) {
+                let _ = restart.send(format!("check {check:?} unhealthy"));
+                book.restart_asked.insert((s, c), run);
+            }
+        }
     }
 
     /// The registration an earlier agent made for service `s`, when every task it depends on is
@@ -174,7 +205,7 @@ impl AllocServicesRun {
         (registered.address == address.address && registered.port == address.port).then(|| registered.clone())
     }
 
-    /// Which services are listed now (see `run`).
+    /// Which services are listed now (see `Book::listed`).
     fn listed(&self) -> Vec<bool> {
         let states = self.states.borrow();
         let runs = |task: &str| states.get(task).is_some_and(|t| t.state == TaskRunState::Running && !t.failed);
@@ -192,9 +223,10 @@ impl AllocServicesRun {
             .collect()
     }
 
-    fn report(&self, registrations: &[ServiceRegistration], listed: &[bool]) {
-        let registrations =
-            registrations.iter().zip(listed).filter(|(_, listed)| **listed).map(|(r, _)| r.clone()).collect();
+    /// Sends the listed services' registrations (replacing what the servers had).
+    fn report(&self, book: &Book) {
+        let listed = book.registrations.iter().zip(&book.listed).filter(|(_, listed)| **listed);
+        let registrations = listed.map(|(r, _)| r.clone()).collect();
         let _ = self.reports.send(AllocServices { alloc_id: self.owner.alloc_id.clone(), registrations });
     }
 
