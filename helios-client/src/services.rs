@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use helios_core::service::{
     AllocServices, Check, CheckCounter, CheckKind, CheckState, CheckStatus, RestartCounter, Service,
-    ServiceRegistration, MAX_CHECK_OUTPUT,
+    ServiceRegistration,
 };
 use helios_core::{TaskDriver, TaskGroup, TaskRunState, TaskState, Timestamp};
 use tokio::sync::{mpsc, watch};
@@ -158,7 +158,7 @@ impl AllocServicesRun {
             return;
         }
         let Some(counter) = book.counters.get_mut(&(s, c)) else { return };
-        truncate(&mut output);
+        helios_core::service::cut_output(&mut output);
         let first = book.unreported.remove(&(s, c));
         let state = &mut book.registrations[s].checks[c];
         let changed = counter.observe(result);
@@ -303,16 +303,6 @@ impl AllocServicesRun {
         let states = self.states.borrow();
         let started = task.as_ref().and_then(|t| states.get(t)).and_then(|s| s.started_at);
         (started.map_or(0, |at| now().0.saturating_sub(at.0)), started)
-    }
-}
-
-fn truncate(text: &mut String) {
-    if text.len() > MAX_CHECK_OUTPUT {
-        let mut end = MAX_CHECK_OUTPUT;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
     }
 }
 

@@ -481,6 +481,7 @@ mod tests {
             running.restart.send("check \"web\" unhealthy".into()).unwrap();
         }
         until(|| driver.started_at_secs().len() == 2).await;
+        // 50 s into the second run (paused clock): a stale request would have stopped it at once.
         tokio::time::sleep(Duration::from_secs(50)).await;
         assert_eq!(driver.started_at_secs(), vec![0, 12], "the second run is not stopped by the stale requests");
         running.stop.send(true).unwrap();
@@ -493,6 +494,8 @@ mod tests {
         // A batch task that would run 100 s and succeed: restarted anyway when its check asks.
         let driver = Scripted::long(&[0, 0], 100);
         let running = supervise(driver.clone(), JobType::Batch, policy(1, 600, 2, RestartMode::Fail));
+        // Under the paused clock a sleep sets the script's time (here: 10 s into the first run);
+        // it waits for nothing.
         tokio::time::sleep(Duration::from_secs(10)).await;
         running.restart.send("check \"web\" unhealthy".into()).unwrap();
         until(|| driver.started_at_secs().len() == 2).await;

@@ -185,6 +185,14 @@ pub struct CheckState {
 /// The longest check output kept in a registration (the rest is cut).
 pub const MAX_CHECK_OUTPUT: usize = 512;
 
+/// Cuts a check's output to `MAX_CHECK_OUTPUT` bytes, on a character boundary.
+pub fn cut_output(text: &mut String) {
+    if text.len() > MAX_CHECK_OUTPUT {
+        let end = (0..=MAX_CHECK_OUTPUT).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(end);
+    }
+}
+
 /// A check's status as results come in: it turns passing after `success_before_passing`
 /// successes in a row, critical after `failures_before_critical` failures in a row; a warning
 /// takes effect at once, as Consul's and Nomad's counters do.
@@ -315,6 +323,19 @@ mod tests {
         assert_eq!(c.observe(CheckStatus::Critical), None);
         assert_eq!(c.observe(CheckStatus::Critical), Some(CheckStatus::Critical));
         assert_eq!(c.observe(CheckStatus::Warning), Some(CheckStatus::Warning), "a warning is at once");
+    }
+
+    #[test]
+    fn output_is_cut_on_a_character_boundary() {
+        let mut long = "é".repeat(MAX_CHECK_OUTPUT);
+        cut_output(&mut long);
+        assert_eq!(long.len(), MAX_CHECK_OUTPUT, "256 two-byte characters");
+        let mut odd = format!("a{}", "é".repeat(MAX_CHECK_OUTPUT));
+        cut_output(&mut odd);
+        assert_eq!(odd.len(), MAX_CHECK_OUTPUT - 1, "not inside a character");
+        let mut short = "ok".to_string();
+        cut_output(&mut short);
+        assert_eq!(short, "ok");
     }
 
     #[test]

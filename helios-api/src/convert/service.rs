@@ -201,7 +201,7 @@ pub fn alloc_services_from_pb(reports: Vec<pb::AllocServices>) -> ConversionResu
                                 CheckStatus::Critical
                             });
                             let mut output = check.output;
-                            truncate(&mut output, helios_core::service::MAX_CHECK_OUTPUT);
+                            helios_core::service::cut_output(&mut output);
                             CheckState { name: check.name, status, output, since: Timestamp(check.since_ms) }
                         })
                         .collect();
@@ -232,15 +232,4 @@ pub fn alloc_services_to_pb(reports: &[AllocServices]) -> Vec<pb::AllocServices>
             registrations: r.registrations.iter().map(registration_to_pb).collect(),
         })
         .collect()
-}
-
-/// Cuts `text` to at most `max` bytes, on a character boundary.
-fn truncate(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
 }

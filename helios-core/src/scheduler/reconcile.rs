@@ -203,8 +203,8 @@ impl Slots<'_> {
         let floor = (self.group.count as usize).saturating_sub(update.max_parallel as usize);
         let checks = self.expected_checks();
         let unhealthy = |a: &Allocation| rule.health(a, self.now, checks(a)) == Health::Unhealthy;
-        // Stable: the unhealthy first, each part in its order.
-        outdated.sort_by_key(|a| !unhealthy(a));
+        // Stable: the unhealthy first, each part in its order (each one's health judged once).
+        outdated.sort_by_cached_key(|a| !unhealthy(a));
         // Within max_parallel, with the new version's allocations not healthy yet.
         let in_flight = mine
             .iter()
