@@ -26,7 +26,7 @@ use super::peer_auth::{PeerAuth, Sender};
 use super::snapshot::ReceivedFile;
 use super::{LogId, NodeId, SnapshotMeta, TypeConfig, Vote};
 use crate::cluster::{Cluster, ForwardRequest};
-use crate::store::codec::{decode, try_encode};
+use crate::store::codec::{decode, decode_bounded, try_encode};
 
 /// Largest snapshot a server accepts: far above any state Helios keeps in practice. It is
 /// written to disk as it arrives, so this bounds disk use, not memory.
@@ -291,7 +291,7 @@ impl PeerService {
         pre_vote: bool,
     ) -> Result<Response<RaftPayload>, Status> {
         let sender = self.admit(method, &request, false)?;
-        let rpc: VoteRequest<TypeConfig> = decode(&request.get_ref().data).map_err(bad_payload)?;
+        let rpc: VoteRequest<TypeConfig> = decode_bounded(&request.get_ref().data).map_err(bad_payload)?;
         self.check_own_vote(&sender, method, &rpc.vote, VoteKind::Candidate)?;
         check_log_id("last log", rpc.last_log_id.as_ref())?;
         // Helios never transfers leadership, so no vote may claim the leader's permission to
@@ -396,7 +396,7 @@ impl RaftPeer for PeerService {
         // Who sends it, and whether its vote still counts, before a byte of data is read.
         let header = RaftPayload { data: header };
         let sender = self.admit(method, &Request::from_parts(metadata, Default::default(), header.clone()), true)?;
-        let (vote, meta): (Vote, SnapshotMeta) = decode(&header.data).map_err(bad_payload)?;
+        let (vote, meta): (Vote, SnapshotMeta) = decode_bounded(&header.data).map_err(bad_payload)?;
         self.check_own_vote(&sender, method, &vote, VoteKind::Leader)?;
         let (current, committed) = {
             let metrics = self.cluster.raft.metrics();
@@ -423,7 +423,7 @@ impl RaftPeer for PeerService {
     async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let method = methods::FORWARD;
         let sender = self.admit(method, &request, false)?;
-        let forwarded: ForwardRequest = decode(&request.get_ref().data).map_err(bad_payload)?;
+        let forwarded: ForwardRequest = decode_bounded(&request.get_ref().data).map_err(bad_payload)?;
         crate::cluster::check_forwarded(&forwarded).map_err(|status| self.refused(Some(sender.id), method, status))?;
         self.reply(&sender, &self.cluster.handle_as_leader(forwarded).await)
     }

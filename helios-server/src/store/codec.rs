@@ -36,10 +36,19 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     Ok(value)
 }
 
-/// The most one value read from a stream may claim: a damaged length prefix in a snapshot file
-/// must not make the reader allocate whatever it says before the checksum is reached. (A limit
-/// only checks while decoding; the bytes are those of `config()`.)
+/// The most one value read from a stream, or from a peer's single-command message, may claim: a
+/// damaged (or hostile) length prefix must not make the reader allocate whatever it says (the
+/// process aborts when an allocation fails). A limit only checks while decoding; the bytes are
+/// those of `config()`.
 const STREAM_VALUE_LIMIT: usize = 64 * 1024 * 1024;
+
+/// As `decode`, for a peer's message that holds one vote or one forwarded command: what it
+/// claims is bounded (`STREAM_VALUE_LIMIT`), so a length prefix of 2^62 is refused, not tried.
+pub fn decode_bounded<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    let (value, _) = bincode::serde::decode_from_slice(bytes, config().with_limit::<STREAM_VALUE_LIMIT>())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("cannot decode the message: {e}")))?;
+    Ok(value)
+}
 
 /// As `decode`, from a reader (a received snapshot's file), one value of at most 64 MiB.
 pub fn decode_from_reader<T: DeserializeOwned>(mut reader: impl io::Read) -> io::Result<T> {
@@ -58,6 +67,16 @@ pub fn encode_to_writer<T: Serialize + ?Sized>(value: &T, mut writer: impl io::W
 #[cfg(test)]
 mod stream_tests {
     use super::*;
+
+    #[test]
+    fn a_message_claiming_more_than_the_limit_is_refused_not_allocated() {
+        // A string whose varint length prefix says 2^62 bytes (0xff: a u64 follows).
+        let mut bytes = vec![0xff];
+        bytes.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        let refused = decode_bounded::<String>(&bytes).expect_err("refused");
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidData, "{refused}");
+        assert_eq!(decode_bounded::<String>(&encode("fits")).expect("decodes"), "fits");
+    }
 
     #[test]
     fn a_damaged_length_in_a_stream_is_refused_not_allocated() {
