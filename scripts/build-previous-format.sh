@@ -12,8 +12,8 @@
 # commit of the format being replaced.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-# The last commit writing stored format 7.
-PREVIOUS_FORMAT_COMMIT=33b8d9d3d2d06fe7257b134422d5083b0f67602c
+# The last commit writing stored format 8.
+PREVIOUS_FORMAT_COMMIT=ecba78253395ba886e37b247f6c9a23396bd9c2a
 out="$root/target/previous-format"
 src="$out/src"
 stamp="$out/bin/.commit"

@@ -88,6 +88,40 @@ job "fixture-rolling" {
 HCL
     cli job run -d "$work/rolling.hcl"
 fi
+# From format 8, a job with what that format added: a group service with an http check (a
+# version-5 job), which the agent registers (an allocation holding its registrations).
+if [ "$format" -ge 8 ]; then
+    cat >"$work/services.hcl" <<'HCL'
+job "fixture-services" {
+  group "g" {
+    network {
+      port "http" {}
+    }
+    service {
+      name     = "fixture-web"
+      port     = "http"
+      provider = "nomad"
+      tags     = ["fixture"]
+      check {
+        type     = "http"
+        path     = "/"
+        interval = "1s"
+        timeout  = "1s"
+      }
+    }
+    task "t" {
+      driver = "exec"
+      config {
+        command = "sleep"
+        args    = ["300"]
+      }
+    }
+  }
+}
+HCL
+    cli job run -d "$work/services.hcl"
+    for _ in $(seq 100); do cli service list 2>/dev/null | grep -q fixture-web && break; sleep 0.2; done
+fi
 cli job status fixture-batch
 cli alloc list
 cli operator snapshot save "$work/snapshot.bin"

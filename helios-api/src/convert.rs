@@ -18,7 +18,9 @@ use helios_core::{
 
 use crate::pb;
 
+mod deployment;
 mod service;
+pub use deployment::{deployment_status_to_pb, deployment_to_pb};
 pub use service::{alloc_services_from_pb, alloc_services_to_pb, check_state_to_pb, registration_to_pb};
 
 pub type ConversionResult<T> = Result<T, ValidationErrors>;
@@ -70,6 +72,7 @@ pub fn job_from_pb(job: pb::Job) -> ConversionResult<Job> {
         status: JobStatus::Pending,
         stopped: false,
         submitted_at: Timestamp::default(),
+        stable: false,
     };
     let mut errors = p.0;
     if let Err(e) = core.validate() {
@@ -207,6 +210,7 @@ fn health_check_to_pb(h: HealthCheck) -> pb::HealthCheck {
     match h {
         HealthCheck::Checks => pb::HealthCheck::Checks,
         HealthCheck::TaskStates => pb::HealthCheck::TaskStates,
+        HealthCheck::Manual => pb::HealthCheck::Manual,
     }
 }
 
@@ -214,6 +218,7 @@ fn health_check_from_pb(p: &mut Problems, path: &str, value: i32) -> HealthCheck
     match pb::HealthCheck::try_from(value) {
         Ok(pb::HealthCheck::Unspecified | pb::HealthCheck::Checks) => HealthCheck::Checks,
         Ok(pb::HealthCheck::TaskStates) => HealthCheck::TaskStates,
+        Ok(pb::HealthCheck::Manual) => HealthCheck::Manual,
         Err(_) => {
             p.add(path.to_string(), format!("unknown health check {value}"));
             HealthCheck::Checks
@@ -228,19 +233,17 @@ fn update_from_pb(p: &mut Problems, path: &str, u: Option<pb::UpdateStrategy>) -
         health_check: health_check_from_pb(p, &format!("{path}.health_check"), u.health_check),
         min_healthy_time_secs: u.min_healthy_time_secs,
         healthy_deadline_secs: u.healthy_deadline_secs,
+        progress_deadline_secs: u.progress_deadline_secs.unwrap_or(UpdateStrategy::default().progress_deadline_secs),
+        auto_revert: u.auto_revert,
+        auto_promote: u.auto_promote,
+        canary: u.canary,
     }
 }
 
 fn migrate_from_pb(p: &mut Problems, path: &str, m: Option<pb::MigrateStrategy>) -> MigrateStrategy {
     let Some(m) = m else { return MigrateStrategy::default() };
-    let health_check = match pb::HealthCheck::try_from(m.health_check) {
-        Ok(pb::HealthCheck::Unspecified | pb::HealthCheck::Checks) => HealthCheck::Checks,
-        Ok(pb::HealthCheck::TaskStates) => HealthCheck::TaskStates,
-        Err(_) => {
-            p.add(format!("{path}.health_check"), format!("unknown health check {}", m.health_check));
-            HealthCheck::Checks
-        }
-    };
+    // (Manual is refused by validation: a drain has no deployment to set health on.)
+    let health_check = health_check_from_pb(p, &format!("{path}.health_check"), m.health_check);
     MigrateStrategy {
         max_parallel: m.max_parallel,
         health_check,
@@ -402,6 +405,7 @@ pub fn job_to_pb(job: &Job) -> pb::Job {
         status: job_status_to_pb(job.status) as i32,
         stopped: job.stopped,
         submitted_at_ms: job.submitted_at.as_millis(),
+        stable: job.stable,
     }
 }
 
@@ -434,13 +438,14 @@ fn group_to_pb(g: &TaskGroup) -> pb::TaskGroup {
             health_check: health_check_to_pb(g.update.health_check) as i32,
             min_healthy_time_secs: g.update.min_healthy_time_secs,
             healthy_deadline_secs: g.update.healthy_deadline_secs,
+            progress_deadline_secs: Some(g.update.progress_deadline_secs),
+            auto_revert: g.update.auto_revert,
+            auto_promote: g.update.auto_promote,
+            canary: g.update.canary,
         }),
         migrate: Some(pb::MigrateStrategy {
             max_parallel: g.migrate.max_parallel,
-            health_check: match g.migrate.health_check {
-                HealthCheck::Checks => pb::HealthCheck::Checks,
-                HealthCheck::TaskStates => pb::HealthCheck::TaskStates,
-            } as i32,
+            health_check: health_check_to_pb(g.migrate.health_check) as i32,
             min_healthy_time_secs: g.migrate.min_healthy_time_secs,
             healthy_deadline_secs: g.migrate.healthy_deadline_secs,
         }),

@@ -5,6 +5,7 @@ mod alloc;
 mod bench;
 mod classic;
 mod connect;
+mod deployment;
 mod job;
 mod jobfile;
 mod json;
@@ -60,6 +61,9 @@ enum Command {
     /// The service catalog: services of running allocations and their health.
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// Deployments: the rollouts of service jobs' versions (promote, pause, resume, fail).
+    #[command(subcommand)]
+    Deployment(deployment::DeploymentCommand),
     /// Inspect and change the server cluster's membership.
     #[command(subcommand)]
     Server(server::ServerCommand),
@@ -156,6 +160,7 @@ async fn main() -> ExitCode {
         Command::Alloc(cmd) => alloc::run(&servers, cmd).await,
         Command::Node(cmd) => node::run(&servers, cmd).await,
         Command::Service(cmd) => service::run(&servers, cmd).await,
+        Command::Deployment(cmd) => deployment::run(&servers, cmd).await,
         Command::Acl(cmd) => acl::run(&servers, cmd).await,
         Command::Server(cmd) => server::run(&servers, cmd).await,
         Command::System(cmd) => system::run(&servers, cmd).await,

@@ -51,7 +51,7 @@ fn scale_alloc_stop_history_and_inspect() {
     // History: both versions, and the task events in time order.
     let (code, history, err) = cluster.cli(&["job", "history", "svc"]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(history.starts_with("Versions\nVERSION  SUBMITTED"), "{history}");
+    assert!(history.starts_with("Versions\nVERSION  STABLE  SUBMITTED"), "{history}");
     assert!(history.contains("\n0        ") && history.contains("\n1        "), "{history}");
     assert!(history.contains("svc x1") && history.contains("svc x2"), "{history}");
     assert!(history.contains("Task events\nTIME") && history.contains(" Started ") && history.contains(" Killing "));

@@ -63,6 +63,8 @@ pub enum EvalTrigger {
     /// A user stopped an allocation (`alloc stop`); its replacement is placed. (Variants are
     /// encoded by position: add new ones at the end.)
     AllocStop,
+    /// A deployment changed (a verdict, promotion, resume): the rollout goes on. (Format 9.)
+    DeploymentWatcher,
 }
 
 impl EvalTrigger {
@@ -75,6 +77,7 @@ impl EvalTrigger {
             EvalTrigger::AllocFailure => "alloc-failure",
             EvalTrigger::RetryFailedPlacement => "retry-failed-placement",
             EvalTrigger::AllocStop => "alloc-stop",
+            EvalTrigger::DeploymentWatcher => "deployment-watcher",
         }
     }
 }

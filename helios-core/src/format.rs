@@ -50,7 +50,9 @@ use serde::{Deserializer, Serialize, Serializer};
 /// `devices`). 7: jobs at version 4 (a group's reschedule policy), allocations at version 2
 /// (reschedule events), evaluations at version 2 (`wait_until`). 8: jobs at version 5 (services
 /// and checks), allocations at version 3 (service registrations), `Command::ReportServices`.
-pub const FORMAT_VERSION: u32 = 8;
+/// 9: jobs at version 6 (deployments' update fields, stable marks), deployments
+/// (`Command::UpdateDeployment`, `Command::ActOnDeployment`).
+pub const FORMAT_VERSION: u32 = 9;
 /// The oldest database format this build converts when it opens one.
 pub const OLDEST_CONVERTED_FORMAT: u32 = 2;
 /// The oldest format this build writes for (the first whose records carry their versions), and

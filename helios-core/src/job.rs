@@ -30,6 +30,9 @@ pub struct Job {
     /// Set by `job stop`: the job stays stored (and visible) but nothing of it should run.
     pub stopped: bool,
     pub submitted_at: Timestamp,
+    /// Set by the state machine when this version's deployment succeeded (Nomad's `Stable`):
+    /// what `auto_revert` and `job history` look for.
+    pub stable: bool,
 }
 
 // Version 2 (stored format 5): tasks name their user, the raw_exec driver, exec's
@@ -37,8 +40,10 @@ pub struct Job {
 // `cap_drop` and `devices`. Version 4 (stored format 7): each group's reschedule policy and
 // migrate and update strategies, affinities and spreads at job and group level, `distinct_property`
 // constraints (`job_v3`). Version 5 (stored format 8): each group's services (`job_v4`).
+// Version 6 (stored format 9): deployments' update fields (canary, auto_revert, auto_promote,
+// progress_deadline, manual health) and the stable mark (`job_v5`).
 // Written as the older version for older readers when none of what the newer one added is used.
-crate::versioned!(Job = 5, since format 8, previous crate::job_v4::Job);
+crate::versioned!(Job = 6, since format 9, previous crate::job_v5::Job);
 
 pub const DEFAULT_PRIORITY: u32 = 50;
 
@@ -80,6 +85,7 @@ impl Job {
             status: JobStatus::Pending,
             stopped: false,
             submitted_at: Timestamp::default(),
+            stable: false,
         }
     }
 
@@ -92,7 +98,8 @@ impl Job {
         }
     }
 
-    /// True when `other` declares the same workload: the fields the cluster assigns are ignored.
+    /// True when `other` declares the same workload: the fields the cluster assigns (version,
+    /// status, stable mark, times) are ignored.
     /// Re-submitting an unchanged spec therefore creates no new version.
     pub fn same_spec(&self, other: &Job) -> bool {
         self.job_type == other.job_type

@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::{Constraint, GroupPort, JobStatus, JobType, RestartPolicy, Task};
 use crate::job_v4 as current;
+use crate::job_v5::UpdateStrategy;
 use crate::migrate::MigrateStrategy;
 use crate::reschedule::ReschedulePolicy;
 use crate::time::Timestamp;
-use crate::update::UpdateStrategy;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(remote = "Self")]

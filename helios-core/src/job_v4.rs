@@ -1,17 +1,18 @@
 //! A job as stored format 7 holds it (version 4): groups without services. Read and migrated
-//! forward (no group had a service); written for clusters still at format 7 during a rolling
+//! forward (to version 5, `job_v5`; no group had a service); written for clusters still at format 7 during a rolling
 //! upgrade, refused when a group has a service (those readers would run it unregistered).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{self as current, Constraint, GroupPort, JobStatus, JobType, RestartPolicy, Task};
 pub use crate::job::{Affinity, ConstraintOperator, Spread};
+use crate::job::{Constraint, GroupPort, JobStatus, JobType, RestartPolicy, Task};
+use crate::job_v5 as current;
+use crate::job_v5::UpdateStrategy;
 use crate::migrate::MigrateStrategy;
 use crate::reschedule::ReschedulePolicy;
 use crate::time::Timestamp;
-use crate::update::UpdateStrategy;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(remote = "Self")]
@@ -139,16 +140,16 @@ mod tests {
 
     #[test]
     fn a_job_without_services_is_written_for_format_7_and_read_back_unchanged() {
-        let job = current::Job::exec("j", "true", Vec::new());
+        let job = crate::job::Job::exec("j", "true", Vec::new());
         let old = write_for(7, || encode(&job)).expect("writable for format 7");
         assert_eq!(old[0], 4, "version 4 for format-7 readers");
-        assert_eq!(decode::<current::Job>(&old), job);
-        assert_eq!(encode(&job).expect("writable")[0], 5, "this build writes version 5");
+        assert_eq!(decode::<crate::job::Job>(&old), job);
+        assert_eq!(write_for(8, || encode(&job)).expect("writable")[0], 5, "version 5 for format 8");
     }
 
     #[test]
     fn a_service_is_refused_for_format_7() {
-        let mut job = current::Job::exec("j", "true", Vec::new());
+        let mut job = crate::job::Job::exec("j", "true", Vec::new());
         job.task_groups[0].services.push(Service {
             name: "web".into(),
             task: None,
@@ -160,6 +161,6 @@ mod tests {
         });
         let refused = write_for(7, || encode(&job)).expect_err("refused");
         assert!(refused.contains("has a service, which needs stored format 8"), "{refused}");
-        assert_eq!(decode::<current::Job>(&encode(&job).expect("format 8 holds it")), job);
+        assert_eq!(decode::<crate::job::Job>(&write_for(8, || encode(&job)).expect("format 8 holds it")), job);
     }
 }

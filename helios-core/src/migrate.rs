@@ -26,6 +26,8 @@ pub enum HealthCheck {
     Checks,
     /// Every task running, none failed, for `min_healthy_time`.
     TaskStates,
+    /// An operator says (`deployment health`); only for an update, never a drain. (Format 9.)
+    Manual,
 }
 
 impl HealthCheck {
@@ -33,6 +35,7 @@ impl HealthCheck {
         match self {
             HealthCheck::Checks => "checks",
             HealthCheck::TaskStates => "task_states",
+            HealthCheck::Manual => "manual",
         }
     }
 
@@ -40,6 +43,7 @@ impl HealthCheck {
         match name {
             "checks" => Some(HealthCheck::Checks),
             "task_states" => Some(HealthCheck::TaskStates),
+            "manual" => Some(HealthCheck::Manual),
             _ => None,
         }
     }
@@ -90,13 +94,18 @@ impl MigrateStrategy {
         if alloc.client_status == AllocClientStatus::Failed {
             return Health::Unhealthy;
         }
+        if self.health_check == HealthCheck::Manual {
+            // An operator's verdict, kept by the deployment, decides; until then, pending (no
+            // report of this allocation changes that, so looked at again rarely).
+            return Health::Pending { check_at: Timestamp(now.0.saturating_add(MANUAL_POLL_MS)) };
+        }
         // A task waiting to restart reports `failed`, and is not running.
         let running = !alloc.task_states.is_empty()
             && alloc.client_status == AllocClientStatus::Running
             && alloc.task_states.values().all(|t| t.state == TaskRunState::Running && !t.failed);
         let started = alloc.task_states.values().map(|t| t.started_at).collect::<Option<Vec<_>>>();
         let passing_since = match (self.health_check, checks) {
-            (HealthCheck::TaskStates, _) | (HealthCheck::Checks, 0) => Some(Timestamp(0)),
+            (HealthCheck::TaskStates | HealthCheck::Manual, _) | (HealthCheck::Checks, 0) => Some(Timestamp(0)),
             (HealthCheck::Checks, expected) => checks_passing_since(&alloc.services, expected),
         };
         if let (true, Some(started), Some(passing_since)) = (running, started, passing_since) {
@@ -116,6 +125,9 @@ impl MigrateStrategy {
         Health::Pending { check_at: poll.min(deadline) }
     }
 }
+
+/// How often an allocation whose health an operator sets is looked at again.
+const MANUAL_POLL_MS: u64 = 60_000;
 
 /// An allocation's health as a drain sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,9 @@
 //! Rolling updates (Nomad's `update` block): when a service job's new version replaces its
 //! allocations, at most `max_parallel` of a group are being replaced at once, and the next ones
 //! only once the new ones are healthy, so an update never takes more of a service down than its
-//! owner allows, and a version that does not come up healthy stops the rollout.
+//! owner allows, and a version that does not come up healthy stops the rollout. A rolling
+//! update is watched by a deployment (`crate::deployment`), which adds canaries, promotion,
+//! a progress deadline and reverting to the last stable version.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +18,15 @@ pub struct UpdateStrategy {
     pub min_healthy_time_secs: u64,
     /// A new allocation not healthy by then is unhealthy: the rollout stops there.
     pub healthy_deadline_secs: u64,
+    /// The deployment fails when no new allocation has become healthy for this long; 0: never.
+    pub progress_deadline_secs: u64,
+    /// A failed deployment registers the job's last stable version again.
+    pub auto_revert: bool,
+    /// The deployment promotes itself once every canary is healthy.
+    pub auto_promote: bool,
+    /// New-version allocations placed beside the old ones, which keep running until the
+    /// deployment is promoted.
+    pub canary: u32,
 }
 
 impl Default for UpdateStrategy {
@@ -26,13 +37,17 @@ impl Default for UpdateStrategy {
             health_check: HealthCheck::Checks,
             min_healthy_time_secs: 10,
             healthy_deadline_secs: 300,
+            progress_deadline_secs: 600,
+            auto_revert: false,
+            auto_promote: false,
+            canary: 0,
         }
     }
 }
 
 impl UpdateStrategy {
     /// Nomad's defaults for an `update` block that names none: one at a time, healthy after
-    /// 10 s, unhealthy after 5 minutes.
+    /// 10 s, unhealthy after 5 minutes, the deployment failing after 10 minutes without progress.
     pub fn nomad_block_defaults() -> UpdateStrategy {
         UpdateStrategy { max_parallel: 1, ..UpdateStrategy::default() }
     }
@@ -44,11 +59,30 @@ impl UpdateStrategy {
     /// Nomad's rules, as (field, problem); field names as in the job file: those of its
     /// health rule (the same as a drain's) when it rolls.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
         if self.is_rolling() {
-            self.health_rule().problems()
-        } else {
-            Vec::new()
+            out = self.health_rule().problems();
+        } else if self.canary > 0 || self.auto_revert || self.auto_promote {
+            out.push(("max_parallel", "must be at least 1 for canary, auto_revert or auto_promote".to_string()));
         }
+        if self.progress_deadline_secs != 0 && self.progress_deadline_secs < self.healthy_deadline_secs {
+            out.push((
+                "progress_deadline",
+                format!(
+                    "must be 0 or at least healthy_deadline ({}s), got {}s",
+                    self.healthy_deadline_secs, self.progress_deadline_secs
+                ),
+            ));
+        }
+        if self.auto_promote && self.canary == 0 {
+            out.push(("auto_promote", "needs canary greater than 0".to_string()));
+        }
+        out
+    }
+
+    /// Whether a new version of the group is rolled out under a deployment.
+    pub fn has_deployment(&self) -> bool {
+        self.is_rolling()
     }
 
     /// The health rule a new allocation is judged by (the same as a drain's).

@@ -797,6 +797,10 @@ pub fn check_forwarded(request: &ForwardRequest) -> Result<(), tonic::Status> {
         Command::SetNodeStatus { .. } => refuse("node status changes (the leader's heartbeat tracker makes them)"),
         Command::CreateEvaluations { .. } => refuse("bare evaluations"),
         Command::RaiseFormat { .. } => refuse("format raises (the leader makes them)"),
+        // Built by the deployment handlers, which checked the caller's token.
+        Command::ActOnDeployment { eval, .. } if pending(std::slice::from_ref(eval)) => Ok(()),
+        Command::ActOnDeployment { .. } => refuse("evaluations already decided"),
+        Command::UpdateDeployment { .. } => refuse("deployment verdicts (the leader's watcher makes them)"),
     }
 }
 

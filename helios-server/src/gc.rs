@@ -93,10 +93,13 @@ pub fn find(txn: &ReadTransaction, cutoffs: &Cutoffs) -> Result<Vec<Garbage>, St
             found.push(|g| g.jobs.push(name.clone()));
             continue;
         }
-        let versions: Vec<u64> = read::job_versions(txn, name)?.iter().map(|v| v.version).collect();
+        let kept = read::job_versions(txn, name)?;
+        let versions: Vec<u64> = kept.iter().map(|v| v.version).collect();
         // Versions only allocations about to go refer to are not in use.
-        let in_use: BTreeSet<u64> =
+        let mut in_use: BTreeSet<u64> =
             allocs.iter().filter(|a| !gc::alloc_collectable(a, Some(job), cutoffs)).map(|a| a.job_version).collect();
+        // The latest stable version is what auto_revert goes back to.
+        in_use.extend(kept.iter().rev().find(|v| v.stable).map(|v| v.version));
         for version in gc::versions_to_drop(&versions, job.version, &in_use, cutoffs) {
             found.push(|g| g.versions.push((name.clone(), version)));
         }

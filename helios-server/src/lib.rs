@@ -7,6 +7,7 @@ pub mod api;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod deployment_watch;
 pub mod gc;
 pub mod liveness;
 pub mod raft;
@@ -126,6 +127,7 @@ async fn run_raft(
     let liveness_task = tokio::spawn(liveness::run(cluster.clone()));
     let scheduling_task = tokio::spawn(scheduling::run(cluster.clone()));
     let gc_task = tokio::spawn(gc::run(cluster.clone(), config.gc, config.gc_interval));
+    let deployments_task = tokio::spawn(deployment_watch::run(cluster.clone()));
     let watch_task = tokio::spawn(replication_watch::run(cluster.clone()));
     let upgrade_task = tokio::spawn(upgrade::run(cluster.clone()));
     // Serve until asked to stop, or until Raft stops on its own (a storage failure is fatal to
@@ -144,6 +146,7 @@ async fn run_raft(
     liveness_task.abort();
     scheduling_task.abort();
     gc_task.abort();
+    deployments_task.abort();
     watch_task.abort();
     upgrade_task.abort();
     tracing::info!(node_id = config.node_id, "shutting down raft");

@@ -14,6 +14,7 @@ use std::io;
 use std::time::Duration;
 
 use helios_core::command::PlanApplied;
+use helios_core::deployment::Deployment;
 use helios_core::scheduler::{schedule, StateView};
 use helios_core::{Allocation, Command, EvalStatus, EvalTrigger, Evaluation, Job, Node, Plan, Resources};
 use openraft::type_config::async_runtime::watch::WatchReceiver;
@@ -44,15 +45,21 @@ struct Snapshot {
     ports: read::HostPorts,
     /// The cluster's stored format can hold delayed evaluations (`StateView::delays_reschedules`).
     delays: bool,
+    /// Each job's latest deployment.
+    deployments: HashMap<String, Deployment>,
 }
 
 impl Snapshot {
     fn read(txn: &ReadTransaction, job_names: &BTreeSet<String>) -> Result<Snapshot, StoreError> {
         let mut jobs = HashMap::new();
         let mut allocations = HashMap::new();
+        let mut deployments = HashMap::new();
         for name in job_names {
             if let Some(job) = read::job(txn, name)? {
                 jobs.insert(name.clone(), job);
+            }
+            if let Some(deployment) = read::latest_deployment(txn, name)? {
+                deployments.insert(name.clone(), deployment);
             }
             allocations.insert(name.clone(), read::allocations(txn, Some(name), None)?);
         }
@@ -64,6 +71,7 @@ impl Snapshot {
             usage: read::node_usage(txn)?,
             ports: read::host_ports(txn)?,
             delays: read::stored_format(txn)? >= DELAYED_EVALUATIONS_FORMAT,
+            deployments,
         })
     }
 
@@ -119,6 +127,9 @@ impl StateView for Snapshot {
     fn delays_reschedules(&self) -> bool {
         self.delays
     }
+    fn deployment(&self, job_name: &str) -> Option<&Deployment> {
+        self.deployments.get(job_name)
+    }
 }
 
 /// The first stored format whose evaluations can wait (`Evaluation::wait_until`).
@@ -141,6 +152,17 @@ pub fn dry_run(
         None => 0,
     };
     job.stopped = false;
+    if changed && read::stored_format(txn)? >= helios_core::command::DEPLOYMENTS_FORMAT {
+        // The deployment the submission would start (its canaries, say), as the state machine would.
+        let allocs = snapshot.allocations.get(&job.name).cloned().unwrap_or_default();
+        let replaces = |g: &helios_core::TaskGroup| {
+            allocs.iter().any(|a| a.task_group == g.name && a.job_version < job.version && reserves_room(a))
+        };
+        match Deployment::for_version(&job, "plan", now, replaces) {
+            Some(deployment) => snapshot.deployments.insert(job.name.clone(), deployment),
+            None => snapshot.deployments.remove(&job.name),
+        };
+    }
     snapshot.jobs.insert(job.name.clone(), job.clone());
     let eval = Evaluation::new("plan".into(), &job.name, job.priority, EvalTrigger::JobRegister, now);
     let mut count = 0;

@@ -30,6 +30,7 @@ pub async fn serve(
     health.set_serving::<pb::allocation_service_server::AllocationServiceServer<api::jobs::Allocations>>().await;
     health.set_serving::<pb::node_service_server::NodeServiceServer<api::nodes::Nodes>>().await;
     health.set_serving::<pb::service_catalog_server::ServiceCatalogServer<api::services::Catalog>>().await;
+    health.set_serving::<pb::deployment_service_server::DeploymentServiceServer<api::deployments::Deployments>>().await;
     health.set_serving::<pb::cluster_service_server::ClusterServiceServer<api::cluster_service::Membership>>().await;
     health.set_serving::<pb::raft_peer_server::RaftPeerServer<PeerService>>().await;
     let addr = listener
@@ -57,6 +58,7 @@ fn router(
     use pb::agent_service_server::AgentServiceServer;
     use pb::allocation_service_server::AllocationServiceServer;
     use pb::cluster_service_server::ClusterServiceServer;
+    use pb::deployment_service_server::DeploymentServiceServer;
     use pb::job_service_server::JobServiceServer;
     use pb::node_service_server::NodeServiceServer;
     use pb::raft_peer_server::RaftPeerServer;
@@ -105,6 +107,11 @@ fn router(
         ))
         .add_service(InterceptedService::new(
             ServiceCatalogServer::new(api::services::Catalog { cluster: c() }).max_decoding_message_size(limit),
+            anyone.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            DeploymentServiceServer::new(api::deployments::Deployments { cluster: c() })
+                .max_decoding_message_size(limit),
             anyone.clone(),
         ))
         .add_service(InterceptedService::new(

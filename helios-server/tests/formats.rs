@@ -58,13 +58,16 @@ fn assert_fixture_state(db: &redb::Database, format: u32) {
     if format >= 7 {
         expected.insert(1, "fixture-rolling");
     }
+    if format >= 8 {
+        expected.insert(3, "fixture-services");
+    }
     assert_eq!(jobs.keys().collect::<Vec<_>>(), expected, "the purged job is gone, the others kept");
     assert!(jobs["fixture-stopped"].stopped);
     // From format 5 the service has a task user (a version-2 job), older ones none.
     let user = jobs["fixture-service"].task_groups[0].tasks[0].user.as_deref();
     assert_eq!(user, (format >= 5).then_some("nobody"));
     // Every format before 7 rescheduled by one rule: groups read back with their type's default.
-    for job in jobs.values().filter(|j| j.name != "fixture-rolling") {
+    for job in jobs.values().filter(|j| !["fixture-rolling", "fixture-services"].contains(&j.name.as_str())) {
         let default = helios_core::ReschedulePolicy::default_for(job.job_type);
         assert!(job.task_groups.iter().all(|g| g.reschedule == default), "{}", job.name);
     }
@@ -75,6 +78,18 @@ fn assert_fixture_state(db: &redb::Database, format: u32) {
         assert_eq!((group.update.max_parallel, group.update.min_healthy_time_secs), (1, 1));
         assert_eq!(group.affinities.len(), 1);
         assert!(group.services.is_empty());
+        // Format 9's update fields read back as Nomad's defaults; no version was ever stable.
+        assert_eq!((group.update.canary, group.update.progress_deadline_secs), (0, 600));
+        assert!(jobs.values().all(|j| !j.stable));
+    }
+    if format >= 8 {
+        // A version-5 job with a service and its check, and an allocation holding its registration.
+        let group = &jobs["fixture-services"].task_groups[0];
+        assert_eq!(group.services.len(), 1);
+        assert_eq!((group.services[0].name.as_str(), group.services[0].checks.len()), ("fixture-web", 1));
+        let allocs = read::allocations(&txn, Some("fixture-services"), None).expect("allocations");
+        assert!(allocs.iter().any(|a| a.services.iter().any(|r| r.service == "fixture-web")), "{allocs:?}");
+        assert!(read::deployments(&txn, None).expect("deployments").is_empty(), "format 8 had none");
     }
     assert_eq!(jobs["fixture-versions"].version, 1);
     let versions = read::job_versions(&txn, "fixture-versions").expect("versions");
@@ -120,6 +135,11 @@ fn a_format_6_database_is_marked_once_and_reads_back_every_record() {
 #[test]
 fn a_format_7_database_is_marked_once_and_reads_back_every_record() {
     database_opens_once_and_reads_back_every_record(7);
+}
+
+#[test]
+fn a_format_8_database_is_marked_once_and_reads_back_every_record() {
+    database_opens_once_and_reads_back_every_record(8);
 }
 
 fn database_opens_once_and_reads_back_every_record(format: u32) {
@@ -168,6 +188,11 @@ async fn the_format_6_raft_log_replays_to_the_opened_state() {
 #[tokio::test]
 async fn the_format_7_raft_log_replays_to_the_opened_state() {
     raft_log_replays_to_the_opened_state(7).await;
+}
+
+#[tokio::test]
+async fn the_format_8_raft_log_replays_to_the_opened_state() {
+    raft_log_replays_to_the_opened_state(8).await;
 }
 
 #[tokio::test]
@@ -228,6 +253,11 @@ async fn a_format_7_snapshot_installs_as_the_opened_state_and_saves_in_this_form
 }
 
 #[tokio::test]
+async fn a_format_8_snapshot_installs_as_the_opened_state_and_saves_in_this_format() {
+    snapshot_installs_as_the_opened_state(8).await;
+}
+
+#[tokio::test]
 async fn a_format_5_snapshot_installs_as_the_opened_state_and_saves_in_this_format() {
     snapshot_installs_as_the_opened_state(5).await;
 }
@@ -237,7 +267,7 @@ async fn snapshot_installs_as_the_opened_state(format: u32) {
     let bytes = std::fs::read(dir.path().join("snapshot.bin")).expect("snapshot fixture");
     let summary = snapshot::inspect(std::io::Cursor::new(bytes.clone())).expect("inspect");
     assert_eq!((summary.format, summary.meta.is_none()), (format, format == 2), "format 2 kept its meta apart");
-    let jobs = if format >= 7 { 5 } else { 4 };
+    let jobs = 4 + u64::from(format >= 7) + u64::from(format >= 8);
     assert_eq!(summary.tables.iter().find(|(t, _)| t == "jobs").map(|(_, n)| *n), Some(jobs));
 
     let converted = store::open(dir.path(), 1).expect("open");
@@ -279,7 +309,7 @@ fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
 /// One test for every fixture, one after the other: their databases name the same address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_started_on_an_older_data_dir_serves_it_raises_its_format_and_takes_new_jobs() {
-    for format in [2, 3, 4, 5, 6, 7] {
+    for format in [2, 3, 4, 5, 6, 7, 8] {
         server_serves_an_older_data_dir(format).await;
     }
 }
@@ -318,7 +348,9 @@ async fn server_serves_an_older_data_dir(format: u32) {
 
     let mut jobs = JobServiceClient::new(channel.clone());
     let listed = jobs.list_jobs(pb::ListJobsRequest {}).await.expect("list jobs").into_inner();
-    let names: Vec<String> = listed.jobs.iter().map(|j| j.name.clone()).filter(|n| n != "fixture-rolling").collect();
+    let newer = ["fixture-rolling", "fixture-services"];
+    let names: Vec<String> =
+        listed.jobs.iter().map(|j| j.name.clone()).filter(|n| !newer.contains(&n.as_str())).collect();
     assert_eq!(names, ["fixture-batch", "fixture-service", "fixture-stopped", "fixture-versions"]);
     let versions = jobs
         .get_job_versions(pb::GetJobRequest { name: "fixture-versions".into() })

@@ -115,18 +115,13 @@ impl Cluster {
         .await;
     }
 
-    /// A job with a service: only format 8 holds one.
+    /// A service job rolled out with canaries: only format 9 holds one (and starts its
+    /// deployment).
     fn needing_this_format(name: &str) -> pb::SubmitJobRequest {
         let mut job = Job::exec(name, "sleep", vec!["300".into()]);
-        job.task_groups[0].services.push(helios_core::service::Service {
-            name: "web".into(),
-            task: None,
-            port: None,
-            tags: Vec::new(),
-            meta: Default::default(),
-            address_mode: helios_core::service::AddressMode::Auto,
-            checks: Vec::new(),
-        });
+        job.set_type(helios_core::JobType::Service);
+        job.task_groups[0].update =
+            helios_core::UpdateStrategy { canary: 1, ..helios_core::UpdateStrategy::nomad_block_defaults() };
         pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }
     }
 
@@ -235,6 +230,10 @@ async fn a_cluster_upgraded_server_by_server_keeps_serving_and_raises_its_format
     cluster.submit(3, "after-upgrade").await;
     let mut jobs = JobServiceClient::new(cluster.channel(3));
     jobs.submit_job(Cluster::needing_this_format("needs-the-newer-format")).await.expect("accepted once raised");
+    let mut deployments = helios_api::pb::deployment_service_client::DeploymentServiceClient::new(cluster.channel(3));
+    let request = pb::ListDeploymentsRequest { job_name: Some("needs-the-newer-format".into()) };
+    let started = deployments.list_deployments(request).await.expect("deployments").into_inner().deployments;
+    assert_eq!(started.len(), 1, "its deployment started with it");
     cluster.wait_agreement("the upgraded cluster to agree").await;
     let names = cluster.job_names(2).await;
     for name in [

@@ -60,6 +60,7 @@ async fn roll_out(cluster: &TestCluster, via: u64, count: u32, max_parallel: u32
         health_check: helios_core::HealthCheck::TaskStates,
         min_healthy_time_secs: min_healthy,
         healthy_deadline_secs: deadline,
+        ..helios_core::UpdateStrategy::nomad_block_defaults()
     };
     submit(cluster, via, &job).await;
     wait_for("version 0 running", || async {
@@ -334,6 +335,21 @@ async fn a_rolling_update_whose_leader_stops_mid_way_completes_under_the_new_lea
         (running(&s, 1) == 6 && old_live == 0).then_some(())
     })
     .await;
+    // Its deployment is replicated too: the new leader's watcher finds it healthy, and the
+    // version stable.
+    let deployments = pb::deployment_service_client::DeploymentServiceClient::new(cluster.channel(new_leader).await);
+    wait_for("version 1's deployment successful", || async {
+        let request = pb::ListDeploymentsRequest { job_name: Some("web".into()) };
+        let list = deployments.clone().list_deployments(request).await.expect("list").into_inner().deployments;
+        let v1 = list.iter().find(|d| d.job_version == 1)?;
+        (v1.status == pb::DeploymentStatus::Successful as i32).then_some(())
+    })
+    .await;
+    let mut jobs = pb::job_service_client::JobServiceClient::new(cluster.channel(new_leader).await);
+    let versions = jobs.get_job_versions(pb::GetJobRequest { name: "web".into() }).await.expect("versions");
+    let stable: Vec<u64> = versions.into_inner().versions.iter().filter(|j| j.stable).map(|j| j.version).collect();
+    // (Version 0's may have been cancelled by version 1 before it could succeed.)
+    assert_eq!(stable.last(), Some(&1), "version 1 is stable: {stable:?}");
     for agent in agents {
         agent.stop().await;
     }

@@ -37,7 +37,7 @@ pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) 
         let doc = json!({
             "job": name,
             "versions": versions.iter().map(|v| json!({
-                "version": v.version, "submitted_at_ms": v.submitted_at_ms,
+                "version": v.version, "submitted_at_ms": v.submitted_at_ms, "stable": v.stable,
                 "groups": v.task_groups.iter().map(|g| json!({"name": g.name, "count": g.count.unwrap_or(1)})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "events": events.iter().map(|e| json!({
@@ -51,13 +51,15 @@ pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) 
     }
     let now = now();
     println!("Versions");
-    let mut table = Table::new(&["VERSION", "SUBMITTED", "GROUPS"]);
+    // Stable: its deployment succeeded (what auto_revert goes back to).
+    let mut table = Table::new(&["VERSION", "STABLE", "SUBMITTED", "GROUPS"]);
     for v in &versions {
         let groups: Vec<String> =
             v.task_groups.iter().map(|g| format!("{} x{}", g.name, g.count.unwrap_or(1))).collect();
         let submitted = Timestamp(v.submitted_at_ms);
         table.row(vec![
             v.version.to_string(),
+            v.stable.to_string(),
             format!("{} ({})", submitted.to_rfc3339(), submitted.ago(now)),
             groups.join(", "),
         ]);

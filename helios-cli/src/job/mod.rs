@@ -290,7 +290,8 @@ async fn revert(
     enforce_prior_version: Option<u64>,
     detach: bool,
 ) -> Result<()> {
-    let mut jobs = client(servers.connect().await?);
+    let conn = servers.connect().await?;
+    let mut jobs = client(conn.clone());
     let request = pb::RevertJobRequest { name: name.to_string(), version, enforce_prior_version };
     let reply = jobs.revert_job(request).await.map_err(status_error)?.into_inner();
     if !reply.changed {
@@ -309,7 +310,7 @@ async fn revert(
     let stored = stored.into_inner().job.ok_or_else(|| anyhow!("the server returned no job"))?;
     let job = helios_api::convert::job_from_pb(stored).map_err(|e| anyhow!("cannot read job {name:?}: {e}"))?;
     let expected = counted(&job);
-    monitor::watch(&mut jobs, name, reply.version, &reply.eval_id, &job, expected).await
+    monitor::watch(conn, name, reply.version, &reply.eval_id, &job, expected).await
 }
 
 /// How many allocations `job` asks for, when that does not depend on the nodes (not a system
@@ -321,7 +322,8 @@ pub fn counted(job: &Job) -> Option<u64> {
 /// Submits `job`, then (unless `detach`) watches it settle (`monitor`).
 /// `expected`: how many allocations to wait for (None: as many as the nodes allow).
 pub async fn submit(servers: &Servers, job: Job, detach: bool, expected: Option<u64>) -> Result<()> {
-    let mut jobs = client(servers.connect().await?);
+    let conn = servers.connect().await?;
+    let mut jobs = client(conn.clone());
     let request = pb::SubmitJobRequest { job: Some(job_to_pb(&job)) };
     let reply = jobs.submit_job(request).await.map_err(status_error)?.into_inner();
     if !reply.changed {
@@ -332,7 +334,7 @@ pub async fn submit(servers: &Servers, job: Job, detach: bool, expected: Option<
     if detach {
         return Ok(());
     }
-    monitor::watch(&mut jobs, &job.name, reply.version, &reply.eval_id, &job, expected).await
+    monitor::watch(conn, &job.name, reply.version, &reply.eval_id, &job, expected).await
 }
 
 /// The commands that read or change a stored job.

@@ -3,17 +3,20 @@
 //! It follows the submission's evaluation, each placement and each task's state, printing one
 //! line per change, until every allocation of the new version runs (service, system) or has
 //! finished (batch). A placement that fails, or an allocation that fails, ends it with an error
-//! and the reason. Ctrl-C stops the watching, never the job. On a terminal a spinner line shows
-//! the progress between changes; piped, only the lines are printed.
+//! and the reason. A version rolled out under a deployment is watched until the deployment ends
+//! instead (Nomad's table of each group's desired, placed, healthy and unhealthy allocations is
+//! printed as it changes): successful, or waiting for promotion, is success; failed (perhaps
+//! reverted) or cancelled is an error. Ctrl-C stops the watching, never the job. On a terminal a
+//! spinner line shows the progress between changes; piped, only the lines are printed.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use crate::connect::Conn;
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use helios_api::pb;
-use helios_api::pb::job_service_client::JobServiceClient;
+use helios_api::pb::deployment_service_client::DeploymentServiceClient;
 
 use crate::connect::status_error;
 
@@ -28,13 +31,16 @@ enum Settled {
 }
 
 pub async fn watch(
-    jobs: &mut JobServiceClient<Conn>,
+    conn: Conn,
     name: &str,
     version: u64,
     eval_id: &str,
     job: &helios_core::Job,
     expected: Option<u64>,
 ) -> Result<()> {
+    let mut jobs = super::client(conn.clone());
+    let mut deployments = crate::deployment::client(conn);
+    let deployment = deployment_of(&mut deployments, job, version).await?;
     let batch = job.job_type == helios_core::JobType::Batch;
     let mut progress = Progress::new(std::io::stderr().is_terminal());
     let mut seen = Seen::default();
@@ -58,6 +64,23 @@ pub async fn watch(
                 println!("{line}");
             }
         }
+        if let Some(id) = &deployment {
+            let request = pb::GetDeploymentRequest { id: id.clone() };
+            let reply = deployments.get_deployment(request).await.map_err(status_error)?.into_inner();
+            let Some(d) = reply.deployment else { bail!("the server sent no deployment") };
+            let shown = seen.deployment(&d);
+            if !shown.is_empty() {
+                progress.clear();
+                println!("{shown}");
+            }
+            if let Some(result) = deployment_ended(&d, &status, eval_id) {
+                progress.clear();
+                return result;
+            }
+            progress.show(&summary(&status, version));
+            tokio::time::sleep(POLL).await;
+            continue;
+        }
         match settled(&status, version, eval_id, batch, expected) {
             Ok(Some(Settled::Running(n))) => {
                 progress.clear();
@@ -77,6 +100,54 @@ pub async fn watch(
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// The id of the deployment that rolls out `version` of `job`, if its groups roll (the servers
+/// create it with the version, so it is there as soon as the submission is answered).
+async fn deployment_of(
+    deployments: &mut DeploymentServiceClient<Conn>,
+    job: &helios_core::Job,
+    version: u64,
+) -> Result<Option<String>> {
+    let rolls =
+        job.job_type == helios_core::JobType::Service && job.task_groups.iter().any(|g| g.update.has_deployment());
+    if !rolls {
+        return Ok(None);
+    }
+    let request = pb::ListDeploymentsRequest { job_name: Some(job.name.clone()) };
+    let list = deployments.list_deployments(request).await.map_err(status_error)?.into_inner().deployments;
+    Ok(list.into_iter().find(|d| d.job_version == version).map(|d| d.id))
+}
+
+/// How watching a deployment ends, once it does: `Ok` when it succeeded or waits for an
+/// operator to promote its canaries, an error when it failed or was cancelled (or the
+/// submission's evaluation is blocked: nothing more can be placed until the cluster changes).
+fn deployment_ended(d: &pb::Deployment, status: &pb::GetJobStatusResponse, eval_id: &str) -> Option<Result<()>> {
+    let short = crate::alloc::short(&d.id);
+    let description = &d.status_description;
+    match pb::DeploymentStatus::try_from(d.status) {
+        Ok(pb::DeploymentStatus::Successful) => {
+            println!("==> Deployment {short} successful: {description}");
+            return Some(Ok(()));
+        }
+        Ok(pb::DeploymentStatus::Failed) => {
+            return Some(Err(anyhow!("deployment {short} failed: {description}")));
+        }
+        Ok(pb::DeploymentStatus::Cancelled) => {
+            return Some(Err(anyhow!("deployment {short} cancelled: {description}")));
+        }
+        _ => {}
+    }
+    if description == helios_core::deployment::DESCRIPTION_NEEDS_PROMOTION {
+        println!("==> Deployment {short} waits for promotion: helios-cli deployment promote {short}");
+        return Some(Ok(()));
+    }
+    let blocked = status.evaluations.iter().find(|e| e.id == eval_id && e.status == "blocked")?;
+    let reasons: Vec<String> = blocked.failed_placements.iter().map(|(g, why)| format!("group {g}: {why}")).collect();
+    Some(Err(anyhow!(
+        "placement failed: {} (deployment {short} goes on when the cluster can take them, until its progress deadline)",
+        reasons.join("; ")
+    )))
 }
 
 /// The allocations of `version` that the servers want to run (or ran to completion).
@@ -193,9 +264,27 @@ struct Seen {
     /// Allocation id -> task -> its last state printed.
     tasks: BTreeMap<String, BTreeMap<String, String>>,
     placed: BTreeMap<String, String>,
+    /// The deployment's description and table as last printed.
+    deployment: String,
 }
 
 impl Seen {
+    /// The deployment's description and table when they changed since last printed.
+    fn deployment(&mut self, d: &pb::Deployment) -> String {
+        let shown = format!(
+            "==> Deployment {} {}: {}\n{}",
+            crate::alloc::short(&d.id),
+            crate::deployment::status_name(d.status),
+            d.status_description,
+            crate::deployment::groups_table(d).render(false).trim_end()
+        );
+        if shown == self.deployment {
+            return String::new();
+        }
+        self.deployment = shown.clone();
+        shown
+    }
+
     fn changes(&mut self, status: &pb::GetJobStatusResponse, version: u64, eval_id: &str) -> Vec<String> {
         let mut lines = Vec::new();
         if let Some(eval) = status.evaluations.iter().find(|e| e.id == eval_id) {

@@ -52,7 +52,13 @@ fn group(g: &TaskGroup, job_type: JobType) -> Value {
         group["migrate"] = waves(&g.migrate);
     }
     if g.update != UpdateStrategy::default() {
-        group["update"] = waves(&g.update.health_rule());
+        let u = &g.update;
+        let mut update = waves(&u.health_rule());
+        update["progress_deadline"] = json!(format!("{}s", u.progress_deadline_secs));
+        update["auto_revert"] = json!(u.auto_revert);
+        update["auto_promote"] = json!(u.auto_promote);
+        update["canary"] = json!(u.canary);
+        group["update"] = update;
     }
     if !g.affinities.is_empty() {
         group["affinity"] = affinities(&g.affinities);

@@ -67,7 +67,6 @@ const UPDATE: &[Field] = &[
     attr("health_check", Ty::Str),
     attr("min_healthy_time", Ty::Str),
     attr("healthy_deadline", Ty::Str),
-    // Deployments' fields: read so that the values Helios cannot honour are refused by name.
     attr("progress_deadline", Ty::Str),
     attr("auto_revert", Ty::Bool),
     attr("auto_promote", Ty::Bool),

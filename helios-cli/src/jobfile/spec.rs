@@ -122,9 +122,8 @@ fn secs(p: &mut Problems, path: &str, text: &Option<String>, default: u64) -> u6
     u64::from(duration(p, path, text, u32::try_from(default).unwrap_or(u32::MAX)))
 }
 
-/// Nomad's `update` block (service jobs): rolling updates. Deployments' own fields (canaries,
-/// promotion, reverts, progress deadline, stagger) are read to be refused by name when they ask
-/// for what Helios does not do yet.
+/// Nomad's `update` block (service jobs): rolling updates watched by a deployment, with
+/// canaries, promotion, auto-revert and a progress deadline.
 #[derive(Debug, Deserialize, Serialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSpec {
@@ -140,7 +139,7 @@ pub struct UpdateSpec {
 }
 
 impl UpdateSpec {
-    fn to_strategy(&self, p: &mut Problems, path: &str, job_type: JobType) -> UpdateStrategy {
+    fn to_strategy(&self, p: &mut Problems, path: &str, job_type: JobType, notes: &mut Vec<String>) -> UpdateStrategy {
         if job_type != JobType::Service {
             p.add(
                 path,
@@ -148,31 +147,35 @@ impl UpdateSpec {
             );
             return UpdateStrategy::default();
         }
-        const NEEDS: &str = "needs deployments, which Helios does not have yet";
-        let unsupported = [
-            ("progress_deadline", self.progress_deadline.is_some()),
-            ("auto_revert", self.auto_revert == Some(true)),
-            ("auto_promote", self.auto_promote == Some(true)),
-            ("canary", self.canary.is_some_and(|c| c > 0)),
-            ("stagger", self.stagger.is_some()),
-        ];
-        for (field, used) in unsupported {
-            if used {
-                p.add(&format!("{path}.{field}"), NEEDS);
-            }
+        if self.stagger.is_some() {
+            // Nomad paces only system jobs' updates by it; a service job's waves follow health.
+            notes.push(format!("{path}.stagger is ignored, as Nomad ignores it for service jobs: each wave waits for the last to be healthy"));
         }
+        let defaults = UpdateStrategy::nomad_block_defaults();
+        // `manual` is the update's own (a drain has no deployment to ask).
         let manual = self.health_check.as_deref() == Some("manual");
-        if manual {
-            p.add(&format!("{path}.health_check"), format!("\"manual\" {NEEDS}"));
-        }
         let health_check = if manual { &None } else { &self.health_check };
+        if let Some(name) = health_check.as_deref().filter(|n| HealthCheck::parse(n).is_none()) {
+            p.add(&format!("{path}.health_check"), format!("must be checks, task_states or manual, got {name:?}"));
+        }
+        let health_check =
+            if health_check.as_deref().and_then(HealthCheck::parse).is_some() { health_check } else { &None };
         let fields = (&self.max_parallel, health_check, &self.min_healthy_time, &self.healthy_deadline);
-        let m = waves(p, path, fields, UpdateStrategy::nomad_block_defaults().health_rule());
+        let m = waves(p, path, fields, defaults.health_rule());
         UpdateStrategy {
             max_parallel: m.max_parallel,
-            health_check: m.health_check,
+            health_check: if manual { HealthCheck::Manual } else { m.health_check },
             min_healthy_time_secs: m.min_healthy_time_secs,
             healthy_deadline_secs: m.healthy_deadline_secs,
+            progress_deadline_secs: secs(
+                p,
+                &format!("{path}.progress_deadline"),
+                &self.progress_deadline,
+                defaults.progress_deadline_secs,
+            ),
+            auto_revert: self.auto_revert.unwrap_or(defaults.auto_revert),
+            auto_promote: self.auto_promote.unwrap_or(defaults.auto_promote),
+            canary: self.canary.unwrap_or(defaults.canary),
         }
     }
 }
@@ -443,7 +446,7 @@ impl JobSpec {
                 group.migrate = merged.to_strategy(&mut p, &at, job_type);
             }
             if let Some((merged, at)) = merged(&spec.update, &self.update, i, "update") {
-                group.update = merged.to_strategy(&mut p, &at, job_type);
+                group.update = merged.to_strategy(&mut p, &at, job_type, &mut notes);
             }
         }
         if p.0.is_empty() {

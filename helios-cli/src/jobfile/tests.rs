@@ -499,7 +499,7 @@ job "api" {
 }
 
 #[test]
-fn update_blocks_roll_and_refuse_what_needs_deployments_by_name() {
+fn update_blocks_read_deployments_fields_and_refuse_what_does_not_fit_by_name() {
     let text = r#"
 job "api" {
   update {
@@ -520,16 +520,49 @@ job "api" {
     let job = parse(text, Format::Hcl).expect("parses").job;
     let u = &job.task_groups[0].update;
     assert_eq!((u.max_parallel, u.min_healthy_time_secs, u.healthy_deadline_secs), (2, 5, 300));
+    assert_eq!((u.progress_deadline_secs, u.auto_revert, u.canary), (600, false, 0), "Nomad's defaults");
     let written = serde_json::to_string_pretty(&export::to_file_json(&job)).expect("json");
     assert!(job.same_spec(&parse(&written, Format::Json).expect("exported").job), "{written}");
 
-    let deployments = text
-        .replace("auto_revert      = false", "auto_revert      = true")
-        .replace("canary           = 0", "canary           = 1\n    progress_deadline = \"10m\"");
-    let err = parse(&deployments, Format::Hcl).err().expect("refused").to_string();
-    for field in ["update.auto_revert", "update.canary", "update.progress_deadline"] {
-        assert!(err.contains(&format!("{field}: needs deployments, which Helios does not have yet")), "{field}: {err}");
+    let deployments = text.replace("auto_revert      = false", "auto_revert      = true").replace(
+        "canary           = 0",
+        "canary           = 1\n    auto_promote = true\n    progress_deadline = \"15m\"\n    stagger = \"30s\"",
+    );
+    let file = parse(&deployments, Format::Hcl).expect("parses");
+    let u = &file.job.task_groups[0].update;
+    assert_eq!((u.canary, u.auto_revert, u.auto_promote, u.progress_deadline_secs), (1, true, true, 900));
+    assert!(
+        file.notes.iter().any(|n| n.contains("update.stagger is ignored, as Nomad ignores it")),
+        "{:?}",
+        file.notes
+    );
+    let written = serde_json::to_string_pretty(&export::to_file_json(&file.job)).expect("json");
+    assert!(file.job.same_spec(&parse(&written, Format::Json).expect("exported").job), "{written}");
+    let manual = text.replace("canary           = 0", "health_check = \"manual\"");
+    let manual = parse(&manual, Format::Hcl).expect("parses").job;
+    assert_eq!(manual.task_groups[0].update.health_check, helios_core::HealthCheck::Manual);
+
+    let refused = [
+        ("canary           = 0", "auto_promote = true", "update.auto_promote: needs canary greater than 0"),
+        (
+            "canary           = 0",
+            "progress_deadline = \"1m\"",
+            "update.progress_deadline: must be 0 or at least healthy_deadline",
+        ),
+        (
+            "canary           = 0",
+            "health_check = \"sometimes\"",
+            "update.health_check: must be checks, task_states or manual",
+        ),
+    ];
+    for (from, to, expected) in refused {
+        let err = parse(&text.replace(from, to), Format::Hcl).err().expect("refused").to_string();
+        assert!(err.contains(expected), "{expected}: {err}");
     }
+    let no_waves =
+        text.replace("max_parallel     = 2", "max_parallel = 0").replace("canary           = 0", "canary = 1");
+    let err = parse(&no_waves, Format::Hcl).err().expect("refused").to_string();
+    assert!(err.contains("update.max_parallel: must be at least 1 for canary"), "{err}");
     let batch = text.replace("job \"api\" {", "job \"api\" {\n  type = \"batch\"");
     let err = parse(&batch, Format::Hcl).err().expect("refused").to_string();
     assert!(err.contains("update: rolling updates apply to service jobs"), "{err}");

@@ -30,6 +30,17 @@ pub struct PlanApplied {
     pub stopped: u32,
 }
 
+/// `UpdateDeployment` or `ActOnDeployment` applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentChanged {
+    pub status: crate::deployment::DeploymentStatus,
+    pub status_description: String,
+    /// The evaluation it created (or the reverting registration's).
+    pub eval_id: Option<String>,
+    /// The job version an `auto_revert` registered.
+    pub reverted_to: Option<u64>,
+}
+
 /// `RestoreCommit` applied: the restored state tables now hold `rows` rows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Restored {
@@ -108,6 +119,7 @@ value_answers!(
     PlanApplied(PlanApplied),
     Restored(Restored),
     GarbageCollected(Collected),
+    DeploymentChanged(DeploymentChanged),
 );
 
 #[cfg(test)]

@@ -14,12 +14,13 @@
 pub mod answer;
 mod v1;
 
-pub use answer::{Answer, JobDeregistered, JobRegistered, PlanApplied, Restored};
+pub use answer::{Answer, DeploymentChanged, JobDeregistered, JobRegistered, PlanApplied, Restored};
 
 use serde::{Deserialize, Serialize};
 
 use crate::acl::{AclPolicy, AclToken};
 use crate::alloc::AllocUpdate;
+use crate::deployment::{Deployment, DeploymentAction};
 use crate::eval::Evaluation;
 use crate::gc::{Collected, Cutoffs, Garbage};
 use crate::job::Job;
@@ -180,6 +181,23 @@ pub enum Command {
         services: Vec<AllocServices>,
         now: Timestamp,
     },
+    /// The leader's deployment watcher (format 9): `deployment` (`Deployment::observe`'s next
+    /// state) replaces the stored one if that is still at `deployment.revision`, else it is
+    /// refused and observed again. Its consequences, as for `DeploymentAction`: `eval` asks the
+    /// scheduler to go on; on success the version is marked stable; on failure with
+    /// `auto_revert` the last stable version is registered again, with `eval`.
+    UpdateDeployment {
+        deployment: Deployment,
+        eval: Evaluation,
+    },
+    /// An operator promotes, pauses, resumes or fails a deployment, or sets its allocations'
+    /// health (format 9); refused (nothing changed) when the deployment cannot do it now.
+    ActOnDeployment {
+        deployment_id: String,
+        action: DeploymentAction,
+        now: Timestamp,
+        eval: Evaluation,
+    },
 }
 
 impl Serialize for Command {
@@ -222,6 +240,8 @@ pub enum CommandResponse {
     Restored(Restored),
     /// Format 4: the answer to `RaiseFormat`.
     FormatRaised,
+    /// Format 9: the answer to `UpdateDeployment` and `ActOnDeployment`.
+    DeploymentChanged(DeploymentChanged),
 }
 
 crate::versioned!(CommandResponse = 1);
@@ -244,6 +264,9 @@ pub enum RejectionKind {
     NotFound,
     FailedPrecondition,
 }
+
+/// The stored format that brought deployments (`crate::deployment`).
+pub const DEPLOYMENTS_FORMAT: u32 = 9;
 
 impl Command {
     /// The oldest stored format whose servers can apply this command. A leader proposes it only
@@ -272,6 +295,7 @@ impl Command {
             | Command::RestoreCommit { .. } => 3,
             Command::RaiseFormat { format } => (*format).max(4),
             Command::ReportServices { .. } => 8,
+            Command::UpdateDeployment { .. } | Command::ActOnDeployment { .. } => DEPLOYMENTS_FORMAT,
         }
     }
 
@@ -331,6 +355,12 @@ impl std::fmt::Display for Command {
             }
             Command::ReportServices { node_id, services, .. } => {
                 write!(f, "report-services {node_id} ({} allocations)", services.len())
+            }
+            Command::UpdateDeployment { deployment, .. } => {
+                write!(f, "update-deployment {} {}", deployment.id, deployment.status.as_str())
+            }
+            Command::ActOnDeployment { deployment_id, action, .. } => {
+                write!(f, "act-on-deployment {deployment_id} {}", action.as_str())
             }
         }
     }

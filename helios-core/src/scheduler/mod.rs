@@ -18,6 +18,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::alloc::Allocation;
+use crate::deployment::Deployment;
 use crate::eval::Evaluation;
 use crate::job::{Job, Resources};
 use crate::node::Node;
@@ -46,6 +47,10 @@ pub trait StateView {
     /// `MAX_LEGACY_RESCHEDULES` times per slot and version, as the older build does.
     fn delays_reschedules(&self) -> bool {
         true
+    }
+    /// The job's latest deployment (`crate::deployment`), if it has one.
+    fn deployment(&self, _job_name: &str) -> Option<&Deployment> {
+        None
     }
 }
 
@@ -84,8 +89,11 @@ pub fn schedule(view: &impl StateView, eval: &Evaluation, now: Timestamp, new_id
     };
     // Decide every stop first, so placements can use the room (and the hosts) they free.
     let mut asks = Vec::new();
+    // Only the current version's deployment rules this plan (an older one was cancelled).
+    let deployment = view.deployment(&job.name).filter(|d| d.job_version == job.version);
     for group in &job.task_groups {
-        let slots = reconcile::Slots { job, group, existing: &existing, delays: view.delays_reschedules(), now };
+        let slots =
+            reconcile::Slots { job, group, existing: &existing, delays: view.delays_reschedules(), now, deployment };
         asks.push(slots.reconcile(&nodes_by_id, view.nodes(), &mut plan));
     }
     reconcile::stop_removed_groups(job, &existing, &mut plan);

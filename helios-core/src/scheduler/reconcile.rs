@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::alloc::{AllocClientStatus, AllocDesiredStatus, Allocation};
+use crate::deployment::{Deployment, DeploymentStatus};
 use crate::job::{Job, JobType, TaskGroup};
 use crate::migrate::{Health, MigrateStrategy};
 use crate::node::{Node, NodeEligibility, NodeStatus};
@@ -74,6 +75,20 @@ pub struct Slots<'a> {
     /// `StateView::delays_reschedules`.
     pub delays: bool,
     pub now: Timestamp,
+    /// The current version's deployment, if it has one.
+    pub deployment: Option<&'a Deployment>,
+}
+
+/// Where a group's rollout stands, by its deployment.
+enum Rollout {
+    /// Replace outdated allocations in waves (or all at once without a rolling update).
+    Waves,
+    /// Canaries run beside the old version until promotion; nothing old is replaced. `place`:
+    /// whether more may be placed now (not while paused).
+    Canaries { place: bool },
+    /// Paused, or failed: nothing more is replaced. `stop_canaries`: a failed deployment's
+    /// unpromoted canaries stop (Nomad's rule), the old version serving on.
+    Halted { stop_canaries: bool },
 }
 
 impl Slots<'_> {
@@ -117,7 +132,30 @@ impl Slots<'_> {
         let rejected: Vec<String> = misplaced.iter().map(|a| a.id.clone()).collect();
         misplaced.extend(outdated);
         let mut outdated = misplaced;
-        let (wave, healthy_left) = self.update_wave(&mine, &mut outdated, plan);
+        let mut canary_asks = Vec::new();
+        let (wave, healthy_left) = match self.rollout() {
+            Rollout::Waves => {
+                self.stop_replaced_by_promoted_canaries(&keep, &mut outdated, plan);
+                self.update_wave(&mine, &mut outdated, plan)
+            }
+            Rollout::Canaries { place } => {
+                let canaries = self.take_canaries(&mut keep);
+                if place {
+                    canary_asks = self.canary_asks(&mine, &canaries, &outdated);
+                }
+                (0, None)
+            }
+            Rollout::Halted { stop_canaries } => {
+                if stop_canaries {
+                    for canary in self.take_canaries(&mut keep) {
+                        stop(plan, canary, AllocDesiredStatus::Stop, false, "its deployment failed before promotion");
+                    }
+                }
+                // (Otherwise the new version's allocations placed so far keep their slots.)
+                self.say_halted(outdated.len(), plan);
+                (0, None)
+            }
+        };
         for (i, alloc) in outdated.into_iter().enumerate() {
             if i < wave {
                 let why = if rejected.contains(&alloc.id) {
@@ -140,9 +178,117 @@ impl Slots<'_> {
                 keep.push(alloc);
             }
         }
-        match job.job_type {
+        let mut asks = match job.job_type {
             JobType::System => system_slots(job, group, &mine, keep, nodes, plan),
             JobType::Service | JobType::Batch => self.counted(&mine, keep, plan),
+        };
+        asks.extend(canary_asks);
+        asks
+    }
+
+    /// The group's rollout, by the current version's deployment.
+    fn rollout(&self) -> Rollout {
+        let Some(deployment) = self.deployment else { return Rollout::Waves };
+        let Some(group) = deployment.groups.get(&self.group.name) else { return Rollout::Waves };
+        match deployment.status {
+            DeploymentStatus::Running if group.awaits_promotion() => Rollout::Canaries { place: true },
+            DeploymentStatus::Paused if group.awaits_promotion() => Rollout::Canaries { place: false },
+            DeploymentStatus::Paused => Rollout::Halted { stop_canaries: false },
+            DeploymentStatus::Failed => Rollout::Halted { stop_canaries: group.awaits_promotion() },
+            DeploymentStatus::Running | DeploymentStatus::Successful | DeploymentStatus::Cancelled => Rollout::Waves,
+        }
+    }
+
+    /// Says why a rollout replaces nothing more (`job status` shows it), while older versions run.
+    fn say_halted(&self, outdated: usize, plan: &mut Plan) {
+        let Some(deployment) = self.deployment.filter(|_| outdated > 0) else { return };
+        let message = format!(
+            "rolling update to version {} halted: deployment {} is {} ({}); {outdated} left on older versions",
+            self.job.version,
+            deployment.id,
+            deployment.status.as_str(),
+            deployment.status_description
+        );
+        plan.failed_placements.insert(self.group.name.clone(), message);
+        plan.final_failures.insert(self.group.name.clone());
+    }
+
+    /// Takes the deployment's canaries (the version's allocations placed since it began) out
+    /// of `keep`: they share their slots with the allocations they will replace.
+    fn take_canaries<'k>(&self, keep: &mut Vec<&'k Allocation>) -> Vec<&'k Allocation> {
+        let Some(deployment) = self.deployment else { return Vec::new() };
+        let is_canary = |a: &Allocation| a.job_version == self.job.version && a.created_at >= deployment.created_at;
+        let (canaries, rest): (Vec<&Allocation>, Vec<&Allocation>) = keep.iter().partition(|a| is_canary(a));
+        *keep = rest;
+        canaries
+    }
+
+    /// The canaries still to place: in the slots of `outdated` allocations that have none yet,
+    /// as many as `canary` asks beyond those placed (a failed canary counts: it fails the
+    /// deployment rather than being replaced).
+    fn canary_asks(&self, mine: &[&Allocation], live: &[&Allocation], outdated: &[&Allocation]) -> Vec<Ask> {
+        let Some(deployment) = self.deployment else { return Vec::new() };
+        let Some(group) = deployment.groups.get(&self.group.name) else { return Vec::new() };
+        let placed = mine
+            .iter()
+            .filter(|a| a.job_version == self.job.version && a.created_at >= deployment.created_at)
+            .filter(|a| a.client_status != AllocClientStatus::Lost)
+            .count();
+        let wanted = (group.desired_canaries as usize).saturating_sub(placed);
+        let taken: BTreeSet<&str> = live.iter().map(|a| a.name.as_str()).collect();
+        let mut names: Vec<&str> = outdated.iter().map(|a| a.name.as_str()).filter(|n| !taken.contains(n)).collect();
+        names.dedup();
+        names
+            .into_iter()
+            .take(wanted)
+            .map(|name| Ask { name: name.to_string(), node_id: None, reschedule_events: Vec::new() })
+            .collect()
+    }
+
+    /// Once a deployment is promoted, each canary takes its slot: the older allocation there
+    /// stops (beside `max_parallel`, as Nomad's promotion does).
+    fn stop_replaced_by_promoted_canaries(
+        &self,
+        keep: &[&Allocation],
+        outdated: &mut Vec<&Allocation>,
+        plan: &mut Plan,
+    ) {
+        let promoted = self
+            .deployment
+            .and_then(|d| d.groups.get(&self.group.name))
+            .is_some_and(|g| g.promoted && g.desired_canaries > 0);
+        if !promoted {
+            return;
+        }
+        let current: BTreeSet<&str> =
+            keep.iter().filter(|a| a.job_version == self.job.version).map(|a| a.name.as_str()).collect();
+        outdated.retain(|a| {
+            if current.contains(a.name.as_str()) {
+                stop(plan, a, AllocDesiredStatus::Stop, false, "replaced by a promoted canary");
+                return false;
+            }
+            true
+        });
+    }
+
+    /// An allocation's health for a rollout: the health rule's, or where that is still pending,
+    /// the deployment's verdict (an operator's, with `health_check = "manual"`).
+    /// (An older version's allocation, which no operator is asked about, by its tasks' states.)
+    fn health_of(&self, rule: &MigrateStrategy, alloc: &Allocation, checks: usize) -> Health {
+        if rule.health_check == crate::migrate::HealthCheck::Manual && alloc.job_version != self.job.version {
+            let by_tasks = MigrateStrategy { health_check: crate::migrate::HealthCheck::TaskStates, ..rule.clone() };
+            return by_tasks.health(alloc, self.now, checks);
+        }
+        let health = rule.health(alloc, self.now, checks);
+        if !matches!(health, Health::Pending { .. }) || alloc.job_version != self.job.version {
+            return health;
+        }
+        let verdict =
+            self.deployment.and_then(|d| d.groups.get(&self.group.name)).and_then(|g| g.health.get(&alloc.id));
+        match verdict {
+            Some(true) => Health::Healthy,
+            Some(false) => Health::Unhealthy,
+            None => health,
         }
     }
 
@@ -152,8 +298,10 @@ impl Slots<'_> {
     fn healthy(&self, mine: &[&Allocation], rule: &MigrateStrategy, plan: &mut Plan, why: &str) -> usize {
         let mut healthy = 0;
         let checks = self.expected_checks();
-        for alloc in mine.iter().filter(|a| is_live(a)) {
-            match rule.health(alloc, self.now, checks(alloc)) {
+        let stopping: BTreeSet<&str> = plan.stops.iter().map(|s| s.alloc_id.as_str()).collect();
+        let live: Vec<&&Allocation> = mine.iter().filter(|a| is_live(a) && !stopping.contains(a.id.as_str())).collect();
+        for alloc in live {
+            match self.health_of(rule, alloc, checks(alloc)) {
                 Health::Healthy => healthy += 1,
                 Health::Pending { check_at } => plan.revisit(check_at, why),
                 Health::Unhealthy => {
@@ -202,14 +350,14 @@ impl Slots<'_> {
         let healthy = self.healthy(mine, &rule, plan, why);
         let floor = (self.group.count as usize).saturating_sub(update.max_parallel as usize);
         let checks = self.expected_checks();
-        let unhealthy = |a: &Allocation| rule.health(a, self.now, checks(a)) == Health::Unhealthy;
+        let unhealthy = |a: &Allocation| self.health_of(&rule, a, checks(a)) == Health::Unhealthy;
         // Stable: the unhealthy first, each part in its order (each one's health judged once).
         outdated.sort_by_cached_key(|a| !unhealthy(a));
         // Within max_parallel, with the new version's allocations not healthy yet.
         let in_flight = mine
             .iter()
             .filter(|a| a.job_version == self.job.version && is_live(a))
-            .filter(|a| rule.health(a, self.now, checks(a)) != Health::Healthy)
+            .filter(|a| self.health_of(&rule, a, checks(a)) != Health::Healthy)
             .count();
         let budget = (update.max_parallel as usize).saturating_sub(in_flight);
         let not_healthy = outdated.iter().take_while(|a| unhealthy(a)).count().min(budget);
@@ -221,7 +369,7 @@ impl Slots<'_> {
             let unhealthy = new
                 .iter()
                 .filter(|a| a.client_status != AllocClientStatus::Failed && is_live(a))
-                .filter(|a| rule.health(a, self.now, checks(a)) == Health::Unhealthy)
+                .filter(|a| self.health_of(&rule, a, checks(a)) == Health::Unhealthy)
                 .count();
             if failed + unhealthy > 0 {
                 let not_healthy = if unhealthy > 0 {

@@ -23,6 +23,8 @@ struct Harness {
     now: Timestamp,
     /// The cluster is mid-upgrade from format 6 (`StateView::delays_reschedules`).
     legacy: bool,
+    /// Each job's latest deployment.
+    deployments: BTreeMap<String, crate::deployment::Deployment>,
 }
 
 fn node(id: &str, cpu: u32, mem: u32) -> Node {
@@ -79,6 +81,9 @@ impl StateView for Harness {
     }
     fn delays_reschedules(&self) -> bool {
         !self.legacy
+    }
+    fn deployment(&self, job_name: &str) -> Option<&crate::deployment::Deployment> {
+        self.deployments.get(job_name)
     }
 }
 
@@ -141,8 +146,12 @@ impl Harness {
         let mut slots = BTreeMap::new();
         for a in self.allocs.values().filter(|a| !a.is_terminal() && a.desired_status == AllocDesiredStatus::Run) {
             let job = &self.jobs[&a.job_name];
-            let key =
+            let mut key =
                 if job.job_type == JobType::System { format!("{}@{}", a.name, a.node_id) } else { a.name.clone() };
+            // A canary shares its slot with the older allocation it will replace.
+            if job.task_groups.iter().any(|g| g.update.canary > 0) {
+                key = format!("{key}@v{}", a.job_version);
+            }
             assert!(slots.insert(key.clone(), a.id.clone()).is_none(), "slot {key} runs twice");
         }
     }
@@ -1158,6 +1167,8 @@ fn a_rollout_by_checks_waits_for_the_new_checks_and_replaces_a_version_that_neve
         health_check: crate::HealthCheck::Checks,
         min_healthy_time_secs: 10,
         healthy_deadline_secs: 60,
+        progress_deadline_secs: 0,
+        ..crate::update::UpdateStrategy::default()
     };
     with_http_check(&mut job);
     h.settle(job);
@@ -1199,4 +1210,207 @@ fn a_rollout_by_checks_waits_for_the_new_checks_and_replaces_a_version_that_neve
     let plan = h.run("web");
     assert_eq!(plan.stops.len(), 1);
     assert!(v0.contains(&plan.stops[0].alloc_id));
+}
+
+mod deployments {
+    use super::*;
+    use crate::deployment::{Deployment, DeploymentAction, DeploymentStatus, DESCRIPTION_NEEDS_PROMOTION};
+
+    impl Harness {
+        /// Registers `job` as its next version with the deployment the state machine would
+        /// start (canaries where older allocations run).
+        fn deploy(&mut self, job: Job) {
+            let name = job.name.clone();
+            self.put_job(job);
+            let job = &self.jobs[&name];
+            let old_running = self.live(&name).iter().any(|a| a.job_version < job.version);
+            let id = format!("deploy-{}", job.version);
+            let deployment = Deployment::for_version(job, &id, self.now, |_| old_running).expect("a rolling job");
+            self.deployments.insert(name, deployment);
+            self.index += 1;
+        }
+
+        /// The leader's watcher looks once.
+        fn watch(&mut self, name: &str) {
+            let job = self.jobs[name].clone();
+            let fingerprint = job.task_groups[0].fingerprint();
+            let allocs = self.allocation_list(name);
+            let refs: Vec<&Allocation> = allocs.iter().collect();
+            let needs = |_: &crate::job::TaskGroup| {
+                refs.iter()
+                    .any(|a| a.job_version < job.version && a.group_fingerprint != fingerprint && !a.is_terminal())
+            };
+            let next = self.deployments[name].observe(&job, &refs, self.now, |_| 0, needs);
+            if let Some(next) = next {
+                self.deployments.insert(name.to_string(), next);
+                self.index += 1;
+            }
+        }
+
+        fn act(&mut self, name: &str, action: DeploymentAction) -> Result<(), String> {
+            let allocs = self.allocation_list(name);
+            let now = self.now;
+            let deployment = self.deployments.get_mut(name).expect("deployed");
+            let version = deployment.job_version;
+            let group_of =
+                |id: &str| allocs.iter().find(|a| a.id == id && a.job_version == version).map(|a| a.task_group.clone());
+            deployment.act(&action, now, group_of)?;
+            self.index += 1;
+            Ok(())
+        }
+
+        fn allocation_list(&self, name: &str) -> Vec<Allocation> {
+            self.allocs.values().filter(|a| a.job_name == name).cloned().collect()
+        }
+
+        fn status(&self, name: &str) -> DeploymentStatus {
+            self.deployments[name].status
+        }
+
+        /// The allocations `plan` placed run from now on.
+        fn start(&mut self, plan: &Plan) {
+            for alloc in &plan.placements {
+                self.running_since(&alloc.id, self.now);
+            }
+        }
+    }
+
+    fn canary_job(canary: u32) -> Job {
+        let mut job = service("web", 3, 100, 100);
+        job.task_groups[0].update = crate::update::UpdateStrategy { canary, ..rolling(1) };
+        job
+    }
+
+    #[test]
+    fn canaries_run_beside_the_old_version_until_promoted_then_the_rollout_goes_on() {
+        let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+        h.settle(canary_job(1));
+        let old: Vec<String> = h.live("web").iter().map(|a| a.id.clone()).collect();
+        let v1 = next_version(&h, "web");
+        h.deploy(v1);
+        let plan = h.run("web");
+        assert_eq!(plan.placements.len(), 1, "one canary");
+        assert!(plan.stops.is_empty(), "nothing old stops for a canary");
+        assert_eq!(plan.placements[0].name, "web.web[0]", "in an old allocation's slot");
+        h.start(&plan);
+        assert!(h.run("web").is_empty(), "no second canary, no replacement");
+        h.advance_secs(10);
+        h.watch("web");
+        let d = &h.deployments["web"];
+        assert_eq!(d.groups["web"].healthy(), 1);
+        assert_eq!(d.status_description, DESCRIPTION_NEEDS_PROMOTION);
+        assert!(h.run("web").is_empty(), "healthy canaries still wait for promotion");
+        assert_eq!(h.live("web").len(), 4, "three old and the canary");
+
+        h.act("web", DeploymentAction::Promote { groups: Vec::new() }).expect("promotable");
+        let plan = h.run("web");
+        let stopped: Vec<&str> = plan.stops.iter().map(|s| s.alloc_id.as_str()).collect();
+        assert_eq!(stopped, [old[0].as_str(), old[1].as_str()], "the canary's slot, then one wave of max_parallel 1");
+        assert_eq!(plan.placements.len(), 1);
+        h.start(&plan);
+        h.advance_secs(10);
+        h.watch("web");
+        let plan = h.run("web");
+        assert_eq!(plan.stops.len(), 1);
+        h.start(&plan);
+        h.advance_secs(10);
+        h.watch("web");
+        assert_eq!(h.status("web"), DeploymentStatus::Successful);
+        assert!(h.live("web").iter().all(|a| a.job_version == 1));
+        assert_eq!(h.live("web").len(), 3);
+    }
+
+    #[test]
+    fn promotion_is_refused_until_every_canary_is_healthy() {
+        let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+        h.settle(canary_job(2));
+        h.deploy(next_version(&h, "web"));
+        let plan = h.run("web");
+        assert_eq!(plan.placements.len(), 2);
+        h.running_since(&plan.placements[0].id, h.now);
+        h.advance_secs(10);
+        h.watch("web");
+        let refused = h.act("web", DeploymentAction::Promote { groups: Vec::new() }).expect_err("one not healthy");
+        assert!(refused.contains("1 of 2 canaries healthy"), "{refused}");
+    }
+
+    #[test]
+    fn an_unhealthy_canary_fails_the_deployment_and_the_canaries_stop() {
+        let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+        h.settle(canary_job(1));
+        h.deploy(next_version(&h, "web"));
+        let canary = h.run("web").placements[0].id.clone();
+        // Never running: unhealthy at its healthy_deadline (300 s).
+        h.advance_secs(300);
+        h.watch("web");
+        assert_eq!(h.status("web"), DeploymentStatus::Failed);
+        let plan = h.run("web");
+        assert_eq!(plan.stops.iter().map(|s| s.alloc_id.as_str()).collect::<Vec<_>>(), [canary.as_str()]);
+        assert!(plan.placements.is_empty());
+        assert!(h.live("web").iter().all(|a| a.job_version == 0), "the old version serves on");
+        assert!(h.run("web").is_empty());
+    }
+
+    #[test]
+    fn a_paused_deployment_replaces_nothing_until_resumed() {
+        let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+        h.settle(canary_job(0));
+        h.deploy(next_version(&h, "web"));
+        let plan = h.run("web");
+        assert_eq!(plan.stops.len(), 1);
+        h.start(&plan);
+        h.act("web", DeploymentAction::Pause).expect("running");
+        h.advance_secs(10);
+        h.watch("web");
+        assert_eq!(h.deployments["web"].groups["web"].healthy(), 1, "health is still judged");
+        assert!(h.run("web").is_empty(), "paused");
+        assert_eq!(h.live("web").len(), 3, "the new allocation keeps its slot");
+        h.act("web", DeploymentAction::Resume).expect("paused");
+        assert_eq!(h.run("web").stops.len(), 1, "resumed");
+    }
+
+    #[test]
+    fn manual_health_waits_for_the_operator() {
+        let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+        let mut job = canary_job(0);
+        job.task_groups[0].update.health_check = crate::HealthCheck::Manual;
+        h.settle(job);
+        h.deploy(next_version(&h, "web"));
+        let plan = h.run("web");
+        let new = plan.placements[0].id.clone();
+        h.start(&plan);
+        h.advance_secs(300);
+        h.watch("web");
+        assert!(h.run("web").is_empty(), "five minutes running is not healthy without the operator");
+        let old = h.live("web").iter().find(|a| a.job_version == 0).map(|a| a.id.clone()).expect("an old one");
+        let refused = h.act("web", DeploymentAction::SetHealth { healthy: vec![old], unhealthy: Vec::new() });
+        assert!(refused.expect_err("not of the version").contains("is not part of deployment"));
+        h.act("web", DeploymentAction::SetHealth { healthy: vec![new], unhealthy: Vec::new() }).expect("its own");
+        assert_eq!(h.run("web").stops.len(), 1, "goes on");
+    }
+
+    #[test]
+    fn a_deployment_fails_at_its_progress_deadline_which_progress_moves() {
+        let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+        let mut job = canary_job(0);
+        job.task_groups[0].update.progress_deadline_secs = 300;
+        job.task_groups[0].update.healthy_deadline_secs = 300;
+        h.settle(job.clone());
+        h.deploy(next_version(&h, "web"));
+        let plan = h.run("web");
+        h.start(&plan);
+        h.advance_secs(10);
+        h.watch("web");
+        let by = h.deployments["web"].groups["web"].require_progress_by.expect("a deadline");
+        assert_eq!(by, Timestamp(h.now.0 + 300_000), "progress moves the deadline");
+        // The next one never starts: the healthy deadline and the progress deadline pass.
+        h.run("web");
+        h.advance_secs(299);
+        h.watch("web");
+        assert_eq!(h.status("web"), DeploymentStatus::Running);
+        h.advance_secs(1);
+        h.watch("web");
+        assert_eq!(h.status("web"), DeploymentStatus::Failed);
+        assert!(h.run("web").stops.is_empty(), "a failed deployment replaces nothing more");
+    }
 }

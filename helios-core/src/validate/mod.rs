@@ -242,6 +242,10 @@ fn check_group(r: &mut Report, path: &str, group: &TaskGroup) {
     for (field, problem) in group.migrate.problems() {
         r.add(format!("{path}.migrate.{field}"), problem);
     }
+    if group.migrate.health_check == crate::migrate::HealthCheck::Manual {
+        // Nobody would be asked: a drain has no deployment to set health on.
+        r.add(format!("{path}.migrate.health_check"), "must be checks or task_states (manual is only for update)");
+    }
     for (field, problem) in group.update.problems() {
         r.add(format!("{path}.update.{field}"), problem);
     }

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod assigned;
 pub mod auth;
 pub mod cluster_service;
+pub mod deployments;
 pub mod errors;
 pub mod jobs;
 pub mod nodes;

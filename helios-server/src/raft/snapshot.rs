@@ -144,8 +144,16 @@ fn write_tables(txn: &ReadTransaction, meta: &SnapshotMeta, out: &mut impl Write
     frame(&mut out, &Frame::Header { format, meta: meta.clone() })?;
     let mut rows = 0u64;
     for def in STATE_TABLES {
-        frame(&mut out, &Frame::Table { name: redb::TableHandle::name(&def).into() })?;
         let table = txn.open_table(def).map_err(io::Error::other)?;
+        // A table the previous format lacks is sent only once it holds rows (which it cannot
+        // before the cluster is raised to its format): a server of that format reads the stream.
+        let name = redb::TableHandle::name(&def);
+        if crate::store::tables::NEWER_TABLES.contains(&name)
+            && redb::ReadableTableMetadata::is_empty(&table).map_err(io::Error::other)?
+        {
+            continue;
+        }
+        frame(&mut out, &Frame::Table { name: name.into() })?;
         for row in table.iter().map_err(io::Error::other)? {
             let (key, value) = row.map_err(io::Error::other)?;
             frame(&mut out, &Frame::Row { key: key.value().into(), value: value.value().into() })?;

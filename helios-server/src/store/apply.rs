@@ -16,9 +16,10 @@ use super::tables::{
     EVALUATIONS, JOBS, JOB_ALLOC_COUNTS, JOB_VERSIONS, NODES, NODE_PORTS, NODE_USAGE, PENDING_EVALUATIONS, REQUESTS,
     ROOM_FREED_AT,
 };
-use super::tables::{ACL_POLICIES, ACL_TOKENS, ACL_TOKEN_SECRETS, RESTORE_STAGING};
+use super::tables::{ACL_POLICIES, ACL_TOKENS, ACL_TOKEN_SECRETS, DEPLOYMENTS, RESTORE_STAGING};
 
 mod acl;
+mod deployments;
 mod format;
 mod gc;
 mod indexes;
@@ -56,6 +57,7 @@ pub struct StateTables<'txn> {
     acl_tokens: StateTable<'txn>,
     acl_token_secrets: StateTable<'txn>,
     restore_staging: StateTable<'txn>,
+    deployments: StateTable<'txn>,
     /// Node usage and job counts as this batch left them, written once by `finish`: they change
     /// with every allocation written, and writing them through would double the B-tree work.
     usage: HashMap<String, Resources>,
@@ -97,6 +99,7 @@ impl<'txn> StateTables<'txn> {
             acl_tokens: txn.open_table(ACL_TOKENS)?,
             acl_token_secrets: txn.open_table(ACL_TOKEN_SECRETS)?,
             restore_staging: txn.open_table(RESTORE_STAGING)?,
+            deployments: txn.open_table(DEPLOYMENTS)?,
             usage: HashMap::new(),
             counts: HashMap::new(),
             room_freed: None,
@@ -230,6 +233,10 @@ impl<'txn> StateTables<'txn> {
                 self.report_services(&node_id, &secret, services, now)
             }
             Command::ApplyPlan { plan, eval } => self.apply_plan(plan, eval),
+            Command::UpdateDeployment { deployment, eval } => self.update_deployment(deployment, eval),
+            Command::ActOnDeployment { deployment_id, action, now, eval } => {
+                self.act_on_deployment(&deployment_id, &action, now, eval)
+            }
             Command::CollectGarbage { cutoffs, garbage } => self.collect_garbage(cutoffs, garbage),
             Command::RestoreBegin { restore_id } => self.restore_begin(&restore_id),
             Command::RestoreRows { restore_id, table, rows } => self.restore_rows(&restore_id, &table, rows),

@@ -1,14 +1,15 @@
 //! Queries over a read transaction. Callers decide how current the transaction must be (see
 //! `cluster::Cluster::read`).
 
+use helios_core::deployment::Deployment;
 use helios_core::{Allocation, Evaluation, Job, Node, Timestamp};
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 
 use super::codec::decode;
 use super::tables::{
-    index_id, index_range, job_version_key, AllocCounts, ALLOCATIONS, ALLOCS_BY_JOB, ALLOCS_BY_NODE, EVALS_BY_JOB,
-    EVALUATIONS, JOBS, JOB_ALLOC_COUNTS, JOB_VERSIONS, NODES, NODE_USAGE, PENDING_EVALUATIONS,
+    index_id, index_range, job_version_key, AllocCounts, ALLOCATIONS, ALLOCS_BY_JOB, ALLOCS_BY_NODE, DEPLOYMENTS,
+    EVALS_BY_JOB, EVALUATIONS, JOBS, JOB_ALLOC_COUNTS, JOB_VERSIONS, NODES, NODE_USAGE, PENDING_EVALUATIONS,
 };
 use super::StoreError;
 
@@ -63,6 +64,29 @@ pub fn job_versions(txn: &ReadTransaction, name: &str) -> Result<Vec<Job>> {
         out.push(decode(v.value())?);
     }
     Ok(out)
+}
+
+/// Deployments, all or one job's, in (job, version) order.
+pub fn deployments(txn: &ReadTransaction, job_name: Option<&str>) -> Result<Vec<Deployment>> {
+    let Some(job) = job_name else { return scan(txn, DEPLOYMENTS, |_| true) };
+    let (first, last) = (job_version_key(job, 0), job_version_key(job, u64::MAX));
+    let mut out = Vec::new();
+    for row in table(txn, DEPLOYMENTS)?.range(first.as_str()..=last.as_str())? {
+        out.push(decode(row?.1.value())?);
+    }
+    Ok(out)
+}
+
+/// A job's latest deployment.
+pub fn latest_deployment(txn: &ReadTransaction, job_name: &str) -> Result<Option<Deployment>> {
+    let (first, last) = (job_version_key(job_name, 0), job_version_key(job_name, u64::MAX));
+    let latest = table(txn, DEPLOYMENTS)?.range(first.as_str()..=last.as_str())?.next_back().transpose()?;
+    Ok(latest.map(|(_, v)| decode(v.value())).transpose()?)
+}
+
+/// The deployment of a job's version.
+pub fn deployment_of_version(txn: &ReadTransaction, job_name: &str, version: u64) -> Result<Option<Deployment>> {
+    get(txn, DEPLOYMENTS, &job_version_key(job_name, version))
 }
 
 /// The values of `values` whose ids `index` lists under `owner` (see `tables::index_key`).
@@ -239,14 +263,15 @@ pub fn job_version(txn: &ReadTransaction, name: &str, version: u64) -> Result<Op
 pub struct StateDigest {
     pub applied_index: u64,
     /// SHA-256 over every state table, in `STATE_TABLES` order, of each table's name and each
-    /// row's key and value (length-prefixed, so no two states hash alike by concatenation).
+    /// row's key and value (length-prefixed, so no two states hash alike by concatenation);
+    /// an empty table of `NEWER_TABLES` is left out.
     pub digest: String,
     pub entries: u64,
 }
 
 /// The digest of the state `txn` reads: servers that applied the same log agree on it.
 pub fn state_digest(txn: &ReadTransaction) -> Result<StateDigest> {
-    use redb::TableHandle;
+    use redb::{ReadableTableMetadata, TableHandle};
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     let mut entries = 0u64;
@@ -255,6 +280,11 @@ pub fn state_digest(txn: &ReadTransaction) -> Result<StateDigest> {
         hasher.update(bytes);
     };
     for def in super::tables::STATE_TABLES {
+        // A table newer than the previous format counts only once it holds rows, so servers of
+        // both builds agree during a rolling upgrade (the older has no such table at all).
+        if super::tables::NEWER_TABLES.contains(&def.name()) && table(txn, def)?.is_empty()? {
+            continue;
+        }
         framed(def.name().as_bytes());
         let log_positions = def.name() == super::tables::CLUSTER.name();
         for row in table(txn, def)?.iter()? {

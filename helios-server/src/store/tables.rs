@@ -13,6 +13,9 @@ pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta"
 pub const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 /// `job_version_key(name, version)` -> `Job`.
 pub const JOB_VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("job_versions");
+/// `job_version_key(job, version)` -> that version's `Deployment` (format 9): a job's
+/// deployments in version order, its latest last.
+pub const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 /// allocation id -> `Allocation`.
 pub const ALLOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("allocations");
 /// node id -> `Node`.
@@ -78,8 +81,9 @@ pub const RESTORE_STAGING: TableDefinition<&str, &[u8]> = TableDefinition::new("
 pub const RESTORE_ID: &str = "restore_id";
 
 /// The tables that make up the replicated state: exactly what a snapshot carries. A snapshot
-/// from a server without the ACL tables simply has none (no tokens, not bootstrapped).
-pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 19] = [
+/// from a server without the ACL tables simply has none (no tokens, not bootstrapped); one
+/// from before format 9, no deployments.
+pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 20] = [
     JOBS,
     JOB_VERSIONS,
     ALLOCATIONS,
@@ -99,7 +103,12 @@ pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 19] = [
     ACL_TOKENS,
     ACL_TOKEN_SECRETS,
     RESTORE_STAGING,
+    DEPLOYMENTS,
 ];
+
+/// The state tables the previous stored format did not have (`read::state_digest` leaves them
+/// out while empty).
+pub const NEWER_TABLES: [&str; 1] = ["deployments"];
 
 /// How many of a job's allocations run, and how many have not finished: what its status follows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -8,6 +8,7 @@ use helios_core::{Allocation, CommandResponse, EvalStatus, Evaluation, Job, Node
 use redb::ReadableTable;
 
 use super::{get, StateTables};
+use crate::store::codec::decode;
 use crate::store::tables::{index_id, index_key, index_range, job_version_key};
 
 impl StateTables<'_> {
@@ -39,6 +40,7 @@ impl StateTables<'_> {
         for (name, version) in &garbage.versions {
             if self.droppable_versions(name, &cutoffs)?.contains(version) {
                 self.job_versions.remove(job_version_key(name, *version).as_str())?;
+                self.delete_deployment_of_version(name, *version)?;
                 collected.versions += 1;
             }
         }
@@ -78,6 +80,7 @@ impl StateTables<'_> {
         let (first, last) = (job_version_key(name, 0), job_version_key(name, u64::MAX));
         let before = self.job_versions.range(first.as_str()..=last.as_str())?.count() as u64;
         self.job_versions.retain_in(first.as_str()..=last.as_str(), |_, _| false)?;
+        self.delete_deployments_of(name)?;
         collected.versions += before;
         self.jobs.remove(name)?;
         self.job_alloc_counts.remove(name)?;
@@ -92,13 +95,18 @@ impl StateTables<'_> {
         let Some(job) = get::<Job>(&self.jobs, name)? else { return Ok(Vec::new()) };
         let (first, last) = (job_version_key(name, 0), job_version_key(name, u64::MAX));
         let mut versions = Vec::new();
+        let mut latest_stable = None;
         for row in self.job_versions.range(first.as_str()..=last.as_str())? {
-            let (key, _) = row?;
-            if let Some(version) = key.value().rsplit_once('@').and_then(|(_, v)| v.parse().ok()) {
-                versions.push(version);
+            let (_, value) = row?;
+            let version: Job = decode(value.value()).map_err(redb::StorageError::Io)?;
+            versions.push(version.version);
+            if version.stable {
+                latest_stable = Some(version.version);
             }
         }
-        let in_use: BTreeSet<u64> = self.allocations_of_job(name)?.iter().map(|a| a.job_version).collect();
+        let mut in_use: BTreeSet<u64> = self.allocations_of_job(name)?.iter().map(|a| a.job_version).collect();
+        // The latest stable version is what auto_revert goes back to.
+        in_use.extend(latest_stable);
         Ok(gc::versions_to_drop(&versions, job.version, &in_use, cutoffs))
     }
 

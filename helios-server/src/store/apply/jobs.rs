@@ -26,9 +26,12 @@ impl StateTables<'_> {
         job.version = previous.map_or(0, |p| p.version + 1);
         job.status = JobStatus::Pending;
         job.stopped = false;
+        // Stable once its own deployment succeeds (a reverted-to spec comes with its old mark).
+        job.stable = false;
         let bytes = encode(&job);
         self.jobs.insert(job.name.as_str(), bytes.as_slice())?;
         self.job_versions.insert(job_version_key(&job.name, job.version).as_str(), bytes.as_slice())?;
+        self.start_deployment(&job, &eval.id, eval.created_at)?;
         self.put_evaluation(&eval)?;
         Ok(CommandResponse::JobRegistered(JobRegistered {
             version: job.version,
@@ -79,7 +82,9 @@ impl StateTables<'_> {
             let first = job_version_key(name, 0);
             let last = job_version_key(name, u64::MAX);
             self.job_versions.retain_in(first.as_str()..=last.as_str(), |_, _| false)?;
+            self.delete_deployments_of(name)?;
         } else {
+            self.cancel_deployment(name, "Cancelled because job is stopped", now)?;
             job.stopped = true;
             job.submitted_at = job.submitted_at.max(now);
             if !self.has_live_allocations(name)? {

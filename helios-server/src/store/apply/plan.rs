@@ -130,17 +130,23 @@ impl StateTables<'_> {
                 *r = r.minus(alloc.resources);
             }
         }
-        // The slots the plan's job already fills. Names may repeat across jobs ("a.b" + "c" and
-        // "a" + "b.c"), but slots belong to one job.
-        let mut taken: BTreeSet<(String, String)> = BTreeSet::new();
+        // The slots the plan's job already fills, with the newest version filling each. Names
+        // may repeat across jobs ("a.b" + "c" and "a" + "b.c"), but slots belong to one job.
+        let mut taken: HashMap<(String, String), u64> = HashMap::new();
         for alloc in self.allocations_of_job(&plan.job_name)? {
             if reserves_room(&alloc) && !stopping.contains(alloc.id.as_str()) {
-                taken.insert((alloc.name.clone(), alloc.node_id.clone()));
-                taken.insert((alloc.name, String::new()));
+                for slot in [(alloc.name.clone(), alloc.node_id.clone()), (alloc.name.clone(), String::new())] {
+                    let newest = taken.entry(slot).or_insert(alloc.job_version);
+                    *newest = (*newest).max(alloc.job_version);
+                }
             }
         }
-        let system =
-            get::<Job>(&self.jobs, &plan.job_name)?.is_some_and(|j| j.job_type == helios_core::JobType::System);
+        let job = get::<Job>(&self.jobs, &plan.job_name)?;
+        let system = job.as_ref().is_some_and(|j| j.job_type == helios_core::JobType::System);
+        // A canary shares its slot with the older allocation it replaces once promoted.
+        let canaries = |group: &str| {
+            job.as_ref().is_some_and(|j| j.task_groups.iter().any(|g| g.name == group && g.update.canary > 0))
+        };
         // Fixed host ports: free unless held by an allocation that the plan does not finish, and
         // each taken once.
         let mut ports_freed: BTreeSet<&str> = BTreeSet::new();
@@ -178,8 +184,10 @@ impl StateTables<'_> {
             }
             // A system job's slot is per node; other slots are per job.
             let slot = (alloc.name.clone(), if system { alloc.node_id.clone() } else { String::new() });
-            if !taken.insert(slot) {
-                return Ok(Err(format!("slot {} is already filled", alloc.name)));
+            match taken.insert(slot, alloc.job_version) {
+                None => {}
+                Some(older) if older < alloc.job_version && canaries(&alloc.task_group) => {}
+                Some(_) => return Ok(Err(format!("slot {} is already filled", alloc.name))),
             }
             let r = self.used_on(&mut used, &node.id)?;
             *r = r.plus(alloc.resources);

@@ -140,6 +140,7 @@ impl<'txn> StateTables<'txn> {
             "acl_policies" => &mut self.acl_policies,
             "acl_tokens" => &mut self.acl_tokens,
             "acl_token_secrets" => &mut self.acl_token_secrets,
+            "deployments" => &mut self.deployments,
             _ => return None,
         })
     }

@@ -844,3 +844,122 @@ fn report_on_n1(update: helios_core::AllocUpdate) -> Command {
         evals: vec![],
     }
 }
+
+/// A rolling service job (one copy) whose task runs `arg`, with `auto_revert`.
+fn rolling(name: &str, arg: &str, eval: &str) -> Command {
+    let mut job = Job::exec(name, "sleep", vec![arg.to_string()]);
+    job.set_type(helios_core::JobType::Service);
+    job.task_groups[0].update =
+        helios_core::UpdateStrategy { auto_revert: true, ..helios_core::UpdateStrategy::nomad_block_defaults() };
+    let eval = Evaluation::new(eval.to_string(), name, 50, EvalTrigger::JobRegister, Timestamp(1));
+    Command::RegisterJob { job, eval }
+}
+
+fn act(id: &str, action: helios_core::deployment::DeploymentAction, eval: &str) -> Command {
+    let eval = Evaluation::new(eval.to_string(), "web", 50, EvalTrigger::DeploymentWatcher, Timestamp(9));
+    Command::ActOnDeployment { deployment_id: id.into(), action, now: Timestamp(9), eval }
+}
+
+#[test]
+fn deployments_start_with_versions_mark_them_stable_revert_and_are_cancelled() {
+    use helios_core::deployment::{DeploymentAction, DeploymentStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1).unwrap();
+    let deployments = |db: &redb::Database| read::deployments(&db.begin_read().unwrap(), Some("web")).unwrap();
+    let versions = |db: &redb::Database| read::job_versions(&db.begin_read().unwrap(), "web").unwrap();
+    // Before format 9 no deployment is started: older servers could not apply its commands.
+    apply_all(&db, vec![proposal("r8", 1, Command::RaiseFormat { format: 8 })]);
+    let mut plain = rolling("web", "1", "e0");
+    if let Command::RegisterJob { job, .. } = &mut plain {
+        job.task_groups[0].update.auto_revert = false; // (format 8 cannot hold it)
+    }
+    apply_all(&db, vec![proposal("j0", 1, plain)]);
+    assert!(deployments(&db).is_empty());
+    apply_all(&db, vec![proposal("r9", 1, Command::RaiseFormat { format: 9 })]);
+    apply_all(&db, vec![proposal("j1", 2, rolling("web", "2", "e1"))]);
+    let started = deployments(&db);
+    assert_eq!(started.len(), 1);
+    assert_eq!(
+        (started[0].id.as_str(), started[0].job_version, started[0].status),
+        ("e1", 1, DeploymentStatus::Running)
+    );
+
+    // The watcher's update applies only over the revision it saw.
+    let mut next = started[0].clone();
+    next.status = DeploymentStatus::Successful;
+    let watcher_eval = Evaluation::new("w1".into(), "web", 50, EvalTrigger::DeploymentWatcher, Timestamp(3));
+    let update = |d: helios_core::deployment::Deployment, eval: &Evaluation| Command::UpdateDeployment {
+        deployment: d,
+        eval: eval.clone(),
+    };
+    let mut stale = next.clone();
+    stale.revision += 1;
+    let got = apply_all(&db, vec![proposal("w0", 3, update(stale, &watcher_eval))]);
+    assert!(matches!(&got[0], CommandResponse::Rejected(r) if r.kind == RejectionKind::FailedPrecondition));
+    let got = apply_all(&db, vec![proposal("w1", 3, update(next, &watcher_eval))]);
+    assert!(matches!(&got[0], CommandResponse::DeploymentChanged(c) if c.status == DeploymentStatus::Successful));
+    assert_eq!(versions(&db).iter().map(|j| j.stable).collect::<Vec<_>>(), [false, true], "version 1 is stable");
+    assert!(read::job(&db.begin_read().unwrap(), "web").unwrap().unwrap().stable);
+    let evals = read::evaluations_for_job(&db.begin_read().unwrap(), "web").unwrap();
+    assert!(evals.iter().any(|e| e.id == "w1"), "the scheduler is asked to go on");
+
+    // Version 2 fails (an operator says so, after pausing it): version 1's spec comes back as 3.
+    apply_all(&db, vec![proposal("j2", 4, rolling("web", "3", "e2"))]);
+    let got = apply_all(&db, vec![proposal("a1", 5, act("e2", DeploymentAction::Pause, "x1"))]);
+    assert!(matches!(&got[0], CommandResponse::DeploymentChanged(c) if c.status == DeploymentStatus::Paused));
+    let got = apply_all(&db, vec![proposal("a2", 6, act("e2", DeploymentAction::Fail, "x2"))]);
+    let CommandResponse::DeploymentChanged(changed) = &got[0] else { panic!("{got:?}") };
+    assert_eq!((changed.status, changed.reverted_to), (DeploymentStatus::Failed, Some(3)));
+    assert_eq!(changed.status_description, "Deployment marked as failed - rolling back to job version 1");
+    let all = versions(&db);
+    assert_eq!(all.len(), 4);
+    assert!(all[3].same_spec(&all[1]) && !all[3].stable, "version 1's spec, not yet stable");
+    let now = deployments(&db);
+    let statuses: Vec<(u64, DeploymentStatus)> = now.iter().map(|d| (d.job_version, d.status)).collect();
+    assert_eq!(
+        statuses,
+        [(1, DeploymentStatus::Successful), (2, DeploymentStatus::Failed), (3, DeploymentStatus::Running)]
+    );
+    assert_eq!(now[2].id, "x2", "the revert's registration names it");
+    // Over: nothing more can be done to it.
+    let got = apply_all(&db, vec![proposal("a3", 7, act("e2", DeploymentAction::Resume, "x3"))]);
+    assert!(
+        matches!(&got[0], CommandResponse::Rejected(r) if r.message.contains("is failed: it can no longer change"))
+    );
+    // Manual health is only for groups that ask for it.
+    let health = DeploymentAction::SetHealth { healthy: vec!["nope".into()], unhealthy: vec![] };
+    let got = apply_all(&db, vec![proposal("a4", 7, act("x2", health, "x4"))]);
+    assert!(matches!(&got[0], CommandResponse::Rejected(r) if r.message.contains("is not part of deployment")));
+
+    // A newer version, then a stop, cancel what runs; a purge forgets them all.
+    apply_all(&db, vec![proposal("j4", 8, rolling("web", "4", "e4"))]);
+    assert_eq!(deployments(&db)[2].status_description, "Cancelled due to newer version of job (4)");
+    apply_all(
+        &db,
+        vec![proposal(
+            "s",
+            9,
+            Command::DeregisterJob {
+                job_name: "web".into(),
+                purge: false,
+                eval: Evaluation::new("es".into(), "web", 50, EvalTrigger::JobDeregister, Timestamp(9)),
+                now: Timestamp(9),
+            },
+        )],
+    );
+    assert_eq!(deployments(&db)[3].status, DeploymentStatus::Cancelled);
+    apply_all(
+        &db,
+        vec![proposal(
+            "p",
+            10,
+            Command::DeregisterJob {
+                job_name: "web".into(),
+                purge: true,
+                eval: Evaluation::new("ep".into(), "web", 50, EvalTrigger::JobDeregister, Timestamp(10)),
+                now: Timestamp(10),
+            },
+        )],
+    );
+    assert!(deployments(&db).is_empty());
+}

@@ -1,0 +1,170 @@
+//! `DeploymentService`: deployments (`helios_core::deployment`) listed, read, and steered by
+//! operators (promote, pause, resume, fail, manual health) through `Command::ActOnDeployment`.
+
+use helios_api::convert::deployment_to_pb;
+use helios_api::pb;
+use helios_api::pb::deployment_service_server::DeploymentService;
+use helios_core::acl::Capability;
+use helios_core::command::DeploymentChanged;
+use helios_core::deployment::{Deployment, DeploymentAction};
+use helios_core::{Allocation, Command, EvalTrigger, Evaluation};
+use tonic::{Request, Response, Status};
+
+use super::auth::authorize;
+use super::errors::{cluster_status, invalid, require_job_name};
+use crate::clock::{new_id, now};
+use crate::cluster::Cluster;
+use crate::store::read;
+
+pub struct Deployments {
+    pub cluster: Cluster,
+}
+
+/// An id as users give it: a full id, or its first or last characters.
+fn check_id(field: &str, id: &str) -> Result<(), Status> {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(invalid(field, "must be an id, or its first or last characters (hex digits and '-')"));
+    }
+    Ok(())
+}
+
+/// The one of `candidates` that `id` names (`what` for the messages).
+fn unique<T>(what: &str, field: &str, id: &str, candidates: Vec<T>) -> Result<T, Status> {
+    match <[T; 1]>::try_from(candidates) {
+        Ok([one]) => Ok(one),
+        Err(none) if none.is_empty() => Err(Status::not_found(format!("{what} {id:?} not found"))),
+        Err(many) => Err(invalid(field, format!("{id:?} matches {} {what}s; give more characters", many.len()))),
+    }
+}
+
+impl Deployments {
+    async fn find(&self, id: String) -> Result<Deployment, Status> {
+        check_id("id", &id)?;
+        let prefix = id.clone();
+        let all = self.cluster.read(|txn| read::deployments(txn, None)).await.map_err(cluster_status)?;
+        let matches: Vec<Deployment> =
+            all.into_iter().filter(|d| d.id.starts_with(&prefix) || d.id.ends_with(&prefix)).collect();
+        unique("deployment", "id", &id, matches)
+    }
+
+    /// Full allocation ids for `ids` (each a full id or its first or last characters).
+    async fn allocation_ids(&self, field: &str, ids: Vec<String>) -> Result<Vec<String>, Status> {
+        let mut out = Vec::new();
+        for (i, id) in ids.into_iter().enumerate() {
+            let at = format!("{field}[{i}]");
+            check_id(&at, &id)?;
+            let prefix = id.clone();
+            let matches: Vec<Allocation> = self
+                .cluster
+                .read(move |txn| read::allocations_by_prefix(txn, &prefix))
+                .await
+                .map_err(cluster_status)?;
+            out.push(unique("allocation", &at, &id, matches)?.id);
+        }
+        Ok(out)
+    }
+
+    async fn act(
+        &self,
+        id: String,
+        action: DeploymentAction,
+    ) -> Result<Response<pb::DeploymentActionResponse>, Status> {
+        let deployment = self.find(id).await?;
+        let priority = {
+            let job = deployment.job_name.clone();
+            let job = self.cluster.read(move |txn| read::job(txn, &job)).await.map_err(cluster_status)?;
+            job.map_or(helios_core::job::DEFAULT_PRIORITY, |j| j.priority)
+        };
+        let now = now();
+        let eval = Evaluation::new(new_id(), &deployment.job_name, priority, EvalTrigger::DeploymentWatcher, now);
+        let command = Command::ActOnDeployment { deployment_id: deployment.id.clone(), action, now, eval };
+        let (index, DeploymentChanged { eval_id, reverted_to, .. }) =
+            self.cluster.propose(command).await.map_err(cluster_status)?;
+        let (job, version) = (deployment.job_name.clone(), deployment.job_version);
+        let after = self
+            .cluster
+            .read(move |txn| read::deployment_of_version(txn, &job, version))
+            .await
+            .map_err(cluster_status)?;
+        Ok(Response::new(pb::DeploymentActionResponse {
+            deployment: after.as_ref().map(deployment_to_pb),
+            eval_id: eval_id.unwrap_or_default(),
+            reverted_to_version: reverted_to,
+            index,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl DeploymentService for Deployments {
+    async fn list_deployments(
+        &self,
+        request: Request<pb::ListDeploymentsRequest>,
+    ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::ListJobs).await?;
+        let job = request.into_inner().job_name;
+        if let Some(job) = &job {
+            require_job_name("job_name", job)?;
+        }
+        let mut all =
+            self.cluster.read(move |txn| read::deployments(txn, job.as_deref())).await.map_err(cluster_status)?;
+        all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+        Ok(Response::new(pb::ListDeploymentsResponse { deployments: all.iter().map(deployment_to_pb).collect() }))
+    }
+
+    async fn get_deployment(
+        &self,
+        request: Request<pb::GetDeploymentRequest>,
+    ) -> Result<Response<pb::GetDeploymentResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::ReadJob).await?;
+        let deployment = self.find(request.into_inner().id).await?;
+        Ok(Response::new(pb::GetDeploymentResponse { deployment: Some(deployment_to_pb(&deployment)) }))
+    }
+
+    async fn promote_deployment(
+        &self,
+        request: Request<pb::PromoteDeploymentRequest>,
+    ) -> Result<Response<pb::DeploymentActionResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        let req = request.into_inner();
+        for (i, group) in req.groups.iter().enumerate() {
+            super::errors::require_name(&format!("groups[{i}]"), group)?;
+        }
+        self.act(req.id, DeploymentAction::Promote { groups: req.groups }).await
+    }
+
+    async fn pause_deployment(
+        &self,
+        request: Request<pb::PauseDeploymentRequest>,
+    ) -> Result<Response<pb::DeploymentActionResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        let req = request.into_inner();
+        let action = if req.pause { DeploymentAction::Pause } else { DeploymentAction::Resume };
+        self.act(req.id, action).await
+    }
+
+    async fn fail_deployment(
+        &self,
+        request: Request<pb::FailDeploymentRequest>,
+    ) -> Result<Response<pb::DeploymentActionResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        self.act(request.into_inner().id, DeploymentAction::Fail).await
+    }
+
+    async fn set_allocation_health(
+        &self,
+        request: Request<pb::SetAllocationHealthRequest>,
+    ) -> Result<Response<pb::DeploymentActionResponse>, Status> {
+        authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        let req = request.into_inner();
+        if req.healthy_alloc_ids.is_empty() && req.unhealthy_alloc_ids.is_empty() {
+            return Err(invalid("healthy_alloc_ids", "name at least one allocation, healthy or unhealthy"));
+        }
+        let healthy = self.allocation_ids("healthy_alloc_ids", req.healthy_alloc_ids).await?;
+        let unhealthy = self.allocation_ids("unhealthy_alloc_ids", req.unhealthy_alloc_ids).await?;
+        if let Some(both) = healthy.iter().find(|id| unhealthy.contains(id)) {
+            return Err(invalid("unhealthy_alloc_ids", format!("allocation {both} is also named healthy")));
+        }
+        self.act(req.id, DeploymentAction::SetHealth { healthy, unhealthy }).await
+    }
+}
