@@ -595,6 +595,8 @@ pub fn alloc_to_pb(a: &Allocation) -> pb::Allocation {
         not_rescheduled: String::new(),
         metrics: (a.metrics != PlacementMetrics::default()).then(|| metrics_to_pb(&a.metrics)),
         services: a.services.iter().map(registration_to_pb).collect(),
+        deployment_id: a.deployment_id.clone().unwrap_or_default(),
+        canary: a.canary,
     }
 }
 

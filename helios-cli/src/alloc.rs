@@ -119,6 +119,10 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
             println!("Name        = {}", a.name);
             println!("Job         = {} (version {})", a.job_name, a.job_version);
             println!("Node        = {}", a.node_id);
+            if !a.deployment_id.is_empty() {
+                let canary = if a.canary { " (canary)" } else { "" };
+                println!("Deployment  = {}{canary}", a.deployment_id);
+            }
             let why = |s: &str| if s.is_empty() { String::new() } else { format!(" ({s})") };
             println!("Desired     = {}{}", a.desired_status, why(&a.desired_description));
             println!("Status      = {}{}", a.client_status, why(&a.client_description));

@@ -88,6 +88,8 @@ pub fn allocation(a: &pb::Allocation) -> Value {
             "at_ms": e.at_ms, "prev_alloc_id": e.prev_alloc_id, "prev_node_id": e.prev_node_id, "delay_secs": e.delay_secs,
         })).collect::<Vec<_>>(),
         "next_allocation": a.next_allocation,
+        "deployment_id": (!a.deployment_id.is_empty()).then_some(&a.deployment_id),
+        "canary": a.canary,
         "reschedule_at_ms": a.reschedule_at_ms,
         "not_rescheduled": a.not_rescheduled,
         "metrics": a.metrics.as_ref().map(crate::placement::to_json),

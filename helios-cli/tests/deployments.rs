@@ -28,7 +28,6 @@ job "web" {{
       max_parallel      = 1
       min_healthy_time  = "1s"
       healthy_deadline  = "20s"
-      progress_deadline = "30s"
       {update}
     }}
     task "web" {{
@@ -63,16 +62,19 @@ fn stable_versions(cluster: &DevCluster) -> Vec<u64> {
 #[test]
 fn a_failing_version_is_reverted_to_the_last_stable_one_and_canaries_wait_for_promotion() {
     let cluster = DevCluster::start();
-    let good = job_file(&cluster, "good.hcl", "sleep", r#"["600"]"#, "auto_revert = true");
+    let good =
+        job_file(&cluster, "good.hcl", "sleep", r#"["600"]"#, "auto_revert = true\n progress_deadline = \"30s\"");
     let (code, out, err) = cluster.cli(&["job", "run", &good]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("Task Group  Desired  Placed  Healthy  Unhealthy  Progress Deadline"), "{out}");
     assert!(out.ends_with("successful: Deployment completed successfully\n"), "{out}");
     assert_eq!(stable_versions(&cluster), [0]);
 
-    // Version 1's task exits at once: its allocation fails, the deployment fails, and the
-    // servers register version 0's spec again as version 2.
-    let bad = job_file(&cluster, "bad.hcl", "sh", r#"["-c", "exit 3"]"#, "auto_revert = true");
+    // Version 1's task exits at once: its allocation fails, and with no progress deadline the
+    // deployment fails at once (Nomad's rule); the servers register version 0's spec again as
+    // version 2.
+    let bad =
+        job_file(&cluster, "bad.hcl", "sh", r#"["-c", "exit 3"]"#, "auto_revert = true\n progress_deadline = \"0s\"");
     let (code, out, err) = cluster.cli(&["job", "run", &bad]);
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(err.contains("failed: Failed due to unhealthy allocations - rolling back to job version 0"), "{out}{err}");

@@ -47,13 +47,19 @@ pub struct Allocation {
     /// Its services as its agent registered them while its tasks run (`crate::service`);
     /// emptied when it stops.
     pub services: Vec<ServiceRegistration>,
+    /// The deployment it was placed by (`crate::deployment`), if its version has one.
+    pub deployment_id: Option<String>,
+    /// Placed as a canary of that deployment: beside the older allocation of its slot, which
+    /// it replaces once the deployment is promoted.
+    pub canary: bool,
 }
 
 // Version 2 (stored format 7): `reschedule_events`, `next_allocation` and placement `metrics`. Written as version 1 for older readers
 // without them: they are the servers' own bookkeeping, which those readers do not use, so a
 // cluster mid-upgrade only counts a slot's reschedules afresh (`alloc_v1`).
-// Version 3 (stored format 8): `services` (`alloc_v2`).
-crate::versioned!(Allocation = 3, since format 8, previous crate::alloc_v2::Allocation);
+// Version 3 (stored format 8): `services` (`alloc_v2`). Version 4 (stored format 9):
+// `deployment_id` and `canary` (`alloc_v3`).
+crate::versioned!(Allocation = 4, since format 9, previous crate::alloc_v3::Allocation);
 
 impl Allocation {
     /// True while its fixed host ports are held on its node: until its agent reports it finished
@@ -95,6 +101,8 @@ impl Allocation {
             next_allocation: None,
             metrics: PlacementMetrics::default(),
             services: Vec::new(),
+            deployment_id: None,
+            canary: false,
         }
     }
 

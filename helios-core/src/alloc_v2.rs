@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::alloc::{self as current, AllocClientStatus, AllocDesiredStatus, TaskState};
+use crate::alloc::{AllocClientStatus, AllocDesiredStatus, TaskState};
+use crate::alloc_v3 as current;
 use crate::job::Resources;
 use crate::placement::PlacementMetrics;
 use crate::reschedule::RescheduleEvent;
@@ -113,7 +114,7 @@ mod tests {
 
     #[test]
     fn for_format_7_an_allocation_is_written_without_its_registrations() {
-        let mut alloc = current::Allocation::for_test("a", "n");
+        let mut alloc = crate::alloc::Allocation::for_test("a", "n");
         alloc.next_allocation = Some("b".into());
         alloc.services.push(ServiceRegistration {
             service: "web".into(),
@@ -122,10 +123,10 @@ mod tests {
             port: 8080,
             checks: Vec::new(),
         });
-        assert_eq!(decode::<current::Allocation>(&encode(&alloc)), alloc, "this build keeps them");
+        assert_eq!(decode::<crate::alloc::Allocation>(&encode(&alloc)), alloc, "this build keeps them");
         let old = write_for(7, || encode(&alloc));
         assert_eq!(old[0], 2, "version 2 for format-7 readers");
-        let back: current::Allocation = decode(&old);
-        assert_eq!(current::Allocation { services: Vec::new(), ..alloc }, back, "nothing else lost");
+        let back: crate::alloc::Allocation = decode(&old);
+        assert_eq!(crate::alloc::Allocation { services: Vec::new(), ..alloc }, back, "nothing else lost");
     }
 }

@@ -2,9 +2,10 @@
 //! version whose groups roll (`update { max_parallel > 0 }`) gets one when it is registered.
 //! The scheduler reads it (canaries, paused, failed: `scheduler::reconcile`); the leader's
 //! deployment watcher judges its allocations' health (`Deployment::observe`) and ends it:
-//! successful once every group is healthy (the version is then marked stable), failed on an
-//! unhealthy allocation or a missed progress deadline (and, with `auto_revert`, the last stable
-//! version is registered again). Operators promote, pause, resume and fail it
+//! successful once every group is healthy (the version is then marked stable), failed when its
+//! progress deadline passes with no allocation becoming healthy (or, with no progress deadline,
+//! on the first unhealthy allocation), and then, with `auto_revert`, the last stable version is
+//! registered again. Operators promote, pause, resume and fail it
 //! (`Deployment::act`). Every change goes through Raft, so a new leader's watcher goes on from
 //! the same record.
 
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::alloc::Allocation;
+use crate::alloc::{AllocClientStatus, Allocation};
 use crate::job::{Job, TaskGroup};
 use crate::migrate::{Health, HealthCheck};
 use crate::time::Timestamp;
@@ -246,19 +247,17 @@ impl Deployment {
             let mine: Vec<&&Allocation> =
                 allocs.iter().filter(|a| &a.task_group == name && a.job_version == self.job_version).collect();
             group.placed = u32::try_from(mine.len()).unwrap_or(u32::MAX);
-            if group.awaits_promotion() {
-                if group.placed_canaries.is_empty() && !needs_canaries(spec) {
-                    // Only counts changed (updated in place): nothing to try a canary on.
-                    group.desired_canaries = 0;
-                } else {
-                    // Before promotion every new allocation is a canary (Nomad's rule).
-                    let fresh = mine.iter().filter(|a| a.created_at >= self.created_at);
-                    group.placed_canaries = fresh.map(|a| a.id.clone()).collect();
-                }
+            let canaries = mine.iter().filter(|a| a.canary && a.deployment_id.as_deref() == Some(self.id.as_str()));
+            group.placed_canaries = canaries.map(|a| a.id.clone()).collect();
+            if group.awaits_promotion() && group.placed_canaries.is_empty() && !needs_canaries(spec) {
+                // Only counts changed (updated in place): nothing to try a canary on.
+                group.desired_canaries = 0;
             }
             let mut progressed = false;
             for alloc in &mine {
-                if group.health.contains_key(&alloc.id) {
+                // Stopped or lost with its node, it was never judged: no verdict (Nomad's rule).
+                let ended_unfailed = alloc.is_terminal() && alloc.client_status != AllocClientStatus::Failed;
+                if group.health.contains_key(&alloc.id) || ended_unfailed {
                     continue;
                 }
                 let verdict = match rule.health(alloc, now, checks(alloc)) {
@@ -284,7 +283,10 @@ impl Deployment {
         if self.status != DeploymentStatus::Running {
             return;
         }
-        if self.groups.values().any(|g| g.unhealthy() > 0) {
+        // Nomad's rule: without a progress deadline the first unhealthy allocation fails the
+        // deployment; with one, a failed allocation is rescheduled (by the group's policy) and
+        // only a deadline that passes without progress fails it.
+        if self.groups.values().any(|g| g.unhealthy() > 0 && g.progress_deadline_secs == 0) {
             return self.end(DeploymentStatus::Failed, DESCRIPTION_UNHEALTHY);
         }
         // Every canary healthy and waiting for an operator: no deadline runs meanwhile.
@@ -417,7 +419,12 @@ impl Deployment {
                         group.require_progress_by = Some(after(now, group.progress_deadline_secs));
                     }
                 }
-                self.decide(now);
+                if !unhealthy.is_empty() {
+                    // An operator's unhealthy verdict fails it at once (Nomad's set-health).
+                    self.end(DeploymentStatus::Failed, DESCRIPTION_UNHEALTHY);
+                } else {
+                    self.decide(now);
+                }
             }
         }
         self.modified_at = now;

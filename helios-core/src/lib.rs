@@ -8,6 +8,7 @@ pub mod acl;
 pub mod alloc;
 mod alloc_v1;
 mod alloc_v2;
+mod alloc_v3;
 pub mod command;
 pub mod deployment;
 pub mod eval;

@@ -60,16 +60,27 @@ impl UpdateStrategy {
     /// health rule (the same as a drain's) when it rolls.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
+        let defaults = UpdateStrategy::default();
+        let deployment_fields = self.canary > 0
+            || self.auto_revert
+            || self.auto_promote
+            || self.progress_deadline_secs != defaults.progress_deadline_secs
+            || self.health_check == HealthCheck::Manual;
         if self.is_rolling() {
             out = self.health_rule().problems();
-        } else if self.canary > 0 || self.auto_revert || self.auto_promote {
-            out.push(("max_parallel", "must be at least 1 for canary, auto_revert or auto_promote".to_string()));
+        } else if deployment_fields {
+            // Without waves there is no deployment to honour them.
+            out.push((
+                "max_parallel",
+                "must be at least 1 for canary, auto_revert, auto_promote, progress_deadline or manual health"
+                    .to_string(),
+            ));
         }
-        if self.progress_deadline_secs != 0 && self.progress_deadline_secs < self.healthy_deadline_secs {
+        if self.progress_deadline_secs != 0 && self.progress_deadline_secs <= self.healthy_deadline_secs {
             out.push((
                 "progress_deadline",
                 format!(
-                    "must be 0 or at least healthy_deadline ({}s), got {}s",
+                    "must be 0 or more than healthy_deadline ({}s), got {}s",
                     self.healthy_deadline_secs, self.progress_deadline_secs
                 ),
             ));

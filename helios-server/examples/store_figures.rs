@@ -121,6 +121,8 @@ fn write_database(dir: &Path, allocations: usize) {
                 next_allocation: None,
                 metrics: Default::default(),
                 services: Vec::new(),
+                deployment_id: None,
+                canary: false,
             })
             .collect();
         let plan = Plan {

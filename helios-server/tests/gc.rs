@@ -80,6 +80,8 @@ fn placement(job: &str, i: usize) -> Allocation {
         next_allocation: None,
         metrics: Default::default(),
         services: Vec::new(),
+        deployment_id: None,
+        canary: false,
     }
 }
 

@@ -163,6 +163,85 @@ async fn sigkill_of_the_leader_under_writes_loses_no_acknowledged_job() {
     assert!(log.contains("rejoining the cluster from stored state"), "restart must not re-initialize:\n{log}");
 }
 
+/// The job's deployment of `version`, as server `port` has it.
+async fn deployment_of(port: u16, version: u64) -> Option<pb::Deployment> {
+    let mut deployments = pb::deployment_service_client::DeploymentServiceClient::new(channel(port));
+    let request = pb::ListDeploymentsRequest { job_name: Some("roll".into()) };
+    let list = deployments.list_deployments(request).await.ok()?.into_inner().deployments;
+    list.into_iter().find(|d| d.job_version == version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deployment_goes_on_when_its_leader_is_sigkilled_mid_rollout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = common::Reaper(dir.path().join("agent"));
+    let ports = [free_port(), free_port(), free_port()];
+    let mut servers: Vec<Option<Server>> = (1..=3).map(|id| Some(start(dir.path(), id, &ports))).collect();
+    let first_leader = leader(&ports).await;
+    wait_for("the cluster's stored format raised to this build's", || async {
+        let mut cluster = ClusterServiceClient::new(channel(ports[0]));
+        let members = cluster.list_members(pb::ListMembersRequest { local: false }).await.ok()?.into_inner();
+        (members.stored_format == helios_core::format::FORMAT_VERSION).then_some(())
+    })
+    .await;
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let agent = common::start_agent_on(addrs, "a", &dir.path().join("agent"), |_| {}).await;
+
+    // Three copies rolled one at a time, each new one healthy after 2 s of running.
+    let mut job = Job::exec("roll", "sleep", vec!["600".into()]);
+    job.set_type(helios_core::JobType::Service);
+    job.task_groups[0].count = 3;
+    job.task_groups[0].update = helios_core::UpdateStrategy {
+        health_check: helios_core::HealthCheck::TaskStates,
+        min_healthy_time_secs: 2,
+        healthy_deadline_secs: 60,
+        progress_deadline_secs: 120,
+        ..helios_core::UpdateStrategy::nomad_block_defaults()
+    };
+    let submit = |job: Job| async move {
+        wait_for("the job accepted", || async {
+            let mut jobs = JobServiceClient::new(channel(ports[0]));
+            jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await.ok()
+        })
+        .await
+    };
+    let successful = pb::DeploymentStatus::Successful as i32;
+    submit(job.clone()).await;
+    wait_for("version 0's deployment successful", || async {
+        deployment_of(ports[0], 0).await.filter(|d| d.status == successful)
+    })
+    .await;
+    job.task_groups[0].tasks[0].driver =
+        helios_core::TaskDriver::Exec(helios_core::ExecConfig::new("sleep", vec!["601".into()]));
+    submit(job).await;
+    // Mid-way (one new copy placed, not all healthy: the leader's own view), the leader dies
+    // without a word.
+    let leader_port = ports[first_leader as usize - 1];
+    let mid_way = wait_for("version 1's rollout under way", || async {
+        let d = deployment_of(leader_port, 1).await?;
+        (d.status == pb::DeploymentStatus::Running as i32 && d.groups[0].placed >= 1).then_some(d)
+    })
+    .await;
+    let killed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+    drop(servers[first_leader as usize - 1].take());
+    let survivor = ports[if first_leader == 1 { 1 } else { 0 }];
+    let new_leader = leader(&ports).await;
+    assert_ne!(new_leader, first_leader);
+    // The new leader's watcher goes on from the replicated record: every copy replaced and healthy.
+    let done = wait_for("version 1's deployment successful under the new leader", || async {
+        deployment_of(survivor, 1).await.filter(|d| d.status == successful)
+    })
+    .await;
+    assert_eq!((done.groups[0].healthy, done.groups[0].unhealthy), (3, 0), "{done:?}");
+    // Ended by the new leader's watcher (this machine's one clock stamps both).
+    assert!(u128::from(done.modified_at_ms) > killed_at, "ended after the kill: {mid_way:?} then {done:?}");
+    let mut jobs = JobServiceClient::new(channel(survivor));
+    let versions = jobs.get_job_versions(pb::GetJobRequest { name: "roll".into() }).await.expect("versions");
+    let stable: Vec<u64> = versions.into_inner().versions.iter().filter(|v| v.stable).map(|v| v.version).collect();
+    assert_eq!(stable, [0, 1]);
+    agent.stop().await;
+}
+
 fn run_to_exit(args: &[&str], dir: &Path) -> Output {
     let mut child = Command::new(BINARY)
         .args(args)

@@ -300,11 +300,10 @@ async fn a_rolling_update_waits_for_the_new_versions_checks() {
     v1.task_groups[0].tasks[0].driver =
         TaskDriver::Exec(ExecConfig::new("/bin/sh", vec!["-c".into(), serve_only.into()]));
     cluster.submit_job(via, &v1).await;
-    // Its deployment fails on the unhealthy allocation, and the rollout stops there.
-    let held = wait_for("the rollout halted by the failing check", || async {
+    // Unhealthy, it holds the rollout (its deployment fails only at its progress deadline).
+    let held = wait_for("the rollout held by the failing check", || async {
         let status = cluster.job_status(via, "roll").await;
-        let halted = status.placement.contains("is failed (Failed due to unhealthy allocations)");
-        halted.then_some(status)
+        status.placement.contains("1 not healthy by their healthy_deadline").then_some(status)
     })
     .await;
     // Wanted and running (the one replaced may still be stopping).

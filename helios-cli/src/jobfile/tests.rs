@@ -547,7 +547,7 @@ job "api" {
         (
             "canary           = 0",
             "progress_deadline = \"1m\"",
-            "update.progress_deadline: must be 0 or at least healthy_deadline",
+            "update.progress_deadline: must be 0 or more than healthy_deadline",
         ),
         (
             "canary           = 0",

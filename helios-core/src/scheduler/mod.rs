@@ -114,7 +114,12 @@ pub fn schedule(view: &impl StateView, eval: &Evaluation, now: Timestamp, new_id
     for (group, group_asks) in job.task_groups.iter().zip(asks) {
         for ask in group_asks {
             match placer.place(group, &ask, now, new_id) {
-                Ok(alloc) => plan.placements.push(alloc),
+                Ok(mut alloc) => {
+                    // Placed by the version's deployment, whose watcher judges it.
+                    let by = deployment.filter(|d| d.groups.contains_key(&group.name));
+                    alloc.deployment_id = by.map(|d| d.id.clone());
+                    plan.placements.push(alloc);
+                }
                 // A system job simply does not run where it cannot: not a failure.
                 Err(select::PlaceError::Infeasible(_)) if system => {}
                 Err(select::PlaceError::Infeasible(reason) | select::PlaceError::NoRoom(reason)) => {

@@ -30,6 +30,8 @@ pub struct Ask {
     /// For a replacement of a failure: the reschedules so far, this one last. Their nodes are
     /// avoided where others fit (`select`).
     pub reschedule_events: Vec<RescheduleEvent>,
+    /// A canary of the version's deployment.
+    pub canary: bool,
 }
 
 pub fn alloc_name(job: &str, group: &str, index: usize) -> String {
@@ -133,15 +135,17 @@ impl Slots<'_> {
         misplaced.extend(outdated);
         let mut outdated = misplaced;
         let mut canary_asks = Vec::new();
+        let mut canarying = false;
         let (wave, healthy_left) = match self.rollout() {
             Rollout::Waves => {
                 self.stop_replaced_by_promoted_canaries(&keep, &mut outdated, plan);
                 self.update_wave(&mine, &mut outdated, plan)
             }
             Rollout::Canaries { place } => {
+                canarying = true;
                 let canaries = self.take_canaries(&mut keep);
                 if place {
-                    canary_asks = self.canary_asks(&mine, &canaries, &outdated);
+                    canary_asks = self.canary_asks(&mine, &canaries, &outdated, plan);
                 }
                 (0, None)
             }
@@ -182,6 +186,11 @@ impl Slots<'_> {
             JobType::System => system_slots(job, group, &mine, keep, nodes, plan),
             JobType::Service | JobType::Batch => self.counted(&mine, keep, plan),
         };
+        if canarying {
+            // Until promotion only canaries are new (Nomad's rule): a slot that never ran, as
+            // after a count increase, waits; one that lost its allocation is filled again.
+            asks.retain(|ask| mine.iter().any(|a| a.name == ask.name));
+        }
         asks.extend(canary_asks);
         asks
     }
@@ -213,36 +222,68 @@ impl Slots<'_> {
         plan.final_failures.insert(self.group.name.clone());
     }
 
-    /// Takes the deployment's canaries (the version's allocations placed since it began) out
-    /// of `keep`: they share their slots with the allocations they will replace.
+    /// Whether `alloc` is a canary of the current version's deployment (marked so when placed).
+    fn is_canary(&self, alloc: &Allocation) -> bool {
+        let deployment = self.deployment.map(|d| d.id.as_str());
+        alloc.canary && alloc.job_version == self.job.version && alloc.deployment_id.as_deref() == deployment
+    }
+
+    /// Takes the deployment's canaries out of `keep`: they share their slots with the
+    /// allocations they will replace.
     fn take_canaries<'k>(&self, keep: &mut Vec<&'k Allocation>) -> Vec<&'k Allocation> {
-        let Some(deployment) = self.deployment else { return Vec::new() };
-        let is_canary = |a: &Allocation| a.job_version == self.job.version && a.created_at >= deployment.created_at;
-        let (canaries, rest): (Vec<&Allocation>, Vec<&Allocation>) = keep.iter().partition(|a| is_canary(a));
+        let (canaries, rest): (Vec<&Allocation>, Vec<&Allocation>) = keep.iter().partition(|a| self.is_canary(a));
         *keep = rest;
         canaries
     }
 
-    /// The canaries still to place: in the slots of `outdated` allocations that have none yet,
-    /// as many as `canary` asks beyond those placed (a failed canary counts: it fails the
-    /// deployment rather than being replaced).
-    fn canary_asks(&self, mine: &[&Allocation], live: &[&Allocation], outdated: &[&Allocation]) -> Vec<Ask> {
+    /// The canaries to place: a failed one again, by the group's reschedule policy (its
+    /// deployment fails only at its progress deadline, or at once without one), one lost with
+    /// its node at once; then new ones in the slots of `outdated` allocations, up to `canary`.
+    fn canary_asks(
+        &self,
+        mine: &[&Allocation],
+        live: &[&Allocation],
+        outdated: &[&Allocation],
+        plan: &mut Plan,
+    ) -> Vec<Ask> {
         let Some(deployment) = self.deployment else { return Vec::new() };
         let Some(group) = deployment.groups.get(&self.group.name) else { return Vec::new() };
-        let placed = mine
-            .iter()
-            .filter(|a| a.job_version == self.job.version && a.created_at >= deployment.created_at)
-            .filter(|a| a.client_status != AllocClientStatus::Lost)
-            .count();
-        let wanted = (group.desired_canaries as usize).saturating_sub(placed);
-        let taken: BTreeSet<&str> = live.iter().map(|a| a.name.as_str()).collect();
-        let mut names: Vec<&str> = outdated.iter().map(|a| a.name.as_str()).filter(|n| !taken.contains(n)).collect();
-        names.dedup();
-        names
-            .into_iter()
-            .take(wanted)
-            .map(|name| Ask { name: name.to_string(), node_id: None, reschedule_events: Vec::new() })
-            .collect()
+        let mut occupied: BTreeSet<&str> = live.iter().map(|a| a.name.as_str()).collect();
+        // Each slot's latest ended canary, where no live one took over.
+        let mut ended: BTreeMap<&str, &Allocation> = BTreeMap::new();
+        for alloc in mine.iter().copied().filter(|a| self.is_canary(a) && !is_live(a)) {
+            if occupied.contains(alloc.name.as_str()) {
+                continue;
+            }
+            let later =
+                ended.get(alloc.name.as_str()).is_none_or(|b| (alloc.created_at, &alloc.id) > (b.created_at, &b.id));
+            if later {
+                ended.insert(&alloc.name, alloc);
+            }
+        }
+        let mut asks = Vec::new();
+        let ask = |name: &str, reschedule_events| Ask {
+            name: name.to_string(),
+            node_id: None,
+            reschedule_events,
+            canary: true,
+        };
+        for (name, alloc) in ended {
+            occupied.insert(name);
+            match alloc.client_status {
+                AllocClientStatus::Failed => match self.group.reschedule.decide(alloc, self.now) {
+                    Reschedule::Now(events) => asks.push(ask(name, events)),
+                    Reschedule::At(at) => plan.revisit(at, "a failed canary's reschedule delay ends"),
+                    Reschedule::Never(_) => {}
+                },
+                _ => asks.push(ask(name, alloc.reschedule_events.clone())),
+            }
+        }
+        let wanted = (group.desired_canaries as usize).saturating_sub(occupied.len());
+        let mut fresh: Vec<&str> = outdated.iter().map(|a| a.name.as_str()).filter(|n| !occupied.contains(n)).collect();
+        fresh.dedup();
+        asks.extend(fresh.into_iter().take(wanted).map(|name| ask(name, Vec::new())));
+        asks
     }
 
     /// Once a deployment is promoted, each canary takes its slot: the older allocation there
@@ -469,12 +510,14 @@ impl Slots<'_> {
                         let why = format!("failed more than {MAX_LEGACY_RESCHEDULES} times");
                         *not_rescheduled.entry(why).or_default() += 1;
                     } else {
-                        asks.push(Ask { name, node_id: None, reschedule_events: Vec::new() });
+                        asks.push(Ask { name, node_id: None, reschedule_events: Vec::new(), canary: false });
                     }
                 }
                 Some(failed) if failed.client_status == AllocClientStatus::Failed => {
                     match group.reschedule.decide(failed, self.now) {
-                        Reschedule::Now(events) => asks.push(Ask { name, node_id: None, reschedule_events: events }),
+                        Reschedule::Now(events) => {
+                            asks.push(Ask { name, node_id: None, reschedule_events: events, canary: false })
+                        }
                         Reschedule::At(at) => {
                             plan.revisit(at, "a failed allocation's reschedule delay ends");
                         }
@@ -482,10 +525,13 @@ impl Slots<'_> {
                     }
                 }
                 // A replacement of a replacement still counts the failures before it.
-                Some(other) => {
-                    asks.push(Ask { name, node_id: None, reschedule_events: other.reschedule_events.clone() })
-                }
-                None => asks.push(Ask { name, node_id: None, reschedule_events: Vec::new() }),
+                Some(other) => asks.push(Ask {
+                    name,
+                    node_id: None,
+                    reschedule_events: other.reschedule_events.clone(),
+                    canary: false,
+                }),
+                None => asks.push(Ask { name, node_id: None, reschedule_events: Vec::new(), canary: false }),
             }
         }
         if !not_rescheduled.is_empty() {
@@ -542,6 +588,7 @@ fn system_slots(
             name: alloc_name(&job.name, &group.name, 0),
             node_id: Some(n.id.clone()),
             reschedule_events: Vec::new(),
+            canary: false,
         })
         .collect();
     if given_up > 0 {

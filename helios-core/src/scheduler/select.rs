@@ -310,6 +310,9 @@ impl<'a, V: StateView> Placer<'a, V> {
             next_allocation: None,
             metrics,
             services: Vec::new(),
+            // Set by `schedule`, which knows the version's deployment.
+            deployment_id: None,
+            canary: ask.canary,
         })
     }
 }

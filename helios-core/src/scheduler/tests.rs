@@ -1337,7 +1337,10 @@ mod deployments {
     #[test]
     fn an_unhealthy_canary_fails_the_deployment_and_the_canaries_stop() {
         let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
-        h.settle(canary_job(1));
+        // Without a progress deadline, the first unhealthy allocation fails it (Nomad's rule).
+        let mut job = canary_job(1);
+        job.task_groups[0].update.progress_deadline_secs = 0;
+        h.settle(job);
         h.deploy(next_version(&h, "web"));
         let canary = h.run("web").placements[0].id.clone();
         // Never running: unhealthy at its healthy_deadline (300 s).
@@ -1349,6 +1352,105 @@ mod deployments {
         assert!(plan.placements.is_empty());
         assert!(h.live("web").iter().all(|a| a.job_version == 0), "the old version serves on");
         assert!(h.run("web").is_empty());
+    }
+
+    #[test]
+    fn with_a_progress_deadline_a_failed_allocation_is_rescheduled_and_its_replacement_counts() {
+        let mut h = Harness { nodes: vec![node("a", 8000, 8192), node("b", 8000, 8192)], ..Default::default() };
+        h.settle(canary_job(0));
+        h.deploy(next_version(&h, "web"));
+        let first = h.run("web").placements[0].id.clone();
+        h.set_client_status(&first, AllocClientStatus::Failed);
+        h.watch("web");
+        assert_eq!(h.status("web"), DeploymentStatus::Running, "the deadline (600 s) has not passed");
+        assert_eq!(h.deployments["web"].groups["web"].unhealthy(), 1);
+        // Rescheduled by the group's policy (a service's first delay: 30 s), then healthy.
+        h.advance_secs(30);
+        let plan = h.run("web");
+        assert_eq!(plan.placements.len(), 1, "the failure's replacement");
+        h.start(&plan);
+        // The remaining waves, each healthy 10 s after it starts.
+        for _ in 0..10 {
+            h.advance_secs(10);
+            h.watch("web");
+            let plan = h.run("web");
+            h.start(&plan);
+        }
+        assert_eq!(h.status("web"), DeploymentStatus::Successful);
+        assert_eq!(h.deployments["web"].groups["web"].healthy(), 3);
+    }
+
+    #[test]
+    fn a_failed_canary_is_rescheduled_while_its_progress_deadline_runs() {
+        let mut h = Harness { nodes: vec![node("a", 8000, 8192), node("b", 8000, 8192)], ..Default::default() };
+        h.settle(canary_job(1));
+        h.deploy(next_version(&h, "web"));
+        let canary = h.run("web").placements[0].clone();
+        assert!(canary.canary && canary.deployment_id.as_deref() == Some("deploy-1"), "{canary:?}");
+        h.set_client_status(&canary.id, AllocClientStatus::Failed);
+        h.watch("web");
+        assert_eq!(h.status("web"), DeploymentStatus::Running);
+        assert!(h.run("web").placements.is_empty(), "the reschedule delay (30 s) first");
+        h.advance_secs(30);
+        let plan = h.run("web");
+        assert_eq!(plan.placements.len(), 1, "{plan:?}");
+        let again = &plan.placements[0];
+        assert!(again.canary && again.name == canary.name, "a canary again, in the same slot");
+        assert_eq!(again.reschedule_events.len(), 1, "with the failure's history");
+        assert!(plan.stops.is_empty(), "nothing old replaced before promotion");
+        h.start(&plan);
+        h.advance_secs(10);
+        h.watch("web");
+        assert_eq!(h.deployments["web"].status_description, DESCRIPTION_NEEDS_PROMOTION);
+    }
+
+    #[test]
+    fn while_canaries_wait_for_promotion_a_count_increase_waits_too() {
+        let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+        h.settle(canary_job(1));
+        let mut bigger = next_version(&h, "web");
+        bigger.task_groups[0].count = 4;
+        h.deploy(bigger);
+        let plan = h.run("web");
+        assert_eq!(plan.placements.len(), 1, "only the canary: {plan:?}");
+        assert!(plan.placements[0].canary);
+        h.start(&plan);
+        h.advance_secs(10);
+        h.watch("web");
+        assert_eq!(h.deployments["web"].groups["web"].placed_canaries.len(), 1);
+        h.act("web", DeploymentAction::Promote { groups: Vec::new() }).expect("promotable");
+        let plan = h.run("web");
+        let names: BTreeSet<&str> = plan.placements.iter().map(|a| a.name.as_str()).collect();
+        assert!(names.contains("web.web[3]"), "the new slot once promoted: {names:?}");
+        assert!(plan.placements.iter().all(|a| !a.canary && a.deployment_id.as_deref() == Some("deploy-1")));
+    }
+
+    #[test]
+    fn an_operators_unhealthy_verdict_fails_the_deployment_at_once() {
+        let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
+        let mut job = canary_job(0);
+        job.task_groups[0].update.health_check = crate::HealthCheck::Manual;
+        h.settle(job);
+        h.deploy(next_version(&h, "web"));
+        let new = h.run("web").placements[0].id.clone();
+        h.act("web", DeploymentAction::SetHealth { healthy: Vec::new(), unhealthy: vec![new] }).expect("its own");
+        assert_eq!(h.status("web"), DeploymentStatus::Failed);
+        assert_eq!(h.deployments["web"].status_description, "Failed due to unhealthy allocations");
+    }
+
+    #[test]
+    fn an_allocation_lost_with_its_node_gets_no_verdict() {
+        let mut h = Harness { nodes: vec![node("a", 8000, 8192), node("b", 8000, 8192)], ..Default::default() };
+        let mut job = canary_job(0);
+        job.task_groups[0].update.progress_deadline_secs = 0;
+        h.settle(job);
+        h.deploy(next_version(&h, "web"));
+        let new = h.run("web").placements[0].id.clone();
+        h.set_client_status(&new, AllocClientStatus::Lost);
+        h.advance_secs(400);
+        h.watch("web");
+        assert!(!h.deployments["web"].groups["web"].health.contains_key(&new));
+        assert_eq!(h.status("web"), DeploymentStatus::Running, "not failed by a lost node's allocation");
     }
 
     #[test]
@@ -1394,7 +1496,7 @@ mod deployments {
         let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
         let mut job = canary_job(0);
         job.task_groups[0].update.progress_deadline_secs = 300;
-        job.task_groups[0].update.healthy_deadline_secs = 300;
+        job.task_groups[0].update.healthy_deadline_secs = 299;
         h.settle(job.clone());
         h.deploy(next_version(&h, "web"));
         let plan = h.run("web");

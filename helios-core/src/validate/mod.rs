@@ -249,6 +249,13 @@ fn check_group(r: &mut Report, path: &str, group: &TaskGroup) {
     for (field, problem) in group.update.problems() {
         r.add(format!("{path}.update.{field}"), problem);
     }
+    if group.update.canary > group.count {
+        // Canaries take the slots of the allocations they replace.
+        r.add(
+            format!("{path}.update.canary"),
+            format!("must be at most the group's count ({}), got {}", group.count, group.update.canary),
+        );
+    }
     check_constraints(r, &format!("{path}.constraints"), &group.constraints);
     check_affinities(r, &format!("{path}.affinities"), &group.affinities);
     check_spreads(r, &format!("{path}.spreads"), &group.spreads);

@@ -376,11 +376,21 @@ pub async fn start_agent_configured(
     data_dir: &std::path::Path,
     adjust: impl FnOnce(&mut ClientConfig),
 ) -> Agent {
+    start_agent_on(cluster.addrs.values().cloned().collect(), node_id, data_dir, adjust).await
+}
+
+/// An in-process agent of the servers at `servers` (bare `host:port` addresses: the scheme
+/// follows the agent's TLS settings), which may be processes.
+pub async fn start_agent_on(
+    servers: Vec<String>,
+    node_id: &str,
+    data_dir: &std::path::Path,
+    adjust: impl FnOnce(&mut ClientConfig),
+) -> Agent {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let mut config = ClientConfig {
         node_id: node_id.to_string(),
-        // Bare addresses: the scheme follows the agent's TLS settings.
-        servers: cluster.addrs.values().cloned().collect(),
+        servers,
         rpc_addr: listener.local_addr().expect("addr"),
         data_dir: data_dir.to_path_buf(),
         meta: [("rack".to_string(), "r1".to_string())].into(),

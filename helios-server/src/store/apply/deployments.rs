@@ -162,7 +162,7 @@ impl StateTables<'_> {
         let mut reverted_to = None;
         if newly(DeploymentStatus::Failed) && next.auto_revert() {
             match self.revert_target(&next)? {
-                Some(stable) => {
+                Ok(stable) => {
                     next.status_description =
                         format!("{} - rolling back to job version {}", next.status_description, stable.version);
                     self.put_deployment(&next)?;
@@ -171,10 +171,7 @@ impl StateTables<'_> {
                         reverted_to = Some(registered.version);
                     }
                 }
-                None => {
-                    next.status_description =
-                        format!("{} - no stable job version to auto revert to", next.status_description);
-                }
+                Err(why) => next.status_description = format!("{} - {why}", next.status_description),
             }
         }
         if reverted_to.is_none() {
@@ -189,23 +186,32 @@ impl StateTables<'_> {
         }))
     }
 
-    /// The version `auto_revert` goes back to: the latest stable one before the deployment's
-    /// whose spec differs from the job's current one (Nomad's rule: never "revert" to itself).
-    fn revert_target(&self, deployment: &Deployment) -> Result<Option<Job>, redb::Error> {
-        let Some(current) = get::<Job>(&self.jobs, &deployment.job_name)? else { return Ok(None) };
+    /// What `auto_revert` does (Nomad's rule): register the latest stable version before the
+    /// deployment's, unless its spec is the job's current one; or why not, for the description.
+    fn revert_target(&self, deployment: &Deployment) -> Result<Result<Job, String>, redb::Error> {
+        let Some(current) = get::<Job>(&self.jobs, &deployment.job_name)? else {
+            return Ok(Err("the job is gone".to_string()));
+        };
         if current.stopped || current.version != deployment.job_version {
-            return Ok(None);
+            return Ok(Err("the job changed since".to_string()));
         }
         let first = job_version_key(&deployment.job_name, 0);
         let before = job_version_key(&deployment.job_name, deployment.job_version);
         for row in self.job_versions.range(first.as_str()..before.as_str())?.rev() {
             let (_, v) = row?;
             let version: Job = decode(v.value()).map_err(redb::StorageError::Io)?;
-            if version.stable && !version.same_spec(&current) {
-                return Ok(Some(version));
+            if !version.stable {
+                continue;
             }
+            if version.same_spec(&current) {
+                return Ok(Err(format!(
+                    "not rolling back to stable job version {} as current job has same specification",
+                    version.version
+                )));
+            }
+            return Ok(Ok(version));
         }
-        Ok(None)
+        Ok(Err("no stable job version to auto revert to".to_string()))
     }
 
     fn mark_stable(&mut self, job_name: &str, version: u64) -> Result<(), redb::Error> {

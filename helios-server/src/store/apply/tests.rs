@@ -188,6 +188,8 @@ fn alloc(id: &str, job: &str, name: &str, node: &str, cpu: u32) -> Allocation {
         next_allocation: None,
         metrics: Default::default(),
         services: Vec::new(),
+        deployment_id: None,
+        canary: false,
     }
 }
 
@@ -926,9 +928,17 @@ fn deployments_start_with_versions_mark_them_stable_revert_and_are_cancelled() {
     assert!(
         matches!(&got[0], CommandResponse::Rejected(r) if r.message.contains("is failed: it can no longer change"))
     );
-    // Manual health is only for groups that ask for it.
-    let health = DeploymentAction::SetHealth { healthy: vec!["nope".into()], unhealthy: vec![] };
-    let got = apply_all(&db, vec![proposal("a4", 7, act("x2", health, "x4"))]);
+    // Manual health is only for groups that ask for it, and for the deployment's own allocations.
+    apply_all(&db, vec![proposal("n1", 7, Command::RegisterNode { node: node("n1", 1000), evals: vec![] })]);
+    let mine = Allocation { job_version: 3, task_group: "web".into(), ..alloc("w3", "web", "web.web[0]", "n1", 10) };
+    apply_all(&db, vec![proposal("pl", 7, plan("web", vec![mine]))]);
+    let health = |id: &str| DeploymentAction::SetHealth { healthy: vec![id.into()], unhealthy: vec![] };
+    let got = apply_all(&db, vec![proposal("a4", 7, act("x2", health("w3"), "x4"))]);
+    assert!(
+        matches!(&got[0], CommandResponse::Rejected(r) if r.message.contains("health is set by hand only with health_check = \"manual\"")),
+        "{got:?}"
+    );
+    let got = apply_all(&db, vec![proposal("a5", 7, act("x2", health("nope"), "x5"))]);
     assert!(matches!(&got[0], CommandResponse::Rejected(r) if r.message.contains("is not part of deployment")));
 
     // A newer version, then a stop, cancel what runs; a purge forgets them all.
