@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The rolling update figure in docs/performance.md: a local cluster of three servers and ten
 # agents (release build), a service of 100 exec allocations with update { max_parallel = 10,
-# min_healthy_time = "2s" }, then three new versions, each timed from `job run` until every
-# allocation of the new version runs. Leaves nothing behind.
+# min_healthy_time = "2s" }, then three new versions, each timed from `job run` until its
+# deployment is successful (every allocation of the new version healthy; `job run` returns
+# then). Leaves nothing behind.
 #
 #   cargo build --release -p helios-server -p helios-client -p helios-cli && scripts/rollout-figure.sh
 set -euo pipefail
@@ -40,7 +41,7 @@ for v in 3001 3002 3003; do
   start=$(date +%s.%N)
   helios-cli job run /tmp/rollout.nomad | tail -1
   end=$(date +%s.%N)
-  echo "version with args $v: $(awk "BEGIN { printf \"%.1f\", $end - $start }") s from job run to all 100 running"
+  echo "version with args $v: $(awk "BEGIN { printf \"%.1f\", $end - $start }") s from job run to its deployment successful"
 done
 helios-cli job stop rollout >/dev/null
 # The agents stop the tasks; stopping the agents first would leave them running.

@@ -126,10 +126,8 @@ fn deployment_ended(d: &pb::Deployment, status: &pb::GetJobStatusResponse, eval_
     let short = crate::alloc::short(&d.id);
     let description = &d.status_description;
     match pb::DeploymentStatus::try_from(d.status) {
-        Ok(pb::DeploymentStatus::Successful) => {
-            println!("==> Deployment {short} successful: {description}");
-            return Some(Ok(()));
-        }
+        // (The deployment's last table, just printed, says so.)
+        Ok(pb::DeploymentStatus::Successful) => return Some(Ok(())),
         Ok(pb::DeploymentStatus::Failed) => {
             return Some(Err(anyhow!("deployment {short} failed: {description}")));
         }
