@@ -1,6 +1,7 @@
 //! Services and checks with real agents and real listeners in their tasks: registration in the
 //! catalog through Raft, http/tcp/grpc checks and script checks inside the task, `service info` listing the healthy
-//! instances, `check_restart`, and a rolling update held by a check that fails.
+//! instances, `check_restart`, a rolling update held by a check that fails, and a version whose
+//! check fails rolled back by `auto_revert`.
 
 mod common;
 
@@ -68,7 +69,9 @@ async fn instances(cluster: &TestCluster, via: u64, name: &str, healthy_only: bo
 }
 
 /// An agent that gives out its own thousand dynamic ports: the test's agents share one host,
-/// where separate machines would not collide.
+/// where separate machines would not collide. Each test takes its own slices (tests run at once
+/// in one process): a shared slice let two tests' tasks pick the same port, and one's check
+/// never passed.
 async fn agent(cluster: &TestCluster, id: &str, dir: &std::path::Path, slice: u16) -> common::Agent {
     let low = 40_000 + slice * 1_000;
     common::start_agent_configured(cluster, id, &dir.join(id), |config| {
@@ -280,13 +283,15 @@ async fn a_rolling_update_waits_for_the_new_versions_checks() {
     let (cluster, via) = raised_cluster().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let _reaper = Reaper(dir.path().to_path_buf());
-    let _a = agent(&cluster, "a", dir.path(), 0).await;
+    let _a = agent(&cluster, "a", dir.path(), 2).await;
     let mut job = web("roll", 3, vec![http_check()]);
+    // Versions that pass have a minute to (a loaded machine is slow to start them); the one
+    // that never passes is unhealthy after 5 s.
     job.task_groups[0].update = helios_core::UpdateStrategy {
         max_parallel: 1,
         health_check: helios_core::HealthCheck::Checks,
         min_healthy_time_secs: 1,
-        healthy_deadline_secs: 5,
+        healthy_deadline_secs: 60,
         ..helios_core::UpdateStrategy::nomad_block_defaults()
     };
     cluster.submit_job(via, &job).await;
@@ -299,6 +304,7 @@ async fn a_rolling_update_waits_for_the_new_versions_checks() {
     let mut v1 = job.clone();
     v1.task_groups[0].tasks[0].driver =
         TaskDriver::Exec(ExecConfig::new("/bin/sh", vec!["-c".into(), serve_only.into()]));
+    v1.task_groups[0].update.healthy_deadline_secs = 5;
     cluster.submit_job(via, &v1).await;
     // Unhealthy, it holds the rollout (its deployment fails only at its progress deadline).
     let held = wait_for("the rollout held by the failing check", || async {
@@ -334,11 +340,73 @@ async fn a_rolling_update_waits_for_the_new_versions_checks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_whose_check_fails_is_rolled_back_by_auto_revert() {
+    let (cluster, via) = raised_cluster().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let _a = agent(&cluster, "a", dir.path(), 3).await;
+    let mut job = web("revert", 2, vec![http_check()]);
+    // A minute to be healthy (a loaded machine is slow to start them) for the versions that pass.
+    job.task_groups[0].update = helios_core::UpdateStrategy {
+        max_parallel: 1,
+        health_check: helios_core::HealthCheck::Checks,
+        min_healthy_time_secs: 1,
+        healthy_deadline_secs: 60,
+        progress_deadline_secs: 120,
+        auto_revert: true,
+        ..helios_core::UpdateStrategy::nomad_block_defaults()
+    };
+    let deployments = || async {
+        let mut client = pb::deployment_service_client::DeploymentServiceClient::new(cluster.channel(via).await);
+        let request = pb::ListDeploymentsRequest { job_name: Some("revert".into()) };
+        client.list_deployments(request).await.expect("deployments").into_inner().deployments
+    };
+    let status_of = |list: &[pb::Deployment], version: u64| {
+        list.iter().find(|d| d.job_version == version).map(|d| (d.status, d.status_description.clone()))
+    };
+    let successful = pb::DeploymentStatus::Successful as i32;
+    cluster.submit_job(via, &job).await;
+    wait_for("version 0's deployment successful", || async {
+        status_of(&deployments().await, 0).filter(|(s, _)| *s == successful)
+    })
+    .await;
+    // Version 1 serves, but writes no health file: its check never passes, so its allocation is
+    // unhealthy after its healthy_deadline (3 s), which without a progress deadline fails the
+    // deployment at once; it reverts.
+    let serve_only = "exec busybox httpd -f -p \"$NOMAD_PORT_http\" -h \"$NOMAD_TASK_DIR\"";
+    let mut v1 = job.clone();
+    v1.task_groups[0].tasks[0].driver =
+        TaskDriver::Exec(ExecConfig::new("/bin/sh", vec!["-c".into(), serve_only.into()]));
+    v1.task_groups[0].update.healthy_deadline_secs = 3;
+    v1.task_groups[0].update.progress_deadline_secs = 0;
+    cluster.submit_job(via, &v1).await;
+    let (_, failed) = wait_for("version 1's deployment failed", || async {
+        status_of(&deployments().await, 1).filter(|(s, _)| *s == pb::DeploymentStatus::Failed as i32)
+    })
+    .await;
+    assert_eq!(failed, "Failed due to unhealthy allocations - rolling back to job version 0");
+    // Version 2 is version 0's spec: its deployment succeeds and every instance is healthy again.
+    wait_for("version 2's deployment successful, both instances healthy", || async {
+        let done = status_of(&deployments().await, 2).is_some_and(|(s, _)| s == successful);
+        (done && instances(&cluster, via, "revert-web", true).await.len() == 2).then_some(())
+    })
+    .await;
+    let mut jobs = pb::job_service_client::JobServiceClient::new(cluster.channel(via).await);
+    let request = pb::GetJobRequest { name: "revert".into() };
+    let versions = jobs.get_job_versions(request).await.expect("versions").into_inner().versions;
+    let stable: Vec<u64> = versions.iter().filter(|v| v.stable).map(|v| v.version).collect();
+    assert_eq!(stable, [0, 2]);
+    let status = cluster.job_status(via, "revert").await;
+    let live_v1 = status.allocations.iter().filter(|a| a.job_version == 1 && a.desired_status == "run").count();
+    assert_eq!(live_v1, 0, "the failing version no longer runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_restart_keeps_its_adopted_instances_healthy() {
     let (cluster, via) = raised_cluster().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let _reaper = Reaper(dir.path().to_path_buf());
-    let first = agent(&cluster, "a", dir.path(), 0).await;
+    let first = agent(&cluster, "a", dir.path(), 4).await;
     // Five passes in a row before passing: an instance registered afresh is critical for 4 s.
     let mut check = http_check();
     check.success_before_passing = 5;
@@ -349,7 +417,7 @@ async fn an_agent_restart_keeps_its_adopted_instances_healthy() {
     .await;
     let since = before.checks[0].since_ms;
     first.stop().await;
-    let _second = agent(&cluster, "a", dir.path(), 0).await;
+    let _second = agent(&cluster, "a", dir.path(), 4).await;
     // Sampled from the restart until 6 s after the new agent adopted the task: healthy with
     // the same check state throughout (a fresh registration would be critical for 4 s).
     let mut adopted_at = None;
