@@ -237,6 +237,7 @@ fn update_from_pb(p: &mut Problems, path: &str, u: Option<pb::UpdateStrategy>) -
         auto_revert: u.auto_revert,
         auto_promote: u.auto_promote,
         canary: u.canary,
+        stagger_secs: u.stagger_secs.unwrap_or(UpdateStrategy::default().stagger_secs),
     }
 }
 
@@ -442,6 +443,7 @@ fn group_to_pb(g: &TaskGroup) -> pb::TaskGroup {
             auto_revert: g.update.auto_revert,
             auto_promote: g.update.auto_promote,
             canary: g.update.canary,
+            stagger_secs: Some(g.update.stagger_secs),
         }),
         migrate: Some(pb::MigrateStrategy {
             max_parallel: g.migrate.max_parallel,

@@ -131,12 +131,16 @@ impl TryFrom<&current::Job> for Job {
 
     fn try_from(new: &current::Job) -> Result<Job, String> {
         let group = |g: &current::TaskGroup| -> Result<TaskGroup, String> {
+            if new.job_type == JobType::System && g.update.is_rolling() {
+                // Format 8's builds replace a system job's allocations at once.
+                return Err(format!("group {:?} rolls a system job, which needs stored format 9", g.name));
+            }
             let update = UpdateStrategy::from(&g.update);
             if crate::update::UpdateStrategy::from(update.clone()) != g.update
                 || g.update.health_check == HealthCheck::Manual
             {
                 return Err(format!(
-                    "group {:?} uses canary, auto_revert, auto_promote, progress_deadline or manual health, which need stored format 9",
+                    "group {:?} uses canary, auto_revert, auto_promote, progress_deadline, stagger or manual health, which need stored format 9",
                     g.name
                 ));
             }
@@ -213,6 +217,7 @@ mod tests {
             |u| u.auto_revert = true,
             |u| u.progress_deadline_secs = 60,
             |u| u.health_check = HealthCheck::Manual,
+            |u| u.stagger_secs = 10,
         ] {
             let mut job = rolling_service();
             change(&mut job.task_groups[0].update);

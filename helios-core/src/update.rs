@@ -27,6 +27,9 @@ pub struct UpdateStrategy {
     /// New-version allocations placed beside the old ones, which keep running until the
     /// deployment is promoted.
     pub canary: u32,
+    /// A system job's rolling update: the wait between sets of `max_parallel` replacements
+    /// (Nomad's; service jobs pace their waves by health instead, and ignore it as Nomad does).
+    pub stagger_secs: u64,
 }
 
 impl Default for UpdateStrategy {
@@ -41,6 +44,7 @@ impl Default for UpdateStrategy {
             auto_revert: false,
             auto_promote: false,
             canary: 0,
+            stagger_secs: 30,
         }
     }
 }
@@ -91,9 +95,35 @@ impl UpdateStrategy {
         out
     }
 
-    /// Whether a new version of the group is rolled out under a deployment.
+    /// Whether a new version of the group is rolled out under a deployment (a service's).
     pub fn has_deployment(&self) -> bool {
         self.is_rolling()
+    }
+
+    /// What a system job's `update` may set (Nomad rolls system jobs by `max_parallel` and
+    /// `stagger` alone: no health, no deployment), as (field, problem).
+    pub fn system_problems(&self) -> Vec<(&'static str, String)> {
+        let defaults = UpdateStrategy {
+            max_parallel: self.max_parallel,
+            stagger_secs: self.stagger_secs,
+            ..UpdateStrategy::default()
+        };
+        let mut out = Vec::new();
+        let fields = [
+            ("health_check", self.health_check != defaults.health_check),
+            ("min_healthy_time", self.min_healthy_time_secs != defaults.min_healthy_time_secs),
+            ("healthy_deadline", self.healthy_deadline_secs != defaults.healthy_deadline_secs),
+            ("progress_deadline", self.progress_deadline_secs != defaults.progress_deadline_secs),
+            ("auto_revert", self.auto_revert),
+            ("auto_promote", self.auto_promote),
+            ("canary", self.canary > 0),
+        ];
+        for (field, set) in fields {
+            if set {
+                out.push((field, "a system job rolls by max_parallel and stagger only (no health checks, no deployment): leave it out".to_string()));
+            }
+        }
+        out
     }
 
     /// The health rule a new allocation is judged by (the same as a drain's).

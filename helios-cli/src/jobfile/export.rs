@@ -58,6 +58,7 @@ fn group(g: &TaskGroup, job_type: JobType) -> Value {
         update["auto_revert"] = json!(u.auto_revert);
         update["auto_promote"] = json!(u.auto_promote);
         update["canary"] = json!(u.canary);
+        update["stagger"] = json!(format!("{}s", u.stagger_secs));
         group["update"] = update;
     }
     if !g.affinities.is_empty() {

@@ -140,14 +140,14 @@ pub struct UpdateSpec {
 
 impl UpdateSpec {
     fn to_strategy(&self, p: &mut Problems, path: &str, job_type: JobType, notes: &mut Vec<String>) -> UpdateStrategy {
-        if job_type != JobType::Service {
+        if job_type == JobType::Batch {
             p.add(
                 path,
-                format!("rolling updates apply to service jobs in Helios: a {} job's allocations are replaced at once; leave update out", job_type.as_str()),
+                "rolling updates apply to service and system jobs: a batch job's allocations are replaced at once; leave update out",
             );
             return UpdateStrategy::default();
         }
-        if self.stagger.is_some() {
+        if self.stagger.is_some() && job_type == JobType::Service {
             // Nomad paces only system jobs' updates by it; a service job's waves follow health.
             notes.push(format!("{path}.stagger is ignored, as Nomad ignores it for service jobs: each wave waits for the last to be healthy"));
         }
@@ -176,6 +176,7 @@ impl UpdateSpec {
             auto_revert: self.auto_revert.unwrap_or(defaults.auto_revert),
             auto_promote: self.auto_promote.unwrap_or(defaults.auto_promote),
             canary: self.canary.unwrap_or(defaults.canary),
+            stagger_secs: secs(p, &format!("{path}.stagger"), &self.stagger, defaults.stagger_secs),
         }
     }
 }

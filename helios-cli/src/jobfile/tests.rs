@@ -565,7 +565,17 @@ job "api" {
     assert!(err.contains("update.max_parallel: must be at least 1 for canary"), "{err}");
     let batch = text.replace("job \"api\" {", "job \"api\" {\n  type = \"batch\"");
     let err = parse(&batch, Format::Hcl).err().expect("refused").to_string();
-    assert!(err.contains("update: rolling updates apply to service jobs"), "{err}");
+    assert!(err.contains("update: rolling updates apply to service and system jobs"), "{err}");
+    // A system job rolls by max_parallel and stagger (Nomad's), and nothing else.
+    let system = text
+        .replace("job \"api\" {", "job \"api\" {\n  type = \"system\"")
+        .replace("    count = 4\n", "")
+        .replace("min_healthy_time = \"5s\"", "stagger = \"10s\"");
+    let job = parse(&system, Format::Hcl).expect("parses").job;
+    let u = &job.task_groups[0].update;
+    assert_eq!((u.max_parallel, u.stagger_secs), (2, 10));
+    let err = parse(&system.replace("canary           = 0", "canary = 1"), Format::Hcl).err().expect("refused");
+    assert!(err.to_string().contains("update.canary: a system job rolls by max_parallel and stagger only"), "{err}");
 }
 
 #[test]

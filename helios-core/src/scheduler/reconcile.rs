@@ -383,6 +383,9 @@ impl Slots<'_> {
         plan: &mut Plan,
     ) -> (usize, Option<usize>) {
         let update = &self.group.update;
+        if !outdated.is_empty() && self.job.job_type == JobType::System && update.is_rolling() {
+            return (self.system_wave(mine, outdated.len(), plan), None);
+        }
         if outdated.is_empty() || self.job.job_type != JobType::Service || !update.is_rolling() || !self.delays {
             return (outdated.len(), None);
         }
@@ -433,6 +436,28 @@ impl Slots<'_> {
         }
         // The healthy ones it stops were serving the old version.
         (wave, Some(healthy.saturating_sub(wave.saturating_sub(not_healthy))))
+    }
+
+    /// How many of a system group's `outdated` allocations are replaced now (Nomad's rolling
+    /// update of a system job): `max_parallel` at a time, each set `stagger` after the last one
+    /// was placed; no health is waited for.
+    fn system_wave(&self, mine: &[&Allocation], outdated: usize, plan: &mut Plan) -> usize {
+        let update = &self.group.update;
+        let last_set =
+            mine.iter().filter(|a| a.job_version == self.job.version && !a.canary).map(|a| a.created_at).max();
+        if let Some(last) = last_set {
+            let next = Timestamp(last.0.saturating_add(update.stagger_secs.saturating_mul(1000)));
+            if next > self.now {
+                plan.revisit(next, "a system job's rolling update waits out its stagger");
+                return 0;
+            }
+        }
+        let wave = (update.max_parallel as usize).min(outdated);
+        if wave < outdated {
+            let next = Timestamp(self.now.0.saturating_add(update.stagger_secs.saturating_mul(1000)));
+            plan.revisit(next, "a system job's rolling update waits out its stagger");
+        }
+        wave
     }
 
     /// How many of a service group's `on_draining` allocations leave their draining nodes now:

@@ -1212,6 +1212,28 @@ fn a_rollout_by_checks_waits_for_the_new_checks_and_replaces_a_version_that_neve
     assert!(v0.contains(&plan.stops[0].alloc_id));
 }
 
+#[test]
+fn a_system_job_rolls_max_parallel_nodes_at_a_time_each_set_a_stagger_after_the_last() {
+    let nodes = ["a", "b", "c", "d"].map(|id| node(id, 8000, 8192)).to_vec();
+    let mut h = Harness { nodes, ..Default::default() };
+    let mut job = service("agent", 1, 100, 100);
+    job.set_type(JobType::System);
+    job.task_groups[0].update =
+        crate::update::UpdateStrategy { max_parallel: 2, stagger_secs: 30, ..Default::default() };
+    h.settle(job);
+    assert_eq!(h.live("agent").len(), 4);
+    h.put_job(next_version(&h, "agent"));
+    let plan = h.run("agent");
+    assert_eq!((plan.stops.len(), plan.placements.len()), (2, 2), "two nodes first");
+    assert_eq!(plan.revisit_at, Some(Timestamp(h.now.0 + 30_000)), "the next set after the stagger");
+    h.advance_secs(29);
+    assert!(h.run("agent").stops.is_empty(), "29 s: still waiting");
+    h.advance_secs(1);
+    let plan = h.run("agent");
+    assert_eq!((plan.stops.len(), plan.placements.len()), (2, 2), "the other two");
+    assert!(h.live("agent").iter().all(|a| a.job_version == 1));
+}
+
 mod deployments {
     use super::*;
     use crate::deployment::{Deployment, DeploymentAction, DeploymentStatus, DESCRIPTION_NEEDS_PROMOTION};

@@ -159,12 +159,17 @@ impl Job {
                     ),
                 );
             }
-            if self.job_type != crate::job::JobType::Service && group.update != crate::update::UpdateStrategy::default()
+            if self.job_type == crate::job::JobType::System {
+                for (field, problem) in group.update.system_problems() {
+                    r.add(format!("{path}.update.{field}"), problem);
+                }
+            } else if self.job_type != crate::job::JobType::Service
+                && group.update != crate::update::UpdateStrategy::default()
             {
                 r.add(
                     format!("{path}.update"),
                     format!(
-                        "rolling updates apply to service jobs in Helios: a {} job's allocations are replaced at once; leave update out",
+                        "rolling updates apply to service and system jobs: a {} job's allocations are replaced at once; leave update out",
                         self.job_type.as_str()
                     ),
                 );
