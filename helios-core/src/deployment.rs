@@ -249,9 +249,11 @@ impl Deployment {
             group.placed = u32::try_from(mine.len()).unwrap_or(u32::MAX);
             let canaries = mine.iter().filter(|a| a.canary && a.deployment_id.as_deref() == Some(self.id.as_str()));
             group.placed_canaries = canaries.map(|a| a.id.clone()).collect();
-            if group.awaits_promotion() && group.placed_canaries.is_empty() && !needs_canaries(spec) {
-                // Only counts changed (updated in place): nothing to try a canary on.
-                group.desired_canaries = 0;
+            if group.awaits_promotion() && !needs_canaries(spec) {
+                // Nothing of an older spec runs (only counts changed, or what ran was lost and
+                // replaced): no more canaries to try, the ones placed are all there will be.
+                let placed = u32::try_from(group.placed_canaries.len()).unwrap_or(u32::MAX);
+                group.desired_canaries = group.desired_canaries.min(placed);
             }
             let mut progressed = false;
             for alloc in &mine {

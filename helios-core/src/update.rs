@@ -100,30 +100,27 @@ impl UpdateStrategy {
         self.is_rolling()
     }
 
-    /// What a system job's `update` may set (Nomad rolls system jobs by `max_parallel` and
-    /// `stagger` alone: no health, no deployment), as (field, problem).
+    /// What a system job's `update` may not ask for, as (field, problem): Nomad rolls system
+    /// jobs by `max_parallel` and `stagger` alone, with no deployment, so canaries, promotion,
+    /// reverts and manual health cannot be honoured (the health timings do not apply, as in
+    /// Nomad, and are ignored: a job file says so).
     pub fn system_problems(&self) -> Vec<(&'static str, String)> {
-        let defaults = UpdateStrategy {
-            max_parallel: self.max_parallel,
-            stagger_secs: self.stagger_secs,
-            ..UpdateStrategy::default()
-        };
-        let mut out = Vec::new();
         let fields = [
-            ("health_check", self.health_check != defaults.health_check),
-            ("min_healthy_time", self.min_healthy_time_secs != defaults.min_healthy_time_secs),
-            ("healthy_deadline", self.healthy_deadline_secs != defaults.healthy_deadline_secs),
-            ("progress_deadline", self.progress_deadline_secs != defaults.progress_deadline_secs),
-            ("auto_revert", self.auto_revert),
-            ("auto_promote", self.auto_promote),
             ("canary", self.canary > 0),
+            ("auto_promote", self.auto_promote),
+            ("auto_revert", self.auto_revert),
+            ("health_check", self.health_check == HealthCheck::Manual),
         ];
-        for (field, set) in fields {
-            if set {
-                out.push((field, "a system job rolls by max_parallel and stagger only (no health checks, no deployment): leave it out".to_string()));
-            }
-        }
-        out
+        fields
+            .into_iter()
+            .filter(|(_, asked)| *asked)
+            .map(|(field, _)| {
+                (
+                    field,
+                    "a system job rolls by max_parallel and stagger only, with no deployment: leave it out".to_string(),
+                )
+            })
+            .collect()
     }
 
     /// The health rule a new allocation is judged by (the same as a drain's).

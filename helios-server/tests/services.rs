@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{start_agent, wait_for, Reaper, TestCluster};
+use common::{wait_for, Reaper, TestCluster};
 use helios_api::pb;
 use helios_api::pb::service_catalog_client::ServiceCatalogClient;
 use helios_core::service::{AddressMode, Check, CheckKind, CheckRestart, CheckStatus, Service};
@@ -212,7 +212,7 @@ async fn check_restart_restarts_a_task_whose_check_stays_critical() {
     let (cluster, via) = raised_cluster().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let _reaper = Reaper(dir.path().to_path_buf());
-    let _a = start_agent(&cluster, "a", &dir.path().join("a")).await;
+    let _a = agent(&cluster, "a", dir.path(), 5).await;
     // Nothing listens on the port the check probes.
     let mut dead_port = check("port", CheckKind::Tcp);
     dead_port.check_restart = Some(CheckRestart { limit: 2, grace_ms: 1_000, ignore_warnings: false });
@@ -236,7 +236,7 @@ async fn a_grpc_check_asks_a_real_server_in_the_task() {
     let (cluster, via) = raised_cluster().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let _reaper = Reaper(dir.path().to_path_buf());
-    let _a = start_agent(&cluster, "a", &dir.path().join("a")).await;
+    let _a = agent(&cluster, "a", dir.path(), 6).await;
     // The task is a one-node helios-server: it serves grpc.health.v1 on its port.
     let server = common::task_launcher().with_file_name("helios-server");
     let mut job = web("inner", 1, Vec::new());
@@ -399,6 +399,7 @@ async fn a_version_whose_check_fails_is_rolled_back_by_auto_revert() {
     let status = cluster.job_status(via, "revert").await;
     let live_v1 = status.allocations.iter().filter(|a| a.job_version == 1 && a.desired_status == "run").count();
     assert_eq!(live_v1, 0, "the failing version no longer runs");
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

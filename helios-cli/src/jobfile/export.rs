@@ -53,13 +53,17 @@ fn group(g: &TaskGroup, job_type: JobType) -> Value {
     }
     if g.update != UpdateStrategy::default() {
         let u = &g.update;
-        let mut update = waves(&u.health_rule());
-        update["progress_deadline"] = json!(format!("{}s", u.progress_deadline_secs));
-        update["auto_revert"] = json!(u.auto_revert);
-        update["auto_promote"] = json!(u.auto_promote);
-        update["canary"] = json!(u.canary);
-        update["stagger"] = json!(format!("{}s", u.stagger_secs));
-        group["update"] = update;
+        group["update"] = if job_type == JobType::System {
+            // All a system job's update has (Nomad's).
+            json!({"max_parallel": u.max_parallel, "stagger": format!("{}s", u.stagger_secs)})
+        } else {
+            let mut update = waves(&u.health_rule());
+            update["progress_deadline"] = json!(format!("{}s", u.progress_deadline_secs));
+            update["auto_revert"] = json!(u.auto_revert);
+            update["auto_promote"] = json!(u.auto_promote);
+            update["canary"] = json!(u.canary);
+            update
+        };
     }
     if !g.affinities.is_empty() {
         group["affinity"] = affinities(&g.affinities);

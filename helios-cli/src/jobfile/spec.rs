@@ -147,9 +147,36 @@ impl UpdateSpec {
             );
             return UpdateStrategy::default();
         }
-        if self.stagger.is_some() && job_type == JobType::Service {
+        let system = job_type == JobType::System;
+        if self.stagger.is_some() && !system {
             // Nomad paces only system jobs' updates by it; a service job's waves follow health.
             notes.push(format!("{path}.stagger is ignored, as Nomad ignores it for service jobs: each wave waits for the last to be healthy"));
+        }
+        if system {
+            // Nomad rolls system jobs without health or deployments, and ignores these.
+            let ignored = [
+                ("health_check", self.health_check.as_deref().is_some_and(|h| h != "manual")),
+                ("min_healthy_time", self.min_healthy_time.is_some()),
+                ("healthy_deadline", self.healthy_deadline.is_some()),
+                ("progress_deadline", self.progress_deadline.is_some()),
+                ("auto_revert", self.auto_revert.is_some()),
+            ];
+            for (field, set) in ignored {
+                if set {
+                    notes.push(format!("{path}.{field} is ignored, as Nomad ignores it for system jobs: they roll by max_parallel and stagger"));
+                }
+            }
+            let defaults = UpdateStrategy::nomad_block_defaults();
+            let manual = self.health_check.as_deref() == Some("manual");
+            return UpdateStrategy {
+                max_parallel: self.max_parallel.unwrap_or(defaults.max_parallel),
+                // (Refused by validation, by name: what a system job cannot do.)
+                health_check: if manual { HealthCheck::Manual } else { defaults.health_check },
+                auto_promote: self.auto_promote.unwrap_or(false),
+                canary: self.canary.unwrap_or(0),
+                stagger_secs: secs(p, &format!("{path}.stagger"), &self.stagger, defaults.stagger_secs),
+                ..defaults
+            };
         }
         let defaults = UpdateStrategy::nomad_block_defaults();
         // `manual` is the update's own (a drain has no deployment to ask).
@@ -176,7 +203,8 @@ impl UpdateSpec {
             auto_revert: self.auto_revert.unwrap_or(defaults.auto_revert),
             auto_promote: self.auto_promote.unwrap_or(defaults.auto_promote),
             canary: self.canary.unwrap_or(defaults.canary),
-            stagger_secs: secs(p, &format!("{path}.stagger"), &self.stagger, defaults.stagger_secs),
+            // Stored only for system jobs, which use it (a service job keeps the default).
+            stagger_secs: defaults.stagger_secs,
         }
     }
 }

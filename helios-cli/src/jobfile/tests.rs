@@ -571,11 +571,23 @@ job "api" {
         .replace("job \"api\" {", "job \"api\" {\n  type = \"system\"")
         .replace("    count = 4\n", "")
         .replace("min_healthy_time = \"5s\"", "stagger = \"10s\"");
-    let job = parse(&system, Format::Hcl).expect("parses").job;
-    let u = &job.task_groups[0].update;
+    let file = parse(&system, Format::Hcl).expect("parses");
+    let u = &file.job.task_groups[0].update;
     assert_eq!((u.max_parallel, u.stagger_secs), (2, 10));
+    // Nomad ignores the health fields for a system job; so does Helios, and says so.
+    assert!(
+        file.notes.iter().any(|n| n.contains("update.auto_revert is ignored, as Nomad ignores it for system jobs")),
+        "{:?}",
+        file.notes
+    );
+    let written = serde_json::to_string_pretty(&export::to_file_json(&file.job)).expect("json");
+    let again = parse(&written, Format::Json).expect("exported");
+    assert!(file.job.same_spec(&again.job) && again.notes.is_empty(), "{written} {:?}", again.notes);
     let err = parse(&system.replace("canary           = 0", "canary = 1"), Format::Hcl).err().expect("refused");
     assert!(err.to_string().contains("update.canary: a system job rolls by max_parallel and stagger only"), "{err}");
+    // A service job's stagger is not kept (Nomad ignores it there).
+    let service = parse(&text.replace("min_healthy_time = \"5s\"", "stagger = \"10s\""), Format::Hcl).expect("parses");
+    assert_eq!(service.job.task_groups[0].update.stagger_secs, 30);
 }
 
 #[test]

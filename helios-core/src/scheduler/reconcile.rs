@@ -134,19 +134,16 @@ impl Slots<'_> {
         let rejected: Vec<String> = misplaced.iter().map(|a| a.id.clone()).collect();
         misplaced.extend(outdated);
         let mut outdated = misplaced;
-        let mut canary_asks = Vec::new();
-        let mut canarying = false;
+        // Canarying: whether more canaries may be placed now.
+        let mut canarying: Option<bool> = None;
         let (wave, healthy_left) = match self.rollout() {
             Rollout::Waves => {
                 self.stop_replaced_by_promoted_canaries(&keep, &mut outdated, plan);
                 self.update_wave(&mine, &mut outdated, plan)
             }
+            // The canaries are taken out of the slots once the drain has had its say (below).
             Rollout::Canaries { place } => {
-                canarying = true;
-                let canaries = self.take_canaries(&mut keep);
-                if place {
-                    canary_asks = self.canary_asks(&mine, &canaries, &outdated, plan);
-                }
+                canarying = Some(place);
                 (0, None)
             }
             Rollout::Halted { stop_canaries } => {
@@ -160,6 +157,7 @@ impl Slots<'_> {
                 (0, None)
             }
         };
+        let outdated_slots: Vec<String> = outdated.iter().map(|a| a.name.clone()).collect();
         for (i, alloc) in outdated.into_iter().enumerate() {
             if i < wave {
                 let why = if rejected.contains(&alloc.id) {
@@ -182,14 +180,27 @@ impl Slots<'_> {
                 keep.push(alloc);
             }
         }
+        // Canaries share their slots with the allocations they will replace: out of the slots
+        // while they wait for promotion.
+        let mut canary_asks = Vec::new();
+        let mut canary_slots: BTreeSet<String> = BTreeSet::new();
+        if let Some(place) = canarying {
+            let live = self.take_canaries(&mut keep);
+            if place {
+                canary_asks = self.canary_asks(&mine, &live, &outdated_slots, plan);
+            }
+            canary_slots.extend(live.iter().map(|a| a.name.clone()));
+            canary_slots.extend(canary_asks.iter().map(|a| a.name.clone()));
+        }
         let mut asks = match job.job_type {
             JobType::System => system_slots(job, group, &mine, keep, nodes, plan),
             JobType::Service | JobType::Batch => self.counted(&mine, keep, plan),
         };
-        if canarying {
+        if canarying.is_some() {
             // Until promotion only canaries are new (Nomad's rule): a slot that never ran, as
-            // after a count increase, waits; one that lost its allocation is filled again.
-            asks.retain(|ask| mine.iter().any(|a| a.name == ask.name));
+            // after a count increase, waits, and a canary's slot is its own; a slot that lost
+            // its allocation is filled again.
+            asks.retain(|ask| !canary_slots.contains(&ask.name) && mine.iter().any(|a| a.name == ask.name));
         }
         asks.extend(canary_asks);
         asks
@@ -236,23 +247,29 @@ impl Slots<'_> {
         canaries
     }
 
-    /// The canaries to place: a failed one again, by the group's reschedule policy (its
-    /// deployment fails only at its progress deadline, or at once without one), one lost with
-    /// its node at once; then new ones in the slots of `outdated` allocations, up to `canary`.
+    /// The canaries to place: one that ended (or is stopping now) again in its slot, a failed
+    /// one by the group's reschedule policy (its deployment fails only at its progress
+    /// deadline, or at once without one); then new ones, in the slots of `outdated`
+    /// allocations first, then in empty ones, up to `canary` in all. `live`: the canaries that
+    /// run on.
     fn canary_asks(
         &self,
         mine: &[&Allocation],
         live: &[&Allocation],
-        outdated: &[&Allocation],
+        outdated: &[String],
         plan: &mut Plan,
     ) -> Vec<Ask> {
         let Some(deployment) = self.deployment else { return Vec::new() };
         let Some(group) = deployment.groups.get(&self.group.name) else { return Vec::new() };
-        let mut occupied: BTreeSet<&str> = live.iter().map(|a| a.name.as_str()).collect();
-        // Each slot's latest ended canary, where no live one took over.
+        let desired = group.desired_canaries as usize;
+        let stopping: BTreeSet<String> = plan.stops.iter().map(|s| s.alloc_id.clone()).collect();
+        let running = |a: &Allocation| is_live(a) && !stopping.contains(&a.id);
+        let live_ids: BTreeSet<&str> = live.iter().map(|a| a.id.as_str()).collect();
+        let mut occupied: BTreeSet<String> = live.iter().map(|a| a.name.clone()).collect();
+        // Each slot's latest ended canary, where no canary runs now.
         let mut ended: BTreeMap<&str, &Allocation> = BTreeMap::new();
-        for alloc in mine.iter().copied().filter(|a| self.is_canary(a) && !is_live(a)) {
-            if occupied.contains(alloc.name.as_str()) {
+        for alloc in mine.iter().copied().filter(|a| self.is_canary(a) && !live_ids.contains(a.id.as_str())) {
+            if occupied.contains(&alloc.name) {
                 continue;
             }
             let later =
@@ -269,20 +286,33 @@ impl Slots<'_> {
             canary: true,
         };
         for (name, alloc) in ended {
-            occupied.insert(name);
+            // Filled otherwise meanwhile, or enough canaries already.
+            let taken = mine.iter().any(|a| a.name == name && running(a) && a.job_version == self.job.version);
+            if taken || occupied.len() >= desired {
+                continue;
+            }
+            occupied.insert(name.to_string());
             match alloc.client_status {
                 AllocClientStatus::Failed => match self.group.reschedule.decide(alloc, self.now) {
                     Reschedule::Now(events) => asks.push(ask(name, events)),
                     Reschedule::At(at) => plan.revisit(at, "a failed canary's reschedule delay ends"),
                     Reschedule::Never(_) => {}
                 },
+                // Lost with its node, or stopped by a drain: placed again at once.
                 _ => asks.push(ask(name, alloc.reschedule_events.clone())),
             }
         }
-        let wanted = (group.desired_canaries as usize).saturating_sub(occupied.len());
-        let mut fresh: Vec<&str> = outdated.iter().map(|a| a.name.as_str()).filter(|n| !occupied.contains(n)).collect();
-        fresh.dedup();
-        asks.extend(fresh.into_iter().take(wanted).map(|name| ask(name, Vec::new())));
+        let wanted = desired.saturating_sub(occupied.len());
+        let empty = (0..self.group.count as usize)
+            .map(|i| alloc_name(&self.job.name, &self.group.name, i))
+            .filter(|name| !mine.iter().any(|a| &a.name == name && running(a)));
+        let mut fresh: Vec<String> = Vec::new();
+        for name in outdated.iter().cloned().chain(empty) {
+            if !occupied.contains(&name) && !fresh.contains(&name) {
+                fresh.push(name);
+            }
+        }
+        asks.extend(fresh.iter().take(wanted).map(|name| ask(name, Vec::new())));
         asks
     }
 
@@ -443,8 +473,16 @@ impl Slots<'_> {
     /// was placed; no health is waited for.
     fn system_wave(&self, mine: &[&Allocation], outdated: usize, plan: &mut Plan) -> usize {
         let update = &self.group.update;
-        let last_set =
-            mine.iter().filter(|a| a.job_version == self.job.version && !a.canary).map(|a| a.created_at).max();
+        // A set's time is its replacements' (placed on nodes an older version ran on): a node
+        // joining meanwhile, or a failure placed again, does not hold the next set back.
+        let older_on: BTreeSet<&str> =
+            mine.iter().filter(|a| a.job_version < self.job.version).map(|a| a.node_id.as_str()).collect();
+        let last_set = mine
+            .iter()
+            .filter(|a| a.job_version == self.job.version && older_on.contains(a.node_id.as_str()))
+            .filter(|a| a.reschedule_events.is_empty())
+            .map(|a| a.created_at)
+            .max();
         if let Some(last) = last_set {
             let next = Timestamp(last.0.saturating_add(update.stagger_secs.saturating_mul(1000)));
             if next > self.now {

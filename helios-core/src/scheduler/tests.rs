@@ -1427,6 +1427,27 @@ mod deployments {
     }
 
     #[test]
+    fn a_canarys_slot_stays_its_own_when_the_old_allocation_there_is_lost_and_a_lost_canary_is_placed_again() {
+        let mut h = Harness { nodes: vec![node("a", 8000, 8192), node("b", 8000, 8192)], ..Default::default() };
+        h.settle(canary_job(1));
+        h.deploy(next_version(&h, "web"));
+        let canary = h.run("web").placements[0].clone();
+        let now = h.now;
+        h.running_since(&canary.id, now);
+        let old_in_slot =
+            h.live("web").iter().find(|a| a.job_version == 0 && a.name == canary.name).map(|a| a.id.clone());
+        h.set_client_status(&old_in_slot.expect("an old allocation shares the slot"), AllocClientStatus::Lost);
+        let plan = h.run("web");
+        assert!(plan.placements.is_empty(), "the canary holds the slot: {plan:?}");
+        // The canary itself lost: one canary again, in its slot.
+        h.set_client_status(&canary.id, AllocClientStatus::Lost);
+        let plan = h.run("web");
+        assert_eq!(plan.placements.len(), 1, "{plan:?}");
+        assert!(plan.placements[0].canary && plan.placements[0].name == canary.name);
+        assert!(h.run("web").placements.is_empty(), "one canary, as asked");
+    }
+
+    #[test]
     fn while_canaries_wait_for_promotion_a_count_increase_waits_too() {
         let mut h = Harness { nodes: vec![node("a", 8000, 8192)], ..Default::default() };
         h.settle(canary_job(1));

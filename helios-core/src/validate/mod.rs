@@ -160,12 +160,23 @@ impl Job {
                 );
             }
             if self.job_type == crate::job::JobType::System {
+                // Rolled by max_parallel and stagger: the health timings do not apply.
                 for (field, problem) in group.update.system_problems() {
                     r.add(format!("{path}.update.{field}"), problem);
                 }
-            } else if self.job_type != crate::job::JobType::Service
-                && group.update != crate::update::UpdateStrategy::default()
-            {
+            } else {
+                for (field, problem) in group.update.problems() {
+                    r.add(format!("{path}.update.{field}"), problem);
+                }
+                if group.update.canary > group.count {
+                    // Canaries take the slots of the allocations they replace.
+                    r.add(
+                        format!("{path}.update.canary"),
+                        format!("must be at most the group's count ({}), got {}", group.count, group.update.canary),
+                    );
+                }
+            }
+            if self.job_type == crate::job::JobType::Batch && group.update != crate::update::UpdateStrategy::default() {
                 r.add(
                     format!("{path}.update"),
                     format!(
@@ -250,16 +261,6 @@ fn check_group(r: &mut Report, path: &str, group: &TaskGroup) {
     if group.migrate.health_check == crate::migrate::HealthCheck::Manual {
         // Nobody would be asked: a drain has no deployment to set health on.
         r.add(format!("{path}.migrate.health_check"), "must be checks or task_states (manual is only for update)");
-    }
-    for (field, problem) in group.update.problems() {
-        r.add(format!("{path}.update.{field}"), problem);
-    }
-    if group.update.canary > group.count {
-        // Canaries take the slots of the allocations they replace.
-        r.add(
-            format!("{path}.update.canary"),
-            format!("must be at most the group's count ({}), got {}", group.count, group.update.canary),
-        );
     }
     check_constraints(r, &format!("{path}.constraints"), &group.constraints);
     check_affinities(r, &format!("{path}.affinities"), &group.affinities);
