@@ -107,6 +107,7 @@ fn keygen() -> anyhow::Result<String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
@@ -206,4 +207,20 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 fn fail(error: &anyhow::Error) -> ExitCode {
     eprintln!("Error: {error:#}");
     ExitCode::FAILURE
+}
+
+/// `helios-cli job history web | head`: once the reader has gone, the command ends quietly with
+/// 141 (a shell's code for a tool that SIGPIPE ended), as other command-line tools do. Rust
+/// ignores SIGPIPE, so a print to the closed pipe panics instead; restoring the signal would
+/// need `unsafe`, which the workspace forbids, so the panic is caught here.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied());
+        if message.is_some_and(|m| m.starts_with("failed printing to stdout") && m.contains("Broken pipe")) {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

@@ -547,3 +547,20 @@ async fn snapshot_save_inspect_restore_and_system_gc() {
     assert!(listed.contains("kept") && !listed.contains("stopped"), "{listed}");
     server.shutdown().await;
 }
+
+/// `helios-cli ... | head`: output to a pipe whose reader has gone ends the command quietly (as
+/// SIGPIPE ends other tools), not with a panic and its backtrace.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = Command::new(CLI)
+        .args(["operator", "keygen"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run helios-cli");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
+}
