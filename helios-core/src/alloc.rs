@@ -116,6 +116,12 @@ impl Allocation {
         self.reschedule_events.last().map(|e| e.prev_alloc_id.as_str())
     }
 
+    /// True while it holds room on its node: wanted, and not finished (what the plan applier
+    /// counts, and what a new version's deployment replaces).
+    pub fn reserves_room(&self) -> bool {
+        !self.is_terminal() && self.desired_status == AllocDesiredStatus::Run
+    }
+
     /// True once the allocation will not run again (its client says so, or it was never started
     /// and the servers want it stopped).
     pub fn is_terminal(&self) -> bool {

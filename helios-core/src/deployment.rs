@@ -155,17 +155,15 @@ fn after(now: Timestamp, secs: u64) -> Timestamp {
 
 impl Deployment {
     /// The deployment a registration of `job` (a new version) starts, if its groups roll: every
-    /// group with a rolling update, canaries where `replaces` says the group has allocations of
-    /// an older version running. `None` for a job whose groups do not roll.
-    pub fn for_version(
-        job: &Job,
-        id: &str,
-        now: Timestamp,
-        replaces: impl Fn(&TaskGroup) -> bool,
-    ) -> Option<Deployment> {
+    /// group with a rolling update, canaries where `allocs` (the job's) hold room for an older
+    /// version of the group. `None` for a job whose groups do not roll.
+    pub fn for_version(job: &Job, id: &str, now: Timestamp, allocs: &[Allocation]) -> Option<Deployment> {
         if job.job_type != crate::job::JobType::Service || job.stopped {
             return None;
         }
+        let replaces = |g: &TaskGroup| {
+            allocs.iter().any(|a| a.task_group == g.name && a.job_version < job.version && a.reserves_room())
+        };
         let groups: BTreeMap<String, DeploymentGroup> = job
             .task_groups
             .iter()
@@ -216,11 +214,6 @@ impl Deployment {
     /// Whether any group reverts to the last stable version when it fails.
     pub fn auto_revert(&self) -> bool {
         self.groups.values().any(|g| g.auto_revert)
-    }
-
-    /// Whether the scheduler may place canaries only (not replace what runs) in `group`.
-    pub fn awaits_promotion(&self, group: &str) -> bool {
-        self.groups.get(group).is_some_and(DeploymentGroup::awaits_promotion)
     }
 
     /// The watcher's look at the deployment (`job` is its version's spec, `allocs` every

@@ -154,11 +154,8 @@ pub fn dry_run(
     job.stopped = false;
     if changed && read::stored_format(txn)? >= helios_core::command::DEPLOYMENTS_FORMAT {
         // The deployment the submission would start (its canaries, say), as the state machine would.
-        let allocs = snapshot.allocations.get(&job.name).cloned().unwrap_or_default();
-        let replaces = |g: &helios_core::TaskGroup| {
-            allocs.iter().any(|a| a.task_group == g.name && a.job_version < job.version && reserves_room(a))
-        };
-        match Deployment::for_version(&job, "plan", now, replaces) {
+        let allocs = snapshot.allocations.get(&job.name).map_or(&[][..], Vec::as_slice);
+        match Deployment::for_version(&job, "plan", now, allocs) {
             Some(deployment) => snapshot.deployments.insert(job.name.clone(), deployment),
             None => snapshot.deployments.remove(&job.name),
         };

@@ -1244,10 +1244,10 @@ mod deployments {
         fn deploy(&mut self, job: Job) {
             let name = job.name.clone();
             self.put_job(job);
+            let allocs = self.allocation_list(&name);
             let job = &self.jobs[&name];
-            let old_running = self.live(&name).iter().any(|a| a.job_version < job.version);
             let id = format!("deploy-{}", job.version);
-            let deployment = Deployment::for_version(job, &id, self.now, |_| old_running).expect("a rolling job");
+            let deployment = Deployment::for_version(job, &id, self.now, &allocs).expect("a rolling job");
             self.deployments.insert(name, deployment);
             self.index += 1;
         }

@@ -7,34 +7,19 @@ use helios_api::pb::deployment_service_server::DeploymentService;
 use helios_core::acl::Capability;
 use helios_core::command::DeploymentChanged;
 use helios_core::deployment::{Deployment, DeploymentAction};
-use helios_core::{Allocation, Command, EvalTrigger, Evaluation};
+use helios_core::{Command, EvalTrigger, Evaluation};
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
 use super::errors::{cluster_status, invalid, require_job_name};
+use super::ids::{check_id, the_one};
+use super::jobs::{find_allocation, job_priority};
 use crate::clock::{new_id, now};
 use crate::cluster::Cluster;
 use crate::store::read;
 
 pub struct Deployments {
     pub cluster: Cluster,
-}
-
-/// An id as users give it: a full id, or its first or last characters.
-fn check_id(field: &str, id: &str) -> Result<(), Status> {
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        return Err(invalid(field, "must be an id, or its first or last characters (hex digits and '-')"));
-    }
-    Ok(())
-}
-
-/// The one of `candidates` that `id` names (`what` for the messages).
-fn unique<T>(what: &str, field: &str, id: &str, candidates: Vec<T>) -> Result<T, Status> {
-    match <[T; 1]>::try_from(candidates) {
-        Ok([one]) => Ok(one),
-        Err(none) if none.is_empty() => Err(Status::not_found(format!("{what} {id:?} not found"))),
-        Err(many) => Err(invalid(field, format!("{id:?} matches {} {what}s; give more characters", many.len()))),
-    }
 }
 
 impl Deployments {
@@ -44,22 +29,14 @@ impl Deployments {
         let all = self.cluster.read(|txn| read::deployments(txn, None)).await.map_err(cluster_status)?;
         let matches: Vec<Deployment> =
             all.into_iter().filter(|d| d.id.starts_with(&prefix) || d.id.ends_with(&prefix)).collect();
-        unique("deployment", "id", &id, matches)
+        the_one("deployment", "id", &id, matches)
     }
 
     /// Full allocation ids for `ids` (each a full id or its first or last characters).
     async fn allocation_ids(&self, field: &str, ids: Vec<String>) -> Result<Vec<String>, Status> {
         let mut out = Vec::new();
         for (i, id) in ids.into_iter().enumerate() {
-            let at = format!("{field}[{i}]");
-            check_id(&at, &id)?;
-            let prefix = id.clone();
-            let matches: Vec<Allocation> = self
-                .cluster
-                .read(move |txn| read::allocations_by_prefix(txn, &prefix))
-                .await
-                .map_err(cluster_status)?;
-            out.push(unique("allocation", &at, &id, matches)?.id);
+            out.push(find_allocation(&self.cluster, &format!("{field}[{i}]"), id).await?.id);
         }
         Ok(out)
     }
@@ -70,11 +47,7 @@ impl Deployments {
         action: DeploymentAction,
     ) -> Result<Response<pb::DeploymentActionResponse>, Status> {
         let deployment = self.find(id).await?;
-        let priority = {
-            let job = deployment.job_name.clone();
-            let job = self.cluster.read(move |txn| read::job(txn, &job)).await.map_err(cluster_status)?;
-            job.map_or(helios_core::job::DEFAULT_PRIORITY, |j| j.priority)
-        };
+        let priority = job_priority(&self.cluster, &deployment.job_name).await?;
         let now = now();
         let eval = Evaluation::new(new_id(), &deployment.job_name, priority, EvalTrigger::DeploymentWatcher, now);
         let command = Command::ActOnDeployment { deployment_id: deployment.id.clone(), action, now, eval };

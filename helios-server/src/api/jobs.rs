@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use super::auth::authorize;
 
 use super::errors::{cluster_status, invalid, require_job_name, require_name};
+use super::ids::{check_id, the_one};
 use crate::clock::{new_id, now};
 use crate::cluster::Cluster;
 use crate::store::read;
@@ -363,30 +364,14 @@ impl AllocationService for Allocations {
     ) -> Result<Response<Self::AllocLogsStream>, Status> {
         authorize(&self.cluster, &request, Capability::ReadLogs).await?;
         let req = request.into_inner();
-        if req.alloc_id.is_empty()
-            || req.alloc_id.len() > 64
-            || !req.alloc_id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-        {
-            return Err(invalid("alloc_id", "must be an allocation id, or its first or last characters"));
-        }
+        check_id("alloc_id", &req.alloc_id)?;
         if !req.task.is_empty() {
             require_name("task", &req.task)?;
         }
-        let id = req.alloc_id.clone();
-        let (matches, nodes) = self
-            .cluster
-            .read(move |txn| Ok((read::allocations_by_prefix(txn, &id)?, read::nodes(txn)?)))
-            .await
-            .map_err(cluster_status)?;
-        let alloc = match matches.as_slice() {
-            [] => return Err(Status::not_found(format!("allocation {:?} not found", req.alloc_id))),
-            [one] => one.clone(),
-            many => return Err(invalid("alloc_id", format!("{:?} matches {} allocations", req.alloc_id, many.len()))),
-        };
-        let node = nodes
-            .into_iter()
-            .find(|n| n.id == alloc.node_id)
-            .ok_or_else(|| Status::unavailable(format!("node {} is gone", alloc.node_id)))?;
+        let alloc = find_allocation(&self.cluster, "alloc_id", req.alloc_id.clone()).await?;
+        let node_id = alloc.node_id.clone();
+        let node = self.cluster.read(move |txn| read::node(txn, &node_id)).await.map_err(cluster_status)?;
+        let node = node.ok_or_else(|| Status::unavailable(format!("node {} is gone", alloc.node_id)))?;
         // With TLS, the agent must show a client certificate of the cluster's CA.
         let endpoint = (self.cluster.channels)
             .endpoint(&node.rpc_addr, helios_api::tls::Role::Client)
@@ -474,7 +459,7 @@ impl AllocationService for Allocations {
         // A plan of one stop, committed with a pending evaluation of the job: the scheduler then
         // places the replacement, as for any allocation that ends while its job wants it.
         let now = now();
-        let priority = self.job_priority(&alloc.job_name).await?;
+        let priority = job_priority(&self.cluster, &alloc.job_name).await?;
         let eval = Evaluation::new(new_id(), &alloc.job_name, priority, EvalTrigger::AllocStop, now);
         let plan = helios_core::Plan {
             eval_id: eval.id.clone(),
@@ -504,27 +489,22 @@ impl AllocationService for Allocations {
 impl Allocations {
     /// The allocation a user means by `id`: a full id, or its first or last characters.
     async fn find(&self, id: String) -> Result<Allocation, Status> {
-        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            return Err(invalid(
-                "id",
-                "must be an allocation id, or its first or last characters (hex digits and '-')",
-            ));
-        }
-        let prefix = id.clone();
-        let matches =
-            self.cluster.read(move |txn| read::allocations_by_prefix(txn, &prefix)).await.map_err(cluster_status)?;
-        match <[Allocation; 1]>::try_from(matches) {
-            Ok([one]) => Ok(one),
-            Err(none) if none.is_empty() => Err(Status::not_found(format!("allocation {id:?} not found"))),
-            Err(many) => {
-                Err(invalid("id", format!("prefix {id:?} matches {} allocations; give more characters", many.len())))
-            }
-        }
+        find_allocation(&self.cluster, "id", id).await
     }
+}
 
-    async fn job_priority(&self, name: &str) -> Result<u32, Status> {
-        let lookup = name.to_string();
-        let job = self.cluster.read(move |txn| read::job(txn, &lookup)).await.map_err(cluster_status)?;
-        Ok(job.map_or(helios_core::job::DEFAULT_PRIORITY, |j| j.priority))
-    }
+/// The allocation a user means by `id` (request field `field`): a full id, or its first or
+/// last characters.
+pub async fn find_allocation(cluster: &Cluster, field: &str, id: String) -> Result<Allocation, Status> {
+    check_id(field, &id)?;
+    let prefix = id.clone();
+    let matches = cluster.read(move |txn| read::allocations_by_prefix(txn, &prefix)).await.map_err(cluster_status)?;
+    the_one("allocation", field, &id, matches)
+}
+
+/// The priority of job `name` (the default when it is gone): what its evaluations get.
+pub async fn job_priority(cluster: &Cluster, name: &str) -> Result<u32, Status> {
+    let lookup = name.to_string();
+    let job = cluster.read(move |txn| read::job(txn, &lookup)).await.map_err(cluster_status)?;
+    Ok(job.map_or(helios_core::job::DEFAULT_PRIORITY, |j| j.priority))
 }

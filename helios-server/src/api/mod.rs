@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cluster_service;
 pub mod deployments;
 pub mod errors;
+pub mod ids;
 pub mod jobs;
 pub mod nodes;
 pub mod restore;

@@ -5,8 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use helios_core::{
-    AllocClientStatus, AllocDesiredStatus, Allocation, Command, CommandResponse, Node, Proposal, RejectionKind,
-    Resources, Timestamp,
+    AllocClientStatus, Allocation, Command, CommandResponse, Node, Proposal, RejectionKind, Resources, Timestamp,
 };
 use redb::{ReadableTable, Table, WriteTransaction};
 
@@ -265,7 +264,7 @@ impl<'txn> StateTables<'txn> {
 
 /// True while an allocation holds room on its node: wanted, and not finished.
 pub fn reserves_room(alloc: &Allocation) -> bool {
-    !alloc.is_terminal() && alloc.desired_status == AllocDesiredStatus::Run
+    alloc.reserves_room()
 }
 
 /// What one allocation contributes to its job's `AllocCounts`.

@@ -8,8 +8,9 @@ use serde::de::DeserializeOwned;
 
 use super::codec::decode;
 use super::tables::{
-    index_id, index_range, job_version_key, AllocCounts, ALLOCATIONS, ALLOCS_BY_JOB, ALLOCS_BY_NODE, DEPLOYMENTS,
-    EVALS_BY_JOB, EVALUATIONS, JOBS, JOB_ALLOC_COUNTS, JOB_VERSIONS, NODES, NODE_USAGE, PENDING_EVALUATIONS,
+    index_id, index_range, job_version_key, job_version_range, AllocCounts, ALLOCATIONS, ALLOCS_BY_JOB, ALLOCS_BY_NODE,
+    DEPLOYMENTS, EVALS_BY_JOB, EVALUATIONS, JOBS, JOB_ALLOC_COUNTS, JOB_VERSIONS, NODES, NODE_USAGE,
+    PENDING_EVALUATIONS,
 };
 use super::StoreError;
 
@@ -55,8 +56,7 @@ pub fn jobs(txn: &ReadTransaction) -> Result<Vec<Job>> {
 }
 
 pub fn job_versions(txn: &ReadTransaction, name: &str) -> Result<Vec<Job>> {
-    let first = job_version_key(name, 0);
-    let last = job_version_key(name, u64::MAX);
+    let (first, last) = job_version_range(name);
     let versions = table(txn, JOB_VERSIONS)?;
     let mut out = Vec::new();
     for row in versions.range(first.as_str()..=last.as_str())? {
@@ -69,7 +69,7 @@ pub fn job_versions(txn: &ReadTransaction, name: &str) -> Result<Vec<Job>> {
 /// Deployments, all or one job's, in (job, version) order.
 pub fn deployments(txn: &ReadTransaction, job_name: Option<&str>) -> Result<Vec<Deployment>> {
     let Some(job) = job_name else { return scan(txn, DEPLOYMENTS, |_| true) };
-    let (first, last) = (job_version_key(job, 0), job_version_key(job, u64::MAX));
+    let (first, last) = job_version_range(job);
     let mut out = Vec::new();
     for row in table(txn, DEPLOYMENTS)?.range(first.as_str()..=last.as_str())? {
         out.push(decode(row?.1.value())?);
@@ -79,7 +79,7 @@ pub fn deployments(txn: &ReadTransaction, job_name: Option<&str>) -> Result<Vec<
 
 /// A job's latest deployment.
 pub fn latest_deployment(txn: &ReadTransaction, job_name: &str) -> Result<Option<Deployment>> {
-    let (first, last) = (job_version_key(job_name, 0), job_version_key(job_name, u64::MAX));
+    let (first, last) = job_version_range(job_name);
     let latest = table(txn, DEPLOYMENTS)?.range(first.as_str()..=last.as_str())?.next_back().transpose()?;
     Ok(latest.map(|(_, v)| decode(v.value())).transpose()?)
 }

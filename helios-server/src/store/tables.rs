@@ -165,6 +165,12 @@ pub fn job_version_key(name: &str, version: u64) -> String {
     format!("{name}@{version:020}")
 }
 
+/// The key range (inclusive) holding every `job_version_key(name, _)`: a job's versions, and
+/// its deployments.
+pub fn job_version_range(name: &str) -> (String, String) {
+    (job_version_key(name, 0), job_version_key(name, u64::MAX))
+}
+
 /// Requests sort by the time they were proposed, so forgetting old ones trims the front.
 pub fn request_key(proposed_at_ms: u64, request_id: &str) -> String {
     format!("{proposed_at_ms:020}/{request_id}")

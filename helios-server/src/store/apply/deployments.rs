@@ -9,9 +9,9 @@ use helios_core::deployment::{Deployment, DeploymentAction, DeploymentStatus};
 use helios_core::{CommandResponse, Evaluation, HealthCheck, Job, RejectionKind, Timestamp};
 use redb::ReadableTable;
 
-use super::{get, reserves_room, StateTables};
+use super::{get, StateTables};
 use crate::store::codec::{decode, encode};
-use crate::store::tables::job_version_key;
+use crate::store::tables::{job_version_key, job_version_range};
 
 impl StateTables<'_> {
     /// A new version of `job` was stored: the job's running deployment is cancelled, and the
@@ -23,10 +23,7 @@ impl StateTables<'_> {
         let why = format!("Cancelled due to newer version of job ({})", job.version);
         self.cancel_deployment(&job.name, &why, now)?;
         let allocs = self.allocations_of_job(&job.name)?;
-        let replaces = |g: &helios_core::TaskGroup| {
-            allocs.iter().any(|a| a.task_group == g.name && a.job_version < job.version && reserves_room(a))
-        };
-        if let Some(deployment) = Deployment::for_version(job, eval_id, now, replaces) {
+        if let Some(deployment) = Deployment::for_version(job, eval_id, now, &allocs) {
             self.put_deployment(&deployment)?;
         }
         Ok(())
@@ -44,11 +41,14 @@ impl StateTables<'_> {
         Ok(())
     }
 
-    /// Forgets every deployment of a purged or collected job.
-    pub(super) fn delete_deployments_of(&mut self, job_name: &str) -> Result<(), redb::Error> {
-        let (first, last) = (job_version_key(job_name, 0), job_version_key(job_name, u64::MAX));
+    /// Forgets every version of a purged or collected job, and their deployments; returns how
+    /// many versions there were.
+    pub(super) fn forget_versions_of(&mut self, job_name: &str) -> Result<u64, redb::Error> {
+        let (first, last) = job_version_range(job_name);
+        let versions = self.job_versions.range(first.as_str()..=last.as_str())?.count() as u64;
+        self.job_versions.retain_in(first.as_str()..=last.as_str(), |_, _| false)?;
         self.deployments.retain_in(first.as_str()..=last.as_str(), |_, _| false)?;
-        Ok(())
+        Ok(versions)
     }
 
     /// Forgets the deployment of a collected job version.
@@ -58,7 +58,7 @@ impl StateTables<'_> {
     }
 
     fn latest_deployment(&self, job_name: &str) -> Result<Option<Deployment>, redb::Error> {
-        let (first, last) = (job_version_key(job_name, 0), job_version_key(job_name, u64::MAX));
+        let (first, last) = job_version_range(job_name);
         let latest = self.deployments.range(first.as_str()..=last.as_str())?.next_back().transpose()?;
         latest.map(|(_, v)| decode(v.value()).map_err(|e| redb::StorageError::Io(e).into())).transpose()
     }

@@ -9,7 +9,7 @@ use redb::ReadableTable;
 
 use super::{get, StateTables};
 use crate::store::codec::decode;
-use crate::store::tables::{index_id, index_key, index_range, job_version_key};
+use crate::store::tables::{index_id, index_key, index_range, job_version_key, job_version_range};
 
 impl StateTables<'_> {
     pub(super) fn collect_garbage(
@@ -77,11 +77,7 @@ impl StateTables<'_> {
                 collected.evals += 1;
             }
         }
-        let (first, last) = (job_version_key(name, 0), job_version_key(name, u64::MAX));
-        let before = self.job_versions.range(first.as_str()..=last.as_str())?.count() as u64;
-        self.job_versions.retain_in(first.as_str()..=last.as_str(), |_, _| false)?;
-        self.delete_deployments_of(name)?;
-        collected.versions += before;
+        collected.versions += self.forget_versions_of(name)?;
         self.jobs.remove(name)?;
         self.job_alloc_counts.remove(name)?;
         self.counts.remove(name);
@@ -93,7 +89,7 @@ impl StateTables<'_> {
     /// The versions of job `name` that may go now (`gc::versions_to_drop`).
     fn droppable_versions(&self, name: &str, cutoffs: &Cutoffs) -> Result<Vec<u64>, redb::Error> {
         let Some(job) = get::<Job>(&self.jobs, name)? else { return Ok(Vec::new()) };
-        let (first, last) = (job_version_key(name, 0), job_version_key(name, u64::MAX));
+        let (first, last) = job_version_range(name);
         let mut versions = Vec::new();
         let mut latest_stable = None;
         for row in self.job_versions.range(first.as_str()..=last.as_str())? {

@@ -79,10 +79,7 @@ impl StateTables<'_> {
             self.stop_allocations_of(name, now)?;
             self.blocked_jobs.remove(name)?;
             self.jobs.remove(name)?;
-            let first = job_version_key(name, 0);
-            let last = job_version_key(name, u64::MAX);
-            self.job_versions.retain_in(first.as_str()..=last.as_str(), |_, _| false)?;
-            self.delete_deployments_of(name)?;
+            self.forget_versions_of(name)?;
         } else {
             self.cancel_deployment(name, "Cancelled because job is stopped", now)?;
             job.stopped = true;

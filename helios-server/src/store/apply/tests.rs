@@ -1,4 +1,5 @@
 use helios_core::command::{JobDeregistered, JobRegistered, PlanApplied};
+use helios_core::AllocDesiredStatus;
 use helios_core::{EvalTrigger, Evaluation, Job, JobStatus, NodeEligibility, NodeStatus, Plan};
 use redb::ReadableDatabase;
 
