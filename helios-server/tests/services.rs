@@ -322,6 +322,9 @@ async fn a_rolling_update_waits_for_the_new_versions_checks() {
     // The fix: version 2 replaces the unhealthy one first, then the rest in waves.
     let mut v2 = job.clone();
     v2.task_groups[0].tasks[0].env.insert("FIXED".into(), "1".into());
+    // A rollout judges the older allocations by the new version's rule: with the minute of
+    // version 0, version 1's unhealthy allocation would hold the first wave for up to a minute.
+    v2.task_groups[0].update.healthy_deadline_secs = 15;
     cluster.submit_job(via, &v2).await;
     // Wave by wave (each within the usual wait: a loaded machine slows every wave).
     for placed in 1..=3 {
