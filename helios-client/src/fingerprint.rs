@@ -115,3 +115,31 @@ fn memory_mb() -> u32 {
         .unwrap_or(1024)
         .max(1)
 }
+
+/// The part of the dynamic port range `(low, high)` that the kernel also gives outgoing
+/// connections as their local ports (`ip_local_port_range`): a task given one of those ports
+/// cannot listen on it while a connection holds it. Nomad's default range stays below Linux's.
+pub fn ephemeral_overlap((low, high): (u16, u16)) -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut bounds = text.split_whitespace().map(|p| p.parse::<u16>());
+    let (Some(Ok(first)), Some(Ok(last))) = (bounds.next(), bounds.next()) else { return None };
+    overlap((low, high), (first, last))
+}
+
+fn overlap(a: (u16, u16), b: (u16, u16)) -> Option<(u16, u16)> {
+    let (low, high) = (a.0.max(b.0), a.1.min(b.1));
+    (low <= high).then_some((low, high))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::overlap;
+
+    #[test]
+    fn a_range_overlaps_the_ephemeral_ports_only_where_they_meet() {
+        assert_eq!(overlap((20_000, 32_000), (32_768, 60_999)), None);
+        assert_eq!(overlap((30_000, 40_000), (32_768, 60_999)), Some((32_768, 40_000)));
+        assert_eq!(overlap((40_000, 40_999), (32_768, 60_999)), Some((40_000, 40_999)));
+        assert_eq!(overlap((32_768, 32_768), (32_768, 60_999)), Some((32_768, 32_768)));
+    }
+}

@@ -135,6 +135,12 @@ pub async fn run_on(
     }
     let drivers = drivers::Drivers::new(std::sync::Arc::new(settings), engine);
     let (low, high) = config.drivers.dynamic_ports.unwrap_or(helios_core::scheduler::select::DEFAULT_DYNAMIC_PORTS);
+    if let Some((from, to)) = fingerprint::ephemeral_overlap((low, high)) {
+        tracing::warn!(
+            "dynamic ports {from}-{to} are also the kernel's local ports for outgoing connections \
+             (net.ipv4.ip_local_port_range): a task given one that a connection holds cannot listen on it"
+        );
+    }
     node.attributes
         .insert(helios_core::scheduler::select::DYNAMIC_PORTS_ATTRIBUTE.to_string(), format!("{low}-{high}"));
     let remembered = servers::remembered_path(&config.data_dir, &config.node_id);

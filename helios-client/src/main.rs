@@ -84,7 +84,7 @@ struct Args {
     #[arg(long = "docker-allow-caps", value_delimiter = ',', value_parser = parse_capability)]
     docker_allow_caps: Option<Vec<String>>,
     /// The host ports the scheduler gives tasks' dynamic ports from, MIN-MAX (keep other
-    /// services out of it).
+    /// services, and the kernel's ports for outgoing connections, out of it).
     #[arg(long, value_parser = parse_port_range, default_value = "20000-32000")]
     dynamic_ports: (u16, u16),
     /// The most processes (threads included) an exec task may have at once.

@@ -71,9 +71,11 @@ async fn instances(cluster: &TestCluster, via: u64, name: &str, healthy_only: bo
 /// An agent that gives out its own thousand dynamic ports: the test's agents share one host,
 /// where separate machines would not collide. Each test takes its own slices (tests run at once
 /// in one process): a shared slice let two tests' tasks pick the same port, and one's check
-/// never passed.
+/// never passed. The slices lie below the kernel's ephemeral ports (32768 and up here): when
+/// they were at 40000, a task's port was now and then the local port of one of the tests' own
+/// gRPC connections, its web server could not bind, and its instance never became healthy.
 async fn agent(cluster: &TestCluster, id: &str, dir: &std::path::Path, slice: u16) -> common::Agent {
-    let low = 40_000 + slice * 1_000;
+    let low = 10_000 + slice * 1_000;
     common::start_agent_configured(cluster, id, &dir.join(id), |config| {
         config.drivers.dynamic_ports = Some((low, low + 999));
     })
