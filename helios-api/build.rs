@@ -15,8 +15,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "../proto/helios/v1/agent.proto",
                 "../proto/helios/v1/client.proto",
                 "../proto/helios/v1/acl.proto",
+                "../proto/helios/v1/events.proto",
             ],
             &["../proto"],
         )?;
+    encoded_event_service();
     Ok(())
+}
+
+/// The server side of `EventService` once more, answering with `wire::EncodedEventBatch`: the
+/// same bytes on the wire as `EventBatch`, with each event encoded once for every subscriber
+/// rather than once per subscriber. Clients use the generated `event_service_client`.
+fn encoded_event_service() {
+    let subscribe = tonic_build::manual::Method::builder()
+        .name("subscribe")
+        .route_name("Subscribe")
+        .input_type("crate::pb::SubscribeRequest")
+        .output_type("crate::wire::EncodedEventBatch")
+        .codec_path("tonic_prost::ProstCodec")
+        .server_streaming()
+        .build();
+    let service =
+        tonic_build::manual::Service::builder().name("EventService").package("helios.v1").method(subscribe).build();
+    tonic_build::manual::Builder::new().build_client(false).compile(&[service]);
 }

@@ -19,8 +19,10 @@ use helios_core::{
 use crate::pb;
 
 mod deployment;
+mod events;
 mod service;
 pub use deployment::{deployment_status_to_pb, deployment_to_pb};
+pub use events::{duration_from_pb, duration_to_pb, topic_from_pb, topic_to_pb};
 pub use service::{alloc_services_from_pb, alloc_services_to_pb, check_state_to_pb, registration_to_pb};
 
 pub type ConversionResult<T> = Result<T, ValidationErrors>;

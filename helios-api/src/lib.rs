@@ -6,6 +6,7 @@ pub mod acl;
 pub mod convert;
 pub mod node_proof;
 pub mod tls;
+pub mod wire;
 
 /// Generated messages, clients and servers of package `helios.v1`.
 #[allow(clippy::all, clippy::pedantic)]
@@ -17,6 +18,8 @@ pub mod pb {
 }
 
 pub use convert::{invalid_argument, ConversionResult};
+/// Protobuf's well-known types (`wait` is a `Duration`), for callers that build requests.
+pub use prost_types;
 
 /// A message's encoded size, for callers that bound what they send (protobuf stays here).
 pub fn encoded_len(message: &impl prost::Message) -> usize {

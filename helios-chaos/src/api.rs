@@ -99,20 +99,23 @@ impl Servers {
     pub async fn state(&self, id: u64) -> Result<(Vec<pb::Allocation>, Vec<pb::JobSummary>)> {
         let allocs = self
             .allocations(id)
-            .list_allocations(pb::ListAllocationsRequest { job_name: None, node_id: None })
+            .list_allocations(pb::ListAllocationsRequest { job_name: None, node_id: None, ..Default::default() })
             .await?
             .into_inner()
             .allocations;
-        let jobs = self.jobs(id).list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs;
+        let jobs = self.jobs(id).list_jobs(pb::ListJobsRequest::default()).await?.into_inner().jobs;
         Ok((allocs, jobs))
     }
 
     pub async fn nodes_of(&self, id: u64) -> Result<Vec<pb::Node>> {
-        Ok(self.nodes(id).list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes)
+        Ok(self.nodes(id).list_nodes(pb::ListNodesRequest::default()).await?.into_inner().nodes)
     }
 
     pub async fn versions(&self, id: u64, job: &str) -> Result<Vec<pb::Job>> {
-        let reply = self.jobs(id).get_job_versions(pb::GetJobRequest { name: job.to_string() }).await;
+        let reply = self
+            .jobs(id)
+            .get_job_versions(pb::GetJobVersionsRequest { name: job.to_string(), ..Default::default() })
+            .await;
         match reply {
             Ok(r) => Ok(r.into_inner().versions),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(Vec::new()),

@@ -70,7 +70,7 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
     let mut allocs = client(servers.connect().await?);
     match command {
         AllocCommand::List { job, node, output: Output { json } } => {
-            let request = pb::ListAllocationsRequest { job_name: job, node_id: node };
+            let request = pb::ListAllocationsRequest { job_name: job, node_id: node, ..Default::default() };
             let reply = allocs.list_allocations(request).await.map_err(status_error)?.into_inner();
             if json {
                 return crate::json::print(&reply.allocations.iter().map(crate::json::allocation).collect());
@@ -105,7 +105,7 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
         }
         AllocCommand::Status { id, verbose, output: Output { json } } => {
             let a = allocs
-                .get_allocation(pb::GetAllocationRequest { id })
+                .get_allocation(pb::GetAllocationRequest { id, ..Default::default() })
                 .await
                 .map_err(status_error)?
                 .into_inner()

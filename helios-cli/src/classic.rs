@@ -154,7 +154,7 @@ async fn create(servers: &Servers, args: CreateArgs) -> Result<()> {
     task.env = args.env.into_iter().collect();
     pin(&mut job, &BTreeSet::new());
     let mut jobs = crate::job::client(servers.connect().await?);
-    match jobs.get_job(pb::GetJobRequest { name: args.id.clone() }).await {
+    match jobs.get_job(pb::GetJobRequest { name: args.id.clone(), ..Default::default() }).await {
         Ok(_) => bail!("job {} already exists (helios-cli jobs)", args.id),
         Err(status) if status.code() == tonic::Code::NotFound => {}
         Err(status) => return Err(status_error(status)),
@@ -169,7 +169,8 @@ async fn create(servers: &Servers, args: CreateArgs) -> Result<()> {
 async fn stored(servers: &Servers, id: &str) -> Result<Job> {
     parse_id(id)?;
     let mut jobs = crate::job::client(servers.connect().await?);
-    let reply = jobs.get_job(pb::GetJobRequest { name: id.to_string() }).await.map_err(status_error)?;
+    let reply =
+        jobs.get_job(pb::GetJobRequest { name: id.to_string(), ..Default::default() }).await.map_err(status_error)?;
     let job = reply.into_inner().job.ok_or_else(|| anyhow!("the server returned no job"))?;
     job_from_pb(job).map_err(|e| anyhow!("cannot read job {id}: {e}"))
 }
@@ -212,7 +213,7 @@ fn regex_escape(id: &str) -> String {
 async fn node_ids(servers: &Servers) -> Result<BTreeSet<String>> {
     let mut nodes = pb::node_service_client::NodeServiceClient::new(servers.connect().await?)
         .max_decoding_message_size(crate::connect::MAX_RESPONSE);
-    let reply = nodes.list_nodes(pb::ListNodesRequest {}).await.map_err(status_error)?.into_inner();
+    let reply = nodes.list_nodes(pb::ListNodesRequest::default()).await.map_err(status_error)?.into_inner();
     Ok(reply.nodes.into_iter().map(|n| n.id).collect())
 }
 
@@ -222,7 +223,7 @@ async fn status(servers: &Servers, only: Option<String>, json: bool) -> Result<(
     let names: Vec<String> = match only {
         Some(name) => vec![name],
         None => jobs
-            .list_jobs(pb::ListJobsRequest {})
+            .list_jobs(pb::ListJobsRequest::default())
             .await
             .map_err(status_error)?
             .into_inner()
@@ -234,7 +235,10 @@ async fn status(servers: &Servers, only: Option<String>, json: bool) -> Result<(
     let mut table = Table::new(&["JOB ID", "HOST", "GOAL", "STATE", "ALLOC", "PORTS"]);
     let mut rows = Vec::new();
     for name in names {
-        let reply = jobs.get_job_status(pb::GetJobStatusRequest { name: name.clone() }).await.map_err(status_error)?;
+        let reply = jobs
+            .get_job_status(pb::GetJobStatusRequest { name: name.clone(), ..Default::default() })
+            .await
+            .map_err(status_error)?;
         // What is deployed: allocations still running or stopping, and wanted ones that failed.
         let finished = |a: &pb::Allocation| matches!(a.client_status.as_str(), "complete" | "failed" | "lost");
         let shown = |a: &&pb::Allocation| !finished(a) || (a.desired_status == "run" && a.client_status == "failed");

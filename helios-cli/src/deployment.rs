@@ -62,7 +62,7 @@ pub async fn run(servers: &Servers, command: DeploymentCommand) -> Result<()> {
     let mut deployments = client(servers.connect().await?);
     let acted = match command {
         DeploymentCommand::List { job, output: Output { json } } => {
-            let request = pb::ListDeploymentsRequest { job_name: job };
+            let request = pb::ListDeploymentsRequest { job_name: job, ..Default::default() };
             let list = deployments.list_deployments(request).await.map_err(status_error)?.into_inner().deployments;
             if json {
                 return crate::json::print(&Value::Array(list.iter().map(deployment_json).collect()));
@@ -85,7 +85,10 @@ pub async fn run(servers: &Servers, command: DeploymentCommand) -> Result<()> {
             return Ok(());
         }
         DeploymentCommand::Status { id, output: Output { json } } => {
-            let reply = deployments.get_deployment(pb::GetDeploymentRequest { id }).await.map_err(status_error)?;
+            let reply = deployments
+                .get_deployment(pb::GetDeploymentRequest { id, ..Default::default() })
+                .await
+                .map_err(status_error)?;
             let Some(d) = reply.into_inner().deployment else { bail!("the server sent no deployment") };
             if json {
                 return crate::json::print(&deployment_json(&d));

@@ -33,6 +33,19 @@ pub fn job_summary(j: &pb::JobSummary) -> Value {
     })
 }
 
+/// A job as an event carries it: its identity and state (`job inspect` shows the spec).
+pub fn job(j: &pb::Job) -> Value {
+    json!({
+        "name": j.name,
+        "type": crate::job::type_name(j.r#type),
+        "version": j.version,
+        "status": crate::job::status_name(j.status, false),
+        "stopped": j.stopped,
+        "stable": j.stable,
+        "submitted_at_ms": j.submitted_at_ms,
+    })
+}
+
 pub fn job_status(s: &pb::GetJobStatusResponse) -> Value {
     let job = s.job.as_ref();
     let spec = job.and_then(|j| helios_api::convert::job_from_pb(j.clone()).ok());

@@ -6,6 +6,7 @@ mod bench;
 mod classic;
 mod connect;
 mod deployment;
+mod events;
 mod job;
 mod jobfile;
 mod json;
@@ -64,6 +65,9 @@ enum Command {
     /// Deployments: the rollouts of service jobs' versions (promote, pause, resume, fail).
     #[command(subcommand)]
     Deployment(deployment::DeploymentCommand),
+    /// Follow the cluster's changes as they happen: jobs, allocations, nodes, evaluations,
+    /// deployments.
+    Events(events::EventsArgs),
     /// Inspect and change the server cluster's membership.
     #[command(subcommand)]
     Server(server::ServerCommand),
@@ -162,6 +166,7 @@ async fn main() -> ExitCode {
         Command::Node(cmd) => node::run(&servers, cmd).await,
         Command::Service(cmd) => service::run(&servers, cmd).await,
         Command::Deployment(cmd) => deployment::run(&servers, cmd).await,
+        Command::Events(args) => events::run(&servers, args).await,
         Command::Acl(cmd) => acl::run(&servers, cmd).await,
         Command::Server(cmd) => server::run(&servers, cmd).await,
         Command::System(cmd) => system::run(&servers, cmd).await,

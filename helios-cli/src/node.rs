@@ -49,7 +49,7 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
     let now = now();
     match command {
         NodeCommand::List { output: Output { json } } => {
-            let reply = nodes.list_nodes(pb::ListNodesRequest {}).await.map_err(status_error)?.into_inner();
+            let reply = nodes.list_nodes(pb::ListNodesRequest::default()).await.map_err(status_error)?.into_inner();
             if json {
                 return crate::json::print(&reply.nodes.iter().map(crate::json::node).collect());
             }
@@ -104,7 +104,7 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
         }
         NodeCommand::Status { id, output: Output { json } } => {
             let n = nodes
-                .get_node(pb::GetNodeRequest { id })
+                .get_node(pb::GetNodeRequest { id, ..Default::default() })
                 .await
                 .map_err(status_error)?
                 .into_inner()

@@ -36,7 +36,8 @@ pub async fn run(servers: &Servers, command: ServiceCommand) -> Result<()> {
         ServiceCatalogClient::new(servers.connect().await?).max_decoding_message_size(crate::connect::MAX_RESPONSE);
     match command {
         ServiceCommand::List { output: Output { json } } => {
-            let reply = catalog.list_services(pb::ListServicesRequest {}).await.map_err(status_error)?.into_inner();
+            let reply =
+                catalog.list_services(pb::ListServicesRequest::default()).await.map_err(status_error)?.into_inner();
             if json {
                 let all = reply.services.iter().map(|s| {
                     json!({"name": s.name, "tags": s.tags, "instances": s.instances, "healthy": s.healthy, "jobs": s.jobs})
@@ -54,7 +55,7 @@ pub async fn run(servers: &Servers, command: ServiceCommand) -> Result<()> {
             table.print();
         }
         ServiceCommand::Info { name, healthy, verbose, output: Output { json } } => {
-            let request = pb::GetServiceRequest { name, healthy_only: healthy };
+            let request = pb::GetServiceRequest { name, healthy_only: healthy, ..Default::default() };
             let reply = catalog.get_service(request).await.map_err(status_error)?.into_inner();
             if json {
                 return crate::json::print(&Value::Array(reply.instances.iter().map(instance_json).collect()));

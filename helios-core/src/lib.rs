@@ -13,6 +13,7 @@ pub mod command;
 pub mod deployment;
 pub mod eval;
 mod eval_v1;
+pub mod events;
 pub mod format;
 pub mod gc;
 pub mod job;

@@ -216,6 +216,12 @@ impl Cluster {
         &self,
         query: impl FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ClusterError> {
+        self.linearize().await?;
+        self.read_local(query).await
+    }
+
+    /// Returns once this server has applied every write committed before the call.
+    pub async fn linearize(&self) -> Result<(), ClusterError> {
         let index = match self.submit(ForwardRequest::ReadIndex, REQUEST_DEADLINE).await? {
             ForwardResponse::ReadIndex { index } => index,
             other => return Err(ClusterError::Internal(format!("unexpected reply to a read index: {other:?}"))),
@@ -225,7 +231,7 @@ impl Cluster {
             .applied_index_at_least(Some(index), "linearizable read")
             .await
             .map_err(|e| ClusterError::Internal(format!("waiting to apply index {index}: {e}")))?;
-        self.read_local(query).await
+        Ok(())
     }
 
     /// Runs `query` on this server's tables as they are now (possibly behind the leader).

@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub gc: helios_core::gc::Thresholds,
     /// How often the leader collects garbage.
     pub gc_interval: std::time::Duration,
+    /// How many of the latest events the server keeps for subscribers that resume
+    /// (`--event-buffer`).
+    pub event_buffer: usize,
 }
 
 /// Nomad's `gc_interval`.
@@ -119,6 +122,7 @@ impl ServerConfig {
             reload: Default::default(),
             gc: Default::default(),
             gc_interval: DEFAULT_GC_INTERVAL,
+            event_buffer: crate::events::DEFAULT_BUFFER,
         })
     }
 }

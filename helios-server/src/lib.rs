@@ -8,6 +8,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod deployment_watch;
+pub mod events;
 pub mod gc;
 pub mod liveness;
 pub mod raft;
@@ -90,7 +91,7 @@ async fn run_raft(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let log_store = LogStore::open(db.clone()).map_err(StartError::Log)?;
-    let signals = signals::NodeSignals::default();
+    let signals = signals::NodeSignals::with_event_buffer(config.event_buffer);
     let channels = PeerChannels::new(
         raft::peer_auth::PeerAuth::new(config.node_id, key),
         config.tls.clone(),

@@ -55,6 +55,10 @@ struct Args {
     /// Snapshot the state (and compact the log behind it) every this many log entries.
     #[arg(long, default_value_t = helios_server::config::DEFAULT_SNAPSHOT_EVERY, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_every: u64,
+    /// How many of the latest events (the event stream's) the server keeps, so that a subscriber
+    /// that reconnects resumes where it stopped (1-1000000). More costs memory: a few KB each.
+    #[arg(long, default_value_t = helios_server::events::DEFAULT_BUFFER as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    event_buffer: u64,
     /// Seconds a client node may go unheard before it is marked down and its work replaced
     /// (1-3600). Lower reacts faster to dead nodes, higher tolerates slow networks and pauses.
     #[arg(long, default_value = "5", value_parser = helios_server::config::parse_heartbeat_ttl)]
@@ -113,6 +117,7 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
         ServerConfig::new(id, args.rpc_addr, args.peers, args.bootstrap, args.data_dir).map_err(|e| e.to_string())?
     };
     config.snapshot_every = args.snapshot_every;
+    config.event_buffer = usize::try_from(args.event_buffer).unwrap_or(helios_server::events::DEFAULT_BUFFER);
     config.heartbeat_ttl = args.heartbeat_ttl;
     config.insecure = args.insecure;
     config.acl_enabled = args.acl_enabled;

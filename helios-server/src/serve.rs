@@ -54,6 +54,7 @@ fn router(
     tls: Option<&Tls>,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
 ) -> Result<Router, tonic::transport::Error> {
+    use helios_api::wire::encoded_event_service::event_service_server::EventServiceServer;
     use pb::acl_service_server::AclServiceServer;
     use pb::agent_service_server::AgentServiceServer;
     use pb::allocation_service_server::AllocationServiceServer;
@@ -112,6 +113,10 @@ fn router(
         .add_service(InterceptedService::new(
             DeploymentServiceServer::new(api::deployments::Deployments { cluster: c() })
                 .max_decoding_message_size(limit),
+            anyone.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            EventServiceServer::new(api::events::Events { cluster: c() }).max_decoding_message_size(limit),
             anyone.clone(),
         ))
         .add_service(InterceptedService::new(

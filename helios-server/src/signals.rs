@@ -1,5 +1,7 @@
-//! Wakes agents' allocation watches when the state machine changes their node's allocations, and
-//! tells them which allocations changed.
+//! What the state machine tells the rest of the server as it applies: chiefly, it wakes agents'
+//! allocation watches when it changes their node's allocations, and tells them which allocations
+//! changed; it also feeds the event stream (`crate::events`) and keeps the ACL generation and the
+//! stored format.
 //!
 //! Without it every watch would have to re-read its node's allocations after every applied entry:
 //! with a thousand agents, a thousand reads per entry. The state machine knows which allocations
@@ -57,20 +59,33 @@ pub struct NodeSignals {
     acl_generation: Arc<std::sync::atomic::AtomicU64>,
     /// The cluster's stored format as the state machine last applied it.
     pub stored_format: crate::store::StoredFormat,
+    /// The event stream and the indexes blocking reads wait on.
+    pub events: crate::events::Events,
 }
 
 impl Default for NodeSignals {
     fn default() -> Self {
+        NodeSignals::with_event_buffer(crate::events::DEFAULT_BUFFER)
+    }
+}
+
+impl NodeSignals {
+    /// Signals whose event stream keeps the latest `events` events.
+    pub fn with_event_buffer(events: usize) -> NodeSignals {
         NodeSignals {
             subscribers: Arc::default(),
             closed: Arc::new(watch::channel(false).0),
             acl_generation: Arc::default(),
             stored_format: Default::default(),
+            events: crate::events::Events::new(events),
         }
     }
-}
 
-impl NodeSignals {
+    /// Becomes true when the server stops: streams end.
+    pub fn closed(&self) -> watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
     pub fn acl_changed(&self) {
         self.acl_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }

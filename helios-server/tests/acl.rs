@@ -64,7 +64,11 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
     // Anonymous: refused, naming what was needed.
     let anon = as_token(&cluster, 1, None).await;
     denied(JobServiceClient::new(anon.clone()).submit_job(submit_request("a")).await, "submit-job", "anonymous submit");
-    denied(JobServiceClient::new(anon.clone()).list_jobs(pb::ListJobsRequest {}).await, "list-jobs", "anonymous list");
+    denied(
+        JobServiceClient::new(anon.clone()).list_jobs(pb::ListJobsRequest::default()).await,
+        "list-jobs",
+        "anonymous list",
+    );
     let stop = pb::StopJobRequest { name: "a".into(), purge: false };
     denied(JobServiceClient::new(anon.clone()).stop_job(stop.clone()).await, "submit-job", "anonymous stop");
     let drain = pb::DrainNodeRequest { id: "n1".into(), enable: true };
@@ -106,7 +110,7 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
     let second_root = reset.into_inner().token.expect("token");
     std::fs::remove_file(cluster.data_dir().join("acl-bootstrap-reset")).expect("remove");
     let with_second = as_token(&cluster, 3, Some(&second_root.secret_id)).await;
-    JobServiceClient::new(with_second).list_jobs(pb::ListJobsRequest {}).await.expect("the reset token works");
+    JobServiceClient::new(with_second).list_jobs(pb::ListJobsRequest::default()).await.expect("the reset token works");
 
     // Management: everything.
     let admin = as_token(&cluster, 2, Some(&root.secret_id)).await;
@@ -123,9 +127,13 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
     // Read-only: reads on any server, writes nowhere.
     for id in 1..=3 {
         let ro = as_token(&cluster, id, Some(&reader.secret_id)).await;
-        let names = JobServiceClient::new(ro.clone()).list_jobs(pb::ListJobsRequest {}).await.expect("reader lists");
+        let names =
+            JobServiceClient::new(ro.clone()).list_jobs(pb::ListJobsRequest::default()).await.expect("reader lists");
         assert_eq!(names.into_inner().jobs.len(), 1);
-        NodeServiceClient::new(ro.clone()).list_nodes(pb::ListNodesRequest {}).await.expect("reader lists nodes");
+        NodeServiceClient::new(ro.clone())
+            .list_nodes(pb::ListNodesRequest::default())
+            .await
+            .expect("reader lists nodes");
         denied(JobServiceClient::new(ro.clone()).submit_job(submit_request("r")).await, "submit-job", "reader submits");
         denied(NodeServiceClient::new(ro.clone()).drain_node(drain.clone()).await, "node:write", "reader drains");
         let me = AclServiceClient::new(ro.clone()).get_token_self(pb::GetAclTokenSelfRequest {}).await.expect("self");
@@ -141,7 +149,11 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
     acl.delete_token(pb::DeleteAclTokenRequest { accessor_id: reader.accessor_id.clone() }).await.expect("delete");
     for id in 1..=3 {
         let ro = as_token(&cluster, id, Some(&reader.secret_id)).await;
-        denied(NodeServiceClient::new(ro).list_nodes(pb::ListNodesRequest {}).await, "node:read", "a deleted token");
+        denied(
+            NodeServiceClient::new(ro).list_nodes(pb::ListNodesRequest::default()).await,
+            "node:read",
+            "a deleted token",
+        );
     }
 
     // An expiring token works until it expires, then nowhere.
@@ -150,12 +162,16 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
     let on_three = as_token(&cluster, 3, Some(&brief.secret_id)).await;
     wait_for("the brief token to expire", || {
         let on_three = on_three.clone();
-        async move { NodeServiceClient::new(on_three).list_nodes(pb::ListNodesRequest {}).await.err() }
+        async move { NodeServiceClient::new(on_three).list_nodes(pb::ListNodesRequest::default()).await.err() }
     })
     .await;
     for id in 1..=3 {
         let ro = as_token(&cluster, id, Some(&brief.secret_id)).await;
-        denied(NodeServiceClient::new(ro).list_nodes(pb::ListNodesRequest {}).await, "node:read", "an expired token");
+        denied(
+            NodeServiceClient::new(ro).list_nodes(pb::ListNodesRequest::default()).await,
+            "node:read",
+            "an expired token",
+        );
     }
 
     // Introducing a node needs a token granting node write (there is no TLS here).
@@ -173,7 +189,7 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
     wait_for("the introduced agent's node to be ready", || {
         let mut nodes = admin_nodes.clone();
         async move {
-            let listed = nodes.list_nodes(pb::ListNodesRequest {}).await.ok()?.into_inner().nodes;
+            let listed = nodes.list_nodes(pb::ListNodesRequest::default()).await.ok()?.into_inner().nodes;
             listed.into_iter().find(|n| n.id == "n1" && n.status == "ready")
         }
     })
@@ -182,11 +198,57 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
 
     // The anonymous policy, once written, is what callers without a token may do.
     acl.upsert_policy(policy("anonymous", "read", "")).await.expect("anonymous policy");
-    JobServiceClient::new(anon.clone()).list_jobs(pb::ListJobsRequest {}).await.expect("anonymous reads now");
+    JobServiceClient::new(anon.clone()).list_jobs(pb::ListJobsRequest::default()).await.expect("anonymous reads now");
     denied(
         JobServiceClient::new(anon).submit_job(submit_request("a")).await,
         "submit-job",
         "anonymous still cannot submit",
     );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_stream_needs_each_topics_capability_and_ends_when_its_token_is_deleted() {
+    use pb::event_service_client::EventServiceClient;
+    // (No `cluster.leader()`: it needs a token; the bootstrap waits out the election itself.)
+    let cluster = TestCluster::start_acl(3).await;
+    let anon = as_token(&cluster, 1, None).await;
+    let boot = AclServiceClient::new(anon).bootstrap(pb::AclBootstrapRequest {}).await.expect("bootstrap");
+    let management = boot.into_inner().token.expect("token").secret_id;
+    let mut acl = AclServiceClient::new(as_token(&cluster, 2, Some(&management)).await);
+    acl.upsert_policy(policy("jobs-only", "read", "")).await.expect("policy");
+    let reader = create_token(&mut acl, "reader", "jobs-only", 0).await;
+    let subscribe = |topics: Vec<pb::EventTopic>| {
+        let topics = topics.into_iter().map(|t| pb::TopicFilter { topic: t as i32, keys: Vec::new() }).collect();
+        pb::SubscribeRequest { topics, from_index: None }
+    };
+    let mut events = EventServiceClient::new(as_token(&cluster, 3, Some(&reader.secret_id)).await);
+    let nodes = events.subscribe(subscribe(vec![pb::EventTopic::Node])).await;
+    denied(nodes.map(drop), "node:read", "the node topic without node:read");
+    denied(events.subscribe(subscribe(Vec::new())).await.map(drop), "node:read", "every topic without node:read");
+    let unspecified = events.subscribe(subscribe(vec![pb::EventTopic::Unspecified])).await.expect_err("refused");
+    assert_eq!(unspecified.code(), Code::InvalidArgument);
+    assert!(unspecified.message().contains("topics[0].topic"), "{}", unspecified.message());
+
+    // Its job events arrive; once the token is deleted, the stream ends, refused.
+    let mut stream = events.subscribe(subscribe(vec![pb::EventTopic::Job])).await.expect("jobs").into_inner();
+    let mut jobs = JobServiceClient::new(as_token(&cluster, 1, Some(&management)).await);
+    jobs.submit_job(submit_request("watched")).await.expect("submit");
+    let batch = stream.message().await.expect("stream").expect("a batch");
+    assert_eq!(batch.events[0].key, "watched");
+    acl.delete_token(pb::DeleteAclTokenRequest { accessor_id: reader.accessor_id.clone() }).await.expect("delete");
+    // A write after the deletion moves the stream on, and it checks the token again.
+    jobs.submit_job(submit_request("after")).await.expect("submit");
+    let ended = tokio::time::timeout(common::WAIT, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    denied(ended, "read-job", "a stream whose token was deleted");
     cluster.shutdown().await;
 }

@@ -28,7 +28,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let follower = cluster.running_ids().into_iter().find(|id| *id != leader).expect("a follower");
     cluster.submit(leader, "keeper").await;
     let mut jobs = cluster.jobs(follower).await;
-    let before = jobs.list_jobs(pb::ListJobsRequest {}).await.expect("list").into_inner();
+    let before = jobs.list_jobs(pb::ListJobsRequest::default()).await.expect("list").into_inner();
 
     // Invalid fields, every one named with its path.
     let mut job = Job::exec("keeper", "echo", vec![]);
@@ -84,7 +84,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
 
     // Unknown names.
     assert_refused(
-        jobs.get_job(pb::GetJobRequest { name: "nope".into() }).await,
+        jobs.get_job(pb::GetJobRequest { name: "nope".into(), ..Default::default() }).await,
         Code::NotFound,
         &["job \"nope\" not found"],
     )
@@ -96,7 +96,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
     )
     .await;
     assert_refused(
-        jobs.get_job_status(pb::GetJobStatusRequest { name: "no such/job".into() }).await,
+        jobs.get_job_status(pb::GetJobStatusRequest { name: "no such/job".into(), ..Default::default() }).await,
         Code::InvalidArgument,
         &["name:"],
     )
@@ -121,20 +121,20 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let mut allocs =
         helios_api::pb::allocation_service_client::AllocationServiceClient::new(cluster.channel(leader).await);
     assert_refused(
-        allocs.get_allocation(pb::GetAllocationRequest { id: "zz!".into() }).await,
+        allocs.get_allocation(pb::GetAllocationRequest { id: "zz!".into(), ..Default::default() }).await,
         Code::InvalidArgument,
         &["id:"],
     )
     .await;
     assert_refused(
-        allocs.get_allocation(pb::GetAllocationRequest { id: "abcd".into() }).await,
+        allocs.get_allocation(pb::GetAllocationRequest { id: "abcd".into(), ..Default::default() }).await,
         Code::NotFound,
         &["abcd"],
     )
     .await;
 
     // Nothing stored changed, and the servers still serve writes.
-    let after = jobs.list_jobs(pb::ListJobsRequest {}).await.expect("list").into_inner();
+    let after = jobs.list_jobs(pb::ListJobsRequest::default()).await.expect("list").into_inner();
     assert_eq!(before, after);
     assert!(cluster.submit(follower, "still-serving").await.changed);
     cluster.shutdown().await;

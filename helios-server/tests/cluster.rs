@@ -21,7 +21,7 @@ async fn three_servers_elect_a_leader_and_accept_writes_on_a_follower() {
         let job = cluster
             .jobs(id)
             .await
-            .get_job(pb::GetJobRequest { name: "from-follower".into() })
+            .get_job(pb::GetJobRequest { name: "from-follower".into(), ..Default::default() })
             .await
             .expect("job is visible")
             .into_inner()

@@ -692,7 +692,7 @@ async fn a_script_check_runs_inside_the_container() {
     let checks = wait_for("both script checks answered", || {
         let mut catalog = catalog.clone();
         async move {
-            let request = pb::GetServiceRequest { name: "probed".into(), healthy_only: false };
+            let request = pb::GetServiceRequest { name: "probed".into(), healthy_only: false, ..Default::default() };
             let instance = catalog.get_service(request).await.ok()?.into_inner().instances.into_iter().next()?;
             let answered = |c: &pb::CheckState| !c.output.is_empty();
             (instance.checks.iter().all(answered) && instance.checks[0].status == "passing").then_some(instance.checks)

@@ -142,7 +142,12 @@ async fn a_service_runs_until_stopped_and_survives_an_agent_restart() {
     let _reaper = common::Reaper(dir.path().to_path_buf());
     let (cluster, agent, running, pid) = sleeper_running(dir.path()).await;
     assert!(alive(pid));
-    let status = cluster.jobs(1).await.get_job(pb::GetJobRequest { name: "sleeper".into() }).await.expect("job");
+    let status = cluster
+        .jobs(1)
+        .await
+        .get_job(pb::GetJobRequest { name: "sleeper".into(), ..Default::default() })
+        .await
+        .expect("job");
     assert_eq!(status.into_inner().job.expect("job").status, pb::JobStatus::Running as i32);
 
     // The agent restarts; the task keeps running and is adopted, not started twice.

@@ -347,25 +347,26 @@ async fn server_serves_an_older_data_dir(format: u32) {
     .await;
 
     let mut jobs = JobServiceClient::new(channel.clone());
-    let listed = jobs.list_jobs(pb::ListJobsRequest {}).await.expect("list jobs").into_inner();
+    let listed = jobs.list_jobs(pb::ListJobsRequest::default()).await.expect("list jobs").into_inner();
     let newer = ["fixture-rolling", "fixture-services"];
     let names: Vec<String> =
         listed.jobs.iter().map(|j| j.name.clone()).filter(|n| !newer.contains(&n.as_str())).collect();
     assert_eq!(names, ["fixture-batch", "fixture-service", "fixture-stopped", "fixture-versions"]);
     let versions = jobs
-        .get_job_versions(pb::GetJobRequest { name: "fixture-versions".into() })
+        .get_job_versions(pb::GetJobVersionsRequest { name: "fixture-versions".into(), ..Default::default() })
         .await
         .expect("versions")
         .into_inner();
     assert_eq!(versions.versions.len(), 2);
     let mut allocs = AllocationServiceClient::new(channel.clone());
     let all = allocs
-        .list_allocations(pb::ListAllocationsRequest { job_name: None, node_id: None })
+        .list_allocations(pb::ListAllocationsRequest { job_name: None, node_id: None, ..Default::default() })
         .await
         .expect("allocations")
         .into_inner();
     assert!(all.allocations.iter().any(|a| a.job_name == "fixture-batch" && a.client_status == "complete"));
-    let nodes = NodeServiceClient::new(channel.clone()).list_nodes(pb::ListNodesRequest {}).await.expect("nodes");
+    let nodes =
+        NodeServiceClient::new(channel.clone()).list_nodes(pb::ListNodesRequest::default()).await.expect("nodes");
     assert_eq!(nodes.into_inner().nodes.len(), 1);
 
     // The log goes on in this build's format.

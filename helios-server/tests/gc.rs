@@ -253,7 +253,10 @@ async fn system_gc_forgets_finished_work_and_old_versions_alike_on_every_server(
 
     let names = cluster.job_names(leader).await;
     assert_eq!(names, ["versions"]);
-    let versions = jobs.get_job_versions(pb::GetJobRequest { name: "versions".into() }).await.expect("versions");
+    let versions = jobs
+        .get_job_versions(pb::GetJobVersionsRequest { name: "versions".into(), ..Default::default() })
+        .await
+        .expect("versions");
     let numbers: Vec<u64> = versions.into_inner().versions.iter().map(|j| j.version).collect();
     assert_eq!(numbers, [2, 3, 4, 5, 6, 7], "the newest six");
     let allocs = cluster.job_status(leader, "versions").await.allocations;

@@ -120,12 +120,15 @@ async fn stored(cluster: &TestCluster) -> (Vec<pb::JobSummary>, Vec<pb::Job>, Ve
     let mut jobs = pb::job_service_client::JobServiceClient::new(channel.clone());
     let mut allocs = pb::allocation_service_client::AllocationServiceClient::new(channel.clone());
     let mut nodes = pb::node_service_client::NodeServiceClient::new(channel);
-    let summaries = jobs.list_jobs(pb::ListJobsRequest {}).await.expect("list jobs").into_inner().jobs;
-    let versions =
-        jobs.get_job_versions(pb::GetJobRequest { name: "keeper".into() }).await.expect("versions").into_inner();
-    let all = pb::ListAllocationsRequest { job_name: None, node_id: None };
+    let summaries = jobs.list_jobs(pb::ListJobsRequest::default()).await.expect("list jobs").into_inner().jobs;
+    let versions = jobs
+        .get_job_versions(pb::GetJobVersionsRequest { name: "keeper".into(), ..Default::default() })
+        .await
+        .expect("versions")
+        .into_inner();
+    let all = pb::ListAllocationsRequest { job_name: None, node_id: None, ..Default::default() };
     let allocations = allocs.list_allocations(all).await.expect("list allocations").into_inner().allocations;
-    let node_list = nodes.list_nodes(pb::ListNodesRequest {}).await.expect("list nodes").into_inner().nodes;
+    let node_list = nodes.list_nodes(pb::ListNodesRequest::default()).await.expect("list nodes").into_inner().nodes;
     (summaries, versions.versions, allocations, node_list)
 }
 
@@ -153,20 +156,27 @@ async fn send(cluster: &TestCluster, request: Request) -> Result<(), TestCaseErr
     let outcome: Result<(), tonic::Status> = match request.clone() {
         Request::Submit(job) => jobs.submit_job(pb::SubmitJobRequest { job: Some(job) }).await.map(drop),
         Request::Plan(job) => jobs.plan_job(pb::SubmitJobRequest { job: Some(job) }).await.map(drop),
-        Request::GetJob(name) => jobs.get_job(pb::GetJobRequest { name }).await.map(drop),
-        Request::Status(name) => jobs.get_job_status(pb::GetJobStatusRequest { name }).await.map(drop),
-        Request::Versions(name) => jobs.get_job_versions(pb::GetJobRequest { name }).await.map(drop),
-        Request::Stop(name, purge) => jobs.stop_job(pb::StopJobRequest { name, purge }).await.map(drop),
-        Request::ListAllocs(job_name, node_id) => {
-            allocs.list_allocations(pb::ListAllocationsRequest { job_name, node_id }).await.map(drop)
+        Request::GetJob(name) => jobs.get_job(pb::GetJobRequest { name, ..Default::default() }).await.map(drop),
+        Request::Status(name) => {
+            jobs.get_job_status(pb::GetJobStatusRequest { name, ..Default::default() }).await.map(drop)
         }
-        Request::GetAlloc(id) => allocs.get_allocation(pb::GetAllocationRequest { id }).await.map(drop),
+        Request::Versions(name) => {
+            jobs.get_job_versions(pb::GetJobVersionsRequest { name, ..Default::default() }).await.map(drop)
+        }
+        Request::Stop(name, purge) => jobs.stop_job(pb::StopJobRequest { name, purge }).await.map(drop),
+        Request::ListAllocs(job_name, node_id) => allocs
+            .list_allocations(pb::ListAllocationsRequest { job_name, node_id, ..Default::default() })
+            .await
+            .map(drop),
+        Request::GetAlloc(id) => {
+            allocs.get_allocation(pb::GetAllocationRequest { id, ..Default::default() }).await.map(drop)
+        }
         Request::StopAlloc(id) => allocs.stop_allocation(pb::StopAllocationRequest { id }).await.map(drop),
         Request::Logs(alloc_id, task, tail) => {
             let request = pb::AllocLogsRequest { alloc_id, task, stderr: false, tail, follow: false };
             allocs.alloc_logs(request).await.map(drop)
         }
-        Request::GetNode(id) => nodes.get_node(pb::GetNodeRequest { id }).await.map(drop),
+        Request::GetNode(id) => nodes.get_node(pb::GetNodeRequest { id, ..Default::default() }).await.map(drop),
         Request::Drain(id, enable) => nodes.drain_node(pb::DrainNodeRequest { id, enable }).await.map(drop),
         Request::Eligibility(id, eligible) => {
             nodes.set_eligibility(pb::SetEligibilityRequest { id, eligible }).await.map(drop)

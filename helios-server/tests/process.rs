@@ -148,7 +148,7 @@ async fn sigkill_of_the_leader_under_writes_loses_no_acknowledged_job() {
         let client = JobServiceClient::new(channel(*port));
         let stored: BTreeSet<String> = wait_for("server to answer a read", || {
             let mut client = client.clone();
-            async move { client.list_jobs(pb::ListJobsRequest {}).await.ok() }
+            async move { client.list_jobs(pb::ListJobsRequest::default()).await.ok() }
         })
         .await
         .into_inner()
@@ -166,7 +166,7 @@ async fn sigkill_of_the_leader_under_writes_loses_no_acknowledged_job() {
 /// The job's deployment of `version`, as server `port` has it.
 async fn deployment_of(port: u16, version: u64) -> Option<pb::Deployment> {
     let mut deployments = pb::deployment_service_client::DeploymentServiceClient::new(channel(port));
-    let request = pb::ListDeploymentsRequest { job_name: Some("roll".into()) };
+    let request = pb::ListDeploymentsRequest { job_name: Some("roll".into()), ..Default::default() };
     let list = deployments.list_deployments(request).await.ok()?.into_inner().deployments;
     list.into_iter().find(|d| d.job_version == version)
 }
@@ -236,7 +236,10 @@ async fn a_deployment_goes_on_when_its_leader_is_sigkilled_mid_rollout() {
     // Ended by the new leader's watcher (this machine's one clock stamps both).
     assert!(u128::from(done.modified_at_ms) > killed_at, "ended after the kill: {mid_way:?} then {done:?}");
     let mut jobs = JobServiceClient::new(channel(survivor));
-    let versions = jobs.get_job_versions(pb::GetJobRequest { name: "roll".into() }).await.expect("versions");
+    let versions = jobs
+        .get_job_versions(pb::GetJobVersionsRequest { name: "roll".into(), ..Default::default() })
+        .await
+        .expect("versions");
     let stable: Vec<u64> = versions.into_inner().versions.iter().filter(|v| v.stable).map(|v| v.version).collect();
     assert_eq!(stable, [0, 1]);
     agent.stop().await;

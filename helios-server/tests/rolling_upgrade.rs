@@ -142,7 +142,7 @@ impl Cluster {
 
     async fn job_names(&self, via: u64) -> Vec<String> {
         let mut jobs = JobServiceClient::new(self.channel(via));
-        let listed = jobs.list_jobs(pb::ListJobsRequest {}).await.expect("list jobs").into_inner();
+        let listed = jobs.list_jobs(pb::ListJobsRequest::default()).await.expect("list jobs").into_inner();
         listed.jobs.into_iter().map(|j| j.name).collect()
     }
 }
@@ -231,7 +231,7 @@ async fn a_cluster_upgraded_server_by_server_keeps_serving_and_raises_its_format
     let mut jobs = JobServiceClient::new(cluster.channel(3));
     jobs.submit_job(Cluster::needing_this_format("needs-the-newer-format")).await.expect("accepted once raised");
     let mut deployments = helios_api::pb::deployment_service_client::DeploymentServiceClient::new(cluster.channel(3));
-    let request = pb::ListDeploymentsRequest { job_name: Some("needs-the-newer-format".into()) };
+    let request = pb::ListDeploymentsRequest { job_name: Some("needs-the-newer-format".into()), ..Default::default() };
     let started = deployments.list_deployments(request).await.expect("deployments").into_inner().deployments;
     assert_eq!(started.len(), 1, "its deployment started with it");
     cluster.wait_agreement("the upgraded cluster to agree").await;

@@ -84,7 +84,10 @@ async fn three_ready_agents(cluster: &TestCluster, dir: &std::path::Path) -> Vec
 
 async fn get_allocation(cluster: &TestCluster, id: &str) -> pb::Allocation {
     let mut allocs = pb::allocation_service_client::AllocationServiceClient::new(cluster.channel(1).await);
-    let reply = allocs.get_allocation(pb::GetAllocationRequest { id: id.to_string() }).await.expect("get allocation");
+    let reply = allocs
+        .get_allocation(pb::GetAllocationRequest { id: id.to_string(), ..Default::default() })
+        .await
+        .expect("get allocation");
     reply.into_inner().allocation.expect("allocation")
 }
 
@@ -339,14 +342,17 @@ async fn a_rolling_update_whose_leader_stops_mid_way_completes_under_the_new_lea
     // version stable.
     let deployments = pb::deployment_service_client::DeploymentServiceClient::new(cluster.channel(new_leader).await);
     wait_for("version 1's deployment successful", || async {
-        let request = pb::ListDeploymentsRequest { job_name: Some("web".into()) };
+        let request = pb::ListDeploymentsRequest { job_name: Some("web".into()), ..Default::default() };
         let list = deployments.clone().list_deployments(request).await.expect("list").into_inner().deployments;
         let v1 = list.iter().find(|d| d.job_version == 1)?;
         (v1.status == pb::DeploymentStatus::Successful as i32).then_some(())
     })
     .await;
     let mut jobs = pb::job_service_client::JobServiceClient::new(cluster.channel(new_leader).await);
-    let versions = jobs.get_job_versions(pb::GetJobRequest { name: "web".into() }).await.expect("versions");
+    let versions = jobs
+        .get_job_versions(pb::GetJobVersionsRequest { name: "web".into(), ..Default::default() })
+        .await
+        .expect("versions");
     let stable: Vec<u64> = versions.into_inner().versions.iter().filter(|j| j.stable).map(|j| j.version).collect();
     // (Version 0's may have been cancelled by version 1 before it could succeed.)
     assert_eq!(stable.last(), Some(&1), "version 1 is stable: {stable:?}");
@@ -417,7 +423,7 @@ async fn system_jobs_run_on_every_node_including_new_ones() {
     // first ones).
     let id = s.allocations[0].id.clone();
     let mut allocs = pb::allocation_service_client::AllocationServiceClient::new(cluster.channel(1).await);
-    let by_tail = pb::GetAllocationRequest { id: id[id.len() - 8..].to_string() };
+    let by_tail = pb::GetAllocationRequest { id: id[id.len() - 8..].to_string(), ..Default::default() };
     let found = allocs.get_allocation(by_tail).await.expect("lookup by tail").into_inner().allocation.expect("alloc");
     assert_eq!(found.id, id);
     a.stop().await;

@@ -60,7 +60,7 @@ async fn catalog(cluster: &TestCluster, via: u64) -> ServiceCatalogClient<tonic:
 
 /// The service's instances (all, or only the healthy ones); none when it is not registered.
 async fn instances(cluster: &TestCluster, via: u64, name: &str, healthy_only: bool) -> Vec<pb::ServiceInstance> {
-    let request = pb::GetServiceRequest { name: name.into(), healthy_only };
+    let request = pb::GetServiceRequest { name: name.into(), healthy_only, ..Default::default() };
     match catalog(cluster, via).await.get_service(request).await {
         Ok(reply) => reply.into_inner().instances,
         Err(status) if status.code() == tonic::Code::NotFound => Vec::new(),
@@ -134,7 +134,7 @@ async fn instances_register_with_their_checks_and_only_healthy_ones_are_listed_a
             helios_client_checks_http(&instance.address, u16::try_from(instance.port).expect("port")).await;
         assert_eq!(status, 200);
     }
-    let listed = catalog(&cluster, via).await.list_services(pb::ListServicesRequest {}).await.expect("list");
+    let listed = catalog(&cluster, via).await.list_services(pb::ListServicesRequest::default()).await.expect("list");
     let summary = &listed.into_inner().services[0];
     assert_eq!((summary.name.as_str(), summary.instances, summary.healthy), ("shop-web", 2, 2));
 
@@ -363,7 +363,7 @@ async fn a_version_whose_check_fails_is_rolled_back_by_auto_revert() {
     };
     let deployments = || async {
         let mut client = pb::deployment_service_client::DeploymentServiceClient::new(cluster.channel(via).await);
-        let request = pb::ListDeploymentsRequest { job_name: Some("revert".into()) };
+        let request = pb::ListDeploymentsRequest { job_name: Some("revert".into()), ..Default::default() };
         client.list_deployments(request).await.expect("deployments").into_inner().deployments
     };
     let status_of = |list: &[pb::Deployment], version: u64| {
@@ -397,7 +397,7 @@ async fn a_version_whose_check_fails_is_rolled_back_by_auto_revert() {
     })
     .await;
     let mut jobs = pb::job_service_client::JobServiceClient::new(cluster.channel(via).await);
-    let request = pb::GetJobRequest { name: "revert".into() };
+    let request = pb::GetJobVersionsRequest { name: "revert".into(), ..Default::default() };
     let versions = jobs.get_job_versions(request).await.expect("versions").into_inner().versions;
     let stable: Vec<u64> = versions.iter().filter(|v| v.stable).map(|v| v.version).collect();
     assert_eq!(stable, [0, 2]);

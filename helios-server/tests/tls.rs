@@ -48,7 +48,7 @@ async fn raw_channel(addr: &str, ca: &Pem, pem: &Pem) -> Result<tonic::transport
 
 /// A public call through `channel`: the job list.
 async fn list_jobs(channel: tonic::transport::Channel) -> Result<(), tonic::Status> {
-    pb::job_service_client::JobServiceClient::new(channel).list_jobs(pb::ListJobsRequest {}).await.map(drop)
+    pb::job_service_client::JobServiceClient::new(channel).list_jobs(pb::ListJobsRequest::default()).await.map(drop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,7 +4,9 @@
 //! - `place`: placements committed per second, with simulated client agents.
 //! - `start`: submit -> process started latency, against real agents.
 //! - `node-loss`: a killed node's work running elsewhere, against real agents.
+//! - `events`: submissions with and without event subscribers, event and blocking-read latency.
 
+mod events;
 mod node_loss;
 mod place;
 mod start;
@@ -31,6 +33,9 @@ pub enum BenchCommand {
     /// SIGKILL the agent of a node running a service allocation (local cluster) and time until
     /// the node is marked down and the allocation runs elsewhere.
     NodeLoss(node_loss::NodeLossArgs),
+    /// Submission throughput without and with event subscribers, the latency of events to a
+    /// subscriber, and how fast a blocking read wakes.
+    Events(events::EventsArgs),
 }
 
 pub async fn run(servers: &Servers, command: BenchCommand) -> Result<()> {
@@ -39,6 +44,7 @@ pub async fn run(servers: &Servers, command: BenchCommand) -> Result<()> {
         BenchCommand::Place(args) => place::run(servers, args).await,
         BenchCommand::Start(args) => start::run(servers, args).await,
         BenchCommand::NodeLoss(args) => node_loss::run(servers, args).await,
+        BenchCommand::Events(args) => events::run(servers, args).await,
     }
 }
 

@@ -64,7 +64,11 @@ pub async fn run(servers: &Servers, args: NodeLossArgs) -> Result<()> {
     let mut down_after = None;
     let replaced_after = loop {
         if down_after.is_none() {
-            let node = nodes.get_node(pb::GetNodeRequest { id: victim.clone() }).await?.into_inner().node;
+            let node = nodes
+                .get_node(pb::GetNodeRequest { id: victim.clone(), ..Default::default() })
+                .await?
+                .into_inner()
+                .node;
             if node.is_some_and(|n| n.status == "down") {
                 down_after = Some(killed_at.elapsed());
             }
@@ -88,6 +92,6 @@ pub async fn run(servers: &Servers, args: NodeLossArgs) -> Result<()> {
 }
 
 async fn allocations(jobs: &mut JobServiceClient<Conn>, name: &str) -> Result<Vec<pb::Allocation>> {
-    let reply = jobs.get_job_status(pb::GetJobStatusRequest { name: name.to_string() }).await?;
+    let reply = jobs.get_job_status(pb::GetJobStatusRequest { name: name.to_string(), ..Default::default() }).await?;
     Ok(reply.into_inner().allocations)
 }

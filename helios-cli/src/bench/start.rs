@@ -195,7 +195,7 @@ async fn submit_and_wait(channel: Conn, job: Job) -> Result<Vec<Timeline>> {
     let mut allocs = crate::alloc::client(channel);
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        let request = pb::ListAllocationsRequest { job_name: Some(name.clone()), node_id: None };
+        let request = pb::ListAllocationsRequest { job_name: Some(name.clone()), node_id: None, ..Default::default() };
         let listed = allocs.list_allocations(request).await.context("listing allocations")?.into_inner();
         let started: Vec<Timeline> = listed.allocations.iter().filter_map(|a| timeline(submitted_ms, a)).collect();
         if started.len() >= count {

@@ -19,9 +19,9 @@ struct Event<'a> {
 }
 
 pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) -> Result<()> {
-    let request = pb::GetJobRequest { name: name.to_string() };
+    let request = pb::GetJobVersionsRequest { name: name.to_string(), ..Default::default() };
     let versions = jobs.get_job_versions(request).await.map_err(status_error)?.into_inner().versions;
-    let status = jobs.get_job_status(pb::GetJobStatusRequest { name: name.to_string() });
+    let status = jobs.get_job_status(pb::GetJobStatusRequest { name: name.to_string(), ..Default::default() });
     let status = status.await.map_err(status_error)?.into_inner();
     let mut events: Vec<Event> = status
         .allocations
@@ -89,7 +89,7 @@ pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) 
 
 /// The stored spec as a JSON job file (`job run FILE` takes it back unchanged).
 pub async fn inspect(jobs: &mut JobServiceClient<Conn>, name: &str, version: Option<u64>) -> Result<()> {
-    let request = pb::GetJobRequest { name: name.to_string() };
+    let request = pb::GetJobVersionsRequest { name: name.to_string(), ..Default::default() };
     let versions = jobs.get_job_versions(request).await.map_err(status_error)?.into_inner().versions;
     let wanted = match version {
         Some(v) => versions.into_iter().find(|j| j.version == v),

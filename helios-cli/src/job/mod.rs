@@ -270,7 +270,8 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<std::process:
 /// Submits the job with `group`'s count changed.
 async fn scale(servers: &Servers, name: &str, group: &str, count: u32, detach: bool) -> Result<()> {
     let mut jobs = client(servers.connect().await?);
-    let stored = jobs.get_job(pb::GetJobRequest { name: name.to_string() }).await.map_err(status_error)?;
+    let stored =
+        jobs.get_job(pb::GetJobRequest { name: name.to_string(), ..Default::default() }).await.map_err(status_error)?;
     let stored = stored.into_inner().job.ok_or_else(|| anyhow!("the server returned no job"))?;
     let mut job = helios_api::convert::job_from_pb(stored).map_err(|e| anyhow!("cannot read job {name:?}: {e}"))?;
     let names: Vec<String> = job.task_groups.iter().map(|g| g.name.clone()).collect();
@@ -306,7 +307,8 @@ async fn revert(
     if detach {
         return Ok(());
     }
-    let stored = jobs.get_job(pb::GetJobRequest { name: name.to_string() }).await.map_err(status_error)?;
+    let stored =
+        jobs.get_job(pb::GetJobRequest { name: name.to_string(), ..Default::default() }).await.map_err(status_error)?;
     let stored = stored.into_inner().job.ok_or_else(|| anyhow!("the server returned no job"))?;
     let job = helios_api::convert::job_from_pb(stored).map_err(|e| anyhow!("cannot read job {name:?}: {e}"))?;
     let expected = counted(&job);
@@ -351,7 +353,7 @@ pub async fn run_query(servers: &Servers, command: JobCommand) -> Result<()> {
         JobCommand::History { name, output: Output { json } } => history::history(&mut jobs, &name, json).await?,
         JobCommand::Inspect { name, version } => history::inspect(&mut jobs, &name, version).await?,
         JobCommand::List { output: Output { json } } => {
-            let reply = jobs.list_jobs(pb::ListJobsRequest {}).await.map_err(status_error)?.into_inner();
+            let reply = jobs.list_jobs(pb::ListJobsRequest::default()).await.map_err(status_error)?.into_inner();
             if json {
                 return crate::json::print(&reply.jobs.iter().map(crate::json::job_summary).collect());
             }
@@ -378,7 +380,11 @@ pub async fn run_query(servers: &Servers, command: JobCommand) -> Result<()> {
             return Box::pin(run_query(servers, JobCommand::List { output: Output { json } })).await
         }
         JobCommand::Status { name: Some(name), output: Output { json } } => {
-            let reply = jobs.get_job_status(pb::GetJobStatusRequest { name }).await.map_err(status_error)?.into_inner();
+            let reply = jobs
+                .get_job_status(pb::GetJobStatusRequest { name, ..Default::default() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
             if json {
                 return crate::json::print(&crate::json::job_status(&reply));
             }
@@ -387,7 +393,7 @@ pub async fn run_query(servers: &Servers, command: JobCommand) -> Result<()> {
         JobCommand::Logs { name, stderr, follow } => {
             let channel = servers.connect().await?;
             let reply = jobs
-                .get_job_status(pb::GetJobStatusRequest { name: name.clone() })
+                .get_job_status(pb::GetJobStatusRequest { name: name.clone(), ..Default::default() })
                 .await
                 .map_err(status_error)?
                 .into_inner();

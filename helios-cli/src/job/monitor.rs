@@ -20,8 +20,10 @@ use helios_api::pb::deployment_service_client::DeploymentServiceClient;
 
 use crate::connect::status_error;
 
-/// How often the job's state is read while watching.
-const POLL: Duration = Duration::from_millis(200);
+/// How long a read of the job's state waits for it to change (a blocking read: it answers at
+/// once when it does): briefly on a terminal, where the spinner turns between changes.
+const WAIT_ON_TERMINAL: Duration = Duration::from_millis(500);
+const WAIT_PIPED: Duration = Duration::from_secs(30);
 const SPINNER: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
 
 /// What the watched job has become.
@@ -42,15 +44,18 @@ pub async fn watch(
     let mut deployments = crate::deployment::client(conn);
     let deployment = deployment_of(&mut deployments, job, version).await?;
     let batch = job.job_type == helios_core::JobType::Batch;
-    let mut progress = Progress::new(std::io::stderr().is_terminal());
+    let terminal = std::io::stderr().is_terminal();
+    let wait = helios_api::convert::duration_to_pb(if terminal { WAIT_ON_TERMINAL } else { WAIT_PIPED });
+    let mut progress = Progress::new(terminal);
     let mut seen = Seen::default();
+    // The index of the state last read: each read waits for a change after it.
+    let mut index = None;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     loop {
+        let request = pb::GetJobStatusRequest { name: name.to_string(), min_index: index, wait: Some(wait) };
         let status = tokio::select! {
-            status = jobs.get_job_status(pb::GetJobStatusRequest { name: name.to_string() }) => {
-                status.map_err(status_error)?.into_inner()
-            }
+            status = jobs.get_job_status(request) => status.map_err(status_error)?.into_inner(),
             _ = &mut interrupted => {
                 progress.clear();
                 println!("==> Stopped watching; the job keeps running. Follow it with: helios-cli job status {name}");
@@ -65,7 +70,7 @@ pub async fn watch(
             }
         }
         if let Some(id) = &deployment {
-            let request = pb::GetDeploymentRequest { id: id.clone() };
+            let request = pb::GetDeploymentRequest { id: id.clone(), ..Default::default() };
             let reply = deployments.get_deployment(request).await.map_err(status_error)?.into_inner();
             let Some(d) = reply.deployment else { bail!("the server sent no deployment") };
             let shown = seen.deployment(&d);
@@ -78,7 +83,7 @@ pub async fn watch(
                 return result;
             }
             progress.show(&summary(&status, version));
-            tokio::time::sleep(POLL).await;
+            index = Some(status.index);
             continue;
         }
         match settled(&status, version, eval_id, batch, expected) {
@@ -98,7 +103,7 @@ pub async fn watch(
                 return Err(e);
             }
         }
-        tokio::time::sleep(POLL).await;
+        index = Some(status.index);
     }
 }
 
@@ -114,7 +119,7 @@ async fn deployment_of(
     if !rolls {
         return Ok(None);
     }
-    let request = pb::ListDeploymentsRequest { job_name: Some(job.name.clone()) };
+    let request = pb::ListDeploymentsRequest { job_name: Some(job.name.clone()), ..Default::default() };
     let list = deployments.list_deployments(request).await.map_err(status_error)?.into_inner().deployments;
     Ok(list.into_iter().find(|d| d.job_version == version).map(|d| d.id))
 }

@@ -32,10 +32,19 @@ pub async fn authorize<T>(
     request: &Request<T>,
     capability: Capability,
 ) -> Result<Option<AclToken>, Status> {
+    authorize_secret(cluster, presented_secret(request).map(|s| secret_hash(&s)), capability).await
+}
+
+/// As `authorize`, for a secret already taken from its request (by its hash): a stream checks
+/// it again when ACLs change.
+pub async fn authorize_secret(
+    cluster: &Cluster,
+    hash: Option<String>,
+    capability: Capability,
+) -> Result<Option<AclToken>, Status> {
     if !cluster.acl_enabled {
         return Ok(None);
     }
-    let hash = presented_secret(request).map(|s| secret_hash(&s));
     let (token, allowed) = cluster.authorize(hash, capability).await.map_err(cluster_status)?;
     if allowed {
         Ok(token)

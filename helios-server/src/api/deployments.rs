@@ -11,12 +11,14 @@ use helios_core::{Command, EvalTrigger, Evaluation};
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
+use super::blocking::Blocking;
 use super::errors::{cluster_status, invalid, require_job_name};
 use super::ids::{check_id, the_one};
 use super::jobs::{find_allocation, job_priority};
 use crate::clock::{new_id, now};
 use crate::cluster::Cluster;
 use crate::store::read;
+use helios_core::events::Topic;
 
 pub struct Deployments {
     pub cluster: Cluster,
@@ -75,14 +77,19 @@ impl DeploymentService for Deployments {
         request: Request<pb::ListDeploymentsRequest>,
     ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ListJobs).await?;
+        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
         let job = request.into_inner().job_name;
         if let Some(job) = &job {
             require_job_name("job_name", job)?;
         }
+        let index = blocking.wait(&self.cluster, &[Topic::Deployment]).await.map_err(cluster_status)?;
         let mut all =
-            self.cluster.read(move |txn| read::deployments(txn, job.as_deref())).await.map_err(cluster_status)?;
+            self.cluster.read_local(move |txn| read::deployments(txn, job.as_deref())).await.map_err(cluster_status)?;
         all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
-        Ok(Response::new(pb::ListDeploymentsResponse { deployments: all.iter().map(deployment_to_pb).collect() }))
+        Ok(Response::new(pb::ListDeploymentsResponse {
+            deployments: all.iter().map(deployment_to_pb).collect(),
+            index,
+        }))
     }
 
     async fn get_deployment(
@@ -90,8 +97,10 @@ impl DeploymentService for Deployments {
         request: Request<pb::GetDeploymentRequest>,
     ) -> Result<Response<pb::GetDeploymentResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
+        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let index = blocking.wait(&self.cluster, &[Topic::Deployment]).await.map_err(cluster_status)?;
         let deployment = self.find(request.into_inner().id).await?;
-        Ok(Response::new(pb::GetDeploymentResponse { deployment: Some(deployment_to_pb(&deployment)) }))
+        Ok(Response::new(pb::GetDeploymentResponse { deployment: Some(deployment_to_pb(&deployment)), index }))
     }
 
     async fn promote_deployment(

@@ -13,6 +13,8 @@ use helios_core::{
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
+use super::blocking::Blocking;
+use helios_core::events::Topic;
 
 use super::errors::{cluster_status, invalid, require_job_name, require_name};
 use super::ids::{check_id, the_one};
@@ -174,34 +176,42 @@ impl JobService for Jobs {
 
     async fn get_job_versions(
         &self,
-        request: Request<pb::GetJobRequest>,
+        request: Request<pb::GetJobVersionsRequest>,
     ) -> Result<Response<pb::GetJobVersionsResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
+        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
         let name = request.into_inner().name;
         require_job_name("name", &name)?;
         let lookup = name.clone();
-        let versions = self.cluster.read(move |txn| read::job_versions(txn, &lookup)).await.map_err(cluster_status)?;
+        let index = blocking.wait(&self.cluster, &[Topic::Job]).await.map_err(cluster_status)?;
+        let versions =
+            self.cluster.read_local(move |txn| read::job_versions(txn, &lookup)).await.map_err(cluster_status)?;
         if versions.is_empty() {
             return Err(job_not_found(&name));
         }
-        Ok(Response::new(pb::GetJobVersionsResponse { versions: versions.iter().map(job_to_pb).collect() }))
+        Ok(Response::new(pb::GetJobVersionsResponse { versions: versions.iter().map(job_to_pb).collect(), index }))
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
+        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
         let name = request.into_inner().name;
         require_job_name("name", &name)?;
         let lookup = name.clone();
-        let job = self.cluster.read(move |txn| read::job(txn, &lookup)).await.map_err(cluster_status)?;
+        let index = blocking.wait(&self.cluster, &[Topic::Job]).await.map_err(cluster_status)?;
+        let job = self.cluster.read_local(move |txn| read::job(txn, &lookup)).await.map_err(cluster_status)?;
         let job = job.ok_or_else(|| job_not_found(&name))?;
-        Ok(Response::new(pb::GetJobResponse { job: Some(job_to_pb(&job)) }))
+        Ok(Response::new(pb::GetJobResponse { job: Some(job_to_pb(&job)), index }))
     }
 
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ListJobs).await?;
+        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        // A job's summary counts its running allocations.
+        let index = blocking.wait(&self.cluster, &[Topic::Job, Topic::Allocation]).await.map_err(cluster_status)?;
         let (jobs, allocs) = self
             .cluster
-            .read(|txn| Ok((read::jobs(txn)?, read::allocations(txn, None, None)?)))
+            .read_local(|txn| Ok((read::jobs(txn)?, read::allocations(txn, None, None)?)))
             .await
             .map_err(cluster_status)?;
         let jobs = jobs
@@ -218,7 +228,7 @@ impl JobService for Jobs {
                 submitted_at_ms: job.submitted_at.as_millis(),
             })
             .collect();
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+        Ok(Response::new(pb::ListJobsResponse { jobs, index }))
     }
 
     async fn get_job_status(
@@ -226,12 +236,15 @@ impl JobService for Jobs {
         request: Request<pb::GetJobStatusRequest>,
     ) -> Result<Response<pb::GetJobStatusResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
+        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
         let name = request.into_inner().name;
         require_job_name("name", &name)?;
         let lookup = name.clone();
+        // The placement line depends on the nodes, and a rollout's progress on its deployment.
+        let index = blocking.wait(&self.cluster, &Topic::ALL).await.map_err(cluster_status)?;
         let (job, allocs, evals, nodes) = self
             .cluster
-            .read(move |txn| {
+            .read_local(move |txn| {
                 Ok((
                     read::job(txn, &lookup)?,
                     read::allocations(txn, Some(&lookup), None)?,
@@ -250,6 +263,7 @@ impl JobService for Jobs {
             evaluations: evals.iter().map(eval_to_pb).collect(),
             ready_nodes: u32::try_from(ready_nodes).unwrap_or(u32::MAX),
             placement,
+            index,
         }))
     }
 
@@ -403,16 +417,18 @@ impl AllocationService for Allocations {
         request: Request<pb::ListAllocationsRequest>,
     ) -> Result<Response<pb::ListAllocationsResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
+        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
         let req = request.into_inner();
         if let Some(job) = &req.job_name {
             require_job_name("job_name", job)?;
         }
+        let index = blocking.wait(&self.cluster, &[Topic::Allocation]).await.map_err(cluster_status)?;
         let allocs = self
             .cluster
-            .read(move |txn| read::allocations(txn, req.job_name.as_deref(), req.node_id.as_deref()))
+            .read_local(move |txn| read::allocations(txn, req.job_name.as_deref(), req.node_id.as_deref()))
             .await
             .map_err(cluster_status)?;
-        Ok(Response::new(pb::ListAllocationsResponse { allocations: allocs.iter().map(alloc_to_pb).collect() }))
+        Ok(Response::new(pb::ListAllocationsResponse { allocations: allocs.iter().map(alloc_to_pb).collect(), index }))
     }
 
     async fn get_allocation(
@@ -420,6 +436,9 @@ impl AllocationService for Allocations {
         request: Request<pb::GetAllocationRequest>,
     ) -> Result<Response<pb::GetAllocationResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
+        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        // What becomes of a failed one depends on its job.
+        let index = blocking.wait(&self.cluster, &[Topic::Allocation, Topic::Job]).await.map_err(cluster_status)?;
         let alloc = self.find(request.into_inner().id).await?;
         let mut out = alloc_to_pb(&alloc);
         if alloc.client_status == helios_core::AllocClientStatus::Failed && alloc.next_allocation.is_none() {
@@ -439,7 +458,7 @@ impl AllocationService for Allocations {
                 None => {}
             }
         }
-        Ok(Response::new(pb::GetAllocationResponse { allocation: Some(out) }))
+        Ok(Response::new(pb::GetAllocationResponse { allocation: Some(out), index }))
     }
 
     async fn stop_allocation(

@@ -1,9 +1,11 @@
 //! `NodeService`: the client nodes the cluster knows.
 
+use super::blocking::Blocking;
 use helios_api::convert::node_to_pb;
 use helios_api::pb;
 use helios_api::pb::node_service_server::NodeService;
 use helios_core::acl::Capability;
+use helios_core::events::Topic;
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
@@ -53,8 +55,10 @@ impl NodeService for Nodes {
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         authorize(&self.cluster, &request, Capability::NodeRead).await?;
-        let nodes = self.cluster.read(read::nodes).await.map_err(cluster_status)?;
-        Ok(Response::new(pb::ListNodesResponse { nodes: nodes.iter().map(node_to_pb).collect() }))
+        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let index = blocking.wait(&self.cluster, &[Topic::Node]).await.map_err(cluster_status)?;
+        let nodes = self.cluster.read_local(read::nodes).await.map_err(cluster_status)?;
+        Ok(Response::new(pb::ListNodesResponse { nodes: nodes.iter().map(node_to_pb).collect(), index }))
     }
 
     async fn drain_node(
@@ -97,11 +101,13 @@ impl NodeService for Nodes {
 
     async fn get_node(&self, request: Request<pb::GetNodeRequest>) -> Result<Response<pb::GetNodeResponse>, Status> {
         authorize(&self.cluster, &request, Capability::NodeRead).await?;
+        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
         let id = request.into_inner().id;
         require_name("id", &id)?;
         let lookup = id.clone();
-        let node = self.cluster.read(move |txn| read::node(txn, &lookup)).await.map_err(cluster_status)?;
+        let index = blocking.wait(&self.cluster, &[Topic::Node]).await.map_err(cluster_status)?;
+        let node = self.cluster.read_local(move |txn| read::node(txn, &lookup)).await.map_err(cluster_status)?;
         let node = node.ok_or_else(|| Status::not_found(format!("node {id:?} not found")))?;
-        Ok(Response::new(pb::GetNodeResponse { node: Some(node_to_pb(&node)) }))
+        Ok(Response::new(pb::GetNodeResponse { node: Some(node_to_pb(&node)), index }))
     }
 }

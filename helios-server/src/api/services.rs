@@ -1,6 +1,8 @@
 //! `ServiceCatalog`: the services of running allocations, as their agents registered them
 //! (`helios_core::service`), with the tags and meta of the job version each runs.
 
+use super::blocking::Blocking;
+use helios_core::events::Topic;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use helios_api::convert::check_state_to_pb;
@@ -15,6 +17,9 @@ use super::auth::authorize;
 use super::errors::{cluster_status, invalid};
 use crate::cluster::Cluster;
 use crate::store::read;
+
+/// Instances live in their allocations, and an address in its node.
+const SERVICE_TOPICS: &[Topic] = &[Topic::Allocation, Topic::Node];
 
 pub struct Catalog {
     pub cluster: Cluster,
@@ -69,7 +74,9 @@ impl ServiceCatalog for Catalog {
         request: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
-        let all = self.cluster.read(|txn| instances(txn, None)).await.map_err(cluster_status)?;
+        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let index = blocking.wait(&self.cluster, SERVICE_TOPICS).await.map_err(cluster_status)?;
+        let all = self.cluster.read_local(|txn| instances(txn, None)).await.map_err(cluster_status)?;
         let mut by_name: BTreeMap<String, (BTreeSet<String>, u32, u32, BTreeSet<String>)> = BTreeMap::new();
         for instance in all {
             let entry = by_name.entry(instance.service).or_default();
@@ -88,7 +95,7 @@ impl ServiceCatalog for Catalog {
                 jobs: jobs.into_iter().collect(),
             })
             .collect();
-        Ok(Response::new(pb::ListServicesResponse { services }))
+        Ok(Response::new(pb::ListServicesResponse { services, index }))
     }
 
     async fn get_service(
@@ -96,18 +103,21 @@ impl ServiceCatalog for Catalog {
         request: Request<pb::GetServiceRequest>,
     ) -> Result<Response<pb::GetServiceResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
+        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
         let req = request.into_inner();
         if req.name.is_empty() || req.name.len() > 63 {
             return Err(invalid("name", "must be a service name, 1 to 63 characters"));
         }
         let lookup = req.name.clone();
-        let mut found = self.cluster.read(move |txn| instances(txn, Some(&lookup))).await.map_err(cluster_status)?;
+        let index = blocking.wait(&self.cluster, SERVICE_TOPICS).await.map_err(cluster_status)?;
+        let mut found =
+            self.cluster.read_local(move |txn| instances(txn, Some(&lookup))).await.map_err(cluster_status)?;
         if found.is_empty() {
             return Err(Status::not_found(format!("no running allocation registers service {:?}", req.name)));
         }
         if req.healthy_only {
             found.retain(|i| i.healthy);
         }
-        Ok(Response::new(pb::GetServiceResponse { instances: found }))
+        Ok(Response::new(pb::GetServiceResponse { instances: found, index }))
     }
 }

@@ -21,6 +21,7 @@ use openraft::{EntryPayload, OptionalSend};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use super::{Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::events::Change;
 use crate::signals::NodeSignals;
 use crate::store::apply::StateTables;
 use crate::store::codec::{decode, encode};
@@ -48,6 +49,10 @@ struct Applied {
     restored: bool,
     /// The cluster's stored format after the batch.
     format: u32,
+    /// The rows of evented tables the batch wrote (`crate::events`).
+    changes: Vec<Change>,
+    /// The batch's last index.
+    last_index: u64,
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
@@ -73,6 +78,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
     let touched;
     let restored;
     let format;
+    let changes;
     let mut acl_changed = false;
     {
         let mut tables = StateTables::open(&txn).map_err(io::Error::other)?;
@@ -95,6 +101,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
         }
         tables.finish().map_err(io::Error::other)?;
         touched = std::mem::take(&mut tables.touched);
+        changes = std::mem::take(&mut tables.changes);
         restored = tables.restored;
         format = tables.format();
     }
@@ -108,7 +115,8 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
         }
     }
     txn.commit().map_err(io::Error::other)?;
-    Ok(Applied { responses, touched, acl_changed, restored, format })
+    let last_index = last.map_or(0, |l| l.index());
+    Ok(Applied { responses, touched, acl_changed, restored, format, changes, last_index })
 }
 
 /// The snapshot as of now: the applied index and membership, and a view of the tables from the
@@ -134,7 +142,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         blocking(move || {
             let txn = db.begin_read().map_err(io::Error::other)?;
             let meta = txn.open_table(SM_META).map_err(io::Error::other)?;
-            let last = read_meta(&meta, SM_LAST_APPLIED)?;
+            let last: Option<LogId> = read_meta(&meta, SM_LAST_APPLIED)?;
             let membership = read_meta(&meta, SM_MEMBERSHIP)?.unwrap_or_default();
             let format = crate::store::read::stored_format(&txn).map_err(io::Error::other)?;
             Ok((last, membership, format))
@@ -142,6 +150,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map(|(last, membership, format)| {
             self.signals.stored_format.set(format);
+            // What came before the tables as they are is not known here.
+            self.signals.events.reset(last.map_or(0, |l| l.index()));
             (last, membership)
         })
     }
@@ -162,19 +172,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let count = entries.len();
         let started = std::time::Instant::now();
-        let Applied { responses, touched, acl_changed, restored, format } =
+        let Applied { responses, touched, acl_changed, restored, format, changes, last_index } =
             blocking(move || apply_batch(&db, entries)).await?;
         self.signals.stored_format.set(format);
         let took = started.elapsed();
         if took > std::time::Duration::from_millis(20) {
             tracing::warn!(entries = count, took_ms = took.as_millis(), "slow state machine apply");
         }
+        // ACLs first: an event stream that sees this batch then knows to check its token again
+        // before sending anything the batch wrote.
+        if acl_changed || restored {
+            self.signals.acl_changed();
+        }
         self.signals.notify(&touched);
         if restored {
             self.signals.notify_all();
-        }
-        if acl_changed || restored {
-            self.signals.acl_changed();
+            self.signals.events.reset(last_index);
+        } else {
+            self.signals.events.applied(changes, last_index);
         }
         // Answer callers only after the batch is committed, so a reply implies the state is
         // visible to reads on this server.
@@ -193,6 +208,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
         let db = self.db.clone();
         let meta = meta.clone();
+        let installed = meta.last_log_id.as_ref().map_or(0, |l| l.index());
         let format = blocking(move || {
             let mut txn = db.begin_write().map_err(io::Error::other)?;
             // The log behind this snapshot may be purged next: the state must be on disk first.
@@ -222,6 +238,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.signals.stored_format.set(format);
         self.signals.notify_all();
         self.signals.acl_changed();
+        self.signals.events.reset(installed);
         Ok(())
     }
 

@@ -16,6 +16,8 @@ use super::tables::{
     ROOM_FREED_AT,
 };
 use super::tables::{ACL_POLICIES, ACL_TOKENS, ACL_TOKEN_SECRETS, DEPLOYMENTS, RESTORE_STAGING};
+use crate::events::Change;
+use helios_core::events::Topic;
 
 mod acl;
 mod deployments;
@@ -66,6 +68,9 @@ pub struct StateTables<'txn> {
     room_freed: Option<Timestamp>,
     /// Node id -> its allocations written in this batch: their agents' watches are told.
     pub touched: BTreeMap<String, BTreeSet<String>>,
+    /// The rows of jobs, allocations, nodes, evaluations and deployments this batch wrote or
+    /// removed, in order: the event stream's events (`crate::events`).
+    pub changes: Vec<Change>,
     /// The log index of the entry being applied (set by the caller before each `apply_once`).
     pub index: u64,
     /// A restore replaced every table in this batch: every watch and cache must start over.
@@ -103,6 +108,7 @@ impl<'txn> StateTables<'txn> {
             counts: HashMap::new(),
             room_freed: None,
             touched: BTreeMap::new(),
+            changes: Vec::new(),
             index: 0,
             restored: false,
             format,
@@ -134,6 +140,34 @@ impl<'txn> StateTables<'txn> {
             self.requests.insert(key.as_str(), encode(&response).as_slice())?;
         }
         Ok(response)
+    }
+
+    /// The table of `topic`'s rows.
+    fn evented(&mut self, topic: Topic) -> &mut StateTable<'txn> {
+        match topic {
+            Topic::Job => &mut self.jobs,
+            Topic::Allocation => &mut self.allocations,
+            Topic::Node => &mut self.nodes,
+            Topic::Evaluation => &mut self.evaluations,
+            Topic::Deployment => &mut self.deployments,
+        }
+    }
+
+    /// Writes a row of a table that events are made of, and notes it for the event stream:
+    /// every write of those tables goes through here or `remove_row`.
+    fn put_row(&mut self, topic: Topic, key: &str, row: &[u8]) -> Result<(), redb::Error> {
+        self.evented(topic).insert(key, row)?;
+        self.changes.push(Change { index: self.index, topic, row: row.to_vec(), deleted: false });
+        Ok(())
+    }
+
+    /// Removes a row of a table that events are made of; its event carries the row as it was.
+    fn remove_row(&mut self, topic: Topic, key: &str) -> Result<(), redb::Error> {
+        let old = self.evented(topic).remove(key)?.map(|row| row.value().to_vec());
+        if let Some(row) = old {
+            self.changes.push(Change { index: self.index, topic, row, deleted: true });
+        }
+        Ok(())
     }
 
     /// The cluster's stored format, as the commands applied so far left it.
@@ -216,7 +250,7 @@ impl<'txn> StateTables<'txn> {
                 node.drain = drain;
                 node.eligibility = eligibility;
                 node.status_updated_at = now;
-                self.nodes.insert(node_id.as_str(), encode(&node).as_slice())?;
+                self.put_row(Topic::Node, &node_id, &encode(&node))?;
                 self.nodes_changed(now)?;
                 self.put_evaluations(&evals)?;
                 Ok(CommandResponse::NodeStatusSet)

@@ -314,13 +314,14 @@ impl TestCluster {
 
     /// A job's status (job, allocations, evaluations) through server `via`.
     pub async fn job_status(&self, via: u64, name: &str) -> pb::GetJobStatusResponse {
-        let request = pb::GetJobStatusRequest { name: name.to_string() };
+        let request = pb::GetJobStatusRequest { name: name.to_string(), ..Default::default() };
         self.jobs(via).await.get_job_status(request).await.expect("job status").into_inner()
     }
 
     /// The job names server `via` holds (a linearizable read).
     pub async fn job_names(&self, via: u64) -> Vec<String> {
-        let reply = self.jobs(via).await.list_jobs(pb::ListJobsRequest {}).await.expect("list jobs").into_inner();
+        let reply =
+            self.jobs(via).await.list_jobs(pb::ListJobsRequest::default()).await.expect("list jobs").into_inner();
         reply.jobs.into_iter().map(|j| j.name).collect()
     }
 
@@ -439,7 +440,7 @@ pub fn fake_node(id: &str) -> pb::Node {
 
 pub async fn node(cluster: &TestCluster, via: u64, id: &str) -> Option<pb::Node> {
     let mut nodes = NodeServiceClient::new(cluster.channel(via).await);
-    nodes.get_node(pb::GetNodeRequest { id: id.to_string() }).await.ok()?.into_inner().node
+    nodes.get_node(pb::GetNodeRequest { id: id.to_string(), ..Default::default() }).await.ok()?.into_inner().node
 }
 
 /// Waits until `job` is unplaced for a reason that mentions `reason`, and checks that nothing of

@@ -6,6 +6,7 @@
 
 use helios_core::command::{DeploymentChanged, DEPLOYMENTS_FORMAT};
 use helios_core::deployment::{Deployment, DeploymentAction, DeploymentStatus};
+use helios_core::events::Topic;
 use helios_core::{CommandResponse, Evaluation, HealthCheck, Job, RejectionKind, Timestamp};
 use redb::ReadableTable;
 
@@ -47,13 +48,19 @@ impl StateTables<'_> {
         let (first, last) = job_version_range(job_name);
         let versions = self.job_versions.range(first.as_str()..=last.as_str())?.count() as u64;
         self.job_versions.retain_in(first.as_str()..=last.as_str(), |_, _| false)?;
-        self.deployments.retain_in(first.as_str()..=last.as_str(), |_, _| false)?;
+        let mut deployments = Vec::new();
+        for row in self.deployments.range(first.as_str()..=last.as_str())? {
+            deployments.push(row?.0.value().to_string());
+        }
+        for key in deployments {
+            self.remove_row(Topic::Deployment, &key)?;
+        }
         Ok(versions)
     }
 
     /// Forgets the deployment of a collected job version.
     pub(super) fn delete_deployment_of_version(&mut self, job_name: &str, version: u64) -> Result<(), redb::Error> {
-        self.deployments.remove(job_version_key(job_name, version).as_str())?;
+        self.remove_row(Topic::Deployment, &job_version_key(job_name, version))?;
         Ok(())
     }
 
@@ -77,7 +84,7 @@ impl StateTables<'_> {
 
     fn put_deployment(&mut self, deployment: &Deployment) -> Result<(), redb::Error> {
         let key = job_version_key(&deployment.job_name, deployment.job_version);
-        self.deployments.insert(key.as_str(), encode(deployment).as_slice())?;
+        self.put_row(Topic::Deployment, &key, &encode(deployment))?;
         Ok(())
     }
 
@@ -222,7 +229,7 @@ impl StateTables<'_> {
         }
         if let Some(mut job) = get::<Job>(&self.jobs, job_name)?.filter(|j| j.version == version) {
             job.stable = true;
-            self.jobs.insert(job_name, encode(&job).as_slice())?;
+            self.put_row(Topic::Job, job_name, &encode(&job))?;
         }
         Ok(())
     }

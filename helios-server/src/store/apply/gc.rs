@@ -1,6 +1,7 @@
 //! Applying `CollectGarbage`: each record it names is checked against `helios_core::gc` again,
 //! as the tables are now, and deleted with every index entry that points at it.
 
+use helios_core::events::Topic;
 use std::collections::BTreeSet;
 
 use helios_core::gc::{self, Collected, Cutoffs, Garbage};
@@ -48,7 +49,7 @@ impl StateTables<'_> {
             let Some(node) = get::<Node>(&self.nodes, id)? else { continue };
             let unfinished = self.allocations_on_node(id)?.iter().any(|a| !a.is_terminal());
             if gc::node_collectable(&node, unfinished, &cutoffs) {
-                self.nodes.remove(id.as_str())?;
+                self.remove_row(Topic::Node, id)?;
                 self.node_usage.remove(id.as_str())?;
                 self.usage.remove(id.as_str());
                 collected.nodes += 1;
@@ -78,7 +79,7 @@ impl StateTables<'_> {
             }
         }
         collected.versions += self.forget_versions_of(name)?;
-        self.jobs.remove(name)?;
+        self.remove_row(Topic::Job, name)?;
         self.job_alloc_counts.remove(name)?;
         self.counts.remove(name);
         self.blocked_jobs.remove(name)?;
@@ -131,7 +132,7 @@ impl StateTables<'_> {
     /// Removes a finished allocation and its index entries. A finished allocation reserves no
     /// room, holds no port and counts for nothing, so those indexes are already clear of it.
     fn delete_allocation(&mut self, alloc: &Allocation) -> Result<(), redb::Error> {
-        self.allocations.remove(alloc.id.as_str())?;
+        self.remove_row(Topic::Allocation, &alloc.id)?;
         self.allocs_by_job.remove(index_key(&alloc.job_name, &alloc.id).as_str())?;
         self.allocs_by_node.remove(index_key(&alloc.node_id, &alloc.id).as_str())?;
         // Its agent's watch is told: the allocation leaves its list (and would be stopped there,
@@ -141,7 +142,7 @@ impl StateTables<'_> {
     }
 
     fn delete_evaluation(&mut self, eval: &Evaluation) -> Result<(), redb::Error> {
-        self.evaluations.remove(eval.id.as_str())?;
+        self.remove_row(Topic::Evaluation, &eval.id)?;
         self.evals_by_job.remove(index_key(&eval.job_name, &eval.id).as_str())?;
         self.pending_evaluations.remove(eval.id.as_str())?;
         Ok(())

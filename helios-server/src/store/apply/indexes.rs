@@ -1,6 +1,7 @@
 //! Writing allocations and evaluations with every index over them in step (`put_allocation` is
 //! the one way allocations are written), and rebuilding those indexes from the tables.
 
+use helios_core::events::Topic;
 use helios_core::{Allocation, Evaluation, Resources};
 use redb::ReadableTable;
 
@@ -98,7 +99,7 @@ impl StateTables<'_> {
     /// allocations are written. An allocation never changes its job, node or resources.
     pub(super) fn put_allocation(&mut self, alloc: &Allocation) -> Result<(), redb::Error> {
         let old: Option<Allocation> = get(&self.allocations, &alloc.id)?;
-        self.allocations.insert(alloc.id.as_str(), encode(alloc).as_slice())?;
+        self.put_row(Topic::Allocation, &alloc.id, &encode(alloc))?;
         if old.is_none() {
             self.allocs_by_job.insert(index_key(&alloc.job_name, &alloc.id).as_str(), [].as_slice())?;
             self.allocs_by_node.insert(index_key(&alloc.node_id, &alloc.id).as_str(), [].as_slice())?;
@@ -136,7 +137,7 @@ impl StateTables<'_> {
     /// reads) and of blocked jobs (what a cluster change retries).
     pub(super) fn put_evaluation(&mut self, eval: &Evaluation) -> Result<(), redb::Error> {
         use helios_core::EvalStatus;
-        self.evaluations.insert(eval.id.as_str(), encode(eval).as_slice())?;
+        self.put_row(Topic::Evaluation, &eval.id, &encode(eval))?;
         self.evals_by_job.insert(index_key(&eval.job_name, &eval.id).as_str(), [].as_slice())?;
         if eval.status == EvalStatus::Pending {
             // The row holds the time it waits for, if any: the scheduler skips it unread.

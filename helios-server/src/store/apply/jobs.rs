@@ -2,6 +2,7 @@
 //! retrying blocked jobs when the cluster changes.
 
 use helios_core::command::{JobDeregistered, JobRegistered};
+use helios_core::events::Topic;
 use helios_core::{
     AllocClientStatus, AllocDesiredStatus, CommandResponse, Evaluation, Job, JobStatus, RejectionKind, Timestamp,
 };
@@ -29,7 +30,7 @@ impl StateTables<'_> {
         // Stable once its own deployment succeeds (a reverted-to spec comes with its old mark).
         job.stable = false;
         let bytes = encode(&job);
-        self.jobs.insert(job.name.as_str(), bytes.as_slice())?;
+        self.put_row(Topic::Job, &job.name, &bytes)?;
         self.job_versions.insert(job_version_key(&job.name, job.version).as_str(), bytes.as_slice())?;
         self.start_deployment(&job, &eval.id, eval.created_at)?;
         self.put_evaluation(&eval)?;
@@ -78,7 +79,7 @@ impl StateTables<'_> {
             // version 0, and must not mistake these for its own.
             self.stop_allocations_of(name, now)?;
             self.blocked_jobs.remove(name)?;
-            self.jobs.remove(name)?;
+            self.remove_row(Topic::Job, name)?;
             self.forget_versions_of(name)?;
         } else {
             self.cancel_deployment(name, "Cancelled because job is stopped", now)?;
@@ -87,7 +88,7 @@ impl StateTables<'_> {
             if !self.has_live_allocations(name)? {
                 job.status = JobStatus::Dead;
             }
-            self.jobs.insert(name, encode(&job).as_slice())?;
+            self.put_row(Topic::Job, name, &encode(&job))?;
         }
         self.put_evaluation(&eval)?;
         Ok(CommandResponse::JobDeregistered(JobDeregistered { eval_id: eval.id }))
@@ -119,7 +120,7 @@ impl StateTables<'_> {
         };
         if status != job.status {
             job.status = status;
-            self.jobs.insert(job_name, encode(&job).as_slice())?;
+            self.put_row(Topic::Job, job_name, &encode(&job))?;
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Client nodes: registering (an id keeps its secret), status changes, purging, and what a change
 //! of the usable nodes re-evaluates.
 
+use helios_core::events::Topic;
 use helios_core::{
     AllocDesiredStatus, Allocation, CommandResponse, Evaluation, Job, Node, NodeStatus, RejectionKind, Timestamp,
 };
@@ -31,7 +32,7 @@ impl StateTables<'_> {
             alloc.desired_description = "node purged".to_string();
             true
         })?;
-        self.nodes.remove(node_id)?;
+        self.remove_row(Topic::Node, node_id)?;
         Ok(CommandResponse::NodePurged)
     }
 
@@ -104,7 +105,7 @@ impl StateTables<'_> {
             node.registered_at = existing.registered_at;
         }
         node.status = NodeStatus::Ready;
-        self.nodes.insert(node.id.as_str(), encode(&node).as_slice())?;
+        self.put_row(Topic::Node, &node.id, &encode(&node))?;
         Ok(CommandResponse::NodeRegistered)
     }
 
@@ -120,7 +121,7 @@ impl StateTables<'_> {
         if node.status != status {
             node.status = status;
             node.status_updated_at = now;
-            self.nodes.insert(id, encode(&node).as_slice())?;
+            self.put_row(Topic::Node, id, &encode(&node))?;
             // What the servers had asked the node to stop cannot be reported stopped any more.
             // Left as it was, such an allocation (of a purged or stopped job, whose evaluations
             // place nothing) would stay unfinished for good, and keep its job and node from

@@ -1,0 +1,119 @@
+//! Blocking reads (Nomad's blocking queries): a Get or List call with `min_index` waits until
+//! what it reads has changed after that index, or until its `wait` has passed, then answers
+//! with the index its answer reflects, which the caller passes back as the next `min_index`.
+//!
+//! "What it reads" is a set of topics (`helios_core::events::Topic`): each topic's latest index
+//! is moved by the state machine as it applies (`crate::events::Events`), so a waiting read
+//! costs nothing until its topics change.
+
+use std::time::Duration;
+
+use helios_api::convert::duration_from_pb;
+use helios_core::events::Topic;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Status};
+
+use super::errors::invalid;
+use crate::cluster::{Cluster, ClusterError};
+
+/// Nomad's: how long a blocking read waits when `wait` is not given, and the most it waits.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
+pub const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
+
+/// What a read call asked for: to wait (`min_index`), for how long at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocking {
+    min_index: Option<u64>,
+    wait: Duration,
+}
+
+impl Blocking {
+    /// The terms of `request`, whose `min_index` and `wait` fields are given: `wait` is capped
+    /// at `MAX_WAIT`, and ends early enough to answer within the call's own deadline.
+    pub fn of<T>(
+        request: &Request<T>,
+        min_index: Option<u64>,
+        wait: Option<&helios_api::prost_types::Duration>,
+    ) -> Result<Blocking, Status> {
+        let wait = match wait {
+            None => DEFAULT_WAIT,
+            Some(wait) => duration_from_pb(wait).map_err(|problem| invalid("wait", problem))?,
+        };
+        let mut wait = wait.min(MAX_WAIT);
+        if let Some(deadline) = deadline(request.metadata()) {
+            // The answer must leave before the caller gives up on it.
+            wait = wait.min(deadline.saturating_sub(deadline / 10));
+        }
+        Ok(Blocking { min_index, wait })
+    }
+
+    /// Waits as asked (not at all without `min_index`), then catches up with the leader (as a
+    /// linearizable read does) and returns the latest index that changed `topics`: tables read
+    /// from now on (`Cluster::read_local`) reflect at least it and every write committed before
+    /// the call. (A change's index is published after its commit, so an index read before the
+    /// tables never runs ahead of them.)
+    pub async fn wait(&self, cluster: &Cluster, topics: &[Topic]) -> Result<u64, ClusterError> {
+        let events = &cluster.signals.events;
+        if let Some(min_index) = self.min_index {
+            events.changed_after(topics, min_index, self.wait).await;
+        }
+        cluster.linearize().await?;
+        Ok(events.index_of(topics))
+    }
+}
+
+/// The call's deadline, from its `grpc-timeout` header (an integer of at most 8 digits and a
+/// unit: H, M, S, m, u, n).
+fn deadline(metadata: &MetadataMap) -> Option<Duration> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(timeout: Option<&str>) -> Request<()> {
+        let mut request = Request::new(());
+        if let Some(t) = timeout {
+            request.metadata_mut().insert("grpc-timeout", t.parse().expect("ascii"));
+        }
+        request
+    }
+
+    #[test]
+    fn the_wait_defaults_to_five_minutes_is_capped_at_ten_and_ends_before_the_deadline() {
+        let unset = Blocking::of(&request(None), Some(3), None).expect("valid");
+        assert_eq!(unset, Blocking { min_index: Some(3), wait: DEFAULT_WAIT });
+        let long = helios_api::prost_types::Duration { seconds: 3600, nanos: 0 };
+        assert_eq!(Blocking::of(&request(None), Some(3), Some(&long)).expect("valid").wait, MAX_WAIT);
+        // A 10 s deadline: answered after 9 s at most.
+        assert_eq!(Blocking::of(&request(Some("10S")), Some(3), None).expect("valid").wait, Duration::from_secs(9));
+        assert_eq!(Blocking::of(&request(Some("2000m")), None, None).expect("valid").wait, Duration::from_millis(1800));
+        let negative = helios_api::prost_types::Duration { seconds: -5, nanos: 0 };
+        let refused = Blocking::of(&request(None), Some(3), Some(&negative)).expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().contains("wait"), "{}", refused.message());
+    }
+
+    #[test]
+    fn grpc_timeouts_read_in_every_unit() {
+        let read = |t: &str| deadline(request(Some(t)).metadata());
+        assert_eq!(read("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(read("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(read("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(read("7n"), Some(Duration::from_nanos(7)));
+        assert_eq!(read("S"), None);
+        assert_eq!(read("5x"), None);
+    }
+}
