@@ -27,13 +27,20 @@ use crate::store::codec::decode;
 pub const DEFAULT_BUFFER: usize = 4096;
 
 /// A row of a table that events are made of, as one entry wrote it (or, `deleted`, as it was
-/// before the entry removed it).
+/// before the entry removed it). With no row, a change of a table beside the topic's (a job's
+/// versions): it moves the topic's index for blocking reads and is no event.
 #[derive(Debug)]
 pub struct Change {
     pub index: u64,
     pub topic: Topic,
     pub row: Vec<u8>,
     pub deleted: bool,
+}
+
+impl Change {
+    fn is_event(&self) -> bool {
+        !self.row.is_empty()
+    }
 }
 
 /// One event as subscribers get it (encoded, for `wire::EncodedEventBatch`), with the keys their
@@ -121,7 +128,7 @@ impl Events {
         }
         let mut log = self.log();
         let mut batch: Vec<Arc<Logged>> = Vec::new();
-        for change in changes {
+        for change in changes.into_iter().filter(Change::is_event) {
             if batch.first().is_some_and(|first| first.change.index != change.index) {
                 let index = batch[0].change.index;
                 log.push(index, std::mem::take(&mut batch));

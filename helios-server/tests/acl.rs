@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{wait_for, TestCluster};
 use helios_api::acl::WithToken;
 use helios_api::convert::job_to_pb;
@@ -234,6 +236,8 @@ async fn an_event_stream_needs_each_topics_capability_and_ends_when_its_token_is
     let mut stream = events.subscribe(subscribe(vec![pb::EventTopic::Job])).await.expect("jobs").into_inner();
     let mut jobs = JobServiceClient::new(as_token(&cluster, 1, Some(&management)).await);
     jobs.submit_job(submit_request("watched")).await.expect("submit");
+    let start = stream.message().await.expect("stream").expect("the first message");
+    assert!(start.events.is_empty(), "the first message only says where the stream starts");
     let batch = stream.message().await.expect("stream").expect("a batch");
     assert_eq!(batch.events[0].key, "watched");
     acl.delete_token(pb::DeleteAclTokenRequest { accessor_id: reader.accessor_id.clone() }).await.expect("delete");
@@ -242,7 +246,10 @@ async fn an_event_stream_needs_each_topics_capability_and_ends_when_its_token_is
     let ended = tokio::time::timeout(common::WAIT, async {
         loop {
             match stream.message().await {
-                Ok(Some(_)) => continue,
+                Ok(Some(batch)) => {
+                    // Nothing logged after the deletion reaches the revoked token.
+                    assert!(batch.events.iter().all(|e| e.key != "after"), "sent after the deletion: {batch:?}");
+                }
                 other => return other,
             }
         }
@@ -250,5 +257,27 @@ async fn an_event_stream_needs_each_topics_capability_and_ends_when_its_token_is
     .await
     .expect("the stream ends");
     denied(ended, "read-job", "a stream whose token was deleted");
+
+    // A token that expires ends its stream too, with nothing changed in the ACLs.
+    let created = std::time::Instant::now();
+    let brief = create_token(&mut acl, "brief", "jobs-only", 1_500).await;
+    let mut events = EventServiceClient::new(as_token(&cluster, 2, Some(&brief.secret_id)).await);
+    let mut stream = events.subscribe(subscribe(vec![pb::EventTopic::Job])).await.expect("jobs").into_inner();
+    let ended = tokio::time::timeout(common::WAIT, async {
+        for n in 0.. {
+            jobs.submit_job(submit_request(&format!("late-{n}"))).await.expect("submit");
+            if let Ok(message) = tokio::time::timeout(Duration::from_millis(300), stream.message()).await {
+                match message {
+                    Ok(Some(_)) => {}
+                    other => return other,
+                }
+            }
+        }
+        unreachable!()
+    })
+    .await
+    .expect("the stream of an expired token ends");
+    assert!(created.elapsed() >= Duration::from_millis(1_500), "ended before it expired: {:?}", created.elapsed());
+    denied(ended, "read-job", "a stream whose token expired");
     cluster.shutdown().await;
 }

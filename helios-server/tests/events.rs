@@ -1,7 +1,8 @@
 //! The event stream and blocking reads on a real three-server cluster with a real agent: events
 //! arrive in log order, filtered; a subscriber resumes on another server from its last index and
 //! misses nothing; a server that no longer holds an index says so; blocking reads answer when
-//! what they read changes, and within the caller's deadline when it does not. (No agent runs in
+//! what they read changes, and within the caller's deadline when it does not; a subscriber whose
+//! filter selects nothing still learns how far the log has moved. (No agent runs in
 //! the blocking-read test: nothing but the test writes a job there.)
 
 mod common;
@@ -55,7 +56,9 @@ async fn read_until(stream: &mut Streaming<pb::EventBatch>, mut done: impl FnMut
     tokio::time::timeout(common::WAIT, async {
         while !done(&events) {
             let batch = stream.message().await.expect("stream").expect("not ended");
-            assert!(batch.index > last_index, "batches in log order: {} after {last_index}", batch.index);
+            // (An empty batch, the first or a heartbeat, only says where the stream is.)
+            let ordered = batch.index > last_index || (batch.events.is_empty() && batch.index >= last_index);
+            assert!(ordered, "batches in log order: {} after {last_index}", batch.index);
             for event in &batch.events {
                 assert!(event.index > last_index && event.index <= batch.index, "{event:?} in batch {}", batch.index);
                 events.push(seen(event));
@@ -97,12 +100,22 @@ async fn events_arrive_in_order_and_resume_on_another_server_without_a_gap() {
     let stopped = |events: &[Seen]| events.iter().any(|e| e.4.starts_with("stop/") && e.4 != "stop/running");
     let followed = read_until(&mut first, stopped).await;
     let mut resumed = subscribe(&cluster, 3, Some(resume_from)).await.expect("resume");
+    // Its first message is empty and says where it starts.
+    let start = resumed.message().await.expect("stream").expect("a first message");
+    assert_eq!((start.index, start.events.len()), (resume_from - 1, 0));
     let last = followed.last().expect("events").0;
     let mut again = read_until(&mut resumed, |events| events.last().is_some_and(|e| e.0 >= last)).await;
     // (Its last batch may reach further: the log has moved on since.)
     again.retain(|e| e.0 <= last);
     assert_eq!(again, followed);
     assert!(followed.iter().any(|e| e.3 == "web" && e.4 == "v0 stopped=true"), "{followed:?}");
+
+    // An index before the log's first, or past the next to be written, is refused by name.
+    for (from, problem) in [(0, "at least 1"), (u64::MAX, "past the next index")] {
+        let refused = subscribe(&cluster, 1, Some(from)).await.expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("from_index") && refused.message().contains(problem), "{refused:?}");
+    }
 
     // A server that restarted holds no events from before it started: an index from then is
     // refused, clearly (index 1: applied before the restart whatever server 2 had caught up to).
@@ -134,8 +147,10 @@ async fn a_blocking_read_answers_when_its_state_changes_and_before_the_deadline_
     let now = jobs.get_job(read(None, None)).await.expect("read").into_inner();
     assert!(now.index > 0);
 
-    // Nothing changes: after its wait it answers the same job at the same index.
+    // Nothing changes: after its wait (not before) it answers the same job at the same index.
+    let asked = std::time::Instant::now();
     let unchanged = jobs.get_job(read(Some(now.index), Some(Duration::from_millis(300)))).await.expect("read");
+    assert!(asked.elapsed() >= Duration::from_millis(300), "answered after {:?}", asked.elapsed());
     assert_eq!(unchanged.get_ref().index, now.index);
     // A deadline shorter than the wait: answered within it, not cut off by it.
     let mut request = tonic::Request::new(read(Some(now.index), Some(Duration::from_secs(600))));
@@ -163,5 +178,34 @@ async fn a_blocking_read_answers_when_its_state_changes_and_before_the_deadline_
     let refused = jobs.get_job(negative).await.expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("wait"), "{}", refused.message());
+    cluster.shutdown().await;
+}
+
+/// A subscriber whose filter selects nothing still learns, within a heartbeat, how far the log
+/// has moved, however busy the log is: it resumes from there, not from where it subscribed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_that_selects_nothing_is_told_how_far_the_log_has_moved() {
+    let cluster = TestCluster::start(3).await;
+    cluster.leader().await;
+    let mut stream = subscribe(&cluster, 2, None).await.expect("subscribe");
+    let start = stream.message().await.expect("stream").expect("a first message").index;
+    // Other jobs keep the log moving, more often than the heartbeat's interval.
+    let first = cluster.submit_job(1, &sleeper("busy-0")).await.index;
+    let told = tokio::time::timeout(Duration::from_secs(60), async {
+        for n in 1.. {
+            if let Ok(message) = tokio::time::timeout(Duration::from_secs(1), stream.message()).await {
+                let batch = message.expect("stream").expect("not ended");
+                assert!(batch.events.is_empty(), "nothing of web was written: {batch:?}");
+                if batch.index >= first {
+                    return batch.index;
+                }
+            }
+            cluster.submit_job(1, &sleeper(&format!("busy-{n}"))).await;
+        }
+        unreachable!()
+    })
+    .await
+    .expect("a heartbeat while the log moves");
+    assert!(told > start, "{told} after {start}");
     cluster.shutdown().await;
 }

@@ -63,10 +63,20 @@ pub async fn run(servers: &Servers, args: EventsArgs) -> Result<()> {
     let delivered = Arc::new(AtomicU64::new(0));
     let latency = Arc::new(Mutex::new(histogram()));
     let mut subscribers = Vec::new();
+    let opened = Arc::new(AtomicU64::new(0));
     for s in 0..args.subscribers {
         let channel = servers.dedicated().await?;
         let timing = (s == 0).then(|| (starts.clone(), latency.clone()));
-        subscribers.push(tokio::spawn(subscriber(channel, delivered.clone(), timing)));
+        subscribers.push(tokio::spawn(subscriber(channel, opened.clone(), delivered.clone(), timing)));
+    }
+    // Every stream starts from the log's latest index when it opens: none may open after the
+    // first submission, or it would miss that job.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while opened.load(Ordering::Relaxed) < args.subscribers {
+        if Instant::now() > deadline || subscribers.iter().any(|s| s.is_finished()) {
+            bail!("{} of {} subscribers could subscribe", opened.load(Ordering::Relaxed), args.subscribers);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let shared = format!("{run}-shared");
     let (with, with_latency) = submit_all(&channels, &args, &shared, Some(&starts)).await?;
@@ -152,10 +162,16 @@ async fn submit_all(
 
 /// One subscriber of every job event (from now), counting the registrations it receives; the
 /// one given `timing` records each event's latency from its submission's start.
-async fn subscriber(channel: Conn, delivered: Arc<AtomicU64>, timing: Option<(Starts, Arc<Mutex<Histogram<u64>>>)>) {
+async fn subscriber(
+    channel: Conn,
+    opened: Arc<AtomicU64>,
+    delivered: Arc<AtomicU64>,
+    timing: Option<(Starts, Arc<Mutex<Histogram<u64>>>)>,
+) {
     let mut events = EventServiceClient::new(channel);
     let topics = vec![pb::TopicFilter { topic: pb::EventTopic::Job as i32, keys: Vec::new() }];
     let Ok(reply) = events.subscribe(pb::SubscribeRequest { topics, from_index: None }).await else { return };
+    opened.fetch_add(1, Ordering::Relaxed);
     let mut stream = reply.into_inner();
     while let Ok(Some(batch)) = stream.message().await {
         let now = Instant::now();

@@ -35,6 +35,28 @@ pub async fn authorize<T>(
     authorize_secret(cluster, presented_secret(request).map(|s| secret_hash(&s)), capability).await
 }
 
+/// As `authorize_secret`, decided from this server's own tables rather than by the leader: for a
+/// stream that must not send anything logged after a revocation this server has applied.
+pub async fn authorize_locally(cluster: &Cluster, hash: Option<String>, capability: Capability) -> Result<(), Status> {
+    if !cluster.acl_enabled {
+        return Ok(());
+    }
+    let now = crate::clock::now();
+    let (_, grants) = cluster
+        .read_local(move |txn| crate::store::read::acl_grants(txn, hash.as_deref(), now))
+        .await
+        .map_err(cluster_status)?;
+    if grants.allows(capability) {
+        Ok(())
+    } else {
+        Err(denied(capability))
+    }
+}
+
+fn denied(capability: Capability) -> Status {
+    Status::permission_denied(format!("permission denied: this call needs {}", capability.as_str()))
+}
+
 /// As `authorize`, for a secret already taken from its request (by its hash): a stream checks
 /// it again when ACLs change.
 pub async fn authorize_secret(
@@ -49,6 +71,6 @@ pub async fn authorize_secret(
     if allowed {
         Ok(token)
     } else {
-        Err(Status::permission_denied(format!("permission denied: this call needs {}", capability.as_str())))
+        Err(denied(capability))
     }
 }

@@ -55,7 +55,12 @@ impl Blocking {
     pub async fn wait(&self, cluster: &Cluster, topics: &[Topic]) -> Result<u64, ClusterError> {
         let events = &cluster.signals.events;
         if let Some(min_index) = self.min_index {
-            events.changed_after(topics, min_index, self.wait).await;
+            // A stopping server answers its waiting reads at once rather than hold its shutdown.
+            let mut closed = cluster.signals.closed();
+            tokio::select! {
+                () = events.changed_after(topics, min_index, self.wait) => {}
+                _ = closed.wait_for(|closed| *closed) => {}
+            }
         }
         cluster.linearize().await?;
         Ok(events.index_of(topics))

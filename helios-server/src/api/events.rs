@@ -11,15 +11,18 @@ use helios_api::wire::encoded_event_service::event_service_server::EventService;
 use helios_api::wire::EncodedEventBatch;
 use helios_core::acl::Capability;
 use helios_core::events::{Subscription, TooOld, Topic};
+use helios_core::Timestamp;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use super::auth::{authorize_secret, presented_secret, secret_hash};
-use super::errors::invalid;
+use super::auth::{authorize_locally, authorize_secret, presented_secret, secret_hash};
+use super::errors::{cluster_status, invalid};
+use crate::clock;
 use crate::cluster::Cluster;
+use crate::events::Batch;
 
-/// A subscriber that received nothing for this long gets an empty batch carrying the latest
-/// index: it learns where to resume from, and a dead connection is noticed.
+/// A subscriber sent nothing for this long gets an empty batch carrying the latest index: it
+/// learns where to resume from, however narrow its filter, and a dead connection is noticed.
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// A subscriber sent a batch less than this long ago waits out the rest before the next, so a
@@ -30,6 +33,11 @@ const LINGER: Duration = Duration::from_millis(50);
 /// Batches sent ahead of a slow subscriber; beyond them it falls behind the log, and once the log
 /// drops what it has not read it is told to resync.
 const AHEAD: usize = 16;
+
+/// A message's events stop at the log index that would take them past this, under the 4 MiB a
+/// default gRPC client accepts (one index's events always go whole, whatever their size: a
+/// subscriber resumes after an index, never inside one).
+const MAX_BATCH_BYTES: usize = 3 * helios_core::limits::MAX_MESSAGE_BYTES;
 
 pub struct Events {
     pub cluster: Cluster,
@@ -80,25 +88,32 @@ impl EventService for Events {
         let capabilities: Vec<Capability> = subscription.topics().into_iter().map(capability).collect();
         // Read before the check: a change of ACLs during it makes the stream check again.
         let acl_generation = self.cluster.signals.acl_generation();
+        let mut token = None;
         for &needed in &capabilities {
-            authorize_secret(&self.cluster, secret.clone(), needed).await?;
+            token = authorize_secret(&self.cluster, secret.clone(), needed).await?;
         }
         let events = self.cluster.signals.events.clone();
-        let from = req.from_index.unwrap_or_else(|| events.latest() + 1);
+        let from = match req.from_index {
+            None => events.latest() + 1,
+            Some(0) => return Err(invalid("from_index", "must be at least 1 (log indexes start at 1)")),
+            Some(from) => {
+                // An index another server gave is reached here too before it is judged.
+                self.cluster.linearize().await.map_err(cluster_status)?;
+                let next = events.latest() + 1;
+                if from > next {
+                    return Err(invalid("from_index", format!("is past the next index to be written, {next}")));
+                }
+                from
+            }
+        };
         // Refused at once rather than as the stream's first message.
         events.since(from).map_err(|old| too_old(from, old))?;
         let (tx, rx) = mpsc::channel(AHEAD);
         let cluster = self.cluster.clone();
+        let access =
+            Access { secret, capabilities, generation: acl_generation, expires_at: token.and_then(|t| t.expires_at) };
         tokio::spawn(async move {
-            let sent = stream(&cluster, &subscription, (from, acl_generation), &tx, || async {
-                // Checked again whenever ACLs change: a revoked token's stream ends.
-                for &needed in &capabilities {
-                    authorize_secret(&cluster, secret.clone(), needed).await?;
-                }
-                Ok(())
-            })
-            .await;
-            if let Err(status) = sent {
+            if let Err(status) = stream(&cluster, &subscription, from, access, &tx).await {
                 let _ = tx.send(Err(status)).await;
             }
         });
@@ -107,69 +122,156 @@ impl EventService for Events {
     }
 }
 
+/// What a stream's token was allowed, and when to check it again.
+struct Access {
+    secret: Option<String>,
+    capabilities: Vec<Capability>,
+    /// The ACL generation it was checked at.
+    generation: u64,
+    /// When its token expires, if it does.
+    expires_at: Option<Timestamp>,
+}
+
+impl Access {
+    /// Checks the token again if ACLs changed or it has expired since it was last checked.
+    /// From this server's own tables: they hold every ACL change this server has applied, so a
+    /// revocation logged before the events about to be sent is seen (the leader, asked instead,
+    /// may not have applied it yet).
+    async fn recheck(&mut self, cluster: &Cluster) -> Result<(), Status> {
+        let generation = cluster.signals.acl_generation();
+        let expired = self.expires_at.is_some_and(|at| clock::now() >= at);
+        if generation == self.generation && !expired {
+            return Ok(());
+        }
+        self.generation = generation;
+        for &needed in &self.capabilities {
+            authorize_locally(cluster, self.secret.clone(), needed).await?;
+        }
+        Ok(())
+    }
+}
+
 fn stopping() -> Status {
     Status::unavailable("the server is stopping: subscribe again, to another server")
 }
 
 /// Sends `subscription`'s batches from index `from` on until the subscriber goes, the server
-/// stops, or an error ends it; the token is checked again once the ACL generation moves from
-/// `acl_generation`.
-async fn stream<F, Fut>(
+/// stops, or an error ends it (its token no longer allowed, or the log past what it has read).
+/// The first message is empty, with index `from - 1`: the subscriber knows where to resume from
+/// before any event comes.
+async fn stream(
     cluster: &Cluster,
     subscription: &Subscription,
-    (from, mut acl_generation): (u64, u64),
+    from: u64,
+    mut access: Access,
     tx: &mpsc::Sender<Result<EncodedEventBatch, Status>>,
-    reauthorize: F,
-) -> Result<(), Status>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<(), Status>>,
-{
+) -> Result<(), Status> {
     let events = &cluster.signals.events;
     let mut moved = events.watch();
     let mut closed = cluster.signals.closed();
     let mut next = from;
-    let mut sent_at: Option<tokio::time::Instant> = None;
+    if tx.send(Ok(EncodedEventBatch { index: from - 1, events: Vec::new() })).await.is_err() {
+        return Ok(());
+    }
+    let mut sent_at = tokio::time::Instant::now();
     loop {
         if *closed.borrow() {
             return Err(stopping());
         }
-        if let Some(sent_at) = sent_at {
-            tokio::time::sleep_until(sent_at + LINGER).await;
-        }
         let (batches, latest) = events.since(next).map_err(|old| too_old(next, old))?;
         // The state machine bumps the generation before it logs a batch that changed ACLs: a
         // token revoked at or before these batches is checked before any of them is sent.
-        let generation = cluster.signals.acl_generation();
-        if generation != acl_generation {
-            acl_generation = generation;
-            reauthorize().await?;
+        access.recheck(cluster).await?;
+        for message in messages(subscription, &batches, latest) {
+            if tx.send(Ok(message)).await.is_err() {
+                return Ok(());
+            }
+            sent_at = tokio::time::Instant::now();
         }
-        // Everything up to `latest` in one message: under load a subscriber is sent one message
-        // per wake, not one per log index.
-        let picked: Vec<helios_api::wire::Bytes> = batches
+        next = next.max(latest + 1);
+        // (`closed` only ever becomes true: any change of it is the server stopping.)
+        tokio::select! {
+            changed = moved.changed() => if changed.is_err() { return Ok(()) },
+            () = tokio::time::sleep_until(sent_at + HEARTBEAT) => {
+                access.recheck(cluster).await?;
+                if tx.send(Ok(EncodedEventBatch { index: next - 1, events: Vec::new() })).await.is_err() {
+                    return Ok(());
+                }
+                sent_at = tokio::time::Instant::now();
+                continue;
+            }
+            _ = closed.changed() => return Err(stopping()),
+            () = tx.closed() => return Ok(()),
+        }
+        tokio::time::sleep_until(sent_at + LINGER).await;
+    }
+}
+
+/// The events `subscription` selects from `batches` (every index up to `latest`), as messages
+/// of at most `MAX_BATCH_BYTES` (but whole indexes), the last one's index `latest`. None when
+/// nothing is selected.
+fn messages(subscription: &Subscription, batches: &[Batch], latest: u64) -> Vec<EncodedEventBatch> {
+    let mut out: Vec<EncodedEventBatch> = Vec::new();
+    let mut current = EncodedEventBatch::default();
+    let mut bytes = 0;
+    for (index, logged) in batches {
+        let picked: Vec<_> = logged
             .iter()
-            .flat_map(|(_, logged)| logged.iter())
             .filter_map(|logged| logged.published())
             .filter(|p| subscription.wants(p.topic, &p.keys))
             .map(|p| p.encoded.clone())
             .collect();
-        if !picked.is_empty() {
-            if tx.send(Ok(EncodedEventBatch { index: latest, events: picked })).await.is_err() {
-                return Ok(());
-            }
-            sent_at = Some(tokio::time::Instant::now());
+        let size: usize = picked.iter().map(|e| e.len()).sum();
+        if !current.events.is_empty() && bytes + size > MAX_BATCH_BYTES {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
         }
-        next = next.max(latest + 1);
-        // (`closed` only ever becomes true: any change of it is the server stopping.)
-        let quiet = tokio::select! {
-            changed = moved.changed() => if changed.is_err() { return Ok(()) } else { false },
-            () = tokio::time::sleep(HEARTBEAT) => true,
-            _ = closed.changed() => return Err(stopping()),
-            () = tx.closed() => return Ok(()),
-        };
-        if quiet && tx.send(Ok(EncodedEventBatch { index: next - 1, events: Vec::new() })).await.is_err() {
-            return Ok(());
+        current.index = *index;
+        current.events.extend(picked);
+        bytes += size;
+    }
+    if !current.events.is_empty() {
+        current.index = latest;
+        out.push(current);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Change, Events};
+    use crate::store::codec::encode;
+    use helios_core::Job;
+
+    /// A job whose event is a little over 1 MiB (1.05).
+    fn big_job(name: &str) -> Change {
+        let args = vec!["x".repeat(60 * 1024); 18];
+        let job = Job::exec(name, "/bin/true", args);
+        Change { index: 0, topic: Topic::Job, row: encode(&job), deleted: false }
+    }
+
+    #[test]
+    fn messages_stop_at_the_index_that_would_make_them_too_large_but_keep_indexes_whole() {
+        let events = Events::new(64);
+        events.reset(1);
+        // Indexes 2..=5 of one such job each, and index 6 of two.
+        let mut changes: Vec<Change> = (2..=5).map(|i| Change { index: i, ..big_job(&format!("j{i}")) }).collect();
+        changes.push(Change { index: 6, ..big_job("j6a") });
+        changes.push(Change { index: 6, ..big_job("j6b") });
+        events.applied(changes, 7);
+        let (batches, latest) = events.since(2).expect("held");
+        let sent = messages(&Subscription::default(), &batches, latest);
+        let shape: Vec<(u64, usize)> = sent.iter().map(|m| (m.index, m.events.len())).collect();
+        // Two indexes fit under 3 MiB, a third would not; index 6 goes whole; the last message
+        // carries the log's latest index.
+        assert_eq!(shape, [(3, 2), (5, 2), (7, 2)]);
+        for m in &sent {
+            let bytes: usize = m.events.iter().map(|e| e.len()).sum();
+            assert!(bytes <= MAX_BATCH_BYTES, "{bytes}");
         }
+        // A subscription that selects nothing gets no message.
+        let none = Subscription::new([(Topic::Node, Vec::new())]);
+        assert!(messages(&none, &batches, latest).is_empty());
     }
 }

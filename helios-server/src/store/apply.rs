@@ -161,6 +161,12 @@ impl<'txn> StateTables<'txn> {
         Ok(())
     }
 
+    /// Notes a write of a table beside `topic`'s (job versions beside jobs): blocking reads of
+    /// the topic wake, and no event is sent.
+    fn touched(&mut self, topic: Topic) {
+        self.changes.push(Change { index: self.index, topic, row: Vec::new(), deleted: false });
+    }
+
     /// Removes a row of a table that events are made of; its event carries the row as it was.
     fn remove_row(&mut self, topic: Topic, key: &str) -> Result<(), redb::Error> {
         let old = self.evented(topic).remove(key)?.map(|row| row.value().to_vec());

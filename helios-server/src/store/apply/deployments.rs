@@ -226,6 +226,7 @@ impl StateTables<'_> {
         if let Some(mut job) = get::<Job>(&self.job_versions, &key)? {
             job.stable = true;
             self.job_versions.insert(key.as_str(), encode(&job).as_slice())?;
+            self.touched(Topic::Job);
         }
         if let Some(mut job) = get::<Job>(&self.jobs, job_name)?.filter(|j| j.version == version) {
             job.stable = true;

@@ -41,6 +41,7 @@ impl StateTables<'_> {
         for (name, version) in &garbage.versions {
             if self.droppable_versions(name, &cutoffs)?.contains(version) {
                 self.job_versions.remove(job_version_key(name, *version).as_str())?;
+                self.touched(Topic::Job);
                 self.delete_deployment_of_version(name, *version)?;
                 collected.versions += 1;
             }

@@ -32,6 +32,7 @@ impl StateTables<'_> {
         let bytes = encode(&job);
         self.put_row(Topic::Job, &job.name, &bytes)?;
         self.job_versions.insert(job_version_key(&job.name, job.version).as_str(), bytes.as_slice())?;
+        self.touched(Topic::Job);
         self.start_deployment(&job, &eval.id, eval.created_at)?;
         self.put_evaluation(&eval)?;
         Ok(CommandResponse::JobRegistered(JobRegistered {
