@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod convert;
 pub mod node_proof;
+pub mod pages;
 pub mod tls;
 pub mod wire;
 

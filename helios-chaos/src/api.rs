@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
+use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::cluster_service_client::ClusterServiceClient;
 use helios_api::pb::job_service_client::JobServiceClient;
@@ -97,27 +98,40 @@ impl Servers {
 
     /// Every allocation and job, as one server reads them.
     pub async fn state(&self, id: u64) -> Result<(Vec<pb::Allocation>, Vec<pb::JobSummary>)> {
-        let allocs = self
-            .allocations(id)
-            .list_allocations(pb::ListAllocationsRequest { job_name: None, node_id: None, ..Default::default() })
-            .await?
-            .into_inner()
-            .allocations;
-        let jobs = self.jobs(id).list_jobs(pb::ListJobsRequest::default()).await?.into_inner().jobs;
+        let allocations = self.allocations(id);
+        let allocs = every_page(pb::ListAllocationsRequest::default(), |r| {
+            let mut allocations = allocations.clone();
+            async move { allocations.list_allocations(r).await }
+        })
+        .await?;
+        let jobs = self.jobs(id);
+        let jobs = every_page(pb::ListJobsRequest::default(), |r| {
+            let mut jobs = jobs.clone();
+            async move { jobs.list_jobs(r).await }
+        })
+        .await?;
         Ok((allocs, jobs))
     }
 
     pub async fn nodes_of(&self, id: u64) -> Result<Vec<pb::Node>> {
-        Ok(self.nodes(id).list_nodes(pb::ListNodesRequest::default()).await?.into_inner().nodes)
+        let nodes = self.nodes(id);
+        Ok(every_page(pb::ListNodesRequest::default(), |r| {
+            let mut nodes = nodes.clone();
+            async move { nodes.list_nodes(r).await }
+        })
+        .await?)
     }
 
     pub async fn versions(&self, id: u64, job: &str) -> Result<Vec<pb::Job>> {
-        let reply = self
-            .jobs(id)
-            .get_job_versions(pb::GetJobVersionsRequest { name: job.to_string(), ..Default::default() })
-            .await;
+        let jobs = self.jobs(id);
+        let request = pb::GetJobVersionsRequest { name: job.to_string(), ..Default::default() };
+        let reply = every_page(request, |r| {
+            let mut jobs = jobs.clone();
+            async move { jobs.get_job_versions(r).await }
+        })
+        .await;
         match reply {
-            Ok(r) => Ok(r.into_inner().versions),
+            Ok(versions) => Ok(versions),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(Vec::new()),
             Err(status) => Err(anyhow!("GetJobVersions {job}: {status}")),
         }

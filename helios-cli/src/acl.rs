@@ -5,6 +5,7 @@ use clap::Subcommand;
 use hcl_edit::expr::Expression;
 use hcl_edit::structure::{Body, Structure};
 use hcl_edit::Span;
+use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::acl_service_client::AclServiceClient;
 use helios_core::Timestamp;
@@ -89,9 +90,14 @@ pub async fn run(servers: &Servers, command: AclCommand) -> Result<()> {
             println!("Successfully wrote {name:?} ACL policy!");
         }
         AclCommand::Policy(PolicyCommand::List) => {
-            let policies = acl.list_policies(pb::ListAclPoliciesRequest {}).await.map_err(status_error)?.into_inner();
+            let policies = every_page(pb::ListAclPoliciesRequest::default(), |r| {
+                let mut acl = acl.clone();
+                async move { acl.list_policies(r).await }
+            })
+            .await
+            .map_err(status_error)?;
             let mut table = Table::new(&["NAME", "DESCRIPTION"]);
-            for p in policies.policies {
+            for p in policies {
                 table.row(vec![p.name, p.description]);
             }
             table.print();
@@ -116,10 +122,15 @@ pub async fn run(servers: &Servers, command: AclCommand) -> Result<()> {
             print_token(&token.ok_or_else(|| anyhow!("the server returned no token"))?);
         }
         AclCommand::Token(TokenCommand::List) => {
-            let tokens = acl.list_tokens(pb::ListAclTokensRequest {}).await.map_err(status_error)?.into_inner();
+            let tokens = every_page(pb::ListAclTokensRequest::default(), |r| {
+                let mut acl = acl.clone();
+                async move { acl.list_tokens(r).await }
+            })
+            .await
+            .map_err(status_error)?;
             let now = now();
             let mut table = Table::new(&["NAME", "TYPE", "ACCESSOR ID", "POLICIES", "EXPIRES"]);
-            for t in tokens.tokens {
+            for t in tokens {
                 let expires = t.expires_at_ms.map_or("never".to_string(), |at| describe_expiry(at, now));
                 table.row(vec![t.name, t.r#type, t.accessor_id, t.policies.join(","), expires]);
             }

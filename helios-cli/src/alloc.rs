@@ -5,6 +5,7 @@ use std::io::Write;
 use crate::connect::Conn;
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
+use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::allocation_service_client::AllocationServiceClient;
 use helios_core::Timestamp;
@@ -71,17 +72,22 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
     match command {
         AllocCommand::List { job, node, output: Output { json } } => {
             let request = pb::ListAllocationsRequest { job_name: job, node_id: node, ..Default::default() };
-            let reply = allocs.list_allocations(request).await.map_err(status_error)?.into_inner();
+            let allocations = every_page(request, |r| {
+                let mut allocs = allocs.clone();
+                async move { allocs.list_allocations(r).await }
+            })
+            .await
+            .map_err(status_error)?;
             if json {
-                return crate::json::print(&reply.allocations.iter().map(crate::json::allocation).collect());
+                return crate::json::print(&allocations.iter().map(crate::json::allocation).collect());
             }
-            if reply.allocations.is_empty() {
+            if allocations.is_empty() {
                 println!("No allocations");
                 return Ok(());
             }
             let now = now();
             let mut table = Table::new(&["ID", "NAME", "NODE", "VERSION", "DESIRED", "STATUS", "MODIFIED"]);
-            for a in reply.allocations {
+            for a in allocations {
                 table.row(vec![
                     short(&a.id),
                     a.name,

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
 use helios_api::convert::job_from_pb;
+use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_core::{Constraint, ConstraintOperator, DockerConfig, Job, JobType, PortMapping, TaskDriver};
 
@@ -211,10 +212,15 @@ fn regex_escape(id: &str) -> String {
 }
 
 async fn node_ids(servers: &Servers) -> Result<BTreeSet<String>> {
-    let mut nodes = pb::node_service_client::NodeServiceClient::new(servers.connect().await?)
+    let nodes = pb::node_service_client::NodeServiceClient::new(servers.connect().await?)
         .max_decoding_message_size(crate::connect::MAX_RESPONSE);
-    let reply = nodes.list_nodes(pb::ListNodesRequest::default()).await.map_err(status_error)?.into_inner();
-    Ok(reply.nodes.into_iter().map(|n| n.id).collect())
+    let listed = every_page(pb::ListNodesRequest::default(), |r| {
+        let mut nodes = nodes.clone();
+        async move { nodes.list_nodes(r).await }
+    })
+    .await
+    .map_err(status_error)?;
+    Ok(listed.into_iter().map(|n| n.id).collect())
 }
 
 /// One line per job and host: what the job should do there (its goal) and what it does.
@@ -222,15 +228,15 @@ async fn status(servers: &Servers, only: Option<String>, json: bool) -> Result<(
     let mut jobs = crate::job::client(servers.connect().await?);
     let names: Vec<String> = match only {
         Some(name) => vec![name],
-        None => jobs
-            .list_jobs(pb::ListJobsRequest::default())
-            .await
-            .map_err(status_error)?
-            .into_inner()
-            .jobs
-            .into_iter()
-            .map(|j| j.name)
-            .collect(),
+        None => every_page(pb::ListJobsRequest::default(), |r| {
+            let mut jobs = jobs.clone();
+            async move { jobs.list_jobs(r).await }
+        })
+        .await
+        .map_err(status_error)?
+        .into_iter()
+        .map(|j| j.name)
+        .collect(),
     };
     let mut table = Table::new(&["JOB ID", "HOST", "GOAL", "STATE", "ALLOC", "PORTS"]);
     let mut rows = Vec::new();

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
+use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::deployment_service_client::DeploymentServiceClient;
 use helios_core::Timestamp;
@@ -63,7 +64,12 @@ pub async fn run(servers: &Servers, command: DeploymentCommand) -> Result<()> {
     let acted = match command {
         DeploymentCommand::List { job, output: Output { json } } => {
             let request = pb::ListDeploymentsRequest { job_name: job, ..Default::default() };
-            let list = deployments.list_deployments(request).await.map_err(status_error)?.into_inner().deployments;
+            let list = every_page(request, |r| {
+                let mut deployments = deployments.clone();
+                async move { deployments.list_deployments(r).await }
+            })
+            .await
+            .map_err(status_error)?;
             if json {
                 return crate::json::print(&Value::Array(list.iter().map(deployment_json).collect()));
             }

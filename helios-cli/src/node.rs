@@ -2,6 +2,7 @@
 
 use anyhow::{anyhow, Result};
 use clap::Subcommand;
+use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::node_service_client::NodeServiceClient;
 use helios_core::Timestamp;
@@ -49,11 +50,16 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
     let now = now();
     match command {
         NodeCommand::List { output: Output { json } } => {
-            let reply = nodes.list_nodes(pb::ListNodesRequest::default()).await.map_err(status_error)?.into_inner();
+            let listed = every_page(pb::ListNodesRequest::default(), |r| {
+                let mut nodes = nodes.clone();
+                async move { nodes.list_nodes(r).await }
+            })
+            .await
+            .map_err(status_error)?;
             if json {
-                return crate::json::print(&reply.nodes.iter().map(crate::json::node).collect());
+                return crate::json::print(&listed.iter().map(crate::json::node).collect());
             }
-            if reply.nodes.is_empty() {
+            if listed.is_empty() {
                 println!("No client nodes");
                 return Ok(());
             }
@@ -68,7 +74,7 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
                 "MEMORY",
                 "SINCE",
             ]);
-            for n in reply.nodes {
+            for n in listed {
                 let res = n.resources.unwrap_or_default();
                 table.row(vec![
                     n.id,

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
+use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::service_catalog_client::ServiceCatalogClient;
 use serde_json::{json, Value};
@@ -36,20 +37,24 @@ pub async fn run(servers: &Servers, command: ServiceCommand) -> Result<()> {
         ServiceCatalogClient::new(servers.connect().await?).max_decoding_message_size(crate::connect::MAX_RESPONSE);
     match command {
         ServiceCommand::List { output: Output { json } } => {
-            let reply =
-                catalog.list_services(pb::ListServicesRequest::default()).await.map_err(status_error)?.into_inner();
+            let listed = every_page(pb::ListServicesRequest::default(), |r| {
+                let mut catalog = catalog.clone();
+                async move { catalog.list_services(r).await }
+            })
+            .await
+            .map_err(status_error)?;
             if json {
-                let all = reply.services.iter().map(|s| {
+                let all = listed.iter().map(|s| {
                     json!({"name": s.name, "tags": s.tags, "instances": s.instances, "healthy": s.healthy, "jobs": s.jobs})
                 });
                 return crate::json::print(&Value::Array(all.collect()));
             }
-            if reply.services.is_empty() {
+            if listed.is_empty() {
                 println!("No services are registered");
                 return Ok(());
             }
             let mut table = Table::new(&["SERVICE", "HEALTHY", "JOBS", "TAGS"]);
-            for s in reply.services {
+            for s in listed {
                 table.row(vec![s.name, format!("{}/{}", s.healthy, s.instances), s.jobs.join(","), s.tags.join(",")]);
             }
             table.print();

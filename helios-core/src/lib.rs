@@ -25,6 +25,7 @@ mod job_v5;
 pub mod limits;
 pub mod migrate;
 pub mod node;
+pub mod page;
 pub mod placement;
 pub mod plan;
 pub mod reschedule;

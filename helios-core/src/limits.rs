@@ -24,6 +24,9 @@ pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// `MAX_MESSAGE_BYTES`, plus one job of at most that size (`helios-server/src/api/assigned.rs`).
 /// Servers send no more; agents accept this much.
 pub const MAX_WATCH_MESSAGE_BYTES: usize = 3 * MAX_MESSAGE_BYTES;
+/// The most the items of one page of a List answer may weigh (encoded): under the 4 MiB a default
+/// gRPC client accepts, with room for the rest of the answer. A single larger item goes alone.
+pub const MAX_PAGE_BYTES: usize = 3 * MAX_MESSAGE_BYTES;
 
 /// A snapshot file's chunk in the public API (`SaveSnapshot`, `RestoreSnapshot`): well under
 /// `MAX_MESSAGE_BYTES` with its framing (a chunk of exactly that size was refused).

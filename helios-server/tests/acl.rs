@@ -82,7 +82,7 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
     let mut allocs = pb::allocation_service_client::AllocationServiceClient::new(anon.clone());
     denied(allocs.alloc_logs(logs).await.map(drop), "read-logs", "anonymous logs");
     denied(
-        AclServiceClient::new(anon.clone()).list_tokens(pb::ListAclTokensRequest {}).await,
+        AclServiceClient::new(anon.clone()).list_tokens(pb::ListAclTokensRequest::default()).await,
         "management",
         "anonymous tokens",
     );
@@ -140,10 +140,10 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
         denied(NodeServiceClient::new(ro.clone()).drain_node(drain.clone()).await, "node:write", "reader drains");
         let me = AclServiceClient::new(ro.clone()).get_token_self(pb::GetAclTokenSelfRequest {}).await.expect("self");
         assert_eq!(me.into_inner().token.expect("token").accessor_id, reader.accessor_id);
-        assert!(AclServiceClient::new(ro).list_tokens(pb::ListAclTokensRequest {}).await.is_err());
+        assert!(AclServiceClient::new(ro).list_tokens(pb::ListAclTokensRequest::default()).await.is_err());
     }
     // Tokens are listed without their secrets.
-    let listed = acl.list_tokens(pb::ListAclTokensRequest {}).await.expect("list").into_inner().tokens;
+    let listed = acl.list_tokens(pb::ListAclTokensRequest::default()).await.expect("list").into_inner().tokens;
     assert_eq!(listed.len(), 3, "two bootstrap tokens and the reader");
     assert!(listed.iter().all(|t| t.secret_id.is_empty()));
 

@@ -21,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use hdrhistogram::Histogram;
 use helios_api::convert::job_to_pb;
+use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_core::{Constraint, ConstraintOperator, DockerConfig, ExecConfig, Job, Resources, TaskDriver};
 
@@ -192,12 +193,17 @@ async fn submit_and_wait(channel: Conn, job: Job) -> Result<Vec<Timeline>> {
         .submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) })
         .await
         .with_context(|| format!("submitting {name}"))?;
-    let mut allocs = crate::alloc::client(channel);
+    let allocs = crate::alloc::client(channel);
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         let request = pb::ListAllocationsRequest { job_name: Some(name.clone()), node_id: None, ..Default::default() };
-        let listed = allocs.list_allocations(request).await.context("listing allocations")?.into_inner();
-        let started: Vec<Timeline> = listed.allocations.iter().filter_map(|a| timeline(submitted_ms, a)).collect();
+        let listed = every_page(request, |r| {
+            let mut allocs = allocs.clone();
+            async move { allocs.list_allocations(r).await }
+        })
+        .await
+        .context("listing allocations")?;
+        let started: Vec<Timeline> = listed.iter().filter_map(|a| timeline(submitted_ms, a)).collect();
         if started.len() >= count {
             return Ok(started);
         }

@@ -3,6 +3,7 @@
 use crate::connect::Conn;
 use anyhow::{anyhow, Result};
 use helios_api::convert::job_from_pb;
+use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::job_service_client::JobServiceClient;
 use helios_core::Timestamp;
@@ -20,7 +21,12 @@ struct Event<'a> {
 
 pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) -> Result<()> {
     let request = pb::GetJobVersionsRequest { name: name.to_string(), ..Default::default() };
-    let versions = jobs.get_job_versions(request).await.map_err(status_error)?.into_inner().versions;
+    let versions = every_page(request, |r| {
+        let mut jobs = jobs.clone();
+        async move { jobs.get_job_versions(r).await }
+    })
+    .await
+    .map_err(status_error)?;
     let status = jobs.get_job_status(pb::GetJobStatusRequest { name: name.to_string(), ..Default::default() });
     let status = status.await.map_err(status_error)?.into_inner();
     let mut events: Vec<Event> = status
@@ -90,7 +96,12 @@ pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) 
 /// The stored spec as a JSON job file (`job run FILE` takes it back unchanged).
 pub async fn inspect(jobs: &mut JobServiceClient<Conn>, name: &str, version: Option<u64>) -> Result<()> {
     let request = pb::GetJobVersionsRequest { name: name.to_string(), ..Default::default() };
-    let versions = jobs.get_job_versions(request).await.map_err(status_error)?.into_inner().versions;
+    let versions = every_page(request, |r| {
+        let mut jobs = jobs.clone();
+        async move { jobs.get_job_versions(r).await }
+    })
+    .await
+    .map_err(status_error)?;
     let wanted = match version {
         Some(v) => versions.into_iter().find(|j| j.version == v),
         None => versions.into_iter().last(),

@@ -7,6 +7,7 @@ mod plan;
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use helios_api::convert::job_to_pb;
+use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::job_service_client::JobServiceClient;
 use helios_core::{
@@ -353,17 +354,22 @@ pub async fn run_query(servers: &Servers, command: JobCommand) -> Result<()> {
         JobCommand::History { name, output: Output { json } } => history::history(&mut jobs, &name, json).await?,
         JobCommand::Inspect { name, version } => history::inspect(&mut jobs, &name, version).await?,
         JobCommand::List { output: Output { json } } => {
-            let reply = jobs.list_jobs(pb::ListJobsRequest::default()).await.map_err(status_error)?.into_inner();
+            let listed = every_page(pb::ListJobsRequest::default(), |r| {
+                let mut jobs = jobs.clone();
+                async move { jobs.list_jobs(r).await }
+            })
+            .await
+            .map_err(status_error)?;
             if json {
-                return crate::json::print(&reply.jobs.iter().map(crate::json::job_summary).collect());
+                return crate::json::print(&listed.iter().map(crate::json::job_summary).collect());
             }
-            if reply.jobs.is_empty() {
+            if listed.is_empty() {
                 println!("No jobs");
                 return Ok(());
             }
             let now = now();
             let mut table = Table::new(&["NAME", "TYPE", "PRIORITY", "VERSION", "STATUS", "RUNNING", "SUBMITTED"]);
-            for j in reply.jobs {
+            for j in listed {
                 table.row(vec![
                     j.name,
                     type_name(j.r#type),

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::connect::Conn;
 use anyhow::{anyhow, bail, Result};
+use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::deployment_service_client::DeploymentServiceClient;
 
@@ -120,7 +121,12 @@ async fn deployment_of(
         return Ok(None);
     }
     let request = pb::ListDeploymentsRequest { job_name: Some(job.name.clone()), ..Default::default() };
-    let list = deployments.list_deployments(request).await.map_err(status_error)?.into_inner().deployments;
+    let list = every_page(request, |r| {
+        let mut deployments = deployments.clone();
+        async move { deployments.list_deployments(r).await }
+    })
+    .await
+    .map_err(status_error)?;
     Ok(list.into_iter().find(|d| d.job_version == version).map(|d| d.id))
 }
 

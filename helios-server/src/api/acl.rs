@@ -6,11 +6,13 @@ use helios_api::pb;
 use helios_api::pb::acl_service_server::AclService;
 use helios_core::acl::{AclToken, Capability, TokenType};
 use helios_core::command::answer::AclChanged;
+use helios_core::page::Order;
 use helios_core::Command;
 use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, presented_secret, secret_hash};
 use super::errors::{cluster_status, invalid, require_name};
+use super::pages;
 use crate::clock;
 use crate::cluster::Cluster;
 use crate::store::read;
@@ -121,8 +123,15 @@ impl AclService for Acl {
         request: Request<pb::ListAclPoliciesRequest>,
     ) -> Result<Response<pb::ListAclPoliciesResponse>, Status> {
         self.manage(&request).await?;
+        let page = pages::requested("acl-policies", request.get_ref().page_size, &request.get_ref().page_token)?;
         let policies = self.cluster.read(read::acl_policies).await.map_err(cluster_status)?;
-        Ok(Response::new(pb::ListAclPoliciesResponse { policies: policies.iter().map(policy_to_pb).collect() }))
+        let (policies, next_page_token) = page.page(
+            policies.iter().map(policy_to_pb).collect(),
+            Order::Ascending,
+            |p| p.name.clone(),
+            helios_api::encoded_len,
+        );
+        Ok(Response::new(pb::ListAclPoliciesResponse { policies, next_page_token }))
     }
 
     async fn get_policy(
@@ -182,8 +191,15 @@ impl AclService for Acl {
         request: Request<pb::ListAclTokensRequest>,
     ) -> Result<Response<pb::ListAclTokensResponse>, Status> {
         self.manage(&request).await?;
+        let page = pages::requested("acl-tokens", request.get_ref().page_size, &request.get_ref().page_token)?;
         let tokens = self.cluster.read(read::acl_tokens).await.map_err(cluster_status)?;
-        Ok(Response::new(pb::ListAclTokensResponse { tokens: tokens.iter().map(|t| token_to_pb(t, None)).collect() }))
+        let (tokens, next_page_token) = page.page(
+            tokens.iter().map(|t| token_to_pb(t, None)).collect(),
+            Order::Ascending,
+            |t| t.accessor_id.clone(),
+            helios_api::encoded_len,
+        );
+        Ok(Response::new(pb::ListAclTokensResponse { tokens, next_page_token }))
     }
 
     async fn get_token(

@@ -7,6 +7,7 @@ use helios_api::pb::deployment_service_server::DeploymentService;
 use helios_core::acl::Capability;
 use helios_core::command::DeploymentChanged;
 use helios_core::deployment::{Deployment, DeploymentAction};
+use helios_core::page::Order;
 use helios_core::{Command, EvalTrigger, Evaluation};
 use tonic::{Request, Response, Status};
 
@@ -15,6 +16,7 @@ use super::blocking::Blocking;
 use super::errors::{cluster_status, invalid, require_job_name};
 use super::ids::{check_id, the_one};
 use super::jobs::{find_allocation, job_priority};
+use super::pages;
 use crate::clock::{new_id, now};
 use crate::cluster::Cluster;
 use crate::store::read;
@@ -78,18 +80,24 @@ impl DeploymentService for Deployments {
     ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ListJobs).await?;
         let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
-        let job = request.into_inner().job_name;
+        let req = request.into_inner();
+        let job = req.job_name;
         if let Some(job) = &job {
             require_job_name("job_name", job)?;
         }
+        let scope = format!("deployments?job={}", job.as_deref().unwrap_or_default());
+        let page = pages::requested(&scope, req.page_size, &req.page_token)?;
         let index = blocking.wait(&self.cluster, &[Topic::Deployment]).await.map_err(cluster_status)?;
-        let mut all =
+        let all =
             self.cluster.read_local(move |txn| read::deployments(txn, job.as_deref())).await.map_err(cluster_status)?;
-        all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
-        Ok(Response::new(pb::ListDeploymentsResponse {
-            deployments: all.iter().map(deployment_to_pb).collect(),
-            index,
-        }))
+        // Newest first.
+        let (deployments, next_page_token) = page.page(
+            all.iter().map(deployment_to_pb).collect(),
+            Order::Descending,
+            |d| format!("{:020}/{}", d.created_at_ms, d.id),
+            helios_api::encoded_len,
+        );
+        Ok(Response::new(pb::ListDeploymentsResponse { deployments, index, next_page_token }))
     }
 
     async fn get_deployment(

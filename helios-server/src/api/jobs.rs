@@ -6,6 +6,7 @@ use helios_api::pb::allocation_service_server::AllocationService;
 use helios_api::pb::job_service_server::JobService;
 use helios_core::acl::Capability;
 use helios_core::command::{JobDeregistered, JobRegistered, PlanApplied};
+use helios_core::page::Order;
 use helios_core::reschedule::Followup;
 use helios_core::{
     AllocClientStatus, Allocation, Command, EvalStatus, EvalTrigger, Evaluation, Job, JobType, NodeStatus,
@@ -14,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
 use super::blocking::Blocking;
+use super::pages;
 use helios_core::events::Topic;
 
 use super::errors::{cluster_status, invalid, require_job_name, require_name};
@@ -180,8 +182,10 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::GetJobVersionsResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
         let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
-        let name = request.into_inner().name;
+        let req = request.into_inner();
+        let name = req.name;
         require_job_name("name", &name)?;
+        let page = pages::requested(&format!("versions?job={name}"), req.page_size, &req.page_token)?;
         let lookup = name.clone();
         let index = blocking.wait(&self.cluster, &[Topic::Job]).await.map_err(cluster_status)?;
         let versions =
@@ -189,7 +193,10 @@ impl JobService for Jobs {
         if versions.is_empty() {
             return Err(job_not_found(&name));
         }
-        Ok(Response::new(pb::GetJobVersionsResponse { versions: versions.iter().map(job_to_pb).collect(), index }))
+        let versions = versions.iter().map(job_to_pb).collect();
+        let (versions, next_page_token) =
+            page.page(versions, Order::Ascending, |v| format!("{:020}", v.version), helios_api::encoded_len);
+        Ok(Response::new(pb::GetJobVersionsResponse { versions, index, next_page_token }))
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
@@ -207,6 +214,7 @@ impl JobService for Jobs {
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ListJobs).await?;
         let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let page = pages::requested("jobs", request.get_ref().page_size, &request.get_ref().page_token)?;
         // A job's summary counts its running allocations.
         let index = blocking.wait(&self.cluster, &[Topic::Job, Topic::Allocation]).await.map_err(cluster_status)?;
         let (jobs, allocs) = self
@@ -228,7 +236,8 @@ impl JobService for Jobs {
                 submitted_at_ms: job.submitted_at.as_millis(),
             })
             .collect();
-        Ok(Response::new(pb::ListJobsResponse { jobs, index }))
+        let (jobs, next_page_token) = page.page(jobs, Order::Ascending, |j| j.name.clone(), helios_api::encoded_len);
+        Ok(Response::new(pb::ListJobsResponse { jobs, index, next_page_token }))
     }
 
     async fn get_job_status(
@@ -422,13 +431,22 @@ impl AllocationService for Allocations {
         if let Some(job) = &req.job_name {
             require_job_name("job_name", job)?;
         }
+        let scope = format!(
+            "allocations?job={}&node={}",
+            req.job_name.as_deref().unwrap_or_default(),
+            req.node_id.as_deref().unwrap_or_default()
+        );
+        let page = pages::requested(&scope, req.page_size, &req.page_token)?;
         let index = blocking.wait(&self.cluster, &[Topic::Allocation]).await.map_err(cluster_status)?;
         let allocs = self
             .cluster
             .read_local(move |txn| read::allocations(txn, req.job_name.as_deref(), req.node_id.as_deref()))
             .await
             .map_err(cluster_status)?;
-        Ok(Response::new(pb::ListAllocationsResponse { allocations: allocs.iter().map(alloc_to_pb).collect(), index }))
+        let allocations = allocs.iter().map(alloc_to_pb).collect();
+        let (allocations, next_page_token) =
+            page.page(allocations, Order::Ascending, |a| a.id.clone(), helios_api::encoded_len);
+        Ok(Response::new(pb::ListAllocationsResponse { allocations, index, next_page_token }))
     }
 
     async fn get_allocation(

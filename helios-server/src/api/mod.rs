@@ -13,5 +13,6 @@ pub mod events;
 pub mod ids;
 pub mod jobs;
 pub mod nodes;
+pub mod pages;
 pub mod restore;
 pub mod services;

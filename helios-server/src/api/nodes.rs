@@ -1,11 +1,13 @@
 //! `NodeService`: the client nodes the cluster knows.
 
 use super::blocking::Blocking;
+use super::pages;
 use helios_api::convert::node_to_pb;
 use helios_api::pb;
 use helios_api::pb::node_service_server::NodeService;
 use helios_core::acl::Capability;
 use helios_core::events::Topic;
+use helios_core::page::Order;
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
@@ -56,9 +58,16 @@ impl NodeService for Nodes {
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         authorize(&self.cluster, &request, Capability::NodeRead).await?;
         let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let page = pages::requested("nodes", request.get_ref().page_size, &request.get_ref().page_token)?;
         let index = blocking.wait(&self.cluster, &[Topic::Node]).await.map_err(cluster_status)?;
         let nodes = self.cluster.read_local(read::nodes).await.map_err(cluster_status)?;
-        Ok(Response::new(pb::ListNodesResponse { nodes: nodes.iter().map(node_to_pb).collect(), index }))
+        let (nodes, next_page_token) = page.page(
+            nodes.iter().map(node_to_pb).collect(),
+            Order::Ascending,
+            |n| n.id.clone(),
+            helios_api::encoded_len,
+        );
+        Ok(Response::new(pb::ListNodesResponse { nodes, index, next_page_token }))
     }
 
     async fn drain_node(

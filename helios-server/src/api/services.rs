@@ -2,7 +2,9 @@
 //! (`helios_core::service`), with the tags and meta of the job version each runs.
 
 use super::blocking::Blocking;
+use super::pages;
 use helios_core::events::Topic;
+use helios_core::page::Order;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use helios_api::convert::check_state_to_pb;
@@ -75,6 +77,7 @@ impl ServiceCatalog for Catalog {
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
         let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let page = pages::requested("services", request.get_ref().page_size, &request.get_ref().page_token)?;
         let index = blocking.wait(&self.cluster, SERVICE_TOPICS).await.map_err(cluster_status)?;
         let all = self.cluster.read_local(|txn| instances(txn, None)).await.map_err(cluster_status)?;
         let mut by_name: BTreeMap<String, (BTreeSet<String>, u32, u32, BTreeSet<String>)> = BTreeMap::new();
@@ -95,7 +98,9 @@ impl ServiceCatalog for Catalog {
                 jobs: jobs.into_iter().collect(),
             })
             .collect();
-        Ok(Response::new(pb::ListServicesResponse { services, index }))
+        let (services, next_page_token) =
+            page.page(services, Order::Ascending, |s| s.name.clone(), helios_api::encoded_len);
+        Ok(Response::new(pb::ListServicesResponse { services, index, next_page_token }))
     }
 
     async fn get_service(
