@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use helios_api::pages::every_page;
+use helios_api::pages::every_page_at_one_index;
 use helios_api::pb;
 use helios_api::pb::cluster_service_client::ClusterServiceClient;
 use helios_api::pb::job_service_client::JobServiceClient;
@@ -99,13 +99,13 @@ impl Servers {
     /// Every allocation and job, as one server reads them.
     pub async fn state(&self, id: u64) -> Result<(Vec<pb::Allocation>, Vec<pb::JobSummary>)> {
         let allocations = self.allocations(id);
-        let allocs = every_page(pb::ListAllocationsRequest::default(), |r| {
+        let allocs = every_page_at_one_index(pb::ListAllocationsRequest::default(), |r| {
             let mut allocations = allocations.clone();
             async move { allocations.list_allocations(r).await }
         })
         .await?;
         let jobs = self.jobs(id);
-        let jobs = every_page(pb::ListJobsRequest::default(), |r| {
+        let jobs = every_page_at_one_index(pb::ListJobsRequest::default(), |r| {
             let mut jobs = jobs.clone();
             async move { jobs.list_jobs(r).await }
         })
@@ -115,7 +115,7 @@ impl Servers {
 
     pub async fn nodes_of(&self, id: u64) -> Result<Vec<pb::Node>> {
         let nodes = self.nodes(id);
-        Ok(every_page(pb::ListNodesRequest::default(), |r| {
+        Ok(every_page_at_one_index(pb::ListNodesRequest::default(), |r| {
             let mut nodes = nodes.clone();
             async move { nodes.list_nodes(r).await }
         })
@@ -125,7 +125,7 @@ impl Servers {
     pub async fn versions(&self, id: u64, job: &str) -> Result<Vec<pb::Job>> {
         let jobs = self.jobs(id);
         let request = pb::GetJobVersionsRequest { name: job.to_string(), ..Default::default() };
-        let reply = every_page(request, |r| {
+        let reply = every_page_at_one_index(request, |r| {
             let mut jobs = jobs.clone();
             async move { jobs.get_job_versions(r).await }
         })

@@ -9,9 +9,10 @@ use std::fmt::Write as _;
 
 use crate::limits::MAX_PAGE_BYTES;
 
-/// Items per page when the caller names no size, and the most it may ask for.
+/// Items per page when the caller names no size, and the most it may ask for (a page is bounded
+/// by bytes as well: most pages of the largest size are cut short by `MAX_PAGE_BYTES`).
 pub const DEFAULT_PAGE_SIZE: u32 = 500;
-pub const MAX_PAGE_SIZE: u32 = 1000;
+pub const MAX_PAGE_SIZE: u32 = 5000;
 
 /// The order of a list's keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

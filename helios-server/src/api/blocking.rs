@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use helios_api::convert::duration_from_pb;
 use helios_core::events::Topic;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
 use super::errors::invalid;
+use super::status_codes::grpc_timeout;
 use crate::cluster::{Cluster, ClusterError};
 
 /// Nomad's: how long a blocking read waits when `wait` is not given, and the most it waits.
@@ -40,7 +40,7 @@ impl Blocking {
             Some(wait) => duration_from_pb(wait).map_err(|problem| invalid("wait", problem))?,
         };
         let mut wait = wait.min(MAX_WAIT);
-        if let Some(deadline) = deadline(request.metadata()) {
+        if let Some(deadline) = grpc_timeout(request.metadata().as_ref()) {
             // The answer must leave before the caller gives up on it.
             wait = wait.min(deadline.saturating_sub(deadline / 10));
         }
@@ -65,23 +65,6 @@ impl Blocking {
         cluster.linearize().await?;
         Ok(events.index_of(topics))
     }
-}
-
-/// The call's deadline, from its `grpc-timeout` header (an integer of at most 8 digits and a
-/// unit: H, M, S, m, u, n).
-fn deadline(metadata: &MetadataMap) -> Option<Duration> {
-    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount.saturating_mul(3600)),
-        "M" => Duration::from_secs(amount.saturating_mul(60)),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
@@ -109,16 +92,5 @@ mod tests {
         let refused = Blocking::of(&request(None), Some(3), Some(&negative)).expect_err("refused");
         assert_eq!(refused.code(), tonic::Code::InvalidArgument);
         assert!(refused.message().contains("wait"), "{}", refused.message());
-    }
-
-    #[test]
-    fn grpc_timeouts_read_in_every_unit() {
-        let read = |t: &str| deadline(request(Some(t)).metadata());
-        assert_eq!(read("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(read("2M"), Some(Duration::from_secs(120)));
-        assert_eq!(read("250u"), Some(Duration::from_micros(250)));
-        assert_eq!(read("7n"), Some(Duration::from_nanos(7)));
-        assert_eq!(read("S"), None);
-        assert_eq!(read("5x"), None);
     }
 }

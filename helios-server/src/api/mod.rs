@@ -16,3 +16,4 @@ pub mod nodes;
 pub mod pages;
 pub mod restore;
 pub mod services;
+pub mod status_codes;

@@ -1,8 +1,12 @@
-//! List calls in pages on a real three-server cluster: pages cover the list once in a stable
-//! order while it changes, follow from any server, refuse a bad size or a foreign token by name,
-//! and stop short of a default client's 4 MiB limit (six 0.85 MB job versions once exceeded it).
+//! What any gRPC client may rely on, on a real three-server cluster: List calls in pages that
+//! cover the list once in a stable order while it changes, follow from any server, refuse a bad
+//! size or a foreign token by name, and stop short of a default client's 4 MiB limit (six
+//! 0.85 MB job versions once exceeded it); a deadline that passes on the server is
+//! DEADLINE_EXCEEDED (it was CANCELLED, which retry policies miss).
 
 mod common;
+
+use std::time::Duration;
 
 use common::TestCluster;
 use helios_api::pages::every_page;
@@ -45,7 +49,7 @@ async fn pages_cover_a_changing_list_once_in_order_from_any_server() {
     assert!(third.next_page_token.is_empty(), "the last page has no token");
 
     // Refused by name: a size past the maximum, garbage, and a token of another list.
-    let too_big = jobs.list_jobs(list(1001, "")).await.expect_err("refused");
+    let too_big = jobs.list_jobs(list(5001, "")).await.expect_err("refused");
     assert_eq!(too_big.code(), Code::InvalidArgument);
     assert!(too_big.message().contains("page_size"), "{}", too_big.message());
     let garbage = jobs.list_jobs(list(0, "not a token")).await.expect_err("refused");
@@ -81,5 +85,21 @@ async fn large_job_versions_come_in_pages_a_default_client_accepts() {
     .await
     .expect("every page");
     assert_eq!(all.iter().map(|v| v.version).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deadline_that_passes_on_the_server_is_deadline_exceeded() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.leader().await;
+    // With two of three servers gone a write cannot commit: it waits past its deadline.
+    cluster.stop(2).await;
+    cluster.stop(3).await;
+    let mut jobs = cluster.jobs(1).await;
+    let mut request =
+        tonic::Request::new(pb::SubmitJobRequest { job: Some(helios_api::convert::job_to_pb(&job("late"))) });
+    request.set_timeout(Duration::from_millis(500));
+    let expired = jobs.submit_job(request).await.expect_err("no quorum");
+    assert_eq!(expired.code(), Code::DeadlineExceeded, "{expired:?}");
     cluster.shutdown().await;
 }

@@ -1,0 +1,132 @@
+//! The status codes a client's retry policy and error handling key on, where tonic alone answers
+//! others. `StatusCodes` wraps each service:
+//!
+//! - A call whose deadline (`grpc-timeout`) passes on the server ends with DEADLINE_EXCEEDED.
+//!   tonic's own timer answers CANCELLED ("Timeout expired"), which retry policies keyed on
+//!   DEADLINE_EXCEEDED miss; this timer fires just before tonic's, so tonic's never ends a call.
+//! - A request that does not decode is INVALID_ARGUMENT: the caller sent it, and resending it
+//!   will not help. tonic answers INTERNAL, which reads as the server's fault.
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tonic::body::Body;
+use tonic::codegen::http::{HeaderMap, Request, Response};
+use tonic::codegen::{BoxFuture, Service};
+use tonic::server::NamedService;
+use tonic::Status;
+
+/// How much earlier than tonic's this timer fires: tonic's started a moment before (while the
+/// call was routed here), so this one must be set shorter by more than that moment.
+const AHEAD_OF_TONIC: Duration = Duration::from_millis(5);
+
+/// The call's deadline, from its `grpc-timeout` header (an integer of at most 8 digits and a
+/// unit: H, M, S, m, u, n).
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// What prost's decode errors say first (`prost::DecodeError`'s display), which tonic answers as
+/// INTERNAL (`tests/grpc_tooling.rs` sends such a request, holding prost and tonic to it).
+const DECODE_FAILURE: &str = "failed to decode Protobuf message";
+
+/// A service whose calls end with the codes above.
+#[derive(Debug, Clone)]
+pub struct StatusCodes<S> {
+    inner: S,
+}
+
+impl<S> StatusCodes<S> {
+    pub fn new(inner: S) -> StatusCodes<S> {
+        StatusCodes { inner }
+    }
+}
+
+impl<S: NamedService> NamedService for StatusCodes<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<Request<Body>> for StatusCodes<S>
+where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible>,
+    S::Future: Send + 'static,
+    B: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Response<Body>, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let deadline = grpc_timeout(request.headers());
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answered = match deadline {
+                None => answer.await,
+                // (A call answered at once is answered, however short its deadline.)
+                Some(deadline) => match tokio::time::timeout(deadline.saturating_sub(AHEAD_OF_TONIC), answer).await {
+                    Ok(answered) => answered,
+                    Err(_) => {
+                        let passed = format!("the call's deadline ({deadline:?}) passed before it was answered");
+                        return Ok(Status::deadline_exceeded(passed).into_http());
+                    }
+                },
+            };
+            answered.map(|response| undecodable_is_invalid(response.map(Body::new)))
+        })
+    }
+}
+
+/// A request that did not decode is refused whole, in the headers alone: its status is there.
+fn undecodable_is_invalid(response: Response<Body>) -> Response<Body> {
+    match Status::from_header_map(response.headers()) {
+        Some(status) if status.code() == tonic::Code::Internal && status.message().starts_with(DECODE_FAILURE) => {
+            Status::invalid_argument(format!("the request does not decode: {}", status.message())).into_http()
+        }
+        _ => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().expect("ascii"));
+        headers
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit_and_garbage_is_none() {
+        assert_eq!(grpc_timeout(&headers("2H")), Some(Duration::from_secs(7200)));
+        assert_eq!(grpc_timeout(&headers("3M")), Some(Duration::from_secs(180)));
+        assert_eq!(grpc_timeout(&headers("5S")), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout(&headers("250m")), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout(&headers("7u")), Some(Duration::from_micros(7)));
+        assert_eq!(grpc_timeout(&headers("9n")), Some(Duration::from_nanos(9)));
+        for bad in ["", "S", "5", "5x", "123456789S", "-1S"] {
+            assert_eq!(grpc_timeout(&headers(bad)), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+}
