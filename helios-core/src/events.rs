@@ -94,13 +94,16 @@ pub struct TooOld {
     pub first_available: u64,
 }
 
-/// The most recent batches of events, at most `capacity` events (always the latest batch),
-/// oldest dropped first.
+/// The most recent batches of events, at most `capacity` events and `max_bytes` of them (always
+/// the latest batch), oldest dropped first.
 #[derive(Debug)]
 pub struct EventLog<T> {
-    batches: VecDeque<(u64, Vec<T>)>,
+    /// Each batch with its index and its weight in bytes.
+    batches: VecDeque<(u64, Vec<T>, usize)>,
     events: usize,
+    bytes: usize,
     capacity: usize,
+    max_bytes: usize,
     /// Every batch from this index on is held (a batch of no events is none).
     first_available: u64,
     /// The latest index seen, with or without events.
@@ -110,28 +113,32 @@ pub struct EventLog<T> {
 impl<T: Clone> EventLog<T> {
     /// An empty log of state that reflects every index up to `applied`: what came before it is
     /// not known (a server that starts has only its tables, not their history).
-    pub fn new(capacity: usize, applied: u64) -> EventLog<T> {
+    pub fn new(capacity: usize, max_bytes: usize, applied: u64) -> EventLog<T> {
         EventLog {
             batches: VecDeque::new(),
             events: 0,
+            bytes: 0,
             capacity: capacity.max(1),
+            max_bytes,
             first_available: applied + 1,
             latest: applied,
         }
     }
 
-    /// Adds the events of entry `index`, later than any added before.
-    pub fn push(&mut self, index: u64, events: Vec<T>) {
-        debug_assert!(self.batches.back().is_none_or(|(last, _)| *last < index), "indexes only grow");
+    /// Adds the events of entry `index`, later than any added before, weighing `bytes`.
+    pub fn push(&mut self, index: u64, events: Vec<T>, bytes: usize) {
+        debug_assert!(self.batches.back().is_none_or(|(last, _, _)| *last < index), "indexes only grow");
         self.seen(index);
         if events.is_empty() {
             return;
         }
         self.events += events.len();
-        self.batches.push_back((index, events));
-        while self.events > self.capacity && self.batches.len() > 1 {
-            if let Some((dropped, events)) = self.batches.pop_front() {
+        self.bytes += bytes;
+        self.batches.push_back((index, events, bytes));
+        while (self.events > self.capacity || self.bytes > self.max_bytes) && self.batches.len() > 1 {
+            if let Some((dropped, events, bytes)) = self.batches.pop_front() {
                 self.events -= events.len();
+                self.bytes -= bytes;
                 self.first_available = dropped + 1;
             }
         }
@@ -152,6 +159,7 @@ impl<T: Clone> EventLog<T> {
     pub fn reset(&mut self, index: u64) {
         self.batches.clear();
         self.events = 0;
+        self.bytes = 0;
         self.first_available = self.first_available.max(index + 1);
         self.seen(index);
     }
@@ -161,8 +169,8 @@ impl<T: Clone> EventLog<T> {
         if from < self.first_available {
             return Err(TooOld { first_available: self.first_available });
         }
-        let start = self.batches.partition_point(|(index, _)| *index < from);
-        Ok(self.batches.range(start..).cloned().collect())
+        let start = self.batches.partition_point(|(index, _, _)| *index < from);
+        Ok(self.batches.range(start..).map(|(index, events, _)| (*index, events.clone())).collect())
     }
 
     pub fn first_available(&self) -> u64 {
@@ -176,10 +184,10 @@ mod tests {
 
     #[test]
     fn a_subscriber_resumes_from_any_index_the_log_still_holds() {
-        let mut log = EventLog::new(4, 10);
-        log.push(11, vec!["a", "b"]);
-        log.push(12, Vec::new());
-        log.push(13, vec!["c"]);
+        let mut log = EventLog::new(4, usize::MAX, 10);
+        log.push(11, vec!["a", "b"], 0);
+        log.push(12, Vec::new(), 0);
+        log.push(13, vec!["c"], 0);
         assert_eq!(log.since(11), Ok(vec![(11, vec!["a", "b"]), (13, vec!["c"])]));
         assert_eq!(log.since(12), Ok(vec![(13, vec!["c"])]));
         assert_eq!(log.since(14), Ok(Vec::new()), "nothing yet after the latest");
@@ -192,25 +200,38 @@ mod tests {
 
     #[test]
     fn the_oldest_batches_go_first_and_a_subscriber_behind_them_is_told() {
-        let mut log = EventLog::new(3, 0);
-        log.push(1, vec![1, 2]);
-        log.push(2, vec![3]);
-        log.push(3, vec![4]);
+        let mut log = EventLog::new(3, usize::MAX, 0);
+        log.push(1, vec![1, 2], 0);
+        log.push(2, vec![3], 0);
+        log.push(3, vec![4], 0);
         assert_eq!(log.since(1), Err(TooOld { first_available: 2 }));
         assert_eq!(log.since(2), Ok(vec![(2, vec![3]), (3, vec![4])]));
         // A batch larger than the whole capacity is still kept: the latest always is.
-        log.push(4, vec![5, 6, 7, 8]);
+        log.push(4, vec![5, 6, 7, 8], 0);
         assert_eq!(log.since(4), Ok(vec![(4, vec![5, 6, 7, 8])]));
         assert_eq!(log.first_available(), 4);
     }
 
     #[test]
+    fn the_log_holds_no_more_bytes_than_its_bound_but_always_the_latest_batch() {
+        let mut log = EventLog::new(100, 1000, 0);
+        log.push(1, vec!["a"], 600);
+        log.push(2, vec!["b"], 300);
+        assert_eq!(log.since(1), Ok(vec![(1, vec!["a"]), (2, vec!["b"])]));
+        log.push(3, vec!["c"], 200);
+        assert_eq!(log.since(1), Err(TooOld { first_available: 2 }), "1,100 bytes: the oldest went");
+        log.push(4, vec!["d"], 5000);
+        assert_eq!(log.since(4), Ok(vec![(4, vec!["d"])]), "alone past the bound, it is kept");
+        assert_eq!(log.first_available(), 4);
+    }
+
+    #[test]
     fn a_replaced_state_ends_every_resumption_from_before_it() {
-        let mut log = EventLog::new(10, 0);
-        log.push(1, vec!["a"]);
+        let mut log = EventLog::new(10, usize::MAX, 0);
+        log.push(1, vec!["a"], 0);
         log.reset(5);
         assert_eq!(log.since(1), Err(TooOld { first_available: 6 }));
-        log.push(6, vec!["b"]);
+        log.push(6, vec!["b"], 0);
         assert_eq!(log.since(6), Ok(vec![(6, vec!["b"])]));
     }
 

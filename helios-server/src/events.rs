@@ -26,6 +26,11 @@ use crate::store::codec::decode;
 /// megabytes.
 pub const DEFAULT_BUFFER: usize = 4096;
 
+/// However many events `--event-buffer` allows, the rows they were made of weigh at most this
+/// (a job's row may be a megabyte; each event's encoding, once made, weighs about as much
+/// again).
+pub const MAX_BUFFER_BYTES: usize = 64 * 1024 * 1024;
+
 /// A row of a table that events are made of, as one entry wrote it (or, `deleted`, as it was
 /// before the entry removed it). With no row, a change of a table beside the topic's (a job's
 /// versions): it moves the topic's index for blocking reads and is no event.
@@ -94,7 +99,7 @@ impl Events {
     pub fn new(capacity: usize) -> Events {
         Events {
             shared: Arc::new(Shared {
-                log: Mutex::new(EventLog::new(capacity, 0)),
+                log: Mutex::new(EventLog::new(capacity, MAX_BUFFER_BYTES, 0)),
                 latest: watch::channel(0).0,
                 indexes: watch::channel([0; Topic::ALL.len()]).0,
             }),
@@ -128,16 +133,18 @@ impl Events {
         }
         let mut log = self.log();
         let mut batch: Vec<Arc<Logged>> = Vec::new();
+        let push = |log: &mut EventLog<Arc<Logged>>, batch: Vec<Arc<Logged>>| {
+            let bytes = batch.iter().map(|logged| logged.change.row.len()).sum();
+            log.push(batch[0].change.index, batch, bytes);
+        };
         for change in changes.into_iter().filter(Change::is_event) {
             if batch.first().is_some_and(|first| first.change.index != change.index) {
-                let index = batch[0].change.index;
-                log.push(index, std::mem::take(&mut batch));
+                push(&mut log, std::mem::take(&mut batch));
             }
             batch.push(Arc::new(Logged { change, event: OnceLock::new() }));
         }
-        if let Some(first) = batch.first() {
-            let index = first.change.index;
-            log.push(index, batch);
+        if !batch.is_empty() {
+            push(&mut log, batch);
         }
         log.seen(applied);
         self.shared.latest.send_replace(log.latest());

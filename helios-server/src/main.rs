@@ -56,7 +56,8 @@ struct Args {
     #[arg(long, default_value_t = helios_server::config::DEFAULT_SNAPSHOT_EVERY, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_every: u64,
     /// How many of the latest events (the event stream's) the server keeps, so that a subscriber
-    /// that reconnects resumes where it stopped (1-1000000). More costs memory: a few KB each.
+    /// that reconnects resumes where it stopped (1-1000000). More costs memory: a few KB each,
+    /// and never more than 64 MiB of them in all (fewer are kept if they are large).
     #[arg(long, default_value_t = helios_server::events::DEFAULT_BUFFER as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     event_buffer: u64,
     /// Seconds a client node may go unheard before it is marked down and its work replaced
