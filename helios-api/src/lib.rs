@@ -3,6 +3,7 @@
 //! gRPC connection between Helios processes uses (`tls`).
 
 pub mod acl;
+pub mod blocking;
 pub mod convert;
 pub mod node_proof;
 pub mod pages;

@@ -19,14 +19,19 @@ struct Event<'a> {
     event: &'a pb::TaskEvent,
 }
 
-pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) -> Result<()> {
+/// Every stored version of job `name`, oldest first.
+async fn versions(jobs: &JobServiceClient<Conn>, name: &str) -> Result<Vec<pb::Job>> {
     let request = pb::GetJobVersionsRequest { name: name.to_string(), ..Default::default() };
-    let versions = every_page(request, |r| {
+    every_page(request, |r| {
         let mut jobs = jobs.clone();
         async move { jobs.get_job_versions(r).await }
     })
     .await
-    .map_err(status_error)?;
+    .map_err(status_error)
+}
+
+pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) -> Result<()> {
+    let versions = versions(jobs, name).await?;
     let status = jobs.get_job_status(pb::GetJobStatusRequest { name: name.to_string(), ..Default::default() });
     let status = status.await.map_err(status_error)?.into_inner();
     let mut events: Vec<Event> = status
@@ -95,13 +100,7 @@ pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) 
 
 /// The stored spec as a JSON job file (`job run FILE` takes it back unchanged).
 pub async fn inspect(jobs: &mut JobServiceClient<Conn>, name: &str, version: Option<u64>) -> Result<()> {
-    let request = pb::GetJobVersionsRequest { name: name.to_string(), ..Default::default() };
-    let versions = every_page(request, |r| {
-        let mut jobs = jobs.clone();
-        async move { jobs.get_job_versions(r).await }
-    })
-    .await
-    .map_err(status_error)?;
+    let versions = versions(jobs, name).await?;
     let wanted = match version {
         Some(v) => versions.into_iter().find(|j| j.version == v),
         None => versions.into_iter().last(),

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use helios_api::blocking::BlockingRead;
 use helios_api::convert::duration_from_pb;
 use helios_core::events::Topic;
 use tonic::{Request, Status};
@@ -28,14 +29,11 @@ pub struct Blocking {
 }
 
 impl Blocking {
-    /// The terms of `request`, whose `min_index` and `wait` fields are given: `wait` is capped
-    /// at `MAX_WAIT`, and ends early enough to answer within the call's own deadline.
-    pub fn of<T>(
-        request: &Request<T>,
-        min_index: Option<u64>,
-        wait: Option<&helios_api::prost_types::Duration>,
-    ) -> Result<Blocking, Status> {
-        let wait = match wait {
+    /// The terms of `request`: `wait` is capped at `MAX_WAIT`, and ends early enough to answer
+    /// within the call's own deadline.
+    pub fn of<T: BlockingRead>(request: &Request<T>) -> Result<Blocking, Status> {
+        let min_index = request.get_ref().min_index();
+        let wait = match request.get_ref().wait() {
             None => DEFAULT_WAIT,
             Some(wait) => duration_from_pb(wait).map_err(|problem| invalid("wait", problem))?,
         };
@@ -71,8 +69,13 @@ impl Blocking {
 mod tests {
     use super::*;
 
-    fn request(timeout: Option<&str>) -> Request<()> {
-        let mut request = Request::new(());
+    fn request(
+        timeout: Option<&str>,
+        min_index: Option<u64>,
+        wait: Option<&helios_api::prost_types::Duration>,
+    ) -> Request<helios_api::pb::GetJobRequest> {
+        let read = helios_api::pb::GetJobRequest { name: "web".into(), min_index, wait: wait.cloned() };
+        let mut request = Request::new(read);
         if let Some(t) = timeout {
             request.metadata_mut().insert("grpc-timeout", t.parse().expect("ascii"));
         }
@@ -81,15 +84,15 @@ mod tests {
 
     #[test]
     fn the_wait_defaults_to_five_minutes_is_capped_at_ten_and_ends_before_the_deadline() {
-        let unset = Blocking::of(&request(None), Some(3), None).expect("valid");
+        let unset = Blocking::of(&request(None, Some(3), None)).expect("valid");
         assert_eq!(unset, Blocking { min_index: Some(3), wait: DEFAULT_WAIT });
         let long = helios_api::prost_types::Duration { seconds: 3600, nanos: 0 };
-        assert_eq!(Blocking::of(&request(None), Some(3), Some(&long)).expect("valid").wait, MAX_WAIT);
+        assert_eq!(Blocking::of(&request(None, Some(3), Some(&long))).expect("valid").wait, MAX_WAIT);
         // A 10 s deadline: answered after 9 s at most.
-        assert_eq!(Blocking::of(&request(Some("10S")), Some(3), None).expect("valid").wait, Duration::from_secs(9));
-        assert_eq!(Blocking::of(&request(Some("2000m")), None, None).expect("valid").wait, Duration::from_millis(1800));
+        assert_eq!(Blocking::of(&request(Some("10S"), Some(3), None)).expect("valid").wait, Duration::from_secs(9));
+        assert_eq!(Blocking::of(&request(Some("2000m"), None, None)).expect("valid").wait, Duration::from_millis(1800));
         let negative = helios_api::prost_types::Duration { seconds: -5, nanos: 0 };
-        let refused = Blocking::of(&request(None), Some(3), Some(&negative)).expect_err("refused");
+        let refused = Blocking::of(&request(None, Some(3), Some(&negative))).expect_err("refused");
         assert_eq!(refused.code(), tonic::Code::InvalidArgument);
         assert!(refused.message().contains("wait"), "{}", refused.message());
     }

@@ -29,8 +29,16 @@ pub struct Deployments {
 impl Deployments {
     async fn find(&self, id: String) -> Result<Deployment, Status> {
         check_id("id", &id)?;
+        self.cluster.linearize().await.map_err(cluster_status)?;
+        self.find_local(id).await
+    }
+
+    /// As `find`, in this server's tables as they are (a caller that has caught up with the
+    /// leader already, as a blocking read has).
+    async fn find_local(&self, id: String) -> Result<Deployment, Status> {
+        check_id("id", &id)?;
         let prefix = id.clone();
-        let all = self.cluster.read(|txn| read::deployments(txn, None)).await.map_err(cluster_status)?;
+        let all = self.cluster.read_local(|txn| read::deployments(txn, None)).await.map_err(cluster_status)?;
         let matches: Vec<Deployment> =
             all.into_iter().filter(|d| d.id.starts_with(&prefix) || d.id.ends_with(&prefix)).collect();
         the_one("deployment", "id", &id, matches)
@@ -79,7 +87,7 @@ impl DeploymentService for Deployments {
         request: Request<pb::ListDeploymentsRequest>,
     ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ListJobs).await?;
-        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let blocking = Blocking::of(&request)?;
         let req = request.into_inner();
         let job = req.job_name;
         if let Some(job) = &job {
@@ -105,9 +113,9 @@ impl DeploymentService for Deployments {
         request: Request<pb::GetDeploymentRequest>,
     ) -> Result<Response<pb::GetDeploymentResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
-        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let blocking = Blocking::of(&request)?;
         let index = blocking.wait(&self.cluster, &[Topic::Deployment]).await.map_err(cluster_status)?;
-        let deployment = self.find(request.into_inner().id).await?;
+        let deployment = self.find_local(request.into_inner().id).await?;
         Ok(Response::new(pb::GetDeploymentResponse { deployment: Some(deployment_to_pb(&deployment)), index }))
     }
 

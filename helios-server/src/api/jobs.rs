@@ -181,7 +181,7 @@ impl JobService for Jobs {
         request: Request<pb::GetJobVersionsRequest>,
     ) -> Result<Response<pb::GetJobVersionsResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
-        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let blocking = Blocking::of(&request)?;
         let req = request.into_inner();
         let name = req.name;
         require_job_name("name", &name)?;
@@ -201,7 +201,7 @@ impl JobService for Jobs {
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
-        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let blocking = Blocking::of(&request)?;
         let name = request.into_inner().name;
         require_job_name("name", &name)?;
         let lookup = name.clone();
@@ -213,7 +213,7 @@ impl JobService for Jobs {
 
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ListJobs).await?;
-        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let blocking = Blocking::of(&request)?;
         let page = pages::requested("jobs", request.get_ref().page_size, &request.get_ref().page_token)?;
         // A job's summary counts its running allocations.
         let index = blocking.wait(&self.cluster, &[Topic::Job, Topic::Allocation]).await.map_err(cluster_status)?;
@@ -245,7 +245,7 @@ impl JobService for Jobs {
         request: Request<pb::GetJobStatusRequest>,
     ) -> Result<Response<pb::GetJobStatusResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
-        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let blocking = Blocking::of(&request)?;
         let name = request.into_inner().name;
         require_job_name("name", &name)?;
         let lookup = name.clone();
@@ -426,7 +426,7 @@ impl AllocationService for Allocations {
         request: Request<pb::ListAllocationsRequest>,
     ) -> Result<Response<pb::ListAllocationsResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
-        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let blocking = Blocking::of(&request)?;
         let req = request.into_inner();
         if let Some(job) = &req.job_name {
             require_job_name("job_name", job)?;
@@ -454,10 +454,11 @@ impl AllocationService for Allocations {
         request: Request<pb::GetAllocationRequest>,
     ) -> Result<Response<pb::GetAllocationResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
-        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let blocking = Blocking::of(&request)?;
         // What becomes of a failed one depends on its job.
         let index = blocking.wait(&self.cluster, &[Topic::Allocation, Topic::Job]).await.map_err(cluster_status)?;
-        let alloc = self.find(request.into_inner().id).await?;
+        // (`wait` caught up with the leader: these reads need not again.)
+        let alloc = find_allocation_local(&self.cluster, "id", request.into_inner().id).await?;
         let mut out = alloc_to_pb(&alloc);
         if alloc.client_status == helios_core::AllocClientStatus::Failed && alloc.next_allocation.is_none() {
             // What becomes of it (unless a reschedule already replaced it): read with its job
@@ -465,7 +466,7 @@ impl AllocationService for Allocations {
             let name = alloc.job_name.clone();
             let (job, siblings) = self
                 .cluster
-                .read(move |txn| Ok((read::job(txn, &name)?, read::allocations(txn, Some(&name), None)?)))
+                .read_local(move |txn| Ok((read::job(txn, &name)?, read::allocations(txn, Some(&name), None)?)))
                 .await
                 .map_err(cluster_status)?;
             let delays = self.cluster.stored_format() >= crate::scheduling::DELAYED_EVALUATIONS_FORMAT;
@@ -534,8 +535,17 @@ impl Allocations {
 /// last characters.
 pub async fn find_allocation(cluster: &Cluster, field: &str, id: String) -> Result<Allocation, Status> {
     check_id(field, &id)?;
+    cluster.linearize().await.map_err(cluster_status)?;
+    find_allocation_local(cluster, field, id).await
+}
+
+/// As `find_allocation`, in this server's tables as they are (a caller that has caught up with
+/// the leader already, as a blocking read has).
+async fn find_allocation_local(cluster: &Cluster, field: &str, id: String) -> Result<Allocation, Status> {
+    check_id(field, &id)?;
     let prefix = id.clone();
-    let matches = cluster.read(move |txn| read::allocations_by_prefix(txn, &prefix)).await.map_err(cluster_status)?;
+    let matches =
+        cluster.read_local(move |txn| read::allocations_by_prefix(txn, &prefix)).await.map_err(cluster_status)?;
     the_one("allocation", field, &id, matches)
 }
 

@@ -57,7 +57,7 @@ impl NodeService for Nodes {
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         authorize(&self.cluster, &request, Capability::NodeRead).await?;
-        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let blocking = Blocking::of(&request)?;
         let page = pages::requested("nodes", request.get_ref().page_size, &request.get_ref().page_token)?;
         let index = blocking.wait(&self.cluster, &[Topic::Node]).await.map_err(cluster_status)?;
         let nodes = self.cluster.read_local(read::nodes).await.map_err(cluster_status)?;
@@ -110,7 +110,7 @@ impl NodeService for Nodes {
 
     async fn get_node(&self, request: Request<pb::GetNodeRequest>) -> Result<Response<pb::GetNodeResponse>, Status> {
         authorize(&self.cluster, &request, Capability::NodeRead).await?;
-        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let blocking = Blocking::of(&request)?;
         let id = request.into_inner().id;
         require_name("id", &id)?;
         let lookup = id.clone();

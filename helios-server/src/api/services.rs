@@ -76,7 +76,7 @@ impl ServiceCatalog for Catalog {
         request: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
-        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let blocking = Blocking::of(&request)?;
         let page = pages::requested("services", request.get_ref().page_size, &request.get_ref().page_token)?;
         let index = blocking.wait(&self.cluster, SERVICE_TOPICS).await.map_err(cluster_status)?;
         let all = self.cluster.read_local(|txn| instances(txn, None)).await.map_err(cluster_status)?;
@@ -108,7 +108,7 @@ impl ServiceCatalog for Catalog {
         request: Request<pb::GetServiceRequest>,
     ) -> Result<Response<pb::GetServiceResponse>, Status> {
         authorize(&self.cluster, &request, Capability::ReadJob).await?;
-        let blocking = Blocking::of(&request, request.get_ref().min_index, request.get_ref().wait.as_ref())?;
+        let blocking = Blocking::of(&request)?;
         let req = request.into_inner();
         if req.name.is_empty() || req.name.len() > 63 {
             return Err(invalid("name", "must be a service name, 1 to 63 characters"));
