@@ -12,8 +12,8 @@
 # commit of the format being replaced.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-# The last commit writing stored format 8.
-PREVIOUS_FORMAT_COMMIT=ecba78253395ba886e37b247f6c9a23396bd9c2a
+# The last commit writing stored format 9.
+PREVIOUS_FORMAT_COMMIT=4105d74ff06330b5bf0b0a2e1a2d28cd7b076913
 out="$root/target/previous-format"
 src="$out/src"
 stamp="$out/bin/.commit"

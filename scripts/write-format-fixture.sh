@@ -122,6 +122,34 @@ HCL
     cli job run -d "$work/services.hcl"
     for _ in $(seq 100); do cli service list 2>/dev/null | grep -q fixture-web && break; sleep 0.2; done
 fi
+# From format 9, a job with what that format added: a service rolled out with a canary (a
+# version-6 job), its second version waiting in a deployment for promotion.
+if [ "$format" -ge 9 ]; then
+    cat >"$work/canary.hcl" <<'HCL'
+job "fixture-canary" {
+  type = "service"
+  group "g" {
+    update {
+      canary           = 1
+      max_parallel     = 1
+      min_healthy_time = "1s"
+      healthy_deadline = "1m"
+    }
+    task "t" {
+      driver = "exec"
+      config {
+        command = "sleep"
+        args    = ["300"]
+      }
+    }
+  }
+}
+HCL
+    cli job run -d "$work/canary.hcl"
+    sed -i 's/"300"/"301"/' "$work/canary.hcl"
+    cli job run -d "$work/canary.hcl"
+fi
+# From format 10, submissions carry request ids (job run sends one), remembered with their answers.
 cli job status fixture-batch
 cli alloc list
 cli operator snapshot save "$work/snapshot.bin"

@@ -7,6 +7,7 @@ pub mod blocking;
 pub mod convert;
 pub mod node_proof;
 pub mod pages;
+pub mod retries;
 pub mod tls;
 pub mod wire;
 

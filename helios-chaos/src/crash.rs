@@ -138,7 +138,7 @@ async fn writer(servers: Servers, writes: Arc<Mutex<Writes>>, id: usize, mut rng
         let job = job_to_pb(&crate::workload::job_spec(&name, 1, 0));
         let server = ids[rng.index(ids.len())];
         let mut client = servers.jobs(server);
-        let call = client.submit_job(pb::SubmitJobRequest { job: Some(job) });
+        let call = client.submit_job(pb::SubmitJobRequest { job: Some(job), ..Default::default() });
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(_)) => {
                 writes.lock().unwrap().acked.insert(name);

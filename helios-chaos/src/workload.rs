@@ -127,11 +127,17 @@ async fn perform(servers: &Servers, server: u64, name: &str, kind: &OpKind) -> O
         match kind {
             OpKind::Submit { gen, count } => {
                 let job = job_to_pb(&job_spec(name, *gen, *count));
-                let reply = servers.jobs(server).submit_job(pb::SubmitJobRequest { job: Some(job) }).await?;
+                let reply = servers
+                    .jobs(server)
+                    .submit_job(pb::SubmitJobRequest { job: Some(job), ..Default::default() })
+                    .await?;
                 Ok::<_, tonic::Status>(Some(reply.into_inner().version))
             }
             OpKind::Stop => {
-                servers.jobs(server).stop_job(pb::StopJobRequest { name: name.to_string(), purge: false }).await?;
+                servers
+                    .jobs(server)
+                    .stop_job(pb::StopJobRequest { name: name.to_string(), purge: false, ..Default::default() })
+                    .await?;
                 Ok(None)
             }
         }
@@ -165,7 +171,7 @@ pub async fn prober(
         let job = job_to_pb(&job_spec(&name, 1, 0));
         let sent_at = Instant::now();
         let mut client = servers.jobs(server);
-        let call = client.submit_job(pb::SubmitJobRequest { job: Some(job) });
+        let call = client.submit_job(pb::SubmitJobRequest { job: Some(job), ..Default::default() });
         let acked = matches!(tokio::time::timeout(Duration::from_secs(2), call).await, Ok(Ok(_)));
         let acked_at = acked.then(Instant::now);
         ledger.lock().unwrap().probes.push(Probe { name, server, sent_at, acked_at });

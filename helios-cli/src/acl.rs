@@ -86,7 +86,9 @@ pub async fn run(servers: &Servers, command: AclCommand) -> Result<()> {
                 .map_err(|problems| anyhow!("{}", problems.join("; ")))?;
             let policy =
                 pb::AclPolicy { name: name.clone(), description, rules: Some(rules), source, modified_at_ms: 0 };
-            acl.upsert_policy(pb::UpsertAclPolicyRequest { policy: Some(policy) }).await.map_err(status_error)?;
+            acl.upsert_policy(pb::UpsertAclPolicyRequest { policy: Some(policy), ..Default::default() })
+                .await
+                .map_err(status_error)?;
             println!("Successfully wrote {name:?} ACL policy!");
         }
         AclCommand::Policy(PolicyCommand::List) => {
@@ -111,7 +113,9 @@ pub async fn run(servers: &Servers, command: AclCommand) -> Result<()> {
             println!("\nRules\n\n{}", p.source.trim_end());
         }
         AclCommand::Policy(PolicyCommand::Delete { name }) => {
-            acl.delete_policy(pb::DeleteAclPolicyRequest { name: name.clone() }).await.map_err(status_error)?;
+            acl.delete_policy(pb::DeleteAclPolicyRequest { name: name.clone(), ..Default::default() })
+                .await
+                .map_err(status_error)?;
             println!("Successfully deleted {name:?} ACL policy!");
         }
         AclCommand::Token(TokenCommand::Create { name, policies, token_type, ttl }) => {
@@ -145,7 +149,7 @@ pub async fn run(servers: &Servers, command: AclCommand) -> Result<()> {
             print_token(&token.token.ok_or_else(|| anyhow!("the server returned no token"))?);
         }
         AclCommand::Token(TokenCommand::Delete { accessor_id }) => {
-            acl.delete_token(pb::DeleteAclTokenRequest { accessor_id: accessor_id.clone() })
+            acl.delete_token(pb::DeleteAclTokenRequest { accessor_id: accessor_id.clone(), ..Default::default() })
                 .await
                 .map_err(status_error)?;
             println!("Token {accessor_id} successfully deleted");

@@ -10,7 +10,6 @@ use std::collections::BTreeSet;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
-use helios_api::convert::job_from_pb;
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_core::{Constraint, ConstraintOperator, DockerConfig, Job, JobType, PortMapping, TaskDriver};
@@ -111,7 +110,7 @@ pub async fn run(servers: &Servers, command: ClassicCommand) -> Result<()> {
                 let known: Vec<&str> = known.iter().map(String::as_str).collect();
                 bail!("unknown host {unknown:?} (hosts: {}; see helios-cli hosts)", known.join(", "));
             }
-            repin(servers, &id, |pinned| pinned.extend(hosts)).await
+            repin(servers, &id, |pinned| pinned.extend(hosts.iter().cloned())).await
         }
         ClassicCommand::Undeploy { id, hosts, all } => {
             repin(servers, &id, |pinned| {
@@ -131,7 +130,9 @@ pub async fn run(servers: &Servers, command: ClassicCommand) -> Result<()> {
                 bail!("job {id} is deployed on {}: undeploy it first (helios-cli undeploy {id} -a)", hosts.join(", "));
             }
             let mut jobs = crate::job::client(servers.connect().await?);
-            jobs.stop_job(pb::StopJobRequest { name: id.clone(), purge: true }).await.map_err(status_error)?;
+            jobs.stop_job(pb::StopJobRequest { name: id.clone(), purge: true, ..Default::default() })
+                .await
+                .map_err(status_error)?;
             println!("Removed job {id}");
             Ok(())
         }
@@ -154,14 +155,18 @@ async fn create(servers: &Servers, args: CreateArgs) -> Result<()> {
     });
     task.env = args.env.into_iter().collect();
     pin(&mut job, &BTreeSet::new());
-    let mut jobs = crate::job::client(servers.connect().await?);
-    match jobs.get_job(pb::GetJobRequest { name: args.id.clone(), ..Default::default() }).await {
-        Ok(_) => bail!("job {} already exists (helios-cli jobs)", args.id),
-        Err(status) if status.code() == tonic::Code::NotFound => {}
+    let request = pb::SubmitJobRequest {
+        job: Some(helios_api::convert::job_to_pb(&job)),
+        create_only: true,
+        ..Default::default()
+    };
+    match crate::job::send(servers, request).await {
+        Ok(_) => {}
+        Err(status) if status.code() == tonic::Code::Aborted => {
+            bail!("job {} already exists (helios-cli jobs)", args.id)
+        }
         Err(status) => return Err(status_error(status)),
     }
-    let request = pb::SubmitJobRequest { job: Some(helios_api::convert::job_to_pb(&job)) };
-    jobs.submit_job(request).await.map_err(status_error)?;
     println!("Created job {}; deploy it with: helios-cli deploy {} HOST...", args.id, args.id);
     Ok(())
 }
@@ -169,21 +174,21 @@ async fn create(servers: &Servers, args: CreateArgs) -> Result<()> {
 /// The stored job `id` (a Helios-style id).
 async fn stored(servers: &Servers, id: &str) -> Result<Job> {
     parse_id(id)?;
-    let mut jobs = crate::job::client(servers.connect().await?);
-    let reply =
-        jobs.get_job(pb::GetJobRequest { name: id.to_string(), ..Default::default() }).await.map_err(status_error)?;
-    let job = reply.into_inner().job.ok_or_else(|| anyhow!("the server returned no job"))?;
-    job_from_pb(job).map_err(|e| anyhow!("cannot read job {id}: {e}"))
+    crate::job::read(servers, id).await
 }
 
-/// Changes the hosts job `id` is pinned to, submits it, and watches it settle.
-async fn repin(servers: &Servers, id: &str, change: impl FnOnce(&mut BTreeSet<String>)) -> Result<()> {
-    let mut job = stored(servers, id).await?;
-    let mut hosts = hosts_of(&job);
-    change(&mut hosts);
-    pin(&mut job, &hosts);
-    // One container per host; watching a job deployed nowhere would wait for nothing.
-    crate::job::submit(servers, job, hosts.is_empty(), Some(hosts.len() as u64)).await
+/// Changes the hosts job `id` is pinned to, submits it over the version read (made again if a
+/// concurrent deploy or undeploy got in first), and watches it settle.
+async fn repin(servers: &Servers, id: &str, change: impl Fn(&mut BTreeSet<String>)) -> Result<()> {
+    parse_id(id)?;
+    crate::job::change_stored(servers, id, |mut job| {
+        let mut hosts = hosts_of(&job);
+        change(&mut hosts);
+        pin(&mut job, &hosts);
+        // One container per host; watching a job deployed nowhere would wait for nothing.
+        Ok(crate::job::Submission { job, detach: hosts.is_empty(), expected: Some(hosts.len() as u64) })
+    })
+    .await
 }
 
 fn hosts_of(job: &Job) -> BTreeSet<String> {

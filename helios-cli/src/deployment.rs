@@ -103,18 +103,24 @@ pub async fn run(servers: &Servers, command: DeploymentCommand) -> Result<()> {
             return Ok(());
         }
         DeploymentCommand::Promote { id, groups } => {
-            deployments.promote_deployment(pb::PromoteDeploymentRequest { id, groups }).await
+            deployments.promote_deployment(pb::PromoteDeploymentRequest { id, groups, ..Default::default() }).await
         }
         DeploymentCommand::Pause { id } => {
-            deployments.pause_deployment(pb::PauseDeploymentRequest { id, pause: true }).await
+            deployments.pause_deployment(pb::PauseDeploymentRequest { id, pause: true, ..Default::default() }).await
         }
         DeploymentCommand::Resume { id } => {
-            deployments.pause_deployment(pb::PauseDeploymentRequest { id, pause: false }).await
+            deployments.pause_deployment(pb::PauseDeploymentRequest { id, pause: false, ..Default::default() }).await
         }
-        DeploymentCommand::Fail { id } => deployments.fail_deployment(pb::FailDeploymentRequest { id }).await,
+        DeploymentCommand::Fail { id } => {
+            deployments.fail_deployment(pb::FailDeploymentRequest { id, ..Default::default() }).await
+        }
         DeploymentCommand::Health { id, healthy, unhealthy } => {
-            let request =
-                pb::SetAllocationHealthRequest { id, healthy_alloc_ids: healthy, unhealthy_alloc_ids: unhealthy };
+            let request = pb::SetAllocationHealthRequest {
+                id,
+                healthy_alloc_ids: healthy,
+                unhealthy_alloc_ids: unhealthy,
+                ..Default::default()
+            };
             deployments.set_allocation_health(request).await
         }
     };

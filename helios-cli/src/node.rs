@@ -91,7 +91,10 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
             table.print();
         }
         NodeCommand::Drain { id, disable } => {
-            nodes.drain_node(pb::DrainNodeRequest { id: id.clone(), enable: !disable }).await.map_err(status_error)?;
+            nodes
+                .drain_node(pb::DrainNodeRequest { id: id.clone(), enable: !disable, ..Default::default() })
+                .await
+                .map_err(status_error)?;
             if disable {
                 println!("Node {id:?} is no longer draining and takes new work again");
             } else {
@@ -99,13 +102,16 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
             }
         }
         NodeCommand::Eligibility { id, enable, .. } => {
-            let request = pb::SetEligibilityRequest { id: id.clone(), eligible: enable };
+            let request = pb::SetEligibilityRequest { id: id.clone(), eligible: enable, ..Default::default() };
             nodes.set_eligibility(request).await.map_err(status_error)?;
             let what = if enable { "eligible for new work" } else { "ineligible for new work" };
             println!("Node {id:?} is {what}");
         }
         NodeCommand::Purge { id } => {
-            nodes.purge_node(pb::PurgeNodeRequest { id: id.clone() }).await.map_err(status_error)?;
+            nodes
+                .purge_node(pb::PurgeNodeRequest { id: id.clone(), ..Default::default() })
+                .await
+                .map_err(status_error)?;
             println!("Node {id:?} is purged: its id is free, and its allocations are replaced elsewhere");
         }
         NodeCommand::Status { id, output: Output { json } } => {

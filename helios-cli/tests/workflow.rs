@@ -288,3 +288,46 @@ fn a_huge_log_streams_in_bounded_memory_and_a_planted_symlink_is_refused() {
     assert!(err.starts_with("Error: ") && err.contains("is a symbolic link, not a log file"), "{err}");
     assert!(!out.contains("secret-hash") && !err.contains("secret-hash"), "{out}{err}");
 }
+
+/// `job scale` reads, changes and submits over the version it read: two users scaling two groups
+/// of one job at the same time both get their change (before check-and-set, one overwrote the
+/// other's count with the one it had read).
+#[test]
+fn concurrent_scales_of_two_groups_both_land() {
+    let cluster = DevCluster::start();
+    // Nothing needs to run: what is checked is the stored spec (and no task outlives the test).
+    assert_eq!(cluster.cli(&["node", "eligibility", "n1", "--disable"]).0, Some(0));
+    let file = cluster.dir.path().join("two.nomad.hcl");
+    let group = |name: &str| {
+        format!(
+            "  group \"{name}\" {{\n    count = 1\n    task \"t\" {{\n      driver = \"exec\"\n      config {{\n        \
+             command = \"sleep\"\n        args    = [\"600\"]\n      }}\n    }}\n  }}\n"
+        )
+    };
+    std::fs::write(&file, format!("job \"two\" {{\n  type = \"service\"\n{}{}}}\n", group("a"), group("b")))
+        .expect("job file");
+    let (code, out, err) = cluster.cli(&["job", "run", "-d", file.to_str().expect("path")]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let scaler = |group: &'static str| {
+        let url = cluster.url.clone();
+        std::thread::spawn(move || {
+            for count in 2..=6 {
+                let count = count.to_string();
+                let out = common::cli(&["--server-addr", &url, "job", "scale", "two", group, &count, "-d"]);
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            }
+        })
+    };
+    let (a, b) = (scaler("a"), scaler("b"));
+    a.join().expect("scaling a");
+    b.join().expect("scaling b");
+    let (_, spec, _) = cluster.cli(&["job", "inspect", "two"]);
+    let doc: serde_json::Value = serde_json::from_str(&spec).expect("a job document");
+    let counts: Vec<(String, u64)> = doc["group"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| (g["name"].as_str().unwrap_or_default().to_string(), g["count"].as_u64().unwrap_or_default()))
+        .collect();
+    assert_eq!(counts, [("a".to_string(), 6), ("b".to_string(), 6)], "{spec}");
+}

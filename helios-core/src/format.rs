@@ -51,8 +51,9 @@ use serde::{Deserializer, Serialize, Serializer};
 /// (reschedule events), evaluations at version 2 (`wait_until`). 8: jobs at version 5 (services
 /// and checks), allocations at version 3 (service registrations), `Command::ReportServices`.
 /// 9: jobs at version 6 (deployments' update fields, stable marks), deployments
-/// (`Command::UpdateDeployment`, `Command::ActOnDeployment`).
-pub const FORMAT_VERSION: u32 = 9;
+/// (`Command::UpdateDeployment`, `Command::ActOnDeployment`). 10: proposals at version 3 (client
+/// request ids, preconditions) and the client request tables.
+pub const FORMAT_VERSION: u32 = 10;
 /// The oldest database format this build converts when it opens one.
 pub const OLDEST_CONVERTED_FORMAT: u32 = 2;
 /// The oldest format this build writes for (the first whose records carry their versions), and

@@ -70,7 +70,7 @@ fn write_database(dir: &Path, allocations: usize) {
             for command in commands {
                 index += 1;
                 tables.index = index;
-                let proposal = Proposal { request_id: format!("r{index}"), proposed_at: Timestamp(index), command };
+                let proposal = Proposal::new(format!("r{index}"), Timestamp(index), command);
                 tables.apply_once(proposal).expect("apply");
             }
             tables.finish().expect("finish");
@@ -199,11 +199,8 @@ async fn main() {
             let txn = db.begin_write().expect("write");
             {
                 let mut tables = StateTables::open(&txn).expect("tables");
-                let proposal = Proposal {
-                    request_id: helios_server::clock::new_id(),
-                    proposed_at: Timestamp(1),
-                    command: Command::CollectGarbage { cutoffs, garbage },
-                };
+                let command = Command::CollectGarbage { cutoffs, garbage };
+                let proposal = Proposal::new(helios_server::clock::new_id(), Timestamp(1), command);
                 if let helios_core::CommandResponse::GarbageCollected(c) = tables.apply_once(proposal).expect("apply") {
                     total.add(c);
                 }

@@ -188,6 +188,19 @@ pub struct PeerStatus {
     pub lag: BTreeMap<NodeId, u64>,
 }
 
+/// How a refusal of request ids and preconditions during an upgrade begins (clients that
+/// fall back to sending without them look for it).
+pub const CONDITIONS_NEED: &str = "request ids and version checks need every server to run stored format";
+
+/// What a caller attaches to a write (`Cluster::write_with`): its own request id, so a retry
+/// is answered rather than applied again, and a precondition, so a change made against a state
+/// that has since changed is refused rather than lost.
+#[derive(Debug, Clone, Default)]
+pub struct WriteConditions {
+    pub client_request: Option<helios_core::command::ClientRequest>,
+    pub precondition: Option<helios_core::command::Precondition>,
+}
+
 impl Cluster {
     /// Proposes a command wherever the leader is, and returns its log index and the state
     /// machine's answer.
@@ -196,7 +209,20 @@ impl Cluster {
     /// change, a lost reply) resends that same proposal, and the state machine applies a request
     /// id at most once, so retrying is always safe.
     pub async fn write(&self, command: Command) -> Result<(u64, CommandResponse), ClusterError> {
-        let proposal = Proposal { request_id: clock::new_id(), proposed_at: clock::now(), command };
+        self.write_with(WriteConditions::default(), command).await
+    }
+
+    /// `write`, with the caller's request id and precondition (format 10).
+    pub async fn write_with(
+        &self,
+        conditions: WriteConditions,
+        command: Command,
+    ) -> Result<(u64, CommandResponse), ClusterError> {
+        let proposal = Proposal {
+            client_request: conditions.client_request,
+            precondition: conditions.precondition,
+            ..Proposal::new(clock::new_id(), clock::now(), command)
+        };
         match self.submit(ForwardRequest::Write(Box::new(proposal)), REQUEST_DEADLINE).await? {
             ForwardResponse::Written { index, response } => Ok((index, response)),
             other => Err(ClusterError::Internal(format!("unexpected reply to a write: {other:?}"))),
@@ -206,7 +232,16 @@ impl Cluster {
     /// Proposes a command (as `write`) and returns its log index and its answer, of the type the
     /// caller expects; a refusal by the state machine is `ClusterError::Rejected`.
     pub async fn propose<A: Answer>(&self, command: Command) -> Result<(u64, A), ClusterError> {
-        let (index, response) = self.write(command).await?;
+        self.propose_with(WriteConditions::default(), command).await
+    }
+
+    /// `propose`, with the caller's request id and precondition (format 10).
+    pub async fn propose_with<A: Answer>(
+        &self,
+        conditions: WriteConditions,
+        command: Command,
+    ) -> Result<(u64, A), ClusterError> {
+        let (index, response) = self.write_with(conditions, command).await?;
         Ok((index, expect_answer::<A>(response)?.map_err(ClusterError::Rejected)?))
     }
 
@@ -340,7 +375,7 @@ impl Cluster {
             // `forward_to_leader` also covers an entry discarded by a leader change, whose fate
             // is unknown: resending the same proposal is safe (applied at most once).
             ForwardRequest::Write(proposal) => {
-                if let Err(message) = self.check_cluster_format(&proposal.command) {
+                if let Err(message) = self.check_cluster_format(&proposal) {
                     return ForwardResponse::Failed(ForwardFailure::NeedsUpgrade(message));
                 }
                 match self.raft.client_write(*proposal).await {
@@ -372,8 +407,8 @@ impl Cluster {
     /// Proposes `command` on this server only if it leads, never forwarding: the leader's own
     /// loops (liveness, scheduling) must not act through a newer leader after losing office.
     pub async fn propose_as_leader(&self, command: Command) -> Result<CommandResponse, ClusterError> {
-        self.check_cluster_format(&command).map_err(ClusterError::NeedsUpgrade)?;
-        let proposal = Proposal { request_id: clock::new_id(), proposed_at: clock::now(), command };
+        let proposal = Proposal::new(clock::new_id(), clock::now(), command);
+        self.check_cluster_format(&proposal).map_err(ClusterError::NeedsUpgrade)?;
         match self.raft.client_write(proposal).await {
             Ok(reply) => Ok(reply.data),
             Err(e) if e.forward_to_leader().is_some() => Err(ClusterError::NotLeader),
@@ -645,26 +680,30 @@ impl Cluster {
     /// Refuses a command some voters could not apply: during a rolling upgrade, what the newer
     /// build adds waits until the cluster's stored format is raised, after every server runs it.
     /// The raise itself needs only every voter's announcement.
-    fn check_cluster_format(&self, command: &Command) -> Result<(), String> {
-        let cluster = match command {
-            Command::RaiseFormat { .. } => self.announced_format(),
-            _ => self.stored_format(),
-        };
-        let needs = command.needs_format();
+    fn check_cluster_format(&self, proposal: &Proposal) -> Result<(), String> {
+        let raise = matches!(proposal.command, Command::RaiseFormat { .. });
+        let cluster = if raise { self.announced_format() } else { self.stored_format() };
+        let needs = proposal.needs_format();
         if needs <= cluster {
             // While the cluster's format is older than this build's, a record the command
             // carries may not be writable for it (its `TryFrom` refuses): found here, not when
             // every replica applies it.
             let stored = self.stored_format();
-            if stored < crate::store::tables::FORMAT_VERSION && !matches!(command, Command::RaiseFormat { .. }) {
-                helios_core::format::write_for(stored, || crate::store::codec::try_encode(command))
+            if stored < crate::store::tables::FORMAT_VERSION && !raise {
+                helios_core::format::write_for(stored, || crate::store::codec::try_encode(proposal))
                     .map_err(|e| format!("{e}: finish the upgrade first"))?;
             }
             return Ok(());
         }
+        if proposal.command.needs_format() <= cluster {
+            return Err(format!(
+                "{CONDITIONS_NEED} {needs}, but some run format {cluster}: finish the upgrade first, or send the \
+                 request without request_id, expected_version and create_only"
+            ));
+        }
         Err(format!(
             "{} needs every server to run stored format {needs}, but some run format {cluster}: finish the upgrade first",
-            command
+            proposal.command
         ))
     }
 

@@ -27,7 +27,7 @@ async fn as_token(cluster: &TestCluster, id: u64, secret: Option<&str>) -> Conn 
 }
 
 fn submit_request(name: &str) -> pb::SubmitJobRequest {
-    pb::SubmitJobRequest { job: Some(job_to_pb(&Job::exec(name, "echo", vec![name.into()]))) }
+    pb::SubmitJobRequest { job: Some(job_to_pb(&Job::exec(name, "echo", vec![name.into()]))), ..Default::default() }
 }
 
 fn token_request(name: &str, policy: &str, ttl_ms: u64) -> pb::CreateAclTokenRequest {
@@ -54,6 +54,7 @@ fn policy(name: &str, job: &str, node: &str) -> pb::UpsertAclPolicyRequest {
             source: format!("namespace \"default\" {{ policy = \"{job}\" }}"),
             ..Default::default()
         }),
+        ..Default::default()
     }
 }
 
@@ -71,9 +72,9 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
         "list-jobs",
         "anonymous list",
     );
-    let stop = pb::StopJobRequest { name: "a".into(), purge: false };
+    let stop = pb::StopJobRequest { name: "a".into(), purge: false, ..Default::default() };
     denied(JobServiceClient::new(anon.clone()).stop_job(stop.clone()).await, "submit-job", "anonymous stop");
-    let drain = pb::DrainNodeRequest { id: "n1".into(), enable: true };
+    let drain = pb::DrainNodeRequest { id: "n1".into(), enable: true, ..Default::default() };
     denied(NodeServiceClient::new(anon.clone()).drain_node(drain.clone()).await, "node:write", "anonymous drain");
     let join = pb::AddServerRequest { id: 4, addr: "127.0.0.1:1".into() };
     denied(ClusterServiceClient::new(anon.clone()).add_server(join.clone()).await, "operator:write", "anonymous join");
@@ -148,7 +149,9 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
     assert!(listed.iter().all(|t| t.secret_id.is_empty()));
 
     // Deleted through server 2: refused at once by every server.
-    acl.delete_token(pb::DeleteAclTokenRequest { accessor_id: reader.accessor_id.clone() }).await.expect("delete");
+    acl.delete_token(pb::DeleteAclTokenRequest { accessor_id: reader.accessor_id.clone(), ..Default::default() })
+        .await
+        .expect("delete");
     for id in 1..=3 {
         let ro = as_token(&cluster, id, Some(&reader.secret_id)).await;
         denied(
@@ -240,7 +243,9 @@ async fn an_event_stream_needs_each_topics_capability_and_ends_when_its_token_is
     assert!(start.events.is_empty(), "the first message only says where the stream starts");
     let batch = stream.message().await.expect("stream").expect("a batch");
     assert_eq!(batch.events[0].key, "watched");
-    acl.delete_token(pb::DeleteAclTokenRequest { accessor_id: reader.accessor_id.clone() }).await.expect("delete");
+    acl.delete_token(pb::DeleteAclTokenRequest { accessor_id: reader.accessor_id.clone(), ..Default::default() })
+        .await
+        .expect("delete");
     // A write after the deletion moves the stream on, and it checks the token again.
     jobs.submit_job(submit_request("after")).await.expect("submit");
     let ended = tokio::time::timeout(common::WAIT, async {

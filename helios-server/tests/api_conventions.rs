@@ -39,7 +39,10 @@ async fn pages_cover_a_changing_list_once_in_order_from_any_server() {
     cluster.submit_job(1, &job("a-late")).await;
     cluster.submit_job(1, &job("zz-late")).await;
     let mut leader = cluster.jobs(1).await;
-    leader.stop_job(pb::StopJobRequest { name: "job-4".into(), purge: true }).await.expect("purge");
+    leader
+        .stop_job(pb::StopJobRequest { name: "job-4".into(), purge: true, ..Default::default() })
+        .await
+        .expect("purge");
     // The next page is asked of another server.
     let mut other = cluster.jobs(3).await;
     let second = other.list_jobs(list(3, &first.next_page_token)).await.expect("page 2").into_inner();
@@ -96,8 +99,10 @@ async fn a_deadline_that_passes_on_the_server_is_deadline_exceeded() {
     cluster.stop(2).await;
     cluster.stop(3).await;
     let mut jobs = cluster.jobs(1).await;
-    let mut request =
-        tonic::Request::new(pb::SubmitJobRequest { job: Some(helios_api::convert::job_to_pb(&job("late"))) });
+    let mut request = tonic::Request::new(pb::SubmitJobRequest {
+        job: Some(helios_api::convert::job_to_pb(&job("late"))),
+        ..Default::default()
+    });
     request.set_timeout(Duration::from_millis(500));
     let expired = jobs.submit_job(request).await.expect_err("no quorum");
     assert_eq!(expired.code(), Code::DeadlineExceeded, "{expired:?}");

@@ -38,7 +38,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
     job.task_groups[0].tasks.push(second);
     job.priority = 500;
     assert_refused(
-        jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await,
+        jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)), ..Default::default() }).await,
         Code::InvalidArgument,
         &["task_groups[0].tasks[1].resources.memory_mb: must be > 0", "priority: must be between 1 and 100"],
     )
@@ -51,7 +51,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
     raw.task_groups[0].tasks[0].driver = None;
     raw.meta.insert("note".into(), "ring\u{7}".into());
     assert_refused(
-        jobs.submit_job(pb::SubmitJobRequest { job: Some(raw) }).await,
+        jobs.submit_job(pb::SubmitJobRequest { job: Some(raw), ..Default::default() }).await,
         Code::InvalidArgument,
         &[
             "type: unknown job type 99",
@@ -62,7 +62,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
     )
     .await;
     assert_refused(
-        jobs.submit_job(pb::SubmitJobRequest { job: None }).await,
+        jobs.submit_job(pb::SubmitJobRequest { job: None, ..Default::default() }).await,
         Code::InvalidArgument,
         &["job: must be set"],
     )
@@ -70,7 +70,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let mut control = job_to_pb(&Job::exec("x", "echo", vec![]));
     control.name = "evil\nname".into();
     assert_refused(
-        jobs.submit_job(pb::SubmitJobRequest { job: Some(control) }).await,
+        jobs.submit_job(pb::SubmitJobRequest { job: Some(control), ..Default::default() }).await,
         Code::InvalidArgument,
         &["name:"],
     )
@@ -79,7 +79,8 @@ async fn bad_requests_are_refused_and_change_nothing() {
     // Oversized messages are refused by the transport before any handler runs.
     let mut huge = job_to_pb(&Job::exec("huge", "echo", vec![]));
     huge.meta.insert("blob".into(), "x".repeat(5 * 1024 * 1024));
-    let status = jobs.submit_job(pb::SubmitJobRequest { job: Some(huge) }).await.expect_err("too large");
+    let status =
+        jobs.submit_job(pb::SubmitJobRequest { job: Some(huge), ..Default::default() }).await.expect_err("too large");
     assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted), "{status:?}");
 
     // Unknown names.
@@ -90,7 +91,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
     )
     .await;
     assert_refused(
-        jobs.stop_job(pb::StopJobRequest { name: "nope".into(), purge: false }).await,
+        jobs.stop_job(pb::StopJobRequest { name: "nope".into(), purge: false, ..Default::default() }).await,
         Code::NotFound,
         &["not found"],
     )

@@ -37,7 +37,7 @@ async fn three_servers_elect_a_leader_and_accept_writes_on_a_follower() {
     let reply = cluster
         .jobs(follower)
         .await
-        .submit_job(pb::SubmitJobRequest { job: Some(helios_api::convert::job_to_pb(&changed)) })
+        .submit_job(pb::SubmitJobRequest { job: Some(helios_api::convert::job_to_pb(&changed)), ..Default::default() })
         .await
         .expect("update")
         .into_inner();

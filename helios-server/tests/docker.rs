@@ -177,7 +177,12 @@ async fn wait_alloc(cluster: &TestCluster, job: &str, status: &str) -> pb::Alloc
 /// starting containers) and waits until every allocation of it has finished, so no agent is
 /// still creating a container for it, and every container of it is removed.
 async fn stop_and_clear(cluster: &TestCluster, sandbox: &Sandbox, job: &str) {
-    cluster.jobs(1).await.stop_job(pb::StopJobRequest { name: job.into(), purge: false }).await.expect("stop");
+    cluster
+        .jobs(1)
+        .await
+        .stop_job(pb::StopJobRequest { name: job.into(), purge: false, ..Default::default() })
+        .await
+        .expect("stop");
     wait_for(&format!("{job}'s allocations finished and containers removed"), || async {
         let allocs = cluster.job_status(1, job).await.allocations;
         let finished = allocs.iter().all(|a| matches!(a.client_status.as_str(), "complete" | "failed" | "lost"));
@@ -378,7 +383,12 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
         .await;
 
     // Stopping the job stops the container (sleep as pid 1 ignores SIGTERM: killed after 1 s).
-    cluster.jobs(1).await.stop_job(pb::StopJobRequest { name: "web".into(), purge: false }).await.expect("stop");
+    cluster
+        .jobs(1)
+        .await
+        .stop_job(pb::StopJobRequest { name: "web".into(), purge: false, ..Default::default() })
+        .await
+        .expect("stop");
     let stopped = wait_alloc(&cluster, "web", "complete").await;
     assert!(kinds(&stopped, "web").contains(&"Killing".to_string()), "{:?}", kinds(&stopped, "web"));
     wait_for("the container removed", || async { sandbox.containers("web").await.is_empty().then_some(()) }).await;

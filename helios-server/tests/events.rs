@@ -96,7 +96,7 @@ async fn events_arrive_in_order_and_resume_on_another_server_without_a_gap() {
     // Stopped: the job and its allocation change. One subscriber has followed all along; another
     // resumes on server 3 from the index after the last it saw. They see the same events.
     let mut jobs = cluster.jobs(2).await;
-    jobs.stop_job(pb::StopJobRequest { name: "web".into(), purge: false }).await.expect("stop");
+    jobs.stop_job(pb::StopJobRequest { name: "web".into(), purge: false, ..Default::default() }).await.expect("stop");
     let stopped = |events: &[Seen]| events.iter().any(|e| e.4.starts_with("stop/") && e.4 != "stop/running");
     let followed = read_until(&mut first, stopped).await;
     let mut resumed = subscribe(&cluster, 3, Some(resume_from)).await.expect("resume");

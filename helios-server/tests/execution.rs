@@ -166,7 +166,12 @@ async fn a_service_runs_until_stopped_and_survives_an_agent_restart() {
     assert!(alive(pid));
 
     // Stopping the job stops the process.
-    cluster.jobs(1).await.stop_job(pb::StopJobRequest { name: "sleeper".into(), purge: false }).await.expect("stop");
+    cluster
+        .jobs(1)
+        .await
+        .stop_job(pb::StopJobRequest { name: "sleeper".into(), purge: false, ..Default::default() })
+        .await
+        .expect("stop");
     wait_for("the process to be gone", || async { (!alive(pid)).then_some(()) }).await;
     wait_alloc(&cluster, "sleeper", "complete").await;
     agent.stop().await;
@@ -221,7 +226,12 @@ async fn an_agent_that_died_before_writing_a_pid_file_still_stops_that_task() {
     // is stopped while no agent runs.
     agent.stop().await;
     std::fs::remove_file(dir.path().join("allocs").join(&running.id).join("sleeper").join("pid")).expect("pid file");
-    cluster.jobs(1).await.stop_job(pb::StopJobRequest { name: "sleeper".into(), purge: false }).await.expect("stop");
+    cluster
+        .jobs(1)
+        .await
+        .stop_job(pb::StopJobRequest { name: "sleeper".into(), purge: false, ..Default::default() })
+        .await
+        .expect("stop");
 
     // The next agent finds the process anyway and stops it.
     let agent = start_agent(&cluster, "n1", dir.path()).await;
@@ -265,7 +275,7 @@ async fn draining_a_node_moves_its_work_and_stops_its_processes() {
     common::wait_status(&cluster, 1, "b", "ready").await;
 
     let mut nodes = pb::node_service_client::NodeServiceClient::new(cluster.channel(1).await);
-    nodes.drain_node(pb::DrainNodeRequest { id: "a".into(), enable: true }).await.expect("drain");
+    nodes.drain_node(pb::DrainNodeRequest { id: "a".into(), enable: true, ..Default::default() }).await.expect("drain");
     let moved = wait_for("the allocation running on b", || async {
         allocations(&cluster, "web").await.into_iter().find(|al| al.node_id == "b" && al.client_status == "running")
     })
@@ -276,7 +286,10 @@ async fn draining_a_node_moves_its_work_and_stops_its_processes() {
     assert_eq!(evicted.desired_status, "evict");
 
     // Ending the drain makes a eligible again; nothing moves back by itself.
-    nodes.drain_node(pb::DrainNodeRequest { id: "a".into(), enable: false }).await.expect("undrain");
+    nodes
+        .drain_node(pb::DrainNodeRequest { id: "a".into(), enable: false, ..Default::default() })
+        .await
+        .expect("undrain");
     let node = common::node(&cluster, 1, "a").await.expect("node a");
     assert!(!node.drain);
     assert_eq!(node.eligibility, "eligible");
@@ -484,7 +497,12 @@ async fn a_node_with_big_jobs_gets_its_work_and_its_stop_orders() {
     })
     .await;
     for job in std::iter::once("wide".to_string()).chain((0..5).map(|i| format!("big-{i}"))) {
-        cluster.jobs(1).await.stop_job(pb::StopJobRequest { name: job.clone(), purge: false }).await.expect("stop");
+        cluster
+            .jobs(1)
+            .await
+            .stop_job(pb::StopJobRequest { name: job.clone(), purge: false, ..Default::default() })
+            .await
+            .expect("stop");
         wait_for(&format!("{job} stopped"), || async {
             let allocs = allocations(&cluster, &job).await;
             allocs.iter().all(|a| a.client_status == "complete").then_some(())

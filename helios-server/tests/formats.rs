@@ -61,13 +61,17 @@ fn assert_fixture_state(db: &redb::Database, format: u32) {
     if format >= 8 {
         expected.insert(3, "fixture-services");
     }
+    if format >= 9 {
+        expected.insert(1, "fixture-canary");
+    }
     assert_eq!(jobs.keys().collect::<Vec<_>>(), expected, "the purged job is gone, the others kept");
     assert!(jobs["fixture-stopped"].stopped);
     // From format 5 the service has a task user (a version-2 job), older ones none.
     let user = jobs["fixture-service"].task_groups[0].tasks[0].user.as_deref();
     assert_eq!(user, (format >= 5).then_some("nobody"));
     // Every format before 7 rescheduled by one rule: groups read back with their type's default.
-    for job in jobs.values().filter(|j| !["fixture-rolling", "fixture-services"].contains(&j.name.as_str())) {
+    let newer = ["fixture-rolling", "fixture-services", "fixture-canary"];
+    for job in jobs.values().filter(|j| !newer.contains(&j.name.as_str())) {
         let default = helios_core::ReschedulePolicy::default_for(job.job_type);
         assert!(job.task_groups.iter().all(|g| g.reschedule == default), "{}", job.name);
     }
@@ -78,9 +82,10 @@ fn assert_fixture_state(db: &redb::Database, format: u32) {
         assert_eq!((group.update.max_parallel, group.update.min_healthy_time_secs), (1, 1));
         assert_eq!(group.affinities.len(), 1);
         assert!(group.services.is_empty());
-        // Format 9's update fields read back as Nomad's defaults; no version was ever stable.
+        // Format 9's update fields read back as Nomad's defaults; before it, no version was
+        // ever stable.
         assert_eq!((group.update.canary, group.update.progress_deadline_secs), (0, 600));
-        assert!(jobs.values().all(|j| !j.stable));
+        assert!(format >= 9 || jobs.values().all(|j| !j.stable));
     }
     if format >= 8 {
         // A version-5 job with a service and its check, and an allocation holding its registration.
@@ -89,7 +94,22 @@ fn assert_fixture_state(db: &redb::Database, format: u32) {
         assert_eq!((group.services[0].name.as_str(), group.services[0].checks.len()), ("fixture-web", 1));
         let allocs = read::allocations(&txn, Some("fixture-services"), None).expect("allocations");
         assert!(allocs.iter().any(|a| a.services.iter().any(|r| r.service == "fixture-web")), "{allocs:?}");
-        assert!(read::deployments(&txn, None).expect("deployments").is_empty(), "format 8 had none");
+        if format == 8 {
+            assert!(read::deployments(&txn, None).expect("deployments").is_empty(), "format 8 had none");
+        }
+    }
+    if format >= 9 {
+        // A version-6 job with a canary, and its deployments (the second version's waits for
+        // promotion with its canary placed).
+        let canary = &jobs["fixture-canary"];
+        assert_eq!((canary.version, canary.task_groups[0].update.canary), (1, 1));
+        let deployments = read::deployments(&txn, Some("fixture-canary")).expect("deployments");
+        assert!(deployments.iter().any(|d| d.job_version == 1), "{deployments:?}");
+    }
+    if format >= 10 {
+        // Submissions with request ids, remembered with their answers.
+        let remembered = txn.open_table(tables::CLIENT_REQUESTS).expect("client requests");
+        assert!(redb::ReadableTableMetadata::len(&remembered).expect("rows") > 0);
     }
     assert_eq!(jobs["fixture-versions"].version, 1);
     let versions = read::job_versions(&txn, "fixture-versions").expect("versions");
@@ -140,6 +160,16 @@ fn a_format_7_database_is_marked_once_and_reads_back_every_record() {
 #[test]
 fn a_format_8_database_is_marked_once_and_reads_back_every_record() {
     database_opens_once_and_reads_back_every_record(8);
+}
+
+#[test]
+fn a_format_9_database_is_marked_once_and_reads_back_every_record() {
+    database_opens_once_and_reads_back_every_record(9);
+}
+
+#[test]
+fn a_format_10_database_opens_and_reads_back_every_record() {
+    database_opens_once_and_reads_back_every_record(10);
 }
 
 fn database_opens_once_and_reads_back_every_record(format: u32) {
@@ -193,6 +223,16 @@ async fn the_format_7_raft_log_replays_to_the_opened_state() {
 #[tokio::test]
 async fn the_format_8_raft_log_replays_to_the_opened_state() {
     raft_log_replays_to_the_opened_state(8).await;
+}
+
+#[tokio::test]
+async fn the_format_9_raft_log_replays_to_the_opened_state() {
+    raft_log_replays_to_the_opened_state(9).await;
+}
+
+#[tokio::test]
+async fn the_format_10_raft_log_replays_to_the_opened_state() {
+    raft_log_replays_to_the_opened_state(10).await;
 }
 
 #[tokio::test]
@@ -258,6 +298,16 @@ async fn a_format_8_snapshot_installs_as_the_opened_state_and_saves_in_this_form
 }
 
 #[tokio::test]
+async fn a_format_9_snapshot_installs_as_the_opened_state_and_saves_in_this_format() {
+    snapshot_installs_as_the_opened_state(9).await;
+}
+
+#[tokio::test]
+async fn a_format_10_snapshot_installs_as_the_opened_state_and_saves_in_this_format() {
+    snapshot_installs_as_the_opened_state(10).await;
+}
+
+#[tokio::test]
 async fn a_format_5_snapshot_installs_as_the_opened_state_and_saves_in_this_format() {
     snapshot_installs_as_the_opened_state(5).await;
 }
@@ -267,7 +317,7 @@ async fn snapshot_installs_as_the_opened_state(format: u32) {
     let bytes = std::fs::read(dir.path().join("snapshot.bin")).expect("snapshot fixture");
     let summary = snapshot::inspect(std::io::Cursor::new(bytes.clone())).expect("inspect");
     assert_eq!((summary.format, summary.meta.is_none()), (format, format == 2), "format 2 kept its meta apart");
-    let jobs = 4 + u64::from(format >= 7) + u64::from(format >= 8);
+    let jobs = 4 + u64::from(format >= 7) + u64::from(format >= 8) + u64::from(format >= 9);
     assert_eq!(summary.tables.iter().find(|(t, _)| t == "jobs").map(|(_, n)| *n), Some(jobs));
 
     let converted = store::open(dir.path(), 1).expect("open");
@@ -309,7 +359,7 @@ fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
 /// One test for every fixture, one after the other: their databases name the same address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_started_on_an_older_data_dir_serves_it_raises_its_format_and_takes_new_jobs() {
-    for format in [2, 3, 4, 5, 6, 7, 8] {
+    for format in [2, 3, 4, 5, 6, 7, 8, 9, 10] {
         server_serves_an_older_data_dir(format).await;
     }
 }
@@ -348,7 +398,7 @@ async fn server_serves_an_older_data_dir(format: u32) {
 
     let mut jobs = JobServiceClient::new(channel.clone());
     let listed = jobs.list_jobs(pb::ListJobsRequest::default()).await.expect("list jobs").into_inner();
-    let newer = ["fixture-rolling", "fixture-services"];
+    let newer = ["fixture-rolling", "fixture-services", "fixture-canary"];
     let names: Vec<String> =
         listed.jobs.iter().map(|j| j.name.clone()).filter(|n| !newer.contains(&n.as_str())).collect();
     assert_eq!(names, ["fixture-batch", "fixture-service", "fixture-stopped", "fixture-versions"]);
@@ -372,7 +422,7 @@ async fn server_serves_an_older_data_dir(format: u32) {
     // The log goes on in this build's format.
     let job = Job::exec("after-upgrade", "echo", vec!["hi".into()]);
     let reply = jobs
-        .submit_job(pb::SubmitJobRequest { job: Some(helios_api::convert::job_to_pb(&job)) })
+        .submit_job(pb::SubmitJobRequest { job: Some(helios_api::convert::job_to_pb(&job)), ..Default::default() })
         .await
         .expect("submit after the conversion")
         .into_inner();

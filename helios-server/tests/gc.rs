@@ -28,7 +28,7 @@ fn apply(db: &redb::Database, index: &mut u64, commands: Vec<Command>) -> Vec<Co
             .map(|command| {
                 *index += 1;
                 tables.index = *index;
-                let proposal = Proposal { request_id: format!("r{index}"), proposed_at: Timestamp(*index), command };
+                let proposal = Proposal::new(format!("r{index}"), Timestamp(*index), command);
                 tables.apply_once(proposal).expect("apply")
             })
             .collect();
@@ -229,8 +229,12 @@ async fn system_gc_forgets_finished_work_and_old_versions_alike_on_every_server(
         })
         .await;
     }
-    jobs.stop_job(pb::StopJobRequest { name: "stopped".into(), purge: false }).await.expect("stop");
-    jobs.stop_job(pb::StopJobRequest { name: "purged".into(), purge: true }).await.expect("purge");
+    jobs.stop_job(pb::StopJobRequest { name: "stopped".into(), purge: false, ..Default::default() })
+        .await
+        .expect("stop");
+    jobs.stop_job(pb::StopJobRequest { name: "purged".into(), purge: true, ..Default::default() })
+        .await
+        .expect("purge");
     // Until the scheduler has stopped their allocations, they are not finished.
     for name in ["stopped", "versions"] {
         wait_for("the replaced and stopped allocations stopped", || async {
@@ -286,7 +290,9 @@ async fn the_leader_collects_what_has_been_finished_longer_than_its_thresholds()
     register_node(&cluster, "n1").await;
     cluster.submit(leader, "short-lived").await;
     let mut jobs = cluster.jobs(leader).await;
-    jobs.stop_job(pb::StopJobRequest { name: "short-lived".into(), purge: false }).await.expect("stop");
+    jobs.stop_job(pb::StopJobRequest { name: "short-lived".into(), purge: false, ..Default::default() })
+        .await
+        .expect("stop");
     // Nobody asks: the leader's own pass forgets the job once it has been dead a second.
     wait_for("the dead job collected", || async { cluster.job_names(leader).await.is_empty().then_some(()) }).await;
     let mut admin = ClusterServiceClient::new(cluster.channel(leader).await);

@@ -154,8 +154,10 @@ async fn send(cluster: &TestCluster, request: Request) -> Result<(), TestCaseErr
             | Request::Watch(..)
     );
     let outcome: Result<(), tonic::Status> = match request.clone() {
-        Request::Submit(job) => jobs.submit_job(pb::SubmitJobRequest { job: Some(job) }).await.map(drop),
-        Request::Plan(job) => jobs.plan_job(pb::SubmitJobRequest { job: Some(job) }).await.map(drop),
+        Request::Submit(job) => {
+            jobs.submit_job(pb::SubmitJobRequest { job: Some(job), ..Default::default() }).await.map(drop)
+        }
+        Request::Plan(job) => jobs.plan_job(pb::PlanJobRequest { job: Some(job) }).await.map(drop),
         Request::GetJob(name) => jobs.get_job(pb::GetJobRequest { name, ..Default::default() }).await.map(drop),
         Request::Status(name) => {
             jobs.get_job_status(pb::GetJobStatusRequest { name, ..Default::default() }).await.map(drop)
@@ -163,7 +165,9 @@ async fn send(cluster: &TestCluster, request: Request) -> Result<(), TestCaseErr
         Request::Versions(name) => {
             jobs.get_job_versions(pb::GetJobVersionsRequest { name, ..Default::default() }).await.map(drop)
         }
-        Request::Stop(name, purge) => jobs.stop_job(pb::StopJobRequest { name, purge }).await.map(drop),
+        Request::Stop(name, purge) => {
+            jobs.stop_job(pb::StopJobRequest { name, purge, ..Default::default() }).await.map(drop)
+        }
         Request::ListAllocs(job_name, node_id) => allocs
             .list_allocations(pb::ListAllocationsRequest { job_name, node_id, ..Default::default() })
             .await
@@ -177,9 +181,11 @@ async fn send(cluster: &TestCluster, request: Request) -> Result<(), TestCaseErr
             allocs.alloc_logs(request).await.map(drop)
         }
         Request::GetNode(id) => nodes.get_node(pb::GetNodeRequest { id, ..Default::default() }).await.map(drop),
-        Request::Drain(id, enable) => nodes.drain_node(pb::DrainNodeRequest { id, enable }).await.map(drop),
+        Request::Drain(id, enable) => {
+            nodes.drain_node(pb::DrainNodeRequest { id, enable, ..Default::default() }).await.map(drop)
+        }
         Request::Eligibility(id, eligible) => {
-            nodes.set_eligibility(pb::SetEligibilityRequest { id, eligible }).await.map(drop)
+            nodes.set_eligibility(pb::SetEligibilityRequest { id, eligible, ..Default::default() }).await.map(drop)
         }
         Request::AddServer(id, addr) => members.add_server(pb::AddServerRequest { id, addr }).await.map(drop),
         Request::RemoveServer(id) => members.remove_server(pb::RemoveServerRequest { id }).await.map(drop),

@@ -125,9 +125,15 @@ async fn a_down_nodes_id_stays_its_own_until_an_operator_purges_it() {
     let agent = start_agent(&cluster, "n1", dir.path()).await;
     let real = wait_status(&cluster, 1, "n1", "ready").await;
     let mut nodes = NodeServiceClient::new(cluster.channel(1).await);
-    let live = nodes.purge_node(pb::PurgeNodeRequest { id: "n1".into() }).await.expect_err("purged a live node");
+    let live = nodes
+        .purge_node(pb::PurgeNodeRequest { id: "n1".into(), ..Default::default() })
+        .await
+        .expect_err("purged a live node");
     assert_eq!(live.code(), tonic::Code::FailedPrecondition, "{live:?}");
-    let ghost = nodes.purge_node(pb::PurgeNodeRequest { id: "ghost".into() }).await.expect_err("purged nothing");
+    let ghost = nodes
+        .purge_node(pb::PurgeNodeRequest { id: "ghost".into(), ..Default::default() })
+        .await
+        .expect_err("purged nothing");
     assert_eq!(ghost.code(), tonic::Code::NotFound, "{ghost:?}");
 
     agent.stop().await;
@@ -139,7 +145,7 @@ async fn a_down_nodes_id_stays_its_own_until_an_operator_purges_it() {
     assert!(refused.message().contains("node purge"), "{}", refused.message());
     assert_eq!(node(&cluster, 1, "n1").await.expect("still known").status, "down");
 
-    nodes.purge_node(pb::PurgeNodeRequest { id: "n1".into() }).await.expect("purge a down node");
+    nodes.purge_node(pb::PurgeNodeRequest { id: "n1".into(), ..Default::default() }).await.expect("purge a down node");
     assert!(node(&cluster, 1, "n1").await.is_none(), "purged node still listed");
     api.register(claim()).await.expect("the freed id is registered again");
     assert_eq!(node(&cluster, 1, "n1").await.expect("registered").status, "ready");

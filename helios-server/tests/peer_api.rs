@@ -125,7 +125,7 @@ async fn the_leader_refuses_forwarded_commands_no_server_builds() {
     .await;
 
     let forge = |command: Command| {
-        let proposal = Proposal { request_id: "forged".into(), proposed_at: Timestamp(1), command };
+        let proposal = Proposal::new("forged".into(), Timestamp(1), command);
         encode(&ForwardRequest::Write(Box::new(proposal)))
     };
     let down = forge(Command::SetNodeStatus {

@@ -97,7 +97,8 @@ async fn sigkill_of_the_leader_under_writes_loses_no_acknowledged_job() {
                 let name = format!("w{w}-{i}");
                 i += 1;
                 let job = Job::exec(&name, "echo", vec![name.clone()]);
-                let mut request = tonic::Request::new(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) });
+                let mut request =
+                    tonic::Request::new(pb::SubmitJobRequest { job: Some(job_to_pb(&job)), ..Default::default() });
                 request.set_timeout(Duration::from_secs(20));
                 match clients[target].clone().submit_job(request).await {
                     Ok(_) => {
@@ -201,7 +202,7 @@ async fn a_deployment_goes_on_when_its_leader_is_sigkilled_mid_rollout() {
     let submit = |job: Job| async move {
         wait_for("the job accepted", || async {
             let mut jobs = JobServiceClient::new(channel(ports[0]));
-            jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await.ok()
+            jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)), ..Default::default() }).await.ok()
         })
         .await
     };
@@ -361,7 +362,7 @@ async fn a_restart_with_contradicting_peers_refuses_to_start() {
         let mut jobs = jobs.clone();
         async move {
             let job = Job::exec("one", "echo", vec![]);
-            jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await.ok()
+            jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)), ..Default::default() }).await.ok()
         }
     })
     .await;
@@ -396,7 +397,7 @@ async fn dev_mode_is_a_working_single_server_cluster() {
         let mut jobs = jobs.clone();
         async move {
             let job = Job::exec("dev-job", "echo", vec![]);
-            jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await.ok()
+            jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)), ..Default::default() }).await.ok()
         }
     })
     .await;

@@ -110,19 +110,16 @@ impl Cluster {
         let job = Job::exec(name, "sleep", vec!["300".into()]);
         wait_for(&format!("job {name} accepted through server {via}"), || async {
             let mut jobs = JobServiceClient::new(self.channel(via));
-            jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await.ok()
+            jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)), ..Default::default() }).await.ok()
         })
         .await;
     }
 
-    /// A service job rolled out with canaries: only format 9 holds one (and starts its
-    /// deployment).
+    /// A submission with a client request id: only format 10 remembers one (so that a retry is
+    /// answered, not applied again).
     fn needing_this_format(name: &str) -> pb::SubmitJobRequest {
-        let mut job = Job::exec(name, "sleep", vec!["300".into()]);
-        job.set_type(helios_core::JobType::Service);
-        job.task_groups[0].update =
-            helios_core::UpdateStrategy { canary: 1, ..helios_core::UpdateStrategy::nomad_block_defaults() };
-        pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }
+        let job = Job::exec(name, "sleep", vec!["300".into()]);
+        pb::SubmitJobRequest { job: Some(job_to_pb(&job)), request_id: format!("{name}-1"), ..Default::default() }
     }
 
     /// Waits until every server has applied the same index and holds the same state there.
@@ -229,11 +226,11 @@ async fn a_cluster_upgraded_server_by_server_keeps_serving_and_raises_its_format
     .await;
     cluster.submit(3, "after-upgrade").await;
     let mut jobs = JobServiceClient::new(cluster.channel(3));
-    jobs.submit_job(Cluster::needing_this_format("needs-the-newer-format")).await.expect("accepted once raised");
-    let mut deployments = helios_api::pb::deployment_service_client::DeploymentServiceClient::new(cluster.channel(3));
-    let request = pb::ListDeploymentsRequest { job_name: Some("needs-the-newer-format".into()), ..Default::default() };
-    let started = deployments.list_deployments(request).await.expect("deployments").into_inner().deployments;
-    assert_eq!(started.len(), 1, "its deployment started with it");
+    let first =
+        jobs.submit_job(Cluster::needing_this_format("needs-the-newer-format")).await.expect("accepted once raised");
+    let mut other = JobServiceClient::new(cluster.channel(1));
+    let retried = other.submit_job(Cluster::needing_this_format("needs-the-newer-format")).await.expect("a retry");
+    assert_eq!(retried.into_inner().eval_id, first.into_inner().eval_id, "the retry got the first answer");
     cluster.wait_agreement("the upgraded cluster to agree").await;
     let names = cluster.job_names(2).await;
     for name in [

@@ -252,7 +252,7 @@ async fn a_drain_moves_a_service_one_allocation_at_a_time_each_after_the_last_is
     common::wait_status(&cluster, 1, "b", "ready").await;
 
     let mut nodes = pb::node_service_client::NodeServiceClient::new(cluster.channel(1).await);
-    nodes.drain_node(pb::DrainNodeRequest { id: "a".into(), enable: true }).await.expect("drain");
+    nodes.drain_node(pb::DrainNodeRequest { id: "a".into(), enable: true, ..Default::default() }).await.expect("drain");
     let moved = wait_for("all three running on b", || async {
         let s = status(&cluster, 1, "web").await;
         let on_b: Vec<pb::Allocation> =
@@ -387,7 +387,7 @@ async fn placement_failures_are_explained_and_nodes_never_over_committed() {
 
     // Stopping the job stops them all.
     let mut jobs = cluster.jobs(1).await;
-    jobs.stop_job(pb::StopJobRequest { name: "big".into(), purge: false }).await.expect("stop");
+    jobs.stop_job(pb::StopJobRequest { name: "big".into(), purge: false, ..Default::default() }).await.expect("stop");
     wait_for("every allocation stopped", || async {
         let s = status(&cluster, 1, "big").await;
         (s.allocations.iter().all(|al| al.desired_status == "stop") && !s.allocations.is_empty()).then_some(())
@@ -449,7 +449,9 @@ async fn a_blocked_job_is_placed_when_another_job_frees_room() {
     .await;
 
     let mut jobs = cluster.jobs(1).await;
-    jobs.stop_job(pb::StopJobRequest { name: "filler".into(), purge: false }).await.expect("stop filler");
+    jobs.stop_job(pb::StopJobRequest { name: "filler".into(), purge: false, ..Default::default() })
+        .await
+        .expect("stop filler");
     let s = wait_for("web placed in the freed room", || async {
         let s = status(&cluster, 1, "web").await;
         (live(&s).len() == 1).then_some(s)
@@ -476,7 +478,7 @@ async fn a_plan_counts_what_a_submission_would_place_stop_and_update_without_doi
     let plan = |job: Job| {
         let cluster = &cluster;
         async move {
-            let request = pb::SubmitJobRequest { job: Some(helios_api::convert::job_to_pb(&job)) };
+            let request = pb::PlanJobRequest { job: Some(helios_api::convert::job_to_pb(&job)) };
             cluster.jobs(1).await.plan_job(request).await.expect("plan").into_inner()
         }
     };

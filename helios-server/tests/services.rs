@@ -190,7 +190,9 @@ async fn instances_register_with_their_checks_and_only_healthy_ones_are_listed_a
 
     // The job stops: the service is gone.
     let mut jobs = cluster.jobs(via).await;
-    jobs.stop_job(pb::StopJobRequest { name: "shop".into(), purge: false }).await.expect("stop job");
+    jobs.stop_job(pb::StopJobRequest { name: "shop".into(), purge: false, ..Default::default() })
+        .await
+        .expect("stop job");
     wait_for("no instance left", || async {
         instances(&cluster, via, "shop-web", false).await.is_empty().then_some(())
     })

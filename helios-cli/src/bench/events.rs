@@ -148,7 +148,9 @@ async fn submit_all(
                 if let Some(starts) = &starts {
                     starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(job.name.clone(), t);
                 }
-                jobs_client.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await?;
+                jobs_client
+                    .submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)), ..Default::default() })
+                    .await?;
                 record(&mut latencies, t.elapsed());
             }
         }));
@@ -197,7 +199,11 @@ async fn blocking_reads(channel: &Conn, run: &str, probes: u64) -> Result<()> {
     let name = format!("{run}-probe");
     let mut jobs = client(channel.clone());
     let mut job = Job::exec(&name, "true", Vec::new());
-    let mut index = jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await?.into_inner().index;
+    let mut index = jobs
+        .submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)), ..Default::default() })
+        .await?
+        .into_inner()
+        .index;
     let (mut woke, mut committed) = (histogram(), histogram());
     for i in 0..probes {
         let mut reader = client(channel.clone());
@@ -208,7 +214,7 @@ async fn blocking_reads(channel: &Conn, run: &str, probes: u64) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
         job.meta.insert("probe".to_string(), i.to_string());
         let t = Instant::now();
-        jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await?;
+        jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)), ..Default::default() }).await?;
         record(&mut committed, t.elapsed());
         let (answer, at) = read.await??;
         record(&mut woke, at - t);

@@ -37,7 +37,9 @@ pub async fn run(servers: &Servers, args: NodeLossArgs) -> Result<()> {
     let mut job = Job::exec(&name, "sleep", vec!["3600".to_string()]);
     job.set_type(JobType::Service);
     job.task_groups[0].count = 2;
-    jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await.context("submitting the job")?;
+    jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)), ..Default::default() })
+        .await
+        .context("submitting the job")?;
 
     let running = |allocs: &[pb::Allocation], not_on: Option<&str>| {
         allocs.iter().filter(|a| a.client_status == "running" && Some(a.node_id.as_str()) != not_on).count()
@@ -87,7 +89,7 @@ pub async fn run(servers: &Servers, args: NodeLossArgs) -> Result<()> {
         down_after.as_secs_f64(),
         replaced_after.as_secs_f64()
     );
-    jobs.stop_job(pb::StopJobRequest { name, purge: true }).await.context("purging the job")?;
+    jobs.stop_job(pb::StopJobRequest { name, purge: true, ..Default::default() }).await.context("purging the job")?;
     Ok(())
 }
 

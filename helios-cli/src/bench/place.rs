@@ -101,7 +101,9 @@ pub async fn run(servers: &Servers, args: PlaceArgs) -> Result<()> {
     for j in 0..args.jobs {
         let mut jobs = client(channels[j as usize % channels.len()].clone());
         let job = bench_job(&format!("{run_id}-{j}"), &run_id, args.count);
-        submitted.spawn(async move { jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await });
+        submitted.spawn(async move {
+            jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)), ..Default::default() }).await
+        });
     }
     while let Some(result) = submitted.join_next().await {
         result?.context("submitting a job")?;
@@ -153,7 +155,9 @@ pub async fn run(servers: &Servers, args: PlaceArgs) -> Result<()> {
     let mut jobs = client(channels[0].clone());
     for j in 0..args.jobs {
         let name = format!("{run_id}-{j}");
-        jobs.stop_job(pb::StopJobRequest { name, purge: true }).await.context("purging a benchmark job")?;
+        jobs.stop_job(pb::StopJobRequest { name, purge: true, ..Default::default() })
+            .await
+            .context("purging a benchmark job")?;
     }
     Ok(())
 }

@@ -94,7 +94,7 @@ pub async fn run(servers: &Servers, args: StartArgs) -> Result<()> {
     for i in 0..args.jobs {
         let name = format!("{prefix}-{i}");
         // Jobs never submitted (after a failure) are simply not found.
-        let _ = jobs.stop_job(pb::StopJobRequest { name, purge: true }).await;
+        let _ = jobs.stop_job(pb::StopJobRequest { name, purge: true, ..Default::default() }).await;
     }
     if let Some(e) = failure {
         return Err(e);
@@ -190,7 +190,7 @@ async fn submit_and_wait(channel: Conn, job: Job) -> Result<Vec<Timeline>> {
     let count = usize::try_from(job.task_groups[0].count).unwrap_or(usize::MAX);
     let submitted_ms = now_ms();
     client(channel.clone())
-        .submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) })
+        .submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)), ..Default::default() })
         .await
         .with_context(|| format!("submitting {name}"))?;
     let allocs = crate::alloc::client(channel);

@@ -58,7 +58,10 @@ pub async fn run(servers: &Servers, args: SubmitArgs) -> Result<()> {
                 }
                 let job = Job::exec(&format!("{prefix}-{i}"), "true", Vec::new());
                 let t = Instant::now();
-                match jobs_client.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)) }).await {
+                match jobs_client
+                    .submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)), ..Default::default() })
+                    .await
+                {
                     Ok(_) => record(&mut latencies, t.elapsed()),
                     Err(_) => errors += 1,
                 }

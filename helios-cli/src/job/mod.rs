@@ -3,10 +3,12 @@
 mod history;
 mod monitor;
 mod plan;
+mod write;
+
+pub use write::{change_stored, read, send, submit, Submission};
 
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use helios_api::convert::job_to_pb;
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::job_service_client::JobServiceClient;
@@ -270,18 +272,16 @@ pub async fn run(servers: &Servers, command: JobCommand) -> Result<std::process:
 
 /// Submits the job with `group`'s count changed.
 async fn scale(servers: &Servers, name: &str, group: &str, count: u32, detach: bool) -> Result<()> {
-    let mut jobs = client(servers.connect().await?);
-    let stored =
-        jobs.get_job(pb::GetJobRequest { name: name.to_string(), ..Default::default() }).await.map_err(status_error)?;
-    let stored = stored.into_inner().job.ok_or_else(|| anyhow!("the server returned no job"))?;
-    let mut job = helios_api::convert::job_from_pb(stored).map_err(|e| anyhow!("cannot read job {name:?}: {e}"))?;
-    let names: Vec<String> = job.task_groups.iter().map(|g| g.name.clone()).collect();
-    let Some(target) = job.task_groups.iter_mut().find(|g| g.name == group) else {
-        anyhow::bail!("job {name:?} has no group {group:?} (its groups: {})", names.join(", "));
-    };
-    target.count = count;
-    let expected = counted(&job);
-    submit(servers, job, detach, expected).await
+    change_stored(servers, name, |mut job| {
+        let names: Vec<String> = job.task_groups.iter().map(|g| g.name.clone()).collect();
+        let Some(target) = job.task_groups.iter_mut().find(|g| g.name == group) else {
+            anyhow::bail!("job {name:?} has no group {group:?} (its groups: {})", names.join(", "));
+        };
+        target.count = count;
+        let expected = counted(&job);
+        Ok(Submission { job, detach, expected })
+    })
+    .await
 }
 
 /// Submits version `version` of the job again (the servers copy it), then watches it.
@@ -294,7 +294,7 @@ async fn revert(
 ) -> Result<()> {
     let conn = servers.connect().await?;
     let mut jobs = client(conn.clone());
-    let request = pb::RevertJobRequest { name: name.to_string(), version, enforce_prior_version };
+    let request = pb::RevertJobRequest { name: name.to_string(), version, enforce_prior_version, ..Default::default() };
     let reply = jobs.revert_job(request).await.map_err(status_error)?.into_inner();
     if !reply.changed {
         println!("Job {name:?} already runs the spec of version {version} (version {}); nothing to do", reply.version);
@@ -320,24 +320,6 @@ async fn revert(
 /// job's): what watching it waits for.
 pub fn counted(job: &Job) -> Option<u64> {
     (job.job_type != JobType::System).then(|| job.desired_allocations())
-}
-
-/// Submits `job`, then (unless `detach`) watches it settle (`monitor`).
-/// `expected`: how many allocations to wait for (None: as many as the nodes allow).
-pub async fn submit(servers: &Servers, job: Job, detach: bool, expected: Option<u64>) -> Result<()> {
-    let conn = servers.connect().await?;
-    let mut jobs = client(conn.clone());
-    let request = pb::SubmitJobRequest { job: Some(job_to_pb(&job)) };
-    let reply = jobs.submit_job(request).await.map_err(status_error)?.into_inner();
-    if !reply.changed {
-        println!("Job {:?} unchanged (version {}); nothing to do", job.name, reply.version);
-        return Ok(());
-    }
-    println!("Job {:?} submitted: version {}, evaluation {}", job.name, reply.version, short(&reply.eval_id));
-    if detach {
-        return Ok(());
-    }
-    monitor::watch(conn, &job.name, reply.version, &reply.eval_id, &job, expected).await
 }
 
 /// The commands that read or change a stored job.
@@ -437,7 +419,10 @@ pub async fn run_query(servers: &Servers, command: JobCommand) -> Result<()> {
             }
         }
         JobCommand::Stop { name, purge } => {
-            let reply = jobs.stop_job(pb::StopJobRequest { name: name.clone(), purge }).await.map_err(status_error)?;
+            let reply = jobs
+                .stop_job(pb::StopJobRequest { name: name.clone(), purge, ..Default::default() })
+                .await
+                .map_err(status_error)?;
             let verb = if purge { "stopped and purged" } else { "stopped" };
             println!("Job {name:?} {verb}: evaluation {}", short(&reply.into_inner().eval_id));
         }

@@ -20,7 +20,7 @@ pub async fn plan(servers: &Servers, file: &Path, verbose: bool, json: bool) -> 
         eprintln!("Note: {note}");
     }
     let mut jobs = super::client(servers.connect().await?);
-    let request = pb::SubmitJobRequest { job: Some(job_to_pb(&loaded.job)) };
+    let request = pb::PlanJobRequest { job: Some(job_to_pb(&loaded.job)) };
     let plan = jobs.plan_job(request).await.map_err(status_error)?.into_inner();
     // Nomad's 1: the submission would change the job or its allocations.
     let changes = plan.changed || plan.groups.iter().any(|g| g.place + g.stop + g.in_place > 0);

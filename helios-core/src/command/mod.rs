@@ -12,9 +12,12 @@
 //! that proposes a command stamps them, so every replica applies identical values.
 
 pub mod answer;
+pub mod request;
 mod v1;
+mod v2;
 
 pub use answer::{Answer, DeploymentChanged, JobDeregistered, JobRegistered, PlanApplied, Restored};
+pub use request::{ClientRequest, ClientRequestRecord, Precondition, REQUESTS_FORMAT};
 
 use serde::{Deserialize, Serialize};
 
@@ -40,11 +43,36 @@ pub struct Proposal {
     pub request_id: String,
     /// Stamped by the proposing server; bounds how long the request id is remembered.
     pub proposed_at: Timestamp,
+    /// The caller's own id for the request (format 10): a retry of it, through any server, gets
+    /// the first attempt's answer instead of being applied again.
+    pub client_request: Option<ClientRequest>,
+    /// What the state must be for the command to apply (format 10); otherwise it is refused
+    /// (`RejectionKind::Conflict`) and nothing changes.
+    pub precondition: Option<Precondition>,
     pub command: Command,
 }
 
 // 2: `UpdateAllocations` and `ApplyPlan::follow_ups` removed (format 3).
-crate::versioned!(Proposal = 2, previous v1::Proposal);
+// 3: `client_request` and `precondition` (format 10).
+crate::versioned!(Proposal = 3, since format 10, previous v2::Proposal);
+
+impl Proposal {
+    /// A proposal of `command` with no client request id and no precondition.
+    pub fn new(request_id: String, proposed_at: Timestamp, command: Command) -> Proposal {
+        Proposal { request_id, proposed_at, client_request: None, precondition: None, command }
+    }
+
+    /// The oldest stored format whose servers can apply it (`Command::needs_format`).
+    pub fn needs_format(&self) -> u32 {
+        let conditional = self.client_request.is_some() || self.precondition.is_some();
+        let needs = self.command.needs_format();
+        if conditional {
+            needs.max(REQUESTS_FORMAT)
+        } else {
+            needs
+        }
+    }
+}
 
 /// Serialized through `Serialize for Command` below, which refuses a command that the readers
 /// being written for (`format::write_for`) could not apply.
@@ -259,10 +287,15 @@ pub struct Rejection {
     pub message: String,
 }
 
+/// Appended variants arise only from what their format brought, so older readers never meet them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RejectionKind {
     NotFound,
     FailedPrecondition,
+    /// Format 10: the proposal's `Precondition` did not hold (a concurrent change came first).
+    Conflict,
+    /// Format 10: the client request id was already used for a different request.
+    RequestIdReused,
 }
 
 /// The stored format that brought deployments (`crate::deployment`).
@@ -368,7 +401,11 @@ impl std::fmt::Display for Command {
 
 impl std::fmt::Display for Proposal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (request {})", self.command, self.request_id)
+        write!(f, "{} (request {})", self.command, self.request_id)?;
+        if let Some(client) = &self.client_request {
+            write!(f, " (client request {})", client.id)?;
+        }
+        Ok(())
     }
 }
 

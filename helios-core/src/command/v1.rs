@@ -94,9 +94,9 @@ pub enum Command {
     },
 }
 
-impl From<Proposal> for super::Proposal {
-    fn from(old: Proposal) -> super::Proposal {
-        super::Proposal { request_id: old.request_id, proposed_at: old.proposed_at, command: old.command.into() }
+impl From<Proposal> for super::v2::Proposal {
+    fn from(old: Proposal) -> super::v2::Proposal {
+        super::v2::Proposal { request_id: old.request_id, proposed_at: old.proposed_at, command: old.command.into() }
     }
 }
 

@@ -13,8 +13,9 @@ use tonic::{Request, Response, Status};
 use super::auth::{authorize, presented_secret, secret_hash};
 use super::errors::{cluster_status, invalid, require_name};
 use super::pages;
+use super::retries::{self, write_once};
 use crate::clock;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, WriteConditions};
 use crate::store::read;
 
 pub struct Acl {
@@ -33,14 +34,19 @@ impl Acl {
         }
     }
 
-    /// Management tokens only.
-    async fn manage<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    /// Management tokens only; returns the caller's.
+    async fn manage<T>(&self, request: &Request<T>) -> Result<Option<AclToken>, Status> {
         self.require_enabled()?;
-        authorize(&self.cluster, request, Capability::Management).await.map(drop)
+        authorize(&self.cluster, request, Capability::Management).await
     }
 
     async fn commit(&self, command: Command) -> Result<u64, Status> {
-        let (index, AclChanged) = self.cluster.propose(command).await.map_err(cluster_status)?;
+        self.commit_once(WriteConditions::default(), command).await
+    }
+
+    /// `commit`, once per client request (`retries`).
+    async fn commit_once(&self, conditions: WriteConditions, command: Command) -> Result<u64, Status> {
+        let (index, AclChanged) = write_once(&self.cluster, conditions, async { Ok(command) }).await?;
         Ok(index)
     }
 
@@ -100,10 +106,11 @@ impl AclService for Acl {
         &self,
         request: Request<pb::UpsertAclPolicyRequest>,
     ) -> Result<Response<pb::UpsertAclPolicyResponse>, Status> {
-        self.manage(&request).await?;
+        let caller = self.manage(&request).await?;
+        let conditions = retries::conditions("UpsertPolicy", caller.as_ref(), request.get_ref())?;
         let policy = request.into_inner().policy.ok_or_else(|| invalid("policy", "must be set"))?;
         let policy = policy_from_pb(policy, clock::now()).map_err(|e| helios_api::invalid_argument(&e))?;
-        let index = self.commit(Command::UpsertAclPolicy { policy }).await?;
+        let index = self.commit_once(conditions, Command::UpsertAclPolicy { policy }).await?;
         Ok(Response::new(pb::UpsertAclPolicyResponse { index }))
     }
 
@@ -111,10 +118,11 @@ impl AclService for Acl {
         &self,
         request: Request<pb::DeleteAclPolicyRequest>,
     ) -> Result<Response<pb::DeleteAclPolicyResponse>, Status> {
-        self.manage(&request).await?;
+        let caller = self.manage(&request).await?;
+        let conditions = retries::conditions("DeletePolicy", caller.as_ref(), request.get_ref())?;
         let name = request.into_inner().name;
         require_name("name", &name)?;
-        let index = self.commit(Command::DeleteAclPolicy { name }).await?;
+        let index = self.commit_once(conditions, Command::DeleteAclPolicy { name }).await?;
         Ok(Response::new(pb::DeleteAclPolicyResponse { index }))
     }
 
@@ -179,10 +187,11 @@ impl AclService for Acl {
         &self,
         request: Request<pb::DeleteAclTokenRequest>,
     ) -> Result<Response<pb::DeleteAclTokenResponse>, Status> {
-        self.manage(&request).await?;
+        let caller = self.manage(&request).await?;
+        let conditions = retries::conditions("DeleteToken", caller.as_ref(), request.get_ref())?;
         let accessor_id = request.into_inner().accessor_id;
         require_name("accessor_id", &accessor_id)?;
-        let index = self.commit(Command::DeleteAclToken { accessor_id }).await?;
+        let index = self.commit_once(conditions, Command::DeleteAclToken { accessor_id }).await?;
         Ok(Response::new(pb::DeleteAclTokenResponse { index }))
     }
 

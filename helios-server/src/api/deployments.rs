@@ -17,8 +17,9 @@ use super::errors::{cluster_status, invalid, require_job_name};
 use super::ids::{check_id, the_one};
 use super::jobs::{find_allocation, job_priority};
 use super::pages;
+use super::retries::{self, write_once};
 use crate::clock::{new_id, now};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, WriteConditions};
 use crate::store::read;
 use helios_core::events::Topic;
 
@@ -55,16 +56,19 @@ impl Deployments {
 
     async fn act(
         &self,
+        conditions: WriteConditions,
         id: String,
         action: DeploymentAction,
     ) -> Result<Response<pb::DeploymentActionResponse>, Status> {
         let deployment = self.find(id).await?;
-        let priority = job_priority(&self.cluster, &deployment.job_name).await?;
-        let now = now();
-        let eval = Evaluation::new(new_id(), &deployment.job_name, priority, EvalTrigger::DeploymentWatcher, now);
-        let command = Command::ActOnDeployment { deployment_id: deployment.id.clone(), action, now, eval };
+        let command = async {
+            let priority = job_priority(&self.cluster, &deployment.job_name).await?;
+            let now = now();
+            let eval = Evaluation::new(new_id(), &deployment.job_name, priority, EvalTrigger::DeploymentWatcher, now);
+            Ok(Command::ActOnDeployment { deployment_id: deployment.id.clone(), action, now, eval })
+        };
         let (index, DeploymentChanged { eval_id, reverted_to, .. }) =
-            self.cluster.propose(command).await.map_err(cluster_status)?;
+            write_once(&self.cluster, conditions, command).await?;
         let (job, version) = (deployment.job_name.clone(), deployment.job_version);
         let after = self
             .cluster
@@ -123,37 +127,41 @@ impl DeploymentService for Deployments {
         &self,
         request: Request<pb::PromoteDeploymentRequest>,
     ) -> Result<Response<pb::DeploymentActionResponse>, Status> {
-        authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        let caller = authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        let conditions = retries::conditions("PromoteDeployment", caller.as_ref(), request.get_ref())?;
         let req = request.into_inner();
         for (i, group) in req.groups.iter().enumerate() {
             super::errors::require_name(&format!("groups[{i}]"), group)?;
         }
-        self.act(req.id, DeploymentAction::Promote { groups: req.groups }).await
+        self.act(conditions, req.id, DeploymentAction::Promote { groups: req.groups }).await
     }
 
     async fn pause_deployment(
         &self,
         request: Request<pb::PauseDeploymentRequest>,
     ) -> Result<Response<pb::DeploymentActionResponse>, Status> {
-        authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        let caller = authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        let conditions = retries::conditions("PauseDeployment", caller.as_ref(), request.get_ref())?;
         let req = request.into_inner();
         let action = if req.pause { DeploymentAction::Pause } else { DeploymentAction::Resume };
-        self.act(req.id, action).await
+        self.act(conditions, req.id, action).await
     }
 
     async fn fail_deployment(
         &self,
         request: Request<pb::FailDeploymentRequest>,
     ) -> Result<Response<pb::DeploymentActionResponse>, Status> {
-        authorize(&self.cluster, &request, Capability::SubmitJob).await?;
-        self.act(request.into_inner().id, DeploymentAction::Fail).await
+        let caller = authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        let conditions = retries::conditions("FailDeployment", caller.as_ref(), request.get_ref())?;
+        self.act(conditions, request.into_inner().id, DeploymentAction::Fail).await
     }
 
     async fn set_allocation_health(
         &self,
         request: Request<pb::SetAllocationHealthRequest>,
     ) -> Result<Response<pb::DeploymentActionResponse>, Status> {
-        authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        let caller = authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        let conditions = retries::conditions("SetAllocationHealth", caller.as_ref(), request.get_ref())?;
         let req = request.into_inner();
         if req.healthy_alloc_ids.is_empty() && req.unhealthy_alloc_ids.is_empty() {
             return Err(invalid("healthy_alloc_ids", "name at least one allocation, healthy or unhealthy"));
@@ -163,6 +171,6 @@ impl DeploymentService for Deployments {
         if let Some(both) = healthy.iter().find(|id| unhealthy.contains(id)) {
             return Err(invalid("unhealthy_alloc_ids", format!("allocation {both} is also named healthy")));
         }
-        self.act(req.id, DeploymentAction::SetHealth { healthy, unhealthy }).await
+        self.act(conditions, req.id, DeploymentAction::SetHealth { healthy, unhealthy }).await
     }
 }

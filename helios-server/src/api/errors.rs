@@ -24,6 +24,9 @@ pub fn rejection_status(rejection: Rejection) -> Status {
     match rejection.kind {
         RejectionKind::NotFound => Status::not_found(rejection.message),
         RejectionKind::FailedPrecondition => Status::failed_precondition(rejection.message),
+        // A check-and-set lost to a concurrent change: read again and retry (AIP-193's ABORTED).
+        RejectionKind::Conflict => Status::aborted(rejection.message),
+        RejectionKind::RequestIdReused => Status::already_exists(rejection.message),
     }
 }
 

@@ -20,23 +20,65 @@ use helios_core::events::Topic;
 
 use super::errors::{cluster_status, invalid, require_job_name, require_name};
 use super::ids::{check_id, the_one};
+use super::retries::{self, write_once};
 use crate::clock::{new_id, now};
 use crate::cluster::Cluster;
+use crate::cluster::WriteConditions;
 use crate::store::read;
+use helios_core::command::Precondition;
 
 pub struct Jobs {
     pub cluster: Cluster,
 }
 
 impl Jobs {
-    /// Registers `job` as submitted now, with an evaluation for it.
-    async fn register(&self, mut job: Job) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let now = now();
-        job.submitted_at = now;
-        let eval = Evaluation::new(new_id(), &job.name, job.priority, EvalTrigger::JobRegister, now);
+    /// Registers the job `build` reads (as submitted now, with an evaluation for it), once per
+    /// client request and under its conditions.
+    async fn register(
+        &self,
+        conditions: WriteConditions,
+        build: impl std::future::Future<Output = Result<Job, Status>>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let command = async {
+            let mut job = build.await?;
+            let now = now();
+            job.submitted_at = now;
+            let eval = Evaluation::new(new_id(), &job.name, job.priority, EvalTrigger::JobRegister, now);
+            Ok(Command::RegisterJob { job, eval })
+        };
         let (index, JobRegistered { version, changed, eval_id }) =
-            self.cluster.propose(Command::RegisterJob { job, eval }).await.map_err(cluster_status)?;
+            write_once(&self.cluster, conditions, command).await?;
         Ok(Response::new(pb::SubmitJobResponse { version, changed, eval_id: eval_id.unwrap_or_default(), index }))
+    }
+
+    /// The spec `req` reverts to, checked against the stored versions.
+    async fn reverted(&self, req: pb::RevertJobRequest) -> Result<Job, Status> {
+        let lookup = req.name.clone();
+        let versions = self.cluster.read(move |txn| read::job_versions(txn, &lookup)).await.map_err(cluster_status)?;
+        let current = versions.iter().map(|j| j.version).max().ok_or_else(|| job_not_found(&req.name))?;
+        if req.enforce_prior_version.is_some_and(|prior| prior != current) {
+            let prior = req.enforce_prior_version.unwrap_or_default();
+            return Err(Status::failed_precondition(format!(
+                "job {:?} is at version {current}, not {prior} (enforce_prior_version)",
+                req.name
+            )));
+        }
+        if req.version == current {
+            let why = format!("version {current} is the current version of job {:?}", req.name);
+            return Err(Status::failed_precondition(why));
+        }
+        let kept: Vec<String> = versions.iter().map(|j| j.version.to_string()).collect();
+        let Some(mut job) = versions.into_iter().find(|j| j.version == req.version) else {
+            return Err(Status::not_found(format!(
+                "job {:?} has no version {} (kept: {})",
+                req.name,
+                req.version,
+                kept.join(", ")
+            )));
+        };
+        // Its spec, submitted again: the state machine numbers the new version.
+        job.stopped = false;
+        Ok(job)
     }
 }
 
@@ -116,48 +158,38 @@ impl JobService for Jobs {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        authorize(&self.cluster, &request, Capability::SubmitJob).await?;
-        let pb_job = request.into_inner().job.ok_or_else(|| invalid("job", "must be set"))?;
+        let caller = authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        let mut conditions = retries::conditions("SubmitJob", caller.as_ref(), request.get_ref())?;
+        let req = request.into_inner();
+        let pb_job = req.job.ok_or_else(|| invalid("job", "must be set"))?;
         let job = job_from_pb(pb_job).map_err(|e| helios_api::invalid_argument(&e))?;
-        self.register(job).await
+        conditions.precondition = match (req.expected_version, req.create_only) {
+            (Some(_), true) => return Err(invalid("create_only", "cannot be set with expected_version")),
+            (Some(version), false) => Some(Precondition::JobVersion { job: job.name.clone(), version: Some(version) }),
+            (None, true) => Some(Precondition::JobVersion { job: job.name.clone(), version: None }),
+            (None, false) => None,
+        };
+        self.register(conditions, async { Ok(job) }).await
     }
 
     async fn revert_job(
         &self,
         request: Request<pb::RevertJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        let caller = authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        let mut conditions = retries::conditions("RevertJob", caller.as_ref(), request.get_ref())?;
         let req = request.into_inner();
         require_job_name("name", &req.name)?;
-        let lookup = req.name.clone();
-        let versions = self.cluster.read(move |txn| read::job_versions(txn, &lookup)).await.map_err(cluster_status)?;
-        let current = versions.iter().map(|j| j.version).max().ok_or_else(|| job_not_found(&req.name))?;
-        if req.enforce_prior_version.is_some_and(|prior| prior != current) {
-            let prior = req.enforce_prior_version.unwrap_or_default();
-            return Err(Status::failed_precondition(format!(
-                "job {:?} is at version {current}, not {prior} (enforce_prior_version)",
-                req.name
-            )));
+        // Checked when read below, and again where it counts, at apply (once every server can).
+        if self.cluster.stored_format() >= helios_core::command::REQUESTS_FORMAT {
+            conditions.precondition = req
+                .enforce_prior_version
+                .map(|prior| Precondition::JobVersion { job: req.name.clone(), version: Some(prior) });
         }
-        if req.version == current {
-            let why = format!("version {current} is the current version of job {:?}", req.name);
-            return Err(Status::failed_precondition(why));
-        }
-        let kept: Vec<String> = versions.iter().map(|j| j.version.to_string()).collect();
-        let Some(mut job) = versions.into_iter().find(|j| j.version == req.version) else {
-            return Err(Status::not_found(format!(
-                "job {:?} has no version {} (kept: {})",
-                req.name,
-                req.version,
-                kept.join(", ")
-            )));
-        };
-        // Its spec, submitted again: the state machine numbers the new version.
-        job.stopped = false;
-        self.register(job).await
+        self.register(conditions, self.reverted(req)).await
     }
 
-    async fn plan_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::PlanJobResponse>, Status> {
+    async fn plan_job(&self, request: Request<pb::PlanJobRequest>) -> Result<Response<pb::PlanJobResponse>, Status> {
         authorize(&self.cluster, &request, Capability::SubmitJob).await?;
         let pb_job = request.into_inner().job.ok_or_else(|| invalid("job", "must be set"))?;
         let job = job_from_pb(pb_job).map_err(|e| helios_api::invalid_argument(&e))?;
@@ -277,18 +309,21 @@ impl JobService for Jobs {
     }
 
     async fn stop_job(&self, request: Request<pb::StopJobRequest>) -> Result<Response<pb::StopJobResponse>, Status> {
-        authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        let caller = authorize(&self.cluster, &request, Capability::SubmitJob).await?;
+        let conditions = retries::conditions("StopJob", caller.as_ref(), request.get_ref())?;
         let req = request.into_inner();
         require_job_name("name", &req.name)?;
-        let now = now();
-        // The state machine refuses an unknown job, but a current read spares the log an entry
-        // for the common typo.
-        let lookup = req.name.clone();
-        let job = self.cluster.read(move |txn| read::job(txn, &lookup)).await.map_err(cluster_status)?;
-        let job = job.ok_or_else(|| job_not_found(&req.name))?;
-        let eval = Evaluation::new(new_id(), &job.name, job.priority, EvalTrigger::JobDeregister, now);
-        let command = Command::DeregisterJob { job_name: req.name, purge: req.purge, eval, now };
-        let (index, JobDeregistered { eval_id }) = self.cluster.propose(command).await.map_err(cluster_status)?;
+        let command = async {
+            let now = now();
+            // The state machine refuses an unknown job, but a current read spares the log an
+            // entry for the common typo.
+            let lookup = req.name.clone();
+            let job = self.cluster.read(move |txn| read::job(txn, &lookup)).await.map_err(cluster_status)?;
+            let job = job.ok_or_else(|| job_not_found(&req.name))?;
+            let eval = Evaluation::new(new_id(), &job.name, job.priority, EvalTrigger::JobDeregister, now);
+            Ok(Command::DeregisterJob { job_name: req.name.clone(), purge: req.purge, eval, now })
+        };
+        let (index, JobDeregistered { eval_id }) = write_once(&self.cluster, conditions, command).await?;
         Ok(Response::new(pb::StopJobResponse { eval_id, index }))
     }
 }
@@ -486,6 +521,16 @@ impl AllocationService for Allocations {
     ) -> Result<Response<pb::StopAllocationResponse>, Status> {
         authorize(&self.cluster, &request, Capability::AllocLifecycle).await?;
         let alloc = self.find(request.into_inner().id).await?;
+        let (alloc_id, eval_id) = (alloc.id.clone(), new_id());
+        let command = self.stop_command(alloc, eval_id.clone()).await?;
+        let _: (u64, PlanApplied) = self.cluster.propose(command).await.map_err(cluster_status)?;
+        Ok(Response::new(pb::StopAllocationResponse { alloc_id, eval_id }))
+    }
+}
+
+impl Allocations {
+    /// The plan of one stop that `alloc stop` commits, with evaluation `eval_id` of the job.
+    async fn stop_command(&self, alloc: Allocation, eval_id: String) -> Result<Command, Status> {
         if alloc.desired_status != helios_core::AllocDesiredStatus::Run || alloc.is_terminal() {
             return Err(Status::failed_precondition(format!(
                 "allocation {} is already {} (desired {})",
@@ -498,7 +543,7 @@ impl AllocationService for Allocations {
         // places the replacement, as for any allocation that ends while its job wants it.
         let now = now();
         let priority = job_priority(&self.cluster, &alloc.job_name).await?;
-        let eval = Evaluation::new(new_id(), &alloc.job_name, priority, EvalTrigger::AllocStop, now);
+        let eval = Evaluation::new(eval_id, &alloc.job_name, priority, EvalTrigger::AllocStop, now);
         let plan = helios_core::Plan {
             eval_id: eval.id.clone(),
             job_name: alloc.job_name.clone(),
@@ -517,10 +562,7 @@ impl AllocationService for Allocations {
             revisit_reason: String::new(),
             final_failures: Default::default(),
         };
-        let eval_id = eval.id.clone();
-        let command = Command::ApplyPlan { plan, eval };
-        let _: (u64, PlanApplied) = self.cluster.propose(command).await.map_err(cluster_status)?;
-        Ok(Response::new(pb::StopAllocationResponse { alloc_id: alloc.id, eval_id }))
+        Ok(Command::ApplyPlan { plan, eval })
     }
 }
 

@@ -15,5 +15,6 @@ pub mod jobs;
 pub mod nodes;
 pub mod pages;
 pub mod restore;
+pub mod retries;
 pub mod services;
 pub mod status_codes;

@@ -16,9 +16,10 @@ use helios_core::command::answer::{NodePurged, NodeStatusSet};
 use helios_core::{Command, EvalTrigger, NodeEligibility};
 
 use super::errors::{cluster_status, require_name};
+use super::retries::{self, write_once};
 use crate::clock;
 use crate::cluster::node_evaluations;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, WriteConditions};
 use crate::store::read;
 
 pub struct Nodes {
@@ -28,24 +29,32 @@ pub struct Nodes {
 impl Nodes {
     /// Sets a node's drain flag (`None`: unchanged) and eligibility, with evaluations for the
     /// jobs running there.
-    async fn set_scheduling(&self, id: &str, drain: Option<bool>, eligibility: NodeEligibility) -> Result<u64, Status> {
+    async fn set_scheduling(
+        &self,
+        conditions: WriteConditions,
+        id: &str,
+        drain: Option<bool>,
+        eligibility: NodeEligibility,
+    ) -> Result<u64, Status> {
         require_name("id", id)?;
-        let lookup = id.to_string();
-        let (node, jobs) = self
-            .cluster
-            .read(move |txn| Ok((read::node(txn, &lookup)?, read::jobs_affected_by_node(txn, &lookup)?)))
-            .await
-            .map_err(cluster_status)?;
-        let node = node.ok_or_else(|| Status::not_found(format!("node {id:?} not found")))?;
-        let evals = node_evaluations(jobs, id, EvalTrigger::NodeDrain);
-        let command = Command::SetNodeScheduling {
-            node_id: id.to_string(),
-            drain: drain.unwrap_or(node.drain),
-            eligibility,
-            now: clock::now(),
-            evals,
+        let command = async {
+            let lookup = id.to_string();
+            let (node, jobs) = self
+                .cluster
+                .read(move |txn| Ok((read::node(txn, &lookup)?, read::jobs_affected_by_node(txn, &lookup)?)))
+                .await
+                .map_err(cluster_status)?;
+            let node = node.ok_or_else(|| Status::not_found(format!("node {id:?} not found")))?;
+            let evals = node_evaluations(jobs, id, EvalTrigger::NodeDrain);
+            Ok(Command::SetNodeScheduling {
+                node_id: id.to_string(),
+                drain: drain.unwrap_or(node.drain),
+                eligibility,
+                now: clock::now(),
+                evals,
+            })
         };
-        let (index, NodeStatusSet) = self.cluster.propose(command).await.map_err(cluster_status)?;
+        let (index, NodeStatusSet) = write_once(&self.cluster, conditions, command).await?;
         Ok(index)
     }
 }
@@ -74,10 +83,11 @@ impl NodeService for Nodes {
         &self,
         request: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::DrainNodeResponse>, Status> {
-        authorize(&self.cluster, &request, Capability::NodeWrite).await?;
+        let caller = authorize(&self.cluster, &request, Capability::NodeWrite).await?;
+        let conditions = retries::conditions("DrainNode", caller.as_ref(), request.get_ref())?;
         let req = request.into_inner();
         let eligibility = if req.enable { NodeEligibility::Ineligible } else { NodeEligibility::Eligible };
-        let index = self.set_scheduling(&req.id, Some(req.enable), eligibility).await?;
+        let index = self.set_scheduling(conditions, &req.id, Some(req.enable), eligibility).await?;
         Ok(Response::new(pb::DrainNodeResponse { index }))
     }
 
@@ -85,10 +95,11 @@ impl NodeService for Nodes {
         &self,
         request: Request<pb::SetEligibilityRequest>,
     ) -> Result<Response<pb::SetEligibilityResponse>, Status> {
-        authorize(&self.cluster, &request, Capability::NodeWrite).await?;
+        let caller = authorize(&self.cluster, &request, Capability::NodeWrite).await?;
+        let conditions = retries::conditions("SetEligibility", caller.as_ref(), request.get_ref())?;
         let req = request.into_inner();
         let eligibility = if req.eligible { NodeEligibility::Eligible } else { NodeEligibility::Ineligible };
-        let index = self.set_scheduling(&req.id, None, eligibility).await?;
+        let index = self.set_scheduling(conditions, &req.id, None, eligibility).await?;
         Ok(Response::new(pb::SetEligibilityResponse { index }))
     }
 
@@ -96,15 +107,21 @@ impl NodeService for Nodes {
         &self,
         request: Request<pb::PurgeNodeRequest>,
     ) -> Result<Response<pb::PurgeNodeResponse>, Status> {
-        authorize(&self.cluster, &request, Capability::NodeWrite).await?;
+        let caller = authorize(&self.cluster, &request, Capability::NodeWrite).await?;
+        let conditions = retries::conditions("PurgeNode", caller.as_ref(), request.get_ref())?;
         let id = request.into_inner().id;
         require_name("id", &id)?;
-        let lookup = id.clone();
-        let jobs =
-            self.cluster.read(move |txn| read::jobs_affected_by_node(txn, &lookup)).await.map_err(cluster_status)?;
-        let evals = node_evaluations(jobs, &id, EvalTrigger::NodeUpdate);
-        let command = Command::PurgeNode { node_id: id, now: clock::now(), evals };
-        let (index, NodePurged) = self.cluster.propose(command).await.map_err(cluster_status)?;
+        let command = async {
+            let lookup = id.clone();
+            let jobs = self
+                .cluster
+                .read(move |txn| read::jobs_affected_by_node(txn, &lookup))
+                .await
+                .map_err(cluster_status)?;
+            let evals = node_evaluations(jobs, &id, EvalTrigger::NodeUpdate);
+            Ok(Command::PurgeNode { node_id: id.clone(), now: clock::now(), evals })
+        };
+        let (index, NodePurged) = write_once(&self.cluster, conditions, command).await?;
         Ok(Response::new(pb::PurgeNodeResponse { index }))
     }
 

@@ -388,8 +388,7 @@ mod tests {
     /// An entry of about `size` bytes (a blank entry carries nothing).
     fn entry(index: u64, size: usize) -> Entry {
         let command = helios_core::Command::CreateEvaluations { evals: vec![] };
-        let proposal =
-            helios_core::Proposal { request_id: "x".repeat(size), proposed_at: helios_core::Timestamp(index), command };
+        let proposal = helios_core::Proposal::new("x".repeat(size), helios_core::Timestamp(index), command);
         Entry::new_normal(log_id(index), proposal)
     }
 

@@ -15,7 +15,9 @@ use super::tables::{
     EVALUATIONS, JOBS, JOB_ALLOC_COUNTS, JOB_VERSIONS, NODES, NODE_PORTS, NODE_USAGE, PENDING_EVALUATIONS, REQUESTS,
     ROOM_FREED_AT,
 };
-use super::tables::{ACL_POLICIES, ACL_TOKENS, ACL_TOKEN_SECRETS, DEPLOYMENTS, RESTORE_STAGING};
+use super::tables::{
+    ACL_POLICIES, ACL_TOKENS, ACL_TOKEN_SECRETS, CLIENT_REQUESTS, CLIENT_REQUESTS_BY_TIME, DEPLOYMENTS, RESTORE_STAGING,
+};
 use crate::events::Change;
 use helios_core::events::Topic;
 
@@ -28,6 +30,7 @@ mod jobs;
 mod nodes;
 mod plan;
 mod reports;
+mod requests;
 mod restore;
 
 /// How long a request id is remembered. A server retries a proposal for at most
@@ -44,6 +47,8 @@ pub struct StateTables<'txn> {
     allocations: StateTable<'txn>,
     evaluations: StateTable<'txn>,
     requests: StateTable<'txn>,
+    client_requests: StateTable<'txn>,
+    client_requests_by_time: StateTable<'txn>,
     nodes: StateTable<'txn>,
     pending_evaluations: StateTable<'txn>,
     blocked_jobs: StateTable<'txn>,
@@ -89,6 +94,8 @@ impl<'txn> StateTables<'txn> {
             allocations: txn.open_table(ALLOCATIONS)?,
             evaluations: txn.open_table(EVALUATIONS)?,
             requests: txn.open_table(REQUESTS)?,
+            client_requests: txn.open_table(CLIENT_REQUESTS)?,
+            client_requests_by_time: txn.open_table(CLIENT_REQUESTS_BY_TIME)?,
             nodes: txn.open_table(NODES)?,
             pending_evaluations: txn.open_table(PENDING_EVALUATIONS)?,
             blocked_jobs: txn.open_table(BLOCKED_JOBS)?,
@@ -135,7 +142,17 @@ impl<'txn> StateTables<'txn> {
         // A restore's commit leaves the tables exactly as the snapshot had them, its requests
         // included; a repeat of it finds its restore gone and changes nothing.
         let remembered = !matches!(proposal.command, Command::RestoreCommit { .. });
-        let response = self.apply(proposal.command)?;
+        let response = match &proposal.client_request {
+            Some(client) => match self.client_request_answer(client)? {
+                Some(answer) => answer,
+                None => {
+                    let response = self.apply_if(proposal.precondition.as_ref(), proposal.command)?;
+                    self.remember_client_request(client, proposal.proposed_at, &response)?;
+                    response
+                }
+            },
+            None => self.apply_if(proposal.precondition.as_ref(), proposal.command)?,
+        };
         if remembered {
             self.requests.insert(key.as_str(), encode(&response).as_slice())?;
         }
@@ -213,7 +230,7 @@ impl<'txn> StateTables<'txn> {
     fn forget_requests_before(&mut self, latest: Timestamp) -> Result<(), redb::Error> {
         let horizon = request_key(latest.as_millis().saturating_sub(REQUEST_MEMORY_MS), "");
         self.requests.retain_in(..horizon.as_str(), |_, _| false)?;
-        Ok(())
+        self.forget_client_requests_before(&horizon)
     }
 
     pub fn apply(&mut self, command: Command) -> Result<CommandResponse, redb::Error> {
@@ -324,3 +341,5 @@ fn get<T: serde::de::DeserializeOwned>(table: &StateTable<'_>, key: &str) -> Res
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_requests;

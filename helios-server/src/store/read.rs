@@ -301,6 +301,15 @@ pub fn state_digest(txn: &ReadTransaction) -> Result<StateDigest> {
 }
 
 /// The cluster's stored format (`Command::RaiseFormat`): what its rows are written for.
+/// What the state machine remembers of a client request id, and the index the state reflects.
+pub fn client_request(
+    txn: &ReadTransaction,
+    id: &str,
+) -> Result<Option<(u64, helios_core::command::ClientRequestRecord)>> {
+    let Some(record) = get(txn, super::tables::CLIENT_REQUESTS, id)? else { return Ok(None) };
+    Ok(Some((applied_index(txn)?, record)))
+}
+
 pub fn stored_format(txn: &ReadTransaction) -> Result<u32> {
     let format = get(txn, super::tables::CLUSTER, super::tables::STORED_FORMAT)?;
     Ok(format.unwrap_or(helios_core::format::OLDEST_WRITTEN_FORMAT))

@@ -31,6 +31,13 @@ pub const PENDING_EVALUATIONS: TableDefinition<&str, &[u8]> = TableDefinition::n
 /// is answered from here instead of being applied again.
 pub const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 
+/// A caller's request id (`ClientRequest::id`, format 10) -> `ClientRequestRecord`: its digest
+/// and first answer, so a retry through any server is answered again instead of applied.
+pub const CLIENT_REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("client_requests");
+/// `request_key(proposed_at, client request id)` -> nothing: `CLIENT_REQUESTS` in the order
+/// they were proposed, so forgetting old ones trims the front.
+pub const CLIENT_REQUESTS_BY_TIME: TableDefinition<&str, &[u8]> = TableDefinition::new("client_requests_by_time");
+
 /// job name -> its latest blocked evaluation's id: the jobs to retry when the cluster changes.
 pub const BLOCKED_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocked_jobs");
 
@@ -82,8 +89,8 @@ pub const RESTORE_ID: &str = "restore_id";
 
 /// The tables that make up the replicated state: exactly what a snapshot carries. A snapshot
 /// from a server without the ACL tables simply has none (no tokens, not bootstrapped); one
-/// from before format 9, no deployments.
-pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 20] = [
+/// from before format 9, no deployments; from before format 10, no client requests.
+pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 22] = [
     JOBS,
     JOB_VERSIONS,
     ALLOCATIONS,
@@ -104,11 +111,14 @@ pub const STATE_TABLES: [TableDefinition<&str, &[u8]>; 20] = [
     ACL_TOKEN_SECRETS,
     RESTORE_STAGING,
     DEPLOYMENTS,
+    CLIENT_REQUESTS,
+    CLIENT_REQUESTS_BY_TIME,
 ];
 
-/// The state tables the previous stored format did not have (`read::state_digest` leaves them
-/// out while empty).
-pub const NEWER_TABLES: [&str; 1] = ["deployments"];
+/// The state tables older stored formats did not have (`read::state_digest` leaves them out
+/// while empty, as the builds of those formats do): deployments (format 9), client requests
+/// (format 10).
+pub const NEWER_TABLES: [&str; 3] = ["deployments", "client_requests", "client_requests_by_time"];
 
 /// How many of a job's allocations run, and how many have not finished: what its status follows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

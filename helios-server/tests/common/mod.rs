@@ -308,7 +308,7 @@ impl TestCluster {
 
     /// Submits `job` through server `via`.
     pub async fn submit_job(&self, via: u64, job: &Job) -> pb::SubmitJobResponse {
-        let request = pb::SubmitJobRequest { job: Some(job_to_pb(job)) };
+        let request = pb::SubmitJobRequest { job: Some(job_to_pb(job)), ..Default::default() };
         self.jobs(via).await.submit_job(request).await.expect("submit").into_inner()
     }
 

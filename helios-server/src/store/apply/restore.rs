@@ -141,6 +141,8 @@ impl<'txn> StateTables<'txn> {
             "acl_tokens" => &mut self.acl_tokens,
             "acl_token_secrets" => &mut self.acl_token_secrets,
             "deployments" => &mut self.deployments,
+            "client_requests" => &mut self.client_requests,
+            "client_requests_by_time" => &mut self.client_requests_by_time,
             _ => return None,
         })
     }

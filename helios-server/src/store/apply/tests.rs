@@ -6,18 +6,18 @@ use redb::ReadableDatabase;
 use super::*;
 use crate::store::{open, read};
 
-fn proposal(id: &str, at: u64, command: Command) -> Proposal {
-    Proposal { request_id: id.to_string(), proposed_at: Timestamp(at), command }
+pub(super) fn proposal(id: &str, at: u64, command: Command) -> Proposal {
+    Proposal::new(id.to_string(), Timestamp(at), command)
 }
 
-fn register(name: &str, arg: &str, eval: &str) -> Command {
+pub(super) fn register(name: &str, arg: &str, eval: &str) -> Command {
     let job = Job::exec(name, "echo", vec![arg.to_string()]);
     let eval = Evaluation::new(eval.to_string(), name, 50, EvalTrigger::JobRegister, Timestamp(1));
     Command::RegisterJob { job, eval }
 }
 
 /// Applies proposals in one transaction, as the state machine applies one batch.
-fn apply_all(db: &redb::Database, proposals: Vec<Proposal>) -> Vec<CommandResponse> {
+pub(super) fn apply_all(db: &redb::Database, proposals: Vec<Proposal>) -> Vec<CommandResponse> {
     let txn = db.begin_write().unwrap();
     let responses = {
         let mut tables = StateTables::open(&txn).unwrap();
