@@ -11,6 +11,9 @@ missing=()
 command -v busybox >/dev/null 2>&1 || [ -x /bin/busybox ] || missing+=(busybox-static)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+# The Python client test builds a virtual environment (Debian's python3 needs python3-venv).
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c "import ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: missing ${missing[*]}; run as root (the fault runs need root too)" >&2
@@ -26,4 +29,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The rolling upgrade test runs the previous stored format's last build beside this one; built
 # here, before the tests, so that no test competes with a build for the machine.
 scripts/build-previous-format.sh >/dev/null
+# The Python client test (helios-server/tests/python_client.rs) generates stubs from proto/ with
+# grpcio-tools, installed from PyPI into a virtual environment of its own, kept between runs.
+venv=target/python-venv
+if ! "$venv/bin/python" -c "import grpc_tools, grpc_status" >/dev/null 2>&1; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q grpcio-tools==1.85.4 grpcio-status==1.85.3
+fi
+export HELIOS_PYTHON="$PWD/$venv/bin/python" HELIOS_REQUIRE_PYTHON=1
 cargo test --workspace

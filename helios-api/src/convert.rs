@@ -27,9 +27,10 @@ pub use service::{alloc_services_from_pb, alloc_services_to_pb, check_state_to_p
 
 pub type ConversionResult<T> = Result<T, ValidationErrors>;
 
-/// The gRPC status for bad input: `InvalidArgument`, naming every field and its problem.
+/// The gRPC status for bad input in the request's own fields: `InvalidArgument`, naming every
+/// field and its problem (`errors::invalid_fields` for a message nested in the request).
 pub fn invalid_argument(errors: &ValidationErrors) -> tonic::Status {
-    tonic::Status::invalid_argument(format!("invalid request: {errors}"))
+    crate::errors::invalid_fields("", errors)
 }
 
 #[derive(Default)]
@@ -81,10 +82,35 @@ pub fn job_from_pb(job: pb::Job) -> ConversionResult<Job> {
         errors.extend(e.0);
     }
     if errors.is_empty() {
-        Ok(core)
-    } else {
-        Err(ValidationErrors(errors))
+        return Ok(core);
     }
+    for error in &mut errors {
+        error.field = proto_path(&core, &error.field);
+    }
+    Err(ValidationErrors(errors))
+}
+
+/// A job's field path as `pb::Job` names it. A task's driver settings are `config` in job files
+/// and the core model, but the driver's own field (`exec`, `raw_exec`, `docker`) of `pb::Task`.
+fn proto_path(job: &Job, path: &str) -> String {
+    const CONFIG: &str = "].config";
+    let Some(at) = path.find(CONFIG) else { return path.to_string() };
+    let (task_path, rest) = (&path[..=at], &path[at + CONFIG.len()..]);
+    let indexes: Vec<usize> =
+        task_path.split('[').skip(1).filter_map(|part| part.split(']').next()?.parse().ok()).collect();
+    let task = match indexes[..] {
+        [group, task] if task_path.starts_with("task_groups[") => {
+            job.task_groups.get(group).and_then(|g| g.tasks.get(task))
+        }
+        _ => None,
+    };
+    let Some(task) = task else { return path.to_string() };
+    let driver = match task.driver {
+        TaskDriver::Exec(_) => "exec",
+        TaskDriver::RawExec(_) => "raw_exec",
+        TaskDriver::Docker(_) => "docker",
+    };
+    format!("{task_path}.{driver}{rest}")
 }
 
 fn group_from_pb(p: &mut Problems, path: &str, g: pb::TaskGroup, job_type: JobType) -> TaskGroup {
@@ -803,6 +829,21 @@ mod tests {
             ..Default::default()
         }));
         let err = job_from_pb(pb_job).unwrap_err().to_string();
-        assert_eq!(err, "task_groups[0].tasks[0].config.ports[0].container_port: must be at most 65535, got 70000");
+        assert_eq!(err, "task_groups[0].tasks[0].docker.ports[0].container_port: must be at most 65535, got 70000");
+    }
+
+    #[test]
+    fn problems_are_named_by_their_proto_paths() {
+        let mut pb_job = exec_job();
+        let raw = pb::task::Driver::RawExec(pb::ExecConfig { command: String::new(), ..Default::default() });
+        pb_job.task_groups[0].tasks.push(pb::Task { name: "raw".into(), driver: Some(raw), ..Default::default() });
+        if let Some(pb::task::Driver::Exec(exec)) = &mut pb_job.task_groups[0].tasks[0].driver {
+            exec.command.clear();
+        }
+        let err = job_from_pb(pb_job).unwrap_err();
+        let fields: Vec<&str> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"task_groups[0].tasks[0].exec.command"), "{fields:?}");
+        assert!(fields.contains(&"task_groups[0].tasks[1].raw_exec.command"), "{fields:?}");
+        assert!(fields.iter().all(|f| !f.contains("config")), "{fields:?}");
     }
 }

@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod blocking;
 pub mod convert;
+pub mod errors;
 pub mod node_proof;
 pub mod pages;
 pub mod retries;

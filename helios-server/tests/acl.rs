@@ -44,6 +44,8 @@ fn denied<T: std::fmt::Debug>(result: Result<T, tonic::Status>, capability: &str
     let status = result.expect_err(what);
     assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
     assert!(status.message().contains(capability), "{what}: {}", status.message());
+    let reason = tonic_types::StatusExt::get_details_error_info(&status).map(|i| i.reason);
+    assert_eq!(reason.as_deref(), Some("PERMISSION_DENIED"), "{what}: a typed error");
 }
 
 fn policy(name: &str, job: &str, node: &str) -> pb::UpsertAclPolicyRequest {

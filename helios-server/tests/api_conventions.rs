@@ -14,6 +14,7 @@ use helios_api::pb;
 use helios_api::pb::allocation_service_client::AllocationServiceClient;
 use helios_core::Job;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 fn job(name: &str) -> Job {
     Job::exec(name, "/bin/true", Vec::new())
@@ -106,5 +107,37 @@ async fn a_deadline_that_passes_on_the_server_is_deadline_exceeded() {
     request.set_timeout(Duration::from_millis(500));
     let expired = jobs.submit_job(request).await.expect_err("no quorum");
     assert_eq!(expired.code(), Code::DeadlineExceeded, "{expired:?}");
+    assert_eq!(expired.get_details_error_info().map(|i| i.reason).as_deref(), Some("DEADLINE_EXCEEDED"));
+    cluster.shutdown().await;
+}
+
+/// Errors are typed (AIP-193): an `ErrorInfo` with a stable reason on every error, and bad input
+/// also a `BadRequest` whose paths are the request's own proto fields (a task's driver settings
+/// were once named `config`, as in job files, where the proto has `exec`, `raw_exec`, `docker`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn errors_carry_a_stable_reason_and_bad_fields_their_proto_paths() {
+    let cluster = TestCluster::start(3).await;
+    cluster.leader().await;
+    let mut jobs = cluster.jobs(2).await;
+    let mut bad = helios_api::convert::job_to_pb(&job("bad"));
+    if let Some(pb::task::Driver::Exec(exec)) = &mut bad.task_groups[0].tasks[0].driver {
+        exec.command.clear();
+    }
+    bad.task_groups[0].tasks[0].resources = Some(pb::Resources { memory_mb: 0, cpu_mhz: 100 });
+    let request = pb::SubmitJobRequest { job: Some(bad), ..Default::default() };
+    let refused = jobs.submit_job(request).await.expect_err("invalid");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let details = refused.get_error_details();
+    let info = details.error_info().expect("error info");
+    assert_eq!((info.reason.as_str(), info.domain.as_str()), ("INVALID_FIELD", "helios.v1"));
+    let fields: Vec<&str> =
+        details.bad_request().expect("bad request").field_violations.iter().map(|v| v.field.as_str()).collect();
+    assert!(fields.contains(&"job.task_groups[0].tasks[0].exec.command"), "{fields:?}");
+    assert!(fields.contains(&"job.task_groups[0].tasks[0].resources.memory_mb"), "{fields:?}");
+
+    let request = pb::GetJobRequest { name: "absent".into(), ..Default::default() };
+    let missing = jobs.get_job(request).await.expect_err("not found");
+    assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(missing.get_details_error_info().map(|i| i.reason).as_deref(), Some("NOT_FOUND"));
     cluster.shutdown().await;
 }

@@ -85,5 +85,7 @@ async fn a_request_that_does_not_decode_is_invalid_argument() {
     let refused = grpc.unary(request, path, codec).await.expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("does not decode"), "{}", refused.message());
+    let info = tonic_types::StatusExt::get_details_error_info(&refused).expect("a typed error");
+    assert_eq!((info.reason.as_str(), info.domain.as_str()), ("UNDECODABLE_REQUEST", "helios.v1"));
     cluster.shutdown().await;
 }

@@ -13,6 +13,7 @@ use helios_api::convert::{job_from_pb, job_to_pb};
 use helios_api::pb;
 use helios_core::Job;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 fn submit(job: &Job, request_id: &str) -> pb::SubmitJobRequest {
     pb::SubmitJobRequest { job: Some(job_to_pb(job)), request_id: request_id.into(), ..Default::default() }
@@ -64,6 +65,7 @@ async fn a_write_whose_answer_was_lost_is_retried_through_another_server_and_app
     let reused = cluster.jobs(a).await.submit_job(submit(&changed, "retry-1")).await.expect_err("reused");
     assert_eq!(reused.code(), Code::AlreadyExists, "{reused:?}");
     assert!(reused.message().contains("request_id \"retry-1\""), "{}", reused.message());
+    assert_eq!(reused.get_details_error_info().map(|i| i.reason).as_deref(), Some("REQUEST_ID_REUSED"));
     assert_eq!(versions(&cluster, b, "lost-answer").await, [0]);
 
     // A stop retried after it purged the job gets its answer, not NOT_FOUND.
@@ -115,6 +117,7 @@ async fn a_read_modify_write_that_lost_a_race_is_aborted_not_lost() {
     let lost = cluster.jobs(3).await.submit_job(over(&labelled, 0)).await.expect_err("second writer");
     assert_eq!(lost.code(), Code::Aborted, "{lost:?}");
     assert!(lost.message().contains("version 1, not the expected 0"), "{}", lost.message());
+    assert_eq!(lost.get_details_error_info().map(|i| i.reason).as_deref(), Some("VERSION_CONFLICT"));
     let stored = read(1).await;
     assert_eq!((stored.version, stored.task_groups[0].count), (1, 3), "the winner's change stands");
     assert!(!stored.meta.contains_key("owner"));

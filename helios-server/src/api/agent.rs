@@ -210,7 +210,8 @@ impl AgentService for Agents {
         }
         let req = request.into_inner();
         let node = req.node.ok_or_else(|| invalid("node", "must be set"))?;
-        let node = node_from_pb(node, req.secret, clock::now()).map_err(|e| helios_api::invalid_argument(&e))?;
+        let node =
+            node_from_pb(node, req.secret, clock::now()).map_err(|e| helios_api::errors::invalid_fields("node", &e))?;
         let id = node.id.clone();
         let jobs = self
             .cluster

@@ -54,7 +54,10 @@ pub async fn authorize_locally(cluster: &Cluster, hash: Option<String>, capabili
 }
 
 fn denied(capability: Capability) -> Status {
-    Status::permission_denied(format!("permission denied: this call needs {}", capability.as_str()))
+    helios_api::errors::coded(
+        tonic::Code::PermissionDenied,
+        format!("permission denied: this call needs {}", capability.as_str()),
+    )
 }
 
 /// As `authorize`, for a secret already taken from its request (by its hash): a stream checks

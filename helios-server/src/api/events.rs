@@ -68,10 +68,11 @@ fn subscription(filters: &[pb::TopicFilter]) -> Result<Subscription, Status> {
 }
 
 fn too_old(from: u64, old: TooOld) -> Status {
-    Status::out_of_range(format!(
+    let message = format!(
         "events from index {from} are no longer held (the oldest is {}): read the state again and subscribe from the index it reflects",
         old.first_available
-    ))
+    );
+    helios_api::errors::status(tonic::Code::OutOfRange, helios_api::errors::reason::EVENTS_TOO_OLD, message)
 }
 
 #[tonic::async_trait]
@@ -152,7 +153,7 @@ impl Access {
 }
 
 fn stopping() -> Status {
-    Status::unavailable("the server is stopping: subscribe again, to another server")
+    helios_api::errors::coded(tonic::Code::Unavailable, "the server is stopping: subscribe again, to another server")
 }
 
 /// Sends `subscription`'s batches from index `from` on until the subscriber goes, the server

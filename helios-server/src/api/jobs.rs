@@ -162,7 +162,7 @@ impl JobService for Jobs {
         let mut conditions = retries::conditions("SubmitJob", caller.as_ref(), request.get_ref())?;
         let req = request.into_inner();
         let pb_job = req.job.ok_or_else(|| invalid("job", "must be set"))?;
-        let job = job_from_pb(pb_job).map_err(|e| helios_api::invalid_argument(&e))?;
+        let job = job_from_pb(pb_job).map_err(|e| helios_api::errors::invalid_fields("job", &e))?;
         conditions.precondition = match (req.expected_version, req.create_only) {
             (Some(_), true) => return Err(invalid("create_only", "cannot be set with expected_version")),
             (Some(version), false) => Some(Precondition::JobVersion { job: job.name.clone(), version: Some(version) }),
@@ -192,7 +192,7 @@ impl JobService for Jobs {
     async fn plan_job(&self, request: Request<pb::PlanJobRequest>) -> Result<Response<pb::PlanJobResponse>, Status> {
         authorize(&self.cluster, &request, Capability::SubmitJob).await?;
         let pb_job = request.into_inner().job.ok_or_else(|| invalid("job", "must be set"))?;
-        let job = job_from_pb(pb_job).map_err(|e| helios_api::invalid_argument(&e))?;
+        let job = job_from_pb(pb_job).map_err(|e| helios_api::errors::invalid_fields("job", &e))?;
         let now = now();
         // Groups as declared, with how many allocations each asks for (a system job's depends
         // on the nodes: not counted).

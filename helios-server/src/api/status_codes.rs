@@ -6,16 +6,20 @@
 //!   DEADLINE_EXCEEDED miss; this timer fires just before tonic's, so tonic's never ends a call.
 //! - A request that does not decode is INVALID_ARGUMENT: the caller sent it, and resending it
 //!   will not help. tonic answers INTERNAL, which reads as the server's fault.
+//! - Every error answered in the headers (all but a stream's, after its first message) carries a
+//!   `google.rpc.ErrorInfo` (`helios_api::errors`): the handlers' own reasons, or else its
+//!   code's name (an ACL refusal, tonic's own errors).
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use helios_api::errors;
 use tonic::body::Body;
 use tonic::codegen::http::{HeaderMap, Request, Response};
 use tonic::codegen::{BoxFuture, Service};
 use tonic::server::NamedService;
-use tonic::Status;
+use tonic::{Code, Status};
 
 /// How much earlier than tonic's this timer fires: tonic's started a moment before (while the
 /// call was routed here), so this one must be set shorter by more than that moment.
@@ -87,23 +91,28 @@ where
                     Ok(answered) => answered,
                     Err(_) => {
                         let passed = format!("the call's deadline ({deadline:?}) passed before it was answered");
-                        return Ok(Status::deadline_exceeded(passed).into_http());
+                        return Ok(errors::coded(Code::DeadlineExceeded, passed).into_http());
                     }
                 },
             };
-            answered.map(|response| undecodable_is_invalid(response.map(Body::new)))
+            answered.map(|response| with_reason(response.map(Body::new)))
         })
     }
 }
 
-/// A request that did not decode is refused whole, in the headers alone: its status is there.
-fn undecodable_is_invalid(response: Response<Body>) -> Response<Body> {
-    match Status::from_header_map(response.headers()) {
-        Some(status) if status.code() == tonic::Code::Internal && status.message().starts_with(DECODE_FAILURE) => {
-            Status::invalid_argument(format!("the request does not decode: {}", status.message())).into_http()
-        }
-        _ => response,
+/// An error answered in the headers alone (a refused call: its status is there), with a reason:
+/// a request that did not decode is INVALID_ARGUMENT, and an error without `ErrorInfo` gets its
+/// code's name.
+fn with_reason(response: Response<Body>) -> Response<Body> {
+    let Some(status) = Status::from_header_map(response.headers()) else { return response };
+    if status.code() == Code::Internal && status.message().starts_with(DECODE_FAILURE) {
+        let message = format!("the request does not decode: {}", status.message());
+        return errors::status(Code::InvalidArgument, errors::reason::UNDECODABLE_REQUEST, message).into_http();
     }
+    if status.code() == Code::Ok || errors::has_reason(&status) {
+        return response;
+    }
+    errors::coded(status.code(), status.message()).into_http()
 }
 
 #[cfg(test)]
