@@ -14,6 +14,7 @@ mod fingerprint;
 mod identity;
 mod log_service;
 mod logs;
+pub mod metrics;
 mod runner;
 pub mod sandbox;
 mod servers;

@@ -201,6 +201,9 @@ impl ClientService for LogService {
         let reading = Reading { path, task_dir, file, offset: start, stop_at, ended: false };
         let stream = futures::stream::unfold(reading, |mut reading| async move {
             let chunk = reading.next().await?;
+            if let Ok(data) = &chunk {
+                metrics::counter!("helios_agent_log_bytes_sent_total").increment(data.len() as u64);
+            }
             Some((chunk.map(|data| pb::LogChunk { data }), reading))
         });
         Ok(Response::new(Box::pin(stream)))

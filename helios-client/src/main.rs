@@ -90,6 +90,9 @@ struct Args {
     /// The most processes (threads included) an exec task may have at once.
     #[arg(long, default_value_t = helios_client::drivers::DEFAULT_PIDS_MAX)]
     task_pids_max: u32,
+    /// Serve Prometheus metrics on this address (docs/metrics.md); none when unset.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
@@ -135,6 +138,12 @@ async fn agent() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
+    if let Some(addr) = args.metrics_addr {
+        if let Err(e) = helios_client::metrics::serve(addr) {
+            eprintln!("Error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let tls = match args.tls.load(Role::Client) {
         Ok(tls) => tls,
         Err(e) => {

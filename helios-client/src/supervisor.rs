@@ -73,7 +73,16 @@ impl Supervisor {
                 None if *self.stop.borrow() => {
                     (dead(vec![event("Not Started", "stopped before it started", None)], false), None)
                 }
-                None => self.driver.start(run, &on_event).await,
+                None => {
+                    let started = self.driver.start(run, &on_event).await;
+                    let driver = self.driver.name();
+                    if started.1.is_some() {
+                        metrics::counter!("helios_agent_task_starts_total", "driver" => driver).increment(1);
+                    } else if started.0.failed {
+                        metrics::counter!("helios_agent_driver_errors_total", "driver" => driver).increment(1);
+                    }
+                    started
+                }
             };
             let with_history = |state: &mut TaskState, history: &[TaskEvent], restarts: u32| {
                 let mut events = history.to_vec();
@@ -89,9 +98,16 @@ impl Supervisor {
             let mut restart_asked = None;
             let mut last = match handle {
                 Some(handle) => {
+                    let running = metrics::gauge!("helios_agent_tasks_running");
+                    running.increment(1.0);
                     let ended = self.follow(handle, &run_stop, &mut restart_asked).await;
+                    running.decrement(1.0);
                     let mut done =
                         ended.unwrap_or_else(|e| dead(vec![event("Driver Failure", e.to_string(), None)], true));
+                    // This run's events alone (the history is joined next).
+                    if done.events.iter().any(|e| e.kind == "OOM Killed") {
+                        metrics::counter!("helios_agent_oom_kills_total").increment(1);
+                    }
                     with_history(&mut done, &history, restarts);
                     done
                 }
@@ -136,6 +152,7 @@ impl Supervisor {
             }
             window.1 += 1;
             restarts += 1;
+            metrics::counter!("helios_agent_task_restarts_total").increment(1);
             let delay = Duration::from_secs(u64::from(self.policy.delay_secs));
             last.events.push(event("Restarting", format!("restart {restarts} in {delay:?}"), None));
             history = last.events.clone();

@@ -48,6 +48,8 @@ pub enum NodeStatus {
 }
 
 impl NodeStatus {
+    pub const ALL: [NodeStatus; 3] = [NodeStatus::Initializing, NodeStatus::Ready, NodeStatus::Down];
+
     pub fn as_str(self) -> &'static str {
         match self {
             NodeStatus::Initializing => "initializing",

@@ -101,6 +101,9 @@ struct Args {
     /// A single-server development cluster that bootstraps itself.
     #[arg(long, conflicts_with_all = ["peers", "bootstrap"])]
     dev: bool,
+    /// Serve Prometheus metrics on this address (docs/metrics.md); none when unset.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn parse_gc_threshold(text: &str) -> Result<u64, String> {
@@ -151,6 +154,12 @@ async fn main() -> ExitCode {
     return_freed_memory();
     exit_on_panic();
     let args = Args::parse();
+    if let Some(addr) = args.metrics_addr {
+        if let Err(e) = helios_server::metrics::serve(addr) {
+            eprintln!("Error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let config = match config_from(args) {
         Ok(c) => c,
         Err(e) => {

@@ -213,6 +213,7 @@ const REFUSED_BACKOFF: Duration = Duration::from_millis(50);
 /// and commits their plans. A refused plan leaves its evaluation pending: the next round plans
 /// it again on fresh state.
 async fn round(cluster: &Cluster) -> Result<Round, ClusterError> {
+    let started = std::time::Instant::now();
     let now = clock::now();
     let evals = cluster.read_local(move |txn| read::pending_evaluations(txn, MAX_ROUND, now)).await?;
     if evals.is_empty() {
@@ -237,17 +238,30 @@ async fn round(cluster: &Cluster) -> Result<Round, ClusterError> {
     }
     // Proposed together, so Raft commits them in one batch. Only as leader: a deposed leader's
     // plan must not reach the new one by forwarding.
+    let outcomes: Vec<EvalStatus> = commands
+        .iter()
+        .map(|c| match c {
+            Command::ApplyPlan { eval, .. } => eval.status,
+            _ => EvalStatus::Pending,
+        })
+        .collect();
     let responses = futures::future::join_all(commands.into_iter().map(|c| cluster.propose_as_leader(c))).await;
     let mut applied = false;
-    for (eval, response) in evals[..planned].iter().zip(responses) {
+    for ((eval, response), outcome) in evals[..planned].iter().zip(responses).zip(outcomes) {
         match expect_answer::<PlanApplied>(response?)? {
             Ok(PlanApplied { placed, stopped }) => {
                 applied = true;
+                metrics::counter!("helios_scheduler_placements_total").increment(u64::from(placed));
+                metrics::counter!("helios_scheduler_evaluations_total", "status" => outcome.as_str()).increment(1);
                 tracing::debug!(eval = %eval.id, job = %eval.job_name, placed, stopped, "plan applied");
             }
-            Err(r) => tracing::info!(eval = %eval.id, reason = %r.message, "plan refused; planning again"),
+            Err(r) => {
+                metrics::counter!("helios_scheduler_plan_rejections_total").increment(1);
+                tracing::info!(eval = %eval.id, reason = %r.message, "plan refused; planning again");
+            }
         }
     }
+    metrics::histogram!("helios_scheduler_round_seconds").record(started.elapsed().as_secs_f64());
     Ok(if applied { Round::Progress } else { Round::Refused })
 }
 

@@ -6,13 +6,14 @@
 //!   DEADLINE_EXCEEDED miss; this timer fires just before tonic's, so tonic's never ends a call.
 //! - A request that does not decode is INVALID_ARGUMENT: the caller sent it, and resending it
 //!   will not help. tonic answers INTERNAL, which reads as the server's fault.
+//! - Every call is counted by method and code, with how long it took to answer (`metrics`).
 //! - Every error answered in the headers (all but a stream's, after its first message) carries a
 //!   `google.rpc.ErrorInfo` (`helios_api::errors`): the handlers' own reasons, or else its
 //!   code's name (an ACL refusal, tonic's own errors).
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use helios_api::errors;
 use tonic::body::Body;
@@ -82,7 +83,9 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let deadline = grpc_timeout(request.headers());
+        let method = request.uri().path().to_string();
         let answer = self.inner.call(request);
+        let started = Instant::now();
         Box::pin(async move {
             let answered = match deadline {
                 None => answer.await,
@@ -91,13 +94,30 @@ where
                     Ok(answered) => answered,
                     Err(_) => {
                         let passed = format!("the call's deadline ({deadline:?}) passed before it was answered");
-                        return Ok(errors::coded(Code::DeadlineExceeded, passed).into_http());
+                        let response = errors::coded(Code::DeadlineExceeded, passed).into_http();
+                        count(method, started, &response);
+                        return Ok(response);
                     }
                 },
             };
-            answered.map(|response| with_reason(response.map(Body::new)))
+            answered.map(|response| {
+                let response = with_reason(response.map(Body::new));
+                count(method, started, &response);
+                response
+            })
         })
     }
+}
+
+/// Counts a call by method and code, and how long it took to answer (a stream: to its first
+/// message). A status sent after the headers (every success, and a stream's late error) is
+/// counted as OK.
+fn count(method: String, started: Instant, response: &Response<Body>) {
+    let code = Status::from_header_map(response.headers()).map_or(Code::Ok, |s| s.code());
+    let seconds = started.elapsed().as_secs_f64();
+    metrics::histogram!("helios_api_request_duration_seconds", "method" => method.clone()).record(seconds);
+    metrics::counter!("helios_api_requests_total", "method" => method, "code" => errors::code_reason(code))
+        .increment(1);
 }
 
 /// An error answered in the headers alone (a refused call: its status is there), with a reason:

@@ -199,6 +199,7 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<WriteOp>, written: &AtomicU64)
             }
         }
         let took = started.elapsed();
+        metrics::histogram!("helios_raft_log_fsync_seconds").record(took.as_secs_f64());
         // Every acknowledged write waits on this commit: a slow disk shows up here first.
         if took > SLOW_COMMIT {
             tracing::warn!(ops = batch.len(), took_ms = took.as_millis(), "slow raft log commit");
@@ -317,6 +318,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Advisory (it lets a restarted server re-apply committed entries at once), so it rides
         // along with the next durable batch instead of waiting for its own fsync.
         if let Some(c) = &committed {
+            metrics::gauge!("helios_raft_commit_index").set(c.index() as f64);
             self.send(WriteOp::Meta { key: META_COMMITTED, value: encode(c), done: None })?;
         }
         let mut cache = self.cache();

@@ -217,6 +217,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // uncommitted, leaving the tables as they were.
             let summary = snapshot.install_into(&meta, &txn)?;
             tracing::info!(format = summary.format, bytes = summary.bytes, "installed a snapshot");
+            metrics::gauge!("helios_raft_snapshot_installed_bytes").set(summary.bytes as f64);
             {
                 let mut sm = txn.open_table(SM_META).map_err(io::Error::other)?;
                 match &meta.last_log_id {
@@ -282,6 +283,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .insert(SM_HAS_SNAPSHOT, [].as_slice())
                 .map_err(io::Error::other)?;
             txn.commit().map_err(io::Error::other)?;
+            metrics::counter!("helios_raft_snapshots_built_total").increment(1);
             Ok(snapshot)
         })
         .await

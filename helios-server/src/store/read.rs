@@ -192,6 +192,12 @@ pub fn evaluations_for_job(txn: &ReadTransaction, job_name: &str) -> Result<Vec<
 /// At most this many pending evaluations are looked at per call of `pending_evaluations`.
 const MAX_PENDING_SCAN: usize = 16_384;
 
+/// How many evaluations wait for the scheduler (some until a later time).
+pub fn pending_evaluation_count(txn: &ReadTransaction) -> Result<u64> {
+    use redb::ReadableTableMetadata;
+    Ok(table(txn, PENDING_EVALUATIONS)?.len()?)
+}
+
 /// The oldest evaluation waiting for the scheduler of each of up to `jobs` jobs, oldest first
 /// (ids are time-ordered). A job's later evaluations are left for later: they are planned on the
 /// earlier one's result.
