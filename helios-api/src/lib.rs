@@ -22,6 +22,27 @@ pub mod pb {
 }
 
 pub use convert::{invalid_argument, ConversionResult};
+
+/// Whether `path` (`/helios.v1.Service/Method`) names a method of a Helios service: what
+/// metrics may use as a label (any other path would add a series per made-up name).
+pub fn is_helios_method(path: &str) -> bool {
+    use prost::Message;
+    static METHODS: std::sync::OnceLock<std::collections::HashSet<String>> = std::sync::OnceLock::new();
+    METHODS
+        .get_or_init(|| {
+            let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).unwrap_or_default();
+            let mut methods = std::collections::HashSet::new();
+            for file in &set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        methods.insert(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
+                    }
+                }
+            }
+            methods
+        })
+        .contains(path)
+}
 /// Protobuf's well-known types (`wait` is a `Duration`), for callers that build requests.
 pub use prost_types;
 

@@ -155,6 +155,13 @@ async fn create(servers: &Servers, args: CreateArgs) -> Result<()> {
     });
     task.env = args.env.into_iter().collect();
     pin(&mut job, &BTreeSet::new());
+    // Checked here too: a server of an older build (during an upgrade) ignores `create_only`.
+    let mut jobs = crate::job::client(servers.connect().await?);
+    match jobs.get_job(pb::GetJobRequest { name: args.id.clone(), ..Default::default() }).await {
+        Ok(_) => bail!("job {} already exists (helios-cli jobs)", args.id),
+        Err(status) if status.code() == tonic::Code::NotFound => {}
+        Err(status) => return Err(status_error(status)),
+    }
     let request = pb::SubmitJobRequest {
         job: Some(helios_api::convert::job_to_pb(&job)),
         create_only: true,

@@ -136,6 +136,8 @@ fn main() -> ExitCode {
 async fn agent() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        // Colours for a terminal only: a log file gets plain text, searchable as written.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let args = Args::parse();
     if let Some(addr) = args.metrics_addr {

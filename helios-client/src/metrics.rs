@@ -43,3 +43,20 @@ pub fn serve(addr: SocketAddr) -> Result<(), String> {
     gauge!("helios_agent_up").set(1.0);
     Ok(())
 }
+
+/// A task counted in `helios_agent_tasks_running` while this lives: dropped when the run ends,
+/// or when its supervisor is dropped mid-run (an allocation's runner aborted), never leaked.
+pub(crate) struct RunningTask;
+
+impl RunningTask {
+    pub(crate) fn start() -> RunningTask {
+        gauge!("helios_agent_tasks_running").increment(1.0);
+        RunningTask
+    }
+}
+
+impl Drop for RunningTask {
+    fn drop(&mut self) {
+        gauge!("helios_agent_tasks_running").decrement(1.0);
+    }
+}

@@ -98,10 +98,9 @@ impl Supervisor {
             let mut restart_asked = None;
             let mut last = match handle {
                 Some(handle) => {
-                    let running = metrics::gauge!("helios_agent_tasks_running");
-                    running.increment(1.0);
+                    let running = crate::metrics::RunningTask::start();
                     let ended = self.follow(handle, &run_stop, &mut restart_asked).await;
-                    running.decrement(1.0);
+                    drop(running);
                     let mut done =
                         ended.unwrap_or_else(|e| dead(vec![event("Driver Failure", e.to_string(), None)], true));
                     // This run's events alone (the history is joined next).

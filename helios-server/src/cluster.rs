@@ -223,6 +223,11 @@ impl Cluster {
             precondition: conditions.precondition,
             ..Proposal::new(clock::new_id(), clock::now(), command)
         };
+        // Inside the call's `request` span: its request id, then this proposal's id, which the
+        // leader's `forwarded` line and every server's `applying` line name again.
+        tracing::debug!(proposal = %proposal.request_id, command = %proposal.command, "proposing");
+        // Refused here, by name, rather than by an older leader this server cannot write it for.
+        self.check_cluster_format(&proposal).map_err(ClusterError::NeedsUpgrade)?;
         match self.submit(ForwardRequest::Write(Box::new(proposal)), REQUEST_DEADLINE).await? {
             ForwardResponse::Written { index, response } => Ok((index, response)),
             other => Err(ClusterError::Internal(format!("unexpected reply to a write: {other:?}"))),

@@ -40,6 +40,9 @@ pub struct ServerConfig {
     /// How many of the latest events the server keeps for subscribers that resume
     /// (`--event-buffer`).
     pub event_buffer: usize,
+    /// Whether this process serves metrics (`--metrics-addr`): only then are Raft's and the
+    /// state's figures sampled.
+    pub metrics: bool,
 }
 
 /// Nomad's `gc_interval`.
@@ -123,6 +126,7 @@ impl ServerConfig {
             gc: Default::default(),
             gc_interval: DEFAULT_GC_INTERVAL,
             event_buffer: crate::events::DEFAULT_BUFFER,
+            metrics: false,
         })
     }
 }

@@ -132,7 +132,7 @@ async fn run_raft(
     let deployments_task = tokio::spawn(deployment_watch::run(cluster.clone()));
     let watch_task = tokio::spawn(replication_watch::run(cluster.clone()));
     let upgrade_task = tokio::spawn(upgrade::run(cluster.clone()));
-    let metrics_task = tokio::spawn(metrics::watch(cluster.clone()));
+    let metrics_task = config.metrics.then(|| tokio::spawn(metrics::watch(cluster.clone())));
     // Serve until asked to stop, or until Raft stops on its own (a storage failure is fatal to
     // it): a server whose Raft is dead must not keep answering as if it were healthy.
     let (fatal_tx, mut fatal_rx) = tokio::sync::oneshot::channel::<String>();
@@ -152,7 +152,9 @@ async fn run_raft(
     deployments_task.abort();
     watch_task.abort();
     upgrade_task.abort();
-    metrics_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     tracing::info!(node_id = config.node_id, "shutting down raft");
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");

@@ -150,6 +150,8 @@ async fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into()),
         )
+        // Colours for a terminal only: a log file gets plain text, searchable as written.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     return_freed_memory();
     exit_on_panic();
@@ -160,13 +162,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let config = match config_from(args) {
+    let metrics = args.metrics_addr.is_some();
+    let mut config = match config_from(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("Error: {e}");
             return ExitCode::from(2);
         }
     };
+    config.metrics = metrics;
     // SIGHUP: read the TLS certificates again (rotation without a restart).
     config.reload.on_sighup();
     match helios_server::run(config, shutdown_signal()).await {

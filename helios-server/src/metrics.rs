@@ -43,11 +43,16 @@ pub const METRICS: [(&str, Kind, bool, &str); 18] = [
     ),
     ("helios_raft_term", Kind::Gauge, false, "this server's Raft term"),
     ("helios_raft_is_leader", Kind::Gauge, false, "1 while this server leads"),
-    ("helios_raft_leader_changes_total", Kind::Counter, false, "leaders this server has seen elected"),
+    (
+        "helios_raft_leader_changes_total",
+        Kind::Counter,
+        false,
+        "times this server saw the leader change to another server",
+    ),
     ("helios_raft_last_log_index", Kind::Gauge, false, "the last index in this server's Raft log"),
     ("helios_raft_commit_index", Kind::Gauge, false, "the last index this server knows committed"),
     ("helios_raft_applied_index", Kind::Gauge, false, "the last index this server applied to its state"),
-    ("helios_raft_apply_lag_entries", Kind::Gauge, false, "log entries written but not yet applied"),
+    ("helios_raft_apply_lag_entries", Kind::Gauge, false, "committed log entries not yet applied here"),
     ("helios_raft_log_fsync_seconds", Kind::Histogram, false, "time to write and fsync a batch of Raft log writes"),
     ("helios_raft_snapshots_built_total", Kind::Counter, false, "snapshots this server built"),
     ("helios_raft_snapshot_installed_bytes", Kind::Gauge, false, "size of the last snapshot this server installed"),
@@ -108,6 +113,7 @@ fn declare(metrics: &[(&'static str, Kind, bool, &'static str)]) {
 /// lifetime.
 pub async fn watch(cluster: Cluster) {
     let mut raft = cluster.raft.metrics();
+    // The last leader seen (never forgotten during an election): a change is a different one.
     let mut leader = None;
     let mut sample = tokio::time::interval(SAMPLE_EVERY);
     loop {
@@ -115,16 +121,17 @@ pub async fn watch(cluster: Cluster) {
             let m = raft.borrow_watched();
             gauge!("helios_raft_term").set(m.current_term as f64);
             gauge!("helios_raft_is_leader").set(if m.state == ServerState::Leader { 1.0 } else { 0.0 });
-            let last_log = m.last_log_index.unwrap_or(0);
+            let committed = m.local_committed.as_ref().map_or(0, |l| l.index());
             let applied = m.last_applied.as_ref().map_or(0, |l| l.index());
-            gauge!("helios_raft_last_log_index").set(last_log as f64);
+            gauge!("helios_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
+            gauge!("helios_raft_commit_index").set(committed as f64);
             gauge!("helios_raft_applied_index").set(applied as f64);
-            gauge!("helios_raft_apply_lag_entries").set(last_log.saturating_sub(applied) as f64);
-            if m.current_leader != leader {
-                if m.current_leader.is_some() {
+            gauge!("helios_raft_apply_lag_entries").set(committed.saturating_sub(applied) as f64);
+            if let Some(now) = m.current_leader {
+                if leader.is_some_and(|before| before != now) {
                     counter!("helios_raft_leader_changes_total").increment(1);
                 }
-                leader = m.current_leader;
+                leader = Some(now);
             }
         }
         tokio::select! {

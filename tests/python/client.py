@@ -61,10 +61,13 @@ def main():
     follower = followers[0]
 
     name = f"py-{uuid.uuid4().hex[:8]}"
-    step(f"subscribe to job {name}'s events on {follower}")
+    step(f"subscribe to job {name}'s events on {follower}, from the index a read reflects")
     seen = []
+    index = jobs(follower).ListJobs(api.ListJobsRequest(page_size=1), timeout=10).index
     stream = rpc["events"].EventServiceStub(channels[follower]).Subscribe(
-        events.SubscribeRequest(topics=[events.TopicFilter(topic=events.EVENT_TOPIC_JOB, keys=[name])]),
+        events.SubscribeRequest(
+            topics=[events.TopicFilter(topic=events.EVENT_TOPIC_JOB, keys=[name])], from_index=index + 1
+        ),
         timeout=60,
     )
 
@@ -85,7 +88,12 @@ def main():
             types.TaskGroup(
                 name="g",
                 count=1,
-                tasks=[types.Task(name="t", exec=types.ExecConfig(command="echo", args=["hello from python"]))],
+                tasks=[
+                    types.Task(
+                        name="t",
+                        exec=types.ExecConfig(command="/bin/sh", args=["-c", "echo hello from python; sleep 1"]),
+                    )
+                ],
             )
         ],
     )
@@ -106,19 +114,20 @@ def main():
         time.sleep(0.1)
     stream.cancel()
 
-    step("wait for the allocation to complete (blocking reads), then read its log")
+    step("wait for the task to run (blocking reads), then follow its log to its end")
     index, alloc = 0, None
     deadline = time.time() + 60
     while alloc is None:
-        assert time.time() < deadline, "the allocation did not complete"
+        assert time.time() < deadline, "the allocation did not start"
         status = jobs(follower).GetJobStatus(
             api.GetJobStatusRequest(name=name, min_index=index, wait={"seconds": 5}), timeout=15
         )
         index = status.index
-        done = [a for a in status.allocations if a.client_status == "complete"]
-        alloc = done[0] if done else None
+        started = [a for a in status.allocations if a.client_status in ("running", "complete")]
+        alloc = started[0] if started else None
     allocs = rpc["api"].AllocationServiceStub(channels[follower])
-    logs = b"".join(c.data for c in allocs.AllocLogs(api.AllocLogsRequest(alloc_id=alloc.id), timeout=30))
+    followed = allocs.AllocLogs(api.AllocLogsRequest(alloc_id=alloc.id, follow=True), timeout=30)
+    logs = b"".join(c.data for c in followed)
     assert logs == b"hello from python\n", logs
 
     step("page through the job list")

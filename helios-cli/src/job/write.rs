@@ -19,7 +19,7 @@ use crate::connect::{status_error, Conn, Servers};
 /// How often a submission whose answer was lost is sent again.
 const LOST_ANSWER_RETRIES: u32 = 3;
 /// How often a change is made again after losing a race to another writer.
-const CONFLICT_RETRIES: u32 = 5;
+const CONFLICT_RETRIES: u32 = 8;
 
 /// A job to submit, and how to watch it settle.
 pub struct Submission {
@@ -44,7 +44,14 @@ pub async fn change_stored(
     name: &str,
     mut change: impl FnMut(Job) -> Result<Submission>,
 ) -> Result<()> {
-    for _ in 0..CONFLICT_RETRIES {
+    for attempt in 0..CONFLICT_RETRIES {
+        if attempt > 0 {
+            // Writers that raced once would race again in step: each waits a different while.
+            let mut byte = [0u8; 1];
+            let _ = getrandom::fill(&mut byte);
+            let jitter = u64::from(byte[0]);
+            tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt) + jitter)).await;
+        }
         let stored = read(servers, name).await?;
         let version = stored.version;
         let submission = change(stored)?;

@@ -58,10 +58,12 @@ impl Jobs {
         let current = versions.iter().map(|j| j.version).max().ok_or_else(|| job_not_found(&req.name))?;
         if req.enforce_prior_version.is_some_and(|prior| prior != current) {
             let prior = req.enforce_prior_version.unwrap_or_default();
-            return Err(Status::failed_precondition(format!(
-                "job {:?} is at version {current}, not {prior} (enforce_prior_version)",
-                req.name
-            )));
+            let why = format!("job {:?} is at version {current}, not {prior} (enforce_prior_version)", req.name);
+            return Err(helios_api::errors::status(
+                tonic::Code::Aborted,
+                helios_api::errors::reason::VERSION_CONFLICT,
+                why,
+            ));
         }
         if req.version == current {
             let why = format!("version {current} is the current version of job {:?}", req.name);

@@ -40,21 +40,38 @@ pub fn conditions<T: RetryableRequest>(
     Ok(WriteConditions { client_request: Some(client_request), precondition: None })
 }
 
-/// Proposes the command `build` makes, under `conditions`; a client request already answered
-/// gets that answer without `build` running (its checks would see the first attempt's effects).
+/// Proposes the command `build` makes, under `conditions`. A client request already answered
+/// gets that answer without `build` running, as its checks would see the first attempt's effects
+/// (a purged job): this server's own state is asked first, and if it has not applied the first
+/// attempt yet and `build` refuses, the leader's (a linearizable read) before the refusal
+/// stands. Whatever slips past both is still applied at most once, by the state machine.
 pub async fn write_once<A: Answer>(
     cluster: &Cluster,
     conditions: WriteConditions,
     build: impl Future<Output = Result<Command, Status>>,
 ) -> Result<(u64, A), Status> {
-    if let Some(client) = &conditions.client_request {
-        let id = client.id.clone();
-        let found = cluster.read(move |txn| read::client_request(txn, &id)).await.map_err(cluster_status)?;
-        if let Some((index, first)) = found {
-            let answer = expect_answer::<A>(first.answer_to(client)).map_err(cluster_status)?;
-            return Ok((index, answer.map_err(rejection_status)?));
-        }
+    if let Some(answer) = answered(cluster, &conditions, false).await? {
+        return Ok(answer);
     }
-    let command = build.await?;
+    let command = match build.await {
+        Ok(command) => command,
+        Err(refused) => return answered(cluster, &conditions, true).await?.ok_or(refused),
+    };
     cluster.propose_with(conditions, command).await.map_err(cluster_status)
+}
+
+/// The first answer to the conditions' client request, if this server (or, `current`, the
+/// cluster) holds one.
+async fn answered<A: Answer>(
+    cluster: &Cluster,
+    conditions: &WriteConditions,
+    current: bool,
+) -> Result<Option<(u64, A)>, Status> {
+    let Some(client) = &conditions.client_request else { return Ok(None) };
+    let id = client.id.clone();
+    let query = move |txn: &redb::ReadTransaction| read::client_request(txn, &id);
+    let found = if current { cluster.read(query).await } else { cluster.read_local(query).await };
+    let Some((index, first)) = found.map_err(cluster_status)? else { return Ok(None) };
+    let answer = expect_answer::<A>(first.answer_to(client)).map_err(cluster_status)?;
+    Ok(Some((index, answer.map_err(rejection_status)?)))
 }

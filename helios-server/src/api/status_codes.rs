@@ -7,6 +7,8 @@
 //! - A request that does not decode is INVALID_ARGUMENT: the caller sent it, and resending it
 //!   will not help. tonic answers INTERNAL, which reads as the server's fault.
 //! - Every call is counted by method and code, with how long it took to answer (`metrics`).
+//! - Every call runs in a `request` span naming its method and request id (`x-request-id`: the
+//!   caller's, or a new one), which its answer carries back, so its log lines can be found.
 //! - Every error answered in the headers (all but a stream's, after its first message) carries a
 //!   `google.rpc.ErrorInfo` (`helios_api::errors`): the handlers' own reasons, or else its
 //!   code's name (an ACL refusal, tonic's own errors).
@@ -17,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use helios_api::errors;
 use tonic::body::Body;
-use tonic::codegen::http::{HeaderMap, Request, Response};
+use tonic::codegen::http::{HeaderMap, HeaderValue, Request, Response};
 use tonic::codegen::{BoxFuture, Service};
 use tonic::server::NamedService;
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 /// How much earlier than tonic's this timer fires: tonic's started a moment before (while the
 /// call was routed here), so this one must be set shorter by more than that moment.
@@ -84,9 +87,11 @@ where
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let deadline = grpc_timeout(request.headers());
         let method = request.uri().path().to_string();
-        let answer = self.inner.call(request);
+        let request_id = request_id(request.headers());
+        let span = tracing::info_span!("request", method = %method, request_id = %request_id);
+        let answer = self.inner.call(request).instrument(span);
         let started = Instant::now();
-        Box::pin(async move {
+        let answered_with_id = async move {
             let answered = match deadline {
                 None => answer.await,
                 // (A call answered at once is answered, however short its deadline.)
@@ -105,14 +110,44 @@ where
                 count(method, started, &response);
                 response
             })
+        };
+        Box::pin(async move {
+            answered_with_id.await.map(|mut response| {
+                if let Ok(value) = HeaderValue::from_str(&request_id) {
+                    response.headers_mut().insert(REQUEST_ID_HEADER, value);
+                }
+                response
+            })
         })
     }
 }
+
+/// The header that names a call in the servers' logs: the caller's, if it sent one that fits
+/// (printable ASCII, at most 128 characters), else a new one; the answer carries it back.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The call's request id (`REQUEST_ID_HEADER`).
+fn request_id(headers: &HeaderMap) -> String {
+    let given = headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok());
+    match given {
+        Some(id) if !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic()) => id.to_string(),
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// The path prefix of the peer service's calls.
+const PEER_SERVICE: &str = "/helios.v1.RaftPeer/";
 
 /// Counts a call by method and code, and how long it took to answer (a stream: to its first
 /// message). A status sent after the headers (every success, and a stream's late error) is
 /// counted as OK.
 fn count(method: String, started: Instant, response: &Response<Body>) {
+    // Servers' own traffic (Raft, forwarding) is not API traffic; a path that names no Helios
+    // method (health, reflection, or a made-up name) counts as `other`.
+    if method.starts_with(PEER_SERVICE) {
+        return;
+    }
+    let method = if helios_api::is_helios_method(&method) { method } else { "other".to_string() };
     let code = Status::from_header_map(response.headers()).map_or(Code::Ok, |s| s.code());
     let seconds = started.elapsed().as_secs_f64();
     metrics::histogram!("helios_api_request_duration_seconds", "method" => method.clone()).record(seconds);

@@ -318,7 +318,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Advisory (it lets a restarted server re-apply committed entries at once), so it rides
         // along with the next durable batch instead of waiting for its own fsync.
         if let Some(c) = &committed {
-            metrics::gauge!("helios_raft_commit_index").set(c.index() as f64);
             self.send(WriteOp::Meta { key: META_COMMITTED, value: encode(c), done: None })?;
         }
         let mut cache = self.cache();

@@ -425,6 +425,10 @@ impl RaftPeer for PeerService {
         let sender = self.admit(method, &request, false)?;
         let forwarded: ForwardRequest = decode_bounded(&request.get_ref().data).map_err(bad_payload)?;
         crate::cluster::check_forwarded(&forwarded).map_err(|status| self.refused(Some(sender.id), method, status))?;
+        if let ForwardRequest::Write(proposal) = &forwarded {
+            // The proposal id the forwarding server logged with the call's request id.
+            tracing::debug!(from = sender.id, proposal = %proposal.request_id, "forwarded");
+        }
         self.reply(&sender, &self.cluster.handle_as_leader(forwarded).await)
     }
 

@@ -89,6 +89,7 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
                 EntryPayload::Normal(proposal) => {
                     acl_changed |= proposal.command.is_acl();
                     tables.index = log_id.index();
+                    tracing::debug!(proposal = %proposal.request_id, index = log_id.index(), "applying");
                     tables.apply_once(proposal).map_err(io::Error::other)?
                 }
                 EntryPayload::Membership(m) => {
