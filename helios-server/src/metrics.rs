@@ -94,17 +94,18 @@ pub fn serve(addr: SocketAddr) -> Result<(), String> {
 fn declare(metrics: &[(&'static str, Kind, bool, &'static str)]) {
     for &(name, kind, labelled, help) in metrics {
         match kind {
-            Kind::Counter => describe_counter!(name, help),
-            Kind::Gauge => describe_gauge!(name, help),
-            Kind::Histogram => describe_histogram!(name, help),
-        }
-        if labelled {
-            continue;
-        }
-        match kind {
-            Kind::Counter => drop(counter!(name)),
-            Kind::Gauge => drop(gauge!(name)),
-            Kind::Histogram => drop(histogram!(name)),
+            Kind::Counter => {
+                describe_counter!(name, help);
+                (!labelled).then(|| counter!(name));
+            }
+            Kind::Gauge => {
+                describe_gauge!(name, help);
+                (!labelled).then(|| gauge!(name));
+            }
+            Kind::Histogram => {
+                describe_histogram!(name, help);
+                (!labelled).then(|| histogram!(name));
+            }
         }
     }
 }
