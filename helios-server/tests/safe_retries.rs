@@ -42,7 +42,7 @@ async fn a_write_whose_answer_was_lost_is_retried_through_another_server_and_app
     cluster.stop(b).await;
     let job = Job::exec("lost-answer", "/bin/true", Vec::new());
     let mut first = tonic::Request::new(submit(&job, "retry-1"));
-    first.set_timeout(Duration::from_millis(500));
+    first.set_timeout(Duration::from_secs(2));
     let lost = cluster.jobs(leader).await.submit_job(first).await.expect_err("no quorum");
     assert_eq!(lost.code(), Code::DeadlineExceeded, "{lost:?}");
     cluster.restart(a).await;

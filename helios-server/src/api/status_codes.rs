@@ -2,8 +2,9 @@
 //! others. `StatusCodes` wraps each service:
 //!
 //! - A call whose deadline (`grpc-timeout`) passes on the server ends with DEADLINE_EXCEEDED.
-//!   tonic's own timer answers CANCELLED ("Timeout expired"), which retry policies keyed on
-//!   DEADLINE_EXCEEDED miss; this timer fires just before tonic's, so tonic's never ends a call.
+//!   tonic's own timers, the server's and a tonic client's, answer CANCELLED ("Timeout
+//!   expired"), which retry policies keyed on DEADLINE_EXCEEDED miss; this timer fires a little
+//!   before both (`answer_by`), so the caller hears DEADLINE_EXCEEDED from the server.
 //! - A request that does not decode is INVALID_ARGUMENT: the caller sent it, and resending it
 //!   will not help. tonic answers INTERNAL, which reads as the server's fault.
 //! - Every call is counted by method and code, with how long it took to answer (`metrics`).
@@ -25,9 +26,15 @@ use tonic::server::NamedService;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
-/// How much earlier than tonic's this timer fires: tonic's started a moment before (while the
-/// call was routed here), so this one must be set shorter by more than that moment.
-const AHEAD_OF_TONIC: Duration = Duration::from_millis(5);
+/// When a call with this deadline is answered DEADLINE_EXCEEDED: a tenth of it early (at least
+/// 5 ms, at most a second). The server's tonic timer started a moment before this one (while the
+/// call was routed here) and the caller's own timer before the request was sent, so an answer
+/// sent exactly at the deadline would lose to theirs whenever the machine is busy; a tenth leaves
+/// room for a loaded machine's scheduling delays and the way back.
+fn answer_by(deadline: Duration) -> Duration {
+    let ahead = (deadline / 10).clamp(Duration::from_millis(5), Duration::from_secs(1));
+    deadline.saturating_sub(ahead)
+}
 
 /// The call's deadline, from its `grpc-timeout` header (an integer of at most 8 digits and a
 /// unit: H, M, S, m, u, n).
@@ -95,7 +102,7 @@ where
             let answered = match deadline {
                 None => answer.await,
                 // (A call answered at once is answered, however short its deadline.)
-                Some(deadline) => match tokio::time::timeout(deadline.saturating_sub(AHEAD_OF_TONIC), answer).await {
+                Some(deadline) => match tokio::time::timeout(answer_by(deadline), answer).await {
                     Ok(answered) => answered,
                     Err(_) => {
                         let passed = format!("the call's deadline ({deadline:?}) passed before it was answered");
@@ -192,5 +199,13 @@ mod tests {
             assert_eq!(grpc_timeout(&headers(bad)), None, "{bad:?}");
         }
         assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_deadline_is_answered_a_tenth_early_within_bounds() {
+        assert_eq!(answer_by(Duration::from_millis(500)), Duration::from_millis(450));
+        assert_eq!(answer_by(Duration::from_millis(20)), Duration::from_millis(15), "at least 5 ms early");
+        assert_eq!(answer_by(Duration::from_secs(60)), Duration::from_secs(59), "at most a second early");
+        assert_eq!(answer_by(Duration::from_millis(3)), Duration::ZERO);
     }
 }
