@@ -113,7 +113,7 @@ pub fn token_to_pb(token: &AclToken, secret: Option<&str>) -> pb::AclToken {
         accessor_id: token.accessor_id.clone(),
         secret_id: secret.unwrap_or_default().to_string(),
         name: token.name.clone(),
-        r#type: token.token_type.as_str().to_string(),
+        r#type: crate::convert::token_type_to_pb(token.token_type) as i32,
         policies: token.policies.clone(),
         created_at_ms: token.created_at.as_millis(),
         expires_at_ms: token.expires_at.map(Timestamp::as_millis),

@@ -21,9 +21,14 @@ use crate::pb;
 mod deployment;
 mod events;
 mod service;
+mod states;
 pub use deployment::{deployment_status_to_pb, deployment_to_pb};
 pub use events::{duration_from_pb, duration_to_pb, topic_from_pb, topic_to_pb};
 pub use service::{alloc_services_from_pb, alloc_services_to_pb, check_state_to_pb, registration_to_pb};
+pub use states::{
+    eval_status_to_pb, eval_trigger_to_pb, node_eligibility_to_pb, node_status_to_pb, token_type_from_pb,
+    token_type_to_pb, Label,
+};
 
 pub type ConversionResult<T> = Result<T, ValidationErrors>;
 
@@ -717,8 +722,8 @@ pub fn node_to_pb(n: &Node) -> pb::Node {
         meta: n.meta.clone(),
         drivers: n.drivers.clone(),
         resources: Some(resources_to_pb(n.resources)),
-        status: n.status.as_str().to_string(),
-        eligibility: n.eligibility.as_str().to_string(),
+        status: node_status_to_pb(n.status) as i32,
+        eligibility: node_eligibility_to_pb(n.eligibility) as i32,
         drain: n.drain,
         registered_at_ms: n.registered_at.as_millis(),
         status_updated_at_ms: n.status_updated_at.as_millis(),
@@ -753,9 +758,9 @@ pub fn eval_to_pb(e: &Evaluation) -> pb::Evaluation {
         id: e.id.clone(),
         job_name: e.job_name.clone(),
         priority: e.priority,
-        trigger: e.trigger.as_str().to_string(),
+        trigger: eval_trigger_to_pb(e.trigger) as i32,
         node_id: e.node_id.clone(),
-        status: e.status.as_str().to_string(),
+        status: eval_status_to_pb(e.status) as i32,
         status_description: e.status_description.clone(),
         failed_placements: e.failed_placements.clone(),
         created_at_ms: e.created_at.as_millis(),

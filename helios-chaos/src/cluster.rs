@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use helios_api::pb;
 use helios_chaos::ports::free_port;
 
 use crate::api::Servers;
@@ -132,7 +133,7 @@ impl Cluster {
             let ids = self.api.ids();
             if let Some(leader) = self.api.agreed_leader(&ids).await {
                 if let Ok(nodes) = self.api.nodes_of(leader).await {
-                    if nodes.iter().filter(|n| n.status == "ready").count() == count {
+                    if nodes.iter().filter(|n| n.status() == pb::NodeStatus::Ready).count() == count {
                         return Ok(());
                     }
                 }

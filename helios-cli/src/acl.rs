@@ -5,6 +5,7 @@ use clap::Subcommand;
 use hcl_edit::expr::Expression;
 use hcl_edit::structure::{Body, Structure};
 use hcl_edit::Span;
+use helios_api::convert::Label;
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::acl_service_client::AclServiceClient;
@@ -54,7 +55,7 @@ pub enum TokenCommand {
         #[arg(long = "policy")]
         policies: Vec<String>,
         /// client (holds policies) or management (may do everything).
-        #[arg(long = "type", default_value = "client")]
+        #[arg(long = "type", default_value = "client", value_parser = ["client", "management"])]
         token_type: String,
         /// Lifetime, such as 30m, 8h, 7d; none: no expiry.
         #[arg(long)]
@@ -121,7 +122,11 @@ pub async fn run(servers: &Servers, command: AclCommand) -> Result<()> {
         AclCommand::Token(TokenCommand::Create { name, policies, token_type, ttl }) => {
             let ttl_ms =
                 ttl.as_deref().map(helios_core::acl::parse_ttl).transpose().map_err(|e| anyhow!("--ttl: {e}"))?;
-            let request = pb::CreateAclTokenRequest { name, r#type: token_type, policies, ttl_ms: ttl_ms.unwrap_or(0) };
+            let r#type = match token_type.as_str() {
+                "management" => pb::AclTokenType::Management,
+                _ => pb::AclTokenType::Client,
+            } as i32;
+            let request = pb::CreateAclTokenRequest { name, r#type, policies, ttl_ms: ttl_ms.unwrap_or(0) };
             let token = acl.create_token(request).await.map_err(status_error)?.into_inner().token;
             print_token(&token.ok_or_else(|| anyhow!("the server returned no token"))?);
         }
@@ -136,7 +141,13 @@ pub async fn run(servers: &Servers, command: AclCommand) -> Result<()> {
             let mut table = Table::new(&["NAME", "TYPE", "ACCESSOR ID", "POLICIES", "EXPIRES"]);
             for t in tokens {
                 let expires = t.expires_at_ms.map_or("never".to_string(), |at| describe_expiry(at, now));
-                table.row(vec![t.name, t.r#type, t.accessor_id, t.policies.join(","), expires]);
+                table.row(vec![
+                    t.name.clone(),
+                    t.r#type().label().to_string(),
+                    t.accessor_id,
+                    t.policies.join(","),
+                    expires,
+                ]);
             }
             table.print();
         }
@@ -172,7 +183,7 @@ fn print_token(t: &pb::AclToken) {
     // Shown only when the token was just made; the servers keep only its hash.
     println!("Secret ID    = {}", if t.secret_id.is_empty() { "<hidden>" } else { &t.secret_id });
     println!("Name         = {}", t.name);
-    println!("Type         = {}", t.r#type);
+    println!("Type         = {}", t.r#type().label());
     println!("Policies     = {:?}", t.policies);
     println!("Create Time  = {}", Timestamp(t.created_at_ms).to_rfc3339());
     println!("Expiry Time  = {}", t.expires_at_ms.map_or("<none>".to_string(), |at| Timestamp(at).to_rfc3339()));

@@ -239,7 +239,7 @@ pub async fn stream_logs(
     follow: bool,
     mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> Result<()> {
-    let request = pb::AllocLogsRequest { alloc_id: id.to_string(), task, stderr, tail, follow };
+    let request = pb::AllocLogsRequest { id: id.to_string(), task, stderr, tail, follow };
     let mut stream = allocs.alloc_logs(request).await.map_err(status_error)?.into_inner();
     while let Some(chunk) = stream.message().await.map_err(status_error)? {
         sink(&chunk.data)?;

@@ -103,16 +103,21 @@ pub async fn run(servers: &Servers, command: DeploymentCommand) -> Result<()> {
             return Ok(());
         }
         DeploymentCommand::Promote { id, groups } => {
-            deployments.promote_deployment(pb::PromoteDeploymentRequest { id, groups, ..Default::default() }).await
+            let request = pb::PromoteDeploymentRequest { id, groups, ..Default::default() };
+            deployments.promote_deployment(request).await.map(|r| (r.into_inner().deployment, None))
         }
         DeploymentCommand::Pause { id } => {
-            deployments.pause_deployment(pb::PauseDeploymentRequest { id, pause: true, ..Default::default() }).await
+            let request = pb::PauseDeploymentRequest { id, pause: true, ..Default::default() };
+            deployments.pause_deployment(request).await.map(|r| (r.into_inner().deployment, None))
         }
         DeploymentCommand::Resume { id } => {
-            deployments.pause_deployment(pb::PauseDeploymentRequest { id, pause: false, ..Default::default() }).await
+            let request = pb::PauseDeploymentRequest { id, pause: false, ..Default::default() };
+            deployments.pause_deployment(request).await.map(|r| (r.into_inner().deployment, None))
         }
         DeploymentCommand::Fail { id } => {
-            deployments.fail_deployment(pb::FailDeploymentRequest { id, ..Default::default() }).await
+            let request = pb::FailDeploymentRequest { id, ..Default::default() };
+            let failed = deployments.fail_deployment(request).await;
+            failed.map(|r| r.into_inner()).map(|r| (r.deployment, r.reverted_to_version))
         }
         DeploymentCommand::Health { id, healthy, unhealthy } => {
             let request = pb::SetAllocationHealthRequest {
@@ -121,14 +126,16 @@ pub async fn run(servers: &Servers, command: DeploymentCommand) -> Result<()> {
                 unhealthy_alloc_ids: unhealthy,
                 ..Default::default()
             };
-            deployments.set_allocation_health(request).await
+            let set = deployments.set_allocation_health(request).await;
+            set.map(|r| r.into_inner()).map(|r| (r.deployment, r.reverted_to_version))
         }
     };
-    let reply = acted.map_err(status_error)?.into_inner();
-    if let Some(d) = &reply.deployment {
+    // What the action left: the deployment, and the version a failure reverted to.
+    let (deployment, reverted_to_version) = acted.map_err(status_error)?;
+    if let Some(d) = &deployment {
         print_status(d);
     }
-    if let Some(version) = reply.reverted_to_version {
+    if let Some(version) = reverted_to_version {
         println!("==> Reverted: version {version} runs the last stable version's spec");
     }
     Ok(())

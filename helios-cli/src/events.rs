@@ -3,6 +3,7 @@
 //! resumes on another server from the next index, missing nothing.
 
 use anyhow::{anyhow, bail, Result};
+use helios_api::convert::Label;
 use helios_api::pb;
 use helios_api::pb::event_service_client::EventServiceClient;
 use helios_core::events::Topic;
@@ -109,9 +110,9 @@ fn summary(event: &pb::Event) -> String {
         }
         Some(Payload::Node(n)) => {
             let drain = if n.drain { ", draining" } else { "" };
-            format!("{} {}{drain}", n.status, n.eligibility)
+            format!("{} {}{drain}", n.status().label(), n.eligibility().label())
         }
-        Some(Payload::Evaluation(e)) => format!("{}: {} ({})", e.job_name, e.status, e.trigger),
+        Some(Payload::Evaluation(e)) => format!("{}: {} ({})", e.job_name, e.status().label(), e.trigger().label()),
         Some(Payload::Deployment(d)) => {
             let status = crate::deployment::status_name(d.status);
             format!("{} version {}: {status} {}", d.job_name, d.job_version, d.status_description)

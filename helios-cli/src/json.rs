@@ -2,6 +2,7 @@
 //! command that shows it, documented in docs/cli.md. Fields are only ever added.
 
 use anyhow::Result;
+use helios_api::convert::Label;
 use helios_api::pb;
 use serde_json::{json, Value};
 
@@ -118,8 +119,8 @@ pub fn allocation(a: &pb::Allocation) -> Value {
 pub fn evaluation(e: &pb::Evaluation) -> Value {
     json!({
         "id": e.id,
-        "trigger": e.trigger,
-        "status": e.status,
+        "trigger": e.trigger().label(),
+        "status": e.status().label(),
         "description": e.status_description,
         "failed_placements": e.failed_placements,
         "node_id": e.node_id,
@@ -135,8 +136,8 @@ pub fn node(n: &pb::Node) -> Value {
         "id": n.id,
         "hostname": n.hostname,
         "address": n.rpc_addr,
-        "status": n.status,
-        "eligibility": n.eligibility,
+        "status": n.status().label(),
+        "eligibility": n.eligibility().label(),
         "draining": n.drain,
         "drivers": n.drivers,
         "resources": {"cpu_mhz": resources.cpu_mhz, "memory_mb": resources.memory_mb},
@@ -153,7 +154,7 @@ pub fn members(reply: &pb::ListMembersResponse) -> Value {
         .iter()
         .map(|m| {
             json!({
-                "id": m.id, "address": m.addr, "role": m.role, "voter": m.voter, "term": m.term,
+                "id": m.id, "address": m.addr, "role": m.role().label(), "voter": m.voter, "term": m.term,
                 "last_applied_index": m.last_applied_index, "last_log_index": m.last_log_index,
                 "snapshot_index": m.snapshot_index, "purged_index": m.purged_index,
                 "format": m.format, "lag": m.lag,

@@ -2,6 +2,7 @@
 
 use anyhow::{anyhow, Result};
 use clap::Subcommand;
+use helios_api::convert::Label;
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::node_service_client::NodeServiceClient;
@@ -76,12 +77,13 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
             ]);
             for n in listed {
                 let res = n.resources.unwrap_or_default();
+                let (status, eligibility) = (n.status().label(), n.eligibility().label());
                 table.row(vec![
                     n.id,
                     n.hostname,
                     n.rpc_addr,
-                    n.status,
-                    if n.drain { format!("{} (draining)", n.eligibility) } else { n.eligibility },
+                    status.to_string(),
+                    if n.drain { format!("{eligibility} (draining)") } else { eligibility.to_string() },
                     n.drivers.join(","),
                     format!("{} MHz", res.cpu_mhz),
                     format!("{} MB", res.memory_mb),
@@ -129,8 +131,8 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
             println!("ID          = {}", n.id);
             println!("Hostname    = {}", n.hostname);
             println!("Address     = {}", n.rpc_addr);
-            println!("Status      = {} (since {})", n.status, Timestamp(n.status_updated_at_ms).ago(now));
-            println!("Eligibility = {}{}", n.eligibility, if n.drain { ", draining" } else { "" });
+            println!("Status      = {} (since {})", n.status().label(), Timestamp(n.status_updated_at_ms).ago(now));
+            println!("Eligibility = {}{}", n.eligibility().label(), if n.drain { ", draining" } else { "" });
             println!("Drivers     = {}", n.drivers.join(", "));
             println!("Resources   = {} MHz CPU, {} MB memory", res.cpu_mhz, res.memory_mb);
             println!("Registered  = {}", Timestamp(n.registered_at_ms).to_rfc3339());

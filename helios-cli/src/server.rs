@@ -2,6 +2,7 @@
 
 use anyhow::{anyhow, Result};
 use clap::Subcommand;
+use helios_api::convert::Label;
 use helios_api::pb;
 use helios_api::pb::cluster_service_client::ClusterServiceClient;
 
@@ -60,10 +61,11 @@ pub async fn run(servers: &Servers, command: ServerCommand) -> Result<()> {
                 "FORMAT",
             ]);
             for m in reply.members {
+                let role = m.role().label();
                 table.row(vec![
                     m.id.to_string(),
                     m.addr,
-                    m.role,
+                    role.to_string(),
                     if m.voter { "yes" } else { "no" }.to_string(),
                     m.term.to_string(),
                     m.last_applied_index.to_string(),

@@ -45,7 +45,7 @@ async fn restore(servers: &Servers, file: &Path) -> Result<()> {
             Ok(0) | Err(_) => None,
             Ok(n) => {
                 data.truncate(n);
-                Some((pb::SnapshotFileChunk { data }, file))
+                Some((pb::RestoreSnapshotRequest { data }, file))
             }
         }
     });

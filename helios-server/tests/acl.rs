@@ -31,7 +31,7 @@ fn submit_request(name: &str) -> pb::SubmitJobRequest {
 }
 
 fn token_request(name: &str, policy: &str, ttl_ms: u64) -> pb::CreateAclTokenRequest {
-    pb::CreateAclTokenRequest { name: name.into(), r#type: String::new(), policies: vec![policy.into()], ttl_ms }
+    pb::CreateAclTokenRequest { name: name.into(), r#type: 0, policies: vec![policy.into()], ttl_ms }
 }
 
 /// A client token holding `policy`, with its secret.
@@ -80,8 +80,7 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
     denied(NodeServiceClient::new(anon.clone()).drain_node(drain.clone()).await, "node:write", "anonymous drain");
     let join = pb::AddServerRequest { id: 4, addr: "127.0.0.1:1".into() };
     denied(ClusterServiceClient::new(anon.clone()).add_server(join.clone()).await, "operator:write", "anonymous join");
-    let logs =
-        pb::AllocLogsRequest { alloc_id: "x".into(), task: String::new(), stderr: false, tail: None, follow: false };
+    let logs = pb::AllocLogsRequest { id: "x".into(), task: String::new(), stderr: false, tail: None, follow: false };
     let mut allocs = pb::allocation_service_client::AllocationServiceClient::new(anon.clone());
     denied(allocs.alloc_logs(logs).await.map(drop), "read-logs", "anonymous logs");
     denied(
@@ -93,7 +92,7 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
     // Bootstrap, once.
     let boot = AclServiceClient::new(anon.clone()).bootstrap(pb::AclBootstrapRequest {}).await.expect("bootstrap");
     let root = boot.into_inner().token.expect("token");
-    assert_eq!(root.r#type, "management");
+    assert_eq!(root.r#type(), pb::AclTokenType::Management);
     assert!(!root.secret_id.is_empty());
     let again = AclServiceClient::new(as_token(&cluster, 2, None).await).bootstrap(pb::AclBootstrapRequest {}).await;
     let refusal = again.expect_err("a second bootstrap");
@@ -197,7 +196,7 @@ async fn tokens_and_policies_decide_every_call_on_every_server() {
         let mut nodes = admin_nodes.clone();
         async move {
             let listed = nodes.list_nodes(pb::ListNodesRequest::default()).await.ok()?.into_inner().nodes;
-            listed.into_iter().find(|n| n.id == "n1" && n.status == "ready")
+            listed.into_iter().find(|n| n.id == "n1" && n.status() == pb::NodeStatus::Ready)
         }
     })
     .await;

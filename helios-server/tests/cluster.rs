@@ -45,13 +45,16 @@ async fn three_servers_elect_a_leader_and_accept_writes_on_a_follower() {
     assert_eq!(reply.version, 1);
     let members = cluster.members(follower).await;
     assert_eq!(members.members.len(), 3);
-    assert_eq!(members.members.iter().filter(|m| m.role == "leader").count(), 1);
+    assert_eq!(members.members.iter().filter(|m| m.role() == pb::MemberRole::Leader).count(), 1);
     assert!(members.members.iter().all(|m| m.voter && m.term >= 1));
     // Its own view only, without asking the others.
     let local = cluster.cluster_client(follower).await.list_members(pb::ListMembersRequest { local: true }).await;
     let local = local.expect("local members").into_inner();
-    assert_eq!(local.members.iter().map(|m| (m.id, m.role.as_str())).collect::<Vec<_>>(), [(follower, "follower")]);
-    assert_eq!(local.leader_id, members.members.iter().find(|m| m.role == "leader").map(|m| m.id));
+    assert_eq!(
+        local.members.iter().map(|m| (m.id, m.role())).collect::<Vec<_>>(),
+        [(follower, pb::MemberRole::Follower)]
+    );
+    assert_eq!(local.leader_id, members.members.iter().find(|m| m.role() == pb::MemberRole::Leader).map(|m| m.id));
     cluster.shutdown().await;
 }
 
@@ -78,7 +81,7 @@ async fn writes_continue_without_the_leader_and_the_old_leader_catches_up() {
     .await;
     let leader_term = cluster.own_status(new_leader).await.term;
     assert_eq!(status.term, leader_term, "it follows the new leader's term: {status:?}");
-    assert_eq!(status.role, "follower");
+    assert_eq!(status.role(), pb::MemberRole::Follower);
     let mut names = cluster.job_names(old_leader).await;
     names.sort();
     assert_eq!(names, ["before", "during-0", "during-1", "during-2", "during-3", "during-4"]);

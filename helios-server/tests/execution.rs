@@ -31,7 +31,7 @@ async fn wait_alloc(cluster: &TestCluster, job: &str, status: &str) -> pb::Alloc
 async fn logs(cluster: &TestCluster, alloc_id: &str, follow: bool) -> String {
     let mut allocs = pb::allocation_service_client::AllocationServiceClient::new(cluster.channel(1).await);
     let request =
-        pb::AllocLogsRequest { alloc_id: alloc_id.to_string(), task: String::new(), stderr: false, tail: None, follow };
+        pb::AllocLogsRequest { id: alloc_id.to_string(), task: String::new(), stderr: false, tail: None, follow };
     let mut stream = allocs.alloc_logs(request).await.expect("logs").into_inner();
     let mut out = Vec::new();
     while let Some(chunk) = stream.message().await.expect("chunk") {
@@ -292,7 +292,7 @@ async fn draining_a_node_moves_its_work_and_stops_its_processes() {
         .expect("undrain");
     let node = common::node(&cluster, 1, "a").await.expect("node a");
     assert!(!node.drain);
-    assert_eq!(node.eligibility, "eligible");
+    assert_eq!(node.eligibility(), pb::NodeEligibility::Eligible);
     a.stop().await;
     b.stop().await;
     cluster.shutdown().await;

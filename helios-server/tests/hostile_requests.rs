@@ -177,7 +177,7 @@ async fn send(cluster: &TestCluster, request: Request) -> Result<(), TestCaseErr
         }
         Request::StopAlloc(id) => allocs.stop_allocation(pb::StopAllocationRequest { id }).await.map(drop),
         Request::Logs(alloc_id, task, tail) => {
-            let request = pb::AllocLogsRequest { alloc_id, task, stderr: false, tail, follow: false };
+            let request = pb::AllocLogsRequest { id: alloc_id, task, stderr: false, tail, follow: false };
             allocs.alloc_logs(request).await.map(drop)
         }
         Request::GetNode(id) => nodes.get_node(pb::GetNodeRequest { id, ..Default::default() }).await.map(drop),

@@ -32,7 +32,7 @@ async fn a_follower_with_a_damaged_database_is_refused_shown_lagging_and_recover
     }
     let members = cluster.members(leader).await;
     let lagging = members.members.iter().find(|m| m.id == follower).expect("listed");
-    assert_eq!(lagging.role, "unreachable");
+    assert_eq!(lagging.role(), helios_api::pb::MemberRole::Unreachable);
     assert!(lagging.lag.is_some_and(|lag| lag >= 5), "{lagging:?}");
 
     // Moved away (as the error says), it starts empty and catches up from its peers.
@@ -42,7 +42,7 @@ async fn a_follower_with_a_damaged_database_is_refused_shown_lagging_and_recover
     wait_for("the follower caught up", || async {
         let members = cluster.members(leader).await;
         let m = members.members.into_iter().find(|m| m.id == follower)?;
-        (m.role == "follower" && m.lag == Some(0)).then_some(())
+        (m.role() == helios_api::pb::MemberRole::Follower && m.lag == Some(0)).then_some(())
     })
     .await;
     let names = cluster.job_names(follower).await;

@@ -57,7 +57,7 @@ async fn a_leader_failover_never_marks_healthy_nodes_down() {
     while tokio::time::Instant::now() < watch_until {
         for old in &before {
             let now = node(&cluster, via, &old.id).await.expect("node still known");
-            assert_eq!(now.status, "ready", "node {} was marked down by the failover", old.id);
+            assert_eq!(now.status(), pb::NodeStatus::Ready, "node {} was marked down by the failover", old.id);
             assert_eq!(now.status_updated_at_ms, old.status_updated_at_ms, "node {} changed status", old.id);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -110,7 +110,7 @@ async fn an_agent_cannot_take_another_nodes_identity() {
     }
     // Nothing changed for the real node.
     let after = node(&cluster, 1, "n1").await.expect("node");
-    assert_eq!(after.status, "ready");
+    assert_eq!(after.status(), pb::NodeStatus::Ready);
     assert_eq!(after.rpc_addr, real.rpc_addr);
     agent.stop().await;
     cluster.shutdown().await;
@@ -143,12 +143,12 @@ async fn a_down_nodes_id_stays_its_own_until_an_operator_purges_it() {
     let refused = api.register(claim()).await.expect_err("a down node's id was taken");
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     assert!(refused.message().contains("node purge"), "{}", refused.message());
-    assert_eq!(node(&cluster, 1, "n1").await.expect("still known").status, "down");
+    assert_eq!(node(&cluster, 1, "n1").await.expect("still known").status(), pb::NodeStatus::Down);
 
     nodes.purge_node(pb::PurgeNodeRequest { id: "n1".into(), ..Default::default() }).await.expect("purge a down node");
     assert!(node(&cluster, 1, "n1").await.is_none(), "purged node still listed");
     api.register(claim()).await.expect("the freed id is registered again");
-    assert_eq!(node(&cluster, 1, "n1").await.expect("registered").status, "ready");
+    assert_eq!(node(&cluster, 1, "n1").await.expect("registered").status(), pb::NodeStatus::Ready);
     cluster.shutdown().await;
 }
 
@@ -211,7 +211,7 @@ async fn a_hung_server_does_not_get_a_healthy_node_marked_down() {
     let window = tokio::time::Instant::now() + HEARTBEAT_TTL * 4;
     while tokio::time::Instant::now() < window {
         let now = node(&cluster, 1, "n1").await.expect("node");
-        assert_eq!(now.status, "ready", "marked down while one of its servers hung");
+        assert_eq!(now.status(), pb::NodeStatus::Ready, "marked down while one of its servers hung");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(node(&cluster, 1, "n1").await.expect("node").status_updated_at_ms, ready.status_updated_at_ms);

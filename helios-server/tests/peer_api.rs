@@ -181,7 +181,7 @@ async fn the_leader_refuses_forwarded_commands_no_server_builds() {
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].client_status, "pending", "the forged report was applied");
     let node = common::node(&cluster, 2, "n1").await.expect("node");
-    assert_eq!((node.status.as_str(), node.drain), ("ready", false));
+    assert_eq!((node.status(), node.drain), (pb::NodeStatus::Ready, false));
     cluster.shutdown().await;
 }
 

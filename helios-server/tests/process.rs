@@ -65,7 +65,7 @@ async fn leader(ports: &[u16; 3]) -> u64 {
             if let Ok(reply) = client.list_members(pb::ListMembersRequest { local: false }).await {
                 let reply = reply.into_inner();
                 let leader = reply.leader_id?;
-                if reply.members.iter().any(|m| m.id == leader && m.role == "leader") {
+                if reply.members.iter().any(|m| m.id == leader && m.role() == pb::MemberRole::Leader) {
                     return Some(leader);
                 }
             }
@@ -408,6 +408,6 @@ async fn dev_mode_is_a_working_single_server_cluster() {
         .expect("members")
         .into_inner();
     assert_eq!(members.members.len(), 1);
-    assert_eq!(members.members[0].role, "leader");
+    assert_eq!(members.members[0].role(), pb::MemberRole::Leader);
     assert!(dir.path().join("helios-node-1.db").exists(), "data in the working directory");
 }

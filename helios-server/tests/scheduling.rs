@@ -130,7 +130,7 @@ async fn allocations_are_placed_replaced_when_a_node_dies_and_retried_when_one_j
     let mut nodes: Vec<String> = live(&placed).into_iter().map(|(_, n)| n).collect();
     nodes.sort();
     assert_eq!(nodes, ["a", "b"]);
-    assert_eq!(placed.evaluations.last().expect("eval").status, "complete");
+    assert_eq!(placed.evaluations.last().expect("eval").status(), pb::EvaluationStatus::Complete);
 
     // Node a dies: its allocation is lost; the replacement has nowhere to go (distinct hosts).
     a.stop().await;
@@ -374,7 +374,7 @@ async fn placement_failures_are_explained_and_nodes_never_over_committed() {
     submit(&cluster, 1, &service("big", 3, 400)).await;
     let s = wait_for("a blocked evaluation", || async {
         let s = status(&cluster, 1, "big").await;
-        (s.evaluations.last().is_some_and(|e| e.status == "blocked")).then_some(s)
+        (s.evaluations.last().is_some_and(|e| e.status() == pb::EvaluationStatus::Blocked)).then_some(s)
     })
     .await;
     assert_eq!(live(&s).len(), 2, "1000 MHz holds two 400 MHz allocations");
@@ -444,7 +444,7 @@ async fn a_blocked_job_is_placed_when_another_job_frees_room() {
     submit(&cluster, 1, &service("web", 1, 600)).await;
     wait_for("web blocked", || async {
         let s = status(&cluster, 1, "web").await;
-        s.evaluations.last().is_some_and(|e| e.status == "blocked").then_some(())
+        s.evaluations.last().is_some_and(|e| e.status() == pb::EvaluationStatus::Blocked).then_some(())
     })
     .await;
 
@@ -458,8 +458,8 @@ async fn a_blocked_job_is_placed_when_another_job_frees_room() {
     })
     .await;
     // The blocked evaluation itself was planned again once room was freed: no new one.
-    let evals: Vec<(&str, &str)> = s.evaluations.iter().map(|e| (e.trigger.as_str(), e.status.as_str())).collect();
-    assert_eq!(evals, [("job-register", "complete")]);
+    let evals: Vec<_> = s.evaluations.iter().map(|e| (e.trigger(), e.status())).collect();
+    assert_eq!(evals, [(pb::EvaluationTrigger::JobRegister, pb::EvaluationStatus::Complete)]);
     a.stop().await;
     cluster.shutdown().await;
 }

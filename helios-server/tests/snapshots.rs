@@ -24,8 +24,8 @@ async fn restore(
     via: u64,
     bytes: Vec<u8>,
 ) -> Result<pb::RestoreSnapshotResponse, tonic::Status> {
-    let chunks: Vec<pb::SnapshotFileChunk> =
-        bytes.chunks(64 * 1024).map(|c| pb::SnapshotFileChunk { data: c.to_vec() }).collect();
+    let chunks: Vec<pb::RestoreSnapshotRequest> =
+        bytes.chunks(64 * 1024).map(|c| pb::RestoreSnapshotRequest { data: c.to_vec() }).collect();
     let mut client = ClusterServiceClient::new(cluster.channel(via).await);
     client.restore_snapshot(futures::stream::iter(chunks)).await.map(tonic::Response::into_inner)
 }
@@ -34,7 +34,7 @@ async fn restore(
 async fn quiet(cluster: &TestCluster, via: u64, job: &str) {
     wait_for("the job's evaluations decided", || async {
         let status = cluster.job_status(via, job).await;
-        status.evaluations.iter().all(|e| e.status != "pending").then_some(())
+        status.evaluations.iter().all(|e| e.status() != pb::EvaluationStatus::Pending).then_some(())
     })
     .await;
 }

@@ -75,13 +75,8 @@ async fn a_mutual_tls_cluster_runs_a_job_and_refuses_strangers_and_wrong_roles()
     })
     .await;
     let mut allocs = pb::allocation_service_client::AllocationServiceClient::new(cluster.channel(3).await);
-    let request = pb::AllocLogsRequest {
-        alloc_id: done.id.clone(),
-        task: String::new(),
-        stderr: false,
-        tail: None,
-        follow: false,
-    };
+    let request =
+        pb::AllocLogsRequest { id: done.id.clone(), task: String::new(), stderr: false, tail: None, follow: false };
     let mut stream = allocs.alloc_logs(request).await.expect("logs").into_inner();
     let mut log = Vec::new();
     while let Some(chunk) = stream.message().await.expect("chunk") {
@@ -251,7 +246,7 @@ async fn an_agent_reloads_its_certificates_too() {
     })
     .await;
     let node = wait_for("the agent's node", || async {
-        common::node(&cluster, 1, "n1").await.filter(|n| n.status == "ready")
+        common::node(&cluster, 1, "n1").await.filter(|n| n.status() == pb::NodeStatus::Ready)
     })
     .await;
     // What a server sees when it dials the agent, trusting only `trust`.

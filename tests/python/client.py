@@ -126,7 +126,7 @@ def main():
         started = [a for a in status.allocations if a.client_status in ("running", "complete")]
         alloc = started[0] if started else None
     allocs = rpc["api"].AllocationServiceStub(channels[follower])
-    followed = allocs.AllocLogs(api.AllocLogsRequest(alloc_id=alloc.id, follow=True), timeout=30)
+    followed = allocs.AllocLogs(api.AllocLogsRequest(id=alloc.id, follow=True), timeout=30)
     logs = b"".join(c.data for c in followed)
     assert logs == b"hello from python\n", logs
 

@@ -71,7 +71,7 @@ pub async fn run(servers: &Servers, args: NodeLossArgs) -> Result<()> {
                 .await?
                 .into_inner()
                 .node;
-            if node.is_some_and(|n| n.status == "down") {
+            if node.is_some_and(|n| n.status() == pb::NodeStatus::Down) {
                 down_after = Some(killed_at.elapsed());
             }
         }

@@ -9,6 +9,7 @@ pub use write::{change_stored, read, send, submit, Submission};
 
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use helios_api::convert::Label;
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::job_service_client::JobServiceClient;
@@ -503,7 +504,8 @@ fn print_status(reply: pb::GetJobStatusResponse) -> Result<()> {
     println!("\nEvaluations");
     let mut evals = Table::new(&["ID", "TRIGGER", "STATUS", "CREATED"]);
     for e in &reply.evaluations {
-        evals.row(vec![short(&e.id), e.trigger.clone(), e.status.clone(), Timestamp(e.created_at_ms).ago(now)]);
+        let (trigger, status) = (e.trigger().label().to_string(), e.status().label().to_string());
+        evals.row(vec![short(&e.id), trigger, status, Timestamp(e.created_at_ms).ago(now)]);
     }
     evals.print();
     Ok(())

@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use crate::connect::Conn;
 use anyhow::{anyhow, bail, Result};
+use helios_api::convert::Label;
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::deployment_service_client::DeploymentServiceClient;
+use helios_api::pb::EvaluationStatus;
 
 use crate::connect::status_error;
 
@@ -151,7 +153,7 @@ fn deployment_ended(d: &pb::Deployment, status: &pb::GetJobStatusResponse, eval_
         println!("==> Deployment {short} waits for promotion: helios-cli deployment promote {short}");
         return Some(Ok(()));
     }
-    let blocked = status.evaluations.iter().find(|e| e.id == eval_id && e.status == "blocked")?;
+    let blocked = status.evaluations.iter().find(|e| e.id == eval_id && e.status() == EvaluationStatus::Blocked)?;
     let reasons: Vec<String> = blocked.failed_placements.iter().map(|(g, why)| format!("group {g}: {why}")).collect();
     Some(Err(anyhow!(
         "placement failed: {} (deployment {short} goes on when the cluster can take them, until its progress deadline)",
@@ -184,7 +186,8 @@ fn settled(
     // Pending with reasons: waiting (a rollout's next wave, a reschedule) with something it could
     // not place or that holds the rollout; said now rather than watched for ever.
     let stuck = |e: &&pb::Evaluation| {
-        e.status == "blocked" || e.status == "failed" || (e.status == "pending" && !e.failed_placements.is_empty())
+        matches!(e.status(), EvaluationStatus::Blocked | EvaluationStatus::Failed)
+            || (e.status() == EvaluationStatus::Pending && !e.failed_placements.is_empty())
     };
     if let Some(eval) = eval.filter(stuck) {
         let reasons: Vec<String> = eval.failed_placements.iter().map(|(g, why)| format!("group {g}: {why}")).collect();
@@ -204,7 +207,7 @@ fn settled(
     // it too.
     let all_running = expected
         .is_some_and(|n| n > 0 && allocs.len() as u64 == n && allocs.iter().all(|a| a.client_status == "running"));
-    let evaluated = eval.is_some_and(|e| e.status == "complete") || all_running;
+    let evaluated = eval.is_some_and(|e| e.status() == EvaluationStatus::Complete) || all_running;
     if !evaluated {
         return Ok(None);
     }
@@ -297,9 +300,10 @@ impl Seen {
     fn changes(&mut self, status: &pb::GetJobStatusResponse, version: u64, eval_id: &str) -> Vec<String> {
         let mut lines = Vec::new();
         if let Some(eval) = status.evaluations.iter().find(|e| e.id == eval_id) {
-            if self.eval_status.as_deref() != Some(eval.status.as_str()) {
-                self.eval_status = Some(eval.status.clone());
-                lines.push(format!("==> Evaluation {} {}", crate::alloc::short(eval_id), eval.status));
+            let status = eval.status().label();
+            if self.eval_status.as_deref() != Some(status) {
+                self.eval_status = Some(status.to_string());
+                lines.push(format!("==> Evaluation {} {status}", crate::alloc::short(eval_id)));
             }
         }
         // Allocations older than the submission were kept and moved to it (only counts changed).

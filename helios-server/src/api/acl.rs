@@ -2,6 +2,7 @@
 //! valid token may read itself.
 
 use helios_api::acl::{policy_from_pb, policy_to_pb, token_to_pb};
+use helios_api::convert::token_type_from_pb;
 use helios_api::pb;
 use helios_api::pb::acl_service_server::AclService;
 use helios_core::acl::{AclToken, Capability, TokenType};
@@ -85,7 +86,7 @@ impl AclService for Acl {
     async fn bootstrap(
         &self,
         _request: Request<pb::AclBootstrapRequest>,
-    ) -> Result<Response<pb::AclTokenResponse>, Status> {
+    ) -> Result<Response<pb::AclBootstrapResponse>, Status> {
         self.require_enabled()?;
         let reset_index = self.reset_index()?;
         // Refused here when it would be refused at apply: an anonymous call must not be able to
@@ -99,7 +100,7 @@ impl AclService for Acl {
         }
         let (token, secret) = Self::mint("Bootstrap Token".into(), TokenType::Management, Vec::new(), 0);
         self.commit(Command::AclBootstrap { token: token.clone(), reset_index }).await?;
-        Ok(Response::new(pb::AclTokenResponse { token: Some(token_to_pb(&token, Some(&secret))) }))
+        Ok(Response::new(pb::AclBootstrapResponse { token: Some(token_to_pb(&token, Some(&secret))) }))
     }
 
     async fn upsert_policy(
@@ -158,14 +159,12 @@ impl AclService for Acl {
     async fn create_token(
         &self,
         request: Request<pb::CreateAclTokenRequest>,
-    ) -> Result<Response<pb::AclTokenResponse>, Status> {
+    ) -> Result<Response<pb::CreateAclTokenResponse>, Status> {
         self.manage(&request).await?;
         let req = request.into_inner();
-        let token_type = match req.r#type.as_str() {
-            "" | "client" => TokenType::Client,
-            "management" => TokenType::Management,
-            other => return Err(invalid("type", format!("must be client or management, got {other:?}"))),
-        };
+        let token_type = token_type_from_pb(req.r#type).ok_or_else(|| {
+            invalid("type", format!("must be ACL_TOKEN_TYPE_CLIENT or ACL_TOKEN_TYPE_MANAGEMENT, got {}", req.r#type))
+        })?;
         if token_type == TokenType::Client && req.policies.is_empty() {
             return Err(invalid("policies", "a client token needs at least one policy"));
         }
@@ -180,7 +179,7 @@ impl AclService for Acl {
         }
         let (token, secret) = Self::mint(req.name, token_type, req.policies, req.ttl_ms);
         self.commit(Command::UpsertAclToken { token: token.clone() }).await?;
-        Ok(Response::new(pb::AclTokenResponse { token: Some(token_to_pb(&token, Some(&secret))) }))
+        Ok(Response::new(pb::CreateAclTokenResponse { token: Some(token_to_pb(&token, Some(&secret))) }))
     }
 
     async fn delete_token(
@@ -214,20 +213,20 @@ impl AclService for Acl {
     async fn get_token(
         &self,
         request: Request<pb::GetAclTokenRequest>,
-    ) -> Result<Response<pb::AclTokenResponse>, Status> {
+    ) -> Result<Response<pb::GetAclTokenResponse>, Status> {
         self.manage(&request).await?;
         let accessor = request.into_inner().accessor_id;
         require_name("accessor_id", &accessor)?;
         let lookup = accessor.clone();
         let token = self.cluster.read(move |txn| read::acl_token(txn, &lookup)).await.map_err(cluster_status)?;
         let token = token.ok_or_else(|| Status::not_found(format!("ACL token {accessor:?} not found")))?;
-        Ok(Response::new(pb::AclTokenResponse { token: Some(token_to_pb(&token, None)) }))
+        Ok(Response::new(pb::GetAclTokenResponse { token: Some(token_to_pb(&token, None)) }))
     }
 
     async fn get_token_self(
         &self,
         request: Request<pb::GetAclTokenSelfRequest>,
-    ) -> Result<Response<pb::AclTokenResponse>, Status> {
+    ) -> Result<Response<pb::GetAclTokenSelfResponse>, Status> {
         self.require_enabled()?;
         let denied = || Status::permission_denied("permission denied: this call needs a valid token");
         let secret = presented_secret(&request).ok_or_else(denied)?;
@@ -240,6 +239,6 @@ impl AclService for Acl {
             .map_err(cluster_status)?
             .filter(|t| !t.is_expired(now))
             .ok_or_else(denied)?;
-        Ok(Response::new(pb::AclTokenResponse { token: Some(token_to_pb(&token, None)) }))
+        Ok(Response::new(pb::GetAclTokenSelfResponse { token: Some(token_to_pb(&token, None)) }))
     }
 }

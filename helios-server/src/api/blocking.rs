@@ -14,7 +14,7 @@ use helios_core::events::Topic;
 use tonic::{Request, Status};
 
 use super::errors::invalid;
-use super::status_codes::grpc_timeout;
+use super::status_codes::{ahead_of, answer_by, grpc_timeout};
 use crate::cluster::{Cluster, ClusterError};
 
 /// Nomad's: how long a blocking read waits when `wait` is not given, and the most it waits.
@@ -39,8 +39,9 @@ impl Blocking {
         };
         let mut wait = wait.min(MAX_WAIT);
         if let Some(deadline) = grpc_timeout(request.metadata().as_ref()) {
-            // The answer must leave before the caller gives up on it.
-            wait = wait.min(deadline.saturating_sub(deadline / 10));
+            // The answer must leave before the caller gives up on it, and before `StatusCodes`
+            // answers DEADLINE_EXCEEDED in its place (at `answer_by`): as long again earlier.
+            wait = wait.min(answer_by(deadline).saturating_sub(ahead_of(deadline)));
         }
         Ok(Blocking { min_index, wait })
     }
@@ -88,9 +89,11 @@ mod tests {
         assert_eq!(unset, Blocking { min_index: Some(3), wait: DEFAULT_WAIT });
         let long = helios_api::prost_types::Duration { seconds: 3600, nanos: 0 };
         assert_eq!(Blocking::of(&request(None, Some(3), Some(&long))).expect("valid").wait, MAX_WAIT);
-        // A 10 s deadline: answered after 9 s at most.
-        assert_eq!(Blocking::of(&request(Some("10S"), Some(3), None)).expect("valid").wait, Duration::from_secs(9));
-        assert_eq!(Blocking::of(&request(Some("2000m"), None, None)).expect("valid").wait, Duration::from_millis(1800));
+        // A 10 s deadline: answered after 8 s at most (StatusCodes would answer at 9 s).
+        assert_eq!(Blocking::of(&request(Some("10S"), Some(3), None)).expect("valid").wait, Duration::from_secs(8));
+        assert_eq!(Blocking::of(&request(Some("2000m"), None, None)).expect("valid").wait, Duration::from_millis(1600));
+        // A minute: two seconds early, however long the deadline.
+        assert_eq!(Blocking::of(&request(Some("60S"), None, None)).expect("valid").wait, Duration::from_secs(58));
         let negative = helios_api::prost_types::Duration { seconds: -5, nanos: 0 };
         let refused = Blocking::of(&request(None, Some(3), Some(&negative))).expect_err("refused");
         assert_eq!(refused.code(), tonic::Code::InvalidArgument);

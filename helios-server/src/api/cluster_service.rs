@@ -50,7 +50,7 @@ impl ClusterService for Membership {
     }
 
     type SaveSnapshotStream =
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SnapshotFileChunk, Status>> + Send>>;
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SaveSnapshotResponse, Status>> + Send>>;
 
     async fn save_snapshot(
         &self,
@@ -73,7 +73,7 @@ impl ClusterService for Membership {
         );
         let stream = futures::stream::unfold(chunks, |mut rx| async move {
             let chunk = match rx.recv().await? {
-                Ok(data) => Ok(pb::SnapshotFileChunk { data }),
+                Ok(data) => Ok(pb::SaveSnapshotResponse { data }),
                 Err(e) => Err(Status::internal(format!("reading the state: {e}"))),
             };
             Some((chunk, rx))
@@ -83,7 +83,7 @@ impl ClusterService for Membership {
 
     async fn restore_snapshot(
         &self,
-        request: Request<tonic::Streaming<pb::SnapshotFileChunk>>,
+        request: Request<tonic::Streaming<pb::RestoreSnapshotRequest>>,
     ) -> Result<Response<pb::RestoreSnapshotResponse>, Status> {
         authorize(&self.cluster, &request, Capability::Management).await?;
         super::restore::restore(&self.cluster, request.into_inner()).await.map(Response::new)
@@ -120,7 +120,7 @@ impl ClusterService for Membership {
             .map(|((id, addr), status)| pb::Member {
                 id: *id,
                 addr: addr.clone(),
-                role: status.as_ref().map_or_else(|| "unreachable".to_string(), |s| s.role.clone()),
+                role: member_role(status.as_ref().map(|s| s.role.as_str())) as i32,
                 voter: voters.contains(id),
                 term: status.as_ref().map_or(0, |s| s.term),
                 last_applied_index: status.as_ref().and_then(|s| s.last_applied_index).unwrap_or(0),
@@ -164,5 +164,19 @@ impl ClusterService for Membership {
         let id = request.into_inner().id;
         let index = self.cluster.remove_server(id).await.map_err(cluster_status)?;
         Ok(Response::new(pb::RemoveServerResponse { index }))
+    }
+}
+
+/// A member's role as the API names it, from the role its status reports (`None`: it did not
+/// answer).
+fn member_role(reported: Option<&str>) -> pb::MemberRole {
+    match reported {
+        // A server shutting down answers, but no longer takes part.
+        None | Some("shutdown") => pb::MemberRole::Unreachable,
+        Some("leader") => pb::MemberRole::Leader,
+        Some("follower") => pb::MemberRole::Follower,
+        Some("candidate") => pb::MemberRole::Candidate,
+        Some("learner") => pb::MemberRole::Learner,
+        Some(_) => pb::MemberRole::Unspecified,
     }
 }

@@ -54,12 +54,7 @@ impl Deployments {
         Ok(out)
     }
 
-    async fn act(
-        &self,
-        conditions: WriteConditions,
-        id: String,
-        action: DeploymentAction,
-    ) -> Result<Response<pb::DeploymentActionResponse>, Status> {
+    async fn act(&self, conditions: WriteConditions, id: String, action: DeploymentAction) -> Result<Acted, Status> {
         let deployment = self.find(id).await?;
         let command = async {
             let priority = job_priority(&self.cluster, &deployment.job_name).await?;
@@ -75,13 +70,22 @@ impl Deployments {
             .read(move |txn| read::deployment_of_version(txn, &job, version))
             .await
             .map_err(cluster_status)?;
-        Ok(Response::new(pb::DeploymentActionResponse {
+        Ok(Acted {
             deployment: after.as_ref().map(deployment_to_pb),
             eval_id: eval_id.unwrap_or_default(),
             reverted_to_version: reverted_to,
             index,
-        }))
+        })
     }
+}
+
+/// What an action on a deployment did, for each action's own answer.
+struct Acted {
+    deployment: Option<pb::Deployment>,
+    eval_id: String,
+    /// Only a failure (by an operator, or by an unhealthy verdict) reverts.
+    reverted_to_version: Option<u64>,
+    index: u64,
 }
 
 #[tonic::async_trait]
@@ -126,40 +130,45 @@ impl DeploymentService for Deployments {
     async fn promote_deployment(
         &self,
         request: Request<pb::PromoteDeploymentRequest>,
-    ) -> Result<Response<pb::DeploymentActionResponse>, Status> {
+    ) -> Result<Response<pb::PromoteDeploymentResponse>, Status> {
         let caller = authorize(&self.cluster, &request, Capability::SubmitJob).await?;
         let conditions = retries::conditions("PromoteDeployment", caller.as_ref(), request.get_ref())?;
         let req = request.into_inner();
         for (i, group) in req.groups.iter().enumerate() {
             super::errors::require_name(&format!("groups[{i}]"), group)?;
         }
-        self.act(conditions, req.id, DeploymentAction::Promote { groups: req.groups }).await
+        let acted = self.act(conditions, req.id, DeploymentAction::Promote { groups: req.groups }).await?;
+        let Acted { deployment, eval_id, index, .. } = acted;
+        Ok(Response::new(pb::PromoteDeploymentResponse { deployment, eval_id, index }))
     }
 
     async fn pause_deployment(
         &self,
         request: Request<pb::PauseDeploymentRequest>,
-    ) -> Result<Response<pb::DeploymentActionResponse>, Status> {
+    ) -> Result<Response<pb::PauseDeploymentResponse>, Status> {
         let caller = authorize(&self.cluster, &request, Capability::SubmitJob).await?;
         let conditions = retries::conditions("PauseDeployment", caller.as_ref(), request.get_ref())?;
         let req = request.into_inner();
         let action = if req.pause { DeploymentAction::Pause } else { DeploymentAction::Resume };
-        self.act(conditions, req.id, action).await
+        let Acted { deployment, eval_id, index, .. } = self.act(conditions, req.id, action).await?;
+        Ok(Response::new(pb::PauseDeploymentResponse { deployment, eval_id, index }))
     }
 
     async fn fail_deployment(
         &self,
         request: Request<pb::FailDeploymentRequest>,
-    ) -> Result<Response<pb::DeploymentActionResponse>, Status> {
+    ) -> Result<Response<pb::FailDeploymentResponse>, Status> {
         let caller = authorize(&self.cluster, &request, Capability::SubmitJob).await?;
         let conditions = retries::conditions("FailDeployment", caller.as_ref(), request.get_ref())?;
-        self.act(conditions, request.into_inner().id, DeploymentAction::Fail).await
+        let acted = self.act(conditions, request.into_inner().id, DeploymentAction::Fail).await?;
+        let Acted { deployment, eval_id, reverted_to_version, index } = acted;
+        Ok(Response::new(pb::FailDeploymentResponse { deployment, eval_id, reverted_to_version, index }))
     }
 
     async fn set_allocation_health(
         &self,
         request: Request<pb::SetAllocationHealthRequest>,
-    ) -> Result<Response<pb::DeploymentActionResponse>, Status> {
+    ) -> Result<Response<pb::SetAllocationHealthResponse>, Status> {
         let caller = authorize(&self.cluster, &request, Capability::SubmitJob).await?;
         let conditions = retries::conditions("SetAllocationHealth", caller.as_ref(), request.get_ref())?;
         let req = request.into_inner();
@@ -171,6 +180,8 @@ impl DeploymentService for Deployments {
         if let Some(both) = healthy.iter().find(|id| unhealthy.contains(id)) {
             return Err(invalid("unhealthy_alloc_ids", format!("allocation {both} is also named healthy")));
         }
-        self.act(conditions, req.id, DeploymentAction::SetHealth { healthy, unhealthy }).await
+        let acted = self.act(conditions, req.id, DeploymentAction::SetHealth { healthy, unhealthy }).await?;
+        let Acted { deployment, eval_id, reverted_to_version, index } = acted;
+        Ok(Response::new(pb::SetAllocationHealthResponse { deployment, eval_id, reverted_to_version, index }))
     }
 }

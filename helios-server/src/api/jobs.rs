@@ -1,5 +1,6 @@
 //! `JobService` and `AllocationService`.
 
+use futures::StreamExt;
 use helios_api::convert::{alloc_to_pb, eval_to_pb, job_from_pb, job_status_to_pb, job_to_pb, job_type_to_pb};
 use helios_api::pb;
 use helios_api::pb::allocation_service_server::AllocationService;
@@ -177,7 +178,7 @@ impl JobService for Jobs {
     async fn revert_job(
         &self,
         request: Request<pb::RevertJobRequest>,
-    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+    ) -> Result<Response<pb::RevertJobResponse>, Status> {
         let caller = authorize(&self.cluster, &request, Capability::SubmitJob).await?;
         let mut conditions = retries::conditions("RevertJob", caller.as_ref(), request.get_ref())?;
         let req = request.into_inner();
@@ -188,7 +189,9 @@ impl JobService for Jobs {
                 .enforce_prior_version
                 .map(|prior| Precondition::JobVersion { job: req.name.clone(), version: Some(prior) });
         }
-        self.register(conditions, self.reverted(req)).await
+        let submitted = self.register(conditions, self.reverted(req)).await?.into_inner();
+        let pb::SubmitJobResponse { version, changed, eval_id, index } = submitted;
+        Ok(Response::new(pb::RevertJobResponse { version, changed, eval_id, index }))
     }
 
     async fn plan_job(&self, request: Request<pb::PlanJobRequest>) -> Result<Response<pb::PlanJobResponse>, Status> {
@@ -415,7 +418,7 @@ pub struct Allocations {
 
 #[tonic::async_trait]
 impl AllocationService for Allocations {
-    type AllocLogsStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+    type AllocLogsStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::AllocLogsResponse, Status>> + Send>>;
 
     /// Relays from the agent that runs the allocation (its `--client-rpc-addr`).
     async fn alloc_logs(
@@ -424,11 +427,11 @@ impl AllocationService for Allocations {
     ) -> Result<Response<Self::AllocLogsStream>, Status> {
         authorize(&self.cluster, &request, Capability::ReadLogs).await?;
         let req = request.into_inner();
-        check_id("alloc_id", &req.alloc_id)?;
+        check_id("id", &req.id)?;
         if !req.task.is_empty() {
             require_name("task", &req.task)?;
         }
-        let alloc = find_allocation(&self.cluster, "alloc_id", req.alloc_id.clone()).await?;
+        let alloc = find_allocation(&self.cluster, "id", req.id.clone()).await?;
         let node_id = alloc.node_id.clone();
         let node = self.cluster.read(move |txn| read::node(txn, &node_id)).await.map_err(cluster_status)?;
         let node = node.ok_or_else(|| Status::unavailable(format!("node {} is gone", alloc.node_id)))?;
@@ -455,7 +458,8 @@ impl AllocationService for Allocations {
             proof,
         };
         let stream = agent.task_logs(request).await?.into_inner();
-        Ok(Response::new(Box::pin(stream)))
+        let relayed = stream.map(|chunk| chunk.map(|pb::LogChunk { data }| pb::AllocLogsResponse { data }));
+        Ok(Response::new(Box::pin(relayed)))
     }
 
     async fn list_allocations(

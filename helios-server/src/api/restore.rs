@@ -27,7 +27,7 @@ const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 
 pub async fn restore(
     cluster: &Cluster,
-    mut chunks: Streaming<pb::SnapshotFileChunk>,
+    mut chunks: Streaming<pb::RestoreSnapshotRequest>,
 ) -> Result<pb::RestoreSnapshotResponse, Status> {
     let file = receive(cluster, &mut chunks).await?;
     let path = file.0.clone();
@@ -78,7 +78,10 @@ async fn propose(cluster: &Cluster, command: Command) -> Result<(), Status> {
 }
 
 /// Receives the file into the data dir (deleted when done).
-async fn receive(cluster: &Cluster, chunks: &mut Streaming<pb::SnapshotFileChunk>) -> Result<ReceivedFile, Status> {
+async fn receive(
+    cluster: &Cluster,
+    chunks: &mut Streaming<pb::RestoreSnapshotRequest>,
+) -> Result<ReceivedFile, Status> {
     let path = cluster.data_dir.join(format!("restore-{}.incoming", crate::clock::new_id()));
     let file =
         std::fs::File::create(&path).map_err(|e| Status::internal(format!("cannot create {}: {e}", path.display())))?;

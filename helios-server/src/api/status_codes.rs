@@ -31,9 +31,13 @@ use tracing::Instrument;
 /// call was routed here) and the caller's own timer before the request was sent, so an answer
 /// sent exactly at the deadline would lose to theirs whenever the machine is busy; a tenth leaves
 /// room for a loaded machine's scheduling delays and the way back.
-fn answer_by(deadline: Duration) -> Duration {
-    let ahead = (deadline / 10).clamp(Duration::from_millis(5), Duration::from_secs(1));
-    deadline.saturating_sub(ahead)
+pub fn answer_by(deadline: Duration) -> Duration {
+    deadline.saturating_sub(ahead_of(deadline))
+}
+
+/// How much earlier than a deadline its call is answered (`answer_by`).
+pub fn ahead_of(deadline: Duration) -> Duration {
+    (deadline / 10).clamp(Duration::from_millis(5), Duration::from_secs(1))
 }
 
 /// The call's deadline, from its `grpc-timeout` header (an integer of at most 8 digits and a

@@ -454,9 +454,11 @@ pub async fn wait_unplaced(cluster: &TestCluster, job: &str, reason: &str) {
     assert!(cluster.job_status(1, job).await.allocations.is_empty(), "{why}");
 }
 
+/// Waits for node `id` to have `status` (its label: ready, down, ...).
 pub async fn wait_status(cluster: &TestCluster, via: u64, id: &str, status: &str) -> pb::Node {
+    use helios_api::convert::Label;
     wait_for(&format!("node {id} to be {status}"), || async {
-        node(cluster, via, id).await.filter(|n| n.status == status)
+        node(cluster, via, id).await.filter(|n| n.status().label() == status)
     })
     .await
 }

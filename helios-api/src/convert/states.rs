@@ -1,0 +1,186 @@
+//! The closed value sets of the API (statuses, triggers, roles) as protobuf enums, and the word
+//! each stands for in the CLI, job files and Nomad: `label` is what people read, the enum is
+//! what programs compare.
+
+use helios_core::acl::TokenType;
+use helios_core::{EvalStatus, EvalTrigger, NodeEligibility, NodeStatus};
+
+use crate::pb;
+
+pub fn node_status_to_pb(status: NodeStatus) -> pb::NodeStatus {
+    match status {
+        NodeStatus::Initializing => pb::NodeStatus::Initializing,
+        NodeStatus::Ready => pb::NodeStatus::Ready,
+        NodeStatus::Down => pb::NodeStatus::Down,
+    }
+}
+
+pub fn node_eligibility_to_pb(eligibility: NodeEligibility) -> pb::NodeEligibility {
+    match eligibility {
+        NodeEligibility::Eligible => pb::NodeEligibility::Eligible,
+        NodeEligibility::Ineligible => pb::NodeEligibility::Ineligible,
+    }
+}
+
+pub fn eval_status_to_pb(status: EvalStatus) -> pb::EvaluationStatus {
+    match status {
+        EvalStatus::Pending => pb::EvaluationStatus::Pending,
+        EvalStatus::Complete => pb::EvaluationStatus::Complete,
+        EvalStatus::Blocked => pb::EvaluationStatus::Blocked,
+        EvalStatus::Failed => pb::EvaluationStatus::Failed,
+        EvalStatus::Canceled => pb::EvaluationStatus::Canceled,
+    }
+}
+
+pub fn eval_trigger_to_pb(trigger: EvalTrigger) -> pb::EvaluationTrigger {
+    match trigger {
+        EvalTrigger::JobRegister => pb::EvaluationTrigger::JobRegister,
+        EvalTrigger::JobDeregister => pb::EvaluationTrigger::JobDeregister,
+        EvalTrigger::NodeUpdate => pb::EvaluationTrigger::NodeUpdate,
+        EvalTrigger::NodeDrain => pb::EvaluationTrigger::NodeDrain,
+        EvalTrigger::AllocFailure => pb::EvaluationTrigger::AllocFailure,
+        EvalTrigger::RetryFailedPlacement => pb::EvaluationTrigger::RetryFailedPlacement,
+        EvalTrigger::AllocStop => pb::EvaluationTrigger::AllocStop,
+        EvalTrigger::DeploymentWatcher => pb::EvaluationTrigger::DeploymentWatcher,
+    }
+}
+
+pub fn token_type_to_pb(token_type: TokenType) -> pb::AclTokenType {
+    match token_type {
+        TokenType::Client => pb::AclTokenType::Client,
+        TokenType::Management => pb::AclTokenType::Management,
+    }
+}
+
+/// The token type a request asks for: unset means client.
+pub fn token_type_from_pb(value: i32) -> Option<TokenType> {
+    match pb::AclTokenType::try_from(value).ok()? {
+        pb::AclTokenType::Unspecified | pb::AclTokenType::Client => Some(TokenType::Client),
+        pb::AclTokenType::Management => Some(TokenType::Management),
+    }
+}
+
+/// The word a value stands for, as the CLI prints it (Nomad's words, lower case); `unknown` for
+/// an unset value or one this build does not know (a newer server's).
+pub trait Label {
+    fn label(&self) -> &'static str;
+}
+
+const UNKNOWN: &str = "unknown";
+
+impl Label for pb::NodeStatus {
+    fn label(&self) -> &'static str {
+        match self {
+            pb::NodeStatus::Unspecified => UNKNOWN,
+            pb::NodeStatus::Initializing => NodeStatus::Initializing.as_str(),
+            pb::NodeStatus::Ready => NodeStatus::Ready.as_str(),
+            pb::NodeStatus::Down => NodeStatus::Down.as_str(),
+        }
+    }
+}
+
+impl Label for pb::NodeEligibility {
+    fn label(&self) -> &'static str {
+        match self {
+            pb::NodeEligibility::Unspecified => UNKNOWN,
+            pb::NodeEligibility::Eligible => NodeEligibility::Eligible.as_str(),
+            pb::NodeEligibility::Ineligible => NodeEligibility::Ineligible.as_str(),
+        }
+    }
+}
+
+impl Label for pb::EvaluationStatus {
+    fn label(&self) -> &'static str {
+        match self {
+            pb::EvaluationStatus::Unspecified => UNKNOWN,
+            pb::EvaluationStatus::Pending => EvalStatus::Pending.as_str(),
+            pb::EvaluationStatus::Complete => EvalStatus::Complete.as_str(),
+            pb::EvaluationStatus::Blocked => EvalStatus::Blocked.as_str(),
+            pb::EvaluationStatus::Failed => EvalStatus::Failed.as_str(),
+            pb::EvaluationStatus::Canceled => EvalStatus::Canceled.as_str(),
+        }
+    }
+}
+
+impl Label for pb::EvaluationTrigger {
+    fn label(&self) -> &'static str {
+        match self {
+            pb::EvaluationTrigger::Unspecified => UNKNOWN,
+            pb::EvaluationTrigger::JobRegister => EvalTrigger::JobRegister.as_str(),
+            pb::EvaluationTrigger::JobDeregister => EvalTrigger::JobDeregister.as_str(),
+            pb::EvaluationTrigger::NodeUpdate => EvalTrigger::NodeUpdate.as_str(),
+            pb::EvaluationTrigger::NodeDrain => EvalTrigger::NodeDrain.as_str(),
+            pb::EvaluationTrigger::AllocFailure => EvalTrigger::AllocFailure.as_str(),
+            pb::EvaluationTrigger::RetryFailedPlacement => EvalTrigger::RetryFailedPlacement.as_str(),
+            pb::EvaluationTrigger::AllocStop => EvalTrigger::AllocStop.as_str(),
+            pb::EvaluationTrigger::DeploymentWatcher => EvalTrigger::DeploymentWatcher.as_str(),
+        }
+    }
+}
+
+impl Label for pb::MemberRole {
+    fn label(&self) -> &'static str {
+        match self {
+            pb::MemberRole::Unspecified => UNKNOWN,
+            pb::MemberRole::Leader => "leader",
+            pb::MemberRole::Follower => "follower",
+            pb::MemberRole::Candidate => "candidate",
+            pb::MemberRole::Learner => "learner",
+            pb::MemberRole::Unreachable => "unreachable",
+        }
+    }
+}
+
+impl Label for pb::AclTokenType {
+    fn label(&self) -> &'static str {
+        match self {
+            pb::AclTokenType::Unspecified => UNKNOWN,
+            pb::AclTokenType::Client => TokenType::Client.as_str(),
+            pb::AclTokenType::Management => TokenType::Management.as_str(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_converts_to_the_enum_whose_label_is_its_word() {
+        for status in NodeStatus::ALL {
+            assert_eq!(node_status_to_pb(status).label(), status.as_str());
+        }
+        for e in [NodeEligibility::Eligible, NodeEligibility::Ineligible] {
+            assert_eq!(node_eligibility_to_pb(e).label(), e.as_str());
+        }
+        use EvalStatus::*;
+        for s in [Pending, Complete, Blocked, Failed, Canceled] {
+            assert_eq!(eval_status_to_pb(s).label(), s.as_str());
+        }
+        use EvalTrigger::*;
+        let triggers = [
+            JobRegister,
+            JobDeregister,
+            NodeUpdate,
+            NodeDrain,
+            AllocFailure,
+            RetryFailedPlacement,
+            AllocStop,
+            DeploymentWatcher,
+        ];
+        for t in triggers {
+            assert_eq!(eval_trigger_to_pb(t).label(), t.as_str());
+        }
+        for t in [TokenType::Client, TokenType::Management] {
+            assert_eq!(token_type_to_pb(t).label(), t.as_str());
+            assert_eq!(token_type_from_pb(token_type_to_pb(t) as i32), Some(t));
+        }
+    }
+
+    #[test]
+    fn an_unset_token_type_is_client_and_an_unknown_one_is_refused() {
+        assert_eq!(token_type_from_pb(0), Some(TokenType::Client));
+        assert_eq!(token_type_from_pb(99), None);
+        assert_eq!(pb::NodeStatus::Unspecified.label(), "unknown");
+    }
+}

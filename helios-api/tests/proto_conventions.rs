@@ -1,0 +1,202 @@
+//! The API's conventions (Google's API design guide, as issue 16 asks), checked over the
+//! compiled descriptor set so that they stay: every service and RPC says what it does; every
+//! public RPC has a request and a response message of its own; every enum's zero value is
+//! `<ENUM>_UNSPECIFIED` and its values carry the enum's prefix; a request names the resource it
+//! acts on `name` (jobs, policies, services), `id` (allocations, nodes, deployments, servers) or
+//! `accessor_id` (tokens); and a closed set of values is an enum, not a string.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use helios_api::pb::FILE_DESCRIPTOR_SET;
+use prost::Message;
+use prost_types::{DescriptorProto, FileDescriptorProto, FileDescriptorSet};
+
+/// Services between Helios's own processes (servers, agents), not for users: their messages
+/// follow their transport (bincode payloads, the agent protocol), not the public conventions.
+const INTERNAL_SERVICES: [&str; 3] = ["RaftPeer", "AgentService", "ClientService"];
+
+/// String fields that still hold a closed set of values, each with why. The list only
+/// shrinks: the test fails on a new one, and on one listed that is no longer a string.
+const STILL_STRINGS: [(&str, &str); 11] = [
+    // Messages the agent protocol shares with the public API: an agent of the previous build
+    // decodes these as strings and would fail on an enum's bytes during a rolling upgrade, so
+    // they change once agents have messages of their own.
+    ("Affinity.operator", SHARED_WITH_AGENTS),
+    ("Allocation.client_status", SHARED_WITH_AGENTS),
+    ("Allocation.desired_status", SHARED_WITH_AGENTS),
+    ("AllocationUpdate.client_status", SHARED_WITH_AGENTS),
+    ("Check.initial_status", SHARED_WITH_AGENTS),
+    ("Check.type", SHARED_WITH_AGENTS),
+    ("CheckState.status", SHARED_WITH_AGENTS),
+    ("Constraint.operator", SHARED_WITH_AGENTS),
+    ("TaskEvent.kind", SHARED_WITH_AGENTS),
+    ("TaskState.state", SHARED_WITH_AGENTS),
+    // The access levels of a policy's rules (job_policy, node, operator, agent): "", deny, read,
+    // write, checked by the servers; public only, still to become an enum.
+    ("AclPolicyRules.operator", "a policy's access level, still to do"),
+];
+const SHARED_WITH_AGENTS: &str = "shared with the agent protocol";
+
+/// Field names that hold a closed set of values wherever they appear.
+fn names_a_closed_set(field: &str) -> bool {
+    matches!(field, "status" | "state" | "role" | "operator" | "eligibility" | "trigger" | "type" | "kind" | "mode")
+        || field.ends_with("_status")
+}
+
+fn descriptor_set() -> FileDescriptorSet {
+    FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("the compiled descriptor set decodes")
+}
+
+fn helios_files() -> Vec<FileDescriptorProto> {
+    let files: Vec<_> =
+        descriptor_set().file.into_iter().filter(|f| f.package.as_deref() == Some("helios.v1")).collect();
+    assert!(files.len() >= 7, "every Helios proto file is in the set: {}", files.len());
+    files
+}
+
+/// The source locations (paths into the file's descriptor) that carry a comment.
+fn commented(file: &FileDescriptorProto) -> BTreeSet<Vec<i32>> {
+    let info = file.source_code_info.as_ref().expect("the descriptor set keeps source info (comments)");
+    info.location
+        .iter()
+        .filter(|l| {
+            let leading = l.leading_comments.as_deref().unwrap_or_default().trim();
+            let trailing = l.trailing_comments.as_deref().unwrap_or_default().trim();
+            !leading.is_empty() || !trailing.is_empty()
+        })
+        .map(|l| l.path.clone())
+        .collect()
+}
+
+// Field numbers of FileDescriptorProto and ServiceDescriptorProto, for source locations.
+const FILE_SERVICES: i32 = 6;
+const SERVICE_METHODS: i32 = 2;
+
+fn short(type_name: &str) -> &str {
+    type_name.trim_start_matches(".helios.v1.")
+}
+
+#[test]
+fn every_service_and_rpc_says_what_it_does() {
+    let mut silent = Vec::new();
+    for file in helios_files() {
+        let commented = commented(&file);
+        for (s, service) in file.service.iter().enumerate() {
+            if !commented.contains(&vec![FILE_SERVICES, s as i32]) {
+                silent.push(service.name().to_string());
+            }
+            for (m, method) in service.method.iter().enumerate() {
+                let path = vec![FILE_SERVICES, s as i32, SERVICE_METHODS, m as i32];
+                if !commented.contains(&path) {
+                    silent.push(format!("{}.{}", service.name(), method.name()));
+                }
+            }
+        }
+    }
+    assert!(silent.is_empty(), "services and RPCs without a comment: {silent:?}");
+}
+
+#[test]
+fn every_public_rpc_has_its_own_request_and_response() {
+    let mut uses: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut misnamed = Vec::new();
+    for file in helios_files() {
+        for service in file.service.iter().filter(|s| !INTERNAL_SERVICES.contains(&s.name())) {
+            for method in &service.method {
+                let rpc = format!("{}.{}", service.name(), method.name());
+                let (input, output) = (short(method.input_type()), short(method.output_type()));
+                uses.entry(input.to_string()).or_default().push(rpc.clone());
+                uses.entry(output.to_string()).or_default().push(rpc.clone());
+                // A stream's messages may be named for what they carry (EventBatch).
+                if !method.client_streaming() && !input.ends_with("Request") {
+                    misnamed.push(format!("{rpc} takes {input}"));
+                }
+                if !method.server_streaming() && !output.ends_with("Response") {
+                    misnamed.push(format!("{rpc} returns {output}"));
+                }
+            }
+        }
+    }
+    let shared: Vec<_> = uses.iter().filter(|(_, rpcs)| rpcs.len() > 1).collect();
+    assert!(shared.is_empty(), "messages used by more than one RPC: {shared:?}");
+    assert!(misnamed.is_empty(), "{misnamed:?}");
+}
+
+/// `NodeStatus` -> `NODE_STATUS`.
+fn upper_snake(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+#[test]
+fn every_enum_starts_unspecified_and_prefixes_its_values() {
+    let mut wrong = Vec::new();
+    let mut enums = 0;
+    for file in helios_files() {
+        let nested = file.message_type.iter().flat_map(|m| m.enum_type.iter());
+        for e in file.enum_type.iter().chain(nested) {
+            enums += 1;
+            let prefix = upper_snake(e.name());
+            let zero = e.value.iter().find(|v| v.number() == 0).map(|v| v.name().to_string());
+            if zero.as_deref() != Some(&format!("{prefix}_UNSPECIFIED")) {
+                wrong.push(format!("{}: zero value {zero:?}", e.name()));
+            }
+            for v in &e.value {
+                if !v.name().starts_with(&format!("{prefix}_")) {
+                    wrong.push(format!("{}: {}", e.name(), v.name()));
+                }
+            }
+        }
+    }
+    assert!(enums >= 14, "the enums are found: {enums}");
+    assert!(wrong.is_empty(), "{wrong:?}");
+}
+
+#[test]
+fn a_request_names_its_resource_name_id_or_accessor_id() {
+    let messages: BTreeMap<String, DescriptorProto> =
+        helios_files().into_iter().flat_map(|f| f.message_type).map(|m| (m.name().to_string(), m)).collect();
+    let mut wrong = Vec::new();
+    for file in helios_files() {
+        for service in file.service.iter().filter(|s| !INTERNAL_SERVICES.contains(&s.name())) {
+            for method in service.method.iter().filter(|m| !m.name().starts_with("List")) {
+                let input = &messages[short(method.input_type())];
+                // The resource a call acts on is its first field, when that is a key (a string or
+                // a number); a call that takes a whole resource (SubmitJob) or none is not one.
+                let Some(first) = input.field.iter().find(|f| f.number() == 1) else { continue };
+                let key = matches!(first.r#type(), prost_types::field_descriptor_proto::Type::String)
+                    || matches!(first.r#type(), prost_types::field_descriptor_proto::Type::Uint64);
+                if key && !["name", "id", "accessor_id"].contains(&first.name()) {
+                    wrong.push(format!("{}.{}: {}", service.name(), method.name(), first.name()));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "requests whose resource key is not name, id or accessor_id: {wrong:?}");
+}
+
+#[test]
+fn closed_sets_of_values_are_enums() {
+    use prost_types::field_descriptor_proto::Type;
+    let mut strings = BTreeSet::new();
+    for file in helios_files() {
+        for message in &file.message_type {
+            for field in message.field.iter().filter(|f| names_a_closed_set(f.name())) {
+                if field.r#type() == Type::String {
+                    strings.insert(format!("{}.{}", message.name(), field.name()));
+                }
+            }
+        }
+    }
+    let listed: BTreeSet<String> = STILL_STRINGS.iter().map(|(field, _why)| field.to_string()).collect();
+    let new: Vec<_> = strings.difference(&listed).collect();
+    assert!(new.is_empty(), "closed sets of values as strings (make them enums): {new:?}");
+    let gone: Vec<_> = listed.difference(&strings).collect();
+    assert!(gone.is_empty(), "listed as strings but no longer are (take them off the list): {gone:?}");
+}
