@@ -103,7 +103,7 @@ pub fn policy_to_pb(policy: &AclPolicy) -> pb::AclPolicy {
             agent: level(policy.rules.agent),
         }),
         source: policy.source.clone(),
-        modified_at_ms: policy.modified_at.as_millis(),
+        update_time: Some(crate::convert::timestamp_to_pb(policy.modified_at)),
     }
 }
 
@@ -115,7 +115,7 @@ pub fn token_to_pb(token: &AclToken, secret: Option<&str>) -> pb::AclToken {
         name: token.name.clone(),
         r#type: crate::convert::token_type_to_pb(token.token_type) as i32,
         policies: token.policies.clone(),
-        created_at_ms: token.created_at.as_millis(),
-        expires_at_ms: token.expires_at.map(Timestamp::as_millis),
+        create_time: Some(crate::convert::timestamp_to_pb(token.created_at)),
+        expire_time: token.expires_at.map(crate::convert::timestamp_to_pb),
     }
 }

@@ -22,6 +22,7 @@ mod deployment;
 mod events;
 mod service;
 mod states;
+mod times;
 pub use deployment::{deployment_status_to_pb, deployment_to_pb};
 pub use events::{duration_from_pb, duration_to_pb, topic_from_pb, topic_to_pb};
 pub use service::{alloc_services_from_pb, alloc_services_to_pb, check_state_to_pb, registration_to_pb};
@@ -29,6 +30,7 @@ pub use states::{
     eval_status_to_pb, eval_trigger_to_pb, node_eligibility_to_pb, node_status_to_pb, token_type_from_pb,
     token_type_to_pb, Label,
 };
+pub use times::{time_of, timestamp_from_pb, timestamp_to_pb};
 
 pub type ConversionResult<T> = Result<T, ValidationErrors>;
 
@@ -725,8 +727,8 @@ pub fn node_to_pb(n: &Node) -> pb::Node {
         status: node_status_to_pb(n.status) as i32,
         eligibility: node_eligibility_to_pb(n.eligibility) as i32,
         drain: n.drain,
-        registered_at_ms: n.registered_at.as_millis(),
-        status_updated_at_ms: n.status_updated_at.as_millis(),
+        register_time: Some(timestamp_to_pb(n.registered_at)),
+        status_update_time: Some(timestamp_to_pb(n.status_updated_at)),
     }
 }
 
@@ -763,9 +765,9 @@ pub fn eval_to_pb(e: &Evaluation) -> pb::Evaluation {
         status: eval_status_to_pb(e.status) as i32,
         status_description: e.status_description.clone(),
         failed_placements: e.failed_placements.clone(),
-        created_at_ms: e.created_at.as_millis(),
-        modified_at_ms: e.modified_at.as_millis(),
-        wait_until_ms: e.wait_until.map(Timestamp::as_millis),
+        create_time: Some(timestamp_to_pb(e.created_at)),
+        update_time: Some(timestamp_to_pb(e.modified_at)),
+        wait_until: e.wait_until.map(timestamp_to_pb),
     }
 }
 

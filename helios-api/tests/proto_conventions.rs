@@ -1,5 +1,6 @@
 //! The API's conventions (Google's API design guide, as issue 16 asks), checked over the
-//! compiled descriptor set so that they stay: every service and RPC says what it does; every
+//! compiled descriptor set so that they stay: every service and RPC says what it does, and every
+//! field of the public API what it holds; every
 //! public RPC has a request and a response message of its own; every enum's zero value is
 //! `<ENUM>_UNSPECIFIED` and its values carry the enum's prefix; a request names the resource it
 //! acts on `name` (jobs, policies, services), `id` (allocations, nodes, deployments, servers) or
@@ -37,6 +38,37 @@ const STILL_STRINGS: [(&str, &str); 11] = [
 ];
 const SHARED_WITH_AGENTS: &str = "shared with the agent protocol";
 
+/// Integer times (`*_ms`, `*_secs`) still in the public API: all in the job and allocation
+/// messages the agent protocol shares (see `STILL_STRINGS`). Every other time is a
+/// `google.protobuf.Timestamp` or `Duration`. The list only shrinks, as that one.
+const STILL_INTEGER_TIMES: [&str; 25] = [
+    "Allocation.created_at_ms",
+    "Allocation.modified_at_ms",
+    "Allocation.reschedule_at_ms",
+    "Check.interval_ms",
+    "Check.timeout_ms",
+    "CheckRestart.grace_ms",
+    "CheckState.since_ms",
+    "Job.submitted_at_ms",
+    "MigrateStrategy.healthy_deadline_secs",
+    "MigrateStrategy.min_healthy_time_secs",
+    "RescheduleEvent.at_ms",
+    "RescheduleEvent.delay_secs",
+    "ReschedulePolicy.delay_secs",
+    "ReschedulePolicy.interval_secs",
+    "ReschedulePolicy.max_delay_secs",
+    "RestartPolicy.delay_secs",
+    "RestartPolicy.interval_secs",
+    "Task.kill_timeout_secs",
+    "TaskEvent.time_ms",
+    "TaskState.finished_at_ms",
+    "TaskState.started_at_ms",
+    "UpdateStrategy.healthy_deadline_secs",
+    "UpdateStrategy.min_healthy_time_secs",
+    "UpdateStrategy.progress_deadline_secs",
+    "UpdateStrategy.stagger_secs",
+];
+
 /// Field names that hold a closed set of values wherever they appear.
 fn names_a_closed_set(field: &str) -> bool {
     matches!(field, "status" | "state" | "role" | "operator" | "eligibility" | "trigger" | "type" | "kind" | "mode")
@@ -71,6 +103,13 @@ fn commented(file: &FileDescriptorProto) -> BTreeSet<Vec<i32>> {
 // Field numbers of FileDescriptorProto and ServiceDescriptorProto, for source locations.
 const FILE_SERVICES: i32 = 6;
 const SERVICE_METHODS: i32 = 2;
+const FILE_MESSAGES: i32 = 4;
+const MESSAGE_FIELDS: i32 = 2;
+const MESSAGE_NESTED: i32 = 3;
+
+/// The files of the public API (the others are between Helios's own processes).
+const PUBLIC_FILES: [&str; 4] =
+    ["helios/v1/api.proto", "helios/v1/acl.proto", "helios/v1/events.proto", "helios/v1/types.proto"];
 
 fn short(type_name: &str) -> &str {
     type_name.trim_start_matches(".helios.v1.")
@@ -94,6 +133,37 @@ fn every_service_and_rpc_says_what_it_does() {
         }
     }
     assert!(silent.is_empty(), "services and RPCs without a comment: {silent:?}");
+}
+
+#[test]
+fn every_public_field_says_what_it_holds() {
+    fn walk(messages: &[DescriptorProto], at: Vec<i32>, commented: &BTreeSet<Vec<i32>>, silent: &mut Vec<String>) {
+        for (i, message) in messages.iter().enumerate() {
+            // A map's entry message is protoc's, not ours: the map field says what it holds.
+            if message.options.as_ref().is_some_and(|o| o.map_entry()) {
+                continue;
+            }
+            let mut path = at.clone();
+            path.push(i as i32);
+            for (f, field) in message.field.iter().enumerate() {
+                let mut field_path = path.clone();
+                field_path.extend([MESSAGE_FIELDS, f as i32]);
+                if !commented.contains(&field_path) {
+                    silent.push(format!("{}.{}", message.name(), field.name()));
+                }
+            }
+            let mut nested = path.clone();
+            nested.push(MESSAGE_NESTED);
+            walk(&message.nested_type, nested, commented, silent);
+        }
+    }
+    let mut silent = Vec::new();
+    let public: Vec<_> = helios_files().into_iter().filter(|f| PUBLIC_FILES.contains(&f.name())).collect();
+    assert_eq!(public.len(), PUBLIC_FILES.len());
+    for file in public {
+        walk(&file.message_type, vec![FILE_MESSAGES], &commented(&file), &mut silent);
+    }
+    assert!(silent.is_empty(), "fields without a comment: {silent:?}");
 }
 
 #[test]
@@ -199,4 +269,25 @@ fn closed_sets_of_values_are_enums() {
     assert!(new.is_empty(), "closed sets of values as strings (make them enums): {new:?}");
     let gone: Vec<_> = listed.difference(&strings).collect();
     assert!(gone.is_empty(), "listed as strings but no longer are (take them off the list): {gone:?}");
+}
+
+#[test]
+fn times_are_timestamps_and_durations() {
+    use prost_types::field_descriptor_proto::Type;
+    let mut integers = BTreeSet::new();
+    for file in helios_files().into_iter().filter(|f| PUBLIC_FILES.contains(&f.name())) {
+        for message in &file.message_type {
+            for field in &message.field {
+                let integer = matches!(field.r#type(), Type::Uint64 | Type::Int64 | Type::Uint32 | Type::Int32);
+                if integer && (field.name().ends_with("_ms") || field.name().ends_with("_secs")) {
+                    integers.insert(format!("{}.{}", message.name(), field.name()));
+                }
+            }
+        }
+    }
+    let listed: BTreeSet<String> = STILL_INTEGER_TIMES.iter().map(|f| f.to_string()).collect();
+    let new: Vec<_> = integers.difference(&listed).collect();
+    assert!(new.is_empty(), "times as integers (make them Timestamp or Duration): {new:?}");
+    let gone: Vec<_> = listed.difference(&integers).collect();
+    assert!(gone.is_empty(), "listed as integer times but no longer are (take them off the list): {gone:?}");
 }

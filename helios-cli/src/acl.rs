@@ -5,7 +5,7 @@ use clap::Subcommand;
 use hcl_edit::expr::Expression;
 use hcl_edit::structure::{Body, Structure};
 use hcl_edit::Span;
-use helios_api::convert::Label;
+use helios_api::convert::{duration_to_pb, time_of, timestamp_from_pb, Label};
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::acl_service_client::AclServiceClient;
@@ -86,7 +86,7 @@ pub async fn run(servers: &Servers, command: AclCommand) -> Result<()> {
             let rules = parse_policy(&source, &file.to_string_lossy())
                 .map_err(|problems| anyhow!("{}", problems.join("; ")))?;
             let policy =
-                pb::AclPolicy { name: name.clone(), description, rules: Some(rules), source, modified_at_ms: 0 };
+                pb::AclPolicy { name: name.clone(), description, rules: Some(rules), source, update_time: None };
             acl.upsert_policy(pb::UpsertAclPolicyRequest { policy: Some(policy), ..Default::default() })
                 .await
                 .map_err(status_error)?;
@@ -110,7 +110,7 @@ pub async fn run(servers: &Servers, command: AclCommand) -> Result<()> {
             let p = p.ok_or_else(|| anyhow!("the server returned no policy"))?;
             println!("Name        = {}", p.name);
             println!("Description = {}", p.description);
-            println!("Modified    = {}", Timestamp(p.modified_at_ms).to_rfc3339());
+            println!("Modified    = {}", time_of(p.update_time.as_ref()).to_rfc3339());
             println!("\nRules\n\n{}", p.source.trim_end());
         }
         AclCommand::Policy(PolicyCommand::Delete { name }) => {
@@ -126,7 +126,8 @@ pub async fn run(servers: &Servers, command: AclCommand) -> Result<()> {
                 "management" => pb::AclTokenType::Management,
                 _ => pb::AclTokenType::Client,
             } as i32;
-            let request = pb::CreateAclTokenRequest { name, r#type, policies, ttl_ms: ttl_ms.unwrap_or(0) };
+            let ttl = ttl_ms.map(|ms| duration_to_pb(std::time::Duration::from_millis(ms)));
+            let request = pb::CreateAclTokenRequest { name, r#type, policies, ttl };
             let token = acl.create_token(request).await.map_err(status_error)?.into_inner().token;
             print_token(&token.ok_or_else(|| anyhow!("the server returned no token"))?);
         }
@@ -140,7 +141,8 @@ pub async fn run(servers: &Servers, command: AclCommand) -> Result<()> {
             let now = now();
             let mut table = Table::new(&["NAME", "TYPE", "ACCESSOR ID", "POLICIES", "EXPIRES"]);
             for t in tokens {
-                let expires = t.expires_at_ms.map_or("never".to_string(), |at| describe_expiry(at, now));
+                let expires = timestamp_from_pb(t.expire_time.as_ref())
+                    .map_or("never".to_string(), |at| describe_expiry(at.as_millis(), now));
                 table.row(vec![
                     t.name.clone(),
                     t.r#type().label().to_string(),
@@ -185,8 +187,11 @@ fn print_token(t: &pb::AclToken) {
     println!("Name         = {}", t.name);
     println!("Type         = {}", t.r#type().label());
     println!("Policies     = {:?}", t.policies);
-    println!("Create Time  = {}", Timestamp(t.created_at_ms).to_rfc3339());
-    println!("Expiry Time  = {}", t.expires_at_ms.map_or("<none>".to_string(), |at| Timestamp(at).to_rfc3339()));
+    println!("Create Time  = {}", time_of(t.create_time.as_ref()).to_rfc3339());
+    println!(
+        "Expiry Time  = {}",
+        timestamp_from_pb(t.expire_time.as_ref()).map_or("<none>".to_string(), |at| at.to_rfc3339())
+    );
 }
 
 /// A policy file, HCL or JSON (by its first character), as rules; problems by line (HCL).

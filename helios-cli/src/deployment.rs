@@ -3,14 +3,14 @@
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
+use helios_api::convert::timestamp_from_pb;
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::deployment_service_client::DeploymentServiceClient;
-use helios_core::Timestamp;
 use serde_json::{json, Value};
 
 use crate::connect::{status_error, Conn, Servers};
-use crate::json::Output;
+use crate::json::{millis, Output};
 use crate::table::Table;
 
 #[derive(Subcommand, Debug)]
@@ -182,10 +182,7 @@ pub fn groups_table(d: &pb::Deployment) -> Table {
         } else {
             row.push(g.desired_total.to_string());
         }
-        let deadline = match g.require_progress_by_ms {
-            0 => "-".to_string(),
-            at => Timestamp(at).to_rfc3339(),
-        };
+        let deadline = timestamp_from_pb(g.require_progress_by.as_ref()).map_or("-".to_string(), |at| at.to_rfc3339());
         row.extend([g.placed.to_string(), g.healthy.to_string(), g.unhealthy.to_string(), deadline]);
         table.row(row);
     }
@@ -199,8 +196,8 @@ pub fn deployment_json(d: &pb::Deployment) -> Value {
         "job_version": d.job_version,
         "status": status_name(d.status),
         "status_description": d.status_description,
-        "created_at_ms": d.created_at_ms,
-        "modified_at_ms": d.modified_at_ms,
+        "created_at_ms": millis(d.create_time.as_ref()),
+        "modified_at_ms": millis(d.update_time.as_ref()),
         "groups": d.groups.iter().map(|g| json!({
             "name": g.name,
             "desired_total": g.desired_total,
@@ -211,7 +208,7 @@ pub fn deployment_json(d: &pb::Deployment) -> Value {
             "promoted": g.promoted,
             "auto_revert": g.auto_revert,
             "auto_promote": g.auto_promote,
-            "require_progress_by_ms": (g.require_progress_by_ms > 0).then_some(g.require_progress_by_ms),
+            "require_progress_by_ms": millis(g.require_progress_by.as_ref()),
             "placed_canaries": g.placed_canaries,
             "healthy_allocs": g.healthy_allocs,
             "unhealthy_allocs": g.unhealthy_allocs,

@@ -2,7 +2,7 @@
 //! command that shows it, documented in docs/cli.md. Fields are only ever added.
 
 use anyhow::Result;
-use helios_api::convert::Label;
+use helios_api::convert::{timestamp_from_pb, Label};
 use helios_api::pb;
 use serde_json::{json, Value};
 
@@ -30,7 +30,7 @@ pub fn job_summary(j: &pb::JobSummary) -> Value {
         "stopped": j.stopped,
         "desired": j.desired,
         "running": j.running,
-        "submitted_at_ms": j.submitted_at_ms,
+        "submitted_at_ms": millis(j.submit_time.as_ref()),
     })
 }
 
@@ -124,9 +124,9 @@ pub fn evaluation(e: &pb::Evaluation) -> Value {
         "description": e.status_description,
         "failed_placements": e.failed_placements,
         "node_id": e.node_id,
-        "created_at_ms": e.created_at_ms,
-        "modified_at_ms": e.modified_at_ms,
-        "wait_until_ms": e.wait_until_ms,
+        "created_at_ms": millis(e.create_time.as_ref()),
+        "modified_at_ms": millis(e.update_time.as_ref()),
+        "wait_until_ms": millis(e.wait_until.as_ref()),
     })
 }
 
@@ -143,8 +143,8 @@ pub fn node(n: &pb::Node) -> Value {
         "resources": {"cpu_mhz": resources.cpu_mhz, "memory_mb": resources.memory_mb},
         "attributes": n.attributes,
         "meta": n.meta,
-        "registered_at_ms": n.registered_at_ms,
-        "status_updated_at_ms": n.status_updated_at_ms,
+        "registered_at_ms": millis(n.register_time.as_ref()),
+        "status_updated_at_ms": millis(n.status_update_time.as_ref()),
     })
 }
 
@@ -162,4 +162,10 @@ pub fn members(reply: &pb::ListMembersResponse) -> Value {
         })
         .collect();
     json!({ "leader_id": reply.leader_id, "members": members, "stored_format": reply.stored_format })
+}
+
+/// A time the API gave, as the milliseconds since the epoch this output has always shown
+/// (`null` when unset).
+pub fn millis(t: Option<&helios_api::prost_types::Timestamp>) -> Option<u64> {
+    timestamp_from_pb(t).map(|t| t.as_millis())
 }

@@ -2,11 +2,10 @@
 
 use anyhow::{anyhow, Result};
 use clap::Subcommand;
-use helios_api::convert::Label;
+use helios_api::convert::{time_of, Label};
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::node_service_client::NodeServiceClient;
-use helios_core::Timestamp;
 
 use crate::connect::{status_error, Servers};
 use crate::json::Output;
@@ -87,7 +86,7 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
                     n.drivers.join(","),
                     format!("{} MHz", res.cpu_mhz),
                     format!("{} MB", res.memory_mb),
-                    Timestamp(n.status_updated_at_ms).ago(now),
+                    time_of(n.status_update_time.as_ref()).ago(now),
                 ]);
             }
             table.print();
@@ -131,11 +130,15 @@ pub async fn run(servers: &Servers, command: NodeCommand) -> Result<()> {
             println!("ID          = {}", n.id);
             println!("Hostname    = {}", n.hostname);
             println!("Address     = {}", n.rpc_addr);
-            println!("Status      = {} (since {})", n.status().label(), Timestamp(n.status_updated_at_ms).ago(now));
+            println!(
+                "Status      = {} (since {})",
+                n.status().label(),
+                time_of(n.status_update_time.as_ref()).ago(now)
+            );
             println!("Eligibility = {}{}", n.eligibility().label(), if n.drain { ", draining" } else { "" });
             println!("Drivers     = {}", n.drivers.join(", "));
             println!("Resources   = {} MHz CPU, {} MB memory", res.cpu_mhz, res.memory_mb);
-            println!("Registered  = {}", Timestamp(n.registered_at_ms).to_rfc3339());
+            println!("Registered  = {}", time_of(n.register_time.as_ref()).to_rfc3339());
             println!("\nAttributes");
             for (k, v) in &n.attributes {
                 println!("  {k} = {v}");

@@ -33,7 +33,7 @@ async fn a_silent_node_goes_down_and_comes_back_when_its_agent_restarts() {
     // The same agent (same data dir, so the same secret) takes its node back.
     let agent = start_agent(&cluster, "n1", agent_dir.path()).await;
     let back = wait_status(&cluster, follower, "n1", "ready").await;
-    assert_eq!(back.registered_at_ms, registered.registered_at_ms, "it is the same node");
+    assert_eq!(back.register_time, registered.register_time, "it is the same node");
     agent.stop().await;
     cluster.shutdown().await;
 }
@@ -58,7 +58,7 @@ async fn a_leader_failover_never_marks_healthy_nodes_down() {
         for old in &before {
             let now = node(&cluster, via, &old.id).await.expect("node still known");
             assert_eq!(now.status(), pb::NodeStatus::Ready, "node {} was marked down by the failover", old.id);
-            assert_eq!(now.status_updated_at_ms, old.status_updated_at_ms, "node {} changed status", old.id);
+            assert_eq!(now.status_update_time, old.status_update_time, "node {} changed status", old.id);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -214,7 +214,7 @@ async fn a_hung_server_does_not_get_a_healthy_node_marked_down() {
         assert_eq!(now.status(), pb::NodeStatus::Ready, "marked down while one of its servers hung");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(node(&cluster, 1, "n1").await.expect("node").status_updated_at_ms, ready.status_updated_at_ms);
+    assert_eq!(node(&cluster, 1, "n1").await.expect("node").status_update_time, ready.status_update_time);
     proxy.thaw();
     agent.stop().await;
     cluster.shutdown().await;

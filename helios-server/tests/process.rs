@@ -235,7 +235,10 @@ async fn a_deployment_goes_on_when_its_leader_is_sigkilled_mid_rollout() {
     .await;
     assert_eq!((done.groups[0].healthy, done.groups[0].unhealthy), (3, 0), "{done:?}");
     // Ended by the new leader's watcher (this machine's one clock stamps both).
-    assert!(u128::from(done.modified_at_ms) > killed_at, "ended after the kill: {mid_way:?} then {done:?}");
+    assert!(
+        u128::from(helios_api::convert::time_of(done.update_time.as_ref()).as_millis()) > killed_at,
+        "ended after the kill: {mid_way:?} then {done:?}"
+    );
     let mut jobs = JobServiceClient::new(channel(survivor));
     let versions = jobs
         .get_job_versions(pb::GetJobVersionsRequest { name: "roll".into(), ..Default::default() })

@@ -29,7 +29,7 @@ pub fn deployment_to_pb(d: &Deployment) -> pb::Deployment {
             promoted: g.promoted,
             auto_revert: g.auto_revert,
             auto_promote: g.auto_promote,
-            require_progress_by_ms: g.require_progress_by.map_or(0, |t| t.as_millis()),
+            require_progress_by: g.require_progress_by.map(super::timestamp_to_pb),
             placed_canaries: g.placed_canaries.clone(),
             healthy_allocs: g.health.iter().filter(|(_, h)| **h).map(|(id, _)| id.clone()).collect(),
             unhealthy_allocs: g.health.iter().filter(|(_, h)| !**h).map(|(id, _)| id.clone()).collect(),
@@ -42,7 +42,7 @@ pub fn deployment_to_pb(d: &Deployment) -> pb::Deployment {
         status: deployment_status_to_pb(d.status) as i32,
         status_description: d.status_description.clone(),
         groups,
-        created_at_ms: d.created_at.as_millis(),
-        modified_at_ms: d.modified_at.as_millis(),
+        create_time: Some(super::timestamp_to_pb(d.created_at)),
+        update_time: Some(super::timestamp_to_pb(d.modified_at)),
     }
 }

@@ -9,7 +9,7 @@ pub use write::{change_stored, read, send, submit, Submission};
 
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use helios_api::convert::Label;
+use helios_api::convert::{time_of, Label};
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::job_service_client::JobServiceClient;
@@ -360,7 +360,7 @@ pub async fn run_query(servers: &Servers, command: JobCommand) -> Result<()> {
                     j.version.to_string(),
                     status_name(j.status, j.stopped),
                     format!("{}/{}", j.running, j.desired),
-                    Timestamp(j.submitted_at_ms).ago(now),
+                    time_of(j.submit_time.as_ref()).ago(now),
                 ]);
             }
             table.print();
@@ -505,7 +505,7 @@ fn print_status(reply: pb::GetJobStatusResponse) -> Result<()> {
     let mut evals = Table::new(&["ID", "TRIGGER", "STATUS", "CREATED"]);
     for e in &reply.evaluations {
         let (trigger, status) = (e.trigger().label().to_string(), e.status().label().to_string());
-        evals.row(vec![short(&e.id), trigger, status, Timestamp(e.created_at_ms).ago(now)]);
+        evals.row(vec![short(&e.id), trigger, status, time_of(e.create_time.as_ref()).ago(now)]);
     }
     evals.print();
     Ok(())

@@ -2,7 +2,7 @@
 //! valid token may read itself.
 
 use helios_api::acl::{policy_from_pb, policy_to_pb, token_to_pb};
-use helios_api::convert::token_type_from_pb;
+use helios_api::convert::{duration_from_pb, token_type_from_pb};
 use helios_api::pb;
 use helios_api::pb::acl_service_server::AclService;
 use helios_core::acl::{AclToken, Capability, TokenType};
@@ -177,7 +177,9 @@ impl AclService for Acl {
         if req.name.len() > helios_core::limits::MAX_NAME_LEN {
             return Err(invalid("name", "is too long"));
         }
-        let (token, secret) = Self::mint(req.name, token_type, req.policies, req.ttl_ms);
+        let ttl = req.ttl.as_ref().map(duration_from_pb).transpose().map_err(|problem| invalid("ttl", problem))?;
+        let ttl_ms = ttl.map_or(0, |ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let (token, secret) = Self::mint(req.name, token_type, req.policies, ttl_ms);
         self.commit(Command::UpsertAclToken { token: token.clone() }).await?;
         Ok(Response::new(pb::CreateAclTokenResponse { token: Some(token_to_pb(&token, Some(&secret))) }))
     }

@@ -1,7 +1,7 @@
 //! `DeploymentService`: deployments (`helios_core::deployment`) listed, read, and steered by
 //! operators (promote, pause, resume, fail, manual health) through `Command::ActOnDeployment`.
 
-use helios_api::convert::deployment_to_pb;
+use helios_api::convert::{deployment_to_pb, time_of};
 use helios_api::pb;
 use helios_api::pb::deployment_service_server::DeploymentService;
 use helios_core::acl::Capability;
@@ -110,7 +110,7 @@ impl DeploymentService for Deployments {
         let (deployments, next_page_token) = page.page(
             all.iter().map(deployment_to_pb).collect(),
             Order::Descending,
-            |d| format!("{:020}/{}", d.created_at_ms, d.id),
+            |d| format!("{:020}/{}", time_of(d.create_time.as_ref()).as_millis(), d.id),
             helios_api::encoded_len,
         );
         Ok(Response::new(pb::ListDeploymentsResponse { deployments, index, next_page_token }))

@@ -270,7 +270,7 @@ impl JobService for Jobs {
                 stopped: job.stopped,
                 desired: job.desired_allocations(),
                 running: count_running(&allocs, &job.name),
-                submitted_at_ms: job.submitted_at.as_millis(),
+                submit_time: Some(helios_api::convert::timestamp_to_pb(job.submitted_at)),
             })
             .collect();
         let (jobs, next_page_token) = page.page(jobs, Order::Ascending, |j| j.name.clone(), helios_api::encoded_len);
