@@ -6,6 +6,7 @@
 #   scripts/bench-metrics.sh                      # 256 in flight, 50,000 jobs, two pairs
 #   BENCH="--concurrency 1 --jobs 1000" scripts/bench-metrics.sh
 #   SRV=target/debug scripts/bench-metrics.sh     # servers of another build
+#   MODES="without without" SRV=DIR scripts/bench-metrics.sh   # a build without --metrics-addr
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$root/target/release"
@@ -41,4 +42,5 @@ run() {
     stop
 }
 
-for mode in without with without with; do run "$mode"; done
+# shellcheck disable=SC2086 # MODES is a list of words
+for mode in ${MODES:-without with without with}; do run "$mode"; done

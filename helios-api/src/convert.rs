@@ -27,8 +27,7 @@ pub use deployment::{deployment_status_to_pb, deployment_to_pb};
 pub use events::{duration_from_pb, duration_to_pb, topic_from_pb, topic_to_pb};
 pub use service::{alloc_services_from_pb, alloc_services_to_pb, check_state_to_pb, registration_to_pb};
 pub use states::{
-    eval_status_to_pb, eval_trigger_to_pb, node_eligibility_to_pb, node_status_to_pb, token_type_from_pb,
-    token_type_to_pb, Label,
+    eval_status_to_pb, eval_trigger_to_pb, node_eligibility_to_pb, node_status_to_pb, token_type_to_pb, Label,
 };
 pub use times::{time_of, timestamp_from_pb, timestamp_to_pb};
 

@@ -5,7 +5,7 @@ use clap::Subcommand;
 use hcl_edit::expr::Expression;
 use hcl_edit::structure::{Body, Structure};
 use hcl_edit::Span;
-use helios_api::convert::{duration_to_pb, time_of, timestamp_from_pb, Label};
+use helios_api::convert::{time_of, timestamp_from_pb, Label};
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::acl_service_client::AclServiceClient;
@@ -55,7 +55,7 @@ pub enum TokenCommand {
         #[arg(long = "policy")]
         policies: Vec<String>,
         /// client (holds policies) or management (may do everything).
-        #[arg(long = "type", default_value = "client", value_parser = ["client", "management"])]
+        #[arg(long = "type", default_value = "client")]
         token_type: String,
         /// Lifetime, such as 30m, 8h, 7d; none: no expiry.
         #[arg(long)]
@@ -122,12 +122,7 @@ pub async fn run(servers: &Servers, command: AclCommand) -> Result<()> {
         AclCommand::Token(TokenCommand::Create { name, policies, token_type, ttl }) => {
             let ttl_ms =
                 ttl.as_deref().map(helios_core::acl::parse_ttl).transpose().map_err(|e| anyhow!("--ttl: {e}"))?;
-            let r#type = match token_type.as_str() {
-                "management" => pb::AclTokenType::Management,
-                _ => pb::AclTokenType::Client,
-            } as i32;
-            let ttl = ttl_ms.map(|ms| duration_to_pb(std::time::Duration::from_millis(ms)));
-            let request = pb::CreateAclTokenRequest { name, r#type, policies, ttl };
+            let request = pb::CreateAclTokenRequest { name, r#type: token_type, policies, ttl_ms: ttl_ms.unwrap_or(0) };
             let token = acl.create_token(request).await.map_err(status_error)?.into_inner().token;
             print_token(&token.ok_or_else(|| anyhow!("the server returned no token"))?);
         }

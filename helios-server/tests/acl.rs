@@ -31,8 +31,7 @@ fn submit_request(name: &str) -> pb::SubmitJobRequest {
 }
 
 fn token_request(name: &str, policy: &str, ttl_ms: u64) -> pb::CreateAclTokenRequest {
-    let ttl = (ttl_ms > 0).then(|| helios_api::convert::duration_to_pb(std::time::Duration::from_millis(ttl_ms)));
-    pb::CreateAclTokenRequest { name: name.into(), r#type: 0, policies: vec![policy.into()], ttl }
+    pb::CreateAclTokenRequest { name: name.into(), r#type: String::new(), policies: vec![policy.into()], ttl_ms }
 }
 
 /// A client token holding `policy`, with its secret.

@@ -52,14 +52,6 @@ pub fn token_type_to_pb(token_type: TokenType) -> pb::AclTokenType {
     }
 }
 
-/// The token type a request asks for: unset means client.
-pub fn token_type_from_pb(value: i32) -> Option<TokenType> {
-    match pb::AclTokenType::try_from(value).ok()? {
-        pb::AclTokenType::Unspecified | pb::AclTokenType::Client => Some(TokenType::Client),
-        pb::AclTokenType::Management => Some(TokenType::Management),
-    }
-}
-
 /// The word a value stands for, as the CLI prints it (Nomad's words, lower case); `unknown` for
 /// an unset value or one this build does not know (a newer server's).
 pub trait Label {
@@ -173,14 +165,12 @@ mod tests {
         }
         for t in [TokenType::Client, TokenType::Management] {
             assert_eq!(token_type_to_pb(t).label(), t.as_str());
-            assert_eq!(token_type_from_pb(token_type_to_pb(t) as i32), Some(t));
         }
     }
 
     #[test]
-    fn an_unset_token_type_is_client_and_an_unknown_one_is_refused() {
-        assert_eq!(token_type_from_pb(0), Some(TokenType::Client));
-        assert_eq!(token_type_from_pb(99), None);
+    fn an_unset_value_is_unknown() {
         assert_eq!(pb::NodeStatus::Unspecified.label(), "unknown");
+        assert_eq!(pb::MemberRole::Unspecified.label(), "unknown");
     }
 }

@@ -2,7 +2,6 @@
 //! valid token may read itself.
 
 use helios_api::acl::{policy_from_pb, policy_to_pb, token_to_pb};
-use helios_api::convert::{duration_from_pb, token_type_from_pb};
 use helios_api::pb;
 use helios_api::pb::acl_service_server::AclService;
 use helios_core::acl::{AclToken, Capability, TokenType};
@@ -162,9 +161,11 @@ impl AclService for Acl {
     ) -> Result<Response<pb::CreateAclTokenResponse>, Status> {
         self.manage(&request).await?;
         let req = request.into_inner();
-        let token_type = token_type_from_pb(req.r#type).ok_or_else(|| {
-            invalid("type", format!("must be ACL_TOKEN_TYPE_CLIENT or ACL_TOKEN_TYPE_MANAGEMENT, got {}", req.r#type))
-        })?;
+        let token_type = match req.r#type.as_str() {
+            "" | "client" => TokenType::Client,
+            "management" => TokenType::Management,
+            other => return Err(invalid("type", format!("must be client or management, got {other:?}"))),
+        };
         if token_type == TokenType::Client && req.policies.is_empty() {
             return Err(invalid("policies", "a client token needs at least one policy"));
         }
@@ -177,9 +178,7 @@ impl AclService for Acl {
         if req.name.len() > helios_core::limits::MAX_NAME_LEN {
             return Err(invalid("name", "is too long"));
         }
-        let ttl = req.ttl.as_ref().map(duration_from_pb).transpose().map_err(|problem| invalid("ttl", problem))?;
-        let ttl_ms = ttl.map_or(0, |ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-        let (token, secret) = Self::mint(req.name, token_type, req.policies, ttl_ms);
+        let (token, secret) = Self::mint(req.name, token_type, req.policies, req.ttl_ms);
         self.commit(Command::UpsertAclToken { token: token.clone() }).await?;
         Ok(Response::new(pb::CreateAclTokenResponse { token: Some(token_to_pb(&token, Some(&secret))) }))
     }
