@@ -68,6 +68,17 @@ pub enum EvalTrigger {
 }
 
 impl EvalTrigger {
+    pub const ALL: [EvalTrigger; 8] = [
+        EvalTrigger::JobRegister,
+        EvalTrigger::JobDeregister,
+        EvalTrigger::NodeUpdate,
+        EvalTrigger::NodeDrain,
+        EvalTrigger::AllocFailure,
+        EvalTrigger::RetryFailedPlacement,
+        EvalTrigger::AllocStop,
+        EvalTrigger::DeploymentWatcher,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EvalTrigger::JobRegister => "job-register",
@@ -95,6 +106,9 @@ pub enum EvalStatus {
 }
 
 impl EvalStatus {
+    pub const ALL: [EvalStatus; 5] =
+        [EvalStatus::Pending, EvalStatus::Complete, EvalStatus::Blocked, EvalStatus::Failed, EvalStatus::Canceled];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EvalStatus::Pending => "pending",

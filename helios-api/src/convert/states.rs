@@ -145,22 +145,10 @@ mod tests {
         for e in [NodeEligibility::Eligible, NodeEligibility::Ineligible] {
             assert_eq!(node_eligibility_to_pb(e).label(), e.as_str());
         }
-        use EvalStatus::*;
-        for s in [Pending, Complete, Blocked, Failed, Canceled] {
+        for s in EvalStatus::ALL {
             assert_eq!(eval_status_to_pb(s).label(), s.as_str());
         }
-        use EvalTrigger::*;
-        let triggers = [
-            JobRegister,
-            JobDeregister,
-            NodeUpdate,
-            NodeDrain,
-            AllocFailure,
-            RetryFailedPlacement,
-            AllocStop,
-            DeploymentWatcher,
-        ];
-        for t in triggers {
+        for t in EvalTrigger::ALL {
             assert_eq!(eval_trigger_to_pb(t).label(), t.as_str());
         }
         for t in [TokenType::Client, TokenType::Management] {
