@@ -20,6 +20,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &["../proto"],
         )?;
     encoded_event_service();
+    // OTLP's trace export, which servers call and never serve: apart, so that neither gRPC
+    // reflection nor the API's metrics see it among Helios's own services.
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&["../proto/opentelemetry/trace_export.proto"], &["../proto"])?;
     Ok(())
 }
 

@@ -30,11 +30,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 # here, before the tests, so that no test competes with a build for the machine.
 scripts/build-previous-format.sh >/dev/null
 # The Python client test (helios-server/tests/python_client.rs) generates stubs from proto/ with
-# grpcio-tools, installed from PyPI into a virtual environment of its own, kept between runs.
+# grpcio-tools, and the trace export test (helios-cli/tests/request_ids.rs) decodes spans with
+# OpenTelemetry's own classes; installed from PyPI into a virtual environment of its own, kept
+# between runs.
 venv=target/python-venv
-if ! "$venv/bin/python" -c "import grpc_tools, grpc_status" >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c "import grpc_tools, grpc_status, opentelemetry.proto" >/dev/null 2>&1; then
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q grpcio-tools==1.85.4 grpcio-status==1.85.3
+    "$venv/bin/pip" install -q grpcio-tools==1.85.4 grpcio-status==1.85.3 opentelemetry-proto==1.45.2
 fi
 export HELIOS_PYTHON="$PWD/$venv/bin/python" HELIOS_REQUIRE_PYTHON=1
 cargo test --workspace

@@ -21,6 +21,13 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("helios_descriptor");
 }
 
+/// The client of OpenTelemetry's trace export (OTLP) and its messages: how servers send their
+/// spans to a collector (`--otlp-endpoint`).
+#[allow(clippy::all, clippy::pedantic)]
+pub mod otlp {
+    tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
+}
+
 pub use convert::{invalid_argument, ConversionResult};
 
 /// Whether `path` (`/helios.v1.Service/Method`) names a method of a Helios service: what

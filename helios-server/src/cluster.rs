@@ -20,6 +20,7 @@ use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState};
 use redb::{Database, ReadTransaction, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::clock;
 use crate::liveness::HeartbeatTracker;
@@ -27,6 +28,7 @@ use crate::raft::network::{methods, PeerChannels, PeerClient};
 use crate::raft::{NodeId, Raft};
 use crate::store::codec::decode;
 use crate::store::StoreError;
+use crate::telemetry;
 
 /// How long a request waits for a leader (an election, a restart) before giving up.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(15);
@@ -359,13 +361,18 @@ impl Cluster {
 
     async fn forward(&self, addr: &str, request: &ForwardRequest, deadline: Instant) -> Option<ForwardResponse> {
         let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-        let call = |mut client: PeerClient, req| async move { client.forward(req).await };
+        // The call carries on this one's request id and trace (`telemetry`).
+        let call = |mut client: PeerClient, mut req: tonic::Request<_>| async move {
+            telemetry::outgoing_headers(req.metadata_mut());
+            client.forward(req).await
+        };
         let body = match self.channels.encode_for(addr, request) {
             Ok(body) => body,
             // The leader runs an older build that cannot apply it.
             Err(e) => return Some(ForwardResponse::Failed(ForwardFailure::NeedsUpgrade(e.to_string()))),
         };
-        match self.channels.call(addr, methods::FORWARD, body, timeout, call).await {
+        let span = tracing::info_span!("forward", otel.kind = "client", leader = %addr);
+        match self.channels.call(addr, methods::FORWARD, body, timeout, call).instrument(span).await {
             Ok(reply) => decode(&reply.data).ok(),
             Err(status) => {
                 tracing::debug!(%addr, %status, "forwarding to the leader failed; retrying");
@@ -383,6 +390,8 @@ impl Cluster {
                 if let Err(message) = self.check_cluster_format(&proposal) {
                     return ForwardResponse::Failed(ForwardFailure::NeedsUpgrade(message));
                 }
+                // The apply joins the trace of the call that proposed it.
+                let _awaiting = telemetry::await_apply(&proposal.request_id);
                 match self.raft.client_write(*proposal).await {
                     Ok(reply) => ForwardResponse::Written { index: reply.log_id.index(), response: reply.data },
                     Err(e) => self.not_leader_or(e.forward_to_leader().cloned(), &e),

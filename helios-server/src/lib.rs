@@ -19,6 +19,7 @@ pub mod security;
 pub mod serve;
 pub mod signals;
 pub mod store;
+pub mod telemetry;
 pub mod upgrade;
 
 use std::collections::BTreeMap;

@@ -104,6 +104,10 @@ struct Args {
     /// Serve Prometheus metrics on this address (docs/metrics.md); none when unset.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Send this server's spans to an OpenTelemetry collector's OTLP/gRPC port, as
+    /// http://HOST:PORT (usually 4317); none when unset. docs/operations.md, "Tracing".
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 fn parse_gc_threshold(text: &str) -> Result<u64, String> {
@@ -146,16 +150,17 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into()),
-        )
-        // Colours for a terminal only: a log file gets plain text, searchable as written.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    let args = Args::parse();
+    let instance = args.node_id.unwrap_or(1).to_string();
+    let exporter = match helios_server::telemetry::init(args.otlp_endpoint.as_deref(), &instance) {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     return_freed_memory();
     exit_on_panic();
-    let args = Args::parse();
     if let Some(addr) = args.metrics_addr {
         if let Err(e) = helios_server::metrics::serve(addr) {
             eprintln!("Error: {e}");
@@ -173,7 +178,11 @@ async fn main() -> ExitCode {
     config.metrics = metrics;
     // SIGHUP: read the TLS certificates again (rotation without a restart).
     config.reload.on_sighup();
-    match helios_server::run(config, shutdown_signal()).await {
+    let ran = helios_server::run(config, shutdown_signal()).await;
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
+    }
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e}");

@@ -9,7 +9,9 @@
 //!   will not help. tonic answers INTERNAL, which reads as the server's fault.
 //! - Every call is counted by method and code, with how long it took to answer (`metrics`).
 //! - Every call runs in a `request` span naming its method and request id (`x-request-id`: the
-//!   caller's, or a new one), which its answer carries back, so its log lines can be found.
+//!   caller's, or a new one), which its answer carries back, so its log lines can be found; the
+//!   span ends with the call's code, and joins the caller's trace if it sent a `traceparent`
+//!   (`telemetry`).
 //! - Every error answered in the headers (all but a stream's, after its first message) carries a
 //!   `google.rpc.ErrorInfo` (`helios_api::errors`): the handlers' own reasons, or else its
 //!   code's name (an ACL refusal, tonic's own errors).
@@ -19,6 +21,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use helios_api::errors;
+
+use crate::telemetry;
 use tonic::body::Body;
 use tonic::codegen::http::{HeaderMap, HeaderValue, Request, Response};
 use tonic::codegen::{BoxFuture, Service};
@@ -99,8 +103,26 @@ where
         let deadline = grpc_timeout(request.headers());
         let method = request.uri().path().to_string();
         let request_id = request_id(request.headers());
-        let span = tracing::info_span!("request", method = %method, request_id = %request_id);
-        let answer = self.inner.call(request).instrument(span);
+        let traceparent = request.headers().get(telemetry::TRACEPARENT_HEADER).and_then(|v| v.to_str().ok());
+        macro_rules! request_span {
+            ($level:expr) => {
+                tracing::span!(
+                    $level,
+                    "request",
+                    otel.kind = "server",
+                    method = %method,
+                    request_id = %request_id,
+                    traceparent,
+                    rpc.grpc.status_code = tracing::field::Empty,
+                    otel.status_message = tracing::field::Empty,
+                )
+            };
+        }
+        // Raft's own calls, tens a second between servers, get a span only at debug (and so
+        // are never exported); a forwarded write is a client's call, and gets one like any.
+        let replication = method.starts_with(PEER_SERVICE) && method != FORWARD_PATH;
+        let span = if replication { request_span!(tracing::Level::DEBUG) } else { request_span!(tracing::Level::INFO) };
+        let answer = telemetry::in_request(request_id.clone(), self.inner.call(request)).instrument(span.clone());
         let started = Instant::now();
         let answered_with_id = async move {
             let answered = match deadline {
@@ -111,14 +133,14 @@ where
                     Err(_) => {
                         let passed = format!("the call's deadline ({deadline:?}) passed before it was answered");
                         let response = errors::coded(Code::DeadlineExceeded, passed).into_http();
-                        count(method, started, &response);
+                        count(method, started, &response, &span);
                         return Ok(response);
                     }
                 },
             };
             answered.map(|response| {
                 let response = with_reason(response.map(Body::new));
-                count(method, started, &response);
+                count(method, started, &response, &span);
                 response
             })
         };
@@ -148,18 +170,25 @@ fn request_id(headers: &HeaderMap) -> String {
 
 /// The path prefix of the peer service's calls.
 const PEER_SERVICE: &str = "/helios.v1.RaftPeer/";
+/// The peer call that carries a client's write to the leader.
+const FORWARD_PATH: &str = "/helios.v1.RaftPeer/Forward";
 
 /// Counts a call by method and code, and how long it took to answer (a stream: to its first
-/// message). A status sent after the headers (every success, and a stream's late error) is
-/// counted as OK.
-fn count(method: String, started: Instant, response: &Response<Body>) {
+/// message), and writes its code into its span. A status sent after the headers (every success,
+/// and a stream's late error) is counted as OK.
+fn count(method: String, started: Instant, response: &Response<Body>, span: &tracing::Span) {
+    let status = Status::from_header_map(response.headers());
+    let code = status.as_ref().map_or(Code::Ok, |s| s.code());
+    span.record("rpc.grpc.status_code", code as i64);
+    if let Some(status) = status.filter(|s| s.code() != Code::Ok) {
+        span.record("otel.status_message", status.message());
+    }
     // Servers' own traffic (Raft, forwarding) is not API traffic; a path that names no Helios
     // method (health, reflection, or a made-up name) counts as `other`.
     if method.starts_with(PEER_SERVICE) {
         return;
     }
     let method = if helios_api::is_helios_method(&method) { method } else { "other".to_string() };
-    let code = Status::from_header_map(response.headers()).map_or(Code::Ok, |s| s.code());
     let seconds = started.elapsed().as_secs_f64();
     metrics::histogram!("helios_api_request_duration_seconds", "method" => method.clone()).record(seconds);
     metrics::counter!("helios_api_requests_total", "method" => method, "code" => errors::code_reason(code))

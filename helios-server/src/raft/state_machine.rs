@@ -90,6 +90,8 @@ fn apply_batch(db: &Database, entries: Vec<Entry>) -> io::Result<Applied> {
                     acl_changed |= proposal.command.is_acl();
                     tables.index = log_id.index();
                     tracing::debug!(proposal = %proposal.request_id, index = log_id.index(), "applying");
+                    let span = crate::telemetry::apply_span(&proposal.request_id, log_id.index());
+                    let _applying = span.as_ref().map(tracing::Span::enter);
                     tables.apply_once(proposal).map_err(io::Error::other)?
                 }
                 EntryPayload::Membership(m) => {
