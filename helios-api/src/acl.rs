@@ -34,14 +34,66 @@ impl tonic::service::Interceptor for WithToken {
     }
 }
 
-fn level(errors: &mut Vec<FieldError>, field: &str, text: &str) -> Option<Level> {
-    if text.is_empty() {
-        return None;
+/// An area's level as the API gives it; unset is no rule.
+pub fn level_from_pb(level: pb::AclLevel) -> Option<Level> {
+    match level {
+        pb::AclLevel::Unspecified => None,
+        pb::AclLevel::Deny => Some(Level::Deny),
+        pb::AclLevel::Read => Some(Level::Read),
+        pb::AclLevel::Write => Some(Level::Write),
     }
-    match Level::parse(text) {
-        Ok(level) => Some(level),
-        Err(problem) => {
-            errors.push(FieldError { field: field.to_string(), problem });
+}
+
+pub fn level_to_pb(level: Option<Level>) -> pb::AclLevel {
+    match level {
+        None => pb::AclLevel::Unspecified,
+        Some(Level::Deny) => pb::AclLevel::Deny,
+        Some(Level::Read) => pb::AclLevel::Read,
+        Some(Level::Write) => pb::AclLevel::Write,
+    }
+}
+
+/// A policy file's level word (`policy = "read"`), for the CLI.
+pub fn level_from_word(word: &str) -> Result<pb::AclLevel, String> {
+    Level::parse(word).map(|level| level_to_pb(Some(level)))
+}
+
+/// A job capability as the API gives it; unset names none.
+pub fn job_capability_from_pb(capability: pb::AclJobCapability) -> Option<Capability> {
+    match capability {
+        pb::AclJobCapability::Unspecified => None,
+        pb::AclJobCapability::ListJobs => Some(Capability::ListJobs),
+        pb::AclJobCapability::ReadJob => Some(Capability::ReadJob),
+        pb::AclJobCapability::SubmitJob => Some(Capability::SubmitJob),
+        pb::AclJobCapability::ReadLogs => Some(Capability::ReadLogs),
+        pb::AclJobCapability::AllocLifecycle => Some(Capability::AllocLifecycle),
+    }
+}
+
+/// A job capability for the API; `None` for the capabilities of other areas, which a policy
+/// grants through their levels.
+pub fn job_capability_to_pb(capability: Capability) -> Option<pb::AclJobCapability> {
+    match capability {
+        Capability::ListJobs => Some(pb::AclJobCapability::ListJobs),
+        Capability::ReadJob => Some(pb::AclJobCapability::ReadJob),
+        Capability::SubmitJob => Some(pb::AclJobCapability::SubmitJob),
+        Capability::ReadLogs => Some(pb::AclJobCapability::ReadLogs),
+        Capability::AllocLifecycle => Some(pb::AclJobCapability::AllocLifecycle),
+        _ => None,
+    }
+}
+
+/// A policy file's capability word (`capabilities = ["read-logs"]`), for the CLI.
+pub fn job_capability_from_word(word: &str) -> Result<pb::AclJobCapability, String> {
+    let capability = Capability::parse_job(word)?;
+    job_capability_to_pb(capability).ok_or_else(|| format!("{word:?} is not a job capability"))
+}
+
+fn level(errors: &mut Vec<FieldError>, field: &str, value: i32) -> Option<Level> {
+    match pb::AclLevel::try_from(value) {
+        Ok(level) => level_from_pb(level),
+        Err(_) => {
+            errors.push(FieldError { field: field.to_string(), problem: format!("{value} is not an AclLevel") });
             None
         }
     }
@@ -55,18 +107,21 @@ pub fn policy_from_pb(policy: pb::AclPolicy, now: Timestamp) -> Result<AclPolicy
     }
     let rules = policy.rules.unwrap_or_default();
     let mut parsed = PolicyRules {
-        job_level: level(&mut errors, "policy.rules.job_policy", &rules.job_policy),
-        node: level(&mut errors, "policy.rules.node", &rules.node),
-        operator: level(&mut errors, "policy.rules.operator", &rules.operator),
-        agent: level(&mut errors, "policy.rules.agent", &rules.agent),
+        job_level: level(&mut errors, "policy.rules.job_policy", rules.job_policy),
+        node: level(&mut errors, "policy.rules.node", rules.node),
+        operator: level(&mut errors, "policy.rules.operator", rules.operator),
+        agent: level(&mut errors, "policy.rules.agent", rules.agent),
         ..Default::default()
     };
-    for (i, cap) in rules.job_capabilities.iter().enumerate() {
-        match Capability::parse_job(cap) {
-            Ok(c) => {
+    for (i, &value) in rules.job_capabilities.iter().enumerate() {
+        match pb::AclJobCapability::try_from(value).ok().and_then(job_capability_from_pb) {
+            Some(c) => {
                 parsed.job_capabilities.insert(c);
             }
-            Err(problem) => errors.push(FieldError { field: format!("policy.rules.job_capabilities[{i}]"), problem }),
+            None => errors.push(FieldError {
+                field: format!("policy.rules.job_capabilities[{i}]"),
+                problem: format!("{value} is not an AclJobCapability"),
+            }),
         }
     }
     if parsed == PolicyRules::default() {
@@ -91,13 +146,14 @@ pub fn policy_from_pb(policy: pb::AclPolicy, now: Timestamp) -> Result<AclPolicy
 }
 
 pub fn policy_to_pb(policy: &AclPolicy) -> pb::AclPolicy {
-    let level = |l: Option<Level>| l.map_or(String::new(), |l| l.as_str().to_string());
+    let level = |l: Option<Level>| level_to_pb(l) as i32;
+    let capabilities = policy.rules.job_capabilities.iter().filter_map(|&c| job_capability_to_pb(c));
     pb::AclPolicy {
         name: policy.name.clone(),
         description: policy.description.clone(),
         rules: Some(pb::AclPolicyRules {
             job_policy: level(policy.rules.job_level),
-            job_capabilities: policy.rules.job_capabilities.iter().map(|c| c.as_str().to_string()).collect(),
+            job_capabilities: capabilities.map(|c| c as i32).collect(),
             node: level(policy.rules.node),
             operator: level(policy.rules.operator),
             agent: level(policy.rules.agent),

@@ -273,15 +273,16 @@ fn json_rules(json: &Value) -> Result<pb::AclPolicyRules, Vec<String>> {
     let mut problems = Vec::new();
     let mut rules = pb::AclPolicyRules::default();
     let Some(top) = json.as_object() else { return Err(vec!["a policy is an object".into()]) };
-    let policy_of = |v: &Value, at: &str, problems: &mut Vec<String>| -> String {
-        match v.get("policy") {
-            None => String::new(),
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => {
-                problems.push(format!("{at}.policy must be a string"));
-                String::new()
-            }
-        }
+    let policy_of = |v: &Value, at: &str, problems: &mut Vec<String>| -> i32 {
+        let level = match v.get("policy") {
+            None => Ok(pb::AclLevel::Unspecified),
+            Some(Value::String(s)) => helios_api::acl::level_from_word(s),
+            Some(_) => Err("must be a string".to_string()),
+        };
+        level.unwrap_or_else(|problem| {
+            problems.push(format!("{at}.policy: {problem}"));
+            pb::AclLevel::Unspecified
+        }) as i32
     };
     for (key, value) in top {
         match key.as_str() {
@@ -300,8 +301,11 @@ fn json_rules(json: &Value) -> Result<pb::AclPolicyRules, Vec<String>> {
                         None => {}
                         Some(Value::Array(caps)) => {
                             for cap in caps {
-                                match cap.as_str() {
-                                    Some(c) => rules.job_capabilities.push(c.to_string()),
+                                match cap.as_str().map(helios_api::acl::job_capability_from_word) {
+                                    Some(Ok(c)) => rules.job_capabilities.push(c as i32),
+                                    Some(Err(problem)) => {
+                                        problems.push(format!("namespace.{name}.capabilities: {problem}"))
+                                    }
                                     None => problems.push(format!("namespace.{name}.capabilities holds strings")),
                                 }
                             }
@@ -350,12 +354,30 @@ node { policy = "write" }
 agent { policy = "read" }
 "#;
         let rules = parse_policy(hcl, "p.hcl").expect("parses");
-        assert_eq!(rules.job_policy, "read");
-        assert_eq!(rules.job_capabilities, ["submit-job", "read-logs"]);
-        assert_eq!((rules.node.as_str(), rules.agent.as_str(), rules.operator.as_str()), ("write", "read", ""));
+        assert_eq!(rules.job_policy(), pb::AclLevel::Read);
+        let capabilities: Vec<_> = rules.job_capabilities().collect();
+        assert_eq!(capabilities, [pb::AclJobCapability::SubmitJob, pb::AclJobCapability::ReadLogs]);
+        assert_eq!(
+            (rules.node(), rules.agent(), rules.operator()),
+            (pb::AclLevel::Write, pb::AclLevel::Read, pb::AclLevel::Unspecified)
+        );
         let json = r#"{"namespace": {"default": {"policy": "write"}}, "operator": {"policy": "read"}}"#;
         let rules = parse_policy(json, "p.json").expect("parses");
-        assert_eq!((rules.job_policy.as_str(), rules.operator.as_str()), ("write", "read"));
+        assert_eq!((rules.job_policy(), rules.operator()), (pb::AclLevel::Write, pb::AclLevel::Read));
+    }
+
+    #[test]
+    fn unknown_levels_and_capabilities_are_refused_naming_where() {
+        let hcl = "namespace \"default\" {\n  policy = \"admin\"\n  capabilities = [\"read-fs\", \"fly\"]\n}\n";
+        let problems = parse_policy(hcl, "p.hcl").expect_err("refused");
+        assert!(
+            problems.iter().any(|p| p.contains("namespace.default.policy") && p.contains("\"admin\"")),
+            "{problems:?}"
+        );
+        assert!(problems.iter().any(|p| p.contains("read-fs") && p.contains("Nomad's")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("unknown capability \"fly\"")), "{problems:?}");
+        let problems = parse_policy(r#"{"node": {"policy": 3}}"#, "p.json").expect_err("refused");
+        assert!(problems.iter().any(|p| p.contains("node.policy: must be a string")), "{problems:?}");
     }
 
     #[test]

@@ -48,11 +48,19 @@ fn denied<T: std::fmt::Debug>(result: Result<T, tonic::Status>, capability: &str
     assert_eq!(reason.as_deref(), Some("PERMISSION_DENIED"), "{what}: a typed error");
 }
 
+/// A level by its word; "" is no rule, and a word no level has is a number no `AclLevel` has.
+fn level(word: &str) -> i32 {
+    match word {
+        "" => pb::AclLevel::Unspecified as i32,
+        word => helios_api::acl::level_from_word(word).map_or(99, |level| level as i32),
+    }
+}
+
 fn policy(name: &str, job: &str, node: &str) -> pb::UpsertAclPolicyRequest {
     pb::UpsertAclPolicyRequest {
         policy: Some(pb::AclPolicy {
             name: name.into(),
-            rules: Some(pb::AclPolicyRules { job_policy: job.into(), node: node.into(), ..Default::default() }),
+            rules: Some(pb::AclPolicyRules { job_policy: level(job), node: level(node), ..Default::default() }),
             source: format!("namespace \"default\" {{ policy = \"{job}\" }}"),
             ..Default::default()
         }),
