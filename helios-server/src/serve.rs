@@ -119,7 +119,7 @@ fn router(
             anyone.clone(),
         )))
         .add_service(StatusCodes::new(InterceptedService::new(
-            EventServiceServer::new(api::events::Events { cluster: c() }).max_decoding_message_size(limit),
+            EventServiceServer::new(api::events::Events::new(c())).max_decoding_message_size(limit),
             anyone.clone(),
         )))
         .add_service(StatusCodes::new(InterceptedService::new(

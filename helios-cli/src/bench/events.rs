@@ -9,7 +9,7 @@
 //! 3. A blocking read's wake-up: `--probes` times, a `GetJob` waits on a job; from just before a
 //!    new version is submitted to the read's answer, next to that submission's latency.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use hdrhistogram::Histogram;
 use helios_api::convert::job_to_pb;
 use helios_api::pb;
 use helios_api::pb::event_service_client::EventServiceClient;
+use helios_api::wire::subscribe_headers;
 use helios_core::Job;
 
 use super::{histogram, record, summary};
@@ -41,6 +42,11 @@ pub struct EventsArgs {
     /// Blocking reads timed.
     #[arg(long, default_value_t = 200)]
     probes: u64,
+    /// Subscribers decode every event's payload, as a client that reads the objects does; by
+    /// default they read each event's index, topic, type and key and skip its payload, so that
+    /// what they cost this machine, which the servers share, is mostly the servers' own.
+    #[arg(long)]
+    decode_payloads: bool,
 }
 
 /// When each job's submission started, by name: the first subscriber times its event against it.
@@ -67,7 +73,8 @@ pub async fn run(servers: &Servers, args: EventsArgs) -> Result<()> {
     for s in 0..args.subscribers {
         let channel = servers.dedicated().await?;
         let timing = (s == 0).then(|| (starts.clone(), latency.clone()));
-        subscribers.push(tokio::spawn(subscriber(channel, opened.clone(), delivered.clone(), timing)));
+        let counted = Counted { opened: opened.clone(), delivered: delivered.clone(), timing };
+        subscribers.push(tokio::spawn(subscriber(channel, counted, args.decode_payloads)));
     }
     // Every stream starts from the log's latest index when it opens: none may open after the
     // first submission, or it would miss that job.
@@ -162,33 +169,54 @@ async fn submit_all(
     Ok((started.elapsed(), all))
 }
 
-/// One subscriber of every job event (from now), counting the registrations it receives; the
-/// one given `timing` records each event's latency from its submission's start.
-async fn subscriber(
-    channel: Conn,
+/// What the subscribers count: how many opened, and how many job registrations reached them;
+/// the one given `timing` records each event's latency from its submission's start.
+struct Counted {
     opened: Arc<AtomicU64>,
     delivered: Arc<AtomicU64>,
     timing: Option<(Starts, Arc<Mutex<Histogram<u64>>>)>,
-) {
-    let mut events = EventServiceClient::new(channel);
-    let topics = vec![pb::TopicFilter { topic: pb::EventTopic::Job as i32, keys: Vec::new() }];
-    let Ok(reply) = events.subscribe(pb::SubscribeRequest { topics, from_index: None }).await else { return };
-    opened.fetch_add(1, Ordering::Relaxed);
-    let mut stream = reply.into_inner();
-    while let Ok(Some(batch)) = stream.message().await {
-        let now = Instant::now();
-        for event in &batch.events {
-            let registered =
-                matches!(&event.payload, Some(pb::event::Payload::Job(j)) if j.status == pb::JobStatus::Pending as i32);
-            if !registered || !event.key.contains("-shared-") {
-                continue;
+}
+
+impl Counted {
+    /// An upserted job `key` arrived at `now`; the first for a key is its registration.
+    fn upserted(&self, key: &str, seen: &mut HashSet<String>, now: Instant) {
+        if !key.contains("-shared-") || !seen.insert(key.to_string()) {
+            return;
+        }
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        if let Some((starts, latency)) = &self.timing {
+            let started = starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(key);
+            if let Some(started) = started {
+                record(&mut latency.lock().unwrap_or_else(std::sync::PoisonError::into_inner), now - started);
             }
-            delivered.fetch_add(1, Ordering::Relaxed);
-            if let Some((starts, latency)) = &timing {
-                let started = starts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&event.key);
-                if let Some(started) = started {
-                    record(&mut latency.lock().unwrap_or_else(std::sync::PoisonError::into_inner), now - started);
-                }
+        }
+    }
+}
+
+/// One subscriber of every job event (from now), counting the registrations it receives,
+/// decoding each event whole (`decode`) or skimming its header.
+async fn subscriber(channel: Conn, counted: Counted, decode: bool) {
+    let topics = vec![pb::TopicFilter { topic: pb::EventTopic::Job as i32, keys: Vec::new() }];
+    let request = pb::SubscribeRequest { topics, from_index: None };
+    let upserted = pb::EventType::Upserted as i32;
+    let mut seen = HashSet::new();
+    if decode {
+        let Ok(reply) = EventServiceClient::new(channel).subscribe(request).await else { return };
+        counted.opened.fetch_add(1, Ordering::Relaxed);
+        let mut stream = reply.into_inner();
+        while let Ok(Some(batch)) = stream.message().await {
+            let now = Instant::now();
+            for event in batch.events.iter().filter(|e| e.r#type == upserted) {
+                counted.upserted(&event.key, &mut seen, now);
+            }
+        }
+    } else {
+        let Ok(mut stream) = subscribe_headers(channel, request).await else { return };
+        counted.opened.fetch_add(1, Ordering::Relaxed);
+        while let Ok(Some(batch)) = stream.message().await {
+            let now = Instant::now();
+            for event in batch.events.iter().filter(|e| e.r#type == upserted) {
+                counted.upserted(&event.key, &mut seen, now);
             }
         }
     }

@@ -4,6 +4,8 @@
 //! woke), so a subscriber costs one message per wake, however many entries were applied, and the
 //! message is made of events encoded once for all subscribers (`helios_api::wire`).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use helios_api::pb;
@@ -25,10 +27,20 @@ use crate::events::Batch;
 /// learns where to resume from, however narrow its filter, and a dead connection is noticed.
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
-/// A subscriber sent a batch less than this long ago waits out the rest before the next, so a
-/// busy stream is one message per `LINGER` however fast entries apply (each message costs the
-/// server a write to its connection), while an idle one gets a change at once.
-const LINGER: Duration = Duration::from_millis(50);
+/// A stream that sent a batch less than `linger` ago waits out the rest before the next, so a
+/// busy stream is one message per `linger` however fast entries apply (each message costs the
+/// server a write to its connection), while an idle one gets a change at once. A millisecond per
+/// open stream, from `MIN_LINGER` to `MAX_LINGER`: with 10 to 50 subscribers a busy server
+/// sends about a thousand messages a second in all, whatever their number, and beyond that 20 a
+/// second each; with a few of them a change reaches each within milliseconds. (At 100 ms, a
+/// hundred subscribers cost no less within this machine's noise, and waited longer:
+/// docs/performance.md.)
+fn linger(open_streams: usize) -> Duration {
+    let per_stream = Duration::from_millis(u64::try_from(open_streams).unwrap_or(u64::MAX));
+    per_stream.clamp(MIN_LINGER, MAX_LINGER)
+}
+const MIN_LINGER: Duration = Duration::from_millis(10);
+const MAX_LINGER: Duration = Duration::from_millis(50);
 
 /// Batches sent ahead of a slow subscriber; beyond them it falls behind the log, and once the log
 /// drops what it has not read it is told to resync.
@@ -41,6 +53,34 @@ const MAX_BATCH_BYTES: usize = 3 * helios_core::limits::MAX_MESSAGE_BYTES;
 
 pub struct Events {
     pub cluster: Cluster,
+    /// Streams open on this server (`linger`).
+    pub open_streams: Arc<AtomicUsize>,
+}
+
+impl Events {
+    pub fn new(cluster: Cluster) -> Events {
+        Events { cluster, open_streams: Arc::default() }
+    }
+}
+
+/// One open stream, counted in `Events::open_streams` while it lives.
+struct OpenStream(Arc<AtomicUsize>);
+
+impl OpenStream {
+    fn open(count: &Arc<AtomicUsize>) -> OpenStream {
+        count.fetch_add(1, Ordering::Relaxed);
+        OpenStream(count.clone())
+    }
+
+    fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The capability a topic's events need: a node's, or a job's (allocations, evaluations and
@@ -113,8 +153,9 @@ impl EventService for Events {
         let cluster = self.cluster.clone();
         let access =
             Access { secret, capabilities, generation: acl_generation, expires_at: token.and_then(|t| t.expires_at) };
+        let open = OpenStream::open(&self.open_streams);
         tokio::spawn(async move {
-            if let Err(status) = stream(&cluster, &subscription, from, access, &tx).await {
+            if let Err(status) = stream(&cluster, &subscription, from, access, &open, &tx).await {
                 let _ = tx.send(Err(status)).await;
             }
         });
@@ -165,6 +206,7 @@ async fn stream(
     subscription: &Subscription,
     from: u64,
     mut access: Access,
+    open: &OpenStream,
     tx: &mpsc::Sender<Result<EncodedEventBatch, Status>>,
 ) -> Result<(), Status> {
     let events = &cluster.signals.events;
@@ -204,7 +246,7 @@ async fn stream(
             _ = closed.changed() => return Err(stopping()),
             () = tx.closed() => return Ok(()),
         }
-        tokio::time::sleep_until(sent_at + LINGER).await;
+        tokio::time::sleep_until(sent_at + linger(open.count())).await;
     }
 }
 
@@ -250,6 +292,20 @@ mod tests {
         let args = vec!["x".repeat(60 * 1024); 18];
         let job = Job::exec(name, "/bin/true", args);
         Change { index: 0, topic: Topic::Job, row: encode(&job), deleted: false }
+    }
+
+    #[test]
+    fn streams_linger_a_millisecond_each_within_bounds() {
+        assert_eq!(linger(0), MIN_LINGER);
+        assert_eq!(linger(1), MIN_LINGER, "one subscriber hears within 10 ms");
+        assert_eq!(linger(40), Duration::from_millis(40), "40 streams send 1,000 messages a second in all");
+        assert_eq!(linger(100), MAX_LINGER);
+        assert_eq!(linger(5000), MAX_LINGER);
+        let count = Arc::new(AtomicUsize::new(0));
+        let (a, b) = (OpenStream::open(&count), OpenStream::open(&count));
+        assert_eq!(a.count(), 2);
+        drop(b);
+        assert_eq!(a.count(), 1, "a closed stream stops counting");
     }
 
     #[test]
