@@ -48,5 +48,11 @@ for run in "no subscriber:" "event latency" "no subscriber again"; do
     s0=$s l0=$l b0=$b
 done
 wait "$bench"
+# The leader's column is only its own if the leader stayed the same throughout.
+now_leader="$(target/release/helios-cli server members | awk '$3 == "leader" { print $1 }')"
+if [ "$now_leader" != "$leader_id" ]; then
+    echo "the leader changed during the runs (server $leader_id, then $now_leader): its column is not one server's" >&2
+    exit 1
+fi
 grep -E "jobs/s|mean|latency|wake-up" "$log"
 rm -f "$log"

@@ -120,7 +120,11 @@ pub fn policy_from_pb(policy: pb::AclPolicy, now: Timestamp) -> Result<AclPolicy
             }
             None => errors.push(FieldError {
                 field: format!("policy.rules.job_capabilities[{i}]"),
-                problem: format!("{value} is not an AclJobCapability"),
+                problem: if value == pb::AclJobCapability::Unspecified as i32 {
+                    "must name a capability (ACL_JOB_CAPABILITY_UNSPECIFIED names none)".to_string()
+                } else {
+                    format!("{value} is not an AclJobCapability")
+                },
             }),
         }
     }

@@ -249,11 +249,19 @@ fn hcl_to_json(text: &str) -> Result<Value, Vec<String>> {
             ("namespace", [label]) => {
                 let namespaces = out.entry("namespace").or_insert_with(|| Value::Object(Default::default()));
                 if let Value::Object(map) = namespaces {
-                    map.insert(label.as_str().to_string(), Value::Object(rules));
+                    if map.insert(label.as_str().to_string(), Value::Object(rules)).is_some() {
+                        problems.push(format!(
+                            "line {}: namespace {:?} is given twice",
+                            line(block.span()),
+                            label.as_str()
+                        ));
+                    }
                 }
             }
             ("node" | "agent" | "operator", []) => {
-                out.insert(ident.to_string(), Value::Object(rules));
+                if out.insert(ident.to_string(), Value::Object(rules)).is_some() {
+                    problems.push(format!("line {}: `{ident}` is given twice", line(block.span())));
+                }
             }
             _ => problems.push(format!(
                 "line {}: `{ident}` is not a Helios policy block (namespace \"default\", node, agent, operator)",
@@ -291,6 +299,10 @@ fn json_rules(json: &Value) -> Result<pb::AclPolicyRules, Vec<String>> {
                     problems.push("namespace must map names to rules".into());
                     continue;
                 };
+                if namespaces.contains_key("default") && namespaces.contains_key("*") {
+                    problems.push("namespace \"default\" and \"*\" are the same one here: give one".into());
+                    continue;
+                }
                 for (name, ns) in namespaces {
                     if name != "default" && name != "*" {
                         problems.push(format!("namespace {name:?}: Helios has one namespace, \"default\" (or \"*\")"));
@@ -378,6 +390,16 @@ agent { policy = "read" }
         assert!(problems.iter().any(|p| p.contains("unknown capability \"fly\"")), "{problems:?}");
         let problems = parse_policy(r#"{"node": {"policy": 3}}"#, "p.json").expect_err("refused");
         assert!(problems.iter().any(|p| p.contains("node.policy: must be a string")), "{problems:?}");
+    }
+
+    #[test]
+    fn a_rule_given_twice_is_refused_not_overwritten() {
+        let hcl = "node {\n  policy = \"read\"\n}\nnode {\n  policy = \"write\"\n}\n";
+        let problems = parse_policy(hcl, "p.hcl").expect_err("refused");
+        assert!(problems.iter().any(|p| p.contains("line 4") && p.contains("`node` is given twice")), "{problems:?}");
+        let hcl = "namespace \"default\" { policy = \"read\" }\nnamespace \"*\" { policy = \"write\" }\n";
+        let problems = parse_policy(hcl, "p.hcl").expect_err("refused");
+        assert!(problems.iter().any(|p| p.contains("the same one")), "{problems:?}");
     }
 
     #[test]

@@ -371,7 +371,8 @@ impl Cluster {
             // The leader runs an older build that cannot apply it.
             Err(e) => return Some(ForwardResponse::Failed(ForwardFailure::NeedsUpgrade(e.to_string()))),
         };
-        let span = tracing::info_span!("forward", otel.kind = "client", leader = %addr);
+        let request_id = telemetry::request_id().unwrap_or_default();
+        let span = tracing::info_span!("forward", otel.kind = "client", leader = %addr, request_id = %request_id);
         match self.channels.call(addr, methods::FORWARD, body, timeout, call).instrument(span).await {
             Ok(reply) => decode(&reply.data).ok(),
             Err(status) => {

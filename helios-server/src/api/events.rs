@@ -30,13 +30,13 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 /// A stream that sent a batch less than `linger` ago waits out the rest before the next, so a
 /// busy stream is one message per `linger` however fast entries apply (each message costs the
 /// server a write to its connection), while an idle one gets a change at once. A millisecond per
-/// open stream, from `MIN_LINGER` to `MAX_LINGER`: with 10 to 50 subscribers a busy server
-/// sends about a thousand messages a second in all, whatever their number, and beyond that 20 a
-/// second each; with a few of them a change reaches each within milliseconds. (At 100 ms, a
-/// hundred subscribers cost no less within this machine's noise, and waited longer:
-/// docs/performance.md.)
-fn linger(open_streams: usize) -> Duration {
-    let per_stream = Duration::from_millis(u64::try_from(open_streams).unwrap_or(u64::MAX));
+/// busy stream (one lingering so, itself included), from `MIN_LINGER` to `MAX_LINGER`: with 10
+/// to 50 busy subscribers a server sends about a thousand messages a second in all, whatever
+/// their number, and beyond that 20 a second each; with a few of them a change reaches each
+/// within milliseconds, however many idle watchers are open. (At 100 ms, a hundred subscribers
+/// cost no less within this machine's noise, and waited longer: docs/performance.md.)
+fn linger(busy_streams: usize) -> Duration {
+    let per_stream = Duration::from_millis(u64::try_from(busy_streams).unwrap_or(u64::MAX));
     per_stream.clamp(MIN_LINGER, MAX_LINGER)
 }
 const MIN_LINGER: Duration = Duration::from_millis(10);
@@ -53,31 +53,29 @@ const MAX_BATCH_BYTES: usize = 3 * helios_core::limits::MAX_MESSAGE_BYTES;
 
 pub struct Events {
     pub cluster: Cluster,
-    /// Streams open on this server (`linger`).
-    pub open_streams: Arc<AtomicUsize>,
+    /// Streams lingering after a message on this server: the busy ones (`linger`).
+    pub lingering: Arc<AtomicUsize>,
 }
 
 impl Events {
     pub fn new(cluster: Cluster) -> Events {
-        Events { cluster, open_streams: Arc::default() }
+        Events { cluster, lingering: Arc::default() }
     }
 }
 
-/// One open stream, counted in `Events::open_streams` while it lives.
-struct OpenStream(Arc<AtomicUsize>);
+/// A stream lingering after a message, counted in `Events::lingering` while it lives (a stream
+/// that ends or is dropped mid-wait stops counting).
+struct Lingering(Arc<AtomicUsize>);
 
-impl OpenStream {
-    fn open(count: &Arc<AtomicUsize>) -> OpenStream {
-        count.fetch_add(1, Ordering::Relaxed);
-        OpenStream(count.clone())
-    }
-
-    fn count(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+impl Lingering {
+    /// Counts one more, and says how many linger with it.
+    fn start(count: &Arc<AtomicUsize>) -> (Lingering, usize) {
+        let busy = count.fetch_add(1, Ordering::Relaxed) + 1;
+        (Lingering(count.clone()), busy)
     }
 }
 
-impl Drop for OpenStream {
+impl Drop for Lingering {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -153,9 +151,9 @@ impl EventService for Events {
         let cluster = self.cluster.clone();
         let access =
             Access { secret, capabilities, generation: acl_generation, expires_at: token.and_then(|t| t.expires_at) };
-        let open = OpenStream::open(&self.open_streams);
+        let lingering = self.lingering.clone();
         tokio::spawn(async move {
-            if let Err(status) = stream(&cluster, &subscription, from, access, &open, &tx).await {
+            if let Err(status) = stream(&cluster, &subscription, from, access, &lingering, &tx).await {
                 let _ = tx.send(Err(status)).await;
             }
         });
@@ -206,7 +204,7 @@ async fn stream(
     subscription: &Subscription,
     from: u64,
     mut access: Access,
-    open: &OpenStream,
+    lingering: &Arc<AtomicUsize>,
     tx: &mpsc::Sender<Result<EncodedEventBatch, Status>>,
 ) -> Result<(), Status> {
     let events = &cluster.signals.events;
@@ -246,7 +244,8 @@ async fn stream(
             _ = closed.changed() => return Err(stopping()),
             () = tx.closed() => return Ok(()),
         }
-        tokio::time::sleep_until(sent_at + linger(open.count())).await;
+        let (_lingering, busy) = Lingering::start(lingering);
+        tokio::time::sleep_until(sent_at + linger(busy)).await;
     }
 }
 
@@ -302,10 +301,10 @@ mod tests {
         assert_eq!(linger(100), MAX_LINGER);
         assert_eq!(linger(5000), MAX_LINGER);
         let count = Arc::new(AtomicUsize::new(0));
-        let (a, b) = (OpenStream::open(&count), OpenStream::open(&count));
-        assert_eq!(a.count(), 2);
+        let ((_a, first), (b, second)) = (Lingering::start(&count), Lingering::start(&count));
+        assert_eq!((first, second), (1, 2), "each counts itself");
         drop(b);
-        assert_eq!(a.count(), 1, "a closed stream stops counting");
+        assert_eq!(Lingering::start(&count).1, 2, "one that stopped lingering no longer counts");
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! - Every call runs in a `request` span naming its method and request id (`x-request-id`: the
 //!   caller's, or a new one), which its answer carries back, so its log lines can be found; the
 //!   span ends with the call's code, and joins the caller's trace if it sent a `traceparent`
-//!   (`telemetry`).
+//!   (`telemetry`). A stream's span ends with its headers: what it sends later, and a late
+//!   error, are outside it.
 //! - Every error answered in the headers (all but a stream's, after its first message) carries a
 //!   `google.rpc.ErrorInfo` (`helios_api::errors`): the handlers' own reasons, or else its
 //!   code's name (an ACL refusal, tonic's own errors).
@@ -180,8 +181,10 @@ fn count(method: String, started: Instant, response: &Response<Body>, span: &tra
     let status = Status::from_header_map(response.headers());
     let code = status.as_ref().map_or(Code::Ok, |s| s.code());
     span.record("rpc.grpc.status_code", code as i64);
-    if let Some(status) = status.filter(|s| s.code() != Code::Ok) {
-        span.record("otel.status_message", status.message());
+    if let Some(status) = status.filter(|s| is_server_error(s.code())) {
+        // (tonic's own errors, such as an unknown method's, come without a message.)
+        let message = if status.message().is_empty() { code.description() } else { status.message() };
+        span.record("otel.status_message", message);
     }
     // Servers' own traffic (Raft, forwarding) is not API traffic; a path that names no Helios
     // method (health, reflection, or a made-up name) counts as `other`.
@@ -193,6 +196,21 @@ fn count(method: String, started: Instant, response: &Response<Body>, span: &tra
     metrics::histogram!("helios_api_request_duration_seconds", "method" => method.clone()).record(seconds);
     metrics::counter!("helios_api_requests_total", "method" => method, "code" => errors::code_reason(code))
         .increment(1);
+}
+
+/// Whether a call that ended with `code` failed on the server's side, for its span's status:
+/// OpenTelemetry's gRPC conventions count the caller's mistakes (NOT_FOUND, INVALID_ARGUMENT,
+/// PERMISSION_DENIED, ...) as answers, not as the server's errors.
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
 }
 
 /// An error answered in the headers alone (a refused call: its status is there), with a reason:

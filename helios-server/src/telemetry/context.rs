@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -32,6 +32,11 @@ pub(super) fn exporting() {
 /// Runs `answer` (a call's handler) knowing its request id, so the calls it makes carry it on.
 pub fn in_request<F: Future>(request_id: String, answer: F) -> impl Future<Output = F::Output> {
     REQUEST_ID.scope(request_id, answer)
+}
+
+/// The request id of the call the current task is answering, if any.
+pub fn request_id() -> Option<String> {
+    REQUEST_ID.try_with(String::clone).ok()
 }
 
 /// Adds the current call's request id and, when spans are exported, the current span's trace
@@ -68,7 +73,12 @@ static AWAITING_APPLY: LazyLock<Mutex<HashMap<String, Proposer>>> = LazyLock::ne
 struct Proposer {
     context: SpanContext,
     request_id: String,
+    /// Which `await_apply` put it there: a retry of the same proposal may replace it, and then
+    /// the first one's guard must leave the retry's in place.
+    token: u64,
 }
+
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(0);
 
 fn awaiting() -> std::sync::MutexGuard<'static, HashMap<String, Proposer>> {
     AWAITING_APPLY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -76,22 +86,26 @@ fn awaiting() -> std::sync::MutexGuard<'static, HashMap<String, Proposer>> {
 
 /// A write this leader proposed within a traced call; forgotten when dropped (after the apply,
 /// or when the write failed).
-pub struct AwaitingApply(Option<String>);
+pub struct AwaitingApply(Option<(String, u64)>);
 
 /// Call before proposing: the apply of proposal `proposal_id` will join the current trace.
 pub fn await_apply(proposal_id: &str) -> AwaitingApply {
     let Some(context) = current() else {
         return AwaitingApply(None);
     };
-    let request_id = REQUEST_ID.try_with(String::clone).unwrap_or_default();
-    awaiting().insert(proposal_id.to_string(), Proposer { context, request_id });
-    AwaitingApply(Some(proposal_id.to_string()))
+    let request_id = request_id().unwrap_or_default();
+    let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+    awaiting().insert(proposal_id.to_string(), Proposer { context, request_id, token });
+    AwaitingApply(Some((proposal_id.to_string(), token)))
 }
 
 impl Drop for AwaitingApply {
     fn drop(&mut self) {
-        if let Some(id) = self.0.take() {
-            awaiting().remove(&id);
+        if let Some((id, token)) = self.0.take() {
+            let mut awaiting = awaiting();
+            if awaiting.get(&id).is_some_and(|proposer| proposer.token == token) {
+                awaiting.remove(&id);
+            }
         }
     }
 }

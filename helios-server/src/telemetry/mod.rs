@@ -16,7 +16,9 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-pub use context::{apply_span, await_apply, in_request, outgoing_headers, AwaitingApply, TRACEPARENT_HEADER};
+pub use context::{
+    apply_span, await_apply, in_request, outgoing_headers, request_id, AwaitingApply, TRACEPARENT_HEADER,
+};
 pub use otlp::Exporter;
 
 /// The log filter when `RUST_LOG` is unset.

@@ -38,12 +38,15 @@ const FLUSH_AT_EXIT: Duration = Duration::from_secs(3);
 pub struct SpanContext {
     pub trace_id: u128,
     pub span_id: u64,
+    /// Whether the trace is recorded: a caller that sent `traceparent` with its sampled flag
+    /// unset decided not to, and its calls' spans are neither exported nor marked sampled on.
+    pub sampled: bool,
 }
 
 impl SpanContext {
-    /// The `traceparent` header naming this span as the parent (sampled).
+    /// The `traceparent` header naming this span as the parent.
     pub fn traceparent(&self) -> String {
-        format!("00-{:032x}-{:016x}-01", self.trace_id, self.span_id)
+        format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, u8::from(self.sampled))
     }
 
     /// Reads a `traceparent` header (W3C trace context, version 00 or a later one's first four
@@ -61,6 +64,7 @@ impl SpanContext {
         let context = SpanContext {
             trace_id: u128::from_str_radix(trace, 16).ok()?,
             span_id: u64::from_str_radix(span, 16).ok()?,
+            sampled: u8::from_str_radix(flags, 16).ok()? & 1 == 1,
         };
         (context.trace_id != 0 && context.span_id != 0).then_some(context)
     }
@@ -246,14 +250,14 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for OtlpLayer {
         let mut fields = Fields::default();
         attrs.record(&mut fields);
         let inherited = span.parent().and_then(|parent| context_of(&parent));
-        let (trace_id, parent) = match (fields.remote_parent, inherited) {
-            (Some(remote), _) => (remote.trace_id, Some(remote.span_id)),
-            (None, Some(local)) => (local.trace_id, Some(local.span_id)),
-            (None, None) => (random_id(), None),
+        let (trace_id, parent, sampled) = match (fields.remote_parent, inherited) {
+            (Some(remote), _) => (remote.trace_id, Some(remote.span_id), remote.sampled),
+            (None, Some(local)) => (local.trace_id, Some(local.span_id), local.sampled),
+            (None, None) => (random_id(), None, true),
         };
         let span_id = u64::try_from(random_id() & u128::from(u64::MAX)).unwrap_or(1).max(1);
         let mut recording = Recording {
-            context: SpanContext { trace_id, span_id },
+            context: SpanContext { trace_id, span_id, sampled },
             parent,
             kind: SpanKind::Internal,
             start: unix_nanos(),
@@ -295,6 +299,9 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for OtlpLayer {
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(&id) else { return };
         let Some(recording) = span.extensions_mut().remove::<Recording>() else { return };
+        if !recording.context.sampled {
+            return;
+        }
         let mut finished = recording.finish();
         finished.name = span.name().to_string();
         if self.finished.try_send(finished).is_err() {
@@ -315,18 +322,21 @@ struct Batches {
 impl Batches {
     async fn run(mut self, mut queue: mpsc::Receiver<pb::Span>, mut stop: oneshot::Receiver<()>) {
         let mut batch = Vec::with_capacity(BATCH);
-        loop {
+        let mut stopping = false;
+        while !stopping {
             tokio::select! {
                 _ = &mut stop => break,
                 received = queue.recv_many(&mut batch, BATCH) => if received == 0 { break },
             }
-            // A batch goes out when full or when its first span has waited `LINGER`.
+            // A batch goes out when full, when its first span has waited `LINGER`, or at once
+            // when the server stops.
             let send_by = Instant::now() + LINGER;
             while batch.len() < BATCH {
                 let room = BATCH - batch.len();
-                match tokio::time::timeout_at(send_by, queue.recv_many(&mut batch, room)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+                tokio::select! {
+                    _ = &mut stop => { stopping = true; break }
+                    () = tokio::time::sleep_until(send_by) => break,
+                    received = queue.recv_many(&mut batch, room) => if received == 0 { break },
                 }
             }
             self.send(std::mem::take(&mut batch)).await;
@@ -382,10 +392,17 @@ mod tests {
 
     #[test]
     fn traceparent_round_trips_and_refuses_what_w3c_refuses() {
-        let context = SpanContext { trace_id: 0x0af7651916cd43dd8448eb211c80319c, span_id: 0xb7ad6b7169203331 };
+        let context =
+            SpanContext { trace_id: 0x0af7651916cd43dd8448eb211c80319c, span_id: 0xb7ad6b7169203331, sampled: true };
         let header = context.traceparent();
         assert_eq!(header, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
         assert_eq!(SpanContext::from_traceparent(&header), Some(context));
+        // A caller that does not record its trace: neither do the servers, and they say so on.
+        let unsampled = SpanContext::from_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00");
+        assert_eq!(unsampled, Some(SpanContext { sampled: false, ..context }));
+        assert!(unsampled.expect("parsed").traceparent().ends_with("-00"));
+        let other_flags = SpanContext::from_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03");
+        assert_eq!(other_flags.map(|c| c.sampled), Some(true), "only bit 0 is the sampled flag");
         // A later version may append parts; version 00 may not.
         assert!(SpanContext::from_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x").is_some());
         for bad in [
