@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use helios_api::convert::job_to_pb;
 use helios_api::pb;
 use helios_api::pb::event_service_client::EventServiceClient;
-use helios_api::wire::subscribe_headers;
+use helios_api::wire::{subscribe_headers, EventHeadersBatch};
 use helios_core::Job;
 
 use super::{histogram, record, summary};
@@ -198,26 +198,40 @@ impl Counted {
 async fn subscriber(channel: Conn, counted: Counted, decode: bool) {
     let topics = vec![pb::TopicFilter { topic: pb::EventTopic::Job as i32, keys: Vec::new() }];
     let request = pb::SubscribeRequest { topics, from_index: None };
-    let upserted = pb::EventType::Upserted as i32;
-    let mut seen = HashSet::new();
     if decode {
-        let Ok(reply) = EventServiceClient::new(channel).subscribe(request).await else { return };
-        counted.opened.fetch_add(1, Ordering::Relaxed);
-        let mut stream = reply.into_inner();
-        while let Ok(Some(batch)) = stream.message().await {
-            let now = Instant::now();
-            for event in batch.events.iter().filter(|e| e.r#type == upserted) {
-                counted.upserted(&event.key, &mut seen, now);
-            }
+        if let Ok(reply) = EventServiceClient::new(channel).subscribe(request).await {
+            receive(reply.into_inner(), &counted).await;
         }
-    } else {
-        let Ok(mut stream) = subscribe_headers(channel, request).await else { return };
-        counted.opened.fetch_add(1, Ordering::Relaxed);
-        while let Ok(Some(batch)) = stream.message().await {
-            let now = Instant::now();
-            for event in batch.events.iter().filter(|e| e.r#type == upserted) {
-                counted.upserted(&event.key, &mut seen, now);
-            }
+    } else if let Ok(stream) = subscribe_headers(channel, request).await {
+        receive(stream, &counted).await;
+    }
+}
+
+/// A batch of events, whole or skimmed: the keys of the objects it upserted.
+trait Upserted {
+    fn upserted(&self) -> impl Iterator<Item = &str>;
+}
+
+impl Upserted for pb::EventBatch {
+    fn upserted(&self) -> impl Iterator<Item = &str> {
+        self.events.iter().filter(|e| e.r#type == pb::EventType::Upserted as i32).map(|e| e.key.as_str())
+    }
+}
+
+impl Upserted for EventHeadersBatch {
+    fn upserted(&self) -> impl Iterator<Item = &str> {
+        self.events.iter().filter(|e| e.r#type == pb::EventType::Upserted as i32).map(|e| e.key.as_str())
+    }
+}
+
+/// Counts an opened stream's registrations until it ends.
+async fn receive<B: Upserted>(mut stream: tonic::Streaming<B>, counted: &Counted) {
+    counted.opened.fetch_add(1, Ordering::Relaxed);
+    let mut seen = HashSet::new();
+    while let Ok(Some(batch)) = stream.message().await {
+        let now = Instant::now();
+        for key in batch.upserted() {
+            counted.upserted(key, &mut seen, now);
         }
     }
 }

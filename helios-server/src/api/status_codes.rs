@@ -134,14 +134,14 @@ where
                     Err(_) => {
                         let passed = format!("the call's deadline ({deadline:?}) passed before it was answered");
                         let response = errors::coded(Code::DeadlineExceeded, passed).into_http();
-                        count(method, started, &response, &span);
+                        record_outcome(method, started, &response, &span);
                         return Ok(response);
                     }
                 },
             };
             answered.map(|response| {
                 let response = with_reason(response.map(Body::new));
-                count(method, started, &response, &span);
+                record_outcome(method, started, &response, &span);
                 response
             })
         };
@@ -177,7 +177,7 @@ const FORWARD_PATH: &str = "/helios.v1.RaftPeer/Forward";
 /// Counts a call by method and code, and how long it took to answer (a stream: to its first
 /// message), and writes its code into its span. A status sent after the headers (every success,
 /// and a stream's late error) is counted as OK.
-fn count(method: String, started: Instant, response: &Response<Body>, span: &tracing::Span) {
+fn record_outcome(method: String, started: Instant, response: &Response<Body>, span: &tracing::Span) {
     let status = Status::from_header_map(response.headers());
     let code = status.as_ref().map_or(Code::Ok, |s| s.code());
     span.record("rpc.grpc.status_code", code as i64);
