@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_protos(
             &[
                 "../proto/helios/v1/types.proto",
+                "../proto/helios/agent/v1/types.proto",
                 "../proto/helios/v1/api.proto",
                 "../proto/helios/v1/raft.proto",
                 "../proto/helios/v1/agent.proto",

@@ -12,12 +12,13 @@ use helios_core::validate::FieldError;
 use helios_core::{
     Affinity, Allocation, Constraint, ConstraintOperator, DelayFunction, DockerConfig, DockerDevice, Evaluation,
     ExecConfig, GroupPort, HealthCheck, Job, JobStatus, JobType, MigrateStrategy, Node, PortMapping, ReschedulePolicy,
-    Resources, RestartMode, RestartPolicy, Spread, SpreadTarget, Task, TaskDriver, TaskEvent, TaskGroup, TaskState,
-    Timestamp, UpdateStrategy, ValidationErrors,
+    Resources, RestartMode, RestartPolicy, Spread, SpreadTarget, Task, TaskDriver, TaskGroup, TaskState, Timestamp,
+    UpdateStrategy, ValidationErrors,
 };
 
 use crate::pb;
 
+pub mod agent;
 mod deployment;
 mod events;
 mod service;
@@ -25,11 +26,12 @@ mod states;
 mod times;
 pub use deployment::{deployment_status_to_pb, deployment_to_pb};
 pub use events::{duration_from_pb, duration_to_pb, topic_from_pb, topic_to_pb};
-pub use service::{alloc_services_from_pb, alloc_services_to_pb, check_state_to_pb, registration_to_pb};
+pub use service::{check_state_to_pb, registration_to_pb};
 pub use states::{
-    eval_status_to_pb, eval_trigger_to_pb, node_eligibility_to_pb, node_status_to_pb, token_type_to_pb, Label,
+    alloc_client_status_to_pb, alloc_desired_status_to_pb, check_status_to_pb, eval_status_to_pb, eval_trigger_to_pb,
+    node_eligibility_to_pb, node_status_to_pb, task_run_state_to_pb, token_type_to_pb, Label,
 };
-pub use times::{time_of, timestamp_from_pb, timestamp_to_pb};
+pub use times::{seconds_of, time_of, timestamp_from_pb, timestamp_to_pb};
 
 pub type ConversionResult<T> = Result<T, ValidationErrors>;
 
@@ -45,6 +47,15 @@ struct Problems(Vec<FieldError>);
 impl Problems {
     fn add(&mut self, field: impl Into<String>, problem: impl Into<String>) {
         self.0.push(FieldError { field: field.into(), problem: problem.into() });
+    }
+
+    /// `value` if no problem was found, every problem otherwise.
+    fn into_result<T>(self, value: T) -> ConversionResult<T> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(ValidationErrors(self.0))
+        }
     }
 }
 
@@ -607,27 +618,27 @@ pub fn alloc_to_pb(a: &Allocation) -> pb::Allocation {
         task_group: a.task_group.clone(),
         node_id: a.node_id.clone(),
         resources: Some(resources_to_pb(a.resources)),
-        desired_status: a.desired_status.as_str().to_string(),
+        desired_status: alloc_desired_status_to_pb(a.desired_status).into(),
         desired_description: a.desired_description.clone(),
-        client_status: a.client_status.as_str().to_string(),
+        client_status: alloc_client_status_to_pb(a.client_status).into(),
         client_description: a.client_description.clone(),
         task_states: a.task_states.iter().map(|(k, v)| (k.clone(), task_state_to_pb(v))).collect::<BTreeMap<_, _>>(),
-        created_at_ms: a.created_at.as_millis(),
-        modified_at_ms: a.modified_at.as_millis(),
+        create_time: Some(timestamp_to_pb(a.created_at)),
+        update_time: Some(timestamp_to_pb(a.modified_at)),
         host_ports: a.host_ports.iter().map(|p| u32::from(*p)).collect(),
         reschedule_events: a
             .reschedule_events
             .iter()
             .map(|e| pb::RescheduleEvent {
-                at_ms: e.at.as_millis(),
+                reschedule_time: Some(timestamp_to_pb(e.at)),
                 prev_alloc_id: e.prev_alloc_id.clone(),
                 prev_node_id: e.prev_node_id.clone(),
-                delay_secs: e.delay_secs,
+                delay: Some(duration_to_pb(std::time::Duration::from_secs(e.delay_secs))),
             })
             .collect(),
         next_allocation: a.next_allocation.clone(),
         // Filled in by the server that reads it (`helios_core::reschedule::followup`).
-        reschedule_at_ms: None,
+        reschedule_time: None,
         not_rescheduled: String::new(),
         metrics: (a.metrics != PlacementMetrics::default()).then(|| metrics_to_pb(&a.metrics)),
         services: a.services.iter().map(registration_to_pb).collect(),
@@ -638,79 +649,21 @@ pub fn alloc_to_pb(a: &Allocation) -> pb::Allocation {
 
 fn task_state_to_pb(s: &TaskState) -> pb::TaskState {
     pb::TaskState {
-        state: s.state.as_str().to_string(),
+        state: task_run_state_to_pb(s.state).into(),
         failed: s.failed,
         restarts: s.restarts,
-        started_at_ms: s.started_at.map(Timestamp::as_millis),
-        finished_at_ms: s.finished_at.map(Timestamp::as_millis),
-        events: s.events.iter().map(task_event_to_pb).collect(),
-    }
-}
-
-fn task_event_to_pb(e: &TaskEvent) -> pb::TaskEvent {
-    pb::TaskEvent {
-        time_ms: e.time.as_millis(),
-        kind: e.kind.clone(),
-        message: e.message.clone(),
-        exit_code: e.exit_code,
-    }
-}
-
-/// An agent's report on one allocation, as it sends it.
-pub fn alloc_update_to_pb(u: &helios_core::AllocUpdate) -> pb::AllocationUpdate {
-    pb::AllocationUpdate {
-        alloc_id: u.alloc_id.clone(),
-        client_status: u.client_status.as_str().to_string(),
-        client_description: u.client_description.clone(),
-        task_states: u.task_states.iter().map(|(task, state)| (task.clone(), task_state_to_pb(state))).collect(),
-    }
-}
-
-/// An agent's report on one allocation, checked field by field.
-pub fn alloc_update_from_pb(u: pb::AllocationUpdate, path: &str) -> ConversionResult<helios_core::AllocUpdate> {
-    let mut p = Problems::default();
-    let client_status = helios_core::AllocClientStatus::parse(&u.client_status).unwrap_or_else(|| {
-        p.add(format!("{path}.client_status"), format!("unknown status {:?}", u.client_status));
-        helios_core::AllocClientStatus::Pending
-    });
-    if client_status == helios_core::AllocClientStatus::Lost {
-        p.add(format!("{path}.client_status"), "only the servers mark an allocation lost");
-    }
-    let mut task_states = BTreeMap::new();
-    for (task, state) in u.task_states {
-        let run = helios_core::TaskRunState::parse(&state.state).unwrap_or_else(|| {
-            p.add(format!("{path}.task_states.{task}.state"), format!("unknown state {:?}", state.state));
-            helios_core::TaskRunState::Pending
-        });
-        if state.events.len() > 1000 {
-            p.add(format!("{path}.task_states.{task}.events"), "at most 1000 events");
-        }
-        let events = state
+        start_time: s.started_at.map(timestamp_to_pb),
+        finish_time: s.finished_at.map(timestamp_to_pb),
+        events: s
             .events
-            .into_iter()
-            .map(|e| TaskEvent { time: Timestamp(e.time_ms), kind: e.kind, message: e.message, exit_code: e.exit_code })
-            .collect();
-        task_states.insert(
-            task,
-            TaskState {
-                state: run,
-                failed: state.failed,
-                restarts: state.restarts,
-                started_at: state.started_at_ms.map(Timestamp),
-                finished_at: state.finished_at_ms.map(Timestamp),
-                events,
-            },
-        );
-    }
-    if p.0.is_empty() {
-        Ok(helios_core::AllocUpdate {
-            alloc_id: u.alloc_id,
-            client_status,
-            client_description: u.client_description,
-            task_states,
-        })
-    } else {
-        Err(ValidationErrors(p.0))
+            .iter()
+            .map(|e| pb::TaskEvent {
+                event_time: Some(timestamp_to_pb(e.time)),
+                kind: e.kind.clone(),
+                message: e.message.clone(),
+                exit_code: e.exit_code,
+            })
+            .collect(),
     }
 }
 

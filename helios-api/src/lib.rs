@@ -12,14 +12,29 @@ pub mod retries;
 pub mod tls;
 pub mod wire;
 
-/// Generated messages, clients and servers of package `helios.v1`.
+/// The generated code, nested as the proto packages are, so that each package's code finds the
+/// other's messages where prost expects them (`super::agent::v1`, `super::super::v1`).
 #[allow(clippy::all, clippy::pedantic)]
-pub mod pb {
-    tonic::include_proto!("helios.v1");
+mod generated {
+    pub mod v1 {
+        tonic::include_proto!("helios.v1");
 
-    /// Encoded descriptors of every Helios proto file, for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("helios_descriptor");
+        /// Encoded descriptors of every Helios proto file, for gRPC reflection.
+        pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("helios_descriptor");
+    }
+    pub mod agent {
+        pub mod v1 {
+            tonic::include_proto!("helios.agent.v1");
+        }
+    }
 }
+
+/// Generated messages of package `helios.agent.v1`: the agent protocol's own allocations, task
+/// states and service registrations (see `convert::agent`).
+pub use generated::agent::v1 as agent_pb;
+/// Generated messages, clients and servers of package `helios.v1`: the public API, and the
+/// services between Helios's own processes.
+pub use generated::v1 as pb;
 
 /// The client of OpenTelemetry's trace export (OTLP) and its messages: how servers send their
 /// spans to a collector (`--otlp-endpoint`).

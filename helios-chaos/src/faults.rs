@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::Args;
+use helios_api::convert::Label;
 use helios_api::pb;
+use helios_api::pb::{AllocationClientStatus, AllocationDesiredStatus};
 use tokio::sync::watch;
 
 use crate::check::{self, Partition};
@@ -365,7 +367,9 @@ async fn kill_agent(
 fn slots_running(allocs: &[pb::Allocation], on: Option<&str>, not_on: Option<&str>) -> Vec<String> {
     allocs
         .iter()
-        .filter(|a| a.client_status == "running" && a.desired_status == "run")
+        .filter(|a| {
+            a.client_status() == AllocationClientStatus::Running && a.desired_status() == AllocationDesiredStatus::Run
+        })
         .filter(|a| on.is_none_or(|n| a.node_id == n) && not_on.is_none_or(|n| a.node_id != n))
         .map(|a| a.name.clone())
         .collect()
@@ -373,7 +377,7 @@ fn slots_running(allocs: &[pb::Allocation], on: Option<&str>, not_on: Option<&st
 
 /// Slots the jobs still want filled.
 fn slots_wanted(allocs: &[pb::Allocation]) -> Vec<String> {
-    allocs.iter().filter(|a| a.desired_status == "run").map(|a| a.name.clone()).collect()
+    allocs.iter().filter(|a| a.desired_status() == AllocationDesiredStatus::Run).map(|a| a.name.clone()).collect()
 }
 
 /// Waits until the cluster is quiet and consistent: every server at the same applied index with
@@ -398,8 +402,11 @@ async fn settle(cluster: &Cluster, ledger: &SharedLedger) -> Result<u64> {
             why = format!("job {} has {} of {} running (stopped: {})", job.name, job.running, job.desired, job.stopped);
             continue;
         }
-        let mut running: Vec<(String, String)> =
-            allocs.iter().filter(|a| a.client_status == "running").map(|a| (a.id.clone(), a.node_id.clone())).collect();
+        let mut running: Vec<(String, String)> = allocs
+            .iter()
+            .filter(|a| a.client_status() == AllocationClientStatus::Running)
+            .map(|a| (a.id.clone(), a.node_id.clone()))
+            .collect();
         let mut processes: Vec<(String, String)> =
             observe::task_processes(&cluster.tasks_dir).into_iter().map(|p| (p.alloc_id, p.node)).collect();
         running.sort();
@@ -413,7 +420,10 @@ async fn settle(cluster: &Cluster, ledger: &SharedLedger) -> Result<u64> {
                     let state = alloc.map_or("unknown".to_string(), |a| {
                         format!(
                             "{} desired {} client {} ({})",
-                            a.name, a.desired_status, a.client_status, a.client_description
+                            a.name,
+                            a.desired_status().label(),
+                            a.client_status().label(),
+                            a.client_description
                         )
                     });
                     format!("{id} on {node}: {state}")

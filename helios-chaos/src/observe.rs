@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use helios_api::convert::Label;
 use helios_api::pb;
+use helios_api::pb::{AllocationClientStatus, AllocationDesiredStatus};
 use tokio::sync::watch;
 
 use crate::api::Servers;
@@ -148,7 +150,11 @@ fn check_processes(processes: &[TaskProcess], findings: &SharedFindings, reporte
 }
 
 fn wanted(a: &pb::Allocation) -> bool {
-    a.desired_status == "run" && !matches!(a.client_status.as_str(), "complete" | "failed" | "lost")
+    a.desired_status() == AllocationDesiredStatus::Run
+        && !matches!(
+            a.client_status(),
+            AllocationClientStatus::Complete | AllocationClientStatus::Failed | AllocationClientStatus::Lost
+        )
 }
 
 /// No allocation slot of a job is wanted twice at once: every replacement stops (or loses) what
@@ -282,8 +288,8 @@ fn check_orphans(
                 p.pid,
                 alloc.id,
                 alloc.name,
-                alloc.desired_status,
-                alloc.client_status,
+                alloc.desired_status().label(),
+                alloc.client_status().label(),
                 p.node,
                 ORPHAN_GRACE
             ));

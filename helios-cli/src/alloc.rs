@@ -5,6 +5,7 @@ use std::io::Write;
 use crate::connect::Conn;
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
+use helios_api::convert::{seconds_of, time_of, timestamp_from_pb, Label};
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::allocation_service_client::AllocationServiceClient;
@@ -88,14 +89,16 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
             let now = now();
             let mut table = Table::new(&["ID", "NAME", "NODE", "VERSION", "DESIRED", "STATUS", "MODIFIED"]);
             for a in allocations {
+                let (desired, client) = (a.desired_status().label(), a.client_status().label());
+                let modified = time_of(a.update_time.as_ref()).ago(now);
                 table.row(vec![
                     short(&a.id),
                     a.name,
                     a.node_id,
                     a.job_version.to_string(),
-                    a.desired_status,
-                    a.client_status,
-                    Timestamp(a.modified_at_ms).ago(now),
+                    desired.to_string(),
+                    client.to_string(),
+                    modified,
                 ]);
             }
             table.print();
@@ -130,20 +133,19 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
                 println!("Deployment  = {}{canary}", a.deployment_id);
             }
             let why = |s: &str| if s.is_empty() { String::new() } else { format!(" ({s})") };
-            println!("Desired     = {}{}", a.desired_status, why(&a.desired_description));
-            println!("Status      = {}{}", a.client_status, why(&a.client_description));
-            println!(
-                "Created     = {} ({})",
-                Timestamp(a.created_at_ms).to_rfc3339(),
-                Timestamp(a.created_at_ms).ago(now)
-            );
+            println!("Desired     = {}{}", a.desired_status().label(), why(&a.desired_description));
+            println!("Status      = {}{}", a.client_status().label(), why(&a.client_description));
+            let created = time_of(a.create_time.as_ref());
+            println!("Created     = {} ({})", created.to_rfc3339(), created.ago(now));
             print_reschedule(&a, now);
             print_services(&a);
             for (task, state) in &a.task_states {
-                println!("\nTask {task:?} is {}{}", state.state, if state.failed { " (failed)" } else { "" });
+                let failed = if state.failed { " (failed)" } else { "" };
+                println!("\nTask {task:?} is {}{failed}", state.state().label());
                 let mut events = Table::new(&["TIME", "TYPE", "DESCRIPTION"]);
                 for e in &state.events {
-                    events.row(vec![Timestamp(e.time_ms).to_rfc3339(), e.kind.clone(), e.message.clone()]);
+                    let time = time_of(e.event_time.as_ref()).to_rfc3339();
+                    events.row(vec![time, e.kind.clone(), e.message.clone()]);
                 }
                 events.print();
             }
@@ -188,7 +190,13 @@ fn print_services(a: &pb::Allocation) {
             table.row(vec![r.service.clone(), address.clone(), "-".into(), "-".into(), String::new()]);
         }
         for c in &r.checks {
-            table.row(vec![r.service.clone(), address.clone(), c.name.clone(), c.status.clone(), c.output.clone()]);
+            table.row(vec![
+                r.service.clone(),
+                address.clone(),
+                c.name.clone(),
+                c.status().label().into(),
+                c.output.clone(),
+            ]);
         }
     }
     table.print();
@@ -199,15 +207,12 @@ fn print_reschedule(a: &pb::Allocation, now: Timestamp) {
     if let Some(next) = &a.next_allocation {
         println!("Replaced by = {next}");
     }
-    if let Some(at) = a.reschedule_at_ms {
-        let wait = at.saturating_sub(now.0).div_ceil(1000);
+    if let Some(at) = timestamp_from_pb(a.reschedule_time.as_ref()) {
+        let wait = at.0.saturating_sub(now.0).div_ceil(1000);
         if wait == 0 {
-            println!(
-                "Reschedule  = due since {}: waiting to be placed (job status says why)",
-                Timestamp(at).to_rfc3339()
-            );
+            println!("Reschedule  = due since {}: waiting to be placed (job status says why)", at.to_rfc3339());
         } else {
-            println!("Reschedule  = in {} ({})", helios_core::time::duration_text(wait), Timestamp(at).to_rfc3339());
+            println!("Reschedule  = in {} ({})", helios_core::time::duration_text(wait), at.to_rfc3339());
         }
     }
     if !a.not_rescheduled.is_empty() {
@@ -220,10 +225,10 @@ fn print_reschedule(a: &pb::Allocation, now: Timestamp) {
     let mut history = Table::new(&["TIME", "REPLACED", "ON NODE", "AFTER"]);
     for e in &a.reschedule_events {
         history.row(vec![
-            Timestamp(e.at_ms).to_rfc3339(),
+            time_of(e.reschedule_time.as_ref()).to_rfc3339(),
             e.prev_alloc_id.clone(),
             e.prev_node_id.clone(),
-            helios_core::time::duration_text(e.delay_secs),
+            helios_core::time::duration_text(seconds_of(e.delay.as_ref())),
         ]);
     }
     history.print();

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
+use helios_api::convert::Label;
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_core::{Constraint, ConstraintOperator, DockerConfig, Job, JobType, PortMapping, TaskDriver};
@@ -258,8 +259,12 @@ async fn status(servers: &Servers, only: Option<String>, json: bool) -> Result<(
             .await
             .map_err(status_error)?;
         // What is deployed: allocations still running or stopping, and wanted ones that failed.
-        let finished = |a: &pb::Allocation| matches!(a.client_status.as_str(), "complete" | "failed" | "lost");
-        let shown = |a: &&pb::Allocation| !finished(a) || (a.desired_status == "run" && a.client_status == "failed");
+        use pb::{AllocationClientStatus as Client, AllocationDesiredStatus as Desired};
+        let finished =
+            |a: &pb::Allocation| matches!(a.client_status(), Client::Complete | Client::Failed | Client::Lost);
+        let shown = |a: &&pb::Allocation| {
+            !finished(a) || (a.desired_status() == Desired::Run && a.client_status() == Client::Failed)
+        };
         let allocs = reply.into_inner().allocations;
         for alloc in allocs.iter().filter(shown) {
             let ports = alloc
@@ -270,16 +275,17 @@ async fn status(servers: &Servers, only: Option<String>, json: bool) -> Result<(
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
-            let goal = if alloc.desired_status == "run" { "start" } else { "stop" };
+            let goal = if alloc.desired_status() == Desired::Run { "start" } else { "stop" };
+            let state = alloc.client_status().label();
             rows.push(serde_json::json!({
-                "job": name, "host": alloc.node_id, "goal": goal, "state": alloc.client_status,
+                "job": name, "host": alloc.node_id, "goal": goal, "state": state,
                 "alloc_id": alloc.id, "ports": ports,
             }));
             table.row(vec![
                 name.clone(),
                 alloc.node_id.clone(),
                 goal.to_string(),
-                alloc.client_status.clone(),
+                state.to_string(),
                 crate::alloc::short(&alloc.id),
                 ports,
             ]);

@@ -106,7 +106,13 @@ fn summary(event: &pb::Event) -> String {
             format!("version {} {status}", j.version)
         }
         Some(Payload::Allocation(a)) => {
-            format!("{} on {}: desired {}, {}", a.name, a.node_id, a.desired_status, a.client_status)
+            format!(
+                "{} on {}: desired {}, {}",
+                a.name,
+                a.node_id,
+                a.desired_status().label(),
+                a.client_status().label()
+            )
         }
         Some(Payload::Node(n)) => {
             let drain = if n.drain { ", draining" } else { "" };

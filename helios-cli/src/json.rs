@@ -2,7 +2,7 @@
 //! command that shows it, documented in docs/cli.md. Fields are only ever added.
 
 use anyhow::Result;
-use helios_api::convert::{timestamp_from_pb, Label};
+use helios_api::convert::{seconds_of, timestamp_from_pb, Label};
 use helios_api::pb;
 use serde_json::{json, Value};
 
@@ -73,11 +73,12 @@ pub fn allocation(a: &pb::Allocation) -> Value {
             let events: Vec<Value> = s
                 .events
                 .iter()
-                .map(|e| json!({"time_ms": e.time_ms, "kind": e.kind, "message": e.message, "exit_code": e.exit_code}))
+                .map(|e| json!({"time_ms": millis(e.event_time.as_ref()), "kind": e.kind, "message": e.message, "exit_code": e.exit_code}))
                 .collect();
             let task = json!({
-                "state": s.state, "failed": s.failed, "restarts": s.restarts,
-                "started_at_ms": s.started_at_ms, "finished_at_ms": s.finished_at_ms, "events": events,
+                "state": s.state().label(), "failed": s.failed, "restarts": s.restarts,
+                "started_at_ms": millis(s.start_time.as_ref()), "finished_at_ms": millis(s.finish_time.as_ref()),
+                "events": events,
             });
             (name.clone(), task)
         })
@@ -89,28 +90,29 @@ pub fn allocation(a: &pb::Allocation) -> Value {
         "job_version": a.job_version,
         "group": a.task_group,
         "node_id": a.node_id,
-        "desired_status": a.desired_status,
+        "desired_status": a.desired_status().label(),
         "desired_description": a.desired_description,
-        "client_status": a.client_status,
+        "client_status": a.client_status().label(),
         "client_description": a.client_description,
         "resources": {"cpu_mhz": resources.cpu_mhz, "memory_mb": resources.memory_mb},
         "host_ports": a.host_ports,
         "tasks": tasks,
-        "created_at_ms": a.created_at_ms,
-        "modified_at_ms": a.modified_at_ms,
+        "created_at_ms": millis(a.create_time.as_ref()),
+        "modified_at_ms": millis(a.update_time.as_ref()),
         "reschedule_events": a.reschedule_events.iter().map(|e| json!({
-            "at_ms": e.at_ms, "prev_alloc_id": e.prev_alloc_id, "prev_node_id": e.prev_node_id, "delay_secs": e.delay_secs,
+            "at_ms": millis(e.reschedule_time.as_ref()), "prev_alloc_id": e.prev_alloc_id,
+            "prev_node_id": e.prev_node_id, "delay_secs": seconds_of(e.delay.as_ref()),
         })).collect::<Vec<_>>(),
         "next_allocation": a.next_allocation,
         "deployment_id": (!a.deployment_id.is_empty()).then_some(&a.deployment_id),
         "canary": a.canary,
-        "reschedule_at_ms": a.reschedule_at_ms,
+        "reschedule_at_ms": millis(a.reschedule_time.as_ref()),
         "not_rescheduled": a.not_rescheduled,
         "metrics": a.metrics.as_ref().map(crate::placement::to_json),
         "services": a.services.iter().map(|r| json!({
             "service": r.service, "task": r.task, "address": r.address, "port": r.port,
             "checks": r.checks.iter().map(|c| json!({
-                "name": c.name, "status": c.status, "output": c.output, "since_ms": c.since_ms,
+                "name": c.name, "status": c.status().label(), "output": c.output, "since_ms": millis(c.since.as_ref()),
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
+use helios_api::convert::Label;
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::service_catalog_client::ServiceCatalogClient;
@@ -85,7 +86,7 @@ pub async fn run(servers: &Servers, command: ServiceCommand) -> Result<()> {
                 for i in &reply.instances {
                     println!("\nAllocation {} ({}:{})", i.alloc_id, i.address, i.port);
                     for c in &i.checks {
-                        println!("  {} {}: {}", c.status, c.name, c.output);
+                        println!("  {} {}: {}", c.status().label(), c.name, c.output);
                     }
                 }
             }
@@ -98,7 +99,7 @@ fn health(i: &pb::ServiceInstance) -> &'static str {
     match (i.healthy, i.checks.is_empty()) {
         (true, true) => "running (no checks)",
         (true, false) => "passing",
-        (false, _) if i.checks.iter().any(|c| c.status == "critical") => "critical",
+        (false, _) if i.checks.iter().any(|c| c.status() == pb::CheckStatus::Critical) => "critical",
         (false, _) => "warning",
     }
 }
@@ -117,7 +118,8 @@ fn instance_json(i: &pb::ServiceInstance) -> Value {
         "meta": i.meta,
         "healthy": i.healthy,
         "checks": i.checks.iter().map(|c| json!({
-            "name": c.name, "status": c.status, "output": c.output, "since_ms": c.since_ms,
+            "name": c.name, "status": c.status().label(), "output": c.output,
+            "since_ms": crate::json::millis(c.since.as_ref()),
         })).collect::<Vec<_>>(),
     })
 }

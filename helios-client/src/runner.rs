@@ -149,12 +149,7 @@ impl Runners {
             meta.extend(group.meta.clone());
             let host_ports: Vec<u16> = alloc.host_ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect();
             // What an earlier agent registered: the checks of a task it adopts go on from there.
-            let registered = pb::AllocServices { alloc_id: alloc.id.clone(), registrations: alloc.services.clone() };
-            let registered = helios_api::convert::alloc_services_from_pb(vec![registered])
-                .ok()
-                .and_then(|mut r| r.pop())
-                .map(|r| r.registrations)
-                .unwrap_or_default();
+            let registered = helios_api::convert::agent::registrations_from_agent(alloc.services).unwrap_or_default();
             let owner = Owner {
                 dynamic_ports: group.assigned_dynamic_ports(&host_ports),
                 group_ports: group.assigned_group_ports(&host_ports),

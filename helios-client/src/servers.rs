@@ -380,7 +380,8 @@ impl Servers {
         secret: &str,
         updates: &[helios_core::AllocUpdate],
     ) -> Result<(), CallError> {
-        let updates: Vec<pb::AllocationUpdate> = updates.iter().map(helios_api::convert::alloc_update_to_pb).collect();
+        let updates: Vec<pb::AllocationUpdate> =
+            updates.iter().map(helios_api::convert::agent::alloc_update_to_agent).collect();
         self.call("allocation update", |mut c| {
             let req = pb::UpdateAllocationsRequest {
                 node_id: node_id.to_string(),
@@ -399,7 +400,7 @@ impl Servers {
         secret: &str,
         reports: &[helios_core::service::AllocServices],
     ) -> Result<(), CallError> {
-        let services = helios_api::convert::alloc_services_to_pb(reports);
+        let services = helios_api::convert::agent::alloc_services_to_agent(reports);
         self.call("service registration", |mut c| {
             let req = pb::ReportServicesRequest {
                 node_id: node_id.to_string(),

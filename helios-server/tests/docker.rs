@@ -16,7 +16,9 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use common::{start_agent, wait_for, TestCluster};
 use futures::StreamExt;
+use helios_api::convert::Label;
 use helios_api::pb;
+use helios_api::pb::AllocationClientStatus;
 use helios_core::{DockerConfig, Job, JobType, PortMapping, TaskDriver};
 use registry::{Layer, Registry};
 
@@ -168,7 +170,7 @@ fn counted(output: &str, host_port: &str) -> Option<u64> {
 
 async fn wait_alloc(cluster: &TestCluster, job: &str, status: &str) -> pb::Allocation {
     wait_for(&format!("an allocation of {job} to be {status}"), || async {
-        cluster.job_status(1, job).await.allocations.into_iter().find(|a| a.client_status == status)
+        cluster.job_status(1, job).await.allocations.into_iter().find(|a| a.client_status().label() == status)
     })
     .await
 }
@@ -185,7 +187,12 @@ async fn stop_and_clear(cluster: &TestCluster, sandbox: &Sandbox, job: &str) {
         .expect("stop");
     wait_for(&format!("{job}'s allocations finished and containers removed"), || async {
         let allocs = cluster.job_status(1, job).await.allocations;
-        let finished = allocs.iter().all(|a| matches!(a.client_status.as_str(), "complete" | "failed" | "lost"));
+        let finished = allocs.iter().all(|a| {
+            matches!(
+                a.client_status(),
+                AllocationClientStatus::Complete | AllocationClientStatus::Failed | AllocationClientStatus::Lost
+            )
+        });
         (finished && sandbox.containers(job).await.is_empty()).then_some(())
     })
     .await;
@@ -420,14 +427,14 @@ async fn a_new_version_takes_over_a_fixed_host_port_once_the_old_container_is_go
     cluster.submit_job(1, &version("1")).await;
     let replaced = wait_for("version 1 running", || async {
         let allocs = cluster.job_status(1, "fixed").await.allocations;
-        let new = allocs.iter().find(|a| a.job_version == 1 && a.client_status == "running")?;
+        let new = allocs.iter().find(|a| a.job_version == 1 && a.client_status() == AllocationClientStatus::Running)?;
         Some((new.clone(), allocs))
     })
     .await;
     let (new, allocs) = replaced;
     assert_eq!(new.host_ports, vec![u32::from(host_port)]);
     let old = allocs.iter().find(|a| a.job_version == 0).expect("the old allocation");
-    assert_eq!(old.client_status, "complete", "stopped before its replacement started");
+    assert_eq!(old.client_status(), AllocationClientStatus::Complete, "stopped before its replacement started");
     for a in &allocs {
         let kinds = kinds(a, "fixed");
         assert!(!kinds.contains(&"Driver Failure".to_string()), "no port clash: {kinds:?}");
@@ -627,16 +634,19 @@ async fn privileged_containers_capabilities_and_devices_run_only_on_agents_that_
         async move {
             wait_for(&format!("{job} to finish"), || async {
                 let allocs = cluster.job_status(1, job).await.allocations;
-                allocs.into_iter().find(|a| a.client_status == "complete" || a.client_status == "failed")
+                allocs.into_iter().find(|a| {
+                    a.client_status() == AllocationClientStatus::Complete
+                        || a.client_status() == AllocationClientStatus::Failed
+                })
             })
             .await
         }
     };
     let done = finished("caps").await;
-    assert_eq!(done.client_status, "complete", "{:?}", done.task_states);
+    assert_eq!(done.client_status(), AllocationClientStatus::Complete, "{:?}", done.task_states);
     assert_eq!(effective(&output(&done, "caps")), 1 << 12, "CAP_NET_ADMIN (bit 12) alone");
     let done = finished("devices").await;
-    assert_eq!(done.client_status, "complete", "{:?}", done.task_states);
+    assert_eq!(done.client_status(), AllocationClientStatus::Complete, "{:?}", done.task_states);
     assert_eq!(output(&done, "devices"), "device ok\n");
 
     // Privileged: every capability the kernel has. The engine can grant that only if it holds
@@ -649,7 +659,7 @@ async fn privileged_containers_capabilities_and_devices_run_only_on_agents_that_
     let last: u32 =
         std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").expect("cap_last_cap").trim().parse().expect("n");
     if bounding.count_ones() == last + 1 {
-        assert_eq!(done.client_status, "complete", "{:?}", done.task_states);
+        assert_eq!(done.client_status(), AllocationClientStatus::Complete, "{:?}", done.task_states);
         assert_eq!(effective(&output(&done, "powers")).count_ones(), last + 1);
     } else {
         let events = &done.task_states["powers"].events;
@@ -705,12 +715,13 @@ async fn a_script_check_runs_inside_the_container() {
             let request = pb::GetServiceRequest { name: "probed".into(), healthy_only: false, ..Default::default() };
             let instance = catalog.get_service(request).await.ok()?.into_inner().instances.into_iter().next()?;
             let answered = |c: &pb::CheckState| !c.output.is_empty();
-            (instance.checks.iter().all(answered) && instance.checks[0].status == "passing").then_some(instance.checks)
+            (instance.checks.iter().all(answered) && instance.checks[0].status() == pb::CheckStatus::Passing)
+                .then_some(instance.checks)
         }
     })
     .await;
     assert_eq!(checks[0].output, "exit 0: ready");
-    assert_eq!(checks[1].status, "critical");
+    assert_eq!(checks[1].status(), pb::CheckStatus::Critical);
     assert!(checks[1].output.starts_with("exit 2:") && checks[1].output.contains("missing"), "{}", checks[1].output);
     stop_and_clear(&cluster, &sandbox, "probed").await;
     agent.stop().await;

@@ -10,6 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::{wait_for, Reaper, TestCluster};
+use helios_api::convert::Label;
 use helios_api::pb;
 use helios_api::pb::event_service_client::EventServiceClient;
 use helios_core::{ExecConfig, Job, JobType, TaskDriver};
@@ -43,7 +44,9 @@ type Seen = (u64, i32, i32, String, String);
 fn seen(event: &pb::Event) -> Seen {
     let state = match &event.payload {
         Some(pb::event::Payload::Job(j)) => format!("v{} stopped={}", j.version, j.stopped),
-        Some(pb::event::Payload::Allocation(a)) => format!("{}/{}", a.desired_status, a.client_status),
+        Some(pb::event::Payload::Allocation(a)) => {
+            format!("{}/{}", a.desired_status().label(), a.client_status().label())
+        }
         other => format!("{other:?}"),
     };
     (event.index, event.topic, event.r#type, event.key.clone(), state)

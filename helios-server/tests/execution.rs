@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{start_agent, wait_for, TestCluster};
+use helios_api::convert::{time_of, Label};
 use helios_api::pb;
+use helios_api::pb::{AllocationClientStatus, AllocationDesiredStatus};
 use helios_core::{Job, JobType, TaskDriver};
 
 async fn submit(cluster: &TestCluster, job: &Job) {
@@ -22,7 +24,7 @@ async fn allocations(cluster: &TestCluster, job: &str) -> Vec<pb::Allocation> {
 
 async fn wait_alloc(cluster: &TestCluster, job: &str, status: &str) -> pb::Allocation {
     wait_for(&format!("an allocation of {job} to be {status}"), || async {
-        allocations(cluster, job).await.into_iter().find(|a| a.client_status == status)
+        allocations(cluster, job).await.into_iter().find(|a| a.client_status().label() == status)
     })
     .await
 }
@@ -63,7 +65,8 @@ async fn a_batch_task_runs_and_its_output_is_in_its_log() {
     let task = &done.task_states["hello"];
     let kinds: Vec<&str> = task.events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["Received", "Started", "Terminated"]);
-    assert!(task.events.windows(2).all(|w| w[0].time_ms <= w[1].time_ms), "events in time order");
+    let time = |e: &pb::TaskEvent| time_of(e.event_time.as_ref());
+    assert!(task.events.windows(2).all(|w| time(&w[0]) <= time(&w[1])), "events in time order");
     let exit = task.events.iter().find(|e| e.kind == "Terminated").expect("terminated");
     assert_eq!(exit.exit_code, Some(0));
     assert!(!task.failed);
@@ -277,13 +280,16 @@ async fn draining_a_node_moves_its_work_and_stops_its_processes() {
     let mut nodes = pb::node_service_client::NodeServiceClient::new(cluster.channel(1).await);
     nodes.drain_node(pb::DrainNodeRequest { id: "a".into(), enable: true, ..Default::default() }).await.expect("drain");
     let moved = wait_for("the allocation running on b", || async {
-        allocations(&cluster, "web").await.into_iter().find(|al| al.node_id == "b" && al.client_status == "running")
+        allocations(&cluster, "web")
+            .await
+            .into_iter()
+            .find(|al| al.node_id == "b" && al.client_status() == AllocationClientStatus::Running)
     })
     .await;
     assert_eq!(moved.name, first.name, "the replacement keeps the slot");
     wait_for("the process on a stopped", || async { (!alive(pid)).then_some(()) }).await;
     let evicted = allocations(&cluster, "web").await.into_iter().find(|al| al.id == first.id).expect("first");
-    assert_eq!(evicted.desired_status, "evict");
+    assert_eq!(evicted.desired_status(), AllocationDesiredStatus::Evict);
 
     // Ending the drain makes a eligible again; nothing moves back by itself.
     nodes
@@ -366,7 +372,8 @@ async fn a_leader_failover_leaves_running_tasks_untouched() {
     cluster.submit_job(via, &job).await;
     let before = wait_for("both allocations running", || async {
         let allocs = cluster.job_status(via, "steady").await.allocations;
-        let all_running = allocs.len() == 2 && allocs.iter().all(|a| a.client_status == "running");
+        let all_running =
+            allocs.len() == 2 && allocs.iter().all(|a| a.client_status() == AllocationClientStatus::Running);
         all_running.then_some(allocs)
     })
     .await;
@@ -382,9 +389,9 @@ async fn a_leader_failover_leaves_running_tasks_untouched() {
         let now = cluster.job_status(new_leader, "steady").await.allocations;
         assert_eq!(now.len(), 2, "no allocation was added or replaced: {now:?}");
         for (old, new) in before.iter().zip(&now) {
-            assert_eq!((&new.id, new.client_status.as_str()), (&old.id, "running"));
+            assert_eq!((&new.id, new.client_status()), (&old.id, AllocationClientStatus::Running));
             assert_eq!(new.task_states["steady"].restarts, 0);
-            assert_eq!(new.task_states["steady"].started_at_ms, old.task_states["steady"].started_at_ms);
+            assert_eq!(new.task_states["steady"].start_time, old.task_states["steady"].start_time);
         }
         assert!(pids.iter().all(|pid| alive(*pid)), "a task process died");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -393,7 +400,7 @@ async fn a_leader_failover_leaves_running_tasks_untouched() {
     cluster.submit_job(new_leader, &Job::exec("after", "true", Vec::new())).await;
     wait_for("the new job to complete", || async {
         let allocs = cluster.job_status(new_leader, "after").await.allocations;
-        allocs.iter().any(|a| a.client_status == "complete").then_some(())
+        allocs.iter().any(|a| a.client_status() == AllocationClientStatus::Complete).then_some(())
     })
     .await;
     for agent in agents {
@@ -431,7 +438,7 @@ async fn a_failure_is_reported_as_it_happens_while_the_restart_waits() {
             })
         })
         .await;
-        assert_eq!(alloc.client_status, "pending", "{alloc:?}");
+        assert_eq!(alloc.client_status(), AllocationClientStatus::Pending, "{alloc:?}");
         let events = &alloc.task_states[job].events;
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
         assert!(kinds.ends_with(&[failure, "Restarting"]), "{job}: {kinds:?}");
@@ -475,7 +482,8 @@ async fn a_node_with_big_jobs_gets_its_work_and_its_stop_orders() {
         async move {
             wait_for(&format!("{count} allocations of {job} running"), || async {
                 let allocs = allocations(cluster, &job).await;
-                (allocs.iter().filter(|a| a.client_status == "running").count() == count).then_some(())
+                (allocs.iter().filter(|a| a.client_status() == AllocationClientStatus::Running).count() == count)
+                    .then_some(())
             })
             .await
         }
@@ -505,7 +513,7 @@ async fn a_node_with_big_jobs_gets_its_work_and_its_stop_orders() {
             .expect("stop");
         wait_for(&format!("{job} stopped"), || async {
             let allocs = allocations(&cluster, &job).await;
-            allocs.iter().all(|a| a.client_status == "complete").then_some(())
+            allocs.iter().all(|a| a.client_status() == AllocationClientStatus::Complete).then_some(())
         })
         .await;
     }

@@ -14,6 +14,7 @@ use helios_api::pb::allocation_service_client::AllocationServiceClient;
 use helios_api::pb::cluster_service_client::ClusterServiceClient;
 use helios_api::pb::job_service_client::JobServiceClient;
 use helios_api::pb::node_service_client::NodeServiceClient;
+use helios_api::pb::AllocationClientStatus;
 use helios_core::{Command, Job};
 use helios_server::raft::log_store::LogStore;
 use helios_server::raft::snapshot::{self, SnapshotData};
@@ -414,7 +415,10 @@ async fn server_serves_an_older_data_dir(format: u32) {
         .await
         .expect("allocations")
         .into_inner();
-    assert!(all.allocations.iter().any(|a| a.job_name == "fixture-batch" && a.client_status == "complete"));
+    assert!(all
+        .allocations
+        .iter()
+        .any(|a| a.job_name == "fixture-batch" && a.client_status() == AllocationClientStatus::Complete));
     let nodes =
         NodeServiceClient::new(channel.clone()).list_nodes(pb::ListNodesRequest::default()).await.expect("nodes");
     assert_eq!(nodes.into_inner().nodes.len(), 1);

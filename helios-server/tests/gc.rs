@@ -7,6 +7,7 @@ use common::{wait_for, TestCluster};
 use helios_api::pb;
 use helios_api::pb::agent_service_client::AgentServiceClient;
 use helios_api::pb::cluster_service_client::ClusterServiceClient;
+use helios_api::pb::AllocationDesiredStatus;
 use helios_core::gc::{Collected, Thresholds};
 use helios_core::{
     AllocClientStatus, AllocDesiredStatus, AllocUpdate, Allocation, Command, CommandResponse, EvalStatus, EvalTrigger,
@@ -225,7 +226,7 @@ async fn system_gc_forgets_finished_work_and_old_versions_alike_on_every_server(
     for name in ["stopped", "purged", "versions"] {
         wait_for("placed", || async {
             let status = cluster.job_status(leader, name).await;
-            status.allocations.iter().any(|a| a.desired_status == "run").then_some(())
+            status.allocations.iter().any(|a| a.desired_status() == AllocationDesiredStatus::Run).then_some(())
         })
         .await;
     }
@@ -239,7 +240,7 @@ async fn system_gc_forgets_finished_work_and_old_versions_alike_on_every_server(
     for name in ["stopped", "versions"] {
         wait_for("the replaced and stopped allocations stopped", || async {
             let allocs = cluster.job_status(leader, name).await.allocations;
-            let running = allocs.iter().filter(|a| a.desired_status == "run").count();
+            let running = allocs.iter().filter(|a| a.desired_status() == AllocationDesiredStatus::Run).count();
             (running == usize::from(name == "versions")).then_some(())
         })
         .await;
@@ -264,7 +265,10 @@ async fn system_gc_forgets_finished_work_and_old_versions_alike_on_every_server(
     let numbers: Vec<u64> = versions.into_inner().versions.iter().map(|j| j.version).collect();
     assert_eq!(numbers, [2, 3, 4, 5, 6, 7], "the newest six");
     let allocs = cluster.job_status(leader, "versions").await.allocations;
-    assert!(allocs.iter().all(|a| a.desired_status == "run"), "only the running allocation is left: {allocs:?}");
+    assert!(
+        allocs.iter().all(|a| a.desired_status() == AllocationDesiredStatus::Run),
+        "only the running allocation is left: {allocs:?}"
+    );
 
     // Every server holds the same state at the same index.
     let digests = wait_for("every server at the same index with the same digest", || async {

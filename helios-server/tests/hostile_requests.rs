@@ -10,6 +10,7 @@ mod common;
 use common::{start_agent, wait_for, TestCluster};
 use helios_api::convert::job_to_pb;
 use helios_api::pb;
+use helios_api::pb::AllocationClientStatus;
 use helios_core::limits::{MAX_GROUP_COUNT, MAX_MEMORY_MB, MAX_NAME_LEN};
 use helios_core::{Job, JobType};
 use proptest::prelude::*;
@@ -240,7 +241,7 @@ fn hostile_requests_are_refused_clearly_and_change_nothing() {
         cluster.submit_job(1, &keeper_job()).await;
         wait_for("the keeper job running", || async {
             let status = cluster.job_status(1, "keeper").await;
-            status.allocations.iter().any(|a| a.client_status == "running").then_some(())
+            status.allocations.iter().any(|a| a.client_status() == AllocationClientStatus::Running).then_some(())
         })
         .await;
         agent

@@ -7,6 +7,7 @@ mod common;
 
 use common::{start_agent, start_agent_configured, wait_for, TestCluster};
 use helios_api::pb;
+use helios_api::pb::AllocationClientStatus;
 use helios_core::{Job, TaskDriver};
 
 fn shell(name: &str, script: &str) -> Job {
@@ -18,7 +19,9 @@ fn shell(name: &str, script: &str) -> Job {
 async fn finished(cluster: &TestCluster, job: &str) -> pb::Allocation {
     wait_for(&format!("{job} to finish"), || async {
         let allocs = cluster.job_status(1, job).await.allocations;
-        allocs.into_iter().find(|a| a.client_status == "complete" || a.client_status == "failed")
+        allocs.into_iter().find(|a| {
+            a.client_status() == AllocationClientStatus::Complete || a.client_status() == AllocationClientStatus::Failed
+        })
     })
     .await
 }
@@ -103,7 +106,12 @@ async fn an_exec_task_runs_as_nobody_with_its_own_environment_and_cannot_reach_t
     assert!(out.contains("GREETING=from probe\n"), "interpolated env: {out}");
     assert!(out.contains(&format!("NOMAD_ALLOC_ID={}\n", alloc.id)), "{out}");
     assert!(out.contains(&format!("args: {} n1\n", alloc.id)), "interpolated args: {out}");
-    assert_eq!(alloc.client_status, "complete", "{out}\n{}", log(dir.path(), &alloc, "probe", "stderr"));
+    assert_eq!(
+        alloc.client_status(),
+        AllocationClientStatus::Complete,
+        "{out}\n{}",
+        log(dir.path(), &alloc, "probe", "stderr")
+    );
     agent.stop().await;
     cluster.shutdown().await;
 }
@@ -120,7 +128,7 @@ async fn a_task_cannot_read_another_allocations_files() {
     cluster.submit_job(1, &holder).await;
     let running = wait_for("the holder to run", || async {
         let allocs = cluster.job_status(1, "holder").await.allocations;
-        allocs.into_iter().find(|a| a.client_status == "running")
+        allocs.into_iter().find(|a| a.client_status() == AllocationClientStatus::Running)
     })
     .await;
     let key = dir.path().canonicalize().expect("canonical").join("allocs").join(&running.id).join("holder/local/key");
@@ -164,7 +172,7 @@ async fn a_task_over_its_memory_limit_is_oom_killed_and_a_fork_bomb_stops_at_the
     let alloc = finished(&cluster, "hog").await;
     let events: Vec<&str> = alloc.task_states["hog"].events.iter().map(|e| e.kind.as_str()).collect();
     assert!(events.contains(&"OOM Killed"), "{:?}", alloc.task_states["hog"].events);
-    assert_eq!(alloc.client_status, "failed");
+    assert_eq!(alloc.client_status(), AllocationClientStatus::Failed);
     assert!(!log(dir.path(), &alloc, "hog", "stdout").contains("SURVIVED"));
 
     let bomb = "i=0; while [ $i -lt 40 ]; do sleep 600 & i=$((i+1)); done; echo started $i";

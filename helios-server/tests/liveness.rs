@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::{node, start_agent, wait_status, TestCluster, HEARTBEAT_TTL};
 use helios_api::pb;
 use helios_api::pb::agent_service_client::AgentServiceClient;
+use helios_api::pb::AllocationClientStatus;
 use helios_chaos::proxy::FreezableProxy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -164,7 +165,12 @@ async fn an_agent_cannot_report_on_another_nodes_allocation() {
     job.set_type(helios_core::JobType::Service);
     cluster.submit_job(1, &job).await;
     let running = common::wait_for("the allocation running on n1", || async {
-        cluster.job_status(1, "sleeper").await.allocations.into_iter().find(|a| a.client_status == "running")
+        cluster
+            .job_status(1, "sleeper")
+            .await
+            .allocations
+            .into_iter()
+            .find(|a| a.client_status() == AllocationClientStatus::Running)
     })
     .await;
 
@@ -186,7 +192,10 @@ async fn an_agent_cannot_report_on_another_nodes_allocation() {
 
     let after = cluster.job_status(1, "sleeper").await.allocations;
     assert_eq!(after.len(), 1);
-    assert_eq!((after[0].id.as_str(), after[0].client_status.as_str()), (running.id.as_str(), "running"));
+    assert_eq!(
+        (after[0].id.as_str(), after[0].client_status()),
+        (running.id.as_str(), AllocationClientStatus::Running)
+    );
     agent.stop().await;
     cluster.shutdown().await;
 }

@@ -7,6 +7,7 @@ use common::{wait_for, TestCluster};
 use helios_api::pb;
 use helios_api::pb::agent_service_client::AgentServiceClient;
 use helios_api::pb::raft_peer_client::RaftPeerClient;
+use helios_api::pb::AllocationClientStatus;
 use helios_api::pb::{snapshot_chunk, SnapshotChunk};
 use helios_core::{AllocClientStatus, Command, NodeStatus, Proposal, Timestamp};
 use helios_server::cluster::ForwardRequest;
@@ -179,7 +180,7 @@ async fn the_leader_refuses_forwarded_commands_no_server_builds() {
 
     let after = cluster.job_status(2, "victim").await.allocations;
     assert_eq!(after.len(), 1);
-    assert_eq!(after[0].client_status, "pending", "the forged report was applied");
+    assert_eq!(after[0].client_status(), AllocationClientStatus::Pending, "the forged report was applied");
     let node = common::node(&cluster, 2, "n1").await.expect("node");
     assert_eq!((node.status(), node.drain), (pb::NodeStatus::Ready, false));
     cluster.shutdown().await;

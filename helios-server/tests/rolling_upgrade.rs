@@ -269,3 +269,89 @@ async fn a_cluster_upgraded_server_by_server_keeps_serving_and_raises_its_format
     assert!(refused.message().contains(&expected), "{refused:?}");
     assert_eq!(cluster.members(1).await.expect("members").members.len(), 3, "not added");
 }
+
+/// Agents may be upgraded before or after the servers (docs/operations.md): an agent of this
+/// build runs work for servers of the previous build, and one of the previous build for servers
+/// of this build. Both report their task states in the agent protocol's own wire format, which
+/// the public messages no longer share (statuses became enums there, times Timestamps).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_of_either_build_run_work_for_servers_of_the_other() {
+    let previous = previous_build();
+    let previous_bin = previous.parent().expect("the previous build's directory").to_path_buf();
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // Servers of the previous build, an agent of this one (in-process).
+    let mut old_servers = Cluster {
+        dir: dir.path().join("old-servers"),
+        ports: [free_port(), free_port(), free_port()],
+        servers: [None, None, None],
+    };
+    for id in 1..=3 {
+        old_servers.start(id, &previous);
+    }
+    old_servers.leader(&[1, 2, 3]).await;
+    let addrs = old_servers.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let agent = common::start_agent_on(addrs, "new-agent", &dir.path().join("new-agent"), |_| {}).await;
+    submit_exec(&old_servers, "to-a-new-agent").await;
+    // Read with the CLI of the build the servers run: this build reads their allocations'
+    // statuses where the previous one wrote them no longer.
+    let cli = previous_bin.join("helios-cli");
+    let addr = format!("http://127.0.0.1:{}", old_servers.ports[0]);
+    let status = wait_for("the new agent's task to complete, as the old servers see it", || async {
+        let out =
+            Command::new(&cli).args(["--server-addr", &addr, "job", "status", "to-a-new-agent", "--json"]).output();
+        let status: serde_json::Value = serde_json::from_slice(&out.ok()?.stdout).ok()?;
+        (status["allocations"][0]["client_status"] == "complete").then_some(status)
+    })
+    .await;
+    let alloc = &status["allocations"][0];
+    assert_eq!(alloc["node_id"], "new-agent");
+    let task = &alloc["tasks"]["to-a-new-agent"];
+    assert_eq!((task["state"].as_str(), task["failed"].as_bool()), (Some("dead"), Some(false)), "{task}");
+    assert!(task["started_at_ms"].as_u64().is_some_and(|t| t > 0), "its start time arrived: {task}");
+    agent.stop().await;
+    for id in 1..=3 {
+        old_servers.stop(id);
+    }
+
+    // Servers of this build, an agent of the previous one (a process).
+    let mut new_servers = Cluster {
+        dir: dir.path().join("new-servers"),
+        ports: [free_port(), free_port(), free_port()],
+        servers: [None, None, None],
+    };
+    for id in 1..=3 {
+        new_servers.start(id, Path::new(CURRENT));
+    }
+    new_servers.leader(&[1, 2, 3]).await;
+    let agent_dir = dir.path().join("old-agent");
+    std::fs::create_dir_all(&agent_dir).expect("agent dir");
+    let log = std::fs::File::create(dir.path().join("old-agent.log")).expect("agent log");
+    let mut old_agent = Command::new(previous_bin.join("helios-client"));
+    old_agent.args(["--node-id", "old-agent", "--server-addr", &format!("http://127.0.0.1:{}", new_servers.ports[0])]);
+    old_agent.args(["--client-rpc-addr", &format!("127.0.0.1:{}", free_port())]).arg("--data-dir").arg(&agent_dir);
+    let _old_agent = Server(old_agent.stdout(log.try_clone().expect("log")).stderr(log).spawn().expect("old agent"));
+    submit_exec(&new_servers, "to-an-old-agent").await;
+    let alloc = wait_for("the old agent's task to complete", || async {
+        let mut jobs = JobServiceClient::new(new_servers.channel(1));
+        let request = pb::GetJobStatusRequest { name: "to-an-old-agent".into(), ..Default::default() };
+        let status = jobs.get_job_status(request).await.ok()?.into_inner();
+        status.allocations.into_iter().find(|a| a.client_status() == pb::AllocationClientStatus::Complete)
+    })
+    .await;
+    assert_eq!(alloc.node_id, "old-agent");
+    let task = &alloc.task_states["to-an-old-agent"];
+    assert_eq!((task.state(), task.failed), (pb::TaskRunState::Dead, false), "{task:?}");
+    assert!(task.start_time.is_some() && task.finish_time.is_some(), "its times arrived: {task:?}");
+    assert!(task.events.iter().any(|e| e.kind == "Terminated" && e.event_time.is_some()), "{task:?}");
+}
+
+/// A batch job echoing a line, accepted by the cluster's leader (through server 1).
+async fn submit_exec(cluster: &Cluster, name: &str) {
+    let job = Job::exec(name, "echo", vec!["across builds".into()]);
+    wait_for(&format!("job {name} accepted"), || async {
+        let mut jobs = JobServiceClient::new(cluster.channel(1));
+        jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)), ..Default::default() }).await.ok()
+    })
+    .await;
+}

@@ -5,7 +5,9 @@
 mod common;
 
 use common::{start_agent, start_agent_with, wait_for, TestCluster};
+use helios_api::convert::{seconds_of, time_of, timestamp_from_pb};
 use helios_api::pb;
+use helios_api::pb::{AllocationClientStatus, AllocationDesiredStatus};
 use helios_core::{Constraint, ConstraintOperator, Job, JobType, Resources};
 
 fn service(name: &str, count: u32, cpu_mhz: u32) -> Job {
@@ -48,7 +50,10 @@ async fn raised_cluster(n: u64) -> (TestCluster, u64, AgentsDir) {
 
 /// Allocations of `version` of job "web" that run.
 fn running(s: &pb::GetJobStatusResponse, version: u64) -> usize {
-    s.allocations.iter().filter(|a| a.job_version == version && a.client_status == "running").count()
+    s.allocations
+        .iter()
+        .filter(|a| a.job_version == version && a.client_status() == AllocationClientStatus::Running)
+        .count()
 }
 
 /// Runs "web" with `count` allocations and a rolling update, waits for them, then submits its
@@ -96,7 +101,10 @@ fn live(status: &pb::GetJobStatusResponse) -> Vec<(String, String)> {
     let mut out: Vec<_> = status
         .allocations
         .iter()
-        .filter(|a| a.desired_status == "run" && matches!(a.client_status.as_str(), "pending" | "running"))
+        .filter(|a| {
+            a.desired_status() == AllocationDesiredStatus::Run
+                && matches!(a.client_status(), AllocationClientStatus::Pending | AllocationClientStatus::Running)
+        })
         .map(|a| (a.name.clone(), a.node_id.clone()))
         .collect();
     out.sort();
@@ -136,7 +144,8 @@ async fn allocations_are_placed_replaced_when_a_node_dies_and_retried_when_one_j
     a.stop().await;
     let blocked = wait_for("the lost allocation and a blocked replacement", || async {
         let s = status(&cluster, via, "web").await;
-        let lost = s.allocations.iter().any(|al| al.node_id == "a" && al.client_status == "lost");
+        let lost =
+            s.allocations.iter().any(|al| al.node_id == "a" && al.client_status() == AllocationClientStatus::Lost);
         (lost && s.placement.contains("distinct_hosts")).then_some(s)
     })
     .await;
@@ -202,28 +211,33 @@ async fn a_failing_task_is_rescheduled_on_other_nodes_with_growing_delays() {
     let failed = wait_for("three failed allocations", || async {
         let s = status(&cluster, 1, "crashy").await;
         let mut failed: Vec<pb::Allocation> =
-            s.allocations.into_iter().filter(|a| a.client_status == "failed").collect();
-        failed.sort_by_key(|a| a.created_at_ms);
+            s.allocations.into_iter().filter(|a| a.client_status() == AllocationClientStatus::Failed).collect();
+        failed.sort_by_key(|a| time_of(a.create_time.as_ref()));
         (failed.len() >= 3).then_some(failed)
     })
     .await;
     let third = get_allocation(&cluster, &failed[2].id).await;
-    let delays: Vec<u64> = third.reschedule_events.iter().map(|e| e.delay_secs).collect();
+    let delays: Vec<u64> = third.reschedule_events.iter().map(|e| seconds_of(e.delay.as_ref())).collect();
     assert_eq!(delays, [5, 10], "exponential from 5 s");
     let replaced: Vec<&str> = third.reschedule_events.iter().map(|e| e.prev_alloc_id.as_str()).collect();
     assert_eq!(replaced, [failed[0].id.as_str(), failed[1].id.as_str()]);
     // Each waited its delay after the failure it replaced.
     for (i, event) in third.reschedule_events.iter().enumerate() {
-        let failed_at = failed[i].task_states.values().filter_map(|t| t.finished_at_ms).max().expect("finished");
-        assert!(event.at_ms >= failed_at + event.delay_secs * 1000, "event {i} came early: {event:?}");
+        let failed_at =
+            failed[i].task_states.values().filter_map(|t| ms(t.finish_time.as_ref())).max().expect("finished");
+        assert!(
+            ms(event.reschedule_time.as_ref()).expect("a time") >= failed_at + seconds_of(event.delay.as_ref()) * 1000,
+            "event {i} came early: {event:?}"
+        );
     }
     let nodes: std::collections::BTreeSet<&str> = failed[..3].iter().map(|a| a.node_id.as_str()).collect();
     assert_eq!(nodes.len(), 3, "each replacement avoided the nodes that failed before: {failed:?}");
     // What becomes of each: the first was replaced, the latest waits for its 20 s delay.
     let first = get_allocation(&cluster, &failed[0].id).await;
     assert_eq!(first.next_allocation.as_deref(), Some(failed[1].id.as_str()));
-    let third_failed_at = third.task_states.values().filter_map(|t| t.finished_at_ms).max().expect("finished");
-    assert_eq!(third.reschedule_at_ms, Some(third_failed_at + 20_000), "next: 20 s, the ceiling");
+    let third_failed_at =
+        third.task_states.values().filter_map(|t| ms(t.finish_time.as_ref())).max().expect("finished");
+    assert_eq!(ms(third.reschedule_time.as_ref()), Some(third_failed_at + 20_000), "next: 20 s, the ceiling");
     for agent in agents {
         agent.stop().await;
     }
@@ -245,7 +259,8 @@ async fn a_drain_moves_a_service_one_allocation_at_a_time_each_after_the_last_is
     submit(&cluster, 1, &job).await;
     wait_for("three allocations running on a", || async {
         let s = status(&cluster, 1, "web").await;
-        (s.allocations.iter().filter(|al| al.client_status == "running").count() == 3).then_some(())
+        (s.allocations.iter().filter(|al| al.client_status() == AllocationClientStatus::Running).count() == 3)
+            .then_some(())
     })
     .await;
     let b = start_agent(&cluster, "b", &dir.path().join("b")).await;
@@ -255,8 +270,11 @@ async fn a_drain_moves_a_service_one_allocation_at_a_time_each_after_the_last_is
     nodes.drain_node(pb::DrainNodeRequest { id: "a".into(), enable: true, ..Default::default() }).await.expect("drain");
     let moved = wait_for("all three running on b", || async {
         let s = status(&cluster, 1, "web").await;
-        let on_b: Vec<pb::Allocation> =
-            s.allocations.into_iter().filter(|al| al.node_id == "b" && al.client_status == "running").collect();
+        let on_b: Vec<pb::Allocation> = s
+            .allocations
+            .into_iter()
+            .filter(|al| al.node_id == "b" && al.client_status() == AllocationClientStatus::Running)
+            .collect();
         (on_b.len() == 3).then_some(on_b)
     })
     .await;
@@ -264,8 +282,8 @@ async fn a_drain_moves_a_service_one_allocation_at_a_time_each_after_the_last_is
     let mut waves: Vec<(u64, u64)> = moved
         .iter()
         .map(|al| {
-            let started = al.task_states.values().filter_map(|t| t.started_at_ms).max().expect("started");
-            (al.created_at_ms, started)
+            let started = al.task_states.values().filter_map(|t| ms(t.start_time.as_ref())).max().expect("started");
+            (time_of(al.create_time.as_ref()).0, started)
         })
         .collect();
     waves.sort();
@@ -273,7 +291,11 @@ async fn a_drain_moves_a_service_one_allocation_at_a_time_each_after_the_last_is
         let ((_, last_started), (next_placed, _)) = (pair[0], pair[1]);
         assert!(next_placed >= last_started + 2_000, "a wave moved before the last was healthy: {waves:?}");
     }
-    let evicted = status(&cluster, 1, "web").await.allocations.into_iter().filter(|al| al.desired_status == "evict");
+    let evicted = status(&cluster, 1, "web")
+        .await
+        .allocations
+        .into_iter()
+        .filter(|al| al.desired_status() == AllocationDesiredStatus::Evict);
     assert_eq!(evicted.count(), 3);
     a.stop().await;
     b.stop().await;
@@ -296,9 +318,13 @@ async fn a_rolling_update_of_ten_with_max_parallel_two_never_has_fewer_than_eigh
         let healthy = s
             .allocations
             .iter()
-            .filter(|a| a.desired_status == "run" && a.client_status == "running")
             .filter(|a| {
-                let started = a.task_states.values().filter_map(|t| t.started_at_ms).max().unwrap_or(u64::MAX);
+                a.desired_status() == AllocationDesiredStatus::Run
+                    && a.client_status() == AllocationClientStatus::Running
+            })
+            .filter(|a| {
+                let started =
+                    a.task_states.values().filter_map(|t| ms(t.start_time.as_ref())).max().unwrap_or(u64::MAX);
                 a.job_version == 0 || started.saturating_add(1_000) <= now
             })
             .count();
@@ -334,7 +360,11 @@ async fn a_rolling_update_whose_leader_stops_mid_way_completes_under_the_new_lea
     // The waiting evaluation is replicated: the new leader rolls on when it is due.
     wait_for("all six of version 1 running under the new leader", || async {
         let s = status(&cluster, new_leader, "web").await;
-        let old_live = s.allocations.iter().filter(|a| a.job_version == 0 && a.desired_status == "run").count();
+        let old_live = s
+            .allocations
+            .iter()
+            .filter(|a| a.job_version == 0 && a.desired_status() == AllocationDesiredStatus::Run)
+            .count();
         (running(&s, 1) == 6 && old_live == 0).then_some(())
     })
     .await;
@@ -390,7 +420,9 @@ async fn placement_failures_are_explained_and_nodes_never_over_committed() {
     jobs.stop_job(pb::StopJobRequest { name: "big".into(), purge: false, ..Default::default() }).await.expect("stop");
     wait_for("every allocation stopped", || async {
         let s = status(&cluster, 1, "big").await;
-        (s.allocations.iter().all(|al| al.desired_status == "stop") && !s.allocations.is_empty()).then_some(())
+        (s.allocations.iter().all(|al| al.desired_status() == AllocationDesiredStatus::Stop)
+            && !s.allocations.is_empty())
+        .then_some(())
     })
     .await;
     a.stop().await;
@@ -508,4 +540,9 @@ async fn a_plan_counts_what_a_submission_would_place_stop_and_update_without_doi
     assert_eq!((s.job.as_ref().expect("job").version, live(&s).len()), (0, 2));
     a.stop().await;
     cluster.shutdown().await;
+}
+
+/// A time the API gave, in milliseconds since the epoch.
+fn ms(t: Option<&helios_api::prost_types::Timestamp>) -> Option<u64> {
+    timestamp_from_pb(t).map(|t| t.0)
 }

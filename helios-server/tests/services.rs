@@ -8,8 +8,10 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{wait_for, Reaper, TestCluster};
+use helios_api::convert::Label;
 use helios_api::pb;
 use helios_api::pb::service_catalog_client::ServiceCatalogClient;
+use helios_api::pb::{AllocationClientStatus, AllocationDesiredStatus};
 use helios_core::service::{AddressMode, Check, CheckKind, CheckRestart, CheckStatus, Service};
 use helios_core::{ExecConfig, GroupPort, Job, JobType, TaskDriver};
 
@@ -128,7 +130,7 @@ async fn instances_register_with_their_checks_and_only_healthy_ones_are_listed_a
     for instance in &healthy {
         assert_eq!(instance.tags, ["v1"]);
         assert_eq!(instance.checks.len(), 3);
-        assert!(instance.checks.iter().all(|c| c.status == "passing"), "{:?}", instance.checks);
+        assert!(instance.checks.iter().all(|c| c.status() == pb::CheckStatus::Passing), "{:?}", instance.checks);
         // The registered address reaches the instance.
         let (status, _) =
             helios_client_checks_http(&instance.address, u16::try_from(instance.port).expect("port")).await;
@@ -145,15 +147,16 @@ async fn instances_register_with_their_checks_and_only_healthy_ones_are_listed_a
     std::fs::remove_file(&health).expect("remove the health file");
     let unhealthy = wait_for("its http and script checks critical", || async {
         let all = instances(&cluster, via, "shop-web", false).await;
-        let critical = |i: &pb::ServiceInstance| i.checks.iter().filter(|c| c.status == "critical").count() == 2;
+        let critical =
+            |i: &pb::ServiceInstance| i.checks.iter().filter(|c| c.status() == pb::CheckStatus::Critical).count() == 2;
         all.into_iter().find(|i| i.alloc_id == sick.alloc_id && critical(i))
     })
     .await;
     assert!(!unhealthy.healthy);
-    let status = |name: &str| unhealthy.checks.iter().find(|c| c.name == name).map(|c| c.status.clone());
-    assert_eq!(status("health").as_deref(), Some("critical"));
-    assert_eq!(status("file").as_deref(), Some("critical"));
-    assert_eq!(status("port").as_deref(), Some("passing"), "the server still listens");
+    let status = |name: &str| unhealthy.checks.iter().find(|c| c.name == name).map(|c| c.status().label());
+    assert_eq!(status("health"), Some("critical"));
+    assert_eq!(status("file"), Some("critical"));
+    assert_eq!(status("port"), Some("passing"), "the server still listens");
     let output = &unhealthy.checks.iter().find(|c| c.name == "health").expect("health").output;
     assert!(output.contains("404"), "{output}");
     let only_healthy = instances(&cluster, via, "shop-web", true).await;
@@ -267,7 +270,9 @@ async fn a_grpc_check_asks_a_real_server_in_the_task() {
     cluster.submit_job(via, &job).await;
     let instance = wait_for("the grpc check passing", || async {
         let found = instances(&cluster, via, "inner-web", false).await;
-        found.into_iter().find(|i| i.checks.iter().any(|c| c.name == "serving" && c.status == "passing"))
+        found
+            .into_iter()
+            .find(|i| i.checks.iter().any(|c| c.name == "serving" && c.status() == pb::CheckStatus::Passing))
     })
     .await;
     let missing = wait_for("the missing service's answer", || async {
@@ -276,7 +281,7 @@ async fn a_grpc_check_asks_a_real_server_in_the_task() {
         (!check.output.is_empty()).then_some(check)
     })
     .await;
-    assert_eq!(missing.status, "critical");
+    assert_eq!(missing.status(), pb::CheckStatus::Critical);
     assert!(missing.output.contains("NotFound"), "the server answered: {}", missing.output);
     assert!(!instance.healthy);
     cluster.shutdown().await;
@@ -318,7 +323,9 @@ async fn a_rolling_update_waits_for_the_new_versions_checks() {
     .await;
     // Wanted and running (the one replaced may still be stopping).
     let running = |s: &pb::GetJobStatusResponse, version: u64| {
-        let wanted = |a: &&pb::Allocation| a.desired_status == "run" && a.client_status == "running";
+        let wanted = |a: &&pb::Allocation| {
+            a.desired_status() == AllocationDesiredStatus::Run && a.client_status() == AllocationClientStatus::Running
+        };
         s.allocations.iter().filter(|a| a.job_version == version).filter(wanted).count()
     };
     assert_eq!((running(&held, 0), running(&held, 1)), (2, 1), "{}", held.placement);
@@ -339,7 +346,8 @@ async fn a_rolling_update_waits_for_the_new_versions_checks() {
     }
     wait_for("only version 2 wanted, all healthy", || async {
         let status = cluster.job_status(via, "roll").await;
-        let only_v2 = status.allocations.iter().all(|a| a.job_version == 2 || a.desired_status != "run");
+        let only_v2 =
+            status.allocations.iter().all(|a| a.job_version == 2 || a.desired_status() != AllocationDesiredStatus::Run);
         (only_v2 && instances(&cluster, via, "roll-web", true).await.len() == 3).then_some(())
     })
     .await;
@@ -404,7 +412,11 @@ async fn a_version_whose_check_fails_is_rolled_back_by_auto_revert() {
     let stable: Vec<u64> = versions.iter().filter(|v| v.stable).map(|v| v.version).collect();
     assert_eq!(stable, [0, 2]);
     let status = cluster.job_status(via, "revert").await;
-    let live_v1 = status.allocations.iter().filter(|a| a.job_version == 1 && a.desired_status == "run").count();
+    let live_v1 = status
+        .allocations
+        .iter()
+        .filter(|a| a.job_version == 1 && a.desired_status() == AllocationDesiredStatus::Run)
+        .count();
     assert_eq!(live_v1, 0, "the failing version no longer runs");
     cluster.shutdown().await;
 }
@@ -423,7 +435,7 @@ async fn an_agent_restart_keeps_its_adopted_instances_healthy() {
         instances(&cluster, via, "keep-web", true).await.into_iter().next()
     })
     .await;
-    let since = before.checks[0].since_ms;
+    let since = before.checks[0].since;
     first.stop().await;
     let _second = agent(&cluster, "a", dir.path(), 4).await;
     // Sampled from the restart until 6 s after the new agent adopted the task: healthy with
@@ -432,7 +444,7 @@ async fn an_agent_restart_keeps_its_adopted_instances_healthy() {
     while adopted_at.is_none_or(|at: tokio::time::Instant| at.elapsed() < std::time::Duration::from_secs(6)) {
         let found = instances(&cluster, via, "keep-web", false).await;
         let instance = found.first().expect("still registered");
-        assert!(instance.healthy && instance.checks[0].since_ms == since, "{:?}", instance.checks);
+        assert!(instance.healthy && instance.checks[0].since == since, "{:?}", instance.checks);
         if adopted_at.is_none() {
             let status = cluster.job_status(via, "keep").await;
             let adopted = status

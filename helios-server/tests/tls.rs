@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use common::{start_agent_configured, wait_for, TestCluster, TestTls};
 use helios_api::pb;
+use helios_api::pb::AllocationClientStatus;
 use helios_api::tls::generate::{self, Names, Pem, Validity};
 use helios_api::tls::{Role, Tls, TlsFiles};
 use helios_core::Job;
@@ -71,7 +72,12 @@ async fn a_mutual_tls_cluster_runs_a_job_and_refuses_strangers_and_wrong_roles()
     let agent_tls = tls_of(dir.path(), "client", &ca, &client);
     let agent = start_agent_configured(&cluster, "n1", agent_dir.path(), |c| c.tls = Some(agent_tls.clone())).await;
     let done = wait_for("the job to complete", || async {
-        cluster.job_status(1, "over-tls").await.allocations.into_iter().find(|a| a.client_status == "complete")
+        cluster
+            .job_status(1, "over-tls")
+            .await
+            .allocations
+            .into_iter()
+            .find(|a| a.client_status() == AllocationClientStatus::Complete)
     })
     .await;
     let mut allocs = pb::allocation_service_client::AllocationServiceClient::new(cluster.channel(3).await);

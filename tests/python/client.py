@@ -123,7 +123,8 @@ def main():
             api.GetJobStatusRequest(name=name, min_index=index, wait={"seconds": 5}), timeout=15
         )
         index = status.index
-        started = [a for a in status.allocations if a.client_status in ("running", "complete")]
+        up = (types.ALLOCATION_CLIENT_STATUS_RUNNING, types.ALLOCATION_CLIENT_STATUS_COMPLETE)
+        started = [a for a in status.allocations if a.client_status in up]
         alloc = started[0] if started else None
     allocs = rpc["api"].AllocationServiceStub(channels[follower])
     followed = allocs.AllocLogs(api.AllocLogsRequest(id=alloc.id, follow=True), timeout=30)

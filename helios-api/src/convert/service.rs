@@ -1,11 +1,10 @@
 //! Services, checks and registrations to and from protobuf.
 
 use helios_core::service::{
-    AddressMode, AllocServices, Check, CheckKind, CheckRestart, CheckState, CheckStatus, Service, ServiceRegistration,
+    AddressMode, Check, CheckKind, CheckRestart, CheckState, CheckStatus, Service, ServiceRegistration,
 };
-use helios_core::Timestamp;
 
-use super::{ConversionResult, Problems};
+use super::Problems;
 use crate::pb;
 
 pub(super) fn services_from_pb(p: &mut Problems, path: &str, services: Vec<pb::Service>) -> Vec<Service> {
@@ -161,75 +160,8 @@ pub fn registration_to_pb(r: &ServiceRegistration) -> pb::ServiceRegistration {
 pub fn check_state_to_pb(c: &CheckState) -> pb::CheckState {
     pb::CheckState {
         name: c.name.clone(),
-        status: c.status.as_str().to_string(),
+        status: super::check_status_to_pb(c.status).into(),
         output: c.output.clone(),
-        since_ms: c.since.as_millis(),
+        since: Some(super::timestamp_to_pb(c.since)),
     }
-}
-
-/// An agent's report of its allocations' registrations, checked field by field.
-pub fn alloc_services_from_pb(reports: Vec<pb::AllocServices>) -> ConversionResult<Vec<AllocServices>> {
-    let mut p = Problems::default();
-    let out = reports
-        .into_iter()
-        .enumerate()
-        .map(|(i, report)| {
-            let at = format!("services[{i}]");
-            if report.alloc_id.is_empty() {
-                p.add(format!("{at}.alloc_id"), "must not be empty");
-            }
-            let registrations = report
-                .registrations
-                .into_iter()
-                .enumerate()
-                .map(|(k, r)| {
-                    let rat = format!("{at}.registrations[{k}]");
-                    let port = u16::try_from(r.port).unwrap_or_else(|_| {
-                        p.add(format!("{rat}.port"), format!("must be at most 65535, got {}", r.port));
-                        0
-                    });
-                    let checks = r
-                        .checks
-                        .into_iter()
-                        .enumerate()
-                        .map(|(c, check)| {
-                            let status = CheckStatus::parse(&check.status).unwrap_or_else(|| {
-                                p.add(
-                                    format!("{rat}.checks[{c}].status"),
-                                    format!("must be passing, warning or critical, got {:?}", check.status),
-                                );
-                                CheckStatus::Critical
-                            });
-                            let mut output = check.output;
-                            helios_core::service::cut_output(&mut output);
-                            CheckState { name: check.name, status, output, since: Timestamp(check.since_ms) }
-                        })
-                        .collect();
-                    ServiceRegistration {
-                        service: r.service,
-                        task: non_empty(r.task),
-                        address: r.address,
-                        port,
-                        checks,
-                    }
-                })
-                .collect();
-            AllocServices { alloc_id: report.alloc_id, registrations }
-        })
-        .collect();
-    if p.0.is_empty() {
-        Ok(out)
-    } else {
-        Err(helios_core::ValidationErrors(p.0))
-    }
-}
-
-pub fn alloc_services_to_pb(reports: &[AllocServices]) -> Vec<pb::AllocServices> {
-    reports
-        .iter()
-        .map(|r| pb::AllocServices {
-            alloc_id: r.alloc_id.clone(),
-            registrations: r.registrations.iter().map(registration_to_pb).collect(),
-        })
-        .collect()
 }

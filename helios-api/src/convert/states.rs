@@ -3,7 +3,10 @@
 //! what programs compare.
 
 use helios_core::acl::TokenType;
-use helios_core::{EvalStatus, EvalTrigger, NodeEligibility, NodeStatus};
+use helios_core::service::CheckStatus;
+use helios_core::{
+    AllocClientStatus, AllocDesiredStatus, EvalStatus, EvalTrigger, NodeEligibility, NodeStatus, TaskRunState,
+};
 
 use crate::pb;
 
@@ -42,6 +45,40 @@ pub fn eval_trigger_to_pb(trigger: EvalTrigger) -> pb::EvaluationTrigger {
         EvalTrigger::RetryFailedPlacement => pb::EvaluationTrigger::RetryFailedPlacement,
         EvalTrigger::AllocStop => pb::EvaluationTrigger::AllocStop,
         EvalTrigger::DeploymentWatcher => pb::EvaluationTrigger::DeploymentWatcher,
+    }
+}
+
+pub fn alloc_desired_status_to_pb(status: AllocDesiredStatus) -> pb::AllocationDesiredStatus {
+    match status {
+        AllocDesiredStatus::Run => pb::AllocationDesiredStatus::Run,
+        AllocDesiredStatus::Stop => pb::AllocationDesiredStatus::Stop,
+        AllocDesiredStatus::Evict => pb::AllocationDesiredStatus::Evict,
+    }
+}
+
+pub fn alloc_client_status_to_pb(status: AllocClientStatus) -> pb::AllocationClientStatus {
+    match status {
+        AllocClientStatus::Pending => pb::AllocationClientStatus::Pending,
+        AllocClientStatus::Running => pb::AllocationClientStatus::Running,
+        AllocClientStatus::Complete => pb::AllocationClientStatus::Complete,
+        AllocClientStatus::Failed => pb::AllocationClientStatus::Failed,
+        AllocClientStatus::Lost => pb::AllocationClientStatus::Lost,
+    }
+}
+
+pub fn task_run_state_to_pb(state: TaskRunState) -> pb::TaskRunState {
+    match state {
+        TaskRunState::Pending => pb::TaskRunState::Pending,
+        TaskRunState::Running => pb::TaskRunState::Running,
+        TaskRunState::Dead => pb::TaskRunState::Dead,
+    }
+}
+
+pub fn check_status_to_pb(status: CheckStatus) -> pb::CheckStatus {
+    match status {
+        CheckStatus::Passing => pb::CheckStatus::Passing,
+        CheckStatus::Warning => pb::CheckStatus::Warning,
+        CheckStatus::Critical => pb::CheckStatus::Critical,
     }
 }
 
@@ -123,6 +160,52 @@ impl Label for pb::MemberRole {
     }
 }
 
+impl Label for pb::AllocationDesiredStatus {
+    fn label(&self) -> &'static str {
+        match self {
+            pb::AllocationDesiredStatus::Unspecified => UNKNOWN,
+            pb::AllocationDesiredStatus::Run => AllocDesiredStatus::Run.as_str(),
+            pb::AllocationDesiredStatus::Stop => AllocDesiredStatus::Stop.as_str(),
+            pb::AllocationDesiredStatus::Evict => AllocDesiredStatus::Evict.as_str(),
+        }
+    }
+}
+
+impl Label for pb::AllocationClientStatus {
+    fn label(&self) -> &'static str {
+        match self {
+            pb::AllocationClientStatus::Unspecified => UNKNOWN,
+            pb::AllocationClientStatus::Pending => AllocClientStatus::Pending.as_str(),
+            pb::AllocationClientStatus::Running => AllocClientStatus::Running.as_str(),
+            pb::AllocationClientStatus::Complete => AllocClientStatus::Complete.as_str(),
+            pb::AllocationClientStatus::Failed => AllocClientStatus::Failed.as_str(),
+            pb::AllocationClientStatus::Lost => AllocClientStatus::Lost.as_str(),
+        }
+    }
+}
+
+impl Label for pb::TaskRunState {
+    fn label(&self) -> &'static str {
+        match self {
+            pb::TaskRunState::Unspecified => UNKNOWN,
+            pb::TaskRunState::Pending => TaskRunState::Pending.as_str(),
+            pb::TaskRunState::Running => TaskRunState::Running.as_str(),
+            pb::TaskRunState::Dead => TaskRunState::Dead.as_str(),
+        }
+    }
+}
+
+impl Label for pb::CheckStatus {
+    fn label(&self) -> &'static str {
+        match self {
+            pb::CheckStatus::Unspecified => UNKNOWN,
+            pb::CheckStatus::Passing => CheckStatus::Passing.as_str(),
+            pb::CheckStatus::Warning => CheckStatus::Warning.as_str(),
+            pb::CheckStatus::Critical => CheckStatus::Critical.as_str(),
+        }
+    }
+}
+
 impl Label for pb::AclTokenType {
     fn label(&self) -> &'static str {
         match self {
@@ -153,6 +236,25 @@ mod tests {
         }
         for t in [TokenType::Client, TokenType::Management] {
             assert_eq!(token_type_to_pb(t).label(), t.as_str());
+        }
+        for s in [AllocDesiredStatus::Run, AllocDesiredStatus::Stop, AllocDesiredStatus::Evict] {
+            assert_eq!(alloc_desired_status_to_pb(s).label(), s.as_str());
+        }
+        let client = [
+            AllocClientStatus::Pending,
+            AllocClientStatus::Running,
+            AllocClientStatus::Complete,
+            AllocClientStatus::Failed,
+            AllocClientStatus::Lost,
+        ];
+        for s in client {
+            assert_eq!(alloc_client_status_to_pb(s).label(), s.as_str());
+        }
+        for s in [TaskRunState::Pending, TaskRunState::Running, TaskRunState::Dead] {
+            assert_eq!(task_run_state_to_pb(s).label(), s.as_str());
+        }
+        for s in [CheckStatus::Passing, CheckStatus::Warning, CheckStatus::Critical] {
+            assert_eq!(check_status_to_pb(s).label(), s.as_str());
         }
     }
 

@@ -24,6 +24,11 @@ pub fn time_of(t: Option<&prost_types::Timestamp>) -> Timestamp {
     timestamp_from_pb(t).unwrap_or(Timestamp(0))
 }
 
+/// A length the API gave, in whole seconds (unset or negative: 0), for readers such as the CLI.
+pub fn seconds_of(d: Option<&prost_types::Duration>) -> u64 {
+    d.map_or(0, |d| u64::try_from(d.seconds).unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,7 +42,10 @@ pub async fn run(servers: &Servers, args: NodeLossArgs) -> Result<()> {
         .context("submitting the job")?;
 
     let running = |allocs: &[pb::Allocation], not_on: Option<&str>| {
-        allocs.iter().filter(|a| a.client_status == "running" && Some(a.node_id.as_str()) != not_on).count()
+        allocs
+            .iter()
+            .filter(|a| a.client_status() == pb::AllocationClientStatus::Running && Some(a.node_id.as_str()) != not_on)
+            .count()
     };
     let deadline = Instant::now() + PATIENCE;
     let victim = loop {

@@ -302,21 +302,24 @@ async fn report(
 }
 
 fn running(alloc_id: &str, now_ms: u64) -> pb::AllocationUpdate {
-    let state = pb::TaskState {
-        state: "running".to_string(),
-        started_at_ms: Some(now_ms),
-        events: vec![pb::TaskEvent {
-            time_ms: now_ms,
+    use helios_core::{AllocClientStatus, AllocUpdate, TaskEvent, TaskRunState, TaskState, Timestamp};
+    let state = TaskState {
+        state: TaskRunState::Running,
+        failed: false,
+        restarts: 0,
+        started_at: Some(Timestamp(now_ms)),
+        finished_at: None,
+        events: vec![TaskEvent {
+            time: Timestamp(now_ms),
             kind: "Started".to_string(),
             message: "simulated".to_string(),
             exit_code: None,
         }],
-        ..Default::default()
     };
-    pb::AllocationUpdate {
+    helios_api::convert::agent::alloc_update_to_agent(&AllocUpdate {
         alloc_id: alloc_id.to_string(),
-        client_status: "running".to_string(),
+        client_status: AllocClientStatus::Running,
         client_description: String::new(),
         task_states: [("work".to_string(), state)].into(),
-    }
+    })
 }

@@ -219,8 +219,11 @@ async fn submit_and_wait(channel: Conn, job: Job) -> Result<Vec<Timeline>> {
 
 /// The allocation's timeline, once its (first) task has started.
 fn timeline(submitted: u64, alloc: &pb::Allocation) -> Option<Timeline> {
-    let task = alloc.task_states.values().filter(|t| t.started_at_ms.is_some()).min_by_key(|t| t.started_at_ms)?;
-    let started = task.started_at_ms?;
-    let received = task.events.iter().find(|e| e.kind == "Received").map_or(started, |e| e.time_ms);
-    Some(Timeline { submitted, created: alloc.created_at_ms, received, started })
+    use helios_api::convert::{time_of, timestamp_from_pb};
+    let started_at = |t: &pb::TaskState| timestamp_from_pb(t.start_time.as_ref()).map(|t| t.0);
+    let task = alloc.task_states.values().filter(|t| started_at(t).is_some()).min_by_key(|t| started_at(t))?;
+    let started = started_at(task)?;
+    let received =
+        task.events.iter().find(|e| e.kind == "Received").map_or(started, |e| time_of(e.event_time.as_ref()).0);
+    Some(Timeline { submitted, created: time_of(alloc.create_time.as_ref()).0, received, started })
 }

@@ -2,7 +2,7 @@
 
 use crate::connect::Conn;
 use anyhow::{anyhow, Result};
-use helios_api::convert::job_from_pb;
+use helios_api::convert::{job_from_pb, time_of};
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::job_service_client::JobServiceClient;
@@ -43,7 +43,7 @@ pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) 
             })
         })
         .collect();
-    events.sort_by_key(|e| (e.event.time_ms, e.alloc.id.clone()));
+    events.sort_by_key(|e| (time_of(e.event.event_time.as_ref()), e.alloc.id.clone()));
     if json {
         let doc = json!({
             "job": name,
@@ -52,7 +52,7 @@ pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) 
                 "groups": v.task_groups.iter().map(|g| json!({"name": g.name, "count": g.count.unwrap_or(1)})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "events": events.iter().map(|e| json!({
-                "time_ms": e.event.time_ms, "alloc_id": e.alloc.id, "node_id": e.alloc.node_id,
+                "time_ms": time_of(e.event.event_time.as_ref()).0, "alloc_id": e.alloc.id, "node_id": e.alloc.node_id,
                 "alloc_version": e.alloc.job_version, "task": e.task, "kind": e.event.kind,
                 "message": e.event.message, "exit_code": e.event.exit_code,
             })).collect::<Vec<_>>(),
@@ -86,7 +86,7 @@ pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) 
     let mut table = Table::new(&["TIME", "ALLOC", "NODE", "TASK", "EVENT", "MESSAGE"]);
     for e in &events {
         table.row(vec![
-            Timestamp(e.event.time_ms).to_rfc3339(),
+            time_of(e.event.event_time.as_ref()).to_rfc3339(),
             crate::alloc::short(&e.alloc.id),
             e.alloc.node_id.clone(),
             e.task.to_string(),

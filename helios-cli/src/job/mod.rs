@@ -493,9 +493,9 @@ fn print_status(reply: pb::GetJobStatusResponse) -> Result<()> {
                 a.node_id.clone(),
                 a.task_group.clone(),
                 a.job_version.to_string(),
-                a.desired_status.clone(),
-                a.client_status.clone(),
-                Timestamp(a.created_at_ms).ago(now),
+                a.desired_status().label().to_string(),
+                a.client_status().label().to_string(),
+                helios_api::convert::time_of(a.create_time.as_ref()).ago(now),
             ]);
         }
         allocs.print();

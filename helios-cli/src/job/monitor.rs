@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use crate::connect::Conn;
 use anyhow::{anyhow, bail, Result};
-use helios_api::convert::Label;
+use helios_api::convert::{time_of, Label};
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::deployment_service_client::DeploymentServiceClient;
-use helios_api::pb::EvaluationStatus;
+use helios_api::pb::{AllocationClientStatus, AllocationDesiredStatus, EvaluationStatus, TaskRunState};
 
 use crate::connect::status_error;
 
@@ -163,7 +163,11 @@ fn deployment_ended(d: &pb::Deployment, status: &pb::GetJobStatusResponse, eval_
 
 /// The allocations of `version` that the servers want to run (or ran to completion).
 fn of_version(status: &pb::GetJobStatusResponse, version: u64) -> Vec<&pb::Allocation> {
-    status.allocations.iter().filter(|a| a.job_version == version && a.desired_status == "run").collect()
+    status
+        .allocations
+        .iter()
+        .filter(|a| a.job_version == version && a.desired_status() == AllocationDesiredStatus::Run)
+        .collect()
 }
 
 /// Whether the job has settled, and how; an error when it cannot get there.
@@ -199,14 +203,15 @@ fn settled(
         );
     }
     let allocs = of_version(status, version);
-    if let Some(failed) = allocs.iter().find(|a| a.client_status == "failed") {
+    if let Some(failed) = allocs.iter().find(|a| a.client_status() == AllocationClientStatus::Failed) {
         bail!("allocation {} failed: {}", crate::alloc::short(&failed.id), why_failed(failed));
     }
     // A rolling update or a reschedule delay keeps evaluations waiting, and a later one may
     // take over from this one (it is then canceled): every expected allocation running settles
     // it too.
-    let all_running = expected
-        .is_some_and(|n| n > 0 && allocs.len() as u64 == n && allocs.iter().all(|a| a.client_status == "running"));
+    let all_running = expected.is_some_and(|n| {
+        n > 0 && allocs.len() as u64 == n && allocs.iter().all(|a| a.client_status() == AllocationClientStatus::Running)
+    });
     let evaluated = eval.is_some_and(|e| e.status() == EvaluationStatus::Complete) || all_running;
     if !evaluated {
         return Ok(None);
@@ -229,10 +234,10 @@ fn settled(
         _ => {}
     }
     if batch {
-        let done = allocs.iter().all(|a| a.client_status == "complete");
+        let done = allocs.iter().all(|a| a.client_status() == AllocationClientStatus::Complete);
         return Ok(done.then_some(Settled::Finished(allocs.len())));
     }
-    let running = allocs.iter().all(|a| a.client_status == "running");
+    let running = allocs.iter().all(|a| a.client_status() == AllocationClientStatus::Running);
     Ok(running.then_some(Settled::Running(allocs.len())))
 }
 
@@ -260,7 +265,7 @@ fn summary(status: &pb::GetJobStatusResponse, version: u64) -> String {
     let allocs = of_version(status, version);
     let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
     for a in &allocs {
-        *by_status.entry(a.client_status.as_str()).or_default() += 1;
+        *by_status.entry(a.client_status().label()).or_default() += 1;
     }
     if allocs.is_empty() {
         return "waiting for placement".to_string();
@@ -312,14 +317,20 @@ impl Seen {
             let short = crate::alloc::short(&alloc.id);
             if !self.placed.contains_key(&alloc.id) {
                 self.placed.insert(alloc.id.clone(), alloc.node_id.clone());
-                let how = if alloc.created_at_ms < submitted { "kept (updated in place)" } else { "placed" };
+                let how = if time_of(alloc.create_time.as_ref()).0 < submitted {
+                    "kept (updated in place)"
+                } else {
+                    "placed"
+                };
                 lines.push(format!("    Allocation {short} ({}) {how} on node {}", alloc.name, alloc.node_id));
             }
             let printed = self.tasks.entry(alloc.id.clone()).or_default();
             for (task, state) in &alloc.task_states {
                 let now = match state.events.last() {
-                    Some(e) if state.state == "dead" => format!("{} ({}: {})", state.state, e.kind, e.message),
-                    _ => state.state.clone(),
+                    Some(e) if state.state() == TaskRunState::Dead => {
+                        format!("{} ({}: {})", state.state().label(), e.kind, e.message)
+                    }
+                    _ => state.state().label().to_string(),
                 };
                 if printed.get(task) != Some(&now) {
                     lines.push(format!("    Allocation {short}: task {task} {now}"));

@@ -123,7 +123,7 @@ impl AgentService for Agents {
         let mut updates = Vec::with_capacity(req.updates.len());
         let mut problems = Vec::new();
         for (i, u) in req.updates.into_iter().enumerate() {
-            match helios_api::convert::alloc_update_from_pb(u, &format!("updates[{i}]")) {
+            match helios_api::convert::agent::alloc_update_from_agent(u, &format!("updates[{i}]")) {
                 Ok(u) => updates.push(u),
                 Err(e) => problems.extend(e.0),
             }
@@ -190,8 +190,8 @@ impl AgentService for Agents {
         if req.services.len() > 1000 {
             return Err(invalid("services", "at most 1000 allocations per call"));
         }
-        let services =
-            helios_api::convert::alloc_services_from_pb(req.services).map_err(|e| helios_api::invalid_argument(&e))?;
+        let services = helios_api::convert::agent::alloc_services_from_agent(req.services)
+            .map_err(|e| helios_api::invalid_argument(&e))?;
         let command = Command::ReportServices { node_id: req.node_id, secret: req.secret, services, now: clock::now() };
         let (_, AllocationsUpdated) = self.cluster.propose(command).await.map_err(|e| match e {
             ClusterError::Rejected(r) if r.kind == RejectionKind::FailedPrecondition => {

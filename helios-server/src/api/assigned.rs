@@ -13,7 +13,8 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 
-use helios_api::convert::{alloc_to_pb, job_to_pb};
+use helios_api::convert::agent::assigned_to_agent;
+use helios_api::convert::job_to_pb;
 use helios_api::pb;
 use helios_core::Allocation;
 use redb::ReadTransaction;
@@ -100,7 +101,7 @@ impl SentAllocations {
             if job.is_some() {
                 self.jobs.insert(key);
             }
-            let assigned = pb::AssignedAllocation { allocation: Some(alloc_to_pb(&alloc)), job };
+            let assigned = pb::AssignedAllocation { allocation: Some(assigned_to_agent(&alloc)), job };
             next_page(&mut pages, &mut size, helios_api::encoded_len(&assigned) + 4);
             pages.last_mut().expect("a page").allocations.push(assigned);
             self.sent.insert(alloc.id.clone(), alloc);
@@ -118,10 +119,7 @@ impl SentAllocations {
     /// states) are not echoed back: with them, every report would cost a second message.
     fn is_news(&self, alloc: &Allocation) -> bool {
         let Some(sent) = self.sent.get(&alloc.id) else { return true };
-        !self.started
-            || sent.desired_status != alloc.desired_status
-            || sent.desired_description != alloc.desired_description
-            || sent.job_version != alloc.job_version
+        !self.started || sent.desired_status != alloc.desired_status || sent.job_version != alloc.job_version
     }
 
     /// Changed and removed allocations among all of the node's.

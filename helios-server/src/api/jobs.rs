@@ -513,7 +513,7 @@ impl AllocationService for Allocations {
             let delays = self.cluster.stored_format() >= crate::scheduling::DELAYED_EVALUATIONS_FORMAT;
             match helios_core::reschedule::followup(&alloc, job.as_ref(), &siblings, delays, now()) {
                 Some(Followup::ReplacedBy(id)) => out.next_allocation = Some(id),
-                Some(Followup::At(at)) => out.reschedule_at_ms = Some(at.as_millis()),
+                Some(Followup::At(at)) => out.reschedule_time = Some(helios_api::convert::timestamp_to_pb(at)),
                 Some(Followup::Never(why)) => out.not_rescheduled = why,
                 None => {}
             }
