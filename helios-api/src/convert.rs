@@ -26,12 +26,15 @@ mod states;
 mod times;
 pub use deployment::{deployment_status_to_pb, deployment_to_pb};
 pub use events::{duration_from_pb, duration_to_pb, topic_from_pb, topic_to_pb};
-pub use service::{check_state_to_pb, registration_to_pb};
+pub use service::{check_state_to_pb, check_type_word, registration_to_pb};
 pub use states::{
-    alloc_client_status_to_pb, alloc_desired_status_to_pb, check_status_to_pb, eval_status_to_pb, eval_trigger_to_pb,
-    node_eligibility_to_pb, node_status_to_pb, task_run_state_to_pb, token_type_to_pb, Label,
+    address_mode_from_pb, address_mode_to_pb, alloc_client_status_to_pb, alloc_desired_status_to_pb,
+    check_status_from_pb, check_status_to_pb, constraint_operator_from_pb, constraint_operator_to_pb,
+    eval_status_to_pb, eval_trigger_to_pb, node_eligibility_to_pb, node_status_to_pb, task_run_state_to_pb,
+    token_type_to_pb, Label,
 };
-pub use times::{seconds_of, time_of, timestamp_from_pb, timestamp_to_pb};
+use times::{millis_from_pb, secs32_from_pb, secs_from_pb};
+pub use times::{millis_to_pb, seconds_of, secs_to_pb, time_of, timestamp_from_pb, timestamp_to_pb};
 
 pub type ConversionResult<T> = Result<T, ValidationErrors>;
 
@@ -135,8 +138,8 @@ fn group_from_pb(p: &mut Problems, path: &str, g: pb::TaskGroup, job_type: JobTy
         None => RestartPolicy::default_for(job_type),
         Some(r) => RestartPolicy {
             attempts: r.attempts,
-            interval_secs: r.interval_secs,
-            delay_secs: r.delay_secs,
+            interval_secs: required(p, &format!("{path}.restart.interval"), r.interval, secs32_from_pb),
+            delay_secs: required(p, &format!("{path}.restart.delay"), r.delay, secs32_from_pb),
             mode: match pb::RestartMode::try_from(r.mode) {
                 Ok(pb::RestartMode::Unspecified | pb::RestartMode::Fail) => RestartMode::Fail,
                 Ok(pb::RestartMode::Delay) => RestartMode::Delay,
@@ -232,7 +235,10 @@ fn task_from_pb(p: &mut Problems, path: &str, t: pb::Task) -> Task {
             .resources
             .map_or_else(Resources::default, |r| Resources { cpu_mhz: r.cpu_mhz, memory_mb: r.memory_mb }),
         constraints: constraints_from_pb(p, &format!("{path}.constraints"), t.constraints),
-        kill_timeout_secs: if t.kill_timeout_secs == 0 { Task::DEFAULT_KILL_TIMEOUT_SECS } else { t.kill_timeout_secs },
+        kill_timeout_secs: match secs32_from_pb(p, &format!("{path}.kill_timeout"), t.kill_timeout) {
+            None | Some(0) => Task::DEFAULT_KILL_TIMEOUT_SECS,
+            Some(secs) => secs,
+        },
         user: t.user,
     }
 }
@@ -273,16 +279,20 @@ fn health_check_from_pb(p: &mut Problems, path: &str, value: i32) -> HealthCheck
 
 fn update_from_pb(p: &mut Problems, path: &str, u: Option<pb::UpdateStrategy>) -> UpdateStrategy {
     let Some(u) = u else { return UpdateStrategy::default() };
+    let default = UpdateStrategy::default();
+    let at = |field: &str| format!("{path}.{field}");
     UpdateStrategy {
         max_parallel: u.max_parallel,
+        min_healthy_time_secs: required(p, &at("min_healthy_time"), u.min_healthy_time, secs_from_pb),
+        healthy_deadline_secs: required(p, &at("healthy_deadline"), u.healthy_deadline, secs_from_pb),
+        // Unset means the default here; zero is a length of its own (no deadline).
+        progress_deadline_secs: secs_from_pb(p, &at("progress_deadline"), u.progress_deadline)
+            .unwrap_or(default.progress_deadline_secs),
+        stagger_secs: secs_from_pb(p, &at("stagger"), u.stagger).unwrap_or(default.stagger_secs),
         health_check: health_check_from_pb(p, &format!("{path}.health_check"), u.health_check),
-        min_healthy_time_secs: u.min_healthy_time_secs,
-        healthy_deadline_secs: u.healthy_deadline_secs,
-        progress_deadline_secs: u.progress_deadline_secs.unwrap_or(UpdateStrategy::default().progress_deadline_secs),
         auto_revert: u.auto_revert,
         auto_promote: u.auto_promote,
         canary: u.canary,
-        stagger_secs: u.stagger_secs.unwrap_or(UpdateStrategy::default().stagger_secs),
     }
 }
 
@@ -293,8 +303,8 @@ fn migrate_from_pb(p: &mut Problems, path: &str, m: Option<pb::MigrateStrategy>)
     MigrateStrategy {
         max_parallel: m.max_parallel,
         health_check,
-        min_healthy_time_secs: m.min_healthy_time_secs,
-        healthy_deadline_secs: m.healthy_deadline_secs,
+        min_healthy_time_secs: required(p, &format!("{path}.min_healthy_time"), m.min_healthy_time, secs_from_pb),
+        healthy_deadline_secs: required(p, &format!("{path}.healthy_deadline"), m.healthy_deadline, secs_from_pb),
     }
 }
 
@@ -303,11 +313,9 @@ fn affinities_from_pb(p: &mut Problems, path: &str, affinities: Vec<pb::Affinity
         .into_iter()
         .enumerate()
         .map(|(i, a)| {
-            let operator = ConstraintOperator::parse(&a.operator).unwrap_or_else(|| {
-                p.add(
-                    format!("{path}[{i}].operator"),
-                    format!("unknown operator {:?} (use =, !=, regexp or version)", a.operator),
-                );
+            let operator = constraint_operator_from_pb(a.operator).unwrap_or_else(|| {
+                let why = format!("must be equal, not equal, regexp or version, got {}", a.operator);
+                p.add(format!("{path}[{i}].operator"), why);
                 ConstraintOperator::Equal
             });
             let weight = match a.weight {
@@ -353,7 +361,7 @@ fn affinities_to_pb(affinities: &[Affinity]) -> Vec<pb::Affinity> {
         .iter()
         .map(|a| pb::Affinity {
             attribute: a.attribute.clone(),
-            operator: a.operator.as_str().to_string(),
+            operator: constraint_operator_to_pb(a.operator).into(),
             value: a.value.clone(),
             weight: Some(i32::from(a.weight)),
         })
@@ -397,14 +405,8 @@ fn constraints_from_pb(p: &mut Problems, path: &str, constraints: Vec<pb::Constr
         .into_iter()
         .enumerate()
         .map(|(i, c)| {
-            let operator = ConstraintOperator::parse(&c.operator).unwrap_or_else(|| {
-                p.add(
-                    format!("{path}[{i}].operator"),
-                    format!(
-                        "unknown operator {:?} (use =, !=, regexp, version, distinct_hosts or distinct_property)",
-                        c.operator
-                    ),
-                );
+            let operator = constraint_operator_from_pb(c.operator).unwrap_or_else(|| {
+                p.add(format!("{path}[{i}].operator"), format!("must be set to a known operator, got {}", c.operator));
                 ConstraintOperator::Equal
             });
             Constraint { attribute: c.attribute, operator, value: c.value }
@@ -450,7 +452,7 @@ pub fn job_to_pb(job: &Job) -> pb::Job {
         version: job.version,
         status: job_status_to_pb(job.status) as i32,
         stopped: job.stopped,
-        submitted_at_ms: job.submitted_at.as_millis(),
+        submit_time: Some(timestamp_to_pb(job.submitted_at)),
         stable: job.stable,
     }
 }
@@ -468,8 +470,8 @@ fn group_to_pb(g: &TaskGroup) -> pb::TaskGroup {
             .collect(),
         restart: Some(pb::RestartPolicy {
             attempts: g.restart.attempts,
-            interval_secs: g.restart.interval_secs,
-            delay_secs: g.restart.delay_secs,
+            interval: Some(secs_to_pb(u64::from(g.restart.interval_secs))),
+            delay: Some(secs_to_pb(u64::from(g.restart.delay_secs))),
             mode: match g.restart.mode {
                 RestartMode::Fail => pb::RestartMode::Fail,
                 RestartMode::Delay => pb::RestartMode::Delay,
@@ -482,19 +484,19 @@ fn group_to_pb(g: &TaskGroup) -> pb::TaskGroup {
         update: Some(pb::UpdateStrategy {
             max_parallel: g.update.max_parallel,
             health_check: health_check_to_pb(g.update.health_check) as i32,
-            min_healthy_time_secs: g.update.min_healthy_time_secs,
-            healthy_deadline_secs: g.update.healthy_deadline_secs,
-            progress_deadline_secs: Some(g.update.progress_deadline_secs),
+            min_healthy_time: Some(secs_to_pb(g.update.min_healthy_time_secs)),
+            healthy_deadline: Some(secs_to_pb(g.update.healthy_deadline_secs)),
+            progress_deadline: Some(secs_to_pb(g.update.progress_deadline_secs)),
             auto_revert: g.update.auto_revert,
             auto_promote: g.update.auto_promote,
             canary: g.update.canary,
-            stagger_secs: Some(g.update.stagger_secs),
+            stagger: Some(secs_to_pb(g.update.stagger_secs)),
         }),
         migrate: Some(pb::MigrateStrategy {
             max_parallel: g.migrate.max_parallel,
             health_check: health_check_to_pb(g.migrate.health_check) as i32,
-            min_healthy_time_secs: g.migrate.min_healthy_time_secs,
-            healthy_deadline_secs: g.migrate.healthy_deadline_secs,
+            min_healthy_time: Some(secs_to_pb(g.migrate.min_healthy_time_secs)),
+            healthy_deadline: Some(secs_to_pb(g.migrate.healthy_deadline_secs)),
         }),
         meta: g.meta.clone(),
     }
@@ -503,14 +505,14 @@ fn group_to_pb(g: &TaskGroup) -> pb::TaskGroup {
 fn reschedule_to_pb(r: &ReschedulePolicy) -> pb::ReschedulePolicy {
     pb::ReschedulePolicy {
         attempts: r.attempts,
-        interval_secs: r.interval_secs,
-        delay_secs: r.delay_secs,
+        interval: Some(secs_to_pb(r.interval_secs)),
+        delay: Some(secs_to_pb(r.delay_secs)),
         delay_function: match r.delay_function {
             DelayFunction::Constant => pb::DelayFunction::Constant,
             DelayFunction::Exponential => pb::DelayFunction::Exponential,
             DelayFunction::Fibonacci => pb::DelayFunction::Fibonacci,
         } as i32,
-        max_delay_secs: r.max_delay_secs,
+        max_delay: Some(secs_to_pb(r.max_delay_secs)),
         unlimited: r.unlimited,
     }
 }
@@ -531,14 +533,31 @@ fn reschedule_from_pb(
             DelayFunction::Constant
         }
     };
+    let mut secs =
+        |field: &str, d: Option<prost_types::Duration>| required(p, &format!("{path}.{field}"), d, secs_from_pb);
     ReschedulePolicy {
         attempts: r.attempts,
-        interval_secs: r.interval_secs,
-        delay_secs: r.delay_secs,
+        interval_secs: secs("interval", r.interval),
+        delay_secs: secs("delay", r.delay),
         delay_function,
-        max_delay_secs: r.max_delay_secs,
+        max_delay_secs: secs("max_delay", r.max_delay),
         unlimited: r.unlimited,
     }
+}
+
+/// A length that must be given when its message is (no default is assumed for it): a request of
+/// a client that sends it under another field, as one of an earlier build would, is refused
+/// rather than stored with the length left out.
+fn required<T: Default>(
+    p: &mut Problems,
+    path: &str,
+    d: Option<prost_types::Duration>,
+    read: fn(&mut Problems, &str, Option<prost_types::Duration>) -> Option<T>,
+) -> T {
+    if d.is_none() {
+        p.add(path, "must be set");
+    }
+    read(p, path, d).unwrap_or_default()
 }
 
 fn exec_to_pb(e: &ExecConfig) -> pb::ExecConfig {
@@ -588,7 +607,7 @@ fn task_to_pb(t: &Task) -> pb::Task {
         env: t.env.clone(),
         resources: Some(resources_to_pb(t.resources)),
         constraints: constraints_to_pb(&t.constraints),
-        kill_timeout_secs: t.kill_timeout_secs,
+        kill_timeout: Some(secs_to_pb(u64::from(t.kill_timeout_secs))),
         user: t.user.clone(),
     }
 }
@@ -602,7 +621,7 @@ fn constraints_to_pb(constraints: &[Constraint]) -> Vec<pb::Constraint> {
         .iter()
         .map(|c| pb::Constraint {
             attribute: c.attribute.clone(),
-            operator: c.operator.as_str().to_string(),
+            operator: constraint_operator_to_pb(c.operator).into(),
             value: c.value.clone(),
         })
         .collect()
@@ -751,7 +770,7 @@ mod tests {
         pb_job.task_groups[0].count = None;
         pb_job.task_groups[0].restart = None;
         pb_job.task_groups[0].tasks[0].resources = None;
-        pb_job.task_groups[0].tasks[0].kill_timeout_secs = 0;
+        pb_job.task_groups[0].tasks[0].kill_timeout = None;
         let job = job_from_pb(pb_job).unwrap();
         assert_eq!(job.job_type, JobType::Service);
         assert_eq!(job.priority, DEFAULT_PRIORITY);
@@ -767,15 +786,16 @@ mod tests {
         pb_job.r#type = 42;
         pb_job.name = String::new();
         pb_job.task_groups[0].tasks[0].driver = None;
-        pb_job.constraints.push(pb::Constraint {
-            attribute: "attr.os".into(),
-            operator: "~=".into(),
-            value: "x".into(),
-        });
+        pb_job.constraints.push(pb::Constraint { attribute: "attr.os".into(), operator: 42, value: "x".into() });
+        pb_job.constraints.push(pb::Constraint { attribute: "attr.os".into(), operator: 0, value: "x".into() });
+        let half_a_second = prost_types::Duration { seconds: 0, nanos: 500_000_000 };
+        pb_job.task_groups[0].tasks[0].kill_timeout = Some(half_a_second);
         let err = job_from_pb(pb_job).unwrap_err().to_string();
         assert!(err.contains("type: unknown job type 42"), "{err}");
         assert!(err.contains("task_groups[0].tasks[0].driver: must be set"), "{err}");
-        assert!(err.contains("constraints[0].operator: unknown operator \"~=\""), "{err}");
+        assert!(err.contains("constraints[0].operator: must be set to a known operator, got 42"), "{err}");
+        assert!(err.contains("constraints[1].operator: must be set to a known operator, got 0"), "{err}");
+        assert!(err.contains("task_groups[0].tasks[0].kill_timeout: must be whole seconds"), "{err}");
         assert!(err.contains("name: must not be empty"), "{err}");
     }
 

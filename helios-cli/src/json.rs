@@ -43,7 +43,7 @@ pub fn job(j: &pb::Job) -> Value {
         "status": crate::job::status_name(j.status, false),
         "stopped": j.stopped,
         "stable": j.stable,
-        "submitted_at_ms": j.submitted_at_ms,
+        "submitted_at_ms": millis(j.submit_time.as_ref()),
     })
 }
 
@@ -55,7 +55,7 @@ pub fn job_status(s: &pb::GetJobStatusResponse) -> Value {
         "version": job.map(|j| j.version),
         "status": job.map(|j| crate::job::status_name(j.status, false)),
         "stopped": job.map(|j| j.stopped),
-        "submitted_at_ms": job.map(|j| j.submitted_at_ms),
+        "submitted_at_ms": job.and_then(|j| millis(j.submit_time.as_ref())),
         "ready_nodes": s.ready_nodes,
         "placement": s.placement,
         "spec": spec.as_ref().map(crate::jobfile::export::to_file_json),

@@ -272,7 +272,7 @@ async fn watch_allocations(
 struct Assigned {
     allocations: BTreeMap<String, pb::AssignedAllocation>,
     /// The job versions the current stream sent (each is sent once per stream).
-    jobs: BTreeMap<(String, u64), pb::Job>,
+    jobs: BTreeMap<(String, u64), helios_api::agent_pb::Job>,
 }
 
 impl Assigned {

@@ -128,7 +128,7 @@ impl Runners {
                 self.finished.insert(alloc.id);
                 continue;
             }
-            let job = job.and_then(|j| helios_api::convert::job_from_pb(j).ok());
+            let job = job.and_then(|j| helios_api::convert::agent::job_from_agent(j).ok());
             let job_type = job.as_ref().map_or(JobType::Batch, |j: &Job| j.job_type);
             let mut meta = job.as_ref().map(|j| j.meta.clone()).unwrap_or_default();
             let group = job.and_then(|j| j.task_groups.into_iter().find(|g| g.name == alloc.task_group));

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 mod common;
 
 use common::wait_for;
+use helios_api::convert::agent::job_to_agent;
 use helios_api::convert::job_to_pb;
 use helios_api::pb;
 use helios_api::pb::agent_service_client::AgentServiceClient;
@@ -50,6 +51,8 @@ struct Cluster {
     dir: PathBuf,
     ports: [u16; 3],
     servers: [Option<Server>; 3],
+    /// Which servers run the previous build (they read jobs in the previous wire format).
+    previous: [bool; 3],
 }
 
 impl Cluster {
@@ -73,6 +76,7 @@ impl Cluster {
             .expect("log file");
         let child = cmd.stdout(log.try_clone().expect("log")).stderr(log).spawn().expect("start helios-server");
         self.servers[id as usize - 1] = Some(Server(child));
+        self.previous[id as usize - 1] = binary != Path::new(CURRENT);
     }
 
     fn stop(&mut self, id: u64) {
@@ -107,10 +111,18 @@ impl Cluster {
     }
 
     async fn submit(&self, via: u64, name: &str) {
-        let job = Job::exec(name, "sleep", vec!["300".into()]);
-        wait_for(&format!("job {name} accepted through server {via}"), || async {
+        self.submit_job(via, &Job::exec(name, "sleep", vec!["300".into()])).await;
+    }
+
+    /// Submits `job` through server `via`, in the wire format of the build it runs.
+    async fn submit_job(&self, via: u64, job: &Job) {
+        wait_for(&format!("job {} accepted through server {via}", job.name), || async {
+            if self.previous[via as usize - 1] {
+                return submit_to_previous(self.channel(via), job).await.ok();
+            }
             let mut jobs = JobServiceClient::new(self.channel(via));
-            jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)), ..Default::default() }).await.ok()
+            jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(job)), ..Default::default() }).await.ok()?;
+            Some(())
         })
         .await;
     }
@@ -152,6 +164,7 @@ async fn a_cluster_upgraded_server_by_server_keeps_serving_and_raises_its_format
         dir: dir.path().to_path_buf(),
         ports: [free_port(), free_port(), free_port()],
         servers: [None, None, None],
+        previous: [false; 3],
     };
     for id in 1..=3 {
         cluster.start(id, &previous);
@@ -285,6 +298,7 @@ async fn agents_of_either_build_run_work_for_servers_of_the_other() {
         dir: dir.path().join("old-servers"),
         ports: [free_port(), free_port(), free_port()],
         servers: [None, None, None],
+        previous: [false; 3],
     };
     for id in 1..=3 {
         old_servers.start(id, &previous);
@@ -292,7 +306,7 @@ async fn agents_of_either_build_run_work_for_servers_of_the_other() {
     old_servers.leader(&[1, 2, 3]).await;
     let addrs = old_servers.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let agent = common::start_agent_on(addrs, "new-agent", &dir.path().join("new-agent"), |_| {}).await;
-    submit_exec(&old_servers, "to-a-new-agent").await;
+    old_servers.submit_job(1, &Job::exec("to-a-new-agent", "echo", vec!["across builds".into()])).await;
     // Read with the CLI of the build the servers run: this build reads their allocations'
     // statuses where the previous one wrote them no longer.
     let cli = previous_bin.join("helios-cli");
@@ -319,6 +333,7 @@ async fn agents_of_either_build_run_work_for_servers_of_the_other() {
         dir: dir.path().join("new-servers"),
         ports: [free_port(), free_port(), free_port()],
         servers: [None, None, None],
+        previous: [false; 3],
     };
     for id in 1..=3 {
         new_servers.start(id, Path::new(CURRENT));
@@ -331,7 +346,17 @@ async fn agents_of_either_build_run_work_for_servers_of_the_other() {
     old_agent.args(["--node-id", "old-agent", "--server-addr", &format!("http://127.0.0.1:{}", new_servers.ports[0])]);
     old_agent.args(["--client-rpc-addr", &format!("127.0.0.1:{}", free_port())]).arg("--data-dir").arg(&agent_dir);
     let _old_agent = Server(old_agent.stdout(log.try_clone().expect("log")).stderr(log).spawn().expect("old agent"));
-    submit_exec(&new_servers, "to-an-old-agent").await;
+    new_servers.submit_job(1, &Job::exec("to-an-old-agent", "echo", vec!["across builds".into()])).await;
+    // A job from a client of the previous build is refused, never stored with its lengths and
+    // operators left out (this build reads them under other fields).
+    let mut older = Job::exec("from-an-older-client", "echo", Vec::new());
+    older.task_groups[0].restart.interval_secs = 120;
+    let refused = wait_for("an answer from this build's servers", || async {
+        submit_to_previous(new_servers.channel(1), &older).await.err().filter(|s| s.code() != tonic::Code::Unavailable)
+    })
+    .await;
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("restart.interval: must be set"), "{refused:?}");
     let alloc = wait_for("the old agent's task to complete", || async {
         let mut jobs = JobServiceClient::new(new_servers.channel(1));
         let request = pb::GetJobStatusRequest { name: "to-an-old-agent".into(), ..Default::default() };
@@ -346,12 +371,21 @@ async fn agents_of_either_build_run_work_for_servers_of_the_other() {
     assert!(task.events.iter().any(|e| e.kind == "Terminated" && e.event_time.is_some()), "{task:?}");
 }
 
-/// A batch job echoing a line, accepted by the cluster's leader (through server 1).
-async fn submit_exec(cluster: &Cluster, name: &str) {
-    let job = Job::exec(name, "echo", vec!["across builds".into()]);
-    wait_for(&format!("job {name} accepted"), || async {
-        let mut jobs = JobServiceClient::new(cluster.channel(1));
-        jobs.submit_job(pb::SubmitJobRequest { job: Some(job_to_pb(&job)), ..Default::default() }).await.ok()
-    })
-    .await;
+/// The previous build's `SubmitJobRequest`, as far as these tests fill it: its job is in the
+/// wire format agents still read (`agent_pb::Job` is the public job's earlier format).
+#[derive(Clone, PartialEq, prost::Message)]
+struct PreviousSubmitJobRequest {
+    #[prost(message, optional, tag = "1")]
+    job: Option<helios_api::agent_pb::Job>,
+}
+
+/// `SubmitJob` on a server of the previous build, in its wire format.
+async fn submit_to_previous(channel: Channel, job: &Job) -> Result<(), tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/helios.v1.JobService/SubmitJob");
+    let request = tonic::Request::new(PreviousSubmitJobRequest { job: Some(job_to_agent(job)) });
+    let codec = tonic_prost::ProstCodec::<PreviousSubmitJobRequest, pb::SubmitJobResponse>::default();
+    grpc.unary(request, path, codec).await?;
+    Ok(())
 }

@@ -13,13 +13,10 @@ pub(super) fn services_from_pb(p: &mut Problems, path: &str, services: Vec<pb::S
         .enumerate()
         .map(|(i, s)| {
             let at = format!("{path}[{i}]");
-            let address_mode = match s.address_mode.as_str() {
-                "" => AddressMode::Auto,
-                other => AddressMode::parse(other).unwrap_or_else(|| {
-                    p.add(format!("{at}.address_mode"), format!("must be auto or host, got {other:?}"));
-                    AddressMode::Auto
-                }),
-            };
+            let address_mode = super::address_mode_from_pb(s.address_mode).unwrap_or_else(|| {
+                p.add(format!("{at}.address_mode"), format!("must be auto or host, got {}", s.address_mode));
+                AddressMode::Auto
+            });
             let checks = s
                 .checks
                 .into_iter()
@@ -43,9 +40,20 @@ fn non_empty(text: String) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
+/// A check type's word (as job files and agents name it); empty for unset or unknown.
+pub fn check_type_word(value: i32) -> &'static str {
+    match pb::CheckType::try_from(value) {
+        Ok(pb::CheckType::Http) => "http",
+        Ok(pb::CheckType::Tcp) => "tcp",
+        Ok(pb::CheckType::Grpc) => "grpc",
+        Ok(pb::CheckType::Script) => "script",
+        Ok(pb::CheckType::Unspecified) | Err(_) => "",
+    }
+}
+
 fn check_from_pb(p: &mut Problems, at: &str, c: pb::Check) -> Check {
     // A field of another type of check is refused, never dropped.
-    let check_type = c.r#type.as_str();
+    let check_type = check_type_word(c.r#type);
     let set = [
         ("path", !c.path.is_empty(), "http"),
         ("method", !c.method.is_empty(), "http"),
@@ -57,10 +65,10 @@ fn check_from_pb(p: &mut Problems, at: &str, c: pb::Check) -> Check {
     ];
     for (field, used, kind) in set {
         if used && check_type != kind {
-            p.add(format!("{at}.{field}"), format!("is for {kind} checks, not {check_type:?}"));
+            p.add(format!("{at}.{field}"), format!("is for {kind} checks only"));
         }
     }
-    let kind = match c.r#type.as_str() {
+    let kind = match check_type {
         "http" => CheckKind::Http {
             path: c.path,
             method: if c.method.is_empty() { "GET".into() } else { c.method },
@@ -69,15 +77,15 @@ fn check_from_pb(p: &mut Problems, at: &str, c: pb::Check) -> Check {
         "tcp" => CheckKind::Tcp,
         "grpc" => CheckKind::Grpc { service: c.grpc_service },
         "script" => CheckKind::Script { task: non_empty(c.script_task), command: c.command, args: c.args },
-        other => {
-            p.add(format!("{at}.type"), format!("must be http, tcp, grpc or script, got {other:?}"));
+        _ => {
+            p.add(format!("{at}.type"), format!("must be http, tcp, grpc or script, got {}", c.r#type));
             CheckKind::Tcp
         }
     };
-    let initial_status = match c.initial_status.as_str() {
-        "" => CheckStatus::Critical,
-        other => CheckStatus::parse(other).unwrap_or_else(|| {
-            p.add(format!("{at}.initial_status"), format!("must be passing, warning or critical, got {other:?}"));
+    let initial_status = match c.initial_status {
+        0 => CheckStatus::Critical,
+        other => super::check_status_from_pb(other).unwrap_or_else(|| {
+            p.add(format!("{at}.initial_status"), format!("must be passing, warning or critical, got {other}"));
             CheckStatus::Critical
         }),
     };
@@ -85,14 +93,14 @@ fn check_from_pb(p: &mut Problems, at: &str, c: pb::Check) -> Check {
         name: c.name,
         kind,
         port: non_empty(c.port),
-        interval_ms: c.interval_ms,
-        timeout_ms: c.timeout_ms,
+        interval_ms: super::required(p, &format!("{at}.interval"), c.interval, super::millis_from_pb),
+        timeout_ms: super::required(p, &format!("{at}.timeout"), c.timeout, super::millis_from_pb),
         initial_status,
         success_before_passing: c.success_before_passing,
         failures_before_critical: c.failures_before_critical,
         check_restart: c.check_restart.map(|r| CheckRestart {
             limit: r.limit,
-            grace_ms: r.grace_ms,
+            grace_ms: super::millis_from_pb(p, &format!("{at}.check_restart.grace"), r.grace).unwrap_or(0),
             ignore_warnings: r.ignore_warnings,
         }),
     }
@@ -107,7 +115,7 @@ pub(super) fn services_to_pb(services: &[Service]) -> Vec<pb::Service> {
             port: s.port.clone().unwrap_or_default(),
             tags: s.tags.clone(),
             meta: s.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            address_mode: s.address_mode.as_str().to_string(),
+            address_mode: super::address_mode_to_pb(s.address_mode).into(),
             checks: s.checks.iter().map(check_to_pb).collect(),
         })
         .collect()
@@ -116,16 +124,22 @@ pub(super) fn services_to_pb(services: &[Service]) -> Vec<pb::Service> {
 fn check_to_pb(c: &Check) -> pb::Check {
     let mut out = pb::Check {
         name: c.name.clone(),
-        r#type: c.kind.as_str().to_string(),
+        r#type: match c.kind {
+            CheckKind::Http { .. } => pb::CheckType::Http,
+            CheckKind::Tcp => pb::CheckType::Tcp,
+            CheckKind::Grpc { .. } => pb::CheckType::Grpc,
+            CheckKind::Script { .. } => pb::CheckType::Script,
+        }
+        .into(),
         port: c.port.clone().unwrap_or_default(),
-        interval_ms: c.interval_ms,
-        timeout_ms: c.timeout_ms,
-        initial_status: c.initial_status.as_str().to_string(),
+        interval: Some(super::millis_to_pb(c.interval_ms)),
+        timeout: Some(super::millis_to_pb(c.timeout_ms)),
+        initial_status: super::check_status_to_pb(c.initial_status).into(),
         success_before_passing: c.success_before_passing,
         failures_before_critical: c.failures_before_critical,
         check_restart: c.check_restart.as_ref().map(|r| pb::CheckRestart {
             limit: r.limit,
-            grace_ms: r.grace_ms,
+            grace: Some(super::millis_to_pb(r.grace_ms)),
             ignore_warnings: r.ignore_warnings,
         }),
         ..Default::default()

@@ -3,9 +3,10 @@
 //! what programs compare.
 
 use helios_core::acl::TokenType;
-use helios_core::service::CheckStatus;
+use helios_core::service::{AddressMode, CheckStatus};
 use helios_core::{
-    AllocClientStatus, AllocDesiredStatus, EvalStatus, EvalTrigger, NodeEligibility, NodeStatus, TaskRunState,
+    AllocClientStatus, AllocDesiredStatus, ConstraintOperator, EvalStatus, EvalTrigger, NodeEligibility, NodeStatus,
+    TaskRunState,
 };
 
 use crate::pb;
@@ -79,6 +80,55 @@ pub fn check_status_to_pb(status: CheckStatus) -> pb::CheckStatus {
         CheckStatus::Passing => pb::CheckStatus::Passing,
         CheckStatus::Warning => pb::CheckStatus::Warning,
         CheckStatus::Critical => pb::CheckStatus::Critical,
+    }
+}
+
+/// A check status a request gave (an initial status); `None` for unset or unknown.
+pub fn check_status_from_pb(value: i32) -> Option<CheckStatus> {
+    match pb::CheckStatus::try_from(value).ok()? {
+        pb::CheckStatus::Unspecified => None,
+        pb::CheckStatus::Passing => Some(CheckStatus::Passing),
+        pb::CheckStatus::Warning => Some(CheckStatus::Warning),
+        pb::CheckStatus::Critical => Some(CheckStatus::Critical),
+    }
+}
+
+pub fn constraint_operator_to_pb(operator: ConstraintOperator) -> pb::ConstraintOperator {
+    match operator {
+        ConstraintOperator::Equal => pb::ConstraintOperator::Equal,
+        ConstraintOperator::NotEqual => pb::ConstraintOperator::NotEqual,
+        ConstraintOperator::Regexp => pb::ConstraintOperator::Regexp,
+        ConstraintOperator::Version => pb::ConstraintOperator::Version,
+        ConstraintOperator::DistinctHosts => pb::ConstraintOperator::DistinctHosts,
+        ConstraintOperator::DistinctProperty => pb::ConstraintOperator::DistinctProperty,
+    }
+}
+
+/// An operator a request gave; `None` for unset or unknown (a problem: no default is assumed).
+pub fn constraint_operator_from_pb(value: i32) -> Option<ConstraintOperator> {
+    match pb::ConstraintOperator::try_from(value).ok()? {
+        pb::ConstraintOperator::Unspecified => None,
+        pb::ConstraintOperator::Equal => Some(ConstraintOperator::Equal),
+        pb::ConstraintOperator::NotEqual => Some(ConstraintOperator::NotEqual),
+        pb::ConstraintOperator::Regexp => Some(ConstraintOperator::Regexp),
+        pb::ConstraintOperator::Version => Some(ConstraintOperator::Version),
+        pb::ConstraintOperator::DistinctHosts => Some(ConstraintOperator::DistinctHosts),
+        pb::ConstraintOperator::DistinctProperty => Some(ConstraintOperator::DistinctProperty),
+    }
+}
+
+pub fn address_mode_to_pb(mode: AddressMode) -> pb::ServiceAddressMode {
+    match mode {
+        AddressMode::Auto => pb::ServiceAddressMode::Auto,
+        AddressMode::Host => pb::ServiceAddressMode::Host,
+    }
+}
+
+/// An address mode a request gave (unset: auto); `None` for an unknown number.
+pub fn address_mode_from_pb(value: i32) -> Option<AddressMode> {
+    match pb::ServiceAddressMode::try_from(value).ok()? {
+        pb::ServiceAddressMode::Unspecified | pb::ServiceAddressMode::Auto => Some(AddressMode::Auto),
+        pb::ServiceAddressMode::Host => Some(AddressMode::Host),
     }
 }
 
@@ -255,7 +305,24 @@ mod tests {
         }
         for s in [CheckStatus::Passing, CheckStatus::Warning, CheckStatus::Critical] {
             assert_eq!(check_status_to_pb(s).label(), s.as_str());
+            assert_eq!(check_status_from_pb(check_status_to_pb(s).into()), Some(s));
         }
+        let operators = [
+            ConstraintOperator::Equal,
+            ConstraintOperator::NotEqual,
+            ConstraintOperator::Regexp,
+            ConstraintOperator::Version,
+            ConstraintOperator::DistinctHosts,
+            ConstraintOperator::DistinctProperty,
+        ];
+        for o in operators {
+            assert_eq!(constraint_operator_from_pb(constraint_operator_to_pb(o).into()), Some(o));
+        }
+        for m in [AddressMode::Auto, AddressMode::Host] {
+            assert_eq!(address_mode_from_pb(address_mode_to_pb(m).into()), Some(m));
+        }
+        assert_eq!(constraint_operator_from_pb(0), None, "an operator is never assumed");
+        assert_eq!(address_mode_from_pb(0), Some(AddressMode::Auto));
     }
 
     #[test]

@@ -6,7 +6,6 @@ use helios_api::convert::{job_from_pb, time_of};
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::job_service_client::JobServiceClient;
-use helios_core::Timestamp;
 use serde_json::json;
 
 use crate::connect::status_error;
@@ -48,7 +47,7 @@ pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) 
         let doc = json!({
             "job": name,
             "versions": versions.iter().map(|v| json!({
-                "version": v.version, "submitted_at_ms": v.submitted_at_ms, "stable": v.stable,
+                "version": v.version, "submitted_at_ms": time_of(v.submit_time.as_ref()).0, "stable": v.stable,
                 "groups": v.task_groups.iter().map(|g| json!({"name": g.name, "count": g.count.unwrap_or(1)})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "events": events.iter().map(|e| json!({
@@ -67,7 +66,7 @@ pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) 
     for v in &versions {
         let groups: Vec<String> =
             v.task_groups.iter().map(|g| format!("{} x{}", g.name, g.count.unwrap_or(1))).collect();
-        let submitted = Timestamp(v.submitted_at_ms);
+        let submitted = time_of(v.submit_time.as_ref());
         table.row(vec![
             v.version.to_string(),
             v.stable.to_string(),

@@ -13,9 +13,7 @@ use helios_api::convert::{time_of, Label};
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::job_service_client::JobServiceClient;
-use helios_core::{
-    DockerConfig, ExecConfig, Job, JobType, PortMapping, Resources, RestartPolicy, TaskDriver, Timestamp,
-};
+use helios_core::{DockerConfig, ExecConfig, Job, JobType, PortMapping, Resources, RestartPolicy, TaskDriver};
 use std::collections::BTreeMap;
 
 use crate::connect::{status_error, Servers, MAX_MESSAGE, MAX_RESPONSE};
@@ -449,7 +447,7 @@ fn validate_file(file: &std::path::Path) -> Result<()> {
 fn print_status(reply: pb::GetJobStatusResponse) -> Result<()> {
     let job = reply.job.ok_or_else(|| anyhow!("server returned a status without its job"))?;
     let now = now();
-    let submitted = Timestamp(job.submitted_at_ms);
+    let submitted = time_of(job.submit_time.as_ref());
     println!("Name        = {}", job.name);
     println!("Type        = {}", type_name(job.r#type));
     println!("Priority    = {}", job.priority);

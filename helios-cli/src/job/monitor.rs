@@ -312,7 +312,7 @@ impl Seen {
             }
         }
         // Allocations older than the submission were kept and moved to it (only counts changed).
-        let submitted = status.job.as_ref().map_or(0, |j| j.submitted_at_ms);
+        let submitted = status.job.as_ref().map_or(0, |j| time_of(j.submit_time.as_ref()).0);
         for alloc in of_version(status, version) {
             let short = crate::alloc::short(&alloc.id);
             if !self.placed.contains_key(&alloc.id) {

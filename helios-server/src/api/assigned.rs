@@ -13,8 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 
-use helios_api::convert::agent::assigned_to_agent;
-use helios_api::convert::job_to_pb;
+use helios_api::convert::agent::{assigned_to_agent, job_to_agent};
 use helios_api::pb;
 use helios_core::Allocation;
 use redb::ReadTransaction;
@@ -96,7 +95,7 @@ impl SentAllocations {
             let job = if self.paged && self.jobs.contains(&key) {
                 None
             } else {
-                read::job_version(txn, &alloc.job_name, alloc.job_version)?.as_ref().map(job_to_pb)
+                read::job_version(txn, &alloc.job_name, alloc.job_version)?.as_ref().map(job_to_agent)
             };
             if job.is_some() {
                 self.jobs.insert(key);

@@ -1,15 +1,27 @@
-//! Core types to and from the agent protocol's own messages (`agent_pb`): allocations as agents
-//! read them, and the task states and service registrations they report. These keep the wire
+//! Core types to and from the agent protocol's own messages (`agent_pb`): jobs and allocations as
+//! agents read them, and the task states and service registrations they report. These keep the wire
 //! format of agents of earlier builds (statuses as words, times as integer milliseconds), so
 //! servers and agents of different builds understand each other in either upgrade order.
 
 use std::collections::BTreeMap;
 
 use helios_core::service::{AllocServices, CheckState, CheckStatus, ServiceRegistration};
-use helios_core::{AllocClientStatus, AllocUpdate, Allocation, TaskEvent, TaskRunState, TaskState, Timestamp};
+use helios_core::{AllocClientStatus, AllocUpdate, Allocation, Job, TaskEvent, TaskRunState, TaskState, Timestamp};
 
-use super::{resources_to_pb, ConversionResult, Problems};
+use super::{job_from_pb, job_to_pb, resources_to_pb, ConversionResult, Problems};
 use crate::{agent_pb, pb};
+
+mod job;
+
+/// A job version as the servers send it to agents.
+pub fn job_to_agent(job: &Job) -> agent_pb::Job {
+    job::to_agent(job_to_pb(job))
+}
+
+/// A job version as an agent reads it: converted and checked as a submitted one is.
+pub fn job_from_agent(job: agent_pb::Job) -> ConversionResult<Job> {
+    job_from_pb(job::from_agent(job))
+}
 
 /// An allocation as the servers send it to its node's agent.
 pub fn assigned_to_agent(a: &Allocation) -> agent_pb::Allocation {
@@ -255,6 +267,67 @@ mod tests {
         assert_eq!(sent.client_status, "running");
         let web = &sent.task_states["web"];
         assert_eq!((web.state.as_str(), web.started_at_ms, web.events[0].time_ms), ("dead", Some(1_000), 1_500));
+    }
+
+    /// A job using every part whose wire form differs between agents and the public API.
+    fn rich_job() -> Job {
+        use helios_core::service::{AddressMode, Check, CheckKind, CheckRestart, Service};
+        use helios_core::{Affinity, Constraint, ConstraintOperator, JobType, UpdateStrategy};
+        let mut job = Job::exec("web", "sleep", vec!["600".into()]);
+        job.job_type = JobType::Service;
+        job.constraints.push(Constraint {
+            attribute: "attr.os".into(),
+            operator: ConstraintOperator::Regexp,
+            value: "lin.*".into(),
+        });
+        job.affinities.push(Affinity {
+            attribute: "meta.rack".into(),
+            operator: ConstraintOperator::NotEqual,
+            value: "r1".into(),
+            weight: -40,
+        });
+        let group = &mut job.task_groups[0];
+        group.update = UpdateStrategy { max_parallel: 1, canary: 1, ..UpdateStrategy::default() };
+        group.reschedule = helios_core::ReschedulePolicy::default_for(JobType::Service);
+        group.services.push(Service {
+            name: "web".into(),
+            task: None,
+            port: None,
+            tags: vec!["v1".into()],
+            meta: Default::default(),
+            address_mode: AddressMode::Host,
+            checks: vec![Check {
+                name: "alive".into(),
+                kind: CheckKind::Http { path: "/health".into(), method: "GET".into(), headers: Default::default() },
+                port: Some("8080".into()),
+                interval_ms: 10_500,
+                timeout_ms: 2_000,
+                initial_status: CheckStatus::Warning,
+                success_before_passing: 2,
+                failures_before_critical: 3,
+                check_restart: Some(CheckRestart { limit: 3, grace_ms: 1_500, ignore_warnings: true }),
+            }],
+        });
+        job
+    }
+
+    #[test]
+    fn a_job_reaches_agents_in_their_wire_format_and_reads_back_unchanged() {
+        let job = rich_job();
+        let sent = job_to_agent(&job);
+        // What agents of every build decode: words and integer lengths.
+        assert_eq!(sent.constraints[0].operator, "regexp");
+        assert_eq!(sent.affinities[0].operator, "!=");
+        let group = &sent.task_groups[0];
+        let check = &group.services[0].checks[0];
+        assert_eq!(group.services[0].address_mode, "host");
+        assert_eq!((check.r#type.as_str(), check.initial_status.as_str()), ("http", "warning"));
+        assert_eq!((check.interval_ms, check.timeout_ms), (10_500, 2_000));
+        assert_eq!(check.check_restart.as_ref().map(|r| r.grace_ms), Some(1_500));
+        let update = group.update.as_ref().expect("update");
+        assert_eq!((update.progress_deadline_secs, update.stagger_secs), (Some(600), Some(30)));
+        assert_eq!(group.tasks[0].kill_timeout_secs, helios_core::Task::DEFAULT_KILL_TIMEOUT_SECS);
+        assert_eq!(job_from_agent(sent).unwrap(), job);
     }
 
     #[test]
