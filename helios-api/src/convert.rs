@@ -30,8 +30,8 @@ pub use service::{check_state_to_pb, check_type_word, registration_to_pb};
 pub use states::{
     address_mode_from_pb, address_mode_to_pb, alloc_client_status_to_pb, alloc_desired_status_to_pb,
     check_status_from_pb, check_status_to_pb, constraint_operator_from_pb, constraint_operator_to_pb,
-    eval_status_to_pb, eval_trigger_to_pb, node_eligibility_to_pb, node_status_to_pb, task_run_state_to_pb,
-    token_type_to_pb, Label,
+    eval_status_to_pb, eval_trigger_to_pb, node_eligibility_to_pb, node_status_to_pb, task_event_kind_to_pb,
+    task_event_word_to_pb, task_run_state_to_pb, token_type_to_pb, Label,
 };
 use times::{millis_from_pb, secs32_from_pb, secs_from_pb};
 pub use times::{millis_to_pb, seconds_of, secs_to_pb, time_of, timestamp_from_pb, timestamp_to_pb};
@@ -678,7 +678,7 @@ fn task_state_to_pb(s: &TaskState) -> pb::TaskState {
             .iter()
             .map(|e| pb::TaskEvent {
                 event_time: Some(timestamp_to_pb(e.time)),
-                kind: e.kind.clone(),
+                kind: task_event_word_to_pb(&e.kind).into(),
                 message: e.message.clone(),
                 exit_code: e.exit_code,
             })

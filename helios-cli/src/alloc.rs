@@ -145,7 +145,7 @@ pub async fn run(servers: &Servers, command: AllocCommand) -> Result<()> {
                 let mut events = Table::new(&["TIME", "TYPE", "DESCRIPTION"]);
                 for e in &state.events {
                     let time = time_of(e.event_time.as_ref()).to_rfc3339();
-                    events.row(vec![time, e.kind.clone(), e.message.clone()]);
+                    events.row(vec![time, e.kind().label().to_string(), e.message.clone()]);
                 }
                 events.print();
             }

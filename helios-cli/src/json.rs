@@ -73,7 +73,7 @@ pub fn allocation(a: &pb::Allocation) -> Value {
             let events: Vec<Value> = s
                 .events
                 .iter()
-                .map(|e| json!({"time_ms": millis(e.event_time.as_ref()), "kind": e.kind, "message": e.message, "exit_code": e.exit_code}))
+                .map(|e| json!({"time_ms": millis(e.event_time.as_ref()), "kind": e.kind().label(), "message": e.message, "exit_code": e.exit_code}))
                 .collect();
             let task = json!({
                 "state": s.state().label(), "failed": s.failed, "restarts": s.restarts,

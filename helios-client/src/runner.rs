@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use helios_api::pb;
 use helios_core::{
-    AllocClientStatus, AllocDesiredStatus, AllocUpdate, Job, JobType, Task, TaskEvent, TaskGroup, TaskRunState,
-    TaskState, Timestamp,
+    AllocClientStatus, AllocDesiredStatus, AllocUpdate, Job, JobType, Task, TaskEvent, TaskEventKind, TaskGroup,
+    TaskRunState, TaskState, Timestamp,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -52,8 +52,8 @@ pub(crate) fn now() -> Timestamp {
     Timestamp(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
-pub(crate) fn event(kind: &str, message: impl Into<String>, exit_code: Option<i32>) -> TaskEvent {
-    TaskEvent { time: now(), kind: kind.to_string(), message: message.into(), exit_code }
+pub(crate) fn event(kind: TaskEventKind, message: impl Into<String>, exit_code: Option<i32>) -> TaskEvent {
+    TaskEvent { time: now(), kind: kind.as_str().to_string(), message: message.into(), exit_code }
 }
 
 impl Runners {
@@ -265,7 +265,8 @@ async fn run_allocation(
         restarts.insert(task.name.clone(), restart_tx);
         let Some(driver) = drivers.for_task(&task) else {
             let why = format!("this agent has no {} driver", task.driver.name());
-            let _ = progress.send((task.name.clone(), dead(vec![event("Driver Failure", why, None)], true)));
+            let _ =
+                progress.send((task.name.clone(), dead(vec![event(TaskEventKind::DriverFailure, why, None)], true)));
             continue;
         };
         let supervisor = Supervisor {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use helios_core::{JobType, RestartMode, RestartPolicy, Task, TaskEvent, TaskState};
+use helios_core::{JobType, RestartMode, RestartPolicy, Task, TaskEvent, TaskEventKind, TaskState};
 use tokio::sync::{mpsc, watch};
 
 use crate::drivers::{Driver, TaskRun};
@@ -36,7 +36,7 @@ impl Supervisor {
     pub async fn run(mut self, task: Task) {
         let name = task.name.clone();
         let interval = Duration::from_secs(u64::from(self.policy.interval_secs));
-        let mut history = vec![event("Received", "the agent received the allocation", None)];
+        let mut history = vec![event(TaskEventKind::Received, "the agent received the allocation", None)];
         let mut restarts = 0u32;
         let mut window = (tokio::time::Instant::now(), 0u32);
         if self.dir.join(DONE_MARKER).exists() {
@@ -48,7 +48,7 @@ impl Supervisor {
                 Some(_) => (None, true),
                 None => (None, false),
             };
-            history.push(event("Terminated", "finished before the agent restarted", code));
+            history.push(event(TaskEventKind::Terminated, "finished before the agent restarted", code));
             self.finish(name, dead(history, failed));
             return;
         }
@@ -71,7 +71,7 @@ impl Supervisor {
             let (mut state, handle) = match recovered {
                 Some(found) => found,
                 None if *self.stop.borrow() => {
-                    (dead(vec![event("Not Started", "stopped before it started", None)], false), None)
+                    (dead(vec![event(TaskEventKind::NotStarted, "stopped before it started", None)], false), None)
                 }
                 None => {
                     let started = self.driver.start(run, &on_event).await;
@@ -101,8 +101,8 @@ impl Supervisor {
                     let running = crate::metrics::RunningTask::start();
                     let ended = self.follow(handle, &run_stop, &mut restart_asked).await;
                     drop(running);
-                    let mut done =
-                        ended.unwrap_or_else(|e| dead(vec![event("Driver Failure", e.to_string(), None)], true));
+                    let mut done = ended
+                        .unwrap_or_else(|e| dead(vec![event(TaskEventKind::DriverFailure, e.to_string(), None)], true));
                     // This run's events alone (the history is joined next).
                     if done.events.iter().any(|e| e.kind == "OOM Killed") {
                         metrics::counter!("helios_agent_oom_kills_total").increment(1);
@@ -113,7 +113,7 @@ impl Supervisor {
                 None => state,
             };
             if let Some(why) = &restart_asked {
-                last.events.push(event("Restart Signaled", why.clone(), None));
+                last.events.push(event(TaskEventKind::RestartSignaled, why.clone(), None));
             }
             if self.stop.has_changed().is_err() {
                 // The agent that ran this supervisor is gone (in-process restart): a new agent
@@ -135,13 +135,17 @@ impl Supervisor {
                         "{} restarts within {}s: not restarting",
                         self.policy.attempts, self.policy.interval_secs
                     );
-                    last.events.push(event("Not Restarting", why, None));
+                    last.events.push(event(TaskEventKind::NotRestarting, why, None));
                     last.failed = true;
                     self.finish(name, last);
                     return;
                 }
                 let rest = interval.saturating_sub(window.0.elapsed());
-                last.events.push(event("Restarting", format!("attempts exhausted: waiting {rest:?}"), None));
+                last.events.push(event(
+                    TaskEventKind::Restarting,
+                    format!("attempts exhausted: waiting {rest:?}"),
+                    None,
+                ));
                 let _ = self.progress.send((name.clone(), last.clone()));
                 if self.interrupted_by_stop(rest).await {
                     self.finish(name, last);
@@ -153,7 +157,7 @@ impl Supervisor {
             restarts += 1;
             metrics::counter!("helios_agent_task_restarts_total").increment(1);
             let delay = Duration::from_secs(u64::from(self.policy.delay_secs));
-            last.events.push(event("Restarting", format!("restart {restarts} in {delay:?}"), None));
+            last.events.push(event(TaskEventKind::Restarting, format!("restart {restarts} in {delay:?}"), None));
             history = last.events.clone();
             let _ = self.progress.send((name.clone(), last.clone()));
             if self.interrupted_by_stop(delay).await {
@@ -267,13 +271,14 @@ mod tests {
             let handle = tokio::spawn(async move {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(run_secs)) => {}
-                    () = stop_requested(&mut stop) => return dead(vec![event("Killed", "stopped", None)], false),
+                    () = stop_requested(&mut stop) => return dead(vec![event(TaskEventKind::Killed, "stopped", None)], false),
                 }
-                let mut state = dead(vec![event("Terminated", format!("exit code {code}"), Some(code))], code != 0);
+                let mut state =
+                    dead(vec![event(TaskEventKind::Terminated, format!("exit code {code}"), Some(code))], code != 0);
                 state.state = TaskRunState::Dead;
                 state
             });
-            (running(vec![event("Started", "scripted", None)]), Some(handle))
+            (running(vec![event(TaskEventKind::Started, "scripted", None)]), Some(handle))
         }
     }
 

@@ -207,9 +207,75 @@ impl TaskRunState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskEvent {
     pub time: Timestamp,
+    /// A `TaskEventKind`'s word (stored as the word: an agent of a later build may add kinds).
     pub kind: String,
     pub message: String,
     pub exit_code: Option<i32>,
+}
+
+/// What happened to a task: Nomad's task event types, as agents write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskEventKind {
+    Received,
+    Started,
+    Terminated,
+    Restarting,
+    NotRestarting,
+    RestartSignaled,
+    Killing,
+    Killed,
+    OomKilled,
+    DriverFailure,
+    SetupFailure,
+    DownloadingImage,
+    ImagePulled,
+    NotStarted,
+    Adopted,
+}
+
+impl TaskEventKind {
+    pub const ALL: [TaskEventKind; 15] = [
+        TaskEventKind::Received,
+        TaskEventKind::Started,
+        TaskEventKind::Terminated,
+        TaskEventKind::Restarting,
+        TaskEventKind::NotRestarting,
+        TaskEventKind::RestartSignaled,
+        TaskEventKind::Killing,
+        TaskEventKind::Killed,
+        TaskEventKind::OomKilled,
+        TaskEventKind::DriverFailure,
+        TaskEventKind::SetupFailure,
+        TaskEventKind::DownloadingImage,
+        TaskEventKind::ImagePulled,
+        TaskEventKind::NotStarted,
+        TaskEventKind::Adopted,
+    ];
+
+    /// Nomad's word for it, as task events carry it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskEventKind::Received => "Received",
+            TaskEventKind::Started => "Started",
+            TaskEventKind::Terminated => "Terminated",
+            TaskEventKind::Restarting => "Restarting",
+            TaskEventKind::NotRestarting => "Not Restarting",
+            TaskEventKind::RestartSignaled => "Restart Signaled",
+            TaskEventKind::Killing => "Killing",
+            TaskEventKind::Killed => "Killed",
+            TaskEventKind::OomKilled => "OOM Killed",
+            TaskEventKind::DriverFailure => "Driver Failure",
+            TaskEventKind::SetupFailure => "Setup Failure",
+            TaskEventKind::DownloadingImage => "Downloading Image",
+            TaskEventKind::ImagePulled => "Image Pulled",
+            TaskEventKind::NotStarted => "Not Started",
+            TaskEventKind::Adopted => "Adopted",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<TaskEventKind> {
+        TaskEventKind::ALL.into_iter().find(|k| k.as_str() == word)
+    }
 }
 
 /// What a client agent reports about one of its allocations.

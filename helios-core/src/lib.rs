@@ -35,7 +35,9 @@ pub mod time;
 pub mod update;
 pub mod validate;
 
-pub use alloc::{AllocClientStatus, AllocDesiredStatus, AllocUpdate, Allocation, TaskEvent, TaskRunState, TaskState};
+pub use alloc::{
+    AllocClientStatus, AllocDesiredStatus, AllocUpdate, Allocation, TaskEvent, TaskEventKind, TaskRunState, TaskState,
+};
 pub use command::{Command, CommandResponse, Proposal, Rejection, RejectionKind};
 pub use eval::{EvalStatus, EvalTrigger, Evaluation};
 pub use job::{

@@ -199,7 +199,7 @@ async fn stop_and_clear(cluster: &TestCluster, sandbox: &Sandbox, job: &str) {
 }
 
 fn kinds(alloc: &pb::Allocation, task: &str) -> Vec<String> {
-    alloc.task_states[task].events.iter().map(|e| e.kind.clone()).collect()
+    alloc.task_states[task].events.iter().map(|e| e.kind().label().to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -219,7 +219,7 @@ async fn a_container_logs_its_output_and_reports_its_exit_code_and_an_out_of_mem
     cluster.submit_job(1, &talker).await;
     let failed = wait_alloc(&cluster, "talker", "failed").await;
     let task = &failed.task_states["talker"];
-    let exit = task.events.iter().find(|e| e.kind == "Terminated").expect("terminated");
+    let exit = task.events.iter().find(|e| e.kind() == pb::TaskEventKind::Terminated).expect("terminated");
     assert_eq!(exit.exit_code, Some(3));
     let task_dir = dir.path().join("allocs").join(&failed.id).join("talker");
     assert_eq!(std::fs::read_to_string(task_dir.join("stdout.log")).expect("stdout"), "hello from a container\n");
@@ -259,7 +259,11 @@ async fn an_unknown_image_fails_the_task_with_a_clear_event() {
     let job = docker_job("ghost", "127.0.0.1:1/helios-test-no-such-image:never", JobType::Batch, "true");
     cluster.submit_job(1, &job).await;
     let failed = wait_alloc(&cluster, "ghost", "failed").await;
-    let failure = failed.task_states["ghost"].events.iter().find(|e| e.kind == "Driver Failure").expect("failure");
+    let failure = failed.task_states["ghost"]
+        .events
+        .iter()
+        .find(|e| e.kind() == pb::TaskEventKind::DriverFailure)
+        .expect("failure");
     assert!(
         failure.message.contains("cannot pull image 127.0.0.1:1/helios-test-no-such-image:never"),
         "{}",
@@ -289,7 +293,7 @@ async fn an_image_missing_locally_is_pulled_with_its_progress_in_the_task_events
     cluster.submit_job(1, &docker_job("pulled", &registry.image, JobType::Batch, "echo pulled")).await;
     let done = wait_alloc(&cluster, "pulled", "complete").await;
     let events = &done.task_states["pulled"].events;
-    let messages: Vec<String> = events.iter().map(|e| format!("{}: {}", e.kind, e.message)).collect();
+    let messages: Vec<String> = events.iter().map(|e| format!("{}: {}", e.kind().label(), e.message)).collect();
     let expected = [
         "Received: ".to_string(),
         format!("Downloading Image: pulling {}", registry.image),
@@ -357,7 +361,8 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
     assert!(env.contains(&format!("REACHED_AT={ip}:{host_port}")), "{env:?}");
     assert!(env.contains(&format!("NOMAD_HOST_PORT_http={host_port}")), "{env:?}");
     assert!(env.contains(&format!("NOMAD_ALLOC_ID={}", running.id)), "{env:?}");
-    let started = running.task_states["web"].events.iter().find(|e| e.kind == "Started").expect("started");
+    let started =
+        running.task_states["web"].events.iter().find(|e| e.kind() == pb::TaskEventKind::Started).expect("started");
     assert!(started.message.ends_with(&format!("; ports http={host_port}->80")), "{}", started.message);
     let log = dir.path().join("allocs").join(&running.id).join("web").join("stdout.log");
     let copied = || counted(&std::fs::read_to_string(&log).unwrap_or_default(), &host_port);
@@ -378,7 +383,7 @@ async fn a_service_container_maps_ports_survives_an_agent_restart_and_stops_with
     let agent = start_agent(&cluster, "docker-web", dir.path()).await;
     let adopted = wait_for("the container adopted", || async {
         let alloc = wait_alloc(&cluster, "web", "running").await;
-        alloc.task_states["web"].events.iter().find(|e| e.kind == "Adopted").cloned()
+        alloc.task_states["web"].events.iter().find(|e| e.kind() == pb::TaskEventKind::Adopted).cloned()
     })
     .await;
     // The picked host port stays visible in alloc status.
@@ -521,7 +526,11 @@ async fn a_container_that_exits_while_its_agent_is_down_is_reported_after_the_re
     let agent = allowing_volumes(&cluster, "docker-offline", dir.path()).await;
     let failed = wait_alloc(&cluster, "brief", "failed").await;
     assert_eq!(failed.id, running.id);
-    let exit = failed.task_states["brief"].events.iter().find(|e| e.kind == "Terminated").expect("terminated");
+    let exit = failed.task_states["brief"]
+        .events
+        .iter()
+        .find(|e| e.kind() == pb::TaskEventKind::Terminated)
+        .expect("terminated");
     assert_eq!(exit.exit_code, Some(4));
     stop_and_clear(&cluster, &sandbox, "brief").await;
     agent.stop().await;
@@ -663,7 +672,7 @@ async fn privileged_containers_capabilities_and_devices_run_only_on_agents_that_
         assert_eq!(effective(&output(&done, "powers")).count_ones(), last + 1);
     } else {
         let events = &done.task_states["powers"].events;
-        let failure = events.iter().find(|e| e.kind == "Driver Failure").expect("the engine refused");
+        let failure = events.iter().find(|e| e.kind() == pb::TaskEventKind::DriverFailure).expect("the engine refused");
         assert!(failure.message.contains("unable to apply caps"), "{}", failure.message);
     }
     agent.stop().await;

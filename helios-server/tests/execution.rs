@@ -43,7 +43,11 @@ async fn logs(cluster: &TestCluster, alloc_id: &str, follow: bool) -> String {
 }
 
 fn pid_of(alloc: &pb::Allocation, task: &str) -> i32 {
-    let started = alloc.task_states[task].events.iter().find(|e| e.kind == "Started").expect("a Started event");
+    let started = alloc.task_states[task]
+        .events
+        .iter()
+        .find(|e| e.kind() == pb::TaskEventKind::Started)
+        .expect("a Started event");
     let pid = started.message.trim_start_matches("process ").split_whitespace().next();
     pid.and_then(|p| p.parse().ok()).expect("pid")
 }
@@ -63,11 +67,11 @@ async fn a_batch_task_runs_and_its_output_is_in_its_log() {
     submit(&cluster, &Job::exec("hello", "echo", vec!["It replicated!".into()])).await;
     let done = wait_alloc(&cluster, "hello", "complete").await;
     let task = &done.task_states["hello"];
-    let kinds: Vec<&str> = task.events.iter().map(|e| e.kind.as_str()).collect();
+    let kinds: Vec<&str> = task.events.iter().map(|e| e.kind().label()).collect();
     assert_eq!(kinds, ["Received", "Started", "Terminated"]);
     let time = |e: &pb::TaskEvent| time_of(e.event_time.as_ref());
     assert!(task.events.windows(2).all(|w| time(&w[0]) <= time(&w[1])), "events in time order");
-    let exit = task.events.iter().find(|e| e.kind == "Terminated").expect("terminated");
+    let exit = task.events.iter().find(|e| e.kind() == pb::TaskEventKind::Terminated).expect("terminated");
     assert_eq!(exit.exit_code, Some(0));
     assert!(!task.failed);
     let log = dir.path().join("allocs").join(&done.id).join("hello").join("stdout.log");
@@ -129,7 +133,11 @@ async fn a_failing_task_reports_its_exit_code() {
     broken.task_groups[0].restart.attempts = 0;
     submit(&cluster, &broken).await;
     let failed = wait_alloc(&cluster, "broken", "failed").await;
-    let exit = failed.task_states["broken"].events.iter().find(|e| e.kind == "Terminated").expect("terminated");
+    let exit = failed.task_states["broken"]
+        .events
+        .iter()
+        .find(|e| e.kind() == pb::TaskEventKind::Terminated)
+        .expect("terminated");
     assert_eq!(exit.exit_code, Some(3));
     let log = dir.path().join("allocs").join(&failed.id).join("broken").join("stderr.log");
     assert_eq!(std::fs::read_to_string(&log).expect("stderr log"), "oops\n");
@@ -158,10 +166,11 @@ async fn a_service_runs_until_stopped_and_survives_an_agent_restart() {
     assert!(alive(pid), "a task outlives its agent");
     let agent = start_agent(&cluster, "n1", dir.path()).await;
     let adopted = wait_for("the task adopted", || async {
-        allocations(&cluster, "sleeper")
-            .await
-            .into_iter()
-            .find(|a| a.task_states.get("sleeper").is_some_and(|t| t.events.iter().any(|e| e.kind == "Adopted")))
+        allocations(&cluster, "sleeper").await.into_iter().find(|a| {
+            a.task_states
+                .get("sleeper")
+                .is_some_and(|t| t.events.iter().any(|e| e.kind() == pb::TaskEventKind::Adopted))
+        })
     })
     .await;
     assert_eq!(adopted.id, running.id);
@@ -322,7 +331,7 @@ async fn a_failing_task_is_restarted_per_its_policy_then_fails() {
     let failed = wait_alloc(&cluster, "flaky", "failed").await;
     let task = &failed.task_states["flaky"];
     assert_eq!(task.restarts, 2);
-    let kinds: Vec<&str> = task.events.iter().map(|e| e.kind.as_str()).collect();
+    let kinds: Vec<&str> = task.events.iter().map(|e| e.kind().label()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "Started").count(), 3, "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"Not Restarting"), "{kinds:?}");
     // The same log file across restarts.
@@ -434,13 +443,15 @@ async fn a_failure_is_reported_as_it_happens_while_the_restart_waits() {
     for (job, failure) in [("missing", "Driver Failure"), ("exits", "Terminated")] {
         let alloc = wait_for(&format!("{job}'s failure and restart shown"), || async {
             allocations(&cluster, job).await.into_iter().find(|a| {
-                a.task_states.get(job).is_some_and(|t| t.events.last().is_some_and(|e| e.kind == "Restarting"))
+                a.task_states
+                    .get(job)
+                    .is_some_and(|t| t.events.last().is_some_and(|e| e.kind() == pb::TaskEventKind::Restarting))
             })
         })
         .await;
         assert_eq!(alloc.client_status(), AllocationClientStatus::Pending, "{alloc:?}");
         let events = &alloc.task_states[job].events;
-        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind().label()).collect();
         assert!(kinds.ends_with(&[failure, "Restarting"]), "{job}: {kinds:?}");
         assert_eq!(events.last().map(|e| e.message.as_str()), Some("restart 1 in 3600s"), "{kinds:?}");
         if job == "exits" {
@@ -500,7 +511,9 @@ async fn a_node_with_big_jobs_gets_its_work_and_its_stop_orders() {
         for i in 0..5 {
             all.extend(allocations(&cluster, &format!("big-{i}")).await);
         }
-        let adopted = |a: &pb::Allocation| a.task_states.values().any(|t| t.events.iter().any(|e| e.kind == "Adopted"));
+        let adopted = |a: &pb::Allocation| {
+            a.task_states.values().any(|t| t.events.iter().any(|e| e.kind() == pb::TaskEventKind::Adopted))
+        };
         (all.len() == 21 && all.iter().all(adopted)).then_some(())
     })
     .await;
@@ -561,7 +574,11 @@ async fn ends_while_its_agent_is_down(raw: bool) {
     wait_for("the task to end", || async { (!alive(pid)).then_some(()) }).await;
     let agent = start().await;
     let failed = wait_alloc(&cluster, "once", "failed").await;
-    let exit = failed.task_states["once"].events.iter().find(|e| e.kind == "Terminated").expect("terminated");
+    let exit = failed.task_states["once"]
+        .events
+        .iter()
+        .find(|e| e.kind() == pb::TaskEventKind::Terminated)
+        .expect("terminated");
     assert_eq!(exit.exit_code, Some(7), "{:?}", failed.task_states["once"].events);
     let log = dir.path().join("allocs").join(&failed.id).join("once").join("stdout.log");
     assert_eq!(std::fs::read_to_string(&log).expect("log"), "ran\n", "run once");

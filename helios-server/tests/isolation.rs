@@ -6,6 +6,7 @@
 mod common;
 
 use common::{start_agent, start_agent_configured, wait_for, TestCluster};
+use helios_api::convert::Label;
 use helios_api::pb;
 use helios_api::pb::AllocationClientStatus;
 use helios_core::{Job, TaskDriver};
@@ -134,7 +135,8 @@ async fn a_task_cannot_read_another_allocations_files() {
     let key = dir.path().canonicalize().expect("canonical").join("allocs").join(&running.id).join("holder/local/key");
     wait_for("the key to be written", || async { key.is_file().then_some(()) }).await;
     // The holder runs as nobody too: only the PID namespace keeps the snoop from signalling it.
-    let started = running.task_states["holder"].events.iter().find(|e| e.kind == "Started").expect("started");
+    let started =
+        running.task_states["holder"].events.iter().find(|e| e.kind() == pb::TaskEventKind::Started).expect("started");
     let launcher: i32 = started.message.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("pid");
     let holder_task = wait_for("the holder's program", || async {
         let children = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children")).ok()?;
@@ -170,7 +172,7 @@ async fn a_task_over_its_memory_limit_is_oom_killed_and_a_fork_bomb_stops_at_the
     hog.task_groups[0].tasks[0].resources.memory_mb = 32;
     cluster.submit_job(1, &hog).await;
     let alloc = finished(&cluster, "hog").await;
-    let events: Vec<&str> = alloc.task_states["hog"].events.iter().map(|e| e.kind.as_str()).collect();
+    let events: Vec<&str> = alloc.task_states["hog"].events.iter().map(|e| e.kind().label()).collect();
     assert!(events.contains(&"OOM Killed"), "{:?}", alloc.task_states["hog"].events);
     assert_eq!(alloc.client_status(), AllocationClientStatus::Failed);
     assert!(!log(dir.path(), &alloc, "hog", "stdout").contains("SURVIVED"));
@@ -196,7 +198,11 @@ async fn exec_refuses_root_unless_allowed_and_raw_exec_runs_only_where_enabled()
     as_root.task_groups[0].tasks[0].user = Some("root".into());
     cluster.submit_job(1, &as_root).await;
     let alloc = finished(&cluster, "as-root").await;
-    let setup = alloc.task_states["as-root"].events.iter().find(|e| e.kind == "Setup Failure").expect("refused");
+    let setup = alloc.task_states["as-root"]
+        .events
+        .iter()
+        .find(|e| e.kind() == pb::TaskEventKind::SetupFailure)
+        .expect("refused");
     assert!(setup.message.contains("--allowed-users"), "{}", setup.message);
 
     // The job's environment reaches the task alone, never the root launcher or init.

@@ -368,7 +368,10 @@ async fn agents_of_either_build_run_work_for_servers_of_the_other() {
     let task = &alloc.task_states["to-an-old-agent"];
     assert_eq!((task.state(), task.failed), (pb::TaskRunState::Dead, false), "{task:?}");
     assert!(task.start_time.is_some() && task.finish_time.is_some(), "its times arrived: {task:?}");
-    assert!(task.events.iter().any(|e| e.kind == "Terminated" && e.event_time.is_some()), "{task:?}");
+    assert!(
+        task.events.iter().any(|e| e.kind() == pb::TaskEventKind::Terminated && e.event_time.is_some()),
+        "{task:?}"
+    );
 }
 
 /// The previous build's `SubmitJobRequest`, as far as these tests fill it: its job is in the

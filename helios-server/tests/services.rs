@@ -233,7 +233,11 @@ async fn check_restart_restarts_a_task_whose_check_stays_critical() {
         (task.restarts >= 1).then_some(task)
     })
     .await;
-    let signaled = restarted.events.iter().find(|e| e.kind == "Restart Signaled").expect("a Restart Signaled event");
+    let signaled = restarted
+        .events
+        .iter()
+        .find(|e| e.kind() == pb::TaskEventKind::RestartSignaled)
+        .expect("a Restart Signaled event");
     assert_eq!(signaled.message, "check \"port\" unhealthy");
     cluster.shutdown().await;
 }
@@ -447,10 +451,11 @@ async fn an_agent_restart_keeps_its_adopted_instances_healthy() {
         assert!(instance.healthy && instance.checks[0].since == since, "{:?}", instance.checks);
         if adopted_at.is_none() {
             let status = cluster.job_status(via, "keep").await;
-            let adopted = status
-                .allocations
-                .iter()
-                .any(|a| a.task_states.get("keep").is_some_and(|t| t.events.iter().any(|e| e.kind == "Adopted")));
+            let adopted = status.allocations.iter().any(|a| {
+                a.task_states
+                    .get("keep")
+                    .is_some_and(|t| t.events.iter().any(|e| e.kind() == pb::TaskEventKind::Adopted))
+            });
             adopted_at = adopted.then(tokio::time::Instant::now);
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -6,7 +6,7 @@ use helios_core::acl::TokenType;
 use helios_core::service::{AddressMode, CheckStatus};
 use helios_core::{
     AllocClientStatus, AllocDesiredStatus, ConstraintOperator, EvalStatus, EvalTrigger, NodeEligibility, NodeStatus,
-    TaskRunState,
+    TaskEventKind, TaskRunState,
 };
 
 use crate::pb;
@@ -130,6 +130,32 @@ pub fn address_mode_from_pb(value: i32) -> Option<AddressMode> {
         pb::ServiceAddressMode::Unspecified | pb::ServiceAddressMode::Auto => Some(AddressMode::Auto),
         pb::ServiceAddressMode::Host => Some(AddressMode::Host),
     }
+}
+
+pub fn task_event_kind_to_pb(kind: TaskEventKind) -> pb::TaskEventKind {
+    match kind {
+        TaskEventKind::Received => pb::TaskEventKind::Received,
+        TaskEventKind::Started => pb::TaskEventKind::Started,
+        TaskEventKind::Terminated => pb::TaskEventKind::Terminated,
+        TaskEventKind::Restarting => pb::TaskEventKind::Restarting,
+        TaskEventKind::NotRestarting => pb::TaskEventKind::NotRestarting,
+        TaskEventKind::RestartSignaled => pb::TaskEventKind::RestartSignaled,
+        TaskEventKind::Killing => pb::TaskEventKind::Killing,
+        TaskEventKind::Killed => pb::TaskEventKind::Killed,
+        TaskEventKind::OomKilled => pb::TaskEventKind::OomKilled,
+        TaskEventKind::DriverFailure => pb::TaskEventKind::DriverFailure,
+        TaskEventKind::SetupFailure => pb::TaskEventKind::SetupFailure,
+        TaskEventKind::DownloadingImage => pb::TaskEventKind::DownloadingImage,
+        TaskEventKind::ImagePulled => pb::TaskEventKind::ImagePulled,
+        TaskEventKind::NotStarted => pb::TaskEventKind::NotStarted,
+        TaskEventKind::Adopted => pb::TaskEventKind::Adopted,
+    }
+}
+
+/// A task event's kind as the core keeps it (its word); unspecified for a word this build does
+/// not know (an agent of a later build may add kinds; the event's message still says what).
+pub fn task_event_word_to_pb(word: &str) -> pb::TaskEventKind {
+    TaskEventKind::parse(word).map_or(pb::TaskEventKind::Unspecified, task_event_kind_to_pb)
 }
 
 pub fn token_type_to_pb(token_type: TokenType) -> pb::AclTokenType {
@@ -256,6 +282,29 @@ impl Label for pb::CheckStatus {
     }
 }
 
+impl Label for pb::TaskEventKind {
+    fn label(&self) -> &'static str {
+        match self {
+            pb::TaskEventKind::Unspecified => UNKNOWN,
+            pb::TaskEventKind::Received => TaskEventKind::Received.as_str(),
+            pb::TaskEventKind::Started => TaskEventKind::Started.as_str(),
+            pb::TaskEventKind::Terminated => TaskEventKind::Terminated.as_str(),
+            pb::TaskEventKind::Restarting => TaskEventKind::Restarting.as_str(),
+            pb::TaskEventKind::NotRestarting => TaskEventKind::NotRestarting.as_str(),
+            pb::TaskEventKind::RestartSignaled => TaskEventKind::RestartSignaled.as_str(),
+            pb::TaskEventKind::Killing => TaskEventKind::Killing.as_str(),
+            pb::TaskEventKind::Killed => TaskEventKind::Killed.as_str(),
+            pb::TaskEventKind::OomKilled => TaskEventKind::OomKilled.as_str(),
+            pb::TaskEventKind::DriverFailure => TaskEventKind::DriverFailure.as_str(),
+            pb::TaskEventKind::SetupFailure => TaskEventKind::SetupFailure.as_str(),
+            pb::TaskEventKind::DownloadingImage => TaskEventKind::DownloadingImage.as_str(),
+            pb::TaskEventKind::ImagePulled => TaskEventKind::ImagePulled.as_str(),
+            pb::TaskEventKind::NotStarted => TaskEventKind::NotStarted.as_str(),
+            pb::TaskEventKind::Adopted => TaskEventKind::Adopted.as_str(),
+        }
+    }
+}
+
 impl Label for pb::AclTokenType {
     fn label(&self) -> &'static str {
         match self {
@@ -321,6 +370,10 @@ mod tests {
         for m in [AddressMode::Auto, AddressMode::Host] {
             assert_eq!(address_mode_from_pb(address_mode_to_pb(m).into()), Some(m));
         }
+        for k in TaskEventKind::ALL {
+            assert_eq!(task_event_word_to_pb(k.as_str()).label(), k.as_str());
+        }
+        assert_eq!(task_event_word_to_pb("Sleeping"), pb::TaskEventKind::Unspecified);
         assert_eq!(constraint_operator_from_pb(0), None, "an operator is never assumed");
         assert_eq!(address_mode_from_pb(0), Some(AddressMode::Auto));
     }

@@ -311,7 +311,7 @@ fn running(alloc_id: &str, now_ms: u64) -> pb::AllocationUpdate {
         finished_at: None,
         events: vec![TaskEvent {
             time: Timestamp(now_ms),
-            kind: "Started".to_string(),
+            kind: helios_core::TaskEventKind::Started.as_str().to_string(),
             message: "simulated".to_string(),
             exit_code: None,
         }],

@@ -223,7 +223,10 @@ fn timeline(submitted: u64, alloc: &pb::Allocation) -> Option<Timeline> {
     let started_at = |t: &pb::TaskState| timestamp_from_pb(t.start_time.as_ref()).map(|t| t.0);
     let task = alloc.task_states.values().filter(|t| started_at(t).is_some()).min_by_key(|t| started_at(t))?;
     let started = started_at(task)?;
-    let received =
-        task.events.iter().find(|e| e.kind == "Received").map_or(started, |e| time_of(e.event_time.as_ref()).0);
+    let received = task
+        .events
+        .iter()
+        .find(|e| e.kind() == pb::TaskEventKind::Received)
+        .map_or(started, |e| time_of(e.event_time.as_ref()).0);
     Some(Timeline { submitted, created: time_of(alloc.create_time.as_ref()).0, received, started })
 }

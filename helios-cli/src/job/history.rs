@@ -2,7 +2,7 @@
 
 use crate::connect::Conn;
 use anyhow::{anyhow, Result};
-use helios_api::convert::{job_from_pb, time_of};
+use helios_api::convert::{job_from_pb, time_of, Label};
 use helios_api::pages::every_page;
 use helios_api::pb;
 use helios_api::pb::job_service_client::JobServiceClient;
@@ -52,7 +52,7 @@ pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) 
             })).collect::<Vec<_>>(),
             "events": events.iter().map(|e| json!({
                 "time_ms": time_of(e.event.event_time.as_ref()).0, "alloc_id": e.alloc.id, "node_id": e.alloc.node_id,
-                "alloc_version": e.alloc.job_version, "task": e.task, "kind": e.event.kind,
+                "alloc_version": e.alloc.job_version, "task": e.task, "kind": e.event.kind().label(),
                 "message": e.event.message, "exit_code": e.event.exit_code,
             })).collect::<Vec<_>>(),
         });
@@ -89,7 +89,7 @@ pub async fn history(jobs: &mut JobServiceClient<Conn>, name: &str, json: bool) 
             crate::alloc::short(&e.alloc.id),
             e.alloc.node_id.clone(),
             e.task.to_string(),
-            e.event.kind.clone(),
+            e.event.kind().label().to_string(),
             e.event.message.clone(),
         ]);
     }

@@ -251,11 +251,11 @@ fn why_failed(alloc: &pb::Allocation) -> String {
     const ENDINGS: [&str; 4] = ["Terminated", "OOM Killed", "Driver Failure", "Setup Failure"];
     let failed = alloc.task_states.iter().find(|(_, s)| s.failed).or_else(|| alloc.task_states.iter().next());
     let ending = failed.and_then(|(task, s)| {
-        let cause = s.events.iter().rev().find(|e| ENDINGS.contains(&e.kind.as_str())).or(s.events.last());
+        let cause = s.events.iter().rev().find(|e| ENDINGS.contains(&e.kind().label())).or(s.events.last());
         cause.map(|e| (task, e))
     });
     match ending {
-        Some((task, event)) => format!("task {task}: {}: {}", event.kind, event.message),
+        Some((task, event)) => format!("task {task}: {}: {}", event.kind().label(), event.message),
         None => alloc.client_description.clone(),
     }
 }
@@ -328,7 +328,7 @@ impl Seen {
             for (task, state) in &alloc.task_states {
                 let now = match state.events.last() {
                     Some(e) if state.state() == TaskRunState::Dead => {
-                        format!("{} ({}: {})", state.state().label(), e.kind, e.message)
+                        format!("{} ({}: {})", state.state().label(), e.kind().label(), e.message)
                     }
                     _ => state.state().label().to_string(),
                 };

@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use helios_api::pb;
 use helios_core::job::DOCKER_ALLOW_CAPS_ATTRIBUTE;
-use helios_core::{DockerConfig, DockerPrivilege, Task, TaskDriver, TaskEvent, TaskRunState, TaskState};
+use helios_core::{DockerConfig, DockerPrivilege, Task, TaskDriver, TaskEvent, TaskEventKind, TaskRunState, TaskState};
 use tokio::sync::watch;
 
 use crate::drivers::{Driver, Fingerprint, OnEvent, Started, TaskRun};
@@ -170,14 +170,14 @@ impl Driver for DockerDriver {
         Box::pin(async move {
             let TaskDriver::Docker(config) = &run.task.driver else {
                 let why = format!("not a docker task: {}", run.task.driver.name());
-                return (dead(vec![event("Driver Failure", why, None)], true), None);
+                return (dead(vec![event(TaskEventKind::DriverFailure, why, None)], true), None);
             };
             self.start_task(run, config, on_event).await
         })
     }
 }
 
-fn failure(kind: &str, why: String) -> Started {
+fn failure(kind: TaskEventKind, why: String) -> Started {
     (dead(vec![event(kind, why, None)], true), None)
 }
 
@@ -191,7 +191,7 @@ impl DockerDriver {
     async fn recover_task(&self, run: TaskRun<'_>) -> Option<Started> {
         let docker = match self.connect().await {
             Ok(d) => d,
-            Err(why) => return Some(failure("Driver Failure", why)),
+            Err(why) => return Some(failure(TaskEventKind::DriverFailure, why)),
         };
         let name = container_name(&run.owner.alloc_id, &run.task.name);
         let dir = run.dir.to_path_buf();
@@ -205,14 +205,14 @@ impl DockerDriver {
                 let running_now = found.state.as_ref().and_then(|s| s.running).unwrap_or(false);
                 let ports = found.host_config.and_then(|h| h.port_bindings).map(describe_bindings).unwrap_or_default();
                 let message = format!("container {name} still there after an agent restart{ports}");
-                let state = running(vec![event("Adopted", message, None)]);
+                let state = running(vec![event(TaskEventKind::Adopted, message, None)]);
                 let initial = if running_now { state.clone() } else { running(Vec::new()) };
                 let (kill_timeout, stop) = (run.task.kill_timeout_secs, run.stop.clone());
                 let handle = tokio::spawn(supervise(docker, name, dir, kill_timeout, stop, state, resume));
                 Some((initial, Some(handle)))
             }
             Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => None,
-            Err(e) => Some(failure("Driver Failure", format!("cannot inspect container {name}: {e}"))),
+            Err(e) => Some(failure(TaskEventKind::DriverFailure, format!("cannot inspect container {name}: {e}"))),
         }
     }
 
@@ -246,15 +246,15 @@ impl DockerDriver {
     async fn start_task(&self, run: TaskRun<'_>, config: &DockerConfig, on_event: &OnEvent) -> Started {
         let (who, task, stop) = (run.owner, run.task, run.stop);
         if let Some(why) = self.refusal(config) {
-            return failure("Driver Failure", why);
+            return failure(TaskEventKind::DriverFailure, why);
         }
         let docker = match self.connect().await {
             Ok(d) => d,
-            Err(why) => return failure("Driver Failure", why),
+            Err(why) => return failure(TaskEventKind::DriverFailure, why),
         };
         let dir = run.dir.to_path_buf();
         if let Err(e) = tokio::fs::create_dir_all(&dir).await {
-            return failure("Setup Failure", format!("cannot create {}: {e}", dir.display()));
+            return failure(TaskEventKind::SetupFailure, format!("cannot create {}: {e}", dir.display()));
         }
         let name = container_name(&who.alloc_id, &task.name);
         let kill_timeout = task.kill_timeout_secs;
@@ -265,33 +265,37 @@ impl DockerDriver {
             () = stop_requested(&mut stop_watch) => Err(String::new()),
         };
         if *stop.borrow() {
-            events.push(event("Not Started", "stopped before it started", None));
+            events.push(event(TaskEventKind::NotStarted, "stopped before it started", None));
             return (dead(events, false), None);
         }
         if let Err(why) = pulled {
-            events.push(event("Driver Failure", why, None));
+            events.push(event(TaskEventKind::DriverFailure, why, None));
             return (dead(events, true), None);
         }
         let (body, ports) = match container_body(who, task, config, self.engine.cpu, self.caps_to_drop(config)) {
             Ok(made) => made,
             Err(why) => {
-                events.push(event("Driver Failure", why, None));
+                events.push(event(TaskEventKind::DriverFailure, why, None));
                 return (dead(events, true), None);
             }
         };
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         if let Err(e) = docker.create_container(Some(options), body).await {
-            events.push(event("Driver Failure", format!("cannot create container from {}: {e}", config.image), None));
+            events.push(event(
+                TaskEventKind::DriverFailure,
+                format!("cannot create container from {}: {e}", config.image),
+                None,
+            ));
             return (dead(events, true), None);
         }
         let _ = std::fs::write(dir.join(CONTAINER_MARKER), &name);
         if let Err(e) = docker.start_container(&name, None).await {
             remove(&docker, &name, &dir).await;
-            events.push(event("Driver Failure", format!("cannot start container {name}: {e}"), None));
+            events.push(event(TaskEventKind::DriverFailure, format!("cannot start container {name}: {e}"), None));
             return (dead(events, true), None);
         }
         let ports = if ports.is_empty() { String::new() } else { format!("; ports {}", ports.join(", ")) };
-        events.push(event("Started", format!("container {name}{ports}"), None));
+        events.push(event(TaskEventKind::Started, format!("container {name}{ports}"), None));
         let state = running(events);
         let handle = tokio::spawn(supervise(docker, name, dir, kill_timeout, stop.clone(), state.clone(), None));
         (state, Some(handle))
@@ -309,7 +313,7 @@ async fn ensure_image(
     if docker.inspect_image(image).await.is_ok() {
         return Ok(());
     }
-    let started = event("Downloading Image", format!("pulling {image}"), None);
+    let started = event(TaskEventKind::DownloadingImage, format!("pulling {image}"), None);
     on_event(started.clone());
     events.push(started);
     let (repo, tag) = split_image(image);
@@ -320,7 +324,7 @@ async fn ensure_image(
         while let Some(step) = steps.next().await {
             let step = step.map_err(|e| format!("cannot pull image {image}: {e}"))?;
             if let Some(message) = progress.observe(&step) {
-                let e = event("Downloading Image", message, None);
+                let e = event(TaskEventKind::DownloadingImage, message, None);
                 on_event(e.clone());
                 events.push(e);
             }
@@ -329,7 +333,7 @@ async fn ensure_image(
     };
     match tokio::time::timeout(PULL_TIMEOUT, pull).await {
         Ok(Ok(())) => {
-            events.push(event("Image Pulled", image.to_string(), None));
+            events.push(event(TaskEventKind::ImagePulled, image.to_string(), None));
             Ok(())
         }
         Ok(Err(why)) => Err(why),
@@ -523,7 +527,7 @@ async fn supervise(
                 logs.abort();
                 return state;
             }
-            state.events.push(event("Killing", format!("stopping with a {kill_timeout_secs} s timeout"), None));
+            state.events.push(event(TaskEventKind::Killing, format!("stopping with a {kill_timeout_secs} s timeout"), None));
             let t = i32::try_from(kill_timeout_secs).unwrap_or(i32::MAX);
             let options = StopContainerOptionsBuilder::default().t(t).build();
             if let Err(e) = docker.stop_container(&name, Some(options)).await {
@@ -541,10 +545,10 @@ async fn supervise(
     }
     let (code, oom_killed) = how_it_ended(&docker, &name, stopped_by_us).await;
     if oom_killed {
-        state.events.push(event("OOM Killed", "the container exceeded its memory limit", code));
+        state.events.push(event(TaskEventKind::OomKilled, "the container exceeded its memory limit", code));
     }
     let message = code.map_or_else(|| "exited (exit code unknown)".to_string(), |c| format!("exit code {c}"));
-    state.events.push(event("Terminated", message, code));
+    state.events.push(event(TaskEventKind::Terminated, message, code));
     remove(&docker, &name, &dir).await;
     state.state = TaskRunState::Dead;
     state.finished_at = Some(now());

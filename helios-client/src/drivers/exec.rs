@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use helios_core::{TaskDriver, TaskRunState, TaskState};
+use helios_core::{TaskDriver, TaskEventKind, TaskRunState, TaskState};
 
 use crate::cgroups::{Limits, TaskCgroup};
 use crate::drivers::process::{live_pid, record_pid, supervise, watch_adopted, PID_FILE};
@@ -79,8 +79,11 @@ pub(crate) async fn recover(settings: &Settings, run: TaskRun<'_>, isolated: boo
     let cgroup = cgroup_of(settings, run, isolated);
     if let Some(pid) = live_pid(&dirs.dir) {
         // From before an agent restart: watch it rather than start a second copy.
-        let mut state =
-            running(vec![event("Adopted", format!("process {pid} still running after an agent restart"), None)]);
+        let mut state = running(vec![event(
+            TaskEventKind::Adopted,
+            format!("process {pid} still running after an agent restart"),
+            None,
+        )]);
         let initial = state.clone();
         let (kill_timeout, stop) = (kill_timeout(run), run.stop.clone());
         let handle = tokio::spawn(async move {
@@ -90,7 +93,7 @@ pub(crate) async fn recover(settings: &Settings, run: TaskRun<'_>, isolated: boo
                 Some(ending) => ended(state, &ending, cgroup, false).await,
                 None => {
                     let why = "exited (exit code unknown: adopted after an agent restart)";
-                    state.events.push(event("Terminated", why, None));
+                    state.events.push(event(TaskEventKind::Terminated, why, None));
                     state.state = TaskRunState::Dead;
                     state.finished_at = Some(crate::runner::now());
                     state
@@ -104,12 +107,16 @@ pub(crate) async fn recover(settings: &Settings, run: TaskRun<'_>, isolated: boo
     }
     // Its process ended while no agent watched it: report how, never run it a second time.
     let _ = std::fs::remove_file(dirs.dir.join(PID_FILE));
-    let state = running(vec![event("Adopted", "its process ended while the agent was away", None)]);
+    let state = running(vec![event(TaskEventKind::Adopted, "its process ended while the agent was away", None)]);
     let state = match Ending::read(&dirs.exit_file()) {
         Some(ending) => ended(state, &ending, cgroup, false).await,
         None => {
             let mut state = dead(state.events, false);
-            state.events.push(event("Terminated", "exited while the agent was away (exit code unknown)", None));
+            state.events.push(event(
+                TaskEventKind::Terminated,
+                "exited while the agent was away (exit code unknown)",
+                None,
+            ));
             state
         }
     };
@@ -126,9 +133,9 @@ struct Launch {
     launcher: std::path::PathBuf,
 }
 
-fn prepare(settings: &Settings, run: TaskRun<'_>, isolated: bool) -> Result<Launch, (&'static str, String)> {
+fn prepare(settings: &Settings, run: TaskRun<'_>, isolated: bool) -> Result<Launch, (TaskEventKind, String)> {
     let (TaskDriver::Exec(config) | TaskDriver::RawExec(config)) = &run.task.driver else {
-        return Err(("Driver Failure", format!("not an exec task: {}", run.task.driver.name())));
+        return Err((TaskEventKind::DriverFailure, format!("not an exec task: {}", run.task.driver.name())));
     };
     let (owner, task) = (run.owner, run.task);
     let dirs = task_dir(run);
@@ -136,12 +143,15 @@ fn prepare(settings: &Settings, run: TaskRun<'_>, isolated: bool) -> Result<Laun
     let cgroup = cgroup_of(settings, run, isolated);
     if isolated && isolation.is_none() {
         let why = settings.exec_unavailable.clone().unwrap_or_default();
-        return Err(("Driver Failure", format!("exec is not available on this node: {why}")));
+        return Err((TaskEventKind::DriverFailure, format!("exec is not available on this node: {why}")));
     }
     if !isolated && !settings.raw_exec {
-        return Err(("Driver Failure", "raw_exec is disabled on this node (the agent needs --enable-raw-exec)".into()));
+        return Err((
+            TaskEventKind::DriverFailure,
+            "raw_exec is disabled on this node (the agent needs --enable-raw-exec)".into(),
+        ));
     }
-    let user = settings.task_user(task.user.as_deref(), isolated).map_err(|why| ("Setup Failure", why))?;
+    let user = settings.task_user(task.user.as_deref(), isolated).map_err(|why| (TaskEventKind::SetupFailure, why))?;
     // The group's own ports: the task listens on the host port itself.
     let ports =
         owner.group_ports.iter().map(|(label, &port)| (label.clone(), TaskPort { host: port, task: port })).collect();
@@ -151,7 +161,10 @@ fn prepare(settings: &Settings, run: TaskRun<'_>, isolated: bool) -> Result<Laun
     let command = task_env::interpolate(&config.command, &runtime, &owner.node);
     let args: Vec<String> = config.args.iter().map(|a| task_env::interpolate(a, &runtime, &owner.node)).collect();
     let Some(launcher) = settings.launcher.clone() else {
-        return Err(("Driver Failure", "the task launcher (this helios-client binary) cannot be found".into()));
+        return Err((
+            TaskEventKind::DriverFailure,
+            "the task launcher (this helios-client binary) cannot be found".into(),
+        ));
     };
     // exec: the launcher joins the task's cgroup and isolates it; raw_exec: it only starts the
     // program, as the agent's user unless the task names one, and records how it ended.
@@ -167,7 +180,9 @@ fn prepare(settings: &Settings, run: TaskRun<'_>, isolated: bool) -> Result<Laun
             };
             (Some((cgroup.clone(), limits)), cgroup.procs_files(), (0, 0))
         }
-        (Some(_), None) => return Err(("Driver Failure", "cannot find the agent's own cgroup".to_string())),
+        (Some(_), None) => {
+            return Err((TaskEventKind::DriverFailure, "cannot find the agent's own cgroup".to_string()))
+        }
         (None, _) => (None, Vec::new(), (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw())),
     };
     let spec = Spec {
@@ -189,7 +204,7 @@ fn prepare(settings: &Settings, run: TaskRun<'_>, isolated: bool) -> Result<Laun
 
 /// Starts an exec (`isolated`) or raw_exec task.
 pub(crate) async fn start(settings: &Settings, run: TaskRun<'_>, isolated: bool) -> Started {
-    let refused = |kind: &str, why: String| (dead(vec![event(kind, why, None)], true), None);
+    let refused = |kind: TaskEventKind, why: String| (dead(vec![event(kind, why, None)], true), None);
     let dirs = task_dir(run);
     let kill_timeout = kill_timeout(run);
     let cgroup = cgroup_of(settings, run, isolated);
@@ -204,16 +219,19 @@ pub(crate) async fn start(settings: &Settings, run: TaskRun<'_>, isolated: bool)
         let (dirs, user) = (dirs.clone(), user.clone());
         tokio::task::spawn_blocking(move || {
             dirs.build(user.as_ref().map(|u| (u.uid, u.gid))).map_err(|e| {
-                ("Setup Failure", format!("cannot create the task's directories in {}: {e}", dirs.dir.display()))
+                (
+                    TaskEventKind::SetupFailure,
+                    format!("cannot create the task's directories in {}: {e}", dirs.dir.display()),
+                )
             })?;
             // Straight into the log files, not through the agent: the task must survive the agent.
             let logs = crate::logs::open_for_task(&dirs.dir, "stdout")
                 .and_then(|out| Ok((out, crate::logs::open_for_task(&dirs.dir, "stderr")?)))
-                .map_err(|e| ("Setup Failure", format!("cannot open log files: {e}")))?;
-            launch(&launcher, &spec, limited.as_ref(), &env, logs).map_err(|why| ("Driver Failure", why))
+                .map_err(|e| (TaskEventKind::SetupFailure, format!("cannot open log files: {e}")))?;
+            launch(&launcher, &spec, limited.as_ref(), &env, logs).map_err(|why| (TaskEventKind::DriverFailure, why))
         })
         .await
-        .unwrap_or_else(|e| Err(("Driver Failure", format!("the task's setup failed: {e}"))))
+        .unwrap_or_else(|e| Err((TaskEventKind::DriverFailure, format!("the task's setup failed: {e}"))))
     };
     let started = match setup {
         Ok((child, report)) => launched(child, &report).await,
@@ -226,13 +244,13 @@ pub(crate) async fn start(settings: &Settings, run: TaskRun<'_>, isolated: bool)
         Ok(child) => child,
         Err(why) => {
             remove_cgroup(cgroup).await;
-            return refused("Driver Failure", why);
+            return refused(TaskEventKind::DriverFailure, why);
         }
     };
     let pid = child.id().unwrap_or(0);
     record_pid(&dirs.dir, pid);
     let as_user = user.as_ref().map_or(String::new(), |u: &TaskUser| format!(" as {}", u.name));
-    let mut state = running(vec![event("Started", format!("process {pid}{as_user}"), None)]);
+    let mut state = running(vec![event(TaskEventKind::Started, format!("process {pid}{as_user}"), None)]);
     let initial = state.clone();
     let stop = run.stop.clone();
     let handle = tokio::spawn(async move {
@@ -264,12 +282,12 @@ async fn ended(mut state: TaskState, ending: &Ending, cgroup: Option<TaskCgroup>
         _ => None,
     };
     if oom {
-        state.events.push(event("OOM Killed", "the task exceeded its memory limit", code));
+        state.events.push(event(TaskEventKind::OomKilled, "the task exceeded its memory limit", code));
     }
     let (kind, message) = match ending {
-        Ending::Exited(code) => ("Terminated", format!("exit code {code}")),
-        Ending::Signaled(signal) => ("Terminated", format!("killed by signal {signal}")),
-        Ending::NotStarted(why) => ("Driver Failure", why.clone()),
+        Ending::Exited(code) => (TaskEventKind::Terminated, format!("exit code {code}")),
+        Ending::Signaled(signal) => (TaskEventKind::Terminated, format!("killed by signal {signal}")),
+        Ending::NotStarted(why) => (TaskEventKind::DriverFailure, why.clone()),
     };
     state.events.push(event(kind, message, code));
     state.state = TaskRunState::Dead;

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use helios_core::TaskState;
+use helios_core::{TaskEventKind, TaskState};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
@@ -65,12 +65,16 @@ async fn terminate(
     state: &mut TaskState,
 ) -> std::io::Result<std::process::ExitStatus> {
     let _ = killpg(group(pid), Signal::SIGTERM);
-    state.events.push(event("Killing", "sent SIGTERM", None));
+    state.events.push(event(TaskEventKind::Killing, "sent SIGTERM", None));
     match tokio::time::timeout(kill_timeout, child.wait()).await {
         Ok(status) => status,
         Err(_) => {
             let _ = killpg(group(pid), Signal::SIGKILL);
-            state.events.push(event("Killing", format!("still running after {kill_timeout:?}: sent SIGKILL"), None));
+            state.events.push(event(
+                TaskEventKind::Killing,
+                format!("still running after {kill_timeout:?}: sent SIGKILL"),
+                None,
+            ));
             child.wait().await
         }
     }
@@ -87,7 +91,7 @@ pub async fn watch_adopted(pid: u32, kill_timeout: Duration, mut stop: watch::Re
     while alive() {
         if stopping_since.is_none() && *stop.borrow() {
             let _ = killpg(group(pid), Signal::SIGTERM);
-            state.events.push(event("Killing", "sent SIGTERM", None));
+            state.events.push(event(TaskEventKind::Killing, "sent SIGTERM", None));
             stopping_since = Some(tokio::time::Instant::now());
         }
         if stopping_since.is_some_and(|since| since.elapsed() > kill_timeout) {
