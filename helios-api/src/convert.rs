@@ -138,8 +138,8 @@ fn group_from_pb(p: &mut Problems, path: &str, g: pb::TaskGroup, job_type: JobTy
         None => RestartPolicy::default_for(job_type),
         Some(r) => RestartPolicy {
             attempts: r.attempts,
-            interval_secs: required(p, &format!("{path}.restart.interval"), r.interval, secs32_from_pb),
-            delay_secs: required(p, &format!("{path}.restart.delay"), r.delay, secs32_from_pb),
+            interval_secs: secs32_from_pb(p, &format!("{path}.restart.interval"), r.interval).unwrap_or(0),
+            delay_secs: secs32_from_pb(p, &format!("{path}.restart.delay"), r.delay).unwrap_or(0),
             mode: match pb::RestartMode::try_from(r.mode) {
                 Ok(pb::RestartMode::Unspecified | pb::RestartMode::Fail) => RestartMode::Fail,
                 Ok(pb::RestartMode::Delay) => RestartMode::Delay,
@@ -283,8 +283,8 @@ fn update_from_pb(p: &mut Problems, path: &str, u: Option<pb::UpdateStrategy>) -
     let at = |field: &str| format!("{path}.{field}");
     UpdateStrategy {
         max_parallel: u.max_parallel,
-        min_healthy_time_secs: required(p, &at("min_healthy_time"), u.min_healthy_time, secs_from_pb),
-        healthy_deadline_secs: required(p, &at("healthy_deadline"), u.healthy_deadline, secs_from_pb),
+        min_healthy_time_secs: secs_from_pb(p, &at("min_healthy_time"), u.min_healthy_time).unwrap_or(0),
+        healthy_deadline_secs: secs_from_pb(p, &at("healthy_deadline"), u.healthy_deadline).unwrap_or(0),
         // Unset means the default here; zero is a length of its own (no deadline).
         progress_deadline_secs: secs_from_pb(p, &at("progress_deadline"), u.progress_deadline)
             .unwrap_or(default.progress_deadline_secs),
@@ -303,8 +303,8 @@ fn migrate_from_pb(p: &mut Problems, path: &str, m: Option<pb::MigrateStrategy>)
     MigrateStrategy {
         max_parallel: m.max_parallel,
         health_check,
-        min_healthy_time_secs: required(p, &format!("{path}.min_healthy_time"), m.min_healthy_time, secs_from_pb),
-        healthy_deadline_secs: required(p, &format!("{path}.healthy_deadline"), m.healthy_deadline, secs_from_pb),
+        min_healthy_time_secs: secs_from_pb(p, &format!("{path}.min_healthy_time"), m.min_healthy_time).unwrap_or(0),
+        healthy_deadline_secs: secs_from_pb(p, &format!("{path}.healthy_deadline"), m.healthy_deadline).unwrap_or(0),
     }
 }
 
@@ -534,7 +534,7 @@ fn reschedule_from_pb(
         }
     };
     let mut secs =
-        |field: &str, d: Option<prost_types::Duration>| required(p, &format!("{path}.{field}"), d, secs_from_pb);
+        |field: &str, d: Option<prost_types::Duration>| secs_from_pb(p, &format!("{path}.{field}"), d).unwrap_or(0);
     ReschedulePolicy {
         attempts: r.attempts,
         interval_secs: secs("interval", r.interval),
@@ -543,21 +543,6 @@ fn reschedule_from_pb(
         max_delay_secs: secs("max_delay", r.max_delay),
         unlimited: r.unlimited,
     }
-}
-
-/// A length that must be given when its message is (no default is assumed for it): a request of
-/// a client that sends it under another field, as one of an earlier build would, is refused
-/// rather than stored with the length left out.
-fn required<T: Default>(
-    p: &mut Problems,
-    path: &str,
-    d: Option<prost_types::Duration>,
-    read: fn(&mut Problems, &str, Option<prost_types::Duration>) -> Option<T>,
-) -> T {
-    if d.is_none() {
-        p.add(path, "must be set");
-    }
-    read(p, path, d).unwrap_or_default()
 }
 
 fn exec_to_pb(e: &ExecConfig) -> pb::ExecConfig {

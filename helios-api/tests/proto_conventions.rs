@@ -266,3 +266,68 @@ fn times_are_timestamps_and_durations() {
     let gone: Vec<_> = listed.difference(&integers).collect();
     assert!(gone.is_empty(), "listed as integer times but no longer are (take them off the list): {gone:?}");
 }
+
+/// What marks a message or enum of the public files that agents of other builds also decode.
+const SHARED_MARK: &str = "Shared with agents";
+
+/// The public API's messages and enums that the agent protocol embeds (through helios.agent.v1,
+/// or AgentService's and ClientService's own messages) are also read by agents of other builds,
+/// so they may change only as protobuf allows between builds: each says so in its comment,
+/// where whoever edits it sees it. A new reference from the agent protocol fails here until the
+/// type it reaches is marked.
+#[test]
+fn public_types_the_agent_protocol_embeds_say_they_are_shared() {
+    let set = descriptor_set();
+    let mut types: BTreeMap<String, (&FileDescriptorProto, Vec<i32>, Vec<String>)> = BTreeMap::new();
+    for file in &set.file {
+        let package = file.package();
+        for (i, message) in file.message_type.iter().enumerate() {
+            let mut refs = Vec::new();
+            collect_refs(message, &mut refs);
+            types.insert(format!(".{package}.{}", message.name()), (file, vec![FILE_MESSAGES, i as i32], refs));
+        }
+        for (i, e) in file.enum_type.iter().enumerate() {
+            types.insert(format!(".{package}.{}", e.name()), (file, vec![FILE_ENUMS, i as i32], Vec::new()));
+        }
+    }
+    // From every agent message, and every request and answer of the services agents use.
+    let mut todo: Vec<String> = types.keys().filter(|name| name.starts_with(".helios.agent.v1.")).cloned().collect();
+    for file in &set.file {
+        for service in file.service.iter().filter(|s| matches!(s.name(), "AgentService" | "ClientService")) {
+            for method in &service.method {
+                todo.extend([method.input_type().to_string(), method.output_type().to_string()]);
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut unmarked = Vec::new();
+    while let Some(name) = todo.pop() {
+        // A nested type (a oneof's message, a map entry) belongs to its outer message.
+        let outer = types.keys().filter(|t| name == **t || name.starts_with(&format!("{t}."))).max_by_key(|t| t.len());
+        let Some(outer) = outer.cloned() else { continue };
+        if !seen.insert(outer.clone()) {
+            continue;
+        }
+        let (file, path, refs) = &types[&outer];
+        todo.extend(refs.iter().cloned());
+        if PUBLIC_FILES.contains(&file.name()) && !leading_comment(file, path).contains(SHARED_MARK) {
+            unmarked.push(short(&outer).to_string());
+        }
+    }
+    assert!(unmarked.is_empty(), "public types agents decode, whose comment lacks {SHARED_MARK:?}: {unmarked:?}");
+}
+
+const FILE_ENUMS: i32 = 5;
+
+/// The types a message's fields (and its nested messages' fields) refer to.
+fn collect_refs(message: &DescriptorProto, refs: &mut Vec<String>) {
+    refs.extend(message.field.iter().filter(|f| !f.type_name().is_empty()).map(|f| f.type_name().to_string()));
+    for nested in &message.nested_type {
+        collect_refs(nested, refs);
+    }
+}
+
+fn leading_comment(file: &FileDescriptorProto, path: &[i32]) -> String {
+    let info = file.source_code_info.as_ref().expect("source info");
+    info.location.iter().find(|l| l.path == path).and_then(|l| l.leading_comments.clone()).unwrap_or_default()
+}

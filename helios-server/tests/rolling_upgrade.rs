@@ -347,8 +347,9 @@ async fn agents_of_either_build_run_work_for_servers_of_the_other() {
     old_agent.args(["--client-rpc-addr", &format!("127.0.0.1:{}", free_port())]).arg("--data-dir").arg(&agent_dir);
     let _old_agent = Server(old_agent.stdout(log.try_clone().expect("log")).stderr(log).spawn().expect("old agent"));
     new_servers.submit_job(1, &Job::exec("to-an-old-agent", "echo", vec!["across builds".into()])).await;
-    // A job from a client of the previous build is refused, never stored with its lengths and
-    // operators left out (this build reads them under other fields).
+    // A job from a client of the previous build is refused, never stored with its lengths left
+    // out (this build reads them under other fields, and a restart policy's unset interval is
+    // no interval).
     let mut older = Job::exec("from-an-older-client", "echo", Vec::new());
     older.task_groups[0].restart.interval_secs = 120;
     let refused = wait_for("an answer from this build's servers", || async {
@@ -356,7 +357,7 @@ async fn agents_of_either_build_run_work_for_servers_of_the_other() {
     })
     .await;
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
-    assert!(refused.message().contains("restart.interval: must be set"), "{refused:?}");
+    assert!(refused.message().contains("restart.interval: must be more than 0"), "{refused:?}");
     let alloc = wait_for("the old agent's task to complete", || async {
         let mut jobs = JobServiceClient::new(new_servers.channel(1));
         let request = pb::GetJobStatusRequest { name: "to-an-old-agent".into(), ..Default::default() };

@@ -250,7 +250,7 @@ fn check_group(r: &mut Report, path: &str, group: &TaskGroup) {
         );
     }
     if group.restart.interval_secs == 0 && group.restart.attempts > 0 {
-        r.add(format!("{path}.restart.interval_secs"), "must be > 0 when attempts > 0");
+        r.add(format!("{path}.restart.interval"), "must be more than 0 when attempts is more than 0");
     }
     for (field, problem) in group.reschedule.problems() {
         r.add(format!("{path}.reschedule.{field}"), problem);
