@@ -1,6 +1,7 @@
-//! The Helios gRPC contract: the code generated from `proto/helios/v1/*.proto`, the one place
-//! that converts between protobuf messages and `helios_core` types, and the mutual TLS every
-//! gRPC connection between Helios processes uses (`tls`).
+//! The Helios gRPC contract: the code generated from `proto/helios/v1/*.proto` and the agent
+//! protocol's `proto/helios/agent/v1`, the one place that converts between protobuf messages
+//! and `helios_core` types, and the mutual TLS every gRPC connection between Helios processes
+//! uses (`tls`).
 
 pub mod acl;
 pub mod blocking;
@@ -29,8 +30,8 @@ mod generated {
     }
 }
 
-/// Generated messages of package `helios.agent.v1`: the agent protocol's own allocations, task
-/// states and service registrations (see `convert::agent`).
+/// Generated messages of package `helios.agent.v1`: the agent protocol's own jobs, allocations,
+/// task states and service registrations (see `convert::agent`).
 pub use generated::agent::v1 as agent_pb;
 /// Generated messages, clients and servers of package `helios.v1`: the public API, and the
 /// services between Helios's own processes.
