@@ -19,6 +19,9 @@ enum Ty {
     SignedInt,
     /// A TCP port: 1 to 65535.
     Port,
+    /// A network port's `to`: a port, or Nomad's -1 and 0 for "the host port", which is what
+    /// leaving it out means (read as unset).
+    MappedPort,
     Bool,
     StrList,
     /// `{ KEY = "value" }`, as an attribute or a block of attributes (env, meta, labels).
@@ -84,7 +87,7 @@ const AFFINITY: &[Field] =
 const SPREAD_TARGET: &[Field] = &[attr("percent", Ty::Int)];
 const SPREAD: &[Field] =
     &[attr("attribute", Ty::Str), attr("weight", Ty::Int), Field { name: "target", kind: Kind::Keyed(SPREAD_TARGET) }];
-const PORT: &[Field] = &[attr("static", Ty::Port), attr("to", Ty::Port)];
+const PORT: &[Field] = &[attr("static", Ty::Port), attr("to", Ty::MappedPort)];
 const NETWORK: &[Field] = &[attr("mode", Ty::Str), Field { name: "port", kind: Kind::Keyed(PORT) }];
 const RESOURCES: &[Field] = &[attr("cpu", Ty::Int), attr("memory", Ty::Int)];
 const CONFIG: &[Field] = &[
@@ -349,35 +352,26 @@ impl Walker<'_> {
         };
         match ty {
             Ty::Str => self.scalar_text(expr, here).map(Value::String),
-            Ty::Int => match expr {
-                Expression::Number(n) => match n.as_u64() {
-                    Some(v) => Some(Value::from(v)),
-                    None => wrong(self, "a whole number >= 0"),
-                },
-                _ => wrong(self, "a number"),
+            Ty::Int => match whole_number(expr) {
+                Some(Some(v)) if v >= 0 => Some(Value::from(v)),
+                Some(_) => wrong(self, "a whole number >= 0"),
+                None => wrong(self, "a number"),
             },
-            Ty::SignedInt => match expr {
-                Expression::Number(n) => match n.as_i64() {
-                    Some(v) => Some(Value::from(v)),
-                    None => wrong(self, "a whole number"),
-                },
-                Expression::UnaryOp(op) if *op.operator.value() == hcl_edit::expr::UnaryOperator::Neg => {
-                    match &op.expr {
-                        Expression::Number(n) => match n.as_i64() {
-                            Some(v) => Some(Value::from(-v)),
-                            None => wrong(self, "a whole number"),
-                        },
-                        _ => wrong(self, "a number"),
-                    }
-                }
-                _ => wrong(self, "a number"),
+            Ty::SignedInt => match whole_number(expr) {
+                Some(Some(v)) => Some(Value::from(v)),
+                Some(None) => wrong(self, "a whole number"),
+                None => wrong(self, "a number"),
             },
-            Ty::Port => match expr {
-                Expression::Number(n) => match n.as_u64().filter(|p| (1..=65_535).contains(p)) {
-                    Some(v) => Some(Value::from(v)),
-                    None => wrong(self, "a port, 1 to 65535"),
-                },
-                _ => wrong(self, "a port number"),
+            Ty::Port => match whole_number(expr) {
+                Some(Some(v)) if (1..=65_535).contains(&v) => Some(Value::from(v)),
+                Some(_) => wrong(self, "a port, 1 to 65535"),
+                None => wrong(self, "a port number"),
+            },
+            Ty::MappedPort => match whole_number(expr) {
+                Some(Some(-1 | 0)) => Some(Value::Null),
+                Some(Some(v)) if (1..=65_535).contains(&v) => Some(Value::from(v)),
+                Some(_) => wrong(self, "a port, 1 to 65535 (or -1: the host port)"),
+                None => wrong(self, "a port number"),
             },
             Ty::Bool => match expr {
                 Expression::Bool(b) => Some(Value::Bool(*b.value())),
@@ -470,6 +464,26 @@ impl Walker<'_> {
 }
 
 /// True if every `${...}` in `text` names what the agent interpolates when a task starts.
+/// A whole number as written: `500`, `-1`, or quoted, `"500"`, which Nomad converts where a
+/// number is expected. `None`: not a number at all; `Some(None)`: a number, but not a whole one
+/// (or one beyond i64).
+fn whole_number(expr: &Expression) -> Option<Option<i64>> {
+    match expr {
+        Expression::Number(n) => Some(n.as_i64()),
+        Expression::UnaryOp(op) if *op.operator.value() == hcl_edit::expr::UnaryOperator::Neg => match &op.expr {
+            Expression::Number(n) => Some(n.as_i64().map(|v| -v)),
+            _ => None,
+        },
+        Expression::String(s) => {
+            let text = s.as_str();
+            let numeric =
+                !text.is_empty() && text.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit() || b == b'.');
+            numeric.then(|| text.parse().ok())
+        }
+        _ => None,
+    }
+}
+
 fn names_only_runtime_values(text: &str) -> bool {
     text.split("${").skip(1).all(|rest| {
         rest.split_once('}').is_some_and(|(name, _)| {

@@ -711,7 +711,15 @@ fn port_mapping(
             Some(PortMapping { name: port.to_string(), container_port: to, host_port: host })
         }
         (None, None) => {
-            p.add(path, format!("network port {port:?} needs `to` (the container port) or `static`"));
+            // Nomad would map the container to the host port the scheduler picks; Helios maps
+            // container ports it knows when the job is submitted.
+            p.add(
+                path,
+                format!(
+                    "network port {port:?} needs `to` (the container port) or `static`: a docker task's \
+                     container port cannot be the host port the scheduler picks"
+                ),
+            );
             None
         }
     }

@@ -823,3 +823,85 @@ fn a_checks_check_restart_merges_over_its_services_and_names_fill_in() {
     let err = parse(&no_script, Format::Hcl).err().expect("refused").to_string();
     assert!(err.contains("group[0].service[0].task: names the task a group service's script checks run in"), "{err}");
 }
+
+/// Nomad converts a quoted number where a number is expected (`cpu = "500"`, `static = "9015"`),
+/// as many of its own job files write them; anything else quoted is still refused by line.
+#[test]
+fn quoted_numbers_are_numbers_as_in_nomad() {
+    let text = r#"job "q" {
+  priority = "70"
+  group "g" {
+    count = "3"
+    network {
+      port "http" { static = "9015" }
+    }
+    task "t" {
+      driver = "exec"
+      config { command = "sleep" }
+      resources {
+        cpu    = "500"
+        memory = "256"
+      }
+    }
+  }
+}
+"#;
+    let job = parse(text, Format::Hcl).expect("quoted numbers convert").job;
+    let group = &job.task_groups[0];
+    assert_eq!((job.priority, group.count), (70, 3));
+    assert_eq!(group.ports[0].static_port, Some(9015));
+    assert_eq!((group.tasks[0].resources.cpu_mhz, group.tasks[0].resources.memory_mb), (500, 256));
+
+    let wrong = text.replace(r#"count = "3""#, r#"count = "3.5""#).replace(r#"static = "9015""#, r#"static = "99999""#);
+    let err = parse(&wrong, Format::Hcl).err().expect("refused").to_string();
+    let problems: Vec<&str> = err.split("; ").collect();
+    assert_eq!(
+        problems,
+        ["line 4: `count` must be a whole number >= 0", "line 6: `static` must be a port, 1 to 65535"]
+    );
+}
+
+/// Nomad's `to = -1` and `to = 0` map a port to the host port itself, as leaving `to` out does:
+/// an exec task's group port, or a docker task's static one. A docker task's dynamic one has no
+/// container port Helios can know at submission, and is refused by line.
+#[test]
+fn a_port_mapped_to_minus_one_or_zero_is_the_host_port() {
+    let text = r#"job "p" {
+  group "exec" {
+    network {
+      port "admin" { to = -1 }
+    }
+    task "t" {
+      driver = "exec"
+      config { command = "sleep" }
+    }
+  }
+  group "docker" {
+    network {
+      port "http" {
+        static = 8080
+        to     = 0
+      }
+    }
+    task "web" {
+      driver = "docker"
+      config {
+        image = "busybox"
+        ports = ["http"]
+      }
+    }
+  }
+}
+"#;
+    let job = parse(text, Format::Hcl).expect("Nomad's host-port markers").job;
+    assert_eq!(job.task_groups[0].ports[0].static_port, None, "a dynamic host port for the exec task");
+    let TaskDriver::Docker(docker) = &job.task_groups[1].tasks[0].driver else { panic!("docker expected") };
+    assert_eq!(docker.ports, vec![PortMapping { name: "http".into(), container_port: 8080, host_port: Some(8080) }]);
+
+    let dynamic = text.replace("        static = 8080\n", "");
+    let err = parse(&dynamic, Format::Hcl).err().expect("refused").to_string();
+    assert!(err.contains(r#"network port "http" needs `to` (the container port) or `static`"#), "{err}");
+    let wrong = text.replace("to = -1", "to = -2");
+    let err = parse(&wrong, Format::Hcl).err().expect("refused").to_string();
+    assert_eq!(err, "line 4: `to` must be a port, 1 to 65535 (or -1: the host port)");
+}
