@@ -36,7 +36,7 @@ pub(super) fn services_from_pb(p: &mut Problems, path: &str, services: Vec<pb::S
         .collect()
 }
 
-fn non_empty(text: String) -> Option<String> {
+pub(super) fn non_empty(text: String) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 

@@ -8,7 +8,7 @@ use helios_core::ConstraintOperator;
 
 use crate::convert::{
     address_mode_from_pb, address_mode_to_pb, check_status_from_pb, check_status_to_pb, constraint_operator_from_pb,
-    constraint_operator_to_pb, millis_to_pb, secs_to_pb, timestamp_from_pb, timestamp_to_pb,
+    constraint_operator_to_pb, millis_to_pb, seconds_of, secs_to_pb, timestamp_from_pb, timestamp_to_pb,
 };
 use crate::{agent_pb, pb};
 
@@ -283,7 +283,7 @@ fn check_from_agent(c: agent_pb::Check) -> pb::Check {
 
 /// Whole seconds of a length `job_to_pb` wrote (in whole seconds); unset: 0.
 fn secs(d: Option<prost_types::Duration>) -> u64 {
-    d.map_or(0, |d| u64::try_from(d.seconds).unwrap_or(0))
+    seconds_of(d.as_ref())
 }
 
 fn secs32(d: Option<prost_types::Duration>) -> u32 {

@@ -198,7 +198,7 @@ fn registration_from_agent(p: &mut Problems, at: &str, r: agent_pb::ServiceRegis
         .collect();
     ServiceRegistration {
         service: r.service,
-        task: (!r.task.is_empty()).then_some(r.task),
+        task: super::service::non_empty(r.task),
         address: r.address,
         port,
         checks,
